@@ -1,0 +1,211 @@
+import { DO, DONT, WILL, WONT, type NegotiationVerb } from './constants.js';
+
+/**
+ * RFC 1143 "Q method" option negotiation. For every option and each side ("us":
+ * options we perform, enabled by the peer's DO; "him": options the peer performs,
+ * enabled by its WILL) we keep one of four states plus a one-bit queue. This
+ * guarantees every request is answered exactly once and negotiation never loops,
+ * even when both ends ask at once.
+ *
+ * Sans-I/O: bytes to send leave through `handlers.send`; state changes are
+ * reported through `handlers.change`.
+ */
+export const enum Q {
+  No = 0,
+  Yes = 1,
+  WantNo = 2,
+  WantYes = 3,
+}
+
+export type Side = 'us' | 'him';
+
+export interface OptionPolicy {
+  /** May we enable `option` on our side when the peer sends DO? */
+  acceptUs(option: number): boolean;
+  /** May the peer enable `option` on its side (we answer its WILL with DO)? */
+  acceptHim(option: number): boolean;
+}
+
+export function policyFromLists(lists: { us?: readonly number[]; him?: readonly number[] }): OptionPolicy {
+  const us = new Set(lists.us ?? []);
+  const him = new Set(lists.him ?? []);
+  return { acceptUs: (o) => us.has(o), acceptHim: (o) => him.has(o) };
+}
+
+export interface NegotiatorHandlers {
+  send(verb: NegotiationVerb, option: number): void;
+  /** The effective state of an option changed (entered or left YES). */
+  change?(side: Side, option: number, enabled: boolean): void;
+  /** Our request to enable was refused (WANTYES answered with the negative). */
+  refused?(side: Side, option: number): void;
+  /** The peer broke the protocol in a harmless way (e.g. answered DONT with WILL). */
+  anomaly?(side: Side, option: number, message: string): void;
+}
+
+/** Per option and side: state in the low 2 bits, the "opposite queued" bit above. */
+const QUEUE_OPPOSITE = 4;
+
+export class OptionNegotiator {
+  private readonly us = new Uint8Array(256);
+  private readonly him = new Uint8Array(256);
+
+  constructor(
+    private readonly policy: OptionPolicy,
+    private readonly handlers: NegotiatorHandlers,
+  ) {}
+
+  state(side: Side, option: number): Q {
+    return (side === 'us' ? this.us : this.him)[option & 255] & 3;
+  }
+
+  isEnabled(side: Side, option: number): boolean {
+    return this.state(side, option) === Q.Yes;
+  }
+
+  /** Feed a received WILL/WONT/DO/DONT. */
+  receive(verb: NegotiationVerb, option: number): void {
+    switch (verb) {
+      case WILL:
+        return this.receivePositive('him', option);
+      case WONT:
+        return this.receiveNegative('him', option);
+      case DO:
+        return this.receivePositive('us', option);
+      case DONT:
+        return this.receiveNegative('us', option);
+    }
+  }
+
+  /** Ask to enable (`true`) or disable an option on our side (WILL/WONT). */
+  requestUs(option: number, enable: boolean): void {
+    this.request('us', option, enable);
+  }
+
+  /** Ask the peer to enable (`true`) or disable an option on its side (DO/DONT). */
+  requestHim(option: number, enable: boolean): void {
+    this.request('him', option, enable);
+  }
+
+  private table(side: Side): Uint8Array {
+    return side === 'us' ? this.us : this.him;
+  }
+
+  private positiveVerb(side: Side): NegotiationVerb {
+    return side === 'us' ? WILL : DO;
+  }
+
+  private negativeVerb(side: Side): NegotiationVerb {
+    return side === 'us' ? WONT : DONT;
+  }
+
+  private accepts(side: Side, option: number): boolean {
+    return side === 'us' ? this.policy.acceptUs(option) : this.policy.acceptHim(option);
+  }
+
+  private set(side: Side, option: number, q: Q, queueOpposite = false): void {
+    const t = this.table(side);
+    const wasYes = (t[option] & 3) === Q.Yes;
+    t[option] = q | (queueOpposite ? QUEUE_OPPOSITE : 0);
+    const isYes = q === Q.Yes;
+    if (wasYes !== isYes) this.handlers.change?.(side, option, isYes);
+  }
+
+  /** The peer says WILL (for "him") or DO (for "us"). */
+  private receivePositive(side: Side, option: number): void {
+    const cur = this.table(side)[option];
+    const q = cur & 3;
+    const opposite = (cur & QUEUE_OPPOSITE) !== 0;
+    switch (q) {
+      case Q.No:
+        if (this.accepts(side, option)) {
+          this.set(side, option, Q.Yes);
+          this.handlers.send(this.positiveVerb(side), option);
+        } else {
+          this.handlers.send(this.negativeVerb(side), option);
+        }
+        return;
+      case Q.Yes:
+        return; // Already enabled: answering again is what causes loops.
+      case Q.WantNo:
+        // We asked to disable and the peer answered positively: RFC 1143 calls this an error.
+        this.handlers.anomaly?.(side, option, 'disable request answered with enable');
+        this.set(side, option, opposite ? Q.Yes : Q.No);
+        return;
+      case Q.WantYes:
+        if (opposite) {
+          // We changed our mind while waiting: now ask to disable.
+          this.set(side, option, Q.WantNo);
+          this.handlers.send(this.negativeVerb(side), option);
+        } else {
+          this.set(side, option, Q.Yes);
+        }
+        return;
+    }
+  }
+
+  /** The peer says WONT (for "him") or DONT (for "us"). */
+  private receiveNegative(side: Side, option: number): void {
+    const cur = this.table(side)[option];
+    const q = cur & 3;
+    const opposite = (cur & QUEUE_OPPOSITE) !== 0;
+    switch (q) {
+      case Q.No:
+        return;
+      case Q.Yes:
+        this.set(side, option, Q.No);
+        this.handlers.send(this.negativeVerb(side), option);
+        return;
+      case Q.WantNo:
+        if (opposite) {
+          this.set(side, option, Q.WantYes);
+          this.handlers.send(this.positiveVerb(side), option);
+        } else {
+          this.set(side, option, Q.No);
+        }
+        return;
+      case Q.WantYes:
+        this.set(side, option, Q.No);
+        this.handlers.refused?.(side, option);
+        return;
+    }
+  }
+
+  private request(side: Side, option: number, enable: boolean): void {
+    const cur = this.table(side)[option];
+    const q = cur & 3;
+    const opposite = (cur & QUEUE_OPPOSITE) !== 0;
+    if (enable) {
+      switch (q) {
+        case Q.No:
+          this.set(side, option, Q.WantYes);
+          this.handlers.send(this.positiveVerb(side), option);
+          return;
+        case Q.Yes:
+          return; // Already enabled.
+        case Q.WantNo:
+          // Queue the enable until the pending disable is answered.
+          if (!opposite) this.set(side, option, Q.WantNo, true);
+          return;
+        case Q.WantYes:
+          // Cancel a queued disable, if any; the enable is already in flight.
+          if (opposite) this.set(side, option, Q.WantYes);
+          return;
+      }
+    } else {
+      switch (q) {
+        case Q.No:
+          return; // Already disabled.
+        case Q.Yes:
+          this.set(side, option, Q.WantNo);
+          this.handlers.send(this.negativeVerb(side), option);
+          return;
+        case Q.WantNo:
+          if (opposite) this.set(side, option, Q.WantNo);
+          return;
+        case Q.WantYes:
+          if (!opposite) this.set(side, option, Q.WantYes, true);
+          return;
+      }
+    }
+  }
+}

@@ -1,0 +1,124 @@
+import { ProtocolError } from '../../errors.js';
+import { Option, type NegotiationVerb } from './constants.js';
+import { TelnetDecoder, type TelnetDecoderOptions } from './decoder.js';
+import { encodeCommand, encodeData, encodeNegotiation, encodeSubnegotiation } from './encoder.js';
+import { OptionNegotiator, type OptionPolicy, type Side } from './negotiator.js';
+
+export interface TelnetSessionHandlers {
+  /** Bytes for the peer. Returns what the transport's write() returned (backpressure). */
+  write(bytes: Buffer): boolean;
+  data?(data: Buffer): void;
+  command?(command: number): void;
+  subnegotiation?(option: number, payload: Buffer): void;
+  optionChange?(side: Side, option: number, enabled: boolean): void;
+  refused?(side: Side, option: number): void;
+  /** A protocol violation. Reported once; the session ignores input afterwards. */
+  error?(err: ProtocolError): void;
+}
+
+/**
+ * One telnet endpoint without I/O: bytes in through `receive()`, events out through
+ * handlers, bytes out through `handlers.write`. Used by the VM side, the client side
+ * and the ESXi simulator alike. Keeps the decoder's BINARY mode in step with the
+ * negotiated state of the peer's BINARY option, and encodes our data according to
+ * our own BINARY state.
+ *
+ * A mode change takes effect from the next received chunk: tokens of the current
+ * chunk were already decoded. Only the CR NUL rule depends on it, and peers
+ * negotiate BINARY before they send data.
+ */
+export class TelnetSession {
+  readonly negotiator: OptionNegotiator;
+  private readonly decoder: TelnetDecoder;
+  private failed = false;
+
+  constructor(
+    policy: OptionPolicy,
+    private readonly handlers: TelnetSessionHandlers,
+    decoderOptions: TelnetDecoderOptions = {},
+  ) {
+    this.decoder = new TelnetDecoder(decoderOptions);
+    this.negotiator = new OptionNegotiator(policy, {
+      send: (verb, option) => {
+        this.handlers.write(encodeNegotiation(verb, option));
+      },
+      change: (side, option, enabled) => {
+        if (side === 'him' && option === Option.BINARY) this.decoder.binary = enabled;
+        this.handlers.optionChange?.(side, option, enabled);
+      },
+      refused: (side, option) => this.handlers.refused?.(side, option),
+    });
+  }
+
+  /** True once a protocol error was reported. */
+  get hasFailed(): boolean {
+    return this.failed;
+  }
+
+  /** True while the peer is inside an unfinished subnegotiation. */
+  get inSubnegotiation(): boolean {
+    return this.decoder.inSubnegotiation;
+  }
+
+  receive(chunk: Buffer): void {
+    if (this.failed) return;
+    const tokens = this.decoder.decode(chunk);
+    for (const t of tokens) {
+      if (this.failed) return;
+      switch (t.type) {
+        case 'data':
+          this.handlers.data?.(t.data);
+          break;
+        case 'command':
+          this.handlers.command?.(t.command);
+          break;
+        case 'negotiation':
+          this.negotiator.receive(t.verb, t.option);
+          break;
+        case 'subnegotiation':
+          this.handlers.subnegotiation?.(t.option, t.payload);
+          break;
+        case 'error':
+          this.fail(new ProtocolError(t.code, t.message, { offset: t.offset }));
+          return;
+      }
+    }
+  }
+
+  /** Report a protocol error found by a layer above (e.g. a bad option-232 payload). */
+  fail(err: ProtocolError): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.handlers.error?.(err);
+  }
+
+  isEnabled(side: Side, option: number): boolean {
+    return this.negotiator.isEnabled(side, option);
+  }
+
+  /** Sends console data, escaped for our current BINARY state. */
+  sendData(data: Buffer): boolean {
+    return this.handlers.write(encodeData(data, this.negotiator.isEnabled('us', Option.BINARY)));
+  }
+
+  sendCommand(command: number): boolean {
+    return this.handlers.write(encodeCommand(command));
+  }
+
+  sendSubnegotiation(option: number, payload?: Uint8Array): boolean {
+    return this.handlers.write(encodeSubnegotiation(option, payload));
+  }
+
+  /** Raw negotiation bytes, bypassing the Q method (simulating broken peers). */
+  sendRawNegotiation(verb: NegotiationVerb, option: number): boolean {
+    return this.handlers.write(encodeNegotiation(verb, option));
+  }
+
+  requestUs(option: number, enable = true): void {
+    this.negotiator.requestUs(option, enable);
+  }
+
+  requestHim(option: number, enable = true): void {
+    this.negotiator.requestHim(option, enable);
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * Schema migrations, applied in order by `openDatabase`. The database records the
+ * version it has reached in `PRAGMA user_version` (a header field, so it needs no
+ * table of its own and is updated atomically with the migration's transaction).
+ *
+ * Rules: never edit a migration that has shipped — databases in the field already
+ * ran it. Append a new one with the next version instead. Versions start at 1 and
+ * have no gaps; `openDatabase` relies on that ordering.
+ */
+export interface Migration {
+  /** The `user_version` the database has after this migration ran. */
+  readonly version: number;
+  /** One line for logs and error messages. */
+  readonly description: string;
+  /** SQL run with `Database.exec` inside one transaction. */
+  readonly up: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: 'create serial_ports (sticky VM serial port -> telnet port registry)',
+    up: `
+      CREATE TABLE serial_ports (
+        -- A stable handle for admin commands and logs; INTEGER PRIMARY KEY is the rowid,
+        -- so lookups by id cost nothing extra.
+        id         INTEGER PRIMARY KEY,
+        -- The VM's BIOS UUID, normalised to 32 lowercase hex digits before it gets here.
+        -- It, not the display name, identifies a VM: names change and are not unique,
+        -- the UUID survives vMotion. The CHECK keeps un-normalised spellings of one UUID
+        -- (dashes, spaces, upper case) from creating a second record and a second port.
+        uuid       TEXT    NOT NULL
+                   CHECK (length(uuid) = 32 AND uuid NOT GLOB '*[^0-9a-f]*'),
+        -- The serial port's vSPC URI label; a VM may have several serial ports, each
+        -- gets its own telnet port. '' when the VM sent none, so that UNIQUE below
+        -- still holds (NULLs would never compare equal and would allow duplicates).
+        label      TEXT    NOT NULL DEFAULT '',
+        -- The VM's display name as last reported; NULL until the VM has told us.
+        -- Informational only, updated on every registration that carries it.
+        name       TEXT,
+        -- The telnet port operators connect to. UNIQUE because two VMs can never share
+        -- a listener; the CHECK rejects values no TCP socket could bind. It is not
+        -- checked against the configured range: the range may change, and a VM keeps
+        -- its port regardless (stickiness wins).
+        tcp_port   INTEGER NOT NULL UNIQUE CHECK (tcp_port BETWEEN 1 AND 65535),
+        -- Milliseconds since the epoch. first_seen is for operators; last_seen drives
+        -- expiry of VMs that have not connected for a long time.
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        -- One record per (VM, serial port): the sticky key. Its index also serves the
+        -- hot lookup in register().
+        UNIQUE (uuid, label)
+      );
+      -- expire() scans by age.
+      CREATE INDEX serial_ports_last_seen ON serial_ports (last_seen);
+    `,
+  },
+];

@@ -1,0 +1,311 @@
+/**
+ * The sticky registry: each (VM UUID, serial port label) owns one telnet port for as
+ * long as its record exists, across restarts, vMotion and range changes.
+ *
+ * Port allocation reads an in-memory bitmap of the ports held by records instead of
+ * querying SQLite, because at startup thousands of VMs reconnect at once. The bitmap is
+ * loaded in the constructor and kept in step by every method that adds, moves or
+ * deletes a record. Another process (an admin tool) writing the same file can make it
+ * stale; the UNIQUE constraint on tcp_port still guarantees correctness, and a conflict
+ * makes the store reload the bitmap and retry.
+ */
+import type Database from 'better-sqlite3';
+import { StorageError } from '../errors.js';
+
+export interface PortRange {
+  start: number;
+  end: number;
+}
+
+export interface SerialPortRecord {
+  id: number;
+  /** 32 lowercase hex digits. */
+  uuid: string;
+  /** The serial port's vSPC label; '' when the VM sent none. */
+  label: string;
+  /** The VM's display name as last reported; null until known. */
+  name: string | null;
+  /** The telnet port. May lie outside the configured range (sticky from an older range). */
+  port: number;
+  /** ms since the epoch. */
+  firstSeen: number;
+  /** ms since the epoch. */
+  lastSeen: number;
+}
+
+const UUID_RE = /^[0-9a-f]{32}$/;
+const MAX_PORT = 65535;
+/** Insert attempts before giving up on races with another process writing the file. */
+const INSERT_ATTEMPTS = 3;
+
+const COLUMNS = 'id, uuid, label, name, tcp_port AS port, first_seen AS firstSeen, last_seen AS lastSeen';
+
+function isUniqueViolation(err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === 'SQLITE_CONSTRAINT_UNIQUE';
+}
+
+function checkTimestamp(field: string, value: number): void {
+  if (!Number.isSafeInteger(value)) {
+    throw new StorageError('VSPC_ARG_INVALID', `${field} must be an integer of ms since the epoch, got ${String(value)}`, {
+      field,
+      value,
+    });
+  }
+}
+
+export class SerialPortStore {
+  readonly range: Readonly<PortRange>;
+
+  private readonly db: Database.Database;
+  /** used[p] === 1 when some record holds port p (in or out of the range). */
+  private readonly used = new Uint8Array(MAX_PORT + 1);
+  /** Every port in [range.start, cursor) is used; the lowest free one is at or above it. */
+  private cursor: number;
+
+  private readonly stmts: {
+    byKey: Database.Statement<[string, string], SerialPortRecord>;
+    byId: Database.Statement<[number], SerialPortRecord>;
+    byPort: Database.Statement<[number], SerialPortRecord>;
+    all: Database.Statement<[], SerialPortRecord>;
+    ports: Database.Statement<[], number>;
+    seen: Database.Statement<[number, string | null, number]>;
+    insert: Database.Statement<[string, string, string | null, number, number, number]>;
+    touch: Database.Statement<[number, number]>;
+    rename: Database.Statement<[string, number]>;
+    forget: Database.Statement<[number], number>;
+    move: Database.Statement<[number, number]>;
+    olderThan: Database.Statement<[number], SerialPortRecord>;
+    deleteIfOlder: Database.Statement<[number, number]>;
+  };
+
+  constructor(db: Database.Database, range: PortRange) {
+    const { start, end } = range ?? ({} as PortRange);
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 1 || end > MAX_PORT || start > end) {
+      throw new StorageError(
+        'VSPC_PORT_RANGE_INVALID',
+        `port range must be integers with 1 <= start <= end <= ${MAX_PORT}, got ${String(start)}-${String(end)}`,
+        { range: { start, end } },
+      );
+    }
+    this.db = db;
+    this.range = Object.freeze({ start, end });
+    this.cursor = start;
+    this.stmts = {
+      byKey: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE uuid = ? AND label = ?`),
+      byId: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE id = ?`),
+      byPort: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE tcp_port = ?`),
+      all: db.prepare(`SELECT ${COLUMNS} FROM serial_ports ORDER BY tcp_port`),
+      ports: db.prepare<[], number>('SELECT tcp_port FROM serial_ports').pluck(),
+      // COALESCE: a registration without a name (null) keeps the name we already know.
+      seen: db.prepare('UPDATE serial_ports SET last_seen = ?, name = COALESCE(?, name) WHERE id = ?'),
+      insert: db.prepare(
+        'INSERT INTO serial_ports (uuid, label, name, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
+      touch: db.prepare('UPDATE serial_ports SET last_seen = ? WHERE id = ?'),
+      rename: db.prepare('UPDATE serial_ports SET name = ? WHERE id = ?'),
+      forget: db.prepare<[number], number>('DELETE FROM serial_ports WHERE id = ? RETURNING tcp_port').pluck(),
+      move: db.prepare('UPDATE serial_ports SET tcp_port = ? WHERE id = ?'),
+      olderThan: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE last_seen < ? ORDER BY tcp_port`),
+      // Re-checks the age so a record touched since it was selected survives.
+      deleteIfOlder: db.prepare('DELETE FROM serial_ports WHERE id = ? AND last_seen < ?'),
+    };
+    this.reloadPorts();
+  }
+
+  /**
+   * Sticky registration: returns the existing record for (uuid, label) — updating
+   * last_seen, and name when `name !== null` — or creates one on the lowest free port
+   * of the range. Idempotent: a second call for the same key returns created=false.
+   *
+   * Throws `StorageError` `VSPC_ARG_INVALID` (uuid not 32 lowercase hex, bad `now`),
+   * `VSPC_PORT_RANGE_EXHAUSTED` ({range, uuid, label}).
+   */
+  register(
+    uuid: string,
+    label: string,
+    name: string | null,
+    now: number = Date.now(),
+  ): { record: SerialPortRecord; created: boolean } {
+    if (typeof uuid !== 'string' || !UUID_RE.test(uuid)) {
+      throw new StorageError('VSPC_ARG_INVALID', `uuid must be 32 lowercase hex digits, got ${JSON.stringify(uuid)}`, {
+        field: 'uuid',
+        value: uuid,
+      });
+    }
+    if (typeof label !== 'string') {
+      throw new StorageError('VSPC_ARG_INVALID', 'label must be a string', { field: 'label', value: label });
+    }
+    checkTimestamp('now', now);
+
+    const existing = this.refreshExisting(uuid, label, name, now);
+    if (existing) return { record: existing, created: false };
+
+    let lastError: unknown;
+    for (let attempt = 0; attempt < INSERT_ATTEMPTS; attempt++) {
+      const port = this.lowestFreePort(uuid, label);
+      try {
+        const info = this.stmts.insert.run(uuid, label, name, port, now, now);
+        this.used[port] = 1;
+        this.cursor = port + 1;
+        return {
+          record: { id: Number(info.lastInsertRowid), uuid, label, name, port, firstSeen: now, lastSeen: now },
+          created: true,
+        };
+      } catch (err) {
+        if (!isUniqueViolation(err)) throw err;
+        lastError = err;
+        // Another process wrote the file: either it registered this key meanwhile...
+        const raced = this.refreshExisting(uuid, label, name, now);
+        if (raced) return { record: raced, created: false };
+        // ...or it took our port. Re-read which ports are really held and try again.
+        this.reloadPorts();
+      }
+    }
+    throw lastError;
+  }
+
+  get(uuid: string, label: string): SerialPortRecord | undefined {
+    return this.stmts.byKey.get(uuid, label);
+  }
+
+  getById(id: number): SerialPortRecord | undefined {
+    return this.stmts.byId.get(id);
+  }
+
+  getByPort(port: number): SerialPortRecord | undefined {
+    return this.stmts.byPort.get(port);
+  }
+
+  /** All records, ordered by port. */
+  list(): SerialPortRecord[] {
+    return this.stmts.all.all();
+  }
+
+  /** Sets last_seen. A record that no longer exists (forgotten meanwhile) is ignored. */
+  touch(id: number, now: number = Date.now()): void {
+    checkTimestamp('now', now);
+    this.stmts.touch.run(now, id);
+  }
+
+  /** Sets the display name. Throws `VSPC_NOT_FOUND` ({id}) if there is no such record. */
+  rename(id: number, name: string): void {
+    if (typeof name !== 'string') {
+      throw new StorageError('VSPC_ARG_INVALID', 'name must be a string', { field: 'name', value: name });
+    }
+    if (this.stmts.rename.run(name, id).changes === 0) {
+      throw new StorageError('VSPC_NOT_FOUND', `no serial port record with id ${id}`, { id });
+    }
+  }
+
+  /** Deletes the record; its port becomes free for new VMs. True if a row was deleted. */
+  forget(id: number): boolean {
+    const port = this.stmts.forget.get(id);
+    if (port === undefined) return false;
+    this.release(port);
+    return true;
+  }
+
+  /**
+   * Moves a record to `port` (1..65535; it may lie outside the range, and stays sticky).
+   * Throws `StorageError` `VSPC_PORT_INVALID` ({id, port}), `VSPC_NOT_FOUND` ({id}),
+   * `VSPC_PORT_IN_USE` ({id, port, heldBy}) when another record holds the port.
+   */
+  setPort(id: number, port: number): SerialPortRecord {
+    if (!Number.isInteger(port) || port < 1 || port > MAX_PORT) {
+      throw new StorageError('VSPC_PORT_INVALID', `port must be an integer 1..${MAX_PORT}, got ${String(port)}`, {
+        id,
+        port,
+      });
+    }
+    // IMMEDIATE: the holder check and the move see the same state even if another
+    // process writes the file.
+    const { before, after } = this.db
+      .transaction(() => {
+        const rec = this.stmts.byId.get(id);
+        if (!rec) throw new StorageError('VSPC_NOT_FOUND', `no serial port record with id ${id}`, { id });
+        if (rec.port === port) return { before: rec, after: rec };
+        const holder = this.stmts.byPort.get(port);
+        if (holder) {
+          this.used[port] = 1; // in case another process put it there
+          throw new StorageError(
+            'VSPC_PORT_IN_USE',
+            `port ${port} is held by ${holder.uuid}${holder.label ? ` (${holder.label})` : ''}`,
+            { id, port, heldBy: holder.id },
+          );
+        }
+        this.stmts.move.run(port, id);
+        return { before: rec, after: { ...rec, port } };
+      })
+      .immediate();
+    if (before.port !== after.port) {
+      this.release(before.port);
+      this.used[after.port] = 1;
+    }
+    return after;
+  }
+
+  /**
+   * Deletes the records whose last_seen < now - maxAgeMs and for which keep(record) is
+   * false (e.g. the VM is connected right now); returns the deleted records, ordered by
+   * port. If keep throws, nothing is deleted.
+   */
+  expire(maxAgeMs: number, keep: (r: SerialPortRecord) => boolean, now: number = Date.now()): SerialPortRecord[] {
+    if (typeof maxAgeMs !== 'number' || Number.isNaN(maxAgeMs) || maxAgeMs < 0) {
+      throw new StorageError('VSPC_ARG_INVALID', `maxAgeMs must be a non-negative number, got ${String(maxAgeMs)}`, {
+        field: 'maxAgeMs',
+        value: maxAgeMs,
+      });
+    }
+    checkTimestamp('now', now);
+    const cutoff = now - maxAgeMs;
+    const deleted = this.db
+      .transaction(() => {
+        const out: SerialPortRecord[] = [];
+        for (const r of this.stmts.olderThan.all(cutoff)) {
+          if (keep(r)) continue;
+          if (this.stmts.deleteIfOlder.run(r.id, cutoff).changes > 0) out.push(r);
+        }
+        return out;
+      })
+      .immediate();
+    for (const r of deleted) this.release(r.port);
+    return deleted;
+  }
+
+  /** The existing record for the key with last_seen/name refreshed, or undefined. */
+  private refreshExisting(uuid: string, label: string, name: string | null, now: number): SerialPortRecord | undefined {
+    const row = this.stmts.byKey.get(uuid, label);
+    if (!row) return undefined;
+    // changes === 0: deleted by another process between the two statements; treat as new.
+    if (this.stmts.seen.run(now, name, row.id).changes === 0) return undefined;
+    return { ...row, name: name ?? row.name, lastSeen: now };
+  }
+
+  /** Amortised O(1): the cursor only moves back when a port below it is released. */
+  private lowestFreePort(uuid: string, label: string): number {
+    const { start, end } = this.range;
+    for (let p = this.cursor; p <= end; p++) {
+      if (this.used[p] === 0) {
+        this.cursor = p;
+        return p;
+      }
+    }
+    this.cursor = end + 1;
+    throw new StorageError(
+      'VSPC_PORT_RANGE_EXHAUSTED',
+      `no free port in range ${start}-${end} for ${uuid}${label ? ` (${label})` : ''}; widen --port-range or expire old VMs`,
+      { range: { start, end }, uuid, label },
+    );
+  }
+
+  private release(port: number): void {
+    this.used[port] = 0;
+    if (port >= this.range.start && port < this.cursor) this.cursor = port;
+  }
+
+  private reloadPorts(): void {
+    this.used.fill(0);
+    for (const p of this.stmts.ports.iterate()) this.used[p] = 1;
+    this.cursor = this.range.start;
+  }
+}
