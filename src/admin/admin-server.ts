@@ -1,0 +1,95 @@
+import http from 'node:http';
+import type net from 'node:net';
+import type { Logger } from '../logger.js';
+import { errorFields } from '../logger.js';
+import type { HostPort } from '../config.js';
+
+export interface AdminRoute {
+  method: 'GET' | 'POST' | 'DELETE';
+  /** Exact path, e.g. `/api/v1/ports`. */
+  path: string;
+  handle(url: URL): unknown | Promise<unknown>;
+}
+
+/** An error the API reports to the caller with a status and a stable code. */
+export class AdminApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The admin API: HTTP with JSON bodies, on loopback by default. Responses are
+ * `200 <json>` or `<status> {"error":{"code","message"}}`. Documented in
+ * docs/admin-api.md; `vspc-admin` is its client.
+ */
+export class AdminServer {
+  private server: http.Server | null = null;
+
+  constructor(
+    private readonly routes: AdminRoute[],
+    private readonly logger: Logger,
+  ) {}
+
+  async listen(addr: HostPort): Promise<net.AddressInfo> {
+    const server = http.createServer((req, res) => void this.dispatch(req, res));
+    // Admin clients are short-lived; do not let idle keep-alive sockets hold shutdown.
+    server.keepAliveTimeout = 1000;
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 30_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: addr.host, port: addr.port }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.logger.error('admin listener error', errorFields(err)));
+    this.server = server;
+    const bound = server.address() as net.AddressInfo;
+    this.logger.info('admin API listening', { address: bound.address, port: bound.port });
+    return bound;
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = null;
+    await new Promise<void>((r) => {
+      server.close(() => r());
+      server.closeAllConnections();
+    });
+  }
+
+  private async dispatch(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://admin');
+    const route = this.routes.find((r) => r.path === url.pathname && r.method === req.method);
+    try {
+      if (!route) {
+        const known = this.routes.some((r) => r.path === url.pathname);
+        throw new AdminApiError(known ? 405 : 404, known ? 'METHOD_NOT_ALLOWED' : 'NOT_FOUND', `${req.method} ${url.pathname} is not an admin API call`);
+      }
+      req.resume(); // No request bodies are used yet; drain whatever came.
+      const body = await route.handle(url);
+      this.send(res, 200, body);
+    } catch (err) {
+      if (err instanceof AdminApiError) {
+        this.send(res, err.status, { error: { code: err.code, message: err.message } });
+      } else {
+        const code = (err as { code?: string }).code ?? 'INTERNAL';
+        this.logger.error('admin API call failed', { path: url.pathname, ...errorFields(err) });
+        this.send(res, 500, { error: { code, message: (err as Error).message } });
+      }
+    }
+  }
+
+  private send(res: http.ServerResponse, status: number, body: unknown): void {
+    const text = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+}

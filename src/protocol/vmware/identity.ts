@@ -1,0 +1,74 @@
+import { ProtocolError } from '../../errors.js';
+
+/** Bounds on identity text from a VM: real values are far smaller; larger is hostile. */
+export const MAX_NAME_BYTES = 1024;
+export const MAX_URI_BYTES = 1024;
+export const MAX_UUID_TEXT_BYTES = 128;
+export const MAX_LABEL_LENGTH = 64;
+
+/**
+ * Normalises a VC UUID as ESXi sends it ("42 1a 5b 77 09 c3 8e 21-9f 00 aa 10 5c 2e 7d 01")
+ * or as an operator types it (any case, with or without spaces, dashes, braces) to
+ * 32 lowercase hex digits. Returns undefined when it is not exactly 32 hex digits.
+ */
+export function normalizeUuid(text: string): string | undefined {
+  const stripped = text.replace(/[\s\-{}]/g, '').toLowerCase();
+  return /^[0-9a-f]{32}$/.test(stripped) ? stripped : undefined;
+}
+
+/** Canonical display form: 8-4-4-4-12. */
+export function formatUuid(hex32: string): string {
+  return `${hex32.slice(0, 8)}-${hex32.slice(8, 12)}-${hex32.slice(12, 16)}-${hex32.slice(16, 20)}-${hex32.slice(20)}`;
+}
+
+export function parseUuidPayload(payload: Buffer): string {
+  if (payload.length > MAX_UUID_TEXT_BYTES) {
+    throw new ProtocolError('VSPC_BAD_UUID', `VM-VC-UUID of ${payload.length} bytes is too long`, { length: payload.length });
+  }
+  const text = payload.toString('latin1');
+  const uuid = normalizeUuid(text);
+  if (!uuid) throw new ProtocolError('VSPC_BAD_UUID', 'VM-VC-UUID is not 32 hex digits', { text: JSON.stringify(text) });
+  return uuid;
+}
+
+export function parseNamePayload(payload: Buffer): string {
+  if (payload.length > MAX_NAME_BYTES) {
+    throw new ProtocolError('VSPC_BAD_NAME', `VM-NAME of ${payload.length} bytes exceeds ${MAX_NAME_BYTES}`, {
+      length: payload.length,
+    });
+  }
+  // Control characters in a name would corrupt tables and logs; replace them.
+  return payload.toString('utf8').replace(/[\u0000-\u001f\u007f]/g, '?');
+}
+
+export interface ProxyRequest {
+  direction: string;
+  /** The full service URI as sent, e.g. "vSPC.py?port=com2". */
+  uri: string;
+  /** The part before "?". */
+  service: string;
+  /** The serial port label from `?port=`; '' when absent. */
+  label: string;
+}
+
+export function parseDoProxyPayload(payload: Buffer): ProxyRequest {
+  if (payload.length < 1) throw new ProtocolError('VSPC_BAD_DO_PROXY', 'DO-PROXY without a direction byte');
+  if (payload.length > MAX_URI_BYTES + 1) {
+    throw new ProtocolError('VSPC_BAD_DO_PROXY', `DO-PROXY of ${payload.length} bytes is too long`, { length: payload.length });
+  }
+  const direction = String.fromCharCode(payload[0]);
+  const uri = payload.subarray(1).toString('utf8');
+  const q = uri.indexOf('?');
+  const service = q < 0 ? uri : uri.slice(0, q);
+  let label = '';
+  if (q >= 0) {
+    const params = new URLSearchParams(uri.slice(q + 1));
+    label = params.get('port') ?? '';
+  }
+  if (label.length > MAX_LABEL_LENGTH || /[\u0000-\u001f\u007f]/.test(label)) {
+    throw new ProtocolError('VSPC_BAD_DO_PROXY', 'DO-PROXY port label is too long or has control characters', {
+      label: JSON.stringify(label.slice(0, 80)),
+    });
+  }
+  return { direction, uri, service, label };
+}

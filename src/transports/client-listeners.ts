@@ -1,0 +1,142 @@
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from '../logger.js';
+import { errorFields } from '../logger.js';
+import type { Registry } from '../domain/registry.js';
+import type { VmSerialPort } from '../domain/vm-serial-port.js';
+import { TelnetClient, type TelnetClientOptions } from './telnet-client.js';
+
+export interface ClientListenerOptions extends TelnetClientOptions {
+  host: string;
+  /** With TLS configured, each VM's telnets port is its telnet port plus this offset. */
+  tlsPortOffset: number;
+  tls?: tls.SecureContextOptions;
+  /** A port that could not be bound is tried again after this long. */
+  bindRetryMs: number;
+}
+
+interface Listeners {
+  plain: net.Server | null;
+  secure: net.Server | null;
+  retry: NodeJS.Timeout | null;
+}
+
+/**
+ * One telnet (and optionally telnets) listener per VM serial port, following the
+ * registry: bound when a port becomes known, moved on `set-port`, closed when
+ * forgotten. A bind failure (EADDRINUSE: something else holds the sticky port) is
+ * logged, shown in `list` through the hub, and retried; it never stops the server.
+ */
+export class ClientListeners {
+  private readonly byHub = new Map<VmSerialPort, Listeners>();
+  private closed = false;
+
+  constructor(
+    private readonly registry: Registry,
+    private readonly logger: Logger,
+    private readonly options: ClientListenerOptions,
+  ) {
+    registry.on('added', (hub) => this.open(hub));
+    registry.on('removed', (hub) => this.closeFor(hub));
+    registry.on('moved', (hub) => {
+      this.closeFor(hub);
+      this.open(hub);
+    });
+  }
+
+  tlsPortOf(hub: VmSerialPort): number | null {
+    return this.options.tls ? hub.identity.port + this.options.tlsPortOffset : null;
+  }
+
+  /** Bind listeners for all hubs already in the registry (at start-up). */
+  openAll(): void {
+    for (const hub of this.registry.all()) this.open(hub);
+  }
+
+  private open(hub: VmSerialPort): void {
+    if (this.closed || this.byHub.has(hub)) return;
+    const l: Listeners = { plain: null, secure: null, retry: null };
+    this.byHub.set(hub, l);
+    this.bind(hub, l);
+  }
+
+  private bind(hub: VmSerialPort, l: Listeners): void {
+    l.retry = null;
+    if (!l.plain) {
+      l.plain = this.listen(hub, l, false, hub.identity.port);
+    }
+    const tlsPort = this.tlsPortOf(hub);
+    if (tlsPort !== null && !l.secure) {
+      l.secure = this.listen(hub, l, true, tlsPort);
+    }
+  }
+
+  private listen(hub: VmSerialPort, l: Listeners, secure: boolean, port: number): net.Server | null {
+    if (port < 1 || port > 65535) {
+      const msg = `port ${port} is out of range`;
+      if (secure) hub.tlsListenError = msg;
+      else hub.listenError = msg;
+      return null;
+    }
+    const onSocket = (socket: net.Socket) => {
+      // Hub may have been forgotten between accept and here.
+      if (this.byHub.get(hub) !== l) {
+        socket.destroy();
+        return;
+      }
+      new TelnetClient(socket, hub, this.logger, this.options, secure);
+    };
+    const server = secure
+      ? tls.createServer({ ...this.options.tls }, onSocket)
+      : net.createServer(onSocket);
+    if (secure) {
+      server.on('tlsClientError', (err, socket) => {
+        this.logger.info('TLS handshake failed on client port', { port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
+      });
+    }
+    server.on('error', (err: NodeJS.ErrnoException) => {
+      const message = `${err.code ?? 'ERROR'}: cannot listen on ${this.options.host}:${port}`;
+      if (secure) {
+        hub.tlsListenError = message;
+        l.secure = null;
+      } else {
+        hub.listenError = message;
+        l.plain = null;
+      }
+      this.logger.warn('cannot bind VM client port; will retry', {
+        vm: hub.displayName,
+        uuid: hub.identity.uuid,
+        port,
+        tls: secure,
+        retryMs: this.options.bindRetryMs,
+        ...errorFields(err),
+      });
+      server.close();
+      if (!l.retry && !this.closed && this.byHub.get(hub) === l) {
+        l.retry = setTimeout(() => this.bind(hub, l), this.options.bindRetryMs);
+        l.retry.unref();
+      }
+    });
+    server.on('listening', () => {
+      if (secure) hub.tlsListenError = null;
+      else hub.listenError = null;
+    });
+    server.listen({ host: this.options.host, port, exclusive: true });
+    return server;
+  }
+
+  private closeFor(hub: VmSerialPort): void {
+    const l = this.byHub.get(hub);
+    if (!l) return;
+    this.byHub.delete(hub);
+    if (l.retry) clearTimeout(l.retry);
+    l.plain?.close();
+    l.secure?.close();
+  }
+
+  /** Stop listening everywhere (connections already open are closed by their hubs). */
+  close(): void {
+    this.closed = true;
+    for (const hub of [...this.byHub.keys()]) this.closeFor(hub);
+  }
+}
