@@ -6,6 +6,7 @@ import { ephemeralPortRange, rangesOverlap, type VspcConfig } from './config.js'
 import { openDatabase, closeDatabase } from './storage/database.js';
 import { SerialPortStore } from './storage/serial-port-store.js';
 import { Registry } from './domain/registry.js';
+import { VmotionCoordinator } from './domain/vmotion.js';
 import { ClientListeners } from './transports/client-listeners.js';
 import { ProxyListener } from './transports/proxy-listener.js';
 import { AdminServer } from './admin/admin-server.js';
@@ -28,6 +29,7 @@ const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
  */
 export class VspcServer {
   readonly registry: Registry;
+  readonly vmotion: VmotionCoordinator;
   readonly startedAt = Date.now();
   private readonly db: Database.Database;
   private readonly listeners: ClientListeners;
@@ -44,6 +46,7 @@ export class VspcServer {
     this.db = openDatabase(config.dbPath);
     const store = new SerialPortStore(this.db, config.portRange);
     this.registry = new Registry(store, config.vmotionHoldLimit);
+    this.vmotion = new VmotionCoordinator({ timeoutMs: config.vmotionTimeoutMs }, logger);
     const tlsOptions = config.tls ? { cert: config.tls.cert, key: config.tls.key } : undefined;
     this.listeners = new ClientListeners(this.registry, logger, {
       host: config.vmListenHost,
@@ -58,6 +61,7 @@ export class VspcServer {
       {
         registry: this.registry,
         logger,
+        vmotion: this.vmotion,
         options: {
           serviceName: config.serviceName,
           comPort: config.comPort,
@@ -110,6 +114,7 @@ export class VspcServer {
       vmPortsConnected: all.filter((h) => h.source).length,
       clients: all.reduce((n, h) => n + h.clients.size, 0),
       vmConnections: this.proxy.connections.size,
+      vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
     };
   }
 
@@ -172,6 +177,8 @@ export class VspcServer {
   private async doClose(): Promise<void> {
     this.logger.info('vspc shutting down');
     if (this.expiryTimer) clearInterval(this.expiryTimer);
+    // vMotions under way finish on this connection set or not at all: refuse new ones.
+    this.vmotion.refuseNew();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
@@ -179,6 +186,7 @@ export class VspcServer {
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
     await Promise.race([accepting, grace]);
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
+    this.vmotion.clear();
     await this.admin.close();
     closeDatabase(this.db);
     this.logger.info('vspc stopped');
@@ -189,7 +197,9 @@ export class VspcServer {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     void this.proxy.stopAccepting();
     this.listeners.close();
+    this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
+    this.vmotion.clear();
     for (const hub of this.registry.all()) hub.closeClients('vspc stopped');
     void this.admin.close();
     closeDatabase(this.db);

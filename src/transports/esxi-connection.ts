@@ -7,6 +7,7 @@ import type { ProxyRequest } from '../protocol/vmware/identity.js';
 import { BRK } from '../protocol/telnet/constants.js';
 import type { Registry } from '../domain/registry.js';
 import type { SerialSource } from '../domain/ports.js';
+import type { VmotionCoordinator, VmotionEndpoint } from '../domain/vmotion.js';
 import type { VmSerialPort } from '../domain/vm-serial-port.js';
 
 /**
@@ -38,20 +39,12 @@ export interface EsxiConnectionOptions {
   proxyPortHint: string;
 }
 
-/** vMotion events are routed to a coordinator (issue 4) so this file stays about one connection. */
-export interface VmotionHandler {
-  begin(conn: EsxiConnection, seq: Buffer): void;
-  peer(conn: EsxiConnection, seqAndSecret: Buffer): void;
-  complete(conn: EsxiConnection, seq: Buffer): void;
-  abort(conn: EsxiConnection): void;
-  closed(conn: EsxiConnection): void;
-}
-
 export interface EsxiConnectionContext {
   registry: Registry;
   logger: Logger;
   options: EsxiConnectionOptions;
-  vmotion?: VmotionHandler;
+  /** vMotion events go to the coordinator, so this file stays about one connection. */
+  vmotion: VmotionCoordinator;
   /** Called once when the connection is gone. */
   onClosed?(conn: EsxiConnection): void;
 }
@@ -60,7 +53,7 @@ let nextConnectionId = 1;
 
 const TLS_HANDSHAKE = 0x16;
 
-export class EsxiConnection implements SerialSource {
+export class EsxiConnection implements VmotionEndpoint {
   readonly kind = 'esxi';
   readonly id = nextConnectionId++;
   readonly peer: string;
@@ -71,6 +64,8 @@ export class EsxiConnection implements SerialSource {
   private uuidValue: string | null = null;
   private nameValue: string | null = null;
   private hub: VmSerialPort | null = null;
+  /** The hub this connection fed before a vMotion moved the VM away. */
+  private retiringHub: VmSerialPort | null = null;
   private preIdentify: Buffer[] = [];
   private preIdentifyBytes = 0;
   private preIdentifyDropped = 0;
@@ -107,10 +102,10 @@ export class EsxiConnection implements SerialSource {
         },
         knownSuboptions: (codes) => this.log.debug('VM known suboptions', { codes }),
         unknownSuboption: (code) => this.log.info('unknown option-232 subcommand', { code }),
-        vmotionBegin: (seq) => this.ctx.vmotion?.begin(this, seq) ?? this.protocol.sendNotNow(seq),
-        vmotionPeer: (ss) => this.ctx.vmotion?.peer(this, ss),
-        vmotionComplete: (seq) => this.ctx.vmotion?.complete(this, seq),
-        vmotionAbort: () => this.ctx.vmotion?.abort(this),
+        vmotionBegin: (seq) => this.ctx.vmotion.begin(this, seq),
+        vmotionPeer: (ss) => void this.ctx.vmotion.peer(this, ss),
+        vmotionComplete: (seq) => this.ctx.vmotion.complete(this, seq),
+        vmotionAbort: () => this.ctx.vmotion.abort(this),
       },
     );
 
@@ -202,9 +197,26 @@ export class EsxiConnection implements SerialSource {
     return previous;
   }
 
-  /** Stop feeding the hub without closing (vMotion source retired by the coordinator). */
-  detachFromHub(): void {
+  /**
+   * vMotion COMPLETE: the peer is now the hub's source. Bytes this connection still
+   * delivers (sent before the VM paused, still in flight) go to the hub's clients;
+   * nothing is written to it any more.
+   */
+  retireFromHub(): void {
+    this.retiringHub = this.hub;
     this.hub = null;
+  }
+
+  sendGoahead(seq: Buffer, secret: Buffer): void {
+    this.protocol.sendGoahead(seq, secret);
+  }
+
+  sendNotNow(seq: Buffer): void {
+    this.protocol.sendNotNow(seq);
+  }
+
+  sendPeerOk(seq: Buffer): void {
+    this.protocol.sendPeerOk(seq);
   }
 
   // --- internals
@@ -242,8 +254,9 @@ export class EsxiConnection implements SerialSource {
   }
 
   private onVmData(data: Buffer): void {
-    if (this.hub) {
-      this.hub.fromVm(data);
+    const hub = this.hub ?? this.retiringHub;
+    if (hub) {
+      hub.fromVm(data);
       return;
     }
     if (this.stateValue === 'closed') return;
@@ -324,6 +337,12 @@ export class EsxiConnection implements SerialSource {
   private tryAttach(): void {
     if (this.stateValue !== 'identifying' && this.stateValue !== 'negotiating') return;
     if (!this.proxy || !this.uuidValue) return;
+    if (this.ctx.registry.get(this.uuidValue, this.proxy.label)?.isHolding) {
+      // A vMotion of this serial port is under way: this is most likely its destination,
+      // which must present VMOTION-PEER rather than take the port over by UUID.
+      this.log.info('identified during a vMotion of this serial port; waiting for VMOTION-PEER');
+      return;
+    }
     let hub: VmSerialPort;
     let created: boolean;
     try {
@@ -383,7 +402,7 @@ export class EsxiConnection implements SerialSource {
     this.clearTimers();
     if (this.closeTimer) clearTimeout(this.closeTimer);
     if (this.drainListener) this.socket.off('drain', this.drainListener);
-    this.ctx.vmotion?.closed(this);
+    this.ctx.vmotion.closed(this);
     this.log.info('VM connection closed', { durationMs: Date.now() - this.connectedAt });
     this.ctx.onClosed?.(this);
   }

@@ -1,0 +1,262 @@
+import { randomBytes } from 'node:crypto';
+import type { Logger } from '../logger.js';
+import type { SerialSource } from './ports.js';
+import type { VmSerialPort } from './vm-serial-port.js';
+
+/**
+ * vMotion handoff. One Migration per VMOTION-BEGIN, keyed by the exact bytes
+ * seq+secret (never by UUID: all serial ports of a VM share it).
+ *
+ *                      BEGIN (source attached)
+ *   (none) ─────────────────────────────────────────▶ AwaitingPeer ── GOAHEAD(seq,secret) sent,
+ *      ▲   BEGIN while shutting down / unattached:         │          client input held
+ *      │   NOTNOW(seq)                                     │ PEER(seq+secret) on another connection
+ *      │                                                   ▼
+ *      │                                                 PeerOk ──── PEER-OK(seq) sent
+ *      │          peer connection dies ◀──────────────────┘ │
+ *      │          (back to AwaitingPeer)                     │ COMPLETE(seq) from the peer
+ *      │                                                     ▼
+ *      ├──── Completed: peer becomes the VM's source, held input delivered to it first,
+ *      │                old source retired
+ *      ├──── Aborted (ABORT from the source): held input delivered to the source
+ *      ├──── Replaced (a second BEGIN from the same source)
+ *      └──── TimedOut (no PEER/COMPLETE/ABORT in time): held input to the source if it
+ *                     is still attached, else discarded and counted
+ *
+ * A source that dies mid-migration does not end it: the destination may still
+ * arrive and complete (its data was paused anyway); the timeout bounds the wait.
+ */
+export type MigrationState = 'awaiting-peer' | 'peer-ok';
+export type MigrationOutcome = 'completed' | 'aborted' | 'timed-out' | 'replaced' | 'refused';
+
+/** What the coordinator needs from a VM connection; EsxiConnection implements it. */
+export interface VmotionEndpoint extends SerialSource {
+  readonly id: number;
+  readonly log: Logger;
+  /** The hub this connection feeds, when it is a VM's attached source. */
+  readonly serialPort: VmSerialPort | null;
+  sendGoahead(seq: Buffer, secret: Buffer): void;
+  sendNotNow(seq: Buffer): void;
+  sendPeerOk(seq: Buffer): void;
+  /** Presented a valid secret: waits for COMPLETE (no identify timeout, no registration). */
+  markVmotionPeer(): void;
+  /** Become `hub`'s source; returns the source it replaced. */
+  adoptHub(hub: VmSerialPort): SerialSource | null;
+  /** Stop being the hub's source without closing (late bytes still reach the hub). */
+  retireFromHub(): void;
+}
+
+interface Migration {
+  readonly key: string;
+  readonly seq: Buffer;
+  readonly hub: VmSerialPort;
+  source: VmotionEndpoint;
+  /** False once the source connection has closed. */
+  sourceAlive: boolean;
+  peer: VmotionEndpoint | null;
+  state: MigrationState;
+  readonly startedAt: number;
+  timer: NodeJS.Timeout;
+}
+
+export interface VmotionRecord {
+  startedAt: string;
+  durationMs: number;
+  outcome: MigrationOutcome;
+  heldBytes: number;
+  discardedBytes: number;
+}
+
+export interface VmotionCoordinatorOptions {
+  timeoutMs: number;
+  /** Secret length in bytes; VMware asks for a cryptographic random secret of 8 or more. */
+  secretBytes?: number;
+}
+
+export type VmotionCounters = Record<MigrationOutcome | 'begun' | 'bad-peer', number>;
+
+export class VmotionCoordinator {
+  private readonly byKey = new Map<string, Migration>();
+  private readonly bySource = new Map<VmotionEndpoint, Migration>();
+  private readonly byPeer = new Map<VmotionEndpoint, Migration>();
+  private readonly history = new WeakMap<VmSerialPort, VmotionRecord[]>();
+  private shuttingDown = false;
+  readonly counters: VmotionCounters = {
+    begun: 0,
+    completed: 0,
+    aborted: 0,
+    'timed-out': 0,
+    replaced: 0,
+    refused: 0,
+    'bad-peer': 0,
+  };
+
+  constructor(
+    private readonly options: VmotionCoordinatorOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Migrations not yet finished (for tests and metrics). */
+  get pending(): number {
+    return this.byKey.size;
+  }
+
+  historyOf(hub: VmSerialPort): readonly VmotionRecord[] {
+    return this.history.get(hub) ?? [];
+  }
+
+  /** From now on every BEGIN is refused with NOTNOW (the concentrator is going away). */
+  refuseNew(): void {
+    this.shuttingDown = true;
+  }
+
+  begin(source: VmotionEndpoint, seq: Buffer): void {
+    const hub = source.serialPort;
+    const refuse = this.shuttingDown ? 'concentrator is shutting down' : !hub ? 'connection is not an identified VM serial port' : null;
+    if (refuse || !hub) {
+      this.counters.refused++;
+      source.log.warn('vMotion refused (NOTNOW)', { reason: refuse, seq: seq.toString('hex') });
+      source.sendNotNow(seq);
+      return;
+    }
+    const stale = this.bySource.get(source);
+    if (stale) {
+      source.log.warn('second VMOTION-BEGIN replaces the pending vMotion', {
+        staleSeq: stale.seq.toString('hex'),
+        seq: seq.toString('hex'),
+      });
+      // Keep holding: the held input carries over to the new migration.
+      this.end(stale, 'replaced', { releaseTo: undefined });
+    }
+    const secret = randomBytes(this.options.secretBytes ?? 16);
+    const key = Buffer.concat([seq, secret]).toString('hex');
+    const m: Migration = {
+      key,
+      seq: Buffer.from(seq),
+      hub,
+      source,
+      sourceAlive: true,
+      peer: null,
+      state: 'awaiting-peer',
+      startedAt: Date.now(),
+      timer: this.armTimeout(key),
+    };
+    this.byKey.set(key, m);
+    this.bySource.set(source, m);
+    this.counters.begun++;
+    // Hold before answering: nothing typed after GOAHEAD may reach the paused VM.
+    hub.startHolding();
+    source.sendGoahead(seq, secret);
+    source.log.info('vMotion begin: GOAHEAD sent', { seq: seq.toString('hex') });
+  }
+
+  peer(conn: VmotionEndpoint, seqAndSecret: Buffer): boolean {
+    const m = this.byKey.get(seqAndSecret.toString('hex'));
+    if (!m || m.peer || conn === m.source || conn.serialPort) {
+      this.counters['bad-peer']++;
+      conn.log.warn('security: VMOTION-PEER with an unknown or already used sequence/secret; refused and closed', {
+        security: true,
+        reason: !m ? 'no pending vMotion matches' : m.peer ? 'vMotion already has a peer' : 'peer is not a new connection',
+        bytes: seqAndSecret.length,
+      });
+      conn.close('invalid vMotion peer');
+      return false;
+    }
+    m.peer = conn;
+    m.state = 'peer-ok';
+    this.byPeer.set(conn, m);
+    conn.markVmotionPeer();
+    conn.sendPeerOk(m.seq);
+    conn.log.info('vMotion peer accepted: PEER-OK sent', { vm: m.hub.displayName, seq: m.seq.toString('hex') });
+    return true;
+  }
+
+  complete(conn: VmotionEndpoint, seq: Buffer): void {
+    const m = this.byPeer.get(conn);
+    if (!m || !m.seq.equals(seq)) {
+      conn.log.warn('VMOTION-COMPLETE ignored: not from the peer of a pending vMotion with that sequence', {
+        seq: seq.toString('hex'),
+      });
+      return;
+    }
+    const old = m.source;
+    const replaced = conn.adoptHub(m.hub);
+    if (replaced && replaced !== old) replaced.close('superseded by vMotion');
+    if (m.sourceAlive) old.retireFromHub();
+    this.end(m, 'completed', { releaseTo: conn });
+    if (m.sourceAlive) old.close('vMotion complete: VM moved to another connection');
+  }
+
+  abort(conn: VmotionEndpoint): void {
+    const m = this.bySource.get(conn);
+    if (!m) {
+      conn.log.warn('VMOTION-ABORT ignored: no pending vMotion from this connection');
+      return;
+    }
+    this.end(m, 'aborted', { releaseTo: conn });
+  }
+
+  /** A connection closed: update any migration it takes part in. */
+  closed(conn: VmotionEndpoint): void {
+    const asSource = this.bySource.get(conn);
+    if (asSource) {
+      asSource.sourceAlive = false;
+      conn.log.warn('vMotion source closed mid-migration; waiting for the destination until the timeout', {
+        vm: asSource.hub.displayName,
+      });
+    }
+    const asPeer = this.byPeer.get(conn);
+    if (asPeer) {
+      this.byPeer.delete(conn);
+      asPeer.peer = null;
+      asPeer.state = 'awaiting-peer';
+      conn.log.warn('vMotion peer closed before COMPLETE; waiting for another peer until the timeout', {
+        vm: asPeer.hub.displayName,
+      });
+    }
+  }
+
+  /** Drop all pending migrations (shutdown). */
+  clear(): void {
+    for (const m of [...this.byKey.values()]) this.end(m, 'timed-out', { releaseTo: m.sourceAlive ? m.source : null });
+  }
+
+  private armTimeout(key: string): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      const m = this.byKey.get(key);
+      if (!m) return;
+      m.source.log.warn('vMotion timed out', { vm: m.hub.displayName, state: m.state, timeoutMs: this.options.timeoutMs });
+      if (m.peer) m.peer.close('vMotion timed out');
+      this.end(m, 'timed-out', { releaseTo: m.sourceAlive ? m.source : null });
+    }, this.options.timeoutMs);
+    t.unref();
+    return t;
+  }
+
+  /**
+   * Forget a migration. `releaseTo` undefined keeps the hub holding (replaced by a
+   * new BEGIN); null discards held input; an endpoint receives it.
+   */
+  private end(m: Migration, outcome: MigrationOutcome, opts: { releaseTo: VmotionEndpoint | null | undefined }): void {
+    clearTimeout(m.timer);
+    this.byKey.delete(m.key);
+    if (this.bySource.get(m.source) === m) this.bySource.delete(m.source);
+    if (m.peer && this.byPeer.get(m.peer) === m) this.byPeer.delete(m.peer);
+    this.counters[outcome]++;
+    const held = m.hub.heldInputBytes;
+    let discarded = 0;
+    if (opts.releaseTo !== undefined) {
+      const r = m.hub.stopHolding(opts.releaseTo);
+      discarded = r.refused + (opts.releaseTo ? 0 : held);
+    }
+    if (outcome === 'aborted' && m.peer) m.peer.close('vMotion aborted by the source');
+    const durationMs = Date.now() - m.startedAt;
+    const record: VmotionRecord = { startedAt: new Date(m.startedAt).toISOString(), durationMs, outcome, heldBytes: held, discardedBytes: discarded };
+    const list = this.history.get(m.hub) ?? [];
+    list.push(record);
+    if (list.length > 20) list.shift();
+    this.history.set(m.hub, list);
+    const log = outcome === 'completed' && m.peer ? m.peer.log : m.source.log;
+    log.info(`vMotion ${outcome}`, { vm: m.hub.displayName, seq: m.seq.toString('hex'), durationMs, heldBytes: held, discardedBytes: discarded });
+  }
+}

@@ -1,0 +1,109 @@
+import { Writable } from 'node:stream';
+import { createLogger, type Logger } from '../../src/logger.js';
+import type { ConsoleClient, SerialSource } from '../../src/domain/ports.js';
+import type { VmSerialPort } from '../../src/domain/vm-serial-port.js';
+import type { VmotionEndpoint } from '../../src/domain/vmotion.js';
+
+/** A logger whose JSON lines are kept for assertions. */
+export function memoryLogger(): { logger: Logger; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      for (const l of String(chunk).split('\n')) if (l.trim()) lines.push(JSON.parse(l));
+      cb();
+    },
+  });
+  return { logger: createLogger({ level: 'debug', stream }), lines };
+}
+
+export class FakeClient implements ConsoleClient {
+  static next = 1;
+  readonly id = FakeClient.next++;
+  readonly peer = 'fake-client';
+  received: Buffer[] = [];
+  notices: string[] = [];
+  paused = false;
+  closedWith: string | null = null;
+  deliver(data: Buffer): void {
+    this.received.push(Buffer.from(data));
+  }
+  notice(text: string): void {
+    this.notices.push(text);
+  }
+  pauseInput(): void {
+    this.paused = true;
+  }
+  resumeInput(): void {
+    this.paused = false;
+  }
+  close(reason: string): void {
+    this.closedWith = reason;
+  }
+  get output(): Buffer {
+    return Buffer.concat(this.received);
+  }
+}
+
+export class FakeSource implements SerialSource {
+  readonly kind = 'fake';
+  readonly peer = 'fake-source';
+  written: Buffer[] = [];
+  full = false;
+  drain: (() => void) | null = null;
+  closedWith: string | null = null;
+  write(data: Buffer): boolean {
+    this.written.push(Buffer.from(data));
+    return !this.full;
+  }
+  onDrain(listener: () => void): void {
+    this.drain = listener;
+  }
+  close(reason: string): void {
+    this.closedWith = reason;
+  }
+  get input(): Buffer {
+    return Buffer.concat(this.written);
+  }
+}
+
+let nextEndpoint = 1;
+
+/** A VM connection as the vMotion coordinator sees it, recording what was sent. */
+export class FakeEndpoint extends FakeSource implements VmotionEndpoint {
+  readonly id = nextEndpoint++;
+  readonly log: Logger;
+  serialPort: VmSerialPort | null = null;
+  sent: Array<{ kind: 'goahead' | 'notnow' | 'peer-ok'; seq: Buffer; secret?: Buffer }> = [];
+  isPeer = false;
+  retired = false;
+  constructor(logger: Logger) {
+    super();
+    this.log = logger.child({ conn: this.id });
+  }
+  sendGoahead(seq: Buffer, secret: Buffer): void {
+    this.sent.push({ kind: 'goahead', seq: Buffer.from(seq), secret: Buffer.from(secret) });
+  }
+  sendNotNow(seq: Buffer): void {
+    this.sent.push({ kind: 'notnow', seq: Buffer.from(seq) });
+  }
+  sendPeerOk(seq: Buffer): void {
+    this.sent.push({ kind: 'peer-ok', seq: Buffer.from(seq) });
+  }
+  markVmotionPeer(): void {
+    this.isPeer = true;
+  }
+  adoptHub(hub: VmSerialPort): SerialSource | null {
+    this.serialPort = hub;
+    return hub.attachSource(this);
+  }
+  retireFromHub(): void {
+    this.retired = true;
+    this.serialPort = null;
+  }
+  /** Attach as the hub's current source (a normal identified connection). */
+  attach(hub: VmSerialPort): this {
+    this.serialPort = hub;
+    hub.attachSource(this);
+    return this;
+  }
+}
