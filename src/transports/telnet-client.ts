@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../logger.js';
 import { errorFields } from '../logger.js';
-import { AYT, BRK, Option, policyFromLists, TelnetSession } from '../protocol/telnet/index.js';
+import { AYT, BRK, encodeData, Option, policyFromLists, TelnetSession } from '../protocol/telnet/index.js';
 import type { ConsoleClient } from '../domain/ports.js';
 import type { VmSerialPort } from '../domain/vm-serial-port.js';
 
@@ -13,6 +13,20 @@ export interface TelnetClientOptions {
 }
 
 let nextClientId = 1;
+
+/**
+ * Fan-out hands every client of a VM the same Buffer; escaping it once instead of
+ * once per client keeps the per-chunk cost flat in the number of clients.
+ */
+const fanout = { input: null as Buffer | null, binary: true, output: null as Buffer | null };
+function encodeForFanout(data: Buffer, binary: boolean): Buffer {
+  if (fanout.input !== data || fanout.binary !== binary) {
+    fanout.input = data;
+    fanout.binary = binary;
+    fanout.output = encodeData(data, binary);
+  }
+  return fanout.output!;
+}
 
 /**
  * An admin's stock `telnet` attached to one VM serial port. We WILL ECHO and SGA
@@ -69,7 +83,7 @@ export class TelnetClient implements ConsoleClient {
 
   deliver(data: Buffer): void {
     if (this.closed) return;
-    this.session.sendData(data);
+    this.socket.write(encodeForFanout(data, this.session.isEnabled('us', Option.BINARY)));
     if (this.socket.writableLength > this.options.maxQueuedBytes) {
       this.log.warn('client too slow; disconnecting', { queued: this.socket.writableLength, limit: this.options.maxQueuedBytes });
       // The queue is already full: telling the client would only queue more, so just go.

@@ -1,0 +1,145 @@
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { VmSerialPort } from '../../src/domain/vm-serial-port.js';
+import { Registry } from '../../src/domain/registry.js';
+import { openDatabase, closeDatabase } from '../../src/storage/database.js';
+import { SerialPortStore } from '../../src/storage/serial-port-store.js';
+import { FakeClient, FakeSource } from './fakes.js';
+
+function hub(): VmSerialPort {
+  return new VmSerialPort({ id: 1, uuid: 'c'.repeat(32), label: '', name: 'vm', port: 10001 });
+}
+
+describe('VmSerialPort hub', () => {
+  test('VM output fans out to every client, in order', () => {
+    const h = hub();
+    const src = new FakeSource();
+    h.attachSource(src);
+    const a = new FakeClient();
+    const b = new FakeClient();
+    h.addClient(a);
+    h.addClient(b);
+    h.fromVm(Buffer.from('one '));
+    h.fromVm(Buffer.from([0, 255, 13]));
+    assert.deepEqual(a.output, Buffer.from([...Buffer.from('one '), 0, 255, 13]));
+    assert.deepEqual(b.output, a.output);
+    assert.equal(h.bytesFromVm, 7);
+  });
+
+  test('client input goes to the source; a full source pauses clients until drain', () => {
+    const h = hub();
+    const src = new FakeSource();
+    h.attachSource(src);
+    const a = new FakeClient();
+    const b = new FakeClient();
+    h.addClient(a);
+    h.addClient(b);
+    src.full = true;
+    h.fromClient(a, Buffer.from('x'));
+    assert.equal(src.input.toString(), 'x');
+    assert.equal(a.paused, true);
+    assert.equal(b.paused, true);
+    const c = new FakeClient();
+    h.addClient(c);
+    assert.equal(c.paused, true, 'a client attaching while paused starts paused');
+    src.full = false;
+    src.drain!();
+    assert.deepEqual([a.paused, b.paused, c.paused], [false, false, false]);
+  });
+
+  test('while the VM is away: clients are told once, input is discarded, they stay attached', () => {
+    const h = hub();
+    const a = new FakeClient();
+    h.addClient(a);
+    assert.equal(a.notices.length, 1);
+    assert.match(a.notices[0], /not connected/);
+    h.fromClient(a, Buffer.from('lost'));
+    h.fromClient(a, Buffer.from('lost again'));
+    assert.equal(a.notices.length, 1, 'told once, not per keystroke');
+    const src = new FakeSource();
+    h.attachSource(src);
+    assert.match(a.notices.at(-1)!, /VM connected/);
+    h.fromVm(Buffer.from('back'));
+    assert.equal(a.output.toString(), 'back');
+    assert.equal(src.input.length, 0);
+    assert.equal(h.detachSource(src), true);
+    assert.match(a.notices.at(-1)!, /disconnected/);
+    h.fromClient(a, Buffer.from('y'));
+    assert.match(a.notices.at(-1)!, /input discarded/);
+    assert.equal(a.closedWith, null);
+  });
+
+  test('a stale source cannot detach the current one', () => {
+    const h = hub();
+    const old = new FakeSource();
+    const cur = new FakeSource();
+    h.attachSource(old);
+    assert.equal(h.attachSource(cur), old);
+    assert.equal(h.detachSource(old), false);
+    assert.equal(h.source, cur);
+  });
+});
+
+describe('Registry', () => {
+  test('sticky ports across a reload, events for listeners, forget frees the port', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vspc-reg-'));
+    try {
+      const path = join(dir, 'r.db');
+      let db = openDatabase(path);
+      let reg = new Registry(new SerialPortStore(db, { start: 20000, end: 20010 }));
+      const added: number[] = [];
+      reg.on('added', (p) => added.push(p.identity.port));
+      const { port: p1, created } = reg.register('1'.repeat(32), '', 'vm-one');
+      const { port: p2 } = reg.register('1'.repeat(32), 'com2', 'vm-one');
+      assert.equal(created, true);
+      assert.notEqual(p1.identity.port, p2.identity.port);
+      assert.deepEqual(added, [20000, 20001]);
+      assert.equal(reg.register('1'.repeat(32), '', 'vm-renamed').port, p1);
+      assert.equal(p1.identity.name, 'vm-renamed');
+      closeDatabase(db);
+
+      db = openDatabase(path);
+      reg = new Registry(new SerialPortStore(db, { start: 20000, end: 20010 }));
+      const loaded: string[] = [];
+      reg.on('added', (p) => loaded.push(`${p.identity.name}:${p.identity.label}:${p.identity.port}`));
+      reg.load();
+      assert.deepEqual(loaded, ['vm-renamed::20000', 'vm-one:com2:20001']);
+      const again = reg.register('1'.repeat(32), 'com2', null);
+      assert.equal(again.created, false);
+      assert.equal(again.port.identity.port, 20001);
+
+      const client = new FakeClient();
+      again.port.addClient(client);
+      const removed: number[] = [];
+      reg.on('removed', (p) => removed.push(p.identity.port));
+      reg.forget(again.port);
+      assert.deepEqual(removed, [20001]);
+      assert.match(client.closedWith ?? '', /forgotten/);
+      assert.equal(reg.getByPort(20001), undefined);
+      assert.equal(reg.register('2'.repeat(32), '', 'vm-two').port.identity.port, 20001);
+      closeDatabase(db);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('expire keeps connected or attended ports, drops the rest', () => {
+    const db = openDatabase(':memory:');
+    const reg = new Registry(new SerialPortStore(db, { start: 20000, end: 20010 }));
+    const t0 = 1_000_000;
+    const idle = reg.register('3'.repeat(32), '', 'idle', t0).port;
+    const connected = reg.register('4'.repeat(32), '', 'connected', t0).port;
+    connected.attachSource(new FakeSource());
+    const attended = reg.register('5'.repeat(32), '', 'attended', t0).port;
+    attended.addClient(new FakeClient());
+    const dropped = reg.expire(1000, t0 + 5000);
+    assert.deepEqual(dropped.map((p) => p.identity.name), ['idle']);
+    assert.equal(reg.get('3'.repeat(32), ''), undefined);
+    assert.equal(reg.size, 2);
+    assert.equal(idle.identity.port, 20000);
+    closeDatabase(db);
+  });
+});
