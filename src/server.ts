@@ -11,6 +11,7 @@ import { ClientListeners } from './transports/client-listeners.js';
 import { ProxyListener } from './transports/proxy-listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { portView } from './admin/views.js';
+import { resolveVm } from './admin/resolve.js';
 import { VERSION } from './version.js';
 
 
@@ -84,6 +85,17 @@ export class VspcServer {
           handle: () => this.registry.all().map((h) => portView(h, this.registry, (x) => this.listeners.tlsPortOf(x))),
         },
         { method: 'GET', path: '/api/v1/status', handle: () => this.status() },
+        {
+          method: 'POST',
+          path: '/api/v1/forget',
+          handle: (url) => {
+            const hub = resolveVm(this.registry, url.searchParams.get('vm'));
+            const view = portView(hub, this.registry, (x) => this.listeners.tlsPortOf(x));
+            this.registry.forget(hub);
+            this.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.port });
+            return view;
+          },
+        },
       ],
       logger,
     );

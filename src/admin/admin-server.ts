@@ -73,7 +73,7 @@ export class AdminServer {
         const known = this.routes.some((r) => r.path === url.pathname);
         throw new AdminApiError(known ? 405 : 404, known ? 'METHOD_NOT_ALLOWED' : 'NOT_FOUND', `${req.method} ${url.pathname} is not an admin API call`);
       }
-      req.resume(); // No request bodies are used yet; drain whatever came.
+      req.resume(); // Parameters travel in the query string; drain any body.
       const body = await route.handle(url);
       this.send(res, 200, body);
     } catch (err) {

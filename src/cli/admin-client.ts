@@ -13,10 +13,18 @@ export class AdminClient {
     return `http://${host}:${this.addr.port}`;
   }
 
-  async get<T>(path: string): Promise<T> {
+  get<T>(path: string): Promise<T> {
+    return this.request<T>('GET', path);
+  }
+
+  post<T>(path: string): Promise<T> {
+    return this.request<T>('POST', path);
+  }
+
+  private async request<T>(method: string, path: string): Promise<T> {
     let res: Response;
     try {
-      res = await fetch(this.base + path, { signal: AbortSignal.timeout(this.timeoutMs) });
+      res = await fetch(this.base + path, { method, signal: AbortSignal.timeout(this.timeoutMs) });
     } catch (err) {
       const cause = (err as { cause?: { code?: string } }).cause;
       const why = cause?.code ?? (err as Error).name;

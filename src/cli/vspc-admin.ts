@@ -61,6 +61,15 @@ export function buildAdminProgram(out: (s: string) => void): Command {
       else out(Object.entries(s).map(([k, v]) => `${k}: ${v}`).join('\n') + '\n');
     });
 
+  program
+    .command('forget')
+    .description('forget a VM serial port: drop its mapping, free its port, close its clients')
+    .argument('<vm>', 'VM name, UUID (any case, with or without separators), port, or NAME:LABEL')
+    .action(async (vm: string) => {
+      const p = await client(program).post<PortView>(`/api/v1/forget?vm=${encodeURIComponent(vm)}`);
+      out(`forgot ${p.name ?? p.uuid}${p.label ? `:${p.label}` : ''} (port ${p.port} is free again)\n`);
+    });
+
   return program;
 }
 
