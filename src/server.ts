@@ -24,6 +24,15 @@ export interface ServerAddresses {
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
 /**
+ * Ports the allocator must never hand to a VM: our own listeners, and with TLS the
+ * ports whose telnets twin (port + offset) would land on one of them.
+ */
+function reservedPorts(c: VspcConfig): number[] {
+  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0].filter((p) => p > 0);
+  return c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own;
+}
+
+/**
  * The concentrator: storage, registry, VM listener(s), per-VM client listeners and
  * the admin API, wired together. `close()` drains and is idempotent; `destroy()`
  * aborts.
@@ -45,7 +54,7 @@ export class VspcServer {
     private readonly logger: Logger,
   ) {
     this.db = openDatabase(config.dbPath);
-    const store = new SerialPortStore(this.db, config.portRange);
+    const store = new SerialPortStore(this.db, config.portRange, reservedPorts(config));
     this.registry = new Registry(store, config.vmotionHoldLimit);
     this.vmotion = new VmotionCoordinator({ timeoutMs: config.vmotionTimeoutMs }, logger);
     const tlsOptions = config.tls ? { cert: config.tls.cert, key: config.tls.key } : undefined;
@@ -170,9 +179,11 @@ export class VspcServer {
         ephemeral: eph,
       });
     }
-    if (!LOOPBACK.has(c.vmListenHost) && !c.tls) {
-      this.logger.warn('VM client ports listen on a non-loopback address without TLS: consoles are readable on the network', {
+    if (!LOOPBACK.has(c.vmListenHost)) {
+      // The plain telnet client ports exist even when telnets ones are offered too.
+      this.logger.warn('VM client telnet ports listen on a non-loopback address: plain-text consoles are reachable on the network', {
         vmListenHost: c.vmListenHost,
+        telnetsAlsoOffered: !!c.tls,
       });
     }
     if (!LOOPBACK.has(c.adminListen.host)) {

@@ -70,8 +70,13 @@ export class AdminServer {
     const route = this.routes.find((r) => r.path === url.pathname && r.method === req.method);
     try {
       if (!route) {
-        const known = this.routes.some((r) => r.path === url.pathname);
-        throw new AdminApiError(known ? 405 : 404, known ? 'METHOD_NOT_ALLOWED' : 'NOT_FOUND', `${req.method} ${url.pathname} is not an admin API call`);
+        const allowed = this.routes.filter((r) => r.path === url.pathname).map((r) => r.method);
+        if (allowed.length > 0) res.setHeader('allow', allowed.join(', '));
+        throw new AdminApiError(
+          allowed.length > 0 ? 405 : 404,
+          allowed.length > 0 ? 'METHOD_NOT_ALLOWED' : 'NOT_FOUND',
+          `${req.method} ${url.pathname} is not an admin API call`,
+        );
       }
       req.resume(); // Parameters travel in the query string; drain any body.
       const body = await route.handle(url);

@@ -7,6 +7,17 @@ import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { formatTable } from './table.js';
 
+/** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
+function formatStatus(s: Record<string, unknown>): string {
+  const value = (v: unknown) =>
+    v !== null && typeof v === 'object'
+      ? Object.entries(v as Record<string, unknown>)
+          .map(([k, x]) => `${k}=${String(x)}`)
+          .join(' ')
+      : String(v);
+  return Object.entries(s).map(([k, v]) => `${k}: ${value(v)}`).join('\n') + '\n';
+}
+
 function client(program: Command): AdminClient {
   const o = program.opts<{ admin: string }>();
   return new AdminClient(parseHostPort('--admin', o.admin, '127.0.0.1'));
@@ -58,7 +69,7 @@ export function buildAdminProgram(out: (s: string) => void): Command {
     .action(async (opts: { json?: boolean }) => {
       const s = await client(program).get<Record<string, unknown>>('/api/v1/status');
       if (opts.json) out(JSON.stringify(s, null, 2) + '\n');
-      else out(Object.entries(s).map(([k, v]) => `${k}: ${v}`).join('\n') + '\n');
+      else out(formatStatus(s));
     });
 
   program

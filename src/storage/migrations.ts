@@ -25,7 +25,7 @@ export const MIGRATIONS: readonly Migration[] = [
         -- A stable handle for admin commands and logs; INTEGER PRIMARY KEY is the rowid,
         -- so lookups by id cost nothing extra.
         id         INTEGER PRIMARY KEY,
-        -- The VM's BIOS UUID, normalised to 32 lowercase hex digits before it gets here.
+        -- The VM's vCenter UUID (VM-VC-UUID), normalised to 32 lowercase hex digits before it gets here.
         -- It, not the display name, identifies a VM: names change and are not unique,
         -- the UUID survives vMotion. The CHECK keeps un-normalised spellings of one UUID
         -- (dashes, spaces, upper case) from creating a second record and a second port.

@@ -59,6 +59,8 @@ export class SerialPortStore {
   private readonly db: Database.Database;
   /** used[p] === 1 when some record holds port p (in or out of the range). */
   private readonly used = new Uint8Array(MAX_PORT + 1);
+  /** reserved[p] === 1 for ports never handed out (the concentrator's own listeners). */
+  private readonly reserved = new Uint8Array(MAX_PORT + 1);
   /** Every port in [range.start, cursor) is used; the lowest free one is at or above it. */
   private cursor: number;
 
@@ -78,7 +80,11 @@ export class SerialPortStore {
     deleteIfOlder: Database.Statement<[number, number]>;
   };
 
-  constructor(db: Database.Database, range: PortRange) {
+  /**
+   * @param reserved ports that new allocations skip: the concentrator's own listen
+   *   ports may lie inside the range (13370-13372 do in the default one).
+   */
+  constructor(db: Database.Database, range: PortRange, reserved: Iterable<number> = []) {
     const { start, end } = range ?? ({} as PortRange);
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 1 || end > MAX_PORT || start > end) {
       throw new StorageError(
@@ -90,6 +96,7 @@ export class SerialPortStore {
     this.db = db;
     this.range = Object.freeze({ start, end });
     this.cursor = start;
+    for (const p of reserved) if (Number.isInteger(p) && p >= 1 && p <= MAX_PORT) this.reserved[p] = 1;
     this.stmts = {
       byKey: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE uuid = ? AND label = ?`),
       byId: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE id = ?`),
@@ -285,7 +292,7 @@ export class SerialPortStore {
   private lowestFreePort(uuid: string, label: string): number {
     const { start, end } = this.range;
     for (let p = this.cursor; p <= end; p++) {
-      if (this.used[p] === 0) {
+      if (this.used[p] === 0 && this.reserved[p] === 0) {
         this.cursor = p;
         return p;
       }

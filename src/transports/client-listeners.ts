@@ -48,11 +48,6 @@ export class ClientListeners {
     return this.options.tls ? hub.identity.port + this.options.tlsPortOffset : null;
   }
 
-  /** Bind listeners for all hubs already in the registry (at start-up). */
-  openAll(): void {
-    for (const hub of this.registry.all()) this.open(hub);
-  }
-
   private open(hub: VmSerialPort): void {
     if (this.closed || this.byHub.has(hub)) return;
     const l: Listeners = { plain: null, secure: null, retry: null };

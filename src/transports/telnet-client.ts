@@ -4,6 +4,7 @@ import { errorFields } from '../logger.js';
 import { AYT, BRK, encodeData, Option, policyFromLists, TelnetSession } from '../protocol/telnet/index.js';
 import type { ConsoleClient } from '../domain/ports.js';
 import type { VmSerialPort } from '../domain/vm-serial-port.js';
+import { formatUuid } from '../protocol/vmware/identity.js';
 
 export interface TelnetClientOptions {
   /** Bytes queued to a client that does not read; past this it is disconnected. */
@@ -66,7 +67,16 @@ export class TelnetClient implements ConsoleClient {
     );
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
-    socket.on('data', (chunk: Buffer) => this.session.receive(chunk));
+    socket.once('data', (chunk: Buffer) => {
+      // A TLS ClientHello on a plain port would otherwise be decoded as keystrokes for the VM.
+      if (!secure && chunk[0] === 0x16) {
+        this.log.warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
+        this.destroy();
+        return;
+      }
+      this.session.receive(chunk);
+      socket.on('data', (c: Buffer) => this.session.receive(c));
+    });
     socket.on('error', (err) => this.log.info('client socket error', errorFields(err)));
     socket.on('close', () => this.onClose());
 
@@ -76,7 +86,7 @@ export class TelnetClient implements ConsoleClient {
     this.session.requestHim(Option.BINARY);
     this.session.requestHim(Option.SGA);
     const id = hub.identity;
-    this.notice(`${hub.displayName} (uuid ${id.uuid}${id.label ? `, port ${id.label}` : ''})`);
+    this.notice(`${hub.displayName} (uuid ${formatUuid(id.uuid)}${id.label ? `, port ${id.label}` : ''})`);
     hub.addClient(this);
     this.log.info('client attached', { clients: hub.clients.size });
   }

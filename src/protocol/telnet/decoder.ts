@@ -1,4 +1,4 @@
-import { CR, FIRST_COMMAND, IAC, NUL, SB, SE, DO, DONT, WILL, WONT, type NegotiationVerb } from './constants.js';
+import { CR, FIRST_COMMAND, IAC, NUL, SB, SE, DO, DONT, WILL, WONT, Option, type NegotiationVerb } from './constants.js';
 import type { TelnetErrorCode, TelnetToken } from './tokens.js';
 
 export interface TelnetDecoderOptions {
@@ -10,6 +10,12 @@ export interface TelnetDecoderOptions {
    * dropped; CR LF stays as it is.
    */
   binary?: boolean;
+  /**
+   * Stop decoding right after a WILL/WONT BINARY (which may switch `binary`) and keep
+   * the rest of the chunk (`hasPending`) until the next `decode()` call, so that the
+   * owner can apply the mode change to the bytes that follow in the same chunk.
+   */
+  pauseOnBinary?: boolean;
 }
 
 /** Named states of the decoder (ws receiver style: one switch, no hidden flags). */
@@ -50,10 +56,19 @@ export class TelnetDecoder {
   binary: boolean;
   /** Total bytes consumed, for error offsets in logs. */
   private consumed = 0;
+  private readonly pauseOnBinary: boolean;
+  /** Rest of a chunk not decoded yet (see `pauseOnBinary`). */
+  private pending: Buffer | null = null;
 
   constructor(options: TelnetDecoderOptions = {}) {
     this.maxSubnegotiation = options.maxSubnegotiation ?? DEFAULT_MAX_SUBNEGOTIATION;
     this.binary = options.binary ?? false;
+    this.pauseOnBinary = options.pauseOnBinary ?? false;
+  }
+
+  /** True when a paused `decode()` left bytes to decode (call `decode()` again, e.g. with an empty chunk). */
+  get hasPending(): boolean {
+    return this.pending !== null;
   }
 
   /** True once a protocol error has been reported. */
@@ -67,7 +82,11 @@ export class TelnetDecoder {
   }
 
   decode(chunk: Uint8Array): TelnetToken[] {
-    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    let buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (this.pending) {
+      buf = buf.length > 0 ? Buffer.concat([this.pending, buf]) : this.pending;
+      this.pending = null;
+    }
     const tokens: TelnetToken[] = [];
     const len = buf.length;
     let i = 0;
@@ -124,11 +143,19 @@ export class TelnetDecoder {
           }
           break;
         }
-        case State.Negotiation:
+        case State.Negotiation: {
           this.flushData(tokens);
-          tokens.push({ type: 'negotiation', verb: this.verb, option: buf[i++] });
+          const option = buf[i++];
+          tokens.push({ type: 'negotiation', verb: this.verb, option });
           this.state = State.Data;
+          if (this.pauseOnBinary && option === Option.BINARY && (this.verb === WILL || this.verb === WONT) && i < len) {
+            // The owner may switch `binary` now; the rest is decoded in the next call.
+            this.pending = Buffer.from(buf.subarray(i));
+            this.consumed += i;
+            return tokens;
+          }
           break;
+        }
         case State.SbOption:
           this.sbOption = buf[i++];
           this.sbParts = [];

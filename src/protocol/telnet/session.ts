@@ -1,8 +1,11 @@
 import { ProtocolError } from '../../errors.js';
 import { Option, type NegotiationVerb } from './constants.js';
 import { TelnetDecoder, type TelnetDecoderOptions } from './decoder.js';
+import type { TelnetToken } from './tokens.js';
 import { encodeCommand, encodeData, encodeNegotiation, encodeSubnegotiation } from './encoder.js';
 import { OptionNegotiator, type OptionPolicy, type Side } from './negotiator.js';
+
+const EMPTY = Buffer.alloc(0);
 
 export interface TelnetSessionHandlers {
   /** Bytes for the peer. Returns what the transport's write() returned (backpressure). */
@@ -23,9 +26,9 @@ export interface TelnetSessionHandlers {
  * negotiated state of the peer's BINARY option, and encodes our data according to
  * our own BINARY state.
  *
- * A mode change takes effect from the next received chunk: tokens of the current
- * chunk were already decoded. Only the CR NUL rule depends on it, and peers
- * negotiate BINARY before they send data.
+ * A mode change takes effect right after the WILL/WONT BINARY that caused it, also
+ * for the rest of the same chunk (the decoder pauses there, see `pauseOnBinary`).
+ * Only the CR NUL rule depends on it.
  */
 export class TelnetSession {
   readonly negotiator: OptionNegotiator;
@@ -37,7 +40,9 @@ export class TelnetSession {
     private readonly handlers: TelnetSessionHandlers,
     decoderOptions: TelnetDecoderOptions = {},
   ) {
-    this.decoder = new TelnetDecoder(decoderOptions);
+    // pauseOnBinary: a WILL/WONT BINARY followed by data in the same chunk switches the
+    // decoder before that data is decoded (TCP may merge the handshake and data).
+    this.decoder = new TelnetDecoder({ ...decoderOptions, pauseOnBinary: true });
     this.negotiator = new OptionNegotiator(policy, {
       send: (verb, option) => {
         this.handlers.write(encodeNegotiation(verb, option));
@@ -61,8 +66,15 @@ export class TelnetSession {
   }
 
   receive(chunk: Buffer): void {
-    if (this.failed) return;
-    const tokens = this.decoder.decode(chunk);
+    let input: Buffer | null = chunk;
+    while (input !== null) {
+      if (this.failed) return;
+      this.receiveTokens(this.decoder.decode(input));
+      input = this.decoder.hasPending ? EMPTY : null;
+    }
+  }
+
+  private receiveTokens(tokens: TelnetToken[]): void {
     for (const t of tokens) {
       if (this.failed) return;
       switch (t.type) {

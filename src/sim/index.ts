@@ -1,0 +1,16 @@
+/** Simulated peers of the concentrator, for tests and benchmarks: an ESXi host's VM serial port and a stock telnet user. */
+export {
+  SimulatedVm,
+  HOST_KNOWN_SUBOPTIONS,
+  ByteCollector,
+  connectSocket,
+  seededRandom,
+  type SimulatedVmOptions,
+  type SimulatedVmEvents,
+  type VmotionBeginResult,
+  type NegotiationOrder,
+  type Segmentation,
+  type UartReport,
+  type ByteMatcher,
+} from './esxi-simulator.js';
+export { TelnetUser, type TelnetUserOptions, type TelnetUserEvents } from './telnet-user.js';

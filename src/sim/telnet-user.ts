@@ -1,0 +1,188 @@
+/**
+ * A model of a stock `telnet` client (Linux netkit telnet) used by a person to reach
+ * a VM's console port, or typed by mistake at the concentrator's VM port.
+ *
+ * Like netkit telnet given an explicit port, it initiates no negotiation and answers
+ * the server's: `WILL ECHO/SGA/BINARY` → DO, `DO BINARY/SGA` → WILL, any other DO →
+ * WONT (so `DO VMWARE-TELNET-EXT` is refused), any other WILL → DONT. Everything the
+ * server sends as data is collected, unescaped, in `received`.
+ *
+ * No test-framework imports; every wait is bounded.
+ */
+import { EventEmitter } from 'node:events';
+import type net from 'node:net';
+import type tls from 'node:tls';
+import { Option, type NegotiationVerb } from '../protocol/telnet/constants.js';
+import { policyFromLists, type Side } from '../protocol/telnet/negotiator.js';
+import { TelnetSession } from '../protocol/telnet/session.js';
+import { ByteCollector, connectSocket, type ByteMatcher } from './esxi-simulator.js';
+
+export interface TelnetUserOptions {
+  host: string;
+  port: number;
+  /** telnets: TLS from the first byte. */
+  tls?: tls.ConnectionOptions;
+  connectTimeoutMs?: number;
+  /** Keep received data in `received` (default true). */
+  collect?: boolean;
+}
+
+export interface TelnetUserEvents {
+  /** Data from the server, unescaped. */
+  data: [data: Buffer];
+  close: [];
+}
+
+export class TelnetUser extends EventEmitter<TelnetUserEvents> {
+  readonly session: TelnetSession;
+  /** Every WILL/WONT/DO/DONT the server sent, in order. */
+  readonly negotiationsReceived: Array<{ verb: NegotiationVerb; option: number }> = [];
+  /** Telnet commands the server sent. */
+  readonly commands: number[] = [];
+  socketError: Error | null = null;
+  protocolError: Error | null = null;
+  /** Our local TCP port (kept after the close). */
+  readonly localPort: number;
+  /** `127.0.0.1:54321`: this connection as the server sees it. */
+  readonly peerName: string;
+  private readonly collector: ByteCollector;
+  private closedFlag = false;
+  private closing: Promise<void> | null = null;
+
+  private constructor(private readonly socket: net.Socket, opts: TelnetUserOptions) {
+    super();
+    this.localPort = socket.localPort ?? 0;
+    this.peerName = `${socket.localAddress}:${socket.localPort}`;
+    this.collector = new ByteCollector(opts.collect ?? true);
+    this.session = new TelnetSession(
+      policyFromLists({ us: [Option.BINARY, Option.SGA], him: [Option.ECHO, Option.SGA, Option.BINARY] }),
+      {
+        write: (b) => (this.socket.destroyed ? false : this.socket.write(b)),
+        data: (d) => {
+          this.collector.push(d);
+          this.emit('data', d);
+        },
+        command: (c) => this.commands.push(c),
+        error: (err) => {
+          this.protocolError = err;
+        },
+      },
+    );
+    const negotiator = this.session.negotiator;
+    const receive = negotiator.receive.bind(negotiator);
+    negotiator.receive = (verb, option) => {
+      this.negotiationsReceived.push({ verb, option });
+      receive(verb, option);
+    };
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.session.receive(chunk));
+    socket.on('error', (err) => {
+      this.socketError = err;
+    });
+    socket.on('close', () => {
+      this.closedFlag = true;
+      this.collector.end('connection closed');
+      this.emit('close');
+    });
+  }
+
+  static async connect(opts: TelnetUserOptions): Promise<TelnetUser> {
+    const socket = await connectSocket(opts.host, opts.port, opts.tls, opts.connectTimeoutMs ?? 5000);
+    return new TelnetUser(socket, opts);
+  }
+
+  get closed(): boolean {
+    return this.closedFlag;
+  }
+
+  /** Everything received so far (unescaped; a view that later data does not change). */
+  get received(): Buffer {
+    return this.collector.bytes;
+  }
+
+  /** `received` as latin1 text (one char per byte). */
+  get text(): string {
+    return this.collector.bytes.toString('latin1');
+  }
+
+  /** The current length of `received`: pass it as `from` to wait only for what comes next. */
+  mark(): number {
+    return this.collector.length;
+  }
+
+  isEnabled(side: Side, option: number): boolean {
+    return this.session.isEnabled(side, option);
+  }
+
+  /**
+   * Waits until the data received from offset `from` on contains the pattern (a
+   * string is matched as UTF-8), reaches N bytes, or satisfies the predicate.
+   * Resolves with the bytes from `from`; rejects on timeout or on close without a match.
+   */
+  waitFor(pattern: ByteMatcher, timeoutMs = 5000, from = 0): Promise<Buffer> {
+    return this.collector.wait(pattern, timeoutMs, from, 'telnet user');
+  }
+
+  /** Waits until the options are enabled on the given sides (e.g. BINARY both ways). */
+  async waitForOptions(wanted: Array<[Side, number]>, timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!wanted.every(([side, opt]) => this.isEnabled(side, opt))) {
+      if (this.closedFlag) throw new Error('telnet user: connection closed during option negotiation');
+      if (Date.now() > deadline) {
+        throw new Error(`telnet user: options ${JSON.stringify(wanted)} not enabled after ${timeoutMs} ms`);
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  /** Typed input, escaped for the wire (IAC doubled; CR NUL unless BINARY is on). */
+  send(data: Buffer | string): boolean {
+    if (this.closedFlag) return false;
+    return this.session.sendData(typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
+  }
+
+  /** A telnet command such as BRK or AYT. */
+  sendCommand(command: number): boolean {
+    if (this.closedFlag) return false;
+    return this.session.sendCommand(command);
+  }
+
+  sendRaw(bytes: Uint8Array): boolean {
+    if (this.closedFlag || this.socket.destroyed) return false;
+    return this.socket.write(bytes);
+  }
+
+  whenClosed(timeoutMs = 5000): Promise<void> {
+    if (this.closedFlag) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off('close', onClose);
+        reject(new Error(`telnet user: not closed after ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onClose = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.once('close', onClose);
+    });
+  }
+
+  /** Graceful: FIN, then wait for the close (destroying after 1 s). Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      if (this.closedFlag) return resolve();
+      const timer = setTimeout(() => this.socket.destroy(), 1000);
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.socket.end();
+    });
+    return this.closing;
+  }
+
+  /** Abort at once. Idempotent. */
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
