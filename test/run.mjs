@@ -7,6 +7,7 @@
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, statSync, rmSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { tmpdir } from 'node:os';
 
 const root = new URL('..', import.meta.url).pathname;
 const testDir = join(root, 'dist', 'test');
@@ -35,7 +36,8 @@ if (files.length === 0) {
   process.exit(2);
 }
 
-const tap = join(root, 'dist', 'test-results.tap');
+// One TAP file per run, so that concurrent runs cannot read each other's summary.
+const tap = join(tmpdir(), `vspc-test-results-${process.pid}.tap`);
 rmSync(tap, { force: true });
 const res = spawnSync(
   process.execPath,
@@ -58,6 +60,7 @@ try {
 } catch {
   /* reported below */
 }
+rmSync(tap, { force: true });
 const num = (k) => {
   const m = text.match(new RegExp(`^# ${k} (\\d+)$`, 'm'));
   return m ? Number(m[1]) : 0;
