@@ -33,6 +33,8 @@ export interface VspcConfig {
   vmotionTimeoutMs: number;
   /** vMotion: client input held during a switch-over, at most this many bytes. */
   vmotionHoldLimit: number;
+  /** Recent VM output replayed to a client on attach. */
+  scrollbackBytes: number;
 }
 
 /** Linux's default ip_local_port_range is 32768-60999: our default stays below it. */
@@ -60,6 +62,7 @@ export const DEFAULTS: VspcConfig = {
   comPort: true,
   vmotionTimeoutMs: 60_000,
   vmotionHoldLimit: 1024 * 1024,
+  scrollbackBytes: 64 * 1024,
 };
 
 export function parsePort(field: string, text: string, allowZero = true): number {

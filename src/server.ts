@@ -10,8 +10,7 @@ import { VmotionCoordinator } from './domain/vmotion.js';
 import { ClientListeners } from './transports/client-listeners.js';
 import { ProxyListener } from './transports/proxy-listener.js';
 import { AdminServer } from './admin/admin-server.js';
-import { portView } from './admin/views.js';
-import { resolveVm } from './admin/resolve.js';
+import { adminRoutes } from './admin/routes.js';
 import { VERSION } from './version.js';
 
 
@@ -55,7 +54,7 @@ export class VspcServer {
   ) {
     this.db = openDatabase(config.dbPath);
     const store = new SerialPortStore(this.db, config.portRange, reservedPorts(config));
-    this.registry = new Registry(store, config.vmotionHoldLimit);
+    this.registry = new Registry(store, { maxHeldInput: config.vmotionHoldLimit, scrollbackBytes: config.scrollbackBytes });
     this.vmotion = new VmotionCoordinator({ timeoutMs: config.vmotionTimeoutMs }, logger);
     const tlsOptions = config.tls ? { cert: config.tls.cert, key: config.tls.key } : undefined;
     this.listeners = new ClientListeners(this.registry, logger, {
@@ -87,25 +86,13 @@ export class VspcServer {
       logger,
     );
     this.admin = new AdminServer(
-      [
-        {
-          method: 'GET',
-          path: '/api/v1/ports',
-          handle: () => this.registry.all().map((h) => portView(h, this.registry, (x) => this.listeners.tlsPortOf(x))),
-        },
-        { method: 'GET', path: '/api/v1/status', handle: () => this.status() },
-        {
-          method: 'POST',
-          path: '/api/v1/forget',
-          handle: (url) => {
-            const hub = resolveVm(this.registry, url.searchParams.get('vm'));
-            const view = portView(hub, this.registry, (x) => this.listeners.tlsPortOf(x));
-            this.registry.forget(hub);
-            this.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.port });
-            return view;
-          },
-        },
-      ],
+      adminRoutes({
+        registry: this.registry,
+        vmotion: this.vmotion,
+        logger,
+        tlsPortOf: (h) => this.listeners.tlsPortOf(h),
+        status: () => this.status(),
+      }),
       logger,
     );
   }

@@ -41,6 +41,7 @@ export function buildProgram(): Command {
     .option('--client-queue-limit <size>', 'bytes queued to a slow client before it is disconnected', '1m')
     .option('--vmotion-timeout <duration>', 'abandon a vMotion that does not finish in time', '60s')
     .option('--vmotion-hold-limit <size>', 'client input held per VM serial port during a vMotion', '1m')
+    .option('--scrollback <size>', 'recent VM output replayed to a client when it attaches (0 = none)', '64k')
     .option('--no-com-port', 'refuse COM-PORT (RFC 2217) instead of recording the guest UART settings')
     .addOption(new CliOption('--log-level <level>', 'log level').choices(['error', 'warn', 'info', 'debug']).default('info'))
     .addOption(new CliOption('--log-format <format>', 'log format').choices(['json', 'text']).default('json'));
@@ -101,5 +102,6 @@ export function configFromOptions(o: Record<string, unknown>): VspcConfig {
     vmotionTimeoutMs: parseDuration('--vmotion-timeout', str(o, 'vmotionTimeout')),
     vmotionHoldLimit: parseSize('--vmotion-hold-limit', str(o, 'vmotionHoldLimit')),
     comPort: o.comPort as boolean,
+    scrollbackBytes: str(o, 'scrollback') === '0' ? 0 : parseSize('--scrollback', str(o, 'scrollback')),
   };
 }

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { SerialPortRecord, SerialPortStore } from '../storage/serial-port-store.js';
-import { VmSerialPort } from './vm-serial-port.js';
+import { VmSerialPort, type SerialPortObserver } from './vm-serial-port.js';
 
 export interface RegistryEvents {
   /** A VM serial port is known (at load or first registration): its client listener should exist. */
@@ -26,7 +26,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   constructor(
     private readonly store: SerialPortStore,
-    private readonly maxHeldInput?: number,
+    private readonly hubOptions: { maxHeldInput?: number; scrollbackBytes?: number; observer?: SerialPortObserver } = {},
   ) {
     super();
   }
@@ -122,7 +122,13 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   private adopt(r: SerialPortRecord): VmSerialPort {
-    const port = new VmSerialPort({ id: r.id, uuid: r.uuid, label: r.label, name: r.name, port: r.port }, this.maxHeldInput);
+    const o = this.hubOptions;
+    const port = new VmSerialPort(
+      { id: r.id, uuid: r.uuid, label: r.label, name: r.name, port: r.port },
+      o.maxHeldInput,
+      o.scrollbackBytes,
+      o.observer ?? null,
+    );
     this.byKey.set(key(r.uuid, r.label), port);
     this.byPort.set(r.port, port);
     this.emit('added', port);

@@ -14,6 +14,68 @@ export interface SerialPortIdentity {
 export type VmLinkState = 'disconnected' | 'connected' | 'migrating';
 
 export const DEFAULT_MAX_HELD_INPUT = 1024 * 1024;
+export const DEFAULT_SCROLLBACK = 64 * 1024;
+
+/** Things worth a timestamp in a console log and a line in the audit log. */
+export type SerialPortEvent =
+  | { kind: 'vm-connected'; peer: string }
+  | { kind: 'vm-disconnected'; peer: string }
+  | { kind: 'vmotion'; outcome: string; durationMs: number }
+  | { kind: 'client-attached'; clientId: number; peer: string; mode: string }
+  | { kind: 'client-detached'; clientId: number; peer: string; reason: string };
+
+/**
+ * Watches every VM serial port (console log files, metrics). Called synchronously on
+ * the data path, so implementations must not block: buffer and write asynchronously.
+ */
+export interface SerialPortObserver {
+  output?(port: VmSerialPort, data: Buffer): void;
+  event?(port: VmSerialPort, event: SerialPortEvent): void;
+}
+
+/**
+ * The last N bytes of VM output, replayed to a client on attach so it sees the
+ * recent screen. A fixed ring: no allocation per chunk.
+ */
+export class Scrollback {
+  private ring: Buffer;
+  private end = 0;
+  private filled = false;
+  constructor(readonly capacity: number) {
+    this.ring = Buffer.alloc(Math.max(0, capacity));
+  }
+  push(data: Buffer): void {
+    const cap = this.ring.length;
+    if (cap === 0) return;
+    if (data.length >= cap) {
+      data.copy(this.ring, 0, data.length - cap);
+      this.end = 0;
+      this.filled = true;
+      return;
+    }
+    const first = Math.min(data.length, cap - this.end);
+    data.copy(this.ring, this.end, 0, first);
+    if (first < data.length) {
+      data.copy(this.ring, 0, first);
+      this.filled = true;
+    }
+    const next = this.end + data.length;
+    if (next >= cap) this.filled = true;
+    this.end = next % cap;
+  }
+  /** A copy of the contents, oldest byte first. */
+  snapshot(): Buffer {
+    if (!this.filled) return Buffer.from(this.ring.subarray(0, this.end));
+    return Buffer.concat([this.ring.subarray(this.end), this.ring.subarray(0, this.end)]);
+  }
+  resize(capacity: number): void {
+    const keep = this.snapshot();
+    this.ring = Buffer.alloc(Math.max(0, capacity));
+    this.end = 0;
+    this.filled = false;
+    this.push(keep);
+  }
+}
 
 export interface HoldResult {
   /** Bytes delivered from the hold. */
@@ -50,10 +112,21 @@ export class VmSerialPort {
   /** Extra facts a source reports (ESXi: UART settings). */
   details: Record<string, unknown> = {};
 
+  readonly scrollback: Scrollback;
+
   constructor(
     readonly identity: SerialPortIdentity,
     private readonly maxHeldInput = DEFAULT_MAX_HELD_INPUT,
-  ) {}
+    scrollbackBytes = DEFAULT_SCROLLBACK,
+    private readonly observer: SerialPortObserver | null = null,
+  ) {
+    this.scrollback = new Scrollback(scrollbackBytes);
+  }
+
+  /** Report an event to the observer (also used by the vMotion coordinator). */
+  report(event: SerialPortEvent): void {
+    this.observer?.event?.(this, event);
+  }
 
   get source(): SerialSource | null {
     return this.src;
@@ -87,6 +160,7 @@ export class VmSerialPort {
       this.toldDisconnected = new WeakSet();
       this.broadcastNotice('VM connected');
     }
+    this.report({ kind: 'vm-connected', peer: src.peer });
     return previous === src ? null : previous;
   }
 
@@ -97,12 +171,15 @@ export class VmSerialPort {
     this.connectedSince = null;
     if (this.inputPaused) this.resumeClients();
     this.broadcastNotice('VM disconnected; waiting for it to come back');
+    this.report({ kind: 'vm-disconnected', peer: src.peer });
     return true;
   }
 
   /** Serial output from the VM: to every client. */
   fromVm(data: Buffer): void {
     this.bytesFromVm += data.length;
+    this.scrollback.push(data);
+    this.observer?.output?.(this, data);
     for (const c of this.clientSet) c.deliver(data);
   }
 
@@ -127,17 +204,24 @@ export class VmSerialPort {
     this.src?.sendBreak?.();
   }
 
-  addClient(client: ConsoleClient): void {
+  /** Attach a client: it first gets the scrollback (the recent screen), then live output. */
+  addClient(client: ConsoleClient, options: { replay?: boolean } = {}): void {
+    if (options.replay ?? true) {
+      const recent = this.scrollback.snapshot();
+      if (recent.length > 0) client.deliver(recent);
+    }
     this.clientSet.add(client);
     if (this.inputPaused) client.pauseInput();
     if (!this.src) {
       this.toldDisconnected.add(client);
       client.notice('VM is not connected; you will see its output when it comes back');
     }
+    this.report({ kind: 'client-attached', clientId: client.id, peer: client.peer, mode: client.mode ?? 'readwrite' });
   }
 
-  removeClient(client: ConsoleClient): void {
-    this.clientSet.delete(client);
+  removeClient(client: ConsoleClient, reason = 'detached'): void {
+    if (!this.clientSet.delete(client)) return;
+    this.report({ kind: 'client-detached', clientId: client.id, peer: client.peer, reason });
   }
 
   /** Close every client with a reason (forget, shutdown). */

@@ -256,6 +256,7 @@ export class VmotionCoordinator {
     list.push(record);
     if (list.length > 20) list.shift();
     this.history.set(m.hub, list);
+    m.hub.report({ kind: 'vmotion', outcome, durationMs });
     const log = outcome === 'completed' && m.peer ? m.peer.log : m.source.log;
     log.info(`vMotion ${outcome}`, { vm: m.hub.displayName, seq: m.seq.toString('hex'), durationMs, heldBytes: held, discardedBytes: discarded });
   }

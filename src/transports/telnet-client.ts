@@ -60,7 +60,7 @@ export class TelnetClient implements ConsoleClient {
         command: (c) => this.onCommand(c),
         error: (err) => {
           this.log.warn('protocol error from client; closing', errorFields(err));
-          this.destroy();
+          this.destroy(err.code);
         },
       },
       { maxSubnegotiation: options.maxSubnegotiation },
@@ -71,7 +71,7 @@ export class TelnetClient implements ConsoleClient {
       // A TLS ClientHello on a plain port would otherwise be decoded as keystrokes for the VM.
       if (!secure && chunk[0] === 0x16) {
         this.log.warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
-        this.destroy();
+        this.destroy('TLS on a plain port');
         return;
       }
       this.session.receive(chunk);
@@ -97,7 +97,7 @@ export class TelnetClient implements ConsoleClient {
     if (this.socket.writableLength > this.options.maxQueuedBytes) {
       this.log.warn('client too slow; disconnecting', { queued: this.socket.writableLength, limit: this.options.maxQueuedBytes });
       // The queue is already full: telling the client would only queue more, so just go.
-      this.destroy();
+      this.destroy('too slow: output queue over the limit');
     }
   }
 
@@ -119,15 +119,15 @@ export class TelnetClient implements ConsoleClient {
     this.notice(reason);
     this.closed = true;
     this.log.info('closing client', { reason });
-    this.hub.removeClient(this);
+    this.hub.removeClient(this, reason);
     this.socket.end();
     this.closeTimer = setTimeout(() => this.socket.destroy(), this.options.closeGraceMs);
     this.closeTimer.unref();
   }
 
-  destroy(): void {
+  destroy(reason = 'aborted'): void {
     this.closed = true;
-    this.hub.removeClient(this);
+    this.hub.removeClient(this, reason);
     this.socket.destroy();
   }
 
@@ -139,7 +139,7 @@ export class TelnetClient implements ConsoleClient {
   private onClose(): void {
     this.closed = true;
     if (this.closeTimer) clearTimeout(this.closeTimer);
-    this.hub.removeClient(this);
+    this.hub.removeClient(this, 'connection closed');
     this.log.info('client detached', { durationMs: Date.now() - this.connectedAt });
   }
 }

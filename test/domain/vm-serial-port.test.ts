@@ -143,3 +143,43 @@ describe('Registry', () => {
     closeDatabase(db);
   });
 });
+
+describe('Scrollback', () => {
+  test('a new client first sees the last N bytes of output, oldest first', () => {
+    const h = new VmSerialPort({ id: 9, uuid: 'd'.repeat(32), label: '', name: 'vm', port: 10009 }, 1024, 10);
+    h.attachSource(new FakeSource());
+    h.fromVm(Buffer.from('0123456'));
+    h.fromVm(Buffer.from('789abc'));
+    const late = new FakeClient();
+    h.addClient(late);
+    assert.equal(late.output.toString(), '3456789abc');
+    h.fromVm(Buffer.from('XYZ'));
+    assert.equal(late.output.toString(), '3456789abcXYZ');
+    h.fromVm(Buffer.alloc(25, 'q'));
+    const later = new FakeClient();
+    h.addClient(later);
+    assert.equal(later.output.toString(), 'qqqqqqqqqq');
+    const noReplay = new FakeClient();
+    h.addClient(noReplay, { replay: false });
+    assert.equal(noReplay.output.length, 0);
+  });
+
+  test('scrollback of 0 keeps nothing; events reach the observer', () => {
+    const events: string[] = [];
+    const out: string[] = [];
+    const h = new VmSerialPort({ id: 9, uuid: 'd'.repeat(32), label: '', name: 'vm', port: 10009 }, 1024, 0, {
+      output: (_p, d) => out.push(d.toString()),
+      event: (_p, e) => events.push(e.kind),
+    });
+    const src = new FakeSource();
+    h.attachSource(src);
+    h.fromVm(Buffer.from('abc'));
+    const c = new FakeClient();
+    h.addClient(c);
+    assert.equal(c.output.length, 0);
+    h.removeClient(c, 'bye');
+    h.detachSource(src);
+    assert.deepEqual(out, ['abc']);
+    assert.deepEqual(events, ['vm-connected', 'client-attached', 'client-detached', 'vm-disconnected']);
+  });
+});
