@@ -13,6 +13,13 @@ export interface AdminContext {
   logger: Logger;
   tlsPortOf(hub: VmSerialPort): number | null;
   status(): Record<string, unknown>;
+  /** Console log files, when `--log-dir` is set (src/logging/console-log.ts). */
+  consoleLogs?: {
+    /** The last `lines` lines of the VM serial port's current console log. */
+    tail(hub: VmSerialPort, lines: number): Promise<string>;
+    /** Rotate one VM's log now, or all of them. */
+    rotate(hub?: VmSerialPort): Promise<void>;
+  };
 }
 
 /** The admin API's calls (documented in docs/admin-api.md). */

@@ -22,7 +22,9 @@ export type SerialPortEvent =
   | { kind: 'vm-disconnected'; peer: string }
   | { kind: 'vmotion'; outcome: string; durationMs: number }
   | { kind: 'client-attached'; clientId: number; peer: string; mode: string }
-  | { kind: 'client-detached'; clientId: number; peer: string; reason: string };
+  | { kind: 'client-detached'; clientId: number; peer: string; reason: string }
+  /** A client took the port over with --force; the displaced one was told and closed. */
+  | { kind: 'client-takeover'; clientId: number; peer: string; displacedClientId: number; displacedPeer: string };
 
 /**
  * Watches every VM serial port (console log files, metrics). Called synchronously on
