@@ -191,6 +191,8 @@ export class EsxiConnection implements VmotionEndpoint {
     this.clearTimer();
     this.hub = hub;
     this.stateValue = 'attached';
+    // ESXi reports the guest UART before it identifies itself: carry it over.
+    if (Object.keys(this.protocol.uartSettings).length > 0) hub.details.uart = { ...this.protocol.uartSettings };
     this.log = this.log.child({ vm: hub.displayName, uuid: hub.identity.uuid });
     const previous = hub.attachSource(this);
     this.flushPreIdentify();

@@ -1,0 +1,123 @@
+/**
+ * The command-line programs as a user runs them: usage, bad flags, an unreachable
+ * admin API, and a real `vspc` process serving a simulated VM until SIGTERM.
+ */
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import type { PortView } from '../../src/admin/views.js';
+import { SimulatedVm, TelnetUser } from '../../src/sim/index.js';
+import { Option } from '../../src/protocol/telnet/constants.js';
+import { Child, runNode, vspcAdmin, VSPC_ADMIN_JS, VSPC_JS } from '../helpers/cli.js';
+import { findFreePort, findFreePortRange, canBind } from '../helpers/ports.js';
+import { Cleanup, esxiUuid, tempDir, waitUntil, sleep } from '../helpers/server.js';
+
+describe('vspc and vspc-admin command lines', () => {
+  const c = new Cleanup();
+  after(() => c.run());
+
+  test('vspc --help prints usage and exits 0', async () => {
+    const r = await runNode(VSPC_JS, ['--help']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^Usage: vspc \[options\]/m);
+    for (const flag of ['--proxy-listen', '--admin-listen', '--db', '--port-range', '--cert', '--key']) assert.ok(r.stdout.includes(flag), flag);
+  });
+
+  test('vspc-admin --help prints usage and exits 0', async () => {
+    const r = await runNode(VSPC_ADMIN_JS, ['--help']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^Usage: vspc-admin \[options\] \[command\]/m);
+    assert.match(r.stdout, /--admin <host:port>/);
+    assert.match(r.stdout, /^\s+list\b/m);
+  });
+
+  const bad: Array<[string[], RegExp]> = [
+    [['--port-range', '5-2'], /--port-range.*start 5 is greater than end 2/],
+    [['--port-range', 'abc'], /--port-range.*"abc" is not START-END/],
+    [['--proxy-listen', '127.0.0.1:99999'], /--proxy-listen.*99999/],
+    [['--cert', '/nonexistent/vspc.crt'], /--key.*--cert and --key go together/],
+    [['--key', '/nonexistent/vspc.key'], /--cert.*--cert and --key go together/],
+  ];
+  for (const [args, message] of bad) {
+    test(`vspc ${args.join(' ')} fails with a message naming the field`, async () => {
+      const dir = tempDir();
+      c.add(dir.remove);
+      // If validation were skipped, these ports would be used: keep them harmless.
+      const r = await runNode(VSPC_JS, [...args, '--db', join(dir.dir, 'x.db'), '--admin-listen', '127.0.0.1:0'], 10_000);
+      assert.notEqual(r.code, 0, `exit code; stderr: ${r.stderr}`);
+      assert.match(r.stderr, message);
+      assert.doesNotMatch(r.stderr, /vspc started/);
+    });
+  }
+
+  test('vspc-admin against a closed admin port exits 1 with a clear message', async () => {
+    const port = await findFreePort();
+    const r = await vspcAdmin(`127.0.0.1:${port}`, ['list']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`vspc-admin: cannot reach the vspc admin API at http://127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\); is vspc running\\?`));
+    assert.equal(r.stdout, '');
+  });
+
+  test('a real vspc process: starts, serves a simulated VM and a user, lists it, stops on SIGTERM with exit 0', async (t) => {
+    const tc = new Cleanup();
+    t.after(() => tc.run());
+    const dir = tempDir();
+    tc.add(dir.remove);
+    const ports = await findFreePortRange(6);
+    const proxyPort = ports.start;
+    const adminPort = ports.start + 1;
+    const range = { start: ports.start + 2, end: ports.end };
+    const dbPath = join(dir.dir, 'vspc.db');
+    const child = new Child(VSPC_JS, [
+      '--proxy-listen', `127.0.0.1:${proxyPort}`,
+      '--admin-listen', `127.0.0.1:${adminPort}`,
+      '--db', dbPath,
+      '--port-range', `${range.start}-${range.end}`,
+      '--vm-listen-host', '127.0.0.1',
+      '--log-level', 'debug',
+    ]);
+    tc.add(() => child.kill());
+    await child.waitForStderr(/"message":"vspc started"/);
+    const started = child.stderr.split('\n').map((l) => (l.trim() ? (JSON.parse(l) as Record<string, unknown>) : null)).find((l) => l?.message === 'vspc started');
+    assert.equal(started?.db, dbPath);
+    assert.equal(started?.portRange, `${range.start}-${range.end}`);
+
+    const u = esxiUuid();
+    const vm = await SimulatedVm.connect({ host: '127.0.0.1', port: proxyPort, uuid: u.text, name: 'cli-vm', serviceUri: 'vSPC.py?port=com1' });
+    tc.add(() => vm.destroy());
+    await vm.whenProxied();
+    let row: PortView | undefined;
+    await waitUntil(async () => {
+      const r = await vspcAdmin(`127.0.0.1:${adminPort}`, ['list', '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      row = (JSON.parse(r.stdout) as PortView[]).find((p) => p.name === 'cli-vm');
+      return !!row?.connected;
+    }, 10_000, 'VM listed by vspc-admin');
+    assert.equal(row!.label, 'com1');
+    assert.equal(row!.uuid.replace(/-/g, ''), u.hex);
+    assert.ok(row!.port >= range.start && row!.port <= range.end);
+
+    const user = await TelnetUser.connect({ host: '127.0.0.1', port: row!.port });
+    tc.add(() => user.destroy());
+    await user.waitForOptions([['us', Option.BINARY], ['him', Option.BINARY]]);
+    await user.waitFor('[vspc: ', 3000);
+    await sleep(20);
+    const m = user.mark();
+    vm.send(Buffer.from('login: \xff', 'latin1'));
+    await user.waitFor(Buffer.from('login: \xff', 'latin1'), 3000, m);
+    user.send('admin\r');
+    await vm.waitForInput('admin\r', 3000);
+
+    child.proc.kill('SIGTERM');
+    const exit = await child.waitExit(10_000);
+    assert.deepEqual(exit, { code: 0, signal: null }, child.stderr);
+    assert.match(child.stderr, /"message":"signal received; shutting down"/);
+    assert.match(child.stderr, /"message":"vspc stopped"/);
+    await vm.whenClosed(3000);
+    await user.whenClosed(3000);
+    assert.match(user.text, /vspc is shutting down/);
+    // Everything was released.
+    assert.equal(await canBind(proxyPort), true);
+    assert.equal(await canBind(row!.port), true);
+  });
+});
