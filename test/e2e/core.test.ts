@@ -298,7 +298,7 @@ describe('vSPC core (one shared server)', () => {
     assert.deepEqual(byCode.get(104), [2]);
     assert.equal(hub.source !== null, true, 'the VM stays connected');
     // Reported before identification, yet recorded on the VM serial port.
-    assert.deepEqual(hub.details.uart, { baudRate: 115200, dataSize: 7, parity: 'even', stopBits: '1.5' });
+    assert.deepEqual(hub.details.uart, { baudRate: 115200, dataSize: 7, parity: 'even', stopBits: '2' });
   });
 
   test('a person typing `telnet host <vm port>` gets an explanation mentioning vspc-admin list and is closed', async (t) => {
