@@ -35,6 +35,12 @@ export interface VspcConfig {
   vmotionHoldLimit: number;
   /** Recent VM output replayed to a client on attach. */
   scrollbackBytes: number;
+  /** Wait this long for a VSPC-CONTROL lock request before giving a client the default lock. */
+  clientLockWaitMs: number;
+  /** Close console clients that typed nothing for this long (0 = never; keepalive still finds dead peers). */
+  clientIdleTimeoutMs: number;
+  /** With TLS: only clients with a certificate signed by this CA (PEM) may use telnets client ports. */
+  clientCa: Buffer | null;
 }
 
 /** Linux's default ip_local_port_range is 32768-60999: our default stays below it. */
@@ -63,6 +69,9 @@ export const DEFAULTS: VspcConfig = {
   vmotionTimeoutMs: 60_000,
   vmotionHoldLimit: 1024 * 1024,
   scrollbackBytes: 64 * 1024,
+  clientLockWaitMs: 1000,
+  clientIdleTimeoutMs: 0,
+  clientCa: null,
 };
 
 export function parsePort(field: string, text: string, allowZero = true): number {

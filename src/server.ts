@@ -56,7 +56,14 @@ export class VspcServer {
     const store = new SerialPortStore(this.db, config.portRange, reservedPorts(config));
     this.registry = new Registry(store, { maxHeldInput: config.vmotionHoldLimit, scrollbackBytes: config.scrollbackBytes });
     this.vmotion = new VmotionCoordinator({ timeoutMs: config.vmotionTimeoutMs }, logger);
-    const tlsOptions = config.tls ? { cert: config.tls.cert, key: config.tls.key } : undefined;
+    const tlsOptions = config.tls
+      ? {
+          cert: config.tls.cert,
+          key: config.tls.key,
+          // Client certificates, when the operator gave a CA: no certificate, no console.
+          ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+        }
+      : undefined;
     this.listeners = new ClientListeners(this.registry, logger, {
       host: config.vmListenHost,
       tlsPortOffset: config.tlsPortOffset,
@@ -65,6 +72,8 @@ export class VspcServer {
       maxQueuedBytes: config.clientQueueLimit,
       maxSubnegotiation: config.maxSubnegotiation,
       closeGraceMs: config.closeGraceMs,
+      lockWaitMs: config.clientLockWaitMs,
+      idleTimeoutMs: config.clientIdleTimeoutMs,
     });
     this.proxy = new ProxyListener(
       {

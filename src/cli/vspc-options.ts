@@ -42,6 +42,8 @@ export function buildProgram(): Command {
     .option('--vmotion-timeout <duration>', 'abandon a vMotion that does not finish in time', '60s')
     .option('--vmotion-hold-limit <size>', 'client input held per VM serial port during a vMotion', '1m')
     .option('--scrollback <size>', 'recent VM output replayed to a client when it attaches (0 = none)', '64k')
+    .option('--client-ca <file>', 'telnets client ports accept only certificates signed by this CA (PEM)')
+    .option('--client-idle-timeout <duration>', 'close console clients idle this long (0 = never)', '0')
     .option('--no-com-port', 'refuse COM-PORT (RFC 2217) instead of recording the guest UART settings')
     .addOption(new CliOption('--log-level <level>', 'log level').choices(['error', 'warn', 'info', 'debug']).default('info'))
     .addOption(new CliOption('--log-format <format>', 'log format').choices(['json', 'text']).default('json'));
@@ -76,6 +78,10 @@ export function configFromOptions(o: Record<string, unknown>): VspcConfig {
       );
     }
   }
+  if (o.clientCa !== undefined && !tls) {
+    throw new ConfigError('--client-ca: needs --cert and --key (client certificates are checked on telnets ports)', { field: '--client-ca' });
+  }
+  const clientCa = o.clientCa !== undefined ? readPem('--client-ca', str(o, 'clientCa')) : null;
   const serviceName = str(o, 'serviceName');
   if (serviceName.length === 0 || serviceName.includes('?')) {
     throw new ConfigError('--service-name: must be non-empty and contain no "?"', { field: '--service-name' });
@@ -103,5 +109,7 @@ export function configFromOptions(o: Record<string, unknown>): VspcConfig {
     vmotionHoldLimit: parseSize('--vmotion-hold-limit', str(o, 'vmotionHoldLimit')),
     comPort: o.comPort as boolean,
     scrollbackBytes: str(o, 'scrollback') === '0' ? 0 : parseSize('--scrollback', str(o, 'scrollback')),
+    clientIdleTimeoutMs: parseDuration('--client-idle-timeout', str(o, 'clientIdleTimeout')),
+    clientCa,
   };
 }

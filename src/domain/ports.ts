@@ -25,8 +25,6 @@ export interface SerialSource {
 export interface ConsoleClient {
   readonly id: number;
   readonly peer: string;
-  /** Lock mode the client holds (see locks); absent means read-write. */
-  readonly mode?: string;
   /** Serial output for the client. The client bounds its own queue and drops itself if slow. */
   deliver(data: Buffer): void;
   /** A message from the concentrator, not from the VM (e.g. "VM disconnected"). */

@@ -1,4 +1,5 @@
 import type { ConsoleClient, SerialSource } from './ports.js';
+import { LockTable, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
 export interface SerialPortIdentity {
   /** Registry row id. */
@@ -104,6 +105,10 @@ export class VmSerialPort {
   private heldOverflow = 0;
   private inputPaused = false;
   private toldDisconnected = new WeakSet<ConsoleClient>();
+  private readonly toldReadOnly = new WeakSet<ConsoleClient>();
+  readonly locks = new LockTable();
+  /** Lock given to clients that do not ask for one (stock telnet). */
+  defaultLockMode: LockRequest = 'readwrite';
 
   connectedSince: number | null = null;
   bytesFromVm = 0;
@@ -187,6 +192,14 @@ export class VmSerialPort {
 
   /** Input typed by a client. */
   fromClient(client: ConsoleClient, data: Buffer): void {
+    if (this.locks.get(client.id)?.mode === 'readonly') {
+      // Read-only clients never write to the VM; say so once rather than per keystroke.
+      if (!this.toldReadOnly.has(client)) {
+        this.toldReadOnly.add(client);
+        client.notice('read-only: your input is discarded');
+      }
+      return;
+    }
     if (this.holding) {
       this.hold(client, data);
       return;
@@ -206,8 +219,30 @@ export class VmSerialPort {
     this.src?.sendBreak?.();
   }
 
-  /** Attach a client: it first gets the scrollback (the recent screen), then live output. */
-  addClient(client: ConsoleClient, options: { replay?: boolean } = {}): void {
+  /**
+   * Attach a client under a lock. Refused requests change nothing (the caller tells
+   * the client why and closes it). When granted, the client first gets the
+   * scrollback (the recent screen), then live output; holders displaced by `force`
+   * are told who took over and closed.
+   */
+  addClient(
+    client: ConsoleClient,
+    options: { request?: LockRequest; force?: boolean; user?: string; replay?: boolean } = {},
+  ): LockDecision {
+    const decision = this.locks.request(
+      { clientId: client.id, peer: client.peer, user: options.user },
+      options.request ?? this.defaultLockMode,
+      options.force ?? false,
+    );
+    if (!decision.granted) return decision;
+    for (const d of decision.displaced) {
+      const displaced = [...this.clientSet].find((c) => c.id === d.clientId);
+      if (!displaced) continue;
+      this.clientSet.delete(displaced);
+      const by = `${options.user ? `${options.user}@` : ''}${client.peer}`;
+      displaced.close(`displaced by ${by}, who took ${decision.mode.toUpperCase()} with --force`);
+      this.report({ kind: 'client-takeover', clientId: client.id, peer: client.peer, displacedClientId: d.clientId, displacedPeer: d.peer });
+    }
     if (options.replay ?? true) {
       const recent = this.scrollback.snapshot();
       if (recent.length > 0) client.deliver(recent);
@@ -218,17 +253,27 @@ export class VmSerialPort {
       this.toldDisconnected.add(client);
       client.notice('VM is not connected; you will see its output when it comes back');
     }
-    this.report({ kind: 'client-attached', clientId: client.id, peer: client.peer, mode: client.mode ?? 'readwrite' });
+    this.report({ kind: 'client-attached', clientId: client.id, peer: client.peer, mode: decision.mode });
+    return decision;
+  }
+
+  /** The lock mode a client holds, if attached. */
+  modeOf(client: ConsoleClient): LockMode | undefined {
+    return this.locks.get(client.id)?.mode;
   }
 
   removeClient(client: ConsoleClient, reason = 'detached'): void {
+    this.locks.release(client.id);
     if (!this.clientSet.delete(client)) return;
     this.report({ kind: 'client-detached', clientId: client.id, peer: client.peer, reason });
   }
 
   /** Close every client with a reason (forget, shutdown). */
   closeClients(reason: string): void {
-    for (const c of [...this.clientSet]) c.close(reason);
+    for (const c of [...this.clientSet]) {
+      this.locks.release(c.id);
+      c.close(reason);
+    }
     this.clientSet.clear();
   }
 

@@ -2,8 +2,11 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../logger.js';
 import { errorFields } from '../logger.js';
 import { AYT, BRK, encodeData, Option, policyFromLists, TelnetSession } from '../protocol/telnet/index.js';
+import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage } from '../protocol/control/vspc-control.js';
+import { ProtocolError } from '../errors.js';
 import type { ConsoleClient } from '../domain/ports.js';
 import type { VmSerialPort } from '../domain/vm-serial-port.js';
+import type { LockRequest } from '../domain/locks.js';
 import { formatUuid } from '../protocol/vmware/identity.js';
 
 export interface TelnetClientOptions {
@@ -11,6 +14,16 @@ export interface TelnetClientOptions {
   maxQueuedBytes: number;
   maxSubnegotiation: number;
   closeGraceMs: number;
+  /**
+   * How long to wait for a VSPC-CONTROL lock request before giving the default lock.
+   * Stock telnet answers our DO 201 with WONT at once; only clients that say nothing
+   * at all (e.g. netcat) wait this long.
+   */
+  lockWaitMs: number;
+  /** Close a client that has sent nothing for this long (0 = never). */
+  idleTimeoutMs: number;
+  /** Called when a client is dropped for being too slow (metrics). */
+  onSlowClientDropped?(): void;
 }
 
 let nextClientId = 1;
@@ -29,19 +42,38 @@ function encodeForFanout(data: Buffer, binary: boolean): Buffer {
   return fanout.output!;
 }
 
+/** Keystrokes typed before the lock is settled (a second at most) are kept up to this. */
+const MAX_EARLY_INPUT = 4096;
+
 /**
- * An admin's stock `telnet` attached to one VM serial port. We WILL ECHO and SGA
- * (so the client goes to character mode and does not echo locally) and negotiate
- * BINARY both ways, so all 256 byte values pass unchanged.
+ * Named states of a console client:
+ *
+ *   Negotiating --WONT 201 / timeout--> attach with the default lock --granted--> Attached
+ *        \--LOCK-REQUEST(mode, force)--> attach with that lock -------refused--> Closed
+ *   Attached --socket closed / kicked / displaced / too slow--> Closed
+ */
+type ClientState = 'negotiating' | 'attached' | 'closed';
+
+/**
+ * An admin's telnet attached to one VM serial port. We WILL ECHO and SGA (so a stock
+ * telnet goes to character mode and does not echo locally) and negotiate BINARY both
+ * ways, so all 256 byte values pass unchanged. `vspc-admin connect` additionally
+ * speaks VSPC-CONTROL to ask for a lock mode.
  */
 export class TelnetClient implements ConsoleClient {
   readonly id = nextClientId++;
   readonly peer: string;
   readonly connectedAt = Date.now();
   private readonly session: TelnetSession;
-  private readonly log: Logger;
-  private closed = false;
+  private log: Logger;
+  private state: ClientState = 'negotiating';
   private closeTimer: NodeJS.Timeout | null = null;
+  private lockTimer: NodeJS.Timeout | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private lastInputAt = Date.now();
+  private early: Buffer[] = [];
+  private earlyBytes = 0;
+  user: string | undefined;
 
   constructor(
     private readonly socket: Socket,
@@ -53,11 +85,17 @@ export class TelnetClient implements ConsoleClient {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.log = logger.child({ client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure });
     this.session = new TelnetSession(
-      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA] }),
+      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION] }),
       {
         write: (b) => this.socket.write(b),
-        data: (d) => this.hub.fromClient(this, d),
+        data: (d) => this.onInput(d),
         command: (c) => this.onCommand(c),
+        subnegotiation: (option, payload) => {
+          if (option === VSPC_CONTROL_OPTION && this.session.isEnabled('him', VSPC_CONTROL_OPTION)) this.onControl(payload);
+        },
+        refused: (side, option) => {
+          if (side === 'him' && option === VSPC_CONTROL_OPTION) this.attach(this.hub.defaultLockMode, false);
+        },
         error: (err) => {
           this.log.warn('protocol error from client; closing', errorFields(err));
           this.destroy(err.code);
@@ -66,6 +104,7 @@ export class TelnetClient implements ConsoleClient {
       { maxSubnegotiation: options.maxSubnegotiation },
     );
     socket.setNoDelay(true);
+    // Half-open detection: a client that vanished without FIN is found by keepalive.
     socket.setKeepAlive(true, 30_000);
     socket.once('data', (chunk: Buffer) => {
       // A TLS ClientHello on a plain port would otherwise be decoded as keystrokes for the VM.
@@ -85,24 +124,35 @@ export class TelnetClient implements ConsoleClient {
     this.session.requestUs(Option.BINARY);
     this.session.requestHim(Option.BINARY);
     this.session.requestHim(Option.SGA);
-    const id = hub.identity;
-    this.notice(`${hub.displayName} (uuid ${formatUuid(id.uuid)}${id.label ? `, port ${id.label}` : ''})`);
-    hub.addClient(this);
-    this.log.info('client attached', { clients: hub.clients.size });
+    this.session.requestHim(VSPC_CONTROL_OPTION);
+    this.lockTimer = setTimeout(() => this.attach(this.hub.defaultLockMode, false), options.lockWaitMs);
+    this.lockTimer.unref();
   }
 
+  /** The lock mode held, once attached. */
+  get mode(): string | undefined {
+    return this.hub.modeOf(this);
+  }
+
+  get attached(): boolean {
+    return this.state === 'attached';
+  }
+
+  // --- ConsoleClient
+
   deliver(data: Buffer): void {
-    if (this.closed) return;
+    if (this.state === 'closed') return;
     this.socket.write(encodeForFanout(data, this.session.isEnabled('us', Option.BINARY)));
     if (this.socket.writableLength > this.options.maxQueuedBytes) {
       this.log.warn('client too slow; disconnecting', { queued: this.socket.writableLength, limit: this.options.maxQueuedBytes });
+      this.options.onSlowClientDropped?.();
       // The queue is already full: telling the client would only queue more, so just go.
       this.destroy('too slow: output queue over the limit');
     }
   }
 
   notice(text: string): void {
-    if (this.closed) return;
+    if (this.state === 'closed') return;
     this.session.sendData(Buffer.from(`\r\n[vspc: ${text}]\r\n`, 'utf8'));
   }
 
@@ -111,13 +161,20 @@ export class TelnetClient implements ConsoleClient {
   }
 
   resumeInput(): void {
-    if (!this.closed) this.socket.resume();
+    if (this.state !== 'closed') this.socket.resume();
   }
 
+  /** Tell the client why (LOCK-REVOKED too for VSPC-CONTROL clients), then FIN; destroy if it lingers. Idempotent. */
   close(reason: string): void {
-    if (this.closed) return;
+    this.finish(reason, true);
+  }
+
+  private finish(reason: string, revoke: boolean): void {
+    if (this.state === 'closed') return;
+    if (revoke && this.session.isEnabled('him', VSPC_CONTROL_OPTION)) this.sendControl({ kind: 'lock-revoked', reason });
     this.notice(reason);
-    this.closed = true;
+    this.state = 'closed';
+    this.clearTimers();
     this.log.info('closing client', { reason });
     this.hub.removeClient(this, reason);
     this.socket.end();
@@ -126,20 +183,103 @@ export class TelnetClient implements ConsoleClient {
   }
 
   destroy(reason = 'aborted'): void {
-    this.closed = true;
+    this.state = 'closed';
+    this.clearTimers();
     this.hub.removeClient(this, reason);
     this.socket.destroy();
   }
 
+  // --- internals
+
+  private attach(request: LockRequest, force: boolean): void {
+    if (this.state !== 'negotiating') return;
+    if (this.lockTimer) clearTimeout(this.lockTimer);
+    this.lockTimer = null;
+    const control = this.session.isEnabled('him', VSPC_CONTROL_OPTION);
+    const id = this.hub.identity;
+    this.notice(`${this.hub.displayName} (uuid ${formatUuid(id.uuid)}${id.label ? `, port ${id.label}` : ''})`);
+    const decision = this.hub.addClient(this, { request, force, user: this.user });
+    if (!decision.granted) {
+      this.log.info('lock refused', { request, reason: decision.reason });
+      if (control) this.sendControl({ kind: 'lock-refused', reason: decision.reason });
+      this.finish(decision.reason, false);
+      return;
+    }
+    this.state = 'attached';
+    this.log = this.log.child({ mode: decision.mode });
+    if (control) this.sendControl({ kind: 'lock-granted', mode: decision.mode });
+    this.log.info('client attached', { clients: this.hub.clients.size, user: this.user, force, displaced: decision.displaced.length });
+    if (this.options.idleTimeoutMs > 0) this.armIdle();
+    const early = this.early;
+    this.early = [];
+    for (const chunk of early) this.hub.fromClient(this, chunk);
+  }
+
+  private onInput(data: Buffer): void {
+    this.lastInputAt = Date.now();
+    if (this.state === 'attached') {
+      this.hub.fromClient(this, data);
+    } else if (this.state === 'negotiating' && this.earlyBytes + data.length <= MAX_EARLY_INPUT) {
+      this.early.push(Buffer.from(data));
+      this.earlyBytes += data.length;
+    }
+  }
+
+  private onControl(payload: Buffer): void {
+    let msg: ControlMessage;
+    try {
+      msg = decodeControl(payload);
+    } catch (err) {
+      if (err instanceof ProtocolError) this.session.fail(err);
+      return;
+    }
+    if (msg.kind === 'lock-request') {
+      if (this.state !== 'negotiating') return; // One lock per connection; reconnect to change it.
+      this.user = msg.user || undefined;
+      this.attach(msg.mode, msg.force);
+    } else if (msg.kind === 'who') {
+      this.sendControl({ kind: 'who-reply', holders: this.hub.locks.list().map((h) => ({ ...h, self: h.clientId === this.id })) });
+    }
+    // Server-to-client messages from a client are ignored.
+  }
+
+  private sendControl(msg: ControlMessage): void {
+    this.session.sendSubnegotiation(VSPC_CONTROL_OPTION, encodeControl(msg));
+  }
+
   private onCommand(command: number): void {
-    if (command === BRK) this.hub.sendBreak();
-    else if (command === AYT) this.notice('yes, vspc is here');
+    if (this.state !== 'attached') return;
+    if (command === BRK) {
+      if (this.hub.modeOf(this) === 'readonly') this.notice('read-only: break not sent');
+      else this.hub.sendBreak();
+    } else if (command === AYT) this.notice('yes, vspc is here');
+  }
+
+  /** One timer per client, re-armed lazily: no timer work per keystroke. */
+  private armIdle(): void {
+    const ms = this.options.idleTimeoutMs;
+    const wait = Math.max(0, this.lastInputAt + ms - Date.now());
+    this.idleTimer = setTimeout(() => {
+      if (this.state !== 'attached') return;
+      if (Date.now() - this.lastInputAt >= ms) this.close(`idle for ${Math.round(ms / 1000)} s`);
+      else this.armIdle();
+    }, wait);
+    this.idleTimer.unref();
+  }
+
+  private clearTimers(): void {
+    if (this.lockTimer) clearTimeout(this.lockTimer);
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.lockTimer = null;
+    this.idleTimer = null;
   }
 
   private onClose(): void {
-    this.closed = true;
+    const wasAttached = this.state === 'attached';
+    this.state = 'closed';
+    this.clearTimers();
     if (this.closeTimer) clearTimeout(this.closeTimer);
     this.hub.removeClient(this, 'connection closed');
-    this.log.info('client detached', { durationMs: Date.now() - this.connectedAt });
+    if (wasAttached) this.log.info('client detached', { durationMs: Date.now() - this.connectedAt });
   }
 }
