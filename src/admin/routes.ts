@@ -28,6 +28,8 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
   return [
     { method: 'GET', path: '/api/v1/ports', handle: () => ctx.registry.all().map(view) },
     { method: 'GET', path: '/api/v1/status', handle: () => ctx.status() },
+    // Which port to dial for a VM (used by `vspc-admin connect`).
+    { method: 'GET', path: '/api/v1/resolve', handle: (url) => view(resolveVm(ctx.registry, url.searchParams.get('vm'))) },
     {
       method: 'POST',
       path: '/api/v1/forget',

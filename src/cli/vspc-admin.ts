@@ -6,6 +6,7 @@ import type { PortView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { formatTable } from './table.js';
+import { addConnectCommand } from './connect.js';
 
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
@@ -81,6 +82,12 @@ export function buildAdminProgram(out: (s: string) => void): Command {
       out(`forgot ${p.name ?? p.uuid}${p.label ? `:${p.label}` : ''} (port ${p.port} is free again)\n`);
     });
 
+  addConnectCommand(
+    program,
+    () => client(program),
+    () => parseHostPort('--admin', program.opts<{ admin: string }>().admin, '127.0.0.1').host,
+  );
+
   return program;
 }
 
@@ -88,6 +95,8 @@ async function main(): Promise<void> {
   const program = buildAdminProgram((s) => process.stdout.write(s)).exitOverride();
   try {
     await program.parseAsync(process.argv);
+    // `connect` leaves stdin and sockets behind; an explicit exit ends it (stdout is synchronous on Linux).
+    process.exit(process.exitCode ?? 0);
   } catch (err) {
     if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
     const code = err instanceof VspcError ? err.code : 'ERROR';

@@ -1,0 +1,211 @@
+import net from 'node:net';
+import tls from 'node:tls';
+import { readFileSync } from 'node:fs';
+import { userInfo } from 'node:os';
+import type { Command } from 'commander';
+import { BRK, Option, policyFromLists, TelnetSession } from '../protocol/telnet/index.js';
+import { decodeControl, encodeControl, VSPC_CONTROL_OPTION } from '../protocol/control/vspc-control.js';
+import { parseLockMode, type LockRequest } from '../domain/locks.js';
+import { ConfigError, VspcError } from '../errors.js';
+import type { PortView } from '../admin/views.js';
+import type { AdminClient } from './admin-client.js';
+
+/** Exit codes of `vspc-admin connect`, documented in README. */
+export const ConnectExit = {
+  OK: 0,
+  ERROR: 1,
+  USAGE: 2,
+  REFUSED: 3,
+  REVOKED: 4,
+} as const;
+
+export interface ConnectOptions {
+  mode: LockRequest;
+  force: boolean;
+  tls: boolean;
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  host: string;
+  port: number;
+  user: string;
+  /** Byte that opens the menu (default Ctrl-], 0x1d). */
+  escape: number;
+  timeoutMs: number;
+}
+
+export interface ConsoleIo {
+  stdin: NodeJS.ReadableStream & { isTTY?: boolean; setRawMode?(raw: boolean): unknown };
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+}
+
+/**
+ * The console client: a telnet client that asks for its lock in-band (VSPC-CONTROL,
+ * docs/console-protocol.md), then passes bytes between the terminal and the VM.
+ * Ctrl-] opens a one-key menu: d detach, b send break, w who is connected, c continue;
+ * Ctrl-] twice sends a literal Ctrl-].
+ */
+export function runConsole(o: ConnectOptions, io: ConsoleIo): Promise<number> {
+  return new Promise((resolve) => {
+    let done = false;
+    let granted = false;
+    let menu = false;
+    const say = (text: string) => io.stderr.write(`\r\n[vspc-admin: ${text}]\r\n`);
+    const socket: net.Socket = o.tls
+      ? tls.connect({ host: o.host, port: o.port, ca: o.ca, cert: o.cert, key: o.key, servername: net.isIP(o.host) ? undefined : o.host })
+      : net.connect({ host: o.host, port: o.port });
+    const raw = io.stdin.isTTY && typeof io.stdin.setRawMode === 'function';
+    const finish = (code: number, message?: string) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (message) say(message);
+      if (raw) io.stdin.setRawMode!(false);
+      io.stdin.off('data', onStdin);
+      io.stdin.pause();
+      socket.destroy();
+      resolve(code);
+    };
+    const timer = setTimeout(() => finish(ConnectExit.ERROR, `no answer from ${o.host}:${o.port} within ${o.timeoutMs} ms`), o.timeoutMs);
+    timer.unref();
+
+    const session = new TelnetSession(
+      policyFromLists({ us: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION], him: [Option.ECHO, Option.SGA, Option.BINARY] }),
+      {
+        write: (b) => socket.write(b),
+        data: (d) => {
+          if (granted) io.stdout.write(d);
+          else io.stderr.write(d); // Greeting and notices before the lock is settled.
+        },
+        subnegotiation: (option, payload) => {
+          if (option !== VSPC_CONTROL_OPTION) return;
+          let msg;
+          try {
+            msg = decodeControl(payload);
+          } catch (err) {
+            finish(ConnectExit.ERROR, `bad control message from vspc: ${(err as Error).message}`);
+            return;
+          }
+          if (msg.kind === 'lock-granted') {
+            granted = true;
+            clearTimeout(timer);
+            say(`connected with ${msg.mode.toUpperCase()}; Ctrl-] for the menu`);
+            if (raw) io.stdin.setRawMode!(true);
+            io.stdin.resume();
+          } else if (msg.kind === 'lock-refused') {
+            finish(ConnectExit.REFUSED, `lock refused: ${msg.reason}`);
+          } else if (msg.kind === 'lock-revoked') {
+            finish(ConnectExit.REVOKED, msg.reason);
+          } else if (msg.kind === 'who-reply') {
+            const lines = msg.holders.map((h) => {
+              const x = h as { clientId: number; peer: string; user?: string; mode: string; since: number; self?: boolean };
+              return `  #${x.clientId} ${x.user ? `${x.user}@` : ''}${x.peer} ${x.mode.toUpperCase()} since ${new Date(x.since).toISOString()}${x.self ? ' (you)' : ''}`;
+            });
+            io.stderr.write(`\r\n[vspc-admin: connected to this serial port]\r\n${lines.join('\r\n')}\r\n`);
+          }
+        },
+        refused: (side, option) => {
+          if (side === 'him' && option === VSPC_CONTROL_OPTION) return;
+          if (side === 'us' && option === VSPC_CONTROL_OPTION) finish(ConnectExit.ERROR, 'this server does not speak VSPC-CONTROL (not vspc?)');
+        },
+        error: (err) => finish(ConnectExit.ERROR, `protocol error from vspc: ${err.message}`),
+      },
+    );
+
+    const send = (bytes: Buffer) => {
+      if (bytes.length > 0) session.sendData(bytes);
+    };
+    const onStdin = (chunk: Buffer) => {
+      if (!granted) return;
+      let start = 0;
+      for (let i = 0; i < chunk.length; i++) {
+        const b = chunk[i];
+        if (menu) {
+          menu = false;
+          start = i + 1;
+          if (b === o.escape) send(Buffer.of(o.escape));
+          else if (b === 0x64 /* d */ || b === 0x71 /* q */ || b === 0x2e /* . */) return finish(ConnectExit.OK, 'detached');
+          else if (b === 0x62 /* b */) {
+            session.sendCommand(BRK);
+            say('break sent');
+          } else if (b === 0x77 /* w */) session.sendSubnegotiation(VSPC_CONTROL_OPTION, encodeControl({ kind: 'who' }));
+          else say('continuing');
+        } else if (b === o.escape) {
+          send(chunk.subarray(start, i));
+          menu = true;
+          start = i + 1;
+          io.stderr.write('\r\n[vspc-admin] d detach, b break, w who, c continue, ^] send ^]: ');
+        }
+      }
+      send(chunk.subarray(start));
+    };
+
+    socket.setNoDelay(true);
+    socket.on(o.tls ? 'secureConnect' : 'connect', () => {
+      session.requestUs(Option.BINARY);
+      session.requestUs(Option.SGA);
+      session.requestUs(VSPC_CONTROL_OPTION);
+      session.sendSubnegotiation(VSPC_CONTROL_OPTION, encodeControl({ kind: 'lock-request', mode: o.mode, force: o.force, user: o.user }));
+    });
+    socket.on('data', (d: Buffer) => session.receive(d));
+    socket.on('error', (err) => finish(ConnectExit.ERROR, `${o.host}:${o.port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
+    socket.on('close', () => finish(granted ? ConnectExit.OK : ConnectExit.ERROR, granted ? 'connection closed by vspc' : 'closed before a lock was granted'));
+    io.stdin.on('data', onStdin);
+    io.stdin.on('end', () => {
+      // Input ended (a pipe): let the output drain briefly, then leave.
+      setTimeout(() => finish(ConnectExit.OK), 200).unref();
+    });
+    io.stdin.pause();
+  });
+}
+
+function readFile(field: string, path: string | undefined): Buffer | undefined {
+  if (!path) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new ConfigError(`${field}: cannot read ${path}: ${(err as Error).message}`, { field });
+  }
+}
+
+/** Adds `connect` to the vspc-admin program. */
+export function addConnectCommand(program: Command, client: () => AdminClient, adminHost: () => string): void {
+  program
+    .command('connect')
+    .description('interactive console on a VM serial port (Ctrl-] for the menu)')
+    .argument('<vm>', 'VM name, UUID, port, or NAME:LABEL')
+    .option('--mode <mode>', 'lock: readwrite, readonly, exclusive, excl_write, readonly_ok', 'readwrite')
+    .option('--force', 'take the lock over from whoever holds it (they are told and disconnected)')
+    .option('--tls', "use the VM's telnets port")
+    .option('--ca <file>', 'CA certificate (PEM) to trust for --tls (e.g. a self-signed vspc certificate)')
+    .option('--cert <file>', 'client certificate (PEM) for --tls, when vspc requires one')
+    .option('--key <file>', 'client key (PEM)')
+    .option('--host <host>', "host of the VM's console port (default: the admin API's host)")
+    .option('--user <name>', 'name shown to other users of this console', userInfo().username)
+    .action(async (vm: string, opts: Record<string, string | boolean | undefined>) => {
+      const mode = parseLockMode(String(opts.mode));
+      if (!mode) throw new ConfigError(`--mode: "${String(opts.mode)}" is not one of readwrite, readonly, exclusive, excl_write, readonly_ok`, { field: '--mode' });
+      if (!!opts.cert !== !!opts.key) throw new ConfigError('--cert: --cert and --key go together', { field: '--cert' });
+      const view = await client().get<PortView>(`/api/v1/resolve?vm=${encodeURIComponent(vm)}`);
+      const port = opts.tls ? view.tlsPort : view.port;
+      if (!port) throw new VspcError('VSPC_NO_TLS_PORT', `${view.name ?? view.uuid} has no telnets port (vspc runs without --cert/--key)`);
+      const code = await runConsole(
+        {
+          mode,
+          force: !!opts.force,
+          tls: !!opts.tls,
+          ca: readFile('--ca', opts.ca as string | undefined),
+          cert: readFile('--cert', opts.cert as string | undefined),
+          key: readFile('--key', opts.key as string | undefined),
+          host: (opts.host as string | undefined) ?? adminHost(),
+          port,
+          user: String(opts.user ?? ''),
+          escape: 0x1d,
+          timeoutMs: 10_000,
+        },
+        { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
+      );
+      process.exitCode = code;
+    });
+}

@@ -1,0 +1,214 @@
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { TelnetUser } from '../../src/sim/index.js';
+import { BRK } from '../../src/protocol/telnet/constants.js';
+import { Cleanup, TestServer, esxiUuid, makeCert, sleep, tempDir, waitUntil } from '../helpers/server.js';
+import { VSPC_ADMIN_JS } from '../helpers/cli.js';
+
+/** `vspc-admin connect` as a child process with stdin we can type into. */
+class ConsoleChild {
+  stdout = Buffer.alloc(0);
+  stderr = '';
+  readonly proc: ChildProcess;
+  readonly exit: Promise<number | null>;
+  constructor(admin: string, args: string[]) {
+    this.proc = spawn(process.execPath, [VSPC_ADMIN_JS, '--admin', admin, 'connect', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.proc.stdout!.on('data', (d: Buffer) => (this.stdout = Buffer.concat([this.stdout, d])));
+    this.proc.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString('utf8')));
+    this.exit = new Promise((r) => this.proc.on('close', (code) => r(code)));
+  }
+  type(data: string | Buffer): void {
+    this.proc.stdin!.write(data);
+  }
+  async waitStderr(re: RegExp, ms = 8000): Promise<void> {
+    await waitUntil(() => re.test(this.stderr), ms, `${re} on stderr (got: ${JSON.stringify(this.stderr)})`);
+  }
+  async waitStdout(text: string, ms = 8000): Promise<void> {
+    await waitUntil(() => this.stdout.includes(Buffer.from(text)), ms, `${JSON.stringify(text)} on stdout`);
+  }
+  async code(ms = 8000): Promise<number | null> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`no exit; stderr: ${this.stderr}`)), ms)));
+    try {
+      return await Promise.race([this.exit, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  kill(): void {
+    if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
+  }
+}
+
+const CTRL_BRACKET = '\x1d';
+
+async function setup(t: { after: (fn: () => Promise<void>) => void }, opts: Parameters<typeof TestServer.start>[0] = {}) {
+  const cleanup = new Cleanup();
+  const ts = await TestServer.start(opts);
+  t.after(async () => {
+    await cleanup.run();
+    await ts.dispose();
+  });
+  const id = esxiUuid();
+  const { vm, hub } = await ts.connectVm({ uuid: id.text, name: `vm-${id.hex.slice(-6)}` }, cleanup);
+  return { cleanup, ts, vm, hub, name: `vm-${id.hex.slice(-6)}` };
+}
+
+describe('client access: locks, vspc-admin connect, scrollback, slow clients, TLS', () => {
+  test('connect: stdin reaches the VM, VM output reaches stdout, Ctrl-] d detaches with exit 0', async (t) => {
+    const { cleanup, ts, vm, name } = await setup(t);
+    const c = new ConsoleChild(ts.adminAddress, [name]);
+    cleanup.add(() => c.kill());
+    await c.waitStderr(/connected with READWRITE/);
+    c.type('hello vm\r');
+    await vm.waitForInput('hello vm\r', 5000);
+    vm.send(Buffer.from([0x41, 0xff, 0x00, 0x0d, 0x0a, 0x42]));
+    await waitUntil(() => c.stdout.includes(Buffer.from([0x41, 0xff, 0x00, 0x0d, 0x0a, 0x42])), 5000, 'binary output on stdout');
+    c.type(`${CTRL_BRACKET}b`);
+    await waitUntil(() => vm.commands.includes(BRK), 5000, 'BREAK reached the VM');
+    c.type(`${CTRL_BRACKET}w`);
+    await c.waitStderr(/READWRITE since .*\(you\)/);
+    c.type(`x${CTRL_BRACKET}${CTRL_BRACKET}y`);
+    await vm.waitForInput(`hello vm\rx${CTRL_BRACKET}y`, 5000);
+    c.type(`${CTRL_BRACKET}d`);
+    assert.equal(await c.code(), 0);
+    assert.match(c.stderr, /detached/);
+  });
+
+  test('a conflicting lock is refused with the holder named and exit code 3; --force takes over', async (t) => {
+    const { cleanup, ts, vm, hub, name } = await setup(t);
+    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const refused = new ConsoleChild(ts.adminAddress, [name, '--mode', 'exclusive', '--user', 'bob']);
+    cleanup.add(() => refused.kill());
+    assert.equal(await refused.code(), 3);
+    assert.match(refused.stderr, /EXCLUSIVE refused: held by 127\.0\.0\.1:\d+ \(READWRITE since/);
+    assert.equal(user.closed, false, 'the holder is untouched by a refused request');
+
+    const boss = new ConsoleChild(ts.adminAddress, [name, '--mode', 'exclusive', '--force', '--user', 'alice']);
+    cleanup.add(() => boss.kill());
+    await boss.waitStderr(/connected with EXCLUSIVE/);
+    await user.waitFor('displaced by alice@127.0.0.1', 5000);
+    await user.whenClosed(5000);
+    // Nobody else gets in while EXCLUSIVE is held, not even a reader; a stock telnet is told why.
+    const late = await TelnetUser.connect({ host: '127.0.0.1', port: hub.identity.port });
+    cleanup.add(() => late.destroy());
+    await late.waitFor('held by alice@127.0.0.1', 5000);
+    await late.whenClosed(5000);
+    boss.type('only me');
+    await vm.waitForInput('only me', 5000);
+    boss.type(`${CTRL_BRACKET}d`);
+    assert.equal(await boss.code(), 0);
+    await waitUntil(() => hub.locks.size === 0, 3000, 'lock released after detach');
+  });
+
+  test('a displaced connect client is told why and exits 4', async (t) => {
+    const { cleanup, ts, name } = await setup(t);
+    const first = new ConsoleChild(ts.adminAddress, [name, '--mode', 'excl_write', '--user', 'first']);
+    cleanup.add(() => first.kill());
+    await first.waitStderr(/connected with EXCL_WRITE/);
+    // A reader may join an EXCL_WRITE holder; a second writer may not without --force.
+    const reader = new ConsoleChild(ts.adminAddress, [name, '--mode', 'readonly_ok', '--user', 'reader']);
+    cleanup.add(() => reader.kill());
+    await reader.waitStderr(/connected with READONLY/);
+    const second = new ConsoleChild(ts.adminAddress, [name, '--mode', 'excl_write', '--force', '--user', 'second']);
+    cleanup.add(() => second.kill());
+    await second.waitStderr(/connected with EXCL_WRITE/);
+    assert.equal(await first.code(), 4);
+    assert.match(first.stderr, /displaced by second@127\.0\.0\.1:\d+, who took EXCL_WRITE with --force/);
+    assert.equal(reader.proc.exitCode, null, 'the reader stays');
+  });
+
+  test('READONLY clients: input is discarded with a one-time notice, never sent to the VM', async (t) => {
+    const { cleanup, ts, vm, hub, name } = await setup(t);
+    const ro = new ConsoleChild(ts.adminAddress, [name, '--mode', 'readonly']);
+    cleanup.add(() => ro.kill());
+    await ro.waitStderr(/connected with READONLY/);
+    ro.type('rm -rf /\r');
+    ro.type('again');
+    await ro.waitStdout('read-only: your input is discarded');
+    vm.send('output still flows');
+    await ro.waitStdout('output still flows');
+    await sleep(100);
+    assert.equal(vm.input.length, 0, 'the VM received nothing');
+    assert.equal(ro.stdout.toString().split('read-only: your input is discarded').length - 1, 1, 'told once');
+    // The per-VM default applies to stock telnet clients too.
+    hub.defaultLockMode = 'readonly';
+    const user = await ts.connectUser(hub.identity.port, cleanup);
+    user.send('typed');
+    await user.waitFor('read-only', 3000);
+    await sleep(50);
+    assert.equal(vm.input.length, 0);
+  });
+
+  test('scrollback: a client attaching later sees the recent output first', async (t) => {
+    const { cleanup, ts, vm, hub } = await setup(t, { config: { scrollbackBytes: 32 } });
+    vm.send('0123456789abcdefghijklmnopqrstuvwxyz-END');
+    await waitUntil(() => hub.bytesFromVm === 40, 3000, 'output processed');
+    const user = await ts.connectUser(hub.identity.port, cleanup);
+    await user.waitFor('-END', 3000);
+    assert.match(user.text, /89abcdefghijklmnopqrstuvwxyz-END/);
+    assert.doesNotMatch(user.text, /01234567/);
+  });
+
+  test('a stalled client is dropped; the fast client and the VM are unaffected', async (t) => {
+    const { cleanup, ts, vm, hub } = await setup(t, { config: { clientQueueLimit: 256 * 1024, clientLockWaitMs: 50 } });
+    const fast = await ts.connectUser(hub.identity.port, cleanup);
+    const stalled = net.connect({ host: '127.0.0.1', port: hub.identity.port });
+    cleanup.add(() => stalled.destroy());
+    stalled.pause(); // Never reads: the kernel buffers fill, then the server's queue.
+    await waitUntil(() => hub.clients.size === 2, 3000, 'both clients attached');
+    const mark = fast.mark();
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    const total = 8 * 1024 * 1024;
+    for (let sent = 0; sent < total; sent += chunk.length) {
+      if (!vm.send(chunk)) await new Promise((r) => setTimeout(r, 1));
+    }
+    await waitUntil(() => fast.received.length - mark >= total, 20_000, 'the fast client received everything');
+    assert.equal(fast.received.length - mark, total);
+    await waitUntil(() => hub.clients.size === 1, 5000, 'stalled client dropped');
+    assert.ok(ts.logs.find((l) => l.message === 'client too slow; disconnecting' && typeof l.queued === 'number'));
+    assert.equal(hub.bytesFromVm >= total, true);
+    vm.send('still fine');
+    await fast.waitFor('still fine', 3000);
+  });
+
+  test('telnets client port with a required client certificate: with one it works, without it is refused', async (t) => {
+    const dir = tempDir();
+    t.after(() => dir.remove());
+    const server = makeCert(dir.dir);
+    // An operator CA and a client certificate signed by it.
+    const ossl = (args: string[]) => execFileSync('openssl', args, { cwd: dir.dir, stdio: 'pipe', timeout: 20_000 });
+    ossl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', '/CN=test-ca', '-keyout', 'ca.key', '-out', 'ca.crt']);
+    ossl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=admin', '-keyout', 'client.key', '-out', 'client.csr']);
+    writeFileSync(join(dir.dir, 'ext.cnf'), 'extendedKeyUsage=clientAuth\n');
+    ossl(['x509', '-req', '-in', 'client.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'ext.cnf', '-out', 'client.crt']);
+
+    const { cleanup, ts, vm, hub, name } = await setup(t, {
+      tls: { cert: server.cert, key: server.key },
+      config: { clientCa: readFileSync(join(dir.dir, 'ca.crt')) },
+    });
+    const tlsPort = hub.identity.port + ts.config.tlsPortOffset;
+
+    const withCert = new ConsoleChild(ts.adminAddress, [
+      name, '--tls', '--host', 'localhost', '--ca', server.certPath,
+      '--cert', join(dir.dir, 'client.crt'), '--key', join(dir.dir, 'client.key'),
+    ]);
+    cleanup.add(() => withCert.kill());
+    await withCert.waitStderr(/connected with READWRITE/);
+    withCert.type('over tls');
+    await vm.waitForInput('over tls', 5000);
+    vm.send('secret output');
+    await withCert.waitStdout('secret output');
+
+    const without = new ConsoleChild(ts.adminAddress, [name, '--tls', '--host', 'localhost', '--ca', server.certPath]);
+    cleanup.add(() => without.kill());
+    assert.equal(await without.code(), 1);
+    assert.doesNotMatch(without.stdout.toString(), /secret output/);
+    await ts.logs.waitFor((l) => l.message === 'TLS handshake failed on client port' && l.port === tlsPort, 5000);
+    assert.equal(hub.clients.size, 1, 'only the client with a certificate is attached');
+  });
+});
