@@ -23,6 +23,12 @@ async function main(argv: string[]): Promise<void> {
     process.exit(2);
   }
   const logger = createLogger({ level: opts.logLevel as string, format: opts.logFormat as LogFormat });
+  // Last resort: per-connection handlers already contain peer-triggered failures. Anything
+  // reaching here is a bug with unknown state, so log it and exit for the supervisor to restart.
+  process.on('uncaughtException', (err) => {
+    logger.error('fatal: uncaught exception; exiting', { ...errorFields(err), stack: err.stack });
+    setTimeout(() => process.exit(70), 100).unref();
+  });
   let server: VspcServer;
   try {
     server = await VspcServer.start(config, logger);

@@ -236,7 +236,15 @@ export class EsxiConnection implements VmotionEndpoint {
         return;
       }
     }
-    this.protocol.receive(chunk);
+    try {
+      this.protocol.receive(chunk);
+    } catch (err) {
+      // A bug or a storage failure while handling this peer's bytes must cost this
+      // connection only, never the process and every other VM's console with it.
+      this.log.error('internal error while handling VM data; closing this connection', { ...errorFields(err), stack: (err as Error).stack });
+      this.destroy('internal error');
+      return;
+    }
     this.watchSubnegotiation();
   }
 

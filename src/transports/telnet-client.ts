@@ -113,8 +113,8 @@ export class TelnetClient implements ConsoleClient {
         this.destroy('TLS on a plain port');
         return;
       }
-      this.session.receive(chunk);
-      socket.on('data', (c: Buffer) => this.session.receive(c));
+      this.receive(chunk);
+      socket.on('data', (c: Buffer) => this.receive(c));
     });
     socket.on('error', (err) => this.log.info('client socket error', errorFields(err)));
     socket.on('close', () => this.onClose());
@@ -190,6 +190,16 @@ export class TelnetClient implements ConsoleClient {
   }
 
   // --- internals
+
+  private receive(chunk: Buffer): void {
+    try {
+      this.session.receive(chunk);
+    } catch (err) {
+      // Whatever goes wrong with one client's input closes that client only.
+      this.log.error('internal error while handling client input; closing this client', { ...errorFields(err), stack: (err as Error).stack });
+      this.destroy('internal error');
+    }
+  }
 
   private attach(request: LockRequest, force: boolean): void {
     if (this.state !== 'negotiating') return;
