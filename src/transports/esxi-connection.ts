@@ -47,6 +47,10 @@ export interface EsxiConnectionContext {
   vmotion: VmotionCoordinator;
   /** Called once when the connection is gone. */
   onClosed?(conn: EsxiConnection): void;
+  /** Called when the connection is closed for a protocol error, with its code (metrics). */
+  onProtocolError?(code: string): void;
+  /** Called once when the connection leaves negotiating/identifying (attached, vMotion peer or closed). */
+  onSettled?(conn: EsxiConnection): void;
 }
 
 let nextConnectionId = 1;
@@ -124,6 +128,12 @@ export class EsxiConnection implements VmotionEndpoint {
     return this.stateValue;
   }
 
+  private setState(next: EsxiConnectionState): void {
+    const wasPending = this.stateValue === 'negotiating' || this.stateValue === 'identifying';
+    this.stateValue = next;
+    if (wasPending && next !== 'negotiating' && next !== 'identifying') this.ctx.onSettled?.(this);
+  }
+
   get uuid(): string | null {
     return this.uuidValue;
   }
@@ -162,7 +172,7 @@ export class EsxiConnection implements VmotionEndpoint {
     if (this.closeTimer || this.socket.destroyed) return;
     this.log.info('closing VM connection', { reason });
     this.leaveHub();
-    this.stateValue = 'closed';
+    this.setState('closed');
     this.clearTimers();
     this.socket.end();
     this.closeTimer = setTimeout(() => this.socket.destroy(), this.ctx.options.closeGraceMs);
@@ -174,7 +184,7 @@ export class EsxiConnection implements VmotionEndpoint {
     if (this.socket.destroyed) return;
     this.log.info('destroying VM connection', { reason });
     this.leaveHub();
-    this.stateValue = 'closed';
+    this.setState('closed');
     this.socket.destroy();
   }
 
@@ -183,14 +193,14 @@ export class EsxiConnection implements VmotionEndpoint {
   /** The connection presented a valid vMotion peer secret: it waits for COMPLETE. */
   markVmotionPeer(): void {
     this.clearTimer();
-    this.stateValue = 'vmotion-peer';
+    this.setState('vmotion-peer');
   }
 
   /** Make this connection the given hub's source (vMotion COMPLETE). */
   adoptHub(hub: VmSerialPort): SerialSource | null {
     this.clearTimer();
     this.hub = hub;
-    this.stateValue = 'attached';
+    this.setState('attached');
     // ESXi reports the guest UART before it identifies itself: carry it over.
     if (Object.keys(this.protocol.uartSettings).length > 0) hub.details.uart = { ...this.protocol.uartSettings };
     this.log = this.log.child({ vm: hub.displayName, uuid: hub.identity.uuid });
@@ -297,7 +307,7 @@ export class EsxiConnection implements VmotionEndpoint {
 
   private onExtensionEnabled(): void {
     if (this.stateValue !== 'negotiating') return;
-    this.stateValue = 'identifying';
+    this.setState('identifying');
     this.log.debug('option 232 agreed');
     const ms = this.ctx.options.identifyTimeoutMs;
     this.armTimer(ms, () => this.fail(new ProtocolError('VSPC_IDENTIFY_TIMEOUT', `VM did not identify itself within ${ms} ms`)));
@@ -310,6 +320,7 @@ export class EsxiConnection implements VmotionEndpoint {
         uri: req.uri,
         expectedService: this.ctx.options.serviceName,
       });
+      this.ctx.onProtocolError?.('VSPC_PROXY_REFUSED');
       this.close(req.direction !== 'S' ? `direction ${JSON.stringify(req.direction)} is not supported` : 'unknown service name');
       return;
     }
@@ -391,6 +402,7 @@ export class EsxiConnection implements VmotionEndpoint {
   private explainAndClose(reason: string): void {
     if (this.stateValue !== 'negotiating') return;
     this.log.warn('peer is not an ESXi host; explained and closed', { reason });
+    this.ctx.onProtocolError?.('VSPC_NOT_ESXI');
     const text =
       '\r\nThis is vspc, a virtual serial port concentrator. This port is where VMware ESXi\r\n' +
       `hosts connect their VMs' network serial ports (vSPC URI ${this.ctx.options.proxyPortHint}).\r\n` +
@@ -403,12 +415,13 @@ export class EsxiConnection implements VmotionEndpoint {
   private fail(err: ProtocolError): void {
     if (this.stateValue === 'closed') return;
     this.log.warn('protocol error; closing VM connection', errorFields(err));
+    this.ctx.onProtocolError?.(err.code);
     this.destroy(err.code);
   }
 
   private onSocketClose(): void {
     this.leaveHub();
-    this.stateValue = 'closed';
+    this.setState('closed');
     this.clearTimers();
     if (this.closeTimer) clearTimeout(this.closeTimer);
     if (this.drainListener) this.socket.off('drain', this.drainListener);

@@ -11,11 +11,17 @@ import { EsxiConnection, type EsxiConnectionContext } from './esxi-connection.js
  */
 export class ProxyListener {
   readonly connections = new Set<EsxiConnection>();
+  /** Connections still negotiating or identifying: what the flood cap counts. */
+  private readonly pending = new Set<EsxiConnection>();
   private readonly servers: net.Server[] = [];
+  /** Connections dropped because too many were still unidentified (metrics). */
+  refused = 0;
+  private lastRefusalLog = 0;
 
   constructor(
-    private readonly ctx: Omit<EsxiConnectionContext, 'onClosed'>,
+    private readonly ctx: Omit<EsxiConnectionContext, 'onClosed' | 'onSettled'>,
     private readonly logger: Logger,
+    private readonly maxUnidentified = 1024,
   ) {}
 
   async listen(addr: HostPort, secure: tls.SecureContextOptions | null): Promise<net.AddressInfo> {
@@ -28,6 +34,7 @@ export class ProxyListener {
           peer: `${socket.remoteAddress}:${socket.remotePort}`,
           ...errorFields(err),
         });
+        this.ctx.onProtocolError?.('TLS_HANDSHAKE_FAILED');
         socket.destroy();
       });
     }
@@ -46,8 +53,33 @@ export class ProxyListener {
   }
 
   private accept(socket: net.Socket, secure: boolean): void {
-    const conn = new EsxiConnection(socket, { ...this.ctx, onClosed: (c) => this.connections.delete(c) }, secure);
+    // A flood of connections that never identify must not use up the file descriptors
+    // that identified VMs and their clients need: past the cap, new ones are dropped.
+    if (this.unidentified() >= this.maxUnidentified) {
+      this.refused++;
+      const now = Date.now();
+      if (now - this.lastRefusalLog > 10_000) {
+        this.lastRefusalLog = now;
+        this.logger.warn('too many unidentified VM connections; refusing new ones', {
+          peer: `${socket.remoteAddress}:${socket.remotePort}`,
+          limit: this.maxUnidentified,
+          refusedSoFar: this.refused,
+        });
+      }
+      socket.destroy();
+      return;
+    }
+    const conn = new EsxiConnection(
+      socket,
+      { ...this.ctx, onClosed: (c) => this.connections.delete(c), onSettled: (c) => this.pending.delete(c) },
+      secure,
+    );
     this.connections.add(conn);
+    if (conn.state === 'negotiating') this.pending.add(conn);
+  }
+
+  private unidentified(): number {
+    return this.pending.size;
   }
 
   /**

@@ -1,0 +1,37 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Cleanup, TestServer, esxiUuid, waitUntil } from '../helpers/server.js';
+
+test('a flood of silent connections is capped; identified VMs keep working and new VMs get in once the flood times out', async (t) => {
+  const cleanup = new Cleanup();
+  const ts = await TestServer.start({ config: { maxUnidentifiedConnections: 5, humanTimeoutMs: 400 } });
+  t.after(async () => {
+    await cleanup.run();
+    await ts.dispose();
+  });
+  const good = await ts.connectVm({ uuid: esxiUuid().text, name: 'steady' }, cleanup);
+  const user = await ts.connectUser(good.hub.identity.port, cleanup);
+
+  const closed: boolean[] = [];
+  const sockets = Array.from({ length: 20 }, (_, i) => {
+    const s = net.connect({ host: '127.0.0.1', port: ts.proxyPort });
+    s.on('error', () => undefined);
+    s.resume(); // Read, so that the server's FIN is seen.
+    s.on('close', () => (closed[i] = true));
+    cleanup.add(() => s.destroy());
+    return s;
+  });
+  // 15 of the 20 are dropped at once; the 5 admitted ones wait for the human timeout.
+  await waitUntil(() => closed.filter(Boolean).length >= 15, 3000, 'excess connections dropped');
+  assert.ok(closed.filter(Boolean).length < 20, 'the first five were admitted');
+  assert.ok(ts.logs.find((l) => l.message === 'too many unidentified VM connections; refusing new ones' && l.limit === 5));
+
+  good.vm.send('unaffected');
+  await user.waitFor('unaffected', 3000);
+
+  await waitUntil(() => closed.filter(Boolean).length === 20, 3000, 'the admitted ones timed out');
+  const late = await ts.connectVm({ uuid: esxiUuid().text, name: 'after-the-flood' }, cleanup);
+  assert.equal(late.hub.source !== null, true);
+  void sockets;
+});
