@@ -1,8 +1,15 @@
 # vspc, the virtual serial port concentrator, as a container image.
 #
 #   docker build -t vspc .
-#   docker run -d --name vspc -v vspc-data:/var/lib/vspc \
+#   docker run -d --name vspc -v vspc-data:/var/lib/vspc -e VSPC_ADMIN_TOKEN="$(openssl rand -hex 32)" \
 #     -p 13370:13370 -p 127.0.0.1:13371:13371 -p 127.0.0.1:10000-10099:10000-10099 vspc
+#   docker exec vspc node /app/dist/src/cli/vspc-admin.js list    # uses the same VSPC_ADMIN_TOKEN
+#
+# The admin API listens on all interfaces of the container (below), so vspc refuses to
+# start without an admin token: VSPC_ADMIN_TOKEN, or --admin-token-file with a mounted
+# secret (e.g. /run/secrets/...). A config file: mount it and add --config FILE to CMD.
+# `docker kill -s HUP vspc` reloads it; `docker stop` shuts down cleanly (tini passes
+# SIGTERM on; vspc needs a few seconds at most, within docker's default 10 s).
 #
 # Client ports: each VM serial port gets a telnet port from --port-range (default
 # 10000-19999; with TLS also port + 10000). EXPOSE below does not list them: publish the
@@ -49,9 +56,12 @@ USER vspc
 EXPOSE 13370 13371 13372
 ENTRYPOINT ["/usr/bin/tini", "--"]
 # Inside a container loopback is unreachable from outside, so the admin API and the
-# per-VM client ports listen on all interfaces here. The admin API has no
-# authentication and plain client ports carry console traffic in clear text: publish
-# 13371 and the client ports only on a trusted address (e.g. -p 127.0.0.1:...), or
-# protect them otherwise. For TLS, mount a certificate and key readable by uid 10001
-# and add --cert/--key to this command.
+# per-VM client ports listen on all interfaces here. The admin API then requires a
+# token (see above); it is plain HTTP unless --admin-cert/--admin-key are added, and
+# plain client ports carry console traffic in clear text: publish 13371 and the client
+# ports only on a trusted address (e.g. -p 127.0.0.1:...), or protect them otherwise.
+# For TLS, mount a certificate and key readable by uid 10001 and add --cert/--key (and
+# --admin-cert/--admin-key) to this command.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
+  CMD ["node", "/app/dist/src/cli/vspc-admin.js", "status"]
 CMD ["node", "/app/dist/src/cli/vspc.js", "--db", "/var/lib/vspc/vspc.db", "--admin-listen", "0.0.0.0:13371", "--vm-listen-host", "0.0.0.0"]

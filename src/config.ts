@@ -41,6 +41,40 @@ export interface VspcConfig {
   clientIdleTimeoutMs: number;
   /** With TLS: only clients with a certificate signed by this CA (PEM) may use telnets client ports. */
   clientCa: Buffer | null;
+  /** VM-side connections still negotiating/identifying at once; past this new ones are dropped. */
+  maxUnidentifiedConnections: number;
+  /** Admin API bearer token (--admin-token, VSPC_ADMIN_TOKEN, --admin-token-file); null = none required. */
+  adminToken: string | null;
+  /** Serve the admin API over HTTPS with this certificate and key (--admin-cert/--admin-key). */
+  adminTls: { cert: Buffer; key: Buffer } | null;
+  /** Lock mode a client gets unless it asks for another (config file `defaultLockMode`). */
+  defaultLockMode: LockModeName;
+  /** Per-VM settings from the config file (`vms:`); see resolveVmSettings in config-file.ts. */
+  vms: VmSettings[];
+  /** Console log files, one per VM serial port, in this directory (--log-dir); null = off. */
+  logDir: string | null;
+  /** A console log file is rotated before it would pass this many bytes (--log-max-size). */
+  logMaxSize: number;
+  /** Rotated console log files kept per VM serial port, `x.log.1` … (--log-keep). */
+  logKeep: number;
+  /** A timestamp mark in console logs that had output, this often; 0 = none (--log-mark-interval). */
+  logMarkIntervalMs: number;
+}
+
+/** Client lock modes a config file may name. */
+export const LOCK_MODE_NAMES = ['readwrite', 'readonly', 'exclusive', 'excl_write', 'readonly_ok'] as const;
+export type LockModeName = (typeof LOCK_MODE_NAMES)[number];
+
+/** One `vms:` entry of the config file. `match`: a VM name (glob * ?), UUID, or either with `:LABEL`. */
+export interface VmSettings {
+  match: string;
+  lockMode?: LockModeName;
+  /** Scrollback size in bytes for the matching VM serial ports. */
+  scrollbackBytes?: number;
+  /** Fixed client port for the matching VM serial port. */
+  port?: number;
+  /** Where the entry is written ("file:line:col"), for log lines. */
+  where?: string;
 }
 
 /** Linux's default ip_local_port_range is 32768-60999: our default stays below it. */
@@ -72,6 +106,15 @@ export const DEFAULTS: VspcConfig = {
   clientLockWaitMs: 1000,
   clientIdleTimeoutMs: 0,
   clientCa: null,
+  maxUnidentifiedConnections: 1024,
+  adminToken: null,
+  adminTls: null,
+  defaultLockMode: 'readwrite',
+  vms: [],
+  logDir: null,
+  logMaxSize: 10 * 1024 * 1024,
+  logKeep: 5,
+  logMarkIntervalMs: 3_600_000,
 };
 
 export function parsePort(field: string, text: string, allowZero = true): number {

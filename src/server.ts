@@ -1,6 +1,7 @@
 import type net from 'node:net';
 import type Database from 'better-sqlite3';
 import type { Logger } from './logger.js';
+import type { VmSerialPort } from './domain/vm-serial-port.js';
 import { errorFields } from './logger.js';
 import { ephemeralPortRange, rangesOverlap, type VspcConfig } from './config.js';
 import { openDatabase, closeDatabase } from './storage/database.js';
@@ -9,9 +10,14 @@ import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
 import { ClientListeners } from './transports/client-listeners.js';
 import { ProxyListener } from './transports/proxy-listener.js';
-import { AdminServer } from './admin/admin-server.js';
+import { AdminApiError, AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
+import { Metrics } from './admin/metrics.js';
+import { changedKeys, isLoopbackHost, keyName, RELOADABLE, resolveVmSettings, type ReloadReport } from './config-file.js';
 import { VERSION } from './version.js';
+import { ConsoleLogManager } from './logging/console-log.js';
+import { createAuditObserver } from './logging/audit.js';
+import { combineObserversWith } from './logging/observers.js';
 
 
 export interface ServerAddresses {
@@ -28,7 +34,9 @@ const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
  */
 function reservedPorts(c: VspcConfig): number[] {
   const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0].filter((p) => p > 0);
-  return c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own;
+  // Fixed ports of the config file's `vms:` are kept for their VMs, not handed to others.
+  const fixed = c.vms.flatMap((v) => (v.port !== undefined ? [v.port] : []));
+  return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
 }
 
 /**
@@ -39,7 +47,16 @@ function reservedPorts(c: VspcConfig): number[] {
 export class VspcServer {
   readonly registry: Registry;
   readonly vmotion: VmotionCoordinator;
+  /** Console log files (--log-dir), or null. */
+  readonly consoleLogs: ConsoleLogManager | null;
   readonly startedAt = Date.now();
+  /** Event counters for the admin API's /metrics. */
+  readonly metrics: Metrics;
+  /**
+   * Re-reads the configuration (set by the CLI, which knows the flags and the config
+   * file) for SIGHUP and `vspc-admin reload`; null: reload is not available.
+   */
+  reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: ClientListeners;
   private readonly proxy: ProxyListener;
@@ -54,8 +71,31 @@ export class VspcServer {
   ) {
     this.db = openDatabase(config.dbPath);
     const store = new SerialPortStore(this.db, config.portRange, reservedPorts(config));
-    this.registry = new Registry(store, { maxHeldInput: config.vmotionHoldLimit, scrollbackBytes: config.scrollbackBytes });
-    this.vmotion = new VmotionCoordinator({ timeoutMs: config.vmotionTimeoutMs }, logger);
+    this.consoleLogs = config.logDir
+      ? new ConsoleLogManager({
+          dir: config.logDir,
+          logger,
+          maxSize: config.logMaxSize,
+          keep: config.logKeep,
+          markIntervalMs: config.logMarkIntervalMs,
+          ports: () => this.registry.all(),
+        })
+      : null;
+    // Console logs (when configured) and the audit log (always) watch every hub.
+    const observer = combineObserversWith(
+      { onError: (err, index) => logger.error('serial port observer failed', { observer: index, ...errorFields(err) }) },
+      this.consoleLogs,
+      createAuditObserver(logger),
+    );
+    this.registry = new Registry(store, { maxHeldInput: config.vmotionHoldLimit, scrollbackBytes: config.scrollbackBytes, observer });
+    // A forgotten or expired VM keeps no console log file open.
+    this.registry.on('removed', (hub) => this.consoleLogs?.forget(hub));
+    this.metrics = new Metrics(this.registry);
+    // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.
+    this.registry.on('added', (hub) => this.applyVmSettings(hub));
+    this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
+    // Getters: values a reload may change (applyConfig) are read from `config` when used.
+    this.vmotion = new VmotionCoordinator({ get timeoutMs() { return config.vmotionTimeoutMs; } }, logger);
     const tlsOptions = config.tls
       ? {
           cert: config.tls.cert,
@@ -69,7 +109,9 @@ export class VspcServer {
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
-      maxQueuedBytes: config.clientQueueLimit,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      onSlowClientDropped: () => this.metrics.slowClientDropped(),
+      onProtocolError: (code) => this.metrics.protocolError('client', code),
       maxSubnegotiation: config.maxSubnegotiation,
       closeGraceMs: config.closeGraceMs,
       lockWaitMs: config.clientLockWaitMs,
@@ -80,12 +122,13 @@ export class VspcServer {
         registry: this.registry,
         logger,
         vmotion: this.vmotion,
+        onProtocolError: (code) => this.metrics.protocolError('vm', code),
         options: {
-          serviceName: config.serviceName,
-          comPort: config.comPort,
+          get serviceName() { return config.serviceName; },
+          get comPort() { return config.comPort; },
           maxSubnegotiation: config.maxSubnegotiation,
-          humanTimeoutMs: config.humanTimeoutMs,
-          identifyTimeoutMs: config.identifyTimeoutMs,
+          get humanTimeoutMs() { return config.humanTimeoutMs; },
+          get identifyTimeoutMs() { return config.identifyTimeoutMs; },
           subnegotiationTimeoutMs: config.subnegotiationTimeoutMs,
           maxPreIdentifyBuffer: config.maxPreIdentifyBuffer,
           closeGraceMs: config.closeGraceMs,
@@ -93,6 +136,7 @@ export class VspcServer {
         },
       },
       logger,
+      config.maxUnidentifiedConnections,
     );
     this.admin = new AdminServer(
       adminRoutes({
@@ -101,8 +145,17 @@ export class VspcServer {
         logger,
         tlsPortOf: (h) => this.listeners.tlsPortOf(h),
         status: () => this.status(),
+        consoleLogs: this.consoleLogs ?? undefined,
+        metrics: this.metrics,
+        reload: () => this.reload(),
+        ownPorts: () => {
+          const a = this.addressesValue;
+          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : [])] : [];
+        },
+        settingsOf: (h) => resolveVmSettings(this.config, h.identity),
       }),
       logger,
+      { token: () => this.config.adminToken, onUnauthorized: () => this.metrics.adminUnauthorized++ },
     );
   }
 
@@ -138,11 +191,12 @@ export class VspcServer {
   private async startListening(): Promise<void> {
     const c = this.config;
     this.warnAboutExposure();
+    await this.consoleLogs?.init();
     if (c.expireAfterMs > 0) this.expire();
     this.registry.load();
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
-    const admin = await this.admin.listen(c.adminListen);
+    const admin = await this.admin.listen(c.adminListen, c.adminTls);
     this.addressesValue = { proxy, proxyTls, admin };
     if (c.expireAfterMs > 0) {
       this.expiryTimer = setInterval(() => this.expire(), Math.min(c.expireAfterMs, 3_600_000));
@@ -182,8 +236,77 @@ export class VspcServer {
         telnetsAlsoOffered: !!c.tls,
       });
     }
-    if (!LOOPBACK.has(c.adminListen.host)) {
-      this.logger.warn('admin API listens on a non-loopback address', { adminListen: c.adminListen });
+    if (!isLoopbackHost(c.adminListen.host)) {
+      this.logger.warn(
+        c.adminTls ? 'admin API listens on a non-loopback address' : 'admin API listens on a non-loopback address without TLS: its token crosses the network in clear text',
+        { adminListen: c.adminListen, tls: !!c.adminTls, token: !!c.adminToken },
+      );
+    }
+  }
+
+  /** SIGHUP / `vspc-admin reload`: re-read the configuration and apply it (see applyConfig). */
+  reload(): ReloadReport {
+    if (!this.reloadConfig) throw new AdminApiError(409, 'VSPC_RELOAD_UNAVAILABLE', 'this vspc has no configuration to re-read');
+    try {
+      const report = this.reloadConfig();
+      this.metrics.reloads.ok++;
+      return report;
+    } catch (err) {
+      this.metrics.reloads.failed++;
+      throw err;
+    }
+  }
+
+  /**
+   * Apply a new configuration without dropping VM connections: what can change at run
+   * time (RELOADABLE in config-file.ts) takes effect now — for new connections where a
+   * value is read at connect time — and the rest is reported as needing a restart.
+   */
+  applyConfig(next: VspcConfig): ReloadReport {
+    const changed = changedKeys(this.config, next);
+    const applied = changed.filter((k) => RELOADABLE.has(k));
+    const expiryChanged = applied.includes('expireAfterMs');
+    for (const k of applied) (this.config as unknown as Record<string, unknown>)[k] = next[k];
+    if (expiryChanged) {
+      if (this.expiryTimer) clearInterval(this.expiryTimer);
+      this.expiryTimer = null;
+      if (this.config.expireAfterMs > 0) {
+        this.expiryTimer = setInterval(() => this.expire(), Math.min(this.config.expireAfterMs, 3_600_000));
+        this.expiryTimer.unref();
+      }
+    }
+    if (applied.includes('vms') || applied.includes('scrollbackBytes')) {
+      for (const hub of this.registry.all()) this.applyVmSettings(hub);
+    }
+    return {
+      file: null,
+      applied: applied.map(keyName),
+      restartNeeded: changed.filter((k) => !RELOADABLE.has(k)).map(keyName),
+    };
+  }
+
+  /** The config file's `vms:` settings for one VM serial port: scrollback size and fixed port. */
+  private applyVmSettings(hub: VmSerialPort): void {
+    const s = resolveVmSettings(this.config, hub.identity);
+    const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
+    if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
+    if (s.port === undefined || s.port === hub.identity.port) return;
+    const holder = this.registry.getByPort(s.port);
+    if (holder) {
+      this.logger.warn('fixed port from the config file is held by another VM serial port; not moved', {
+        vm: hub.displayName,
+        port: hub.identity.port,
+        fixedPort: s.port,
+        heldBy: holder.displayName,
+      });
+      return;
+    }
+    const from = hub.identity.port;
+    try {
+      this.registry.setPort(hub, s.port);
+      this.logger.info('VM serial port moved to its fixed port from the config file', { vm: hub.displayName, from, to: s.port });
+    } catch (err) {
+      this.logger.warn('cannot move VM serial port to its fixed port', { vm: hub.displayName, port: from, fixedPort: s.port, ...errorFields(err) });
     }
   }
 
@@ -206,6 +329,8 @@ export class VspcServer {
     await Promise.race([accepting, grace]);
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
     this.vmotion.clear();
+    // After the connections, so their disconnect lines are in the console logs.
+    await this.consoleLogs?.close();
     await this.admin.close();
     closeDatabase(this.db);
     this.logger.info('vspc stopped');
@@ -220,6 +345,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();
     for (const hub of this.registry.all()) hub.closeClients('vspc stopped');
+    void this.consoleLogs?.close();
     void this.admin.close();
     closeDatabase(this.db);
   }

@@ -1,14 +1,31 @@
 import http from 'node:http';
+import https from 'node:https';
 import type net from 'node:net';
 import type { Logger } from '../logger.js';
 import { errorFields } from '../logger.js';
 import type { HostPort } from '../config.js';
+import { authorize } from './auth.js';
 
 export interface AdminRoute {
   method: 'GET' | 'POST' | 'DELETE';
   /** Exact path, e.g. `/api/v1/ports`. */
   path: string;
   handle(url: URL): unknown | Promise<unknown>;
+}
+
+/** A route result sent as-is instead of as JSON (e.g. /metrics in the Prometheus text format). */
+export class RawBody {
+  constructor(
+    readonly contentType: string,
+    readonly text: string,
+  ) {}
+}
+
+export interface AdminServerOptions {
+  /** The bearer token every request must carry, read per request (a reload may change it); null = none. */
+  token?: () => string | null;
+  /** Called for each request refused for want of a valid token (metrics). */
+  onUnauthorized?: () => void;
 }
 
 /** An error the API reports to the caller with a status and a stable code. */
@@ -33,10 +50,18 @@ export class AdminServer {
   constructor(
     private readonly routes: AdminRoute[],
     private readonly logger: Logger,
+    private readonly options: AdminServerOptions = {},
   ) {}
 
-  async listen(addr: HostPort): Promise<net.AddressInfo> {
-    const server = http.createServer((req, res) => void this.dispatch(req, res));
+  /** Listen on `addr`: HTTP, or HTTPS with `tls`. */
+  async listen(addr: HostPort, tls: { cert: Buffer; key: Buffer } | null = null): Promise<net.AddressInfo> {
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => void this.dispatch(req, res);
+    const server: http.Server = tls ? https.createServer({ cert: tls.cert, key: tls.key }, handler) : http.createServer(handler);
+    if (tls) {
+      server.on('tlsClientError', (err: Error, socket: net.Socket) => {
+        this.logger.info('TLS handshake failed on the admin API', { peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
+      });
+    }
     // Admin clients are short-lived; do not let idle keep-alive sockets hold shutdown.
     server.keepAliveTimeout = 1000;
     server.headersTimeout = 10_000;
@@ -51,7 +76,7 @@ export class AdminServer {
     server.on('error', (err) => this.logger.error('admin listener error', errorFields(err)));
     this.server = server;
     const bound = server.address() as net.AddressInfo;
-    this.logger.info('admin API listening', { address: bound.address, port: bound.port });
+    this.logger.info('admin API listening', { address: bound.address, port: bound.port, tls: !!tls, token: !!this.options.token?.() });
     return bound;
   }
 
@@ -69,6 +94,19 @@ export class AdminServer {
     const url = new URL(req.url ?? '/', 'http://admin');
     const route = this.routes.find((r) => r.path === url.pathname && r.method === req.method);
     try {
+      try {
+        authorize(req, this.options.token?.() ?? null);
+      } catch (err) {
+        this.options.onUnauthorized?.();
+        res.setHeader('www-authenticate', 'Bearer realm="vspc"');
+        this.logger.warn('admin API request refused: no valid token', {
+          peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+          method: req.method,
+          path: url.pathname,
+          reason: (err as AdminApiError).code,
+        });
+        throw err;
+      }
       if (!route) {
         const allowed = this.routes.filter((r) => r.path === url.pathname).map((r) => r.method);
         if (allowed.length > 0) res.setHeader('allow', allowed.join(', '));
@@ -80,7 +118,8 @@ export class AdminServer {
       }
       req.resume(); // Parameters travel in the query string; drain any body.
       const body = await route.handle(url);
-      this.send(res, 200, body);
+      if (body instanceof RawBody) this.sendRaw(res, 200, body);
+      else this.send(res, 200, body);
     } catch (err) {
       if (err instanceof AdminApiError) {
         this.send(res, err.status, { error: { code: err.code, message: err.message } });
@@ -90,6 +129,11 @@ export class AdminServer {
         this.send(res, 500, { error: { code, message: (err as Error).message } });
       }
     }
+  }
+
+  private sendRaw(res: http.ServerResponse, status: number, body: RawBody): void {
+    res.writeHead(status, { 'content-type': body.contentType, 'content-length': Buffer.byteLength(body.text) });
+    res.end(body.text);
   }
 
   private send(res: http.ServerResponse, status: number, body: unknown): void {

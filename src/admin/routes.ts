@@ -2,9 +2,13 @@ import type { Logger } from '../logger.js';
 import type { Registry } from '../domain/registry.js';
 import type { VmSerialPort } from '../domain/vm-serial-port.js';
 import type { VmotionCoordinator } from '../domain/vmotion.js';
-import type { AdminRoute } from './admin-server.js';
+import type { ReloadReport, ResolvedVmSettings } from '../config-file.js';
+import { ConfigError, VspcError } from '../errors.js';
+import { formatUuid } from '../protocol/vmware/identity.js';
+import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
+import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
 import { resolveVm } from './resolve.js';
-import { portView } from './views.js';
+import { clientViews, portView, uartView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
@@ -20,25 +24,178 @@ export interface AdminContext {
     /** Rotate one VM's log now, or all of them. */
     rotate(hub?: VmSerialPort): Promise<void>;
   };
+  /** Event counters for `GET /metrics`. */
+  metrics?: Metrics;
+  /** Re-read the configuration (`POST /api/v1/reload`); throws ConfigError when it is invalid. */
+  reload?(): ReloadReport | Promise<ReloadReport>;
+  /** vspc's own listener ports, which `set-port` must not hand to a VM. */
+  ownPorts?(): number[];
+  /** The config file's `vms:` settings for a VM serial port. */
+  settingsOf?(hub: VmSerialPort): ResolvedVmSettings;
+}
+
+export const DEFAULT_LOG_LINES = 50;
+export const MAX_LOG_LINES = 10_000;
+
+/** `*` and `?` wildcards, case-insensitive; without wildcards a substring match. */
+function namePattern(pattern: string): RegExp {
+  const body = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return /[*?]/.test(pattern) ? new RegExp(`^${body}$`, 'i') : new RegExp(body, 'i');
+}
+
+function intParam(url: URL, name: string, min: number, max: number, fallback?: number): number {
+  const text = url.searchParams.get(name);
+  if (text === null || text === '') {
+    if (fallback !== undefined) return fallback;
+    throw new AdminApiError(400, `VSPC_${name.toUpperCase()}_REQUIRED`, `give ${name}`);
+  }
+  if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
+    throw new AdminApiError(400, `VSPC_${name.toUpperCase()}_INVALID`, `${name} must be an integer ${min}-${max}, got "${text}"`);
+  }
+  return Number(text);
 }
 
 /** The admin API's calls (documented in docs/admin-api.md). */
 export function adminRoutes(ctx: AdminContext): AdminRoute[] {
   const view = (h: VmSerialPort) => portView(h, ctx.registry, (x) => ctx.tlsPortOf(x));
+  const vmOf = (url: URL) => resolveVm(ctx.registry, url.searchParams.get('vm'));
+
+  const detail = (hub: VmSerialPort): VmDetailView => ({
+    ...view(hub),
+    displayName: hub.displayName,
+    bytesFromVm: hub.bytesFromVm,
+    bytesToVm: hub.bytesToVm,
+    scrollbackBytes: hub.scrollback.capacity,
+    uart: uartView(hub.details),
+    clientList: clientViews(hub),
+    vmotions: ctx.vmotion.historyOf(hub),
+    settings: ctx.settingsOf?.(hub) ?? {},
+  });
+
+  const setPort = (hub: VmSerialPort, port: number) => {
+    const before = hub.identity.port;
+    if (port === before) return { ...view(hub), previousPort: before };
+    const own = new Set(ctx.ownPorts?.() ?? []);
+    const tls = ctx.tlsPortOf(hub);
+    const offset = tls === null ? null : tls - before;
+    const wanted = offset === null ? [port] : [port, port + offset];
+    if (offset !== null && port + offset > 65535) {
+      throw new AdminApiError(400, 'VSPC_PORT_INVALID', `port ${port}: its telnets port ${port + offset} would exceed 65535`);
+    }
+    for (const p of wanted) {
+      if (own.has(p)) throw new AdminApiError(409, 'VSPC_PORT_RESERVED', `port ${p} is one of vspc's own listener ports`);
+      for (const other of ctx.registry.all()) {
+        if (other === hub) continue;
+        const otherTls = ctx.tlsPortOf(other);
+        if (other.identity.port === p || otherTls === p) {
+          throw new AdminApiError(409, 'VSPC_PORT_IN_USE', `port ${p} is used by ${other.displayName} (port ${other.identity.port})`);
+        }
+      }
+    }
+    try {
+      ctx.registry.setPort(hub, port);
+    } catch (err) {
+      if (err instanceof VspcError && err.code === 'VSPC_PORT_IN_USE') throw new AdminApiError(409, err.code, err.message);
+      throw err;
+    }
+    ctx.logger.info('VM serial port moved by the administrator', { vm: hub.displayName, from: before, to: port });
+    const fixed = ctx.settingsOf?.(hub).port;
+    return {
+      ...view(hub),
+      previousPort: before,
+      ...(fixed !== undefined && fixed !== port
+        ? { note: `the config file fixes this VM serial port at ${fixed}; a reload or restart moves it back` }
+        : {}),
+    };
+  };
+
   return [
-    { method: 'GET', path: '/api/v1/ports', handle: () => ctx.registry.all().map(view) },
+    {
+      method: 'GET',
+      path: '/api/v1/ports',
+      handle: (url) => {
+        const match = url.searchParams.get('match');
+        const re = match ? namePattern(match) : null;
+        const hubs = ctx.registry.all().filter((h) => !re || re.test(h.displayName) || re.test(formatUuid(h.identity.uuid)) || re.test(h.identity.uuid));
+        return hubs.map(view);
+      },
+    },
     { method: 'GET', path: '/api/v1/status', handle: () => ctx.status() },
     // Which port to dial for a VM (used by `vspc-admin connect`).
     { method: 'GET', path: '/api/v1/resolve', handle: (url) => view(resolveVm(ctx.registry, url.searchParams.get('vm'))) },
+    { method: 'GET', path: '/api/v1/show', handle: (url) => detail(vmOf(url)) },
+    { method: 'GET', path: '/api/v1/clients', handle: () => ctx.registry.all().flatMap(clientViews) },
+    {
+      method: 'POST',
+      path: '/api/v1/kick',
+      handle: (url) => {
+        const hub = vmOf(url);
+        const id = url.searchParams.has('client') ? intParam(url, 'client', 1, Number.MAX_SAFE_INTEGER) : null;
+        const targets = [...hub.clients].filter((c) => id === null || c.id === id);
+        if (id !== null && targets.length === 0) {
+          throw new AdminApiError(404, 'VSPC_CLIENT_NOT_FOUND', `no client ${id} on ${hub.displayName} (see vspc-admin who)`);
+        }
+        const kicked = clientViews(hub).filter((c) => targets.some((t) => t.id === c.id));
+        for (const c of targets) c.close('disconnected by the administrator');
+        ctx.logger.info('clients disconnected by the administrator', { vm: hub.displayName, clients: kicked.map((c) => c.id) });
+        return { vm: hub.displayName, port: hub.identity.port, kicked };
+      },
+    },
     {
       method: 'POST',
       path: '/api/v1/forget',
       handle: (url) => {
-        const hub = resolveVm(ctx.registry, url.searchParams.get('vm'));
+        const hub = vmOf(url);
         const v = view(hub);
         ctx.registry.forget(hub);
         ctx.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.port });
         return v;
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/v1/set-port',
+      handle: (url) => setPort(vmOf(url), intParam(url, 'port', 1, 65535)),
+    },
+    {
+      method: 'GET',
+      path: '/api/v1/log',
+      handle: async (url) => {
+        const hub = vmOf(url);
+        const lines = intParam(url, 'lines', 1, MAX_LOG_LINES, DEFAULT_LOG_LINES);
+        if (!ctx.consoleLogs) throw new AdminApiError(409, 'VSPC_CONSOLE_LOG_OFF', 'console logging is off (start vspc with --log-dir)');
+        return { vm: hub.displayName, port: hub.identity.port, lines, text: await ctx.consoleLogs.tail(hub, lines) };
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/v1/reload',
+      handle: async () => {
+        if (!ctx.reload) throw new AdminApiError(409, 'VSPC_RELOAD_UNAVAILABLE', 'this vspc has no configuration to re-read');
+        try {
+          return await ctx.reload();
+        } catch (err) {
+          if (err instanceof ConfigError) throw new AdminApiError(400, err.code, `${err.message} (the running configuration is unchanged)`);
+          throw err;
+        }
+      },
+    },
+    {
+      method: 'GET',
+      path: '/metrics',
+      handle: () => {
+        const s = ctx.status();
+        return new RawBody(
+          METRICS_CONTENT_TYPE,
+          renderMetrics({
+            metrics: ctx.metrics ?? new Metrics(),
+            hubs: ctx.registry.all(),
+            vmotion: ctx.vmotion,
+            version: String(s.version),
+            uptimeSeconds: Number(s.uptimeSeconds) || 0,
+            vmConnections: Number(s.vmConnections) || 0,
+          }),
+        );
       },
     },
   ];

@@ -1,6 +1,7 @@
 import type { Registry } from '../domain/registry.js';
 import type { VmSerialPort } from '../domain/vm-serial-port.js';
 import { formatUuid } from '../protocol/vmware/identity.js';
+import type { UartSettings } from '../protocol/vmware/server-protocol.js';
 
 /** One row of `vspc-admin list --json`: the admin API's stable shape. */
 export interface PortView {
@@ -36,4 +37,79 @@ export function portView(hub: VmSerialPort, registry: Registry, tlsPortOf: (h: V
     lastSeen: lastSeen ? new Date(lastSeen).toISOString() : null,
     listenError: [hub.listenError, hub.tlsListenError].filter(Boolean).join('; ') || null,
   };
+}
+
+/** One console client (`vspc-admin who`, and the `clients` list of `show`). */
+export interface ClientView {
+  id: number;
+  peer: string;
+  /** Lock mode held (readwrite, readonly, ...). */
+  mode: string;
+  /** Connected over telnets. */
+  tls: boolean;
+  connectedSince: string | null;
+  /** The VM serial port it is attached to. */
+  vm: string;
+  uuid: string;
+  label: string;
+  port: number;
+}
+
+/** What the admin API can tell about a client beyond the ConsoleClient seam (TelnetClient has all of it). */
+interface ClientFacts {
+  mode?: string;
+  connectedAt?: number;
+  secure?: boolean;
+}
+
+export function clientViews(hub: VmSerialPort): ClientView[] {
+  return [...hub.clients]
+    .map((c) => {
+      const f = c as unknown as ClientFacts;
+      return {
+        id: c.id,
+        peer: c.peer,
+        mode: f.mode ?? 'readwrite',
+        tls: f.secure === true,
+        connectedSince: typeof f.connectedAt === 'number' ? new Date(f.connectedAt).toISOString() : null,
+        vm: hub.displayName,
+        uuid: formatUuid(hub.identity.uuid),
+        label: hub.identity.label,
+        port: hub.identity.port,
+      };
+    })
+    .sort((a, b) => a.id - b.id);
+}
+
+/** Guest UART settings as ESXi reported them over COM-PORT (RFC 2217 values). */
+export interface UartView {
+  baudRate: number | null;
+  dataSize: number | null;
+  parity: string | null;
+  stopBits: string | null;
+  /** e.g. "9600 8N1". */
+  summary: string;
+}
+
+export function uartView(details: Record<string, unknown>): UartView | null {
+  const u = details.uart as UartSettings | undefined;
+  if (!u || typeof u !== 'object') return null;
+  const parity = u.parity ?? null;
+  const stopBits = u.stopBits ?? null;
+  const summary = `${u.baudRate ?? '?'} ${u.dataSize ?? '?'}${parity ? parity[0].toUpperCase() : '?'}${stopBits ?? '?'}`;
+  return { baudRate: u.baudRate ?? null, dataSize: u.dataSize ?? null, parity, stopBits, summary };
+}
+
+/** `vspc-admin show`: everything about one VM serial port. */
+export interface VmDetailView extends PortView {
+  /** Display name: NAME[:LABEL], or the UUID when the name is not known. */
+  displayName: string;
+  bytesFromVm: number;
+  bytesToVm: number;
+  scrollbackBytes: number;
+  uart: UartView | null;
+  clientList: ClientView[];
+  vmotions: ReadonlyArray<{ startedAt: string; durationMs: number; outcome: string; heldBytes: number; discardedBytes: number }>;
+  /** Settings from the config file's `vms:` entries that match this port. */
+  settings: { lockMode?: string; scrollbackBytes?: number; port?: number };
 }

@@ -1,16 +1,26 @@
+import http from 'node:http';
+import https from 'node:https';
 import { VspcError } from '../errors.js';
 import type { HostPort } from '../config.js';
 
-/** Client of the admin API (HTTP/JSON), used by `vspc-admin`. */
+export interface AdminClientOptions {
+  /** Sent as `Authorization: Bearer <token>`. */
+  token?: string | null;
+  /** Speak HTTPS; `ca` (PEM) is trusted in addition to the system's CAs. */
+  tls?: { ca?: Buffer } | null;
+  timeoutMs?: number;
+}
+
+/** Client of the admin API (HTTP(S)/JSON), used by `vspc-admin`. */
 export class AdminClient {
   constructor(
     private readonly addr: HostPort,
-    private readonly timeoutMs = 10_000,
+    private readonly options: AdminClientOptions = {},
   ) {}
 
   get base(): string {
     const host = this.addr.host.includes(':') ? `[${this.addr.host}]` : this.addr.host;
-    return `http://${host}:${this.addr.port}`;
+    return `${this.options.tls ? 'https' : 'http'}://${host}:${this.addr.port}`;
   }
 
   get<T>(path: string): Promise<T> {
@@ -22,27 +32,64 @@ export class AdminClient {
   }
 
   private async request<T>(method: string, path: string): Promise<T> {
-    let res: Response;
-    try {
-      res = await fetch(this.base + path, { method, signal: AbortSignal.timeout(this.timeoutMs) });
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause;
-      const why = cause?.code ?? (err as Error).name;
-      throw new VspcError('VSPC_ADMIN_UNREACHABLE', `cannot reach the vspc admin API at ${this.base} (${why}); is vspc running? (see --admin)`, {
-        admin: this.base,
-      });
-    }
-    const text = await res.text();
+    const { status, text } = await this.send(method, path);
     let body: unknown;
     try {
       body = JSON.parse(text);
     } catch {
-      throw new VspcError('VSPC_ADMIN_BAD_RESPONSE', `unexpected answer from ${this.base}${path}: HTTP ${res.status}`);
+      throw new VspcError('VSPC_ADMIN_BAD_RESPONSE', `unexpected answer from ${this.base}${path}: HTTP ${status}`);
     }
-    if (!res.ok) {
+    if (status < 200 || status > 299) {
       const e = (body as { error?: { code?: string; message?: string } }).error;
-      throw new VspcError(e?.code ?? 'VSPC_ADMIN_ERROR', e?.message ?? `HTTP ${res.status}`);
+      const code = e?.code ?? 'VSPC_ADMIN_ERROR';
+      let message = e?.message ?? `HTTP ${status}`;
+      if (code === 'VSPC_AUTH_REQUIRED') message = 'the admin API requires a token: give --token-file FILE, or set VSPC_ADMIN_TOKEN';
+      if (code === 'VSPC_AUTH_FAILED') message = 'the admin API did not accept the token (--token, --token-file or VSPC_ADMIN_TOKEN)';
+      throw new VspcError(code, message, { status });
     }
     return body as T;
+  }
+
+  private send(method: string, path: string): Promise<{ status: number; text: string }> {
+    const o = this.options;
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (o.token) headers.authorization = `Bearer ${o.token}`;
+    const lib = o.tls ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request(
+        {
+          host: this.addr.host,
+          port: this.addr.port,
+          method,
+          path,
+          headers,
+          timeout: o.timeoutMs ?? 10_000,
+          ...(o.tls?.ca ? { ca: o.tls.ca } : {}),
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+          res.on('error', (err) => reject(this.unreachable(err)));
+        },
+      );
+      req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
+      req.on('error', (err) => reject(this.unreachable(err)));
+      req.end();
+    });
+  }
+
+  private unreachable(err: Error): VspcError {
+    const code = (err as NodeJS.ErrnoException).code ?? err.name;
+    let hint = 'is vspc running? (see --admin)';
+    if (this.options.tls) {
+      if (code === 'EPROTO' || /wrong version number|packet length too long/i.test(err.message)) hint = 'the admin API does not speak HTTPS here; drop --admin-tls';
+      else if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)) hint = `its certificate is not trusted (${err.message}); give --admin-ca FILE`;
+    } else if (code === 'ECONNRESET' || code === 'HPE_INVALID_CONSTANT') {
+      hint = 'if the admin API uses HTTPS, give --admin-tls (or --admin https://HOST:PORT)';
+    }
+    return new VspcError('VSPC_ADMIN_UNREACHABLE', `cannot reach the vspc admin API at ${this.base} (${code}); ${hint}`, {
+      admin: this.base,
+    });
   }
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-import { Command, CommanderError } from 'commander';
-import { parseHostPort } from '../config.js';
-import { VspcError } from '../errors.js';
-import type { PortView } from '../admin/views.js';
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option as CliOption } from 'commander';
+import { parseHostPort, type HostPort } from '../config.js';
+import { ConfigError, VspcError } from '../errors.js';
+import type { ReloadReport } from '../config-file.js';
+import type { ClientView, PortView, VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { formatTable } from './table.js';
@@ -19,29 +21,91 @@ function formatStatus(s: Record<string, unknown>): string {
   return Object.entries(s).map(([k, v]) => `${k}: ${value(v)}`).join('\n') + '\n';
 }
 
-function client(program: Command): AdminClient {
-  const o = program.opts<{ admin: string }>();
-  return new AdminClient(parseHostPort('--admin', o.admin, '127.0.0.1'));
+/** "2026-11-21T13:01:04Z (3m ago)". */
+function since(iso: string | null, now = Date.now()): string {
+  if (!iso) return '-';
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  const ago = s < 60 ? `${s}s` : s < 3600 ? `${Math.floor(s / 60)}m` : s < 86400 ? `${Math.floor(s / 3600)}h` : `${Math.floor(s / 86400)}d`;
+  return `${iso.replace(/\.\d{3}Z$/, 'Z')} (${ago} ago)`;
+}
+
+function vmName(p: { name: string | null; uuid: string; label: string }): string {
+  return `${p.name ?? p.uuid}${p.label ? `:${p.label}` : ''}`;
+}
+
+function readSecretFile(field: string, path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (err) {
+    throw new ConfigError(`${field}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { field });
+  }
+}
+
+interface GlobalOptions {
+  admin: string;
+  adminTls?: boolean;
+  adminCa?: string;
+  token?: string;
+  tokenFile?: string;
+}
+
+/** `--admin` as host and port, and whether to speak HTTPS (https:// URL, --admin-tls, --admin-ca). */
+export function adminAddress(program: Command): { addr: HostPort; tls: boolean } {
+  const o = program.opts<GlobalOptions>();
+  let address = o.admin;
+  let tls = !!o.adminTls || o.adminCa !== undefined;
+  const url = /^(https?):\/\/([^/]*)\/?$/i.exec(address);
+  if (url) {
+    tls ||= url[1].toLowerCase() === 'https';
+    address = url[2];
+  }
+  return { addr: parseHostPort('--admin', address, '127.0.0.1'), tls };
+}
+
+/**
+ * The admin API client the global options describe: `--admin` (host:port or an
+ * http(s):// URL), `--admin-tls`/`--admin-ca`, and the token from `--token`,
+ * `--token-file` or VSPC_ADMIN_TOKEN (in that order). Also used by `connect`.
+ */
+export function adminClientFrom(program: Command): AdminClient {
+  const o = program.opts<GlobalOptions>();
+  const { addr, tls } = adminAddress(program);
+  const fromCli = program.getOptionValueSource('token') === 'cli';
+  const token = fromCli ? o.token : o.tokenFile !== undefined ? readSecretFile('--token-file', o.tokenFile) : o.token;
+  const ca = o.adminCa !== undefined ? Buffer.from(readSecretFile('--admin-ca', o.adminCa)) : undefined;
+  return new AdminClient(addr, { token: token || null, tls: tls ? { ca } : null });
 }
 
 export function buildAdminProgram(out: (s: string) => void): Command {
   const program = new Command('vspc-admin')
     .description('Administer a running vspc through its admin API.')
     .version(VERSION, '-V, --version')
-    .option('--admin <host:port>', 'address of the vspc admin API', '127.0.0.1:13371');
+    .option('--admin <address>', 'the vspc admin API: HOST:PORT, or https://HOST:PORT', '127.0.0.1:13371')
+    .option('--admin-tls', 'speak HTTPS to the admin API (vspc --admin-cert/--admin-key)')
+    .option('--admin-ca <file>', "CA certificate (PEM) to trust for the admin API's HTTPS (implies --admin-tls)")
+    .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
+    .option('--token-file <file>', 'read the admin API token from this file');
+  const client = () => adminClientFrom(program);
+  const vmArg = 'VM name, UUID (any case, with or without separators), port, or NAME:LABEL';
+  const q = (vm: string) => `vm=${encodeURIComponent(vm)}`;
 
   program
     .command('list')
     .description('list VM serial ports, their client ports and who is connected')
+    .argument('[pattern]', 'only VMs whose name (or NAME:LABEL, or UUID) matches: * and ? wildcards, else a substring; any case')
     .option('--json', 'print a JSON array instead of a table')
-    .action(async (opts: { json?: boolean }) => {
-      const ports = await client(program).get<PortView[]>('/api/v1/ports');
+    .action(async (pattern: string | undefined, opts: { json?: boolean }) => {
+      const ports = await client().get<PortView[]>(`/api/v1/ports${pattern ? `?match=${encodeURIComponent(pattern)}` : ''}`);
       if (opts.json) {
         out(JSON.stringify(ports, null, 2) + '\n');
         return;
       }
       if (ports.length === 0) {
-        out('No VM serial ports known yet. Point an ESXi VM serial port at this concentrator (see README).\n');
+        out(
+          pattern
+            ? `No VM serial port matches "${pattern}".\n`
+            : 'No VM serial ports known yet. Point an ESXi VM serial port at this concentrator (see README).\n',
+        );
         return;
       }
       out(
@@ -64,29 +128,137 @@ export function buildAdminProgram(out: (s: string) => void): Command {
     });
 
   program
-    .command('status')
-    .description('version, uptime and counts')
+    .command('show')
+    .description('everything about one VM serial port: identity, ports, connection, clients, UART, vMotions, bytes')
+    .argument('<vm>', vmArg)
     .option('--json', 'print JSON')
+    .action(async (vm: string, opts: { json?: boolean }) => {
+      const d = await client().get<VmDetailView>(`/api/v1/show?${q(vm)}`);
+      if (opts.json) {
+        out(JSON.stringify(d, null, 2) + '\n');
+        return;
+      }
+      const rows: Array<[string, string]> = [
+        ['name', d.name ?? '(not reported yet)'],
+        ['uuid', d.uuid],
+        ['label', d.label || '-'],
+        ['port', `${d.port}${d.tlsPort !== null ? ` (telnets ${d.tlsPort})` : ''}${d.listenError ? `  ! ${d.listenError}` : ''}`],
+        ['state', d.state],
+        ['peer', d.peer ?? '-'],
+        ['connected since', since(d.connectedSince)],
+        ['last seen', since(d.lastSeen)],
+        ['bytes', `${d.bytesFromVm} from the VM, ${d.bytesToVm} to the VM`],
+        ['scrollback', `${d.scrollbackBytes} bytes`],
+        ['guest UART', d.uart ? d.uart.summary : 'unknown (not reported over COM-PORT)'],
+      ];
+      const s = d.settings;
+      const set = [s.port !== undefined ? `port ${s.port}` : '', s.lockMode ? `lock ${s.lockMode}` : '', s.scrollbackBytes !== undefined ? `scrollback ${s.scrollbackBytes}` : '']
+        .filter(Boolean)
+        .join(', ');
+      if (set) rows.push(['config file', set]);
+      rows.push(['clients', String(d.clientList.length)]);
+      const width = Math.max(...rows.map(([k]) => k.length)) + 1;
+      let text = `${vmName(d)}\n` + rows.map(([k, v]) => `  ${(k + ':').padEnd(width)} ${v}`).join('\n') + '\n';
+      for (const c of d.clientList) text += `    #${c.id}  ${c.peer}  ${c.mode}${c.tls ? '  tls' : ''}  since ${since(c.connectedSince)}\n`;
+      text += `  ${'vMotions:'.padEnd(width)} ${d.vmotions.length === 0 ? 'none since vspc started' : String(d.vmotions.length)}\n`;
+      for (const m of d.vmotions) {
+        text += `    ${m.startedAt.replace(/\.\d{3}Z$/, 'Z')}  ${m.outcome} in ${m.durationMs} ms (held ${m.heldBytes} bytes${m.discardedBytes ? `, discarded ${m.discardedBytes}` : ''})\n`;
+      }
+      out(text);
+    });
+
+  program
+    .command('who')
+    .description('every console client attached, on all VM serial ports')
+    .option('--json', 'print a JSON array')
     .action(async (opts: { json?: boolean }) => {
-      const s = await client(program).get<Record<string, unknown>>('/api/v1/status');
-      if (opts.json) out(JSON.stringify(s, null, 2) + '\n');
-      else out(formatStatus(s));
+      const clients = await client().get<ClientView[]>('/api/v1/clients');
+      if (opts.json) {
+        out(JSON.stringify(clients, null, 2) + '\n');
+        return;
+      }
+      if (clients.length === 0) {
+        out('No clients attached.\n');
+        return;
+      }
+      out(
+        formatTable(
+          ['ID', 'VM', 'PORT', 'MODE', 'TLS', 'PEER', 'SINCE'],
+          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', c.peer, since(c.connectedSince)]),
+        ),
+      );
+    });
+
+  program
+    .command('kick')
+    .description("disconnect a VM serial port's clients (they are told why), or one of them")
+    .argument('<vm>', vmArg)
+    .option('--client <id>', 'only this client (the ID from vspc-admin who)')
+    .action(async (vm: string, opts: { client?: string }) => {
+      const r = await client().post<{ vm: string; port: number; kicked: ClientView[] }>(
+        `/api/v1/kick?${q(vm)}${opts.client !== undefined ? `&client=${encodeURIComponent(opts.client)}` : ''}`,
+      );
+      if (r.kicked.length === 0) out(`${r.vm} (port ${r.port}) has no clients\n`);
+      else out(`disconnected from ${r.vm} (port ${r.port}): ${r.kicked.map((c) => `#${c.id} ${c.peer}`).join(', ')}\n`);
     });
 
   program
     .command('forget')
     .description('forget a VM serial port: drop its mapping, free its port, close its clients')
-    .argument('<vm>', 'VM name, UUID (any case, with or without separators), port, or NAME:LABEL')
+    .argument('<vm>', vmArg)
     .action(async (vm: string) => {
-      const p = await client(program).post<PortView>(`/api/v1/forget?vm=${encodeURIComponent(vm)}`);
-      out(`forgot ${p.name ?? p.uuid}${p.label ? `:${p.label}` : ''} (port ${p.port} is free again)\n`);
+      const p = await client().post<PortView>(`/api/v1/forget?${q(vm)}`);
+      out(`forgot ${vmName(p)} (port ${p.port} is free again)\n`);
     });
 
-  addConnectCommand(
-    program,
-    () => client(program),
-    () => parseHostPort('--admin', program.opts<{ admin: string }>().admin, '127.0.0.1').host,
-  );
+  program
+    .command('set-port')
+    .description('move a VM serial port to another client port (sticky; attached clients stay, new ones use the new port)')
+    .argument('<vm>', vmArg)
+    .argument('<port>', 'the new client telnet port (may lie outside --port-range)')
+    .action(async (vm: string, port: string) => {
+      const p = await client().post<PortView & { previousPort: number; note?: string }>(`/api/v1/set-port?${q(vm)}&port=${encodeURIComponent(port)}`);
+      out(p.previousPort === p.port ? `${vmName(p)} is already on port ${p.port}\n` : `moved ${vmName(p)} from port ${p.previousPort} to ${p.port}\n`);
+      if (p.note) out(`note: ${p.note}\n`);
+    });
+
+  program
+    .command('log')
+    .description("the end of a VM serial port's console log (vspc --log-dir)")
+    .argument('<vm>', vmArg)
+    .option('--tail <n>', 'number of lines', '50')
+    .action(async (vm: string, opts: { tail: string }) => {
+      const r = await client().get<{ text: string }>(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}`);
+      out(r.text.length === 0 || r.text.endsWith('\n') ? r.text : r.text + '\n');
+    });
+
+  program
+    .command('reload')
+    .description('re-read the config file (like SIGHUP) and apply what can change without dropping VM connections')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const r = await client().post<ReloadReport>('/api/v1/reload');
+      if (opts.json) {
+        out(JSON.stringify(r, null, 2) + '\n');
+        return;
+      }
+      let text = `reloaded ${r.file ?? 'the configuration (no config file; flags and token file only)'}\n`;
+      text += r.applied.length ? `applied: ${r.applied.join(', ')}\n` : 'nothing to apply\n';
+      if (r.restartNeeded.length) text += `changed, but in effect only after a restart: ${r.restartNeeded.join(', ')}\n`;
+      out(text);
+    });
+
+  program
+    .command('status')
+    .description('version, uptime and counts')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const s = await client().get<Record<string, unknown>>('/api/v1/status');
+      if (opts.json) out(JSON.stringify(s, null, 2) + '\n');
+      else out(formatStatus(s));
+    });
+
+  addConnectCommand(program, client, () => adminAddress(program).addr.host);
 
   return program;
 }

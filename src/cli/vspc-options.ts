@@ -25,11 +25,20 @@ export function buildProgram(): Command {
         '(vSPC URI telnet://HOST:13370) and each VM serial port gets a sticky telnet port.',
     )
     .version(VERSION, '-V, --version')
+    .option('--config <file>', 'YAML or JSON config file (keys: these options in camelCase, plus vms:); options given here override it')
     .option('--proxy-listen <host:port>', 'where ESXi hosts connect (plain telnet)', '0.0.0.0:13370')
     .option('--proxy-tls-listen <host:port>', 'where ESXi hosts connect with telnets:// (with --cert/--key; default 0.0.0.0:13372)')
     .option('--cert <file>', 'TLS certificate (PEM) for telnets on the VM and client sides')
     .option('--key <file>', 'TLS private key (PEM)')
     .option('--admin-listen <host:port>', 'admin API (HTTP/JSON)', '127.0.0.1:13371')
+    .addOption(
+      new CliOption('--admin-token <token>', 'bearer token the admin API requires (visible in ps: prefer the variable or --admin-token-file)').env(
+        'VSPC_ADMIN_TOKEN',
+      ),
+    )
+    .option('--admin-token-file <file>', 'read the admin API token from this file')
+    .option('--admin-cert <file>', 'serve the admin API over HTTPS with this certificate (PEM)')
+    .option('--admin-key <file>', 'private key (PEM) for --admin-cert')
     .option('--db <path>', 'SQLite database of VM serial ports and their ports', DEFAULTS.dbPath)
     .option('--port-range <start-end>', 'client telnet ports handed to VM serial ports', '10000-19999')
     .option('--tls-port-offset <n>', "a VM's telnets port is its telnet port plus this", String(DEFAULTS.tlsPortOffset))
@@ -44,6 +53,10 @@ export function buildProgram(): Command {
     .option('--scrollback <size>', 'recent VM output replayed to a client when it attaches (0 = none)', '64k')
     .option('--client-ca <file>', 'telnets client ports accept only certificates signed by this CA (PEM)')
     .option('--client-idle-timeout <duration>', 'close console clients idle this long (0 = never)', '0')
+    .option('--log-dir <dir>', 'write a console log file per VM serial port in this directory (default: no console logs)')
+    .option('--log-max-size <size>', 'rotate a console log file before it passes this size', '10m')
+    .option('--log-keep <n>', 'rotated console log files kept per VM serial port (0 = none)', String(DEFAULTS.logKeep))
+    .option('--log-mark-interval <duration>', 'timestamp mark in console logs that had output, this often (0 = none)', '1h')
     .option('--no-com-port', 'refuse COM-PORT (RFC 2217) instead of recording the guest UART settings')
     .addOption(new CliOption('--log-level <level>', 'log level').choices(['error', 'warn', 'info', 'debug']).default('info'))
     .addOption(new CliOption('--log-format <format>', 'log format').choices(['json', 'text']).default('json'));
@@ -51,6 +64,26 @@ export function buildProgram(): Command {
 
 function str(o: Record<string, unknown>, k: string): string {
   return String(o[k]);
+}
+
+/** --log-dir and friends (console log files, src/logging/console-log.ts). */
+function consoleLogConfig(o: Record<string, unknown>): Pick<VspcConfig, 'logDir' | 'logMaxSize' | 'logKeep' | 'logMarkIntervalMs'> {
+  const dir = o.logDir as string | undefined;
+  if (dir !== undefined && dir.trim() === '') throw new ConfigError('--log-dir: must not be empty', { field: '--log-dir' });
+  const keepText = str(o, 'logKeep').trim();
+  if (!/^\d+$/.test(keepText) || Number(keepText) > 1000) {
+    throw new ConfigError(`--log-keep: "${keepText}" is not a number of files (0-1000)`, { field: '--log-keep', value: keepText });
+  }
+  const logMaxSize = parseSize('--log-max-size', str(o, 'logMaxSize'));
+  if (logMaxSize < 4096) {
+    throw new ConfigError(`--log-max-size: ${logMaxSize} bytes is too small (at least 4k)`, { field: '--log-max-size', value: str(o, 'logMaxSize') });
+  }
+  return {
+    logDir: dir ?? null,
+    logMaxSize,
+    logKeep: Number(keepText),
+    logMarkIntervalMs: parseDuration('--log-mark-interval', str(o, 'logMarkInterval')),
+  };
 }
 
 export function configFromOptions(o: Record<string, unknown>): VspcConfig {
@@ -110,6 +143,7 @@ export function configFromOptions(o: Record<string, unknown>): VspcConfig {
     comPort: o.comPort as boolean,
     scrollbackBytes: str(o, 'scrollback') === '0' ? 0 : parseSize('--scrollback', str(o, 'scrollback')),
     clientIdleTimeoutMs: parseDuration('--client-idle-timeout', str(o, 'clientIdleTimeout')),
+    ...consoleLogConfig(o),
     clientCa,
   };
 }

@@ -5,15 +5,17 @@ import { VspcError } from '../errors.js';
 import { createLogger, errorFields, type LogFormat } from '../logger.js';
 import { VspcServer } from '../server.js';
 import { buildProgram, configFromOptions } from './vspc-options.js';
+import { createReloader, loadConfiguration, type LoadedConfiguration } from '../config-file.js';
 
 async function main(argv: string[]): Promise<void> {
   const program = buildProgram().exitOverride();
   let config: VspcConfig;
-  let opts: Record<string, unknown>;
+  let loaded: LoadedConfiguration;
   try {
     program.parse(argv);
-    opts = program.opts();
-    config = configFromOptions(opts);
+    // Flags, then VSPC_ADMIN_TOKEN, then the --config file, then defaults.
+    loaded = loadConfiguration(program, configFromOptions);
+    config = loaded.config;
   } catch (err) {
     if (err instanceof CommanderError) {
       // --help / --version exit 0; usage errors were already printed by commander.
@@ -22,7 +24,8 @@ async function main(argv: string[]): Promise<void> {
     process.stderr.write(`vspc: ${(err as Error).message}\n`);
     process.exit(2);
   }
-  const logger = createLogger({ level: opts.logLevel as string, format: opts.logFormat as LogFormat });
+  const logger = createLogger({ level: loaded.logLevel, format: loaded.logFormat as LogFormat });
+  for (const warning of loaded.warnings) logger.warn(warning);
   // Last resort: per-connection handlers already contain peer-triggered failures. Anything
   // reaching here is a bug with unknown state, so log it and exit for the supervisor to restart.
   process.on('uncaughtException', (err) => {
@@ -38,20 +41,39 @@ async function main(argv: string[]): Promise<void> {
     await new Promise((r) => setTimeout(r, 50));
     process.exit(1);
   }
+  // SIGHUP and `vspc-admin reload` re-read the config file; flags given at start stay.
+  server.reloadConfig = createReloader(program, configFromOptions, server, logger, loaded);
+  process.on('SIGHUP', () => {
+    try {
+      server.reload();
+    } catch {
+      // Logged by the reloader; the running configuration is unchanged.
+    }
+  });
+  // Exit once stderr (the log) has taken everything written so far.
+  const exit = (code: number) => process.stderr.write('', () => process.exit(code));
   let signals = 0;
   const stop = (signal: string) => {
     signals++;
     if (signals > 1) {
       logger.warn('second signal: aborting', { signal });
       server.destroy();
-      process.exit(1);
+      exit(1);
+      return;
     }
     logger.info('signal received; shutting down', { signal });
+    // Bounded: the grace period for VM connections, plus time for logs and the database.
+    const limitMs = config.closeGraceMs + 10_000;
+    setTimeout(() => {
+      logger.error('shutdown did not finish in time; aborting', { limitMs });
+      server.destroy();
+      exit(1);
+    }, limitMs).unref();
     server.close().then(
-      () => process.exit(0),
+      () => exit(0),
       (err) => {
         logger.error('shutdown failed', errorFields(err));
-        process.exit(1);
+        exit(1);
       },
     );
   };

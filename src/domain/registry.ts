@@ -9,6 +9,8 @@ export interface RegistryEvents {
   removed: [port: VmSerialPort];
   /** Moved to another client port (`set-port`). */
   moved: [port: VmSerialPort, oldPort: number];
+  /** The VM reported a new name (per-VM settings may match by name). */
+  renamed: [port: VmSerialPort, oldName: string | null];
 }
 
 function key(uuid: string, label: string): string {
@@ -44,7 +46,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     const existing = this.byKey.get(key(uuid, label));
     const { record, created } = this.store.register(uuid, label, name, now);
     if (existing) {
+      const old = existing.identity.name;
       if (record.name !== null) existing.identity.name = record.name;
+      if (existing.identity.name !== old) this.emit('renamed', existing, old);
       return { port: existing, created: false };
     }
     return { port: this.adopt(record), created };
@@ -53,7 +57,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
   rename(port: VmSerialPort, name: string): void {
     if (port.identity.name === name) return;
     this.store.rename(port.identity.id, name);
+    const old = port.identity.name;
     port.identity.name = name;
+    this.emit('renamed', port, old);
   }
 
   /** Record that the VM was seen now (connect, disconnect). */

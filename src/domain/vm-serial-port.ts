@@ -36,20 +36,52 @@ export interface SerialPortObserver {
   event?(port: VmSerialPort, event: SerialPortEvent): void;
 }
 
+const EMPTY_RING = Buffer.alloc(0);
+/** First allocation of a scrollback ring (it doubles from there up to its capacity). */
+const MIN_RING = 1024;
+
 /**
  * The last N bytes of VM output, replayed to a client on attach so it sees the
  * recent screen. A fixed ring: no allocation per chunk.
  */
 export class Scrollback {
-  private ring: Buffer;
+  /**
+   * Allocated on the first output and grown geometrically up to `capacity`, so that
+   * an idle VM serial port costs no ring at all (thousands of them stay cheap). While
+   * growing, the contents are linear in [0, end); once full-size it is a fixed ring.
+   */
+  private ring: Buffer = EMPTY_RING;
+  private cap: number;
   private end = 0;
   private filled = false;
-  constructor(readonly capacity: number) {
-    this.ring = Buffer.alloc(Math.max(0, capacity));
+  constructor(capacity: number) {
+    this.cap = Math.max(0, capacity);
+  }
+  /** Configured size in bytes (follows `resize`). */
+  get capacity(): number {
+    return this.cap;
   }
   push(data: Buffer): void {
-    const cap = this.ring.length;
-    if (cap === 0) return;
+    const cap = this.cap;
+    if (cap === 0 || data.length === 0) return;
+    if (this.ring.length < cap) {
+      const needed = this.end + data.length;
+      if (needed <= this.ring.length) {
+        data.copy(this.ring, this.end);
+        this.end = needed;
+        return;
+      }
+      const size = Math.min(cap, Math.max(needed, this.ring.length * 2, MIN_RING));
+      const grown = Buffer.alloc(size);
+      this.ring.copy(grown, 0, 0, this.end);
+      this.ring = grown;
+      if (size < cap) {
+        data.copy(this.ring, this.end);
+        this.end = needed;
+        return;
+      }
+      // Full size now: the ring logic below takes it from here (end < cap, not filled).
+    }
     if (data.length >= cap) {
       data.copy(this.ring, 0, data.length - cap);
       this.end = 0;
@@ -73,7 +105,8 @@ export class Scrollback {
   }
   resize(capacity: number): void {
     const keep = this.snapshot();
-    this.ring = Buffer.alloc(Math.max(0, capacity));
+    this.cap = Math.max(0, capacity);
+    this.ring = EMPTY_RING;
     this.end = 0;
     this.filled = false;
     this.push(keep);

@@ -508,6 +508,24 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
     return this.session.sendData(typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
   }
 
+  /**
+   * Resolves once the socket's write queue is empty (at once if it is, or if the
+   * connection is closed): for senders that respect backpressure after `send()`
+   * returned false (the benchmark).
+   */
+  whenDrained(): Promise<void> {
+    if (this.closedFlag || this.socket.destroyed || (this.socket.writableLength === 0 && this.queue.length === 0)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+  }
+
   /** A raw option-232 subcommand: `IAC SB 232 <code> <payload> IAC SE`. */
   sendExt(code: number, payload?: Uint8Array): void {
     if (this.closedFlag) return;

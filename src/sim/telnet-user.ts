@@ -141,6 +141,20 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
     return this.session.sendData(typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
   }
 
+  /** Resolves once the socket's write queue is empty (at once if it is, or if the connection is closed). */
+  whenDrained(): Promise<void> {
+    if (this.closedFlag || this.socket.destroyed || this.socket.writableLength === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+  }
+
   /** A telnet command such as BRK or AYT. */
   sendCommand(command: number): boolean {
     if (this.closedFlag) return false;

@@ -87,6 +87,7 @@ export class ClientListeners {
     if (secure) {
       server.on('tlsClientError', (err, socket) => {
         this.logger.info('TLS handshake failed on client port', { port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
+        this.options.onProtocolError?.('TLS_HANDSHAKE_FAILED');
       });
     }
     server.on('error', (err: NodeJS.ErrnoException) => {

@@ -24,6 +24,8 @@ export interface TelnetClientOptions {
   idleTimeoutMs: number;
   /** Called when a client is dropped for being too slow (metrics). */
   onSlowClientDropped?(): void;
+  /** Called when a client is closed for a protocol error, with its code (metrics). */
+  onProtocolError?(code: string): void;
 }
 
 let nextClientId = 1;
@@ -98,6 +100,7 @@ export class TelnetClient implements ConsoleClient {
         },
         error: (err) => {
           this.log.warn('protocol error from client; closing', errorFields(err));
+          this.options.onProtocolError?.(err.code);
           this.destroy(err.code);
         },
       },
@@ -110,6 +113,7 @@ export class TelnetClient implements ConsoleClient {
       // A TLS ClientHello on a plain port would otherwise be decoded as keystrokes for the VM.
       if (!secure && chunk[0] === 0x16) {
         this.log.warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
+        this.options.onProtocolError?.('VSPC_TLS_ON_PLAIN_PORT');
         this.destroy('TLS on a plain port');
         return;
       }

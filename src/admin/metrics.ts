@@ -1,0 +1,132 @@
+/**
+ * Prometheus metrics, served by the admin API at `GET /metrics` in the text
+ * exposition format (version 0.0.4), written by hand: a dozen series do not need a
+ * client library. Gauges are read from the registry and the coordinator at scrape
+ * time; the few events nothing else counts are counted here through small hooks
+ * (`protocolError`, `slowClientDropped`), which the transports call.
+ */
+import type { Registry } from '../domain/registry.js';
+import type { VmSerialPort } from '../domain/vm-serial-port.js';
+import type { VmotionCoordinator } from '../domain/vmotion.js';
+
+export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
+
+/** Event counters of one server. */
+export class Metrics {
+  /** "side\0kind" → count. */
+  private readonly protocolErrors = new Map<string, number>();
+  slowClientsDropped = 0;
+  adminUnauthorized = 0;
+  readonly reloads = { ok: 0, failed: 0 };
+  /** Bytes of VM serial ports since forgotten or expired, so the totals never go down. */
+  private retiredFromVm = 0;
+  private retiredToVm = 0;
+
+  constructor(registry?: Registry) {
+    registry?.on('removed', (hub) => {
+      this.retiredFromVm += hub.bytesFromVm;
+      this.retiredToVm += hub.bytesToVm;
+    });
+  }
+
+  /** A peer broke the protocol (or never spoke it) and was disconnected. `kind` is the error code. */
+  protocolError(side: 'vm' | 'client', kind: string): void {
+    const k = `${side}\0${kind}`;
+    this.protocolErrors.set(k, (this.protocolErrors.get(k) ?? 0) + 1);
+  }
+
+  /** A console client was disconnected for not reading its output. */
+  slowClientDropped(): void {
+    this.slowClientsDropped++;
+  }
+
+  protocolErrorCounts(): Array<{ side: string; kind: string; count: number }> {
+    return [...this.protocolErrors].map(([k, count]) => {
+      const [side, kind] = k.split('\0');
+      return { side, kind, count };
+    });
+  }
+
+  bytesTotals(hubs: readonly VmSerialPort[]): { fromVm: number; toVm: number } {
+    let fromVm = this.retiredFromVm;
+    let toVm = this.retiredToVm;
+    for (const h of hubs) {
+      fromVm += h.bytesFromVm;
+      toVm += h.bytesToVm;
+    }
+    return { fromVm, toVm };
+  }
+}
+
+export interface MetricsInput {
+  metrics: Metrics;
+  hubs: readonly VmSerialPort[];
+  vmotion: VmotionCoordinator;
+  version: string;
+  uptimeSeconds: number;
+  /** Open VM-side TCP connections, identified or not. */
+  vmConnections: number;
+}
+
+type Sample = [labels: Record<string, string>, value: number];
+
+/** Escapes a label value: backslash, double quote and newline. */
+export function escapeLabel(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+}
+
+function family(name: string, type: 'gauge' | 'counter', help: string, samples: Sample[] | number): string {
+  const rows = typeof samples === 'number' ? [[{}, samples] as Sample] : samples;
+  const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`];
+  for (const [labels, value] of rows) {
+    const l = Object.entries(labels)
+      .map(([k, v]) => `${k}="${escapeLabel(v)}"`)
+      .join(',');
+    lines.push(`${name}${l ? `{${l}}` : ''} ${Number.isFinite(value) ? value : 0}`);
+  }
+  return lines.join('\n');
+}
+
+/** The whole exposition, one family per metric, ending in a newline. */
+export function renderMetrics(i: MetricsInput): string {
+  const hubs = i.hubs;
+  const bytes = i.metrics.bytesTotals(hubs);
+  const outcomes = Object.entries(i.vmotion.counters).filter(([k]) => k !== 'begun');
+  const families = [
+    family('vspc_build_info', 'gauge', 'vspc version (always 1).', [[{ version: i.version }, 1]]),
+    family('vspc_uptime_seconds', 'gauge', 'Seconds since vspc started.', i.uptimeSeconds),
+    family('vspc_vm_ports', 'gauge', 'VM serial ports known (records in the database).', hubs.length),
+    family('vspc_vm_ports_connected', 'gauge', 'VM serial ports with a VM connection attached.', hubs.filter((h) => h.source !== null).length),
+    family(
+      'vspc_vm_ports_listen_errors',
+      'gauge',
+      'VM serial ports whose client port (or telnets port) cannot be bound; retried.',
+      hubs.filter((h) => h.listenError || h.tlsListenError).length,
+    ),
+    family('vspc_vm_connections', 'gauge', 'Open VM-side TCP connections, including ones not identified yet.', i.vmConnections),
+    family('vspc_clients', 'gauge', 'Console clients attached, all VM serial ports.', hubs.reduce((n, h) => n + h.clients.size, 0)),
+    family('vspc_bytes_from_vm_total', 'counter', 'Serial output bytes received from VMs.', bytes.fromVm),
+    family('vspc_bytes_to_vm_total', 'counter', 'Client input bytes sent to VMs.', bytes.toVm),
+    family('vspc_vmotions_begun_total', 'counter', 'vMotions begun (VMOTION-BEGIN answered with GOAHEAD).', i.vmotion.counters.begun),
+    family(
+      'vspc_vmotions_total',
+      'counter',
+      'vMotions ended or refused, by outcome (completed, aborted, timed-out, replaced, refused, bad-peer).',
+      outcomes.map(([outcome, n]) => [{ outcome }, n] as Sample),
+    ),
+    family('vspc_vmotions_pending', 'gauge', 'vMotions under way.', i.vmotion.pending),
+    family(
+      'vspc_protocol_errors_total',
+      'counter',
+      'Connections closed for a protocol error, by side (vm, client) and kind (error code).',
+      i.metrics.protocolErrorCounts().map(({ side, kind, count }) => [{ side, kind }, count] as Sample),
+    ),
+    family('vspc_clients_dropped_slow_total', 'counter', 'Console clients disconnected because they did not read their output.', i.metrics.slowClientsDropped),
+    family('vspc_config_reloads_total', 'counter', 'Configuration reloads (SIGHUP, vspc-admin reload), by result.', [
+      [{ result: 'ok' }, i.metrics.reloads.ok],
+      [{ result: 'failed' }, i.metrics.reloads.failed],
+    ]),
+    family('vspc_admin_unauthorized_total', 'counter', 'Admin API requests refused for want of a valid token.', i.metrics.adminUnauthorized),
+  ];
+  return families.join('\n') + '\n';
+}

@@ -1,0 +1,741 @@
+/**
+ * The benchmark's orchestrator: starts (or targets) a vspc, forks load-generator
+ * workers, runs the five phases and returns a report. Every phase is bounded by
+ * timeouts; every child process is killed at the end, on error and on SIGINT.
+ *
+ *   scale       ramp to N VM serial ports, each negotiated, registered and listed;
+ *               time, RSS/heap/fds per VM port
+ *   storm       restart vspc with N VMs in its database; all reconnect at once; time
+ *               until every one is back on its sticky port
+ *   latency     keystroke → VM echo → client, through vspc and over a direct loopback
+ *               pair; idle, then while background VMs stream
+ *   throughput  VM → client bytes/s with one and with several clients per VM
+ *   vmotion     sustained vMotions/s with traffic both ways, every byte checked
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { HostPort } from '../config.js';
+import type { PortView } from '../admin/views.js';
+import { VERSION } from '../version.js';
+import { benchIdentity, distribution, Group, round, roundDistribution, sleep, type Distribution } from './common.js';
+import { killAll, WorkerHandle } from './ipc.js';
+import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
+import { ExternalTarget, freePorts, ServerProcess, type LoopDelay, type ServerMemory, type ServerStatus, type Target } from './server-process.js';
+
+export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export interface BenchOptions {
+  /** N: VM serial ports for the scale and reconnect-storm phases. */
+  vms: number;
+  phases: Phase[];
+  /** An existing deployment; without it the benchmark starts its own vspc. */
+  target?: { proxy: HostPort; admin: HostPort; pid: number | null };
+  /** Client port range of the vspc the benchmark starts. */
+  portRange?: { start: number; end: number };
+  /** Part of every benchmark VM's UUID. */
+  namespace: number;
+  /** Worker processes holding the N scale/storm VMs. */
+  bulkWorkers: number;
+  /** Connections in flight per worker while ramping up. */
+  connectConcurrency: number;
+  storm: { timeoutMs: number; retryMs: number };
+  latency: { probes: number; streamers: number; streamBytesPerSec: number; tickMs: number; durationMs: number; intervalMs: number };
+  throughput: { vms: number; clients: number[]; warmupMs: number; durationMs: number; chunkBytes: number; windowBytes: number; workers: number };
+  vmotion: { vms: number; durationMs: number; gapMs: number; tickMs: number; outBytesPerTick: number; inBytesPerTick: number; workers: number };
+  /** More node options for the vspc the benchmark starts (e.g. --cpu-prof). */
+  serverNodeArgs: string[];
+  /** More vspc options for the vspc the benchmark starts. */
+  serverArgs: string[];
+  /** Forget the benchmark's VM serial ports at the end (external targets). */
+  cleanup: boolean;
+  /** Progress lines (stderr). */
+  log: (line: string) => void;
+  /** The command line, for the report. */
+  command: string;
+  /** Per-phase deadline. */
+  phaseTimeoutMs: number;
+}
+
+export const DEFAULT_OPTIONS: BenchOptions = {
+  vms: 5000,
+  phases: [...PHASES],
+  namespace: 1,
+  bulkWorkers: 2,
+  connectConcurrency: 256,
+  storm: { timeoutMs: 60_000, retryMs: 500 },
+  latency: { probes: 8, streamers: 1000, streamBytesPerSec: 11_520, tickMs: 100, durationMs: 5000, intervalMs: 10 },
+  throughput: { vms: 64, clients: [1, 4], warmupMs: 1000, durationMs: 5000, chunkBytes: 16 * 1024, windowBytes: 512 * 1024, workers: 2 },
+  vmotion: { vms: 200, durationMs: 10_000, gapMs: 20, tickMs: 20, outBytesPerTick: 64, inBytesPerTick: 4, workers: 2 },
+  serverNodeArgs: [],
+  serverArgs: [],
+  cleanup: true,
+  log: (line) => process.stderr.write(`${line}\n`),
+  command: 'vspc-bench',
+  phaseTimeoutMs: 180_000,
+};
+
+export interface ScaleSection {
+  workload: string;
+  vmPorts: number;
+  registered: number;
+  listed: number;
+  listenErrors: number;
+  connectFailures: number;
+  errors: string[];
+  timeToRegisterS: number;
+  registerRatePerS: number;
+  listMs: number;
+  baseline: ResourceFigures | null;
+  loaded: ResourceFigures | null;
+  perVmPort: { rssKiB: number | null; heapUsedKiB: number | null; externalKiB: number | null; fds: number | null };
+  fdLimit: number | null;
+  /** VM ports the fd limit allows at the measured fds per port. */
+  fdCeiling: number | null;
+}
+
+export interface ResourceFigures {
+  rssMiB: number | null;
+  heapUsedMiB: number | null;
+  externalMiB: number | null;
+  fds: number | null;
+}
+
+export interface StormSection {
+  workload: string;
+  vms: number;
+  restarted: boolean;
+  stopS: number | null;
+  /** New process spawned → admin API answers (registry loaded, N listeners bound). */
+  readyS: number | null;
+  /** New process spawned (or drop, without restart) → every VM connected again. */
+  allBackS: number;
+  /** Admin API ready → every VM connected again. */
+  allBackAfterReadyS: number | null;
+  reconnected: number;
+  samePort: number;
+  portChanged: number;
+  missing: number;
+  reconnectFailures: number;
+  maxAttempts: number;
+  errors: string[];
+}
+
+export interface LatencyFigures {
+  vspc: Distribution;
+  direct: Distribution;
+  /** Through a minimal relay process: the cost of any user-space proxy hop on this machine. */
+  relay: Distribution | null;
+  /** Percentile of the through-vspc round trip minus the same percentile direct. */
+  added: { p50: number; p99: number; max: number };
+  /** Percentile through vspc minus the same percentile through the minimal relay. */
+  addedOverRelay: { p50: number; p99: number; max: number } | null;
+  /** The server's event-loop delay during the run (a server the benchmark started). */
+  serverLoopDelay?: LoopDelay | null;
+  errors: number;
+}
+
+export interface LatencySection {
+  workload: string;
+  probes: number;
+  idle: LatencyFigures;
+  loaded: (LatencyFigures & { streamers: number; streamedMBps: number; serverCpuPct: number | null }) | null;
+}
+
+export interface ThroughputCase {
+  clientsPerVm: number;
+  vms: number;
+  clients: number;
+  deliveredMBps: number;
+  vmSentMBps: number;
+  serverCpuPct: number | null;
+  loadGenCpuPct: number;
+  clientsDropped: number;
+}
+
+export interface ThroughputSection {
+  workload: string;
+  cases: ThroughputCase[];
+}
+
+export interface VmotionSection {
+  workload: string;
+  vms: number;
+  completed: number;
+  failed: number;
+  ratePerS: number;
+  switchoverMs: Distribution;
+  pauseMs: Distribution;
+  bytesVmToClient: number;
+  bytesClientToVm: number;
+  lostBytes: number;
+  vmsWithErrors: number;
+  errors: string[];
+  serverCounters: Record<string, number> | null;
+  serverCpuPct: number | null;
+}
+
+export interface BenchReport {
+  tool: string;
+  version: string;
+  startedAt: string;
+  durationS: number;
+  command: string;
+  machine: MachineInfo;
+  target: { owned: boolean; proxy: string; admin: string };
+  options: Omit<BenchOptions, 'log' | 'target'>;
+  scale?: ScaleSection;
+  storm?: StormSection;
+  latency?: LatencySection;
+  throughput?: ThroughputSection;
+  vmotion?: VmotionSection;
+  /** Phase → error message, for phases that failed. */
+  failures: Record<string, string>;
+  /** What the vspc the benchmark started logged (at --log-level warn) in its last process. */
+  serverLog?: { lines: number; top: Array<{ message: string; count: number }> };
+}
+
+const WORKER_SCRIPT = fileURLToPath(new URL('./worker.js', import.meta.url));
+const MiB = 1024 * 1024;
+
+function mib(x: number | null | undefined): number | null {
+  return x === null || x === undefined ? null : round(x / MiB, 1);
+}
+
+function hp(a: HostPort): string {
+  return `${a.host}:${a.port}`;
+}
+
+/** Splits `total` into `parts` nearly equal slices: [{from, count}]. */
+function slices(total: number, parts: number): Array<{ from: number; count: number }> {
+  const out: Array<{ from: number; count: number }> = [];
+  let from = 0;
+  for (let i = 0; i < parts; i++) {
+    const count = Math.floor(total / parts) + (i < total % parts ? 1 : 0);
+    if (count > 0) out.push({ from, count });
+    from += count;
+  }
+  return out;
+}
+
+function latencyFigures(r: { vspc: number[]; direct: number[]; relay: number[]; errors: number }): LatencyFigures {
+  const v = distribution(r.vspc);
+  const d = distribution(r.direct);
+  const rl = r.relay.length > 0 ? distribution(r.relay) : null;
+  const diff = (a: Distribution, b: Distribution) => ({ p50: round(a.p50 - b.p50), p99: round(a.p99 - b.p99), max: round(a.max - b.max) });
+  return {
+    vspc: roundDistribution(v),
+    direct: roundDistribution(d),
+    relay: rl ? roundDistribution(rl) : null,
+    added: diff(v, d),
+    addedOverRelay: rl ? diff(v, rl) : null,
+    errors: r.errors,
+  };
+}
+
+/** Runs the benchmark. Child processes are gone when the promise settles. */
+export async function runBench(opts: BenchOptions): Promise<BenchReport> {
+  const started = Date.now();
+  const t0 = performance.now();
+  const log = opts.log;
+  const failures: Record<string, string> = {};
+  const workers: WorkerHandle[] = [];
+  let tmp: string | null = null;
+  let server: ServerProcess | null = null;
+  let target: Target;
+  let serverOpts: Parameters<typeof ServerProcess.spawn>[0] | null = null;
+
+  const report: BenchReport = {
+    tool: 'vspc-bench',
+    version: VERSION,
+    startedAt: new Date(started).toISOString(),
+    durationS: 0,
+    command: opts.command,
+    machine: machineInfo(),
+    target: { owned: !opts.target, proxy: '', admin: '' },
+    options: { ...opts, log: undefined, target: undefined } as unknown as BenchReport['options'],
+    failures,
+  };
+  delete (report.options as Partial<BenchOptions>).log;
+  delete (report.options as Partial<BenchOptions>).target;
+
+  const spawnWorker = (name: string) => {
+    const w = WorkerHandle.start(name, WORKER_SCRIPT);
+    workers.push(w);
+    return w;
+  };
+
+  try {
+    if (opts.target) {
+      target = new ExternalTarget(opts.target.proxy, opts.target.admin, opts.target.pid);
+      await target.status();
+    } else {
+      tmp = mkdtempSync(join(tmpdir(), 'vspc-bench-'));
+      const needed = opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + 16;
+      const range = opts.portRange ?? { start: 20000, end: Math.max(29999, 20000 + needed - 1) };
+      if (range.end - range.start + 1 < needed) throw new Error(`--port-range ${range.start}-${range.end} has fewer than the ${needed} ports this run needs`);
+      // Below Linux's ephemeral range (32768-60999), so our own outgoing sockets never take them.
+      const [proxyPort, adminPort] = await freePorts(2, Math.max(range.end + 1, 30000), 32700).catch(() => freePorts(2, 10000, 19999));
+      serverOpts = { dbPath: join(tmp, 'vspc.db'), proxyPort, adminPort, portRange: range, extraArgs: opts.serverArgs, nodeArgs: opts.serverNodeArgs };
+      server = ServerProcess.spawn(serverOpts);
+      target = server;
+      const readyMs = await server.waitReady(60_000);
+      log(`vspc started (pid ${server.pid}) in ${Math.round(readyMs)} ms: proxy ${hp(server.proxy)}, admin ${hp(server.admin)}, ports ${range.start}-${range.end}`);
+    }
+    report.target.proxy = hp(target.proxy);
+    report.target.admin = hp(target.admin);
+
+    const want = new Set(opts.phases);
+    const bulkW = want.has('scale') || want.has('storm') || want.has('latency') ? slices(opts.vms, opts.bulkWorkers).map((s, i) => ({ ...s, w: spawnWorker(`bulk-${i}`) })) : [];
+    let bulkConnected = false;
+    let bulkPorts: Map<string, number> | null = null;
+
+    const phase = async <T>(name: Phase, fn: () => Promise<T>): Promise<T | undefined> => {
+      if (!want.has(name)) return undefined;
+      log(`--- ${name}`);
+      const p0 = performance.now();
+      const lines0 = server?.logLines ?? 0;
+      try {
+        const r = await withDeadline(fn(), opts.phaseTimeoutMs, `phase ${name}`);
+        log(`--- ${name} done in ${((performance.now() - p0) / 1000).toFixed(1)} s`);
+        if (server && server.logLines > lines0) {
+          log(`    vspc logged ${server.logLines - lines0} warning/error lines: ${JSON.stringify(server.logSummary(5))}`);
+        }
+        return r;
+      } catch (err) {
+        const msg = err instanceof Error ? err.message : String(err);
+        failures[name] = msg;
+        log(`--- ${name} FAILED: ${msg}`);
+        return undefined;
+      }
+    };
+
+    const listBench = async (): Promise<{ rows: PortView[]; ms: number }> => {
+      const l0 = performance.now();
+      const all = await target.ports();
+      const ms = performance.now() - l0;
+      return { rows: all.filter((r) => r.uuid.startsWith('b7e4c000-')), ms };
+    };
+
+    const connectBulk = async (): Promise<{ connected: number; failed: number; errors: string[] }> => {
+      const rs = await Promise.all(
+        bulkW.map((b) =>
+          b.w.call<{ connected: number; failed: number; errors: string[] }>(
+            'bulk.connect',
+            { proxy: target.proxy, namespace: opts.namespace, from: b.from, count: b.count, concurrency: opts.connectConcurrency, timeoutMs: 30_000 },
+            opts.phaseTimeoutMs,
+          ),
+        ),
+      );
+      return { connected: rs.reduce((n, r) => n + r.connected, 0), failed: rs.reduce((n, r) => n + r.failed, 0), errors: rs.flatMap((r) => r.errors) };
+    };
+
+    /** Polls the status until `connected` VM serial ports have a connection; resolves with the time. */
+    const waitConnected = async (connected: number, since: number, timeoutMs: number): Promise<number> => {
+      const deadline = performance.now() + timeoutMs;
+      for (;;) {
+        const s = await target.status().catch(() => null);
+        if (s && s.vmPortsConnected >= connected) return performance.now() - since;
+        if (performance.now() > deadline) throw new Error(`only ${s?.vmPortsConnected ?? '?'} of ${connected} VM serial ports connected after ${timeoutMs} ms`);
+        await sleep(25);
+      }
+    };
+
+    const resources = async (): Promise<{ fig: ResourceFigures; mem: ServerMemory | null; proc: ProcSample | null }> => {
+      const mem = await target.memory(true);
+      await sleep(200);
+      const proc = target.sample();
+      return {
+        fig: { rssMiB: mib(proc?.rssBytes ?? mem?.rss), heapUsedMiB: mib(mem?.heapUsed), externalMiB: mib(mem?.external), fds: proc?.fds ?? null },
+        mem,
+        proc,
+      };
+    };
+
+    // The baseline: the server before any benchmark VM connected.
+    const baseStatus = await target.status();
+    const base = await resources();
+
+    // ------------------------------------------------------------------ scale
+    report.scale = await phase('scale', async () => {
+      const connectedBefore = baseStatus.vmPortsConnected;
+      const s0 = performance.now();
+      const connecting = connectBulk();
+      connecting.catch(() => undefined);
+      const registerMs = await waitConnected(connectedBefore + opts.vms, s0, opts.phaseTimeoutMs - 10_000);
+      const c = await connecting;
+      bulkConnected = c.connected > 0;
+      const { rows, ms: listMs } = await listBench();
+      const mine = new Set(Array.from({ length: opts.vms }, (_, i) => benchIdentity(opts.namespace, Group.bulk, i).formatted));
+      const listed = rows.filter((r) => mine.has(r.uuid) && r.connected);
+      bulkPorts = new Map(listed.map((r) => [r.uuid, r.port]));
+      log(`scale: ${listed.length} VM serial ports registered in ${(registerMs / 1000).toFixed(2)} s, listed in ${Math.round(listMs)} ms`);
+      await sleep(1000);
+      const loaded = await resources();
+      const n = opts.vms;
+      const per = (a: number | null | undefined, b: number | null | undefined) => (a === null || a === undefined || b === null || b === undefined ? null : round((a - b) / n / 1024, 2));
+      const fdsPer = loaded.proc && base.proc ? round((loaded.proc.fds - base.proc.fds) / n, 3) : null;
+      const limit = target.pid !== null ? fdLimit(target.pid) : null;
+      const section: ScaleSection = {
+        workload: `${n} simulated ESXi VM serial ports (host-first telnet + option 232 handshake, DO-PROXY, UUID, name), ${opts.bulkWorkers} load-generator process(es), ${opts.connectConcurrency} connects in flight each; each VM port has its own telnet listener; idle when measured, after a full GC`,
+        vmPorts: n,
+        registered: c.connected,
+        listed: listed.length,
+        listenErrors: listed.filter((r) => r.listenError).length,
+        connectFailures: c.failed,
+        errors: c.errors,
+        timeToRegisterS: round(registerMs / 1000, 2),
+        registerRatePerS: Math.round((n / registerMs) * 1000),
+        listMs: Math.round(listMs),
+        baseline: base.fig,
+        loaded: loaded.fig,
+        perVmPort: {
+          rssKiB: per(loaded.proc?.rssBytes ?? loaded.mem?.rss, base.proc?.rssBytes ?? base.mem?.rss),
+          heapUsedKiB: per(loaded.mem?.heapUsed, base.mem?.heapUsed),
+          externalKiB: per(loaded.mem?.external, base.mem?.external),
+          fds: fdsPer,
+        },
+        fdLimit: limit,
+        fdCeiling: limit && fdsPer && loaded.proc ? Math.floor((limit - (base.proc?.fds ?? 0)) / fdsPer) : null,
+      };
+      return section;
+    });
+
+    // ------------------------------------------------------------------ storm
+    report.storm = await phase('storm', async () => {
+      if (!bulkConnected) {
+        const c = await connectBulk();
+        bulkConnected = c.connected > 0;
+      }
+      if (!bulkPorts) {
+        const { rows } = await listBench();
+        bulkPorts = new Map(rows.filter((r) => r.connected).map((r) => [r.uuid, r.port]));
+      }
+      const before = bulkPorts;
+      const n = opts.vms;
+      let stopS: number | null = null;
+      let readyS: number | null = null;
+      let since: number;
+      let reconnecting: Promise<Array<{ reconnected: number; failed: number; errors: string[]; attempts: Distribution }>>;
+      const reconnect = () =>
+        Promise.all(
+          bulkW.map((b) =>
+            b.w.call<{ reconnected: number; failed: number; errors: string[]; attempts: Distribution }>(
+              'bulk.reconnect',
+              { timeoutMs: opts.storm.timeoutMs, retryMs: opts.storm.retryMs, connectTimeoutMs: 10_000 },
+              opts.storm.timeoutMs + 30_000,
+            ),
+          ),
+        );
+      let connectedBase: number;
+      if (server && serverOpts) {
+        stopS = round((await server.stop(30_000)) / 1000, 2);
+        log(`storm: vspc stopped in ${stopS} s`);
+        await Promise.all(bulkW.map((b) => b.w.call('bulk.waitClosed', { timeoutMs: 30_000 }, 40_000)));
+        // The hosts retry (every ~retryMs) from now on; the new process starts at once.
+        reconnecting = reconnect();
+        server = ServerProcess.spawn(serverOpts);
+        target = server;
+        since = server.spawnedAt;
+        readyS = round((await server.waitReady(opts.storm.timeoutMs)) / 1000, 2);
+        log(`storm: new vspc ready after ${readyS} s`);
+        connectedBase = 0;
+      } else {
+        // An operator's deployment is not restarted: every VM connection drops at once and comes back.
+        const s = await target.status();
+        connectedBase = s.vmPortsConnected - n;
+        await Promise.all(bulkW.map((b) => b.w.call('bulk.disconnect', { timeoutMs: 30_000 }, 40_000)));
+        since = performance.now();
+        reconnecting = reconnect();
+      }
+      reconnecting.catch(() => undefined);
+      const allMs = await waitConnected(connectedBase + n, since, opts.storm.timeoutMs);
+      const rs = await reconnecting;
+      const { rows } = await listBench();
+      const now = new Map(rows.filter((r) => r.connected).map((r) => [r.uuid, r.port]));
+      let same = 0;
+      let changed = 0;
+      let missing = 0;
+      for (const [uuid, port] of before) {
+        const p = now.get(uuid);
+        if (p === undefined) missing++;
+        else if (p === port) same++;
+        else changed++;
+      }
+      bulkPorts = now;
+      const section: StormSection = {
+        workload: server
+          ? `vspc restarted (SIGTERM, then a new process on the same database) with ${n} VM serial ports; every simulated host retries its connection every ~${opts.storm.retryMs} ms (jittered) from the moment the old process is gone, so all reconnect at once`
+          : `external vspc (not restarted): all ${n} benchmark VM connections dropped at once and re-established at once`,
+        vms: n,
+        restarted: !!server,
+        stopS,
+        readyS,
+        allBackS: round(allMs / 1000, 2),
+        allBackAfterReadyS: readyS !== null ? round(allMs / 1000 - readyS, 2) : null,
+        reconnected: rs.reduce((k, r) => k + r.reconnected, 0),
+        samePort: same,
+        portChanged: changed,
+        missing,
+        reconnectFailures: rs.reduce((k, r) => k + r.failed, 0),
+        maxAttempts: Math.max(0, ...rs.map((r) => r.attempts.max)),
+        errors: rs.flatMap((r) => r.errors),
+      };
+      log(`storm: all ${n} back after ${section.allBackS} s (same port: ${same}, changed: ${changed}, missing: ${missing})`);
+      return section;
+    });
+
+    // ------------------------------------------------------------------ latency
+    report.latency = await phase('latency', async () => {
+      const L = opts.latency;
+      const probeW = spawnWorker('probe');
+      const relayW = spawnWorker('relay');
+      const { echoPort } = await probeW.call<{ echoPort: number }>(
+        'lat.setup',
+        { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, probes: L.probes, timeoutMs: 20_000 },
+        60_000,
+      );
+      const { port: relayPort } = await relayW.call<{ port: number }>('relay.start', { targetPort: echoPort });
+      await probeW.call('lat.relay', { port: relayPort, timeoutMs: 10_000 });
+      const run = () =>
+        probeW.call<{ vspc: number[]; direct: number[]; relay: number[]; errors: number }>(
+          'lat.run',
+          { durationMs: L.durationMs, intervalMs: L.intervalMs },
+          L.durationMs + 30_000,
+        );
+      await target.loopDelay();
+      const idle = latencyFigures(await run());
+      idle.serverLoopDelay = await target.loopDelay();
+      log(`latency idle: vspc p50 ${idle.vspc.p50} p99 ${idle.vspc.p99} ms; relay p50 ${idle.relay?.p50} p99 ${idle.relay?.p99} ms; direct p50 ${idle.direct.p50} p99 ${idle.direct.p99} ms`);
+      let loaded: LatencySection['loaded'] = null;
+      const streamers = Math.min(L.streamers, opts.vms);
+      if (streamers > 0) {
+        if (!bulkConnected) {
+          const c = await connectBulk();
+          bulkConnected = c.connected > 0;
+        }
+        if (!bulkPorts) {
+          const { rows } = await listBench();
+          bulkPorts = new Map(rows.filter((r) => r.connected).map((r) => [r.uuid, r.port]));
+        }
+        // The first `streamers` bulk VMs stream, each with one client.
+        const ports: number[] = [];
+        const perWorker: Array<{ w: WorkerHandle; from: number; count: number }> = [];
+        let left = streamers;
+        for (const b of bulkW) {
+          const count = Math.min(left, b.count);
+          if (count <= 0) break;
+          perWorker.push({ w: b.w, from: 0, count });
+          for (let i = b.from; i < b.from + count; i++) {
+            const p = bulkPorts.get(benchIdentity(opts.namespace, Group.bulk, i).formatted);
+            if (p) ports.push(p);
+          }
+          left -= count;
+        }
+        const clientW = spawnWorker('clients');
+        const cc = await clientW.call<{ connected: number; errors: string[] }>('clients.connect', { host: target.proxy.host, ports, concurrency: 64, timeoutMs: 20_000 }, 120_000);
+        if (cc.connected < ports.length) log(`latency: only ${cc.connected} of ${ports.length} streamer clients connected: ${cc.errors.join('; ')}`);
+        await Promise.all(perWorker.map((p) => p.w.call('bulk.streamStart', { from: p.from, count: p.count, bytesPerSec: L.streamBytesPerSec, tickMs: L.tickMs })));
+        await sleep(1000);
+        const c1 = await clientW.call<{ bytes: number; at: number }>('clients.bytes');
+        const p1 = target.sample();
+        await target.loopDelay();
+        const r = await run();
+        const loop = await target.loopDelay();
+        const p2 = target.sample();
+        const c2 = await clientW.call<{ bytes: number; at: number }>('clients.bytes');
+        await Promise.all(perWorker.map((p) => p.w.call('bulk.streamStop')));
+        await clientW.call('clients.close', {}, 30_000);
+        await clientW.stop();
+        loaded = {
+          ...latencyFigures(r),
+          serverLoopDelay: loop,
+          streamers: cc.connected,
+          streamedMBps: round((c2.bytes - c1.bytes) / ((c2.at - c1.at) / 1000) / 1e6, 2),
+          serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
+        };
+        log(
+          `latency with ${cc.connected} streaming: vspc p50 ${loaded.vspc.p50} p99 ${loaded.vspc.p99} ms; relay p50 ${loaded.relay?.p50} p99 ${loaded.relay?.p99} ms; direct p50 ${loaded.direct.p50} p99 ${loaded.direct.p99} ms (streams ${loaded.streamedMBps} MB/s, server CPU ${loaded.serverCpuPct}%, loop delay p99 ${loop?.p99} max ${loop?.max} ms)`,
+        );
+      }
+      await probeW.call('lat.teardown', {}, 30_000);
+      await probeW.stop();
+      await relayW.stop();
+      const section: LatencySection = {
+        workload:
+          `${L.probes} echoing VMs with one telnet client each type one byte at a time (next one ${L.intervalMs} ms ± 50% after the echo), round trip measured in the client; ` +
+          `"direct" is the same echo over a plain loopback TCP pair in the same process, "relay" through a minimal Node.js TCP relay in another process (what any user-space proxy hop costs on this machine); ` +
+          `loaded = while ${streamers} other VMs each stream ${L.streamBytesPerSec} B/s (115200 baud: one ${Math.round((L.streamBytesPerSec * L.tickMs) / 1000)}-byte write every ${L.tickMs} ms, VMs at independent phases) to one client each; ${L.durationMs / 1000} s per run`,
+        probes: L.probes,
+        idle,
+        loaded,
+      };
+      return section;
+    });
+
+    // The N idle VMs are not needed any more: free their connections (their listeners stay).
+    if (bulkConnected && (want.has('throughput') || want.has('vmotion'))) {
+      await Promise.all(bulkW.map((b) => b.w.call('bulk.disconnect', { timeoutMs: 30_000 }, 40_000))).catch((err: Error) => log(`disconnecting the bulk VMs: ${err.message}`));
+      bulkConnected = false;
+    }
+    for (const b of bulkW) await b.w.stop();
+
+    // ------------------------------------------------------------------ throughput
+    report.throughput = await phase('throughput', async () => {
+      const T = opts.throughput;
+      const tw = slices(T.vms, T.workers).map((s, i) => ({ ...s, w: spawnWorker(`throughput-${i}`) }));
+      await Promise.all(tw.map((t) => t.w.call('tp.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000)));
+      const cases: ThroughputCase[] = [];
+      type Sample = { at: number; delivered: number; sent: number; clientsDropped: number; cpu: NodeJS.CpuUsage };
+      for (const perVm of T.clients) {
+        await Promise.all(tw.map((t) => t.w.call('tp.clients', { perVm, timeoutMs: 20_000 }, 120_000)));
+        await Promise.all(tw.map((t) => t.w.call('tp.start', { chunkBytes: T.chunkBytes, windowBytes: T.windowBytes })));
+        await sleep(T.warmupMs);
+        const s1 = await Promise.all(tw.map((t) => t.w.call<Sample>('tp.sample')));
+        const p1 = target.sample();
+        await sleep(T.durationMs);
+        const s2 = await Promise.all(tw.map((t) => t.w.call<Sample>('tp.sample')));
+        const p2 = target.sample();
+        await Promise.all(tw.map((t) => t.w.call('tp.stop')));
+        let delivered = 0;
+        let sent = 0;
+        let genCpu = 0;
+        for (let i = 0; i < tw.length; i++) {
+          const secs = (s2[i].at - s1[i].at) / 1000;
+          delivered += (s2[i].delivered - s1[i].delivered) / secs;
+          sent += (s2[i].sent - s1[i].sent) / secs;
+          genCpu += ((s2[i].cpu.user + s2[i].cpu.system - s1[i].cpu.user - s1[i].cpu.system) / 1000 / (s2[i].at - s1[i].at)) * 100;
+        }
+        const c: ThroughputCase = {
+          clientsPerVm: perVm,
+          vms: T.vms,
+          clients: T.vms * perVm,
+          deliveredMBps: round(delivered / 1e6, 1),
+          vmSentMBps: round(sent / 1e6, 1),
+          serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
+          loadGenCpuPct: round(genCpu, 1),
+          clientsDropped: s2.reduce((n, s) => n + s.clientsDropped, 0),
+        };
+        cases.push(c);
+        log(`throughput ${perVm} client(s)/VM: ${c.deliveredMBps} MB/s delivered (VMs sent ${c.vmSentMBps} MB/s), server CPU ${c.serverCpuPct}%`);
+      }
+      await Promise.all(tw.map((t) => t.w.call('tp.teardown', {}, 30_000)));
+      await Promise.all(tw.map((t) => t.w.stop()));
+      const section: ThroughputSection = {
+        workload: `${T.vms} VMs write ${T.chunkBytes / 1024} KiB chunks of printable text (nothing to escape) as fast as their slowest client reads (at most ${T.windowBytes / 1024} KiB in flight per VM, below the 1 MiB slow-client limit); clients count bytes; ${T.workers} load-generator process(es) holding both ends; ${T.warmupMs / 1000} s warm-up, then ${T.durationMs / 1000} s measured; MB = 10^6 bytes`,
+        cases,
+      };
+      return section;
+    });
+
+    // ------------------------------------------------------------------ vMotion
+    report.vmotion = await phase('vmotion', async () => {
+      const V = opts.vmotion;
+      const vw = slices(V.vms, V.workers).map((s, i) => ({ ...s, w: spawnWorker(`vmotion-${i}`) }));
+      await Promise.all(vw.map((t) => t.w.call('vm.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000)));
+      const before = (await target.status()).vmotions;
+      const p1 = target.sample();
+      type Run = {
+        completed: number;
+        failed: number;
+        errors: string[];
+        elapsedMs: number;
+        switchover: number[];
+        pause: number[];
+        bytesVmToClient: number;
+        bytesClientToVm: number;
+        lostVmToClient: number;
+        lostClientToVm: number;
+        vmsWithErrors: number;
+        errorDetails: string[];
+      };
+      const quiesceMs = 10_000;
+      const rs = await Promise.all(
+        vw.map((t) =>
+          t.w.call<Run>(
+            'vm.run',
+            { durationMs: V.durationMs, gapMs: V.gapMs, tickMs: V.tickMs, outBytesPerTick: V.outBytesPerTick, inBytesPerTick: V.inBytesPerTick, quiesceMs, timeoutMs: 10_000 },
+            V.durationMs + quiesceMs + 60_000,
+          ),
+        ),
+      );
+      const p2 = target.sample();
+      const after = (await target.status()).vmotions;
+      const counters: Record<string, number> = {};
+      for (const k of Object.keys(after)) counters[k] = after[k] - (k === 'pending' ? 0 : (before[k] ?? 0));
+      await Promise.all(vw.map((t) => t.w.call('vm.teardown', {}, 30_000)));
+      await Promise.all(vw.map((t) => t.w.stop()));
+      const completed = rs.reduce((n, r) => n + r.completed, 0);
+      const elapsed = Math.max(...rs.map((r) => r.elapsedMs));
+      const lost = rs.reduce((n, r) => n + r.lostVmToClient + r.lostClientToVm, 0);
+      const section: VmotionSection = {
+        workload: `${V.vms} VMs, each with one telnet client, migrate again and again (next vMotion 0-${V.gapMs} ms after the last); every ${V.tickMs} ms each VM writes ${V.outBytesPerTick} bytes (paused from BEGIN to COMPLETE) and each client types ${V.inBytesPerTick} bytes; both streams are checked byte for byte at the other end; ${V.workers} load-generator process(es); switch-over = VMOTION-BEGIN sent → VMOTION-COMPLETE sent (GOAHEAD, new connection with telnet/232 negotiation, PEER, PEER-OK)`,
+        vms: V.vms,
+        completed,
+        failed: rs.reduce((n, r) => n + r.failed, 0),
+        ratePerS: round((completed / elapsed) * 1000, 1),
+        switchoverMs: roundDistribution(distribution(rs.flatMap((r) => r.switchover))),
+        pauseMs: roundDistribution(distribution(rs.flatMap((r) => r.pause))),
+        bytesVmToClient: rs.reduce((n, r) => n + r.bytesVmToClient, 0),
+        bytesClientToVm: rs.reduce((n, r) => n + r.bytesClientToVm, 0),
+        lostBytes: lost,
+        vmsWithErrors: rs.reduce((n, r) => n + r.vmsWithErrors, 0),
+        errors: [...rs.flatMap((r) => r.errors), ...rs.flatMap((r) => r.errorDetails)].slice(0, 10),
+        serverCounters: counters,
+        serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
+      };
+      log(`vmotion: ${section.completed} completed, ${section.ratePerS}/s, switch-over p99 ${section.switchoverMs.p99} ms, lost ${lost} bytes, ${section.vmsWithErrors} VMs with errors`);
+      return section;
+    });
+
+    if (!server && opts.cleanup) await forgetBenchPorts(target, log);
+  } catch (err) {
+    failures.setup = err instanceof Error ? err.message : String(err);
+    log(`benchmark failed: ${failures.setup}`);
+  } finally {
+    await Promise.all(workers.map((w) => w.stop(3000).catch(() => undefined)));
+    if (server) {
+      // Graceful, so that --cpu-prof writes its profile.
+      await server.stop(30_000).catch(() => server?.kill());
+      report.serverLog = { lines: server.logLines, top: server.logSummary(10) };
+    }
+    killAll();
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  }
+  report.durationS = round((performance.now() - t0) / 1000, 1);
+  return report;
+}
+
+async function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: no result after ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Removes the benchmark's VM serial ports from an operator's registry. */
+async function forgetBenchPorts(target: Target, log: (l: string) => void): Promise<void> {
+  const { adminPost } = await import('./server-process.js');
+  const rows = (await target.ports()).filter((r) => r.uuid.startsWith('b7e4c000-'));
+  let n = 0;
+  for (const r of rows) {
+    try {
+      await adminPost(target.admin, `/api/v1/forget?vm=${r.port}`);
+      n++;
+    } catch (err) {
+      log(`cleanup: cannot forget ${r.uuid}: ${(err as Error).message}`);
+    }
+  }
+  log(`cleanup: forgot ${n} benchmark VM serial ports`);
+}
+
+export type { ServerStatus };

@@ -1,0 +1,302 @@
+/**
+ * The vspc under test: either a server the benchmark starts as a child process
+ * (`node dist/src/cli/vspc.js` with a temporary database, loopback only), or an
+ * operator's running deployment given by its proxy and admin addresses.
+ */
+import type { ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import type { HostPort } from '../config.js';
+import type { PortView } from '../admin/views.js';
+import { spawnWithIpc } from './ipc.js';
+import { sleep } from './common.js';
+import { procAvailable, sampleProc, type ProcSample } from './proc.js';
+
+export const VSPC_SCRIPT = fileURLToPath(new URL('../cli/vspc.js', import.meta.url));
+const GUARD_URL = new URL('./child-guard.js', import.meta.url).href;
+
+export interface ServerMemory {
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+}
+
+export async function adminGet<T>(admin: HostPort, path: string, timeoutMs = 30_000): Promise<T> {
+  const res = await fetch(`http://${hostForUrl(admin.host)}:${admin.port}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
+  if (!res.ok) throw new Error(`GET ${path}: HTTP ${res.status} ${await res.text()}`);
+  return (await res.json()) as T;
+}
+
+export async function adminPost<T>(admin: HostPort, path: string, timeoutMs = 30_000): Promise<T> {
+  const res = await fetch(`http://${hostForUrl(admin.host)}:${admin.port}${path}`, { method: 'POST', signal: AbortSignal.timeout(timeoutMs) });
+  if (!res.ok) throw new Error(`POST ${path}: HTTP ${res.status} ${await res.text()}`);
+  return (await res.json()) as T;
+}
+
+function hostForUrl(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+export interface LoopDelay {
+  p50: number;
+  p99: number;
+  max: number;
+  n: number;
+}
+
+export interface ServerStatus {
+  vmPorts: number;
+  vmPortsConnected: number;
+  clients: number;
+  vmConnections: number;
+  vmotions: Record<string, number>;
+  [k: string]: unknown;
+}
+
+/** Common face of a started server and an external deployment. */
+export interface Target {
+  readonly proxy: HostPort;
+  readonly admin: HostPort;
+  /** The server's pid when its /proc entry is readable (same host), else null. */
+  readonly pid: number | null;
+  /** True when the benchmark started this server (it can be restarted). */
+  readonly owned: boolean;
+  status(): Promise<ServerStatus>;
+  ports(): Promise<PortView[]>;
+  /** memoryUsage() of the server, when it can be asked (a server we started). */
+  memory(gc: boolean): Promise<ServerMemory | null>;
+  /** Event-loop delay since the last call (a server we started). */
+  loopDelay(): Promise<LoopDelay | null>;
+  sample(): ProcSample | null;
+}
+
+abstract class TargetBase implements Target {
+  abstract readonly proxy: HostPort;
+  abstract readonly admin: HostPort;
+  abstract readonly pid: number | null;
+  abstract readonly owned: boolean;
+  status(): Promise<ServerStatus> {
+    return adminGet<ServerStatus>(this.admin, '/api/v1/status');
+  }
+  ports(): Promise<PortView[]> {
+    return adminGet<PortView[]>(this.admin, '/api/v1/ports', 120_000);
+  }
+  memory(_gc: boolean): Promise<ServerMemory | null> {
+    return Promise.resolve(null);
+  }
+  loopDelay(): Promise<LoopDelay | null> {
+    return Promise.resolve(null);
+  }
+  sample(): ProcSample | null {
+    if (this.pid === null) return null;
+    try {
+      return sampleProc(this.pid);
+    } catch {
+      return null;
+    }
+  }
+}
+
+export class ExternalTarget extends TargetBase {
+  readonly owned = false;
+  readonly pid: number | null;
+  constructor(
+    readonly proxy: HostPort,
+    readonly admin: HostPort,
+    pid: number | null,
+  ) {
+    super();
+    this.pid = pid !== null && procAvailable(pid) ? pid : null;
+  }
+}
+
+export interface ServerProcessOptions {
+  dbPath: string;
+  proxyPort: number;
+  adminPort: number;
+  portRange: { start: number; end: number };
+  logLevel?: string;
+  /** More vspc options, e.g. ['--scrollback', '0']. */
+  extraArgs?: string[];
+  /** More node options, e.g. ['--cpu-prof', '--cpu-prof-dir', 'prof']. */
+  nodeArgs?: string[];
+  /** Script to run instead of dist/src/cli/vspc.js. */
+  script?: string;
+}
+
+/** A vspc server child process. */
+export class ServerProcess extends TargetBase {
+  readonly owned = true;
+  readonly proxy: HostPort;
+  readonly admin: HostPort;
+  readonly spawnedAt = performance.now();
+  stderr = '';
+  private stderrLines = 0;
+  private exitInfo: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private memId = 1;
+
+  private constructor(
+    readonly child: ChildProcess,
+    readonly options: ServerProcessOptions,
+  ) {
+    super();
+    this.proxy = { host: '127.0.0.1', port: options.proxyPort };
+    this.admin = { host: '127.0.0.1', port: options.adminPort };
+    child.stdout?.on('data', () => undefined);
+    child.stderr?.on('data', (d: Buffer) => {
+      const text = d.toString('utf8');
+      this.stderrLines += text.split('\n').length - 1;
+      this.stderr += text;
+      if (this.stderr.length > 256 * 1024) this.stderr = this.stderr.slice(-128 * 1024);
+    });
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.exitInfo = { code, signal };
+        resolve({ code, signal });
+      });
+    });
+  }
+
+  get pid(): number | null {
+    return this.exitInfo ? null : (this.child.pid ?? null);
+  }
+
+  /** Log lines the server wrote to stderr so far (warnings and errors at --log-level warn). */
+  get logLines(): number {
+    return this.stderrLines;
+  }
+
+  /** Distinct log messages (JSON lines' `message`) with their counts, from what stderr still holds. */
+  logSummary(max = 10): Array<{ message: string; count: number }> {
+    const counts = new Map<string, number>();
+    for (const line of this.stderr.split('\n')) {
+      if (!line.trim()) continue;
+      let msg = line.slice(0, 200);
+      try {
+        const j = JSON.parse(line) as { message?: string; level?: string };
+        if (j.message) msg = `${j.level ?? ''} ${j.message}`.trim();
+      } catch {
+        /* not JSON */
+      }
+      counts.set(msg, (counts.get(msg) ?? 0) + 1);
+    }
+    return [...counts].sort((a, b) => b[1] - a[1]).slice(0, max).map(([message, count]) => ({ message, count }));
+  }
+
+  static spawn(o: ServerProcessOptions): ServerProcess {
+    const args = [
+      '--proxy-listen',
+      `127.0.0.1:${o.proxyPort}`,
+      '--admin-listen',
+      `127.0.0.1:${o.adminPort}`,
+      '--vm-listen-host',
+      '127.0.0.1',
+      '--db',
+      o.dbPath,
+      '--port-range',
+      `${o.portRange.start}-${o.portRange.end}`,
+      '--expire-after',
+      '0',
+      '--log-level',
+      o.logLevel ?? 'warn',
+      ...(o.extraArgs ?? []),
+    ];
+    const nodeArgs = ['--expose-gc', '--import', GUARD_URL, ...(o.nodeArgs ?? [])];
+    const child = spawnWithIpc(o.script ?? VSPC_SCRIPT, args, nodeArgs);
+    return new ServerProcess(child, o);
+  }
+
+  /** Resolves once the admin API answers (the proxy port listens before it). */
+  async waitReady(timeoutMs = 60_000): Promise<number> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      if (this.exitInfo) throw new Error(`vspc exited during start-up (${JSON.stringify(this.exitInfo)}): ${this.stderr.slice(-2000)}`);
+      try {
+        await adminGet(this.admin, '/api/v1/status', 2000);
+        return performance.now() - this.spawnedAt;
+      } catch {
+        if (performance.now() > deadline) throw new Error(`vspc not ready after ${timeoutMs} ms: ${this.stderr.slice(-2000)}`);
+        await sleep(20);
+      }
+    }
+  }
+
+  override memory(gc: boolean): Promise<ServerMemory | null> {
+    if (this.exitInfo || !this.child.connected) return Promise.resolve(null);
+    const id = this.memId++;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.child.off('message', onMsg);
+        resolve(null);
+      }, 10_000);
+      const onMsg = (msg: unknown) => {
+        const m = msg as { type?: string; id?: number; memory?: ServerMemory };
+        if (m?.type !== 'bench:memory' || m.id !== id) return;
+        clearTimeout(timer);
+        this.child.off('message', onMsg);
+        resolve(m.memory ?? null);
+      };
+      this.child.on('message', onMsg);
+      this.child.send({ type: 'bench:memory', id, gc });
+    });
+  }
+
+  /** Event-loop delay of the server since the last call (ms); null if it cannot be asked. */
+  override loopDelay(): Promise<LoopDelay | null> {
+    if (this.exitInfo || !this.child.connected) return Promise.resolve(null);
+    const id = this.memId++;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.child.off('message', onMsg);
+        resolve(null);
+      }, 10_000);
+      const onMsg = (msg: unknown) => {
+        const m = msg as LoopDelay & { type?: string; id?: number };
+        if (m?.type !== 'bench:loop' || m.id !== id) return;
+        clearTimeout(timer);
+        this.child.off('message', onMsg);
+        resolve({ p50: m.p50, p99: m.p99, max: m.max, n: m.n });
+      };
+      this.child.on('message', onMsg);
+      this.child.send({ type: 'bench:loop', id });
+    });
+  }
+
+  /** SIGTERM (graceful close), SIGKILL after `timeoutMs`. Resolves with how long it took. */
+  async stop(timeoutMs = 30_000): Promise<number> {
+    const t0 = performance.now();
+    if (this.exitInfo) return 0;
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+    await this.exited;
+    clearTimeout(timer);
+    return performance.now() - t0;
+  }
+
+  kill(): void {
+    if (!this.exitInfo) this.child.kill('SIGKILL');
+  }
+}
+
+/** True if `port` can be bound on 127.0.0.1 right now. */
+export function canBind(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen({ host: '127.0.0.1', port, exclusive: true }, () => s.close(() => resolve(true)));
+  });
+}
+
+/** `count` distinct free ports from [from, to], tried in a random order. */
+export async function freePorts(count: number, from: number, to: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let attempt = 0; attempt < 500 && out.length < count; attempt++) {
+    const p = from + Math.floor(Math.random() * (to - from + 1));
+    if (!out.includes(p) && (await canBind(p))) out.push(p);
+  }
+  if (out.length < count) throw new Error(`no ${count} free ports in ${from}-${to}`);
+  return out;
+}

@@ -1,0 +1,817 @@
+/**
+ * A load-generator process of the benchmark (forked by the orchestrator, driven over
+ * IPC: `{id, cmd, args}` → `{id, ok, result | error}`). It holds simulated ESXi VM
+ * connections (`SimulatedVm`) and telnet clients (`TelnetUser`) and runs one phase's
+ * traffic at a time. Data is counted, not collected; where zero loss must be proven,
+ * streams follow a known pattern and are checked byte for byte (`PatternChecker`).
+ *
+ * Everything is bounded: each command has its own deadline, and the process exits
+ * when the orchestrator goes away (its IPC channel closes).
+ */
+import net from 'node:net';
+import type { HostPort } from '../config.js';
+import type { PortView } from '../admin/views.js';
+import { Option } from '../protocol/telnet/constants.js';
+import { SimulatedVm } from '../sim/esxi-simulator.js';
+import { TelnetUser } from '../sim/telnet-user.js';
+import {
+  benchIdentity,
+  distribution,
+  fillerChunk,
+  Group,
+  mapLimit,
+  PatternChecker,
+  PatternSource,
+  roundDistribution,
+  sleep,
+  type BenchIdentity,
+} from './common.js';
+
+const workerName = process.argv[2] ?? 'worker';
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+async function adminPorts(admin: HostPort): Promise<Map<string, PortView>> {
+  const res = await fetch(`http://${admin.host}:${admin.port}/api/v1/ports`, { signal: AbortSignal.timeout(120_000) });
+  if (!res.ok) throw new Error(`GET /api/v1/ports: HTTP ${res.status}`);
+  const rows = (await res.json()) as PortView[];
+  return new Map(rows.map((r) => [r.uuid, r]));
+}
+
+/** Waits until every identity is listed as connected; returns their client ports. */
+async function waitListed(admin: HostPort, ids: BenchIdentity[], timeoutMs: number): Promise<number[]> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const rows = await adminPorts(admin);
+    const ports = ids.map((id) => {
+      const r = rows.get(id.formatted);
+      return r && r.connected ? r.port : -1;
+    });
+    if (ports.every((p) => p > 0)) return ports;
+    if (performance.now() > deadline) {
+      throw new Error(`${ports.filter((p) => p < 0).length} of ${ids.length} VM serial ports not listed as connected after ${timeoutMs} ms`);
+    }
+    await sleep(50);
+  }
+}
+
+async function connectVm(proxy: HostPort, id: BenchIdentity, timeoutMs: number, extra: { skipDoProxy?: boolean } = {}): Promise<SimulatedVm> {
+  const vm = await SimulatedVm.connect({
+    host: proxy.host,
+    port: proxy.port,
+    uuid: id.text,
+    name: id.name,
+    collectInput: false,
+    connectTimeoutMs: timeoutMs,
+    ...extra,
+  });
+  if (!extra.skipDoProxy) {
+    try {
+      await vm.whenProxied(timeoutMs);
+    } catch (err) {
+      vm.destroy();
+      throw err;
+    }
+  }
+  return vm;
+}
+
+/** A telnet user with BINARY/ECHO/SGA agreed and the concentrator's greeting received. */
+async function connectUser(host: string, port: number, timeoutMs: number): Promise<TelnetUser> {
+  const user = await TelnetUser.connect({ host, port, collect: false, connectTimeoutMs: timeoutMs });
+  try {
+    let greeted = false;
+    const onData = (d: Buffer) => {
+      if (d.includes(']\r\n')) greeted = true;
+    };
+    user.on('data', onData);
+    const deadline = performance.now() + timeoutMs;
+    while (
+      !greeted ||
+      !user.isEnabled('us', Option.BINARY) ||
+      !user.isEnabled('him', Option.BINARY) ||
+      !user.isEnabled('him', Option.ECHO) ||
+      !user.isEnabled('him', Option.SGA)
+    ) {
+      if (user.closed) throw new Error(`client on port ${port} closed during negotiation`);
+      if (performance.now() > deadline) throw new Error(`client on port ${port}: negotiation not done after ${timeoutMs} ms`);
+      await sleep(5);
+    }
+    user.off('data', onData);
+    return user;
+  } catch (err) {
+    user.destroy();
+    throw err;
+  }
+}
+
+function r3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function firstErrors(errors: string[], max = 5): string[] {
+  return [...new Set(errors)].slice(0, max);
+}
+
+// ---------------------------------------------------------------------------
+// Bulk VMs: scale, reconnect storm, background streamers
+
+interface BulkVm {
+  id: BenchIdentity;
+  conn: SimulatedVm | null;
+}
+
+const bulk: BulkVm[] = [];
+let bulkProxy: HostPort | null = null;
+let streamTimer: NodeJS.Timeout | null = null;
+let streamSent = 0;
+
+function attachBulk(b: BulkVm, vm: SimulatedVm): void {
+  b.conn = vm;
+  vm.once('close', () => {
+    if (b.conn === vm) b.conn = null;
+  });
+}
+
+async function bulkConnect(a: { proxy: HostPort; namespace: number; from: number; count: number; concurrency: number; timeoutMs: number }) {
+  bulkProxy = a.proxy;
+  const t0 = performance.now();
+  const items: BulkVm[] = [];
+  for (let i = a.from; i < a.from + a.count; i++) items.push({ id: benchIdentity(a.namespace, Group.bulk, i), conn: null });
+  bulk.push(...items);
+  const errors: string[] = [];
+  const times: number[] = [];
+  await mapLimit(items, a.concurrency, async (b) => {
+    const s = performance.now();
+    try {
+      attachBulk(b, await connectVm(a.proxy, b.id, a.timeoutMs));
+      times.push(performance.now() - s);
+    } catch (err) {
+      errors.push(errorText(err));
+    }
+  });
+  return { connected: items.length - errors.length, failed: errors.length, errors: firstErrors(errors), ms: performance.now() - t0, perVm: roundDistribution(distribution(times)) };
+}
+
+async function bulkWaitClosed(a: { timeoutMs: number }) {
+  const deadline = performance.now() + a.timeoutMs;
+  while (bulk.some((b) => b.conn && !b.conn.closed)) {
+    if (performance.now() > deadline) throw new Error(`${bulk.filter((b) => b.conn && !b.conn.closed).length} VM connections still open`);
+    await sleep(20);
+  }
+  return { closed: bulk.length };
+}
+
+/** Every disconnected bulk VM reconnects at once, retrying (as an ESXi host does) until the deadline. */
+async function bulkReconnect(a: { timeoutMs: number; retryMs: number; connectTimeoutMs: number }) {
+  if (!bulkProxy) throw new Error('no bulk VMs');
+  const proxy = bulkProxy;
+  const t0 = performance.now();
+  const deadline = t0 + a.timeoutMs;
+  const todo = bulk.filter((b) => !b.conn || b.conn.closed);
+  const errors: string[] = [];
+  const attempts: number[] = [];
+  const times: number[] = [];
+  await Promise.all(
+    todo.map(async (b) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          attachBulk(b, await connectVm(proxy, b.id, a.connectTimeoutMs));
+          attempts.push(attempt);
+          times.push(performance.now() - t0);
+          return;
+        } catch (err) {
+          if (performance.now() + a.retryMs > deadline) {
+            errors.push(errorText(err));
+            return;
+          }
+          await sleep(a.retryMs * (0.5 + Math.random()));
+        }
+      }
+    }),
+  );
+  return {
+    reconnected: todo.length - errors.length,
+    failed: errors.length,
+    errors: firstErrors(errors),
+    ms: performance.now() - t0,
+    attempts: distribution(attempts),
+    proxiedAt: roundDistribution(distribution(times)),
+  };
+}
+
+function bulkStreamStart(a: { from: number; count: number; bytesPerSec: number; tickMs: number }) {
+  if (streamTimer) clearInterval(streamTimer);
+  const targets = bulk.slice(a.from, a.from + a.count);
+  // Each VM writes one chunk per tick, at its own phase within the tick (VMs are not
+  // synchronised): the tick is cut into slots of ~5 ms, VM k writes in slot k mod slots.
+  const slotMs = Math.min(5, a.tickMs);
+  const slots = Math.max(1, Math.round(a.tickMs / slotMs));
+  const chunk = fillerChunk(Math.max(1, Math.round((a.bytesPerSec * a.tickMs) / 1000)));
+  const bySlot: BulkVm[][] = Array.from({ length: slots }, () => []);
+  targets.forEach((b, k) => bySlot[k % slots].push(b));
+  streamSent = 0;
+  const t0 = performance.now();
+  let fired = 0;
+  // One timer for all streamers, not one per connection; it catches up when late.
+  streamTimer = setInterval(() => {
+    const due = Math.floor((performance.now() - t0) / slotMs);
+    for (; fired < due; fired++) {
+      for (const b of bySlot[fired % slots]) {
+        if (b.conn && !b.conn.closed) {
+          b.conn.send(chunk);
+          streamSent += chunk.length;
+        }
+      }
+    }
+  }, slotMs);
+  return { streamers: targets.filter((b) => b.conn).length, startedAt: t0, chunkBytes: chunk.length };
+}
+
+function bulkStreamStop() {
+  if (streamTimer) clearInterval(streamTimer);
+  streamTimer = null;
+  return { bytesSent: streamSent };
+}
+
+async function bulkDisconnect(a: { timeoutMs: number }) {
+  await Promise.all(bulk.map((b) => b.conn?.close()));
+  await bulkWaitClosed({ timeoutMs: a.timeoutMs });
+  return { disconnected: bulk.length };
+}
+
+// ---------------------------------------------------------------------------
+// Plain counting clients (for the background streamers)
+
+const counting: TelnetUser[] = [];
+let countingBytes = 0;
+
+async function clientsConnect(a: { host: string; ports: number[]; concurrency: number; timeoutMs: number }) {
+  const t0 = performance.now();
+  const errors: string[] = [];
+  await mapLimit(a.ports, a.concurrency, async (port) => {
+    try {
+      const u = await connectUser(a.host, port, a.timeoutMs);
+      u.on('data', (d) => {
+        countingBytes += d.length;
+      });
+      counting.push(u);
+    } catch (err) {
+      errors.push(errorText(err));
+    }
+  });
+  return { connected: a.ports.length - errors.length, failed: errors.length, errors: firstErrors(errors), ms: performance.now() - t0 };
+}
+
+function clientsBytes() {
+  return { bytes: countingBytes, open: counting.filter((u) => !u.closed).length, at: performance.now() };
+}
+
+async function clientsClose() {
+  await Promise.all(counting.map((u) => u.close()));
+  counting.length = 0;
+  return {};
+}
+
+// ---------------------------------------------------------------------------
+// Latency probes: echoing VMs, one client each, and a direct loopback echo as baseline
+
+interface Probe {
+  vm: SimulatedVm;
+  user: TelnetUser;
+  direct: net.Socket;
+  relay: net.Socket | null;
+}
+
+const probes: Probe[] = [];
+let echoServer: net.Server | null = null;
+
+async function latSetup(a: { proxy: HostPort; admin: HostPort; namespace: number; probes: number; timeoutMs: number }) {
+  const ids = Array.from({ length: a.probes }, (_, i) => benchIdentity(a.namespace, Group.probe, i));
+  const vms = await mapLimit(ids, 16, (id) => connectVm(a.proxy, id, a.timeoutMs));
+  for (const vm of vms) vm.on('data', (d) => vm.send(d)); // the guest echoes what is typed
+  const ports = await waitListed(a.admin, ids, a.timeoutMs);
+  const users = await mapLimit(ports, 16, (p) => connectUser(a.proxy.host, p, a.timeoutMs));
+  const server = net.createServer((s) => {
+    s.setNoDelay(true);
+    s.on('data', (d) => s.write(d));
+    s.on('error', () => undefined);
+  });
+  echoServer = server;
+  await new Promise<void>((r) => server.listen({ host: '127.0.0.1', port: 0 }, () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  const directs = await mapLimit(users, 16, () => connectRaw('127.0.0.1', port, a.timeoutMs));
+  await sleep(100);
+  for (let i = 0; i < vms.length; i++) probes.push({ vm: vms[i], user: users[i], direct: directs[i], relay: null });
+  return { probes: probes.length, echoPort: port };
+}
+
+/** Connects each probe to the echo server through a relay process as well (a third path). */
+async function latRelay(a: { port: number; timeoutMs: number }) {
+  const socks = await mapLimit(probes, 16, () => connectRaw('127.0.0.1', a.port, a.timeoutMs));
+  probes.forEach((p, i) => (p.relay = socks[i]));
+  await sleep(50);
+  return { relays: socks.length };
+}
+
+// A minimal TCP relay (run in a process of its own): what any user-space proxy hop costs here.
+let relayServer: net.Server | null = null;
+
+async function relayStart(a: { targetPort: number }) {
+  const server = net.createServer((c) => {
+    c.setNoDelay(true);
+    const t = net.connect({ host: '127.0.0.1', port: a.targetPort });
+    t.setNoDelay(true);
+    c.on('data', (d) => t.write(d));
+    t.on('data', (d) => c.write(d));
+    c.on('error', () => t.destroy());
+    t.on('error', () => c.destroy());
+    c.on('close', () => t.destroy());
+    t.on('close', () => c.destroy());
+  });
+  relayServer = server;
+  await new Promise<void>((r) => server.listen({ host: '127.0.0.1', port: 0 }, () => r()));
+  return { port: (server.address() as net.AddressInfo).port };
+}
+
+function connectRaw(host: string, port: number, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host, port });
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error('direct connect timed out'));
+    }, timeoutMs);
+    s.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    s.once('connect', () => {
+      clearTimeout(timer);
+      s.setNoDelay(true);
+      resolve(s);
+    });
+  });
+}
+
+/** Sends one byte and resolves with the round trip in ms once it came back. */
+function roundTrip(send: (b: Buffer) => void, source: { on(e: 'data', l: (d: Buffer) => void): unknown; off(e: 'data', l: (d: Buffer) => void): unknown }, byte: number, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let t0 = 0;
+    const onData = (d: Buffer) => {
+      if (!d.includes(byte)) return;
+      const dt = performance.now() - t0;
+      clearTimeout(timer);
+      source.off('data', onData);
+      resolve(dt);
+    };
+    const timer = setTimeout(() => {
+      source.off('data', onData);
+      reject(new Error(`no echo within ${timeoutMs} ms`));
+    }, timeoutMs);
+    source.on('data', onData);
+    t0 = performance.now();
+    send(Buffer.of(byte));
+  });
+}
+
+async function latRun(a: { durationMs: number; intervalMs: number }) {
+  const viaVspc: number[] = [];
+  const direct: number[] = [];
+  const relay: number[] = [];
+  const errors: string[] = [];
+  const deadline = performance.now() + a.durationMs;
+  await Promise.all(
+    probes.map(async (p, i) => {
+      let k = i;
+      await sleep(Math.random() * a.intervalMs);
+      while (performance.now() < deadline) {
+        const byte = 0x61 + (k++ % 26);
+        try {
+          viaVspc.push(await roundTrip((b) => p.user.send(b), p.user, byte, 5000));
+          direct.push(await roundTrip((b) => p.direct.write(b), p.direct, byte, 5000));
+          const r = p.relay;
+          if (r) relay.push(await roundTrip((b) => r.write(b), r, byte, 5000));
+        } catch (err) {
+          errors.push(errorText(err));
+          if (errors.length > 50) return;
+        }
+        await sleep(a.intervalMs * (0.5 + Math.random()));
+      }
+    }),
+  );
+  return { vspc: viaVspc.map(r3), direct: direct.map(r3), relay: relay.map(r3), errors: errors.length, errorSamples: firstErrors(errors) };
+}
+
+async function latTeardown() {
+  for (const p of probes) {
+    p.direct.destroy();
+    p.relay?.destroy();
+    p.user.destroy();
+    await p.vm.close();
+  }
+  probes.length = 0;
+  await new Promise<void>((r) => (echoServer ? echoServer.close(() => r()) : r()));
+  echoServer = null;
+  return {};
+}
+
+// ---------------------------------------------------------------------------
+// Throughput: VMs pour output out as fast as their clients take it
+
+interface TpVm {
+  vm: SimulatedVm;
+  port: number;
+  users: TelnetUser[];
+  received: number[];
+  sent: number;
+  waitingDrain: boolean;
+}
+
+const tp: TpVm[] = [];
+let tpRunning = false;
+let tpChunk: Buffer = Buffer.alloc(0);
+let tpWindow = 0;
+let tpDelivered = 0;
+let tpSent = 0;
+let tpProxy: HostPort | null = null;
+
+async function tpSetup(a: { proxy: HostPort; admin: HostPort; namespace: number; from: number; count: number; timeoutMs: number }) {
+  tpProxy = a.proxy;
+  const ids = Array.from({ length: a.count }, (_, i) => benchIdentity(a.namespace, Group.throughput, a.from + i));
+  const vms = await mapLimit(ids, 32, (id) => connectVm(a.proxy, id, a.timeoutMs));
+  const ports = await waitListed(a.admin, ids, a.timeoutMs);
+  vms.forEach((vm, i) => tp.push({ vm, port: ports[i], users: [], received: [], sent: 0, waitingDrain: false }));
+  return { vms: tp.length };
+}
+
+async function tpClients(a: { perVm: number; timeoutMs: number }) {
+  await Promise.all(tp.flatMap((v) => v.users.map((u) => u.close())));
+  for (const v of tp) {
+    v.users = [];
+    v.received = [];
+  }
+  const jobs = tp.flatMap((v) => Array.from({ length: a.perVm }, () => v));
+  await mapLimit(jobs, 32, async (v) => {
+    const u = await connectUser(tpProxy!.host, v.port, a.timeoutMs);
+    const k = v.users.length;
+    v.users.push(u);
+    v.received.push(0);
+    u.on('data', (d) => {
+      v.received[k] += d.length;
+      tpDelivered += d.length;
+      if (tpRunning && !v.waitingDrain) tpPump(v);
+    });
+  });
+  await sleep(200); // scrollback replays and greetings are over
+  return { clients: jobs.length };
+}
+
+function minReceived(v: TpVm): number {
+  let m = Infinity;
+  for (const r of v.received) if (r < m) m = r;
+  return m === Infinity ? v.sent : m;
+}
+
+function tpPump(v: TpVm): void {
+  while (tpRunning && v.sent - minReceived(v) < tpWindow) {
+    const ok = v.vm.send(tpChunk);
+    v.sent += tpChunk.length;
+    tpSent += tpChunk.length;
+    if (!ok) {
+      v.waitingDrain = true;
+      void v.vm.whenDrained().then(() => {
+        v.waitingDrain = false;
+        tpPump(v);
+      });
+      return;
+    }
+  }
+}
+
+function tpStart(a: { chunkBytes: number; windowBytes: number }) {
+  tpChunk = fillerChunk(a.chunkBytes);
+  tpWindow = a.windowBytes;
+  for (const v of tp) {
+    v.sent = 0;
+    v.received = v.received.map(() => 0);
+  }
+  tpDelivered = 0;
+  tpSent = 0;
+  tpRunning = true;
+  for (const v of tp) tpPump(v);
+  return tpSample();
+}
+
+function tpSample() {
+  const dropped = tp.reduce((n, v) => n + v.users.filter((u) => u.closed).length, 0);
+  return { at: performance.now(), delivered: tpDelivered, sent: tpSent, clientsDropped: dropped, cpu: process.cpuUsage() };
+}
+
+async function tpStop() {
+  tpRunning = false;
+  const s = tpSample();
+  await sleep(200);
+  return s;
+}
+
+async function tpTeardown() {
+  tpRunning = false;
+  await Promise.all(tp.flatMap((v) => [...v.users.map((u) => u.close()), v.vm.close()]));
+  tp.length = 0;
+  return {};
+}
+
+// ---------------------------------------------------------------------------
+// vMotion: VMs migrate again and again while output and typing flow; every byte is checked
+
+interface MoverVm {
+  id: BenchIdentity;
+  index: number;
+  conn: SimulatedVm;
+  user: TelnetUser;
+  /** VM output stream (sent by whichever connection is current). */
+  out: PatternSource;
+  /** What the client received. */
+  outCheck: PatternChecker;
+  /** Client input stream. */
+  in: PatternSource;
+  /** What the VM received, across all its connections in order. */
+  inCheck: PatternChecker;
+  paused: boolean;
+  seq: number;
+}
+
+const movers: MoverVm[] = [];
+let moverProxy: HostPort | null = null;
+
+function listenInput(m: MoverVm, vm: SimulatedVm): void {
+  vm.on('data', (d) => m.inCheck.push(d));
+}
+
+async function vmSetup(a: { proxy: HostPort; admin: HostPort; namespace: number; from: number; count: number; timeoutMs: number }) {
+  moverProxy = a.proxy;
+  const ids = Array.from({ length: a.count }, (_, i) => benchIdentity(a.namespace, Group.vmotion, a.from + i));
+  const vms = await mapLimit(ids, 32, (id) => connectVm(a.proxy, id, a.timeoutMs));
+  const ports = await waitListed(a.admin, ids, a.timeoutMs);
+  const users = await mapLimit(ports, 32, (p) => connectUser(a.proxy.host, p, a.timeoutMs));
+  for (let i = 0; i < ids.length; i++) {
+    const index = a.from + i;
+    const m: MoverVm = {
+      id: ids[i],
+      index,
+      conn: vms[i],
+      user: users[i],
+      out: new PatternSource(index * 2),
+      outCheck: new PatternChecker(index * 2, true),
+      in: new PatternSource(index * 2 + 1),
+      inCheck: new PatternChecker(index * 2 + 1, false),
+      paused: false,
+      seq: 0,
+    };
+    listenInput(m, m.conn);
+    m.user.on('data', (d) => m.outCheck.push(d));
+    movers.push(m);
+  }
+  return { vms: movers.length };
+}
+
+async function migrate(m: MoverVm, timeoutMs: number): Promise<{ ms: number; pauseMs: number }> {
+  const seq = Buffer.alloc(4);
+  seq.writeUInt32BE(((m.index & 0xffff) << 16) | (++m.seq & 0xffff));
+  const src = m.conn;
+  m.paused = true;
+  const t0 = performance.now();
+  try {
+    const r = await src.vmotionBegin(seq, timeoutMs);
+    if (r.kind !== 'goahead') throw new Error('NOTNOW');
+    const t1 = performance.now();
+    // The destination host opens a new connection and presents seq + secret.
+    const dest = await connectVm(moverProxy!, m.id, timeoutMs, { skipDoProxy: true });
+    listenInput(m, dest);
+    if (!(await dest.vmotionPeer(Buffer.concat([seq, r.secret]), timeoutMs))) {
+      dest.destroy();
+      src.vmotionAbort();
+      throw new Error('no PEER-OK');
+    }
+    dest.vmotionComplete(seq);
+    const t2 = performance.now();
+    m.conn = dest;
+    return { ms: t2 - t0, pauseMs: t2 - t1 };
+  } finally {
+    m.paused = false;
+  }
+}
+
+async function vmRun(a: {
+  durationMs: number;
+  gapMs: number;
+  /** Migrations per second started by this worker (paced); 0: every VM migrates back to back. */
+  ratePerS: number;
+  tickMs: number;
+  outBytesPerTick: number;
+  inBytesPerTick: number;
+  quiesceMs: number;
+  timeoutMs: number;
+}) {
+  const switchover: number[] = [];
+  const pauses: number[] = [];
+  const errors: string[] = [];
+  // Traffic: one timer for all VMs.
+  const traffic = setInterval(() => {
+    for (const m of movers) {
+      if (!m.paused && !m.conn.closed) m.conn.send(m.out.next(a.outBytesPerTick));
+      if (!m.user.closed) m.user.send(m.in.next(a.inBytesPerTick));
+    }
+  }, a.tickMs);
+  const t0 = performance.now();
+  const deadline = t0 + a.durationMs;
+  let completed = 0;
+  let missed = 0;
+  const once = async (m: MoverVm) => {
+    try {
+      const r = await migrate(m, a.timeoutMs);
+      switchover.push(r.ms);
+      pauses.push(r.pauseMs);
+      completed++;
+    } catch (err) {
+      errors.push(errorText(err));
+    }
+  };
+  if (a.ratePerS > 0) {
+    // Open loop: start migrations at a fixed rate on VMs that are not migrating; a start
+    // that finds every VM busy is counted as missed (the rate was not sustained).
+    const idle = [...movers];
+    const running = new Set<Promise<void>>();
+    let started = 0;
+    await new Promise<void>((resolve) => {
+      const timer = setInterval(() => {
+        const now = performance.now();
+        const due = Math.floor(((Math.min(now, deadline) - t0) / 1000) * a.ratePerS);
+        for (; started < due; started++) {
+          const m = idle.shift();
+          if (!m) {
+            missed++;
+            continue;
+          }
+          const p = once(m).then(() => {
+            running.delete(p);
+            idle.push(m);
+          });
+          running.add(p);
+        }
+        if (now >= deadline) {
+          clearInterval(timer);
+          void Promise.all(running).then(() => resolve());
+        }
+      }, 2);
+    });
+  } else {
+    await Promise.all(
+      movers.map(async (m) => {
+        await sleep(Math.random() * a.gapMs);
+        while (performance.now() < deadline && errors.length <= 100) {
+          await once(m);
+          if (a.gapMs > 0) await sleep(a.gapMs * Math.random());
+        }
+      }),
+    );
+  }
+  const elapsedMs = performance.now() - t0;
+  clearInterval(traffic);
+  // Let everything in flight arrive, then compare what was sent with what arrived.
+  const settled = performance.now() + a.quiesceMs;
+  const pendingOf = () => movers.filter((m) => m.outCheck.received < m.out.offset || m.inCheck.received < m.in.offset).length;
+  while (pendingOf() > 0 && performance.now() < settled) await sleep(20);
+  let sentOut = 0;
+  let gotOut = 0;
+  let sentIn = 0;
+  let gotIn = 0;
+  let corrupt = 0;
+  let notices = 0;
+  const firstBad: string[] = [];
+  for (const m of movers) {
+    sentOut += m.out.offset;
+    gotOut += m.outCheck.received;
+    sentIn += m.in.offset;
+    gotIn += m.inCheck.received;
+    notices += m.outCheck.notices;
+    if (!m.outCheck.ok || !m.inCheck.ok || m.outCheck.received !== m.out.offset || m.inCheck.received !== m.in.offset) {
+      corrupt++;
+      if (firstBad.length < 5) {
+        firstBad.push(
+          `${m.id.name}: out ${m.outCheck.received}/${m.out.offset} (first mismatch ${m.outCheck.firstMismatch}), in ${m.inCheck.received}/${m.in.offset} (first mismatch ${m.inCheck.firstMismatch})`,
+        );
+      }
+    }
+  }
+  return {
+    completed,
+    missed,
+    failed: errors.length,
+    errors: firstErrors(errors),
+    elapsedMs,
+    switchover: switchover.map(r3),
+    pause: pauses.map(r3),
+    bytesVmToClient: sentOut,
+    bytesClientToVm: sentIn,
+    lostVmToClient: sentOut - gotOut,
+    lostClientToVm: sentIn - gotIn,
+    vmsWithErrors: corrupt,
+    errorDetails: firstBad,
+    notices,
+    clientsClosed: movers.filter((m) => m.user.closed).length,
+  };
+}
+
+async function vmTeardown() {
+  await Promise.all(movers.flatMap((m) => [m.user.close(), m.conn.close()]));
+  movers.length = 0;
+  return {};
+}
+
+// ---------------------------------------------------------------------------
+
+async function shutdown() {
+  bulkStreamStop();
+  tpRunning = false;
+  for (const b of bulk) b.conn?.destroy();
+  for (const u of counting) u.destroy();
+  for (const p of probes) {
+    p.vm.destroy();
+    p.user.destroy();
+    p.direct.destroy();
+    p.relay?.destroy();
+  }
+  relayServer?.close();
+  for (const v of tp) {
+    v.vm.destroy();
+    for (const u of v.users) u.destroy();
+  }
+  for (const m of movers) {
+    m.conn.destroy();
+    m.user.destroy();
+  }
+  setTimeout(() => process.exit(0), 50);
+  return {};
+}
+
+function stats() {
+  return { cpu: process.cpuUsage(), memory: process.memoryUsage(), pid: process.pid };
+}
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+const handlers: Record<string, (args: any) => unknown> = {
+  'bulk.connect': bulkConnect,
+  'bulk.waitClosed': bulkWaitClosed,
+  'bulk.reconnect': bulkReconnect,
+  'bulk.streamStart': bulkStreamStart,
+  'bulk.streamStop': bulkStreamStop,
+  'bulk.disconnect': bulkDisconnect,
+  'clients.connect': clientsConnect,
+  'clients.bytes': clientsBytes,
+  'clients.close': clientsClose,
+  'lat.setup': latSetup,
+  'lat.relay': latRelay,
+  'lat.run': latRun,
+  'relay.start': relayStart,
+  'lat.teardown': latTeardown,
+  'tp.setup': tpSetup,
+  'tp.clients': tpClients,
+  'tp.start': tpStart,
+  'tp.sample': tpSample,
+  'tp.stop': tpStop,
+  'tp.teardown': tpTeardown,
+  'vm.setup': vmSetup,
+  'vm.run': vmRun,
+  'vm.teardown': vmTeardown,
+  stats,
+  shutdown,
+};
+
+if (!process.send) {
+  process.stderr.write(`${workerName}: must be started by the benchmark (needs an IPC channel)\n`);
+  process.exit(2);
+}
+process.on('disconnect', () => process.exit(0));
+process.on('message', (msg: unknown) => {
+  const { id, cmd, args } = msg as { id: number; cmd: string; args: unknown };
+  const h = handlers[cmd];
+  Promise.resolve()
+    .then(() => {
+      if (!h) throw new Error(`unknown command ${cmd}`);
+      return h(args);
+    })
+    .then(
+      (result) => process.send?.({ id, ok: true, result }),
+      (err: unknown) => process.send?.({ id, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
+    );
+});
+// Socket errors are reported on the objects; nothing may crash the worker silently.
+process.on('uncaughtException', (err) => {
+  process.stderr.write(`${workerName}: uncaught ${err.stack ?? String(err)}\n`);
+});

@@ -1,0 +1,269 @@
+/**
+ * Every `vspc-admin` command, run as a user runs it (a child process), against a
+ * running server with simulated ESXi VMs and telnet users: list (table, JSON,
+ * pattern), show, who, kick, forget, set-port, log, reload, status, and the errors an
+ * operator meets (ambiguous name, unknown VM or client, taken port).
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import type { ClientView, PortView, VmDetailView } from '../../src/admin/views.js';
+import { vspcAdmin } from '../helpers/cli.js';
+import { canBind } from '../helpers/ports.js';
+import { Cleanup, TestServer, esxiUuid, tempDir, waitUntil } from '../helpers/server.js';
+import type { SimulatedVm } from '../../src/sim/index.js';
+import type { VmSerialPort } from '../../src/domain/vm-serial-port.js';
+
+function formatted(hex: string): string {
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+describe('vspc-admin commands against a running server', () => {
+  let s: TestServer;
+  const c = new Cleanup();
+  const logDir = tempDir('vspc-admin-logs-');
+  const web = esxiUuid();
+  const db = esxiUuid();
+  let webCom1: { vm: SimulatedVm; hub: VmSerialPort };
+  let webCom2: { vm: SimulatedVm; hub: VmSerialPort };
+  let dbVm: { vm: SimulatedVm; hub: VmSerialPort };
+  const admin = (...args: string[]) => vspcAdmin(s.adminAddress, args);
+
+  before(async () => {
+    s = await TestServer.start({ ports: 20, config: { logDir: logDir.dir, logMarkIntervalMs: 0 } });
+    webCom1 = await s.connectVm({ uuid: web.text, name: 'adm-web01', serviceUri: 'vSPC.py?port=com1' }, c);
+    webCom2 = await s.connectVm({ uuid: web.text, name: 'adm-web01', serviceUri: 'vSPC.py?port=com2' }, c);
+    dbVm = await s.connectVm({ uuid: db.text, name: 'adm-db01', comPort: true, uart: { baudRate: 115200, dataSize: 8, parity: 1, stopSize: 1 } }, c);
+    await waitUntil(() => (dbVm.hub.details.uart as { stopBits?: string } | undefined)?.stopBits !== undefined, 3000, 'guest UART reported');
+  });
+  after(async () => {
+    await c.run();
+    await s?.dispose();
+    logDir.remove();
+  });
+
+  test('list: a table of every VM serial port, --json, and a name pattern', async () => {
+    const r = await admin('list');
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trimEnd().split('\n');
+    assert.match(lines[0], /^PORT\s+TLS\s+NAME\s+LABEL\s+STATE\s+CLIENTS\s+PEER\s+UUID$/);
+    assert.equal(lines.length, 4);
+    assert.match(r.stdout, new RegExp(`^${dbVm.hub.identity.port}\\s+-\\s+adm-db01\\s+-\\s+connected\\s+0\\s+\\S+\\s+${formatted(db.hex)}$`, 'm'));
+    assert.match(r.stdout, new RegExp(`^${webCom2.hub.identity.port}\\s+-\\s+adm-web01\\s+com2\\s+connected`, 'm'));
+
+    const json = await admin('list', '--json');
+    const rows = JSON.parse(json.stdout) as PortView[];
+    assert.equal(rows.length, 3);
+    assert.deepEqual(rows.map((p) => p.port), [...rows.map((p) => p.port)].sort((a, b) => a - b), 'ordered by port');
+
+    const pattern = await admin('list', 'adm-db*', '--json');
+    assert.deepEqual((JSON.parse(pattern.stdout) as PortView[]).map((p) => p.name), ['adm-db01']);
+    const sub = await admin('list', 'WEB01');
+    assert.equal(sub.stdout.trimEnd().split('\n').length, 3, 'substring, any case: header + two web rows');
+    const none = await admin('list', 'nothing-like-this');
+    assert.equal(none.code, 0);
+    assert.equal(none.stdout, 'No VM serial port matches "nothing-like-this".\n');
+  });
+
+  test('show: identity, ports, peer, connected since, clients with modes, guest UART, vMotion history, bytes', async (t) => {
+    const tc = new Cleanup();
+    t.after(() => tc.run());
+    const user = await s.connectUser(dbVm.hub.identity.port, tc);
+    await waitUntil(() => dbVm.hub.clients.size === 1, 2000, 'client attached');
+    dbVm.vm.send('hello from the guest\r\n');
+    await user.waitFor('hello from the guest', 3000);
+    user.send('typed');
+    await dbVm.vm.waitForInput('typed', 3000);
+    // A vMotion that the source aborts, for the history.
+    const begun = await dbVm.vm.vmotionBegin(Buffer.from([7]));
+    assert.equal(begun.kind, 'goahead');
+    dbVm.vm.vmotionAbort();
+    await waitUntil(() => s.server.vmotion.historyOf(dbVm.hub).length === 1, 3000, 'vMotion recorded');
+
+    const r = await admin('show', 'adm-db01');
+    assert.equal(r.code, 0, r.stderr);
+    const out = r.stdout;
+    assert.match(out, /^adm-db01\n/);
+    assert.match(out, new RegExp(`^  uuid: +${formatted(db.hex)}$`, 'm'));
+    assert.match(out, new RegExp(`^  port: +${dbVm.hub.identity.port}$`, 'm'));
+    assert.match(out, /^  state: +connected$/m);
+    assert.match(out, /^  peer: +(::ffff:)?127\.0\.0\.1:\d+$/m);
+    assert.match(out, /^  connected since: +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+s ago\)$/m);
+    assert.match(out, /^  guest UART: +115200 8N1$/m);
+    assert.match(out, /^  bytes: +\d+ from the VM, 5 to the VM$/m);
+    assert.match(out, /^  clients: +1$/m);
+    assert.match(out, /^    #\d+  (::ffff:)?127\.0\.0\.1:\d+  readwrite  since /m);
+    assert.match(out, /^  vMotions: +1$/m);
+    assert.match(out, /^    \S+Z  aborted in \d+ ms \(held \d+ bytes\)$/m);
+
+    const j = await admin('show', String(dbVm.hub.identity.port), '--json');
+    const d = JSON.parse(j.stdout) as VmDetailView;
+    assert.equal(d.name, 'adm-db01');
+    assert.equal(d.uuid, formatted(db.hex));
+    assert.equal(d.connected, true);
+    assert.ok(d.bytesFromVm >= 'hello from the guest\r\n'.length);
+    assert.equal(d.bytesToVm, 5);
+    assert.deepEqual(d.uart, { baudRate: 115200, dataSize: 8, parity: 'none', stopBits: '1', summary: '115200 8N1' });
+    assert.equal(d.clientList.length, 1);
+    assert.equal(d.clientList[0].mode, 'readwrite');
+    assert.equal(d.vmotions[0].outcome, 'aborted');
+    assert.equal(d.scrollbackBytes, s.config.scrollbackBytes);
+  });
+
+  test('a VM is addressed by name, UUID in any form, or port; an ambiguous name is a clear error', async () => {
+    const amb = await admin('show', 'adm-web01');
+    assert.equal(amb.code, 1);
+    assert.match(amb.stderr, /^vspc-admin: "adm-web01" matches 2 serial ports: adm-web01:com1 \(port \d+\), adm-web01:com2 \(port \d+\); use the port or NAME:LABEL\n$/);
+    const byUuid = await admin('show', web.hex.toUpperCase());
+    assert.equal(byUuid.code, 1);
+    assert.match(byUuid.stderr, /matches 2 serial ports/);
+    for (const ref of ['adm-web01:com2', `${formatted(web.hex)}:com2`, String(webCom2.hub.identity.port)]) {
+      const r = await admin('show', ref, '--json');
+      assert.equal(r.code, 0, `${ref}: ${r.stderr}`);
+      assert.equal((JSON.parse(r.stdout) as VmDetailView).label, 'com2', ref);
+    }
+    const missing = await admin('show', 'no-such-vm');
+    assert.equal(missing.code, 1);
+    assert.equal(missing.stderr, 'vspc-admin: no VM serial port matches "no-such-vm"\n');
+  });
+
+  test('who lists every attached client; kick --client disconnects one (told why), kick all the rest', async (t) => {
+    const tc = new Cleanup();
+    t.after(() => tc.run());
+    const u1 = await s.connectUser(webCom1.hub.identity.port, tc);
+    const u2 = await s.connectUser(webCom1.hub.identity.port, tc);
+    const u3 = await s.connectUser(dbVm.hub.identity.port, tc);
+    await waitUntil(() => webCom1.hub.clients.size === 2 && dbVm.hub.clients.size === 1, 3000, 'clients attached');
+
+    const j = await admin('who', '--json');
+    assert.equal(j.code, 0, j.stderr);
+    const who = JSON.parse(j.stdout) as ClientView[];
+    assert.equal(who.length, 3);
+    const onWeb = who.filter((x) => x.vm === 'adm-web01:com1');
+    assert.equal(onWeb.length, 2);
+    for (const x of who) {
+      assert.equal(x.mode, 'readwrite');
+      assert.equal(x.tls, false);
+      assert.match(x.peer, /127\.0\.0\.1:\d+$/);
+      assert.ok(x.connectedSince);
+    }
+    const table = await admin('who');
+    assert.match(table.stdout, /^ID\s+VM\s+PORT\s+MODE\s+TLS\s+PEER\s+SINCE$/m);
+    assert.match(table.stdout, new RegExp(`^${onWeb[0].id}\\s+adm-web01:com1\\s+${webCom1.hub.identity.port}\\s+readwrite\\s+-\\s+`, 'm'));
+
+    const first = [...webCom1.hub.clients].map((x) => x.id).sort((a, b) => a - b)[0];
+    const k1 = await admin('kick', 'adm-web01:com1', '--client', String(first));
+    assert.equal(k1.code, 0, k1.stderr);
+    assert.match(k1.stdout, new RegExp(`^disconnected from adm-web01:com1 \\(port ${webCom1.hub.identity.port}\\): #${first} \\S+\\n$`));
+    const kicked = [u1, u2].find((u) => u.text.includes('disconnected by the administrator'));
+    assert.ok(kicked, 'the kicked client was told');
+    await kicked.whenClosed(3000);
+    assert.equal(webCom1.hub.clients.size, 1);
+
+    const unknown = await admin('kick', 'adm-web01:com1', '--client', '999999');
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /no client 999999 on adm-web01:com1/);
+
+    const all = await admin('kick', 'adm-web01:com1');
+    assert.equal(all.code, 0, all.stderr);
+    await waitUntil(() => webCom1.hub.clients.size === 0, 3000, 'all kicked');
+    assert.equal(dbVm.hub.clients.size, 1, 'clients of other VMs stay');
+    assert.equal(u3.closed, false);
+    const empty = await admin('kick', 'adm-web01:com1');
+    assert.match(empty.stdout, /^adm-web01:com1 \(port \d+\) has no clients\n$/);
+    // The VM connection itself is untouched.
+    assert.equal(webCom1.hub.source !== null, true);
+  });
+
+  test('set-port moves a VM serial port (clients follow the new port); taken and reserved ports are refused', async (t) => {
+    const tc = new Cleanup();
+    t.after(() => tc.run());
+    const hub = webCom2.hub;
+    const before = hub.identity.port;
+    const used = new Set(s.server.registry.all().map((h) => h.identity.port));
+    let target = s.config.portRange.end;
+    while (used.has(target)) target--;
+
+    const r = await admin('set-port', 'adm-web01:com2', String(target));
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `moved adm-web01:com2 from port ${before} to ${target}\n`);
+    assert.equal(hub.identity.port, target);
+    await waitUntil(() => canBind(before), 3000, 'old port released');
+    const user = await s.connectUser(target, tc);
+    webCom2.vm.send('on the new port\r\n');
+    await user.waitFor('on the new port', 3000);
+    const listed = JSON.parse((await admin('list', '--json')).stdout) as PortView[];
+    assert.equal(listed.find((p) => p.label === 'com2')?.port, target);
+
+    const same = await admin('set-port', String(target), String(target));
+    assert.equal(same.stdout, `adm-web01:com2 is already on port ${target}\n`);
+
+    const taken = await admin('set-port', 'adm-web01:com2', String(dbVm.hub.identity.port));
+    assert.equal(taken.code, 1);
+    assert.match(taken.stderr, new RegExp(`^vspc-admin: port ${dbVm.hub.identity.port} is used by adm-db01 \\(port ${dbVm.hub.identity.port}\\)\\n$`));
+    const own = await admin('set-port', 'adm-web01:com2', String(s.adminPort));
+    assert.equal(own.code, 1);
+    assert.match(own.stderr, /is one of vspc's own listener ports/);
+    const bad = await admin('set-port', 'adm-web01:com2', '70000');
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /port must be an integer 1-65535, got "70000"/);
+    assert.equal(hub.identity.port, target, 'refused moves change nothing');
+  });
+
+  test('log shows the end of the console log', async () => {
+    dbVm.vm.send('log line one\r\nlog line two\r\nlog line three\r\n');
+    await waitUntil(async () => (await admin('log', 'adm-db01', '--tail', '3')).stdout.includes('log line three'), 5000, 'console log has the lines');
+    const r = await admin('log', 'adm-db01', '--tail', '2');
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.split('\n').length <= 3, r.stdout);
+    assert.match(r.stdout, /log line three/);
+    assert.doesNotMatch(r.stdout, /log line one/);
+    const bad = await admin('log', 'adm-db01', '--tail', '0');
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /lines must be an integer 1-10000/);
+  });
+
+  test('status: version, uptime and counts', async () => {
+    const r = await admin('status');
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^version: \d+\.\d+\.\d+$/m);
+    assert.match(r.stdout, /^uptimeSeconds: \d+$/m);
+    assert.match(r.stdout, /^vmPorts: 3$/m);
+    assert.match(r.stdout, /^vmPortsConnected: 3$/m);
+    assert.match(r.stdout, /^vmotions: begun=1 completed=0 aborted=1 /m);
+    const j = JSON.parse((await admin('status', '--json')).stdout) as Record<string, unknown>;
+    assert.equal(j.vmPorts, 3);
+  });
+
+  test('reload without a configuration source says so', async () => {
+    const r = await admin('reload');
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, 'vspc-admin: this vspc has no configuration to re-read\n');
+  });
+
+  test('forget drops a VM serial port and frees its port (last: it changes the set)', async () => {
+    const port = webCom2.hub.identity.port;
+    const r = await admin('forget', 'adm-web01:com2');
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `forgot adm-web01:com2 (port ${port} is free again)\n`);
+    await webCom2.vm.whenClosed(3000);
+    const rows = JSON.parse((await admin('list', '--json')).stdout) as PortView[];
+    assert.deepEqual(rows.map((p) => `${p.name}:${p.label}`).sort(), ['adm-db01:', 'adm-web01:com1']);
+    await waitUntil(() => canBind(port), 3000, 'port released');
+  });
+});
+
+describe('vspc-admin log without console logs', () => {
+  test('answers that console logging is off', async (t) => {
+    const c = new Cleanup();
+    const s = await TestServer.start({ ports: 2 });
+    t.after(async () => {
+      await c.run();
+      await s.dispose();
+    });
+    const u = esxiUuid();
+    await s.connectVm({ uuid: u.text, name: 'nolog' }, c);
+    const r = await vspcAdmin(s.adminAddress, ['log', 'nolog']);
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, 'vspc-admin: console logging is off (start vspc with --log-dir)\n');
+  });
+});
