@@ -62,6 +62,8 @@ ENTRYPOINT ["/usr/bin/tini", "--"]
 # ports only on a trusted address (e.g. -p 127.0.0.1:...), or protect them otherwise.
 # For TLS, mount a certificate and key readable by uid 10001 and add --cert/--key (and
 # --admin-cert/--admin-key) to this command.
+# The health check reads the token from VSPC_ADMIN_TOKEN; with --admin-token-file or
+# --admin-cert, override it (e.g. add --token-file / --admin-ca to its command).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
   CMD ["node", "/app/dist/src/cli/vspc-admin.js", "status"]
 CMD ["node", "/app/dist/src/cli/vspc.js", "--db", "/var/lib/vspc/vspc.db", "--admin-listen", "0.0.0.0:13371", "--vm-listen-host", "0.0.0.0"]

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from './errors.js';
 import type { PortRange } from './storage/serial-port-store.js';
+import type { LockRequest } from './domain/locks.js';
 
 export interface HostPort {
   host: string;
@@ -62,8 +63,9 @@ export interface VspcConfig {
 }
 
 /** Client lock modes a config file may name. */
-export const LOCK_MODE_NAMES = ['readwrite', 'readonly', 'exclusive', 'excl_write', 'readonly_ok'] as const;
-export type LockModeName = (typeof LOCK_MODE_NAMES)[number];
+/** Lock modes a config file may name: the domain's lock requests (src/domain/locks.ts). */
+export { LOCK_MODES as LOCK_MODE_NAMES } from './domain/locks.js';
+export type LockModeName = LockRequest;
 
 /** One `vms:` entry of the config file. `match`: a VM name (glob * ?), UUID, or either with `:LABEL`. */
 export interface VmSettings {

@@ -21,7 +21,19 @@ export function createLogger(options: { level?: string; format?: LogFormat; sile
   const transport = options.stream
     ? new winston.transports.Stream({ stream: options.stream })
     : new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'debug', 'verbose', 'silly'] });
-  return winston.createLogger({ level: options.level ?? 'info', format, transports: [transport], silent: options.silent });
+  const logger = winston.createLogger({ level: options.level ?? 'info', format, transports: [transport], silent: options.silent });
+  // winston formats every line (timestamp, JSON) before its transport drops it for being
+  // below the level; on a busy server most lines are (info at --log-level warn). Check
+  // the level first. Child loggers inherit these methods; the level stays changeable.
+  const methods = logger as unknown as Record<string, (...args: unknown[]) => Logger>;
+  for (const level of Object.keys(logger.levels)) {
+    const write = methods[level];
+    if (typeof write !== 'function') continue;
+    methods[level] = function (this: Logger, ...args: unknown[]): Logger {
+      return this.isLevelEnabled(level) ? write.apply(this, args) : this;
+    };
+  }
+  return logger;
 }
 
 /** Error fields for a log line: code and context, not the stack (unless it is a bug). */

@@ -70,7 +70,11 @@ export class VspcServer {
     private readonly logger: Logger,
   ) {
     this.db = openDatabase(config.dbPath);
-    const store = new SerialPortStore(this.db, config.portRange, reservedPorts(config));
+    // Group commit: a reconnect storm's thousands of last-seen updates share commits.
+    const store = new SerialPortStore(this.db, config.portRange, reservedPorts(config), {
+      groupCommit: true,
+      onCommitError: (err) => logger.error('database commit failed; the last registrations were not saved', errorFields(err)),
+    });
     this.consoleLogs = config.logDir
       ? new ConsoleLogManager({
           dir: config.logDir,
@@ -184,6 +188,7 @@ export class VspcServer {
       vmPortsConnected: all.filter((h) => h.source).length,
       clients: all.reduce((n, h) => n + h.clients.size, 0),
       vmConnections: this.proxy.connections.size,
+      vmConnectionsRefused: this.proxy.refused,
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
     };
   }
@@ -285,9 +290,11 @@ export class VspcServer {
     };
   }
 
-  /** The config file's `vms:` settings for one VM serial port: scrollback size and fixed port. */
+  /** The config file's settings for one VM serial port: default lock mode, scrollback size, fixed port. */
   private applyVmSettings(hub: VmSerialPort): void {
     const s = resolveVmSettings(this.config, hub.identity);
+    // Clients already attached keep their locks; the default applies to the next ones.
+    hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.port === undefined || s.port === hub.identity.port) return;

@@ -4,7 +4,7 @@ import type net from 'node:net';
 import type { Logger } from '../logger.js';
 import { errorFields } from '../logger.js';
 import type { HostPort } from '../config.js';
-import { authorize } from './auth.js';
+import { refusal } from './auth.js';
 
 export interface AdminRoute {
   method: 'GET' | 'POST' | 'DELETE';
@@ -94,18 +94,17 @@ export class AdminServer {
     const url = new URL(req.url ?? '/', 'http://admin');
     const route = this.routes.find((r) => r.path === url.pathname && r.method === req.method);
     try {
-      try {
-        authorize(req, this.options.token?.() ?? null);
-      } catch (err) {
+      const refused = refusal(req, this.options.token?.() ?? null);
+      if (refused) {
         this.options.onUnauthorized?.();
         res.setHeader('www-authenticate', 'Bearer realm="vspc"');
         this.logger.warn('admin API request refused: no valid token', {
           peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
           method: req.method,
           path: url.pathname,
-          reason: (err as AdminApiError).code,
+          reason: refused.code,
         });
-        throw err;
+        throw new AdminApiError(401, refused.code, refused.message);
       }
       if (!route) {
         const allowed = this.routes.filter((r) => r.path === url.pathname).map((r) => r.method);

@@ -1,6 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type http from 'node:http';
-import { AdminApiError } from './admin-server.js';
 
 /**
  * Admin API authentication: a bearer token (`Authorization: Bearer <token>`), required
@@ -22,18 +21,16 @@ export function tokenMatches(given: string, expected: string): boolean {
   return timingSafeEqual(a, b);
 }
 
-/** Throws 401 unless the request carries the expected token (or none is expected). */
-export function authorize(req: http.IncomingMessage, expected: string | null): void {
-  if (expected === null) return;
+/** Why a request is refused (answered 401), or null when it may proceed (or no token is expected). */
+export function refusal(req: http.IncomingMessage, expected: string | null): { code: string; message: string } | null {
+  if (expected === null) return null;
   const given = bearerToken(req.headers.authorization);
   if (given === null) {
-    throw new AdminApiError(
-      401,
-      'VSPC_AUTH_REQUIRED',
-      'this vspc admin API requires a token: send "Authorization: Bearer <token>" (vspc-admin: --token-file FILE or VSPC_ADMIN_TOKEN)',
-    );
+    return {
+      code: 'VSPC_AUTH_REQUIRED',
+      message: 'this vspc admin API requires a token: send "Authorization: Bearer <token>" (vspc-admin: --token-file FILE or VSPC_ADMIN_TOKEN)',
+    };
   }
-  if (!tokenMatches(given, expected)) {
-    throw new AdminApiError(401, 'VSPC_AUTH_FAILED', 'the admin token was not accepted');
-  }
+  if (!tokenMatches(given, expected)) return { code: 'VSPC_AUTH_FAILED', message: 'the admin token was not accepted' };
+  return null;
 }

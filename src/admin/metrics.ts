@@ -66,6 +66,8 @@ export interface MetricsInput {
   uptimeSeconds: number;
   /** Open VM-side TCP connections, identified or not. */
   vmConnections: number;
+  /** VM-side connections dropped at accept because too many were unidentified (flood cap). */
+  vmConnectionsRefused: number;
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -104,6 +106,12 @@ export function renderMetrics(i: MetricsInput): string {
       hubs.filter((h) => h.listenError || h.tlsListenError).length,
     ),
     family('vspc_vm_connections', 'gauge', 'Open VM-side TCP connections, including ones not identified yet.', i.vmConnections),
+    family(
+      'vspc_vm_connections_refused_total',
+      'counter',
+      'VM-side connections dropped at accept because too many were still unidentified.',
+      i.vmConnectionsRefused,
+    ),
     family('vspc_clients', 'gauge', 'Console clients attached, all VM serial ports.', hubs.reduce((n, h) => n + h.clients.size, 0)),
     family('vspc_bytes_from_vm_total', 'counter', 'Serial output bytes received from VMs.', bytes.fromVm),
     family('vspc_bytes_to_vm_total', 'counter', 'Client input bytes sent to VMs.', bytes.toVm),

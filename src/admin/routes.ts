@@ -169,6 +169,17 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     },
     {
       method: 'POST',
+      path: '/api/v1/log/rotate',
+      handle: async (url) => {
+        const hub = url.searchParams.has('vm') ? vmOf(url) : undefined;
+        if (!ctx.consoleLogs) throw new AdminApiError(409, 'VSPC_CONSOLE_LOG_OFF', 'console logging is off (start vspc with --log-dir)');
+        await ctx.consoleLogs.rotate(hub);
+        ctx.logger.info('console logs rotated by the administrator', { vm: hub?.displayName ?? 'all' });
+        return { rotated: hub ? hub.displayName : 'all' };
+      },
+    },
+    {
+      method: 'POST',
       path: '/api/v1/reload',
       handle: async () => {
         if (!ctx.reload) throw new AdminApiError(409, 'VSPC_RELOAD_UNAVAILABLE', 'this vspc has no configuration to re-read');
@@ -194,6 +205,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
             version: String(s.version),
             uptimeSeconds: Number(s.uptimeSeconds) || 0,
             vmConnections: Number(s.vmConnections) || 0,
+            vmConnectionsRefused: Number(s.vmConnectionsRefused) || 0,
           }),
         );
       },

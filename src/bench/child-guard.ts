@@ -10,19 +10,40 @@
  *
  * It does nothing when there is no IPC channel, and changes nothing else in the server.
  */
-import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, PerformanceObserver } from 'node:perf_hooks';
 
 if (process.send) {
   const loop = monitorEventLoopDelay({ resolution: 5 });
   loop.enable();
+  // Garbage collections since the last 'bench:loop' (count, total and longest pause).
+  const gcs = { count: 0, totalMs: 0, maxMs: 0, major: 0 };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gcs.count++;
+      gcs.totalMs += e.duration;
+      gcs.maxMs = Math.max(gcs.maxMs, e.duration);
+      // detail.kind: 1 scavenge (minor), 2 mark-sweep-compact (major), 4 incremental marking, 8 weak callbacks.
+      if (((e as unknown as { detail?: { kind?: number } }).detail?.kind ?? 0) === 2) gcs.major++;
+    }
+  }).observe({ entryTypes: ['gc'] });
   process.on('disconnect', () => process.exit(70));
   process.on('message', (msg: unknown) => {
     const m = msg as { type?: string; id?: number; gc?: boolean } | null;
     if (m?.type === 'bench:loop') {
       // Event-loop delay since the last call (ms), then start over.
       const ms = (ns: number) => Math.round(ns / 1e4) / 100;
-      process.send?.({ type: 'bench:loop', id: m.id, p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max), n: loop.count });
+      const round = (x: number) => Math.round(x * 100) / 100;
+      process.send?.({
+        type: 'bench:loop',
+        id: m.id,
+        p50: ms(loop.percentile(50)),
+        p99: ms(loop.percentile(99)),
+        max: ms(loop.max),
+        n: loop.count,
+        gc: { count: gcs.count, major: gcs.major, totalMs: round(gcs.totalMs), maxMs: round(gcs.maxMs) },
+      });
       loop.reset();
+      Object.assign(gcs, { count: 0, totalMs: 0, maxMs: 0, major: 0 });
       return;
     }
     if (!m || m.type !== 'bench:memory') return;

@@ -56,7 +56,8 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--throughput-chunk <size>', 'bytes per VM write', (v) => parseSize('--throughput-chunk', v), d.throughput.chunkBytes)
     .option('--throughput-workers <n>', 'load-generator processes for the throughput phase', int('--throughput-workers', 1), d.throughput.workers)
     .option('--vmotion-vms <n>', 'VMs migrating in the vMotion phase', int('--vmotion-vms', 1), d.vmotion.vms)
-    .option('--vmotion-duration <duration>', 'length of the vMotion run', dur('--vmotion-duration'), d.vmotion.durationMs)
+    .option('--vmotion-rate <n>', 'vMotions per second of the paced run (0: only the back-to-back run)', int('--vmotion-rate'), d.vmotion.ratePerS)
+    .option('--vmotion-duration <duration>', 'length of each vMotion run', dur('--vmotion-duration'), d.vmotion.durationMs)
     .option('--vmotion-gap <duration>', 'a VM migrates again 0..this after its last vMotion', dur('--vmotion-gap'), d.vmotion.gapMs)
     .option('--vmotion-workers <n>', 'load-generator processes for the vMotion phase', int('--vmotion-workers', 1), d.vmotion.workers)
     .option('--quick', 'small and short: 200 VMs, 100 latency streamers, 1-2 s runs (a smoke run, not a measurement)')
@@ -119,6 +120,7 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
       vms: quick && o.vmotionVms === d.vmotion.vms ? 40 : (o.vmotionVms as number),
       durationMs: quick && o.vmotionDuration === d.vmotion.durationMs ? 2000 : (o.vmotionDuration as number),
       gapMs: o.vmotionGap as number,
+      ratePerS: o.vmotionRate as number,
       workers: o.vmotionWorkers as number,
     },
     serverNodeArgs: nodeArgs,

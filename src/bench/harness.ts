@@ -44,7 +44,7 @@ export interface BenchOptions {
   storm: { timeoutMs: number; retryMs: number };
   latency: { probes: number; streamers: number; streamBytesPerSec: number; tickMs: number; durationMs: number; intervalMs: number };
   throughput: { vms: number; clients: number[]; warmupMs: number; durationMs: number; chunkBytes: number; windowBytes: number; workers: number };
-  vmotion: { vms: number; durationMs: number; gapMs: number; tickMs: number; outBytesPerTick: number; inBytesPerTick: number; workers: number };
+  vmotion: { vms: number; ratePerS: number; durationMs: number; gapMs: number; tickMs: number; outBytesPerTick: number; inBytesPerTick: number; workers: number };
   /** More node options for the vspc the benchmark starts (e.g. --cpu-prof). */
   serverNodeArgs: string[];
   /** More vspc options for the vspc the benchmark starts. */
@@ -68,7 +68,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   storm: { timeoutMs: 60_000, retryMs: 500 },
   latency: { probes: 8, streamers: 1000, streamBytesPerSec: 11_520, tickMs: 100, durationMs: 5000, intervalMs: 10 },
   throughput: { vms: 64, clients: [1, 4], warmupMs: 1000, durationMs: 5000, chunkBytes: 16 * 1024, windowBytes: 512 * 1024, workers: 2 },
-  vmotion: { vms: 200, durationMs: 10_000, gapMs: 20, tickMs: 20, outBytesPerTick: 64, inBytesPerTick: 4, workers: 2 },
+  vmotion: { vms: 200, ratePerS: 500, durationMs: 10_000, gapMs: 20, tickMs: 20, outBytesPerTick: 64, inBytesPerTick: 4, workers: 2 },
   serverNodeArgs: [],
   serverArgs: [],
   cleanup: true,
@@ -160,14 +160,18 @@ export interface ThroughputSection {
   cases: ThroughputCase[];
 }
 
-export interface VmotionSection {
-  workload: string;
-  vms: number;
+export interface VmotionRun {
+  /** Migrations per second asked for (0: as many as the VMs manage back to back). */
+  targetPerS: number;
+  ratePerS: number;
   completed: number;
   failed: number;
-  ratePerS: number;
+  /** Paced run: starts that found every VM still migrating. */
+  missed: number;
   switchoverMs: Distribution;
   pauseMs: Distribution;
+  /** Per worker: BEGIN → GOAHEAD, GOAHEAD → destination connected, → PEER-OK. */
+  stepsMs: Array<Record<string, Distribution>>;
   bytesVmToClient: number;
   bytesClientToVm: number;
   lostBytes: number;
@@ -175,6 +179,18 @@ export interface VmotionSection {
   errors: string[];
   serverCounters: Record<string, number> | null;
   serverCpuPct: number | null;
+  serverLoopDelay?: LoopDelay | null;
+  /** Each load generator's own event-loop delay (ms): high values mean the generator, not vspc, was late. */
+  loadGenLoopDelay?: Array<{ p99: number; max: number }>;
+}
+
+export interface VmotionSection {
+  workload: string;
+  vms: number;
+  /** At a fixed rate (--vmotion-rate): the switch-over times at that load. */
+  paced: VmotionRun | null;
+  /** Back to back: the most this machine sustains. */
+  max: VmotionRun | null;
 }
 
 export interface BenchReport {
@@ -339,7 +355,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         const s = await target.status().catch(() => null);
         if (s && s.vmPortsConnected >= connected) return performance.now() - since;
         if (performance.now() > deadline) throw new Error(`only ${s?.vmPortsConnected ?? '?'} of ${connected} VM serial ports connected after ${timeoutMs} ms`);
-        await sleep(25);
+        // Not faster: each status call walks every VM serial port in the server.
+        await sleep(50);
       }
     };
 
@@ -557,7 +574,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
         };
         log(
-          `latency with ${cc.connected} streaming: vspc p50 ${loaded.vspc.p50} p99 ${loaded.vspc.p99} ms; relay p50 ${loaded.relay?.p50} p99 ${loaded.relay?.p99} ms; direct p50 ${loaded.direct.p50} p99 ${loaded.direct.p99} ms (streams ${loaded.streamedMBps} MB/s, server CPU ${loaded.serverCpuPct}%, loop delay p99 ${loop?.p99} max ${loop?.max} ms)`,
+          `latency with ${cc.connected} streaming: vspc p50 ${loaded.vspc.p50} p99 ${loaded.vspc.p99} ms; relay p50 ${loaded.relay?.p50} p99 ${loaded.relay?.p99} ms; direct p50 ${loaded.direct.p50} p99 ${loaded.direct.p99} ms (streams ${loaded.streamedMBps} MB/s, server CPU ${loaded.serverCpuPct}%, loop delay p99 ${loop?.p99} max ${loop?.max} ms, GC ${JSON.stringify(loop?.gc)})`,
         );
       }
       await probeW.call('lat.teardown', {}, 30_000);
@@ -634,16 +651,21 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     report.vmotion = await phase('vmotion', async () => {
       const V = opts.vmotion;
       const vw = slices(V.vms, V.workers).map((s, i) => ({ ...s, w: spawnWorker(`vmotion-${i}`) }));
-      await Promise.all(vw.map((t) => t.w.call('vm.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000)));
-      const before = (await target.status()).vmotions;
-      const p1 = target.sample();
+      await Promise.all(
+        vw.map((t) =>
+          t.w.call('vm.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000),
+        ),
+      );
       type Run = {
         completed: number;
+        missed: number;
         failed: number;
         errors: string[];
         elapsedMs: number;
         switchover: number[];
         pause: number[];
+        steps: Record<string, Distribution>;
+        loadGenLoopDelay: { p99: number; max: number };
         bytesVmToClient: number;
         bytesClientToVm: number;
         lostVmToClient: number;
@@ -652,41 +674,76 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         errorDetails: string[];
       };
       const quiesceMs = 10_000;
-      const rs = await Promise.all(
-        vw.map((t) =>
-          t.w.call<Run>(
-            'vm.run',
-            { durationMs: V.durationMs, gapMs: V.gapMs, tickMs: V.tickMs, outBytesPerTick: V.outBytesPerTick, inBytesPerTick: V.inBytesPerTick, quiesceMs, timeoutMs: 10_000 },
-            V.durationMs + quiesceMs + 60_000,
+      const runOnce = async (ratePerS: number): Promise<VmotionRun> => {
+        const before = (await target.status()).vmotions;
+        const p1 = target.sample();
+        await target.loopDelay();
+        const rs = await Promise.all(
+          vw.map((t) =>
+            t.w.call<Run>(
+              'vm.run',
+              {
+                durationMs: V.durationMs,
+                gapMs: V.gapMs,
+                ratePerS: ratePerS > 0 ? (ratePerS * t.count) / V.vms : 0,
+                tickMs: V.tickMs,
+                outBytesPerTick: V.outBytesPerTick,
+                inBytesPerTick: V.inBytesPerTick,
+                quiesceMs,
+                timeoutMs: 10_000,
+              },
+              V.durationMs + quiesceMs + 60_000,
+            ),
           ),
-        ),
-      );
-      const p2 = target.sample();
-      const after = (await target.status()).vmotions;
-      const counters: Record<string, number> = {};
-      for (const k of Object.keys(after)) counters[k] = after[k] - (k === 'pending' ? 0 : (before[k] ?? 0));
+        );
+        const loop = await target.loopDelay();
+        const p2 = target.sample();
+        const after = (await target.status()).vmotions;
+        const counters: Record<string, number> = {};
+        for (const k of Object.keys(after)) counters[k] = after[k] - (k === 'pending' ? 0 : (before[k] ?? 0));
+        const completed = rs.reduce((n, r) => n + r.completed, 0);
+        const elapsed = Math.max(...rs.map((r) => r.elapsedMs));
+        const run: VmotionRun = {
+          targetPerS: ratePerS,
+          ratePerS: round((completed / elapsed) * 1000, 1),
+          completed,
+          failed: rs.reduce((n, r) => n + r.failed, 0),
+          missed: rs.reduce((n, r) => n + r.missed, 0),
+          switchoverMs: roundDistribution(distribution(rs.flatMap((r) => r.switchover))),
+          pauseMs: roundDistribution(distribution(rs.flatMap((r) => r.pause))),
+          stepsMs: rs.map((r) => r.steps),
+          bytesVmToClient: rs.reduce((n, r) => n + r.bytesVmToClient, 0),
+          bytesClientToVm: rs.reduce((n, r) => n + r.bytesClientToVm, 0),
+          lostBytes: rs.reduce((n, r) => n + r.lostVmToClient + r.lostClientToVm, 0),
+          vmsWithErrors: rs.reduce((n, r) => n + r.vmsWithErrors, 0),
+          errors: [...rs.flatMap((r) => r.errors), ...rs.flatMap((r) => r.errorDetails)].slice(0, 10),
+          serverCounters: counters,
+          serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
+          serverLoopDelay: loop,
+          loadGenLoopDelay: rs.map((r) => r.loadGenLoopDelay),
+        };
+        log(
+          `vmotion ${ratePerS > 0 ? `paced at ${ratePerS}/s` : 'back to back'}: ${run.completed} completed (${run.ratePerS}/s), ${run.failed} failed, ${run.missed} missed; ` +
+            `switch-over p50 ${run.switchoverMs.p50} p99 ${run.switchoverMs.p99} ms (steps p50/p99 ${Object.entries(run.stepsMs[0] ?? {})
+              .map(([k, d]) => `${k} ${d.p50}/${d.p99}`)
+              .join(', ')}); lost ${run.lostBytes} bytes, ${run.vmsWithErrors} VMs with errors; server CPU ${run.serverCpuPct}%, loop delay p99 ${loop?.p99} max ${loop?.max} ms; load generators' loop delay ${JSON.stringify(run.loadGenLoopDelay)}`,
+        );
+        return run;
+      };
+      const paced = V.ratePerS > 0 ? await runOnce(V.ratePerS) : null;
+      const max = await runOnce(0);
       await Promise.all(vw.map((t) => t.w.call('vm.teardown', {}, 30_000)));
       await Promise.all(vw.map((t) => t.w.stop()));
-      const completed = rs.reduce((n, r) => n + r.completed, 0);
-      const elapsed = Math.max(...rs.map((r) => r.elapsedMs));
-      const lost = rs.reduce((n, r) => n + r.lostVmToClient + r.lostClientToVm, 0);
       const section: VmotionSection = {
-        workload: `${V.vms} VMs, each with one telnet client, migrate again and again (next vMotion 0-${V.gapMs} ms after the last); every ${V.tickMs} ms each VM writes ${V.outBytesPerTick} bytes (paused from BEGIN to COMPLETE) and each client types ${V.inBytesPerTick} bytes; both streams are checked byte for byte at the other end; ${V.workers} load-generator process(es); switch-over = VMOTION-BEGIN sent → VMOTION-COMPLETE sent (GOAHEAD, new connection with telnet/232 negotiation, PEER, PEER-OK)`,
+        workload:
+          `${V.vms} VMs, each with one telnet client; every ${V.tickMs} ms each VM writes ${V.outBytesPerTick} bytes (paused from BEGIN to COMPLETE) and each client types ${V.inBytesPerTick} bytes; ` +
+          `both streams are checked byte for byte at the other end after each run; ${V.workers} load-generator process(es); ` +
+          `paced: migrations started at ${V.ratePerS}/s on VMs not migrating; max: every VM migrates again 0-${V.gapMs} ms after its last; ${V.durationMs / 1000} s each; ` +
+          `switch-over = VMOTION-BEGIN sent → VMOTION-COMPLETE sent (GOAHEAD, new connection with telnet/232 negotiation, PEER, PEER-OK)`,
         vms: V.vms,
-        completed,
-        failed: rs.reduce((n, r) => n + r.failed, 0),
-        ratePerS: round((completed / elapsed) * 1000, 1),
-        switchoverMs: roundDistribution(distribution(rs.flatMap((r) => r.switchover))),
-        pauseMs: roundDistribution(distribution(rs.flatMap((r) => r.pause))),
-        bytesVmToClient: rs.reduce((n, r) => n + r.bytesVmToClient, 0),
-        bytesClientToVm: rs.reduce((n, r) => n + r.bytesClientToVm, 0),
-        lostBytes: lost,
-        vmsWithErrors: rs.reduce((n, r) => n + r.vmsWithErrors, 0),
-        errors: [...rs.flatMap((r) => r.errors), ...rs.flatMap((r) => r.errorDetails)].slice(0, 10),
-        serverCounters: counters,
-        serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
+        paced,
+        max,
       };
-      log(`vmotion: ${section.completed} completed, ${section.ratePerS}/s, switch-over p99 ${section.switchoverMs.p99} ms, lost ${lost} bytes, ${section.vmsWithErrors} VMs with errors`);
       return section;
     });
 

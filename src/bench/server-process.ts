@@ -44,6 +44,8 @@ export interface LoopDelay {
   p99: number;
   max: number;
   n: number;
+  /** Garbage collections in the same interval. */
+  gc?: { count: number; major: number; totalMs: number; maxMs: number };
 }
 
 export interface ServerStatus {
@@ -258,7 +260,7 @@ export class ServerProcess extends TargetBase {
         if (m?.type !== 'bench:loop' || m.id !== id) return;
         clearTimeout(timer);
         this.child.off('message', onMsg);
-        resolve({ p50: m.p50, p99: m.p99, max: m.max, n: m.n });
+        resolve({ p50: m.p50, p99: m.p99, max: m.max, n: m.n, gc: m.gc });
       };
       this.child.on('message', onMsg);
       this.child.send({ type: 'bench:loop', id });

@@ -9,6 +9,7 @@
  * when the orchestrator goes away (its IPC channel closes).
  */
 import net from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { HostPort } from '../config.js';
 import type { PortView } from '../admin/views.js';
 import { Option } from '../protocol/telnet/constants.js';
@@ -580,7 +581,15 @@ async function vmSetup(a: { proxy: HostPort; admin: HostPort; namespace: number;
   return { vms: movers.length };
 }
 
-async function migrate(m: MoverVm, timeoutMs: number): Promise<{ ms: number; pauseMs: number }> {
+interface MigrationTiming {
+  ms: number;
+  pauseMs: number;
+  goaheadMs: number;
+  connectMs: number;
+  peerOkMs: number;
+}
+
+async function migrate(m: MoverVm, timeoutMs: number): Promise<MigrationTiming> {
   const seq = Buffer.alloc(4);
   seq.writeUInt32BE(((m.index & 0xffff) << 16) | (++m.seq & 0xffff));
   const src = m.conn;
@@ -592,16 +601,17 @@ async function migrate(m: MoverVm, timeoutMs: number): Promise<{ ms: number; pau
     const t1 = performance.now();
     // The destination host opens a new connection and presents seq + secret.
     const dest = await connectVm(moverProxy!, m.id, timeoutMs, { skipDoProxy: true });
+    const t2 = performance.now();
     listenInput(m, dest);
     if (!(await dest.vmotionPeer(Buffer.concat([seq, r.secret]), timeoutMs))) {
       dest.destroy();
       src.vmotionAbort();
       throw new Error('no PEER-OK');
     }
+    const t3 = performance.now();
     dest.vmotionComplete(seq);
-    const t2 = performance.now();
     m.conn = dest;
-    return { ms: t2 - t0, pauseMs: t2 - t1 };
+    return { ms: t3 - t0, pauseMs: t3 - t1, goaheadMs: t1 - t0, connectMs: t2 - t1, peerOkMs: t3 - t2 };
   } finally {
     m.paused = false;
   }
@@ -620,6 +630,7 @@ async function vmRun(a: {
 }) {
   const switchover: number[] = [];
   const pauses: number[] = [];
+  const steps = { goahead: [] as number[], connect: [] as number[], peerOk: [] as number[] };
   const errors: string[] = [];
   // Traffic: one timer for all VMs.
   const traffic = setInterval(() => {
@@ -628,6 +639,8 @@ async function vmRun(a: {
       if (!m.user.closed) m.user.send(m.in.next(a.inBytesPerTick));
     }
   }, a.tickMs);
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
   const t0 = performance.now();
   const deadline = t0 + a.durationMs;
   let completed = 0;
@@ -637,6 +650,9 @@ async function vmRun(a: {
       const r = await migrate(m, a.timeoutMs);
       switchover.push(r.ms);
       pauses.push(r.pauseMs);
+      steps.goahead.push(r.goaheadMs);
+      steps.connect.push(r.connectMs);
+      steps.peerOk.push(r.peerOkMs);
       completed++;
     } catch (err) {
       errors.push(errorText(err));
@@ -682,6 +698,7 @@ async function vmRun(a: {
     );
   }
   const elapsedMs = performance.now() - t0;
+  loop.disable();
   clearInterval(traffic);
   // Let everything in flight arrive, then compare what was sent with what arrived.
   const settled = performance.now() + a.quiesceMs;
@@ -710,6 +727,7 @@ async function vmRun(a: {
     }
   }
   return {
+    loadGenLoopDelay: { p99: Math.round(loop.percentile(99) / 1e4) / 100, max: Math.round(loop.max / 1e4) / 100 },
     completed,
     missed,
     failed: errors.length,
@@ -717,6 +735,11 @@ async function vmRun(a: {
     elapsedMs,
     switchover: switchover.map(r3),
     pause: pauses.map(r3),
+    steps: {
+      goahead: roundDistribution(distribution(steps.goahead)),
+      connect: roundDistribution(distribution(steps.connect)),
+      peerOk: roundDistribution(distribution(steps.peerOk)),
+    },
     bytesVmToClient: sentOut,
     bytesClientToVm: sentIn,
     lostVmToClient: sentOut - gotOut,

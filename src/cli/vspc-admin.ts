@@ -80,7 +80,7 @@ export function buildAdminProgram(out: (s: string) => void): Command {
   const program = new Command('vspc-admin')
     .description('Administer a running vspc through its admin API.')
     .version(VERSION, '-V, --version')
-    .option('--admin <address>', 'the vspc admin API: HOST:PORT, or https://HOST:PORT', '127.0.0.1:13371')
+    .option('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)', '127.0.0.1:13371')
     .option('--admin-tls', 'speak HTTPS to the admin API (vspc --admin-cert/--admin-key)')
     .option('--admin-ca <file>', "CA certificate (PEM) to trust for the admin API's HTTPS (implies --admin-tls)")
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
@@ -230,6 +230,15 @@ export function buildAdminProgram(out: (s: string) => void): Command {
     .action(async (vm: string, opts: { tail: string }) => {
       const r = await client().get<{ text: string }>(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}`);
       out(r.text.length === 0 || r.text.endsWith('\n') ? r.text : r.text + '\n');
+    });
+
+  program
+    .command('rotate-logs')
+    .description('rotate the console log of one VM serial port now, or of all of them')
+    .argument('[vm]', vmArg)
+    .action(async (vm: string | undefined) => {
+      const r = await client().post<{ rotated: string }>(`/api/v1/log/rotate${vm ? `?${q(vm)}` : ''}`);
+      out(`rotated the console log${r.rotated === 'all' ? 's of all VM serial ports' : ` of ${r.rotated}`}\n`);
     });
 
   program

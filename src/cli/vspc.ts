@@ -26,6 +26,11 @@ async function main(argv: string[]): Promise<void> {
   }
   const logger = createLogger({ level: loaded.logLevel, format: loaded.logFormat as LogFormat });
   for (const warning of loaded.warnings) logger.warn(warning);
+  if (loaded.file) logger.info('config file read', { file: loaded.file });
+  // SIGHUP (systemctl reload) re-reads the config file once vspc runs; before that it is
+  // ignored rather than fatal (Node's default for SIGHUP is to exit).
+  let onHangup = (): void => void logger.warn('SIGHUP while vspc is starting; ignored');
+  process.on('SIGHUP', () => onHangup());
   // Last resort: per-connection handlers already contain peer-triggered failures. Anything
   // reaching here is a bug with unknown state, so log it and exit for the supervisor to restart.
   process.on('uncaughtException', (err) => {
@@ -43,13 +48,13 @@ async function main(argv: string[]): Promise<void> {
   }
   // SIGHUP and `vspc-admin reload` re-read the config file; flags given at start stay.
   server.reloadConfig = createReloader(program, configFromOptions, server, logger, loaded);
-  process.on('SIGHUP', () => {
+  onHangup = () => {
     try {
       server.reload();
     } catch {
       // Logged by the reloader; the running configuration is unchanged.
     }
-  });
+  };
   // Exit once stderr (the log) has taken everything written so far.
   const exit = (code: number) => process.stderr.write('', () => process.exit(code));
   let signals = 0;

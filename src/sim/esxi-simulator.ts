@@ -737,7 +737,14 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
         return;
       }
     }
-    this.session.receive(chunk);
+    // Replies to one chunk leave in one write (unless the handshake is being split on purpose).
+    const cork = (this.opts.segmentation ?? 'whole') === 'whole';
+    if (cork) this.socket.cork();
+    try {
+      this.session.receive(chunk);
+    } finally {
+      if (cork) this.socket.uncork();
+    }
     this.notify();
   }
 

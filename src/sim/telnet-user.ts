@@ -75,7 +75,15 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
       receive(verb, option);
     };
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.session.receive(chunk));
+    socket.on('data', (chunk: Buffer) => {
+      // Replies to one chunk leave in one write.
+      socket.cork();
+      try {
+        this.session.receive(chunk);
+      } finally {
+        socket.uncork();
+      }
+    });
     socket.on('error', (err) => {
       this.socketError = err;
     });

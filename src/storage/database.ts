@@ -96,6 +96,14 @@ export function openDatabase(path: string): Database.Database {
  */
 export function closeDatabase(db: Database.Database): void {
   if (!db.open) return;
+  if (db.inTransaction) {
+    // A group commit (SerialPortStore `groupCommit`) still open: keep its writes.
+    try {
+      db.exec('COMMIT');
+    } catch {
+      // Closing rolls it back; nothing else to do.
+    }
+  }
   try {
     db.pragma('wal_checkpoint(TRUNCATE)');
   } catch {

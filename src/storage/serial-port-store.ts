@@ -53,8 +53,25 @@ function checkTimestamp(field: string, value: number): void {
   }
 }
 
+export interface SerialPortStoreOptions {
+  /**
+   * Commit the hot path's writes (registrations, last-seen updates, renames) once per
+   * event-loop turn, in one transaction, instead of one transaction each: a SQLite
+   * commit costs tens of microseconds and a reconnect storm makes thousands of them.
+   * Reads on this connection see the writes at once, other connections at most one
+   * turn later; a crash loses at most the last turn's writes (which the VMs repeat
+   * when they reconnect). `closeDatabase` commits an open group.
+   */
+  groupCommit?: boolean;
+  /** A group commit failed and its writes were rolled back. */
+  onCommitError?: (err: unknown) => void;
+}
+
 export class SerialPortStore {
   readonly range: Readonly<PortRange>;
+  private readonly options: SerialPortStoreOptions;
+  /** A group-commit transaction is open (see `SerialPortStoreOptions.groupCommit`). */
+  private groupOpen = false;
 
   private readonly db: Database.Database;
   /** used[p] === 1 when some record holds port p (in or out of the range). */
@@ -84,7 +101,8 @@ export class SerialPortStore {
    * @param reserved ports that new allocations skip: the concentrator's own listen
    *   ports may lie inside the range (13370-13372 do in the default one).
    */
-  constructor(db: Database.Database, range: PortRange, reserved: Iterable<number> = []) {
+  constructor(db: Database.Database, range: PortRange, reserved: Iterable<number> = [], options: SerialPortStoreOptions = {}) {
+    this.options = options;
     const { start, end } = range ?? ({} as PortRange);
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 1 || end > MAX_PORT || start > end) {
       throw new StorageError(
@@ -143,6 +161,7 @@ export class SerialPortStore {
       throw new StorageError('VSPC_ARG_INVALID', 'label must be a string', { field: 'label', value: label });
     }
     checkTimestamp('now', now);
+    this.joinGroup();
 
     const existing = this.refreshExisting(uuid, label, name, now);
     if (existing) return { record: existing, created: false };
@@ -191,6 +210,7 @@ export class SerialPortStore {
   /** Sets last_seen. A record that no longer exists (forgotten meanwhile) is ignored. */
   touch(id: number, now: number = Date.now()): void {
     checkTimestamp('now', now);
+    this.joinGroup();
     this.stmts.touch.run(now, id);
   }
 
@@ -199,6 +219,7 @@ export class SerialPortStore {
     if (typeof name !== 'string') {
       throw new StorageError('VSPC_ARG_INVALID', 'name must be a string', { field: 'name', value: name });
     }
+    this.joinGroup();
     if (this.stmts.rename.run(name, id).changes === 0) {
       throw new StorageError('VSPC_NOT_FOUND', `no serial port record with id ${id}`, { id });
     }
@@ -277,6 +298,31 @@ export class SerialPortStore {
       .immediate();
     for (const r of deleted) this.release(r.port);
     return deleted;
+  }
+
+  /** Commits the current group of writes now (nothing to do without one). */
+  flush(): void {
+    if (!this.groupOpen) return;
+    this.groupOpen = false;
+    if (!this.db.open || !this.db.inTransaction) return;
+    try {
+      this.db.exec('COMMIT');
+    } catch (err) {
+      try {
+        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      } catch {
+        /* the connection is unwell; the error below says so */
+      }
+      this.options.onCommitError?.(err);
+    }
+  }
+
+  /** With group commit, opens this turn's transaction (committed on setImmediate). */
+  private joinGroup(): void {
+    if (!this.options.groupCommit || this.groupOpen || this.db.inTransaction) return;
+    this.db.exec('BEGIN IMMEDIATE');
+    this.groupOpen = true;
+    setImmediate(() => this.flush());
   }
 
   /** The existing record for the key with last_seen/name refreshed, or undefined. */

@@ -120,7 +120,10 @@ export class EsxiConnection implements VmotionEndpoint {
     socket.on('error', (err) => this.log.info('VM socket error', errorFields(err)));
     socket.on('close', () => this.onSocketClose());
     this.armTimer(o.humanTimeoutMs, () => this.explainAndClose(`no option 232 within ${o.humanTimeoutMs} ms`));
+    // The opening offers leave in one write, not one per offer (see onSocketData).
+    socket.cork();
     this.protocol.start();
+    socket.uncork();
     this.log.info('VM connection opened');
   }
 
@@ -246,6 +249,10 @@ export class EsxiConnection implements VmotionEndpoint {
         return;
       }
     }
+    // Everything we answer to one chunk (negotiation replies, option-232 answers,
+    // GOAHEAD, held input after COMPLETE) leaves in one writev instead of a syscall per
+    // reply; uncorked before this event handler returns, so nothing waits.
+    this.socket.cork();
     try {
       this.protocol.receive(chunk);
     } catch (err) {
@@ -254,6 +261,8 @@ export class EsxiConnection implements VmotionEndpoint {
       this.log.error('internal error while handling VM data; closing this connection', { ...errorFields(err), stack: (err as Error).stack });
       this.destroy('internal error');
       return;
+    } finally {
+      this.socket.uncork();
     }
     this.watchSubnegotiation();
   }

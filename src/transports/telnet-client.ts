@@ -123,12 +123,15 @@ export class TelnetClient implements ConsoleClient {
     socket.on('error', (err) => this.log.info('client socket error', errorFields(err)));
     socket.on('close', () => this.onClose());
 
+    // One write for all the offers (and one per received chunk's replies, see receive()).
+    socket.cork();
     this.session.requestUs(Option.ECHO);
     this.session.requestUs(Option.SGA);
     this.session.requestUs(Option.BINARY);
     this.session.requestHim(Option.BINARY);
     this.session.requestHim(Option.SGA);
     this.session.requestHim(VSPC_CONTROL_OPTION);
+    socket.uncork();
     this.lockTimer = setTimeout(() => this.attach(this.hub.defaultLockMode, false), options.lockWaitMs);
     this.lockTimer.unref();
   }
@@ -196,12 +199,15 @@ export class TelnetClient implements ConsoleClient {
   // --- internals
 
   private receive(chunk: Buffer): void {
+    this.socket.cork();
     try {
       this.session.receive(chunk);
     } catch (err) {
       // Whatever goes wrong with one client's input closes that client only.
       this.log.error('internal error while handling client input; closing this client', { ...errorFields(err), stack: (err as Error).stack });
       this.destroy('internal error');
+    } finally {
+      this.socket.uncork();
     }
   }
 

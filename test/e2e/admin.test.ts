@@ -222,6 +222,20 @@ describe('vspc-admin commands against a running server', () => {
     assert.match(bad.stderr, /lines must be an integer 1-10000/);
   });
 
+  test('rotate-logs rotates one console log, or all', async () => {
+    const { existsSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const file = join(logDir.dir, `${formatted(db.hex)}.log`);
+    await waitUntil(() => existsSync(file), 3000, 'console log file');
+    const one = await admin('rotate-logs', 'adm-db01');
+    assert.equal(one.code, 0, one.stderr);
+    assert.equal(one.stdout, 'rotated the console log of adm-db01\n');
+    assert.ok(existsSync(`${file}.1`), 'rotated file');
+    const all = await admin('rotate-logs');
+    assert.equal(all.code, 0, all.stderr);
+    assert.equal(all.stdout, 'rotated the console logs of all VM serial ports\n');
+  });
+
   test('status: version, uptime and counts', async () => {
     const r = await admin('status');
     assert.equal(r.code, 0, r.stderr);
@@ -252,7 +266,7 @@ describe('vspc-admin commands against a running server', () => {
   });
 });
 
-describe('vspc-admin log without console logs', () => {
+describe('vspc-admin log and rotate-logs without console logs', () => {
   test('answers that console logging is off', async (t) => {
     const c = new Cleanup();
     const s = await TestServer.start({ ports: 2 });
@@ -262,8 +276,10 @@ describe('vspc-admin log without console logs', () => {
     });
     const u = esxiUuid();
     await s.connectVm({ uuid: u.text, name: 'nolog' }, c);
-    const r = await vspcAdmin(s.adminAddress, ['log', 'nolog']);
-    assert.equal(r.code, 1);
-    assert.equal(r.stderr, 'vspc-admin: console logging is off (start vspc with --log-dir)\n');
+    for (const args of [['log', 'nolog'], ['rotate-logs']]) {
+      const r = await vspcAdmin(s.adminAddress, args);
+      assert.equal(r.code, 1);
+      assert.equal(r.stderr, 'vspc-admin: console logging is off (start vspc with --log-dir)\n');
+    }
   });
 });

@@ -144,6 +144,27 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     assert.equal(vm.input.length, 0);
   });
 
+  test('configured lock modes: the global default and a per-VM override apply to stock telnet clients', async (t) => {
+    const { cleanup, ts, vm, hub, name } = await setup(t, {
+      config: { defaultLockMode: 'readonly', vms: [{ match: 'special-*', lockMode: 'exclusive' }] },
+    });
+    const watcher = await ts.connectUser(hub.identity.port, cleanup);
+    watcher.send('ignored');
+    await watcher.waitFor('read-only: your input is discarded', 3000);
+    assert.equal(hub.modeOf([...hub.clients][0]), 'readonly');
+    assert.equal(vm.input.length, 0);
+    // A VM whose name matches the `vms:` entry gets EXCLUSIVE: the second client is refused.
+    const special = await ts.connectVm({ uuid: esxiUuid().text, name: 'special-db' }, cleanup);
+    const first = await ts.connectUser(special.hub.identity.port, cleanup);
+    first.send('mine');
+    await special.vm.waitForInput('mine', 3000);
+    const second = await TelnetUser.connect({ host: '127.0.0.1', port: special.hub.identity.port });
+    cleanup.add(() => second.destroy());
+    await second.waitFor('EXCLUSIVE refused: held by 127.0.0.1', 3000);
+    await second.whenClosed(3000);
+    void name;
+  });
+
   test('scrollback: a client attaching later sees the recent output first', async (t) => {
     const { cleanup, ts, vm, hub } = await setup(t, { config: { scrollbackBytes: 32 } });
     vm.send('0123456789abcdefghijklmnopqrstuvwxyz-END');

@@ -27,6 +27,8 @@ test('a flood of silent connections is capped; identified VMs keep working and n
   assert.ok(closed.filter(Boolean).length < 20, 'the first five were admitted');
   assert.ok(ts.logs.find((l) => l.message === 'too many unidentified VM connections; refusing new ones' && l.limit === 5));
 
+  const status = await ts.api<{ vmConnectionsRefused: number }>('/api/v1/status');
+  assert.ok(status.vmConnectionsRefused >= 15, 'refusals are counted for status and /metrics');
   good.vm.send('unaffected');
   await user.waitFor('unaffected', 3000);
 

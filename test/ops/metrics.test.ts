@@ -148,6 +148,7 @@ describe('GET /metrics', () => {
       version: '1.2.3',
       uptimeSeconds: 5,
       vmConnections: 0,
+      vmConnectionsRefused: 0,
     });
     assert.match(text, /^vspc_protocol_errors_total\{side="vm",kind="WEIRD\\"KIND"\} 1$/m);
     parse(text);
