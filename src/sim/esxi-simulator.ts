@@ -47,7 +47,7 @@ import tls from 'node:tls';
 import { Option, type NegotiationVerb } from '../protocol/telnet/constants.js';
 import { policyFromLists, type Side } from '../protocol/telnet/negotiator.js';
 import { TelnetSession } from '../protocol/telnet/session.js';
-import { ComPort, Ext } from '../protocol/vmware/codes.js';
+import { ComPort, Ext, PROXY_KNOWN_SUBOPTIONS } from '../protocol/vmware/codes.js';
 
 // ---------------------------------------------------------------------------
 // Small shared utilities (also used by telnet-user.ts)
@@ -257,27 +257,8 @@ export interface SimulatedVmOptions {
 
 export type VmotionBeginResult = { kind: 'goahead'; secret: Buffer } | { kind: 'notnow' };
 
-/** What ESXi announces it knows (the host's side of the table). */
-export const HOST_KNOWN_SUBOPTIONS: readonly number[] = [
-  Ext.KNOWN_SUBOPTIONS_1,
-  Ext.KNOWN_SUBOPTIONS_2,
-  Ext.UNKNOWN_SUBOPTION_RCVD_1,
-  Ext.UNKNOWN_SUBOPTION_RCVD_2,
-  Ext.VMOTION_BEGIN,
-  Ext.VMOTION_GOAHEAD,
-  Ext.VMOTION_NOTNOW,
-  Ext.VMOTION_PEER,
-  Ext.VMOTION_PEER_OK,
-  Ext.VMOTION_COMPLETE,
-  Ext.VMOTION_ABORT,
-  Ext.DO_PROXY,
-  Ext.WILL_PROXY,
-  Ext.WONT_PROXY,
-  Ext.VM_VC_UUID,
-  Ext.GET_VM_VC_UUID,
-  Ext.VM_NAME,
-  Ext.GET_VM_NAME,
-];
+/** What ESXi announces it knows: the same core table of subcommands as the proxy's. */
+export const HOST_KNOWN_SUBOPTIONS: readonly number[] = PROXY_KNOWN_SUBOPTIONS;
 
 /** Codes the simulated host understands when the proxy sends them. */
 const HANDLED_FROM_PROXY = new Set<number>([

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { TelnetUser } from '../../src/sim/index.js';
 import { BRK } from '../../src/protocol/telnet/constants.js';
-import { Cleanup, TestServer, esxiUuid, makeCert, sleep, tempDir, waitUntil } from '../helpers/server.js';
+import { Cleanup, TestServer, startServer, esxiUuid, makeCert, sleep, tempDir, waitUntil } from '../helpers/server.js';
 import { VSPC_ADMIN_JS } from '../helpers/cli.js';
 
 /** `vspc-admin connect` as a child process with stdin we can type into. */
@@ -47,12 +47,7 @@ class ConsoleChild {
 const CTRL_BRACKET = '\x1d';
 
 async function setup(t: { after: (fn: () => Promise<void>) => void }, opts: Parameters<typeof TestServer.start>[0] = {}) {
-  const cleanup = new Cleanup();
-  const ts = await TestServer.start(opts);
-  t.after(async () => {
-    await cleanup.run();
-    await ts.dispose();
-  });
+  const { ts, cleanup } = await startServer(t, opts);
   const id = esxiUuid();
   const { vm, hub } = await ts.connectVm({ uuid: id.text, name: `vm-${id.hex.slice(-6)}` }, cleanup);
   return { cleanup, ts, vm, hub, name: `vm-${id.hex.slice(-6)}` };

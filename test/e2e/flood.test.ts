@@ -1,15 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { Cleanup, TestServer, esxiUuid, waitUntil } from '../helpers/server.js';
+import { startServer, esxiUuid, waitUntil } from '../helpers/server.js';
 
 test('a flood of silent connections is capped; identified VMs keep working and new VMs get in once the flood times out', async (t) => {
-  const cleanup = new Cleanup();
-  const ts = await TestServer.start({ config: { maxUnidentifiedConnections: 5, humanTimeoutMs: 400 } });
-  t.after(async () => {
-    await cleanup.run();
-    await ts.dispose();
-  });
+  const { ts, cleanup } = await startServer(t, { config: { maxUnidentifiedConnections: 5, humanTimeoutMs: 400 } });
   const good = await ts.connectVm({ uuid: esxiUuid().text, name: 'steady' }, cleanup);
   const user = await ts.connectUser(good.hub.identity.port, cleanup);
 

@@ -1,15 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Ext } from '../../src/protocol/vmware/codes.js';
-import { Cleanup, TestServer, esxiUuid, waitUntil } from '../helpers/server.js';
+import { startServer, esxiUuid, waitUntil } from '../helpers/server.js';
 
 test('an internal error while handling one VM closes that connection only; the server and other VMs carry on', async (t) => {
-  const cleanup = new Cleanup();
-  const ts = await TestServer.start();
-  t.after(async () => {
-    await cleanup.run();
-    await ts.dispose();
-  });
+  const { ts, cleanup } = await startServer(t);
   const good = await ts.connectVm({ uuid: esxiUuid().text, name: 'good' }, cleanup);
   const user = await ts.connectUser(good.hub.identity.port, cleanup);
   const bad = await ts.connectVm({ uuid: esxiUuid().text, name: 'bad' }, cleanup);

@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SimulatedVm } from '../../src/sim/index.js';
 import type { VmSerialPort } from '../../src/domain/vm-serial-port.js';
-import { Cleanup, TestServer, esxiUuid, sleep, waitUntil } from '../helpers/server.js';
+import { Cleanup, TestServer, startServer, esxiUuid, sleep, waitUntil } from '../helpers/server.js';
 
 /** Starts a destination connection that presents the vMotion peer secret (no DO-PROXY). */
 async function destination(ts: TestServer, cleanup: Cleanup, uuid: string, name: string, serviceUri?: string): Promise<SimulatedVm> {
@@ -39,12 +39,7 @@ async function migrate(
 
 describe('vMotion end to end (simulator, real sockets)', () => {
   test('success: GOAHEAD quickly, input held and delivered first, old connection closed, clients see one stream', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start();
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'mover' }, cleanup);
     const user = await ts.connectUser(hub.identity.port, cleanup);
@@ -88,12 +83,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('NOTNOW while the concentrator is shutting down; the VM carries on', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start();
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t);
     const { vm, hub } = await ts.connectVm({ uuid: esxiUuid().text, name: 'stay' }, cleanup);
     const user = await ts.connectUser(hub.identity.port, cleanup);
     ts.server.vmotion.refuseNew();
@@ -105,12 +95,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('ABORT: held input goes to the source, which carries on; a waiting peer is closed', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start();
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'abort' }, cleanup);
     const user = await ts.connectUser(hub.identity.port, cleanup);
@@ -131,12 +116,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('COMPLETE from the source and ABORT from the peer have no effect', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start();
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'sides' }, cleanup);
     const seq = Buffer.from([3]);
@@ -153,12 +133,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('a wrong secret gets no PEER-OK, never reaches the VM, and is logged as a security event', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start();
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'guarded' }, cleanup);
     const user = await ts.connectUser(hub.identity.port, cleanup);
@@ -186,12 +161,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('timeouts: GOAHEAD without a peer, and PEER-OK without COMPLETE, are cleaned up', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start({ config: { vmotionTimeoutMs: 200 } });
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t, { config: { vmotionTimeoutMs: 200 } });
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'slow' }, cleanup);
     const user = await ts.connectUser(hub.identity.port, cleanup);
@@ -212,12 +182,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('source dies after GOAHEAD: the destination completes and gets the held input', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start();
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'crash' }, cleanup);
     const user = await ts.connectUser(hub.identity.port, cleanup);
@@ -236,12 +201,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('peer dies after PEER-OK: a second peer completes; both dying leaves nothing pending', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start({ config: { vmotionTimeoutMs: 300 } });
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t, { config: { vmotionTimeoutMs: 300 } });
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'flaky' }, cleanup);
     const seq = Buffer.from([4]);
@@ -271,12 +231,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('several serial ports of one VM migrate together, each by its own seq+secret', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start();
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const uris = ['vSPC.py?port=com1', 'vSPC.py?port=com2'];
     const ports = await Promise.all(uris.map((u) => ts.connectVm({ uuid: id.text, name: 'twin', serviceUri: u }, cleanup)));
@@ -298,12 +253,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('zero loss: data both ways while the VM migrates back and forth 300 times', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start({ logLevel: 'warn' });
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t, { logLevel: 'warn' });
     const id = esxiUuid();
     const ident = { uuid: id.text, name: 'pingpong' };
     const first = await ts.connectVm(ident, cleanup);
@@ -368,12 +318,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   });
 
   test('fuzz: random migrations, disconnects and client attaches across many VMs keep the invariants', async (t) => {
-    const cleanup = new Cleanup();
-    const ts = await TestServer.start({ ports: 16, logLevel: 'error', config: { vmotionTimeoutMs: 250 } });
-    t.after(async () => {
-      await cleanup.run();
-      await ts.dispose();
-    });
+    const { ts, cleanup } = await startServer(t, { ports: 16, logLevel: 'error', config: { vmotionTimeoutMs: 250 } });
     let seed = 12345;
     const rand = (n: number) => {
       seed = (seed * 1103515245 + 12345) & 0x7fffffff;

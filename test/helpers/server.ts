@@ -174,6 +174,20 @@ export class TestServer {
   }
 }
 
+/** A TestServer for one test, closed (with everything registered on `cleanup`) when the test ends. */
+export async function startServer(
+  t: { after(fn: () => unknown): void },
+  opts: TestServerOptions = {},
+): Promise<{ ts: TestServer; cleanup: Cleanup }> {
+  const cleanup = new Cleanup();
+  const ts = await TestServer.start(opts);
+  t.after(async () => {
+    await cleanup.run();
+    await ts.dispose();
+  });
+  return { ts, cleanup };
+}
+
 export function labelOf(serviceUri?: string): string {
   if (!serviceUri) return '';
   const q = serviceUri.indexOf('?');
