@@ -2,7 +2,7 @@
  * The `vspc-bench` command line (also behind `npm run bench`): options → BenchOptions,
  * run, print the table, write the JSON report.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option as CliOption } from 'commander';
 import { parseDuration, parseHostPort, parsePortRange, parseSize } from '../config.js';
@@ -10,6 +10,7 @@ import { VERSION } from '../version.js';
 import { DEFAULT_OPTIONS, PHASES, runBench, type BenchOptions, type Phase } from './harness.js';
 import { installExitHooks, killAll } from './ipc.js';
 import { markdownTable, targets, textTable } from './report.js';
+import { adminEndpoint, type AdminEndpoint } from './server-process.js';
 
 function int(field: string, min = 0) {
   return (v: string): number => {
@@ -36,11 +37,13 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     )
     .version(VERSION, '-V, --version')
     .option('--target <host:port>', 'proxy (VM) port of a running vspc to benchmark instead of starting one (with --admin)')
-    .option('--admin <host:port>', 'admin API of that vspc')
+    .option('--admin <address>', 'admin API of that vspc: HOST:PORT, http://HOST:PORT or https://HOST:PORT')
+    .option('--token-file <file>', 'admin API token (vspc --admin-token); or set VSPC_ADMIN_TOKEN')
+    .option('--admin-ca <file>', 'CA certificate (PEM) to trust for an https admin API')
     .option('--pid <pid>', 'pid of that vspc, when it runs on this host (for RSS, CPU and fd figures)', int('--pid', 1))
     .option('--vms <n>', 'VM serial ports for the scale and reconnect-storm phases', int('--vms', 1), d.vms)
     .option('--phases <list>', `comma-separated subset of ${PHASES.join(',')}`, PHASES.join(','))
-    .option('--port-range <start-end>', 'client port range of the vspc the benchmark starts (default 20000-29999, below the ephemeral range)')
+    .option('--port-range <start-end>', 'client port range of the vspc the benchmark starts (default 10000-19999, as vspc\'s own; below the ephemeral range)')
     .option('--workers <n>', 'load-generator processes for the scale/storm VMs (each holds one fd per VM)', int('--workers', 1), d.bulkWorkers)
     .option('--connect-concurrency <n>', 'VM connections in flight per worker while ramping up', int('--connect-concurrency', 1), d.connectConcurrency)
     .option('--storm-timeout <duration>', 'give up on the reconnect storm after this long', dur('--storm-timeout'), d.storm.timeoutMs)
@@ -71,6 +74,20 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--phase-timeout <duration>', 'give up on a phase after this long', dur('--phase-timeout'), d.phaseTimeoutMs);
 }
 
+function adminFrom(o: Record<string, unknown>): AdminEndpoint {
+  const text = String(o.admin).trim();
+  let url: string;
+  if (/^https?:\/\//i.test(text)) {
+    url = new URL(text).origin;
+  } else {
+    const hp = parseHostPort('--admin', text, '127.0.0.1');
+    url = adminEndpoint(hp).url;
+  }
+  const token = o.tokenFile ? readFileSync(String(o.tokenFile), 'utf8').trim() : (process.env.VSPC_ADMIN_TOKEN ?? null);
+  const ca = o.adminCa ? readFileSync(String(o.adminCa), 'utf8') : null;
+  return { url, token: token || null, ca };
+}
+
 export function benchOptionsFrom(o: Record<string, unknown>, command: string): BenchOptions {
   const d = DEFAULT_OPTIONS;
   const phases = String(o.phases)
@@ -91,7 +108,7 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
     vms: quick && o.vms === d.vms ? 200 : (o.vms as number),
     phases: phases as Phase[],
     target: o.target
-      ? { proxy: parseHostPort('--target', String(o.target), '127.0.0.1'), admin: parseHostPort('--admin', String(o.admin), '127.0.0.1'), pid: (o.pid as number | undefined) ?? null }
+      ? { proxy: parseHostPort('--target', String(o.target), '127.0.0.1'), admin: adminFrom(o), pid: (o.pid as number | undefined) ?? null }
       : undefined,
     portRange: o.portRange ? parsePortRange('--port-range', String(o.portRange)) : undefined,
     namespace: o.namespace as number,

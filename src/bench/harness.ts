@@ -12,7 +12,7 @@
  *   throughput  VM → client bytes/s with one and with several clients per VM
  *   vmotion     sustained vMotions/s with traffic both ways, every byte checked
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,9 +20,9 @@ import type { HostPort } from '../config.js';
 import type { PortView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { benchIdentity, distribution, Group, round, roundDistribution, sleep, type Distribution } from './common.js';
-import { killAll, WorkerHandle } from './ipc.js';
+import { killAll, removeTempDir, trackTempDir, WorkerHandle } from './ipc.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
-import { ExternalTarget, freePorts, ServerProcess, type LoopDelay, type ServerMemory, type ServerStatus, type Target } from './server-process.js';
+import { ExternalTarget, freePorts, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type ServerStatus, type Target } from './server-process.js';
 
 export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -32,7 +32,7 @@ export interface BenchOptions {
   vms: number;
   phases: Phase[];
   /** An existing deployment; without it the benchmark starts its own vspc. */
-  target?: { proxy: HostPort; admin: HostPort; pid: number | null };
+  target?: { proxy: HostPort; admin: AdminEndpoint; pid: number | null };
   /** Client port range of the vspc the benchmark starts. */
   portRange?: { start: number; end: number };
   /** Part of every benchmark VM's UUID. */
@@ -87,6 +87,8 @@ export interface ScaleSection {
   errors: string[];
   timeToRegisterS: number;
   registerRatePerS: number;
+  /** Server CPU time spent while the N VMs connected, per VM (µs). */
+  serverCpuUsPerRegistration: number | null;
   listMs: number;
   baseline: ResourceFigures | null;
   loaded: ResourceFigures | null;
@@ -115,6 +117,9 @@ export interface StormSection {
   /** Admin API ready → every VM connected again. */
   allBackAfterReadyS: number | null;
   reconnected: number;
+  /** Server CPU time from the new process's start (or the drop) until all were back. */
+  serverCpuS: number | null;
+  serverCpuUsPerVm: number | null;
   samePort: number;
   portChanged: number;
   missing: number;
@@ -151,6 +156,8 @@ export interface ThroughputCase {
   deliveredMBps: number;
   vmSentMBps: number;
   serverCpuPct: number | null;
+  /** MB delivered per second of server CPU time. */
+  mbPerServerCpuS: number | null;
   loadGenCpuPct: number;
   clientsDropped: number;
 }
@@ -179,6 +186,8 @@ export interface VmotionRun {
   errors: string[];
   serverCounters: Record<string, number> | null;
   serverCpuPct: number | null;
+  /** Server CPU time per completed vMotion, traffic of the run included (ms). */
+  serverCpuMsPerVmotion: number | null;
   serverLoopDelay?: LoopDelay | null;
   /** Each load generator's own event-loop delay (ms): high values mean the generator, not vspc, was late. */
   loadGenLoopDelay?: Array<{ p99: number; max: number }>;
@@ -289,19 +298,21 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       await target.status();
     } else {
       tmp = mkdtempSync(join(tmpdir(), 'vspc-bench-'));
+      trackTempDir(tmp);
       const needed = opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + 16;
-      const range = opts.portRange ?? { start: 20000, end: Math.max(29999, 20000 + needed - 1) };
+      // vspc's default range (the test suites take random ranges in 20000-30000).
+      const range = opts.portRange ?? { start: 10000, end: Math.max(19999, 10000 + needed - 1) };
       if (range.end - range.start + 1 < needed) throw new Error(`--port-range ${range.start}-${range.end} has fewer than the ${needed} ports this run needs`);
       // Below Linux's ephemeral range (32768-60999), so our own outgoing sockets never take them.
-      const [proxyPort, adminPort] = await freePorts(2, Math.max(range.end + 1, 30000), 32700).catch(() => freePorts(2, 10000, 19999));
+      const [proxyPort, adminPort] = await freePorts(2, Math.max(range.end + 1, 30000), 32700);
       serverOpts = { dbPath: join(tmp, 'vspc.db'), proxyPort, adminPort, portRange: range, extraArgs: opts.serverArgs, nodeArgs: opts.serverNodeArgs };
       server = ServerProcess.spawn(serverOpts);
       target = server;
       const readyMs = await server.waitReady(60_000);
-      log(`vspc started (pid ${server.pid}) in ${Math.round(readyMs)} ms: proxy ${hp(server.proxy)}, admin ${hp(server.admin)}, ports ${range.start}-${range.end}`);
+      log(`vspc started (pid ${server.pid}) in ${Math.round(readyMs)} ms: proxy ${hp(server.proxy)}, admin ${server.admin.url}, ports ${range.start}-${range.end}`);
     }
     report.target.proxy = hp(target.proxy);
-    report.target.admin = hp(target.admin);
+    report.target.admin = target.admin.url;
 
     const want = new Set(opts.phases);
     const bulkW = want.has('scale') || want.has('storm') || want.has('latency') ? slices(opts.vms, opts.bulkWorkers).map((s, i) => ({ ...s, w: spawnWorker(`bulk-${i}`) })) : [];
@@ -378,10 +389,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     // ------------------------------------------------------------------ scale
     report.scale = await phase('scale', async () => {
       const connectedBefore = baseStatus.vmPortsConnected;
+      const cpu0 = target.sample();
       const s0 = performance.now();
       const connecting = connectBulk();
       connecting.catch(() => undefined);
       const registerMs = await waitConnected(connectedBefore + opts.vms, s0, opts.phaseTimeoutMs - 10_000);
+      const cpu1 = target.sample();
       const c = await connecting;
       bulkConnected = c.connected > 0;
       const { rows, ms: listMs } = await listBench();
@@ -405,6 +418,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         errors: c.errors,
         timeToRegisterS: round(registerMs / 1000, 2),
         registerRatePerS: Math.round((n / registerMs) * 1000),
+        serverCpuUsPerRegistration: cpu0 && cpu1 ? Math.round(((cpu1.cpuMs - cpu0.cpuMs) * 1000) / n) : null,
         listMs: Math.round(listMs),
         baseline: base.fig,
         loaded: loaded.fig,
@@ -468,7 +482,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         reconnecting = reconnect();
       }
       reconnecting.catch(() => undefined);
+      const stormCpu0 = server ? null : target.sample();
       const allMs = await waitConnected(connectedBase + n, since, opts.storm.timeoutMs);
+      const stormCpu1 = target.sample();
+      // A restarted server: all its CPU time so far (start-up included); else the window's.
+      const stormCpuMs = stormCpu1 ? stormCpu1.cpuMs - (stormCpu0?.cpuMs ?? 0) : null;
       const rs = await reconnecting;
       const { rows } = await listBench();
       const now = new Map(rows.filter((r) => r.connected).map((r) => [r.uuid, r.port]));
@@ -493,6 +511,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         allBackS: round(allMs / 1000, 2),
         allBackAfterReadyS: readyS !== null ? round(allMs / 1000 - readyS, 2) : null,
         reconnected: rs.reduce((k, r) => k + r.reconnected, 0),
+        serverCpuS: stormCpuMs === null ? null : round(stormCpuMs / 1000, 2),
+        serverCpuUsPerVm: stormCpuMs === null ? null : Math.round((stormCpuMs * 1000) / n),
         samePort: same,
         portChanged: changed,
         missing,
@@ -574,7 +594,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
         };
         log(
-          `latency with ${cc.connected} streaming: vspc p50 ${loaded.vspc.p50} p99 ${loaded.vspc.p99} ms; relay p50 ${loaded.relay?.p50} p99 ${loaded.relay?.p99} ms; direct p50 ${loaded.direct.p50} p99 ${loaded.direct.p99} ms (streams ${loaded.streamedMBps} MB/s, server CPU ${loaded.serverCpuPct}%, loop delay p99 ${loop?.p99} max ${loop?.max} ms, GC ${JSON.stringify(loop?.gc)})`,
+          `latency with ${cc.connected} streaming: vspc p50 ${loaded.vspc.p50} p99 ${loaded.vspc.p99} ms; relay p50 ${loaded.relay?.p50} p99 ${loaded.relay?.p99} ms; direct p50 ${loaded.direct.p50} p99 ${loaded.direct.p99} ms (streams ${loaded.streamedMBps} MB/s, server CPU ${loaded.serverCpuPct}%, loop delay p99 ${loop?.p99 ?? "n/a"} max ${loop?.max ?? "n/a"} ms, GC ${JSON.stringify(loop?.gc)})`,
         );
       }
       await probeW.call('lat.teardown', {}, 30_000);
@@ -632,6 +652,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           deliveredMBps: round(delivered / 1e6, 1),
           vmSentMBps: round(sent / 1e6, 1),
           serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
+          mbPerServerCpuS: p1 && p2 && cpuPercent(p1, p2) > 0 ? round(delivered / 1e6 / (cpuPercent(p1, p2) / 100), 0) : null,
           loadGenCpuPct: round(genCpu, 1),
           clientsDropped: s2.reduce((n, s) => n + s.clientsDropped, 0),
         };
@@ -719,6 +740,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           errors: [...rs.flatMap((r) => r.errors), ...rs.flatMap((r) => r.errorDetails)].slice(0, 10),
           serverCounters: counters,
           serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
+          serverCpuMsPerVmotion: p1 && p2 && completed > 0 ? round((p2.cpuMs - p1.cpuMs) / completed, 3) : null,
           serverLoopDelay: loop,
           loadGenLoopDelay: rs.map((r) => r.loadGenLoopDelay),
         };
@@ -726,7 +748,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           `vmotion ${ratePerS > 0 ? `paced at ${ratePerS}/s` : 'back to back'}: ${run.completed} completed (${run.ratePerS}/s), ${run.failed} failed, ${run.missed} missed; ` +
             `switch-over p50 ${run.switchoverMs.p50} p99 ${run.switchoverMs.p99} ms (steps p50/p99 ${Object.entries(run.stepsMs[0] ?? {})
               .map(([k, d]) => `${k} ${d.p50}/${d.p99}`)
-              .join(', ')}); lost ${run.lostBytes} bytes, ${run.vmsWithErrors} VMs with errors; server CPU ${run.serverCpuPct}%, loop delay p99 ${loop?.p99} max ${loop?.max} ms; load generators' loop delay ${JSON.stringify(run.loadGenLoopDelay)}`,
+              .join(', ')}); lost ${run.lostBytes} bytes, ${run.vmsWithErrors} VMs with errors; server CPU ${run.serverCpuPct}%, loop delay p99 ${loop?.p99 ?? "n/a"} max ${loop?.max ?? "n/a"} ms; load generators' loop delay ${JSON.stringify(run.loadGenLoopDelay)}`,
         );
         return run;
       };
@@ -759,7 +781,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       report.serverLog = { lines: server.logLines, top: server.logSummary(10) };
     }
     killAll();
-    if (tmp) rmSync(tmp, { recursive: true, force: true });
+    if (tmp) removeTempDir(tmp);
   }
   report.durationS = round((performance.now() - t0) / 1000, 1);
   return report;

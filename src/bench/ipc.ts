@@ -3,6 +3,7 @@
  * bookkeeping that guarantees no child outlives the benchmark.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 
 interface Pending {
   resolve(v: unknown): void;
@@ -19,6 +20,18 @@ export function track(child: ChildProcess): void {
   child.once('exit', () => children.delete(child));
 }
 
+/** Temporary directories removed when the benchmark exits, however it exits. */
+const tempDirs = new Set<string>();
+
+export function trackTempDir(dir: string): void {
+  tempDirs.add(dir);
+}
+
+export function removeTempDir(dir: string): void {
+  tempDirs.delete(dir);
+  rmSync(dir, { recursive: true, force: true });
+}
+
 export function killAll(): void {
   for (const c of children) {
     if (c.exitCode === null && c.signalCode === null) {
@@ -30,6 +43,13 @@ export function killAll(): void {
     }
   }
   children.clear();
+  for (const d of [...tempDirs]) {
+    try {
+      removeTempDir(d);
+    } catch {
+      /* best effort */
+    }
+  }
 }
 
 let exitHooksInstalled = false;

@@ -4,6 +4,8 @@
  * operator's running deployment given by its proxy and admin addresses.
  */
 import type { ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import type { HostPort } from '../config.js';
@@ -23,20 +25,60 @@ export interface ServerMemory {
   arrayBuffers: number;
 }
 
-export async function adminGet<T>(admin: HostPort, path: string, timeoutMs = 30_000): Promise<T> {
-  const res = await fetch(`http://${hostForUrl(admin.host)}:${admin.port}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
-  if (!res.ok) throw new Error(`GET ${path}: HTTP ${res.status} ${await res.text()}`);
-  return (await res.json()) as T;
+/** Where the admin API is and how to authenticate (vspc --admin-token / --admin-cert). */
+export interface AdminEndpoint {
+  /** `http://HOST:PORT` or `https://HOST:PORT`. */
+  url: string;
+  /** Sent as `Authorization: Bearer <token>`. */
+  token?: string | null;
+  /** PEM CA certificate to trust for https. */
+  ca?: string | null;
 }
 
-export async function adminPost<T>(admin: HostPort, path: string, timeoutMs = 30_000): Promise<T> {
-  const res = await fetch(`http://${hostForUrl(admin.host)}:${admin.port}${path}`, { method: 'POST', signal: AbortSignal.timeout(timeoutMs) });
-  if (!res.ok) throw new Error(`POST ${path}: HTTP ${res.status} ${await res.text()}`);
-  return (await res.json()) as T;
+export function adminEndpoint(a: HostPort): AdminEndpoint {
+  return { url: `http://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}` };
 }
 
-function hostForUrl(host: string): string {
-  return host.includes(':') ? `[${host}]` : host;
+/** One admin API call; resolves with the parsed JSON body, rejects on a non-200 status. */
+export function adminCall<T>(admin: AdminEndpoint, method: 'GET' | 'POST', path: string, timeoutMs = 30_000): Promise<T> {
+  const url = new URL(path, admin.url);
+  const secure = url.protocol === 'https:';
+  const headers: Record<string, string> = {};
+  if (admin.token) headers.authorization = `Bearer ${admin.token}`;
+  return new Promise<T>((resolve, reject) => {
+    const req = (secure ? https : http).request(
+      url,
+      { method, headers, timeout: timeoutMs, agent: false, ...(secure && admin.ca ? { ca: admin.ca } : {}) },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          if (res.statusCode !== 200) {
+            reject(new Error(`${method} ${path}: HTTP ${res.statusCode} ${text.slice(0, 500)}`));
+            return;
+          }
+          try {
+            resolve(JSON.parse(text) as T);
+          } catch (err) {
+            reject(new Error(`${method} ${path}: bad JSON: ${(err as Error).message}`));
+          }
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+export function adminGet<T>(admin: AdminEndpoint, path: string, timeoutMs = 30_000): Promise<T> {
+  return adminCall<T>(admin, 'GET', path, timeoutMs);
+}
+
+export function adminPost<T>(admin: AdminEndpoint, path: string, timeoutMs = 30_000): Promise<T> {
+  return adminCall<T>(admin, 'POST', path, timeoutMs);
 }
 
 export interface LoopDelay {
@@ -60,7 +102,7 @@ export interface ServerStatus {
 /** Common face of a started server and an external deployment. */
 export interface Target {
   readonly proxy: HostPort;
-  readonly admin: HostPort;
+  readonly admin: AdminEndpoint;
   /** The server's pid when its /proc entry is readable (same host), else null. */
   readonly pid: number | null;
   /** True when the benchmark started this server (it can be restarted). */
@@ -76,7 +118,7 @@ export interface Target {
 
 abstract class TargetBase implements Target {
   abstract readonly proxy: HostPort;
-  abstract readonly admin: HostPort;
+  abstract readonly admin: AdminEndpoint;
   abstract readonly pid: number | null;
   abstract readonly owned: boolean;
   status(): Promise<ServerStatus> {
@@ -106,7 +148,7 @@ export class ExternalTarget extends TargetBase {
   readonly pid: number | null;
   constructor(
     readonly proxy: HostPort,
-    readonly admin: HostPort,
+    readonly admin: AdminEndpoint,
     pid: number | null,
   ) {
     super();
@@ -132,7 +174,7 @@ export interface ServerProcessOptions {
 export class ServerProcess extends TargetBase {
   readonly owned = true;
   readonly proxy: HostPort;
-  readonly admin: HostPort;
+  readonly admin: AdminEndpoint;
   readonly spawnedAt = performance.now();
   stderr = '';
   private stderrLines = 0;
@@ -146,7 +188,7 @@ export class ServerProcess extends TargetBase {
   ) {
     super();
     this.proxy = { host: '127.0.0.1', port: options.proxyPort };
-    this.admin = { host: '127.0.0.1', port: options.adminPort };
+    this.admin = adminEndpoint({ host: '127.0.0.1', port: options.adminPort });
     child.stdout?.on('data', () => undefined);
     child.stderr?.on('data', (d: Buffer) => {
       const text = d.toString('utf8');

@@ -12,6 +12,7 @@ import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { HostPort } from '../config.js';
 import type { PortView } from '../admin/views.js';
+import { adminGet, type AdminEndpoint } from './server-process.js';
 import { Option } from '../protocol/telnet/constants.js';
 import { SimulatedVm } from '../sim/esxi-simulator.js';
 import { TelnetUser } from '../sim/telnet-user.js';
@@ -33,15 +34,13 @@ const workerName = process.argv[2] ?? 'worker';
 // ---------------------------------------------------------------------------
 // Helpers
 
-async function adminPorts(admin: HostPort): Promise<Map<string, PortView>> {
-  const res = await fetch(`http://${admin.host}:${admin.port}/api/v1/ports`, { signal: AbortSignal.timeout(120_000) });
-  if (!res.ok) throw new Error(`GET /api/v1/ports: HTTP ${res.status}`);
-  const rows = (await res.json()) as PortView[];
+async function adminPorts(admin: AdminEndpoint): Promise<Map<string, PortView>> {
+  const rows = await adminGet<PortView[]>(admin, '/api/v1/ports', 120_000);
   return new Map(rows.map((r) => [r.uuid, r]));
 }
 
 /** Waits until every identity is listed as connected; returns their client ports. */
-async function waitListed(admin: HostPort, ids: BenchIdentity[], timeoutMs: number): Promise<number[]> {
+async function waitListed(admin: AdminEndpoint, ids: BenchIdentity[], timeoutMs: number): Promise<number[]> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     const rows = await adminPorts(admin);
@@ -292,7 +291,7 @@ interface Probe {
 const probes: Probe[] = [];
 let echoServer: net.Server | null = null;
 
-async function latSetup(a: { proxy: HostPort; admin: HostPort; namespace: number; probes: number; timeoutMs: number }) {
+async function latSetup(a: { proxy: HostPort; admin: AdminEndpoint; namespace: number; probes: number; timeoutMs: number }) {
   const ids = Array.from({ length: a.probes }, (_, i) => benchIdentity(a.namespace, Group.probe, i));
   const vms = await mapLimit(ids, 16, (id) => connectVm(a.proxy, id, a.timeoutMs));
   for (const vm of vms) vm.on('data', (d) => vm.send(d)); // the guest echoes what is typed
@@ -441,7 +440,7 @@ let tpDelivered = 0;
 let tpSent = 0;
 let tpProxy: HostPort | null = null;
 
-async function tpSetup(a: { proxy: HostPort; admin: HostPort; namespace: number; from: number; count: number; timeoutMs: number }) {
+async function tpSetup(a: { proxy: HostPort; admin: AdminEndpoint; namespace: number; from: number; count: number; timeoutMs: number }) {
   tpProxy = a.proxy;
   const ids = Array.from({ length: a.count }, (_, i) => benchIdentity(a.namespace, Group.throughput, a.from + i));
   const vms = await mapLimit(ids, 32, (id) => connectVm(a.proxy, id, a.timeoutMs));
@@ -554,7 +553,7 @@ function listenInput(m: MoverVm, vm: SimulatedVm): void {
   vm.on('data', (d) => m.inCheck.push(d));
 }
 
-async function vmSetup(a: { proxy: HostPort; admin: HostPort; namespace: number; from: number; count: number; timeoutMs: number }) {
+async function vmSetup(a: { proxy: HostPort; admin: AdminEndpoint; namespace: number; from: number; count: number; timeoutMs: number }) {
   moverProxy = a.proxy;
   const ids = Array.from({ length: a.count }, (_, i) => benchIdentity(a.namespace, Group.vmotion, a.from + i));
   const vms = await mapLimit(ids, 32, (id) => connectVm(a.proxy, id, a.timeoutMs));

@@ -37,8 +37,6 @@ export interface SerialPortObserver {
 }
 
 const EMPTY_RING = Buffer.alloc(0);
-/** First allocation of a scrollback ring (it doubles from there up to its capacity). */
-const MIN_RING = 1024;
 
 /**
  * The last N bytes of VM output, replayed to a client on attach so it sees the
@@ -46,9 +44,10 @@ const MIN_RING = 1024;
  */
 export class Scrollback {
   /**
-   * Allocated on the first output and grown geometrically up to `capacity`, so that
-   * an idle VM serial port costs no ring at all (thousands of them stay cheap). While
-   * growing, the contents are linear in [0, end); once full-size it is a fixed ring.
+   * Allocated at full size on the first output, so that a VM serial port that never
+   * printed (an idle or powered-off VM known from the database) costs no ring at all.
+   * Not grown step by step: with thousands of VMs starting to print at once, the many
+   * intermediate allocations cost more in garbage collections than they save.
    */
   private ring: Buffer = EMPTY_RING;
   private cap: number;
@@ -64,24 +63,8 @@ export class Scrollback {
   push(data: Buffer): void {
     const cap = this.cap;
     if (cap === 0 || data.length === 0) return;
-    if (this.ring.length < cap) {
-      const needed = this.end + data.length;
-      if (needed <= this.ring.length) {
-        data.copy(this.ring, this.end);
-        this.end = needed;
-        return;
-      }
-      const size = Math.min(cap, Math.max(needed, this.ring.length * 2, MIN_RING));
-      const grown = Buffer.alloc(size);
-      this.ring.copy(grown, 0, 0, this.end);
-      this.ring = grown;
-      if (size < cap) {
-        data.copy(this.ring, this.end);
-        this.end = needed;
-        return;
-      }
-      // Full size now: the ring logic below takes it from here (end < cap, not filled).
-    }
+    // ring.length is 0 (nothing printed yet: end = 0, not filled) or cap.
+    if (this.ring.length !== cap) this.ring = Buffer.alloc(cap);
     if (data.length >= cap) {
       data.copy(this.ring, 0, data.length - cap);
       this.end = 0;

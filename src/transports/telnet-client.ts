@@ -178,8 +178,13 @@ export class TelnetClient implements ConsoleClient {
 
   private finish(reason: string, revoke: boolean): void {
     if (this.state === 'closed') return;
-    if (revoke && this.session.isEnabled('him', VSPC_CONTROL_OPTION)) this.sendControl({ kind: 'lock-revoked', reason });
-    this.notice(reason);
+    // VSPC-CONTROL clients get the reason as a control message (LOCK-REFUSED was sent
+    // already, or LOCK-REVOKED now); stock telnet users as a notice on screen.
+    if (this.session.isEnabled('him', VSPC_CONTROL_OPTION)) {
+      if (revoke) this.sendControl({ kind: 'lock-revoked', reason });
+    } else {
+      this.notice(reason);
+    }
     this.state = 'closed';
     this.clearTimers();
     this.log.info('closing client', { reason });
