@@ -22,7 +22,7 @@ import { VERSION } from '../version.js';
 import { benchIdentity, distribution, Group, round, roundDistribution, sleep, type Distribution } from './common.js';
 import { killAll, removeTempDir, trackTempDir, WorkerHandle } from './ipc.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
-import { ExternalTarget, freePorts, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type ServerStatus, type Target } from './server-process.js';
+import { ExternalTarget, freePorts, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
 
 export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -817,4 +817,3 @@ async function forgetBenchPorts(target: Target, log: (l: string) => void): Promi
   log(`cleanup: forgot ${n} benchmark VM serial ports`);
 }
 
-export type { ServerStatus };

@@ -141,9 +141,18 @@ function attachBulk(b: BulkVm, vm: SimulatedVm): void {
 async function bulkConnect(a: { proxy: HostPort; namespace: number; from: number; count: number; concurrency: number; timeoutMs: number }) {
   bulkProxy = a.proxy;
   const t0 = performance.now();
+  // Idempotent: VMs this worker already holds are reused (connected again only if needed).
+  const known = new Map(bulk.map((b) => [b.id.hex, b]));
   const items: BulkVm[] = [];
-  for (let i = a.from; i < a.from + a.count; i++) items.push({ id: benchIdentity(a.namespace, Group.bulk, i), conn: null });
-  bulk.push(...items);
+  for (let i = a.from; i < a.from + a.count; i++) {
+    const id = benchIdentity(a.namespace, Group.bulk, i);
+    let b = known.get(id.hex);
+    if (!b) {
+      b = { id, conn: null };
+      bulk.push(b);
+    }
+    if (!b.conn || b.conn.closed) items.push(b);
+  }
   const errors: string[] = [];
   const times: number[] = [];
   await mapLimit(items, a.concurrency, async (b) => {
