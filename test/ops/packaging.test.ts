@@ -1,16 +1,14 @@
 /**
- * packaging/: the systemd unit is valid (systemd-analyze verify, where available),
- * runs vspc as the dedicated user with raised LimitNOFILE, reloads by SIGHUP, and
+ * packaging/: the systemd unit runs vspc as the dedicated user with raised LimitNOFILE, reloads by SIGHUP, and
  * its command line with the example config file is a configuration vspc accepts.
  */
-import { describe, test, after } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildProgram, configFromOptions } from '../../src/cli/vspc-options.js';
 import { loadConfiguration } from '../../src/config-file.js';
-import { ROOT, tempDir } from '../helpers/server.js';
+import { ROOT } from '../helpers/server.js';
 
 const unit = readFileSync(join(ROOT, 'packaging/vspc.service'), 'utf8');
 
@@ -19,9 +17,6 @@ function directive(name: string): string[] {
 }
 
 describe('packaging: systemd unit and example config', () => {
-  const dir = tempDir('vspc-packaging-');
-  after(() => dir.remove());
-
   test('a dedicated user (created by the sysusers file), raised LimitNOFILE, SIGHUP reload, state in /var/lib/vspc', () => {
     assert.deepEqual(directive('User'), ['vspc']);
     assert.deepEqual(directive('Group'), ['vspc']);
@@ -46,19 +41,5 @@ describe('packaging: systemd unit and example config', () => {
     const loaded = loadConfiguration(program, configFromOptions);
     assert.equal(loaded.config.dbPath, '/var/lib/vspc/vspc.db');
     assert.equal(loaded.config.adminListen.host, '127.0.0.1');
-  });
-
-  test('systemd-analyze verify accepts the unit', (t) => {
-    if (spawnSync('systemd-analyze', ['--version']).status !== 0) {
-      t.skip('systemd-analyze is not installed');
-      return;
-    }
-    // Verify against this machine's node binary (the unit names Debian's /usr/bin/node).
-    const copy = join(dir.dir, 'vspc.service');
-    writeFileSync(copy, unit.replace('/usr/bin/node ', `${process.execPath} `));
-    // It reports problems (unknown directives, bad values) on stderr, often with exit code 0.
-    const r = spawnSync('systemd-analyze', ['verify', copy], { encoding: 'utf8', timeout: 30_000 });
-    assert.equal(r.status, 0, r.stderr);
-    assert.equal(`${r.stdout}${r.stderr}`.trim(), '');
   });
 });
