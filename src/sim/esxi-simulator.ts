@@ -199,6 +199,32 @@ export function connectSocket(
 // ---------------------------------------------------------------------------
 // The simulated VM
 
+/** FIN, then resolve on close, destroying the socket if the peer has not closed after 1 s. */
+export function endSocket(socket: net.Socket, alreadyClosed: boolean): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (alreadyClosed) return resolve();
+    const timer = setTimeout(() => socket.destroy(), 1000);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    socket.end();
+  });
+}
+
+/** Resolves on the socket's next `drain` or `close`. */
+export function socketDrained(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
+}
+
 export type NegotiationOrder = 'host-first' | 'proxy-first' | 'shuffled';
 export type Segmentation = 'whole' | 'bytewise' | 'random';
 
@@ -496,15 +522,7 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
    */
   whenDrained(): Promise<void> {
     if (this.closedFlag || this.socket.destroyed || (this.socket.writableLength === 0 && this.queue.length === 0)) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        this.socket.off('drain', done);
-        this.socket.off('close', done);
-        resolve();
-      };
-      this.socket.on('drain', done);
-      this.socket.on('close', done);
-    });
+    return socketDrained(this.socket);
   }
 
   /** A raw option-232 subcommand: `IAC SB 232 <code> <payload> IAC SE`. */
@@ -585,15 +603,7 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
 
   /** Graceful: FIN, then wait for the close (destroying after 1 s). Idempotent. */
   close(): Promise<void> {
-    this.closing ??= new Promise<void>((resolve) => {
-      if (this.closedFlag) return resolve();
-      const timer = setTimeout(() => this.socket.destroy(), 1000);
-      this.socket.once('close', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      this.socket.end();
-    });
+    this.closing ??= endSocket(this.socket, this.closedFlag);
     return this.closing;
   }
 

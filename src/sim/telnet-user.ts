@@ -15,7 +15,7 @@ import type tls from 'node:tls';
 import { Option, type NegotiationVerb } from '../protocol/telnet/constants.js';
 import { policyFromLists, type Side } from '../protocol/telnet/negotiator.js';
 import { TelnetSession } from '../protocol/telnet/session.js';
-import { ByteCollector, connectSocket, type ByteMatcher } from './esxi-simulator.js';
+import { ByteCollector, connectSocket, endSocket, socketDrained, type ByteMatcher } from './esxi-simulator.js';
 
 export interface TelnetUserOptions {
   host: string;
@@ -152,15 +152,7 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
   /** Resolves once the socket's write queue is empty (at once if it is, or if the connection is closed). */
   whenDrained(): Promise<void> {
     if (this.closedFlag || this.socket.destroyed || this.socket.writableLength === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        this.socket.off('drain', done);
-        this.socket.off('close', done);
-        resolve();
-      };
-      this.socket.on('drain', done);
-      this.socket.on('close', done);
-    });
+    return socketDrained(this.socket);
   }
 
   /** A telnet command such as BRK or AYT. */
@@ -191,15 +183,7 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
 
   /** Graceful: FIN, then wait for the close (destroying after 1 s). Idempotent. */
   close(): Promise<void> {
-    this.closing ??= new Promise<void>((resolve) => {
-      if (this.closedFlag) return resolve();
-      const timer = setTimeout(() => this.socket.destroy(), 1000);
-      this.socket.once('close', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      this.socket.end();
-    });
+    this.closing ??= endSocket(this.socket, this.closedFlag);
     return this.closing;
   }
 
