@@ -12,6 +12,7 @@ import { ClientListeners } from './transports/client-listeners.js';
 import { ProxyListener } from './transports/proxy-listener.js';
 import { AdminApiError, AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
+import type { StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
 import { changedKeys, isLoopbackHost, keyName, RELOADABLE, resolveVmSettings, type ReloadReport } from './config-file.js';
 import { VERSION } from './version.js';
@@ -25,8 +26,6 @@ export interface ServerAddresses {
   proxyTls: net.AddressInfo | null;
   admin: net.AddressInfo;
 }
-
-const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
 /**
  * Ports the allocator must never hand to a VM: our own listeners, and with TLS the
@@ -179,7 +178,7 @@ export class VspcServer {
     return this.addressesValue;
   }
 
-  status(): Record<string, unknown> {
+  status(): StatusView {
     const all = this.registry.all();
     return {
       version: VERSION,
@@ -234,7 +233,7 @@ export class VspcServer {
         ephemeral: eph,
       });
     }
-    if (!LOOPBACK.has(c.vmListenHost)) {
+    if (!isLoopbackHost(c.vmListenHost)) {
       // The plain telnet client ports exist even when telnets ones are offered too.
       this.logger.warn('VM client telnet ports listen on a non-loopback address: plain-text consoles are reachable on the network', {
         vmListenHost: c.vmListenHost,

@@ -8,7 +8,7 @@ import { formatUuid } from '../protocol/vmware/identity.js';
 import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
 import { resolveVm } from './resolve.js';
-import { clientViews, portView, uartView, type VmDetailView } from './views.js';
+import { clientViews, portView, uartView, type StatusView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
@@ -16,7 +16,7 @@ export interface AdminContext {
   vmotion: VmotionCoordinator;
   logger: Logger;
   tlsPortOf(hub: VmSerialPort): number | null;
-  status(): Record<string, unknown>;
+  status(): StatusView;
   /** Console log files, when `--log-dir` is set (src/logging/console-log.ts). */
   consoleLogs?: {
     /** The last `lines` lines of the VM serial port's current console log. */
@@ -202,10 +202,10 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
             metrics: ctx.metrics ?? new Metrics(),
             hubs: ctx.registry.all(),
             vmotion: ctx.vmotion,
-            version: String(s.version),
-            uptimeSeconds: Number(s.uptimeSeconds) || 0,
-            vmConnections: Number(s.vmConnections) || 0,
-            vmConnectionsRefused: Number(s.vmConnectionsRefused) || 0,
+            version: s.version,
+            uptimeSeconds: s.uptimeSeconds,
+            vmConnections: s.vmConnections,
+            vmConnectionsRefused: s.vmConnectionsRefused,
           }),
         );
       },

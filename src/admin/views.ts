@@ -113,3 +113,17 @@ export interface VmDetailView extends PortView {
   /** Settings from the config file's `vms:` entries that match this port. */
   settings: { lockMode?: string; scrollbackBytes?: number; port?: number };
 }
+
+/** `GET /api/v1/status` (`vspc-admin status`), also the source of /metrics' gauges. */
+export interface StatusView {
+  version: string;
+  uptimeSeconds: number;
+  vmPorts: number;
+  vmPortsConnected: number;
+  clients: number;
+  /** Open VM-side TCP connections, including ones not identified yet. */
+  vmConnections: number;
+  /** VM-side connections dropped at accept by the flood cap. */
+  vmConnectionsRefused: number;
+  vmotions: Record<string, number>;
+}

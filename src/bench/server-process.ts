@@ -4,12 +4,11 @@
  * operator's running deployment given by its proxy and admin addresses.
  */
 import type { ChildProcess } from 'node:child_process';
-import http from 'node:http';
-import https from 'node:https';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import type { HostPort } from '../config.js';
-import type { PortView } from '../admin/views.js';
+import type { PortView, StatusView } from '../admin/views.js';
+import { AdminClient } from '../cli/admin-client.js';
 import { spawnWithIpc } from './ipc.js';
 import { sleep } from './common.js';
 import { procAvailable, sampleProc, type ProcSample } from './proc.js';
@@ -39,38 +38,15 @@ export function adminEndpoint(a: HostPort): AdminEndpoint {
   return { url: `http://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}` };
 }
 
-/** One admin API call; resolves with the parsed JSON body, rejects on a non-200 status. */
+/** One admin API call through vspc-admin's client; resolves with the parsed JSON body. */
 export function adminCall<T>(admin: AdminEndpoint, method: 'GET' | 'POST', path: string, timeoutMs = 30_000): Promise<T> {
-  const url = new URL(path, admin.url);
+  const url = new URL(admin.url);
   const secure = url.protocol === 'https:';
-  const headers: Record<string, string> = {};
-  if (admin.token) headers.authorization = `Bearer ${admin.token}`;
-  return new Promise<T>((resolve, reject) => {
-    const req = (secure ? https : http).request(
-      url,
-      { method, headers, timeout: timeoutMs, agent: false, ...(secure && admin.ca ? { ca: admin.ca } : {}) },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          if (res.statusCode !== 200) {
-            reject(new Error(`${method} ${path}: HTTP ${res.statusCode} ${text.slice(0, 500)}`));
-            return;
-          }
-          try {
-            resolve(JSON.parse(text) as T);
-          } catch (err) {
-            reject(new Error(`${method} ${path}: bad JSON: ${(err as Error).message}`));
-          }
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
-    req.on('error', reject);
-    req.end();
-  });
+  const client = new AdminClient(
+    { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port) || (secure ? 443 : 80) },
+    { token: admin.token, tls: secure ? { ca: admin.ca ? Buffer.from(admin.ca) : undefined } : null, timeoutMs },
+  );
+  return method === 'GET' ? client.get<T>(path) : client.post<T>(path);
 }
 
 export function adminGet<T>(admin: AdminEndpoint, path: string, timeoutMs = 30_000): Promise<T> {
@@ -90,14 +66,8 @@ export interface LoopDelay {
   gc?: { count: number; major: number; totalMs: number; maxMs: number };
 }
 
-export interface ServerStatus {
-  vmPorts: number;
-  vmPortsConnected: number;
-  clients: number;
-  vmConnections: number;
-  vmotions: Record<string, number>;
-  [k: string]: unknown;
-}
+/** What `GET /api/v1/status` answers. */
+export type ServerStatus = StatusView;
 
 /** Common face of a started server and an external deployment. */
 export interface Target {
@@ -269,27 +239,19 @@ export class ServerProcess extends TargetBase {
   }
 
   override memory(gc: boolean): Promise<ServerMemory | null> {
-    if (this.exitInfo || !this.child.connected) return Promise.resolve(null);
-    const id = this.memId++;
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.child.off('message', onMsg);
-        resolve(null);
-      }, 10_000);
-      const onMsg = (msg: unknown) => {
-        const m = msg as { type?: string; id?: number; memory?: ServerMemory };
-        if (m?.type !== 'bench:memory' || m.id !== id) return;
-        clearTimeout(timer);
-        this.child.off('message', onMsg);
-        resolve(m.memory ?? null);
-      };
-      this.child.on('message', onMsg);
-      this.child.send({ type: 'bench:memory', id, gc });
-    });
+    return this.ask('bench:memory', { gc }, (m) => (m.memory as ServerMemory | undefined) ?? null);
   }
 
   /** Event-loop delay of the server since the last call (ms); null if it cannot be asked. */
   override loopDelay(): Promise<LoopDelay | null> {
+    return this.ask('bench:loop', {}, (m) => {
+      const d = m as unknown as LoopDelay;
+      return { p50: d.p50, p99: d.p99, max: d.max, n: d.n, gc: d.gc };
+    });
+  }
+
+  /** One request to the preloaded child guard over IPC; null if the child cannot answer within 10 s. */
+  private ask<T>(type: string, payload: Record<string, unknown>, pick: (reply: Record<string, unknown>) => T): Promise<T | null> {
     if (this.exitInfo || !this.child.connected) return Promise.resolve(null);
     const id = this.memId++;
     return new Promise((resolve) => {
@@ -298,14 +260,14 @@ export class ServerProcess extends TargetBase {
         resolve(null);
       }, 10_000);
       const onMsg = (msg: unknown) => {
-        const m = msg as LoopDelay & { type?: string; id?: number };
-        if (m?.type !== 'bench:loop' || m.id !== id) return;
+        const m = msg as Record<string, unknown> | null;
+        if (m?.type !== type || m.id !== id) return;
         clearTimeout(timer);
         this.child.off('message', onMsg);
-        resolve({ p50: m.p50, p99: m.p99, max: m.max, n: m.n, gc: m.gc });
+        resolve(pick(m));
       };
       this.child.on('message', onMsg);
-      this.child.send({ type: 'bench:loop', id });
+      this.child.send({ type, id, ...payload });
     });
   }
 

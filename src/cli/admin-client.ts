@@ -64,6 +64,8 @@ export class AdminClient {
           path,
           headers,
           timeout: o.timeoutMs ?? 10_000,
+          // One-shot calls: no keep-alive socket left to hold the caller's process open.
+          agent: false,
           ...(o.tls?.ca ? { ca: o.tls.ca } : {}),
         },
         (res) => {

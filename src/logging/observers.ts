@@ -29,8 +29,9 @@ export function combineObserversWith(
     });
   const outputs = list.map((o, i) => [o, i] as const).filter(([o]) => typeof o.output === 'function');
   const events = list.map((o, i) => [o, i] as const).filter(([o]) => typeof o.event === 'function');
+  // With no output observer (console logs off) the hub's per-chunk call is skipped entirely.
   return {
-    output(port: VmSerialPort, data: Buffer): void {
+    output: outputs.length === 0 ? undefined : (port: VmSerialPort, data: Buffer): void => {
       for (const [o, i] of outputs) {
         try {
           o.output!(port, data);
