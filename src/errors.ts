@@ -30,3 +30,12 @@ export class StorageError extends VspcError {}
 
 /** A lifecycle misuse: write after destroy, and the like. */
 export class LifecycleError extends VspcError {}
+
+/** Error fields for a log line: code and context, not the stack (unless it is a bug). */
+export function errorFields(err: unknown): Record<string, unknown> {
+  if (err && typeof err === 'object') {
+    const e = err as { code?: unknown; message?: unknown; context?: unknown };
+    return { errorCode: e.code ?? 'UNKNOWN', error: String(e.message ?? err), ...((e.context as object) ?? {}) };
+  }
+  return { error: String(err) };
+}

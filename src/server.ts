@@ -1,20 +1,21 @@
 import type net from 'node:net';
 import type Database from 'better-sqlite3';
-import type { Logger } from './logger.js';
-import type { VmSerialPort } from './domain/vm-serial-port.js';
-import { errorFields } from './logger.js';
-import { ephemeralPortRange, rangesOverlap, type VspcConfig } from './config.js';
+import type { Logger } from './logging/logger.js';
+import type { ConsoleHub } from './domain/console-hub.js';
+import { errorFields, VspcError } from './errors.js';
+import { ephemeralPortRange, rangesOverlap, type VspcConfig } from './config/config.js';
 import { openDatabase, closeDatabase } from './storage/database.js';
-import { SerialPortStore } from './storage/serial-port-store.js';
+import { ConsoleStore } from './storage/console-store.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
-import { ClientListeners } from './transports/client-listeners.js';
-import { ProxyListener } from './transports/proxy-listener.js';
-import { AdminApiError, AdminServer } from './admin/admin-server.js';
+import { TelnetListeners } from './access/telnet/listeners.js';
+import { EsxiListener } from './sources/esxi/listener.js';
+import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
 import type { StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
-import { changedKeys, isLoopbackHost, keyName, RELOADABLE, resolveVmSettings, type ReloadReport } from './config-file.js';
+import { isLoopbackHost } from './util/net.js';
+import { changedKeys, keyName, RELOADABLE, resolveVmSettings, type ReloadReport } from './config/file.js';
 import { VERSION } from './version.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
@@ -57,8 +58,8 @@ export class VspcServer {
    */
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
-  private readonly listeners: ClientListeners;
-  private readonly proxy: ProxyListener;
+  private readonly listeners: TelnetListeners;
+  private readonly proxy: EsxiListener;
   private readonly admin: AdminServer;
   private addressesValue: ServerAddresses | null = null;
   private expiryTimer: NodeJS.Timeout | null = null;
@@ -70,7 +71,7 @@ export class VspcServer {
   ) {
     this.db = openDatabase(config.dbPath);
     // Group commit: a reconnect storm's thousands of last-seen updates share commits.
-    const store = new SerialPortStore(this.db, config.portRange, reservedPorts(config), {
+    const store = new ConsoleStore(this.db, config.portRange, reservedPorts(config), {
       groupCommit: true,
       onCommitError: (err) => logger.error('database commit failed; the last registrations were not saved', errorFields(err)),
     });
@@ -107,7 +108,7 @@ export class VspcServer {
           ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
         }
       : undefined;
-    this.listeners = new ClientListeners(this.registry, logger, {
+    this.listeners = new TelnetListeners(this.registry, logger, {
       host: config.vmListenHost,
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
@@ -120,7 +121,7 @@ export class VspcServer {
       lockWaitMs: config.clientLockWaitMs,
       idleTimeoutMs: config.clientIdleTimeoutMs,
     });
-    this.proxy = new ProxyListener(
+    this.proxy = new EsxiListener(
       {
         registry: this.registry,
         logger,
@@ -141,6 +142,7 @@ export class VspcServer {
       logger,
       config.maxUnidentifiedConnections,
     );
+    const server = this;
     this.admin = new AdminServer(
       adminRoutes({
         registry: this.registry,
@@ -150,7 +152,10 @@ export class VspcServer {
         status: () => this.status(),
         consoleLogs: this.consoleLogs ?? undefined,
         metrics: this.metrics,
-        reload: () => this.reload(),
+        // Read per request: the CLI sets reloadConfig after start; without it there is no reload route to offer.
+        get reload() {
+          return server.reloadConfig ? () => server.reload() : undefined;
+        },
         ownPorts: () => {
           const a = this.addressesValue;
           return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : [])] : [];
@@ -217,7 +222,7 @@ export class VspcServer {
   private expire(): void {
     try {
       for (const hub of this.registry.expire(this.config.expireAfterMs)) {
-        this.logger.info('VM serial port expired (not seen for too long)', { vm: hub.displayName, port: hub.identity.port });
+        this.logger.info('VM serial port expired (not seen for too long)', { vm: hub.displayName, port: hub.identity.tcpPort });
       }
     } catch (err) {
       this.logger.error('expiry failed', errorFields(err));
@@ -250,7 +255,7 @@ export class VspcServer {
 
   /** SIGHUP / `vspc-admin reload`: re-read the configuration and apply it (see applyConfig). */
   reload(): ReloadReport {
-    if (!this.reloadConfig) throw new AdminApiError(409, 'VSPC_RELOAD_UNAVAILABLE', 'this vspc has no configuration to re-read');
+    if (!this.reloadConfig) throw new VspcError('VSPC_RELOAD_UNAVAILABLE', 'this vspc has no configuration to re-read');
     try {
       const report = this.reloadConfig();
       this.metrics.reloads.ok++;
@@ -290,24 +295,24 @@ export class VspcServer {
   }
 
   /** The config file's settings for one VM serial port: default lock mode, scrollback size, fixed port. */
-  private applyVmSettings(hub: VmSerialPort): void {
+  private applyVmSettings(hub: ConsoleHub): void {
     const s = resolveVmSettings(this.config, hub.identity);
     // Clients already attached keep their locks; the default applies to the next ones.
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
-    if (s.port === undefined || s.port === hub.identity.port) return;
+    if (s.port === undefined || s.port === hub.identity.tcpPort) return;
     const holder = this.registry.getByPort(s.port);
     if (holder) {
       this.logger.warn('fixed port from the config file is held by another VM serial port; not moved', {
         vm: hub.displayName,
-        port: hub.identity.port,
+        port: hub.identity.tcpPort,
         fixedPort: s.port,
         heldBy: holder.displayName,
       });
       return;
     }
-    const from = hub.identity.port;
+    const from = hub.identity.tcpPort;
     try {
       this.registry.setPort(hub, s.port);
       this.logger.info('VM serial port moved to its fixed port from the config file', { vm: hub.displayName, from, to: s.port });

@@ -1,9 +1,9 @@
 import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
-import type { Logger } from '../logger.js';
-import { errorFields } from '../logger.js';
-import type { HostPort } from '../config.js';
+import type { Logger } from '../domain/logger.js';
+import { errorFields } from '../errors.js';
+import type { HostPort } from '../util/net.js';
 import { refusal } from './auth.js';
 
 export interface AdminRoute {

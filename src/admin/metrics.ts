@@ -6,7 +6,7 @@
  * (`protocolError`, `slowClientDropped`), which the transports call.
  */
 import type { Registry } from '../domain/registry.js';
-import type { VmSerialPort } from '../domain/vm-serial-port.js';
+import type { ConsoleHub } from '../domain/console-hub.js';
 import type { VmotionCoordinator } from '../domain/vmotion.js';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
@@ -47,7 +47,7 @@ export class Metrics {
     });
   }
 
-  bytesTotals(hubs: readonly VmSerialPort[]): { fromVm: number; toVm: number } {
+  bytesTotals(hubs: readonly ConsoleHub[]): { fromVm: number; toVm: number } {
     let fromVm = this.retiredFromVm;
     let toVm = this.retiredToVm;
     for (const h of hubs) {
@@ -60,7 +60,7 @@ export class Metrics {
 
 export interface MetricsInput {
   metrics: Metrics;
-  hubs: readonly VmSerialPort[];
+  hubs: readonly ConsoleHub[];
   vmotion: VmotionCoordinator;
   version: string;
   uptimeSeconds: number;

@@ -1,10 +1,10 @@
-import type { Logger } from '../logger.js';
+import type { Logger } from '../domain/logger.js';
 import type { Registry } from '../domain/registry.js';
-import type { VmSerialPort } from '../domain/vm-serial-port.js';
+import type { ConsoleHub } from '../domain/console-hub.js';
 import type { VmotionCoordinator } from '../domain/vmotion.js';
-import type { ReloadReport, ResolvedVmSettings } from '../config-file.js';
+import type { ReloadReport, ResolvedVmSettings } from '../config/file.js';
 import { ConfigError, VspcError } from '../errors.js';
-import { formatUuid } from '../protocol/vmware/identity.js';
+import { formatUuid } from '../util/uuid.js';
 import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
 import { resolveVm } from './resolve.js';
@@ -15,14 +15,14 @@ export interface AdminContext {
   registry: Registry;
   vmotion: VmotionCoordinator;
   logger: Logger;
-  tlsPortOf(hub: VmSerialPort): number | null;
+  tlsPortOf(hub: ConsoleHub): number | null;
   status(): StatusView;
   /** Console log files, when `--log-dir` is set (src/logging/console-log.ts). */
   consoleLogs?: {
     /** The last `lines` lines of the VM serial port's current console log. */
-    tail(hub: VmSerialPort, lines: number): Promise<string>;
+    tail(hub: ConsoleHub, lines: number): Promise<string>;
     /** Rotate one VM's log now, or all of them. */
-    rotate(hub?: VmSerialPort): Promise<void>;
+    rotate(hub?: ConsoleHub): Promise<void>;
   };
   /** Event counters for `GET /metrics`. */
   metrics?: Metrics;
@@ -31,7 +31,7 @@ export interface AdminContext {
   /** vspc's own listener ports, which `set-port` must not hand to a VM. */
   ownPorts?(): number[];
   /** The config file's `vms:` settings for a VM serial port. */
-  settingsOf?(hub: VmSerialPort): ResolvedVmSettings;
+  settingsOf?(hub: ConsoleHub): ResolvedVmSettings;
 }
 
 export const DEFAULT_LOG_LINES = 50;
@@ -57,23 +57,23 @@ function intParam(url: URL, name: string, min: number, max: number, fallback?: n
 
 /** The admin API's calls (documented in docs/admin-api.md). */
 export function adminRoutes(ctx: AdminContext): AdminRoute[] {
-  const view = (h: VmSerialPort) => portView(h, ctx.registry, (x) => ctx.tlsPortOf(x));
+  const view = (h: ConsoleHub) => portView(h, ctx.registry, (x) => ctx.tlsPortOf(x));
   const vmOf = (url: URL) => resolveVm(ctx.registry, url.searchParams.get('vm'));
 
-  const detail = (hub: VmSerialPort): VmDetailView => ({
+  const detail = (hub: ConsoleHub): VmDetailView => ({
     ...view(hub),
     displayName: hub.displayName,
     bytesFromVm: hub.bytesFromVm,
     bytesToVm: hub.bytesToVm,
     scrollbackBytes: hub.scrollback.capacity,
-    uart: uartView(hub.details),
+    uart: uartView(hub.lineSettings),
     clientList: clientViews(hub),
     vmotions: ctx.vmotion.historyOf(hub),
     settings: ctx.settingsOf?.(hub) ?? {},
   });
 
-  const setPort = (hub: VmSerialPort, port: number) => {
-    const before = hub.identity.port;
+  const setPort = (hub: ConsoleHub, port: number) => {
+    const before = hub.identity.tcpPort;
     if (port === before) return { ...view(hub), previousPort: before };
     const own = new Set(ctx.ownPorts?.() ?? []);
     const tls = ctx.tlsPortOf(hub);
@@ -87,8 +87,8 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       for (const other of ctx.registry.all()) {
         if (other === hub) continue;
         const otherTls = ctx.tlsPortOf(other);
-        if (other.identity.port === p || otherTls === p) {
-          throw new AdminApiError(409, 'VSPC_PORT_IN_USE', `port ${p} is used by ${other.displayName} (port ${other.identity.port})`);
+        if (other.identity.tcpPort === p || otherTls === p) {
+          throw new AdminApiError(409, 'VSPC_PORT_IN_USE', `port ${p} is used by ${other.displayName} (port ${other.identity.tcpPort})`);
         }
       }
     }
@@ -116,7 +116,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       handle: (url) => {
         const match = url.searchParams.get('match');
         const re = match ? namePattern(match) : null;
-        const hubs = ctx.registry.all().filter((h) => !re || re.test(h.displayName) || re.test(formatUuid(h.identity.uuid)) || re.test(h.identity.uuid));
+        const hubs = ctx.registry.all().filter((h) => !re || re.test(h.displayName) || re.test(formatUuid(h.identity.key)) || re.test(h.identity.key));
         return hubs.map(view);
       },
     },
@@ -138,7 +138,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         const kicked = clientViews(hub).filter((c) => targets.some((t) => t.id === c.id));
         for (const c of targets) c.close('disconnected by the administrator');
         ctx.logger.info('clients disconnected by the administrator', { vm: hub.displayName, clients: kicked.map((c) => c.id) });
-        return { vm: hub.displayName, port: hub.identity.port, kicked };
+        return { vm: hub.displayName, port: hub.identity.tcpPort, kicked };
       },
     },
     {
@@ -148,7 +148,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         const hub = vmOf(url);
         const v = view(hub);
         ctx.registry.forget(hub);
-        ctx.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.port });
+        ctx.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.tcpPort });
         return v;
       },
     },
@@ -164,7 +164,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         const hub = vmOf(url);
         const lines = intParam(url, 'lines', 1, MAX_LOG_LINES, DEFAULT_LOG_LINES);
         if (!ctx.consoleLogs) throw new AdminApiError(409, 'VSPC_CONSOLE_LOG_OFF', 'console logging is off (start vspc with --log-dir)');
-        return { vm: hub.displayName, port: hub.identity.port, lines, text: await ctx.consoleLogs.tail(hub, lines) };
+        return { vm: hub.displayName, port: hub.identity.tcpPort, lines, text: await ctx.consoleLogs.tail(hub, lines) };
       },
     },
     {

@@ -1,7 +1,7 @@
 import type { Registry } from '../domain/registry.js';
-import type { VmSerialPort } from '../domain/vm-serial-port.js';
-import { formatUuid } from '../protocol/vmware/identity.js';
-import type { UartSettings } from '../protocol/vmware/server-protocol.js';
+import type { ConsoleHub } from '../domain/console-hub.js';
+import { formatUuid } from '../util/uuid.js';
+import type { SerialLineSettings } from '../domain/serial-line.js';
 
 /** One row of `vspc-admin list --json`: the admin API's stable shape. */
 export interface PortView {
@@ -20,13 +20,13 @@ export interface PortView {
   listenError: string | null;
 }
 
-export function portView(hub: VmSerialPort, registry: Registry, tlsPortOf: (h: VmSerialPort) => number | null): PortView {
+export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: ConsoleHub) => number | null): PortView {
   const lastSeen = registry.lastSeen(hub);
   return {
     name: hub.identity.name,
-    uuid: formatUuid(hub.identity.uuid),
+    uuid: formatUuid(hub.identity.key),
     label: hub.identity.label,
-    port: hub.identity.port,
+    port: hub.identity.tcpPort,
     tlsPort: tlsPortOf(hub),
     connected: hub.source !== null,
     state: hub.state,
@@ -62,7 +62,7 @@ interface ClientFacts {
   secure?: boolean;
 }
 
-export function clientViews(hub: VmSerialPort): ClientView[] {
+export function clientViews(hub: ConsoleHub): ClientView[] {
   return [...hub.clients]
     .map((c) => {
       const f = c as unknown as ClientFacts;
@@ -73,9 +73,9 @@ export function clientViews(hub: VmSerialPort): ClientView[] {
         tls: f.secure === true,
         connectedSince: typeof f.connectedAt === 'number' ? new Date(f.connectedAt).toISOString() : null,
         vm: hub.displayName,
-        uuid: formatUuid(hub.identity.uuid),
+        uuid: formatUuid(hub.identity.key),
         label: hub.identity.label,
-        port: hub.identity.port,
+        port: hub.identity.tcpPort,
       };
     })
     .sort((a, b) => a.id - b.id);
@@ -91,8 +91,7 @@ export interface UartView {
   summary: string;
 }
 
-export function uartView(details: Record<string, unknown>): UartView | null {
-  const u = details.uart as UartSettings | undefined;
+export function uartView(u: SerialLineSettings | null): UartView | null {
   if (!u || typeof u !== 'object') return null;
   const parity = u.parity ?? null;
   const stopBits = u.stopBits ?? null;

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import { VspcError } from '../errors.js';
-import type { HostPort } from '../config.js';
+import type { HostPort } from '../config/config.js';
 
 export interface AdminClientOptions {
   /** Sent as `Authorization: Bearer <token>`. */

@@ -1,11 +1,11 @@
 #!/usr/bin/env node
 import { CommanderError } from 'commander';
-import type { VspcConfig } from '../config.js';
+import type { VspcConfig } from '../config/config.js';
 import { VspcError } from '../errors.js';
-import { createLogger, errorFields, type LogFormat } from '../logger.js';
+import { createLogger, errorFields, type LogFormat } from '../logging/logger.js';
 import { VspcServer } from '../server.js';
-import { buildProgram, configFromOptions } from './vspc-options.js';
-import { createReloader, loadConfiguration, type LoadedConfiguration } from '../config-file.js';
+import { buildProgram, configFromOptions } from '../config/options.js';
+import { createReloader, loadConfiguration, type LoadedConfiguration } from '../config/file.js';
 
 async function main(argv: string[]): Promise<void> {
   const program = buildProgram().exitOverride();

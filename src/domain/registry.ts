@@ -1,20 +1,21 @@
 import { EventEmitter } from 'node:events';
-import type { SerialPortRecord, SerialPortStore } from '../storage/serial-port-store.js';
-import { VmSerialPort, type SerialPortObserver } from './vm-serial-port.js';
+import { ConsoleHub, type ConsoleObserver } from './console-hub.js';
+import type { ConsoleKind } from './identity.js';
+import type { ConsoleRecord, ConsoleRepository } from './repository.js';
 
 export interface RegistryEvents {
   /** A VM serial port is known (at load or first registration): its client listener should exist. */
-  added: [port: VmSerialPort];
+  added: [port: ConsoleHub];
   /** Forgotten or expired: its listener goes, its clients are closed. */
-  removed: [port: VmSerialPort];
+  removed: [port: ConsoleHub];
   /** Moved to another client port (`set-port`). */
-  moved: [port: VmSerialPort, oldPort: number];
+  moved: [port: ConsoleHub, oldPort: number];
   /** The VM reported a new name (per-VM settings may match by name). */
-  renamed: [port: VmSerialPort, oldName: string | null];
+  renamed: [port: ConsoleHub, oldName: string | null];
 }
 
-function key(uuid: string, label: string): string {
-  return `${uuid}/${label}`;
+function keyOf(kind: ConsoleKind, key: string, label: string): string {
+  return `${kind}\0${key}\0${label}`;
 }
 
 /**
@@ -23,12 +24,12 @@ function key(uuid: string, label: string): string {
  * and listeners follow its events.
  */
 export class Registry extends EventEmitter<RegistryEvents> {
-  private readonly byKey = new Map<string, VmSerialPort>();
-  private readonly byPort = new Map<number, VmSerialPort>();
+  private readonly byKey = new Map<string, ConsoleHub>();
+  private readonly byPort = new Map<number, ConsoleHub>();
 
   constructor(
-    private readonly store: SerialPortStore,
-    private readonly hubOptions: { maxHeldInput?: number; scrollbackBytes?: number; observer?: SerialPortObserver } = {},
+    private readonly store: ConsoleRepository,
+    private readonly hubOptions: { maxHeldInput?: number; scrollbackBytes?: number; observer?: ConsoleObserver } = {},
   ) {
     super();
   }
@@ -42,19 +43,19 @@ export class Registry extends EventEmitter<RegistryEvents> {
    * A VM serial port identified itself: find or create its record (sticky port) and
    * hub. The name is updated when given.
    */
-  register(uuid: string, label: string, name: string | null, now = Date.now()): { port: VmSerialPort; created: boolean } {
-    const existing = this.byKey.get(key(uuid, label));
-    const { record, created } = this.store.register(uuid, label, name, now);
+  register(kind: ConsoleKind, key: string, label: string, name: string | null, now = Date.now()): { hub: ConsoleHub; created: boolean } {
+    const existing = this.byKey.get(keyOf(kind, key, label));
+    const { record, created } = this.store.register(kind, key, label, name, now);
     if (existing) {
       const old = existing.identity.name;
       if (record.name !== null) existing.identity.name = record.name;
       if (existing.identity.name !== old) this.emit('renamed', existing, old);
-      return { port: existing, created: false };
+      return { hub: existing, created: false };
     }
-    return { port: this.adopt(record), created };
+    return { hub: this.adopt(record), created };
   }
 
-  rename(port: VmSerialPort, name: string): void {
+  rename(port: ConsoleHub, name: string): void {
     if (port.identity.name === name) return;
     this.store.rename(port.identity.id, name);
     const old = port.identity.name;
@@ -63,20 +64,20 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /** Record that the VM was seen now (connect, disconnect). */
-  touch(port: VmSerialPort, now = Date.now()): void {
+  touch(port: ConsoleHub, now = Date.now()): void {
     this.store.touch(port.identity.id, now);
   }
 
-  get(uuid: string, label: string): VmSerialPort | undefined {
-    return this.byKey.get(key(uuid, label));
+  get(kind: ConsoleKind, key: string, label: string): ConsoleHub | undefined {
+    return this.byKey.get(keyOf(kind, key, label));
   }
 
-  getByPort(tcpPort: number): VmSerialPort | undefined {
+  getByPort(tcpPort: number): ConsoleHub | undefined {
     return this.byPort.get(tcpPort);
   }
 
-  all(): VmSerialPort[] {
-    return [...this.byKey.values()].sort((a, b) => a.identity.port - b.identity.port);
+  all(): ConsoleHub[] {
+    return [...this.byKey.values()].sort((a, b) => a.identity.tcpPort - b.identity.tcpPort);
   }
 
   get size(): number {
@@ -84,17 +85,17 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /** Drop a VM serial port: its row, its port, its listener and its clients. */
-  forget(port: VmSerialPort, reason = 'forgotten by the administrator'): void {
+  forget(port: ConsoleHub, reason = 'forgotten by the administrator'): void {
     this.store.forget(port.identity.id);
     this.drop(port, reason);
   }
 
-  setPort(port: VmSerialPort, tcpPort: number): void {
-    const old = port.identity.port;
+  setPort(port: ConsoleHub, tcpPort: number): void {
+    const old = port.identity.tcpPort;
     if (old === tcpPort) return;
     this.store.setPort(port.identity.id, tcpPort);
     this.byPort.delete(old);
-    port.identity.port = tcpPort;
+    port.identity.tcpPort = tcpPort;
     this.byPort.set(tcpPort, port);
     this.emit('moved', port, old);
   }
@@ -103,18 +104,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
    * Forget VM serial ports not seen for `maxAgeMs` that are neither connected nor in
    * use, so that long-gone VMs do not hold ports forever.
    */
-  expire(maxAgeMs: number, now = Date.now()): VmSerialPort[] {
+  expire(maxAgeMs: number, now = Date.now()): ConsoleHub[] {
     const gone = this.store.expire(
       maxAgeMs,
       (r) => {
-        const p = this.byKey.get(key(r.uuid, r.label));
+        const p = this.byKey.get(keyOf(r.kind, r.key, r.label));
         return !!p && (p.source !== null || p.clients.size > 0);
       },
       now,
     );
-    const dropped: VmSerialPort[] = [];
+    const dropped: ConsoleHub[] = [];
     for (const r of gone) {
-      const p = this.byKey.get(key(r.uuid, r.label));
+      const p = this.byKey.get(keyOf(r.kind, r.key, r.label));
       if (p) {
         this.drop(p, 'expired');
         dropped.push(p);
@@ -123,27 +124,27 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return dropped;
   }
 
-  lastSeen(port: VmSerialPort): number | undefined {
+  lastSeen(port: ConsoleHub): number | undefined {
     return this.store.getById(port.identity.id)?.lastSeen;
   }
 
-  private adopt(r: SerialPortRecord): VmSerialPort {
+  private adopt(r: ConsoleRecord): ConsoleHub {
     const o = this.hubOptions;
-    const port = new VmSerialPort(
-      { id: r.id, uuid: r.uuid, label: r.label, name: r.name, port: r.port },
+    const port = new ConsoleHub(
+      { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name, tcpPort: r.tcpPort },
       o.maxHeldInput,
       o.scrollbackBytes,
       o.observer ?? null,
     );
-    this.byKey.set(key(r.uuid, r.label), port);
-    this.byPort.set(r.port, port);
+    this.byKey.set(keyOf(r.kind, r.key, r.label), port);
+    this.byPort.set(r.tcpPort, port);
     this.emit('added', port);
     return port;
   }
 
-  private drop(port: VmSerialPort, reason: string): void {
-    this.byKey.delete(key(port.identity.uuid, port.identity.label));
-    this.byPort.delete(port.identity.port);
+  private drop(port: ConsoleHub, reason: string): void {
+    this.byKey.delete(keyOf(port.identity.kind, port.identity.key, port.identity.label));
+    this.byPort.delete(port.identity.tcpPort);
     port.closeClients(`VM serial port ${reason}`);
     port.source?.close(`VM serial port ${reason}`);
     this.emit('removed', port);

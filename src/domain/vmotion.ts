@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import type { Logger } from '../logger.js';
-import type { SerialSource } from './ports.js';
-import type { VmSerialPort } from './vm-serial-port.js';
+import type { Logger } from './logger.js';
+import type { ConsoleSource } from './seams.js';
+import type { ConsoleHub } from './console-hub.js';
 
 /**
  * vMotion handoff. One Migration per VMOTION-BEGIN, keyed by the exact bytes
@@ -30,18 +30,18 @@ export type MigrationState = 'awaiting-peer' | 'peer-ok';
 export type MigrationOutcome = 'completed' | 'aborted' | 'timed-out' | 'replaced' | 'refused';
 
 /** What the coordinator needs from a VM connection; EsxiConnection implements it. */
-export interface VmotionEndpoint extends SerialSource {
+export interface VmotionEndpoint extends ConsoleSource {
   readonly id: number;
   readonly log: Logger;
   /** The hub this connection feeds, when it is a VM's attached source. */
-  readonly serialPort: VmSerialPort | null;
+  readonly serialPort: ConsoleHub | null;
   sendGoahead(seq: Buffer, secret: Buffer): void;
   sendNotNow(seq: Buffer): void;
   sendPeerOk(seq: Buffer): void;
   /** Presented a valid secret: waits for COMPLETE (no identify timeout, no registration). */
   markVmotionPeer(): void;
   /** Become `hub`'s source; returns the source it replaced. */
-  adoptHub(hub: VmSerialPort): SerialSource | null;
+  adoptHub(hub: ConsoleHub): ConsoleSource | null;
   /** Stop being the hub's source without closing (late bytes still reach the hub). */
   retireFromHub(): void;
 }
@@ -49,7 +49,7 @@ export interface VmotionEndpoint extends SerialSource {
 interface Migration {
   readonly key: string;
   readonly seq: Buffer;
-  readonly hub: VmSerialPort;
+  readonly hub: ConsoleHub;
   source: VmotionEndpoint;
   /** False once the source connection has closed. */
   sourceAlive: boolean;
@@ -79,7 +79,7 @@ export class VmotionCoordinator {
   private readonly byKey = new Map<string, Migration>();
   private readonly bySource = new Map<VmotionEndpoint, Migration>();
   private readonly byPeer = new Map<VmotionEndpoint, Migration>();
-  private readonly history = new WeakMap<VmSerialPort, VmotionRecord[]>();
+  private readonly history = new WeakMap<ConsoleHub, VmotionRecord[]>();
   private shuttingDown = false;
   readonly counters: VmotionCounters = {
     begun: 0,
@@ -101,7 +101,7 @@ export class VmotionCoordinator {
     return this.byKey.size;
   }
 
-  historyOf(hub: VmSerialPort): readonly VmotionRecord[] {
+  historyOf(hub: ConsoleHub): readonly VmotionRecord[] {
     return this.history.get(hub) ?? [];
   }
 

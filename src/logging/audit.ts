@@ -3,22 +3,22 @@
  * they left and why, and forced takeovers. Structured winston lines (child logger
  * `{ audit: true }`), from the hubs' events. Console bytes are not here (console-log.ts).
  */
-import type { Logger } from '../logger.js';
-import { formatUuid } from '../protocol/vmware/identity.js';
-import type { SerialPortEvent, SerialPortObserver, VmSerialPort } from '../domain/vm-serial-port.js';
+import type { Logger } from '../domain/logger.js';
+import { displayKey } from '../domain/identity.js';
+import type { ConsoleEvent, ConsoleObserver, ConsoleHub } from '../domain/console-hub.js';
 
-function vmFields(port: VmSerialPort): Record<string, unknown> {
+function vmFields(port: ConsoleHub): Record<string, unknown> {
   const id = port.identity;
   return {
     vm: port.displayName,
-    uuid: /^[0-9a-f]{32}$/.test(id.uuid) ? formatUuid(id.uuid) : id.uuid,
+    uuid: displayKey(id),
     label: id.label,
-    port: id.port,
+    port: id.tcpPort,
   };
 }
 
-export interface AuditObserver extends SerialPortObserver {
-  event(port: VmSerialPort, event: SerialPortEvent): void;
+export interface AuditObserver extends ConsoleObserver {
+  event(port: ConsoleHub, event: ConsoleEvent): void;
   /** Clients attached now (for their session length at detach). */
   readonly attachedClients: number;
 }
@@ -32,7 +32,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
     get attachedClients() {
       return since.size;
     },
-    event(port: VmSerialPort, e: SerialPortEvent): void {
+    event(port: ConsoleHub, e: ConsoleEvent): void {
       switch (e.kind) {
         case 'client-attached':
           since.set(e.clientId, now());

@@ -10,10 +10,11 @@
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Logger } from '../logger.js';
-import { errorFields } from '../logger.js';
-import { formatUuid } from '../protocol/vmware/identity.js';
-import type { SerialPortEvent, SerialPortObserver, VmSerialPort } from '../domain/vm-serial-port.js';
+import type { Logger } from '../domain/logger.js';
+import { errorFields } from '../errors.js';
+import { formatUuid } from '../util/uuid.js';
+import { displayKey } from '../domain/identity.js';
+import type { ConsoleEvent, ConsoleObserver, ConsoleHub } from '../domain/console-hub.js';
 import { consoleLogBaseName, nameLinkBaseName } from './names.js';
 
 export interface ConsoleLogOptions {
@@ -35,7 +36,7 @@ export interface ConsoleLogOptions {
   /** After a disk error, a file is not retried for this long (its output is queued meanwhile). */
   retryMs?: number;
   /** Every VM serial port known (for `rotate()` of all). */
-  ports?: () => Iterable<VmSerialPort>;
+  ports?: () => Iterable<ConsoleHub>;
   /** Clock for the timestamps in the files (tests); timers use the real clock. */
   now?: () => number;
 }
@@ -95,7 +96,7 @@ class LogFile {
   constructor(
     readonly key: string,
     readonly base: string,
-    public hub: VmSerialPort,
+    public hub: ConsoleHub,
   ) {}
 
   /** Anything queued (data or operations)? */
@@ -122,7 +123,7 @@ function clean(text: string): string {
   return text.replace(/[\u0000-\u001f\u007f]/g, '?');
 }
 
-export function describeEvent(e: SerialPortEvent): string {
+export function describeEvent(e: ConsoleEvent): string {
   switch (e.kind) {
     case 'vm-connected':
       return `VM connected from ${e.peer}`;
@@ -140,17 +141,17 @@ export function describeEvent(e: SerialPortEvent): string {
 }
 
 /**
- * The console logs of every VM serial port: a `SerialPortObserver` (pass it to the
+ * The console logs of every VM serial port: a `ConsoleObserver` (pass it to the
  * Registry) plus the admin operations `tail` and `rotate`, and `forget` / `close`.
  */
-export class ConsoleLogManager implements SerialPortObserver {
+export class ConsoleLogManager implements ConsoleObserver {
   readonly dir: string;
   private readonly o: Required<Omit<ConsoleLogOptions, 'ports' | 'logger' | 'dir'>>;
   private readonly log: Logger;
-  private readonly ports: () => Iterable<VmSerialPort>;
+  private readonly ports: () => Iterable<ConsoleHub>;
   private readonly files = new Map<string, LogFile>();
   /** Hubs the registry dropped: their files are closed as soon as they are written. */
-  private readonly forgottenHubs = new WeakSet<VmSerialPort>();
+  private readonly forgottenHubs = new WeakSet<ConsoleHub>();
   private readonly markTimer: NodeJS.Timeout | null = null;
   private dirReady = false;
   private closing: Promise<void> | null = null;
@@ -189,8 +190,8 @@ export class ConsoleLogManager implements SerialPortObserver {
   }
 
   /** The current log file of a VM serial port (it may not exist yet). */
-  pathOf(hub: VmSerialPort): string {
-    return join(this.dir, `${consoleLogBaseName(hub.identity.uuid, hub.identity.label)}.log`);
+  pathOf(hub: ConsoleHub): string {
+    return join(this.dir, `${consoleLogBaseName(hub.identity.key, hub.identity.label)}.log`);
   }
 
   /** Creates the directory; a failure is a warning (consoles work without logs). */
@@ -206,9 +207,9 @@ export class ConsoleLogManager implements SerialPortObserver {
     }
   }
 
-  // --- SerialPortObserver: synchronous, never throws, never waits.
+  // --- ConsoleObserver: synchronous, never throws, never waits.
 
-  output(hub: VmSerialPort, data: Buffer): void {
+  output(hub: ConsoleHub, data: Buffer): void {
     if (this.shuttingDown || data.length === 0) return;
     try {
       const f = this.fileOf(hub);
@@ -220,7 +221,7 @@ export class ConsoleLogManager implements SerialPortObserver {
     }
   }
 
-  event(hub: VmSerialPort, e: SerialPortEvent): void {
+  event(hub: ConsoleHub, e: ConsoleEvent): void {
     if (this.shuttingDown) return;
     try {
       const f = this.fileOf(hub);
@@ -237,9 +238,9 @@ export class ConsoleLogManager implements SerialPortObserver {
    * Rotate one VM serial port's log now, or every one's. An empty or missing file is
    * not rotated. Data queued before the call goes to the old file.
    */
-  async rotate(hub?: VmSerialPort): Promise<void> {
+  async rotate(hub?: ConsoleHub): Promise<void> {
     if (hub) return this.rotateOne(hub);
-    const hubs = new Set<VmSerialPort>(this.ports());
+    const hubs = new Set<ConsoleHub>(this.ports());
     for (const f of this.files.values()) hubs.add(f.hub);
     const results = await Promise.allSettled([...hubs].map((h) => this.rotateOne(h)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -251,7 +252,7 @@ export class ConsoleLogManager implements SerialPortObserver {
    * what is queued), read backwards from the end: at most 1 MiB is read however big
    * the file. '' when there is no file yet.
    */
-  async tail(hub: VmSerialPort, lines: number): Promise<string> {
+  async tail(hub: ConsoleHub, lines: number): Promise<string> {
     const f = this.files.get(this.keyOf(hub));
     if (f) await this.settle(f);
     return readLastLines(this.pathOf(hub), lines, TAIL_MAX_BYTES);
@@ -263,7 +264,7 @@ export class ConsoleLogManager implements SerialPortObserver {
   }
 
   /** The registry dropped this VM serial port: write what is queued, then close its file. */
-  forget(hub: VmSerialPort): void {
+  forget(hub: ConsoleHub): void {
     this.forgottenHubs.add(hub);
     const f = this.files.get(this.keyOf(hub));
     if (!f || f.hub !== hub) return;
@@ -298,15 +299,15 @@ export class ConsoleLogManager implements SerialPortObserver {
 
   // --- Queueing (synchronous).
 
-  private keyOf(hub: VmSerialPort): string {
-    return `${hub.identity.uuid}/${hub.identity.label}`;
+  private keyOf(hub: ConsoleHub): string {
+    return `${hub.identity.key}/${hub.identity.label}`;
   }
 
-  private fileOf(hub: VmSerialPort): LogFile {
+  private fileOf(hub: ConsoleHub): LogFile {
     const key = this.keyOf(hub);
     let f = this.files.get(key);
     if (!f) {
-      f = new LogFile(key, consoleLogBaseName(hub.identity.uuid, hub.identity.label), hub);
+      f = new LogFile(key, consoleLogBaseName(hub.identity.key, hub.identity.label), hub);
       this.files.set(key, f);
     } else if (f.hub !== hub && !this.forgottenHubs.has(hub)) {
       // Forgotten and registered again: same identity, same file. (A late event of
@@ -515,7 +516,7 @@ export class ConsoleLogManager implements SerialPortObserver {
   /** First line of every new file: which VM serial port it is. */
   private header(f: LogFile): Buffer {
     const id = f.hub.identity;
-    const uuid = /^[0-9a-f]{32}$/.test(id.uuid) ? formatUuid(id.uuid) : id.uuid;
+    const uuid = displayKey(id);
     const stamp = new Date(this.o.now()).toISOString();
     const parts = [id.name ? `console log of VM ${JSON.stringify(clean(id.name))}` : 'console log of VM', `uuid ${uuid}`];
     if (id.label) parts.push(`label ${JSON.stringify(clean(id.label))}`);
@@ -556,7 +557,7 @@ export class ConsoleLogManager implements SerialPortObserver {
     await fsp.rename(path, `${path}.1`);
   }
 
-  private rotateOne(hub: VmSerialPort): Promise<void> {
+  private rotateOne(hub: ConsoleHub): Promise<void> {
     if (this.shuttingDown) return Promise.resolve();
     const f = this.fileOf(hub);
     return this.enqueueOp(f, async () => {

@@ -4,7 +4,7 @@
  * a symbolic link in `by-name/` for operators. See docs/console-logs.md.
  */
 import { createHash } from 'node:crypto';
-import { formatUuid } from '../protocol/vmware/identity.js';
+import { formatUuid } from '../util/uuid.js';
 
 /** Longest encoded label / name kept in a file name before it is shortened with a hash. */
 const MAX_LABEL_PART = 100;

@@ -1,5 +1,5 @@
 /** Several SerialPortObservers as one (the Registry takes one). */
-import type { SerialPortEvent, SerialPortObserver, VmSerialPort } from '../domain/vm-serial-port.js';
+import type { ConsoleEvent, ConsoleObserver, ConsoleHub } from '../domain/console-hub.js';
 
 /**
  * Calls each observer in the order given. Observers run on the data path and must not
@@ -8,16 +8,16 @@ import type { SerialPortEvent, SerialPortObserver, VmSerialPort } from '../domai
  * Returns undefined when there is nothing to observe.
  */
 export function combineObservers(
-  ...observers: Array<SerialPortObserver | null | undefined | false>
-): SerialPortObserver | undefined {
+  ...observers: Array<ConsoleObserver | null | undefined | false>
+): ConsoleObserver | undefined {
   return combineObserversWith({}, ...observers);
 }
 
 export function combineObserversWith(
   options: { onError?: (err: unknown, index: number) => void },
-  ...observers: Array<SerialPortObserver | null | undefined | false>
-): SerialPortObserver | undefined {
-  const list = observers.filter((o): o is SerialPortObserver => !!o);
+  ...observers: Array<ConsoleObserver | null | undefined | false>
+): ConsoleObserver | undefined {
+  const list = observers.filter((o): o is ConsoleObserver => !!o);
   if (list.length === 0) return undefined;
   const warned = new Set<number>();
   const onError =
@@ -31,7 +31,7 @@ export function combineObserversWith(
   const events = list.map((o, i) => [o, i] as const).filter(([o]) => typeof o.event === 'function');
   // With no output observer (console logs off) the hub's per-chunk call is skipped entirely.
   return {
-    output: outputs.length === 0 ? undefined : (port: VmSerialPort, data: Buffer): void => {
+    output: outputs.length === 0 ? undefined : (port: ConsoleHub, data: Buffer): void => {
       for (const [o, i] of outputs) {
         try {
           o.output!(port, data);
@@ -40,7 +40,7 @@ export function combineObserversWith(
         }
       }
     },
-    event(port: VmSerialPort, event: SerialPortEvent): void {
+    event(port: ConsoleHub, event: ConsoleEvent): void {
       for (const [o, i] of events) {
         try {
           o.event!(port, event);

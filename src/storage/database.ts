@@ -97,7 +97,7 @@ export function openDatabase(path: string): Database.Database {
 export function closeDatabase(db: Database.Database): void {
   if (!db.open) return;
   if (db.inTransaction) {
-    // A group commit (SerialPortStore `groupCommit`) still open: keep its writes.
+    // A group commit (ConsoleStore `groupCommit`) still open: keep its writes.
     try {
       db.exec('COMMIT');
     } catch {

@@ -2,18 +2,18 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Registry } from '../../src/domain/registry.js';
 import { openDatabase, closeDatabase } from '../../src/storage/database.js';
-import { SerialPortStore } from '../../src/storage/serial-port-store.js';
+import { ConsoleStore } from '../../src/storage/console-store.js';
 import { resolveVm } from '../../src/admin/resolve.js';
 import { AdminApiError } from '../../src/admin/admin-server.js';
 
 test('resolveVm: by port, UUID in any form, name, NAME:LABEL; ambiguity and absence are errors', (t) => {
   const db = openDatabase(':memory:');
   t.after(() => closeDatabase(db));
-  const reg = new Registry(new SerialPortStore(db, { start: 30000, end: 30010 }));
+  const reg = new Registry(new ConsoleStore(db, { start: 30000, end: 30010 }));
   const uuid = '421a5b7709c38e219f00aa105c2e7d01';
-  const com1 = reg.register(uuid, 'com1', 'web01').port;
-  const com2 = reg.register(uuid, 'com2', 'web01').port;
-  const db01 = reg.register('f'.repeat(32), '', 'db01').port;
+  const com1 = reg.register('esxi', uuid, 'com1', 'web01').hub;
+  const com2 = reg.register('esxi', uuid, 'com2', 'web01').hub;
+  const db01 = reg.register('esxi', 'f'.repeat(32), '', 'db01').hub;
 
   assert.equal(resolveVm(reg, '30002'), db01);
   assert.equal(resolveVm(reg, 'db01'), db01);

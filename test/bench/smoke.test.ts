@@ -5,9 +5,9 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_OPTIONS, runBench, type BenchReport } from '../../src/bench/harness.js';
-import { markdownTable, rows, textTable } from '../../src/bench/report.js';
-import { findFreePortRange } from '../helpers/ports.js';
+import { DEFAULT_OPTIONS, runBench, type BenchReport } from '../../bench/harness.js';
+import { markdownTable, rows, textTable } from '../../bench/report.js';
+import { findFreePortRange } from '../support/ports.js';
 
 function nonNegative(value: unknown, path: string): void {
   if (typeof value === 'number') {

@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
-import { createLogger, type Logger } from '../../src/logger.js';
-import type { ConsoleClient, SerialSource } from '../../src/domain/ports.js';
-import type { VmSerialPort } from '../../src/domain/vm-serial-port.js';
+import { createLogger, type Logger } from '../../src/logging/logger.js';
+import type { ConsoleClient, ConsoleSource } from '../../src/domain/seams.js';
+import type { ConsoleHub } from '../../src/domain/console-hub.js';
 import type { VmotionEndpoint } from '../../src/domain/vmotion.js';
 
 /** A logger whose JSON lines are kept for assertions. */
@@ -44,7 +44,7 @@ export class FakeClient implements ConsoleClient {
   }
 }
 
-export class FakeSource implements SerialSource {
+export class FakeSource implements ConsoleSource {
   readonly kind = 'fake';
   readonly peer = 'fake-source';
   written: Buffer[] = [];
@@ -72,7 +72,7 @@ let nextEndpoint = 1;
 export class FakeEndpoint extends FakeSource implements VmotionEndpoint {
   readonly id = nextEndpoint++;
   readonly log: Logger;
-  serialPort: VmSerialPort | null = null;
+  serialPort: ConsoleHub | null = null;
   sent: Array<{ kind: 'goahead' | 'notnow' | 'peer-ok'; seq: Buffer; secret?: Buffer }> = [];
   isPeer = false;
   retired = false;
@@ -92,7 +92,7 @@ export class FakeEndpoint extends FakeSource implements VmotionEndpoint {
   markVmotionPeer(): void {
     this.isPeer = true;
   }
-  adoptHub(hub: VmSerialPort): SerialSource | null {
+  adoptHub(hub: ConsoleHub): ConsoleSource | null {
     this.serialPort = hub;
     return hub.attachSource(this);
   }
@@ -101,7 +101,7 @@ export class FakeEndpoint extends FakeSource implements VmotionEndpoint {
     this.serialPort = null;
   }
   /** Attach as the hub's current source (a normal identified connection). */
-  attach(hub: VmSerialPort): this {
+  attach(hub: ConsoleHub): this {
     this.serialPort = hub;
     hub.attachSource(this);
     return this;

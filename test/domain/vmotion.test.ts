@@ -1,12 +1,12 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VmSerialPort } from '../../src/domain/vm-serial-port.js';
+import { ConsoleHub } from '../../src/domain/console-hub.js';
 import { VmotionCoordinator } from '../../src/domain/vmotion.js';
 import { FakeClient, FakeEndpoint, memoryLogger } from './fakes.js';
 
 function setup(timeoutMs = 60_000) {
   const { logger, lines } = memoryLogger();
-  const hub = new VmSerialPort({ id: 1, uuid: 'a'.repeat(32), label: '', name: 'vm1', port: 10000 }, 1024);
+  const hub = new ConsoleHub({ id: 1, kind: 'esxi', key: 'a'.repeat(32), label: '', name: 'vm1', tcpPort: 10000 }, 1024);
   const coordinator = new VmotionCoordinator({ timeoutMs }, logger);
   const source = new FakeEndpoint(logger).attach(hub);
   const client = new FakeClient();
@@ -230,7 +230,7 @@ describe('vMotion coordinator', () => {
   test('several serial ports of one VM migrate together by their own seq+secret', () => {
     const { logger } = memoryLogger();
     const coordinator = new VmotionCoordinator({ timeoutMs: 60_000 }, logger);
-    const hubs = [1, 2].map((id) => new VmSerialPort({ id, uuid: 'b'.repeat(32), label: `com${id}`, name: 'vm', port: 10000 + id }));
+    const hubs = [1, 2].map((id) => new ConsoleHub({ id, kind: 'esxi', key: 'b'.repeat(32), label: `com${id}`, name: 'vm', tcpPort: 10000 + id }));
     const sources = hubs.map((h) => new FakeEndpoint(logger).attach(h));
     sources.forEach((s) => coordinator.begin(s, seq)); // same seq on purpose
     const peers = hubs.map(() => new FakeEndpoint(logger));

@@ -7,11 +7,11 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ClientView, PortView, VmDetailView } from '../../src/admin/views.js';
-import { vspcAdmin } from '../helpers/cli.js';
-import { canBind } from '../helpers/ports.js';
-import { Cleanup, TestServer, esxiUuid, tempDir, waitUntil } from '../helpers/server.js';
-import type { SimulatedVm } from '../../src/sim/index.js';
-import type { VmSerialPort } from '../../src/domain/vm-serial-port.js';
+import { vspcAdmin } from '../support/cli.js';
+import { canBind } from '../support/ports.js';
+import { Cleanup, TestServer, esxiUuid, tempDir, waitUntil } from '../support/server.js';
+import type { SimulatedVm } from '../support/sim/index.js';
+import type { ConsoleHub } from '../../src/domain/console-hub.js';
 
 function formatted(hex: string): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
@@ -23,9 +23,9 @@ describe('vspc-admin commands against a running server', () => {
   const logDir = tempDir('vspc-admin-logs-');
   const web = esxiUuid();
   const db = esxiUuid();
-  let webCom1: { vm: SimulatedVm; hub: VmSerialPort };
-  let webCom2: { vm: SimulatedVm; hub: VmSerialPort };
-  let dbVm: { vm: SimulatedVm; hub: VmSerialPort };
+  let webCom1: { vm: SimulatedVm; hub: ConsoleHub };
+  let webCom2: { vm: SimulatedVm; hub: ConsoleHub };
+  let dbVm: { vm: SimulatedVm; hub: ConsoleHub };
   const admin = (...args: string[]) => vspcAdmin(s.adminAddress, args);
 
   before(async () => {
@@ -33,7 +33,7 @@ describe('vspc-admin commands against a running server', () => {
     webCom1 = await s.connectVm({ uuid: web.text, name: 'adm-web01', serviceUri: 'vSPC.py?port=com1' }, c);
     webCom2 = await s.connectVm({ uuid: web.text, name: 'adm-web01', serviceUri: 'vSPC.py?port=com2' }, c);
     dbVm = await s.connectVm({ uuid: db.text, name: 'adm-db01', comPort: true, uart: { baudRate: 115200, dataSize: 8, parity: 1, stopSize: 1 } }, c);
-    await waitUntil(() => (dbVm.hub.details.uart as { stopBits?: string } | undefined)?.stopBits !== undefined, 3000, 'guest UART reported');
+    await waitUntil(() => dbVm.hub.lineSettings?.stopBits !== undefined, 3000, 'guest UART reported');
   });
   after(async () => {
     await c.run();
@@ -47,8 +47,8 @@ describe('vspc-admin commands against a running server', () => {
     const lines = r.stdout.trimEnd().split('\n');
     assert.match(lines[0], /^PORT\s+TLS\s+NAME\s+LABEL\s+STATE\s+CLIENTS\s+PEER\s+UUID$/);
     assert.equal(lines.length, 4);
-    assert.match(r.stdout, new RegExp(`^${dbVm.hub.identity.port}\\s+-\\s+adm-db01\\s+-\\s+connected\\s+0\\s+\\S+\\s+${formatted(db.hex)}$`, 'm'));
-    assert.match(r.stdout, new RegExp(`^${webCom2.hub.identity.port}\\s+-\\s+adm-web01\\s+com2\\s+connected`, 'm'));
+    assert.match(r.stdout, new RegExp(`^${dbVm.hub.identity.tcpPort}\\s+-\\s+adm-db01\\s+-\\s+connected\\s+0\\s+\\S+\\s+${formatted(db.hex)}$`, 'm'));
+    assert.match(r.stdout, new RegExp(`^${webCom2.hub.identity.tcpPort}\\s+-\\s+adm-web01\\s+com2\\s+connected`, 'm'));
 
     const json = await admin('list', '--json');
     const rows = JSON.parse(json.stdout) as PortView[];
@@ -67,7 +67,7 @@ describe('vspc-admin commands against a running server', () => {
   test('show: identity, ports, peer, connected since, clients with modes, guest UART, vMotion history, bytes', async (t) => {
     const tc = new Cleanup();
     t.after(() => tc.run());
-    const user = await s.connectUser(dbVm.hub.identity.port, tc);
+    const user = await s.connectUser(dbVm.hub.identity.tcpPort, tc);
     await waitUntil(() => dbVm.hub.clients.size === 1, 2000, 'client attached');
     dbVm.vm.send('hello from the guest\r\n');
     await user.waitFor('hello from the guest', 3000);
@@ -84,7 +84,7 @@ describe('vspc-admin commands against a running server', () => {
     const out = r.stdout;
     assert.match(out, /^adm-db01\n/);
     assert.match(out, new RegExp(`^  uuid: +${formatted(db.hex)}$`, 'm'));
-    assert.match(out, new RegExp(`^  port: +${dbVm.hub.identity.port}$`, 'm'));
+    assert.match(out, new RegExp(`^  port: +${dbVm.hub.identity.tcpPort}$`, 'm'));
     assert.match(out, /^  state: +connected$/m);
     assert.match(out, /^  peer: +(::ffff:)?127\.0\.0\.1:\d+$/m);
     assert.match(out, /^  connected since: +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+s ago\)$/m);
@@ -95,7 +95,7 @@ describe('vspc-admin commands against a running server', () => {
     assert.match(out, /^  vMotions: +1$/m);
     assert.match(out, /^    \S+Z  aborted in \d+ ms \(held \d+ bytes\)$/m);
 
-    const j = await admin('show', String(dbVm.hub.identity.port), '--json');
+    const j = await admin('show', String(dbVm.hub.identity.tcpPort), '--json');
     const d = JSON.parse(j.stdout) as VmDetailView;
     assert.equal(d.name, 'adm-db01');
     assert.equal(d.uuid, formatted(db.hex));
@@ -116,7 +116,7 @@ describe('vspc-admin commands against a running server', () => {
     const byUuid = await admin('show', web.hex.toUpperCase());
     assert.equal(byUuid.code, 1);
     assert.match(byUuid.stderr, /matches 2 serial ports/);
-    for (const ref of ['adm-web01:com2', `${formatted(web.hex)}:com2`, String(webCom2.hub.identity.port)]) {
+    for (const ref of ['adm-web01:com2', `${formatted(web.hex)}:com2`, String(webCom2.hub.identity.tcpPort)]) {
       const r = await admin('show', ref, '--json');
       assert.equal(r.code, 0, `${ref}: ${r.stderr}`);
       assert.equal((JSON.parse(r.stdout) as VmDetailView).label, 'com2', ref);
@@ -129,9 +129,9 @@ describe('vspc-admin commands against a running server', () => {
   test('who lists every attached client; kick --client disconnects one (told why), kick all the rest', async (t) => {
     const tc = new Cleanup();
     t.after(() => tc.run());
-    const u1 = await s.connectUser(webCom1.hub.identity.port, tc);
-    const u2 = await s.connectUser(webCom1.hub.identity.port, tc);
-    const u3 = await s.connectUser(dbVm.hub.identity.port, tc);
+    const u1 = await s.connectUser(webCom1.hub.identity.tcpPort, tc);
+    const u2 = await s.connectUser(webCom1.hub.identity.tcpPort, tc);
+    const u3 = await s.connectUser(dbVm.hub.identity.tcpPort, tc);
     await waitUntil(() => webCom1.hub.clients.size === 2 && dbVm.hub.clients.size === 1, 3000, 'clients attached');
 
     const j = await admin('who', '--json');
@@ -148,12 +148,12 @@ describe('vspc-admin commands against a running server', () => {
     }
     const table = await admin('who');
     assert.match(table.stdout, /^ID\s+VM\s+PORT\s+MODE\s+TLS\s+PEER\s+SINCE$/m);
-    assert.match(table.stdout, new RegExp(`^${onWeb[0].id}\\s+adm-web01:com1\\s+${webCom1.hub.identity.port}\\s+readwrite\\s+-\\s+`, 'm'));
+    assert.match(table.stdout, new RegExp(`^${onWeb[0].id}\\s+adm-web01:com1\\s+${webCom1.hub.identity.tcpPort}\\s+readwrite\\s+-\\s+`, 'm'));
 
     const first = [...webCom1.hub.clients].map((x) => x.id).sort((a, b) => a - b)[0];
     const k1 = await admin('kick', 'adm-web01:com1', '--client', String(first));
     assert.equal(k1.code, 0, k1.stderr);
-    assert.match(k1.stdout, new RegExp(`^disconnected from adm-web01:com1 \\(port ${webCom1.hub.identity.port}\\): #${first} \\S+\\n$`));
+    assert.match(k1.stdout, new RegExp(`^disconnected from adm-web01:com1 \\(port ${webCom1.hub.identity.tcpPort}\\): #${first} \\S+\\n$`));
     const kicked = [u1, u2].find((u) => u.text.includes('disconnected by the administrator'));
     assert.ok(kicked, 'the kicked client was told');
     await kicked.whenClosed(3000);
@@ -178,15 +178,15 @@ describe('vspc-admin commands against a running server', () => {
     const tc = new Cleanup();
     t.after(() => tc.run());
     const hub = webCom2.hub;
-    const before = hub.identity.port;
-    const used = new Set(s.server.registry.all().map((h) => h.identity.port));
+    const before = hub.identity.tcpPort;
+    const used = new Set(s.server.registry.all().map((h) => h.identity.tcpPort));
     let target = s.config.portRange.end;
     while (used.has(target)) target--;
 
     const r = await admin('set-port', 'adm-web01:com2', String(target));
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, `moved adm-web01:com2 from port ${before} to ${target}\n`);
-    assert.equal(hub.identity.port, target);
+    assert.equal(hub.identity.tcpPort, target);
     await waitUntil(() => canBind(before), 3000, 'old port released');
     const user = await s.connectUser(target, tc);
     webCom2.vm.send('on the new port\r\n');
@@ -197,16 +197,16 @@ describe('vspc-admin commands against a running server', () => {
     const same = await admin('set-port', String(target), String(target));
     assert.equal(same.stdout, `adm-web01:com2 is already on port ${target}\n`);
 
-    const taken = await admin('set-port', 'adm-web01:com2', String(dbVm.hub.identity.port));
+    const taken = await admin('set-port', 'adm-web01:com2', String(dbVm.hub.identity.tcpPort));
     assert.equal(taken.code, 1);
-    assert.match(taken.stderr, new RegExp(`^vspc-admin: port ${dbVm.hub.identity.port} is used by adm-db01 \\(port ${dbVm.hub.identity.port}\\)\\n$`));
+    assert.match(taken.stderr, new RegExp(`^vspc-admin: port ${dbVm.hub.identity.tcpPort} is used by adm-db01 \\(port ${dbVm.hub.identity.tcpPort}\\)\\n$`));
     const own = await admin('set-port', 'adm-web01:com2', String(s.adminPort));
     assert.equal(own.code, 1);
     assert.match(own.stderr, /is one of vspc's own listener ports/);
     const bad = await admin('set-port', 'adm-web01:com2', '70000');
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /port must be an integer 1-65535, got "70000"/);
-    assert.equal(hub.identity.port, target, 'refused moves change nothing');
+    assert.equal(hub.identity.tcpPort, target, 'refused moves change nothing');
   });
 
   test('log shows the end of the console log', async () => {
@@ -255,7 +255,7 @@ describe('vspc-admin commands against a running server', () => {
   });
 
   test('forget drops a VM serial port and frees its port (last: it changes the set)', async () => {
-    const port = webCom2.hub.identity.port;
+    const port = webCom2.hub.identity.tcpPort;
     const r = await admin('forget', 'adm-web01:com2');
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, `forgot adm-web01:com2 (port ${port} is free again)\n`);

@@ -11,9 +11,9 @@ import tls from 'node:tls';
 import fc from 'fast-check';
 import { IAC, SB, SE, Option } from '../../src/protocol/telnet/constants.js';
 import { Ext } from '../../src/protocol/vmware/codes.js';
-import { SimulatedVm, TelnetUser, type SimulatedVmOptions } from '../../src/sim/index.js';
-import { TestServer, Cleanup, esxiUuid, sleep, tempDir, makeCert, waitUntil } from '../helpers/server.js';
-import type { LogLine } from '../helpers/log-capture.js';
+import { SimulatedVm, TelnetUser, type SimulatedVmOptions } from '../support/sim/index.js';
+import { TestServer, Cleanup, esxiUuid, sleep, tempDir, makeCert, waitUntil } from '../support/server.js';
+import type { LogLine } from '../support/log-capture.js';
 
 const MAX_SB = 4096;
 
@@ -90,7 +90,7 @@ describe('bad input on the VM side', () => {
     c.add(() => s.dispose());
     const u = esxiUuid();
     const { vm, hub } = await s.connectVm({ uuid: u.text, name: 'good-vm' }, c);
-    const user = await s.connectUser(hub.identity.port, c);
+    const user = await s.connectUser(hub.identity.tcpPort, c);
     good = new GoodTraffic(vm, user);
     good.start();
     c.add(() => good.stop());

@@ -6,11 +6,11 @@ import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import type { PortView } from '../../src/admin/views.js';
-import { SimulatedVm, TelnetUser } from '../../src/sim/index.js';
+import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
-import { Child, runNode, vspcAdmin, VSPC_ADMIN_JS, VSPC_JS } from '../helpers/cli.js';
-import { findFreePort, findFreePortRange, canBind } from '../helpers/ports.js';
-import { Cleanup, esxiUuid, tempDir, waitUntil, sleep } from '../helpers/server.js';
+import { Child, runNode, vspcAdmin, VSPC_ADMIN_JS, VSPC_JS } from '../support/cli.js';
+import { findFreePort, findFreePortRange, canBind } from '../support/ports.js';
+import { Cleanup, esxiUuid, tempDir, waitUntil, sleep } from '../support/server.js';
 
 describe('vspc and vspc-admin command lines', () => {
   const c = new Cleanup();

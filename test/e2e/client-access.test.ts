@@ -4,10 +4,10 @@ import net from 'node:net';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { TelnetUser } from '../../src/sim/index.js';
+import { TelnetUser } from '../support/sim/index.js';
 import { BRK } from '../../src/protocol/telnet/constants.js';
-import { Cleanup, TestServer, startServer, esxiUuid, makeCert, sleep, tempDir, waitUntil } from '../helpers/server.js';
-import { VSPC_ADMIN_JS } from '../helpers/cli.js';
+import { Cleanup, TestServer, startServer, esxiUuid, makeCert, sleep, tempDir, waitUntil } from '../support/server.js';
+import { VSPC_ADMIN_JS } from '../support/cli.js';
 
 /** `vspc-admin connect` as a child process with stdin we can type into. */
 class ConsoleChild {
@@ -76,7 +76,7 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
 
   test('a conflicting lock is refused with the holder named and exit code 3; --force takes over', async (t) => {
     const { cleanup, ts, vm, hub, name } = await setup(t);
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     const refused = new ConsoleChild(ts.adminAddress, [name, '--mode', 'exclusive', '--user', 'bob']);
     cleanup.add(() => refused.kill());
     assert.equal(await refused.code(), 3);
@@ -89,7 +89,7 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     await user.waitFor('displaced by alice@127.0.0.1', 5000);
     await user.whenClosed(5000);
     // Nobody else gets in while EXCLUSIVE is held, not even a reader; a stock telnet is told why.
-    const late = await TelnetUser.connect({ host: '127.0.0.1', port: hub.identity.port });
+    const late = await TelnetUser.connect({ host: '127.0.0.1', port: hub.identity.tcpPort });
     cleanup.add(() => late.destroy());
     await late.waitFor('held by alice@127.0.0.1', 5000);
     await late.whenClosed(5000);
@@ -132,7 +132,7 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     assert.equal(ro.stdout.toString().split('read-only: your input is discarded').length - 1, 1, 'told once');
     // The per-VM default applies to stock telnet clients too.
     hub.defaultLockMode = 'readonly';
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     user.send('typed');
     await user.waitFor('read-only', 3000);
     await sleep(50);
@@ -143,17 +143,17 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     const { cleanup, ts, vm, hub, name } = await setup(t, {
       config: { defaultLockMode: 'readonly', vms: [{ match: 'special-*', lockMode: 'exclusive' }] },
     });
-    const watcher = await ts.connectUser(hub.identity.port, cleanup);
+    const watcher = await ts.connectUser(hub.identity.tcpPort, cleanup);
     watcher.send('ignored');
     await watcher.waitFor('read-only: your input is discarded', 3000);
     assert.equal(hub.modeOf([...hub.clients][0]), 'readonly');
     assert.equal(vm.input.length, 0);
     // A VM whose name matches the `vms:` entry gets EXCLUSIVE: the second client is refused.
     const special = await ts.connectVm({ uuid: esxiUuid().text, name: 'special-db' }, cleanup);
-    const first = await ts.connectUser(special.hub.identity.port, cleanup);
+    const first = await ts.connectUser(special.hub.identity.tcpPort, cleanup);
     first.send('mine');
     await special.vm.waitForInput('mine', 3000);
-    const second = await TelnetUser.connect({ host: '127.0.0.1', port: special.hub.identity.port });
+    const second = await TelnetUser.connect({ host: '127.0.0.1', port: special.hub.identity.tcpPort });
     cleanup.add(() => second.destroy());
     await second.waitFor('EXCLUSIVE refused: held by 127.0.0.1', 3000);
     await second.whenClosed(3000);
@@ -164,7 +164,7 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     const { cleanup, ts, vm, hub } = await setup(t, { config: { scrollbackBytes: 32 } });
     vm.send('0123456789abcdefghijklmnopqrstuvwxyz-END');
     await waitUntil(() => hub.bytesFromVm === 40, 3000, 'output processed');
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     await user.waitFor('-END', 3000);
     assert.match(user.text, /89abcdefghijklmnopqrstuvwxyz-END/);
     assert.doesNotMatch(user.text, /01234567/);
@@ -172,8 +172,8 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
 
   test('a stalled client is dropped; the fast client and the VM are unaffected', async (t) => {
     const { cleanup, ts, vm, hub } = await setup(t, { config: { clientQueueLimit: 256 * 1024, clientLockWaitMs: 50 } });
-    const fast = await ts.connectUser(hub.identity.port, cleanup);
-    const stalled = net.connect({ host: '127.0.0.1', port: hub.identity.port });
+    const fast = await ts.connectUser(hub.identity.tcpPort, cleanup);
+    const stalled = net.connect({ host: '127.0.0.1', port: hub.identity.tcpPort });
     cleanup.add(() => stalled.destroy());
     stalled.pause(); // Never reads: the kernel buffers fill, then the server's queue.
     await waitUntil(() => hub.clients.size === 2, 3000, 'both clients attached');
@@ -207,7 +207,7 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
       tls: { cert: server.cert, key: server.key },
       config: { clientCa: readFileSync(join(dir.dir, 'ca.crt')) },
     });
-    const tlsPort = hub.identity.port + ts.config.tlsPortOffset;
+    const tlsPort = hub.identity.tcpPort + ts.config.tlsPortOffset;
 
     const withCert = new ConsoleChild(ts.adminAddress, [
       name, '--tls', '--host', 'localhost', '--ca', server.certPath,

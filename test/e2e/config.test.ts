@@ -10,10 +10,10 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PortView, VmDetailView } from '../../src/admin/views.js';
-import { SimulatedVm, TelnetUser } from '../../src/sim/index.js';
-import { Child, runNode, vspcAdmin, VSPC_JS } from '../helpers/cli.js';
-import { findFreePortRange } from '../helpers/ports.js';
-import { Cleanup, esxiUuid, tempDir, waitUntil, sleep } from '../helpers/server.js';
+import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
+import { Child, runNode, vspcAdmin, VSPC_JS } from '../support/cli.js';
+import { findFreePortRange } from '../support/ports.js';
+import { Cleanup, esxiUuid, tempDir, waitUntil, sleep } from '../support/server.js';
 
 type Line = Record<string, unknown>;
 

@@ -8,8 +8,8 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { TestServer, Cleanup, esxiUuid, binaryPayload, tempDir, waitUntil } from '../helpers/server.js';
-import { formatUuid } from '../../src/protocol/vmware/identity.js';
+import { TestServer, Cleanup, esxiUuid, binaryPayload, tempDir, waitUntil } from '../support/server.js';
+import { formatUuid } from '../../src/util/uuid.js';
 
 const STAMP = String.raw`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z`;
 
@@ -51,11 +51,11 @@ describe('console logs and audit log (end to end)', () => {
     await waitUntil(() => read(path).includes(marker), 5000, 'marker in the console log');
 
     // A client attaches and leaves.
-    const user = await s.connectUser(hub.identity.port, c);
+    const user = await s.connectUser(hub.identity.tcpPort, c);
     const attached = await s.logs.waitFor((l) => l.audit === true && l.message === 'client attached', 3000);
     assert.equal(attached.vm, 'db-01');
     assert.equal(attached.uuid, formatUuid(u.hex));
-    assert.equal(attached.port, hub.identity.port);
+    assert.equal(attached.port, hub.identity.tcpPort);
     assert.equal(attached.mode, 'readwrite');
     assert.match(String(attached.peer), /^(::ffff:)?127\.0\.0\.1:\d+$/);
     vm.send('seen by the client\r\n');

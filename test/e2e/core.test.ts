@@ -11,7 +11,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { WILL, DONT, Option } from '../../src/protocol/telnet/constants.js';
 import { Ext } from '../../src/protocol/vmware/codes.js';
-import { SimulatedVm, TelnetUser, type NegotiationOrder, type Segmentation } from '../../src/sim/index.js';
+import { SimulatedVm, TelnetUser, type NegotiationOrder, type Segmentation } from '../support/sim/index.js';
 import type { PortView } from '../../src/admin/views.js';
 import {
   TestServer,
@@ -22,8 +22,8 @@ import {
   waitUntil,
   tempDir,
   makeCert,
-} from '../helpers/server.js';
-import { vspcAdmin } from '../helpers/cli.js';
+} from '../support/server.js';
+import { vspcAdmin } from '../support/cli.js';
 
 function formatted(hex: string): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
@@ -67,7 +67,7 @@ describe('vSPC core (one shared server)', () => {
     assert.ok(vm.identityRequests.uuid >= 1 && vm.identityRequests.name >= 1, 'proxy asked GET-VM-VC-UUID and GET-VM-NAME');
     assert.equal(hub.identity.name, 'web-01');
 
-    const port = hub.identity.port;
+    const port = hub.identity.tcpPort;
     assert.ok(port >= s.config.portRange.start && port <= s.config.portRange.end);
     const user = await s.connectUser(port, c);
     await waitUntil(() => hub.clients.size === 1, 2000, 'client counted');
@@ -123,7 +123,7 @@ describe('vSPC core (one shared server)', () => {
         await waitUntil(() => hub.identity.name === name, 2000, 'name recorded');
         await waitUntil(() => vm.uartAcks.length === 4, 2000, 'UART acknowledged');
         // And serial data passes right after the handshake.
-        const user = await s.connectUser(hub.identity.port, c);
+        const user = await s.connectUser(hub.identity.tcpPort, c);
         const m = user.mark();
         const payload = Buffer.from([13, 0, 255, 13, 10, 0, 255, 255, 65]);
         vm.send(payload);
@@ -139,8 +139,8 @@ describe('vSPC core (one shared server)', () => {
     t.after(() => c.run());
     const u = esxiUuid();
     const { vm, hub } = await s.connectVm({ uuid: u.text, name: 'bin' }, c);
-    const a = await s.connectUser(hub.identity.port, c);
-    const b = await s.connectUser(hub.identity.port, c);
+    const a = await s.connectUser(hub.identity.tcpPort, c);
+    const b = await s.connectUser(hub.identity.tcpPort, c);
     await waitUntil(() => hub.clients.size === 2, 2000, 'two clients');
 
     const out = binaryPayload(24 * 1024, 3);
@@ -170,7 +170,7 @@ describe('vSPC core (one shared server)', () => {
     t.after(() => c.run());
     const u = esxiUuid();
     const first = await s.connectVm({ uuid: u.text, name: 'merge' }, c);
-    const user = await s.connectUser(first.hub.identity.port, c);
+    const user = await s.connectUser(first.hub.identity.tcpPort, c);
     await first.vm.close();
     await user.waitFor('VM disconnected', 3000);
     const m = user.mark();
@@ -196,7 +196,7 @@ describe('vSPC core (one shared server)', () => {
     t.after(() => c.run());
     const u = esxiUuid();
     const first = await s.connectVm({ uuid: u.text, name: 'away' }, c);
-    const port = first.hub.identity.port;
+    const port = first.hub.identity.tcpPort;
     await first.vm.close();
     await waitUntil(() => first.hub.source === null, 2000, 'VM disconnected');
 
@@ -224,11 +224,11 @@ describe('vSPC core (one shared server)', () => {
     const one = await s.connectVm({ uuid: u.text, name: 'dual', serviceUri: 'vSPC.py?port=com1' }, c);
     const two = await s.connectVm({ uuid: u.text, name: 'dual', serviceUri: 'vSPC.py?port=com2' }, c);
     assert.notEqual(one.hub, two.hub);
-    assert.notEqual(one.hub.identity.port, two.hub.identity.port);
+    assert.notEqual(one.hub.identity.tcpPort, two.hub.identity.tcpPort);
     const p1 = await portOf(s, u.hex, 'com1');
     const p2 = await portOf(s, u.hex, 'com2');
-    assert.equal(p1.port, one.hub.identity.port);
-    assert.equal(p2.port, two.hub.identity.port);
+    assert.equal(p1.port, one.hub.identity.tcpPort);
+    assert.equal(p2.port, two.hub.identity.tcpPort);
     assert.equal(p1.connected && p2.connected, true);
 
     // Each port carries its own serial line.
@@ -251,12 +251,12 @@ describe('vSPC core (one shared server)', () => {
     t.after(() => c.run());
     const u = esxiUuid();
     const first = await s.connectVm({ uuid: u.text, name: 'old-name' }, c);
-    const port = first.hub.identity.port;
+    const port = first.hub.identity.tcpPort;
     assert.equal((await portOf(s, u.hex)).name, 'old-name');
     await first.vm.close();
     await waitUntil(() => first.hub.source === null, 2000, 'VM disconnected');
     const second = await s.connectVm({ uuid: u.text, name: 'new-name ✓' }, c);
-    assert.equal(second.hub.identity.port, port);
+    assert.equal(second.hub.identity.tcpPort, port);
     await waitUntil(() => second.hub.identity.name === 'new-name ✓', 2000, 'renamed');
     const view = await portOf(s, u.hex);
     assert.equal(view.port, port);
@@ -275,7 +275,7 @@ describe('vSPC core (one shared server)', () => {
     const { vm, hub } = await s.connectVm({ uuid: u.text, name: 'eager', unsolicitedIdentity: true, answerIdentityRequests: false }, c);
     assert.equal(hub.identity.name, 'eager');
     assert.equal(vm.proxyAnswer, 'will');
-    const user = await s.connectUser(hub.identity.port, c);
+    const user = await s.connectUser(hub.identity.tcpPort, c);
     const m = user.mark();
     vm.send('ok');
     await user.waitFor('ok', 3000, m);
@@ -298,7 +298,7 @@ describe('vSPC core (one shared server)', () => {
     assert.deepEqual(byCode.get(104), [2]);
     assert.equal(hub.source !== null, true, 'the VM stays connected');
     // Reported before identification, yet recorded on the VM serial port.
-    assert.deepEqual(hub.details.uart, { baudRate: 115200, dataSize: 7, parity: 'even', stopBits: '2' });
+    assert.deepEqual(hub.lineSettings, { baudRate: 115200, dataSize: 7, parity: 'even', stopBits: '2' });
   });
 
   test('a person typing `telnet host <vm port>` gets an explanation mentioning vspc-admin list and is closed', async (t) => {
@@ -352,8 +352,8 @@ describe('vSPC core: restarts, TLS and stolen ports (own servers)', () => {
     const o = await s1.connectVm({ uuid: other.text, name: 'other' }, tc);
     const u = esxiUuid();
     const first = await s1.connectVm({ uuid: u.text, name: 'sticky' }, tc);
-    const port = first.hub.identity.port;
-    assert.notEqual(port, o.hub.identity.port);
+    const port = first.hub.identity.tcpPort;
+    assert.notEqual(port, o.hub.identity.tcpPort);
     await o.vm.close();
     await s1.close();
     await first.vm.whenClosed(3000);
@@ -363,7 +363,7 @@ describe('vSPC core: restarts, TLS and stolen ports (own servers)', () => {
     // The port is listening before the VM is back.
     const early = await s2.connectUser(port, tc, 'VM is not connected');
     const { vm, hub } = await s2.connectVm({ uuid: u.text, name: 'sticky' }, tc);
-    assert.equal(hub.identity.port, port);
+    assert.equal(hub.identity.tcpPort, port);
     await early.waitFor('VM connected', 3000);
     const user = await s2.connectUser(port, tc);
     const m = user.mark();
@@ -396,7 +396,7 @@ describe('vSPC core: restarts, TLS and stolen ports (own servers)', () => {
     await vm.whenProxied(5000);
     const hub = await s.waitRegistered(u.text);
     const view = await portOf(s, u.hex);
-    assert.equal(view.tlsPort, hub.identity.port + s.config.tlsPortOffset);
+    assert.equal(view.tlsPort, hub.identity.tcpPort + s.config.tlsPortOffset);
     assert.equal(view.listenError, null);
 
     const user = await TelnetUser.connect({ host: '127.0.0.1', port: view.tlsPort!, tls: { ca: cert, servername: 'localhost' } });
@@ -428,8 +428,8 @@ describe('vSPC core: restarts, TLS and stolen ports (own servers)', () => {
     const ub = esxiUuid();
     const a1 = await s1.connectVm({ uuid: ua.text, name: 'victim' }, tc);
     const b1 = await s1.connectVm({ uuid: ub.text, name: 'bystander' }, tc);
-    const portA = a1.hub.identity.port;
-    const portB = b1.hub.identity.port;
+    const portA = a1.hub.identity.tcpPort;
+    const portB = b1.hub.identity.tcpPort;
     await s1.close();
 
     const blocker = net.createServer((sock) => sock.destroy());
@@ -454,7 +454,7 @@ describe('vSPC core: restarts, TLS and stolen ports (own servers)', () => {
     // The other VM works, and the victim itself still registers on its sticky port.
     const b2 = await s2.connectVm({ uuid: ub.text, name: 'bystander' }, tc);
     const a2 = await s2.connectVm({ uuid: ua.text, name: 'victim' }, tc);
-    assert.equal(a2.hub.identity.port, portA);
+    assert.equal(a2.hub.identity.tcpPort, portA);
     const userB = await s2.connectUser(portB, tc);
     const mb = userB.mark();
     b2.vm.send('still fine');

@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { startServer, esxiUuid, waitUntil } from '../helpers/server.js';
+import { startServer, esxiUuid, waitUntil } from '../support/server.js';
 
 test('a flood of silent connections is capped; identified VMs keep working and new VMs get in once the flood times out', async (t) => {
   const { ts, cleanup } = await startServer(t, { config: { maxUnidentifiedConnections: 5, humanTimeoutMs: 400 } });
   const good = await ts.connectVm({ uuid: esxiUuid().text, name: 'steady' }, cleanup);
-  const user = await ts.connectUser(good.hub.identity.port, cleanup);
+  const user = await ts.connectUser(good.hub.identity.tcpPort, cleanup);
 
   const closed: boolean[] = [];
   const sockets = Array.from({ length: 20 }, (_, i) => {

@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Ext } from '../../src/protocol/vmware/codes.js';
-import { startServer, esxiUuid, waitUntil } from '../helpers/server.js';
+import { startServer, esxiUuid, waitUntil } from '../support/server.js';
 
 test('an internal error while handling one VM closes that connection only; the server and other VMs carry on', async (t) => {
   const { ts, cleanup } = await startServer(t);
   const good = await ts.connectVm({ uuid: esxiUuid().text, name: 'good' }, cleanup);
-  const user = await ts.connectUser(good.hub.identity.port, cleanup);
+  const user = await ts.connectUser(good.hub.identity.tcpPort, cleanup);
   const bad = await ts.connectVm({ uuid: esxiUuid().text, name: 'bad' }, cleanup);
 
   // Simulate a storage failure on the rename path (e.g. the disk went read-only).

@@ -12,10 +12,10 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { PortView } from '../../src/admin/views.js';
-import { SimulatedVm, TelnetUser } from '../../src/sim/index.js';
-import { Child, vspcAdmin, VSPC_JS } from '../helpers/cli.js';
-import { canBind, findFreePortRange } from '../helpers/ports.js';
-import { Cleanup, esxiUuid, tempDir, waitUntil } from '../helpers/server.js';
+import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
+import { Child, vspcAdmin, VSPC_JS } from '../support/cli.js';
+import { canBind, findFreePortRange } from '../support/ports.js';
+import { Cleanup, esxiUuid, tempDir, waitUntil } from '../support/server.js';
 
 type Line = Record<string, unknown> & { level: string; message: string };
 

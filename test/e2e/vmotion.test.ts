@@ -1,8 +1,8 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SimulatedVm } from '../../src/sim/index.js';
-import type { VmSerialPort } from '../../src/domain/vm-serial-port.js';
-import { Cleanup, TestServer, startServer, esxiUuid, sleep, waitUntil } from '../helpers/server.js';
+import { SimulatedVm } from '../support/sim/index.js';
+import type { ConsoleHub } from '../../src/domain/console-hub.js';
+import { Cleanup, TestServer, startServer, esxiUuid, sleep, waitUntil } from '../support/server.js';
 
 /** Starts a destination connection that presents the vMotion peer secret (no DO-PROXY). */
 async function destination(ts: TestServer, cleanup: Cleanup, uuid: string, name: string, serviceUri?: string): Promise<SimulatedVm> {
@@ -11,7 +11,7 @@ async function destination(ts: TestServer, cleanup: Cleanup, uuid: string, name:
   return dest;
 }
 
-function isSourceOf(hub: VmSerialPort, vm: SimulatedVm): boolean {
+function isSourceOf(hub: ConsoleHub, vm: SimulatedVm): boolean {
   return hub.source?.peer === `127.0.0.1:${vm.localPort}`;
 }
 
@@ -19,7 +19,7 @@ function isSourceOf(hub: VmSerialPort, vm: SimulatedVm): boolean {
 async function migrate(
   ts: TestServer,
   cleanup: Cleanup,
-  hub: VmSerialPort,
+  hub: ConsoleHub,
   from: SimulatedVm,
   seq: Buffer,
   ident: { uuid: string; name: string; serviceUri?: string },
@@ -42,7 +42,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'mover' }, cleanup);
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     vm.send('before-');
     await user.waitFor('before-');
 
@@ -72,7 +72,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     user.send('|direct');
     await dest.waitForInput('typed-while-paused|more|direct', 3000);
     const [row] = await ts.ports();
-    assert.equal(row.port, hub.identity.port);
+    assert.equal(row.port, hub.identity.tcpPort);
     assert.equal(row.name, 'mover');
     assert.equal(row.connected, true);
     assert.equal(row.state, 'connected');
@@ -85,7 +85,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
   test('NOTNOW while the concentrator is shutting down; the VM carries on', async (t) => {
     const { ts, cleanup } = await startServer(t);
     const { vm, hub } = await ts.connectVm({ uuid: esxiUuid().text, name: 'stay' }, cleanup);
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     ts.server.vmotion.refuseNew();
     const r = await vm.vmotionBegin(Buffer.from([1]));
     assert.equal(r.kind, 'notnow');
@@ -98,7 +98,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'abort' }, cleanup);
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     const seq = Buffer.from([7, 7]);
     const r = await vm.vmotionBegin(seq);
     user.send('held');
@@ -136,7 +136,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'guarded' }, cleanup);
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     const seq = Buffer.from([0xff, 0xff]);
     const r = await vm.vmotionBegin(seq);
     const secret = (r as { secret: Buffer }).secret;
@@ -164,7 +164,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const { ts, cleanup } = await startServer(t, { config: { vmotionTimeoutMs: 200 } });
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'slow' }, cleanup);
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     await vm.vmotionBegin(Buffer.from([1]));
     user.send('a');
     await vm.waitForInput('a', 2000); // released to the source on timeout
@@ -185,7 +185,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const { ts, cleanup } = await startServer(t);
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'crash' }, cleanup);
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     const seq = Buffer.from([9]);
     const r = await vm.vmotionBegin(seq);
     user.send('kept');
@@ -227,7 +227,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     assert.equal(hub.state, 'disconnected');
     // And the VM can come back normally afterwards, on the same port.
     const { hub: again } = await ts.connectVm({ uuid: id.text, name: 'flaky' }, cleanup);
-    assert.equal(again.identity.port, hub.identity.port);
+    assert.equal(again.identity.tcpPort, hub.identity.tcpPort);
   });
 
   test('several serial ports of one VM migrate together, each by its own seq+secret', async (t) => {
@@ -235,7 +235,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const id = esxiUuid();
     const uris = ['vSPC.py?port=com1', 'vSPC.py?port=com2'];
     const ports = await Promise.all(uris.map((u) => ts.connectVm({ uuid: id.text, name: 'twin', serviceUri: u }, cleanup)));
-    const users = await Promise.all(ports.map((p) => ts.connectUser(p.hub.identity.port, cleanup)));
+    const users = await Promise.all(ports.map((p) => ts.connectUser(p.hub.identity.tcpPort, cleanup)));
     const seq = Buffer.from([1, 2, 3]);
     const begun = await Promise.all(ports.map((p) => p.vm.vmotionBegin(seq)));
     const dests = await Promise.all(uris.map((u) => destination(ts, cleanup, id.text, 'twin', u)));
@@ -258,7 +258,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const ident = { uuid: id.text, name: 'pingpong' };
     const first = await ts.connectVm(ident, cleanup);
     const hub = first.hub;
-    const user = await ts.connectUser(hub.identity.port, cleanup);
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     const startMark = user.mark();
 
     // The VM: numbered output lines on whichever connection is live, paused from BEGIN to COMPLETE.
@@ -314,7 +314,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     assert.equal(ts.server.vmotion.counters.completed, ROUNDS);
     assert.equal(ts.server.vmotion.pending, 0);
     assert.ok(secretsWithFF > 0, 'some secrets contained 0xFF (IAC doubling inside the subnegotiation)');
-    assert.equal((await ts.ports())[0].port, hub.identity.port);
+    assert.equal((await ts.ports())[0].port, hub.identity.tcpPort);
   });
 
   test('fuzz: random migrations, disconnects and client attaches across many VMs keep the invariants', async (t) => {
@@ -324,7 +324,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
       seed = (seed * 1103515245 + 12345) & 0x7fffffff;
       return seed % n;
     };
-    type Vm = { ident: { uuid: string; name: string }; conn: SimulatedVm | null; hub: VmSerialPort; seqNo: number };
+    type Vm = { ident: { uuid: string; name: string }; conn: SimulatedVm | null; hub: ConsoleHub; seqNo: number };
     const vms: Vm[] = [];
     for (let i = 0; i < 8; i++) {
       const ident = { uuid: esxiUuid().text, name: `fuzz-${i}` };
@@ -332,7 +332,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
       vms.push({ ident, conn: vm, hub, seqNo: 0 });
     }
     // Each VM gets a client that records everything; every completed handoff must keep the stream exact.
-    const users = await Promise.all(vms.map((v) => ts.connectUser(v.hub.identity.port, cleanup)));
+    const users = await Promise.all(vms.map((v) => ts.connectUser(v.hub.identity.tcpPort, cleanup)));
     const sent = vms.map(() => [] as string[]);
     const emit = (i: number, text: string) => {
       const v = vms[i];
@@ -371,7 +371,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
         v.conn.destroy();
         v.conn = null;
       } else {
-        const u = await ts.connectUser(v.hub.identity.port, cleanup);
+        const u = await ts.connectUser(v.hub.identity.tcpPort, cleanup);
         cleanup.add(() => u.destroy());
       }
       // Invariant: at most one active connection per VM serial port, and it is the one we believe.

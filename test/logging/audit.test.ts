@@ -4,13 +4,13 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VmSerialPort, type SerialPortEvent, type SerialPortObserver } from '../../src/domain/vm-serial-port.js';
+import { ConsoleHub, type ConsoleEvent, type ConsoleObserver } from '../../src/domain/console-hub.js';
 import { createAuditObserver } from '../../src/logging/audit.js';
 import { combineObservers, combineObserversWith } from '../../src/logging/observers.js';
-import { buildProgram, configFromOptions } from '../../src/cli/vspc-options.js';
-import { DEFAULTS } from '../../src/config.js';
+import { buildProgram, configFromOptions } from '../../src/config/options.js';
+import { DEFAULTS } from '../../src/config/config.js';
 import { ConfigError } from '../../src/errors.js';
-import type { ConsoleClient } from '../../src/domain/ports.js';
+import type { ConsoleClient } from '../../src/domain/seams.js';
 import { FakeClient, FakeSource, memoryLogger } from '../domain/fakes.js';
 
 const UUID = '421a5b7709c38e219f00aa105c2e7d01';
@@ -35,7 +35,7 @@ describe('audit observer', () => {
     const { logger, lines } = memoryLogger();
     let clock = 1000;
     const audit = createAuditObserver(logger, () => clock);
-    const hub = new VmSerialPort({ id: 1, uuid: UUID, label: 'com1', name: 'web-01', port: 10007 }, undefined, undefined, audit);
+    const hub = new ConsoleHub({ id: 1, kind: 'esxi', key: UUID, label: 'com1', name: 'web-01', tcpPort: 10007 }, undefined, undefined, audit);
     const src = new FakeSource();
     hub.attachSource(src);
     const a = new PeerClient('10.0.0.5:40001');
@@ -83,7 +83,7 @@ describe('audit observer', () => {
   test('a client without a mode is audited as readwrite', () => {
     const { logger, lines } = memoryLogger();
     const audit = createAuditObserver(logger);
-    const hub = new VmSerialPort({ id: 1, uuid: UUID, label: '', name: null, port: 1 }, undefined, undefined, audit);
+    const hub = new ConsoleHub({ id: 1, kind: 'esxi', key: UUID, label: '', name: null, tcpPort: 1 }, undefined, undefined, audit);
     hub.addClient(new FakeClient());
     assert.equal(lines[0].mode, 'readwrite');
     assert.equal(lines[0].vm, UUID);
@@ -93,14 +93,14 @@ describe('audit observer', () => {
 describe('combineObservers', () => {
   test('calls every observer in order; skips null; none → undefined', () => {
     const calls: string[] = [];
-    const mk = (name: string): SerialPortObserver => ({
+    const mk = (name: string): ConsoleObserver => ({
       output: (_p, d) => calls.push(`${name}:out:${d.toString()}`),
       event: (_p, e) => calls.push(`${name}:${e.kind}`),
     });
-    const eventsOnly: SerialPortObserver = { event: (_p, e) => calls.push(`e:${e.kind}`) };
+    const eventsOnly: ConsoleObserver = { event: (_p, e) => calls.push(`e:${e.kind}`) };
     const both = combineObservers(mk('a'), null, undefined, eventsOnly, mk('b'));
     assert.ok(both);
-    const hub = new VmSerialPort({ id: 1, uuid: UUID, label: '', name: null, port: 1 }, undefined, undefined, both);
+    const hub = new ConsoleHub({ id: 1, kind: 'esxi', key: UUID, label: '', name: null, tcpPort: 1 }, undefined, undefined, both);
     hub.fromVm(Buffer.from('x'));
     hub.attachSource(new FakeSource());
     assert.deepEqual(calls, ['a:out:x', 'b:out:x', 'a:vm-connected', 'e:vm-connected', 'b:vm-connected']);
@@ -109,8 +109,8 @@ describe('combineObservers', () => {
 
   test('an observer that throws does not stop the others or the hub', () => {
     const errors: Array<[string, number]> = [];
-    const seen: SerialPortEvent[] = [];
-    const bad: SerialPortObserver = {
+    const seen: ConsoleEvent[] = [];
+    const bad: ConsoleObserver = {
       output: () => {
         throw new Error('boom');
       },
@@ -118,9 +118,9 @@ describe('combineObservers', () => {
         throw new Error('bang');
       },
     };
-    const good: SerialPortObserver = { event: (_p, e) => seen.push(e), output: () => seen.push({ kind: 'vm-connected', peer: 'out' }) };
+    const good: ConsoleObserver = { event: (_p, e) => seen.push(e), output: () => seen.push({ kind: 'vm-connected', peer: 'out' }) };
     const obs = combineObserversWith({ onError: (err, i) => errors.push([(err as Error).message, i]) }, bad, good);
-    const hub = new VmSerialPort({ id: 1, uuid: UUID, label: '', name: null, port: 1 }, undefined, undefined, obs);
+    const hub = new ConsoleHub({ id: 1, kind: 'esxi', key: UUID, label: '', name: null, tcpPort: 1 }, undefined, undefined, obs);
     const client = new FakeClient();
     hub.addClient(client, { replay: false });
     hub.fromVm(Buffer.from('still delivered'));

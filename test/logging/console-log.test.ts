@@ -1,5 +1,5 @@
 /**
- * ConsoleLogManager against real VmSerialPort hubs with fake sources and clients, on a
+ * ConsoleLogManager against real ConsoleHub hubs with fake sources and clients, on a
  * temporary directory: bytes land exactly, vspc's lines, marks, rotation, idle close,
  * disk errors and the bounded buffer; plus readLastLines (tail) and file names.
  */
@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, lstatSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VmSerialPort } from '../../src/domain/vm-serial-port.js';
+import { ConsoleHub } from '../../src/domain/console-hub.js';
 import { ConsoleLogManager, readLastLines, type ConsoleLogOptions } from '../../src/logging/console-log.js';
 import { consoleLogBaseName, encodeFilePart, nameLinkBaseName } from '../../src/logging/names.js';
 import { FakeClient, FakeSource, memoryLogger } from '../domain/fakes.js';
@@ -34,12 +34,12 @@ interface Fixture {
   dir: string;
   logs: ConsoleLogManager;
   lines: Array<Record<string, unknown>>;
-  hub(opts?: { uuid?: string; label?: string; name?: string | null; id?: number }): VmSerialPort;
-  file(hub: VmSerialPort, suffix?: string): Buffer;
+  hub(opts?: { uuid?: string; label?: string; name?: string | null; id?: number }): ConsoleHub;
+  file(hub: ConsoleHub, suffix?: string): Buffer;
   done(): Promise<void>;
 }
 
-function fixture(options: Partial<ConsoleLogOptions> = {}, ports: VmSerialPort[] = []): Fixture {
+function fixture(options: Partial<ConsoleLogOptions> = {}, ports: ConsoleHub[] = []): Fixture {
   const dir = mkdtempSync(join(tmpdir(), 'vspc-clog-'));
   const { logger, lines } = memoryLogger();
   const logs = new ConsoleLogManager({
@@ -56,8 +56,8 @@ function fixture(options: Partial<ConsoleLogOptions> = {}, ports: VmSerialPort[]
     logs,
     lines,
     hub: (o = {}) => {
-      const h = new VmSerialPort(
-        { id: o.id ?? nextId++, uuid: o.uuid ?? UUID, label: o.label ?? '', name: o.name === undefined ? 'web-01' : o.name, port: 10001 },
+      const h = new ConsoleHub(
+        { id: o.id ?? nextId++, kind: 'esxi', key: o.uuid ?? UUID, label: o.label ?? '', name: o.name === undefined ? 'web-01' : o.name, tcpPort: 10001 },
         undefined,
         undefined,
         logs,
@@ -240,7 +240,7 @@ describe('ConsoleLogManager', () => {
   });
 
   test('rotation on demand: one VM or all; empty or missing files are not rotated; keep 0 deletes', async () => {
-    const ports: VmSerialPort[] = [];
+    const ports: ConsoleHub[] = [];
     const f = fixture({ keep: 2 }, ports);
     try {
       const a = f.hub({ uuid: 'a'.repeat(32), name: 'a' });
@@ -326,7 +326,7 @@ describe('ConsoleLogManager', () => {
       const logs = new ConsoleLogManager({ dir: join(blocker, 'logs'), logger, retryMs: 30, markIntervalMs: 0, now: Date.now });
       assert.equal(await logs.init(), false);
       assert.equal(lines.filter((l) => l.level === 'warn').length, 1, 'init warns');
-      const h = new VmSerialPort({ id: 1, uuid: UUID, label: '', name: null, port: 1 }, undefined, undefined, logs);
+      const h = new ConsoleHub({ id: 1, kind: 'esxi', key: UUID, label: '', name: null, tcpPort: 1 }, undefined, undefined, logs);
       for (let i = 0; i < 20; i++) {
         h.fromVm(Buffer.from(`line ${i}\n`));
         await sleep(10);

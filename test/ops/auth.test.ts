@@ -8,9 +8,9 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { Child, runNode, vspcAdmin, VSPC_ADMIN_JS, VSPC_JS, type CliResult } from '../helpers/cli.js';
-import { findFreePortRange } from '../helpers/ports.js';
-import { Cleanup, TestServer, makeCert, tempDir } from '../helpers/server.js';
+import { Child, runNode, vspcAdmin, VSPC_ADMIN_JS, VSPC_JS, type CliResult } from '../support/cli.js';
+import { findFreePortRange } from '../support/ports.js';
+import { Cleanup, TestServer, makeCert, tempDir } from '../support/server.js';
 
 const TOKEN = 'b5c0f6a1d2e34f56a7b8c9d0e1f2a3b4';
 

@@ -9,8 +9,8 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runNode, VSPC_ADMIN_JS, VSPC_JS } from '../helpers/cli.js';
-import { ROOT } from '../helpers/server.js';
+import { runNode, VSPC_ADMIN_JS, VSPC_JS } from '../support/cli.js';
+import { ROOT } from '../support/server.js';
 
 const README = join(ROOT, 'README.md');
 

@@ -8,11 +8,11 @@ import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildProgram, configFromOptions } from '../../src/cli/vspc-options.js';
-import { changedKeys, keyName, loadConfiguration, resolveVmSettings, vmMatches, type LoadedConfiguration } from '../../src/config-file.js';
-import { DEFAULTS, type VspcConfig } from '../../src/config.js';
+import { buildProgram, configFromOptions } from '../../src/config/options.js';
+import { changedKeys, keyName, loadConfiguration, resolveVmSettings, vmMatches, type LoadedConfiguration } from '../../src/config/file.js';
+import { DEFAULTS, type VspcConfig } from '../../src/config/config.js';
 import { ConfigError } from '../../src/errors.js';
-import { ROOT, tempDir } from '../helpers/server.js';
+import { ROOT, tempDir } from '../support/server.js';
 
 const dir = tempDir('vspc-config-');
 after(() => dir.remove());
@@ -217,7 +217,7 @@ describe('config file: values, precedence and the environment', () => {
 describe('per-VM settings (vms:)', () => {
   const uuid = '421a5b77-09c3-8e21-9f00-aa105c2e7d01';
   const hex = uuid.replace(/-/g, '');
-  const vm = (name: string | null, label = '') => ({ uuid: hex, label, name });
+  const vm = (name: string | null, label = '') => ({ key: hex, label, name });
 
   test('match by name, glob, UUID in any form, and NAME:LABEL / UUID:LABEL', () => {
     assert.equal(vmMatches('web01', vm('web01')), true);
@@ -247,12 +247,12 @@ describe('per-VM settings (vms:)', () => {
         { match: 'db01', scrollbackBytes: 9 },
       ],
     };
-    assert.deepEqual(resolveVmSettings(config, { uuid, label: 'com2', name: 'web01' }), { scrollbackBytes: 1024, lockMode: 'exclusive', port: 10100 });
-    assert.deepEqual(resolveVmSettings(config, { uuid: '00000000000000000000000000000001', label: '', name: 'web05' }), {
+    assert.deepEqual(resolveVmSettings(config, { key: uuid, label: 'com2', name: 'web01' }), { scrollbackBytes: 1024, lockMode: 'exclusive', port: 10100 });
+    assert.deepEqual(resolveVmSettings(config, { key: '00000000000000000000000000000001', label: '', name: 'web05' }), {
       scrollbackBytes: 1024,
       lockMode: 'readonly',
     });
-    assert.deepEqual(resolveVmSettings(config, { uuid: '00000000000000000000000000000001', label: '', name: 'mail' }), {});
+    assert.deepEqual(resolveVmSettings(config, { key: '00000000000000000000000000000001', label: '', name: 'mail' }), {});
   });
 
   test('changedKeys compares by value (Buffers by content, vms without positions); keyName gives file keys', () => {

@@ -6,11 +6,11 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { SimulatedVm } from '../../src/sim/index.js';
+import { SimulatedVm } from '../support/sim/index.js';
 import { escapeLabel, Metrics, renderMetrics } from '../../src/admin/metrics.js';
 import { VmotionCoordinator } from '../../src/domain/vmotion.js';
-import { createLogger } from '../../src/logger.js';
-import { Cleanup, TestServer, esxiUuid, waitUntil } from '../helpers/server.js';
+import { createLogger } from '../../src/logging/logger.js';
+import { Cleanup, TestServer, esxiUuid, waitUntil } from '../support/server.js';
 
 type Samples = Map<string, number>;
 
@@ -81,7 +81,7 @@ describe('GET /metrics', () => {
     await waitUntil(() => other.hub.source === null, 3000, 'second VM gone');
 
     // A user types 4 bytes; the VM sends 10.
-    const user = await s.connectUser(hub.identity.port, c);
+    const user = await s.connectUser(hub.identity.tcpPort, c);
     user.send('abcd');
     await vm.waitForInput('abcd', 3000);
     vm.send('0123456789');
@@ -102,7 +102,7 @@ describe('GET /metrics', () => {
     await wrong.whenClosed(3000);
 
     // A client that never reads is dropped once its queue passes the limit.
-    const stalled = net.connect({ host: '127.0.0.1', port: hub.identity.port });
+    const stalled = net.connect({ host: '127.0.0.1', port: hub.identity.tcpPort });
     c.add(() => stalled.destroy());
     stalled.pause();
     await waitUntil(() => hub.clients.size === 2, 3000, 'stalled client attached');

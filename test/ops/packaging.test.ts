@@ -6,9 +6,9 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildProgram, configFromOptions } from '../../src/cli/vspc-options.js';
-import { loadConfiguration } from '../../src/config-file.js';
-import { ROOT } from '../helpers/server.js';
+import { buildProgram, configFromOptions } from '../../src/config/options.js';
+import { loadConfiguration } from '../../src/config/file.js';
+import { ROOT } from '../support/server.js';
 
 const unit = readFileSync(join(ROOT, 'packaging/vspc.service'), 'utf8');
 

@@ -5,11 +5,11 @@
  */
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SimulatedVm, HOST_KNOWN_SUBOPTIONS, type SimulatedVmOptions } from '../../src/sim/index.js';
+import { SimulatedVm, HOST_KNOWN_SUBOPTIONS, type SimulatedVmOptions } from '../support/sim/index.js';
 import { Ext } from '../../src/protocol/vmware/codes.js';
 import { IAC, SB, SE, WILL, WONT, DO, Option } from '../../src/protocol/telnet/constants.js';
-import { FakeProxy, type FakeConn } from '../helpers/fake-proxy.js';
-import { Cleanup, sleep, waitUntil } from '../helpers/server.js';
+import { FakeProxy, type FakeConn } from '../support/fake-proxy.js';
+import { Cleanup, sleep, waitUntil } from '../support/server.js';
 
 const UUID_TEXT = '42 1a 5b 77 09 c3 8e 21-9f 00 aa 10 5c 2e 7d 01';
 const UUID_HEX = '421a5b7709c38e219f00aa105c2e7d01';

@@ -2,9 +2,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { TelnetUser } from '../../src/sim/index.js';
+import { TelnetUser } from '../support/sim/index.js';
 import { IAC, WILL, WONT, DO, DONT, Option, AYT } from '../../src/protocol/telnet/constants.js';
-import { Cleanup, sleep, waitUntil } from '../helpers/server.js';
+import { Cleanup, sleep, waitUntil } from '../support/server.js';
 
 async function scriptedServer(c: Cleanup): Promise<{ port: number; sockets: net.Socket[]; received: () => Buffer }> {
   const sockets: net.Socket[] = [];

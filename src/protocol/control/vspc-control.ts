@@ -1,5 +1,4 @@
 import { ProtocolError } from '../../errors.js';
-import { LOCK_MODES, type LockMode, type LockRequest } from '../../domain/locks.js';
 
 /**
  * VSPC-CONTROL: our private telnet option for console clients that want more than a
@@ -14,11 +13,22 @@ import { LOCK_MODES, type LockMode, type LockRequest } from '../../domain/locks.
  *   server → client   IAC SB 201 WHO-REPLY <JSON array of holders> IAC SE
  *   server → client   IAC SB 201 LOCK-REVOKED <reason…> IAC SE      (displaced by --force, or kicked)
  *
- * <mode> is one byte, the index in LOCK_MODES (0 readwrite, 1 readonly, 2 exclusive,
+ * <mode> is one byte, the index in CONTROL_LOCK_MODES (0 readwrite, 1 readonly, 2 exclusive,
  * 3 excl_write, 4 readonly_ok); <flags> bit 0 = force; text is UTF-8. Documented in
  * docs/console-protocol.md.
  */
 export const VSPC_CONTROL_OPTION = 201;
+
+/**
+ * The wire values of <mode>: byte i names CONTROL_LOCK_MODES[i]. Fixed by the protocol
+ * (clients in the field depend on them), so this table is the protocol's own and is
+ * only ever appended to; the lock rules themselves live in src/domain/locks.ts.
+ */
+export const CONTROL_LOCK_MODES = ['readwrite', 'readonly', 'exclusive', 'excl_write', 'readonly_ok'] as const;
+/** A lock mode a client may request. */
+export type LockRequest = (typeof CONTROL_LOCK_MODES)[number];
+/** A lock mode the server may grant (READONLY_OK is a request only). */
+export type LockMode = Exclude<LockRequest, 'readonly_ok'>;
 
 export const Control = {
   LOCK_REQUEST: 1,
@@ -41,11 +51,11 @@ export type ControlMessage =
   | { kind: 'lock-revoked'; reason: string };
 
 function modeByte(mode: LockRequest): number {
-  return LOCK_MODES.indexOf(mode);
+  return CONTROL_LOCK_MODES.indexOf(mode);
 }
 
 function modeOf(b: number | undefined): LockRequest {
-  const m = b === undefined ? undefined : LOCK_MODES[b];
+  const m = b === undefined ? undefined : CONTROL_LOCK_MODES[b];
   if (!m) throw new ProtocolError('VSPC_CONTROL_BAD_MODE', `unknown lock mode byte ${String(b)}`);
   return m;
 }

@@ -10,12 +10,12 @@
  */
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import type { HostPort } from '../config.js';
-import type { PortView } from '../admin/views.js';
+import type { HostPort } from '../src/config/config.js';
+import type { PortView } from '../src/admin/views.js';
 import { adminGet, type AdminEndpoint } from './server-process.js';
-import { Option } from '../protocol/telnet/constants.js';
-import { SimulatedVm } from '../sim/esxi-simulator.js';
-import { TelnetUser } from '../sim/telnet-user.js';
+import { Option } from '../src/protocol/telnet/constants.js';
+import { SimulatedVm } from '../test/support/sim/esxi-simulator.js';
+import { TelnetUser } from '../test/support/sim/telnet-user.js';
 import {
   benchIdentity,
   distribution,

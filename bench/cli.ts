@@ -5,8 +5,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option as CliOption } from 'commander';
-import { parseDuration, parseHostPort, parsePortRange, parseSize } from '../config.js';
-import { VERSION } from '../version.js';
+import { parseDuration, parseHostPort, parsePortRange, parseSize } from '../src/config/config.js';
+import { VERSION } from '../src/version.js';
 import { DEFAULT_OPTIONS, PHASES, runBench, type BenchOptions, type Phase } from './harness.js';
 import { installExitHooks, killAll } from './ipc.js';
 import { markdownTable, targets, textTable } from './report.js';

@@ -1,24 +1,18 @@
-import type { ConsoleClient, SerialSource } from './ports.js';
+import type { ConsoleClient, ConsoleSource } from './seams.js';
+import type { ConsoleIdentity } from './identity.js';
+import type { SerialLineSettings } from './serial-line.js';
 import { LockTable, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
-export interface SerialPortIdentity {
-  /** Registry row id. */
-  readonly id: number;
-  readonly uuid: string;
-  readonly label: string;
-  name: string | null;
-  /** Sticky client-facing TCP port. */
-  port: number;
-}
+export type { ConsoleIdentity } from './identity.js';
 
 /** Where the VM stands, for `list` and for routing client input. */
-export type VmLinkState = 'disconnected' | 'connected' | 'migrating';
+export type ConsoleState = 'disconnected' | 'connected' | 'migrating';
 
 export const DEFAULT_MAX_HELD_INPUT = 1024 * 1024;
 export const DEFAULT_SCROLLBACK = 64 * 1024;
 
 /** Things worth a timestamp in a console log and a line in the audit log. */
-export type SerialPortEvent =
+export type ConsoleEvent =
   | { kind: 'vm-connected'; peer: string }
   | { kind: 'vm-disconnected'; peer: string }
   | { kind: 'vmotion'; outcome: string; durationMs: number }
@@ -31,9 +25,9 @@ export type SerialPortEvent =
  * Watches every VM serial port (console log files, metrics). Called synchronously on
  * the data path, so implementations must not block: buffer and write asynchronously.
  */
-export interface SerialPortObserver {
-  output?(port: VmSerialPort, data: Buffer): void;
-  event?(port: VmSerialPort, event: SerialPortEvent): void;
+export interface ConsoleObserver {
+  output?(port: ConsoleHub, data: Buffer): void;
+  event?(port: ConsoleHub, event: ConsoleEvent): void;
 }
 
 const EMPTY_RING = Buffer.alloc(0);
@@ -112,8 +106,8 @@ export interface HoldResult {
  * The hub never pauses the source because of a client: each client bounds its own
  * queue. The reverse backpressure (the VM's socket is full) pauses client reading.
  */
-export class VmSerialPort {
-  private src: SerialSource | null = null;
+export class ConsoleHub {
+  private src: ConsoleSource | null = null;
   private readonly clientSet = new Set<ConsoleClient>();
   private holding = false;
   private held: Buffer[] = [];
@@ -132,26 +126,26 @@ export class VmSerialPort {
   /** Set by the listener manager when the client port cannot be bound. */
   listenError: string | null = null;
   tlsListenError: string | null = null;
-  /** Extra facts a source reports (ESXi: UART settings). */
-  details: Record<string, unknown> = {};
+  /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
+  lineSettings: SerialLineSettings | null = null;
 
   readonly scrollback: Scrollback;
 
   constructor(
-    readonly identity: SerialPortIdentity,
+    readonly identity: ConsoleIdentity,
     private readonly maxHeldInput = DEFAULT_MAX_HELD_INPUT,
     scrollbackBytes = DEFAULT_SCROLLBACK,
-    private readonly observer: SerialPortObserver | null = null,
+    private readonly observer: ConsoleObserver | null = null,
   ) {
     this.scrollback = new Scrollback(scrollbackBytes);
   }
 
   /** Report an event to the observer (also used by the vMotion coordinator). */
-  report(event: SerialPortEvent): void {
+  report(event: ConsoleEvent): void {
     this.observer?.event?.(this, event);
   }
 
-  get source(): SerialSource | null {
+  get source(): ConsoleSource | null {
     return this.src;
   }
 
@@ -159,14 +153,14 @@ export class VmSerialPort {
     return this.clientSet;
   }
 
-  get state(): VmLinkState {
+  get state(): ConsoleState {
     if (this.holding) return 'migrating';
     return this.src ? 'connected' : 'disconnected';
   }
 
   /** Display name: the VM's name, else its UUID. */
   get displayName(): string {
-    const base = this.identity.name ?? this.identity.uuid;
+    const base = this.identity.name ?? this.identity.key;
     return this.identity.label ? `${base}:${this.identity.label}` : base;
   }
 
@@ -174,7 +168,7 @@ export class VmSerialPort {
    * Make `src` the VM's connection. Returns the connection it replaces (the caller
    * retires it), e.g. when a host reconnects before its old TCP connection died.
    */
-  attachSource(src: SerialSource, now = Date.now()): SerialSource | null {
+  attachSource(src: ConsoleSource, now = Date.now()): ConsoleSource | null {
     const previous = this.src;
     this.src = src;
     this.connectedSince = now;
@@ -188,7 +182,7 @@ export class VmSerialPort {
   }
 
   /** The source went away. Ignored unless it is the current one. */
-  detachSource(src: SerialSource): boolean {
+  detachSource(src: ConsoleSource): boolean {
     if (this.src !== src) return false;
     this.src = null;
     this.connectedSince = null;
@@ -311,7 +305,7 @@ export class VmSerialPort {
    * End the hold: deliver held input, in order, to `to` (the new connection after
    * COMPLETE, the old one after ABORT), or discard it when there is none.
    */
-  stopHolding(to: SerialSource | null): HoldResult {
+  stopHolding(to: ConsoleSource | null): HoldResult {
     const result = { delivered: 0, refused: this.heldOverflow };
     this.holding = false;
     const held = this.held;
@@ -339,7 +333,7 @@ export class VmSerialPort {
     this.heldBytes += data.length;
   }
 
-  private onSourceDrain(src: SerialSource): void {
+  private onSourceDrain(src: ConsoleSource): void {
     if (src === this.src && this.inputPaused) this.resumeClients();
   }
 

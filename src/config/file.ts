@@ -22,8 +22,10 @@ import {
   type VmSettings,
   type VspcConfig,
 } from './config.js';
-import { ConfigError } from './errors.js';
-import { normalizeUuid } from './protocol/vmware/identity.js';
+import { ConfigError } from '../errors.js';
+import { normalizeUuid } from '../util/uuid.js';
+import { isLoopbackHost } from '../util/net.js';
+import type { ConsoleIdentity } from '../domain/identity.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 /** Shorter tokens are refused: the admin API can forget every VM. */
@@ -35,9 +37,7 @@ const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port'];
 /** How a key's value is checked before the flag parsers see it. */
 type KeyKind = { kind: 'string' } | { kind: 'boolean' } | { kind: 'choice'; choices: readonly string[] } | { kind: 'vms' };
 
-export function isLoopbackHost(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
-}
+export { isLoopbackHost } from '../util/net.js';
 
 /** The file's keys: every long option of `program` (camelCase), plus the file-only ones. */
 export function fileKeys(program: Command): Map<string, KeyKind> {
@@ -388,12 +388,8 @@ function adminTls(o: Record<string, unknown>): VspcConfig['adminTls'] {
 // ---------------------------------------------------------------------------
 // Per-VM settings
 
-export interface VmRef {
-  /** Any form a UUID may take; compared normalised. */
-  uuid: string;
-  label: string;
-  name: string | null;
-}
+/** What a `match:` is compared with: a console's key (a UUID in any form, compared normalised), label and name. */
+export type VmRef = Pick<ConsoleIdentity, 'key' | 'label' | 'name'>;
 
 export interface ResolvedVmSettings {
   lockMode?: LockModeName;
@@ -407,9 +403,9 @@ export interface ResolvedVmSettings {
  */
 export function resolveVmSettings(config: Pick<VspcConfig, 'vms'>, vm: VmRef): ResolvedVmSettings {
   const out: ResolvedVmSettings = {};
-  const uuid = normalizeUuid(vm.uuid) ?? vm.uuid;
+  const key = normalizeUuid(vm.key) ?? vm.key;
   for (const entry of config.vms) {
-    if (!vmMatches(entry.match, { uuid, label: vm.label, name: vm.name })) continue;
+    if (!vmMatches(entry.match, { key, label: vm.label, name: vm.name })) continue;
     if (entry.lockMode !== undefined) out.lockMode = entry.lockMode;
     if (entry.scrollbackBytes !== undefined) out.scrollbackBytes = entry.scrollbackBytes;
     if (entry.port !== undefined) out.port = entry.port;
@@ -427,7 +423,7 @@ export function vmMatches(match: string, vm: VmRef): boolean {
 function matchOne(ref: string, label: string | null, vm: VmRef): boolean {
   if (label !== null && vm.label !== label) return false;
   const uuid = normalizeUuid(ref);
-  if (uuid !== undefined && uuid === vm.uuid) return true;
+  if (uuid !== undefined && uuid === vm.key) return true;
   return vm.name !== null && globToRegExp(ref).test(vm.name);
 }
 

@@ -6,7 +6,7 @@
  */
 
 /** Where a VM serial port's bytes come from and where client input goes. */
-export interface SerialSource {
+export interface ConsoleSource {
   /** 'esxi', later 'qemu', 'tty', ... */
   readonly kind: string;
   /** Human-readable remote end, for `list` and logs. */

@@ -1,6 +1,8 @@
 import winston from 'winston';
 
+/** The process logger: vspc's `Logger` (src/domain/logger.ts) plus a settable level. */
 export type Logger = winston.Logger;
+export { errorFields } from '../errors.js';
 export type LogFormat = 'json' | 'text';
 
 /**
@@ -34,13 +36,4 @@ export function createLogger(options: { level?: string; format?: LogFormat; sile
     };
   }
   return logger;
-}
-
-/** Error fields for a log line: code and context, not the stack (unless it is a bug). */
-export function errorFields(err: unknown): Record<string, unknown> {
-  if (err && typeof err === 'object') {
-    const e = err as { code?: unknown; message?: unknown; context?: unknown };
-    return { errorCode: e.code ?? 'UNKNOWN', error: String(e.message ?? err), ...((e.context as object) ?? {}) };
-  }
-  return { error: String(err) };
 }

@@ -6,14 +6,14 @@
 import type { ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import type { HostPort } from '../config.js';
-import type { PortView, StatusView } from '../admin/views.js';
-import { AdminClient } from '../cli/admin-client.js';
+import type { HostPort } from '../src/config/config.js';
+import type { PortView, StatusView } from '../src/admin/views.js';
+import { AdminClient } from '../src/cli/admin-client.js';
 import { spawnWithIpc } from './ipc.js';
 import { sleep } from './common.js';
 import { procAvailable, sampleProc, type ProcSample } from './proc.js';
 
-export const VSPC_SCRIPT = fileURLToPath(new URL('../cli/vspc.js', import.meta.url));
+export const VSPC_SCRIPT = fileURLToPath(new URL('../src/cli/vspc.js', import.meta.url));
 const GUARD_URL = new URL('./child-guard.js', import.meta.url).href;
 
 export interface ServerMemory {

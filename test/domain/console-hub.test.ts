@@ -3,17 +3,17 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VmSerialPort } from '../../src/domain/vm-serial-port.js';
+import { ConsoleHub } from '../../src/domain/console-hub.js';
 import { Registry } from '../../src/domain/registry.js';
 import { openDatabase, closeDatabase } from '../../src/storage/database.js';
-import { SerialPortStore } from '../../src/storage/serial-port-store.js';
+import { ConsoleStore } from '../../src/storage/console-store.js';
 import { FakeClient, FakeSource } from './fakes.js';
 
-function hub(): VmSerialPort {
-  return new VmSerialPort({ id: 1, uuid: 'c'.repeat(32), label: '', name: 'vm', port: 10001 });
+function hub(): ConsoleHub {
+  return new ConsoleHub({ id: 1, kind: 'esxi', key: 'c'.repeat(32), label: '', name: 'vm', tcpPort: 10001 });
 }
 
-describe('VmSerialPort hub', () => {
+describe('ConsoleHub hub', () => {
   test('VM output fans out to every client, in order', () => {
     const h = hub();
     const src = new FakeSource();
@@ -89,37 +89,37 @@ describe('Registry', () => {
     try {
       const path = join(dir, 'r.db');
       let db = openDatabase(path);
-      let reg = new Registry(new SerialPortStore(db, { start: 20000, end: 20010 }));
+      let reg = new Registry(new ConsoleStore(db, { start: 20000, end: 20010 }));
       const added: number[] = [];
-      reg.on('added', (p) => added.push(p.identity.port));
-      const { port: p1, created } = reg.register('1'.repeat(32), '', 'vm-one');
-      const { port: p2 } = reg.register('1'.repeat(32), 'com2', 'vm-one');
+      reg.on('added', (p) => added.push(p.identity.tcpPort));
+      const { hub: p1, created } = reg.register('esxi', '1'.repeat(32), '', 'vm-one');
+      const { hub: p2 } = reg.register('esxi', '1'.repeat(32), 'com2', 'vm-one');
       assert.equal(created, true);
-      assert.notEqual(p1.identity.port, p2.identity.port);
+      assert.notEqual(p1.identity.tcpPort, p2.identity.tcpPort);
       assert.deepEqual(added, [20000, 20001]);
-      assert.equal(reg.register('1'.repeat(32), '', 'vm-renamed').port, p1);
+      assert.equal(reg.register('esxi', '1'.repeat(32), '', 'vm-renamed').hub, p1);
       assert.equal(p1.identity.name, 'vm-renamed');
       closeDatabase(db);
 
       db = openDatabase(path);
-      reg = new Registry(new SerialPortStore(db, { start: 20000, end: 20010 }));
+      reg = new Registry(new ConsoleStore(db, { start: 20000, end: 20010 }));
       const loaded: string[] = [];
-      reg.on('added', (p) => loaded.push(`${p.identity.name}:${p.identity.label}:${p.identity.port}`));
+      reg.on('added', (p) => loaded.push(`${p.identity.name}:${p.identity.label}:${p.identity.tcpPort}`));
       reg.load();
       assert.deepEqual(loaded, ['vm-renamed::20000', 'vm-one:com2:20001']);
-      const again = reg.register('1'.repeat(32), 'com2', null);
+      const again = reg.register('esxi', '1'.repeat(32), 'com2', null);
       assert.equal(again.created, false);
-      assert.equal(again.port.identity.port, 20001);
+      assert.equal(again.hub.identity.tcpPort, 20001);
 
       const client = new FakeClient();
-      again.port.addClient(client);
+      again.hub.addClient(client);
       const removed: number[] = [];
-      reg.on('removed', (p) => removed.push(p.identity.port));
-      reg.forget(again.port);
+      reg.on('removed', (p) => removed.push(p.identity.tcpPort));
+      reg.forget(again.hub);
       assert.deepEqual(removed, [20001]);
       assert.match(client.closedWith ?? '', /forgotten/);
       assert.equal(reg.getByPort(20001), undefined);
-      assert.equal(reg.register('2'.repeat(32), '', 'vm-two').port.identity.port, 20001);
+      assert.equal(reg.register('esxi', '2'.repeat(32), '', 'vm-two').hub.identity.tcpPort, 20001);
       closeDatabase(db);
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -128,25 +128,25 @@ describe('Registry', () => {
 
   test('expire keeps connected or attended ports, drops the rest', () => {
     const db = openDatabase(':memory:');
-    const reg = new Registry(new SerialPortStore(db, { start: 20000, end: 20010 }));
+    const reg = new Registry(new ConsoleStore(db, { start: 20000, end: 20010 }));
     const t0 = 1_000_000;
-    const idle = reg.register('3'.repeat(32), '', 'idle', t0).port;
-    const connected = reg.register('4'.repeat(32), '', 'connected', t0).port;
+    const idle = reg.register('esxi', '3'.repeat(32), '', 'idle', t0).hub;
+    const connected = reg.register('esxi', '4'.repeat(32), '', 'connected', t0).hub;
     connected.attachSource(new FakeSource());
-    const attended = reg.register('5'.repeat(32), '', 'attended', t0).port;
+    const attended = reg.register('esxi', '5'.repeat(32), '', 'attended', t0).hub;
     attended.addClient(new FakeClient());
     const dropped = reg.expire(1000, t0 + 5000);
     assert.deepEqual(dropped.map((p) => p.identity.name), ['idle']);
-    assert.equal(reg.get('3'.repeat(32), ''), undefined);
+    assert.equal(reg.get('esxi', '3'.repeat(32), ''), undefined);
     assert.equal(reg.size, 2);
-    assert.equal(idle.identity.port, 20000);
+    assert.equal(idle.identity.tcpPort, 20000);
     closeDatabase(db);
   });
 });
 
 describe('Scrollback', () => {
   test('a new client first sees the last N bytes of output, oldest first', () => {
-    const h = new VmSerialPort({ id: 9, uuid: 'd'.repeat(32), label: '', name: 'vm', port: 10009 }, 1024, 10);
+    const h = new ConsoleHub({ id: 9, kind: 'esxi', key: 'd'.repeat(32), label: '', name: 'vm', tcpPort: 10009 }, 1024, 10);
     h.attachSource(new FakeSource());
     h.fromVm(Buffer.from('0123456'));
     h.fromVm(Buffer.from('789abc'));
@@ -167,7 +167,7 @@ describe('Scrollback', () => {
   test('scrollback of 0 keeps nothing; events reach the observer', () => {
     const events: string[] = [];
     const out: string[] = [];
-    const h = new VmSerialPort({ id: 9, uuid: 'd'.repeat(32), label: '', name: 'vm', port: 10009 }, 1024, 0, {
+    const h = new ConsoleHub({ id: 9, kind: 'esxi', key: 'd'.repeat(32), label: '', name: 'vm', tcpPort: 10009 }, 1024, 0, {
       output: (_p, d) => out.push(d.toString()),
       event: (_p, e) => events.push(e.kind),
     });

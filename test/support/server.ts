@@ -2,12 +2,12 @@ import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { DEFAULTS, type VspcConfig } from '../../src/config.js';
+import { DEFAULTS, type VspcConfig } from '../../src/config/config.js';
 import { VspcServer } from '../../src/server.js';
-import { normalizeUuid } from '../../src/protocol/vmware/identity.js';
+import { normalizeUuid } from '../../src/util/uuid.js';
 import type { PortView } from '../../src/admin/views.js';
-import type { VmSerialPort } from '../../src/domain/vm-serial-port.js';
-import { SimulatedVm, TelnetUser, type SimulatedVmOptions } from '../../src/sim/index.js';
+import type { ConsoleHub } from '../../src/domain/console-hub.js';
+import { SimulatedVm, TelnetUser, type SimulatedVmOptions } from './sim/index.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
 import { LogCapture } from './log-capture.js';
 import { findFreePortRange } from './ports.js';
@@ -117,14 +117,14 @@ export class TestServer {
   }
 
   /** The hub of a VM serial port (uuid in any form). */
-  hub(uuid: string, label = ''): VmSerialPort | undefined {
+  hub(uuid: string, label = ''): ConsoleHub | undefined {
     const u = normalizeUuid(uuid);
-    return u ? this.server.registry.get(u, label) : undefined;
+    return u ? this.server.registry.get('esxi', u, label) : undefined;
   }
 
   /** Waits until the VM serial port is registered and connected; returns its hub. */
-  async waitRegistered(uuid: string, label = '', timeoutMs = 5000): Promise<VmSerialPort> {
-    let hub: VmSerialPort | undefined;
+  async waitRegistered(uuid: string, label = '', timeoutMs = 5000): Promise<ConsoleHub> {
+    let hub: ConsoleHub | undefined;
     await waitUntil(() => {
       hub = this.hub(uuid, label);
       return !!hub && hub.source !== null;
@@ -133,7 +133,7 @@ export class TestServer {
   }
 
   /** Connects a simulated VM to the plain proxy port and waits until it is registered. */
-  async connectVm(opts: Partial<SimulatedVmOptions> & { uuid: string; name: string }, cleanup?: Cleanup): Promise<{ vm: SimulatedVm; hub: VmSerialPort }> {
+  async connectVm(opts: Partial<SimulatedVmOptions> & { uuid: string; name: string }, cleanup?: Cleanup): Promise<{ vm: SimulatedVm; hub: ConsoleHub }> {
     const vm = await SimulatedVm.connect({ host: '127.0.0.1', port: this.proxyPort, ...opts });
     cleanup?.add(() => vm.destroy());
     await vm.whenProxied(5000);

@@ -1,13 +1,13 @@
 import type { Socket } from 'node:net';
-import type { Logger } from '../logger.js';
-import { errorFields } from '../logger.js';
-import { AYT, BRK, encodeData, Option, policyFromLists, TelnetSession } from '../protocol/telnet/index.js';
-import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage } from '../protocol/control/vspc-control.js';
-import { ProtocolError } from '../errors.js';
-import type { ConsoleClient } from '../domain/ports.js';
-import type { VmSerialPort } from '../domain/vm-serial-port.js';
-import type { LockRequest } from '../domain/locks.js';
-import { formatUuid } from '../protocol/vmware/identity.js';
+import type { Logger } from '../../domain/logger.js';
+import { errorFields } from '../../errors.js';
+import { AYT, BRK, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
+import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage } from '../../protocol/control/vspc-control.js';
+import { ProtocolError } from '../../errors.js';
+import type { ConsoleClient } from '../../domain/seams.js';
+import type { ConsoleHub } from '../../domain/console-hub.js';
+import type { LockRequest } from '../../domain/locks.js';
+import { displayKey } from '../../domain/identity.js';
 
 export interface TelnetClientOptions {
   /** Bytes queued to a client that does not read; past this it is disconnected. */
@@ -79,7 +79,7 @@ export class TelnetClient implements ConsoleClient {
 
   constructor(
     private readonly socket: Socket,
-    private readonly hub: VmSerialPort,
+    private readonly hub: ConsoleHub,
     logger: Logger,
     private readonly options: TelnetClientOptions,
     readonly secure: boolean,
@@ -222,7 +222,7 @@ export class TelnetClient implements ConsoleClient {
     this.lockTimer = null;
     const control = this.session.isEnabled('him', VSPC_CONTROL_OPTION);
     const id = this.hub.identity;
-    this.notice(`${this.hub.displayName} (uuid ${formatUuid(id.uuid)}${id.label ? `, port ${id.label}` : ''})`);
+    this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`);
     const decision = this.hub.addClient(this, { request, force, user: this.user });
     if (!decision.granted) {
       this.log.info('lock refused', { request, reason: decision.reason });

@@ -1,12 +1,10 @@
 import { readFileSync } from 'node:fs';
-import { ConfigError } from './errors.js';
-import type { PortRange } from './storage/serial-port-store.js';
-import type { LockRequest } from './domain/locks.js';
+import { ConfigError } from '../errors.js';
+import type { PortRange } from '../domain/repository.js';
+import type { HostPort } from '../util/net.js';
+import type { LockRequest } from '../domain/locks.js';
 
-export interface HostPort {
-  host: string;
-  port: number;
-}
+export type { HostPort } from '../util/net.js';
 
 /** Everything the server needs, after validation. Durations in ms. */
 export interface VspcConfig {
@@ -64,7 +62,7 @@ export interface VspcConfig {
 
 /** Client lock modes a config file may name. */
 /** Lock modes a config file may name: the domain's lock requests (src/domain/locks.ts). */
-export { LOCK_MODES as LOCK_MODE_NAMES } from './domain/locks.js';
+export { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
 export type LockModeName = LockRequest;
 
 /** One `vms:` entry of the config file. `match`: a VM name (glob * ?), UUID, or either with `:LABEL`. */

@@ -44,10 +44,10 @@
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
-import { Option, type NegotiationVerb } from '../protocol/telnet/constants.js';
-import { policyFromLists, type Side } from '../protocol/telnet/negotiator.js';
-import { TelnetSession } from '../protocol/telnet/session.js';
-import { ComPort, Ext, PROXY_KNOWN_SUBOPTIONS } from '../protocol/vmware/codes.js';
+import { Option, type NegotiationVerb } from '../../../src/protocol/telnet/constants.js';
+import { policyFromLists, type Side } from '../../../src/protocol/telnet/negotiator.js';
+import { TelnetSession } from '../../../src/protocol/telnet/session.js';
+import { ComPort, Ext, PROXY_KNOWN_SUBOPTIONS } from '../../../src/protocol/vmware/codes.js';
 
 // ---------------------------------------------------------------------------
 // Small shared utilities (also used by telnet-user.ts)

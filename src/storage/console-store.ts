@@ -11,34 +11,18 @@
  */
 import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
+import type { ConsoleKind } from '../domain/identity.js';
+import type { ConsoleRecord, ConsoleRepository, PortRange } from '../domain/repository.js';
 
-export interface PortRange {
-  start: number;
-  end: number;
-}
-
-export interface SerialPortRecord {
-  id: number;
-  /** 32 lowercase hex digits. */
-  uuid: string;
-  /** The serial port's vSPC label; '' when the VM sent none. */
-  label: string;
-  /** The VM's display name as last reported; null until known. */
-  name: string | null;
-  /** The telnet port. May lie outside the configured range (sticky from an older range). */
-  port: number;
-  /** ms since the epoch. */
-  firstSeen: number;
-  /** ms since the epoch. */
-  lastSeen: number;
-}
+export type { ConsoleRecord, PortRange } from '../domain/repository.js';
 
 const UUID_RE = /^[0-9a-f]{32}$/;
 const MAX_PORT = 65535;
 /** Insert attempts before giving up on races with another process writing the file. */
 const INSERT_ATTEMPTS = 3;
 
-const COLUMNS = 'id, uuid, label, name, tcp_port AS port, first_seen AS firstSeen, last_seen AS lastSeen';
+// The table is ESXi-shaped (schema version 1): every record is kind 'esxi', keyed by VC UUID.
+const COLUMNS = "id, 'esxi' AS kind, uuid AS key, label, name, tcp_port AS tcpPort, first_seen AS firstSeen, last_seen AS lastSeen";
 
 function isUniqueViolation(err: unknown): boolean {
   return (err as { code?: unknown } | null)?.code === 'SQLITE_CONSTRAINT_UNIQUE';
@@ -53,7 +37,7 @@ function checkTimestamp(field: string, value: number): void {
   }
 }
 
-export interface SerialPortStoreOptions {
+export interface ConsoleStoreOptions {
   /**
    * Commit the hot path's writes (registrations, last-seen updates, renames) once per
    * event-loop turn, in one transaction, instead of one transaction each: a SQLite
@@ -67,10 +51,10 @@ export interface SerialPortStoreOptions {
   onCommitError?: (err: unknown) => void;
 }
 
-export class SerialPortStore {
+export class ConsoleStore implements ConsoleRepository {
   readonly range: Readonly<PortRange>;
-  private readonly options: SerialPortStoreOptions;
-  /** A group-commit transaction is open (see `SerialPortStoreOptions.groupCommit`). */
+  private readonly options: ConsoleStoreOptions;
+  /** A group-commit transaction is open (see `ConsoleStoreOptions.groupCommit`). */
   private groupOpen = false;
 
   private readonly db: Database.Database;
@@ -82,10 +66,10 @@ export class SerialPortStore {
   private cursor: number;
 
   private readonly stmts: {
-    byKey: Database.Statement<[string, string], SerialPortRecord>;
-    byId: Database.Statement<[number], SerialPortRecord>;
-    byPort: Database.Statement<[number], SerialPortRecord>;
-    all: Database.Statement<[], SerialPortRecord>;
+    byKey: Database.Statement<[string, string], ConsoleRecord>;
+    byId: Database.Statement<[number], ConsoleRecord>;
+    byPort: Database.Statement<[number], ConsoleRecord>;
+    all: Database.Statement<[], ConsoleRecord>;
     ports: Database.Statement<[], number>;
     seen: Database.Statement<[number, string | null, number]>;
     insert: Database.Statement<[string, string, string | null, number, number, number]>;
@@ -93,7 +77,7 @@ export class SerialPortStore {
     rename: Database.Statement<[string, number]>;
     forget: Database.Statement<[number], number>;
     move: Database.Statement<[number, number]>;
-    olderThan: Database.Statement<[number], SerialPortRecord>;
+    olderThan: Database.Statement<[number], ConsoleRecord>;
     deleteIfOlder: Database.Statement<[number, number]>;
   };
 
@@ -101,7 +85,7 @@ export class SerialPortStore {
    * @param reserved ports that new allocations skip: the concentrator's own listen
    *   ports may lie inside the range (13370-13372 do in the default one).
    */
-  constructor(db: Database.Database, range: PortRange, reserved: Iterable<number> = [], options: SerialPortStoreOptions = {}) {
+  constructor(db: Database.Database, range: PortRange, reserved: Iterable<number> = [], options: ConsoleStoreOptions = {}) {
     this.options = options;
     const { start, end } = range ?? ({} as PortRange);
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 1 || end > MAX_PORT || start > end) {
@@ -146,11 +130,15 @@ export class SerialPortStore {
    * `VSPC_PORT_RANGE_EXHAUSTED` ({range, uuid, label}).
    */
   register(
+    kind: ConsoleKind,
     uuid: string,
     label: string,
     name: string | null,
     now: number = Date.now(),
-  ): { record: SerialPortRecord; created: boolean } {
+  ): { record: ConsoleRecord; created: boolean } {
+    if (kind !== 'esxi') {
+      throw new StorageError('VSPC_ARG_INVALID', `console kind ${JSON.stringify(kind)} is not stored by this schema`, { field: 'kind', value: kind });
+    }
     if (typeof uuid !== 'string' || !UUID_RE.test(uuid)) {
       throw new StorageError('VSPC_ARG_INVALID', `uuid must be 32 lowercase hex digits, got ${JSON.stringify(uuid)}`, {
         field: 'uuid',
@@ -174,7 +162,7 @@ export class SerialPortStore {
         this.used[port] = 1;
         this.cursor = port + 1;
         return {
-          record: { id: Number(info.lastInsertRowid), uuid, label, name, port, firstSeen: now, lastSeen: now },
+          record: { id: Number(info.lastInsertRowid), kind, key: uuid, label, name, tcpPort: port, firstSeen: now, lastSeen: now },
           created: true,
         };
       } catch (err) {
@@ -190,20 +178,20 @@ export class SerialPortStore {
     throw lastError;
   }
 
-  get(uuid: string, label: string): SerialPortRecord | undefined {
+  get(uuid: string, label: string): ConsoleRecord | undefined {
     return this.stmts.byKey.get(uuid, label);
   }
 
-  getById(id: number): SerialPortRecord | undefined {
+  getById(id: number): ConsoleRecord | undefined {
     return this.stmts.byId.get(id);
   }
 
-  getByPort(port: number): SerialPortRecord | undefined {
+  getByPort(port: number): ConsoleRecord | undefined {
     return this.stmts.byPort.get(port);
   }
 
   /** All records, ordered by port. */
-  list(): SerialPortRecord[] {
+  list(): ConsoleRecord[] {
     return this.stmts.all.all();
   }
 
@@ -238,7 +226,7 @@ export class SerialPortStore {
    * Throws `StorageError` `VSPC_PORT_INVALID` ({id, port}), `VSPC_NOT_FOUND` ({id}),
    * `VSPC_PORT_IN_USE` ({id, port, heldBy}) when another record holds the port.
    */
-  setPort(id: number, port: number): SerialPortRecord {
+  setPort(id: number, port: number): ConsoleRecord {
     if (!Number.isInteger(port) || port < 1 || port > MAX_PORT) {
       throw new StorageError('VSPC_PORT_INVALID', `port must be an integer 1..${MAX_PORT}, got ${String(port)}`, {
         id,
@@ -251,23 +239,23 @@ export class SerialPortStore {
       .transaction(() => {
         const rec = this.stmts.byId.get(id);
         if (!rec) throw new StorageError('VSPC_NOT_FOUND', `no serial port record with id ${id}`, { id });
-        if (rec.port === port) return { before: rec, after: rec };
+        if (rec.tcpPort === port) return { before: rec, after: rec };
         const holder = this.stmts.byPort.get(port);
         if (holder) {
           this.used[port] = 1; // in case another process put it there
           throw new StorageError(
             'VSPC_PORT_IN_USE',
-            `port ${port} is held by ${holder.uuid}${holder.label ? ` (${holder.label})` : ''}`,
+            `port ${port} is held by ${holder.key}${holder.label ? ` (${holder.label})` : ''}`,
             { id, port, heldBy: holder.id },
           );
         }
         this.stmts.move.run(port, id);
-        return { before: rec, after: { ...rec, port } };
+        return { before: rec, after: { ...rec, tcpPort: port } };
       })
       .immediate();
-    if (before.port !== after.port) {
-      this.release(before.port);
-      this.used[after.port] = 1;
+    if (before.tcpPort !== after.tcpPort) {
+      this.release(before.tcpPort);
+      this.used[after.tcpPort] = 1;
     }
     return after;
   }
@@ -277,7 +265,7 @@ export class SerialPortStore {
    * false (e.g. the VM is connected right now); returns the deleted records, ordered by
    * port. If keep throws, nothing is deleted.
    */
-  expire(maxAgeMs: number, keep: (r: SerialPortRecord) => boolean, now: number = Date.now()): SerialPortRecord[] {
+  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now: number = Date.now()): ConsoleRecord[] {
     if (typeof maxAgeMs !== 'number' || Number.isNaN(maxAgeMs) || maxAgeMs < 0) {
       throw new StorageError('VSPC_ARG_INVALID', `maxAgeMs must be a non-negative number, got ${String(maxAgeMs)}`, {
         field: 'maxAgeMs',
@@ -288,7 +276,7 @@ export class SerialPortStore {
     const cutoff = now - maxAgeMs;
     const deleted = this.db
       .transaction(() => {
-        const out: SerialPortRecord[] = [];
+        const out: ConsoleRecord[] = [];
         for (const r of this.stmts.olderThan.all(cutoff)) {
           if (keep(r)) continue;
           if (this.stmts.deleteIfOlder.run(r.id, cutoff).changes > 0) out.push(r);
@@ -296,7 +284,7 @@ export class SerialPortStore {
         return out;
       })
       .immediate();
-    for (const r of deleted) this.release(r.port);
+    for (const r of deleted) this.release(r.tcpPort);
     return deleted;
   }
 
@@ -326,7 +314,7 @@ export class SerialPortStore {
   }
 
   /** The existing record for the key with last_seen/name refreshed, or undefined. */
-  private refreshExisting(uuid: string, label: string, name: string | null, now: number): SerialPortRecord | undefined {
+  private refreshExisting(uuid: string, label: string, name: string | null, now: number): ConsoleRecord | undefined {
     const row = this.stmts.byKey.get(uuid, label);
     if (!row) return undefined;
     // changes === 0: deleted by another process between the two statements; treat as new.

@@ -12,9 +12,9 @@
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { Option, type NegotiationVerb } from '../protocol/telnet/constants.js';
-import { policyFromLists, type Side } from '../protocol/telnet/negotiator.js';
-import { TelnetSession } from '../protocol/telnet/session.js';
+import { Option, type NegotiationVerb } from '../../../src/protocol/telnet/constants.js';
+import { policyFromLists, type Side } from '../../../src/protocol/telnet/negotiator.js';
+import { TelnetSession } from '../../../src/protocol/telnet/session.js';
 import { ByteCollector, connectSocket, endSocket, socketDrained, type ByteMatcher } from './esxi-simulator.js';
 
 export interface TelnetUserOptions {

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { openDatabase, closeDatabase } from '../../src/storage/database.js';
-import { SerialPortStore, type SerialPortRecord } from '../../src/storage/serial-port-store.js';
+import { ConsoleStore, type ConsoleRecord } from '../../src/storage/console-store.js';
 import { StorageError } from '../../src/errors.js';
 
 const dir = fs.mkdtempSync(os.tmpdir() + '/vspc-');
@@ -36,10 +36,10 @@ function rowsOf(file: string): Row[] {
   }
 }
 
-function withStore<T>(file: string, range: { start: number; end: number }, fn: (s: SerialPortStore) => T): T {
+function withStore<T>(file: string, range: { start: number; end: number }, fn: (s: ConsoleStore) => T): T {
   const db = openDatabase(file);
   try {
-    return fn(new SerialPortStore(db, range));
+    return fn(new ConsoleStore(db, range));
   } finally {
     closeDatabase(db);
   }
@@ -54,7 +54,7 @@ function expectCode(code: string, fn: () => unknown): StorageError {
   return caught as StorageError;
 }
 
-describe('SerialPortStore construction', () => {
+describe('ConsoleStore construction', () => {
   test('rejects invalid ranges with VSPC_PORT_RANGE_INVALID', () => {
     const db = openDatabase(':memory:');
     try {
@@ -65,27 +65,27 @@ describe('SerialPortStore construction', () => {
         { start: 1.5, end: 10 },
         { start: 1, end: Number.NaN },
       ]) {
-        expectCode('VSPC_PORT_RANGE_INVALID', () => new SerialPortStore(db, range));
+        expectCode('VSPC_PORT_RANGE_INVALID', () => new ConsoleStore(db, range));
       }
       // Boundaries are fine.
-      new SerialPortStore(db, { start: 1, end: 65535 });
-      new SerialPortStore(db, { start: 7000, end: 7000 });
+      new ConsoleStore(db, { start: 1, end: 65535 });
+      new ConsoleStore(db, { start: 7000, end: 7000 });
     } finally {
       closeDatabase(db);
     }
   });
 });
 
-describe('SerialPortStore.register', () => {
+describe('ConsoleStore.register', () => {
   test('allocates the lowest free port and writes the row', () => {
     const file = freshPath();
     const results = withStore(file, { start: 7000, end: 7010 }, (s) => [
-      s.register(uuid(1), '', 'vm1', 1000),
-      s.register(uuid(2), '', null, 1001),
-      s.register(uuid(3), 'com2', 'vm3', 1002),
+      s.register('esxi', uuid(1), '', 'vm1', 1000),
+      s.register('esxi', uuid(2), '', null, 1001),
+      s.register('esxi', uuid(3), 'com2', 'vm3', 1002),
     ]);
     assert.deepEqual(
-      results.map((r) => [r.created, r.record.port]),
+      results.map((r) => [r.created, r.record.tcpPort]),
       [
         [true, 7000],
         [true, 7001],
@@ -94,10 +94,11 @@ describe('SerialPortStore.register', () => {
     );
     assert.deepEqual(results[0].record, {
       id: results[0].record.id,
-      uuid: uuid(1),
+      kind: 'esxi',
+      key: uuid(1),
       label: '',
       name: 'vm1',
-      port: 7000,
+      tcpPort: 7000,
       firstSeen: 1000,
       lastSeen: 1000,
     });
@@ -114,13 +115,13 @@ describe('SerialPortStore.register', () => {
   test('is idempotent: the second call returns the same record with created=false', () => {
     const db = openDatabase(':memory:');
     try {
-      const s = new SerialPortStore(db, { start: 7000, end: 7010 });
-      const a = s.register(uuid(1), 'com1', 'vm1', 1000);
-      const b = s.register(uuid(1), 'com1', 'vm1', 2000);
+      const s = new ConsoleStore(db, { start: 7000, end: 7010 });
+      const a = s.register('esxi', uuid(1), 'com1', 'vm1', 1000);
+      const b = s.register('esxi', uuid(1), 'com1', 'vm1', 2000);
       assert.equal(a.created, true);
       assert.equal(b.created, false);
       assert.equal(b.record.id, a.record.id);
-      assert.equal(b.record.port, a.record.port);
+      assert.equal(b.record.tcpPort, a.record.tcpPort);
       assert.equal(b.record.firstSeen, 1000);
       assert.equal(b.record.lastSeen, 2000);
       assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 1);
@@ -133,16 +134,16 @@ describe('SerialPortStore.register', () => {
   test('is sticky across close and reopen: same uuid+label gets the same port', () => {
     const file = freshPath();
     const range = { start: 7000, end: 7100 };
-    const first = withStore(file, range, (s) => [uuid(5), uuid(6), uuid(7)].map((u) => s.register(u, '', null, 1).record.port));
+    const first = withStore(file, range, (s) => [uuid(5), uuid(6), uuid(7)].map((u) => s.register('esxi', u, '', null, 1).record.tcpPort));
     // Reopen and register in another order, with a newcomer first.
     const second = withStore(file, range, (s) => {
-      const newcomer = s.register(uuid(99), '', null, 2);
+      const newcomer = s.register('esxi', uuid(99), '', null, 2);
       assert.equal(newcomer.created, true);
-      assert.ok(!first.includes(newcomer.record.port), 'a newcomer never gets a held port');
+      assert.ok(!first.includes(newcomer.record.tcpPort), 'a newcomer never gets a held port');
       return [uuid(7), uuid(6), uuid(5)].map((u) => {
-        const r = s.register(u, '', null, 3);
+        const r = s.register('esxi', u, '', null, 3);
         assert.equal(r.created, false);
-        return r.record.port;
+        return r.record.tcpPort;
       });
     });
     assert.deepEqual(second.reverse(), first);
@@ -152,10 +153,10 @@ describe('SerialPortStore.register', () => {
   test('two labels of one UUID get two ports', () => {
     const file = freshPath();
     const [a, b] = withStore(file, { start: 7000, end: 7010 }, (s) => [
-      s.register(uuid(1), 'com1', 'vm', 1).record,
-      s.register(uuid(1), 'com2', 'vm', 1).record,
+      s.register('esxi', uuid(1), 'com1', 'vm', 1).record,
+      s.register('esxi', uuid(1), 'com2', 'vm', 1).record,
     ]);
-    assert.notEqual(a.port, b.port);
+    assert.notEqual(a.tcpPort, b.tcpPort);
     assert.notEqual(a.id, b.id);
     assert.deepEqual(
       rowsOf(file).map((r) => [r.uuid, r.label, r.tcp_port]),
@@ -169,14 +170,14 @@ describe('SerialPortStore.register', () => {
   test('name follows the record: updated when given, kept when null; last_seen advances', () => {
     const file = freshPath();
     withStore(file, { start: 7000, end: 7010 }, (s) => {
-      s.register(uuid(1), '', null, 100);
-      const named = s.register(uuid(1), '', 'web-01', 200);
+      s.register('esxi', uuid(1), '', null, 100);
+      const named = s.register('esxi', uuid(1), '', 'web-01', 200);
       assert.equal(named.record.name, 'web-01');
-      const renamedByVm = s.register(uuid(1), '', 'web-01-renamed', 300);
+      const renamedByVm = s.register('esxi', uuid(1), '', 'web-01-renamed', 300);
       assert.equal(renamedByVm.record.name, 'web-01-renamed');
-      const anonymous = s.register(uuid(1), '', null, 400);
+      const anonymous = s.register('esxi', uuid(1), '', null, 400);
       assert.equal(anonymous.record.name, 'web-01-renamed');
-      assert.equal(anonymous.record.port, 7000);
+      assert.equal(anonymous.record.tcpPort, 7000);
     });
     assert.deepEqual(
       rowsOf(file).map((r) => [r.name, r.tcp_port, r.first_seen, r.last_seen]),
@@ -187,11 +188,11 @@ describe('SerialPortStore.register', () => {
   test('rejects un-normalised UUIDs with VSPC_ARG_INVALID and writes nothing', () => {
     const db = openDatabase(':memory:');
     try {
-      const s = new SerialPortStore(db, { start: 7000, end: 7010 });
+      const s = new ConsoleStore(db, { start: 7000, end: 7010 });
       for (const bad of ['ABCDEF'.padEnd(32, '0'), '564d1234-5678-9abc-def0-123456789abc', 'abc', '']) {
-        expectCode('VSPC_ARG_INVALID', () => s.register(bad, '', null, 1));
+        expectCode('VSPC_ARG_INVALID', () => s.register('esxi', bad, '', null, 1));
       }
-      expectCode('VSPC_ARG_INVALID', () => s.register(uuid(1), '', null, 1.5));
+      expectCode('VSPC_ARG_INVALID', () => s.register('esxi', uuid(1), '', null, 1.5));
       assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 0);
     } finally {
       closeDatabase(db);
@@ -201,13 +202,13 @@ describe('SerialPortStore.register', () => {
   test('range exhausted: VSPC_PORT_RANGE_EXHAUSTED with context, existing records still register', () => {
     const db = openDatabase(':memory:');
     try {
-      const s = new SerialPortStore(db, { start: 7000, end: 7002 });
-      for (let i = 1; i <= 3; i++) s.register(uuid(i), '', null, 1);
-      const err = expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register(uuid(4), 'com1', null, 1));
+      const s = new ConsoleStore(db, { start: 7000, end: 7002 });
+      for (let i = 1; i <= 3; i++) s.register('esxi', uuid(i), '', null, 1);
+      const err = expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register('esxi', uuid(4), 'com1', null, 1));
       assert.deepEqual(err.context, { range: { start: 7000, end: 7002 }, uuid: uuid(4), label: 'com1' });
       // Again (the cursor is past the end now) — still the same error, no row written.
-      expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register(uuid(4), 'com1', null, 1));
-      assert.equal(s.register(uuid(2), '', null, 2).created, false);
+      expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register('esxi', uuid(4), 'com1', null, 1));
+      assert.equal(s.register('esxi', uuid(2), '', null, 2).created, false);
       assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 3);
     } finally {
       closeDatabase(db);
@@ -215,21 +216,21 @@ describe('SerialPortStore.register', () => {
   });
 });
 
-describe('SerialPortStore lookups and updates', () => {
+describe('ConsoleStore lookups and updates', () => {
   test('get, getById, getByPort, list (ordered by port), touch, rename', () => {
     const file = freshPath();
     withStore(file, { start: 7000, end: 7010 }, (s) => {
-      const a = s.register(uuid(1), '', 'a', 10).record;
-      const b = s.register(uuid(2), '', 'b', 10).record;
+      const a = s.register('esxi', uuid(1), '', 'a', 10).record;
+      const b = s.register('esxi', uuid(2), '', 'b', 10).record;
       s.setPort(a.id, 7005); // so id order and port order differ
       assert.deepEqual(s.get(uuid(2), ''), b);
       assert.equal(s.get(uuid(2), 'other'), undefined);
-      assert.equal(s.getById(b.id)?.uuid, uuid(2));
+      assert.equal(s.getById(b.id)?.key, uuid(2));
       assert.equal(s.getById(9999), undefined);
       assert.equal(s.getByPort(7005)?.id, a.id);
       assert.equal(s.getByPort(7000), undefined);
       assert.deepEqual(
-        s.list().map((r) => r.port),
+        s.list().map((r) => r.tcpPort),
         [7001, 7005],
       );
       s.touch(a.id, 500);
@@ -249,14 +250,14 @@ describe('SerialPortStore lookups and updates', () => {
   test('forget deletes the row and frees its port for the next new VM', () => {
     const file = freshPath();
     withStore(file, { start: 7000, end: 7010 }, (s) => {
-      const ids = [1, 2, 3].map((i) => s.register(uuid(i), '', null, 1).record.id);
+      const ids = [1, 2, 3].map((i) => s.register('esxi', uuid(i), '', null, 1).record.id);
       assert.equal(s.forget(ids[1]), true);
       assert.equal(s.forget(ids[1]), false);
       assert.equal(s.getByPort(7001), undefined);
-      const next = s.register(uuid(4), '', null, 2);
+      const next = s.register('esxi', uuid(4), '', null, 2);
       assert.equal(next.created, true);
-      assert.equal(next.record.port, 7001);
-      assert.equal(s.register(uuid(5), '', null, 2).record.port, 7003);
+      assert.equal(next.record.tcpPort, 7001);
+      assert.equal(s.register('esxi', uuid(5), '', null, 2).record.tcpPort, 7003);
     });
     assert.deepEqual(
       rowsOf(file).map((r) => [r.uuid, r.tcp_port]),
@@ -272,14 +273,14 @@ describe('SerialPortStore lookups and updates', () => {
   test('a forgotten VM that comes back gets a new record on the lowest free port', () => {
     const db = openDatabase(':memory:');
     try {
-      const s = new SerialPortStore(db, { start: 7000, end: 7010 });
-      const a = s.register(uuid(1), '', null, 1).record;
-      s.register(uuid(2), '', null, 1);
+      const s = new ConsoleStore(db, { start: 7000, end: 7010 });
+      const a = s.register('esxi', uuid(1), '', null, 1).record;
+      s.register('esxi', uuid(2), '', null, 1);
       s.forget(a.id);
-      s.register(uuid(3), '', null, 2); // takes 7000
-      const back = s.register(uuid(1), '', null, 3);
+      s.register('esxi', uuid(3), '', null, 2); // takes 7000
+      const back = s.register('esxi', uuid(1), '', null, 3);
       assert.equal(back.created, true);
-      assert.equal(back.record.port, 7002);
+      assert.equal(back.record.tcpPort, 7002);
       assert.notEqual(back.record.id, a.id);
     } finally {
       closeDatabase(db);
@@ -289,19 +290,19 @@ describe('SerialPortStore lookups and updates', () => {
   test('setPort moves a record, also outside the range; conflicts, invalid ports and unknown ids are refused', () => {
     const file = freshPath();
     withStore(file, { start: 7000, end: 7010 }, (s) => {
-      const a = s.register(uuid(1), '', null, 1).record;
-      const b = s.register(uuid(2), '', null, 1).record;
+      const a = s.register('esxi', uuid(1), '', null, 1).record;
+      const b = s.register('esxi', uuid(2), '', null, 1).record;
 
-      const conflict = expectCode('VSPC_PORT_IN_USE', () => s.setPort(a.id, b.port));
-      assert.deepEqual(conflict.context, { id: a.id, port: b.port, heldBy: b.id });
+      const conflict = expectCode('VSPC_PORT_IN_USE', () => s.setPort(a.id, b.tcpPort));
+      assert.deepEqual(conflict.context, { id: a.id, port: b.tcpPort, heldBy: b.id });
       for (const bad of [0, -1, 65536, 7000.5, Number.NaN]) expectCode('VSPC_PORT_INVALID', () => s.setPort(a.id, bad));
       expectCode('VSPC_NOT_FOUND', () => s.setPort(9999, 7009));
 
-      assert.deepEqual(s.setPort(a.id, a.port), a); // no-op move
+      assert.deepEqual(s.setPort(a.id, a.tcpPort), a); // no-op move
       const moved = s.setPort(a.id, 9000);
-      assert.deepEqual(moved, { ...a, port: 9000 });
+      assert.deepEqual(moved, { ...a, tcpPort: 9000 });
       // The old port is free again, the new one is held.
-      assert.equal(s.register(uuid(3), '', null, 2).record.port, 7000);
+      assert.equal(s.register('esxi', uuid(3), '', null, 2).record.tcpPort, 7000);
       expectCode('VSPC_PORT_IN_USE', () => s.setPort(b.id, 9000));
     });
     assert.deepEqual(
@@ -317,11 +318,11 @@ describe('SerialPortStore lookups and updates', () => {
   test('a port moved into the range is not handed out again', () => {
     const db = openDatabase(':memory:');
     try {
-      const s = new SerialPortStore(db, { start: 7000, end: 7003 });
-      const a = s.register(uuid(1), '', null, 1).record; // 7000
+      const s = new ConsoleStore(db, { start: 7000, end: 7003 });
+      const a = s.register('esxi', uuid(1), '', null, 1).record; // 7000
       s.setPort(a.id, 7001);
-      assert.equal(s.register(uuid(2), '', null, 1).record.port, 7000);
-      assert.equal(s.register(uuid(3), '', null, 1).record.port, 7002);
+      assert.equal(s.register('esxi', uuid(2), '', null, 1).record.tcpPort, 7000);
+      assert.equal(s.register('esxi', uuid(3), '', null, 1).record.tcpPort, 7002);
     } finally {
       closeDatabase(db);
     }
@@ -331,27 +332,27 @@ describe('SerialPortStore lookups and updates', () => {
     const file = freshPath();
     const day = 86_400_000;
     const now = 100 * day;
-    let deleted: SerialPortRecord[] = [];
+    let deleted: ConsoleRecord[] = [];
     withStore(file, { start: 7000, end: 7010 }, (s) => {
-      s.register(uuid(1), '', 'old', now - 40 * day); // 7000: old, not kept -> deleted
-      s.register(uuid(2), '', 'old-kept', now - 40 * day); // 7001: old but kept
-      s.register(uuid(3), '', 'recent', now - 1 * day); // 7002: recent
-      s.register(uuid(4), '', 'boundary', now - 30 * day); // 7003: exactly at the cutoff: not older, kept
-      s.register(uuid(5), '', 'old2', now - 31 * day); // 7004: deleted
+      s.register('esxi', uuid(1), '', 'old', now - 40 * day); // 7000: old, not kept -> deleted
+      s.register('esxi', uuid(2), '', 'old-kept', now - 40 * day); // 7001: old but kept
+      s.register('esxi', uuid(3), '', 'recent', now - 1 * day); // 7002: recent
+      s.register('esxi', uuid(4), '', 'boundary', now - 30 * day); // 7003: exactly at the cutoff: not older, kept
+      s.register('esxi', uuid(5), '', 'old2', now - 31 * day); // 7004: deleted
       const asked: string[] = [];
       deleted = s.expire(30 * day, (r) => {
         asked.push(r.name ?? '');
-        return r.uuid === uuid(2);
+        return r.key === uuid(2);
       }, now);
       assert.deepEqual(asked.sort(), ['old', 'old-kept', 'old2'], 'keep is only asked about old records');
       // The freed ports are reused lowest first.
-      assert.equal(s.register(uuid(6), '', null, now).record.port, 7000);
-      assert.equal(s.register(uuid(7), '', null, now).record.port, 7004);
+      assert.equal(s.register('esxi', uuid(6), '', null, now).record.tcpPort, 7000);
+      assert.equal(s.register('esxi', uuid(7), '', null, now).record.tcpPort, 7004);
       // Nothing left to expire while the kept record is still kept.
-      assert.deepEqual(s.expire(30 * day, (r) => r.uuid === uuid(2), now), []);
+      assert.deepEqual(s.expire(30 * day, (r) => r.key === uuid(2), now), []);
     });
     assert.deepEqual(
-      deleted.map((r) => [r.uuid, r.port, r.name]),
+      deleted.map((r) => [r.key, r.tcpPort, r.name]),
       [
         [uuid(1), 7000, 'old'],
         [uuid(5), 7004, 'old2'],
@@ -372,9 +373,9 @@ describe('SerialPortStore lookups and updates', () => {
   test('expire deletes nothing when keep throws', () => {
     const db = openDatabase(':memory:');
     try {
-      const s = new SerialPortStore(db, { start: 7000, end: 7010 });
-      s.register(uuid(1), '', null, 0);
-      s.register(uuid(2), '', null, 0);
+      const s = new ConsoleStore(db, { start: 7000, end: 7010 });
+      s.register('esxi', uuid(1), '', null, 0);
+      s.register('esxi', uuid(2), '', null, 0);
       let calls = 0;
       assert.throws(
         () =>
@@ -386,24 +387,24 @@ describe('SerialPortStore lookups and updates', () => {
       );
       assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 2);
       // Ports still held: a new VM gets the next one.
-      assert.equal(s.register(uuid(3), '', null, 1000).record.port, 7002);
+      assert.equal(s.register('esxi', uuid(3), '', null, 1000).record.tcpPort, 7002);
     } finally {
       closeDatabase(db);
     }
   });
 });
 
-describe('SerialPortStore range changes and scale', () => {
+describe('ConsoleStore range changes and scale', () => {
   test('records outside a changed range keep their ports, and new VMs never reuse them', () => {
     const file = freshPath();
     const old = withStore(file, { start: 7000, end: 7004 }, (s) =>
-      [1, 2, 3].map((i) => s.register(uuid(i), '', null, 1).record.port),
+      [1, 2, 3].map((i) => s.register('esxi', uuid(i), '', null, 1).record.tcpPort),
     );
     assert.deepEqual(old, [7000, 7001, 7002]);
     // The operator moves the range so that it overlaps the old one only at 7002.
     withStore(file, { start: 7002, end: 7005 }, (s) => {
       assert.deepEqual(
-        [1, 2, 3].map((i) => s.register(uuid(i), '', null, 2)).map((r) => [r.created, r.record.port]),
+        [1, 2, 3].map((i) => s.register('esxi', uuid(i), '', null, 2)).map((r) => [r.created, r.record.tcpPort]),
         [
           [false, 7000],
           [false, 7001],
@@ -411,13 +412,13 @@ describe('SerialPortStore range changes and scale', () => {
         ],
       );
       assert.deepEqual(
-        [4, 5, 6].map((i) => s.register(uuid(i), '', null, 2).record.port),
+        [4, 5, 6].map((i) => s.register('esxi', uuid(i), '', null, 2).record.tcpPort),
         [7003, 7004, 7005],
       );
-      expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register(uuid(7), '', null, 2));
+      expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register('esxi', uuid(7), '', null, 2));
       // Forgetting an out-of-range record does not make its port allocatable.
       s.forget(s.get(uuid(1), '')!.id);
-      expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register(uuid(7), '', null, 2));
+      expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register('esxi', uuid(7), '', null, 2));
     });
     assert.deepEqual(
       rowsOf(file).map((r) => r.tcp_port),
@@ -434,20 +435,20 @@ describe('SerialPortStore range changes and scale', () => {
       .run(uuid(1), '', 7000);
     const db = openDatabase(file);
     try {
-      const s = new SerialPortStore(db, { start: 7000, end: 7010 });
-      assert.equal(s.register(uuid(2), '', null, 1).record.port, 7001);
+      const s = new ConsoleStore(db, { start: 7000, end: 7010 });
+      assert.equal(s.register('esxi', uuid(2), '', null, 1).record.tcpPort, 7001);
       // Another process takes the next port behind the store's back: the insert
       // conflicts, the store re-reads the held ports and picks the next free one.
       other
         .prepare('INSERT INTO serial_ports (uuid, label, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, 0, 0)')
         .run(uuid(3), '', 7002);
-      assert.equal(s.register(uuid(4), '', null, 1).record.port, 7003);
+      assert.equal(s.register('esxi', uuid(4), '', null, 1).record.tcpPort, 7003);
       // And another process registering the same key first yields created=false.
       other
         .prepare('INSERT INTO serial_ports (uuid, label, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, 0, 0)')
         .run(uuid(5), 'com1', 7004);
-      const r = s.register(uuid(5), 'com1', 'five', 9);
-      assert.deepEqual([r.created, r.record.port, r.record.name, r.record.lastSeen], [false, 7004, 'five', 9]);
+      const r = s.register('esxi', uuid(5), 'com1', 'five', 9);
+      assert.deepEqual([r.created, r.record.tcpPort, r.record.name, r.record.lastSeen], [false, 7004, 'five', 9]);
     } finally {
       closeDatabase(db);
       other.close();
@@ -461,9 +462,9 @@ describe('SerialPortStore range changes and scale', () => {
     withStore(file, range, (s) => {
       const ports = new Set<number>();
       for (let i = 0; i < count; i++) {
-        const r = s.register(uuid(0x1000 + i), '', `vm-${i}`, 1);
+        const r = s.register('esxi', uuid(0x1000 + i), '', `vm-${i}`, 1);
         assert.equal(r.created, true);
-        ports.add(r.record.port);
+        ports.add(r.record.tcpPort);
       }
       assert.equal(ports.size, count);
       for (const p of ports) assert.ok(p >= range.start && p <= range.end);
@@ -472,9 +473,9 @@ describe('SerialPortStore range changes and scale', () => {
     });
     withStore(file, range, (s) => {
       for (let i = 0; i < count; i += 97) {
-        const r = s.register(uuid(0x1000 + i), '', null, 2);
+        const r = s.register('esxi', uuid(0x1000 + i), '', null, 2);
         assert.equal(r.created, false);
-        assert.equal(r.record.port, range.start + i);
+        assert.equal(r.record.tcpPort, range.start + i);
         assert.equal(r.record.name, `vm-${i}`);
       }
     });

@@ -10,7 +10,7 @@ import {
   rangesOverlap,
   readPem,
   type VspcConfig,
-} from '../config.js';
+} from './config.js';
 import { ConfigError } from '../errors.js';
 import { VERSION } from '../version.js';
 

@@ -1,15 +1,15 @@
 import net from 'node:net';
 import tls from 'node:tls';
-import type { Logger } from '../logger.js';
-import { errorFields } from '../logger.js';
-import type { HostPort } from '../config.js';
-import { EsxiConnection, type EsxiConnectionContext } from './esxi-connection.js';
+import type { Logger } from '../../domain/logger.js';
+import { errorFields } from '../../errors.js';
+import type { HostPort } from '../../util/net.js';
+import { EsxiConnection, type EsxiConnectionContext } from './connection.js';
 
 /**
  * Where ESXi hosts connect in: plain telnet and, with a certificate, telnets (TLS
  * from the first byte). Tracks open VM connections so shutdown can retire them.
  */
-export class ProxyListener {
+export class EsxiListener {
   readonly connections = new Set<EsxiConnection>();
   /** Connections still negotiating or identifying: what the flood cap counts. */
   private readonly pending = new Set<EsxiConnection>();

@@ -1,12 +1,12 @@
 import net from 'node:net';
 import tls from 'node:tls';
-import type { Logger } from '../logger.js';
-import { errorFields } from '../logger.js';
-import type { Registry } from '../domain/registry.js';
-import type { VmSerialPort } from '../domain/vm-serial-port.js';
-import { TelnetClient, type TelnetClientOptions } from './telnet-client.js';
+import type { Logger } from '../../domain/logger.js';
+import { errorFields } from '../../errors.js';
+import type { Registry } from '../../domain/registry.js';
+import type { ConsoleHub } from '../../domain/console-hub.js';
+import { TelnetClient, type TelnetClientOptions } from './client.js';
 
-export interface ClientListenerOptions extends TelnetClientOptions {
+export interface TelnetListenerOptions extends TelnetClientOptions {
   host: string;
   /** With TLS configured, each VM's telnets port is its telnet port plus this offset. */
   tlsPortOffset: number;
@@ -27,14 +27,14 @@ interface Listeners {
  * forgotten. A bind failure (EADDRINUSE: something else holds the sticky port) is
  * logged, shown in `list` through the hub, and retried; it never stops the server.
  */
-export class ClientListeners {
-  private readonly byHub = new Map<VmSerialPort, Listeners>();
+export class TelnetListeners {
+  private readonly byHub = new Map<ConsoleHub, Listeners>();
   private closed = false;
 
   constructor(
     private readonly registry: Registry,
     private readonly logger: Logger,
-    private readonly options: ClientListenerOptions,
+    private readonly options: TelnetListenerOptions,
   ) {
     registry.on('added', (hub) => this.open(hub));
     registry.on('removed', (hub) => this.closeFor(hub));
@@ -44,21 +44,21 @@ export class ClientListeners {
     });
   }
 
-  tlsPortOf(hub: VmSerialPort): number | null {
-    return this.options.tls ? hub.identity.port + this.options.tlsPortOffset : null;
+  tlsPortOf(hub: ConsoleHub): number | null {
+    return this.options.tls ? hub.identity.tcpPort + this.options.tlsPortOffset : null;
   }
 
-  private open(hub: VmSerialPort): void {
+  private open(hub: ConsoleHub): void {
     if (this.closed || this.byHub.has(hub)) return;
     const l: Listeners = { plain: null, secure: null, retry: null };
     this.byHub.set(hub, l);
     this.bind(hub, l);
   }
 
-  private bind(hub: VmSerialPort, l: Listeners): void {
+  private bind(hub: ConsoleHub, l: Listeners): void {
     l.retry = null;
     if (!l.plain) {
-      l.plain = this.listen(hub, l, false, hub.identity.port);
+      l.plain = this.listen(hub, l, false, hub.identity.tcpPort);
     }
     const tlsPort = this.tlsPortOf(hub);
     if (tlsPort !== null && !l.secure) {
@@ -66,7 +66,7 @@ export class ClientListeners {
     }
   }
 
-  private listen(hub: VmSerialPort, l: Listeners, secure: boolean, port: number): net.Server | null {
+  private listen(hub: ConsoleHub, l: Listeners, secure: boolean, port: number): net.Server | null {
     if (port < 1 || port > 65535) {
       const msg = `port ${port} is out of range`;
       if (secure) hub.tlsListenError = msg;
@@ -101,7 +101,7 @@ export class ClientListeners {
       }
       this.logger.warn('cannot bind VM client port; will retry', {
         vm: hub.displayName,
-        uuid: hub.identity.uuid,
+        uuid: hub.identity.key,
         port,
         tls: secure,
         retryMs: this.options.bindRetryMs,
@@ -121,7 +121,7 @@ export class ClientListeners {
     return server;
   }
 
-  private closeFor(hub: VmSerialPort): void {
+  private closeFor(hub: ConsoleHub): void {
     const l = this.byHub.get(hub);
     if (!l) return;
     this.byHub.delete(hub);

@@ -1,14 +1,14 @@
 import type { Socket } from 'node:net';
-import { ProtocolError } from '../errors.js';
-import type { Logger } from '../logger.js';
-import { errorFields } from '../logger.js';
-import { VspcServerProtocol } from '../protocol/vmware/server-protocol.js';
-import type { ProxyRequest } from '../protocol/vmware/identity.js';
-import { BRK } from '../protocol/telnet/constants.js';
-import type { Registry } from '../domain/registry.js';
-import type { SerialSource } from '../domain/ports.js';
-import type { VmotionCoordinator, VmotionEndpoint } from '../domain/vmotion.js';
-import type { VmSerialPort } from '../domain/vm-serial-port.js';
+import { ProtocolError } from '../../errors.js';
+import type { Logger } from '../../domain/logger.js';
+import { errorFields } from '../../errors.js';
+import { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
+import type { ProxyRequest } from '../../protocol/vmware/identity.js';
+import { BRK } from '../../protocol/telnet/constants.js';
+import type { Registry } from '../../domain/registry.js';
+import type { ConsoleSource } from '../../domain/seams.js';
+import type { VmotionCoordinator, VmotionEndpoint } from '../../domain/vmotion.js';
+import type { ConsoleHub } from '../../domain/console-hub.js';
 
 /**
  * Named states of one ESXi connection:
@@ -67,9 +67,9 @@ export class EsxiConnection implements VmotionEndpoint {
   private proxy: ProxyRequest | null = null;
   private uuidValue: string | null = null;
   private nameValue: string | null = null;
-  private hub: VmSerialPort | null = null;
+  private hub: ConsoleHub | null = null;
   /** The hub this connection fed before a vMotion moved the VM away. */
-  private retiringHub: VmSerialPort | null = null;
+  private retiringHub: ConsoleHub | null = null;
   private preIdentify: Buffer[] = [];
   private preIdentifyBytes = 0;
   private preIdentifyDropped = 0;
@@ -101,7 +101,7 @@ export class EsxiConnection implements VmotionEndpoint {
         uuid: (uuid) => this.onUuid(uuid),
         name: (name) => this.onName(name),
         comPort: (settings) => {
-          if (this.hub) this.hub.details.uart = settings;
+          if (this.hub) this.hub.lineSettings = { ...settings };
           this.log.debug('guest UART settings', { ...settings });
         },
         knownSuboptions: (codes) => this.log.debug('VM known suboptions', { codes }),
@@ -145,7 +145,7 @@ export class EsxiConnection implements VmotionEndpoint {
     return this.nameValue;
   }
 
-  get serialPort(): VmSerialPort | null {
+  get serialPort(): ConsoleHub | null {
     return this.hub;
   }
 
@@ -153,7 +153,7 @@ export class EsxiConnection implements VmotionEndpoint {
     return this.proxy;
   }
 
-  // --- SerialSource
+  // --- ConsoleSource
 
   write(data: Buffer): boolean {
     if (this.stateValue === 'closed') return true;
@@ -200,13 +200,13 @@ export class EsxiConnection implements VmotionEndpoint {
   }
 
   /** Make this connection the given hub's source (vMotion COMPLETE). */
-  adoptHub(hub: VmSerialPort): SerialSource | null {
+  adoptHub(hub: ConsoleHub): ConsoleSource | null {
     this.clearTimer();
     this.hub = hub;
     this.setState('attached');
     // ESXi reports the guest UART before it identifies itself: carry it over.
-    if (Object.keys(this.protocol.uartSettings).length > 0) hub.details.uart = { ...this.protocol.uartSettings };
-    this.log = this.log.child({ vm: hub.displayName, uuid: hub.identity.uuid });
+    if (Object.keys(this.protocol.uartSettings).length > 0) hub.lineSettings = { ...this.protocol.uartSettings };
+    this.log = this.log.child({ vm: hub.displayName, uuid: hub.identity.key });
     const previous = hub.attachSource(this);
     this.flushPreIdentify();
     return previous;
@@ -367,16 +367,16 @@ export class EsxiConnection implements VmotionEndpoint {
   private tryAttach(): void {
     if (this.stateValue !== 'identifying' && this.stateValue !== 'negotiating') return;
     if (!this.proxy || !this.uuidValue) return;
-    if (this.ctx.registry.get(this.uuidValue, this.proxy.label)?.isHolding) {
+    if (this.ctx.registry.get('esxi', this.uuidValue, this.proxy.label)?.isHolding) {
       // A vMotion of this serial port is under way: this is most likely its destination,
       // which must present VMOTION-PEER rather than take the port over by UUID.
       this.log.info('identified during a vMotion of this serial port; waiting for VMOTION-PEER');
       return;
     }
-    let hub: VmSerialPort;
+    let hub: ConsoleHub;
     let created: boolean;
     try {
-      ({ port: hub, created } = this.ctx.registry.register(this.uuidValue, this.proxy.label, this.nameValue));
+      ({ hub, created } = this.ctx.registry.register('esxi', this.uuidValue, this.proxy.label, this.nameValue));
     } catch (err) {
       // Port range exhausted or the database is unwell: this VM cannot be served, the others can.
       this.log.error('cannot register VM serial port', errorFields(err));
@@ -385,7 +385,7 @@ export class EsxiConnection implements VmotionEndpoint {
     }
     const previous = this.adoptHub(hub);
     this.log.info(created ? 'VM serial port registered' : 'VM serial port reconnected', {
-      port: hub.identity.port,
+      port: hub.identity.tcpPort,
       label: hub.identity.label,
     });
     if (previous) {

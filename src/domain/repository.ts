@@ -1,0 +1,55 @@
+/**
+ * The registry's persistence seam: where consoles' sticky TCP ports are recorded.
+ * The embedded default is SQLite (`src/storage/console-store.ts`); the domain only
+ * sees this interface, so another engine is a new implementation, not a change here.
+ *
+ * Implementations must keep `tcpPort` unique across records and throw errors with
+ * stable `VSPC_*` codes (see docs/errors.md).
+ */
+import type { ConsoleKind } from './identity.js';
+
+/** An inclusive range of TCP ports. */
+export interface PortRange {
+  start: number;
+  end: number;
+}
+
+/** One console's stored record. */
+export interface ConsoleRecord {
+  id: number;
+  kind: ConsoleKind;
+  /** Stable key within the kind (ESXi: VC UUID, 32 lowercase hex digits). */
+  key: string;
+  /** Which serial port of the machine; '' when there is only one. */
+  label: string;
+  /** Display name as last reported; null until known. */
+  name: string | null;
+  /** The sticky client TCP port. May lie outside the configured range (from an older range). */
+  tcpPort: number;
+  /** ms since the epoch. */
+  firstSeen: number;
+  /** ms since the epoch. */
+  lastSeen: number;
+}
+
+export interface ConsoleRepository {
+  /** Every record, ordered by TCP port. */
+  list(): ConsoleRecord[];
+  getById(id: number): ConsoleRecord | undefined;
+  /**
+   * Sticky registration: the existing record for (kind, key, label), with last_seen
+   * (and the name, when not null) refreshed; or a new one on the lowest free port.
+   * Throws `VSPC_PORT_RANGE_EXHAUSTED`, `VSPC_ARG_INVALID`.
+   */
+  register(kind: ConsoleKind, key: string, label: string, name: string | null, now?: number): { record: ConsoleRecord; created: boolean };
+  /** Throws `VSPC_NOT_FOUND`. */
+  rename(id: number, name: string): void;
+  /** Sets last_seen (ms since the epoch); a record forgotten meanwhile is ignored. */
+  touch(id: number, now?: number): void;
+  /** Deletes the record and frees its port. True if there was one. */
+  forget(id: number): boolean;
+  /** Throws `VSPC_PORT_INVALID`, `VSPC_NOT_FOUND`, `VSPC_PORT_IN_USE`. */
+  setPort(id: number, tcpPort: number): ConsoleRecord;
+  /** Deletes records unseen for `maxAgeMs` for which `keep` is false; returns them. */
+  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number): ConsoleRecord[];
+}
