@@ -17,12 +17,13 @@ import type { ConsoleRecord, ConsoleRepository, PortRange } from '../domain/repo
 export type { ConsoleRecord, PortRange } from '../domain/repository.js';
 
 const UUID_RE = /^[0-9a-f]{32}$/;
+/** Longest key stored (the schema's CHECK says the same). */
+const MAX_KEY_LENGTH = 1024;
 const MAX_PORT = 65535;
 /** Insert attempts before giving up on races with another process writing the file. */
 const INSERT_ATTEMPTS = 3;
 
-// The table is ESXi-shaped (schema version 1): every record is kind 'esxi', keyed by VC UUID.
-const COLUMNS = "id, 'esxi' AS kind, uuid AS key, label, name, tcp_port AS tcpPort, first_seen AS firstSeen, last_seen AS lastSeen";
+const COLUMNS = 'id, kind, key, label, name, tcp_port AS tcpPort, first_seen AS firstSeen, last_seen AS lastSeen';
 
 function isUniqueViolation(err: unknown): boolean {
   return (err as { code?: unknown } | null)?.code === 'SQLITE_CONSTRAINT_UNIQUE';
@@ -66,13 +67,13 @@ export class ConsoleStore implements ConsoleRepository {
   private cursor: number;
 
   private readonly stmts: {
-    byKey: Database.Statement<[string, string], ConsoleRecord>;
+    byKey: Database.Statement<[string, string, string], ConsoleRecord>;
     byId: Database.Statement<[number], ConsoleRecord>;
     byPort: Database.Statement<[number], ConsoleRecord>;
     all: Database.Statement<[], ConsoleRecord>;
     ports: Database.Statement<[], number>;
     seen: Database.Statement<[number, string | null, number]>;
-    insert: Database.Statement<[string, string, string | null, number, number, number]>;
+    insert: Database.Statement<[string, string, string, string | null, number, number, number]>;
     touch: Database.Statement<[number, number]>;
     rename: Database.Statement<[string, number]>;
     forget: Database.Statement<[number], number>;
@@ -100,50 +101,55 @@ export class ConsoleStore implements ConsoleRepository {
     this.cursor = start;
     for (const p of reserved) if (Number.isInteger(p) && p >= 1 && p <= MAX_PORT) this.reserved[p] = 1;
     this.stmts = {
-      byKey: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE uuid = ? AND label = ?`),
-      byId: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE id = ?`),
-      byPort: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE tcp_port = ?`),
-      all: db.prepare(`SELECT ${COLUMNS} FROM serial_ports ORDER BY tcp_port`),
-      ports: db.prepare<[], number>('SELECT tcp_port FROM serial_ports').pluck(),
+      byKey: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE kind = ? AND key = ? AND label = ?`),
+      byId: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE id = ?`),
+      byPort: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE tcp_port = ?`),
+      all: db.prepare(`SELECT ${COLUMNS} FROM consoles ORDER BY tcp_port`),
+      ports: db.prepare<[], number>('SELECT tcp_port FROM consoles').pluck(),
       // COALESCE: a registration without a name (null) keeps the name we already know.
-      seen: db.prepare('UPDATE serial_ports SET last_seen = ?, name = COALESCE(?, name) WHERE id = ?'),
+      seen: db.prepare('UPDATE consoles SET last_seen = ?, name = COALESCE(?, name) WHERE id = ?'),
       insert: db.prepare(
-        'INSERT INTO serial_ports (uuid, label, name, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?)',
+        'INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)',
       ),
-      touch: db.prepare('UPDATE serial_ports SET last_seen = ? WHERE id = ?'),
-      rename: db.prepare('UPDATE serial_ports SET name = ? WHERE id = ?'),
-      forget: db.prepare<[number], number>('DELETE FROM serial_ports WHERE id = ? RETURNING tcp_port').pluck(),
-      move: db.prepare('UPDATE serial_ports SET tcp_port = ? WHERE id = ?'),
-      olderThan: db.prepare(`SELECT ${COLUMNS} FROM serial_ports WHERE last_seen < ? ORDER BY tcp_port`),
+      touch: db.prepare('UPDATE consoles SET last_seen = ? WHERE id = ?'),
+      rename: db.prepare('UPDATE consoles SET name = ? WHERE id = ?'),
+      forget: db.prepare<[number], number>('DELETE FROM consoles WHERE id = ? RETURNING tcp_port').pluck(),
+      move: db.prepare('UPDATE consoles SET tcp_port = ? WHERE id = ?'),
+      olderThan: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE last_seen < ? ORDER BY tcp_port`),
       // Re-checks the age so a record touched since it was selected survives.
-      deleteIfOlder: db.prepare('DELETE FROM serial_ports WHERE id = ? AND last_seen < ?'),
+      deleteIfOlder: db.prepare('DELETE FROM consoles WHERE id = ? AND last_seen < ?'),
     };
     this.reloadPorts();
   }
 
   /**
-   * Sticky registration: returns the existing record for (uuid, label) — updating
+   * Sticky registration: returns the existing record for (kind, key, label) — updating
    * last_seen, and name when `name !== null` — or creates one on the lowest free port
    * of the range. Idempotent: a second call for the same key returns created=false.
    *
-   * Throws `StorageError` `VSPC_ARG_INVALID` (uuid not 32 lowercase hex, bad `now`),
-   * `VSPC_PORT_RANGE_EXHAUSTED` ({range, uuid, label}).
+   * Throws `StorageError` `VSPC_ARG_INVALID` (an ESXi key that is not 32 lowercase hex,
+   * an empty or oversized kind/key, bad `now`), `VSPC_PORT_RANGE_EXHAUSTED` ({range, uuid
+   * (the key), label}).
    */
   register(
     kind: ConsoleKind,
-    uuid: string,
+    key: string,
     label: string,
     name: string | null,
     now: number = Date.now(),
   ): { record: ConsoleRecord; created: boolean } {
-    if (kind !== 'esxi') {
-      throw new StorageError('VSPC_ARG_INVALID', `console kind ${JSON.stringify(kind)} is not stored by this schema`, { field: 'kind', value: kind });
+    if (typeof kind !== 'string' || kind.length < 1 || kind.length > 32) {
+      throw new StorageError('VSPC_ARG_INVALID', `kind must be 1-32 characters, got ${JSON.stringify(kind)}`, { field: 'kind', value: kind });
     }
-    if (typeof uuid !== 'string' || !UUID_RE.test(uuid)) {
-      throw new StorageError('VSPC_ARG_INVALID', `uuid must be 32 lowercase hex digits, got ${JSON.stringify(uuid)}`, {
+    if (kind === 'esxi' && (typeof key !== 'string' || !UUID_RE.test(key))) {
+      // The field is named as ESXi knows it: the VM's vCenter UUID.
+      throw new StorageError('VSPC_ARG_INVALID', `uuid must be 32 lowercase hex digits, got ${JSON.stringify(key)}`, {
         field: 'uuid',
-        value: uuid,
+        value: key,
       });
+    }
+    if (typeof key !== 'string' || key.length < 1 || key.length > MAX_KEY_LENGTH) {
+      throw new StorageError('VSPC_ARG_INVALID', `key must be 1-${MAX_KEY_LENGTH} characters`, { field: 'key', value: String(key).slice(0, 80) });
     }
     if (typeof label !== 'string') {
       throw new StorageError('VSPC_ARG_INVALID', 'label must be a string', { field: 'label', value: label });
@@ -151,25 +157,25 @@ export class ConsoleStore implements ConsoleRepository {
     checkTimestamp('now', now);
     this.joinGroup();
 
-    const existing = this.refreshExisting(uuid, label, name, now);
+    const existing = this.refreshExisting(kind, key, label, name, now);
     if (existing) return { record: existing, created: false };
 
     let lastError: unknown;
     for (let attempt = 0; attempt < INSERT_ATTEMPTS; attempt++) {
-      const port = this.lowestFreePort(uuid, label);
+      const port = this.lowestFreePort(key, label);
       try {
-        const info = this.stmts.insert.run(uuid, label, name, port, now, now);
+        const info = this.stmts.insert.run(kind, key, label, name, port, now, now);
         this.used[port] = 1;
         this.cursor = port + 1;
         return {
-          record: { id: Number(info.lastInsertRowid), kind, key: uuid, label, name, tcpPort: port, firstSeen: now, lastSeen: now },
+          record: { id: Number(info.lastInsertRowid), kind, key, label, name, tcpPort: port, firstSeen: now, lastSeen: now },
           created: true,
         };
       } catch (err) {
         if (!isUniqueViolation(err)) throw err;
         lastError = err;
         // Another process wrote the file: either it registered this key meanwhile...
-        const raced = this.refreshExisting(uuid, label, name, now);
+        const raced = this.refreshExisting(kind, key, label, name, now);
         if (raced) return { record: raced, created: false };
         // ...or it took our port. Re-read which ports are really held and try again.
         this.reloadPorts();
@@ -178,8 +184,8 @@ export class ConsoleStore implements ConsoleRepository {
     throw lastError;
   }
 
-  get(uuid: string, label: string): ConsoleRecord | undefined {
-    return this.stmts.byKey.get(uuid, label);
+  get(kind: ConsoleKind, key: string, label: string): ConsoleRecord | undefined {
+    return this.stmts.byKey.get(kind, key, label);
   }
 
   getById(id: number): ConsoleRecord | undefined {
@@ -314,8 +320,8 @@ export class ConsoleStore implements ConsoleRepository {
   }
 
   /** The existing record for the key with last_seen/name refreshed, or undefined. */
-  private refreshExisting(uuid: string, label: string, name: string | null, now: number): ConsoleRecord | undefined {
-    const row = this.stmts.byKey.get(uuid, label);
+  private refreshExisting(kind: ConsoleKind, key: string, label: string, name: string | null, now: number): ConsoleRecord | undefined {
+    const row = this.stmts.byKey.get(kind, key, label);
     if (!row) return undefined;
     // changes === 0: deleted by another process between the two statements; treat as new.
     if (this.stmts.seen.run(now, name, row.id).changes === 0) return undefined;

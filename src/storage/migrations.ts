@@ -55,4 +55,34 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX serial_ports_last_seen ON serial_ports (last_seen);
     `,
   },
+  {
+    version: 2,
+    description: 'serial_ports -> consoles: every console kind (kind, key, label), not only ESXi VM serial ports',
+    // SQLite cannot change a CHECK constraint in place: build the new table, copy, drop.
+    // Ids and ports are kept, so admin handles and sticky ports survive the upgrade.
+    up: `
+      CREATE TABLE consoles (
+        id         INTEGER PRIMARY KEY,
+        -- Where the identity comes from: 'esxi' (a VM serial port over option 232),
+        -- 'proxmox', 'libvirt', 'config' (declared in the config file), ...
+        kind       TEXT    NOT NULL CHECK (length(kind) BETWEEN 1 AND 32),
+        -- Stable key within the kind: ESXi VC UUID (32 lowercase hex digits, checked
+        -- below so that one UUID spelled twice can never make two records), Proxmox
+        -- vmid, libvirt domain UUID, a declared console's name.
+        key        TEXT    NOT NULL CHECK (length(key) BETWEEN 1 AND 1024),
+        -- Which serial port of the machine ('' when there is only one); see migration 1.
+        label      TEXT    NOT NULL DEFAULT '',
+        name       TEXT,
+        tcp_port   INTEGER NOT NULL UNIQUE CHECK (tcp_port BETWEEN 1 AND 65535),
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        UNIQUE (kind, key, label),
+        CHECK (kind <> 'esxi' OR (length(key) = 32 AND key NOT GLOB '*[^0-9a-f]*'))
+      );
+      INSERT INTO consoles (id, kind, key, label, name, tcp_port, first_seen, last_seen)
+        SELECT id, 'esxi', uuid, label, name, tcp_port, first_seen, last_seen FROM serial_ports;
+      DROP TABLE serial_ports;
+      CREATE INDEX consoles_last_seen ON consoles (last_seen);
+    `,
+  },
 ];

@@ -135,7 +135,7 @@ describe('graceful shutdown of a real vspc process', () => {
     const db = new Database(run.dbPath, { readonly: true });
     try {
       assert.equal(db.pragma('integrity_check', { simple: true }), 'ok');
-      const ports = (db.prepare('SELECT tcp_port AS port FROM serial_ports ORDER BY tcp_port').all() as Array<{ port: number }>).map((r) => r.port);
+      const ports = (db.prepare('SELECT tcp_port AS port FROM consoles ORDER BY tcp_port').all() as Array<{ port: number }>).map((r) => r.port);
       assert.deepEqual(ports, rows.map((r) => r.port).sort((a, b) => a - b));
     } finally {
       db.close();

@@ -18,7 +18,8 @@ const uuid = (i: number): string => i.toString(16).padStart(32, '0');
 
 interface Row {
   id: number;
-  uuid: string;
+  kind: string;
+  key: string;
   label: string;
   name: string | null;
   tcp_port: number;
@@ -30,7 +31,7 @@ interface Row {
 function rowsOf(file: string): Row[] {
   const db = new Database(file, { readonly: true });
   try {
-    return db.prepare('SELECT * FROM serial_ports ORDER BY tcp_port').all() as Row[];
+    return db.prepare('SELECT * FROM consoles ORDER BY tcp_port').all() as Row[];
   } finally {
     db.close();
   }
@@ -77,6 +78,30 @@ describe('ConsoleStore construction', () => {
 });
 
 describe('ConsoleStore.register', () => {
+  test('consoles of any kind share one port range; the same key in two kinds is two consoles', () => {
+    const file = freshPath();
+    const results = withStore(file, { start: 7000, end: 7010 }, (s) => [
+      s.register('proxmox', '100', 'serial0', 'web01', 1000),
+      s.register('libvirt', '100', 'serial0', 'web01', 1000),
+      s.register('esxi', uuid(1), '', 'vm1', 1000),
+      s.register('proxmox', '100', 'serial0', null, 2000),
+    ]);
+    assert.deepEqual(
+      results.map((r) => [r.created, r.record.kind, r.record.key, r.record.tcpPort, r.record.name]),
+      [
+        [true, 'proxmox', '100', 7000, 'web01'],
+        [true, 'libvirt', '100', 7001, 'web01'],
+        [true, 'esxi', uuid(1), 7002, 'vm1'],
+        [false, 'proxmox', '100', 7000, 'web01'],
+      ],
+    );
+    withStore(file, { start: 7000, end: 7010 }, (s) => {
+      expectCode('VSPC_ARG_INVALID', () => s.register('', 'k', '', null, 1));
+      expectCode('VSPC_ARG_INVALID', () => s.register('proxmox', '', '', null, 1));
+      expectCode('VSPC_ARG_INVALID', () => s.register('esxi', '100', '', null, 1));
+    });
+  });
+
   test('allocates the lowest free port and writes the row', () => {
     const file = freshPath();
     const results = withStore(file, { start: 7000, end: 7010 }, (s) => [
@@ -103,7 +128,7 @@ describe('ConsoleStore.register', () => {
       lastSeen: 1000,
     });
     assert.deepEqual(
-      rowsOf(file).map((r) => [r.uuid, r.label, r.name, r.tcp_port, r.first_seen, r.last_seen]),
+      rowsOf(file).map((r) => [r.key, r.label, r.name, r.tcp_port, r.first_seen, r.last_seen]),
       [
         [uuid(1), '', 'vm1', 7000, 1000, 1000],
         [uuid(2), '', null, 7001, 1001, 1001],
@@ -124,8 +149,8 @@ describe('ConsoleStore.register', () => {
       assert.equal(b.record.tcpPort, a.record.tcpPort);
       assert.equal(b.record.firstSeen, 1000);
       assert.equal(b.record.lastSeen, 2000);
-      assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 1);
-      assert.deepEqual(s.get(uuid(1), 'com1'), b.record);
+      assert.equal(db.prepare('SELECT count(*) FROM consoles').pluck().get(), 1);
+      assert.deepEqual(s.get('esxi', uuid(1), 'com1'), b.record);
     } finally {
       closeDatabase(db);
     }
@@ -159,7 +184,7 @@ describe('ConsoleStore.register', () => {
     assert.notEqual(a.tcpPort, b.tcpPort);
     assert.notEqual(a.id, b.id);
     assert.deepEqual(
-      rowsOf(file).map((r) => [r.uuid, r.label, r.tcp_port]),
+      rowsOf(file).map((r) => [r.key, r.label, r.tcp_port]),
       [
         [uuid(1), 'com1', 7000],
         [uuid(1), 'com2', 7001],
@@ -193,7 +218,7 @@ describe('ConsoleStore.register', () => {
         expectCode('VSPC_ARG_INVALID', () => s.register('esxi', bad, '', null, 1));
       }
       expectCode('VSPC_ARG_INVALID', () => s.register('esxi', uuid(1), '', null, 1.5));
-      assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 0);
+      assert.equal(db.prepare('SELECT count(*) FROM consoles').pluck().get(), 0);
     } finally {
       closeDatabase(db);
     }
@@ -209,7 +234,7 @@ describe('ConsoleStore.register', () => {
       // Again (the cursor is past the end now) — still the same error, no row written.
       expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register('esxi', uuid(4), 'com1', null, 1));
       assert.equal(s.register('esxi', uuid(2), '', null, 2).created, false);
-      assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 3);
+      assert.equal(db.prepare('SELECT count(*) FROM consoles').pluck().get(), 3);
     } finally {
       closeDatabase(db);
     }
@@ -223,8 +248,8 @@ describe('ConsoleStore lookups and updates', () => {
       const a = s.register('esxi', uuid(1), '', 'a', 10).record;
       const b = s.register('esxi', uuid(2), '', 'b', 10).record;
       s.setPort(a.id, 7005); // so id order and port order differ
-      assert.deepEqual(s.get(uuid(2), ''), b);
-      assert.equal(s.get(uuid(2), 'other'), undefined);
+      assert.deepEqual(s.get('esxi', uuid(2), ''), b);
+      assert.equal(s.get('esxi', uuid(2), 'other'), undefined);
       assert.equal(s.getById(b.id)?.key, uuid(2));
       assert.equal(s.getById(9999), undefined);
       assert.equal(s.getByPort(7005)?.id, a.id);
@@ -239,7 +264,7 @@ describe('ConsoleStore lookups and updates', () => {
       expectCode('VSPC_NOT_FOUND', () => s.rename(9999, 'x'));
     });
     assert.deepEqual(
-      rowsOf(file).map((r) => [r.uuid, r.name, r.tcp_port, r.last_seen]),
+      rowsOf(file).map((r) => [r.key, r.name, r.tcp_port, r.last_seen]),
       [
         [uuid(2), 'bee', 7001, 10],
         [uuid(1), 'a', 7005, 500],
@@ -260,7 +285,7 @@ describe('ConsoleStore lookups and updates', () => {
       assert.equal(s.register('esxi', uuid(5), '', null, 2).record.tcpPort, 7003);
     });
     assert.deepEqual(
-      rowsOf(file).map((r) => [r.uuid, r.tcp_port]),
+      rowsOf(file).map((r) => [r.key, r.tcp_port]),
       [
         [uuid(1), 7000],
         [uuid(4), 7001],
@@ -306,7 +331,7 @@ describe('ConsoleStore lookups and updates', () => {
       expectCode('VSPC_PORT_IN_USE', () => s.setPort(b.id, 9000));
     });
     assert.deepEqual(
-      rowsOf(file).map((r) => [r.uuid, r.tcp_port]),
+      rowsOf(file).map((r) => [r.key, r.tcp_port]),
       [
         [uuid(3), 7000],
         [uuid(2), 7001],
@@ -359,7 +384,7 @@ describe('ConsoleStore lookups and updates', () => {
       ],
     );
     assert.deepEqual(
-      rowsOf(file).map((r) => [r.uuid, r.tcp_port]),
+      rowsOf(file).map((r) => [r.key, r.tcp_port]),
       [
         [uuid(6), 7000],
         [uuid(2), 7001],
@@ -385,7 +410,7 @@ describe('ConsoleStore lookups and updates', () => {
           }, 1000),
         /boom/,
       );
-      assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 2);
+      assert.equal(db.prepare('SELECT count(*) FROM consoles').pluck().get(), 2);
       // Ports still held: a new VM gets the next one.
       assert.equal(s.register('esxi', uuid(3), '', null, 1000).record.tcpPort, 7002);
     } finally {
@@ -417,7 +442,7 @@ describe('ConsoleStore range changes and scale', () => {
       );
       expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register('esxi', uuid(7), '', null, 2));
       // Forgetting an out-of-range record does not make its port allocatable.
-      s.forget(s.get(uuid(1), '')!.id);
+      s.forget(s.get('esxi', uuid(1), '')!.id);
       expectCode('VSPC_PORT_RANGE_EXHAUSTED', () => s.register('esxi', uuid(7), '', null, 2));
     });
     assert.deepEqual(
@@ -431,7 +456,7 @@ describe('ConsoleStore range changes and scale', () => {
     closeDatabase(openDatabase(file));
     const other = new Database(file);
     other
-      .prepare('INSERT INTO serial_ports (uuid, label, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, 0, 0)')
+      .prepare("INSERT INTO consoles (kind, key, label, tcp_port, first_seen, last_seen) VALUES ('esxi', ?, ?, ?, 0, 0)")
       .run(uuid(1), '', 7000);
     const db = openDatabase(file);
     try {
@@ -440,12 +465,12 @@ describe('ConsoleStore range changes and scale', () => {
       // Another process takes the next port behind the store's back: the insert
       // conflicts, the store re-reads the held ports and picks the next free one.
       other
-        .prepare('INSERT INTO serial_ports (uuid, label, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, 0, 0)')
+        .prepare("INSERT INTO consoles (kind, key, label, tcp_port, first_seen, last_seen) VALUES ('esxi', ?, ?, ?, 0, 0)")
         .run(uuid(3), '', 7002);
       assert.equal(s.register('esxi', uuid(4), '', null, 1).record.tcpPort, 7003);
       // And another process registering the same key first yields created=false.
       other
-        .prepare('INSERT INTO serial_ports (uuid, label, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, 0, 0)')
+        .prepare("INSERT INTO consoles (kind, key, label, tcp_port, first_seen, last_seen) VALUES ('esxi', ?, ?, ?, 0, 0)")
         .run(uuid(5), 'com1', 7004);
       const r = s.register('esxi', uuid(5), 'com1', 'five', 9);
       assert.deepEqual([r.created, r.record.tcpPort, r.record.name, r.record.lastSeen], [false, 7004, 'five', 9]);

@@ -27,7 +27,7 @@ describe('migrations', () => {
 });
 
 describe('openDatabase', () => {
-  test('creates the file on first run, in WAL mode, at SCHEMA_VERSION, with the serial_ports table', () => {
+  test('creates the file on first run, in WAL mode, at SCHEMA_VERSION, with the consoles table', () => {
     const file = freshPath();
     assert.equal(fs.existsSync(file), false);
     const db = openDatabase(file);
@@ -45,8 +45,8 @@ describe('openDatabase', () => {
       assert.equal(check.pragma('user_version', { simple: true }), SCHEMA_VERSION);
       // WAL is persistent in the file, so a second connection sees it too.
       assert.equal(check.pragma('journal_mode', { simple: true }), 'wal');
-      const cols = check.prepare("SELECT name FROM pragma_table_info('serial_ports') ORDER BY cid").pluck().all();
-      assert.deepEqual(cols, ['id', 'uuid', 'label', 'name', 'tcp_port', 'first_seen', 'last_seen']);
+      const cols = check.prepare("SELECT name FROM pragma_table_info('consoles') ORDER BY cid").pluck().all();
+      assert.deepEqual(cols, ['id', 'kind', 'key', 'label', 'name', 'tcp_port', 'first_seen', 'last_seen']);
     } finally {
       check.close();
     }
@@ -55,7 +55,7 @@ describe('openDatabase', () => {
   test('schema enforces the constraints: unique (uuid,label), unique port, port bounds, normalised uuid, label default', () => {
     const db = openDatabase(':memory:');
     try {
-      const ins = db.prepare('INSERT INTO serial_ports (uuid, label, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, 0, 0)');
+      const ins = db.prepare("INSERT INTO consoles (kind, key, label, tcp_port, first_seen, last_seen) VALUES ('esxi', ?, ?, ?, 0, 0)");
       const u = 'a'.repeat(32);
       ins.run(u, 'com1', 7000);
       assert.throws(() => ins.run(u, 'com1', 7001), /UNIQUE/);
@@ -64,8 +64,8 @@ describe('openDatabase', () => {
       assert.throws(() => ins.run('c'.repeat(32), '', 65536), /CHECK/);
       assert.throws(() => ins.run('C'.repeat(32), '', 7002), /CHECK/);
       assert.throws(() => ins.run('c'.repeat(31), '', 7002), /CHECK/);
-      db.prepare("INSERT INTO serial_ports (uuid, tcp_port, first_seen, last_seen) VALUES (?, 7003, 0, 0)").run('d'.repeat(32));
-      const row = db.prepare('SELECT label, name FROM serial_ports WHERE tcp_port = 7003').get();
+      db.prepare("INSERT INTO consoles (kind, key, tcp_port, first_seen, last_seen) VALUES ('esxi', ?, 7003, 0, 0)").run('d'.repeat(32));
+      const row = db.prepare('SELECT label, name FROM consoles WHERE tcp_port = 7003').get();
       assert.deepEqual(row, { label: '', name: null });
     } finally {
       closeDatabase(db);
@@ -76,7 +76,7 @@ describe('openDatabase', () => {
     const file = freshPath();
     closeDatabase(openDatabase(file));
     const w = raw(file);
-    w.prepare('INSERT INTO serial_ports (uuid, label, name, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?)').run(
+    w.prepare("INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES ('esxi', ?, ?, ?, ?, ?, ?)").run(
       'e'.repeat(32), 'com1', 'vm-e', 7100, 1, 2,
     );
     w.close();
@@ -84,7 +84,7 @@ describe('openDatabase', () => {
     const db = openDatabase(file);
     try {
       assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
-      assert.deepEqual(db.prepare('SELECT uuid, label, name, tcp_port FROM serial_ports').all(), [
+      assert.deepEqual(db.prepare('SELECT key AS uuid, label, name, tcp_port FROM consoles').all(), [
         { uuid: 'e'.repeat(32), label: 'com1', name: 'vm-e', tcp_port: 7100 },
       ]);
     } finally {
@@ -95,7 +95,7 @@ describe('openDatabase', () => {
   test('closeDatabase checkpoints the WAL and is idempotent', () => {
     const file = freshPath();
     const db = openDatabase(file);
-    db.prepare('INSERT INTO serial_ports (uuid, tcp_port, first_seen, last_seen) VALUES (?, 7200, 0, 0)').run('f'.repeat(32));
+    db.prepare("INSERT INTO consoles (kind, key, tcp_port, first_seen, last_seen) VALUES ('esxi', ?, 7200, 0, 0)").run('f'.repeat(32));
     closeDatabase(db);
     assert.equal(db.open, false);
     closeDatabase(db); // second call is a no-op
@@ -103,12 +103,50 @@ describe('openDatabase', () => {
     assert.ok(!fs.existsSync(wal) || fs.statSync(wal).size === 0, 'WAL should be empty or gone after close');
   });
 
+  test('a version-1 database (serial_ports) is upgraded to consoles with ids, ports and names kept', () => {
+    const file = freshPath();
+    const w = raw(file);
+    w.exec(MIGRATIONS[0].up);
+    w.pragma('user_version = 1');
+    const ins = w.prepare('INSERT INTO serial_ports (id, uuid, label, name, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)');
+    ins.run(7, 'a'.repeat(32), '', 'web01', 10000, 1, 2);
+    ins.run(9, 'a'.repeat(32), 'com2', null, 10005, 3, 4);
+    w.close();
+    const db = openDatabase(file);
+    try {
+      assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+      assert.deepEqual(db.prepare('SELECT id, kind, key, label, name, tcp_port, first_seen, last_seen FROM consoles ORDER BY id').all(), [
+        { id: 7, kind: 'esxi', key: 'a'.repeat(32), label: '', name: 'web01', tcp_port: 10000, first_seen: 1, last_seen: 2 },
+        { id: 9, kind: 'esxi', key: 'a'.repeat(32), label: 'com2', name: null, tcp_port: 10005, first_seen: 3, last_seen: 4 },
+      ]);
+      assert.equal(db.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'serial_ports'").pluck().get(), 0);
+    } finally {
+      closeDatabase(db);
+    }
+  });
+
+  test('consoles of other kinds take any key; ESXi keys stay normalised UUIDs; (kind, key, label) is unique', () => {
+    const db = openDatabase(':memory:');
+    try {
+      const ins = db.prepare('INSERT INTO consoles (kind, key, label, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, ?, 0, 0)');
+      ins.run('proxmox', '100', 'serial0', 7000);
+      ins.run('esxi', '1'.repeat(32), 'serial0', 7001);
+      assert.throws(() => ins.run('proxmox', '100', 'serial0', 7002), /UNIQUE/);
+      ins.run('libvirt', '100', 'serial0', 7003);
+      assert.throws(() => ins.run('esxi', '100', '', 7004), /CHECK/);
+      assert.throws(() => ins.run('', '100', '', 7005), /CHECK/);
+      assert.throws(() => ins.run('proxmox', '', '', 7006), /CHECK/);
+    } finally {
+      closeDatabase(db);
+    }
+  });
+
   test(':memory: works and is migrated', () => {
     const db = openDatabase(':memory:');
     try {
       assert.equal(db.memory, true);
       assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
-      assert.equal(db.prepare('SELECT count(*) FROM serial_ports').pluck().get(), 0);
+      assert.equal(db.prepare('SELECT count(*) FROM consoles').pluck().get(), 0);
     } finally {
       closeDatabase(db);
     }
