@@ -1,4 +1,4 @@
-import type { ConsoleClient, ConsoleSource } from './seams.js';
+import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
 import type { SerialLineSettings } from './serial-line.js';
 import { LockTable, type LockDecision, type LockMode, type LockRequest } from './locks.js';
@@ -128,6 +128,8 @@ export class ConsoleHub {
   tlsListenError: string | null = null;
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
+  /** For consoles whose source vspc maintains (declared, discovered): where it stands; null for ESXi. */
+  endpoint: EndpointStatus | null = null;
 
   readonly scrollback: Scrollback;
 

@@ -1,13 +1,14 @@
 /**
- * The two seams between the domain and the transports. A VM serial port's bytes may
- * come from an ESXi telnet connection today and from a QEMU unix socket or a host
- * tty tomorrow; the people reading it may be telnet users, SSH users or a web page.
+ * The seams between the domain and the edges. A console's bytes come from a source
+ * (an ESXi connection, a QEMU socket, a host tty: src/sources/<kind>/); the people
+ * reading it are clients of an access method (telnet, SSH, ...: src/access/<method>/).
  * The hub only sees these interfaces.
  */
+import type { SerialLineSettings } from './serial-line.js';
 
-/** Where a VM serial port's bytes come from and where client input goes. */
+/** Where a console's bytes come from and where client input goes. */
 export interface ConsoleSource {
-  /** 'esxi', later 'qemu', 'tty', ... */
+  /** The source type: 'esxi', or a SourceSpec type ('unix', 'telnet', 'device', ...). */
   readonly kind: string;
   /** Human-readable remote end, for `list` and logs. */
   readonly peer: string;
@@ -17,8 +18,35 @@ export interface ConsoleSource {
   onDrain(listener: () => void): void;
   /** Send a serial BREAK, where the source supports it. */
   sendBreak?(): void;
+  /**
+   * Change the line settings (baud rate, data size, parity, stop bits), where the source
+   * can act on them (a device: termios; RFC 2217 from a telnet client). Resolves with the
+   * settings now in effect; rejects with a VspcError when the source refuses them.
+   */
+  setLineSettings?(settings: SerialLineSettings): Promise<SerialLineSettings>;
   /** Retire the source (drain what was written, then close). */
   close(reason: string): void;
+}
+
+/**
+ * Where a source that vspc maintains itself stands (it dials or listens, and reconnects
+ * with backoff): declared and discovered consoles. ESXi connections come in on their own
+ * and have no endpoint status.
+ */
+export type EndpointState = 'connecting' | 'listening' | 'connected' | 'waiting' | 'stopped';
+
+export interface EndpointStatus {
+  /** The source spec, canonical text (src/domain/source-spec.ts). */
+  readonly spec: string;
+  readonly state: EndpointState;
+  /** Why the last attempt or connection ended (`ECONNREFUSED: ...`); null when none did. */
+  readonly lastError: string | null;
+  /** Connections lost (or attempts failed) since vspc started watching this endpoint. */
+  readonly reconnects: number;
+  /** ms since the epoch: when `state` was entered. */
+  readonly since: number;
+  /** ms since the epoch of the next attempt while `waiting`; null otherwise. */
+  readonly nextAttemptAt: number | null;
 }
 
 /** A person (or program) attached to a VM serial port. */

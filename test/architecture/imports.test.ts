@@ -40,7 +40,8 @@ const ALLOWED: Record<string, string[] | '*'> = {
 
 function allowed(from: string, to: string): boolean {
   if (from === to || LEAVES.includes(to)) return true;
-  if (from.startsWith('sources/')) return ['domain', 'protocol'].includes(to);
+  // Sources share their reconnect machinery (sources/common), never each other's code.
+  if (from.startsWith('sources/')) return ['domain', 'protocol', 'sources/common'].includes(to);
   if (from.startsWith('access/')) return ['domain', 'protocol'].includes(to);
   const rule = ALLOWED[from];
   if (rule === undefined) return false;
@@ -91,4 +92,6 @@ test('the rule table itself rejects the arrows the architecture forbids', () => 
   assert.equal(allowed('access/telnet', 'sources/esxi'), false);
   assert.equal(allowed('storage', 'admin'), false);
   assert.equal(allowed('sources/esxi', 'domain'), true);
+  assert.equal(allowed('sources/qemu', 'sources/esxi'), false);
+  assert.equal(allowed('sources/qemu', 'sources/common'), true);
 });
