@@ -163,7 +163,11 @@ export class VspcServer {
         settingsOf: (h) => resolveVmSettings(this.config, h.identity),
       }),
       logger,
-      { token: () => this.config.adminToken, onUnauthorized: () => this.metrics.adminUnauthorized++ },
+      {
+        token: () => this.config.adminToken,
+        onUnauthorized: () => this.metrics.adminUnauthorized++,
+        onRefused: (reason) => this.metrics.adminRefused[reason]++,
+      },
     );
   }
 

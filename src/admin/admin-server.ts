@@ -5,6 +5,7 @@ import type { Logger } from '../domain/logger.js';
 import { errorFields } from '../errors.js';
 import type { HostPort } from '../util/net.js';
 import { refusal } from './auth.js';
+import { guardRequest, type GuardRefusal } from './request-guard.js';
 
 export interface AdminRoute {
   method: 'GET' | 'POST' | 'DELETE';
@@ -26,6 +27,10 @@ export interface AdminServerOptions {
   token?: () => string | null;
   /** Called for each request refused for want of a valid token (metrics). */
   onUnauthorized?: () => void;
+  /** Names (besides IP literals and localhost) the API may be addressed by, read per request. */
+  hostNames?: () => readonly string[];
+  /** Called for each request refused by the browser guard, with the rule (metrics). */
+  onRefused?: (reason: GuardRefusal) => void;
 }
 
 /** An error the API reports to the caller with a status and a stable code. */
@@ -94,6 +99,18 @@ export class AdminServer {
     const url = new URL(req.url ?? '/', 'http://admin');
     const route = this.routes.find((r) => r.path === url.pathname && r.method === req.method);
     try {
+      const guarded = guardRequest(req, this.options.hostNames?.() ?? []);
+      if (guarded) {
+        this.options.onRefused?.(guarded.reason);
+        this.logger.warn('admin API request refused: looks browser-borne', {
+          peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+          method: req.method,
+          path: url.pathname,
+          reason: guarded.code,
+          security: true,
+        });
+        throw new AdminApiError(guarded.status, guarded.code, guarded.message);
+      }
       const refused = refusal(req, this.options.token?.() ?? null);
       if (refused) {
         this.options.onUnauthorized?.();

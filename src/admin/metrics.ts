@@ -6,6 +6,7 @@
  * (`protocolError`, `slowClientDropped`), which the transports call.
  */
 import type { Registry } from '../domain/registry.js';
+import type { GuardRefusal } from './request-guard.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
 import type { VmotionCoordinator } from '../domain/vmotion.js';
 
@@ -17,6 +18,8 @@ export class Metrics {
   private readonly protocolErrors = new Map<string, number>();
   slowClientsDropped = 0;
   adminUnauthorized = 0;
+  /** Admin API requests refused by the browser guard (src/admin/request-guard.ts), by rule. */
+  readonly adminRefused: Record<GuardRefusal, number> = { host: 0, origin: 0, 'content-type': 0, preflight: 0 };
   readonly reloads = { ok: 0, failed: 0 };
   /** Bytes of VM serial ports since forgotten or expired, so the totals never go down. */
   private retiredFromVm = 0;
@@ -135,6 +138,12 @@ export function renderMetrics(i: MetricsInput): string {
       [{ result: 'failed' }, i.metrics.reloads.failed],
     ]),
     family('vspc_admin_unauthorized_total', 'counter', 'Admin API requests refused for want of a valid token.', i.metrics.adminUnauthorized),
+    family(
+      'vspc_admin_refused_total',
+      'counter',
+      'Admin API requests refused as browser-borne (foreign Host, cross-origin, simple-request mutation, preflight), by reason.',
+      (Object.entries(i.metrics.adminRefused) as Array<[string, number]>).map(([reason, n]) => [{ reason }, n] as [Record<string, string>, number]),
+    ),
   ];
   return families.join('\n') + '\n';
 }

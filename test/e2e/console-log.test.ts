@@ -108,7 +108,7 @@ describe('console logs and audit log (end to end)', () => {
     await waitUntil(() => read(fileOf(dir, a.hex)).includes('a says hi') && read(fileOf(dir, b.hex)).includes('b says hi'), 5000, 'both logged');
     assert.equal(logs.openHandles, 2);
 
-    const res = await fetch(`http://127.0.0.1:${s.adminPort}/api/v1/forget?vm=gone-01`, { method: 'POST', signal: AbortSignal.timeout(5000) });
+    const res = await fetch(`http://127.0.0.1:${s.adminPort}/api/v1/forget?vm=gone-01`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}', signal: AbortSignal.timeout(5000) });
     assert.equal(res.status, 200);
     await vmA.whenClosed(5000);
     await waitUntil(() => logs.openHandles === 1, 3000, 'the forgotten VM keeps no file open');
