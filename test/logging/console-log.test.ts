@@ -2,15 +2,20 @@
  * ConsoleLogManager against real ConsoleHub hubs with fake sources and clients, on a
  * temporary directory: bytes land exactly, vspc's lines, marks, rotation, idle close,
  * disk errors and the bounded buffer; plus readLastLines (tail) and file names.
+ *
+ * No sleeps: `flush()` resolves when what was queued is written (or waiting out a
+ * disk error), and the timer-driven behaviour (marks, idle close, retries) runs under
+ * node:test's mock timers, advanced with `tick()`.
  */
-import { describe, test } from 'node:test';
+import { describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, lstatSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { ConsoleHub } from '../../src/domain/console-hub.js';
 import { ConsoleLogManager, readLastLines, type ConsoleLogOptions } from '../../src/logging/console-log.js';
-import { consoleLogBaseName, encodeFilePart, nameLinkBaseName } from '../../src/logging/names.js';
+import { consoleLogBaseName, encodeFilePart, NAME_MAX, nameLinkBaseName } from '../../src/logging/console-log/names.js';
+import { tempLinkName } from '../../src/logging/console-log/links.js';
 import { FakeClient, FakeSource, memoryLogger } from '../domain/fakes.js';
 
 const T0 = Date.parse('2026-11-21T12:00:00.000Z');
@@ -18,16 +23,10 @@ const STAMP = '2026-11-21T12:00:00.000Z';
 const UUID = '421a5b7709c38e219f00aa105c2e7d01';
 const UUID_TEXT = '421a5b77-09c3-8e21-9f00-aa105c2e7d01';
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs = 3000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
+/** Mock setTimeout / setInterval for this test (before the manager starts its timers). */
+function mockTimers(t: TestContext): (ms: number) => void {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval'] });
+  return (ms) => t.mock.timers.tick(ms);
 }
 
 interface Fixture {
@@ -109,6 +108,39 @@ describe('console log file names', () => {
     assert.equal(nameLinkBaseName('a', 'b'), 'a@b');
     assert.notEqual(nameLinkBaseName('a@b', ''), nameLinkBaseName('a', 'b'));
   });
+
+  test('every name made fits NAME_MAX, the temporary one used to replace a link too: 255-byte names and labels work', async () => {
+    const longName = 'n'.repeat(255);
+    const longLabel = 'é'.repeat(127) + 'x'; // 255 bytes, 763 once encoded
+    const longKey = 'k'.repeat(255);
+    const fits = (name: string) => assert.ok(Buffer.byteLength(name) <= NAME_MAX, `${Buffer.byteLength(name)} bytes: ${name}`);
+    for (const [key, label] of [[UUID, longLabel], [longKey, longLabel], [longKey, ''], [UUID, '']]) {
+      fits(`${consoleLogBaseName(key, label)}.log.99999999999999999999`);
+    }
+    for (const name of [longName, 'ü'.repeat(127) + 'x', '@'.repeat(255)]) {
+      for (const label of ['', 'com1', longLabel]) fits(`${nameLinkBaseName(name, label)}.log`);
+    }
+    fits(tempLinkName());
+
+    // End to end: this name and label used to fail with ENAMETOOLONG (the temporary link's name).
+    const f = fixture({ keep: 3 });
+    try {
+      const h = f.hub({ label: longLabel, name: longName });
+      h.fromVm(Buffer.from('x\n'));
+      await f.logs.rotate(h);
+      h.fromVm(Buffer.from('y\n'));
+      await f.logs.flush();
+      assert.deepEqual(f.lines.filter((l) => l.level === 'warn'), [], 'no warnings');
+      const logDir = join(f.dir, 'logs');
+      const byName = join(logDir, 'by-name');
+      assert.deepEqual(readdirSync(byName), [`${nameLinkBaseName(longName, longLabel)}.log`], 'the link, and no temporary left');
+      assert.equal(readlinkSync(join(byName, readdirSync(byName)[0])), join('..', basename(f.logs.pathOf(h))));
+      assert.match(readFileSync(join(byName, readdirSync(byName)[0]), 'latin1'), /y\n$/);
+      for (const name of [...readdirSync(logDir), ...readdirSync(byName)]) fits(name);
+    } finally {
+      await f.done();
+    }
+  });
 });
 
 describe('ConsoleLogManager', () => {
@@ -187,7 +219,8 @@ describe('ConsoleLogManager', () => {
     }
   });
 
-  test('periodic marks only in files that had output since the last mark', async () => {
+  test('periodic marks only in files that had output since the last mark', async (t) => {
+    const tick = mockTimers(t);
     const f = fixture({ markIntervalMs: 30 });
     try {
       const busy = f.hub({ uuid: 'a'.repeat(32), name: 'busy' });
@@ -195,12 +228,18 @@ describe('ConsoleLogManager', () => {
       quiet.report({ kind: 'vm-connected', peer: 'x' }); // an event is not output
       busy.fromVm(Buffer.from('hello\n'));
       const marks = () => (f.file(busy).toString('latin1').match(/\[vspc [^\]]* mark\]/g) ?? []).length;
-      await waitUntil(async () => (await f.logs.flush(), marks() === 1), 3000, 'first mark');
-      await sleep(150);
+      await f.logs.flush();
+      assert.equal(marks(), 0, 'no mark before the interval');
+      tick(30);
+      await f.logs.flush();
+      assert.equal(marks(), 1, 'first mark');
+      tick(150);
       await f.logs.flush();
       assert.equal(marks(), 1, 'no second mark without output');
       busy.fromVm(Buffer.from('more\n'));
-      await waitUntil(async () => (await f.logs.flush(), marks() === 2), 3000, 'second mark');
+      tick(30);
+      await f.logs.flush();
+      assert.equal(marks(), 2, 'second mark');
       assert.equal(f.file(busy).toString('latin1').split('\n').filter((l) => l === `[vspc ${STAMP} mark]\r`).length, 2);
       assert.ok(!f.file(quiet).toString('latin1').includes('mark'), 'no mark in the quiet file');
     } finally {
@@ -279,7 +318,8 @@ describe('ConsoleLogManager', () => {
     }
   });
 
-  test('a disconnected VM keeps no file open once idle; a connected one does; forget closes at once', async () => {
+  test('a disconnected VM keeps no file open once idle; a connected one does; forget closes at once', async (t) => {
+    const tick = mockTimers(t);
     const f = fixture({ idleCloseMs: 60 });
     try {
       const h = f.hub();
@@ -290,16 +330,25 @@ describe('ConsoleLogManager', () => {
       const path = f.logs.pathOf(h);
       assert.equal(f.logs.openHandles, 1);
       assert.equal(fdsOpenOn(path), 1, 'one descriptor on the file');
-      await sleep(200);
+      tick(200);
+      await f.logs.flush();
       assert.equal(f.logs.openHandles, 1, 'connected: kept open');
       h.detachSource(src);
-      await waitUntil(() => f.logs.openHandles === 0, 2000, 'idle close');
+      await f.logs.flush(); // the "VM disconnected" line is written; the idle countdown starts
+      tick(59);
+      await f.logs.flush();
+      assert.equal(f.logs.openHandles, 1, 'not idle for long enough yet');
+      tick(1);
+      await f.logs.flush();
+      assert.equal(f.logs.openHandles, 0, 'idle close');
       assert.equal(fdsOpenOn(path), 0, 'descriptor closed');
       // Reopened on the next line, closed again when idle.
       h.addClient(new FakeClient());
       await f.logs.flush();
       assert.equal(f.logs.openHandles, 1);
-      await waitUntil(() => f.logs.openHandles === 0, 2000, 'idle close again');
+      tick(60);
+      await f.logs.flush();
+      assert.equal(f.logs.openHandles, 0, 'idle close again');
       assert.match(f.file(h).toString(), /VM disconnected \(was fake-source\)\]\r\n\[vspc [^\]]+ client \d+ attached from fake-client/);
 
       const g = f.hub({ uuid: 'e'.repeat(32) });
@@ -310,14 +359,16 @@ describe('ConsoleLogManager', () => {
       assert.equal(f.logs.openHandles, 1);
       g.fromVm(Buffer.from('last words\n'));
       f.logs.forget(g);
-      await waitUntil(() => f.logs.openHandles === 0, 2000, 'closed after forget');
+      await f.logs.flush();
+      assert.equal(f.logs.openHandles, 0, 'closed after forget, without waiting for the idle timer');
       assert.match(f.file(g).toString(), /last words\n$/);
     } finally {
       await f.done();
     }
   });
 
-  test('an unusable directory: one warning per kind, no throw, output kept queued and written once it works', async () => {
+  test('an unusable directory: one warning per kind, no throw, output kept queued and written once it works', async (t) => {
+    const tick = mockTimers(t);
     const dir = mkdtempSync(join(tmpdir(), 'vspc-clog-'));
     try {
       const blocker = join(dir, 'notadir');
@@ -329,7 +380,8 @@ describe('ConsoleLogManager', () => {
       const h = new ConsoleHub({ id: 1, kind: 'esxi', key: UUID, label: '', name: null, tcpPort: 1 }, undefined, undefined, logs);
       for (let i = 0; i < 20; i++) {
         h.fromVm(Buffer.from(`line ${i}\n`));
-        await sleep(10);
+        await logs.flush(); // tried (and failed), or waiting for the retry
+        tick(10); // a retry every third line
       }
       await logs.flush();
       const writeWarnings = lines.filter((l) => l.message === 'console log write failed; retrying in a while, output queued meanwhile');
@@ -338,8 +390,12 @@ describe('ConsoleLogManager', () => {
       assert.equal(writeWarnings[0].vm, UUID);
       assert.equal(logs.openHandles, 0);
       // The operator fixes it: what was queued is written, in order, nothing lost.
+      assert.ok(logs.queuedBytes > 0, 'output kept queued');
       rmSync(blocker);
-      await waitUntil(async () => existsSync(join(blocker, 'logs', `${UUID_TEXT}.log`)), 3000, 'file after the fix');
+      tick(30);
+      await logs.flush();
+      assert.ok(existsSync(join(blocker, 'logs', `${UUID_TEXT}.log`)), 'file after the fix');
+      assert.equal(logs.queuedBytes, 0, 'all written');
       await logs.close();
       const body = splitHeader(readFileSync(join(blocker, 'logs', `${UUID_TEXT}.log`))).body.toString();
       assert.equal(body, Array.from({ length: 20 }, (_, i) => `line ${i}\n`).join(''));
@@ -349,7 +405,8 @@ describe('ConsoleLogManager', () => {
     }
   });
 
-  test('a full disk (ENOSPC via /dev/full): one warning, no throw, output held then counted as lost at close', async () => {
+  test('a full disk (ENOSPC via /dev/full): one warning, no throw, output held then counted as lost at close', async (t) => {
+    const tick = mockTimers(t);
     const f = fixture({ retryMs: 20 });
     try {
       const h = f.hub();
@@ -360,7 +417,8 @@ describe('ConsoleLogManager', () => {
         const d = Buffer.from(`data ${i}\n`);
         bytes += d.length;
         assert.doesNotThrow(() => h.fromVm(d));
-        await sleep(15);
+        await f.logs.flush();
+        tick(15);
       }
       await f.logs.flush();
       const warnings = () => f.lines.filter((l) => l.level === 'warn');
@@ -378,7 +436,8 @@ describe('ConsoleLogManager', () => {
     }
   });
 
-  test('a write that fails loses only its batch; the file says how many bytes, at that point', async () => {
+  test('a write that fails loses only its batch; the file says how many bytes, at that point', async (t) => {
+    const tick = mockTimers(t);
     const f = fixture({ retryMs: 10 });
     const probe = await (await import('node:fs/promises')).open(join(tmpdir(), `vspc-probe-${process.pid}`), 'w');
     const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<unknown> };
@@ -402,7 +461,10 @@ describe('ConsoleLogManager', () => {
       h.fromVm(Buffer.from('doomed\n'));
       await f.logs.flush();
       h.fromVm(Buffer.from('after\n'));
-      await waitUntil(async () => (await f.logs.flush(), f.file(h).includes('after')), 2000, 'output after the failure');
+      await f.logs.flush();
+      assert.ok(!f.file(h).includes('after'), 'held until the retry');
+      tick(10);
+      await f.logs.flush();
       assert.equal(
         splitHeader(f.file(h)).body.toString(),
         `before\n\r\n[vspc ${STAMP} 7 bytes of console output lost: write failed (ENOSPC)]\r\nafter\n`,
@@ -486,7 +548,9 @@ describe('ConsoleLogManager', () => {
       assert.equal(f.logs.openHandles, 0);
       assert.match(f.file(h).toString(), /0,1,2,.*,98,99,$/);
       h.fromVm(Buffer.from('late'));
-      await sleep(20);
+      assert.equal(f.logs.queuedBytes, 0, 'nothing queued after close');
+      await f.logs.flush();
+      assert.equal(f.logs.openHandles, 0);
       assert.ok(!f.file(h).toString().includes('late'));
     } finally {
       await f.done();

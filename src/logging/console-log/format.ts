@@ -1,0 +1,59 @@
+/**
+ * What vspc itself writes into a console log: the header line of every file and the
+ * timestamped lines between the console's bytes (docs/console-logs.md, "What is in a
+ * file"). Tests pin these formats byte for byte.
+ */
+import { displayKey, type ConsoleIdentity } from '../../domain/identity.js';
+import type { ConsoleEvent } from '../../domain/console-hub.js';
+
+/** Text for vspc's own lines: one line, no control characters, no closing bracket games. */
+export function clean(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f]/g, '?');
+}
+
+/** The text of an event's line, e.g. `VM connected from 10.0.0.5:1234`. */
+export function describeEvent(e: ConsoleEvent): string {
+  switch (e.kind) {
+    case 'vm-connected':
+      return `VM connected from ${e.peer}`;
+    case 'vm-disconnected':
+      return `VM disconnected (was ${e.peer})`;
+    case 'vmotion':
+      return `vMotion ${e.outcome} after ${e.durationMs} ms`;
+    case 'client-attached':
+      return `client ${e.clientId} attached from ${e.peer} (${e.mode})`;
+    case 'client-detached':
+      return `client ${e.clientId} (${e.peer}) detached: ${e.reason}`;
+    case 'client-takeover':
+      return `client ${e.clientId} from ${e.peer} took over from client ${e.displacedClientId} (${e.displacedPeer})`;
+  }
+}
+
+/**
+ * `\r\n[vspc <ISO-8601 UTC> <text>]\r\n`, UTF-8; the leading `\r\n` is left out when the
+ * console is already at the start of a line (`atLineStart`), so there are no blank lines.
+ */
+export function stampedLine(nowMs: number, text: string, atLineStart: boolean): Buffer {
+  return Buffer.from(`${atLineStart ? '' : '\r\n'}[vspc ${new Date(nowMs).toISOString()} ${clean(text)}]\r\n`, 'utf8');
+}
+
+/**
+ * First line of every file: whose it is.
+ * `[vspc <stamp> console log of VM "<name>", uuid <key>, label "<label>"]\r\n`
+ * (no name yet: no quoted name; no label: no label part).
+ */
+export function headerLine(nowMs: number, id: Pick<ConsoleIdentity, 'key' | 'name' | 'label'>): Buffer {
+  const parts = [id.name ? `console log of VM ${JSON.stringify(clean(id.name))}` : 'console log of VM', `uuid ${displayKey(id)}`];
+  if (id.label) parts.push(`label ${JSON.stringify(clean(id.label))}`);
+  return Buffer.from(`[vspc ${new Date(nowMs).toISOString()} ${parts.join(', ')}]\r\n`, 'utf8');
+}
+
+/** The line where output was dropped because the file could not keep up. */
+export function droppedText(bytes: number): string {
+  return `${bytes} bytes of console output dropped: the log file could not keep up`;
+}
+
+/** The line where a failed write lost output (`sysCode`: ENOSPC, EIO, ...). */
+export function lostText(bytes: number, sysCode: string): string {
+  return `${bytes} bytes of console output lost: write failed (${sysCode})`;
+}
