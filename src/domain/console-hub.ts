@@ -114,6 +114,8 @@ export class ConsoleHub {
   private heldBytes = 0;
   private heldOverflow = 0;
   private inputPaused = false;
+  /** The peer of a source that closed during a vMotion switch-over (see detachSource), until the migration ends. */
+  private leftDuringMigration: string | null = null;
   private toldDisconnected = new WeakSet<ConsoleClient>();
   private readonly toldReadOnly = new WeakSet<ConsoleClient>();
   readonly locks = new LockTable();
@@ -175,7 +177,9 @@ export class ConsoleHub {
     this.src = src;
     this.connectedSince = now;
     src.onDrain(() => this.onSourceDrain(src));
-    if (!previous) {
+    const quiet = this.leftDuringMigration !== null;
+    this.leftDuringMigration = null;
+    if (!previous && !quiet) {
       this.toldDisconnected = new WeakSet();
       this.broadcastNotice('VM connected');
     }
@@ -183,12 +187,22 @@ export class ConsoleHub {
     return previous === src ? null : previous;
   }
 
-  /** The source went away. Ignored unless it is the current one. */
+  /**
+   * The source went away. Ignored unless it is the current one. During a vMotion
+   * switch-over the source leaving is part of the migration (a real ESXi host closes
+   * its connection at the same moment as, or just before, the destination's COMPLETE):
+   * clients are told nothing, the console stays `migrating`, and only a migration that
+   * ends without a destination reports the disconnect (`stopHolding(null)`).
+   */
   detachSource(src: ConsoleSource): boolean {
     if (this.src !== src) return false;
     this.src = null;
     this.connectedSince = null;
     if (this.inputPaused) this.resumeClients();
+    if (this.holding) {
+      this.leftDuringMigration = src.peer;
+      return true;
+    }
     this.broadcastNotice('VM disconnected; waiting for it to come back');
     this.report({ kind: 'vm-disconnected', peer: src.peer });
     return true;
@@ -310,6 +324,13 @@ export class ConsoleHub {
   stopHolding(to: ConsoleSource | null): HoldResult {
     const result = { delivered: 0, refused: this.heldOverflow };
     this.holding = false;
+    const left = this.leftDuringMigration;
+    if (left !== null && to === null && this.src === null) {
+      // The migration ended without a destination after the source had left: now it is a disconnect.
+      this.leftDuringMigration = null;
+      this.broadcastNotice('VM disconnected; waiting for it to come back');
+      this.report({ kind: 'vm-disconnected', peer: left });
+    }
     const held = this.held;
     this.held = [];
     this.heldBytes = 0;

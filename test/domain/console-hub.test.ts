@@ -14,6 +14,48 @@ function hub(): ConsoleHub {
 }
 
 describe('ConsoleHub hub', () => {
+  test('a source leaving during a vMotion switch-over is part of the migration: no notice, state migrating', () => {
+    const h = hub();
+    const events: string[] = [];
+    const observed = new ConsoleHub(h.identity, undefined, undefined, { event: (_p, e) => events.push(e.kind) });
+    const a = new FakeClient();
+    const source = new FakeSource();
+    observed.attachSource(source);
+    observed.addClient(a);
+    const before = a.notices.length;
+    observed.startHolding();
+    observed.detachSource(source);
+    assert.equal(observed.state, 'migrating');
+    const peer = new FakeSource();
+    observed.attachSource(peer);
+    observed.stopHolding(peer);
+    assert.equal(observed.state, 'connected');
+    assert.deepEqual(a.notices.slice(before), [], 'the client saw no disconnect or connect notice');
+    assert.deepEqual(events.filter((e) => e === 'vm-disconnected'), []);
+  });
+
+  test('a migration that ends without a destination after the source left reports the disconnect then, once', () => {
+    const events: string[] = [];
+    const h = new ConsoleHub({ id: 2, kind: 'esxi', key: 'e'.repeat(32), label: '', name: 'vm', tcpPort: 10002 }, undefined, undefined, {
+      event: (_p, e) => events.push(e.kind),
+    });
+    const a = new FakeClient();
+    const source = new FakeSource();
+    h.attachSource(source);
+    h.addClient(a);
+    const before = a.notices.length;
+    h.startHolding();
+    h.detachSource(source);
+    assert.deepEqual(a.notices.slice(before), []);
+    h.stopHolding(null);
+    assert.equal(h.state, 'disconnected');
+    assert.deepEqual(a.notices.slice(before), ['VM disconnected; waiting for it to come back']);
+    assert.deepEqual(events.filter((e) => e === 'vm-disconnected'), ['vm-disconnected']);
+    // The next connection is a plain reconnect, announced as usual.
+    h.attachSource(new FakeSource());
+    assert.deepEqual(a.notices.slice(before + 1), ['VM connected']);
+  });
+
   test('VM output fans out to every client, in order', () => {
     const h = hub();
     const src = new FakeSource();
