@@ -29,14 +29,18 @@ export interface EsxiConnectionContext {
   onProtocolError?(code: string): void;
   /** Called once when the connection leaves negotiating/identifying (attached, vMotion peer or closed). */
   onSettled?(conn: EsxiConnection): void;
+  /**
+   * The clock the session's deadlines are computed on, in ms. Default: monotonic
+   * (`performance.now`), so a wall-clock step cannot fire or defer a deadline. Tests
+   * that mock timers pass a mocked clock.
+   */
+  clock?(): number;
 }
 
 let nextConnectionId = 1;
 
 const TLS_HANDSHAKE = 0x16;
 
-/** The session's clock: monotonic ms, so a wall-clock step cannot fire or defer a deadline. */
-const clock = (): number => performance.now();
 
 /**
  * The socket glue of one ESXi connection: owns the socket (cork/uncork, keepalive,
@@ -56,6 +60,7 @@ export class EsxiConnection {
   private armed: EsxiDeadline | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
   private drainListener: (() => void) | null = null;
+  private readonly clock: () => number;
 
   constructor(
     private readonly socket: Socket,
@@ -63,6 +68,7 @@ export class EsxiConnection {
     readonly secure: boolean,
   ) {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.clock = ctx.clock ?? (() => performance.now());
     const log = ctx.logger.child({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
     this.session = new EsxiSession(
       { id: this.id, peer: this.peer, log },
@@ -76,7 +82,10 @@ export class EsxiConnection {
       {
         write: (bytes) => this.rawWrite(bytes),
         end: () => this.end(),
-        destroy: () => this.socket.destroy(),
+        destroy: () => {
+          this.clearTimer();
+          this.socket.destroy();
+        },
         get destroyed() {
           return socket.destroyed;
         },
@@ -92,7 +101,7 @@ export class EsxiConnection {
     socket.on('close', () => this.onSocketClose());
     // The opening offers leave in one write, not one per offer (see onSocketData).
     socket.cork();
-    this.session.start(clock());
+    this.session.start(this.clock());
     socket.uncork();
     this.syncTimer();
     this.log.info('VM connection opened');
@@ -170,7 +179,7 @@ export class EsxiConnection {
     // reply; uncorked before this event handler returns, so nothing waits.
     this.socket.cork();
     try {
-      this.session.receive(chunk, clock());
+      this.session.receive(chunk, this.clock());
     } finally {
       this.socket.uncork();
     }
@@ -195,12 +204,11 @@ export class EsxiConnection {
     this.timer = setTimeout(() => {
       this.timer = null;
       this.armed = null;
-      // Node may run a timer a millisecond before the clock says its delay passed
-      // (and a mocked setTimeout does not move the clock): the deadline this timer was
-      // armed for has arrived by definition.
-      this.session.onTimer(Math.max(clock(), d.at));
+      // Node may run a timer up to a millisecond before the clock says its delay has
+      // passed: the deadline this timer was armed for has arrived by definition.
+      this.session.onTimer(Math.max(this.clock(), d.at));
       this.syncTimer();
-    }, Math.max(0, d.at - clock()));
+    }, Math.max(0, d.at - this.clock()));
     this.timer.unref();
   }
 
