@@ -109,7 +109,8 @@ export interface EsxiDeadline {
  * and the coordinator's `VmotionEndpoint`.
  *
  * Protocol: VMware "Using a Proxy with Virtual Serial Ports" (VMware Telnet Extension
- * Commands for Proxy Communication, vMotion Notification); /work/shared/docs/vspc-protocol.md.
+ * Commands for Proxy Communication, Establish a VMware Telnet Extension Session,
+ * vMotion Notification); the vMotion handoff is docs/vmotion.md.
  */
 export class EsxiSession implements VmotionEndpoint {
   readonly kind = 'esxi';
