@@ -39,8 +39,8 @@ export interface EsxiConnectionContext {
 
 let nextConnectionId = 1;
 
+/** First byte of a TLS record carrying a handshake (ClientHello): RFC 8446 §5.1. */
 const TLS_HANDSHAKE = 0x16;
-
 
 /**
  * The socket glue of one ESXi connection: owns the socket (cork/uncork, keepalive,
