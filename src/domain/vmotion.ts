@@ -29,12 +29,12 @@ import type { ConsoleHub } from './console-hub.js';
 export type MigrationState = 'awaiting-peer' | 'peer-ok';
 export type MigrationOutcome = 'completed' | 'aborted' | 'timed-out' | 'replaced' | 'refused';
 
-/** What the coordinator needs from a VM connection; EsxiConnection implements it. */
+/** What the coordinator needs from a VM connection; EsxiSession implements it. */
 export interface VmotionEndpoint extends ConsoleSource {
   readonly id: number;
   readonly log: Logger;
   /** The hub this connection feeds, when it is a VM's attached source. */
-  readonly serialPort: ConsoleHub | null;
+  readonly hub: ConsoleHub | null;
   sendGoahead(seq: Buffer, secret: Buffer): void;
   sendNotNow(seq: Buffer): void;
   sendPeerOk(seq: Buffer): void;
@@ -111,7 +111,7 @@ export class VmotionCoordinator {
   }
 
   begin(source: VmotionEndpoint, seq: Buffer): void {
-    const hub = source.serialPort;
+    const hub = source.hub;
     const refuse = this.shuttingDown ? 'concentrator is shutting down' : !hub ? 'connection is not an identified VM serial port' : null;
     if (refuse || !hub) {
       this.counters.refused++;
@@ -152,7 +152,7 @@ export class VmotionCoordinator {
 
   peer(conn: VmotionEndpoint, seqAndSecret: Buffer): boolean {
     const m = this.byKey.get(seqAndSecret.toString('hex'));
-    if (!m || m.peer || conn === m.source || conn.serialPort) {
+    if (!m || m.peer || conn === m.source || conn.hub) {
       this.counters['bad-peer']++;
       conn.log.warn('security: VMOTION-PEER with an unknown or already used sequence/secret; refused and closed', {
         security: true,

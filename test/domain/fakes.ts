@@ -72,7 +72,7 @@ let nextEndpoint = 1;
 export class FakeEndpoint extends FakeSource implements VmotionEndpoint {
   readonly id = nextEndpoint++;
   readonly log: Logger;
-  serialPort: ConsoleHub | null = null;
+  hub: ConsoleHub | null = null;
   sent: Array<{ kind: 'goahead' | 'notnow' | 'peer-ok'; seq: Buffer; secret?: Buffer }> = [];
   isPeer = false;
   retired = false;
@@ -93,16 +93,16 @@ export class FakeEndpoint extends FakeSource implements VmotionEndpoint {
     this.isPeer = true;
   }
   adoptHub(hub: ConsoleHub): ConsoleSource | null {
-    this.serialPort = hub;
+    this.hub = hub;
     return hub.attachSource(this);
   }
   retireFromHub(): void {
     this.retired = true;
-    this.serialPort = null;
+    this.hub = null;
   }
   /** Attach as the hub's current source (a normal identified connection). */
   attach(hub: ConsoleHub): this {
-    this.serialPort = hub;
+    this.hub = hub;
     hub.attachSource(this);
     return this;
   }

@@ -123,7 +123,7 @@ describe('vMotion coordinator', () => {
     assert.equal(coordinator.peer(prefix, secret.subarray(0, secret.length - 1)), false);
     assert.ok(lines.some((l) => l.security === true && String(l.message).startsWith('security:')));
     assert.equal(coordinator.counters['bad-peer'], 2);
-    assert.equal(attacker.serialPort, null);
+    assert.equal(attacker.hub, null);
     assert.equal(hub.source, source);
     // The real peer can still use it, but only once.
     const peer = new FakeEndpoint(logger);

@@ -50,6 +50,20 @@ export type ControlMessage =
   | { kind: 'who-reply'; holders: unknown[] }
   | { kind: 'lock-revoked'; reason: string };
 
+/**
+ * The UTF-8 of `text`, cut to at most `max` bytes before a character that would not
+ * fit whole (a cut inside a character would decode as U+FFFD on the other side).
+ */
+function utf8Prefix(text: string, max: number): Buffer {
+  const bytes = Buffer.from(text, 'utf8');
+  if (bytes.length <= max) return bytes;
+  let end = max;
+  // bytes[end] is the first byte left out: while it continues a character (10xxxxxx),
+  // that character started inside the kept part, so leave it out whole.
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--;
+  return bytes.subarray(0, end);
+}
+
 function modeByte(mode: LockRequest): number {
   return CONTROL_LOCK_MODES.indexOf(mode);
 }
@@ -63,7 +77,7 @@ function modeOf(b: number | undefined): LockRequest {
 export function encodeControl(msg: ControlMessage): Buffer {
   switch (msg.kind) {
     case 'lock-request': {
-      const user = Buffer.from(msg.user, 'utf8').subarray(0, MAX_USER_BYTES);
+      const user = utf8Prefix(msg.user, MAX_USER_BYTES);
       return Buffer.concat([Buffer.of(Control.LOCK_REQUEST, modeByte(msg.mode), msg.force ? FLAG_FORCE : 0), user]);
     }
     case 'lock-granted':

@@ -4,8 +4,7 @@ import { policyFromLists, TelnetSession } from '../telnet/index.js';
 import { ComPort, Ext, PROXY_KNOWN_SUBOPTIONS } from './codes.js';
 import { parseDoProxyPayload, parseNamePayload, parseUuidPayload, type ProxyRequest } from './identity.js';
 
-/** The guest's UART settings as reported over RFC 2217 by the ESXi host. */
-/** The guest UART's settings as RFC 2217 COM-PORT reports them (same shape as the domain's SerialLineSettings). */
+/** The guest UART's settings as the ESXi host reports them over RFC 2217 COM-PORT (same shape as the domain's SerialLineSettings). */
 export interface UartSettings {
   baudRate?: number;
   dataSize?: number;

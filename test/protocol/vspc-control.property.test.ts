@@ -1,0 +1,197 @@
+/**
+ * The VSPC-CONTROL codec (option 201, docs/console-protocol.md) by example and under
+ * random input (fast-check, fixed seed; VSPC_FC_SEED=<n> explores further): every
+ * valid message survives encode → decode; any payload decodes or throws a
+ * ProtocolError with a VSPC_CONTROL_* code, nothing else; telnet framing and
+ * chunking change nothing.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { ProtocolError } from '../../src/errors.js';
+import {
+  CONTROL_LOCK_MODES,
+  Control,
+  decodeControl,
+  encodeControl,
+  VSPC_CONTROL_OPTION,
+  type ControlMessage,
+  type LockMode,
+} from '../../src/protocol/control/vspc-control.js';
+import { encodeSubnegotiation } from '../../src/protocol/telnet/encoder.js';
+import { TelnetDecoder } from '../../src/protocol/telnet/decoder.js';
+
+const SEED = Number(process.env.VSPC_FC_SEED ?? 201);
+const params = (numRuns: number) => ({ seed: SEED, numRuns });
+
+const CONTROL_ERROR_CODES = ['VSPC_CONTROL_BAD_MODE', 'VSPC_CONTROL_BAD_REQUEST', 'VSPC_CONTROL_BAD_REPLY', 'VSPC_CONTROL_UNKNOWN'];
+const MAX_USER_BYTES = 64;
+const GRANTED_MODES = CONTROL_LOCK_MODES.filter((m): m is LockMode => m !== 'readonly_ok');
+const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+
+/** The longest prefix of whole characters of `text` whose UTF-8 fits in `max` bytes. */
+function utf8PrefixOf(text: string, max: number): string {
+  let out = '';
+  let bytes = 0;
+  for (const ch of text) {
+    const n = Buffer.byteLength(ch, 'utf8');
+    if (bytes + n > max) break;
+    out += ch;
+    bytes += n;
+  }
+  return out;
+}
+
+/** Well-formed Unicode text (no lone surrogates: those have no UTF-8 form). */
+const textArb = fc.string({ unit: 'binary', maxLength: 40 });
+const userArb = textArb.filter((u) => !CONTROL_CHARS.test(u));
+
+/** Records as decodeControl builds them (ordinary objects), so deepEqual compares the fields only. */
+const PLAIN = { noNullPrototype: true } as const;
+
+/** Every valid message. A user name is valid with control characters removed (decode replaces them). */
+const messageArb: fc.Arbitrary<ControlMessage> = fc.oneof(
+  fc.record({ kind: fc.constant('lock-request' as const), mode: fc.constantFrom(...CONTROL_LOCK_MODES), force: fc.boolean(), user: userArb }, PLAIN),
+  fc.record({ kind: fc.constant('lock-granted' as const), mode: fc.constantFrom(...GRANTED_MODES) }, PLAIN),
+  fc.record({ kind: fc.constant('lock-refused' as const), reason: textArb }, PLAIN),
+  fc.constant({ kind: 'who' as const }),
+  fc.record({ kind: fc.constant('who-reply' as const), holders: fc.array(fc.jsonValue({ maxDepth: 2 }), { maxLength: 4 }) }, PLAIN),
+  fc.record({ kind: fc.constant('lock-revoked' as const), reason: textArb }, PLAIN),
+);
+
+/** What decode(encode(m)) must give: m itself, with JSON's normal form and the user's byte bound applied. */
+function expected(m: ControlMessage): ControlMessage {
+  if (m.kind === 'who-reply') return { kind: 'who-reply', holders: JSON.parse(JSON.stringify(m.holders)) as unknown[] };
+  if (m.kind === 'lock-request') return { ...m, user: utf8PrefixOf(m.user, MAX_USER_BYTES) };
+  return m;
+}
+
+/** Payloads: random, and random bodies behind every code byte (and a few unknown ones). */
+const payloadArb = fc.oneof(
+  fc.uint8Array({ maxLength: 80 }).map((a) => Buffer.from(a)),
+  fc
+    .tuple(fc.integer({ min: 0, max: 8 }), fc.uint8Array({ maxLength: 80 }))
+    .map(([code, body]) => Buffer.concat([Buffer.of(code), body])),
+  fc
+    .tuple(fc.constantFrom(Control.LOCK_REQUEST, Control.LOCK_GRANTED), fc.integer({ min: 0, max: 7 }), fc.integer({ min: 0, max: 255 }), fc.uint8Array({ maxLength: 70 }))
+    .map(([code, mode, flags, rest]) => Buffer.concat([Buffer.of(code, mode, flags), rest])),
+  fc.jsonValue().map((v) => Buffer.concat([Buffer.of(Control.WHO_REPLY), Buffer.from(JSON.stringify(v) ?? '')])),
+);
+
+function decodeOrError(payload: Buffer): ControlMessage | ProtocolError {
+  try {
+    return decodeControl(payload);
+  } catch (err) {
+    if (err instanceof ProtocolError) return err;
+    throw err;
+  }
+}
+
+describe('VSPC-CONTROL codec by example', () => {
+  test('wire forms: LOCK-REQUEST mode/flags/user, LOCK-GRANTED mode, WHO', () => {
+    assert.deepEqual([...encodeControl({ kind: 'lock-request', mode: 'excl_write', force: true, user: 'ann' })], [1, 3, 1, 0x61, 0x6e, 0x6e]);
+    assert.deepEqual([...encodeControl({ kind: 'lock-granted', mode: 'exclusive' })], [2, 2]);
+    assert.deepEqual([...encodeControl({ kind: 'who' })], [4]);
+    assert.deepEqual(decodeControl(Buffer.of(1, 4, 0xfe)), { kind: 'lock-request', mode: 'readonly_ok', force: false, user: '' });
+  });
+
+  test('errors carry their VSPC_CONTROL_* code', () => {
+    const cases: Array<[number[], string]> = [
+      [[], 'VSPC_CONTROL_UNKNOWN'],
+      [[9], 'VSPC_CONTROL_UNKNOWN'],
+      [[1, 0], 'VSPC_CONTROL_BAD_REQUEST'],
+      [[1, 0, 0, ...Buffer.alloc(MAX_USER_BYTES + 1, 0x61)], 'VSPC_CONTROL_BAD_REQUEST'],
+      [[1, 5, 0], 'VSPC_CONTROL_BAD_MODE'],
+      [[2], 'VSPC_CONTROL_BAD_MODE'],
+      [[2, 4], 'VSPC_CONTROL_BAD_MODE'],
+      [[5, 0x7b], 'VSPC_CONTROL_BAD_REPLY'],
+    ];
+    for (const [bytes, code] of cases) {
+      assert.throws(() => decodeControl(Buffer.from(bytes)), (err) => err instanceof ProtocolError && err.code === code, `${bytes} → ${code}`);
+    }
+  });
+
+  test('a user name is cut at 64 bytes on a character boundary, never inside a character', () => {
+    const user = '\u20ac'.repeat(22); // 66 bytes of UTF-8: 21 whole euro signs fit
+    const decoded = decodeControl(encodeControl({ kind: 'lock-request', mode: 'readwrite', force: false, user }));
+    assert.deepEqual(decoded, { kind: 'lock-request', mode: 'readwrite', force: false, user: '\u20ac'.repeat(21) });
+  });
+
+  test('control characters in a user name are replaced; a WHO-REPLY that is not an array gives no holders', () => {
+    assert.deepEqual(decodeControl(Buffer.from([1, 0, 0, 0x61, 0x1b, 0x62])), { kind: 'lock-request', mode: 'readwrite', force: false, user: 'a?b' });
+    assert.deepEqual(decodeControl(Buffer.concat([Buffer.of(5), Buffer.from('{"a":1}')])), { kind: 'who-reply', holders: [] });
+  });
+});
+
+describe('VSPC-CONTROL codec properties', () => {
+  test('decode(encode(m)) is m for every valid message (user names bounded to 64 bytes of whole characters)', () => {
+    fc.assert(
+      fc.property(messageArb, (m) => {
+        assert.deepEqual(decodeControl(encodeControl(m)), expected(m));
+      }),
+      params(1000),
+    );
+  });
+
+  test('long user names: the longest whole-character prefix within 64 bytes', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'binary', minLength: 10, maxLength: 80 }).filter((u) => !CONTROL_CHARS.test(u)), (user) => {
+        const got = decodeControl(encodeControl({ kind: 'lock-request', mode: 'readonly', force: true, user }));
+        assert.equal(got.kind === 'lock-request' && got.user, utf8PrefixOf(user, MAX_USER_BYTES));
+      }),
+      params(500),
+    );
+  });
+
+  test('any payload decodes, or throws a ProtocolError with a VSPC_CONTROL_* code; nothing else is thrown', () => {
+    fc.assert(
+      fc.property(payloadArb, (payload) => {
+        const got = decodeOrError(payload);
+        if (got instanceof ProtocolError) {
+          assert.ok(CONTROL_ERROR_CODES.includes(got.code), `code ${got.code}`);
+          return;
+        }
+        const kinds = [undefined, 'lock-request', 'lock-granted', 'lock-refused', 'who', 'who-reply', 'lock-revoked'];
+        assert.equal(got.kind, kinds[payload[0]], 'the kind is the code byte');
+        // What was decoded can be sent again and means the same.
+        const again = decodeControl(encodeControl(got));
+        if (got.kind === 'lock-request' && again.kind === 'lock-request') {
+          // Invalid UTF-8 became U+FFFD (3 bytes each): the re-encoded name may be cut.
+          assert.deepEqual({ ...again, user: '' }, { ...got, user: '' });
+          assert.ok(got.user.startsWith(again.user));
+        } else if (got.kind === 'who-reply') {
+          assert.equal(JSON.stringify(again), JSON.stringify(got));
+        } else {
+          assert.deepEqual(again, got);
+        }
+      }),
+      params(2000),
+    );
+  });
+
+  test('framed as IAC SB 201 … IAC SE in one stream, any chunking decodes to the same messages', () => {
+    fc.assert(
+      fc.property(fc.array(messageArb, { maxLength: 8 }), fc.array(fc.nat({ max: 2000 }), { maxLength: 10 }), (messages, cuts) => {
+        const wire = Buffer.concat(messages.map((m) => encodeSubnegotiation(VSPC_CONTROL_OPTION, encodeControl(m))));
+        const decode = (pieces: number[]) => {
+          const dec = new TelnetDecoder({ binary: true });
+          const out: ControlMessage[] = [];
+          let prev = 0;
+          for (const c of [...pieces, wire.length]) {
+            for (const t of dec.decode(wire.subarray(prev, c))) {
+              assert.notEqual(t.type, 'error');
+              if (t.type === 'subnegotiation' && t.option === VSPC_CONTROL_OPTION) out.push(decodeControl(t.payload));
+            }
+            prev = c;
+          }
+          return out;
+        };
+        const sorted = [...new Set(cuts)].filter((c) => c > 0 && c < wire.length).sort((a, b) => a - b);
+        const whole = decode([]);
+        assert.deepEqual(whole, messages.map(expected));
+        assert.deepEqual(decode(sorted), whole);
+      }),
+      params(500),
+    );
+  });
+});
