@@ -1,13 +1,97 @@
 /**
- * Error classes with stable `code`s (undici style). Callers branch on `code`,
- * never on message text; `context` carries the structured facts for the log line.
+ * Error classes with stable `code`s (undici style). Callers branch on `code`, never on
+ * message text; `context` carries the structured facts for the log line. Every code
+ * vspc raises, logs as `errorCode` or answers over the admin API is in ERROR_CODES and
+ * in docs/errors.md (test/architecture/errors.test.ts keeps the three in step).
  */
+
+/** Every stable error code, with the class that carries it and what it means. */
+export const ERROR_CODES = {
+  // --- A peer broke the telnet protocol (ProtocolError; the connection is closed).
+  TELNET_BAD_COMMAND: ['ProtocolError', 'IAC followed by a byte that is not a telnet command (RFC 854)'],
+  TELNET_BAD_SB_ESCAPE: ['ProtocolError', 'inside a subnegotiation, IAC followed by neither IAC nor SE'],
+  TELNET_SB_TOO_LONG: ['ProtocolError', 'a subnegotiation longer than the bound (64 KiB)'],
+  TELNET_SB_TIMEOUT: ['ProtocolError', 'a subnegotiation left open longer than --subnegotiation-timeout'],
+  TLS_HANDSHAKE_FAILED: ['ProtocolError', 'a TLS handshake failed on a telnets port (metrics label)'],
+  VSPC_TLS_ON_PLAIN_PORT: ['ProtocolError', 'a TLS ClientHello arrived on a plain telnet port'],
+  // --- An ESXi host broke VMware's proxy protocol (option 232).
+  VSPC_BAD_EXT: ['ProtocolError', 'a malformed option-232 subnegotiation'],
+  VSPC_BAD_DO_PROXY: ['ProtocolError', 'DO-PROXY without a direction, too long, or with a bad port label'],
+  VSPC_BAD_UUID: ['ProtocolError', 'VM-VC-UUID that is not 32 hex digits'],
+  VSPC_BAD_NAME: ['ProtocolError', 'VM-NAME longer than 1024 bytes'],
+  VSPC_BAD_VMOTION: ['ProtocolError', 'a vMotion subcommand with a malformed sequence or secret'],
+  VSPC_PROXY_REFUSED: ['ProtocolError', 'DO-PROXY for another service name or direction: answered WONT-PROXY and closed'],
+  VSPC_PROXY_CHANGED: ['ProtocolError', 'a second DO-PROXY with another port label on one connection'],
+  VSPC_UUID_CHANGED: ['ProtocolError', 'VM-VC-UUID changed on an open connection'],
+  VSPC_IDENTIFY_TIMEOUT: ['ProtocolError', 'option 232 agreed but no DO-PROXY and VM-VC-UUID within --identify-timeout'],
+  VSPC_NOT_ESXI: ['ProtocolError', 'the peer refused option 232 or said nothing: a person, told what the port is for'],
+  // --- A console client broke VSPC-CONTROL (option 201, docs/console-protocol.md).
+  VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags, or with an oversized user name'],
+  VSPC_CONTROL_BAD_MODE: ['ProtocolError', 'an unknown lock mode byte'],
+  VSPC_CONTROL_BAD_REPLY: ['ProtocolError', 'WHO-REPLY that is not JSON'],
+  VSPC_CONTROL_UNKNOWN: ['ProtocolError', 'an unknown VSPC-CONTROL message code'],
+  // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
+  VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
+  VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
+  VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
+  // --- Storage (StorageError).
+  VSPC_ARG_INVALID: ['StorageError', 'an argument the store cannot accept (key, label, timestamp)'],
+  VSPC_NOT_FOUND: ['StorageError', 'no console record with that id'],
+  VSPC_PORT_INVALID: ['StorageError', 'a TCP port outside 1-65535'],
+  VSPC_PORT_IN_USE: ['StorageError', 'the TCP port belongs to another console'],
+  VSPC_PORT_RANGE_INVALID: ['StorageError', '--port-range is not 1 <= start <= end <= 65535'],
+  VSPC_PORT_RANGE_EXHAUSTED: ['StorageError', 'no free port left in --port-range for a new console'],
+  VSPC_DB_OPEN_FAILED: ['StorageError', 'the database file cannot be opened'],
+  VSPC_DB_TOO_NEW: ['StorageError', 'the database was written by a newer vspc (schema version too high)'],
+  VSPC_DB_MIGRATION_FAILED: ['StorageError', 'a schema migration failed and was rolled back'],
+  // --- Console log files (LogFileError, src/logging/console-log/errors.ts).
+  VSPC_LOG_OPEN_FAILED: ['LogFileError', 'opening or creating a console log file failed; data stays queued'],
+  VSPC_LOG_WRITE_FAILED: ['LogFileError', "a write failed; that write's bytes are lost"],
+  VSPC_LOG_ROTATE_FAILED: ['LogFileError', 'renaming or deleting files during a rotation failed'],
+  VSPC_LOG_CLOSE_FAILED: ['LogFileError', 'closing a log file handle failed'],
+  VSPC_LOG_BACKLOG_FULL: ['LogFileError', 'the log writer queue was full: data was dropped and counted'],
+  VSPC_LOG_WRITER_CLOSED: ['LogFileError', 'a write queued on a log writer already closed'],
+  VSPC_LOG_READ_FAILED: ['LogFileError', 'reading a console log (vspc-admin log) failed'],
+  // --- Admin API (AdminApiError: an HTTP status and this code in {"error":{"code","message"}}).
+  VSPC_AUTH_REQUIRED: ['AdminApiError', '401: a token is configured and the request carried none'],
+  VSPC_AUTH_FAILED: ['AdminApiError', '401: the token was not accepted'],
+  VSPC_ADMIN_BAD_HOST: ['AdminApiError', '421: a Host name the API does not answer to (DNS rebinding guard)'],
+  VSPC_ADMIN_CROSS_ORIGIN: ['AdminApiError', '403: a cross-origin browser request'],
+  VSPC_ADMIN_CONTENT_TYPE: ['AdminApiError', '415: a mutation without Content-Type: application/json'],
+  VSPC_ADMIN_PREFLIGHT: ['AdminApiError', '403: a CORS preflight (never granted)'],
+  VSPC_ROUTE_NOT_FOUND: ['AdminApiError', '404: no such admin API call'],
+  VSPC_METHOD_NOT_ALLOWED: ['AdminApiError', '405: the call exists with another method (see the Allow header)'],
+  VSPC_INTERNAL: ['AdminApiError', '500: an internal error; the details are in the vspc log, not in the answer'],
+  VSPC_VM_REQUIRED: ['AdminApiError', '400: the call needs a console (name, UUID or port)'],
+  VSPC_VM_NOT_FOUND: ['AdminApiError', '404: no console matches'],
+  VSPC_VM_AMBIGUOUS: ['AdminApiError', '409: the name matches several consoles; the message lists them'],
+  VSPC_CLIENT_REQUIRED: ['AdminApiError', '400: the call needs a client id'],
+  VSPC_CLIENT_INVALID: ['AdminApiError', '400: the client id is not a positive integer'],
+  VSPC_CLIENT_NOT_FOUND: ['AdminApiError', '404: no such client on that console'],
+  VSPC_PORT_REQUIRED: ['AdminApiError', '400: set-port needs a port'],
+  VSPC_PORT_RESERVED: ['AdminApiError', "409: the port is one of vspc's own listeners"],
+  VSPC_LINES_REQUIRED: ['AdminApiError', '400: the call needs a number of lines'],
+  VSPC_LINES_INVALID: ['AdminApiError', '400: lines is not an integer in range'],
+  VSPC_NO_TLS_PORT: ['AdminApiError', '409: telnets asked for, but vspc has no certificate'],
+  VSPC_CONSOLE_LOG_OFF: ['AdminApiError', '409: console logging is off (no --log-dir)'],
+  // --- vspc-admin, the API's client (VspcError; exit code 1).
+  VSPC_ADMIN_UNREACHABLE: ['VspcError', 'the admin API cannot be reached; the message says what to check'],
+  VSPC_ADMIN_BAD_RESPONSE: ['VspcError', 'the admin API answered something that is not its JSON'],
+  VSPC_ADMIN_ERROR: ['VspcError', 'the admin API answered an error without a code'],
+} as const satisfies Record<string, readonly [string, string]>;
+
+export type VspcErrorCode = keyof typeof ERROR_CODES;
+
+export function isErrorCode(code: unknown): code is VspcErrorCode {
+  return typeof code === 'string' && Object.prototype.hasOwnProperty.call(ERROR_CODES, code);
+}
+
 export type ErrorContext = Record<string, unknown>;
 
 export class VspcError extends Error {
-  readonly code: string;
+  readonly code: VspcErrorCode;
   readonly context: ErrorContext;
-  constructor(code: string, message: string, context: ErrorContext = {}, options?: { cause?: unknown }) {
+  constructor(code: VspcErrorCode, message: string, context: ErrorContext = {}, options?: { cause?: unknown }) {
     super(message, options);
     this.name = new.target.name;
     this.code = code;
@@ -15,7 +99,7 @@ export class VspcError extends Error {
   }
 }
 
-/** A peer broke the telnet or option-232 protocol; the connection is closed. */
+/** A peer broke the telnet, option-232 or VSPC-CONTROL protocol; the connection is closed. */
 export class ProtocolError extends VspcError {}
 
 /** Bad configuration or command-line input; the process exits non-zero. */
@@ -25,11 +109,20 @@ export class ConfigError extends VspcError {
   }
 }
 
-/** Storage (SQLite) failures: schema, port range exhausted, constraint violations. */
+/** Storage failures: schema, port range exhausted, constraint violations. */
 export class StorageError extends VspcError {}
 
-/** A lifecycle misuse: write after destroy, and the like. */
-export class LifecycleError extends VspcError {}
+/** An admin API refusal: an HTTP status and a stable code, answered as `{"error":{"code","message"}}`. */
+export class AdminApiError extends VspcError {
+  constructor(
+    readonly status: number,
+    code: VspcErrorCode,
+    message: string,
+    context: ErrorContext = {},
+  ) {
+    super(code, message, context);
+  }
+}
 
 /** Error fields for a log line: code and context, not the stack (unless it is a bug). */
 export function errorFields(err: unknown): Record<string, unknown> {

@@ -2,7 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
 import type { Logger } from '../domain/logger.js';
-import { errorFields } from '../errors.js';
+import { AdminApiError, errorFields } from '../errors.js';
 import type { HostPort } from '../util/net.js';
 import { refusal } from './auth.js';
 import { guardRequest, type GuardRefusal } from './request-guard.js';
@@ -33,16 +33,7 @@ export interface AdminServerOptions {
   onRefused?: (reason: GuardRefusal) => void;
 }
 
-/** An error the API reports to the caller with a status and a stable code. */
-export class AdminApiError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+export { AdminApiError } from '../errors.js';
 
 /**
  * The admin API: HTTP with JSON bodies, on loopback by default. Responses are
@@ -128,7 +119,7 @@ export class AdminServer {
         if (allowed.length > 0) res.setHeader('allow', allowed.join(', '));
         throw new AdminApiError(
           allowed.length > 0 ? 405 : 404,
-          allowed.length > 0 ? 'METHOD_NOT_ALLOWED' : 'NOT_FOUND',
+          allowed.length > 0 ? 'VSPC_METHOD_NOT_ALLOWED' : 'VSPC_ROUTE_NOT_FOUND',
           `${req.method} ${url.pathname} is not an admin API call`,
         );
       }
@@ -140,9 +131,9 @@ export class AdminServer {
       if (err instanceof AdminApiError) {
         this.send(res, err.status, { error: { code: err.code, message: err.message } });
       } else {
-        const code = (err as { code?: string }).code ?? 'INTERNAL';
-        this.logger.error('admin API call failed', { path: url.pathname, ...errorFields(err) });
-        this.send(res, 500, { error: { code, message: (err as Error).message } });
+        // Internal details (SQLITE_*, EACCES, paths) go to the log, never to the caller.
+        this.logger.error('admin API call failed', { path: url.pathname, ...errorFields(err), stack: (err as Error)?.stack });
+        this.send(res, 500, { error: { code: 'VSPC_INTERNAL', message: 'internal error; the vspc log has the details' } });
       }
     }
   }

@@ -22,7 +22,10 @@ export function tokenMatches(given: string, expected: string): boolean {
 }
 
 /** Why a request is refused (answered 401), or null when it may proceed (or no token is expected). */
-export function refusal(req: http.IncomingMessage, expected: string | null): { code: string; message: string } | null {
+export function refusal(
+  req: http.IncomingMessage,
+  expected: string | null,
+): { code: 'VSPC_AUTH_REQUIRED' | 'VSPC_AUTH_FAILED'; message: string } | null {
   if (expected === null) return null;
   const given = bearerToken(req.headers.authorization);
   if (given === null) {

@@ -3,7 +3,7 @@ import type { Registry } from '../domain/registry.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
 import type { VmotionCoordinator } from '../domain/vmotion.js';
 import type { ReloadReport, ResolvedVmSettings } from '../config/file.js';
-import { ConfigError, VspcError } from '../errors.js';
+import { ConfigError, VspcError, type VspcErrorCode } from '../errors.js';
 import { formatUuid } from '../util/uuid.js';
 import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
@@ -43,14 +43,22 @@ function namePattern(pattern: string): RegExp {
   return /[*?]/.test(pattern) ? new RegExp(`^${body}$`, 'i') : new RegExp(body, 'i');
 }
 
-function intParam(url: URL, name: string, min: number, max: number, fallback?: number): number {
+/** The codes for a missing / invalid integer parameter, per parameter. */
+const PARAM_CODES = {
+  client: ['VSPC_CLIENT_REQUIRED', 'VSPC_CLIENT_INVALID'],
+  port: ['VSPC_PORT_REQUIRED', 'VSPC_PORT_INVALID'],
+  lines: ['VSPC_LINES_REQUIRED', 'VSPC_LINES_INVALID'],
+} as const satisfies Record<string, readonly [VspcErrorCode, VspcErrorCode]>;
+
+function intParam(url: URL, name: keyof typeof PARAM_CODES, min: number, max: number, fallback?: number): number {
   const text = url.searchParams.get(name);
+  const [required, invalid] = PARAM_CODES[name];
   if (text === null || text === '') {
     if (fallback !== undefined) return fallback;
-    throw new AdminApiError(400, `VSPC_${name.toUpperCase()}_REQUIRED`, `give ${name}`);
+    throw new AdminApiError(400, required, `give ${name}`);
   }
   if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
-    throw new AdminApiError(400, `VSPC_${name.toUpperCase()}_INVALID`, `${name} must be an integer ${min}-${max}, got "${text}"`);
+    throw new AdminApiError(400, invalid, `${name} must be an integer ${min}-${max}, got "${text.slice(0, 40)}"`);
   }
   return Number(text);
 }

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
-import { VspcError } from '../errors.js';
+import { isErrorCode, VspcError } from '../errors.js';
 import type { HostPort } from '../config/config.js';
 
 export interface AdminClientOptions {
@@ -42,11 +42,12 @@ export class AdminClient {
     }
     if (status < 200 || status > 299) {
       const e = (body as { error?: { code?: string; message?: string } }).error;
-      const code = e?.code ?? 'VSPC_ADMIN_ERROR';
+      // A newer server may answer a code this client does not know: keep it in the context.
+      const code = isErrorCode(e?.code) ? e.code : 'VSPC_ADMIN_ERROR';
       let message = e?.message ?? `HTTP ${status}`;
       if (code === 'VSPC_AUTH_REQUIRED') message = 'the admin API requires a token: give --token-file FILE, or set VSPC_ADMIN_TOKEN';
       if (code === 'VSPC_AUTH_FAILED') message = 'the admin API did not accept the token (--token, --token-file or VSPC_ADMIN_TOKEN)';
-      throw new VspcError(code, message, { status });
+      throw new VspcError(code, message, { status, ...(e?.code && e.code !== code ? { serverCode: String(e.code).slice(0, 64) } : {}) });
     }
     return body as T;
   }

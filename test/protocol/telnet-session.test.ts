@@ -228,7 +228,7 @@ describe('TelnetSession: errors', () => {
       },
       data: (d) => {
         seen.push([...d]);
-        s.fail(new ProtocolError('VSPC_TEST', 'upper layer rejected data'));
+        s.fail(new ProtocolError('VSPC_BAD_EXT', 'upper layer rejected data'));
       },
       error: (e) => errors.push(e),
     });
@@ -237,7 +237,7 @@ describe('TelnetSession: errors', () => {
     assert.deepEqual(seen, [[65]]);
     assert.equal(errors.length, 1);
     assert.equal(errors[0].code, 'VSPC_TEST');
-    s.fail(new ProtocolError('VSPC_TEST2', 'again'));
+    s.fail(new ProtocolError('VSPC_BAD_NAME', 'again'));
     assert.equal(errors.length, 1);
     s.receive(b(67));
     assert.deepEqual(seen, [[65]]);
