@@ -236,7 +236,7 @@ describe('TelnetSession: errors', () => {
     s.receive(b(65, 255, 251, 0, 66));
     assert.deepEqual(seen, [[65]]);
     assert.equal(errors.length, 1);
-    assert.equal(errors[0].code, 'VSPC_TEST');
+    assert.equal(errors[0].code, 'VSPC_BAD_EXT');
     s.fail(new ProtocolError('VSPC_BAD_NAME', 'again'));
     assert.equal(errors.length, 1);
     s.receive(b(67));
