@@ -53,7 +53,7 @@ export function buildProgram(): Command {
 }
 
 /** What the combiners below read: the raw values and where they came from. */
-interface Inputs {
+export interface CombineInputs {
   readonly values: Readonly<Record<string, unknown>>;
   readonly origin: Readonly<Record<string, Origin>>;
   readonly warnings: string[];
@@ -63,31 +63,20 @@ interface Inputs {
 
 const text = (v: unknown): string | undefined => (v === undefined || v === null ? undefined : String(v));
 
-/** A pair of file options that go together (certificate and key). */
-function pemPair(inputs: Inputs, certKey: string, keyKey: string, certFlag: string, keyFlag: string): { cert: Buffer; key: Buffer } | null {
-  const cert = text(inputs.values[certKey]);
-  const key = text(inputs.values[keyKey]);
-  if (!!cert !== !!key) {
-    // Name the one given: that is where a config file has a position.
-    const field = cert ? certFlag : keyFlag;
-    throw new ConfigError(`${field}: ${certFlag} and ${keyFlag} go together`, { field });
-  }
-  return cert && key ? { cert: readPem(certFlag, cert), key: readPem(keyFlag, key) } : null;
-}
-
 /**
  * Fields several options combine into, or whose value depends on another option, in
  * the order they are computed. Every `text` option of the table without a `parse` has
  * its field here (a test checks).
  */
-export const COMBINED: { readonly [K in 'tls' | 'proxyTlsListen' | 'clientCa' | 'adminToken' | 'adminTls']: (inputs: Inputs) => VspcConfig[K] } = {
+export const COMBINED: { readonly [K in 'tls' | 'proxyTlsListen' | 'clientCa' | 'adminToken' | 'adminTls']: (inputs: CombineInputs) => VspcConfig[K] } = {
   tls: (inputs) => {
-    const v = inputs.values;
-    if (!!v.cert !== !!v.key) {
-      const field = v.cert ? '--key' : '--cert';
+    const cert = text(inputs.values.cert);
+    const key = text(inputs.values.key);
+    if (!!cert !== !!key) {
+      const field = cert ? '--key' : '--cert';
       throw new ConfigError(`${field}: --cert and --key go together`, { field });
     }
-    const tls = v.cert && v.key ? { cert: readPem('--cert', String(v.cert)), key: readPem('--key', String(v.key)) } : null;
+    const tls = cert && key ? { cert: readPem('--cert', cert), key: readPem('--key', key) } : null;
     const { portRange, tlsPortOffset } = inputs.config;
     if (tls) {
       const tlsRange = { start: portRange.start + tlsPortOffset, end: portRange.end + tlsPortOffset };
@@ -120,11 +109,20 @@ export const COMBINED: { readonly [K in 'tls' | 'proxyTlsListen' | 'clientCa' | 
     return readPem('--client-ca', path);
   },
   adminToken: (inputs) => adminToken(inputs),
-  adminTls: (inputs) => pemPair(inputs, 'adminCert', 'adminKey', '--admin-cert', '--admin-key'),
+  adminTls: ({ values }) => {
+    const cert = text(values.adminCert);
+    const key = text(values.adminKey);
+    if (!!cert !== !!key) {
+      // Name the one given: that is where a config file has a position.
+      const field = cert ? '--admin-cert' : '--admin-key';
+      throw new ConfigError(`${field}: --admin-cert and --admin-key go together`, { field });
+    }
+    return cert && key ? { cert: readPem('--admin-cert', cert), key: readPem('--admin-key', key) } : null;
+  },
 };
 
 /** The token from --admin-token / VSPC_ADMIN_TOKEN / adminToken or the token file; the highest source wins. */
-function adminToken({ values, origin, warnings }: Inputs): string | null {
+function adminToken({ values, origin, warnings }: CombineInputs): string | null {
   const direct = text(values.adminToken);
   const filePath = text(values.adminTokenFile);
   if (direct === undefined && filePath === undefined) return null;
@@ -188,8 +186,8 @@ export function configFromOptions(
     else if (spec.parse) out[spec.field] = raw === undefined ? null : spec.parse(String(raw), optionName(spec));
   }
   const config = out as unknown as VspcConfig;
-  const inputs: Inputs = { values, origin, warnings, config };
-  for (const [field, combine] of Object.entries(COMBINED) as Array<[keyof typeof COMBINED, (i: Inputs) => unknown]>) {
+  const inputs: CombineInputs = { values, origin, warnings, config };
+  for (const [field, combine] of Object.entries(COMBINED) as Array<[keyof typeof COMBINED, (i: CombineInputs) => unknown]>) {
     (config as unknown as Record<string, unknown>)[field] = combine(inputs);
   }
   checkAcross(config);
