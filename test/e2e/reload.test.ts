@@ -48,7 +48,8 @@ async function reloadable(t: { after(fn: () => unknown): void }, lines: string[]
   const call = async (method: string, p: string, token?: string) => {
     const res = await fetch(`http://${ts.adminAddress}${p}`, {
       method,
-      headers: token ? { authorization: `Bearer ${token}` } : {},
+      // A change through the admin API is JSON (browsers cannot send that cross-site without a preflight).
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(method === 'POST' ? { 'content-type': 'application/json' } : {}) },
       signal: AbortSignal.timeout(5000),
     });
     const body = (await res.json()) as unknown;
