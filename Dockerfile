@@ -66,4 +66,4 @@ ENTRYPOINT ["/usr/bin/tini", "--"]
 # --admin-cert, override it (e.g. add --token-file / --admin-ca to its command).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
   CMD ["node", "/app/dist/src/cli/vspc-admin.js", "status"]
-CMD ["node", "/app/dist/src/cli/vspc.js", "--db", "/var/lib/vspc/vspc.db", "--admin-listen", "0.0.0.0:13371", "--vm-listen-host", "0.0.0.0"]
+CMD ["node", "/app/dist/src/cli/vspc.js", "--db", "/var/lib/vspc/vspc.db", "--admin-listen", "0.0.0.0:13371", "--client-listen-host", "0.0.0.0"]

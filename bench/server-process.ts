@@ -206,7 +206,7 @@ export class ServerProcess extends TargetBase {
       `127.0.0.1:${o.proxyPort}`,
       '--admin-listen',
       `127.0.0.1:${o.adminPort}`,
-      '--vm-listen-host',
+      '--client-listen-host',
       '127.0.0.1',
       '--db',
       o.dbPath,

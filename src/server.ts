@@ -15,12 +15,16 @@ import { adminRoutes } from './admin/routes.js';
 import type { StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
 import { isLoopbackHost } from './util/net.js';
-import { changedKeys, keyName, RELOADABLE, resolveVmSettings, type ReloadReport } from './config/file.js';
+import { applyReload, type ReloadAppliers, type ReloadReport } from './config/reload.js';
+import { resolveVmSettings } from './config/vms.js';
 import { VERSION } from './version.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
 
+
+/** An applier for a value the server reads from its config each time it uses it. */
+const readWhereUsed = (): void => undefined;
 
 export interface ServerAddresses {
   proxy: net.AddressInfo;
@@ -35,7 +39,7 @@ export interface ServerAddresses {
 function reservedPorts(c: VspcConfig): number[] {
   const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0].filter((p) => p > 0);
   // Fixed ports of the config file's `vms:` are kept for their VMs, not handed to others.
-  const fixed = c.vms.flatMap((v) => (v.port !== undefined ? [v.port] : []));
+  const fixed = c.vms.flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
 }
 
@@ -109,7 +113,7 @@ export class VspcServer {
         }
       : undefined;
     this.listeners = new TelnetListeners(this.registry, logger, {
-      host: config.vmListenHost,
+      host: config.clientListenHost,
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
@@ -211,16 +215,23 @@ export class VspcServer {
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
     this.addressesValue = { proxy, proxyTls, admin };
-    if (c.expireAfterMs > 0) {
-      this.expiryTimer = setInterval(() => this.expire(), Math.min(c.expireAfterMs, 3_600_000));
-      this.expiryTimer.unref();
-    }
+    this.armExpiry();
     this.logger.info('vspc started', {
       version: VERSION,
       db: c.dbPath,
       vmPorts: this.registry.size,
       portRange: `${c.portRange.start}-${c.portRange.end}`,
     });
+  }
+
+  /** (Re-)arms the expiry check: hourly, or every expireAfterMs when that is shorter; none when 0. */
+  private armExpiry(): void {
+    if (this.expiryTimer) clearInterval(this.expiryTimer);
+    this.expiryTimer = null;
+    if (this.config.expireAfterMs > 0) {
+      this.expiryTimer = setInterval(() => this.expire(), Math.min(this.config.expireAfterMs, 3_600_000));
+      this.expiryTimer.unref();
+    }
   }
 
   private expire(): void {
@@ -242,10 +253,10 @@ export class VspcServer {
         ephemeral: eph,
       });
     }
-    if (!isLoopbackHost(c.vmListenHost)) {
+    if (!isLoopbackHost(c.clientListenHost)) {
       // The plain telnet client ports exist even when telnets ones are offered too.
       this.logger.warn('VM client telnet ports listen on a non-loopback address: plain-text consoles are reachable on the network', {
-        vmListenHost: c.vmListenHost,
+        clientListenHost: c.clientListenHost,
         telnetsAlsoOffered: !!c.tls,
       });
     }
@@ -271,31 +282,41 @@ export class VspcServer {
   }
 
   /**
+   * How each reloadable setting takes effect here; which settings are reloadable is
+   * table.ts's `reload` column, and the type demands an applier for each. Called with
+   * the new value once it is stored in `config`. `readWhereUsed`: the value is read
+   * from `config` through a getter each time it is used (see the constructor), so
+   * storing it is applying it; test/e2e/reload.test.ts proves each one by behaviour.
+   */
+  readonly reloadAppliers: ReloadAppliers = {
+    logLevel: (level) => {
+      this.logger.level = level;
+    },
+    expireAfterMs: () => this.armExpiry(),
+    humanTimeoutMs: readWhereUsed,
+    identifyTimeoutMs: readWhereUsed,
+    serviceName: readWhereUsed,
+    comPort: readWhereUsed,
+    clientQueueLimit: readWhereUsed,
+    vmotionTimeoutMs: readWhereUsed,
+    adminToken: readWhereUsed,
+    // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
+    scrollbackBytes: () => this.applyVmSettingsToAll(),
+    defaultLockMode: () => this.applyVmSettingsToAll(),
+    vms: () => this.applyVmSettingsToAll(),
+  };
+
+  /**
    * Apply a new configuration without dropping VM connections: what can change at run
-   * time (RELOADABLE in config-file.ts) takes effect now — for new connections where a
-   * value is read at connect time — and the rest is reported as needing a restart.
+   * time takes effect now (reloadAppliers) — for new connections where a value is read
+   * at connect time — and the rest is reported as needing a restart.
    */
   applyConfig(next: VspcConfig): ReloadReport {
-    const changed = changedKeys(this.config, next);
-    const applied = changed.filter((k) => RELOADABLE.has(k));
-    const expiryChanged = applied.includes('expireAfterMs');
-    for (const k of applied) (this.config as unknown as Record<string, unknown>)[k] = next[k];
-    if (expiryChanged) {
-      if (this.expiryTimer) clearInterval(this.expiryTimer);
-      this.expiryTimer = null;
-      if (this.config.expireAfterMs > 0) {
-        this.expiryTimer = setInterval(() => this.expire(), Math.min(this.config.expireAfterMs, 3_600_000));
-        this.expiryTimer.unref();
-      }
-    }
-    if (applied.includes('vms') || applied.includes('scrollbackBytes')) {
-      for (const hub of this.registry.all()) this.applyVmSettings(hub);
-    }
-    return {
-      file: null,
-      applied: applied.map(keyName),
-      restartNeeded: changed.filter((k) => !RELOADABLE.has(k)).map(keyName),
-    };
+    return applyReload(this.config, next, this.reloadAppliers);
+  }
+
+  private applyVmSettingsToAll(): void {
+    for (const hub of this.registry.all()) this.applyVmSettings(hub);
   }
 
   /** The config file's settings for one VM serial port: default lock mode, scrollback size, fixed port. */
@@ -305,23 +326,23 @@ export class VspcServer {
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
-    if (s.port === undefined || s.port === hub.identity.tcpPort) return;
-    const holder = this.registry.getByPort(s.port);
+    if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;
+    const holder = this.registry.getByPort(s.tcpPort);
     if (holder) {
       this.logger.warn('fixed port from the config file is held by another VM serial port; not moved', {
         vm: hub.displayName,
         port: hub.identity.tcpPort,
-        fixedPort: s.port,
+        fixedPort: s.tcpPort,
         heldBy: holder.displayName,
       });
       return;
     }
     const from = hub.identity.tcpPort;
     try {
-      this.registry.setPort(hub, s.port);
-      this.logger.info('VM serial port moved to its fixed port from the config file', { vm: hub.displayName, from, to: s.port });
+      this.registry.setPort(hub, s.tcpPort);
+      this.logger.info('VM serial port moved to its fixed port from the config file', { vm: hub.displayName, from, to: s.tcpPort });
     } catch (err) {
-      this.logger.warn('cannot move VM serial port to its fixed port', { vm: hub.displayName, port: from, fixedPort: s.port, ...errorFields(err) });
+      this.logger.warn('cannot move VM serial port to its fixed port', { vm: hub.displayName, port: from, fixedPort: s.tcpPort, ...errorFields(err) });
     }
   }
 

@@ -2,9 +2,11 @@ import type { Logger } from '../domain/logger.js';
 import type { Registry } from '../domain/registry.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
 import type { VmotionCoordinator } from '../domain/vmotion.js';
-import type { ReloadReport, ResolvedVmSettings } from '../config/file.js';
+import type { ReloadReport } from '../config/reload.js';
+import type { ResolvedVmSettings } from '../config/vms.js';
 import { ConfigError, VspcError, type VspcErrorCode } from '../errors.js';
 import { formatUuid } from '../util/uuid.js';
+import { Glob, hasWildcards } from '../util/glob.js';
 import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
 import { resolveVm } from './resolve.js';
@@ -37,10 +39,19 @@ export interface AdminContext {
 export const DEFAULT_LOG_LINES = 50;
 export const MAX_LOG_LINES = 10_000;
 
-/** `*` and `?` wildcards, case-insensitive; without wildcards a substring match. */
-function namePattern(pattern: string): RegExp {
-  const body = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
-  return /[*?]/.test(pattern) ? new RegExp(`^${body}$`, 'i') : new RegExp(body, 'i');
+/**
+ * The list filter: with `*`/`?` wildcards the whole text matches the glob
+ * (src/util/glob.ts, any case, as the config file's `vms: - match:`); without, a
+ * substring in any case.
+ */
+function namePattern(pattern: string): Glob {
+  return new Glob(hasWildcards(pattern) ? pattern : `*${pattern}*`, { ignoreCase: true });
+}
+
+/** The admin API's `settings` (docs/admin-api.md): the config file's spelling, `port` for the fixed TCP port. */
+function settingsView(s: ResolvedVmSettings): VmDetailView['settings'] {
+  const { tcpPort, ...rest } = s;
+  return tcpPort === undefined ? rest : { port: tcpPort, ...rest };
 }
 
 /** The codes for a missing / invalid integer parameter, per parameter. */
@@ -77,7 +88,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     uart: uartView(hub.lineSettings),
     clientList: clientViews(hub),
     vmotions: ctx.vmotion.historyOf(hub),
-    settings: ctx.settingsOf?.(hub) ?? {},
+    settings: settingsView(ctx.settingsOf?.(hub) ?? {}),
   });
 
   const setPort = (hub: ConsoleHub, port: number) => {
@@ -107,7 +118,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       throw err;
     }
     ctx.logger.info('VM serial port moved by the administrator', { vm: hub.displayName, from: before, to: port });
-    const fixed = ctx.settingsOf?.(hub).port;
+    const fixed = ctx.settingsOf?.(hub).tcpPort;
     return {
       ...view(hub),
       previousPort: before,
@@ -123,8 +134,8 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       path: '/api/v1/ports',
       handle: (url) => {
         const match = url.searchParams.get('match');
-        const re = match ? namePattern(match) : null;
-        const hubs = ctx.registry.all().filter((h) => !re || re.test(h.displayName) || re.test(formatUuid(h.identity.key)) || re.test(h.identity.key));
+        const glob = match ? namePattern(match) : null;
+        const hubs = ctx.registry.all().filter((h) => !glob || glob.test(h.displayName) || glob.test(formatUuid(h.identity.key)) || glob.test(h.identity.key));
         return hubs.map(view);
       },
     },

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option as CliOption } from 'commander';
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
-import type { ReloadReport } from '../config/file.js';
+import type { ReloadReport } from '../config/reload.js';
 import type { ClientView, PortView, VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';

@@ -4,8 +4,9 @@ import type { VspcConfig } from '../config/config.js';
 import { VspcError } from '../errors.js';
 import { createLogger, errorFields, type LogFormat } from '../logging/logger.js';
 import { VspcServer } from '../server.js';
-import { buildProgram, configFromOptions } from '../config/options.js';
-import { createReloader, loadConfiguration, type LoadedConfiguration } from '../config/file.js';
+import { buildProgram } from '../config/options.js';
+import { loadConfiguration, type LoadedConfiguration } from '../config/load.js';
+import { createReloader } from '../config/reload.js';
 
 async function main(argv: string[]): Promise<void> {
   const program = buildProgram().exitOverride();
@@ -14,7 +15,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     program.parse(argv);
     // Flags, then VSPC_ADMIN_TOKEN, then the --config file, then defaults.
-    loaded = loadConfiguration(program, configFromOptions);
+    loaded = loadConfiguration(program);
     config = loaded.config;
   } catch (err) {
     if (err instanceof CommanderError) {
@@ -25,7 +26,7 @@ async function main(argv: string[]): Promise<void> {
     process.exit(2);
   }
   const logger = createLogger({ level: loaded.logLevel, format: loaded.logFormat as LogFormat });
-  for (const warning of loaded.warnings) logger.warn(warning);
+  for (const warning of [...loaded.deprecations, ...loaded.warnings]) logger.warn(warning);
   if (loaded.file) logger.info('config file read', { file: loaded.file });
   // SIGHUP (systemctl reload) re-reads the config file once vspc runs; before that it is
   // ignored rather than fatal (Node's default for SIGHUP is to exit).
@@ -47,7 +48,7 @@ async function main(argv: string[]): Promise<void> {
     process.exit(1);
   }
   // SIGHUP and `vspc-admin reload` re-read the config file; flags given at start stay.
-  server.reloadConfig = createReloader(program, configFromOptions, server, logger, loaded);
+  server.reloadConfig = createReloader(program, server, logger, loaded);
   onHangup = () => {
     try {
       server.reload();

@@ -8,8 +8,11 @@ import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildProgram, configFromOptions } from '../../src/config/options.js';
-import { changedKeys, keyName, loadConfiguration, resolveVmSettings, vmMatches, type LoadedConfiguration } from '../../src/config/file.js';
+import { buildProgram } from '../../src/config/options.js';
+import { loadConfiguration, type LoadedConfiguration } from '../../src/config/load.js';
+import { resolveVmSettings, vmMatches } from '../../src/config/vms.js';
+import { changedKeys } from '../../src/config/reload.js';
+import { keyName } from '../../src/config/table.js';
 import { DEFAULTS, type VspcConfig } from '../../src/config/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { ROOT, tempDir } from '../support/server.js';
@@ -33,7 +36,7 @@ function load(args: string[], env: Record<string, string> = {}): LoadedConfigura
   try {
     const program = buildProgram().exitOverride();
     program.parse(['node', 'vspc', ...args]);
-    return loadConfiguration(program, configFromOptions);
+    return loadConfiguration(program);
   } finally {
     for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
     Object.assign(process.env, saved);
@@ -127,7 +130,7 @@ describe('config file: values, precedence and the environment', () => {
     assert.equal(r.logLevel, 'debug');
     assert.equal(r.origin.portRange, 'cli');
     assert.equal(r.origin.db, 'file');
-    assert.equal(r.origin.vmListenHost, 'default');
+    assert.equal(r.origin.clientListenHost, 'default');
   });
 
   test('a bad value in the file does not matter when a flag overrides it', () => {
@@ -187,7 +190,7 @@ describe('config file: values, precedence and the environment', () => {
     assert.deepEqual(
       c.vms.map(({ where: _w, ...v }) => v),
       [
-        { match: 'web01:com2', port: 10100, lockMode: 'excl_write' },
+        { match: 'web01:com2', tcpPort: 10100, lockMode: 'excl_write' },
         { match: 'db-*', scrollbackBytes: 256 * 1024 },
       ],
     );
@@ -227,7 +230,9 @@ describe('per-VM settings (vms:)', () => {
     assert.equal(vmMatches('web*', vm('web17')), true);
     assert.equal(vmMatches('w?b01', vm('web01')), true);
     assert.equal(vmMatches('web*', vm('db01')), false);
-    assert.equal(vmMatches('WEB01', vm('web01')), false, 'names are case-sensitive');
+    // One glob meaning for every VM pattern (src/util/glob.ts): names match in any case, as in `vspc-admin list`.
+    assert.equal(vmMatches('WEB01', vm('web01')), true, 'names match in any case');
+    assert.equal(vmMatches('web*', vm('WEB17')), true, 'a pattern matches in any case');
     assert.equal(vmMatches(uuid.toUpperCase(), vm(null)), true);
     assert.equal(vmMatches('42 1a 5b 77 09 c3 8e 21-9f 00 aa 10 5c 2e 7d 01', vm('x')), true);
     assert.equal(vmMatches(`{${hex}}`, vm('x', 'com2')), true);
@@ -242,12 +247,12 @@ describe('per-VM settings (vms:)', () => {
     const config: Pick<VspcConfig, 'vms'> = {
       vms: [
         { match: 'web*', scrollbackBytes: 1024, lockMode: 'readonly' },
-        { match: 'web01:com2', port: 10100 },
+        { match: 'web01:com2', tcpPort: 10100 },
         { match: uuid, lockMode: 'exclusive' },
         { match: 'db01', scrollbackBytes: 9 },
       ],
     };
-    assert.deepEqual(resolveVmSettings(config, { key: uuid, label: 'com2', name: 'web01' }), { scrollbackBytes: 1024, lockMode: 'exclusive', port: 10100 });
+    assert.deepEqual(resolveVmSettings(config, { key: uuid, label: 'com2', name: 'web01' }), { scrollbackBytes: 1024, lockMode: 'exclusive', tcpPort: 10100 });
     assert.deepEqual(resolveVmSettings(config, { key: '00000000000000000000000000000001', label: '', name: 'web05' }), {
       scrollbackBytes: 1024,
       lockMode: 'readonly',
@@ -256,8 +261,8 @@ describe('per-VM settings (vms:)', () => {
   });
 
   test('changedKeys compares by value (Buffers by content, vms without positions); keyName gives file keys', () => {
-    const a: VspcConfig = { ...DEFAULTS, tls: { cert: Buffer.from('c'), key: Buffer.from('k') }, vms: [{ match: 'a', port: 1, where: 'x:1:1' }] };
-    const b: VspcConfig = { ...DEFAULTS, tls: { cert: Buffer.from('c'), key: Buffer.from('k') }, vms: [{ match: 'a', port: 1, where: 'x:9:1' }] };
+    const a: VspcConfig = { ...DEFAULTS, tls: { cert: Buffer.from('c'), key: Buffer.from('k') }, vms: [{ match: 'a', tcpPort: 1, where: 'x:1:1' }] };
+    const b: VspcConfig = { ...DEFAULTS, tls: { cert: Buffer.from('c'), key: Buffer.from('k') }, vms: [{ match: 'a', tcpPort: 1, where: 'x:9:1' }] };
     assert.deepEqual(changedKeys(a, b), []);
     const c: VspcConfig = { ...b, portRange: { start: 1, end: 2 }, tls: { cert: Buffer.from('C'), key: Buffer.from('k') }, expireAfterMs: 5 };
     assert.deepEqual(changedKeys(a, c).map(keyName).sort(), ['cert/key', 'expireAfter', 'portRange']);

@@ -6,8 +6,8 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildProgram, configFromOptions } from '../../src/config/options.js';
-import { loadConfiguration } from '../../src/config/file.js';
+import { buildProgram } from '../../src/config/options.js';
+import { loadConfiguration } from '../../src/config/load.js';
 import { ROOT } from '../support/server.js';
 
 const unit = readFileSync(join(ROOT, 'packaging/vspc.service'), 'utf8');
@@ -38,7 +38,7 @@ describe('packaging: systemd unit and example config', () => {
     assert.deepEqual(args, ['--config', '/etc/vspc/vspc.yaml']);
     const program = buildProgram().exitOverride();
     program.parse(['node', 'vspc', '--config', join(ROOT, 'packaging/vspc.yaml')]);
-    const loaded = loadConfiguration(program, configFromOptions);
+    const loaded = loadConfiguration(program);
     assert.equal(loaded.config.dbPath, '/var/lib/vspc/vspc.db');
     assert.equal(loaded.config.adminListen.host, '127.0.0.1');
   });

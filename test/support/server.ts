@@ -69,7 +69,7 @@ export class TestServer {
       dbPath,
       portRange,
       tlsPortOffset: portRange.end - portRange.start + 1,
-      vmListenHost: '127.0.0.1',
+      clientListenHost: '127.0.0.1',
       expireAfterMs: 0,
       humanTimeoutMs: 300,
       identifyTimeoutMs: 1000,

@@ -1,0 +1,398 @@
+/**
+ * Every setting of vspc, declared once. Each option row says its flag, its config
+ * file key, its help text, how its text is parsed, its default (as an operator types
+ * it, shown by `--help`), the VspcConfig field it sets, and whether a reload applies
+ * it. From this table come the `vspc` command line (options.ts), DEFAULTS, the keys a
+ * config file may have (file.ts) and what a reload applies (reload.ts); the running
+ * server supplies one applier per reloadable field (VspcServer.reloadAppliers), which
+ * the ReloadAppliers type demands and a test checks.
+ *
+ * Settings no option sets (protocol bounds, grace periods) are in FIXED_SETTINGS
+ * below, also typed so that every VspcConfig field is in exactly one of the two.
+ */
+import { LOCK_MODES } from '../domain/locks.js';
+import type { VspcConfig } from './config.js';
+import {
+  parseChoice,
+  parseCount,
+  parseDuration,
+  parseHostPort,
+  parseNonEmpty,
+  parsePort,
+  parsePortRange,
+  parseSize,
+  parseSizeOrZero,
+} from './parse.js';
+import { ConfigError } from '../errors.js';
+
+export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
+export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
+export const LOG_FORMATS = ['json', 'text'] as const;
+/** Where ESXi hosts connect with telnets:// when --cert/--key are given and --proxy-tls-listen is not. */
+export const PROXY_TLS_LISTEN_DEFAULT = '0.0.0.0:13372';
+
+/** A VspcConfig field. */
+export type Field = keyof VspcConfig;
+
+/**
+ * What a reload does with an option: `false`, nothing until a restart (the change is
+ * reported as `restartNeeded`); otherwise when the new value takes effect, in the
+ * words of docs/operations.md's reload table.
+ */
+export type Reload = false | string;
+
+/** One row of the table. */
+export interface OptionSpec<F extends Field = Field, R extends Reload = Reload> {
+  /** Commander's syntax (`--port-range <start-end>`, a switch `--no-com-port`); null: a config file key only. */
+  readonly flag: string | null;
+  /** The config file key: the long flag in camelCase (`--port-range` → `portRange`, `--no-com-port` → `comPort`). */
+  readonly key: string;
+  /** `text`: a value parsed by `parse` (or combined with others, see DERIVED in options.ts); `switch`: true unless `--no-…`; `vms`: the per-VM list. */
+  readonly kind: 'text' | 'switch' | 'vms';
+  readonly help: string;
+  /** The value when none is given, as an operator types it (shown by --help). Absent: unset, the field is null. */
+  readonly default?: string;
+  /** The only values allowed (shown by --help). */
+  readonly choices?: readonly string[];
+  /** An environment variable that gives the value (between the command line and the file). */
+  readonly env?: string;
+  /** An old name still accepted (flag and file key), with a deprecation warning. */
+  readonly deprecatedAlias?: { readonly flag: string; readonly key: string };
+  /** The VspcConfig field this option sets (options that share one are combined in options.ts). */
+  readonly field: F;
+  /** Text → value; throws ConfigError naming `name` (the flag, or the key for file-only settings). Absent: combined in options.ts. */
+  readonly parse?: (text: string, name: string) => VspcConfig[F];
+  readonly reload: R;
+}
+
+/** Infers each row's field and reload literally, so that the types below can be computed from the table. */
+function option<F extends Field, R extends Reload>(spec: OptionSpec<F, R>): OptionSpec<F, R> {
+  return spec;
+}
+
+const ON_NEW_VM_CONNECTIONS = 'for VM connections accepted afterwards';
+const ON_HUBS = 'at once: buffers resized (the most recent output kept), VM serial ports moved to their fixed ports; lock modes for clients that attach afterwards';
+
+/** The options, in `--help` order. */
+export const OPTIONS = [
+  option({
+    flag: '--proxy-listen <host:port>',
+    key: 'proxyListen',
+    kind: 'text',
+    field: 'proxyListen',
+    help: 'where ESXi hosts connect (plain telnet)',
+    default: '0.0.0.0:13370',
+    parse: (t, f) => parseHostPort(f, t, '0.0.0.0'),
+    reload: false,
+  }),
+  option({
+    flag: '--proxy-tls-listen <host:port>',
+    key: 'proxyTlsListen',
+    kind: 'text',
+    field: 'proxyTlsListen',
+    help: `where ESXi hosts connect with telnets:// (with --cert/--key; default ${PROXY_TLS_LISTEN_DEFAULT})`,
+    parse: (t, f) => parseHostPort(f, t, '0.0.0.0'),
+    reload: false,
+  }),
+  option({ flag: '--cert <file>', key: 'cert', kind: 'text', field: 'tls', help: 'TLS certificate (PEM) for telnets on the VM and client sides', reload: false }),
+  option({ flag: '--key <file>', key: 'key', kind: 'text', field: 'tls', help: 'TLS private key (PEM)', reload: false }),
+  option({
+    flag: '--admin-listen <host:port>',
+    key: 'adminListen',
+    kind: 'text',
+    field: 'adminListen',
+    help: 'admin API (HTTP/JSON)',
+    default: '127.0.0.1:13371',
+    parse: (t, f) => parseHostPort(f, t, '127.0.0.1'),
+    reload: false,
+  }),
+  option({
+    flag: '--admin-token <token>',
+    key: 'adminToken',
+    kind: 'text',
+    field: 'adminToken',
+    help: 'bearer token the admin API requires (visible in ps: prefer the variable or --admin-token-file)',
+    env: ADMIN_TOKEN_ENV,
+    reload: 'at once: the next request needs the new token (rotate a token this way)',
+  }),
+  option({
+    flag: '--admin-token-file <file>',
+    key: 'adminTokenFile',
+    kind: 'text',
+    field: 'adminToken',
+    help: 'read the admin API token from this file',
+    reload: 'at once: the next request needs the new token (rotate a token this way)',
+  }),
+  option({ flag: '--admin-cert <file>', key: 'adminCert', kind: 'text', field: 'adminTls', help: 'serve the admin API over HTTPS with this certificate (PEM)', reload: false }),
+  option({ flag: '--admin-key <file>', key: 'adminKey', kind: 'text', field: 'adminTls', help: 'private key (PEM) for --admin-cert', reload: false }),
+  option({
+    flag: '--db <path>',
+    key: 'db',
+    kind: 'text',
+    field: 'dbPath',
+    help: 'SQLite database of VM serial ports and their ports',
+    default: 'vspc.db',
+    parse: (t) => t,
+    reload: false,
+  }),
+  option({
+    flag: '--port-range <start-end>',
+    key: 'portRange',
+    kind: 'text',
+    field: 'portRange',
+    help: 'client telnet ports handed to VM serial ports',
+    // Linux's default ip_local_port_range is 32768-60999: the default stays below it.
+    default: '10000-19999',
+    parse: (t, f) => parsePortRange(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--tls-port-offset <n>',
+    key: 'tlsPortOffset',
+    kind: 'text',
+    field: 'tlsPortOffset',
+    help: "a VM's telnets port is its telnet port plus this",
+    default: '10000',
+    parse: (t, f) => parsePort(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--client-listen-host <host>',
+    key: 'clientListenHost',
+    kind: 'text',
+    field: 'clientListenHost',
+    help: 'address the per-VM client ports bind to',
+    default: '127.0.0.1',
+    deprecatedAlias: { flag: '--vm-listen-host <host>', key: 'vmListenHost' },
+    parse: (t, f) => parseNonEmpty(f, t).trim(),
+    reload: false,
+  }),
+  option({
+    flag: '--service-name <name>',
+    key: 'serviceName',
+    kind: 'text',
+    field: 'serviceName',
+    help: 'service name VMs must use in their vSPC port URI',
+    default: 'vSPC.py',
+    parse: (t, f) => {
+      if (t.length === 0 || t.includes('?')) throw new ConfigError(`${f}: must be non-empty and contain no "?"`, { field: f });
+      return t;
+    },
+    reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--expire-after <duration>',
+    key: 'expireAfter',
+    kind: 'text',
+    field: 'expireAfterMs',
+    help: 'forget VM serial ports not seen for this long (0 = never)',
+    default: '90d',
+    parse: (t, f) => parseDuration(f, t),
+    reload: 'at once (the hourly check is re-armed)',
+  }),
+  option({
+    flag: '--identify-timeout <duration>',
+    key: 'identifyTimeout',
+    kind: 'text',
+    field: 'identifyTimeoutMs',
+    help: 'close VM connections that do not identify in time',
+    default: '30s',
+    parse: (t, f) => parseDuration(f, t),
+    reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--human-timeout <duration>',
+    key: 'humanTimeout',
+    kind: 'text',
+    field: 'humanTimeoutMs',
+    help: 'explain and close connections that do not speak option 232 by then',
+    default: '5s',
+    parse: (t, f) => parseDuration(f, t),
+    reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--client-queue-limit <size>',
+    key: 'clientQueueLimit',
+    kind: 'text',
+    field: 'clientQueueLimit',
+    help: 'bytes queued to a slow client before it is disconnected',
+    default: '1m',
+    parse: (t, f) => parseSize(f, t),
+    reload: 'at once, for every client',
+  }),
+  option({
+    flag: '--vmotion-timeout <duration>',
+    key: 'vmotionTimeout',
+    kind: 'text',
+    field: 'vmotionTimeoutMs',
+    help: 'abandon a vMotion that does not finish in time',
+    default: '60s',
+    parse: (t, f) => parseDuration(f, t),
+    reload: 'for vMotions begun afterwards',
+  }),
+  option({
+    flag: '--vmotion-hold-limit <size>',
+    key: 'vmotionHoldLimit',
+    kind: 'text',
+    field: 'vmotionHoldLimit',
+    help: 'client input held per VM serial port during a vMotion',
+    default: '1m',
+    parse: (t, f) => parseSize(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--scrollback <size>',
+    key: 'scrollback',
+    kind: 'text',
+    field: 'scrollbackBytes',
+    help: 'recent VM output replayed to a client when it attaches (0 = none)',
+    default: '64k',
+    parse: (t, f) => parseSizeOrZero(f, t),
+    reload: ON_HUBS,
+  }),
+  option({
+    flag: '--client-ca <file>',
+    key: 'clientCa',
+    kind: 'text',
+    field: 'clientCa',
+    help: 'telnets client ports accept only certificates signed by this CA (PEM)',
+    reload: false,
+  }),
+  option({
+    flag: '--client-idle-timeout <duration>',
+    key: 'clientIdleTimeout',
+    kind: 'text',
+    field: 'clientIdleTimeoutMs',
+    help: 'close console clients idle this long (0 = never)',
+    default: '0',
+    parse: (t, f) => parseDuration(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--log-dir <dir>',
+    key: 'logDir',
+    kind: 'text',
+    field: 'logDir',
+    help: 'write a console log file per VM serial port in this directory (default: no console logs)',
+    parse: (t, f) => parseNonEmpty(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--log-max-size <size>',
+    key: 'logMaxSize',
+    kind: 'text',
+    field: 'logMaxSize',
+    help: 'rotate a console log file before it passes this size',
+    default: '10m',
+    parse: (t, f) => {
+      const n = parseSize(f, t);
+      if (n < 4096) throw new ConfigError(`${f}: ${n} bytes is too small (at least 4k)`, { field: f, value: t });
+      return n;
+    },
+    reload: false,
+  }),
+  option({
+    flag: '--log-keep <n>',
+    key: 'logKeep',
+    kind: 'text',
+    field: 'logKeep',
+    help: 'rotated console log files kept per VM serial port (0 = none)',
+    default: '5',
+    parse: (t, f) => parseCount(f, t, 0, 1000, 'a number of files'),
+    reload: false,
+  }),
+  option({
+    flag: '--log-mark-interval <duration>',
+    key: 'logMarkInterval',
+    kind: 'text',
+    field: 'logMarkIntervalMs',
+    help: 'timestamp mark in console logs that had output, this often (0 = none)',
+    default: '1h',
+    parse: (t, f) => parseDuration(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--no-com-port',
+    key: 'comPort',
+    kind: 'switch',
+    field: 'comPort',
+    help: 'refuse COM-PORT (RFC 2217) instead of recording the guest UART settings',
+    reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--log-level <level>',
+    key: 'logLevel',
+    kind: 'text',
+    field: 'logLevel',
+    help: 'log level',
+    choices: LOG_LEVELS,
+    default: 'info',
+    parse: (t, f) => parseChoice(f, t, LOG_LEVELS),
+    reload: 'at once, every logger',
+  }),
+  option({
+    flag: '--log-format <format>',
+    key: 'logFormat',
+    kind: 'text',
+    field: 'logFormat',
+    help: 'log format',
+    choices: LOG_FORMATS,
+    default: 'json',
+    parse: (t, f) => parseChoice(f, t, LOG_FORMATS),
+    reload: false,
+  }),
+  option({
+    flag: null,
+    key: 'defaultLockMode',
+    kind: 'text',
+    field: 'defaultLockMode',
+    help: 'the lock a console client gets unless it asks for another',
+    choices: LOCK_MODES,
+    default: 'readwrite',
+    parse: (t, f) => parseChoice(f, t, LOCK_MODES),
+    reload: 'for clients that attach afterwards',
+  }),
+  option({ flag: null, key: 'vms', kind: 'vms', field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+] as const;
+
+/** Any row of the table. */
+export type AnyOption = (typeof OPTIONS)[number];
+/** VspcConfig fields some option sets. */
+export type OptionField = AnyOption['field'];
+/** VspcConfig fields a reload applies to a running server. */
+export type ReloadableField = Extract<AnyOption, { reload: string }>['field'];
+
+/**
+ * How a running server applies each reloadable field: called with the new value after
+ * it was stored in the running configuration. Every reloadable field needs one (the
+ * type says so; a test checks the server's at run time too).
+ */
+export type ReloadAppliers = { readonly [K in ReloadableField]: (value: VspcConfig[K]) => void };
+
+/** Settings no option sets: bounds and timings fixed in code (tests may change them). */
+export const FIXED_SETTINGS: { readonly [K in Exclude<Field, OptionField>]: VspcConfig[K] } = {
+  subnegotiationTimeoutMs: 30_000,
+  maxSubnegotiation: 64 * 1024,
+  maxPreIdentifyBuffer: 64 * 1024,
+  closeGraceMs: 5000,
+  bindRetryMs: 30_000,
+  clientLockWaitMs: 1000,
+  maxUnidentifiedConnections: 1024,
+};
+
+/** The name errors use for an option: its long flag, or its key when it has no flag. */
+export function optionName(spec: AnyOption | OptionSpec): string {
+  return spec.flag === null ? spec.key : spec.flag.split(/[\s,]/)[0];
+}
+
+/** The fields a reload applies, from the table. */
+export const RELOADABLE: ReadonlySet<Field> = new Set<Field>(OPTIONS.filter((o) => o.reload !== false).map((o) => o.field));
+
+/**
+ * The config file key(s) of a VspcConfig field, for reports: `cert/key` for `tls`,
+ * `adminToken/adminTokenFile` for `adminToken`; a fixed setting keeps its field name.
+ */
+export function keyName(field: string): string {
+  const keys = OPTIONS.filter((o) => o.field === field).map((o) => o.key);
+  return keys.length > 0 ? keys.join('/') : field;
+}

@@ -1,0 +1,99 @@
+/**
+ * Per-VM settings, the config file's `vms:` list: checking the entries, and which
+ * entries apply to a console. A `match:` is a VM name pattern (src/util/glob.ts: `*`
+ * and `?`, any case — the same meaning as `vspc-admin list PATTERN`), a UUID in any
+ * form, or either followed by `:LABEL` (the label compared exactly).
+ */
+import type { LockModeName, VmSettings, VspcConfig } from './config.js';
+import { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
+import { parsePort, parseSizeOrZero } from './parse.js';
+import { asConfigError, describe, type Fail } from './file.js';
+import { normalizeUuid } from '../util/uuid.js';
+import { Glob, hasWildcards } from '../util/glob.js';
+import type { ConsoleIdentity } from '../domain/identity.js';
+
+/** The keys a `vms:` entry may have (config file spelling). */
+export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port'] as const;
+
+/** Checks the `vms:` value of a config file; errors at the entry's position. */
+export function checkVms(v: unknown, fail: Fail): VmSettings[] {
+  if (!Array.isArray(v)) fail(['vms'], `expected a list of {${VM_ENTRY_KEYS.join(', ')}}, got ${describe(v)}`);
+  const out: VmSettings[] = [];
+  const tcpPorts = new Map<number, number>();
+  (v as unknown[]).forEach((entry, i) => {
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) fail(['vms', i], `expected a mapping with match:, got ${describe(entry)}`);
+    const e = entry as Record<string, unknown>;
+    for (const k of Object.keys(e)) {
+      if (!(VM_ENTRY_KEYS as readonly string[]).includes(k)) fail(['vms', i, k], `unknown key (a vms entry has ${VM_ENTRY_KEYS.join(', ')})`, true);
+    }
+    if (typeof e.match !== 'string' || e.match.trim() === '') fail(['vms', i, ...(e.match === undefined ? [] : ['match'])], 'needs match: a VM name, UUID, or NAME:LABEL / UUID:LABEL');
+    const s: VmSettings = { match: (e.match as string).trim() };
+    if (e.lockMode !== undefined) {
+      if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
+        fail(['vms', i, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
+      }
+      s.lockMode = e.lockMode as LockModeName;
+    }
+    if (e.scrollback !== undefined) {
+      const text = typeof e.scrollback === 'number' || typeof e.scrollback === 'string' ? String(e.scrollback) : null;
+      if (text === null) fail(['vms', i, 'scrollback'], `expected a size (e.g. 65536, 64k, 1m, 0), got ${describe(e.scrollback)}`);
+      s.scrollbackBytes = asConfigError(['vms', i, 'scrollback'], fail, () => parseSizeOrZero('scrollback', text!));
+    }
+    if (e.port !== undefined) {
+      const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
+      const tcpPort = asConfigError(['vms', i, 'port'], fail, () => parsePort('port', text, false));
+      if (hasWildcards(s.match)) fail(['vms', i, 'port'], `a fixed port needs one VM serial port, not the pattern "${s.match}"`);
+      const other = tcpPorts.get(tcpPort);
+      if (other !== undefined) fail(['vms', i, 'port'], `port ${tcpPort} is already given to vms[${other}] (${out[other].match})`);
+      tcpPorts.set(tcpPort, i);
+      s.tcpPort = tcpPort;
+    }
+    out.push(s);
+  });
+  return out;
+}
+
+/** What a `match:` is compared with: a console's key (a UUID in any form, compared normalised), label and name. */
+export type VmRef = Pick<ConsoleIdentity, 'key' | 'label' | 'name'>;
+
+/** The `vms:` settings that apply to one console (the admin API shows them as `settings`). */
+export interface ResolvedVmSettings {
+  lockMode?: LockModeName;
+  scrollbackBytes?: number;
+  /** Fixed client TCP port. */
+  tcpPort?: number;
+}
+
+/**
+ * The `vms:` settings for one VM serial port: every entry whose `match` fits applies,
+ * in file order, a later entry overriding an earlier one field by field.
+ */
+export function resolveVmSettings(config: Pick<VspcConfig, 'vms'>, vm: VmRef): ResolvedVmSettings {
+  const out: ResolvedVmSettings = {};
+  const key = normalizeUuid(vm.key) ?? vm.key;
+  for (const entry of config.vms) {
+    if (!vmMatches(entry.match, { key, label: vm.label, name: vm.name })) continue;
+    if (entry.lockMode !== undefined) out.lockMode = entry.lockMode;
+    if (entry.scrollbackBytes !== undefined) out.scrollbackBytes = entry.scrollbackBytes;
+    if (entry.tcpPort !== undefined) out.tcpPort = entry.tcpPort;
+  }
+  return out;
+}
+
+/**
+ * Whether `match` names this console: a name pattern (glob `*` `?`, any case), a UUID
+ * in any form, or either followed by `:LABEL` (exact). The whole of `match` is first
+ * tried as a name, so a VM named `a:b` is matched by `a:b`.
+ */
+export function vmMatches(match: string, vm: VmRef): boolean {
+  if (matchOne(match, null, vm)) return true;
+  const colon = match.lastIndexOf(':');
+  return colon > 0 && matchOne(match.slice(0, colon), match.slice(colon + 1), vm);
+}
+
+function matchOne(ref: string, label: string | null, vm: VmRef): boolean {
+  if (label !== null && vm.label !== label) return false;
+  const uuid = normalizeUuid(ref);
+  if (uuid !== undefined && uuid === vm.key) return true;
+  return vm.name !== null && new Glob(ref, { ignoreCase: true }).test(vm.name);
+}

@@ -1,0 +1,45 @@
+/**
+ * `GET /api/v1/ports?match=PATTERN` uses the one glob meaning (src/util/glob.ts): with
+ * `*`/`?` the whole name, UUID or `NAME:LABEL` in any case, else a substring in any
+ * case; a pattern that made the old backtracking RegExp run for 85 s answers at once.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Registry } from '../../src/domain/registry.js';
+import { VmotionCoordinator } from '../../src/domain/vmotion.js';
+import { openDatabase, closeDatabase } from '../../src/storage/database.js';
+import { ConsoleStore } from '../../src/storage/console-store.js';
+import { adminRoutes } from '../../src/admin/routes.js';
+import type { PortView, StatusView } from '../../src/admin/views.js';
+import { createLogger } from '../../src/logging/logger.js';
+
+test('list pattern: glob or substring in any case; 1 KiB names against *a*a*a*c', (t) => {
+  const db = openDatabase(':memory:');
+  t.after(() => closeDatabase(db));
+  const registry = new Registry(new ConsoleStore(db, { start: 30000, end: 30010 }));
+  const logger = createLogger({ silent: true });
+  registry.register('esxi', '421a5b7709c38e219f00aa105c2e7d01', 'com2', 'WEB01');
+  registry.register('esxi', '0'.repeat(31) + '1', '', 'db01');
+  registry.register('esxi', '0'.repeat(31) + '2', '', 'a'.repeat(1000));
+  registry.register('esxi', '0'.repeat(31) + '3', '', 'a'.repeat(1023) + 'c');
+  const routes = adminRoutes({
+    registry,
+    vmotion: new VmotionCoordinator({ timeoutMs: 1000 }, logger),
+    logger,
+    tlsPortOf: () => null,
+    status: () => ({}) as StatusView,
+  });
+  const ports = routes.find((r) => r.method === 'GET' && r.path === '/api/v1/ports')!;
+  const names = (match: string) =>
+    (ports.handle(new URL(`http://127.0.0.1/api/v1/ports?match=${encodeURIComponent(match)}`)) as PortView[]).map((p) =>
+      p.name!.length > 20 ? `${p.name!.slice(0, 3)}…(${p.name!.length})` : p.name,
+    );
+
+  assert.deepEqual(names('web*'), ['WEB01'], 'a glob in any case');
+  assert.deepEqual(names('w?b01:COM2'), ['WEB01'], 'NAME:LABEL, any case');
+  assert.deepEqual(names('web'), ['WEB01'], 'no wildcard: a substring');
+  assert.deepEqual(names('421A5B77-*'), ['WEB01'], 'the UUID as shown');
+  assert.deepEqual(names('DB'), ['db01']);
+  assert.deepEqual(names('*a*a*a*c'), ['aaa…(1024)'], 'finishes, and only the name ending in c matches');
+  assert.deepEqual(names('.*'), [], 'regex syntax is literal');
+});

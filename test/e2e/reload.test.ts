@@ -1,0 +1,225 @@
+/**
+ * Every key the options table marks reloadable really takes effect on a running
+ * server: one case per key (the type demands one for each; a check at run time too),
+ * each starting a server from a config file, changing that key alone through
+ * `POST /api/v1/reload`, and observing the effect from outside — a connection closed
+ * sooner, a client dropped, an admin API answer, a log line the new level lets
+ * through — not by reading the configuration object.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildProgram } from '../../src/config/options.js';
+import { loadConfiguration } from '../../src/config/load.js';
+import { createReloader, type ReloadReport } from '../../src/config/reload.js';
+import { keyName, RELOADABLE, type ReloadableField } from '../../src/config/table.js';
+import type { ClientView, PortView, StatusView, VmDetailView } from '../../src/admin/views.js';
+import { Option } from '../../src/protocol/telnet/constants.js';
+import { SimulatedVm } from '../support/sim/index.js';
+import { findFreePortRange } from '../support/ports.js';
+import { esxiUuid, startServer, tempDir, waitUntil, type Cleanup, type TestServer } from '../support/server.js';
+
+const TOKEN = 'reload-token-0123456789abcdef';
+
+/** A server started from a config file, and a way to rewrite the file and reload it. */
+interface Reloadable {
+  ts: TestServer;
+  cleanup: Cleanup;
+  /** Rewrites the file as the base lines plus `lines`, reloads through the admin API, returns the report. */
+  reload(lines: string[]): Promise<ReloadReport>;
+  /** An admin API call (with the token once one is configured). */
+  api<T>(path: string, token?: string): Promise<T>;
+}
+
+async function reloadable(t: { after(fn: () => unknown): void }, lines: string[] = [], logLevel?: string): Promise<Reloadable> {
+  const dir = tempDir('vspc-reload-');
+  t.after(() => dir.remove());
+  const ports = await findFreePortRange(8);
+  const path = join(dir.dir, 'vspc.yaml');
+  const base = ['proxyListen: 127.0.0.1:0', 'adminListen: 127.0.0.1:0', `db: ${join(dir.dir, 'vspc.db')}`, `portRange: ${ports.start}-${ports.end}`];
+  writeFileSync(path, [...base, ...lines].join('\n') + '\n');
+  const program = buildProgram().exitOverride();
+  program.parse(['--config', path], { from: 'user' });
+  const loaded = loadConfiguration(program);
+  const { ts, cleanup } = await startServer(t, { config: loaded.config, logLevel });
+  ts.server.reloadConfig = createReloader(program, ts.server, ts.logs.logger, loaded);
+  const call = async (method: string, p: string, token?: string) => {
+    const res = await fetch(`http://${ts.adminAddress}${p}`, {
+      method,
+      // A change through the admin API is JSON (browsers cannot send that cross-site without a preflight).
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(method === 'POST' ? { 'content-type': 'application/json' } : {}) },
+      signal: AbortSignal.timeout(5000),
+    });
+    const body = (await res.json()) as unknown;
+    if (!res.ok) throw Object.assign(new Error(`${method} ${p}: HTTP ${res.status} ${JSON.stringify(body)}`), { status: res.status });
+    return body;
+  };
+  return {
+    ts,
+    cleanup,
+    reload: async (more) => {
+      writeFileSync(path, [...base, ...more].join('\n') + '\n');
+      return (await call('POST', '/api/v1/reload')) as ReloadReport;
+    },
+    api: async <T>(p: string, token?: string) => (await call('GET', p, token)) as T,
+  };
+}
+
+/** Asserts that a reload applied exactly `field` and nothing needs a restart. */
+function appliedOnly(report: ReloadReport, field: ReloadableField): void {
+  assert.deepEqual(report, { file: report.file, applied: [keyName(field)], restartNeeded: [] });
+}
+
+/** Opens a raw TCP connection that never speaks; resolves with what it received once the server closes it. */
+function silentConnection(port: number, cleanup: Cleanup): Promise<string> {
+  const sock = net.connect({ host: '127.0.0.1', port });
+  cleanup.add(() => sock.destroy());
+  let text = '';
+  sock.on('data', (d: Buffer) => (text += d.toString('latin1')));
+  sock.on('error', () => undefined);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`not closed; got ${JSON.stringify(text)}`)), 5000);
+    sock.on('close', () => {
+      clearTimeout(timer);
+      resolve(text);
+    });
+  });
+}
+
+type Case = (t: { after(fn: () => unknown): void }) => Promise<void>;
+
+/** One case per reloadable field: a key marked reloadable without a case here does not compile. */
+const cases: { [K in ReloadableField]: Case } = {
+  logLevel: async (t) => {
+    const r = await reloadable(t, ['logLevel: warn'], 'warn');
+    appliedOnly(await r.reload(['logLevel: debug']), 'logLevel');
+    // The logger was created at warn: a debug line now shows the new level took effect.
+    await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-log' }, r.cleanup);
+    await r.ts.logs.waitFor((l) => l.level === 'debug' && l.message === 'option 232 agreed', 3000);
+  },
+
+  expireAfterMs: async (t) => {
+    const r = await reloadable(t, ['expireAfter: 0']);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-expire' }, r.cleanup);
+    vm.destroy();
+    await waitUntil(() => hub.source === null, 3000, 'VM disconnected');
+    appliedOnly(await r.reload(['expireAfter: 50ms']), 'expireAfterMs');
+    // The check is re-armed at the new period: the disconnected VM serial port is forgotten.
+    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (not seen for too long)' && l.vm === 'rl-expire', 5000);
+    assert.deepEqual(await r.api<PortView[]>('/api/v1/ports'), []);
+  },
+
+  humanTimeoutMs: async (t) => {
+    const r = await reloadable(t, ['humanTimeout: 1h']);
+    appliedOnly(await r.reload(['humanTimeout: 200ms']), 'humanTimeoutMs');
+    // Under the old hour this connection would stay open; now it is explained and closed.
+    assert.match(await silentConnection(r.ts.proxyPort, r.cleanup), /vspc-admin list/);
+  },
+
+  identifyTimeoutMs: async (t) => {
+    const r = await reloadable(t, ['identifyTimeout: 1h']);
+    appliedOnly(await r.reload(['identifyTimeout: 200ms']), 'identifyTimeoutMs');
+    const vm = await SimulatedVm.connect({ host: '127.0.0.1', port: r.ts.proxyPort, uuid: esxiUuid().text, name: 'rl-id', identify: false });
+    r.cleanup.add(() => vm.destroy());
+    await vm.whenClosed(5000);
+    assert.equal(vm.isEnabled('us', Option.VMWARE_EXT), true, 'option 232 was agreed: closed for not identifying');
+    await r.ts.logs.waitFor((l) => l.peer === vm.peerName && l.errorCode === 'VSPC_IDENTIFY_TIMEOUT', 3000);
+  },
+
+  serviceName: async (t) => {
+    const r = await reloadable(t);
+    appliedOnly(await r.reload(['serviceName: other.py']), 'serviceName');
+    const old = await SimulatedVm.connect({ host: '127.0.0.1', port: r.ts.proxyPort, uuid: esxiUuid().text, name: 'rl-old' });
+    r.cleanup.add(() => old.destroy());
+    await assert.rejects(old.whenProxied(5000), /WONT-PROXY/);
+    const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-new', serviceUri: 'other.py' }, r.cleanup);
+    assert.equal(hub.identity.name, 'rl-new');
+  },
+
+  comPort: async (t) => {
+    const r = await reloadable(t, ['comPort: true']);
+    appliedOnly(await r.reload(['comPort: false']), 'comPort');
+    const { vm } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-uart', comPort: true, uart: { baudRate: 115200 } }, r.cleanup);
+    await waitUntil(() => vm.refusedByProxy.some((x) => x.side === 'us' && x.option === Option.COM_PORT), 3000, 'COM-PORT refused');
+    assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=rl-uart')).uart, null);
+  },
+
+  clientQueueLimit: async (t) => {
+    const r = await reloadable(t, ['clientQueueLimit: 1024m']);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-queue' }, r.cleanup);
+    const stalled = net.connect({ host: '127.0.0.1', port: hub.identity.tcpPort });
+    r.cleanup.add(() => stalled.destroy());
+    stalled.on('error', () => undefined);
+    stalled.pause(); // never reads: the kernel buffers fill, then the server's queue
+    await waitUntil(() => hub.clients.size === 1, 5000, 'client attached');
+    appliedOnly(await r.reload(['clientQueueLimit: 64k']), 'clientQueueLimit');
+    // The client attached before the reload is held to the new limit (the old was 1 GiB).
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    for (let sent = 0; hub.clients.size > 0 && sent < 256 * 1024 * 1024; sent += chunk.length) {
+      if (!vm.send(chunk)) await vm.whenDrained();
+    }
+    const line = await r.ts.logs.waitFor((l) => l.message === 'client too slow; disconnecting', 5000);
+    assert.equal(line.limit, 64 * 1024);
+  },
+
+  vmotionTimeoutMs: async (t) => {
+    const r = await reloadable(t, ['vmotionTimeout: 1h']);
+    const { vm } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-vmotion' }, r.cleanup);
+    appliedOnly(await r.reload(['vmotionTimeout: 200ms']), 'vmotionTimeoutMs');
+    assert.equal((await vm.vmotionBegin(Buffer.from([7]))).kind, 'goahead');
+    // No peer ever comes: the vMotion is abandoned after the new timeout.
+    await waitUntil(async () => (await r.api<StatusView>('/api/v1/status')).vmotions['timed-out'] === 1, 5000, 'vMotion timed out');
+  },
+
+  scrollbackBytes: async (t) => {
+    const r = await reloadable(t, ['scrollback: 64k']);
+    await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-scroll' }, r.cleanup);
+    assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=rl-scroll')).scrollbackBytes, 64 * 1024);
+    appliedOnly(await r.reload(['scrollback: 1k']), 'scrollbackBytes');
+    assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=rl-scroll')).scrollbackBytes, 1024, 'the known console was resized');
+  },
+
+  adminToken: async (t) => {
+    const r = await reloadable(t);
+    assert.equal((await r.api<StatusView>('/api/v1/status')).vmPorts, 0, 'no token needed yet');
+    appliedOnly(await r.reload([`adminToken: ${TOKEN}`]), 'adminToken');
+    await assert.rejects(r.api('/api/v1/status'), (err: { status?: number }) => err.status === 401);
+    assert.equal((await r.api<StatusView>('/api/v1/status', TOKEN)).vmPorts, 0);
+  },
+
+  defaultLockMode: async (t) => {
+    const r = await reloadable(t, ['defaultLockMode: readwrite']);
+    const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-lock' }, r.cleanup);
+    appliedOnly(await r.reload(['defaultLockMode: readonly']), 'defaultLockMode');
+    // A console known before the reload gives its next client the new default.
+    await r.ts.connectUser(hub.identity.tcpPort, r.cleanup);
+    const clients = await r.api<ClientView[]>('/api/v1/clients');
+    assert.deepEqual(clients.map((c) => [c.vm, c.mode]), [['rl-lock', 'readonly']]);
+  },
+
+  vms: async (t) => {
+    const r = await reloadable(t);
+    const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'RL-VMS' }, r.cleanup);
+    const fixed = hub.identity.tcpPort + 5;
+    appliedOnly(await r.reload(['vms:', '  - match: "rl-v*"', '    scrollback: 2k', '    lockMode: exclusive']), 'vms');
+    // A name pattern in any case (util/glob.ts) reaches the known console: scrollback and lock mode.
+    const d = await r.api<VmDetailView>('/api/v1/show?vm=RL-VMS');
+    assert.deepEqual(d.settings, { scrollbackBytes: 2048, lockMode: 'exclusive' });
+    assert.equal(d.scrollbackBytes, 2048);
+    // A fixed port for that one console moves it.
+    appliedOnly(await r.reload(['vms:', '  - match: RL-VMS', `    port: ${fixed}`]), 'vms');
+    assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=RL-VMS')).port, fixed);
+    await r.ts.connectUser(fixed, r.cleanup);
+  },
+};
+
+describe('reload: every reloadable key takes effect on a running server', () => {
+  test('there is a case for every reloadable key', () => {
+    assert.deepEqual(Object.keys(cases).sort(), [...RELOADABLE].sort());
+  });
+  for (const [field, run] of Object.entries(cases)) {
+    test(`${keyName(field)} (${field})`, (t) => run(t));
+  }
+});
