@@ -26,8 +26,8 @@ export type ConsoleEvent =
  * the data path, so implementations must not block: buffer and write asynchronously.
  */
 export interface ConsoleObserver {
-  output?(port: ConsoleHub, data: Buffer): void;
-  event?(port: ConsoleHub, event: ConsoleEvent): void;
+  output?(hub: ConsoleHub, data: Buffer): void;
+  event?(hub: ConsoleHub, event: ConsoleEvent): void;
 }
 
 const EMPTY_RING = Buffer.alloc(0);

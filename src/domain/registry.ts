@@ -5,13 +5,13 @@ import type { ConsoleRecord, ConsoleRepository } from './repository.js';
 
 export interface RegistryEvents {
   /** A VM serial port is known (at load or first registration): its client listener should exist. */
-  added: [port: ConsoleHub];
+  added: [hub: ConsoleHub];
   /** Forgotten or expired: its listener goes, its clients are closed. */
-  removed: [port: ConsoleHub];
+  removed: [hub: ConsoleHub];
   /** Moved to another client port (`set-port`). */
-  moved: [port: ConsoleHub, oldPort: number];
+  moved: [hub: ConsoleHub, oldPort: number];
   /** The VM reported a new name (per-VM settings may match by name). */
-  renamed: [port: ConsoleHub, oldName: string | null];
+  renamed: [hub: ConsoleHub, oldName: string | null];
 }
 
 function keyOf(kind: ConsoleKind, key: string, label: string): string {
@@ -55,17 +55,17 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return { hub: this.adopt(record), created };
   }
 
-  rename(port: ConsoleHub, name: string): void {
-    if (port.identity.name === name) return;
-    this.store.rename(port.identity.id, name);
-    const old = port.identity.name;
-    port.identity.name = name;
-    this.emit('renamed', port, old);
+  rename(hub: ConsoleHub, name: string): void {
+    if (hub.identity.name === name) return;
+    this.store.rename(hub.identity.id, name);
+    const old = hub.identity.name;
+    hub.identity.name = name;
+    this.emit('renamed', hub, old);
   }
 
   /** Record that the VM was seen now (connect, disconnect). */
-  touch(port: ConsoleHub, now = Date.now()): void {
-    this.store.touch(port.identity.id, now);
+  touch(hub: ConsoleHub, now = Date.now()): void {
+    this.store.touch(hub.identity.id, now);
   }
 
   get(kind: ConsoleKind, key: string, label: string): ConsoleHub | undefined {
@@ -85,19 +85,19 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /** Drop a VM serial port: its row, its port, its listener and its clients. */
-  forget(port: ConsoleHub, reason = 'forgotten by the administrator'): void {
-    this.store.forget(port.identity.id);
-    this.drop(port, reason);
+  forget(hub: ConsoleHub, reason = 'forgotten by the administrator'): void {
+    this.store.forget(hub.identity.id);
+    this.drop(hub, reason);
   }
 
-  setPort(port: ConsoleHub, tcpPort: number): void {
-    const old = port.identity.tcpPort;
+  setPort(hub: ConsoleHub, tcpPort: number): void {
+    const old = hub.identity.tcpPort;
     if (old === tcpPort) return;
-    this.store.setPort(port.identity.id, tcpPort);
+    this.store.setPort(hub.identity.id, tcpPort);
     this.byPort.delete(old);
-    port.identity.tcpPort = tcpPort;
-    this.byPort.set(tcpPort, port);
-    this.emit('moved', port, old);
+    hub.identity.tcpPort = tcpPort;
+    this.byPort.set(tcpPort, hub);
+    this.emit('moved', hub, old);
   }
 
   /**
@@ -124,29 +124,29 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return dropped;
   }
 
-  lastSeen(port: ConsoleHub): number | undefined {
-    return this.store.getById(port.identity.id)?.lastSeen;
+  lastSeen(hub: ConsoleHub): number | undefined {
+    return this.store.getById(hub.identity.id)?.lastSeen;
   }
 
   private adopt(r: ConsoleRecord): ConsoleHub {
     const o = this.hubOptions;
-    const port = new ConsoleHub(
+    const hub = new ConsoleHub(
       { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name, tcpPort: r.tcpPort },
       o.maxHeldInput,
       o.scrollbackBytes,
       o.observer ?? null,
     );
-    this.byKey.set(keyOf(r.kind, r.key, r.label), port);
-    this.byPort.set(r.tcpPort, port);
-    this.emit('added', port);
-    return port;
+    this.byKey.set(keyOf(r.kind, r.key, r.label), hub);
+    this.byPort.set(r.tcpPort, hub);
+    this.emit('added', hub);
+    return hub;
   }
 
-  private drop(port: ConsoleHub, reason: string): void {
-    this.byKey.delete(keyOf(port.identity.kind, port.identity.key, port.identity.label));
-    this.byPort.delete(port.identity.tcpPort);
-    port.closeClients(`VM serial port ${reason}`);
-    port.source?.close(`VM serial port ${reason}`);
-    this.emit('removed', port);
+  private drop(hub: ConsoleHub, reason: string): void {
+    this.byKey.delete(keyOf(hub.identity.kind, hub.identity.key, hub.identity.label));
+    this.byPort.delete(hub.identity.tcpPort);
+    hub.closeClients(`VM serial port ${reason}`);
+    hub.source?.close(`VM serial port ${reason}`);
+    this.emit('removed', hub);
   }
 }

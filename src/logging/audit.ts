@@ -7,10 +7,10 @@ import type { Logger } from '../domain/logger.js';
 import { displayKey } from '../domain/identity.js';
 import type { ConsoleEvent, ConsoleObserver, ConsoleHub } from '../domain/console-hub.js';
 
-function vmFields(port: ConsoleHub): Record<string, unknown> {
-  const id = port.identity;
+function vmFields(hub: ConsoleHub): Record<string, unknown> {
+  const id = hub.identity;
   return {
-    vm: port.displayName,
+    vm: hub.displayName,
     uuid: displayKey(id),
     label: id.label,
     port: id.tcpPort,
@@ -18,7 +18,7 @@ function vmFields(port: ConsoleHub): Record<string, unknown> {
 }
 
 export interface AuditObserver extends ConsoleObserver {
-  event(port: ConsoleHub, event: ConsoleEvent): void;
+  event(hub: ConsoleHub, event: ConsoleEvent): void;
   /** Clients attached now (for their session length at detach). */
   readonly attachedClients: number;
 }
@@ -32,17 +32,17 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
     get attachedClients() {
       return since.size;
     },
-    event(port: ConsoleHub, e: ConsoleEvent): void {
+    event(hub: ConsoleHub, e: ConsoleEvent): void {
       switch (e.kind) {
         case 'client-attached':
           since.set(e.clientId, now());
-          log.info('client attached', { ...vmFields(port), clientId: e.clientId, peer: e.peer, mode: e.mode });
+          log.info('client attached', { ...vmFields(hub), clientId: e.clientId, peer: e.peer, mode: e.mode });
           return;
         case 'client-detached': {
           const t = since.get(e.clientId);
           since.delete(e.clientId);
           log.info('client detached', {
-            ...vmFields(port),
+            ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
             reason: e.reason,
@@ -55,7 +55,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
           const t = since.get(e.displacedClientId);
           since.delete(e.displacedClientId);
           log.warn('client took over the VM serial port (forced)', {
-            ...vmFields(port),
+            ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
             displacedClientId: e.displacedClientId,

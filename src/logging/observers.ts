@@ -1,4 +1,4 @@
-/** Several SerialPortObservers as one (the Registry takes one). */
+/** Several ConsoleObservers as one (the Registry takes one). */
 import type { ConsoleEvent, ConsoleObserver, ConsoleHub } from '../domain/console-hub.js';
 
 /**
@@ -31,19 +31,19 @@ export function combineObserversWith(
   const events = list.map((o, i) => [o, i] as const).filter(([o]) => typeof o.event === 'function');
   // With no output observer (console logs off) the hub's per-chunk call is skipped entirely.
   return {
-    output: outputs.length === 0 ? undefined : (port: ConsoleHub, data: Buffer): void => {
+    output: outputs.length === 0 ? undefined : (hub: ConsoleHub, data: Buffer): void => {
       for (const [o, i] of outputs) {
         try {
-          o.output!(port, data);
+          o.output!(hub, data);
         } catch (err) {
           onError(err, i);
         }
       }
     },
-    event(port: ConsoleHub, event: ConsoleEvent): void {
+    event(hub: ConsoleHub, event: ConsoleEvent): void {
       for (const [o, i] of events) {
         try {
-          o.event!(port, event);
+          o.event!(hub, event);
         } catch (err) {
           onError(err, i);
         }
