@@ -171,7 +171,7 @@ export class EndpointRunner extends EventEmitter {
     super();
     this.spec = spec;
     this.specText = formatSourceSpec(spec);
-    this.now = ctx.now ?? Date.now;
+    this.now = ctx.now ?? (() => Date.now());
     this.backoff = new Backoff(ctx.backoff, ctx.random);
     this.connectTimeoutMs = ctx.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.log = ctx.logger;
@@ -426,6 +426,7 @@ export class EndpointRunner extends EventEmitter {
       if (this.refusalsLogged++ === 0) this.log.warn('second peer refused: this endpoint takes one peer at a time', { errorCode: 'VSPC_SOURCE_BUSY', ...fields });
       else this.log.debug('second peer refused', fields);
       link.destroy('busy: another peer is connected');
+      this.emitStatus();
       return;
     }
     this.onLink(link);
