@@ -42,8 +42,8 @@ export function recordingLogger(base: LogFields = {}, lines: LogLine[] = []): Lo
 
 let nextHubId = 1;
 
-/** A hub for a maintained console, with the events its observer saw. */
-export function makeHub(scrollback = 64 * 1024): { hub: ConsoleHub; events: ConsoleEvent[]; output: Buffer[] } {
+/** A hub for a maintained console, with the events its observer saw (and the output, unless `keepOutput` is false). */
+export function makeHub(scrollback = 64 * 1024, keepOutput = true): { hub: ConsoleHub; events: ConsoleEvent[]; output: Buffer[] } {
   const events: ConsoleEvent[] = [];
   const output: Buffer[] = [];
   const id = nextHubId++;
@@ -51,7 +51,7 @@ export function makeHub(scrollback = 64 * 1024): { hub: ConsoleHub; events: Cons
     { id, kind: 'qemu', key: `test-${id}`, label: 'serial0', name: `vm${id}`, tcpPort: 10000 + id },
     1024 * 1024,
     scrollback,
-    { event: (_p, e) => events.push(e), output: (_p, d) => output.push(d) },
+    { event: (_p, e) => events.push(e), output: keepOutput ? (_p, d) => output.push(d) : undefined },
   );
   return { hub, events, output };
 }
