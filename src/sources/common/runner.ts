@@ -156,7 +156,7 @@ export class EndpointRunner extends EventEmitter {
   /** Start of the current outage (for the downtime in the recovery line); null while connected. */
   private outageSince: number | null;
   private failuresInOutage = 0;
-  /** The last link lived less than resetAfterMs (flapping: its connect lines go to debug). */
+  /** The last link lived less than resetAfterMs (with immediate redials: flapping, connect lines at debug). */
   private lastLinkWasShort = false;
 
   private closing: Promise<void> | null = null;
@@ -440,7 +440,8 @@ export class EndpointRunner extends EventEmitter {
     const downMs = this.outageSince === null ? 0 : now - this.outageSince;
     const fields: LogFields = { peer: link.peer, downMs, failures: this.failuresInOutage };
     if (link.note) fields.note = link.note;
-    if (this.lastLinkWasShort && this.failureLog.repeating) this.log.debug('endpoint connected', fields);
+    // Flapping (each link dies young, each redial succeeds): the loss was logged once, the connects are noise.
+    if (this.lastLinkWasShort && this.failuresInOutage === 0 && this.failureLog.repeating) this.log.debug('endpoint connected', fields);
     else this.log.info(this.reconnects > 0 ? 'endpoint connected again' : 'endpoint connected', fields);
     this.outageSince = null;
     this.failuresInOutage = 0;
