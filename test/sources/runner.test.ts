@@ -404,7 +404,6 @@ describe('EndpointRunner (dial)', () => {
     }
     const loud = logger.lines.filter((l) => l.level !== 'debug').map((l) => `${l.level} ${l.message}`);
     assert.deepEqual(loud, [
-      'info endpoint started',
       'info endpoint connected',
       'warn endpoint connection lost soon after it was made',
       'info endpoint connected again',

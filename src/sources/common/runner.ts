@@ -212,7 +212,7 @@ export class EndpointRunner extends EventEmitter {
   start(): this {
     if (this.started || this.stopped) return this;
     this.started = true;
-    this.log.info('endpoint started', { mode: this.connector.mode });
+    this.log.debug('endpoint started', { mode: this.connector.mode });
     this.attempt();
     return this;
   }
