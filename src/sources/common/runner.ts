@@ -58,16 +58,8 @@ export interface RunnerContext extends RunnerOptions {
 }
 
 /** EndpointStatus plus what the runner knows beyond it (a superset: assignable to hub.endpoint). */
-export interface EndpointDetail extends EndpointStatus {
-  /** Dials or binds started. */
-  readonly attempts: number;
-  /** Peers refused because one was already connected (listen types). */
-  readonly refusedPeers: number;
-  /** The connected link's far end; null when none. */
-  readonly peer: string | null;
-  /** What `connected` means when it is not obvious (udp: bound, the far end is not checked). */
-  readonly note: string | null;
-}
+/** The endpoint's status (the domain's EndpointStatus has every detail the runner keeps). */
+export type EndpointDetail = EndpointStatus;
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 export const DEFAULT_SUMMARY_INTERVAL_MS = 15 * 60_000;
