@@ -21,8 +21,9 @@ import type { PortView } from '../src/admin/views.js';
 import { VERSION } from '../src/version.js';
 import { benchIdentity, distribution, Group, round, roundDistribution, sleep, type Distribution } from './common.js';
 import { killAll, removeTempDir, trackTempDir, WorkerHandle } from './ipc.js';
+import { reservePortRange } from '../test/support/ports.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
-import { ExternalTarget, freePorts, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
+import { ExternalTarget, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
 
 export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -304,7 +305,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const range = opts.portRange ?? { start: 10000, end: Math.max(19999, 10000 + needed - 1) };
       if (range.end - range.start + 1 < needed) throw new Error(`--port-range ${range.start}-${range.end} has fewer than the ${needed} ports this run needs`);
       // Below Linux's ephemeral range (32768-60999), so our own outgoing sockets never take them.
-      const [proxyPort, adminPort] = await freePorts(2, Math.max(range.end + 1, 30000), 32700);
+      const own = await reservePortRange(2, { from: Math.max(range.end + 1, 30000), to: 32700 });
+      const [proxyPort, adminPort] = [own.start, own.end];
       serverOpts = { dbPath: join(tmp, 'vspc.db'), proxyPort, adminPort, portRange: range, extraArgs: opts.serverArgs, nodeArgs: opts.serverNodeArgs };
       server = ServerProcess.spawn(serverOpts);
       target = server;

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { PortView, VmDetailView } from '../../src/admin/views.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { Child, runNode, vspcAdmin, VSPC_JS } from '../support/cli.js';
-import { findFreePortRange } from '../support/ports.js';
+import { reservePortRange } from '../support/ports.js';
 import { Cleanup, esxiUuid, tempDir, waitUntil, sleep } from '../support/server.js';
 
 type Line = Record<string, unknown>;
@@ -58,7 +58,7 @@ describe('config file with a real vspc process', () => {
     t.after(() => tc.run());
     const dir = tempDir();
     tc.add(dir.remove);
-    const ports = await findFreePortRange(8);
+    const ports = await reservePortRange(8);
     const path = join(dir.dir, 'vspc.json');
     writeFileSync(
       path,
@@ -86,7 +86,7 @@ describe('config file with a real vspc process', () => {
     t.after(() => tc.run());
     const dir = tempDir();
     tc.add(dir.remove);
-    const ports = await findFreePortRange(10);
+    const ports = await reservePortRange(10);
     const admin = `127.0.0.1:${ports.start + 1}`;
     const range = { start: ports.start + 2, end: ports.start + 7 };
     const path = join(dir.dir, 'vspc.yaml');
@@ -193,7 +193,7 @@ describe('config file with a real vspc process', () => {
     t.after(() => tc.run());
     const dir = tempDir();
     tc.add(dir.remove);
-    const ports = await findFreePortRange(4);
+    const ports = await reservePortRange(4);
     const admin = `127.0.0.1:${ports.start + 1}`;
     const tokenFile = join(dir.dir, 'token');
     const [oldToken, newToken] = ['old-token-0123456789abcdef', 'new-token-0123456789abcdef'];

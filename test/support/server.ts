@@ -10,7 +10,7 @@ import type { ConsoleHub } from '../../src/domain/console-hub.js';
 import { SimulatedVm, TelnetUser, type SimulatedVmOptions } from './sim/index.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
 import { LogCapture } from './log-capture.js';
-import { findFreePortRange } from './ports.js';
+import { reservePortRange } from './ports.js';
 
 export const ROOT = new URL('../../../', import.meta.url).pathname;
 
@@ -51,7 +51,7 @@ export class TestServer {
 
   static async start(o: TestServerOptions = {}): Promise<TestServer> {
     const n = o.ports ?? 8;
-    const range = o.portRange ?? (await findFreePortRange(o.tls ? 2 * n : n));
+    const range = o.portRange ?? (await reservePortRange(o.tls ? 2 * n : n));
     const portRange = o.portRange ?? { start: range.start, end: range.start + n - 1 };
     let removeDir: (() => void) | null = null;
     let dbPath = o.dbPath;
