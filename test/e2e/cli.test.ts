@@ -10,7 +10,7 @@ import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
 import { Child, runNode, vspcAdmin, VSPC_ADMIN_JS, VSPC_JS } from '../support/cli.js';
 import { reservePort, reservePortRange, canBind } from '../support/ports.js';
-import { Cleanup, esxiUuid, tempDir, waitUntil, sleep } from '../support/server.js';
+import { Cleanup, esxiUuid, tempDir, waitUntil } from '../support/server.js';
 
 describe('vspc and vspc-admin command lines', () => {
   const c = new Cleanup();
@@ -101,7 +101,7 @@ describe('vspc and vspc-admin command lines', () => {
     tc.add(() => user.destroy());
     await user.waitForOptions([['us', Option.BINARY], ['him', Option.BINARY]]);
     await user.waitFor('[vspc: ', 3000);
-    await sleep(20);
+    await user.barrier();
     const m = user.mark();
     vm.send(Buffer.from('login: \xff', 'latin1'));
     await user.waitFor(Buffer.from('login: \xff', 'latin1'), 3000, m);
