@@ -1,3 +1,4 @@
+// vspc-test-runner: heavy (load generators in child processes: test/run.mjs runs it alone, after the other files)
 /**
  * The benchmark harness at a tiny size, so that it cannot rot: every phase runs
  * against a vspc child process with real load-generator processes, and the report
