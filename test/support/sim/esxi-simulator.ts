@@ -20,7 +20,10 @@
  *   and records the proxy's acknowledgements (code + 100);
  * - answers option-232 codes it does not know with `UNKNOWN-SUBOPTION-RCVD-1`;
  * - exposes protocol-level vMotion helpers (BEGIN/GOAHEAD/NOTNOW, PEER/PEER-OK,
- *   COMPLETE, ABORT) without any policy of its own.
+ *   COMPLETE, ABORT) without any policy of its own;
+ * - `barrier()`: an unknown subcommand whose UNKNOWN-SUBOPTION-RCVD-2 answer tells
+ *   that the concentrator has handled everything sent before it (tests wait on it
+ *   instead of sleeping).
  *
  * Negotiation order (`order`):
  * - `host-first` (default): the whole opening is sent right after connecting, before

@@ -5,7 +5,9 @@
  * Like netkit telnet given an explicit port, it initiates no negotiation and answers
  * the server's: `WILL ECHO/SGA/BINARY` → DO, `DO BINARY/SGA` → WILL, any other DO →
  * WONT (so `DO VMWARE-TELNET-EXT` is refused), any other WILL → DONT. Everything the
- * server sends as data is collected, unescaped, in `received`.
+ * server sends as data is collected, unescaped, in `received`. `barrier()` tells
+ * when the server has handled everything sent before it (tests wait on it instead
+ * of sleeping).
  *
  * No test-framework imports; every wait is bounded.
  */
