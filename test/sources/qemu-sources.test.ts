@@ -14,7 +14,7 @@ import { parseSourceSpec } from '../../src/domain/source-spec.js';
 import { createEndpoint } from '../../src/sources/qemu/index.js';
 import type { EndpointRunner } from '../../src/sources/common/runner.js';
 import { PROMPT, READY_MARKER, guestArtifacts, makeGuestDir, startGuest, type Guest, type SerialConsole } from '../support/qemu.js';
-import { findFreePort } from '../support/ports.js';
+import { reservePort } from '../support/ports.js';
 import { recordingLogger, waitForState, waitForStatus } from './helpers.js';
 import { WatchedHub, hubConsole } from './hub-console.js';
 
@@ -112,7 +112,7 @@ describe('QEMU sources against real guests', { concurrency: false }, () => {
   });
 
   test('tcp: -serial tcp:127.0.0.1:PORT,server=on,wait=off', { timeout: 90_000 }, async (t) => {
-    const port = await findFreePort();
+    const port = await reservePort();
     await guest(t, { serial: [`tcp:127.0.0.1:${port},server=on,wait=off`] });
     const watched = new WatchedHub('tcp-guest');
     const { runner } = endpoint(t, `tcp:127.0.0.1:${port}`, watched);
@@ -124,9 +124,9 @@ describe('QEMU sources against real guests', { concurrency: false }, () => {
   });
 
   test('telnet: the shell over telnet:, and BREAK (IAC BRK) reaches the guest UART (brk counter rises)', { timeout: 120_000 }, async (t) => {
-    const port0 = await findFreePort();
-    let port1 = await findFreePort();
-    while (port1 === port0) port1 = await findFreePort();
+    const port0 = await reservePort();
+    let port1 = await reservePort();
+    while (port1 === port0) port1 = await reservePort();
     // ttyS0 (the shell, also the kernel console) and ttyS1 (the BREAK target: a break on
     // the console line would start a magic SysRq sequence) on telnet backends.
     await guest(t, { serial: [`telnet:127.0.0.1:${port0},server=on,wait=off`, `telnet:127.0.0.1:${port1},server=on,wait=off`] });
