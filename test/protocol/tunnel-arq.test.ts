@@ -47,6 +47,7 @@ function mk(role: 'host' | 'agent', bootId: number, cfg: Partial<ReliableLinkCon
       window: 8,
       maxPayload: 1024,
       adaptivePayload: false,
+      delayBasedWindow: false,
       rto: { initialMs: 1000, minMs: 100, maxMs: 10_000, granularityMs: 1 },
       keepalive: { idleMs: 2000, intervalMs: 1000, maxMissed: 4 },
       ackDelayMs: 10,
@@ -446,6 +447,63 @@ describe('tunnel ARQ: RTO (RFC 6298) and Karn', () => {
     h.link.poll(1000);
     const re = drain(h, 1000);
     assert.deepEqual(re.map((f) => f.seq), [0]);
+  });
+});
+
+describe('tunnel ARQ: backoff cap and delay-based window', () => {
+  test('while the peer is heard from, the RTO backs off to at most twice the computed value', () => {
+    const { h, a } = established({ keepalive: { idleMs: 1e9, intervalMs: 1e9, maxMissed: 4 } });
+    const tag = sessionTag(0x1111, 0x2222);
+    h.outbox.push(msg(0));
+    drain(h, 0); // never arrives
+    let now = 0;
+    for (let i = 0; i < 5; i++) {
+      // The agent keeps talking (e.g. its own data): each frame proves it alive.
+      h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: 0, stream: 0, payload: new Uint8Array(0) }, now + 1);
+      now = h.link.nextDeadline()!;
+      h.link.poll(now);
+      drain(h, now);
+    }
+    assert.equal(h.link.stats.timeouts, 5);
+    assert.equal(h.link.rto, 2000, 'capped at 2 × the (initial) RTO, not 32 s');
+    void a;
+  });
+
+  test('cwnd grows while the window limits and RTT stays flat, shrinks when a queue builds', () => {
+    const h = mk('host', 0x1111, { window: 32, delayBasedWindow: true });
+    const a = mk('agent', 0x2222, { window: 32, delayBasedWindow: true });
+    h.link.start(0);
+    a.link.start(0);
+    run(h, a, () => h.link.established && a.link.established);
+    settle(h, a, 0);
+    const tag = sessionTag(0x1111, 0x2222);
+    const big = (): LinkMessage => ({ type: FrameType.DATA, stream: 1, payload: new Uint8Array(1024) });
+    assert.equal(h.link.cwnd, 8);
+    /**
+     * A bulk sender with unlimited data; each frame is acknowledged after rtt(flying),
+     * flying being the frames in flight when it was sent (a queue makes that grow).
+     */
+    const flow = (from: number, until: number, rtt: (flying: number) => number): void => {
+      const acks: { at: number; ack: number }[] = [];
+      let t = from;
+      while (t < until) {
+        for (let i = 0; i < 4; i++) h.outbox.push(big());
+        for (const f of drain(h, t)) if (f.type === FrameType.DATA) acks.push({ at: t + rtt(h.link.inFlight), ack: (f.seq + 1) & 0xffff });
+        h.outbox.length = 0;
+        acks.sort((x, y) => x.at - y.at);
+        const next = acks.shift();
+        if (next === undefined) break;
+        t = next.at;
+        h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: next.ack, stream: 0, payload: new Uint8Array(0) }, t);
+      }
+      // Let what is in flight drain.
+      for (const x of acks) h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: x.ack, stream: 0, payload: new Uint8Array(0) }, Math.max(t, x.at));
+    };
+    flow(0, 500, () => 100);
+    assert.equal(h.link.cwnd, 32, 'slow start reaches the window within a few round trips when RTT stays flat');
+    // Now every frame waits behind the ones in flight (a deep buffer draining 1 frame / 20 ms).
+    flow(10_000, 40_000, (n) => 100 + 20 * n);
+    assert.ok(h.link.cwnd >= 4, 'never below the floor that keeps fast retransmit working');
   });
 });
 

@@ -87,6 +87,12 @@ export interface ReliableLinkConfig {
   maxPayload: number;
   /** Shrink frames when the link loses many (see payloadLimit). */
   adaptivePayload: boolean;
+  /**
+   * Delay-based congestion window (TCP Vegas style): keep only a few frames queued
+   * between us and the peer, so that a deep transport buffer does not fill with a
+   * whole window (keystroke latency, spurious timeouts). See `cwnd`.
+   */
+  delayBasedWindow: boolean;
   rto: RtoConfig;
   keepalive: KeepaliveConfig;
   /** Longest delay of a cumulative ACK, ms. Default 10. */
@@ -157,6 +163,8 @@ interface OutFrame {
   sacked: boolean;
   /** Declared lost, waiting to be retransmitted. */
   lost: boolean;
+  /** The congestion window was (nearly) full when this frame went: its RTT may grow cwnd. */
+  cwndLimited: boolean;
 }
 
 /** Frames sent after a frame that must be acknowledged before it counts as lost (initial value). */
@@ -172,6 +180,17 @@ export const MAX_DUP_THRESHOLD = 16;
 const LOSS_PRIOR_BYTES = 4000;
 /** Smallest payload the adaptive frame size goes down to. */
 export const MIN_ADAPTIVE_PAYLOAD = MIN_PAYLOAD;
+/** Vegas: grow the window while fewer frames than this are estimated queued. */
+export const VEGAS_ALPHA = 1.5;
+/** Vegas: shrink the window while more frames than this are estimated queued. */
+export const VEGAS_BETA = 3;
+/** Vegas: queueing delay always tolerated before shrinking / growth stops, ms (fast lines). */
+export const VEGAS_LOW_MS = 25;
+export const VEGAS_HIGH_MS = 50;
+/** Smallest congestion window, frames. */
+export const MIN_CWND = 4;
+/** Congestion window at session start, frames. */
+export const INITIAL_CWND = 8;
 /** Weight of one transmission in the loss estimate (EWMA). */
 const LOSS_EWMA = 1 / 64;
 
@@ -219,6 +238,8 @@ export class ReliableLink {
   private delivering = false;
 
   private lastRxAt = 0;
+  /** A valid frame arrived since the last RTO expiry (the peer is alive). */
+  private heardSinceRto = true;
   private probes = 0;
   private lastProbeAt = 0;
   private probeDue = false;
@@ -227,6 +248,11 @@ export class ReliableLink {
   private bytesW = LOSS_PRIOR_BYTES;
   private dupThreshold = DUP_THRESHOLD;
   private sawDuplicate = false;
+  /** Smallest RTT sample of the session among near-full-size frames, ms. */
+  minRtt: number | undefined;
+  /** Congestion window, frames (fractional); new frames only while fewer are in flight. */
+  cwnd = INITIAL_CWND;
+  private slowStart = true;
 
   readonly stats: LinkStats = {
     hellosSent: 0,
@@ -352,6 +378,7 @@ export class ReliableLink {
 
   private heard(now: number): void {
     this.lastRxAt = now;
+    this.heardSinceRto = true;
     this.probes = 0;
     this.probeDue = false;
     if (!this.alive) {
@@ -441,6 +468,10 @@ export class ReliableLink {
     this.bytesW = LOSS_PRIOR_BYTES;
     this.dupThreshold = DUP_THRESHOLD;
     this.sawDuplicate = false;
+    this.heardSinceRto = true;
+    this.minRtt = undefined;
+    this.cwnd = INITIAL_CWND;
+    this.slowStart = true;
     this.stats.sessions++;
     this.hooks.up({ newSession: true, bootId: this.bootId, peerBootId: this.peerBootId, now });
   }
@@ -538,12 +569,17 @@ export class ReliableLink {
   }
 
   private acked(f: OutFrame, now: number): void {
-    if (f.txCount === 1) this.sample(now - f.sentAt); // Karn: only frames sent once
-    if (f.txIndex > this.highestAckedTx) this.highestAckedTx = f.txIndex;
+    // Karn: only frames sent once give an RTT sample.
+    if (f.txCount === 1) this.sample(now - f.sentAt, f.cwndLimited, f.msg.payload.length);
+    // A resent frame acknowledged sooner after its retransmission than any round trip
+    // takes was acknowledged for its original copy: its latest transmission says
+    // nothing about which later frames got through.
+    const ambiguous = f.txCount > 1 && now - f.sentAt < (this.minRtt ?? 0);
+    if (!ambiguous && f.txIndex > this.highestAckedTx) this.highestAckedTx = f.txIndex;
     this.outcome(f.msg.payload.length, false);
   }
 
-  private sample(r: number): void {
+  private sample(r: number, cwndLimited = false, payload = 0): void {
     r = Math.max(0, r);
     if (this.srtt === undefined) {
       this.srtt = r;
@@ -554,6 +590,38 @@ export class ReliableLink {
     }
     this.stats.rttSamples++;
     this.rto = this.computeRto(); // a valid sample also ends any backoff
+    // The base RTT of the delay-based window: from frames of about the current full
+    // size only, since a frame's own serialisation is part of its round trip (a 1 KiB
+    // frame needs 20 ms at 50 KiB/s, a keystroke frame under 1 ms).
+    if (payload >= 0.75 * this.payloadLimit() && (this.minRtt === undefined || r < this.minRtt)) this.minRtt = r;
+    if (this.cfg.delayBasedWindow) this.vegas(r, cwndLimited);
+  }
+
+  /**
+   * TCP Vegas on a dedicated line. Queueing delay = rtt − minRtt − tolerance (the
+   * tolerance, ackDelayMs + 2 ms, keeps delayed ACKs from looking like a queue); frames
+   * queued ≈ cwnd · delay / rtt, i.e. delay / (rtt / cwnd), rtt / cwnd being the time a
+   * frame takes on a busy line. Grow (one per sample in slow start, else 2/cwnd, about
+   * one per round trip) while the delay is under max(VEGAS_ALPHA frames, VEGAS_LOW_MS)
+   * and the window was the limit; shrink by 2/cwnd above max(VEGAS_BETA frames,
+   * VEGAS_HIGH_MS) (by one above twice that). The line stays busy — the window exceeds
+   * the bandwidth-delay product by the queued frames — while the transport buffer
+   * holds only a few frames (or ≤ 50 ms of them on fast lines), however deep it is.
+   */
+  private vegas(r: number, cwndLimited: boolean): void {
+    const minRtt = this.minRtt ?? r;
+    const delay = Math.max(0, r - minRtt - this.cfg.ackDelayMs - 2);
+    const frameMs = r / this.cwnd;
+    const low = Math.max(VEGAS_ALPHA * frameMs, VEGAS_LOW_MS);
+    const high = Math.max(VEGAS_BETA * frameMs, VEGAS_HIGH_MS);
+    if (delay < low) {
+      if (cwndLimited) this.cwnd += this.slowStart ? 1 : 2 / this.cwnd;
+    } else {
+      this.slowStart = false;
+      if (delay > 2 * high) this.cwnd -= 1;
+      else if (delay > high) this.cwnd -= 2 / this.cwnd;
+    }
+    this.cwnd = Math.min(Math.max(this.cwnd, MIN_CWND), this.sendWindow);
   }
 
   private computeRto(): number {
@@ -630,9 +698,15 @@ export class ReliableLink {
   }
 
   /**
-   * RTO expiry: every unacknowledged frame that has itself been outstanding for a full
-   * RTO is declared lost (at least the oldest one), then the RTO doubles (up to maxMs)
-   * until a valid RTT sample arrives (RFC 6298 5.5–5.7).
+   * RTO expiry (RFC 6298 5.4–5.7): every unacknowledged frame that has itself been
+   * outstanding for a whole RTO is declared lost (at least the oldest one), then the
+   * RTO backs off until a valid RTT sample arrives: it doubles (up to maxMs) while the
+   * peer is silent, but is at most twice the computed RTO while frames from the peer
+   * keep arriving — then frames are being damaged, not the peer gone, and a dedicated
+   * line has no congestion to back off from. Resending all of them,
+   * not only the oldest, keeps a heavily damaged line moving (there is no congestion
+   * to fear on a dedicated line); the delay-based window keeps the transport buffer
+   * short, so such timeouts are rarely spurious.
    */
   private onRto(now: number): void {
     this.stats.timeouts++;
@@ -647,12 +721,13 @@ export class ReliableLink {
         this.outcome(f.msg.payload.length, true);
       }
     }
-    if (!marked && oldest && !oldest.lost) {
+    if (!marked && oldest !== undefined && !oldest.lost) {
       oldest.lost = true;
       this.outcome(oldest.msg.payload.length, true);
     }
-    this.rto = Math.min(this.rto * 2, this.cfg.rto.maxMs);
-    this.rtoDeadline = oldest ? now + this.rto : undefined;
+    this.rto = this.heardSinceRto ? Math.min(2 * this.computeRto(), this.cfg.rto.maxMs) : Math.min(this.rto * 2, this.cfg.rto.maxMs);
+    this.heardSinceRto = false;
+    this.rtoDeadline = oldest !== undefined ? now + this.rto : undefined;
     this.dupThreshold = DUP_THRESHOLD; // we waited a whole RTO: be quicker to repair again
   }
 
@@ -677,9 +752,17 @@ export class ReliableLink {
     return false;
   }
 
-  /** True when the send window has room for a new sequenced frame. */
+  /**
+   * True when a new sequenced frame may go: the sequence window (min of both sides'
+   * windows) has room and, with the delay-based window, fewer than cwnd frames are in
+   * flight (frames declared lost do not count: they left the pipe).
+   */
   get windowOpen(): boolean {
-    return this.established && seqDiff(this.sndNxt, this.sndUna) < this.sendWindow;
+    if (!this.established || seqDiff(this.sndNxt, this.sndUna) >= this.sendWindow) return false;
+    if (!this.cfg.delayBasedWindow) return true;
+    let n = 0;
+    for (const f of this.inflight) if (!f.sacked && !f.lost) n++;
+    return n < Math.floor(this.cwnd);
   }
 
   /**
@@ -738,7 +821,12 @@ export class ReliableLink {
     if (this.windowOpen) {
       const m = this.hooks.pull(this.payloadLimit());
       if (m !== undefined) {
-        const f: OutFrame = { seq: this.sndNxt, msg: m, sentAt: now, txCount: 1, txIndex: ++this.txCounter, sacked: false, lost: false };
+        let flying = 0;
+        for (const g of this.inflight) if (!g.sacked && !g.lost) flying++;
+        // The window limits us when it is (nearly) full; in slow start, when half of it is
+        // in use (as Linux does), since a burst fills it only towards its end.
+        const cwndLimited = this.slowStart ? 2 * (flying + 1) >= this.cwnd : flying + 2 >= Math.floor(this.cwnd);
+        const f: OutFrame = { seq: this.sndNxt, msg: m, sentAt: now, txCount: 1, txIndex: ++this.txCounter, sacked: false, lost: false, cwndLimited };
         this.inflight.push(f);
         this.sndNxt = (this.sndNxt + 1) & 0xffff;
         this.rtoDeadline ??= now + this.rto;

@@ -64,6 +64,11 @@ export interface TunnelEndpointOptions {
   maxPayload?: number;
   /** Shrink frames on lossy links (sender-side policy). Default true. */
   adaptivePayload?: boolean;
+  /**
+   * Delay-based congestion window (sender-side policy, TCP Vegas style): keeps the
+   * transport buffer nearly empty without knowing the line rate. Default true.
+   */
+  delayBasedWindow?: boolean;
   /** Per-stream receive window (credit granted to the peer), bytes. Default 65536. */
   streamWindow?: number;
   /** Per-stream send buffer above which write() returns false, bytes. Default 65536. */
@@ -101,7 +106,16 @@ export type TunnelEndpointState = 'new' | 'handshaking' | 'up' | 'down' | 'destr
 /** Snapshot of every counter. */
 export interface TunnelEndpointStats {
   framing: FrameDecoderStats & { bytesOut: number; framesOut: number };
-  link: LinkStats & { srtt: number | undefined; rttvar: number; rto: number; inFlight: number; payloadLimit: number; reorderBuffered: number };
+  link: LinkStats & {
+    srtt: number | undefined;
+    rttvar: number;
+    rto: number;
+    minRtt: number | undefined;
+    cwnd: number;
+    inFlight: number;
+    payloadLimit: number;
+    reorderBuffered: number;
+  };
   mux: MuxStats & { streams: number; controlQueued: number };
 }
 
@@ -136,7 +150,8 @@ export class TunnelEndpoint {
   private readonly link: ReliableLink;
   private readonly mux: Multiplexer;
   private readonly idleDelimiterMs: number;
-  private readonly pacing: { rate: number; burst: number } | undefined;
+  /** Pacing: bytes per ms, and how far (ms) output may run ahead of the paced wire. */
+  private readonly pacing: { bytesPerMs: number; burstMs: number } | undefined;
 
   private started = false;
   private destroyed = false;
@@ -145,8 +160,8 @@ export class TunnelEndpoint {
   private writable = true;
   private lastNow = -Infinity;
   private lastTxAt = -Infinity;
-  private tokens = 0;
-  private tokensAt = 0;
+  /** When the paced virtual wire is free again (ms). */
+  private paceFreeAt = -Infinity;
   private paceBlocked = false;
   private bytesOut = 0;
   private framesOut = 0;
@@ -164,8 +179,7 @@ export class TunnelEndpoint {
     if (opts.pacing !== undefined) {
       const rate = numIn('pacing.bytesPerSecond', opts.pacing.bytesPerSecond, 0, 1, Infinity);
       const burst = numIn('pacing.burstBytes', opts.pacing.burstBytes, 2 * (MAX_PAYLOAD + 21), 1, Infinity);
-      this.pacing = { rate, burst };
-      this.tokens = burst;
+      this.pacing = { bytesPerMs: rate / 1000, burstMs: (burst * 1000) / rate };
     }
     const rto: RtoConfig = {
       initialMs: numIn('rto.initialMs', opts.rto?.initialMs, 1000, 1, 3_600_000),
@@ -193,6 +207,7 @@ export class TunnelEndpoint {
         window: intIn('window', opts.window, 32, 1, MAX_WINDOW),
         maxPayload,
         adaptivePayload: opts.adaptivePayload ?? true,
+        delayBasedWindow: opts.delayBasedWindow ?? true,
         rto,
         keepalive,
         ackDelayMs: numIn('ackDelayMs', opts.ackDelayMs, 10, 0, 60_000),
@@ -257,7 +272,6 @@ export class TunnelEndpoint {
     if (this.started) return;
     this.started = true;
     this.link.start(now);
-    this.tokensAt = now;
     this.pump(now);
   }
 
@@ -310,7 +324,7 @@ export class TunnelEndpoint {
     if (!this.started || this.destroyed) return undefined;
     let d = this.link.nextDeadline();
     if (this.paceBlocked && this.pacing !== undefined && this.writable) {
-      const t = this.tokensAt + ((1 - this.tokens) * 1000) / this.pacing.rate;
+      const t = this.paceResumeAt();
       if (d === undefined || t < d) d = t;
     }
     return d;
@@ -354,6 +368,8 @@ export class TunnelEndpoint {
         srtt: this.link.srtt,
         rttvar: this.link.rttvar,
         rto: this.link.rto,
+        minRtt: this.link.minRtt,
+        cwnd: this.link.cwnd,
         inFlight: this.link.inFlight,
         payloadLimit: this.link.payloadLimit(),
         reorderBuffered: this.link.reorderBuffered,
@@ -391,11 +407,9 @@ export class TunnelEndpoint {
     if (this.started) this.pump(now);
   }
 
-  private refill(now: number): void {
-    if (this.pacing === undefined) return;
-    const dt = Math.max(0, now - this.tokensAt);
-    this.tokens = Math.min(this.pacing.burst, this.tokens + (dt * this.pacing.rate) / 1000);
-    this.tokensAt = now;
+  /** Earliest time the pacer lets the next frame go (same expression as the check, so no rounding gap). */
+  private paceResumeAt(): number {
+    return this.paceFreeAt - this.pacing!.burstMs;
   }
 
   private pump(now: number): void {
@@ -407,12 +421,9 @@ export class TunnelEndpoint {
         this.link.retryDelivery(now);
         this.paceBlocked = false;
         while (this.writable && !this.destroyed) {
-          if (this.pacing !== undefined) {
-            this.refill(now);
-            if (this.tokens < 1) {
-              this.paceBlocked = this.link.hasUrgentFrame() || (this.link.windowOpen && this.mux.hasPending());
-              break;
-            }
+          if (this.pacing !== undefined && now < this.paceResumeAt()) {
+            this.paceBlocked = this.link.hasUrgentFrame() || (this.link.windowOpen && this.mux.hasPending());
+            break;
           }
           const f = this.link.nextFrame(now);
           if (f === undefined) break;
@@ -420,7 +431,7 @@ export class TunnelEndpoint {
           this.lastTxAt = now;
           this.bytesOut += bytes.length;
           this.framesOut++;
-          if (this.pacing !== undefined) this.tokens -= bytes.length;
+          if (this.pacing !== undefined) this.paceFreeAt = Math.max(this.paceFreeAt, now) + bytes.length / this.pacing.bytesPerMs;
           if (this.writeFn(bytes) === false) this.writable = false;
           // Sending may have freed control-queue room: deliver what the link held back.
           this.link.retryDelivery(now);
