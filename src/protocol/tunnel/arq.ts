@@ -698,15 +698,14 @@ export class ReliableLink {
   }
 
   /**
-   * RTO expiry (RFC 6298 5.4–5.7): every unacknowledged frame that has itself been
-   * outstanding for a whole RTO is declared lost (at least the oldest one), then the
-   * RTO backs off until a valid RTT sample arrives: it doubles (up to maxMs) while the
-   * peer is silent, but is at most twice the computed RTO while frames from the peer
-   * keep arriving — then frames are being damaged, not the peer gone, and a dedicated
-   * line has no congestion to back off from. Resending all of them,
-   * not only the oldest, keeps a heavily damaged line moving (there is no congestion
-   * to fear on a dedicated line); the delay-based window keeps the transport buffer
-   * short, so such timeouts are rarely spurious.
+   * RTO expiry (RFC 6298 5.4–5.7). Every unacknowledged frame that has itself been
+   * outstanding for a whole RTO is declared lost (at least the oldest one): resending
+   * all of them, not only the oldest, keeps a heavily damaged line moving, and the
+   * delay-based window keeps the transport buffer short, so such timeouts are rarely
+   * spurious. Then the RTO backs off until a valid RTT sample arrives: it doubles (up
+   * to maxMs) while the peer is silent, but is at most twice the computed RTO while
+   * frames from the peer keep arriving — frames are being damaged then, the peer is not
+   * gone, and a dedicated line has no congestion to back off from.
    */
   private onRto(now: number): void {
     this.stats.timeouts++;

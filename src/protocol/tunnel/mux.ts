@@ -467,7 +467,7 @@ export class Multiplexer {
   handle(m: LinkMessage, now: number): void {
     switch (m.type) {
       case FrameType.OPEN:
-        this.onOpen(m, now);
+        this.onOpen(m);
         return;
       case FrameType.OPEN_OK:
       case FrameType.OPEN_FAIL:
@@ -488,7 +488,7 @@ export class Multiplexer {
     return (id & STREAM_ID_AGENT_BIT) !== this.ownBit && (id & 0x7fff) !== 0;
   }
 
-  private onOpen(m: LinkMessage, now: number): void {
+  private onOpen(m: LinkMessage): void {
     const id = m.stream;
     const body = decodeOpen(m.payload);
     if (!this.isPeerId(id) || body === undefined || body.port === 0 || body.credit === 0) {
@@ -517,7 +517,6 @@ export class Multiplexer {
     const r = this.record(id, body.port, false, 'opening-remote', this.cfg.streamWindow, this.cfg.autoConsume, {});
     r.sendCredit = body.credit;
     handler(r.handle, body.port);
-    void now;
   }
 
   private onAnswer(m: LinkMessage): void {
