@@ -127,7 +127,7 @@ function established(cfg: Partial<ReliableLinkConfig> = {}): { h: Side; a: Side 
 const msg = (i: number): LinkMessage => ({ type: FrameType.DATA, stream: 1, payload: Uint8Array.of(i & 0xff, (i >> 8) & 0xff, (i >> 16) & 0xff) });
 const idx = (m: LinkMessage): number => m.payload[0] | (m.payload[1] << 8) | (m.payload[2] << 16);
 
-describe('tunnel ARQ: sequence arithmetic', () => {
+describe('tunnel ARQ: sequence arithmetic', { timeout: 120_000 }, () => {
   test('seqDiff wraps at 2^16', () => {
     assert.equal(seqDiff(0, 0), 0);
     assert.equal(seqDiff(1, 0xffff), 2);
@@ -143,7 +143,7 @@ describe('tunnel ARQ: sequence arithmetic', () => {
   });
 });
 
-describe('tunnel ARQ: handshake and boot ids', () => {
+describe('tunnel ARQ: handshake and boot ids', { timeout: 120_000 }, () => {
   test('three HELLOs establish both sides with the same session tag', () => {
     const h = mk('host', 0x12345678);
     const a = mk('agent', 0x9abcdef0);
@@ -264,7 +264,7 @@ describe('tunnel ARQ: handshake and boot ids', () => {
   });
 });
 
-describe('tunnel ARQ: selective repeat', () => {
+describe('tunnel ARQ: selective repeat', { timeout: 120_000 }, () => {
   test('in-order exactly-once delivery across sequence wrap-around; window never exceeded', { timeout: 60_000 }, () => {
     const { h, a } = established();
     const N = 70_000;
@@ -390,7 +390,7 @@ describe('tunnel ARQ: selective repeat', () => {
   });
 });
 
-describe('tunnel ARQ: RTO (RFC 6298) and Karn', () => {
+describe('tunnel ARQ: RTO (RFC 6298) and Karn', { timeout: 120_000 }, () => {
   function sendAndAck(h: Side, tag: number, sentAt: number, ackAt: number): void {
     h.outbox.push(msg(0));
     const [f] = drain(h, sentAt);
@@ -450,7 +450,7 @@ describe('tunnel ARQ: RTO (RFC 6298) and Karn', () => {
   });
 });
 
-describe('tunnel ARQ: backoff cap and delay-based window', () => {
+describe('tunnel ARQ: backoff cap and delay-based window', { timeout: 120_000 }, () => {
   test('while the peer is heard from, the RTO backs off to at most twice the computed value', () => {
     const { h, a } = established({ keepalive: { idleMs: 1e9, intervalMs: 1e9, maxMissed: 4 } });
     const tag = sessionTag(0x1111, 0x2222);
@@ -507,7 +507,7 @@ describe('tunnel ARQ: backoff cap and delay-based window', () => {
   });
 });
 
-describe('tunnel ARQ: keepalive', () => {
+describe('tunnel ARQ: keepalive', { timeout: 120_000 }, () => {
   test('probes after idle, declares the link down after maxMissed, recovers and resends at once', () => {
     const { h, a } = established();
     h.outbox.push(msg(0));
@@ -544,7 +544,7 @@ describe('tunnel ARQ: keepalive', () => {
   });
 });
 
-describe('tunnel ARQ: delayed ACK and adaptive payload', () => {
+describe('tunnel ARQ: delayed ACK and adaptive payload', { timeout: 120_000 }, () => {
   test('one in-order frame is acked after ackDelayMs, two at once', () => {
     const { h, a } = established();
     h.outbox.push(msg(0));

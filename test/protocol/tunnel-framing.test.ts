@@ -123,7 +123,7 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return Uint8Array.from(Buffer.concat(parts));
 }
 
-describe('tunnel CRC-32C', () => {
+describe('tunnel CRC-32C', { timeout: 120_000 }, () => {
   test('check value and known values', () => {
     assert.equal(crc32c(Buffer.from('123456789')), 0xe3069283);
     assert.equal(crc32c(new Uint8Array(0)), 0);
@@ -144,7 +144,7 @@ describe('tunnel CRC-32C', () => {
   });
 });
 
-describe('tunnel COBS', () => {
+describe('tunnel COBS', { timeout: 120_000 }, () => {
   test('reference examples', () => {
     const cases: [string, string][] = [
       ['', '01'],
@@ -199,7 +199,7 @@ describe('tunnel COBS', () => {
   });
 });
 
-describe('tunnel framing', () => {
+describe('tunnel framing', { timeout: 120_000 }, () => {
   test('test vectors (docs/tunnel-protocol.md)', () => {
     for (const v of VECTORS) {
       if (v.body === '') continue;

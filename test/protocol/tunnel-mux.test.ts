@@ -100,7 +100,7 @@ function pair(opts: { host?: Partial<MuxConfig>; agent?: Partial<MuxConfig>; onO
 
 const bytes = (n: number, seed = 1): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
 
-describe('tunnel mux: stream lifecycle', () => {
+describe('tunnel mux: stream lifecycle', { timeout: 120_000 }, () => {
   test('open, accept, data both ways, half-close each way, close; ids released', () => {
     const p = pair();
     const s = p.h.open(22, recorder(p.log, 'host'), {}, 0);
@@ -316,7 +316,7 @@ describe('tunnel mux: stream lifecycle', () => {
   });
 });
 
-describe('tunnel mux: credit flow control', () => {
+describe('tunnel mux: credit flow control', { timeout: 120_000 }, () => {
   test('the sender never exceeds credit; CREDIT follows consumption', () => {
     const p = pair({ agent: { streamWindow: 1000, autoConsume: false } });
     const s = p.h.open(22, recorder(p.log, 'host'), {}, 0);
@@ -397,7 +397,7 @@ describe('tunnel mux: credit flow control', () => {
   });
 });
 
-describe('tunnel mux: scheduling and backpressure', () => {
+describe('tunnel mux: scheduling and backpressure', { timeout: 120_000 }, () => {
   test('round-robin per frame between bulk streams; small writes go first', () => {
     const p = pair({ agent: { streamWindow: 1 << 20 } });
     const a = p.h.open(1, {}, {}, 0);

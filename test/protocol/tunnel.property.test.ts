@@ -233,7 +233,7 @@ function runScenario(sc: Scenario, limitMs: number, totals?: Totals): { sim: Sim
 
 // ------------------------------------------------------------------ properties
 
-describe('tunnel end to end over a simulated serial line', () => {
+describe('tunnel end to end over a simulated serial line', { timeout: 120_000 }, () => {
   const report = (t: { diagnostic(s: string): void }, tot: Totals): void =>
     t.diagnostic(
       `${tot.runs} runs, ${(tot.payloadBytes / KiB).toFixed(0)} KiB of stream data, ${tot.faults} injected faults, ${tot.retransmits} retransmissions, ${(tot.discardedBytes / KiB).toFixed(0)} KiB discarded by the decoders, ${(tot.virtualMs / 1000).toFixed(0)} s virtual time`,
@@ -317,7 +317,7 @@ describe('tunnel end to end over a simulated serial line', () => {
   });
 });
 
-describe('tunnel peer restart', () => {
+describe('tunnel peer restart', { timeout: 120_000 }, () => {
   for (const who of ['agent', 'host'] as const) {
     test(`property: ${who} restart mid-transfer resets the old streams (PEER_RESTARTED) and new streams work`, { timeout: 120_000 }, () => {
       fc.assert(
@@ -472,7 +472,7 @@ function fairness(rate: number, opts: { txBuffer: number; pacing?: boolean; dela
   };
 }
 
-describe('tunnel fairness: interactive typing during a bulk transfer', () => {
+describe('tunnel fairness: interactive typing during a bulk transfer', { timeout: 120_000 }, () => {
   const FRAME = 1045; // bytes on the wire of a full frame (with a leading delimiter)
   for (const kib of [20, 50, 300]) {
     test(`${kib} KiB/s, small transport buffer: keystrokes stay fast while bulk saturates the link`, { timeout: 60_000 }, (t) => {
@@ -548,7 +548,7 @@ function goodput(rate: number, opts: { faults?: Faults; latencyMs?: number; maxP
   return (r1 - r0) / (((t1 - t0) / 1000) * rate);
 }
 
-describe('tunnel goodput vs raw link capacity (virtual time)', () => {
+describe('tunnel goodput vs raw link capacity (virtual time)', { timeout: 120_000 }, () => {
   test('>= 80 % of the link at 0 loss with 1024-byte payloads, from 20 KiB/s to 4 MiB/s', { timeout: 60_000 }, (t) => {
     for (const [rate, latency] of [
       [20 * KiB, 5],
@@ -582,7 +582,7 @@ describe('tunnel goodput vs raw link capacity (virtual time)', () => {
 
 // ------------------------------------------------------------------ endpoint API
 
-describe('tunnel endpoint API', () => {
+describe('tunnel endpoint API', { timeout: 120_000 }, () => {
   test('options are validated', () => {
     const w = (): boolean => true;
     assert.throws(() => new TunnelEndpoint({ role: 'x' as 'host', write: w }), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
