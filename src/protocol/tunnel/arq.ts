@@ -23,7 +23,7 @@ import {
   Role,
   type TunnelRole,
 } from './constants.js';
-import { ProtocolError, TunnelErrorCode } from './errors.js';
+import { ProtocolError, TunnelErrorCode, type TunnelErrorCodeValue } from './errors.js';
 import type { Frame } from './framing.js';
 import { crc32c } from './crc32c.js';
 import { decodeHello, decodeSack, encodeHello, encodeSack } from './messages.js';
@@ -212,7 +212,7 @@ export class ReliableLink {
   private tag = 0;
   private peerWindow = 1;
   private peerMaxPayload = MIN_PAYLOAD;
-  private reported = new Set<string>();
+  private reported = new Set<TunnelErrorCodeValue>();
 
   private helloDue = false;
   private helloAt = Infinity;
@@ -445,7 +445,7 @@ export class ReliableLink {
     if (!(h.peerBootId === this.bootId && h.flags & HelloFlag.UP)) this.helloDue = true;
   }
 
-  private report(code: string, message: string, context: Record<string, unknown>): void {
+  private report(code: TunnelErrorCodeValue, message: string, context: Record<string, unknown>): void {
     if (this.reported.has(code)) return;
     this.reported.add(code);
     this.hooks.protocolError(new ProtocolError(code, message, context));

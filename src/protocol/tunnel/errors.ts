@@ -38,6 +38,9 @@ export const TunnelErrorCode = {
   OPEN_FAILED: 'VSPC_TUNNEL_OPEN_FAILED',
 } as const;
 
+/** One of the codes above. */
+export type TunnelErrorCodeValue = (typeof TunnelErrorCode)[keyof typeof TunnelErrorCode];
+
 /** Misuse of the tunnel API; thrown synchronously. */
 export class TunnelError extends VspcError {}
 
@@ -51,7 +54,13 @@ export class TunnelStreamError extends VspcError {
   readonly reason: number;
   readonly reasonName: string;
   readonly remote: boolean;
-  constructor(code: string, reason: number, remote: boolean, text: string, context: ErrorContext = {}) {
+  constructor(
+    code: typeof TunnelErrorCode.STREAM_RESET | typeof TunnelErrorCode.OPEN_FAILED,
+    reason: number,
+    remote: boolean,
+    text: string,
+    context: ErrorContext = {},
+  ) {
     const name = reasonName(reason);
     super(code, `${remote ? 'peer' : 'local'} ${code === TunnelErrorCode.OPEN_FAILED ? 'refused open' : 'reset'}: ${name}${text ? ` (${text})` : ''}`, {
       ...context,

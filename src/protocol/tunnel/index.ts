@@ -10,4 +10,4 @@ export * from './messages.js';
 export { ReliableLink, seqDiff, sessionTag, DUP_THRESHOLD, type LinkMessage, type LinkStats, type RtoConfig, type KeepaliveConfig, type ReliableLinkConfig, type ReliableLinkHooks } from './arq.js';
 export { Multiplexer, TunnelStream, type TunnelStreamHandlers, type TunnelStreamState, type StreamOptions, type MuxConfig, type MuxHooks, type MuxStats } from './mux.js';
 export { TunnelEndpoint, type TunnelEndpointOptions, type TunnelEndpointHandlers, type TunnelEndpointState, type TunnelEndpointStats } from './endpoint.js';
-export { TunnelError, TunnelStreamError, TunnelErrorCode, ProtocolError } from './errors.js';
+export { TunnelError, TunnelStreamError, TunnelErrorCode, ProtocolError, type TunnelErrorCodeValue } from './errors.js';
