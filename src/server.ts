@@ -10,6 +10,7 @@ import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners } from './access/telnet/listeners.js';
 import { ManagedConsoles, sourceConnectors } from './sources/index.js';
+import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
@@ -66,6 +67,9 @@ export class VspcServer {
   private readonly listeners: TelnetListeners;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
+  /** File descriptors as a budget: VM and console connections are refused before the limit. */
+  private readonly fds = new FdBudget();
+  private lastFdRefusalLog = 0;
   private readonly proxy: EsxiListener;
   private readonly admin: AdminServer;
   private addressesValue: ServerAddresses | null = null;
@@ -102,6 +106,7 @@ export class VspcServer {
     // A forgotten or expired VM keeps no console log file open.
     this.registry.on('removed', (hub) => this.consoleLogs?.forget(hub));
     this.metrics = new Metrics(this.registry);
+    this.metrics.fdBudget = this.fds;
     // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
@@ -120,6 +125,7 @@ export class VspcServer {
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
+      admit: (socket) => this.admit(socket, 'client'),
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
@@ -207,6 +213,28 @@ export class VspcServer {
       vmConnectionsRefused: this.proxy.refused,
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
     };
+  }
+
+  /**
+   * The descriptor budget's decision for an accepted VM or console socket; a refusal is
+   * logged (at most every 10 s, with the count) and counted in /metrics.
+   */
+  private admit(socket: import('node:net').Socket, side: 'vm' | 'client'): boolean {
+    if (this.fds.admit(socket)) return true;
+    const now = Date.now();
+    if (now - this.lastFdRefusalLog >= 10_000) {
+      this.lastFdRefusalLog = now;
+      this.logger.warn('file descriptors nearly exhausted; refusing new connections (the admin API keeps a reserve)', {
+        side,
+        peer: `${socket.remoteAddress}:${socket.remotePort}`,
+        inUse: this.fds.inUse,
+        limit: this.fds.limit,
+        reserve: this.fds.reserve,
+        refusedSoFar: this.fds.refused,
+        errorCode: 'VSPC_FD_BUDGET_SPENT',
+      });
+    }
+    return false;
   }
 
   private async startListening(): Promise<void> {
