@@ -50,6 +50,19 @@ export interface ConsoleRepository {
   forget(id: number): boolean;
   /** Throws `VSPC_PORT_INVALID`, `VSPC_NOT_FOUND`, `VSPC_PORT_IN_USE`. */
   setPort(id: number, tcpPort: number): ConsoleRecord;
-  /** Deletes records unseen for `maxAgeMs` for which `keep` is false; returns them. */
-  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number): ConsoleRecord[];
+  /**
+   * Deletes records unseen for `maxAgeMs` — or, when never used, for `unusedMaxAgeMs`
+   * — for which `keep` is false; returns them, each saying whether it was never used.
+   * Infinity: no age limit of that kind.
+   */
+  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number, unusedMaxAgeMs?: number): ExpiredRecord[];
+  /**
+   * The console carried a byte or had a client (at most once per record matters): from
+   * now on only `maxAgeMs` expires it. New records start unused; records from before
+   * this was recorded count as used.
+   */
+  markUsed(id: number): void;
 }
+
+/** An expired record, and whether it was never used (no byte, no client): the quick expiry. */
+export type ExpiredRecord = ConsoleRecord & { neverUsed: boolean };

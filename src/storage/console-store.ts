@@ -12,7 +12,7 @@
 import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
 import type { ConsoleKind } from '../domain/identity.js';
-import type { ConsoleRecord, ConsoleRepository, PortRange } from '../domain/repository.js';
+import type { ConsoleRecord, ConsoleRepository, ExpiredRecord, PortRange } from '../domain/repository.js';
 
 export type { ConsoleRecord, PortRange } from '../domain/repository.js';
 
@@ -78,8 +78,9 @@ export class ConsoleStore implements ConsoleRepository {
     rename: Database.Statement<[string, number]>;
     forget: Database.Statement<[number], number>;
     move: Database.Statement<[number, number]>;
-    olderThan: Database.Statement<[number], ConsoleRecord>;
-    deleteIfOlder: Database.Statement<[number, number]>;
+    olderThan: Database.Statement<[number, number], ConsoleRecord & { neverUsed: number }>;
+    deleteIfOlder: Database.Statement<[number, number, number]>;
+    markUsed: Database.Statement<[number]>;
   };
 
   /**
@@ -108,16 +109,20 @@ export class ConsoleStore implements ConsoleRepository {
       ports: db.prepare<[], number>('SELECT tcp_port FROM consoles').pluck(),
       // COALESCE: a registration without a name (null) keeps the name we already know.
       seen: db.prepare('UPDATE consoles SET last_seen = ?, name = COALESCE(?, name) WHERE id = ?'),
+      // used = 0: a new record has carried nothing yet (markUsed).
       insert: db.prepare(
-        'INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen, used) VALUES (?, ?, ?, ?, ?, ?, ?, 0)',
       ),
       touch: db.prepare('UPDATE consoles SET last_seen = ? WHERE id = ?'),
       rename: db.prepare('UPDATE consoles SET name = ? WHERE id = ?'),
       forget: db.prepare<[number], number>('DELETE FROM consoles WHERE id = ? RETURNING tcp_port').pluck(),
       move: db.prepare('UPDATE consoles SET tcp_port = ? WHERE id = ?'),
-      olderThan: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE last_seen < ? ORDER BY tcp_port`),
-      // Re-checks the age so a record touched since it was selected survives.
-      deleteIfOlder: db.prepare('DELETE FROM consoles WHERE id = ? AND last_seen < ?'),
+      olderThan: db.prepare(
+        `SELECT ${COLUMNS}, used = 0 AS neverUsed FROM consoles WHERE last_seen < ? OR (used = 0 AND last_seen < ?) ORDER BY tcp_port`,
+      ),
+      // Re-checks the age (and use) so a record touched or used since it was selected survives.
+      deleteIfOlder: db.prepare('DELETE FROM consoles WHERE id = ? AND (last_seen < ? OR (used = 0 AND last_seen < ?))'),
+      markUsed: db.prepare('UPDATE consoles SET used = 1 WHERE id = ? AND used = 0'),
     };
     this.reloadPorts();
   }
@@ -267,31 +272,42 @@ export class ConsoleStore implements ConsoleRepository {
   }
 
   /**
-   * Deletes the records whose last_seen < now - maxAgeMs and for which keep(record) is
-   * false (e.g. the VM is connected right now); returns the deleted records, ordered by
-   * port. If keep throws, nothing is deleted.
+   * Deletes the records whose last_seen < now - maxAgeMs — or, for records never used
+   * (markUsed), last_seen < now - unusedMaxAgeMs — and for which keep(record) is false
+   * (e.g. the VM is connected right now); returns the deleted records, ordered by port,
+   * each with `neverUsed`. Either age may be Infinity (no limit of that kind). If keep
+   * throws, nothing is deleted.
    */
-  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now: number = Date.now()): ConsoleRecord[] {
-    if (typeof maxAgeMs !== 'number' || Number.isNaN(maxAgeMs) || maxAgeMs < 0) {
-      throw new StorageError('VSPC_ARG_INVALID', `maxAgeMs must be a non-negative number, got ${String(maxAgeMs)}`, {
-        field: 'maxAgeMs',
-        value: maxAgeMs,
-      });
+  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now: number = Date.now(), unusedMaxAgeMs = Number.POSITIVE_INFINITY): ExpiredRecord[] {
+    for (const [field, v] of [['maxAgeMs', maxAgeMs], ['unusedMaxAgeMs', unusedMaxAgeMs]] as const) {
+      if (typeof v !== 'number' || Number.isNaN(v) || v < 0) {
+        throw new StorageError('VSPC_ARG_INVALID', `${field} must be a non-negative number, got ${String(v)}`, { field, value: v });
+      }
     }
     checkTimestamp('now', now);
-    const cutoff = now - maxAgeMs;
+    // An infinite age is a cutoff no last_seen is below.
+    const cutoffOf = (age: number) => (Number.isFinite(age) ? now - age : Number.MIN_SAFE_INTEGER);
+    const cutoff = cutoffOf(maxAgeMs);
+    const unusedCutoff = cutoffOf(unusedMaxAgeMs);
     const deleted = this.db
       .transaction(() => {
-        const out: ConsoleRecord[] = [];
-        for (const r of this.stmts.olderThan.all(cutoff)) {
+        const out: ExpiredRecord[] = [];
+        for (const row of this.stmts.olderThan.all(cutoff, unusedCutoff)) {
+          const { neverUsed, ...r } = row;
           if (keep(r)) continue;
-          if (this.stmts.deleteIfOlder.run(r.id, cutoff).changes > 0) out.push(r);
+          if (this.stmts.deleteIfOlder.run(r.id, cutoff, unusedCutoff).changes > 0) out.push({ ...r, neverUsed: neverUsed === 1 });
         }
         return out;
       })
       .immediate();
     for (const r of deleted) this.release(r.tcpPort);
     return deleted;
+  }
+
+  /** Records that the console carried a byte or had a client; a no-op when already recorded or gone. */
+  markUsed(id: number): void {
+    this.joinGroup();
+    this.stmts.markUsed.run(id);
   }
 
   /** Commits the current group of writes now (nothing to do without one). */

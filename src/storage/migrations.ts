@@ -85,4 +85,13 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX consoles_last_seen ON consoles (last_seen);
     `,
   },
+  {
+    version: 3,
+    description: 'consoles.used: whether a console ever carried a byte or had a client (quick expiry of unused records)',
+    // Records from before this migration may have been used: they count as used and
+    // keep the long expiry. New records are inserted with used = 0 (console-store.ts).
+    up: `
+      ALTER TABLE consoles ADD COLUMN used INTEGER NOT NULL DEFAULT 1 CHECK (used IN (0, 1));
+    `,
+  },
 ];
