@@ -80,6 +80,7 @@ export class ConsoleStore implements ConsoleRepository {
     move: Database.Statement<[number, number]>;
     olderThan: Database.Statement<[number, number], ConsoleRecord & { neverUsed: number }>;
     deleteIfOlder: Database.Statement<[number, number, number]>;
+    insertUnused: Database.Statement<[number]>;
     markUsed: Database.Statement<[number]>;
   };
 
@@ -109,20 +110,24 @@ export class ConsoleStore implements ConsoleRepository {
       ports: db.prepare<[], number>('SELECT tcp_port FROM consoles').pluck(),
       // COALESCE: a registration without a name (null) keeps the name we already know.
       seen: db.prepare('UPDATE consoles SET last_seen = ?, name = COALESCE(?, name) WHERE id = ?'),
-      // used = 0: a new record has carried nothing yet (markUsed).
       insert: db.prepare(
-        'INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen, used) VALUES (?, ?, ?, ?, ?, ?, ?, 0)',
+        'INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)',
       ),
       touch: db.prepare('UPDATE consoles SET last_seen = ? WHERE id = ?'),
       rename: db.prepare('UPDATE consoles SET name = ? WHERE id = ?'),
       forget: db.prepare<[number], number>('DELETE FROM consoles WHERE id = ? RETURNING tcp_port').pluck(),
       move: db.prepare('UPDATE consoles SET tcp_port = ? WHERE id = ?'),
       olderThan: db.prepare(
-        `SELECT ${COLUMNS}, used = 0 AS neverUsed FROM consoles WHERE last_seen < ? OR (used = 0 AND last_seen < ?) ORDER BY tcp_port`,
+        `SELECT ${COLUMNS}, console_id IS NOT NULL AS neverUsed FROM consoles LEFT JOIN unused_consoles ON console_id = id ` +
+          'WHERE last_seen < ? OR (console_id IS NOT NULL AND last_seen < ?) ORDER BY tcp_port',
       ),
       // Re-checks the age (and use) so a record touched or used since it was selected survives.
-      deleteIfOlder: db.prepare('DELETE FROM consoles WHERE id = ? AND (last_seen < ? OR (used = 0 AND last_seen < ?))'),
-      markUsed: db.prepare('UPDATE consoles SET used = 1 WHERE id = ? AND used = 0'),
+      deleteIfOlder: db.prepare(
+        'DELETE FROM consoles WHERE id = ? AND (last_seen < ? OR (id IN (SELECT console_id FROM unused_consoles) AND last_seen < ?))',
+      ),
+      // A new console has carried nothing yet; markUsed takes it out (forget/expire: ON DELETE CASCADE).
+      insertUnused: db.prepare('INSERT OR IGNORE INTO unused_consoles (console_id) VALUES (?)'),
+      markUsed: db.prepare('DELETE FROM unused_consoles WHERE console_id = ?'),
     };
     this.reloadPorts();
   }
@@ -170,6 +175,9 @@ export class ConsoleStore implements ConsoleRepository {
       const port = this.lowestFreePort(key, label);
       try {
         const info = this.stmts.insert.run(kind, key, label, name, port, now, now);
+        // Outside a group the two inserts commit apart: a crash between them leaves a
+        // record that counts as used, the safe side (it keeps the long expiry).
+        this.stmts.insertUnused.run(Number(info.lastInsertRowid));
         this.used[port] = 1;
         this.cursor = port + 1;
         return {

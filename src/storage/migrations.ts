@@ -87,11 +87,14 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 3,
-    description: 'consoles.used: whether a console ever carried a byte or had a client (quick expiry of unused records)',
-    // Records from before this migration may have been used: they count as used and
-    // keep the long expiry. New records are inserted with used = 0 (console-store.ts).
+    description: 'unused_consoles: consoles that never carried a byte nor had a client (their records expire sooner)',
+    // A table of its own rather than a column: a console is in it from its creation
+    // until first used, so records from before this migration (which may well have been
+    // used) count as used and keep the long expiry. Deleting a console deletes its row.
     up: `
-      ALTER TABLE consoles ADD COLUMN used INTEGER NOT NULL DEFAULT 1 CHECK (used IN (0, 1));
+      CREATE TABLE unused_consoles (
+        console_id INTEGER PRIMARY KEY REFERENCES consoles (id) ON DELETE CASCADE
+      );
     `,
   },
 ];
