@@ -255,9 +255,9 @@ export class VspcServer {
         unseenMs: c.expireAfterMs > 0 ? c.expireAfterMs : Number.POSITIVE_INFINITY,
         unusedMs: c.expireUnusedAfterMs > 0 ? c.expireUnusedAfterMs : Number.POSITIVE_INFINITY,
       });
-      for (const { hub, neverUsed } of gone) {
-        this.metrics.expired(neverUsed ? 'unused' : 'unseen');
-        this.logger.info(neverUsed ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
+      for (const { hub, reason } of gone) {
+        this.metrics.expired(reason);
+        this.logger.info(reason === 'unused' ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
           vm: hub.displayName,
           port: hub.identity.tcpPort,
         });

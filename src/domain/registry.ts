@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ConsoleHub, type ConsoleEvent, type ConsoleObserver } from './console-hub.js';
 import type { ConsoleKind } from './identity.js';
-import type { ConsoleRecord, ConsoleRepository } from './repository.js';
+import type { ConsoleRecord, ConsoleRepository, ExpiredRecord } from './repository.js';
 
 export interface RegistryEvents {
   /** A VM serial port is known (at load or first registration): its client listener should exist. */
@@ -128,7 +128,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
    * `unusedMs` go too. Ages in ms, Infinity for none. Returns the hubs dropped and
    * whether each was never used.
    */
-  expireRecords(ages: { unseenMs: number; unusedMs: number }, now = Date.now()): Array<{ hub: ConsoleHub; neverUsed: boolean }> {
+  expireRecords(ages: { unseenMs: number; unusedMs: number }, now = Date.now()): Array<{ hub: ConsoleHub; reason: ExpiredRecord['reason'] }> {
     const gone = this.store.expire(
       ages.unseenMs,
       (r) => {
@@ -138,12 +138,12 @@ export class Registry extends EventEmitter<RegistryEvents> {
       now,
       ages.unusedMs,
     );
-    const dropped: Array<{ hub: ConsoleHub; neverUsed: boolean }> = [];
+    const dropped: Array<{ hub: ConsoleHub; reason: ExpiredRecord['reason'] }> = [];
     for (const r of gone) {
       const p = this.byKey.get(keyOf(r.kind, r.key, r.label));
       if (p) {
         this.drop(p, 'expired');
-        dropped.push({ hub: p, neverUsed: r.neverUsed });
+        dropped.push({ hub: p, reason: r.reason });
       }
     }
     return dropped;

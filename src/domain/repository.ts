@@ -52,7 +52,7 @@ export interface ConsoleRepository {
   setPort(id: number, tcpPort: number): ConsoleRecord;
   /**
    * Deletes records unseen for `maxAgeMs` — or, when never used, for `unusedMaxAgeMs`
-   * — for which `keep` is false; returns them, each saying whether it was never used.
+   * — for which `keep` is false; returns them, each with the rule that expired it.
    * Infinity: no age limit of that kind.
    */
   expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number, unusedMaxAgeMs?: number): ExpiredRecord[];
@@ -64,5 +64,8 @@ export interface ConsoleRepository {
   markUsed(id: number): void;
 }
 
-/** An expired record, and whether it was never used (no byte, no client): the quick expiry. */
-export type ExpiredRecord = ConsoleRecord & { neverUsed: boolean };
+/**
+ * An expired record and why: `unseen` (past `maxAgeMs`, used or not) or `unused`
+ * (never carried a byte nor had a client, past the shorter `unusedMaxAgeMs`).
+ */
+export type ExpiredRecord = ConsoleRecord & { reason: 'unseen' | 'unused' };

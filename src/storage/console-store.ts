@@ -283,7 +283,7 @@ export class ConsoleStore implements ConsoleRepository {
    * Deletes the records whose last_seen < now - maxAgeMs — or, for records never used
    * (markUsed), last_seen < now - unusedMaxAgeMs — and for which keep(record) is false
    * (e.g. the VM is connected right now); returns the deleted records, ordered by port,
-   * each with `neverUsed`. Either age may be Infinity (no limit of that kind). If keep
+   * each with the rule that expired it. Either age may be Infinity (no limit of that kind). If keep
    * throws, nothing is deleted.
    */
   expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now: number = Date.now(), unusedMaxAgeMs = Number.POSITIVE_INFINITY): ExpiredRecord[] {
@@ -303,7 +303,9 @@ export class ConsoleStore implements ConsoleRepository {
         for (const row of this.stmts.olderThan.all(cutoff, unusedCutoff)) {
           const { neverUsed, ...r } = row;
           if (keep(r)) continue;
-          if (this.stmts.deleteIfOlder.run(r.id, cutoff, unusedCutoff).changes > 0) out.push({ ...r, neverUsed: neverUsed === 1 });
+          if (this.stmts.deleteIfOlder.run(r.id, cutoff, unusedCutoff).changes > 0) {
+            out.push({ ...r, reason: neverUsed === 1 && r.lastSeen >= cutoff ? 'unused' : 'unseen' });
+          }
         }
         return out;
       })
