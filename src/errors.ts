@@ -28,10 +28,10 @@ export const ERROR_CODES = {
   // --- A VM-side peer refused or cut off by a defence (PeerRefusedError; docs/security.md).
   VSPC_PEER_NOT_ALLOWED: ['PeerRefusedError', 'the peer address is not in --proxy-allow: closed at accept, before any protocol'],
   VSPC_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many VM connections still unidentified: a new one refused at accept'],
-  VSPC_ADDRESS_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many unidentified VM connections from one source address (--max-unidentified-per-address)'],
+  VSPC_ADDRESS_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many unidentified VM connections from one source address (--unidentified-per-address)'],
   VSPC_UNIDENTIFIED_EVICTED: ['PeerRefusedError', 'an unidentified VM connection closed to make room for one from a less busy address'],
   VSPC_VM_ALIVE: ['PeerRefusedError', "a connection claimed a VM serial port whose connection answered the liveness probe: refused"],
-  VSPC_PROBE_UNANSWERED: ['PeerRefusedError', 'a VM connection did not answer the liveness probe in --takeover-probe-timeout: replaced'],
+  VSPC_PROBE_UNANSWERED: ['PeerRefusedError', 'a VM connection did not answer the liveness probe in --takeover-probe: replaced'],
   VSPC_REGISTRATION_RATE: ['PeerRefusedError', 'a source address created new VM serial ports faster than --registration-rate allows'],
   // --- A console client broke VSPC-CONTROL (option 201, docs/console-protocol.md).
   VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags, or with an oversized user name'],

@@ -234,8 +234,8 @@ export const OPTIONS = [
     reload: ON_NEW_VM_CONNECTIONS,
   }),
   option({
-    flag: '--takeover-probe-timeout <duration>',
-    key: 'takeoverProbeTimeout',
+    flag: '--takeover-probe <duration>',
+    key: 'takeoverProbe',
     kind: 'text',
     field: 'takeoverProbeTimeoutMs',
     help: 'a new connection for a VM serial port whose connection answers GET-VM-VC-UUID within this is refused (0 = the newest wins)',
@@ -247,8 +247,8 @@ export const OPTIONS = [
     reload: 'for takeovers begun afterwards',
   }),
   option({
-    flag: '--max-unidentified-per-address <n>',
-    key: 'maxUnidentifiedPerAddress',
+    flag: '--unidentified-per-address <n>',
+    key: 'unidentifiedPerAddress',
     kind: 'text',
     field: 'maxUnidentifiedPerAddress',
     help: 'VM connections one source address (IPv6: its /64) may have negotiating or identifying at once (0 = no limit)',

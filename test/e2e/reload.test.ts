@@ -134,11 +134,11 @@ const cases: { [K in ReloadableField]: Case } = {
   },
 
   takeoverProbeTimeoutMs: async (t) => {
-    const r = await reloadable(t, ['takeoverProbeTimeout: 1h']);
+    const r = await reloadable(t, ['takeoverProbe: 1h']);
     // A VM that stopped answering option-232 requests (identified by its unsolicited UUID).
     const u = esxiUuid();
     const { hub } = await r.ts.connectVm({ uuid: u.text, name: 'rl-probe', unsolicitedIdentity: true, answerIdentityRequests: false }, r.cleanup);
-    appliedOnly(await r.reload(['takeoverProbeTimeout: 200ms']), 'takeoverProbeTimeoutMs');
+    appliedOnly(await r.reload(['takeoverProbe: 200ms']), 'takeoverProbeTimeoutMs');
     // Under the old hour the newcomer would wait; now it takes over once the probe goes unanswered for 200 ms.
     const next = await SimulatedVm.connect({ host: '127.0.0.1', port: r.ts.proxyPort, localAddress: '127.0.0.2', uuid: u.text, name: 'rl-probe' });
     r.cleanup.add(() => next.destroy());

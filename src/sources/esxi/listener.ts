@@ -75,16 +75,14 @@ export class EsxiListener {
   }
 
   async listen(addr: HostPort, secure: tls.SecureContextOptions | null): Promise<net.AddressInfo> {
-    const onSocket = (socket: net.Socket) => this.accept(socket, secure !== null);
-    // With TLS the allow-list is checked before the handshake (tls.Server's 'connection'
-    // is the raw TCP socket): an address not allowed costs no TLS handshake.
-    const server = secure ? tls.createServer({ ...secure }, onSocket) : net.createServer(onSocket);
+    // The allow-list is checked on the raw TCP socket, before any byte is read: with TLS
+    // the socket is then handed to a TLS server that does not listen itself, so a
+    // refused address costs no handshake (and no "TLS handshake failed" line).
+    let tlsServer: tls.Server | null = null;
     if (secure) {
-      server.on('connection', (socket: net.Socket) => {
-        if (!this.allowed(socket)) socket.destroy();
-      });
+      tlsServer = tls.createServer({ ...secure }, (socket) => this.accept(socket, true));
       // Plain telnet (or junk) on the TLS port ends here: log and drop that socket only.
-      server.on('tlsClientError', (err, socket) => {
+      tlsServer.on('tlsClientError', (err, socket) => {
         this.logger.warn('TLS handshake failed on the VM port; closed', {
           peer: `${socket.remoteAddress}:${socket.remotePort}`,
           ...errorFields(err),
@@ -93,6 +91,11 @@ export class EsxiListener {
         socket.destroy();
       });
     }
+    const server = net.createServer((socket) => {
+      if (!this.allowed(socket)) socket.destroy();
+      else if (tlsServer) tlsServer.emit('connection', socket);
+      else this.accept(socket, false);
+    });
     server.on('error', (err) => this.logger.error('VM listener error', errorFields(err)));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -113,11 +116,7 @@ export class EsxiListener {
   }
 
   private accept(socket: net.Socket, secure: boolean): void {
-    if (socket.destroyed) return; // refused before the TLS handshake (see listen)
-    if (!secure && !this.allowed(socket)) {
-      socket.destroy();
-      return;
-    }
+    if (socket.destroyed) return; // gone during the TLS handshake
     const address = socket.remoteAddress ?? '?';
     const group = addressGroup(address);
     const mine = this.pendingByGroup.get(group)?.size ?? 0;

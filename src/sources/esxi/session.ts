@@ -43,7 +43,8 @@ export type EsxiSessionState = 'negotiating' | 'identifying' | 'contending' | 'a
  * - `closed`: the old connection went away while it was probed;
  * - `refused`: the old connection answered: the newcomer was refused.
  */
-export type TakeoverResult = 'same-address' | 'no-probe' | 'unanswered' | 'closed' | 'refused';
+export const TAKEOVER_RESULTS = ['same-address', 'no-probe', 'unanswered', 'closed', 'refused'] as const;
+export type TakeoverResult = (typeof TAKEOVER_RESULTS)[number];
 
 /** States in which a connection has not won a serial port yet (the listener's unidentified count). */
 function isPending(state: EsxiSessionState): boolean {
