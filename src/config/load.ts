@@ -53,7 +53,8 @@ export function fileKeys(): Map<string, KeyKind> {
 /** A `list` option's file value: a string (comma-separated), or a list of strings and numbers; given to the option's parser joined by commas. */
 function checkList(key: string, value: unknown, fail: Fail): string {
   if (typeof value === 'string') return value;
-  if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string' || typeof v === 'number')) return value.join(',');
+  if (Array.isArray(value) && value.length === 0) return fail([key], 'an empty list (leave the key out for the default)');
+  if (Array.isArray(value) && value.every((v) => typeof v === 'string' || typeof v === 'number')) return value.join(',');
   return fail([key], `expected a list of strings, got ${describe(value)}`);
 }
 

@@ -252,10 +252,11 @@ export const OPTIONS = [
     kind: 'text',
     field: 'maxUnidentifiedPerAddress',
     help: 'VM connections one source address (IPv6: its /64) may have negotiating or identifying at once (0 = no limit)',
-    // A host identifies each connection within milliseconds, so even one that
-    // reconnects hundreds of VMs at once has few handshakes in flight; hosts behind
-    // one NAT address need more.
-    default: '64',
+    // A host identifies each connection within milliseconds, but one that reconnects
+    // all its VMs at once (vspc restarted) may have hundreds of handshakes in flight.
+    // A quarter of the shared pool (1024): four addresses always fit, and past the pool
+    // the busiest address gives way (listener.ts). Hosts behind one NAT address need more.
+    default: '256',
     parse: (t, f) => parseCount(f, t, 0, 1_000_000),
     reload: false,
   }),

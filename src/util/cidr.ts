@@ -123,14 +123,15 @@ export function parseCidr(text: string): CidrBlock {
   const addrText = slash < 0 ? t : t.slice(0, slash);
   const bytes = parseIp(addrText);
   if (!bytes) throw new Error(`"${text}" is not an IP address or network (e.g. 10.0.0.0/8, 192.0.2.7, 2001:db8::/32)`);
-  const max = bytes.length * 8;
-  let prefix = max;
+  // ::ffff:10.0.0.0/104 is 10.0.0.0/8: its prefix counts the 96 bits of the mapping.
+  const mapped = bytes.length === 4 && addrText.includes(':');
+  const max = mapped ? 128 : bytes.length * 8;
+  let prefix = bytes.length * 8;
   if (slash >= 0) {
     const p = t.slice(slash + 1);
     if (!/^\d{1,3}$/.test(p) || Number(p) > max) throw new Error(`"${text}": the prefix length must be 0-${max}`);
     prefix = Number(p);
-    // ::ffff:10.0.0.0/104 is 10.0.0.0/8.
-    if (bytes.length === 4 && addrText.includes(':')) {
+    if (mapped) {
       if (prefix < 96) throw new Error(`"${text}": an IPv4-mapped network needs a prefix of at least 96`);
       prefix -= 96;
     }
