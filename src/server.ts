@@ -9,6 +9,7 @@ import { ConsoleStore } from './storage/console-store.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners } from './access/telnet/listeners.js';
+import { ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
@@ -63,6 +64,8 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** Declared (and discovered) consoles whose sources vspc maintains itself. */
+  readonly managed: ManagedConsoles;
   private readonly proxy: EsxiListener;
   private readonly admin: AdminServer;
   private addressesValue: ServerAddresses | null = null;
@@ -125,6 +128,7 @@ export class VspcServer {
       lockWaitMs: config.clientLockWaitMs,
       idleTimeoutMs: config.clientIdleTimeoutMs,
     });
+    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
     this.proxy = new EsxiListener(
       {
         registry: this.registry,
@@ -221,6 +225,7 @@ export class VspcServer {
     await this.consoleLogs?.init();
     if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
     this.registry.load();
+    this.applyConsoles(true);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
@@ -337,7 +342,34 @@ export class VspcServer {
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
     vms: () => this.applyVmSettingsToAll(),
+    consoles: () => {
+      this.applyConsoles(false);
+      this.applyVmSettingsToAll();
+    },
   };
+
+  /**
+   * The config file's `consoles:` made real: each declared console registered (kind
+   * `config`, key = its name) with its endpoint running; removed ones forgotten. At
+   * start, records of declared consoles that left the file while vspc was down are
+   * forgotten too.
+   */
+  private applyConsoles(atStart: boolean): void {
+    const wanted = this.config.consoles.map((c) => ({ kind: 'config', key: c.name, label: '', name: c.name, spec: c.source, specText: c.sourceText }));
+    if (atStart) {
+      const names = new Set(this.config.consoles.map((c) => c.name));
+      for (const hub of this.registry.all()) {
+        if (hub.identity.kind === 'config' && !names.has(hub.identity.key)) {
+          this.logger.info('declared console no longer in the configuration; forgotten', { console: hub.displayName, port: hub.identity.tcpPort });
+          this.registry.forget(hub, 'removed from the configuration');
+        }
+      }
+    }
+    const r = this.managed.set('config', wanted, 'forget');
+    if (r.added.length + r.removed.length + r.repointed.length + r.failed.length > 0) {
+      this.logger.info('declared consoles applied', { ...r });
+    }
+  }
 
   /**
    * Apply a new configuration without dropping VM connections: what can change at run
@@ -357,6 +389,7 @@ export class VspcServer {
     const s = resolveVmSettings(this.config, hub.identity);
     // Clients already attached keep their locks; the default applies to the next ones.
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
+    hub.logged = s.log ?? true;
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;
@@ -399,6 +432,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
+    await this.managed.close();
     await this.consoleLogs?.close();
     await this.admin.close();
     closeDatabase(this.db);
@@ -414,6 +448,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();
     for (const hub of this.registry.all()) hub.closeClients('vspc stopped');
+    this.managed.destroy();
     void this.consoleLogs?.close();
     void this.admin.close();
     closeDatabase(this.db);

@@ -26,6 +26,9 @@ import {
   parseSizeOrZero,
 } from './parse.js';
 import { ConfigError } from '../errors.js';
+import type { Fail } from './file.js';
+import { checkVms } from './vms.js';
+import { checkConsoles } from './consoles.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -54,9 +57,14 @@ export interface OptionSpec<F extends Field = Field, R extends Reload = Reload> 
    * `list`: several text values — a variadic, repeatable flag (`--proxy-allow A B`,
    * `--proxy-allow A --proxy-allow B`), commas within a value, or a list in the file —
    * given to `parse` joined by commas, unset (null) when none is given;
-   * `switch`: true unless `--no-…`; `vms`: the per-VM list.
+   * `switch`: true unless `--no-…`; `structured`: a config file value checked by
+   * `check` (`vms:`, `consoles:`).
    */
-  readonly kind: 'text' | 'list' | 'switch' | 'vms';
+  readonly kind: 'text' | 'list' | 'switch' | 'structured';
+  /** For `structured`: checks the file's value, failing at the position of what is wrong. */
+  readonly check?: (value: unknown, fail: Fail) => VspcConfig[F];
+  /** For `structured`: the value when the file has none. */
+  readonly empty?: VspcConfig[F];
   readonly help: string;
   /** The value when none is given, as an operator types it (shown by --help). Absent: unset, the field is null. */
   readonly default?: string;
@@ -435,7 +443,17 @@ export const OPTIONS = [
     parse: (t, f) => parseChoice(f, t, LOCK_MODES),
     reload: 'for clients that attach afterwards',
   }),
-  option({ flag: null, key: 'vms', kind: 'vms', field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+  option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+  option({
+    flag: null,
+    key: 'consoles',
+    kind: 'structured',
+    check: checkConsoles,
+    empty: [],
+    field: 'consoles',
+    help: 'declared consoles (name, source, lockMode, scrollback, port, log)',
+    reload: 'at once: consoles added, removed (their ports freed) or re-pointed; the others untouched',
+  }),
 ] as const;
 
 /** Any row of the table. */

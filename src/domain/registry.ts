@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ConsoleHub, type ConsoleEvent, type ConsoleObserver } from './console-hub.js';
 import type { ConsoleKind } from './identity.js';
+import { sanitizeText } from '../util/text.js';
 import type { ConsoleRecord, ConsoleRepository, ExpiredRecord } from './repository.js';
 
 export interface RegistryEvents {
@@ -133,7 +134,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
       ages.unseenMs,
       (r) => {
         const p = this.byKey.get(keyOf(r.kind, r.key, r.label));
-        return !!p && (p.source !== null || p.clients.size > 0);
+        // In use, or a source vspc maintains is still trying (a declared console whose VM is off).
+        return !!p && (p.source !== null || p.clients.size > 0 || (p.endpoint !== null && p.endpoint.state !== 'stopped'));
       },
       now,
       ages.unusedMs,
@@ -156,7 +158,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
   private adopt(r: ConsoleRecord): ConsoleHub {
     const o = this.hubOptions;
     const hub = new ConsoleHub(
-      { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name, tcpPort: r.tcpPort },
+      // Names stored by an older vspc may hold characters that are now refused at entry.
+      { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name === null ? null : sanitizeText(r.name), tcpPort: r.tcpPort },
       o.maxHeldInput,
       o.scrollbackBytes,
       this.observer,

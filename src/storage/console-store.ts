@@ -175,9 +175,11 @@ export class ConsoleStore implements ConsoleRepository {
       const port = this.lowestFreePort(key, label);
       try {
         const info = this.stmts.insert.run(kind, key, label, name, port, now, now);
-        // Outside a group the two inserts commit apart: a crash between them leaves a
-        // record that counts as used, the safe side (it keeps the long expiry).
-        this.stmts.insertUnused.run(Number(info.lastInsertRowid));
+        // Only consoles a peer creates by connecting (ESXi) start unused and may expire
+        // sooner; declared ones are the operator's. Outside a group the two inserts
+        // commit apart: a crash between them leaves a record that counts as used, the
+        // safe side (it keeps the long expiry).
+        if (kind === 'esxi') this.stmts.insertUnused.run(Number(info.lastInsertRowid));
         this.used[port] = 1;
         this.cursor = port + 1;
         return {

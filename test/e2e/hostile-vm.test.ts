@@ -22,16 +22,6 @@ import { VM_REFUSAL_REASONS } from '../../src/sources/esxi/listener.js';
 import { TAKEOVER_RESULTS } from '../../src/sources/esxi/session.js';
 import { parseCidr } from '../../src/util/cidr.js';
 
-/** An option-232 code nobody defines: vspc answers UNKNOWN-SUBOPTION-RCVD-2 after handling everything sent before it. */
-const BARRIER = 199;
-
-/** Resolves once vspc has handled everything `vm` sent before (and its answer arrived). */
-async function barrier(vm: SimulatedVm): Promise<void> {
-  const answered = vm.waitForExt((code, payload) => code === Ext.UNKNOWN_SUBOPTION_RCVD_2 && payload[0] === BARRIER, 5000);
-  vm.sendExt(BARRIER);
-  await answered;
-}
-
 /** The /metrics samples, by name with labels (`vspc_x{a="b"}`). */
 async function metrics(ts: TestServer): Promise<Map<string, number>> {
   const res = await fetch(`http://127.0.0.1:${ts.adminPort}/metrics`, { signal: AbortSignal.timeout(5000) });
@@ -152,7 +142,7 @@ describe('impersonation: a second connection with a live VM\'s UUID', () => {
     await waitUntil(() => ts.logs.filter((l) => l.errorCode === 'VSPC_VM_ALIVE').length === 40, 3000, '40 refusals logged');
     user.send('still here');
     await real.waitForInput('still here', 3000);
-    await barrier(real);
+    await real.barrier();
     assert.equal(hub.source?.peer, real.peerName);
     assert.equal(hub.identity.name, 'web01');
     const m = await metrics(ts);
@@ -262,7 +252,7 @@ describe('quotas: new identities and records nobody used', () => {
     const printed = await ts.connectVm({ uuid: esxiUuid().text, name: 'printed' }, cleanup);
     const attended = await ts.connectVm({ uuid: esxiUuid().text, name: 'attended' }, cleanup);
     printed.vm.send('x');
-    await barrier(printed.vm);
+    await printed.vm.barrier();
     const user = await ts.connectUser(attended.hub.identity.tcpPort, cleanup);
     await user.close();
     await waitUntil(() => attended.hub.clients.size === 0, 3000, 'client gone');

@@ -18,7 +18,7 @@ import { keyName, RELOADABLE, type ReloadableField } from '../../src/config/tabl
 import type { ClientView, PortView, StatusView, VmDetailView } from '../../src/admin/views.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
 import { SimulatedVm } from '../support/sim/index.js';
-import { findFreePortRange } from '../support/ports.js';
+import { reservePortRange } from '../support/ports.js';
 import { esxiUuid, startServer, tempDir, waitUntil, type Cleanup, type TestServer } from '../support/server.js';
 
 const TOKEN = 'reload-token-0123456789abcdef';
@@ -36,7 +36,7 @@ interface Reloadable {
 async function reloadable(t: { after(fn: () => unknown): void }, lines: string[] = [], logLevel?: string): Promise<Reloadable> {
   const dir = tempDir('vspc-reload-');
   t.after(() => dir.remove());
-  const ports = await findFreePortRange(8);
+  const ports = await reservePortRange(8);
   const path = join(dir.dir, 'vspc.yaml');
   const base = ['proxyListen: 127.0.0.1:0', 'adminListen: 127.0.0.1:0', `db: ${join(dir.dir, 'vspc.db')}`, `portRange: ${ports.start}-${ports.end}`];
   writeFileSync(path, [...base, ...lines].join('\n') + '\n');
@@ -247,6 +247,30 @@ const cases: { [K in ReloadableField]: Case } = {
     appliedOnly(await r.reload(['vms:', '  - match: RL-VMS', `    port: ${fixed}`]), 'vms');
     assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=RL-VMS')).port, fixed);
     await r.ts.connectUser(fixed, r.cleanup);
+  },
+
+  consoles: async (t) => {
+    // Two unix sockets standing in for QEMU serial ports; each greets whoever connects.
+    const dir = tempDir('vspc-reload-consoles-');
+    t.after(() => dir.remove());
+    const serve = (name: string) => {
+      const path = join(dir.dir, `${name}.sock`);
+      const server = net.createServer((s) => s.end(`hello from ${name}\r\n`));
+      t.after(() => new Promise<void>((done) => server.close(() => done())));
+      return new Promise<string>((resolve) => server.listen(path, () => resolve(path)));
+    };
+    const a = await serve('a');
+    const b = await serve('b');
+    const r = await reloadable(t, ['consoles:', '  - name: rl-one', `    source: unix:${a}`, '  - name: rl-gone', `    source: unix:${a}`]);
+    const names = async () => (await r.api<PortView[]>('/api/v1/ports')).map((p) => p.name).sort();
+    assert.deepEqual(await names(), ['rl-gone', 'rl-one']);
+    const one = (await r.api<PortView[]>('/api/v1/ports')).find((p) => p.name === 'rl-one')!;
+    // Re-point rl-one, drop rl-gone, add rl-new: rl-one keeps its port and its client.
+    const user = await r.ts.connectUser(one.port, r.cleanup, '');
+    appliedOnly(await r.reload(['consoles:', '  - name: rl-one', `    source: unix:${b}`, '  - name: rl-new', `    source: unix:${a}`]), 'consoles');
+    assert.deepEqual(await names(), ['rl-new', 'rl-one']);
+    await user.waitFor('hello from b', 5000);
+    assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=rl-one')).port, one.port, 'a re-pointed console keeps its port');
   },
 };
 
