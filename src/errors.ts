@@ -25,6 +25,14 @@ export const ERROR_CODES = {
   VSPC_UUID_CHANGED: ['ProtocolError', 'VM-VC-UUID changed on an open connection'],
   VSPC_IDENTIFY_TIMEOUT: ['ProtocolError', 'option 232 agreed but no DO-PROXY and VM-VC-UUID within --identify-timeout'],
   VSPC_NOT_ESXI: ['ProtocolError', 'the peer refused option 232 or said nothing: a person, told what the port is for'],
+  // --- A VM-side peer refused or cut off by a defence (PeerRefusedError; docs/security.md).
+  VSPC_PEER_NOT_ALLOWED: ['PeerRefusedError', 'the peer address is not in --proxy-allow: closed at accept, before any protocol'],
+  VSPC_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many VM connections still unidentified: a new one refused at accept'],
+  VSPC_ADDRESS_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many unidentified VM connections from one source address (--unidentified-per-address)'],
+  VSPC_UNIDENTIFIED_EVICTED: ['PeerRefusedError', 'an unidentified VM connection closed to make room for one from a less busy address'],
+  VSPC_VM_ALIVE: ['PeerRefusedError', "a connection claimed a VM serial port whose connection answered the liveness probe: refused"],
+  VSPC_PROBE_UNANSWERED: ['PeerRefusedError', 'a VM connection did not answer the liveness probe in --takeover-probe: replaced'],
+  VSPC_REGISTRATION_RATE: ['PeerRefusedError', 'a source address created new VM serial ports faster than --registration-rate allows'],
   // --- A console client broke VSPC-CONTROL (option 201, docs/console-protocol.md).
   VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags, or with an oversized user name'],
   VSPC_CONTROL_BAD_MODE: ['ProtocolError', 'an unknown lock mode byte'],
@@ -132,6 +140,13 @@ export class VspcError extends Error {
 
 /** A peer broke the telnet, option-232 or VSPC-CONTROL protocol; the connection is closed. */
 export class ProtocolError extends VspcError {}
+
+/**
+ * A VM-side peer refused or cut off by one of the defences of docs/security.md (the
+ * allow-list, the limits on unidentified connections, the liveness probe before a
+ * takeover, the registration quota); the connection is closed, everything else goes on.
+ */
+export class PeerRefusedError extends VspcError {}
 
 /** Bad configuration or command-line input; the process exits non-zero. */
 export class ConfigError extends VspcError {

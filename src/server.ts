@@ -141,12 +141,14 @@ export class VspcServer {
         logger,
         vmotion: this.vmotion,
         onProtocolError: (code) => this.metrics.protocolError('vm', code),
+        onTakeover: (result) => this.metrics.takeover(result),
         options: {
           get serviceName() { return config.serviceName; },
           get comPort() { return config.comPort; },
           maxSubnegotiation: config.maxSubnegotiation,
           get humanTimeoutMs() { return config.humanTimeoutMs; },
           get identifyTimeoutMs() { return config.identifyTimeoutMs; },
+          get takeoverProbeTimeoutMs() { return config.takeoverProbeTimeoutMs; },
           subnegotiationTimeoutMs: config.subnegotiationTimeoutMs,
           maxPreIdentifyBuffer: config.maxPreIdentifyBuffer,
           closeGraceMs: config.closeGraceMs,
@@ -154,7 +156,15 @@ export class VspcServer {
         },
       },
       logger,
-      config.maxUnidentifiedConnections,
+      {
+        maxUnidentified: config.maxUnidentifiedConnections,
+        maxUnidentifiedPerAddress: config.maxUnidentifiedPerAddress,
+        allow: () => this.config.proxyAllow,
+        // Each vMotion under way may bring one destination connection: keep room for it.
+        headroom: () => this.vmotion.pending,
+        registration: { ratePerSecond: config.registrationRate, burst: config.registrationBurst },
+        onRefused: (reason) => this.metrics.vmRefused(reason),
+      },
     );
     const server = this;
     this.admin = new AdminServer(
@@ -241,7 +251,7 @@ export class VspcServer {
     const c = this.config;
     this.warnAboutExposure();
     await this.consoleLogs?.init();
-    if (c.expireAfterMs > 0) this.expire();
+    if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
     this.registry.load();
     this.applyConsoles(true);
     const proxy = await this.proxy.listen(c.proxyListen, null);
@@ -257,20 +267,33 @@ export class VspcServer {
     });
   }
 
-  /** (Re-)arms the expiry check: hourly, or every expireAfterMs when that is shorter; none when 0. */
+  /**
+   * (Re-)arms the expiry check: hourly, or every expireAfterMs / expireUnusedAfterMs
+   * when one is shorter; none when both are 0.
+   */
   private armExpiry(): void {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     this.expiryTimer = null;
-    if (this.config.expireAfterMs > 0) {
-      this.expiryTimer = setInterval(() => this.expire(), Math.min(this.config.expireAfterMs, 3_600_000));
+    const ages = [this.config.expireAfterMs, this.config.expireUnusedAfterMs].filter((ms) => ms > 0);
+    if (ages.length > 0) {
+      this.expiryTimer = setInterval(() => this.expire(), Math.min(...ages, 3_600_000));
       this.expiryTimer.unref();
     }
   }
 
   private expire(): void {
+    const c = this.config;
     try {
-      for (const hub of this.registry.expire(this.config.expireAfterMs)) {
-        this.logger.info('VM serial port expired (not seen for too long)', { vm: hub.displayName, port: hub.identity.tcpPort });
+      const gone = this.registry.expireRecords({
+        unseenMs: c.expireAfterMs > 0 ? c.expireAfterMs : Number.POSITIVE_INFINITY,
+        unusedMs: c.expireUnusedAfterMs > 0 ? c.expireUnusedAfterMs : Number.POSITIVE_INFINITY,
+      });
+      for (const { hub, reason } of gone) {
+        this.metrics.expired(reason);
+        this.logger.info(reason === 'unused' ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
+          vm: hub.displayName,
+          port: hub.identity.tcpPort,
+        });
       }
     } catch (err) {
       this.logger.error('expiry failed', errorFields(err));
@@ -291,6 +314,13 @@ export class VspcServer {
       this.logger.warn('VM client telnet ports listen on a non-loopback address: plain-text consoles are reachable on the network', {
         clientListenHost: c.clientListenHost,
         telnetsAlsoOffered: !!c.tls,
+      });
+    }
+    const vmListeners = [c.proxyListen, ...(c.proxyTlsListen && c.tls ? [c.proxyTlsListen] : [])];
+    if (!c.proxyAllow && vmListeners.some((l) => !isLoopbackHost(l.host))) {
+      // Anyone who reaches the VM port can claim to be any VM (docs/security.md).
+      this.logger.warn('the VM port listens on a non-loopback address without --proxy-allow: any host that reaches it can connect as a VM', {
+        proxyListen: vmListeners.map((l) => `${l.host}:${l.port}`),
       });
     }
     if (!isLoopbackHost(c.adminListen.host)) {
@@ -326,6 +356,9 @@ export class VspcServer {
       this.logger.level = level;
     },
     expireAfterMs: () => this.armExpiry(),
+    expireUnusedAfterMs: () => this.armExpiry(),
+    proxyAllow: readWhereUsed,
+    takeoverProbeTimeoutMs: readWhereUsed,
     humanTimeoutMs: readWhereUsed,
     identifyTimeoutMs: readWhereUsed,
     serviceName: readWhereUsed,

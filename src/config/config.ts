@@ -7,6 +7,7 @@ import type { SourceSpec } from '../domain/source-spec.js';
 import type { PortRange } from '../domain/repository.js';
 import type { HostPort } from '../util/net.js';
 import type { LockRequest } from '../domain/locks.js';
+import type { CidrBlock } from '../util/cidr.js';
 import type { LOG_FORMATS, LOG_LEVELS } from './table.js';
 import { DEFAULTS as COMPUTED_DEFAULTS } from './options.js';
 
@@ -38,7 +39,24 @@ export interface VspcConfig {
   /** VM serial ports not seen for this long are forgotten; 0 = never. */
   expireAfterMs: number;
   humanTimeoutMs: number;
+  /** Option 232 agreed but no DO-PROXY + UUID (or VMOTION-PEER) by then: closed. */
   identifyTimeoutMs: number;
+  /** Networks that may connect as VMs (--proxy-allow); null = any address. */
+  proxyAllow: CidrBlock[] | null;
+  /**
+   * Before a new connection takes a VM serial port from a live one at another address,
+   * the old one is asked GET-VM-VC-UUID; an answer within this refuses the newcomer.
+   * 0 = no probe, the newest connection wins.
+   */
+  takeoverProbeTimeoutMs: number;
+  /** Unidentified VM connections one source address (IPv6: /64) may hold; 0 = no limit. */
+  maxUnidentifiedPerAddress: number;
+  /** New VM serial port records one source address may create per second (token bucket); 0 = no limit. */
+  registrationRate: number;
+  /** ... and at once. */
+  registrationBurst: number;
+  /** Records that never carried a byte nor a client are forgotten after this long unseen; 0 = only expireAfterMs. */
+  expireUnusedAfterMs: number;
   subnegotiationTimeoutMs: number;
   maxSubnegotiation: number;
   maxPreIdentifyBuffer: number;

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import type { PortRange } from '../domain/repository.js';
 import type { HostPort } from '../util/net.js';
+import { parseCidr, type CidrBlock } from '../util/cidr.js';
 
 /** A TCP port number 0-65535 (1-65535 without `allowZero`). */
 export function parsePort(field: string, text: string, allowZero = true): number {
@@ -77,6 +78,29 @@ export function parseCount(field: string, text: string, min: number, max: number
     throw new ConfigError(`${field}: "${t}" is not ${what} (${min}-${max})`, { field, value: t });
   }
   return Number(t);
+}
+
+/** A non-negative decimal number of events per second (`10`, `0.5`); 0 means no limit where the option says so. */
+export function parseRate(field: string, text: string): number {
+  const t = text.trim();
+  if (!/^\d+(\.\d+)?$/.test(t)) throw new ConfigError(`${field}: "${text}" is not a number per second (e.g. 10, 0.5)`, { field, value: text });
+  return Number(t);
+}
+
+/** Networks, comma- or space-separated (`10.0.0.0/8, 192.0.2.7, 2001:db8::/32`), in the order given, duplicates dropped. */
+export function parseCidrList(field: string, text: string): CidrBlock[] {
+  const items = text.split(/[\s,]+/).filter((x) => x !== '');
+  if (items.length === 0) throw new ConfigError(`${field}: give at least one network (e.g. 10.0.0.0/8)`, { field, value: text });
+  const out = new Map<string, CidrBlock>();
+  for (const item of items) {
+    try {
+      const block = parseCidr(item);
+      out.set(block.text, block);
+    } catch (err) {
+      throw new ConfigError(`${field}: ${(err as Error).message}`, { field, value: item });
+    }
+  }
+  return [...out.values()];
 }
 
 /** Any text but the empty one (paths, host names). */

@@ -20,6 +20,8 @@ import {
   parseNonEmpty,
   parsePort,
   parsePortRange,
+  parseCidrList,
+  parseRate,
   parseSize,
   parseSizeOrZero,
 } from './parse.js';
@@ -50,8 +52,15 @@ export interface OptionSpec<F extends Field = Field, R extends Reload = Reload> 
   readonly flag: string | null;
   /** The config file key: the long flag in camelCase (`--port-range` → `portRange`, `--no-com-port` → `comPort`). */
   readonly key: string;
-  /** `text`: a value parsed by `parse` (or combined with others, see DERIVED in options.ts); `switch`: true unless `--no-…`; `structured`: a config file value checked by `check` (`vms:`, `consoles:`). */
-  readonly kind: 'text' | 'switch' | 'structured';
+  /**
+   * `text`: a value parsed by `parse` (or combined with others, see DERIVED in options.ts);
+   * `list`: several text values — a variadic, repeatable flag (`--proxy-allow A B`,
+   * `--proxy-allow A --proxy-allow B`), commas within a value, or a list in the file —
+   * given to `parse` joined by commas, unset (null) when none is given;
+   * `switch`: true unless `--no-…`; `structured`: a config file value checked by
+   * `check` (`vms:`, `consoles:`).
+   */
+  readonly kind: 'text' | 'list' | 'switch' | 'structured';
   /** For `structured`: checks the file's value, failing at the position of what is wrong. */
   readonly check?: (value: unknown, fail: Fail) => VspcConfig[F];
   /** For `structured`: the value when the file has none. */
@@ -198,14 +207,89 @@ export const OPTIONS = [
     reload: 'at once (the hourly check is re-armed)',
   }),
   option({
+    flag: '--expire-unused-after <duration>',
+    key: 'expireUnusedAfter',
+    kind: 'text',
+    field: 'expireUnusedAfterMs',
+    help: 'forget sooner VM serial ports that never printed a byte nor had a client (0 = only --expire-after)',
+    // A record nobody ever used costs a port and one or two listening fds: a flood of
+    // made-up UUIDs must not hold them for 90 days. A real VM that prints nothing for
+    // an hour after it disconnected loses only a port nobody knew.
+    default: '1h',
+    parse: (t, f) => parseDuration(f, t),
+    reload: 'at once (the hourly check is re-armed)',
+  }),
+  option({
     flag: '--identify-timeout <duration>',
     key: 'identifyTimeout',
     kind: 'text',
     field: 'identifyTimeoutMs',
-    help: 'close VM connections that do not identify in time',
-    default: '30s',
+    help: 'close VM connections that agreed to option 232 but do not identify in time',
+    // Real hosts identify within milliseconds of agreeing to option 232 (about 1 ms in
+    // the capture in docs); 5 s allows several round trips of a slow WAN and a TCP
+    // retransmission, and keeps an idle flood from holding sockets for long.
+    default: '5s',
     parse: (t, f) => parseDuration(f, t),
     reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--proxy-allow <cidr...>',
+    key: 'proxyAllow',
+    kind: 'list',
+    field: 'proxyAllow',
+    help: 'networks that may connect as VMs, checked before any protocol (repeat or comma-separate; default: any)',
+    parse: (t, f) => parseCidrList(f, t),
+    reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--takeover-probe <duration>',
+    key: 'takeoverProbe',
+    kind: 'text',
+    field: 'takeoverProbeTimeoutMs',
+    help: 'a new connection for a VM serial port whose connection answers GET-VM-VC-UUID within this is refused (0 = the newest wins)',
+    // ESXi answers within a round trip (well under a millisecond in the capture); 2 s
+    // covers a slow WAN plus one TCP retransmission (initial RTO 1 s), and is all a host
+    // that really reconnected waits when its old connection died without a FIN.
+    default: '2s',
+    parse: (t, f) => parseDuration(f, t),
+    reload: 'for takeovers begun afterwards',
+  }),
+  option({
+    flag: '--unidentified-per-address <n>',
+    key: 'unidentifiedPerAddress',
+    kind: 'text',
+    field: 'maxUnidentifiedPerAddress',
+    help: 'VM connections one source address (IPv6: its /64) may have negotiating or identifying at once (0 = no limit)',
+    // A host identifies each connection within milliseconds, but one that reconnects
+    // all its VMs at once (vspc restarted) may have hundreds of handshakes in flight.
+    // A quarter of the shared pool (1024): four addresses always fit, and past the pool
+    // the busiest address gives way (listener.ts). Hosts behind one NAT address need more.
+    default: '256',
+    parse: (t, f) => parseCount(f, t, 0, 1_000_000),
+    reload: false,
+  }),
+  option({
+    flag: '--registration-rate <per-second>',
+    key: 'registrationRate',
+    kind: 'text',
+    field: 'registrationRate',
+    help: 'new VM serial ports one source address may register per second once its burst is spent (0 = no limit)',
+    // New records appear when a VM first connects; 10/s (50 at once) lets a host
+    // bring up hundreds of new VMs within a minute (ESXi retries refused ones) while a
+    // flood of made-up UUIDs fills 10,000 ports in 17 minutes instead of one.
+    default: '10',
+    parse: (t, f) => parseRate(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--registration-burst <n>',
+    key: 'registrationBurst',
+    kind: 'text',
+    field: 'registrationBurst',
+    help: 'new VM serial ports one source address may register at once before --registration-rate applies',
+    default: '50',
+    parse: (t, f) => parseCount(f, t, 1, 1_000_000),
+    reload: false,
   }),
   option({
     flag: '--human-timeout <duration>',

@@ -113,4 +113,16 @@ export const MIGRATIONS: readonly Migration[] = [
         BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: tcp_port is an access port'); END;
     `,
   },
+  {
+    version: 4,
+    description: 'unused_consoles: consoles that never carried a byte nor had a client (their records expire sooner)',
+    // A table of its own rather than a column: a console is in it from its creation
+    // until first used, so records from before this migration (which may well have been
+    // used) count as used and keep the long expiry. Deleting a console deletes its row.
+    up: `
+      CREATE TABLE unused_consoles (
+        console_id INTEGER PRIMARY KEY REFERENCES consoles (id) ON DELETE CASCADE
+      );
+    `,
+  },
 ];

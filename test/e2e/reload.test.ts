@@ -111,6 +111,41 @@ const cases: { [K in ReloadableField]: Case } = {
     assert.deepEqual(await r.api<PortView[]>('/api/v1/ports'), []);
   },
 
+  expireUnusedAfterMs: async (t) => {
+    const r = await reloadable(t, ['expireUnusedAfter: 0']);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-unused' }, r.cleanup);
+    vm.destroy();
+    await waitUntil(() => hub.source === null, 3000, 'VM disconnected');
+    appliedOnly(await r.reload(['expireUnusedAfter: 50ms']), 'expireUnusedAfterMs');
+    // It never printed nor had a client: forgotten after the new, short age (the 90-day one still holds for others).
+    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no output, no client)' && l.vm === 'rl-unused', 5000);
+    assert.deepEqual(await r.api<PortView[]>('/api/v1/ports'), []);
+  },
+
+  proxyAllow: async (t) => {
+    const r = await reloadable(t, ['proxyAllow: [192.0.2.0/24]']);
+    const outside = await SimulatedVm.connect({ host: '127.0.0.1', port: r.ts.proxyPort, uuid: esxiUuid().text, name: 'rl-outside' });
+    r.cleanup.add(() => outside.destroy());
+    await outside.whenClosed(5000);
+    await r.ts.logs.waitFor((l) => l.errorCode === 'VSPC_PEER_NOT_ALLOWED' && l.peer === outside.peerName, 3000);
+    appliedOnly(await r.reload(['proxyAllow: [192.0.2.0/24, 127.0.0.0/8]']), 'proxyAllow');
+    const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-inside' }, r.cleanup);
+    assert.equal(hub.identity.name, 'rl-inside');
+  },
+
+  takeoverProbeTimeoutMs: async (t) => {
+    const r = await reloadable(t, ['takeoverProbe: 1h']);
+    // A VM that stopped answering option-232 requests (identified by its unsolicited UUID).
+    const u = esxiUuid();
+    const { hub } = await r.ts.connectVm({ uuid: u.text, name: 'rl-probe', unsolicitedIdentity: true, answerIdentityRequests: false }, r.cleanup);
+    appliedOnly(await r.reload(['takeoverProbe: 200ms']), 'takeoverProbeTimeoutMs');
+    // Under the old hour the newcomer would wait; now it takes over once the probe goes unanswered for 200 ms.
+    const next = await SimulatedVm.connect({ host: '127.0.0.1', port: r.ts.proxyPort, localAddress: '127.0.0.2', uuid: u.text, name: 'rl-probe' });
+    r.cleanup.add(() => next.destroy());
+    await r.ts.logs.waitFor((l) => l.message === 'VM serial port reconnected' && l.peer === next.peerName && l.takeover === 'unanswered', 5000);
+    assert.equal(hub.source?.peer, next.peerName);
+  },
+
   humanTimeoutMs: async (t) => {
     const r = await reloadable(t, ['humanTimeout: 1h']);
     appliedOnly(await r.reload(['humanTimeout: 200ms']), 'humanTimeoutMs');
