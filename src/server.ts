@@ -164,6 +164,7 @@ export class VspcServer {
         headroom: () => this.vmotion.pending,
         registration: { ratePerSecond: config.registrationRate, burst: config.registrationBurst },
         onRefused: (reason) => this.metrics.vmRefused(reason),
+        admit: (socket) => this.admit(socket, 'vm'),
       },
     );
     const server = this;

@@ -65,12 +65,18 @@ test('fd exhaustion: refused and counted by vspc, admin API answers, recovery af
   await child.waitForStderr(/file descriptors nearly exhausted; refusing new connections/, 10_000);
   assert.match(child.stderr, /"errorCode":"VSPC_FD_BUDGET_SPENT"/);
 
+  // The VM side is guarded by the same budget: a VM connecting now is refused too.
+  const vm = await connectRaw(proxy);
+  assert.ok(vm);
+  sockets.push(vm);
+  assert.equal(await fate(vm), 'refused');
+
   // The admin API answers while the budget is spent.
   const status = await vspcAdmin(`127.0.0.1:${admin}`, ['status']);
   assert.equal(status.code, 0, status.stderr);
   const metrics = await (await fetch(`http://127.0.0.1:${admin}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
   const counted = Number(/^vspc_fd_budget_refused_total (\d+)$/m.exec(metrics)?.[1]);
-  assert.equal(counted, refused, 'every refusal counted');
+  assert.equal(counted, refused + 1, 'every refusal counted (the console ones and the VM)');
   assert.match(metrics, /^vspc_fd_limit 256$/m);
 
   // Recovery: the accepted clients leave; a new one gets in.

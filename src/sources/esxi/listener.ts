@@ -38,6 +38,11 @@ export interface EsxiListenerLimits {
   registration?: { ratePerSecond: number; burst: number };
   /** A connection was refused or dropped (metrics). */
   onRefused?(reason: VmRefusalReason): void;
+  /**
+   * Asked for every accepted socket before anything else (the process's descriptor
+   * budget, src/runtime/fd-budget.ts): false closes it at once (the owner logs and counts).
+   */
+  admit?(socket: net.Socket): boolean;
 }
 
 /** At most one log line per reason this often, with the count of those not logged. */
@@ -92,7 +97,8 @@ export class EsxiListener {
       });
     }
     const server = net.createServer((socket) => {
-      if (!this.allowed(socket)) socket.destroy();
+      if (this.limits.admit && !this.limits.admit(socket)) socket.destroy();
+      else if (!this.allowed(socket)) socket.destroy();
       else if (tlsServer) tlsServer.emit('connection', socket);
       else this.accept(socket, false);
     });
