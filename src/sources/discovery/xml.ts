@@ -74,37 +74,40 @@ export function decodeEntities(s: string): string {
   let out = '';
   let from = 0;
   while (amp >= 0) {
-    out += s.slice(from, amp);
     // Entities are short: look for ';' within a small window only (keeps this linear).
-    const window = s.slice(amp + 1, amp + 13);
-    const w = window.indexOf(';');
-    const semi = w < 0 ? -1 : amp + 1 + w;
-    const body = w < 0 ? null : window.slice(0, w);
-    let decoded: string | null = null;
-    if (body !== null) {
-      if (body.charCodeAt(0) === 0x23 /* # */) {
-        const hex = body.charCodeAt(1) === 0x78 || body.charCodeAt(1) === 0x58;
-        const digits = body.slice(hex ? 2 : 1);
-        let cp = digits === '' ? NaN : 0;
-        for (let i = 0; i < digits.length && !Number.isNaN(cp); i++) {
-          const d = hex ? parseInt(digits[i], 16) : digits.charCodeAt(i) - 0x30;
-          cp = Number.isNaN(d) || d < 0 || d > (hex ? 15 : 9) ? NaN : cp * (hex ? 16 : 10) + d;
-        }
-        if (!Number.isNaN(cp)) decoded = cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? '\ufffd' : String.fromCodePoint(cp);
-      } else if (Object.hasOwn(NAMED_ENTITIES, body)) {
-        decoded = NAMED_ENTITIES[body];
+    let semi = -1;
+    for (let k = amp + 1; k < s.length && k <= amp + 12; k++) {
+      if (s.charCodeAt(k) === 0x3b) {
+        semi = k;
+        break;
       }
     }
-    if (decoded !== null) {
-      out += decoded;
-      from = semi + 1;
-    } else {
-      out += '&';
-      from = amp + 1;
+    const decoded = semi < 0 ? null : decodeReference(s.slice(amp + 1, semi));
+    if (decoded === null) {
+      amp = s.indexOf('&', amp + 1);
+      continue;
     }
+    out += s.slice(from, amp) + decoded;
+    from = semi + 1;
     amp = s.indexOf('&', from);
   }
   return out + s.slice(from);
+}
+
+/** `lt` → '<', `#65` → 'A', `#x42` → 'B'; null when not a reference we decode. */
+function decodeReference(body: string): string | null {
+  if (Object.hasOwn(NAMED_ENTITIES, body)) return NAMED_ENTITIES[body];
+  if (body.charCodeAt(0) !== 0x23 /* # */) return null;
+  const hex = body.charCodeAt(1) === 0x78 || body.charCodeAt(1) === 0x58;
+  const digits = body.slice(hex ? 2 : 1);
+  if (digits === '') return null;
+  let cp = 0;
+  for (let i = 0; i < digits.length; i++) {
+    const d = hex ? parseInt(digits[i], 16) : digits.charCodeAt(i) - 0x30;
+    if (Number.isNaN(d) || d < 0 || d > (hex ? 15 : 9)) return null;
+    cp = cp * (hex ? 16 : 10) + d;
+  }
+  return cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? '\ufffd' : String.fromCodePoint(cp);
 }
 
 /** Scans `text`, calling `handler`; never throws on bad input (a throwing handler propagates). */
