@@ -232,9 +232,26 @@ test('watcher: a listener that throws is logged; the other events are still deli
     seen.push(c.key);
     if (c.key === 'a') throw new Error('listener bug');
   });
-  await w.watch();
+  const [first, second] = await Promise.all([w.watch(), w.watch()]);
+  assert.equal(first, second, 'watch() twice: one start');
   assert.deepEqual(seen, ['a', 'b']);
   assert.equal(lines.find((l) => l.level === 'error')?.fields.error, 'listener bug');
+});
+
+test('watcher: a provider returning something unusable is a logged error, not an unhandled rejection', async (t) => {
+  const { logger, lines } = recordingLogger();
+  const p = new FakeDiscovery('broken');
+  p.consoles = [fake('k')];
+  const w = new DiscoveryWatcher([p], { logger, watchFs: false, rescanIntervalMs: 0 });
+  t.after(() => w.close());
+  const log = record(w);
+  await w.watch();
+  p.consoles = [{ kind: 'glob', key: 'k', label: '', name: 'k', spec: null, origin: '/x' } as unknown as DiscoveredConsole];
+  await w.scan();
+  assert.ok(lines.some((l) => l.level === 'error' && l.message === 'discovery scan failed'));
+  p.consoles = [fake('k')];
+  assert.deepEqual((await w.scan()).map((c) => c.key), ['k']);
+  assert.deepEqual(log, ['added glob:k: k'], 'the failed scan changed nothing');
 });
 
 test('watcher: close() is idempotent and final; a scan in flight when it closes emits nothing', async (t) => {

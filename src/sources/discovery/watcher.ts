@@ -91,7 +91,7 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
   private state = new Map<string, DiscoveredConsole>();
   private inFlight: Promise<void> | null = null;
   private queued: Promise<void> | null = null;
-  private watching = false;
+  private watching: Promise<DiscoveredConsole[]> | null = null;
   private isClosed = false;
   private interval: ReturnType<typeof setInterval> | null = null;
   private debounce: ReturnType<typeof setTimeout> | null = null;
@@ -130,12 +130,15 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
   /**
    * Starts watching: an initial scan (its consoles emitted as `added`), then filesystem
    * watches and the periodic rescan. Resolves with the consoles of the initial scan.
-   * Attach listeners first. Calling it again only returns the current consoles.
+   * Attach listeners first. Calling it again returns the same promise.
    */
   async watch(): Promise<DiscoveredConsole[]> {
     if (this.isClosed) throw new LifecycleError('VSPC_DISCOVERY_CLOSED', 'discovery is closed');
-    if (this.watching) return this.current();
-    this.watching = true;
+    this.watching ??= this.start();
+    return this.watching;
+  }
+
+  private async start(): Promise<DiscoveredConsole[]> {
     await this.request('initial');
     if (!this.isClosed && this.rescanIntervalMs > 0) {
       this.interval = setInterval(() => void this.request('periodic'), this.rescanIntervalMs);
@@ -164,9 +167,14 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
   private request(reason: ScanReason): Promise<void> {
     if (this.isClosed) return Promise.resolve();
     if (!this.inFlight) {
-      this.inFlight = this.runScan(reason).finally(() => {
-        this.inFlight = null;
-      });
+      this.inFlight = this.runScan(reason)
+        .catch((err: unknown) => {
+          // A bug (a provider returning something unusable): logged, never an unhandled rejection.
+          this.logger.error('discovery scan failed', { error: errorText(err), stack: (err as Error)?.stack });
+        })
+        .finally(() => {
+          this.inFlight = null;
+        });
       return this.inFlight;
     }
     // One scan queued behind the running one serves every request made meanwhile:
@@ -237,7 +245,7 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
     for (const c of removed) this.safeEmit('removed', c);
     for (const [c, before] of changed) this.safeEmit('changed', c, before);
     for (const c of added) this.safeEmit('added', c);
-    if (this.watching && this.watchFs) await this.reconcileWatches();
+    if (this.watching !== null && this.watchFs) await this.reconcileWatches();
     if (this.isClosed) return;
     this.safeEmit('scanned', summary);
   }
