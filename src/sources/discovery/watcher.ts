@@ -189,19 +189,20 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
   private async runScan(reason: ScanReason): Promise<void> {
     const started = Date.now();
     const readsBefore = this.totalReads();
-    const failed: string[] = [];
+    const failedAt = new Set<number>();
     await Promise.all(
       this.discoveries.map(async (d, i) => {
         try {
           this.lastResults[i] = await d.scan();
         } catch (err) {
-          failed.push(d.description);
+          failedAt.add(i);
           // The provider logged the failure itself (once per state); this is the watcher's view.
           this.logger.debug('discovery provider scan failed; keeping its previous consoles', { provider: d.description, error: errorText(err) });
         }
       }),
     );
     if (this.isClosed) return;
+    const failed = this.discoveries.filter((_, i) => failedAt.has(i)).map((d) => d.description);
 
     const next = new Map<string, DiscoveredConsole>();
     const duplicates: string[] = [];
