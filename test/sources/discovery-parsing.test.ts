@@ -154,7 +154,7 @@ test('scanXml runs in linear time on adversarial input (no quadratic rescans)', 
     const t0 = Date.now();
     scanXml(text, { text() {} });
     const ms = Date.now() - t0;
-    assert.ok(ms < 3000, `${what}: ${text.length} characters took ${ms} ms`);
+    assert.ok(ms < 10_000, `${what}: ${text.length} characters took ${ms} ms`);
   }
 });
 

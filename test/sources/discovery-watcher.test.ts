@@ -25,7 +25,7 @@ function nextEvent<K extends keyof DiscoveryEvents>(w: DiscoveryWatcher, event: 
     };
     const timer = setTimeout(() => {
       w.off(event, listener as never);
-      reject(new Error(`no matching '${event}' event`));
+      reject(new Error(`no matching '${event}' event; consoles now: ${w.current().map((c) => c.key).join(',')}; watching ${w.watchedDirs().join(',')}`));
     }, guardMs);
     w.on(event, listener as never);
   });
@@ -287,15 +287,39 @@ test('watcher: a socket directory removed and recreated is watched again', async
   await h.start(5);
   await w.watch();
   await h.stop(5);
+  // Removed and recreated at once: the kernel may even give the new directory the old
+  // inode number, so only the watch's own events tell that the old watch is dead.
   rmSync(h.runDir, { recursive: true });
   mkdirSync(h.runDir);
-  // What the periodic rescan would do: the directory has a new inode, the old watch is dead.
-  await w.scan();
-  assert.ok(w.watchedDirs().includes(h.runDir));
-  const added = nextEvent(w, 'added', (c) => c.key === '6');
+  const first = nextEvent(w, 'added', (c) => c.key === '6');
   await h.start(6);
-  await added;
-  assert.deepEqual(log, ['added proxmox:5:serial0 null', 'removed proxmox:5:serial0', 'added proxmox:6:serial0 null']);
+  await first;
+  // The new watch is live: a socket created later is found by a scan a filesystem event
+  // started ('watch'), not only by the one scan that follows a new watch ('rewatch').
+  let reason = '';
+  for (let vmid = 7; vmid <= 9 && reason !== 'watch'; vmid++) {
+    const found = new Promise<string>((resolve, reject) => {
+      let hit = false;
+      const onAdded = (c: DiscoveredConsole) => {
+        if (c.key === String(vmid)) hit = true;
+      };
+      const onScanned = (s: ScanSummary) => {
+        if (!hit) return;
+        clearTimeout(guard);
+        w.off('added', onAdded);
+        w.off('scanned', onScanned);
+        resolve(s.reason);
+      };
+      const guard = setTimeout(() => reject(new Error(`VM ${vmid} never reported: the recreated directory is not watched`)), 15_000);
+      w.on('added', onAdded);
+      w.on('scanned', onScanned);
+    });
+    await h.start(vmid);
+    reason = await found;
+  }
+  assert.equal(reason, 'watch');
+  assert.deepEqual(log.slice(0, 3), ['added proxmox:5:serial0 null', 'removed proxmox:5:serial0', 'added proxmox:6:serial0 null']);
+  assert.ok(w.watchedDirs().includes(h.runDir));
 });
 
 test('watcher: 2,000 consoles; an unchanged host rescans without reading a file; one rename reads one conf', async (t) => {

@@ -27,13 +27,15 @@
 import { EventEmitter } from 'node:events';
 import { watch as fsWatch, type FSWatcher } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { basename } from 'node:path';
 import type { Logger } from '../../domain/logger.js';
 import { formatSourceSpec } from '../../domain/source-spec.js';
 import { LifecycleError } from '../../errors.js';
 import { errorText } from './files.js';
 import { discoveredId, type DiscoveredConsole, type Discovery } from './types.js';
 
-export type ScanReason = 'initial' | 'manual' | 'watch' | 'periodic';
+/** What started a scan: `rewatch` is the scan after a directory watch was (re)created. */
+export type ScanReason = 'initial' | 'manual' | 'watch' | 'rewatch' | 'periodic';
 
 export interface ScanSummary {
   reason: ScanReason;
@@ -76,7 +78,7 @@ export function sameConsole(a: DiscoveredConsole, b: DiscoveredConsole): boolean
 
 interface WatchedDir {
   watcher: FSWatcher;
-  /** The directory's inode when watched: a recreated directory needs a new watch. */
+  /** The directory's inode when watched: a directory recreated under another inode needs a new watch. */
   ino: number;
 }
 
@@ -95,6 +97,7 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
   private isClosed = false;
   private interval: ReturnType<typeof setInterval> | null = null;
   private debounce: ReturnType<typeof setTimeout> | null = null;
+  private debounceReason: ScanReason = 'watch';
   private readonly dirWatchers = new Map<string, WatchedDir>();
   private readonly watchFailures = new Set<string>();
   private lastDuplicates = '';
@@ -246,7 +249,9 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
     for (const c of removed) this.safeEmit('removed', c);
     for (const [c, before] of changed) this.safeEmit('changed', c, before);
     for (const c of added) this.safeEmit('added', c);
-    if (this.watching !== null && this.watchFs) await this.reconcileWatches();
+    // A watch set up now may have missed what changed since this scan's readdir: one
+    // more (debounced) scan covers that gap. Only when a watch was (re)created.
+    if (this.watching !== null && this.watchFs && (await this.reconcileWatches())) this.soon('rewatch');
     if (this.isClosed) return;
     this.safeEmit('scanned', summary);
   }
@@ -269,17 +274,24 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
     }
   }
 
-  private onFsEvent(): void {
-    if (this.isClosed || this.debounce) return;
+  /** A scan after the debounce delay; requests meanwhile ride along (a filesystem event names the reason). */
+  private soon(reason: 'watch' | 'rewatch'): void {
+    if (this.isClosed) return;
+    if (this.debounce) {
+      if (reason === 'watch') this.debounceReason = 'watch';
+      return;
+    }
+    this.debounceReason = reason;
     this.debounce = setTimeout(() => {
       this.debounce = null;
-      void this.request('watch');
+      void this.request(this.debounceReason);
     }, this.debounceMs);
     this.debounce.unref?.();
   }
 
-  /** Watches the providers' directories; rewatches one recreated since; drops the rest. */
-  private async reconcileWatches(): Promise<void> {
+  /** Watches the providers' directories; rewatches one recreated since; drops the rest. True when a watch was created. */
+  private async reconcileWatches(): Promise<boolean> {
+    let created = false;
     const wanted = new Set(this.discoveries.flatMap((d) => d.watchDirs()));
     for (const [dir, w] of this.dirWatchers) {
       if (wanted.has(dir)) continue;
@@ -293,7 +305,7 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
       } catch {
         ino = -1;
       }
-      if (this.isClosed) return;
+      if (this.isClosed) return false;
       const existing = this.dirWatchers.get(dir);
       if (existing && existing.ino === ino) continue;
       if (existing) {
@@ -302,7 +314,18 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
       }
       if (ino === -1) continue;
       try {
-        const watcher = fsWatch(dir, { persistent: false }, () => this.onFsEvent());
+        const self = basename(dir);
+        const watcher = fsWatch(dir, { persistent: false }, (_event, file) => {
+          // An event naming the directory itself: it was deleted or moved, and inotify
+          // watches the old inode, which a recreated directory may even reuse. Drop the
+          // watch; the scan below watches whatever is at the path now. (A file inside
+          // with the directory's own name only costs a rewatch.)
+          if (file === self && this.dirWatchers.get(dir)?.watcher === watcher) {
+            watcher.close();
+            this.dirWatchers.delete(dir);
+          }
+          this.soon('watch');
+        });
         watcher.on('error', (err) => {
           this.logger.debug('directory watch ended; the periodic rescan continues', { dir, error: errorText(err) });
           watcher.close();
@@ -310,6 +333,7 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
         });
         this.dirWatchers.set(dir, { watcher, ino });
         this.watchFailures.delete(dir);
+        created = true;
       } catch (err) {
         // ENOSPC (inotify watch limit), EACCES, ...: the periodic rescan still covers it.
         if (!this.watchFailures.has(dir)) {
@@ -318,6 +342,7 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
         }
       }
     }
+    return created;
   }
 }
 
