@@ -11,6 +11,8 @@ import { decodeEntities, scanXml } from '../../src/sources/discovery/xml.js';
 import { parseProxmoxConfName, parseSerialSocketName } from '../../src/sources/discovery/proxmox.js';
 import { matchSegment, parseTemplate, renderTemplate } from '../../src/sources/discovery/glob.js';
 import { parseLibvirtDomain } from '../../src/sources/discovery/libvirt.js';
+import { FileMemo, statSignature } from '../../src/sources/discovery/files.js';
+import type { Stats } from 'node:fs';
 
 test('sanitizeName drops control, C1, bidi and format characters, trims, bounds, keeps the rest', () => {
   assert.equal(sanitizeName('web01'), 'web01');
@@ -225,4 +227,21 @@ test('templates: {path} {basename} {stem} {dir}; unknown or unbalanced placehold
   assert.throws(() => parseTemplate('{host}', 'globs[0].name'), { code: 'VSPC_CONFIG_INVALID', message: /globs\[0\]\.name: unknown placeholder \{host\}/ });
   assert.throws(() => parseTemplate('unix:{path', 'spec'), /unterminated/);
   assert.throws(() => parseTemplate('unix:path}', 'spec'), /without "\{"/);
+});
+
+test('FileMemo: a read within the mtime granularity of the last change is not trusted; a later one is', () => {
+  const st = (mtimeMs: number) => ({ dev: 1, ino: 2, size: 10, mtimeMs, ctimeMs: mtimeMs }) as Stats;
+  const memo = new FileMemo<string>(2000);
+  const now = Date.now();
+  // Read 500 ms after a change on a whole-second filesystem: another change within the
+  // same second would keep mtime, ctime and size, so the next scan must read again.
+  memo.set('/c', statSignature(st(now - 500)), now - 500, now, 'first');
+  assert.equal(memo.get('/c', st(now - 500)), undefined);
+  memo.set('/c', statSignature(st(now - 500)), now - 500, now + 2000, 'settled');
+  assert.equal(memo.get('/c', st(now - 500)), 'settled');
+  assert.equal(memo.get('/c', st(now + 1)), undefined, 'another signature');
+  memo.set('/gone', null, now, now, 'x');
+  assert.equal(memo.get('/gone', st(now)), undefined);
+  memo.retain(new Set());
+  assert.equal(memo.size, 0);
 });

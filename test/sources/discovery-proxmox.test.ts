@@ -133,7 +133,8 @@ test('Proxmox: a conf written within the mtime granularity is read again (same s
   utimesSync(join(h.confDir, '400.conf'), when, when);
   const d = new ProxmoxDiscovery({ logger: h.logger, runDir: h.runDir, confDir: h.confDir, mtimeGranularityMs: 2000 });
   assert.equal((await d.scan())[0].name, 'aaaa');
-  // Same size, same mtime (a whole-second filesystem would show exactly this).
+  // Same size, same mtime (a whole-second filesystem would show exactly this; here the
+  // ctime still differs, FileMemo's own test covers the fully identical signature).
   h.conf(400, 'name: bbbb\n');
   utimesSync(join(h.confDir, '400.conf'), when, when);
   assert.equal((await d.scan())[0].name, 'bbbb', 'a racy read is not trusted');
