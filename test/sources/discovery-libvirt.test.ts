@@ -138,7 +138,7 @@ test('libvirt: unix mode (bind: QEMU listens; connect or absent: QEMU connects),
 
 test('libvirt: names are sanitised, entities decoded, only the domain\'s own <name>/<uuid> count', () => {
   const xml = `<domstatus><name>status-name</name><domain><metadata><name>meta</name><uuid>ffffffff-ffff-ffff-ffff-ffffffffffff</uuid></metadata><name>a&lt;b&gt;\u001b[2J\u202e&#x1b;c<!-- x --></name><name>second</name><uuid> 0000000000000000000000000000000B </uuid><devices><serial type='pty'><source path='/dev/pts/1'/></serial></devices></domain></domstatus>`;
-  assert.deepEqual(consolesOf(xml).list, ['libvirt:0000000000000000000000000000000b:serial0 a<b>[2Jc device:/dev/pts/1']);
+  assert.deepEqual(consolesOf(xml).list, ['libvirt:0000000000000000000000000000000b:serial0 a<b>?[2J??c device:/dev/pts/1']);
   assert.deepEqual(consolesOf(domain('').replace('<name>vm</name>', '')).list, []);
   const noUuid = consolesOf(`<domain><name>x</name><devices><serial type='pty'><source path='/dev/pts/1'/></serial></devices></domain>`);
   assert.deepEqual(noUuid.list, []);

@@ -271,8 +271,11 @@ test('watcher: close() is idempotent and final; a scan in flight when it closes 
   assert.deepEqual(await inFlight, []);
   assert.deepEqual(log, []);
   assert.equal(w.closed, true);
-  await assert.rejects(w.scan(), { code: 'VSPC_DISCOVERY_CLOSED' });
-  await assert.rejects(w.watch(), { code: 'VSPC_DISCOVERY_CLOSED' });
+  // After close: nothing scans, nothing is emitted, the last known state is answered.
+  p.consoles = [fake('later')];
+  assert.deepEqual(await w.scan(), []);
+  assert.deepEqual(await w.watch(), []);
+  assert.deepEqual(log, []);
 });
 
 test('watcher: a socket directory removed and recreated is watched again', async (t) => {

@@ -7,8 +7,8 @@
  * included) and `?` (one character); there is no `**`, no character class and no
  * escape. As in a shell, a wildcard does not match a leading `.` unless the segment
  * itself starts with `.`. Segments with wildcards are expanded with one readdir per
- * directory; matching uses no regular expression (the two-pointer wildcard match,
- * O(n·m) at worst on names of at most 255 bytes).
+ * directory; matching is util/glob.ts (no regular expression; O(n·m) at worst, on
+ * names of at most 255 bytes).
  *
  * Templates (name and spec): `{path}` the matched path, `{basename}` its last segment,
  * `{stem}` the basename without its last extension, `{dir}` the name of the directory
@@ -24,39 +24,21 @@ import { basename, dirname, join } from 'node:path';
 import type { Logger } from '../../domain/logger.js';
 import { parseSourceSpec } from '../../domain/source-spec.js';
 import { ConfigError } from '../../errors.js';
+import { Glob, hasWildcards } from '../../util/glob.js';
 import { errorText, isNotFound, mapLimit } from './files.js';
 import { NoteLog, StateLog } from './notes.js';
 import { sanitizeName } from './text.js';
 import type { DiscoveredConsole, Discovery } from './types.js';
 
-/** Whether `name` matches the wildcard `pattern` (`*`, `?`); code units, no regex. */
-export function matchSegment(pattern: string, name: string): boolean {
-  if ((pattern[0] === '*' || pattern[0] === '?') && name[0] === '.') return false; // hidden files need an explicit '.'
-  let p = 0;
-  let t = 0;
-  let star = -1;
-  let resume = 0;
-  while (t < name.length) {
-    if (p < pattern.length && pattern[p] !== '*' && (pattern[p] === '?' || pattern[p] === name[t])) {
-      p++;
-      t++;
-    } else if (p < pattern.length && pattern[p] === '*') {
-      star = p++;
-      resume = t;
-    } else if (star >= 0) {
-      // Only the last star ever needs to grow: it can absorb what earlier ones would.
-      p = star + 1;
-      t = ++resume;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.length && pattern[p] === '*') p++;
-  return p === pattern.length;
-}
-
-function hasWildcard(segment: string): boolean {
-  return segment.includes('*') || segment.includes('?');
+/**
+ * Whether a directory entry `name` matches one wildcard segment (util/glob.ts: `*`,
+ * `?`, no regex), except that, as in a shell, a leading wildcard does not match a
+ * leading `.`: hidden files need an explicit `.` in the pattern.
+ */
+export function matchSegment(pattern: string | Glob, name: string): boolean {
+  const glob = typeof pattern === 'string' ? new Glob(pattern) : pattern;
+  if ((glob.pattern[0] === '*' || glob.pattern[0] === '?') && name[0] === '.') return false;
+  return glob.test(name);
 }
 
 type TemplatePart = string | { field: 'path' | 'basename' | 'stem' | 'dir' };
@@ -121,6 +103,8 @@ export class GlobDiscovery implements Discovery {
   readonly description: string;
   readonly pattern: string;
   private readonly segments: string[];
+  /** The compiled matcher of each segment with a wildcard, by level. */
+  private readonly globs: Map<number, Glob>;
   private readonly specParts: TemplatePart[];
   private readonly nameParts: TemplatePart[];
   private readonly wants: 'socket' | 'char';
@@ -141,6 +125,7 @@ export class GlobDiscovery implements Discovery {
       if (s.includes('**')) throw new ConfigError(`${field}.pattern: "**" is not supported (one "*" per level)`, { field: `${field}.pattern` });
       if (s === '..') throw new ConfigError(`${field}.pattern: ".." is not allowed`, { field: `${field}.pattern` });
     }
+    this.globs = new Map(this.segments.flatMap((seg, i) => (hasWildcards(seg) ? [[i, new Glob(seg)] as const] : [])));
     this.specParts = parseTemplate(options.spec, `${field}.spec`);
     this.nameParts = parseTemplate(options.name ?? '{basename}', `${field}.name`);
     if (!this.specParts.some((p) => typeof p !== 'string' && p.field === 'path')) {
@@ -179,7 +164,7 @@ export class GlobDiscovery implements Discovery {
     for (let level = 0; level < this.segments.length; level++) {
       const seg = this.segments[level];
       const last = level === this.segments.length - 1;
-      if (!hasWildcard(seg)) {
+      if (!hasWildcards(seg)) {
         candidates = candidates.map((d) => join(d, seg));
         if (last) for (const c of candidates) watched.add(dirname(c));
         continue;
@@ -203,7 +188,7 @@ export class GlobDiscovery implements Discovery {
         }
         watched.add(dir);
         for (const e of entries) {
-          if (!matchSegment(seg, e.name)) continue;
+          if (!matchSegment(this.globs.get(level) as Glob, e.name)) continue;
           // Intermediate levels need directories (symlinks checked when read).
           if (!last && !(e.isDirectory() || e.isSymbolicLink())) continue;
           if (next.length >= this.maxMatches) {

@@ -30,7 +30,6 @@ import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { Logger } from '../../domain/logger.js';
 import { formatSourceSpec } from '../../domain/source-spec.js';
-import { LifecycleError } from '../../errors.js';
 import { errorText } from './files.js';
 import { discoveredId, type DiscoveredConsole, type Discovery } from './types.js';
 
@@ -123,9 +122,11 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
     return this.isClosed;
   }
 
-  /** A full rescan now (joins one already queued); resolves with the consoles after it. */
+  /**
+   * A full rescan now (joins one already queued); resolves with the consoles after it.
+   * After close() it scans nothing and resolves with the last known consoles.
+   */
   async scan(): Promise<DiscoveredConsole[]> {
-    if (this.isClosed) throw new LifecycleError('VSPC_DISCOVERY_CLOSED', 'discovery is closed');
     await this.request('manual');
     return this.current();
   }
@@ -133,10 +134,11 @@ export class DiscoveryWatcher extends EventEmitter<DiscoveryEvents> {
   /**
    * Starts watching: an initial scan (its consoles emitted as `added`), then filesystem
    * watches and the periodic rescan. Resolves with the consoles of the initial scan.
-   * Attach listeners first. Calling it again returns the same promise.
+   * Attach listeners first. Calling it again returns the same promise; after close()
+   * it starts nothing and resolves with the last known consoles.
    */
   async watch(): Promise<DiscoveredConsole[]> {
-    if (this.isClosed) throw new LifecycleError('VSPC_DISCOVERY_CLOSED', 'discovery is closed');
+    if (this.isClosed) return this.current();
     this.watching ??= this.start();
     return this.watching;
   }
