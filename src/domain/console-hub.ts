@@ -16,6 +16,8 @@ export type ConsoleEvent =
   | { kind: 'vm-connected'; peer: string }
   | { kind: 'vm-disconnected'; peer: string }
   | { kind: 'vmotion'; outcome: string; durationMs: number }
+  /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
+  | { kind: 'break-from-source'; peer: string }
   | { kind: 'client-attached'; clientId: number; peer: string; mode: string }
   | { kind: 'client-detached'; clientId: number; peer: string; reason: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
@@ -246,6 +248,16 @@ export class ConsoleHub {
   }
 
   /**
+   * A serial BREAK from the VM's side: each client gets it the way its access method
+   * can say it (telnet: IAC BRK), in order with the output around it; the console log
+   * records it as an event line. Not part of the scrollback (it is not a byte).
+   */
+  breakFromSource(src: ConsoleSource): void {
+    for (const c of this.clientSet) c.breakFromSource?.();
+    this.report({ kind: 'break-from-source', peer: src.peer });
+  }
+
+  /**
    * Attach a client under a lock. Refused requests change nothing (the caller tells
    * the client why and closes it). When granted, the client first gets the
    * scrollback (the recent screen), then live output; holders displaced by `force`
@@ -275,7 +287,9 @@ export class ConsoleHub {
     }
     this.clientSet.add(client);
     if (this.inputPaused) client.pauseInput();
-    if (!this.src) {
+    // During a vMotion switch-over the source may have left already (the destination
+    // completes soon): that is not a disconnect, so say nothing.
+    if (!this.src && !this.holding) {
       this.toldDisconnected.add(client);
       client.notice('VM is not connected; you will see its output when it comes back');
     }

@@ -151,7 +151,7 @@ export class EsxiSession implements VmotionEndpoint {
         write: (b) => this.io.write(b),
         data: (d) => this.onVmData(d),
         error: (err) => this.fail(err),
-        command: (c) => this.log.debug('telnet command from VM', { command: c }),
+        command: (c) => this.onCommand(c),
         extensionEnabled: () => this.onExtensionEnabled(),
         extensionRefused: () => this.explainAndClose('peer refused option 232'),
         proxy: (req, accepted) => this.onProxy(req, accepted),
@@ -361,6 +361,15 @@ export class EsxiSession implements VmotionEndpoint {
     } else {
       this.sbDeadline = null;
     }
+  }
+
+  /** IAC BRK from the host is the guest's serial BREAK: to the clients, like output (a late one from a retiring source too). */
+  private onCommand(command: number): void {
+    this.log.debug('telnet command from VM', { command });
+    if (command !== BRK) return;
+    const hub = this.hubValue ?? this.retiringHub;
+    if (hub) hub.breakFromSource(this);
+    else this.log.info('BREAK from the VM before it identified; dropped');
   }
 
   private onVmData(data: Buffer): void {
