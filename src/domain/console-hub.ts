@@ -1,6 +1,6 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
-import type { SerialLineSettings } from './serial-line.js';
+import type { SerialLineSettings, SerialLineState } from './serial-line.js';
 import { LockTable, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
 export type { ConsoleIdentity } from './identity.js';
@@ -132,6 +132,8 @@ export class ConsoleHub {
   tlsListenError: string | null = null;
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
+  /** BREAK, DTR/RTS, flow control, suspension and signature, as the source last reported them; null: never reported. */
+  lineState: SerialLineState | null = null;
   /** For consoles whose source vspc maintains (declared, discovered): where it stands; null for ESXi. */
   endpoint: EndpointStatus | null = null;
 

@@ -75,6 +75,8 @@ export interface VmotionCoordinatorOptions {
    * concentrator sends 8 bytes, an older build 4 (test/fixtures/esxi-capture-vmotion.txt).
    */
   secretBytes?: number;
+  /** Where secrets come from (default node:crypto randomBytes); tests pass worst-case bytes (0xFF, IAC SE). */
+  random?: (size: number) => Buffer;
 }
 
 export type VmotionCounters = Record<MigrationOutcome | 'begun' | 'bad-peer', number>;
@@ -142,7 +144,7 @@ export class VmotionCoordinator {
       // Keep holding: the held input carries over to the new migration.
       this.end(stale, 'replaced', { releaseTo: undefined });
     }
-    const secret = randomBytes(this.options.secretBytes ?? 8);
+    const secret = (this.options.random ?? randomBytes)(this.options.secretBytes ?? 8);
     const key = Buffer.concat([seq, secret]).toString('hex');
     const m: Migration = {
       key,

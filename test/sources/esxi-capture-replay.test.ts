@@ -136,7 +136,7 @@ interface Expectation {
 }
 
 interface ReplayOptions {
-  /** vspc's --com-port: it answers WILL COM-PORT with DO (else DONT, as the captured concentrator did). */
+  /** vspc's comPort setting: it answers WILL COM-PORT with DO (the default), else DONT as the captured concentrator did. */
   comPort: boolean;
   secretBytes: number;
 }
@@ -386,8 +386,8 @@ describe('ESXi capture (test/fixtures/esxi-capture-vmotion.txt)', () => {
     ]);
   });
 
-  for (const comPort of [false, true]) {
-    test(`replayed against vspc (${comPort ? '--com-port' : 'default: COM-PORT refused'}): every answer means what the captured one meant, and a console client sees exactly the serial bytes`, async (t) => {
+  for (const comPort of [true, false]) {
+    test(`replayed against vspc (${comPort ? 'default: COM-PORT agreed' : '--no-com-port, as the captured concentrator'}): every answer means what the captured one meant, and a console client sees exactly the serial bytes`, async (t) => {
       const { ts, cleanup } = await startServer(t, { config: { comPort } });
       const r = await replay(ts, EVENTS, { comPort, secretBytes: 8 }, cleanup);
 
