@@ -21,8 +21,9 @@ import type { PortView } from '../src/admin/views.js';
 import { VERSION } from '../src/version.js';
 import { benchIdentity, distribution, Group, round, roundDistribution, sleep, type Distribution } from './common.js';
 import { killAll, removeTempDir, trackTempDir, WorkerHandle } from './ipc.js';
+import { reservePortRange } from '../test/support/ports.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
-import { ExternalTarget, freePorts, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
+import { ExternalTarget, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
 
 export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion'] as const;
 export type Phase = (typeof PHASES)[number];
@@ -304,7 +305,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const range = opts.portRange ?? { start: 10000, end: Math.max(19999, 10000 + needed - 1) };
       if (range.end - range.start + 1 < needed) throw new Error(`--port-range ${range.start}-${range.end} has fewer than the ${needed} ports this run needs`);
       // Below Linux's ephemeral range (32768-60999), so our own outgoing sockets never take them.
-      const [proxyPort, adminPort] = await freePorts(2, Math.max(range.end + 1, 30000), 32700);
+      const own = await reservePortRange(2, { from: Math.max(range.end + 1, 30000), to: 32700 });
+      const [proxyPort, adminPort] = [own.start, own.end];
       serverOpts = { dbPath: join(tmp, 'vspc.db'), proxyPort, adminPort, portRange: range, extraArgs: opts.serverArgs, nodeArgs: opts.serverNodeArgs };
       server = ServerProcess.spawn(serverOpts);
       target = server;
@@ -349,7 +351,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     const connectBulk = async (): Promise<{ connected: number; failed: number; errors: string[] }> => {
       const rs = await Promise.all(
         bulkW.map((b) =>
-          b.w.call<{ connected: number; failed: number; errors: string[] }>(
+          b.w.ask(
             'bulk.connect',
             { proxy: target.proxy, namespace: opts.namespace, from: b.from, count: b.count, concurrency: opts.connectConcurrency, timeoutMs: 30_000 },
             opts.phaseTimeoutMs,
@@ -453,7 +455,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const reconnect = () =>
         Promise.all(
           bulkW.map((b) =>
-            b.w.call<{ reconnected: number; failed: number; errors: string[]; attempts: Distribution }>(
+            b.w.ask(
               'bulk.reconnect',
               { timeoutMs: opts.storm.timeoutMs, retryMs: opts.storm.retryMs, connectTimeoutMs: 10_000 },
               opts.storm.timeoutMs + 30_000,
@@ -464,7 +466,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       if (server && serverOpts) {
         stopS = round((await server.stop(30_000)) / 1000, 2);
         log(`storm: vspc stopped in ${stopS} s`);
-        await Promise.all(bulkW.map((b) => b.w.call('bulk.waitClosed', { timeoutMs: 30_000 }, 40_000)));
+        await Promise.all(bulkW.map((b) => b.w.ask('bulk.waitClosed', { timeoutMs: 30_000 }, 40_000)));
         // The hosts retry (every ~retryMs) from now on; the new process starts at once.
         reconnecting = reconnect();
         server = ServerProcess.spawn(serverOpts);
@@ -477,7 +479,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         // An operator's deployment is not restarted: every VM connection drops at once and comes back.
         const s = await target.status();
         connectedBase = s.vmPortsConnected - n;
-        await Promise.all(bulkW.map((b) => b.w.call('bulk.disconnect', { timeoutMs: 30_000 }, 40_000)));
+        await Promise.all(bulkW.map((b) => b.w.ask('bulk.disconnect', { timeoutMs: 30_000 }, 40_000)));
         since = performance.now();
         reconnecting = reconnect();
       }
@@ -529,15 +531,15 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const L = opts.latency;
       const probeW = spawnWorker('probe');
       const relayW = spawnWorker('relay');
-      const { echoPort } = await probeW.call<{ echoPort: number }>(
+      const { echoPort } = await probeW.ask(
         'lat.setup',
         { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, probes: L.probes, timeoutMs: 20_000 },
         60_000,
       );
-      const { port: relayPort } = await relayW.call<{ port: number }>('relay.start', { targetPort: echoPort });
-      await probeW.call('lat.relay', { port: relayPort, timeoutMs: 10_000 });
+      const { port: relayPort } = await relayW.ask('relay.start', { targetPort: echoPort });
+      await probeW.ask('lat.relay', { port: relayPort, timeoutMs: 10_000 });
       const run = () =>
-        probeW.call<{ vspc: number[]; direct: number[]; relay: number[]; errors: number }>(
+        probeW.ask(
           'lat.run',
           { durationMs: L.durationMs, intervalMs: L.intervalMs },
           L.durationMs + 30_000,
@@ -572,19 +574,19 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           left -= count;
         }
         const clientW = spawnWorker('clients');
-        const cc = await clientW.call<{ connected: number; errors: string[] }>('clients.connect', { host: target.proxy.host, ports, concurrency: 64, timeoutMs: 20_000 }, 120_000);
+        const cc = await clientW.ask('clients.connect', { host: target.proxy.host, ports, concurrency: 64, timeoutMs: 20_000 }, 120_000);
         if (cc.connected < ports.length) log(`latency: only ${cc.connected} of ${ports.length} streamer clients connected: ${cc.errors.join('; ')}`);
-        await Promise.all(perWorker.map((p) => p.w.call('bulk.streamStart', { from: p.from, count: p.count, bytesPerSec: L.streamBytesPerSec, tickMs: L.tickMs })));
+        await Promise.all(perWorker.map((p) => p.w.ask('bulk.streamStart', { from: p.from, count: p.count, bytesPerSec: L.streamBytesPerSec, tickMs: L.tickMs })));
         await sleep(1000);
-        const c1 = await clientW.call<{ bytes: number; at: number }>('clients.bytes');
+        const c1 = await clientW.ask('clients.bytes', {});
         const p1 = target.sample();
         await target.loopDelay();
         const r = await run();
         const loop = await target.loopDelay();
         const p2 = target.sample();
-        const c2 = await clientW.call<{ bytes: number; at: number }>('clients.bytes');
-        await Promise.all(perWorker.map((p) => p.w.call('bulk.streamStop')));
-        await clientW.call('clients.close', {}, 30_000);
+        const c2 = await clientW.ask('clients.bytes', {});
+        await Promise.all(perWorker.map((p) => p.w.ask('bulk.streamStop', {})));
+        await clientW.ask('clients.close', {}, 30_000);
         await clientW.stop();
         loaded = {
           ...latencyFigures(r),
@@ -597,7 +599,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           `latency with ${cc.connected} streaming: vspc p50 ${loaded.vspc.p50} p99 ${loaded.vspc.p99} ms; relay p50 ${loaded.relay?.p50} p99 ${loaded.relay?.p99} ms; direct p50 ${loaded.direct.p50} p99 ${loaded.direct.p99} ms (streams ${loaded.streamedMBps} MB/s, server CPU ${loaded.serverCpuPct}%, loop delay p99 ${loop?.p99 ?? "n/a"} max ${loop?.max ?? "n/a"} ms, GC ${JSON.stringify(loop?.gc)})`,
         );
       }
-      await probeW.call('lat.teardown', {}, 30_000);
+      await probeW.ask('lat.teardown', {}, 30_000);
       await probeW.stop();
       await relayW.stop();
       const section: LatencySection = {
@@ -614,7 +616,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
 
     // The N idle VMs are not needed any more: free their connections (their listeners stay).
     if (bulkConnected && (want.has('throughput') || want.has('vmotion'))) {
-      await Promise.all(bulkW.map((b) => b.w.call('bulk.disconnect', { timeoutMs: 30_000 }, 40_000))).catch((err: Error) => log(`disconnecting the bulk VMs: ${err.message}`));
+      await Promise.all(bulkW.map((b) => b.w.ask('bulk.disconnect', { timeoutMs: 30_000 }, 40_000))).catch((err: Error) => log(`disconnecting the bulk VMs: ${err.message}`));
       bulkConnected = false;
     }
     for (const b of bulkW) await b.w.stop();
@@ -623,19 +625,18 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     report.throughput = await phase('throughput', async () => {
       const T = opts.throughput;
       const tw = slices(T.vms, T.workers).map((s, i) => ({ ...s, w: spawnWorker(`throughput-${i}`) }));
-      await Promise.all(tw.map((t) => t.w.call('tp.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000)));
+      await Promise.all(tw.map((t) => t.w.ask('tp.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000)));
       const cases: ThroughputCase[] = [];
-      type Sample = { at: number; delivered: number; sent: number; clientsDropped: number; cpu: NodeJS.CpuUsage };
       for (const perVm of T.clients) {
-        await Promise.all(tw.map((t) => t.w.call('tp.clients', { perVm, timeoutMs: 20_000 }, 120_000)));
-        await Promise.all(tw.map((t) => t.w.call('tp.start', { chunkBytes: T.chunkBytes, windowBytes: T.windowBytes })));
+        await Promise.all(tw.map((t) => t.w.ask('tp.clients', { perVm, timeoutMs: 20_000 }, 120_000)));
+        await Promise.all(tw.map((t) => t.w.ask('tp.start', { chunkBytes: T.chunkBytes, windowBytes: T.windowBytes })));
         await sleep(T.warmupMs);
-        const s1 = await Promise.all(tw.map((t) => t.w.call<Sample>('tp.sample')));
+        const s1 = await Promise.all(tw.map((t) => t.w.ask('tp.sample', {})));
         const p1 = target.sample();
         await sleep(T.durationMs);
-        const s2 = await Promise.all(tw.map((t) => t.w.call<Sample>('tp.sample')));
+        const s2 = await Promise.all(tw.map((t) => t.w.ask('tp.sample', {})));
         const p2 = target.sample();
-        await Promise.all(tw.map((t) => t.w.call('tp.stop')));
+        await Promise.all(tw.map((t) => t.w.ask('tp.stop', {})));
         let delivered = 0;
         let sent = 0;
         let genCpu = 0;
@@ -659,7 +660,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         cases.push(c);
         log(`throughput ${perVm} client(s)/VM: ${c.deliveredMBps} MB/s delivered (VMs sent ${c.vmSentMBps} MB/s), server CPU ${c.serverCpuPct}%`);
       }
-      await Promise.all(tw.map((t) => t.w.call('tp.teardown', {}, 30_000)));
+      await Promise.all(tw.map((t) => t.w.ask('tp.teardown', {}, 30_000)));
       await Promise.all(tw.map((t) => t.w.stop()));
       const section: ThroughputSection = {
         workload: `${T.vms} VMs write ${T.chunkBytes / 1024} KiB chunks of printable text (nothing to escape) as fast as their slowest client reads (at most ${T.windowBytes / 1024} KiB in flight per VM, below the 1 MiB slow-client limit); clients count bytes; ${T.workers} load-generator process(es) holding both ends; ${T.warmupMs / 1000} s warm-up, then ${T.durationMs / 1000} s measured; MB = 10^6 bytes`,
@@ -674,26 +675,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const vw = slices(V.vms, V.workers).map((s, i) => ({ ...s, w: spawnWorker(`vmotion-${i}`) }));
       await Promise.all(
         vw.map((t) =>
-          t.w.call('vm.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000),
+          t.w.ask('vm.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000),
         ),
       );
-      type Run = {
-        completed: number;
-        missed: number;
-        failed: number;
-        errors: string[];
-        elapsedMs: number;
-        switchover: number[];
-        pause: number[];
-        steps: Record<string, Distribution>;
-        loadGenLoopDelay: { p99: number; max: number };
-        bytesVmToClient: number;
-        bytesClientToVm: number;
-        lostVmToClient: number;
-        lostClientToVm: number;
-        vmsWithErrors: number;
-        errorDetails: string[];
-      };
       const quiesceMs = 10_000;
       const runOnce = async (ratePerS: number): Promise<VmotionRun> => {
         const before = (await target.status()).vmotions;
@@ -701,7 +685,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         await target.loopDelay();
         const rs = await Promise.all(
           vw.map((t) =>
-            t.w.call<Run>(
+            t.w.ask(
               'vm.run',
               {
                 durationMs: V.durationMs,
@@ -754,7 +738,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       };
       const paced = V.ratePerS > 0 ? await runOnce(V.ratePerS) : null;
       const max = await runOnce(0);
-      await Promise.all(vw.map((t) => t.w.call('vm.teardown', {}, 30_000)));
+      await Promise.all(vw.map((t) => t.w.ask('vm.teardown', {}, 30_000)));
       await Promise.all(vw.map((t) => t.w.stop()));
       const section: VmotionSection = {
         workload:

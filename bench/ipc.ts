@@ -4,6 +4,7 @@
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
+import type { WorkerCall, WorkerCommand, WorkerReply, WorkerRequest, WorkerResponse } from './worker-api.js';
 
 interface Pending {
   resolve(v: unknown): void;
@@ -71,7 +72,7 @@ export function installExitHooks(onSignal?: (signal: NodeJS.Signals) => void): v
   }
 }
 
-/** A forked load-generator worker (src/bench/worker.ts). */
+/** A forked load-generator worker (bench/worker.ts), asked commands of `WorkerApi`. */
 export class WorkerHandle {
   private nextId = 1;
   private pending = new Map<number, Pending>();
@@ -114,21 +115,23 @@ export class WorkerHandle {
     return this.proc.pid ?? -1;
   }
 
-  call<T = unknown>(cmd: string, args: unknown = {}, timeoutMs = 60_000): Promise<T> {
+  /** Sends `cmd` with its request; resolves with the worker's response, rejects on its error, its exit or the timeout. */
+  ask<K extends WorkerCommand>(cmd: K, req: WorkerRequest<K>, timeoutMs = 60_000): Promise<WorkerResponse<K>> {
     if (this.gone) return Promise.reject(new Error(`worker ${this.name} is gone`));
     const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<WorkerResponse<K>>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new Error(`worker ${this.name}: ${cmd} timed out after ${timeoutMs} ms`));
       }, timeoutMs);
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer, cmd });
-      this.proc.send({ id, cmd, args });
+      this.pending.set(id, { resolve: (v) => resolve(v as WorkerResponse<K>), reject, timer, cmd });
+      const call: WorkerCall<K> = { id, cmd, args: req };
+      this.proc.send(call);
     });
   }
 
   private onMessage(msg: unknown): void {
-    const m = msg as { id?: number; ok?: boolean; result?: unknown; error?: string };
+    const m = msg as WorkerReply | null;
     if (typeof m?.id !== 'number') return;
     const p = this.pending.get(m.id);
     if (!p) return;
@@ -141,7 +144,7 @@ export class WorkerHandle {
   async stop(timeoutMs = 5000): Promise<void> {
     if (this.gone) return;
     try {
-      await this.call('shutdown', {}, timeoutMs);
+      await this.ask('shutdown', {}, timeoutMs);
     } catch {
       /* killed below */
     }

@@ -4,7 +4,6 @@
  * operator's running deployment given by its proxy and admin addresses.
  */
 import type { ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import type { HostPort } from '../src/config/config.js';
 import type { PortView, StatusView } from '../src/admin/views.js';
@@ -285,24 +284,4 @@ export class ServerProcess extends TargetBase {
   kill(): void {
     if (!this.exitInfo) this.child.kill('SIGKILL');
   }
-}
-
-/** True if `port` can be bound on 127.0.0.1 right now. */
-export function canBind(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.once('error', () => resolve(false));
-    s.listen({ host: '127.0.0.1', port, exclusive: true }, () => s.close(() => resolve(true)));
-  });
-}
-
-/** `count` distinct free ports from [from, to], tried in a random order. */
-export async function freePorts(count: number, from: number, to: number): Promise<number[]> {
-  const out: number[] = [];
-  for (let attempt = 0; attempt < 500 && out.length < count; attempt++) {
-    const p = from + Math.floor(Math.random() * (to - from + 1));
-    if (!out.includes(p) && (await canBind(p))) out.push(p);
-  }
-  if (out.length < count) throw new Error(`no ${count} free ports in ${from}-${to}`);
-  return out;
 }

@@ -1,6 +1,6 @@
 /**
  * A load-generator process of the benchmark (forked by the orchestrator, driven over
- * IPC: `{id, cmd, args}` → `{id, ok, result | error}`). It holds simulated ESXi VM
+ * IPC: the commands of `WorkerApi` in worker-api.ts). It holds simulated ESXi VM
  * connections (`SimulatedVm`) and telnet clients (`TelnetUser`) and runs one phase's
  * traffic at a time. Data is counted, not collected; where zero loss must be proven,
  * streams follow a known pattern and are checked byte for byte (`PatternChecker`).
@@ -10,8 +10,9 @@
  */
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import type { HostPort } from '../src/config/config.js';
+import type { HostPort } from '../src/util/net.js';
 import type { PortView } from '../src/admin/views.js';
+import type { Empty, ThroughputSample, VmotionRunRequest, VmotionRunResult, VmSetupRequest, WorkerApi, WorkerCall, WorkerCommand, WorkerHandlers, WorkerReply } from './worker-api.js';
 import { adminGet, type AdminEndpoint } from './server-process.js';
 import { Option } from '../src/protocol/telnet/constants.js';
 import { SimulatedVm } from '../test/support/sim/esxi-simulator.js';
@@ -138,7 +139,7 @@ function attachBulk(b: BulkVm, vm: SimulatedVm): void {
   });
 }
 
-async function bulkConnect(a: { proxy: HostPort; namespace: number; from: number; count: number; concurrency: number; timeoutMs: number }) {
+async function bulkConnect(a: WorkerApi['bulk.connect']['req']): Promise<WorkerApi['bulk.connect']['res']> {
   bulkProxy = a.proxy;
   const t0 = performance.now();
   // Idempotent: VMs this worker already holds are reused (connected again only if needed).
@@ -167,7 +168,7 @@ async function bulkConnect(a: { proxy: HostPort; namespace: number; from: number
   return { connected: items.length - errors.length, failed: errors.length, errors: firstErrors(errors), ms: performance.now() - t0, perVm: roundDistribution(distribution(times)) };
 }
 
-async function bulkWaitClosed(a: { timeoutMs: number }) {
+async function bulkWaitClosed(a: WorkerApi['bulk.waitClosed']['req']): Promise<WorkerApi['bulk.waitClosed']['res']> {
   const deadline = performance.now() + a.timeoutMs;
   while (bulk.some((b) => b.conn && !b.conn.closed)) {
     if (performance.now() > deadline) throw new Error(`${bulk.filter((b) => b.conn && !b.conn.closed).length} VM connections still open`);
@@ -177,7 +178,7 @@ async function bulkWaitClosed(a: { timeoutMs: number }) {
 }
 
 /** Every disconnected bulk VM reconnects at once, retrying (as an ESXi host does) until the deadline. */
-async function bulkReconnect(a: { timeoutMs: number; retryMs: number; connectTimeoutMs: number }) {
+async function bulkReconnect(a: WorkerApi['bulk.reconnect']['req']): Promise<WorkerApi['bulk.reconnect']['res']> {
   if (!bulkProxy) throw new Error('no bulk VMs');
   const proxy = bulkProxy;
   const t0 = performance.now();
@@ -214,7 +215,7 @@ async function bulkReconnect(a: { timeoutMs: number; retryMs: number; connectTim
   };
 }
 
-function bulkStreamStart(a: { from: number; count: number; bytesPerSec: number; tickMs: number }) {
+function bulkStreamStart(a: WorkerApi['bulk.streamStart']['req']): WorkerApi['bulk.streamStart']['res'] {
   if (streamTimer) clearInterval(streamTimer);
   const targets = bulk.slice(a.from, a.from + a.count);
   // Each VM writes one chunk per tick, at its own phase within the tick (VMs are not
@@ -242,13 +243,13 @@ function bulkStreamStart(a: { from: number; count: number; bytesPerSec: number; 
   return { streamers: targets.filter((b) => b.conn).length, startedAt: t0, chunkBytes: chunk.length };
 }
 
-function bulkStreamStop() {
+function bulkStreamStop(): WorkerApi['bulk.streamStop']['res'] {
   if (streamTimer) clearInterval(streamTimer);
   streamTimer = null;
   return { bytesSent: streamSent };
 }
 
-async function bulkDisconnect(a: { timeoutMs: number }) {
+async function bulkDisconnect(a: WorkerApi['bulk.disconnect']['req']): Promise<WorkerApi['bulk.disconnect']['res']> {
   await Promise.all(bulk.map((b) => b.conn?.close()));
   await bulkWaitClosed({ timeoutMs: a.timeoutMs });
   return { disconnected: bulk.length };
@@ -260,7 +261,7 @@ async function bulkDisconnect(a: { timeoutMs: number }) {
 const counting: TelnetUser[] = [];
 let countingBytes = 0;
 
-async function clientsConnect(a: { host: string; ports: number[]; concurrency: number; timeoutMs: number }) {
+async function clientsConnect(a: WorkerApi['clients.connect']['req']): Promise<WorkerApi['clients.connect']['res']> {
   const t0 = performance.now();
   const errors: string[] = [];
   await mapLimit(a.ports, a.concurrency, async (port) => {
@@ -277,11 +278,11 @@ async function clientsConnect(a: { host: string; ports: number[]; concurrency: n
   return { connected: a.ports.length - errors.length, failed: errors.length, errors: firstErrors(errors), ms: performance.now() - t0 };
 }
 
-function clientsBytes() {
+function clientsBytes(): WorkerApi['clients.bytes']['res'] {
   return { bytes: countingBytes, open: counting.filter((u) => !u.closed).length, at: performance.now() };
 }
 
-async function clientsClose() {
+async function clientsClose(): Promise<Empty> {
   await Promise.all(counting.map((u) => u.close()));
   counting.length = 0;
   return {};
@@ -300,7 +301,7 @@ interface Probe {
 const probes: Probe[] = [];
 let echoServer: net.Server | null = null;
 
-async function latSetup(a: { proxy: HostPort; admin: AdminEndpoint; namespace: number; probes: number; timeoutMs: number }) {
+async function latSetup(a: WorkerApi['lat.setup']['req']): Promise<WorkerApi['lat.setup']['res']> {
   const ids = Array.from({ length: a.probes }, (_, i) => benchIdentity(a.namespace, Group.probe, i));
   const vms = await mapLimit(ids, 16, (id) => connectVm(a.proxy, id, a.timeoutMs));
   for (const vm of vms) vm.on('data', (d) => vm.send(d)); // the guest echoes what is typed
@@ -321,7 +322,7 @@ async function latSetup(a: { proxy: HostPort; admin: AdminEndpoint; namespace: n
 }
 
 /** Connects each probe to the echo server through a relay process as well (a third path). */
-async function latRelay(a: { port: number; timeoutMs: number }) {
+async function latRelay(a: WorkerApi['lat.relay']['req']): Promise<WorkerApi['lat.relay']['res']> {
   const socks = await mapLimit(probes, 16, () => connectRaw('127.0.0.1', a.port, a.timeoutMs));
   probes.forEach((p, i) => (p.relay = socks[i]));
   await sleep(50);
@@ -331,7 +332,7 @@ async function latRelay(a: { port: number; timeoutMs: number }) {
 // A minimal TCP relay (run in a process of its own): what any user-space proxy hop costs here.
 let relayServer: net.Server | null = null;
 
-async function relayStart(a: { targetPort: number }) {
+async function relayStart(a: WorkerApi['relay.start']['req']): Promise<WorkerApi['relay.start']['res']> {
   const server = net.createServer((c) => {
     c.setNoDelay(true);
     const t = net.connect({ host: '127.0.0.1', port: a.targetPort });
@@ -388,7 +389,7 @@ function roundTrip(send: (b: Buffer) => void, source: { on(e: 'data', l: (d: Buf
   });
 }
 
-async function latRun(a: { durationMs: number; intervalMs: number }) {
+async function latRun(a: WorkerApi['lat.run']['req']): Promise<WorkerApi['lat.run']['res']> {
   const viaVspc: number[] = [];
   const direct: number[] = [];
   const relay: number[] = [];
@@ -416,7 +417,7 @@ async function latRun(a: { durationMs: number; intervalMs: number }) {
   return { vspc: viaVspc.map(r3), direct: direct.map(r3), relay: relay.map(r3), errors: errors.length, errorSamples: firstErrors(errors) };
 }
 
-async function latTeardown() {
+async function latTeardown(): Promise<Empty> {
   for (const p of probes) {
     p.direct.destroy();
     p.relay?.destroy();
@@ -449,7 +450,7 @@ let tpDelivered = 0;
 let tpSent = 0;
 let tpProxy: HostPort | null = null;
 
-async function tpSetup(a: { proxy: HostPort; admin: AdminEndpoint; namespace: number; from: number; count: number; timeoutMs: number }) {
+async function tpSetup(a: VmSetupRequest): Promise<WorkerApi['tp.setup']['res']> {
   tpProxy = a.proxy;
   const ids = Array.from({ length: a.count }, (_, i) => benchIdentity(a.namespace, Group.throughput, a.from + i));
   const vms = await mapLimit(ids, 32, (id) => connectVm(a.proxy, id, a.timeoutMs));
@@ -458,7 +459,7 @@ async function tpSetup(a: { proxy: HostPort; admin: AdminEndpoint; namespace: nu
   return { vms: tp.length };
 }
 
-async function tpClients(a: { perVm: number; timeoutMs: number }) {
+async function tpClients(a: WorkerApi['tp.clients']['req']): Promise<WorkerApi['tp.clients']['res']> {
   await Promise.all(tp.flatMap((v) => v.users.map((u) => u.close())));
   for (const v of tp) {
     v.users = [];
@@ -502,7 +503,7 @@ function tpPump(v: TpVm): void {
   }
 }
 
-function tpStart(a: { chunkBytes: number; windowBytes: number }) {
+function tpStart(a: WorkerApi['tp.start']['req']): ThroughputSample {
   tpChunk = fillerChunk(a.chunkBytes);
   tpWindow = a.windowBytes;
   for (const v of tp) {
@@ -516,19 +517,19 @@ function tpStart(a: { chunkBytes: number; windowBytes: number }) {
   return tpSample();
 }
 
-function tpSample() {
+function tpSample(): ThroughputSample {
   const dropped = tp.reduce((n, v) => n + v.users.filter((u) => u.closed).length, 0);
   return { at: performance.now(), delivered: tpDelivered, sent: tpSent, clientsDropped: dropped, cpu: process.cpuUsage() };
 }
 
-async function tpStop() {
+async function tpStop(): Promise<ThroughputSample> {
   tpRunning = false;
   const s = tpSample();
   await sleep(200);
   return s;
 }
 
-async function tpTeardown() {
+async function tpTeardown(): Promise<Empty> {
   tpRunning = false;
   await Promise.all(tp.flatMap((v) => [...v.users.map((u) => u.close()), v.vm.close()]));
   tp.length = 0;
@@ -562,7 +563,7 @@ function listenInput(m: MoverVm, vm: SimulatedVm): void {
   vm.on('data', (d) => m.inCheck.push(d));
 }
 
-async function vmSetup(a: { proxy: HostPort; admin: AdminEndpoint; namespace: number; from: number; count: number; timeoutMs: number }) {
+async function vmSetup(a: VmSetupRequest): Promise<WorkerApi['vm.setup']['res']> {
   moverProxy = a.proxy;
   const ids = Array.from({ length: a.count }, (_, i) => benchIdentity(a.namespace, Group.vmotion, a.from + i));
   const vms = await mapLimit(ids, 32, (id) => connectVm(a.proxy, id, a.timeoutMs));
@@ -625,17 +626,7 @@ async function migrate(m: MoverVm, timeoutMs: number): Promise<MigrationTiming> 
   }
 }
 
-async function vmRun(a: {
-  durationMs: number;
-  gapMs: number;
-  /** Migrations per second started by this worker (paced); 0: every VM migrates back to back. */
-  ratePerS: number;
-  tickMs: number;
-  outBytesPerTick: number;
-  inBytesPerTick: number;
-  quiesceMs: number;
-  timeoutMs: number;
-}) {
+async function vmRun(a: VmotionRunRequest): Promise<VmotionRunResult> {
   const switchover: number[] = [];
   const pauses: number[] = [];
   const steps = { goahead: [] as number[], connect: [] as number[], peerOk: [] as number[] };
@@ -759,7 +750,7 @@ async function vmRun(a: {
   };
 }
 
-async function vmTeardown() {
+async function vmTeardown(): Promise<Empty> {
   await Promise.all(movers.flatMap((m) => [m.user.close(), m.conn.close()]));
   movers.length = 0;
   return {};
@@ -767,7 +758,7 @@ async function vmTeardown() {
 
 // ---------------------------------------------------------------------------
 
-async function shutdown() {
+async function shutdown(): Promise<Empty> {
   bulkStreamStop();
   tpRunning = false;
   for (const b of bulk) b.conn?.destroy();
@@ -791,12 +782,11 @@ async function shutdown() {
   return {};
 }
 
-function stats() {
+function stats(): WorkerApi['stats']['res'] {
   return { cpu: process.cpuUsage(), memory: process.memoryUsage(), pid: process.pid };
 }
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
-const handlers: Record<string, (args: any) => unknown> = {
+const handlers: WorkerHandlers = {
   'bulk.connect': bulkConnect,
   'bulk.waitClosed': bulkWaitClosed,
   'bulk.reconnect': bulkReconnect,
@@ -824,23 +814,25 @@ const handlers: Record<string, (args: any) => unknown> = {
   shutdown,
 };
 
+/** Runs the handler of `call.cmd` (typed by the command). */
+function dispatch<K extends WorkerCommand>(call: WorkerCall<K>): Promise<unknown> {
+  const h = handlers[call.cmd] as ((req: WorkerApi[K]['req']) => unknown) | undefined;
+  if (!h) return Promise.reject(new Error(`unknown command ${String(call.cmd)}`));
+  return Promise.resolve().then(() => h(call.args));
+}
+
 if (!process.send) {
   process.stderr.write(`${workerName}: must be started by the benchmark (needs an IPC channel)\n`);
   process.exit(2);
 }
 process.on('disconnect', () => process.exit(0));
 process.on('message', (msg: unknown) => {
-  const { id, cmd, args } = msg as { id: number; cmd: string; args: unknown };
-  const h = handlers[cmd];
-  Promise.resolve()
-    .then(() => {
-      if (!h) throw new Error(`unknown command ${cmd}`);
-      return h(args);
-    })
-    .then(
-      (result) => process.send?.({ id, ok: true, result }),
-      (err: unknown) => process.send?.({ id, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
-    );
+  const call = msg as WorkerCall;
+  const reply = (r: WorkerReply) => process.send?.(r);
+  dispatch(call).then(
+    (result) => reply({ id: call.id, ok: true, result }),
+    (err: unknown) => reply({ id: call.id, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
+  );
 });
 // Socket errors are reported on the objects; nothing may crash the worker silently.
 process.on('uncaughtException', (err) => {

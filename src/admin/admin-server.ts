@@ -18,7 +18,7 @@ export interface AdminRoute {
 export class RawBody {
   constructor(
     readonly contentType: string,
-    readonly text: string,
+    readonly text: string | Buffer,
   ) {}
 }
 

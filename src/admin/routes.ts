@@ -23,6 +23,8 @@ export interface AdminContext {
   consoleLogs?: {
     /** The last `lines` lines of the VM serial port's current console log. */
     tail(hub: ConsoleHub, lines: number): Promise<string>;
+    /** The same as the file's exact bytes. */
+    tailBytes(hub: ConsoleHub, lines: number): Promise<Buffer>;
     /** Rotate one VM's log now, or all of them. */
     rotate(hub?: ConsoleHub): Promise<void>;
   };
@@ -184,6 +186,8 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         const hub = vmOf(url);
         const lines = intParam(url, 'lines', 1, MAX_LOG_LINES, DEFAULT_LOG_LINES);
         if (!ctx.consoleLogs) throw new AdminApiError(409, 'VSPC_CONSOLE_LOG_OFF', 'console logging is off (start vspc with --log-dir)');
+        // format=raw: the file's exact bytes (console output need not be UTF-8).
+        if (url.searchParams.get('format') === 'raw') return new RawBody('application/octet-stream', await ctx.consoleLogs.tailBytes(hub, lines));
         return { vm: hub.displayName, port: hub.identity.tcpPort, lines, text: await ctx.consoleLogs.tail(hub, lines) };
       },
     },

@@ -27,13 +27,21 @@ export class AdminClient {
     return this.request<T>('GET', path);
   }
 
+  /** A GET whose answer is bytes (e.g. `/api/v1/log?format=raw`); errors as for `get`. */
+  async getBytes(path: string): Promise<Buffer> {
+    const { status, body } = await this.send('GET', path);
+    if (status >= 200 && status <= 299) return body;
+    return this.request<never>('GET', path);
+  }
+
   /** Parameters travel in the query string; the JSON body and its type make this a non-simple request (src/admin/request-guard.ts). */
   post<T>(path: string): Promise<T> {
     return this.request<T>('POST', path);
   }
 
   private async request<T>(method: string, path: string): Promise<T> {
-    const { status, text } = await this.send(method, path);
+    const { status, body: raw } = await this.send(method, path);
+    const text = raw.toString('utf8');
     let body: unknown;
     try {
       body = JSON.parse(text);
@@ -52,7 +60,7 @@ export class AdminClient {
     return body as T;
   }
 
-  private send(method: string, path: string): Promise<{ status: number; text: string }> {
+  private send(method: string, path: string): Promise<{ status: number; body: Buffer }> {
     const o = this.options;
     const headers: Record<string, string> = { accept: 'application/json' };
     const body = method === 'GET' ? null : '{}';
@@ -78,7 +86,7 @@ export class AdminClient {
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
           res.on('error', (err) => reject(this.unreachable(err)));
         },
       );

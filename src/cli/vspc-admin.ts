@@ -7,6 +7,7 @@ import type { ReloadReport } from '../config/reload.js';
 import type { ClientView, PortView, VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
+import { neutralizeTerminalStrings } from '../util/text.js';
 import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
 
@@ -76,7 +77,7 @@ export function adminClientFrom(program: Command): AdminClient {
   return new AdminClient(addr, { token: token || null, tls: tls ? { ca } : null });
 }
 
-export function buildAdminProgram(out: (s: string) => void): Command {
+export function buildAdminProgram(out: (s: string | Uint8Array) => void): Command {
   const program = new Command('vspc-admin')
     .description('Administer a running vspc through its admin API.')
     .version(VERSION, '-V, --version')
@@ -232,9 +233,14 @@ export function buildAdminProgram(out: (s: string) => void): Command {
     .description("the end of a VM serial port's console log (vspc --log-dir)")
     .argument('<vm>', vmArg)
     .option('--tail <n>', 'number of lines', '50')
-    .action(async (vm: string, opts: { tail: string }) => {
-      const r = await client().get<{ text: string }>(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}`);
-      out(r.text.length === 0 || r.text.endsWith('\n') ? r.text : r.text + '\n');
+    .option('--raw', "the log's exact bytes even on a terminal (by default a terminal gets them without title/clipboard/device-control strings)")
+    .action(async (vm: string, opts: { tail: string; raw?: boolean }) => {
+      let bytes = await client().getBytes(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}&format=raw`);
+      // Console bytes are the VM's: on a terminal, what would act on the terminal itself
+      // (OSC/DCS/APC/PM strings, C1 controls) is removed; colours and cursor moves stay.
+      if (process.stdout.isTTY && !opts.raw) bytes = neutralizeTerminalStrings(bytes);
+      if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a && process.stdout.isTTY) bytes = Buffer.concat([bytes, Buffer.from('\n')]);
+      out(bytes);
     });
 
   program

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ConsoleHub, type ConsoleObserver } from './console-hub.js';
 import type { ConsoleKind } from './identity.js';
+import { sanitizeText } from '../util/text.js';
 import type { ConsoleRecord, ConsoleRepository } from './repository.js';
 
 export interface RegistryEvents {
@@ -131,7 +132,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
   private adopt(r: ConsoleRecord): ConsoleHub {
     const o = this.hubOptions;
     const hub = new ConsoleHub(
-      { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name, tcpPort: r.tcpPort },
+      // Names stored by an older vspc may hold characters that are now refused at entry.
+      { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name === null ? null : sanitizeText(r.name), tcpPort: r.tcpPort },
       o.maxHeldInput,
       o.scrollbackBytes,
       o.observer ?? null,

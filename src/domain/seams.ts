@@ -47,6 +47,14 @@ export interface EndpointStatus {
   readonly since: number;
   /** ms since the epoch of the next attempt while `waiting`; null otherwise. */
   readonly nextAttemptAt: number | null;
+  /** Dials or binds started. */
+  readonly attempts: number;
+  /** Peers refused because one was already connected (listen types). */
+  readonly refusedPeers: number;
+  /** The connected link's far end; null when none. */
+  readonly peer: string | null;
+  /** What `connected` means when it is not obvious (udp: bound, the far end is not checked). */
+  readonly note: string | null;
 }
 
 /** A person (or program) attached to a VM serial port. */

@@ -1,3 +1,4 @@
+// vspc-test-runner: heavy (load generators in child processes: test/run.mjs runs it alone, after the other files)
 /**
  * The benchmark harness at a tiny size, so that it cannot rot: every phase runs
  * against a vspc child process with real load-generator processes, and the report
@@ -7,7 +8,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DEFAULT_OPTIONS, runBench, type BenchReport } from '../../bench/harness.js';
 import { markdownTable, rows, textTable } from '../../bench/report.js';
-import { findFreePortRange } from '../support/ports.js';
+import { reservePortRange } from '../support/ports.js';
 
 function nonNegative(value: unknown, path: string): void {
   if (typeof value === 'number') {
@@ -23,7 +24,7 @@ function nonNegative(value: unknown, path: string): void {
 
 describe('benchmark harness (smoke size)', () => {
   test('all five phases run and report sane figures; vMotions lose nothing', { timeout: 90_000 }, async () => {
-    const portRange = await findFreePortRange(64);
+    const portRange = await reservePortRange(64);
     const lines: string[] = [];
     const report: BenchReport = await runBench({
       ...DEFAULT_OPTIONS,

@@ -152,23 +152,25 @@ describe('vMotion coordinator', () => {
     assert.equal(peer.input.toString(), 'ab');
   });
 
-  test('timeout without a peer: held input goes back to the source', async () => {
+  test('timeout without a peer: held input goes back to the source', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
     const { coordinator, source, hub, client } = setup(30);
     coordinator.begin(source, seq);
     hub.fromClient(client, Buffer.from('x'));
-    await new Promise((r) => setTimeout(r, 80));
+    t.mock.timers.tick(30);
     assert.equal(coordinator.pending, 0);
     assert.equal(coordinator.counters['timed-out'], 1);
     assert.equal(source.input.toString(), 'x');
     assert.equal(hub.state, 'connected');
   });
 
-  test('timeout after PEER-OK with no COMPLETE: the peer is closed', async () => {
+  test('timeout after PEER-OK with no COMPLETE: the peer is closed', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
     const { coordinator, source, logger, hub } = setup(30);
     coordinator.begin(source, seq);
     const peer = new FakeEndpoint(logger);
     coordinator.peer(peer, goahead(source));
-    await new Promise((r) => setTimeout(r, 80));
+    t.mock.timers.tick(30);
     assert.match(peer.closedWith ?? '', /timed out/);
     assert.equal(hub.source, source);
     assert.equal(coordinator.pending, 0);
@@ -188,13 +190,14 @@ describe('vMotion coordinator', () => {
     assert.equal(source.closedWith, null, 'a dead source is not closed again');
   });
 
-  test('source dies and nobody comes: timeout discards held input and counts it', async () => {
+  test('source dies and nobody comes: timeout discards held input and counts it', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
     const { coordinator, source, hub, client } = setup(30);
     coordinator.begin(source, seq);
     hub.fromClient(client, Buffer.from('lost'));
     hub.detachSource(source);
     coordinator.closed(source);
-    await new Promise((r) => setTimeout(r, 80));
+    t.mock.timers.tick(30);
     assert.equal(coordinator.pending, 0);
     assert.equal(hub.state, 'disconnected');
     assert.equal(coordinator.historyOf(hub)[0].discardedBytes, 4);

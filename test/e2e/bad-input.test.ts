@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import { IAC, SB, SE, Option } from '../../src/protocol/telnet/constants.js';
 import { Ext } from '../../src/protocol/vmware/codes.js';
 import { SimulatedVm, TelnetUser, type SimulatedVmOptions } from '../support/sim/index.js';
-import { TestServer, Cleanup, esxiUuid, sleep, tempDir, makeCert, waitUntil } from '../support/server.js';
+import { TestServer, Cleanup, esxiUuid, settle, tempDir, makeCert, waitUntil, withTimeout } from '../support/server.js';
 import type { LogLine } from '../support/log-capture.js';
 
 const MAX_SB = 4096;
@@ -69,7 +69,7 @@ class GoodTraffic {
   async finish(): Promise<void> {
     this.stop();
     await this.check('final');
-    await sleep(50);
+    await settle(this.vm, this.user);
     assert.equal(this.user.received.length - this.userBase, Buffer.concat(this.toUser).length, 'no extra bytes to the user');
     assert.equal(this.vm.input.length, Buffer.concat(this.toVm).length, 'no extra bytes to the VM');
   }
@@ -163,7 +163,8 @@ describe('bad input on the VM side', () => {
     assert.deepEqual([...payload], [99]);
     const line = await s.logs.waitFor((l) => l.peer === vm.peerName && l.message === 'unknown option-232 subcommand', 3000, from);
     assert.equal(line.code, 99);
-    await sleep(200);
+    // Handled after the unknown subcommand: had vspc decided to close, it would have by now.
+    await vm.barrier();
     assert.equal(vm.closed, false, 'connection stays up');
     // And it still works as a VM.
     const hub = s.server.registry.all().find((h) => h.source && (h.source as { peer?: string }).peer === vm.peerName);
@@ -243,7 +244,7 @@ describe('bad input on the VM side', () => {
           sock.on('data', () => undefined);
           sock.write(bytes);
           const limit = s.config.humanTimeoutMs + s.config.identifyTimeoutMs + s.config.subnegotiationTimeoutMs + 1500;
-          await Promise.race([closed, sleep(limit).then(() => Promise.reject(new Error(`garbage connection not closed within ${limit} ms`)))]);
+          await withTimeout(closed, limit, 'garbage connection closed');
           const closedLine = await s.logs.waitFor((l) => l.peer === peer && l.message === 'VM connection closed', 2000, from);
           assert.ok(closedLine);
           const why = s.logs.lines
@@ -300,7 +301,7 @@ describe('bad input on the VM side', () => {
       const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
       // What a telnet client (or an ESXi host configured with telnet://) sends first.
       sock.write(Buffer.of(IAC, 251, Option.AUTHENTICATION, IAC, 251, 232));
-      await Promise.race([closed, sleep(3000).then(() => Promise.reject(new Error('not closed')))]);
+      await withTimeout(closed, 3000, 'plain telnet on the TLS port closed');
       const line = await s.logs.waitFor((l) => l.message === 'TLS handshake failed on the VM port; closed' && l.peer === peer, 3000, from);
       assert.ok(line.error);
     } finally {

@@ -9,8 +9,8 @@ import type { PortView } from '../../src/admin/views.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
 import { Child, runNode, vspcAdmin, VSPC_ADMIN_JS, VSPC_JS } from '../support/cli.js';
-import { findFreePort, findFreePortRange, canBind } from '../support/ports.js';
-import { Cleanup, esxiUuid, tempDir, waitUntil, sleep } from '../support/server.js';
+import { reservePort, reservePortRange, canBind } from '../support/ports.js';
+import { Cleanup, esxiUuid, tempDir, waitUntil } from '../support/server.js';
 
 describe('vspc and vspc-admin command lines', () => {
   const c = new Cleanup();
@@ -51,7 +51,7 @@ describe('vspc and vspc-admin command lines', () => {
   }
 
   test('vspc-admin against a closed admin port exits 1 with a clear message', async () => {
-    const port = await findFreePort();
+    const port = await reservePort();
     const r = await vspcAdmin(`127.0.0.1:${port}`, ['list']);
     assert.equal(r.code, 1);
     assert.match(r.stderr, new RegExp(`vspc-admin: cannot reach the vspc admin API at http://127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\); is vspc running\\?`));
@@ -63,7 +63,7 @@ describe('vspc and vspc-admin command lines', () => {
     t.after(() => tc.run());
     const dir = tempDir();
     tc.add(dir.remove);
-    const ports = await findFreePortRange(6);
+    const ports = await reservePortRange(6);
     const proxyPort = ports.start;
     const adminPort = ports.start + 1;
     const range = { start: ports.start + 2, end: ports.end };
@@ -101,7 +101,7 @@ describe('vspc and vspc-admin command lines', () => {
     tc.add(() => user.destroy());
     await user.waitForOptions([['us', Option.BINARY], ['him', Option.BINARY]]);
     await user.waitFor('[vspc: ', 3000);
-    await sleep(20);
+    await user.barrier();
     const m = user.mark();
     vm.send(Buffer.from('login: \xff', 'latin1'));
     await user.waitFor(Buffer.from('login: \xff', 'latin1'), 3000, m);

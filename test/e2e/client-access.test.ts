@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { TelnetUser } from '../support/sim/index.js';
 import { BRK } from '../../src/protocol/telnet/constants.js';
-import { Cleanup, TestServer, startServer, esxiUuid, makeCert, sleep, tempDir, waitUntil } from '../support/server.js';
+import { Cleanup, TestServer, startServer, esxiUuid, makeCert, settle, tempDir, waitUntil, withTimeout } from '../support/server.js';
 import { VSPC_ADMIN_JS } from '../support/cli.js';
 
 /** `vspc-admin connect` as a child process with stdin we can type into. */
@@ -15,29 +15,60 @@ class ConsoleChild {
   stderr = '';
   readonly proc: ChildProcess;
   readonly exit: Promise<number | null>;
+  private exited = false;
+  /** Re-checks of pending waits, run on every chunk of output and on exit. */
+  private listeners = new Set<() => void>();
   constructor(admin: string, args: string[]) {
     this.proc = spawn(process.execPath, [VSPC_ADMIN_JS, '--admin', admin, 'connect', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    this.proc.stdout!.on('data', (d: Buffer) => (this.stdout = Buffer.concat([this.stdout, d])));
-    this.proc.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString('utf8')));
-    this.exit = new Promise((r) => this.proc.on('close', (code) => r(code)));
+    this.proc.stdout!.on('data', (d: Buffer) => {
+      this.stdout = Buffer.concat([this.stdout, d]);
+      this.notify();
+    });
+    this.proc.stderr!.on('data', (d: Buffer) => {
+      this.stderr += d.toString('utf8');
+      this.notify();
+    });
+    this.exit = new Promise((r) =>
+      this.proc.on('close', (code) => {
+        this.exited = true;
+        this.notify();
+        r(code);
+      }),
+    );
   }
   type(data: string | Buffer): void {
     this.proc.stdin!.write(data);
   }
-  async waitStderr(re: RegExp, ms = 8000): Promise<void> {
-    await waitUntil(() => re.test(this.stderr), ms, `${re} on stderr (got: ${JSON.stringify(this.stderr)})`);
+  waitStderr(re: RegExp, ms = 8000): Promise<void> {
+    return this.waitOutput(() => re.test(this.stderr), ms, `${re} on stderr`);
   }
-  async waitStdout(text: string, ms = 8000): Promise<void> {
-    await waitUntil(() => this.stdout.includes(Buffer.from(text)), ms, `${JSON.stringify(text)} on stdout`);
+  waitStdout(text: string | Buffer, ms = 8000): Promise<void> {
+    const want = Buffer.from(text);
+    return this.waitOutput(() => this.stdout.includes(want), ms, `${JSON.stringify(want.toString('latin1'))} on stdout`);
   }
   async code(ms = 8000): Promise<number | null> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`no exit; stderr: ${this.stderr}`)), ms)));
-    try {
-      return await Promise.race([this.exit, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+    return withTimeout(this.exit, ms, `vspc-admin connect exit (stderr: ${this.stderr})`);
+  }
+  private notify(): void {
+    for (const l of [...this.listeners]) l();
+  }
+  private waitOutput(cond: () => boolean, ms: number, what: string): Promise<void> {
+    if (cond()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const finish = (err?: Error) => {
+        clearTimeout(timer);
+        this.listeners.delete(check);
+        if (err) reject(err);
+        else resolve();
+      };
+      const check = () => {
+        if (cond()) finish();
+        else if (this.exited) finish(new Error(`vspc-admin connect exited before ${what}; stderr: ${JSON.stringify(this.stderr)}`));
+      };
+      const timer = setTimeout(() => finish(new Error(`timed out after ${ms} ms waiting for ${what}; stderr: ${JSON.stringify(this.stderr)}`)), ms);
+      this.listeners.add(check);
+      check();
+    });
   }
   kill(): void {
     if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
@@ -62,7 +93,7 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     c.type('hello vm\r');
     await vm.waitForInput('hello vm\r', 5000);
     vm.send(Buffer.from([0x41, 0xff, 0x00, 0x0d, 0x0a, 0x42]));
-    await waitUntil(() => c.stdout.includes(Buffer.from([0x41, 0xff, 0x00, 0x0d, 0x0a, 0x42])), 5000, 'binary output on stdout');
+    await c.waitStdout(Buffer.from([0x41, 0xff, 0x00, 0x0d, 0x0a, 0x42]), 5000);
     c.type(`${CTRL_BRACKET}b`);
     await waitUntil(() => vm.commands.includes(BRK), 5000, 'BREAK reached the VM');
     c.type(`${CTRL_BRACKET}w`);
@@ -127,7 +158,11 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     await ro.waitStdout('read-only: your input is discarded');
     vm.send('output still flows');
     await ro.waitStdout('output still flows');
-    await sleep(100);
+    // A barrier through vspc-admin connect: vspc answers `who` (Ctrl-] w) after it has
+    // handled everything typed before; the VM's barrier then flushes its connection.
+    ro.type(`${CTRL_BRACKET}w`);
+    await ro.waitStderr(/READONLY since .*\(you\)/);
+    await vm.barrier();
     assert.equal(vm.input.length, 0, 'the VM received nothing');
     assert.equal(ro.stdout.toString().split('read-only: your input is discarded').length - 1, 1, 'told once');
     // The per-VM default applies to stock telnet clients too.
@@ -135,7 +170,7 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     user.send('typed');
     await user.waitFor('read-only', 3000);
-    await sleep(50);
+    await settle(vm, user);
     assert.equal(vm.input.length, 0);
   });
 
@@ -163,7 +198,7 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
   test('scrollback: a client attaching later sees the recent output first', async (t) => {
     const { cleanup, ts, vm, hub } = await setup(t, { config: { scrollbackBytes: 32 } });
     vm.send('0123456789abcdefghijklmnopqrstuvwxyz-END');
-    await waitUntil(() => hub.bytesFromVm === 40, 3000, 'output processed');
+    await vm.barrier(); // the output is processed (in the scrollback)
     const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
     await user.waitFor('-END', 3000);
     assert.match(user.text, /89abcdefghijklmnopqrstuvwxyz-END/);
@@ -180,10 +215,12 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     const mark = fast.mark();
     const chunk = Buffer.alloc(64 * 1024, 0x61);
     const total = 8 * 1024 * 1024;
+    // The VM writes as fast as the fast client reads (the next chunk once it has the last).
     for (let sent = 0; sent < total; sent += chunk.length) {
-      if (!vm.send(chunk)) await new Promise((r) => setTimeout(r, 1));
+      vm.send(chunk);
+      await fast.waitFor(sent + chunk.length, 5000, mark);
     }
-    await waitUntil(() => fast.received.length - mark >= total, 20_000, 'the fast client received everything');
+    await fast.waitFor(total, 20_000, mark);
     assert.equal(fast.received.length - mark, total);
     await waitUntil(() => hub.clients.size === 1, 5000, 'stalled client dropped');
     assert.ok(ts.logs.find((l) => l.message === 'client too slow; disconnecting' && typeof l.queued === 'number'));

@@ -18,8 +18,9 @@ import {
   Cleanup,
   esxiUuid,
   binaryPayload,
-  sleep,
+  settle,
   waitUntil,
+  withTimeout,
   tempDir,
   makeCert,
 } from '../support/server.js';
@@ -160,7 +161,7 @@ describe('vSPC core (one shared server)', () => {
     b.send(inB);
     const input = await vm.waitForInput(inA.length + inB.length, 5000);
     assert.ok(input.equals(Buffer.concat([inA, inB])), 'input from both users reached the VM unchanged and in order');
-    await sleep(50);
+    await settle(vm, a, b);
     assert.equal(vm.input.length, inA.length + inB.length, 'nothing extra reached the VM');
     assert.equal(a.received.length - ma, out.length, 'nothing extra reached user A');
   });
@@ -202,7 +203,14 @@ describe('vSPC core (one shared server)', () => {
 
     const user = await s.connectUser(port, c, 'VM is not connected; you will see its output when it comes back');
     user.send('typed while away\r');
-    await sleep(s.config.humanTimeoutMs + 200);
+    // The clock: a silent connection to the VM port is closed once humanTimeoutMs has
+    // passed in the server; by then (and after the barrier) the client is still there.
+    const silent = net.connect({ host: '127.0.0.1', port: s.proxyPort });
+    c.add(() => silent.destroy());
+    silent.on('error', () => undefined);
+    silent.resume();
+    await withTimeout(new Promise((r) => silent.once('close', r)), s.config.humanTimeoutMs + 3000, 'silent VM-port connection closed');
+    await user.barrier();
     assert.equal(user.closed, false, 'client stays connected while the VM is away');
     assert.equal((await portOf(s, u.hex)).connected, false);
 
@@ -406,7 +414,7 @@ describe('vSPC core: restarts, TLS and stolen ports (own servers)', () => {
       ['him', Option.BINARY],
     ]);
     await user.waitFor('[vspc: ', 3000);
-    await sleep(20);
+    await user.barrier();
     const m = user.mark();
     const out = binaryPayload(4096, 11);
     vm.send(out);

@@ -18,7 +18,7 @@ import { keyName, RELOADABLE, type ReloadableField } from '../../src/config/tabl
 import type { ClientView, PortView, StatusView, VmDetailView } from '../../src/admin/views.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
 import { SimulatedVm } from '../support/sim/index.js';
-import { findFreePortRange } from '../support/ports.js';
+import { reservePortRange } from '../support/ports.js';
 import { esxiUuid, startServer, tempDir, waitUntil, type Cleanup, type TestServer } from '../support/server.js';
 
 const TOKEN = 'reload-token-0123456789abcdef';
@@ -36,7 +36,7 @@ interface Reloadable {
 async function reloadable(t: { after(fn: () => unknown): void }, lines: string[] = [], logLevel?: string): Promise<Reloadable> {
   const dir = tempDir('vspc-reload-');
   t.after(() => dir.remove());
-  const ports = await findFreePortRange(8);
+  const ports = await reservePortRange(8);
   const path = join(dir.dir, 'vspc.yaml');
   const base = ['proxyListen: 127.0.0.1:0', 'adminListen: 127.0.0.1:0', `db: ${join(dir.dir, 'vspc.db')}`, `portRange: ${ports.start}-${ports.end}`];
   writeFileSync(path, [...base, ...lines].join('\n') + '\n');

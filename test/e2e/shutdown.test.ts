@@ -14,7 +14,7 @@ import Database from 'better-sqlite3';
 import type { PortView } from '../../src/admin/views.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { Child, vspcAdmin, VSPC_JS } from '../support/cli.js';
-import { canBind, findFreePortRange } from '../support/ports.js';
+import { canBind, reservePortRange } from '../support/ports.js';
 import { Cleanup, esxiUuid, tempDir, waitUntil } from '../support/server.js';
 
 type Line = Record<string, unknown> & { level: string; message: string };
@@ -47,7 +47,7 @@ async function startVspc(c: Cleanup, reuse?: { dir: string; ports: { start: numb
     c.add(t.remove);
     dir = t.dir;
   }
-  const ports = reuse?.ports ?? (await findFreePortRange(8));
+  const ports = reuse?.ports ?? (await reservePortRange(8));
   const dbPath = join(dir, 'vspc.db');
   const logDir = join(dir, 'consoles');
   const admin = `127.0.0.1:${ports.start + 1}`;

@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SimulatedVm } from '../support/sim/index.js';
 import type { ConsoleHub } from '../../src/domain/console-hub.js';
-import { Cleanup, TestServer, startServer, esxiUuid, sleep, waitUntil } from '../support/server.js';
+import { Cleanup, TestServer, startServer, esxiUuid, settle, waitUntil } from '../support/server.js';
 
 /** Starts a destination connection that presents the vMotion peer secret (no DO-PROXY). */
 async function destination(ts: TestServer, cleanup: Cleanup, uuid: string, name: string, serviceUri?: string): Promise<SimulatedVm> {
@@ -33,6 +33,7 @@ async function migrate(
   assert.equal(await dest.vmotionPeer(Buffer.concat([seq, secret])), true, 'PEER-OK');
   await duringHold?.();
   dest.vmotionComplete(seq);
+  await dest.barrier(); // vspc has handled COMPLETE
   await waitUntil(() => isSourceOf(hub, dest), 5000, 'destination became the source');
   return { dest, secret };
 }
@@ -57,7 +58,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     assert.equal((await ts.ports())[0].state, 'migrating');
 
     user.send('typed-while-paused');
-    await sleep(50);
+    await settle(vm, user);
     assert.equal(vm.input.includes(Buffer.from('typed-while-paused')), false, 'held input must not reach the paused VM');
 
     const dest = await destination(ts, cleanup, id.text, 'mover');
@@ -125,7 +126,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     await dest.vmotionPeer(Buffer.concat([seq, (r as { secret: Buffer }).secret]));
     vm.vmotionComplete(seq);
     dest.vmotionAbort();
-    await sleep(100);
+    await Promise.all([vm.barrier(), dest.barrier()]);
     assert.ok(isSourceOf(hub, vm));
     assert.equal(hub.state, 'migrating');
     dest.vmotionComplete(seq);
@@ -151,7 +152,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     assert.match(String(line.message), /VMOTION-PEER/);
     assert.ok(isSourceOf(hub, vm));
     user.send('x');
-    await sleep(50);
+    await user.barrier(); // vspc has handled the 'x' (and the attacker's connection is gone)
     assert.equal(attacker.input.length, 0, 'the attacker never receives client input');
     // The genuine destination still completes.
     const dest = await destination(ts, cleanup, id.text, 'guarded');
@@ -210,7 +211,7 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const p1 = await destination(ts, cleanup, id.text, 'flaky');
     assert.equal(await p1.vmotionPeer(full), true);
     p1.destroy();
-    await sleep(50);
+    await ts.logs.waitFor((l) => l.peer === p1.peerName && l.message === 'VM connection closed', 3000, 0, 'the first peer gone');
     const p2 = await destination(ts, cleanup, id.text, 'flaky');
     assert.equal(await p2.vmotionPeer(full), true);
     p2.vmotionComplete(seq);
@@ -280,13 +281,26 @@ describe('vMotion end to end (simulator, real sockets)', () => {
       clearInterval(clientWriter);
     });
 
+    // Between migrations: a line each way through the live connection, and both arrived.
+    const flow = async () => {
+      current.send(line('v', ++vmLine));
+      user.send(line('c', ++clientLine));
+      await user.waitFor(vmLine * line('v', 0).length, 5000, startMark);
+      await current.waitForInput(line('c', clientLine), 5000);
+    };
+    // While the VM is paused: a line typed, and vspc has it (held).
+    const typeWhileHeld = async () => {
+      user.send(line('c', ++clientLine));
+      await user.barrier();
+    };
+
     const ROUNDS = 300;
     let secretsWithFF = 0;
     for (let i = 0; i < ROUNDS; i++) {
-      await sleep(i % 10 === 0 ? 5 : 1);
+      await flow();
       paused = true; // The VM stops before the switch-over (what BEGIN announces).
       const seq = Buffer.from([i & 0xff, 0xff, (i >> 8) & 0xff]);
-      const { dest, secret } = await migrate(ts, cleanup, hub, current, seq, ident, () => sleep(1));
+      const { dest, secret } = await migrate(ts, cleanup, hub, current, seq, ident, typeWhileHeld);
       if (secret.includes(0xff)) secretsWithFF++;
       const old = current;
       current = dest;

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { Child, runNode, vspcAdmin, VSPC_ADMIN_JS, VSPC_JS, type CliResult } from '../support/cli.js';
-import { findFreePortRange } from '../support/ports.js';
+import { reservePortRange } from '../support/ports.js';
 import { Cleanup, TestServer, makeCert, tempDir } from '../support/server.js';
 
 const TOKEN = 'b5c0f6a1d2e34f56a7b8c9d0e1f2a3b4';
@@ -156,7 +156,7 @@ describe('a non-loopback admin listener', () => {
   test('without a token vspc does not start; with VSPC_ADMIN_TOKEN it does, and warns about clear text', async () => {
     const dir = tempDir();
     c.add(dir.remove);
-    const ports = await findFreePortRange(4);
+    const ports = await reservePortRange(4);
     const args = [
       '--proxy-listen', `127.0.0.1:${ports.start}`,
       '--admin-listen', `0.0.0.0:${ports.start + 1}`,

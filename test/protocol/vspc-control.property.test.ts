@@ -27,7 +27,8 @@ const params = (numRuns: number) => ({ seed: SEED, numRuns });
 const CONTROL_ERROR_CODES = ['VSPC_CONTROL_BAD_MODE', 'VSPC_CONTROL_BAD_REQUEST', 'VSPC_CONTROL_BAD_REPLY', 'VSPC_CONTROL_UNKNOWN'];
 const MAX_USER_BYTES = 64;
 const GRANTED_MODES = CONTROL_LOCK_MODES.filter((m): m is LockMode => m !== 'readonly_ok');
-const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+/** What the decoder rewrites (src/util/text.ts): controls C0/C1, invisible formatting, line separators. */
+const CONTROL_CHARS = /[\p{Cc}\p{Cf}\u2028\u2029]/u;
 
 /** The longest prefix of whole characters of `text` whose UTF-8 fits in `max` bytes. */
 function utf8PrefixOf(text: string, max: number): string {

@@ -5,11 +5,11 @@
  */
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SimulatedVm, HOST_KNOWN_SUBOPTIONS, type SimulatedVmOptions } from '../support/sim/index.js';
+import { SimulatedVm, HOST_KNOWN_SUBOPTIONS, BARRIER_SUBCOMMAND, type SimulatedVmOptions } from '../support/sim/index.js';
 import { Ext } from '../../src/protocol/vmware/codes.js';
 import { IAC, SB, SE, WILL, WONT, DO, Option } from '../../src/protocol/telnet/constants.js';
 import { FakeProxy, type FakeConn } from '../support/fake-proxy.js';
-import { Cleanup, sleep, waitUntil } from '../support/server.js';
+import { Cleanup, waitUntil } from '../support/server.js';
 
 const UUID_TEXT = '42 1a 5b 77 09 c3 8e 21-9f 00 aa 10 5c 2e 7d 01';
 const UUID_HEX = '421a5b7709c38e219f00aa105c2e7d01';
@@ -60,9 +60,10 @@ describe('SimulatedVm', () => {
     const { proxy, connect } = await setup({ start: false });
     const pending = connect({ order: 'proxy-first', proxyFirstWaitMs: 5000 });
     await proxy.waitFor(() => proxy.conns.length === 1, 3000, 'accept');
-    await sleep(150);
     const conn = proxy.conns[0];
     assert.equal(wire(conn).length, 0, 'the host waited for the proxy');
+    // The proxy's first bytes are the barrier: anything the host sent before reading
+    // them would come before its answers on the wire, and the wire must start with them.
     conn.protocol.start();
     const vm = await pending;
     await vm.whenProxied(3000);
@@ -185,6 +186,51 @@ describe('SimulatedVm', () => {
     await assert.rejects(waiting, /connection closed/);
     assert.ok(Date.now() - started < 1000);
     await vm.whenClosed(1000);
+  });
+
+  test('barrier(): answered by UNKNOWN-SUBOPTION-RCVD-2, after everything sent before it and everything the proxy wrote first', async () => {
+    const { proxy, connect } = await setup();
+    const vm = await connect();
+    await vm.whenProxied();
+    const conn = proxy.conns[0];
+    const exts: number[] = [];
+    vm.on('ext', (code) => exts.push(code));
+    const out = Buffer.alloc(64 * 1024, 0x61);
+    vm.send(out);
+    conn.protocol.sendData(Buffer.from('typed'));
+    // Two at once: answered in order.
+    await Promise.all([vm.barrier(2000), vm.barrier(2000)]);
+    assert.equal(Buffer.concat(conn.data).length, out.length, 'the proxy had all the data sent before the barrier');
+    assert.equal(vm.input.toString(), 'typed', 'the VM had what the proxy wrote before answering');
+    assert.deepEqual(conn.events.filter((e) => e.type === 'unknownSuboption').map((e) => e.value), [BARRIER_SUBCOMMAND, BARRIER_SUBCOMMAND]);
+    assert.deepEqual(vm.unknownReportedByProxy, [], 'barrier answers are not recorded');
+    assert.deepEqual(exts, [], 'nor emitted');
+    // A genuine UNKNOWN-SUBOPTION-RCVD-2 for another code is still recorded.
+    const reply = vm.waitForExt((code) => code === Ext.UNKNOWN_SUBOPTION_RCVD_2);
+    vm.sendExt(77);
+    await reply;
+    assert.deepEqual(vm.unknownReportedByProxy, [77]);
+  });
+
+  test('barrier(): rejects on close, on a closed connection, and after its timeout when unanswered', async () => {
+    const { proxy, connect } = await setup();
+    const vm = await connect();
+    await vm.whenProxied();
+    const pending = vm.barrier(5000);
+    const started = Date.now();
+    proxy.conns[0].socket.destroy();
+    await assert.rejects(pending, /closed before the barrier was answered/);
+    assert.ok(Date.now() - started < 1000);
+    await assert.rejects(vm.barrier(), /closed connection/);
+
+    // A peer that never answers: the barrier fails with its timeout named.
+    const mute = await FakeProxy.start({ start: false });
+    c.add(() => mute.close());
+    const lonely = await SimulatedVm.connect({ host: '127.0.0.1', port: mute.port, uuid: UUID_TEXT, name: 'x', identify: false, order: 'host-first' });
+    c.add(() => lonely.destroy());
+    await mute.waitFor(() => mute.conns.length === 1, 3000, 'accept');
+    mute.conns[0].protocol.receive = () => undefined; // deaf
+    await assert.rejects(lonely.barrier(100), /barrier not answered after 100 ms/);
   });
 
   test('close() and destroy() are idempotent; whenProxied rejects when the proxy closes first', async () => {

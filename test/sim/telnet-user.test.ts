@@ -2,11 +2,22 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { TelnetUser } from '../support/sim/index.js';
-import { IAC, WILL, WONT, DO, DONT, Option, AYT } from '../../src/protocol/telnet/constants.js';
-import { Cleanup, sleep, waitUntil } from '../support/server.js';
+import { TelnetUser, BARRIER_OPTION } from '../support/sim/index.js';
+import { IAC, WILL, WONT, DO, DONT, NOP, Option, AYT } from '../../src/protocol/telnet/constants.js';
+import { Cleanup, waitUntil } from '../support/server.js';
 
-async function scriptedServer(c: Cleanup): Promise<{ port: number; sockets: net.Socket[]; received: () => Buffer }> {
+interface ScriptedServer {
+  port: number;
+  sockets: net.Socket[];
+  received: () => Buffer;
+  /**
+   * A barrier: the user sends IAC NOP; once it arrived, everything the user sent
+   * before it has arrived too. The NOP is then taken out of `received`.
+   */
+  sync: (user: TelnetUser) => Promise<void>;
+}
+
+async function scriptedServer(c: Cleanup): Promise<ScriptedServer> {
   const sockets: net.Socket[] = [];
   const chunks: Buffer[] = [];
   const server = net.createServer((s) => {
@@ -19,7 +30,16 @@ async function scriptedServer(c: Cleanup): Promise<{ port: number; sockets: net.
     for (const s of sockets) s.destroy();
     server.close(() => r());
   }));
-  return { port: (server.address() as net.AddressInfo).port, sockets, received: () => Buffer.concat(chunks) };
+  const received = () => Buffer.concat(chunks);
+  const sync = async (user: TelnetUser) => {
+    const marker = Buffer.of(IAC, NOP);
+    user.sendRaw(marker);
+    await waitUntil(() => received().subarray(-marker.length).equals(marker), 2000, 'the IAC NOP marker');
+    const all = received();
+    chunks.length = 0;
+    chunks.push(all.subarray(0, all.length - marker.length));
+  };
+  return { port: (server.address() as net.AddressInfo).port, sockets, received, sync };
 }
 
 test('TelnetUser answers like netkit telnet: agrees ECHO/SGA/BINARY, refuses everything else', async (t) => {
@@ -29,7 +49,7 @@ test('TelnetUser answers like netkit telnet: agrees ECHO/SGA/BINARY, refuses eve
   const user = await TelnetUser.connect({ host: '127.0.0.1', port: srv.port });
   c.add(() => user.destroy());
   await waitUntil(() => srv.sockets.length === 1, 2000, 'accept');
-  await sleep(50);
+  await srv.sync(user);
   assert.equal(srv.received().length, 0, 'initiates nothing');
   srv.sockets[0].write(
     Buffer.of(
@@ -82,4 +102,58 @@ test('TelnetUser in NVT mode (no BINARY) sends CR as CR NUL', async (t) => {
   user.send('a\rb\r\n');
   await waitUntil(() => srv.received().length >= 6, 2000, 'input');
   assert.deepEqual([...srv.received()], [0x61, 13, 0, 0x62, 13, 10]);
+});
+
+test('TelnetUser.barrier(): DO <unassigned option> answered by WONT, after what the server wrote first; not recorded', async (t) => {
+  const c = new Cleanup();
+  t.after(() => c.run());
+  const srv = await scriptedServer(c);
+  const user = await TelnetUser.connect({ host: '127.0.0.1', port: srv.port });
+  c.add(() => user.destroy());
+  await waitUntil(() => srv.sockets.length === 1, 2000, 'accept');
+  // A server like vspc: data it wrote before reading the DO, then the refusal.
+  srv.sockets[0].on('data', (d: Buffer) => {
+    const ask = Buffer.of(IAC, DO, BARRIER_OPTION);
+    for (let i = d.indexOf(ask); i >= 0; i = d.indexOf(ask, i + 1)) srv.sockets[0].write(Buffer.concat([Buffer.from('output;'), Buffer.of(IAC, WONT, BARRIER_OPTION)]));
+  });
+  await Promise.all([user.barrier(2000), user.barrier(2000)]);
+  assert.equal(user.text, 'output;output;', 'what the server wrote before each answer had arrived');
+  assert.deepEqual(user.negotiationsReceived, [], 'barrier answers are not recorded');
+  // A WONT for that option that answers no barrier is the server's own: recorded.
+  srv.sockets[0].write(Buffer.of(IAC, WONT, BARRIER_OPTION, 0x21));
+  await user.waitFor('!', 2000);
+  assert.deepEqual(user.negotiationsReceived, [{ verb: WONT, option: BARRIER_OPTION }]);
+});
+
+test('TelnetUser.barrier(): rejects on close, on a closed connection, and after its timeout when unanswered', async (t) => {
+  const c = new Cleanup();
+  t.after(() => c.run());
+  const srv = await scriptedServer(c);
+  const user = await TelnetUser.connect({ host: '127.0.0.1', port: srv.port });
+  c.add(() => user.destroy());
+  await waitUntil(() => srv.sockets.length === 1, 2000, 'accept');
+  await assert.rejects(user.barrier(100), /barrier not answered after 100 ms/);
+  const pending = user.barrier(5000);
+  const started = Date.now();
+  srv.sockets[0].destroy();
+  await assert.rejects(pending, /closed before the barrier was answered/);
+  assert.ok(Date.now() - started < 1000);
+  await assert.rejects(user.barrier(), /closed connection/);
+});
+
+test('TelnetUser.waitForOptions: resolves on the negotiation, fails fast on close', async (t) => {
+  const c = new Cleanup();
+  t.after(() => c.run());
+  const srv = await scriptedServer(c);
+  const user = await TelnetUser.connect({ host: '127.0.0.1', port: srv.port });
+  c.add(() => user.destroy());
+  await waitUntil(() => srv.sockets.length === 1, 2000, 'accept');
+  const agreed = user.waitForOptions([['him', Option.ECHO], ['us', Option.BINARY]], 2000);
+  srv.sockets[0].write(Buffer.of(IAC, WILL, Option.ECHO));
+  srv.sockets[0].write(Buffer.of(IAC, DO, Option.BINARY));
+  await agreed;
+  await assert.rejects(user.waitForOptions([['him', Option.SGA]], 100), /not enabled after 100 ms/);
+  const never = user.waitForOptions([['him', Option.SGA]], 5000);
+  srv.sockets[0].destroy();
+  await assert.rejects(never, /closed during option negotiation/);
 });

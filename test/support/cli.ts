@@ -46,27 +46,53 @@ export class Child {
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   readonly proc: ChildProcess;
   private exited = false;
+  /** Re-checks of pending waits, run on every chunk of stderr and on exit. */
+  private listeners = new Set<() => void>();
 
   constructor(script: string, args: string[]) {
     this.proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc.stdout!.on('data', (d: Buffer) => (this.stdout += d.toString('utf8')));
-    this.proc.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString('utf8')));
+    this.proc.stderr!.on('data', (d: Buffer) => {
+      this.stderr += d.toString('utf8');
+      this.notify();
+    });
     this.exit = new Promise((resolve) => {
       this.proc.on('close', (code, signal) => {
         this.exited = true;
+        this.notify();
         resolve({ code, signal });
       });
     });
   }
 
+  /** Resolves with stderr once it matches `pattern`; rejects if the child exits first or after `timeoutMs`. */
   async waitForStderr(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    while (!pattern.test(this.stderr)) {
-      if (this.exited) throw new Error(`child exited before ${pattern} appeared on stderr:\n${this.stderr}`);
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern} on stderr:\n${this.stderr}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await this.waitFor(() => (pattern.test(this.stderr) ? true : undefined), timeoutMs, `${pattern} on stderr`);
     return this.stderr;
+  }
+
+  /**
+   * Resolves with the first value `probe` returns (re-run on every chunk of stderr);
+   * rejects if the child exits first or after `timeoutMs`, naming `what`.
+   */
+  waitFor<T>(probe: () => T | undefined, timeoutMs = 10_000, what = 'output'): Promise<T> {
+    const first = probe();
+    if (first !== undefined) return Promise.resolve(first);
+    return new Promise((resolve, reject) => {
+      const finish = (fn: () => void) => {
+        clearTimeout(timer);
+        this.listeners.delete(check);
+        fn();
+      };
+      const check = () => {
+        const v = probe();
+        if (v !== undefined) finish(() => resolve(v));
+        else if (this.exited) finish(() => reject(new Error(`child exited before ${what}; stderr:\n${this.stderr}`)));
+      };
+      const timer = setTimeout(() => finish(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; stderr:\n${this.stderr}`))), timeoutMs);
+      this.listeners.add(check);
+      check();
+    });
   }
 
   async waitExit(timeoutMs = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
@@ -86,5 +112,9 @@ export class Child {
     if (this.exited) return;
     this.proc.kill('SIGKILL');
     await this.waitExit(5000).catch(() => undefined);
+  }
+
+  private notify(): void {
+    for (const l of [...this.listeners]) l();
   }
 }

@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
+import { setTimeout as delay } from 'node:timers/promises';
 import { DEFAULTS, type VspcConfig } from '../../src/config/config.js';
 import { VspcServer } from '../../src/server.js';
 import { normalizeUuid } from '../../src/util/uuid.js';
@@ -10,7 +11,7 @@ import type { ConsoleHub } from '../../src/domain/console-hub.js';
 import { SimulatedVm, TelnetUser, type SimulatedVmOptions } from './sim/index.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
 import { LogCapture } from './log-capture.js';
-import { findFreePortRange } from './ports.js';
+import { reservePortRange } from './ports.js';
 
 export const ROOT = new URL('../../../', import.meta.url).pathname;
 
@@ -51,7 +52,7 @@ export class TestServer {
 
   static async start(o: TestServerOptions = {}): Promise<TestServer> {
     const n = o.ports ?? 8;
-    const range = o.portRange ?? (await findFreePortRange(o.tls ? 2 * n : n));
+    const range = o.portRange ?? (await reservePortRange(o.tls ? 2 * n : n));
     const portRange = o.portRange ?? { start: range.start, end: range.start + n - 1 };
     let removeDir: (() => void) | null = null;
     let dbPath = o.dbPath;
@@ -152,8 +153,8 @@ export class TestServer {
       ['him', Option.SGA],
     ]);
     if (expectText) await user.waitFor(expectText, 3000);
-    // Let the server read our WILL BINARY in a chunk of its own before data follows.
-    await sleep(20);
+    // The server has read our answers (WILL BINARY...) before any data of the test follows.
+    await user.barrier();
     return user;
   }
 
@@ -194,18 +195,44 @@ export function labelOf(serviceUri?: string): string {
   return q < 0 ? '' : (new URLSearchParams(serviceUri.slice(q + 1)).get('port') ?? '');
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Polls `cond` every 10 ms until true; rejects after `timeoutMs`. */
+/**
+ * Polls `cond` every 10 ms until true; rejects after `timeoutMs` naming `what`. For
+ * state that has no event to wait on (the registry, an HTTP answer); prefer an event
+ * or a barrier where there is one.
+ */
 export async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await cond()) return;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
+    await delay(10);
   }
+}
+
+/** `promise`, or a rejection naming `what` if it has not settled after `timeoutMs`. */
+export async function withTimeout<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not done after ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Resolves once vspc has handled everything the VM and the users sent so far and
+ * everything it forwarded has arrived at the other end: after it, "nothing more
+ * arrived" is a fact, not a guess. Users' barriers first (their input is then
+ * written to the VM connection), the VM's (the VM then has that input, and vspc has
+ * written the VM's output to the users), the users' again (they then have it).
+ */
+export async function settle(vm: SimulatedVm | null, ...users: TelnetUser[]): Promise<void> {
+  await Promise.all(users.map((u) => u.barrier()));
+  if (vm) await vm.barrier();
+  await Promise.all(users.map((u) => u.barrier()));
 }
 
 /** Runs registered cleanups in reverse order; each at most once, errors ignored. */

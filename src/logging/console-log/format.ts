@@ -3,12 +3,13 @@
  * timestamped lines between the console's bytes (docs/console-logs.md, "What is in a
  * file"). Tests pin these formats byte for byte.
  */
+import { sanitizeText } from '../../util/text.js';
 import { displayKey, type ConsoleIdentity } from '../../domain/identity.js';
 import type { ConsoleEvent } from '../../domain/console-hub.js';
 
 /** Text for vspc's own lines: one line, no control characters, no closing bracket games. */
 export function clean(text: string): string {
-  return text.replace(/[\u0000-\u001f\u007f]/g, '?');
+  return sanitizeText(text);
 }
 
 /** The text of an event's line, e.g. `VM connected from 10.0.0.5:1234`. */

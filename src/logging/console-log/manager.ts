@@ -16,7 +16,7 @@ import { LogFileError } from './errors.js';
 import { describeEvent, droppedText, headerLine, lostText, stampedLine } from './format.js';
 import { moveNameLink } from './links.js';
 import { consoleLogBaseName, nameLinkBaseName } from './names.js';
-import { readLastLines } from './tail.js';
+import { readLastLinesBytes } from './tail.js';
 import { AppendFileWriter, QueueBudget, type Loss } from './writer.js';
 
 export interface ConsoleLogOptions {
@@ -207,8 +207,13 @@ export class ConsoleLogManager implements ConsoleObserver {
    * @throws LogFileError `VSPC_LOG_READ_FAILED` when the file cannot be read.
    */
   async tail(hub: ConsoleHub, lines: number): Promise<string> {
+    return (await this.tailBytes(hub, lines)).toString('utf8');
+  }
+
+  /** `tail` as the file's exact bytes (`vspc-admin log --raw`). */
+  async tailBytes(hub: ConsoleHub, lines: number): Promise<Buffer> {
     await this.files.get(this.keyOf(hub))?.writer.flush();
-    return readLastLines(this.pathOf(hub), lines);
+    return readLastLinesBytes(this.pathOf(hub), lines);
   }
 
   /** Resolves when everything queued so far is written (or given up on, or waiting out a disk error). */

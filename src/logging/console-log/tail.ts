@@ -19,12 +19,17 @@ export const TAIL_MAX_BYTES = 1024 * 1024;
  * @throws LogFileError `VSPC_LOG_READ_FAILED` (with `sysCode`) when the file cannot be read.
  */
 export async function readLastLines(path: string, lines: number, maxBytes = TAIL_MAX_BYTES): Promise<string> {
-  if (!(lines > 0)) return '';
+  return (await readLastLinesBytes(path, lines, maxBytes)).toString('utf8');
+}
+
+/** `readLastLines` as the file's bytes (console output is not always UTF-8). */
+export async function readLastLinesBytes(path: string, lines: number, maxBytes = TAIL_MAX_BYTES): Promise<Buffer> {
+  if (!(lines > 0)) return Buffer.alloc(0);
   let h: FileHandle;
   try {
     h = await fsp.open(path, 'r');
   } catch (err) {
-    if (sysCodeOf(err) === 'ENOENT') return '';
+    if (sysCodeOf(err) === 'ENOENT') return Buffer.alloc(0);
     throw new LogFileError('VSPC_LOG_READ_FAILED', `cannot read ${path}`, path, err);
   }
   try {
@@ -39,7 +44,7 @@ export async function readLastLines(path: string, lines: number, maxBytes = TAIL
         break;
       }
     }
-    return data.subarray(start).toString('utf8');
+    return data.subarray(start);
   } catch (err) {
     throw new LogFileError('VSPC_LOG_READ_FAILED', `cannot read ${path}`, path, err);
   } finally {

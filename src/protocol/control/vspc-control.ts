@@ -1,4 +1,5 @@
 import { ProtocolError } from '../../errors.js';
+import { sanitizeText } from '../../util/text.js';
 
 /**
  * VSPC-CONTROL: our private telnet option for console clients that want more than a
@@ -101,7 +102,8 @@ export function decodeControl(payload: Buffer): ControlMessage {
     case Control.LOCK_REQUEST: {
       if (body.length < 2) throw new ProtocolError('VSPC_CONTROL_BAD_REQUEST', 'LOCK-REQUEST needs a mode and flags');
       if (body.length - 2 > MAX_USER_BYTES) throw new ProtocolError('VSPC_CONTROL_BAD_REQUEST', 'LOCK-REQUEST user name too long');
-      const user = body.subarray(2).toString('utf8').replace(/[\u0000-\u001f\u007f]/g, '?');
+      // The name reaches other people's screens (who, lock refusals, the audit log).
+      const user = sanitizeText(body.subarray(2).toString('utf8'));
       return { kind: 'lock-request', mode: modeOf(body[0]), force: (body[1] & FLAG_FORCE) !== 0, user };
     }
     case Control.LOCK_GRANTED: {

@@ -1,5 +1,6 @@
 import { ProtocolError } from '../../errors.js';
 import { normalizeUuid } from '../../util/uuid.js';
+import { hasUnsafeText, sanitizeText } from '../../util/text.js';
 
 /** Bounds on identity text from a VM: real values are far smaller; larger is hostile. */
 export const MAX_NAME_BYTES = 1024;
@@ -24,8 +25,9 @@ export function parseNamePayload(payload: Buffer): string {
       length: payload.length,
     });
   }
-  // Control characters in a name would corrupt tables and logs; replace them.
-  return payload.toString('utf8').replace(/[\u0000-\u001f\u007f]/g, '?');
+  // Controls (C0 and C1) and invisible formatting (bidi overrides) in a name would reach
+  // operators' terminals through tables and logs: replace them (src/util/text.ts).
+  return sanitizeText(payload.toString('utf8'));
 }
 
 export interface ProxyRequest {
@@ -52,7 +54,8 @@ export function parseDoProxyPayload(payload: Buffer): ProxyRequest {
     const params = new URLSearchParams(uri.slice(q + 1));
     label = params.get('port') ?? '';
   }
-  if (label.length > MAX_LABEL_LENGTH || /[\u0000-\u001f\u007f]/.test(label)) {
+  // The label is part of the console's identity: refused, not rewritten, when unsafe.
+  if (label.length > MAX_LABEL_LENGTH || hasUnsafeText(label)) {
     throw new ProtocolError('VSPC_BAD_DO_PROXY', 'DO-PROXY port label is too long or has control characters', {
       label: JSON.stringify(label.slice(0, 80)),
     });

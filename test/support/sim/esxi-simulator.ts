@@ -20,7 +20,10 @@
  *   and records the proxy's acknowledgements (code + 100);
  * - answers option-232 codes it does not know with `UNKNOWN-SUBOPTION-RCVD-1`;
  * - exposes protocol-level vMotion helpers (BEGIN/GOAHEAD/NOTNOW, PEER/PEER-OK,
- *   COMPLETE, ABORT) without any policy of its own.
+ *   COMPLETE, ABORT) without any policy of its own;
+ * - `barrier()`: an unknown subcommand whose UNKNOWN-SUBOPTION-RCVD-2 answer tells
+ *   that the concentrator has handled everything sent before it (tests wait on it
+ *   instead of sleeping).
  *
  * Negotiation order (`order`):
  * - `host-first` (default): the whole opening is sent right after connecting, before
@@ -283,6 +286,12 @@ export interface SimulatedVmOptions {
 
 export type VmotionBeginResult = { kind: 'goahead'; secret: Buffer } | { kind: 'notnow' };
 
+/**
+ * The option-232 subcommand `barrier()` sends: a code VMware does not define, which a
+ * concentrator answers with UNKNOWN-SUBOPTION-RCVD-2 carrying it.
+ */
+export const BARRIER_SUBCOMMAND = 199;
+
 /** What ESXi announces it knows: the same core table of subcommands as the proxy's. */
 export const HOST_KNOWN_SUBOPTIONS: readonly number[] = PROXY_KNOWN_SUBOPTIONS;
 
@@ -366,6 +375,8 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
   private closedFlag = false;
   private closing: Promise<void> | null = null;
   private changeListeners = new Set<() => void>();
+  /** Barriers sent and not answered yet, oldest first (answers come in order). */
+  private barriers: Array<{ resolve(): void; reject(err: Error): void }> = [];
 
   private constructor(
     private readonly socket: net.Socket,
@@ -420,6 +431,9 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
       this.queue = [];
       this.queuedBytes = 0;
       this.inputBytes.end('connection closed');
+      const barriers = this.barriers;
+      this.barriers = [];
+      for (const b of barriers) b.reject(new Error('simulated VM: connection closed before the barrier was answered'));
       this.notify();
       this.emit('close');
     });
@@ -504,6 +518,40 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
       this.on('ext', onExt);
       this.once('close', onClose);
       if (this.closedFlag) onClose();
+    });
+  }
+
+  /**
+   * Resolves once the concentrator has handled everything this VM sent before, and
+   * everything it wrote to this VM before handling it has arrived (client input
+   * included). It sends the unknown subcommand BARRIER_SUBCOMMAND: the concentrator
+   * processes a connection's input in order and answers UNKNOWN-SUBOPTION-RCVD-2 in
+   * the same write stream as the client input it forwards. The answer is not
+   * recorded in `unknownReportedByProxy` nor emitted as `ext`. Needs option 232
+   * agreed (after `whenProxied()`, or PEER-OK for a vMotion destination).
+   * Rejects on close or timeout.
+   */
+  barrier(timeoutMs = 5000): Promise<void> {
+    if (this.closedFlag) return Promise.reject(new Error('simulated VM: barrier on a closed connection'));
+    return new Promise((resolve, reject) => {
+      const entry = {
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (err: Error) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      const timer = setTimeout(() => {
+        const i = this.barriers.indexOf(entry);
+        // Later barriers wait behind this one; its answer, if it ever comes, must not resolve them.
+        if (i >= 0) this.barriers[i] = { resolve: () => undefined, reject: () => undefined };
+        reject(new Error(`simulated VM: barrier not answered after ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.barriers.push(entry);
+      this.sendExt(BARRIER_SUBCOMMAND);
     });
   }
 
@@ -773,6 +821,10 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
         this.knownSuboptionsFromProxy = [...body];
         break;
       case Ext.UNKNOWN_SUBOPTION_RCVD_2:
+        if (body[0] === BARRIER_SUBCOMMAND && this.barriers.length > 0) {
+          this.barriers.shift()!.resolve();
+          return;
+        }
         this.unknownReportedByProxy.push(body[0] ?? -1);
         break;
       case Ext.WILL_PROXY:

@@ -2,6 +2,7 @@
 export {
   SimulatedVm,
   HOST_KNOWN_SUBOPTIONS,
+  BARRIER_SUBCOMMAND,
   ByteCollector,
   connectSocket,
   seededRandom,
@@ -13,4 +14,4 @@ export {
   type UartReport,
   type ByteMatcher,
 } from './esxi-simulator.js';
-export { TelnetUser, type TelnetUserOptions, type TelnetUserEvents } from './telnet-user.js';
+export { TelnetUser, BARRIER_OPTION, type TelnetUserOptions, type TelnetUserEvents } from './telnet-user.js';

@@ -5,14 +5,16 @@
  * Like netkit telnet given an explicit port, it initiates no negotiation and answers
  * the server's: `WILL ECHO/SGA/BINARY` → DO, `DO BINARY/SGA` → WILL, any other DO →
  * WONT (so `DO VMWARE-TELNET-EXT` is refused), any other WILL → DONT. Everything the
- * server sends as data is collected, unescaped, in `received`.
+ * server sends as data is collected, unescaped, in `received`. `barrier()` tells
+ * when the server has handled everything sent before it (tests wait on it instead
+ * of sleeping).
  *
  * No test-framework imports; every wait is bounded.
  */
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { Option, type NegotiationVerb } from '../../../src/protocol/telnet/constants.js';
+import { DO, IAC, Option, WONT, type NegotiationVerb } from '../../../src/protocol/telnet/constants.js';
 import { policyFromLists, type Side } from '../../../src/protocol/telnet/negotiator.js';
 import { TelnetSession } from '../../../src/protocol/telnet/session.js';
 import { ByteCollector, connectSocket, endSocket, socketDrained, type ByteMatcher } from './esxi-simulator.js';
@@ -26,6 +28,12 @@ export interface TelnetUserOptions {
   /** Keep received data in `received` (default true). */
   collect?: boolean;
 }
+
+/**
+ * The option `barrier()` asks the server to enable (an unassigned telnet option
+ * number: a server refuses it with WONT, every time, RFC 1143).
+ */
+export const BARRIER_OPTION = 127;
 
 export interface TelnetUserEvents {
   /** Data from the server, unescaped. */
@@ -48,6 +56,10 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
   private readonly collector: ByteCollector;
   private closedFlag = false;
   private closing: Promise<void> | null = null;
+  /** Barriers sent and not answered yet, oldest first (answers come in order). */
+  private barriers: Array<{ resolve(): void; reject(err: Error): void }> = [];
+  /** Re-checks of pending waits, run on every option change and on close. */
+  private optionListeners = new Set<() => void>();
 
   private constructor(private readonly socket: net.Socket, opts: TelnetUserOptions) {
     super();
@@ -63,6 +75,7 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
           this.emit('data', d);
         },
         command: (c) => this.commands.push(c),
+        optionChange: () => this.notifyOptions(),
         error: (err) => {
           this.protocolError = err;
         },
@@ -71,6 +84,11 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
     const negotiator = this.session.negotiator;
     const receive = negotiator.receive.bind(negotiator);
     negotiator.receive = (verb, option) => {
+      // The answer to a barrier is ours, not the server's negotiation: not recorded.
+      if (verb === WONT && option === BARRIER_OPTION && this.barriers.length > 0) {
+        this.barriers.shift()!.resolve();
+        return;
+      }
       this.negotiationsReceived.push({ verb, option });
       receive(verb, option);
     };
@@ -90,6 +108,10 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
     socket.on('close', () => {
       this.closedFlag = true;
       this.collector.end('connection closed');
+      const barriers = this.barriers;
+      this.barriers = [];
+      for (const b of barriers) b.reject(new Error('telnet user: connection closed before the barrier was answered'));
+      this.notifyOptions();
       this.emit('close');
     });
   }
@@ -132,15 +154,57 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
   }
 
   /** Waits until the options are enabled on the given sides (e.g. BINARY both ways). */
-  async waitForOptions(wanted: Array<[Side, number]>, timeoutMs = 5000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!wanted.every(([side, opt]) => this.isEnabled(side, opt))) {
-      if (this.closedFlag) throw new Error('telnet user: connection closed during option negotiation');
-      if (Date.now() > deadline) {
-        throw new Error(`telnet user: options ${JSON.stringify(wanted)} not enabled after ${timeoutMs} ms`);
-      }
-      await new Promise((r) => setTimeout(r, 5));
-    }
+  waitForOptions(wanted: Array<[Side, number]>, timeoutMs = 5000): Promise<void> {
+    const done = () => wanted.every(([side, opt]) => this.isEnabled(side, opt));
+    if (done()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const finish = (err?: Error) => {
+        clearTimeout(timer);
+        this.optionListeners.delete(check);
+        if (err) reject(err);
+        else resolve();
+      };
+      const check = () => {
+        if (done()) finish();
+        else if (this.closedFlag) finish(new Error('telnet user: connection closed during option negotiation'));
+      };
+      const timer = setTimeout(() => finish(new Error(`telnet user: options ${JSON.stringify(wanted)} not enabled after ${timeoutMs} ms`)), timeoutMs);
+      this.optionListeners.add(check);
+      check();
+    });
+  }
+
+  /**
+   * Resolves once the server has handled everything this user sent before, and
+   * everything the server wrote to this user before handling it has arrived.
+   *
+   * It sends `DO <BARRIER_OPTION>`; the server processes a connection's input in
+   * order and refuses the option with `WONT` in the same write stream as its data,
+   * so the answer comes after both. Unlike AYT, it works whether or not the client
+   * is attached yet and adds nothing to `received`. Rejects on close or timeout.
+   */
+  barrier(timeoutMs = 5000): Promise<void> {
+    if (this.closedFlag || this.socket.destroyed) return Promise.reject(new Error('telnet user: barrier on a closed connection'));
+    return new Promise((resolve, reject) => {
+      const entry = {
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (err: Error) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      const timer = setTimeout(() => {
+        const i = this.barriers.indexOf(entry);
+        // Later barriers wait behind this one; its answer, if it ever comes, must not resolve them.
+        if (i >= 0) this.barriers[i] = { resolve: () => undefined, reject: () => undefined };
+        reject(new Error(`telnet user: barrier not answered after ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.barriers.push(entry);
+      this.socket.write(Buffer.of(IAC, DO, BARRIER_OPTION));
+    });
   }
 
   /** Typed input, escaped for the wire (IAC doubled; CR NUL unless BINARY is on). */
@@ -190,5 +254,9 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
   /** Abort at once. Idempotent. */
   destroy(): void {
     this.socket.destroy();
+  }
+
+  private notifyOptions(): void {
+    for (const l of [...this.optionListeners]) l();
   }
 }

@@ -1,0 +1,142 @@
+/**
+ * What a load-generator worker (worker.ts) answers over its IPC channel: every
+ * command with its request and its response. The orchestrator asks through
+ * `WorkerHandle.ask()` (ipc.ts), the worker implements `WorkerHandlers`; both are
+ * checked against this one table, so a renamed command or a changed field fails to
+ * compile on both sides instead of at run time.
+ *
+ * On the wire: `{id, cmd, args}` → `{id, ok: true, result}` or `{id, ok: false, error}`
+ * (values are structured-cloned: plain data only).
+ */
+import type { HostPort } from '../src/util/net.js';
+import type { Distribution } from './common.js';
+import type { AdminEndpoint } from './server-process.js';
+
+/** A command that takes no arguments, or returns nothing of interest. */
+export type Empty = Record<string, never>;
+
+/** Where the VMs of a worker connect and how their serial ports are looked up. */
+export interface VmSetupRequest {
+  proxy: HostPort;
+  admin: AdminEndpoint;
+  namespace: number;
+  /** First index (of this worker's slice) and how many VMs. */
+  from: number;
+  count: number;
+  timeoutMs: number;
+}
+
+export interface ThroughputSample {
+  at: number;
+  /** Bytes received by all clients so far. */
+  delivered: number;
+  /** Bytes written by all VMs so far. */
+  sent: number;
+  clientsDropped: number;
+  cpu: NodeJS.CpuUsage;
+}
+
+export interface VmotionRunRequest {
+  durationMs: number;
+  /** Back-to-back runs: each VM migrates again 0..gapMs after its last migration. */
+  gapMs: number;
+  /** Migrations per second started by this worker (paced); 0: every VM migrates back to back. */
+  ratePerS: number;
+  tickMs: number;
+  outBytesPerTick: number;
+  inBytesPerTick: number;
+  /** After the run, how long to wait for the streams in flight to arrive. */
+  quiesceMs: number;
+  timeoutMs: number;
+}
+
+export interface VmotionRunResult {
+  loadGenLoopDelay: { p99: number; max: number };
+  completed: number;
+  missed: number;
+  failed: number;
+  errors: string[];
+  elapsedMs: number;
+  switchover: number[];
+  pause: number[];
+  steps: { goahead: Distribution; connect: Distribution; peerOk: Distribution };
+  bytesVmToClient: number;
+  bytesClientToVm: number;
+  lostVmToClient: number;
+  lostClientToVm: number;
+  vmsWithErrors: number;
+  errorDetails: string[];
+  notices: number;
+  clientsClosed: number;
+}
+
+export interface WorkerApi {
+  // Bulk VMs: scale, reconnect storm, background streamers.
+  'bulk.connect': {
+    req: { proxy: HostPort; namespace: number; from: number; count: number; concurrency: number; timeoutMs: number };
+    res: { connected: number; failed: number; errors: string[]; ms: number; perVm: Distribution };
+  };
+  'bulk.waitClosed': { req: { timeoutMs: number }; res: { closed: number } };
+  'bulk.reconnect': {
+    req: { timeoutMs: number; retryMs: number; connectTimeoutMs: number };
+    res: { reconnected: number; failed: number; errors: string[]; ms: number; attempts: Distribution; proxiedAt: Distribution };
+  };
+  'bulk.streamStart': {
+    req: { from: number; count: number; bytesPerSec: number; tickMs: number };
+    res: { streamers: number; startedAt: number; chunkBytes: number };
+  };
+  'bulk.streamStop': { req: Empty; res: { bytesSent: number } };
+  'bulk.disconnect': { req: { timeoutMs: number }; res: { disconnected: number } };
+  // Plain counting clients (for the background streamers).
+  'clients.connect': {
+    req: { host: string; ports: number[]; concurrency: number; timeoutMs: number };
+    res: { connected: number; failed: number; errors: string[]; ms: number };
+  };
+  'clients.bytes': { req: Empty; res: { bytes: number; open: number; at: number } };
+  'clients.close': { req: Empty; res: Empty };
+  // Latency probes.
+  'lat.setup': {
+    req: { proxy: HostPort; admin: AdminEndpoint; namespace: number; probes: number; timeoutMs: number };
+    res: { probes: number; echoPort: number };
+  };
+  'lat.relay': { req: { port: number; timeoutMs: number }; res: { relays: number } };
+  'lat.run': {
+    req: { durationMs: number; intervalMs: number };
+    res: { vspc: number[]; direct: number[]; relay: number[]; errors: number; errorSamples: string[] };
+  };
+  'lat.teardown': { req: Empty; res: Empty };
+  'relay.start': { req: { targetPort: number }; res: { port: number } };
+  // Throughput.
+  'tp.setup': { req: VmSetupRequest; res: { vms: number } };
+  'tp.clients': { req: { perVm: number; timeoutMs: number }; res: { clients: number } };
+  'tp.start': { req: { chunkBytes: number; windowBytes: number }; res: ThroughputSample };
+  'tp.sample': { req: Empty; res: ThroughputSample };
+  'tp.stop': { req: Empty; res: ThroughputSample };
+  'tp.teardown': { req: Empty; res: Empty };
+  // vMotion.
+  'vm.setup': { req: VmSetupRequest; res: { vms: number } };
+  'vm.run': { req: VmotionRunRequest; res: VmotionRunResult };
+  'vm.teardown': { req: Empty; res: Empty };
+  // The process.
+  stats: { req: Empty; res: { cpu: NodeJS.CpuUsage; memory: NodeJS.MemoryUsage; pid: number } };
+  shutdown: { req: Empty; res: Empty };
+}
+
+export type WorkerCommand = keyof WorkerApi;
+export type WorkerRequest<K extends WorkerCommand> = WorkerApi[K]['req'];
+export type WorkerResponse<K extends WorkerCommand> = WorkerApi[K]['res'];
+
+/** The worker's side: one handler per command. */
+export type WorkerHandlers = {
+  [K in WorkerCommand]: (req: WorkerRequest<K>) => WorkerResponse<K> | Promise<WorkerResponse<K>>;
+};
+
+/** Orchestrator → worker. */
+export interface WorkerCall<K extends WorkerCommand = WorkerCommand> {
+  id: number;
+  cmd: K;
+  args: WorkerRequest<K>;
+}
+
+/** Worker → orchestrator. */
+export type WorkerReply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: string };

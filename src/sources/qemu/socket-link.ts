@@ -1,0 +1,172 @@
+/**
+ * A Link over one stream socket (unix or TCP), and the dialer shared by the `unix:`,
+ * `tcp:` and `telnet:` sources. Raw bytes: what the socket delivers goes to the sink
+ * as it is (no copy, no queue); input is written as it is. `TelnetLink` overrides the
+ * two codec hooks.
+ *
+ * Failure containment (as in sources/esxi): an exception while handling the peer's
+ * bytes (a bug, an observer failing) costs this link only: logged, link destroyed,
+ * the runner redials.
+ */
+import net from 'node:net';
+import type { Logger } from '../../domain/logger.js';
+import { SourceError, connectError, linkError } from '../common/errors.js';
+import type { Link, LinkOptions, LinkSink } from '../common/link.js';
+
+export class SocketLink implements Link {
+  protected sink: LinkSink | null = null;
+  /** Why the link ends, the first reason seen; undefined while none is known. */
+  private why: SourceError | undefined;
+  private byUs = false;
+  private closeTimer: NodeJS.Timeout | null = null;
+  private drainListener: (() => void) | null = null;
+  private socketClosed = false;
+  private reported = false;
+
+  constructor(
+    protected readonly socket: net.Socket,
+    readonly peer: string,
+    protected readonly options: LinkOptions,
+    protected readonly log: Logger,
+  ) {
+    socket.on('error', (err) => {
+      this.why ??= linkError(err, peer);
+    });
+    socket.on('close', () => this.onSocketClose());
+  }
+
+  start(sink: LinkSink): void {
+    if (this.sink) return;
+    this.sink = sink;
+    if (this.socketClosed) {
+      this.report();
+      return;
+    }
+    this.socket.on('end', () => {
+      this.why ??= new SourceError('VSPC_SOURCE_CLOSED', `${this.peer} closed the connection`);
+    });
+    this.socket.on('data', (chunk: Buffer) => {
+      try {
+        this.receive(chunk);
+      } catch (err) {
+        this.log.error('internal error while handling endpoint data; closing this link', {
+          error: String((err as Error)?.message ?? err),
+          stack: (err as Error)?.stack,
+        });
+        this.fail(new SourceError('VSPC_SOURCE_INTERNAL', `internal error while handling data from ${this.peer}`, {}, { cause: err }));
+      }
+    });
+    this.started();
+  }
+
+  /** Bytes from the peer (the codec hook: raw by default). */
+  protected receive(chunk: Buffer): void {
+    this.sink!.data(chunk);
+  }
+
+  /** Called once the link flows (a codec sends its opening here). */
+  protected started(): void {}
+
+  /** Input for the peer (the codec hook: raw by default). */
+  write(data: Buffer): boolean {
+    return this.rawWrite(data);
+  }
+
+  protected rawWrite(bytes: Buffer): boolean {
+    if (this.socket.destroyed || this.socket.writableEnded) return true;
+    return this.socket.write(bytes);
+  }
+
+  onDrain(listener: () => void): void {
+    if (this.drainListener) this.socket.off('drain', this.drainListener);
+    this.drainListener = listener;
+    this.socket.on('drain', listener);
+  }
+
+  /** Ends the link because of `err` (protocol error, bug): at once. */
+  protected fail(err: SourceError): void {
+    this.why ??= err;
+    this.socket.destroy();
+  }
+
+  close(_reason: string): void {
+    if (this.closeTimer || this.socket.destroyed) return;
+    this.byUs = true;
+    this.socket.end();
+    this.closeTimer = setTimeout(() => this.socket.destroy(), this.options.closeGraceMs);
+    this.closeTimer.unref?.();
+  }
+
+  destroy(_reason: string): void {
+    this.byUs = true;
+    this.socket.destroy();
+  }
+
+  private onSocketClose(): void {
+    this.socketClosed = true;
+    if (this.closeTimer) clearTimeout(this.closeTimer);
+    this.closeTimer = null;
+    if (this.drainListener) this.socket.off('drain', this.drainListener);
+    this.drainListener = null;
+    this.closedHook();
+    if (this.sink) this.report();
+  }
+
+  /** Called once when the socket is gone (timers of a codec). */
+  protected closedHook(): void {}
+
+  private report(): void {
+    if (this.reported) return;
+    this.reported = true;
+    const err = this.why ?? (this.byUs ? null : new SourceError('VSPC_SOURCE_CLOSED', `${this.peer} closed the connection`));
+    this.sink!.closed(err);
+  }
+}
+
+/**
+ * Connects a stream socket; resolves once connected, rejects with a SourceError (or
+ * with `signal.reason` when aborted: the socket is destroyed).
+ */
+export function dialSocket(opts: net.NetConnectOpts, peer: string, signal: AbortSignal): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const sock = net.connect(opts);
+    const cleanup = (): void => {
+      signal.removeEventListener('abort', onAbort);
+      sock.off('error', onError);
+      sock.off('connect', onConnect);
+    };
+    const onAbort = (): void => {
+      cleanup();
+      sock.on('error', () => {});
+      sock.destroy();
+      reject(signal.reason);
+    };
+    const onError = (err: Error): void => {
+      cleanup();
+      sock.destroy();
+      reject(connectError(err, peer));
+    };
+    const onConnect = (): void => {
+      cleanup();
+      resolve(sock);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    sock.once('error', onError);
+    sock.once('connect', onConnect);
+  });
+}
+
+/** TCP sockets: no Nagle delay for keystrokes, keepalive to find a peer that vanished. */
+export function tuneTcp(sock: net.Socket, options: LinkOptions): void {
+  sock.setNoDelay(true);
+  if (options.keepAliveMs > 0) sock.setKeepAlive(true, options.keepAliveMs);
+}
+
+/** `HOST:PORT` with IPv6 in brackets. */
+export function hostPort(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
