@@ -3,6 +3,7 @@ import { Option, type Side } from '../telnet/index.js';
 import { policyFromLists, TelnetSession } from '../telnet/index.js';
 import { ComPort, ComPortControl, ComPortPurge, Ext, PROXY_KNOWN_SUBOPTIONS } from './codes.js';
 import { VERSION } from '../../version.js';
+import { sanitizeText } from '../../util/text.js';
 import { parseDoProxyPayload, parseNamePayload, parseUuidPayload, type ProxyRequest } from './identity.js';
 
 /** The guest UART's settings as the ESXi host reports them over RFC 2217 COM-PORT (same shape as the domain's SerialLineSettings). */
@@ -42,7 +43,7 @@ export interface ComPortState {
   lineStateMask: number;
   /** SET-MODEMSTATE-MASK: which NOTIFY-MODEMSTATE bits the host wants (RFC default 255). */
   modemStateMask: number;
-  /** The host's SIGNATURE text (control characters replaced, at most 256 characters). */
+  /** The host's SIGNATURE text (controls and invisible formatting replaced, util/text.ts; at most 256 characters). */
   signature?: string;
 }
 
@@ -294,7 +295,7 @@ export class VspcServerProtocol {
           this.replyComPort(code, Buffer.from(this.options.signature ?? `vspc ${VERSION}`, 'utf8'));
         } else {
           // Another party's name and version: keep it printable and bounded for `show`.
-          this.line.signature = [...body.toString('utf8').replace(/[\u0000-\u001f\u007f-\u009f]/g, '?')].slice(0, MAX_SIGNATURE).join('');
+          this.line.signature = [...sanitizeText(body.toString('utf8'))].slice(0, MAX_SIGNATURE).join('');
           this.stateChanged();
         }
         return;
