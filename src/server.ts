@@ -9,6 +9,8 @@ import { ConsoleStore } from './storage/console-store.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners } from './access/telnet/listeners.js';
+import { ManagedConsoles, sourceConnectors } from './sources/index.js';
+import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
@@ -63,6 +65,11 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** Declared (and discovered) consoles whose sources vspc maintains itself. */
+  readonly managed: ManagedConsoles;
+  /** File descriptors as a budget: VM and console connections are refused before the limit. */
+  private readonly fds = new FdBudget();
+  private lastFdRefusalLog = 0;
   private readonly proxy: EsxiListener;
   private readonly admin: AdminServer;
   private addressesValue: ServerAddresses | null = null;
@@ -99,6 +106,7 @@ export class VspcServer {
     // A forgotten or expired VM keeps no console log file open.
     this.registry.on('removed', (hub) => this.consoleLogs?.forget(hub));
     this.metrics = new Metrics(this.registry);
+    this.metrics.fdBudget = this.fds;
     // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
@@ -123,6 +131,7 @@ export class VspcServer {
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
+      admit: (socket) => this.admit(socket, 'client'),
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
@@ -131,6 +140,7 @@ export class VspcServer {
       lockWaitMs: config.clientLockWaitMs,
       idleTimeoutMs: config.clientIdleTimeoutMs,
     });
+    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
     this.proxy = new EsxiListener(
       {
         registry: this.registry,
@@ -211,12 +221,35 @@ export class VspcServer {
     };
   }
 
+  /**
+   * The descriptor budget's decision for an accepted VM or console socket; a refusal is
+   * logged (at most every 10 s, with the count) and counted in /metrics.
+   */
+  private admit(socket: import('node:net').Socket, side: 'vm' | 'client'): boolean {
+    if (this.fds.admit(socket)) return true;
+    const now = Date.now();
+    if (now - this.lastFdRefusalLog >= 10_000) {
+      this.lastFdRefusalLog = now;
+      this.logger.warn('file descriptors nearly exhausted; refusing new connections (the admin API keeps a reserve)', {
+        side,
+        peer: `${socket.remoteAddress}:${socket.remotePort}`,
+        inUse: this.fds.inUse,
+        limit: this.fds.limit,
+        reserve: this.fds.reserve,
+        refusedSoFar: this.fds.refused,
+        errorCode: 'VSPC_FD_BUDGET_SPENT',
+      });
+    }
+    return false;
+  }
+
   private async startListening(): Promise<void> {
     const c = this.config;
     this.warnAboutExposure();
     await this.consoleLogs?.init();
     if (c.expireAfterMs > 0) this.expire();
     this.registry.load();
+    this.applyConsoles(true);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
@@ -311,7 +344,34 @@ export class VspcServer {
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
     vms: () => this.applyVmSettingsToAll(),
+    consoles: () => {
+      this.applyConsoles(false);
+      this.applyVmSettingsToAll();
+    },
   };
+
+  /**
+   * The config file's `consoles:` made real: each declared console registered (kind
+   * `config`, key = its name) with its endpoint running; removed ones forgotten. At
+   * start, records of declared consoles that left the file while vspc was down are
+   * forgotten too.
+   */
+  private applyConsoles(atStart: boolean): void {
+    const wanted = this.config.consoles.map((c) => ({ kind: 'config', key: c.name, label: '', name: c.name, spec: c.source, specText: c.sourceText }));
+    if (atStart) {
+      const names = new Set(this.config.consoles.map((c) => c.name));
+      for (const hub of this.registry.all()) {
+        if (hub.identity.kind === 'config' && !names.has(hub.identity.key)) {
+          this.logger.info('declared console no longer in the configuration; forgotten', { console: hub.displayName, port: hub.identity.tcpPort });
+          this.registry.forget(hub, 'removed from the configuration');
+        }
+      }
+    }
+    const r = this.managed.set('config', wanted, 'forget');
+    if (r.added.length + r.removed.length + r.repointed.length + r.failed.length > 0) {
+      this.logger.info('declared consoles applied', { ...r });
+    }
+  }
 
   /**
    * Apply a new configuration without dropping VM connections: what can change at run
@@ -331,6 +391,7 @@ export class VspcServer {
     const s = resolveVmSettings(this.config, hub.identity);
     // Clients already attached keep their locks; the default applies to the next ones.
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
+    hub.logged = s.log ?? true;
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;
@@ -373,6 +434,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
+    await this.managed.close();
     await this.consoleLogs?.close();
     await this.admin.close();
     closeDatabase(this.db);
@@ -388,6 +450,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();
     for (const hub of this.registry.all()) hub.closeClients('vspc stopped');
+    this.managed.destroy();
     void this.consoleLogs?.close();
     void this.admin.close();
     closeDatabase(this.db);

@@ -17,6 +17,8 @@ export class Metrics {
   /** "side\0kind" → count. */
   private readonly protocolErrors = new Map<string, number>();
   slowClientsDropped = 0;
+  /** The process's descriptor budget (src/runtime/fd-budget.ts), when there is one. */
+  fdBudget: { readonly limit: number; readonly inUse: number; readonly refused: number } | null = null;
   adminUnauthorized = 0;
   /** Admin API requests refused by the browser guard (src/admin/request-guard.ts), by rule. */
   readonly adminRefused: Record<GuardRefusal, number> = { host: 0, origin: 0, 'content-type': 0, preflight: 0 };
@@ -133,6 +135,18 @@ export function renderMetrics(i: MetricsInput): string {
       i.metrics.protocolErrorCounts().map(({ side, kind, count }) => [{ side, kind }, count] as Sample),
     ),
     family('vspc_clients_dropped_slow_total', 'counter', 'Console clients disconnected because they did not read their output.', i.metrics.slowClientsDropped),
+    ...(i.metrics.fdBudget && Number.isFinite(i.metrics.fdBudget.limit)
+      ? [
+          family('vspc_fd_limit', 'gauge', 'The soft limit on open file descriptors (RLIMIT_NOFILE).', i.metrics.fdBudget.limit),
+          family('vspc_fd_in_use', 'gauge', 'File descriptors in use, as the descriptor budget counts them.', i.metrics.fdBudget.inUse),
+          family(
+            'vspc_fd_budget_refused_total',
+            'counter',
+            'Connections refused at accept because the descriptor budget was spent (the reserve is kept for the admin API).',
+            i.metrics.fdBudget.refused,
+          ),
+        ]
+      : []),
     family('vspc_config_reloads_total', 'counter', 'Configuration reloads (SIGHUP, vspc-admin reload), by result.', [
       [{ result: 'ok' }, i.metrics.reloads.ok],
       [{ result: 'failed' }, i.metrics.reloads.failed],

@@ -3,6 +3,7 @@
  * sets which field, with what default, is declared once in table.ts; DEFAULTS is
  * computed from that table (options.ts).
  */
+import type { SourceSpec } from '../domain/source-spec.js';
 import type { PortRange } from '../domain/repository.js';
 import type { HostPort } from '../util/net.js';
 import type { LockRequest } from '../domain/locks.js';
@@ -69,6 +70,8 @@ export interface VspcConfig {
   defaultLockMode: LockModeName;
   /** Per-VM settings from the config file (`vms:`); see resolveVmSettings in vms.ts. */
   vms: VmSettings[];
+  /** Declared consoles from the config file (`consoles:`); see consoles.ts. */
+  consoles: ConsoleSettings[];
   /** Console log files, one per VM serial port, in this directory (--log-dir); null = off. */
   logDir: string | null;
   /** A console log file is rotated before it would pass this many bytes (--log-max-size). */
@@ -92,6 +95,22 @@ export type LogFormatName = (typeof LOG_FORMATS)[number];
 /** Lock modes a config file may name: the domain's lock requests (src/domain/locks.ts). */
 export { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
 export type LockModeName = LockRequest;
+
+/** One `consoles:` entry of the config file (src/config/consoles.ts). */
+export interface ConsoleSettings {
+  name: string;
+  source: SourceSpec;
+  /** The source as canonical text (formatSourceSpec), for logs and comparisons. */
+  sourceText: string;
+  lockMode?: LockModeName;
+  scrollbackBytes?: number;
+  /** Fixed client TCP port (config file key `port`). */
+  tcpPort?: number;
+  /** false: no console log file for this console. */
+  log?: boolean;
+  /** Where the entry is written ("file:line:col"), for log lines. */
+  where?: string;
+}
 
 /** One `vms:` entry of the config file. `match`: a VM name (glob * ?, any case), UUID, or either with `:LABEL`. */
 export interface VmSettings {

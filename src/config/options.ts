@@ -182,7 +182,7 @@ export function configFromOptions(
   for (const spec of OPTIONS as readonly OptionSpec[]) {
     const raw = values[spec.key] ?? spec.default;
     if (spec.kind === 'switch') out[spec.field] = raw === undefined ? true : raw === true;
-    else if (spec.kind === 'vms') out[spec.field] = raw === undefined ? [] : raw;
+    else if (spec.kind === 'structured') out[spec.field] = raw === undefined ? spec.empty : raw;
     else if (spec.parse) out[spec.field] = raw === undefined ? null : spec.parse(String(raw), optionName(spec));
   }
   const config = out as unknown as VspcConfig;

@@ -24,6 +24,9 @@ import {
   parseSizeOrZero,
 } from './parse.js';
 import { ConfigError } from '../errors.js';
+import type { Fail } from './file.js';
+import { checkVms } from './vms.js';
+import { checkConsoles } from './consoles.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -56,8 +59,12 @@ export interface OptionSpec<F extends Field = Field, R extends Reload = Reload> 
   readonly flag: string | null;
   /** The config file key: the long flag in camelCase (`--port-range` → `portRange`, `--no-com-port` → `comPort`). */
   readonly key: string;
-  /** `text`: a value parsed by `parse` (or combined with others, see DERIVED in options.ts); `switch`: true unless `--no-…`; `vms`: the per-VM list. */
-  readonly kind: 'text' | 'switch' | 'vms';
+  /** `text`: a value parsed by `parse` (or combined with others, see DERIVED in options.ts); `switch`: true unless `--no-…`; `structured`: a config file value checked by `check` (`vms:`, `consoles:`). */
+  readonly kind: 'text' | 'switch' | 'structured';
+  /** For `structured`: checks the file's value, failing at the position of what is wrong. */
+  readonly check?: (value: unknown, fail: Fail) => VspcConfig[F];
+  /** For `structured`: the value when the file has none. */
+  readonly empty?: VspcConfig[F];
   readonly help: string;
   /** The value when none is given, as an operator types it (shown by --help). Absent: unset, the field is null. */
   readonly default?: string;
@@ -372,7 +379,17 @@ export const OPTIONS = [
     parse: (t, f) => parseChoice(f, t, LOCK_MODES),
     reload: 'for clients that attach afterwards',
   }),
-  option({ flag: null, key: 'vms', kind: 'vms', field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+  option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+  option({
+    flag: null,
+    key: 'consoles',
+    kind: 'structured',
+    check: checkConsoles,
+    empty: [],
+    field: 'consoles',
+    help: 'declared consoles (name, source, lockMode, scrollback, port, log)',
+    reload: 'at once: consoles added, removed (their ports freed) or re-pointed; the others untouched',
+  }),
 ] as const;
 
 /** Any row of the table. */

@@ -53,8 +53,8 @@ export function checkVms(v: unknown, fail: Fail): VmSettings[] {
   return out;
 }
 
-/** What a `match:` is compared with: a console's key (a UUID in any form, compared normalised), label and name. */
-export type VmRef = Pick<ConsoleIdentity, 'key' | 'label' | 'name'>;
+/** What a `match:` is compared with: a console's key (a UUID in any form, compared normalised), label and name; the kind finds a declared console's own entry. */
+export type VmRef = Pick<ConsoleIdentity, 'key' | 'label' | 'name'> & { kind?: ConsoleIdentity['kind'] };
 
 /** The `vms:` settings that apply to one console (the admin API shows them as `settings`). */
 export interface ResolvedVmSettings {
@@ -62,13 +62,15 @@ export interface ResolvedVmSettings {
   scrollbackBytes?: number;
   /** Fixed client TCP port. */
   tcpPort?: number;
+  /** false: no console log file (a declared console's `log:`). */
+  log?: boolean;
 }
 
 /**
  * The `vms:` settings for one VM serial port: every entry whose `match` fits applies,
  * in file order, a later entry overriding an earlier one field by field.
  */
-export function resolveVmSettings(config: Pick<VspcConfig, 'vms'>, vm: VmRef): ResolvedVmSettings {
+export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick<VspcConfig, 'consoles'>>, vm: VmRef): ResolvedVmSettings {
   const out: ResolvedVmSettings = {};
   const key = normalizeUuid(vm.key) ?? vm.key;
   for (const entry of config.vms) {
@@ -76,6 +78,14 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'>, vm: VmRef): R
     if (entry.lockMode !== undefined) out.lockMode = entry.lockMode;
     if (entry.scrollbackBytes !== undefined) out.scrollbackBytes = entry.scrollbackBytes;
     if (entry.tcpPort !== undefined) out.tcpPort = entry.tcpPort;
+  }
+  // A declared console's own entry is the most specific: it wins over every vms: match.
+  const own = vm.kind === 'config' ? config.consoles?.find((c) => c.name === vm.key) : undefined;
+  if (own) {
+    if (own.lockMode !== undefined) out.lockMode = own.lockMode;
+    if (own.scrollbackBytes !== undefined) out.scrollbackBytes = own.scrollbackBytes;
+    if (own.tcpPort !== undefined) out.tcpPort = own.tcpPort;
+    if (own.log !== undefined) out.log = own.log;
   }
   return out;
 }

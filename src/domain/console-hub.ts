@@ -136,6 +136,8 @@ export class ConsoleHub {
   lineState: SerialLineState | null = null;
   /** For consoles whose source vspc maintains (declared, discovered): where it stands; null for ESXi. */
   endpoint: EndpointStatus | null = null;
+  /** false: console logs keep no file for this console (a declared console's `log: false`). */
+  logged = true;
 
   readonly scrollback: Scrollback;
 

@@ -110,7 +110,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
       maxAgeMs,
       (r) => {
         const p = this.byKey.get(keyOf(r.kind, r.key, r.label));
-        return !!p && (p.source !== null || p.clients.size > 0);
+        // In use, or a source vspc maintains is still trying (a declared console whose VM is off).
+        return !!p && (p.source !== null || p.clients.size > 0 || (p.endpoint !== null && p.endpoint.state !== 'stopped'));
       },
       now,
     );

@@ -224,6 +224,30 @@ const cases: { [K in ReloadableField]: Case } = {
     assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=RL-VMS')).port, fixed);
     await r.ts.connectUser(fixed, r.cleanup);
   },
+
+  consoles: async (t) => {
+    // Two unix sockets standing in for QEMU serial ports; each greets whoever connects.
+    const dir = tempDir('vspc-reload-consoles-');
+    t.after(() => dir.remove());
+    const serve = (name: string) => {
+      const path = join(dir.dir, `${name}.sock`);
+      const server = net.createServer((s) => s.end(`hello from ${name}\r\n`));
+      t.after(() => new Promise<void>((done) => server.close(() => done())));
+      return new Promise<string>((resolve) => server.listen(path, () => resolve(path)));
+    };
+    const a = await serve('a');
+    const b = await serve('b');
+    const r = await reloadable(t, ['consoles:', '  - name: rl-one', `    source: unix:${a}`, '  - name: rl-gone', `    source: unix:${a}`]);
+    const names = async () => (await r.api<PortView[]>('/api/v1/ports')).map((p) => p.name).sort();
+    assert.deepEqual(await names(), ['rl-gone', 'rl-one']);
+    const one = (await r.api<PortView[]>('/api/v1/ports')).find((p) => p.name === 'rl-one')!;
+    // Re-point rl-one, drop rl-gone, add rl-new: rl-one keeps its port and its client.
+    const user = await r.ts.connectUser(one.port, r.cleanup, '');
+    appliedOnly(await r.reload(['consoles:', '  - name: rl-one', `    source: unix:${b}`, '  - name: rl-new', `    source: unix:${a}`]), 'consoles');
+    assert.deepEqual(await names(), ['rl-new', 'rl-one']);
+    await user.waitFor('hello from b', 5000);
+    assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=rl-one')).port, one.port, 'a re-pointed console keeps its port');
+  },
 };
 
 describe('reload: every reloadable key takes effect on a running server', () => {

@@ -1,0 +1,80 @@
+/**
+ * Declared consoles, the config file's `consoles:` list: sources vspc maintains itself
+ * (a QEMU socket, a host tty, ...), each with a name and optional per-console settings.
+ *
+ *   consoles:
+ *     - name: web01
+ *       source: unix:/var/run/qemu-server/101.serial0
+ *       lockMode: readwrite      # optional, as in vms:
+ *       scrollback: 64k          # optional
+ *       port: 10101              # optional fixed client port
+ *       log: false               # optional: no console log file for this one
+ *
+ * A declared console's identity is (kind `config`, key = its name, label ''): renaming
+ * it in the file makes a new console with a new port.
+ */
+import type { ConsoleSettings, LockModeName } from './config.js';
+import { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
+import { formatSourceSpec, parseSourceSpec } from '../domain/source-spec.js';
+import { VspcError } from '../errors.js';
+import { hasUnsafeText } from '../util/text.js';
+import { parsePort, parseSizeOrZero } from './parse.js';
+import { asConfigError, describe, type Fail } from './file.js';
+
+/** The keys a `consoles:` entry may have (config file spelling). */
+export const CONSOLE_ENTRY_KEYS = ['name', 'source', 'lockMode', 'scrollback', 'port', 'log'] as const;
+
+/** Longest console name: it is a table cell, a file name part and a telnet greeting. */
+export const MAX_CONSOLE_NAME = 128;
+
+/** Checks the `consoles:` value of a config file; errors at the entry's position. */
+export function checkConsoles(v: unknown, fail: Fail): ConsoleSettings[] {
+  if (!Array.isArray(v)) fail(['consoles'], `expected a list of {${CONSOLE_ENTRY_KEYS.join(', ')}}, got ${describe(v)}`);
+  const out: ConsoleSettings[] = [];
+  const names = new Map<string, number>();
+  (v as unknown[]).forEach((entry, i) => {
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) fail(['consoles', i], `expected a mapping with name: and source:, got ${describe(entry)}`);
+    const e = entry as Record<string, unknown>;
+    for (const k of Object.keys(e)) {
+      if (!(CONSOLE_ENTRY_KEYS as readonly string[]).includes(k)) fail(['consoles', i, k], `unknown key (a consoles entry has ${CONSOLE_ENTRY_KEYS.join(', ')})`, true);
+    }
+    if (typeof e.name !== 'string' || e.name.trim() === '') fail(['consoles', i, ...(e.name === undefined ? [] : ['name'])], 'needs name: the console name people use');
+    const name = (e.name as string).trim();
+    if (name.length > MAX_CONSOLE_NAME) fail(['consoles', i, 'name'], `longer than ${MAX_CONSOLE_NAME} characters`);
+    if (hasUnsafeText(name)) fail(['consoles', i, 'name'], 'has control or invisible formatting characters');
+    if (/[*?]/.test(name)) fail(['consoles', i, 'name'], 'may not contain * or ? (they are pattern characters)');
+    const before = names.get(name.toLowerCase());
+    if (before !== undefined) fail(['consoles', i, 'name'], `"${name}" is already the name of consoles[${before}] (names are compared in any case)`);
+    names.set(name.toLowerCase(), i);
+    if (typeof e.source !== 'string') fail(['consoles', i, ...(e.source === undefined ? [] : ['source'])], 'needs source: e.g. unix:/var/run/qemu-server/101.serial0 or device:/dev/ttyUSB0?baud=115200');
+    let source;
+    try {
+      source = parseSourceSpec(e.source as string);
+    } catch (err) {
+      if (err instanceof VspcError && err.code === 'VSPC_SOURCE_INVALID') fail(['consoles', i, 'source'], err.message);
+      throw err;
+    }
+    const s: ConsoleSettings = { name, source, sourceText: formatSourceSpec(source) };
+    if (e.lockMode !== undefined) {
+      if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
+        fail(['consoles', i, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
+      }
+      s.lockMode = e.lockMode as LockModeName;
+    }
+    if (e.scrollback !== undefined) {
+      const text = typeof e.scrollback === 'number' || typeof e.scrollback === 'string' ? String(e.scrollback) : null;
+      if (text === null) fail(['consoles', i, 'scrollback'], `expected a size (e.g. 65536, 64k, 1m, 0), got ${describe(e.scrollback)}`);
+      s.scrollbackBytes = asConfigError(['consoles', i, 'scrollback'], fail, () => parseSizeOrZero('scrollback', text!));
+    }
+    if (e.port !== undefined) {
+      const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
+      s.tcpPort = asConfigError(['consoles', i, 'port'], fail, () => parsePort('port', text, false));
+    }
+    if (e.log !== undefined) {
+      if (typeof e.log !== 'boolean') fail(['consoles', i, 'log'], `expected true or false, got ${describe(e.log)}`);
+      s.log = e.log as boolean;
+    }
+    out.push(s);
+  });
+  return out;
+}
