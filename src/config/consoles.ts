@@ -13,13 +13,12 @@
  * A declared console's identity is (kind `config`, key = its name, label ''): renaming
  * it in the file makes a new console with a new port.
  */
-import type { ConsoleSettings, LockModeName } from './config.js';
-import { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
+import type { ConsoleSettings } from './config.js';
 import { formatSourceSpec, parseSourceSpec } from '../domain/source-spec.js';
 import { VspcError } from '../errors.js';
 import { hasUnsafeText } from '../util/text.js';
-import { parsePort, parseSizeOrZero } from './parse.js';
-import { asConfigError, describe, type Fail } from './file.js';
+import { describe, type Fail } from './file.js';
+import { checkConsoleSettings } from './vms.js';
 
 /** The keys a `consoles:` entry may have (config file spelling). */
 export const CONSOLE_ENTRY_KEYS = ['name', 'source', 'lockMode', 'scrollback', 'port', 'log'] as const;
@@ -54,22 +53,7 @@ export function checkConsoles(v: unknown, fail: Fail): ConsoleSettings[] {
       if (err instanceof VspcError && err.code === 'VSPC_SOURCE_INVALID') fail(['consoles', i, 'source'], err.message);
       throw err;
     }
-    const s: ConsoleSettings = { name, source, sourceText: formatSourceSpec(source) };
-    if (e.lockMode !== undefined) {
-      if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
-        fail(['consoles', i, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
-      }
-      s.lockMode = e.lockMode as LockModeName;
-    }
-    if (e.scrollback !== undefined) {
-      const text = typeof e.scrollback === 'number' || typeof e.scrollback === 'string' ? String(e.scrollback) : null;
-      if (text === null) fail(['consoles', i, 'scrollback'], `expected a size (e.g. 65536, 64k, 1m, 0), got ${describe(e.scrollback)}`);
-      s.scrollbackBytes = asConfigError(['consoles', i, 'scrollback'], fail, () => parseSizeOrZero('scrollback', text!));
-    }
-    if (e.port !== undefined) {
-      const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
-      s.tcpPort = asConfigError(['consoles', i, 'port'], fail, () => parsePort('port', text, false));
-    }
+    const s: ConsoleSettings = { name, source, sourceText: formatSourceSpec(source), ...checkConsoleSettings(e, ['consoles', i], fail) };
     if (e.log !== undefined) {
       if (typeof e.log !== 'boolean') fail(['consoles', i, 'log'], `expected true or false, got ${describe(e.log)}`);
       s.log = e.log as boolean;

@@ -126,6 +126,15 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return dropped;
   }
 
+  /** The console's sticky TCP port for an access method other than telnet (see ConsoleRepository.accessPort). */
+  accessPort(hub: ConsoleHub, method: string): number {
+    return this.store.accessPort(hub.identity.id, method);
+  }
+
+  accessPorts(hub: ConsoleHub): Record<string, number> {
+    return this.store.accessPorts(hub.identity.id);
+  }
+
   lastSeen(hub: ConsoleHub): number | undefined {
     return this.store.getById(hub.identity.id)?.lastSeen;
   }

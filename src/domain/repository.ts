@@ -50,6 +50,14 @@ export interface ConsoleRepository {
   forget(id: number): boolean;
   /** Throws `VSPC_PORT_INVALID`, `VSPC_NOT_FOUND`, `VSPC_PORT_IN_USE`. */
   setPort(id: number, tcpPort: number): ConsoleRecord;
+  /**
+   * The sticky TCP port of an access method other than telnet (`raw`, ...) for a
+   * console: allocated from the same range and namespace on first use. Throws
+   * `VSPC_NOT_FOUND`, `VSPC_PORT_RANGE_EXHAUSTED`.
+   */
+  accessPort(id: number, method: string): number;
+  /** Every access port of a console, by method. */
+  accessPorts(id: number): Record<string, number>;
   /** Deletes records unseen for `maxAgeMs` for which `keep` is false; returns them. */
   expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number): ConsoleRecord[];
 }

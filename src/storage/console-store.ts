@@ -25,8 +25,10 @@ const INSERT_ATTEMPTS = 3;
 
 const COLUMNS = 'id, kind, key, label, name, tcp_port AS tcpPort, first_seen AS firstSeen, last_seen AS lastSeen';
 
+/** A port (or key) already taken: a UNIQUE constraint, or the triggers that keep console and access ports apart. */
 function isUniqueViolation(err: unknown): boolean {
-  return (err as { code?: unknown } | null)?.code === 'SQLITE_CONSTRAINT_UNIQUE';
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_TRIGGER';
 }
 
 function checkTimestamp(field: string, value: number): void {
@@ -80,6 +82,11 @@ export class ConsoleStore implements ConsoleRepository {
     move: Database.Statement<[number, number]>;
     olderThan: Database.Statement<[number], ConsoleRecord>;
     deleteIfOlder: Database.Statement<[number, number]>;
+    accessGet: Database.Statement<[number, string], number>;
+    accessAll: Database.Statement<[number], { method: string; tcpPort: number }>;
+    accessInsert: Database.Statement<[number, string, number]>;
+    accessOf: Database.Statement<[number], number>;
+    accessByPort: Database.Statement<[number], { consoleId: number; method: string }>;
   };
 
   /**
@@ -105,7 +112,7 @@ export class ConsoleStore implements ConsoleRepository {
       byId: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE id = ?`),
       byPort: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE tcp_port = ?`),
       all: db.prepare(`SELECT ${COLUMNS} FROM consoles ORDER BY tcp_port`),
-      ports: db.prepare<[], number>('SELECT tcp_port FROM consoles').pluck(),
+      ports: db.prepare<[], number>('SELECT tcp_port FROM consoles UNION ALL SELECT tcp_port FROM access_ports').pluck(),
       // COALESCE: a registration without a name (null) keeps the name we already know.
       seen: db.prepare('UPDATE consoles SET last_seen = ?, name = COALESCE(?, name) WHERE id = ?'),
       insert: db.prepare(
@@ -118,6 +125,11 @@ export class ConsoleStore implements ConsoleRepository {
       olderThan: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE last_seen < ? ORDER BY tcp_port`),
       // Re-checks the age so a record touched since it was selected survives.
       deleteIfOlder: db.prepare('DELETE FROM consoles WHERE id = ? AND last_seen < ?'),
+      accessGet: db.prepare<[number, string], number>('SELECT tcp_port FROM access_ports WHERE console_id = ? AND method = ?').pluck(),
+      accessAll: db.prepare('SELECT method, tcp_port AS tcpPort FROM access_ports WHERE console_id = ? ORDER BY method'),
+      accessInsert: db.prepare('INSERT INTO access_ports (console_id, method, tcp_port) VALUES (?, ?, ?)'),
+      accessOf: db.prepare<[number], number>('SELECT tcp_port FROM access_ports WHERE console_id = ?').pluck(),
+      accessByPort: db.prepare('SELECT console_id AS consoleId, method FROM access_ports WHERE tcp_port = ?'),
     };
     this.reloadPorts();
   }
@@ -221,10 +233,52 @@ export class ConsoleStore implements ConsoleRepository {
 
   /** Deletes the record; its port becomes free for new VMs. True if a row was deleted. */
   forget(id: number): boolean {
+    // Its access ports go with it (ON DELETE CASCADE): free them in the bitmap too.
+    const access = this.stmts.accessOf.all(id);
     const port = this.stmts.forget.get(id);
     if (port === undefined) return false;
     this.release(port);
+    for (const p of access) this.release(p);
     return true;
+  }
+
+  /**
+   * The sticky TCP port of one access method (`raw`, ...) of a console: the existing one,
+   * or the lowest free port of the range, recorded. Ports are one namespace with the
+   * consoles' telnet ports.
+   *
+   * Throws `VSPC_NOT_FOUND` ({id}), `VSPC_ARG_INVALID` (method), `VSPC_PORT_RANGE_EXHAUSTED`.
+   */
+  accessPort(id: number, method: string): number {
+    if (typeof method !== 'string' || method.length < 1 || method.length > 32 || method === 'telnet') {
+      throw new StorageError('VSPC_ARG_INVALID', `access method must be 1-32 characters and not telnet, got ${JSON.stringify(method)}`, { field: 'method', value: method });
+    }
+    const existing = this.stmts.accessGet.get(id, method);
+    if (existing !== undefined) return existing;
+    const rec = this.stmts.byId.get(id);
+    if (!rec) throw new StorageError('VSPC_NOT_FOUND', `no console record with id ${id}`, { id });
+    let lastError: unknown;
+    for (let attempt = 0; attempt < INSERT_ATTEMPTS; attempt++) {
+      const port = this.lowestFreePort(rec.key, `${rec.label}/${method}`);
+      try {
+        this.stmts.accessInsert.run(id, method, port);
+        this.used[port] = 1;
+        this.cursor = port + 1;
+        return port;
+      } catch (err) {
+        if (!isUniqueViolation(err)) throw err;
+        lastError = err;
+        const raced = this.stmts.accessGet.get(id, method);
+        if (raced !== undefined) return raced;
+        this.reloadPorts();
+      }
+    }
+    throw lastError;
+  }
+
+  /** Every access port of a console, by method. */
+  accessPorts(id: number): Record<string, number> {
+    return Object.fromEntries(this.stmts.accessAll.all(id).map((r) => [r.method, r.tcpPort]));
   }
 
   /**
@@ -246,6 +300,15 @@ export class ConsoleStore implements ConsoleRepository {
         const rec = this.stmts.byId.get(id);
         if (!rec) throw new StorageError('VSPC_NOT_FOUND', `no serial port record with id ${id}`, { id });
         if (rec.tcpPort === port) return { before: rec, after: rec };
+        const access = this.stmts.accessByPort.get(port);
+        if (access) {
+          this.used[port] = 1;
+          throw new StorageError('VSPC_PORT_IN_USE', `port ${port} is the ${access.method} port of console ${access.consoleId}`, {
+            id,
+            port,
+            heldBy: access.consoleId,
+          });
+        }
         const holder = this.stmts.byPort.get(port);
         if (holder) {
           this.used[port] = 1; // in case another process put it there
@@ -280,17 +343,24 @@ export class ConsoleStore implements ConsoleRepository {
     }
     checkTimestamp('now', now);
     const cutoff = now - maxAgeMs;
+    /** Access ports of the deleted records (removed with them by ON DELETE CASCADE). */
+    const freed: number[] = [];
     const deleted = this.db
       .transaction(() => {
         const out: ConsoleRecord[] = [];
         for (const r of this.stmts.olderThan.all(cutoff)) {
           if (keep(r)) continue;
-          if (this.stmts.deleteIfOlder.run(r.id, cutoff).changes > 0) out.push(r);
+          const access = this.stmts.accessOf.all(r.id);
+          if (this.stmts.deleteIfOlder.run(r.id, cutoff).changes > 0) {
+            out.push(r);
+            freed.push(...access);
+          }
         }
         return out;
       })
       .immediate();
     for (const r of deleted) this.release(r.tcpPort);
+    for (const p of freed) this.release(p);
     return deleted;
   }
 
