@@ -111,7 +111,13 @@ export class VspcServer {
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
     // Getters: values a reload may change (applyConfig) are read from `config` when used.
-    this.vmotion = new VmotionCoordinator({ get timeoutMs() { return config.vmotionTimeoutMs; } }, logger);
+    this.vmotion = new VmotionCoordinator(
+      {
+        get timeoutMs() { return config.vmotionTimeoutMs; },
+        get secretBytes() { return config.vmotionSecretBytes; },
+      },
+      logger,
+    );
     const tlsOptions = config.tls
       ? {
           cert: config.tls.cert,
@@ -366,6 +372,7 @@ export class VspcServer {
     comPort: readWhereUsed,
     clientQueueLimit: readWhereUsed,
     vmotionTimeoutMs: readWhereUsed,
+    vmotionSecretBytes: readWhereUsed,
     adminToken: readWhereUsed,
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),

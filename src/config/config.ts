@@ -66,6 +66,8 @@ export interface VspcConfig {
   comPort: boolean;
   /** vMotion: a pending GOAHEAD/PEER not finished by then is abandoned. */
   vmotionTimeoutMs: number;
+  /** vMotion: bytes of the random secret vspc sends in VMOTION-GOAHEAD (4-64; below 8 is warned about). */
+  vmotionSecretBytes: number;
   /** vMotion: client input held during a switch-over, at most this many bytes. */
   vmotionHoldLimit: number;
   /** Recent VM output replayed to a client on attach. */

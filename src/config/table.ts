@@ -33,6 +33,15 @@ import { checkConsoles } from './consoles.js';
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export const LOG_FORMATS = ['json', 'text'] as const;
+/**
+ * vMotion secret length in bytes (VMOTION-GOAHEAD, VMware "vMotion Notification"): at
+ * least 8 unless an operator lowers it, which is warned about; 4 is the shortest seen
+ * from a concentrator that ESXi hosts accepted (test/fixtures/esxi-capture-vmotion.txt).
+ */
+export const MIN_SAFE_VMOTION_SECRET_BYTES = 8;
+export const MIN_VMOTION_SECRET_BYTES = 4;
+/** A subnegotiation payload stays small, and nothing suggests a host takes longer secrets. */
+export const MAX_VMOTION_SECRET_BYTES = 64;
 /** Where ESXi hosts connect with telnets:// when --cert/--key are given and --proxy-tls-listen is not. */
 export const PROXY_TLS_LISTEN_DEFAULT = '0.0.0.0:13372';
 
@@ -319,6 +328,17 @@ export const OPTIONS = [
     help: 'abandon a vMotion that does not finish in time',
     default: '60s',
     parse: (t, f) => parseDuration(f, t),
+    reload: 'for vMotions begun afterwards',
+  }),
+  option({
+    flag: '--vmotion-secret-bytes <n>',
+    key: 'vmotionSecretBytes',
+    kind: 'text',
+    field: 'vmotionSecretBytes',
+    help: `length of the random secret in VMOTION-GOAHEAD (below ${MIN_SAFE_VMOTION_SECRET_BYTES} only with a warning)`,
+    // VMware's current reference concentrator uses 8; hosts are known to handle 4 to 8 (decisions/0007 and vmotion.md).
+    default: '8',
+    parse: (t, f) => parseCount(f, t, MIN_VMOTION_SECRET_BYTES, MAX_VMOTION_SECRET_BYTES, 'a number of bytes'),
     reload: 'for vMotions begun afterwards',
   }),
   option({

@@ -173,6 +173,17 @@ const cases: { [K in ReloadableField]: Case } = {
     assert.equal(hub.identity.name, 'rl-new');
   },
 
+  vmotionSecretBytes: async (t) => {
+    const r = await reloadable(t, ['vmotionSecretBytes: 8']);
+    const { vm } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-secret' }, r.cleanup);
+    const before = await vm.vmotionBegin(Buffer.from([1]));
+    assert.equal(before.kind === 'goahead' && before.secret.length, 8);
+    vm.vmotionAbort();
+    appliedOnly(await r.reload(['vmotionSecretBytes: 32']), 'vmotionSecretBytes');
+    const after = await vm.vmotionBegin(Buffer.from([2]));
+    assert.equal(after.kind === 'goahead' && after.secret.length, 32, 'the next BEGIN gets a secret of the new length');
+  },
+
   comPort: async (t) => {
     const r = await reloadable(t, ['comPort: true']);
     appliedOnly(await r.reload(['comPort: false']), 'comPort');
