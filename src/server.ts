@@ -9,7 +9,7 @@ import { ConsoleStore } from './storage/console-store.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners } from './access/telnet/listeners.js';
-import { ManagedConsoles, sourceConnectors } from './sources/index.js';
+import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
@@ -67,6 +67,8 @@ export class VspcServer {
   private readonly listeners: TelnetListeners;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
+  /** Proxmox / libvirt / path-pattern discovery feeding `managed`. */
+  private readonly discovered: DiscoveredConsoles;
   /** File descriptors as a budget: VM and console connections are refused before the limit. */
   private readonly fds = new FdBudget();
   private lastFdRefusalLog = 0;
@@ -141,6 +143,7 @@ export class VspcServer {
       idleTimeoutMs: config.clientIdleTimeoutMs,
     });
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
+    this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.proxy = new EsxiListener(
       {
         registry: this.registry,
@@ -261,6 +264,7 @@ export class VspcServer {
     if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
     this.registry.load();
     this.applyConsoles(true);
+    await this.discovered.restart(this.config);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
@@ -382,6 +386,12 @@ export class VspcServer {
       this.applyConsoles(false);
       this.applyVmSettingsToAll();
     },
+    // Discovery restarts as a whole; consoles it finds again keep their records and ports.
+    proxmoxRunDir: () => void this.discovered.restart(this.config),
+    proxmoxConfDir: () => void this.discovered.restart(this.config),
+    libvirtRunDir: () => void this.discovered.restart(this.config),
+    discoverGlobs: () => void this.discovered.restart(this.config),
+    discoveryRescanMs: () => void this.discovered.restart(this.config),
   };
 
   /**
@@ -468,6 +478,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
+    await this.discovered.close();
     await this.managed.close();
     await this.consoleLogs?.close();
     await this.admin.close();
@@ -484,6 +495,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();
     for (const hub of this.registry.all()) hub.closeClients('vspc stopped');
+    void this.discovered.close();
     this.managed.destroy();
     void this.consoleLogs?.close();
     void this.admin.close();

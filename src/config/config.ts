@@ -90,6 +90,15 @@ export interface VspcConfig {
   vms: VmSettings[];
   /** Declared consoles from the config file (`consoles:`); see consoles.ts. */
   consoles: ConsoleSettings[];
+  /** Proxmox discovery: the run directory of the VMs' serial sockets; null = off. */
+  proxmoxRunDir: string | null;
+  proxmoxConfDir: string;
+  /** libvirt discovery: the directory of the domains' runtime XML; null = off. */
+  libvirtRunDir: string | null;
+  /** Consoles found by path pattern (`discover:`). */
+  discoverGlobs: DiscoverGlob[];
+  /** Discovery rescans this often besides watching (ms; 0 = only watch). */
+  discoveryRescanMs: number;
   /** Console log files, one per VM serial port, in this directory (--log-dir); null = off. */
   logDir: string | null;
   /** A console log file is rotated before it would pass this many bytes (--log-max-size). */
@@ -113,6 +122,14 @@ export type LogFormatName = (typeof LOG_FORMATS)[number];
 /** Lock modes a config file may name: the domain's lock requests (src/domain/locks.ts). */
 export { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
 export type LockModeName = LockRequest;
+
+/** One `discover:` entry: paths matching `glob` become consoles with `source` (templates: {path} {basename} {stem} {dir}). */
+export interface DiscoverGlob {
+  glob: string;
+  source: string;
+  name?: string;
+  where?: string;
+}
 
 /** One `consoles:` entry of the config file (src/config/consoles.ts). */
 export interface ConsoleSettings {

@@ -17,6 +17,7 @@ import {
   parseCount,
   parseDuration,
   parseHostPort,
+  parseAbsolutePath,
   parseNonEmpty,
   parsePort,
   parsePortRange,
@@ -28,7 +29,7 @@ import {
 import { ConfigError } from '../errors.js';
 import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
-import { checkConsoles } from './consoles.js';
+import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -95,6 +96,7 @@ function option<F extends Field, R extends Reload>(spec: OptionSpec<F, R>): Opti
   return spec;
 }
 
+const ON_DISCOVERY = 'at once: discovery restarts with the new settings (consoles found again keep their ports)';
 const ON_NEW_VM_CONNECTIONS = 'for VM connections accepted afterwards';
 const ON_HUBS = 'at once: buffers resized (the most recent output kept), VM serial ports moved to their fixed ports; lock modes for clients that attach afterwards';
 
@@ -464,6 +466,54 @@ export const OPTIONS = [
     reload: 'for clients that attach afterwards',
   }),
   option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+  option({
+    flag: '--proxmox <run-dir>',
+    key: 'proxmox',
+    kind: 'text',
+    field: 'proxmoxRunDir',
+    help: "discover Proxmox VMs' serial sockets in this directory (usually /var/run/qemu-server)",
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--proxmox-conf-dir <dir>',
+    key: 'proxmoxConfDir',
+    kind: 'text',
+    field: 'proxmoxConfDir',
+    help: 'where Proxmox keeps VM configs (for their names)',
+    default: '/etc/pve/qemu-server',
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--libvirt <run-dir>',
+    key: 'libvirt',
+    kind: 'text',
+    field: 'libvirtRunDir',
+    help: "discover libvirt domains' serial consoles from their runtime XML here (usually /run/libvirt/qemu)",
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--discovery-rescan <duration>',
+    key: 'discoveryRescan',
+    kind: 'text',
+    field: 'discoveryRescanMs',
+    help: 'rescan discovered consoles this often besides watching the directories (0 = only watch)',
+    default: '30s',
+    parse: (t, f) => parseDuration(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: null,
+    key: 'discover',
+    kind: 'structured',
+    check: checkDiscoverGlobs,
+    empty: [],
+    field: 'discoverGlobs',
+    help: 'consoles found by path pattern (glob, source, name)',
+    reload: ON_DISCOVERY,
+  }),
   option({
     flag: null,
     key: 'consoles',
