@@ -132,6 +132,26 @@ function family(name: string, type: 'gauge' | 'counter', help: string, samples: 
   return lines.join('\n');
 }
 
+/** Consoles counted by (kind, state), a maintained source's endpoint state when it is not connected. */
+function consoleStates(hubs: readonly ConsoleHub[]): Sample[] {
+  const counts = new Map<string, number>();
+  for (const h of hubs) {
+    const state = h.state === 'disconnected' && h.endpoint ? h.endpoint.state : h.state;
+    const k = `${h.identity.kind}\0${state}`;
+    counts.set(k, (counts.get(k) ?? 0) + 1);
+  }
+  return [...counts].sort().map(([k, n]) => {
+    const [kind, state] = k.split('\0');
+    return [{ kind, state }, n] as Sample;
+  });
+}
+
+function endpointReconnects(hubs: readonly ConsoleHub[]): Sample[] {
+  const byKind = new Map<string, number>();
+  for (const h of hubs) if (h.endpoint) byKind.set(h.identity.kind, (byKind.get(h.identity.kind) ?? 0) + h.endpoint.reconnects);
+  return [...byKind].sort().map(([kind, n]) => [{ kind }, n] as Sample);
+}
+
 /** The whole exposition, one family per metric, ending in a newline. */
 export function renderMetrics(i: MetricsInput): string {
   const hubs = i.hubs;
@@ -147,6 +167,18 @@ export function renderMetrics(i: MetricsInput): string {
       'gauge',
       'VM serial ports whose client port (or telnets port) cannot be bound; retried.',
       hubs.filter((h) => h.listenError || h.tlsListenError).length,
+    ),
+    family(
+      'vspc_consoles',
+      'gauge',
+      'Consoles by kind (esxi, config, proxmox, libvirt, glob) and state (connected, disconnected, migrating; waiting, listening, stopped for sources vspc maintains).',
+      consoleStates(hubs),
+    ),
+    family(
+      'vspc_endpoint_reconnects_total',
+      'counter',
+      'Connections lost or attempts failed by sources vspc maintains (declared and discovered consoles), by kind.',
+      endpointReconnects(hubs),
     ),
     family('vspc_vm_connections', 'gauge', 'Open VM-side TCP connections, including ones not identified yet.', i.vmConnections),
     family(

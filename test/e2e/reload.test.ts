@@ -299,6 +299,11 @@ const cases: { [K in ReloadableField]: Case } = {
     assert.equal(p.endpoint, `unix:${join(pve.run, '101.serial0')}`);
     const user = await r.ts.connectUser(p.port, r.cleanup, '');
     await user.waitFor('hello from rl-pve', 5000);
+    // The fake socket greets and closes: the console is counted by kind, now waiting to reconnect.
+    await waitUntil(async () => {
+      const text = await (await fetch(`http://${r.ts.adminAddress}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      return /^vspc_consoles\{kind="proxmox",state="(waiting|connected)"\} 1$/m.test(text) && /^vspc_endpoint_reconnects_total\{kind="proxmox"\} \d+$/m.test(text);
+    }, 5000, 'proxmox consoles counted in /metrics');
   },
 
   proxmoxConfDir: async (t) => {
