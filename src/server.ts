@@ -40,8 +40,8 @@ export interface ServerAddresses {
  */
 function reservedPorts(c: VspcConfig): number[] {
   const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0].filter((p) => p > 0);
-  // Fixed ports of the config file's `vms:` are kept for their VMs, not handed to others.
-  const fixed = c.vms.flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
+  // Fixed ports of the config file's `vms:` and `consoles:` are kept for them, not handed to others.
+  const fixed = [...c.vms, ...c.consoles].flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
 }
 
