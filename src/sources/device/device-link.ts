@@ -25,13 +25,15 @@ import type { SerialLineSettings } from '../../domain/serial-line.js';
 import type { DeviceLine } from '../../domain/source-spec.js';
 import { SourceError, sysCodeOf } from '../common/errors.js';
 import type { Link, LinkSink } from '../common/link.js';
-import { holdTty, openOptions, portOpenError, unsupportedLine, type DevicePort, type OpenPort } from './port.js';
+import { holdTty, openOptions, portOpenError, readBaudRate, unsupportedLine, type DevicePort, type OpenPort } from './port.js';
 
 export interface DeviceLinkOptions {
   path: string;
   /** The settings the port was opened with. */
   line: DeviceLine;
   isPty: boolean;
+  /** The rate the driver reported after the open (null: take the one asked for). */
+  baudRate?: number | null;
   openPort: OpenPort;
   /** A graceful close waits this long for queued input to be written. */
   closeGraceMs: number;
@@ -61,6 +63,8 @@ export class DeviceLink implements Link {
   private port: DevicePort | null;
   private line: DeviceLine;
   private isPty: boolean;
+  /** The rate the driver reports, when it does (it may differ from the one asked for). */
+  private actualBaud: number | null;
   private sink: LinkSink | null = null;
 
   private why: SourceError | undefined;
@@ -99,6 +103,7 @@ export class DeviceLink implements Link {
     this.peer = `device:${o.path}`;
     this.line = { ...o.line };
     this.isPty = o.isPty;
+    this.actualBaud = o.baudRate ?? null;
     this.log = o.log;
   }
 
@@ -106,7 +111,7 @@ export class DeviceLink implements Link {
   get lineSettings(): SerialLineSettings {
     const l = this.line;
     return {
-      baudRate: l.baudRate,
+      baudRate: this.actualBaud ?? l.baudRate,
       dataSize: this.isPty ? 8 : l.dataSize,
       parity: this.isPty ? 'none' : l.parity,
       stopBits: l.stopBits,
@@ -309,12 +314,14 @@ export class DeviceLink implements Link {
       if (sameLine(next, this.line)) return this.lineSettings;
       const before = this.lineSettings;
       if (next.dataSize === this.line.dataSize && next.parity === this.line.parity && next.stopBits === this.line.stopBits && next.flow === this.line.flow) {
+        const port = this.port;
         try {
-          await this.port.update({ baudRate: next.baudRate });
+          await port.update({ baudRate: next.baudRate });
         } catch (err) {
           throw new SourceError('VSPC_SOURCE_LINE_UNSUPPORTED', `${this.path}: baud rate ${next.baudRate} refused: ${(err as Error)?.message ?? err}`, { path: this.path });
         }
         this.line = next;
+        this.actualBaud = await readBaudRate(port);
       } else {
         await this.reopen(next);
       }
@@ -355,6 +362,7 @@ export class DeviceLink implements Link {
       }
       this.port = port;
       if (!failure) this.line = next;
+      this.actualBaud = await readBaudRate(port);
       this.readFrom(port);
       if (failure) throw new SourceError('VSPC_SOURCE_LINE_UNSUPPORTED', `${failure.message} (the previous settings are back in effect)`, { path: this.path });
     } finally {

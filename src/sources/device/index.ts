@@ -49,7 +49,7 @@ export function deviceConnectorWith(options: DeviceSourceOptions = {}): Connecto
           signal.addEventListener('abort', onAbort, { once: true });
           // An open that completes after the abort closes its port (openDevice checks the signal).
           openDevice(spec.path, line, openPort, signal).then(
-            ({ port, isPty }) => {
+            ({ port, isPty, baudRate }) => {
               signal.removeEventListener('abort', onAbort);
               if (signal.aborted) {
                 void port.close().catch(() => {});
@@ -60,6 +60,7 @@ export function deviceConnectorWith(options: DeviceSourceOptions = {}): Connecto
                   path: spec.path,
                   line,
                   isPty,
+                  baudRate,
                   openPort,
                   closeGraceMs: ctx.options.closeGraceMs,
                   breakMs: options.breakMs ?? DEFAULT_BREAK_MS,

@@ -30,7 +30,20 @@ export interface DevicePort {
   update(options: { baudRate: number }): Promise<void>;
   /** TIOCSBRK/TIOCCBRK, then TIOCMSET with the modem lines given. */
   set(options: { brk: boolean; cts: boolean; dsr: boolean; dtr: boolean; rts: boolean; lowLatency: boolean }): Promise<void>;
+  /** The rate the driver reports (Linux: termios2 c_ospeed, which also shows custom rates). */
+  getBaudRate?(): Promise<{ baudRate: number }>;
   close(): Promise<void>;
+}
+
+/** The rate in effect as the driver reports it; null when it cannot say. */
+export async function readBaudRate(port: DevicePort): Promise<number | null> {
+  if (!port.getBaudRate) return null;
+  try {
+    const { baudRate } = await port.getBaudRate();
+    return Number.isInteger(baudRate) && baudRate > 0 ? baudRate : null;
+  } catch {
+    return null;
+  }
 }
 
 /** What the binding's open() takes (serialport's OpenOptions, the Linux subset vspc uses). */
@@ -182,6 +195,8 @@ export function portOpenError(path: string, err: unknown): SourceError {
 export interface OpenedDevice {
   port: DevicePort;
   isPty: boolean;
+  /** The rate the driver reports, when it does. */
+  baudRate: number | null;
 }
 
 /** Checks and opens `path` with `line` (a dial). Rejects with a SourceError, or with `signal.reason` when aborted. */
@@ -201,7 +216,7 @@ export async function openDevice(path: string, line: DeviceLine, openPort: OpenP
       await port.close().catch(() => {});
       throw signal.reason;
     }
-    return { port, isPty: hold.isPty };
+    return { port, isPty: hold.isPty, baudRate: await readBaudRate(port) };
   } finally {
     await hold.release();
   }
