@@ -256,14 +256,23 @@ export class DeviceLink implements Link {
   /**
    * A serial BREAK: queued input written first, then the line held in BREAK for
    * `breakMs` (TIOCSBRK, TIOCCBRK), input typed meanwhile waiting. Breaks asked for
-   * while one is pending are one break. A device that cannot signal one (a pty refuses
+   * while one is pending or under way are that break. A device that cannot signal one (a pty refuses
    * serialport's modem-line ioctl) is logged once.
    */
   sendBreak(): void {
     if (this.ended || this.closing || this.breakQueued) return;
     this.breakQueued = true;
     void this.exclusive(async () => {
-      this.breakQueued = false;
+      try {
+        await this.breakNow();
+      } finally {
+        this.breakQueued = false;
+      }
+    });
+  }
+
+  private async breakNow(): Promise<void> {
+    {
       const port = this.port;
       if (this.ended || !port) return;
       let onFailed: string | null = null;
@@ -290,7 +299,7 @@ export class DeviceLink implements Link {
       } else {
         this.log.debug('BREAK sent', { path: this.path, ms: this.o.breakMs });
       }
-    });
+    }
   }
 
   // ------------------------------------------------------------------ line settings
