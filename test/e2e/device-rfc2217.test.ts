@@ -17,7 +17,8 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { parseSourceSpec } from '../../src/domain/source-spec.js';
-import { ComPortControl as C, ComPortPurge } from '../../src/protocol/rfc2217/index.js';
+import { COM_PORT_OPTION, ComPortControl as C, ComPortPurge } from '../../src/protocol/rfc2217/index.js';
+import { WILL } from '../../src/protocol/telnet/constants.js';
 import { createEndpointWith } from '../../src/sources/common/endpoint.js';
 import { ConnectorRegistry } from '../../src/sources/common/link.js';
 import { openSerialPort } from '../../src/sources/device/port.js';
@@ -208,5 +209,12 @@ describe('RFC 2217 from a telnet client to a device console', () => {
     assert.ok(ts.logs.find((l) => l.message === 'COM-PORT command ignored' && l.errorCode === 'VSPC_COMPORT_MALFORMED'));
     assert.ok(ts.logs.find((l) => l.message === 'COM-PORT command ignored' && l.errorCode === 'VSPC_COMPORT_UNKNOWN'));
     assert.equal(client.closed, false);
+
+    // WILL COM-PORT and a command at once, before the lock is settled: kept, answered once attached.
+    const eager = await Rfc2217Client.connect('127.0.0.1', hub.identity.tcpPort);
+    cleanup.add(() => eager.destroy());
+    eager.session.sendRawNegotiation(WILL, COM_PORT_OPTION);
+    eager.send({ name: 'set-baudrate', value: 2400 });
+    assert.deepEqual(await eager.nextAnswer('set-baudrate', 0), { name: 'set-baudrate', value: 0 });
   });
 });
