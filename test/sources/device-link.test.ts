@@ -38,7 +38,7 @@ class FakePort extends EventEmitter implements DevicePort {
   setError: Error | null = null;
   reportedBaud: number | null = null;
   private reader: { buffer: Buffer; offset: number; length: number; resolve(r: { bytesRead: number }): void; reject(e: unknown): void } | null = null;
-  private heldWrites: Array<() => void> = [];
+  private heldWrites: Array<{ run(): void; cancel(): void }> = [];
 
   constructor(readonly options: DeviceOpenOptions) {
     super();
@@ -74,10 +74,13 @@ class FakePort extends EventEmitter implements DevicePort {
       done();
       return Promise.resolve();
     }
-    return new Promise((resolve) =>
-      this.heldWrites.push(() => {
-        done();
-        resolve();
+    return new Promise((resolve, reject) =>
+      this.heldWrites.push({
+        run: () => {
+          done();
+          resolve();
+        },
+        cancel: () => reject(new Canceled('Canceled')),
       }),
     );
   }
@@ -86,7 +89,7 @@ class FakePort extends EventEmitter implements DevicePort {
     this.holdWrites = false;
     const held = this.heldWrites;
     this.heldWrites = [];
-    for (const w of held) w();
+    for (const w of held) w.run();
   }
 
   async update(options: { baudRate: number }): Promise<void> {
@@ -110,6 +113,9 @@ class FakePort extends EventEmitter implements DevicePort {
     const r = this.reader;
     this.reader = null;
     r?.reject(new Canceled('Canceled'));
+    const held = this.heldWrites;
+    this.heldWrites = [];
+    for (const w of held) w.cancel();
     this.emit('closed');
   }
 
@@ -156,13 +162,13 @@ interface Started {
   device: FakeDevice;
 }
 
-function start(t: TestContext, query = '', breakMs?: number, highWaterMark?: number): Started {
+function start(t: TestContext, query = '', breakMs?: number, highWaterMark?: number, writeStallMs?: number): Started {
   const device = new FakeDevice();
   const { hub } = makeHub();
   const client = new FakeClient();
   hub.addClient(client);
   const logger = recordingLogger();
-  const registry = registerDeviceSource(new ConnectorRegistry(), { openPort: device.open, breakMs, highWaterMark });
+  const registry = registerDeviceSource(new ConnectorRegistry(), { openPort: device.open, breakMs, highWaterMark, writeStallMs });
   const runner = createEndpointWith(registry, parseSourceSpec(`device:${PATH}${query}`), hub, { logger, backoff: { initialMs: 20, maxMs: 100 } });
   t.after(() => runner.destroy('test over'));
   return { runner, hub, client, lines: logger.lines, device };
@@ -325,6 +331,26 @@ describe('device link: line changes, loss, close', () => {
     await drained;
     assert.equal(client.paused, false);
     assert.equal(port.text, 'a'.repeat(100) + 'b'.repeat(2000));
+  });
+
+  test('a device holding its input back (flow control) does not keep a client from changing the flow control', { timeout: 20_000 }, async (t) => {
+    const { runner, hub, client, device, lines } = start(t, '?flow=rtscts', undefined, undefined, 50);
+    await waitForState(runner, 'connected', WAIT);
+    const user = new FakeClient();
+    hub.addClient(user);
+    device.port.holdWrites = true;
+    hub.fromClient(client, Buffer.from('stuck behind CTS'));
+    const r = await hub.setLineSettings(user, { flow: 'none' });
+    assert.equal(r.applied, true);
+    assert.equal(r.settings.flow, 'none');
+    assert.equal(device.ports.length, 2);
+    assert.equal(device.port.options.rtscts, false);
+    await flush();
+    assert.ok(lines.some((l) => l.message === 'input dropped: the device held it back while its settings changed' && l.fields.bytes === 16));
+    hub.fromClient(client, Buffer.from('flows again'));
+    while (!device.port.text.includes('flows again')) await once(device.port, 'written', 'input on the reopened port');
+    assert.equal(runner.status.reconnects, 0);
+    assert.equal(client.paused, false);
   });
 
   test('graceful close writes what is queued, then closes the port and reports no error', { timeout: 20_000 }, async (t) => {

@@ -41,6 +41,13 @@ export interface DeviceLinkOptions {
   breakMs: number;
   /** Queued input bytes past which write() returns false. */
   highWaterMark: number;
+  /**
+   * A BREAK or a line change first waits for the write in flight, at most this long: a
+   * device that holds its input back (flow control, nothing attached) must not keep a
+   * client from changing the flow control. Past it the change goes ahead (a reopen then
+   * drops the write it cancels, logged).
+   */
+  writeStallMs: number;
   log: Logger;
   /** The settings changed (the connector opens the next link with them). */
   lineChanged?(line: DeviceLine): void;
@@ -215,17 +222,33 @@ export class DeviceLink implements Link {
       },
       (err: unknown) => {
         this.inFlight = false;
+        this.queuedBytes -= chunk.length;
         this.wakeIdle();
         if (this.ended) return;
+        if (port !== this.port) {
+          // Cancelled by a reopen that did not wait any longer for a device holding its input back.
+          this.log.warn('input dropped: the device held it back while its settings changed', { path: this.path, bytes: chunk.length });
+          this.pump();
+          return;
+        }
         this.lose(this.goneError(err));
       },
     );
   }
 
-  /** Resolves once no write is in flight (the pump is held by the caller, or the queue is empty). */
-  private idle(): Promise<void> {
+  /** Resolves once no write is in flight (the pump is held by the caller, or the queue is empty), or after `maxMs`. */
+  private idle(maxMs?: number): Promise<void> {
     if (!this.inFlight) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | null = null;
+      const done = (): void => {
+        if (timer) clearTimeout(timer);
+        this.idleWaiters = this.idleWaiters.filter((w) => w !== done);
+        resolve();
+      };
+      if (maxMs !== undefined) timer = setTimeout(done, maxMs);
+      this.idleWaiters.push(done);
+    });
   }
 
   private wakeIdle(): void {
@@ -239,7 +262,7 @@ export class DeviceLink implements Link {
     const run = async (): Promise<T> => {
       this.holdWrites++;
       try {
-        await this.idle();
+        await this.idle(this.o.writeStallMs);
         return await op();
       } finally {
         this.holdWrites--;

@@ -27,10 +27,13 @@ export interface DeviceSourceOptions {
   breakMs?: number;
   /** Queued input bytes past which the link applies backpressure (default 16 KiB). */
   highWaterMark?: number;
+  /** How long a BREAK or line change waits for a write the device holds back (default 2 s). */
+  writeStallMs?: number;
 }
 
 export const DEFAULT_BREAK_MS = 250;
 export const DEFAULT_DEVICE_HIGH_WATER_MARK = 16 * 1024;
+export const DEFAULT_WRITE_STALL_MS = 2000;
 
 /** The connector factory for `device:` specs. */
 export function deviceConnectorWith(options: DeviceSourceOptions = {}): ConnectorFactory<DeviceSpec> {
@@ -65,6 +68,7 @@ export function deviceConnectorWith(options: DeviceSourceOptions = {}): Connecto
                   closeGraceMs: ctx.options.closeGraceMs,
                   breakMs: options.breakMs ?? DEFAULT_BREAK_MS,
                   highWaterMark: options.highWaterMark ?? DEFAULT_DEVICE_HIGH_WATER_MARK,
+                  writeStallMs: options.writeStallMs ?? DEFAULT_WRITE_STALL_MS,
                   log: ctx.logger,
                   lineChanged: (l) => {
                     line = { ...l };
@@ -88,7 +92,7 @@ export const deviceConnector = deviceConnectorWith();
 
 /** Registers `device` in a ConnectorRegistry (next to the QEMU socket types). */
 export function registerDeviceSource(registry: ConnectorRegistry, options: DeviceSourceOptions = {}): ConnectorRegistry {
-  return registry.register('device', options.openPort || options.breakMs || options.highWaterMark ? deviceConnectorWith(options) : deviceConnector);
+  return registry.register('device', Object.keys(options).length > 0 ? deviceConnectorWith(options) : deviceConnector);
 }
 
 export { DeviceLink } from './device-link.js';
