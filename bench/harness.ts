@@ -345,7 +345,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const l0 = performance.now();
       const all = await target.ports();
       const ms = performance.now() - l0;
-      return { rows: all.filter((r) => r.uuid.startsWith('b7e4c000-')), ms };
+      return { rows: all.filter((r) => r.key.startsWith('b7e4c000-')), ms };
     };
 
     const connectBulk = async (): Promise<{ connected: number; failed: number; errors: string[] }> => {
@@ -401,8 +401,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       bulkConnected = c.connected > 0;
       const { rows, ms: listMs } = await listBench();
       const mine = new Set(Array.from({ length: opts.vms }, (_, i) => benchIdentity(opts.namespace, Group.bulk, i).formatted));
-      const listed = rows.filter((r) => mine.has(r.uuid) && r.connected);
-      bulkPorts = new Map(listed.map((r) => [r.uuid, r.port]));
+      const listed = rows.filter((r) => mine.has(r.key) && r.connected);
+      bulkPorts = new Map(listed.map((r) => [r.key, r.port]));
       log(`scale: ${listed.length} VM serial ports registered in ${(registerMs / 1000).toFixed(2)} s, listed in ${Math.round(listMs)} ms`);
       await sleep(1000);
       const loaded = await resources();
@@ -444,7 +444,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       }
       if (!bulkPorts) {
         const { rows } = await listBench();
-        bulkPorts = new Map(rows.filter((r) => r.connected).map((r) => [r.uuid, r.port]));
+        bulkPorts = new Map(rows.filter((r) => r.connected).map((r) => [r.key, r.port]));
       }
       const before = bulkPorts;
       const n = opts.vms;
@@ -491,7 +491,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const stormCpuMs = stormCpu1 ? stormCpu1.cpuMs - (stormCpu0?.cpuMs ?? 0) : null;
       const rs = await reconnecting;
       const { rows } = await listBench();
-      const now = new Map(rows.filter((r) => r.connected).map((r) => [r.uuid, r.port]));
+      const now = new Map(rows.filter((r) => r.connected).map((r) => [r.key, r.port]));
       let same = 0;
       let changed = 0;
       let missing = 0;
@@ -557,7 +557,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         }
         if (!bulkPorts) {
           const { rows } = await listBench();
-          bulkPorts = new Map(rows.filter((r) => r.connected).map((r) => [r.uuid, r.port]));
+          bulkPorts = new Map(rows.filter((r) => r.connected).map((r) => [r.key, r.port]));
         }
         // The first `streamers` bulk VMs stream, each with one client.
         const ports: number[] = [];
@@ -788,7 +788,7 @@ async function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise
 /** Removes the benchmark's VM serial ports from an operator's registry. */
 async function forgetBenchPorts(target: Target, log: (l: string) => void): Promise<void> {
   const { adminPost } = await import('./server-process.js');
-  const rows = (await target.ports()).filter((r) => r.uuid.startsWith('b7e4c000-'));
+  const rows = (await target.ports()).filter((r) => r.key.startsWith('b7e4c000-'));
   let n = 0;
   for (const r of rows) {
     try {

@@ -37,7 +37,7 @@ const workerName = process.argv[2] ?? 'worker';
 
 async function adminPorts(admin: AdminEndpoint): Promise<Map<string, PortView>> {
   const rows = await adminGet<PortView[]>(admin, '/api/v1/ports', 120_000);
-  return new Map(rows.map((r) => [r.uuid, r]));
+  return new Map(rows.map((r) => [r.key, r]));
 }
 
 /** Waits until every identity is listed as connected; returns their client ports. */

@@ -25,6 +25,14 @@ export const ERROR_CODES = {
   VSPC_UUID_CHANGED: ['ProtocolError', 'VM-VC-UUID changed on an open connection'],
   VSPC_IDENTIFY_TIMEOUT: ['ProtocolError', 'option 232 agreed but no DO-PROXY and VM-VC-UUID within --identify-timeout'],
   VSPC_NOT_ESXI: ['ProtocolError', 'the peer refused option 232 or said nothing: a person, told what the port is for'],
+  // --- A VM-side peer refused or cut off by a defence (PeerRefusedError; docs/security.md).
+  VSPC_PEER_NOT_ALLOWED: ['PeerRefusedError', 'the peer address is not in --proxy-allow: closed at accept, before any protocol'],
+  VSPC_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many VM connections still unidentified: a new one refused at accept'],
+  VSPC_ADDRESS_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many unidentified VM connections from one source address (--unidentified-per-address)'],
+  VSPC_UNIDENTIFIED_EVICTED: ['PeerRefusedError', 'an unidentified VM connection closed to make room for one from a less busy address'],
+  VSPC_VM_ALIVE: ['PeerRefusedError', "a connection claimed a VM serial port whose connection answered the liveness probe: refused"],
+  VSPC_PROBE_UNANSWERED: ['PeerRefusedError', 'a VM connection did not answer the liveness probe in --takeover-probe: replaced'],
+  VSPC_REGISTRATION_RATE: ['PeerRefusedError', 'a source address created new VM serial ports faster than --registration-rate allows'],
   // --- A console client broke VSPC-CONTROL (option 201, docs/console-protocol.md).
   VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags, or with an oversized user name'],
   VSPC_CONTROL_BAD_MODE: ['ProtocolError', 'an unknown lock mode byte'],
@@ -34,9 +42,25 @@ export const ERROR_CODES = {
   // console client's bad COM-PORT command is ignored and logged; the connection stays.
   VSPC_COMPORT_MALFORMED: ['ProtocolError', 'a COM-PORT subnegotiation that is empty, has a value of the wrong length for its command, or an oversized SIGNATURE'],
   VSPC_COMPORT_UNKNOWN: ['ProtocolError', 'a COM-PORT command code RFC 2217 does not define (13-99, 113-255)'],
+  // --- The TCP-over-serial tunnel (src/protocol/tunnel/, docs/tunnel-protocol.md).
+  VSPC_TUNNEL_BAD_ARGUMENT: ['TunnelError', 'a tunnel option or argument is out of range (window, payload, port, reason code 1..63, ...)'],
+  VSPC_TUNNEL_STREAM_ENDED: ['TunnelError', 'write() on a tunnel stream after end()'],
+  VSPC_TUNNEL_STREAM_CLOSED: ['TunnelError', 'an operation on a tunnel stream that is closed or reset'],
+  VSPC_TUNNEL_STREAM_STATE: ['TunnelError', 'an operation not valid in the stream\'s state (accept twice, consume more than delivered)'],
+  VSPC_TUNNEL_BUFFER_FULL: ['TunnelError', 'write() would exceed the stream\'s hard send-buffer limit'],
+  VSPC_TUNNEL_TOO_MANY_STREAMS: ['TunnelError', 'openStream() with maxStreams streams open, or every id of our range in use'],
+  VSPC_TUNNEL_FRAME_TOO_LARGE: ['TunnelError', 'a frame payload over 1024 bytes given to the encoder'],
+  VSPC_TUNNEL_REENTRANT: ['TunnelError', 'receive(), poll() or drained() called from inside one of the endpoint\'s callbacks'],
+  VSPC_TUNNEL_DESTROYED: ['TunnelError', 'an operation on a destroyed tunnel endpoint'],
+  VSPC_TUNNEL_VERSION_MISMATCH: ['ProtocolError', 'the peer\'s HELLO has another protocol version; no session'],
+  VSPC_TUNNEL_ROLE_MISMATCH: ['ProtocolError', 'the peer\'s HELLO has our role (two hosts or two agents on one line)'],
+  VSPC_TUNNEL_ECHO: ['ProtocolError', 'our own HELLO came back: the line echoes (guest tty not in raw mode)'],
+  VSPC_TUNNEL_STREAM_RESET: ['TunnelStreamError', 'a tunnel stream was reset by the peer or locally (reason code in `reason`)'],
+  VSPC_TUNNEL_OPEN_FAILED: ['TunnelStreamError', 'the peer refused to open a tunnel stream (reason code in `reason`)'],
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
   VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
+  VSPC_FD_BUDGET_SPENT: ['VspcError', 'a connection was refused at accept: file descriptors are nearly exhausted (the reserve is kept for the admin API)'],
   VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
   // --- Sources vspc maintains itself (SourceError, src/sources/common/errors.ts).
   VSPC_SOURCE_NOT_FOUND: ['SourceError', 'A unix socket path (or a listen path\'s directory entry) does not exist: the VM is not running.'],
@@ -54,7 +78,7 @@ export const ERROR_CODES = {
   VSPC_SOURCE_INTERNAL: ['SourceError', 'A bug while handling the peer\'s bytes; contained to this link.'],
   VSPC_SOURCE_NOT_A_TTY: ['SourceError', 'A device path that is not a terminal (a regular file, a directory, a FIFO, a socket, /dev/null...).'],
   VSPC_SOURCE_LINE_UNSUPPORTED: ['SourceError', 'Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses.'],
-  VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (e.g. `device:` before it is wired).'],
+  VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (a type no source module registered).'],
   // --- Storage (StorageError).
   VSPC_ARG_INVALID: ['StorageError', 'an argument the store cannot accept (key, label, timestamp)'],
   VSPC_NOT_FOUND: ['StorageError', 'no console record with that id'],
@@ -122,6 +146,13 @@ export class VspcError extends Error {
 
 /** A peer broke the telnet, option-232 or VSPC-CONTROL protocol; the connection is closed. */
 export class ProtocolError extends VspcError {}
+
+/**
+ * A VM-side peer refused or cut off by one of the defences of docs/security.md (the
+ * allow-list, the limits on unidentified connections, the liveness probe before a
+ * takeover, the registration quota); the connection is closed, everything else goes on.
+ */
+export class PeerRefusedError extends VspcError {}
 
 /** Bad configuration or command-line input; the process exits non-zero. */
 export class ConfigError extends VspcError {

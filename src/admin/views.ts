@@ -1,20 +1,30 @@
 import type { Registry } from '../domain/registry.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
 import { formatUuid } from '../util/uuid.js';
-import type { SerialLineSettings } from '../domain/serial-line.js';
+import { displayKey } from '../domain/identity.js';
+import type { SerialLineSettings, SerialLineState } from '../domain/serial-line.js';
+import type { EndpointStatus } from '../domain/seams.js';
 
 /** One row of `vspc-admin list --json`: the admin API's stable shape. */
 export interface PortView {
   name: string | null;
-  uuid: string;
+  /** Where the identity comes from: `esxi`, `config` (declared), `proxmox`, `libvirt`, ... */
+  kind: string;
+  /** The stable key within the kind, as people read it (a UUID in 8-4-4-4-12 form). */
+  key: string;
+  /** The VM's UUID (8-4-4-4-12) for ESXi consoles; null for other kinds. */
+  uuid: string | null;
   label: string;
   port: number;
   tlsPort: number | null;
   connected: boolean;
   state: string;
   clients: number;
+  /** The connected source's type (`esxi`, `unix`, `device`, ...); null when none is attached. */
   source: string | null;
   peer: string | null;
+  /** For consoles whose source vspc maintains: the source spec (`unix:/run/...`); null for ESXi. */
+  endpoint: string | null;
   connectedSince: string | null;
   lastSeen: string | null;
   listenError: string | null;
@@ -24,15 +34,19 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
   const lastSeen = registry.lastSeen(hub);
   return {
     name: hub.identity.name,
-    uuid: formatUuid(hub.identity.key),
+    kind: hub.identity.kind,
+    key: displayKey(hub.identity),
+    uuid: hub.identity.kind === 'esxi' ? formatUuid(hub.identity.key) : null,
     label: hub.identity.label,
     port: hub.identity.tcpPort,
     tlsPort: tlsPortOf(hub),
     connected: hub.source !== null,
-    state: hub.state,
+    // A maintained source that is not connected says why: waiting (backoff), listening, stopped.
+    state: hub.state === 'disconnected' && hub.endpoint ? hub.endpoint.state : hub.state,
     clients: hub.clients.size,
     source: hub.source?.kind ?? null,
     peer: hub.source?.peer ?? null,
+    endpoint: hub.endpoint?.spec ?? null,
     connectedSince: hub.connectedSince ? new Date(hub.connectedSince).toISOString() : null,
     lastSeen: lastSeen ? new Date(lastSeen).toISOString() : null,
     listenError: [hub.listenError, hub.tlsListenError].filter(Boolean).join('; ') || null,
@@ -99,6 +113,46 @@ export function uartView(u: SerialLineSettings | null): UartView | null {
   return { baudRate: u.baudRate ?? null, dataSize: u.dataSize ?? null, parity, stopBits, summary };
 }
 
+/** The rest of the serial line as ESXi reported it over COM-PORT (RFC 2217 SET-CONTROL, suspend/resume, SIGNATURE). */
+export interface SerialLineView {
+  /** true: the guest holds its line in BREAK. null: not reported. */
+  break: boolean | null;
+  /** Outbound flow control: none, xon-xoff, hardware, dcd, dsr; null: not reported. */
+  flowControl: string | null;
+  /** Inbound flow control: none, xon-xoff, hardware, dtr; null: not reported. */
+  inboundFlowControl: string | null;
+  dtr: boolean | null;
+  rts: boolean | null;
+  /** The host asked vspc to stop sending (FLOWCONTROL-SUSPEND): client input waits. */
+  suspended: boolean;
+  /** The host's SIGNATURE text, or null. */
+  signature: string | null;
+  /** e.g. "BREAK off, DTR on, RTS on, flow none, sending". */
+  summary: string;
+}
+
+export function serialLineView(l: SerialLineState | null): SerialLineView | null {
+  if (!l || typeof l !== 'object') return null;
+  const onOff = (b: boolean | undefined) => (b === undefined ? '?' : b ? 'on' : 'off');
+  const summary = [
+    `BREAK ${onOff(l.break)}`,
+    `DTR ${onOff(l.dtr)}`,
+    `RTS ${onOff(l.rts)}`,
+    `flow ${l.flowControl ?? '?'}`,
+    l.suspended ? 'input suspended by the VM' : 'sending',
+  ].join(', ');
+  return {
+    break: l.break ?? null,
+    flowControl: l.flowControl ?? null,
+    inboundFlowControl: l.inboundFlowControl ?? null,
+    dtr: l.dtr ?? null,
+    rts: l.rts ?? null,
+    suspended: l.suspended ?? false,
+    signature: l.signature ?? null,
+    summary,
+  };
+}
+
 /** `vspc-admin show`: everything about one VM serial port. */
 export interface VmDetailView extends PortView {
   /** Display name: NAME[:LABEL], or the UUID when the name is not known. */
@@ -107,10 +161,44 @@ export interface VmDetailView extends PortView {
   bytesToVm: number;
   scrollbackBytes: number;
   uart: UartView | null;
+  serialLine: SerialLineView | null;
   clientList: ClientView[];
   vmotions: ReadonlyArray<{ startedAt: string; durationMs: number; outcome: string; heldBytes: number; discardedBytes: number }>;
-  /** Settings from the config file's `vms:` entries that match this port. */
-  settings: { lockMode?: string; scrollbackBytes?: number; port?: number };
+  /** Settings from the config file (`vms:` entries that match, a declared console's own entry). */
+  settings: { lockMode?: string; scrollbackBytes?: number; port?: number; log?: boolean };
+  /** For a console whose source vspc maintains: where its endpoint stands. */
+  endpointStatus: EndpointView | null;
+}
+
+/** The endpoint of a declared or discovered console (`show`). Times are ISO 8601. */
+export interface EndpointView {
+  spec: string;
+  state: string;
+  lastError: string | null;
+  reconnects: number;
+  attempts: number;
+  since: string;
+  nextAttemptAt: string | null;
+  peer: string | null;
+  refusedPeers: number;
+  note: string | null;
+}
+
+export function endpointView(e: EndpointStatus | null): EndpointView | null {
+  if (!e) return null;
+  const iso = (t: number) => new Date(t).toISOString();
+  return {
+    spec: e.spec,
+    state: e.state,
+    lastError: e.lastError,
+    reconnects: e.reconnects,
+    attempts: e.attempts,
+    since: iso(e.since),
+    nextAttemptAt: e.nextAttemptAt === null ? null : iso(e.nextAttemptAt),
+    peer: e.peer,
+    refusedPeers: e.refusedPeers,
+    note: e.note,
+  };
 }
 
 /** `GET /api/v1/status` (`vspc-admin status`), also the source of /metrics' gauges. */

@@ -4,7 +4,7 @@ import { Command, CommanderError, Option as CliOption } from 'commander';
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
 import type { ReloadReport } from '../config/reload.js';
-import type { ClientView, PortView, VmDetailView } from '../admin/views.js';
+import type { ClientView, EndpointView, PortView, VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { neutralizeTerminalStrings } from '../util/text.js';
@@ -30,8 +30,20 @@ function since(iso: string | null, now = Date.now()): string {
   return `${iso.replace(/\.\d{3}Z$/, 'Z')} (${ago} ago)`;
 }
 
-function vmName(p: { name: string | null; uuid: string; label: string }): string {
-  return `${p.name ?? p.uuid}${p.label ? `:${p.label}` : ''}`;
+function vmName(p: { name: string | null; key: string; label: string }): string {
+  return `${p.name ?? p.key}${p.label ? `:${p.label}` : ''}`;
+}
+
+/** `show` rows for a maintained source's endpoint: spec, its state, last error, reconnects. */
+function endpointRows(e: EndpointView | null): Array<[string, string]> {
+  if (!e) return [];
+  const rows: Array<[string, string]> = [
+    ['source', e.spec],
+    ['endpoint', `${e.state} since ${since(e.since)}${e.nextAttemptAt ? `, next attempt in ${Math.max(0, Math.round((Date.parse(e.nextAttemptAt) - Date.now()) / 1000))}s` : ''}${e.note ? ` (${e.note})` : ''}`],
+    ['reconnects', `${e.reconnects} (${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''})`],
+  ];
+  if (e.lastError) rows.push(['last error', e.lastError]);
+  return rows;
 }
 
 function readSecretFile(field: string, path: string): string {
@@ -111,16 +123,18 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       }
       out(
         formatTable(
-          ['PORT', 'TLS', 'NAME', 'LABEL', 'STATE', 'CLIENTS', 'PEER', 'UUID'],
+          ['PORT', 'TLS', 'KIND', 'NAME', 'LABEL', 'STATE', 'CLIENTS', 'SOURCE', 'KEY'],
           ports.map((p) => [
             String(p.port) + (p.listenError ? '!' : ''),
             p.tlsPort === null ? '-' : String(p.tlsPort),
+            p.kind,
             p.name ?? '?',
             p.label || '-',
             p.state,
             String(p.clients),
-            p.peer ?? '-',
-            p.uuid,
+            // Where the bytes come from: the endpoint vspc maintains, else the ESXi host's address.
+            p.endpoint ?? p.peer ?? '-',
+            p.key,
           ]),
         ),
       );
@@ -141,10 +155,12 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       }
       const rows: Array<[string, string]> = [
         ['name', d.name ?? '(not reported yet)'],
-        ['uuid', d.uuid],
+        ['kind', d.kind],
+        [d.uuid !== null ? 'uuid' : 'key', d.uuid ?? d.key],
         ['label', d.label || '-'],
         ['port', `${d.port}${d.tlsPort !== null ? ` (telnets ${d.tlsPort})` : ''}${d.listenError ? `  ! ${d.listenError}` : ''}`],
         ['state', d.state],
+        ...endpointRows(d.endpointStatus),
         ['peer', d.peer ?? '-'],
         ['connected since', since(d.connectedSince)],
         ['last seen', since(d.lastSeen)],
@@ -152,8 +168,18 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         ['scrollback', `${d.scrollbackBytes} bytes`],
         ['guest UART', d.uart ? d.uart.summary : 'unknown (not reported over COM-PORT)'],
       ];
+      // Older servers have no serialLine; nothing reported: no row.
+      if (d.serialLine) {
+        rows.push(['serial line', d.serialLine.summary]);
+        if (d.serialLine.signature) rows.push(['VM signature', d.serialLine.signature]);
+      }
       const s = d.settings;
-      const set = [s.port !== undefined ? `port ${s.port}` : '', s.lockMode ? `lock ${s.lockMode}` : '', s.scrollbackBytes !== undefined ? `scrollback ${s.scrollbackBytes}` : '']
+      const set = [
+        s.port !== undefined ? `port ${s.port}` : '',
+        s.lockMode ? `lock ${s.lockMode}` : '',
+        s.scrollbackBytes !== undefined ? `scrollback ${s.scrollbackBytes}` : '',
+        s.log === false ? 'no console log' : '',
+      ]
         .filter(Boolean)
         .join(', ');
       if (set) rows.push(['config file', set]);

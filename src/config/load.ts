@@ -6,8 +6,7 @@
  */
 import type { Command } from 'commander';
 import type { VspcConfig } from './config.js';
-import { readConfigFile, type ConfigFile, type KeyKind } from './file.js';
-import { checkVms } from './vms.js';
+import { describe, readConfigFile, type ConfigFile, type Fail, type KeyKind } from './file.js';
 import { configFromOptions, ORIGIN_RANK, type Origin } from './options.js';
 import { OPTIONS, optionName, type OptionSpec } from './table.js';
 import { ConfigError } from '../errors.js';
@@ -37,8 +36,10 @@ export function fileKeys(): Map<string, KeyKind> {
     const kind: KeyKind =
       spec.kind === 'switch'
         ? { kind: 'boolean' }
-        : spec.kind === 'vms'
-          ? { kind: 'custom', check: checkVms }
+        : spec.kind === 'structured'
+          ? { kind: 'custom', check: spec.check! }
+          : spec.kind === 'list'
+            ? { kind: 'custom', check: (v, fail) => checkList(spec.key, v, fail) }
           : spec.choices
             ? { kind: 'choice', choices: spec.choices }
             : { kind: 'string' };
@@ -46,6 +47,14 @@ export function fileKeys(): Map<string, KeyKind> {
     if (spec.deprecatedAlias) keys.set(spec.deprecatedAlias.key, kind);
   }
   return keys;
+}
+
+/** A `list` option's file value: a string (comma-separated), or a list of strings and numbers; given to the option's parser joined by commas. */
+function checkList(key: string, value: unknown, fail: Fail): string {
+  if (typeof value === 'string') return value;
+  if (Array.isArray(value) && value.length === 0) return fail([key], 'an empty list (leave the key out for the default)');
+  if (Array.isArray(value) && value.every((v) => typeof v === 'string' || typeof v === 'number')) return value.join(',');
+  return fail([key], `expected a list of strings, got ${describe(value)}`);
 }
 
 /** One option's value as one name (the option's own, or its deprecated alias) gives it. */
@@ -107,14 +116,25 @@ export function loadConfiguration(program: Command): LoadedConfiguration {
   } catch (err) {
     throw file ? locate(err, file, origin, readAs) : err;
   }
-  if (file) config.vms = config.vms.map((v, i) => ({ ...v, where: file.where(['vms', i]) }));
+  if (file) {
+    config.vms = config.vms.map((v, i) => ({ ...v, where: file.where(['vms', i]) }));
+    config.consoles = config.consoles.map((c, i) => ({ ...c, where: file.where(['consoles', i]) }));
+  }
+  // Fixed ports: never one of vspc's own listeners, never two consoles on one port.
   const own = new Set([config.proxyListen.port, config.adminListen.port, config.proxyTlsListen?.port ?? 0].filter((p) => p > 0));
-  config.vms.forEach((v, i) => {
-    if (v.tcpPort !== undefined && own.has(v.tcpPort)) {
-      const at = file ? `${file.where(['vms', i, 'port'])}: ` : '';
-      throw new ConfigError(`${at}vms.${i}.port: ${v.tcpPort} is one of vspc's own listener ports`, { field: `vms.${i}.port` });
-    }
-  });
+  const fixed = new Map<number, string>();
+  const entries: Array<[string, number, number | undefined]> = [
+    ...config.vms.map((v, i): [string, number, number | undefined] => ['vms', i, v.tcpPort]),
+    ...config.consoles.map((c, i): [string, number, number | undefined] => ['consoles', i, c.tcpPort]),
+  ];
+  for (const [list, i, tcpPort] of entries) {
+    if (tcpPort === undefined) continue;
+    const at = file ? `${file.where([list, i, 'port'])}: ` : '';
+    if (own.has(tcpPort)) throw new ConfigError(`${at}${list}.${i}.port: ${tcpPort} is one of vspc's own listener ports`, { field: `${list}.${i}.port` });
+    const other = fixed.get(tcpPort);
+    if (other !== undefined) throw new ConfigError(`${at}${list}.${i}.port: port ${tcpPort} is already given to ${other}`, { field: `${list}.${i}.port` });
+    fixed.set(tcpPort, `${list}[${i}]`);
+  }
   return {
     config,
     logLevel: config.logLevel,

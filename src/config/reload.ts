@@ -5,7 +5,7 @@
  * has an applier for it; ReloadAppliers demands one per reloadable field.
  */
 import type { Command } from 'commander';
-import type { VmSettings, VspcConfig } from './config.js';
+import type { VspcConfig } from './config.js';
 import { loadConfiguration, type LoadedConfiguration } from './load.js';
 import { keyName, RELOADABLE, type Field, type ReloadableField, type ReloadAppliers } from './table.js';
 
@@ -23,7 +23,8 @@ export interface ReloadReport {
 /** Fields whose values differ (Buffers by content; `vms` ignoring positions). */
 export function changedKeys(a: VspcConfig, b: VspcConfig): Array<keyof VspcConfig> {
   const canon = (k: string, v: unknown) =>
-    JSON.stringify(k === 'vms' ? (v as VmSettings[]).map(({ where: _w, ...rest }) => rest) : v, (_key, x: unknown) =>
+    // Positions (`where`) of vms/consoles entries are not settings: moving an entry in the file changes nothing.
+    JSON.stringify(k === 'vms' || k === 'consoles' ? (v as Array<{ where?: string }>).map(({ where: _w, ...rest }) => rest) : v, (_key, x: unknown) =>
       x && typeof x === 'object' && (x as { type?: string }).type === 'Buffer' ? Buffer.from((x as { data: number[] }).data).toString('hex') : x,
     );
   const all = new Set([...Object.keys(a), ...Object.keys(b)]) as Set<keyof VspcConfig>;

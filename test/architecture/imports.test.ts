@@ -42,6 +42,8 @@ function allowed(from: string, to: string): boolean {
   if (from === to || LEAVES.includes(to)) return true;
   // Sources share their reconnect machinery (sources/common), never each other's code.
   if (from.startsWith('sources/')) return ['domain', 'protocol', 'sources/common'].includes(to);
+  // The files at the root of sources/ put the kinds together (the connector registry, managed consoles).
+  if (from === 'sources') return ['domain', 'protocol'].includes(to) || to.startsWith('sources/');
   if (from.startsWith('access/')) return ['domain', 'protocol'].includes(to);
   const rule = ALLOWED[from];
   if (rule === undefined) return false;
@@ -94,4 +96,6 @@ test('the rule table itself rejects the arrows the architecture forbids', () => 
   assert.equal(allowed('sources/esxi', 'domain'), true);
   assert.equal(allowed('sources/qemu', 'sources/esxi'), false);
   assert.equal(allowed('sources/qemu', 'sources/common'), true);
+  assert.equal(allowed('sources', 'sources/qemu'), true);
+  assert.equal(allowed('sources', 'access/telnet'), false);
 });

@@ -45,10 +45,10 @@ describe('vspc-admin commands against a running server', () => {
     const r = await admin('list');
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trimEnd().split('\n');
-    assert.match(lines[0], /^PORT\s+TLS\s+NAME\s+LABEL\s+STATE\s+CLIENTS\s+PEER\s+UUID$/);
+    assert.match(lines[0], /^PORT\s+TLS\s+KIND\s+NAME\s+LABEL\s+STATE\s+CLIENTS\s+SOURCE\s+KEY$/);
     assert.equal(lines.length, 4);
-    assert.match(r.stdout, new RegExp(`^${dbVm.hub.identity.tcpPort}\\s+-\\s+adm-db01\\s+-\\s+connected\\s+0\\s+\\S+\\s+${formatted(db.hex)}$`, 'm'));
-    assert.match(r.stdout, new RegExp(`^${webCom2.hub.identity.tcpPort}\\s+-\\s+adm-web01\\s+com2\\s+connected`, 'm'));
+    assert.match(r.stdout, new RegExp(`^${dbVm.hub.identity.tcpPort}\\s+-\\s+esxi\\s+adm-db01\\s+-\\s+connected\\s+0\\s+\\S+\\s+${formatted(db.hex)}$`, 'm'));
+    assert.match(r.stdout, new RegExp(`^${webCom2.hub.identity.tcpPort}\\s+-\\s+esxi\\s+adm-web01\\s+com2\\s+connected`, 'm'));
 
     const json = await admin('list', '--json');
     const rows = JSON.parse(json.stdout) as PortView[];

@@ -94,7 +94,7 @@ describe('vspc and vspc-admin command lines', () => {
       return !!row?.connected;
     }, 10_000, 'VM listed by vspc-admin');
     assert.equal(row!.label, 'com1');
-    assert.equal(row!.uuid.replace(/-/g, ''), u.hex);
+    assert.equal(row!.uuid!.replace(/-/g, ''), u.hex);
     assert.ok(row!.port >= range.start && row!.port <= range.end);
 
     const user = await TelnetUser.connect({ host: '127.0.0.1', port: row!.port });

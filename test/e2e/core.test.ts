@@ -97,10 +97,10 @@ describe('vSPC core (one shared server)', () => {
     const table = await vspcAdmin(s.adminAddress, ['list']);
     assert.equal(table.code, 0, table.stderr);
     const lines = table.stdout.split('\n');
-    assert.match(lines[0], /^PORT\s+TLS\s+NAME\s+LABEL\s+STATE\s+CLIENTS\s+PEER\s+UUID$/);
+    assert.match(lines[0], /^PORT\s+TLS\s+KIND\s+NAME\s+LABEL\s+STATE\s+CLIENTS\s+SOURCE\s+KEY$/);
     const line = lines.find((l) => l.includes(formatted(u.hex)));
     assert.ok(line, table.stdout);
-    assert.match(line, new RegExp(`^${port}\\s+-\\s+web-01\\s+-\\s+connected\\s+1\\s+127\\.0\\.0\\.1:${vm.localPort}\\s+${formatted(u.hex)}$`));
+    assert.match(line, new RegExp(`^${port}\\s+-\\s+esxi\\s+web-01\\s+-\\s+connected\\s+1\\s+127\\.0\\.0\\.1:${vm.localPort}\\s+${formatted(u.hex)}$`));
     await user.close();
     await vm.close();
   });

@@ -32,7 +32,7 @@ describe('the options table', () => {
     for (const o of options) {
       const value = DEFAULTS[o.field];
       if (o.kind === 'switch') assert.equal(value, true, o.key);
-      else if (o.kind === 'vms') assert.deepEqual(value, [], o.key);
+      else if (o.kind === 'structured') assert.deepEqual(value, o.empty, o.key);
       else if (o.default !== undefined && o.parse) assert.deepEqual(value, o.parse(o.default, optionName(o)), o.key);
       else if (o.default === undefined) assert.equal(value, null, `${o.key} has no default: unset is null`);
     }

@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
-import { AYT, BRK, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
+import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
@@ -195,6 +195,12 @@ export class TelnetClient implements ConsoleClient {
     this.suspendedOutput = null;
     this.suspendedBytes = 0;
     if (held && held.length > 0 && !this.socket.destroyed && !this.socket.writableEnded) this.socket.write(held.length === 1 ? held[0] : Buffer.concat(held));
+  }
+
+  /** A serial BREAK from the VM: IAC BRK, in order with the output around it (RFC 854), also while output is held. */
+  breakFromSource(): void {
+    if (this.state === 'closed') return;
+    this.output(encodeCommand(BRK));
   }
 
   pauseInput(): void {

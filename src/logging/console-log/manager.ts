@@ -159,7 +159,7 @@ export class ConsoleLogManager implements ConsoleObserver {
   // --- ConsoleObserver: synchronous, never throws, never waits.
 
   output(hub: ConsoleHub, data: Buffer): void {
-    if (this.shuttingDown || data.length === 0) return;
+    if (this.shuttingDown || data.length === 0 || !hub.logged) return;
     try {
       const f = this.fileOf(hub);
       f.outputSinceMark = true;
@@ -171,7 +171,7 @@ export class ConsoleLogManager implements ConsoleObserver {
   }
 
   event(hub: ConsoleHub, e: ConsoleEvent): void {
-    if (this.shuttingDown) return;
+    if (this.shuttingDown || !hub.logged) return;
     try {
       const f = this.fileOf(hub);
       this.checkLink(f);

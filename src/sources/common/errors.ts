@@ -37,7 +37,7 @@ export const SOURCE_ERROR_CODES = {
   NOT_A_TTY: 'VSPC_SOURCE_NOT_A_TTY',
   /** Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses. */
   LINE_UNSUPPORTED: 'VSPC_SOURCE_LINE_UNSUPPORTED',
-  /** No link factory is registered for the spec's type (e.g. `device:` before it is wired). */
+  /** No link factory is registered for the spec's type (a type no source module registered). */
   UNSUPPORTED: 'VSPC_SOURCE_UNSUPPORTED',
 } as const;
 
