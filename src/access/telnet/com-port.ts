@@ -40,6 +40,19 @@ function asLine(s: SerialLineSettings | null): ComPortLine {
   return s ? { ...s } : {};
 }
 
+const FLOW_FROM_STATE: Record<string, ComPortLine['flow']> = { none: 'none', 'xon-xoff': 'xonxoff', hardware: 'rtscts' };
+
+/** What the console's line is now: its settings, and for a source that reports flow control separately (ESXi), that. */
+function currentLine(hub: ConsoleHub): ComPortLine {
+  const line = asLine(hub.lineSettings);
+  const reported = hub.lineState?.flowControl;
+  if (line.flow === undefined && reported !== undefined) {
+    const flow = FLOW_FROM_STATE[reported];
+    if (flow) line.flow = flow;
+  }
+  return line;
+}
+
 /** The COM-PORT access server of one telnet client. */
 export function createComPortServer(hub: ConsoleHub, client: ConsoleClient, log: Logger, hooks: ComPortHooks): ComPortServer {
   let toldReadOnly = false;
@@ -51,7 +64,7 @@ export function createComPortServer(hub: ConsoleHub, client: ConsoleClient, log:
   return new ComPortServer(
     {
       send: (payload) => hooks.send(payload),
-      current: () => asLine(hub.lineSettings),
+      current: () => currentLine(hub),
       apply: async (change) => {
         const r = await hub.setLineSettings(client, change);
         if (r.applied) {
@@ -60,7 +73,7 @@ export function createComPortServer(hub: ConsoleHub, client: ConsoleClient, log:
           log.info('serial line not changed (RFC 2217)', { change, reason: r.refused });
           if (r.refused === 'read-only') readOnlyNotice('line settings not changed');
         }
-        return asLine(r.settings);
+        return r.applied ? asLine(r.settings) : currentLine(hub);
       },
       setBreak: (on) => {
         if (!on) return false;
