@@ -26,7 +26,7 @@ import { registerDeviceSource, type DevicePort } from '../../src/sources/device/
 import { Rfc2217Client } from '../support/sim/rfc2217-client.js';
 import { PtyEnd, startPtyPair } from '../support/pty-pair.js';
 import { FakeClient } from '../domain/fakes.js';
-import { startServer, tempDir } from '../support/server.js';
+import { startServer, tempDir, waitUntil } from '../support/server.js';
 import { waitForState } from '../sources/helpers.js';
 
 const WAIT = 10_000;
@@ -190,6 +190,28 @@ describe('RFC 2217 from a telnet client to a device console', () => {
     assert.deepEqual(await client.ask({ name: 'set-baudrate', value: 19200 }), { name: 'set-baudrate', value: 19200 });
     assert.equal((await stty(pair.a)).speed, 19200);
     assert.equal(client.closed, false);
+  });
+
+  test('a declared console (config consoles:) with a device: source: opened by the server itself, set over RFC 2217', { timeout: 30_000 }, async (t) => {
+    const tmp = tempDir('vspc-rfc2217-');
+    t.after(() => tmp.remove());
+    const pair = await startPtyPair(tmp.dir);
+    t.after(() => pair.stop());
+    const spec = `device:${pair.a}?baud=9600`;
+    const { ts, cleanup } = await startServer(t, { config: { consoles: [{ name: 'uart0', source: parseSourceSpec(spec), sourceText: spec }] } });
+    await waitUntil(() => ts.server.registry.get('config', 'uart0', '')?.source != null, WAIT, 'the declared device console connected');
+    const hub = ts.server.registry.get('config', 'uart0', '')!;
+    assert.equal(hub.source?.kind, 'device');
+    assert.deepEqual(hub.lineSettings, { baudRate: 9600, dataSize: 8, parity: 'none', stopBits: '1', flow: 'none' });
+    const client = await Rfc2217Client.connect('127.0.0.1', hub.identity.tcpPort);
+    cleanup.add(() => client.destroy());
+    await client.waitFor('[vspc: uart0');
+    await client.offerComPort();
+    assert.deepEqual(await client.ask({ name: 'set-baudrate', value: 4800 }), { name: 'set-baudrate', value: 4800 });
+    assert.equal((await stty(pair.a)).speed, 4800);
+    const mark = ts.logs.lines.length;
+    client.sendBreak();
+    await ts.logs.waitFor((l) => l.message === 'BREAK not sent: the device refused it', WAIT, mark);
   });
 
   test('a console whose source cannot change its line (none attached): SET-* answered with the current values (0: unknown)', { timeout: 30_000 }, async (t) => {

@@ -5,8 +5,10 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as vmware from '../../src/protocol/vmware/codes.js';
 import {
   ComPort,
+  ComPortPurge,
   ComPortControl as C,
   ComPortServer,
   decodeComPort,
@@ -230,9 +232,12 @@ describe('RFC 2217 access server', () => {
     assert.deepEqual(sent.map(hex), ['650000e100']);
   });
 
-  test('the codes are RFC 2217’s', () => {
+  test('the codes are RFC 2217’s, and the same as the ESXi side’s (src/protocol/vmware/codes.ts)', () => {
     assert.equal(ComPort.SET_BAUDRATE, 1);
     assert.equal(ComPort.PURGE_DATA, 12);
     assert.equal(C.INBOUND_FLOW_DTR, 18);
+    assert.deepEqual({ ...vmware.ComPort }, { ...ComPort });
+    assert.deepEqual({ ...vmware.ComPortControl }, { ...C });
+    assert.deepEqual({ ...vmware.ComPortPurge }, { ...ComPortPurge });
   });
 });
