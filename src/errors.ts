@@ -38,6 +38,10 @@ export const ERROR_CODES = {
   VSPC_CONTROL_BAD_MODE: ['ProtocolError', 'an unknown lock mode byte'],
   VSPC_CONTROL_BAD_REPLY: ['ProtocolError', 'WHO-REPLY that is not JSON'],
   VSPC_CONTROL_UNKNOWN: ['ProtocolError', 'an unknown VSPC-CONTROL message code'],
+  // --- RFC 2217 COM-PORT-OPTION (option 44) payloads (src/protocol/rfc2217/codec.ts). A
+  // console client's bad COM-PORT command is ignored and logged; the connection stays.
+  VSPC_COMPORT_MALFORMED: ['ProtocolError', 'a COM-PORT subnegotiation that is empty, has a value of the wrong length for its command, or an oversized SIGNATURE'],
+  VSPC_COMPORT_UNKNOWN: ['ProtocolError', 'a COM-PORT command code RFC 2217 does not define (13-99, 113-255)'],
   // --- The TCP-over-serial tunnel (src/protocol/tunnel/, docs/tunnel-protocol.md).
   VSPC_TUNNEL_BAD_ARGUMENT: ['TunnelError', 'a tunnel option or argument is out of range (window, payload, port, reason code 1..63, ...)'],
   VSPC_TUNNEL_STREAM_ENDED: ['TunnelError', 'write() on a tunnel stream after end()'],
@@ -67,12 +71,14 @@ export const ERROR_CODES = {
   VSPC_SOURCE_NO_DIRECTORY: ['SourceError', 'A listen path\'s directory does not exist or is not a directory.'],
   VSPC_SOURCE_ADDRESS_IN_USE: ['SourceError', 'The listen address is taken (EADDRINUSE; a live listener on a unix-listen path).'],
   VSPC_SOURCE_LISTEN_FAILED: ['SourceError', 'Any other bind/listen failure (EADDRNOTAVAIL, ...).'],
-  VSPC_SOURCE_BUSY: ['SourceError', 'A second peer connected to a listen endpoint while one is attached: it was refused.'],
+  VSPC_SOURCE_BUSY: ['SourceError', 'A second peer connected to a listen endpoint while one is attached: it was refused; or another program holds a device locked (flock).'],
   VSPC_SOURCE_CLOSED: ['SourceError', 'The peer closed the connection (end of stream).'],
   VSPC_SOURCE_RESET: ['SourceError', 'The connection failed under way (ECONNRESET, EPIPE, ...).'],
   VSPC_SOURCE_PROTOCOL_ERROR: ['SourceError', 'The peer broke the telnet protocol; the link is closed and the endpoint redialled.'],
   VSPC_SOURCE_INTERNAL: ['SourceError', 'A bug while handling the peer\'s bytes; contained to this link.'],
-  VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (e.g. `device:` before it is wired).'],
+  VSPC_SOURCE_NOT_A_TTY: ['SourceError', 'A device path that is not a terminal (a regular file, a directory, a FIFO, a socket, /dev/null...).'],
+  VSPC_SOURCE_LINE_UNSUPPORTED: ['SourceError', 'Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses.'],
+  VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (a type no source module registered).'],
   // --- Storage (StorageError).
   VSPC_ARG_INVALID: ['StorageError', 'an argument the store cannot accept (key, label, timestamp)'],
   VSPC_NOT_FOUND: ['StorageError', 'no console record with that id'],

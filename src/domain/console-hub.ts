@@ -92,6 +92,15 @@ export class Scrollback {
   }
 }
 
+/** What became of a client's line settings request. */
+export interface LineSettingsResult {
+  /** The settings in effect (empty when the source reports none). */
+  settings: SerialLineSettings;
+  /** False: nothing was changed, `refused` says why. */
+  applied: boolean;
+  refused?: string;
+}
+
 export interface HoldResult {
   /** Bytes delivered from the hold. */
   delivered: number;
@@ -259,6 +268,29 @@ export class ConsoleHub {
   breakFromSource(src: ConsoleSource): void {
     for (const c of this.clientSet) c.breakFromSource?.();
     this.report({ kind: 'break-from-source', peer: src.peer });
+  }
+
+  /**
+   * A client asks to change the serial line (RFC 2217 SET-BAUDRATE, ...). Applied when
+   * the client's lock lets it write and the source can act on it (a device); the
+   * result carries the settings in effect afterwards (recorded in `lineSettings`), or
+   * the unchanged ones with why nothing was applied. Never rejects.
+   */
+  async setLineSettings(client: ConsoleClient, change: SerialLineSettings): Promise<LineSettingsResult> {
+    const unchanged = (refused: string): LineSettingsResult => ({ settings: { ...(this.lineSettings ?? {}) }, applied: false, refused });
+    const mode = this.locks.get(client.id)?.mode;
+    if (!mode || !this.clientSet.has(client)) return unchanged('not attached');
+    if (mode === 'readonly') return unchanged('read-only');
+    const src = this.src;
+    if (!src) return unchanged('no source is connected');
+    if (!src.setLineSettings) return unchanged(`a ${src.kind} source cannot change its line settings`);
+    try {
+      const now = await src.setLineSettings(change);
+      if (this.src === src) this.lineSettings = { ...now };
+      return { settings: { ...now }, applied: true };
+    } catch (err) {
+      return unchanged(String((err as Error)?.message ?? err));
+    }
   }
 
   /**

@@ -1,13 +1,15 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
-import { AYT, BRK, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
+import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
 import { displayKey } from '../../domain/identity.js';
+import type { ComPortServer } from '../../protocol/rfc2217/index.js';
+import { createComPortServer } from './com-port.js';
 
 export interface TelnetClientOptions {
   /** Bytes queued to a client that does not read; past this it is disconnected. */
@@ -46,6 +48,8 @@ function encodeForFanout(data: Buffer, binary: boolean): Buffer {
 
 /** Keystrokes typed before the lock is settled (a second at most) are kept up to this. */
 const MAX_EARLY_INPUT = 4096;
+/** COM-PORT commands sent before the lock is settled are kept (then answered) up to this many. */
+const MAX_EARLY_COM_PORT = 64;
 
 /**
  * Named states of a console client:
@@ -60,7 +64,8 @@ type ClientState = 'negotiating' | 'attached' | 'closed';
  * An admin's telnet attached to one VM serial port. We WILL ECHO and SGA (so a stock
  * telnet goes to character mode and does not echo locally) and negotiate BINARY both
  * ways, so all 256 byte values pass unchanged. `vspc-admin connect` additionally
- * speaks VSPC-CONTROL to ask for a lock mode.
+ * speaks VSPC-CONTROL to ask for a lock mode. A client that offers COM-PORT (RFC 2217,
+ * WILL 44) gets DO and may set the console's serial line (com-port.ts).
  */
 export class TelnetClient implements ConsoleClient {
   readonly id = nextClientId++;
@@ -75,6 +80,12 @@ export class TelnetClient implements ConsoleClient {
   private lastInputAt = Date.now();
   private early: Buffer[] = [];
   private earlyBytes = 0;
+  /** RFC 2217, once the client offered COM-PORT; commands before the lock is settled wait in earlyComPort. */
+  private comPort: ComPortServer | null = null;
+  private earlyComPort: Buffer[] = [];
+  /** Output held while the client has FLOWCONTROL-SUSPENDed us (RFC 2217); null while not suspended. */
+  private suspendedOutput: Buffer[] | null = null;
+  private suspendedBytes = 0;
   user: string | undefined;
 
   constructor(
@@ -87,13 +98,14 @@ export class TelnetClient implements ConsoleClient {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.log = logger.child({ client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure });
     this.session = new TelnetSession(
-      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION] }),
+      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION, Option.COM_PORT] }),
       {
         write: (b) => this.socket.write(b),
         data: (d) => this.onInput(d),
         command: (c) => this.onCommand(c),
         subnegotiation: (option, payload) => {
           if (option === VSPC_CONTROL_OPTION && this.session.isEnabled('him', VSPC_CONTROL_OPTION)) this.onControl(payload);
+          else if (option === Option.COM_PORT && this.session.isEnabled('him', Option.COM_PORT)) this.onComPort(payload);
         },
         refused: (side, option) => {
           if (side === 'him' && option === VSPC_CONTROL_OPTION) this.attach(this.hub.defaultLockMode, false);
@@ -149,24 +161,46 @@ export class TelnetClient implements ConsoleClient {
 
   deliver(data: Buffer): void {
     if (this.state === 'closed') return;
-    this.socket.write(encodeForFanout(data, this.session.isEnabled('us', Option.BINARY)));
-    if (this.socket.writableLength > this.options.maxQueuedBytes) {
-      this.log.warn('client too slow; disconnecting', { queued: this.socket.writableLength, limit: this.options.maxQueuedBytes });
+    this.output(encodeForFanout(data, this.session.isEnabled('us', Option.BINARY)));
+  }
+
+  notice(text: string): void {
+    if (this.state === 'closed') return;
+    this.output(encodeData(Buffer.from(`\r\n[vspc: ${text}]\r\n`, 'utf8'), this.session.isEnabled('us', Option.BINARY)));
+  }
+
+  /** Console output and notices for the client: written, or held while it has suspended us (RFC 2217). */
+  private output(bytes: Buffer): void {
+    if (this.suspendedOutput) {
+      this.suspendedOutput.push(bytes);
+      this.suspendedBytes += bytes.length;
+    } else {
+      this.socket.write(bytes);
+    }
+    const queued = this.socket.writableLength + this.suspendedBytes;
+    if (queued > this.options.maxQueuedBytes) {
+      this.log.warn('client too slow; disconnecting', { queued, limit: this.options.maxQueuedBytes, suspended: this.suspendedOutput !== null });
       this.options.onSlowClientDropped?.();
       // The queue is already full: telling the client would only queue more, so just go.
       this.destroy('too slow: output queue over the limit');
     }
   }
 
-  notice(text: string): void {
-    if (this.state === 'closed') return;
-    this.session.sendData(Buffer.from(`\r\n[vspc: ${text}]\r\n`, 'utf8'));
+  private suspendOutput(suspended: boolean): void {
+    if (suspended) {
+      this.suspendedOutput ??= [];
+      return;
+    }
+    const held = this.suspendedOutput;
+    this.suspendedOutput = null;
+    this.suspendedBytes = 0;
+    if (held && held.length > 0 && !this.socket.destroyed && !this.socket.writableEnded) this.socket.write(held.length === 1 ? held[0] : Buffer.concat(held));
   }
 
-  /** A serial BREAK from the VM: IAC BRK, in order with the output around it (RFC 854). */
+  /** A serial BREAK from the VM: IAC BRK, in order with the output around it (RFC 854), also while output is held. */
   breakFromSource(): void {
     if (this.state === 'closed') return;
-    this.session.sendCommand(BRK);
+    this.output(encodeCommand(BRK));
   }
 
   pauseInput(): void {
@@ -195,6 +229,8 @@ export class TelnetClient implements ConsoleClient {
     this.clearTimers();
     this.log.info('closing client', { reason });
     this.hub.removeClient(this, reason);
+    // What was held for a suspended client goes out before the FIN.
+    this.suspendOutput(false);
     this.socket.end();
     this.closeTimer = setTimeout(() => this.socket.destroy(), this.options.closeGraceMs);
     this.closeTimer.unref();
@@ -244,6 +280,27 @@ export class TelnetClient implements ConsoleClient {
     const early = this.early;
     this.early = [];
     for (const chunk of early) this.hub.fromClient(this, chunk);
+    const comPort = this.earlyComPort;
+    this.earlyComPort = [];
+    for (const payload of comPort) this.onComPort(payload);
+  }
+
+  /** One RFC 2217 command (the client agreed to COM-PORT). Kept until the lock is settled. */
+  private onComPort(payload: Buffer): void {
+    if (this.state === 'negotiating') {
+      if (this.earlyComPort.length < MAX_EARLY_COM_PORT) this.earlyComPort.push(Buffer.from(payload));
+      return;
+    }
+    if (this.state !== 'attached') return;
+    this.comPort ??= createComPortServer(this.hub, this, this.log, {
+      send: (p) => {
+        if (this.state !== 'closed') this.session.sendSubnegotiation(Option.COM_PORT, p);
+      },
+      notice: (text) => this.notice(text),
+      suspend: (s) => this.suspendOutput(s),
+      canWrite: () => this.hub.modeOf(this) !== 'readonly',
+    });
+    this.comPort.receive(payload);
   }
 
   private onInput(data: Buffer): void {
@@ -298,7 +355,10 @@ export class TelnetClient implements ConsoleClient {
     this.idleTimer.unref();
   }
 
+  /** Timers and pending work of a client that is going: also unanswered COM-PORT commands. */
   private clearTimers(): void {
+    this.comPort?.close();
+    this.earlyComPort = [];
     if (this.lockTimer) clearTimeout(this.lockTimer);
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.lockTimer = null;
