@@ -35,7 +35,7 @@ export function main(argv: string[]): void {
     .requiredOption('-d, --device <path>', 'serial device (e.g. /dev/ttyS1, /dev/hvc1, /dev/vport0p1)')
     .option('-a, --allow <ports>', 'ports the host may open, comma-separated, repeatable (default: 22 only)', collectPorts, [] as number[])
     .option('--max-streams <n>', 'streams at once', intOption('--max-streams', 1, 4096), 64)
-    .option('--stream-window <bytes>', 'per-stream receive window, bytes', intOption('--stream-window', 1024, 16 << 20), 65536)
+    .option('--stream-window <bytes>', 'per-stream receive window, bytes', intOption('--stream-window', 1, 16 << 20), 65536)
     .option('-v, --verbose', 'log streams (twice: more detail)', (_v: string, prev: number) => prev + 1, 0)
     .version(`vspc-agent ${VERSION} (TypeScript, tunnel protocol 1)`, '-V, --version')
     .exitOverride()
@@ -62,8 +62,10 @@ export function main(argv: string[]): void {
   const stop = (): void => {
     process.stderr.write('vspc-agent: stopping (signal): closing every stream\n');
     agent.stop();
-    // Let the RESETs reach the line, then go.
-    setTimeout(() => process.exit(0), 50).unref();
+    // Let the RESETs reach the line, then go through process.exit(). (Not an unref'd
+    // timer: if the event loop ran empty first, Node's teardown would busy-wait for a
+    // write request on the closed tty handle that never completes.)
+    setTimeout(() => process.exit(0), 100);
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

@@ -15,7 +15,10 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, openSync, writeSync, constants as fsConstants } from 'node:fs';
 import {
   FrameDecoder,
+  FrameType,
   Reason,
+  encodeOpen,
+  encodeU32,
   TunnelErrorCode,
   encodeFrame,
   type Frame,
@@ -24,8 +27,10 @@ import { Rng } from '../protocol/tunnel-sim.js';
 import { reservePort } from '../support/ports.js';
 import {
   HostSide,
+  RawHost,
   Rig,
   Service,
+  agentCommand,
   buildCAgent,
   liveChildren,
   now,
@@ -354,6 +359,149 @@ for (const kind of KINDS) {
         assert.equal(rig.host.sessions, 1, 'same session');
         assert.equal(rig.host.peerRestarts, 0);
       });
+    });
+
+    test('stream limit: an OPEN beyond --max-streams is refused with NO_RESOURCES', T, async () => {
+      await withRig(
+        kind,
+        async (rig) => {
+          await rig.host.waitUp();
+          const a = await echo(rig, Buffer.from('one'));
+          const b = await echo(rig, Buffer.from('two'));
+          const c = rig.host.open(rig.echo.port);
+          await rig.host.until(() => c.error !== undefined, 'the third OPEN is answered');
+          assert.equal(c.error!.code, TunnelErrorCode.OPEN_FAILED);
+          assert.equal(c.error!.reason, Reason.NO_RESOURCES);
+          await endAndClose(rig, a);
+          await endAndClose(rig, b);
+          await rig.echo.until(() => rig.echo.conns.size === 0, 'both service connections closed');
+          await endAndClose(rig, await echo(rig, Buffer.from('a slot is free again')));
+        },
+        { agentArgs: ['--max-streams', '2'] },
+      );
+    });
+
+    test('agent stop (SIGTERM): open streams are reset with SHUTDOWN', T, async () => {
+      await withRig(kind, async (rig) => {
+        await rig.host.waitUp();
+        const s = await echo(rig, Buffer.from('open'));
+        await rig.agent.stop();
+        assert.deepEqual([rig.agent.child.exitCode, rig.agent.child.signalCode], [0, null], 'the agent exited by itself, status 0 (not SIGKILLed after the grace period)');
+        await rig.host.until(() => s.error !== undefined, 'the RESET from the stopping agent');
+        assert.equal(s.error!.code, TunnelErrorCode.STREAM_RESET);
+        assert.equal(s.error!.reason, Reason.SHUTDOWN);
+        assert.equal(s.error!.remote, true);
+      });
+    });
+
+    test('command line: bad options exit with status 2, --version answers', T, () => {
+      const run = (args: string[]): { status: number | null; out: string } => {
+        const { file, argv } = agentCommand(kind, args);
+        const r = spawnSync(file, argv, { encoding: 'utf8', timeout: 10_000 });
+        return { status: r.status, out: r.stdout + r.stderr };
+      };
+      assert.equal(run(['--allow', '22']).status, 2, 'no --device');
+      assert.equal(run(['--device', '/dev/null', '--allow', '0']).status, 2, 'port 0');
+      assert.equal(run(['--device', '/dev/null', '--allow', '22,x']).status, 2, 'not a port');
+      assert.equal(run(['--device', '/dev/null', '--max-streams', '0']).status, 2);
+      const v = run(['--version']);
+      assert.equal(v.status, 0);
+      assert.match(v.out, /vspc-agent .*tunnel protocol 1/);
+    });
+
+    test('stream rules with hand-built frames (sections 4, 5, 8): violations answered as the spec says', T, async () => {
+      // A service that neither ends nor answers: its streams stay open on the agent's side.
+      const hold = (): Promise<Service> => Service.start((sock) => sock.on('data', () => {}));
+      await withRig(
+        kind,
+        async (rig) => {
+          const raw = new RawHost(rig.line);
+          await raw.handshake();
+          await rig.agent.waitForLog(/link up: new session/);
+          const holdSvc = rig.extra[0];
+          const echoPort = rig.echo.port;
+          const OPEN = FrameType.OPEN;
+          const reasonOf = (f: Frame): number => f.payload[0];
+          const answer = (id: number, from: number) =>
+            raw.expect((f) => f.stream === id && (f.type === FrameType.OPEN_OK || f.type === FrameType.OPEN_FAIL), `the answer to OPEN ${id}`, from);
+          const resetOf = (id: number, from: number) => raw.expect((f) => f.stream === id && f.type === FrameType.RESET, `RESET of stream ${id}`, from);
+
+          // Bad OPENs: an id of the agent's range, port 0, credit 0, a malformed body.
+          let mark = raw.delivered.length;
+          raw.send(OPEN, 0x8001, encodeOpen({ port: echoPort, credit: 1000 }));
+          raw.send(OPEN, 0x0011, encodeOpen({ port: 0, credit: 1000 }));
+          raw.send(OPEN, 0x0012, encodeOpen({ port: echoPort, credit: 0 }));
+          raw.send(OPEN, 0x0013, Uint8Array.of(0, 7, 0));
+          for (const id of [0x8001, 0x11, 0x12, 0x13]) {
+            const a = await answer(id, mark);
+            assert.equal(a.type, FrameType.OPEN_FAIL, `OPEN ${id.toString(16)} refused`);
+            assert.equal(reasonOf(a), Reason.PROTOCOL, `OPEN ${id.toString(16)}: PROTOCOL`);
+          }
+
+          // Ignored: a reserved sequenced type (acknowledged), a reserved link type, a wrong tag,
+          // answers to OPENs the agent never sent, a RESET for an unknown stream, bad HELLOs.
+          raw.send(0x20, 0, Uint8Array.of(1, 2, 3));
+          raw.writeFrame({ type: 0x05, flags: 0, tag: raw.tag, seq: 0, ack: raw.rcvNext, stream: 0, payload: new Uint8Array(4) });
+          raw.writeFrame({ type: FrameType.DATA, flags: 0, tag: raw.tag ^ 0x5a5a, seq: 0, ack: 0, stream: 1, payload: Uint8Array.of(1) });
+          raw.send(FrameType.OPEN_OK, 0x8002, encodeU32(100));
+          raw.send(FrameType.RESET, 0x0042, Uint8Array.of(Reason.ABORTED));
+          raw.hello({ version: 2, flags: 1 });
+          raw.hello({ role: 1, flags: 1, bootId: 0x12121212 });
+          await rig.agent.waitForLog(/VSPC_TUNNEL_VERSION_MISMATCH/);
+          await rig.agent.waitForLog(/VSPC_TUNNEL_ROLE_MISMATCH/);
+
+          // A normal stream with the agent's tiny window (--stream-window 64).
+          mark = raw.delivered.length;
+          raw.send(OPEN, 1, encodeOpen({ port: echoPort, credit: 65536 }));
+          const ok = await answer(1, mark);
+          assert.equal(ok.type, FrameType.OPEN_OK);
+          assert.equal(Buffer.from(ok.payload).readUInt32BE(0), 64, 'OPEN_OK carries the agent window');
+          raw.send(FrameType.DATA, 1, Buffer.from('hello'));
+          const back = await raw.expect((f) => f.stream === 1 && f.type === FrameType.DATA, 'the echo', mark);
+          assert.equal(Buffer.from(back.payload).toString(), 'hello');
+          // 5 of 64 used, and less than a quarter consumed: no CREDIT yet. 60 more is 1 too many.
+          assert.equal(raw.delivered.some((f) => f.stream === 1 && f.type === FrameType.CREDIT), false);
+          raw.send(FrameType.DATA, 1, new Uint8Array(60).fill(0x61));
+          const fc = await resetOf(1, mark);
+          assert.equal(reasonOf(fc), Reason.FLOW_CONTROL);
+          await rig.echo.until(() => rig.echo.conns.size === 0, 'the agent drops the service connection');
+
+          // CREDIT 0, a second FIN, DATA after FIN, an empty DATA: PROTOCOL.
+          mark = raw.delivered.length;
+          for (const id of [2, 3, 4, 5]) raw.send(OPEN, id, encodeOpen({ port: holdSvc.port, credit: 65536 }));
+          for (const id of [2, 3, 4, 5]) assert.equal((await answer(id, mark)).type, FrameType.OPEN_OK);
+          raw.send(FrameType.CREDIT, 2, encodeU32(0));
+          raw.send(FrameType.FIN, 3);
+          raw.send(FrameType.FIN, 3);
+          raw.send(FrameType.FIN, 4);
+          raw.send(FrameType.DATA, 4, Uint8Array.of(1));
+          raw.send(FrameType.DATA, 5, new Uint8Array(0));
+          for (const id of [2, 3, 4, 5]) assert.equal(reasonOf(await resetOf(id, mark)), Reason.PROTOCOL, `stream ${id}: RESET(PROTOCOL)`);
+
+          // OPEN on an id the agent holds: OPEN_FAIL(PROTOCOL), the old stream closed without a RESET.
+          mark = raw.delivered.length;
+          const closedBefore = holdSvc.closedCount;
+          raw.send(OPEN, 6, encodeOpen({ port: holdSvc.port, credit: 65536 }));
+          assert.equal((await answer(6, mark)).type, FrameType.OPEN_OK);
+          const mark2 = raw.delivered.length;
+          raw.send(OPEN, 6, encodeOpen({ port: holdSvc.port, credit: 65536 }));
+          const dup = await answer(6, mark2);
+          assert.equal(dup.type, FrameType.OPEN_FAIL);
+          assert.equal(reasonOf(dup), Reason.PROTOCOL);
+          await holdSvc.until(() => holdSvc.closedCount > closedBefore, 'the old stream 6 connection closes');
+
+          // Still in business, and every frame we sent was acknowledged.
+          mark = raw.delivered.length;
+          raw.send(OPEN, 7, encodeOpen({ port: echoPort, credit: 65536 }));
+          assert.equal((await answer(7, mark)).type, FrameType.OPEN_OK);
+          raw.send(FrameType.DATA, 7, Buffer.from('still fine'));
+          const fine = await raw.expect((f) => f.stream === 7 && f.type === FrameType.DATA, 'echo on stream 7', mark);
+          assert.equal(Buffer.from(fine.payload).toString(), 'still fine');
+          await raw.until(() => raw.agentAck === raw.nextSeq, 'the agent acknowledged every sequenced frame');
+          assert.equal(raw.delivered.filter((f) => f.stream === 6 && f.type === FrameType.RESET).length, 0, 'no RESET for the reused id');
+        },
+        { noHost: true, agentArgs: ['--stream-window', '64'], services: [hold] },
+      );
     });
 
     test('backpressure both ways: a slow service stops the host, a slow host stops the service', T, async () => {

@@ -19,7 +19,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import {
+  FrameDecoder,
+  FrameType,
+  Flag,
   TunnelEndpoint,
+  decodeHello,
+  encodeFrame,
+  encodeHello,
+  sessionTag,
+  type Frame,
+  type Hello,
   type TunnelEndpointOptions,
   type TunnelStream,
   type TunnelStreamError,
@@ -590,6 +599,8 @@ export interface RigOptions {
   agentArgs?: string[];
   /** Further services the agent may reach (allowed; closed with the rig). */
   services?: Array<() => Promise<Service>>;
+  /** No HostSide: the test drives the line itself (RawHost). */
+  noHost?: boolean;
 }
 
 /**
@@ -637,6 +648,7 @@ export class Rig {
     this.host = new HostSide(undefined, this.o.host);
     await this.startLine();
     await this.startAgent();
+    if (this.o.noHost) return;
     this.connectHost();
     this.host.start();
   }
@@ -709,4 +721,117 @@ export function randomBytesSeeded(n: number, seed: number): Buffer {
 
 export function sha256(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');
+}
+
+// ------------------------------------------------------------------ a raw host
+
+/**
+ * A host made of hand-built frames, for the stream rules the reference host never
+ * breaks: it does the handshake itself, numbers its sequenced frames, ACKs every
+ * sequenced frame of the agent at once and records them in order. No
+ * retransmission: the pty loses nothing.
+ */
+export class RawHost {
+  readonly boot: number;
+  agentBoot = 0;
+  tag = 0;
+  private sndSeq = 0;
+  rcvNext = 0;
+  /** The agent's cumulative ack as last seen. */
+  agentAck = 0;
+  readonly delivered: Frame[] = [];
+  readonly hellos: Hello[] = [];
+  private readonly decoder = new FrameDecoder();
+  private readonly waiters = new Set<{ pred: () => boolean; resolve: () => void }>();
+
+  constructor(
+    readonly line: PtyLine,
+    boot = 0x0badcafe,
+  ) {
+    this.boot = boot;
+    line.setHandlers(
+      (b) => this.onBytes(b),
+      () => {},
+    );
+  }
+
+  private onBytes(b: Uint8Array): void {
+    for (const f of this.decoder.decode(b)) {
+      if (f.type === FrameType.HELLO) {
+        const h = decodeHello(f.payload);
+        if (h) {
+          this.hellos.push(h);
+          this.agentBoot = h.bootId;
+        }
+        continue;
+      }
+      if (f.tag !== this.tag) continue;
+      this.agentAck = f.ack;
+      if (f.type >= 0x10) {
+        if (f.seq === this.rcvNext) {
+          this.rcvNext = (this.rcvNext + 1) & 0xffff;
+          this.delivered.push({ ...f, payload: Uint8Array.from(f.payload) });
+        }
+        this.ack();
+      } else if (f.flags & Flag.POLL) {
+        this.ack();
+      }
+    }
+    for (const w of [...this.waiters]) {
+      if (w.pred()) {
+        this.waiters.delete(w);
+        w.resolve();
+      }
+    }
+  }
+
+  until(pred: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+    if (pred()) return Promise.resolve();
+    let w!: { pred: () => boolean; resolve: () => void };
+    const p = new Promise<void>((resolve) => {
+      w = { pred, resolve };
+      this.waiters.add(w);
+    });
+    return bounded(p, timeoutMs, what).finally(() => this.waiters.delete(w));
+  }
+
+  writeFrame(f: Frame): void {
+    this.line.write(encodeFrame(f, true));
+  }
+
+  hello(o: Partial<Hello> = {}): void {
+    const h: Hello = { version: 1, role: 0, flags: 0, window: 32, bootId: this.boot, peerBootId: this.agentBoot, maxPayload: 1024, ...o };
+    this.writeFrame({ type: FrameType.HELLO, flags: 0, tag: 0, seq: 0, ack: 0, stream: 0, payload: encodeHello(h) });
+  }
+
+  /** HELLO exchange; resolves when the agent's HELLO names us (the agent is then up after our UP HELLO). */
+  async handshake(): Promise<void> {
+    this.hello({ peerBootId: 0 });
+    await this.until(() => this.hellos.some((h) => h.peerBootId === this.boot), "the agent's HELLO naming us");
+    this.tag = sessionTag(this.boot, this.agentBoot);
+    this.hello({ flags: 1 });
+  }
+
+  ack(): void {
+    this.writeFrame({ type: FrameType.ACK, flags: 0, tag: this.tag, seq: 0, ack: this.rcvNext, stream: 0, payload: new Uint8Array(0) });
+  }
+
+  /** The sequence number of our next sequenced frame. */
+  get nextSeq(): number {
+    return this.sndSeq;
+  }
+
+  /** A sequenced frame with the next sequence number. Returns its seq. */
+  send(type: number, stream: number, payload: Uint8Array = new Uint8Array(0), o: { tag?: number } = {}): number {
+    const seq = this.sndSeq;
+    this.sndSeq = (this.sndSeq + 1) & 0xffff;
+    this.writeFrame({ type, flags: 0, tag: o.tag ?? this.tag, seq, ack: this.rcvNext, stream, payload });
+    return seq;
+  }
+
+  /** Waits for the next delivered frame after index `from` matching `pred`. */
+  async expect(pred: (f: Frame) => boolean, what: string, from = 0, timeoutMs = 10_000): Promise<Frame> {
+    await this.until(() => this.delivered.slice(from).some(pred), what, timeoutMs);
+    return this.delivered.slice(from).find(pred)!;
+  }
 }

@@ -1259,8 +1259,8 @@ int main(int argc, char **argv) {
         break;
       case 'w':
         v = strtol(optarg, &end, 10);
-        if (*end || v < 1024 || v > (16L << 20)) {
-          fprintf(stderr, "vspc-agent: --stream-window must be 1024..16777216\n");
+        if (*end || v < 1 || v > (16L << 20)) {
+          fprintf(stderr, "vspc-agent: --stream-window must be 1..16777216\n");
           return 2;
         }
         opt.stream_window = (uint32_t)v;
