@@ -99,6 +99,7 @@ export class GuestAgent {
   private timerAt = Infinity;
   private stopped = false;
   private missingLogged = false;
+  private lineQuiet = false;
   private readonly relays = new Set<Relay>();
   private readonly dialing = new Set<net.Socket>();
 
@@ -198,17 +199,26 @@ export class GuestAgent {
       return;
     }
     const gen = ++this.lineGen;
+    let good = false; // a frame arrived on this opening of the line
     const lost = (why: string): void => {
       if (gen !== this.lineGen || this.stopped) return;
       this.lineGen++;
-      this.log('warn', `line ${dev} lost (${why}): reopening in ${this.reopenDelay} ms`);
+      // A virtio port hangs up while the host side is not connected: one line, not a pair per retry.
+      const loud = good || !this.lineQuiet;
+      this.log(loud ? 'warn' : 'debug', `line ${dev} lost (${why}): reopening in ${this.reopenDelay} ms${loud && !good ? ' (retrying quietly until a frame arrives)' : ''}`);
+      this.lineQuiet = !good;
       this.line?.close();
       this.line = undefined;
       this.scheduleReopen();
     };
     const onData = (d: Buffer): void => {
       if (gen !== this.lineGen || this.stopped) return;
+      const before = good ? 0 : this.endpoint.stats().framing.frames;
       this.endpoint.receive(d, now());
+      if (!good && this.endpoint.stats().framing.frames > before) {
+        good = true;
+        this.lineQuiet = false;
+      }
       if (this.endpoint.state === 'up') this.reopenDelay = this.opts.reopenInitialMs;
       this.resumeReaders();
       this.after();
@@ -282,7 +292,7 @@ export class GuestAgent {
       kind = 'not a tty';
     }
     this.missingLogged = false;
-    this.log('warn', `line ${dev} open (${kind})`);
+    this.log(this.lineQuiet ? 'debug' : 'warn', `line ${dev} open (${kind})`);
     // Whatever was refused while the line was away may go now.
     this.endpoint.drained(now());
     this.after();

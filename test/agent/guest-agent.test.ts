@@ -45,18 +45,21 @@ async function transfer(host: HostSide, port: number, data: Buffer | undefined, 
   return s;
 }
 
-describe('C guest agent in a real QEMU guest (emulated UART ttyS1)', () => {
-  test('handshake, echo, half-close, a known stream, refusal, agent restart under its init script', { timeout: 240_000 }, async (t) => {
+describe('C guest agent in a real QEMU guest (emulated UART ttyS1, virtio-serial)', () => {
+  test('handshake, echo, half-close, a known stream, refusal, a virtio-serial port, agent restart under its init script', { timeout: 300_000 }, async (t) => {
     buildAgentGuest();
     const artifacts = guestArtifacts(VARIANT);
     let guest: Guest | undefined;
     let con: SerialConsole | undefined;
     let line: net.Socket | undefined;
     let host: HostSide | undefined;
+    let vline: net.Socket | undefined;
+    let vhost: HostSide | undefined;
     try {
       guest = await startGuest({
         artifacts,
         serial: ['unix:{dir}/ttyS0.sock,server=on,wait=off', 'unix:{dir}/ttyS1.sock,server=on,wait=off'],
+        args: ['-device', 'virtio-serial', '-chardev', 'socket,id=vt,path={dir}/vport.sock,server=on,wait=off', '-device', 'virtserialport,chardev=vt,name=vspc.tunnel'],
         append: 'vspc.agent=/dev/ttyS1 vspc.allow=7,9,19 vspc.agent_opts=-v vspc.services=1',
       });
       con = await SerialConsole.connectUnix(guest.path('ttyS0.sock'));
@@ -113,18 +116,56 @@ describe('C guest agent in a real QEMU guest (emulated UART ttyS1)', () => {
       assert.equal(denied.error!.code, TunnelErrorCode.OPEN_FAILED);
       assert.equal(denied.error!.reason, Reason.NOT_ALLOWED);
 
+      // A second agent on a virtio-serial port (not a tty; it hangs up while nobody is
+      // connected on the host side, so the agent retries quietly until we connect).
+      const dev = (await con.run('for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name)" = vspc.tunnel ] && echo /dev/${p##*/}; done')).output.trim();
+      assert.match(dev, /^\/dev\/vport\d+p\d+$/);
+      await con.run(`(/usr/local/sbin/vspc-agent --device ${dev} --allow 7,9 </dev/null >/var/log/agent-virtio.log 2>&1 &)`);
+      // Connect once the agent has met the hangup of the unconnected port (an event in its log).
+      await con.run('until grep -q "retrying quietly" /var/log/agent-virtio.log; do usleep 50000; done', 30_000);
+      vline = net.connect(guest.path('vport.sock'));
+      await new Promise<void>((resolve, reject) => {
+        vline!.once('connect', resolve);
+        vline!.once('error', reject);
+      });
+      const vsock = vline;
+      vhost = new HostSide({ write: (b) => vsock.write(b) });
+      const vh = vhost;
+      vsock.on('data', (b: Buffer) => vh.receive(b));
+      vsock.on('drain', () => vh.drained());
+      vsock.on('error', () => {});
+      vhost.start();
+      await vhost.waitUp(30_000);
+      const big = randomBytesSeeded(1 << 20, 7);
+      t0 = now();
+      const ve = await transfer(vhost, 7, big, 120_000);
+      ms = now() - t0;
+      assert.equal(ve.digest, sha256(big), 'echo over virtio-serial');
+      t.diagnostic(`virtio-serial: 1 MiB echoed in ${ms.toFixed(0)} ms (${((1024 * 1000) / ms).toFixed(0)} KiB/s each way, at once)`);
+      const vsum = await transfer(vhost, 9, big, 120_000);
+      assert.equal(vsum.text().trim().split(/\s+/)[0], sha256(big));
+      const vlog = (await con.run('cat /var/log/agent-virtio.log')).output;
+      assert.match(vlog, /open \(not a tty\)/);
+      assert.ok((vlog.match(/ lost /g) ?? []).length <= 2, `the hangups before the host connected are logged once:\n${vlog}`);
+      vhost.destroy();
+      vline.destroy();
+
       // Kill the agent mid-stream: the init script restarts it, its new boot id resets
       // the stream, and new streams work.
       const open = host.open(7);
       await host.until(() => open.opened, 'a stream held open');
       const restarts = host.peerRestarts;
-      await con.run('kill -9 $(pidof vspc-agent)');
+      // The init script's supervisor runs the agent and records its pid.
+      const killed = await con.run('kill -9 "$(cat /run/vspc-agent.agent.pid)"');
+      assert.equal(killed.status, 0, `the agent was killed: ${killed.output}`);
       await host.until(() => open.error !== undefined, 'the stream is reset by the restarted agent', 30_000);
       assert.equal(open.error!.reason, Reason.PEER_RESTARTED);
       assert.equal(host.peerRestarts, restarts + 1);
       await host.waitUp(30_000);
       const again = await transfer(host, 7, Buffer.from('after the restart\n'), 60_000);
       assert.equal(again.text(), 'after the restart\n');
+      const status = await con.run('/etc/init.d/vspc-agent status && /etc/init.d/vspc-agent stats');
+      assert.equal(status.status, 0, status.output);
       const st = host.ep.stats();
       t.diagnostic(`host: frames out ${st.framing.framesOut}, retransmits ${st.link.retransmits}, srtt ${st.link.srtt?.toFixed(1)} ms, discarded ${st.framing.discardedBytes} bytes`);
     } catch (err) {
@@ -137,6 +178,8 @@ describe('C guest agent in a real QEMU guest (emulated UART ttyS1)', () => {
       }
       throw err;
     } finally {
+      vhost?.destroy();
+      vline?.destroy();
       host?.destroy();
       line?.destroy();
       con?.close();

@@ -100,8 +100,13 @@ export function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> 
 export type AgentKind = 'c' | 'ts';
 
 let cAgentPath: string | undefined;
-/** Builds the C agent with packaging/build-agent.sh (stamp-based: instant when built) and returns its path. */
+/**
+ * Builds the C agent with packaging/build-agent.sh (stamp-based: instant when built) and
+ * returns its path. VSPC_AGENT_BIN names another build to test instead (e.g. one with
+ * -fsanitize=address,undefined; its vspc-agent-selftest next to it).
+ */
 export function buildCAgent(): { agent: string; selftest: string } {
+  if (!cAgentPath && process.env.VSPC_AGENT_BIN) cAgentPath = process.env.VSPC_AGENT_BIN;
   if (!cAgentPath) {
     const out = execFileSync('bash', [join(ROOT, 'packaging/build-agent.sh'), '--print'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
     cAgentPath = out.trim().split('\n').pop()!;

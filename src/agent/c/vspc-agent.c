@@ -219,6 +219,8 @@ static int line_is_tty;
 static int64_t reopen_at;
 static int reopen_delay = REOPEN_INITIAL_MS;
 static int line_missing_logged;
+/* A frame arrived since the line was opened; the line flaps without frames (quiet logs). */
+static int line_good, line_quiet;
 static uint8_t outbuf[OUTBUF_SIZE];
 static size_t out_len;
 static int64_t last_tx = INT64_MIN / 2;
@@ -1105,14 +1107,21 @@ static void line_open(int64_t now) {
   }
   line_fd = fd;
   line_missing_logged = 0;
+  line_good = 0;
   out_len = 0;
   last_tx = INT64_MIN / 2; /* a delimiter before the next frame */
   vt_decoder_init(&dec);
-  LOG("line %s open (%s)", opt.device, line_is_tty ? "tty, raw 8N1, no flow control" : "not a tty");
+  logmsg(line_quiet ? 2 : 0, "line %s open (%s)", opt.device, line_is_tty ? "tty, raw 8N1, no flow control" : "not a tty");
 }
 
 static void line_lost(int64_t now, const char *why) {
-  LOG("line %s lost (%s): reopening in %d ms", opt.device, why, reopen_delay);
+  /* A virtio port hangs up while the host side is not connected: one line, not a pair per retry. */
+  if (line_good || !line_quiet)
+    LOG("line %s lost (%s): reopening in %d ms%s", opt.device, why, reopen_delay,
+        line_good ? "" : " (retrying quietly until a frame arrives)");
+  else
+    DEBUG("line %s lost (%s): reopening in %d ms", opt.device, why, reopen_delay);
+  line_quiet = !line_good;
   close(line_fd);
   line_fd = -1;
   out_len = 0;
@@ -1122,6 +1131,8 @@ static void line_lost(int64_t now, const char *why) {
 
 static void on_frame(void *ctx, const struct vt_frame *f) {
   int64_t now = *(int64_t *)ctx;
+  line_good = 1;
+  line_quiet = 0;
   if (f->type != VT_HELLO && L.established && f->tag == L.tag) reopen_delay = REOPEN_INITIAL_MS;
   link_receive(f, now);
 }
