@@ -381,6 +381,9 @@ export class VspcServer {
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
+    greeting: () => this.applyVmSettingsToAll(),
+    notices: () => this.applyVmSettingsToAll(),
+    replay: () => this.applyVmSettingsToAll(),
     vms: () => this.applyVmSettingsToAll(),
     consoles: () => {
       this.applyConsoles(false);
@@ -436,6 +439,11 @@ export class VspcServer {
     // Clients already attached keep their locks; the default applies to the next ones.
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
     hub.logged = s.log ?? true;
+    hub.stream = {
+      greeting: s.greeting ?? this.config.greeting,
+      notices: s.notices ?? this.config.notices,
+      replay: s.replay ?? this.config.replay,
+    };
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;

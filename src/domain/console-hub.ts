@@ -8,6 +8,15 @@ export type { ConsoleIdentity } from './identity.js';
 /** Where the VM stands, for `list` and for routing client input. */
 export type ConsoleState = 'disconnected' | 'connected' | 'migrating';
 
+/** What vspc adds to a console client's stream (see ConsoleHub.stream). */
+export interface StreamOptions {
+  greeting: boolean;
+  notices: boolean;
+  replay: boolean;
+}
+
+export const DEFAULT_STREAM: Readonly<StreamOptions> = { greeting: true, notices: true, replay: true };
+
 export const DEFAULT_MAX_HELD_INPUT = 1024 * 1024;
 export const DEFAULT_SCROLLBACK = 64 * 1024;
 
@@ -147,6 +156,13 @@ export class ConsoleHub {
   endpoint: EndpointStatus | null = null;
   /** false: console logs keep no file for this console (a declared console's `log: false`). */
   logged = true;
+  /**
+   * What vspc adds to a client's stream besides the VM's bytes, unless the client asks
+   * for less: the greeting line, notices (VM connected/disconnected, input discarded),
+   * and the scrollback replay on attach. Machines (conserver on top, gdb, the tunnel)
+   * want none of them; people like them.
+   */
+  stream: StreamOptions = { ...DEFAULT_STREAM };
 
   readonly scrollback: Scrollback;
 

@@ -2,10 +2,10 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
 import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
-import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage } from '../../protocol/control/vspc-control.js';
+import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage, type StreamRequest } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
-import type { ConsoleHub } from '../../domain/console-hub.js';
+import { DEFAULT_STREAM, type ConsoleHub, type StreamOptions } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
 import { displayKey } from '../../domain/identity.js';
 import type { ComPortServer } from '../../protocol/rfc2217/index.js';
@@ -87,6 +87,8 @@ export class TelnetClient implements ConsoleClient {
   private suspendedOutput: Buffer[] | null = null;
   private suspendedBytes = 0;
   user: string | undefined;
+  /** What this client's stream carries besides the VM's bytes; settled at attach (until then, the defaults). */
+  private stream: StreamOptions = { ...DEFAULT_STREAM };
 
   constructor(
     private readonly socket: Socket,
@@ -164,7 +166,13 @@ export class TelnetClient implements ConsoleClient {
     this.output(encodeForFanout(data, this.session.isEnabled('us', Option.BINARY)));
   }
 
-  notice(text: string): void {
+  /**
+   * A line from vspc, not from the VM. Dropped when this client's stream has notices
+   * off, unless `always` (the greeting, which has its own switch; answers the client
+   * asked for).
+   */
+  notice(text: string, always = false): void {
+    if (!always && !this.stream.notices) return;
     if (this.state === 'closed') return;
     this.output(encodeData(Buffer.from(`\r\n[vspc: ${text}]\r\n`, 'utf8'), this.session.isEnabled('us', Option.BINARY)));
   }
@@ -258,14 +266,21 @@ export class TelnetClient implements ConsoleClient {
     }
   }
 
-  private attach(request: LockRequest, force: boolean): void {
+  private attach(request: LockRequest, force: boolean, asked: Partial<StreamRequest> = {}): void {
     if (this.state !== 'negotiating') return;
     if (this.lockTimer) clearTimeout(this.lockTimer);
     this.lockTimer = null;
     const control = this.session.isEnabled('him', VSPC_CONTROL_OPTION);
+    // The console's defaults, less what the client asked to leave out (VSPC-CONTROL flags).
+    const stream = this.hub.stream;
+    this.stream = {
+      greeting: stream.greeting && !asked.noGreeting,
+      notices: stream.notices && !asked.noNotices,
+      replay: stream.replay && !asked.noReplay,
+    };
     const id = this.hub.identity;
-    this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`);
-    const decision = this.hub.addClient(this, { request, force, user: this.user });
+    if (this.stream.greeting) this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
+    const decision = this.hub.addClient(this, { request, force, user: this.user, replay: this.stream.replay });
     if (!decision.granted) {
       this.log.info('lock refused', { request, reason: decision.reason });
       if (control) this.sendControl({ kind: 'lock-refused', reason: decision.reason });
@@ -324,7 +339,7 @@ export class TelnetClient implements ConsoleClient {
     if (msg.kind === 'lock-request') {
       if (this.state !== 'negotiating') return; // One lock per connection; reconnect to change it.
       this.user = msg.user || undefined;
-      this.attach(msg.mode, msg.force);
+      this.attach(msg.mode, msg.force, msg);
     } else if (msg.kind === 'who') {
       this.sendControl({ kind: 'who-reply', holders: this.hub.locks.list().map((h) => ({ ...h, self: h.clientId === this.id })) });
     }
@@ -340,7 +355,7 @@ export class TelnetClient implements ConsoleClient {
     if (command === BRK) {
       if (this.hub.modeOf(this) === 'readonly') this.notice('read-only: break not sent');
       else this.hub.sendBreak();
-    } else if (command === AYT) this.notice('yes, vspc is here');
+    } else if (command === AYT) this.notice('yes, vspc is here', true);
   }
 
   /** One timer per client, re-armed lazily: no timer work per keystroke. */
