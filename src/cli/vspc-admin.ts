@@ -299,17 +299,44 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
   return program;
 }
 
+/**
+ * Resolves once everything written to `stream` so far has been handed to the OS. A
+ * piped stdout is asynchronous: `process.exit()` right after a large write would cut
+ * the output at the pipe's buffer size (64 KiB), so every exit path waits here first.
+ */
+function drained(stream: NodeJS.WriteStream): Promise<void> {
+  return new Promise((resolve) => {
+    if (stream.destroyed || stream.writableLength === 0) {
+      resolve();
+      return;
+    }
+    stream.once('close', () => resolve());
+    // Writes complete in order: this callback runs once everything before it is out (or failed).
+    stream.write('', () => resolve());
+  });
+}
+
+/** Exit once stdout and stderr have drained, whatever wrote to them (commands, commander's help). */
+async function exit(code: number): Promise<never> {
+  await Promise.all([drained(process.stdout), drained(process.stderr)]);
+  process.exit(code);
+}
+
 async function main(): Promise<void> {
+  // A reader that went away (`vspc-admin list | head -1`): stop quietly rather than crash on EPIPE.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? (process.exitCode ?? 0) : 1));
+  }
   const program = buildAdminProgram((s) => process.stdout.write(s)).exitOverride();
   try {
     await program.parseAsync(process.argv);
-    // `connect` leaves stdin and sockets behind; an explicit exit ends it (stdout is synchronous on Linux).
-    process.exit(process.exitCode ?? 0);
+    // `connect` leaves stdin and sockets behind; an explicit exit ends it, after the output has drained.
+    await exit(Number(process.exitCode ?? 0));
   } catch (err) {
-    if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
+    if (err instanceof CommanderError) await exit(err.exitCode === 0 ? 0 : 2);
     const code = err instanceof VspcError ? err.code : 'ERROR';
     process.stderr.write(`vspc-admin: ${(err as Error).message}\n`);
-    process.exit(code === 'VSPC_CONFIG_INVALID' ? 2 : 1);
+    await exit(code === 'VSPC_CONFIG_INVALID' ? 2 : 1);
   }
 }
 
