@@ -9,7 +9,7 @@ import { formatUuid } from '../util/uuid.js';
 import { Glob, hasWildcards } from '../util/glob.js';
 import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
-import { resolveVm } from './resolve.js';
+import { consoleAddresses, resolveVm } from './resolve.js';
 import { clientViews, endpointView, portView, uartView, type StatusView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
@@ -78,7 +78,8 @@ function intParam(url: URL, name: keyof typeof PARAM_CODES, min: number, max: nu
 
 /** The admin API's calls (documented in docs/admin-api.md). */
 export function adminRoutes(ctx: AdminContext): AdminRoute[] {
-  const view = (h: ConsoleHub) => portView(h, ctx.registry, (x) => ctx.tlsPortOf(x));
+  /** A console's view; `address` (resolve.ts) built once per request when viewing many. */
+  const view = (h: ConsoleHub, address = consoleAddresses(ctx.registry)) => portView(h, ctx.registry, (x) => ctx.tlsPortOf(x), address(h));
   const vmOf = (url: URL) => resolveVm(ctx.registry, url.searchParams.get('vm'));
 
   const detail = (hub: ConsoleHub): VmDetailView => ({
@@ -139,7 +140,8 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         const match = url.searchParams.get('match');
         const glob = match ? namePattern(match) : null;
         const hubs = ctx.registry.all().filter((h) => !glob || glob.test(h.displayName) || glob.test(formatUuid(h.identity.key)) || glob.test(h.identity.key));
-        return hubs.map(view);
+        const address = consoleAddresses(ctx.registry);
+        return hubs.map((h) => view(h, address));
       },
     },
     { method: 'GET', path: '/api/v1/status', handle: () => ctx.status() },
