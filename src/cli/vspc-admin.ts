@@ -30,6 +30,11 @@ function since(iso: string | null, now = Date.now()): string {
   return `${iso.replace(/\.\d{3}Z$/, 'Z')} (${ago} ago)`;
 }
 
+/** A client as people know it: `user@address:port` when it gave a user name (VSPC-CONTROL), else its address. */
+function clientWho(c: { peer: string; user?: string | null }): string {
+  return c.user ? `${c.user}@${c.peer}` : c.peer;
+}
+
 function vmName(p: { name: string | null; key: string; label: string }): string {
   return `${p.name ?? p.key}${p.label ? `:${p.label}` : ''}`;
 }
@@ -181,7 +186,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       rows.push(['clients', String(d.clientList.length)]);
       const width = Math.max(...rows.map(([k]) => k.length)) + 1;
       let text = `${vmName(d)}\n` + rows.map(([k, v]) => `  ${(k + ':').padEnd(width)} ${v}`).join('\n') + '\n';
-      for (const c of d.clientList) text += `    #${c.id}  ${c.peer}  ${c.mode}${c.tls ? '  tls' : ''}  since ${since(c.connectedSince)}\n`;
+      for (const c of d.clientList) text += `    #${c.id}  ${clientWho(c)}  ${c.mode}${c.tls ? '  tls' : ''}  since ${since(c.connectedSince)}\n`;
       text += `  ${'vMotions:'.padEnd(width)} ${d.vmotions.length === 0 ? 'none since vspc started' : String(d.vmotions.length)}\n`;
       for (const m of d.vmotions) {
         text += `    ${m.startedAt.replace(/\.\d{3}Z$/, 'Z')}  ${m.outcome} in ${m.durationMs} ms (held ${m.heldBytes} bytes${m.discardedBytes ? `, discarded ${m.discardedBytes}` : ''})\n`;
@@ -206,7 +211,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       out(
         formatTable(
           ['ID', 'VM', 'PORT', 'MODE', 'TLS', 'PEER', 'SINCE'],
-          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', c.peer, since(c.connectedSince)]),
+          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', clientWho(c), since(c.connectedSince)]),
         ),
       );
     });
@@ -221,7 +226,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         `/api/v1/kick?${q(vm)}${opts.client !== undefined ? `&client=${encodeURIComponent(opts.client)}` : ''}`,
       );
       if (r.kicked.length === 0) out(`${r.vm} (port ${r.port}) has no clients\n`);
-      else out(`disconnected from ${r.vm} (port ${r.port}): ${r.kicked.map((c) => `#${c.id} ${c.peer}`).join(', ')}\n`);
+      else out(`disconnected from ${r.vm} (port ${r.port}): ${r.kicked.map((c) => `#${c.id} ${clientWho(c)}`).join(', ')}\n`);
     });
 
   program

@@ -16,10 +16,19 @@ export type ConsoleEvent =
   | { kind: 'vm-connected'; peer: string }
   | { kind: 'vm-disconnected'; peer: string }
   | { kind: 'vmotion'; outcome: string; durationMs: number }
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string }
-  | { kind: 'client-detached'; clientId: number; peer: string; reason: string }
+  /** `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one. */
+  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; tls?: boolean; force?: boolean; clients?: number }
+  | { kind: 'client-detached'; clientId: number; peer: string; reason: string; user?: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
-  | { kind: 'client-takeover'; clientId: number; peer: string; displacedClientId: number; displacedPeer: string };
+  | {
+      kind: 'client-takeover';
+      clientId: number;
+      peer: string;
+      displacedClientId: number;
+      displacedPeer: string;
+      user?: string;
+      displacedUser?: string;
+    };
 
 /**
  * Watches every VM serial port (console log files, metrics). Called synchronously on
@@ -255,7 +264,7 @@ export class ConsoleHub {
    */
   addClient(
     client: ConsoleClient,
-    options: { request?: LockRequest; force?: boolean; user?: string; replay?: boolean } = {},
+    options: { request?: LockRequest; force?: boolean; user?: string; replay?: boolean; tls?: boolean } = {},
   ): LockDecision {
     const decision = this.locks.request(
       { clientId: client.id, peer: client.peer, user: options.user },
@@ -269,7 +278,15 @@ export class ConsoleHub {
       this.clientSet.delete(displaced);
       const by = `${options.user ? `${options.user}@` : ''}${client.peer}`;
       displaced.close(`displaced by ${by}, who took ${decision.mode.toUpperCase()} with --force`);
-      this.report({ kind: 'client-takeover', clientId: client.id, peer: client.peer, displacedClientId: d.clientId, displacedPeer: d.peer });
+      this.report({
+        kind: 'client-takeover',
+        clientId: client.id,
+        peer: client.peer,
+        displacedClientId: d.clientId,
+        displacedPeer: d.peer,
+        ...(options.user ? { user: options.user } : {}),
+        ...(d.user ? { displacedUser: d.user } : {}),
+      });
     }
     if (options.replay ?? true) {
       const recent = this.scrollback.snapshot();
@@ -277,11 +294,18 @@ export class ConsoleHub {
     }
     this.clientSet.add(client);
     if (this.inputPaused) client.pauseInput();
-    if (!this.src) {
-      this.toldDisconnected.add(client);
-      client.notice('VM is not connected; you will see its output when it comes back');
-    }
-    this.report({ kind: 'client-attached', clientId: client.id, peer: client.peer, mode: decision.mode });
+    // Not marked as told: the first keystrokes still get "input discarded", once.
+    if (!this.src) client.notice('VM is not connected; you will see its output when it comes back');
+    this.report({
+      kind: 'client-attached',
+      clientId: client.id,
+      peer: client.peer,
+      mode: decision.mode,
+      ...(options.user ? { user: options.user } : {}),
+      ...(options.tls !== undefined ? { tls: options.tls } : {}),
+      ...(options.force ? { force: true } : {}),
+      clients: this.clientSet.size,
+    });
     return decision;
   }
 
@@ -290,10 +314,16 @@ export class ConsoleHub {
     return this.locks.get(client.id)?.mode;
   }
 
+  /** The name a client gave when it asked for its lock (VSPC-CONTROL), if any. */
+  userOf(client: ConsoleClient): string | undefined {
+    return this.locks.get(client.id)?.user || undefined;
+  }
+
   removeClient(client: ConsoleClient, reason = 'detached'): void {
+    const user = this.userOf(client);
     this.locks.release(client.id);
     if (!this.clientSet.delete(client)) return;
-    this.report({ kind: 'client-detached', clientId: client.id, peer: client.peer, reason });
+    this.report({ kind: 'client-detached', clientId: client.id, peer: client.peer, reason, ...(user ? { user } : {}) });
   }
 
   /** Close every client with a reason (forget, shutdown). */
