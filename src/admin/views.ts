@@ -5,6 +5,12 @@ import { displayKey } from '../domain/identity.js';
 import type { SerialLineSettings } from '../domain/serial-line.js';
 import type { EndpointStatus } from '../domain/seams.js';
 
+/** What `list --state` filters on: the STATE column (a maintained source's endpoint state while it is not connected). */
+export const CONSOLE_STATES = ['connected', 'disconnected', 'migrating', 'connecting', 'listening', 'waiting', 'stopped'] as const;
+
+/** Longest `kick` reason (it goes to the clients' screens and the audit log). */
+export const MAX_KICK_REASON = 200;
+
 /** One row of `vspc-admin list --json`: the admin API's stable shape. */
 export interface PortView {
   name: string | null;
