@@ -131,7 +131,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
     .option('--token-file <file>', 'read the admin API token from this file');
   const client = () => adminClientFrom(program);
-  const vmArg = 'VM name, UUID (any case, with or without separators), port, or NAME:LABEL';
+  const vmArg = 'VM name (any case), NAME:LABEL, NAME: (its serial port without a label), UUID (any form, :LABEL too), or client port';
   const q = (vm: string) => `vm=${encodeURIComponent(vm)}`;
 
   program

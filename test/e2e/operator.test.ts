@@ -19,7 +19,7 @@ import type { ClientView, PortView, VmDetailView } from '../../src/admin/views.j
 import { runConsole, ConnectExit } from '../../src/cli/connect.js';
 import { vspcAdmin } from '../support/cli.js';
 import { canBind, reservePort } from '../support/ports.js';
-import { Cleanup, TestServer, esxiUuid, settle, waitUntil, withTimeout } from '../support/server.js';
+import { Cleanup, TestServer, esxiUuid, makeCert, settle, startServer, tempDir, waitUntil, withTimeout } from '../support/server.js';
 import type { SimulatedVm } from '../support/sim/index.js';
 import type { ConsoleHub } from '../../src/domain/console-hub.js';
 
@@ -237,5 +237,34 @@ describe('operator items of issue 12', () => {
     const api = await fetch(`http://${s.adminAddress}/api/v1/ports?state=asleep`);
     assert.equal(api.status, 400);
     assert.equal(((await api.json()) as { error: { code: string } }).error.code, 'VSPC_STATE_INVALID');
+  });
+});
+
+describe('set-port with telnets ports (issue 12 item 5)', () => {
+  test('the telnets twin is bound first too: a taken twin refuses the move and leaves no listener behind', async (t) => {
+    const dir = tempDir();
+    t.after(dir.remove);
+    const pair = makeCert(dir.dir);
+    const { ts, cleanup } = await startServer(t, { ports: 4, tls: { cert: pair.cert, key: pair.key } });
+    const u = esxiUuid();
+    const { hub } = await ts.connectVm({ uuid: u.text, name: 'op-tls' }, cleanup);
+    const before = hub.identity.tcpPort;
+    const target = ts.config.portRange.end;
+    const twin = target + ts.config.tlsPortOffset;
+    const blocker = await holdPort(twin);
+    cleanup.add(() => new Promise<void>((r) => blocker.close(() => r())));
+
+    const r = await vspcAdmin(ts.adminAddress, ['set-port', 'op-tls', String(target)]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`port ${twin} cannot be used: EADDRINUSE: .*; op-tls stays on port ${before}\\n$`));
+    assert.equal(hub.identity.tcpPort, before);
+    assert.equal(await canBind(target), true, 'the plain port bound for the attempt was let go');
+
+    await new Promise<void>((resolve) => blocker.close(() => resolve()));
+    const ok = await vspcAdmin(ts.adminAddress, ['set-port', 'op-tls', String(target)]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(hub.identity.tcpPort, target);
+    assert.equal(await canBind(twin), false, 'the telnets twin listens');
+    assert.equal(await canBind(before + ts.config.tlsPortOffset), true, 'the old telnets port is closed');
   });
 });

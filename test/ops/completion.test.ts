@@ -131,6 +131,34 @@ describe('vspc-admin completion', { timeout: 120_000 }, () => {
     assert.ok(Date.now() - started < 15_000);
   });
 
+  test('zsh (when installed): the script parses, and its function offers console names and option values (compadd stubbed)', async (t) => {
+    const zshScript = join(dir.dir, '_vspc-admin');
+    const r = await runNode(VSPC_ADMIN_JS, ['completion', 'zsh']);
+    writeFileSync(zshScript, r.stdout);
+    const probe = [
+      `source ${JSON.stringify(zshScript)}`,
+      "compadd() { print -r -- \"compadd $*\" }",
+      `words=(${JSON.stringify(shim)} --admin ${admin} show cmp-w); CURRENT=5; _vspc_admin`,
+      `words=(${JSON.stringify(shim)} list --state con); CURRENT=4; _vspc_admin`,
+    ].join('\n');
+    const z = await new Promise<{ code: number | null; stdout: string; stderr: string } | null>((resolve) => {
+      const child = spawn('zsh', ['-f', '-c', probe], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+      child.on('error', () => resolve(null));
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+    if (z === null) return t.skip('zsh is not installed');
+    assert.equal(z.code, 0, z.stderr);
+    assert.equal(z.stderr, '');
+    assert.deepEqual(z.stdout.split('\n').filter(Boolean), [
+      'compadd -U -- cmp-web01: cmp-web01:com2',
+      'compadd -- connected disconnected migrating connecting listening waiting stopped',
+    ]);
+  });
+
   test('completion: zsh prints a script too; another shell is a usage error naming the argument', async () => {
     const zsh = await runNode(VSPC_ADMIN_JS, ['completion', 'zsh']);
     assert.equal(zsh.code, 0, zsh.stderr);
