@@ -25,6 +25,14 @@ export const ERROR_CODES = {
   VSPC_UUID_CHANGED: ['ProtocolError', 'VM-VC-UUID changed on an open connection'],
   VSPC_IDENTIFY_TIMEOUT: ['ProtocolError', 'option 232 agreed but no DO-PROXY and VM-VC-UUID within --identify-timeout'],
   VSPC_NOT_ESXI: ['ProtocolError', 'the peer refused option 232 or said nothing: a person, told what the port is for'],
+  // --- A VM-side peer refused or cut off by a defence (PeerRefusedError; docs/security.md).
+  VSPC_PEER_NOT_ALLOWED: ['PeerRefusedError', 'the peer address is not in --proxy-allow: closed at accept, before any protocol'],
+  VSPC_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many VM connections still unidentified: a new one refused at accept'],
+  VSPC_ADDRESS_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many unidentified VM connections from one source address (--unidentified-per-address)'],
+  VSPC_UNIDENTIFIED_EVICTED: ['PeerRefusedError', 'an unidentified VM connection closed to make room for one from a less busy address'],
+  VSPC_VM_ALIVE: ['PeerRefusedError', "a connection claimed a VM serial port whose connection answered the liveness probe: refused"],
+  VSPC_PROBE_UNANSWERED: ['PeerRefusedError', 'a VM connection did not answer the liveness probe in --takeover-probe: replaced'],
+  VSPC_REGISTRATION_RATE: ['PeerRefusedError', 'a source address created new VM serial ports faster than --registration-rate allows'],
   // --- A console client broke VSPC-CONTROL (option 201, docs/console-protocol.md).
   VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags, or with an oversized user name'],
   VSPC_CONTROL_BAD_MODE: ['ProtocolError', 'an unknown lock mode byte'],
@@ -48,6 +56,7 @@ export const ERROR_CODES = {
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
   VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
+  VSPC_FD_BUDGET_SPENT: ['VspcError', 'a connection was refused at accept: file descriptors are nearly exhausted (the reserve is kept for the admin API)'],
   VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
   // --- Sources vspc maintains itself (SourceError, src/sources/common/errors.ts).
   VSPC_SOURCE_NOT_FOUND: ['SourceError', 'A unix socket path (or a listen path\'s directory entry) does not exist: the VM is not running.'],
@@ -135,6 +144,13 @@ export class VspcError extends Error {
 
 /** A peer broke the telnet, option-232 or VSPC-CONTROL protocol; the connection is closed. */
 export class ProtocolError extends VspcError {}
+
+/**
+ * A VM-side peer refused or cut off by one of the defences of docs/security.md (the
+ * allow-list, the limits on unidentified connections, the liveness probe before a
+ * takeover, the registration quota); the connection is closed, everything else goes on.
+ */
+export class PeerRefusedError extends VspcError {}
 
 /** Bad configuration or command-line input; the process exits non-zero. */
 export class ConfigError extends VspcError {

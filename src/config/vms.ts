@@ -15,6 +15,31 @@ import type { ConsoleIdentity } from '../domain/identity.js';
 /** The keys a `vms:` entry may have (config file spelling). */
 export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port'] as const;
 
+/** The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`; errors at `at`'s key. */
+export function checkConsoleSettings(
+  e: Record<string, unknown>,
+  at: Array<string | number>,
+  fail: Fail,
+): { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number } {
+  const s: { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number } = {};
+  if (e.lockMode !== undefined) {
+    if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
+      fail([...at, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
+    }
+    s.lockMode = e.lockMode as LockModeName;
+  }
+  if (e.scrollback !== undefined) {
+    const text = typeof e.scrollback === 'number' || typeof e.scrollback === 'string' ? String(e.scrollback) : null;
+    if (text === null) fail([...at, 'scrollback'], `expected a size (e.g. 65536, 64k, 1m, 0), got ${describe(e.scrollback)}`);
+    s.scrollbackBytes = asConfigError([...at, 'scrollback'], fail, () => parseSizeOrZero('scrollback', text!));
+  }
+  if (e.port !== undefined) {
+    const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
+    s.tcpPort = asConfigError([...at, 'port'], fail, () => parsePort('port', text, false));
+  }
+  return s;
+}
+
 /** Checks the `vms:` value of a config file; errors at the entry's position. */
 export function checkVms(v: unknown, fail: Fail): VmSettings[] {
   if (!Array.isArray(v)) fail(['vms'], `expected a list of {${VM_ENTRY_KEYS.join(', ')}}, got ${describe(v)}`);
@@ -27,21 +52,9 @@ export function checkVms(v: unknown, fail: Fail): VmSettings[] {
       if (!(VM_ENTRY_KEYS as readonly string[]).includes(k)) fail(['vms', i, k], `unknown key (a vms entry has ${VM_ENTRY_KEYS.join(', ')})`, true);
     }
     if (typeof e.match !== 'string' || e.match.trim() === '') fail(['vms', i, ...(e.match === undefined ? [] : ['match'])], 'needs match: a VM name, UUID, or NAME:LABEL / UUID:LABEL');
-    const s: VmSettings = { match: (e.match as string).trim() };
-    if (e.lockMode !== undefined) {
-      if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
-        fail(['vms', i, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
-      }
-      s.lockMode = e.lockMode as LockModeName;
-    }
-    if (e.scrollback !== undefined) {
-      const text = typeof e.scrollback === 'number' || typeof e.scrollback === 'string' ? String(e.scrollback) : null;
-      if (text === null) fail(['vms', i, 'scrollback'], `expected a size (e.g. 65536, 64k, 1m, 0), got ${describe(e.scrollback)}`);
-      s.scrollbackBytes = asConfigError(['vms', i, 'scrollback'], fail, () => parseSizeOrZero('scrollback', text!));
-    }
-    if (e.port !== undefined) {
-      const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
-      const tcpPort = asConfigError(['vms', i, 'port'], fail, () => parsePort('port', text, false));
+    const s: VmSettings = { match: (e.match as string).trim(), ...checkConsoleSettings(e, ['vms', i], fail) };
+    if (s.tcpPort !== undefined) {
+      const tcpPort = s.tcpPort;
       if (hasWildcards(s.match)) fail(['vms', i, 'port'], `a fixed port needs one VM serial port, not the pattern "${s.match}"`);
       const other = tcpPorts.get(tcpPort);
       if (other !== undefined) fail(['vms', i, 'port'], `port ${tcpPort} is already given to vms[${other}] (${out[other].match})`);

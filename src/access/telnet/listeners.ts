@@ -13,6 +13,11 @@ export interface TelnetListenerOptions extends TelnetClientOptions {
   tls?: tls.SecureContextOptions;
   /** A port that could not be bound is tried again after this long. */
   bindRetryMs: number;
+  /**
+   * Asked for every accepted socket before anything else (the process's descriptor
+   * budget, src/runtime/fd-budget.ts): false closes it at once.
+   */
+  admit?(socket: net.Socket): boolean;
 }
 
 interface Listeners {
@@ -132,8 +137,9 @@ export class TelnetListeners {
       return null;
     }
     const onSocket = (socket: net.Socket) => {
-      // Hub may have been forgotten between accept and here.
-      if (this.byHub.get(hub) !== l) {
+      // Refused by the descriptor budget (already destroyed), or the hub was forgotten
+      // between accept and here.
+      if (socket.destroyed || this.byHub.get(hub) !== l) {
         socket.destroy();
         return;
       }
@@ -142,6 +148,11 @@ export class TelnetListeners {
     const server = secure
       ? tls.createServer({ ...this.options.tls }, onSocket)
       : net.createServer(onSocket);
+    // Before the TLS handshake too: the raw socket already holds a descriptor.
+    const admit = this.options.admit;
+    if (admit) server.prependListener('connection', (raw: net.Socket) => {
+      if (!admit(raw)) raw.destroy();
+    });
     if (secure) {
       server.on('tlsClientError', (err, socket) => {
         this.logger.info('TLS handshake failed on client port', { port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
