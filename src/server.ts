@@ -190,6 +190,7 @@ export class VspcServer {
         get reload() {
           return server.reloadConfig ? () => server.reload() : undefined;
         },
+        movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
         ownPorts: () => {
           const a = this.addressesValue;
           return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : [])] : [];

@@ -30,7 +30,19 @@ export interface TelnetClientOptions {
   onProtocolError?(code: string): void;
 }
 
-let nextClientId = 1;
+/**
+ * Client ids are unique across restarts as well as within one run: console logs and the
+ * audit log outlive the process, and "client 3" from two runs would be ambiguous there.
+ * Each id is at least the milliseconds since 2025-01-01 when the client connected, and
+ * more than the previous id; a restart reuses none unless the previous run handed out
+ * ids faster than one per millisecond right up to its end (or the clock went back).
+ */
+const CLIENT_ID_EPOCH = Date.UTC(2025, 0, 1);
+let lastClientId = 0;
+export function nextClientId(now = Date.now()): number {
+  lastClientId = Math.max(lastClientId + 1, now - CLIENT_ID_EPOCH);
+  return lastClientId;
+}
 
 /**
  * Fan-out hands every client of a VM the same Buffer; escaping it once instead of
@@ -68,7 +80,7 @@ type ClientState = 'negotiating' | 'attached' | 'closed';
  * WILL 44) gets DO and may set the console's serial line (com-port.ts).
  */
 export class TelnetClient implements ConsoleClient {
-  readonly id = nextClientId++;
+  readonly id = nextClientId();
   readonly peer: string;
   readonly connectedAt = Date.now();
   private readonly session: TelnetSession;
@@ -235,7 +247,8 @@ export class TelnetClient implements ConsoleClient {
     }
     this.state = 'closed';
     this.clearTimers();
-    this.log.info('closing client', { reason });
+    // The audit log has the detach with its reason (src/logging/audit.ts).
+    this.log.debug('closing client', { reason });
     this.hub.removeClient(this, reason);
     // What was held for a suspended client goes out before the FIN.
     this.suspendOutput(false);
@@ -280,7 +293,7 @@ export class TelnetClient implements ConsoleClient {
     };
     const id = this.hub.identity;
     if (this.stream.greeting) this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
-    const decision = this.hub.addClient(this, { request, force, user: this.user, replay: this.stream.replay });
+    const decision = this.hub.addClient(this, { request, force, user: this.user, tls: this.secure, replay: this.stream.replay });
     if (!decision.granted) {
       this.log.info('lock refused', { request, reason: decision.reason });
       if (control) this.sendControl({ kind: 'lock-refused', reason: decision.reason });
@@ -290,7 +303,6 @@ export class TelnetClient implements ConsoleClient {
     this.state = 'attached';
     this.log = this.log.child({ mode: decision.mode });
     if (control) this.sendControl({ kind: 'lock-granted', mode: decision.mode });
-    this.log.info('client attached', { clients: this.hub.clients.size, user: this.user, force, displaced: decision.displaced.length });
     if (this.options.idleTimeoutMs > 0) this.armIdle();
     const early = this.early;
     this.early = [];
@@ -385,7 +397,8 @@ export class TelnetClient implements ConsoleClient {
     this.state = 'closed';
     this.clearTimers();
     if (this.closeTimer) clearTimeout(this.closeTimer);
+    // The audit log has the detach (with the session's length).
     this.hub.removeClient(this, 'connection closed');
-    if (wasAttached) this.log.info('client detached', { durationMs: Date.now() - this.connectedAt });
+    if (wasAttached) this.log.debug('client connection closed', { durationMs: Date.now() - this.connectedAt });
   }
 }
