@@ -22,6 +22,8 @@ export const ConnectExit = {
 export interface ConnectOptions {
   mode: LockRequest;
   force: boolean;
+  /** A clean stream: no greeting, no notices, no scrollback replay (VSPC-CONTROL flags). */
+  raw?: boolean;
   tls: boolean;
   ca?: Buffer;
   cert?: Buffer;
@@ -146,7 +148,10 @@ export function runConsole(o: ConnectOptions, io: ConsoleIo): Promise<number> {
       session.requestUs(Option.BINARY);
       session.requestUs(Option.SGA);
       session.requestUs(VSPC_CONTROL_OPTION);
-      session.sendSubnegotiation(VSPC_CONTROL_OPTION, encodeControl({ kind: 'lock-request', mode: o.mode, force: o.force, user: o.user }));
+      session.sendSubnegotiation(
+        VSPC_CONTROL_OPTION,
+        encodeControl({ kind: 'lock-request', mode: o.mode, force: o.force, user: o.user, ...(o.raw ? { noReplay: true, noNotices: true, noGreeting: true } : {}) }),
+      );
     });
     socket.on('data', (d: Buffer) => session.receive(d));
     socket.on('error', (err) => finish(ConnectExit.ERROR, `${o.host}:${o.port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
@@ -177,6 +182,7 @@ export function addConnectCommand(program: Command, client: () => AdminClient, a
     .argument('<vm>', 'VM name, UUID, port, or NAME:LABEL')
     .option('--mode <mode>', 'lock: readwrite, readonly, exclusive, excl_write, readonly_ok', 'readwrite')
     .option('--force', 'take the lock over from whoever holds it (they are told and disconnected)')
+    .option('--raw', "only the VM's bytes: no greeting, no [vspc: ...] notices, no scrollback replay")
     .option('--tls', "use the VM's telnets port")
     .option('--ca <file>', 'CA certificate (PEM) to trust for --tls (e.g. a self-signed vspc certificate)')
     .option('--cert <file>', 'client certificate (PEM) for --tls, when vspc requires one')
@@ -194,6 +200,7 @@ export function addConnectCommand(program: Command, client: () => AdminClient, a
         {
           mode,
           force: !!opts.force,
+          raw: !!opts.raw,
           tls: !!opts.tls,
           ca: readFile('--ca', opts.ca as string | undefined),
           cert: readFile('--cert', opts.cert as string | undefined),
