@@ -93,7 +93,10 @@ describe('VSPC-CONTROL codec by example', () => {
     assert.deepEqual([...encodeControl({ kind: 'lock-request', mode: 'excl_write', force: true, user: 'ann' })], [1, 3, 1, 0x61, 0x6e, 0x6e]);
     assert.deepEqual([...encodeControl({ kind: 'lock-granted', mode: 'exclusive' })], [2, 2]);
     assert.deepEqual([...encodeControl({ kind: 'who' })], [4]);
-    assert.deepEqual(decodeControl(Buffer.of(1, 4, 0xfe)), { kind: 'lock-request', mode: 'readonly_ok', force: false, user: '' });
+    // Reserved flag bits (4-7) are ignored; bits 1-3 ask for a clean stream (issue 12).
+    assert.deepEqual(decodeControl(Buffer.of(1, 4, 0xf0)), { kind: 'lock-request', mode: 'readonly_ok', force: false, user: '' });
+    assert.deepEqual(decodeControl(Buffer.of(1, 4, 0xfe)), { kind: 'lock-request', mode: 'readonly_ok', force: false, user: '', noReplay: true, noNotices: true, noGreeting: true });
+    assert.deepEqual([...encodeControl({ kind: 'lock-request', mode: 'readwrite', force: false, user: '', noReplay: true, noGreeting: true })], [1, 0, 10]);
   });
 
   test('errors carry their VSPC_CONTROL_* code', () => {
