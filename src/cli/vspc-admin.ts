@@ -10,6 +10,7 @@ import { AdminClient } from './admin-client.js';
 import { neutralizeTerminalStrings } from '../util/text.js';
 import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
+import { addConsoleCommand } from './console.js';
 
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
@@ -300,6 +301,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     });
 
   addConnectCommand(program, client, () => adminAddress(program).addr.host);
+  addConsoleCommand(program, (s) => out(s));
 
   return program;
 }
