@@ -397,7 +397,7 @@ export const OPTIONS = [
     key: 'brokerSocketMode',
     kind: 'text',
     field: 'brokerSocketMode',
-    help: "permissions of the broker socket: who may connect (write permission) may list and attach to every console",
+    help: 'permissions of the broker socket (who may write to it may list and attach to every console)',
     // Owner and group: who may use the broker is who is in its group (--broker-socket-group,
     // else vspc's own group), managed with usermod, no restart. Never "other".
     default: '0660',
