@@ -92,7 +92,9 @@ export class BrokerConnection {
       },
     };
     this.session = new TelnetSession(
-      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION] }),
+      // A console port's policy (src/access/telnet/client.ts), RFC 2217 COM-PORT included: the
+      // session goes on as that console's after SELECTED, with what was agreed here.
+      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION, Option.COM_PORT] }),
       {
         write: (b) => this.socket.write(b),
         data: (d) => this.target.data?.(d),
