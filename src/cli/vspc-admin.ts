@@ -11,6 +11,7 @@ import { neutralizeTerminalStrings } from '../util/text.js';
 import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
+import { addConsoleCommand } from './console.js';
 
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
@@ -343,6 +344,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     });
 
   addConnectCommand(program, client, () => adminAddress(program).addr.host);
+  addConsoleCommand(program, (s) => out(s));
 
   program
     .command('completion')
