@@ -131,6 +131,9 @@ export class VspcServer {
     this.metrics.fdBudget = this.fds;
     // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
+    // With console logs, a scrollback emptied by a restart is read back from the log (at the first attach).
+    const logs = this.consoleLogs;
+    if (logs) this.registry.on('added', (hub) => (hub.scrollbackPrimer = (max) => logs.recentOutput(hub, max)));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
     // Getters: values a reload may change (applyConfig) are read from `config` when used.
     this.vmotion = new VmotionCoordinator(

@@ -13,6 +13,11 @@ import { addConnectCommand } from './connect.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
 import { addConsoleCommand } from './console.js';
 
+/** Resolves once what was written to stdout so far has been handed to the OS (a pipe may lag behind). */
+function drainStdout(): Promise<void> {
+  return new Promise((resolve) => process.stdout.write('', () => resolve()));
+}
+
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
   const value = (v: unknown) =>
@@ -295,15 +300,32 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
 
   program
     .command('log')
-    .description("the end of a VM serial port's console log (vspc --log-dir)")
+    .description("the end of a VM serial port's console log (vspc --log-dir); --follow for what comes next")
     .argument('<vm>', vmArg)
-    .option('--tail <n>', 'number of lines', '50')
+    .option('--tail <n>', 'number of lines (with --follow: 0 for none)', '50')
+    .addOption(new CliOption('-f, --follow', 'after the last lines, print new output as it is logged, until Ctrl-C (or the VM serial port is forgotten, or vspc stops)').conflicts(['file', 'all']))
+    .addOption(new CliOption('--file <n>', 'a rotated file instead of the current one: 1 is the newest (NAME.log.1)').conflicts(['all']))
+    .addOption(new CliOption('--all', 'every file kept, oldest first, whole (the whole history vspc has)').conflicts(['tail']))
     .option('--raw', "the log's exact bytes even on a terminal (by default a terminal gets them without title/clipboard/device-control strings)")
-    .action(async (vm: string, opts: { tail: string; raw?: boolean }) => {
-      let bytes = await client().getBytes(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}&format=raw`);
+    .action(async (vm: string, opts: { tail: string; raw?: boolean; follow?: boolean; file?: string; all?: boolean }) => {
       // Console bytes are the VM's: on a terminal, what would act on the terminal itself
       // (OSC/DCS/APC/PM strings, C1 controls) is removed; colours and cursor moves stay.
-      if (process.stdout.isTTY && !opts.raw) bytes = neutralizeTerminalStrings(bytes);
+      const clean = (b: Buffer) => (process.stdout.isTTY && !opts.raw ? neutralizeTerminalStrings(b) : b);
+      if (opts.file !== undefined && !/^\d+$/.test(opts.file)) throw new ConfigError(`--file: "${opts.file}" is not a file number (1 is the newest rotated file)`, { field: '--file' });
+      if (opts.follow || opts.all) {
+        const query = opts.follow ? `follow=1&lines=${encodeURIComponent(opts.tail)}` : 'all=1';
+        let last = 0x0a;
+        await client().stream(`/api/v1/log?${q(vm)}&${query}&format=raw`, (chunk) => {
+          if (chunk.length === 0) return;
+          last = chunk[chunk.length - 1];
+          out(clean(chunk));
+        });
+        if (last !== 0x0a && process.stdout.isTTY) out('\n');
+        await drainStdout();
+        return;
+      }
+      const file = opts.file !== undefined ? `&file=${encodeURIComponent(opts.file)}` : '';
+      let bytes = clean(await client().getBytes(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}${file}&format=raw`));
       if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a && process.stdout.isTTY) bytes = Buffer.concat([bytes, Buffer.from('\n')]);
       out(bytes);
     });

@@ -91,6 +91,7 @@ export class AppendFileWriter {
   private closed = false;
   private destroyed = false;
   private closing: Promise<void> | null = null;
+  private rotated = 0;
 
   constructor(private readonly options: AppendFileWriterOptions) {
     this.path = options.path;
@@ -111,6 +112,11 @@ export class AppendFileWriter {
   /** Whether the file is open now. */
   get isOpen(): boolean {
     return this.handle !== null;
+  }
+
+  /** Rotations done (files actually shifted) since this writer was made. */
+  get rotations(): number {
+    return this.rotated;
   }
 
   /** Bytes queued, not yet written. */
@@ -407,7 +413,9 @@ export class AppendFileWriter {
 
   private async rotateNow(): Promise<boolean> {
     try {
-      return await rotateFiles(this.path, this.o.rotation.keep);
+      const done = await rotateFiles(this.path, this.o.rotation.keep);
+      if (done) this.rotated++;
+      return done;
     } catch (err) {
       throw new LogFileError('VSPC_LOG_ROTATE_FAILED', `rotating ${this.path} failed`, this.path, err);
     }
