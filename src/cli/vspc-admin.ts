@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError, Option as CliOption } from 'commander';
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
@@ -12,6 +13,7 @@ import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
 import { addConsoleCommand } from './console.js';
+import { helpEpilogue, VSPC_ADMIN_MANUAL } from './help-text.js';
 
 /** Resolves once what was written to stdout so far has been handed to the OS (a pipe may lag behind). */
 function drainStdout(): Promise<void> {
@@ -135,7 +137,8 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     .option('--admin-tls', 'speak HTTPS to the admin API (vspc --admin-cert/--admin-key)')
     .option('--admin-ca <file>', "CA certificate (PEM) to trust for the admin API's HTTPS (implies --admin-tls)")
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
-    .option('--token-file <file>', 'read the admin API token from this file');
+    .option('--token-file <file>', 'read the admin API token from this file')
+    .addHelpText('after', helpEpilogue(VSPC_ADMIN_MANUAL));
   const client = () => adminClientFrom(program);
   const vmArg = 'VM name (any case), NAME:LABEL, NAME: (its serial port without a label), UUID (any form, :LABEL too), or client port';
   const q = (vm: string) => `vm=${encodeURIComponent(vm)}`;
@@ -438,4 +441,13 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+// Run only as the program itself (also through npm's bin link), not when imported (the manual generator builds the program).
+if (invokedDirectly()) await main();
+
+function invokedDirectly(): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? '') === fileURLToPath(import.meta.url);
+  } catch {
+    return false;
+  }
+}
