@@ -86,8 +86,6 @@ class ConsoleLog {
   readonly warned = new Set<string>();
   /** Readers following this file (`vspc-admin log --follow`). */
   readonly followers = new Set<LogFollower>();
-  /** Size of the file before this process wrote to it: what earlier runs logged (0: none). */
-  inherited: Promise<number> = Promise.resolve(0);
   readonly writer: AppendFileWriter;
 
   constructor(
@@ -331,12 +329,13 @@ export class ConsoleLogManager implements ConsoleObserver {
     const none = Buffer.alloc(0);
     if (this.shuttingDown || !hub.logged || maxBytes <= 0) return none;
     const f = this.fileOf(hub);
-    const inherited = await f.inherited;
-    if (inherited === 0) return none;
     const path = this.pathOf(hub);
     // A little more than asked: vspc's lines come out of it, and the first line may be cut.
     const want = maxBytes + 16 * 1024;
     return f.writer.enqueue(async () => {
+      // The file's size when this process first touched it; untouched so far, all of it is earlier runs'.
+      const inherited = f.writer.initialSize ?? (await fsp.stat(path).then((st) => st.size, () => 0));
+      if (inherited === 0) return none;
       // Each rotation since the start moved those bytes one file up: x.log → x.log.1 → ...
       const r = f.writer.rotations;
       if (r > this.o.keep) return none;
@@ -406,14 +405,6 @@ export class ConsoleLogManager implements ConsoleObserver {
 
   private newFile(key: string, hub: ConsoleHub): ConsoleLog {
     const base = consoleLogBaseName(hub.identity.key, hub.identity.label);
-    const f = this.makeLog(key, base, hub);
-    // First in the writer's queue, so before anything of this run is written.
-    const path = f.writer.path;
-    f.inherited = f.writer.enqueue(() => fsp.stat(path).then((st) => st.size, () => 0)).catch(() => 0);
-    return f;
-  }
-
-  private makeLog(key: string, base: string, hub: ConsoleHub): ConsoleLog {
     return new ConsoleLog(key, base, hub, (f) => new AppendFileWriter({
       path: join(this.dir, `${f.base}.log`),
       fileMode: FILE_MODE,
