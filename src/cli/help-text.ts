@@ -71,15 +71,18 @@ export const VSPC_ADMIN_MANUAL: ManualText = {
       'https:// address). A VM argument is a VM name, a UUID (any case, with or without separators), a client port, or ' +
       'NAME:LABEL for one serial port of a VM with several; a name that matches several is an error listing them.',
   ],
-  environment: [['VSPC_ADMIN_TOKEN', 'the admin API token, when vspc requires one (instead of --token or --token-file).']],
+  environment: [
+    ['VSPC_ADMIN_TOKEN', 'the admin API token, when vspc requires one (instead of --token or --token-file).'],
+    ['VSPC_BROKER_SOCKET', "the console broker's unix socket for vspc-admin console (instead of --socket)."],
+  ],
   files: [
     ['--token-file FILE', 'a file holding the admin API token (root:vspc 0640 under the systemd unit: /etc/vspc/admin-token).'],
     ['--admin-ca FILE, connect --ca FILE', 'CA certificates (PEM) to trust for the admin API and for a console\'s telnets port.'],
   ],
   exitStatus: [
     ['0', 'done (connect: detached, or the connection ended).'],
-    ['1', 'an error: vspc unreachable or refusing (no such VM, a port in use, ...), a command used wrongly; the message says which.'],
-    ['2', 'a bad option value (--admin, --mode, --file, an unreadable --token-file), or reload found the config file invalid.'],
+    ['1', 'an error: vspc unreachable or refusing (no such VM, a port in use, ...); the message says which.'],
+    ['2', 'a usage error: an unknown command or option, a missing argument, a bad option value (--admin, --mode, --file, an unreadable --token-file); or reload found the config file invalid.'],
     [String(ConnectExit.REFUSED), 'connect: the lock was refused (someone holds a conflicting one; the message names them).'],
     [String(ConnectExit.REVOKED), 'connect: displaced by someone who took the lock with --force, or disconnected by the administrator.'],
   ],

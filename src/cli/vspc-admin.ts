@@ -15,11 +15,6 @@ import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type She
 import { addConsoleCommand } from './console.js';
 import { helpEpilogue, VSPC_ADMIN_MANUAL } from './help-text.js';
 
-/** Resolves once what was written to stdout so far has been handed to the OS (a pipe may lag behind). */
-function drainStdout(): Promise<void> {
-  return new Promise((resolve) => process.stdout.write('', () => resolve()));
-}
-
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
   const value = (v: unknown) =>
@@ -324,7 +319,6 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
           out(clean(chunk));
         });
         if (last !== 0x0a && process.stdout.isTTY) out('\n');
-        await drainStdout();
         return;
       }
       const file = opts.file !== undefined ? `&file=${encodeURIComponent(opts.file)}` : '';

@@ -14,7 +14,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { manPages, roffText } from '../../src/cli/manual.js';
 import { OPTIONS } from '../../src/config/table.js';
+import type { Command } from 'commander';
 import { buildProgram } from '../../src/config/options.js';
+import { buildAdminProgram } from '../../src/cli/vspc-admin.js';
 import { runNode, VSPC_ADMIN_JS, VSPC_JS } from '../support/cli.js';
 import { ROOT } from '../support/server.js';
 
@@ -60,6 +62,15 @@ describe('manual pages', () => {
       assert.match(admin, new RegExp(`^\\\\fBvspc\\\\-admin ${roffText(cmd).replace(/\\/g, '\\\\')}`, 'm'), `command ${cmd}`);
     }
     assert.ok(admin.includes(roffText('--follow')) && admin.includes(roffText('--fingerprint')), 'subcommand options too');
+    // Every variable an option reads is in the ENVIRONMENT section of its page.
+    const envOf = (cmd: Command): string[] => [...cmd.options.flatMap((o) => (o.envVar ? [o.envVar] : [])), ...cmd.commands.flatMap(envOf)];
+    for (const [name, program] of [
+      ['vspc.1', buildProgram()],
+      ['vspc-admin.1', buildAdminProgram(() => undefined)],
+    ] as const) {
+      const env = pages[name].slice(pages[name].indexOf('.SH ENVIRONMENT'), pages[name].indexOf('.SH FILES'));
+      for (const v of envOf(program)) assert.ok(env.includes(`\\fB${roffText(v)}\\fR`), `${v} in the ENVIRONMENT of ${name}`);
+    }
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { man: string[] };
     assert.deepEqual(pkg.man, ['./packaging/vspc.1', './packaging/vspc-admin.1'], 'npm install -g installs them');
   });
