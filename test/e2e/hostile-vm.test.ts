@@ -330,3 +330,19 @@ describe('metric labels', () => {
     assert.deepEqual([...TAKEOVER_RESULTS].sort(), [...TAKEOVER_LABELS].sort());
   });
 });
+
+describe('a VM renaming itself in a loop', () => {
+  test('names past the per-connection bound are ignored, once logged; logging cost stays flat', async (t) => {
+    const { ts, cleanup } = await startServer(t);
+    const id = esxiUuid();
+    const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'loop-0' }, cleanup);
+    for (let i = 1; i <= 2000; i++) vm.sendName(`loop-${i}`);
+    await vm.barrier(10_000);
+    // The first name came with the registration; 15 renames more are applied, then none.
+    assert.equal(hub.identity.name, 'loop-15');
+    const warned = ts.logs.filter((l) => l.message === 'VM-NAME changes too often on this connection; further names ignored');
+    assert.equal(warned.length, 1);
+    assert.equal(warned[0].security, true);
+    assert.equal(ts.logs.filter((l) => l.message === 'VM renamed').length, 15);
+  });
+});
