@@ -129,6 +129,7 @@ export const ERROR_CODES = {
   VSPC_LINES_REQUIRED: ['AdminApiError', '400: the call needs a number of lines'],
   VSPC_LINES_INVALID: ['AdminApiError', '400: lines is not an integer in range'],
   VSPC_NO_TLS_PORT: ['AdminApiError', '409: telnets asked for, but vspc has no certificate'],
+  VSPC_CONSOLE_MANAGED: ['AdminApiError', '409: the console is declared in the config file or kept by discovery: remove it there'],
   VSPC_CONSOLE_LOG_OFF: ['AdminApiError', '409: console logging is off (no --log-dir), or off for this console'],
   VSPC_LOG_FILE_INVALID: ['AdminApiError', '400: log file is not an integer 0-100000'],
   VSPC_LOG_FILE_NOT_FOUND: ['AdminApiError', '404: no rotated console log file with that number'],

@@ -242,6 +242,7 @@ export class VspcServer {
           return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : [])] : [];
         },
         settingsOf: (h) => resolveVmSettings(this.config, h.identity),
+        managedBy: (h) => this.managed.groupOf(h),
       }),
       logger,
       {

@@ -136,7 +136,7 @@ function family(name: string, type: 'gauge' | 'counter', help: string, samples: 
 function consoleStates(hubs: readonly ConsoleHub[]): Sample[] {
   const counts = new Map<string, number>();
   for (const h of hubs) {
-    const state = h.state === 'disconnected' && h.endpoint ? h.endpoint.state : h.state;
+    const state = h.displayState;
     const k = `${h.identity.kind}\0${state}`;
     counts.set(k, (counts.get(k) ?? 0) + 1);
   }

@@ -54,6 +54,8 @@ export interface AdminContext {
    * bound. Without it (no client listeners), `commit` alone.
    */
   movePort?(hub: ConsoleHub, port: number, commit: () => void): Promise<void>;
+  /** The group that maintains a console's source (`config`, `discovery`), or null (ESXi, stopped discovered ones). */
+  managedBy?(hub: ConsoleHub): string | null;
   /** The config file's `vms:` settings for a VM serial port. */
   settingsOf?(hub: ConsoleHub): ResolvedVmSettings;
 }
@@ -264,6 +266,18 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       path: '/api/v1/forget',
       handle: (url) => {
         const hub = vmOf(url);
+        // A console the configuration or discovery keeps would be back (or half back)
+        // at the next reload or scan: it is removed where it is declared.
+        const group = ctx.managedBy?.(hub) ?? null;
+        if (group !== null) {
+          throw new AdminApiError(
+            409,
+            'VSPC_CONSOLE_MANAGED',
+            group === 'config'
+              ? `${hub.displayName} is declared in the config file (consoles:); remove it there and reload`
+              : `${hub.displayName} is found by discovery; it is stopped when its VM goes, and can be forgotten then`,
+          );
+        }
         const v = view(hub);
         ctx.registry.forget(hub);
         ctx.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.tcpPort });

@@ -54,7 +54,7 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
     tlsPort: tlsPortOf(hub),
     connected: hub.source !== null,
     // A maintained source that is not connected says why: waiting (backoff), listening, stopped.
-    state: hub.state === 'disconnected' && hub.endpoint ? hub.endpoint.state : hub.state,
+    state: hub.displayState,
     clients: hub.clients.size,
     source: hub.source?.kind ?? null,
     peer: hub.source?.peer ?? null,

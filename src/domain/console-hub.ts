@@ -250,6 +250,19 @@ export class ConsoleHub {
     return this.src ? 'connected' : 'disconnected';
   }
 
+  /**
+   * The state people are shown: `connected`, `migrating`, or — with no source — why: a
+   * maintained source's endpoint state (`waiting`, `listening`, `stopped`), `stopped` for
+   * a console vspc maintained before (a discovered VM that has not come back since a
+   * restart), `disconnected` for an ESXi VM (it connects in when it wants).
+   */
+  get displayState(): string {
+    const s = this.state;
+    if (s !== 'disconnected') return s;
+    if (this.endpoint) return this.endpoint.state;
+    return this.identity.kind === 'esxi' ? 'disconnected' : 'stopped';
+  }
+
   /** Display name: the VM's name, else its UUID. */
   get displayName(): string {
     const base = this.identity.name ?? this.identity.key;
