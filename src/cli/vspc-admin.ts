@@ -49,7 +49,8 @@ function endpointRows(e: EndpointView | null): Array<[string, string]> {
   const rows: Array<[string, string]> = [
     ['source', e.spec],
     ['endpoint', `${e.state} since ${since(e.since)}${e.nextAttemptAt ? `, next attempt in ${Math.max(0, Math.round((Date.parse(e.nextAttemptAt) - Date.now()) / 1000))}s` : ''}${e.note ? ` (${e.note})` : ''}`],
-    ['reconnects', `${e.reconnects} (${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''})`],
+    // Failed attempts and lost connections together: the count of times the endpoint was not there.
+    ['failures', `${e.reconnects} of ${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''}`],
   ];
   if (e.lastError) rows.push(['last error', e.lastError]);
   return rows;

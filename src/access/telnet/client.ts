@@ -7,7 +7,7 @@ import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
 import { DEFAULT_STREAM, type ConsoleHub, type StreamOptions } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
-import { displayKey } from '../../domain/identity.js';
+import { describeKey } from '../../domain/identity.js';
 import type { ComPortServer } from '../../protocol/rfc2217/index.js';
 import { createComPortServer } from './com-port.js';
 
@@ -341,7 +341,7 @@ export class TelnetClient implements ConsoleClient {
     const id = this.hub.identity;
     // Through the broker the greeting names the console only: its users never learn UUIDs or ports.
     if (this.stream.greeting) {
-      this.notice(this.handover ? this.hub.displayName : `${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
+      this.notice(this.handover ? this.hub.displayName : `${this.hub.displayName} (${describeKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
     }
     const decision = this.hub.addClient(this, { request, force, user: this.user, tls: this.secure, replay: this.stream.replay });
     if (!decision.granted) {
