@@ -51,6 +51,12 @@ export interface ConsoleRepository {
   /** Throws `VSPC_PORT_INVALID`, `VSPC_NOT_FOUND`, `VSPC_PORT_IN_USE`. */
   setPort(id: number, tcpPort: number): ConsoleRecord;
   /**
+   * Moves a record to the lowest free port, never again handing out the one it leaves
+   * (another program holds it) while this process runs. Throws `VSPC_NOT_FOUND`,
+   * `VSPC_PORT_RANGE_EXHAUSTED`.
+   */
+  relocate(id: number): ConsoleRecord;
+  /**
    * The sticky TCP port of an access method other than telnet (`raw`, ...) for a
    * console: allocated from the same range and namespace on first use. Throws
    * `VSPC_NOT_FOUND`, `VSPC_PORT_RANGE_EXHAUSTED`.

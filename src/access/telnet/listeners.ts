@@ -167,6 +167,19 @@ export class TelnetListeners {
         first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used: ${message}`, { port, errorCode: err.code }));
         return;
       }
+      if (!secure && err.code === 'EADDRINUSE' && this.byHub.get(hub) === l) {
+        const from = port;
+        server.close();
+        if (this.registry.relocateFresh(hub)) {
+          // A brand-new console whose first port another program holds: moved on at once.
+          this.logger.info('a new console port is held by another program on this host; moved to the next free one', {
+            vm: hub.displayName,
+            from,
+            to: hub.identity.tcpPort,
+          });
+          return;
+        }
+      }
       if (secure) {
         hub.tlsListenError = message;
         l.secure = null;
@@ -190,6 +203,7 @@ export class TelnetListeners {
     });
     server.on('listening', () => {
       bound = true;
+      if (!secure) this.registry.bound(hub);
       if (first) {
         first.resolve(server);
         return;
