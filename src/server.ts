@@ -9,16 +9,21 @@ import { ConsoleStore } from './storage/console-store.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners } from './access/telnet/listeners.js';
+import { TelnetClient, type TelnetClientOptions } from './access/telnet/client.js';
+import { RawListeners } from './access/raw/listeners.js';
+import { UnixSocketListeners } from './access/unix/listeners.js';
+import { PtyEndpoints } from './access/pty/ptys.js';
 import { ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
-import type { StatusView } from './admin/views.js';
+import type { AccessView, StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
 import { isLoopbackHost } from './util/net.js';
 import { applyReload, type ReloadAppliers, type ReloadReport } from './config/reload.js';
-import { resolveVmSettings } from './config/vms.js';
+import { resolveConsoleAccess, resolveVmSettings } from './config/vms.js';
+import type { ConsoleAccess } from './config/access.js';
 import { VERSION } from './version.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
@@ -65,6 +70,10 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** The other access methods' endpoints: a raw TCP port, a unix socket, a pty per console. */
+  private readonly raw: RawListeners;
+  private readonly unix: UnixSocketListeners;
+  private readonly ptys: PtyEndpoints;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
   /** File descriptors as a budget: VM and console connections are refused before the limit. */
@@ -120,12 +129,7 @@ export class VspcServer {
           ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
         }
       : undefined;
-    this.listeners = new TelnetListeners(this.registry, logger, {
-      host: config.clientListenHost,
-      tlsPortOffset: config.tlsPortOffset,
-      tls: tlsOptions,
-      bindRetryMs: config.bindRetryMs,
-      admit: (socket) => this.admit(socket, 'client'),
+    const telnetOptions: TelnetClientOptions = {
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
@@ -133,6 +137,48 @@ export class VspcServer {
       closeGraceMs: config.closeGraceMs,
       lockWaitMs: config.clientLockWaitMs,
       idleTimeoutMs: config.clientIdleTimeoutMs,
+    };
+    const accessOf = (hub: ConsoleHub): ConsoleAccess => resolveConsoleAccess(this.config, hub.identity);
+    this.listeners = new TelnetListeners(this.registry, logger, {
+      ...telnetOptions,
+      // The spread reads the getter once: keep it live.
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      host: config.clientListenHost,
+      tlsPortOffset: config.tlsPortOffset,
+      tls: tlsOptions,
+      bindRetryMs: config.bindRetryMs,
+      admit: (socket) => this.admit(socket, 'client'),
+      enabled: (hub) => accessOf(hub).telnet,
+    });
+    // Raw, unix and pty clients: the console's bytes only (access/common/stream-client.ts).
+    const streamOptions = {
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      closeGraceMs: config.closeGraceMs,
+      idleTimeoutMs: config.clientIdleTimeoutMs,
+      onSlowClientDropped: () => this.metrics.slowClientDropped(),
+      bindRetryMs: config.bindRetryMs,
+    };
+    this.raw = new RawListeners(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      host: config.clientListenHost,
+      enabled: (hub) => accessOf(hub).raw,
+      admit: (socket) => this.admit(socket, 'client'),
+    });
+    this.unix = new UnixSocketListeners(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      settingsOf: (hub) => accessOf(hub).unix,
+      admit: (socket) => this.admit(socket, 'client'),
+      telnetClient: (socket, hub, via) => {
+        new TelnetClient(socket, hub, logger, telnetOptions, false, via);
+      },
+    });
+    this.ptys = new PtyEndpoints(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      pollMs: config.ptyPollMs,
+      settingsOf: (hub) => accessOf(hub).pty,
     });
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
     this.proxy = new EsxiListener(
@@ -186,6 +232,7 @@ export class VspcServer {
           return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : [])] : [];
         },
         settingsOf: (h) => resolveVmSettings(this.config, h.identity),
+        accessOf: (h) => this.accessView(h),
       }),
       logger,
       {
@@ -224,6 +271,27 @@ export class VspcServer {
       vmConnectionsRefused: this.proxy.refused,
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
     };
+  }
+
+  /** A console's endpoints, every access method (`vspc-admin show`). */
+  accessView(hub: ConsoleHub): AccessView {
+    const telnet = this.listeners.has(hub);
+    const tlsPort = this.listeners.tlsPortOf(hub);
+    return {
+      telnet: telnet ? { port: hub.identity.tcpPort, host: this.config.clientListenHost, listening: hub.listenError === null, error: hub.listenError } : null,
+      telnets: telnet && tlsPort !== null ? { port: tlsPort, host: this.config.clientListenHost, listening: hub.tlsListenError === null, error: hub.tlsListenError } : null,
+      raw: this.raw.describe(hub),
+      unix: this.unix.describe(hub),
+      pty: this.ptys.describe(hub),
+    };
+  }
+
+  /** Opens and closes endpoints as the configuration now says (start, reload). */
+  private refreshAccess(): void {
+    this.listeners.refresh();
+    this.raw.refresh();
+    this.unix.refresh();
+    this.ptys.refresh();
   }
 
   /**
@@ -370,11 +438,16 @@ export class VspcServer {
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
-    vms: () => this.applyVmSettingsToAll(),
+    vms: () => {
+      this.applyVmSettingsToAll();
+      this.refreshAccess();
+    },
     consoles: () => {
       this.applyConsoles(false);
       this.applyVmSettingsToAll();
+      this.refreshAccess();
     },
+    access: () => this.refreshAccess(),
   };
 
   /**
@@ -454,10 +527,13 @@ export class VspcServer {
     this.vmotion.refuseNew();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
+    const endpoints = Promise.all([this.raw.close(), this.unix.close(), this.ptys.close()]);
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
     await Promise.race([accepting, grace]);
+    // Sockets unlinked, pty links removed (each endpoint's close is a few system calls).
+    await Promise.race([endpoints, grace]);
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
@@ -473,6 +549,9 @@ export class VspcServer {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     void this.proxy.stopAccepting();
     this.listeners.close();
+    void this.raw.close();
+    void this.unix.close();
+    void this.ptys.close();
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();

@@ -9,6 +9,7 @@ import type { HostPort } from '../util/net.js';
 import type { LockRequest } from '../domain/locks.js';
 import type { CidrBlock } from '../util/cidr.js';
 import type { LOG_FORMATS, LOG_LEVELS } from './table.js';
+import type { AccessSettings } from './access.js';
 import { DEFAULTS as COMPUTED_DEFAULTS } from './options.js';
 
 export type { HostPort } from '../util/net.js';
@@ -70,6 +71,8 @@ export interface VspcConfig {
   vmotionHoldLimit: number;
   /** Recent VM output replayed to a client on attach. */
   scrollbackBytes: number;
+  /** How often a console's pty is checked for a reader opening it (access method pty). */
+  ptyPollMs: number;
   /** Wait this long for a VSPC-CONTROL lock request before giving a client the default lock. */
   clientLockWaitMs: number;
   /** Close console clients that typed nothing for this long (0 = never; keepalive still finds dead peers). */
@@ -88,6 +91,8 @@ export interface VspcConfig {
   vms: VmSettings[];
   /** Declared consoles from the config file (`consoles:`); see consoles.ts. */
   consoles: ConsoleSettings[];
+  /** Access methods for every console (config file `access:`); entries of vms:/consoles: override it (access.ts). */
+  access: AccessSettings;
   /** Console log files, one per VM serial port, in this directory (--log-dir); null = off. */
   logDir: string | null;
   /** A console log file is rotated before it would pass this many bytes (--log-max-size). */
@@ -124,6 +129,8 @@ export interface ConsoleSettings {
   tcpPort?: number;
   /** false: no console log file for this console. */
   log?: boolean;
+  /** Access methods for this console, over the global `access:` and any vms: match. */
+  access?: AccessSettings;
   /** Where the entry is written ("file:line:col"), for log lines. */
   where?: string;
 }
@@ -136,6 +143,8 @@ export interface VmSettings {
   scrollbackBytes?: number;
   /** Fixed client TCP port for the matching VM serial port (config file key `port`). */
   tcpPort?: number;
+  /** Access methods for the matching consoles, over the global `access:`. */
+  access?: AccessSettings;
   /** Where the entry is written ("file:line:col"), for log lines. */
   where?: string;
 }

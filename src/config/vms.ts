@@ -11,17 +11,23 @@ import { asConfigError, describe, type Fail } from './file.js';
 import { normalizeUuid } from '../util/uuid.js';
 import { Glob, hasWildcards } from '../util/glob.js';
 import type { ConsoleIdentity } from '../domain/identity.js';
+import { checkAccess, resolveAccess, type AccessSettings, type ConsoleAccess } from './access.js';
 
 /** The keys a `vms:` entry may have (config file spelling). */
-export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port'] as const;
+export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port', 'access'] as const;
 
-/** The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`; errors at `at`'s key. */
+/**
+ * The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`,
+ * `access`; errors at `at`'s key. `noLink`: why this entry may not give a pty `link:`
+ * (a pattern that may match several consoles), or null.
+ */
 export function checkConsoleSettings(
   e: Record<string, unknown>,
   at: Array<string | number>,
   fail: Fail,
-): { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number } {
-  const s: { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number } = {};
+  noLink: string | null = null,
+): { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number; access?: AccessSettings } {
+  const s: { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number; access?: AccessSettings } = {};
   if (e.lockMode !== undefined) {
     if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
       fail([...at, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
@@ -37,6 +43,7 @@ export function checkConsoleSettings(
     const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
     s.tcpPort = asConfigError([...at, 'port'], fail, () => parsePort('port', text, false));
   }
+  if (e.access !== undefined) s.access = checkAccess(e.access, fail, { at: [...at, 'access'], global: false, noLink });
   return s;
 }
 
@@ -52,7 +59,9 @@ export function checkVms(v: unknown, fail: Fail): VmSettings[] {
       if (!(VM_ENTRY_KEYS as readonly string[]).includes(k)) fail(['vms', i, k], `unknown key (a vms entry has ${VM_ENTRY_KEYS.join(', ')})`, true);
     }
     if (typeof e.match !== 'string' || e.match.trim() === '') fail(['vms', i, ...(e.match === undefined ? [] : ['match'])], 'needs match: a VM name, UUID, or NAME:LABEL / UUID:LABEL');
-    const s: VmSettings = { match: (e.match as string).trim(), ...checkConsoleSettings(e, ['vms', i], fail) };
+    const match = (e.match as string).trim();
+    const noLink = hasWildcards(match) ? `a pty link needs one console, not the pattern "${match}"` : null;
+    const s: VmSettings = { match, ...checkConsoleSettings(e, ['vms', i], fail, noLink) };
     if (s.tcpPort !== undefined) {
       const tcpPort = s.tcpPort;
       if (hasWildcards(s.match)) fail(['vms', i, 'port'], `a fixed port needs one VM serial port, not the pattern "${s.match}"`);
@@ -77,6 +86,8 @@ export interface ResolvedVmSettings {
   tcpPort?: number;
   /** false: no console log file (a declared console's `log:`). */
   log?: boolean;
+  /** The `access:` of the matching entries, in order (resolveConsoleAccess applies them). */
+  access?: AccessSettings[];
 }
 
 /**
@@ -91,6 +102,7 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (entry.lockMode !== undefined) out.lockMode = entry.lockMode;
     if (entry.scrollbackBytes !== undefined) out.scrollbackBytes = entry.scrollbackBytes;
     if (entry.tcpPort !== undefined) out.tcpPort = entry.tcpPort;
+    if (entry.access !== undefined) (out.access ??= []).push(entry.access);
   }
   // A declared console's own entry is the most specific: it wins over every vms: match.
   const own = vm.kind === 'config' ? config.consoles?.find((c) => c.name === vm.key) : undefined;
@@ -99,8 +111,14 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (own.scrollbackBytes !== undefined) out.scrollbackBytes = own.scrollbackBytes;
     if (own.tcpPort !== undefined) out.tcpPort = own.tcpPort;
     if (own.log !== undefined) out.log = own.log;
+    if (own.access !== undefined) (out.access ??= []).push(own.access);
   }
   return out;
+}
+
+/** A console's access methods: the global `access:`, then its vms: matches and its own entry (access.ts). */
+export function resolveConsoleAccess(config: Pick<VspcConfig, 'vms' | 'access'> & Partial<Pick<VspcConfig, 'consoles'>>, vm: VmRef): ConsoleAccess {
+  return resolveAccess([config.access, ...(resolveVmSettings(config, vm).access ?? [])]);
 }
 
 /**

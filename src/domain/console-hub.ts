@@ -16,7 +16,8 @@ export type ConsoleEvent =
   | { kind: 'vm-connected'; peer: string }
   | { kind: 'vm-disconnected'; peer: string }
   | { kind: 'vmotion'; outcome: string; durationMs: number }
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string }
+  /** `method` and `origin`: the client's (ConsoleClient), when it has them. */
+  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; method?: string; origin?: ConsoleClient['origin'] }
   | { kind: 'client-detached'; clientId: number; peer: string; reason: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
   | { kind: 'client-takeover'; clientId: number; peer: string; displacedClientId: number; displacedPeer: string };
@@ -128,6 +129,8 @@ export class ConsoleHub {
   /** Set by the listener manager when the client port cannot be bound. */
   listenError: string | null = null;
   tlsListenError: string | null = null;
+  /** Set by the other access methods' managers: why an endpoint (raw port, unix socket, pty) is not up, by method. */
+  readonly accessErrors = new Map<string, string>();
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
   /** For consoles whose source vspc maintains (declared, discovered): where it stands; null for ESXi. */
@@ -281,7 +284,14 @@ export class ConsoleHub {
       this.toldDisconnected.add(client);
       client.notice('VM is not connected; you will see its output when it comes back');
     }
-    this.report({ kind: 'client-attached', clientId: client.id, peer: client.peer, mode: decision.mode });
+    this.report({
+      kind: 'client-attached',
+      clientId: client.id,
+      peer: client.peer,
+      mode: decision.mode,
+      ...(client.method ? { method: client.method } : {}),
+      ...(client.origin ? { origin: client.origin } : {}),
+    });
     return decision;
   }
 

@@ -28,6 +28,8 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
   const log = logger.child({ audit: true });
   /** Attach times by client id, for the session length; removed at detach. */
   const since = new Map<number, number>();
+  /** The access method of each attached client that named one, repeated on its detach line. */
+  const methods = new Map<number, string>();
   return {
     get attachedClients() {
       return since.size;
@@ -36,15 +38,28 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
       switch (e.kind) {
         case 'client-attached':
           since.set(e.clientId, now());
-          log.info('client attached', { ...vmFields(hub), clientId: e.clientId, peer: e.peer, mode: e.mode });
+          if (e.method) methods.set(e.clientId, e.method);
+          // method: how it came in (raw, unix, pty, ...); origin: a unix socket's path, owner,
+          // group and mode and the peer's uid/gid/pid, a pty's link and device.
+          log.info('client attached', {
+            ...vmFields(hub),
+            clientId: e.clientId,
+            peer: e.peer,
+            mode: e.mode,
+            ...(e.method ? { method: e.method } : {}),
+            ...(e.origin ?? {}),
+          });
           return;
         case 'client-detached': {
           const t = since.get(e.clientId);
           since.delete(e.clientId);
+          const method = methods.get(e.clientId);
+          methods.delete(e.clientId);
           log.info('client detached', {
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
+            ...(method ? { method } : {}),
             reason: e.reason,
             ...(t !== undefined ? { durationMs: now() - t } : {}),
           });
@@ -54,6 +69,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
           // The displaced client leaves here: the hub reports no separate detach for it.
           const t = since.get(e.displacedClientId);
           since.delete(e.displacedClientId);
+          methods.delete(e.displacedClientId);
           log.warn('client took over the VM serial port (forced)', {
             ...vmFields(hub),
             clientId: e.clientId,

@@ -8,6 +8,7 @@ import type { ConsoleClient } from '../../domain/seams.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
 import { displayKey } from '../../domain/identity.js';
+import { allocateClientId } from '../../domain/client-ids.js';
 
 export interface TelnetClientOptions {
   /** Bytes queued to a client that does not read; past this it is disconnected. */
@@ -27,8 +28,6 @@ export interface TelnetClientOptions {
   /** Called when a client is closed for a protocol error, with its code (metrics). */
   onProtocolError?(code: string): void;
 }
-
-let nextClientId = 1;
 
 /**
  * Fan-out hands every client of a VM the same Buffer; escaping it once instead of
@@ -63,7 +62,7 @@ type ClientState = 'negotiating' | 'attached' | 'closed';
  * speaks VSPC-CONTROL to ask for a lock mode.
  */
 export class TelnetClient implements ConsoleClient {
-  readonly id = nextClientId++;
+  readonly id = allocateClientId();
   readonly peer: string;
   readonly connectedAt = Date.now();
   private readonly session: TelnetSession;
@@ -83,9 +82,11 @@ export class TelnetClient implements ConsoleClient {
     logger: Logger,
     private readonly options: TelnetClientOptions,
     readonly secure: boolean,
+    /** Telnet over another transport (a unix socket with `protocol: telnet`): its method, peer and origin. */
+    private readonly via?: { method: string; peer: string; origin?: ConsoleClient['origin'] },
   ) {
-    this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    this.log = logger.child({ client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure });
+    this.peer = via?.peer ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.log = logger.child({ client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure, ...(via ? { method: via.method } : {}) });
     this.session = new TelnetSession(
       policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION] }),
       {
@@ -139,6 +140,14 @@ export class TelnetClient implements ConsoleClient {
   /** The lock mode held, once attached. */
   get mode(): string | undefined {
     return this.hub.modeOf(this);
+  }
+
+  get method(): string {
+    return this.via?.method ?? (this.secure ? 'telnets' : 'telnet');
+  }
+
+  get origin(): ConsoleClient['origin'] {
+    return this.via?.origin;
   }
 
   get attached(): boolean {
