@@ -4,9 +4,15 @@
  * console's endpoints.
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ByteCollector } from './sim/index.js';
 import type { VmDetailView } from '../../src/admin/views.js';
-import { waitUntil, withTimeout, type Cleanup, type TestServer } from './server.js';
+import type { VspcConfig } from '../../src/config/config.js';
+import { buildProgram } from '../../src/config/options.js';
+import { loadConfiguration } from '../../src/config/load.js';
+import { reservePortRange } from './ports.js';
+import { startServer, tempDir, waitUntil, withTimeout, type Cleanup, type TestServer } from './server.js';
 
 /** A program (socat, stty, ...) with stdin to write to and stdout/stderr collected. */
 export class Child {
@@ -65,4 +71,30 @@ export async function waitShow(ts: TestServer, vm: string, cond: (d: VmDetailVie
     return cond(last);
   }, timeoutMs, `${what} (last: ${JSON.stringify((last as VmDetailView | null)?.access)})`);
   return last!;
+}
+
+/**
+ * A server started from config file lines (after the base: loopback listeners, a
+ * temporary database, a reserved port range), as `vspc --config` reads them — users,
+ * groups and modes resolved by the real parser — with the tests' short retry and
+ * grace periods.
+ */
+export async function startFromFile(
+  t: { after(fn: () => unknown): void },
+  lines: string[],
+  extra: Partial<VspcConfig> = {},
+): Promise<{ ts: TestServer; cleanup: Cleanup; file: string }> {
+  const dir = tempDir('vspc-access-config-');
+  t.after(() => dir.remove());
+  const ports = await reservePortRange(8);
+  const file = join(dir.dir, 'vspc.yaml');
+  const base = ['proxyListen: 127.0.0.1:0', 'adminListen: 127.0.0.1:0', `db: ${join(dir.dir, 'vspc.db')}`, `portRange: ${ports.start}-${ports.end}`];
+  writeFileSync(file, [...base, ...lines].join('\n') + '\n');
+  const program = buildProgram().exitOverride();
+  program.parse(['--config', file], { from: 'user' });
+  const loaded = loadConfiguration(program);
+  const { ts, cleanup } = await startServer(t, {
+    config: { ...loaded.config, bindRetryMs: 200, closeGraceMs: 200, clientLockWaitMs: 50, ptyPollMs: 50, ...extra },
+  });
+  return { ts, cleanup, file };
 }
