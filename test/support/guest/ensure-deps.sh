@@ -23,6 +23,7 @@ PACKAGES=(
   tmux              # terminal-level tests
   telnet            # a real telnet client
   openssh-client    # ssh over the later serial tunnel
+  screen            # a legacy program on a console's pty (access-pty test)
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"
