@@ -50,10 +50,14 @@ function shorten(encoded: string, max: number): string {
   return `${prefix}~${hash}`;
 }
 
-/** The name a console's endpoint file would have alone: `NAME[@LABEL]`, before encoding. */
+/**
+ * The encoded name a console's endpoint file would have alone: `NAME[@LABEL]`, each part
+ * encoded on its own (an `@` inside a name is `%40`, so name "a@b" and name "a" with
+ * label "b" differ), not yet shortened.
+ */
 export function consoleBaseName(id: Pick<ConsoleIdentity, 'key' | 'label' | 'name'>): string {
-  const name = id.name ?? displayKey(id);
-  return id.label ? `${name}@${id.label}` : name;
+  const name = encodeFileName(id.name ?? displayKey(id), Number.MAX_SAFE_INTEGER);
+  return id.label ? `${name}@${encodeFileName(id.label, Number.MAX_SAFE_INTEGER)}` : name;
 }
 
 /** What `assignFileNames` needs of a console. */
@@ -64,7 +68,7 @@ export type NamedConsole = Pick<ConsoleIdentity, 'id' | 'kind' | 'key' | 'label'
  * module comment); `max` bytes at most each.
  */
 export function assignFileNames<T extends { identity: NamedConsole }>(consoles: readonly T[], max = NAME_MAX): Map<T, string> {
-  // The encoding of a name alone is injective; only equal names collide.
+  // The encoding is injective; only equal names (and labels) collide.
   const byBase = new Map<string, T[]>();
   for (const c of consoles) {
     const base = consoleBaseName(c.identity);
@@ -77,7 +81,7 @@ export function assignFileNames<T extends { identity: NamedConsole }>(consoles: 
     list.sort((a, b) => rank(a.identity) - rank(b.identity) || a.identity.id - b.identity.id);
     list.forEach((c, i) => {
       // `~` is encoded inside a name, so `NAME~KEY` never equals another console's name.
-      const name = i === 0 ? encodeFileName(base, Number.MAX_SAFE_INTEGER) : `${encodeFileName(base, Number.MAX_SAFE_INTEGER)}~${encodeFileName(displayKey(c.identity), Number.MAX_SAFE_INTEGER)}`;
+      const name = i === 0 ? base : `${base}~${encodeFileName(displayKey(c.identity), Number.MAX_SAFE_INTEGER)}`;
       out.set(c, name.length <= max ? name : shorten(name, max));
     });
   }
