@@ -13,7 +13,7 @@ import { TelnetClient, type TelnetClientOptions } from './access/telnet/client.j
 import { RawListeners } from './access/raw/listeners.js';
 import { UnixSocketListeners } from './access/unix/listeners.js';
 import { PtyEndpoints } from './access/pty/ptys.js';
-import { ManagedConsoles, sourceConnectors } from './sources/index.js';
+import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
@@ -45,8 +45,8 @@ export interface ServerAddresses {
  */
 function reservedPorts(c: VspcConfig): number[] {
   const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0].filter((p) => p > 0);
-  // Fixed ports of the config file's `vms:` are kept for their VMs, not handed to others.
-  const fixed = c.vms.flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
+  // Fixed ports of the config file's `vms:` and `consoles:` are kept for them, not handed to others.
+  const fixed = [...c.vms, ...c.consoles].flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
 }
 
@@ -76,6 +76,8 @@ export class VspcServer {
   private readonly ptys: PtyEndpoints;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
+  /** Proxmox / libvirt / path-pattern discovery feeding `managed`. */
+  private readonly discovered: DiscoveredConsoles;
   /** File descriptors as a budget: VM and console connections are refused before the limit. */
   private readonly fds = new FdBudget();
   private lastFdRefusalLog = 0;
@@ -120,7 +122,13 @@ export class VspcServer {
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
     // Getters: values a reload may change (applyConfig) are read from `config` when used.
-    this.vmotion = new VmotionCoordinator({ get timeoutMs() { return config.vmotionTimeoutMs; } }, logger);
+    this.vmotion = new VmotionCoordinator(
+      {
+        get timeoutMs() { return config.vmotionTimeoutMs; },
+        get secretBytes() { return config.vmotionSecretBytes; },
+      },
+      logger,
+    );
     const tlsOptions = config.tls
       ? {
           cert: config.tls.cert,
@@ -181,6 +189,7 @@ export class VspcServer {
       settingsOf: (hub) => accessOf(hub).pty,
     });
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
+    this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.proxy = new EsxiListener(
       {
         registry: this.registry,
@@ -323,6 +332,7 @@ export class VspcServer {
     if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
     this.registry.load();
     this.applyConsoles(true);
+    await this.discovered.restart(this.config);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
@@ -434,6 +444,7 @@ export class VspcServer {
     comPort: readWhereUsed,
     clientQueueLimit: readWhereUsed,
     vmotionTimeoutMs: readWhereUsed,
+    vmotionSecretBytes: readWhereUsed,
     adminToken: readWhereUsed,
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),
@@ -448,6 +459,12 @@ export class VspcServer {
       this.refreshAccess();
     },
     access: () => this.refreshAccess(),
+    // Discovery restarts as a whole; consoles it finds again keep their records and ports.
+    proxmoxRunDir: () => void this.discovered.restart(this.config),
+    proxmoxConfDir: () => void this.discovered.restart(this.config),
+    libvirtRunDir: () => void this.discovered.restart(this.config),
+    discoverGlobs: () => void this.discovered.restart(this.config),
+    discoveryRescanMs: () => void this.discovered.restart(this.config),
   };
 
   /**
@@ -537,6 +554,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
+    await this.discovered.close();
     await this.managed.close();
     await this.consoleLogs?.close();
     await this.admin.close();
@@ -556,6 +574,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();
     for (const hub of this.registry.all()) hub.closeClients('vspc stopped');
+    void this.discovered.close();
     this.managed.destroy();
     void this.consoleLogs?.close();
     void this.admin.close();

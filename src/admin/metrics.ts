@@ -146,6 +146,26 @@ function clientsByMethod(hubs: readonly ConsoleHub[]): Sample[] {
   return Object.entries(n).map(([method, count]) => [{ method }, count] as Sample);
 }
 
+/** Consoles counted by (kind, state), a maintained source's endpoint state when it is not connected. */
+function consoleStates(hubs: readonly ConsoleHub[]): Sample[] {
+  const counts = new Map<string, number>();
+  for (const h of hubs) {
+    const state = h.state === 'disconnected' && h.endpoint ? h.endpoint.state : h.state;
+    const k = `${h.identity.kind}\0${state}`;
+    counts.set(k, (counts.get(k) ?? 0) + 1);
+  }
+  return [...counts].sort().map(([k, n]) => {
+    const [kind, state] = k.split('\0');
+    return [{ kind, state }, n] as Sample;
+  });
+}
+
+function endpointReconnects(hubs: readonly ConsoleHub[]): Sample[] {
+  const byKind = new Map<string, number>();
+  for (const h of hubs) if (h.endpoint) byKind.set(h.identity.kind, (byKind.get(h.identity.kind) ?? 0) + h.endpoint.reconnects);
+  return [...byKind].sort().map(([kind, n]) => [{ kind }, n] as Sample);
+}
+
 /** The whole exposition, one family per metric, ending in a newline. */
 export function renderMetrics(i: MetricsInput): string {
   const hubs = i.hubs;
@@ -161,6 +181,18 @@ export function renderMetrics(i: MetricsInput): string {
       'gauge',
       'VM serial ports with a client endpoint that cannot be set up (telnet or telnets port, raw port, unix socket, pty); retried.',
       hubs.filter((h) => h.listenError || h.tlsListenError || h.accessErrors.size > 0).length,
+    ),
+    family(
+      'vspc_consoles',
+      'gauge',
+      'Consoles by kind (esxi, config, proxmox, libvirt, glob) and state (connected, disconnected, migrating; waiting, listening, stopped for sources vspc maintains).',
+      consoleStates(hubs),
+    ),
+    family(
+      'vspc_endpoint_reconnects_total',
+      'counter',
+      'Connections lost or attempts failed by sources vspc maintains (declared and discovered consoles), by kind.',
+      endpointReconnects(hubs),
     ),
     family('vspc_vm_connections', 'gauge', 'Open VM-side TCP connections, including ones not identified yet.', i.vmConnections),
     family(

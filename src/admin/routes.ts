@@ -10,7 +10,7 @@ import { Glob, hasWildcards } from '../util/glob.js';
 import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
 import { resolveVm } from './resolve.js';
-import { clientViews, endpointView, portView, uartView, type AccessView, type StatusView, type VmDetailView } from './views.js';
+import { clientViews, endpointView, portView, serialLineView, uartView, type AccessView, type StatusView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
@@ -91,6 +91,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     bytesToVm: hub.bytesToVm,
     scrollbackBytes: hub.scrollback.capacity,
     uart: uartView(hub.lineSettings),
+    serialLine: serialLineView(hub.lineState),
     clientList: clientViews(hub),
     vmotions: ctx.vmotion.historyOf(hub),
     settings: settingsView(ctx.settingsOf?.(hub) ?? {}),

@@ -2,7 +2,7 @@ import type { Registry } from '../domain/registry.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
 import { formatUuid } from '../util/uuid.js';
 import { displayKey } from '../domain/identity.js';
-import type { SerialLineSettings } from '../domain/serial-line.js';
+import type { SerialLineSettings, SerialLineState } from '../domain/serial-line.js';
 import type { EndpointStatus } from '../domain/seams.js';
 
 /** One row of `vspc-admin list --json`: the admin API's stable shape. */
@@ -119,6 +119,46 @@ export function uartView(u: SerialLineSettings | null): UartView | null {
   return { baudRate: u.baudRate ?? null, dataSize: u.dataSize ?? null, parity, stopBits, summary };
 }
 
+/** The rest of the serial line as ESXi reported it over COM-PORT (RFC 2217 SET-CONTROL, suspend/resume, SIGNATURE). */
+export interface SerialLineView {
+  /** true: the guest holds its line in BREAK. null: not reported. */
+  break: boolean | null;
+  /** Outbound flow control: none, xon-xoff, hardware, dcd, dsr; null: not reported. */
+  flowControl: string | null;
+  /** Inbound flow control: none, xon-xoff, hardware, dtr; null: not reported. */
+  inboundFlowControl: string | null;
+  dtr: boolean | null;
+  rts: boolean | null;
+  /** The host asked vspc to stop sending (FLOWCONTROL-SUSPEND): client input waits. */
+  suspended: boolean;
+  /** The host's SIGNATURE text, or null. */
+  signature: string | null;
+  /** e.g. "BREAK off, DTR on, RTS on, flow none, sending". */
+  summary: string;
+}
+
+export function serialLineView(l: SerialLineState | null): SerialLineView | null {
+  if (!l || typeof l !== 'object') return null;
+  const onOff = (b: boolean | undefined) => (b === undefined ? '?' : b ? 'on' : 'off');
+  const summary = [
+    `BREAK ${onOff(l.break)}`,
+    `DTR ${onOff(l.dtr)}`,
+    `RTS ${onOff(l.rts)}`,
+    `flow ${l.flowControl ?? '?'}`,
+    l.suspended ? 'input suspended by the VM' : 'sending',
+  ].join(', ');
+  return {
+    break: l.break ?? null,
+    flowControl: l.flowControl ?? null,
+    inboundFlowControl: l.inboundFlowControl ?? null,
+    dtr: l.dtr ?? null,
+    rts: l.rts ?? null,
+    suspended: l.suspended ?? false,
+    signature: l.signature ?? null,
+    summary,
+  };
+}
+
 /** `vspc-admin show`: everything about one VM serial port. */
 export interface VmDetailView extends PortView {
   /** Display name: NAME[:LABEL], or the UUID when the name is not known. */
@@ -127,6 +167,7 @@ export interface VmDetailView extends PortView {
   bytesToVm: number;
   scrollbackBytes: number;
   uart: UartView | null;
+  serialLine: SerialLineView | null;
   clientList: ClientView[];
   vmotions: ReadonlyArray<{ startedAt: string; durationMs: number; outcome: string; heldBytes: number; discardedBytes: number }>;
   /** Settings from the config file (`vms:` entries that match, a declared console's own entry). */

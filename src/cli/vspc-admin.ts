@@ -190,6 +190,11 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         ['scrollback', `${d.scrollbackBytes} bytes`],
         ['guest UART', d.uart ? d.uart.summary : 'unknown (not reported over COM-PORT)'],
       ];
+      // Older servers have no serialLine; nothing reported: no row.
+      if (d.serialLine) {
+        rows.push(['serial line', d.serialLine.summary]);
+        if (d.serialLine.signature) rows.push(['VM signature', d.serialLine.signature]);
+      }
       const s = d.settings;
       const set = [
         s.port !== undefined ? `port ${s.port}` : '',

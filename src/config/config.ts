@@ -67,6 +67,8 @@ export interface VspcConfig {
   comPort: boolean;
   /** vMotion: a pending GOAHEAD/PEER not finished by then is abandoned. */
   vmotionTimeoutMs: number;
+  /** vMotion: bytes of the random secret vspc sends in VMOTION-GOAHEAD (4-64; below 8 is warned about). */
+  vmotionSecretBytes: number;
   /** vMotion: client input held during a switch-over, at most this many bytes. */
   vmotionHoldLimit: number;
   /** Recent VM output replayed to a client on attach. */
@@ -93,6 +95,15 @@ export interface VspcConfig {
   consoles: ConsoleSettings[];
   /** Access methods for every console (config file `access:`); entries of vms:/consoles: override it (access.ts). */
   access: AccessSettings;
+  /** Proxmox discovery: the run directory of the VMs' serial sockets; null = off. */
+  proxmoxRunDir: string | null;
+  proxmoxConfDir: string;
+  /** libvirt discovery: the directory of the domains' runtime XML; null = off. */
+  libvirtRunDir: string | null;
+  /** Consoles found by path pattern (`discover:`). */
+  discoverGlobs: DiscoverGlob[];
+  /** Discovery rescans this often besides watching (ms; 0 = only watch). */
+  discoveryRescanMs: number;
   /** Console log files, one per VM serial port, in this directory (--log-dir); null = off. */
   logDir: string | null;
   /** A console log file is rotated before it would pass this many bytes (--log-max-size). */
@@ -116,6 +127,14 @@ export type LogFormatName = (typeof LOG_FORMATS)[number];
 /** Lock modes a config file may name: the domain's lock requests (src/domain/locks.ts). */
 export { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
 export type LockModeName = LockRequest;
+
+/** One `discover:` entry: paths matching `glob` become consoles with `source` (templates: {path} {basename} {stem} {dir}). */
+export interface DiscoverGlob {
+  glob: string;
+  source: string;
+  name?: string;
+  where?: string;
+}
 
 /** One `consoles:` entry of the config file (src/config/consoles.ts). */
 export interface ConsoleSettings {

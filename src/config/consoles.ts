@@ -14,7 +14,7 @@
  * A declared console's identity is (kind `config`, key = its name, label ''): renaming
  * it in the file makes a new console with a new port.
  */
-import type { ConsoleSettings } from './config.js';
+import type { ConsoleSettings, DiscoverGlob } from './config.js';
 import { formatSourceSpec, parseSourceSpec } from '../domain/source-spec.js';
 import { VspcError } from '../errors.js';
 import { hasUnsafeText } from '../util/text.js';
@@ -62,4 +62,29 @@ export function checkConsoles(v: unknown, fail: Fail): ConsoleSettings[] {
     out.push(s);
   });
   return out;
+}
+
+/** The keys a `discover:` entry may have. */
+export const DISCOVER_ENTRY_KEYS = ['glob', 'source', 'name'] as const;
+
+/**
+ * Checks `discover:` (path patterns that become consoles). The pattern and templates
+ * are checked in depth when discovery starts (src/sources/discovery/glob.ts); here the
+ * shape, and what is obviously wrong.
+ */
+export function checkDiscoverGlobs(v: unknown, fail: Fail): DiscoverGlob[] {
+  if (!Array.isArray(v)) fail(['discover'], `expected a list of {${DISCOVER_ENTRY_KEYS.join(', ')}}, got ${describe(v)}`);
+  return (v as unknown[]).map((entry, i) => {
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) fail(['discover', i], `expected a mapping with glob: and source:, got ${describe(entry)}`);
+    const e = entry as Record<string, unknown>;
+    for (const k of Object.keys(e)) {
+      if (!(DISCOVER_ENTRY_KEYS as readonly string[]).includes(k)) fail(['discover', i, k], `unknown key (a discover entry has ${DISCOVER_ENTRY_KEYS.join(', ')})`, true);
+    }
+    if (typeof e.glob !== 'string' || !e.glob.startsWith('/')) fail(['discover', i, ...(e.glob === undefined ? [] : ['glob'])], 'needs glob: an absolute path pattern such as /dev/serial/by-id/*');
+    if (typeof e.source !== 'string' || !/^(unix:|device:)\{path\}/.test(e.source)) {
+      fail(['discover', i, ...(e.source === undefined ? [] : ['source'])], 'needs source: unix:{path} or device:{path}?baud=...');
+    }
+    if (e.name !== undefined && (typeof e.name !== 'string' || e.name.trim() === '')) fail(['discover', i, 'name'], 'a name template such as {basename}');
+    return { glob: e.glob as string, source: e.source as string, ...(e.name !== undefined ? { name: (e.name as string).trim() } : {}) };
+  });
 }

@@ -142,3 +142,10 @@ export function ephemeralPortRange(): PortRange | null {
 export function rangesOverlap(a: PortRange, b: PortRange): boolean {
   return a.start <= b.end && b.start <= a.end;
 }
+
+/** An absolute file system path (a directory vspc reads). */
+export function parseAbsolutePath(field: string, text: string): string {
+  const t = text.trim();
+  if (!t.startsWith('/') || t.includes('\0')) throw new ConfigError(`${field}: "${t}" is not an absolute path`, { field, value: text });
+  return t;
+}

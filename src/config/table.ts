@@ -17,6 +17,7 @@ import {
   parseCount,
   parseDuration,
   parseHostPort,
+  parseAbsolutePath,
   parseNonEmpty,
   parsePort,
   parsePortRange,
@@ -28,12 +29,21 @@ import {
 import { ConfigError } from '../errors.js';
 import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
-import { checkConsoles } from './consoles.js';
+import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
 import { checkAccess } from './access.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export const LOG_FORMATS = ['json', 'text'] as const;
+/**
+ * vMotion secret length in bytes (VMOTION-GOAHEAD, VMware "vMotion Notification"): at
+ * least 8 unless an operator lowers it, which is warned about; 4 is the shortest seen
+ * from a concentrator that ESXi hosts accepted (test/fixtures/esxi-capture-vmotion.txt).
+ */
+export const MIN_SAFE_VMOTION_SECRET_BYTES = 8;
+export const MIN_VMOTION_SECRET_BYTES = 4;
+/** A subnegotiation payload stays small, and nothing suggests a host takes longer secrets. */
+export const MAX_VMOTION_SECRET_BYTES = 64;
 /** Where ESXi hosts connect with telnets:// when --cert/--key are given and --proxy-tls-listen is not. */
 export const PROXY_TLS_LISTEN_DEFAULT = '0.0.0.0:13372';
 
@@ -87,6 +97,7 @@ function option<F extends Field, R extends Reload>(spec: OptionSpec<F, R>): Opti
   return spec;
 }
 
+const ON_DISCOVERY = 'at once: discovery restarts with the new settings (consoles found again keep their ports)';
 const ON_NEW_VM_CONNECTIONS = 'for VM connections accepted afterwards';
 const ON_HUBS = 'at once: buffers resized (the most recent output kept), VM serial ports moved to their fixed ports; lock modes for clients that attach afterwards';
 
@@ -323,6 +334,17 @@ export const OPTIONS = [
     reload: 'for vMotions begun afterwards',
   }),
   option({
+    flag: '--vmotion-secret-bytes <n>',
+    key: 'vmotionSecretBytes',
+    kind: 'text',
+    field: 'vmotionSecretBytes',
+    help: `length of the random secret in VMOTION-GOAHEAD (below ${MIN_SAFE_VMOTION_SECRET_BYTES} only with a warning)`,
+    // VMware's current reference concentrator uses 8; hosts are known to handle 4 to 8 (decisions/0007 and vmotion.md).
+    default: '8',
+    parse: (t, f) => parseCount(f, t, MIN_VMOTION_SECRET_BYTES, MAX_VMOTION_SECRET_BYTES, 'a number of bytes'),
+    reload: 'for vMotions begun afterwards',
+  }),
+  option({
     flag: '--vmotion-hold-limit <size>',
     key: 'vmotionHoldLimit',
     kind: 'text',
@@ -445,6 +467,54 @@ export const OPTIONS = [
     reload: 'for clients that attach afterwards',
   }),
   option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode, access)', reload: ON_HUBS }),
+  option({
+    flag: '--proxmox <run-dir>',
+    key: 'proxmox',
+    kind: 'text',
+    field: 'proxmoxRunDir',
+    help: "discover Proxmox VMs' serial sockets in this directory (usually /var/run/qemu-server)",
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--proxmox-conf-dir <dir>',
+    key: 'proxmoxConfDir',
+    kind: 'text',
+    field: 'proxmoxConfDir',
+    help: 'where Proxmox keeps VM configs (for their names)',
+    default: '/etc/pve/qemu-server',
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--libvirt <run-dir>',
+    key: 'libvirt',
+    kind: 'text',
+    field: 'libvirtRunDir',
+    help: "discover libvirt domains' serial consoles from their runtime XML here (usually /run/libvirt/qemu)",
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--discovery-rescan <duration>',
+    key: 'discoveryRescan',
+    kind: 'text',
+    field: 'discoveryRescanMs',
+    help: 'rescan discovered consoles this often besides watching the directories (0 = only watch)',
+    default: '30s',
+    parse: (t, f) => parseDuration(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: null,
+    key: 'discover',
+    kind: 'structured',
+    check: checkDiscoverGlobs,
+    empty: [],
+    field: 'discoverGlobs',
+    help: 'consoles found by path pattern (glob, source, name)',
+    reload: ON_DISCOVERY,
+  }),
   option({
     flag: null,
     key: 'consoles',

@@ -1,6 +1,6 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
-import type { SerialLineSettings } from './serial-line.js';
+import type { SerialLineSettings, SerialLineState } from './serial-line.js';
 import { LockTable, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
 export type { ConsoleIdentity } from './identity.js';
@@ -16,6 +16,8 @@ export type ConsoleEvent =
   | { kind: 'vm-connected'; peer: string }
   | { kind: 'vm-disconnected'; peer: string }
   | { kind: 'vmotion'; outcome: string; durationMs: number }
+  /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
+  | { kind: 'break-from-source'; peer: string }
   /** `method` and `origin`: the client's (ConsoleClient), when it has them. */
   | { kind: 'client-attached'; clientId: number; peer: string; mode: string; method?: string; origin?: ConsoleClient['origin'] }
   | { kind: 'client-detached'; clientId: number; peer: string; reason: string }
@@ -133,6 +135,8 @@ export class ConsoleHub {
   readonly accessErrors = new Map<string, string>();
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
+  /** BREAK, DTR/RTS, flow control, suspension and signature, as the source last reported them; null: never reported. */
+  lineState: SerialLineState | null = null;
   /** For consoles whose source vspc maintains (declared, discovered): where it stands; null for ESXi. */
   endpoint: EndpointStatus | null = null;
   /** false: console logs keep no file for this console (a declared console's `log: false`). */
@@ -251,6 +255,16 @@ export class ConsoleHub {
   }
 
   /**
+   * A serial BREAK from the VM's side: each client gets it the way its access method
+   * can say it (telnet: IAC BRK), in order with the output around it; the console log
+   * records it as an event line. Not part of the scrollback (it is not a byte).
+   */
+  breakFromSource(src: ConsoleSource): void {
+    for (const c of this.clientSet) c.breakFromSource?.();
+    this.report({ kind: 'break-from-source', peer: src.peer });
+  }
+
+  /**
    * Attach a client under a lock. Refused requests change nothing (the caller tells
    * the client why and closes it). When granted, the client first gets the
    * scrollback (the recent screen), then live output; holders displaced by `force`
@@ -280,7 +294,9 @@ export class ConsoleHub {
     }
     this.clientSet.add(client);
     if (this.inputPaused) client.pauseInput();
-    if (!this.src) {
+    // During a vMotion switch-over the source may have left already (the destination
+    // completes soon): that is not a disconnect, so say nothing.
+    if (!this.src && !this.holding) {
       this.toldDisconnected.add(client);
       client.notice('VM is not connected; you will see its output when it comes back');
     }

@@ -11,3 +11,4 @@ export function sourceConnectors(): ConnectorRegistry {
 }
 
 export { ManagedConsoles, type WantedConsole, type LeaveMode } from './managed.js';
+export { DiscoveredConsoles, type DiscoverySettings } from './discovered.js';

@@ -91,7 +91,8 @@ describe('vspc-admin commands against a running server', () => {
     assert.match(out, /^  guest UART: +115200 8N1$/m);
     assert.match(out, /^  bytes: +\d+ from the VM, 5 to the VM$/m);
     assert.match(out, /^  clients: +1$/m);
-    assert.match(out, /^    #\d+  (::ffff:)?127\.0\.0\.1:\d+  readwrite  since /m);
+    assert.match(out, /^    #\d+  telnet  (::ffff:)?127\.0\.0\.1:\d+  readwrite  since /m);
+    assert.match(out, /^  telnet: +127\.0\.0\.1:\d+$/m);
     assert.match(out, /^  vMotions: +1$/m);
     assert.match(out, /^    \S+Z  aborted in \d+ ms \(held \d+ bytes\)$/m);
 

@@ -9,7 +9,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildProgram } from '../../src/config/options.js';
 import { loadConfiguration } from '../../src/config/load.js';
@@ -89,6 +89,36 @@ function silentConnection(port: number, cleanup: Cleanup): Promise<string> {
 }
 
 type Case = (t: { after(fn: () => unknown): void }) => Promise<void>;
+
+/** A unix socket standing in for a QEMU serial port (it greets whoever connects), closed after the test. */
+function fakeSerialSocket(t: { after(fn: () => unknown): void }, path: string, greeting: string): Promise<string> {
+  const server = net.createServer((s) => s.end(`${greeting}\r\n`));
+  t.after(() => new Promise<void>((done) => server.close(() => done())));
+  return new Promise<string>((resolve) => server.listen(path, () => resolve(path)));
+}
+
+/** A fake Proxmox tree: run/<vmid>.serial0 (a real socket) and conf/<vmid>.conf naming the VM. */
+async function fakeProxmox(t: { after(fn: () => unknown): void }, vmid: number, name: string): Promise<{ run: string; conf: string }> {
+  const dir = tempDir('vspc-reload-pve-');
+  t.after(() => dir.remove());
+  const run = join(dir.dir, 'run');
+  const conf = join(dir.dir, 'conf');
+  mkdirSync(run);
+  mkdirSync(conf);
+  writeFileSync(join(conf, `${vmid}.conf`), `boot: order=scsi0\nname: ${name}\nmemory: 512\n`);
+  await fakeSerialSocket(t, join(run, `${vmid}.serial0`), `hello from ${name}`);
+  return { run, conf };
+}
+
+/** Waits until the admin API lists a console of `kind` named `name`; returns it. */
+async function listed(r: Reloadable, kind: string, name: string): Promise<PortView> {
+  let found: PortView | undefined;
+  await waitUntil(async () => {
+    found = (await r.api<PortView[]>('/api/v1/ports')).find((p) => p.kind === kind && p.name === name);
+    return found !== undefined;
+  }, 5000, `${kind} console ${name} listed`);
+  return found!;
+}
 
 /** One case per reloadable field: a key marked reloadable without a case here does not compile. */
 const cases: { [K in ReloadableField]: Case } = {
@@ -173,6 +203,17 @@ const cases: { [K in ReloadableField]: Case } = {
     assert.equal(hub.identity.name, 'rl-new');
   },
 
+  vmotionSecretBytes: async (t) => {
+    const r = await reloadable(t, ['vmotionSecretBytes: 8']);
+    const { vm } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-secret' }, r.cleanup);
+    const before = await vm.vmotionBegin(Buffer.from([1]));
+    assert.equal(before.kind === 'goahead' && before.secret.length, 8);
+    vm.vmotionAbort();
+    appliedOnly(await r.reload(['vmotionSecretBytes: 32']), 'vmotionSecretBytes');
+    const after = await vm.vmotionBegin(Buffer.from([2]));
+    assert.equal(after.kind === 'goahead' && after.secret.length, 32, 'the next BEGIN gets a secret of the new length');
+  },
+
   comPort: async (t) => {
     const r = await reloadable(t, ['comPort: true']);
     appliedOnly(await r.reload(['comPort: false']), 'comPort');
@@ -247,6 +288,75 @@ const cases: { [K in ReloadableField]: Case } = {
     appliedOnly(await r.reload(['vms:', '  - match: RL-VMS', `    port: ${fixed}`]), 'vms');
     assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=RL-VMS')).port, fixed);
     await r.ts.connectUser(fixed, r.cleanup);
+  },
+
+  proxmoxRunDir: async (t) => {
+    const pve = await fakeProxmox(t, 101, 'rl-pve');
+    const r = await reloadable(t, [`proxmoxConfDir: ${pve.conf}`]);
+    appliedOnly(await r.reload([`proxmoxConfDir: ${pve.conf}`, `proxmox: ${pve.run}`]), 'proxmoxRunDir');
+    const p = await listed(r, 'proxmox', 'rl-pve');
+    assert.equal(p.label, 'serial0');
+    assert.equal(p.endpoint, `unix:${join(pve.run, '101.serial0')}`);
+    const user = await r.ts.connectUser(p.port, r.cleanup, '');
+    await user.waitFor('hello from rl-pve', 5000);
+    // The fake socket greets and closes: the console is counted by kind, now waiting to reconnect.
+    await waitUntil(async () => {
+      const text = await (await fetch(`http://${r.ts.adminAddress}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      return /^vspc_consoles\{kind="proxmox",state="(waiting|connected)"\} 1$/m.test(text) && /^vspc_endpoint_reconnects_total\{kind="proxmox"\} \d+$/m.test(text);
+    }, 5000, 'proxmox consoles counted in /metrics');
+  },
+
+  proxmoxConfDir: async (t) => {
+    const pve = await fakeProxmox(t, 102, 'rl-old-name');
+    const other = tempDir('vspc-reload-pve-conf-');
+    t.after(() => other.remove());
+    writeFileSync(join(other.dir, '102.conf'), 'name: rl-new-name\n');
+    const r = await reloadable(t, [`proxmox: ${pve.run}`, `proxmoxConfDir: ${pve.conf}`]);
+    const before = await listed(r, 'proxmox', 'rl-old-name');
+    appliedOnly(await r.reload([`proxmox: ${pve.run}`, `proxmoxConfDir: ${other.dir}`]), 'proxmoxConfDir');
+    const after = await listed(r, 'proxmox', 'rl-new-name');
+    assert.equal(after.port, before.port, 'renamed, not re-created: same port');
+  },
+
+  libvirtRunDir: async (t) => {
+    const dir = tempDir('vspc-reload-libvirt-');
+    t.after(() => dir.remove());
+    const sock = await fakeSerialSocket(t, join(dir.dir, 'web.serial'), 'hello from libvirt');
+    const xml = join(dir.dir, 'xml');
+    mkdirSync(xml);
+    writeFileSync(
+      join(xml, 'rl-lv.xml'),
+      `<domstatus><domain type='kvm' id='3'><name>rl-lv</name><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid><devices>` +
+        `<serial type='unix'><source mode='bind' path='${sock}'/><target type='isa-serial' port='0'/><alias name='serial0'/></serial>` +
+        `</devices></domain></domstatus>\n`,
+    );
+    const r = await reloadable(t);
+    appliedOnly(await r.reload([`libvirt: ${xml}`]), 'libvirtRunDir');
+    const p = await listed(r, 'libvirt', 'rl-lv');
+    assert.equal(p.key, '4dea22b3-1d52-d8f3-2516-782e98ab3fa0');
+    const user = await r.ts.connectUser(p.port, r.cleanup, '');
+    await user.waitFor('hello from libvirt', 5000);
+  },
+
+  discoverGlobs: async (t) => {
+    const dir = tempDir('vspc-reload-glob-');
+    t.after(() => dir.remove());
+    await fakeSerialSocket(t, join(dir.dir, 'rl-glob.sock'), 'hello from a glob');
+    const r = await reloadable(t);
+    appliedOnly(await r.reload(['discover:', `  - glob: ${dir.dir}/*.sock`, '    source: "unix:{path}"', '    name: "{stem}"']), 'discoverGlobs');
+    const p = await listed(r, 'glob', 'rl-glob');
+    const user = await r.ts.connectUser(p.port, r.cleanup, '');
+    await user.waitFor('hello from a glob', 5000);
+  },
+
+  discoveryRescanMs: async (t) => {
+    const pve = await fakeProxmox(t, 103, 'rl-rescan');
+    const r = await reloadable(t, [`proxmox: ${pve.run}`, `proxmoxConfDir: ${pve.conf}`, 'discoveryRescan: 1h'], 'debug');
+    await listed(r, 'proxmox', 'rl-rescan');
+    const from = r.ts.logs.lines.length;
+    appliedOnly(await r.reload([`proxmox: ${pve.run}`, `proxmoxConfDir: ${pve.conf}`, 'discoveryRescan: 100ms']), 'discoveryRescanMs');
+    // Under the old hour no periodic scan would come; now two do.
+    await r.ts.logs.waitFor((l) => l.message === 'discovery scan' && l.reason === 'periodic', 5000, from);
   },
 
   consoles: async (t) => {

@@ -172,6 +172,12 @@ export class TelnetClient implements ConsoleClient {
     this.session.sendData(Buffer.from(`\r\n[vspc: ${text}]\r\n`, 'utf8'));
   }
 
+  /** A serial BREAK from the VM: IAC BRK, in order with the output around it (RFC 854). */
+  breakFromSource(): void {
+    if (this.state === 'closed') return;
+    this.session.sendCommand(BRK);
+  }
+
   pauseInput(): void {
     this.socket.pause();
   }

@@ -21,6 +21,8 @@ export function describeEvent(e: ConsoleEvent): string {
       return `VM disconnected (was ${e.peer})`;
     case 'vmotion':
       return `vMotion ${e.outcome} after ${e.durationMs} ms`;
+    case 'break-from-source':
+      return `BREAK from the VM (${e.peer})`;
     case 'client-attached':
       return `client ${e.clientId} attached from ${e.peer} (${e.mode})`;
     case 'client-detached':

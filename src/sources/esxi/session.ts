@@ -7,7 +7,8 @@ import type { ConsoleHub } from '../../domain/console-hub.js';
 import { BRK, Option } from '../../protocol/telnet/constants.js';
 import { Ext } from '../../protocol/vmware/codes.js';
 import { normalizeIp } from '../../util/cidr.js';
-import { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
+import { VspcServerProtocol, type ComPortState } from '../../protocol/vmware/server-protocol.js';
+import type { SerialLineState } from '../../domain/serial-line.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
 
 /**
@@ -201,6 +202,13 @@ export class EsxiSession implements VmotionEndpoint {
   private contested: EsxiSession | null = null;
   /** How the last contest ended, counted once this connection attaches. */
   private contestResult: TakeoverResult | null = null;
+  /**
+   * Client input written while the host has flow control suspended (RFC 2217
+   * FLOWCONTROL-SUSPEND): kept in order and sent on RESUME. Bounded by the hub, which
+   * stops reading its clients as soon as `write` returns false.
+   */
+  private suspendedInput: Buffer[] | null = null;
+  private drainListener: (() => void) | null = null;
 
   constructor(
     init: EsxiSessionInit,
@@ -218,7 +226,7 @@ export class EsxiSession implements VmotionEndpoint {
         write: (b) => this.io.write(b),
         data: (d) => this.onVmData(d),
         error: (err) => this.fail(err),
-        command: (c) => this.log.debug('telnet command from VM', { command: c }),
+        command: (c) => this.onCommand(c),
         extensionEnabled: () => this.onExtensionEnabled(),
         extensionRefused: () => this.explainAndClose('peer refused option 232'),
         proxy: (req, accepted) => this.onProxy(req, accepted),
@@ -228,6 +236,14 @@ export class EsxiSession implements VmotionEndpoint {
           if (this.hubValue) this.hubValue.lineSettings = { ...settings };
           this.log.debug('guest UART settings', { ...settings });
         },
+        comPortState: (state) => {
+          if (this.hubValue) this.hubValue.lineState = lineStateOf(state);
+          this.log.debug('guest serial line state', { ...state });
+        },
+        comPortBreak: () => this.onCommand(BRK),
+        flowControl: (suspended) => this.onFlowControl(suspended),
+        purge: (buffers) => this.onPurge(buffers),
+        comPortIgnored: (code, value) => this.log.debug('COM-PORT command ignored (not defined from a client, or reserved)', { code, value }),
         knownSuboptions: (codes) => this.log.debug('VM known suboptions', { codes }),
         unknownSuboption: (code) => this.log.info('unknown option-232 subcommand', { code }),
         vmotionBegin: (seq) => this.ctx.vmotion.begin(this, seq),
@@ -348,10 +364,15 @@ export class EsxiSession implements VmotionEndpoint {
 
   write(data: Buffer): boolean {
     if (this.stateValue === 'closed') return true;
+    if (this.suspendedInput) {
+      this.suspendedInput.push(Buffer.from(data));
+      return false;
+    }
     return this.protocol.sendData(data);
   }
 
   onDrain(listener: () => void): void {
+    this.drainListener = listener;
     this.io.onDrain(listener);
   }
 
@@ -408,6 +429,7 @@ export class EsxiSession implements VmotionEndpoint {
     this.setState('attached');
     // ESXi reports the guest UART before it identifies itself: carry it over.
     if (Object.keys(this.protocol.uartSettings).length > 0) hub.lineSettings = { ...this.protocol.uartSettings };
+    if (this.protocol.telnet.isEnabled('him', Option.COM_PORT)) hub.lineState = lineStateOf(this.protocol.comPortState);
     this.log = this.log.child({ vm: hub.displayName, uuid: hub.identity.key });
     const previous = hub.attachSource(this);
     this.flushPreIdentify();
@@ -451,6 +473,45 @@ export class EsxiSession implements VmotionEndpoint {
     } else {
       this.sbDeadline = null;
     }
+  }
+
+  /** IAC BRK from the host is the guest's serial BREAK: to the clients, like output (a late one from a retiring source too). */
+  private onCommand(command: number): void {
+    this.log.debug('telnet command from VM', { command });
+    if (command !== BRK) return;
+    const hub = this.hubValue ?? this.retiringHub;
+    if (hub) hub.breakFromSource(this);
+    else this.log.info('BREAK from the VM before it identified; dropped');
+  }
+
+  /** RFC 2217 section 5: the host asks us to stop (true) or restart sending serial data. */
+  private onFlowControl(suspended: boolean): void {
+    this.log.info(suspended ? 'VM suspended serial data from vspc (FLOWCONTROL-SUSPEND)' : 'VM resumed serial data from vspc (FLOWCONTROL-RESUME)');
+    if (suspended) {
+      this.suspendedInput ??= [];
+      return;
+    }
+    const queued = this.suspendedInput ?? [];
+    this.suspendedInput = null;
+    let ok = true;
+    for (const chunk of queued) ok = this.protocol.sendData(chunk);
+    // The hub paused its clients when write() returned false: tell it to read again.
+    if (ok) this.drainListener?.();
+  }
+
+  /** RFC 2217 PURGE-DATA: our transmit buffer is the input held while suspended, the receive buffer the output kept before identification. */
+  private onPurge(buffers: 'receive' | 'transmit' | 'both'): void {
+    let dropped = 0;
+    if (buffers !== 'receive' && this.suspendedInput) {
+      for (const c of this.suspendedInput) dropped += c.length;
+      this.suspendedInput = [];
+    }
+    if (buffers !== 'transmit') {
+      dropped += this.preIdentifyBytes;
+      this.preIdentify = [];
+      this.preIdentifyBytes = 0;
+    }
+    this.log.info('VM purged buffered data (PURGE-DATA)', { buffers, dropped });
   }
 
   private onVmData(data: Buffer): void {
@@ -718,4 +779,16 @@ export class EsxiSession implements VmotionEndpoint {
     this.io.write(Buffer.from(text, 'latin1'));
     this.close('not an ESXi host');
   }
+}
+
+/** The domain's view of the RFC 2217 state (the masks only shape notifications vspc never needs to send). */
+function lineStateOf(state: Readonly<ComPortState>): SerialLineState {
+  const out: SerialLineState = { suspended: state.suspended };
+  if (state.flowControl !== undefined) out.flowControl = state.flowControl;
+  if (state.inboundFlowControl !== undefined) out.inboundFlowControl = state.inboundFlowControl;
+  if (state.break !== undefined) out.break = state.break;
+  if (state.dtr !== undefined) out.dtr = state.dtr;
+  if (state.rts !== undefined) out.rts = state.rts;
+  if (state.signature !== undefined) out.signature = state.signature;
+  return out;
 }
