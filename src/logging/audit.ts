@@ -42,12 +42,13 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
           // method: how it came in (raw, unix, pty, ...); origin: a unix socket's path, owner,
           // group and mode and the peer's uid/gid/pid, a pty's link and device.
           log.info('client attached', {
+            // First: an access method's facts never hide the line's own fields.
+            ...(e.origin ?? {}),
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
             mode: e.mode,
             ...(e.method ? { method: e.method } : {}),
-            ...(e.origin ?? {}),
           });
           return;
         case 'client-detached': {

@@ -66,6 +66,8 @@ describe('pty access', { skip: nativeAddon().addon ? false : `no native addon: $
     const line = await ts.logs.waitFor((l) => l.audit === true && l.message === 'client attached' && l.method === 'pty');
     assert.equal(line.link, link);
     assert.equal(line.device, device);
+    assert.equal(line.mode, 'readwrite', 'the lock mode');
+    assert.equal(line.deviceMode, '0600');
   });
 
   test('the reader vanishes and comes back: output meanwhile is dropped, the next reader gets what follows; others see everything', async (t) => {

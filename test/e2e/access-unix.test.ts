@@ -80,6 +80,7 @@ describe('unix socket access', { skip: isRoot ? false : 'needs root (chown, user
     assert.equal(line.path, path);
     assert.equal(line.socketOwner, 'root');
     assert.equal(line.socketMode, '0600');
+    assert.equal(line.mode, 'readwrite', 'the lock mode');
     assert.equal(line.peerUid, 0);
     assert.equal(line.peerPid, socat.proc.pid, 'SO_PEERCRED names the very process');
     assert.match(String(line.peer), /^unix:uid=0,pid=\d+$/);

@@ -287,7 +287,7 @@ export class PtyEndpoints {
     const client = new StreamClient(stream, ep.hub, this.logger, this.options, {
       method: 'pty',
       peer: `pty:${ep.spec.link}`,
-      origin: { link: ep.spec.link, device: ep.device, mode: ep.spec.mode.toString(8).padStart(4, '0'), group: ep.spec.group?.name ?? null },
+      origin: { link: ep.spec.link, device: ep.device, deviceMode: ep.spec.mode.toString(8).padStart(4, '0'), deviceGroup: ep.spec.group?.name ?? null },
       whenTooSlow: 'drop',
       halfClose: false,
       onEnd: (how) => {
