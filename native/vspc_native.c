@@ -9,8 +9,9 @@
  *   dupFd(fd)              -> fd            a close-on-exec duplicate
  *   ptySlaveOpen(fd)       -> boolean       whether some process has the slave open
  *                                           (no POLLHUP on the master)
- *   flushPtyOutput(fd)     -> undefined     discard what was written to the master and
- *                                           not read from the slave yet (TCOFLUSH)
+ *   flushPtyOutput(fd, both) -> undefined   discard what was written to the master and
+ *                                           not read from the slave yet (TCOFLUSH); with
+ *                                           `both`, also what the slave wrote (TCIOFLUSH)
  *   peerCredentials(fd)    -> { pid, uid, gid }  SO_PEERCRED of a connected unix socket
  *
  * Errors are thrown as Error objects whose `code` is the errno name (`EIO`, ...).
@@ -22,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,9 +129,17 @@ static napi_value pty_slave_open(napi_env env, napi_callback_info info) {
 }
 
 static napi_value flush_pty_output(napi_env env, napi_callback_info info) {
-  int fd;
-  if (fd_arg(env, info, &fd) != 0) return NULL;
-  if (tcflush(fd, TCOFLUSH) != 0) return throw_errno(env, "tcflush", errno);
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  bool both = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, "EINVAL", "expected a file descriptor");
+    return NULL;
+  }
+  if (argc > 1) napi_get_value_bool(env, argv[1], &both);
+  if (tcflush(fd, both ? TCIOFLUSH : TCOFLUSH) != 0) return throw_errno(env, "tcflush", errno);
   return NULL;
 }
 

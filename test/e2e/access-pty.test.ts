@@ -99,6 +99,33 @@ describe('pty access', { skip: nativeAddon().addon ? false : `no native addon: $
     assert.equal((await show(ts, 'pty-vanish')).access.pty!.readerAttached, true);
   });
 
+  test('a kicked reader is silent until it closes the pty; what it typed meanwhile is dropped; its next open is a new session', async (t) => {
+    const dir = ptyDir(t);
+    const { ts, cleanup } = await startFromFile(t, ['access:', `  pty: { dir: ${dir} }`]);
+    const { vm, hub } = await ts.connectVm({ uuid: esxiUuid().text, name: 'pty-kick' }, cleanup);
+    const link = join(dir, 'pty-kick');
+    await waitShow(ts, 'pty-kick', (v) => !!v.access.pty?.device, 'pty up');
+    const reader = serialReader(link, cleanup);
+    await waitUntil(() => hub.clients.size === 1, 5000, 'attached');
+    const res = await fetch(`http://${ts.adminAddress}/api/v1/kick?vm=pty-kick`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    assert.equal(res.status, 200);
+    await waitUntil(() => hub.clients.size === 0, 5000, 'kicked');
+    reader.write('typed while kicked');
+    vm.send('not for the kicked one\r\n');
+    await settle(vm);
+    await delay(200);
+    assert.equal(hub.clients.size, 0, 'not re-attached while it keeps the pty open');
+    assert.equal(reader.stdout.length, 0);
+    reader.kill();
+    await reader.exit;
+    await delay(150);
+    const next = serialReader(link, cleanup);
+    await waitUntil(() => hub.clients.size === 1, 5000, 'a new session');
+    next.write('fresh');
+    await vm.waitForInput('fresh', 5000);
+    assert.doesNotMatch(vm.input.toString('latin1'), /typed while kicked/);
+  });
+
   test('GNU screen on the link, driven through tmux: output on its screen, keystrokes to the VM', { skip: hasScreen ? false : 'screen or tmux missing' }, async (t) => {
     const dir = ptyDir(t);
     const { ts, cleanup } = await startFromFile(t, ['access:', `  pty: { dir: ${dir} }`]);

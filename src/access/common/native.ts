@@ -19,8 +19,8 @@ export interface NativeAddon {
   dupFd(fd: number): number;
   /** Whether some process has the pty's slave open (the master shows no hang-up). */
   ptySlaveOpen(masterFd: number): boolean;
-  /** Discards what was written to the master and not read from the slave yet. */
-  flushPtyOutput(masterFd: number): void;
+  /** Discards what was written to the master and not read from the slave yet; with `both`, also what the slave wrote and the master did not read. */
+  flushPtyOutput(masterFd: number, both?: boolean): void;
   /** The process at the other end of a connected unix socket. */
   peerCredentials(fd: number): { pid: number; uid: number; gid: number };
 }

@@ -267,7 +267,8 @@ export class PtyEndpoints {
         continue;
       }
       if (ep.state === 'silenced') {
-        if (!open) this.idle(addon, ep);
+        // What the silenced reader typed is not the next reader's either.
+        if (!open) this.idle(addon, ep, true);
       } else if (open) {
         this.startSession(addon, ep);
       }
@@ -302,11 +303,11 @@ export class PtyEndpoints {
     client.attach();
   }
 
-  private idle(addon: NativeAddon, ep: PtyEndpoint): void {
+  private idle(addon: NativeAddon, ep: PtyEndpoint, input = false): void {
     ep.state = 'idle';
     try {
       // What vspc wrote after the reader had gone is not for the next one.
-      addon.flushPtyOutput(ep.fd);
+      addon.flushPtyOutput(ep.fd, input);
     } catch (err) {
       this.logger.debug('cannot flush a pty', { vm: ep.hub.displayName, device: ep.device, ...errorFields(err) });
     }
