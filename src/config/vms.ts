@@ -118,7 +118,9 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
 
 /** A console's access methods: the global `access:`, then its vms: matches and its own entry (access.ts). */
 export function resolveConsoleAccess(config: Pick<VspcConfig, 'vms' | 'access'> & Partial<Pick<VspcConfig, 'consoles'>>, vm: VmRef): ConsoleAccess {
-  return resolveAccess([config.access, ...(resolveVmSettings(config, vm).access ?? [])]);
+  // Most configurations give access: globally only: no entry to match against each console.
+  const perConsole = config.vms.some((v) => v.access !== undefined) || (config.consoles ?? []).some((c) => c.access !== undefined);
+  return resolveAccess(perConsole ? [config.access, ...(resolveVmSettings(config, vm).access ?? [])] : [config.access]);
 }
 
 /**

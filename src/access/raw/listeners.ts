@@ -75,13 +75,16 @@ export class RawListeners {
   }
 
   private specOf(hub: ConsoleHub): RawSpec | null {
-    if (!this.options.enabled(hub)) return null;
+    if (!this.options.enabled(hub)) {
+      if (!this.endpoints.state(hub)) hub.accessErrors.delete('raw');
+      return null;
+    }
     try {
       return { host: this.options.host, port: this.registry.accessPort(hub, 'raw') };
     } catch (err) {
       // The range is full (or the record was forgotten meanwhile): no raw port now; a later refresh tries again.
+      if (!hub.accessErrors.has('raw')) this.logger.warn('no raw TCP port for a console', { vm: hub.displayName, ...errorFields(err) });
       hub.accessErrors.set('raw', `no raw port: ${(err as Error).message}`);
-      this.logger.warn('no raw TCP port for a console', { vm: hub.displayName, ...errorFields(err) });
       return null;
     }
   }
