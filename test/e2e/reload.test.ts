@@ -412,6 +412,10 @@ const cases: { [K in ReloadableField]: Case } = {
     appliedOnly(await r.reload(['access: { raw: true }']), 'access');
     await waitUntil(async () => (await show()).access.raw?.listening === true, 5000, 'raw on again');
     assert.equal((await show()).access.raw!.port, rawPort, 'the same sticky port');
+    // Per console: a vms: entry turns it off for this console alone (a vms change, applied as such).
+    appliedOnly(await r.reload(['access: { raw: true }', 'vms:', '  - match: rl-access', '    access: { raw: false }']), 'vms');
+    await waitUntil(async () => (await show()).access.raw === null, 5000, 'raw off for this console');
+    assert.equal(await refused(rawPort), 'ECONNREFUSED');
   },
 };
 
