@@ -8,8 +8,11 @@ import { openDatabase, closeDatabase } from './storage/database.js';
 import { ConsoleStore } from './storage/console-store.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
-import { TelnetListeners } from './access/telnet/listeners.js';
-import { TelnetClient, type TelnetClientOptions } from './access/telnet/client.js';
+import { TelnetListeners, type TelnetListenerOptions } from './access/telnet/listeners.js';
+import { TelnetClient } from './access/telnet/client.js';
+import { ConsoleBroker } from './access/broker/broker.js';
+import { existsSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { RawListeners } from './access/raw/listeners.js';
 import { UnixSocketListeners } from './access/unix/listeners.js';
 import { PtyEndpoints } from './access/pty/ptys.js';
@@ -44,7 +47,7 @@ export interface ServerAddresses {
  * ports whose telnets twin (port + offset) would land on one of them.
  */
 function reservedPorts(c: VspcConfig): number[] {
-  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0].filter((p) => p > 0);
+  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.brokerListen?.port ?? 0].filter((p) => p > 0);
   // Fixed ports of the config file's `vms:` and `consoles:` are kept for them, not handed to others.
   const fixed = [...c.vms, ...c.consoles].flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
@@ -74,6 +77,8 @@ export class VspcServer {
   private readonly raw: RawListeners;
   private readonly unix: UnixSocketListeners;
   private readonly ptys: PtyEndpoints;
+  /** The console broker (--broker-socket, --broker-listen), or null when both are off. */
+  readonly broker: ConsoleBroker | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
   /** Proxmox / libvirt / path-pattern discovery feeding `managed`. */
@@ -137,7 +142,14 @@ export class VspcServer {
           ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
         }
       : undefined;
-    const telnetOptions: TelnetClientOptions = {
+    const accessOf = (hub: ConsoleHub): ConsoleAccess => resolveConsoleAccess(this.config, hub.identity);
+    const clientOptions: TelnetListenerOptions = {
+      host: config.clientListenHost,
+      tlsPortOffset: config.tlsPortOffset,
+      tls: tlsOptions,
+      bindRetryMs: config.bindRetryMs,
+      admit: (socket) => this.admit(socket, 'client'),
+      enabled: (hub) => accessOf(hub).telnet,
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
@@ -146,18 +158,20 @@ export class VspcServer {
       lockWaitMs: config.clientLockWaitMs,
       idleTimeoutMs: config.clientIdleTimeoutMs,
     };
-    const accessOf = (hub: ConsoleHub): ConsoleAccess => resolveConsoleAccess(this.config, hub.identity);
-    this.listeners = new TelnetListeners(this.registry, logger, {
-      ...telnetOptions,
-      // The spread reads the getter once: keep it live.
-      get maxQueuedBytes() { return config.clientQueueLimit; },
-      host: config.clientListenHost,
-      tlsPortOffset: config.tlsPortOffset,
-      tls: tlsOptions,
-      bindRetryMs: config.bindRetryMs,
-      admit: (socket) => this.admit(socket, 'client'),
-      enabled: (hub) => accessOf(hub).telnet,
-    });
+    this.listeners = new TelnetListeners(this.registry, logger, clientOptions);
+    this.broker =
+      config.brokerSocket || config.brokerListen
+        ? new ConsoleBroker(this.registry, logger, {
+            socket: config.brokerSocket ? { path: config.brokerSocket.path, mode: config.brokerSocketMode, gid: config.brokerSocketGroup?.gid ?? null } : null,
+            listen: config.brokerListen,
+            limits: config.brokerLimits,
+            get maxQueuedBytes() { return config.clientQueueLimit; },
+            admit: (socket) => this.admit(socket, 'client'),
+            // The chosen console's client, exactly as if it had come in on the console's own telnet port.
+            attach: (h) => void new TelnetClient(h.socket, h.hub, logger, clientOptions, false, h),
+            onProtocolError: (code) => this.metrics.protocolError('client', code),
+          })
+        : null;
     // Raw, unix and pty clients: the console's bytes only (access/common/stream-client.ts).
     const streamOptions = {
       get maxQueuedBytes() { return config.clientQueueLimit; },
@@ -179,7 +193,7 @@ export class VspcServer {
       settingsOf: (hub) => accessOf(hub).unix,
       admit: (socket) => this.admit(socket, 'client'),
       telnetClient: (socket, hub, via) => {
-        new TelnetClient(socket, hub, logger, telnetOptions, false, via);
+        new TelnetClient(socket, hub, logger, clientOptions, false, undefined, via);
       },
     });
     this.ptys = new PtyEndpoints(this.registry, logger, {
@@ -236,9 +250,11 @@ export class VspcServer {
         get reload() {
           return server.reloadConfig ? () => server.reload() : undefined;
         },
+        movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
         ownPorts: () => {
           const a = this.addressesValue;
-          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : [])] : [];
+          const broker = this.broker?.addresses.tcp;
+          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : [])] : [];
         },
         settingsOf: (h) => resolveVmSettings(this.config, h.identity),
         accessOf: (h) => this.accessView(h),
@@ -336,6 +352,7 @@ export class VspcServer {
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
+    await this.startBroker();
     this.addressesValue = { proxy, proxyTls, admin };
     this.armExpiry();
     this.logger.info('vspc started', {
@@ -344,6 +361,29 @@ export class VspcServer {
       vmPorts: this.registry.size,
       portRange: `${c.portRange.start}-${c.portRange.end}`,
     });
+  }
+
+  /**
+   * The console broker: a socket path or address given by the operator that cannot be
+   * had stops vspc at start; with `--broker-socket auto` (the default) a missing
+   * /run/vspc, or any failure on the default path, only turns the socket off.
+   */
+  private async startBroker(): Promise<void> {
+    const broker = this.broker;
+    if (!broker) return;
+    const s = this.config.brokerSocket;
+    if (s?.auto && !existsSync(dirname(s.path))) {
+      this.logger.info('console broker socket off: its directory does not exist (give --broker-socket PATH, or run under the systemd unit)', { path: s.path });
+      await broker.start(true);
+      return;
+    }
+    try {
+      await broker.start();
+    } catch (err) {
+      if (!s?.auto) throw err;
+      this.logger.warn('console broker socket off: the default path cannot be used', { path: s.path, ...errorFields(err) });
+      await broker.start(true);
+    }
   }
 
   /**
@@ -402,6 +442,12 @@ export class VspcServer {
         proxyListen: vmListeners.map((l) => `${l.host}:${l.port}`),
       });
     }
+    if (c.brokerListen && !isLoopbackHost(c.brokerListen.host)) {
+      // The broker asks nobody who they are: on the network anyone could attach to any console.
+      this.logger.warn('the console broker listens on a non-loopback address: anyone who reaches it can list and attach to every console', {
+        brokerListen: `${c.brokerListen.host}:${c.brokerListen.port}`,
+      });
+    }
     if (!isLoopbackHost(c.adminListen.host)) {
       this.logger.warn(
         c.adminTls ? 'admin API listens on a non-loopback address' : 'admin API listens on a non-loopback address without TLS: its token crosses the network in clear text',
@@ -449,6 +495,9 @@ export class VspcServer {
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
+    greeting: () => this.applyVmSettingsToAll(),
+    notices: () => this.applyVmSettingsToAll(),
+    replay: () => this.applyVmSettingsToAll(),
     vms: () => {
       this.applyVmSettingsToAll();
       this.refreshAccess();
@@ -509,6 +558,11 @@ export class VspcServer {
     // Clients already attached keep their locks; the default applies to the next ones.
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
     hub.logged = s.log ?? true;
+    hub.stream = {
+      greeting: s.greeting ?? this.config.greeting,
+      notices: s.notices ?? this.config.notices,
+      replay: s.replay ?? this.config.replay,
+    };
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;
@@ -545,6 +599,7 @@ export class VspcServer {
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
     const endpoints = Promise.all([this.raw.close(), this.unix.close(), this.ptys.close()]);
+    this.broker?.close();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
@@ -570,6 +625,7 @@ export class VspcServer {
     void this.raw.close();
     void this.unix.close();
     void this.ptys.close();
+    this.broker?.destroy();
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();

@@ -11,6 +11,7 @@ import type { CidrBlock } from '../util/cidr.js';
 import type { LOG_FORMATS, LOG_LEVELS } from './table.js';
 import type { AccessSettings } from './access.js';
 import { DEFAULTS as COMPUTED_DEFAULTS } from './options.js';
+import type { BrokerSocketSetting } from './broker.js';
 
 export type { HostPort } from '../util/net.js';
 export {
@@ -83,6 +84,16 @@ export interface VspcConfig {
   clientCa: Buffer | null;
   /** VM-side connections still negotiating/identifying at once; past this new ones are dropped. */
   maxUnidentifiedConnections: number;
+  /** The console broker's unix socket (--broker-socket); null = none. */
+  brokerSocket: BrokerSocketSetting | null;
+  /** Its permission bits (--broker-socket-mode). */
+  brokerSocketMode: number;
+  /** Its group (--broker-socket-group); null = vspc's own. */
+  brokerSocketGroup: { name: string; gid: number } | null;
+  /** The console broker on TCP too (--broker-listen); null = not. */
+  brokerListen: HostPort | null;
+  /** Bounds on broker connections that have not chosen a console (src/access/broker/connection.ts). */
+  brokerLimits: BrokerLimits;
   /** Admin API bearer token (--admin-token, VSPC_ADMIN_TOKEN, --admin-token-file); null = none required. */
   adminToken: string | null;
   /** Serve the admin API over HTTPS with this certificate and key (--admin-cert/--admin-key). */
@@ -91,6 +102,10 @@ export interface VspcConfig {
   defaultLockMode: LockModeName;
   /** Per-VM settings from the config file (`vms:`); see resolveVmSettings in vms.ts. */
   vms: VmSettings[];
+  /** What vspc adds to a client's stream (greeting line, notices, scrollback replay); per console in vms:/consoles:. */
+  greeting: boolean;
+  notices: boolean;
+  replay: boolean;
   /** Declared consoles from the config file (`consoles:`); see consoles.ts. */
   consoles: ConsoleSettings[];
   /** Access methods for every console (config file `access:`); entries of vms:/consoles: override it (access.ts). */
@@ -121,6 +136,17 @@ export interface VspcConfig {
   logFormat: LogFormatName;
 }
 
+/** See BrokerLimits in src/access/broker/connection.ts (the same shape). */
+export interface BrokerLimits {
+  selectTimeoutMs: number;
+  maxPending: number;
+  maxRequests: number;
+  pageBytes: number;
+  maxSubnegotiation: number;
+}
+
+export type { BrokerSocketSetting } from './broker.js';
+
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export type LogFormatName = (typeof LOG_FORMATS)[number];
 
@@ -146,6 +172,9 @@ export interface ConsoleSettings {
   scrollbackBytes?: number;
   /** Fixed client TCP port (config file key `port`). */
   tcpPort?: number;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
   /** false: no console log file for this console. */
   log?: boolean;
   /** Access methods for this console, over the global `access:` and any vms: match. */
@@ -162,6 +191,10 @@ export interface VmSettings {
   scrollbackBytes?: number;
   /** Fixed client TCP port for the matching VM serial port (config file key `port`). */
   tcpPort?: number;
+  /** Stream switches for the matching consoles (see ConsoleHub.stream). */
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
   /** Access methods for the matching consoles, over the global `access:`. */
   access?: AccessSettings;
   /** Where the entry is written ("file:line:col"), for log lines. */

@@ -30,6 +30,7 @@ import { ConfigError } from '../errors.js';
 import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
 import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
+import { parseBrokerSocket, parseGroup, parseSocketMode } from './broker.js';
 import { checkAccess } from './access.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
@@ -98,6 +99,7 @@ function option<F extends Field, R extends Reload>(spec: OptionSpec<F, R>): Opti
 }
 
 const ON_DISCOVERY = 'at once: discovery restarts with the new settings (consoles found again keep their ports)';
+const ON_NEW_CLIENTS = 'for clients that attach afterwards';
 const ON_NEW_VM_CONNECTIONS = 'for VM connections accepted afterwards';
 const ON_HUBS = 'at once: buffers resized (the most recent output kept), VM serial ports moved to their fixed ports; lock modes for clients that attach afterwards';
 
@@ -383,6 +385,46 @@ export const OPTIONS = [
     reload: false,
   }),
   option({
+    flag: '--broker-socket <path>',
+    key: 'brokerSocket',
+    kind: 'text',
+    field: 'brokerSocket',
+    help: 'unix socket of the console broker (vspc-admin console: consoles by name, no admin token); auto: /run/vspc/broker.sock when /run/vspc exists; off: none',
+    default: 'auto',
+    parse: (t, f) => parseBrokerSocket(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--broker-socket-mode <mode>',
+    key: 'brokerSocketMode',
+    kind: 'text',
+    field: 'brokerSocketMode',
+    help: 'permissions of the broker socket (who may write to it may list and attach to every console)',
+    // Owner and group: who may use the broker is who is in its group (--broker-socket-group,
+    // else vspc's own group), managed with usermod, no restart. Never "other".
+    default: '0660',
+    parse: (t, f) => parseSocketMode(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--broker-socket-group <group>',
+    key: 'brokerSocketGroup',
+    kind: 'text',
+    field: 'brokerSocketGroup',
+    help: "group of the broker socket, by name or number (default: vspc's own group)",
+    parse: (t, f) => parseGroup(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--broker-listen <host:port>',
+    key: 'brokerListen',
+    kind: 'text',
+    field: 'brokerListen',
+    help: 'also serve the console broker on this TCP address (no authentication: keep it on loopback) (default: off)',
+    parse: (t, f) => parseHostPort(f, t, '127.0.0.1'),
+    reload: false,
+  }),
+  option({
     flag: '--log-dir <dir>',
     key: 'logDir',
     kind: 'text',
@@ -432,6 +474,30 @@ export const OPTIONS = [
     field: 'comPort',
     help: 'refuse COM-PORT (RFC 2217) instead of recording the guest UART settings',
     reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--no-greeting',
+    key: 'greeting',
+    kind: 'switch',
+    field: 'greeting',
+    help: "clients get no greeting line naming the console when they attach (per console: vms:/consoles: greeting)",
+    reload: ON_NEW_CLIENTS,
+  }),
+  option({
+    flag: '--no-notices',
+    key: 'notices',
+    kind: 'switch',
+    field: 'notices',
+    help: 'clients get no [vspc: ...] notices (VM connected/disconnected, input discarded) in their stream',
+    reload: ON_NEW_CLIENTS,
+  }),
+  option({
+    flag: '--no-replay',
+    key: 'replay',
+    kind: 'switch',
+    field: 'replay',
+    help: 'clients get no scrollback replay when they attach, only live output',
+    reload: ON_NEW_CLIENTS,
   }),
   option({
     flag: '--log-level <level>',
@@ -562,6 +628,9 @@ export const FIXED_SETTINGS: { readonly [K in Exclude<Field, OptionField>]: Vspc
   // A reader that opens a console's pty sees output from at most this long after it opened it.
   ptyPollMs: 250,
   maxUnidentifiedConnections: 1024,
+  // A person picks from the menu before connecting (vspc-admin console lists, closes,
+  // then connects to SELECT), so a connection chooses within a round trip or two.
+  brokerLimits: { selectTimeoutMs: 10_000, maxPending: 256, maxRequests: 32, pageBytes: 32 * 1024, maxSubnegotiation: 4096 },
 };
 
 /** The name errors use for an option: its long flag, or its key when it has no flag. */

@@ -14,20 +14,36 @@ import type { ConsoleIdentity } from '../domain/identity.js';
 import { checkAccess, resolveAccess, type AccessSettings, type ConsoleAccess } from './access.js';
 
 /** The keys a `vms:` entry may have (config file spelling). */
-export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port', 'access'] as const;
+export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port', 'greeting', 'notices', 'replay', 'access'] as const;
+
+/** What a `vms:` and a `consoles:` entry share. */
+export interface ConsoleSettingsCommon {
+  lockMode?: LockModeName;
+  scrollbackBytes?: number;
+  tcpPort?: number;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
+  access?: AccessSettings;
+}
 
 /**
  * The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`,
- * `access`; errors at `at`'s key. `noLink`: why this entry may not give a pty `link:`
- * (a pattern that may match several consoles), or null.
+ * `greeting`, `notices`, `replay`, `access`; errors at `at`'s key. `noLink`: why this
+ * entry may not give a pty `link:` (a pattern that may match several consoles), or null.
  */
 export function checkConsoleSettings(
   e: Record<string, unknown>,
   at: Array<string | number>,
   fail: Fail,
   noLink: string | null = null,
-): { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number; access?: AccessSettings } {
-  const s: { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number; access?: AccessSettings } = {};
+): ConsoleSettingsCommon {
+  const s: ConsoleSettingsCommon = {};
+  for (const k of ['greeting', 'notices', 'replay'] as const) {
+    if (e[k] === undefined) continue;
+    if (typeof e[k] !== 'boolean') fail([...at, k], `expected true or false, got ${describe(e[k])}`);
+    s[k] = e[k] as boolean;
+  }
   if (e.lockMode !== undefined) {
     if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
       fail([...at, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
@@ -86,6 +102,9 @@ export interface ResolvedVmSettings {
   tcpPort?: number;
   /** false: no console log file (a declared console's `log:`). */
   log?: boolean;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
   /** The `access:` of the matching entries, in order (resolveConsoleAccess applies them). */
   access?: AccessSettings[];
 }
@@ -102,6 +121,7 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (entry.lockMode !== undefined) out.lockMode = entry.lockMode;
     if (entry.scrollbackBytes !== undefined) out.scrollbackBytes = entry.scrollbackBytes;
     if (entry.tcpPort !== undefined) out.tcpPort = entry.tcpPort;
+    for (const k of ['greeting', 'notices', 'replay'] as const) if (entry[k] !== undefined) out[k] = entry[k];
     if (entry.access !== undefined) (out.access ??= []).push(entry.access);
   }
   // A declared console's own entry is the most specific: it wins over every vms: match.
@@ -111,6 +131,7 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (own.scrollbackBytes !== undefined) out.scrollbackBytes = own.scrollbackBytes;
     if (own.tcpPort !== undefined) out.tcpPort = own.tcpPort;
     if (own.log !== undefined) out.log = own.log;
+    for (const k of ['greeting', 'notices', 'replay'] as const) if (own[k] !== undefined) out[k] = own[k];
     if (own.access !== undefined) (out.access ??= []).push(own.access);
   }
   return out;

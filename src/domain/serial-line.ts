@@ -10,6 +10,8 @@ export interface SerialLineSettings {
   dataSize?: number;
   parity?: 'none' | 'odd' | 'even' | 'mark' | 'space';
   stopBits?: '1' | '2' | '1.5';
+  /** Flow control (device consoles; RFC 2217 SET-CONTROL 1-3): none, RTS/CTS, XON/XOFF. */
+  flow?: 'none' | 'rtscts' | 'xonxoff';
 }
 
 /**

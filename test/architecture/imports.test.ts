@@ -34,6 +34,7 @@ const ALLOWED: Record<string, string[] | '*'> = {
   logging: ['domain'],
   config: ['domain'],
   admin: ['domain', 'logging', 'config', 'version', 'protocol'],
+  agent: ['protocol'],
   cli: '*',
   server: '*',
 };
@@ -102,4 +103,7 @@ test('the rule table itself rejects the arrows the architecture forbids', () => 
   assert.equal(allowed('access/raw', 'access/common'), true);
   assert.equal(allowed('access/unix', 'access/telnet'), false);
   assert.equal(allowed('access/common', 'access/pty'), false);
+  assert.equal(allowed('agent', 'protocol'), true);
+  assert.equal(allowed('agent', 'domain'), false);
+  assert.equal(allowed('protocol', 'agent'), false);
 });

@@ -105,7 +105,7 @@ describe('access: config', () => {
     ['a link in the global access', 'access:\n  pty: { link: /dev/x }\n', /access\.pty\.link: a link names one console's pty/],
     ['a link for a pattern', 'vms:\n  - match: "web*"\n    access: { pty: { link: /dev/x } }\n', /vms\.0\.access\.pty\.link: a pty link needs one console, not the pattern "web\*"$/],
     ['access must be a mapping', 'access: true\n', /access: expected a mapping of telnet, raw, unix, pty, got boolean true$/],
-    ['an unknown key in a consoles entry still names the keys', 'consoles:\n  - name: a\n    source: tcp:127.0.0.1:1\n    acess: {}\n', /consoles\.0\.acess: unknown key \(a consoles entry has name, source, lockMode, scrollback, port, log, access\)$/],
+    ['an unknown key in a consoles entry still names the keys', 'consoles:\n  - name: a\n    source: tcp:127.0.0.1:1\n    acess: {}\n', /consoles\.0\.acess: unknown key \(a consoles entry has name, source, lockMode, scrollback, port, log, greeting, notices, replay, access\)$/],
   ];
   for (const [what, text, re] of errors) {
     test(`error: ${what}`, () => assert.match(loadError(text), re));

@@ -23,6 +23,7 @@ PACKAGES=(
   tmux              # terminal-level tests
   telnet            # a real telnet client
   openssh-client    # ssh over the later serial tunnel
+  musl-tools        # musl-gcc: packaging/build-agent.sh builds the static C guest agent
   screen            # a legacy program on a console's pty (access-pty test)
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
