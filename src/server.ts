@@ -34,6 +34,13 @@ import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
 
 
+/**
+ * At most this many extra unidentified-connection slots for vMotion destinations: more
+ * migrations than that at once are rare (ESXi runs a few per host), and a peer that
+ * begins vMotions on its own consoles must not raise the flood caps at will.
+ */
+const MAX_VMOTION_HEADROOM = 32;
+
 /** An applier for a value the server reads from its config each time it uses it. */
 const readWhereUsed = (): void => undefined;
 
@@ -125,7 +132,7 @@ export class VspcServer {
     // Every expiry, also of records deleted at start-up before any hub exists: a sticky port goes.
     this.registry.on('expired', (r, hub) => {
       this.metrics.expired(r.reason);
-      this.logger.info(r.reason === 'unused' ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
+      this.logger.info(r.reason === 'unused' ? 'VM serial port expired (never used: no client ever attached)' : 'VM serial port expired (not seen for too long)', {
         // As ConsoleHub.displayName has it.
         vm: hub?.displayName ?? `${r.name ?? r.key}${r.label ? `:${r.label}` : ''}`,
         kind: r.kind,
@@ -247,7 +254,8 @@ export class VspcServer {
         maxUnidentifiedPerAddress: config.maxUnidentifiedPerAddress,
         allow: () => this.config.proxyAllow,
         // Each vMotion under way may bring one destination connection: keep room for it.
-        headroom: () => this.vmotion.pending,
+        // Capped: vMotions are begun by peers too, and each would otherwise buy one more slot.
+        headroom: () => Math.min(this.vmotion.pending, MAX_VMOTION_HEADROOM),
         registration: { ratePerSecond: config.registrationRate, burst: config.registrationBurst },
         onRefused: (reason) => this.metrics.vmRefused(reason),
         admit: (socket) => this.admit(socket, 'vm'),

@@ -149,7 +149,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
   const program = new Command('vspc-admin')
     .description('Administer a running vspc through its admin API.')
     .version(VERSION, '-V, --version')
-    .option('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)', '127.0.0.1:13371')
+    .addOption(new CliOption('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)').env('VSPC_ADMIN').default('127.0.0.1:13371'))
     .option('--admin-tls', 'speak HTTPS to the admin API (vspc --admin-cert/--admin-key)')
     .option('--admin-ca <file>', "CA certificate (PEM) to trust for the admin API's HTTPS (implies --admin-tls)")
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))

@@ -57,7 +57,7 @@ export interface VspcConfig {
   registrationRate: number;
   /** ... and at once. */
   registrationBurst: number;
-  /** Records that never carried a byte nor a client are forgotten after this long unseen; 0 = only expireAfterMs. */
+  /** Records no client ever attached to are forgotten after this long unseen; 0 = only expireAfterMs. */
   expireUnusedAfterMs: number;
   subnegotiationTimeoutMs: number;
   maxSubnegotiation: number;

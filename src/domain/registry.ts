@@ -44,10 +44,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     super();
     const outer = hubOptions.observer;
     this.observer = {
-      output: (hub: ConsoleHub, data: Buffer) => {
-        this.noteUse(hub);
-        outer?.output?.(hub, data);
-      },
+      // Output alone does not count as use: a squatter prints one byte for that. A client
+      // attaching does (someone cared about this console and may come back to its port).
+      output: outer?.output ? (hub: ConsoleHub, data: Buffer) => outer.output!(hub, data) : undefined,
       event: (hub: ConsoleHub, event: ConsoleEvent) => {
         if (event.kind === 'client-attached') this.noteUse(hub);
         outer?.event?.(hub, event);
@@ -187,8 +186,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /**
-   * The console carried a byte or got a client: record it once, so that it keeps the
-   * long expiry. Called on the data path; a storage error must not cost the connection
+   * The console got a client: record it once, so that it keeps the long expiry. Called on the data path; a storage error must not cost the connection
    * (with group commit it surfaces, logged, at the commit).
    */
   private noteUse(hub: ConsoleHub): void {

@@ -65,7 +65,7 @@ export interface ConsoleRepository {
    */
   expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number, unusedMaxAgeMs?: number): ExpiredRecord[];
   /**
-   * The console carried a byte or had a client (at most once per record matters): from
+   * The console had a client attached (at most once per record matters): from
    * now on only `maxAgeMs` expires it. New records start unused; records from before
    * this was recorded count as used.
    */
@@ -74,6 +74,6 @@ export interface ConsoleRepository {
 
 /**
  * An expired record and why: `unseen` (past `maxAgeMs`, used or not) or `unused`
- * (never carried a byte nor had a client, past the shorter `unusedMaxAgeMs`).
+ * (no client ever attached, past the shorter `unusedMaxAgeMs`).
  */
 export type ExpiredRecord = ConsoleRecord & { reason: 'unseen' | 'unused' };

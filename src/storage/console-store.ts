@@ -384,7 +384,7 @@ export class ConsoleStore implements ConsoleRepository {
     return deleted;
   }
 
-  /** Records that the console carried a byte or had a client; a no-op when already recorded or gone. */
+  /** Records that the console had a client; a no-op when already recorded or gone. */
   markUsed(id: number): void {
     this.joinGroup();
     this.stmts.markUsed.run(id);

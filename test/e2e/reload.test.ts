@@ -148,7 +148,7 @@ const cases: { [K in ReloadableField]: Case } = {
     await waitUntil(() => hub.source === null, 3000, 'VM disconnected');
     appliedOnly(await r.reload(['expireUnusedAfter: 50ms']), 'expireUnusedAfterMs');
     // It never printed nor had a client: forgotten after the new, short age (the 90-day one still holds for others).
-    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no output, no client)' && l.vm === 'rl-unused', 5000);
+    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no client ever attached)' && l.vm === 'rl-unused', 5000);
     assert.deepEqual(await r.api<PortView[]>('/api/v1/ports'), []);
   },
 
