@@ -14,7 +14,7 @@ import { AdminApiError, RawBody, StreamBody, type AdminRoute } from './admin-ser
 import { MAX_FOLLOWERS, type FollowSink, type LogFollow } from '../logging/console-log.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
 import { consoleAddresses, resolveVm } from './resolve.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type StatusView, type VmDetailView } from './views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type AccessView, type StatusView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
@@ -58,6 +58,8 @@ export interface AdminContext {
   managedBy?(hub: ConsoleHub): string | null;
   /** The config file's `vms:` settings for a VM serial port. */
   settingsOf?(hub: ConsoleHub): ResolvedVmSettings;
+  /** A console's endpoints, by access method (`show`). */
+  accessOf?(hub: ConsoleHub): AccessView;
 }
 
 export const DEFAULT_LOG_LINES = 50;
@@ -78,7 +80,8 @@ function namePattern(pattern: string): Glob {
 
 /** The admin API's `settings` (docs/admin-api.md): the config file's spelling, `port` for the fixed TCP port. */
 function settingsView(s: ResolvedVmSettings): VmDetailView['settings'] {
-  const { tcpPort, ...rest } = s;
+  // `access` is shown as the endpoints it made (`access`), not as the layers that made it.
+  const { tcpPort, access: _access, ...rest } = s;
   return tcpPort === undefined ? rest : { port: tcpPort, ...rest };
 }
 
@@ -176,6 +179,13 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     vmotions: ctx.vmotion.historyOf(hub),
     settings: settingsView(ctx.settingsOf?.(hub) ?? {}),
     endpointStatus: endpointView(hub.endpoint),
+    access: ctx.accessOf?.(hub) ?? {
+      telnet: { host: '', port: hub.identity.tcpPort, listening: hub.listenError === null, error: hub.listenError },
+      telnets: null,
+      raw: null,
+      unix: null,
+      pty: null,
+    },
   });
 
   const setPort = async (hub: ConsoleHub, port: number, force: boolean) => {

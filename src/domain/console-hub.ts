@@ -27,8 +27,19 @@ export type ConsoleEvent =
   | { kind: 'vmotion'; outcome: string; durationMs: number }
   /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
   | { kind: 'break-from-source'; peer: string }
-  /** `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one. */
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; tls?: boolean; force?: boolean; clients?: number }
+  /** `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one; `method` and `origin`: the client's (ConsoleClient), when it has them. */
+  | {
+      kind: 'client-attached';
+      clientId: number;
+      peer: string;
+      mode: string;
+      user?: string;
+      tls?: boolean;
+      force?: boolean;
+      clients?: number;
+      method?: string;
+      origin?: ConsoleClient['origin'];
+    }
   | { kind: 'client-detached'; clientId: number; peer: string; reason: string; user?: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
   | {
@@ -164,6 +175,8 @@ export class ConsoleHub {
   /** Set by the listener manager when the client port cannot be bound. */
   listenError: string | null = null;
   tlsListenError: string | null = null;
+  /** Set by the other access methods' managers: why an endpoint (raw port, unix socket, pty) is not up, by method. */
+  readonly accessErrors = new Map<string, string>();
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
   /** BREAK, DTR/RTS, flow control, suspension and signature, as the source last reported them; null: never reported. */
@@ -430,6 +443,8 @@ export class ConsoleHub {
       ...(options.tls !== undefined ? { tls: options.tls } : {}),
       ...(options.force ? { force: true } : {}),
       clients: this.clientSet.size,
+      ...(client.method ? { method: client.method } : {}),
+      ...(client.origin ? { origin: client.origin } : {}),
     });
     return decision;
   }

@@ -172,9 +172,9 @@ describe('operator items of issue 12', () => {
     assert.equal(mine.user, 'alice');
     assert.match(mine.peer, /^127\.0\.0\.1:\d+$/);
     const table = await admin('who');
-    assert.match(table.stdout, new RegExp(`^${id}\\s+op-db01\\s+${port}\\s+readwrite\\s+-\\s+alice@127\\.0\\.0\\.1:\\d+\\s+`, 'm'));
+    assert.match(table.stdout, new RegExp(`^${id}\\s+op-db01\\s+${port}\\s+readwrite\\s+telnet\\s+alice@127\\.0\\.0\\.1:\\d+\\s+`, 'm'));
     const show = await admin('show', 'op-db01');
-    assert.match(show.stdout, new RegExp(`^    #${id}  alice@127\\.0\\.0\\.1:\\d+  readwrite  since `, 'm'));
+    assert.match(show.stdout, new RegExp(`^    #${id}  telnet  alice@127\\.0\\.0\\.1:\\d+  readwrite  since `, 'm'));
     const attached = s.logs.lines.filter((l) => l.message === 'client attached' && l.clientId === id);
     assert.equal(attached.length, 1, 'attach logged once (item 10)');
     assert.equal(attached[0].audit, true);

@@ -30,6 +30,7 @@ PACKAGES=(
   groff-base        # test/ops/man-pages.test.ts: the man pages render without warnings
   passwd            # useradd/groupadd: permission tests with a second unix user
   util-linux        # runuser, script, prlimit
+  screen            # a legacy program on a console's pty (access-pty test)
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"
