@@ -290,6 +290,7 @@ export class VspcServer {
         token: () => this.config.adminToken,
         onUnauthorized: () => this.metrics.adminUnauthorized++,
         onRefused: (reason) => this.metrics.adminRefused[reason]++,
+        hostNames: () => this.config.adminHostNames ?? [],
       },
     );
   }
@@ -515,6 +516,7 @@ export class VspcServer {
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
+    adminHostNames: readWhereUsed,
     greeting: () => this.applyVmSettingsToAll(),
     notices: () => this.applyVmSettingsToAll(),
     replay: () => this.applyVmSettingsToAll(),

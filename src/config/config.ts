@@ -30,6 +30,8 @@ export interface VspcConfig {
   proxyListen: HostPort;
   proxyTlsListen: HostPort | null;
   adminListen: HostPort;
+  /** DNS names the admin API answers to besides IP literals and localhost (request-guard.ts); null = none. */
+  adminHostNames: string[] | null;
   tls: { cert: Buffer; key: Buffer } | null;
   dbPath: string;
   portRange: PortRange;

@@ -149,3 +149,17 @@ export function parseAbsolutePath(field: string, text: string): string {
   if (!t.startsWith('/') || t.includes('\0')) throw new ConfigError(`${field}: "${t}" is not an absolute path`, { field, value: text });
   return t;
 }
+
+/** A comma list of DNS names (lower-cased); each a plain host name, no port, no wildcard. */
+export function parseHostNames(field: string, text: string): string[] {
+  const names = text
+    .split(',')
+    .map((n) => n.trim().toLowerCase())
+    .filter((n) => n !== '');
+  for (const n of names) {
+    if (n.length > 253 || !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(n)) {
+      throw new ConfigError(`${field}: "${n.slice(0, 80)}" is not a host name`, { field, value: text });
+    }
+  }
+  return names;
+}

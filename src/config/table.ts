@@ -18,6 +18,7 @@ import {
   parseDuration,
   parseHostPort,
   parseAbsolutePath,
+  parseHostNames,
   parseNonEmpty,
   parsePort,
   parsePortRange,
@@ -135,6 +136,15 @@ export const OPTIONS = [
     default: '127.0.0.1:13371',
     parse: (t, f) => parseHostPort(f, t, '127.0.0.1'),
     reload: false,
+  }),
+  option({
+    flag: '--admin-host-names <names>',
+    key: 'adminHostNames',
+    kind: 'text',
+    field: 'adminHostNames',
+    help: 'DNS names the admin API answers to besides IP addresses and localhost (comma list; a guard against DNS rebinding)',
+    parse: (t, f) => parseHostNames(f, t),
+    reload: 'at once: the next request is checked against the new names',
   }),
   option({
     flag: '--admin-token <token>',

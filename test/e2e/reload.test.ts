@@ -8,6 +8,7 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import net from 'node:net';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -357,6 +358,23 @@ const cases: { [K in ReloadableField]: Case } = {
     appliedOnly(await r.reload([`proxmox: ${pve.run}`, `proxmoxConfDir: ${pve.conf}`, 'discoveryRescan: 100ms']), 'discoveryRescanMs');
     // Under the old hour no periodic scan would come; now two do.
     await r.ts.logs.waitFor((l) => l.message === 'discovery scan' && l.reason === 'periodic', 5000, from);
+  },
+
+  adminHostNames: async (t) => {
+    const r = await reloadable(t);
+    const ask = (host: string) =>
+      new Promise<number>((resolve, reject) => {
+        http
+          .get({ host: '127.0.0.1', port: r.ts.server.addresses.admin.port, path: '/api/v1/status', headers: { host }, agent: false }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          })
+          .on('error', reject);
+      });
+    assert.equal(await ask('vspc.example.org'), 421, 'an unknown name is refused');
+    appliedOnly(await r.reload(['adminHostNames: vspc.example.org']), 'adminHostNames');
+    assert.equal(await ask('vspc.example.org'), 200, 'the configured name is answered');
+    assert.equal(await ask('other.example.org'), 421);
   },
 
   greeting: async (t) => {
