@@ -1,7 +1,7 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
 import type { SerialLineSettings } from './serial-line.js';
-import { LockTable, type LockDecision, type LockMode, type LockRequest } from './locks.js';
+import { describeAuth, LockTable, type ClientAuth, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
 export type { ConsoleIdentity } from './identity.js';
 
@@ -16,7 +16,8 @@ export type ConsoleEvent =
   | { kind: 'vm-connected'; peer: string }
   | { kind: 'vm-disconnected'; peer: string }
   | { kind: 'vmotion'; outcome: string; durationMs: number }
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string }
+  /** `user`: as the client named itself (telnet) or as its access method established it (`auth`: SSH, with the key). */
+  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; auth?: ClientAuth }
   | { kind: 'client-detached'; clientId: number; peer: string; reason: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
   | { kind: 'client-takeover'; clientId: number; peer: string; displacedClientId: number; displacedPeer: string };
@@ -255,10 +256,10 @@ export class ConsoleHub {
    */
   addClient(
     client: ConsoleClient,
-    options: { request?: LockRequest; force?: boolean; user?: string; replay?: boolean } = {},
+    options: { request?: LockRequest; force?: boolean; user?: string; auth?: ClientAuth; replay?: boolean } = {},
   ): LockDecision {
     const decision = this.locks.request(
-      { clientId: client.id, peer: client.peer, user: options.user },
+      { clientId: client.id, peer: client.peer, user: options.user, auth: options.auth },
       options.request ?? this.defaultLockMode,
       options.force ?? false,
     );
@@ -267,7 +268,7 @@ export class ConsoleHub {
       const displaced = [...this.clientSet].find((c) => c.id === d.clientId);
       if (!displaced) continue;
       this.clientSet.delete(displaced);
-      const by = `${options.user ? `${options.user}@` : ''}${client.peer}`;
+      const by = `${options.user ? `${options.user}@` : ''}${client.peer}${options.auth ? ` (${describeAuth(options.auth)})` : ''}`;
       displaced.close(`displaced by ${by}, who took ${decision.mode.toUpperCase()} with --force`);
       this.report({ kind: 'client-takeover', clientId: client.id, peer: client.peer, displacedClientId: d.clientId, displacedPeer: d.peer });
     }
@@ -281,7 +282,14 @@ export class ConsoleHub {
       this.toldDisconnected.add(client);
       client.notice('VM is not connected; you will see its output when it comes back');
     }
-    this.report({ kind: 'client-attached', clientId: client.id, peer: client.peer, mode: decision.mode });
+    this.report({
+      kind: 'client-attached',
+      clientId: client.id,
+      peer: client.peer,
+      mode: decision.mode,
+      ...(options.user ? { user: options.user } : {}),
+      ...(options.auth ? { auth: options.auth } : {}),
+    });
     return decision;
   }
 

@@ -28,23 +28,35 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
   const log = logger.child({ audit: true });
   /** Attach times by client id, for the session length; removed at detach. */
   const since = new Map<number, number>();
+  /** Who each attached client is (user, method, key), repeated on its detach line. */
+  const who = new Map<number, Record<string, unknown>>();
   return {
     get attachedClients() {
       return since.size;
     },
     event(hub: ConsoleHub, e: ConsoleEvent): void {
       switch (e.kind) {
-        case 'client-attached':
+        case 'client-attached': {
           since.set(e.clientId, now());
-          log.info('client attached', { ...vmFields(hub), clientId: e.clientId, peer: e.peer, mode: e.mode });
+          // Who: as the client named itself (telnet), or as SSH established it (with the key's fingerprint).
+          const id = {
+            ...(e.user !== undefined ? { user: e.user } : {}),
+            ...(e.auth ? { method: e.auth.method, ...(e.auth.keyFingerprint ? { keyFingerprint: e.auth.keyFingerprint } : {}) } : {}),
+          };
+          if (Object.keys(id).length > 0) who.set(e.clientId, id);
+          log.info('client attached', { ...vmFields(hub), clientId: e.clientId, peer: e.peer, mode: e.mode, ...id });
           return;
+        }
         case 'client-detached': {
           const t = since.get(e.clientId);
           since.delete(e.clientId);
+          const id = who.get(e.clientId);
+          who.delete(e.clientId);
           log.info('client detached', {
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
+            ...id,
             reason: e.reason,
             ...(t !== undefined ? { durationMs: now() - t } : {}),
           });
@@ -54,6 +66,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
           // The displaced client leaves here: the hub reports no separate detach for it.
           const t = since.get(e.displacedClientId);
           since.delete(e.displacedClientId);
+          who.delete(e.displacedClientId);
           log.warn('client took over the VM serial port (forced)', {
             ...vmFields(hub),
             clientId: e.clientId,

@@ -8,6 +8,7 @@ import type { ConsoleClient } from '../../domain/seams.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
 import { displayKey } from '../../domain/identity.js';
+import { allocateClientId } from '../../domain/client-ids.js';
 
 export interface TelnetClientOptions {
   /** Bytes queued to a client that does not read; past this it is disconnected. */
@@ -27,8 +28,6 @@ export interface TelnetClientOptions {
   /** Called when a client is closed for a protocol error, with its code (metrics). */
   onProtocolError?(code: string): void;
 }
-
-let nextClientId = 1;
 
 /**
  * Fan-out hands every client of a VM the same Buffer; escaping it once instead of
@@ -63,7 +62,7 @@ type ClientState = 'negotiating' | 'attached' | 'closed';
  * speaks VSPC-CONTROL to ask for a lock mode.
  */
 export class TelnetClient implements ConsoleClient {
-  readonly id = nextClientId++;
+  readonly id = allocateClientId();
   readonly peer: string;
   readonly connectedAt = Date.now();
   private readonly session: TelnetSession;
