@@ -9,6 +9,8 @@ import { ConsoleStore } from './storage/console-store.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners } from './access/telnet/listeners.js';
+import { SshListener } from './access/ssh/listener.js';
+import { dirname } from 'node:path';
 import { ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
@@ -31,6 +33,8 @@ export interface ServerAddresses {
   proxy: net.AddressInfo;
   proxyTls: net.AddressInfo | null;
   admin: net.AddressInfo;
+  /** The SSH front door (--ssh-listen), or null. */
+  ssh: net.AddressInfo | null;
 }
 
 /**
@@ -38,7 +42,7 @@ export interface ServerAddresses {
  * ports whose telnets twin (port + offset) would land on one of them.
  */
 function reservedPorts(c: VspcConfig): number[] {
-  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0].filter((p) => p > 0);
+  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.sshListen?.port ?? 0].filter((p) => p > 0);
   // Fixed ports of the config file's `vms:` are kept for their VMs, not handed to others.
   const fixed = c.vms.flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
@@ -64,6 +68,8 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** The SSH front door, when --ssh-listen is given. */
+  readonly ssh: SshListener | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
   private readonly proxy: EsxiListener;
@@ -128,6 +134,23 @@ export class VspcServer {
       lockWaitMs: config.clientLockWaitMs,
       idleTimeoutMs: config.clientIdleTimeoutMs,
     });
+    const consoleLogs = this.consoleLogs;
+    this.ssh = config.sshListen
+      ? new SshListener(this.registry, logger, {
+          listen: config.sshListen,
+          hostKeyDir: config.sshHostKeyDir ?? dirname(config.dbPath),
+          authorizedKeysFile: config.sshAuthorizedKeys,
+          keysCommand: config.sshKeysCommand,
+          limits: config.sshLimits,
+          closeGraceMs: config.closeGraceMs,
+          get idleTimeoutMs() { return config.sshIdleTimeoutMs; },
+          get maxSessionMs() { return config.sshMaxSessionMs; },
+          get maxQueuedBytes() { return config.sshLimits.maxQueuedBytes ?? config.clientQueueLimit; },
+          tail: consoleLogs ? (hub, lines) => consoleLogs.tail(hub, lines) : null,
+          onSlowClientDropped: () => this.metrics.slowClientDropped(),
+          onProtocolError: (code) => this.metrics.protocolError('client', code),
+        })
+      : null;
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
     this.proxy = new EsxiListener(
       {
@@ -166,9 +189,10 @@ export class VspcServer {
         },
         ownPorts: () => {
           const a = this.addressesValue;
-          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : [])] : [];
+          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(a.ssh ? [a.ssh.port] : [])] : [];
         },
         settingsOf: (h) => resolveVmSettings(this.config, h.identity),
+        sshMetrics: () => this.ssh?.metrics() ?? null,
       }),
       logger,
       {
@@ -206,6 +230,7 @@ export class VspcServer {
       vmConnections: this.proxy.connections.size,
       vmConnectionsRefused: this.proxy.refused,
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
+      ssh: this.ssh?.status() ?? null,
     };
   }
 
@@ -219,7 +244,8 @@ export class VspcServer {
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
-    this.addressesValue = { proxy, proxyTls, admin };
+    const ssh = this.ssh ? await this.ssh.start() : null;
+    this.addressesValue = { proxy, proxyTls, admin, ssh };
     this.armExpiry();
     this.logger.info('vspc started', {
       version: VERSION,
@@ -277,7 +303,17 @@ export class VspcServer {
   reload(): ReloadReport {
     if (!this.reloadConfig) throw new VspcError('VSPC_RELOAD_UNAVAILABLE', 'this vspc has no configuration to re-read');
     try {
+      // The SSH authorized keys are read and checked first: a broken file fails the
+      // whole reload, leaving everything as it was.
+      let keys;
+      try {
+        keys = this.ssh?.readKeys() ?? null;
+      } catch (err) {
+        this.logger.error('configuration reload failed; the running configuration is unchanged', errorFields(err));
+        throw err;
+      }
       const report = this.reloadConfig();
+      if (this.ssh?.reload(keys) && !report.applied.includes('sshAuthorizedKeys')) report.applied.push('sshAuthorizedKeys');
       this.metrics.reloads.ok++;
       return report;
     } catch (err) {
@@ -303,6 +339,8 @@ export class VspcServer {
     serviceName: readWhereUsed,
     comPort: readWhereUsed,
     clientQueueLimit: readWhereUsed,
+    sshIdleTimeoutMs: readWhereUsed,
+    sshMaxSessionMs: readWhereUsed,
     vmotionTimeoutMs: readWhereUsed,
     adminToken: readWhereUsed,
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
@@ -392,11 +430,14 @@ export class VspcServer {
     this.vmotion.refuseNew();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
+    // SSH sessions (menus too) are told and ended, within the grace period.
+    const sshClosed = this.ssh?.close() ?? Promise.resolve();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
     await Promise.race([accepting, grace]);
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
+    await sshClosed;
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
     await this.managed.close();
@@ -411,6 +452,7 @@ export class VspcServer {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     void this.proxy.stopAccepting();
     this.listeners.close();
+    this.ssh?.destroy();
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();

@@ -8,7 +8,7 @@ import { ConfigError, VspcError, type VspcErrorCode } from '../errors.js';
 import { formatUuid } from '../util/uuid.js';
 import { Glob, hasWildcards } from '../util/glob.js';
 import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
-import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
+import { METRICS_CONTENT_TYPE, Metrics, renderMetrics, type SshMetricsSnapshot } from './metrics.js';
 import { resolveVm } from './resolve.js';
 import { clientViews, endpointView, portView, uartView, type StatusView, type VmDetailView } from './views.js';
 
@@ -30,6 +30,8 @@ export interface AdminContext {
   };
   /** Event counters for `GET /metrics`. */
   metrics?: Metrics;
+  /** The SSH front door's counters for `GET /metrics`; null when it is off. */
+  sshMetrics?(): SshMetricsSnapshot | null;
   /** Re-read the configuration (`POST /api/v1/reload`); throws ConfigError when it is invalid. */
   reload?(): ReloadReport | Promise<ReloadReport>;
   /** vspc's own listener ports, which `set-port` must not hand to a VM. */
@@ -230,6 +232,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
             uptimeSeconds: s.uptimeSeconds,
             vmConnections: s.vmConnections,
             vmConnectionsRefused: s.vmConnectionsRefused,
+            ssh: ctx.sshMetrics?.() ?? null,
           }),
         );
       },

@@ -61,6 +61,12 @@ export interface ClientView {
   mode: string;
   /** Connected over telnets. */
   tls: boolean;
+  /** The access method: `telnet`, `telnets` or `ssh`. */
+  method: string;
+  /** The user: as an SSH key established it, or as a telnet client named itself (VSPC-CONTROL); null when none. */
+  user: string | null;
+  /** SSH: the fingerprint (`SHA256:...`) of the key the user logged in with; null otherwise. */
+  keyFingerprint: string | null;
   connectedSince: string | null;
   /** The VM serial port it is attached to. */
   vm: string;
@@ -74,6 +80,10 @@ interface ClientFacts {
   mode?: string;
   connectedAt?: number;
   secure?: boolean;
+  user?: string;
+  /** Set by access methods other than telnet (`ssh`). */
+  method?: string;
+  keyFingerprint?: string;
 }
 
 export function clientViews(hub: ConsoleHub): ClientView[] {
@@ -85,6 +95,9 @@ export function clientViews(hub: ConsoleHub): ClientView[] {
         peer: c.peer,
         mode: f.mode ?? 'readwrite',
         tls: f.secure === true,
+        method: f.method ?? (f.secure === true ? 'telnets' : 'telnet'),
+        user: f.user ?? null,
+        keyFingerprint: f.keyFingerprint ?? null,
         connectedSince: typeof f.connectedAt === 'number' ? new Date(f.connectedAt).toISOString() : null,
         vm: hub.displayName,
         uuid: formatUuid(hub.identity.key),
@@ -172,4 +185,16 @@ export interface StatusView {
   /** VM-side connections dropped at accept by the flood cap. */
   vmConnectionsRefused: number;
   vmotions: Record<string, number>;
+  /** The SSH front door (--ssh-listen); null when off. */
+  ssh: SshStatusView | null;
+}
+
+/** `status`: where SSH listens, its host keys (compare with what `ssh` shows on first connect), its sessions. */
+export interface SshStatusView {
+  listen: string;
+  hostKeys: Array<{ type: string; fingerprint: string }>;
+  /** SSH connections authenticated now. */
+  connections: number;
+  /** Of their sessions, those attached to a console. */
+  attached: number;
 }

@@ -11,8 +11,22 @@ import { neutralizeTerminalStrings } from '../util/text.js';
 import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
 
+/** The `ssh` part of `status`: listen address, sessions, one line per host key (fingerprints to compare with what ssh shows). */
+function formatSshStatus(ssh: unknown): string {
+  if (!ssh || typeof ssh !== 'object') return 'ssh: off\n';
+  const v = ssh as { listen?: string; connections?: number; attached?: number; hostKeys?: Array<{ type: string; fingerprint: string }> };
+  let text = `ssh: ${v.listen ?? '?'} connections=${v.connections ?? 0} attached=${v.attached ?? 0}\n`;
+  for (const k of v.hostKeys ?? []) text += `ssh host key: ${k.type} ${k.fingerprint}\n`;
+  return text;
+}
+
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
+  const { ssh, ...rest } = s;
+  return formatPlainStatus(rest) + ('ssh' in s ? formatSshStatus(ssh) : '');
+}
+
+function formatPlainStatus(s: Record<string, unknown>): string {
   const value = (v: unknown) =>
     v !== null && typeof v === 'object'
       ? Object.entries(v as Record<string, unknown>)
@@ -205,8 +219,17 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       }
       out(
         formatTable(
-          ['ID', 'VM', 'PORT', 'MODE', 'TLS', 'PEER', 'SINCE'],
-          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', c.peer, since(c.connectedSince)]),
+          ['ID', 'VM', 'PORT', 'MODE', 'VIA', 'USER', 'PEER', 'SINCE'],
+          clients.map((c) => [
+            String(c.id),
+            c.vm,
+            String(c.port),
+            c.mode,
+            c.method ?? (c.tls ? 'telnets' : 'telnet'),
+            c.user ? (c.keyFingerprint ? `${c.user} (${c.keyFingerprint})` : c.user) : '-',
+            c.peer,
+            since(c.connectedSince),
+          ]),
         ),
       );
     });

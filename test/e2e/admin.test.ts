@@ -147,8 +147,8 @@ describe('vspc-admin commands against a running server', () => {
       assert.ok(x.connectedSince);
     }
     const table = await admin('who');
-    assert.match(table.stdout, /^ID\s+VM\s+PORT\s+MODE\s+TLS\s+PEER\s+SINCE$/m);
-    assert.match(table.stdout, new RegExp(`^${onWeb[0].id}\\s+adm-web01:com1\\s+${webCom1.hub.identity.tcpPort}\\s+readwrite\\s+-\\s+`, 'm'));
+    assert.match(table.stdout, /^ID\s+VM\s+PORT\s+MODE\s+VIA\s+USER\s+PEER\s+SINCE$/m);
+    assert.match(table.stdout, new RegExp(`^${onWeb[0].id}\\s+adm-web01:com1\\s+${webCom1.hub.identity.tcpPort}\\s+readwrite\\s+telnet\\s+-\\s+`, 'm'));
 
     const first = [...webCom1.hub.clients].map((x) => x.id).sort((a, b) => a - b)[0];
     const k1 = await admin('kick', 'adm-web01:com1', '--client', String(first));

@@ -22,7 +22,7 @@ PACKAGES=(
   socat             # ad-hoc serial-socket bridging in tests
   tmux              # terminal-level tests
   telnet            # a real telnet client
-  openssh-client    # ssh over the later serial tunnel
+  openssh-client    # ssh over the later serial tunnel; the SSH front door tests (test/e2e/ssh*.test.ts)
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"
