@@ -134,8 +134,8 @@ export class SshProcess {
   private exited = false;
   private listeners = new Set<() => void>();
 
-  constructor(args: string[], cleanup: Cleanup, input?: string) {
-    this.proc = spawn('ssh', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  constructor(args: string[], cleanup: Cleanup, input?: string, program = 'ssh') {
+    this.proc = spawn(program, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     cleanup.add(() => this.kill());
     this.proc.stdout!.on('data', (d: Buffer) => {
       this.stdout += d.toString('utf8');
@@ -208,9 +208,9 @@ export class SshProcess {
   }
 }
 
-/** Runs `ssh ARGS` to its end (stdin: `input`, or closed at once). */
-export function runSsh(args: string[], cleanup: Cleanup, input = '', timeoutMs = 15_000): Promise<SshResult> {
-  return new SshProcess(args, cleanup, input).exit(timeoutMs);
+/** Runs `ssh ARGS` (or another program of OpenSSH's: sftp) to its end (stdin: `input`, or closed at once). */
+export function runSsh(args: string[], cleanup: Cleanup, input = '', timeoutMs = 15_000, program = 'ssh'): Promise<SshResult> {
+  return new SshProcess(args, cleanup, input, program).exit(timeoutMs);
 }
 
 let tmuxCounter = 0;

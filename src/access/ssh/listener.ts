@@ -272,8 +272,8 @@ export class SshListener {
     this.counted.add(conn);
     this.connections.add(conn);
     this.bySocket.set(socket, conn);
+    // Still paused (pauseOnConnect): ssh2 resumes it once its data listener is in place.
     this.ssh!.injectSocket(socket);
-    socket.resume();
   }
 
   private onSshConnection(client: Connection, info: { header?: { versions?: { software?: string } } }): void {
