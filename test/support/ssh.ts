@@ -270,13 +270,16 @@ export class TmuxPane {
     execFileSync('tmux', ['-L', this.socket, 'send-keys', '-t', 'vspc', ...names], { stdio: 'pipe', timeout: 10_000 });
   }
 
-  /** Polls the pane until `pattern` matches its text; returns the text. */
-  async waitFor(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+  /**
+   * Polls the pane until `pattern` matches its text (without the empty lines below the
+   * cursor: `$` is the end of what was printed) or `pattern(text)` is true; returns the text.
+   */
+  async waitFor(pattern: RegExp | ((text: string) => boolean), timeoutMs = 10_000): Promise<string> {
     const deadline = Date.now() + timeoutMs;
     let text = '';
     for (;;) {
-      text = this.capture();
-      if (pattern.test(text)) return text;
+      text = this.capture().replace(/\n[\s\n]*$/, '');
+      if (typeof pattern === 'function' ? pattern(text) : pattern.test(text)) return text;
       if (Date.now() > deadline) throw new Error(`tmux: timed out after ${timeoutMs} ms waiting for ${pattern}; the pane shows:\n${text}`);
       await delay(50);
     }

@@ -90,6 +90,8 @@ export class SshConnection implements SessionHost {
   private idleMsValue = 0;
   /** Rights being re-checked by the keys command (a reload): one at a time. */
   private recheckRunning = false;
+  /** end() was called: no new sessions; the connection goes when its sessions have. */
+  private ending = false;
 
   constructor(
     private readonly ctx: ConnectionContext,
@@ -185,16 +187,21 @@ export class SshConnection implements SessionHost {
 
   sessionEnded(session: SshSession): void {
     this.sessions.delete(session);
+    // Ending: the client closes the connection itself once its last channel is closed; this is for one that does not.
+    if (this.ending && this.sessions.size === 0) this.client?.end();
   }
 
   // --- called by the listener
 
   /** Ends every session with `message` and the connection after them (shutdown, rights withdrawn). */
   end(message: string, reason: string): void {
-    if (this.state === 'closed') return;
+    if (this.state === 'closed' || this.ending) return;
+    this.ending = true;
     if (this.sessions.size > 0) this.count(reason);
+    // Each session says why and sends its exit status; the client closes the connection
+    // once its channels are closed (a disconnect now would cost it the exit status).
     for (const s of [...this.sessions]) s.end(Exit.ENDED, message);
-    this.client?.end();
+    if (this.sessions.size === 0) this.client?.end();
     this.destroyTimer ??= setTimeout(() => this.destroy(), this.ctx.closeGraceMs);
     this.destroyTimer.unref();
   }
@@ -357,7 +364,7 @@ export class SshConnection implements SessionHost {
   }
 
   private onSession(accept: () => Session, reject: () => void): void {
-    if (this.state !== 'authenticated' || this.sessions.size >= MAX_SESSIONS_PER_CONNECTION) return reject();
+    if (this.state !== 'authenticated' || this.ending || this.sessions.size >= MAX_SESSIONS_PER_CONNECTION) return reject();
     const session = new SshSession(accept(), this);
     this.sessions.add(session);
   }

@@ -60,6 +60,7 @@ export interface SessionHost {
   refused(what: string): void;
   /** The client does not read its output: cut off the connection. */
   tooSlow(queued: number, limit: number): void;
+  /** The session's channel is closed (both ways), or the connection is gone. */
   sessionEnded(session: SshSession): void;
 }
 
@@ -497,16 +498,19 @@ export class SshSession {
       }
       this.closeTimer = setTimeout(() => ch.close(), this.host.closeGraceMs);
       this.closeTimer.unref();
+    } else {
+      this.host.sessionEnded(this);
     }
-    this.host.sessionEnded(this);
   }
 
+  /** The peer closed the channel (its answer to ours, or its own), or the connection is gone. */
   private onChannelClosed(): void {
     if (this.closeTimer) clearTimeout(this.closeTimer);
-    if (this.state === 'closed') return;
-    this.detach('connection closed');
-    this.state = 'closed';
-    this.clearTimers();
+    if (this.state !== 'closed') {
+      this.detach('connection closed');
+      this.state = 'closed';
+      this.clearTimers();
+    }
     this.host.sessionEnded(this);
   }
 
