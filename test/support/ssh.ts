@@ -203,6 +203,11 @@ export class SshProcess {
     if (!this.exited) this.proc.kill('SIGKILL');
   }
 
+  /** Sends a signal (SIGSTOP: a client that stops reading and answering; SIGCONT). */
+  signal(sig: NodeJS.Signals): void {
+    if (!this.exited) this.proc.kill(sig);
+  }
+
   private notify(): void {
     for (const l of [...this.listeners]) l();
   }
