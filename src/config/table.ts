@@ -308,7 +308,7 @@ export const OPTIONS = [
     key: 'sshKeysCommand',
     kind: 'text',
     field: 'sshKeysCommand',
-    help: 'program asked about keys the file does not list (args: user, key type, key, fingerprint; answers JSON)',
+    help: 'program asked about keys the file does not list (args: login name, key type, key, fingerprint; answers JSON)',
     parse: (t, f) => parseNonEmpty(f, t).trim(),
     reload: false,
   }),
