@@ -284,6 +284,10 @@ export class SshSession {
 
   private attach(hub: ConsoleHub, mode: LockRequest | undefined, force: boolean): void {
     const p = this.host.principal;
+    // The menu may be older than a reload or a forgotten console: ask again.
+    if (!p.rights.consoles.allows(hub.identity) || !this.host.consoles().includes(hub)) {
+      return this.refusedAttach(hub, 'this key may no longer use this console (try: list)');
+    }
     const choice = chooseRequest(p.rights, mode, hub.defaultLockMode, force);
     if ('error' in choice) return this.refusedAttach(hub, choice.error);
     const client = new SshConsoleClient(this, hub, this.host.peer, p.user, p.fingerprint);
