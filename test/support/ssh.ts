@@ -257,9 +257,17 @@ export class TmuxPane {
   /** Whether the program in the pane has exited (remain-on-exit keeps the pane), with its status. */
   exitStatus(): number | null {
     try {
-      const out = execFileSync('tmux', ['-L', this.socket, 'display-message', '-p', '-t', 'vspc', '#{pane_dead} #{pane_dead_status}'], { encoding: 'utf8', stdio: 'pipe', timeout: 10_000 }).trim();
-      const [dead, status] = out.split(' ');
-      return dead === '1' ? Number(status) : null;
+      const out = execFileSync('tmux', ['-L', this.socket, 'display-message', '-p', '-t', 'vspc', '#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}'], {
+        encoding: 'utf8',
+        stdio: 'pipe',
+        timeout: 10_000,
+      }).trim();
+      const [dead, status, signal] = out.split(':');
+      if (dead !== '1') return null;
+      // tmux may show the pane dead a moment before it has the status: not yet, then.
+      if (status !== '' && status !== undefined) return Number(status);
+      if (signal !== '' && signal !== undefined) return 128 + Number(signal);
+      return null;
     } catch {
       return null;
     }
