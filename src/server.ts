@@ -243,8 +243,9 @@ export class VspcServer {
     this.applyConsoles(true);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
-    const admin = await this.admin.listen(c.adminListen, c.adminTls);
+    // Before the admin API: once it answers, every listener is up.
     const ssh = this.ssh ? await this.ssh.start() : null;
+    const admin = await this.admin.listen(c.adminListen, c.adminTls);
     this.addressesValue = { proxy, proxyTls, admin, ssh };
     this.armExpiry();
     this.logger.info('vspc started', {
