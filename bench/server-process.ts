@@ -215,6 +215,12 @@ export class ServerProcess extends TargetBase {
       '0',
       '--log-level',
       o.logLevel ?? 'warn',
+      // Every simulated host connects from 127.0.0.1: the per-address defences of a
+      // real deployment (docs/security.md) would throttle the benchmark, not measure vspc.
+      '--unidentified-per-address',
+      '0',
+      '--registration-rate',
+      '0',
       ...(o.extraArgs ?? []),
     ];
     const nodeArgs = ['--expose-gc', '--import', GUARD_URL, ...(o.nodeArgs ?? [])];

@@ -25,11 +25,23 @@ export const ERROR_CODES = {
   VSPC_UUID_CHANGED: ['ProtocolError', 'VM-VC-UUID changed on an open connection'],
   VSPC_IDENTIFY_TIMEOUT: ['ProtocolError', 'option 232 agreed but no DO-PROXY and VM-VC-UUID within --identify-timeout'],
   VSPC_NOT_ESXI: ['ProtocolError', 'the peer refused option 232 or said nothing: a person, told what the port is for'],
+  // --- A VM-side peer refused or cut off by a defence (PeerRefusedError; docs/security.md).
+  VSPC_PEER_NOT_ALLOWED: ['PeerRefusedError', 'the peer address is not in --proxy-allow: closed at accept, before any protocol'],
+  VSPC_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many VM connections still unidentified: a new one refused at accept'],
+  VSPC_ADDRESS_UNIDENTIFIED_LIMIT: ['PeerRefusedError', 'too many unidentified VM connections from one source address (--unidentified-per-address)'],
+  VSPC_UNIDENTIFIED_EVICTED: ['PeerRefusedError', 'an unidentified VM connection closed to make room for one from a less busy address'],
+  VSPC_VM_ALIVE: ['PeerRefusedError', "a connection claimed a VM serial port whose connection answered the liveness probe: refused"],
+  VSPC_PROBE_UNANSWERED: ['PeerRefusedError', 'a VM connection did not answer the liveness probe in --takeover-probe: replaced'],
+  VSPC_REGISTRATION_RATE: ['PeerRefusedError', 'a source address created new VM serial ports faster than --registration-rate allows'],
   // --- A console client broke VSPC-CONTROL (option 201, docs/console-protocol.md).
   VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags, or with an oversized user name'],
   VSPC_CONTROL_BAD_MODE: ['ProtocolError', 'an unknown lock mode byte'],
   VSPC_CONTROL_BAD_REPLY: ['ProtocolError', 'WHO-REPLY that is not JSON'],
   VSPC_CONTROL_UNKNOWN: ['ProtocolError', 'an unknown VSPC-CONTROL message code'],
+  // --- RFC 2217 COM-PORT-OPTION (option 44) payloads (src/protocol/rfc2217/codec.ts). A
+  // console client's bad COM-PORT command is ignored and logged; the connection stays.
+  VSPC_COMPORT_MALFORMED: ['ProtocolError', 'a COM-PORT subnegotiation that is empty, has a value of the wrong length for its command, or an oversized SIGNATURE'],
+  VSPC_COMPORT_UNKNOWN: ['ProtocolError', 'a COM-PORT command code RFC 2217 does not define (13-99, 113-255)'],
   // --- The TCP-over-serial tunnel (src/protocol/tunnel/, docs/tunnel-protocol.md).
   VSPC_TUNNEL_BAD_ARGUMENT: ['TunnelError', 'a tunnel option or argument is out of range (window, payload, port, reason code 1..63, ...)'],
   VSPC_TUNNEL_STREAM_ENDED: ['TunnelError', 'write() on a tunnel stream after end()'],
@@ -58,6 +70,7 @@ export const ERROR_CODES = {
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
   VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
+  VSPC_FD_BUDGET_SPENT: ['VspcError', 'a connection was refused at accept: file descriptors are nearly exhausted (the reserve is kept for the admin API)'],
   VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
   // --- Sources vspc maintains itself (SourceError, src/sources/common/errors.ts).
   VSPC_SOURCE_NOT_FOUND: ['SourceError', 'A unix socket path (or a listen path\'s directory entry) does not exist: the VM is not running.'],
@@ -68,12 +81,14 @@ export const ERROR_CODES = {
   VSPC_SOURCE_NO_DIRECTORY: ['SourceError', 'A listen path\'s directory does not exist or is not a directory.'],
   VSPC_SOURCE_ADDRESS_IN_USE: ['SourceError', 'The listen address is taken (EADDRINUSE; a live listener on a unix-listen path).'],
   VSPC_SOURCE_LISTEN_FAILED: ['SourceError', 'Any other bind/listen failure (EADDRNOTAVAIL, ...).'],
-  VSPC_SOURCE_BUSY: ['SourceError', 'A second peer connected to a listen endpoint while one is attached: it was refused.'],
+  VSPC_SOURCE_BUSY: ['SourceError', 'A second peer connected to a listen endpoint while one is attached: it was refused; or another program holds a device locked (flock).'],
   VSPC_SOURCE_CLOSED: ['SourceError', 'The peer closed the connection (end of stream).'],
   VSPC_SOURCE_RESET: ['SourceError', 'The connection failed under way (ECONNRESET, EPIPE, ...).'],
   VSPC_SOURCE_PROTOCOL_ERROR: ['SourceError', 'The peer broke the telnet protocol; the link is closed and the endpoint redialled.'],
   VSPC_SOURCE_INTERNAL: ['SourceError', 'A bug while handling the peer\'s bytes; contained to this link.'],
-  VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (e.g. `device:` before it is wired).'],
+  VSPC_SOURCE_NOT_A_TTY: ['SourceError', 'A device path that is not a terminal (a regular file, a directory, a FIFO, a socket, /dev/null...).'],
+  VSPC_SOURCE_LINE_UNSUPPORTED: ['SourceError', 'Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses.'],
+  VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (a type no source module registered).'],
   // --- Storage (StorageError).
   VSPC_ARG_INVALID: ['StorageError', 'an argument the store cannot accept (key, label, timestamp)'],
   VSPC_NOT_FOUND: ['StorageError', 'no console record with that id'],
@@ -110,6 +125,10 @@ export const ERROR_CODES = {
   VSPC_CLIENT_NOT_FOUND: ['AdminApiError', '404: no such client on that console'],
   VSPC_PORT_REQUIRED: ['AdminApiError', '400: set-port needs a port'],
   VSPC_PORT_RESERVED: ['AdminApiError', "409: the port is one of vspc's own listeners"],
+  VSPC_PORT_BIND_FAILED: ['AdminApiError', '409: set-port could not bind the new port (EADDRINUSE: another program holds it; EACCES, ...); nothing changed'],
+  VSPC_PORT_PRIVILEGED: ['AdminApiError', '400: set-port to a port below 1024 without force'],
+  VSPC_STATE_INVALID: ['AdminApiError', '400: list filtered by a state that does not exist'],
+  VSPC_REASON_INVALID: ['AdminApiError', '400: kick with an empty reason or one over 200 characters'],
   VSPC_LINES_REQUIRED: ['AdminApiError', '400: the call needs a number of lines'],
   VSPC_LINES_INVALID: ['AdminApiError', '400: lines is not an integer in range'],
   VSPC_NO_TLS_PORT: ['AdminApiError', '409: telnets asked for, but vspc has no certificate'],
@@ -141,6 +160,13 @@ export class VspcError extends Error {
 
 /** A peer broke the telnet, option-232 or VSPC-CONTROL protocol; the connection is closed. */
 export class ProtocolError extends VspcError {}
+
+/**
+ * A VM-side peer refused or cut off by one of the defences of docs/security.md (the
+ * allow-list, the limits on unidentified connections, the liveness probe before a
+ * takeover, the registration quota); the connection is closed, everything else goes on.
+ */
+export class PeerRefusedError extends VspcError {}
 
 /** Bad configuration or command-line input; the process exits non-zero. */
 export class ConfigError extends VspcError {

@@ -11,7 +11,8 @@ import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners } from './access/telnet/listeners.js';
 import { SshListener } from './access/ssh/listener.js';
 import { dirname } from 'node:path';
-import { ManagedConsoles, sourceConnectors } from './sources/index.js';
+import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources/index.js';
+import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
@@ -43,8 +44,8 @@ export interface ServerAddresses {
  */
 function reservedPorts(c: VspcConfig): number[] {
   const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.sshListen?.port ?? 0].filter((p) => p > 0);
-  // Fixed ports of the config file's `vms:` are kept for their VMs, not handed to others.
-  const fixed = c.vms.flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
+  // Fixed ports of the config file's `vms:` and `consoles:` are kept for them, not handed to others.
+  const fixed = [...c.vms, ...c.consoles].flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
 }
 
@@ -72,6 +73,11 @@ export class VspcServer {
   readonly ssh: SshListener | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
+  /** Proxmox / libvirt / path-pattern discovery feeding `managed`. */
+  private readonly discovered: DiscoveredConsoles;
+  /** File descriptors as a budget: VM and console connections are refused before the limit. */
+  private readonly fds = new FdBudget();
+  private lastFdRefusalLog = 0;
   private readonly proxy: EsxiListener;
   private readonly admin: AdminServer;
   private addressesValue: ServerAddresses | null = null;
@@ -108,11 +114,18 @@ export class VspcServer {
     // A forgotten or expired VM keeps no console log file open.
     this.registry.on('removed', (hub) => this.consoleLogs?.forget(hub));
     this.metrics = new Metrics(this.registry);
+    this.metrics.fdBudget = this.fds;
     // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
     // Getters: values a reload may change (applyConfig) are read from `config` when used.
-    this.vmotion = new VmotionCoordinator({ get timeoutMs() { return config.vmotionTimeoutMs; } }, logger);
+    this.vmotion = new VmotionCoordinator(
+      {
+        get timeoutMs() { return config.vmotionTimeoutMs; },
+        get secretBytes() { return config.vmotionSecretBytes; },
+      },
+      logger,
+    );
     const tlsOptions = config.tls
       ? {
           cert: config.tls.cert,
@@ -126,6 +139,7 @@ export class VspcServer {
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
+      admit: (socket) => this.admit(socket, 'client'),
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
@@ -149,21 +163,25 @@ export class VspcServer {
           tail: consoleLogs ? (hub, lines) => consoleLogs.tail(hub, lines) : null,
           onSlowClientDropped: () => this.metrics.slowClientDropped(),
           onProtocolError: (code) => this.metrics.protocolError('client', code),
+          admit: (socket) => this.admit(socket, 'client'),
         })
       : null;
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
+    this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.proxy = new EsxiListener(
       {
         registry: this.registry,
         logger,
         vmotion: this.vmotion,
         onProtocolError: (code) => this.metrics.protocolError('vm', code),
+        onTakeover: (result) => this.metrics.takeover(result),
         options: {
           get serviceName() { return config.serviceName; },
           get comPort() { return config.comPort; },
           maxSubnegotiation: config.maxSubnegotiation,
           get humanTimeoutMs() { return config.humanTimeoutMs; },
           get identifyTimeoutMs() { return config.identifyTimeoutMs; },
+          get takeoverProbeTimeoutMs() { return config.takeoverProbeTimeoutMs; },
           subnegotiationTimeoutMs: config.subnegotiationTimeoutMs,
           maxPreIdentifyBuffer: config.maxPreIdentifyBuffer,
           closeGraceMs: config.closeGraceMs,
@@ -171,7 +189,16 @@ export class VspcServer {
         },
       },
       logger,
-      config.maxUnidentifiedConnections,
+      {
+        maxUnidentified: config.maxUnidentifiedConnections,
+        maxUnidentifiedPerAddress: config.maxUnidentifiedPerAddress,
+        allow: () => this.config.proxyAllow,
+        // Each vMotion under way may bring one destination connection: keep room for it.
+        headroom: () => this.vmotion.pending,
+        registration: { ratePerSecond: config.registrationRate, burst: config.registrationBurst },
+        onRefused: (reason) => this.metrics.vmRefused(reason),
+        admit: (socket) => this.admit(socket, 'vm'),
+      },
     );
     const server = this;
     this.admin = new AdminServer(
@@ -187,6 +214,7 @@ export class VspcServer {
         get reload() {
           return server.reloadConfig ? () => server.reload() : undefined;
         },
+        movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
         ownPorts: () => {
           const a = this.addressesValue;
           return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(a.ssh ? [a.ssh.port] : [])] : [];
@@ -234,13 +262,36 @@ export class VspcServer {
     };
   }
 
+  /**
+   * The descriptor budget's decision for an accepted VM or console socket; a refusal is
+   * logged (at most every 10 s, with the count) and counted in /metrics.
+   */
+  private admit(socket: import('node:net').Socket, side: 'vm' | 'client'): boolean {
+    if (this.fds.admit(socket)) return true;
+    const now = Date.now();
+    if (now - this.lastFdRefusalLog >= 10_000) {
+      this.lastFdRefusalLog = now;
+      this.logger.warn('file descriptors nearly exhausted; refusing new connections (the admin API keeps a reserve)', {
+        side,
+        peer: `${socket.remoteAddress}:${socket.remotePort}`,
+        inUse: this.fds.inUse,
+        limit: this.fds.limit,
+        reserve: this.fds.reserve,
+        refusedSoFar: this.fds.refused,
+        errorCode: 'VSPC_FD_BUDGET_SPENT',
+      });
+    }
+    return false;
+  }
+
   private async startListening(): Promise<void> {
     const c = this.config;
     this.warnAboutExposure();
     await this.consoleLogs?.init();
-    if (c.expireAfterMs > 0) this.expire();
+    if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
     this.registry.load();
     this.applyConsoles(true);
+    await this.discovered.restart(this.config);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     // Before the admin API: once it answers, every listener is up.
@@ -256,20 +307,33 @@ export class VspcServer {
     });
   }
 
-  /** (Re-)arms the expiry check: hourly, or every expireAfterMs when that is shorter; none when 0. */
+  /**
+   * (Re-)arms the expiry check: hourly, or every expireAfterMs / expireUnusedAfterMs
+   * when one is shorter; none when both are 0.
+   */
   private armExpiry(): void {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     this.expiryTimer = null;
-    if (this.config.expireAfterMs > 0) {
-      this.expiryTimer = setInterval(() => this.expire(), Math.min(this.config.expireAfterMs, 3_600_000));
+    const ages = [this.config.expireAfterMs, this.config.expireUnusedAfterMs].filter((ms) => ms > 0);
+    if (ages.length > 0) {
+      this.expiryTimer = setInterval(() => this.expire(), Math.min(...ages, 3_600_000));
       this.expiryTimer.unref();
     }
   }
 
   private expire(): void {
+    const c = this.config;
     try {
-      for (const hub of this.registry.expire(this.config.expireAfterMs)) {
-        this.logger.info('VM serial port expired (not seen for too long)', { vm: hub.displayName, port: hub.identity.tcpPort });
+      const gone = this.registry.expireRecords({
+        unseenMs: c.expireAfterMs > 0 ? c.expireAfterMs : Number.POSITIVE_INFINITY,
+        unusedMs: c.expireUnusedAfterMs > 0 ? c.expireUnusedAfterMs : Number.POSITIVE_INFINITY,
+      });
+      for (const { hub, reason } of gone) {
+        this.metrics.expired(reason);
+        this.logger.info(reason === 'unused' ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
+          vm: hub.displayName,
+          port: hub.identity.tcpPort,
+        });
       }
     } catch (err) {
       this.logger.error('expiry failed', errorFields(err));
@@ -290,6 +354,13 @@ export class VspcServer {
       this.logger.warn('VM client telnet ports listen on a non-loopback address: plain-text consoles are reachable on the network', {
         clientListenHost: c.clientListenHost,
         telnetsAlsoOffered: !!c.tls,
+      });
+    }
+    const vmListeners = [c.proxyListen, ...(c.proxyTlsListen && c.tls ? [c.proxyTlsListen] : [])];
+    if (!c.proxyAllow && vmListeners.some((l) => !isLoopbackHost(l.host))) {
+      // Anyone who reaches the VM port can claim to be any VM (docs/security.md).
+      this.logger.warn('the VM port listens on a non-loopback address without --proxy-allow: any host that reaches it can connect as a VM', {
+        proxyListen: vmListeners.map((l) => `${l.host}:${l.port}`),
       });
     }
     if (!isLoopbackHost(c.adminListen.host)) {
@@ -335,6 +406,9 @@ export class VspcServer {
       this.logger.level = level;
     },
     expireAfterMs: () => this.armExpiry(),
+    expireUnusedAfterMs: () => this.armExpiry(),
+    proxyAllow: readWhereUsed,
+    takeoverProbeTimeoutMs: readWhereUsed,
     humanTimeoutMs: readWhereUsed,
     identifyTimeoutMs: readWhereUsed,
     serviceName: readWhereUsed,
@@ -343,15 +417,25 @@ export class VspcServer {
     sshIdleTimeoutMs: readWhereUsed,
     sshMaxSessionMs: readWhereUsed,
     vmotionTimeoutMs: readWhereUsed,
+    vmotionSecretBytes: readWhereUsed,
     adminToken: readWhereUsed,
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
+    greeting: () => this.applyVmSettingsToAll(),
+    notices: () => this.applyVmSettingsToAll(),
+    replay: () => this.applyVmSettingsToAll(),
     vms: () => this.applyVmSettingsToAll(),
     consoles: () => {
       this.applyConsoles(false);
       this.applyVmSettingsToAll();
     },
+    // Discovery restarts as a whole; consoles it finds again keep their records and ports.
+    proxmoxRunDir: () => void this.discovered.restart(this.config),
+    proxmoxConfDir: () => void this.discovered.restart(this.config),
+    libvirtRunDir: () => void this.discovered.restart(this.config),
+    discoverGlobs: () => void this.discovered.restart(this.config),
+    discoveryRescanMs: () => void this.discovered.restart(this.config),
   };
 
   /**
@@ -396,6 +480,11 @@ export class VspcServer {
     // Clients already attached keep their locks; the default applies to the next ones.
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
     hub.logged = s.log ?? true;
+    hub.stream = {
+      greeting: s.greeting ?? this.config.greeting,
+      notices: s.notices ?? this.config.notices,
+      replay: s.replay ?? this.config.replay,
+    };
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;
@@ -441,6 +530,7 @@ export class VspcServer {
     await sshClosed;
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
+    await this.discovered.close();
     await this.managed.close();
     await this.consoleLogs?.close();
     await this.admin.close();
@@ -458,6 +548,7 @@ export class VspcServer {
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();
     for (const hub of this.registry.all()) hub.closeClients('vspc stopped');
+    void this.discovered.close();
     this.managed.destroy();
     void this.consoleLogs?.close();
     void this.admin.close();

@@ -12,15 +12,36 @@ import type { VmotionCoordinator } from '../domain/vmotion.js';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
+/**
+ * `reason` values of vspc_vm_connections_refused_total, always exposed (0 until they
+ * happen): the VM-side defences of docs/security.md. The ESXi listener's
+ * VmRefusalReason (src/sources/esxi/listener.ts) names the same set; a test keeps them equal.
+ */
+export const VM_REFUSAL_LABELS = ['not-allowed', 'address-limit', 'unidentified-limit', 'evicted', 'registration-rate', 'live-vm'] as const;
+
+/** `result` values of vspc_vm_supersedes_total (the ESXi session's TakeoverResult). */
+export const TAKEOVER_LABELS = ['same-address', 'no-probe', 'unanswered', 'closed', 'refused'] as const;
+
+/** `reason` values of vspc_vm_ports_expired_total. */
+export const EXPIRY_LABELS = ['unseen', 'unused'] as const;
+
 /** Event counters of one server. */
 export class Metrics {
   /** "side\0kind" → count. */
   private readonly protocolErrors = new Map<string, number>();
   slowClientsDropped = 0;
+  /** The process's descriptor budget (src/runtime/fd-budget.ts), when there is one. */
+  fdBudget: { readonly limit: number; readonly inUse: number; readonly refused: number } | null = null;
   adminUnauthorized = 0;
   /** Admin API requests refused by the browser guard (src/admin/request-guard.ts), by rule. */
   readonly adminRefused: Record<GuardRefusal, number> = { host: 0, origin: 0, 'content-type': 0, preflight: 0 };
   readonly reloads = { ok: 0, failed: 0 };
+  /** VM-side connections refused or dropped by a defence, by reason (VM_REFUSAL_LABELS; others are added as they come). */
+  readonly vmRefusals: Record<string, number> = Object.fromEntries(VM_REFUSAL_LABELS.map((r) => [r, 0]));
+  /** Takeovers of a VM serial port that had a connection, by result (TAKEOVER_LABELS). */
+  readonly takeovers: Record<string, number> = Object.fromEntries(TAKEOVER_LABELS.map((r) => [r, 0]));
+  /** VM serial ports forgotten by expiry, by reason (EXPIRY_LABELS). */
+  readonly expiries: Record<string, number> = Object.fromEntries(EXPIRY_LABELS.map((r) => [r, 0]));
   /** Bytes of VM serial ports since forgotten or expired, so the totals never go down. */
   private retiredFromVm = 0;
   private retiredToVm = 0;
@@ -36,6 +57,22 @@ export class Metrics {
   protocolError(side: 'vm' | 'client', kind: string): void {
     const k = `${side}\0${kind}`;
     this.protocolErrors.set(k, (this.protocolErrors.get(k) ?? 0) + 1);
+  }
+
+  /** A VM-side connection was refused or dropped by a defence (listener, registration quota, liveness probe). */
+  vmRefused(reason: string): void {
+    this.vmRefusals[reason] = (this.vmRefusals[reason] ?? 0) + 1;
+  }
+
+  /** A takeover of a VM serial port ended so; `refused` also counts as a refusal (`live-vm`). */
+  takeover(result: string): void {
+    this.takeovers[result] = (this.takeovers[result] ?? 0) + 1;
+    if (result === 'refused') this.vmRefused('live-vm');
+  }
+
+  /** A VM serial port was forgotten by expiry: `unseen` (--expire-after) or `unused` (--expire-unused-after). */
+  expired(reason: string): void {
+    this.expiries[reason] = (this.expiries[reason] ?? 0) + 1;
   }
 
   /** A console client was disconnected for not reading its output. */
@@ -69,8 +106,11 @@ export interface MetricsInput {
   uptimeSeconds: number;
   /** Open VM-side TCP connections, identified or not. */
   vmConnections: number;
-  /** VM-side connections dropped at accept because too many were unidentified (flood cap). */
-  vmConnectionsRefused: number;
+  /**
+   * VM-side connections dropped at accept (status JSON). Not rendered: the metric is
+   * labelled by reason from `metrics.vmRefusals`. Optional for callers built before.
+   */
+  vmConnectionsRefused?: number;
   /** The SSH front door's counters; null or absent when it is off. */
   ssh?: SshMetricsSnapshot | null;
 }
@@ -137,6 +177,26 @@ function family(name: string, type: 'gauge' | 'counter', help: string, samples: 
   return lines.join('\n');
 }
 
+/** Consoles counted by (kind, state), a maintained source's endpoint state when it is not connected. */
+function consoleStates(hubs: readonly ConsoleHub[]): Sample[] {
+  const counts = new Map<string, number>();
+  for (const h of hubs) {
+    const state = h.state === 'disconnected' && h.endpoint ? h.endpoint.state : h.state;
+    const k = `${h.identity.kind}\0${state}`;
+    counts.set(k, (counts.get(k) ?? 0) + 1);
+  }
+  return [...counts].sort().map(([k, n]) => {
+    const [kind, state] = k.split('\0');
+    return [{ kind, state }, n] as Sample;
+  });
+}
+
+function endpointReconnects(hubs: readonly ConsoleHub[]): Sample[] {
+  const byKind = new Map<string, number>();
+  for (const h of hubs) if (h.endpoint) byKind.set(h.identity.kind, (byKind.get(h.identity.kind) ?? 0) + h.endpoint.reconnects);
+  return [...byKind].sort().map(([kind, n]) => [{ kind }, n] as Sample);
+}
+
 /** The whole exposition, one family per metric, ending in a newline. */
 export function renderMetrics(i: MetricsInput): string {
   const hubs = i.hubs;
@@ -153,12 +213,36 @@ export function renderMetrics(i: MetricsInput): string {
       'VM serial ports whose client port (or telnets port) cannot be bound; retried.',
       hubs.filter((h) => h.listenError || h.tlsListenError).length,
     ),
+    family(
+      'vspc_consoles',
+      'gauge',
+      'Consoles by kind (esxi, config, proxmox, libvirt, glob) and state (connected, disconnected, migrating; waiting, listening, stopped for sources vspc maintains).',
+      consoleStates(hubs),
+    ),
+    family(
+      'vspc_endpoint_reconnects_total',
+      'counter',
+      'Connections lost or attempts failed by sources vspc maintains (declared and discovered consoles), by kind.',
+      endpointReconnects(hubs),
+    ),
     family('vspc_vm_connections', 'gauge', 'Open VM-side TCP connections, including ones not identified yet.', i.vmConnections),
     family(
       'vspc_vm_connections_refused_total',
       'counter',
-      'VM-side connections dropped at accept because too many were still unidentified.',
-      i.vmConnectionsRefused,
+      'VM-side connections refused or dropped by a defence, by reason (not-allowed, address-limit, unidentified-limit, evicted, registration-rate, live-vm).',
+      Object.entries(i.metrics.vmRefusals).map(([reason, n]) => [{ reason }, n] as Sample),
+    ),
+    family(
+      'vspc_vm_supersedes_total',
+      'counter',
+      'Connections that claimed a VM serial port which had a connection, by result (same-address, no-probe, unanswered, closed, refused).',
+      Object.entries(i.metrics.takeovers).map(([result, n]) => [{ result }, n] as Sample),
+    ),
+    family(
+      'vspc_vm_ports_expired_total',
+      'counter',
+      'VM serial ports forgotten by expiry, by reason (unseen: --expire-after; unused: --expire-unused-after).',
+      Object.entries(i.metrics.expiries).map(([reason, n]) => [{ reason }, n] as Sample),
     ),
     family('vspc_clients', 'gauge', 'Console clients attached, all VM serial ports.', hubs.reduce((n, h) => n + h.clients.size, 0)),
     family('vspc_bytes_from_vm_total', 'counter', 'Serial output bytes received from VMs.', bytes.fromVm),
@@ -178,6 +262,18 @@ export function renderMetrics(i: MetricsInput): string {
       i.metrics.protocolErrorCounts().map(({ side, kind, count }) => [{ side, kind }, count] as Sample),
     ),
     family('vspc_clients_dropped_slow_total', 'counter', 'Console clients disconnected because they did not read their output.', i.metrics.slowClientsDropped),
+    ...(i.metrics.fdBudget && Number.isFinite(i.metrics.fdBudget.limit)
+      ? [
+          family('vspc_fd_limit', 'gauge', 'The soft limit on open file descriptors (RLIMIT_NOFILE).', i.metrics.fdBudget.limit),
+          family('vspc_fd_in_use', 'gauge', 'File descriptors in use, as the descriptor budget counts them.', i.metrics.fdBudget.inUse),
+          family(
+            'vspc_fd_budget_refused_total',
+            'counter',
+            'Connections refused at accept because the descriptor budget was spent (the reserve is kept for the admin API).',
+            i.metrics.fdBudget.refused,
+          ),
+        ]
+      : []),
     family('vspc_config_reloads_total', 'counter', 'Configuration reloads (SIGHUP, vspc-admin reload), by result.', [
       [{ result: 'ok' }, i.metrics.reloads.ok],
       [{ result: 'failed' }, i.metrics.reloads.failed],

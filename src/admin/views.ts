@@ -2,12 +2,23 @@ import type { Registry } from '../domain/registry.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
 import { formatUuid } from '../util/uuid.js';
 import { displayKey } from '../domain/identity.js';
-import type { SerialLineSettings } from '../domain/serial-line.js';
+import type { SerialLineSettings, SerialLineState } from '../domain/serial-line.js';
 import type { EndpointStatus } from '../domain/seams.js';
+
+/** What `list --state` filters on: the STATE column (a maintained source's endpoint state while it is not connected). */
+export const CONSOLE_STATES = ['connected', 'disconnected', 'migrating', 'connecting', 'listening', 'waiting', 'stopped'] as const;
+
+/** Longest `kick` reason (it goes to the clients' screens and the audit log). */
+export const MAX_KICK_REASON = 200;
 
 /** One row of `vspc-admin list --json`: the admin API's stable shape. */
 export interface PortView {
   name: string | null;
+  /**
+   * The shortest spelling that names this console alone in `vm=` and on the command
+   * line (`web01`, `web01:`, `web01:com2`, a UUID, or the port); see resolve.ts.
+   */
+  address: string;
   /** Where the identity comes from: `esxi`, `config` (declared), `proxmox`, `libvirt`, ... */
   kind: string;
   /** The stable key within the kind, as people read it (a UUID in 8-4-4-4-12 form). */
@@ -30,10 +41,11 @@ export interface PortView {
   listenError: string | null;
 }
 
-export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: ConsoleHub) => number | null): PortView {
+export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: ConsoleHub) => number | null, address?: string): PortView {
   const lastSeen = registry.lastSeen(hub);
   return {
     name: hub.identity.name,
+    address: address ?? hub.displayName,
     kind: hub.identity.kind,
     key: displayKey(hub.identity),
     uuid: hub.identity.kind === 'esxi' ? formatUuid(hub.identity.key) : null,
@@ -57,14 +69,17 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
 export interface ClientView {
   id: number;
   peer: string;
+  /**
+   * The user: the name a telnet client gave (VSPC-CONTROL, e.g. `vspc-admin connect
+   * --user`), or the one an SSH key gives (authenticated); null for stock telnet.
+   */
+  user: string | null;
   /** Lock mode held (readwrite, readonly, ...). */
   mode: string;
   /** Connected over telnets. */
   tls: boolean;
   /** The access method: `telnet`, `telnets` or `ssh`. */
   method: string;
-  /** The user: as an SSH key established it, or as a telnet client named itself (VSPC-CONTROL); null when none. */
-  user: string | null;
   /** SSH: the fingerprint (`SHA256:...`) of the key the user logged in with; null otherwise. */
   keyFingerprint: string | null;
   connectedSince: string | null;
@@ -80,7 +95,6 @@ interface ClientFacts {
   mode?: string;
   connectedAt?: number;
   secure?: boolean;
-  user?: string;
   /** Set by access methods other than telnet (`ssh`). */
   method?: string;
   keyFingerprint?: string;
@@ -93,10 +107,10 @@ export function clientViews(hub: ConsoleHub): ClientView[] {
       return {
         id: c.id,
         peer: c.peer,
+        user: hub.userOf(c) ?? null,
         mode: f.mode ?? 'readwrite',
         tls: f.secure === true,
         method: f.method ?? (f.secure === true ? 'telnets' : 'telnet'),
-        user: f.user ?? null,
         keyFingerprint: f.keyFingerprint ?? null,
         connectedSince: typeof f.connectedAt === 'number' ? new Date(f.connectedAt).toISOString() : null,
         vm: hub.displayName,
@@ -126,6 +140,46 @@ export function uartView(u: SerialLineSettings | null): UartView | null {
   return { baudRate: u.baudRate ?? null, dataSize: u.dataSize ?? null, parity, stopBits, summary };
 }
 
+/** The rest of the serial line as ESXi reported it over COM-PORT (RFC 2217 SET-CONTROL, suspend/resume, SIGNATURE). */
+export interface SerialLineView {
+  /** true: the guest holds its line in BREAK. null: not reported. */
+  break: boolean | null;
+  /** Outbound flow control: none, xon-xoff, hardware, dcd, dsr; null: not reported. */
+  flowControl: string | null;
+  /** Inbound flow control: none, xon-xoff, hardware, dtr; null: not reported. */
+  inboundFlowControl: string | null;
+  dtr: boolean | null;
+  rts: boolean | null;
+  /** The host asked vspc to stop sending (FLOWCONTROL-SUSPEND): client input waits. */
+  suspended: boolean;
+  /** The host's SIGNATURE text, or null. */
+  signature: string | null;
+  /** e.g. "BREAK off, DTR on, RTS on, flow none, sending". */
+  summary: string;
+}
+
+export function serialLineView(l: SerialLineState | null): SerialLineView | null {
+  if (!l || typeof l !== 'object') return null;
+  const onOff = (b: boolean | undefined) => (b === undefined ? '?' : b ? 'on' : 'off');
+  const summary = [
+    `BREAK ${onOff(l.break)}`,
+    `DTR ${onOff(l.dtr)}`,
+    `RTS ${onOff(l.rts)}`,
+    `flow ${l.flowControl ?? '?'}`,
+    l.suspended ? 'input suspended by the VM' : 'sending',
+  ].join(', ');
+  return {
+    break: l.break ?? null,
+    flowControl: l.flowControl ?? null,
+    inboundFlowControl: l.inboundFlowControl ?? null,
+    dtr: l.dtr ?? null,
+    rts: l.rts ?? null,
+    suspended: l.suspended ?? false,
+    signature: l.signature ?? null,
+    summary,
+  };
+}
+
 /** `vspc-admin show`: everything about one VM serial port. */
 export interface VmDetailView extends PortView {
   /** Display name: NAME[:LABEL], or the UUID when the name is not known. */
@@ -134,6 +188,7 @@ export interface VmDetailView extends PortView {
   bytesToVm: number;
   scrollbackBytes: number;
   uart: UartView | null;
+  serialLine: SerialLineView | null;
   clientList: ClientView[];
   vmotions: ReadonlyArray<{ startedAt: string; durationMs: number; outcome: string; heldBytes: number; discardedBytes: number }>;
   /** Settings from the config file (`vms:` entries that match, a declared console's own entry). */
@@ -185,8 +240,8 @@ export interface StatusView {
   /** VM-side connections dropped at accept by the flood cap. */
   vmConnectionsRefused: number;
   vmotions: Record<string, number>;
-  /** The SSH front door (--ssh-listen); null when off. */
-  ssh: SshStatusView | null;
+  /** The SSH front door (--ssh-listen); null when off (absent from views built without it). */
+  ssh?: SshStatusView | null;
 }
 
 /** `status`: where SSH listens, its host keys (compare with what `ssh` shows on first connect), its sessions. */

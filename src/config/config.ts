@@ -7,6 +7,7 @@ import type { SourceSpec } from '../domain/source-spec.js';
 import type { PortRange } from '../domain/repository.js';
 import type { HostPort } from '../util/net.js';
 import type { LockRequest } from '../domain/locks.js';
+import type { CidrBlock } from '../util/cidr.js';
 import type { LOG_FORMATS, LOG_LEVELS } from './table.js';
 import { DEFAULTS as COMPUTED_DEFAULTS } from './options.js';
 
@@ -38,7 +39,24 @@ export interface VspcConfig {
   /** VM serial ports not seen for this long are forgotten; 0 = never. */
   expireAfterMs: number;
   humanTimeoutMs: number;
+  /** Option 232 agreed but no DO-PROXY + UUID (or VMOTION-PEER) by then: closed. */
   identifyTimeoutMs: number;
+  /** Networks that may connect as VMs (--proxy-allow); null = any address. */
+  proxyAllow: CidrBlock[] | null;
+  /**
+   * Before a new connection takes a VM serial port from a live one at another address,
+   * the old one is asked GET-VM-VC-UUID; an answer within this refuses the newcomer.
+   * 0 = no probe, the newest connection wins.
+   */
+  takeoverProbeTimeoutMs: number;
+  /** Unidentified VM connections one source address (IPv6: /64) may hold; 0 = no limit. */
+  maxUnidentifiedPerAddress: number;
+  /** New VM serial port records one source address may create per second (token bucket); 0 = no limit. */
+  registrationRate: number;
+  /** ... and at once. */
+  registrationBurst: number;
+  /** Records that never carried a byte nor a client are forgotten after this long unseen; 0 = only expireAfterMs. */
+  expireUnusedAfterMs: number;
   subnegotiationTimeoutMs: number;
   maxSubnegotiation: number;
   maxPreIdentifyBuffer: number;
@@ -48,6 +66,8 @@ export interface VspcConfig {
   comPort: boolean;
   /** vMotion: a pending GOAHEAD/PEER not finished by then is abandoned. */
   vmotionTimeoutMs: number;
+  /** vMotion: bytes of the random secret vspc sends in VMOTION-GOAHEAD (4-64; below 8 is warned about). */
+  vmotionSecretBytes: number;
   /** vMotion: client input held during a switch-over, at most this many bytes. */
   vmotionHoldLimit: number;
   /** Recent VM output replayed to a client on attach. */
@@ -68,8 +88,21 @@ export interface VspcConfig {
   defaultLockMode: LockModeName;
   /** Per-VM settings from the config file (`vms:`); see resolveVmSettings in vms.ts. */
   vms: VmSettings[];
+  /** What vspc adds to a client's stream (greeting line, notices, scrollback replay); per console in vms:/consoles:. */
+  greeting: boolean;
+  notices: boolean;
+  replay: boolean;
   /** Declared consoles from the config file (`consoles:`); see consoles.ts. */
   consoles: ConsoleSettings[];
+  /** Proxmox discovery: the run directory of the VMs' serial sockets; null = off. */
+  proxmoxRunDir: string | null;
+  proxmoxConfDir: string;
+  /** libvirt discovery: the directory of the domains' runtime XML; null = off. */
+  libvirtRunDir: string | null;
+  /** Consoles found by path pattern (`discover:`). */
+  discoverGlobs: DiscoverGlob[];
+  /** Discovery rescans this often besides watching (ms; 0 = only watch). */
+  discoveryRescanMs: number;
   /** Console log files, one per VM serial port, in this directory (--log-dir); null = off. */
   logDir: string | null;
   /** A console log file is rotated before it would pass this many bytes (--log-max-size). */
@@ -130,6 +163,14 @@ export type LogFormatName = (typeof LOG_FORMATS)[number];
 export { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
 export type LockModeName = LockRequest;
 
+/** One `discover:` entry: paths matching `glob` become consoles with `source` (templates: {path} {basename} {stem} {dir}). */
+export interface DiscoverGlob {
+  glob: string;
+  source: string;
+  name?: string;
+  where?: string;
+}
+
 /** One `consoles:` entry of the config file (src/config/consoles.ts). */
 export interface ConsoleSettings {
   name: string;
@@ -140,6 +181,9 @@ export interface ConsoleSettings {
   scrollbackBytes?: number;
   /** Fixed client TCP port (config file key `port`). */
   tcpPort?: number;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
   /** false: no console log file for this console. */
   log?: boolean;
   /** Where the entry is written ("file:line:col"), for log lines. */
@@ -154,6 +198,10 @@ export interface VmSettings {
   scrollbackBytes?: number;
   /** Fixed client TCP port for the matching VM serial port (config file key `port`). */
   tcpPort?: number;
+  /** Stream switches for the matching consoles (see ConsoleHub.stream). */
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
   /** Where the entry is written ("file:line:col"), for log lines. */
   where?: string;
 }

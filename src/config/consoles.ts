@@ -13,16 +13,15 @@
  * A declared console's identity is (kind `config`, key = its name, label ''): renaming
  * it in the file makes a new console with a new port.
  */
-import type { ConsoleSettings, LockModeName } from './config.js';
-import { LOCK_MODES as LOCK_MODE_NAMES } from '../domain/locks.js';
+import type { ConsoleSettings, DiscoverGlob } from './config.js';
 import { formatSourceSpec, parseSourceSpec } from '../domain/source-spec.js';
 import { VspcError } from '../errors.js';
 import { hasUnsafeText } from '../util/text.js';
-import { parsePort, parseSizeOrZero } from './parse.js';
-import { asConfigError, describe, type Fail } from './file.js';
+import { describe, type Fail } from './file.js';
+import { checkConsoleSettings } from './vms.js';
 
 /** The keys a `consoles:` entry may have (config file spelling). */
-export const CONSOLE_ENTRY_KEYS = ['name', 'source', 'lockMode', 'scrollback', 'port', 'log'] as const;
+export const CONSOLE_ENTRY_KEYS = ['name', 'source', 'lockMode', 'scrollback', 'port', 'log', 'greeting', 'notices', 'replay'] as const;
 
 /** Longest console name: it is a table cell, a file name part and a telnet greeting. */
 export const MAX_CONSOLE_NAME = 128;
@@ -54,22 +53,7 @@ export function checkConsoles(v: unknown, fail: Fail): ConsoleSettings[] {
       if (err instanceof VspcError && err.code === 'VSPC_SOURCE_INVALID') fail(['consoles', i, 'source'], err.message);
       throw err;
     }
-    const s: ConsoleSettings = { name, source, sourceText: formatSourceSpec(source) };
-    if (e.lockMode !== undefined) {
-      if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
-        fail(['consoles', i, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
-      }
-      s.lockMode = e.lockMode as LockModeName;
-    }
-    if (e.scrollback !== undefined) {
-      const text = typeof e.scrollback === 'number' || typeof e.scrollback === 'string' ? String(e.scrollback) : null;
-      if (text === null) fail(['consoles', i, 'scrollback'], `expected a size (e.g. 65536, 64k, 1m, 0), got ${describe(e.scrollback)}`);
-      s.scrollbackBytes = asConfigError(['consoles', i, 'scrollback'], fail, () => parseSizeOrZero('scrollback', text!));
-    }
-    if (e.port !== undefined) {
-      const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
-      s.tcpPort = asConfigError(['consoles', i, 'port'], fail, () => parsePort('port', text, false));
-    }
+    const s: ConsoleSettings = { name, source, sourceText: formatSourceSpec(source), ...checkConsoleSettings(e, ['consoles', i], fail) };
     if (e.log !== undefined) {
       if (typeof e.log !== 'boolean') fail(['consoles', i, 'log'], `expected true or false, got ${describe(e.log)}`);
       s.log = e.log as boolean;
@@ -77,4 +61,29 @@ export function checkConsoles(v: unknown, fail: Fail): ConsoleSettings[] {
     out.push(s);
   });
   return out;
+}
+
+/** The keys a `discover:` entry may have. */
+export const DISCOVER_ENTRY_KEYS = ['glob', 'source', 'name'] as const;
+
+/**
+ * Checks `discover:` (path patterns that become consoles). The pattern and templates
+ * are checked in depth when discovery starts (src/sources/discovery/glob.ts); here the
+ * shape, and what is obviously wrong.
+ */
+export function checkDiscoverGlobs(v: unknown, fail: Fail): DiscoverGlob[] {
+  if (!Array.isArray(v)) fail(['discover'], `expected a list of {${DISCOVER_ENTRY_KEYS.join(', ')}}, got ${describe(v)}`);
+  return (v as unknown[]).map((entry, i) => {
+    if (entry === null || typeof entry !== 'object' || Array.isArray(entry)) fail(['discover', i], `expected a mapping with glob: and source:, got ${describe(entry)}`);
+    const e = entry as Record<string, unknown>;
+    for (const k of Object.keys(e)) {
+      if (!(DISCOVER_ENTRY_KEYS as readonly string[]).includes(k)) fail(['discover', i, k], `unknown key (a discover entry has ${DISCOVER_ENTRY_KEYS.join(', ')})`, true);
+    }
+    if (typeof e.glob !== 'string' || !e.glob.startsWith('/')) fail(['discover', i, ...(e.glob === undefined ? [] : ['glob'])], 'needs glob: an absolute path pattern such as /dev/serial/by-id/*');
+    if (typeof e.source !== 'string' || !/^(unix:|device:)\{path\}/.test(e.source)) {
+      fail(['discover', i, ...(e.source === undefined ? [] : ['source'])], 'needs source: unix:{path} or device:{path}?baud=...');
+    }
+    if (e.name !== undefined && (typeof e.name !== 'string' || e.name.trim() === '')) fail(['discover', i, 'name'], 'a name template such as {basename}');
+    return { glob: e.glob as string, source: e.source as string, ...(e.name !== undefined ? { name: (e.name as string).trim() } : {}) };
+  });
 }

@@ -6,7 +6,7 @@
  */
 import type { Command } from 'commander';
 import type { VspcConfig } from './config.js';
-import { readConfigFile, type ConfigFile, type KeyKind } from './file.js';
+import { describe, readConfigFile, type ConfigFile, type Fail, type KeyKind } from './file.js';
 import { configFromOptions, ORIGIN_RANK, type Origin } from './options.js';
 import { OPTIONS, optionName, type OptionSpec } from './table.js';
 import { ConfigError } from '../errors.js';
@@ -38,6 +38,8 @@ export function fileKeys(): Map<string, KeyKind> {
         ? { kind: 'boolean' }
         : spec.kind === 'structured'
           ? { kind: 'custom', check: spec.check! }
+          : spec.kind === 'list'
+            ? { kind: 'custom', check: (v, fail) => checkList(spec.key, v, fail) }
           : spec.choices
             ? { kind: 'choice', choices: spec.choices }
             : { kind: 'string' };
@@ -45,6 +47,14 @@ export function fileKeys(): Map<string, KeyKind> {
     if (spec.deprecatedAlias) keys.set(spec.deprecatedAlias.key, kind);
   }
   return keys;
+}
+
+/** A `list` option's file value: a string (comma-separated), or a list of strings and numbers; given to the option's parser joined by commas. */
+function checkList(key: string, value: unknown, fail: Fail): string {
+  if (typeof value === 'string') return value;
+  if (Array.isArray(value) && value.length === 0) return fail([key], 'an empty list (leave the key out for the default)');
+  if (Array.isArray(value) && value.every((v) => typeof v === 'string' || typeof v === 'number')) return value.join(',');
+  return fail([key], `expected a list of strings, got ${describe(value)}`);
 }
 
 /** One option's value as one name (the option's own, or its deprecated alias) gives it. */

@@ -8,7 +8,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { Command, Option as CliOption } from 'commander';
 import type { VspcConfig } from './config.js';
 import { parseHostPort, rangesOverlap, readPem } from './parse.js';
-import { FIXED_SETTINGS, OPTIONS, PROXY_TLS_LISTEN_DEFAULT, optionName, type OptionSpec } from './table.js';
+import { FIXED_SETTINGS, MIN_SAFE_VMOTION_SECRET_BYTES, OPTIONS, PROXY_TLS_LISTEN_DEFAULT, optionName, type OptionSpec } from './table.js';
 import { ConfigError } from '../errors.js';
 import { isLoopbackHost } from '../util/net.js';
 import { VERSION } from '../version.js';
@@ -185,6 +185,7 @@ export function configFromOptions(
   for (const spec of OPTIONS as readonly OptionSpec[]) {
     const raw = values[spec.key] ?? spec.default;
     if (spec.kind === 'switch') out[spec.field] = raw === undefined ? true : raw === true;
+    else if (spec.kind === 'list') out[spec.field] = raw === undefined ? null : spec.parse!(Array.isArray(raw) ? raw.map(String).join(',') : String(raw), optionName(spec));
     else if (spec.kind === 'structured') out[spec.field] = raw === undefined ? spec.empty : raw;
     else if (spec.parse) out[spec.field] = raw === undefined ? null : spec.parse(String(raw), optionName(spec));
   }
@@ -194,6 +195,12 @@ export function configFromOptions(
     (config as unknown as Record<string, unknown>)[field] = combine(inputs);
   }
   checkAcross(config);
+  if (config.vmotionSecretBytes < MIN_SAFE_VMOTION_SECRET_BYTES) {
+    warnings.push(
+      `--vmotion-secret-bytes: ${config.vmotionSecretBytes} bytes is below the ${MIN_SAFE_VMOTION_SECRET_BYTES} VMware asks for; ` +
+        'a shorter vMotion secret is easier to guess for whoever can reach the VM port while a VM migrates',
+    );
+  }
   return config;
 }
 

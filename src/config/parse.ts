@@ -8,6 +8,7 @@ import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import type { PortRange } from '../domain/repository.js';
 import type { HostPort } from '../util/net.js';
+import { parseCidr, type CidrBlock } from '../util/cidr.js';
 
 /** A TCP port number 0-65535 (1-65535 without `allowZero`). */
 export function parsePort(field: string, text: string, allowZero = true): number {
@@ -79,6 +80,29 @@ export function parseCount(field: string, text: string, min: number, max: number
   return Number(t);
 }
 
+/** A non-negative decimal number of events per second (`10`, `0.5`); 0 means no limit where the option says so. */
+export function parseRate(field: string, text: string): number {
+  const t = text.trim();
+  if (!/^\d+(\.\d+)?$/.test(t)) throw new ConfigError(`${field}: "${text}" is not a number per second (e.g. 10, 0.5)`, { field, value: text });
+  return Number(t);
+}
+
+/** Networks, comma- or space-separated (`10.0.0.0/8, 192.0.2.7, 2001:db8::/32`), in the order given, duplicates dropped. */
+export function parseCidrList(field: string, text: string): CidrBlock[] {
+  const items = text.split(/[\s,]+/).filter((x) => x !== '');
+  if (items.length === 0) throw new ConfigError(`${field}: give at least one network (e.g. 10.0.0.0/8)`, { field, value: text });
+  const out = new Map<string, CidrBlock>();
+  for (const item of items) {
+    try {
+      const block = parseCidr(item);
+      out.set(block.text, block);
+    } catch (err) {
+      throw new ConfigError(`${field}: ${(err as Error).message}`, { field, value: item });
+    }
+  }
+  return [...out.values()];
+}
+
 /** Any text but the empty one (paths, host names). */
 export function parseNonEmpty(field: string, text: string): string {
   if (text.trim() === '') throw new ConfigError(`${field}: must not be empty`, { field });
@@ -129,4 +153,11 @@ export function ephemeralPortRange(): PortRange | null {
 /** Whether two port ranges share a port. */
 export function rangesOverlap(a: PortRange, b: PortRange): boolean {
   return a.start <= b.end && b.start <= a.end;
+}
+
+/** An absolute file system path (a directory vspc reads). */
+export function parseAbsolutePath(field: string, text: string): string {
+  const t = text.trim();
+  if (!t.startsWith('/') || t.includes('\0')) throw new ConfigError(`${field}: "${t}" is not an absolute path`, { field, value: text });
+  return t;
 }

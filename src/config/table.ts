@@ -17,21 +17,33 @@ import {
   parseCount,
   parseDuration,
   parseHostPort,
+  parseAbsolutePath,
   parseNonEmpty,
   parsePort,
   parseReadableFile,
   parsePortRange,
+  parseCidrList,
+  parseRate,
   parseSize,
   parseSizeOrZero,
 } from './parse.js';
 import { ConfigError } from '../errors.js';
 import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
-import { checkConsoles } from './consoles.js';
+import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export const LOG_FORMATS = ['json', 'text'] as const;
+/**
+ * vMotion secret length in bytes (VMOTION-GOAHEAD, VMware "vMotion Notification"): at
+ * least 8 unless an operator lowers it, which is warned about; 4 is the shortest seen
+ * from a concentrator that ESXi hosts accepted (test/fixtures/esxi-capture-vmotion.txt).
+ */
+export const MIN_SAFE_VMOTION_SECRET_BYTES = 8;
+export const MIN_VMOTION_SECRET_BYTES = 4;
+/** A subnegotiation payload stays small, and nothing suggests a host takes longer secrets. */
+export const MAX_VMOTION_SECRET_BYTES = 64;
 /** Where ESXi hosts connect with telnets:// when --cert/--key are given and --proxy-tls-listen is not. */
 export const PROXY_TLS_LISTEN_DEFAULT = '0.0.0.0:13372';
 
@@ -51,8 +63,15 @@ export interface OptionSpec<F extends Field = Field, R extends Reload = Reload> 
   readonly flag: string | null;
   /** The config file key: the long flag in camelCase (`--port-range` → `portRange`, `--no-com-port` → `comPort`). */
   readonly key: string;
-  /** `text`: a value parsed by `parse` (or combined with others, see DERIVED in options.ts); `switch`: true unless `--no-…`; `structured`: a config file value checked by `check` (`vms:`, `consoles:`). */
-  readonly kind: 'text' | 'switch' | 'structured';
+  /**
+   * `text`: a value parsed by `parse` (or combined with others, see DERIVED in options.ts);
+   * `list`: several text values — a variadic, repeatable flag (`--proxy-allow A B`,
+   * `--proxy-allow A --proxy-allow B`), commas within a value, or a list in the file —
+   * given to `parse` joined by commas, unset (null) when none is given;
+   * `switch`: true unless `--no-…`; `structured`: a config file value checked by
+   * `check` (`vms:`, `consoles:`).
+   */
+  readonly kind: 'text' | 'list' | 'switch' | 'structured';
   /** For `structured`: checks the file's value, failing at the position of what is wrong. */
   readonly check?: (value: unknown, fail: Fail) => VspcConfig[F];
   /** For `structured`: the value when the file has none. */
@@ -78,6 +97,8 @@ function option<F extends Field, R extends Reload>(spec: OptionSpec<F, R>): Opti
   return spec;
 }
 
+const ON_DISCOVERY = 'at once: discovery restarts with the new settings (consoles found again keep their ports)';
+const ON_NEW_CLIENTS = 'for clients that attach afterwards';
 const ON_NEW_VM_CONNECTIONS = 'for VM connections accepted afterwards';
 const ON_HUBS = 'at once: buffers resized (the most recent output kept), VM serial ports moved to their fixed ports; lock modes for clients that attach afterwards';
 
@@ -199,14 +220,89 @@ export const OPTIONS = [
     reload: 'at once (the hourly check is re-armed)',
   }),
   option({
+    flag: '--expire-unused-after <duration>',
+    key: 'expireUnusedAfter',
+    kind: 'text',
+    field: 'expireUnusedAfterMs',
+    help: 'forget sooner VM serial ports that never printed a byte nor had a client (0 = only --expire-after)',
+    // A record nobody ever used costs a port and one or two listening fds: a flood of
+    // made-up UUIDs must not hold them for 90 days. A real VM that prints nothing for
+    // an hour after it disconnected loses only a port nobody knew.
+    default: '1h',
+    parse: (t, f) => parseDuration(f, t),
+    reload: 'at once (the hourly check is re-armed)',
+  }),
+  option({
     flag: '--identify-timeout <duration>',
     key: 'identifyTimeout',
     kind: 'text',
     field: 'identifyTimeoutMs',
-    help: 'close VM connections that do not identify in time',
-    default: '30s',
+    help: 'close VM connections that agreed to option 232 but do not identify in time',
+    // Real hosts identify within milliseconds of agreeing to option 232 (about 1 ms in
+    // the capture in docs); 5 s allows several round trips of a slow WAN and a TCP
+    // retransmission, and keeps an idle flood from holding sockets for long.
+    default: '5s',
     parse: (t, f) => parseDuration(f, t),
     reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--proxy-allow <cidr...>',
+    key: 'proxyAllow',
+    kind: 'list',
+    field: 'proxyAllow',
+    help: 'networks that may connect as VMs, checked before any protocol (repeat or comma-separate; default: any)',
+    parse: (t, f) => parseCidrList(f, t),
+    reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--takeover-probe <duration>',
+    key: 'takeoverProbe',
+    kind: 'text',
+    field: 'takeoverProbeTimeoutMs',
+    help: 'a new connection for a VM serial port whose connection answers GET-VM-VC-UUID within this is refused (0 = the newest wins)',
+    // ESXi answers within a round trip (well under a millisecond in the capture); 2 s
+    // covers a slow WAN plus one TCP retransmission (initial RTO 1 s), and is all a host
+    // that really reconnected waits when its old connection died without a FIN.
+    default: '2s',
+    parse: (t, f) => parseDuration(f, t),
+    reload: 'for takeovers begun afterwards',
+  }),
+  option({
+    flag: '--unidentified-per-address <n>',
+    key: 'unidentifiedPerAddress',
+    kind: 'text',
+    field: 'maxUnidentifiedPerAddress',
+    help: 'VM connections one source address (IPv6: its /64) may have negotiating or identifying at once (0 = no limit)',
+    // A host identifies each connection within milliseconds, but one that reconnects
+    // all its VMs at once (vspc restarted) may have hundreds of handshakes in flight.
+    // A quarter of the shared pool (1024): four addresses always fit, and past the pool
+    // the busiest address gives way (listener.ts). Hosts behind one NAT address need more.
+    default: '256',
+    parse: (t, f) => parseCount(f, t, 0, 1_000_000),
+    reload: false,
+  }),
+  option({
+    flag: '--registration-rate <per-second>',
+    key: 'registrationRate',
+    kind: 'text',
+    field: 'registrationRate',
+    help: 'new VM serial ports one source address may register per second once its burst is spent (0 = no limit)',
+    // New records appear when a VM first connects; 10/s (50 at once) lets a host
+    // bring up hundreds of new VMs within a minute (ESXi retries refused ones) while a
+    // flood of made-up UUIDs fills 10,000 ports in 17 minutes instead of one.
+    default: '10',
+    parse: (t, f) => parseRate(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--registration-burst <n>',
+    key: 'registrationBurst',
+    kind: 'text',
+    field: 'registrationBurst',
+    help: 'new VM serial ports one source address may register at once before --registration-rate applies',
+    default: '50',
+    parse: (t, f) => parseCount(f, t, 1, 1_000_000),
+    reload: false,
   }),
   option({
     flag: '--human-timeout <duration>',
@@ -236,6 +332,17 @@ export const OPTIONS = [
     help: 'abandon a vMotion that does not finish in time',
     default: '60s',
     parse: (t, f) => parseDuration(f, t),
+    reload: 'for vMotions begun afterwards',
+  }),
+  option({
+    flag: '--vmotion-secret-bytes <n>',
+    key: 'vmotionSecretBytes',
+    kind: 'text',
+    field: 'vmotionSecretBytes',
+    help: `length of the random secret in VMOTION-GOAHEAD (below ${MIN_SAFE_VMOTION_SECRET_BYTES} only with a warning)`,
+    // VMware's current reference concentrator uses 8; hosts are known to handle 4 to 8 (decisions/0007 and vmotion.md).
+    default: '8',
+    parse: (t, f) => parseCount(f, t, MIN_VMOTION_SECRET_BYTES, MAX_VMOTION_SECRET_BYTES, 'a number of bytes'),
     reload: 'for vMotions begun afterwards',
   }),
   option({
@@ -384,6 +491,30 @@ export const OPTIONS = [
     reload: ON_NEW_VM_CONNECTIONS,
   }),
   option({
+    flag: '--no-greeting',
+    key: 'greeting',
+    kind: 'switch',
+    field: 'greeting',
+    help: "clients get no greeting line naming the console when they attach (per console: vms:/consoles: greeting)",
+    reload: ON_NEW_CLIENTS,
+  }),
+  option({
+    flag: '--no-notices',
+    key: 'notices',
+    kind: 'switch',
+    field: 'notices',
+    help: 'clients get no [vspc: ...] notices (VM connected/disconnected, input discarded) in their stream',
+    reload: ON_NEW_CLIENTS,
+  }),
+  option({
+    flag: '--no-replay',
+    key: 'replay',
+    kind: 'switch',
+    field: 'replay',
+    help: 'clients get no scrollback replay when they attach, only live output',
+    reload: ON_NEW_CLIENTS,
+  }),
+  option({
     flag: '--log-level <level>',
     key: 'logLevel',
     kind: 'text',
@@ -417,6 +548,54 @@ export const OPTIONS = [
     reload: 'for clients that attach afterwards',
   }),
   option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+  option({
+    flag: '--proxmox <run-dir>',
+    key: 'proxmox',
+    kind: 'text',
+    field: 'proxmoxRunDir',
+    help: "discover Proxmox VMs' serial sockets in this directory (usually /var/run/qemu-server)",
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--proxmox-conf-dir <dir>',
+    key: 'proxmoxConfDir',
+    kind: 'text',
+    field: 'proxmoxConfDir',
+    help: 'where Proxmox keeps VM configs (for their names)',
+    default: '/etc/pve/qemu-server',
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--libvirt <run-dir>',
+    key: 'libvirt',
+    kind: 'text',
+    field: 'libvirtRunDir',
+    help: "discover libvirt domains' serial consoles from their runtime XML here (usually /run/libvirt/qemu)",
+    parse: (t, f) => parseAbsolutePath(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: '--discovery-rescan <duration>',
+    key: 'discoveryRescan',
+    kind: 'text',
+    field: 'discoveryRescanMs',
+    help: 'rescan discovered consoles this often besides watching the directories (0 = only watch)',
+    default: '30s',
+    parse: (t, f) => parseDuration(f, t),
+    reload: ON_DISCOVERY,
+  }),
+  option({
+    flag: null,
+    key: 'discover',
+    kind: 'structured',
+    check: checkDiscoverGlobs,
+    empty: [],
+    field: 'discoverGlobs',
+    help: 'consoles found by path pattern (glob, source, name)',
+    reload: ON_DISCOVERY,
+  }),
   option({
     flag: null,
     key: 'consoles',

@@ -13,7 +13,47 @@ import { Glob, hasWildcards } from '../util/glob.js';
 import type { ConsoleIdentity } from '../domain/identity.js';
 
 /** The keys a `vms:` entry may have (config file spelling). */
-export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port'] as const;
+export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port', 'greeting', 'notices', 'replay'] as const;
+
+/** What a `vms:` and a `consoles:` entry share. */
+export interface ConsoleSettingsCommon {
+  lockMode?: LockModeName;
+  scrollbackBytes?: number;
+  tcpPort?: number;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
+}
+
+/** The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`, `greeting`, `notices`, `replay`; errors at `at`'s key. */
+export function checkConsoleSettings(
+  e: Record<string, unknown>,
+  at: Array<string | number>,
+  fail: Fail,
+): ConsoleSettingsCommon {
+  const s: ConsoleSettingsCommon = {};
+  for (const k of ['greeting', 'notices', 'replay'] as const) {
+    if (e[k] === undefined) continue;
+    if (typeof e[k] !== 'boolean') fail([...at, k], `expected true or false, got ${describe(e[k])}`);
+    s[k] = e[k] as boolean;
+  }
+  if (e.lockMode !== undefined) {
+    if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
+      fail([...at, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
+    }
+    s.lockMode = e.lockMode as LockModeName;
+  }
+  if (e.scrollback !== undefined) {
+    const text = typeof e.scrollback === 'number' || typeof e.scrollback === 'string' ? String(e.scrollback) : null;
+    if (text === null) fail([...at, 'scrollback'], `expected a size (e.g. 65536, 64k, 1m, 0), got ${describe(e.scrollback)}`);
+    s.scrollbackBytes = asConfigError([...at, 'scrollback'], fail, () => parseSizeOrZero('scrollback', text!));
+  }
+  if (e.port !== undefined) {
+    const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
+    s.tcpPort = asConfigError([...at, 'port'], fail, () => parsePort('port', text, false));
+  }
+  return s;
+}
 
 /** Checks the `vms:` value of a config file; errors at the entry's position. */
 export function checkVms(v: unknown, fail: Fail): VmSettings[] {
@@ -27,21 +67,9 @@ export function checkVms(v: unknown, fail: Fail): VmSettings[] {
       if (!(VM_ENTRY_KEYS as readonly string[]).includes(k)) fail(['vms', i, k], `unknown key (a vms entry has ${VM_ENTRY_KEYS.join(', ')})`, true);
     }
     if (typeof e.match !== 'string' || e.match.trim() === '') fail(['vms', i, ...(e.match === undefined ? [] : ['match'])], 'needs match: a VM name, UUID, or NAME:LABEL / UUID:LABEL');
-    const s: VmSettings = { match: (e.match as string).trim() };
-    if (e.lockMode !== undefined) {
-      if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
-        fail(['vms', i, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
-      }
-      s.lockMode = e.lockMode as LockModeName;
-    }
-    if (e.scrollback !== undefined) {
-      const text = typeof e.scrollback === 'number' || typeof e.scrollback === 'string' ? String(e.scrollback) : null;
-      if (text === null) fail(['vms', i, 'scrollback'], `expected a size (e.g. 65536, 64k, 1m, 0), got ${describe(e.scrollback)}`);
-      s.scrollbackBytes = asConfigError(['vms', i, 'scrollback'], fail, () => parseSizeOrZero('scrollback', text!));
-    }
-    if (e.port !== undefined) {
-      const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
-      const tcpPort = asConfigError(['vms', i, 'port'], fail, () => parsePort('port', text, false));
+    const s: VmSettings = { match: (e.match as string).trim(), ...checkConsoleSettings(e, ['vms', i], fail) };
+    if (s.tcpPort !== undefined) {
+      const tcpPort = s.tcpPort;
       if (hasWildcards(s.match)) fail(['vms', i, 'port'], `a fixed port needs one VM serial port, not the pattern "${s.match}"`);
       const other = tcpPorts.get(tcpPort);
       if (other !== undefined) fail(['vms', i, 'port'], `port ${tcpPort} is already given to vms[${other}] (${out[other].match})`);
@@ -64,6 +92,9 @@ export interface ResolvedVmSettings {
   tcpPort?: number;
   /** false: no console log file (a declared console's `log:`). */
   log?: boolean;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
 }
 
 /**
@@ -78,6 +109,7 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (entry.lockMode !== undefined) out.lockMode = entry.lockMode;
     if (entry.scrollbackBytes !== undefined) out.scrollbackBytes = entry.scrollbackBytes;
     if (entry.tcpPort !== undefined) out.tcpPort = entry.tcpPort;
+    for (const k of ['greeting', 'notices', 'replay'] as const) if (entry[k] !== undefined) out[k] = entry[k];
   }
   // A declared console's own entry is the most specific: it wins over every vms: match.
   const own = vm.kind === 'config' ? config.consoles?.find((c) => c.name === vm.key) : undefined;
@@ -86,6 +118,7 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (own.scrollbackBytes !== undefined) out.scrollbackBytes = own.scrollbackBytes;
     if (own.tcpPort !== undefined) out.tcpPort = own.tcpPort;
     if (own.log !== undefined) out.log = own.log;
+    for (const k of ['greeting', 'notices', 'replay'] as const) if (own[k] !== undefined) out[k] = own[k];
   }
   return out;
 }

@@ -1,12 +1,21 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
-import type { SerialLineSettings } from './serial-line.js';
+import type { SerialLineSettings, SerialLineState } from './serial-line.js';
 import { describeAuth, LockTable, type ClientAuth, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
 export type { ConsoleIdentity } from './identity.js';
 
 /** Where the VM stands, for `list` and for routing client input. */
 export type ConsoleState = 'disconnected' | 'connected' | 'migrating';
+
+/** What vspc adds to a console client's stream (see ConsoleHub.stream). */
+export interface StreamOptions {
+  greeting: boolean;
+  notices: boolean;
+  replay: boolean;
+}
+
+export const DEFAULT_STREAM: Readonly<StreamOptions> = { greeting: true, notices: true, replay: true };
 
 export const DEFAULT_MAX_HELD_INPUT = 1024 * 1024;
 export const DEFAULT_SCROLLBACK = 64 * 1024;
@@ -16,11 +25,24 @@ export type ConsoleEvent =
   | { kind: 'vm-connected'; peer: string }
   | { kind: 'vm-disconnected'; peer: string }
   | { kind: 'vmotion'; outcome: string; durationMs: number }
-  /** `user`: as the client named itself (telnet) or as its access method established it (`auth`: SSH, with the key). */
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; auth?: ClientAuth }
-  | { kind: 'client-detached'; clientId: number; peer: string; reason: string }
+  /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
+  | { kind: 'break-from-source'; peer: string }
+  /**
+   * `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one, or
+   * the one its access method established (`auth`: SSH, with the key's fingerprint).
+   */
+  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; auth?: ClientAuth; tls?: boolean; force?: boolean; clients?: number }
+  | { kind: 'client-detached'; clientId: number; peer: string; reason: string; user?: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
-  | { kind: 'client-takeover'; clientId: number; peer: string; displacedClientId: number; displacedPeer: string };
+  | {
+      kind: 'client-takeover';
+      clientId: number;
+      peer: string;
+      displacedClientId: number;
+      displacedPeer: string;
+      user?: string;
+      displacedUser?: string;
+    };
 
 /**
  * Watches every VM serial port (console log files, metrics). Called synchronously on
@@ -91,6 +113,15 @@ export class Scrollback {
   }
 }
 
+/** What became of a client's line settings request. */
+export interface LineSettingsResult {
+  /** The settings in effect (empty when the source reports none). */
+  settings: SerialLineSettings;
+  /** False: nothing was changed, `refused` says why. */
+  applied: boolean;
+  refused?: string;
+}
+
 export interface HoldResult {
   /** Bytes delivered from the hold. */
   delivered: number;
@@ -131,10 +162,19 @@ export class ConsoleHub {
   tlsListenError: string | null = null;
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
+  /** BREAK, DTR/RTS, flow control, suspension and signature, as the source last reported them; null: never reported. */
+  lineState: SerialLineState | null = null;
   /** For consoles whose source vspc maintains (declared, discovered): where it stands; null for ESXi. */
   endpoint: EndpointStatus | null = null;
   /** false: console logs keep no file for this console (a declared console's `log: false`). */
   logged = true;
+  /**
+   * What vspc adds to a client's stream besides the VM's bytes, unless the client asks
+   * for less: the greeting line, notices (VM connected/disconnected, input discarded),
+   * and the scrollback replay on attach. Machines (conserver on top, gdb, the tunnel)
+   * want none of them; people like them.
+   */
+  stream: StreamOptions = { ...DEFAULT_STREAM };
 
   readonly scrollback: Scrollback;
 
@@ -249,6 +289,39 @@ export class ConsoleHub {
   }
 
   /**
+   * A serial BREAK from the VM's side: each client gets it the way its access method
+   * can say it (telnet: IAC BRK), in order with the output around it; the console log
+   * records it as an event line. Not part of the scrollback (it is not a byte).
+   */
+  breakFromSource(src: ConsoleSource): void {
+    for (const c of this.clientSet) c.breakFromSource?.();
+    this.report({ kind: 'break-from-source', peer: src.peer });
+  }
+
+  /**
+   * A client asks to change the serial line (RFC 2217 SET-BAUDRATE, ...). Applied when
+   * the client's lock lets it write and the source can act on it (a device); the
+   * result carries the settings in effect afterwards (recorded in `lineSettings`), or
+   * the unchanged ones with why nothing was applied. Never rejects.
+   */
+  async setLineSettings(client: ConsoleClient, change: SerialLineSettings): Promise<LineSettingsResult> {
+    const unchanged = (refused: string): LineSettingsResult => ({ settings: { ...(this.lineSettings ?? {}) }, applied: false, refused });
+    const mode = this.locks.get(client.id)?.mode;
+    if (!mode || !this.clientSet.has(client)) return unchanged('not attached');
+    if (mode === 'readonly') return unchanged('read-only');
+    const src = this.src;
+    if (!src) return unchanged('no source is connected');
+    if (!src.setLineSettings) return unchanged(`a ${src.kind} source cannot change its line settings`);
+    try {
+      const now = await src.setLineSettings(change);
+      if (this.src === src) this.lineSettings = { ...now };
+      return { settings: { ...now }, applied: true };
+    } catch (err) {
+      return unchanged(String((err as Error)?.message ?? err));
+    }
+  }
+
+  /**
    * Attach a client under a lock. Refused requests change nothing (the caller tells
    * the client why and closes it). When granted, the client first gets the
    * scrollback (the recent screen), then live output; holders displaced by `force`
@@ -256,7 +329,7 @@ export class ConsoleHub {
    */
   addClient(
     client: ConsoleClient,
-    options: { request?: LockRequest; force?: boolean; user?: string; auth?: ClientAuth; replay?: boolean } = {},
+    options: { request?: LockRequest; force?: boolean; user?: string; auth?: ClientAuth; replay?: boolean; tls?: boolean } = {},
   ): LockDecision {
     const decision = this.locks.request(
       { clientId: client.id, peer: client.peer, user: options.user, auth: options.auth },
@@ -270,7 +343,15 @@ export class ConsoleHub {
       this.clientSet.delete(displaced);
       const by = `${options.user ? `${options.user}@` : ''}${client.peer}${options.auth ? ` (${describeAuth(options.auth)})` : ''}`;
       displaced.close(`displaced by ${by}, who took ${decision.mode.toUpperCase()} with --force`);
-      this.report({ kind: 'client-takeover', clientId: client.id, peer: client.peer, displacedClientId: d.clientId, displacedPeer: d.peer });
+      this.report({
+        kind: 'client-takeover',
+        clientId: client.id,
+        peer: client.peer,
+        displacedClientId: d.clientId,
+        displacedPeer: d.peer,
+        ...(options.user ? { user: options.user } : {}),
+        ...(d.user ? { displacedUser: d.user } : {}),
+      });
     }
     if (options.replay ?? true) {
       const recent = this.scrollback.snapshot();
@@ -278,10 +359,10 @@ export class ConsoleHub {
     }
     this.clientSet.add(client);
     if (this.inputPaused) client.pauseInput();
-    if (!this.src) {
-      this.toldDisconnected.add(client);
-      client.notice('VM is not connected; you will see its output when it comes back');
-    }
+    // During a vMotion switch-over the source may have left already (the destination
+    // completes soon): that is not a disconnect, so say nothing. Not marked as told:
+    // the first keystrokes still get "input discarded", once.
+    if (!this.src && !this.holding) client.notice('VM is not connected; you will see its output when it comes back');
     this.report({
       kind: 'client-attached',
       clientId: client.id,
@@ -289,6 +370,9 @@ export class ConsoleHub {
       mode: decision.mode,
       ...(options.user ? { user: options.user } : {}),
       ...(options.auth ? { auth: options.auth } : {}),
+      ...(options.tls !== undefined ? { tls: options.tls } : {}),
+      ...(options.force ? { force: true } : {}),
+      clients: this.clientSet.size,
     });
     return decision;
   }
@@ -298,10 +382,16 @@ export class ConsoleHub {
     return this.locks.get(client.id)?.mode;
   }
 
+  /** The name a client gave when it asked for its lock (VSPC-CONTROL), if any. */
+  userOf(client: ConsoleClient): string | undefined {
+    return this.locks.get(client.id)?.user || undefined;
+  }
+
   removeClient(client: ConsoleClient, reason = 'detached'): void {
+    const user = this.userOf(client);
     this.locks.release(client.id);
     if (!this.clientSet.delete(client)) return;
-    this.report({ kind: 'client-detached', clientId: client.id, peer: client.peer, reason });
+    this.report({ kind: 'client-detached', clientId: client.id, peer: client.peer, reason, ...(user ? { user } : {}) });
   }
 
   /** Close every client with a reason (forget, shutdown). */

@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events';
-import { ConsoleHub, type ConsoleObserver } from './console-hub.js';
+import { ConsoleHub, type ConsoleEvent, type ConsoleObserver } from './console-hub.js';
 import type { ConsoleKind } from './identity.js';
 import { sanitizeText } from '../util/text.js';
-import type { ConsoleRecord, ConsoleRepository } from './repository.js';
+import type { ConsoleRecord, ConsoleRepository, ExpiredRecord } from './repository.js';
 
 export interface RegistryEvents {
   /** A VM serial port is known (at load or first registration): its client listener should exist. */
@@ -27,12 +27,27 @@ function keyOf(kind: ConsoleKind, key: string, label: string): string {
 export class Registry extends EventEmitter<RegistryEvents> {
   private readonly byKey = new Map<string, ConsoleHub>();
   private readonly byPort = new Map<number, ConsoleHub>();
+  /** Hubs whose use (a byte, a client) is recorded in the store since this process started. */
+  private readonly usedHubs = new WeakSet<ConsoleHub>();
+  /** What every hub reports to: the caller's observer, and the use of each console for the quick expiry. */
+  private readonly observer: ConsoleObserver;
 
   constructor(
     private readonly store: ConsoleRepository,
     private readonly hubOptions: { maxHeldInput?: number; scrollbackBytes?: number; observer?: ConsoleObserver } = {},
   ) {
     super();
+    const outer = hubOptions.observer;
+    this.observer = {
+      output: (hub: ConsoleHub, data: Buffer) => {
+        this.noteUse(hub);
+        outer?.output?.(hub, data);
+      },
+      event: (hub: ConsoleHub, event: ConsoleEvent) => {
+        if (event.kind === 'client-attached') this.noteUse(hub);
+        outer?.event?.(hub, event);
+      },
+    };
   }
 
   /** Create hubs for every stored record (at start-up), emitting `added` for each. */
@@ -106,24 +121,43 @@ export class Registry extends EventEmitter<RegistryEvents> {
    * use, so that long-gone VMs do not hold ports forever.
    */
   expire(maxAgeMs: number, now = Date.now()): ConsoleHub[] {
+    return this.expireRecords({ unseenMs: maxAgeMs, unusedMs: Number.POSITIVE_INFINITY }, now).map((x) => x.hub);
+  }
+
+  /**
+   * Like `expire`, with the quick expiry of records never used: those unseen for
+   * `unusedMs` go too. Ages in ms, Infinity for none. Returns the hubs dropped and
+   * whether each was never used.
+   */
+  expireRecords(ages: { unseenMs: number; unusedMs: number }, now = Date.now()): Array<{ hub: ConsoleHub; reason: ExpiredRecord['reason'] }> {
     const gone = this.store.expire(
-      maxAgeMs,
+      ages.unseenMs,
       (r) => {
         const p = this.byKey.get(keyOf(r.kind, r.key, r.label));
         // In use, or a source vspc maintains is still trying (a declared console whose VM is off).
         return !!p && (p.source !== null || p.clients.size > 0 || (p.endpoint !== null && p.endpoint.state !== 'stopped'));
       },
       now,
+      ages.unusedMs,
     );
-    const dropped: ConsoleHub[] = [];
+    const dropped: Array<{ hub: ConsoleHub; reason: ExpiredRecord['reason'] }> = [];
     for (const r of gone) {
       const p = this.byKey.get(keyOf(r.kind, r.key, r.label));
       if (p) {
         this.drop(p, 'expired');
-        dropped.push(p);
+        dropped.push({ hub: p, reason: r.reason });
       }
     }
     return dropped;
+  }
+
+  /** The console's sticky TCP port for an access method other than telnet (see ConsoleRepository.accessPort). */
+  accessPort(hub: ConsoleHub, method: string): number {
+    return this.store.accessPort(hub.identity.id, method);
+  }
+
+  accessPorts(hub: ConsoleHub): Record<string, number> {
+    return this.store.accessPorts(hub.identity.id);
   }
 
   lastSeen(hub: ConsoleHub): number | undefined {
@@ -137,12 +171,27 @@ export class Registry extends EventEmitter<RegistryEvents> {
       { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name === null ? null : sanitizeText(r.name), tcpPort: r.tcpPort },
       o.maxHeldInput,
       o.scrollbackBytes,
-      o.observer ?? null,
+      this.observer,
     );
     this.byKey.set(keyOf(r.kind, r.key, r.label), hub);
     this.byPort.set(r.tcpPort, hub);
     this.emit('added', hub);
     return hub;
+  }
+
+  /**
+   * The console carried a byte or got a client: record it once, so that it keeps the
+   * long expiry. Called on the data path; a storage error must not cost the connection
+   * (with group commit it surfaces, logged, at the commit).
+   */
+  private noteUse(hub: ConsoleHub): void {
+    if (this.usedHubs.has(hub)) return;
+    this.usedHubs.add(hub);
+    try {
+      this.store.markUsed(hub.identity.id);
+    } catch {
+      // The worst outcome is that this console expires after the shorter age.
+    }
   }
 
   private drop(hub: ConsoleHub, reason: string): void {

@@ -50,6 +50,30 @@ export interface ConsoleRepository {
   forget(id: number): boolean;
   /** Throws `VSPC_PORT_INVALID`, `VSPC_NOT_FOUND`, `VSPC_PORT_IN_USE`. */
   setPort(id: number, tcpPort: number): ConsoleRecord;
-  /** Deletes records unseen for `maxAgeMs` for which `keep` is false; returns them. */
-  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number): ConsoleRecord[];
+  /**
+   * The sticky TCP port of an access method other than telnet (`raw`, ...) for a
+   * console: allocated from the same range and namespace on first use. Throws
+   * `VSPC_NOT_FOUND`, `VSPC_PORT_RANGE_EXHAUSTED`.
+   */
+  accessPort(id: number, method: string): number;
+  /** Every access port of a console, by method. */
+  accessPorts(id: number): Record<string, number>;
+  /**
+   * Deletes records unseen for `maxAgeMs` — or, when never used, for `unusedMaxAgeMs`
+   * — for which `keep` is false; returns them, each with the rule that expired it.
+   * Infinity: no age limit of that kind.
+   */
+  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number, unusedMaxAgeMs?: number): ExpiredRecord[];
+  /**
+   * The console carried a byte or had a client (at most once per record matters): from
+   * now on only `maxAgeMs` expires it. New records start unused; records from before
+   * this was recorded count as used.
+   */
+  markUsed(id: number): void;
 }
+
+/**
+ * An expired record and why: `unseen` (past `maxAgeMs`, used or not) or `unused`
+ * (never carried a byte nor had a client, past the shorter `unusedMaxAgeMs`).
+ */
+export type ExpiredRecord = ConsoleRecord & { reason: 'unseen' | 'unused' };

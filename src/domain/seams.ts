@@ -65,6 +65,11 @@ export interface ConsoleClient {
   deliver(data: Buffer): void;
   /** A message from the concentrator, not from the VM (e.g. "VM disconnected"). */
   notice(text: string): void;
+  /**
+   * The VM sent a serial BREAK. Optional: an access method without a way to say it
+   * leaves it out (the console log still records it). Telnet: IAC BRK (RFC 854).
+   */
+  breakFromSource?(): void;
   /** Stop/resume reading this client's input (backpressure from the VM side). */
   pauseInput(): void;
   resumeInput(): void;

@@ -69,8 +69,14 @@ export interface VmotionRecord {
 
 export interface VmotionCoordinatorOptions {
   timeoutMs: number;
-  /** Secret length in bytes; VMware asks for a cryptographic random secret of 8 or more. */
+  /**
+   * Secret length in bytes (default 8, read at each BEGIN). VMware's "vMotion
+   * Notification" asks for a cryptographically random secret; its current reference
+   * concentrator sends 8 bytes, an older build 4 (test/fixtures/esxi-capture-vmotion.txt).
+   */
   secretBytes?: number;
+  /** Where secrets come from (default node:crypto randomBytes); tests pass worst-case bytes (0xFF, IAC SE). */
+  random?: (size: number) => Buffer;
 }
 
 export type VmotionCounters = Record<MigrationOutcome | 'begun' | 'bad-peer', number>;
@@ -80,7 +86,8 @@ export class VmotionCoordinator {
   private readonly bySource = new Map<VmotionEndpoint, Migration>();
   private readonly byPeer = new Map<VmotionEndpoint, Migration>();
   private readonly history = new WeakMap<ConsoleHub, VmotionRecord[]>();
-  private shuttingDown = false;
+  /** Why every BEGIN is answered NOTNOW right now; null while vMotions are accepted. */
+  private refusing: string | null = null;
   readonly counters: VmotionCounters = {
     begun: 0,
     completed: 0,
@@ -105,14 +112,23 @@ export class VmotionCoordinator {
     return this.history.get(hub) ?? [];
   }
 
-  /** From now on every BEGIN is refused with NOTNOW (the concentrator is going away). */
-  refuseNew(): void {
-    this.shuttingDown = true;
+  /**
+   * From now on every BEGIN is refused with NOTNOW, logged with `reason`: the
+   * concentrator is going away (the default), or vMotions are paused on purpose (a
+   * replay of a captured concentrator that refused one). Pending migrations go on.
+   */
+  refuseNew(reason = 'concentrator is shutting down'): void {
+    this.refusing = reason;
+  }
+
+  /** Accept BEGINs again after `refuseNew` (not after a shutdown began: the server never calls it then). */
+  acceptNew(): void {
+    this.refusing = null;
   }
 
   begin(source: VmotionEndpoint, seq: Buffer): void {
     const hub = source.hub;
-    const refuse = this.shuttingDown ? 'concentrator is shutting down' : !hub ? 'connection is not an identified VM serial port' : null;
+    const refuse = this.refusing ?? (!hub ? 'connection is not an identified VM serial port' : null);
     if (refuse || !hub) {
       this.counters.refused++;
       source.log.warn('vMotion refused (NOTNOW)', { reason: refuse, seq: seq.toString('hex') });
@@ -128,7 +144,7 @@ export class VmotionCoordinator {
       // Keep holding: the held input carries over to the new migration.
       this.end(stale, 'replaced', { releaseTo: undefined });
     }
-    const secret = randomBytes(this.options.secretBytes ?? 16);
+    const secret = (this.options.random ?? randomBytes)(this.options.secretBytes ?? 8);
     const key = Buffer.concat([seq, secret]).toString('hex');
     const m: Migration = {
       key,

@@ -17,6 +17,11 @@ function vmFields(hub: ConsoleHub): Record<string, unknown> {
   };
 }
 
+/** The user name a client gave (VSPC-CONTROL), as a field when there is one. */
+function user(name: string | undefined): Record<string, unknown> {
+  return name ? { user: name } : {};
+}
+
 export interface AuditObserver extends ConsoleObserver {
   event(hub: ConsoleHub, event: ConsoleEvent): void;
   /** Clients attached now (for their session length at detach). */
@@ -28,7 +33,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
   const log = logger.child({ audit: true });
   /** Attach times by client id, for the session length; removed at detach. */
   const since = new Map<number, number>();
-  /** Who each attached client is (user, method, key), repeated on its detach line. */
+  /** How each attached SSH client is known (method, key), repeated on its detach line. */
   const who = new Map<number, Record<string, unknown>>();
   return {
     get attachedClients() {
@@ -38,13 +43,20 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
       switch (e.kind) {
         case 'client-attached': {
           since.set(e.clientId, now());
-          // Who: as the client named itself (telnet), or as SSH established it (with the key's fingerprint).
-          const id = {
-            ...(e.user !== undefined ? { user: e.user } : {}),
-            ...(e.auth ? { method: e.auth.method, ...(e.auth.keyFingerprint ? { keyFingerprint: e.auth.keyFingerprint } : {}) } : {}),
-          };
-          if (Object.keys(id).length > 0) who.set(e.clientId, id);
-          log.info('client attached', { ...vmFields(hub), clientId: e.clientId, peer: e.peer, mode: e.mode, ...id });
+          // How the client is known beyond the name: SSH, with the key's fingerprint.
+          const auth = e.auth ? { method: e.auth.method, ...(e.auth.keyFingerprint ? { keyFingerprint: e.auth.keyFingerprint } : {}) } : null;
+          if (auth) who.set(e.clientId, auth);
+          log.info('client attached', {
+            ...vmFields(hub),
+            clientId: e.clientId,
+            peer: e.peer,
+            ...user(e.user),
+            ...auth,
+            mode: e.mode,
+            ...(e.tls !== undefined ? { tls: e.tls } : {}),
+            ...(e.force ? { force: true } : {}),
+            ...(e.clients !== undefined ? { clients: e.clients } : {}),
+          });
           return;
         }
         case 'client-detached': {
@@ -56,6 +68,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
+            ...user(e.user),
             ...id,
             reason: e.reason,
             ...(t !== undefined ? { durationMs: now() - t } : {}),
@@ -71,8 +84,10 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
+            ...user(e.user),
             displacedClientId: e.displacedClientId,
             displacedPeer: e.displacedPeer,
+            ...(e.displacedUser ? { displacedUser: e.displacedUser } : {}),
             ...(t !== undefined ? { displacedDurationMs: now() - t } : {}),
           });
           return;

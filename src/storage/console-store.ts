@@ -12,7 +12,7 @@
 import type Database from 'better-sqlite3';
 import { StorageError } from '../errors.js';
 import type { ConsoleKind } from '../domain/identity.js';
-import type { ConsoleRecord, ConsoleRepository, PortRange } from '../domain/repository.js';
+import type { ConsoleRecord, ConsoleRepository, ExpiredRecord, PortRange } from '../domain/repository.js';
 
 export type { ConsoleRecord, PortRange } from '../domain/repository.js';
 
@@ -25,8 +25,10 @@ const INSERT_ATTEMPTS = 3;
 
 const COLUMNS = 'id, kind, key, label, name, tcp_port AS tcpPort, first_seen AS firstSeen, last_seen AS lastSeen';
 
+/** A port (or key) already taken: a UNIQUE constraint, or the triggers that keep console and access ports apart. */
 function isUniqueViolation(err: unknown): boolean {
-  return (err as { code?: unknown } | null)?.code === 'SQLITE_CONSTRAINT_UNIQUE';
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_TRIGGER';
 }
 
 function checkTimestamp(field: string, value: number): void {
@@ -78,8 +80,15 @@ export class ConsoleStore implements ConsoleRepository {
     rename: Database.Statement<[string, number]>;
     forget: Database.Statement<[number], number>;
     move: Database.Statement<[number, number]>;
-    olderThan: Database.Statement<[number], ConsoleRecord>;
-    deleteIfOlder: Database.Statement<[number, number]>;
+    olderThan: Database.Statement<[number, number], ConsoleRecord & { neverUsed: number }>;
+    deleteIfOlder: Database.Statement<[number, number, number]>;
+    insertUnused: Database.Statement<[number]>;
+    markUsed: Database.Statement<[number]>;
+    accessGet: Database.Statement<[number, string], number>;
+    accessAll: Database.Statement<[number], { method: string; tcpPort: number }>;
+    accessInsert: Database.Statement<[number, string, number]>;
+    accessOf: Database.Statement<[number], number>;
+    accessByPort: Database.Statement<[number], { consoleId: number; method: string }>;
   };
 
   /**
@@ -105,7 +114,7 @@ export class ConsoleStore implements ConsoleRepository {
       byId: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE id = ?`),
       byPort: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE tcp_port = ?`),
       all: db.prepare(`SELECT ${COLUMNS} FROM consoles ORDER BY tcp_port`),
-      ports: db.prepare<[], number>('SELECT tcp_port FROM consoles').pluck(),
+      ports: db.prepare<[], number>('SELECT tcp_port FROM consoles UNION ALL SELECT tcp_port FROM access_ports').pluck(),
       // COALESCE: a registration without a name (null) keeps the name we already know.
       seen: db.prepare('UPDATE consoles SET last_seen = ?, name = COALESCE(?, name) WHERE id = ?'),
       insert: db.prepare(
@@ -115,9 +124,22 @@ export class ConsoleStore implements ConsoleRepository {
       rename: db.prepare('UPDATE consoles SET name = ? WHERE id = ?'),
       forget: db.prepare<[number], number>('DELETE FROM consoles WHERE id = ? RETURNING tcp_port').pluck(),
       move: db.prepare('UPDATE consoles SET tcp_port = ? WHERE id = ?'),
-      olderThan: db.prepare(`SELECT ${COLUMNS} FROM consoles WHERE last_seen < ? ORDER BY tcp_port`),
-      // Re-checks the age so a record touched since it was selected survives.
-      deleteIfOlder: db.prepare('DELETE FROM consoles WHERE id = ? AND last_seen < ?'),
+      olderThan: db.prepare(
+        `SELECT ${COLUMNS}, console_id IS NOT NULL AS neverUsed FROM consoles LEFT JOIN unused_consoles ON console_id = id ` +
+          'WHERE last_seen < ? OR (console_id IS NOT NULL AND last_seen < ?) ORDER BY tcp_port',
+      ),
+      // Re-checks the age (and use) so a record touched or used since it was selected survives.
+      deleteIfOlder: db.prepare(
+        'DELETE FROM consoles WHERE id = ? AND (last_seen < ? OR (id IN (SELECT console_id FROM unused_consoles) AND last_seen < ?))',
+      ),
+      // A new console has carried nothing yet; markUsed takes it out (forget/expire: ON DELETE CASCADE).
+      insertUnused: db.prepare('INSERT OR IGNORE INTO unused_consoles (console_id) VALUES (?)'),
+      markUsed: db.prepare('DELETE FROM unused_consoles WHERE console_id = ?'),
+      accessGet: db.prepare<[number, string], number>('SELECT tcp_port FROM access_ports WHERE console_id = ? AND method = ?').pluck(),
+      accessAll: db.prepare('SELECT method, tcp_port AS tcpPort FROM access_ports WHERE console_id = ? ORDER BY method'),
+      accessInsert: db.prepare('INSERT INTO access_ports (console_id, method, tcp_port) VALUES (?, ?, ?)'),
+      accessOf: db.prepare<[number], number>('SELECT tcp_port FROM access_ports WHERE console_id = ?').pluck(),
+      accessByPort: db.prepare('SELECT console_id AS consoleId, method FROM access_ports WHERE tcp_port = ?'),
     };
     this.reloadPorts();
   }
@@ -165,6 +187,11 @@ export class ConsoleStore implements ConsoleRepository {
       const port = this.lowestFreePort(key, label);
       try {
         const info = this.stmts.insert.run(kind, key, label, name, port, now, now);
+        // Only consoles a peer creates by connecting (ESXi) start unused and may expire
+        // sooner; declared ones are the operator's. Outside a group the two inserts
+        // commit apart: a crash between them leaves a record that counts as used, the
+        // safe side (it keeps the long expiry).
+        if (kind === 'esxi') this.stmts.insertUnused.run(Number(info.lastInsertRowid));
         this.used[port] = 1;
         this.cursor = port + 1;
         return {
@@ -221,10 +248,52 @@ export class ConsoleStore implements ConsoleRepository {
 
   /** Deletes the record; its port becomes free for new VMs. True if a row was deleted. */
   forget(id: number): boolean {
+    // Its access ports go with it (ON DELETE CASCADE): free them in the bitmap too.
+    const access = this.stmts.accessOf.all(id);
     const port = this.stmts.forget.get(id);
     if (port === undefined) return false;
     this.release(port);
+    for (const p of access) this.release(p);
     return true;
+  }
+
+  /**
+   * The sticky TCP port of one access method (`raw`, ...) of a console: the existing one,
+   * or the lowest free port of the range, recorded. Ports are one namespace with the
+   * consoles' telnet ports.
+   *
+   * Throws `VSPC_NOT_FOUND` ({id}), `VSPC_ARG_INVALID` (method), `VSPC_PORT_RANGE_EXHAUSTED`.
+   */
+  accessPort(id: number, method: string): number {
+    if (typeof method !== 'string' || method.length < 1 || method.length > 32 || method === 'telnet') {
+      throw new StorageError('VSPC_ARG_INVALID', `access method must be 1-32 characters and not telnet, got ${JSON.stringify(method)}`, { field: 'method', value: method });
+    }
+    const existing = this.stmts.accessGet.get(id, method);
+    if (existing !== undefined) return existing;
+    const rec = this.stmts.byId.get(id);
+    if (!rec) throw new StorageError('VSPC_NOT_FOUND', `no console record with id ${id}`, { id });
+    let lastError: unknown;
+    for (let attempt = 0; attempt < INSERT_ATTEMPTS; attempt++) {
+      const port = this.lowestFreePort(rec.key, `${rec.label}/${method}`);
+      try {
+        this.stmts.accessInsert.run(id, method, port);
+        this.used[port] = 1;
+        this.cursor = port + 1;
+        return port;
+      } catch (err) {
+        if (!isUniqueViolation(err)) throw err;
+        lastError = err;
+        const raced = this.stmts.accessGet.get(id, method);
+        if (raced !== undefined) return raced;
+        this.reloadPorts();
+      }
+    }
+    throw lastError;
+  }
+
+  /** Every access port of a console, by method. */
+  accessPorts(id: number): Record<string, number> {
+    return Object.fromEntries(this.stmts.accessAll.all(id).map((r) => [r.method, r.tcpPort]));
   }
 
   /**
@@ -246,6 +315,15 @@ export class ConsoleStore implements ConsoleRepository {
         const rec = this.stmts.byId.get(id);
         if (!rec) throw new StorageError('VSPC_NOT_FOUND', `no serial port record with id ${id}`, { id });
         if (rec.tcpPort === port) return { before: rec, after: rec };
+        const access = this.stmts.accessByPort.get(port);
+        if (access) {
+          this.used[port] = 1;
+          throw new StorageError('VSPC_PORT_IN_USE', `port ${port} is the ${access.method} port of console ${access.consoleId}`, {
+            id,
+            port,
+            heldBy: access.consoleId,
+          });
+        }
         const holder = this.stmts.byPort.get(port);
         if (holder) {
           this.used[port] = 1; // in case another process put it there
@@ -267,31 +345,49 @@ export class ConsoleStore implements ConsoleRepository {
   }
 
   /**
-   * Deletes the records whose last_seen < now - maxAgeMs and for which keep(record) is
-   * false (e.g. the VM is connected right now); returns the deleted records, ordered by
-   * port. If keep throws, nothing is deleted.
+   * Deletes the records whose last_seen < now - maxAgeMs — or, for records never used
+   * (markUsed), last_seen < now - unusedMaxAgeMs — and for which keep(record) is false
+   * (e.g. the VM is connected right now); returns the deleted records, ordered by port,
+   * each with the rule that expired it. Either age may be Infinity (no limit of that kind). If keep
+   * throws, nothing is deleted.
    */
-  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now: number = Date.now()): ConsoleRecord[] {
-    if (typeof maxAgeMs !== 'number' || Number.isNaN(maxAgeMs) || maxAgeMs < 0) {
-      throw new StorageError('VSPC_ARG_INVALID', `maxAgeMs must be a non-negative number, got ${String(maxAgeMs)}`, {
-        field: 'maxAgeMs',
-        value: maxAgeMs,
-      });
+  expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now: number = Date.now(), unusedMaxAgeMs = Number.POSITIVE_INFINITY): ExpiredRecord[] {
+    for (const [field, v] of [['maxAgeMs', maxAgeMs], ['unusedMaxAgeMs', unusedMaxAgeMs]] as const) {
+      if (typeof v !== 'number' || Number.isNaN(v) || v < 0) {
+        throw new StorageError('VSPC_ARG_INVALID', `${field} must be a non-negative number, got ${String(v)}`, { field, value: v });
+      }
     }
     checkTimestamp('now', now);
-    const cutoff = now - maxAgeMs;
+    // An infinite age is a cutoff no last_seen is below.
+    const cutoffOf = (age: number) => (Number.isFinite(age) ? now - age : Number.MIN_SAFE_INTEGER);
+    const cutoff = cutoffOf(maxAgeMs);
+    const unusedCutoff = cutoffOf(unusedMaxAgeMs);
+    /** Access ports of the deleted records (removed with them by ON DELETE CASCADE). */
+    const freed: number[] = [];
     const deleted = this.db
       .transaction(() => {
-        const out: ConsoleRecord[] = [];
-        for (const r of this.stmts.olderThan.all(cutoff)) {
+        const out: ExpiredRecord[] = [];
+        for (const row of this.stmts.olderThan.all(cutoff, unusedCutoff)) {
+          const { neverUsed, ...r } = row;
           if (keep(r)) continue;
-          if (this.stmts.deleteIfOlder.run(r.id, cutoff).changes > 0) out.push(r);
+          const access = this.stmts.accessOf.all(r.id);
+          if (this.stmts.deleteIfOlder.run(r.id, cutoff, unusedCutoff).changes > 0) {
+            out.push({ ...r, reason: neverUsed === 1 && r.lastSeen >= cutoff ? 'unused' : 'unseen' });
+            freed.push(...access);
+          }
         }
         return out;
       })
       .immediate();
     for (const r of deleted) this.release(r.tcpPort);
+    for (const p of freed) this.release(p);
     return deleted;
+  }
+
+  /** Records that the console carried a byte or had a client; a no-op when already recorded or gone. */
+  markUsed(id: number): void {
+    this.joinGroup();
+    this.stmts.markUsed.run(id);
   }
 
   /** Commits the current group of writes now (nothing to do without one). */

@@ -85,4 +85,44 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX consoles_last_seen ON consoles (last_seen);
     `,
   },
+  {
+    version: 3,
+    description: 'access_ports: a sticky TCP port per console and access method (raw TCP, ...)',
+    // One port namespace for every listener vspc opens for consoles: a port is in
+    // consoles.tcp_port (the telnet port) or here, never both; the triggers keep the two
+    // tables apart (a UNIQUE constraint cannot span tables).
+    up: `
+      CREATE TABLE access_ports (
+        console_id INTEGER NOT NULL REFERENCES consoles (id) ON DELETE CASCADE,
+        -- The access method: 'raw', 'rfc2217', ... ('telnet' is consoles.tcp_port).
+        method     TEXT    NOT NULL CHECK (length(method) BETWEEN 1 AND 32),
+        tcp_port   INTEGER NOT NULL UNIQUE CHECK (tcp_port BETWEEN 1 AND 65535),
+        PRIMARY KEY (console_id, method)
+      );
+      CREATE TRIGGER access_ports_port_free_insert BEFORE INSERT ON access_ports
+        WHEN EXISTS (SELECT 1 FROM consoles WHERE tcp_port = NEW.tcp_port)
+        BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: tcp_port is a console port'); END;
+      CREATE TRIGGER access_ports_port_free_update BEFORE UPDATE OF tcp_port ON access_ports
+        WHEN EXISTS (SELECT 1 FROM consoles WHERE tcp_port = NEW.tcp_port)
+        BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: tcp_port is a console port'); END;
+      CREATE TRIGGER consoles_port_free_insert BEFORE INSERT ON consoles
+        WHEN EXISTS (SELECT 1 FROM access_ports WHERE tcp_port = NEW.tcp_port)
+        BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: tcp_port is an access port'); END;
+      CREATE TRIGGER consoles_port_free_update BEFORE UPDATE OF tcp_port ON consoles
+        WHEN EXISTS (SELECT 1 FROM access_ports WHERE tcp_port = NEW.tcp_port)
+        BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: tcp_port is an access port'); END;
+    `,
+  },
+  {
+    version: 4,
+    description: 'unused_consoles: consoles that never carried a byte nor had a client (their records expire sooner)',
+    // A table of its own rather than a column: a console is in it from its creation
+    // until first used, so records from before this migration (which may well have been
+    // used) count as used and keep the long expiry. Deleting a console deletes its row.
+    up: `
+      CREATE TABLE unused_consoles (
+        console_id INTEGER PRIMARY KEY REFERENCES consoles (id) ON DELETE CASCADE
+      );
+    `,
+  },
 ];

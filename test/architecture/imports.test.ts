@@ -34,6 +34,7 @@ const ALLOWED: Record<string, string[] | '*'> = {
   logging: ['domain'],
   config: ['domain'],
   admin: ['domain', 'logging', 'config', 'version', 'protocol'],
+  agent: ['protocol'],
   cli: '*',
   server: '*',
 };
@@ -98,4 +99,7 @@ test('the rule table itself rejects the arrows the architecture forbids', () => 
   assert.equal(allowed('sources/qemu', 'sources/common'), true);
   assert.equal(allowed('sources', 'sources/qemu'), true);
   assert.equal(allowed('sources', 'access/telnet'), false);
+  assert.equal(allowed('agent', 'protocol'), true);
+  assert.equal(allowed('agent', 'domain'), false);
+  assert.equal(allowed('protocol', 'agent'), false);
 });

@@ -7,7 +7,8 @@ import { FakeClient, FakeEndpoint, memoryLogger } from './fakes.js';
 function setup(timeoutMs = 60_000) {
   const { logger, lines } = memoryLogger();
   const hub = new ConsoleHub({ id: 1, kind: 'esxi', key: 'a'.repeat(32), label: '', name: 'vm1', tcpPort: 10000 }, 1024);
-  const coordinator = new VmotionCoordinator({ timeoutMs }, logger);
+  // The length is configured (--vmotion-secret-bytes, default 8); 16 here proves it is used.
+  const coordinator = new VmotionCoordinator({ timeoutMs, secretBytes: 16 }, logger);
   const source = new FakeEndpoint(logger).attach(hub);
   const client = new FakeClient();
   hub.addClient(client);

@@ -9,7 +9,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildProgram } from '../../src/config/options.js';
 import { loadConfiguration } from '../../src/config/load.js';
@@ -17,7 +17,7 @@ import { createReloader, type ReloadReport } from '../../src/config/reload.js';
 import { keyName, RELOADABLE, type ReloadableField } from '../../src/config/table.js';
 import type { ClientView, PortView, StatusView, VmDetailView } from '../../src/admin/views.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
-import { SimulatedVm } from '../support/sim/index.js';
+import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { reservePortRange } from '../support/ports.js';
 import { esxiUuid, startServer, tempDir, waitUntil, type Cleanup, type TestServer } from '../support/server.js';
 import { keyLine, makeKey, SshProcess, sshArgs } from '../support/ssh.js';
@@ -113,6 +113,36 @@ async function sshSessionEnded(t: { after(fn: () => unknown): void }, before: st
   assert.match(result.stderr, told);
 }
 
+/** A unix socket standing in for a QEMU serial port (it greets whoever connects), closed after the test. */
+function fakeSerialSocket(t: { after(fn: () => unknown): void }, path: string, greeting: string): Promise<string> {
+  const server = net.createServer((s) => s.end(`${greeting}\r\n`));
+  t.after(() => new Promise<void>((done) => server.close(() => done())));
+  return new Promise<string>((resolve) => server.listen(path, () => resolve(path)));
+}
+
+/** A fake Proxmox tree: run/<vmid>.serial0 (a real socket) and conf/<vmid>.conf naming the VM. */
+async function fakeProxmox(t: { after(fn: () => unknown): void }, vmid: number, name: string): Promise<{ run: string; conf: string }> {
+  const dir = tempDir('vspc-reload-pve-');
+  t.after(() => dir.remove());
+  const run = join(dir.dir, 'run');
+  const conf = join(dir.dir, 'conf');
+  mkdirSync(run);
+  mkdirSync(conf);
+  writeFileSync(join(conf, `${vmid}.conf`), `boot: order=scsi0\nname: ${name}\nmemory: 512\n`);
+  await fakeSerialSocket(t, join(run, `${vmid}.serial0`), `hello from ${name}`);
+  return { run, conf };
+}
+
+/** Waits until the admin API lists a console of `kind` named `name`; returns it. */
+async function listed(r: Reloadable, kind: string, name: string): Promise<PortView> {
+  let found: PortView | undefined;
+  await waitUntil(async () => {
+    found = (await r.api<PortView[]>('/api/v1/ports')).find((p) => p.kind === kind && p.name === name);
+    return found !== undefined;
+  }, 5000, `${kind} console ${name} listed`);
+  return found!;
+}
+
 /** One case per reloadable field: a key marked reloadable without a case here does not compile. */
 const cases: { [K in ReloadableField]: Case } = {
   logLevel: async (t) => {
@@ -132,6 +162,41 @@ const cases: { [K in ReloadableField]: Case } = {
     // The check is re-armed at the new period: the disconnected VM serial port is forgotten.
     await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (not seen for too long)' && l.vm === 'rl-expire', 5000);
     assert.deepEqual(await r.api<PortView[]>('/api/v1/ports'), []);
+  },
+
+  expireUnusedAfterMs: async (t) => {
+    const r = await reloadable(t, ['expireUnusedAfter: 0']);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-unused' }, r.cleanup);
+    vm.destroy();
+    await waitUntil(() => hub.source === null, 3000, 'VM disconnected');
+    appliedOnly(await r.reload(['expireUnusedAfter: 50ms']), 'expireUnusedAfterMs');
+    // It never printed nor had a client: forgotten after the new, short age (the 90-day one still holds for others).
+    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no output, no client)' && l.vm === 'rl-unused', 5000);
+    assert.deepEqual(await r.api<PortView[]>('/api/v1/ports'), []);
+  },
+
+  proxyAllow: async (t) => {
+    const r = await reloadable(t, ['proxyAllow: [192.0.2.0/24]']);
+    const outside = await SimulatedVm.connect({ host: '127.0.0.1', port: r.ts.proxyPort, uuid: esxiUuid().text, name: 'rl-outside' });
+    r.cleanup.add(() => outside.destroy());
+    await outside.whenClosed(5000);
+    await r.ts.logs.waitFor((l) => l.errorCode === 'VSPC_PEER_NOT_ALLOWED' && l.peer === outside.peerName, 3000);
+    appliedOnly(await r.reload(['proxyAllow: [192.0.2.0/24, 127.0.0.0/8]']), 'proxyAllow');
+    const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-inside' }, r.cleanup);
+    assert.equal(hub.identity.name, 'rl-inside');
+  },
+
+  takeoverProbeTimeoutMs: async (t) => {
+    const r = await reloadable(t, ['takeoverProbe: 1h']);
+    // A VM that stopped answering option-232 requests (identified by its unsolicited UUID).
+    const u = esxiUuid();
+    const { hub } = await r.ts.connectVm({ uuid: u.text, name: 'rl-probe', unsolicitedIdentity: true, answerIdentityRequests: false }, r.cleanup);
+    appliedOnly(await r.reload(['takeoverProbe: 200ms']), 'takeoverProbeTimeoutMs');
+    // Under the old hour the newcomer would wait; now it takes over once the probe goes unanswered for 200 ms.
+    const next = await SimulatedVm.connect({ host: '127.0.0.1', port: r.ts.proxyPort, localAddress: '127.0.0.2', uuid: u.text, name: 'rl-probe' });
+    r.cleanup.add(() => next.destroy());
+    await r.ts.logs.waitFor((l) => l.message === 'VM serial port reconnected' && l.peer === next.peerName && l.takeover === 'unanswered', 5000);
+    assert.equal(hub.source?.peer, next.peerName);
   },
 
   humanTimeoutMs: async (t) => {
@@ -159,6 +224,17 @@ const cases: { [K in ReloadableField]: Case } = {
     await assert.rejects(old.whenProxied(5000), /WONT-PROXY/);
     const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-new', serviceUri: 'other.py' }, r.cleanup);
     assert.equal(hub.identity.name, 'rl-new');
+  },
+
+  vmotionSecretBytes: async (t) => {
+    const r = await reloadable(t, ['vmotionSecretBytes: 8']);
+    const { vm } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-secret' }, r.cleanup);
+    const before = await vm.vmotionBegin(Buffer.from([1]));
+    assert.equal(before.kind === 'goahead' && before.secret.length, 8);
+    vm.vmotionAbort();
+    appliedOnly(await r.reload(['vmotionSecretBytes: 32']), 'vmotionSecretBytes');
+    const after = await vm.vmotionBegin(Buffer.from([2]));
+    assert.equal(after.kind === 'goahead' && after.secret.length, 32, 'the next BEGIN gets a secret of the new length');
   },
 
   comPort: async (t) => {
@@ -240,6 +316,110 @@ const cases: { [K in ReloadableField]: Case } = {
   sshIdleTimeoutMs: (t) => sshSessionEnded(t, ['sshIdleTimeout: 1h'], ['sshIdleTimeout: 300ms'], 'sshIdleTimeoutMs', /idle for 300 ms; session ended/),
 
   sshMaxSessionMs: (t) => sshSessionEnded(t, ['sshMaxSession: 1h'], ['sshMaxSession: 500ms'], 'sshMaxSessionMs', /session time limit \(500 ms\) reached/),
+
+  proxmoxRunDir: async (t) => {
+    const pve = await fakeProxmox(t, 101, 'rl-pve');
+    const r = await reloadable(t, [`proxmoxConfDir: ${pve.conf}`]);
+    appliedOnly(await r.reload([`proxmoxConfDir: ${pve.conf}`, `proxmox: ${pve.run}`]), 'proxmoxRunDir');
+    const p = await listed(r, 'proxmox', 'rl-pve');
+    assert.equal(p.label, 'serial0');
+    assert.equal(p.endpoint, `unix:${join(pve.run, '101.serial0')}`);
+    const user = await r.ts.connectUser(p.port, r.cleanup, '');
+    await user.waitFor('hello from rl-pve', 5000);
+    // The fake socket greets and closes: the console is counted by kind, now waiting to reconnect.
+    await waitUntil(async () => {
+      const text = await (await fetch(`http://${r.ts.adminAddress}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      return /^vspc_consoles\{kind="proxmox",state="(waiting|connected)"\} 1$/m.test(text) && /^vspc_endpoint_reconnects_total\{kind="proxmox"\} \d+$/m.test(text);
+    }, 5000, 'proxmox consoles counted in /metrics');
+  },
+
+  proxmoxConfDir: async (t) => {
+    const pve = await fakeProxmox(t, 102, 'rl-old-name');
+    const other = tempDir('vspc-reload-pve-conf-');
+    t.after(() => other.remove());
+    writeFileSync(join(other.dir, '102.conf'), 'name: rl-new-name\n');
+    const r = await reloadable(t, [`proxmox: ${pve.run}`, `proxmoxConfDir: ${pve.conf}`]);
+    const before = await listed(r, 'proxmox', 'rl-old-name');
+    appliedOnly(await r.reload([`proxmox: ${pve.run}`, `proxmoxConfDir: ${other.dir}`]), 'proxmoxConfDir');
+    const after = await listed(r, 'proxmox', 'rl-new-name');
+    assert.equal(after.port, before.port, 'renamed, not re-created: same port');
+  },
+
+  libvirtRunDir: async (t) => {
+    const dir = tempDir('vspc-reload-libvirt-');
+    t.after(() => dir.remove());
+    const sock = await fakeSerialSocket(t, join(dir.dir, 'web.serial'), 'hello from libvirt');
+    const xml = join(dir.dir, 'xml');
+    mkdirSync(xml);
+    writeFileSync(
+      join(xml, 'rl-lv.xml'),
+      `<domstatus><domain type='kvm' id='3'><name>rl-lv</name><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid><devices>` +
+        `<serial type='unix'><source mode='bind' path='${sock}'/><target type='isa-serial' port='0'/><alias name='serial0'/></serial>` +
+        `</devices></domain></domstatus>\n`,
+    );
+    const r = await reloadable(t);
+    appliedOnly(await r.reload([`libvirt: ${xml}`]), 'libvirtRunDir');
+    const p = await listed(r, 'libvirt', 'rl-lv');
+    assert.equal(p.key, '4dea22b3-1d52-d8f3-2516-782e98ab3fa0');
+    const user = await r.ts.connectUser(p.port, r.cleanup, '');
+    await user.waitFor('hello from libvirt', 5000);
+  },
+
+  discoverGlobs: async (t) => {
+    const dir = tempDir('vspc-reload-glob-');
+    t.after(() => dir.remove());
+    await fakeSerialSocket(t, join(dir.dir, 'rl-glob.sock'), 'hello from a glob');
+    const r = await reloadable(t);
+    appliedOnly(await r.reload(['discover:', `  - glob: ${dir.dir}/*.sock`, '    source: "unix:{path}"', '    name: "{stem}"']), 'discoverGlobs');
+    const p = await listed(r, 'glob', 'rl-glob');
+    const user = await r.ts.connectUser(p.port, r.cleanup, '');
+    await user.waitFor('hello from a glob', 5000);
+  },
+
+  discoveryRescanMs: async (t) => {
+    const pve = await fakeProxmox(t, 103, 'rl-rescan');
+    const r = await reloadable(t, [`proxmox: ${pve.run}`, `proxmoxConfDir: ${pve.conf}`, 'discoveryRescan: 1h'], 'debug');
+    await listed(r, 'proxmox', 'rl-rescan');
+    const from = r.ts.logs.lines.length;
+    appliedOnly(await r.reload([`proxmox: ${pve.run}`, `proxmoxConfDir: ${pve.conf}`, 'discoveryRescan: 100ms']), 'discoveryRescanMs');
+    // Under the old hour no periodic scan would come; now two do.
+    await r.ts.logs.waitFor((l) => l.message === 'discovery scan' && l.reason === 'periodic', 5000, from);
+  },
+
+  greeting: async (t) => {
+    const r = await reloadable(t);
+    const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-greet' }, r.cleanup);
+    appliedOnly(await r.reload(['greeting: false']), 'greeting');
+    const user = await TelnetUser.connect({ host: '127.0.0.1', port: hub.identity.tcpPort });
+    r.cleanup.add(() => user.destroy());
+    await waitUntil(() => hub.clients.size === 1, 5000, 'attached');
+    await user.barrier();
+    assert.ok(!user.text.includes('rl-greet'), `no greeting: ${JSON.stringify(user.text)}`);
+  },
+
+  notices: async (t) => {
+    const r = await reloadable(t);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-notice' }, r.cleanup);
+    appliedOnly(await r.reload(['notices: false']), 'notices');
+    const user = await r.ts.connectUser(hub.identity.tcpPort, r.cleanup);
+    const mark = user.mark();
+    vm.destroy();
+    await waitUntil(() => hub.source === null, 5000, 'VM gone');
+    await user.barrier();
+    assert.ok(!user.received.subarray(mark).toString().includes('VM disconnected'), 'no notice of the disconnect');
+  },
+
+  replay: async (t) => {
+    const r = await reloadable(t);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-replay' }, r.cleanup);
+    vm.send('scrolled-away\r\n');
+    await waitUntil(() => hub.bytesFromVm > 0, 5000, 'output seen');
+    appliedOnly(await r.reload(['replay: false']), 'replay');
+    const user = await r.ts.connectUser(hub.identity.tcpPort, r.cleanup);
+    vm.send('live\r\n');
+    await user.waitFor('live', 5000);
+    assert.ok(!user.text.includes('scrolled-away'), 'no replay of what came before');
+  },
 
   consoles: async (t) => {
     // Two unix sockets standing in for QEMU serial ports; each greets whoever connects.

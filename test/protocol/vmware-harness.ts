@@ -3,7 +3,7 @@
  * tests: events as plain comparable values, written bytes as chunks.
  */
 import { ProtocolError } from '../../src/errors.js';
-import { VspcServerProtocol, type UartSettings, type VspcServerProtocolOptions } from '../../src/protocol/vmware/server-protocol.js';
+import { VspcServerProtocol, type UartSettings, type VspcServerProtocolHandlers, type VspcServerProtocolOptions } from '../../src/protocol/vmware/server-protocol.js';
 import type { ProxyRequest } from '../../src/protocol/vmware/identity.js';
 import { encodeSubnegotiation } from '../../src/protocol/telnet/encoder.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
@@ -35,7 +35,8 @@ export interface Recorded {
   take(): Buffer;
 }
 
-export function recordProtocol(options: Partial<VspcServerProtocolOptions> = {}): Recorded {
+/** `more`: further handlers (RFC 2217 state, flow control, ...), called as given. */
+export function recordProtocol(options: Partial<VspcServerProtocolOptions> = {}, more: Partial<VspcServerProtocolHandlers> = {}): Recorded {
   const events: ProtocolEvent[] = [];
   const errors: unknown[] = [];
   const written: Buffer[] = [];
@@ -65,6 +66,7 @@ export function recordProtocol(options: Partial<VspcServerProtocolOptions> = {})
       vmotionComplete: (seq) => events.push({ type: 'vmotionComplete', seq: [...seq] }),
       vmotionAbort: () => events.push({ type: 'vmotionAbort' }),
       unknownSuboption: (code) => events.push({ type: 'unknownSuboption', code }),
+      ...more,
     },
   );
   return {

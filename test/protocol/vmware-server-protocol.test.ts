@@ -308,8 +308,11 @@ describe('VspcServerProtocol: COM-PORT (RFC 2217)', () => {
       [103, 0],
       [101, 0, 0, 0, 0],
     ]);
-    r.protocol.receive(Buffer.concat([sb(5, 1), sb(1, 0, 1), sb(7)]));
-    assert.deepEqual(replies(r.take()), [], 'flow control, a short baud rate and a 1-byte payload: no reply');
+    r.protocol.receive(Buffer.concat([sb(1, 0, 1), sb(7)]));
+    assert.deepEqual(replies(r.take()), [], 'a short baud rate and a 1-byte payload: no reply');
+    // SET-CONTROL is answered like every RFC 2217 setting (issue 12: it was not).
+    r.protocol.receive(sb(5, 1));
+    assert.deepEqual(replies(r.take()), [[105, 1]], 'flow control: answered with the value in effect');
   });
 });
 

@@ -509,3 +509,59 @@ describe('ConsoleStore range changes and scale', () => {
     assert.equal(new Set(rows.map((r) => r.tcp_port)).size, count);
   });
 });
+
+describe('ConsoleStore access ports (one port namespace with the consoles)', () => {
+  test('sticky per console and method, from the same range; freed with the console', () => {
+    const file = freshPath();
+    const range = { start: 7000, end: 7005 };
+    const first = withStore(file, range, (s) => {
+      const a = s.register('esxi', uuid(1), '', 'a', 1).record;
+      const b = s.register('proxmox', '100', 'serial0', 'b', 1).record;
+      const raw = s.accessPort(a.id, 'raw');
+      assert.equal(s.accessPort(a.id, 'raw'), raw, 'sticky');
+      const rawB = s.accessPort(b.id, 'raw');
+      const c = s.register('esxi', uuid(2), '', 'c', 1).record;
+      assert.deepEqual([a.tcpPort, b.tcpPort, raw, rawB, c.tcpPort], [7000, 7001, 7002, 7003, 7004]);
+      assert.deepEqual(s.accessPorts(a.id), { raw: 7002 });
+      expectCode('VSPC_ARG_INVALID', () => s.accessPort(a.id, 'telnet'));
+      expectCode('VSPC_NOT_FOUND', () => s.accessPort(9999, 'raw'));
+      return { a, raw };
+    });
+    withStore(file, range, (s) => {
+      assert.equal(s.accessPort(first.a.id, 'raw'), first.raw, 'sticky across a restart');
+      // A console cannot move onto another console's access port.
+      const conflict = expectCode('VSPC_PORT_IN_USE', () => s.setPort(s.get('esxi', uuid(2), '')!.id, first.raw));
+      assert.equal(conflict.context.heldBy, first.a.id);
+      assert.equal(s.forget(first.a.id), true);
+      // Both of its ports are free again: the lowest go to the newcomers.
+      assert.equal(s.register('esxi', uuid(3), '', 'd', 2).record.tcpPort, 7000);
+      assert.equal(s.register('esxi', uuid(4), '', 'e', 2).record.tcpPort, 7002);
+    });
+  });
+
+  test('the database refuses a port in both tables (another process cannot break the namespace)', () => {
+    const file = freshPath();
+    withStore(file, { start: 7000, end: 7005 }, (s) => {
+      const a = s.register('esxi', uuid(1), '', 'a', 1).record;
+      const db = new Database(file);
+      try {
+        assert.throws(() => db.prepare("INSERT INTO access_ports (console_id, method, tcp_port) VALUES (?, 'raw', ?)").run(a.id, a.tcpPort), /tcp_port is a console port/);
+        db.prepare("INSERT INTO access_ports (console_id, method, tcp_port) VALUES (?, 'raw', 7003)").run(a.id);
+        assert.throws(() => db.prepare("INSERT INTO consoles (kind, key, tcp_port, first_seen, last_seen) VALUES ('x', 'y', 7003, 0, 0)").run(), /tcp_port is an access port/);
+      } finally {
+        db.close();
+      }
+    });
+  });
+
+  test('expiry frees the access ports of the expired consoles', () => {
+    const file = freshPath();
+    withStore(file, { start: 7000, end: 7003 }, (s) => {
+      const old = s.register('esxi', uuid(1), '', 'old', 1).record;
+      s.accessPort(old.id, 'raw');
+      assert.equal(s.expire(10, () => false, 100).length, 1);
+      assert.equal(s.register('esxi', uuid(2), '', 'n1', 200).record.tcpPort, 7000);
+      assert.equal(s.register('esxi', uuid(3), '', 'n2', 200).record.tcpPort, 7001);
+    });
+  });
+});

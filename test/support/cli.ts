@@ -49,8 +49,10 @@ export class Child {
   /** Re-checks of pending waits, run on every chunk of stderr and on exit. */
   private listeners = new Set<() => void>();
 
-  constructor(script: string, args: string[]) {
-    this.proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  /** `wrap`: a command the node process runs under, e.g. `['prlimit', '--nofile=256']`. */
+  constructor(script: string, args: string[], wrap: string[] = []) {
+    const argv = [...wrap, process.execPath, script, ...args];
+    this.proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc.stdout!.on('data', (d: Buffer) => (this.stdout += d.toString('utf8')));
     this.proc.stderr!.on('data', (d: Buffer) => {
       this.stderr += d.toString('utf8');

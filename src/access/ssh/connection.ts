@@ -33,7 +33,7 @@ const MAX_SESSIONS_PER_CONNECTION = 10;
 export interface SshCounters {
   auth: { accepted: number; rejected: number };
   /** Connections dropped at accept, by reason. */
-  refused: { 'rate-limited': number; 'too-many-unauthenticated': number; 'shutting-down': number };
+  refused: { 'rate-limited': number; 'too-many-unauthenticated': number; 'shutting-down': number; 'fd-budget': number };
   /** Requests refused outright, by kind. */
   requests: Record<string, number>;
   /** Sessions ended by vspc, by reason. */

@@ -54,6 +54,8 @@ export interface SshListenerOptions {
   tail: ((hub: ConsoleHub, lines: number) => Promise<string>) | null;
   onSlowClientDropped?(): void;
   onProtocolError?(code: string): void;
+  /** The process's file descriptor budget: false refuses the socket (the caller logs and counts). */
+  admit?(socket: net.Socket): boolean;
 }
 
 /** `status`: listen address, host keys, connections. */
@@ -97,7 +99,7 @@ export class SshListener {
   private readonly counted = new WeakSet<SshConnection>();
   private readonly counters: SshCounters = {
     auth: { accepted: 0, rejected: 0 },
-    refused: { 'rate-limited': 0, 'too-many-unauthenticated': 0, 'shutting-down': 0 },
+    refused: { 'rate-limited': 0, 'too-many-unauthenticated': 0, 'shutting-down': 0, 'fd-budget': 0 },
     requests: {},
     ended: {},
   };
@@ -239,6 +241,11 @@ export class SshListener {
     const address = normalizeAddress(socket.remoteAddress ?? '?');
     if (this.closing) {
       this.counters.refused['shutting-down']++;
+      socket.destroy();
+      return;
+    }
+    if (this.options.admit && !this.options.admit(socket)) {
+      this.counters.refused['fd-budget']++;
       socket.destroy();
       return;
     }

@@ -1,14 +1,19 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
-import { AYT, BRK, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
-import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage } from '../../protocol/control/vspc-control.js';
+import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
+import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage, type StreamRequest } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
-import type { ConsoleHub } from '../../domain/console-hub.js';
+import { DEFAULT_STREAM, type ConsoleHub, type StreamOptions } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
 import { displayKey } from '../../domain/identity.js';
-import { allocateClientId } from '../../domain/client-ids.js';
+import { nextClientId } from '../../domain/client-ids.js';
+import type { ComPortServer } from '../../protocol/rfc2217/index.js';
+import { createComPortServer } from './com-port.js';
+
+/** Client ids are shared by every access method (domain/client-ids.ts). */
+export { nextClientId } from '../../domain/client-ids.js';
 
 export interface TelnetClientOptions {
   /** Bytes queued to a client that does not read; past this it is disconnected. */
@@ -45,6 +50,8 @@ function encodeForFanout(data: Buffer, binary: boolean): Buffer {
 
 /** Keystrokes typed before the lock is settled (a second at most) are kept up to this. */
 const MAX_EARLY_INPUT = 4096;
+/** COM-PORT commands sent before the lock is settled are kept (then answered) up to this many. */
+const MAX_EARLY_COM_PORT = 64;
 
 /**
  * Named states of a console client:
@@ -59,10 +66,11 @@ type ClientState = 'negotiating' | 'attached' | 'closed';
  * An admin's telnet attached to one VM serial port. We WILL ECHO and SGA (so a stock
  * telnet goes to character mode and does not echo locally) and negotiate BINARY both
  * ways, so all 256 byte values pass unchanged. `vspc-admin connect` additionally
- * speaks VSPC-CONTROL to ask for a lock mode.
+ * speaks VSPC-CONTROL to ask for a lock mode. A client that offers COM-PORT (RFC 2217,
+ * WILL 44) gets DO and may set the console's serial line (com-port.ts).
  */
 export class TelnetClient implements ConsoleClient {
-  readonly id = allocateClientId();
+  readonly id = nextClientId();
   readonly peer: string;
   readonly connectedAt = Date.now();
   private readonly session: TelnetSession;
@@ -74,7 +82,15 @@ export class TelnetClient implements ConsoleClient {
   private lastInputAt = Date.now();
   private early: Buffer[] = [];
   private earlyBytes = 0;
+  /** RFC 2217, once the client offered COM-PORT; commands before the lock is settled wait in earlyComPort. */
+  private comPort: ComPortServer | null = null;
+  private earlyComPort: Buffer[] = [];
+  /** Output held while the client has FLOWCONTROL-SUSPENDed us (RFC 2217); null while not suspended. */
+  private suspendedOutput: Buffer[] | null = null;
+  private suspendedBytes = 0;
   user: string | undefined;
+  /** What this client's stream carries besides the VM's bytes; settled at attach (until then, the defaults). */
+  private stream: StreamOptions = { ...DEFAULT_STREAM };
 
   constructor(
     private readonly socket: Socket,
@@ -86,13 +102,14 @@ export class TelnetClient implements ConsoleClient {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.log = logger.child({ client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure });
     this.session = new TelnetSession(
-      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION] }),
+      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION, Option.COM_PORT] }),
       {
         write: (b) => this.socket.write(b),
         data: (d) => this.onInput(d),
         command: (c) => this.onCommand(c),
         subnegotiation: (option, payload) => {
           if (option === VSPC_CONTROL_OPTION && this.session.isEnabled('him', VSPC_CONTROL_OPTION)) this.onControl(payload);
+          else if (option === Option.COM_PORT && this.session.isEnabled('him', Option.COM_PORT)) this.onComPort(payload);
         },
         refused: (side, option) => {
           if (side === 'him' && option === VSPC_CONTROL_OPTION) this.attach(this.hub.defaultLockMode, false);
@@ -148,18 +165,52 @@ export class TelnetClient implements ConsoleClient {
 
   deliver(data: Buffer): void {
     if (this.state === 'closed') return;
-    this.socket.write(encodeForFanout(data, this.session.isEnabled('us', Option.BINARY)));
-    if (this.socket.writableLength > this.options.maxQueuedBytes) {
-      this.log.warn('client too slow; disconnecting', { queued: this.socket.writableLength, limit: this.options.maxQueuedBytes });
+    this.output(encodeForFanout(data, this.session.isEnabled('us', Option.BINARY)));
+  }
+
+  /**
+   * A line from vspc, not from the VM. Dropped when this client's stream has notices
+   * off, unless `always` (the greeting, which has its own switch; answers the client
+   * asked for).
+   */
+  notice(text: string, always = false): void {
+    if (!always && !this.stream.notices) return;
+    if (this.state === 'closed') return;
+    this.output(encodeData(Buffer.from(`\r\n[vspc: ${text}]\r\n`, 'utf8'), this.session.isEnabled('us', Option.BINARY)));
+  }
+
+  /** Console output and notices for the client: written, or held while it has suspended us (RFC 2217). */
+  private output(bytes: Buffer): void {
+    if (this.suspendedOutput) {
+      this.suspendedOutput.push(bytes);
+      this.suspendedBytes += bytes.length;
+    } else {
+      this.socket.write(bytes);
+    }
+    const queued = this.socket.writableLength + this.suspendedBytes;
+    if (queued > this.options.maxQueuedBytes) {
+      this.log.warn('client too slow; disconnecting', { queued, limit: this.options.maxQueuedBytes, suspended: this.suspendedOutput !== null });
       this.options.onSlowClientDropped?.();
       // The queue is already full: telling the client would only queue more, so just go.
       this.destroy('too slow: output queue over the limit');
     }
   }
 
-  notice(text: string): void {
+  private suspendOutput(suspended: boolean): void {
+    if (suspended) {
+      this.suspendedOutput ??= [];
+      return;
+    }
+    const held = this.suspendedOutput;
+    this.suspendedOutput = null;
+    this.suspendedBytes = 0;
+    if (held && held.length > 0 && !this.socket.destroyed && !this.socket.writableEnded) this.socket.write(held.length === 1 ? held[0] : Buffer.concat(held));
+  }
+
+  /** A serial BREAK from the VM: IAC BRK, in order with the output around it (RFC 854), also while output is held. */
+  breakFromSource(): void {
     if (this.state === 'closed') return;
-    this.session.sendData(Buffer.from(`\r\n[vspc: ${text}]\r\n`, 'utf8'));
+    this.output(encodeCommand(BRK));
   }
 
   pauseInput(): void {
@@ -186,8 +237,11 @@ export class TelnetClient implements ConsoleClient {
     }
     this.state = 'closed';
     this.clearTimers();
-    this.log.info('closing client', { reason });
+    // The audit log has the detach with its reason (src/logging/audit.ts).
+    this.log.debug('closing client', { reason });
     this.hub.removeClient(this, reason);
+    // What was held for a suspended client goes out before the FIN.
+    this.suspendOutput(false);
     this.socket.end();
     this.closeTimer = setTimeout(() => this.socket.destroy(), this.options.closeGraceMs);
     this.closeTimer.unref();
@@ -215,14 +269,21 @@ export class TelnetClient implements ConsoleClient {
     }
   }
 
-  private attach(request: LockRequest, force: boolean): void {
+  private attach(request: LockRequest, force: boolean, asked: Partial<StreamRequest> = {}): void {
     if (this.state !== 'negotiating') return;
     if (this.lockTimer) clearTimeout(this.lockTimer);
     this.lockTimer = null;
     const control = this.session.isEnabled('him', VSPC_CONTROL_OPTION);
+    // The console's defaults, less what the client asked to leave out (VSPC-CONTROL flags).
+    const stream = this.hub.stream;
+    this.stream = {
+      greeting: stream.greeting && !asked.noGreeting,
+      notices: stream.notices && !asked.noNotices,
+      replay: stream.replay && !asked.noReplay,
+    };
     const id = this.hub.identity;
-    this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`);
-    const decision = this.hub.addClient(this, { request, force, user: this.user });
+    if (this.stream.greeting) this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
+    const decision = this.hub.addClient(this, { request, force, user: this.user, tls: this.secure, replay: this.stream.replay });
     if (!decision.granted) {
       this.log.info('lock refused', { request, reason: decision.reason });
       if (control) this.sendControl({ kind: 'lock-refused', reason: decision.reason });
@@ -232,11 +293,31 @@ export class TelnetClient implements ConsoleClient {
     this.state = 'attached';
     this.log = this.log.child({ mode: decision.mode });
     if (control) this.sendControl({ kind: 'lock-granted', mode: decision.mode });
-    this.log.info('client attached', { clients: this.hub.clients.size, user: this.user, force, displaced: decision.displaced.length });
     if (this.options.idleTimeoutMs > 0) this.armIdle();
     const early = this.early;
     this.early = [];
     for (const chunk of early) this.hub.fromClient(this, chunk);
+    const comPort = this.earlyComPort;
+    this.earlyComPort = [];
+    for (const payload of comPort) this.onComPort(payload);
+  }
+
+  /** One RFC 2217 command (the client agreed to COM-PORT). Kept until the lock is settled. */
+  private onComPort(payload: Buffer): void {
+    if (this.state === 'negotiating') {
+      if (this.earlyComPort.length < MAX_EARLY_COM_PORT) this.earlyComPort.push(Buffer.from(payload));
+      return;
+    }
+    if (this.state !== 'attached') return;
+    this.comPort ??= createComPortServer(this.hub, this, this.log, {
+      send: (p) => {
+        if (this.state !== 'closed') this.session.sendSubnegotiation(Option.COM_PORT, p);
+      },
+      notice: (text) => this.notice(text),
+      suspend: (s) => this.suspendOutput(s),
+      canWrite: () => this.hub.modeOf(this) !== 'readonly',
+    });
+    this.comPort.receive(payload);
   }
 
   private onInput(data: Buffer): void {
@@ -260,7 +341,7 @@ export class TelnetClient implements ConsoleClient {
     if (msg.kind === 'lock-request') {
       if (this.state !== 'negotiating') return; // One lock per connection; reconnect to change it.
       this.user = msg.user || undefined;
-      this.attach(msg.mode, msg.force);
+      this.attach(msg.mode, msg.force, msg);
     } else if (msg.kind === 'who') {
       this.sendControl({ kind: 'who-reply', holders: this.hub.locks.list().map((h) => ({ ...h, self: h.clientId === this.id })) });
     }
@@ -276,7 +357,7 @@ export class TelnetClient implements ConsoleClient {
     if (command === BRK) {
       if (this.hub.modeOf(this) === 'readonly') this.notice('read-only: break not sent');
       else this.hub.sendBreak();
-    } else if (command === AYT) this.notice('yes, vspc is here');
+    } else if (command === AYT) this.notice('yes, vspc is here', true);
   }
 
   /** One timer per client, re-armed lazily: no timer work per keystroke. */
@@ -291,7 +372,10 @@ export class TelnetClient implements ConsoleClient {
     this.idleTimer.unref();
   }
 
+  /** Timers and pending work of a client that is going: also unanswered COM-PORT commands. */
   private clearTimers(): void {
+    this.comPort?.close();
+    this.earlyComPort = [];
     if (this.lockTimer) clearTimeout(this.lockTimer);
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.lockTimer = null;
@@ -303,7 +387,8 @@ export class TelnetClient implements ConsoleClient {
     this.state = 'closed';
     this.clearTimers();
     if (this.closeTimer) clearTimeout(this.closeTimer);
+    // The audit log has the detach (with the session's length).
     this.hub.removeClient(this, 'connection closed');
-    if (wasAttached) this.log.info('client detached', { durationMs: Date.now() - this.connectedAt });
+    if (wasAttached) this.log.debug('client connection closed', { durationMs: Date.now() - this.connectedAt });
   }
 }

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from '../../domain/logger.js';
-import { errorFields } from '../../errors.js';
+import { errorFields, VspcError } from '../../errors.js';
 import type { Registry } from '../../domain/registry.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { TelnetClient, type TelnetClientOptions } from './client.js';
@@ -13,6 +13,11 @@ export interface TelnetListenerOptions extends TelnetClientOptions {
   tls?: tls.SecureContextOptions;
   /** A port that could not be bound is tried again after this long. */
   bindRetryMs: number;
+  /**
+   * Asked for every accepted socket before anything else (the process's descriptor
+   * budget, src/runtime/fd-budget.ts): false closes it at once.
+   */
+  admit?(socket: net.Socket): boolean;
 }
 
 interface Listeners {
@@ -29,6 +34,8 @@ interface Listeners {
  */
 export class TelnetListeners {
   private readonly byHub = new Map<ConsoleHub, Listeners>();
+  /** Listeners bound by `moveTo` for the port a console is about to move to. */
+  private readonly prebound = new Map<ConsoleHub, Listeners>();
   private closed = false;
 
   constructor(
@@ -40,12 +47,60 @@ export class TelnetListeners {
     registry.on('removed', (hub) => this.closeFor(hub));
     registry.on('moved', (hub) => {
       this.closeFor(hub);
-      this.open(hub);
+      const pre = this.prebound.get(hub);
+      if (pre && !this.closed) {
+        // `moveTo` bound the new port(s) already: they take over.
+        this.prebound.delete(hub);
+        this.byHub.set(hub, pre);
+        hub.listenError = null;
+        hub.tlsListenError = null;
+      } else {
+        this.open(hub);
+      }
     });
   }
 
   tlsPortOf(hub: ConsoleHub): number | null {
     return this.options.tls ? hub.identity.tcpPort + this.options.tlsPortOffset : null;
+  }
+
+  /**
+   * `set-port`: binds `port` (and its telnets twin) first, and only when that worked
+   * calls `commit` (which moves the console in the registry and the store); the new
+   * listeners then replace the old ones. A port that cannot be bound changes nothing:
+   * rejects with VSPC_PORT_BIND_FAILED naming the port and the system's reason.
+   */
+  async moveTo(hub: ConsoleHub, port: number, commit: () => void): Promise<void> {
+    const l: Listeners = { plain: null, secure: null, retry: null };
+    const close = () => {
+      l.plain?.close();
+      l.secure?.close();
+    };
+    try {
+      l.plain = await this.bindOnce(hub, l, false, port);
+      if (this.options.tls) l.secure = await this.bindOnce(hub, l, true, port + this.options.tlsPortOffset);
+    } catch (err) {
+      close();
+      throw err;
+    }
+    this.prebound.set(hub, l);
+    try {
+      commit();
+    } finally {
+      // Still here: the commit failed (or moved nothing), so the new listeners go.
+      if (this.prebound.get(hub) === l) {
+        this.prebound.delete(hub);
+        close();
+      }
+    }
+  }
+
+  private bindOnce(hub: ConsoleHub, l: Listeners, secure: boolean, port: number): Promise<net.Server> {
+    return new Promise((resolve, reject) => {
+      if (!this.listen(hub, l, secure, port, { resolve, reject })) {
+        reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} is out of range`, { port }));
+      }
+    });
   }
 
   private open(hub: ConsoleHub): void {
@@ -66,7 +121,15 @@ export class TelnetListeners {
     }
   }
 
-  private listen(hub: ConsoleHub, l: Listeners, secure: boolean, port: number): net.Server | null {
+  /** `first` (moveTo): report the first bind's outcome there instead of recording and retrying it. */
+  private listen(
+    hub: ConsoleHub,
+    l: Listeners,
+    secure: boolean,
+    port: number,
+    first?: { resolve(server: net.Server): void; reject(err: Error): void },
+  ): net.Server | null {
+    if (first && (port < 1 || port > 65535)) return null;
     if (port < 1 || port > 65535) {
       const msg = `port ${port} is out of range`;
       if (secure) hub.tlsListenError = msg;
@@ -74,8 +137,9 @@ export class TelnetListeners {
       return null;
     }
     const onSocket = (socket: net.Socket) => {
-      // Hub may have been forgotten between accept and here.
-      if (this.byHub.get(hub) !== l) {
+      // Refused by the descriptor budget (already destroyed), or the hub was forgotten
+      // between accept and here.
+      if (socket.destroyed || this.byHub.get(hub) !== l) {
         socket.destroy();
         return;
       }
@@ -84,14 +148,25 @@ export class TelnetListeners {
     const server = secure
       ? tls.createServer({ ...this.options.tls }, onSocket)
       : net.createServer(onSocket);
+    // Before the TLS handshake too: the raw socket already holds a descriptor.
+    const admit = this.options.admit;
+    if (admit) server.prependListener('connection', (raw: net.Socket) => {
+      if (!admit(raw)) raw.destroy();
+    });
     if (secure) {
       server.on('tlsClientError', (err, socket) => {
         this.logger.info('TLS handshake failed on client port', { port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
         this.options.onProtocolError?.('TLS_HANDSHAKE_FAILED');
       });
     }
+    let bound = false;
     server.on('error', (err: NodeJS.ErrnoException) => {
       const message = `${err.code ?? 'ERROR'}: cannot listen on ${this.options.host}:${port}`;
+      if (first && !bound) {
+        server.close();
+        first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used: ${message}`, { port, errorCode: err.code }));
+        return;
+      }
       if (secure) {
         hub.tlsListenError = message;
         l.secure = null;
@@ -114,6 +189,11 @@ export class TelnetListeners {
       }
     });
     server.on('listening', () => {
+      bound = true;
+      if (first) {
+        first.resolve(server);
+        return;
+      }
       if (secure) hub.tlsListenError = null;
       else hub.listenError = null;
     });

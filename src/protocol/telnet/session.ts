@@ -34,6 +34,8 @@ export class TelnetSession {
   readonly negotiator: OptionNegotiator;
   private readonly decoder: TelnetDecoder;
   private failed = false;
+  /** Set by `stop()`: input is ignored from the next token on. */
+  private stopped = false;
 
   constructor(
     policy: OptionPolicy,
@@ -68,7 +70,7 @@ export class TelnetSession {
   receive(chunk: Buffer): void {
     let input: Buffer | null = chunk;
     while (input !== null) {
-      if (this.failed) return;
+      if (this.failed || this.stopped) return;
       this.receiveTokens(this.decoder.decode(input));
       input = this.decoder.hasPending ? EMPTY : null;
     }
@@ -76,7 +78,7 @@ export class TelnetSession {
 
   private receiveTokens(tokens: TelnetToken[]): void {
     for (const t of tokens) {
-      if (this.failed) return;
+      if (this.failed || this.stopped) return;
       switch (t.type) {
         case 'data':
           this.handlers.data?.(t.data);
@@ -95,6 +97,20 @@ export class TelnetSession {
           return;
       }
     }
+  }
+
+  /**
+   * Ignore all further input, from the token after the one being handled (the rest of
+   * the current chunk included), without reporting anything: the owner condemned the
+   * peer and nothing more it says may be acted on. Sending still works.
+   */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** True once `stop()` was called. */
+  get isStopped(): boolean {
+    return this.stopped;
   }
 
   /** Report a protocol error found by a layer above (e.g. a bad option-232 payload). */

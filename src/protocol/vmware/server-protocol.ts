@@ -1,7 +1,9 @@
 import { ProtocolError } from '../../errors.js';
 import { Option, type Side } from '../telnet/index.js';
 import { policyFromLists, TelnetSession } from '../telnet/index.js';
-import { ComPort, Ext, PROXY_KNOWN_SUBOPTIONS } from './codes.js';
+import { ComPort, ComPortControl, ComPortPurge, Ext, PROXY_KNOWN_SUBOPTIONS } from './codes.js';
+import { VERSION } from '../../version.js';
+import { sanitizeText } from '../../util/text.js';
 import { parseDoProxyPayload, parseNamePayload, parseUuidPayload, type ProxyRequest } from './identity.js';
 
 /** The guest UART's settings as the ESXi host reports them over RFC 2217 COM-PORT (same shape as the domain's SerialLineSettings). */
@@ -15,11 +17,61 @@ export interface UartSettings {
 const PARITY = [undefined, 'none', 'odd', 'even', 'mark', 'space'] as const;
 const STOP_BITS = [undefined, '1', '2', '1.5'] as const;
 
+export type OutboundFlowControl = 'none' | 'xon-xoff' | 'hardware' | 'dcd' | 'dsr';
+export type InboundFlowControl = 'none' | 'xon-xoff' | 'hardware' | 'dtr';
+
+/**
+ * The rest of what an RFC 2217 client (the ESXi host) says about the guest's serial
+ * line: SET-CONTROL (section 3), FLOWCONTROL-SUSPEND/RESUME and the notification masks
+ * (sections 4-5), SIGNATURE (section 2). Fields are absent until the host set them;
+ * the answers to the "request" values then give the defaults in brackets.
+ */
+export interface ComPortState {
+  /** SET-CONTROL 1/2/3/17/19 [none]. */
+  flowControl?: OutboundFlowControl;
+  /** SET-CONTROL 14/15/16/18 [none]. */
+  inboundFlowControl?: InboundFlowControl;
+  /** SET-CONTROL 5/6: the guest holds its transmit line in BREAK [off]. */
+  break?: boolean;
+  /** SET-CONTROL 8/9 [on]. */
+  dtr?: boolean;
+  /** SET-CONTROL 11/12 [on]. */
+  rts?: boolean;
+  /** FLOWCONTROL-SUSPEND seen and no FLOWCONTROL-RESUME since: the host asked us to stop sending data. */
+  suspended: boolean;
+  /** SET-LINESTATE-MASK: which NOTIFY-LINESTATE bits the host wants (RFC default 0). */
+  lineStateMask: number;
+  /** SET-MODEMSTATE-MASK: which NOTIFY-MODEMSTATE bits the host wants (RFC default 255). */
+  modemStateMask: number;
+  /** The host's SIGNATURE text (controls and invisible formatting replaced, util/text.ts; at most 256 characters). */
+  signature?: string;
+}
+
+const OUTBOUND_FLOW: ReadonlyMap<number, OutboundFlowControl> = new Map([
+  [ComPortControl.FLOW_NONE, 'none'],
+  [ComPortControl.FLOW_XON_XOFF, 'xon-xoff'],
+  [ComPortControl.FLOW_HARDWARE, 'hardware'],
+  [ComPortControl.FLOW_DCD, 'dcd'],
+  [ComPortControl.FLOW_DSR, 'dsr'],
+]);
+const INBOUND_FLOW: ReadonlyMap<number, InboundFlowControl> = new Map([
+  [ComPortControl.INBOUND_FLOW_NONE, 'none'],
+  [ComPortControl.INBOUND_FLOW_XON_XOFF, 'xon-xoff'],
+  [ComPortControl.INBOUND_FLOW_HARDWARE, 'hardware'],
+  [ComPortControl.INBOUND_FLOW_DTR, 'dtr'],
+]);
+const codeOf = <T>(map: ReadonlyMap<number, T>, value: T): number => [...map].find(([, v]) => v === value)![0];
+
+/** Longest SIGNATURE text kept from a host, in characters. */
+export const MAX_SIGNATURE = 256;
+
 export interface VspcServerProtocolOptions {
   /** Service name a VM must ask for in DO-PROXY (the part of the URI before `?`). */
   serviceName: string;
   /** Answer WILL COM-PORT with DO and record the guest's UART settings (else DONT). */
   comPort?: boolean;
+  /** vspc's RFC 2217 SIGNATURE, sent when the host asks (default `vspc <version>`). */
+  signature?: string;
   maxSubnegotiation?: number;
 }
 
@@ -37,7 +89,18 @@ export interface VspcServerProtocolHandlers {
   uuid?(uuid: string): void;
   name?(name: string): void;
   knownSuboptions?(codes: number[]): void;
+  /** SET-BAUDRATE/DATASIZE/PARITY/STOPSIZE answered: the settings now in effect. */
   comPort?(settings: UartSettings): void;
+  /** Anything else of RFC 2217 changed what is recorded (SET-CONTROL, suspend/resume, masks, SIGNATURE). */
+  comPortState?(state: ComPortState): void;
+  /** SET-CONTROL BREAK-ON while the line was not in BREAK: the guest sent a serial BREAK. */
+  comPortBreak?(): void;
+  /** FLOWCONTROL-SUSPEND (true) / -RESUME (false): stop or restart sending serial data to the host. */
+  flowControl?(suspended: boolean): void;
+  /** PURGE-DATA: drop what is buffered for the host (`transmit`) and/or from it (`receive`). */
+  purge?(buffers: 'receive' | 'transmit' | 'both'): void;
+  /** A COM-PORT command that RFC 2217 does not define from a client, or a reserved value: ignored, no answer. */
+  comPortIgnored?(code: number, value: number | null): void;
   vmotionBegin?(seq: Buffer): void;
   vmotionPeer?(seqAndSecret: Buffer): void;
   vmotionComplete?(seq: Buffer): void;
@@ -56,6 +119,7 @@ export class VspcServerProtocol {
   readonly telnet: TelnetSession;
   private knownSent = false;
   private readonly uart: UartSettings = {};
+  private readonly line: ComPortState = { suspended: false, lineStateMask: 0, modemStateMask: 255 };
 
   constructor(
     private readonly options: VspcServerProtocolOptions,
@@ -103,6 +167,11 @@ export class VspcServerProtocol {
 
   get uartSettings(): Readonly<UartSettings> {
     return this.uart;
+  }
+
+  /** What RFC 2217 commands other than the four UART settings recorded. */
+  get comPortState(): Readonly<ComPortState> {
+    return this.line;
   }
 
   sendData(data: Buffer): boolean {
@@ -207,37 +276,129 @@ export class VspcServerProtocol {
     }
   }
 
+  /**
+   * One RFC 2217 command from the host (the client). Every command the RFC has the
+   * access server answer is answered with code + 100 and the value now in effect;
+   * FLOWCONTROL-SUSPEND/RESUME are not answered (section 5: they are requests to the
+   * receiver, not settings); SIGNATURE with text is the host's own and is recorded;
+   * NOTIFY-LINESTATE/MODEMSTATE go from the access server to the client only, so from
+   * the host they are ignored, as are malformed payloads and reserved values.
+   */
   private onComPort(payload: Buffer): void {
-    if (payload.length < 2) return;
+    if (payload.length === 0) return;
     const code = payload[0];
-    const v = payload[1];
-    let reply: Buffer;
+    const body = payload.subarray(1);
+    const v = body.length === 1 ? body[0] : null;
     switch (code) {
+      case ComPort.SIGNATURE:
+        if (body.length === 0) {
+          this.replyComPort(code, Buffer.from(this.options.signature ?? `vspc ${VERSION}`, 'utf8'));
+        } else {
+          // Another party's name and version: keep it printable and bounded for `show`.
+          this.line.signature = [...sanitizeText(body.toString('utf8'))].slice(0, MAX_SIGNATURE).join('');
+          this.stateChanged();
+        }
+        return;
       case ComPort.SET_BAUDRATE: {
-        if (payload.length !== 5) return;
-        const baud = payload.readUInt32BE(1);
+        if (body.length !== 4) return this.ignoreComPort(code, null);
+        const baud = body.readUInt32BE(0);
         if (baud !== 0) this.uart.baudRate = baud; // 0 asks for the current value
-        reply = Buffer.alloc(4);
+        const reply = Buffer.alloc(4);
         reply.writeUInt32BE(this.uart.baudRate ?? 0);
-        break;
+        return this.replyUart(code, reply);
       }
       case ComPort.SET_DATASIZE:
+        if (v === null) return this.ignoreComPort(code, null);
         if (v >= 5 && v <= 8) this.uart.dataSize = v;
-        reply = Buffer.of(this.uart.dataSize ?? 0);
-        break;
+        return this.replyUart(code, Buffer.of(this.uart.dataSize ?? 0));
       case ComPort.SET_PARITY:
+        if (v === null) return this.ignoreComPort(code, null);
         if (PARITY[v]) this.uart.parity = PARITY[v];
-        reply = Buffer.of(this.uart.parity ? PARITY.indexOf(this.uart.parity) : 0);
-        break;
+        return this.replyUart(code, Buffer.of(this.uart.parity ? PARITY.indexOf(this.uart.parity) : 0));
       case ComPort.SET_STOPSIZE:
+        if (v === null) return this.ignoreComPort(code, null);
         if (STOP_BITS[v]) this.uart.stopBits = STOP_BITS[v];
-        reply = Buffer.of(this.uart.stopBits ? STOP_BITS.indexOf(this.uart.stopBits) : 0);
-        break;
+        return this.replyUart(code, Buffer.of(this.uart.stopBits ? STOP_BITS.indexOf(this.uart.stopBits) : 0));
+      case ComPort.SET_CONTROL:
+        if (v === null) return this.ignoreComPort(code, null);
+        return this.onSetControl(v);
+      case ComPort.FLOWCONTROL_SUSPEND:
+      case ComPort.FLOWCONTROL_RESUME: {
+        const suspended = code === ComPort.FLOWCONTROL_SUSPEND;
+        if (this.line.suspended === suspended) return;
+        this.line.suspended = suspended;
+        this.handlers.flowControl?.(suspended);
+        this.stateChanged();
+        return;
+      }
+      case ComPort.SET_LINESTATE_MASK:
+      case ComPort.SET_MODEMSTATE_MASK:
+        if (v === null) return this.ignoreComPort(code, null);
+        if (code === ComPort.SET_LINESTATE_MASK) this.line.lineStateMask = v;
+        else this.line.modemStateMask = v;
+        this.replyComPort(code, Buffer.of(v));
+        this.stateChanged();
+        return;
+      case ComPort.PURGE_DATA:
+        if (v !== ComPortPurge.RECEIVE && v !== ComPortPurge.TRANSMIT && v !== ComPortPurge.BOTH) return this.ignoreComPort(code, v);
+        this.handlers.purge?.(v === ComPortPurge.RECEIVE ? 'receive' : v === ComPortPurge.TRANSMIT ? 'transmit' : 'both');
+        this.replyComPort(code, Buffer.of(v));
+        return;
       default:
-        return; // Line/modem state, flow control, purge: nothing to record.
+        // NOTIFY-LINESTATE/MODEMSTATE (server → client only), 13-99 (undefined), 100+
+        // (the server's own codes): nothing a client asks of an access server.
+        return this.ignoreComPort(code, v);
     }
-    // RFC 2217: the access server answers with code + 100 and the value now in effect.
-    this.telnet.sendSubnegotiation(Option.COM_PORT, Buffer.concat([Buffer.of(code + ComPort.SERVER_OFFSET), reply]));
+  }
+
+  /** SET-CONTROL (RFC 2217 section 3): requests are answered with the state, settings with the value set. */
+  private onSetControl(v: number): void {
+    const C = ComPortControl;
+    const l = this.line;
+    let answer: number;
+    if (v === C.REQUEST_FLOW) answer = codeOf(OUTBOUND_FLOW, l.flowControl ?? 'none');
+    else if (OUTBOUND_FLOW.has(v)) {
+      l.flowControl = OUTBOUND_FLOW.get(v);
+      answer = v;
+    } else if (v === C.REQUEST_INBOUND_FLOW) answer = codeOf(INBOUND_FLOW, l.inboundFlowControl ?? 'none');
+    else if (INBOUND_FLOW.has(v)) {
+      l.inboundFlowControl = INBOUND_FLOW.get(v);
+      answer = v;
+    } else if (v === C.REQUEST_BREAK) answer = l.break ? C.BREAK_ON : C.BREAK_OFF;
+    else if (v === C.BREAK_ON || v === C.BREAK_OFF) {
+      const was = l.break ?? false;
+      l.break = v === C.BREAK_ON;
+      answer = v;
+      // The rising edge is the guest's BREAK; holding it on is one BREAK, not many.
+      if (l.break && !was) this.handlers.comPortBreak?.();
+    } else if (v === C.REQUEST_DTR) answer = (l.dtr ?? true) ? C.DTR_ON : C.DTR_OFF;
+    else if (v === C.DTR_ON || v === C.DTR_OFF) {
+      l.dtr = v === C.DTR_ON;
+      answer = v;
+    } else if (v === C.REQUEST_RTS) answer = (l.rts ?? true) ? C.RTS_ON : C.RTS_OFF;
+    else if (v === C.RTS_ON || v === C.RTS_OFF) {
+      l.rts = v === C.RTS_ON;
+      answer = v;
+    } else return this.ignoreComPort(ComPort.SET_CONTROL, v); // 20-127: reserved
+    this.replyComPort(ComPort.SET_CONTROL, Buffer.of(answer));
+    this.stateChanged();
+  }
+
+  /** RFC 2217: the access server answers with code + 100 and the value now in effect. */
+  private replyComPort(code: number, value: Buffer): void {
+    this.telnet.sendSubnegotiation(Option.COM_PORT, Buffer.concat([Buffer.of(code + ComPort.SERVER_OFFSET), value]));
+  }
+
+  private replyUart(code: number, value: Buffer): void {
+    this.replyComPort(code, value);
     this.handlers.comPort?.({ ...this.uart });
+  }
+
+  private ignoreComPort(code: number, value: number | null): void {
+    this.handlers.comPortIgnored?.(code, value);
+  }
+
+  private stateChanged(): void {
+    this.handlers.comPortState?.({ ...this.line });
   }
 }

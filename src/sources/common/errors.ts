@@ -23,7 +23,7 @@ export const SOURCE_ERROR_CODES = {
   ADDRESS_IN_USE: 'VSPC_SOURCE_ADDRESS_IN_USE',
   /** Any other bind/listen failure (EADDRNOTAVAIL, ...). */
   LISTEN_FAILED: 'VSPC_SOURCE_LISTEN_FAILED',
-  /** A second peer connected to a listen endpoint while one is attached: it was refused. */
+  /** A second peer connected to a listen endpoint while one is attached: it was refused; or another program holds a device locked (flock). */
   BUSY: 'VSPC_SOURCE_BUSY',
   /** The peer closed the connection (end of stream). */
   CLOSED: 'VSPC_SOURCE_CLOSED',
@@ -33,7 +33,11 @@ export const SOURCE_ERROR_CODES = {
   PROTOCOL_ERROR: 'VSPC_SOURCE_PROTOCOL_ERROR',
   /** A bug while handling the peer's bytes; contained to this link. */
   INTERNAL: 'VSPC_SOURCE_INTERNAL',
-  /** No link factory is registered for the spec's type (e.g. `device:` before it is wired). */
+  /** A device path that is not a terminal (a regular file, a directory, a FIFO, a socket, /dev/null...). */
+  NOT_A_TTY: 'VSPC_SOURCE_NOT_A_TTY',
+  /** Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses. */
+  LINE_UNSUPPORTED: 'VSPC_SOURCE_LINE_UNSUPPORTED',
+  /** No link factory is registered for the spec's type (a type no source module registered). */
   UNSUPPORTED: 'VSPC_SOURCE_UNSUPPORTED',
 } as const;
 

@@ -30,6 +30,8 @@ export interface Link {
   onDrain(listener: () => void): void;
   sendBreak?(): void;
   setLineSettings?(settings: SerialLineSettings): Promise<SerialLineSettings>;
+  /** The line settings in effect (a device); the runner reports them into hub.lineSettings on connect. */
+  readonly lineSettings?: SerialLineSettings;
   /** Graceful: flush what was written, then end; destroy after a grace period. Idempotent. */
   close(reason: string): void;
   /** At once. Idempotent. */

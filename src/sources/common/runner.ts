@@ -442,6 +442,7 @@ export class EndpointRunner extends EventEmitter {
     this.setState('connected');
     const previous = this.hub.attachSource(source);
     if (previous && previous !== source) previous.close('superseded by the endpoint vspc maintains');
+    if (link.lineSettings) this.hub.lineSettings = { ...link.lineSettings };
     link.start({
       data: (chunk) => this.hub.fromVm(chunk),
       closed: (error) => this.onLinkClosed(link, error),

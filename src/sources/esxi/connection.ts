@@ -7,7 +7,7 @@ import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
-import { EsxiSession, type EsxiDeadline, type EsxiSessionOptions, type EsxiSessionState } from './session.js';
+import { EsxiSession, type EsxiDeadline, type EsxiSessionOptions, type EsxiSessionState, type TakeoverResult } from './session.js';
 
 /** The states of an ESXi connection are its session's (see the diagram in session.ts). */
 export type EsxiConnectionState = EsxiSessionState;
@@ -27,8 +27,12 @@ export interface EsxiConnectionContext {
   onClosed?(conn: EsxiConnection): void;
   /** Called when the connection is closed for a protocol error, with its code (metrics). */
   onProtocolError?(code: string): void;
-  /** Called once when the connection leaves negotiating/identifying (attached, vMotion peer or closed). */
+  /** Called once when the connection leaves negotiating/identifying/contending (attached, vMotion peer or closed). */
   onSettled?(conn: EsxiConnection): void;
+  /** Asked before the connection creates a new serial port record; false refuses it (see EsxiSessionContext). */
+  admitNewIdentity?(conn: EsxiConnection): boolean;
+  /** A takeover of a serial port that had a connection ended so (metrics). */
+  onTakeover?(result: TakeoverResult): void;
   /**
    * The clock the session's deadlines are computed on, in ms. Default: monotonic
    * (`performance.now`), so a wall-clock step cannot fire or defer a deadline. Tests
@@ -71,13 +75,15 @@ export class EsxiConnection {
     this.clock = ctx.clock ?? (() => performance.now());
     const log = ctx.logger.child({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
     this.session = new EsxiSession(
-      { id: this.id, peer: this.peer, log },
+      { id: this.id, peer: this.peer, address: socket.remoteAddress ?? '?', log },
       {
         registry: ctx.registry,
         vmotion: ctx.vmotion,
         options: ctx.options,
         onSettled: () => ctx.onSettled?.(this),
         onProtocolError: (code) => ctx.onProtocolError?.(code),
+        admitNewIdentity: ctx.admitNewIdentity ? () => ctx.admitNewIdentity!(this) : undefined,
+        onTakeover: (result) => ctx.onTakeover?.(result),
       },
       {
         write: (bytes) => this.rawWrite(bytes),
@@ -90,6 +96,10 @@ export class EsxiConnection {
           return socket.destroyed;
         },
         onDrain: (listener) => this.setDrainListener(listener),
+        // A condemned peer: its bytes stay in the kernel (TCP flow control stops it)
+        // until the close grace period aborts the socket.
+        stopReading: () => socket.pause(),
+        deadlineChanged: () => this.syncTimer(),
       },
     );
 

@@ -1,11 +1,14 @@
-import { ProtocolError, errorFields } from '../../errors.js';
+import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
 import type { Logger } from '../../domain/logger.js';
 import type { Registry } from '../../domain/registry.js';
 import type { ConsoleSource } from '../../domain/seams.js';
 import type { VmotionCoordinator, VmotionEndpoint } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
-import { BRK } from '../../protocol/telnet/constants.js';
-import { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
+import { BRK, Option } from '../../protocol/telnet/constants.js';
+import { Ext } from '../../protocol/vmware/codes.js';
+import { normalizeIp } from '../../util/cidr.js';
+import { VspcServerProtocol, type ComPortState } from '../../protocol/vmware/server-protocol.js';
+import type { SerialLineState } from '../../domain/serial-line.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
 
 /**
@@ -14,14 +17,40 @@ import type { ProxyRequest } from '../../protocol/vmware/identity.js';
  *   negotiating --WILL 232--> identifying --DO-PROXY(S) + VM-VC-UUID--> attached
  *        |                        |   \--VMOTION-PEER(ok)--> vmotion-peer --COMPLETE--> attached
  *        |                        |                                         (decided by the vMotion coordinator)
+ *        |                        \--the serial port's connection is alive elsewhere--> contending
  *        +--WONT 232 / human deadline--> closed (after a plain-text explanation for people)
  *   identifying --identify deadline--> closed
+ *   contending --old connection answers the probe--> closed (condemned: VSPC_VM_ALIVE)
+ *   contending --no answer by the probe deadline / old connection gone--> identifying --> attached
  *   any --protocol error / subnegotiation deadline / close / transport gone--> closed
  *
  * DO-PROXY + VM-VC-UUID also attach from `negotiating` (a host that sends option-232
  * subnegotiations without WILL 232 first is served, as before the split).
+ *
+ * Takeover: when a VM serial port already has a live connection from another address,
+ * a newcomer does not replace it at once (anyone may claim any UUID): the old one is
+ * asked GET-VM-VC-UUID and the newcomer waits, `contending`, its output kept in the
+ * pre-identification buffer and its VM-NAME unapplied, while client input still goes
+ * to the old one. An answer refuses the newcomer; silence until the deadline (a host
+ * gone without a FIN) or the old connection closing lets it take over.
  */
-export type EsxiSessionState = 'negotiating' | 'identifying' | 'attached' | 'vmotion-peer' | 'closed';
+export type EsxiSessionState = 'negotiating' | 'identifying' | 'contending' | 'attached' | 'vmotion-peer' | 'closed';
+
+/**
+ * How a takeover of a VM serial port that had a connection ended (metrics):
+ * - `same-address`: the newcomer came from the old connection's address, no probe;
+ * - `no-probe`: probing is off (`takeoverProbeTimeoutMs` 0), the newest wins;
+ * - `unanswered`: the old connection did not answer the probe in time and was dropped;
+ * - `closed`: the old connection went away while it was probed;
+ * - `refused`: the old connection answered: the newcomer was refused.
+ */
+export const TAKEOVER_RESULTS = ['same-address', 'no-probe', 'unanswered', 'closed', 'refused'] as const;
+export type TakeoverResult = (typeof TAKEOVER_RESULTS)[number];
+
+/** States in which a connection has not won a serial port yet (the listener's unidentified count). */
+function isPending(state: EsxiSessionState): boolean {
+  return state === 'negotiating' || state === 'identifying' || state === 'contending';
+}
 
 export interface EsxiSessionOptions {
   /** Service name a VM must ask for in DO-PROXY (the part of the URI before `?`). Read once, at construction. */
@@ -38,6 +67,13 @@ export interface EsxiSessionOptions {
   subnegotiationTimeoutMs: number;
   /** Bytes. Serial output received before identification is kept up to this many bytes. */
   maxPreIdentifyBuffer: number;
+  /**
+   * ms. Before a newcomer takes a serial port from a live connection at another
+   * address, the old one must leave GET-VM-VC-UUID unanswered this long; an answer
+   * refuses the newcomer. 0 or absent: no probe, the newest connection wins.
+   * Read when a takeover begins.
+   */
+  takeoverProbeTimeoutMs?: number;
   /** For the explanation shown to people who telnet to the proxy port by hand, e.g. `telnet://<this host>:13370`. */
   proxyPortHint: string;
 }
@@ -63,6 +99,14 @@ export interface EsxiSessionIo {
   readonly destroyed: boolean;
   /** Register the one drain listener (the hub's); replaces the previous one. */
   onDrain(listener: () => void): void;
+  /** Stop reading the stream (a condemned peer): nothing more it sends is received. Optional. */
+  stopReading?(): void;
+  /**
+   * `deadline()` changed outside a call of the owner's (another connection's probe
+   * ended): re-arm the timer. The new deadline may already be due. Optional: without
+   * it the owner must call `onTimer` on its own.
+   */
+  deadlineChanged?(): void;
 }
 
 export interface EsxiSessionContext {
@@ -73,6 +117,14 @@ export interface EsxiSessionContext {
   onSettled?(): void;
   /** Called when the session closes for a protocol error (or is refused/explained), with its code (metrics). */
   onProtocolError?(code: string): void;
+  /**
+   * Asked before this connection creates a new serial port record (a UUID and label
+   * never seen): false when its source address spent its registration quota; the
+   * caller logs and counts, the session then closes. Absent: no quota.
+   */
+  admitNewIdentity?(): boolean;
+  /** A takeover of a serial port that had a connection ended so (metrics). */
+  onTakeover?(result: TakeoverResult): void;
 }
 
 export interface EsxiSessionInit {
@@ -80,6 +132,8 @@ export interface EsxiSessionInit {
   id: number;
   /** Remote end as `address:port`. */
   peer: string;
+  /** The remote IP address (default: `peer` without its port), compared for the same-address takeover. */
+  address?: string;
   /** Logger for this connection (already carrying conn/peer fields). */
   log: Logger;
 }
@@ -88,9 +142,12 @@ export interface EsxiSessionInit {
  * Which timer is due:
  * - `human`: no WILL 232 since `start()` (`humanTimeoutMs`): explain in plain text and close;
  * - `identify`: 232 agreed, no DO-PROXY + VM-VC-UUID (`identifyTimeoutMs`): VSPC_IDENTIFY_TIMEOUT;
+ * - `takeover-probe`: contending, the old connection did not answer GET-VM-VC-UUID in
+ *   `takeoverProbeTimeoutMs`: it is dropped (VSPC_PROBE_UNANSWERED) and this one retries;
+ * - `retry`: contending, the probe ended elsewhere (the old connection left): try to attach now;
  * - `subnegotiation`: an `IAC SB` open across chunks for `subnegotiationTimeoutMs`: TELNET_SB_TIMEOUT.
  */
-export type EsxiDeadlineKind = 'human' | 'identify' | 'subnegotiation';
+export type EsxiDeadlineKind = 'human' | 'identify' | 'takeover-probe' | 'retry' | 'subnegotiation';
 
 export interface EsxiDeadline {
   /** ms on the owner's clock (the `now` it passes in). */
@@ -116,6 +173,8 @@ export class EsxiSession implements VmotionEndpoint {
   readonly kind = 'esxi';
   readonly id: number;
   readonly peer: string;
+  /** The remote IP address, normalised (IPv4-mapped IPv6 as IPv4). */
+  readonly address: string;
   readonly protocol: VspcServerProtocol;
   log: Logger;
   private stateValue: EsxiSessionState = 'negotiating';
@@ -123,6 +182,12 @@ export class EsxiSession implements VmotionEndpoint {
   private uuidValue: string | null = null;
   private nameValue: string | null = null;
   private hubValue: ConsoleHub | null = null;
+  /**
+   * A registration not logged yet because the VM's name was not known (a new VM: ESXi
+   * answers GET-VM-NAME after VM-VC-UUID): logged when the name arrives, or when the
+   * connection leaves without one, so that the one line carries the name.
+   */
+  private unloggedRegistration: { created: boolean; takeover?: TakeoverResult } | null = null;
   /** The hub this connection fed before a vMotion moved the VM away. */
   private retiringHub: ConsoleHub | null = null;
   private preIdentify: Buffer[] = [];
@@ -135,6 +200,21 @@ export class EsxiSession implements VmotionEndpoint {
   private closeRequested = false;
   /** The `now` of the call being handled, for deadlines armed by protocol events. */
   private now = 0;
+  /** A liveness probe this (attached) connection owes an answer to: GET-VM-VC-UUID sent at `at`; who waits on it, oldest first. */
+  private probe: { at: number; contenders: EsxiSession[] } | null = null;
+  /** Set when this connection is dropped for leaving a probe unanswered (the contenders' result). */
+  private probeUnanswered = false;
+  /** While contending: the connection whose probe decides. */
+  private contested: EsxiSession | null = null;
+  /** How the last contest ended, counted once this connection attaches. */
+  private contestResult: TakeoverResult | null = null;
+  /**
+   * Client input written while the host has flow control suspended (RFC 2217
+   * FLOWCONTROL-SUSPEND): kept in order and sent on RESUME. Bounded by the hub, which
+   * stops reading its clients as soon as `write` returns false.
+   */
+  private suspendedInput: Buffer[] | null = null;
+  private drainListener: (() => void) | null = null;
 
   constructor(
     init: EsxiSessionInit,
@@ -143,6 +223,7 @@ export class EsxiSession implements VmotionEndpoint {
   ) {
     this.id = init.id;
     this.peer = init.peer;
+    this.address = normalizeIp(init.address ?? init.peer.slice(0, Math.max(0, init.peer.lastIndexOf(':'))));
     this.log = init.log;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
@@ -151,7 +232,7 @@ export class EsxiSession implements VmotionEndpoint {
         write: (b) => this.io.write(b),
         data: (d) => this.onVmData(d),
         error: (err) => this.fail(err),
-        command: (c) => this.log.debug('telnet command from VM', { command: c }),
+        command: (c) => this.onCommand(c),
         extensionEnabled: () => this.onExtensionEnabled(),
         extensionRefused: () => this.explainAndClose('peer refused option 232'),
         proxy: (req, accepted) => this.onProxy(req, accepted),
@@ -161,10 +242,22 @@ export class EsxiSession implements VmotionEndpoint {
           if (this.hubValue) this.hubValue.lineSettings = { ...settings };
           this.log.debug('guest UART settings', { ...settings });
         },
+        comPortState: (state) => {
+          if (this.hubValue) this.hubValue.lineState = lineStateOf(state);
+          this.log.debug('guest serial line state', { ...state });
+        },
+        comPortBreak: () => this.onCommand(BRK),
+        flowControl: (suspended) => this.onFlowControl(suspended),
+        purge: (buffers) => this.onPurge(buffers),
+        comPortIgnored: (code, value) => this.log.debug('COM-PORT command ignored (not defined from a client, or reserved)', { code, value }),
         knownSuboptions: (codes) => this.log.debug('VM known suboptions', { codes }),
         unknownSuboption: (code) => this.log.info('unknown option-232 subcommand', { code }),
         vmotionBegin: (seq) => this.ctx.vmotion.begin(this, seq),
-        vmotionPeer: (ss) => void this.ctx.vmotion.peer(this, ss),
+        vmotionPeer: (ss) => {
+          // A wrong secret is a guess: nothing more this peer says is worth reading
+          // (1,000 pipelined guesses must not cost 1,000 evaluations and log lines).
+          if (!this.ctx.vmotion.peer(this, ss)) this.condemn('invalid vMotion peer');
+        },
         vmotionComplete: (seq) => this.ctx.vmotion.complete(this, seq),
         vmotionAbort: () => this.ctx.vmotion.abort(this),
       },
@@ -243,7 +336,12 @@ export class EsxiSession implements VmotionEndpoint {
       const ms = this.main?.ms ?? 0;
       this.main = null;
       if (d.kind === 'human') this.explainAndClose(`no option 232 within ${ms} ms`);
-      else this.fail(new ProtocolError('VSPC_IDENTIFY_TIMEOUT', `VM did not identify itself within ${ms} ms`));
+      else if (d.kind === 'identify') this.fail(new ProtocolError('VSPC_IDENTIFY_TIMEOUT', `VM did not identify itself within ${ms} ms`));
+      else if (d.kind === 'takeover-probe') {
+        this.contested?.probeExpired(ms, this);
+        // The probe ended some other way without telling us: never stay contending without a deadline.
+        if (this.stateValue === 'contending' && this.main === null) this.contestOpen('unanswered');
+      } else this.retryAttach();
     }
   }
 
@@ -265,16 +363,22 @@ export class EsxiSession implements VmotionEndpoint {
     this.sbDeadline = null;
     this.main = null;
     this.ctx.vmotion.closed(this);
+    this.releaseContenders();
   }
 
   // --- ConsoleSource
 
   write(data: Buffer): boolean {
     if (this.stateValue === 'closed') return true;
+    if (this.suspendedInput) {
+      this.suspendedInput.push(Buffer.from(data));
+      return false;
+    }
     return this.protocol.sendData(data);
   }
 
   onDrain(listener: () => void): void {
+    this.drainListener = listener;
     this.io.onDrain(listener);
   }
 
@@ -292,6 +396,18 @@ export class EsxiSession implements VmotionEndpoint {
     this.sbDeadline = null;
     this.main = null;
     this.io.end();
+    this.releaseContenders();
+  }
+
+  /**
+   * Close a misbehaving peer and stop reading it: the rest of the chunk being handled
+   * and everything after is ignored (the transport stops reading; the grace period
+   * then aborts it). For refusals where what else the peer says cannot matter.
+   */
+  condemn(reason: string): void {
+    this.protocol.telnet.stop();
+    this.io.stopReading?.();
+    this.close(reason);
   }
 
   /** Abort at once. Idempotent. */
@@ -301,6 +417,7 @@ export class EsxiSession implements VmotionEndpoint {
     this.leaveHub();
     this.setState('closed');
     this.io.destroy();
+    this.releaseContenders();
   }
 
   // --- VmotionEndpoint (called by the vMotion coordinator)
@@ -318,6 +435,7 @@ export class EsxiSession implements VmotionEndpoint {
     this.setState('attached');
     // ESXi reports the guest UART before it identifies itself: carry it over.
     if (Object.keys(this.protocol.uartSettings).length > 0) hub.lineSettings = { ...this.protocol.uartSettings };
+    if (this.protocol.telnet.isEnabled('him', Option.COM_PORT)) hub.lineState = lineStateOf(this.protocol.comPortState);
     this.log = this.log.child({ vm: hub.displayName, uuid: hub.identity.key });
     const previous = hub.attachSource(this);
     this.flushPreIdentify();
@@ -330,6 +448,7 @@ export class EsxiSession implements VmotionEndpoint {
    * nothing is written to it any more.
    */
   retireFromHub(): void {
+    this.logRegistration();
     this.retiringHub = this.hubValue;
     this.hubValue = null;
   }
@@ -349,9 +468,9 @@ export class EsxiSession implements VmotionEndpoint {
   // --- internals
 
   private setState(next: EsxiSessionState): void {
-    const wasPending = this.stateValue === 'negotiating' || this.stateValue === 'identifying';
+    const wasPending = isPending(this.stateValue);
     this.stateValue = next;
-    if (wasPending && next !== 'negotiating' && next !== 'identifying') this.ctx.onSettled?.();
+    if (wasPending && !isPending(next)) this.ctx.onSettled?.();
   }
 
   /** Bound how long an `IAC SB` may stay open: armed when a chunk ends inside one, not per chunk. */
@@ -361,6 +480,45 @@ export class EsxiSession implements VmotionEndpoint {
     } else {
       this.sbDeadline = null;
     }
+  }
+
+  /** IAC BRK from the host is the guest's serial BREAK: to the clients, like output (a late one from a retiring source too). */
+  private onCommand(command: number): void {
+    this.log.debug('telnet command from VM', { command });
+    if (command !== BRK) return;
+    const hub = this.hubValue ?? this.retiringHub;
+    if (hub) hub.breakFromSource(this);
+    else this.log.info('BREAK from the VM before it identified; dropped');
+  }
+
+  /** RFC 2217 section 5: the host asks us to stop (true) or restart sending serial data. */
+  private onFlowControl(suspended: boolean): void {
+    this.log.info(suspended ? 'VM suspended serial data from vspc (FLOWCONTROL-SUSPEND)' : 'VM resumed serial data from vspc (FLOWCONTROL-RESUME)');
+    if (suspended) {
+      this.suspendedInput ??= [];
+      return;
+    }
+    const queued = this.suspendedInput ?? [];
+    this.suspendedInput = null;
+    let ok = true;
+    for (const chunk of queued) ok = this.protocol.sendData(chunk);
+    // The hub paused its clients when write() returned false: tell it to read again.
+    if (ok) this.drainListener?.();
+  }
+
+  /** RFC 2217 PURGE-DATA: our transmit buffer is the input held while suspended, the receive buffer the output kept before identification. */
+  private onPurge(buffers: 'receive' | 'transmit' | 'both'): void {
+    let dropped = 0;
+    if (buffers !== 'receive' && this.suspendedInput) {
+      for (const c of this.suspendedInput) dropped += c.length;
+      this.suspendedInput = [];
+    }
+    if (buffers !== 'transmit') {
+      dropped += this.preIdentifyBytes;
+      this.preIdentify = [];
+      this.preIdentifyBytes = 0;
+    }
+    this.log.info('VM purged buffered data (PURGE-DATA)', { buffers, dropped });
   }
 
   private onVmData(data: Buffer): void {
@@ -430,6 +588,7 @@ export class EsxiSession implements VmotionEndpoint {
       return;
     }
     this.uuidValue = uuid;
+    if (this.probe) this.probeAnswered();
     this.tryAttach();
   }
 
@@ -440,24 +599,55 @@ export class EsxiSession implements VmotionEndpoint {
       const old = hub.identity.name;
       if (old !== name) {
         this.ctx.registry.rename(hub, name);
-        this.log.info('VM renamed', { from: old, to: name });
+        // A name reported for the first time is not a rename (the registration line has it).
+        if (old !== null) this.log.info('VM renamed', { from: old, to: name });
         this.log = this.log.child({ vm: hub.displayName });
       }
+      this.logRegistration();
     }
+  }
+
+  /** The registration line (once per attach): name, UUID, label and port. */
+  private logRegistration(): void {
+    const pending = this.unloggedRegistration;
+    const hub = this.hubValue;
+    if (!pending || !hub) return;
+    this.unloggedRegistration = null;
+    this.log.info(pending.created ? 'VM serial port registered' : 'VM serial port reconnected', {
+      vm: hub.displayName,
+      name: hub.identity.name,
+      uuid: hub.identity.key,
+      label: hub.identity.label,
+      port: hub.identity.tcpPort,
+      ...(pending.takeover ? { takeover: pending.takeover } : {}),
+    });
   }
 
   private tryAttach(): void {
     if (this.stateValue !== 'identifying' && this.stateValue !== 'negotiating') return;
     if (!this.proxy || !this.uuidValue) return;
-    if (this.ctx.registry.get('esxi', this.uuidValue, this.proxy.label)?.isHolding) {
+    const existing = this.ctx.registry.get('esxi', this.uuidValue, this.proxy.label);
+    if (existing?.isHolding) {
       // A vMotion of this serial port is under way: this is most likely its destination,
       // which must present VMOTION-PEER rather than take the port over by UUID.
       this.log.info('identified during a vMotion of this serial port; waiting for VMOTION-PEER');
       return;
     }
+    const current = existing?.source ?? null;
+    let takeover: TakeoverResult | null = this.contestResult;
+    if (current && current !== this) {
+      takeover = this.takeoverOf(current, existing!);
+      if (takeover === null) return; // contending: the probe decides
+    }
+    if (!existing && this.ctx.admitNewIdentity && !this.ctx.admitNewIdentity()) {
+      // The caller logged and counted (rate-limited); nothing this peer says matters now.
+      this.condemn('registration quota of this address spent');
+      return;
+    }
     let hub: ConsoleHub;
     let created: boolean;
     try {
+      // The name goes in only now: a connection that has not won never renames a port.
       ({ hub, created } = this.ctx.registry.register('esxi', this.uuidValue, this.proxy.label, this.nameValue));
     } catch (err) {
       // Port range exhausted or the database is unwell: this VM cannot be served, the others can.
@@ -465,20 +655,130 @@ export class EsxiSession implements VmotionEndpoint {
       this.close('registration failed');
       return;
     }
+    this.contestResult = null;
     const previous = this.adoptHub(hub);
-    this.log.info(created ? 'VM serial port registered' : 'VM serial port reconnected', {
-      port: hub.identity.tcpPort,
-      label: hub.identity.label,
-    });
+    this.unloggedRegistration = { created, ...(takeover ? { takeover } : {}) };
+    if (hub.identity.name !== null) this.logRegistration();
+    if (takeover) this.ctx.onTakeover?.(takeover);
     if (previous) {
       // The host reconnected while its old TCP connection still looked alive: the new one wins.
       previous.close('superseded by a new connection from the VM');
     }
   }
 
+  /**
+   * `current` feeds the serial port this connection claims. Returns how this connection
+   * may take over now, or null after starting a contest (state `contending`).
+   */
+  private takeoverOf(current: ConsoleSource, hub: ConsoleHub): TakeoverResult | null {
+    const probeMs = this.ctx.options.takeoverProbeTimeoutMs ?? 0;
+    if (probeMs <= 0 || !(current instanceof EsxiSession)) return 'no-probe';
+    // The host itself reconnecting (its old connection half-open) is the common case
+    // and cannot be told from an impostor on the same address anyway.
+    if (current.address === this.address) return 'same-address';
+    const at = current.requestProbe(this, this.now);
+    this.contested = current;
+    this.setState('contending');
+    this.main = { kind: 'takeover-probe', at: at + probeMs, ms: probeMs };
+    this.log.info('VM serial port is connected elsewhere; probing that connection before taking it over', {
+      vm: hub.displayName,
+      livePeer: current.peer,
+      probeTimeoutMs: probeMs,
+    });
+    return null;
+  }
+
+  /**
+   * A contender asks this connection to prove it is alive: GET-VM-VC-UUID, which a
+   * host answers with VM-VC-UUID. Contenders arriving while a probe is out wait on the
+   * same one. Returns when the probe was sent (the contenders' deadlines count from it).
+   */
+  private requestProbe(contender: EsxiSession, now: number): number {
+    if (!this.probe) {
+      this.probe = { at: now, contenders: [] };
+      this.protocol.telnet.sendSubnegotiation(Option.VMWARE_EXT, Buffer.of(Ext.GET_VM_VC_UUID));
+      this.log.info('liveness probe sent (GET-VM-VC-UUID): another connection claims this serial port', { contender: contender.peer });
+    }
+    this.probe.contenders.push(contender);
+    return this.probe.at;
+  }
+
+  /** VM-VC-UUID came back while a probe was out: this connection is alive, every contender is refused. */
+  private probeAnswered(): void {
+    const contenders = this.probe?.contenders ?? [];
+    this.probe = null;
+    for (const c of contenders) c.contestLost(this);
+  }
+
+  /** A contender's deadline passed: if the probe it waits on is still unanswered, this connection is dropped. */
+  private probeExpired(ms: number, contender: EsxiSession): void {
+    if (!this.probe?.contenders.includes(contender) || this.stateValue === 'closed') return;
+    this.probeUnanswered = true;
+    this.log.warn(
+      'VM connection did not answer the liveness probe; replaced by the new connection',
+      errorFields(new PeerRefusedError('VSPC_PROBE_UNANSWERED', `no VM-VC-UUID within ${ms} ms`, { probeTimeoutMs: ms, newPeer: contender.peer })),
+    );
+    this.destroy('did not answer the liveness probe');
+  }
+
+  /**
+   * This connection is gone or leaving: the contenders waiting on its probe may take
+   * over. They retry on their own timers (`retry` is due at once), with the time those
+   * pass in, not from inside this call.
+   */
+  private releaseContenders(): void {
+    const p = this.probe;
+    if (!p) return;
+    this.probe = null;
+    const result: TakeoverResult = this.probeUnanswered ? 'unanswered' : 'closed';
+    for (const c of p.contenders) c.contestOpen(result);
+  }
+
+  /** The connection this one contended with answered the probe: refused. */
+  private contestLost(live: EsxiSession): void {
+    if (this.stateValue !== 'contending') return;
+    this.contested = null;
+    this.main = null;
+    const hub = live.hub;
+    this.log.warn(
+      'security: a second connection claimed a VM serial port whose connection is alive (it answered the liveness probe); refused',
+      {
+        security: true,
+        ...errorFields(new PeerRefusedError('VSPC_VM_ALIVE', 'the serial port has a live connection')),
+        vm: hub?.displayName,
+        uuid: this.uuidValue,
+        label: this.proxy?.label,
+        livePeer: live.peer,
+        claimedName: this.nameValue,
+      },
+    );
+    this.ctx.onTakeover?.('refused');
+    this.condemn('VM serial port is in use by a live connection');
+  }
+
+  /** The connection this one contended with left: try again (see releaseContenders). */
+  private contestOpen(result: TakeoverResult): void {
+    if (this.stateValue !== 'contending') return;
+    this.contested = null;
+    this.contestResult = result;
+    this.setState('identifying');
+    this.main = { kind: 'retry', at: 0, ms: 0 };
+    this.io.deadlineChanged?.();
+  }
+
+  private retryAttach(): void {
+    this.tryAttach();
+    // Neither attached nor contending again (e.g. a vMotion began meanwhile): the identify deadline bounds the wait.
+    if (this.stateValue === 'identifying' && this.main === null) {
+      const ms = this.ctx.options.identifyTimeoutMs;
+      this.main = { kind: 'identify', at: this.now + ms, ms };
+    }
+  }
+
   private leaveHub(): void {
     const hub = this.hubValue;
     if (!hub) return;
+    this.logRegistration(); // never named: logged without the name rather than not at all
     this.hubValue = null;
     if (hub.detachSource(this)) {
       try {
@@ -502,4 +802,16 @@ export class EsxiSession implements VmotionEndpoint {
     this.io.write(Buffer.from(text, 'latin1'));
     this.close('not an ESXi host');
   }
+}
+
+/** The domain's view of the RFC 2217 state (the masks only shape notifications vspc never needs to send). */
+function lineStateOf(state: Readonly<ComPortState>): SerialLineState {
+  const out: SerialLineState = { suspended: state.suspended };
+  if (state.flowControl !== undefined) out.flowControl = state.flowControl;
+  if (state.inboundFlowControl !== undefined) out.inboundFlowControl = state.inboundFlowControl;
+  if (state.break !== undefined) out.break = state.break;
+  if (state.dtr !== undefined) out.dtr = state.dtr;
+  if (state.rts !== undefined) out.rts = state.rts;
+  if (state.signature !== undefined) out.signature = state.signature;
+  return out;
 }

@@ -23,6 +23,7 @@ PACKAGES=(
   tmux              # terminal-level tests
   telnet            # a real telnet client
   openssh-client    # ssh over the later serial tunnel; the SSH front door tests (test/e2e/ssh*.test.ts)
+  musl-tools        # musl-gcc: packaging/build-agent.sh builds the static C guest agent
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"

@@ -179,11 +179,12 @@ export function connectSocket(
   port: number,
   tlsOptions: tls.ConnectionOptions | undefined,
   timeoutMs: number,
+  localAddress?: string,
 ): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = tlsOptions
-      ? tls.connect({ servername: net.isIP(host) ? undefined : host, ...tlsOptions, host, port })
-      : net.connect({ host, port });
+      ? tls.connect({ servername: net.isIP(host) ? undefined : host, ...tlsOptions, host, port, ...(localAddress ? { localAddress } : {}) } as tls.ConnectionOptions)
+      : net.connect({ host, port, localAddress });
     const onError = (err: Error) => {
       clearTimeout(timer);
       socket.destroy();
@@ -280,6 +281,8 @@ export interface SimulatedVmOptions {
   /** Keep the client input the VM receives in `input` (default true; benchmarks may turn it off). */
   collectInput?: boolean;
   connectTimeoutMs?: number;
+  /** Connect from this local address (e.g. 127.0.0.2: another "host" on loopback). */
+  localAddress?: string;
   /** `proxy-first`: if the proxy sent nothing by then, open anyway. Default 2000 ms. */
   proxyFirstWaitMs?: number;
 }
@@ -441,7 +444,7 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
 
   /** Connects and sends the opening (for `proxy-first`: after the proxy's first bytes were answered). */
   static async connect(opts: SimulatedVmOptions): Promise<SimulatedVm> {
-    const socket = await connectSocket(opts.host, opts.port, opts.tls, opts.connectTimeoutMs ?? 5000);
+    const socket = await connectSocket(opts.host, opts.port, opts.tls, opts.connectTimeoutMs ?? 5000, opts.localAddress);
     const vm = new SimulatedVm(socket, opts);
     await vm.open();
     return vm;

@@ -1,0 +1,203 @@
+/*
+ * vspc serial tunnel protocol: CRC-32C, COBS, frames, streaming decoder.
+ * See tunnel.h and docs/tunnel-protocol.md, section 3.
+ */
+#include "tunnel.h"
+
+#include <string.h>
+
+static uint32_t crc_table[256];
+static int crc_ready;
+
+static void crc_init(void) {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    crc_table[i] = c;
+  }
+  crc_ready = 1;
+}
+
+uint32_t vt_crc32c(const uint8_t *p, size_t n) {
+  if (!crc_ready) crc_init();
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+uint16_t vt_session_tag(uint32_t host_boot, uint32_t agent_boot) {
+  uint8_t b[8];
+  vt_put32(b, host_boot);
+  vt_put32(b + 4, agent_boot);
+  return (uint16_t)(vt_crc32c(b, 8) & 0xFFFF);
+}
+
+/* The variant of the reference C code: no empty 0x01 block after a final 0xFF block. */
+size_t vt_cobs_encode(const uint8_t *src, size_t n, uint8_t *dst) {
+  size_t code_at = 0, o = 1;
+  uint8_t code = 1;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t b = src[i];
+    if (b != 0) {
+      dst[o++] = b;
+      code++;
+    }
+    if (b == 0 || code == 0xFF) {
+      dst[code_at] = code;
+      code = 1;
+      code_at = o;
+      if (b == 0 || i + 1 < n) o++;
+    }
+  }
+  dst[code_at] = code;
+  return o;
+}
+
+long vt_cobs_decode(const uint8_t *src, size_t n, uint8_t *dst) {
+  size_t i = 0, o = 0;
+  while (i < n) {
+    uint8_t code = src[i++];
+    if (code == 0) return -1;
+    size_t end = i + code - 1;
+    if (end > n) return -1;
+    for (; i < end; i++) {
+      if (src[i] == 0) return -1;
+      dst[o++] = src[i];
+    }
+    if (code != 0xFF && i < n) dst[o++] = 0;
+  }
+  return (long)o;
+}
+
+size_t vt_frame_body(const struct vt_frame *f, uint8_t *body) {
+  body[0] = f->type;
+  body[1] = f->flags;
+  vt_put16(body + 2, f->tag);
+  vt_put16(body + 4, f->seq);
+  vt_put16(body + 6, f->ack);
+  vt_put16(body + 8, f->stream);
+  if (f->len) memcpy(body + VT_HEADER, f->payload, f->len);
+  size_t n = VT_HEADER + (size_t)f->len;
+  vt_put32(body + n, vt_crc32c(body, n));
+  return n + VT_CRC;
+}
+
+size_t vt_frame_wire(const struct vt_frame *f, int leading_delimiter, uint8_t *out) {
+  uint8_t body[VT_MAX_BODY];
+  size_t n = vt_frame_body(f, body);
+  size_t o = 0;
+  if (leading_delimiter) out[o++] = 0;
+  o += vt_cobs_encode(body, n, out + o);
+  out[o++] = 0;
+  return o;
+}
+
+int vt_frame_parse(const uint8_t *body, size_t n, struct vt_frame *f) {
+  if (n < VT_HEADER + VT_CRC) return -1;
+  size_t m = n - VT_CRC;
+  if (m - VT_HEADER > VT_MAX_PAYLOAD) return -2;
+  if (vt_crc32c(body, m) != vt_get32(body + m)) return -3;
+  f->type = body[0];
+  f->flags = body[1];
+  f->tag = vt_get16(body + 2);
+  f->seq = vt_get16(body + 4);
+  f->ack = vt_get16(body + 6);
+  f->stream = vt_get16(body + 8);
+  f->len = (uint16_t)(m - VT_HEADER);
+  f->payload = body + VT_HEADER;
+  return 0;
+}
+
+void vt_hello_encode(const struct vt_hello *h, uint8_t *p) {
+  p[0] = h->version;
+  p[1] = h->role;
+  p[2] = h->flags;
+  p[3] = h->window;
+  vt_put32(p + 4, h->boot);
+  vt_put32(p + 8, h->peer_boot);
+  vt_put16(p + 12, h->max_payload);
+}
+
+int vt_hello_decode(const uint8_t *p, size_t n, struct vt_hello *h) {
+  memset(h, 0, sizeof *h);
+  if (n < 1) return -1;
+  h->version = p[0];
+  if (n < VT_HELLO_SIZE) return p[0] == VT_VERSION ? -1 : 0;
+  h->role = p[1];
+  h->flags = p[2];
+  h->window = p[3];
+  h->boot = vt_get32(p + 4);
+  h->peer_boot = vt_get32(p + 8);
+  h->max_payload = vt_get16(p + 12);
+  return 0;
+}
+
+void vt_decoder_init(struct vt_decoder *d) { memset(d, 0, sizeof *d); }
+
+static void end_of_run(struct vt_decoder *d, vt_frame_fn fn, void *ctx) {
+  if (d->skipping) {
+    d->skipping = 0;
+    return;
+  }
+  size_t len = d->len;
+  d->len = 0;
+  if (len == 0) return; /* back-to-back delimiters */
+  long n = vt_cobs_decode(d->buf, len, d->body);
+  if (n < 0) {
+    d->stats.bad_cobs++;
+    d->stats.discarded += len;
+    return;
+  }
+  struct vt_frame f;
+  int r = vt_frame_parse(d->body, (size_t)n, &f);
+  if (r != 0) {
+    if (r == -3) d->stats.bad_crc++;
+    else if (r == -1) d->stats.too_short++;
+    else d->stats.too_long++;
+    d->stats.discarded += len;
+    return;
+  }
+  d->stats.frames++;
+  fn(ctx, &f);
+}
+
+void vt_decoder_feed(struct vt_decoder *d, const uint8_t *p, size_t n, vt_frame_fn fn, void *ctx) {
+  size_t i = 0;
+  d->stats.bytes_in += n;
+  while (i < n) {
+    const uint8_t *z = memchr(p + i, 0, n - i);
+    size_t end = z ? (size_t)(z - p) : n;
+    size_t k = end - i;
+    if (d->skipping) {
+      d->stats.discarded += k;
+    } else if (d->len + k <= VT_MAX_ENCODED) {
+      memcpy(d->buf + d->len, p + i, k);
+      d->len += k;
+    } else {
+      d->stats.discarded += d->len + k;
+      d->stats.too_long++;
+      d->len = 0;
+      d->skipping = 1;
+    }
+    if (!z) break;
+    end_of_run(d, fn, ctx);
+    i = end + 1;
+  }
+}
+
+const char *vt_reason_name(unsigned code) {
+  switch (code) {
+    case VT_R_REFUSED: return "REFUSED";
+    case VT_R_NOT_ALLOWED: return "NOT_ALLOWED";
+    case VT_R_UNREACHABLE: return "UNREACHABLE";
+    case VT_R_NO_RESOURCES: return "NO_RESOURCES";
+    case VT_R_CANCELLED: return "CANCELLED";
+    case VT_R_PROTOCOL: return "PROTOCOL";
+    case VT_R_FLOW_CONTROL: return "FLOW_CONTROL";
+    case VT_R_ABORTED: return "ABORTED";
+    case VT_R_SHUTDOWN: return "SHUTDOWN";
+    case VT_R_PEER_RESTARTED: return "PEER_RESTARTED";
+    case VT_R_LINK_DOWN: return "LINK_DOWN";
+    default: return "UNKNOWN";
+  }
+}
