@@ -11,6 +11,7 @@ import { neutralizeTerminalStrings } from '../util/text.js';
 import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
+import { addConsoleCommand } from './console.js';
 
 /** The `ssh` part of `status`: listen address, sessions, one line per host key (fingerprints to compare with what ssh shows). */
 function formatSshStatus(ssh: unknown): string {
@@ -359,6 +360,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     });
 
   addConnectCommand(program, client, () => adminAddress(program).addr.host);
+  addConsoleCommand(program, (s) => out(s));
 
   program
     .command('completion')

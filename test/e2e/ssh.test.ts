@@ -15,7 +15,7 @@ import { PassThrough } from 'node:stream';
 import ssh2 from 'ssh2';
 import type { ClientView, StatusView } from '../../src/admin/views.js';
 import type { ConsoleHub } from '../../src/domain/console-hub.js';
-import { runConsole } from '../../src/cli/connect.js';
+import { portTarget, runConsole } from '../../src/cli/connect.js';
 import { vspcAdmin } from '../support/cli.js';
 import { Cleanup, esxiUuid, tempDir, waitUntil } from '../support/server.js';
 import type { SimulatedVm } from '../support/sim/index.js';
@@ -31,7 +31,7 @@ function telnetUser(port: number, user: string, mode: 'readwrite' | 'exclusive',
   let err = '';
   stderr.on('data', (d: Buffer) => (err += d.toString('utf8')));
   stdout.resume();
-  const done = runConsole({ mode, force: false, tls: false, host: '127.0.0.1', port, user, escape: 0x1d, timeoutMs: 10_000 }, { stdin, stdout, stderr });
+  const done = runConsole({ mode, force: false, user, escape: 0x1d, timeoutMs: 10_000 }, portTarget({ host: '127.0.0.1', port, tls: false }), { stdin, stdout, stderr });
   cleanup.add(() => stdin.end());
   return { done, stderr: () => err, leave: () => stdin.end() };
 }

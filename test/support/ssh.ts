@@ -287,7 +287,7 @@ export class TmuxPane {
    * Polls the pane until `pattern` matches its text (without the empty lines below the
    * cursor: `$` is the end of what was printed) or `pattern(text)` is true; returns the text.
    */
-  async waitFor(pattern: RegExp | ((text: string) => boolean), timeoutMs = 10_000): Promise<string> {
+  async waitFor(pattern: RegExp | ((text: string) => boolean), timeoutMs = 20_000): Promise<string> {
     const deadline = Date.now() + timeoutMs;
     let text = '';
     for (;;) {
@@ -299,7 +299,7 @@ export class TmuxPane {
   }
 
   /** Polls until the program exited; returns its status. */
-  async waitExit(timeoutMs = 10_000): Promise<number> {
+  async waitExit(timeoutMs = 20_000): Promise<number> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const s = this.exitStatus();

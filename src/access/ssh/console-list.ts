@@ -4,6 +4,7 @@
  */
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { displayKey } from '../../domain/identity.js';
+import { lookupConsoles } from '../../domain/address.js';
 import { sanitizeText } from '../../util/text.js';
 import type { KeyRights } from './rights.js';
 
@@ -65,8 +66,9 @@ export function renderJson(hubs: readonly ConsoleHub[]): string {
 
 /**
  * The console `target` names among `hubs` (the permitted ones): a menu number (when
- * `numbered`), NAME:LABEL, a name with one serial port, a UUID or key; any case. A
- * name the key may not reach is not found, exactly like one that does not exist.
+ * `numbered`), else vspc's one addressing rule (domain/address.ts: NAME, NAME:LABEL,
+ * a UUID, any case; never a port). A name the key may not reach is not found, exactly
+ * like one that does not exist.
  */
 export function findConsole(hubs: readonly ConsoleHub[], target: string, numbered: boolean): { hub: ConsoleHub } | { error: string } {
   if (numbered && /^\d+$/.test(target)) {
@@ -74,11 +76,8 @@ export function findConsole(hubs: readonly ConsoleHub[], target: string, numbere
     if (i >= 1 && i <= hubs.length) return { hub: hubs[i - 1] };
     return { error: `no console number ${target} (1-${hubs.length})` };
   }
-  const t = target.toLowerCase();
-  const exact = hubs.filter((h) => h.displayName.toLowerCase() === t);
-  if (exact.length === 1) return { hub: exact[0] };
-  const byName = hubs.filter((h) => (h.identity.name ?? '').toLowerCase() === t || displayKey(h.identity).toLowerCase() === t || h.identity.key.toLowerCase() === t);
-  if (byName.length === 1) return { hub: byName[0] };
-  if (byName.length > 1) return { error: `${target} has several serial ports: ${byName.map((h) => h.displayName).join(', ')}` };
+  const found = lookupConsoles(hubs, target);
+  if (found.length === 1) return { hub: found[0] };
+  if (found.length > 1) return { error: `${sanitizeText(target).slice(0, 80)} names several consoles: ${found.map((h) => h.displayName).join(', ')}` };
   return { error: `no console ${JSON.stringify(sanitizeText(target).slice(0, 80))} that this key may use (try: list)` };
 }
