@@ -239,9 +239,9 @@ describe('SSH command line', () => {
     assert.deepEqual(parseCommand('list'), { kind: 'list', json: false });
     assert.deepEqual(parseCommand(' list  --json '), { kind: 'list', json: true });
     assert.deepEqual(parseCommand('help'), { kind: 'help' });
-    assert.deepEqual(parseCommand('web01'), { kind: 'attach', target: 'web01', mode: undefined, force: false });
-    assert.deepEqual(parseCommand('web01:com2 --mode readonly'), { kind: 'attach', target: 'web01:com2', mode: 'readonly', force: false });
-    assert.deepEqual(parseCommand('"My VM" --mode=EXCL-WRITE --force'), { kind: 'attach', target: 'My VM', mode: 'excl_write', force: true });
+    assert.deepEqual(parseCommand('web01'), { kind: 'attach', target: 'web01', mode: undefined, force: false, raw: false });
+    assert.deepEqual(parseCommand('web01:com2 --mode readonly'), { kind: 'attach', target: 'web01:com2', mode: 'readonly', force: false, raw: false });
+    assert.deepEqual(parseCommand('"My VM" --mode=EXCL-WRITE --force --raw'), { kind: 'attach', target: 'My VM', mode: 'excl_write', force: true, raw: true });
     assert.deepEqual(parseCommand('web01 --tail 20'), { kind: 'tail', target: 'web01', lines: 20 });
   });
 

@@ -106,6 +106,21 @@ describe('SSH front door: batch mode', { skip }, () => {
     assert.ok(!r.stdout.includes('[vspc'), 'vspc notices stay off stdout without a terminal');
   });
 
+  test('--raw: the console\'s bytes only, no greeting, notices or replay', async () => {
+    const session = new SshProcess(ssh(alice, 'web01', '--raw'), c);
+    await waitUntil(() => web01.hub.clients.size === 1, 5000, 'attached');
+    web01.vm.send('live output\r\n');
+    await session.waitFor(/live output/);
+    const from = web01.vm.input.length;
+    session.write('typed');
+    await web01.vm.waitForInput('typed', 5000, from);
+    session.endInput();
+    const r = await session.exit();
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'live output\r\n', 'no scrollback replay');
+    assert.equal(r.stderr, '', 'no greeting, no notices');
+  });
+
   test('a key limited to web* cannot reach db01 (nor its log), and is told as if it did not exist', async () => {
     const r = await runSsh(ssh(webonly, 'db01'), c);
     assert.equal(r.code, 3);

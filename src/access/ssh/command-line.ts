@@ -3,7 +3,8 @@
  * at the menu's prompt. Pure.
  *
  *   list [--json]                                  the consoles this key may reach
- *   NAME [--mode MODE] [--force]                   attach (NAME: name, NAME:LABEL, UUID, or a menu number)
+ *   NAME [--mode MODE] [--force] [--raw]           attach (NAME: name, NAME:LABEL, UUID, or a menu number);
+ *                                                  --raw: the console's bytes only (no greeting, notices, replay)
  *   NAME --tail N                                  the end of its console log
  *   help
  *
@@ -14,7 +15,7 @@ import { parseLockMode, type LockRequest } from '../../domain/locks.js';
 export type SshCommand =
   | { kind: 'list'; json: boolean }
   | { kind: 'help' }
-  | { kind: 'attach'; target: string; mode?: LockRequest; force: boolean }
+  | { kind: 'attach'; target: string; mode?: LockRequest; force: boolean; raw: boolean }
   | { kind: 'tail'; target: string; lines: number }
   | { kind: 'error'; message: string };
 
@@ -28,6 +29,7 @@ export const USAGE = [
   '  list [--json]                     those consoles as text, or JSON',
   '  NAME [--mode MODE] [--force]      attach to a console (-t for a terminal); MODE: readwrite,',
   '                                    readonly, exclusive, excl_write, readonly_ok',
+  '  NAME --raw                        the console\'s bytes only: no greeting, notices or replay',
   `  NAME --tail N                     the last N lines of its console log (N <= ${MAX_TAIL_LINES})`,
   'On a console: Ctrl-] for the menu (d detach, b break, w who, c continue); ~. disconnects, ~B sends a break.',
 ].join('\n');
@@ -74,6 +76,7 @@ export function parseCommand(text: string): SshCommand {
   if (first.startsWith('-')) return { kind: 'error', message: `unknown option ${JSON.stringify(first)}: give a console name first` };
   let mode: LockRequest | undefined;
   let force = false;
+  let raw = false;
   let tail: number | undefined;
   for (let i = 0; i < rest.length; i++) {
     const w = rest[i];
@@ -81,9 +84,10 @@ export function parseCommand(text: string): SshCommand {
     const flag = w.startsWith('--') && eq > 0 ? w.slice(0, eq) : w;
     const inline = w.startsWith('--') && eq > 0 ? w.slice(eq + 1) : undefined;
     const value = (): string | undefined => inline ?? rest[++i];
-    if (flag === '--force') {
-      if (inline !== undefined) return { kind: 'error', message: '--force takes no value' };
-      force = true;
+    if (flag === '--force' || flag === '--raw') {
+      if (inline !== undefined) return { kind: 'error', message: `${flag} takes no value` };
+      if (flag === '--force') force = true;
+      else raw = true;
     } else if (flag === '--mode') {
       const v = value();
       if (v === undefined) return { kind: 'error', message: '--mode needs a value' };
@@ -97,12 +101,12 @@ export function parseCommand(text: string): SshCommand {
       }
       tail = Number(v);
     } else {
-      return { kind: 'error', message: `unexpected ${JSON.stringify(w.slice(0, 40))} (NAME [--mode MODE] [--force], NAME --tail N)` };
+      return { kind: 'error', message: `unexpected ${JSON.stringify(w.slice(0, 40))} (NAME [--mode MODE] [--force] [--raw], NAME --tail N)` };
     }
   }
   if (tail !== undefined) {
-    if (mode !== undefined || force) return { kind: 'error', message: '--tail goes alone: it prints the log and attaches nothing' };
+    if (mode !== undefined || force || raw) return { kind: 'error', message: '--tail goes alone: it prints the log and attaches nothing' };
     return { kind: 'tail', target: first, lines: tail };
   }
-  return { kind: 'attach', target: first, mode, force };
+  return { kind: 'attach', target: first, mode, force, raw };
 }

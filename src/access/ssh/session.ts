@@ -15,7 +15,7 @@
  */
 import type { ServerChannel, Session } from 'ssh2';
 import type { Logger } from '../../domain/logger.js';
-import type { ConsoleHub } from '../../domain/console-hub.js';
+import type { ConsoleHub, StreamOptions } from '../../domain/console-hub.js';
 import type { ConsoleClient } from '../../domain/seams.js';
 import { displayKey } from '../../domain/identity.js';
 import { allocateClientId } from '../../domain/client-ids.js';
@@ -112,6 +112,8 @@ export class SshSession {
   private pty: { term: string; cols: number; rows: number } | null = null;
   private channel: ServerChannel | null = null;
   private client: SshConsoleClient | null = null;
+  /** What vspc adds to the attached console's stream: the console's settings, less `--raw`. */
+  private stream: StreamOptions = { greeting: true, notices: true, replay: true };
   private fromMenu = false;
   private menuKey = false;
   private readonly editor = new LineEditor();
@@ -197,7 +199,7 @@ export class SshSession {
   }
 
   noticeFrom(from: SshConsoleClient, text: string): void {
-    if (from !== this.client) return;
+    if (from !== this.client || !this.stream.notices) return;
     this.notice(text);
   }
 
@@ -227,7 +229,7 @@ export class SshSession {
       this.write(renderTable(consoles, '\n', false) + `attach with: ssh -t ... NAME   (ssh ... help for more)\n`);
       return this.finish(Exit.OK);
     }
-    if (consoles.length === 1) return this.attach(consoles[0], undefined, false);
+    if (consoles.length === 1) return this.attach(consoles[0], undefined, false, false);
     this.showMenu();
   }
 
@@ -277,12 +279,12 @@ export class SshSession {
           this.error(`vspc: ${found.error}\n`);
           return this.finish(Exit.REFUSED);
         }
-        return this.attach(found.hub, cmd.mode, cmd.force);
+        return this.attach(found.hub, cmd.mode, cmd.force, cmd.raw);
       }
     }
   }
 
-  private attach(hub: ConsoleHub, mode: LockRequest | undefined, force: boolean): void {
+  private attach(hub: ConsoleHub, mode: LockRequest | undefined, force: boolean, raw: boolean): void {
     const p = this.host.principal;
     // The menu may be older than a reload or a forgotten console: ask again.
     if (!p.rights.consoles.allows(hub.identity) || !this.host.consoles().includes(hub)) {
@@ -293,9 +295,17 @@ export class SshSession {
     const client = new SshConsoleClient(this, hub, this.host.peer, p.user, p.fingerprint);
     this.client = client;
     this.state = 'attached';
+    // The console's stream settings (--no-greeting, --no-notices, --no-replay, per console), less --raw.
+    this.stream = { greeting: hub.stream.greeting && !raw, notices: hub.stream.notices && !raw, replay: hub.stream.replay && !raw };
     const id = hub.identity;
-    this.notice(`${hub.displayName} (${id.kind === 'esxi' ? `uuid ${displayKey(id)}` : `${id.kind} ${displayKey(id)}`}${id.label ? `, port ${id.label}` : ''})`);
-    const decision = hub.addClient(client, { request: choice.request, force, user: p.user, auth: { method: 'ssh', keyFingerprint: p.fingerprint } });
+    if (this.stream.greeting) this.notice(`${hub.displayName} (${id.kind === 'esxi' ? `uuid ${displayKey(id)}` : `${id.kind} ${displayKey(id)}`}${id.label ? `, port ${id.label}` : ''})`);
+    const decision = hub.addClient(client, {
+      request: choice.request,
+      force,
+      user: p.user,
+      auth: { method: 'ssh', keyFingerprint: p.fingerprint },
+      replay: this.stream.replay,
+    });
     if (!decision.granted) {
       this.client = null;
       this.log.info('SSH lock refused', { console: hub.displayName, request: choice.request, reason: decision.reason });
@@ -304,7 +314,7 @@ export class SshSession {
     this.log = this.host.logger.child({ console: hub.displayName, client: client.id, mode: decision.mode });
     this.log.info('SSH client attached', { user: p.user, force, displaced: decision.displaced.length });
     const menuHint = this.pty ? 'Ctrl-] for the menu, ' : '';
-    this.notice(`${decision.mode.toUpperCase()} as ${p.user}; ${menuHint}~. to disconnect`);
+    if (this.stream.greeting) this.notice(`${decision.mode.toUpperCase()} as ${p.user}; ${menuHint}~. to disconnect`);
   }
 
   private refusedAttach(hub: ConsoleHub, reason: string): void {
@@ -348,7 +358,7 @@ export class SshSession {
       this.channel?.write(`vspc: ${found.error}\r\n`);
       return this.showMenu();
     }
-    this.attach(found.hub, cmd.mode, cmd.force);
+    this.attach(found.hub, cmd.mode, cmd.force, cmd.raw);
   }
 
   // --- input
