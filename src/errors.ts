@@ -139,7 +139,11 @@ export const ERROR_CODES = {
   VSPC_LINES_REQUIRED: ['AdminApiError', '400: the call needs a number of lines'],
   VSPC_LINES_INVALID: ['AdminApiError', '400: lines is not an integer in range'],
   VSPC_NO_TLS_PORT: ['AdminApiError', '409: telnets asked for, but vspc has no certificate'],
-  VSPC_CONSOLE_LOG_OFF: ['AdminApiError', '409: console logging is off (no --log-dir)'],
+  VSPC_CONSOLE_LOG_OFF: ['AdminApiError', '409: console logging is off (no --log-dir), or off for this console'],
+  VSPC_LOG_FILE_INVALID: ['AdminApiError', '400: log file is not an integer 0-100000'],
+  VSPC_LOG_FILE_NOT_FOUND: ['AdminApiError', '404: no rotated console log file with that number'],
+  VSPC_LOG_QUERY_CONFLICT: ['AdminApiError', '400: log with more than one of follow, all, file'],
+  VSPC_LOG_FOLLOW_LIMIT: ['AdminApiError', '503: the most readers that may follow console logs at once already do'],
   // --- vspc-admin, the API's client (VspcError; exit code 1).
   VSPC_ADMIN_UNREACHABLE: ['VspcError', 'the admin API cannot be reached; the message says what to check'],
   VSPC_ADMIN_BAD_RESPONSE: ['VspcError', 'the admin API answered something that is not its JSON'],

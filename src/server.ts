@@ -25,6 +25,7 @@ import { isLoopbackHost } from './util/net.js';
 import { applyReload, type ReloadAppliers, type ReloadReport } from './config/reload.js';
 import { resolveVmSettings } from './config/vms.js';
 import { VERSION } from './version.js';
+import { displayKey } from './domain/identity.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
@@ -118,10 +119,26 @@ export class VspcServer {
     this.registry = new Registry(store, { maxHeldInput: config.vmotionHoldLimit, scrollbackBytes: config.scrollbackBytes, observer });
     // A forgotten or expired VM keeps no console log file open.
     this.registry.on('removed', (hub) => this.consoleLogs?.forget(hub));
+    // Every expiry, also of records deleted at start-up before any hub exists: a sticky port goes.
+    this.registry.on('expired', (r, hub) => {
+      this.metrics.expired(r.reason);
+      this.logger.info(r.reason === 'unused' ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
+        // As ConsoleHub.displayName has it.
+        vm: hub?.displayName ?? `${r.name ?? r.key}${r.label ? `:${r.label}` : ''}`,
+        kind: r.kind,
+        ...(r.kind === 'esxi' ? { uuid: displayKey(r) } : { key: r.key }),
+        label: r.label,
+        port: r.tcpPort,
+        lastSeen: new Date(r.lastSeen).toISOString(),
+      });
+    });
     this.metrics = new Metrics(this.registry);
     this.metrics.fdBudget = this.fds;
     // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
+    // With console logs, a scrollback emptied by a restart is read back from the log (at the first attach).
+    const logs = this.consoleLogs;
+    if (logs) this.registry.on('added', (hub) => (hub.scrollbackPrimer = (max) => logs.recentOutput(hub, max)));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
     // Getters: values a reload may change (applyConfig) are read from `config` when used.
     this.vmotion = new VmotionCoordinator(
@@ -368,17 +385,11 @@ export class VspcServer {
   private expire(): void {
     const c = this.config;
     try {
-      const gone = this.registry.expireRecords({
+      // Each expired record is logged and counted by the `expired` listener (see the constructor).
+      this.registry.expireRecords({
         unseenMs: c.expireAfterMs > 0 ? c.expireAfterMs : Number.POSITIVE_INFINITY,
         unusedMs: c.expireUnusedAfterMs > 0 ? c.expireUnusedAfterMs : Number.POSITIVE_INFINITY,
       });
-      for (const { hub, reason } of gone) {
-        this.metrics.expired(reason);
-        this.logger.info(reason === 'unused' ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
-          vm: hub.displayName,
-          port: hub.identity.tcpPort,
-        });
-      }
     } catch (err) {
       this.logger.error('expiry failed', errorFields(err));
     }

@@ -22,6 +22,23 @@ export class RawBody {
   ) {}
 }
 
+/**
+ * A route result whose body is written over time (`vspc-admin log --follow`, `--all`):
+ * the server sends the headers, then `run` writes to the response and ends it. A
+ * response still open when the admin API closes gets a moment to end, then is cut.
+ * Errors before any byte are the route's to throw from `handle`; a failure of `run`
+ * is logged and the response aborted.
+ */
+export class StreamBody {
+  constructor(
+    readonly contentType: string,
+    readonly run: (out: http.ServerResponse) => void | Promise<void>,
+  ) {}
+}
+
+/** How long the admin API waits, when it closes, for streamed responses to end by themselves. */
+const STREAM_CLOSE_GRACE_MS = 2000;
+
 export interface AdminServerOptions {
   /** The bearer token every request must carry, read per request (a reload may change it); null = none. */
   token?: () => string | null;
@@ -42,6 +59,8 @@ export { AdminApiError } from '../errors.js';
  */
 export class AdminServer {
   private server: http.Server | null = null;
+  /** Streamed responses still open. */
+  private readonly streams = new Set<http.ServerResponse>();
 
   constructor(
     private readonly routes: AdminRoute[],
@@ -82,7 +101,21 @@ export class AdminServer {
     this.server = null;
     await new Promise<void>((r) => {
       server.close(() => r());
-      server.closeAllConnections();
+      // Streams (log --follow) are usually ended already by their source: let them finish sending.
+      const open = [...this.streams];
+      if (open.length === 0) {
+        server.closeAllConnections();
+        return;
+      }
+      const cut = setTimeout(() => server.closeAllConnections(), STREAM_CLOSE_GRACE_MS);
+      let left = open.length;
+      for (const res of open) {
+        res.once('close', () => {
+          if (--left > 0) return;
+          clearTimeout(cut);
+          server.closeAllConnections();
+        });
+      }
     });
   }
 
@@ -125,7 +158,8 @@ export class AdminServer {
       }
       req.resume(); // Parameters travel in the query string; drain any body.
       const body = await route.handle(url);
-      if (body instanceof RawBody) this.sendRaw(res, 200, body);
+      if (body instanceof StreamBody) this.stream(res, body, url.pathname);
+      else if (body instanceof RawBody) this.sendRaw(res, 200, body);
       else this.send(res, 200, body);
     } catch (err) {
       if (err instanceof AdminApiError) {
@@ -136,6 +170,19 @@ export class AdminServer {
         this.send(res, 500, { error: { code: 'VSPC_INTERNAL', message: 'internal error; the vspc log has the details' } });
       }
     }
+  }
+
+  private stream(res: http.ServerResponse, body: StreamBody, path: string): void {
+    res.writeHead(200, { 'content-type': body.contentType, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+    res.flushHeaders(); // the reader learns at once that the stream is on
+    this.streams.add(res);
+    res.once('close', () => this.streams.delete(res));
+    Promise.resolve()
+      .then(() => body.run(res))
+      .catch((err: unknown) => {
+        this.logger.error('admin API stream failed', { path, ...errorFields(err), stack: (err as Error)?.stack });
+        res.destroy();
+      });
   }
 
   private sendRaw(res: http.ServerResponse, status: number, body: RawBody): void {

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError, Option as CliOption } from 'commander';
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
@@ -12,6 +13,7 @@ import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
 import { addConsoleCommand } from './console.js';
+import { helpEpilogue, VSPC_ADMIN_MANUAL } from './help-text.js';
 
 /** The `ssh` part of `status`: listen address, sessions, one line per host key (fingerprints to compare with what ssh shows). */
 function formatSshStatus(ssh: unknown): string {
@@ -146,7 +148,8 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     .option('--admin-tls', 'speak HTTPS to the admin API (vspc --admin-cert/--admin-key)')
     .option('--admin-ca <file>', "CA certificate (PEM) to trust for the admin API's HTTPS (implies --admin-tls)")
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
-    .option('--token-file <file>', 'read the admin API token from this file');
+    .option('--token-file <file>', 'read the admin API token from this file')
+    .addHelpText('after', helpEpilogue(VSPC_ADMIN_MANUAL));
   const client = () => adminClientFrom(program);
   const vmArg = 'VM name (any case), NAME:LABEL, NAME: (its serial port without a label), UUID (any form, :LABEL too), or client port';
   const q = (vm: string) => `vm=${encodeURIComponent(vm)}`;
@@ -311,15 +314,31 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
 
   program
     .command('log')
-    .description("the end of a VM serial port's console log (vspc --log-dir)")
+    .description("the end of a VM serial port's console log (vspc --log-dir); --follow for what comes next")
     .argument('<vm>', vmArg)
-    .option('--tail <n>', 'number of lines', '50')
+    .option('--tail <n>', 'number of lines (with --follow: 0 for none)', '50')
+    .addOption(new CliOption('-f, --follow', 'after the last lines, print new output as it is logged, until Ctrl-C (or the VM serial port is forgotten, or vspc stops)').conflicts(['file', 'all']))
+    .addOption(new CliOption('--file <n>', 'a rotated file instead of the current one: 1 is the newest (NAME.log.1)').conflicts(['all']))
+    .addOption(new CliOption('--all', 'every file kept, oldest first, whole (the whole history vspc has)').conflicts(['tail']))
     .option('--raw', "the log's exact bytes even on a terminal (by default a terminal gets them without title/clipboard/device-control strings)")
-    .action(async (vm: string, opts: { tail: string; raw?: boolean }) => {
-      let bytes = await client().getBytes(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}&format=raw`);
+    .action(async (vm: string, opts: { tail: string; raw?: boolean; follow?: boolean; file?: string; all?: boolean }) => {
       // Console bytes are the VM's: on a terminal, what would act on the terminal itself
       // (OSC/DCS/APC/PM strings, C1 controls) is removed; colours and cursor moves stay.
-      if (process.stdout.isTTY && !opts.raw) bytes = neutralizeTerminalStrings(bytes);
+      const clean = (b: Buffer) => (process.stdout.isTTY && !opts.raw ? neutralizeTerminalStrings(b) : b);
+      if (opts.file !== undefined && !/^\d+$/.test(opts.file)) throw new ConfigError(`--file: "${opts.file}" is not a file number (1 is the newest rotated file)`, { field: '--file' });
+      if (opts.follow || opts.all) {
+        const query = opts.follow ? `follow=1&lines=${encodeURIComponent(opts.tail)}` : 'all=1';
+        let last = 0x0a;
+        await client().stream(`/api/v1/log?${q(vm)}&${query}&format=raw`, (chunk) => {
+          if (chunk.length === 0) return;
+          last = chunk[chunk.length - 1];
+          out(clean(chunk));
+        });
+        if (last !== 0x0a && process.stdout.isTTY) out('\n');
+        return;
+      }
+      const file = opts.file !== undefined ? `&file=${encodeURIComponent(opts.file)}` : '';
+      let bytes = clean(await client().getBytes(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}${file}&format=raw`));
       if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a && process.stdout.isTTY) bytes = Buffer.concat([bytes, Buffer.from('\n')]);
       out(bytes);
     });
@@ -432,4 +451,13 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+// Run only as the program itself (also through npm's bin link), not when imported (the manual generator builds the program).
+if (invokedDirectly()) await main();
+
+function invokedDirectly(): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? '') === fileURLToPath(import.meta.url);
+  } catch {
+    return false;
+  }
+}

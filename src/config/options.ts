@@ -36,7 +36,7 @@ export function buildProgram(): Command {
         '(vSPC URI telnet://HOST:13370) and each VM serial port gets a sticky telnet port.',
     )
     .version(VERSION, '-V, --version')
-    .option('--config <file>', 'YAML or JSON config file (keys: these options in camelCase, plus vms:); options given here override it');
+    .option('--config <file>', 'config file, YAML (JSON if named *.json); keys: these options in camelCase, plus vms: and consoles:; options given here override it');
   for (const spec of OPTIONS as readonly OptionSpec[]) {
     if (spec.flag === null) continue;
     const opt = new CliOption(spec.flag, spec.help);

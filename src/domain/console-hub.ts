@@ -103,6 +103,13 @@ export class Scrollback {
     if (!this.filled) return Buffer.from(this.ring.subarray(0, this.end));
     return Buffer.concat([this.ring.subarray(this.end), this.ring.subarray(0, this.end)]);
   }
+  /** Replaces the contents with the last `capacity` bytes of `data` (nothing allocated for none). */
+  replace(data: Buffer): void {
+    this.ring = EMPTY_RING;
+    this.end = 0;
+    this.filled = false;
+    this.push(data);
+  }
   resize(capacity: number): void {
     const keep = this.snapshot();
     this.cap = Math.max(0, capacity);
@@ -177,6 +184,14 @@ export class ConsoleHub {
   stream: StreamOptions = { ...DEFAULT_STREAM };
 
   readonly scrollback: Scrollback;
+  /**
+   * Where this console's output from before this process started can be read back (its
+   * console log), set by the server: resolves with at most `maxBytes` of it, oldest
+   * first. With it the scrollback survives a restart: see primeScrollback.
+   */
+  scrollbackPrimer: ((maxBytes: number) => Promise<Buffer>) | null = null;
+  private priming: Promise<void> | null = null;
+  private primed = false;
 
   constructor(
     readonly identity: ConsoleIdentity,
@@ -185,6 +200,39 @@ export class ConsoleHub {
     private readonly observer: ConsoleObserver | null = null,
   ) {
     this.scrollback = new Scrollback(scrollbackBytes);
+  }
+
+  /** Whether the scrollback holds what it can (no primer, or priming done). */
+  get scrollbackPrimed(): boolean {
+    return this.primed || this.scrollbackPrimer === null || this.scrollback.capacity === 0;
+  }
+
+  /**
+   * Fills the scrollback from the primer, once (later calls share the first): after a
+   * restart the ring is empty while the console log still has the screen. The primer's
+   * bytes (from before the start) go before what the ring holds (everything since),
+   * the most recent `capacity` bytes kept. A primer that fails changes nothing.
+   */
+  primeScrollback(): Promise<void> {
+    if (this.priming) return this.priming;
+    const primer = this.scrollbackPrimer;
+    const capacity = this.scrollback.capacity;
+    if (!primer || capacity === 0) {
+      this.primed = true;
+      this.priming = Promise.resolve();
+      return this.priming;
+    }
+    this.priming = primer(capacity)
+      .then(
+        (old) => {
+          if (old.length > 0) this.scrollback.replace(Buffer.concat([old, this.scrollback.snapshot()]));
+        },
+        () => undefined,
+      )
+      .finally(() => {
+        this.primed = true;
+      });
+    return this.priming;
   }
 
   /** Report an event to the observer (also used by the vMotion coordinator). */

@@ -13,6 +13,11 @@ export interface RegistryEvents {
   moved: [hub: ConsoleHub, oldPort: number];
   /** The VM reported a new name (per-VM settings may match by name). */
   renamed: [hub: ConsoleHub, oldName: string | null];
+  /**
+   * A record was deleted by expiry, with its hub when one was loaded (none at start-up,
+   * where expiry runs before the records are loaded). One event per record.
+   */
+  expired: [record: ExpiredRecord, hub: ConsoleHub | null];
 }
 
 function keyOf(kind: ConsoleKind, key: string, label: string): string {
@@ -118,7 +123,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   /**
    * Forget VM serial ports not seen for `maxAgeMs` that are neither connected nor in
-   * use, so that long-gone VMs do not hold ports forever.
+   * use, so that long-gone VMs do not hold ports forever. Emits `expired` for every
+   * record deleted (loaded or not); returns the hubs dropped.
    */
   expire(maxAgeMs: number, now = Date.now()): ConsoleHub[] {
     return this.expireRecords({ unseenMs: maxAgeMs, unusedMs: Number.POSITIVE_INFINITY }, now).map((x) => x.hub);
@@ -147,6 +153,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
         this.drop(p, 'expired');
         dropped.push({ hub: p, reason: r.reason });
       }
+      this.emit('expired', r, p ?? null);
     }
     return dropped;
   }

@@ -95,6 +95,28 @@ describe('config file: validation errors name the key and its position', () => {
     assert.match(loadError(['--config', path]).message, new RegExp(`^${path}:3:16: portRange: start 5 is greater than end 2$`));
   });
 
+  test('a .json file is parsed as JSON: a trailing comma is an error at its position (YAML would take it)', () => {
+    const text = '{\n  "db": "x.db",\n  "portRange": "11000-11999",\n}\n';
+    const path = file(text, 'json');
+    const err = loadError(['--config', path]);
+    assert.equal(err.code, 'VSPC_CONFIG_INVALID');
+    assert.equal(err.message, `${path}:3:29: JSON syntax error: trailing comma before "}" (JSON allows none)`);
+    // The same text in a .yaml file is a YAML flow mapping, trailing comma and all.
+    assert.deepEqual(load(['--config', file(text, 'yaml')]).config.portRange, { start: 11000, end: 11999 });
+    // Upper-case extension, a trailing comma in a list, a comment, a missing comma, a stray word after the value.
+    const bad: Array<[string, RegExp]> = [
+      ['{"vms": [{"match": "a", "port": 10100},]}', /:1:39: JSON syntax error: trailing comma before "]"/],
+      ['{\n  # no comments in JSON\n  "db": "x.db"\n}', /:2:3: JSON syntax error: a key \(a string in double quotes\) expected, found "#"$/],
+      ['{"db": "x.db"\n "portRange": "1-2"}', /:2:2: JSON syntax error: "," or "}" expected, found "\\""$/],
+      ['{"db": "x.db"} db', /:1:16: JSON syntax error: unexpected "d" after the JSON value$/],
+      ['{"db": "x.db"', /:1:14: JSON syntax error: "," or "}" expected, found the end of the file$/],
+    ];
+    for (const [body, message] of bad) {
+      const p = file(body, 'JSON');
+      assert.match(loadError(['--config', p]).message, message, body);
+    }
+  });
+
   test('a missing file is an error naming --config', () => {
     assert.match(loadError(['--config', join(dir.dir, 'nope.yaml')]).message, /^--config: cannot read .*nope\.yaml: ENOENT$/);
   });

@@ -34,8 +34,10 @@ describe('packaging: systemd unit and example config', () => {
 
   test("ExecStart with the example config file is a configuration vspc accepts (database in the unit's state directory)", () => {
     const [execStart] = directive('ExecStart');
-    const [node, script, ...args] = execStart.split(/\s+/);
-    assert.equal(node, '/usr/bin/node');
+    const [env, node, script, ...args] = execStart.split(/\s+/);
+    // No node path assumed: /usr/bin/node (NodeSource), /usr/local/bin/node (the tarball), or PATH as set.
+    assert.equal(env, '/usr/bin/env');
+    assert.equal(node, 'node');
     assert.equal(script, '/opt/vspc/dist/src/cli/vspc.js');
     assert.deepEqual(args, ['--config', '/etc/vspc/vspc.yaml']);
     const program = buildProgram().exitOverride();

@@ -64,6 +64,8 @@ function encodeForFanout(data: Buffer, binary: boolean): Buffer {
 const MAX_EARLY_INPUT = 4096;
 /** COM-PORT commands sent before the lock is settled are kept (then answered) up to this many. */
 const MAX_EARLY_COM_PORT = 64;
+/** How long a client's attach waits for the scrollback to be read back from the console log (after a restart). */
+const SCROLLBACK_PRIME_WAIT_MS = 2000;
 
 /**
  * Named states of a console client:
@@ -93,6 +95,8 @@ export class TelnetClient implements ConsoleClient {
   private idleTimer: NodeJS.Timeout | null = null;
   private lastInputAt = Date.now();
   private early: Buffer[] = [];
+  /** Waiting, before the first attach, for the scrollback to be read back from the console log. */
+  private primeWait: 'no' | 'waiting' | 'done' = 'no';
   private earlyBytes = 0;
   /** RFC 2217, once the client offered COM-PORT; commands before the lock is settled wait in earlyComPort. */
   private comPort: ComPortServer | null = null;
@@ -177,6 +181,8 @@ export class TelnetClient implements ConsoleClient {
     }
     this.lockTimer = setTimeout(() => this.attach(this.hub.defaultLockMode, false), options.lockWaitMs);
     this.lockTimer.unref();
+    // The first client after a restart: the scrollback is read back from the console log while we negotiate.
+    void this.hub.primeScrollback();
   }
 
   /** The lock mode held, once attached. */
@@ -297,9 +303,23 @@ export class TelnetClient implements ConsoleClient {
   }
 
   private attach(request: LockRequest, force: boolean, asked: Partial<StreamRequest> = {}): void {
-    if (this.state !== 'negotiating') return;
+    if (this.state !== 'negotiating' || this.primeWait === 'waiting') return;
     if (this.lockTimer) clearTimeout(this.lockTimer);
     this.lockTimer = null;
+    if (this.primeWait === 'no' && !this.hub.scrollbackPrimed) {
+      // The replay should hold what the console log has: wait for it, but not for long.
+      this.primeWait = 'waiting';
+      const go = () => {
+        if (this.primeWait !== 'waiting') return;
+        clearTimeout(bound);
+        this.primeWait = 'done';
+        this.attach(request, force, asked);
+      };
+      const bound = setTimeout(go, SCROLLBACK_PRIME_WAIT_MS);
+      bound.unref();
+      void this.hub.primeScrollback().then(go);
+      return;
+    }
     const control = this.session.isEnabled('him', VSPC_CONTROL_OPTION);
     // The console's defaults, less what the client asked to leave out (VSPC-CONTROL flags).
     const stream = this.hub.stream;

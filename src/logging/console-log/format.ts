@@ -65,3 +65,23 @@ export function droppedText(bytes: number): string {
 export function lostText(bytes: number, sysCode: string): string {
   return `${bytes} bytes of console output lost: write failed (${sysCode})`;
 }
+
+/** One of vspc's own lines (the header, a timestamped line), with its CRLF. */
+const STAMP = String.raw`\[vspc \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [^\r\n]*\]\r\n`;
+/** Such a line at the start of a line. */
+const OWN_LINE = new RegExp(`(?<=^|\n)${STAMP}`, 'g');
+/** A file's header, then a CRLF vspc put before its first line (nothing was printed yet). */
+const AFTER_HEADER = new RegExp(`^(${STAMP})\r\n(?=${STAMP})`);
+
+/**
+ * The console's own bytes from a stretch of a log file: vspc's lines (header, events,
+ * marks, loss notes) removed. The CRLF vspc put before a line when the console was not
+ * at the start of one stays (it cannot be told from the console's own), so where a line
+ * was there may be a line break more. Binary-safe: bytes are not decoded.
+ */
+export function withoutOwnLines(bytes: Buffer): Buffer {
+  const text = bytes.toString('latin1');
+  OWN_LINE.lastIndex = 0;
+  if (!OWN_LINE.test(text)) return bytes;
+  return Buffer.from(text.replace(AFTER_HEADER, '$1').replace(OWN_LINE, ''), 'latin1');
+}

@@ -22,8 +22,10 @@ PACKAGES=(
   socat             # ad-hoc serial-socket bridging in tests
   tmux              # terminal-level tests
   telnet            # a real telnet client
+  telnet-ssl        # the verifying telnets command certs/README.md shows (test/ops/tls-docs.test.ts)
   openssh-client    # ssh over the later serial tunnel; the SSH front door tests (test/e2e/ssh*.test.ts)
   musl-tools        # musl-gcc: packaging/build-agent.sh builds the static C guest agent
+  conserver-server conserver-client  # test/e2e/conserver.test.ts: conserver layered on a vspc port (docs/conserver.md)
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"
