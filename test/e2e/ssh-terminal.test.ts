@@ -111,6 +111,13 @@ describe('SSH front door on a terminal (tmux)', { skip }, () => {
     const report = s.ts.server.reload();
     assert.deepEqual(report.applied, ['sshAuthorizedKeys']);
     await pane.waitFor(/your key no longer has access to vspc/);
-    assert.equal(await pane.waitExit(), 4);
+    let status: number;
+    try {
+      status = await pane.waitExit();
+    } catch (err) {
+      const ssh = s.ts.logs.filter((l) => l.side === 'ssh').map((l) => JSON.stringify(l));
+      throw new Error(`${(err as Error).message}\nvspc's SSH log:\n${ssh.join('\n')}\npane: ${pane.debug()}`);
+    }
+    assert.equal(status, 4);
   });
 });

@@ -5,7 +5,8 @@
  * every process and tmux server is killed by the cleanup, whatever happens.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { DEFAULTS, type VspcConfig } from '../../src/config/config.js';
@@ -227,10 +228,13 @@ let tmuxCounter = 0;
  */
 export class TmuxPane {
   private readonly socket: string;
+  /** The program's exit status is written here by the pane's shell (tmux's own pane_dead_status is not always filled in). */
+  private readonly statusFile: string;
   private killed = false;
 
   private constructor(socket: string) {
     this.socket = socket;
+    this.statusFile = join(tmpdir(), `${socket}.status`);
   }
 
   /** Starts `argv` in a new detached 200x50 pane. */
@@ -238,7 +242,9 @@ export class TmuxPane {
     const socket = `vspc-test-${process.pid}-${++tmuxCounter}`;
     const pane = new TmuxPane(socket);
     cleanup.add(() => pane.kill());
-    const command = argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+    rmSync(pane.statusFile, { force: true });
+    const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+    const command = `${argv.map(quote).join(' ')}; echo $? > ${quote(pane.statusFile)}`;
     // remain-on-exit: the pane (and what the program printed last) stays after it exits.
     execFileSync('tmux', ['-L', socket, '-f', '/dev/null', 'new-session', '-d', '-x', '200', '-y', '50', '-s', 'vspc', command], { stdio: 'pipe', timeout: 10_000 });
     execFileSync('tmux', ['-L', socket, 'set-option', '-t', 'vspc', 'remain-on-exit', 'on'], { stdio: 'pipe', timeout: 10_000 });
@@ -254,22 +260,22 @@ export class TmuxPane {
     }
   }
 
-  /** Whether the program in the pane has exited (remain-on-exit keeps the pane), with its status. */
+  /** The program's exit status once it has exited (written by the pane's shell), else null. */
   exitStatus(): number | null {
     try {
-      const out = execFileSync('tmux', ['-L', this.socket, 'display-message', '-p', '-t', 'vspc', '#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}'], {
-        encoding: 'utf8',
-        stdio: 'pipe',
-        timeout: 10_000,
-      }).trim();
-      const [dead, status, signal] = out.split(':');
-      if (dead !== '1') return null;
-      // tmux may show the pane dead a moment before it has the status: not yet, then.
-      if (status !== '' && status !== undefined) return Number(status);
-      if (signal !== '' && signal !== undefined) return 128 + Number(signal);
-      return null;
+      const text = readFileSync(this.statusFile, 'utf8').trim();
+      return text === '' ? null : Number(text);
     } catch {
       return null;
+    }
+  }
+
+  /** tmux's view of the pane, for failure messages. */
+  debug(): string {
+    try {
+      return execFileSync('tmux', ['-L', this.socket, 'display-message', '-p', '-t', 'vspc', 'pid=#{pane_pid} dead=#{pane_dead} status=#{pane_dead_status} signal=#{pane_dead_signal}'], { encoding: 'utf8', stdio: 'pipe', timeout: 10_000 }).trim();
+    } catch (err) {
+      return `tmux: ${(err as Error).message}`;
     }
   }
 
@@ -317,5 +323,6 @@ export class TmuxPane {
     } catch {
       /* already gone */
     }
+    rmSync(this.statusFile, { force: true });
   }
 }
