@@ -96,6 +96,15 @@ export const ERROR_CODES = {
   VSPC_SOURCE_NOT_A_TTY: ['SourceError', 'A device path that is not a terminal (a regular file, a directory, a FIFO, a socket, /dev/null...).'],
   VSPC_SOURCE_LINE_UNSUPPORTED: ['SourceError', 'Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses.'],
   VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (a type no source module registered).'],
+  // --- Access methods other than telnet: raw TCP, unix sockets, ptys (AccessError, src/access/common/errors.ts).
+  VSPC_ACCESS_NO_DIRECTORY: ['AccessError', "the directory for a console's unix socket or pty link does not exist or is not a directory (retried)"],
+  VSPC_ACCESS_UNSAFE_DIRECTORY: ['AccessError', 'that directory is owned by another user, or group- or world-writable without the sticky bit: vspc puts nothing there'],
+  VSPC_ACCESS_PATH_OCCUPIED: ['AccessError', 'something vspc did not make is at the socket or link path (a regular file, a directory, a symlink not to a pty): never replaced'],
+  VSPC_ACCESS_PATH_IN_USE: ['AccessError', "another process listens on the socket path, or another console's endpoint has that path"],
+  VSPC_ACCESS_ADDRESS_IN_USE: ['AccessError', "a console's raw TCP port cannot be bound (EADDRINUSE: another program holds it; retried)"],
+  VSPC_ACCESS_PERMISSION_DENIED: ['AccessError', 'EACCES / EPERM setting up an endpoint: creating the socket or link, or chown to the configured owner/group (needs root)'],
+  VSPC_ACCESS_FAILED: ['AccessError', 'any other failure setting up a raw port, unix socket or pty (the message has the system error; retried)'],
+  VSPC_PTY_UNAVAILABLE: ['AccessError', "no pty could be made: vspc's native addon is not built, or the kernel refused one"],
   // --- Storage (StorageError).
   VSPC_ARG_INVALID: ['StorageError', 'an argument the store cannot accept (key, label, timestamp)'],
   VSPC_NOT_FOUND: ['StorageError', 'no console record with that id'],
@@ -139,6 +148,7 @@ export const ERROR_CODES = {
   VSPC_LINES_REQUIRED: ['AdminApiError', '400: the call needs a number of lines'],
   VSPC_LINES_INVALID: ['AdminApiError', '400: lines is not an integer in range'],
   VSPC_NO_TLS_PORT: ['AdminApiError', '409: telnets asked for, but vspc has no certificate'],
+  VSPC_CONSOLE_MANAGED: ['AdminApiError', '409: the console is declared in the config file or kept by discovery: remove it there'],
   VSPC_CONSOLE_LOG_OFF: ['AdminApiError', '409: console logging is off (no --log-dir), or off for this console'],
   VSPC_LOG_FILE_INVALID: ['AdminApiError', '400: log file is not an integer 0-100000'],
   VSPC_LOG_FILE_NOT_FOUND: ['AdminApiError', '404: no rotated console log file with that number'],

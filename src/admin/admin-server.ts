@@ -70,7 +70,14 @@ export class AdminServer {
 
   /** Listen on `addr`: HTTP, or HTTPS with `tls`. */
   async listen(addr: HostPort, tls: { cert: Buffer; key: Buffer } | null = null): Promise<net.AddressInfo> {
-    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => void this.dispatch(req, res);
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      // Whatever one request does wrong costs that request only, never the process.
+      this.dispatch(req, res).catch((err: unknown) => {
+        this.logger.error('admin API request failed', { ...errorFields(err), stack: (err as Error)?.stack });
+        if (!res.headersSent) this.send(res, 500, { error: { code: 'VSPC_INTERNAL', message: 'internal error; the vspc log has the details' } });
+        else res.destroy();
+      });
+    };
     const server: http.Server = tls ? https.createServer({ cert: tls.cert, key: tls.key }, handler) : http.createServer(handler);
     if (tls) {
       server.on('tlsClientError', (err: Error, socket: net.Socket) => {
@@ -120,7 +127,14 @@ export class AdminServer {
   }
 
   private async dispatch(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://admin');
+    // A request target that is not a valid path (`//x:abc`, `//[`) is the client's error.
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://admin');
+    } catch {
+      this.send(res, 400, { error: { code: 'VSPC_ROUTE_NOT_FOUND', message: 'the request target is not a valid path' } });
+      return;
+    }
     const route = this.routes.find((r) => r.path === url.pathname && r.method === req.method);
     try {
       const guarded = guardRequest(req, this.options.hostNames?.() ?? []);

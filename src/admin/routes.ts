@@ -14,7 +14,7 @@ import { AdminApiError, RawBody, StreamBody, type AdminRoute } from './admin-ser
 import { MAX_FOLLOWERS, type FollowSink, type LogFollow } from '../logging/console-log.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics, type SshMetricsSnapshot } from './metrics.js';
 import { consoleAddresses, resolveVm } from './resolve.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type StatusView, type VmDetailView } from './views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type AccessView, type StatusView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
@@ -56,8 +56,12 @@ export interface AdminContext {
    * bound. Without it (no client listeners), `commit` alone.
    */
   movePort?(hub: ConsoleHub, port: number, commit: () => void): Promise<void>;
+  /** The group that maintains a console's source (`config`, `discovery`), or null (ESXi, stopped discovered ones). */
+  managedBy?(hub: ConsoleHub): string | null;
   /** The config file's `vms:` settings for a VM serial port. */
   settingsOf?(hub: ConsoleHub): ResolvedVmSettings;
+  /** A console's endpoints, by access method (`show`). */
+  accessOf?(hub: ConsoleHub): AccessView;
 }
 
 export const DEFAULT_LOG_LINES = 50;
@@ -78,7 +82,8 @@ function namePattern(pattern: string): Glob {
 
 /** The admin API's `settings` (docs/admin-api.md): the config file's spelling, `port` for the fixed TCP port. */
 function settingsView(s: ResolvedVmSettings): VmDetailView['settings'] {
-  const { tcpPort, ...rest } = s;
+  // `access` is shown as the endpoints it made (`access`), not as the layers that made it.
+  const { tcpPort, access: _access, ...rest } = s;
   return tcpPort === undefined ? rest : { port: tcpPort, ...rest };
 }
 
@@ -176,6 +181,13 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     vmotions: ctx.vmotion.historyOf(hub),
     settings: settingsView(ctx.settingsOf?.(hub) ?? {}),
     endpointStatus: endpointView(hub.endpoint),
+    access: ctx.accessOf?.(hub) ?? {
+      telnet: { host: '', port: hub.identity.tcpPort, listening: hub.listenError === null, error: hub.listenError },
+      telnets: null,
+      raw: null,
+      unix: null,
+      pty: null,
+    },
   });
 
   const setPort = async (hub: ConsoleHub, port: number, force: boolean) => {
@@ -266,6 +278,18 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       path: '/api/v1/forget',
       handle: (url) => {
         const hub = vmOf(url);
+        // A console the configuration or discovery keeps would be back (or half back)
+        // at the next reload or scan: it is removed where it is declared.
+        const group = ctx.managedBy?.(hub) ?? null;
+        if (group !== null) {
+          throw new AdminApiError(
+            409,
+            'VSPC_CONSOLE_MANAGED',
+            group === 'config'
+              ? `${hub.displayName} is declared in the config file (consoles:); remove it there and reload`
+              : `${hub.displayName} is found by discovery; it is stopped when its VM goes, and can be forgotten then`,
+          );
+        }
         const v = view(hub);
         ctx.registry.forget(hub);
         ctx.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.tcpPort });

@@ -5,7 +5,7 @@ import { Command, CommanderError, InvalidArgumentError, Option as CliOption } fr
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
 import type { ReloadReport } from '../config/reload.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, type ClientView, type EndpointView, type PortView, type VmDetailView } from '../admin/views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, type AccessView, type ClientView, type EndpointView, type PortView, type VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { neutralizeTerminalStrings } from '../util/text.js';
@@ -51,8 +51,8 @@ function since(iso: string | null, now = Date.now()): string {
 /** A client as people know it: `user@address:port` when it gave a user name (VSPC-CONTROL), else its address. */
 function clientWho(c: { peer: string; user?: string | null; method?: string; keyFingerprint?: string | null }): string {
   const who = c.user ? `${c.user}@${c.peer}` : c.peer;
-  // An SSH client, as lock refusals name it: with the key its user logged in with.
-  return c.method === 'ssh' ? `${who} (ssh${c.keyFingerprint ? `, key ${c.keyFingerprint}` : ''})` : who;
+  // An SSH client with the key its user logged in with (the method is in `who`'s VIA column).
+  return c.keyFingerprint ? `${who} (key ${c.keyFingerprint})` : who;
 }
 
 function vmName(p: { name: string | null; key: string; label: string }): string {
@@ -65,9 +65,31 @@ function endpointRows(e: EndpointView | null): Array<[string, string]> {
   const rows: Array<[string, string]> = [
     ['source', e.spec],
     ['endpoint', `${e.state} since ${since(e.since)}${e.nextAttemptAt ? `, next attempt in ${Math.max(0, Math.round((Date.parse(e.nextAttemptAt) - Date.now()) / 1000))}s` : ''}${e.note ? ` (${e.note})` : ''}`],
-    ['reconnects', `${e.reconnects} (${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''})`],
+    // Failed attempts and lost connections together: the count of times the endpoint was not there.
+    ['failures', `${e.reconnects} of ${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''}`],
   ];
   if (e.lastError) rows.push(['last error', e.lastError]);
+  return rows;
+}
+
+/** `show` rows for a console's endpoints, one per access method that is on. */
+function accessRows(a: AccessView | undefined): Array<[string, string]> {
+  if (!a) return [];
+  const state = (listening: boolean, error: string | null) => (listening ? '' : `  ! ${error ?? 'not set up yet'}`);
+  const rows: Array<[string, string]> = [];
+  if (a.telnet) rows.push(['telnet', `${a.telnet.host ? `${a.telnet.host}:` : ''}${a.telnet.port}${state(a.telnet.listening, a.telnet.error)}`]);
+  else rows.push(['telnet', 'off']);
+  if (a.telnets) rows.push(['telnets', `${a.telnets.host}:${a.telnets.port}${state(a.telnets.listening, a.telnets.error)}`]);
+  if (a.raw) rows.push(['raw', `${a.raw.host}:${a.raw.port}${state(a.raw.listening, a.raw.error)}`]);
+  if (a.unix) {
+    const who = `${a.unix.owner}:${a.unix.group ?? '-'} ${a.unix.mode}, ${a.unix.protocol}`;
+    rows.push(['unix socket', `${a.unix.path} (${who})${state(a.unix.listening, a.unix.error)}`]);
+  }
+  if (a.pty) {
+    const dev = a.pty.device ? ` -> ${a.pty.device}` : '';
+    const reader = a.pty.readerAttached ? ', open by a reader' : '';
+    rows.push(['pty', `${a.pty.link}${dev} (${a.pty.group ?? '-'} ${a.pty.mode}${reader})${state(a.pty.device !== null && a.pty.error === null, a.pty.error)}`]);
+  }
   return rows;
 }
 
@@ -144,7 +166,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
   const program = new Command('vspc-admin')
     .description('Administer a running vspc through its admin API.')
     .version(VERSION, '-V, --version')
-    .option('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)', '127.0.0.1:13371')
+    .addOption(new CliOption('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)').env('VSPC_ADMIN').default('127.0.0.1:13371'))
     .option('--admin-tls', 'speak HTTPS to the admin API (vspc --admin-cert/--admin-key)')
     .option('--admin-ca <file>', "CA certificate (PEM) to trust for the admin API's HTTPS (implies --admin-tls)")
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
@@ -216,6 +238,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         [d.uuid !== null ? 'uuid' : 'key', d.uuid ?? d.key],
         ['label', d.label || '-'],
         ['port', `${d.port}${d.tlsPort !== null ? ` (telnets ${d.tlsPort})` : ''}${d.listenError ? `  ! ${d.listenError}` : ''}`],
+        ...accessRows(d.access),
         ['state', d.state],
         ...endpointRows(d.endpointStatus),
         ['peer', d.peer ?? '-'],
@@ -243,7 +266,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       rows.push(['clients', String(d.clientList.length)]);
       const width = Math.max(...rows.map(([k]) => k.length)) + 1;
       let text = `${vmName(d)}\n` + rows.map(([k, v]) => `  ${(k + ':').padEnd(width)} ${v}`).join('\n') + '\n';
-      for (const c of d.clientList) text += `    #${c.id}  ${clientWho(c)}  ${c.mode}${c.tls ? '  tls' : ''}  since ${since(c.connectedSince)}\n`;
+      for (const c of d.clientList) text += `    #${c.id}  ${c.method ?? (c.tls ? 'telnets' : 'telnet')}  ${clientWho(c)}  ${c.mode}  since ${since(c.connectedSince)}\n`;
       text += `  ${'vMotions:'.padEnd(width)} ${d.vmotions.length === 0 ? 'none since vspc started' : String(d.vmotions.length)}\n`;
       for (const m of d.vmotions) {
         text += `    ${m.startedAt.replace(/\.\d{3}Z$/, 'Z')}  ${m.outcome} in ${m.durationMs} ms (held ${m.heldBytes} bytes${m.discardedBytes ? `, discarded ${m.discardedBytes}` : ''})\n`;
@@ -267,8 +290,8 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       }
       out(
         formatTable(
-          ['ID', 'VM', 'PORT', 'MODE', 'TLS', 'PEER', 'SINCE'],
-          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', clientWho(c), since(c.connectedSince)]),
+          ['ID', 'VM', 'PORT', 'MODE', 'VIA', 'PEER', 'SINCE'],
+          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.method ?? (c.tls ? 'telnets' : 'telnet'), clientWho(c), since(c.connectedSince)]),
         ),
       );
     });

@@ -28,10 +28,23 @@ export type ConsoleEvent =
   /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
   | { kind: 'break-from-source'; peer: string }
   /**
-   * `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one, or
-   * the one its access method established (`auth`: SSH, with the key's fingerprint).
+   * `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one, or the
+   * one its access method established (`auth`: SSH, with the key's fingerprint); `method`
+   * and `origin`: the client's (ConsoleClient), when it has them.
    */
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; auth?: ClientAuth; tls?: boolean; force?: boolean; clients?: number }
+  | {
+      kind: 'client-attached';
+      clientId: number;
+      peer: string;
+      mode: string;
+      user?: string;
+      auth?: ClientAuth;
+      tls?: boolean;
+      force?: boolean;
+      clients?: number;
+      method?: string;
+      origin?: ConsoleClient['origin'];
+    }
   | { kind: 'client-detached'; clientId: number; peer: string; reason: string; user?: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
   | {
@@ -167,6 +180,8 @@ export class ConsoleHub {
   /** Set by the listener manager when the client port cannot be bound. */
   listenError: string | null = null;
   tlsListenError: string | null = null;
+  /** Set by the other access methods' managers: why an endpoint (raw port, unix socket, pty) is not up, by method. */
+  readonly accessErrors = new Map<string, string>();
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
   /** BREAK, DTR/RTS, flow control, suspension and signature, as the source last reported them; null: never reported. */
@@ -251,6 +266,19 @@ export class ConsoleHub {
   get state(): ConsoleState {
     if (this.holding) return 'migrating';
     return this.src ? 'connected' : 'disconnected';
+  }
+
+  /**
+   * The state people are shown: `connected`, `migrating`, or — with no source — why: a
+   * maintained source's endpoint state (`waiting`, `listening`, `stopped`), `stopped` for
+   * a console vspc maintained before (a discovered VM that has not come back since a
+   * restart), `disconnected` for an ESXi VM (it connects in when it wants).
+   */
+  get displayState(): string {
+    const s = this.state;
+    if (s !== 'disconnected') return s;
+    if (this.endpoint) return this.endpoint.state;
+    return this.identity.kind === 'esxi' ? 'disconnected' : 'stopped';
   }
 
   /** Display name: the VM's name, else its UUID. */
@@ -421,6 +449,8 @@ export class ConsoleHub {
       ...(options.tls !== undefined ? { tls: options.tls } : {}),
       ...(options.force ? { force: true } : {}),
       clients: this.clientSet.size,
+      ...(client.method ? { method: client.method } : {}),
+      ...(client.origin ? { origin: client.origin } : {}),
     });
     return decision;
   }

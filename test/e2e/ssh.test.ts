@@ -226,7 +226,7 @@ describe('SSH front door: batch mode', { skip }, () => {
     assert.equal(mine.keyFingerprint, alice.fingerprint);
     assert.equal(mine.mode, 'readonly');
     const who = await vspcAdmin(s.ts.adminAddress, ['who']);
-    assert.match(who.stdout, new RegExp(`^${mine.id}\\s+web01\\s+\\d+\\s+readonly\\s+-\\s+alice@127\\.0\\.0\\.1:\\d+ \\(ssh, key ${alice.fingerprint.replace(/[+/]/g, '\\$&')}\\)`, 'm'));
+    assert.match(who.stdout, new RegExp(`^${mine.id}\\s+web01\\s+\\d+\\s+readonly\\s+ssh\\s+alice@127\\.0\\.0\\.1:\\d+ \\(key ${alice.fingerprint.replace(/[+/]/g, '\\$&')}\\)`, 'm'));
     const audit = s.ts.logs.find((l) => l.audit === true && l.message === 'client attached' && l.clientId === mine.id);
     assert.ok(audit);
     assert.equal(audit.user, 'alice');
