@@ -64,6 +64,16 @@ export const ERROR_CODES = {
   VSPC_TUNNEL_ECHO: ['ProtocolError', 'our own HELLO came back: the line echoes (guest tty not in raw mode)'],
   VSPC_TUNNEL_STREAM_RESET: ['TunnelStreamError', 'a tunnel stream was reset by the peer or locally (reason code in `reason`)'],
   VSPC_TUNNEL_OPEN_FAILED: ['TunnelStreamError', 'the peer refused to open a tunnel stream (reason code in `reason`)'],
+  // --- The SSH front door (src/access/ssh/, docs/ssh.md): logged codes; the peer is refused or cut off.
+  VSPC_SSH_HOST_KEY_INSECURE: ['VspcError', 'an SSH host key file is accessible by group or others: vspc does not start (chmod 600 it)'],
+  VSPC_SSH_HOST_KEY_INVALID: ['VspcError', 'an SSH host key cannot be created, read or parsed, or is of the wrong type: vspc does not start'],
+  VSPC_SSH_AUTH_FAILED: ['ProtocolError', 'an SSH authentication attempt was refused (unknown key, from=, bad signature, not a public key)'],
+  VSPC_SSH_RATE_LIMITED: ['ProtocolError', 'too many failed SSH authentications from one address: its connections are refused for a while'],
+  VSPC_SSH_LOGIN_TIMEOUT: ['ProtocolError', 'an SSH connection did not log in within the login grace time (30 s)'],
+  VSPC_SSH_KEEPALIVE_TIMEOUT: ['ProtocolError', 'an SSH peer stopped answering keepalives (half-open connection): cut off'],
+  VSPC_SSH_PROTOCOL_ERROR: ['ProtocolError', 'an SSH peer sent malformed packets or failed the key exchange: that connection is closed'],
+  VSPC_SSH_REQUEST_REFUSED: ['ProtocolError', 'a request vspc never grants: port or agent forwarding, X11, SFTP, another subsystem'],
+  VSPC_SSH_KEYS_COMMAND_FAILED: ['VspcError', 'the SSH keys command failed (exit status, timeout, output too large, bad JSON): the key is not let in'],
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
   VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],

@@ -11,6 +11,7 @@ import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners, type TelnetListenerOptions } from './access/telnet/listeners.js';
 import { TelnetClient } from './access/telnet/client.js';
 import { ConsoleBroker } from './access/broker/broker.js';
+import { SshListener } from './access/ssh/listener.js';
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { RawListeners } from './access/raw/listeners.js';
@@ -48,6 +49,8 @@ export interface ServerAddresses {
   proxy: net.AddressInfo;
   proxyTls: net.AddressInfo | null;
   admin: net.AddressInfo;
+  /** The SSH front door (--ssh-listen), or null. */
+  ssh: net.AddressInfo | null;
 }
 
 /**
@@ -55,7 +58,7 @@ export interface ServerAddresses {
  * ports whose telnets twin (port + offset) would land on one of them.
  */
 function reservedPorts(c: VspcConfig): number[] {
-  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.brokerListen?.port ?? 0].filter((p) => p > 0);
+  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.brokerListen?.port ?? 0, c.sshListen?.port ?? 0].filter((p) => p > 0);
   // Fixed ports of the config file's `vms:` and `consoles:` are kept for them, not handed to others.
   const fixed = [...c.vms, ...c.consoles].flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
@@ -81,6 +84,8 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** The SSH front door, when --ssh-listen is given. */
+  readonly ssh: SshListener | null;
   /** The other access methods' endpoints: a raw TCP port, a unix socket, a pty per console. */
   private readonly raw: RawListeners;
   private readonly unix: UnixSocketListeners;
@@ -196,6 +201,24 @@ export class VspcServer {
             onProtocolError: (code) => this.metrics.protocolError('client', code),
           })
         : null;
+    const consoleLogs = this.consoleLogs;
+    this.ssh = config.sshListen
+      ? new SshListener(this.registry, logger, {
+          listen: config.sshListen,
+          hostKeyDir: config.sshHostKeyDir ?? dirname(config.dbPath),
+          authorizedKeysFile: config.sshAuthorizedKeys,
+          keysCommand: config.sshKeysCommand,
+          limits: config.sshLimits,
+          closeGraceMs: config.closeGraceMs,
+          get idleTimeoutMs() { return config.sshIdleTimeoutMs; },
+          get maxSessionMs() { return config.sshMaxSessionMs; },
+          get maxQueuedBytes() { return config.sshLimits.maxQueuedBytes ?? config.clientQueueLimit; },
+          tail: consoleLogs ? (hub, lines) => consoleLogs.tail(hub, lines) : null,
+          onSlowClientDropped: () => this.metrics.slowClientDropped(),
+          onProtocolError: (code) => this.metrics.protocolError('client', code),
+          admit: (socket) => this.admit(socket, 'client'),
+        })
+      : null;
     // Raw, unix and pty clients: the console's bytes only (access/common/stream-client.ts).
     const streamOptions = {
       get maxQueuedBytes() { return config.clientQueueLimit; },
@@ -279,9 +302,10 @@ export class VspcServer {
         ownPorts: () => {
           const a = this.addressesValue;
           const broker = this.broker?.addresses.tcp;
-          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : [])] : [];
+          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : []), ...(a.ssh ? [a.ssh.port] : [])] : [];
         },
         settingsOf: (h) => resolveVmSettings(this.config, h.identity),
+        sshMetrics: () => this.ssh?.metrics() ?? null,
         managedBy: (h) => this.managed.groupOf(h),
         accessOf: (h) => this.accessView(h),
       }),
@@ -322,6 +346,7 @@ export class VspcServer {
       vmConnections: this.proxy.connections.size,
       vmConnectionsRefused: this.proxy.refused,
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
+      ssh: this.ssh?.status() ?? null,
     };
   }
 
@@ -378,9 +403,11 @@ export class VspcServer {
     await this.discovered.restart(this.config);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
+    // Before the admin API: once it answers, every listener is up.
+    const ssh = this.ssh ? await this.ssh.start() : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
     await this.startBroker();
-    this.addressesValue = { proxy, proxyTls, admin };
+    this.addressesValue = { proxy, proxyTls, admin, ssh };
     this.armExpiry();
     this.logger.info('vspc started', {
       version: VERSION,
@@ -481,7 +508,17 @@ export class VspcServer {
   reload(): ReloadReport {
     if (!this.reloadConfig) throw new VspcError('VSPC_RELOAD_UNAVAILABLE', 'this vspc has no configuration to re-read');
     try {
+      // The SSH authorized keys are read and checked first: a broken file fails the
+      // whole reload, leaving everything as it was.
+      let keys;
+      try {
+        keys = this.ssh?.readKeys() ?? null;
+      } catch (err) {
+        this.logger.error('configuration reload failed; the running configuration is unchanged', errorFields(err));
+        throw err;
+      }
       const report = this.reloadConfig();
+      if (this.ssh?.reload(keys) && !report.applied.includes('sshAuthorizedKeys')) report.applied.push('sshAuthorizedKeys');
       this.metrics.reloads.ok++;
       return report;
     } catch (err) {
@@ -510,6 +547,8 @@ export class VspcServer {
     serviceName: readWhereUsed,
     comPort: readWhereUsed,
     clientQueueLimit: readWhereUsed,
+    sshIdleTimeoutMs: readWhereUsed,
+    sshMaxSessionMs: readWhereUsed,
     vmotionTimeoutMs: readWhereUsed,
     vmotionSecretBytes: readWhereUsed,
     adminToken: readWhereUsed,
@@ -622,6 +661,8 @@ export class VspcServer {
     this.listeners.close();
     const endpoints = Promise.all([this.raw.close(), this.unix.close(), this.ptys.close()]);
     this.broker?.close();
+    // SSH sessions (menus too) are told and ended, within the grace period.
+    const sshClosed = this.ssh?.close() ?? Promise.resolve();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
@@ -629,6 +670,7 @@ export class VspcServer {
     // Sockets unlinked, pty links removed (each endpoint's close is a few system calls).
     await Promise.race([endpoints, grace]);
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
+    await sshClosed;
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
     await this.discovered.close();
@@ -648,6 +690,7 @@ export class VspcServer {
     void this.unix.close();
     void this.ptys.close();
     this.broker?.destroy();
+    this.ssh?.destroy();
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();

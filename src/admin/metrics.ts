@@ -111,6 +111,51 @@ export interface MetricsInput {
    * labelled by reason from `metrics.vmRefusals`. Optional for callers built before.
    */
   vmConnectionsRefused?: number;
+  /** The SSH front door's counters; null or absent when it is off. */
+  ssh?: SshMetricsSnapshot | null;
+}
+
+/** What the SSH front door (src/access/ssh/listener.ts) counts, for /metrics. */
+export interface SshMetricsSnapshot {
+  /** Authenticated SSH connections and, of their sessions, those attached to a console, by user. */
+  sessionsByUser: ReadonlyArray<{ user: string; connections: number; attached: number }>;
+  auth: { accepted: number; rejected: number };
+  /** Connections dropped at accept, by reason. */
+  refused: Readonly<Record<string, number>>;
+  /** Requests refused outright (forwarding, X11, SFTP...), by kind. */
+  requests: Readonly<Record<string, number>>;
+  /** Sessions ended by vspc (time limit, withdrawn, too slow, keepalive, shutdown), by reason. */
+  ended: Readonly<Record<string, number>>;
+  keysCommand: Readonly<Record<string, number>>;
+  /** Connections not logged in yet. */
+  unauthenticated: number;
+}
+
+function sshFamilies(ssh: SshMetricsSnapshot): string[] {
+  const byKey = (o: Readonly<Record<string, number>>, label: string) => Object.entries(o).map(([k, n]) => [{ [label]: k }, n] as Sample);
+  return [
+    family(
+      'vspc_ssh_connections',
+      'gauge',
+      'Authenticated SSH connections, by user (the name their key gives).',
+      ssh.sessionsByUser.map((u) => [{ user: u.user }, u.connections] as Sample),
+    ),
+    family(
+      'vspc_ssh_attached',
+      'gauge',
+      'SSH sessions attached to a console, by user.',
+      ssh.sessionsByUser.map((u) => [{ user: u.user }, u.attached] as Sample),
+    ),
+    family('vspc_ssh_unauthenticated', 'gauge', 'SSH connections not logged in yet.', ssh.unauthenticated),
+    family('vspc_ssh_auth_total', 'counter', 'SSH logins accepted, and authentication attempts rejected.', [
+      [{ result: 'accepted' }, ssh.auth.accepted],
+      [{ result: 'rejected' }, ssh.auth.rejected],
+    ]),
+    family('vspc_ssh_connections_refused_total', 'counter', 'SSH connections dropped at accept, by reason (rate-limited, too-many-unauthenticated, shutting-down).', byKey(ssh.refused, 'reason')),
+    family('vspc_ssh_requests_refused_total', 'counter', 'SSH requests refused outright, by kind (port-forwarding, ...).', byKey(ssh.requests, 'request')),
+    family('vspc_ssh_sessions_ended_total', 'counter', 'SSH sessions ended by vspc, by reason (time-limit, withdrawn, too-slow, keepalive, shutdown).', byKey(ssh.ended, 'reason')),
+    family('vspc_ssh_keys_command_total', 'counter', 'Runs of the SSH keys command, by outcome (allowed, denied, failed, busy).', byKey(ssh.keysCommand, 'outcome')),
+  ];
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -255,6 +300,7 @@ export function renderMetrics(i: MetricsInput): string {
       'Admin API requests refused as browser-borne (foreign Host, cross-origin, simple-request mutation, preflight), by reason.',
       (Object.entries(i.metrics.adminRefused) as Array<[string, number]>).map(([reason, n]) => [{ reason }, n] as [Record<string, string>, number]),
     ),
+    ...(i.ssh ? sshFamilies(i.ssh) : []),
   ];
   return families.join('\n') + '\n';
 }

@@ -12,7 +12,7 @@ import { sanitizeText } from '../util/text.js';
 import { Glob, hasWildcards } from '../util/glob.js';
 import { AdminApiError, RawBody, StreamBody, type AdminRoute } from './admin-server.js';
 import { MAX_FOLLOWERS, type FollowSink, type LogFollow } from '../logging/console-log.js';
-import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
+import { METRICS_CONTENT_TYPE, Metrics, renderMetrics, type SshMetricsSnapshot } from './metrics.js';
 import { consoleAddresses, resolveVm } from './resolve.js';
 import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type AccessView, type StatusView, type VmDetailView } from './views.js';
 
@@ -44,6 +44,8 @@ export interface AdminContext {
   };
   /** Event counters for `GET /metrics`. */
   metrics?: Metrics;
+  /** The SSH front door's counters for `GET /metrics`; null when it is off. */
+  sshMetrics?(): SshMetricsSnapshot | null;
   /** Re-read the configuration (`POST /api/v1/reload`); throws ConfigError when it is invalid. */
   reload?(): ReloadReport | Promise<ReloadReport>;
   /** vspc's own listener ports, which `set-port` must not hand to a VM. */
@@ -396,6 +398,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
             uptimeSeconds: s.uptimeSeconds,
             vmConnections: s.vmConnections,
             vmConnectionsRefused: s.vmConnectionsRefused,
+            ssh: ctx.sshMetrics?.() ?? null,
           }),
         );
       },

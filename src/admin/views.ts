@@ -70,14 +70,19 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
 export interface ClientView {
   id: number;
   peer: string;
-  /** The user name the client gave (VSPC-CONTROL, e.g. `vspc-admin connect --user`); null for stock telnet. */
+  /**
+   * The user: the name a telnet client gave (VSPC-CONTROL, e.g. `vspc-admin connect
+   * --user`), or the one an SSH key gives (authenticated); null for stock telnet.
+   */
   user: string | null;
   /** Lock mode held (readwrite, readonly, ...). */
   mode: string;
   /** Connected over telnets. */
   tls: boolean;
-  /** The access method: `telnet`, `telnets`, `raw`, `unix` or `pty`. */
+  /** The access method: `telnet`, `telnets`, `raw`, `unix`, `pty` or `ssh`. */
   method: string;
+  /** SSH: the fingerprint (`SHA256:...`) of the key the user logged in with; null otherwise. */
+  keyFingerprint: string | null;
   connectedSince: string | null;
   /** The VM serial port it is attached to. */
   vm: string;
@@ -91,8 +96,10 @@ interface ClientFacts {
   mode?: string;
   connectedAt?: number;
   secure?: boolean;
-  /** Set by access methods other than telnet (`raw`, `unix`, `pty`). */
+  /** Set by access methods other than telnet (`raw`, `unix`, `pty`, `ssh`). */
   method?: string;
+  /** SSH: the key the user logged in with. */
+  keyFingerprint?: string;
 }
 
 export function clientViews(hub: ConsoleHub): ClientView[] {
@@ -106,6 +113,7 @@ export function clientViews(hub: ConsoleHub): ClientView[] {
         mode: f.mode ?? 'readwrite',
         tls: f.secure === true,
         method: f.method ?? (f.secure === true ? 'telnets' : 'telnet'),
+        keyFingerprint: f.keyFingerprint ?? null,
         connectedSince: typeof f.connectedAt === 'number' ? new Date(f.connectedAt).toISOString() : null,
         vm: hub.displayName,
         uuid: formatUuid(hub.identity.key),
@@ -280,4 +288,16 @@ export interface StatusView {
   /** VM-side connections dropped at accept by the flood cap. */
   vmConnectionsRefused: number;
   vmotions: Record<string, number>;
+  /** The SSH front door (--ssh-listen); null when off (absent from views built without it). */
+  ssh?: SshStatusView | null;
+}
+
+/** `status`: where SSH listens, its host keys (compare with what `ssh` shows on first connect), its sessions. */
+export interface SshStatusView {
+  listen: string;
+  hostKeys: Array<{ type: string; fingerprint: string }>;
+  /** SSH connections authenticated now. */
+  connections: number;
+  /** Of their sessions, those attached to a console. */
+  attached: number;
 }

@@ -15,8 +15,22 @@ import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type She
 import { addConsoleCommand } from './console.js';
 import { helpEpilogue, VSPC_ADMIN_MANUAL } from './help-text.js';
 
+/** The `ssh` part of `status`: listen address, sessions, one line per host key (fingerprints to compare with what ssh shows). */
+function formatSshStatus(ssh: unknown): string {
+  if (!ssh || typeof ssh !== 'object') return 'ssh: off\n';
+  const v = ssh as { listen?: string; connections?: number; attached?: number; hostKeys?: Array<{ type: string; fingerprint: string }> };
+  let text = `ssh: ${v.listen ?? '?'} connections=${v.connections ?? 0} attached=${v.attached ?? 0}\n`;
+  for (const k of v.hostKeys ?? []) text += `ssh host key: ${k.type} ${k.fingerprint}\n`;
+  return text;
+}
+
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
+  const { ssh, ...rest } = s;
+  return formatPlainStatus(rest) + ('ssh' in s ? formatSshStatus(ssh) : '');
+}
+
+function formatPlainStatus(s: Record<string, unknown>): string {
   const value = (v: unknown) =>
     v !== null && typeof v === 'object'
       ? Object.entries(v as Record<string, unknown>)
@@ -35,8 +49,10 @@ function since(iso: string | null, now = Date.now()): string {
 }
 
 /** A client as people know it: `user@address:port` when it gave a user name (VSPC-CONTROL), else its address. */
-function clientWho(c: { peer: string; user?: string | null }): string {
-  return c.user ? `${c.user}@${c.peer}` : c.peer;
+function clientWho(c: { peer: string; user?: string | null; method?: string; keyFingerprint?: string | null }): string {
+  const who = c.user ? `${c.user}@${c.peer}` : c.peer;
+  // An SSH client with the key its user logged in with (the method is in `who`'s VIA column).
+  return c.keyFingerprint ? `${who} (key ${c.keyFingerprint})` : who;
 }
 
 function vmName(p: { name: string | null; key: string; label: string }): string {

@@ -136,6 +136,42 @@ export interface VspcConfig {
   logLevel: LogLevel;
   /** The process logger's format (--log-format); fixed at start. */
   logFormat: LogFormatName;
+  /** The SSH front door (--ssh-listen); null = off. */
+  sshListen: HostPort | null;
+  /** Where the SSH host keys are kept (created on first start); null = the database's directory. */
+  sshHostKeyDir: string | null;
+  /** OpenSSH-format authorized keys with vspc's per-key options (--ssh-authorized-keys); re-read on every reload. */
+  sshAuthorizedKeys: string | null;
+  /** An external command deciding keys and rights, like AuthorizedKeysCommand (--ssh-keys-command). */
+  sshKeysCommand: string | null;
+  /** SSH sessions idle this long are ended, unless the key says otherwise (0 = never). */
+  sshIdleTimeoutMs: number;
+  /** SSH sessions last at most this long, unless the key says otherwise (0 = no limit). */
+  sshMaxSessionMs: number;
+  /** Bounds of the SSH front door fixed in code (tests shorten them). */
+  sshLimits: SshLimits;
+}
+
+/** Bounds of the SSH front door (src/access/ssh/): time to log in, keepalive, the failed-authentication bucket, the keys command. */
+export interface SshLimits {
+  /** A connection not authenticated by then is closed (OpenSSH's LoginGraceTime). */
+  loginGraceMs: number;
+  /** SSH-level keepalive: a ping this often; a peer that misses `keepaliveCountMax` in a row is cut off. */
+  keepaliveIntervalMs: number;
+  keepaliveCountMax: number;
+  /** Failed authentications per source address: a bucket of this many ... */
+  authFailureBurst: number;
+  /** ... refilled by one every this many ms. An empty bucket refuses the address's connections until it refills. */
+  authFailureRefillMs: number;
+  /** Connections not yet authenticated, in all and per source address; past these, new ones are dropped at accept. */
+  maxUnauthenticated: number;
+  maxUnauthenticatedPerAddress: number;
+  /** The keys command: killed after this long; its output bounded; this many at once at most. */
+  keysCommandTimeoutMs: number;
+  keysCommandMaxOutput: number;
+  keysCommandConcurrency: number;
+  /** Output queued to one SSH session (channel and socket) before it is cut off; null = --client-queue-limit. */
+  maxQueuedBytes: number | null;
 }
 
 /** See BrokerLimits in src/access/broker/connection.ts (the same shape). */

@@ -158,6 +158,9 @@ function adminToken({ values, origin, warnings }: CombineInputs): string | null 
 
 /** Checks across options that set no field of their own. */
 function checkAcross(config: VspcConfig): void {
+  if (config.sshListen && !config.sshAuthorizedKeys && !config.sshKeysCommand) {
+    throw new ConfigError('--ssh-listen: no key could log in: give --ssh-authorized-keys FILE, --ssh-keys-command CMD, or both', { field: '--ssh-listen' });
+  }
   if (!isLoopbackHost(config.adminListen.host) && !config.adminToken) {
     throw new ConfigError(
       `--admin-listen: ${config.adminListen.host} is not a loopback address, so the admin API needs a token: ` +

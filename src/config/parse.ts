@@ -4,7 +4,7 @@
  * message starts with that flag (`--port-range: start 5 is greater than end 2`), so
  * the config file reader can re-state it at the key's file position.
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import type { PortRange } from '../domain/repository.js';
 import type { HostPort } from '../util/net.js';
@@ -107,6 +107,18 @@ export function parseCidrList(field: string, text: string): CidrBlock[] {
 export function parseNonEmpty(field: string, text: string): string {
   if (text.trim() === '') throw new ConfigError(`${field}: must not be empty`, { field });
   return text;
+}
+
+/** A path to a file that exists and can be read now (its contents are read where used). */
+export function parseReadableFile(field: string, path: string): string {
+  const p = parseNonEmpty(field, path).trim();
+  try {
+    accessSync(p, constants.R_OK);
+    if (!statSync(p).isFile()) throw new Error('not a regular file');
+  } catch (err) {
+    throw new ConfigError(`${field}: cannot read ${p}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { field, value: p });
+  }
+  return p;
 }
 
 /** One of `choices`, exactly. */

@@ -1,7 +1,7 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
 import type { SerialLineSettings, SerialLineState } from './serial-line.js';
-import { LockTable, type LockDecision, type LockMode, type LockRequest } from './locks.js';
+import { describeAuth, LockTable, type ClientAuth, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
 export type { ConsoleIdentity } from './identity.js';
 
@@ -27,13 +27,18 @@ export type ConsoleEvent =
   | { kind: 'vmotion'; outcome: string; durationMs: number }
   /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
   | { kind: 'break-from-source'; peer: string }
-  /** `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one; `method` and `origin`: the client's (ConsoleClient), when it has them. */
+  /**
+   * `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one, or the
+   * one its access method established (`auth`: SSH, with the key's fingerprint); `method`
+   * and `origin`: the client's (ConsoleClient), when it has them.
+   */
   | {
       kind: 'client-attached';
       clientId: number;
       peer: string;
       mode: string;
       user?: string;
+      auth?: ClientAuth;
       tls?: boolean;
       force?: boolean;
       clients?: number;
@@ -400,10 +405,10 @@ export class ConsoleHub {
    */
   addClient(
     client: ConsoleClient,
-    options: { request?: LockRequest; force?: boolean; user?: string; replay?: boolean; tls?: boolean } = {},
+    options: { request?: LockRequest; force?: boolean; user?: string; auth?: ClientAuth; replay?: boolean; tls?: boolean } = {},
   ): LockDecision {
     const decision = this.locks.request(
-      { clientId: client.id, peer: client.peer, user: options.user },
+      { clientId: client.id, peer: client.peer, user: options.user, auth: options.auth },
       options.request ?? this.defaultLockMode,
       options.force ?? false,
     );
@@ -412,7 +417,7 @@ export class ConsoleHub {
       const displaced = [...this.clientSet].find((c) => c.id === d.clientId);
       if (!displaced) continue;
       this.clientSet.delete(displaced);
-      const by = `${options.user ? `${options.user}@` : ''}${client.peer}`;
+      const by = `${options.user ? `${options.user}@` : ''}${client.peer}${options.auth ? ` (${describeAuth(options.auth)})` : ''}`;
       displaced.close(`displaced by ${by}, who took ${decision.mode.toUpperCase()} with --force`);
       this.report({
         kind: 'client-takeover',
@@ -440,6 +445,7 @@ export class ConsoleHub {
       peer: client.peer,
       mode: decision.mode,
       ...(options.user ? { user: options.user } : {}),
+      ...(options.auth ? { auth: options.auth } : {}),
       ...(options.tls !== undefined ? { tls: options.tls } : {}),
       ...(options.force ? { force: true } : {}),
       clients: this.clientSet.size,

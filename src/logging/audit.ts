@@ -35,17 +35,21 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
   const since = new Map<number, number>();
   /** The access method of each attached client that named one, repeated on its detach line. */
   const methods = new Map<number, string>();
+  /** The key each SSH client logged in with, repeated on its detach line. */
+  const keys = new Map<number, string>();
   return {
     get attachedClients() {
       return since.size;
     },
     event(hub: ConsoleHub, e: ConsoleEvent): void {
       switch (e.kind) {
-        case 'client-attached':
+        case 'client-attached': {
           since.set(e.clientId, now());
-          if (e.method) methods.set(e.clientId, e.method);
-          // method: how it came in (raw, unix, pty, ...); origin: a unix socket's path, owner,
-          // group and mode and the peer's uid/gid/pid, a pty's link and device.
+          const method = e.method ?? e.auth?.method;
+          if (method) methods.set(e.clientId, method);
+          if (e.auth?.keyFingerprint) keys.set(e.clientId, e.auth.keyFingerprint);
+          // method: how it came in (raw, unix, pty, ssh, ...); origin: a unix socket's path, owner,
+          // group and mode and the peer's uid/gid/pid, a pty's link and device; an SSH key's fingerprint.
           log.info('client attached', {
             // First: an access method's facts never hide the line's own fields.
             ...(e.origin ?? {}),
@@ -54,23 +58,28 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
             peer: e.peer,
             ...user(e.user),
             mode: e.mode,
-            ...(e.method ? { method: e.method } : {}),
+            ...(method ? { method } : {}),
+            ...(e.auth?.keyFingerprint ? { keyFingerprint: e.auth.keyFingerprint } : {}),
             ...(e.tls !== undefined ? { tls: e.tls } : {}),
             ...(e.force ? { force: true } : {}),
             ...(e.clients !== undefined ? { clients: e.clients } : {}),
           });
           return;
+        }
         case 'client-detached': {
           const t = since.get(e.clientId);
           since.delete(e.clientId);
           const method = methods.get(e.clientId);
           methods.delete(e.clientId);
+          const keyFingerprint = keys.get(e.clientId);
+          keys.delete(e.clientId);
           log.info('client detached', {
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
             ...user(e.user),
             ...(method ? { method } : {}),
+            ...(keyFingerprint ? { keyFingerprint } : {}),
             reason: e.reason,
             ...(t !== undefined ? { durationMs: now() - t } : {}),
           });
@@ -81,6 +90,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
           const t = since.get(e.displacedClientId);
           since.delete(e.displacedClientId);
           methods.delete(e.displacedClientId);
+          keys.delete(e.displacedClientId);
           log.warn('client took over the VM serial port (forced)', {
             ...vmFields(hub),
             clientId: e.clientId,

@@ -21,6 +21,7 @@ import { Option } from '../../src/protocol/telnet/constants.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { reservePortRange } from '../support/ports.js';
 import { esxiUuid, startServer, tempDir, waitUntil, type Cleanup, type TestServer } from '../support/server.js';
+import { keyLine, makeKey, SshProcess, sshArgs } from '../support/ssh.js';
 
 const TOKEN = 'reload-token-0123456789abcdef';
 
@@ -90,6 +91,28 @@ function silentConnection(port: number, cleanup: Cleanup): Promise<string> {
 }
 
 type Case = (t: { after(fn: () => unknown): void }) => Promise<void>;
+
+/**
+ * A server with the SSH front door, one key, one console; after reloading `lines`, an
+ * SSH session attached to that console (no terminal, typing nothing) is ended by vspc
+ * with a message matching `told`.
+ */
+async function sshSessionEnded(t: { after(fn: () => unknown): void }, before: string[], after: string[], field: ReloadableField, told: RegExp): Promise<void> {
+  const dir = tempDir('vspc-reload-ssh-');
+  t.after(() => dir.remove());
+  const key = makeKey(dir.dir, 'rl-key', 'rl-user');
+  const keysFile = join(dir.dir, 'authorized_keys');
+  writeFileSync(keysFile, keyLine(key) + '\n');
+  const ssh = ['sshListen: 127.0.0.1:0', `sshHostKeyDir: ${join(dir.dir, 'hostkeys')}`, `sshAuthorizedKeys: ${keysFile}`];
+  const r = await reloadable(t, [...ssh, ...before]);
+  await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-ssh' }, r.cleanup);
+  appliedOnly(await r.reload([...ssh, ...after]), field);
+  const s = { port: r.ts.server.addresses.ssh!.port, knownHosts: join(dir.dir, 'known_hosts') };
+  const session = new SshProcess(sshArgs(s, key, ['console@127.0.0.1', 'rl-ssh']), r.cleanup);
+  const result = await session.exit(10_000);
+  assert.equal(result.code, 4, result.stderr);
+  assert.match(result.stderr, told);
+}
 
 /** A unix socket standing in for a QEMU serial port (it greets whoever connects), closed after the test. */
 function fakeSerialSocket(t: { after(fn: () => unknown): void }, path: string, greeting: string): Promise<string> {
@@ -290,6 +313,10 @@ const cases: { [K in ReloadableField]: Case } = {
     assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=RL-VMS')).port, fixed);
     await r.ts.connectUser(fixed, r.cleanup);
   },
+
+  sshIdleTimeoutMs: (t) => sshSessionEnded(t, ['sshIdleTimeout: 1h'], ['sshIdleTimeout: 300ms'], 'sshIdleTimeoutMs', /idle for 300 ms; session ended/),
+
+  sshMaxSessionMs: (t) => sshSessionEnded(t, ['sshMaxSession: 1h'], ['sshMaxSession: 500ms'], 'sshMaxSessionMs', /session time limit \(500 ms\) reached/),
 
   proxmoxRunDir: async (t) => {
     const pve = await fakeProxmox(t, 101, 'rl-pve');

@@ -23,7 +23,7 @@ PACKAGES=(
   tmux              # terminal-level tests
   telnet            # a real telnet client
   telnet-ssl        # the verifying telnets command certs/README.md shows (test/ops/tls-docs.test.ts)
-  openssh-client    # ssh over the later serial tunnel
+  openssh-client    # ssh over the later serial tunnel; the SSH front door tests (test/e2e/ssh*.test.ts)
   musl-tools        # musl-gcc: packaging/build-agent.sh builds the static C guest agent
   conserver-server conserver-client  # test/e2e/conserver.test.ts: conserver layered on a vspc port (docs/conserver.md)
   zsh               # test/ops/completion.test.ts: the zsh completion script runs in a real zsh
