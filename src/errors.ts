@@ -54,7 +54,7 @@ export const ERROR_CODES = {
   VSPC_TUNNEL_DESTROYED: ['TunnelError', 'an operation on a destroyed tunnel endpoint'],
   VSPC_TUNNEL_VERSION_MISMATCH: ['ProtocolError', 'the peer\'s HELLO has another protocol version; no session'],
   VSPC_TUNNEL_ROLE_MISMATCH: ['ProtocolError', 'the peer\'s HELLO has our role (two hosts or two agents on one line)'],
-  VSPC_TUNNEL_ECHO: ['ProtocolError', 'our own HELLO came back: the line echoes (guest tty not in raw mode)'],
+  VSPC_TUNNEL_ECHO: ['ProtocolError', 'our own HELLO or frames came back: the line echoes (guest tty not in raw mode, a getty on the port)'],
   VSPC_TUNNEL_STREAM_RESET: ['TunnelStreamError', 'a tunnel stream was reset by the peer or locally (reason code in `reason`)'],
   VSPC_TUNNEL_OPEN_FAILED: ['TunnelStreamError', 'the peer refused to open a tunnel stream (reason code in `reason`)'],
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
