@@ -190,6 +190,7 @@ export class VspcServer {
         get reload() {
           return server.reloadConfig ? () => server.reload() : undefined;
         },
+        movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
         ownPorts: () => {
           const a = this.addressesValue;
           return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : [])] : [];
@@ -381,6 +382,9 @@ export class VspcServer {
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
+    greeting: () => this.applyVmSettingsToAll(),
+    notices: () => this.applyVmSettingsToAll(),
+    replay: () => this.applyVmSettingsToAll(),
     vms: () => this.applyVmSettingsToAll(),
     consoles: () => {
       this.applyConsoles(false);
@@ -436,6 +440,11 @@ export class VspcServer {
     // Clients already attached keep their locks; the default applies to the next ones.
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
     hub.logged = s.log ?? true;
+    hub.stream = {
+      greeting: s.greeting ?? this.config.greeting,
+      notices: s.notices ?? this.config.notices,
+      replay: s.replay ?? this.config.replay,
+    };
     const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;

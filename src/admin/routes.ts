@@ -6,11 +6,12 @@ import type { ReloadReport } from '../config/reload.js';
 import type { ResolvedVmSettings } from '../config/vms.js';
 import { ConfigError, VspcError, type VspcErrorCode } from '../errors.js';
 import { formatUuid } from '../util/uuid.js';
+import { sanitizeText } from '../util/text.js';
 import { Glob, hasWildcards } from '../util/glob.js';
 import { AdminApiError, RawBody, type AdminRoute } from './admin-server.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
-import { resolveVm } from './resolve.js';
-import { clientViews, endpointView, portView, serialLineView, uartView, type StatusView, type VmDetailView } from './views.js';
+import { consoleAddresses, resolveVm } from './resolve.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type StatusView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
@@ -34,6 +35,12 @@ export interface AdminContext {
   reload?(): ReloadReport | Promise<ReloadReport>;
   /** vspc's own listener ports, which `set-port` must not hand to a VM. */
   ownPorts?(): number[];
+  /**
+   * `set-port`: bind the console's new client port(s), then `commit` (the registry's
+   * move); rejects with VSPC_PORT_BIND_FAILED, changing nothing, when a port cannot be
+   * bound. Without it (no client listeners), `commit` alone.
+   */
+  movePort?(hub: ConsoleHub, port: number, commit: () => void): Promise<void>;
   /** The config file's `vms:` settings for a VM serial port. */
   settingsOf?(hub: ConsoleHub): ResolvedVmSettings;
 }
@@ -76,9 +83,40 @@ function intParam(url: URL, name: keyof typeof PARAM_CODES, min: number, max: nu
   return Number(text);
 }
 
+/** `state=a,b` (list): the states asked for, or null for all. */
+function stateParam(url: URL): Set<string> | null {
+  const text = url.searchParams.get('state');
+  if (text === null || text === '') return null;
+  const wanted = text.split(',').map((s) => s.trim().toLowerCase());
+  for (const s of wanted) {
+    if (!(CONSOLE_STATES as readonly string[]).includes(s)) {
+      throw new AdminApiError(400, 'VSPC_STATE_INVALID', `state must be one or more of ${CONSOLE_STATES.join(', ')} (comma-separated), got "${s.slice(0, 40)}"`);
+    }
+  }
+  return new Set(wanted);
+}
+
+/** `reason=TEXT` (kick): one line of text for people, or null when not given. */
+function reasonParam(url: URL): string | null {
+  const text = url.searchParams.get('reason');
+  if (text === null) return null;
+  const reason = sanitizeText(text.trim());
+  if (reason === '' || reason.length > MAX_KICK_REASON) {
+    throw new AdminApiError(400, 'VSPC_REASON_INVALID', `reason must be 1-${MAX_KICK_REASON} characters, got ${reason.length}`);
+  }
+  return reason;
+}
+
+/** A yes/no parameter: present as `1`, `true` or empty (`&force`). */
+function flagParam(url: URL, name: string): boolean {
+  const v = url.searchParams.get(name);
+  return v !== null && ['', '1', 'true', 'yes'].includes(v.toLowerCase());
+}
+
 /** The admin API's calls (documented in docs/admin-api.md). */
 export function adminRoutes(ctx: AdminContext): AdminRoute[] {
-  const view = (h: ConsoleHub) => portView(h, ctx.registry, (x) => ctx.tlsPortOf(x));
+  /** A console's view; `address` (resolve.ts) built once per request when viewing many. */
+  const view = (h: ConsoleHub, address = consoleAddresses(ctx.registry)) => portView(h, ctx.registry, (x) => ctx.tlsPortOf(x), address(h));
   const vmOf = (url: URL) => resolveVm(ctx.registry, url.searchParams.get('vm'));
 
   const detail = (hub: ConsoleHub): VmDetailView => ({
@@ -95,9 +133,12 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     endpointStatus: endpointView(hub.endpoint),
   });
 
-  const setPort = (hub: ConsoleHub, port: number) => {
+  const setPort = async (hub: ConsoleHub, port: number, force: boolean) => {
     const before = hub.identity.tcpPort;
     if (port === before) return { ...view(hub), previousPort: before };
+    if (port < 1024 && !force) {
+      throw new AdminApiError(400, 'VSPC_PORT_PRIVILEGED', `port ${port} is a privileged port (below 1024); give force=1 (vspc-admin set-port --force) to use it anyway`);
+    }
     const own = new Set(ctx.ownPorts?.() ?? []);
     const tls = ctx.tlsPortOf(hub);
     const offset = tls === null ? null : tls - before;
@@ -115,10 +156,16 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         }
       }
     }
+    const commit = () => ctx.registry.setPort(hub, port);
     try {
-      ctx.registry.setPort(hub, port);
+      // The new port is bound before anything is stored: a port another program holds is refused, not recorded.
+      if (ctx.movePort) await ctx.movePort(hub, port, commit);
+      else commit();
     } catch (err) {
       if (err instanceof VspcError && err.code === 'VSPC_PORT_IN_USE') throw new AdminApiError(409, err.code, err.message);
+      if (err instanceof VspcError && err.code === 'VSPC_PORT_BIND_FAILED') {
+        throw new AdminApiError(409, err.code, `${err.message}; ${hub.displayName} stays on port ${before}`);
+      }
       throw err;
     }
     ctx.logger.info('VM serial port moved by the administrator', { vm: hub.displayName, from: before, to: port });
@@ -139,8 +186,11 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       handle: (url) => {
         const match = url.searchParams.get('match');
         const glob = match ? namePattern(match) : null;
+        const states = stateParam(url);
         const hubs = ctx.registry.all().filter((h) => !glob || glob.test(h.displayName) || glob.test(formatUuid(h.identity.key)) || glob.test(h.identity.key));
-        return hubs.map(view);
+        const address = consoleAddresses(ctx.registry);
+        const views = hubs.map((h) => view(h, address));
+        return states ? views.filter((v) => states.has(v.state)) : views;
       },
     },
     { method: 'GET', path: '/api/v1/status', handle: () => ctx.status() },
@@ -158,9 +208,11 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         if (id !== null && targets.length === 0) {
           throw new AdminApiError(404, 'VSPC_CLIENT_NOT_FOUND', `no client ${id} on ${hub.displayName} (see vspc-admin who)`);
         }
+        const reason = reasonParam(url);
         const kicked = clientViews(hub).filter((c) => targets.some((t) => t.id === c.id));
-        for (const c of targets) c.close('disconnected by the administrator');
-        ctx.logger.info('clients disconnected by the administrator', { vm: hub.displayName, clients: kicked.map((c) => c.id) });
+        // Each client is told (and the audit log's detach line says) why.
+        for (const c of targets) c.close(`disconnected by the administrator${reason ? `: ${reason}` : ''}`);
+        ctx.logger.info('clients disconnected by the administrator', { vm: hub.displayName, clients: kicked.map((c) => c.id), ...(reason ? { reason } : {}) });
         return { vm: hub.displayName, port: hub.identity.tcpPort, kicked };
       },
     },
@@ -178,7 +230,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     {
       method: 'POST',
       path: '/api/v1/set-port',
-      handle: (url) => setPort(vmOf(url), intParam(url, 'port', 1, 65535)),
+      handle: (url) => setPort(vmOf(url), intParam(url, 'port', 1, 65535), flagParam(url, 'force')),
     },
     {
       method: 'GET',

@@ -5,9 +5,20 @@ import { displayKey } from '../domain/identity.js';
 import type { SerialLineSettings, SerialLineState } from '../domain/serial-line.js';
 import type { EndpointStatus } from '../domain/seams.js';
 
+/** What `list --state` filters on: the STATE column (a maintained source's endpoint state while it is not connected). */
+export const CONSOLE_STATES = ['connected', 'disconnected', 'migrating', 'connecting', 'listening', 'waiting', 'stopped'] as const;
+
+/** Longest `kick` reason (it goes to the clients' screens and the audit log). */
+export const MAX_KICK_REASON = 200;
+
 /** One row of `vspc-admin list --json`: the admin API's stable shape. */
 export interface PortView {
   name: string | null;
+  /**
+   * The shortest spelling that names this console alone in `vm=` and on the command
+   * line (`web01`, `web01:`, `web01:com2`, a UUID, or the port); see resolve.ts.
+   */
+  address: string;
   /** Where the identity comes from: `esxi`, `config` (declared), `proxmox`, `libvirt`, ... */
   kind: string;
   /** The stable key within the kind, as people read it (a UUID in 8-4-4-4-12 form). */
@@ -30,10 +41,11 @@ export interface PortView {
   listenError: string | null;
 }
 
-export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: ConsoleHub) => number | null): PortView {
+export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: ConsoleHub) => number | null, address?: string): PortView {
   const lastSeen = registry.lastSeen(hub);
   return {
     name: hub.identity.name,
+    address: address ?? hub.displayName,
     kind: hub.identity.kind,
     key: displayKey(hub.identity),
     uuid: hub.identity.kind === 'esxi' ? formatUuid(hub.identity.key) : null,
@@ -57,6 +69,8 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
 export interface ClientView {
   id: number;
   peer: string;
+  /** The user name the client gave (VSPC-CONTROL, e.g. `vspc-admin connect --user`); null for stock telnet. */
+  user: string | null;
   /** Lock mode held (readwrite, readonly, ...). */
   mode: string;
   /** Connected over telnets. */
@@ -83,6 +97,7 @@ export function clientViews(hub: ConsoleHub): ClientView[] {
       return {
         id: c.id,
         peer: c.peer,
+        user: hub.userOf(c) ?? null,
         mode: f.mode ?? 'readwrite',
         tls: f.secure === true,
         connectedSince: typeof f.connectedAt === 'number' ? new Date(f.connectedAt).toISOString() : null,

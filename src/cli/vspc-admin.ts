@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { Command, CommanderError, Option as CliOption } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option as CliOption } from 'commander';
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
 import type { ReloadReport } from '../config/reload.js';
-import type { ClientView, EndpointView, PortView, VmDetailView } from '../admin/views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, type ClientView, type EndpointView, type PortView, type VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { neutralizeTerminalStrings } from '../util/text.js';
 import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
+import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
 
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
@@ -30,6 +31,11 @@ function since(iso: string | null, now = Date.now()): string {
   return `${iso.replace(/\.\d{3}Z$/, 'Z')} (${ago} ago)`;
 }
 
+/** A client as people know it: `user@address:port` when it gave a user name (VSPC-CONTROL), else its address. */
+function clientWho(c: { peer: string; user?: string | null }): string {
+  return c.user ? `${c.user}@${c.peer}` : c.peer;
+}
+
 function vmName(p: { name: string | null; key: string; label: string }): string {
   return `${p.name ?? p.key}${p.label ? `:${p.label}` : ''}`;
 }
@@ -44,6 +50,32 @@ function endpointRows(e: EndpointView | null): Array<[string, string]> {
   ];
   if (e.lastError) rows.push(['last error', e.lastError]);
   return rows;
+}
+
+/** `list` totals: "12 consoles: 10 connected, 1 disconnected, 1 migrating; 3 clients". */
+function totals(ports: readonly PortView[]): string {
+  const byState = new Map<string, number>();
+  for (const p of ports) byState.set(p.state, (byState.get(p.state) ?? 0) + 1);
+  const order = [...CONSOLE_STATES, ...[...byState.keys()].filter((s) => !(CONSOLE_STATES as readonly string[]).includes(s))];
+  const states = order.filter((s) => byState.has(s)).map((s) => `${byState.get(s)} ${s}`);
+  const clients = ports.reduce((n, p) => n + p.clients, 0);
+  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+  return `${plural(ports.length, 'console')}: ${states.join(', ')}; ${plural(clients, 'client')}\n`;
+}
+
+/** `--state a,b`: each one a state `list` shows, else a usage error naming the option. */
+function parseStates(text: string): string {
+  const states = text.split(',').map((s) => s.trim().toLowerCase());
+  const bad = states.find((s) => !(CONSOLE_STATES as readonly string[]).includes(s));
+  if (bad !== undefined) throw new InvalidArgumentError(`"${bad}" is not a state; use one or more of ${CONSOLE_STATES.join(', ')} (comma-separated).`);
+  return states.join(',');
+}
+
+/** `--reason TEXT`: one line for the kicked clients and the audit log. */
+function parseReason(text: string): string {
+  const t = text.trim();
+  if (t === '' || t.length > MAX_KICK_REASON) throw new InvalidArgumentError(`give a reason of 1-${MAX_KICK_REASON} characters (got ${t.length}).`);
+  return t;
 }
 
 function readSecretFile(field: string, path: string): string {
@@ -80,13 +112,13 @@ export function adminAddress(program: Command): { addr: HostPort; tls: boolean }
  * http(s):// URL), `--admin-tls`/`--admin-ca`, and the token from `--token`,
  * `--token-file` or VSPC_ADMIN_TOKEN (in that order). Also used by `connect`.
  */
-export function adminClientFrom(program: Command): AdminClient {
+export function adminClientFrom(program: Command, timeoutMs?: number): AdminClient {
   const o = program.opts<GlobalOptions>();
   const { addr, tls } = adminAddress(program);
   const fromCli = program.getOptionValueSource('token') === 'cli';
   const token = fromCli ? o.token : o.tokenFile !== undefined ? readSecretFile('--token-file', o.tokenFile) : o.token;
   const ca = o.adminCa !== undefined ? Buffer.from(readSecretFile('--admin-ca', o.adminCa)) : undefined;
-  return new AdminClient(addr, { token: token || null, tls: tls ? { ca } : null });
+  return new AdminClient(addr, { token: token || null, tls: tls ? { ca } : null, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
 }
 
 export function buildAdminProgram(out: (s: string | Uint8Array) => void): Command {
@@ -99,16 +131,18 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
     .option('--token-file <file>', 'read the admin API token from this file');
   const client = () => adminClientFrom(program);
-  const vmArg = 'VM name, UUID (any case, with or without separators), port, or NAME:LABEL';
+  const vmArg = 'VM name (any case), NAME:LABEL, NAME: (its serial port without a label), UUID (any form, :LABEL too), or client port';
   const q = (vm: string) => `vm=${encodeURIComponent(vm)}`;
 
   program
     .command('list')
     .description('list VM serial ports, their client ports and who is connected')
     .argument('[pattern]', 'only VMs whose name (or NAME:LABEL, or UUID) matches: * and ? wildcards, else a substring; any case')
+    .option('--state <states>', `only these states (comma-separated): ${CONSOLE_STATES.join(', ')}`, parseStates)
     .option('--json', 'print a JSON array instead of a table')
-    .action(async (pattern: string | undefined, opts: { json?: boolean }) => {
-      const ports = await client().get<PortView[]>(`/api/v1/ports${pattern ? `?match=${encodeURIComponent(pattern)}` : ''}`);
+    .action(async (pattern: string | undefined, opts: { json?: boolean; state?: string }) => {
+      const query = [pattern ? `match=${encodeURIComponent(pattern)}` : '', opts.state ? `state=${encodeURIComponent(opts.state)}` : ''].filter(Boolean).join('&');
+      const ports = await client().get<PortView[]>(`/api/v1/ports${query ? `?${query}` : ''}`);
       if (opts.json) {
         out(JSON.stringify(ports, null, 2) + '\n');
         return;
@@ -116,8 +150,10 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       if (ports.length === 0) {
         out(
           pattern
-            ? `No VM serial port matches "${pattern}".\n`
-            : 'No VM serial ports known yet. Point an ESXi VM serial port at this concentrator (see README).\n',
+            ? `No VM serial port matches "${pattern}"${opts.state ? ` in state ${opts.state}` : ''}.\n`
+            : opts.state
+              ? `No VM serial port is ${opts.state.split(',').join(' or ')}.\n`
+              : 'No VM serial ports known yet. Point an ESXi VM serial port at this concentrator (see README).\n',
         );
         return;
       }
@@ -138,6 +174,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
           ]),
         ),
       );
+      out(totals(ports));
       const broken = ports.filter((p) => p.listenError);
       for (const p of broken) out(`! port ${p.port}: ${p.listenError}\n`);
     });
@@ -186,7 +223,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       rows.push(['clients', String(d.clientList.length)]);
       const width = Math.max(...rows.map(([k]) => k.length)) + 1;
       let text = `${vmName(d)}\n` + rows.map(([k, v]) => `  ${(k + ':').padEnd(width)} ${v}`).join('\n') + '\n';
-      for (const c of d.clientList) text += `    #${c.id}  ${c.peer}  ${c.mode}${c.tls ? '  tls' : ''}  since ${since(c.connectedSince)}\n`;
+      for (const c of d.clientList) text += `    #${c.id}  ${clientWho(c)}  ${c.mode}${c.tls ? '  tls' : ''}  since ${since(c.connectedSince)}\n`;
       text += `  ${'vMotions:'.padEnd(width)} ${d.vmotions.length === 0 ? 'none since vspc started' : String(d.vmotions.length)}\n`;
       for (const m of d.vmotions) {
         text += `    ${m.startedAt.replace(/\.\d{3}Z$/, 'Z')}  ${m.outcome} in ${m.durationMs} ms (held ${m.heldBytes} bytes${m.discardedBytes ? `, discarded ${m.discardedBytes}` : ''})\n`;
@@ -211,7 +248,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       out(
         formatTable(
           ['ID', 'VM', 'PORT', 'MODE', 'TLS', 'PEER', 'SINCE'],
-          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', c.peer, since(c.connectedSince)]),
+          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', clientWho(c), since(c.connectedSince)]),
         ),
       );
     });
@@ -221,12 +258,15 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     .description("disconnect a VM serial port's clients (they are told why), or one of them")
     .argument('<vm>', vmArg)
     .option('--client <id>', 'only this client (the ID from vspc-admin who)')
-    .action(async (vm: string, opts: { client?: string }) => {
+    .option('--reason <text>', 'why: shown to the kicked clients and written to the audit log', parseReason)
+    .action(async (vm: string, opts: { client?: string; reason?: string }) => {
       const r = await client().post<{ vm: string; port: number; kicked: ClientView[] }>(
-        `/api/v1/kick?${q(vm)}${opts.client !== undefined ? `&client=${encodeURIComponent(opts.client)}` : ''}`,
+        `/api/v1/kick?${q(vm)}${opts.client !== undefined ? `&client=${encodeURIComponent(opts.client)}` : ''}${
+          opts.reason !== undefined ? `&reason=${encodeURIComponent(opts.reason)}` : ''
+        }`,
       );
       if (r.kicked.length === 0) out(`${r.vm} (port ${r.port}) has no clients\n`);
-      else out(`disconnected from ${r.vm} (port ${r.port}): ${r.kicked.map((c) => `#${c.id} ${c.peer}`).join(', ')}\n`);
+      else out(`disconnected from ${r.vm} (port ${r.port}): ${r.kicked.map((c) => `#${c.id} ${clientWho(c)}`).join(', ')}\n`);
     });
 
   program
@@ -242,9 +282,12 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     .command('set-port')
     .description('move a VM serial port to another client port (sticky; attached clients stay, new ones use the new port)')
     .argument('<vm>', vmArg)
-    .argument('<port>', 'the new client telnet port (may lie outside --port-range)')
-    .action(async (vm: string, port: string) => {
-      const p = await client().post<PortView & { previousPort: number; note?: string }>(`/api/v1/set-port?${q(vm)}&port=${encodeURIComponent(port)}`);
+    .argument('<port>', 'the new client telnet port (may lie outside --port-range); bound before anything changes')
+    .option('--force', 'allow a privileged port (below 1024)')
+    .action(async (vm: string, port: string, opts: { force?: boolean }) => {
+      const p = await client().post<PortView & { previousPort: number; note?: string }>(
+        `/api/v1/set-port?${q(vm)}&port=${encodeURIComponent(port)}${opts.force ? '&force=1' : ''}`,
+      );
       out(p.previousPort === p.port ? `${vmName(p)} is already on port ${p.port}\n` : `moved ${vmName(p)} from port ${p.previousPort} to ${p.port}\n`);
       if (p.note) out(`note: ${p.note}\n`);
     });
@@ -301,20 +344,73 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
 
   addConnectCommand(program, client, () => adminAddress(program).addr.host);
 
+  program
+    .command('completion')
+    .description('print a shell completion script (commands, options, console names from the running vspc)')
+    .argument('<shell>', `${SHELLS.join(' or ')}; e.g. source <(vspc-admin completion bash)`, (s: string) => {
+      if (!(SHELLS as readonly string[]).includes(s)) throw new InvalidArgumentError(`use ${SHELLS.join(' or ')}.`);
+      return s;
+    })
+    .action((shell: Shell) => out(completionScript(program, shell)));
+
+  // For the completion scripts: console spellings starting with a prefix, one a line.
+  // Quick (one call, 1.5 s at most) and silent: a completion never prints an error.
+  program
+    .command(CONSOLES_COMMAND, { hidden: true })
+    .argument('[prefix]', 'what has been typed', '')
+    .action(async (prefix: string) => {
+      try {
+        const ports = await adminClientFrom(program, 1500).get<PortView[]>('/api/v1/ports');
+        const found = consoleCandidates(ports, prefix);
+        if (found.length) out(found.join('\n') + '\n');
+      } catch {
+        /* no vspc, no token, an old one: nothing to offer */
+      }
+    });
+
   return program;
 }
 
+/**
+ * Resolves once everything written to `stream` so far has been handed to the OS. A
+ * piped stdout is asynchronous: `process.exit()` right after a large write would cut
+ * the output at the pipe's buffer size (64 KiB), so every exit path waits here first.
+ */
+function drained(stream: NodeJS.WriteStream): Promise<void> {
+  return new Promise((resolve) => {
+    if (stream.destroyed || stream.writableLength === 0) {
+      resolve();
+      return;
+    }
+    stream.once('close', () => resolve());
+    // Writes complete in order: this callback runs once everything before it is out (or failed).
+    stream.write('', () => resolve());
+  });
+}
+
+/** Exit once stdout and stderr have drained, whatever wrote to them (commands, commander's help). */
+async function exit(code: number): Promise<never> {
+  await Promise.all([drained(process.stdout), drained(process.stderr)]);
+  process.exit(code);
+}
+
 async function main(): Promise<void> {
+  // A reader that went away (`vspc-admin list | head -1`): stop quietly rather than crash on EPIPE.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? (process.exitCode ?? 0) : 1));
+  }
   const program = buildAdminProgram((s) => process.stdout.write(s)).exitOverride();
+  // Usage errors and --help of every command end here too (exit code 2 / 0, after draining).
+  for (const c of program.commands) c.exitOverride();
   try {
     await program.parseAsync(process.argv);
-    // `connect` leaves stdin and sockets behind; an explicit exit ends it (stdout is synchronous on Linux).
-    process.exit(process.exitCode ?? 0);
+    // `connect` leaves stdin and sockets behind; an explicit exit ends it, after the output has drained.
+    await exit(Number(process.exitCode ?? 0));
   } catch (err) {
-    if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
+    if (err instanceof CommanderError) await exit(err.exitCode === 0 ? 0 : 2);
     const code = err instanceof VspcError ? err.code : 'ERROR';
     process.stderr.write(`vspc-admin: ${(err as Error).message}\n`);
-    process.exit(code === 'VSPC_CONFIG_INVALID' ? 2 : 1);
+    await exit(code === 'VSPC_CONFIG_INVALID' ? 2 : 1);
   }
 }
 

@@ -88,6 +88,10 @@ export interface VspcConfig {
   defaultLockMode: LockModeName;
   /** Per-VM settings from the config file (`vms:`); see resolveVmSettings in vms.ts. */
   vms: VmSettings[];
+  /** What vspc adds to a client's stream (greeting line, notices, scrollback replay); per console in vms:/consoles:. */
+  greeting: boolean;
+  notices: boolean;
+  replay: boolean;
   /** Declared consoles from the config file (`consoles:`); see consoles.ts. */
   consoles: ConsoleSettings[];
   /** Proxmox discovery: the run directory of the VMs' serial sockets; null = off. */
@@ -141,6 +145,9 @@ export interface ConsoleSettings {
   scrollbackBytes?: number;
   /** Fixed client TCP port (config file key `port`). */
   tcpPort?: number;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
   /** false: no console log file for this console. */
   log?: boolean;
   /** Where the entry is written ("file:line:col"), for log lines. */
@@ -155,6 +162,10 @@ export interface VmSettings {
   scrollbackBytes?: number;
   /** Fixed client TCP port for the matching VM serial port (config file key `port`). */
   tcpPort?: number;
+  /** Stream switches for the matching consoles (see ConsoleHub.stream). */
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
   /** Where the entry is written ("file:line:col"), for log lines. */
   where?: string;
 }

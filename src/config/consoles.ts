@@ -21,7 +21,7 @@ import { describe, type Fail } from './file.js';
 import { checkConsoleSettings } from './vms.js';
 
 /** The keys a `consoles:` entry may have (config file spelling). */
-export const CONSOLE_ENTRY_KEYS = ['name', 'source', 'lockMode', 'scrollback', 'port', 'log'] as const;
+export const CONSOLE_ENTRY_KEYS = ['name', 'source', 'lockMode', 'scrollback', 'port', 'log', 'greeting', 'notices', 'replay'] as const;
 
 /** Longest console name: it is a table cell, a file name part and a telnet greeting. */
 export const MAX_CONSOLE_NAME = 128;

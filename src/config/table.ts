@@ -97,6 +97,7 @@ function option<F extends Field, R extends Reload>(spec: OptionSpec<F, R>): Opti
 }
 
 const ON_DISCOVERY = 'at once: discovery restarts with the new settings (consoles found again keep their ports)';
+const ON_NEW_CLIENTS = 'for clients that attach afterwards';
 const ON_NEW_VM_CONNECTIONS = 'for VM connections accepted afterwards';
 const ON_HUBS = 'at once: buffers resized (the most recent output kept), VM serial ports moved to their fixed ports; lock modes for clients that attach afterwards';
 
@@ -431,6 +432,30 @@ export const OPTIONS = [
     field: 'comPort',
     help: 'refuse COM-PORT (RFC 2217) instead of recording the guest UART settings',
     reload: ON_NEW_VM_CONNECTIONS,
+  }),
+  option({
+    flag: '--no-greeting',
+    key: 'greeting',
+    kind: 'switch',
+    field: 'greeting',
+    help: "clients get no greeting line naming the console when they attach (per console: vms:/consoles: greeting)",
+    reload: ON_NEW_CLIENTS,
+  }),
+  option({
+    flag: '--no-notices',
+    key: 'notices',
+    kind: 'switch',
+    field: 'notices',
+    help: 'clients get no [vspc: ...] notices (VM connected/disconnected, input discarded) in their stream',
+    reload: ON_NEW_CLIENTS,
+  }),
+  option({
+    flag: '--no-replay',
+    key: 'replay',
+    kind: 'switch',
+    field: 'replay',
+    help: 'clients get no scrollback replay when they attach, only live output',
+    reload: ON_NEW_CLIENTS,
   }),
   option({
     flag: '--log-level <level>',

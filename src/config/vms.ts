@@ -13,15 +13,30 @@ import { Glob, hasWildcards } from '../util/glob.js';
 import type { ConsoleIdentity } from '../domain/identity.js';
 
 /** The keys a `vms:` entry may have (config file spelling). */
-export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port'] as const;
+export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port', 'greeting', 'notices', 'replay'] as const;
 
-/** The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`; errors at `at`'s key. */
+/** What a `vms:` and a `consoles:` entry share. */
+export interface ConsoleSettingsCommon {
+  lockMode?: LockModeName;
+  scrollbackBytes?: number;
+  tcpPort?: number;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
+}
+
+/** The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`, `greeting`, `notices`, `replay`; errors at `at`'s key. */
 export function checkConsoleSettings(
   e: Record<string, unknown>,
   at: Array<string | number>,
   fail: Fail,
-): { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number } {
-  const s: { lockMode?: LockModeName; scrollbackBytes?: number; tcpPort?: number } = {};
+): ConsoleSettingsCommon {
+  const s: ConsoleSettingsCommon = {};
+  for (const k of ['greeting', 'notices', 'replay'] as const) {
+    if (e[k] === undefined) continue;
+    if (typeof e[k] !== 'boolean') fail([...at, k], `expected true or false, got ${describe(e[k])}`);
+    s[k] = e[k] as boolean;
+  }
   if (e.lockMode !== undefined) {
     if (typeof e.lockMode !== 'string' || !(LOCK_MODE_NAMES as readonly string[]).includes(e.lockMode)) {
       fail([...at, 'lockMode'], `expected one of ${LOCK_MODE_NAMES.join(', ')}, got ${JSON.stringify(e.lockMode)}`);
@@ -77,6 +92,9 @@ export interface ResolvedVmSettings {
   tcpPort?: number;
   /** false: no console log file (a declared console's `log:`). */
   log?: boolean;
+  greeting?: boolean;
+  notices?: boolean;
+  replay?: boolean;
 }
 
 /**
@@ -91,6 +109,7 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (entry.lockMode !== undefined) out.lockMode = entry.lockMode;
     if (entry.scrollbackBytes !== undefined) out.scrollbackBytes = entry.scrollbackBytes;
     if (entry.tcpPort !== undefined) out.tcpPort = entry.tcpPort;
+    for (const k of ['greeting', 'notices', 'replay'] as const) if (entry[k] !== undefined) out[k] = entry[k];
   }
   // A declared console's own entry is the most specific: it wins over every vms: match.
   const own = vm.kind === 'config' ? config.consoles?.find((c) => c.name === vm.key) : undefined;
@@ -99,6 +118,7 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (own.scrollbackBytes !== undefined) out.scrollbackBytes = own.scrollbackBytes;
     if (own.tcpPort !== undefined) out.tcpPort = own.tcpPort;
     if (own.log !== undefined) out.log = own.log;
+    for (const k of ['greeting', 'notices', 'replay'] as const) if (own[k] !== undefined) out[k] = own[k];
   }
   return out;
 }

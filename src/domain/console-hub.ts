@@ -8,6 +8,15 @@ export type { ConsoleIdentity } from './identity.js';
 /** Where the VM stands, for `list` and for routing client input. */
 export type ConsoleState = 'disconnected' | 'connected' | 'migrating';
 
+/** What vspc adds to a console client's stream (see ConsoleHub.stream). */
+export interface StreamOptions {
+  greeting: boolean;
+  notices: boolean;
+  replay: boolean;
+}
+
+export const DEFAULT_STREAM: Readonly<StreamOptions> = { greeting: true, notices: true, replay: true };
+
 export const DEFAULT_MAX_HELD_INPUT = 1024 * 1024;
 export const DEFAULT_SCROLLBACK = 64 * 1024;
 
@@ -18,10 +27,19 @@ export type ConsoleEvent =
   | { kind: 'vmotion'; outcome: string; durationMs: number }
   /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
   | { kind: 'break-from-source'; peer: string }
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string }
-  | { kind: 'client-detached'; clientId: number; peer: string; reason: string }
+  /** `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one. */
+  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; tls?: boolean; force?: boolean; clients?: number }
+  | { kind: 'client-detached'; clientId: number; peer: string; reason: string; user?: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
-  | { kind: 'client-takeover'; clientId: number; peer: string; displacedClientId: number; displacedPeer: string };
+  | {
+      kind: 'client-takeover';
+      clientId: number;
+      peer: string;
+      displacedClientId: number;
+      displacedPeer: string;
+      user?: string;
+      displacedUser?: string;
+    };
 
 /**
  * Watches every VM serial port (console log files, metrics). Called synchronously on
@@ -147,6 +165,13 @@ export class ConsoleHub {
   endpoint: EndpointStatus | null = null;
   /** false: console logs keep no file for this console (a declared console's `log: false`). */
   logged = true;
+  /**
+   * What vspc adds to a client's stream besides the VM's bytes, unless the client asks
+   * for less: the greeting line, notices (VM connected/disconnected, input discarded),
+   * and the scrollback replay on attach. Machines (conserver on top, gdb, the tunnel)
+   * want none of them; people like them.
+   */
+  stream: StreamOptions = { ...DEFAULT_STREAM };
 
   readonly scrollback: Scrollback;
 
@@ -301,7 +326,7 @@ export class ConsoleHub {
    */
   addClient(
     client: ConsoleClient,
-    options: { request?: LockRequest; force?: boolean; user?: string; replay?: boolean } = {},
+    options: { request?: LockRequest; force?: boolean; user?: string; replay?: boolean; tls?: boolean } = {},
   ): LockDecision {
     const decision = this.locks.request(
       { clientId: client.id, peer: client.peer, user: options.user },
@@ -315,7 +340,15 @@ export class ConsoleHub {
       this.clientSet.delete(displaced);
       const by = `${options.user ? `${options.user}@` : ''}${client.peer}`;
       displaced.close(`displaced by ${by}, who took ${decision.mode.toUpperCase()} with --force`);
-      this.report({ kind: 'client-takeover', clientId: client.id, peer: client.peer, displacedClientId: d.clientId, displacedPeer: d.peer });
+      this.report({
+        kind: 'client-takeover',
+        clientId: client.id,
+        peer: client.peer,
+        displacedClientId: d.clientId,
+        displacedPeer: d.peer,
+        ...(options.user ? { user: options.user } : {}),
+        ...(d.user ? { displacedUser: d.user } : {}),
+      });
     }
     if (options.replay ?? true) {
       const recent = this.scrollback.snapshot();
@@ -324,12 +357,19 @@ export class ConsoleHub {
     this.clientSet.add(client);
     if (this.inputPaused) client.pauseInput();
     // During a vMotion switch-over the source may have left already (the destination
-    // completes soon): that is not a disconnect, so say nothing.
-    if (!this.src && !this.holding) {
-      this.toldDisconnected.add(client);
-      client.notice('VM is not connected; you will see its output when it comes back');
-    }
-    this.report({ kind: 'client-attached', clientId: client.id, peer: client.peer, mode: decision.mode });
+    // completes soon): that is not a disconnect, so say nothing. Not marked as told:
+    // the first keystrokes still get "input discarded", once.
+    if (!this.src && !this.holding) client.notice('VM is not connected; you will see its output when it comes back');
+    this.report({
+      kind: 'client-attached',
+      clientId: client.id,
+      peer: client.peer,
+      mode: decision.mode,
+      ...(options.user ? { user: options.user } : {}),
+      ...(options.tls !== undefined ? { tls: options.tls } : {}),
+      ...(options.force ? { force: true } : {}),
+      clients: this.clientSet.size,
+    });
     return decision;
   }
 
@@ -338,10 +378,16 @@ export class ConsoleHub {
     return this.locks.get(client.id)?.mode;
   }
 
+  /** The name a client gave when it asked for its lock (VSPC-CONTROL), if any. */
+  userOf(client: ConsoleClient): string | undefined {
+    return this.locks.get(client.id)?.user || undefined;
+  }
+
   removeClient(client: ConsoleClient, reason = 'detached'): void {
+    const user = this.userOf(client);
     this.locks.release(client.id);
     if (!this.clientSet.delete(client)) return;
-    this.report({ kind: 'client-detached', clientId: client.id, peer: client.peer, reason });
+    this.report({ kind: 'client-detached', clientId: client.id, peer: client.peer, reason, ...(user ? { user } : {}) });
   }
 
   /** Close every client with a reason (forget, shutdown). */

@@ -17,6 +17,11 @@ function vmFields(hub: ConsoleHub): Record<string, unknown> {
   };
 }
 
+/** The user name a client gave (VSPC-CONTROL), as a field when there is one. */
+function user(name: string | undefined): Record<string, unknown> {
+  return name ? { user: name } : {};
+}
+
 export interface AuditObserver extends ConsoleObserver {
   event(hub: ConsoleHub, event: ConsoleEvent): void;
   /** Clients attached now (for their session length at detach). */
@@ -36,7 +41,16 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
       switch (e.kind) {
         case 'client-attached':
           since.set(e.clientId, now());
-          log.info('client attached', { ...vmFields(hub), clientId: e.clientId, peer: e.peer, mode: e.mode });
+          log.info('client attached', {
+            ...vmFields(hub),
+            clientId: e.clientId,
+            peer: e.peer,
+            ...user(e.user),
+            mode: e.mode,
+            ...(e.tls !== undefined ? { tls: e.tls } : {}),
+            ...(e.force ? { force: true } : {}),
+            ...(e.clients !== undefined ? { clients: e.clients } : {}),
+          });
           return;
         case 'client-detached': {
           const t = since.get(e.clientId);
@@ -45,6 +59,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
+            ...user(e.user),
             reason: e.reason,
             ...(t !== undefined ? { durationMs: now() - t } : {}),
           });
@@ -58,8 +73,10 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
+            ...user(e.user),
             displacedClientId: e.displacedClientId,
             displacedPeer: e.displacedPeer,
+            ...(e.displacedUser ? { displacedUser: e.displacedUser } : {}),
             ...(t !== undefined ? { displacedDurationMs: now() - t } : {}),
           });
           return;

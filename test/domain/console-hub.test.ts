@@ -100,7 +100,9 @@ describe('ConsoleHub hub', () => {
     assert.match(a.notices[0], /not connected/);
     h.fromClient(a, Buffer.from('lost'));
     h.fromClient(a, Buffer.from('lost again'));
-    assert.equal(a.notices.length, 1, 'told once, not per keystroke');
+    // Issue 12 item 6: the attach notice does not stand in for the one about discarded input.
+    assert.deepEqual(a.notices, ['VM is not connected; you will see its output when it comes back', 'VM is not connected; input discarded']);
+    assert.equal(a.notices.length, 2, 'told once, not per keystroke');
     const src = new FakeSource();
     h.attachSource(src);
     assert.match(a.notices.at(-1)!, /VM connected/);

@@ -46,7 +46,9 @@ describe('vspc-admin commands against a running server', () => {
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trimEnd().split('\n');
     assert.match(lines[0], /^PORT\s+TLS\s+KIND\s+NAME\s+LABEL\s+STATE\s+CLIENTS\s+SOURCE\s+KEY$/);
-    assert.equal(lines.length, 4);
+    // Header, three rows, and (issue 12 item 12) the totals line under the table.
+    assert.equal(lines.length, 5);
+    assert.equal(lines[4], '3 consoles: 3 connected; 0 clients');
     assert.match(r.stdout, new RegExp(`^${dbVm.hub.identity.tcpPort}\\s+-\\s+esxi\\s+adm-db01\\s+-\\s+connected\\s+0\\s+\\S+\\s+${formatted(db.hex)}$`, 'm'));
     assert.match(r.stdout, new RegExp(`^${webCom2.hub.identity.tcpPort}\\s+-\\s+esxi\\s+adm-web01\\s+com2\\s+connected`, 'm'));
 
@@ -58,7 +60,7 @@ describe('vspc-admin commands against a running server', () => {
     const pattern = await admin('list', 'adm-db*', '--json');
     assert.deepEqual((JSON.parse(pattern.stdout) as PortView[]).map((p) => p.name), ['adm-db01']);
     const sub = await admin('list', 'WEB01');
-    assert.equal(sub.stdout.trimEnd().split('\n').length, 3, 'substring, any case: header + two web rows');
+    assert.equal(sub.stdout.trimEnd().split('\n').length, 4, 'substring, any case: header + two web rows + totals');
     const none = await admin('list', 'nothing-like-this');
     assert.equal(none.code, 0);
     assert.equal(none.stdout, 'No VM serial port matches "nothing-like-this".\n');
@@ -123,7 +125,11 @@ describe('vspc-admin commands against a running server', () => {
     }
     const missing = await admin('show', 'no-such-vm');
     assert.equal(missing.code, 1);
-    assert.equal(missing.stderr, 'vspc-admin: no VM serial port matches "no-such-vm"\n');
+    // Issue 12 item 4: the error shows the addressing rule.
+    assert.equal(
+      missing.stderr,
+      'vspc-admin: no VM serial port matches "no-such-vm" (a name in any case, NAME:LABEL, NAME: for the one without a label, a UUID, or a port; vspc-admin list shows them)\n',
+    );
   });
 
   test('who lists every attached client; kick --client disconnects one (told why), kick all the rest', async (t) => {

@@ -17,7 +17,7 @@ import { createReloader, type ReloadReport } from '../../src/config/reload.js';
 import { keyName, RELOADABLE, type ReloadableField } from '../../src/config/table.js';
 import type { ClientView, PortView, StatusView, VmDetailView } from '../../src/admin/views.js';
 import { Option } from '../../src/protocol/telnet/constants.js';
-import { SimulatedVm } from '../support/sim/index.js';
+import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { reservePortRange } from '../support/ports.js';
 import { esxiUuid, startServer, tempDir, waitUntil, type Cleanup, type TestServer } from '../support/server.js';
 
@@ -357,6 +357,41 @@ const cases: { [K in ReloadableField]: Case } = {
     appliedOnly(await r.reload([`proxmox: ${pve.run}`, `proxmoxConfDir: ${pve.conf}`, 'discoveryRescan: 100ms']), 'discoveryRescanMs');
     // Under the old hour no periodic scan would come; now two do.
     await r.ts.logs.waitFor((l) => l.message === 'discovery scan' && l.reason === 'periodic', 5000, from);
+  },
+
+  greeting: async (t) => {
+    const r = await reloadable(t);
+    const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-greet' }, r.cleanup);
+    appliedOnly(await r.reload(['greeting: false']), 'greeting');
+    const user = await TelnetUser.connect({ host: '127.0.0.1', port: hub.identity.tcpPort });
+    r.cleanup.add(() => user.destroy());
+    await waitUntil(() => hub.clients.size === 1, 5000, 'attached');
+    await user.barrier();
+    assert.ok(!user.text.includes('rl-greet'), `no greeting: ${JSON.stringify(user.text)}`);
+  },
+
+  notices: async (t) => {
+    const r = await reloadable(t);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-notice' }, r.cleanup);
+    appliedOnly(await r.reload(['notices: false']), 'notices');
+    const user = await r.ts.connectUser(hub.identity.tcpPort, r.cleanup);
+    const mark = user.mark();
+    vm.destroy();
+    await waitUntil(() => hub.source === null, 5000, 'VM gone');
+    await user.barrier();
+    assert.ok(!user.received.subarray(mark).toString().includes('VM disconnected'), 'no notice of the disconnect');
+  },
+
+  replay: async (t) => {
+    const r = await reloadable(t);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-replay' }, r.cleanup);
+    vm.send('scrolled-away\r\n');
+    await waitUntil(() => hub.bytesFromVm > 0, 5000, 'output seen');
+    appliedOnly(await r.reload(['replay: false']), 'replay');
+    const user = await r.ts.connectUser(hub.identity.tcpPort, r.cleanup);
+    vm.send('live\r\n');
+    await user.waitFor('live', 5000);
+    assert.ok(!user.text.includes('scrolled-away'), 'no replay of what came before');
   },
 
   consoles: async (t) => {

@@ -53,7 +53,8 @@ describe('audit observer', () => {
     const vm = { vm: 'web-01:com1', uuid: '421a5b77-09c3-8e21-9f00-aa105c2e7d01', label: 'com1', port: 10007, audit: true };
     const got = lines.map((l) => ({ ...l, timestamp: undefined }));
     assert.deepEqual(got, [
-      { ...vm, timestamp: undefined, level: 'info', message: 'client attached', clientId: a.id, peer: '10.0.0.5:40001', mode: 'exclusive' },
+      // Issue 12 item 10: the audit line is the one attach line, so it carries the client count (and force).
+      { ...vm, timestamp: undefined, level: 'info', message: 'client attached', clientId: a.id, peer: '10.0.0.5:40001', mode: 'exclusive', clients: 1 },
       {
         ...vm,
         timestamp: undefined,
@@ -65,7 +66,7 @@ describe('audit observer', () => {
         displacedPeer: '10.0.0.5:40001',
         displacedDurationMs: 2500,
       },
-      { ...vm, timestamp: undefined, level: 'info', message: 'client attached', clientId: b.id, peer: '10.0.0.6:40002', mode: 'exclusive' },
+      { ...vm, timestamp: undefined, level: 'info', message: 'client attached', clientId: b.id, peer: '10.0.0.6:40002', mode: 'exclusive', force: true, clients: 1 },
       {
         ...vm,
         timestamp: undefined,
@@ -78,6 +79,29 @@ describe('audit observer', () => {
       },
     ]);
     for (const l of lines) assert.equal(typeof l.timestamp, 'string');
+  });
+
+  test('the user name a client gave is in its attach, detach and takeover lines (issue 12 item 7)', () => {
+    const { logger, lines } = memoryLogger();
+    const audit = createAuditObserver(logger);
+    const hub = new ConsoleHub({ id: 1, kind: 'esxi', key: UUID, label: '', name: 'web-01', tcpPort: 10007 }, undefined, undefined, audit);
+    const a = new PeerClient('127.0.0.1:40001');
+    hub.addClient(a, { request: 'exclusive', user: 'alice', tls: true });
+    const b = new PeerClient('127.0.0.1:40002');
+    hub.addClient(b, { request: 'exclusive', force: true, user: 'bob' });
+    hub.removeClient(b, 'connection closed');
+    const pick = (m: string) => lines.filter((l) => l.message === m);
+    assert.deepEqual(
+      pick('client attached').map((l) => [l.peer, l.user, l.tls]),
+      [
+        ['127.0.0.1:40001', 'alice', true],
+        ['127.0.0.1:40002', 'bob', undefined],
+      ],
+    );
+    const takeover = pick('client took over the VM serial port (forced)')[0];
+    assert.equal(takeover.user, 'bob');
+    assert.equal(takeover.displacedUser, 'alice');
+    assert.equal(pick('client detached')[0].user, 'bob');
   });
 
   test('a client without a mode is audited as readwrite', () => {

@@ -105,7 +105,9 @@ describe('console log file names', () => {
     assert.notEqual(long, consoleLogBaseName(UUID, 'é'.repeat(63) + 'è'));
     assert.equal(encodeFilePart('..', 10), '..');
     assert.equal(nameLinkBaseName('web 01', ''), 'web%2001');
-    assert.equal(nameLinkBaseName('a', 'b'), 'a@b');
+    // Issue 12 item 4: links are spelled like the CLI's NAME:LABEL (they were NAME@LABEL).
+    assert.equal(nameLinkBaseName('a', 'b'), 'a:b');
+    assert.notEqual(nameLinkBaseName('a:b', ''), nameLinkBaseName('a', 'b'));
     assert.notEqual(nameLinkBaseName('a@b', ''), nameLinkBaseName('a', 'b'));
   });
 
@@ -523,12 +525,12 @@ describe('ConsoleLogManager', () => {
       h.fromVm(Buffer.from('a\n'));
       await f.logs.flush();
       const byName = join(f.dir, 'logs', 'by-name');
-      assert.equal(readlinkSync(join(byName, 'web-01@com1.log')), join('..', `${UUID_TEXT}-com1.log`));
-      assert.equal(readFileSync(join(byName, 'web-01@com1.log'), 'latin1'), f.file(h).toString('latin1'));
+      assert.equal(readlinkSync(join(byName, 'web-01:com1.log')), join('..', `${UUID_TEXT}-com1.log`));
+      assert.equal(readFileSync(join(byName, 'web-01:com1.log'), 'latin1'), f.file(h).toString('latin1'));
       h.identity.name = 'web-02';
       h.fromVm(Buffer.from('b\n'));
       await f.logs.flush();
-      assert.deepEqual(readdirSync(byName), ['web-02@com1.log']);
+      assert.deepEqual(readdirSync(byName), ['web-02:com1.log']);
       assert.match(f.file(h).toString(), /a\nb\n$/, 'same file after the rename');
     } finally {
       await f.done();

@@ -2,10 +2,10 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
 import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
-import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage } from '../../protocol/control/vspc-control.js';
+import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage, type StreamRequest } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
-import type { ConsoleHub } from '../../domain/console-hub.js';
+import { DEFAULT_STREAM, type ConsoleHub, type StreamOptions } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
 import { displayKey } from '../../domain/identity.js';
 import type { ComPortServer } from '../../protocol/rfc2217/index.js';
@@ -30,7 +30,19 @@ export interface TelnetClientOptions {
   onProtocolError?(code: string): void;
 }
 
-let nextClientId = 1;
+/**
+ * Client ids are unique across restarts as well as within one run: console logs and the
+ * audit log outlive the process, and "client 3" from two runs would be ambiguous there.
+ * Each id is at least the milliseconds since 2025-01-01 when the client connected, and
+ * more than the previous id; a restart reuses none unless the previous run handed out
+ * ids faster than one per millisecond right up to its end (or the clock went back).
+ */
+const CLIENT_ID_EPOCH = Date.UTC(2025, 0, 1);
+let lastClientId = 0;
+export function nextClientId(now = Date.now()): number {
+  lastClientId = Math.max(lastClientId + 1, now - CLIENT_ID_EPOCH);
+  return lastClientId;
+}
 
 /**
  * Fan-out hands every client of a VM the same Buffer; escaping it once instead of
@@ -68,7 +80,7 @@ type ClientState = 'negotiating' | 'attached' | 'closed';
  * WILL 44) gets DO and may set the console's serial line (com-port.ts).
  */
 export class TelnetClient implements ConsoleClient {
-  readonly id = nextClientId++;
+  readonly id = nextClientId();
   readonly peer: string;
   readonly connectedAt = Date.now();
   private readonly session: TelnetSession;
@@ -87,6 +99,8 @@ export class TelnetClient implements ConsoleClient {
   private suspendedOutput: Buffer[] | null = null;
   private suspendedBytes = 0;
   user: string | undefined;
+  /** What this client's stream carries besides the VM's bytes; settled at attach (until then, the defaults). */
+  private stream: StreamOptions = { ...DEFAULT_STREAM };
 
   constructor(
     private readonly socket: Socket,
@@ -164,7 +178,13 @@ export class TelnetClient implements ConsoleClient {
     this.output(encodeForFanout(data, this.session.isEnabled('us', Option.BINARY)));
   }
 
-  notice(text: string): void {
+  /**
+   * A line from vspc, not from the VM. Dropped when this client's stream has notices
+   * off, unless `always` (the greeting, which has its own switch; answers the client
+   * asked for).
+   */
+  notice(text: string, always = false): void {
+    if (!always && !this.stream.notices) return;
     if (this.state === 'closed') return;
     this.output(encodeData(Buffer.from(`\r\n[vspc: ${text}]\r\n`, 'utf8'), this.session.isEnabled('us', Option.BINARY)));
   }
@@ -227,7 +247,8 @@ export class TelnetClient implements ConsoleClient {
     }
     this.state = 'closed';
     this.clearTimers();
-    this.log.info('closing client', { reason });
+    // The audit log has the detach with its reason (src/logging/audit.ts).
+    this.log.debug('closing client', { reason });
     this.hub.removeClient(this, reason);
     // What was held for a suspended client goes out before the FIN.
     this.suspendOutput(false);
@@ -258,14 +279,21 @@ export class TelnetClient implements ConsoleClient {
     }
   }
 
-  private attach(request: LockRequest, force: boolean): void {
+  private attach(request: LockRequest, force: boolean, asked: Partial<StreamRequest> = {}): void {
     if (this.state !== 'negotiating') return;
     if (this.lockTimer) clearTimeout(this.lockTimer);
     this.lockTimer = null;
     const control = this.session.isEnabled('him', VSPC_CONTROL_OPTION);
+    // The console's defaults, less what the client asked to leave out (VSPC-CONTROL flags).
+    const stream = this.hub.stream;
+    this.stream = {
+      greeting: stream.greeting && !asked.noGreeting,
+      notices: stream.notices && !asked.noNotices,
+      replay: stream.replay && !asked.noReplay,
+    };
     const id = this.hub.identity;
-    this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`);
-    const decision = this.hub.addClient(this, { request, force, user: this.user });
+    if (this.stream.greeting) this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
+    const decision = this.hub.addClient(this, { request, force, user: this.user, tls: this.secure, replay: this.stream.replay });
     if (!decision.granted) {
       this.log.info('lock refused', { request, reason: decision.reason });
       if (control) this.sendControl({ kind: 'lock-refused', reason: decision.reason });
@@ -275,7 +303,6 @@ export class TelnetClient implements ConsoleClient {
     this.state = 'attached';
     this.log = this.log.child({ mode: decision.mode });
     if (control) this.sendControl({ kind: 'lock-granted', mode: decision.mode });
-    this.log.info('client attached', { clients: this.hub.clients.size, user: this.user, force, displaced: decision.displaced.length });
     if (this.options.idleTimeoutMs > 0) this.armIdle();
     const early = this.early;
     this.early = [];
@@ -324,7 +351,7 @@ export class TelnetClient implements ConsoleClient {
     if (msg.kind === 'lock-request') {
       if (this.state !== 'negotiating') return; // One lock per connection; reconnect to change it.
       this.user = msg.user || undefined;
-      this.attach(msg.mode, msg.force);
+      this.attach(msg.mode, msg.force, msg);
     } else if (msg.kind === 'who') {
       this.sendControl({ kind: 'who-reply', holders: this.hub.locks.list().map((h) => ({ ...h, self: h.clientId === this.id })) });
     }
@@ -340,7 +367,7 @@ export class TelnetClient implements ConsoleClient {
     if (command === BRK) {
       if (this.hub.modeOf(this) === 'readonly') this.notice('read-only: break not sent');
       else this.hub.sendBreak();
-    } else if (command === AYT) this.notice('yes, vspc is here');
+    } else if (command === AYT) this.notice('yes, vspc is here', true);
   }
 
   /** One timer per client, re-armed lazily: no timer work per keystroke. */
@@ -370,7 +397,8 @@ export class TelnetClient implements ConsoleClient {
     this.state = 'closed';
     this.clearTimers();
     if (this.closeTimer) clearTimeout(this.closeTimer);
+    // The audit log has the detach (with the session's length).
     this.hub.removeClient(this, 'connection closed');
-    if (wasAttached) this.log.info('client detached', { durationMs: Date.now() - this.connectedAt });
+    if (wasAttached) this.log.debug('client connection closed', { durationMs: Date.now() - this.connectedAt });
   }
 }

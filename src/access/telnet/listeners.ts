@@ -1,7 +1,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from '../../domain/logger.js';
-import { errorFields } from '../../errors.js';
+import { errorFields, VspcError } from '../../errors.js';
 import type { Registry } from '../../domain/registry.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { TelnetClient, type TelnetClientOptions } from './client.js';
@@ -34,6 +34,8 @@ interface Listeners {
  */
 export class TelnetListeners {
   private readonly byHub = new Map<ConsoleHub, Listeners>();
+  /** Listeners bound by `moveTo` for the port a console is about to move to. */
+  private readonly prebound = new Map<ConsoleHub, Listeners>();
   private closed = false;
 
   constructor(
@@ -45,12 +47,60 @@ export class TelnetListeners {
     registry.on('removed', (hub) => this.closeFor(hub));
     registry.on('moved', (hub) => {
       this.closeFor(hub);
-      this.open(hub);
+      const pre = this.prebound.get(hub);
+      if (pre && !this.closed) {
+        // `moveTo` bound the new port(s) already: they take over.
+        this.prebound.delete(hub);
+        this.byHub.set(hub, pre);
+        hub.listenError = null;
+        hub.tlsListenError = null;
+      } else {
+        this.open(hub);
+      }
     });
   }
 
   tlsPortOf(hub: ConsoleHub): number | null {
     return this.options.tls ? hub.identity.tcpPort + this.options.tlsPortOffset : null;
+  }
+
+  /**
+   * `set-port`: binds `port` (and its telnets twin) first, and only when that worked
+   * calls `commit` (which moves the console in the registry and the store); the new
+   * listeners then replace the old ones. A port that cannot be bound changes nothing:
+   * rejects with VSPC_PORT_BIND_FAILED naming the port and the system's reason.
+   */
+  async moveTo(hub: ConsoleHub, port: number, commit: () => void): Promise<void> {
+    const l: Listeners = { plain: null, secure: null, retry: null };
+    const close = () => {
+      l.plain?.close();
+      l.secure?.close();
+    };
+    try {
+      l.plain = await this.bindOnce(hub, l, false, port);
+      if (this.options.tls) l.secure = await this.bindOnce(hub, l, true, port + this.options.tlsPortOffset);
+    } catch (err) {
+      close();
+      throw err;
+    }
+    this.prebound.set(hub, l);
+    try {
+      commit();
+    } finally {
+      // Still here: the commit failed (or moved nothing), so the new listeners go.
+      if (this.prebound.get(hub) === l) {
+        this.prebound.delete(hub);
+        close();
+      }
+    }
+  }
+
+  private bindOnce(hub: ConsoleHub, l: Listeners, secure: boolean, port: number): Promise<net.Server> {
+    return new Promise((resolve, reject) => {
+      if (!this.listen(hub, l, secure, port, { resolve, reject })) {
+        reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} is out of range`, { port }));
+      }
+    });
   }
 
   private open(hub: ConsoleHub): void {
@@ -71,7 +121,15 @@ export class TelnetListeners {
     }
   }
 
-  private listen(hub: ConsoleHub, l: Listeners, secure: boolean, port: number): net.Server | null {
+  /** `first` (moveTo): report the first bind's outcome there instead of recording and retrying it. */
+  private listen(
+    hub: ConsoleHub,
+    l: Listeners,
+    secure: boolean,
+    port: number,
+    first?: { resolve(server: net.Server): void; reject(err: Error): void },
+  ): net.Server | null {
+    if (first && (port < 1 || port > 65535)) return null;
     if (port < 1 || port > 65535) {
       const msg = `port ${port} is out of range`;
       if (secure) hub.tlsListenError = msg;
@@ -101,8 +159,14 @@ export class TelnetListeners {
         this.options.onProtocolError?.('TLS_HANDSHAKE_FAILED');
       });
     }
+    let bound = false;
     server.on('error', (err: NodeJS.ErrnoException) => {
       const message = `${err.code ?? 'ERROR'}: cannot listen on ${this.options.host}:${port}`;
+      if (first && !bound) {
+        server.close();
+        first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used: ${message}`, { port, errorCode: err.code }));
+        return;
+      }
       if (secure) {
         hub.tlsListenError = message;
         l.secure = null;
@@ -125,6 +189,11 @@ export class TelnetListeners {
       }
     });
     server.on('listening', () => {
+      bound = true;
+      if (first) {
+        first.resolve(server);
+        return;
+      }
       if (secure) hub.tlsListenError = null;
       else hub.listenError = null;
     });

@@ -12,6 +12,11 @@ export function clean(text: string): string {
   return sanitizeText(text);
 }
 
+/** `user@peer` when the client gave a user name (VSPC-CONTROL), else the peer. */
+function who(user: string | undefined, peer: string): string {
+  return user ? `${user}@${peer}` : peer;
+}
+
 /** The text of an event's line, e.g. `VM connected from 10.0.0.5:1234`. */
 export function describeEvent(e: ConsoleEvent): string {
   switch (e.kind) {
@@ -24,11 +29,11 @@ export function describeEvent(e: ConsoleEvent): string {
     case 'break-from-source':
       return `BREAK from the VM (${e.peer})`;
     case 'client-attached':
-      return `client ${e.clientId} attached from ${e.peer} (${e.mode})`;
+      return `client ${e.clientId} attached from ${who(e.user, e.peer)} (${e.mode})`;
     case 'client-detached':
-      return `client ${e.clientId} (${e.peer}) detached: ${e.reason}`;
+      return `client ${e.clientId} (${who(e.user, e.peer)}) detached: ${e.reason}`;
     case 'client-takeover':
-      return `client ${e.clientId} from ${e.peer} took over from client ${e.displacedClientId} (${e.displacedPeer})`;
+      return `client ${e.clientId} from ${who(e.user, e.peer)} took over from client ${e.displacedClientId} (${who(e.displacedUser, e.displacedPeer)})`;
   }
 }
 

@@ -17,8 +17,8 @@ const SUFFIX_ROOM = '.log.'.length + 20;
 /** Longest encoded key / label kept in a file name before it is shortened with a hash. */
 const MAX_KEY_PART = 64;
 const MAX_LABEL_PART = 100;
-/** A link name is `<name>@<label>.log` (never rotated): the name gets what the label leaves. */
-const MAX_NAME_PART = NAME_MAX - '@'.length - MAX_LABEL_PART - '.log'.length;
+/** A link name is `<name>:<label>.log` (never rotated): the name gets what the label leaves. */
+const MAX_NAME_PART = NAME_MAX - ':'.length - MAX_LABEL_PART - '.log'.length;
 
 // The budgets above add up: checked once at load rather than trusted.
 if (MAX_KEY_PART + 1 + MAX_LABEL_PART + SUFFIX_ROOM > NAME_MAX || MAX_NAME_PART < 64) {
@@ -56,11 +56,13 @@ export function consoleLogBaseName(key: string, label: string): string {
 }
 
 /**
- * `<name>[@<label>]`, the name of the link in `by-name/` (without `.log`). '@' is
- * always encoded inside a part, so name "a@b" and name "a" with label "b" differ.
+ * `<name>[:<label>]`, the name of the link in `by-name/` (without `.log`): the
+ * console's display name, spelled as `vspc-admin` addresses it (`web01:com2`). ':' is
+ * always encoded inside a part, so name "a:b" and name "a" with label "b" differ.
+ * (Links made before were `<name>@<label>`; such a link keeps pointing at its file.)
  * With `.log`, at most NAME_MAX characters.
  */
 export function nameLinkBaseName(name: string, label: string): string {
   const n = encodeFilePart(name, MAX_NAME_PART);
-  return label ? `${n}@${encodeFilePart(label, MAX_LABEL_PART)}` : n;
+  return label ? `${n}:${encodeFilePart(label, MAX_LABEL_PART)}` : n;
 }

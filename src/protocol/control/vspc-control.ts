@@ -15,7 +15,8 @@ import { sanitizeText } from '../../util/text.js';
  *   server → client   IAC SB 201 LOCK-REVOKED <reason…> IAC SE      (displaced by --force, or kicked)
  *
  * <mode> is one byte, the index in CONTROL_LOCK_MODES (0 readwrite, 1 readonly, 2 exclusive,
- * 3 excl_write, 4 readonly_ok); <flags> bit 0 = force; text is UTF-8. Documented in
+ * 3 excl_write, 4 readonly_ok); <flags> bit 0 = force, bit 1 = no scrollback replay,
+ * bit 2 = no notices, bit 3 = no greeting (a clean stream for programs); text is UTF-8. Documented in
  * docs/console-protocol.md.
  */
 export const VSPC_CONTROL_OPTION = 201;
@@ -41,10 +42,20 @@ export const Control = {
 } as const;
 
 const FLAG_FORCE = 1;
+const FLAG_NO_REPLAY = 2;
+const FLAG_NO_NOTICES = 4;
+const FLAG_NO_GREETING = 8;
+
+/** What a client may ask to leave out of its stream (all false: the console's defaults). */
+export interface StreamRequest {
+  noReplay: boolean;
+  noNotices: boolean;
+  noGreeting: boolean;
+}
 const MAX_USER_BYTES = 64;
 
 export type ControlMessage =
-  | { kind: 'lock-request'; mode: LockRequest; force: boolean; user: string }
+  | ({ kind: 'lock-request'; mode: LockRequest; force: boolean; user: string } & Partial<StreamRequest>)
   | { kind: 'lock-granted'; mode: LockMode }
   | { kind: 'lock-refused'; reason: string }
   | { kind: 'who' }
@@ -79,7 +90,9 @@ export function encodeControl(msg: ControlMessage): Buffer {
   switch (msg.kind) {
     case 'lock-request': {
       const user = utf8Prefix(msg.user, MAX_USER_BYTES);
-      return Buffer.concat([Buffer.of(Control.LOCK_REQUEST, modeByte(msg.mode), msg.force ? FLAG_FORCE : 0), user]);
+      const flags =
+        (msg.force ? FLAG_FORCE : 0) | (msg.noReplay ? FLAG_NO_REPLAY : 0) | (msg.noNotices ? FLAG_NO_NOTICES : 0) | (msg.noGreeting ? FLAG_NO_GREETING : 0);
+      return Buffer.concat([Buffer.of(Control.LOCK_REQUEST, modeByte(msg.mode), flags), user]);
     }
     case 'lock-granted':
       return Buffer.of(Control.LOCK_GRANTED, modeByte(msg.mode));
@@ -104,7 +117,12 @@ export function decodeControl(payload: Buffer): ControlMessage {
       if (body.length - 2 > MAX_USER_BYTES) throw new ProtocolError('VSPC_CONTROL_BAD_REQUEST', 'LOCK-REQUEST user name too long');
       // The name reaches other people's screens (who, lock refusals, the audit log).
       const user = sanitizeText(body.subarray(2).toString('utf8'));
-      return { kind: 'lock-request', mode: modeOf(body[0]), force: (body[1] & FLAG_FORCE) !== 0, user };
+      const flags = body[1];
+      const stream =
+        flags & (FLAG_NO_REPLAY | FLAG_NO_NOTICES | FLAG_NO_GREETING)
+          ? { noReplay: (flags & FLAG_NO_REPLAY) !== 0, noNotices: (flags & FLAG_NO_NOTICES) !== 0, noGreeting: (flags & FLAG_NO_GREETING) !== 0 }
+          : {};
+      return { kind: 'lock-request', mode: modeOf(body[0]), force: (flags & FLAG_FORCE) !== 0, user, ...stream };
     }
     case Control.LOCK_GRANTED: {
       const mode = modeOf(body[0]);

@@ -182,6 +182,12 @@ export class EsxiSession implements VmotionEndpoint {
   private uuidValue: string | null = null;
   private nameValue: string | null = null;
   private hubValue: ConsoleHub | null = null;
+  /**
+   * A registration not logged yet because the VM's name was not known (a new VM: ESXi
+   * answers GET-VM-NAME after VM-VC-UUID): logged when the name arrives, or when the
+   * connection leaves without one, so that the one line carries the name.
+   */
+  private unloggedRegistration: { created: boolean; takeover?: TakeoverResult } | null = null;
   /** The hub this connection fed before a vMotion moved the VM away. */
   private retiringHub: ConsoleHub | null = null;
   private preIdentify: Buffer[] = [];
@@ -442,6 +448,7 @@ export class EsxiSession implements VmotionEndpoint {
    * nothing is written to it any more.
    */
   retireFromHub(): void {
+    this.logRegistration();
     this.retiringHub = this.hubValue;
     this.hubValue = null;
   }
@@ -592,10 +599,28 @@ export class EsxiSession implements VmotionEndpoint {
       const old = hub.identity.name;
       if (old !== name) {
         this.ctx.registry.rename(hub, name);
-        this.log.info('VM renamed', { from: old, to: name });
+        // A name reported for the first time is not a rename (the registration line has it).
+        if (old !== null) this.log.info('VM renamed', { from: old, to: name });
         this.log = this.log.child({ vm: hub.displayName });
       }
+      this.logRegistration();
     }
+  }
+
+  /** The registration line (once per attach): name, UUID, label and port. */
+  private logRegistration(): void {
+    const pending = this.unloggedRegistration;
+    const hub = this.hubValue;
+    if (!pending || !hub) return;
+    this.unloggedRegistration = null;
+    this.log.info(pending.created ? 'VM serial port registered' : 'VM serial port reconnected', {
+      vm: hub.displayName,
+      name: hub.identity.name,
+      uuid: hub.identity.key,
+      label: hub.identity.label,
+      port: hub.identity.tcpPort,
+      ...(pending.takeover ? { takeover: pending.takeover } : {}),
+    });
   }
 
   private tryAttach(): void {
@@ -632,11 +657,8 @@ export class EsxiSession implements VmotionEndpoint {
     }
     this.contestResult = null;
     const previous = this.adoptHub(hub);
-    this.log.info(created ? 'VM serial port registered' : 'VM serial port reconnected', {
-      port: hub.identity.tcpPort,
-      label: hub.identity.label,
-      ...(takeover ? { takeover } : {}),
-    });
+    this.unloggedRegistration = { created, ...(takeover ? { takeover } : {}) };
+    if (hub.identity.name !== null) this.logRegistration();
     if (takeover) this.ctx.onTakeover?.(takeover);
     if (previous) {
       // The host reconnected while its old TCP connection still looked alive: the new one wins.
@@ -756,6 +778,7 @@ export class EsxiSession implements VmotionEndpoint {
   private leaveHub(): void {
     const hub = this.hubValue;
     if (!hub) return;
+    this.logRegistration(); // never named: logged without the name rather than not at all
     this.hubValue = null;
     if (hub.detachSource(this)) {
       try {
