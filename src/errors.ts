@@ -123,6 +123,10 @@ export const ERROR_CODES = {
   VSPC_LINES_INVALID: ['AdminApiError', '400: lines is not an integer in range'],
   VSPC_NO_TLS_PORT: ['AdminApiError', '409: telnets asked for, but vspc has no certificate'],
   VSPC_CONSOLE_LOG_OFF: ['AdminApiError', '409: console logging is off (no --log-dir)'],
+  VSPC_TUNNEL_REQUIRED: ['AdminApiError', '400: the call needs a tunnel name'],
+  VSPC_TUNNEL_NOT_FOUND: ['AdminApiError', '404: no tunnel of that name (config file tunnels:)'],
+  VSPC_TUNNEL_NOT_ATTACHED: ['AdminApiError', '409: the tunnel has no console now (not registered yet, ambiguous, or taken by another tunnel)'],
+  VSPC_TUNNEL_UPGRADE_REQUIRED: ['AdminApiError', '426: /api/v1/tunnel is a byte stream: it needs "Connection: Upgrade" and "Upgrade: vspc-tunnel"'],
   // --- vspc-admin, the API's client (VspcError; exit code 1).
   VSPC_ADMIN_UNREACHABLE: ['VspcError', 'the admin API cannot be reached; the message says what to check'],
   VSPC_ADMIN_BAD_RESPONSE: ['VspcError', 'the admin API answered something that is not its JSON'],

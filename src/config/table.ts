@@ -30,6 +30,7 @@ import { ConfigError } from '../errors.js';
 import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
 import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
+import { checkTunnels } from './tunnels.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -548,6 +549,16 @@ export const OPTIONS = [
     field: 'consoles',
     help: 'declared consoles (name, source, lockMode, scrollback, port, log)',
     reload: 'at once: consoles added, removed (their ports freed) or re-pointed; the others untouched',
+  }),
+  option({
+    flag: null,
+    key: 'tunnels',
+    kind: 'structured',
+    check: checkTunnels,
+    empty: [],
+    field: 'tunnels',
+    help: 'serial tunnels: TCP into guests over a console (name, console or source, forwards of listen and to)',
+    reload: "at once: tunnels added, removed (their streams reset) or changed; an unchanged tunnel's streams are untouched",
   }),
 ] as const;
 
