@@ -148,6 +148,12 @@ export class TunnelLink implements ConsoleClient {
     });
   }
 
+  /** For `who` and `show` (the admin API reads these off any client). */
+  get mode(): string {
+    return this.hubValue?.modeOf(this) ?? 'exclusive';
+  }
+  connectedAt: number | undefined;
+
   get hub(): ConsoleHub | null {
     return this.hubValue;
   }
@@ -184,6 +190,7 @@ export class TunnelLink implements ConsoleClient {
       this.hubValue = null;
       throw new Error(`tunnel ${this.o.name}: cannot attach to ${hub.displayName}: ${decision.reason}`);
     }
+    this.connectedAt = Date.now();
     this.enter(() => this.ep.start(this.now()));
   }
 
