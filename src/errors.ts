@@ -34,14 +34,21 @@ export const ERROR_CODES = {
   VSPC_PROBE_UNANSWERED: ['PeerRefusedError', 'a VM connection did not answer the liveness probe in --takeover-probe: replaced'],
   VSPC_REGISTRATION_RATE: ['PeerRefusedError', 'a source address created new VM serial ports faster than --registration-rate allows'],
   // --- A console client broke VSPC-CONTROL (option 201, docs/console-protocol.md).
-  VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags, or with an oversized user name'],
+  VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags or with an oversized user name; LIST-REQUEST or SELECT too long, SELECT empty'],
   VSPC_CONTROL_BAD_MODE: ['ProtocolError', 'an unknown lock mode byte'],
-  VSPC_CONTROL_BAD_REPLY: ['ProtocolError', 'WHO-REPLY that is not JSON'],
+  VSPC_CONTROL_BAD_REPLY: ['ProtocolError', 'WHO-REPLY, LIST-REPLY or SELECT-REFUSED that is not the JSON it should be, or an unknown refusal reason'],
   VSPC_CONTROL_UNKNOWN: ['ProtocolError', 'an unknown VSPC-CONTROL message code'],
   // --- RFC 2217 COM-PORT-OPTION (option 44) payloads (src/protocol/rfc2217/codec.ts). A
   // console client's bad COM-PORT command is ignored and logged; the connection stays.
   VSPC_COMPORT_MALFORMED: ['ProtocolError', 'a COM-PORT subnegotiation that is empty, has a value of the wrong length for its command, or an oversized SIGNATURE'],
   VSPC_COMPORT_UNKNOWN: ['ProtocolError', 'a COM-PORT command code RFC 2217 does not define (13-99, 113-255)'],
+  // --- The console broker (src/access/broker/, vspc-admin console).
+  VSPC_BROKER_SOCKET_PATH: ['VspcError', 'the broker socket path cannot be used: no such directory, a symlink or a non-socket file there, too long, or its mode or group cannot be set'],
+  VSPC_BROKER_SOCKET_IN_USE: ['VspcError', 'another process accepts connections on the broker socket path (a second vspc?); it is left alone'],
+  VSPC_BROKER_FULL: ['VspcError', 'a broker connection refused at accept: too many connections have not chosen a console yet'],
+  VSPC_BROKER_TOO_MANY_REQUESTS: ['VspcError', 'a broker connection sent more LIST-REQUESTs and SELECTs than allowed: told and closed'],
+  VSPC_BROKER_SELECT_TIMEOUT: ['VspcError', 'a broker connection chose no console in time: told and closed'],
+  VSPC_BROKER_UNREACHABLE: ['VspcError', 'vspc-admin console cannot reach the broker; the message says what to check (no socket there, permission denied, refused)'],
   // --- The TCP-over-serial tunnel (src/protocol/tunnel/, docs/tunnel-protocol.md).
   VSPC_TUNNEL_BAD_ARGUMENT: ['TunnelError', 'a tunnel option or argument is out of range (window, payload, port, reason code 1..63, ...)'],
   VSPC_TUNNEL_STREAM_ENDED: ['TunnelError', 'write() on a tunnel stream after end()'],

@@ -8,7 +8,11 @@ import { openDatabase, closeDatabase } from './storage/database.js';
 import { ConsoleStore } from './storage/console-store.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
-import { TelnetListeners } from './access/telnet/listeners.js';
+import { TelnetListeners, type TelnetListenerOptions } from './access/telnet/listeners.js';
+import { TelnetClient } from './access/telnet/client.js';
+import { ConsoleBroker } from './access/broker/broker.js';
+import { existsSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
@@ -42,7 +46,7 @@ export interface ServerAddresses {
  * ports whose telnets twin (port + offset) would land on one of them.
  */
 function reservedPorts(c: VspcConfig): number[] {
-  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0].filter((p) => p > 0);
+  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.brokerListen?.port ?? 0].filter((p) => p > 0);
   // Fixed ports of the config file's `vms:` and `consoles:` are kept for them, not handed to others.
   const fixed = [...c.vms, ...c.consoles].flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
   // So are the fixed TCP ports of tunnel forwards.
@@ -70,6 +74,8 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** The console broker (--broker-socket, --broker-listen), or null when both are off. */
+  readonly broker: ConsoleBroker | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
   /** Serial tunnels (`tunnels:`): links on the consoles that carry them, and their forwards. */
@@ -135,7 +141,7 @@ export class VspcServer {
           ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
         }
       : undefined;
-    this.listeners = new TelnetListeners(this.registry, logger, {
+    const clientOptions: TelnetListenerOptions = {
       host: config.clientListenHost,
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
@@ -148,7 +154,21 @@ export class VspcServer {
       closeGraceMs: config.closeGraceMs,
       lockWaitMs: config.clientLockWaitMs,
       idleTimeoutMs: config.clientIdleTimeoutMs,
-    });
+    };
+    this.listeners = new TelnetListeners(this.registry, logger, clientOptions);
+    this.broker =
+      config.brokerSocket || config.brokerListen
+        ? new ConsoleBroker(this.registry, logger, {
+            socket: config.brokerSocket ? { path: config.brokerSocket.path, mode: config.brokerSocketMode, gid: config.brokerSocketGroup?.gid ?? null } : null,
+            listen: config.brokerListen,
+            limits: config.brokerLimits,
+            get maxQueuedBytes() { return config.clientQueueLimit; },
+            admit: (socket) => this.admit(socket, 'client'),
+            // The chosen console's client, exactly as if it had come in on the console's own telnet port.
+            attach: (h) => void new TelnetClient(h.socket, h.hub, logger, clientOptions, false, h),
+            onProtocolError: (code) => this.metrics.protocolError('client', code),
+          })
+        : null;
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
     this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.tunnels = new TunnelManager({
@@ -208,7 +228,8 @@ export class VspcServer {
       movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
       ownPorts: () => {
         const a = this.addressesValue;
-        return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : [])] : [];
+        const broker = this.broker?.addresses.tcp;
+        return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : [])] : [];
       },
       settingsOf: (h) => resolveVmSettings(this.config, h.identity),
       tunnels: {
@@ -296,6 +317,7 @@ export class VspcServer {
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
+    await this.startBroker();
     this.addressesValue = { proxy, proxyTls, admin };
     this.armExpiry();
     this.logger.info('vspc started', {
@@ -304,6 +326,29 @@ export class VspcServer {
       vmPorts: this.registry.size,
       portRange: `${c.portRange.start}-${c.portRange.end}`,
     });
+  }
+
+  /**
+   * The console broker: a socket path or address given by the operator that cannot be
+   * had stops vspc at start; with `--broker-socket auto` (the default) a missing
+   * /run/vspc, or any failure on the default path, only turns the socket off.
+   */
+  private async startBroker(): Promise<void> {
+    const broker = this.broker;
+    if (!broker) return;
+    const s = this.config.brokerSocket;
+    if (s?.auto && !existsSync(dirname(s.path))) {
+      this.logger.info('console broker socket off: its directory does not exist (give --broker-socket PATH, or run under the systemd unit)', { path: s.path });
+      await broker.start(true);
+      return;
+    }
+    try {
+      await broker.start();
+    } catch (err) {
+      if (!s?.auto) throw err;
+      this.logger.warn('console broker socket off: the default path cannot be used', { path: s.path, ...errorFields(err) });
+      await broker.start(true);
+    }
   }
 
   /**
@@ -360,6 +405,12 @@ export class VspcServer {
       // Anyone who reaches the VM port can claim to be any VM (docs/security.md).
       this.logger.warn('the VM port listens on a non-loopback address without --proxy-allow: any host that reaches it can connect as a VM', {
         proxyListen: vmListeners.map((l) => `${l.host}:${l.port}`),
+      });
+    }
+    if (c.brokerListen && !isLoopbackHost(c.brokerListen.host)) {
+      // The broker asks nobody who they are: on the network anyone could attach to any console.
+      this.logger.warn('the console broker listens on a non-loopback address: anyone who reaches it can list and attach to every console', {
+        brokerListen: `${c.brokerListen.host}:${c.brokerListen.port}`,
       });
     }
     if (!isLoopbackHost(c.adminListen.host)) {
@@ -567,6 +618,7 @@ export class VspcServer {
     this.tunnels.close();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
+    this.broker?.close();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
@@ -588,6 +640,7 @@ export class VspcServer {
     this.tunnels.close();
     void this.proxy.stopAccepting();
     this.listeners.close();
+    this.broker?.destroy();
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();

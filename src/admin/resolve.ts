@@ -1,7 +1,6 @@
 import type { Registry } from '../domain/registry.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
-import { displayKey } from '../domain/identity.js';
-import { normalizeUuid } from '../util/uuid.js';
+import { lookupConsoles as lookupIn, uniqueAddresses } from '../domain/address.js';
 import { AdminApiError } from './admin-server.js';
 
 /**
@@ -32,35 +31,9 @@ export function resolveVm(registry: Registry, ref: string | null): ConsoleHub {
   return candidates[0];
 }
 
-/** Every console `ref` names under the rule above (several: ambiguous). */
+/** Every console `ref` names under the rule above (several: ambiguous); the rule itself is src/domain/address.ts. */
 export function lookupConsoles(registry: Pick<Registry, 'all' | 'getByPort'>, ref: string): ConsoleHub[] {
-  if (/^\d{1,5}$/.test(ref)) {
-    const byPort = registry.getByPort(Number(ref));
-    if (byPort) return [byPort];
-  }
-  const lower = ref.toLowerCase();
-  const colon = ref.indexOf(':');
-  // UUIDs have no colon: `UUID` or `UUID:LABEL`.
-  const uuid = normalizeUuid(colon < 0 ? ref : ref.slice(0, colon));
-  const uuidLabel = colon < 0 ? null : lower.slice(colon + 1);
-  return registry.all().filter((h) => {
-    const label = h.identity.label.toLowerCase();
-    for (const alias of aliases(h)) {
-      if (lower === alias || lower === `${alias}:${label}`) return true;
-    }
-    return uuid !== undefined && h.identity.key === uuid && (uuidLabel === null || uuidLabel === label);
-  });
-}
-
-/** The names a console answers to, lower case: its name, and the key of a console that is not an ESXi VM. */
-function aliases(h: ConsoleHub): string[] {
-  const out: string[] = [];
-  if (h.identity.name) out.push(h.identity.name.toLowerCase());
-  if (h.identity.kind !== 'esxi') {
-    const key = h.identity.key.toLowerCase();
-    if (!out.includes(key)) out.push(key);
-  }
-  return out;
+  return lookupIn(registry.all(), ref, { byPort: (p) => registry.getByPort(p) });
 }
 
 /**
@@ -69,36 +42,13 @@ function aliases(h: ConsoleHub): string[] {
  * Built once for all consoles (`list` of thousands stays linear).
  */
 export function consoleAddresses(registry: Pick<Registry, 'all' | 'getByPort'>): (hub: ConsoleHub) => string {
-  const all = registry.all();
-  const count = new Map<string, number>();
-  const bump = (k: string) => count.set(k, (count.get(k) ?? 0) + 1);
-  for (const h of all) {
-    const label = h.identity.label.toLowerCase();
-    const seen = new Set<string>();
-    for (const a of aliases(h)) {
-      seen.add(a);
-      seen.add(`${a}:${label}`);
-    }
-    for (const k of seen) bump(`n\0${k}`);
-    if (h.identity.kind === 'esxi') {
-      bump(`u\0${h.identity.key}`);
-      bump(`u\0${h.identity.key}:${label}`);
-    }
-  }
-  // A spelling of digits that is a console's port names that console, whatever else it is.
-  const usable = (s: string) => !(/^\d{1,5}$/.test(s) && registry.getByPort(Number(s)) !== undefined);
-  return (h) => {
-    const { name, label, key, kind, tcpPort } = h.identity;
-    const l = label.toLowerCase();
-    const spellings: Array<[string, string]> = [];
-    const base = name ?? (kind !== 'esxi' ? key : null);
-    if (base !== null) {
-      spellings.push([`n\0${base.toLowerCase()}`, base], [`n\0${base.toLowerCase()}:${l}`, `${base}:${label}`]);
-    }
-    if (kind === 'esxi') spellings.push([`u\0${key}`, displayKey(h.identity)], [`u\0${key}:${l}`, `${displayKey(h.identity)}:${label}`]);
-    for (const [k, spelling] of spellings) if (count.get(k) === 1 && usable(spelling)) return spelling;
-    return String(tcpPort);
-  };
+  const address = uniqueAddresses(registry.all(), {
+    uuids: true,
+    port: (identity) => String(identity.tcpPort),
+    // A spelling of digits that is a console's port names that console, whatever else it is.
+    isPort: (n) => registry.getByPort(n) !== undefined,
+  });
+  return (h) => address(h) ?? String(h.identity.tcpPort);
 }
 
 /** The ambiguity error: every match with a spelling that names it alone, and how to spell one. */

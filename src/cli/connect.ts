@@ -19,19 +19,40 @@ export const ConnectExit = {
   REVOKED: 4,
 } as const;
 
-export interface ConnectOptions {
+/** What the console session asks for, wherever it connects. */
+export interface ConsoleOptions {
   mode: LockRequest;
   force: boolean;
-  tls: boolean;
-  ca?: Buffer;
-  cert?: Buffer;
-  key?: Buffer;
-  host: string;
-  port: number;
+  /** A clean stream: no greeting, no notices, no scrollback replay (VSPC-CONTROL flags). */
+  raw?: boolean;
   user: string;
   /** Byte that opens the menu (default Ctrl-], 0x1d). */
   escape: number;
   timeoutMs: number;
+}
+
+/** Where the session connects: a console's own telnet(s) port, or the console broker. */
+export interface ConsoleTarget {
+  /** Opens the connection. */
+  dial(): net.Socket;
+  /** The event after which telnet may start ('secureConnect' for TLS). */
+  readyEvent: 'connect' | 'secureConnect';
+  /** The far end in messages: host:port, or the broker's socket path. */
+  where: string;
+  /** Through the broker: the console to SELECT before the lock request. */
+  select?: string;
+}
+
+/** A console's own telnet port (or telnets, with `tls`). */
+export function portTarget(o: { host: string; port: number; tls: boolean; ca?: Buffer; cert?: Buffer; key?: Buffer }): ConsoleTarget {
+  return {
+    dial: () =>
+      o.tls
+        ? tls.connect({ host: o.host, port: o.port, ca: o.ca, cert: o.cert, key: o.key, servername: net.isIP(o.host) ? undefined : o.host })
+        : net.connect({ host: o.host, port: o.port }),
+    readyEvent: o.tls ? 'secureConnect' : 'connect',
+    where: `${o.host}:${o.port}`,
+  };
 }
 
 export interface ConsoleIo {
@@ -41,20 +62,24 @@ export interface ConsoleIo {
 }
 
 /**
- * The console client: a telnet client that asks for its lock in-band (VSPC-CONTROL,
- * docs/console-protocol.md), then passes bytes between the terminal and the VM.
- * Ctrl-] opens a one-key menu: d detach, b send break, w who is connected, c continue;
- * Ctrl-] twice sends a literal Ctrl-].
+ * The console client of `vspc-admin connect` and `vspc-admin console`: a telnet client
+ * that asks for its lock in-band (VSPC-CONTROL, docs/console-protocol.md) — through
+ * the broker after choosing the console by name (SELECT) — then passes bytes between
+ * the terminal and the VM. Ctrl-] opens a one-key menu: d detach, b send break, w who
+ * is connected, c continue; Ctrl-] twice sends a literal Ctrl-].
  */
-export function runConsole(o: ConnectOptions, io: ConsoleIo): Promise<number> {
+export function runConsole(o: ConsoleOptions, target: ConsoleTarget, io: ConsoleIo): Promise<number> {
   return new Promise((resolve) => {
     let done = false;
     let granted = false;
     let menu = false;
     const say = (text: string) => io.stderr.write(`\r\n[vspc-admin: ${text}]\r\n`);
-    const socket: net.Socket = o.tls
-      ? tls.connect({ host: o.host, port: o.port, ca: o.ca, cert: o.cert, key: o.key, servername: net.isIP(o.host) ? undefined : o.host })
-      : net.connect({ host: o.host, port: o.port });
+    const socket = target.dial();
+    const lockRequest = () =>
+      session.sendSubnegotiation(
+        VSPC_CONTROL_OPTION,
+        encodeControl({ kind: 'lock-request', mode: o.mode, force: o.force, user: o.user, ...(o.raw ? { noReplay: true, noNotices: true, noGreeting: true } : {}) }),
+      );
     const raw = io.stdin.isTTY && typeof io.stdin.setRawMode === 'function';
     const finish = (code: number, message?: string) => {
       if (done) return;
@@ -67,7 +92,7 @@ export function runConsole(o: ConnectOptions, io: ConsoleIo): Promise<number> {
       socket.destroy();
       resolve(code);
     };
-    const timer = setTimeout(() => finish(ConnectExit.ERROR, `no answer from ${o.host}:${o.port} within ${o.timeoutMs} ms`), o.timeoutMs);
+    const timer = setTimeout(() => finish(ConnectExit.ERROR, `no answer from ${target.where} within ${o.timeoutMs} ms`), o.timeoutMs);
     timer.unref();
 
     const session = new TelnetSession(
@@ -93,6 +118,10 @@ export function runConsole(o: ConnectOptions, io: ConsoleIo): Promise<number> {
             say(`connected with ${msg.mode.toUpperCase()}; Ctrl-] for the menu`);
             if (raw) io.stdin.setRawMode!(true);
             io.stdin.resume();
+          } else if (msg.kind === 'selected') {
+            lockRequest();
+          } else if (msg.kind === 'select-refused') {
+            finish(ConnectExit.ERROR, msg.message);
           } else if (msg.kind === 'lock-refused') {
             finish(ConnectExit.REFUSED, `lock refused: ${msg.reason}`);
           } else if (msg.kind === 'lock-revoked') {
@@ -142,14 +171,16 @@ export function runConsole(o: ConnectOptions, io: ConsoleIo): Promise<number> {
     };
 
     socket.setNoDelay(true);
-    socket.on(o.tls ? 'secureConnect' : 'connect', () => {
+    socket.on(target.readyEvent, () => {
       session.requestUs(Option.BINARY);
       session.requestUs(Option.SGA);
       session.requestUs(VSPC_CONTROL_OPTION);
-      session.sendSubnegotiation(VSPC_CONTROL_OPTION, encodeControl({ kind: 'lock-request', mode: o.mode, force: o.force, user: o.user }));
+      // Through the broker the console is chosen first; SELECTED brings the lock request.
+      if (target.select !== undefined) session.sendSubnegotiation(VSPC_CONTROL_OPTION, encodeControl({ kind: 'select', address: target.select }));
+      else lockRequest();
     });
     socket.on('data', (d: Buffer) => session.receive(d));
-    socket.on('error', (err) => finish(ConnectExit.ERROR, `${o.host}:${o.port}: ${(err as NodeJS.ErrnoException).code ?? err.message}`));
+    socket.on('error', (err) => finish(ConnectExit.ERROR, `${target.where}: ${describeSocketError(err)}`));
     socket.on('close', () => finish(granted ? ConnectExit.OK : ConnectExit.ERROR, granted ? 'connection closed by vspc' : 'closed before a lock was granted'));
     io.stdin.on('data', onStdin);
     io.stdin.on('end', () => {
@@ -158,6 +189,15 @@ export function runConsole(o: ConnectOptions, io: ConsoleIo): Promise<number> {
     });
     io.stdin.pause();
   });
+}
+
+/** A connect error as a person reads it: the errno code, with what it means for a unix socket. */
+export function describeSocketError(err: Error): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return 'ENOENT: no socket there (is vspc running with --broker-socket at this path?)';
+  if (code === 'EACCES') return 'EACCES: permission denied (the broker socket admits its owner and group only)';
+  if (code === 'ECONNREFUSED') return 'ECONNREFUSED: nothing accepts connections there (vspc not running?)';
+  return code ?? err.message;
 }
 
 function readFile(field: string, path: string | undefined): Buffer | undefined {
@@ -177,6 +217,7 @@ export function addConnectCommand(program: Command, client: () => AdminClient, a
     .argument('<vm>', 'VM name, UUID, port, or NAME:LABEL')
     .option('--mode <mode>', 'lock: readwrite, readonly, exclusive, excl_write, readonly_ok', 'readwrite')
     .option('--force', 'take the lock over from whoever holds it (they are told and disconnected)')
+    .option('--raw', "only the VM's bytes: no greeting, no [vspc: ...] notices, no scrollback replay")
     .option('--tls', "use the VM's telnets port")
     .option('--ca <file>', 'CA certificate (PEM) to trust for --tls (e.g. a self-signed vspc certificate)')
     .option('--cert <file>', 'client certificate (PEM) for --tls, when vspc requires one')
@@ -191,19 +232,15 @@ export function addConnectCommand(program: Command, client: () => AdminClient, a
       const port = opts.tls ? view.tlsPort : view.port;
       if (!port) throw new VspcError('VSPC_NO_TLS_PORT', `${view.name ?? view.uuid} has no telnets port (vspc runs without --cert/--key)`);
       const code = await runConsole(
-        {
-          mode,
-          force: !!opts.force,
+        { mode, force: !!opts.force, raw: !!opts.raw, user: String(opts.user ?? ''), escape: 0x1d, timeoutMs: 10_000 },
+        portTarget({
           tls: !!opts.tls,
           ca: readFile('--ca', opts.ca as string | undefined),
           cert: readFile('--cert', opts.cert as string | undefined),
           key: readFile('--key', opts.key as string | undefined),
           host: (opts.host as string | undefined) ?? adminHost(),
           port,
-          user: String(opts.user ?? ''),
-          escape: 0x1d,
-          timeoutMs: 10_000,
-        },
+        }),
         { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
       );
       process.exitCode = code;

@@ -13,6 +13,7 @@ import { addConnectCommand } from './connect.js';
 import { addTunnelCommand } from './tunnel.js';
 import { tunnelRows, tunnelTable } from './tunnel-views.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
+import { addConsoleCommand } from './console.js';
 
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
@@ -353,6 +354,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     });
 
   addConnectCommand(program, client, () => adminAddress(program).addr.host);
+  addConsoleCommand(program, (s) => out(s));
   addTunnelCommand(program, (timeoutMs) => adminClientFrom(program, timeoutMs));
 
   program

@@ -10,6 +10,7 @@ import type { LockRequest } from '../domain/locks.js';
 import type { CidrBlock } from '../util/cidr.js';
 import type { LOG_FORMATS, LOG_LEVELS } from './table.js';
 import { DEFAULTS as COMPUTED_DEFAULTS } from './options.js';
+import type { BrokerSocketSetting } from './broker.js';
 
 export type { HostPort } from '../util/net.js';
 export {
@@ -80,6 +81,16 @@ export interface VspcConfig {
   clientCa: Buffer | null;
   /** VM-side connections still negotiating/identifying at once; past this new ones are dropped. */
   maxUnidentifiedConnections: number;
+  /** The console broker's unix socket (--broker-socket); null = none. */
+  brokerSocket: BrokerSocketSetting | null;
+  /** Its permission bits (--broker-socket-mode). */
+  brokerSocketMode: number;
+  /** Its group (--broker-socket-group); null = vspc's own. */
+  brokerSocketGroup: { name: string; gid: number } | null;
+  /** The console broker on TCP too (--broker-listen); null = not. */
+  brokerListen: HostPort | null;
+  /** Bounds on broker connections that have not chosen a console (src/access/broker/connection.ts). */
+  brokerLimits: BrokerLimits;
   /** Admin API bearer token (--admin-token, VSPC_ADMIN_TOKEN, --admin-token-file); null = none required. */
   adminToken: string | null;
   /** Serve the admin API over HTTPS with this certificate and key (--admin-cert/--admin-key). */
@@ -121,6 +132,17 @@ export interface VspcConfig {
   /** The process logger's format (--log-format); fixed at start. */
   logFormat: LogFormatName;
 }
+
+/** See BrokerLimits in src/access/broker/connection.ts (the same shape). */
+export interface BrokerLimits {
+  selectTimeoutMs: number;
+  maxPending: number;
+  maxRequests: number;
+  pageBytes: number;
+  maxSubnegotiation: number;
+}
+
+export type { BrokerSocketSetting } from './broker.js';
 
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export type LogFormatName = (typeof LOG_FORMATS)[number];

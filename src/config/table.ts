@@ -31,6 +31,7 @@ import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
 import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
 import { checkTunnels } from './tunnels.js';
+import { parseBrokerSocket, parseGroup, parseSocketMode } from './broker.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -384,6 +385,46 @@ export const OPTIONS = [
     reload: false,
   }),
   option({
+    flag: '--broker-socket <path>',
+    key: 'brokerSocket',
+    kind: 'text',
+    field: 'brokerSocket',
+    help: 'unix socket of the console broker (vspc-admin console: consoles by name, no admin token); auto: /run/vspc/broker.sock when /run/vspc exists; off: none',
+    default: 'auto',
+    parse: (t, f) => parseBrokerSocket(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--broker-socket-mode <mode>',
+    key: 'brokerSocketMode',
+    kind: 'text',
+    field: 'brokerSocketMode',
+    help: 'permissions of the broker socket (who may write to it may list and attach to every console)',
+    // Owner and group: who may use the broker is who is in its group (--broker-socket-group,
+    // else vspc's own group), managed with usermod, no restart. Never "other".
+    default: '0660',
+    parse: (t, f) => parseSocketMode(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--broker-socket-group <group>',
+    key: 'brokerSocketGroup',
+    kind: 'text',
+    field: 'brokerSocketGroup',
+    help: "group of the broker socket, by name or number (default: vspc's own group)",
+    parse: (t, f) => parseGroup(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--broker-listen <host:port>',
+    key: 'brokerListen',
+    kind: 'text',
+    field: 'brokerListen',
+    help: 'also serve the console broker on this TCP address (no authentication: keep it on loopback) (default: off)',
+    parse: (t, f) => parseHostPort(f, t, '127.0.0.1'),
+    reload: false,
+  }),
+  option({
     flag: '--log-dir <dir>',
     key: 'logDir',
     kind: 'text',
@@ -585,6 +626,9 @@ export const FIXED_SETTINGS: { readonly [K in Exclude<Field, OptionField>]: Vspc
   bindRetryMs: 30_000,
   clientLockWaitMs: 1000,
   maxUnidentifiedConnections: 1024,
+  // A person picks from the menu before connecting (vspc-admin console lists, closes,
+  // then connects to SELECT), so a connection chooses within a round trip or two.
+  brokerLimits: { selectTimeoutMs: 10_000, maxPending: 256, maxRequests: 32, pageBytes: 32 * 1024, maxSubnegotiation: 4096 },
 };
 
 /** The name errors use for an option: its long flag, or its key when it has no flag. */

@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import type { ClientView, PortView, VmDetailView } from '../../src/admin/views.js';
-import { runConsole, ConnectExit } from '../../src/cli/connect.js';
+import { portTarget, runConsole, ConnectExit } from '../../src/cli/connect.js';
 import { vspcAdmin } from '../support/cli.js';
 import { canBind, reservePort } from '../support/ports.js';
 import { Cleanup, TestServer, esxiUuid, makeCert, settle, startServer, tempDir, waitUntil, withTimeout } from '../support/server.js';
@@ -32,7 +32,8 @@ function consoleClient(port: number, user: string) {
   stderr.on('data', (d: Buffer) => (err += d.toString('utf8')));
   stdout.resume();
   const done = runConsole(
-    { mode: 'readwrite', force: false, tls: false, host: '127.0.0.1', port, user, escape: 0x1d, timeoutMs: 10_000 },
+    { mode: 'readwrite', force: false, user, escape: 0x1d, timeoutMs: 10_000 },
+    portTarget({ tls: false, host: '127.0.0.1', port }),
     { stdin, stdout, stderr },
   );
   return { done, stderr: () => err, end: () => stdin.end() };

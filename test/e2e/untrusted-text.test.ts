@@ -9,7 +9,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TelnetUser } from '../support/sim/telnet-user.js';
 import { startServer, esxiUuid, tempDir, waitUntil } from '../support/server.js';
@@ -57,7 +57,7 @@ describe('untrusted text on operators screens', () => {
     // Console log header and the structured log.
     vm.send('boot\r\n');
     const file = join(logDir.dir, `${formatUuid(u.hex)}.log`);
-    await waitUntil(() => readFileSync(file, 'utf8').includes('boot'), 5000, 'console log written');
+    await waitUntil(() => existsSync(file) && readFileSync(file, 'utf8').includes('boot'), 5000, 'console log written');
     const header = readFileSync(file, 'utf8').split(/\r?\n/)[0];
     assert.ok(header.includes(SAFE_NAME), header);
     assert.doesNotMatch(header, UNSAFE);
@@ -112,7 +112,7 @@ describe('untrusted text on operators screens', () => {
     const c1 = Buffer.from('\u009b2J', 'utf8');
     vm.send(Buffer.concat([Buffer.from(`before ${title}${clipboard}${dcs}${colour} `), c1, Buffer.from(' after\r\n')]));
     const file = join(logDir.dir, `${formatUuid(u.hex)}.log`);
-    await waitUntil(() => readFileSync(file).includes('after'), 5000, 'logged');
+    await waitUntil(() => existsSync(file) && readFileSync(file).includes('after'), 5000, 'logged');
 
     // A pipe: the exact bytes.
     const piped = await vspcAdmin(ts.adminAddress, ['log', 'esc01', '--tail', '1']);

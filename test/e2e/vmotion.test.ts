@@ -3,40 +3,7 @@ import assert from 'node:assert/strict';
 import { SimulatedVm } from '../support/sim/index.js';
 import type { ConsoleHub } from '../../src/domain/console-hub.js';
 import { Cleanup, TestServer, startServer, esxiUuid, settle, waitUntil } from '../support/server.js';
-
-/** Starts a destination connection that presents the vMotion peer secret (no DO-PROXY). */
-async function destination(ts: TestServer, cleanup: Cleanup, uuid: string, name: string, serviceUri?: string): Promise<SimulatedVm> {
-  const dest = await SimulatedVm.connect({ host: '127.0.0.1', port: ts.proxyPort, uuid, name, serviceUri, skipDoProxy: true });
-  cleanup.add(() => dest.destroy());
-  return dest;
-}
-
-function isSourceOf(hub: ConsoleHub, vm: SimulatedVm): boolean {
-  return hub.source?.peer === `127.0.0.1:${vm.localPort}`;
-}
-
-/** One whole migration, protocol-exact; returns the destination and the secret. */
-async function migrate(
-  ts: TestServer,
-  cleanup: Cleanup,
-  hub: ConsoleHub,
-  from: SimulatedVm,
-  seq: Buffer,
-  ident: { uuid: string; name: string; serviceUri?: string },
-  duringHold?: () => void | Promise<void>,
-): Promise<{ dest: SimulatedVm; secret: Buffer }> {
-  const r = await from.vmotionBegin(seq);
-  assert.equal(r.kind, 'goahead');
-  const secret = (r as { secret: Buffer }).secret;
-  await duringHold?.();
-  const dest = await destination(ts, cleanup, ident.uuid, ident.name, ident.serviceUri);
-  assert.equal(await dest.vmotionPeer(Buffer.concat([seq, secret])), true, 'PEER-OK');
-  await duringHold?.();
-  dest.vmotionComplete(seq);
-  await dest.barrier(); // vspc has handled COMPLETE
-  await waitUntil(() => isSourceOf(hub, dest), 5000, 'destination became the source');
-  return { dest, secret };
-}
+import { destination, isSourceOf, migrate } from '../support/vmotion.js';
 
 describe('vMotion end to end (simulator, real sockets)', () => {
   test('success: GOAHEAD quickly, input held and delivered first, old connection closed, clients see one stream', async (t) => {

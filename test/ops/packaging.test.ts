@@ -27,6 +27,8 @@ describe('packaging: systemd unit and example config', () => {
     assert.deepEqual(directive('KillSignal'), ['SIGTERM']);
     assert.deepEqual(directive('StateDirectory'), ['vspc']);
     assert.deepEqual(directive('WorkingDirectory'), ['/var/lib/vspc']);
+    // The console broker's default socket, /run/vspc/broker.sock, needs its directory.
+    assert.deepEqual(directive('RuntimeDirectory'), ['vspc']);
     assert.ok(Number.parseInt(directive('TimeoutStopSec')[0], 10) >= 15, 'stop timeout covers the 5 s grace + 10 s bound');
   });
 

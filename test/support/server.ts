@@ -77,6 +77,8 @@ export class TestServer {
       subnegotiationTimeoutMs: 1000,
       closeGraceMs: 200,
       bindRetryMs: 200,
+      // The default (auto: /run/vspc/broker.sock) is one path for the whole machine: tests that want a broker give their own.
+      brokerSocket: null,
       ...o.config,
     };
     const logs = new LogCapture({ level: o.logLevel ?? 'debug' });

@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
-import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession } from '../../protocol/telnet/index.js';
+import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession, type TelnetSessionHandlers } from '../../protocol/telnet/index.js';
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage, type StreamRequest } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
@@ -42,6 +42,18 @@ let lastClientId = 0;
 export function nextClientId(now = Date.now()): number {
   lastClientId = Math.max(lastClientId + 1, now - CLIENT_ID_EPOCH);
   return lastClientId;
+}
+
+/**
+ * A telnet connection negotiated elsewhere and handed over with a console chosen: the
+ * console broker's (src/access/broker/), after SELECT. The session goes on as it is (its
+ * options, VSPC-CONTROL included, stay agreed); `route` points its events at the client.
+ */
+export interface TelnetHandover {
+  readonly session: TelnetSession;
+  route(handlers: TelnetSessionHandlers): void;
+  /** How the peer is shown (lock holders, who, the audit log); e.g. `unix:/run/vspc/broker.sock`. */
+  readonly peer: string;
 }
 
 /**
@@ -108,56 +120,71 @@ export class TelnetClient implements ConsoleClient {
     logger: Logger,
     private readonly options: TelnetClientOptions,
     readonly secure: boolean,
+    /** Set when the console broker hands over a connection (no offers, no UUID in the greeting). */
+    private readonly handover?: TelnetHandover,
   ) {
-    this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    this.log = logger.child({ client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure });
-    this.session = new TelnetSession(
-      policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION, Option.COM_PORT] }),
-      {
-        write: (b) => this.socket.write(b),
-        data: (d) => this.onInput(d),
-        command: (c) => this.onCommand(c),
-        subnegotiation: (option, payload) => {
-          if (option === VSPC_CONTROL_OPTION && this.session.isEnabled('him', VSPC_CONTROL_OPTION)) this.onControl(payload);
-          else if (option === Option.COM_PORT && this.session.isEnabled('him', Option.COM_PORT)) this.onComPort(payload);
-        },
-        refused: (side, option) => {
-          if (side === 'him' && option === VSPC_CONTROL_OPTION) this.attach(this.hub.defaultLockMode, false);
-        },
-        error: (err) => {
-          this.log.warn('protocol error from client; closing', errorFields(err));
-          this.options.onProtocolError?.(err.code);
-          this.destroy(err.code);
-        },
+    this.peer = handover?.peer ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.log = logger.child({ client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure, ...(handover ? { via: 'broker' } : {}) });
+    const handlers: TelnetSessionHandlers = {
+      write: (b) => this.socket.write(b),
+      data: (d) => this.onInput(d),
+      command: (c) => this.onCommand(c),
+      subnegotiation: (option, payload) => {
+        if (option === VSPC_CONTROL_OPTION && this.session.isEnabled('him', VSPC_CONTROL_OPTION)) this.onControl(payload);
+        else if (option === Option.COM_PORT && this.session.isEnabled('him', Option.COM_PORT)) this.onComPort(payload);
       },
-      { maxSubnegotiation: options.maxSubnegotiation },
-    );
+      refused: (side, option) => {
+        if (side === 'him' && option === VSPC_CONTROL_OPTION) this.attach(this.hub.defaultLockMode, false);
+      },
+      error: (err) => {
+        this.log.warn('protocol error from client; closing', errorFields(err));
+        this.options.onProtocolError?.(err.code);
+        this.destroy(err.code);
+      },
+    };
+    if (handover) {
+      this.session = handover.session;
+      handover.route(handlers);
+    } else {
+      this.session = new TelnetSession(
+        policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION, Option.COM_PORT] }),
+        handlers,
+        { maxSubnegotiation: options.maxSubnegotiation },
+      );
+    }
     socket.setNoDelay(true);
     // Half-open detection: a client that vanished without FIN is found by keepalive.
     socket.setKeepAlive(true, 30_000);
-    socket.once('data', (chunk: Buffer) => {
-      // A TLS ClientHello on a plain port would otherwise be decoded as keystrokes for the VM.
-      if (!secure && chunk[0] === 0x16) {
-        this.log.warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
-        this.options.onProtocolError?.('VSPC_TLS_ON_PLAIN_PORT');
-        this.destroy('TLS on a plain port');
-        return;
-      }
-      this.receive(chunk);
+    if (handover) {
+      // The broker checked the first byte and has negotiated already.
       socket.on('data', (c: Buffer) => this.receive(c));
-    });
+    } else {
+      socket.once('data', (chunk: Buffer) => {
+        // A TLS ClientHello on a plain port would otherwise be decoded as keystrokes for the VM.
+        if (!secure && chunk[0] === 0x16) {
+          this.log.warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
+          this.options.onProtocolError?.('VSPC_TLS_ON_PLAIN_PORT');
+          this.destroy('TLS on a plain port');
+          return;
+        }
+        this.receive(chunk);
+        socket.on('data', (c: Buffer) => this.receive(c));
+      });
+    }
     socket.on('error', (err) => this.log.info('client socket error', errorFields(err)));
     socket.on('close', () => this.onClose());
 
-    // One write for all the offers (and one per received chunk's replies, see receive()).
-    socket.cork();
-    this.session.requestUs(Option.ECHO);
-    this.session.requestUs(Option.SGA);
-    this.session.requestUs(Option.BINARY);
-    this.session.requestHim(Option.BINARY);
-    this.session.requestHim(Option.SGA);
-    this.session.requestHim(VSPC_CONTROL_OPTION);
-    socket.uncork();
+    if (!handover) {
+      // One write for all the offers (and one per received chunk's replies, see receive()).
+      socket.cork();
+      this.session.requestUs(Option.ECHO);
+      this.session.requestUs(Option.SGA);
+      this.session.requestUs(Option.BINARY);
+      this.session.requestHim(Option.BINARY);
+      this.session.requestHim(Option.SGA);
+      this.session.requestHim(VSPC_CONTROL_OPTION);
+      socket.uncork();
+    }
     this.lockTimer = setTimeout(() => this.attach(this.hub.defaultLockMode, false), options.lockWaitMs);
     this.lockTimer.unref();
   }
@@ -292,7 +319,10 @@ export class TelnetClient implements ConsoleClient {
       replay: stream.replay && !asked.noReplay,
     };
     const id = this.hub.identity;
-    if (this.stream.greeting) this.notice(`${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
+    // Through the broker the greeting names the console only: its users never learn UUIDs or ports.
+    if (this.stream.greeting) {
+      this.notice(this.handover ? this.hub.displayName : `${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
+    }
     const decision = this.hub.addClient(this, { request, force, user: this.user, tls: this.secure, replay: this.stream.replay });
     if (!decision.granted) {
       this.log.info('lock refused', { request, reason: decision.reason });
