@@ -86,3 +86,75 @@ export class SerialRelay {
     rmSync(this.path, { force: true });
   }
 }
+
+/**
+ * A relay between vspc and a guest's serial socket (QEMU `-serial unix:...,server=on`):
+ * vspc's console connects to `path`, the relay dials `target` and copies both ways,
+ * damaging bytes at the current `rates` (drops, bit flips, duplicates per byte; each
+ * direction its own seeded stream). Rates can change while it runs. One client at a
+ * time; a new one replaces the old (as when vspc reconnects).
+ */
+export class FaultRelay {
+  private pair: { a: net.Socket; b: net.Socket } | null = null;
+  h2g: Faults;
+  g2h: Faults;
+  private constructor(
+    readonly server: net.Server,
+    readonly path: string,
+    readonly target: string,
+    seed: number,
+  ) {
+    this.h2g = new Faults({}, seed * 2 + 1);
+    this.g2h = new Faults({}, seed * 2 + 2);
+  }
+
+  static async start(path: string, target: string, seed = 1): Promise<FaultRelay> {
+    rmSync(path, { force: true });
+    const server = net.createServer();
+    const relay = new FaultRelay(server, path, target, seed);
+    server.on('connection', (a) => relay.onConnection(a));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+    return relay;
+  }
+
+  /** Faults from now on, both ways (the counters start again). */
+  setRates(rates: FaultRates, seed = 7): void {
+    this.h2g = new Faults(rates, seed * 2 + 1);
+    this.g2h = new Faults(rates, seed * 2 + 2);
+  }
+
+  private onConnection(a: net.Socket): void {
+    this.pair?.a.destroy();
+    this.pair?.b.destroy();
+    const b = net.connect(this.target);
+    const pair = { a, b };
+    this.pair = pair;
+    const end = () => {
+      a.destroy();
+      b.destroy();
+      if (this.pair === pair) this.pair = null;
+    };
+    for (const s of [a, b]) {
+      s.on('error', end);
+      s.on('close', end);
+    }
+    a.on('data', (d: Buffer) => {
+      if (!b.write(this.h2g.apply(d))) a.pause();
+    });
+    b.on('data', (d: Buffer) => {
+      if (!a.write(this.g2h.apply(d))) b.pause();
+    });
+    a.on('drain', () => b.resume());
+    b.on('drain', () => a.resume());
+  }
+
+  async close(): Promise<void> {
+    this.pair?.a.destroy();
+    this.pair?.b.destroy();
+    await bounded(new Promise<void>((resolve) => this.server.close(() => resolve())), 5000, 'fault relay close');
+    rmSync(this.path, { force: true });
+  }
+}

@@ -24,7 +24,8 @@ PACKAGES=(
   telnet            # a real telnet client
   openssh-client    # ssh over the later serial tunnel
   musl-tools        # musl-gcc: packaging/build-agent.sh builds the static C guest agent
-  dropbear-bin      # dropbear + dropbearkey: the SSH server in the tunnel test guest (variant tunnel-ssh)
+  dropbear-bin      # dropbear: the SSH server in the tunnel test guest (variant tunnel-ssh)
+  openssh-sftp-server  # sftp-server for that guest: today's scp speaks SFTP
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"
