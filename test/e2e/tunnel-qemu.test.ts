@@ -28,6 +28,7 @@ import { Procs, killPid } from '../support/procs.js';
 import { startServer, waitUntil, type TestServer } from '../support/server.js';
 import { reservePortRange } from '../support/ports.js';
 import { bounded } from '../agent/harness.js';
+import { VSPC_ADMIN_JS } from '../support/cli.js';
 
 const MIB = 1 << 20;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -299,6 +300,12 @@ describe('serial tunnels end to end (QEMU guest with dropbear; UART and virtio-s
       assert.equal(r.stdout.toString().trim(), world().kernelRelease);
       t.diagnostic(`${name}: ssh uname -r in ${r.ms.toFixed(0)} ms (connection, key exchange, command)`);
     }
+    // The README's other recipe: no forward port, the tunnel's name as the host name.
+    const x = world();
+    const proxy = `${process.execPath} ${VSPC_ADMIN_JS} --admin ${x.ts.adminAddress} tunnel %h 22`;
+    const r = await x.procs.run('ssh', [...sshOpts(), '-o', `ProxyCommand=${proxy}`, 'root@virtio', 'uname -r'], { timeoutMs: 120_000 });
+    assert.equal(r.code, 0, `ssh -o ProxyCommand="vspc-admin tunnel %h 22": ${r.stderr}`);
+    assert.equal(r.stdout.toString().trim(), x.kernelRelease);
   });
 
   test('scp of 1 MiB both ways, checksums match (UART, virtio); the raw lines beside', { timeout: 900_000 }, async (t) => {
