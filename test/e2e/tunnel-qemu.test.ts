@@ -150,9 +150,10 @@ async function rawLine(sockPath: string, guestDev: string, size: number): Promis
     s.write(randomBytes(size).map((b) => (b === 0x0a || b === 0x0d ? 0x41 : b)));
     await until(() => got.includes('DONE'), `the guest read ${size} bytes`);
     const toGuestMs = performance.now() - t0;
-    // guest → host.
+    // guest → host, from a file made first (/dev/urandom is slow under emulation).
+    await con.run(`head -c ${size} /dev/urandom >/tmp/raw.out`, 120_000);
     got = Buffer.alloc(0);
-    con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; head -c ${size} /dev/urandom >&3) &`);
+    con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; cat /tmp/raw.out >&3; rm -f /tmp/raw.out) &`);
     await until(() => got.length > 0, 'the first byte from the guest');
     const t1 = performance.now();
     await until(() => got.length >= size - 1024, `${size} bytes from the guest (got ${got.length})`);
