@@ -215,6 +215,53 @@ describe('serial tunnels through vspc (C agent on a pty)', { timeout: 300_000 },
     void cleanup;
   });
 
+  test('the admin API stream: token required, Upgrade required, the bridge with the token', T, async (t) => {
+    const g = await startGuest(t, new Cleanup());
+    const token = 'tunnel-token-0123456789abcdef';
+    const { ts } = await startServer(t, { config: { adminToken: token, tunnels: [tunnelConfig('tk', g)] } });
+    await waitUntil(async () => {
+      const res = await fetch(`http://${ts.adminAddress}/api/v1/tunnels`, { headers: { authorization: `Bearer ${token}` } });
+      const v = (await res.json()) as TunnelView[];
+      return v[0]?.link?.state === 'up';
+    }, 20_000, 'tunnel tk up');
+    const noToken = await vspcAdmin(ts.adminAddress, ['tunnel', 'tk', String(g.echo.port)]);
+    assert.equal(noToken.code, 1);
+    assert.match(noToken.stderr, /requires a token/);
+    // A plain GET (no Upgrade) is told what it needs.
+    const plain = await fetch(`http://${ts.adminAddress}/api/v1/tunnel?tunnel=tk&port=${g.echo.port}`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(plain.status, 426);
+    assert.equal(((await plain.json()) as { error: { code: string } }).error.code, 'VSPC_TUNNEL_UPGRADE_REQUIRED');
+    // Another Upgrade protocol (a WebSocket) is refused.
+    const ws = await new Promise<string>((resolve, reject) => {
+      const s = net.connect({ host: '127.0.0.1', port: ts.adminPort });
+      let text = '';
+      s.on('data', (b: Buffer) => (text += b.toString()));
+      s.on('error', reject);
+      s.on('close', () => resolve(text));
+      s.write(`GET /api/v1/tunnel?tunnel=tk&port=${g.echo.port} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    });
+    assert.match(ws, /^HTTP\/1\.1 426 /);
+    const r = await new Promise<{ code: number | null; out: string; err: string }>((resolve, reject) => {
+      const child = spawn(process.execPath, [VSPC_ADMIN_JS, '--admin', ts.adminAddress, 'tunnel', 'tk', String(g.echo.port)], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { ...process.env, VSPC_ADMIN_TOKEN: token },
+      });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+      child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+      child.on('error', reject);
+      child.on('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code, out, err });
+      });
+      child.stdin.end('with a token\n');
+    });
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, 'with a token\n');
+  });
+
   test('agent killed mid-transfer: the stream ends with an error, a new one works; vspc restarted: the agent resynchronises, same port', T, async (t) => {
     const g = await startGuest(t, new Cleanup());
     const db = tempDir('vspc-tunnel-db-');
