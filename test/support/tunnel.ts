@@ -96,6 +96,8 @@ export class SerialRelay {
  */
 export class FaultRelay {
   private pair: { a: net.Socket; b: net.Socket } | null = null;
+  /** While set, the guest's bytes go here instead of to vspc, and vspc's bytes are dropped. */
+  private tap: ((b: Buffer) => void) | null = null;
   h2g: Faults;
   g2h: Faults;
   private constructor(
@@ -142,13 +144,29 @@ export class FaultRelay {
       s.on('close', end);
     }
     a.on('data', (d: Buffer) => {
+      if (this.tap) return;
       if (!b.write(this.h2g.apply(d))) a.pause();
     });
     b.on('data', (d: Buffer) => {
+      if (this.tap) return this.tap(d);
       if (!a.write(this.g2h.apply(d))) b.pause();
     });
     a.on('drain', () => b.resume());
     b.on('drain', () => a.resume());
+  }
+
+  /**
+   * Takes the line from vspc for a while (to measure the raw line on the very port the
+   * tunnel uses): the guest's bytes go to `tap`, `write` sends to the guest, vspc's
+   * bytes are dropped. `divert(null)` gives it back.
+   */
+  divert(tap: ((b: Buffer) => void) | null): void {
+    this.tap = tap;
+  }
+
+  /** Bytes to the guest while diverted. */
+  write(b: Uint8Array): boolean {
+    return this.pair?.b.write(b) ?? false;
   }
 
   async close(): Promise<void> {
