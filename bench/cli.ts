@@ -43,7 +43,7 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--pid <pid>', 'pid of that vspc, when it runs on this host (for RSS, CPU and fd figures)', int('--pid', 1))
     .option('--vms <n>', 'VM serial ports for the scale and reconnect-storm phases', int('--vms', 1), d.vms)
     .option('--phases <list>', `comma-separated subset of ${PHASES.join(',')}`, PHASES.join(','))
-    .option('--port-range <start-end>', 'client port range of the vspc the benchmark starts (default 10000-19999, as vspc\'s own; below the ephemeral range)')
+    .option('--port-range <start-end>', 'client port range of the vspc the benchmark starts; every port must be free (default: a free range in 20000-32767, never vspc\'s default 10000-19999, so a vspc already running here is not touched)')
     .option('--workers <n>', 'load-generator processes for the scale/storm VMs (each holds one fd per VM)', int('--workers', 1), d.bulkWorkers)
     .option('--connect-concurrency <n>', 'VM connections in flight per worker while ramping up', int('--connect-concurrency', 1), d.connectConcurrency)
     .option('--storm-timeout <duration>', 'give up on the reconnect storm after this long', dur('--storm-timeout'), d.storm.timeoutMs)

@@ -21,7 +21,7 @@ import type { PortView } from '../src/admin/views.js';
 import { VERSION } from '../src/version.js';
 import { benchIdentity, distribution, Group, round, roundDistribution, sleep, type Distribution } from './common.js';
 import { killAll, removeTempDir, trackTempDir, WorkerHandle } from './ipc.js';
-import { reservePortRange } from '../test/support/ports.js';
+import { canBind, reservePortRange } from '../test/support/ports.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
 import { ExternalTarget, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
 
@@ -34,7 +34,10 @@ export interface BenchOptions {
   phases: Phase[];
   /** An existing deployment; without it the benchmark starts its own vspc. */
   target?: { proxy: HostPort; admin: AdminEndpoint; pid: number | null };
-  /** Client port range of the vspc the benchmark starts. */
+  /**
+   * Client port range of the vspc the benchmark starts; every port must be free. Absent:
+   * a free range is chosen (see privatePorts), never vspc's default 10000-19999.
+   */
   portRange?: { start: number; end: number };
   /** Part of every benchmark VM's UUID. */
   namespace: number;
@@ -210,7 +213,8 @@ export interface BenchReport {
   durationS: number;
   command: string;
   machine: MachineInfo;
-  target: { owned: boolean; proxy: string; admin: string };
+  /** The vspc measured; `clientPorts`: the private client port range of one the benchmark started. */
+  target: { owned: boolean; proxy: string; admin: string; clientPorts?: string };
   options: Omit<BenchOptions, 'log' | 'target'>;
   scale?: ScaleSection;
   storm?: StormSection;
@@ -301,13 +305,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       tmp = mkdtempSync(join(tmpdir(), 'vspc-bench-'));
       trackTempDir(tmp);
       const needed = opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + 16;
-      // vspc's default range (the test suites take random ranges in 20000-30000).
-      const range = opts.portRange ?? { start: 10000, end: Math.max(19999, 10000 + needed - 1) };
-      if (range.end - range.start + 1 < needed) throw new Error(`--port-range ${range.start}-${range.end} has fewer than the ${needed} ports this run needs`);
-      // Below Linux's ephemeral range (32768-60999), so our own outgoing sockets never take them.
-      const own = await reservePortRange(2, { from: Math.max(range.end + 1, 30000), to: 32700 });
-      const [proxyPort, adminPort] = [own.start, own.end];
+      const { range, proxyPort, adminPort } = await privatePorts(needed, opts.portRange);
       serverOpts = { dbPath: join(tmp, 'vspc.db'), proxyPort, adminPort, portRange: range, extraArgs: opts.serverArgs, nodeArgs: opts.serverNodeArgs };
+      report.target.clientPorts = `${range.start}-${range.end}`;
       server = ServerProcess.spawn(serverOpts);
       target = server;
       const readyMs = await server.waitReady(60_000);
@@ -402,7 +402,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const { rows, ms: listMs } = await listBench();
       const mine = new Set(Array.from({ length: opts.vms }, (_, i) => benchIdentity(opts.namespace, Group.bulk, i).formatted));
       const listed = rows.filter((r) => mine.has(r.key) && r.connected);
-      bulkPorts = new Map(listed.map((r) => [r.key, r.port]));
+      bulkPorts = listening(listed, log);
       log(`scale: ${listed.length} VM serial ports registered in ${(registerMs / 1000).toFixed(2)} s, listed in ${Math.round(listMs)} ms`);
       await sleep(1000);
       const loaded = await resources();
@@ -444,7 +444,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       }
       if (!bulkPorts) {
         const { rows } = await listBench();
-        bulkPorts = new Map(rows.filter((r) => r.connected).map((r) => [r.key, r.port]));
+        bulkPorts = listening(rows.filter((r) => r.connected), log);
       }
       const before = bulkPorts;
       const n = opts.vms;
@@ -491,7 +491,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const stormCpuMs = stormCpu1 ? stormCpu1.cpuMs - (stormCpu0?.cpuMs ?? 0) : null;
       const rs = await reconnecting;
       const { rows } = await listBench();
-      const now = new Map(rows.filter((r) => r.connected).map((r) => [r.key, r.port]));
+      const now = listening(rows.filter((r) => r.connected), log);
       let same = 0;
       let changed = 0;
       let missing = 0;
@@ -557,7 +557,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         }
         if (!bulkPorts) {
           const { rows } = await listBench();
-          bulkPorts = new Map(rows.filter((r) => r.connected).map((r) => [r.key, r.port]));
+          bulkPorts = listening(rows.filter((r) => r.connected), log);
         }
         // The first `streamers` bulk VMs stream, each with one client.
         const ports: number[] = [];
@@ -771,6 +771,41 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   return report;
 }
 
+/**
+ * Ports for the vspc the benchmark starts, all free now and reserved against other
+ * benchmark and test processes (test/support/ports.ts): its client port range and,
+ * right after it, its proxy and admin ports. Chosen in 20000-32767: above vspc's default
+ * client range 10000-19999 and its 13370-13372, so that a vspc already running on this
+ * host with the defaults is never connected to; below Linux's ephemeral range
+ * (32768-60999), so that the load generators' own outgoing sockets never take a port
+ * the server needs. An explicit `range` is only checked: a port in it that is taken
+ * (by a running vspc, say) would send benchmark clients to whatever holds it.
+ */
+export async function privatePorts(
+  needed: number,
+  range?: { start: number; end: number },
+): Promise<{ range: { start: number; end: number }; proxyPort: number; adminPort: number }> {
+  if (!range) {
+    const block = await reservePortRange(needed + 2, { from: PRIVATE_PORTS.from, to: PRIVATE_PORTS.to });
+    const end = block.start + needed - 1;
+    return { range: { start: block.start, end }, proxyPort: end + 1, adminPort: end + 2 };
+  }
+  if (range.end - range.start + 1 < needed) throw new Error(`--port-range ${range.start}-${range.end} has fewer than the ${needed} ports this run needs`);
+  for (let p = range.start; p <= range.end; p++) {
+    if (!(await canBind(p))) {
+      throw new Error(
+        `--port-range ${range.start}-${range.end}: port ${p} is in use (a running vspc?); the benchmark's clients would reach whatever holds it. ` +
+          'Give a free range, or leave --port-range out to have one chosen',
+      );
+    }
+  }
+  const own = await reservePortRange(2, { from: Math.max(range.end + 1, PRIVATE_PORTS.from), to: PRIVATE_PORTS.to });
+  return { range, proxyPort: own.start, adminPort: own.end };
+}
+
+/** Where the benchmark's own vspc takes its ports (see privatePorts). */
+export const PRIVATE_PORTS = { from: 20000, to: 32767 } as const;
+
 async function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -783,6 +818,17 @@ async function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Client port by VM key, for the VM serial ports whose client port vspc listens on. A
+ * port vspc could not bind (listenError) is left out, and said: whatever holds it is
+ * not the vspc under test, and the benchmark never connects to it.
+ */
+function listening(rows: PortView[], log: (l: string) => void): Map<string, number> {
+  const bad = rows.filter((r) => r.listenError);
+  if (bad.length > 0) log(`${bad.length} VM serial ports have no client listener (e.g. port ${bad[0].port}: ${bad[0].listenError}); no client connects to those`);
+  return new Map(rows.filter((r) => !r.listenError).map((r) => [r.key, r.port]));
 }
 
 /** Removes the benchmark's VM serial ports from an operator's registry. */

@@ -47,6 +47,8 @@ async function waitListed(admin: AdminEndpoint, ids: BenchIdentity[], timeoutMs:
     const rows = await adminPorts(admin);
     const ports = ids.map((id) => {
       const r = rows.get(id.formatted);
+      // vspc could not bind the client port: whatever holds it is not vspc, never connect there.
+      if (r?.listenError) throw new Error(`${id.formatted}: vspc has no listener on its client port ${r.port} (${r.listenError}); not connecting to it`);
       return r && r.connected ? r.port : -1;
     });
     if (ports.every((p) => p > 0)) return ports;

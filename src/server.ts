@@ -13,6 +13,9 @@ import { TelnetClient } from './access/telnet/client.js';
 import { ConsoleBroker } from './access/broker/broker.js';
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { RawListeners } from './access/raw/listeners.js';
+import { UnixSocketListeners } from './access/unix/listeners.js';
+import { PtyEndpoints } from './access/pty/ptys.js';
 import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
@@ -20,17 +23,26 @@ import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes, adminUpgrades, type AdminContext } from './admin/routes.js';
 import { lookupConsoles } from './admin/resolve.js';
 import { TunnelManager, joinSocket, type TunnelSpec } from './access/tunnel/index.js';
-import { nextClientId } from './access/telnet/client.js';
-import type { StatusView } from './admin/views.js';
+import { allocateClientId } from './domain/client-ids.js';
+import type { AccessView, StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
 import { isLoopbackHost } from './util/net.js';
 import { applyReload, type ReloadAppliers, type ReloadReport } from './config/reload.js';
-import { resolveVmSettings } from './config/vms.js';
+import { resolveConsoleAccess, resolveVmSettings } from './config/vms.js';
+import type { ConsoleAccess } from './config/access.js';
 import { VERSION } from './version.js';
+import { displayKey } from './domain/identity.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
 
+
+/**
+ * At most this many extra unidentified-connection slots for vMotion destinations: more
+ * migrations than that at once are rare (ESXi runs a few per host), and a peer that
+ * begins vMotions on its own consoles must not raise the flood caps at will.
+ */
+const MAX_VMOTION_HEADROOM = 32;
 
 /** An applier for a value the server reads from its config each time it uses it. */
 const readWhereUsed = (): void => undefined;
@@ -74,6 +86,10 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** The other access methods' endpoints: a raw TCP port, a unix socket, a pty per console. */
+  private readonly raw: RawListeners;
+  private readonly unix: UnixSocketListeners;
+  private readonly ptys: PtyEndpoints;
   /** The console broker (--broker-socket, --broker-listen), or null when both are off. */
   readonly broker: ConsoleBroker | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
@@ -120,10 +136,26 @@ export class VspcServer {
     this.registry = new Registry(store, { maxHeldInput: config.vmotionHoldLimit, scrollbackBytes: config.scrollbackBytes, observer });
     // A forgotten or expired VM keeps no console log file open.
     this.registry.on('removed', (hub) => this.consoleLogs?.forget(hub));
+    // Every expiry, also of records deleted at start-up before any hub exists: a sticky port goes.
+    this.registry.on('expired', (r, hub) => {
+      this.metrics.expired(r.reason);
+      this.logger.info(r.reason === 'unused' ? 'VM serial port expired (never used: no client ever attached)' : 'VM serial port expired (not seen for too long)', {
+        // As ConsoleHub.displayName has it.
+        vm: hub?.displayName ?? `${r.name ?? r.key}${r.label ? `:${r.label}` : ''}`,
+        kind: r.kind,
+        ...(r.kind === 'esxi' ? { uuid: displayKey(r) } : { key: r.key }),
+        label: r.label,
+        port: r.tcpPort,
+        lastSeen: new Date(r.lastSeen).toISOString(),
+      });
+    });
     this.metrics = new Metrics(this.registry);
     this.metrics.fdBudget = this.fds;
     // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
+    // With console logs, a scrollback emptied by a restart is read back from the log (at the first attach).
+    const logs = this.consoleLogs;
+    if (logs) this.registry.on('added', (hub) => (hub.scrollbackPrimer = (max) => logs.recentOutput(hub, max)));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
     // Getters: values a reload may change (applyConfig) are read from `config` when used.
     this.vmotion = new VmotionCoordinator(
@@ -141,12 +173,14 @@ export class VspcServer {
           ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
         }
       : undefined;
+    const accessOf = (hub: ConsoleHub): ConsoleAccess => resolveConsoleAccess(this.config, hub.identity);
     const clientOptions: TelnetListenerOptions = {
       host: config.clientListenHost,
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
       admit: (socket) => this.admit(socket, 'client'),
+      enabled: (hub) => accessOf(hub).telnet,
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
@@ -169,13 +203,43 @@ export class VspcServer {
             onProtocolError: (code) => this.metrics.protocolError('client', code),
           })
         : null;
+    // Raw, unix and pty clients: the console's bytes only (access/common/stream-client.ts).
+    const streamOptions = {
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      closeGraceMs: config.closeGraceMs,
+      idleTimeoutMs: config.clientIdleTimeoutMs,
+      onSlowClientDropped: () => this.metrics.slowClientDropped(),
+      bindRetryMs: config.bindRetryMs,
+    };
+    this.raw = new RawListeners(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      host: config.clientListenHost,
+      enabled: (hub) => accessOf(hub).raw,
+      admit: (socket) => this.admit(socket, 'client'),
+    });
+    this.unix = new UnixSocketListeners(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      settingsOf: (hub) => accessOf(hub).unix,
+      admit: (socket) => this.admit(socket, 'client'),
+      telnetClient: (socket, hub, via) => {
+        new TelnetClient(socket, hub, logger, clientOptions, false, undefined, via);
+      },
+    });
+    this.ptys = new PtyEndpoints(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      pollMs: config.ptyPollMs,
+      settingsOf: (hub) => accessOf(hub).pty,
+    });
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
     this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.tunnels = new TunnelManager({
       registry: this.registry,
       lookup: (ref) => lookupConsoles(this.registry, ref),
       logger,
-      clientId: () => nextClientId(),
+      clientId: () => allocateClientId(),
       bindRetryMs: config.bindRetryMs,
       // A console that starts or stops carrying a tunnel: no console log, no scrollback while it does.
       onBind: (hub) => this.applyVmSettings(hub),
@@ -206,7 +270,8 @@ export class VspcServer {
         maxUnidentifiedPerAddress: config.maxUnidentifiedPerAddress,
         allow: () => this.config.proxyAllow,
         // Each vMotion under way may bring one destination connection: keep room for it.
-        headroom: () => this.vmotion.pending,
+        // Capped: vMotions are begun by peers too, and each would otherwise buy one more slot.
+        headroom: () => Math.min(this.vmotion.pending, MAX_VMOTION_HEADROOM),
         registration: { ratePerSecond: config.registrationRate, burst: config.registrationBurst },
         onRefused: (reason) => this.metrics.vmRefused(reason),
         admit: (socket) => this.admit(socket, 'vm'),
@@ -232,6 +297,8 @@ export class VspcServer {
         return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : [])] : [];
       },
       settingsOf: (h) => resolveVmSettings(this.config, h.identity),
+      managedBy: (h) => this.managed.groupOf(h),
+      accessOf: (h) => this.accessView(h),
       tunnels: {
         list: () => this.tunnels.list(),
         of: (h) => {
@@ -281,6 +348,27 @@ export class VspcServer {
       vmConnectionsRefused: this.proxy.refused,
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
     };
+  }
+
+  /** A console's endpoints, every access method (`vspc-admin show`). */
+  accessView(hub: ConsoleHub): AccessView {
+    const telnet = this.listeners.has(hub);
+    const tlsPort = this.listeners.tlsPortOf(hub);
+    return {
+      telnet: telnet ? { port: hub.identity.tcpPort, host: this.config.clientListenHost, listening: hub.listenError === null, error: hub.listenError } : null,
+      telnets: telnet && tlsPort !== null ? { port: tlsPort, host: this.config.clientListenHost, listening: hub.tlsListenError === null, error: hub.tlsListenError } : null,
+      raw: this.raw.describe(hub),
+      unix: this.unix.describe(hub),
+      pty: this.ptys.describe(hub),
+    };
+  }
+
+  /** Opens and closes endpoints as the configuration now says (start, reload). */
+  private refreshAccess(): void {
+    this.listeners.refresh();
+    this.raw.refresh();
+    this.unix.refresh();
+    this.ptys.refresh();
   }
 
   /**
@@ -368,17 +456,11 @@ export class VspcServer {
   private expire(): void {
     const c = this.config;
     try {
-      const gone = this.registry.expireRecords({
+      // Each expired record is logged and counted by the `expired` listener (see the constructor).
+      this.registry.expireRecords({
         unseenMs: c.expireAfterMs > 0 ? c.expireAfterMs : Number.POSITIVE_INFINITY,
         unusedMs: c.expireUnusedAfterMs > 0 ? c.expireUnusedAfterMs : Number.POSITIVE_INFINITY,
       });
-      for (const { hub, reason } of gone) {
-        this.metrics.expired(reason);
-        this.logger.info(reason === 'unused' ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
-          vm: hub.displayName,
-          port: hub.identity.tcpPort,
-        });
-      }
     } catch (err) {
       this.logger.error('expiry failed', errorFields(err));
     }
@@ -463,12 +545,17 @@ export class VspcServer {
     greeting: () => this.applyVmSettingsToAll(),
     notices: () => this.applyVmSettingsToAll(),
     replay: () => this.applyVmSettingsToAll(),
-    vms: () => this.applyVmSettingsToAll(),
+    vms: () => {
+      this.applyVmSettingsToAll();
+      this.refreshAccess();
+    },
     consoles: () => {
       this.applyConsoles(false);
       this.applyVmSettingsToAll();
+      this.refreshAccess();
     },
     tunnels: () => this.applyTunnels(false),
+    access: () => this.refreshAccess(),
     // Discovery restarts as a whole; consoles it finds again keep their records and ports.
     proxmoxRunDir: () => void this.discovered.restart(this.config),
     proxmoxConfDir: () => void this.discovered.restart(this.config),
@@ -618,11 +705,14 @@ export class VspcServer {
     this.tunnels.close();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
+    const endpoints = Promise.all([this.raw.close(), this.unix.close(), this.ptys.close()]);
     this.broker?.close();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
     await Promise.race([accepting, grace]);
+    // Sockets unlinked, pty links removed (each endpoint's close is a few system calls).
+    await Promise.race([endpoints, grace]);
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
@@ -640,6 +730,9 @@ export class VspcServer {
     this.tunnels.close();
     void this.proxy.stopAccepting();
     this.listeners.close();
+    void this.raw.close();
+    void this.unix.close();
+    void this.ptys.close();
     this.broker?.destroy();
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');

@@ -36,6 +36,23 @@ export interface AdminUpgradeRoute {
   open(url: URL, peer: string, socket: net.Socket): Promise<(socket: net.Socket, head: Buffer) => void>;
 }
 
+/**
+ * A route result whose body is written over time (`vspc-admin log --follow`, `--all`):
+ * the server sends the headers, then `run` writes to the response and ends it. A
+ * response still open when the admin API closes gets a moment to end, then is cut.
+ * Errors before any byte are the route's to throw from `handle`; a failure of `run`
+ * is logged and the response aborted.
+ */
+export class StreamBody {
+  constructor(
+    readonly contentType: string,
+    readonly run: (out: http.ServerResponse) => void | Promise<void>,
+  ) {}
+}
+
+/** How long the admin API waits, when it closes, for streamed responses to end by themselves. */
+const STREAM_CLOSE_GRACE_MS = 2000;
+
 export interface AdminServerOptions {
   /** Calls that become byte streams (see AdminUpgradeRoute). */
   upgrades?: AdminUpgradeRoute[];
@@ -58,6 +75,8 @@ export { AdminApiError } from '../errors.js';
  */
 export class AdminServer {
   private server: http.Server | null = null;
+  /** Streamed responses still open. */
+  private readonly streams = new Set<http.ServerResponse>();
 
   constructor(
     private readonly routes: AdminRoute[],
@@ -67,7 +86,14 @@ export class AdminServer {
 
   /** Listen on `addr`: HTTP, or HTTPS with `tls`. */
   async listen(addr: HostPort, tls: { cert: Buffer; key: Buffer } | null = null): Promise<net.AddressInfo> {
-    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => void this.dispatch(req, res);
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      // Whatever one request does wrong costs that request only, never the process.
+      this.dispatch(req, res).catch((err: unknown) => {
+        this.logger.error('admin API request failed', { ...errorFields(err), stack: (err as Error)?.stack });
+        if (!res.headersSent) this.send(res, 500, { error: { code: 'VSPC_INTERNAL', message: 'internal error; the vspc log has the details' } });
+        else res.destroy();
+      });
+    };
     const server: http.Server = tls ? https.createServer({ cert: tls.cert, key: tls.key }, handler) : http.createServer(handler);
     if (tls) {
       server.on('tlsClientError', (err: Error, socket: net.Socket) => {
@@ -99,12 +125,33 @@ export class AdminServer {
     this.server = null;
     await new Promise<void>((r) => {
       server.close(() => r());
-      server.closeAllConnections();
+      // Streams (log --follow) are usually ended already by their source: let them finish sending.
+      const open = [...this.streams];
+      if (open.length === 0) {
+        server.closeAllConnections();
+        return;
+      }
+      const cut = setTimeout(() => server.closeAllConnections(), STREAM_CLOSE_GRACE_MS);
+      let left = open.length;
+      for (const res of open) {
+        res.once('close', () => {
+          if (--left > 0) return;
+          clearTimeout(cut);
+          server.closeAllConnections();
+        });
+      }
     });
   }
 
   private async dispatch(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://admin');
+    // A request target that is not a valid path (`//x:abc`, `//[`) is the client's error.
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://admin');
+    } catch {
+      this.send(res, 400, { error: { code: 'VSPC_ROUTE_NOT_FOUND', message: 'the request target is not a valid path' } });
+      return;
+    }
     const route = this.routes.find((r) => r.path === url.pathname && r.method === req.method);
     try {
       const guarded = guardRequest(req, this.options.hostNames?.() ?? []);
@@ -142,7 +189,8 @@ export class AdminServer {
       }
       req.resume(); // Parameters travel in the query string; drain any body.
       const body = await route.handle(url);
-      if (body instanceof RawBody) this.sendRaw(res, 200, body);
+      if (body instanceof StreamBody) this.stream(res, body, url.pathname);
+      else if (body instanceof RawBody) this.sendRaw(res, 200, body);
       else this.send(res, 200, body);
     } catch (err) {
       if (err instanceof AdminApiError) {
@@ -157,10 +205,15 @@ export class AdminServer {
 
   /** An Upgrade request: checked like any call, then switched to the route's byte stream. */
   private async upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://admin');
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.on('error', () => {});
+    let url = new URL('/', 'http://admin');
     try {
+      try {
+        url = new URL(req.url ?? '/', 'http://admin');
+      } catch {
+        throw new AdminApiError(400, 'VSPC_ROUTE_NOT_FOUND', 'the request target is not a valid path');
+      }
       const guarded = guardRequest(req, this.options.hostNames?.() ?? []);
       if (guarded) {
         this.options.onRefused?.(guarded.reason);
@@ -199,6 +252,19 @@ export class AdminServer {
           `content-length: ${Buffer.byteLength(text)}\r\n${status === 401 ? 'www-authenticate: Bearer realm="vspc"\r\n' : ''}connection: close\r\n\r\n${text}`,
       );
     }
+  }
+
+  private stream(res: http.ServerResponse, body: StreamBody, path: string): void {
+    res.writeHead(200, { 'content-type': body.contentType, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+    res.flushHeaders(); // the reader learns at once that the stream is on
+    this.streams.add(res);
+    res.once('close', () => this.streams.delete(res));
+    Promise.resolve()
+      .then(() => body.run(res))
+      .catch((err: unknown) => {
+        this.logger.error('admin API stream failed', { path, ...errorFields(err), stack: (err as Error)?.stack });
+        res.destroy();
+      });
   }
 
   private sendRaw(res: http.ServerResponse, status: number, body: RawBody): void {

@@ -135,11 +135,25 @@ function family(name: string, type: 'gauge' | 'counter', help: string, samples: 
   return lines.join('\n');
 }
 
+/** The access methods always exposed in vspc_clients_by_method (others as they come, e.g. ssh). */
+export const CLIENT_METHOD_LABELS = ['telnet', 'telnets', 'raw', 'unix', 'pty'] as const;
+
+function clientsByMethod(hubs: readonly ConsoleHub[]): Sample[] {
+  const n: Record<string, number> = Object.fromEntries(CLIENT_METHOD_LABELS.map((m) => [m, 0]));
+  for (const h of hubs) {
+    for (const c of h.clients) {
+      const m = c.method ?? ((c as { secure?: boolean }).secure ? 'telnets' : 'telnet');
+      n[m] = (n[m] ?? 0) + 1;
+    }
+  }
+  return Object.entries(n).map(([method, count]) => [{ method }, count] as Sample);
+}
+
 /** Consoles counted by (kind, state), a maintained source's endpoint state when it is not connected. */
 function consoleStates(hubs: readonly ConsoleHub[]): Sample[] {
   const counts = new Map<string, number>();
   for (const h of hubs) {
-    const state = h.state === 'disconnected' && h.endpoint ? h.endpoint.state : h.state;
+    const state = h.displayState;
     const k = `${h.identity.kind}\0${state}`;
     counts.set(k, (counts.get(k) ?? 0) + 1);
   }
@@ -168,8 +182,8 @@ export function renderMetrics(i: MetricsInput): string {
     family(
       'vspc_vm_ports_listen_errors',
       'gauge',
-      'VM serial ports whose client port (or telnets port) cannot be bound; retried.',
-      hubs.filter((h) => h.listenError || h.tlsListenError).length,
+      'VM serial ports with a client endpoint that cannot be set up (telnet or telnets port, raw port, unix socket, pty); retried.',
+      hubs.filter((h) => h.listenError || h.tlsListenError || h.accessErrors.size > 0).length,
     ),
     family(
       'vspc_consoles',
@@ -203,6 +217,7 @@ export function renderMetrics(i: MetricsInput): string {
       Object.entries(i.metrics.expiries).map(([reason, n]) => [{ reason }, n] as Sample),
     ),
     family('vspc_clients', 'gauge', 'Console clients attached, all VM serial ports.', hubs.reduce((n, h) => n + h.clients.size, 0)),
+    family('vspc_clients_by_method', 'gauge', 'Console clients attached, by access method (telnet, telnets, raw, unix, pty).', clientsByMethod(hubs)),
     family('vspc_bytes_from_vm_total', 'counter', 'Serial output bytes received from VMs.', bytes.fromVm),
     family('vspc_bytes_to_vm_total', 'counter', 'Client input bytes sent to VMs.', bytes.toVm),
     family('vspc_vmotions_begun_total', 'counter', 'vMotions begun (VMOTION-BEGIN answered with GOAHEAD).', i.vmotion.counters.begun),

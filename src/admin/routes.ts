@@ -1,4 +1,6 @@
 import type net from 'node:net';
+import type { FileHandle } from 'node:fs/promises';
+import type { Readable, Writable } from 'node:stream';
 import type { Logger } from '../domain/logger.js';
 import type { Registry } from '../domain/registry.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
@@ -9,10 +11,11 @@ import { ConfigError, VspcError, type VspcErrorCode } from '../errors.js';
 import { formatUuid } from '../util/uuid.js';
 import { sanitizeText } from '../util/text.js';
 import { Glob, hasWildcards } from '../util/glob.js';
-import { AdminApiError, RawBody, type AdminRoute, type AdminUpgradeRoute } from './admin-server.js';
+import { AdminApiError, RawBody, StreamBody, type AdminRoute, type AdminUpgradeRoute } from './admin-server.js';
+import { MAX_FOLLOWERS, type FollowSink, type LogFollow } from '../logging/console-log.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
 import { consoleAddresses, resolveVm } from './resolve.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type StatusView, type TunnelView, type VmDetailView } from './views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type AccessView, type StatusView, type TunnelView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
@@ -27,6 +30,16 @@ export interface AdminContext {
     tail(hub: ConsoleHub, lines: number): Promise<string>;
     /** The same as the file's exact bytes. */
     tailBytes(hub: ConsoleHub, lines: number): Promise<Buffer>;
+    /** The same of rotated file `file` (1 the newest; 0 the current file). */
+    tailFileBytes(hub: ConsoleHub, lines: number, file: number): Promise<Buffer>;
+    /** The numbers of the rotated files that exist, ascending. */
+    rotatedFiles(hub: ConsoleHub): Promise<number[]>;
+    /** Every file, opened, oldest first, in order with the writes. */
+    openAll(hub: ConsoleHub): Promise<FileHandle[]>;
+    /** The last lines, then everything written, as it is written. */
+    follow(hub: ConsoleHub, lines: number, sink: FollowSink): LogFollow;
+    /** Readers following a log now. */
+    readonly activeFollowers: number;
     /** Rotate one VM's log now, or all of them. */
     rotate(hub?: ConsoleHub): Promise<void>;
   };
@@ -42,6 +55,8 @@ export interface AdminContext {
    * bound. Without it (no client listeners), `commit` alone.
    */
   movePort?(hub: ConsoleHub, port: number, commit: () => void): Promise<void>;
+  /** The group that maintains a console's source (`config`, `discovery`), or null (ESXi, stopped discovered ones). */
+  managedBy?(hub: ConsoleHub): string | null;
   /** The config file's `vms:` settings for a VM serial port. */
   settingsOf?(hub: ConsoleHub): ResolvedVmSettings;
   /** Serial tunnels (src/access/tunnel/, config file `tunnels:`). */
@@ -58,10 +73,16 @@ export interface AdminContext {
      */
     open(name: string, port: number, who: string, socket: net.Socket): Promise<(socket: net.Socket, head: Buffer) => void>;
   };
+  /** A console's endpoints, by access method (`show`). */
+  accessOf?(hub: ConsoleHub): AccessView;
 }
 
 export const DEFAULT_LOG_LINES = 50;
 export const MAX_LOG_LINES = 10_000;
+/** Highest rotated file number `file=` takes. */
+export const MAX_LOG_FILE = 100_000;
+/** Readers following console logs at once (`follow=1`). */
+export const MAX_LOG_FOLLOWERS = MAX_FOLLOWERS;
 
 /**
  * The list filter: with `*`/`?` wildcards the whole text matches the glob
@@ -74,7 +95,8 @@ function namePattern(pattern: string): Glob {
 
 /** The admin API's `settings` (docs/admin-api.md): the config file's spelling, `port` for the fixed TCP port. */
 function settingsView(s: ResolvedVmSettings): VmDetailView['settings'] {
-  const { tcpPort, ...rest } = s;
+  // `access` is shown as the endpoints it made (`access`), not as the layers that made it.
+  const { tcpPort, access: _access, ...rest } = s;
   return tcpPort === undefined ? rest : { port: tcpPort, ...rest };
 }
 
@@ -83,6 +105,7 @@ const PARAM_CODES = {
   client: ['VSPC_CLIENT_REQUIRED', 'VSPC_CLIENT_INVALID'],
   port: ['VSPC_PORT_REQUIRED', 'VSPC_PORT_INVALID'],
   lines: ['VSPC_LINES_REQUIRED', 'VSPC_LINES_INVALID'],
+  file: ['VSPC_LOG_FILE_INVALID', 'VSPC_LOG_FILE_INVALID'],
 } as const satisfies Record<string, readonly [VspcErrorCode, VspcErrorCode]>;
 
 function intParam(url: URL, name: keyof typeof PARAM_CODES, min: number, max: number, fallback?: number): number {
@@ -128,6 +151,31 @@ function flagParam(url: URL, name: string): boolean {
   return v !== null && ['', '1', 'true', 'yes'].includes(v.toLowerCase());
 }
 
+/** Copies `src` into `out` with backpressure, leaving `out` open; false when `out` closed first. */
+async function pump(src: Readable, out: Writable): Promise<boolean> {
+  try {
+    for await (const chunk of src) {
+      if (out.destroyed) return false;
+      if (out.write(chunk as Buffer)) continue;
+      const drained = await new Promise<boolean>((resolve) => {
+        const done = (ok: boolean) => {
+          out.off('drain', onDrain);
+          out.off('close', onClose);
+          resolve(ok);
+        };
+        const onDrain = () => done(true);
+        const onClose = () => done(false);
+        out.on('drain', onDrain);
+        out.on('close', onClose);
+      });
+      if (!drained) return false;
+    }
+    return !out.destroyed;
+  } finally {
+    src.destroy();
+  }
+}
+
 /** The admin API's calls (documented in docs/admin-api.md). */
 export function adminRoutes(ctx: AdminContext): AdminRoute[] {
   /** A console's view; `address` (resolve.ts) built once per request when viewing many. */
@@ -147,6 +195,13 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     settings: settingsView(ctx.settingsOf?.(hub) ?? {}),
     endpointStatus: endpointView(hub.endpoint),
     tunnel: ctx.tunnels?.of(hub) ?? null,
+    access: ctx.accessOf?.(hub) ?? {
+      telnet: { host: '', port: hub.identity.tcpPort, listening: hub.listenError === null, error: hub.listenError },
+      telnets: null,
+      raw: null,
+      unix: null,
+      pty: null,
+    },
   });
 
   const setPort = async (hub: ConsoleHub, port: number, force: boolean) => {
@@ -246,6 +301,18 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       path: '/api/v1/forget',
       handle: (url) => {
         const hub = vmOf(url);
+        // A console the configuration or discovery keeps would be back (or half back)
+        // at the next reload or scan: it is removed where it is declared.
+        const group = ctx.managedBy?.(hub) ?? null;
+        if (group !== null) {
+          throw new AdminApiError(
+            409,
+            'VSPC_CONSOLE_MANAGED',
+            group === 'config'
+              ? `${hub.displayName} is declared in the config file (consoles:); remove it there and reload`
+              : `${hub.displayName} is found by discovery; it is stopped when its VM goes, and can be forgotten then`,
+          );
+        }
         const v = view(hub);
         ctx.registry.forget(hub);
         ctx.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.tcpPort });
@@ -262,11 +329,57 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       path: '/api/v1/log',
       handle: async (url) => {
         const hub = vmOf(url);
-        const lines = intParam(url, 'lines', 1, MAX_LOG_LINES, DEFAULT_LOG_LINES);
-        if (!ctx.consoleLogs) throw new AdminApiError(409, 'VSPC_CONSOLE_LOG_OFF', 'console logging is off (start vspc with --log-dir)');
+        const follow = url.searchParams.get('follow') === '1';
+        const all = url.searchParams.get('all') === '1';
+        const hasFile = url.searchParams.has('file');
+        const asked = [follow && 'follow', all && 'all', hasFile && 'file'].filter((x): x is string => !!x);
+        if (asked.length > 1) throw new AdminApiError(400, 'VSPC_LOG_QUERY_CONFLICT', `${asked.join(' and ')} do not go together`);
+        // Following may start with no lines at all (only what comes next).
+        const lines = intParam(url, 'lines', follow ? 0 : 1, MAX_LOG_LINES, DEFAULT_LOG_LINES);
+        const file = intParam(url, 'file', 0, MAX_LOG_FILE, 0);
+        const logs = ctx.consoleLogs;
+        if (!logs) throw new AdminApiError(409, 'VSPC_CONSOLE_LOG_OFF', 'console logging is off (start vspc with --log-dir)');
+        if ((follow || all) && !hub.logged) {
+          throw new AdminApiError(409, 'VSPC_CONSOLE_LOG_OFF', `no console log is kept for ${hub.displayName} (log: false in its consoles: entry)`);
+        }
+        if (follow) {
+          if (logs.activeFollowers >= MAX_LOG_FOLLOWERS) {
+            throw new AdminApiError(503, 'VSPC_LOG_FOLLOW_LIMIT', `${MAX_LOG_FOLLOWERS} readers follow console logs already; try again when one has stopped`);
+          }
+          return new StreamBody('application/octet-stream', (res) => {
+            const f = logs.follow(hub, lines, {
+              write: (b) => void res.write(b),
+              end: () => res.end(),
+              get buffered() {
+                return res.writableLength;
+              },
+            });
+            res.once('close', () => f.stop());
+          });
+        }
+        if (all) {
+          const handles = await logs.openAll(hub);
+          return new StreamBody('application/octet-stream', async (res) => {
+            try {
+              for (const h of handles) if (!(await pump(h.createReadStream({ autoClose: false }), res))) return; // the reader left (| head)
+              res.end();
+            } finally {
+              await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
+            }
+          });
+        }
+        if (file > 0 && !(await logs.rotatedFiles(hub)).includes(file)) {
+          const have = await logs.rotatedFiles(hub);
+          throw new AdminApiError(
+            404,
+            'VSPC_LOG_FILE_NOT_FOUND',
+            `${hub.displayName} has no rotated console log file ${file} (${have.length === 0 ? 'none yet' : `it has ${have.join(', ')}`})`,
+          );
+        }
         // format=raw: the file's exact bytes (console output need not be UTF-8).
-        if (url.searchParams.get('format') === 'raw') return new RawBody('application/octet-stream', await ctx.consoleLogs.tailBytes(hub, lines));
-        return { vm: hub.displayName, port: hub.identity.tcpPort, lines, text: await ctx.consoleLogs.tail(hub, lines) };
+        if (url.searchParams.get('format') === 'raw') return new RawBody('application/octet-stream', await logs.tailFileBytes(hub, lines, file));
+        const text = file === 0 ? await logs.tail(hub, lines) : (await logs.tailFileBytes(hub, lines, file)).toString('utf8');
+        return { vm: hub.displayName, port: hub.identity.tcpPort, lines, ...(file > 0 ? { file } : {}), text };
       },
     },
     {

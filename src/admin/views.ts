@@ -54,14 +54,15 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
     tlsPort: tlsPortOf(hub),
     connected: hub.source !== null,
     // A maintained source that is not connected says why: waiting (backoff), listening, stopped.
-    state: hub.state === 'disconnected' && hub.endpoint ? hub.endpoint.state : hub.state,
+    state: hub.displayState,
     clients: hub.clients.size,
     source: hub.source?.kind ?? null,
     peer: hub.source?.peer ?? null,
     endpoint: hub.endpoint?.spec ?? null,
     connectedSince: hub.connectedSince ? new Date(hub.connectedSince).toISOString() : null,
     lastSeen: lastSeen ? new Date(lastSeen).toISOString() : null,
-    listenError: [hub.listenError, hub.tlsListenError].filter(Boolean).join('; ') || null,
+    // The other access methods' endpoints too (raw port, unix socket, pty): "raw: ...".
+    listenError: [hub.listenError, hub.tlsListenError, ...[...hub.accessErrors].map(([m, e]) => `${m}: ${e}`)].filter(Boolean).join('; ') || null,
   };
 }
 
@@ -75,6 +76,8 @@ export interface ClientView {
   mode: string;
   /** Connected over telnets. */
   tls: boolean;
+  /** The access method: `telnet`, `telnets`, `raw`, `unix` or `pty`. */
+  method: string;
   connectedSince: string | null;
   /** The VM serial port it is attached to. */
   vm: string;
@@ -88,6 +91,8 @@ interface ClientFacts {
   mode?: string;
   connectedAt?: number;
   secure?: boolean;
+  /** Set by access methods other than telnet (`raw`, `unix`, `pty`). */
+  method?: string;
 }
 
 export function clientViews(hub: ConsoleHub): ClientView[] {
@@ -100,6 +105,7 @@ export function clientViews(hub: ConsoleHub): ClientView[] {
         user: hub.userOf(c) ?? null,
         mode: f.mode ?? 'readwrite',
         tls: f.secure === true,
+        method: f.method ?? (f.secure === true ? 'telnets' : 'telnet'),
         connectedSince: typeof f.connectedAt === 'number' ? new Date(f.connectedAt).toISOString() : null,
         vm: hub.displayName,
         uuid: formatUuid(hub.identity.key),
@@ -185,6 +191,52 @@ export interface VmDetailView extends PortView {
   endpointStatus: EndpointView | null;
   /** The serial tunnel this console carries (it has no console for people then); null: none. */
   tunnel?: TunnelView | null;
+  /** How people reach it: each access method's endpoint, null where the method is off. */
+  access: AccessView;
+}
+
+/** One TCP endpoint of a console (telnet, telnets, raw). */
+export interface TcpEndpointView {
+  host: string;
+  port: number;
+  listening: boolean;
+  /** Why it does not listen (retried); null when it does. */
+  error: string | null;
+}
+
+/** A console's unix socket. */
+export interface UnixEndpointView {
+  path: string;
+  /** `raw` or `telnet`. */
+  protocol: string;
+  owner: string;
+  group: string | null;
+  /** Octal, e.g. "0600". */
+  mode: string;
+  listening: boolean;
+  error: string | null;
+}
+
+/** A console's pty. */
+export interface PtyEndpointView {
+  /** The stable path programs open. */
+  link: string;
+  /** The pty it points at (`/dev/pts/N`); null while none could be made. */
+  device: string | null;
+  mode: string;
+  group: string | null;
+  /** A program has the pty open now. */
+  readerAttached: boolean;
+  error: string | null;
+}
+
+/** `show`'s `access`: a console's endpoints by method; null where the method is off for it. */
+export interface AccessView {
+  telnet: TcpEndpointView | null;
+  telnets: TcpEndpointView | null;
+  raw: TcpEndpointView | null;
+  unix: UnixEndpointView | null;
+  pty: PtyEndpointView | null;
 }
 
 /**

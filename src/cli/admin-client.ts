@@ -34,6 +34,61 @@ export class AdminClient {
     return this.request<never>('GET', path);
   }
 
+  /**
+   * A GET whose answer is a stream of bytes (`/api/v1/log?follow=1`): each chunk goes
+   * to `onData` as it arrives; resolves when the server ends the stream. The timeout
+   * covers the wait for the answer, not the stream. Rejects as `get` does on an error
+   * answer, and with VSPC_ADMIN_UNREACHABLE when the stream breaks off.
+   */
+  stream(path: string, onData: (chunk: Buffer) => void): Promise<void> {
+    const o = this.options;
+    const headers: Record<string, string> = { accept: 'application/octet-stream, application/json' };
+    if (o.token) headers.authorization = `Bearer ${o.token}`;
+    const lib = o.tls ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request(
+        { host: this.addr.host, port: this.addr.port, method: 'GET', path, headers, timeout: o.timeoutMs ?? 10_000, agent: false, ...(o.tls?.ca ? { ca: o.tls.ca } : {}) },
+        (res) => {
+          const status = res.statusCode ?? 0;
+          if (status < 200 || status > 299) {
+            // An error answer is JSON, as for any call.
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => {
+              try {
+                this.answer<never>(status, Buffer.concat(chunks), path);
+                reject(new VspcError('VSPC_ADMIN_BAD_RESPONSE', `unexpected answer from ${this.base}${path}: HTTP ${status}`));
+              } catch (err) {
+                reject(err);
+              }
+            });
+            res.on('error', (err) => reject(this.unreachable(err)));
+            return;
+          }
+          req.setTimeout(0); // a quiet console sends nothing for hours
+          let ended = false;
+          res.on('data', (c: Buffer) => onData(c));
+          res.on('end', () => {
+            ended = true;
+            resolve();
+          });
+          res.on('aborted', () => reject(this.broken()));
+          res.on('error', () => reject(this.broken()));
+          res.on('close', () => {
+            if (!ended) reject(this.broken());
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
+      req.on('error', (err) => reject(this.unreachable(err)));
+      req.end();
+    });
+  }
+
+  private broken(): VspcError {
+    return new VspcError('VSPC_ADMIN_UNREACHABLE', `the stream from the vspc admin API at ${this.base} broke off (did vspc stop?)`, { admin: this.base });
+  }
+
   /** Parameters travel in the query string; the JSON body and its type make this a non-simple request (src/admin/request-guard.ts). */
   post<T>(path: string): Promise<T> {
     return this.request<T>('POST', path);
@@ -41,6 +96,11 @@ export class AdminClient {
 
   private async request<T>(method: string, path: string): Promise<T> {
     const { status, body: raw } = await this.send(method, path);
+    return this.answer<T>(status, raw, path);
+  }
+
+  /** A JSON answer's body, or its error as a VspcError. */
+  private answer<T>(status: number, raw: Buffer, path: string): T {
     const text = raw.toString('utf8');
     let body: unknown;
     try {

@@ -41,17 +41,39 @@ export interface ConsoleTarget {
   where: string;
   /** Through the broker: the console to SELECT before the lock request. */
   select?: string;
+  /** TLS with a pinned certificate: checked before anything is sent; a message when the peer must not be used. */
+  verifyPeer?(socket: net.Socket): string | null;
+  /** TLS: what to tell someone whose connection failed on the certificate; null for other errors. */
+  explainError?(err: Error): Promise<string> | null;
 }
 
-/** A console's own telnet port (or telnets, with `tls`). */
-export function portTarget(o: { host: string; port: number; tls: boolean; ca?: Buffer; cert?: Buffer; key?: Buffer }): ConsoleTarget {
+/**
+ * A console's own telnet port (or telnets, with `tls`). `fingerprint` pins the
+ * certificate (SHA-256): it replaces the CA check unless a CA is given too, and is
+ * compared before anything is sent.
+ */
+export function portTarget(o: { host: string; port: number; tls: boolean; ca?: Buffer; cert?: Buffer; key?: Buffer; fingerprint?: string }): ConsoleTarget {
+  const servername = net.isIP(o.host) ? undefined : o.host;
+  const pinOnly = o.fingerprint !== undefined && o.ca === undefined;
   return {
     dial: () =>
       o.tls
-        ? tls.connect({ host: o.host, port: o.port, ca: o.ca, cert: o.cert, key: o.key, servername: net.isIP(o.host) ? undefined : o.host })
+        ? tls.connect({ host: o.host, port: o.port, ca: o.ca, cert: o.cert, key: o.key, servername, rejectUnauthorized: !pinOnly })
         : net.connect({ host: o.host, port: o.port }),
     readyEvent: o.tls ? 'secureConnect' : 'connect',
     where: `${o.host}:${o.port}`,
+    verifyPeer: (socket) => {
+      if (!o.tls || o.fingerprint === undefined) return null;
+      const got = (socket as tls.TLSSocket).getPeerCertificate().fingerprint256 ?? '';
+      if (normalizeFingerprint(got) === normalizeFingerprint(o.fingerprint)) return null;
+      return `${o.host}:${o.port}: the certificate's SHA-256 fingerprint is ${got}, not the one given with --fingerprint; not connecting`;
+    },
+    explainError: (err) => {
+      const code = (err as NodeJS.ErrnoException).code ?? err.message;
+      if (!o.tls || !isCertificateError(code)) return null;
+      // Say what to do rather than only the verifier's code: fetch what the server presents.
+      return peerCertificate(o.host, o.port, servername).then((cert) => untrustedAdvice(o, code, err.message, cert));
+    },
   };
 }
 
@@ -73,6 +95,8 @@ export function runConsole(o: ConsoleOptions, target: ConsoleTarget, io: Console
     let done = false;
     let granted = false;
     let menu = false;
+    /** A certificate error is being explained (see the error handler): the close that follows says nothing. */
+    let explaining = false;
     const say = (text: string) => io.stderr.write(`\r\n[vspc-admin: ${text}]\r\n`);
     const socket = target.dial();
     const lockRequest = () =>
@@ -172,6 +196,11 @@ export function runConsole(o: ConsoleOptions, target: ConsoleTarget, io: Console
 
     socket.setNoDelay(true);
     socket.on(target.readyEvent, () => {
+      const refused = target.verifyPeer?.(socket);
+      if (refused) {
+        finish(ConnectExit.ERROR, refused);
+        return;
+      }
       session.requestUs(Option.BINARY);
       session.requestUs(Option.SGA);
       session.requestUs(VSPC_CONTROL_OPTION);
@@ -180,12 +209,26 @@ export function runConsole(o: ConsoleOptions, target: ConsoleTarget, io: Console
       else lockRequest();
     });
     socket.on('data', (d: Buffer) => session.receive(d));
-    socket.on('error', (err) => finish(ConnectExit.ERROR, `${target.where}: ${describeSocketError(err)}`));
-    socket.on('close', () => finish(granted ? ConnectExit.OK : ConnectExit.ERROR, granted ? 'connection closed by vspc' : 'closed before a lock was granted'));
+    socket.on('error', (err) => {
+      if (done || explaining) return;
+      const explained = target.explainError?.(err) ?? null;
+      if (!explained) {
+        finish(ConnectExit.ERROR, `${target.where}: ${describeSocketError(err)}`);
+        return;
+      }
+      explaining = true;
+      clearTimeout(timer);
+      void explained.then((message) => finish(ConnectExit.ERROR, message));
+    });
+    socket.on('close', () => {
+      if (!explaining) finish(granted ? ConnectExit.OK : ConnectExit.ERROR, granted ? 'connection closed by vspc' : 'closed before a lock was granted');
+    });
     io.stdin.on('data', onStdin);
     io.stdin.on('end', () => {
       // Input ended (a pipe): let the output drain briefly, then leave.
-      setTimeout(() => finish(ConnectExit.OK), 200).unref();
+      setTimeout(() => {
+        if (!explaining) finish(ConnectExit.OK);
+      }, 200).unref();
     });
     io.stdin.pause();
   });
@@ -198,6 +241,78 @@ export function describeSocketError(err: Error): string {
   if (code === 'EACCES') return 'EACCES: permission denied (the broker socket admits its owner and group only)';
   if (code === 'ECONNREFUSED') return 'ECONNREFUSED: nothing accepts connections there (vspc not running?)';
   return code ?? err.message;
+}
+
+/** Node's codes for a certificate that does not verify (chain, validity, host name). */
+function isCertificateError(code: string): boolean {
+  return /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|ERR_TLS_CERT_ALTNAME_INVALID/.test(code);
+}
+
+/** Fingerprint as hex digits only, upper case (`ab:cd...` and `ABCD...` compare equal). */
+export function normalizeFingerprint(text: string): string {
+  return text.replace(/[^0-9a-fA-F]/g, '').toUpperCase();
+}
+
+export interface PresentedCertificate {
+  subject: string;
+  altNames: string;
+  fingerprint256: string;
+  validTo: string;
+}
+
+/**
+ * The certificate a TLS server presents, without trusting it (a second handshake that
+ * sends nothing); null if that fails too. Only used to describe a certificate that
+ * did not verify.
+ */
+function peerCertificate(host: string, port: number, servername: string | undefined): Promise<PresentedCertificate | null> {
+  return new Promise((resolve) => {
+    const s = tls.connect({ host, port, servername, rejectUnauthorized: false });
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve(null);
+    }, 5000);
+    timer.unref();
+    s.once('secureConnect', () => {
+      clearTimeout(timer);
+      const c = s.getPeerCertificate();
+      s.destroy();
+      if (!c || !c.fingerprint256) return resolve(null);
+      const name = (x: Record<string, unknown> | undefined) => (x?.CN !== undefined ? `CN=${String(x.CN)}` : JSON.stringify(x ?? {}));
+      resolve({
+        subject: name(c.subject as unknown as Record<string, unknown>),
+        altNames: c.subjectaltname ?? '',
+        fingerprint256: c.fingerprint256,
+        validTo: c.valid_to,
+      });
+    });
+    s.once('error', () => {
+      clearTimeout(timer);
+      resolve(null);
+    });
+  });
+}
+
+/** What to tell someone whose `connect --tls` failed on the certificate: what it is, and the options that fix it. */
+export function untrustedAdvice(o: { host: string; port: number; ca?: Buffer; fingerprint?: string }, code: string, message: string, cert: PresentedCertificate | null): string {
+  const where = `${o.host}:${o.port}`;
+  const lines: string[] = [];
+  const presents = cert ? `it presents ${cert.subject}${cert.altNames ? ` (${cert.altNames})` : ''}, valid until ${cert.validTo}, SHA-256 fingerprint ${cert.fingerprint256}` : null;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    lines.push(`${where}: the certificate is not valid for the name "${o.host}" (${code})`);
+    if (presents) lines.push(`  ${presents}`);
+    lines.push("  connect with --host NAME, a name the certificate lists (the VM's console port is on the same host as the admin API)");
+    return lines.join('\r\n');
+  }
+  lines.push(`${where}: the server's certificate is not trusted (${code}: ${message})`);
+  if (presents) lines.push(`  ${presents}`);
+  if (o.ca !== undefined) lines.push('  the file given with --ca did not sign it: give the CA certificate that did (for a self-signed one: the certificate itself)');
+  else lines.push("  give the CA certificate that signed it: --ca FILE (for vspc's self-signed certificate: the file vspc has as --cert, e.g. certs/vspc.crt)");
+  if (cert) {
+    lines.push(`  or trust exactly this certificate: --fingerprint ${cert.fingerprint256}`);
+    lines.push("  after checking, on the vspc host, that it is vspc's: openssl x509 -in CERT -noout -fingerprint -sha256");
+  }
+  return lines.join('\r\n');
 }
 
 function readFile(field: string, path: string | undefined): Buffer | undefined {
@@ -220,6 +335,7 @@ export function addConnectCommand(program: Command, client: () => AdminClient, a
     .option('--raw', "only the VM's bytes: no greeting, no [vspc: ...] notices, no scrollback replay")
     .option('--tls', "use the VM's telnets port")
     .option('--ca <file>', 'CA certificate (PEM) to trust for --tls (e.g. a self-signed vspc certificate)')
+    .option('--fingerprint <sha256>', "for --tls: trust exactly the certificate with this SHA-256 fingerprint (as openssl x509 -fingerprint -sha256 prints it)")
     .option('--cert <file>', 'client certificate (PEM) for --tls, when vspc requires one')
     .option('--key <file>', 'client key (PEM)')
     .option('--host <host>', "host of the VM's console port (default: the admin API's host)")
@@ -228,6 +344,11 @@ export function addConnectCommand(program: Command, client: () => AdminClient, a
       const mode = parseLockMode(String(opts.mode));
       if (!mode) throw new ConfigError(`--mode: "${String(opts.mode)}" is not one of readwrite, readonly, exclusive, excl_write, readonly_ok`, { field: '--mode' });
       if (!!opts.cert !== !!opts.key) throw new ConfigError('--cert: --cert and --key go together', { field: '--cert' });
+      const fingerprint = opts.fingerprint as string | undefined;
+      if (fingerprint !== undefined && normalizeFingerprint(fingerprint).length !== 64) {
+        throw new ConfigError(`--fingerprint: "${fingerprint.slice(0, 120)}" is not a SHA-256 fingerprint (64 hex digits, colons allowed)`, { field: '--fingerprint' });
+      }
+      if (fingerprint !== undefined && !opts.tls) throw new ConfigError('--fingerprint: only with --tls', { field: '--fingerprint' });
       const view = await client().get<PortView>(`/api/v1/resolve?vm=${encodeURIComponent(vm)}`);
       const port = opts.tls ? view.tlsPort : view.port;
       if (!port) throw new VspcError('VSPC_NO_TLS_PORT', `${view.name ?? view.uuid} has no telnets port (vspc runs without --cert/--key)`);
@@ -236,6 +357,7 @@ export function addConnectCommand(program: Command, client: () => AdminClient, a
         portTarget({
           tls: !!opts.tls,
           ca: readFile('--ca', opts.ca as string | undefined),
+          fingerprint,
           cert: readFile('--cert', opts.cert as string | undefined),
           key: readFile('--key', opts.key as string | undefined),
           host: (opts.host as string | undefined) ?? adminHost(),

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError, Option as CliOption } from 'commander';
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
 import type { ReloadReport } from '../config/reload.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, type ClientView, type EndpointView, type PortView, type TunnelView, type VmDetailView } from '../admin/views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, type AccessView, type ClientView, type EndpointView, type PortView, type TunnelView, type VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { neutralizeTerminalStrings } from '../util/text.js';
@@ -14,6 +15,7 @@ import { addTunnelCommand } from './tunnel.js';
 import { tunnelRows, tunnelTable } from './tunnel-views.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
 import { addConsoleCommand } from './console.js';
+import { helpEpilogue, VSPC_ADMIN_MANUAL } from './help-text.js';
 
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
@@ -49,9 +51,31 @@ function endpointRows(e: EndpointView | null): Array<[string, string]> {
   const rows: Array<[string, string]> = [
     ['source', e.spec],
     ['endpoint', `${e.state} since ${since(e.since)}${e.nextAttemptAt ? `, next attempt in ${Math.max(0, Math.round((Date.parse(e.nextAttemptAt) - Date.now()) / 1000))}s` : ''}${e.note ? ` (${e.note})` : ''}`],
-    ['reconnects', `${e.reconnects} (${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''})`],
+    // Failed attempts and lost connections together: the count of times the endpoint was not there.
+    ['failures', `${e.reconnects} of ${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''}`],
   ];
   if (e.lastError) rows.push(['last error', e.lastError]);
+  return rows;
+}
+
+/** `show` rows for a console's endpoints, one per access method that is on. */
+function accessRows(a: AccessView | undefined): Array<[string, string]> {
+  if (!a) return [];
+  const state = (listening: boolean, error: string | null) => (listening ? '' : `  ! ${error ?? 'not set up yet'}`);
+  const rows: Array<[string, string]> = [];
+  if (a.telnet) rows.push(['telnet', `${a.telnet.host ? `${a.telnet.host}:` : ''}${a.telnet.port}${state(a.telnet.listening, a.telnet.error)}`]);
+  else rows.push(['telnet', 'off']);
+  if (a.telnets) rows.push(['telnets', `${a.telnets.host}:${a.telnets.port}${state(a.telnets.listening, a.telnets.error)}`]);
+  if (a.raw) rows.push(['raw', `${a.raw.host}:${a.raw.port}${state(a.raw.listening, a.raw.error)}`]);
+  if (a.unix) {
+    const who = `${a.unix.owner}:${a.unix.group ?? '-'} ${a.unix.mode}, ${a.unix.protocol}`;
+    rows.push(['unix socket', `${a.unix.path} (${who})${state(a.unix.listening, a.unix.error)}`]);
+  }
+  if (a.pty) {
+    const dev = a.pty.device ? ` -> ${a.pty.device}` : '';
+    const reader = a.pty.readerAttached ? ', open by a reader' : '';
+    rows.push(['pty', `${a.pty.link}${dev} (${a.pty.group ?? '-'} ${a.pty.mode}${reader})${state(a.pty.device !== null && a.pty.error === null, a.pty.error)}`]);
+  }
   return rows;
 }
 
@@ -128,11 +152,12 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
   const program = new Command('vspc-admin')
     .description('Administer a running vspc through its admin API.')
     .version(VERSION, '-V, --version')
-    .option('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)', '127.0.0.1:13371')
+    .addOption(new CliOption('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)').env('VSPC_ADMIN').default('127.0.0.1:13371'))
     .option('--admin-tls', 'speak HTTPS to the admin API (vspc --admin-cert/--admin-key)')
     .option('--admin-ca <file>', "CA certificate (PEM) to trust for the admin API's HTTPS (implies --admin-tls)")
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
-    .option('--token-file <file>', 'read the admin API token from this file');
+    .option('--token-file <file>', 'read the admin API token from this file')
+    .addHelpText('after', helpEpilogue(VSPC_ADMIN_MANUAL));
   const client = () => adminClientFrom(program);
   const vmArg = 'VM name (any case), NAME:LABEL, NAME: (its serial port without a label), UUID (any form, :LABEL too), or client port';
   const q = (vm: string) => `vm=${encodeURIComponent(vm)}`;
@@ -206,6 +231,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         [d.uuid !== null ? 'uuid' : 'key', d.uuid ?? d.key],
         ['label', d.label || '-'],
         ['port', `${d.port}${d.tlsPort !== null ? ` (telnets ${d.tlsPort})` : ''}${d.listenError ? `  ! ${d.listenError}` : ''}`],
+        ...accessRows(d.access),
         ['state', d.state],
         ...endpointRows(d.endpointStatus),
         ['peer', d.peer ?? '-'],
@@ -234,7 +260,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       rows.push(['clients', String(d.clientList.length)]);
       const width = Math.max(...rows.map(([k]) => k.length)) + 1;
       let text = `${vmName(d)}\n` + rows.map(([k, v]) => `  ${(k + ':').padEnd(width)} ${v}`).join('\n') + '\n';
-      for (const c of d.clientList) text += `    #${c.id}  ${clientWho(c)}  ${c.mode}${c.tls ? '  tls' : ''}  since ${since(c.connectedSince)}\n`;
+      for (const c of d.clientList) text += `    #${c.id}  ${c.method ?? (c.tls ? 'telnets' : 'telnet')}  ${clientWho(c)}  ${c.mode}  since ${since(c.connectedSince)}\n`;
       text += `  ${'vMotions:'.padEnd(width)} ${d.vmotions.length === 0 ? 'none since vspc started' : String(d.vmotions.length)}\n`;
       for (const m of d.vmotions) {
         text += `    ${m.startedAt.replace(/\.\d{3}Z$/, 'Z')}  ${m.outcome} in ${m.durationMs} ms (held ${m.heldBytes} bytes${m.discardedBytes ? `, discarded ${m.discardedBytes}` : ''})\n`;
@@ -258,8 +284,8 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       }
       out(
         formatTable(
-          ['ID', 'VM', 'PORT', 'MODE', 'TLS', 'PEER', 'SINCE'],
-          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', clientWho(c), since(c.connectedSince)]),
+          ['ID', 'VM', 'PORT', 'MODE', 'VIA', 'PEER', 'SINCE'],
+          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.method ?? (c.tls ? 'telnets' : 'telnet'), clientWho(c), since(c.connectedSince)]),
         ),
       );
     });
@@ -305,15 +331,31 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
 
   program
     .command('log')
-    .description("the end of a VM serial port's console log (vspc --log-dir)")
+    .description("the end of a VM serial port's console log (vspc --log-dir); --follow for what comes next")
     .argument('<vm>', vmArg)
-    .option('--tail <n>', 'number of lines', '50')
+    .option('--tail <n>', 'number of lines (with --follow: 0 for none)', '50')
+    .addOption(new CliOption('-f, --follow', 'after the last lines, print new output as it is logged, until Ctrl-C (or the VM serial port is forgotten, or vspc stops)').conflicts(['file', 'all']))
+    .addOption(new CliOption('--file <n>', 'a rotated file instead of the current one: 1 is the newest (NAME.log.1)').conflicts(['all']))
+    .addOption(new CliOption('--all', 'every file kept, oldest first, whole (the whole history vspc has)').conflicts(['tail']))
     .option('--raw', "the log's exact bytes even on a terminal (by default a terminal gets them without title/clipboard/device-control strings)")
-    .action(async (vm: string, opts: { tail: string; raw?: boolean }) => {
-      let bytes = await client().getBytes(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}&format=raw`);
+    .action(async (vm: string, opts: { tail: string; raw?: boolean; follow?: boolean; file?: string; all?: boolean }) => {
       // Console bytes are the VM's: on a terminal, what would act on the terminal itself
       // (OSC/DCS/APC/PM strings, C1 controls) is removed; colours and cursor moves stay.
-      if (process.stdout.isTTY && !opts.raw) bytes = neutralizeTerminalStrings(bytes);
+      const clean = (b: Buffer) => (process.stdout.isTTY && !opts.raw ? neutralizeTerminalStrings(b) : b);
+      if (opts.file !== undefined && !/^\d+$/.test(opts.file)) throw new ConfigError(`--file: "${opts.file}" is not a file number (1 is the newest rotated file)`, { field: '--file' });
+      if (opts.follow || opts.all) {
+        const query = opts.follow ? `follow=1&lines=${encodeURIComponent(opts.tail)}` : 'all=1';
+        let last = 0x0a;
+        await client().stream(`/api/v1/log?${q(vm)}&${query}&format=raw`, (chunk) => {
+          if (chunk.length === 0) return;
+          last = chunk[chunk.length - 1];
+          out(clean(chunk));
+        });
+        if (last !== 0x0a && process.stdout.isTTY) out('\n');
+        return;
+      }
+      const file = opts.file !== undefined ? `&file=${encodeURIComponent(opts.file)}` : '';
+      let bytes = clean(await client().getBytes(`/api/v1/log?${q(vm)}&lines=${encodeURIComponent(opts.tail)}${file}&format=raw`));
       if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a && process.stdout.isTTY) bytes = Buffer.concat([bytes, Buffer.from('\n')]);
       out(bytes);
     });
@@ -427,4 +469,13 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+// Run only as the program itself (also through npm's bin link), not when imported (the manual generator builds the program).
+if (invokedDirectly()) await main();
+
+function invokedDirectly(): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? '') === fileURLToPath(import.meta.url);
+  } catch {
+    return false;
+  }
+}

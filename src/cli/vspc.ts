@@ -7,9 +7,10 @@ import { VspcServer } from '../server.js';
 import { buildProgram } from '../config/options.js';
 import { loadConfiguration, type LoadedConfiguration } from '../config/load.js';
 import { createReloader } from '../config/reload.js';
+import { helpEpilogue, VSPC_MANUAL } from './help-text.js';
 
 async function main(argv: string[]): Promise<void> {
-  const program = buildProgram().exitOverride();
+  const program = buildProgram().addHelpText('after', helpEpilogue(VSPC_MANUAL)).exitOverride();
   let config: VspcConfig;
   let loaded: LoadedConfiguration;
   try {

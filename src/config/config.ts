@@ -9,6 +9,7 @@ import type { HostPort } from '../util/net.js';
 import type { LockRequest } from '../domain/locks.js';
 import type { CidrBlock } from '../util/cidr.js';
 import type { LOG_FORMATS, LOG_LEVELS } from './table.js';
+import type { AccessSettings } from './access.js';
 import { DEFAULTS as COMPUTED_DEFAULTS } from './options.js';
 import type { BrokerSocketSetting } from './broker.js';
 
@@ -56,7 +57,7 @@ export interface VspcConfig {
   registrationRate: number;
   /** ... and at once. */
   registrationBurst: number;
-  /** Records that never carried a byte nor a client are forgotten after this long unseen; 0 = only expireAfterMs. */
+  /** Records no client ever attached to are forgotten after this long unseen; 0 = only expireAfterMs. */
   expireUnusedAfterMs: number;
   subnegotiationTimeoutMs: number;
   maxSubnegotiation: number;
@@ -73,6 +74,8 @@ export interface VspcConfig {
   vmotionHoldLimit: number;
   /** Recent VM output replayed to a client on attach. */
   scrollbackBytes: number;
+  /** How often a console's pty is checked for a reader opening it (access method pty). */
+  ptyPollMs: number;
   /** Wait this long for a VSPC-CONTROL lock request before giving a client the default lock. */
   clientLockWaitMs: number;
   /** Close console clients that typed nothing for this long (0 = never; keepalive still finds dead peers). */
@@ -107,6 +110,8 @@ export interface VspcConfig {
   consoles: ConsoleSettings[];
   /** Serial tunnels from the config file (`tunnels:`); see tunnels.ts. */
   tunnels: TunnelSettings[];
+  /** Access methods for every console (config file `access:`); entries of vms:/consoles: override it (access.ts). */
+  access: AccessSettings;
   /** Proxmox discovery: the run directory of the VMs' serial sockets; null = off. */
   proxmoxRunDir: string | null;
   proxmoxConfDir: string;
@@ -190,6 +195,8 @@ export interface ConsoleSettings {
   replay?: boolean;
   /** false: no console log file for this console. */
   log?: boolean;
+  /** Access methods for this console, over the global `access:` and any vms: match. */
+  access?: AccessSettings;
   /** Where the entry is written ("file:line:col"), for log lines. */
   where?: string;
 }
@@ -206,6 +213,8 @@ export interface VmSettings {
   greeting?: boolean;
   notices?: boolean;
   replay?: boolean;
+  /** Access methods for the matching consoles, over the global `access:`. */
+  access?: AccessSettings;
   /** Where the entry is written ("file:line:col"), for log lines. */
   where?: string;
 }

@@ -1,13 +1,14 @@
 /**
- * Reading the config file (`vspc --config FILE`, YAML or JSON): parse it, check each
- * top-level key against the keys it may have and each value's type, and locate any
- * node as "file:line:col" for error messages. What the keys are and what their values
+ * Reading the config file (`vspc --config FILE`: JSON when the name ends in `.json`,
+ * else YAML): parse it, check each top-level key against the keys it may have and
+ * each value's type, and locate any node as "file:line:col" for error messages. What the keys are and what their values
  * mean is not decided here (table.ts, load.ts); see docs/operations.md and
  * docs/decisions/0006-yaml-config.md.
  */
 import { readFileSync } from 'node:fs';
 import { LineCounter, isMap, isScalar, isSeq, parseDocument, type Document, type Pair } from 'yaml';
 import { ConfigError } from '../errors.js';
+import { checkJsonSyntax } from './json-syntax.js';
 
 /** Throws a ConfigError at the position of `at` (of its key with `onKey`): "file:line:col: a.b.c: message". */
 export type Fail = (at: Array<string | number>, message: string, onKey?: boolean) => never;
@@ -46,6 +47,12 @@ export function readConfigFile(path: string, keys: ReadonlyMap<string, KeyKind>)
     const p = lines.linePos(offset ?? 0);
     return `${path}:${p.line}:${p.col}`;
   };
+  // A .json file is JSON: what YAML would also accept (a trailing comma, a comment,
+  // unquoted keys) is an error. Then the YAML reading below gives the positions.
+  if (/\.json$/i.test(path)) {
+    const bad = checkJsonSyntax(text);
+    if (bad) throw new ConfigError(`${pos(bad.offset)}: JSON syntax error: ${bad.message}`, { field: '--config', file: path });
+  }
   const firstError = doc.errors[0];
   if (firstError) {
     const msg = firstError.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');

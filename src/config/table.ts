@@ -32,6 +32,7 @@ import { checkVms } from './vms.js';
 import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
 import { checkTunnels } from './tunnels.js';
 import { parseBrokerSocket, parseGroup, parseSocketMode } from './broker.js';
+import { checkAccess } from './access.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -532,7 +533,7 @@ export const OPTIONS = [
     parse: (t, f) => parseChoice(f, t, LOCK_MODES),
     reload: 'for clients that attach afterwards',
   }),
-  option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+  option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode, access)', reload: ON_HUBS }),
   option({
     flag: '--proxmox <run-dir>',
     key: 'proxmox',
@@ -588,7 +589,7 @@ export const OPTIONS = [
     check: checkConsoles,
     empty: [],
     field: 'consoles',
-    help: 'declared consoles (name, source, lockMode, scrollback, port, log)',
+    help: 'declared consoles (name, source, lockMode, scrollback, port, log, access)',
     reload: 'at once: consoles added, removed (their ports freed) or re-pointed; the others untouched',
   }),
   option({
@@ -600,6 +601,16 @@ export const OPTIONS = [
     field: 'tunnels',
     help: 'serial tunnels: TCP into guests over a console (name, console or source, forwards of listen and to)',
     reload: "at once: tunnels added, removed (their streams reset) or changed; an unchanged tunnel's streams are untouched",
+  }),
+  option({
+    flag: null,
+    key: 'access',
+    kind: 'structured',
+    check: (v, fail) => checkAccess(v, fail),
+    empty: {},
+    field: 'access',
+    help: 'access methods of every console: telnet, raw (TCP), unix (sockets), pty; vms:/consoles: entries override it',
+    reload: 'at once: endpoints opened and closed (sticky raw ports kept in the database)',
   }),
 ] as const;
 
@@ -625,6 +636,8 @@ export const FIXED_SETTINGS: { readonly [K in Exclude<Field, OptionField>]: Vspc
   closeGraceMs: 5000,
   bindRetryMs: 30_000,
   clientLockWaitMs: 1000,
+  // A reader that opens a console's pty sees output from at most this long after it opened it.
+  ptyPollMs: 250,
   maxUnidentifiedConnections: 1024,
   // A person picks from the menu before connecting (vspc-admin console lists, closes,
   // then connects to SELECT), so a connection chooses within a round trip or two.

@@ -27,8 +27,19 @@ export type ConsoleEvent =
   | { kind: 'vmotion'; outcome: string; durationMs: number }
   /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
   | { kind: 'break-from-source'; peer: string }
-  /** `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one. */
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; tls?: boolean; force?: boolean; clients?: number }
+  /** `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one; `method` and `origin`: the client's (ConsoleClient), when it has them. */
+  | {
+      kind: 'client-attached';
+      clientId: number;
+      peer: string;
+      mode: string;
+      user?: string;
+      tls?: boolean;
+      force?: boolean;
+      clients?: number;
+      method?: string;
+      origin?: ConsoleClient['origin'];
+    }
   | { kind: 'client-detached'; clientId: number; peer: string; reason: string; user?: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
   | {
@@ -100,6 +111,13 @@ export class Scrollback {
     if (!this.filled) return Buffer.from(this.ring.subarray(0, this.end));
     return Buffer.concat([this.ring.subarray(this.end), this.ring.subarray(0, this.end)]);
   }
+  /** Replaces the contents with the last `capacity` bytes of `data` (nothing allocated for none). */
+  replace(data: Buffer): void {
+    this.ring = EMPTY_RING;
+    this.end = 0;
+    this.filled = false;
+    this.push(data);
+  }
   resize(capacity: number): void {
     const keep = this.snapshot();
     this.cap = Math.max(0, capacity);
@@ -157,6 +175,8 @@ export class ConsoleHub {
   /** Set by the listener manager when the client port cannot be bound. */
   listenError: string | null = null;
   tlsListenError: string | null = null;
+  /** Set by the other access methods' managers: why an endpoint (raw port, unix socket, pty) is not up, by method. */
+  readonly accessErrors = new Map<string, string>();
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
   /** BREAK, DTR/RTS, flow control, suspension and signature, as the source last reported them; null: never reported. */
@@ -181,6 +201,14 @@ export class ConsoleHub {
   dedicatedTo: { clientId: number; reason: string } | null = null;
 
   readonly scrollback: Scrollback;
+  /**
+   * Where this console's output from before this process started can be read back (its
+   * console log), set by the server: resolves with at most `maxBytes` of it, oldest
+   * first. With it the scrollback survives a restart: see primeScrollback.
+   */
+  scrollbackPrimer: ((maxBytes: number) => Promise<Buffer>) | null = null;
+  private priming: Promise<void> | null = null;
+  private primed = false;
 
   constructor(
     readonly identity: ConsoleIdentity,
@@ -189,6 +217,39 @@ export class ConsoleHub {
     private readonly observer: ConsoleObserver | null = null,
   ) {
     this.scrollback = new Scrollback(scrollbackBytes);
+  }
+
+  /** Whether the scrollback holds what it can (no primer, or priming done). */
+  get scrollbackPrimed(): boolean {
+    return this.primed || this.scrollbackPrimer === null || this.scrollback.capacity === 0;
+  }
+
+  /**
+   * Fills the scrollback from the primer, once (later calls share the first): after a
+   * restart the ring is empty while the console log still has the screen. The primer's
+   * bytes (from before the start) go before what the ring holds (everything since),
+   * the most recent `capacity` bytes kept. A primer that fails changes nothing.
+   */
+  primeScrollback(): Promise<void> {
+    if (this.priming) return this.priming;
+    const primer = this.scrollbackPrimer;
+    const capacity = this.scrollback.capacity;
+    if (!primer || capacity === 0) {
+      this.primed = true;
+      this.priming = Promise.resolve();
+      return this.priming;
+    }
+    this.priming = primer(capacity)
+      .then(
+        (old) => {
+          if (old.length > 0) this.scrollback.replace(Buffer.concat([old, this.scrollback.snapshot()]));
+        },
+        () => undefined,
+      )
+      .finally(() => {
+        this.primed = true;
+      });
+    return this.priming;
   }
 
   /** Report an event to the observer (also used by the vMotion coordinator). */
@@ -207,6 +268,19 @@ export class ConsoleHub {
   get state(): ConsoleState {
     if (this.holding) return 'migrating';
     return this.src ? 'connected' : 'disconnected';
+  }
+
+  /**
+   * The state people are shown: `connected`, `migrating`, or — with no source — why: a
+   * maintained source's endpoint state (`waiting`, `listening`, `stopped`), `stopped` for
+   * a console vspc maintained before (a discovered VM that has not come back since a
+   * restart), `disconnected` for an ESXi VM (it connects in when it wants).
+   */
+  get displayState(): string {
+    const s = this.state;
+    if (s !== 'disconnected') return s;
+    if (this.endpoint) return this.endpoint.state;
+    return this.identity.kind === 'esxi' ? 'disconnected' : 'stopped';
   }
 
   /** Display name: the VM's name, else its UUID. */
@@ -379,6 +453,8 @@ export class ConsoleHub {
       ...(options.tls !== undefined ? { tls: options.tls } : {}),
       ...(options.force ? { force: true } : {}),
       clients: this.clientSet.size,
+      ...(client.method ? { method: client.method } : {}),
+      ...(client.origin ? { origin: client.origin } : {}),
     });
     return decision;
   }

@@ -33,6 +33,8 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
   const log = logger.child({ audit: true });
   /** Attach times by client id, for the session length; removed at detach. */
   const since = new Map<number, number>();
+  /** The access method of each attached client that named one, repeated on its detach line. */
+  const methods = new Map<number, string>();
   return {
     get attachedClients() {
       return since.size;
@@ -41,12 +43,18 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
       switch (e.kind) {
         case 'client-attached':
           since.set(e.clientId, now());
+          if (e.method) methods.set(e.clientId, e.method);
+          // method: how it came in (raw, unix, pty, ...); origin: a unix socket's path, owner,
+          // group and mode and the peer's uid/gid/pid, a pty's link and device.
           log.info('client attached', {
+            // First: an access method's facts never hide the line's own fields.
+            ...(e.origin ?? {}),
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
             ...user(e.user),
             mode: e.mode,
+            ...(e.method ? { method: e.method } : {}),
             ...(e.tls !== undefined ? { tls: e.tls } : {}),
             ...(e.force ? { force: true } : {}),
             ...(e.clients !== undefined ? { clients: e.clients } : {}),
@@ -55,11 +63,14 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
         case 'client-detached': {
           const t = since.get(e.clientId);
           since.delete(e.clientId);
+          const method = methods.get(e.clientId);
+          methods.delete(e.clientId);
           log.info('client detached', {
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
             ...user(e.user),
+            ...(method ? { method } : {}),
             reason: e.reason,
             ...(t !== undefined ? { durationMs: now() - t } : {}),
           });
@@ -69,6 +80,7 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
           // The displaced client leaves here: the hub reports no separate detach for it.
           const t = since.get(e.displacedClientId);
           since.delete(e.displacedClientId);
+          methods.delete(e.displacedClientId);
           log.warn('client took over the VM serial port (forced)', {
             ...vmFields(hub),
             clientId: e.clientId,

@@ -590,7 +590,10 @@ for (const kind of KINDS) {
         // A barrier: a round trip on a third stream; everything before it has been processed.
         await endAndClose(rig, await echo(rig, Buffer.from('barrier')));
         assert.equal(fromSource.received, 65536, 'no byte beyond the granted credit');
-        assert.equal(toSink.stream.sendCredit, 0, 'still no credit for the sink stream');
+        // The agent grants credit as the service's socket takes bytes, and the kernel may
+        // take a little more later (TCP buffer autotuning): what must hold is that the
+        // host still cannot send the rest.
+        assert.ok(toSink.stream.bufferedAmount > 0, 'the host still holds data it may not send to the sink');
         assert.ok(sourceWritten - 65536 > 0 && sourceSock!.writableLength > 0, 'the source service is held back');
 
         // Release both: everything arrives intact.

@@ -3,12 +3,14 @@
  * The benchmark harness at a tiny size, so that it cannot rot: every phase runs
  * against a vspc child process with real load-generator processes, and the report
  * has all five sections with sane numbers and zero lost bytes. No timing assertions.
+ * Run as `npm run bench` runs (no port options), it must leave a vspc that already
+ * runs here with the default ports alone.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_OPTIONS, runBench, type BenchReport } from '../../bench/harness.js';
+import net from 'node:net';
+import { DEFAULT_OPTIONS, PRIVATE_PORTS, runBench, type BenchReport } from '../../bench/harness.js';
 import { markdownTable, rows, textTable } from '../../bench/report.js';
-import { reservePortRange } from '../support/ports.js';
 
 function nonNegative(value: unknown, path: string): void {
   if (typeof value === 'number') {
@@ -22,14 +24,44 @@ function nonNegative(value: unknown, path: string): void {
   }
 }
 
+/**
+ * Stand-ins for a vspc already running on this host with the defaults: listeners on
+ * 13370-13372 and the bottom of 10000-19999 (where vspc gives out client ports first),
+ * each counting the connections it gets. Ports something else holds already are
+ * skipped (that something would be the live vspc itself).
+ */
+async function liveVspcStandIns(): Promise<{ ports: number[]; connections: Map<number, number>; close(): Promise<void> }> {
+  const wanted = [13370, 13371, 13372, ...Array.from({ length: 64 }, (_, i) => 10000 + i)];
+  const connections = new Map<number, number>();
+  const servers: net.Server[] = [];
+  for (const port of wanted) {
+    const server = net.createServer((sock) => {
+      connections.set(port, (connections.get(port) ?? 0) + 1);
+      sock.destroy();
+    });
+    const ok = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen({ host: '0.0.0.0', port, exclusive: true }, () => resolve(true));
+    });
+    if (ok) servers.push(server);
+  }
+  return {
+    ports: servers.map((s) => (s.address() as net.AddressInfo).port),
+    connections,
+    close: () => Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r())))).then(() => undefined),
+  };
+}
+
 describe('benchmark harness (smoke size)', () => {
-  test('all five phases run and report sane figures; vMotions lose nothing', { timeout: 90_000 }, async () => {
-    const portRange = await reservePortRange(64);
+  test('all five phases run and report sane figures; vMotions lose nothing; a vspc on the default ports is never touched', { timeout: 90_000 }, async (t) => {
+    // No --port-range and no --target: the benchmark must choose private ports itself.
+    const live = await liveVspcStandIns();
+    t.after(() => live.close());
+    assert.ok(live.ports.length > 0, 'at least some of the default ports could be held for the check');
     const lines: string[] = [];
     const report: BenchReport = await runBench({
       ...DEFAULT_OPTIONS,
       vms: 20,
-      portRange,
       bulkWorkers: 1,
       connectConcurrency: 8,
       storm: { timeoutMs: 30_000, retryMs: 200 },
@@ -41,6 +73,15 @@ describe('benchmark harness (smoke size)', () => {
       phaseTimeoutMs: 45_000,
     });
     assert.deepEqual(report.failures, {}, `no phase failed; log:\n${lines.join('\n')}`);
+
+    // Its own vspc was on private ports: none of vspc's defaults, no connection to the stand-ins.
+    assert.deepEqual(Object.fromEntries(live.connections), {}, 'nothing connected to the stand-ins of a running vspc');
+    const [start, end] = report.target.clientPorts!.split('-').map(Number);
+    const proxy = Number(report.target.proxy.split(':')[1]);
+    const admin = Number(new URL(report.target.admin).port);
+    for (const p of [start, end, proxy, admin]) assert.ok(p >= PRIVATE_PORTS.from && p <= PRIVATE_PORTS.to, `port ${p} is in the private range`);
+    assert.ok(end - start + 1 >= 20, 'a client range large enough for the run');
+    assert.ok(proxy > end && admin > end, 'its proxy and admin ports are outside its client range');
 
     const scale = report.scale!;
     assert.ok(scale, 'scale section');

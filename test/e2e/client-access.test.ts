@@ -4,10 +4,12 @@ import net from 'node:net';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
 import { TelnetUser } from '../support/sim/index.js';
 import { BRK } from '../../src/protocol/telnet/constants.js';
 import { Cleanup, TestServer, startServer, esxiUuid, makeCert, settle, tempDir, waitUntil, withTimeout } from '../support/server.js';
 import { VSPC_ADMIN_JS } from '../support/cli.js';
+import { untrustedAdvice } from '../../src/cli/connect.js';
 
 /** `vspc-admin connect` as a child process with stdin we can type into. */
 class ConsoleChild {
@@ -227,6 +229,64 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     assert.equal(hub.bytesFromVm >= total, true);
     vm.send('still fine');
     await fast.waitFor('still fine', 3000);
+  });
+
+  test('connect --tls without --ca says what to do (--ca FILE or --fingerprint), with the fingerprint; --fingerprint pins the certificate', async (t) => {
+    const dir = tempDir();
+    t.after(() => dir.remove());
+    const server = makeCert(dir.dir);
+    const other = makeCert(join(dir.dir, 'other'));
+    const fingerprint = new X509Certificate(server.cert).fingerprint256;
+    const { cleanup, ts, vm, hub, name } = await setup(t, { tls: { cert: server.cert, key: server.key } });
+
+    const bare = new ConsoleChild(ts.adminAddress, [name, '--tls']);
+    cleanup.add(() => bare.kill());
+    assert.equal(await bare.code(), 1);
+    assert.match(bare.stderr, /the server's certificate is not trusted \(DEPTH_ZERO_SELF_SIGNED_CERT: self[- ]signed certificate\)/);
+    assert.match(bare.stderr, /give the CA certificate that signed it: --ca FILE \(for vspc's self-signed certificate: the file vspc has as --cert, e\.g\. certs\/vspc\.crt\)/);
+    assert.ok(bare.stderr.includes(`SHA-256 fingerprint ${fingerprint}`), bare.stderr);
+    assert.ok(bare.stderr.includes(`--fingerprint ${fingerprint}`), bare.stderr);
+    assert.match(bare.stderr, /it presents CN=localhost \(DNS:localhost, .*IP Address:127\.0\.0\.1/);
+
+    // Another CA's certificate given: said so.
+    const wrongCa = new ConsoleChild(ts.adminAddress, [name, '--tls', '--ca', other.certPath]);
+    cleanup.add(() => wrongCa.kill());
+    assert.equal(await wrongCa.code(), 1);
+    assert.match(wrongCa.stderr, /the file given with --ca did not sign it/);
+
+    // The advised fingerprint (any case, with or without colons) connects; input reaches the VM.
+    const pinned = new ConsoleChild(ts.adminAddress, [name, '--tls', '--fingerprint', fingerprint.replace(/:/g, '').toLowerCase()]);
+    cleanup.add(() => pinned.kill());
+    await pinned.waitStderr(/connected with READWRITE/);
+    pinned.type('pinned');
+    await vm.waitForInput('pinned', 5000);
+    pinned.type(`${CTRL_BRACKET}d`);
+    assert.equal(await pinned.code(), 0);
+
+    // Another certificate's fingerprint: refused before a byte is sent, so no client is ever attached.
+    const attachedBefore = ts.logs.filter((l) => l.message === 'client attached').length;
+    const wrongPin = new ConsoleChild(ts.adminAddress, [name, '--tls', '--fingerprint', new X509Certificate(other.cert).fingerprint256]);
+    cleanup.add(() => wrongPin.kill());
+    assert.equal(await wrongPin.code(), 1);
+    assert.match(wrongPin.stderr, /the certificate's SHA-256 fingerprint is [0-9A-F:]{95}, not the one given with --fingerprint; not connecting/);
+    await waitUntil(() => hub.clients.size === 0, 5000, 'no client left');
+    assert.equal(ts.logs.filter((l) => l.message === 'client attached').length, attachedBefore);
+
+    // A name the certificate does not list (no such name reaches this loopback port, so the advice itself).
+    const advice = untrustedAdvice({ host: 'vspc.example', port: 20001 }, 'ERR_TLS_CERT_ALTNAME_INVALID', 'Hostname/IP does not match', {
+      subject: 'CN=localhost',
+      altNames: 'DNS:localhost, IP Address:127.0.0.1',
+      fingerprint256: fingerprint,
+      validTo: 'Jan  1 00:00:00 2030 GMT',
+    });
+    assert.match(advice, /^vspc\.example:20001: the certificate is not valid for the name "vspc\.example" \(ERR_TLS_CERT_ALTNAME_INVALID\)/);
+    assert.match(advice, /connect with --host NAME, a name the certificate lists/);
+
+    // Bad --fingerprint values are usage errors naming the option.
+    const bad = new ConsoleChild(ts.adminAddress, [name, '--tls', '--fingerprint', 'AB:CD']);
+    cleanup.add(() => bad.kill());
+    assert.equal(await bad.code(), 2);
+    assert.match(bad.stderr, /--fingerprint: "AB:CD" is not a SHA-256 fingerprint/);
   });
 
   test('telnets client port with a required client certificate: with one it works, without it is refused', async (t) => {

@@ -148,7 +148,7 @@ const cases: { [K in ReloadableField]: Case } = {
     await waitUntil(() => hub.source === null, 3000, 'VM disconnected');
     appliedOnly(await r.reload(['expireUnusedAfter: 50ms']), 'expireUnusedAfterMs');
     // It never printed nor had a client: forgotten after the new, short age (the 90-day one still holds for others).
-    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no output, no client)' && l.vm === 'rl-unused', 5000);
+    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no client ever attached)' && l.vm === 'rl-unused', 5000);
     assert.deepEqual(await r.api<PortView[]>('/api/v1/ports'), []);
   },
 
@@ -463,7 +463,54 @@ const cases: { [K in ReloadableField]: Case } = {
     await new Promise<void>((resolve) => (fwd.destroyed ? resolve() : fwd.once('close', () => resolve())));
     await r.ts.connectUser(carrier.port, r.cleanup, '');
   },
+
+  access: async (t) => {
+    const r = await reloadable(t, ['access: { raw: false }']);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-access' }, r.cleanup);
+    const show = () => r.api<VmDetailView>('/api/v1/show?vm=rl-access');
+    assert.equal((await show()).access.raw, null);
+    appliedOnly(await r.reload(['access: { raw: true, telnet: false }']), 'access');
+    // At once: the raw port opens, the telnet port closes.
+    let d = await show();
+    await waitUntil(async () => {
+      d = await show();
+      return d.access.raw?.listening === true && d.access.telnet === null;
+    }, 5000, 'raw port up, telnet port down');
+    const rawPort = d.access.raw!.port;
+    assert.equal(await refused(hub.identity.tcpPort), 'ECONNREFUSED', 'the telnet port is closed');
+    const raw = net.connect({ host: '127.0.0.1', port: rawPort });
+    r.cleanup.add(() => raw.destroy());
+    let got = '';
+    raw.on('data', (b: Buffer) => (got += b.toString('latin1')));
+    await waitUntil(() => hub.clients.size === 1, 5000, 'raw client attached');
+    vm.send('over raw\r\n');
+    await waitUntil(() => got === 'over raw\r\n', 5000, 'VM output on the raw port');
+    // Disabled again: the listener goes (the client already attached stays), the port is kept in the store.
+    appliedOnly(await r.reload(['access: { raw: false }']), 'access');
+    await waitUntil(async () => (await show()).access.raw === null && (await show()).access.telnet !== null, 5000, 'raw off, telnet back');
+    assert.equal(await refused(rawPort), 'ECONNREFUSED', 'the raw port is closed');
+    await r.ts.connectUser(hub.identity.tcpPort, r.cleanup);
+    appliedOnly(await r.reload(['access: { raw: true }']), 'access');
+    await waitUntil(async () => (await show()).access.raw?.listening === true, 5000, 'raw on again');
+    assert.equal((await show()).access.raw!.port, rawPort, 'the same sticky port');
+    // Per console: a vms: entry turns it off for this console alone (a vms change, applied as such).
+    appliedOnly(await r.reload(['access: { raw: true }', 'vms:', '  - match: rl-access', '    access: { raw: false }']), 'vms');
+    await waitUntil(async () => (await show()).access.raw === null, 5000, 'raw off for this console');
+    assert.equal(await refused(rawPort), 'ECONNREFUSED');
+  },
 };
+
+/** The error of a TCP connect to a port nothing listens on (ECONNREFUSED), or null if it connects. */
+function refused(port: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: '127.0.0.1', port });
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(null);
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+  });
+}
 
 describe('reload: every reloadable key takes effect on a running server', () => {
   test('there is a case for every reloadable key', () => {

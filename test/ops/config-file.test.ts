@@ -70,7 +70,7 @@ describe('config file: validation errors name the key and its position', () => {
     ['a bad default lock mode', 'defaultLockMode: rw\n', /:1:18: defaultLockMode: expected one of readwrite, readonly, exclusive, excl_write, readonly_ok, got "rw"$/],
     ['vms that is not a list', 'vms: web01\n', /:1:6: vms: expected a list/],
     ['a vms entry without match', 'vms:\n  - port: 10001\n', /:2:5: vms\.0: needs match:/],
-    ['an unknown key in a vms entry', 'vms:\n  - match: web01\n    prot: 10001\n', /:3:5: vms\.0\.prot: unknown key \(a vms entry has match, lockMode, scrollback, port, greeting, notices, replay\)$/],
+    ['an unknown key in a vms entry', 'vms:\n  - match: web01\n    prot: 10001\n', /:3:5: vms\.0\.prot: unknown key \(a vms entry has match, lockMode, scrollback, port, greeting, notices, replay, access\)$/],
     ['a bad fixed port', 'vms:\n  - match: web01\n    port: 0\n', /:3:11: vms\.0\.port: 0 is outside 1-65535$/],
     ['a fixed port for a pattern', 'vms:\n  - match: "web*"\n    port: 10001\n', /:3:11: vms\.0\.port: a fixed port needs one VM serial port, not the pattern "web\*"$/],
     ['a fixed port given twice', 'vms:\n  - match: a\n    port: 10001\n  - match: b\n    port: 10001\n', /:5:11: vms\.1\.port: port 10001 is already given to vms\[0\] \(a\)$/],
@@ -93,6 +93,28 @@ describe('config file: validation errors name the key and its position', () => {
   test('JSON files get the same checks and positions', () => {
     const path = file('{\n  "db": "x.db",\n  "portRange": "5-2"\n}\n', 'json');
     assert.match(loadError(['--config', path]).message, new RegExp(`^${path}:3:16: portRange: start 5 is greater than end 2$`));
+  });
+
+  test('a .json file is parsed as JSON: a trailing comma is an error at its position (YAML would take it)', () => {
+    const text = '{\n  "db": "x.db",\n  "portRange": "11000-11999",\n}\n';
+    const path = file(text, 'json');
+    const err = loadError(['--config', path]);
+    assert.equal(err.code, 'VSPC_CONFIG_INVALID');
+    assert.equal(err.message, `${path}:3:29: JSON syntax error: trailing comma before "}" (JSON allows none)`);
+    // The same text in a .yaml file is a YAML flow mapping, trailing comma and all.
+    assert.deepEqual(load(['--config', file(text, 'yaml')]).config.portRange, { start: 11000, end: 11999 });
+    // Upper-case extension, a trailing comma in a list, a comment, a missing comma, a stray word after the value.
+    const bad: Array<[string, RegExp]> = [
+      ['{"vms": [{"match": "a", "port": 10100},]}', /:1:39: JSON syntax error: trailing comma before "]"/],
+      ['{\n  # no comments in JSON\n  "db": "x.db"\n}', /:2:3: JSON syntax error: a key \(a string in double quotes\) expected, found "#"$/],
+      ['{"db": "x.db"\n "portRange": "1-2"}', /:2:2: JSON syntax error: "," or "}" expected, found "\\""$/],
+      ['{"db": "x.db"} db', /:1:16: JSON syntax error: unexpected "d" after the JSON value$/],
+      ['{"db": "x.db"', /:1:14: JSON syntax error: "," or "}" expected, found the end of the file$/],
+    ];
+    for (const [body, message] of bad) {
+      const p = file(body, 'JSON');
+      assert.match(loadError(['--config', p]).message, message, body);
+    }
   });
 
   test('a missing file is an error naming --config', () => {

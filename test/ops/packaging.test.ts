@@ -27,15 +27,18 @@ describe('packaging: systemd unit and example config', () => {
     assert.deepEqual(directive('KillSignal'), ['SIGTERM']);
     assert.deepEqual(directive('StateDirectory'), ['vspc']);
     assert.deepEqual(directive('WorkingDirectory'), ['/var/lib/vspc']);
-    // The console broker's default socket, /run/vspc/broker.sock, needs its directory.
-    assert.deepEqual(directive('RuntimeDirectory'), ['vspc']);
+    // The console broker's default socket, /run/vspc/broker.sock, needs its directory; the
+    // access methods unix and pty theirs (/run/vspc/console, /run/vspc/pty).
+    assert.deepEqual(directive('RuntimeDirectory'), ['vspc vspc/console vspc/pty']);
     assert.ok(Number.parseInt(directive('TimeoutStopSec')[0], 10) >= 15, 'stop timeout covers the 5 s grace + 10 s bound');
   });
 
   test("ExecStart with the example config file is a configuration vspc accepts (database in the unit's state directory)", () => {
     const [execStart] = directive('ExecStart');
-    const [node, script, ...args] = execStart.split(/\s+/);
-    assert.equal(node, '/usr/bin/node');
+    const [env, node, script, ...args] = execStart.split(/\s+/);
+    // No node path assumed: /usr/bin/node (NodeSource), /usr/local/bin/node (the tarball), or PATH as set.
+    assert.equal(env, '/usr/bin/env');
+    assert.equal(node, 'node');
     assert.equal(script, '/opt/vspc/dist/src/cli/vspc.js');
     assert.deepEqual(args, ['--config', '/etc/vspc/vspc.yaml']);
     const program = buildProgram().exitOverride();

@@ -46,14 +46,17 @@ export class Child {
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   readonly proc: ChildProcess;
   private exited = false;
-  /** Re-checks of pending waits, run on every chunk of stderr and on exit. */
+  /** Re-checks of pending waits, run on every chunk of output and on exit. */
   private listeners = new Set<() => void>();
 
   /** `wrap`: a command the node process runs under, e.g. `['prlimit', '--nofile=256']`. */
   constructor(script: string, args: string[], wrap: string[] = []) {
     const argv = [...wrap, process.execPath, script, ...args];
     this.proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.proc.stdout!.on('data', (d: Buffer) => (this.stdout += d.toString('utf8')));
+    this.proc.stdout!.on('data', (d: Buffer) => {
+      this.stdout += d.toString('utf8');
+      this.notify();
+    });
     this.proc.stderr!.on('data', (d: Buffer) => {
       this.stderr += d.toString('utf8');
       this.notify();
@@ -73,8 +76,14 @@ export class Child {
     return this.stderr;
   }
 
+  /** Resolves with stdout once it matches `pattern`; rejects if the child exits first or after `timeoutMs`. */
+  async waitForStdout(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    await this.waitFor(() => (pattern.test(this.stdout) ? true : undefined), timeoutMs, `${pattern} on stdout`);
+    return this.stdout;
+  }
+
   /**
-   * Resolves with the first value `probe` returns (re-run on every chunk of stderr);
+   * Resolves with the first value `probe` returns (re-run on every chunk of output);
    * rejects if the child exits first or after `timeoutMs`, naming `what`.
    */
   waitFor<T>(probe: () => T | undefined, timeoutMs = 10_000, what = 'output'): Promise<T> {

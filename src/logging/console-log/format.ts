@@ -4,7 +4,7 @@
  * file"). Tests pin these formats byte for byte.
  */
 import { sanitizeText } from '../../util/text.js';
-import { displayKey, type ConsoleIdentity } from '../../domain/identity.js';
+import { describeKey, type ConsoleIdentity } from '../../domain/identity.js';
 import type { ConsoleEvent } from '../../domain/console-hub.js';
 
 /** Text for vspc's own lines: one line, no control characters, no closing bracket games. */
@@ -48,10 +48,11 @@ export function stampedLine(nowMs: number, text: string, atLineStart: boolean): 
 /**
  * First line of every file: whose it is.
  * `[vspc <stamp> console log of VM "<name>", uuid <key>, label "<label>"]\r\n`
- * (no name yet: no quoted name; no label: no label part).
+ * (no name yet: no quoted name; no label: no label part; another kind than ESXi names
+ * its key by the kind: `proxmox 101`). The key is sanitised: a discovered one is a path.
  */
-export function headerLine(nowMs: number, id: Pick<ConsoleIdentity, 'key' | 'name' | 'label'>): Buffer {
-  const parts = [id.name ? `console log of VM ${JSON.stringify(clean(id.name))}` : 'console log of VM', `uuid ${displayKey(id)}`];
+export function headerLine(nowMs: number, id: Pick<ConsoleIdentity, 'key' | 'name' | 'label'> & Partial<Pick<ConsoleIdentity, 'kind'>>): Buffer {
+  const parts = [id.name ? `console log of VM ${JSON.stringify(clean(id.name))}` : 'console log of VM', clean(describeKey({ kind: id.kind ?? 'esxi', key: id.key }))];
   if (id.label) parts.push(`label ${JSON.stringify(clean(id.label))}`);
   return Buffer.from(`[vspc ${new Date(nowMs).toISOString()} ${parts.join(', ')}]\r\n`, 'utf8');
 }
@@ -64,4 +65,24 @@ export function droppedText(bytes: number): string {
 /** The line where a failed write lost output (`sysCode`: ENOSPC, EIO, ...). */
 export function lostText(bytes: number, sysCode: string): string {
   return `${bytes} bytes of console output lost: write failed (${sysCode})`;
+}
+
+/** One of vspc's own lines (the header, a timestamped line), with its CRLF. */
+const STAMP = String.raw`\[vspc \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [^\r\n]*\]\r\n`;
+/** Such a line at the start of a line. */
+const OWN_LINE = new RegExp(`(?<=^|\n)${STAMP}`, 'g');
+/** A file's header, then a CRLF vspc put before its first line (nothing was printed yet). */
+const AFTER_HEADER = new RegExp(`^(${STAMP})\r\n(?=${STAMP})`);
+
+/**
+ * The console's own bytes from a stretch of a log file: vspc's lines (header, events,
+ * marks, loss notes) removed. The CRLF vspc put before a line when the console was not
+ * at the start of one stays (it cannot be told from the console's own), so where a line
+ * was there may be a line break more. Binary-safe: bytes are not decoded.
+ */
+export function withoutOwnLines(bytes: Buffer): Buffer {
+  const text = bytes.toString('latin1');
+  OWN_LINE.lastIndex = 0;
+  if (!OWN_LINE.test(text)) return bytes;
+  return Buffer.from(text.replace(AFTER_HEADER, '$1').replace(OWN_LINE, ''), 'latin1');
 }

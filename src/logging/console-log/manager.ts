@@ -9,14 +9,17 @@
  */
 import { join } from 'node:path';
 import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from '../../domain/logger.js';
 import type { ConsoleEvent, ConsoleHub, ConsoleObserver } from '../../domain/console-hub.js';
 import { errorFields } from '../../errors.js';
 import { LogFileError } from './errors.js';
-import { describeEvent, droppedText, headerLine, lostText, stampedLine } from './format.js';
+import { describeEvent, droppedText, headerLine, lostText, stampedLine, withoutOwnLines } from './format.js';
+import { LogFollower, type FollowSink } from './follow.js';
+import { rotatedPath } from './rotation.js';
 import { moveNameLink } from './links.js';
 import { consoleLogBaseName, nameLinkBaseName } from './names.js';
-import { readLastLinesBytes } from './tail.js';
+import { readLastLinesBytes, readRange } from './tail.js';
 import { AppendFileWriter, QueueBudget, type Loss } from './writer.js';
 
 export interface ConsoleLogOptions {
@@ -53,6 +56,17 @@ export const CONSOLE_LOG_DEFAULTS = {
   retryMs: 5_000,
 } as const;
 
+/** Followers (`vspc-admin log --follow`) at once, all consoles together. */
+export const MAX_FOLLOWERS = 64;
+/** Bytes a follower may fall behind before it is cut off. */
+export const FOLLOWER_MAX_BUFFERED = 1024 * 1024;
+
+/** A running `follow`: `stop()` when the reader goes away; `started` once the last lines are out. */
+export interface LogFollow {
+  readonly started: Promise<void>;
+  stop(): void;
+}
+
 /** vspc's own lines may exceed `maxBuffered` by this much (they are what says data was lost). */
 const ANNOTATION_SLACK = 64 * 1024;
 /** Consoles show what people type (passwords at a wrong prompt): not world-readable. */
@@ -70,6 +84,8 @@ class ConsoleLog {
   forgotten = false;
   /** Kinds of trouble already warned about (one warning each). */
   readonly warned = new Set<string>();
+  /** Readers following this file (`vspc-admin log --follow`). */
+  readonly followers = new Set<LogFollower>();
   readonly writer: AppendFileWriter;
 
   constructor(
@@ -95,6 +111,7 @@ export class ConsoleLogManager implements ConsoleObserver {
   /** Hubs the registry dropped: their files are closed as soon as they are written. */
   private readonly forgottenHubs = new WeakSet<ConsoleHub>();
   private readonly budget: QueueBudget;
+  private followerCount = 0;
   private readonly markTimer: NodeJS.Timeout | null = null;
   private closing: Promise<void> | null = null;
   /** Set first thing in close(), before `closing` is assigned. */
@@ -216,6 +233,125 @@ export class ConsoleLogManager implements ConsoleObserver {
     return readLastLinesBytes(this.pathOf(hub), lines);
   }
 
+  /** `tail` of a rotated file: `file` 1 is `x.log.1`, the newest rotated one; 0 the current file. '' when missing. */
+  async tailFileBytes(hub: ConsoleHub, lines: number, file: number): Promise<Buffer> {
+    if (file === 0) return this.tailBytes(hub, lines);
+    return readLastLinesBytes(rotatedPath(this.pathOf(hub), file), lines);
+  }
+
+  /**
+   * The log files of a VM serial port that exist: the numbers of its rotated files,
+   * newest (1) first. (The current file is 0 and always counts, even before it exists.)
+   */
+  async rotatedFiles(hub: ConsoleHub): Promise<number[]> {
+    const prefix = `${consoleLogBaseName(hub.identity.key, hub.identity.label)}.log.`;
+    let names: string[];
+    try {
+      names = await fsp.readdir(this.dir);
+    } catch (err) {
+      throw new LogFileError('VSPC_LOG_READ_FAILED', `cannot list ${this.dir}`, this.dir, err);
+    }
+    return names
+      .filter((n) => n.startsWith(prefix) && /^[1-9]\d{0,5}$/.test(n.slice(prefix.length)))
+      .map((n) => Number(n.slice(prefix.length)))
+      .sort((a, b) => a - b);
+  }
+
+  /**
+   * Every log file of the VM serial port, opened, oldest first (the rotated ones from
+   * the highest number down, then the current file), in order with the writes: what
+   * was queued before is in them, and no rotation can slip in while they are opened.
+   * The caller reads and closes them.
+   *
+   * @throws LogFileError `VSPC_LOG_READ_FAILED` when one cannot be opened (the others are closed).
+   */
+  async openAll(hub: ConsoleHub): Promise<FileHandle[]> {
+    const path = this.pathOf(hub);
+    const open = async (): Promise<FileHandle[]> => {
+      const numbers = await this.rotatedFiles(hub);
+      const paths = [...numbers.reverse().map((n) => rotatedPath(path, n)), path];
+      const handles: FileHandle[] = [];
+      try {
+        for (const p of paths) {
+          try {
+            handles.push(await fsp.open(p, 'r'));
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new LogFileError('VSPC_LOG_READ_FAILED', `cannot read ${p}`, p, err);
+          }
+        }
+        return handles;
+      } catch (err) {
+        await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
+        throw err;
+      }
+    };
+    if (this.shuttingDown || !hub.logged) return open();
+    return this.fileOf(hub).writer.enqueue(open);
+  }
+
+  /**
+   * Follows the VM serial port's log: first its last `lines` lines (0: none), then every
+   * byte queued for it — the console's output and vspc's own lines — as it is queued,
+   * until `stop()`, the VM serial port is forgotten or expires, vspc shuts down, or the
+   * reader falls too far behind; each of those ends the stream with a line saying why.
+   * Nothing is lost or repeated between the last lines and what follows: the file is
+   * read in order with the writes.
+   */
+  follow(hub: ConsoleHub, lines: number, sink: FollowSink): LogFollow {
+    const f = this.fileOf(hub);
+    const follower = new LogFollower(sink, FOLLOWER_MAX_BUFFERED, (text) => stampedLine(this.o.now(), text, false), (x) => {
+      if (f.followers.delete(x)) this.followerCount--;
+    });
+    f.followers.add(follower);
+    this.followerCount++;
+    const path = this.pathOf(hub);
+    const started = (lines > 0 ? f.writer.enqueue(() => readLastLinesBytes(path, lines)) : Promise.resolve(Buffer.alloc(0))).then(
+      (initial) => follower.start(initial),
+      (err: unknown) => follower.end(this.shuttingDown ? 'vspc is shutting down' : `the log cannot be read (${err instanceof LogFileError ? (err.sysCode ?? err.code) : String(err)})`),
+    );
+    return { started, stop: () => follower.end(null) };
+  }
+
+  /** Readers following a log right now (all consoles). */
+  get activeFollowers(): number {
+    return this.followerCount;
+  }
+
+  /**
+   * What earlier runs of vspc logged for this console, most recent last, vspc's own
+   * lines removed: at most `maxBytes`, starting at a line start when there was more.
+   * Only the bytes the file had before this process wrote to it (found again if the
+   * file has been rotated since); empty when there were none, the console is not
+   * logged, or they are gone (rotated past --log-keep). For a scrollback emptied by a
+   * restart (ConsoleHub.primeScrollback): everything since the start is in the ring.
+   */
+  async recentOutput(hub: ConsoleHub, maxBytes: number): Promise<Buffer> {
+    const none = Buffer.alloc(0);
+    if (this.shuttingDown || !hub.logged || maxBytes <= 0) return none;
+    const f = this.fileOf(hub);
+    const path = this.pathOf(hub);
+    // A little more than asked: vspc's lines come out of it, and the first line may be cut.
+    const want = maxBytes + 16 * 1024;
+    return f.writer.enqueue(async () => {
+      // The file's size when this process first touched it; untouched so far, all of it is earlier runs'.
+      const inherited = f.writer.initialSize ?? (await fsp.stat(path).then((st) => st.size, () => 0));
+      if (inherited === 0) return none;
+      // Each rotation since the start moved those bytes one file up: x.log → x.log.1 → ...
+      const r = f.writer.rotations;
+      if (r > this.o.keep) return none;
+      const from = Math.max(0, inherited - want);
+      // From a line start: the first line of a cut stretch may be half of one of vspc's.
+      const fromLine = (x: Buffer) => {
+        const nl = x.indexOf(0x0a);
+        return nl < 0 ? none : x.subarray(nl + 1);
+      };
+      let b = await readRange(r === 0 ? path : rotatedPath(path, r), from, inherited);
+      if (from > 0) b = fromLine(b);
+      b = withoutOwnLines(b);
+      return b.length > maxBytes ? fromLine(b.subarray(b.length - maxBytes)) : b;
+    });
+  }
+
   /** Resolves when everything queued so far is written (or given up on, or waiting out a disk error). */
   async flush(): Promise<void> {
     await Promise.all([...this.files.values()].map((f) => f.writer.flush()));
@@ -227,6 +363,7 @@ export class ConsoleLogManager implements ConsoleObserver {
     const f = this.files.get(this.keyOf(hub));
     if (!f || f.hub !== hub) return;
     f.forgotten = true;
+    for (const x of [...f.followers]) x.end('the VM serial port was forgotten');
     f.writer.checkIdle();
   }
 
@@ -239,6 +376,8 @@ export class ConsoleLogManager implements ConsoleObserver {
 
   private async doClose(): Promise<void> {
     if (this.markTimer) clearInterval(this.markTimer);
+    // Everything queued has been handed to them already.
+    for (const f of this.files.values()) for (const x of [...f.followers]) x.end('vspc is shutting down');
     await Promise.all([...this.files.values()].map((f) => f.writer.close()));
     this.files.clear();
   }
@@ -307,7 +446,9 @@ export class ConsoleLogManager implements ConsoleObserver {
   }
 
   private write(f: ConsoleLog, data: Buffer, annotation: boolean): void {
-    if (f.writer.write(data, { urgent: annotation })) f.lastByte = data[data.length - 1];
+    if (!f.writer.write(data, { urgent: annotation })) return;
+    f.lastByte = data[data.length - 1];
+    for (const x of f.followers) x.deliver(data);
   }
 
   private lossNote(f: ConsoleLog, loss: Loss): Buffer {

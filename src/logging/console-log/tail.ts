@@ -79,3 +79,34 @@ async function readEnd(h: FileHandle, lines: number, maxBytes: number): Promise<
   }
   return Buffer.concat(blocks);
 }
+
+/**
+ * Bytes `start` to `end` (exclusive) of a file, fewer when it is shorter; empty when
+ * it does not exist.
+ *
+ * @throws LogFileError `VSPC_LOG_READ_FAILED` when the file cannot be read.
+ */
+export async function readRange(path: string, start: number, end: number): Promise<Buffer> {
+  let h: FileHandle;
+  try {
+    h = await fsp.open(path, 'r');
+  } catch (err) {
+    if (sysCodeOf(err) === 'ENOENT') return Buffer.alloc(0);
+    throw new LogFileError('VSPC_LOG_READ_FAILED', `cannot read ${path}`, path, err);
+  }
+  try {
+    const len = Math.max(0, end - start);
+    const buf = Buffer.alloc(len);
+    let got = 0;
+    while (got < len) {
+      const { bytesRead } = await h.read(buf, got, len - got, start + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return buf.subarray(0, got);
+  } catch (err) {
+    throw new LogFileError('VSPC_LOG_READ_FAILED', `cannot read ${path}`, path, err);
+  } finally {
+    await h.close().catch(() => undefined);
+  }
+}

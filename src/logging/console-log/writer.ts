@@ -91,6 +91,9 @@ export class AppendFileWriter {
   private closed = false;
   private destroyed = false;
   private closing: Promise<void> | null = null;
+  private rotated = 0;
+  /** Size of the file when this writer first opened or rotated it (null: not yet). */
+  private initial: number | null = null;
 
   constructor(private readonly options: AppendFileWriterOptions) {
     this.path = options.path;
@@ -111,6 +114,20 @@ export class AppendFileWriter {
   /** Whether the file is open now. */
   get isOpen(): boolean {
     return this.handle !== null;
+  }
+
+  /**
+   * The file's size when this writer first touched it (opened or rotated it): what
+   * was there before anything of this writer's; null until then (the file is all
+   * someone else's, e.g. an earlier run's).
+   */
+  get initialSize(): number | null {
+    return this.initial;
+  }
+
+  /** Rotations done (files actually shifted) since this writer was made. */
+  get rotations(): number {
+    return this.rotated;
   }
 
   /** Bytes queued, not yet written. */
@@ -367,6 +384,7 @@ export class AppendFileWriter {
     }
     try {
       const size = (await h.stat()).size;
+      this.initial ??= size;
       let written = size;
       if (size === 0 && this.options.header) {
         const header = this.options.header();
@@ -407,7 +425,10 @@ export class AppendFileWriter {
 
   private async rotateNow(): Promise<boolean> {
     try {
-      return await rotateFiles(this.path, this.o.rotation.keep);
+      if (this.initial === null) this.initial = await fsp.stat(this.path).then((st) => st.size, () => 0);
+      const done = await rotateFiles(this.path, this.o.rotation.keep);
+      if (done) this.rotated++;
+      return done;
     } catch (err) {
       throw new LogFileError('VSPC_LOG_ROTATE_FAILED', `rotating ${this.path} failed`, this.path, err);
     }
