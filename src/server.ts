@@ -24,7 +24,10 @@ import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources
 import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
-import { adminRoutes } from './admin/routes.js';
+import { adminRoutes, adminUpgrades, type AdminContext } from './admin/routes.js';
+import { lookupConsoles } from './admin/resolve.js';
+import { TunnelManager, joinSocket, type TunnelSpec } from './access/tunnel/index.js';
+import { allocateClientId } from './domain/client-ids.js';
 import type { AccessView, StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
 import { isLoopbackHost } from './util/net.js';
@@ -64,6 +67,8 @@ function reservedPorts(c: VspcConfig): number[] {
   const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.brokerListen?.port ?? 0, c.sshListen?.port ?? 0].filter((p) => p > 0);
   // Fixed ports of the config file's `vms:` and `consoles:` are kept for them, not handed to others.
   const fixed = [...c.vms, ...c.consoles].flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
+  // So are the fixed TCP ports of tunnel forwards.
+  for (const t of c.tunnels) for (const f of t.forwards) if (f.listen.type === 'tcp') fixed.push(f.listen.port);
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
 }
 
@@ -102,6 +107,8 @@ export class VspcServer {
   readonly broker: ConsoleBroker | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
+  /** Serial tunnels (`tunnels:`): links on the consoles that carry them, and their forwards. */
+  readonly tunnels: TunnelManager;
   /** Proxmox / libvirt / path-pattern discovery feeding `managed`. */
   private readonly discovered: DiscoveredConsoles;
   /** File descriptors as a budget: VM and console connections are refused before the limit. */
@@ -280,6 +287,15 @@ export class VspcServer {
     });
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
     this.discovered = new DiscoveredConsoles(this.managed, logger);
+    this.tunnels = new TunnelManager({
+      registry: this.registry,
+      lookup: (ref) => lookupConsoles(this.registry, ref),
+      logger,
+      clientId: () => allocateClientId(),
+      bindRetryMs: config.bindRetryMs,
+      // A console that starts or stops carrying a tunnel: no console log, no scrollback while it does.
+      onBind: (hub) => this.applyVmSettings(hub),
+    });
     this.proxy = new EsxiListener(
       {
         registry: this.registry,
@@ -314,33 +330,43 @@ export class VspcServer {
       },
     );
     const server = this;
+    const adminContext: AdminContext = {
+      registry: this.registry,
+      ...(this.pg ? { clusterRecords: () => this.pg!.clusterList() } : {}),
+      vmotion: this.vmotion,
+      logger,
+      tlsPortOf: (h) => this.listeners.tlsPortOf(h),
+      status: () => this.status(),
+      consoleLogs: this.consoleLogs ?? undefined,
+      metrics: this.metrics,
+      // Read per request: the CLI sets reloadConfig after start; without it there is no reload route to offer.
+      get reload() {
+        return server.reloadConfig ? () => server.reload() : undefined;
+      },
+      movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
+      ownPorts: () => {
+        const a = this.addressesValue;
+        const broker = this.broker?.addresses.tcp;
+        return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : []), ...(a.ssh ? [a.ssh.port] : [])] : [];
+      },
+      settingsOf: (h) => resolveVmSettings(this.config, h.identity),
+      sshMetrics: () => this.ssh?.metrics() ?? null,
+      managedBy: (h) => this.managed.groupOf(h),
+      accessOf: (h) => this.accessView(h),
+      tunnels: {
+        list: () => this.tunnels.list(),
+        of: (h) => {
+          const name = this.tunnels.carrierOf(h);
+          return name === null ? null : this.tunnels.status(name);
+        },
+        open: (name, port, who, socket) => this.openTunnelStream(name, port, who, socket),
+      },
+    };
     this.admin = new AdminServer(
-      adminRoutes({
-        registry: this.registry,
-        ...(this.pg ? { clusterRecords: () => this.pg!.clusterList() } : {}),
-        vmotion: this.vmotion,
-        logger,
-        tlsPortOf: (h) => this.listeners.tlsPortOf(h),
-        status: () => this.status(),
-        consoleLogs: this.consoleLogs ?? undefined,
-        metrics: this.metrics,
-        // Read per request: the CLI sets reloadConfig after start; without it there is no reload route to offer.
-        get reload() {
-          return server.reloadConfig ? () => server.reload() : undefined;
-        },
-        movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
-        ownPorts: () => {
-          const a = this.addressesValue;
-          const broker = this.broker?.addresses.tcp;
-          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : []), ...(a.ssh ? [a.ssh.port] : [])] : [];
-        },
-        settingsOf: (h) => resolveVmSettings(this.config, h.identity),
-        sshMetrics: () => this.ssh?.metrics() ?? null,
-        managedBy: (h) => this.managed.groupOf(h),
-        accessOf: (h) => this.accessView(h),
-      }),
+      adminRoutes(adminContext),
       logger,
       {
+        upgrades: adminUpgrades(adminContext),
         token: () => this.config.adminToken,
         onUnauthorized: () => this.metrics.adminUnauthorized++,
         onRefused: (reason) => this.metrics.adminRefused[reason]++,
@@ -430,6 +456,7 @@ export class VspcServer {
     if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
     this.registry.load();
     this.applyConsoles(true);
+    this.applyTunnels(true);
     await this.discovered.restart(this.config);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
@@ -599,6 +626,7 @@ export class VspcServer {
       this.applyVmSettingsToAll();
       this.refreshAccess();
     },
+    tunnels: () => this.applyTunnels(false),
     access: () => this.refreshAccess(),
     // Discovery restarts as a whole; consoles it finds again keep their records and ports.
     proxmoxRunDir: () => void this.discovered.restart(this.config),
@@ -632,6 +660,61 @@ export class VspcServer {
   }
 
   /**
+   * The config file's `tunnels:` made real (src/access/tunnel/): a tunnel with its own
+   * `source:` registers that console like a declared one (kind `tunnel`, key = the
+   * tunnel's name); every tunnel then binds to its console and listens on its forwards.
+   * At start, records of tunnel consoles that left the file are forgotten.
+   */
+  private applyTunnels(atStart: boolean): void {
+    const own = this.config.tunnels.filter((t) => t.source !== undefined);
+    if (atStart) {
+      const names = new Set(own.map((t) => t.name.toLowerCase()));
+      for (const hub of this.registry.all()) {
+        if (hub.identity.kind === 'tunnel' && !names.has(hub.identity.key.toLowerCase())) {
+          this.logger.info('tunnel console no longer in the configuration; forgotten', { console: hub.displayName, port: hub.identity.tcpPort });
+          this.registry.forget(hub, 'removed from the configuration');
+        }
+      }
+    }
+    const wanted = own.map((t) => ({ kind: 'tunnel', key: t.name, label: '', name: t.name, spec: t.source!, specText: t.sourceText! }));
+    const m = this.managed.set('tunnel', wanted, 'forget');
+    const specs: TunnelSpec[] = this.config.tunnels.map((t) => ({
+      name: t.name,
+      carrier: t.source !== undefined ? { kind: 'tunnel', key: t.name, label: '' } : { ref: t.console! },
+      carrierText: t.source !== undefined ? `source: ${t.sourceText}` : `console: ${t.console}`,
+      forwards: t.forwards.map((f) => ({ listen: { ...f.listen }, to: f.to })),
+    }));
+    const r = this.tunnels.apply(specs);
+    if (m.added.length + m.removed.length + m.repointed.length + m.failed.length + r.added.length + r.removed.length + r.changed.length > 0) {
+      this.logger.info('tunnels applied', { ...r, consoles: m });
+    }
+  }
+
+  /**
+   * `vspc-admin tunnel NAME PORT` (the admin API's upgraded call): a stream to the
+   * guest port, resolved once the agent accepted it; the returned function joins it to
+   * the caller's socket. A caller that hangs up while waiting abandons the stream.
+   */
+  private async openTunnelStream(name: string, port: number, who: string, socket: net.Socket): Promise<(s: net.Socket, head: Buffer) => void> {
+    const d = this.tunnels.connect(name, port, who);
+    const abandon = () => d.destroy();
+    socket.once('close', abandon);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        d.once('tunnel-open', resolve);
+        d.once('error', reject);
+        d.once('close', () => reject(new VspcError('VSPC_TUNNEL_STREAM_RESET', 'the stream closed before the guest answered')));
+      });
+    } finally {
+      socket.off('close', abandon);
+    }
+    return (s, head) => {
+      if (head.length > 0) d.write(head);
+      joinSocket(s, d);
+    };
+  }
+
+  /**
    * Apply a new configuration without dropping VM connections: what can change at run
    * time takes effect now (reloadAppliers) — for new connections where a value is read
    * at connect time — and the rest is reported as needing a restart.
@@ -655,7 +738,9 @@ export class VspcServer {
       notices: s.notices ?? this.config.notices,
       replay: s.replay ?? this.config.replay,
     };
-    const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
+    // A console that carries a tunnel has no console log and no scrollback (its bytes are frames).
+    if (this.tunnels.carrierOf(hub) !== null) hub.logged = false;
+    const scrollback = this.tunnels.carrierOf(hub) !== null ? 0 : (s.scrollbackBytes ?? this.config.scrollbackBytes);
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;
     const holder = this.registry.getByPort(s.tcpPort);
@@ -688,6 +773,8 @@ export class VspcServer {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     // vMotions under way finish on this connection set or not at all: refuse new ones.
     this.vmotion.refuseNew();
+    // Tunnels first: their streams are reset (RESET(SHUTDOWN) to the agents) while the sources are still there.
+    this.tunnels.close();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
     const endpoints = Promise.all([this.raw.close(), this.unix.close(), this.ptys.close()]);
@@ -721,6 +808,7 @@ export class VspcServer {
   /** Abort everything now. Idempotent. */
   destroy(): void {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
+    this.tunnels.close();
     void this.proxy.stopAccepting();
     this.listeners.close();
     void this.raw.close();

@@ -9,6 +9,7 @@ import type { Registry } from '../domain/registry.js';
 import type { GuardRefusal } from './request-guard.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
 import type { VmotionCoordinator } from '../domain/vmotion.js';
+import type { TunnelView } from './views.js';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
@@ -113,6 +114,8 @@ export interface MetricsInput {
   vmConnectionsRefused?: number;
   /** The SSH front door's counters; null or absent when it is off. */
   ssh?: SshMetricsSnapshot | null;
+  /** Serial tunnels (config file `tunnels:`); absent: no tunnel families. */
+  tunnels?: readonly TunnelView[];
 }
 
 /** What the SSH front door (src/access/ssh/listener.ts) counts, for /metrics. */
@@ -301,6 +304,39 @@ export function renderMetrics(i: MetricsInput): string {
       (Object.entries(i.metrics.adminRefused) as Array<[string, number]>).map(([reason, n]) => [{ reason }, n] as [Record<string, string>, number]),
     ),
     ...(i.ssh ? sshFamilies(i.ssh) : []),
+    ...tunnelFamilies(i.tunnels ?? []),
   ];
   return families.join('\n') + '\n';
+}
+
+/** Per tunnel (label `tunnel`): link state, RTT, retransmissions, streams, bytes, line damage. */
+function tunnelFamilies(tunnels: readonly TunnelView[]): string[] {
+  if (tunnels.length === 0) return [];
+  const per = (f: (t: TunnelView, link: NonNullable<TunnelView['link']>) => number | null): Sample[] =>
+    tunnels.flatMap((t) => {
+      const v = t.link ? f(t, t.link) : null;
+      return v === null ? [] : [[{ tunnel: t.name }, v] as Sample];
+    });
+  return [
+    family('vspc_tunnel_link_up', 'gauge', 'Serial tunnels whose link to the guest agent is up (1), or not: no console, handshaking, down (0).', tunnels.map((t) => [{ tunnel: t.name }, t.link?.state === 'up' ? 1 : 0] as Sample)),
+    family('vspc_tunnel_rtt_seconds', 'gauge', 'Smoothed round-trip time of a serial tunnel link.', per((_, l) => (l.rttMs === null ? null : l.rttMs / 1000))),
+    family('vspc_tunnel_retransmits_total', 'counter', 'Frames a serial tunnel sent again (lost or damaged on the line).', per((_, l) => l.retransmits)),
+    family('vspc_tunnel_streams', 'gauge', 'Streams open through a serial tunnel.', per((_, l) => l.streams)),
+    family('vspc_tunnel_streams_opened_total', 'counter', 'Streams opened through a serial tunnel (one per client connection).', per((_, l) => l.streamsOpened)),
+    family('vspc_tunnel_streams_failed_total', 'counter', 'Streams of a serial tunnel that failed, by how (refused by the guest, reset).', [
+      ...per((_, l) => l.streamsRefused).map(([lb, v]) => [{ ...lb, how: 'refused' }, v] as Sample),
+      ...per((_, l) => l.streamsReset).map(([lb, v]) => [{ ...lb, how: 'reset' }, v] as Sample),
+    ]),
+    family('vspc_tunnel_bytes_total', 'counter', 'Stream payload bytes through a serial tunnel, by direction (to_guest, from_guest).', [
+      ...per((_, l) => l.bytesToGuest).map(([lb, v]) => [{ ...lb, direction: 'to_guest' }, v] as Sample),
+      ...per((_, l) => l.bytesFromGuest).map(([lb, v]) => [{ ...lb, direction: 'from_guest' }, v] as Sample),
+    ]),
+    family('vspc_tunnel_line_bytes_total', 'counter', 'Bytes on the serial line of a tunnel, framing included, by direction (out, in).', [
+      ...per((_, l) => l.lineBytesOut).map(([lb, v]) => [{ ...lb, direction: 'out' }, v] as Sample),
+      ...per((_, l) => l.lineBytesIn).map(([lb, v]) => [{ ...lb, direction: 'in' }, v] as Sample),
+    ]),
+    family('vspc_tunnel_bad_frames_total', 'counter', 'Damaged frames (bad CRC or COBS, truncated, over-long) a serial tunnel discarded.', per((_, l) => l.badFrames)),
+    family('vspc_tunnel_agent_restarts_total', 'counter', 'Guest agent restarts (new boot id) a serial tunnel saw; each resets its streams.', per((_, l) => l.peerRestarts)),
+    family('vspc_tunnel_link_downs_total', 'counter', 'Times a serial tunnel link was declared down (the guest agent stopped answering).', per((_, l) => l.linkDowns)),
+  ];
 }

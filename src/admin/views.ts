@@ -240,6 +240,8 @@ export interface VmDetailView extends PortView {
   settings: { lockMode?: string; scrollbackBytes?: number; port?: number; log?: boolean };
   /** For a console whose source vspc maintains: where its endpoint stands. */
   endpointStatus: EndpointView | null;
+  /** The serial tunnel this console carries (it has no console for people then); null: none. */
+  tunnel?: TunnelView | null;
   /** How people reach it: each access method's endpoint, null where the method is off. */
   access: AccessView;
 }
@@ -286,6 +288,52 @@ export interface AccessView {
   raw: TcpEndpointView | null;
   unix: UnixEndpointView | null;
   pty: PtyEndpointView | null;
+}
+
+/**
+ * One serial tunnel (`vspc-admin list`'s tunnel table, `show`, `GET /api/v1/tunnels`):
+ * its console, the link to the guest agent, its forwards. The server fills it from
+ * src/access/tunnel/ (TunnelStatus has this shape).
+ */
+export interface TunnelView {
+  name: string;
+  /** How the config names its console: `console: web01:tunnel` or `source: unix:/run/...`. */
+  carrier: string;
+  /** The console it is attached to, and that console's telnet port; null while none. */
+  console: string | null;
+  consolePort: number | null;
+  /** Why it has no console (none matches yet, ambiguous, taken); null when attached. */
+  problem: string | null;
+  link: {
+    /** handshaking (no session with an agent yet), up, down (the agent stopped answering), closed. */
+    state: string;
+    /** ms since the epoch. */
+    since: number;
+    rttMs: number | null;
+    rtoMs: number;
+    retransmits: number;
+    timeouts: number;
+    framesSent: number;
+    framesReceived: number;
+    lineBytesOut: number;
+    lineBytesIn: number;
+    discardedBytes: number;
+    badFrames: number;
+    echoes: number;
+    sessions: number;
+    peerRestarts: number;
+    linkDowns: number;
+    streams: number;
+    streamsOpened: number;
+    streamsRefused: number;
+    streamsReset: number;
+    bytesToGuest: number;
+    bytesFromGuest: number;
+    hostBootId: string;
+    agentBootId: string | null;
+  } | null;
+  forwards: Array<{ listen: string; address: string | null; to: number; error: string | null; accepted: number; connections: number }>;
+  connectionsTotal: number;
 }
 
 /** The endpoint of a declared or discovered console (`show`). Times are ISO 8601. */

@@ -5,12 +5,14 @@ import { Command, CommanderError, InvalidArgumentError, Option as CliOption } fr
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
 import type { ReloadReport } from '../config/reload.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, type AccessView, type ClientView, type EndpointView, type PortView, type VmDetailView } from '../admin/views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, type AccessView, type ClientView, type EndpointView, type PortView, type TunnelView, type VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { neutralizeTerminalStrings } from '../util/text.js';
 import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
+import { addTunnelCommand } from './tunnel.js';
+import { tunnelRows, tunnelTable } from './tunnel-views.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
 import { addConsoleCommand } from './console.js';
 import { helpEpilogue, VSPC_ADMIN_MANUAL } from './help-text.js';
@@ -219,6 +221,13 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       out(totals(ports));
       const broken = ports.filter((p) => p.listenError);
       for (const p of broken) out(`! port ${p.port}: ${p.listenError}\n`);
+      // Serial tunnels on the consoles listed (an older vspc has none to tell).
+      const tunnels = await client()
+        .get<TunnelView[]>('/api/v1/tunnels')
+        .catch(() => [] as TunnelView[]);
+      const shown = new Set(ports.map(vmName));
+      const mine = pattern || opts.state ? tunnels.filter((t) => t.console !== null && shown.has(t.console)) : tunnels;
+      if (mine.length > 0) out('\n' + tunnelTable(mine));
     });
 
   program
@@ -263,6 +272,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         .filter(Boolean)
         .join(', ');
       if (set) rows.push(['config file', set]);
+      if (d.tunnel) rows.push(...tunnelRows(d.tunnel));
       rows.push(['clients', String(d.clientList.length)]);
       const width = Math.max(...rows.map(([k]) => k.length)) + 1;
       let text = `${vmName(d)}\n` + rows.map(([k, v]) => `  ${(k + ':').padEnd(width)} ${v}`).join('\n') + '\n';
@@ -403,6 +413,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
 
   addConnectCommand(program, client, () => adminAddress(program).addr.host);
   addConsoleCommand(program, (s) => out(s));
+  addTunnelCommand(program, (timeoutMs) => adminClientFrom(program, timeoutMs));
 
   program
     .command('completion')

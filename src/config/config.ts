@@ -113,6 +113,8 @@ export interface VspcConfig {
   replay: boolean;
   /** Declared consoles from the config file (`consoles:`); see consoles.ts. */
   consoles: ConsoleSettings[];
+  /** Serial tunnels from the config file (`tunnels:`); see tunnels.ts. */
+  tunnels: TunnelSettings[];
   /** Access methods for every console (config file `access:`); entries of vms:/consoles: override it (access.ts). */
   access: AccessSettings;
   /** Proxmox discovery: the run directory of the VMs' serial sockets; null = off. */
@@ -201,6 +203,22 @@ export interface DiscoverGlob {
   source: string;
   name?: string;
   where?: string;
+}
+
+/** One forward of a tunnel: where vspc listens, and the port in the guest it leads to. */
+export interface TunnelForwardSettings {
+  listen: { type: 'auto' } | { type: 'tcp'; host: string; port: number } | { type: 'unix'; path: string; mode: number };
+  to: number;
+}
+
+/** One `tunnels:` entry (src/config/tunnels.ts): `console` (an existing console) or `source` (its own). */
+export interface TunnelSettings {
+  name: string;
+  console?: string;
+  source?: SourceSpec;
+  /** The source as canonical text (formatSourceSpec). */
+  sourceText?: string;
+  forwards: TunnelForwardSettings[];
 }
 
 /** One `consoles:` entry of the config file (src/config/consoles.ts). */

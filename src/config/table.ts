@@ -32,6 +32,7 @@ import { ConfigError } from '../errors.js';
 import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
 import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
+import { checkTunnels } from './tunnels.js';
 import { parseBrokerSocket, parseGroup, parseSocketMode } from './broker.js';
 import { checkAccess } from './access.js';
 
@@ -706,6 +707,16 @@ export const OPTIONS = [
     field: 'consoles',
     help: 'declared consoles (name, source, lockMode, scrollback, port, log, access)',
     reload: 'at once: consoles added, removed (their ports freed) or re-pointed; the others untouched',
+  }),
+  option({
+    flag: null,
+    key: 'tunnels',
+    kind: 'structured',
+    check: checkTunnels,
+    empty: [],
+    field: 'tunnels',
+    help: 'serial tunnels: TCP into guests over a console (name, console or source, forwards of listen and to)',
+    reload: "at once: tunnels added, removed (their streams reset) or changed; an unchanged tunnel's streams are untouched",
   }),
   option({
     flag: null,

@@ -197,6 +197,13 @@ export class ConsoleHub {
    * want none of them; people like them.
    */
   stream: StreamOptions = { ...DEFAULT_STREAM };
+  /**
+   * A console that carries something other than a terminal (a serial tunnel,
+   * src/access/tunnel/): the one client it is dedicated to. Every other client is
+   * refused with `reason`, whatever lock it asks for (--force too), by every access
+   * method. Set and cleared by that client's owner.
+   */
+  dedicatedTo: { clientId: number; reason: string } | null = null;
 
   readonly scrollback: Scrollback;
   /**
@@ -407,6 +414,9 @@ export class ConsoleHub {
     client: ConsoleClient,
     options: { request?: LockRequest; force?: boolean; user?: string; auth?: ClientAuth; replay?: boolean; tls?: boolean } = {},
   ): LockDecision {
+    if (this.dedicatedTo !== null && this.dedicatedTo.clientId !== client.id) {
+      return { granted: false, reason: this.dedicatedTo.reason, holders: this.locks.list() };
+    }
     const decision = this.locks.request(
       { clientId: client.id, peer: client.peer, user: options.user, auth: options.auth },
       options.request ?? this.defaultLockMode,

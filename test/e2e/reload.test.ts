@@ -463,6 +463,52 @@ const cases: { [K in ReloadableField]: Case } = {
     assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=rl-one')).port, one.port, 'a re-pointed console keeps its port');
   },
 
+  tunnels: async (t) => {
+    // A console whose source keeps its connection open (a QEMU serial socket); a tunnel
+    // added by a reload takes it over, removed by the next gives it back.
+    const dir = tempDir('vspc-reload-tunnels-');
+    t.after(() => dir.remove());
+    const path = join(dir.dir, 'carrier.sock');
+    const held = new Set<net.Socket>();
+    const server = net.createServer((s) => {
+      held.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => held.delete(s));
+    });
+    t.after(() => new Promise<void>((done) => {
+      for (const s of held) s.destroy();
+      server.close(() => done());
+    }));
+    await new Promise<void>((resolve) => server.listen(path, () => resolve()));
+    const consoles = ['consoles:', '  - name: rl-carrier', `    source: unix:${path}`];
+    const r = await reloadable(t, consoles);
+    const carrier = await listed(r, 'config', 'rl-carrier');
+    type Tunnels = Array<{ name: string; console: string | null; forwards: Array<{ address: string | null }> }>;
+    assert.deepEqual(await r.api<Tunnels>('/api/v1/tunnels'), []);
+    appliedOnly(await r.reload([...consoles, 'tunnels:', '  - name: rl-tun', '    console: rl-carrier', '    forwards:', '      - to: 22']), 'tunnels');
+    let tunnels: Tunnels = [];
+    await waitUntil(async () => {
+      tunnels = await r.api<Tunnels>('/api/v1/tunnels');
+      return tunnels.length === 1 && tunnels[0].forwards[0].address !== null;
+    }, 5000, 'the tunnel attached, its auto forward listening');
+    assert.equal(tunnels[0].console, 'rl-carrier');
+    // A telnet client to the carrier is refused, told why.
+    assert.match(await silentConnection(carrier.port, r.cleanup), /carries the serial tunnel "rl-tun"/);
+    // The auto forward accepts (the stream then waits for an agent that is not there).
+    const port = Number(tunnels[0].forwards[0].address!.split(':').pop());
+    const fwd = net.connect({ host: '127.0.0.1', port });
+    r.cleanup.add(() => fwd.destroy());
+    await new Promise<void>((resolve, reject) => {
+      fwd.once('connect', resolve);
+      fwd.once('error', reject);
+    });
+    appliedOnly(await r.reload(consoles), 'tunnels');
+    assert.deepEqual(await r.api<Tunnels>('/api/v1/tunnels'), []);
+    // The forward's connection is closed, and the console takes people again.
+    await new Promise<void>((resolve) => (fwd.destroyed ? resolve() : fwd.once('close', () => resolve())));
+    await r.ts.connectUser(carrier.port, r.cleanup, '');
+  },
+
   access: async (t) => {
     const r = await reloadable(t, ['access: { raw: false }']);
     const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-access' }, r.cleanup);
