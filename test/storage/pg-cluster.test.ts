@@ -13,7 +13,7 @@ import { MIGRATIONS } from '../../src/storage/migrations.js';
 import { TestServer, Cleanup, esxiUuid, withTimeout, tempDir } from '../support/server.js';
 import { SimulatedVm } from '../support/sim/index.js';
 import { reservePortRange } from '../support/ports.js';
-import { Child, VSPC_JS, runNode } from '../support/cli.js';
+import { Child, VSPC_JS, runNode, vspcAdmin } from '../support/cli.js';
 import type { PortView } from '../../src/admin/views.js';
 import type { ConsoleHub } from '../../src/domain/console-hub.js';
 
@@ -169,6 +169,11 @@ test('two vspc nodes on one PostgreSQL: unique sticky ports, one owner per conso
     assert.equal(byName(rows, 'vm-two')?.port, h2.identity.tcpPort);
   }
   assert.equal(byName(await b.ts.ports(), 'vm-one')?.state, 'elsewhere');
+  // vspc-admin list: a NODE column in a cluster.
+  const listed = await vspcAdmin(b.ts.adminAddress, ['list']);
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.match(listed.stdout, /NODE/);
+  assert.match(listed.stdout, new RegExp(`^${p1} .*vm-one .*elsewhere .*node-a\\s*$`, 'm'));
 
   // Node A's database session dies (as when its machine or network goes): PostgreSQL
   // releases its locks, node A gives up every console and closes their connections.
