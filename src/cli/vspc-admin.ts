@@ -202,23 +202,22 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         );
         return;
       }
-      out(
-        formatTable(
-          ['PORT', 'TLS', 'KIND', 'NAME', 'LABEL', 'STATE', 'CLIENTS', 'SOURCE', 'KEY'],
-          ports.map((p) => [
-            String(p.port) + (p.listenError ? '!' : ''),
-            p.tlsPort === null ? '-' : String(p.tlsPort),
-            p.kind,
-            p.name ?? '?',
-            p.label || '-',
-            p.state,
-            String(p.clients),
-            // Where the bytes come from: the endpoint vspc maintains, else the ESXi host's address.
-            p.endpoint ?? p.peer ?? '-',
-            p.key,
-          ]),
-        ),
-      );
+      // A PostgreSQL cluster's list says which node owns each console (a single node's has no such column).
+      const cluster = ports.some((p) => typeof p.node === 'string');
+      const rows = ports.map((p) => [
+        String(p.port) + (p.listenError ? '!' : ''),
+        p.tlsPort === null ? '-' : String(p.tlsPort),
+        p.kind,
+        p.name ?? '?',
+        p.label || '-',
+        p.state,
+        String(p.clients),
+        // Where the bytes come from: the endpoint vspc maintains, else the ESXi host's address.
+        p.endpoint ?? p.peer ?? '-',
+        p.key,
+        ...(cluster ? [p.node ?? '-'] : []),
+      ]);
+      out(formatTable(['PORT', 'TLS', 'KIND', 'NAME', 'LABEL', 'STATE', 'CLIENTS', 'SOURCE', 'KEY', ...(cluster ? ['NODE'] : [])], rows));
       out(totals(ports));
       const broken = ports.filter((p) => p.listenError);
       for (const p of broken) out(`! port ${p.port}: ${p.listenError}\n`);
