@@ -72,6 +72,9 @@ export const ERROR_CODES = {
   VSPC_SSH_LOGIN_TIMEOUT: ['ProtocolError', 'an SSH connection did not log in within the login grace time (30 s)'],
   VSPC_SSH_KEEPALIVE_TIMEOUT: ['ProtocolError', 'an SSH peer stopped answering keepalives (half-open connection): cut off'],
   VSPC_SSH_PROTOCOL_ERROR: ['ProtocolError', 'an SSH peer sent malformed packets or failed the key exchange: that connection is closed'],
+  VSPC_SSH_CLIENT_TOO_SLOW: ['ProtocolError', 'an SSH client did not read what vspc queued for it (console output, menus, echo, notices) past --client-queue-limit: cut off'],
+  VSPC_SSH_TOO_MANY_REQUESTS: ['ProtocolError', 'an SSH connection made more requests vspc refuses (forwarding, X11, subsystems) than allowed (10): closed'],
+  VSPC_SSH_KEY_LIMIT: ['ProtocolError', "an SSH key's connections at once, or a connection's sessions, reached their cap: the client is told, the extra one refused"],
   VSPC_SSH_REQUEST_REFUSED: ['ProtocolError', 'a request vspc never grants: port or agent forwarding, X11, SFTP, another subsystem'],
   VSPC_SSH_KEYS_COMMAND_FAILED: ['VspcError', 'the SSH keys command failed (exit status, timeout, output too large, bad JSON): the key is not let in'],
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).

@@ -177,6 +177,17 @@ export interface SshLimits {
   keysCommandConcurrency: number;
   /** Output queued to one SSH session (channel and socket) before it is cut off; null = --client-queue-limit. */
   maxQueuedBytes: number | null;
+  /**
+   * Connections from one source address (IPv6: its /64) that end without logging in
+   * (key exchange and away, `none` only) cost nothing this many times (refilled at
+   * `authFailureRefillMs`); past that each costs a token of the address's failure bucket.
+   */
+  freeUnauthenticatedCloses: number;
+  /** Authenticated connections of one key at once, and sessions of one connection (a key's vspc-max-connections / vspc-max-sessions win). */
+  maxConnectionsPerKey: number;
+  maxSessionsPerConnection: number;
+  /** Requests refused outright (forwarding, X11, subsystems...) one connection may make before it is closed. */
+  maxRefusedRequests: number;
 }
 
 /** See BrokerLimits in src/access/broker/connection.ts (the same shape). */

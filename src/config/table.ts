@@ -767,6 +767,10 @@ export const FIXED_SETTINGS: { readonly [K in Exclude<Field, OptionField>]: Vspc
     keysCommandMaxOutput: 64 * 1024,
     keysCommandConcurrency: 8,
     maxQueuedBytes: null,
+    freeUnauthenticatedCloses: 10,
+    maxConnectionsPerKey: 32,
+    maxSessionsPerConnection: 10,
+    maxRefusedRequests: 10,
   },
   // A person picks from the menu before connecting (vspc-admin console lists, closes,
   // then connects to SELECT), so a connection chooses within a round trip or two.

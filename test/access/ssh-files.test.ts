@@ -10,10 +10,26 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadHostKeys } from '../../src/access/ssh/host-keys.js';
-import { KeysCommand, type KeysCommandOutcome } from '../../src/access/ssh/keys-command.js';
+import { interpret, KeysCommand, type KeysCommandOutcome } from '../../src/access/ssh/keys-command.js';
+import { parseAuthorizedKeys } from '../../src/access/ssh/authorized-keys.js';
+import { badLoginName } from '../../src/access/ssh/connection.js';
 import { DEFAULTS } from '../../src/config/config.js';
 import { LogCapture } from '../support/log-capture.js';
-import { tempDir } from '../support/server.js';
+import { tempDir, waitUntil } from '../support/server.js';
+
+/** A throwaway directory for the test's keys (removed at exit). */
+function t2dir(): string {
+  const d = tempDir('vspc-keycount-');
+  process.once('exit', () => d.remove());
+  return d.dir;
+}
+
+/** A public key line made by ssh-keygen. */
+function makeTestKey(dir: string): string {
+  const path = join(dir, 'k');
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path], { stdio: 'pipe' });
+  return readFileSync(`${path}.pub`, 'utf8').trim();
+}
 
 describe('SSH host keys', () => {
   test('created on first start (ed25519 and ECDSA P-256, mode 0600, .pub beside), read unchanged afterwards', (t) => {
@@ -114,6 +130,51 @@ describe('SSH keys command', () => {
     const r = await missing.lookup(q);
     assert.equal(r.kind, 'failed');
     assert.match((r as { reason: string }).reason, /cannot run: ENOENT/);
+  });
+
+  test("a timed-out command is killed with its children (its process group): nothing is left running", async (t) => {
+    const d = tempDir('vspc-keyscmd-children-');
+    t.after(() => d.remove());
+    const pidFile = join(d.dir, 'sleep.pid');
+    const { kc } = command(t, `sleep 30 & echo $! > ${pidFile}; wait`, { keysCommandTimeoutMs: 300 });
+    const r = await kc.lookup(q);
+    assert.equal(r.kind, 'failed');
+    assert.match((r as { reason: string }).reason, /no answer within 300 ms/);
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    assert.ok(pid > 0);
+    const alive = () => {
+      try {
+        process.kill(pid, 0);
+        // A zombie still answers: look at its state.
+        return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+      } catch {
+        return false;
+      }
+    };
+    await waitUntil(() => !alive(), 5000, `the command's sleep (pid ${pid}) gone`);
+  });
+
+  test('counts of connections and sessions: from the file (vspc-max-connections, vspc-max-sessions) and from the command', () => {
+    const r = interpret({ consoles: ['*'], maxConnections: 4, maxSessions: '2' }, q);
+    assert.equal(r.kind, 'allow');
+    assert.equal(r.kind === 'allow' && r.rights.maxConnections, 4);
+    assert.equal(r.kind === 'allow' && r.rights.maxSessions, 2);
+    for (const bad of [0, -1, 1.5, 'many', 100_000]) {
+      const f = interpret({ consoles: ['*'], maxConnections: bad }, q);
+      assert.equal(f.kind, 'failed', String(bad));
+    }
+    const key = makeTestKey(t2dir());
+    const keys = parseAuthorizedKeys(`vspc-max-connections="3",vspc-max-sessions="1" ${key}\n`, 'authorized_keys');
+    const [entry] = [...keys.values()];
+    assert.equal(entry.rights.maxConnections, 3);
+    assert.equal(entry.rights.maxSessions, 1);
+    assert.throws(() => parseAuthorizedKeys(`vspc-max-connections="0" ${key}\n`, 'authorized_keys'), /vspc-max-connections: "0" is not a count from 1 to 10000/);
+    assert.throws(() => parseAuthorizedKeys(`vspc-max-sessions="x" ${key}\n`, 'authorized_keys'), /vspc-max-sessions: "x" is not a count/);
+  });
+
+  test('login names that could pass for options, or hold blanks or controls, are refused', () => {
+    for (const bad of ['-x', '--site=evil', 'a b', 'a\tb', 'x\u0007', 'a\u202eb']) assert.ok(badLoginName(bad), JSON.stringify(bad));
+    for (const good of ['console', 'alice', 'a-b', 'user@example', 'é']) assert.equal(badLoginName(good), null, good);
   });
 
   test('at most keysCommandConcurrency at once; the rest fail fast as busy', async (t) => {

@@ -7,6 +7,7 @@
  *   vspc-modes="readonly,readwrite,force"   lock modes it may take, `force` to displace (default: all)
  *   vspc-user="alice"                       user name shown to others and logged (default: the comment)
  *   vspc-idle="30m"  vspc-max-session="8h"  session limits (default: --ssh-idle-timeout, --ssh-max-session)
+ *   vspc-max-connections="4"  vspc-max-sessions="2"   connections of the key at once, sessions per connection (default 32, 10)
  *   from="10.0.0.0/8,!10.9.*"               OpenSSH's: source addresses allowed
  *
  * OpenSSH's restrictions that vspc always applies (`restrict`, `no-port-forwarding`,
@@ -25,6 +26,8 @@ import {
   ConsolePatterns,
   MODE_WORDS,
   modesFrom,
+  MAX_COUNT,
+  parseCount,
   parseDurationText,
   type KeyRights,
 } from './rights.js';
@@ -40,7 +43,7 @@ export const KEY_TYPES: ReadonlySet<string> = new Set([
 
 /** Options that only restrict what vspc never allows anyway. */
 const NO_OPS: ReadonlySet<string> = new Set(['restrict', 'no-port-forwarding', 'no-agent-forwarding', 'no-x11-forwarding', 'no-user-rc']);
-const VALUED: ReadonlySet<string> = new Set(['vspc-consoles', 'vspc-modes', 'vspc-user', 'vspc-idle', 'vspc-max-session', 'from']);
+const VALUED: ReadonlySet<string> = new Set(['vspc-consoles', 'vspc-modes', 'vspc-user', 'vspc-idle', 'vspc-max-session', 'vspc-max-connections', 'vspc-max-sessions', 'from']);
 
 /** Bounds: a line (OpenSSH's is 8 KiB; RSA 16384 keys need more), and the file. */
 const MAX_LINE = 16 * 1024;
@@ -140,7 +143,7 @@ function parseOptions(line: string, fail: (what: string) => never): { options: M
       value = v;
     }
     if (!NO_OPS.has(name) && !VALUED.has(name)) {
-      fail(`unknown option ${JSON.stringify(name)} (vspc knows vspc-consoles, vspc-modes, vspc-user, vspc-idle, vspc-max-session, from, and accepts ${[...NO_OPS].join(', ')})`);
+      fail(`unknown option ${JSON.stringify(name)} (vspc knows vspc-consoles, vspc-modes, vspc-user, vspc-idle, vspc-max-session, vspc-max-connections, vspc-max-sessions, from, and accepts ${[...NO_OPS].join(', ')})`);
     }
     if (VALUED.has(name) && value === true) fail(`${name} needs a value: ${name}="..."`);
     if (NO_OPS.has(name) && value !== true) fail(`${name} takes no value`);
@@ -201,6 +204,14 @@ function rightsFromOptions(
     return ms;
   };
 
+  const count = (name: string): number | null => {
+    const t = get(name);
+    if (t === undefined) return null;
+    const n = parseCount(t);
+    if (n === null) fail(`${name}: "${t}" is not a count from 1 to ${MAX_COUNT}`);
+    return n;
+  };
+
   let from: AddressPatterns | null = null;
   const fromText = get('from');
   if (fromText !== undefined) {
@@ -218,6 +229,8 @@ function rightsFromOptions(
     force,
     idleMs: duration('vspc-idle'),
     maxSessionMs: duration('vspc-max-session'),
+    maxConnections: count('vspc-max-connections'),
+    maxSessions: count('vspc-max-sessions'),
     from,
     source: 'file',
     where,

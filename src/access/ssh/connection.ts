@@ -26,14 +26,14 @@ import { installBreakRequests } from './ssh2-internals.js';
 
 /** Failed attempts one connection may make (OpenSSH's MaxAuthTries is 6; agents with many keys try each). */
 const MAX_TRIES_PER_CONNECTION = 20;
-/** Session channels open at once on one connection (OpenSSH's MaxSessions). */
-const MAX_SESSIONS_PER_CONNECTION = 10;
+/** Sessions accepted only to tell the client why it is refused (a cap reached), at once on one connection; more are rejected silently. */
+const MAX_REFUSAL_SESSIONS = 2;
 
 /** Counters kept by the listener, for /metrics. */
 export interface SshCounters {
   auth: { accepted: number; rejected: number };
-  /** Connections dropped at accept, by reason. */
-  refused: { 'rate-limited': number; 'too-many-unauthenticated': number; 'shutting-down': number; 'fd-budget': number };
+  /** Connections dropped at accept (and, `key-connections`, refused after authentication: the key's cap), by reason. */
+  refused: { 'rate-limited': number; 'too-many-unauthenticated': number; 'shutting-down': number; 'fd-budget': number; 'key-connections': number };
   /** Requests refused outright, by kind. */
   requests: Record<string, number>;
   /** Sessions ended by vspc, by reason. */
@@ -44,6 +44,14 @@ export interface SshCounters {
 export interface ConnectionContext {
   readonly logger: Logger;
   readonly buckets: FailureBuckets;
+  /** Connections that end without logging in that cost nothing (per address group); past these they cost a failure. */
+  readonly freeCloses: FailureBuckets;
+  readonly limits: { maxConnectionsPerKey: number; maxSessionsPerConnection: number; maxRefusedRequests: number };
+  /** Takes one of the key's connection slots (false: `limit` are taken); given back by releaseKey. */
+  claimKey(blob: string, limit: number): boolean;
+  releaseKey(blob: string): void;
+  /** The listener is closing: connections that end now are not the peer's doing. */
+  shuttingDown(): boolean;
   readonly counters: SshCounters;
   keys(): AuthorizedKeys;
   readonly keysCommand: KeysCommand | null;
@@ -74,6 +82,17 @@ function keyTypeOf(blob: Buffer): string {
   return n > 0 && n < 64 && blob.length >= 4 + n ? blob.toString('latin1', 4, 4 + n) : '?';
 }
 
+/**
+ * Why a login name is refused (null: it is not). The name is passed to the keys
+ * command as an argument: one starting with `-` could pass for an option of it
+ * (`--site=evil`), and blanks or control characters have no business in a name.
+ */
+export function badLoginName(name: string): string | null {
+  if (name.startsWith('-')) return 'it starts with "-"';
+  if (/[\s\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(name)) return 'it contains blanks or control characters';
+  return null;
+}
+
 export class SshConnection implements SessionHost {
   readonly peer: string;
   readonly acceptedAt = Date.now();
@@ -92,12 +111,26 @@ export class SshConnection implements SessionHost {
   private recheckRunning = false;
   /** end() was called: no new sessions; the connection goes when its sessions have. */
   private ending = false;
+  /** The address was already charged for this connection (failed tries, login grace time). */
+  private charged = false;
+  /** The key's connection slot (released on close), or why the key may not have one. */
+  private keySlot: string | null = null;
+  private overCap: string | null = null;
+  private overCapTimer: NodeJS.Timeout | null = null;
+  /** Sessions accepted only to say why they are refused. */
+  private refusalSessions = 0;
+  private sessionCapLogged = false;
+  /** Requests refused outright: the first is logged, the rest counted (summed up at close). */
+  private refusedRequests = 0;
+  private refusedUnlogged = 0;
 
   constructor(
     private readonly ctx: ConnectionContext,
     readonly socket: net.Socket,
     /** The peer address, IPv4-mapped IPv6 as IPv4. */
     readonly address: string,
+    /** What per-address limits count by (util/cidr.ts addressGroup): the IPv4 address, an IPv6 address's /64. */
+    readonly group: string = address,
   ) {
     this.peer = `${address}:${socket.remotePort ?? '?'}`;
     this.logger = ctx.logger.child({ peer: this.peer, side: 'ssh' });
@@ -171,22 +204,52 @@ export class SshConnection implements SessionHost {
     return this.socket.writableLength;
   }
 
+  /**
+   * A request vspc never grants. Refusing costs the peer nothing, so it is bounded: the
+   * first is logged, the others counted (summed up when the connection goes), and the
+   * connection is closed at `maxRefusedRequests`.
+   */
   refused(what: string, kind = 'other', reject?: () => void): void {
+    // Requests parsed after the connection was cut off are not answered, nor counted.
+    if (this.state === 'closed' || this.cutOffForRequests) return;
     this.ctx.counters.requests[kind] = (this.ctx.counters.requests[kind] ?? 0) + 1;
-    this.logger.info('SSH request refused', { request: what, errorCode: 'VSPC_SSH_REQUEST_REFUSED' });
+    this.refusedRequests++;
+    if (this.refusedRequests === 1) this.logger.info('SSH request refused', { request: what, errorCode: 'VSPC_SSH_REQUEST_REFUSED' });
+    else this.refusedUnlogged++;
+    const max = this.ctx.limits.maxRefusedRequests;
+    if (this.refusedRequests >= max) {
+      this.cutOffForRequests = true;
+      this.logger.warn('too many refused SSH requests on one connection; closing it', {
+        errorCode: 'VSPC_SSH_TOO_MANY_REQUESTS',
+        refused: this.refusedRequests,
+        suppressed: this.refusedUnlogged,
+        last: what,
+        limit: max,
+        user: this.principalValue?.user,
+      });
+      this.refusedUnlogged = 0;
+      this.count('too-many-requests');
+      this.destroy();
+      return;
+    }
     reject?.();
   }
 
+  private cutOffForRequests = false;
+
   tooSlow(queued: number, limit: number): void {
     if (this.state === 'closed') return;
-    this.logger.warn('SSH client too slow; disconnecting', { queued, limit, user: this.principalValue?.user });
+    this.logger.warn('SSH client too slow; disconnecting', { errorCode: 'VSPC_SSH_CLIENT_TOO_SLOW', queued, limit, user: this.principalValue?.user });
     this.ctx.onSlowClientDropped?.();
     this.count('too-slow');
     this.destroy();
   }
 
   sessionEnded(session: SshSession): void {
-    this.sessions.delete(session);
+    if (!this.sessions.delete(session)) return;
+    if (session.refusal) this.refusalSessions--;
+    // Over the key's cap: told, then gone.
+    if (this.overCap && this.sessions.size === 0) this.client?.end();
     // Ending: the client closes the connection itself once its last channel is closed; this is for one that does not.
     if (this.ending && this.sessions.size === 0) this.client?.end();
   }
@@ -251,11 +314,14 @@ export class SshConnection implements SessionHost {
 
   private onAuth(auth: AuthContext): void {
     if (this.state !== 'handshake') return auth.reject();
-    if (!this.ctx.buckets.allows(this.address)) {
+    if (!this.ctx.buckets.allows(this.group)) {
+      this.charged = true;
       auth.reject();
       this.client?.end();
       return;
     }
+    const badName = badLoginName(auth.username);
+    if (badName) return this.authFailed(auth, `login name refused: ${badName}`, {});
     if (auth.method === 'none') return auth.reject(['publickey']);
     if (auth.method === 'publickey') {
       void this.onPublicKey(auth as PublicKeyAuthContext).catch((err: unknown) => {
@@ -285,6 +351,20 @@ export class SshConnection implements SessionHost {
     // Without a signature the client asks whether this key would do; it signs next.
     if (!auth.signature || !auth.blob) return auth.accept();
     if (found.key.verify(auth.blob, auth.signature, auth.hashAlgo) !== true) return this.authFailed(auth, 'the signature does not verify', fields);
+    // The key's cap on connections at once: the login goes through so that the client
+    // can be told why (its sessions get the message, exit status 3), then it goes.
+    const maxConnections = found.rights.maxConnections ?? this.ctx.limits.maxConnectionsPerKey;
+    if (this.ctx.claimKey(b64, maxConnections)) this.keySlot = b64;
+    else {
+      this.overCap = `too many connections with this key at once (at most ${maxConnections}); close one and try again`;
+      this.ctx.counters.refused['key-connections']++;
+      this.logger.warn('SSH connection refused: too many connections with this key', {
+        errorCode: 'VSPC_SSH_KEY_LIMIT',
+        user: found.rights.user,
+        fingerprint,
+        limit: maxConnections,
+      });
+    }
     this.principalValue = {
       user: found.rights.user,
       loginName: sanitizeText(auth.username).slice(0, 64),
@@ -294,7 +374,7 @@ export class SshConnection implements SessionHost {
       rights: found.rights,
     };
     // A user whose agent offered other keys first is not punished for it.
-    this.ctx.buckets.refund(this.address, this.failures);
+    this.ctx.buckets.refund(this.group, this.failures);
     this.ctx.counters.auth.accepted++;
     this.logger.info('SSH user authenticated', {
       user: found.rights.user,
@@ -322,7 +402,8 @@ export class SshConnection implements SessionHost {
   private authFailed(auth: AuthContext, reason: string, fields: Record<string, unknown>): void {
     this.failures++;
     this.ctx.counters.auth.rejected++;
-    const more = this.ctx.buckets.fail(this.address);
+    this.charged = true;
+    const more = this.ctx.buckets.fail(this.group);
     this.logger.info('SSH authentication failed', {
       errorCode: 'VSPC_SSH_AUTH_FAILED',
       method: auth.method,
@@ -335,7 +416,8 @@ export class SshConnection implements SessionHost {
       this.logger.warn('too many failed SSH authentications from this address; refusing its connections for a while', {
         errorCode: 'VSPC_SSH_RATE_LIMITED',
         address: this.address,
-        retryAfterMs: this.ctx.buckets.retryAfter(this.address),
+        ...(this.group !== this.address ? { group: this.group } : {}),
+        retryAfterMs: this.ctx.buckets.retryAfter(this.group),
       });
       this.client?.end();
     } else if (this.failures >= MAX_TRIES_PER_CONNECTION) {
@@ -361,10 +443,32 @@ export class SshConnection implements SessionHost {
       this.maxTimer.unref();
     }
     this.ctx.connectionAuthenticated(this);
+    if (this.overCap) {
+      // Time to open a session and read why; then the connection goes.
+      this.overCapTimer = setTimeout(() => this.destroy(), this.ctx.closeGraceMs);
+      this.overCapTimer.unref();
+    }
   }
 
   private onSession(accept: () => Session, reject: () => void): void {
-    if (this.state !== 'authenticated' || this.ending || this.sessions.size >= MAX_SESSIONS_PER_CONNECTION) return reject();
+    if (this.state !== 'authenticated' || this.ending) return reject();
+    const max = this.principalValue?.rights.maxSessions ?? this.ctx.limits.maxSessionsPerConnection;
+    let refusal = this.overCap;
+    if (!refusal && this.sessions.size - this.refusalSessions >= max) {
+      refusal = `too many sessions on this connection (at most ${max})`;
+      this.ctx.counters.requests['sessions-per-connection'] = (this.ctx.counters.requests['sessions-per-connection'] ?? 0) + 1;
+      if (!this.sessionCapLogged) {
+        this.sessionCapLogged = true;
+        this.logger.warn('SSH session refused: too many sessions on one connection', { errorCode: 'VSPC_SSH_KEY_LIMIT', limit: max, user: this.principalValue?.user });
+      }
+    }
+    if (refusal) {
+      // Accepted only to say why (a channel open failure carries no text); a few at once.
+      if (this.refusalSessions >= MAX_REFUSAL_SESSIONS) return reject();
+      this.refusalSessions++;
+      this.sessions.add(new SshSession(accept(), this, refusal));
+      return;
+    }
     const session = new SshSession(accept(), this);
     this.sessions.add(session);
   }
@@ -376,7 +480,8 @@ export class SshConnection implements SessionHost {
     if (this.state !== 'handshake') return;
     this.logger.info('SSH login not completed in time; closing', { errorCode: 'VSPC_SSH_LOGIN_TIMEOUT', limitMs: this.ctx.loginGraceMs });
     // A connection that never logs in counts as a failed attempt of its address.
-    this.ctx.buckets.fail(this.address);
+    this.charged = true;
+    this.ctx.buckets.fail(this.group);
     this.destroy();
   }
 
@@ -402,11 +507,41 @@ export class SshConnection implements SessionHost {
     if (this.state === 'closed') return;
     const was = this.state;
     this.state = 'closed';
-    for (const t of [this.graceTimer, this.maxTimer, this.destroyTimer]) if (t) clearTimeout(t);
+    for (const t of [this.graceTimer, this.maxTimer, this.destroyTimer, this.overCapTimer]) if (t) clearTimeout(t);
     for (const s of [...this.sessions]) s.destroy();
     this.sessions.clear();
+    if (this.keySlot) this.ctx.releaseKey(this.keySlot);
+    this.keySlot = null;
+    if (was === 'handshake') this.chargeUnauthenticated();
+    if (this.refusedUnlogged > 0) {
+      this.logger.info('SSH requests refused on this connection (not logged one by one)', { errorCode: 'VSPC_SSH_REQUEST_REFUSED', suppressed: this.refusedUnlogged, refused: this.refusedRequests });
+    }
     if (was === 'authenticated') this.logger.info('SSH connection closed', { durationMs: Date.now() - this.acceptedAt });
     this.ctx.connectionClosed(this);
+  }
+
+  /**
+   * The connection ended without logging in (key exchange and away, `none` only, a
+   * scanner): free a few times per address, then a token of its failure bucket, so
+   * that a flood of them is refused at accept like failed logins. Not when the address
+   * was charged already (failed tries, grace time) nor at shutdown.
+   */
+  private chargeUnauthenticated(): void {
+    if (this.charged || this.failures > 0 || this.ctx.shuttingDown()) return;
+    this.charged = true;
+    if (this.ctx.freeCloses.allows(this.group)) {
+      this.ctx.freeCloses.fail(this.group);
+      return;
+    }
+    const had = this.ctx.buckets.allows(this.group);
+    if (!this.ctx.buckets.fail(this.group) && had) {
+      this.logger.warn('too many SSH connections from this address ended without logging in; refusing its connections for a while', {
+        errorCode: 'VSPC_SSH_RATE_LIMITED',
+        address: this.address,
+        ...(this.group !== this.address ? { group: this.group } : {}),
+        retryAfterMs: this.ctx.buckets.retryAfter(this.group),
+      });
+    }
   }
 
   private count(reason: string): void {

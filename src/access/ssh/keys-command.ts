@@ -3,12 +3,16 @@
  * oVirt's key service: asked about a key the authorized-keys file does not list, so an
  * inventory (vCenter tags, Proxmox pools, an LDAP group) decides who reaches what.
  *
- * Run without a shell (execFile): the option's words (program, then fixed arguments),
- * then the SSH login name, the key type, the key (base64) and its fingerprint. It
+ * Run without a shell, in its own process group (a timeout kills the group, children
+ * included): the option's words (program, then fixed arguments), then the SSH login
+ * name, the key type, the key (base64) and its fingerprint. The login name never
+ * starts with `-` nor holds blanks or controls (the connection refuses those), so it
+ * cannot pass for an option of the command. It
  * answers on stdout with one JSON object:
  *
  *   {"user": "alice", "consoles": ["web*", "db01"], "modes": ["readwrite", "readonly"],
- *    "idle": "30m", "maxSession": "8h", "from": "10.0.0.0/8"}      the key may log in
+ *    "idle": "30m", "maxSession": "8h", "from": "10.0.0.0/8",
+ *    "maxConnections": 4, "maxSessions": 2}                          the key may log in
  *   {"deny": "not in the ops group"}                                 it may not
  *
  * `consoles` is required (a command answering `{}` by mistake must not open every
@@ -17,7 +21,7 @@
  * object is a failure: logged, counted, and the key is not let in — never fatal, and
  * never ending a session that is already running.
  */
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import type { Logger } from '../../domain/logger.js';
 import { LOCK_MODES } from '../../domain/locks.js';
 import { sanitizeText } from '../../util/text.js';
@@ -27,6 +31,8 @@ import {
   ConsolePatterns,
   MODE_WORDS,
   modesFrom,
+  MAX_COUNT,
+  parseCount,
   parseDurationText,
   type KeyRights,
 } from './rights.js';
@@ -89,52 +95,78 @@ export class KeysCommand {
     return new Promise<KeysCommandResult>((resolve) => {
       // Not the admin token: the command needs nothing of vspc's secrets.
       const { VSPC_ADMIN_TOKEN: _token, ...env } = process.env;
-      execFile(
-        this.argv[0],
-        [...this.argv.slice(1), q.loginName, q.keyType, q.key, q.fingerprint],
-        {
-          timeout: this.limits.keysCommandTimeoutMs,
-          killSignal: 'SIGKILL',
-          maxBuffer: this.limits.keysCommandMaxOutput,
-          encoding: 'utf8',
-          env,
-          windowsHide: true,
-        },
-        (err, stdout, stderr) => {
-          this.running--;
-          const durationMs = Date.now() - started;
-          const stderrText = sanitizeText(String(stderr ?? '').trim()).slice(0, MAX_TEXT);
-          if (err) {
-            const e = err as NodeJS.ErrnoException & { killed?: boolean; signal?: string | null; code?: string | number | null };
-            const reason =
-              e.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER'
-                ? `output over ${this.limits.keysCommandMaxOutput} bytes`
-                : e.killed || e.signal === 'SIGKILL'
-                  ? `no answer within ${this.limits.keysCommandTimeoutMs} ms`
-                  : typeof e.code === 'number'
-                    ? `exit status ${e.code}`
-                    : `cannot run: ${e.code ?? e.message}`;
-            return resolve(this.failed(q, reason, durationMs, stderrText));
-          }
-          let answer: unknown;
-          try {
-            answer = JSON.parse(stdout);
-          } catch {
-            return resolve(this.failed(q, 'the answer is not JSON', durationMs, stderrText));
-          }
-          const result = interpret(answer, q);
-          if (result.kind === 'failed') return resolve(this.failed(q, result.reason, durationMs, stderrText));
-          this.count(result.kind === 'allow' ? 'allowed' : 'denied');
-          this.logger.info(result.kind === 'allow' ? 'SSH keys command let a key in' : 'SSH keys command denied a key', {
-            fingerprint: q.fingerprint,
-            durationMs,
-            ...(result.kind === 'allow'
-              ? { user: result.rights.user, consoles: result.rights.consoles.toString() }
-              : { reason: result.reason }),
-          });
-          resolve(result);
-        },
-      );
+      const max = this.limits.keysCommandMaxOutput;
+      let stdout = '';
+      let stderr = '';
+      let failure: string | null = null;
+      let settled = false;
+      // Its own process group: on a timeout (or too much output) the whole group is
+      // killed, so that a command's children (`sleep 30 &`, a pipeline) do not outlive it.
+      const child = spawn(this.argv[0], [...this.argv.slice(1), q.loginName, q.keyType, q.key, q.fingerprint], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+        env,
+        windowsHide: true,
+      });
+      const killGroup = () => {
+        try {
+          if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          /* the group is gone already */
+        }
+      };
+      const timer = setTimeout(() => {
+        failure ??= `no answer within ${this.limits.keysCommandTimeoutMs} ms`;
+        killGroup();
+      }, this.limits.keysCommandTimeoutMs);
+      timer.unref();
+      child.stdout.setEncoding('utf8');
+      child.stderr.setEncoding('utf8');
+      child.stdout.on('data', (d: string) => {
+        stdout += d;
+        if (stdout.length > max) {
+          failure ??= `output over ${max} bytes`;
+          killGroup();
+        }
+      });
+      child.stderr.on('data', (d: string) => {
+        if (stderr.length < MAX_TEXT * 4) stderr += d;
+      });
+      const finish = (code: number | null, signal: NodeJS.Signals | null, spawnError?: NodeJS.ErrnoException) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        // Whatever the command left behind in its group goes with it.
+        if (!spawnError) killGroup();
+        this.running--;
+        const durationMs = Date.now() - started;
+        const stderrText = sanitizeText(stderr.trim()).slice(0, MAX_TEXT);
+        const reason =
+          failure ??
+          (spawnError ? `cannot run: ${spawnError.code ?? spawnError.message}` : code !== 0 ? (code === null ? `killed by ${signal ?? 'a signal'}` : `exit status ${code}`) : null);
+        if (reason) return resolve(this.failed(q, reason, durationMs, stderrText));
+        let answer: unknown;
+        try {
+          answer = JSON.parse(stdout);
+        } catch {
+          return resolve(this.failed(q, 'the answer is not JSON', durationMs, stderrText));
+        }
+        const result = interpret(answer, q);
+        if (result.kind === 'failed') return resolve(this.failed(q, result.reason, durationMs, stderrText));
+        this.count(result.kind === 'allow' ? 'allowed' : 'denied');
+        this.logger.info(result.kind === 'allow' ? 'SSH keys command let a key in' : 'SSH keys command denied a key', {
+          fingerprint: q.fingerprint,
+          durationMs,
+          ...(result.kind === 'allow'
+            ? { user: result.rights.user, consoles: result.rights.consoles.toString() }
+            : { reason: result.reason }),
+        });
+        resolve(result);
+      };
+      child.on('error', (err: NodeJS.ErrnoException) => finish(null, null, err));
+      // Done: what it left running in its group (holding its stdout open, say) goes, so that 'close' comes.
+      child.on('exit', () => killGroup());
+      child.on('close', (code, signal) => finish(code, signal));
     });
   }
 
@@ -156,7 +188,7 @@ export class KeysCommand {
 export function interpret(answer: unknown, q: Pick<KeyQuery, 'loginName' | 'fingerprint'>): KeysCommandResult {
   if (answer === null || typeof answer !== 'object' || Array.isArray(answer)) return { kind: 'failed', reason: 'the answer is not a JSON object' };
   const a = answer as Record<string, unknown>;
-  const known = new Set(['user', 'consoles', 'modes', 'idle', 'maxSession', 'from', 'deny']);
+  const known = new Set(['user', 'consoles', 'modes', 'idle', 'maxSession', 'maxConnections', 'maxSessions', 'from', 'deny']);
   const unknown = Object.keys(a).filter((k) => !known.has(k));
   if (unknown.length > 0) return { kind: 'failed', reason: `unknown field ${JSON.stringify(unknown[0].slice(0, 40))}` };
   if ('deny' in a) {
@@ -197,6 +229,10 @@ export function interpret(answer: unknown, q: Pick<KeyQuery, 'loginName' | 'fing
     from = new AddressPatterns(text);
   }
   if (a.user !== undefined && typeof a.user !== 'string') return { kind: 'failed', reason: '"user" must be a string' };
+  const count = (name: 'maxConnections' | 'maxSessions'): number | null | 'bad' => (a[name] === undefined ? null : (parseCount(a[name]) ?? 'bad'));
+  const maxConnections = count('maxConnections');
+  const maxSessions = count('maxSessions');
+  if (maxConnections === 'bad' || maxSessions === 'bad') return { kind: 'failed', reason: `"maxConnections"/"maxSessions" must be whole numbers from 1 to ${MAX_COUNT}` };
   const { modes, force } = modesFrom(words);
   return {
     kind: 'allow',
@@ -207,6 +243,8 @@ export function interpret(answer: unknown, q: Pick<KeyQuery, 'loginName' | 'fing
       force,
       idleMs,
       maxSessionMs,
+      maxConnections,
+      maxSessions,
       from,
       source: 'command',
       where: 'keys command',

@@ -22,6 +22,7 @@ import { loadHostKeys, type HostKey } from './host-keys.js';
 import { KeysCommand, type KeysCommandOutcome } from './keys-command.js';
 import { FailureBuckets } from './rate-limit.js';
 import { normalizeAddress } from './rights.js';
+import { addressGroup } from '../../util/cidr.js';
 
 /** The bounds the listener needs (config's SshLimits has these fields). */
 export interface SshListenerLimits {
@@ -35,6 +36,10 @@ export interface SshListenerLimits {
   keysCommandTimeoutMs: number;
   keysCommandMaxOutput: number;
   keysCommandConcurrency: number;
+  freeUnauthenticatedCloses: number;
+  maxConnectionsPerKey: number;
+  maxSessionsPerConnection: number;
+  maxRefusedRequests: number;
 }
 
 export interface SshListenerOptions {
@@ -92,6 +97,9 @@ export class SshListener {
   private keysText: string | null = null;
   private readonly keysCommand: KeysCommand | null;
   private readonly buckets: FailureBuckets;
+  private readonly freeCloses: FailureBuckets;
+  /** Authenticated connections by key (base64 blob), for the per-key cap. */
+  private readonly byKey = new Map<string, number>();
   private readonly connections = new Set<SshConnection>();
   private readonly bySocket = new WeakMap<net.Socket, SshConnection>();
   /** Connections not logged in yet, by address, and those counted there. */
@@ -100,7 +108,7 @@ export class SshListener {
   private readonly counted = new WeakSet<SshConnection>();
   private readonly counters: SshCounters = {
     auth: { accepted: 0, rejected: 0 },
-    refused: { 'rate-limited': 0, 'too-many-unauthenticated': 0, 'shutting-down': 0, 'fd-budget': 0 },
+    refused: { 'rate-limited': 0, 'too-many-unauthenticated': 0, 'shutting-down': 0, 'fd-budget': 0, 'key-connections': 0 },
     requests: {},
     ended: {},
   };
@@ -121,6 +129,7 @@ export class SshListener {
     this.logger = log;
     const l = options.limits;
     this.buckets = new FailureBuckets({ burst: l.authFailureBurst, refillMs: l.authFailureRefillMs });
+    this.freeCloses = new FailureBuckets({ burst: l.freeUnauthenticatedCloses, refillMs: l.authFailureRefillMs });
     this.keysCommand = options.keysCommand
       ? new KeysCommand(options.keysCommand, l, log, (o) => this.keysCommandCounts[o]++)
       : null;
@@ -130,6 +139,20 @@ export class SshListener {
     this.context = {
       logger: log,
       buckets: this.buckets,
+      freeCloses: this.freeCloses,
+      limits: { maxConnectionsPerKey: l.maxConnectionsPerKey, maxSessionsPerConnection: l.maxSessionsPerConnection, maxRefusedRequests: l.maxRefusedRequests },
+      claimKey: (blob, limit) => {
+        const n = self.byKey.get(blob) ?? 0;
+        if (n >= limit) return false;
+        self.byKey.set(blob, n + 1);
+        return true;
+      },
+      releaseKey: (blob) => {
+        const n = (self.byKey.get(blob) ?? 1) - 1;
+        if (n <= 0) self.byKey.delete(blob);
+        else self.byKey.set(blob, n);
+      },
+      shuttingDown: () => self.closing,
       counters: this.counters,
       keys: () => this.keys,
       keysCommand: this.keysCommand,
@@ -187,7 +210,10 @@ export class SshListener {
         resolve(this.server.address() as net.AddressInfo);
       });
     });
-    this.pruneTimer = setInterval(() => this.buckets.prune(), 60_000);
+    this.pruneTimer = setInterval(() => {
+      this.buckets.prune();
+      this.freeCloses.prune();
+    }, 60_000);
     this.pruneTimer.unref();
     this.logger.info('SSH front door listening', {
       listen: `${this.address.address}:${this.address.port}`,
@@ -242,6 +268,8 @@ export class SshListener {
 
   private onSocket(socket: net.Socket): void {
     const address = normalizeAddress(socket.remoteAddress ?? '?');
+    // Per-address limits count an IPv6 peer by its /64 (one host routinely has all of it).
+    const group = addressGroup(address);
     if (this.closing) {
       this.counters.refused['shutting-down']++;
       socket.destroy();
@@ -254,12 +282,12 @@ export class SshListener {
     }
     // Before any key exchange: an address that keeps failing, or a crowd of connections
     // that never log in, costs a socket and nothing more.
-    if (!this.buckets.allows(address)) {
+    if (!this.buckets.allows(group)) {
       this.counters.refused['rate-limited']++;
       socket.destroy();
       return;
     }
-    const mine = this.unauthenticated.get(address) ?? 0;
+    const mine = this.unauthenticated.get(group) ?? 0;
     const l = this.options.limits;
     if (this.unauthenticatedTotal >= l.maxUnauthenticated || mine >= l.maxUnauthenticatedPerAddress) {
       this.counters.refused['too-many-unauthenticated']++;
@@ -276,9 +304,9 @@ export class SshListener {
       socket.destroy();
       return;
     }
-    this.unauthenticated.set(address, mine + 1);
+    this.unauthenticated.set(group, mine + 1);
     this.unauthenticatedTotal++;
-    const conn = new SshConnection(this.context, socket, address);
+    const conn = new SshConnection(this.context, socket, address, group);
     this.counted.add(conn);
     this.connections.add(conn);
     this.bySocket.set(socket, conn);
@@ -306,9 +334,9 @@ export class SshListener {
   private release(c: SshConnection): void {
     if (!this.counted.has(c)) return;
     this.counted.delete(c);
-    const n = (this.unauthenticated.get(c.address) ?? 1) - 1;
-    if (n <= 0) this.unauthenticated.delete(c.address);
-    else this.unauthenticated.set(c.address, n);
+    const n = (this.unauthenticated.get(c.group) ?? 1) - 1;
+    if (n <= 0) this.unauthenticated.delete(c.group);
+    else this.unauthenticated.set(c.group, n);
     this.unauthenticatedTotal--;
   }
 

@@ -146,6 +146,9 @@ export interface KeyRights {
   /** Session limits; null: the global default (--ssh-idle-timeout, --ssh-max-session); 0: none. */
   readonly idleMs: number | null;
   readonly maxSessionMs: number | null;
+  /** Authenticated connections of this key at once, sessions per connection; null: the global default (sshLimits). */
+  readonly maxConnections?: number | null;
+  readonly maxSessions?: number | null;
   /** from=: null, any address. */
   readonly from: AddressPatterns | null;
   readonly source: RightsSource;
@@ -233,4 +236,13 @@ export function parseDurationText(text: string): number | null {
   if (!m) return null;
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] ?? 's']!;
   return Math.round(Number(m[1]) * unit);
+}
+
+/** The most a per-key count (vspc-max-connections, vspc-max-sessions) may be. */
+export const MAX_COUNT = 10_000;
+
+/** A per-key count: a whole number from 1 to MAX_COUNT (text or a JSON number); null when it is not. */
+export function parseCount(v: unknown): number | null {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && /^\s*\d{1,6}\s*$/.test(v) ? Number(v) : NaN;
+  return Number.isInteger(n) && n >= 1 && n <= MAX_COUNT ? n : null;
 }

@@ -29,6 +29,12 @@ import { onBreakRequest } from './ssh2-internals.js';
 
 export const Exit = { OK: 0, ERROR: 1, USAGE: 2, REFUSED: 3, ENDED: 4 } as const;
 
+/** Output queued past this (a quarter of the bound, at most 64 KiB), the client's input waits until it halves. */
+export function backedUp(limit: number): number {
+  return Math.min(64 * 1024, Math.floor(limit / 4));
+}
+const DRAIN_POLL_MS = 50;
+
 /** The byte that opens the menu on a console (Ctrl-], as `vspc-admin connect`). */
 const MENU_KEY = 0x1d;
 
@@ -121,14 +127,26 @@ export class SshSession {
   private idleTimer: NodeJS.Timeout | null = null;
   private eofTimer: NodeJS.Timeout | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
+  private refusalTimer: NodeJS.Timeout | null = null;
   private lastInputAt = Date.now();
+  /** Input held by the console's flow control, or because the client's output is backed up. */
+  private hubPaused = false;
+  private outputPaused = false;
+  private drainTimer: NodeJS.Timeout | null = null;
   private log: Logger;
 
   constructor(
     session: Session,
     private readonly host: SessionHost,
+    /** Accepted only to be refused with this message (a cap reached): exit status 3 at the first shell or exec. */
+    readonly refusal: string | null = null,
   ) {
     this.log = host.logger;
+    if (refusal) {
+      // A client that never asks for a shell or command is not kept either.
+      this.refusalTimer = setTimeout(() => this.finish(Exit.REFUSED), host.closeGraceMs);
+      this.refusalTimer.unref();
+    }
     type Accept = (() => void) | undefined;
     type Reject = (() => void) | undefined;
     session.on('pty', (accept: Accept, reject: Reject, info: { term?: string; cols?: number; rows?: number }) => {
@@ -190,12 +208,58 @@ export class SshSession {
     const ch = this.channel;
     if (from !== this.client || !ch || this.state !== 'attached') return;
     ch.write(data);
-    const queued = ch.writableLength + this.host.socketQueued();
+    this.checkQueue(ch);
+  }
+
+  /**
+   * Every write of vspc's own on the channel (menus, lists, notices, echo): checked
+   * against the same bound as console output, so that a client asking for a menu in a
+   * loop (Enter refreshes it) and never reading cannot make vspc queue without limit.
+   */
+  private put(text: string | Buffer, stderr = false): void {
+    const ch = this.channel;
+    if (!ch) return;
+    if (stderr) ch.stderr.write(text);
+    else ch.write(text);
+    this.checkQueue(ch);
+  }
+
+  /** Past the connection's queue bound the connection goes: telling it would only queue more. */
+  private checkQueue(ch: ServerChannel): void {
+    const queued = ch.writableLength + ch.stderr.writableLength + this.host.socketQueued();
     const limit = this.host.maxQueuedBytes();
-    if (queued > limit) {
-      // Telling it would only queue more: the connection goes.
-      this.host.tooSlow(queued, limit);
-    }
+    if (queued > limit) this.host.tooSlow(queued, limit);
+    else if (queued > backedUp(limit)) this.holdInput();
+  }
+
+  /**
+   * The client's output is backed up: its input is not read until the output has
+   * drained to half the mark (ssh2, paused, stops granting window once its buffer is
+   * full, so the client stops sending). ssh2 says nothing when its queues shrink below
+   * its own 2 MiB mark, so the queues are looked at now and then, only while held.
+   */
+  private holdInput(): void {
+    if (this.outputPaused || this.state === 'closed') return;
+    this.outputPaused = true;
+    this.applyPause();
+    this.drainTimer = setInterval(() => {
+      const ch = this.channel;
+      const queued = ch ? ch.writableLength + ch.stderr.writableLength + this.host.socketQueued() : 0;
+      if (this.state !== 'closed' && queued > backedUp(this.host.maxQueuedBytes()) / 2) return;
+      if (this.drainTimer) clearInterval(this.drainTimer);
+      this.drainTimer = null;
+      this.outputPaused = false;
+      this.applyPause();
+    }, DRAIN_POLL_MS);
+    this.drainTimer.unref();
+  }
+
+  /** The channel's input is read while neither the console (flow control) nor the client's backed-up output holds it. */
+  private applyPause(): void {
+    const ch = this.channel;
+    if (!ch || this.state === 'closed') return;
+    if (this.hubPaused || this.outputPaused) ch.pause();
+    else ch.resume();
   }
 
   noticeFrom(from: SshConsoleClient, text: string): void {
@@ -204,11 +268,15 @@ export class SshSession {
   }
 
   pause(from: SshConsoleClient): void {
-    if (from === this.client) this.channel?.pause();
+    if (from !== this.client) return;
+    this.hubPaused = true;
+    this.applyPause();
   }
 
   resume(from: SshConsoleClient): void {
-    if (from === this.client && this.state !== 'closed') this.channel?.resume();
+    if (from !== this.client) return;
+    this.hubPaused = false;
+    this.applyPause();
   }
 
   /** The hub closed this client: displaced, kicked, console forgotten, shutdown. */
@@ -223,6 +291,7 @@ export class SshSession {
 
   private onShell(channel: ServerChannel): void {
     this.open(channel);
+    if (this.refusal) return this.refuse3(this.refusal);
     const consoles = permittedConsoles(this.host.consoles(), this.rights);
     if (!this.pty) {
       // ssh -T: no terminal for a menu; say what there is and how to attach.
@@ -235,6 +304,7 @@ export class SshSession {
 
   private onExec(channel: ServerChannel, command: string): void {
     this.open(channel);
+    if (this.refusal) return this.refuse3(this.refusal);
     const cmd = parseCommand(command);
     this.log.info('SSH command', { command: sanitizeForLog(command), kind: cmd.kind });
     void this.run(cmd);
@@ -317,6 +387,12 @@ export class SshSession {
     if (this.stream.greeting) this.notice(`${decision.mode.toUpperCase()} as ${p.user}; ${menuHint}~. to disconnect`);
   }
 
+  /** Says why (stderr, or the terminal) and ends with exit status 3. */
+  private refuse3(reason: string): void {
+    this.error(`vspc: ${reason}\n`);
+    this.finish(Exit.REFUSED);
+  }
+
   private refusedAttach(hub: ConsoleHub, reason: string): void {
     this.state = 'busy';
     if (this.fromMenu) {
@@ -337,7 +413,7 @@ export class SshSession {
     let text = `\r\nvspc: consoles for ${p.user} (key ${p.fingerprint})\r\n\r\n`;
     text += this.shown.length > 0 ? renderTable(this.shown, '\r\n', true) : 'no console that this key may reach is known\r\n';
     text += '\r\nNumber or name [--mode MODE] [--force], Enter to refresh, q to quit: ';
-    this.channel?.write(text);
+    this.put(text);
   }
 
   private onMenuLine(text: string): void {
@@ -345,17 +421,17 @@ export class SshSession {
     if (t === '' || t === 'r') return this.showMenu();
     if (t === 'q' || t === 'quit' || t === 'exit') return this.finish(Exit.OK);
     if (t === 'help' || t === '?') {
-      this.channel?.write(`${USAGE.replace(/\n/g, '\r\n')}\r\n`);
+      this.put(`${USAGE.replace(/\n/g, '\r\n')}\r\n`);
       return this.showMenu();
     }
     const cmd = parseCommand(t);
     if (cmd.kind !== 'attach') {
-      this.channel?.write(`vspc: ${cmd.kind === 'error' ? cmd.message : 'at the menu: a number or a name'}\r\n`);
+      this.put(`vspc: ${cmd.kind === 'error' ? cmd.message : 'at the menu: a number or a name'}\r\n`);
       return this.showMenu();
     }
     const found = findConsole(this.shown, cmd.target, true);
     if ('error' in found) {
-      this.channel?.write(`vspc: ${found.error}\r\n`);
+      this.put(`vspc: ${found.error}\r\n`);
       return this.showMenu();
     }
     this.attach(found.hub, cmd.mode, cmd.force, cmd.raw);
@@ -367,7 +443,7 @@ export class SshSession {
     this.lastInputAt = Date.now();
     if (this.state === 'menu') {
       const { echo, events } = this.editor.feed(data);
-      if (echo) this.channel?.write(echo);
+      if (echo) this.put(echo);
       for (const e of events) {
         if (this.state !== 'menu') break;
         if (e.kind === 'quit') this.finish(Exit.OK);
@@ -397,7 +473,7 @@ export class SshSession {
         this.toConsole(data.subarray(start, i));
         this.menuKey = true;
         start = i + 1;
-        this.channel?.write('\r\n[vspc] d detach, b break, w who, c continue, ^] send ^]: ');
+        this.put('\r\n[vspc] d detach, b break, w who, c continue, ^] send ^]: ');
       }
     }
     this.toConsole(data.subarray(start));
@@ -420,13 +496,13 @@ export class SshSession {
     const c = this.client;
     if (!c) return;
     const lines = c.hub.locks.list().map((h) => `  #${h.clientId} ${describeHolder(h)}${h.clientId === c.id ? ' (you)' : ''}`);
-    this.channel?.write(`\r\n[vspc: attached to ${c.hub.displayName}]\r\n${lines.join('\r\n')}\r\n`);
+    this.put(`\r\n[vspc: attached to ${c.hub.displayName}]\r\n${lines.join('\r\n')}\r\n`);
   }
 
   private userDetach(): void {
     this.detach('detached');
     if (this.fromMenu) {
-      this.channel?.write('\r\n[vspc: detached]\r\n');
+      this.put('\r\n[vspc: detached]\r\n');
       this.showMenu();
     } else {
       this.finish(Exit.OK, 'detached');
@@ -463,21 +539,21 @@ export class SshSession {
     if (this.state === 'closed' || !this.channel) return;
     const line = `\r\n[vspc: ${text}]\r\n`;
     // Without a terminal stdout is the console's byte stream: vspc's own words go to stderr.
-    if (this.pty) this.channel.write(line);
-    else this.channel.stderr.write(line.replace(/\r\n/g, '\n').replace(/^\n/, ''));
+    if (this.pty) this.put(line);
+    else this.put(line.replace(/\r\n/g, '\n').replace(/^\n/, ''), true);
   }
 
   /** Text for stdout (a terminal gets CR LF). */
   private write(text: string): void {
     if (!this.channel) return;
-    this.channel.write(this.pty ? text.replace(/\r?\n/g, '\r\n') : text);
+    this.put(this.pty ? text.replace(/\r?\n/g, '\r\n') : text);
   }
 
   /** Text for stderr (or the terminal). */
   private error(text: string): void {
     if (!this.channel) return;
-    if (this.pty) this.channel.write(text.replace(/\r?\n/g, '\r\n'));
-    else this.channel.stderr.write(text);
+    if (this.pty) this.put(text.replace(/\r?\n/g, '\r\n'));
+    else this.put(text, true);
   }
 
   private refuse(what: string, reject: (() => void) | undefined): void {
@@ -541,7 +617,9 @@ export class SshSession {
   }
 
   private clearTimers(): void {
-    for (const t of [this.idleTimer, this.eofTimer]) if (t) clearTimeout(t);
+    for (const t of [this.idleTimer, this.eofTimer, this.refusalTimer]) if (t) clearTimeout(t);
+    if (this.drainTimer) clearInterval(this.drainTimer);
+    this.drainTimer = null;
     this.idleTimer = null;
     this.eofTimer = null;
   }

@@ -41,6 +41,52 @@ export interface TunnelLinkOptions {
   endpoint?: Partial<Omit<TunnelEndpointOptions, 'role' | 'write' | 'handlers'>>;
   /** State changes (for the manager: logs, metrics). */
   onState?(state: TunnelLinkState): void;
+  /** "link up: new session" and "guest agent restarted": at most one line each this often, ms (default 10 s). */
+  restartLogIntervalMs?: number;
+}
+
+/** A guest restarting its agent in a loop is told in one line per this long, and a count. */
+const DEFAULT_RESTART_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * Lines a guest can cause at will (restarting its agent, a new session each time): one
+ * line per message per interval; the others are counted and the count is written once
+ * the interval is over (`tunnel log lines suppressed`, with the message), and at close.
+ */
+class IntervalLog {
+  private readonly last = new Map<string, number>();
+  private readonly suppressed = new Map<string, number>();
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs: number,
+  ) {}
+
+  info(message: string, fields: Record<string, unknown>): void {
+    const now = performance.now();
+    const last = this.last.get(message);
+    if (last !== undefined && now - last < this.intervalMs) {
+      this.suppressed.set(message, (this.suppressed.get(message) ?? 0) + 1);
+      this.timer ??= setTimeout(() => this.flush(), this.intervalMs - (now - last));
+      this.timer.unref();
+      return;
+    }
+    this.last.set(message, now);
+    this.log.info(message, fields);
+  }
+
+  /** Writes the counts of what was suppressed (the interval is over, or the link closes). */
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    for (const [message, suppressed] of this.suppressed) {
+      this.log.info('tunnel log lines suppressed', { suppressedMessage: message, suppressed, intervalMs: this.intervalMs });
+      // The next one may be written at once: the count said what happened meanwhile.
+      this.last.delete(message);
+    }
+    this.suppressed.clear();
+  }
 }
 
 /** Where a link stands: no session yet, up, or down (keepalive: the agent stopped answering). */
@@ -109,6 +155,7 @@ export class TunnelLink implements ConsoleClient {
   private readonly openTimeoutMs: number;
   private readonly giveUpAfterMs: number;
   private readonly log: Logger;
+  private readonly restartLog: IntervalLog;
   /** Called once when the link is closed (detached from its console, or shut down). */
   onClose: ((reason: string) => void) | null = null;
 
@@ -118,6 +165,7 @@ export class TunnelLink implements ConsoleClient {
     this.openTimeoutMs = o.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS;
     this.giveUpAfterMs = o.giveUpAfterMs ?? DEFAULT_GIVE_UP_MS;
     this.log = o.logger.child({ tunnel: o.name });
+    this.restartLog = new IntervalLog(this.log, o.restartLogIntervalMs ?? DEFAULT_RESTART_LOG_INTERVAL_MS);
     this.ep = new TunnelEndpoint({
       ...o.endpoint,
       role: 'host',
@@ -125,7 +173,7 @@ export class TunnelLink implements ConsoleClient {
       handlers: {
         linkUp: (i) => {
           this.setState('up');
-          if (i.newSession) this.log.info('tunnel link up: new session', { hostBootId: hex(i.bootId), agentBootId: hex(i.peerBootId) });
+          if (i.newSession) this.restartLog.info('tunnel link up: new session', { hostBootId: hex(i.bootId), agentBootId: hex(i.peerBootId) });
           else this.log.info('tunnel link up again', { agentBootId: hex(i.peerBootId) });
         },
         linkDown: () => {
@@ -136,7 +184,7 @@ export class TunnelLink implements ConsoleClient {
           });
         },
         peerRestarted: (i) => {
-          this.log.info('tunnel guest agent restarted: its streams were reset', {
+          this.restartLog.info('tunnel guest agent restarted: its streams were reset', {
             oldAgentBootId: hex(i.oldPeerBootId),
             agentBootId: hex(i.newPeerBootId),
             streamsReset: i.streamsReset,
@@ -309,6 +357,7 @@ export class TunnelLink implements ConsoleClient {
       hub.removeClient(this, reason);
     }
     this.hubValue = null;
+    this.restartLog.flush();
     this.log.info('tunnel link closed', { reason });
     this.onClose?.(reason);
   }
