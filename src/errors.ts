@@ -45,7 +45,7 @@ export const ERROR_CODES = {
   // --- The console broker (src/access/broker/, vspc-admin console).
   VSPC_BROKER_SOCKET_PATH: ['VspcError', 'the broker socket path cannot be used: no such directory, a symlink or a non-socket file there, too long, or its mode or group cannot be set'],
   VSPC_BROKER_SOCKET_IN_USE: ['VspcError', 'another process accepts connections on the broker socket path (a second vspc?); it is left alone'],
-  VSPC_BROKER_FULL: ['VspcError', 'a broker connection refused at accept: too many connections have not chosen a console yet'],
+  VSPC_BROKER_FULL: ['VspcError', 'too many broker connections have not chosen a console yet: the oldest of them closed to make room for a new one'],
   VSPC_BROKER_TOO_MANY_REQUESTS: ['VspcError', 'a broker connection sent more LIST-REQUESTs and SELECTs than allowed: told and closed'],
   VSPC_BROKER_SELECT_TIMEOUT: ['VspcError', 'a broker connection chose no console in time: told and closed'],
   VSPC_BROKER_UNREACHABLE: ['VspcError', 'vspc-admin console cannot reach the broker; the message says what to check (no socket there, permission denied, refused)'],
@@ -69,6 +69,7 @@ export const ERROR_CODES = {
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
   VSPC_FD_BUDGET_SPENT: ['VspcError', 'a connection was refused at accept: file descriptors are nearly exhausted (the reserve is kept for the admin API)'],
   VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
+  VSPC_PATTERN_TOO_EXPENSIVE: ['VspcError', 'a list pattern (broker LIST-REQUEST, admin list/?match=) needed more matching work than one request may spend: refused'],
   // --- Sources vspc maintains itself (SourceError, src/sources/common/errors.ts).
   VSPC_SOURCE_NOT_FOUND: ['SourceError', 'A unix socket path (or a listen path\'s directory entry) does not exist: the VM is not running.'],
   VSPC_SOURCE_CONNECT_FAILED: ['SourceError', 'The peer refused or could not be reached (ECONNREFUSED, EHOSTUNREACH, a name that does not resolve...).'],
@@ -125,6 +126,7 @@ export const ERROR_CODES = {
   VSPC_PORT_BIND_FAILED: ['AdminApiError', '409: set-port could not bind the new port (EADDRINUSE: another program holds it; EACCES, ...); nothing changed'],
   VSPC_PORT_PRIVILEGED: ['AdminApiError', '400: set-port to a port below 1024 without force'],
   VSPC_STATE_INVALID: ['AdminApiError', '400: list filtered by a state that does not exist'],
+  VSPC_PATTERN_TOO_LONG: ['AdminApiError', '400: a list pattern longer than 256 characters'],
   VSPC_REASON_INVALID: ['AdminApiError', '400: kick with an empty reason or one over 200 characters'],
   VSPC_LINES_REQUIRED: ['AdminApiError', '400: the call needs a number of lines'],
   VSPC_LINES_INVALID: ['AdminApiError', '400: lines is not an integer in range'],

@@ -21,7 +21,7 @@
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { lookupConsoles, uniqueAddresses } from '../../domain/address.js';
 import type { ConsoleListEntry, SelectRefusal } from '../../protocol/control/vspc-control.js';
-import { Glob, hasWildcards } from '../../util/glob.js';
+import { Glob, GlobBudget, hasWildcards } from '../../util/glob.js';
 
 /** The consoles the broker offers, ordered by name (any case), then label: the order of menus. */
 export function offeredConsoles(all: readonly ConsoleHub[]): ConsoleHub[] {
@@ -44,26 +44,27 @@ function stateOf(h: ConsoleHub): string {
 
 /**
  * A LIST-REQUEST's pattern: `*` and `?` wildcards (src/util/glob.ts) against NAME and
- * NAME:LABEL, else a substring of either; any case; empty: everything.
+ * NAME:LABEL, else a substring of either; any case; empty: everything. Matching spends
+ * from `budget` (one per request): past it, `VSPC_PATTERN_TOO_EXPENSIVE` is thrown.
  */
-export function patternMatcher(pattern: string): (h: ConsoleHub) => boolean {
+export function patternMatcher(pattern: string, budget: GlobBudget = new GlobBudget()): (h: ConsoleHub) => boolean {
   if (pattern === '') return () => true;
-  const texts = (h: ConsoleHub) => {
+  // A substring is the glob *PATTERN*: one matcher, one budget, one bound on the work.
+  const glob = new Glob(hasWildcards(pattern) ? pattern : `*${pattern}*`, { ignoreCase: true });
+  return (h) => {
     const name = baseName(h);
-    return h.identity.label ? [name, `${name}:${h.identity.label}`] : [name, `${name}:`];
+    return glob.test(name, budget) || glob.test(`${name}:${h.identity.label}`, budget);
   };
-  if (hasWildcards(pattern)) {
-    const glob = new Glob(pattern, { ignoreCase: true });
-    return (h) => texts(h).some((t) => glob.test(t));
-  }
-  const needle = pattern.toLowerCase();
-  return (h) => texts(h).some((t) => t.toLowerCase().includes(needle));
 }
 
-/** The entries LIST-REPLY carries for `offered` (see the top of this file for what they reveal). */
-export function listEntries(offered: readonly ConsoleHub[], pattern = ''): ConsoleListEntry[] {
+/**
+ * The entries LIST-REPLY carries for `offered` (see the top of this file for what they
+ * reveal). Throws `VSPC_PATTERN_TOO_EXPENSIVE` when matching `pattern` needs more than
+ * one request's budget.
+ */
+export function listEntries(offered: readonly ConsoleHub[], pattern = '', budget: GlobBudget = new GlobBudget()): ConsoleListEntry[] {
   const address = uniqueAddresses(offered, { uuids: false });
-  const matches = patternMatcher(pattern);
+  const matches = patternMatcher(pattern, budget);
   return offered.filter(matches).map((h) => ({
     name: baseName(h),
     label: h.identity.label,
