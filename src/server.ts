@@ -25,6 +25,7 @@ import { applyReload, type ReloadAppliers, type ReloadReport } from './config/re
 import { resolveVmSettings } from './config/vms.js';
 import { VERSION } from './version.js';
 import { displayKey } from './domain/identity.js';
+import { nameRanks, type NameRanks } from './domain/address.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
@@ -79,6 +80,10 @@ export class VspcServer {
   /** File descriptors as a budget: VM and console connections are refused before the limit. */
   private readonly fds = new FdBudget();
   private lastFdRefusalLog = 0;
+  /** Ranks of shared names (nameRanks), built when needed; null after any change. */
+  private ranks: NameRanks<ConsoleHub> | null = null;
+  /** The records stored at start are loaded: names taken from now on are checked. */
+  private loaded = false;
   private readonly proxy: EsxiListener;
   private readonly admin: AdminServer;
   private addressesValue: ServerAddresses | null = null;
@@ -103,6 +108,7 @@ export class VspcServer {
           keep: config.logKeep,
           markIntervalMs: config.logMarkIntervalMs,
           ports: () => this.registry.all(),
+          nameRank: (hub) => this.nameRankOf(hub),
         })
       : null;
     // Console logs (when configured) and the audit log (always) watch every hub.
@@ -135,6 +141,10 @@ export class VspcServer {
     const logs = this.consoleLogs;
     if (logs) this.registry.on('added', (hub) => (hub.scrollbackPrimer = (max) => logs.recentOutput(hub, max)));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
+    // Names shared by several machines: ranks change with every console added, removed or renamed.
+    this.registry.on('added', (hub) => this.namesChanged(hub));
+    this.registry.on('removed', () => this.namesChanged(null));
+    this.registry.on('renamed', (hub) => this.namesChanged(hub));
     // Getters: values a reload may change (applyConfig) are read from `config` when used.
     this.vmotion = new VmotionCoordinator(
       {
@@ -274,6 +284,44 @@ export class VspcServer {
     };
   }
 
+  /** Where `hub` stands among the machines answering to its name (1: it has had the name longest). */
+  private nameRankOf(hub: ConsoleHub): number {
+    const name = hub.identity.name;
+    if (!name) return 1;
+    this.ranks ??= nameRanks(this.registry.all());
+    return this.ranks.of(name, hub);
+  }
+
+  /**
+   * A console was added, removed or renamed: ranks are computed again when next needed.
+   * A console that took a name another machine already has (after the records loaded at
+   * start) is logged with `security: true` and counted: anyone on the VM port can claim a
+   * name, and the older console keeps it (its by-name log link, its broker spelling).
+   */
+  private namesChanged(hub: ConsoleHub | null): void {
+    this.ranks = null;
+    this.consoleLogs?.namesChanged();
+    if (!hub || !this.loaded || !hub.identity.name) return;
+    const rank = this.nameRankOf(hub);
+    if (rank === 1) return;
+    const name = hub.identity.name.toLowerCase();
+    const holder = this.registry
+      .all()
+      .filter((h) => h.identity.name?.toLowerCase() === name && this.nameRankOf(h) === 1)
+      .at(0);
+    this.metrics.nameConflicts++;
+    this.logger.warn('a console took a name another console already has; the older one keeps it (by-name log link, console broker)', {
+      console: hub.displayName,
+      kind: hub.identity.kind,
+      ...(hub.identity.kind === 'esxi' ? { uuid: displayKey(hub.identity) } : { key: hub.identity.key }),
+      spelledAs: `${hub.identity.name}~${rank}`,
+      heldBy: holder ? (holder.identity.kind === 'esxi' ? displayKey(holder.identity) : holder.identity.key) : null,
+      hint: 'if the older console is gone for good (a VM re-created with a new UUID), forget it: vspc-admin forget',
+      errorCode: 'VSPC_NAME_TAKEN',
+      security: true,
+    });
+  }
+
   /**
    * The descriptor budget's decision for an accepted VM or console socket; a refusal is
    * logged (at most every 10 s, with the count) and counted in /metrics.
@@ -302,6 +350,7 @@ export class VspcServer {
     await this.consoleLogs?.init();
     if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
     this.registry.load();
+    this.loaded = true;
     this.applyConsoles(true);
     await this.discovered.restart(this.config);
     const proxy = await this.proxy.listen(c.proxyListen, null);

@@ -30,6 +30,8 @@ export class Metrics {
   /** "side\0kind" → count. */
   private readonly protocolErrors = new Map<string, number>();
   slowClientsDropped = 0;
+  /** Consoles that took a name another machine already had (the older keeps it; docs/security.md). */
+  nameConflicts = 0;
   /** The process's descriptor budget (src/runtime/fd-budget.ts), when there is one. */
   fdBudget: { readonly limit: number; readonly inUse: number; readonly refused: number } | null = null;
   adminUnauthorized = 0;
@@ -217,6 +219,12 @@ export function renderMetrics(i: MetricsInput): string {
       i.metrics.protocolErrorCounts().map(({ side, kind, count }) => [{ side, kind }, count] as Sample),
     ),
     family('vspc_clients_dropped_slow_total', 'counter', 'Console clients disconnected because they did not read their output.', i.metrics.slowClientsDropped),
+    family(
+      'vspc_console_name_conflicts_total',
+      'counter',
+      'Consoles that took a name another console already had: the older keeps the name, the newer is NAME~N (by-name log link, console broker).',
+      i.metrics.nameConflicts,
+    ),
     ...(i.metrics.fdBudget && Number.isFinite(i.metrics.fdBudget.limit)
       ? [
           family('vspc_fd_limit', 'gauge', 'The soft limit on open file descriptors (RLIMIT_NOFILE).', i.metrics.fdBudget.limit),

@@ -17,6 +17,12 @@
  *
  * ESXi consoles that have not reported a name yet are not offered (they could only be
  * named by UUID, which the list does not show).
+ *
+ * Names are claims (any peer on the VM port may call itself `web01`), so the broker
+ * reads them ranked (src/domain/address.ts): when several machines answer to one name,
+ * `web01` is the one that has had it longest and the others are `web01~2`, `web01~3`;
+ * a newcomer cannot take the place of the console people reach by its name, and each
+ * console keeps a spelling without UUIDs or ports.
  */
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { lookupConsoles, uniqueAddresses } from '../../domain/address.js';
@@ -63,7 +69,7 @@ export function patternMatcher(pattern: string, budget: GlobBudget = new GlobBud
  * one request's budget.
  */
 export function listEntries(offered: readonly ConsoleHub[], pattern = '', budget: GlobBudget = new GlobBudget()): ConsoleListEntry[] {
-  const address = uniqueAddresses(offered, { uuids: false });
+  const address = uniqueAddresses(offered, { uuids: false, ranked: true });
   const matches = patternMatcher(pattern, budget);
   return offered.filter(matches).map((h) => ({
     name: baseName(h),
@@ -85,13 +91,13 @@ const MAX_CANDIDATES = 20;
  * and, when ambiguous, how to name each candidate.
  */
 export function selectConsole(offered: readonly ConsoleHub[], address: string): Selection {
-  const found = lookupConsoles(offered, address);
+  const found = lookupConsoles(offered, address, { ranked: true });
   if (found.length === 1) return { hub: found[0] };
   const shown = JSON.stringify(address.length > 80 ? `${address.slice(0, 80)}…` : address);
   if (found.length === 0) {
     return { refused: 'not-found', message: `no console named ${shown} (vspc-admin console lists them)`, candidates: [] };
   }
-  const spell = uniqueAddresses(offered, { uuids: false });
+  const spell = uniqueAddresses(offered, { uuids: false, ranked: true });
   const candidates = found.map(spell).filter((a): a is string => a !== null);
   const alike = found.length - candidates.length;
   let message = `${shown} names ${found.length} consoles`;
