@@ -68,7 +68,7 @@ export const ERROR_CODES = {
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
   VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
-  VSPC_FD_BUDGET_SPENT: ['VspcError', 'a connection was refused at accept: file descriptors are nearly exhausted (the reserve is kept for the admin API)'],
+  VSPC_FD_BUDGET_SPENT: ['VspcError', 'file descriptors are nearly exhausted: a connection refused at accept, or a console listener, source connection or log file deferred and retried (the reserve is kept for the admin API)'],
   VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
   VSPC_PATTERN_TOO_EXPENSIVE: ['VspcError', 'a list pattern (broker LIST-REQUEST, admin list/?match=) needed more matching work than one request may spend: refused'],
   // --- Sources vspc maintains itself (SourceError, src/sources/common/errors.ts).
@@ -88,6 +88,7 @@ export const ERROR_CODES = {
   VSPC_SOURCE_NOT_A_TTY: ['SourceError', 'A device path that is not a terminal (a regular file, a directory, a FIFO, a socket, /dev/null...).'],
   VSPC_SOURCE_LINE_UNSUPPORTED: ['SourceError', 'Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses.'],
   VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (a type no source module registered).'],
+  VSPC_SOURCE_NO_DESCRIPTORS: ['SourceError', 'File descriptors are exhausted: the attempt waits for the process\'s descriptor budget (docs/security.md).'],
   // --- Storage (StorageError).
   VSPC_ARG_INVALID: ['StorageError', 'an argument the store cannot accept (key, label, timestamp)'],
   VSPC_NOT_FOUND: ['StorageError', 'no console record with that id'],
@@ -137,6 +138,7 @@ export const ERROR_CODES = {
   VSPC_LOG_FILE_NOT_FOUND: ['AdminApiError', '404: no rotated console log file with that number'],
   VSPC_LOG_QUERY_CONFLICT: ['AdminApiError', '400: log with more than one of follow, all, file'],
   VSPC_LOG_FOLLOW_LIMIT: ['AdminApiError', '503: the most readers that may follow console logs at once already do'],
+  VSPC_ADMIN_BUSY: ['VspcError', 'the admin API held as many connections as its share of the descriptor reserve allows: the oldest idle one was closed for a newcomer (or the newcomer, when all were busy)'],
   // --- vspc-admin, the API's client (VspcError; exit code 1).
   VSPC_ADMIN_UNREACHABLE: ['VspcError', 'the admin API cannot be reached; the message says what to check'],
   VSPC_ADMIN_BAD_RESPONSE: ['VspcError', 'the admin API answered something that is not its JSON'],

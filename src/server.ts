@@ -15,6 +15,7 @@ import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { FdBudget } from './runtime/fd-budget.js';
+import type { DescriptorBudget, DescriptorUse } from './domain/descriptors.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
@@ -30,6 +31,13 @@ import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
 
+
+/** What waits when a console descriptor is deferred, for the log line. */
+const DEFERRED_WHAT: Record<DescriptorUse, string> = {
+  listener: 'a console client port waits to be bound',
+  source: 'a console source connection waits',
+  'log-file': 'a console log file waits to be opened (its output is queued)',
+};
 
 /** An applier for a value the server reads from its config each time it uses it. */
 const readWhereUsed = (): void => undefined;
@@ -80,6 +88,35 @@ export class VspcServer {
   /** File descriptors as a budget: VM and console connections are refused before the limit. */
   private readonly fds = new FdBudget();
   private lastFdRefusalLog = 0;
+  /** When each kind of console descriptor was last deferred in the log (rate limit). */
+  private readonly lastFdDeferralLog = new Map<DescriptorUse, number>();
+  /**
+   * The budget as the parts that open descriptors for consoles see it (listeners,
+   * sources vspc maintains, console log files): what does not fit is deferred, logged
+   * at most every 10 s per kind with the count, and counted in /metrics.
+   */
+  private readonly consoleDescriptors: DescriptorBudget = {
+    acquire: (use, consoleName) => {
+      const lease = this.fds.acquire();
+      if (lease) return lease;
+      this.metrics.fdDeferred[use] = (this.metrics.fdDeferred[use] ?? 0) + 1;
+      const now = Date.now();
+      if (now - (this.lastFdDeferralLog.get(use) ?? 0) >= 10_000) {
+        this.lastFdDeferralLog.set(use, now);
+        this.logger.warn(`file descriptors nearly exhausted; ${DEFERRED_WHAT[use]} (the admin API keeps a reserve)`, {
+          use,
+          console: consoleName,
+          inUse: this.fds.inUse,
+          limit: this.fds.limit,
+          reserve: this.fds.reserve,
+          deferredSoFar: this.metrics.fdDeferred[use],
+          errorCode: 'VSPC_FD_BUDGET_SPENT',
+        });
+      }
+      return null;
+    },
+    whenAvailable: (retry) => this.fds.onAvailable(retry),
+  };
   /** Ranks of shared names (nameRanks), built when needed; null after any change. */
   private ranks: NameRanks<ConsoleHub> | null = null;
   /** The records stored at start are loaded: names taken from now on are checked. */
@@ -109,6 +146,7 @@ export class VspcServer {
           markIntervalMs: config.logMarkIntervalMs,
           ports: () => this.registry.all(),
           nameRank: (hub) => this.nameRankOf(hub),
+          descriptors: this.consoleDescriptors,
         })
       : null;
     // Console logs (when configured) and the audit log (always) watch every hub.
@@ -167,6 +205,7 @@ export class VspcServer {
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
       admit: (socket) => this.admit(socket, 'client'),
+      descriptors: this.consoleDescriptors,
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
@@ -189,7 +228,7 @@ export class VspcServer {
             onProtocolError: (code) => this.metrics.protocolError('client', code),
           })
         : null;
-    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
+    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger, { descriptors: this.consoleDescriptors });
     this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.proxy = new EsxiListener(
       {
@@ -250,6 +289,9 @@ export class VspcServer {
         token: () => this.config.adminToken,
         onUnauthorized: () => this.metrics.adminUnauthorized++,
         onRefused: (reason) => this.metrics.adminRefused[reason]++,
+        // Its share of the descriptor reserve; idle connections make room for new ones.
+        maxConnections: this.fds.adminConnections,
+        onConnectionShed: (outcome) => this.metrics.adminShed[outcome]++,
       },
     );
   }
@@ -349,15 +391,23 @@ export class VspcServer {
     this.warnAboutExposure();
     await this.consoleLogs?.init();
     if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
+    // The records first (before any VM connection could register one), their listeners only recorded.
     this.registry.load();
     this.loaded = true;
-    this.applyConsoles(true);
-    await this.discovered.restart(this.config);
+    // vspc's own listeners before any console's: consoles can then never take the
+    // descriptors these need (a discovery directory of hundreds of sockets once stopped
+    // vspc from starting: listen EMFILE).
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
     await this.startBroker();
     this.addressesValue = { proxy, proxyTls, admin };
+    // Then the consoles, each descriptor through the budget.
+    this.listeners.start();
+    this.applyConsoles(true);
+    await this.discovered.restart(this.config);
+    // Each console's port listening (or its failure recorded) before vspc says it started.
+    await this.listeners.settled();
     this.armExpiry();
     this.logger.info('vspc started', {
       version: VERSION,

@@ -12,7 +12,8 @@ import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from '../../domain/logger.js';
 import type { ConsoleEvent, ConsoleHub, ConsoleObserver } from '../../domain/console-hub.js';
-import { errorFields } from '../../errors.js';
+import { errorFields, VspcError } from '../../errors.js';
+import type { DescriptorBudget } from '../../domain/descriptors.js';
 import { LogFileError } from './errors.js';
 import { describeEvent, droppedText, headerLine, lostText, stampedLine, withoutOwnLines } from './format.js';
 import { LogFollower, type FollowSink } from './follow.js';
@@ -49,6 +50,11 @@ export interface ConsoleLogOptions {
    * Default: 1 for all. Call `namesChanged()` when ranks may have changed.
    */
   nameRank?: (hub: ConsoleHub) => number;
+  /**
+   * The process's descriptor budget: a file that does not fit is not opened now, its
+   * output stays queued (within maxBuffered) and the open is retried after retryMs.
+   */
+  descriptors?: DescriptorBudget;
   /** Clock for the timestamps in the files (tests); timers use the real clock. */
   now?: () => number;
 }
@@ -115,10 +121,11 @@ class ConsoleLog {
  */
 export class ConsoleLogManager implements ConsoleObserver {
   readonly dir: string;
-  private readonly o: Required<Omit<ConsoleLogOptions, 'ports' | 'logger' | 'dir' | 'nameRank'>>;
+  private readonly o: Required<Omit<ConsoleLogOptions, 'ports' | 'logger' | 'dir' | 'nameRank' | 'descriptors'>>;
   private readonly log: Logger;
   private readonly ports: () => Iterable<ConsoleHub>;
   private readonly nameRank: (hub: ConsoleHub) => number;
+  private readonly descriptors: DescriptorBudget | null;
   /** Bumped by namesChanged(): every link is checked again at its next write. */
   private namesVersion = 0;
   private readonly files = new Map<string, ConsoleLog>();
@@ -136,6 +143,7 @@ export class ConsoleLogManager implements ConsoleObserver {
     this.log = options.logger.child({ component: 'console-log' });
     this.ports = options.ports ?? (() => []);
     this.nameRank = options.nameRank ?? (() => 1);
+    this.descriptors = options.descriptors ?? null;
     const d = CONSOLE_LOG_DEFAULTS;
     this.o = {
       maxSize: options.maxSize ?? d.maxSize,
@@ -438,6 +446,7 @@ export class ConsoleLogManager implements ConsoleObserver {
         // Kept until closed, so that a re-registration queues behind the close.
         if (f.forgotten && this.files.get(f.key) === f) this.files.delete(f.key);
       },
+      ...(this.descriptors ? { acquire: () => this.descriptors!.acquire('log-file', f.hub.displayName) } : {}),
     }));
   }
 
@@ -519,6 +528,11 @@ export class ConsoleLogManager implements ConsoleObserver {
         this.diskError(f, err, 'close', 'console log close failed');
         return;
       default:
+        if (err.cause instanceof VspcError && err.cause.code === 'VSPC_FD_BUDGET_SPENT') {
+          // Every console meets this at once: the budget's owner logs it (rate-limited), here it is detail.
+          this.log.debug('console log file not opened: file descriptors exhausted; output queued, retrying', { vm: f.hub.displayName, file: f.writer.path, errorCode: 'VSPC_FD_BUDGET_SPENT' });
+          return;
+        }
         // Open, write, size rotation: the output stays queued (or one write is lost, and said so).
         this.diskError(f, err, 'write', 'console log write failed; retrying in a while, output queued meanwhile');
     }
