@@ -25,6 +25,8 @@ export interface TelnetListenerOptions extends TelnetClientOptions {
    * soon as descriptors are free again.
    */
   descriptors?: DescriptorBudget;
+  /** Whether a console has telnet ports (the configuration's `access: telnet`); default: all. */
+  enabled?(hub: ConsoleHub): boolean;
 }
 
 interface Listeners {
@@ -58,9 +60,12 @@ export class TelnetListeners {
     private readonly logger: Logger,
     private readonly options: TelnetListenerOptions,
   ) {
-    registry.on('added', (hub) => this.open(hub));
+    registry.on('added', (hub) => {
+      if (this.options.enabled?.(hub) ?? true) this.open(hub);
+    });
     registry.on('removed', (hub) => this.closeFor(hub));
     registry.on('moved', (hub) => {
+      if (!this.byHub.has(hub)) return;
       this.closeFor(hub);
       const pre = this.prebound.get(hub);
       if (pre && !this.closed) {
@@ -93,6 +98,24 @@ export class TelnetListeners {
    */
   async settled(): Promise<void> {
     while (this.binding.size > 0) await Promise.all([...this.binding]);
+  }
+
+  /** Opens or closes each console's listeners as `enabled` now says (a reload). */
+  refresh(): void {
+    for (const hub of this.registry.all()) {
+      const want = this.options.enabled?.(hub) ?? true;
+      if (want && !this.byHub.has(hub)) this.open(hub);
+      else if (!want && this.byHub.has(hub)) {
+        this.closeFor(hub);
+        hub.listenError = null;
+        hub.tlsListenError = null;
+      }
+    }
+  }
+
+  /** Whether the console's telnet ports are open (or being retried). */
+  has(hub: ConsoleHub): boolean {
+    return this.byHub.has(hub);
   }
 
   tlsPortOf(hub: ConsoleHub): number | null {
@@ -226,6 +249,19 @@ export class TelnetListeners {
         first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used: ${message}`, { port, errorCode: err.code }));
         return;
       }
+      if (!secure && err.code === 'EADDRINUSE' && this.byHub.get(hub) === l) {
+        const from = port;
+        this.closeServer(server);
+        if (this.registry.relocateFresh(hub)) {
+          // A brand-new console whose first port another program holds: moved on at once.
+          this.logger.info('a new console port is held by another program on this host; moved to the next free one', {
+            vm: hub.displayName,
+            from,
+            to: hub.identity.tcpPort,
+          });
+          return;
+        }
+      }
       if (secure) {
         hub.tlsListenError = message;
         l.secure = null;
@@ -250,6 +286,7 @@ export class TelnetListeners {
     server.on('listening', () => {
       bound = true;
       settle();
+      if (!secure) this.registry.bound(hub);
       if (first) {
         first.resolve(server);
         return;
