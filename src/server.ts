@@ -42,7 +42,7 @@ import { combineObserversWith } from './logging/observers.js';
 
 /** What waits when a console descriptor is deferred, for the log line. */
 const DEFERRED_WHAT: Record<DescriptorUse, string> = {
-  listener: 'a console client port waits to be bound',
+  listener: 'a console client port, socket or pty waits to be opened',
   source: 'a console source connection waits',
   'log-file': 'a console log file waits to be opened (its output is queued)',
 };
@@ -281,6 +281,8 @@ export class VspcServer {
       idleTimeoutMs: config.clientIdleTimeoutMs,
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       bindRetryMs: config.bindRetryMs,
+      // Each endpoint (a raw port, a unix socket, a pty) through the descriptor budget.
+      descriptors: this.consoleDescriptors,
     };
     this.raw = new RawListeners(this.registry, logger, {
       ...streamOptions,
@@ -314,6 +316,8 @@ export class VspcServer {
       bindRetryMs: config.bindRetryMs,
       // A console that starts or stops carrying a tunnel: no console log, no scrollback while it does.
       onBind: (hub) => this.applyVmSettings(hub),
+      // A forward's connections are console connections: the descriptor budget first.
+      admit: (socket) => this.admit(socket, 'client'),
     });
     this.proxy = new EsxiListener(
       {
@@ -391,6 +395,8 @@ export class VspcServer {
         // Its share of the descriptor reserve; idle connections make room for new ones.
         maxConnections: this.fds.adminConnections,
         onConnectionShed: (outcome) => this.metrics.adminShed[outcome]++,
+        // A tunnel stream lasts: it leaves the admin API's share for the budget proper.
+        admitStream: (socket) => this.admit(socket, 'client'),
         hostNames: () => this.config.adminHostNames ?? [],
       },
     );

@@ -70,6 +70,13 @@ export interface AdminServerOptions {
    * connection that has not sent a request, or is closed itself when every one is busy.
    */
   maxConnections?: number;
+  /**
+   * A connection about to become a byte stream (an Upgrade, e.g. a tunnel) asks the
+   * process's descriptor budget for its descriptor: it then no longer counts against
+   * maxConnections (a stream lasts, and would otherwise keep the API's share busy).
+   * False: answered 503 VSPC_FD_BUDGET_SPENT, nothing switched.
+   */
+  admitStream?: (socket: net.Socket) => boolean;
   /** A connection closed by that cap: `evicted` (an idle one made room) or `refused` (the newcomer). */
   onConnectionShed?: (outcome: 'evicted' | 'refused') => void;
 }
@@ -301,6 +308,15 @@ export class AdminServer {
       if (!route || req.method !== 'GET') throw new AdminApiError(404, 'VSPC_ROUTE_NOT_FOUND', `${req.method} ${url.pathname} with Upgrade is not an admin API call`);
       if (protocol !== route.protocol) {
         throw new AdminApiError(426, 'VSPC_TUNNEL_UPGRADE_REQUIRED', `${url.pathname} speaks "Upgrade: ${route.protocol}", not "${protocol.slice(0, 40)}"`);
+      }
+      // From here on a stream, not an admin call: out of the API's connection cap, into the budget.
+      const raw = (socket as net.Socket & { _parent?: net.Socket })._parent ?? socket;
+      this.requested.add(raw);
+      if (this.options.admitStream && this.connections.has(raw)) {
+        if (!this.options.admitStream(raw)) {
+          throw new AdminApiError(503, 'VSPC_FD_BUDGET_SPENT', 'file descriptors nearly exhausted: no stream now; try again later');
+        }
+        this.connections.delete(raw);
       }
       const join = await route.open(url, peer, socket);
       if (socket.destroyed) return;

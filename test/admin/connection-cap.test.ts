@@ -98,3 +98,57 @@ async function waitClosed(cond: () => boolean, turns = 100_000): Promise<void> {
   }
   assert.fail('never true');
 }
+
+test('admin API: a connection that becomes a stream (Upgrade) asks the descriptor budget and leaves the connection cap; refused: 503, nothing switched', async (t) => {
+  let allow = false;
+  const admitted: net.Socket[] = [];
+  const api = new AdminServer([], new LogCapture({ level: 'debug' }).logger, {
+    maxConnections: 4,
+    admitStream: (s) => {
+      if (allow) admitted.push(s);
+      return allow;
+    },
+    upgrades: [
+      {
+        path: '/stream',
+        protocol: 'x-test',
+        open: async () => (socket: net.Socket) => {
+          socket.write('stream!');
+          // The server's sockets are half-open: the stream ends its side when the peer does.
+          socket.on('end', () => socket.end());
+        },
+      },
+    ],
+  });
+  const { port } = await api.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => api.close());
+  const upgrade = () =>
+    new Promise<{ socket: net.Socket; text: string }>((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port }, () => {
+        s.write(`GET /stream HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: Upgrade\r\nUpgrade: x-test\r\n\r\n`);
+      });
+      let text = '';
+      s.on('error', () => undefined);
+      s.on('data', (d: Buffer) => {
+        text += d.toString();
+        if (text.includes('stream!')) resolve({ socket: s, text });
+      });
+      s.on('close', () => resolve({ socket: s, text }));
+    });
+  const refused = await upgrade();
+  assert.match(refused.text, /^HTTP\/1\.1 503 /);
+  assert.match(refused.text, /VSPC_FD_BUDGET_SPENT/);
+  assert.doesNotMatch(refused.text, /stream!/);
+
+  allow = true;
+  const streams: Array<{ socket: net.Socket; text: string }> = [];
+  for (let i = 0; i < 6; i++) streams.push(await upgrade());
+  for (const s of streams) assert.match(s.text, /^HTTP\/1\.1 101 [\s\S]*stream!$/);
+  assert.equal(admitted.length, 6, 'each stream admitted by the budget');
+  assert.equal(api.openConnections, 0, 'streams are not admin connections: more than maxConnections of them, none evicted');
+  const r = await get(port, '/nothing');
+  assert.equal(r.status, 404, 'and the API still answers');
+  const gone = streams.map((s) => new Promise((resolve) => s.socket.once('close', resolve)));
+  for (const s of streams) s.socket.destroy();
+  await Promise.all(gone);
+});
