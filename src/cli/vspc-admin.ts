@@ -191,14 +191,21 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         out(JSON.stringify(ports, null, 2) + '\n');
         return;
       }
+      // Serial tunnels on the consoles listed, or all of them unfiltered (an older vspc has none to tell).
+      const tunnels = await client()
+        .get<TunnelView[]>('/api/v1/tunnels')
+        .catch(() => [] as TunnelView[]);
       if (ports.length === 0) {
         out(
           pattern
             ? `No VM serial port matches "${pattern}"${opts.state ? ` in state ${opts.state}` : ''}.\n`
             : opts.state
               ? `No VM serial port is ${opts.state.split(',').join(' or ')}.\n`
-              : 'No VM serial ports known yet. Point an ESXi VM serial port at this concentrator (see README).\n',
+              : 'No consoles yet: point an ESXi VM serial port at this concentrator, declare consoles: in the config file, ' +
+                'or let discovery find them (proxmox:, libvirt:, discover:); see README.\n',
         );
+        // Tunnels waiting for a console, and why: what someone with an empty list most needs to see.
+        if (!pattern && !opts.state && tunnels.length > 0) out('\n' + tunnelTable(tunnels));
         return;
       }
       out(
@@ -221,10 +228,6 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       out(totals(ports));
       const broken = ports.filter((p) => p.listenError);
       for (const p of broken) out(`! port ${p.port}: ${p.listenError}\n`);
-      // Serial tunnels on the consoles listed (an older vspc has none to tell).
-      const tunnels = await client()
-        .get<TunnelView[]>('/api/v1/tunnels')
-        .catch(() => [] as TunnelView[]);
       const shown = new Set(ports.map(vmName));
       const mine = pattern || opts.state ? tunnels.filter((t) => t.console !== null && shown.has(t.console)) : tunnels;
       if (mine.length > 0) out('\n' + tunnelTable(mine));

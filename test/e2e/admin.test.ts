@@ -291,3 +291,17 @@ describe('vspc-admin log and rotate-logs without console logs', () => {
     }
   });
 });
+
+test('list with no consoles: the empty message names every kind of console, and configured tunnels still show with their problems', async (t) => {
+  const s = await TestServer.start({ ports: 4, config: { tunnels: [{ name: 'lonely', console: 'not-there', forwards: [] }] } });
+  t.after(() => s.dispose());
+  const r = await vspcAdmin(s.adminAddress, ['list']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^No consoles yet: .*ESXi.*consoles:.*discover:/);
+  assert.match(r.stdout, /^TUNNEL\s+CONSOLE\s+LINK\s+RTT/m);
+  assert.match(r.stdout, /^lonely\s+-\s+no console\s/m);
+  assert.match(r.stdout, /^! tunnel lonely: no console matches "not-there" \(yet\)$/m);
+  // A pattern or a state filters consoles, and the tunnels with them.
+  const filtered = await vspcAdmin(s.adminAddress, ['list', 'web*']);
+  assert.equal(filtered.stdout, 'No VM serial port matches "web*".\n');
+});
