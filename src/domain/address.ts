@@ -163,7 +163,11 @@ export function lookupConsoles<T extends Addressable>(all: readonly T[], ref: st
 }
 
 export interface AddressOptions {
-  /** Offer a UUID spelling when no name spelling is unique (the broker does not: it never shows UUIDs). */
+  /**
+   * Offer a UUID spelling (an ESXi VM) or the key (a console of another kind whose key
+   * is not its name) when no name spelling is unique (the broker does not: it never
+   * shows UUIDs, nor keys, which may be paths).
+   */
   uuids: boolean;
   /** The last resort when nothing else is unique: the client port (the broker does not: it never shows ports). */
   port?: (identity: ConsoleIdentity) => string;
@@ -178,9 +182,9 @@ export interface AddressOptions {
 
 /**
  * For each console of `all`, the shortest spelling that names it alone under the rule:
- * `NAME`, else `NAME:LABEL` / `NAME:`, else (with `uuids`) the UUID with its label,
- * else (with `ranked`) `NAME~N` / `NAME~N:LABEL`, else `port`, else null. Built once for
- * all consoles (linear in their number).
+ * `NAME`, else `NAME:LABEL` / `NAME:`, else (with `uuids`) the UUID or the key with its
+ * label, else (with `ranked`) `NAME~N` / `NAME~N:LABEL`, else `port`, else null. Built
+ * once for all consoles (linear in their number).
  */
 export function uniqueAddresses<T extends Addressable>(all: readonly T[], options: AddressOptions): (item: T) => string | null {
   const ranks = nameRanks(all);
@@ -220,6 +224,11 @@ export function uniqueAddresses<T extends Addressable>(all: readonly T[], option
     // Ranked, the plain name belongs to the first machine only; a literal NAME~N that reads as a rank is not this console's.
     if (base !== null && lb !== null && (!options.ranked || r === 1) && rankReading(lb, ranks) === null) spellings.push([`n\0${lb}`, base], [`n\0${lb}:${l}`, `${base}:${label}`]);
     if (options.uuids && kind === 'esxi') spellings.push([`u\0${key}`, displayKey(item.identity)], [`u\0${key}:${l}`, `${displayKey(item.identity)}:${label}`]);
+    const kl = key.toLowerCase();
+    // A key that is not the name (a Proxmox VMID, a discovered socket), under the same rule as a name.
+    if (options.uuids && kind !== 'esxi' && lb !== null && kl !== lb && (!options.ranked || ranks.of(kl, item) === 1) && rankReading(kl, ranks) === null) {
+      spellings.push([`n\0${kl}`, key], [`n\0${kl}:${l}`, `${key}:${label}`]);
+    }
     if (options.ranked && base !== null && lb !== null && !lb.includes(':')) {
       spellings.push([`n\0${lb}~${r}`, `${base}~${r}`], [`n\0${lb}~${r}:${l}`, `${base}~${r}:${label}`]);
     }
