@@ -67,6 +67,8 @@ export const ERROR_CODES = {
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
   VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
+  VSPC_PEER_NOT_READING: ['PeerRefusedError', 'a peer (VM connection, console client, broker connection) did not read what vspc sent it (output or replies): past its queue bound it was disconnected'],
+  VSPC_PEER_TOO_MANY_REQUESTS: ['PeerRefusedError', 'a console client asked WHO faster than its budget (32 at once, 8 a second): disconnected'],
   VSPC_FD_BUDGET_SPENT: ['VspcError', 'a connection was refused at accept: file descriptors are nearly exhausted (the reserve is kept for the admin API)'],
   VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
   // --- Sources vspc maintains itself (SourceError, src/sources/common/errors.ts).
@@ -86,6 +88,7 @@ export const ERROR_CODES = {
   VSPC_SOURCE_NOT_A_TTY: ['SourceError', 'A device path that is not a terminal (a regular file, a directory, a FIFO, a socket, /dev/null...).'],
   VSPC_SOURCE_LINE_UNSUPPORTED: ['SourceError', 'Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses.'],
   VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (a type no source module registered).'],
+  VSPC_SOURCE_NOT_READING: ['SourceError', 'The peer did not read what vspc sent it (input, telnet negotiation replies) past --client-queue-limit; the link is closed and the endpoint redialled.'],
   // --- Storage (StorageError).
   VSPC_ARG_INVALID: ['StorageError', 'an argument the store cannot accept (key, label, timestamp)'],
   VSPC_NOT_FOUND: ['StorageError', 'no console record with that id'],
@@ -163,9 +166,10 @@ export class VspcError extends Error {
 export class ProtocolError extends VspcError {}
 
 /**
- * A VM-side peer refused or cut off by one of the defences of docs/security.md (the
- * allow-list, the limits on unidentified connections, the liveness probe before a
- * takeover, the registration quota); the connection is closed, everything else goes on.
+ * A peer refused or cut off by one of the defences of docs/security.md (on the VM side
+ * the allow-list, the limits on unidentified connections, the liveness probe before a
+ * takeover, the registration quota; on every side the queue bound of a peer that does
+ * not read); the connection is closed, everything else goes on.
  */
 export class PeerRefusedError extends VspcError {}
 

@@ -20,6 +20,7 @@ import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes } from './admin/routes.js';
 import type { StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
+import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from './domain/log-budget.js';
 import { isLoopbackHost } from './util/net.js';
 import { applyReload, type ReloadAppliers, type ReloadReport } from './config/reload.js';
 import { resolveVmSettings } from './config/vms.js';
@@ -70,6 +71,8 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** The log budget of the client ports' per-connection lines (see TelnetClientOptions.acceptLogger). */
+  private readonly clientAcceptLog: BudgetedLogger;
   /** The console broker (--broker-socket, --broker-listen), or null when both are off. */
   readonly broker: ConsoleBroker | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
@@ -151,6 +154,7 @@ export class VspcServer {
           ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
         }
       : undefined;
+    this.clientAcceptLog = rateLimitedLogger(logger.child({ listener: 'client' }), LISTENER_LOG_BUDGET, { scope: 'listener' });
     const clientOptions: TelnetListenerOptions = {
       host: config.clientListenHost,
       tlsPortOffset: config.tlsPortOffset,
@@ -159,7 +163,10 @@ export class VspcServer {
       admit: (socket) => this.admit(socket, 'client'),
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
+      onTooManyRequests: () => this.metrics.peerCutOff('client', 'too-many-requests'),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
+      // The lines of clients not attached yet and of failed TLS handshakes, all client ports together.
+      acceptLogger: this.clientAcceptLog,
       maxSubnegotiation: config.maxSubnegotiation,
       closeGraceMs: config.closeGraceMs,
       lockWaitMs: config.clientLockWaitMs,
@@ -177,9 +184,17 @@ export class VspcServer {
             // The chosen console's client, exactly as if it had come in on the console's own telnet port.
             attach: (h) => void new TelnetClient(h.socket, h.hub, logger, clientOptions, false, h),
             onProtocolError: (code) => this.metrics.protocolError('client', code),
+            onNotReading: () => this.metrics.peerCutOff('broker', 'not-reading'),
           })
         : null;
-    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
+    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger, {
+      // A source's queue holds client input (stopped at the socket's high-water mark) and
+      // telnet negotiation replies: the client bound serves (read when an endpoint starts).
+      links: {
+        get maxQueuedBytes() { return config.clientQueueLimit; },
+        onNotReading: () => this.metrics.peerCutOff('source', 'not-reading'),
+      },
+    });
     this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.proxy = new EsxiListener(
       {
@@ -188,6 +203,7 @@ export class VspcServer {
         vmotion: this.vmotion,
         onProtocolError: (code) => this.metrics.protocolError('vm', code),
         onTakeover: (result) => this.metrics.takeover(result),
+        onNotReading: () => this.metrics.peerCutOff('vm', 'not-reading'),
         options: {
           get serviceName() { return config.serviceName; },
           get comPort() { return config.comPort; },
@@ -198,6 +214,9 @@ export class VspcServer {
           subnegotiationTimeoutMs: config.subnegotiationTimeoutMs,
           maxPreIdentifyBuffer: config.maxPreIdentifyBuffer,
           closeGraceMs: config.closeGraceMs,
+          // A VM's queue holds replies and client input (bounded by backpressure), and after a
+          // vMotion the held input at once (IAC doubled at worst): room for both.
+          get maxQueuedBytes() { return config.clientQueueLimit + 2 * config.vmotionHoldLimit; },
           proxyPortHint: `telnet://<this host>:${config.proxyListen.port}`,
         },
       },
@@ -542,6 +561,7 @@ export class VspcServer {
     this.vmotion.refuseNew();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
+    this.clientAcceptLog.close();
     this.broker?.close();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
@@ -563,6 +583,7 @@ export class VspcServer {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     void this.proxy.stopAccepting();
     this.listeners.close();
+    this.clientAcceptLog.close();
     this.broker?.destroy();
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');

@@ -34,12 +34,14 @@ export interface LogBudget {
 export const CONNECTION_LOG_BUDGET: LogBudget = Object.freeze({ perSecond: 2, burst: 20 });
 
 /**
- * A listener's per-connection lines (connections that have not identified yet, TLS
- * handshake failures, refused admin requests): 100 at once, then 20 a second — a flood
- * of connections that each write a line or two (a port scanner, a reconnect loop)
- * stays at 20 lines a second, with a summary every 5 s.
+ * A listener's per-connection lines (those of connections that have not identified
+ * yet, TLS handshake failures, refused admin requests): 50 at once, then 5 a second,
+ * shared by every connection of the listener. A flood of connections that each write
+ * a line or two (a scanner, a reconnect loop, people telnetting to the VM port) stays
+ * at 5 lines a second, with a summary every 10 s; each kind of line is still written
+ * the first time.
  */
-export const LISTENER_LOG_BUDGET: LogBudget = Object.freeze({ perSecond: 20, burst: 100 });
+export const LISTENER_LOG_BUDGET: LogBudget = Object.freeze({ perSecond: 5, burst: 50 });
 
 /** What a summary line says the budget was for. */
 export type LogBudgetScope = 'connection' | 'listener' | 'endpoint';

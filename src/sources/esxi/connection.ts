@@ -1,7 +1,8 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { ProtocolError, errorFields } from '../../errors.js';
+import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
 import type { Logger } from '../../domain/logger.js';
+import { CONNECTION_LOG_BUDGET, phasedLogger, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
@@ -15,7 +16,16 @@ export type EsxiConnectionState = EsxiSessionState;
 export interface EsxiConnectionOptions extends EsxiSessionOptions {
   /** ms. How long `close()` waits for the peer to finish before destroying. */
   closeGraceMs: number;
+  /**
+   * Bytes. What may wait in the socket for a peer that does not read (replies, client
+   * input, the input held during a vMotion); past it the connection is dropped
+   * (VSPC_PEER_NOT_READING). Read at each write. Default DEFAULT_VM_QUEUE_LIMIT.
+   */
+  maxQueuedBytes?: number;
 }
+
+/** The queue bound of a VM connection when the options give none: 3 MiB (see the server's). */
+export const DEFAULT_VM_QUEUE_LIMIT = 3 * 1024 * 1024;
 
 export interface EsxiConnectionContext {
   registry: Registry;
@@ -33,6 +43,16 @@ export interface EsxiConnectionContext {
   admitNewIdentity?(conn: EsxiConnection): boolean;
   /** A takeover of a serial port that had a connection ended so (metrics). */
   onTakeover?(result: TakeoverResult): void;
+  /** The connection was dropped for not reading what vspc sent it (metrics). */
+  onNotReading?(): void;
+  /**
+   * The listener's budgeted logger: the lines of a connection that has not identified
+   * yet go through it too (a flood of connections writes those), and then only
+   * through the connection's own budget. Absent: `logger`.
+   */
+  acceptLogger?: Logger;
+  /** The connection's own log budget. Default CONNECTION_LOG_BUDGET. */
+  logBudget?: LogBudget;
   /**
    * The clock the session's deadlines are computed on, in ms. Default: monotonic
    * (`performance.now`), so a wall-clock step cannot fire or defer a deadline. Tests
@@ -65,6 +85,10 @@ export class EsxiConnection {
   private closeTimer: NodeJS.Timeout | null = null;
   private drainListener: (() => void) | null = null;
   private readonly clock: () => number;
+  /** The connection's log budget (its session's logger and that logger's children share it). */
+  private readonly logBudget: BudgetedLogger;
+  /** Set once the connection has identified (attached or vMotion peer): its lines leave the listener's budget. */
+  private identified = false;
 
   constructor(
     private readonly socket: Socket,
@@ -73,14 +97,23 @@ export class EsxiConnection {
   ) {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.clock = ctx.clock ?? (() => performance.now());
-    const log = ctx.logger.child({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
+    const fields = { conn: this.id, peer: this.peer, side: 'vm', tls: secure };
+    const direct = ctx.logger.child(fields);
+    const base = ctx.acceptLogger ? phasedLogger(ctx.acceptLogger.child(fields), direct, () => this.identified) : direct;
+    // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not become a log flood.
+    this.logBudget = rateLimitedLogger(base, ctx.logBudget ?? CONNECTION_LOG_BUDGET);
+    const log: Logger = this.logBudget;
     this.session = new EsxiSession(
       { id: this.id, peer: this.peer, address: socket.remoteAddress ?? '?', log },
       {
         registry: ctx.registry,
         vmotion: ctx.vmotion,
         options: ctx.options,
-        onSettled: () => ctx.onSettled?.(this),
+        onSettled: () => {
+          const state = this.session.state;
+          if (state === 'attached' || state === 'vmotion-peer') this.identified = true;
+          ctx.onSettled?.(this);
+        },
         onProtocolError: (code) => ctx.onProtocolError?.(code),
         admitNewIdentity: ctx.admitNewIdentity ? () => ctx.admitNewIdentity!(this) : undefined,
         onTakeover: (result) => ctx.onTakeover?.(result),
@@ -158,9 +191,32 @@ export class EsxiConnection {
 
   // --- internals
 
+  /**
+   * Every byte for the peer goes through here: replies, client input, the explanation
+   * for people. A peer whose queue passes the bound is dropped — a peer that asks for
+   * replies and never reads them must not make vspc hold them without limit.
+   */
   private rawWrite(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
-    return this.socket.write(bytes);
+    const ok = this.socket.write(bytes);
+    const limit = this.ctx.options.maxQueuedBytes ?? DEFAULT_VM_QUEUE_LIMIT;
+    if (this.socket.writableLength > limit) {
+      this.notReading(limit);
+      return true;
+    }
+    return ok;
+  }
+
+  private notReading(limit: number): void {
+    const queued = this.socket.writableLength;
+    this.log.warn(
+      'VM connection does not read what vspc sends; disconnected',
+      errorFields(new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`, { queued, limit })),
+    );
+    this.ctx.onNotReading?.();
+    // Nothing more it sent is acted on (the rest of the chunk included).
+    this.session.protocol.telnet.stop();
+    this.session.destroy('not reading');
   }
 
   private end(): void {
@@ -233,6 +289,8 @@ export class EsxiConnection {
     this.clearTimer();
     if (this.closeTimer) clearTimeout(this.closeTimer);
     if (this.drainListener) this.socket.off('drain', this.drainListener);
+    // What the budget suppressed is summarised before the last line.
+    this.logBudget.close();
     this.log.info('VM connection closed', { durationMs: Date.now() - this.connectedAt });
     this.ctx.onClosed?.(this);
   }

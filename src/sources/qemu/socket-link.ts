@@ -72,10 +72,29 @@ export class SocketLink implements Link {
     return this.rawWrite(data);
   }
 
+  /**
+   * Every byte for the peer goes through here (input, a codec's replies). Past the
+   * queue bound the link is closed: a peer that asks for replies (telnet negotiation)
+   * and never reads must not make vspc hold them without limit.
+   */
   protected rawWrite(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
-    return this.socket.write(bytes);
+    const ok = this.socket.write(bytes);
+    const limit = this.options.maxQueuedBytes;
+    if (this.socket.writableLength > limit) {
+      const queued = this.socket.writableLength;
+      const err = new SourceError('VSPC_SOURCE_NOT_READING', `${this.peer} does not read what vspc sends: more than ${limit} bytes queued`, { queued, limit });
+      this.log.warn('endpoint does not read what vspc sends; link closed', { errorCode: err.code, error: err.message, queued, limit, peer: this.peer });
+      this.options.onNotReading?.();
+      this.stopReading();
+      this.fail(err);
+      return true;
+    }
+    return ok;
   }
+
+  /** Nothing more the peer sent is acted on (a codec stops its decoder). */
+  protected stopReading(): void {}
 
   onDrain(listener: () => void): void {
     if (this.drainListener) this.socket.off('drain', this.drainListener);
