@@ -34,12 +34,12 @@ export interface LogBudget {
 export const CONNECTION_LOG_BUDGET: LogBudget = Object.freeze({ perSecond: 2, burst: 20 });
 
 /**
- * A listener's per-connection lines (those of connections that have not identified
- * yet, TLS handshake failures, refused admin requests): 50 at once, then 5 a second,
- * shared by every connection of the listener. A flood of connections that each write
- * a line or two (a scanner, a reconnect loop, people telnetting to the VM port) stays
- * at 5 lines a second, with a summary every 10 s; each kind of line is still written
- * the first time.
+ * A listener's warnings that any connection causes once, at will (a person or a scanner
+ * on the VM port: "not an ESXi host"; TLS on a plain port, or plain text on a TLS port;
+ * refused admin requests): 50 at once, then 5 a second, shared by every connection of
+ * the listener, with a summary every 10 s. A connection's own record (opened, closed and
+ * why, at info) is not on this budget: one line per TCP connection is the connection's
+ * cost, and the limits on unidentified connections bound how many there are at once.
  */
 export const LISTENER_LOG_BUDGET: LogBudget = Object.freeze({ perSecond: 5, burst: 50 });
 
@@ -215,24 +215,4 @@ class BudgetedView implements BudgetedLogger {
 /** `logger` with a budget of lines (see the top of this file). Summaries go to `logger` itself. */
 export function rateLimitedLogger(logger: Logger, budget: LogBudget, options: RateLimitOptions = {}): BudgetedLogger {
   return new BudgetedView(new Budget(logger, budget, options), logger);
-}
-
-/**
- * Writes through `before` until `after()` says otherwise, then through `now`: a
- * connection's lines go through its listener's budget until it has identified itself
- * (the lines a flood of connections writes), then only through its own.
- */
-export function phasedLogger(before: Logger, now: Logger, after: () => boolean): Logger {
-  const pick = (): Logger => (after() ? now : before);
-  return {
-    error: (m, f) => pick().error(m, f),
-    warn: (m, f) => pick().warn(m, f),
-    info: (m, f) => pick().info(m, f),
-    debug: (m, f) => pick().debug(m, f),
-    isLevelEnabled: (level) => {
-      const l = pick();
-      return l.isLevelEnabled ? l.isLevelEnabled(level) : true;
-    },
-    child: (fields) => phasedLogger(before.child(fields), now.child(fields), after),
-  };
 }

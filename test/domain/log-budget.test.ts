@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { LogFields, Logger } from '../../src/domain/logger.js';
-import { phasedLogger, rateLimitedLogger } from '../../src/domain/log-budget.js';
+import { rateLimitedLogger } from '../../src/domain/log-budget.js';
 import { LogCapture } from '../support/log-capture.js';
 
 interface Line {
@@ -100,23 +100,4 @@ test('distinct messages past the first 8 are summarised as (other); the scope na
   const messages = summary.fields.messages as Record<string, number>;
   assert.equal(Object.keys(messages).length, 9);
   assert.equal(messages['(other)'], 4);
-});
-
-test('phasedLogger writes through the first logger until the switch, then through the second (children too)', () => {
-  const a: Line[] = [];
-  const b: Line[] = [];
-  let identified = false;
-  const log = phasedLogger(recorder(a), recorder(b), () => identified);
-  const child = log.child({ vm: 'x' });
-  log.info('opened');
-  identified = true;
-  child.info('registered');
-  assert.deepEqual(
-    a.map((l) => l.message),
-    ['opened'],
-  );
-  assert.deepEqual(
-    b.map((l) => [l.message, l.fields.vm]),
-    [['registered', 'x']],
-  );
 });

@@ -52,7 +52,7 @@ export class ConsoleBroker {
   private tcpAddress: net.AddressInfo | null = null;
   private lastFullLog = 0;
   private closed = false;
-  /** The budget of the lines all connections still choosing write together (each has its own as well). */
+  /** The budget of the line any connection can cause once at will (TLS on the broker), all connections together. */
   private readonly connectionLog: BudgetedLogger;
 
   constructor(
@@ -142,7 +142,8 @@ export class ConsoleBroker {
     }
     const options = this.options;
     const conn = new BrokerConnection(socket, peer, {
-      logger: this.connectionLog,
+      logger: this.logger,
+      acceptLogger: this.connectionLog,
       limits: options.limits,
       consoles: () => this.registry.all(),
       maxQueuedBytes: () => options.maxQueuedBytes,

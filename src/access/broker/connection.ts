@@ -31,8 +31,10 @@ export interface BrokerHandover {
 }
 
 export interface BrokerConnectionContext {
-  /** The broker's (budgeted) logger; each connection logs through a child with a budget of its own. */
+  /** Each connection logs through a child with a budget of its own. */
   readonly logger: Logger;
+  /** The broker's budgeted logger, for the line any connection can cause once at will (TLS on the broker). Absent: the connection's. */
+  readonly acceptLogger?: Logger;
   readonly limits: BrokerLimits;
   /** The registry's consoles now (read per request). */
   consoles(): readonly ConsoleHub[];
@@ -193,7 +195,7 @@ export class BrokerConnection {
       this.firstChunk = false;
       if (chunk[0] === 0x16) {
         // A TLS ClientHello: nothing here speaks TLS.
-        this.log.info('TLS handshake on the console broker; closing', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
+        (this.ctx.acceptLogger?.child({ side: 'broker', peer: this.peer }) ?? this.log).info('TLS handshake on the console broker; closing', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
         this.ctx.onProtocolError?.('VSPC_TLS_ON_PLAIN_PORT');
         this.destroy();
         return;

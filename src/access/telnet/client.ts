@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
-import { CONNECTION_LOG_BUDGET, phasedLogger, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import { errorFields, PeerRefusedError } from '../../errors.js';
 import { TokenBuckets } from '../../util/token-bucket.js';
 import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession, type TelnetSessionHandlers } from '../../protocol/telnet/index.js';
@@ -34,9 +34,9 @@ export interface TelnetClientOptions {
   /** Called when a client is dropped for asking WHO faster than its budget (metrics). */
   onTooManyRequests?(): void;
   /**
-   * The client listeners' budgeted logger: a client's lines go through it too until
-   * it is attached (a flood of connections writes those), then only through its own
-   * budget. Absent: the logger given to the client.
+   * The client listeners' budgeted logger, for the warnings any connection can cause
+   * once at will (TLS on a plain port, a failed TLS handshake): a flood of connections
+   * shares one budget. Absent: the client's own logger.
    */
   acceptLogger?: Logger;
   /** Called when a client is closed for a protocol error, with its code (metrics). */
@@ -123,8 +123,6 @@ export class TelnetClient implements ConsoleClient {
   private readonly logBudget: BudgetedLogger;
   private whoBudget: TokenBuckets | null = null;
   private state: ClientState = 'negotiating';
-  /** Set once attached: from then on the client's lines leave the listeners' budget. */
-  private everAttached = false;
   private closeTimer: NodeJS.Timeout | null = null;
   private lockTimer: NodeJS.Timeout | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
@@ -154,9 +152,8 @@ export class TelnetClient implements ConsoleClient {
   ) {
     this.peer = handover?.peer ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     const fields = { client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure, ...(handover ? { via: 'broker' } : {}) };
-    const direct = logger.child(fields);
-    const accept = options.acceptLogger;
-    this.logBudget = rateLimitedLogger(accept ? phasedLogger(accept.child(fields), direct, () => this.everAttached) : direct, CONNECTION_LOG_BUDGET);
+    // One line per few bytes a client sends (a COM-PORT SIGNATURE) must not become a log flood.
+    this.logBudget = rateLimitedLogger(logger.child(fields), CONNECTION_LOG_BUDGET);
     this.log = this.logBudget;
     const handlers: TelnetSessionHandlers = {
       write: (b) => this.write(b),
@@ -195,7 +192,10 @@ export class TelnetClient implements ConsoleClient {
       socket.once('data', (chunk: Buffer) => {
         // A TLS ClientHello on a plain port would otherwise be decoded as keystrokes for the VM.
         if (!secure && chunk[0] === 0x16) {
-          this.log.warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
+          // One per connection, and anyone can open connections: on the listeners' budget.
+          (options.acceptLogger?.child(fields) ?? this.log).warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', {
+            errorCode: 'VSPC_TLS_ON_PLAIN_PORT',
+          });
           this.options.onProtocolError?.('VSPC_TLS_ON_PLAIN_PORT');
           this.destroy('TLS on a plain port');
           return;
@@ -405,7 +405,6 @@ export class TelnetClient implements ConsoleClient {
       return;
     }
     this.state = 'attached';
-    this.everAttached = true;
     this.log = this.log.child({ mode: decision.mode });
     if (control) this.sendControl({ kind: 'lock-granted', mode: decision.mode });
     if (this.options.idleTimeoutMs > 0) this.armIdle();

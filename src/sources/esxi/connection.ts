@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
 import type { Logger } from '../../domain/logger.js';
-import { CONNECTION_LOG_BUDGET, phasedLogger, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
@@ -46,9 +46,9 @@ export interface EsxiConnectionContext {
   /** The connection was dropped for not reading what vspc sent it (metrics). */
   onNotReading?(): void;
   /**
-   * The listener's budgeted logger: the lines of a connection that has not identified
-   * yet go through it too (a flood of connections writes those), and then only
-   * through the connection's own budget. Absent: `logger`.
+   * The listener's budgeted logger, for the warning any connection can cause once at
+   * will ("not an ESXi host"): a flood of connections shares one budget. Absent: the
+   * connection's own logger.
    */
   acceptLogger?: Logger;
   /** The connection's own log budget. Default CONNECTION_LOG_BUDGET. */
@@ -87,8 +87,6 @@ export class EsxiConnection {
   private readonly clock: () => number;
   /** The connection's log budget (its session's logger and that logger's children share it). */
   private readonly logBudget: BudgetedLogger;
-  /** Set once the connection has identified (attached or vMotion peer): its lines leave the listener's budget. */
-  private identified = false;
 
   constructor(
     private readonly socket: Socket,
@@ -98,22 +96,16 @@ export class EsxiConnection {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.clock = ctx.clock ?? (() => performance.now());
     const fields = { conn: this.id, peer: this.peer, side: 'vm', tls: secure };
-    const direct = ctx.logger.child(fields);
-    const base = ctx.acceptLogger ? phasedLogger(ctx.acceptLogger.child(fields), direct, () => this.identified) : direct;
     // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not become a log flood.
-    this.logBudget = rateLimitedLogger(base, ctx.logBudget ?? CONNECTION_LOG_BUDGET);
+    this.logBudget = rateLimitedLogger(ctx.logger.child(fields), ctx.logBudget ?? CONNECTION_LOG_BUDGET);
     const log: Logger = this.logBudget;
     this.session = new EsxiSession(
-      { id: this.id, peer: this.peer, address: socket.remoteAddress ?? '?', log },
+      { id: this.id, peer: this.peer, address: socket.remoteAddress ?? '?', log, acceptLog: ctx.acceptLogger?.child(fields) },
       {
         registry: ctx.registry,
         vmotion: ctx.vmotion,
         options: ctx.options,
-        onSettled: () => {
-          const state = this.session.state;
-          if (state === 'attached' || state === 'vmotion-peer') this.identified = true;
-          ctx.onSettled?.(this);
-        },
+        onSettled: () => ctx.onSettled?.(this),
         onProtocolError: (code) => ctx.onProtocolError?.(code),
         admitNewIdentity: ctx.admitNewIdentity ? () => ctx.admitNewIdentity!(this) : undefined,
         onTakeover: (result) => ctx.onTakeover?.(result),

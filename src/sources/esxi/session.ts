@@ -136,6 +136,11 @@ export interface EsxiSessionInit {
   address?: string;
   /** Logger for this connection (already carrying conn/peer fields). */
   log: Logger;
+  /**
+   * The listener's budgeted logger (with the same fields), for the warning any
+   * connection can cause once at will: "not an ESXi host". Default: `log`.
+   */
+  acceptLog?: Logger;
 }
 
 /**
@@ -177,6 +182,7 @@ export class EsxiSession implements VmotionEndpoint {
   readonly address: string;
   readonly protocol: VspcServerProtocol;
   log: Logger;
+  private readonly acceptLog: Logger | undefined;
   private stateValue: EsxiSessionState = 'negotiating';
   private proxy: ProxyRequest | null = null;
   private uuidValue: string | null = null;
@@ -225,6 +231,7 @@ export class EsxiSession implements VmotionEndpoint {
     this.peer = init.peer;
     this.address = normalizeIp(init.address ?? init.peer.slice(0, Math.max(0, init.peer.lastIndexOf(':'))));
     this.log = init.log;
+    this.acceptLog = init.acceptLog;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
       { serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation },
@@ -792,7 +799,8 @@ export class EsxiSession implements VmotionEndpoint {
 
   private explainAndClose(reason: string): void {
     if (this.stateValue !== 'negotiating') return;
-    this.log.warn('peer is not an ESXi host; explained and closed', { reason });
+    // One per connection, and anyone can open connections: on the listener's budget.
+    (this.acceptLog ?? this.log).warn('peer is not an ESXi host; explained and closed', { reason });
     this.ctx.onProtocolError?.('VSPC_NOT_ESXI');
     const text =
       '\r\nThis is vspc, a virtual serial port concentrator. This port is where VMware ESXi\r\n' +
