@@ -5,6 +5,7 @@ import type { ConsoleHub } from '../../domain/console-hub.js';
 import { errorFields, PeerRefusedError, ProtocolError } from '../../errors.js';
 import { Option, policyFromLists, TelnetSession, type TelnetSessionHandlers } from '../../protocol/telnet/index.js';
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ConsoleListEntry, type ControlMessage } from '../../protocol/control/vspc-control.js';
+import { WriteQueue } from '../../util/write-queue.js';
 import { listEntries, offeredConsoles, selectConsole } from './catalogue.js';
 
 /** Bounds on one broker connection (fixed settings, `brokerLimits`). */
@@ -69,6 +70,8 @@ export class BrokerConnection {
   private readonly deadline: NodeJS.Timeout;
   private closeTimer: NodeJS.Timeout | null = null;
   private readonly log: BudgetedLogger;
+  /** Everything written to the peer before the handover, counted (the queue bound). */
+  private readonly queue: WriteQueue;
   /** After the handover: the client's writer (its queue bound and its cut-off). */
   private writer: ((bytes: Buffer) => boolean) | null = null;
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
@@ -81,6 +84,7 @@ export class BrokerConnection {
     readonly peer: string,
     private readonly ctx: BrokerConnectionContext,
   ) {
+    this.queue = new WriteQueue(socket);
     this.log = rateLimitedLogger(ctx.logger.child({ side: 'broker', peer }), CONNECTION_LOG_BUDGET);
     this.target = {
       subnegotiation: (option, payload) => {
@@ -174,12 +178,14 @@ export class BrokerConnection {
   private write(bytes: Buffer): boolean {
     if (this.writer) return this.writer(bytes);
     if (this.socket.destroyed || this.socket.writableEnded) return true;
-    const ok = this.socket.write(bytes);
+    const ok = this.queue.write(bytes);
     const limit = this.ctx.maxQueuedBytes();
-    if (this.socket.writableLength > limit) {
+    if (this.queue.cost > limit) {
       this.log.warn('broker connection does not read what vspc sends; disconnected', {
         ...errorFields(new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`)),
-        queued: this.socket.writableLength,
+        queued: this.queue.cost,
+        bytes: this.socket.writableLength,
+        writes: this.queue.writes,
         limit,
       });
       this.ctx.onNotReading?.();

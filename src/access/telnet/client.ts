@@ -3,6 +3,7 @@ import type { Logger } from '../../domain/logger.js';
 import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import { errorFields, PeerRefusedError } from '../../errors.js';
 import { TokenBuckets } from '../../util/token-bucket.js';
+import { WRITE_OVERHEAD_BYTES, WriteQueue } from '../../util/write-queue.js';
 import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession, type TelnetSessionHandlers } from '../../protocol/telnet/index.js';
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage, type StreamRequest } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
@@ -16,7 +17,8 @@ import { createComPortServer } from './com-port.js';
 export interface TelnetClientOptions {
   /**
    * Bytes queued to a client that does not read (output, notices, replies: everything
-   * vspc writes to it); past this it is disconnected (VSPC_PEER_NOT_READING).
+   * vspc writes to it, each write priced with its overhead as util/write-queue.ts does);
+   * past this it is disconnected (VSPC_PEER_NOT_READING).
    */
   maxQueuedBytes: number;
   maxSubnegotiation: number;
@@ -121,6 +123,8 @@ export class TelnetClient implements ConsoleClient {
   private log: Logger;
   /** This client's log budget (its logger and that logger's children share it). */
   private readonly logBudget: BudgetedLogger;
+  /** Everything written to the client, counted (the queue bound). */
+  private readonly queue: WriteQueue;
   private whoBudget: TokenBuckets | null = null;
   private state: ClientState = 'negotiating';
   private closeTimer: NodeJS.Timeout | null = null;
@@ -151,6 +155,7 @@ export class TelnetClient implements ConsoleClient {
     private readonly handover?: TelnetHandover,
   ) {
     this.peer = handover?.peer ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.queue = new WriteQueue(socket);
     const fields = { client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure, ...(handover ? { via: 'broker' } : {}) };
     // One line per few bytes a client sends (a COM-PORT SIGNATURE) must not become a log flood.
     this.logBudget = rateLimitedLogger(logger.child(fields), CONNECTION_LOG_BUDGET);
@@ -255,7 +260,7 @@ export class TelnetClient implements ConsoleClient {
   private output(bytes: Buffer): void {
     if (this.suspendedOutput) {
       this.suspendedOutput.push(bytes);
-      this.suspendedBytes += bytes.length;
+      this.suspendedBytes += bytes.length + WRITE_OVERHEAD_BYTES;
       this.checkQueue();
     } else {
       this.write(bytes);
@@ -269,19 +274,21 @@ export class TelnetClient implements ConsoleClient {
    */
   private write(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
-    const ok = this.socket.write(bytes);
+    const ok = this.queue.write(bytes);
     return this.checkQueue() ? true : ok;
   }
 
   /** Past the bound the client is dropped; true then. */
   private checkQueue(): boolean {
     if (this.socket.destroyed) return false;
-    const queued = this.socket.writableLength + this.suspendedBytes;
+    const queued = this.queue.cost + this.suspendedBytes;
     const limit = this.options.maxQueuedBytes;
     if (queued <= limit) return false;
     this.log.warn('client too slow; disconnecting', {
       ...errorFields(new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the client`)),
       queued,
+      bytes: this.socket.writableLength,
+      writes: this.queue.writes,
       limit,
       suspended: this.suspendedOutput !== null,
     });

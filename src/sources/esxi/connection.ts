@@ -8,6 +8,7 @@ import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
+import { WriteQueue } from '../../util/write-queue.js';
 import { EsxiSession, type EsxiDeadline, type EsxiSessionOptions, type EsxiSessionState, type TakeoverResult } from './session.js';
 
 /** The states of an ESXi connection are its session's (see the diagram in session.ts). */
@@ -17,15 +18,23 @@ export interface EsxiConnectionOptions extends EsxiSessionOptions {
   /** ms. How long `close()` waits for the peer to finish before destroying. */
   closeGraceMs: number;
   /**
-   * Bytes. What may wait in the socket for a peer that does not read (replies, client
-   * input, the input held during a vMotion); past it the connection is dropped
-   * (VSPC_PEER_NOT_READING). Read at each write. Default DEFAULT_VM_QUEUE_LIMIT.
+   * Bytes. What may wait in the socket for an identified VM that does not read
+   * (replies, client input, the input held during a vMotion), priced as util/write-queue.ts
+   * prices it; past it the connection is dropped (VSPC_PEER_NOT_READING). Read at each
+   * write. Default DEFAULT_VM_QUEUE_LIMIT. A connection that has not identified yet is
+   * held to PENDING_VM_QUEUE_LIMIT (or this, when smaller).
    */
   maxQueuedBytes?: number;
 }
 
-/** The queue bound of a VM connection when the options give none: 3 MiB (see the server's). */
+/** The queue bound of an identified VM connection when the options give none: 3 MiB (see the server's). */
 export const DEFAULT_VM_QUEUE_LIMIT = 3 * 1024 * 1024;
+/**
+ * The queue bound of a connection that has not identified yet: it is sent replies and
+ * at most the explanation for people (under 1 KiB) — a real host reads them at once —
+ * and there may be a thousand such connections (--max-unidentified).
+ */
+export const PENDING_VM_QUEUE_LIMIT = 64 * 1024;
 
 export interface EsxiConnectionContext {
   registry: Registry;
@@ -87,6 +96,8 @@ export class EsxiConnection {
   private readonly clock: () => number;
   /** The connection's log budget (its session's logger and that logger's children share it). */
   private readonly logBudget: BudgetedLogger;
+  /** Everything written to the peer, counted (the queue bound). */
+  private readonly queue: WriteQueue;
 
   constructor(
     private readonly socket: Socket,
@@ -95,6 +106,7 @@ export class EsxiConnection {
   ) {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.clock = ctx.clock ?? (() => performance.now());
+    this.queue = new WriteQueue(socket);
     const fields = { conn: this.id, peer: this.peer, side: 'vm', tls: secure };
     // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not become a log flood.
     this.logBudget = rateLimitedLogger(ctx.logger.child(fields), ctx.logBudget ?? CONNECTION_LOG_BUDGET);
@@ -190,20 +202,28 @@ export class EsxiConnection {
    */
   private rawWrite(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
-    const ok = this.socket.write(bytes);
-    const limit = this.ctx.options.maxQueuedBytes ?? DEFAULT_VM_QUEUE_LIMIT;
-    if (this.socket.writableLength > limit) {
+    const ok = this.queue.write(bytes);
+    const limit = this.queueLimit();
+    if (this.queue.cost > limit) {
       this.notReading(limit);
       return true;
     }
     return ok;
   }
 
+  private queueLimit(): number {
+    const limit = this.ctx.options.maxQueuedBytes ?? DEFAULT_VM_QUEUE_LIMIT;
+    const s = this.session.state;
+    return s === 'negotiating' || s === 'identifying' || s === 'contending' ? Math.min(limit, PENDING_VM_QUEUE_LIMIT) : limit;
+  }
+
   private notReading(limit: number): void {
     const queued = this.socket.writableLength;
     this.log.warn(
       'VM connection does not read what vspc sends; disconnected',
-      errorFields(new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`, { queued, limit })),
+      errorFields(
+        new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`, { queued, writes: this.queue.writes, cost: this.queue.cost, limit, state: this.session.state }),
+      ),
     );
     this.ctx.onNotReading?.();
     // Nothing more it sent is acted on (the rest of the chunk included).
