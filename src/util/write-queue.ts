@@ -59,3 +59,16 @@ export class WriteQueue {
     return this.socket.writableLength + this.pending * WRITE_OVERHEAD_BYTES;
   }
 }
+
+/**
+ * What a socket holds for its peer when vspc does not make the writes itself (a library
+ * does: ssh2 writes its packets to the socket), priced the same way: the bytes waiting
+ * plus WRITE_OVERHEAD_BYTES for each write Node has buffered and not handed to libuv
+ * yet (its writable state's `bufferedRequestCount`; bytes alone when Node does not
+ * expose it).
+ */
+export function socketCost(socket: { readonly writableLength: number }): number {
+  const state = (socket as { _writableState?: { bufferedRequestCount?: unknown } })._writableState;
+  const writes = typeof state?.bufferedRequestCount === 'number' ? state.bufferedRequestCount : 0;
+  return socket.writableLength + writes * WRITE_OVERHEAD_BYTES;
+}

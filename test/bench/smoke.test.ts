@@ -2,7 +2,7 @@
 /**
  * The benchmark harness at a tiny size, so that it cannot rot: every phase runs
  * against a vspc child process with real load-generator processes, and the report
- * has all five sections with sane numbers and zero lost bytes. No timing assertions.
+ * has all six sections with sane numbers and zero lost bytes. No timing assertions.
  * Run as `npm run bench` runs (no port options), it must leave a vspc that already
  * runs here with the default ports alone.
  */
@@ -53,7 +53,7 @@ async function liveVspcStandIns(): Promise<{ ports: number[]; connections: Map<n
 }
 
 describe('benchmark harness (smoke size)', () => {
-  test('all five phases run and report sane figures; vMotions lose nothing; a vspc on the default ports is never touched', { timeout: 90_000 }, async (t) => {
+  test('all six phases run and report sane figures; vMotions lose nothing; a vspc on the default ports is never touched', { timeout: 120_000 }, async (t) => {
     // No --port-range and no --target: the benchmark must choose private ports itself.
     const live = await liveVspcStandIns();
     t.after(() => live.close());
@@ -68,6 +68,17 @@ describe('benchmark harness (smoke size)', () => {
       latency: { probes: 2, streamers: 10, streamBytesPerSec: 11_520, tickMs: 100, durationMs: 600, intervalMs: 10 },
       throughput: { vms: 4, clients: [1, 2], warmupMs: 200, durationMs: 600, chunkBytes: 16 * 1024, windowBytes: 256 * 1024, workers: 1 },
       vmotion: { vms: 6, ratePerS: 20, durationMs: 800, gapMs: 20, tickMs: 20, outBytesPerTick: 64, inBytesPerTick: 4, workers: 1 },
+      ssh: {
+        ...DEFAULT_OPTIONS.ssh,
+        sessions: 6,
+        consoles: 3,
+        workers: 1,
+        concurrency: 3,
+        floodConcurrency: 2,
+        latencyProbes: 2,
+        latencyDurationMs: 500,
+        streamDurationMs: 500,
+      },
       log: (l) => lines.push(l),
       command: 'smoke test',
       phaseTimeoutMs: 45_000,
@@ -127,11 +138,23 @@ describe('benchmark harness (smoke size)', () => {
       assert.equal(run.serverCounters?.completed, run.completed, 'vspc counted the same migrations');
     }
 
-    nonNegative({ scale, storm, latency, throughput, vmotion }, 'report');
+    const ssh = report.ssh!;
+    assert.ok(ssh, 'ssh section');
+    assert.equal(ssh.alone.sessions + (ssh.duringFlood?.sessions ?? 0), 6, `every SSH session was set up: ${ssh.errors.join('; ')}`);
+    assert.equal(ssh.alone.failed + (ssh.duringFlood?.failed ?? 0), 0);
+    assert.ok(ssh.duringFlood && ssh.duringFlood.floodAttempts > 0, 'the flood ran');
+    assert.ok(ssh.perSession.rssKiB !== null, 'RSS per session measured');
+    assert.ok(ssh.latency.ssh.n > 0 && ssh.latency.telnet.n > 0, 'latency samples through SSH and telnet');
+    assert.equal(ssh.latency.errors, 0);
+    assert.equal(ssh.throughput.sessionsOpenAfter, 6, 'no SSH session dropped');
+    assert.ok(ssh.throughput.deliveredMBps > 0);
+
+    // Per-session RSS is a difference of two samples: on a tiny run it may come out negative.
+    nonNegative({ scale, storm, latency, throughput, vmotion, ssh: { ...ssh, perSession: {} } }, 'report');
 
     // The printed forms name every section's workload.
     const text = textTable(report);
-    for (const ref of ['[1]', '[2]', '[3]', '[4]', '[5]']) assert.ok(text.includes(ref), `table has ${ref}`);
+    for (const ref of ['[1]', '[2]', '[3]', '[4]', '[5]', '[6]']) assert.ok(text.includes(ref), `table has ${ref}`);
     assert.ok(markdownTable(report).startsWith('| | figure | result | target | |'));
     assert.ok(rows(report).length >= 10);
   });

@@ -6,9 +6,16 @@
  * dials) and counted in /metrics (vspc_peers_cut_off_total). One test per surface the
  * security test found or named: the VM port before and after identification, a console
  * client's WHO, telnet negotiation and COM-PORT replies, the broker before SELECT, a
- * `telnet:` source, and the admin API (Node's HTTP server stops reading a connection
- * whose answers are not read). No timing or memory is asserted: the socket is closed,
- * the line and the count are there.
+ * `telnet:` source, the SSH front door's menu, and the admin API (Node's HTTP server
+ * stops reading a connection whose answers are not read). No timing or memory is
+ * asserted: the socket is closed, the line and the count are there.
+ *
+ * Then log floods (F4): a peer repeating a bad input that is logged each time (an
+ * unknown option-232 subcommand, a COM-PORT client SIGNATURE) writes its connection's
+ * budget of lines (CONNECTION_LOG_BUDGET), and the rest is counted in a summary line
+ * (`log lines suppressed for this connection`): written + suppressed = inputs.
+ *
+ * Every wait is on an event (bytes, drain, a log line, a socket's close), never a timer.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,6 +30,10 @@ import { parseSourceSpec } from '../../src/domain/source-spec.js';
 import { WHO_BUDGET } from '../../src/access/telnet/client.js';
 import { PENDING_VM_QUEUE_LIMIT } from '../../src/sources/esxi/connection.js';
 import type { LogLine } from '../support/log-capture.js';
+import { readFileSync } from 'node:fs';
+import ssh2 from 'ssh2';
+import { tempDir } from '../support/server.js';
+import { haveOpenSsh, keyLine, makeKey, startSshServer } from '../support/ssh.js';
 import { CONNECTION_LOG_BUDGET } from '../../src/domain/log-budget.js';
 
 const IAC = 255;
@@ -321,6 +332,74 @@ test('admin API: pipelined requests whose answers are never read: Node stops rea
   // The API still answers others.
   await ts.api('/api/v1/status');
 });
+
+test(
+  'SSH front door: a client refreshing the menu (Enter) and never reading is cut off at --client-queue-limit; telnet clients go on',
+  { skip: haveOpenSsh() ? false : 'ssh-keygen is not installed (test/support/guest/ensure-deps.sh)' },
+  async (t) => {
+    const keys = tempDir('vspc-ssh-queues-');
+    t.after(() => keys.remove());
+    const key = makeKey(keys.dir, 'mallory');
+    const s = await startSshServer(t, [keyLine(key)], { config: { clientQueueLimit: 256 * 1024 } });
+    const { ts, cleanup } = s;
+    const { vm, hub } = await ts.connectVm({ uuid: esxiUuid().text, name: 'menu01' }, cleanup);
+    // Two consoles: the session starts at the menu (with one it would attach at once).
+    await ts.connectVm({ uuid: esxiUuid().text, name: 'menu02' }, cleanup);
+    const good = await ts.connectUser(hub.identity.tcpPort, cleanup);
+
+    const client = new ssh2.Client();
+    let closed = false;
+    const gone = new Promise<void>((resolve) =>
+      client.on('close', () => {
+        closed = true;
+        resolve();
+      }),
+    );
+    client.on('error', () => undefined);
+    cleanup.add(() => client.end());
+    await new Promise<void>((resolve, reject) => {
+      client.once('ready', () => resolve());
+      client.once('error', reject);
+      client.connect({ host: '127.0.0.1', port: s.port, username: 'console', privateKey: readFileSync(key.path), readyTimeout: 10_000 });
+    });
+    const channel = await new Promise<ssh2.ClientChannel>((resolve, reject) =>
+      client.shell({ term: 'xterm', rows: 24, cols: 80 }, (err, ch) => (err ? reject(err) : resolve(ch))),
+    );
+    channel.on('error', () => undefined);
+    // The menu, once read; then never again (no window adjust: what vspc sends waits at vspc).
+    await new Promise<void>((resolve) => {
+      let text = '';
+      const onData = (d: Buffer) => {
+        text += d.toString('utf8');
+        if (/to quit: $/m.test(text)) {
+          channel.off('data', onData);
+          resolve();
+        }
+      };
+      channel.on('data', onData);
+    });
+    channel.pause();
+    // Each Enter redraws the menu. Pressed until vspc cuts the connection (bounded).
+    let presses = 0;
+    while (!closed) {
+      if (presses > 200_000) throw new Error(`still connected after ${presses} menu refreshes: never cut off`);
+      presses += 64;
+      // ssh2 takes writes synchronously while the window lasts: let the I/O happen (a turn of the event loop, no timer).
+      if (!channel.write('\r'.repeat(64))) await Promise.race([new Promise((r) => channel.once('drain', r)), gone]);
+      else await new Promise((r) => setImmediate(r));
+    }
+
+    const line = await ts.logs.waitFor((l) => l.errorCode === 'VSPC_PEER_NOT_READING' && l.side === 'ssh', 10_000);
+    assert.equal(line.message, 'SSH client too slow; disconnecting');
+    assert.equal(line.limit, 256 * 1024);
+    assert.ok(Number(line.queued) > 256 * 1024);
+    assert.equal((await metrics(ts)).get(cutOff('client')), 1);
+    // The telnet client of the same server is untouched.
+    const mark = good.mark();
+    vm.send('after the ssh flood');
+    await good.waitFor('after the ssh flood', 5000, mark);
+  },
+);
 
 // --- Log floods (F4): a peer repeating a bad input gets the budget of lines, then summaries.
 

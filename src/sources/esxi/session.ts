@@ -44,6 +44,9 @@ export type EsxiSessionState = 'negotiating' | 'identifying' | 'contending' | 'a
  * - `closed`: the old connection went away while it was probed;
  * - `refused`: the old connection answered: the newcomer was refused.
  */
+/** Renames one connection may apply; a real host reports a new name rarely. */
+const MAX_RENAMES_PER_CONNECTION = 16;
+
 export const TAKEOVER_RESULTS = ['same-address', 'no-probe', 'unanswered', 'closed', 'refused'] as const;
 export type TakeoverResult = (typeof TAKEOVER_RESULTS)[number];
 
@@ -183,6 +186,10 @@ export class EsxiSession implements VmotionEndpoint {
   readonly protocol: VspcServerProtocol;
   log: Logger;
   private readonly acceptLog: Logger | undefined;
+  /** The connection's own logger (peer, connection id): every `log` is a child of it, never of another child. */
+  private readonly connLog: Logger;
+  /** Names applied on this connection (bounded: see onName). */
+  private renames = 0;
   private stateValue: EsxiSessionState = 'negotiating';
   private proxy: ProxyRequest | null = null;
   private uuidValue: string | null = null;
@@ -232,6 +239,7 @@ export class EsxiSession implements VmotionEndpoint {
     this.address = normalizeIp(init.address ?? init.peer.slice(0, Math.max(0, init.peer.lastIndexOf(':'))));
     this.log = init.log;
     this.acceptLog = init.acceptLog;
+    this.connLog = init.log;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
       { serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation },
@@ -443,7 +451,9 @@ export class EsxiSession implements VmotionEndpoint {
     // ESXi reports the guest UART before it identifies itself: carry it over.
     if (Object.keys(this.protocol.uartSettings).length > 0) hub.lineSettings = { ...this.protocol.uartSettings };
     if (this.protocol.telnet.isEnabled('him', Option.COM_PORT)) hub.lineState = lineStateOf(this.protocol.comPortState);
-    this.log = this.log.child({ vm: hub.displayName, uuid: hub.identity.key });
+    // From the connection's own logger, never from the current one: a chain of child
+    // loggers grows with every rename and makes each line cost more than the last.
+    this.log = this.connLog.child({ vm: hub.displayName, uuid: hub.identity.key });
     const previous = hub.attachSource(this);
     this.flushPreIdentify();
     return previous;
@@ -605,10 +615,18 @@ export class EsxiSession implements VmotionEndpoint {
     if (hub) {
       const old = hub.identity.name;
       if (old !== name) {
+        // A VM is renamed rarely (vCenter tells the host, which reports it once); a peer
+        // renaming itself in a loop would cost a database write and a log line each time.
+        if (++this.renames > MAX_RENAMES_PER_CONNECTION) {
+          if (this.renames === MAX_RENAMES_PER_CONNECTION + 1) {
+            this.log.warn('VM-NAME changes too often on this connection; further names ignored', { limit: MAX_RENAMES_PER_CONNECTION, security: true });
+          }
+          return;
+        }
         this.ctx.registry.rename(hub, name);
         // A name reported for the first time is not a rename (the registration line has it).
         if (old !== null) this.log.info('VM renamed', { from: old, to: name });
-        this.log = this.log.child({ vm: hub.displayName });
+        this.log = this.connLog.child({ vm: hub.displayName, uuid: hub.identity.key });
       }
       this.logRegistration();
     }
