@@ -184,6 +184,10 @@ test('two vspc nodes on one PostgreSQL: unique sticky ports, one owner per conso
   assert.equal(a.ts.server.registry.size, 0);
   assert.ok(a.ts.logs.find((l) => l.message === 'database session lost: this node gave up every console it owned'));
 
+  // The terminated backend releases its locks as it exits, a moment after node A saw
+  // its connection fail: until then the cluster still names node A (a VM knocking at B
+  // meanwhile is refused, and ESXi simply retries).
+  await waitUntil(async () => byName(await b.ts.ports(), 'vm-one')?.node === null, 10_000, 'node A\'s locks released by PostgreSQL');
   // vm-one reconnects through node B: same sticky port, now owned by B.
   const { hub: moved } = await connectVm(b, u1, 'vm-one', c);
   assert.equal(moved.identity.tcpPort, p1, 'the console keeps its port on the other node');
