@@ -14,7 +14,9 @@ import ssh2 from 'ssh2';
 import type { AuthContext, Connection, ParsedKey, PublicKeyAuthContext, Session } from 'ssh2';
 import type { Logger } from '../../domain/logger.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
-import { errorFields } from '../../errors.js';
+import { errorFields, PeerRefusedError } from '../../errors.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
+import { socketCost } from '../../util/write-queue.js';
 import { sanitizeText } from '../../util/text.js';
 import type { AuthorizedKeys } from './authorized-keys.js';
 import { fingerprintOf } from './fingerprint.js';
@@ -22,10 +24,13 @@ import type { KeysCommand } from './keys-command.js';
 import type { FailureBuckets } from './rate-limit.js';
 import type { KeyRights } from './rights.js';
 import { Exit, formatDuration, SshSession, type Principal, type SessionHost } from './session.js';
-import { installBreakRequests } from './ssh2-internals.js';
+import { installBreakRequests, rejectChannelOpen } from './ssh2-internals.js';
 
 /** Failed attempts one connection may make (OpenSSH's MaxAuthTries is 6; agents with many keys try each). */
 const MAX_TRIES_PER_CONNECTION = 20;
+/** Refused requests: the first line is written, the others summed up (every 30 s, and when the connection goes). */
+const REQUEST_LOG_BUDGET = { burst: 1, perSecond: 1 / 30 };
+
 /** Sessions accepted only to tell the client why it is refused (a cap reached), at once on one connection; more are rejected silently. */
 const MAX_REFUSAL_SESSIONS = 2;
 
@@ -97,6 +102,8 @@ export class SshConnection implements SessionHost {
   readonly peer: string;
   readonly acceptedAt = Date.now();
   logger: Logger;
+  /** The connection's log budget (its logger and that logger's children share it). */
+  private readonly logBudget: BudgetedLogger;
   private state: State = 'handshake';
   private client: Connection | null = null;
   private principalValue: Principal | null = null;
@@ -111,6 +118,8 @@ export class SshConnection implements SessionHost {
   private recheckRunning = false;
   /** end() was called: no new sessions; the connection goes when its sessions have. */
   private ending = false;
+  /** Cut off (too slow): said and counted once. */
+  private cutOff = false;
   /** The address was already charged for this connection (failed tries, login grace time). */
   private charged = false;
   /** The key's connection slot (released on close), or why the key may not have one. */
@@ -120,9 +129,9 @@ export class SshConnection implements SessionHost {
   /** Sessions accepted only to say why they are refused. */
   private refusalSessions = 0;
   private sessionCapLogged = false;
-  /** Requests refused outright: the first is logged, the rest counted (summed up at close). */
+  /** Requests refused outright: the first is logged, the rest counted (summed up by requestLog's budget). */
   private refusedRequests = 0;
-  private refusedUnlogged = 0;
+  private requestLog: BudgetedLogger | null = null;
 
   constructor(
     private readonly ctx: ConnectionContext,
@@ -133,7 +142,9 @@ export class SshConnection implements SessionHost {
     readonly group: string = address,
   ) {
     this.peer = `${address}:${socket.remotePort ?? '?'}`;
-    this.logger = ctx.logger.child({ peer: this.peer, side: 'ssh' });
+    // One line per request a peer repeats (a refused global request) must not become a log flood.
+    this.logBudget = rateLimitedLogger(ctx.logger.child({ peer: this.peer, side: 'ssh' }), CONNECTION_LOG_BUDGET);
+    this.logger = this.logBudget;
     socket.setNoDelay(true);
     // Half-open detection below SSH's own keepalive (which only starts once authenticated).
     socket.setKeepAlive(true, 30_000);
@@ -170,8 +181,13 @@ export class SshConnection implements SessionHost {
     client.on('authentication', (auth: AuthContext) => this.guard(() => this.onAuth(auth)));
     client.on('ready', () => this.guard(() => this.onReady()));
     client.on('session', (accept: () => Session, reject: () => void) => this.guard(() => this.onSession(accept, reject)));
-    client.on('tcpip', (_accept: unknown, reject: () => void) => this.refused('port forwarding (direct-tcpip)', 'port-forwarding', reject));
-    client.on('openssh.streamlocal', (_accept: unknown, reject: () => void) => this.refused('socket forwarding (direct-streamlocal)', 'port-forwarding', reject));
+    // Forwarding refused with a reason the client shows (ssh -W: "open failed: administratively prohibited: vspc: ...").
+    client.on('tcpip', (_accept: unknown, reject: () => void) =>
+      this.refused('port forwarding (direct-tcpip)', 'port-forwarding', () => rejectChannelOpen(client, reject, 'vspc: port forwarding is not offered')),
+    );
+    client.on('openssh.streamlocal', (_accept: unknown, reject: () => void) =>
+      this.refused('socket forwarding (direct-streamlocal)', 'port-forwarding', () => rejectChannelOpen(client, reject, 'vspc: socket forwarding is not offered')),
+    );
     client.on('request', (_accept: unknown, reject: (() => void) | undefined, name: string) =>
       this.refused(`global request ${JSON.stringify(String(name).slice(0, 40))}`, 'port-forwarding', reject),
     );
@@ -200,8 +216,25 @@ export class SshConnection implements SessionHost {
     return this.ctx.maxQueuedBytes();
   }
 
+  /** What waits in the TCP socket, priced as util/write-queue.ts prices it (ssh2 writes each packet on its own). */
   socketQueued(): number {
-    return this.socket.writableLength;
+    return socketCost(this.socket);
+  }
+
+  /**
+   * Called once ssh2 has the socket (its data listener is in place): after each chunk
+   * from the peer — once ssh2 has answered it (a refused request, a window adjust,
+   * a channel failure) — what waits for the peer is checked against the queue bound.
+   * A peer that sends requests and never reads the answers is cut off.
+   */
+  watchQueue(): void {
+    const check = () => {
+      if (this.state === 'closed' || this.socket.destroyed) return;
+      const queued = this.socketQueued();
+      const limit = this.ctx.maxQueuedBytes();
+      if (queued > limit) this.tooSlow(queued, limit);
+    };
+    this.socket.on('data', () => process.nextTick(check));
   }
 
   /**
@@ -214,20 +247,19 @@ export class SshConnection implements SessionHost {
     if (this.state === 'closed' || this.cutOffForRequests) return;
     this.ctx.counters.requests[kind] = (this.ctx.counters.requests[kind] ?? 0) + 1;
     this.refusedRequests++;
-    if (this.refusedRequests === 1) this.logger.info('SSH request refused', { request: what, errorCode: 'VSPC_SSH_REQUEST_REFUSED' });
-    else this.refusedUnlogged++;
+    // One line for the first; the others are counted in one summary line (at close at the latest).
+    this.requestLog ??= rateLimitedLogger(this.logger, REQUEST_LOG_BUDGET);
+    this.requestLog.info('SSH request refused', { request: what, errorCode: 'VSPC_SSH_REQUEST_REFUSED' });
     const max = this.ctx.limits.maxRefusedRequests;
     if (this.refusedRequests >= max) {
       this.cutOffForRequests = true;
       this.logger.warn('too many refused SSH requests on one connection; closing it', {
         errorCode: 'VSPC_SSH_TOO_MANY_REQUESTS',
         refused: this.refusedRequests,
-        suppressed: this.refusedUnlogged,
         last: what,
         limit: max,
         user: this.principalValue?.user,
       });
-      this.refusedUnlogged = 0;
       this.count('too-many-requests');
       this.destroy();
       return;
@@ -238,8 +270,15 @@ export class SshConnection implements SessionHost {
   private cutOffForRequests = false;
 
   tooSlow(queued: number, limit: number): void {
-    if (this.state === 'closed') return;
-    this.logger.warn('SSH client too slow; disconnecting', { errorCode: 'VSPC_SSH_CLIENT_TOO_SLOW', queued, limit, user: this.principalValue?.user });
+    if (this.state === 'closed' || this.cutOff) return;
+    this.cutOff = true;
+    this.logger.warn('SSH client too slow; disconnecting', {
+      ...errorFields(new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`)),
+      queued,
+      bytes: this.socket.writableLength,
+      limit,
+      user: this.principalValue?.user,
+    });
     this.ctx.onSlowClientDropped?.();
     this.count('too-slow');
     this.destroy();
@@ -513,9 +552,9 @@ export class SshConnection implements SessionHost {
     if (this.keySlot) this.ctx.releaseKey(this.keySlot);
     this.keySlot = null;
     if (was === 'handshake') this.chargeUnauthenticated();
-    if (this.refusedUnlogged > 0) {
-      this.logger.info('SSH requests refused on this connection (not logged one by one)', { errorCode: 'VSPC_SSH_REQUEST_REFUSED', suppressed: this.refusedUnlogged, refused: this.refusedRequests });
-    }
+    // What the budgets suppressed is summarised before the last line.
+    this.requestLog?.close();
+    this.logBudget.close();
     if (was === 'authenticated') this.logger.info('SSH connection closed', { durationMs: Date.now() - this.acceptedAt });
     this.ctx.connectionClosed(this);
   }

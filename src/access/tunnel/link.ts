@@ -24,6 +24,7 @@ import type { ConsoleClient } from '../../domain/seams.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import { Reason, TunnelEndpoint, TunnelStreamError, type TunnelEndpointOptions, type TunnelEndpointState } from '../../protocol/tunnel/index.js';
 import { TunnelDuplex } from './duplex.js';
 
@@ -45,49 +46,14 @@ export interface TunnelLinkOptions {
   restartLogIntervalMs?: number;
 }
 
-/** A guest restarting its agent in a loop is told in one line per this long, and a count. */
+/**
+ * A guest restarting its agent in a loop (a HELLO with a fresh boot id each time) is
+ * told in one "guest agent restarted" / "link up: new session" line per this long; the
+ * others are counted in a `log lines suppressed for this endpoint` line (domain/log-budget.ts).
+ */
 const DEFAULT_RESTART_LOG_INTERVAL_MS = 10_000;
 
-/**
- * Lines a guest can cause at will (restarting its agent, a new session each time): one
- * line per message per interval; the others are counted and the count is written once
- * the interval is over (`tunnel log lines suppressed`, with the message), and at close.
- */
-class IntervalLog {
-  private readonly last = new Map<string, number>();
-  private readonly suppressed = new Map<string, number>();
-  private timer: NodeJS.Timeout | null = null;
 
-  constructor(
-    private readonly log: Logger,
-    private readonly intervalMs: number,
-  ) {}
-
-  info(message: string, fields: Record<string, unknown>): void {
-    const now = performance.now();
-    const last = this.last.get(message);
-    if (last !== undefined && now - last < this.intervalMs) {
-      this.suppressed.set(message, (this.suppressed.get(message) ?? 0) + 1);
-      this.timer ??= setTimeout(() => this.flush(), this.intervalMs - (now - last));
-      this.timer.unref();
-      return;
-    }
-    this.last.set(message, now);
-    this.log.info(message, fields);
-  }
-
-  /** Writes the counts of what was suppressed (the interval is over, or the link closes). */
-  flush(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    for (const [message, suppressed] of this.suppressed) {
-      this.log.info('tunnel log lines suppressed', { suppressedMessage: message, suppressed, intervalMs: this.intervalMs });
-      // The next one may be written at once: the count said what happened meanwhile.
-      this.last.delete(message);
-    }
-    this.suppressed.clear();
-  }
-}
 
 /** Where a link stands: no session yet, up, or down (keepalive: the agent stopped answering). */
 export type TunnelLinkState = 'handshaking' | 'up' | 'down' | 'closed';
@@ -154,8 +120,10 @@ export class TunnelLink implements ConsoleClient {
   private streamsReset = 0;
   private readonly openTimeoutMs: number;
   private readonly giveUpAfterMs: number;
-  private readonly log: Logger;
-  private readonly restartLog: IntervalLog;
+  /** The link's log budget: a guest that keeps breaking the line (bad frames, restarts, streams reset) cannot flood the log. */
+  private readonly log: BudgetedLogger;
+  /** A tighter budget for the lines a guest causes at will by restarting its agent (see RESTART_LOG_INTERVAL_MS). */
+  private readonly restartLog: BudgetedLogger;
   /** Called once when the link is closed (detached from its console, or shut down). */
   onClose: ((reason: string) => void) | null = null;
 
@@ -164,8 +132,9 @@ export class TunnelLink implements ConsoleClient {
     this.peer = `tunnel ${o.name}`;
     this.openTimeoutMs = o.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS;
     this.giveUpAfterMs = o.giveUpAfterMs ?? DEFAULT_GIVE_UP_MS;
-    this.log = o.logger.child({ tunnel: o.name });
-    this.restartLog = new IntervalLog(this.log, o.restartLogIntervalMs ?? DEFAULT_RESTART_LOG_INTERVAL_MS);
+    this.log = rateLimitedLogger(o.logger.child({ tunnel: o.name }), CONNECTION_LOG_BUDGET, { scope: 'endpoint' });
+    const restartMs = o.restartLogIntervalMs ?? DEFAULT_RESTART_LOG_INTERVAL_MS;
+    this.restartLog = rateLimitedLogger(this.log, { burst: 1, perSecond: 1000 / restartMs }, { scope: 'endpoint', summaryIntervalMs: restartMs });
     this.ep = new TunnelEndpoint({
       ...o.endpoint,
       role: 'host',
@@ -357,7 +326,9 @@ export class TunnelLink implements ConsoleClient {
       hub.removeClient(this, reason);
     }
     this.hubValue = null;
-    this.restartLog.flush();
+    // What the budgets suppressed is summarised before the last line.
+    this.restartLog.close();
+    this.log.close();
     this.log.info('tunnel link closed', { reason });
     this.onClose?.(reason);
   }
