@@ -115,9 +115,10 @@ describe('SSH front door against abusive clients', { skip }, () => {
     const ch = await new Promise<ssh2.ClientChannel>((resolve, reject) => client.exec('web01 --raw', (err, c) => (err ? reject(err) : resolve(c))));
     ch.pause();
     await waitUntil(() => web01.hub.clients.size === 1, 5000, 'attached');
-    // More than the client takes unread (its 2 MiB buffer and a 2 MiB window) and vspc's pause mark (64 KiB), less than the bound.
+    // 13 MiB: the client takes 2 to 4 MiB unread (its 2 MiB buffer, up to a 2 MiB window), so that vspc
+    // holds 9 to 11 MiB: past its pause mark (half the bound, 8 MiB), short of the bound (16 MiB).
     const out = Buffer.alloc(64 * 1024, 0x61);
-    for (let i = 0; i < 100; i++) if (!web01.vm.send(out)) await web01.vm.whenDrained();
+    for (let i = 0; i < 208; i++) if (!web01.vm.send(out)) await web01.vm.whenDrained();
     await waitUntil(() => ch.readableLength >= 2 * 1024 * 1024 - 64 * 1024, 10_000, 'the client window filled');
     await web01.vm.barrier();
     // Typed while the output waits: vspc does not read it.

@@ -29,9 +29,9 @@ import { onBreakRequest } from './ssh2-internals.js';
 
 export const Exit = { OK: 0, ERROR: 1, USAGE: 2, REFUSED: 3, ENDED: 4 } as const;
 
-/** Output queued past this (a quarter of the bound, at most 64 KiB), the client's input waits until it halves. */
+/** Output queued past this (half the bound), the client's input waits until it halves (a quarter of the bound). */
 export function backedUp(limit: number): number {
-  return Math.min(64 * 1024, Math.floor(limit / 4));
+  return Math.floor(limit / 2);
 }
 const DRAIN_POLL_MS = 50;
 
@@ -224,9 +224,18 @@ export class SshSession {
     this.checkQueue(ch);
   }
 
+  /**
+   * What vspc holds for this client: its output not taken yet (channel stdout and
+   * stderr, the socket's backlog) and, while its input is held because of that
+   * output, the input it typed meanwhile (not while the console's flow control holds it).
+   */
+  private held(ch: ServerChannel): number {
+    return ch.writableLength + ch.stderr.writableLength + this.host.socketQueued() + (this.outputPaused ? ch.readableLength : 0);
+  }
+
   /** Past the connection's queue bound the connection goes: telling it would only queue more. */
   private checkQueue(ch: ServerChannel): void {
-    const queued = ch.writableLength + ch.stderr.writableLength + this.host.socketQueued();
+    const queued = this.held(ch);
     const limit = this.host.maxQueuedBytes();
     if (queued > limit) this.host.tooSlow(queued, limit);
     else if (queued > backedUp(limit)) this.holdInput();
@@ -236,7 +245,9 @@ export class SshSession {
    * The client's output is backed up: its input is not read until the output has
    * drained to half the mark (ssh2, paused, stops granting window once its buffer is
    * full, so the client stops sending). ssh2 says nothing when its queues shrink below
-   * its own 2 MiB mark, so the queues are looked at now and then, only while held.
+   * its own 2 MiB mark, so the queues are looked at now and then, only while held; what
+   * the client types meanwhile counts against the bound, so one that neither reads nor
+   * stops typing is cut off as too slow.
    */
   private holdInput(): void {
     if (this.outputPaused || this.state === 'closed') return;
@@ -244,8 +255,12 @@ export class SshSession {
     this.applyPause();
     this.drainTimer = setInterval(() => {
       const ch = this.channel;
-      const queued = ch ? ch.writableLength + ch.stderr.writableLength + this.host.socketQueued() : 0;
-      if (this.state !== 'closed' && queued > backedUp(this.host.maxQueuedBytes()) / 2) return;
+      const limit = this.host.maxQueuedBytes();
+      if (ch && this.state !== 'closed') {
+        const queued = this.held(ch);
+        if (queued > limit) return this.host.tooSlow(queued, limit);
+        if (ch.writableLength + ch.stderr.writableLength + this.host.socketQueued() > backedUp(limit) / 2) return;
+      }
       if (this.drainTimer) clearInterval(this.drainTimer);
       this.drainTimer = null;
       this.outputPaused = false;
