@@ -193,9 +193,9 @@ function sshFamilies(ssh: SshMetricsSnapshot): string[] {
       [{ result: 'accepted' }, ssh.auth.accepted],
       [{ result: 'rejected' }, ssh.auth.rejected],
     ]),
-    family('vspc_ssh_connections_refused_total', 'counter', 'SSH connections dropped at accept, by reason (rate-limited, too-many-unauthenticated, shutting-down).', byKey(ssh.refused, 'reason')),
-    family('vspc_ssh_requests_refused_total', 'counter', 'SSH requests refused outright, by kind (port-forwarding, ...).', byKey(ssh.requests, 'request')),
-    family('vspc_ssh_sessions_ended_total', 'counter', 'SSH sessions ended by vspc, by reason (time-limit, withdrawn, too-slow, keepalive, shutdown).', byKey(ssh.ended, 'reason')),
+    family('vspc_ssh_connections_refused_total', 'counter', 'SSH connections dropped at accept, by reason (rate-limited, too-many-unauthenticated, shutting-down, fd-budget), or refused once their key was known (key-connections).', byKey(ssh.refused, 'reason')),
+    family('vspc_ssh_requests_refused_total', 'counter', 'SSH requests refused outright, by kind (port-forwarding, other, sessions-per-connection).', byKey(ssh.requests, 'request')),
+    family('vspc_ssh_sessions_ended_total', 'counter', 'SSH sessions ended by vspc, by reason (time-limit, withdrawn, too-slow, too-many-requests, keepalive, shutdown).', byKey(ssh.ended, 'reason')),
     family('vspc_ssh_keys_command_total', 'counter', 'Runs of the SSH keys command, by outcome (allowed, denied, failed, busy).', byKey(ssh.keysCommand, 'outcome')),
   ];
 }

@@ -6,8 +6,9 @@
  *
  *   handshake ──publickey OK (file or keys command, from=, signature)──▶ authenticated ──▶ closed
  *       │  └──failed attempt: counted; the address's bucket empty / too many tries──▶ closed
- *       └──login grace time over / protocol error / socket gone──▶ closed
- *   authenticated ──time limit / rights withdrawn (reload) / too slow / keepalive unanswered / shutdown──▶ closed
+ *       └──login grace time over / protocol error / socket gone (counted past the free ones)──▶ closed
+ *   authenticated ──time limit / rights withdrawn (reload) / too slow / 10 refused requests / keepalive unanswered / shutdown──▶ closed
+ *   authenticated over the key's connection cap ──its sessions are told why (exit 3), then──▶ closed
  */
 import type net from 'node:net';
 import ssh2 from 'ssh2';
@@ -232,7 +233,9 @@ export class SshConnection implements SessionHost {
       if (this.state === 'closed' || this.socket.destroyed) return;
       const queued = this.socketQueued();
       const limit = this.ctx.maxQueuedBytes();
-      if (queued > limit) this.tooSlow(queued, limit);
+      if (queued > limit) return this.tooSlow(queued, limit);
+      // A session holding its input (its output backed up): what the client typed meanwhile counts.
+      for (const s of this.sessions) s.checkHeld();
     };
     this.socket.on('data', () => process.nextTick(check));
   }

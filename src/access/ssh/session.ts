@@ -233,6 +233,11 @@ export class SshSession {
     return ch.writableLength + ch.stderr.writableLength + this.host.socketQueued() + (this.outputPaused ? ch.readableLength : 0);
   }
 
+  /** After each chunk from the client (the connection calls it): input held meanwhile counts against the bound. */
+  checkHeld(): void {
+    if (this.outputPaused && this.channel && this.state !== 'closed') this.checkQueue(this.channel);
+  }
+
   /** Past the connection's queue bound the connection goes: telling it would only queue more. */
   private checkQueue(ch: ServerChannel): void {
     const queued = this.held(ch);
