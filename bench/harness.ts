@@ -15,6 +15,9 @@
  *               rate (alone and during a flood of failed logins), RSS per session,
  *               keystroke latency via SSH and via telnet on the same consoles, VM →
  *               SSH client throughput
+ *   tunnel      TCP over a serial line (bench/tunnel.ts): a real QEMU guest, raw line vs
+ *               tunnel goodput each way over the emulated UART and virtio-serial,
+ *               keystroke round trips idle and during bulk transfers, memory per stream
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import ssh2 from 'ssh2';
@@ -28,9 +31,10 @@ import { benchIdentity, distribution, Group, round, roundDistribution, sleep, ty
 import { killAll, removeTempDir, trackTempDir, WorkerHandle } from './ipc.js';
 import { canBind, reservePortRange } from '../test/support/ports.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
+import { DEFAULT_TUNNEL_OPTIONS, runTunnelPhase, tunnelGuestProblem, type TunnelOptions, type TunnelSection } from './tunnel.js';
 import { ExternalTarget, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
 
-export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'ssh'] as const;
+export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'ssh', 'tunnel'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface BenchOptions {
@@ -55,6 +59,7 @@ export interface BenchOptions {
   throughput: { vms: number; clients: number[]; warmupMs: number; durationMs: number; chunkBytes: number; windowBytes: number; workers: number };
   vmotion: { vms: number; ratePerS: number; durationMs: number; gapMs: number; tickMs: number; outBytesPerTick: number; inBytesPerTick: number; workers: number };
   ssh: SshOptions;
+  tunnel: TunnelOptions;
   /** More node options for the vspc the benchmark starts (e.g. --cpu-prof). */
   serverNodeArgs: string[];
   /** More vspc options for the vspc the benchmark starts. */
@@ -112,6 +117,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
     streamTickMs: 100,
     streamDurationMs: 3000,
   },
+  tunnel: DEFAULT_TUNNEL_OPTIONS,
   serverNodeArgs: [],
   serverArgs: [],
   cleanup: true,
@@ -284,8 +290,11 @@ export interface BenchReport {
   throughput?: ThroughputSection;
   vmotion?: VmotionSection;
   ssh?: SshSection;
+  tunnel?: TunnelSection;
   /** Phase → error message, for phases that failed. */
   failures: Record<string, string>;
+  /** Phase → why it did not run here and how to make it run (e.g. the tunnel phase without its QEMU guest). */
+  notRun: Record<string, string>;
   /** What the vspc the benchmark started logged (at --log-level warn) in its last process. */
   serverLog?: { lines: number; top: Array<{ message: string; count: number }> };
 }
@@ -334,6 +343,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   const t0 = performance.now();
   const log = opts.log;
   const failures: Record<string, string> = {};
+  const notRun: Record<string, string> = {};
   const workers: WorkerHandle[] = [];
   let tmp: string | null = null;
   let server: ServerProcess | null = null;
@@ -352,6 +362,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     target: { owned: !opts.target, proxy: '', admin: '' },
     options: { ...opts, log: undefined, target: undefined } as unknown as BenchReport['options'],
     failures,
+    notRun,
   };
   delete (report.options as Partial<BenchOptions>).log;
   delete (report.options as Partial<BenchOptions>).target;
@@ -396,13 +407,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     let bulkConnected = false;
     let bulkPorts: Map<string, number> | null = null;
 
-    const phase = async <T>(name: Phase, fn: () => Promise<T>): Promise<T | undefined> => {
+    const phase = async <T>(name: Phase, fn: () => Promise<T>, timeoutMs = opts.phaseTimeoutMs): Promise<T | undefined> => {
       if (!want.has(name)) return undefined;
       log(`--- ${name}`);
       const p0 = performance.now();
       const lines0 = server?.logLines ?? 0;
       try {
-        const r = await withDeadline(fn(), opts.phaseTimeoutMs, `phase ${name}`);
+        const r = await withDeadline(fn(), timeoutMs, `phase ${name}`);
         log(`--- ${name} done in ${((performance.now() - p0) / 1000).toFixed(1)} s`);
         if (server && server.logLines > lines0) {
           log(`    vspc logged ${server.logLines - lines0} warning/error lines: ${JSON.stringify(server.logSummary(5))}`);
@@ -956,6 +967,24 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       };
       return section;
     });
+
+    // ------------------------------------------------------------------ tunnel
+    // Self-contained: its own QEMU guest and its own vspc (whatever --target says), so
+    // that vspc's RSS per stream is the tunnel's alone.
+    const tunnelTimeoutMs = Math.max(opts.phaseTimeoutMs, 600_000);
+    report.tunnel = await phase(
+      'tunnel',
+      async () => {
+        const problem = tunnelGuestProblem();
+        if (problem) {
+          notRun.tunnel = problem;
+          log(`tunnel: NOT RUN: ${problem}`);
+          return undefined;
+        }
+        return runTunnelPhase(opts.tunnel, log, tunnelTimeoutMs);
+      },
+      tunnelTimeoutMs,
+    );
 
     if (!server && opts.cleanup) await forgetBenchPorts(target, log);
   } catch (err) {

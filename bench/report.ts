@@ -2,7 +2,7 @@
 import type { BenchReport } from './harness.js';
 
 export interface Row {
-  /** Footnote number of the workload: 1 scale, 2 storm, 3 throughput, 4 latency, 5 vMotion, 6 SSH. */
+  /** Footnote number of the workload: 1 scale, 2 storm, 3 throughput, 4 latency, 5 vMotion, 6 SSH, 7 tunnel. */
   ref: number;
   figure: string;
   result: string;
@@ -191,6 +191,56 @@ export function rows(r: BenchReport): Row[] {
       met: null,
     });
   }
+  const tu = r.tunnel;
+  if (tu) {
+    const fmt = (d: { p50: number; p99: number; max: number; n: number }) => (d.n > 0 ? `p50 ${ms(d.p50)} / p99 ${ms(d.p99)} / max ${ms(d.max)} ms (${d.n})` : 'no samples');
+    for (const l of tu.lines) {
+      const name = l.line === 'uart' ? 'tunnel UART' : 'tunnel virtio-serial';
+      out.push({
+        ref: 7,
+        figure: `${name}: raw line (no tunnel), to / from the guest`,
+        result: `${n(l.raw.toGuestKiBps, 1)} / ${n(l.raw.fromGuestKiBps, 1)} KiB/s (${l.bytes / 1024} KiB each way)`,
+        target: '',
+        met: null,
+      });
+      for (const [dir, pct, kib, rawKib] of [
+        ['to the guest', l.goodputPct.toGuest, l.tunnel.toGuestKiBps, l.raw.toGuestKiBps],
+        ['from the guest', l.goodputPct.fromGuest, l.tunnel.fromGuestKiBps, l.raw.fromGuestKiBps],
+      ] as const) {
+        out.push({
+          ref: 7,
+          figure: `${name}: tunnel goodput ${dir}`,
+          result: `${n(kib, 1)} KiB/s = ${n(pct, 1)} % of the raw line's ${n(rawKib, 1)} KiB/s`,
+          target: '≥ 80 % of raw',
+          met: pct >= 80,
+        });
+      }
+      out.push({ ref: 7, figure: `${name}: keystroke round trip, idle`, result: fmt(l.rtt.idle), target: '', met: null });
+      out.push({
+        ref: 7,
+        figure: `${name}: keystroke round trip during an upload`,
+        result: `${fmt(l.rtt.duringUpload)}; upload ${n(l.bulkUnderKeystrokesKiBps.upload, 1)} KiB/s`,
+        target: 'p50 < 50 ms',
+        met: l.rtt.duringUpload.n > 0 ? l.rtt.duringUpload.p50 < 50 : null,
+      });
+      out.push({
+        ref: 7,
+        figure: `${name}: keystroke round trip during a download`,
+        result: `${fmt(l.rtt.duringDownload)}; download ${n(l.bulkUnderKeystrokesKiBps.download, 1)} KiB/s`,
+        target: 'p50 < 50 ms',
+        met: l.rtt.duringDownload.n > 0 ? l.rtt.duringDownload.p50 < 50 : null,
+      });
+    }
+    const m = tu.memory;
+    out.push({
+      ref: 7,
+      figure: `tunnel: vspc memory per stream (${m.streams} idle streams)`,
+      result: `RSS ${n(m.rssKiBPerStream, 1)} KiB (heap ${n(m.heapKiBPerStream, 1)} KiB; RSS ${n(m.rssBeforeMiB, 1)} → ${n(m.rssAfterMiB, 1)} MiB)`,
+      target: '',
+      met: null,
+    });
+  }
+  for (const [phase, why] of Object.entries(r.notRun ?? {})) out.push({ ref: 0, figure: `${phase}: NOT RUN`, result: why, target: '', met: null });
   return out;
 }
 
@@ -202,6 +252,7 @@ function workloads(r: BenchReport): Array<[number, string]> {
   if (r.latency) w.push([4, r.latency.workload]);
   if (r.vmotion) w.push([5, r.vmotion.workload]);
   if (r.ssh) w.push([6, r.ssh.workload]);
+  if (r.tunnel) w.push([7, r.tunnel.workload]);
   return w;
 }
 
@@ -217,7 +268,7 @@ function verdict(met: boolean | null): string {
 export function textTable(r: BenchReport): string {
   const rs = rows(r);
   const head = ['', 'figure', 'result', 'target', ''];
-  const cells = rs.map((x) => [`[${x.ref}]`, x.figure, x.result, x.target, verdict(x.met)]);
+  const cells = rs.map((x) => [x.ref ? `[${x.ref}]` : '', x.figure, x.result, x.target, verdict(x.met)]);
   const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
   const line = (c: string[]) => c.map((x, i) => x.padEnd(widths[i])).join('  ').trimEnd();
   const out = [
@@ -232,16 +283,18 @@ export function textTable(r: BenchReport): string {
     ...workloads(r).map(([k, text]) => `[${k}] ${text}`),
   ];
   for (const [phase, msg] of Object.entries(r.failures)) out.push(`FAILED ${phase}: ${msg}`);
+  for (const [phase, why] of Object.entries(r.notRun ?? {})) out.push(`NOT RUN ${phase}: ${why}`);
   return out.join('\n');
 }
 
 export function markdownTable(r: BenchReport): string {
   const esc = (s: string) => s.replace(/\|/g, '\\|');
   const out = ['| | figure | result | target | |', '|---|---|---|---|---|'];
-  for (const x of rows(r)) out.push(`| [${x.ref}] | ${esc(x.figure)} | ${esc(x.result)} | ${esc(x.target)} | ${verdict(x.met)} |`);
+  for (const x of rows(r)) out.push(`| ${x.ref ? `[${x.ref}]` : ''} | ${esc(x.figure)} | ${esc(x.result)} | ${esc(x.target)} | ${verdict(x.met)} |`);
   out.push('');
   for (const [k, text] of workloads(r)) out.push(`[${k}] ${esc(text)}`, '');
   for (const [phase, msg] of Object.entries(r.failures)) out.push(`FAILED ${phase}: ${esc(msg)}`, '');
+  for (const [phase, why] of Object.entries(r.notRun ?? {})) out.push(`NOT RUN ${phase}: ${esc(why)}`, '');
   return out.join('\n');
 }
 

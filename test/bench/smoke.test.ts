@@ -61,6 +61,9 @@ describe('benchmark harness (smoke size)', () => {
     const lines: string[] = [];
     const report: BenchReport = await runBench({
       ...DEFAULT_OPTIONS,
+      // Not the tunnel phase: it boots a QEMU guest and moves real bytes over an emulated
+      // UART (tens of seconds); test/bench/tunnel-phase.test.ts runs it at a tiny size.
+      phases: ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'ssh'],
       vms: 20,
       bulkWorkers: 1,
       connectConcurrency: 8,
