@@ -14,4 +14,9 @@ export interface Logger {
   debug(message: string, fields?: LogFields): void;
   /** A logger whose lines all carry `fields` (one per connection: peer, console). */
   child(fields: LogFields): Logger;
+  /**
+   * Whether lines at `level` are written at all (winston's). Optional: a log budget
+   * (log-budget.ts) uses it so that lines below the level spend nothing.
+   */
+  isLevelEnabled?(level: string): boolean;
 }

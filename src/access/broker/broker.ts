@@ -9,6 +9,7 @@
  */
 import net from 'node:net';
 import type { Logger } from '../../domain/logger.js';
+import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { HostPort } from '../../util/net.js';
 import { errorFields } from '../../errors.js';
@@ -30,18 +31,23 @@ export interface BrokerOptions {
   /** Hands a connection that selected a console to the telnet access method. */
   attach(handover: BrokerHandover): void;
   onProtocolError?(code: string): void;
+  /** A connection was dropped for not reading what the broker sent it (metrics). */
+  onNotReading?(): void;
 }
 
-/** Counters for status and tests. */
+/** Counters for status, metrics and tests. */
 export interface BrokerCounters {
   accepted: number;
   selected: number;
-  /** Closed at accept: --broker limits (maxPending) reached. */
-  refusedFull: number;
+  /**
+   * Connections still choosing that were closed to make room for a newer one: the pool
+   * of connections not handed over (--broker limits, maxPending) was full.
+   */
+  evicted: number;
 }
 
 export class ConsoleBroker {
-  readonly counters: BrokerCounters = { accepted: 0, selected: 0, refusedFull: 0 };
+  readonly counters: BrokerCounters = { accepted: 0, selected: 0, evicted: 0 };
   private readonly pendingSet = new Set<BrokerConnection>();
   private unixServer: net.Server | null = null;
   private tcpServer: net.Server | null = null;
@@ -49,12 +55,16 @@ export class ConsoleBroker {
   private tcpAddress: net.AddressInfo | null = null;
   private lastFullLog = 0;
   private closed = false;
+  /** The budget of the line any connection can cause once at will (TLS on the broker), all connections together. */
+  private readonly connectionLog: BudgetedLogger;
 
   constructor(
     private readonly registry: Registry,
     private readonly logger: Logger,
     private readonly options: BrokerOptions,
-  ) {}
+  ) {
+    this.connectionLog = rateLimitedLogger(logger.child({ listener: 'broker' }), LISTENER_LOG_BUDGET, { scope: 'listener' });
+  }
 
   /** Connections that have not chosen a console yet. */
   get pending(): number {
@@ -118,24 +128,11 @@ export class ConsoleBroker {
       return;
     }
     this.counters.accepted++;
-    if (this.pendingSet.size >= this.options.limits.maxPending) {
-      this.counters.refusedFull++;
-      const now = Date.now();
-      if (now - this.lastFullLog >= 10_000) {
-        this.lastFullLog = now;
-        this.logger.warn('console broker: too many connections that have not chosen a console; refusing new ones', {
-          pending: this.pendingSet.size,
-          limit: this.options.limits.maxPending,
-          refusedSoFar: this.counters.refusedFull,
-          errorCode: 'VSPC_BROKER_FULL',
-        });
-      }
-      socket.destroy();
-      return;
-    }
+    if (this.pendingSet.size >= this.options.limits.maxPending) this.evictOldest();
     const options = this.options;
     const conn = new BrokerConnection(socket, peer, {
       logger: this.logger,
+      acceptLogger: this.connectionLog,
       limits: options.limits,
       consoles: () => this.registry.all(),
       maxQueuedBytes: () => options.maxQueuedBytes,
@@ -145,8 +142,34 @@ export class ConsoleBroker {
       },
       settled: (c) => this.pendingSet.delete(c),
       onProtocolError: options.onProtocolError,
+      onNotReading: options.onNotReading,
     });
     if (conn.pending) this.pendingSet.add(conn);
+  }
+
+  /**
+   * The pool of connections still choosing is full: the oldest makes room for the
+   * newcomer (as unidentified VM connections do, src/sources/esxi/listener.ts). A
+   * legitimate client chooses within a round trip of connecting, so it is never the
+   * oldest for long; connections held open without choosing are what goes. Logged at
+   * most every 10 s, with the count.
+   */
+  private evictOldest(): void {
+    const oldest = this.pendingSet.values().next().value;
+    if (!oldest) return;
+    this.counters.evicted++;
+    const now = Date.now();
+    if (now - this.lastFullLog >= 10_000) {
+      this.lastFullLog = now;
+      this.logger.warn('console broker: too many connections that have not chosen a console; the oldest make room for new ones', {
+        pending: this.pendingSet.size,
+        limit: this.options.limits.maxPending,
+        evictedSoFar: this.counters.evicted,
+        errorCode: 'VSPC_BROKER_FULL',
+      });
+    }
+    // Out of the pool at once (close settles it); the socket goes after a short grace.
+    oldest.close('too many connections are choosing a console; the oldest was closed to make room', 200);
   }
 
   /** Stop accepting, tell the connections still choosing, remove the socket file. */
@@ -157,6 +180,7 @@ export class ConsoleBroker {
     if (this.socketFile) removeSocketFile(this.socketFile);
     this.socketFile = null;
     for (const c of [...this.pendingSet]) c.close('vspc is shutting down', 200);
+    this.connectionLog.close();
     // Not awaited: a server's close waits for every connection it accepted, and those
     // handed over are console clients, closed with their consoles.
     for (const s of servers) s.close();

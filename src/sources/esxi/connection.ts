@@ -1,12 +1,14 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { ProtocolError, errorFields } from '../../errors.js';
+import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
 import type { Logger } from '../../domain/logger.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
+import { WriteQueue } from '../../util/write-queue.js';
 import { EsxiSession, type EsxiDeadline, type EsxiSessionOptions, type EsxiSessionState, type TakeoverResult } from './session.js';
 
 /** The states of an ESXi connection are its session's (see the diagram in session.ts). */
@@ -15,7 +17,24 @@ export type EsxiConnectionState = EsxiSessionState;
 export interface EsxiConnectionOptions extends EsxiSessionOptions {
   /** ms. How long `close()` waits for the peer to finish before destroying. */
   closeGraceMs: number;
+  /**
+   * Bytes. What may wait in the socket for an identified VM that does not read
+   * (replies, client input, the input held during a vMotion), priced as util/write-queue.ts
+   * prices it; past it the connection is dropped (VSPC_PEER_NOT_READING). Read at each
+   * write. Default DEFAULT_VM_QUEUE_LIMIT. A connection that has not identified yet is
+   * held to PENDING_VM_QUEUE_LIMIT (or this, when smaller).
+   */
+  maxQueuedBytes?: number;
 }
+
+/** The queue bound of an identified VM connection when the options give none: 3 MiB (see the server's). */
+export const DEFAULT_VM_QUEUE_LIMIT = 3 * 1024 * 1024;
+/**
+ * The queue bound of a connection that has not identified yet: it is sent replies and
+ * at most the explanation for people (under 1 KiB) — a real host reads them at once —
+ * and there may be a thousand such connections (--max-unidentified).
+ */
+export const PENDING_VM_QUEUE_LIMIT = 64 * 1024;
 
 export interface EsxiConnectionContext {
   registry: Registry;
@@ -33,6 +52,16 @@ export interface EsxiConnectionContext {
   admitNewIdentity?(conn: EsxiConnection): boolean;
   /** A takeover of a serial port that had a connection ended so (metrics). */
   onTakeover?(result: TakeoverResult): void;
+  /** The connection was dropped for not reading what vspc sent it (metrics). */
+  onNotReading?(): void;
+  /**
+   * The listener's budgeted logger, for the warning any connection can cause once at
+   * will ("not an ESXi host"): a flood of connections shares one budget. Absent: the
+   * connection's own logger.
+   */
+  acceptLogger?: Logger;
+  /** The connection's own log budget. Default CONNECTION_LOG_BUDGET. */
+  logBudget?: LogBudget;
   /**
    * The clock the session's deadlines are computed on, in ms. Default: monotonic
    * (`performance.now`), so a wall-clock step cannot fire or defer a deadline. Tests
@@ -65,6 +94,10 @@ export class EsxiConnection {
   private closeTimer: NodeJS.Timeout | null = null;
   private drainListener: (() => void) | null = null;
   private readonly clock: () => number;
+  /** The connection's log budget (its session's logger and that logger's children share it). */
+  private readonly logBudget: BudgetedLogger;
+  /** Everything written to the peer, counted (the queue bound). */
+  private readonly queue: WriteQueue;
 
   constructor(
     private readonly socket: Socket,
@@ -73,9 +106,13 @@ export class EsxiConnection {
   ) {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.clock = ctx.clock ?? (() => performance.now());
-    const log = ctx.logger.child({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
+    this.queue = new WriteQueue(socket);
+    const fields = { conn: this.id, peer: this.peer, side: 'vm', tls: secure };
+    // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not become a log flood.
+    this.logBudget = rateLimitedLogger(ctx.logger.child(fields), ctx.logBudget ?? CONNECTION_LOG_BUDGET);
+    const log: Logger = this.logBudget;
     this.session = new EsxiSession(
-      { id: this.id, peer: this.peer, address: socket.remoteAddress ?? '?', log },
+      { id: this.id, peer: this.peer, address: socket.remoteAddress ?? '?', log, acceptLog: ctx.acceptLogger?.child(fields) },
       {
         registry: ctx.registry,
         vmotion: ctx.vmotion,
@@ -158,9 +195,40 @@ export class EsxiConnection {
 
   // --- internals
 
+  /**
+   * Every byte for the peer goes through here: replies, client input, the explanation
+   * for people. A peer whose queue passes the bound is dropped — a peer that asks for
+   * replies and never reads them must not make vspc hold them without limit.
+   */
   private rawWrite(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
-    return this.socket.write(bytes);
+    const ok = this.queue.write(bytes);
+    const limit = this.queueLimit();
+    if (this.queue.cost > limit) {
+      this.notReading(limit);
+      return true;
+    }
+    return ok;
+  }
+
+  private queueLimit(): number {
+    const limit = this.ctx.options.maxQueuedBytes ?? DEFAULT_VM_QUEUE_LIMIT;
+    const s = this.session.state;
+    return s === 'negotiating' || s === 'identifying' || s === 'contending' ? Math.min(limit, PENDING_VM_QUEUE_LIMIT) : limit;
+  }
+
+  private notReading(limit: number): void {
+    const queued = this.socket.writableLength;
+    this.log.warn(
+      'VM connection does not read what vspc sends; disconnected',
+      errorFields(
+        new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`, { queued, writes: this.queue.writes, cost: this.queue.cost, limit, state: this.session.state }),
+      ),
+    );
+    this.ctx.onNotReading?.();
+    // Nothing more it sent is acted on (the rest of the chunk included).
+    this.session.protocol.telnet.stop();
+    this.session.destroy('not reading');
   }
 
   private end(): void {
@@ -233,6 +301,8 @@ export class EsxiConnection {
     this.clearTimer();
     if (this.closeTimer) clearTimeout(this.closeTimer);
     if (this.drainListener) this.socket.off('drain', this.drainListener);
+    // What the budget suppressed is summarised before the last line.
+    this.logBudget.close();
     this.log.info('VM connection closed', { durationMs: Date.now() - this.connectedAt });
     this.ctx.onClosed?.(this);
   }

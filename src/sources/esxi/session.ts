@@ -139,6 +139,11 @@ export interface EsxiSessionInit {
   address?: string;
   /** Logger for this connection (already carrying conn/peer fields). */
   log: Logger;
+  /**
+   * The listener's budgeted logger (with the same fields), for the warning any
+   * connection can cause once at will: "not an ESXi host". Default: `log`.
+   */
+  acceptLog?: Logger;
 }
 
 /**
@@ -180,6 +185,7 @@ export class EsxiSession implements VmotionEndpoint {
   readonly address: string;
   readonly protocol: VspcServerProtocol;
   log: Logger;
+  private readonly acceptLog: Logger | undefined;
   /** The connection's own logger (peer, connection id): every `log` is a child of it, never of another child. */
   private readonly connLog: Logger;
   /** Names applied on this connection (bounded: see onName). */
@@ -232,6 +238,7 @@ export class EsxiSession implements VmotionEndpoint {
     this.peer = init.peer;
     this.address = normalizeIp(init.address ?? init.peer.slice(0, Math.max(0, init.peer.lastIndexOf(':'))));
     this.log = init.log;
+    this.acceptLog = init.acceptLog;
     this.connLog = init.log;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
@@ -810,7 +817,8 @@ export class EsxiSession implements VmotionEndpoint {
 
   private explainAndClose(reason: string): void {
     if (this.stateValue !== 'negotiating') return;
-    this.log.warn('peer is not an ESXi host; explained and closed', { reason });
+    // One per connection, and anyone can open connections: on the listener's budget.
+    (this.acceptLog ?? this.log).warn('peer is not an ESXi host; explained and closed', { reason });
     this.ctx.onProtocolError?.('VSPC_NOT_ESXI');
     const text =
       '\r\nThis is vspc, a virtual serial port concentrator. This port is where VMware ESXi\r\n' +
