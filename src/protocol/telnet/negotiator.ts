@@ -45,9 +45,12 @@ export interface NegotiatorHandlers {
 /** Per option and side: state in the low 2 bits, the "opposite queued" bit above. */
 const QUEUE_OPPOSITE = 4;
 
+/** Where a side's three bits sit in an option's byte of `states`. */
+const SHIFT: Readonly<Record<Side, number>> = { us: 0, him: 4 };
+
 export class OptionNegotiator {
-  private readonly us = new Uint8Array(256);
-  private readonly him = new Uint8Array(256);
+  /** Per option: our side's state and queue bit in the low nibble, the peer's in the high one (one table, not two). */
+  private readonly states = new Uint8Array(256);
 
   constructor(
     private readonly policy: OptionPolicy,
@@ -55,7 +58,7 @@ export class OptionNegotiator {
   ) {}
 
   state(side: Side, option: number): Q {
-    return (side === 'us' ? this.us : this.him)[option & 255] & 3;
+    return this.get(side, option & 255) & 3;
   }
 
   isEnabled(side: Side, option: number): boolean {
@@ -86,8 +89,9 @@ export class OptionNegotiator {
     this.request('him', option, enable);
   }
 
-  private table(side: Side): Uint8Array {
-    return side === 'us' ? this.us : this.him;
+  /** State and queue bit of one side of an option. */
+  private get(side: Side, option: number): number {
+    return (this.states[option] >> SHIFT[side]) & 7;
   }
 
   private positiveVerb(side: Side): NegotiationVerb {
@@ -103,16 +107,16 @@ export class OptionNegotiator {
   }
 
   private set(side: Side, option: number, q: Q, queueOpposite = false): void {
-    const t = this.table(side);
-    const wasYes = (t[option] & 3) === Q.Yes;
-    t[option] = q | (queueOpposite ? QUEUE_OPPOSITE : 0);
+    const shift = SHIFT[side];
+    const wasYes = ((this.states[option] >> shift) & 3) === Q.Yes;
+    this.states[option] = (this.states[option] & ~(7 << shift)) | ((q | (queueOpposite ? QUEUE_OPPOSITE : 0)) << shift);
     const isYes = q === Q.Yes;
     if (wasYes !== isYes) this.handlers.change?.(side, option, isYes);
   }
 
   /** The peer says WILL (for "him") or DO (for "us"). */
   private receivePositive(side: Side, option: number): void {
-    const cur = this.table(side)[option];
+    const cur = this.get(side, option);
     const q = cur & 3;
     const opposite = (cur & QUEUE_OPPOSITE) !== 0;
     switch (q) {
@@ -145,7 +149,7 @@ export class OptionNegotiator {
 
   /** The peer says WONT (for "him") or DONT (for "us"). */
   private receiveNegative(side: Side, option: number): void {
-    const cur = this.table(side)[option];
+    const cur = this.get(side, option);
     const q = cur & 3;
     const opposite = (cur & QUEUE_OPPOSITE) !== 0;
     switch (q) {
@@ -171,7 +175,7 @@ export class OptionNegotiator {
   }
 
   private request(side: Side, option: number, enable: boolean): void {
-    const cur = this.table(side)[option];
+    const cur = this.get(side, option);
     const q = cur & 3;
     const opposite = (cur & QUEUE_OPPOSITE) !== 0;
     if (enable) {

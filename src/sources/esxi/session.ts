@@ -7,7 +7,7 @@ import type { ConsoleHub } from '../../domain/console-hub.js';
 import { BRK, Option } from '../../protocol/telnet/constants.js';
 import { Ext } from '../../protocol/vmware/codes.js';
 import { normalizeIp } from '../../util/cidr.js';
-import { VspcServerProtocol, type ComPortState } from '../../protocol/vmware/server-protocol.js';
+import { VspcServerProtocol, type ComPortState, type UartSettings, type VspcServerProtocolHandlers } from '../../protocol/vmware/server-protocol.js';
 import type { SerialLineState } from '../../domain/serial-line.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
 
@@ -130,10 +130,14 @@ export interface EsxiSessionContext {
 export interface EsxiSessionInit {
   /** Connection number, for logs and the vMotion coordinator. */
   id: number;
-  /** Remote end as `address:port`. */
-  peer: string;
-  /** The remote IP address (default: `peer` without its port), compared for the same-address takeover. */
-  address?: string;
+  /**
+   * Remote end as `address:port`, or a function giving it: called the first time it is
+   * needed (a log line, a takeover, the admin API), so that a connection nobody asks
+   * about (a vMotion destination) costs no `getpeername` and no formatting.
+   */
+  peer: string | (() => string);
+  /** The remote IP address (default: `peer` without its port), compared for the same-address takeover; lazily like `peer`. */
+  address?: string | (() => string);
   /** Logger for this connection (already carrying conn/peer fields). */
   log: Logger;
 }
@@ -172,10 +176,10 @@ export interface EsxiDeadline {
 export class EsxiSession implements VmotionEndpoint {
   readonly kind = 'esxi';
   readonly id: number;
-  readonly peer: string;
-  /** The remote IP address, normalised (IPv4-mapped IPv6 as IPv4). */
-  readonly address: string;
   readonly protocol: VspcServerProtocol;
+  private peerValue: string | (() => string);
+  private addressValue: string | (() => string) | undefined;
+  private normalizedAddress: string | null = null;
   log: Logger;
   private stateValue: EsxiSessionState = 'negotiating';
   private proxy: ProxyRequest | null = null;
@@ -222,50 +226,113 @@ export class EsxiSession implements VmotionEndpoint {
     private readonly io: EsxiSessionIo,
   ) {
     this.id = init.id;
-    this.peer = init.peer;
-    this.address = normalizeIp(init.address ?? init.peer.slice(0, Math.max(0, init.peer.lastIndexOf(':'))));
+    this.peerValue = init.peer;
+    this.addressValue = init.address;
     this.log = init.log;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
       { serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation },
-      {
-        write: (b) => this.io.write(b),
-        data: (d) => this.onVmData(d),
-        error: (err) => this.fail(err),
-        command: (c) => this.onCommand(c),
-        extensionEnabled: () => this.onExtensionEnabled(),
-        extensionRefused: () => this.explainAndClose('peer refused option 232'),
-        proxy: (req, accepted) => this.onProxy(req, accepted),
-        uuid: (uuid) => this.onUuid(uuid),
-        name: (name) => this.onName(name),
-        comPort: (settings) => {
-          if (this.hubValue) this.hubValue.lineSettings = { ...settings };
-          this.log.debug('guest UART settings', { ...settings });
-        },
-        comPortState: (state) => {
-          if (this.hubValue) this.hubValue.lineState = lineStateOf(state);
-          this.log.debug('guest serial line state', { ...state });
-        },
-        comPortBreak: () => this.onCommand(BRK),
-        flowControl: (suspended) => this.onFlowControl(suspended),
-        purge: (buffers) => this.onPurge(buffers),
-        comPortIgnored: (code, value) => this.log.debug('COM-PORT command ignored (not defined from a client, or reserved)', { code, value }),
-        knownSuboptions: (codes) => this.log.debug('VM known suboptions', { codes }),
-        unknownSuboption: (code) => this.log.info('unknown option-232 subcommand', { code }),
-        vmotionBegin: (seq) => this.ctx.vmotion.begin(this, seq),
-        vmotionPeer: (ss) => {
-          // A wrong secret is a guess: nothing more this peer says is worth reading
-          // (1,000 pipelined guesses must not cost 1,000 evaluations and log lines).
-          if (!this.ctx.vmotion.peer(this, ss)) this.condemn('invalid vMotion peer');
-        },
-        vmotionComplete: (seq) => this.ctx.vmotion.complete(this, seq),
-        vmotionAbort: () => this.ctx.vmotion.abort(this),
-      },
+      new EsxiSession.Events(this),
     );
   }
 
+  /**
+   * The protocol's events for one session: one small object whose methods live on a
+   * prototype, rather than some twenty closures per connection (a cost every idle VM
+   * serial port and every vMotion destination paid). Inside the class body, so it may
+   * call the session's private methods.
+   */
+  private static readonly Events = class implements VspcServerProtocolHandlers {
+    constructor(private readonly s: EsxiSession) {}
+    write(b: Buffer): boolean {
+      return this.s.io.write(b);
+    }
+    data(d: Buffer): void {
+      this.s.onVmData(d);
+    }
+    error(err: ProtocolError): void {
+      this.s.fail(err);
+    }
+    command(c: number): void {
+      this.s.onCommand(c);
+    }
+    extensionEnabled(): void {
+      this.s.onExtensionEnabled();
+    }
+    extensionRefused(): void {
+      this.s.explainAndClose('peer refused option 232');
+    }
+    proxy(req: ProxyRequest, accepted: boolean): void {
+      this.s.onProxy(req, accepted);
+    }
+    uuid(uuid: string): void {
+      this.s.onUuid(uuid);
+    }
+    name(name: string): void {
+      this.s.onName(name);
+    }
+    comPort(settings: UartSettings): void {
+      const s = this.s;
+      if (s.hubValue) s.hubValue.lineSettings = { ...settings };
+      s.log.debug('guest UART settings', () => ({ ...settings }));
+    }
+    comPortState(state: ComPortState): void {
+      const s = this.s;
+      if (s.hubValue) s.hubValue.lineState = lineStateOf(state);
+      s.log.debug('guest serial line state', () => ({ ...state }));
+    }
+    comPortBreak(): void {
+      this.s.onCommand(BRK);
+    }
+    flowControl(suspended: boolean): void {
+      this.s.onFlowControl(suspended);
+    }
+    purge(buffers: 'receive' | 'transmit' | 'both'): void {
+      this.s.onPurge(buffers);
+    }
+    comPortIgnored(code: number, value: number | null): void {
+      this.s.log.debug('COM-PORT command ignored (not defined from a client, or reserved)', { code, value });
+    }
+    knownSuboptions(codes: number[]): void {
+      this.s.log.debug('VM known suboptions', { codes });
+    }
+    unknownSuboption(code: number): void {
+      this.s.log.info('unknown option-232 subcommand', { code });
+    }
+    vmotionBegin(seq: Buffer): void {
+      this.s.ctx.vmotion.begin(this.s, seq);
+    }
+    vmotionPeer(ss: Buffer): void {
+      // A wrong secret is a guess: nothing more this peer says is worth reading
+      // (1,000 pipelined guesses must not cost 1,000 evaluations and log lines).
+      if (!this.s.ctx.vmotion.peer(this.s, ss)) this.s.condemn('invalid vMotion peer');
+    }
+    vmotionComplete(seq: Buffer): void {
+      this.s.ctx.vmotion.complete(this.s, seq);
+    }
+    vmotionAbort(): void {
+      this.s.ctx.vmotion.abort(this.s);
+    }
+  };
+
   get state(): EsxiSessionState {
     return this.stateValue;
+  }
+
+  /** Remote end as `address:port` (computed on first use). */
+  get peer(): string {
+    if (typeof this.peerValue === 'function') this.peerValue = this.peerValue();
+    return this.peerValue;
+  }
+
+  /** The remote IP address, normalised (IPv4-mapped IPv6 as IPv4); computed on first use. */
+  get address(): string {
+    if (this.normalizedAddress === null) {
+      const given = typeof this.addressValue === 'function' ? this.addressValue() : this.addressValue;
+      const peer = this.peer;
+      this.normalizedAddress = normalizeIp(given ?? peer.slice(0, Math.max(0, peer.lastIndexOf(':'))));
+    }
+    return this.normalizedAddress;
   }
 
   get uuid(): string | null {
@@ -436,7 +503,7 @@ export class EsxiSession implements VmotionEndpoint {
     // ESXi reports the guest UART before it identifies itself: carry it over.
     if (Object.keys(this.protocol.uartSettings).length > 0) hub.lineSettings = { ...this.protocol.uartSettings };
     if (this.protocol.telnet.isEnabled('him', Option.COM_PORT)) hub.lineState = lineStateOf(this.protocol.comPortState);
-    this.log = this.log.child({ vm: hub.displayName, uuid: hub.identity.key });
+    this.log = this.log.child(() => ({ vm: hub.displayName, uuid: hub.identity.key }));
     const previous = hub.attachSource(this);
     this.flushPreIdentify();
     return previous;
@@ -601,7 +668,7 @@ export class EsxiSession implements VmotionEndpoint {
         this.ctx.registry.rename(hub, name);
         // A name reported for the first time is not a rename (the registration line has it).
         if (old !== null) this.log.info('VM renamed', { from: old, to: name });
-        this.log = this.log.child({ vm: hub.displayName });
+        this.log = this.log.child(() => ({ vm: hub.displayName }));
       }
       this.logRegistration();
     }
