@@ -351,7 +351,14 @@ export class ConsoleHub {
       this.toldDisconnected = null;
       this.broadcastNotice('VM connected');
     }
-    this.report({ kind: 'vm-connected', peer: src.peer });
+    // The peer is read only by an observer that wants it (a console log): a vMotion's
+    // new connection is not asked its address (getpeername) for nothing.
+    this.report({
+      kind: 'vm-connected',
+      get peer() {
+        return src.peer;
+      },
+    });
     return previous === src ? null : previous;
   }
 
@@ -372,7 +379,12 @@ export class ConsoleHub {
       return true;
     }
     this.broadcastNotice('VM disconnected; waiting for it to come back');
-    this.report({ kind: 'vm-disconnected', peer: src.peer });
+    this.report({
+      kind: 'vm-disconnected',
+      get peer() {
+        return src.peer;
+      },
+    });
     return true;
   }
 

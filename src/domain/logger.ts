@@ -26,8 +26,8 @@ export interface Logger {
   isLevelEnabled(level: LogLevel): boolean;
   /**
    * A logger whose lines all carry `fields` (one per connection: peer, console). Cheap:
-   * nothing is merged until a line is written; a function is called once, at the first
-   * line written, and its result kept.
+   * nothing is merged until a line is written; a function is called for every line
+   * written, so its fields may follow the state they describe.
    */
   child(fields: LazyFields): Logger;
 }

@@ -46,23 +46,18 @@ class Sink {
  * - A line below the level costs one comparison: no timestamp, no formatting, no
  *   metadata merge; fields given as a function are not even computed.
  * - Fields given as a function (for a line or a child) are computed when a line is
- *   written; a child's function once, on its first line (its fields are then fixed).
+ *   written, each time: a child's fields can follow what they describe (a connection
+ *   that learns its VM's name) without a new child logger.
  *
  * Lines that pass go to winston (JSON or text, stderr or a stream) as before: the
  * child's ancestors' fields first, then its own, then the line's, later ones winning.
  */
 class VspcLogger implements Logger {
-  private fields: LogFields | null;
-  private lazy: (() => LogFields) | null;
-
   constructor(
     private readonly sink: Sink,
     private readonly parent: VspcLogger | null,
-    fields: LazyFields | null,
-  ) {
-    this.fields = typeof fields === 'function' ? null : fields;
-    this.lazy = typeof fields === 'function' ? fields : null;
-  }
+    private readonly fields: LazyFields | null,
+  ) {}
 
   get level(): string {
     return this.sink.level;
@@ -96,15 +91,6 @@ class VspcLogger implements Logger {
     return new VspcLogger(this.sink, this, fields);
   }
 
-  /** This logger's own fields (computing them the first time when they are lazy). */
-  private own(): LogFields | null {
-    if (this.lazy) {
-      this.fields = this.lazy();
-      this.lazy = null;
-    }
-    return this.fields;
-  }
-
   private write(level: string, message: string, fields: LazyFields | undefined): void {
     const meta: LogFields = {};
     this.collect(meta);
@@ -115,8 +101,8 @@ class VspcLogger implements Logger {
   /** Ancestors' fields first, then this logger's. */
   private collect(into: LogFields): void {
     this.parent?.collect(into);
-    const own = this.own();
-    if (own) Object.assign(into, own);
+    const f = this.fields;
+    if (f) Object.assign(into, typeof f === 'function' ? f() : f);
   }
 }
 

@@ -45,12 +45,28 @@ export interface NegotiatorHandlers {
 /** Per option and side: state in the low 2 bits, the "opposite queued" bit above. */
 const QUEUE_OPPOSITE = 4;
 
-/** Where a side's three bits sit in an option's byte of `states`. */
+/** Where a side's three bits sit in an option's state byte. */
 const SHIFT: Readonly<Record<Side, number>> = { us: 0, him: 4 };
 
+/**
+ * Options with a slot of their own in the state table (those vspc, ESXi and telnet
+ * clients use or commonly offer: BINARY, ECHO, SGA, STATUS, TIMING-MARK, TTYPE, NAWS,
+ * TSPEED, LFLOW, LINEMODE, XDISPLOC, ENVIRON, AUTHENTICATION, ENCRYPT, NEW-ENVIRON,
+ * COM-PORT, VSPC-CONTROL, VMWARE-TELNET-EXT). Any other option's state, if it ever
+ * leaves NO, lives in a map made on demand.
+ */
+const SLOTTED = [0, 1, 3, 5, 6, 24, 31, 32, 33, 34, 35, 36, 37, 38, 39, 44, 201, 232];
+const SLOT = new Int8Array(256).fill(-1);
+SLOTTED.forEach((option, i) => (SLOT[option] = i));
+
 export class OptionNegotiator {
-  /** Per option: our side's state and queue bit in the low nibble, the peer's in the high one (one table, not two). */
-  private readonly states = new Uint8Array(256);
+  /**
+   * Per option: our side's state and queue bit in the low nibble, the peer's in the
+   * high one. A few bytes (kept inside the object by V8) instead of two 256-byte
+   * tables per connection: thousands of idle VM serial ports each have one.
+   */
+  private readonly states = new Uint8Array(SLOTTED.length);
+  private others: Map<number, number> | null = null;
 
   constructor(
     private readonly policy: OptionPolicy,
@@ -89,9 +105,22 @@ export class OptionNegotiator {
     this.request('him', option, enable);
   }
 
+  /** Both sides' state byte of an option. */
+  private raw(option: number): number {
+    const slot = SLOT[option];
+    return slot >= 0 ? this.states[slot] : (this.others?.get(option) ?? 0);
+  }
+
+  private store(option: number, value: number): void {
+    const slot = SLOT[option];
+    if (slot >= 0) this.states[slot] = value;
+    else if (value === 0) this.others?.delete(option);
+    else (this.others ??= new Map()).set(option, value);
+  }
+
   /** State and queue bit of one side of an option. */
   private get(side: Side, option: number): number {
-    return (this.states[option] >> SHIFT[side]) & 7;
+    return (this.raw(option) >> SHIFT[side]) & 7;
   }
 
   private positiveVerb(side: Side): NegotiationVerb {
@@ -108,8 +137,9 @@ export class OptionNegotiator {
 
   private set(side: Side, option: number, q: Q, queueOpposite = false): void {
     const shift = SHIFT[side];
-    const wasYes = ((this.states[option] >> shift) & 3) === Q.Yes;
-    this.states[option] = (this.states[option] & ~(7 << shift)) | ((q | (queueOpposite ? QUEUE_OPPOSITE : 0)) << shift);
+    const before = this.raw(option);
+    const wasYes = ((before >> shift) & 3) === Q.Yes;
+    this.store(option, (before & ~(7 << shift)) | ((q | (queueOpposite ? QUEUE_OPPOSITE : 0)) << shift));
     const isYes = q === Q.Yes;
     if (wasYes !== isYes) this.handlers.change?.(side, option, isYes);
   }

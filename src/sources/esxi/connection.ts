@@ -112,7 +112,7 @@ export class EsxiConnection implements TurnBudgeted {
     // it: a log line that is written, a takeover, the admin API.
     const log = ctx.logger.child(() => ({ conn: this.id, peer: this.peer, side: 'vm', tls: secure }));
     const glue = new EsxiConnection.Glue(this);
-    this.session = new EsxiSession({ id: this.id, peer: () => `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, address: () => socket.remoteAddress ?? '?', log }, glue, glue);
+    this.session = new EsxiSession({ id: this.id, log }, glue, glue);
     if (!ctx.socketOptionsInherited) {
       socket.setNoDelay(true);
       // Half-open detection: a host that vanished without FIN is found by keepalive.
@@ -187,6 +187,13 @@ export class EsxiConnection implements TurnBudgeted {
     }
     get destroyed(): boolean {
       return this.c.socket.destroyed;
+    }
+    remotePeer(): string {
+      const s = this.c.socket;
+      return `${s.remoteAddress ?? '?'}:${s.remotePort ?? '?'}`;
+    }
+    remoteAddress(): string {
+      return this.c.socket.remoteAddress ?? '?';
     }
     onDrain(listener: () => void): void {
       this.c.setDrainListener(listener);
@@ -273,6 +280,11 @@ export class EsxiConnection implements TurnBudgeted {
   private onSocketData(chunk: Buffer): void {
     if (!this.sawFirstByte) {
       this.sawFirstByte = true;
+      // Have Node ask the kernel for the peer's address now, while the socket is open:
+      // lines written after it closed (a vMotion peer gone, the console log's "VM
+      // disconnected") still name it. One getpeername per connection that speaks; the
+      // text is made only when something reads it.
+      void this.socket.remoteAddress;
       if (chunk[0] === TLS_HANDSHAKE && !this.secure) {
         this.session.fail(new ProtocolError('VSPC_TLS_ON_PLAIN_PORT', 'TLS handshake on the plain telnet port (use the telnets port)'));
         return;

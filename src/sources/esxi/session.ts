@@ -47,6 +47,8 @@ export type EsxiSessionState = 'negotiating' | 'identifying' | 'contending' | 'a
 export const TAKEOVER_RESULTS = ['same-address', 'no-probe', 'unanswered', 'closed', 'refused'] as const;
 export type TakeoverResult = (typeof TAKEOVER_RESULTS)[number];
 
+const NO_FIELDS: Readonly<Record<string, unknown>> = Object.freeze({});
+
 /** States in which a connection has not won a serial port yet (the listener's unidentified count). */
 function isPending(state: EsxiSessionState): boolean {
   return state === 'negotiating' || state === 'identifying' || state === 'contending';
@@ -95,6 +97,10 @@ export interface EsxiSessionIo {
   end(): void;
   /** Abort the stream now. */
   destroy(): void;
+  /** The remote end as `address:port`, when `EsxiSessionInit.peer` was not given (asked once, on first use). */
+  remotePeer?(): string;
+  /** The remote IP address, when `EsxiSessionInit.address` was not given (asked once, on first use). */
+  remoteAddress?(): string;
   /** True once the stream is aborted or gone, possibly before `transportClosed()` was called. */
   readonly destroyed: boolean;
   /** Register the one drain listener (the hub's); replaces the previous one. */
@@ -131,13 +137,14 @@ export interface EsxiSessionInit {
   /** Connection number, for logs and the vMotion coordinator. */
   id: number;
   /**
-   * Remote end as `address:port`, or a function giving it: called the first time it is
-   * needed (a log line, a takeover, the admin API), so that a connection nobody asks
-   * about (a vMotion destination) costs no `getpeername` and no formatting.
+   * Remote end as `address:port`. Absent: asked of the transport (`io.remotePeer`) the
+   * first time it is needed (a log line, a takeover, the admin API), so that a
+   * connection nobody asks about (a vMotion destination) costs no `getpeername` and no
+   * formatting.
    */
-  peer: string | (() => string);
-  /** The remote IP address (default: `peer` without its port), compared for the same-address takeover; lazily like `peer`. */
-  address?: string | (() => string);
+  peer?: string;
+  /** The remote IP address (default: `io.remoteAddress`, else `peer` without its port), compared for the same-address takeover. */
+  address?: string;
   /** Logger for this connection (already carrying conn/peer fields). */
   log: Logger;
 }
@@ -177,8 +184,8 @@ export class EsxiSession implements VmotionEndpoint {
   readonly kind = 'esxi';
   readonly id: number;
   readonly protocol: VspcServerProtocol;
-  private peerValue: string | (() => string);
-  private addressValue: string | (() => string) | undefined;
+  private peerValue: string | undefined;
+  private addressValue: string | undefined;
   private normalizedAddress: string | null = null;
   log: Logger;
   private stateValue: EsxiSessionState = 'negotiating';
@@ -186,6 +193,8 @@ export class EsxiSession implements VmotionEndpoint {
   private uuidValue: string | null = null;
   private nameValue: string | null = null;
   private hubValue: ConsoleHub | null = null;
+  /** The hub named in this connection's log lines: the last one it fed (kept after it leaves). */
+  private logHub: ConsoleHub | null = null;
   /**
    * A registration not logged yet because the VM's name was not known (a new VM: ESXi
    * answers GET-VM-NAME after VM-VC-UUID): logged when the name arrives, or when the
@@ -228,7 +237,9 @@ export class EsxiSession implements VmotionEndpoint {
     this.id = init.id;
     this.peerValue = init.peer;
     this.addressValue = init.address;
-    this.log = init.log;
+    // One logger for the connection's whole life: the VM's name and UUID are added to
+    // its lines once it has a hub (and follow a rename) without a new child logger.
+    this.log = init.log.child(() => (this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS));
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
       { serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation },
@@ -321,16 +332,18 @@ export class EsxiSession implements VmotionEndpoint {
 
   /** Remote end as `address:port` (computed on first use). */
   get peer(): string {
-    if (typeof this.peerValue === 'function') this.peerValue = this.peerValue();
-    return this.peerValue;
+    return (this.peerValue ??= this.io.remotePeer?.() ?? '?');
   }
 
   /** The remote IP address, normalised (IPv4-mapped IPv6 as IPv4); computed on first use. */
   get address(): string {
     if (this.normalizedAddress === null) {
-      const given = typeof this.addressValue === 'function' ? this.addressValue() : this.addressValue;
-      const peer = this.peer;
-      this.normalizedAddress = normalizeIp(given ?? peer.slice(0, Math.max(0, peer.lastIndexOf(':'))));
+      let given = this.addressValue ?? this.io.remoteAddress?.();
+      if (given === undefined) {
+        const peer = this.peer;
+        given = peer.slice(0, Math.max(0, peer.lastIndexOf(':')));
+      }
+      this.normalizedAddress = normalizeIp(given);
     }
     return this.normalizedAddress;
   }
@@ -503,7 +516,7 @@ export class EsxiSession implements VmotionEndpoint {
     // ESXi reports the guest UART before it identifies itself: carry it over.
     if (Object.keys(this.protocol.uartSettings).length > 0) hub.lineSettings = { ...this.protocol.uartSettings };
     if (this.protocol.telnet.isEnabled('him', Option.COM_PORT)) hub.lineState = lineStateOf(this.protocol.comPortState);
-    this.log = this.log.child(() => ({ vm: hub.displayName, uuid: hub.identity.key }));
+    this.logHub = hub;
     const previous = hub.attachSource(this);
     this.flushPreIdentify();
     return previous;
@@ -668,7 +681,6 @@ export class EsxiSession implements VmotionEndpoint {
         this.ctx.registry.rename(hub, name);
         // A name reported for the first time is not a rename (the registration line has it).
         if (old !== null) this.log.info('VM renamed', { from: old, to: name });
-        this.log = this.log.child(() => ({ vm: hub.displayName }));
       }
       this.logRegistration();
     }
