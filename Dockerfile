@@ -16,14 +16,18 @@
 # part of the range you use (-p, as above), or run with --network host and override
 # CMD so that the admin API and client ports stay on 127.0.0.1.
 
-# --- build: compile TypeScript, build better-sqlite3's native addon -------------------
+# --- build: compile TypeScript, build better-sqlite3's and vspc's native addons -------
 FROM node:20-bookworm AS build
 # better-sqlite3 downloads a prebuilt binary if it can, else compiles from source.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
+# npm ci also builds vspc's own native addon (ptys, unix socket peer credentials) with
+# node-gyp, against this Node's headers (no download).
+ENV npm_config_nodedir=/usr/local
 COPY package.json package-lock.json ./
+COPY src/native ./src/native
 RUN npm ci
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
@@ -46,6 +50,7 @@ WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
+COPY --from=build /app/src/native/build/Release/vspc_native.node ./src/native/build/Release/vspc_native.node
 # The SQLite database (and its -wal/-shm files) live here. A bind-mounted directory
 # must be writable by uid 10001.
 WORKDIR /var/lib/vspc

@@ -13,6 +13,8 @@ export const Group = {
   vmotion: 3,
   /** Throughput phase. */
   throughput: 4,
+  /** SSH phase: echoing consoles the SSH sessions attach to. */
+  ssh: 5,
 } as const;
 
 export interface BenchIdentity {

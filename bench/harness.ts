@@ -11,8 +11,13 @@
  *               pair; idle, then while background VMs stream
  *   throughput  VM → client bytes/s with one and with several clients per VM
  *   vmotion     sustained vMotions/s with traffic both ways, every byte checked
+ *   ssh         S sessions through the SSH front door across C echoing consoles: setup
+ *               rate (alone and during a flood of failed logins), RSS per session,
+ *               keystroke latency via SSH and via telnet on the same consoles, VM →
+ *               SSH client throughput
  */
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import ssh2 from 'ssh2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +33,7 @@ import { canBind, reservePortRange } from '../test/support/ports.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
 import { ExternalTarget, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
 
-export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'unix', 'glob'] as const;
+export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'unix', 'glob', 'ssh'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface BenchOptions {
@@ -66,6 +71,7 @@ export interface BenchOptions {
    * (throughput and echo while streaming).
    */
   baselines: boolean;
+  ssh: SshOptions;
   /** More node options for the vspc the benchmark starts (e.g. --cpu-prof). */
   serverNodeArgs: string[];
   /** More vspc options for the vspc the benchmark starts. */
@@ -78,6 +84,25 @@ export interface BenchOptions {
   command: string;
   /** Per-phase deadline. */
   phaseTimeoutMs: number;
+}
+
+export interface SshOptions {
+  /** Sessions opened (half alone, half during the flood) ... */
+  sessions: number;
+  /** ... across this many echoing consoles. */
+  consoles: number;
+  /** Load-generator processes holding the sessions, and sessions being set up at once in each. */
+  workers: number;
+  concurrency: number;
+  /** Lanes of failed logins from 127.0.0.2 while the second half is set up (0: no flood). */
+  floodConcurrency: number;
+  latencyProbes: number;
+  latencyDurationMs: number;
+  intervalMs: number;
+  /** Each console's output while SSH throughput is measured. */
+  streamBytesPerSec: number;
+  streamTickMs: number;
+  streamDurationMs: number;
 }
 
 export const DEFAULT_OPTIONS: BenchOptions = {
@@ -93,6 +118,20 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   unix: { consoles: 2000, downMs: 2000, streams: 100, workers: 2, timeoutMs: 30_000 },
   glob: { sizes: [256, 512, 1024, 2048], pattern: '*a*a*a*c' },
   baselines: true,
+  ssh: {
+    sessions: 500,
+    consoles: 100,
+    workers: 2,
+    // 16 in flight from one address: --ssh's per-address cap on connections not yet logged in.
+    concurrency: 8,
+    floodConcurrency: 8,
+    latencyProbes: 8,
+    latencyDurationMs: 5000,
+    intervalMs: 10,
+    streamBytesPerSec: 11_520,
+    streamTickMs: 100,
+    streamDurationMs: 3000,
+  },
   serverNodeArgs: [],
   serverArgs: [],
   cleanup: true,
@@ -273,6 +312,29 @@ export interface GlobSection {
   stepGrowth: number[];
 }
 
+export interface SshSetupFigures {
+  sessions: number;
+  failed: number;
+  ratePerS: number;
+  /** Connect → lock granted, per session (ms). */
+  perSessionMs: Distribution;
+  /** Server CPU time spent while these sessions were set up, per session (ms): what the setup costs vspc, whatever the machine's load. */
+  serverCpuMsPerSession: number | null;
+}
+
+export interface SshSection {
+  workload: string;
+  consoles: number;
+  sessions: number;
+  errors: string[];
+  alone: SshSetupFigures;
+  /** The second half, while failed logins poured in from another address. */
+  duringFlood: (SshSetupFigures & { floodAttempts: number; floodRejected: number; floodRefusedAtAccept: number; floodOther: number }) | null;
+  perSession: { rssKiB: number | null; heapUsedKiB: number | null; fds: number | null };
+  latency: { ssh: Distribution; telnet: Distribution; added: { p50: number; p99: number; max: number }; errors: number };
+  throughput: { deliveredMBps: number; vmSentMBps: number; serverCpuPct: number | null; mbPerServerCpuS: number | null; sessionsOpenAfter: number };
+}
+
 export interface BenchReport {
   tool: string;
   version: string;
@@ -290,6 +352,7 @@ export interface BenchReport {
   vmotion?: VmotionSection;
   unix?: UnixSection;
   glob?: GlobSection;
+  ssh?: SshSection;
   /** Phase → error message, for phases that failed. */
   failures: Record<string, string>;
   /** What the vspc the benchmark started logged (at --log-level warn) in its last process. */
@@ -348,6 +411,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   let serverOpts: Parameters<typeof ServerProcess.spawn>[0] | null = null;
   /** The minimal option-232 stub (baseline), when measured. */
   let stub: ServerProcess | null = null;
+  let sshPort: number | null = null;
+  let sshKey: string | null = null;
 
   const report: BenchReport = {
     tool: 'vspc-bench',
@@ -376,9 +441,19 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     } else {
       tmp = mkdtempSync(join(tmpdir(), 'vspc-bench-'));
       trackTempDir(tmp);
-      const needed = opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + 16;
+      const needed = opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + opts.ssh.consoles + 16;
       const { range, proxyPort, adminPort } = await privatePorts(needed, opts.portRange);
-      serverOpts = { dbPath: join(tmp, 'vspc.db'), proxyPort, adminPort, portRange: range, extraArgs: opts.serverArgs, nodeArgs: opts.serverNodeArgs };
+      const sshArgs: string[] = [];
+      if (opts.phases.includes('ssh')) {
+        // The SSH front door, with one key for every benchmark session.
+        sshPort = (await reservePortRange(1, { from: Math.max(proxyPort, adminPort) + 1, to: PRIVATE_PORTS.to })).start;
+        const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'vspc-bench' });
+        sshKey = pair.private;
+        const keys = join(tmp, 'authorized_keys');
+        writeFileSync(keys, `vspc-user="bench" ${pair.public}\n`, { mode: 0o600 });
+        sshArgs.push('--ssh-listen', `127.0.0.1:${sshPort}`, '--ssh-authorized-keys', keys, '--ssh-host-key-dir', join(tmp, 'ssh'));
+      }
+      serverOpts = { dbPath: join(tmp, 'vspc.db'), proxyPort, adminPort, portRange: range, extraArgs: [...sshArgs, ...opts.serverArgs], nodeArgs: opts.serverNodeArgs };
       report.target.clientPorts = `${range.start}-${range.end}`;
       server = ServerProcess.spawn(serverOpts);
       target = server;
@@ -1071,6 +1146,135 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         workload: `the VM-name glob matcher (src/util/glob.ts) with ${G.pattern} against names of only "a" (issue 11's worst case; a backtracking regex took 85 s at 1,000 characters), median of 9 timed rounds in the benchmark's own process; growth = time at 2n / time at n (linear: ≈ 2)`,
         pattern: G.pattern,
         ...f,
+      };
+      return section;
+    });
+
+    // ------------------------------------------------------------------ ssh
+    report.ssh = await phase('ssh', async () => {
+      const S = opts.ssh;
+      if (!server || sshPort === null || sshKey === null) {
+        log('ssh: skipped (it needs the vspc the benchmark starts, with its key)');
+        return undefined;
+      }
+      const port = sshPort;
+      const privateKey = sshKey;
+      const vmW = spawnWorker('ssh-vms');
+      const { names, ports } = await vmW.ask('ssh.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, consoles: S.consoles, timeoutMs: 20_000 }, 120_000);
+      const sw = slices(S.sessions, S.workers).map((x, i) => ({ ...x, w: spawnWorker(`ssh-${i}`) }));
+      const before = await resources();
+      const errors: string[] = [];
+      const open = async (half: 0 | 1): Promise<SshSetupFigures> => {
+        const t = performance.now();
+        const c1 = target.sample();
+        const rs = await Promise.all(
+          sw.map((x) => {
+            const first = Math.ceil(x.count / 2);
+            const from = half === 0 ? x.from : x.from + first;
+            const count = half === 0 ? first : x.count - first;
+            return x.w.ask('ssh.open', { host: '127.0.0.1', port, privateKey, names, from, count, concurrency: S.concurrency, timeoutMs: 30_000 }, opts.phaseTimeoutMs);
+          }),
+        );
+        const wall = (performance.now() - t) / 1000;
+        const c2 = target.sample();
+        const opened = rs.reduce((n, r) => n + r.opened, 0);
+        errors.push(...rs.flatMap((r) => r.errors));
+        return {
+          sessions: opened,
+          failed: rs.reduce((n, r) => n + r.failed, 0),
+          ratePerS: round(opened / wall, 1),
+          perSessionMs: roundDistribution(distribution(rs.flatMap((r) => r.perSession))),
+          serverCpuMsPerSession: c1 && c2 && opened > 0 ? round((c2.cpuMs - c1.cpuMs) / opened, 2) : null,
+        };
+      };
+      const alone = await open(0);
+      log(`ssh: ${alone.sessions} sessions set up at ${alone.ratePerS}/s (p50 ${alone.perSessionMs.p50} p99 ${alone.perSessionMs.p99} ms; server CPU ${alone.serverCpuMsPerSession} ms per session)`);
+      let duringFlood: SshSection['duringFlood'] = null;
+      if (S.floodConcurrency > 0) {
+        const floodW = spawnWorker('ssh-flood');
+        const stranger = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'not authorized' }).private;
+        await floodW.ask('ssh.floodStart', { host: '127.0.0.1', port, localAddress: '127.0.0.2', privateKey: stranger, concurrency: S.floodConcurrency });
+        await sleep(500);
+        const second = await open(1);
+        const f = await floodW.ask('ssh.floodStop', {}, 30_000);
+        await floodW.stop();
+        duringFlood = { ...second, floodAttempts: f.attempts, floodRejected: f.rejected, floodRefusedAtAccept: f.refusedAtAccept, floodOther: f.other };
+        if (f.errors.length > 0) errors.push(...f.errors.map((e) => `flood: ${e}`));
+        log(
+          `ssh: ${second.sessions} more at ${second.ratePerS}/s (p50 ${second.perSessionMs.p50} p99 ${second.perSessionMs.p99} ms; server CPU ${second.serverCpuMsPerSession} ms per session) during ${f.attempts} failed logins from 127.0.0.2 (${f.rejected} examined, ${f.refusedAtAccept} refused at accept)`,
+        );
+      } else {
+        await open(1);
+      }
+      const after = await resources();
+      const opened = alone.sessions + (duringFlood?.sessions ?? 0);
+      const per = (a: number | null | undefined, b: number | null | undefined, unit: number) => (a !== null && a !== undefined && b !== null && b !== undefined && opened > 0 ? round((b - a) / unit / opened, 1) : null);
+      const perSession = {
+        rssKiB: per(before.proc?.rssBytes, after.proc?.rssBytes, 1024),
+        heapUsedKiB: per(before.mem?.heapUsed, after.mem?.heapUsed, 1024),
+        fds: per(before.proc?.fds, after.proc?.fds, 1),
+      };
+      log(`ssh: ${opened} sessions: RSS ${perSession.rssKiB} KiB, heap ${perSession.heapUsedKiB} KiB, ${perSession.fds} fds per session`);
+
+      // Keystroke latency through SSH and through telnet, on the same consoles, in the same run.
+      const probes = Math.min(S.latencyProbes, S.consoles, sw[0]?.count ?? 0);
+      const lat = await sw[0].w.ask(
+        'ssh.latency',
+        { probes, telnetHost: target.proxy.host, telnetPorts: ports.slice(0, probes), durationMs: S.latencyDurationMs, intervalMs: S.intervalMs, timeoutMs: 20_000 },
+        S.latencyDurationMs + 60_000,
+      );
+      const viaSsh = roundDistribution(distribution(lat.ssh));
+      const viaTelnet = roundDistribution(distribution(lat.telnet));
+      const latency = {
+        ssh: viaSsh,
+        telnet: viaTelnet,
+        added: { p50: round(viaSsh.p50 - viaTelnet.p50), p99: round(viaSsh.p99 - viaTelnet.p99), max: round(viaSsh.max - viaTelnet.max) },
+        errors: lat.errors,
+      };
+      if (lat.errorSamples.length > 0) errors.push(...lat.errorSamples.map((e) => `latency: ${e}`));
+      log(`ssh latency: p50 ${viaSsh.p50} p99 ${viaSsh.p99} ms; telnet p50 ${viaTelnet.p50} p99 ${viaTelnet.p99} ms`);
+
+      // VM → SSH clients: every console prints at a steady rate to its sessions.
+      await vmW.ask('ssh.streamStart', { bytesPerSec: S.streamBytesPerSec, tickMs: S.streamTickMs });
+      await sleep(500);
+      // Stopped and restarted at once only to read the count sent so far.
+      const sent1 = (await vmW.ask('ssh.streamStop', {})).bytesSent;
+      await vmW.ask('ssh.streamStart', { bytesPerSec: S.streamBytesPerSec, tickMs: S.streamTickMs });
+      const b1 = await Promise.all(sw.map((x) => x.w.ask('ssh.bytes', {})));
+      const p1 = target.sample();
+      await sleep(S.streamDurationMs);
+      const b2 = await Promise.all(sw.map((x) => x.w.ask('ssh.bytes', {})));
+      const p2 = target.sample();
+      const sent2 = (await vmW.ask('ssh.streamStop', {})).bytesSent;
+      let delivered = 0;
+      for (let i = 0; i < sw.length; i++) delivered += (b2[i].bytes - b1[i].bytes) / ((b2[i].at - b1[i].at) / 1000);
+      const cpu = p1 && p2 ? cpuPercent(p1, p2) : null;
+      const throughput = {
+        deliveredMBps: round(delivered / 1e6, 2),
+        vmSentMBps: round((sent2 - sent1) / (S.streamDurationMs / 1000) / 1e6, 2),
+        serverCpuPct: cpu === null ? null : round(cpu, 1),
+        mbPerServerCpuS: cpu ? round(delivered / 1e6 / (cpu / 100), 1) : null,
+        sessionsOpenAfter: b2.reduce((n, b) => n + b.open, 0),
+      };
+      log(`ssh throughput: ${throughput.deliveredMBps} MB/s to ${throughput.sessionsOpenAfter} sessions, server CPU ${throughput.serverCpuPct}%`);
+
+      await Promise.all(sw.map((x) => x.w.ask('ssh.close', {}, 60_000)));
+      await vmW.ask('ssh.teardown', {}, 30_000);
+      await Promise.all([...sw.map((x) => x.w.stop()), vmW.stop()]);
+      const section: SshSection = {
+        workload:
+          `${S.sessions} SSH sessions (ed25519 key, \`ssh console@vspc NAME\` without a terminal, ssh2 clients in ${S.workers} load-generator process(es), ${S.concurrency} set up at once in each) across ${S.consoles} echoing consoles; ` +
+          `setup = TCP connect → key exchange → public-key login → exec → lock granted; the second half during ${S.floodConcurrency} lanes of failed logins with an unknown key from 127.0.0.2; ` +
+          `RSS per session = server RSS after all sessions minus before, over the sessions; latency: one byte typed on ${probes} sessions and on a telnet client of the same consoles, alternately, echoed by the VM, ${S.latencyDurationMs / 1000} s; ` +
+          `throughput: every console prints ${S.streamBytesPerSec} B/s (${S.streamTickMs} ms ticks) to its ${Math.round(S.sessions / S.consoles)} sessions for ${S.streamDurationMs / 1000} s`,
+        consoles: S.consoles,
+        sessions: S.sessions,
+        errors: [...new Set(errors)].slice(0, 10),
+        alone,
+        duringFlood,
+        perSession,
+        latency,
+        throughput,
       };
       return section;
     });

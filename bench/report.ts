@@ -2,7 +2,7 @@
 import type { BenchReport, VmotionRun } from './harness.js';
 
 export interface Row {
-  /** Footnote number of the workload: 1 scale, 2 storm, 3 throughput, 4 latency, 5 vMotion, 6 unix consoles, 7 glob. */
+  /** Footnote number of the workload: 1 scale, 2 storm, 3 throughput, 4 latency, 5 vMotion, 6 unix consoles, 7 glob, 8 SSH. */
   ref: number;
   figure: string;
   result: string;
@@ -236,6 +236,49 @@ export function rows(r: BenchReport): Row[] {
       met: g.growth.length === 0 ? null : worst <= 2.5 && Math.max(...g.stepGrowth) <= 2.1,
     });
   }
+  const h = r.ssh;
+  if (h) {
+    const fmt = (d: { p50: number; p99: number; max: number }) => `p50 ${ms(d.p50)} / p99 ${ms(d.p99)} / max ${ms(d.max)} ms`;
+    out.push({
+      ref: 8,
+      figure: `ssh: session setup, first ${h.alone.sessions} sessions (of ${h.sessions})`,
+      result: `${n(h.alone.ratePerS, 1)}/s (per session ${fmt(h.alone.perSessionMs)}; server CPU ${n(h.alone.serverCpuMsPerSession, 2)} ms per session; ${h.alone.failed} failed)`,
+      target: '≥ 50/s',
+      met: h.alone.failed === 0 ? h.alone.ratePerS >= 50 : false,
+    });
+    if (h.duringFlood) {
+      const f = h.duringFlood;
+      out.push({
+        ref: 8,
+        figure: 'ssh: session setup during a flood of failed logins',
+        result: `${n(f.ratePerS, 1)}/s (per session ${fmt(f.perSessionMs)}; server CPU ${n(f.serverCpuMsPerSession, 2)} ms per session; ${f.failed} failed) while ${f.floodAttempts} failed logins came in: ${f.floodRejected} examined, ${f.floodRefusedAtAccept} refused at accept`,
+        target: '≥ 50/s',
+        met: f.failed === 0 ? f.ratePerS >= 50 : false,
+      });
+    }
+    out.push({
+      ref: 8,
+      figure: 'ssh: server memory per session',
+      result: `RSS ${n(h.perSession.rssKiB, 1)} KiB (heap ${n(h.perSession.heapUsedKiB, 1)} KiB, ${n(h.perSession.fds, 2)} fds)`,
+      target: '≤ 200 KiB RSS',
+      met: h.perSession.rssKiB === null ? null : h.perSession.rssKiB <= 200,
+    });
+    out.push({ ref: 8, figure: 'ssh: keystroke echo via SSH; via telnet', result: `${fmt(h.latency.ssh)}; ${fmt(h.latency.telnet)}`, target: '', met: null });
+    out.push({
+      ref: 8,
+      figure: 'ssh: latency added by SSH over telnet (idle)',
+      result: fmt(h.latency.added),
+      target: 'p99 ≤ +1 ms',
+      met: h.latency.ssh.n > 0 ? h.latency.added.p99 <= 1 : null,
+    });
+    out.push({
+      ref: 8,
+      figure: 'ssh: VM → SSH clients',
+      result: `${n(h.throughput.deliveredMBps, 2)} MB/s to ${h.throughput.sessionsOpenAfter} sessions (VMs sent ${n(h.throughput.vmSentMBps, 2)} MB/s; server CPU ${n(h.throughput.serverCpuPct, 0)}% = ${h.throughput.mbPerServerCpuS ?? 'n/a'} MB per CPU-second)`,
+      target: '',
+      met: null,
+    });
+  }
   return out;
 }
 
@@ -328,6 +371,7 @@ function workloads(r: BenchReport): Array<[number, string]> {
   if (r.vmotion) w.push([5, r.vmotion.workload]);
   if (r.unix) w.push([6, r.unix.workload]);
   if (r.glob) w.push([7, r.glob.workload]);
+  if (r.ssh) w.push([8, r.ssh.workload]);
   return w;
 }
 

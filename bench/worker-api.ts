@@ -86,6 +86,20 @@ export interface UnixRestartResult {
   errors: string[];
 }
 
+/** SSH sessions to open: session k attaches to `names[k % names.length]`. */
+export interface SshOpenRequest {
+  host: string;
+  port: number;
+  /** The key (OpenSSH private key text) the authorized-keys file lists. */
+  privateKey: string;
+  names: string[];
+  /** Sessions this worker opens, numbered from `from` (for the console each attaches to). */
+  from: number;
+  count: number;
+  concurrency: number;
+  timeoutMs: number;
+}
+
 export interface WorkerApi {
   // Bulk VMs: scale, reconnect storm, background streamers.
   'bulk.connect': {
@@ -154,6 +168,26 @@ export interface WorkerApi {
   'vm.setup': { req: VmSetupRequest; res: { vms: number } };
   'vm.run': { req: VmotionRunRequest; res: VmotionRunResult };
   'vm.teardown': { req: Empty; res: Empty };
+  // SSH: echoing consoles (one worker), sessions through the SSH front door (others), a failing flood.
+  'ssh.setup': {
+    req: { proxy: HostPort; admin: AdminEndpoint; namespace: number; consoles: number; timeoutMs: number };
+    res: { names: string[]; ports: number[] };
+  };
+  'ssh.open': {
+    req: SshOpenRequest;
+    res: { opened: number; failed: number; errors: string[]; ms: number; perSession: number[] };
+  };
+  'ssh.floodStart': { req: { host: string; port: number; localAddress: string; privateKey: string; concurrency: number }; res: Empty };
+  'ssh.floodStop': { req: Empty; res: { attempts: number; rejected: number; refusedAtAccept: number; other: number; errors: string[] } };
+  'ssh.latency': {
+    req: { probes: number; telnetHost: string; telnetPorts: number[]; durationMs: number; intervalMs: number; timeoutMs: number };
+    res: { ssh: number[]; telnet: number[]; errors: number; errorSamples: string[] };
+  };
+  'ssh.bytes': { req: Empty; res: { bytes: number; open: number; at: number; cpu: NodeJS.CpuUsage } };
+  'ssh.streamStart': { req: { bytesPerSec: number; tickMs: number }; res: { streamers: number } };
+  'ssh.streamStop': { req: Empty; res: { bytesSent: number } };
+  'ssh.close': { req: Empty; res: { closed: number } };
+  'ssh.teardown': { req: Empty; res: Empty };
   // The process.
   stats: { req: Empty; res: { cpu: NodeJS.CpuUsage; memory: NodeJS.MemoryUsage; pid: number } };
   shutdown: { req: Empty; res: Empty };

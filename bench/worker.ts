@@ -10,9 +10,10 @@
  */
 import net from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import ssh2 from 'ssh2';
 import type { HostPort } from '../src/util/net.js';
 import type { PortView } from '../src/admin/views.js';
-import type { Empty, StreamSet, ThroughputSample, VmotionRunRequest, VmotionRunResult, VmSetupRequest, WorkerApi, WorkerCall, WorkerCommand, WorkerHandlers, WorkerReply } from './worker-api.js';
+import type { Empty, SshOpenRequest, StreamSet, ThroughputSample, VmotionRunRequest, VmotionRunResult, VmSetupRequest, WorkerApi, WorkerCall, WorkerCommand, WorkerHandlers, WorkerReply } from './worker-api.js';
 import { adminGet, type AdminEndpoint } from './server-process.js';
 import { Option } from '../src/protocol/telnet/constants.js';
 import { SimulatedVm } from '../test/support/sim/esxi-simulator.js';
@@ -1054,6 +1055,229 @@ async function shutdown(): Promise<Empty> {
   return {};
 }
 
+// ---------------------------------------------------------------------------
+// SSH: echoing consoles, sessions through the SSH front door, a flood of failed logins
+
+const sshVms: SimulatedVm[] = [];
+let sshStreamTimer: NodeJS.Timeout | null = null;
+let sshStreamSent = 0;
+
+interface SshConn {
+  client: ssh2.Client;
+  stream: ssh2.ClientChannel;
+  closed: boolean;
+}
+
+const sshSessions: SshConn[] = [];
+let sshBytes = 0;
+
+async function sshSetup(a: WorkerApi['ssh.setup']['req']): Promise<WorkerApi['ssh.setup']['res']> {
+  const ids = Array.from({ length: a.consoles }, (_, i) => benchIdentity(a.namespace, Group.ssh, i));
+  const vms = await mapLimit(ids, 16, (id) => connectVm(a.proxy, id, a.timeoutMs));
+  for (const vm of vms) vm.on('data', (d) => vm.send(d)); // the guest echoes what is typed
+  sshVms.push(...vms);
+  const ports = await waitListed(a.admin, ids, a.timeoutMs);
+  return { names: ids.map((id) => id.name), ports };
+}
+
+/** Logs in with the key and attaches to `name` (exec, no terminal); resolves once vspc granted the lock. */
+function sshSession(o: { host: string; port: number; privateKey: string; name: string; timeoutMs: number }): Promise<SshConn> {
+  return new Promise((resolve, reject) => {
+    const client = new ssh2.Client();
+    let done = false;
+    const fail = (err: Error) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      client.end();
+      reject(err);
+    };
+    const timer = setTimeout(() => fail(new Error(`ssh session to ${o.name} not attached within ${o.timeoutMs} ms`)), o.timeoutMs);
+    client.on('error', fail);
+    client.on('ready', () => {
+      // As OpenSSH does for interactive sessions: keystrokes leave at once.
+      client.setNoDelay(true);
+      client.exec(o.name, (err, stream) => {
+        if (err) return fail(err);
+        const conn: SshConn = { client, stream, closed: false };
+        let said = '';
+        stream.stderr.on('data', (d: Buffer) => {
+          if (done) return;
+          said += d.toString('latin1');
+          if (/(READWRITE|READONLY|EXCLUSIVE|EXCL_WRITE) as /.test(said)) {
+            done = true;
+            clearTimeout(timer);
+            resolve(conn);
+          } else if (/refused|no console/.test(said)) fail(new Error(said.trim().slice(0, 200)));
+        });
+        stream.on('data', (d: Buffer) => {
+          sshBytes += d.length;
+        });
+        stream.on('close', () => {
+          conn.closed = true;
+          fail(new Error(`session to ${o.name} closed before it was attached: ${said.trim().slice(0, 200)}`));
+        });
+      });
+    });
+    client.connect({ host: o.host, port: o.port, username: 'console', privateKey: o.privateKey, readyTimeout: o.timeoutMs, hostVerifier: () => true });
+  });
+}
+
+async function sshOpen(a: SshOpenRequest): Promise<WorkerApi['ssh.open']['res']> {
+  const t0 = performance.now();
+  const errors: string[] = [];
+  const perSession: number[] = [];
+  const ks = Array.from({ length: a.count }, (_, i) => a.from + i);
+  await mapLimit(ks, a.concurrency, async (k) => {
+    const s0 = performance.now();
+    try {
+      sshSessions.push(await sshSession({ host: a.host, port: a.port, privateKey: a.privateKey, name: a.names[k % a.names.length], timeoutMs: a.timeoutMs }));
+      perSession.push(r3(performance.now() - s0));
+    } catch (err) {
+      errors.push(errorText(err));
+    }
+  });
+  return { opened: a.count - errors.length, failed: errors.length, errors: firstErrors(errors), ms: performance.now() - t0, perSession };
+}
+
+let flood: { stop: boolean; lanes: Promise<void>[]; attempts: number; rejected: number; refused: number; other: number; errors: string[] } | null = null;
+
+/** One login with a key vspc does not know; how it ended. */
+function failedLogin(a: WorkerApi['ssh.floodStart']['req']): Promise<'rejected' | 'refused' | 'other'> {
+  return new Promise((resolve) => {
+    const client = new ssh2.Client();
+    let settled = false;
+    const end = (how: 'rejected' | 'refused' | 'other', err?: Error) => {
+      if (settled) return;
+      settled = true;
+      if (how === 'other' && err && flood && flood.errors.length < 5) flood.errors.push(err.message);
+      client.end();
+      resolve(how);
+    };
+    client.on('ready', () => end('other', new Error('an unknown key logged in')));
+    client.on('error', (err: Error & { level?: string }) => {
+      if (/authentication methods failed/.test(err.message)) end('rejected');
+      else if (/ECONNRESET|before handshake|Connection lost|EPIPE|closed/.test(`${err.message} ${(err as NodeJS.ErrnoException).code ?? ''}`)) end('refused');
+      else end('other', err);
+    });
+    client.on('close', () => end('refused'));
+    client.connect({ host: a.host, port: a.port, localAddress: a.localAddress, username: 'console', privateKey: a.privateKey, readyTimeout: 10_000, hostVerifier: () => true });
+  });
+}
+
+function sshFloodStart(a: WorkerApi['ssh.floodStart']['req']): Empty {
+  const f = { stop: false, lanes: [] as Promise<void>[], attempts: 0, rejected: 0, refused: 0, other: 0, errors: [] as string[] };
+  flood = f;
+  for (let i = 0; i < a.concurrency; i++) {
+    f.lanes.push(
+      (async () => {
+        while (!f.stop) {
+          f.attempts++;
+          const how = await failedLogin(a);
+          if (how === 'rejected') f.rejected++;
+          else if (how === 'refused') f.refused++;
+          else f.other++;
+          // A few hundred attempts a second per lane at most: a flood, not a fork bomb of the generator.
+          await sleep(5);
+        }
+      })(),
+    );
+  }
+  return {};
+}
+
+async function sshFloodStop(): Promise<WorkerApi['ssh.floodStop']['res']> {
+  const f = flood;
+  if (!f) return { attempts: 0, rejected: 0, refusedAtAccept: 0, other: 0, errors: [] };
+  f.stop = true;
+  await Promise.all(f.lanes);
+  flood = null;
+  return { attempts: f.attempts, rejected: f.rejected, refusedAtAccept: f.refused, other: f.other, errors: f.errors };
+}
+
+async function sshLatency(a: WorkerApi['ssh.latency']['req']): Promise<WorkerApi['ssh.latency']['res']> {
+  const n = Math.min(a.probes, sshSessions.length, a.telnetPorts.length);
+  const users = await mapLimit(a.telnetPorts.slice(0, n), 16, (p) => connectUser(a.telnetHost, p, a.timeoutMs));
+  const viaSsh: number[] = [];
+  const viaTelnet: number[] = [];
+  const errors: string[] = [];
+  const deadline = performance.now() + a.durationMs;
+  try {
+    await Promise.all(
+      Array.from({ length: n }, async (_, i) => {
+        const s = sshSessions[i];
+        const u = users[i];
+        let k = i;
+        await sleep(Math.random() * a.intervalMs);
+        while (performance.now() < deadline) {
+          const byte = 0x61 + (k++ % 26);
+          try {
+            viaSsh.push(await roundTrip((b) => s.stream.write(b), s.stream, byte, 5000));
+            viaTelnet.push(await roundTrip((b) => u.send(b), u, byte, 5000));
+          } catch (err) {
+            errors.push(errorText(err));
+            if (errors.length > 50) return;
+          }
+          await sleep(a.intervalMs * (0.5 + Math.random()));
+        }
+      }),
+    );
+  } finally {
+    for (const u of users) u.destroy();
+  }
+  return { ssh: viaSsh.map(r3), telnet: viaTelnet.map(r3), errors: errors.length, errorSamples: firstErrors(errors) };
+}
+
+function sshBytesNow(): WorkerApi['ssh.bytes']['res'] {
+  return { bytes: sshBytes, open: sshSessions.filter((s) => !s.closed).length, at: performance.now(), cpu: process.cpuUsage() };
+}
+
+function sshStreamStart(a: WorkerApi['ssh.streamStart']['req']): WorkerApi['ssh.streamStart']['res'] {
+  const chunk = fillerChunk(Math.max(1, Math.round((a.bytesPerSec * a.tickMs) / 1000)));
+  sshStreamTimer = setInterval(() => {
+    for (const vm of sshVms) {
+      if (!vm.closed) {
+        vm.send(chunk);
+        sshStreamSent += chunk.length;
+      }
+    }
+  }, a.tickMs);
+  return { streamers: sshVms.length };
+}
+
+function sshStreamStop(): WorkerApi['ssh.streamStop']['res'] {
+  if (sshStreamTimer) clearInterval(sshStreamTimer);
+  sshStreamTimer = null;
+  return { bytesSent: sshStreamSent };
+}
+
+async function sshClose(): Promise<WorkerApi['ssh.close']['res']> {
+  const n = sshSessions.length;
+  await Promise.all(
+    sshSessions.map(
+      (s) =>
+        new Promise<void>((resolve) => {
+          if (s.closed) return resolve();
+          const timer = setTimeout(resolve, 2000);
+          s.client.once('close', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          s.client.end();
+        }),
+    ),
+  );
+  sshSessions.length = 0;
+  return { closed: n };
+}
+
+async function sshTeardown(): Promise<Empty> {
+  sshStreamStop();
+  await Promise.all(sshVms.map((vm) => vm.close()));
+  sshVms.length = 0;
+  return {};
+}
+
 function stats(): WorkerApi['stats']['res'] {
   return { cpu: process.cpuUsage(), memory: process.memoryUsage(), pid: process.pid };
 }
@@ -1091,6 +1315,16 @@ const handlers: WorkerHandlers = {
   'vm.setup': vmSetup,
   'vm.run': vmRun,
   'vm.teardown': vmTeardown,
+  'ssh.setup': sshSetup,
+  'ssh.open': sshOpen,
+  'ssh.floodStart': sshFloodStart,
+  'ssh.floodStop': sshFloodStop,
+  'ssh.latency': sshLatency,
+  'ssh.bytes': sshBytesNow,
+  'ssh.streamStart': sshStreamStart,
+  'ssh.streamStop': sshStreamStop,
+  'ssh.close': sshClose,
+  'ssh.teardown': sshTeardown,
   stats,
   shutdown,
 };

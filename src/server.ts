@@ -11,24 +11,39 @@ import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners, type TelnetListenerOptions } from './access/telnet/listeners.js';
 import { TelnetClient } from './access/telnet/client.js';
 import { ConsoleBroker } from './access/broker/broker.js';
+import { SshListener } from './access/ssh/listener.js';
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { RawListeners } from './access/raw/listeners.js';
+import { UnixSocketListeners } from './access/unix/listeners.js';
+import { PtyEndpoints } from './access/pty/ptys.js';
 import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { FdBudget } from './runtime/fd-budget.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
-import { adminRoutes } from './admin/routes.js';
-import type { StatusView } from './admin/views.js';
+import { adminRoutes, adminUpgrades, type AdminContext } from './admin/routes.js';
+import { lookupConsoles } from './admin/resolve.js';
+import { TunnelManager, joinSocket, type TunnelSpec } from './access/tunnel/index.js';
+import { allocateClientId } from './domain/client-ids.js';
+import type { AccessView, StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
 import { isLoopbackHost } from './util/net.js';
 import { applyReload, type ReloadAppliers, type ReloadReport } from './config/reload.js';
-import { resolveVmSettings } from './config/vms.js';
+import { resolveConsoleAccess, resolveVmSettings } from './config/vms.js';
+import type { ConsoleAccess } from './config/access.js';
 import { VERSION } from './version.js';
 import { displayKey } from './domain/identity.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
 
+
+/**
+ * At most this many extra unidentified-connection slots for vMotion destinations: more
+ * migrations than that at once are rare (ESXi runs a few per host), and a peer that
+ * begins vMotions on its own consoles must not raise the flood caps at will.
+ */
+const MAX_VMOTION_HEADROOM = 32;
 
 /** An applier for a value the server reads from its config each time it uses it. */
 const readWhereUsed = (): void => undefined;
@@ -37,6 +52,8 @@ export interface ServerAddresses {
   proxy: net.AddressInfo;
   proxyTls: net.AddressInfo | null;
   admin: net.AddressInfo;
+  /** The SSH front door (--ssh-listen), or null. */
+  ssh: net.AddressInfo | null;
 }
 
 /**
@@ -44,9 +61,11 @@ export interface ServerAddresses {
  * ports whose telnets twin (port + offset) would land on one of them.
  */
 function reservedPorts(c: VspcConfig): number[] {
-  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.brokerListen?.port ?? 0].filter((p) => p > 0);
+  const own = [c.proxyListen.port, c.adminListen.port, c.proxyTlsListen?.port ?? 0, c.brokerListen?.port ?? 0, c.sshListen?.port ?? 0].filter((p) => p > 0);
   // Fixed ports of the config file's `vms:` and `consoles:` are kept for them, not handed to others.
   const fixed = [...c.vms, ...c.consoles].flatMap((v) => (v.tcpPort !== undefined ? [v.tcpPort] : []));
+  // So are the fixed TCP ports of tunnel forwards.
+  for (const t of c.tunnels) for (const f of t.forwards) if (f.listen.type === 'tcp') fixed.push(f.listen.port);
   return [...(c.tls ? [...own, ...own.map((p) => p - c.tlsPortOffset)] : own), ...fixed];
 }
 
@@ -70,10 +89,18 @@ export class VspcServer {
   reloadConfig: (() => ReloadReport) | null = null;
   private readonly db: Database.Database;
   private readonly listeners: TelnetListeners;
+  /** The SSH front door, when --ssh-listen is given. */
+  readonly ssh: SshListener | null;
+  /** The other access methods' endpoints: a raw TCP port, a unix socket, a pty per console. */
+  private readonly raw: RawListeners;
+  private readonly unix: UnixSocketListeners;
+  private readonly ptys: PtyEndpoints;
   /** The console broker (--broker-socket, --broker-listen), or null when both are off. */
   readonly broker: ConsoleBroker | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */
   readonly managed: ManagedConsoles;
+  /** Serial tunnels (`tunnels:`): links on the consoles that carry them, and their forwards. */
+  readonly tunnels: TunnelManager;
   /** Proxmox / libvirt / path-pattern discovery feeding `managed`. */
   private readonly discovered: DiscoveredConsoles;
   /** File descriptors as a budget: VM and console connections are refused before the limit. */
@@ -117,7 +144,7 @@ export class VspcServer {
     // Every expiry, also of records deleted at start-up before any hub exists: a sticky port goes.
     this.registry.on('expired', (r, hub) => {
       this.metrics.expired(r.reason);
-      this.logger.info(r.reason === 'unused' ? 'VM serial port expired (never used: no output, no client)' : 'VM serial port expired (not seen for too long)', {
+      this.logger.info(r.reason === 'unused' ? 'VM serial port expired (never used: no client ever attached)' : 'VM serial port expired (not seen for too long)', {
         // As ConsoleHub.displayName has it.
         vm: hub?.displayName ?? `${r.name ?? r.key}${r.label ? `:${r.label}` : ''}`,
         kind: r.kind,
@@ -151,12 +178,14 @@ export class VspcServer {
           ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
         }
       : undefined;
+    const accessOf = (hub: ConsoleHub): ConsoleAccess => resolveConsoleAccess(this.config, hub.identity);
     const clientOptions: TelnetListenerOptions = {
       host: config.clientListenHost,
       tlsPortOffset: config.tlsPortOffset,
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
       admit: (socket) => this.admit(socket, 'client'),
+      enabled: (hub) => accessOf(hub).telnet,
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
@@ -179,8 +208,65 @@ export class VspcServer {
             onProtocolError: (code) => this.metrics.protocolError('client', code),
           })
         : null;
+    const consoleLogs = this.consoleLogs;
+    this.ssh = config.sshListen
+      ? new SshListener(this.registry, logger, {
+          listen: config.sshListen,
+          hostKeyDir: config.sshHostKeyDir ?? dirname(config.dbPath),
+          authorizedKeysFile: config.sshAuthorizedKeys,
+          keysCommand: config.sshKeysCommand,
+          limits: config.sshLimits,
+          closeGraceMs: config.closeGraceMs,
+          get idleTimeoutMs() { return config.sshIdleTimeoutMs; },
+          get maxSessionMs() { return config.sshMaxSessionMs; },
+          get maxQueuedBytes() { return config.sshLimits.maxQueuedBytes ?? config.clientQueueLimit; },
+          tail: consoleLogs ? (hub, lines) => consoleLogs.tail(hub, lines) : null,
+          onSlowClientDropped: () => this.metrics.slowClientDropped(),
+          onProtocolError: (code) => this.metrics.protocolError('client', code),
+          admit: (socket) => this.admit(socket, 'client'),
+        })
+      : null;
+    // Raw, unix and pty clients: the console's bytes only (access/common/stream-client.ts).
+    const streamOptions = {
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      closeGraceMs: config.closeGraceMs,
+      idleTimeoutMs: config.clientIdleTimeoutMs,
+      onSlowClientDropped: () => this.metrics.slowClientDropped(),
+      bindRetryMs: config.bindRetryMs,
+    };
+    this.raw = new RawListeners(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      host: config.clientListenHost,
+      enabled: (hub) => accessOf(hub).raw,
+      admit: (socket) => this.admit(socket, 'client'),
+    });
+    this.unix = new UnixSocketListeners(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      settingsOf: (hub) => accessOf(hub).unix,
+      admit: (socket) => this.admit(socket, 'client'),
+      telnetClient: (socket, hub, via) => {
+        new TelnetClient(socket, hub, logger, clientOptions, false, undefined, via);
+      },
+    });
+    this.ptys = new PtyEndpoints(this.registry, logger, {
+      ...streamOptions,
+      get maxQueuedBytes() { return config.clientQueueLimit; },
+      pollMs: config.ptyPollMs,
+      settingsOf: (hub) => accessOf(hub).pty,
+    });
     this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
     this.discovered = new DiscoveredConsoles(this.managed, logger);
+    this.tunnels = new TunnelManager({
+      registry: this.registry,
+      lookup: (ref) => lookupConsoles(this.registry, ref),
+      logger,
+      clientId: () => allocateClientId(),
+      bindRetryMs: config.bindRetryMs,
+      // A console that starts or stops carrying a tunnel: no console log, no scrollback while it does.
+      onBind: (hub) => this.applyVmSettings(hub),
+    });
     this.proxy = new EsxiListener(
       {
         registry: this.registry,
@@ -207,39 +293,54 @@ export class VspcServer {
         maxUnidentifiedPerAddress: config.maxUnidentifiedPerAddress,
         allow: () => this.config.proxyAllow,
         // Each vMotion under way may bring one destination connection: keep room for it.
-        headroom: () => this.vmotion.pending,
+        // Capped: vMotions are begun by peers too, and each would otherwise buy one more slot.
+        headroom: () => Math.min(this.vmotion.pending, MAX_VMOTION_HEADROOM),
         registration: { ratePerSecond: config.registrationRate, burst: config.registrationBurst },
         onRefused: (reason) => this.metrics.vmRefused(reason),
         admit: (socket) => this.admit(socket, 'vm'),
       },
     );
     const server = this;
+    const adminContext: AdminContext = {
+      registry: this.registry,
+      vmotion: this.vmotion,
+      logger,
+      tlsPortOf: (h) => this.listeners.tlsPortOf(h),
+      status: () => this.status(),
+      consoleLogs: this.consoleLogs ?? undefined,
+      metrics: this.metrics,
+      // Read per request: the CLI sets reloadConfig after start; without it there is no reload route to offer.
+      get reload() {
+        return server.reloadConfig ? () => server.reload() : undefined;
+      },
+      movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
+      ownPorts: () => {
+        const a = this.addressesValue;
+        const broker = this.broker?.addresses.tcp;
+        return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : []), ...(a.ssh ? [a.ssh.port] : [])] : [];
+      },
+      settingsOf: (h) => resolveVmSettings(this.config, h.identity),
+      sshMetrics: () => this.ssh?.metrics() ?? null,
+      managedBy: (h) => this.managed.groupOf(h),
+      accessOf: (h) => this.accessView(h),
+      tunnels: {
+        list: () => this.tunnels.list(),
+        of: (h) => {
+          const name = this.tunnels.carrierOf(h);
+          return name === null ? null : this.tunnels.status(name);
+        },
+        open: (name, port, who, socket) => this.openTunnelStream(name, port, who, socket),
+      },
+    };
     this.admin = new AdminServer(
-      adminRoutes({
-        registry: this.registry,
-        vmotion: this.vmotion,
-        logger,
-        tlsPortOf: (h) => this.listeners.tlsPortOf(h),
-        status: () => this.status(),
-        consoleLogs: this.consoleLogs ?? undefined,
-        metrics: this.metrics,
-        // Read per request: the CLI sets reloadConfig after start; without it there is no reload route to offer.
-        get reload() {
-          return server.reloadConfig ? () => server.reload() : undefined;
-        },
-        movePort: (hub, port, commit) => this.listeners.moveTo(hub, port, commit),
-        ownPorts: () => {
-          const a = this.addressesValue;
-          const broker = this.broker?.addresses.tcp;
-          return a ? [a.proxy.port, a.admin.port, ...(a.proxyTls ? [a.proxyTls.port] : []), ...(broker ? [broker.port] : [])] : [];
-        },
-        settingsOf: (h) => resolveVmSettings(this.config, h.identity),
-      }),
+      adminRoutes(adminContext),
       logger,
       {
+        upgrades: adminUpgrades(adminContext),
         token: () => this.config.adminToken,
         onUnauthorized: () => this.metrics.adminUnauthorized++,
         onRefused: (reason) => this.metrics.adminRefused[reason]++,
+        hostNames: () => this.config.adminHostNames ?? [],
       },
     );
   }
@@ -271,7 +372,29 @@ export class VspcServer {
       vmConnections: this.proxy.connections.size,
       vmConnectionsRefused: this.proxy.refused,
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
+      ssh: this.ssh?.status() ?? null,
     };
+  }
+
+  /** A console's endpoints, every access method (`vspc-admin show`). */
+  accessView(hub: ConsoleHub): AccessView {
+    const telnet = this.listeners.has(hub);
+    const tlsPort = this.listeners.tlsPortOf(hub);
+    return {
+      telnet: telnet ? { port: hub.identity.tcpPort, host: this.config.clientListenHost, listening: hub.listenError === null, error: hub.listenError } : null,
+      telnets: telnet && tlsPort !== null ? { port: tlsPort, host: this.config.clientListenHost, listening: hub.tlsListenError === null, error: hub.tlsListenError } : null,
+      raw: this.raw.describe(hub),
+      unix: this.unix.describe(hub),
+      pty: this.ptys.describe(hub),
+    };
+  }
+
+  /** Opens and closes endpoints as the configuration now says (start, reload). */
+  private refreshAccess(): void {
+    this.listeners.refresh();
+    this.raw.refresh();
+    this.unix.refresh();
+    this.ptys.refresh();
   }
 
   /**
@@ -303,12 +426,15 @@ export class VspcServer {
     if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
     this.registry.load();
     this.applyConsoles(true);
+    this.applyTunnels(true);
     await this.discovered.restart(this.config);
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
+    // Before the admin API: once it answers, every listener is up.
+    const ssh = this.ssh ? await this.ssh.start() : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
     await this.startBroker();
-    this.addressesValue = { proxy, proxyTls, admin };
+    this.addressesValue = { proxy, proxyTls, admin, ssh };
     this.armExpiry();
     this.logger.info('vspc started', {
       version: VERSION,
@@ -409,7 +535,17 @@ export class VspcServer {
   reload(): ReloadReport {
     if (!this.reloadConfig) throw new VspcError('VSPC_RELOAD_UNAVAILABLE', 'this vspc has no configuration to re-read');
     try {
+      // The SSH authorized keys are read and checked first: a broken file fails the
+      // whole reload, leaving everything as it was.
+      let keys;
+      try {
+        keys = this.ssh?.readKeys() ?? null;
+      } catch (err) {
+        this.logger.error('configuration reload failed; the running configuration is unchanged', errorFields(err));
+        throw err;
+      }
       const report = this.reloadConfig();
+      if (this.ssh?.reload(keys) && !report.applied.includes('sshAuthorizedKeys')) report.applied.push('sshAuthorizedKeys');
       this.metrics.reloads.ok++;
       return report;
     } catch (err) {
@@ -438,20 +574,29 @@ export class VspcServer {
     serviceName: readWhereUsed,
     comPort: readWhereUsed,
     clientQueueLimit: readWhereUsed,
+    sshIdleTimeoutMs: readWhereUsed,
+    sshMaxSessionMs: readWhereUsed,
     vmotionTimeoutMs: readWhereUsed,
     vmotionSecretBytes: readWhereUsed,
     adminToken: readWhereUsed,
     // Console settings are pushed into each hub: its scrollback buffer, its default lock, its fixed port.
     scrollbackBytes: () => this.applyVmSettingsToAll(),
     defaultLockMode: () => this.applyVmSettingsToAll(),
+    adminHostNames: readWhereUsed,
     greeting: () => this.applyVmSettingsToAll(),
     notices: () => this.applyVmSettingsToAll(),
     replay: () => this.applyVmSettingsToAll(),
-    vms: () => this.applyVmSettingsToAll(),
+    vms: () => {
+      this.applyVmSettingsToAll();
+      this.refreshAccess();
+    },
     consoles: () => {
       this.applyConsoles(false);
       this.applyVmSettingsToAll();
+      this.refreshAccess();
     },
+    tunnels: () => this.applyTunnels(false),
+    access: () => this.refreshAccess(),
     // Discovery restarts as a whole; consoles it finds again keep their records and ports.
     proxmoxRunDir: () => void this.discovered.restart(this.config),
     proxmoxConfDir: () => void this.discovered.restart(this.config),
@@ -484,6 +629,61 @@ export class VspcServer {
   }
 
   /**
+   * The config file's `tunnels:` made real (src/access/tunnel/): a tunnel with its own
+   * `source:` registers that console like a declared one (kind `tunnel`, key = the
+   * tunnel's name); every tunnel then binds to its console and listens on its forwards.
+   * At start, records of tunnel consoles that left the file are forgotten.
+   */
+  private applyTunnels(atStart: boolean): void {
+    const own = this.config.tunnels.filter((t) => t.source !== undefined);
+    if (atStart) {
+      const names = new Set(own.map((t) => t.name.toLowerCase()));
+      for (const hub of this.registry.all()) {
+        if (hub.identity.kind === 'tunnel' && !names.has(hub.identity.key.toLowerCase())) {
+          this.logger.info('tunnel console no longer in the configuration; forgotten', { console: hub.displayName, port: hub.identity.tcpPort });
+          this.registry.forget(hub, 'removed from the configuration');
+        }
+      }
+    }
+    const wanted = own.map((t) => ({ kind: 'tunnel', key: t.name, label: '', name: t.name, spec: t.source!, specText: t.sourceText! }));
+    const m = this.managed.set('tunnel', wanted, 'forget');
+    const specs: TunnelSpec[] = this.config.tunnels.map((t) => ({
+      name: t.name,
+      carrier: t.source !== undefined ? { kind: 'tunnel', key: t.name, label: '' } : { ref: t.console! },
+      carrierText: t.source !== undefined ? `source: ${t.sourceText}` : `console: ${t.console}`,
+      forwards: t.forwards.map((f) => ({ listen: { ...f.listen }, to: f.to })),
+    }));
+    const r = this.tunnels.apply(specs);
+    if (m.added.length + m.removed.length + m.repointed.length + m.failed.length + r.added.length + r.removed.length + r.changed.length > 0) {
+      this.logger.info('tunnels applied', { ...r, consoles: m });
+    }
+  }
+
+  /**
+   * `vspc-admin tunnel NAME PORT` (the admin API's upgraded call): a stream to the
+   * guest port, resolved once the agent accepted it; the returned function joins it to
+   * the caller's socket. A caller that hangs up while waiting abandons the stream.
+   */
+  private async openTunnelStream(name: string, port: number, who: string, socket: net.Socket): Promise<(s: net.Socket, head: Buffer) => void> {
+    const d = this.tunnels.connect(name, port, who);
+    const abandon = () => d.destroy();
+    socket.once('close', abandon);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        d.once('tunnel-open', resolve);
+        d.once('error', reject);
+        d.once('close', () => reject(new VspcError('VSPC_TUNNEL_STREAM_RESET', 'the stream closed before the guest answered')));
+      });
+    } finally {
+      socket.off('close', abandon);
+    }
+    return (s, head) => {
+      if (head.length > 0) d.write(head);
+      joinSocket(s, d);
+    };
+  }
+
+  /**
    * Apply a new configuration without dropping VM connections: what can change at run
    * time takes effect now (reloadAppliers) — for new connections where a value is read
    * at connect time — and the rest is reported as needing a restart.
@@ -507,7 +707,9 @@ export class VspcServer {
       notices: s.notices ?? this.config.notices,
       replay: s.replay ?? this.config.replay,
     };
-    const scrollback = s.scrollbackBytes ?? this.config.scrollbackBytes;
+    // A console that carries a tunnel has no console log and no scrollback (its bytes are frames).
+    if (this.tunnels.carrierOf(hub) !== null) hub.logged = false;
+    const scrollback = this.tunnels.carrierOf(hub) !== null ? 0 : (s.scrollbackBytes ?? this.config.scrollbackBytes);
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;
     const holder = this.registry.getByPort(s.tcpPort);
@@ -540,14 +742,22 @@ export class VspcServer {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     // vMotions under way finish on this connection set or not at all: refuse new ones.
     this.vmotion.refuseNew();
+    // Tunnels first: their streams are reset (RESET(SHUTDOWN) to the agents) while the sources are still there.
+    this.tunnels.close();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
+    const endpoints = Promise.all([this.raw.close(), this.unix.close(), this.ptys.close()]);
     this.broker?.close();
+    // SSH sessions (menus too) are told and ended, within the grace period.
+    const sshClosed = this.ssh?.close() ?? Promise.resolve();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
     await Promise.race([accepting, grace]);
+    // Sockets unlinked, pty links removed (each endpoint's close is a few system calls).
+    await Promise.race([endpoints, grace]);
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
+    await sshClosed;
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
     await this.discovered.close();
@@ -561,9 +771,14 @@ export class VspcServer {
   /** Abort everything now. Idempotent. */
   destroy(): void {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
+    this.tunnels.close();
     void this.proxy.stopAccepting();
     this.listeners.close();
+    void this.raw.close();
+    void this.unix.close();
+    void this.ptys.close();
     this.broker?.destroy();
+    this.ssh?.destroy();
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();

@@ -82,7 +82,9 @@ const runs = [];
 if (light.length > 0) runs.push(run(light, []));
 if (heavy.length > 0) {
   console.log(`\n# heavy test files, one at a time: ${heavy.map((f) => relative(testDir, f)).join(', ')}`);
-  runs.push(run(heavy, ['--test-concurrency=1']));
+  // Alone, a heavy file may take longer than the default bound (a real guest's UART
+  // moves 20-60 KiB/s); each of its tests keeps its own, tighter timeout.
+  runs.push(run(heavy, ['--test-concurrency=1', '--test-timeout=1800000']));
 }
 
 const num = (text, k) => {

@@ -23,6 +23,20 @@ export class RawBody {
 }
 
 /**
+ * A call that becomes a byte stream (`GET /api/v1/tunnel` with `Connection: Upgrade`,
+ * `Upgrade: vspc-tunnel`): after the same checks as every call (browser guard,
+ * token), `open` checks the request and prepares the stream, throwing AdminApiError to
+ * refuse (answered as JSON, nothing switched); then the answer is `101 Switching
+ * Protocols` and `join` gets the socket (and any bytes that came with the request).
+ */
+export interface AdminUpgradeRoute {
+  path: string;
+  /** The Upgrade token, lower case (`vspc-tunnel`). */
+  protocol: string;
+  open(url: URL, peer: string, socket: net.Socket): Promise<(socket: net.Socket, head: Buffer) => void>;
+}
+
+/**
  * A route result whose body is written over time (`vspc-admin log --follow`, `--all`):
  * the server sends the headers, then `run` writes to the response and ends it. A
  * response still open when the admin API closes gets a moment to end, then is cut.
@@ -40,6 +54,8 @@ export class StreamBody {
 const STREAM_CLOSE_GRACE_MS = 2000;
 
 export interface AdminServerOptions {
+  /** Calls that become byte streams (see AdminUpgradeRoute). */
+  upgrades?: AdminUpgradeRoute[];
   /** The bearer token every request must carry, read per request (a reload may change it); null = none. */
   token?: () => string | null;
   /** Called for each request refused for want of a valid token (metrics). */
@@ -70,7 +86,14 @@ export class AdminServer {
 
   /** Listen on `addr`: HTTP, or HTTPS with `tls`. */
   async listen(addr: HostPort, tls: { cert: Buffer; key: Buffer } | null = null): Promise<net.AddressInfo> {
-    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => void this.dispatch(req, res);
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      // Whatever one request does wrong costs that request only, never the process.
+      this.dispatch(req, res).catch((err: unknown) => {
+        this.logger.error('admin API request failed', { ...errorFields(err), stack: (err as Error)?.stack });
+        if (!res.headersSent) this.send(res, 500, { error: { code: 'VSPC_INTERNAL', message: 'internal error; the vspc log has the details' } });
+        else res.destroy();
+      });
+    };
     const server: http.Server = tls ? https.createServer({ cert: tls.cert, key: tls.key }, handler) : http.createServer(handler);
     if (tls) {
       server.on('tlsClientError', (err: Error, socket: net.Socket) => {
@@ -89,6 +112,7 @@ export class AdminServer {
       });
     });
     server.on('error', (err) => this.logger.error('admin listener error', errorFields(err)));
+    server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => void this.upgrade(req, socket, head));
     this.server = server;
     const bound = server.address() as net.AddressInfo;
     this.logger.info('admin API listening', { address: bound.address, port: bound.port, tls: !!tls, token: !!this.options.token?.() });
@@ -120,7 +144,14 @@ export class AdminServer {
   }
 
   private async dispatch(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://admin');
+    // A request target that is not a valid path (`//x:abc`, `//[`) is the client's error.
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://admin');
+    } catch {
+      this.send(res, 400, { error: { code: 'VSPC_ROUTE_NOT_FOUND', message: 'the request target is not a valid path' } });
+      return;
+    }
     const route = this.routes.find((r) => r.path === url.pathname && r.method === req.method);
     try {
       const guarded = guardRequest(req, this.options.hostNames?.() ?? []);
@@ -169,6 +200,57 @@ export class AdminServer {
         this.logger.error('admin API call failed', { path: url.pathname, ...errorFields(err), stack: (err as Error)?.stack });
         this.send(res, 500, { error: { code: 'VSPC_INTERNAL', message: 'internal error; the vspc log has the details' } });
       }
+    }
+  }
+
+  /** An Upgrade request: checked like any call, then switched to the route's byte stream. */
+  private async upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    socket.on('error', () => {});
+    let url = new URL('/', 'http://admin');
+    try {
+      try {
+        url = new URL(req.url ?? '/', 'http://admin');
+      } catch {
+        throw new AdminApiError(400, 'VSPC_ROUTE_NOT_FOUND', 'the request target is not a valid path');
+      }
+      const guarded = guardRequest(req, this.options.hostNames?.() ?? []);
+      if (guarded) {
+        this.options.onRefused?.(guarded.reason);
+        this.logger.warn('admin API request refused: looks browser-borne', { peer, method: req.method, path: url.pathname, reason: guarded.code, security: true });
+        throw new AdminApiError(guarded.status, guarded.code, guarded.message);
+      }
+      const refused = refusal(req, this.options.token?.() ?? null);
+      if (refused) {
+        this.options.onUnauthorized?.();
+        this.logger.warn('admin API request refused: no valid token', { peer, method: req.method, path: url.pathname, reason: refused.code });
+        throw new AdminApiError(401, refused.code, refused.message);
+      }
+      const protocol = String(req.headers.upgrade ?? '').trim().toLowerCase();
+      const route = (this.options.upgrades ?? []).find((r) => r.path === url.pathname);
+      if (!route || req.method !== 'GET') throw new AdminApiError(404, 'VSPC_ROUTE_NOT_FOUND', `${req.method} ${url.pathname} with Upgrade is not an admin API call`);
+      if (protocol !== route.protocol) {
+        throw new AdminApiError(426, 'VSPC_TUNNEL_UPGRADE_REQUIRED', `${url.pathname} speaks "Upgrade: ${route.protocol}", not "${protocol.slice(0, 40)}"`);
+      }
+      const join = await route.open(url, peer, socket);
+      if (socket.destroyed) return;
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${route.protocol}\r\n\r\n`);
+      join(socket, head);
+    } catch (err) {
+      let status = 500;
+      let body: unknown = { error: { code: 'VSPC_INTERNAL', message: 'internal error; the vspc log has the details' } };
+      if (err instanceof AdminApiError) {
+        status = err.status;
+        body = { error: { code: err.code, message: err.message } };
+      } else {
+        this.logger.error('admin API call failed', { path: url.pathname, ...errorFields(err), stack: (err as Error)?.stack });
+      }
+      if (socket.destroyed) return;
+      const text = JSON.stringify(body);
+      socket.end(
+        `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\ncontent-type: application/json; charset=utf-8\r\n` +
+          `content-length: ${Buffer.byteLength(text)}\r\n${status === 401 ? 'www-authenticate: Bearer realm="vspc"\r\n' : ''}connection: close\r\n\r\n${text}`,
+      );
     }
   }
 

@@ -9,6 +9,7 @@ import type { Registry } from '../domain/registry.js';
 import type { GuardRefusal } from './request-guard.js';
 import type { ConsoleHub } from '../domain/console-hub.js';
 import type { VmotionCoordinator } from '../domain/vmotion.js';
+import type { TunnelView } from './views.js';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
@@ -111,6 +112,53 @@ export interface MetricsInput {
    * labelled by reason from `metrics.vmRefusals`. Optional for callers built before.
    */
   vmConnectionsRefused?: number;
+  /** The SSH front door's counters; null or absent when it is off. */
+  ssh?: SshMetricsSnapshot | null;
+  /** Serial tunnels (config file `tunnels:`); absent: no tunnel families. */
+  tunnels?: readonly TunnelView[];
+}
+
+/** What the SSH front door (src/access/ssh/listener.ts) counts, for /metrics. */
+export interface SshMetricsSnapshot {
+  /** Authenticated SSH connections and, of their sessions, those attached to a console, by user. */
+  sessionsByUser: ReadonlyArray<{ user: string; connections: number; attached: number }>;
+  auth: { accepted: number; rejected: number };
+  /** Connections dropped at accept, by reason. */
+  refused: Readonly<Record<string, number>>;
+  /** Requests refused outright (forwarding, X11, SFTP...), by kind. */
+  requests: Readonly<Record<string, number>>;
+  /** Sessions ended by vspc (time limit, withdrawn, too slow, keepalive, shutdown), by reason. */
+  ended: Readonly<Record<string, number>>;
+  keysCommand: Readonly<Record<string, number>>;
+  /** Connections not logged in yet. */
+  unauthenticated: number;
+}
+
+function sshFamilies(ssh: SshMetricsSnapshot): string[] {
+  const byKey = (o: Readonly<Record<string, number>>, label: string) => Object.entries(o).map(([k, n]) => [{ [label]: k }, n] as Sample);
+  return [
+    family(
+      'vspc_ssh_connections',
+      'gauge',
+      'Authenticated SSH connections, by user (the name their key gives).',
+      ssh.sessionsByUser.map((u) => [{ user: u.user }, u.connections] as Sample),
+    ),
+    family(
+      'vspc_ssh_attached',
+      'gauge',
+      'SSH sessions attached to a console, by user.',
+      ssh.sessionsByUser.map((u) => [{ user: u.user }, u.attached] as Sample),
+    ),
+    family('vspc_ssh_unauthenticated', 'gauge', 'SSH connections not logged in yet.', ssh.unauthenticated),
+    family('vspc_ssh_auth_total', 'counter', 'SSH logins accepted, and authentication attempts rejected.', [
+      [{ result: 'accepted' }, ssh.auth.accepted],
+      [{ result: 'rejected' }, ssh.auth.rejected],
+    ]),
+    family('vspc_ssh_connections_refused_total', 'counter', 'SSH connections dropped at accept, by reason (rate-limited, too-many-unauthenticated, shutting-down).', byKey(ssh.refused, 'reason')),
+    family('vspc_ssh_requests_refused_total', 'counter', 'SSH requests refused outright, by kind (port-forwarding, ...).', byKey(ssh.requests, 'request')),
+    family('vspc_ssh_sessions_ended_total', 'counter', 'SSH sessions ended by vspc, by reason (time-limit, withdrawn, too-slow, keepalive, shutdown).', byKey(ssh.ended, 'reason')),
+    family('vspc_ssh_keys_command_total', 'counter', 'Runs of the SSH keys command, by outcome (allowed, denied, failed, busy).', byKey(ssh.keysCommand, 'outcome')),
+  ];
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -132,11 +180,25 @@ function family(name: string, type: 'gauge' | 'counter', help: string, samples: 
   return lines.join('\n');
 }
 
+/** The access methods always exposed in vspc_clients_by_method (others as they come, e.g. ssh). */
+export const CLIENT_METHOD_LABELS = ['telnet', 'telnets', 'raw', 'unix', 'pty'] as const;
+
+function clientsByMethod(hubs: readonly ConsoleHub[]): Sample[] {
+  const n: Record<string, number> = Object.fromEntries(CLIENT_METHOD_LABELS.map((m) => [m, 0]));
+  for (const h of hubs) {
+    for (const c of h.clients) {
+      const m = c.method ?? ((c as { secure?: boolean }).secure ? 'telnets' : 'telnet');
+      n[m] = (n[m] ?? 0) + 1;
+    }
+  }
+  return Object.entries(n).map(([method, count]) => [{ method }, count] as Sample);
+}
+
 /** Consoles counted by (kind, state), a maintained source's endpoint state when it is not connected. */
 function consoleStates(hubs: readonly ConsoleHub[]): Sample[] {
   const counts = new Map<string, number>();
   for (const h of hubs) {
-    const state = h.state === 'disconnected' && h.endpoint ? h.endpoint.state : h.state;
+    const state = h.displayState;
     const k = `${h.identity.kind}\0${state}`;
     counts.set(k, (counts.get(k) ?? 0) + 1);
   }
@@ -165,8 +227,8 @@ export function renderMetrics(i: MetricsInput): string {
     family(
       'vspc_vm_ports_listen_errors',
       'gauge',
-      'VM serial ports whose client port (or telnets port) cannot be bound; retried.',
-      hubs.filter((h) => h.listenError || h.tlsListenError).length,
+      'VM serial ports with a client endpoint that cannot be set up (telnet or telnets port, raw port, unix socket, pty); retried.',
+      hubs.filter((h) => h.listenError || h.tlsListenError || h.accessErrors.size > 0).length,
     ),
     family(
       'vspc_consoles',
@@ -200,6 +262,7 @@ export function renderMetrics(i: MetricsInput): string {
       Object.entries(i.metrics.expiries).map(([reason, n]) => [{ reason }, n] as Sample),
     ),
     family('vspc_clients', 'gauge', 'Console clients attached, all VM serial ports.', hubs.reduce((n, h) => n + h.clients.size, 0)),
+    family('vspc_clients_by_method', 'gauge', 'Console clients attached, by access method (telnet, telnets, raw, unix, pty).', clientsByMethod(hubs)),
     family('vspc_bytes_from_vm_total', 'counter', 'Serial output bytes received from VMs.', bytes.fromVm),
     family('vspc_bytes_to_vm_total', 'counter', 'Client input bytes sent to VMs.', bytes.toVm),
     family('vspc_vmotions_begun_total', 'counter', 'vMotions begun (VMOTION-BEGIN answered with GOAHEAD).', i.vmotion.counters.begun),
@@ -240,6 +303,40 @@ export function renderMetrics(i: MetricsInput): string {
       'Admin API requests refused as browser-borne (foreign Host, cross-origin, simple-request mutation, preflight), by reason.',
       (Object.entries(i.metrics.adminRefused) as Array<[string, number]>).map(([reason, n]) => [{ reason }, n] as [Record<string, string>, number]),
     ),
+    ...(i.ssh ? sshFamilies(i.ssh) : []),
+    ...tunnelFamilies(i.tunnels ?? []),
   ];
   return families.join('\n') + '\n';
+}
+
+/** Per tunnel (label `tunnel`): link state, RTT, retransmissions, streams, bytes, line damage. */
+function tunnelFamilies(tunnels: readonly TunnelView[]): string[] {
+  if (tunnels.length === 0) return [];
+  const per = (f: (t: TunnelView, link: NonNullable<TunnelView['link']>) => number | null): Sample[] =>
+    tunnels.flatMap((t) => {
+      const v = t.link ? f(t, t.link) : null;
+      return v === null ? [] : [[{ tunnel: t.name }, v] as Sample];
+    });
+  return [
+    family('vspc_tunnel_link_up', 'gauge', 'Serial tunnels whose link to the guest agent is up (1), or not: no console, handshaking, down (0).', tunnels.map((t) => [{ tunnel: t.name }, t.link?.state === 'up' ? 1 : 0] as Sample)),
+    family('vspc_tunnel_rtt_seconds', 'gauge', 'Smoothed round-trip time of a serial tunnel link.', per((_, l) => (l.rttMs === null ? null : l.rttMs / 1000))),
+    family('vspc_tunnel_retransmits_total', 'counter', 'Frames a serial tunnel sent again (lost or damaged on the line).', per((_, l) => l.retransmits)),
+    family('vspc_tunnel_streams', 'gauge', 'Streams open through a serial tunnel.', per((_, l) => l.streams)),
+    family('vspc_tunnel_streams_opened_total', 'counter', 'Streams opened through a serial tunnel (one per client connection).', per((_, l) => l.streamsOpened)),
+    family('vspc_tunnel_streams_failed_total', 'counter', 'Streams of a serial tunnel that failed, by how (refused by the guest, reset).', [
+      ...per((_, l) => l.streamsRefused).map(([lb, v]) => [{ ...lb, how: 'refused' }, v] as Sample),
+      ...per((_, l) => l.streamsReset).map(([lb, v]) => [{ ...lb, how: 'reset' }, v] as Sample),
+    ]),
+    family('vspc_tunnel_bytes_total', 'counter', 'Stream payload bytes through a serial tunnel, by direction (to_guest, from_guest).', [
+      ...per((_, l) => l.bytesToGuest).map(([lb, v]) => [{ ...lb, direction: 'to_guest' }, v] as Sample),
+      ...per((_, l) => l.bytesFromGuest).map(([lb, v]) => [{ ...lb, direction: 'from_guest' }, v] as Sample),
+    ]),
+    family('vspc_tunnel_line_bytes_total', 'counter', 'Bytes on the serial line of a tunnel, framing included, by direction (out, in).', [
+      ...per((_, l) => l.lineBytesOut).map(([lb, v]) => [{ ...lb, direction: 'out' }, v] as Sample),
+      ...per((_, l) => l.lineBytesIn).map(([lb, v]) => [{ ...lb, direction: 'in' }, v] as Sample),
+    ]),
+    family('vspc_tunnel_bad_frames_total', 'counter', 'Damaged frames (bad CRC or COBS, truncated, over-long) a serial tunnel discarded.', per((_, l) => l.badFrames)),
+    family('vspc_tunnel_agent_restarts_total', 'counter', 'Guest agent restarts (new boot id) a serial tunnel saw; each resets its streams.', per((_, l) => l.peerRestarts)),
+    family('vspc_tunnel_link_downs_total', 'counter', 'Times a serial tunnel link was declared down (the guest agent stopped answering).', per((_, l) => l.linkDowns)),
+  ];
 }

@@ -1,3 +1,4 @@
+import type net from 'node:net';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import type { Logger } from '../domain/logger.js';
@@ -10,11 +11,11 @@ import { ConfigError, VspcError, type VspcErrorCode } from '../errors.js';
 import { formatUuid } from '../util/uuid.js';
 import { sanitizeText } from '../util/text.js';
 import { Glob, hasWildcards } from '../util/glob.js';
-import { AdminApiError, RawBody, StreamBody, type AdminRoute } from './admin-server.js';
+import { AdminApiError, RawBody, StreamBody, type AdminRoute, type AdminUpgradeRoute } from './admin-server.js';
 import { MAX_FOLLOWERS, type FollowSink, type LogFollow } from '../logging/console-log.js';
-import { METRICS_CONTENT_TYPE, Metrics, renderMetrics } from './metrics.js';
+import { METRICS_CONTENT_TYPE, Metrics, renderMetrics, type SshMetricsSnapshot } from './metrics.js';
 import { consoleAddresses, resolveVm } from './resolve.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type StatusView, type VmDetailView } from './views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type AccessView, type StatusView, type TunnelView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
@@ -44,6 +45,8 @@ export interface AdminContext {
   };
   /** Event counters for `GET /metrics`. */
   metrics?: Metrics;
+  /** The SSH front door's counters for `GET /metrics`; null when it is off. */
+  sshMetrics?(): SshMetricsSnapshot | null;
   /** Re-read the configuration (`POST /api/v1/reload`); throws ConfigError when it is invalid. */
   reload?(): ReloadReport | Promise<ReloadReport>;
   /** vspc's own listener ports, which `set-port` must not hand to a VM. */
@@ -54,8 +57,26 @@ export interface AdminContext {
    * bound. Without it (no client listeners), `commit` alone.
    */
   movePort?(hub: ConsoleHub, port: number, commit: () => void): Promise<void>;
+  /** The group that maintains a console's source (`config`, `discovery`), or null (ESXi, stopped discovered ones). */
+  managedBy?(hub: ConsoleHub): string | null;
   /** The config file's `vms:` settings for a VM serial port. */
   settingsOf?(hub: ConsoleHub): ResolvedVmSettings;
+  /** Serial tunnels (src/access/tunnel/, config file `tunnels:`). */
+  tunnels?: {
+    list(): TunnelView[];
+    /** The tunnel a console carries, if any. */
+    of(hub: ConsoleHub): TunnelView | null;
+    /**
+     * A stream to `port` in the guest of tunnel `name`, resolved once the guest's agent
+     * accepted it (its service answered the dial), with what joins it to the caller's
+     * socket. Rejects with VspcError VSPC_TUNNEL_NOT_FOUND / _NOT_ATTACHED /
+     * _TOO_MANY_STREAMS, or the guest's refusal (VSPC_TUNNEL_OPEN_FAILED) or a reset
+     * (VSPC_TUNNEL_STREAM_RESET: no answer in time, the link down).
+     */
+    open(name: string, port: number, who: string, socket: net.Socket): Promise<(socket: net.Socket, head: Buffer) => void>;
+  };
+  /** A console's endpoints, by access method (`show`). */
+  accessOf?(hub: ConsoleHub): AccessView;
 }
 
 export const DEFAULT_LOG_LINES = 50;
@@ -76,7 +97,8 @@ function namePattern(pattern: string): Glob {
 
 /** The admin API's `settings` (docs/admin-api.md): the config file's spelling, `port` for the fixed TCP port. */
 function settingsView(s: ResolvedVmSettings): VmDetailView['settings'] {
-  const { tcpPort, ...rest } = s;
+  // `access` is shown as the endpoints it made (`access`), not as the layers that made it.
+  const { tcpPort, access: _access, ...rest } = s;
   return tcpPort === undefined ? rest : { port: tcpPort, ...rest };
 }
 
@@ -174,6 +196,14 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     vmotions: ctx.vmotion.historyOf(hub),
     settings: settingsView(ctx.settingsOf?.(hub) ?? {}),
     endpointStatus: endpointView(hub.endpoint),
+    tunnel: ctx.tunnels?.of(hub) ?? null,
+    access: ctx.accessOf?.(hub) ?? {
+      telnet: { host: '', port: hub.identity.tcpPort, listening: hub.listenError === null, error: hub.listenError },
+      telnets: null,
+      raw: null,
+      unix: null,
+      pty: null,
+    },
   });
 
   const setPort = async (hub: ConsoleHub, port: number, force: boolean) => {
@@ -241,6 +271,15 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     { method: 'GET', path: '/api/v1/resolve', handle: (url) => view(resolveVm(ctx.registry, url.searchParams.get('vm'))) },
     { method: 'GET', path: '/api/v1/show', handle: (url) => detail(vmOf(url)) },
     { method: 'GET', path: '/api/v1/clients', handle: () => ctx.registry.all().flatMap(clientViews) },
+    { method: 'GET', path: '/api/v1/tunnels', handle: () => ctx.tunnels?.list() ?? [] },
+    {
+      // Without the Upgrade headers (those go to adminUpgrades below).
+      method: 'GET',
+      path: '/api/v1/tunnel',
+      handle: () => {
+        throw new AdminApiError(426, 'VSPC_TUNNEL_UPGRADE_REQUIRED', '/api/v1/tunnel is a byte stream: send "Connection: Upgrade" and "Upgrade: vspc-tunnel" (vspc-admin tunnel NAME PORT)');
+      },
+    },
     {
       method: 'POST',
       path: '/api/v1/kick',
@@ -264,6 +303,18 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
       path: '/api/v1/forget',
       handle: (url) => {
         const hub = vmOf(url);
+        // A console the configuration or discovery keeps would be back (or half back)
+        // at the next reload or scan: it is removed where it is declared.
+        const group = ctx.managedBy?.(hub) ?? null;
+        if (group !== null) {
+          throw new AdminApiError(
+            409,
+            'VSPC_CONSOLE_MANAGED',
+            group === 'config'
+              ? `${hub.displayName} is declared in the config file (consoles:); remove it there and reload`
+              : `${hub.displayName} is found by discovery; it is stopped when its VM goes, and can be forgotten then`,
+          );
+        }
         const v = view(hub);
         ctx.registry.forget(hub);
         ctx.logger.info('VM serial port forgotten by the administrator', { vm: hub.displayName, port: hub.identity.tcpPort });
@@ -372,8 +423,51 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
             uptimeSeconds: s.uptimeSeconds,
             vmConnections: s.vmConnections,
             vmConnectionsRefused: s.vmConnectionsRefused,
+            ssh: ctx.sshMetrics?.() ?? null,
+            tunnels: ctx.tunnels?.list() ?? [],
           }),
         );
+      },
+    },
+  ];
+}
+
+/** HTTP status of a tunnel failure answered before the switch, by code. */
+const TUNNEL_STATUS: Record<string, number> = {
+  VSPC_TUNNEL_NOT_FOUND: 404,
+  VSPC_TUNNEL_NOT_ATTACHED: 409,
+  VSPC_TUNNEL_TOO_MANY_STREAMS: 503,
+  VSPC_TUNNEL_OPEN_FAILED: 502,
+  VSPC_TUNNEL_STREAM_RESET: 502,
+};
+
+/**
+ * The admin API's byte streams: `GET /api/v1/tunnel?tunnel=NAME&port=PORT` with
+ * `Upgrade: vspc-tunnel` (`vspc-admin tunnel NAME PORT`, an ssh ProxyCommand). Answered
+ * `101` only once the guest accepted the stream, so a refusal is a JSON error the
+ * client can print.
+ */
+export function adminUpgrades(ctx: AdminContext): AdminUpgradeRoute[] {
+  const tunnels = ctx.tunnels;
+  if (!tunnels) return [];
+  return [
+    {
+      path: '/api/v1/tunnel',
+      protocol: 'vspc-tunnel',
+      open: async (url, peer, socket) => {
+        const name = url.searchParams.get('tunnel');
+        if (!name) throw new AdminApiError(400, 'VSPC_TUNNEL_REQUIRED', 'name the tunnel: tunnel=NAME');
+        const port = intParam(url, 'port', 1, 65535);
+        try {
+          const join = await tunnels.open(name, port, `admin API ${peer}`, socket);
+          ctx.logger.info('tunnel stream through the admin API', { tunnel: name, port, peer });
+          return join;
+        } catch (err) {
+          const code = (err as VspcError)?.code;
+          const status = typeof code === 'string' ? TUNNEL_STATUS[code] : undefined;
+          if (status !== undefined) throw new AdminApiError(status, code as VspcErrorCode, (err as Error).message);
+          throw err;
+        }
       },
     },
   ];

@@ -54,14 +54,15 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
     tlsPort: tlsPortOf(hub),
     connected: hub.source !== null,
     // A maintained source that is not connected says why: waiting (backoff), listening, stopped.
-    state: hub.state === 'disconnected' && hub.endpoint ? hub.endpoint.state : hub.state,
+    state: hub.displayState,
     clients: hub.clients.size,
     source: hub.source?.kind ?? null,
     peer: hub.source?.peer ?? null,
     endpoint: hub.endpoint?.spec ?? null,
     connectedSince: hub.connectedSince ? new Date(hub.connectedSince).toISOString() : null,
     lastSeen: lastSeen ? new Date(lastSeen).toISOString() : null,
-    listenError: [hub.listenError, hub.tlsListenError].filter(Boolean).join('; ') || null,
+    // The other access methods' endpoints too (raw port, unix socket, pty): "raw: ...".
+    listenError: [hub.listenError, hub.tlsListenError, ...[...hub.accessErrors].map(([m, e]) => `${m}: ${e}`)].filter(Boolean).join('; ') || null,
   };
 }
 
@@ -69,12 +70,19 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
 export interface ClientView {
   id: number;
   peer: string;
-  /** The user name the client gave (VSPC-CONTROL, e.g. `vspc-admin connect --user`); null for stock telnet. */
+  /**
+   * The user: the name a telnet client gave (VSPC-CONTROL, e.g. `vspc-admin connect
+   * --user`), or the one an SSH key gives (authenticated); null for stock telnet.
+   */
   user: string | null;
   /** Lock mode held (readwrite, readonly, ...). */
   mode: string;
   /** Connected over telnets. */
   tls: boolean;
+  /** The access method: `telnet`, `telnets`, `raw`, `unix`, `pty` or `ssh`. */
+  method: string;
+  /** SSH: the fingerprint (`SHA256:...`) of the key the user logged in with; null otherwise. */
+  keyFingerprint: string | null;
   connectedSince: string | null;
   /** The VM serial port it is attached to. */
   vm: string;
@@ -88,6 +96,10 @@ interface ClientFacts {
   mode?: string;
   connectedAt?: number;
   secure?: boolean;
+  /** Set by access methods other than telnet (`raw`, `unix`, `pty`, `ssh`). */
+  method?: string;
+  /** SSH: the key the user logged in with. */
+  keyFingerprint?: string;
 }
 
 export function clientViews(hub: ConsoleHub): ClientView[] {
@@ -100,6 +112,8 @@ export function clientViews(hub: ConsoleHub): ClientView[] {
         user: hub.userOf(c) ?? null,
         mode: f.mode ?? 'readwrite',
         tls: f.secure === true,
+        method: f.method ?? (f.secure === true ? 'telnets' : 'telnet'),
+        keyFingerprint: f.keyFingerprint ?? null,
         connectedSince: typeof f.connectedAt === 'number' ? new Date(f.connectedAt).toISOString() : null,
         vm: hub.displayName,
         uuid: formatUuid(hub.identity.key),
@@ -183,6 +197,100 @@ export interface VmDetailView extends PortView {
   settings: { lockMode?: string; scrollbackBytes?: number; port?: number; log?: boolean };
   /** For a console whose source vspc maintains: where its endpoint stands. */
   endpointStatus: EndpointView | null;
+  /** The serial tunnel this console carries (it has no console for people then); null: none. */
+  tunnel?: TunnelView | null;
+  /** How people reach it: each access method's endpoint, null where the method is off. */
+  access: AccessView;
+}
+
+/** One TCP endpoint of a console (telnet, telnets, raw). */
+export interface TcpEndpointView {
+  host: string;
+  port: number;
+  listening: boolean;
+  /** Why it does not listen (retried); null when it does. */
+  error: string | null;
+}
+
+/** A console's unix socket. */
+export interface UnixEndpointView {
+  path: string;
+  /** `raw` or `telnet`. */
+  protocol: string;
+  owner: string;
+  group: string | null;
+  /** Octal, e.g. "0600". */
+  mode: string;
+  listening: boolean;
+  error: string | null;
+}
+
+/** A console's pty. */
+export interface PtyEndpointView {
+  /** The stable path programs open. */
+  link: string;
+  /** The pty it points at (`/dev/pts/N`); null while none could be made. */
+  device: string | null;
+  mode: string;
+  group: string | null;
+  /** A program has the pty open now. */
+  readerAttached: boolean;
+  error: string | null;
+}
+
+/** `show`'s `access`: a console's endpoints by method; null where the method is off for it. */
+export interface AccessView {
+  telnet: TcpEndpointView | null;
+  telnets: TcpEndpointView | null;
+  raw: TcpEndpointView | null;
+  unix: UnixEndpointView | null;
+  pty: PtyEndpointView | null;
+}
+
+/**
+ * One serial tunnel (`vspc-admin list`'s tunnel table, `show`, `GET /api/v1/tunnels`):
+ * its console, the link to the guest agent, its forwards. The server fills it from
+ * src/access/tunnel/ (TunnelStatus has this shape).
+ */
+export interface TunnelView {
+  name: string;
+  /** How the config names its console: `console: web01:tunnel` or `source: unix:/run/...`. */
+  carrier: string;
+  /** The console it is attached to, and that console's telnet port; null while none. */
+  console: string | null;
+  consolePort: number | null;
+  /** Why it has no console (none matches yet, ambiguous, taken); null when attached. */
+  problem: string | null;
+  link: {
+    /** handshaking (no session with an agent yet), up, down (the agent stopped answering), closed. */
+    state: string;
+    /** ms since the epoch. */
+    since: number;
+    rttMs: number | null;
+    rtoMs: number;
+    retransmits: number;
+    timeouts: number;
+    framesSent: number;
+    framesReceived: number;
+    lineBytesOut: number;
+    lineBytesIn: number;
+    discardedBytes: number;
+    badFrames: number;
+    echoes: number;
+    sessions: number;
+    peerRestarts: number;
+    linkDowns: number;
+    streams: number;
+    streamsOpened: number;
+    streamsRefused: number;
+    streamsReset: number;
+    bytesToGuest: number;
+    bytesFromGuest: number;
+    hostBootId: string;
+    agentBootId: string | null;
+  } | null;
+  forwards: Array<{ listen: string; address: string | null; to: number; error: string | null; accepted: number; connections: number }>;
+  connectionsTotal: number;
 }
 
 /** The endpoint of a declared or discovered console (`show`). Times are ISO 8601. */
@@ -228,4 +336,16 @@ export interface StatusView {
   /** VM-side connections dropped at accept by the flood cap. */
   vmConnectionsRefused: number;
   vmotions: Record<string, number>;
+  /** The SSH front door (--ssh-listen); null when off (absent from views built without it). */
+  ssh?: SshStatusView | null;
+}
+
+/** `status`: where SSH listens, its host keys (compare with what `ssh` shows on first connect), its sessions. */
+export interface SshStatusView {
+  listen: string;
+  hostKeys: Array<{ type: string; fingerprint: string }>;
+  /** SSH connections authenticated now. */
+  connections: number;
+  /** Of their sessions, those attached to a console. */
+  attached: number;
 }

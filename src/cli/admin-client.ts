@@ -156,6 +156,60 @@ export class AdminClient {
     });
   }
 
+  /**
+   * A call that becomes a byte stream (HTTP Upgrade; `vspc-admin tunnel`): resolves with
+   * the socket once the server answered 101 (and any bytes that came with the answer),
+   * rejects with the API's error (its code and message) otherwise.
+   */
+  upgrade(path: string, protocol: string): Promise<{ socket: import('node:net').Socket; head: Buffer }> {
+    const o = this.options;
+    const headers: Record<string, string> = { connection: 'Upgrade', upgrade: protocol };
+    if (o.token) headers.authorization = `Bearer ${o.token}`;
+    const lib = o.tls ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request({
+        host: this.addr.host,
+        port: this.addr.port,
+        method: 'GET',
+        path,
+        headers,
+        timeout: o.timeoutMs ?? 60_000,
+        agent: false,
+        ...(o.tls?.ca ? { ca: o.tls.ca } : {}),
+      });
+      req.on('upgrade', (_res, socket, head) => {
+        socket.setTimeout(0);
+        resolve({ socket, head });
+      });
+      req.on('response', (res) => {
+        // Not switched: the API's JSON error, turned into a VspcError as for any call.
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => reject(this.errorOf(res.statusCode ?? 0, Buffer.concat(chunks), path)));
+        res.on('error', (err) => reject(this.unreachable(err)));
+      });
+      req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
+      req.on('error', (err) => reject(this.unreachable(err)));
+      req.end();
+    });
+  }
+
+  /** The VspcError for a non-2xx answer (or one that is not the API's JSON). */
+  private errorOf(status: number, raw: Buffer, path: string): VspcError {
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString('utf8'));
+    } catch {
+      return new VspcError('VSPC_ADMIN_BAD_RESPONSE', `unexpected answer from ${this.base}${path}: HTTP ${status}`);
+    }
+    const e = (body as { error?: { code?: string; message?: string } }).error;
+    const code = isErrorCode(e?.code) ? e.code : 'VSPC_ADMIN_ERROR';
+    let message = e?.message ?? `HTTP ${status}`;
+    if (code === 'VSPC_AUTH_REQUIRED') message = 'the admin API requires a token: give --token-file FILE, or set VSPC_ADMIN_TOKEN';
+    if (code === 'VSPC_AUTH_FAILED') message = 'the admin API did not accept the token (--token, --token-file or VSPC_ADMIN_TOKEN)';
+    return new VspcError(code, message, { status, ...(e?.code && e.code !== code ? { serverCode: String(e.code).slice(0, 64) } : {}) });
+  }
+
   private unreachable(err: Error): VspcError {
     const code = (err as NodeJS.ErrnoException).code ?? err.name;
     let hint = 'is vspc running? (see --admin)';

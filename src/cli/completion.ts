@@ -145,6 +145,14 @@ ${argCase}
         local keep=\${cur%:*}: k
         for k in "\${!COMPREPLY[@]}"; do COMPREPLY[k]=\${COMPREPLY[k]#"$keep"}; done
       fi;;
+    name)
+      # console: names from the broker (no admin API needed; VSPC_BROKER_SOCKET or the default socket).
+      local IFS=$'\n'
+      COMPREPLY=($(compgen -W "$("\${COMP_WORDS[0]}" console --names 2>/dev/null)" -- "$cur"))
+      if [[ $cur == *:* && $COMP_WORDBREAKS == *:* ]]; then
+        local keep=\${cur%:*}: k
+        for k in "\${!COMPREPLY[@]}"; do COMPREPLY[k]=\${COMPREPLY[k]#"$keep"}; done
+      fi;;
     shell) COMPREPLY=($(compgen -W '${SHELLS.join(' ')}' -- "$cur"));;
     command) COMPREPLY=($(compgen -W '${words(commands.map((c) => c.name))}' -- "$cur"));;
     *) COMPREPLY=();;
@@ -206,6 +214,9 @@ ${argCase}
     vm)
       consoles=("\${(@f)$(\${words[1]} "\${globals[@]}" ${CONSOLES_COMMAND} -- "$cur" 2>/dev/null)}")
       (( \${#consoles} )) && [[ -n \${consoles[1]} ]] && compadd -U -- "\${consoles[@]}";;
+    name)
+      consoles=("\${(@f)$(\${words[1]} console --names 2>/dev/null)}")
+      (( \${#consoles} )) && [[ -n \${consoles[1]} ]] && compadd -- "\${consoles[@]}";;
     shell) compadd -- ${SHELLS.join(' ')};;
     command) compadd -- ${words(commands.map((c) => c.name))};;
   esac

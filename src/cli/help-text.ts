@@ -72,6 +72,7 @@ export const VSPC_ADMIN_MANUAL: ManualText = {
       'NAME:LABEL for one serial port of a VM with several; a name that matches several is an error listing them.',
   ],
   environment: [
+    ['VSPC_ADMIN', 'the admin API address (instead of --admin), e.g. 127.0.0.1:23371 for a vspc started on other ports.'],
     ['VSPC_ADMIN_TOKEN', 'the admin API token, when vspc requires one (instead of --token or --token-file).'],
     ['VSPC_BROKER_SOCKET', "the console broker's unix socket for vspc-admin console (instead of --socket)."],
   ],

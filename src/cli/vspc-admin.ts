@@ -5,18 +5,34 @@ import { Command, CommanderError, InvalidArgumentError, Option as CliOption } fr
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
 import type { ReloadReport } from '../config/reload.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, type ClientView, type EndpointView, type PortView, type VmDetailView } from '../admin/views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, type AccessView, type ClientView, type EndpointView, type PortView, type TunnelView, type VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { neutralizeTerminalStrings } from '../util/text.js';
 import { formatTable } from './table.js';
 import { addConnectCommand } from './connect.js';
+import { addTunnelCommand } from './tunnel.js';
+import { tunnelRows, tunnelTable } from './tunnel-views.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
 import { addConsoleCommand } from './console.js';
 import { helpEpilogue, VSPC_ADMIN_MANUAL } from './help-text.js';
 
+/** The `ssh` part of `status`: listen address, sessions, one line per host key (fingerprints to compare with what ssh shows). */
+function formatSshStatus(ssh: unknown): string {
+  if (!ssh || typeof ssh !== 'object') return 'ssh: off\n';
+  const v = ssh as { listen?: string; connections?: number; attached?: number; hostKeys?: Array<{ type: string; fingerprint: string }> };
+  let text = `ssh: ${v.listen ?? '?'} connections=${v.connections ?? 0} attached=${v.attached ?? 0}\n`;
+  for (const k of v.hostKeys ?? []) text += `ssh host key: ${k.type} ${k.fingerprint}\n`;
+  return text;
+}
+
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
+  const { ssh, ...rest } = s;
+  return formatPlainStatus(rest) + ('ssh' in s ? formatSshStatus(ssh) : '');
+}
+
+function formatPlainStatus(s: Record<string, unknown>): string {
   const value = (v: unknown) =>
     v !== null && typeof v === 'object'
       ? Object.entries(v as Record<string, unknown>)
@@ -35,8 +51,10 @@ function since(iso: string | null, now = Date.now()): string {
 }
 
 /** A client as people know it: `user@address:port` when it gave a user name (VSPC-CONTROL), else its address. */
-function clientWho(c: { peer: string; user?: string | null }): string {
-  return c.user ? `${c.user}@${c.peer}` : c.peer;
+function clientWho(c: { peer: string; user?: string | null; method?: string; keyFingerprint?: string | null }): string {
+  const who = c.user ? `${c.user}@${c.peer}` : c.peer;
+  // An SSH client with the key its user logged in with (the method is in `who`'s VIA column).
+  return c.keyFingerprint ? `${who} (key ${c.keyFingerprint})` : who;
 }
 
 function vmName(p: { name: string | null; key: string; label: string }): string {
@@ -49,9 +67,31 @@ function endpointRows(e: EndpointView | null): Array<[string, string]> {
   const rows: Array<[string, string]> = [
     ['source', e.spec],
     ['endpoint', `${e.state} since ${since(e.since)}${e.nextAttemptAt ? `, next attempt in ${Math.max(0, Math.round((Date.parse(e.nextAttemptAt) - Date.now()) / 1000))}s` : ''}${e.note ? ` (${e.note})` : ''}`],
-    ['reconnects', `${e.reconnects} (${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''})`],
+    // Failed attempts and lost connections together: the count of times the endpoint was not there.
+    ['failures', `${e.reconnects} of ${e.attempts} attempts${e.refusedPeers ? `, ${e.refusedPeers} peers refused` : ''}`],
   ];
   if (e.lastError) rows.push(['last error', e.lastError]);
+  return rows;
+}
+
+/** `show` rows for a console's endpoints, one per access method that is on. */
+function accessRows(a: AccessView | undefined): Array<[string, string]> {
+  if (!a) return [];
+  const state = (listening: boolean, error: string | null) => (listening ? '' : `  ! ${error ?? 'not set up yet'}`);
+  const rows: Array<[string, string]> = [];
+  if (a.telnet) rows.push(['telnet', `${a.telnet.host ? `${a.telnet.host}:` : ''}${a.telnet.port}${state(a.telnet.listening, a.telnet.error)}`]);
+  else rows.push(['telnet', 'off']);
+  if (a.telnets) rows.push(['telnets', `${a.telnets.host}:${a.telnets.port}${state(a.telnets.listening, a.telnets.error)}`]);
+  if (a.raw) rows.push(['raw', `${a.raw.host}:${a.raw.port}${state(a.raw.listening, a.raw.error)}`]);
+  if (a.unix) {
+    const who = `${a.unix.owner}:${a.unix.group ?? '-'} ${a.unix.mode}, ${a.unix.protocol}`;
+    rows.push(['unix socket', `${a.unix.path} (${who})${state(a.unix.listening, a.unix.error)}`]);
+  }
+  if (a.pty) {
+    const dev = a.pty.device ? ` -> ${a.pty.device}` : '';
+    const reader = a.pty.readerAttached ? ', open by a reader' : '';
+    rows.push(['pty', `${a.pty.link}${dev} (${a.pty.group ?? '-'} ${a.pty.mode}${reader})${state(a.pty.device !== null && a.pty.error === null, a.pty.error)}`]);
+  }
   return rows;
 }
 
@@ -128,7 +168,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
   const program = new Command('vspc-admin')
     .description('Administer a running vspc through its admin API.')
     .version(VERSION, '-V, --version')
-    .option('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)', '127.0.0.1:13371')
+    .addOption(new CliOption('--admin <host:port>', 'address of the vspc admin API (or https://HOST:PORT)').env('VSPC_ADMIN').default('127.0.0.1:13371'))
     .option('--admin-tls', 'speak HTTPS to the admin API (vspc --admin-cert/--admin-key)')
     .option('--admin-ca <file>', "CA certificate (PEM) to trust for the admin API's HTTPS (implies --admin-tls)")
     .addOption(new CliOption('--token <token>', 'admin API token (visible in ps: prefer --token-file or the variable)').env('VSPC_ADMIN_TOKEN'))
@@ -181,6 +221,13 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       out(totals(ports));
       const broken = ports.filter((p) => p.listenError);
       for (const p of broken) out(`! port ${p.port}: ${p.listenError}\n`);
+      // Serial tunnels on the consoles listed (an older vspc has none to tell).
+      const tunnels = await client()
+        .get<TunnelView[]>('/api/v1/tunnels')
+        .catch(() => [] as TunnelView[]);
+      const shown = new Set(ports.map(vmName));
+      const mine = pattern || opts.state ? tunnels.filter((t) => t.console !== null && shown.has(t.console)) : tunnels;
+      if (mine.length > 0) out('\n' + tunnelTable(mine));
     });
 
   program
@@ -200,6 +247,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         [d.uuid !== null ? 'uuid' : 'key', d.uuid ?? d.key],
         ['label', d.label || '-'],
         ['port', `${d.port}${d.tlsPort !== null ? ` (telnets ${d.tlsPort})` : ''}${d.listenError ? `  ! ${d.listenError}` : ''}`],
+        ...accessRows(d.access),
         ['state', d.state],
         ...endpointRows(d.endpointStatus),
         ['peer', d.peer ?? '-'],
@@ -224,10 +272,11 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         .filter(Boolean)
         .join(', ');
       if (set) rows.push(['config file', set]);
+      if (d.tunnel) rows.push(...tunnelRows(d.tunnel));
       rows.push(['clients', String(d.clientList.length)]);
       const width = Math.max(...rows.map(([k]) => k.length)) + 1;
       let text = `${vmName(d)}\n` + rows.map(([k, v]) => `  ${(k + ':').padEnd(width)} ${v}`).join('\n') + '\n';
-      for (const c of d.clientList) text += `    #${c.id}  ${clientWho(c)}  ${c.mode}${c.tls ? '  tls' : ''}  since ${since(c.connectedSince)}\n`;
+      for (const c of d.clientList) text += `    #${c.id}  ${c.method ?? (c.tls ? 'telnets' : 'telnet')}  ${clientWho(c)}  ${c.mode}  since ${since(c.connectedSince)}\n`;
       text += `  ${'vMotions:'.padEnd(width)} ${d.vmotions.length === 0 ? 'none since vspc started' : String(d.vmotions.length)}\n`;
       for (const m of d.vmotions) {
         text += `    ${m.startedAt.replace(/\.\d{3}Z$/, 'Z')}  ${m.outcome} in ${m.durationMs} ms (held ${m.heldBytes} bytes${m.discardedBytes ? `, discarded ${m.discardedBytes}` : ''})\n`;
@@ -251,8 +300,8 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       }
       out(
         formatTable(
-          ['ID', 'VM', 'PORT', 'MODE', 'TLS', 'PEER', 'SINCE'],
-          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.tls ? 'yes' : '-', clientWho(c), since(c.connectedSince)]),
+          ['ID', 'VM', 'PORT', 'MODE', 'VIA', 'PEER', 'SINCE'],
+          clients.map((c) => [String(c.id), c.vm, String(c.port), c.mode, c.method ?? (c.tls ? 'telnets' : 'telnet'), clientWho(c), since(c.connectedSince)]),
         ),
       );
     });
@@ -364,6 +413,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
 
   addConnectCommand(program, client, () => adminAddress(program).addr.host);
   addConsoleCommand(program, (s) => out(s));
+  addTunnelCommand(program, (timeoutMs) => adminClientFrom(program, timeoutMs));
 
   program
     .command('completion')

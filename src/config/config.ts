@@ -9,6 +9,7 @@ import type { HostPort } from '../util/net.js';
 import type { LockRequest } from '../domain/locks.js';
 import type { CidrBlock } from '../util/cidr.js';
 import type { LOG_FORMATS, LOG_LEVELS } from './table.js';
+import type { AccessSettings } from './access.js';
 import { DEFAULTS as COMPUTED_DEFAULTS } from './options.js';
 import type { BrokerSocketSetting } from './broker.js';
 
@@ -29,6 +30,8 @@ export interface VspcConfig {
   proxyListen: HostPort;
   proxyTlsListen: HostPort | null;
   adminListen: HostPort;
+  /** DNS names the admin API answers to besides IP literals and localhost (request-guard.ts); null = none. */
+  adminHostNames: string[] | null;
   tls: { cert: Buffer; key: Buffer } | null;
   dbPath: string;
   portRange: PortRange;
@@ -56,7 +59,7 @@ export interface VspcConfig {
   registrationRate: number;
   /** ... and at once. */
   registrationBurst: number;
-  /** Records that never carried a byte nor a client are forgotten after this long unseen; 0 = only expireAfterMs. */
+  /** Records no client ever attached to are forgotten after this long unseen; 0 = only expireAfterMs. */
   expireUnusedAfterMs: number;
   subnegotiationTimeoutMs: number;
   maxSubnegotiation: number;
@@ -73,6 +76,8 @@ export interface VspcConfig {
   vmotionHoldLimit: number;
   /** Recent VM output replayed to a client on attach. */
   scrollbackBytes: number;
+  /** How often a console's pty is checked for a reader opening it (access method pty). */
+  ptyPollMs: number;
   /** Wait this long for a VSPC-CONTROL lock request before giving a client the default lock. */
   clientLockWaitMs: number;
   /** Close console clients that typed nothing for this long (0 = never; keepalive still finds dead peers). */
@@ -105,6 +110,10 @@ export interface VspcConfig {
   replay: boolean;
   /** Declared consoles from the config file (`consoles:`); see consoles.ts. */
   consoles: ConsoleSettings[];
+  /** Serial tunnels from the config file (`tunnels:`); see tunnels.ts. */
+  tunnels: TunnelSettings[];
+  /** Access methods for every console (config file `access:`); entries of vms:/consoles: override it (access.ts). */
+  access: AccessSettings;
   /** Proxmox discovery: the run directory of the VMs' serial sockets; null = off. */
   proxmoxRunDir: string | null;
   proxmoxConfDir: string;
@@ -129,6 +138,42 @@ export interface VspcConfig {
   logLevel: LogLevel;
   /** The process logger's format (--log-format); fixed at start. */
   logFormat: LogFormatName;
+  /** The SSH front door (--ssh-listen); null = off. */
+  sshListen: HostPort | null;
+  /** Where the SSH host keys are kept (created on first start); null = the database's directory. */
+  sshHostKeyDir: string | null;
+  /** OpenSSH-format authorized keys with vspc's per-key options (--ssh-authorized-keys); re-read on every reload. */
+  sshAuthorizedKeys: string | null;
+  /** An external command deciding keys and rights, like AuthorizedKeysCommand (--ssh-keys-command). */
+  sshKeysCommand: string | null;
+  /** SSH sessions idle this long are ended, unless the key says otherwise (0 = never). */
+  sshIdleTimeoutMs: number;
+  /** SSH sessions last at most this long, unless the key says otherwise (0 = no limit). */
+  sshMaxSessionMs: number;
+  /** Bounds of the SSH front door fixed in code (tests shorten them). */
+  sshLimits: SshLimits;
+}
+
+/** Bounds of the SSH front door (src/access/ssh/): time to log in, keepalive, the failed-authentication bucket, the keys command. */
+export interface SshLimits {
+  /** A connection not authenticated by then is closed (OpenSSH's LoginGraceTime). */
+  loginGraceMs: number;
+  /** SSH-level keepalive: a ping this often; a peer that misses `keepaliveCountMax` in a row is cut off. */
+  keepaliveIntervalMs: number;
+  keepaliveCountMax: number;
+  /** Failed authentications per source address: a bucket of this many ... */
+  authFailureBurst: number;
+  /** ... refilled by one every this many ms. An empty bucket refuses the address's connections until it refills. */
+  authFailureRefillMs: number;
+  /** Connections not yet authenticated, in all and per source address; past these, new ones are dropped at accept. */
+  maxUnauthenticated: number;
+  maxUnauthenticatedPerAddress: number;
+  /** The keys command: killed after this long; its output bounded; this many at once at most. */
+  keysCommandTimeoutMs: number;
+  keysCommandMaxOutput: number;
+  keysCommandConcurrency: number;
+  /** Output queued to one SSH session (channel and socket) before it is cut off; null = --client-queue-limit. */
+  maxQueuedBytes: number | null;
 }
 
 /** See BrokerLimits in src/access/broker/connection.ts (the same shape). */
@@ -157,6 +202,22 @@ export interface DiscoverGlob {
   where?: string;
 }
 
+/** One forward of a tunnel: where vspc listens, and the port in the guest it leads to. */
+export interface TunnelForwardSettings {
+  listen: { type: 'auto' } | { type: 'tcp'; host: string; port: number } | { type: 'unix'; path: string; mode: number };
+  to: number;
+}
+
+/** One `tunnels:` entry (src/config/tunnels.ts): `console` (an existing console) or `source` (its own). */
+export interface TunnelSettings {
+  name: string;
+  console?: string;
+  source?: SourceSpec;
+  /** The source as canonical text (formatSourceSpec). */
+  sourceText?: string;
+  forwards: TunnelForwardSettings[];
+}
+
 /** One `consoles:` entry of the config file (src/config/consoles.ts). */
 export interface ConsoleSettings {
   name: string;
@@ -172,6 +233,8 @@ export interface ConsoleSettings {
   replay?: boolean;
   /** false: no console log file for this console. */
   log?: boolean;
+  /** Access methods for this console, over the global `access:` and any vms: match. */
+  access?: AccessSettings;
   /** Where the entry is written ("file:line:col"), for log lines. */
   where?: string;
 }
@@ -188,6 +251,8 @@ export interface VmSettings {
   greeting?: boolean;
   notices?: boolean;
   replay?: boolean;
+  /** Access methods for the matching consoles, over the global `access:`. */
+  access?: AccessSettings;
   /** Where the entry is written ("file:line:col"), for log lines. */
   where?: string;
 }

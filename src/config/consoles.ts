@@ -9,6 +9,7 @@
  *       scrollback: 64k          # optional
  *       port: 10101              # optional fixed client port
  *       log: false               # optional: no console log file for this one
+ *       access: { pty: { link: /dev/vspc/web01 } }   # optional: access methods (access.ts)
  *
  * A declared console's identity is (kind `config`, key = its name, label ''): renaming
  * it in the file makes a new console with a new port.
@@ -21,7 +22,7 @@ import { describe, type Fail } from './file.js';
 import { checkConsoleSettings } from './vms.js';
 
 /** The keys a `consoles:` entry may have (config file spelling). */
-export const CONSOLE_ENTRY_KEYS = ['name', 'source', 'lockMode', 'scrollback', 'port', 'log', 'greeting', 'notices', 'replay'] as const;
+export const CONSOLE_ENTRY_KEYS = ['name', 'source', 'lockMode', 'scrollback', 'port', 'log', 'greeting', 'notices', 'replay', 'access'] as const;
 
 /** Longest console name: it is a table cell, a file name part and a telnet greeting. */
 export const MAX_CONSOLE_NAME = 128;

@@ -32,11 +32,13 @@ export const NOT_SETTINGS: ReadonlySet<string> = new Set(['config', 'version', '
 export function buildProgram(): Command {
   const program = new Command('vspc')
     .description(
-      'Virtual serial port concentrator: VMware ESXi VMs connect their network serial ports in ' +
-        '(vSPC URI telnet://HOST:13370) and each VM serial port gets a sticky telnet port.',
+      'Console server for the serial consoles of a VM estate: VMware ESXi VMs connect their network ' +
+        'serial ports in (vSPC URI telnet://HOST:13370); QEMU/KVM, Proxmox and libvirt serial sockets, ptys ' +
+        'and host ttys are declared (consoles:) or discovered (--proxmox, --libvirt, discover:). Each console ' +
+        'gets a sticky telnet port.',
     )
     .version(VERSION, '-V, --version')
-    .option('--config <file>', 'config file, YAML (JSON if named *.json); keys: these options in camelCase, plus vms: and consoles:; options given here override it');
+    .option('--config <file>', 'config file, YAML (JSON if named *.json); keys: these options in camelCase, plus vms:, consoles: and discover:; options given here override it');
   for (const spec of OPTIONS as readonly OptionSpec[]) {
     if (spec.flag === null) continue;
     const opt = new CliOption(spec.flag, spec.help);
@@ -156,6 +158,9 @@ function adminToken({ values, origin, warnings }: CombineInputs): string | null 
 
 /** Checks across options that set no field of their own. */
 function checkAcross(config: VspcConfig): void {
+  if (config.sshListen && !config.sshAuthorizedKeys && !config.sshKeysCommand) {
+    throw new ConfigError('--ssh-listen: no key could log in: give --ssh-authorized-keys FILE, --ssh-keys-command CMD, or both', { field: '--ssh-listen' });
+  }
   if (!isLoopbackHost(config.adminListen.host) && !config.adminToken) {
     throw new ConfigError(
       `--admin-listen: ${config.adminListen.host} is not a loopback address, so the admin API needs a token: ` +

@@ -4,7 +4,7 @@
  * message starts with that flag (`--port-range: start 5 is greater than end 2`), so
  * the config file reader can re-state it at the key's file position.
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import type { PortRange } from '../domain/repository.js';
 import type { HostPort } from '../util/net.js';
@@ -109,6 +109,18 @@ export function parseNonEmpty(field: string, text: string): string {
   return text;
 }
 
+/** A path to a file that exists and can be read now (its contents are read where used). */
+export function parseReadableFile(field: string, path: string): string {
+  const p = parseNonEmpty(field, path).trim();
+  try {
+    accessSync(p, constants.R_OK);
+    if (!statSync(p).isFile()) throw new Error('not a regular file');
+  } catch (err) {
+    throw new ConfigError(`${field}: cannot read ${p}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { field, value: p });
+  }
+  return p;
+}
+
 /** One of `choices`, exactly. */
 export function parseChoice<T extends string>(field: string, text: string, choices: readonly T[]): T {
   if (!(choices as readonly string[]).includes(text)) {
@@ -148,4 +160,18 @@ export function parseAbsolutePath(field: string, text: string): string {
   const t = text.trim();
   if (!t.startsWith('/') || t.includes('\0')) throw new ConfigError(`${field}: "${t}" is not an absolute path`, { field, value: text });
   return t;
+}
+
+/** A comma list of DNS names (lower-cased); each a plain host name, no port, no wildcard. */
+export function parseHostNames(field: string, text: string): string[] {
+  const names = text
+    .split(',')
+    .map((n) => n.trim().toLowerCase())
+    .filter((n) => n !== '');
+  for (const n of names) {
+    if (n.length > 253 || !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(n)) {
+      throw new ConfigError(`${field}: "${n.slice(0, 80)}" is not a host name`, { field, value: text });
+    }
+  }
+  return names;
 }

@@ -18,8 +18,10 @@ import {
   parseDuration,
   parseHostPort,
   parseAbsolutePath,
+  parseHostNames,
   parseNonEmpty,
   parsePort,
+  parseReadableFile,
   parsePortRange,
   parseCidrList,
   parseRate,
@@ -30,7 +32,9 @@ import { ConfigError } from '../errors.js';
 import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
 import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
+import { checkTunnels } from './tunnels.js';
 import { parseBrokerSocket, parseGroup, parseSocketMode } from './broker.js';
+import { checkAccess } from './access.js';
 
 export const ADMIN_TOKEN_ENV = 'VSPC_ADMIN_TOKEN';
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -134,6 +138,15 @@ export const OPTIONS = [
     default: '127.0.0.1:13371',
     parse: (t, f) => parseHostPort(f, t, '127.0.0.1'),
     reload: false,
+  }),
+  option({
+    flag: '--admin-host-names <names>',
+    key: 'adminHostNames',
+    kind: 'text',
+    field: 'adminHostNames',
+    help: 'DNS names the admin API answers to besides IP addresses and localhost (comma list; a guard against DNS rebinding)',
+    parse: (t, f) => parseHostNames(f, t),
+    reload: 'at once: the next request is checked against the new names',
   }),
   option({
     flag: '--admin-token <token>',
@@ -384,6 +397,62 @@ export const OPTIONS = [
     reload: false,
   }),
   option({
+    flag: '--ssh-listen <host:port>',
+    key: 'sshListen',
+    kind: 'text',
+    field: 'sshListen',
+    help: 'accept SSH (public keys only) for the console menu, e.g. 0.0.0.0:2222 (default: off)',
+    parse: (t, f) => parseHostPort(f, t, '0.0.0.0'),
+    reload: false,
+  }),
+  option({
+    flag: '--ssh-host-key-dir <dir>',
+    key: 'sshHostKeyDir',
+    kind: 'text',
+    field: 'sshHostKeyDir',
+    help: "SSH host keys, created there on first start (default: the database's directory)",
+    parse: (t, f) => parseNonEmpty(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--ssh-authorized-keys <file>',
+    key: 'sshAuthorizedKeys',
+    kind: 'text',
+    field: 'sshAuthorizedKeys',
+    help: 'OpenSSH authorized keys with vspc-consoles=, vspc-modes=, vspc-user=, from= options; re-read on reload',
+    parse: (t, f) => parseReadableFile(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--ssh-keys-command <command>',
+    key: 'sshKeysCommand',
+    kind: 'text',
+    field: 'sshKeysCommand',
+    help: 'program asked about keys the file does not list (args: login name, key type, key, fingerprint; answers JSON)',
+    parse: (t, f) => parseNonEmpty(f, t).trim(),
+    reload: false,
+  }),
+  option({
+    flag: '--ssh-idle-timeout <duration>',
+    key: 'sshIdleTimeout',
+    kind: 'text',
+    field: 'sshIdleTimeoutMs',
+    help: 'end SSH sessions idle this long (a key may say otherwise; 0 = never)',
+    default: '0',
+    parse: (t, f) => parseDuration(f, t),
+    reload: 'for SSH sessions begun afterwards',
+  }),
+  option({
+    flag: '--ssh-max-session <duration>',
+    key: 'sshMaxSession',
+    kind: 'text',
+    field: 'sshMaxSessionMs',
+    help: 'end SSH sessions after this long (a key may say otherwise; 0 = no limit)',
+    default: '0',
+    parse: (t, f) => parseDuration(f, t),
+    reload: 'for SSH sessions begun afterwards',
+  }),
+  option({
     flag: '--broker-socket <path>',
     key: 'brokerSocket',
     kind: 'text',
@@ -531,7 +600,7 @@ export const OPTIONS = [
     parse: (t, f) => parseChoice(f, t, LOCK_MODES),
     reload: 'for clients that attach afterwards',
   }),
-  option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode)', reload: ON_HUBS }),
+  option({ flag: null, key: 'vms', kind: 'structured', check: checkVms, empty: [], field: 'vms', help: 'per-VM settings (match, port, scrollback, lockMode, access)', reload: ON_HUBS }),
   option({
     flag: '--proxmox <run-dir>',
     key: 'proxmox',
@@ -587,8 +656,28 @@ export const OPTIONS = [
     check: checkConsoles,
     empty: [],
     field: 'consoles',
-    help: 'declared consoles (name, source, lockMode, scrollback, port, log)',
+    help: 'declared consoles (name, source, lockMode, scrollback, port, log, access)',
     reload: 'at once: consoles added, removed (their ports freed) or re-pointed; the others untouched',
+  }),
+  option({
+    flag: null,
+    key: 'tunnels',
+    kind: 'structured',
+    check: checkTunnels,
+    empty: [],
+    field: 'tunnels',
+    help: 'serial tunnels: TCP into guests over a console (name, console or source, forwards of listen and to)',
+    reload: "at once: tunnels added, removed (their streams reset) or changed; an unchanged tunnel's streams are untouched",
+  }),
+  option({
+    flag: null,
+    key: 'access',
+    kind: 'structured',
+    check: (v, fail) => checkAccess(v, fail),
+    empty: {},
+    field: 'access',
+    help: 'access methods of every console: telnet, raw (TCP), unix (sockets), pty; vms:/consoles: entries override it',
+    reload: 'at once: endpoints opened and closed (sticky raw ports kept in the database)',
   }),
 ] as const;
 
@@ -614,7 +703,22 @@ export const FIXED_SETTINGS: { readonly [K in Exclude<Field, OptionField>]: Vspc
   closeGraceMs: 5000,
   bindRetryMs: 30_000,
   clientLockWaitMs: 1000,
+  // A reader that opens a console's pty sees output from at most this long after it opened it.
+  ptyPollMs: 250,
   maxUnidentifiedConnections: 1024,
+  sshLimits: {
+    loginGraceMs: 30_000,
+    keepaliveIntervalMs: 15_000,
+    keepaliveCountMax: 3,
+    authFailureBurst: 10,
+    authFailureRefillMs: 6_000,
+    maxUnauthenticated: 256,
+    maxUnauthenticatedPerAddress: 16,
+    keysCommandTimeoutMs: 5_000,
+    keysCommandMaxOutput: 64 * 1024,
+    keysCommandConcurrency: 8,
+    maxQueuedBytes: null,
+  },
   // A person picks from the menu before connecting (vspc-admin console lists, closes,
   // then connects to SELECT), so a connection chooses within a round trip or two.
   brokerLimits: { selectTimeoutMs: 10_000, maxPending: 256, maxRequests: 32, pageBytes: 32 * 1024, maxSubnegotiation: 4096 },

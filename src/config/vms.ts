@@ -11,9 +11,10 @@ import { asConfigError, describe, type Fail } from './file.js';
 import { normalizeUuid } from '../util/uuid.js';
 import { Glob, hasWildcards } from '../util/glob.js';
 import type { ConsoleIdentity } from '../domain/identity.js';
+import { checkAccess, resolveAccess, type AccessSettings, type ConsoleAccess } from './access.js';
 
 /** The keys a `vms:` entry may have (config file spelling). */
-export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port', 'greeting', 'notices', 'replay'] as const;
+export const VM_ENTRY_KEYS = ['match', 'lockMode', 'scrollback', 'port', 'greeting', 'notices', 'replay', 'access'] as const;
 
 /** What a `vms:` and a `consoles:` entry share. */
 export interface ConsoleSettingsCommon {
@@ -23,13 +24,19 @@ export interface ConsoleSettingsCommon {
   greeting?: boolean;
   notices?: boolean;
   replay?: boolean;
+  access?: AccessSettings;
 }
 
-/** The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`, `greeting`, `notices`, `replay`; errors at `at`'s key. */
+/**
+ * The settings a `vms:` and a `consoles:` entry share: `lockMode`, `scrollback`, `port`,
+ * `greeting`, `notices`, `replay`, `access`; errors at `at`'s key. `noLink`: why this
+ * entry may not give a pty `link:` (a pattern that may match several consoles), or null.
+ */
 export function checkConsoleSettings(
   e: Record<string, unknown>,
   at: Array<string | number>,
   fail: Fail,
+  noLink: string | null = null,
 ): ConsoleSettingsCommon {
   const s: ConsoleSettingsCommon = {};
   for (const k of ['greeting', 'notices', 'replay'] as const) {
@@ -52,6 +59,7 @@ export function checkConsoleSettings(
     const text = typeof e.port === 'number' || typeof e.port === 'string' ? String(e.port) : '';
     s.tcpPort = asConfigError([...at, 'port'], fail, () => parsePort('port', text, false));
   }
+  if (e.access !== undefined) s.access = checkAccess(e.access, fail, { at: [...at, 'access'], global: false, noLink });
   return s;
 }
 
@@ -67,7 +75,9 @@ export function checkVms(v: unknown, fail: Fail): VmSettings[] {
       if (!(VM_ENTRY_KEYS as readonly string[]).includes(k)) fail(['vms', i, k], `unknown key (a vms entry has ${VM_ENTRY_KEYS.join(', ')})`, true);
     }
     if (typeof e.match !== 'string' || e.match.trim() === '') fail(['vms', i, ...(e.match === undefined ? [] : ['match'])], 'needs match: a VM name, UUID, or NAME:LABEL / UUID:LABEL');
-    const s: VmSettings = { match: (e.match as string).trim(), ...checkConsoleSettings(e, ['vms', i], fail) };
+    const match = (e.match as string).trim();
+    const noLink = hasWildcards(match) ? `a pty link needs one console, not the pattern "${match}"` : null;
+    const s: VmSettings = { match, ...checkConsoleSettings(e, ['vms', i], fail, noLink) };
     if (s.tcpPort !== undefined) {
       const tcpPort = s.tcpPort;
       if (hasWildcards(s.match)) fail(['vms', i, 'port'], `a fixed port needs one VM serial port, not the pattern "${s.match}"`);
@@ -95,6 +105,8 @@ export interface ResolvedVmSettings {
   greeting?: boolean;
   notices?: boolean;
   replay?: boolean;
+  /** The `access:` of the matching entries, in order (resolveConsoleAccess applies them). */
+  access?: AccessSettings[];
 }
 
 /**
@@ -110,6 +122,7 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (entry.scrollbackBytes !== undefined) out.scrollbackBytes = entry.scrollbackBytes;
     if (entry.tcpPort !== undefined) out.tcpPort = entry.tcpPort;
     for (const k of ['greeting', 'notices', 'replay'] as const) if (entry[k] !== undefined) out[k] = entry[k];
+    if (entry.access !== undefined) (out.access ??= []).push(entry.access);
   }
   // A declared console's own entry is the most specific: it wins over every vms: match.
   const own = vm.kind === 'config' ? config.consoles?.find((c) => c.name === vm.key) : undefined;
@@ -119,8 +132,16 @@ export function resolveVmSettings(config: Pick<VspcConfig, 'vms'> & Partial<Pick
     if (own.tcpPort !== undefined) out.tcpPort = own.tcpPort;
     if (own.log !== undefined) out.log = own.log;
     for (const k of ['greeting', 'notices', 'replay'] as const) if (own[k] !== undefined) out[k] = own[k];
+    if (own.access !== undefined) (out.access ??= []).push(own.access);
   }
   return out;
+}
+
+/** A console's access methods: the global `access:`, then its vms: matches and its own entry (access.ts). */
+export function resolveConsoleAccess(config: Pick<VspcConfig, 'vms' | 'access'> & Partial<Pick<VspcConfig, 'consoles'>>, vm: VmRef): ConsoleAccess {
+  // Most configurations give access: globally only: no entry to match against each console.
+  const perConsole = config.vms.some((v) => v.access !== undefined) || (config.consoles ?? []).some((c) => c.access !== undefined);
+  return resolveAccess(perConsole ? [config.access, ...(resolveVmSettings(config, vm).access ?? [])] : [config.access]);
 }
 
 /**

@@ -1,7 +1,7 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
 import type { SerialLineSettings, SerialLineState } from './serial-line.js';
-import { LockTable, type LockDecision, type LockMode, type LockRequest } from './locks.js';
+import { describeAuth, LockTable, type ClientAuth, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
 export type { ConsoleIdentity } from './identity.js';
 
@@ -27,8 +27,24 @@ export type ConsoleEvent =
   | { kind: 'vmotion'; outcome: string; durationMs: number }
   /** The source sent a serial BREAK (ESXi: IAC BRK, or COM-PORT SET-CONTROL BREAK-ON); passed on to the clients. */
   | { kind: 'break-from-source'; peer: string }
-  /** `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one. */
-  | { kind: 'client-attached'; clientId: number; peer: string; mode: string; user?: string; tls?: boolean; force?: boolean; clients?: number }
+  /**
+   * `user`: the name the client gave (VSPC-CONTROL LOCK-REQUEST), when it gave one, or the
+   * one its access method established (`auth`: SSH, with the key's fingerprint); `method`
+   * and `origin`: the client's (ConsoleClient), when it has them.
+   */
+  | {
+      kind: 'client-attached';
+      clientId: number;
+      peer: string;
+      mode: string;
+      user?: string;
+      auth?: ClientAuth;
+      tls?: boolean;
+      force?: boolean;
+      clients?: number;
+      method?: string;
+      origin?: ConsoleClient['origin'];
+    }
   | { kind: 'client-detached'; clientId: number; peer: string; reason: string; user?: string }
   /** A client took the port over with --force; the displaced one was told and closed. */
   | {
@@ -244,6 +260,8 @@ export class ConsoleHub {
   /** Set by the listener manager when the client port cannot be bound. */
   listenError: string | null = null;
   tlsListenError: string | null = null;
+  /** Set by the other access methods' managers: why an endpoint (raw port, unix socket, pty) is not up, by method. */
+  readonly accessErrors = new Map<string, string>();
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
   /** BREAK, DTR/RTS, flow control, suspension and signature, as the source last reported them; null: never reported. */
@@ -259,6 +277,13 @@ export class ConsoleHub {
    * want none of them; people like them.
    */
   stream: StreamOptions = { ...DEFAULT_STREAM };
+  /**
+   * A console that carries something other than a terminal (a serial tunnel,
+   * src/access/tunnel/): the one client it is dedicated to. Every other client is
+   * refused with `reason`, whatever lock it asks for (--force too), by every access
+   * method. Set and cleared by that client's owner.
+   */
+  dedicatedTo: { clientId: number; reason: string } | null = null;
 
   readonly scrollback: Scrollback;
   /**
@@ -328,6 +353,19 @@ export class ConsoleHub {
   get state(): ConsoleState {
     if (this.holding) return 'migrating';
     return this.src ? 'connected' : 'disconnected';
+  }
+
+  /**
+   * The state people are shown: `connected`, `migrating`, or — with no source — why: a
+   * maintained source's endpoint state (`waiting`, `listening`, `stopped`), `stopped` for
+   * a console vspc maintained before (a discovered VM that has not come back since a
+   * restart), `disconnected` for an ESXi VM (it connects in when it wants).
+   */
+  get displayState(): string {
+    const s = this.state;
+    if (s !== 'disconnected') return s;
+    if (this.endpoint) return this.endpoint.state;
+    return this.identity.kind === 'esxi' ? 'disconnected' : 'stopped';
   }
 
   /** Display name: the VM's name, else its UUID. */
@@ -472,10 +510,13 @@ export class ConsoleHub {
    */
   addClient(
     client: ConsoleClient,
-    options: { request?: LockRequest; force?: boolean; user?: string; replay?: boolean; tls?: boolean } = {},
+    options: { request?: LockRequest; force?: boolean; user?: string; auth?: ClientAuth; replay?: boolean; tls?: boolean } = {},
   ): LockDecision {
+    if (this.dedicatedTo !== null && this.dedicatedTo.clientId !== client.id) {
+      return { granted: false, reason: this.dedicatedTo.reason, holders: this.locks.list() };
+    }
     const decision = this.locks.request(
-      { clientId: client.id, peer: client.peer, user: options.user },
+      { clientId: client.id, peer: client.peer, user: options.user, auth: options.auth },
       options.request ?? this.defaultLockMode,
       options.force ?? false,
     );
@@ -484,7 +525,7 @@ export class ConsoleHub {
       const displaced = [...this.clientSet].find((c) => c.id === d.clientId);
       if (!displaced) continue;
       this.clientSet.delete(displaced);
-      const by = `${options.user ? `${options.user}@` : ''}${client.peer}`;
+      const by = `${options.user ? `${options.user}@` : ''}${client.peer}${options.auth ? ` (${describeAuth(options.auth)})` : ''}`;
       displaced.close(`displaced by ${by}, who took ${decision.mode.toUpperCase()} with --force`);
       this.report({
         kind: 'client-takeover',
@@ -513,9 +554,12 @@ export class ConsoleHub {
       peer: client.peer,
       mode: decision.mode,
       ...(options.user ? { user: options.user } : {}),
+      ...(options.auth ? { auth: options.auth } : {}),
       ...(options.tls !== undefined ? { tls: options.tls } : {}),
       ...(options.force ? { force: true } : {}),
       clients: this.clientSet.size,
+      ...(client.method ? { method: client.method } : {}),
+      ...(client.origin ? { origin: client.origin } : {}),
     });
     return decision;
   }

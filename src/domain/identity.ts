@@ -30,6 +30,14 @@ export interface ConsoleIdentity {
   tcpPort: number;
 }
 
+/**
+ * What the key is called, with it, for greetings and log headers: `uuid 421a5b77-…` for
+ * an ESXi VM, `proxmox 101`, `config web01`, ... for the other kinds.
+ */
+export function describeKey(identity: Pick<ConsoleIdentity, 'kind' | 'key'>): string {
+  return `${identity.kind === 'esxi' ? 'uuid' : identity.kind} ${displayKey(identity)}`;
+}
+
 /** The key as people read it: a UUID in 8-4-4-4-12 form, anything else as it is. */
 export function displayKey(identity: Pick<ConsoleIdentity, 'key'>): string {
   return /^[0-9a-f]{32}$/.test(identity.key) ? formatUuid(identity.key) : identity.key;

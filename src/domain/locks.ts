@@ -24,10 +24,27 @@ export function parseLockMode(text: string): LockRequest | undefined {
   return (LOCK_MODES as readonly string[]).includes(t) ? (t as LockRequest) : undefined;
 }
 
+/**
+ * How an access method established who a client is, when it did (SSH: a public key);
+ * absent for telnet, whose user name is only what the client says.
+ */
+export interface ClientAuth {
+  /** The access method: `ssh`. */
+  readonly method: string;
+  /** The key's fingerprint, `SHA256:...`. */
+  readonly keyFingerprint?: string;
+}
+
+/** "ssh, key SHA256:..." */
+export function describeAuth(auth: ClientAuth): string {
+  return auth.keyFingerprint ? `${auth.method}, key ${auth.keyFingerprint}` : auth.method;
+}
+
 export interface LockHolder {
   readonly clientId: number;
   readonly peer: string;
   readonly user?: string;
+  readonly auth?: ClientAuth;
   readonly mode: LockMode;
   readonly since: number;
 }
@@ -55,7 +72,8 @@ function conflicts(mode: LockMode, holders: Iterable<LockHolder>): LockHolder[] 
 }
 
 export function describeHolder(h: LockHolder): string {
-  return `${h.user ? `${h.user}@` : ''}${h.peer} (${h.mode.toUpperCase()} since ${new Date(h.since).toISOString()})`;
+  const via = h.auth ? `${describeAuth(h.auth)}, ` : '';
+  return `${h.user ? `${h.user}@` : ''}${h.peer} (${via}${h.mode.toUpperCase()} since ${new Date(h.since).toISOString()})`;
 }
 
 /** The holders of every table nobody asked a lock of yet (shared, never written). */
@@ -82,7 +100,7 @@ export class LockTable {
    * are removed from the table and returned for the caller to close.
    */
   request(
-    who: { clientId: number; peer: string; user?: string },
+    who: { clientId: number; peer: string; user?: string; auth?: ClientAuth },
     requested: LockRequest,
     force = false,
     now = Date.now(),
@@ -113,7 +131,7 @@ export class LockTable {
       };
     }
     for (const b of blocking) this.holders.delete(b.clientId);
-    this.holders.set(who.clientId, { clientId: who.clientId, peer: who.peer, user: who.user, mode, since: now });
+    this.holders.set(who.clientId, { clientId: who.clientId, peer: who.peer, user: who.user, ...(who.auth ? { auth: who.auth } : {}), mode, since: now });
     return { granted: true, mode, displaced: blocking };
   }
 

@@ -34,6 +34,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
   private readonly byPort = new Map<number, ConsoleHub>();
   /** Hubs whose use (a byte, a client) is recorded in the store since this process started. */
   private readonly usedHubs = new WeakSet<ConsoleHub>();
+  /** Consoles created by this process whose port was never bound (see relocateFresh). */
+  private readonly fresh = new WeakSet<ConsoleHub>();
   /** What every hub reports to: the caller's observer, and the use of each console for the quick expiry. */
   private readonly observer: ConsoleObserver;
 
@@ -44,10 +46,9 @@ export class Registry extends EventEmitter<RegistryEvents> {
     super();
     const outer = hubOptions.observer;
     this.observer = {
-      output: (hub: ConsoleHub, data: Buffer) => {
-        this.noteUse(hub);
-        outer?.output?.(hub, data);
-      },
+      // Output alone does not count as use: a squatter prints one byte for that. A client
+      // attaching does (someone cared about this console and may come back to its port).
+      output: outer?.output ? (hub: ConsoleHub, data: Buffer) => outer.output!(hub, data) : undefined,
       event: (hub: ConsoleHub, event: ConsoleEvent) => {
         if (event.kind === 'client-attached') this.noteUse(hub);
         outer?.event?.(hub, event);
@@ -73,7 +74,34 @@ export class Registry extends EventEmitter<RegistryEvents> {
       if (existing.identity.name !== old) this.emit('renamed', existing, old);
       return { hub: existing, created: false };
     }
-    return { hub: this.adopt(record), created };
+    const hub = this.adopt(record);
+    if (created) this.fresh.add(hub);
+    return { hub, created };
+  }
+
+  /**
+   * The first port of a console created by this process turned out to be held by
+   * another program on the host (the allocator only knows vspc's own records): nobody
+   * can know that port yet, so move the console to the next free one rather than leave
+   * it unbound. True when moved (emits `moved`); false for a console whose port may
+   * already be known (it was bound, loaded from the store, or set by hand).
+   */
+  relocateFresh(hub: ConsoleHub): boolean {
+    if (!this.fresh.has(hub)) return false;
+    this.fresh.delete(hub);
+    const old = hub.identity.tcpPort;
+    const r = this.store.relocate(hub.identity.id);
+    this.byPort.delete(old);
+    hub.identity.tcpPort = r.tcpPort;
+    this.byPort.set(r.tcpPort, hub);
+    this.fresh.add(hub);
+    this.emit('moved', hub, old);
+    return true;
+  }
+
+  /** The console's port was bound: from now on it may be known, and is sticky. */
+  bound(hub: ConsoleHub): void {
+    this.fresh.delete(hub);
   }
 
   rename(hub: ConsoleHub, name: string): void {
@@ -114,6 +142,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   setPort(hub: ConsoleHub, tcpPort: number): void {
     const old = hub.identity.tcpPort;
     if (old === tcpPort) return;
+    this.fresh.delete(hub);
     this.store.setPort(hub.identity.id, tcpPort);
     this.byPort.delete(old);
     hub.identity.tcpPort = tcpPort;
@@ -187,8 +216,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   /**
-   * The console carried a byte or got a client: record it once, so that it keeps the
-   * long expiry. Called on the data path; a storage error must not cost the connection
+   * The console got a client: record it once, so that it keeps the long expiry. Called on the data path; a storage error must not cost the connection
    * (with group commit it surfaces, logged, at the commit).
    */
   private noteUse(hub: ConsoleHub): void {

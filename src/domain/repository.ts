@@ -51,6 +51,12 @@ export interface ConsoleRepository {
   /** Throws `VSPC_PORT_INVALID`, `VSPC_NOT_FOUND`, `VSPC_PORT_IN_USE`. */
   setPort(id: number, tcpPort: number): ConsoleRecord;
   /**
+   * Moves a record to the lowest free port, never again handing out the one it leaves
+   * (another program holds it) while this process runs. Throws `VSPC_NOT_FOUND`,
+   * `VSPC_PORT_RANGE_EXHAUSTED`.
+   */
+  relocate(id: number): ConsoleRecord;
+  /**
    * The sticky TCP port of an access method other than telnet (`raw`, ...) for a
    * console: allocated from the same range and namespace on first use. Throws
    * `VSPC_NOT_FOUND`, `VSPC_PORT_RANGE_EXHAUSTED`.
@@ -65,7 +71,7 @@ export interface ConsoleRepository {
    */
   expire(maxAgeMs: number, keep: (r: ConsoleRecord) => boolean, now?: number, unusedMaxAgeMs?: number): ExpiredRecord[];
   /**
-   * The console carried a byte or had a client (at most once per record matters): from
+   * The console had a client attached (at most once per record matters): from
    * now on only `maxAgeMs` expires it. New records start unused; records from before
    * this was recorded count as used.
    */
@@ -74,6 +80,6 @@ export interface ConsoleRepository {
 
 /**
  * An expired record and why: `unseen` (past `maxAgeMs`, used or not) or `unused`
- * (never carried a byte nor had a client, past the shorter `unusedMaxAgeMs`).
+ * (no client ever attached, past the shorter `unusedMaxAgeMs`).
  */
 export type ExpiredRecord = ConsoleRecord & { reason: 'unseen' | 'unused' };

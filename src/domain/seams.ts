@@ -61,6 +61,16 @@ export interface EndpointStatus {
 export interface ConsoleClient {
   readonly id: number;
   readonly peer: string;
+  /**
+   * The access method it came through: `telnet`, `telnets`, `raw`, `unix`, `pty`, ...
+   * (`who`, metrics, the audit log). Absent: `telnet`.
+   */
+  readonly method?: string;
+  /**
+   * Where it came from beyond `peer`, for the audit log: a unix socket's path, owner,
+   * group and mode and the peer's uid; a pty's link and device.
+   */
+  readonly origin?: Readonly<Record<string, string | number | boolean | null>>;
   /** Serial output for the client. The client bounds its own queue and drops itself if slow. */
   deliver(data: Buffer): void;
   /** A message from the concentrator, not from the VM (e.g. "VM disconnected"). */

@@ -17,6 +17,7 @@
  * with a message naming the part that is wrong (the config layer adds the position).
  */
 import { VspcError } from '../errors.js';
+import { hasUnsafeText, sanitizeText } from '../util/text.js';
 import type { SerialLineSettings } from './serial-line.js';
 
 export type FlowControl = 'none' | 'rtscts' | 'xonxoff';
@@ -46,7 +47,8 @@ const MAX_PATH = 4096;
 const MAX_SUN_PATH = 107;
 
 function invalid(text: string, why: string): never {
-  throw new VspcError('VSPC_SOURCE_INVALID', `${why} (in "${text.length > 120 ? text.slice(0, 117) + '...' : text}")`, { value: text.slice(0, 200) });
+  const shown = sanitizeText(text.length > 120 ? text.slice(0, 117) + '...' : text);
+  throw new VspcError('VSPC_SOURCE_INVALID', `${why} (in "${shown}")`, { value: sanitizeText(text.slice(0, 200)) });
 }
 
 function parsePort(text: string, part: string, whole: string): number {
@@ -71,6 +73,8 @@ function parsePath(path: string, whole: string, unixSocket: boolean): string {
   if (path === '') invalid(whole, 'the path is empty');
   if (!path.startsWith('/')) invalid(whole, `"${path}" is not an absolute path`);
   if (path.includes('\0')) invalid(whole, 'the path contains a NUL byte');
+  // Paths are shown in list/show and logs: a control or bidi character would reach screens.
+  if (hasUnsafeText(path)) invalid(whole, 'the path contains control or invisible formatting characters');
   if (path.length > MAX_PATH) invalid(whole, 'the path is too long');
   if (unixSocket && Buffer.byteLength(path) > MAX_SUN_PATH) invalid(whole, `a unix socket path may have at most ${MAX_SUN_PATH} bytes`);
   return path;

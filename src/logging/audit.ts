@@ -33,33 +33,53 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
   const log = logger.child({ audit: true });
   /** Attach times by client id, for the session length; removed at detach. */
   const since = new Map<number, number>();
+  /** The access method of each attached client that named one, repeated on its detach line. */
+  const methods = new Map<number, string>();
+  /** The key each SSH client logged in with, repeated on its detach line. */
+  const keys = new Map<number, string>();
   return {
     get attachedClients() {
       return since.size;
     },
     event(hub: ConsoleHub, e: ConsoleEvent): void {
       switch (e.kind) {
-        case 'client-attached':
+        case 'client-attached': {
           since.set(e.clientId, now());
+          const method = e.method ?? e.auth?.method;
+          if (method) methods.set(e.clientId, method);
+          if (e.auth?.keyFingerprint) keys.set(e.clientId, e.auth.keyFingerprint);
+          // method: how it came in (raw, unix, pty, ssh, ...); origin: a unix socket's path, owner,
+          // group and mode and the peer's uid/gid/pid, a pty's link and device; an SSH key's fingerprint.
           log.info('client attached', {
+            // First: an access method's facts never hide the line's own fields.
+            ...(e.origin ?? {}),
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
             ...user(e.user),
             mode: e.mode,
+            ...(method ? { method } : {}),
+            ...(e.auth?.keyFingerprint ? { keyFingerprint: e.auth.keyFingerprint } : {}),
             ...(e.tls !== undefined ? { tls: e.tls } : {}),
             ...(e.force ? { force: true } : {}),
             ...(e.clients !== undefined ? { clients: e.clients } : {}),
           });
           return;
+        }
         case 'client-detached': {
           const t = since.get(e.clientId);
           since.delete(e.clientId);
+          const method = methods.get(e.clientId);
+          methods.delete(e.clientId);
+          const keyFingerprint = keys.get(e.clientId);
+          keys.delete(e.clientId);
           log.info('client detached', {
             ...vmFields(hub),
             clientId: e.clientId,
             peer: e.peer,
             ...user(e.user),
+            ...(method ? { method } : {}),
+            ...(keyFingerprint ? { keyFingerprint } : {}),
             reason: e.reason,
             ...(t !== undefined ? { durationMs: now() - t } : {}),
           });
@@ -69,6 +89,8 @@ export function createAuditObserver(logger: Logger, now: () => number = Date.now
           // The displaced client leaves here: the hub reports no separate detach for it.
           const t = since.get(e.displacedClientId);
           since.delete(e.displacedClientId);
+          methods.delete(e.displacedClientId);
+          keys.delete(e.displacedClientId);
           log.warn('client took over the VM serial port (forced)', {
             ...vmFields(hub),
             clientId: e.clientId,

@@ -66,8 +66,16 @@ export class ManagedConsoles {
 
   /** The runner feeding `hub`, if vspc maintains its source. */
   runnerOf(hub: ConsoleHub): EndpointRunner | undefined {
-    for (const m of this.byId.values()) if (m.hub === hub) return m.runner;
-    return undefined;
+    return this.managedEntry(hub)?.runner;
+  }
+
+  /** The group that keeps `hub` (`config`, `discovery`), or null when vspc does not maintain its source. */
+  groupOf(hub: ConsoleHub): string | null {
+    return this.managedEntry(hub)?.group ?? null;
+  }
+
+  private managedEntry(hub: ConsoleHub): Managed | undefined {
+    return this.byId.get(idOf(hub.identity));
   }
 
   get size(): number {

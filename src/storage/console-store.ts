@@ -291,6 +291,15 @@ export class ConsoleStore implements ConsoleRepository {
     throw lastError;
   }
 
+  relocate(id: number): ConsoleRecord {
+    const rec = this.stmts.byId.get(id);
+    if (!rec) throw new StorageError('VSPC_NOT_FOUND', `no console record with id ${id}`, { id });
+    // Held by another program on this host: not ours to hand out again in this process.
+    this.reserved[rec.tcpPort] = 1;
+    const port = this.lowestFreePort(rec.key, rec.label);
+    return this.setPort(id, port);
+  }
+
   /** Every access port of a console, by method. */
   accessPorts(id: number): Record<string, number> {
     return Object.fromEntries(this.stmts.accessAll.all(id).map((r) => [r.method, r.tcpPort]));
@@ -384,7 +393,7 @@ export class ConsoleStore implements ConsoleRepository {
     return deleted;
   }
 
-  /** Records that the console carried a byte or had a client; a no-op when already recorded or gone. */
+  /** Records that the console had a client; a no-op when already recorded or gone. */
   markUsed(id: number): void {
     this.joinGroup();
     this.stmts.markUsed.run(id);

@@ -744,6 +744,8 @@ export class RawHost {
   rcvNext = 0;
   /** The agent's cumulative ack as last seen. */
   agentAck = 0;
+  /** Frames of the agent without the AGENT direction flag (must stay 0). */
+  noAgentFlag = 0;
   readonly delivered: Frame[] = [];
   readonly hellos: Hello[] = [];
   private readonly decoder = new FrameDecoder();
@@ -771,6 +773,10 @@ export class RawHost {
         continue;
       }
       if (f.tag !== this.tag) continue;
+      if ((f.flags & Flag.AGENT) === 0) {
+        this.noAgentFlag++; // the agent must mark every frame it sends (spec 5.4)
+        continue;
+      }
       this.agentAck = f.ack;
       if (f.type >= 0x10) {
         if (f.seq === this.rcvNext) {

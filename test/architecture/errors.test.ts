@@ -15,7 +15,7 @@ import { LogCapture } from '../support/log-capture.js';
 const root = resolve(new URL('../../..', import.meta.url).pathname);
 
 /** Environment variables and other names that look like codes but are not errors. */
-const NOT_CODES = new Set(['VSPC_ADMIN_TOKEN', 'VSPC_BROKER_SOCKET']);
+const NOT_CODES = new Set(['VSPC_ADMIN_TOKEN', 'VSPC_BROKER_SOCKET', 'VSPC_ADMIN']);
 
 function walk(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {

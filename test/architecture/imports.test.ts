@@ -45,7 +45,8 @@ function allowed(from: string, to: string): boolean {
   if (from.startsWith('sources/')) return ['domain', 'protocol', 'sources/common'].includes(to);
   // The files at the root of sources/ put the kinds together (the connector registry, managed consoles).
   if (from === 'sources') return ['domain', 'protocol'].includes(to) || to.startsWith('sources/');
-  if (from.startsWith('access/')) return ['domain', 'protocol'].includes(to);
+  // Access methods share their listener machinery (access/common), never each other's code.
+  if (from.startsWith('access/')) return ['domain', 'protocol', 'access/common'].includes(to);
   const rule = ALLOWED[from];
   if (rule === undefined) return false;
   return rule === '*' || rule.includes(to);
@@ -99,6 +100,9 @@ test('the rule table itself rejects the arrows the architecture forbids', () => 
   assert.equal(allowed('sources/qemu', 'sources/common'), true);
   assert.equal(allowed('sources', 'sources/qemu'), true);
   assert.equal(allowed('sources', 'access/telnet'), false);
+  assert.equal(allowed('access/raw', 'access/common'), true);
+  assert.equal(allowed('access/unix', 'access/telnet'), false);
+  assert.equal(allowed('access/common', 'access/pty'), false);
   assert.equal(allowed('agent', 'protocol'), true);
   assert.equal(allowed('agent', 'domain'), false);
   assert.equal(allowed('protocol', 'agent'), false);

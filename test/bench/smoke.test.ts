@@ -2,7 +2,7 @@
 /**
  * The benchmark harness at a tiny size, so that it cannot rot: every phase runs
  * against a vspc child process with real load-generator processes, and the report
- * has all five sections with sane numbers and zero lost bytes. No timing assertions.
+ * has all six sections with sane numbers and zero lost bytes. No timing assertions.
  * Run as `npm run bench` runs (no port options), it must leave a vspc that already
  * runs here with the default ports alone.
  */
@@ -53,7 +53,7 @@ async function liveVspcStandIns(): Promise<{ ports: number[]; connections: Map<n
 }
 
 describe('benchmark harness (smoke size)', () => {
-  test('every phase runs and reports sane figures beside its baselines; vMotions lose nothing; a vspc on the default ports is never touched', { timeout: 180_000 }, async (t) => {
+  test('every phase runs and reports sane figures beside its baselines; vMotions lose nothing; a vspc on the default ports is never touched', { timeout: 240_000 }, async (t) => {
     // No --port-range and no --target: the benchmark must choose private ports itself.
     const live = await liveVspcStandIns();
     t.after(() => live.close());
@@ -70,6 +70,17 @@ describe('benchmark harness (smoke size)', () => {
       vmotion: { vms: 6, ratePerS: 20, durationMs: 800, gapMs: 20, tickMs: 20, outBytesPerTick: 64, inBytesPerTick: 4, workers: 1 },
       unix: { consoles: 10, downMs: 300, streams: 2, workers: 1, timeoutMs: 20_000 },
       glob: { sizes: [64, 128], pattern: '*a*a*a*c' },
+      ssh: {
+        ...DEFAULT_OPTIONS.ssh,
+        sessions: 6,
+        consoles: 3,
+        workers: 1,
+        concurrency: 3,
+        floodConcurrency: 2,
+        latencyProbes: 2,
+        latencyDurationMs: 500,
+        streamDurationMs: 500,
+      },
       log: (l) => lines.push(l),
       command: 'smoke test',
       phaseTimeoutMs: 45_000,
@@ -140,6 +151,17 @@ describe('benchmark harness (smoke size)', () => {
       assert.equal(run.lostBytes, 0);
     }
 
+    const ssh = report.ssh!;
+    assert.ok(ssh, 'ssh section');
+    assert.equal(ssh.alone.sessions + (ssh.duringFlood?.sessions ?? 0), 6, `every SSH session was set up: ${ssh.errors.join('; ')}`);
+    assert.equal(ssh.alone.failed + (ssh.duringFlood?.failed ?? 0), 0);
+    assert.ok(ssh.duringFlood && ssh.duringFlood.floodAttempts > 0, 'the flood ran');
+    assert.ok(ssh.perSession.rssKiB !== null, 'RSS per session measured');
+    assert.ok(ssh.latency.ssh.n > 0 && ssh.latency.telnet.n > 0, 'latency samples through SSH and telnet');
+    assert.equal(ssh.latency.errors, 0);
+    assert.equal(ssh.throughput.sessionsOpenAfter, 6, 'no SSH session dropped');
+    assert.ok(ssh.throughput.deliveredMBps > 0);
+
     const unix = report.unix!;
     assert.ok(unix, 'unix section');
     assert.equal(unix.attached, 10, 'every unix console connected');
@@ -150,11 +172,12 @@ describe('benchmark harness (smoke size)', () => {
     assert.deepEqual(glob.sizes.map((x) => x.bytes), [64, 128]);
     assert.ok(glob.stepGrowth[0] < 2.2, 'the matcher takes linear steps');
 
-    nonNegative({ scale, storm, latency, throughput, vmotion, unix, glob }, 'report');
+    // Per-session RSS is a difference of two samples: on a tiny run it may come out negative.
+    nonNegative({ scale, storm, latency, throughput, vmotion, unix, glob, ssh: { ...ssh, perSession: {} } }, 'report');
 
     // The printed forms name every section's workload, and the ratios to the baselines.
     const text = textTable(report);
-    for (const ref of ['[1]', '[2]', '[3]', '[4]', '[5]', '[6]', '[7]']) assert.ok(text.includes(ref), `table has ${ref}`);
+    for (const ref of ['[1]', '[2]', '[3]', '[4]', '[5]', '[6]', '[7]', '[8]']) assert.ok(text.includes(ref), `table has ${ref}`);
     assert.ok(text.includes('vspc / baseline, same run'), 'the ratio table is printed');
     assert.ok(ratioRows(report).some((r) => r.figure.includes('vs stub')) && ratioRows(report).some((r) => r.figure.includes('relay')));
     assert.ok(markdownTable(report).startsWith('| | figure | result | target | |'));

@@ -93,7 +93,8 @@ describe('vspc-admin commands against a running server', () => {
     assert.match(out, /^  guest UART: +115200 8N1$/m);
     assert.match(out, /^  bytes: +\d+ from the VM, 5 to the VM$/m);
     assert.match(out, /^  clients: +1$/m);
-    assert.match(out, /^    #\d+  (::ffff:)?127\.0\.0\.1:\d+  readwrite  since /m);
+    assert.match(out, /^    #\d+  telnet  (::ffff:)?127\.0\.0\.1:\d+  readwrite  since /m);
+    assert.match(out, /^  telnet: +127\.0\.0\.1:\d+$/m);
     assert.match(out, /^  vMotions: +1$/m);
     assert.match(out, /^    \S+Z  aborted in \d+ ms \(held \d+ bytes\)$/m);
 
@@ -149,12 +150,13 @@ describe('vspc-admin commands against a running server', () => {
     for (const x of who) {
       assert.equal(x.mode, 'readwrite');
       assert.equal(x.tls, false);
+      assert.equal(x.method, 'telnet');
       assert.match(x.peer, /127\.0\.0\.1:\d+$/);
       assert.ok(x.connectedSince);
     }
     const table = await admin('who');
-    assert.match(table.stdout, /^ID\s+VM\s+PORT\s+MODE\s+TLS\s+PEER\s+SINCE$/m);
-    assert.match(table.stdout, new RegExp(`^${onWeb[0].id}\\s+adm-web01:com1\\s+${webCom1.hub.identity.tcpPort}\\s+readwrite\\s+-\\s+`, 'm'));
+    assert.match(table.stdout, /^ID\s+VM\s+PORT\s+MODE\s+VIA\s+PEER\s+SINCE$/m);
+    assert.match(table.stdout, new RegExp(`^${onWeb[0].id}\\s+adm-web01:com1\\s+${webCom1.hub.identity.tcpPort}\\s+readwrite\\s+telnet\\s+`, 'm'));
 
     const first = [...webCom1.hub.clients].map((x) => x.id).sort((a, b) => a - b)[0];
     const k1 = await admin('kick', 'adm-web01:com1', '--client', String(first));

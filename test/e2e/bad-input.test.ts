@@ -86,7 +86,7 @@ describe('bad input on the VM side', () => {
     c.add(dir.remove);
     const pair = makeCert(dir.dir);
     cert = pair.cert;
-    s = await TestServer.start({ ports: 8, tls: { cert: pair.cert, key: pair.key }, config: { maxSubnegotiation: MAX_SB } });
+    s = await TestServer.start({ ports: 8, tls: { cert: pair.cert, key: pair.key }, config: { maxSubnegotiation: MAX_SB, identifyTimeoutMs: 1000 } });
     c.add(() => s.dispose());
     const u = esxiUuid();
     const { vm, hub } = await s.connectVm({ uuid: u.text, name: 'good-vm' }, c);

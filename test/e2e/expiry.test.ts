@@ -54,7 +54,7 @@ describe('expiry is logged', () => {
       ],
     );
     for (const l of lines) assert.equal(l.lastSeen, new Date(old).toISOString());
-    const unused = ts.logs.filter((l) => l.message === 'VM serial port expired (never used: no output, no client)');
+    const unused = ts.logs.filter((l) => l.message === 'VM serial port expired (never used: no client ever attached)');
     assert.deepEqual(
       unused.map((l) => ({ vm: l.vm, uuid: l.uuid, port: l.port })),
       [{ vm: 'never-used', uuid: formatUuid(e.hex), port: re.tcpPort }],

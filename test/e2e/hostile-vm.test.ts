@@ -246,7 +246,7 @@ describe('quotas: new identities and records nobody used', () => {
     await ts.waitRegistered(uuidOfKnown);
   });
 
-  test('records that carried nothing expire after the short age; a byte or a client keeps the long one', async (t) => {
+  test('records nobody attached to expire after the short age, printing or not; a client keeps the long one', async (t) => {
     const { ts, cleanup } = await startServer(t, { config: { expireAfterMs: 0, expireUnusedAfterMs: 300 } });
     const unused = await ts.connectVm({ uuid: esxiUuid().text, name: 'unused' }, cleanup);
     const printed = await ts.connectVm({ uuid: esxiUuid().text, name: 'printed' }, cleanup);
@@ -258,15 +258,17 @@ describe('quotas: new identities and records nobody used', () => {
     await waitUntil(() => attended.hub.clients.size === 0, 3000, 'client gone');
     for (const v of [unused, printed, attended]) v.vm.destroy();
     await waitUntil(() => [unused, printed, attended].every((v) => v.hub.source === null), 3000, 'all disconnected');
-    await ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no output, no client)' && l.vm === 'unused', 5000);
+    await ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no client ever attached)' && l.vm === 'unused', 5000);
     // A later unused one expiring proves the check ran again after the other two were past the short age.
     const later = await ts.connectVm({ uuid: esxiUuid().text, name: 'later' }, cleanup);
     later.vm.destroy();
-    await ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no output, no client)' && l.vm === 'later', 5000);
+    await ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no client ever attached)' && l.vm === 'later', 5000);
+    // A squatter's single byte does not buy the long expiry (an attack showed it did).
+    await ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no client ever attached)' && l.vm === 'printed', 5000);
     const names = (await ts.ports()).map((p: PortView) => p.name).sort();
-    assert.deepEqual(names, ['attended', 'printed']);
+    assert.deepEqual(names, ['attended']);
     const m = await metrics(ts);
-    assert.equal(m.get('vspc_vm_ports_expired_total{reason="unused"}'), 2);
+    assert.equal(m.get('vspc_vm_ports_expired_total{reason="unused"}'), 3);
     assert.equal(m.get('vspc_vm_ports_expired_total{reason="unseen"}'), 0);
   });
 });
@@ -328,5 +330,21 @@ describe('metric labels', () => {
   test('every refusal reason and takeover result of the ESXi source is a label /metrics always shows', () => {
     assert.deepEqual([...VM_REFUSAL_REASONS].sort(), [...VM_REFUSAL_LABELS].sort());
     assert.deepEqual([...TAKEOVER_RESULTS].sort(), [...TAKEOVER_LABELS].sort());
+  });
+});
+
+describe('a VM renaming itself in a loop', () => {
+  test('names past the per-connection bound are ignored, once logged; logging cost stays flat', async (t) => {
+    const { ts, cleanup } = await startServer(t);
+    const id = esxiUuid();
+    const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'loop-0' }, cleanup);
+    for (let i = 1; i <= 2000; i++) vm.sendName(`loop-${i}`);
+    await vm.barrier(10_000);
+    // The first name came with the registration; 15 renames more are applied, then none.
+    assert.equal(hub.identity.name, 'loop-15');
+    const warned = ts.logs.filter((l) => l.message === 'VM-NAME changes too often on this connection; further names ignored');
+    assert.equal(warned.length, 1);
+    assert.equal(warned[0].security, true);
+    assert.equal(ts.logs.filter((l) => l.message === 'VM renamed').length, 15);
   });
 });

@@ -8,6 +8,7 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import net from 'node:net';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,6 +21,7 @@ import { Option } from '../../src/protocol/telnet/constants.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { reservePortRange } from '../support/ports.js';
 import { esxiUuid, startServer, tempDir, waitUntil, type Cleanup, type TestServer } from '../support/server.js';
+import { keyLine, makeKey, SshProcess, sshArgs } from '../support/ssh.js';
 
 const TOKEN = 'reload-token-0123456789abcdef';
 
@@ -90,6 +92,28 @@ function silentConnection(port: number, cleanup: Cleanup): Promise<string> {
 
 type Case = (t: { after(fn: () => unknown): void }) => Promise<void>;
 
+/**
+ * A server with the SSH front door, one key, one console; after reloading `lines`, an
+ * SSH session attached to that console (no terminal, typing nothing) is ended by vspc
+ * with a message matching `told`.
+ */
+async function sshSessionEnded(t: { after(fn: () => unknown): void }, before: string[], after: string[], field: ReloadableField, told: RegExp): Promise<void> {
+  const dir = tempDir('vspc-reload-ssh-');
+  t.after(() => dir.remove());
+  const key = makeKey(dir.dir, 'rl-key', 'rl-user');
+  const keysFile = join(dir.dir, 'authorized_keys');
+  writeFileSync(keysFile, keyLine(key) + '\n');
+  const ssh = ['sshListen: 127.0.0.1:0', `sshHostKeyDir: ${join(dir.dir, 'hostkeys')}`, `sshAuthorizedKeys: ${keysFile}`];
+  const r = await reloadable(t, [...ssh, ...before]);
+  await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-ssh' }, r.cleanup);
+  appliedOnly(await r.reload([...ssh, ...after]), field);
+  const s = { port: r.ts.server.addresses.ssh!.port, knownHosts: join(dir.dir, 'known_hosts') };
+  const session = new SshProcess(sshArgs(s, key, ['console@127.0.0.1', 'rl-ssh']), r.cleanup);
+  const result = await session.exit(10_000);
+  assert.equal(result.code, 4, result.stderr);
+  assert.match(result.stderr, told);
+}
+
 /** A unix socket standing in for a QEMU serial port (it greets whoever connects), closed after the test. */
 function fakeSerialSocket(t: { after(fn: () => unknown): void }, path: string, greeting: string): Promise<string> {
   const server = net.createServer((s) => s.end(`${greeting}\r\n`));
@@ -148,7 +172,7 @@ const cases: { [K in ReloadableField]: Case } = {
     await waitUntil(() => hub.source === null, 3000, 'VM disconnected');
     appliedOnly(await r.reload(['expireUnusedAfter: 50ms']), 'expireUnusedAfterMs');
     // It never printed nor had a client: forgotten after the new, short age (the 90-day one still holds for others).
-    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no output, no client)' && l.vm === 'rl-unused', 5000);
+    await r.ts.logs.waitFor((l) => l.message === 'VM serial port expired (never used: no client ever attached)' && l.vm === 'rl-unused', 5000);
     assert.deepEqual(await r.api<PortView[]>('/api/v1/ports'), []);
   },
 
@@ -290,6 +314,10 @@ const cases: { [K in ReloadableField]: Case } = {
     await r.ts.connectUser(fixed, r.cleanup);
   },
 
+  sshIdleTimeoutMs: (t) => sshSessionEnded(t, ['sshIdleTimeout: 1h'], ['sshIdleTimeout: 300ms'], 'sshIdleTimeoutMs', /idle for 300 ms; session ended/),
+
+  sshMaxSessionMs: (t) => sshSessionEnded(t, ['sshMaxSession: 1h'], ['sshMaxSession: 500ms'], 'sshMaxSessionMs', /session time limit \(500 ms\) reached/),
+
   proxmoxRunDir: async (t) => {
     const pve = await fakeProxmox(t, 101, 'rl-pve');
     const r = await reloadable(t, [`proxmoxConfDir: ${pve.conf}`]);
@@ -359,6 +387,23 @@ const cases: { [K in ReloadableField]: Case } = {
     await r.ts.logs.waitFor((l) => l.message === 'discovery scan' && l.reason === 'periodic', 5000, from);
   },
 
+  adminHostNames: async (t) => {
+    const r = await reloadable(t);
+    const ask = (host: string) =>
+      new Promise<number>((resolve, reject) => {
+        http
+          .get({ host: '127.0.0.1', port: r.ts.server.addresses.admin.port, path: '/api/v1/status', headers: { host }, agent: false }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          })
+          .on('error', reject);
+      });
+    assert.equal(await ask('vspc.example.org'), 421, 'an unknown name is refused');
+    appliedOnly(await r.reload(['adminHostNames: vspc.example.org']), 'adminHostNames');
+    assert.equal(await ask('vspc.example.org'), 200, 'the configured name is answered');
+    assert.equal(await ask('other.example.org'), 421);
+  },
+
   greeting: async (t) => {
     const r = await reloadable(t);
     const { hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-greet' }, r.cleanup);
@@ -417,7 +462,100 @@ const cases: { [K in ReloadableField]: Case } = {
     await user.waitFor('hello from b', 5000);
     assert.equal((await r.api<VmDetailView>('/api/v1/show?vm=rl-one')).port, one.port, 'a re-pointed console keeps its port');
   },
+
+  tunnels: async (t) => {
+    // A console whose source keeps its connection open (a QEMU serial socket); a tunnel
+    // added by a reload takes it over, removed by the next gives it back.
+    const dir = tempDir('vspc-reload-tunnels-');
+    t.after(() => dir.remove());
+    const path = join(dir.dir, 'carrier.sock');
+    const held = new Set<net.Socket>();
+    const server = net.createServer((s) => {
+      held.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => held.delete(s));
+    });
+    t.after(() => new Promise<void>((done) => {
+      for (const s of held) s.destroy();
+      server.close(() => done());
+    }));
+    await new Promise<void>((resolve) => server.listen(path, () => resolve()));
+    const consoles = ['consoles:', '  - name: rl-carrier', `    source: unix:${path}`];
+    const r = await reloadable(t, consoles);
+    const carrier = await listed(r, 'config', 'rl-carrier');
+    type Tunnels = Array<{ name: string; console: string | null; forwards: Array<{ address: string | null }> }>;
+    assert.deepEqual(await r.api<Tunnels>('/api/v1/tunnels'), []);
+    appliedOnly(await r.reload([...consoles, 'tunnels:', '  - name: rl-tun', '    console: rl-carrier', '    forwards:', '      - to: 22']), 'tunnels');
+    let tunnels: Tunnels = [];
+    await waitUntil(async () => {
+      tunnels = await r.api<Tunnels>('/api/v1/tunnels');
+      return tunnels.length === 1 && tunnels[0].forwards[0].address !== null;
+    }, 5000, 'the tunnel attached, its auto forward listening');
+    assert.equal(tunnels[0].console, 'rl-carrier');
+    // A telnet client to the carrier is refused, told why.
+    assert.match(await silentConnection(carrier.port, r.cleanup), /carries the serial tunnel "rl-tun"/);
+    // The auto forward accepts (the stream then waits for an agent that is not there).
+    const port = Number(tunnels[0].forwards[0].address!.split(':').pop());
+    const fwd = net.connect({ host: '127.0.0.1', port });
+    r.cleanup.add(() => fwd.destroy());
+    await new Promise<void>((resolve, reject) => {
+      fwd.once('connect', resolve);
+      fwd.once('error', reject);
+    });
+    appliedOnly(await r.reload(consoles), 'tunnels');
+    assert.deepEqual(await r.api<Tunnels>('/api/v1/tunnels'), []);
+    // The forward's connection is closed, and the console takes people again.
+    await new Promise<void>((resolve) => (fwd.destroyed ? resolve() : fwd.once('close', () => resolve())));
+    await r.ts.connectUser(carrier.port, r.cleanup, '');
+  },
+
+  access: async (t) => {
+    const r = await reloadable(t, ['access: { raw: false }']);
+    const { vm, hub } = await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-access' }, r.cleanup);
+    const show = () => r.api<VmDetailView>('/api/v1/show?vm=rl-access');
+    assert.equal((await show()).access.raw, null);
+    appliedOnly(await r.reload(['access: { raw: true, telnet: false }']), 'access');
+    // At once: the raw port opens, the telnet port closes.
+    let d = await show();
+    await waitUntil(async () => {
+      d = await show();
+      return d.access.raw?.listening === true && d.access.telnet === null;
+    }, 5000, 'raw port up, telnet port down');
+    const rawPort = d.access.raw!.port;
+    assert.equal(await refused(hub.identity.tcpPort), 'ECONNREFUSED', 'the telnet port is closed');
+    const raw = net.connect({ host: '127.0.0.1', port: rawPort });
+    r.cleanup.add(() => raw.destroy());
+    let got = '';
+    raw.on('data', (b: Buffer) => (got += b.toString('latin1')));
+    await waitUntil(() => hub.clients.size === 1, 5000, 'raw client attached');
+    vm.send('over raw\r\n');
+    await waitUntil(() => got === 'over raw\r\n', 5000, 'VM output on the raw port');
+    // Disabled again: the listener goes (the client already attached stays), the port is kept in the store.
+    appliedOnly(await r.reload(['access: { raw: false }']), 'access');
+    await waitUntil(async () => (await show()).access.raw === null && (await show()).access.telnet !== null, 5000, 'raw off, telnet back');
+    assert.equal(await refused(rawPort), 'ECONNREFUSED', 'the raw port is closed');
+    await r.ts.connectUser(hub.identity.tcpPort, r.cleanup);
+    appliedOnly(await r.reload(['access: { raw: true }']), 'access');
+    await waitUntil(async () => (await show()).access.raw?.listening === true, 5000, 'raw on again');
+    assert.equal((await show()).access.raw!.port, rawPort, 'the same sticky port');
+    // Per console: a vms: entry turns it off for this console alone (a vms change, applied as such).
+    appliedOnly(await r.reload(['access: { raw: true }', 'vms:', '  - match: rl-access', '    access: { raw: false }']), 'vms');
+    await waitUntil(async () => (await show()).access.raw === null, 5000, 'raw off for this console');
+    assert.equal(await refused(rawPort), 'ECONNREFUSED');
+  },
 };
+
+/** The error of a TCP connect to a port nothing listens on (ECONNREFUSED), or null if it connects. */
+function refused(port: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: '127.0.0.1', port });
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(null);
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+  });
+}
 
 describe('reload: every reloadable key takes effect on a running server', () => {
   test('there is a case for every reloadable key', () => {

@@ -98,6 +98,14 @@ describe('admin API refuses browser-borne requests', () => {
     assert.ok(lines.every((l) => l.security === true));
   });
 
+  test('request targets that are not valid paths are a 400 for that request, never a crash', async () => {
+    for (const path of ['//x:abc', '//[', '//%', '//x:99999/api/v1/ports']) {
+      const r = await call(s.adminPort, 'GET', path, { host: own() });
+      assert.equal(r.status, 400, path);
+    }
+    assert.equal((await call(s.adminPort, 'GET', '/api/v1/status', { host: own() })).status, 200, 'still serving');
+  });
+
   test('vspc-admin itself still changes things (it sends JSON)', async () => {
     const r = await vspcAdmin(own(), ['kick', 'web01']);
     assert.equal(r.code, 0, r.stderr);

@@ -70,7 +70,7 @@ describe('config file: validation errors name the key and its position', () => {
     ['a bad default lock mode', 'defaultLockMode: rw\n', /:1:18: defaultLockMode: expected one of readwrite, readonly, exclusive, excl_write, readonly_ok, got "rw"$/],
     ['vms that is not a list', 'vms: web01\n', /:1:6: vms: expected a list/],
     ['a vms entry without match', 'vms:\n  - port: 10001\n', /:2:5: vms\.0: needs match:/],
-    ['an unknown key in a vms entry', 'vms:\n  - match: web01\n    prot: 10001\n', /:3:5: vms\.0\.prot: unknown key \(a vms entry has match, lockMode, scrollback, port, greeting, notices, replay\)$/],
+    ['an unknown key in a vms entry', 'vms:\n  - match: web01\n    prot: 10001\n', /:3:5: vms\.0\.prot: unknown key \(a vms entry has match, lockMode, scrollback, port, greeting, notices, replay, access\)$/],
     ['a bad fixed port', 'vms:\n  - match: web01\n    port: 0\n', /:3:11: vms\.0\.port: 0 is outside 1-65535$/],
     ['a fixed port for a pattern', 'vms:\n  - match: "web*"\n    port: 10001\n', /:3:11: vms\.0\.port: a fixed port needs one VM serial port, not the pattern "web\*"$/],
     ['a fixed port given twice', 'vms:\n  - match: a\n    port: 10001\n  - match: b\n    port: 10001\n', /:5:11: vms\.1\.port: port 10001 is already given to vms\[0\] \(a\)$/],

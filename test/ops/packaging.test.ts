@@ -27,8 +27,9 @@ describe('packaging: systemd unit and example config', () => {
     assert.deepEqual(directive('KillSignal'), ['SIGTERM']);
     assert.deepEqual(directive('StateDirectory'), ['vspc']);
     assert.deepEqual(directive('WorkingDirectory'), ['/var/lib/vspc']);
-    // The console broker's default socket, /run/vspc/broker.sock, needs its directory.
-    assert.deepEqual(directive('RuntimeDirectory'), ['vspc']);
+    // The console broker's default socket, /run/vspc/broker.sock, needs its directory; the
+    // access methods unix and pty theirs (/run/vspc/console, /run/vspc/pty).
+    assert.deepEqual(directive('RuntimeDirectory'), ['vspc vspc/console vspc/pty']);
     assert.ok(Number.parseInt(directive('TimeoutStopSec')[0], 10) >= 15, 'stop timeout covers the 5 s grace + 10 s bound');
   });
 

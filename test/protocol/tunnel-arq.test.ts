@@ -225,7 +225,7 @@ describe('tunnel ARQ: handshake and boot ids', { timeout: 120_000 }, () => {
 
   test('a stale HELLO of an old incarnation costs one extra reset, never a deadlock', () => {
     const { h, a } = established();
-    const oldHello: Frame = { type: FrameType.HELLO, flags: 0, tag: 0, seq: 0, ack: 0, stream: 0, payload: encodeHello({ version: 1, role: 1, flags: 0, window: 8, bootId: 0x5555, peerBootId: 0, maxPayload: 1024 }) };
+    const oldHello: Frame = { type: FrameType.HELLO, flags: Flag.AGENT, tag: 0, seq: 0, ack: 0, stream: 0, payload: encodeHello({ version: 1, role: 1, flags: 0, window: 8, bootId: 0x5555, peerBootId: 0, maxPayload: 1024 }) };
     h.link.receiveFrame(oldHello, 10); // host now believes the agent restarted as 0x5555
     assert.equal(h.resets.length, 1);
     // The real agent (0x2222) is still there; both must converge to a fresh common session.
@@ -255,10 +255,55 @@ describe('tunnel ARQ: handshake and boot ids', { timeout: 120_000 }, () => {
     assert.equal(h.link.peerBootId, 0);
   });
 
+  test('a line that echoes mid-session: our own frames are dropped, neither delivered nor acknowledging (spec 5.4)', () => {
+    const { h, a } = established();
+    // Echoed sequenced frames would be delivered as the peer's: the host's rcv_next is 0
+    // and its own first frames carry seq 0 and 1.
+    h.outbox.push(msg(1), msg(2));
+    const first = drain(h, 0);
+    assert.ok(first.every((f) => (f.flags & Flag.AGENT) === 0), 'the host never sets AGENT');
+    for (const f of first) h.link.receiveFrame(f, 1);
+    assert.equal(h.delivered.length, 0, 'not delivered');
+    assert.equal(h.link.windowUsed, 2);
+    for (const f of first) a.link.receiveFrame(f, 1);
+    run(h, a, () => a.delivered.length === 2 && h.link.windowUsed === 0, { now: 1 });
+    // Echoed acks would acknowledge frames the agent never got: the agent sends 4 frames,
+    // so the host's next frames (seq 2..5) carry ack 4, which would cover its own 2 and 3.
+    for (let i = 10; i < 14; i++) a.outbox.push(msg(i));
+    run(h, a, () => h.delivered.length === 4 && a.link.windowUsed === 0, { now: 2 });
+    for (let i = 20; i < 24; i++) h.outbox.push(msg(i));
+    const lost = drain(h, 3).filter((f) => f.type === FrameType.DATA);
+    assert.deepEqual(lost.map((f) => [f.seq, f.ack]), [[2, 4], [3, 4], [4, 4], [5, 4]]);
+    const echoesBefore = h.link.stats.echoes;
+    for (const f of lost) h.link.receiveFrame(f, 4); // the agent got none of them; the line echoed them
+    assert.equal(h.link.windowUsed, 4, 'our own ack acknowledged nothing');
+    assert.equal(h.delivered.length, 4, 'our own seq delivered nothing');
+    assert.equal(h.link.stats.echoes - echoesBefore, 4);
+    // An echoed probe is not answered either (it would be a probe to ourselves).
+    const probe: Frame = { type: FrameType.ACK, flags: Flag.POLL, tag: sessionTag(0x1111, 0x2222), seq: 0, ack: 6, stream: 0, payload: new Uint8Array(0) };
+    h.link.receiveFrame(probe, 5);
+    assert.equal(drain(h, 5).length, 0);
+    // The agent side: its own frames come back to it too.
+    a.outbox.push(msg(30));
+    const mine = drain(a, 5);
+    assert.ok(mine.every((f) => (f.flags & Flag.AGENT) !== 0), 'the agent sets AGENT in every frame');
+    for (const f of mine) a.link.receiveFrame(f, 5);
+    assert.equal(a.delivered.length, 2);
+    assert.equal(a.link.windowUsed, 1);
+    assert.ok(a.link.stats.echoes >= 1);
+    // Echoes cost nothing else: the retransmissions get everything through, exactly once.
+    for (const f of mine) h.link.receiveFrame(f, 6);
+    run(h, a, () => a.delivered.length === 6 && h.delivered.length === 5 && h.link.windowUsed === 0 && a.link.windowUsed === 0, { now: 6 });
+    assert.deepEqual(a.delivered.map(idx), [1, 2, 20, 21, 22, 23]);
+    assert.deepEqual(h.delivered.map(idx), [10, 11, 12, 13, 30]);
+    assert.deepEqual(h.errors.map((e) => e.code), ['VSPC_TUNNEL_ECHO'], 'reported once per session');
+    assert.deepEqual(a.errors.map((e) => e.code), ['VSPC_TUNNEL_ECHO']);
+  });
+
   test('frames other than HELLO are ignored before the handshake', () => {
     const h = mk('host', 1);
     h.link.start(0);
-    h.link.receiveFrame({ type: FrameType.DATA, flags: 0, tag: 0, seq: 0, ack: 0, stream: 1, payload: Uint8Array.of(1) }, 0);
+    h.link.receiveFrame({ type: FrameType.DATA, flags: Flag.AGENT, tag: 0, seq: 0, ack: 0, stream: 1, payload: Uint8Array.of(1) }, 0);
     assert.equal(h.delivered.length, 0);
     assert.equal(h.link.stats.noSession, 1);
   });
@@ -336,8 +381,8 @@ describe('tunnel ARQ: selective repeat', { timeout: 120_000 }, () => {
     h.outbox.push(msg(0));
     drain(h, 0);
     const tag = sessionTag(0x1111, 0x2222);
-    h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: 5, stream: 0, payload: new Uint8Array(0) }, 1);
-    h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: 0xffff, stream: 0, payload: new Uint8Array(0) }, 1);
+    h.link.receiveFrame({ type: FrameType.ACK, flags: Flag.AGENT, tag, seq: 0, ack: 5, stream: 0, payload: new Uint8Array(0) }, 1);
+    h.link.receiveFrame({ type: FrameType.ACK, flags: Flag.AGENT, tag, seq: 0, ack: 0xffff, stream: 0, payload: new Uint8Array(0) }, 1);
     assert.equal(h.link.windowUsed, 1);
     assert.equal(h.link.stats.staleAcks, 2);
     void a;
@@ -394,7 +439,7 @@ describe('tunnel ARQ: RTO (RFC 6298) and Karn', { timeout: 120_000 }, () => {
   function sendAndAck(h: Side, tag: number, sentAt: number, ackAt: number): void {
     h.outbox.push(msg(0));
     const [f] = drain(h, sentAt);
-    h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: (f.seq + 1) & 0xffff, stream: 0, payload: new Uint8Array(0) }, ackAt);
+    h.link.receiveFrame({ type: FrameType.ACK, flags: Flag.AGENT, tag, seq: 0, ack: (f.seq + 1) & 0xffff, stream: 0, payload: new Uint8Array(0) }, ackAt);
   }
 
   test('SRTT/RTTVAR/RTO follow the RFC formulas with min and max bounds', () => {
@@ -430,7 +475,7 @@ describe('tunnel ARQ: RTO (RFC 6298) and Karn', { timeout: 120_000 }, () => {
     assert.deepEqual(resentAt, [1000, 3000, 7000, 15_000, 25_000, 35_000], 'resent at each expiry');
     assert.deepEqual(rtos, [2000, 4000, 8000, 10_000, 10_000, 10_000]);
     assert.equal(h.link.stats.timeouts, 6);
-    h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: 1, stream: 0, payload: new Uint8Array(0) }, now + 5);
+    h.link.receiveFrame({ type: FrameType.ACK, flags: Flag.AGENT, tag, seq: 0, ack: 1, stream: 0, payload: new Uint8Array(0) }, now + 5);
     assert.equal(h.link.stats.rttSamples, 0, 'Karn: no sample from a retransmitted frame');
     assert.equal(h.link.rto, 10_000, 'backoff kept until a valid sample');
     sendAndAck(h, tag, now + 10, now + 60);
@@ -459,7 +504,7 @@ describe('tunnel ARQ: backoff cap and delay-based window', { timeout: 120_000 },
     let now = 0;
     for (let i = 0; i < 5; i++) {
       // The agent keeps talking (e.g. its own data): each frame proves it alive.
-      h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: 0, stream: 0, payload: new Uint8Array(0) }, now + 1);
+      h.link.receiveFrame({ type: FrameType.ACK, flags: Flag.AGENT, tag, seq: 0, ack: 0, stream: 0, payload: new Uint8Array(0) }, now + 1);
       now = h.link.nextDeadline()!;
       h.link.poll(now);
       drain(h, now);
@@ -494,10 +539,10 @@ describe('tunnel ARQ: backoff cap and delay-based window', { timeout: 120_000 },
         const next = acks.shift();
         if (next === undefined) break;
         t = next.at;
-        h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: next.ack, stream: 0, payload: new Uint8Array(0) }, t);
+        h.link.receiveFrame({ type: FrameType.ACK, flags: Flag.AGENT, tag, seq: 0, ack: next.ack, stream: 0, payload: new Uint8Array(0) }, t);
       }
       // Let what is in flight drain.
-      for (const x of acks) h.link.receiveFrame({ type: FrameType.ACK, flags: 0, tag, seq: 0, ack: x.ack, stream: 0, payload: new Uint8Array(0) }, Math.max(t, x.at));
+      for (const x of acks) h.link.receiveFrame({ type: FrameType.ACK, flags: Flag.AGENT, tag, seq: 0, ack: x.ack, stream: 0, payload: new Uint8Array(0) }, Math.max(t, x.at));
     };
     flow(0, 500, () => 100);
     assert.equal(h.link.cwnd, 32, 'slow start reaches the window within a few round trips when RTT stays flat');

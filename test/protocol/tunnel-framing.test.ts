@@ -2,6 +2,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
+  Flag,
   FrameDecoder,
   FrameType,
   MAX_ENCODED,
@@ -43,15 +44,15 @@ const VECTORS: { name: string; frame: Frame; body: string; wire: string }[] = [
   },
   {
     name: 'HELLO agent→host (boot 0x9abcdef0, knows the host, not up)',
-    frame: { type: 1, flags: 0, tag: 0, seq: 0, ack: 0, stream: 0, payload: encodeHello({ version: 1, role: 1, flags: 0, window: 32, bootId: AGENT_BOOT, peerBootId: HOST_BOOT, maxPayload: 1024 }) },
-    body: '01 00 00 00 00 00 00 00 00 00 01 01 00 20 9a bc de f0 12 34 56 78 04 00 20 d8 68 83',
-    wire: '02 01 01 01 01 01 01 01 01 01 03 01 01 0b 20 9a bc de f0 12 34 56 78 04 05 20 d8 68 83 00',
+    frame: { type: 1, flags: Flag.AGENT, tag: 0, seq: 0, ack: 0, stream: 0, payload: encodeHello({ version: 1, role: 1, flags: 0, window: 32, bootId: AGENT_BOOT, peerBootId: HOST_BOOT, maxPayload: 1024 }) },
+    body: '01 04 00 00 00 00 00 00 00 00 01 01 00 20 9a bc de f0 12 34 56 78 04 00 f2 7b de 92',
+    wire: '03 01 04 01 01 01 01 01 01 01 03 01 01 0b 20 9a bc de f0 12 34 56 78 04 05 f2 7b de 92 00',
   },
   {
     name: 'HELLO host→agent (UP)',
     frame: { type: 1, flags: 0, tag: 0, seq: 0, ack: 0, stream: 0, payload: encodeHello({ version: 1, role: 0, flags: 1, window: 32, bootId: HOST_BOOT, peerBootId: AGENT_BOOT, maxPayload: 1024 }) },
-    body: '',
-    wire: '',
+    body: '01 00 00 00 00 00 00 00 00 00 01 00 01 20 12 34 56 78 9a bc de f0 04 00 0e 85 00 c2',
+    wire: '02 01 01 01 01 01 01 01 01 01 02 01 0c 01 20 12 34 56 78 9a bc de f0 04 03 0e 85 02 c2 00',
   },
   {
     name: 'OPEN stream 1 to port 22, credit 65536',
@@ -60,10 +61,10 @@ const VECTORS: { name: string; frame: Frame; body: string; wire: string }[] = [
     wire: '02 10 03 d7 84 01 01 01 01 02 01 02 16 02 01 01 05 71 a1 96 cd 00',
   },
   {
-    name: 'OPEN_OK stream 1, credit 65536, acking OPEN',
-    frame: { type: 0x11, flags: 0, tag: TAG, seq: 0, ack: 1, stream: 1, payload: encodeU32(65536) },
-    body: '11 00 d7 84 00 00 00 01 00 01 00 01 00 00 16 c0 2a e3',
-    wire: '02 11 03 d7 84 01 01 02 01 02 01 02 01 01 05 16 c0 2a e3 00',
+    name: 'OPEN_OK stream 1, credit 65536, acking OPEN (agent→host)',
+    frame: { type: 0x11, flags: Flag.AGENT, tag: TAG, seq: 0, ack: 1, stream: 1, payload: encodeU32(65536) },
+    body: '11 04 d7 84 00 00 00 01 00 01 00 01 00 00 d5 88 cb 77',
+    wire: '05 11 04 d7 84 01 01 02 01 02 01 02 01 01 05 d5 88 cb 77 00',
   },
   {
     name: 'DATA stream 1 "SSH-2.0-\\0\\r\\n"',
@@ -72,10 +73,10 @@ const VECTORS: { name: string; frame: Frame; body: string; wire: string }[] = [
     wire: '02 13 03 d7 84 02 01 02 01 0a 01 53 53 48 2d 32 2e 30 2d 07 0d 0a a9 c3 a5 42 00',
   },
   {
-    name: 'ACK ack=5, SACK 7, 8 and 15 (offsets 1, 2, 9)',
-    frame: { type: 0x02, flags: 0, tag: TAG, seq: 0, ack: 5, stream: 0, payload: encodeSack([1, 2, 9]) },
-    body: '02 00 d7 84 00 00 00 05 00 00 06 02 d0 5a ad 0f',
-    wire: '02 02 03 d7 84 01 01 02 05 01 07 06 02 d0 5a ad 0f 00',
+    name: 'ACK ack=5, SACK 7, 8 and 15 (offsets 1, 2, 9), agent→host',
+    frame: { type: 0x02, flags: Flag.AGENT, tag: TAG, seq: 0, ack: 5, stream: 0, payload: encodeSack([1, 2, 9]) },
+    body: '02 04 d7 84 00 00 00 05 00 00 06 02 86 45 9f e9',
+    wire: '05 02 04 d7 84 01 01 02 05 01 07 06 02 86 45 9f e9 00',
   },
   {
     name: 'ACK with POLL (keepalive probe), ack=2',
@@ -84,10 +85,10 @@ const VECTORS: { name: string; frame: Frame; body: string; wire: string }[] = [
     wire: '05 02 01 d7 84 01 01 02 02 01 05 cb 6c 6f 56 00',
   },
   {
-    name: 'RESET stream 0x8001, REFUSED "refused", seq 0xffff ack 0x0102',
-    frame: { type: 0x15, flags: 0, tag: TAG, seq: 0xffff, ack: 0x0102, stream: 0x8001, payload: encodeReason({ code: 1, text: 'refused' }) },
-    body: '15 00 d7 84 ff ff 01 02 80 01 01 72 65 66 75 73 65 64 fd 4e 34 2a',
-    wire: '02 15 15 d7 84 ff ff 01 02 80 01 01 72 65 66 75 73 65 64 fd 4e 34 2a 00',
+    name: 'RESET stream 0x8001, REFUSED "refused", seq 0xffff ack 0x0102, agent→host',
+    frame: { type: 0x15, flags: Flag.AGENT, tag: TAG, seq: 0xffff, ack: 0x0102, stream: 0x8001, payload: encodeReason({ code: 1, text: 'refused' }) },
+    body: '15 04 d7 84 ff ff 01 02 80 01 01 72 65 66 75 73 65 64 87 31 33 a7',
+    wire: '17 15 04 d7 84 ff ff 01 02 80 01 01 72 65 66 75 73 65 64 87 31 33 a7 00',
   },
 ];
 

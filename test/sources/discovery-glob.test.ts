@@ -98,3 +98,24 @@ test('glob: configuration errors name the field', () => {
     assert.throws(() => new GlobDiscovery({ logger, pattern: '/dev/ttyUSB*', spec: 'device:{path}', field: 'discovery.globs[1]', ...override }), { code: 'VSPC_CONFIG_INVALID', message }, JSON.stringify(override));
   }
 });
+
+test('glob: a symbolic link where a socket is expected is not followed (it could point at a QEMU monitor or docker.sock)', async (t) => {
+  const { root, cleanup } = tempTree();
+  const sockets = new Sockets();
+  t.after(async () => {
+    await sockets.closeAll();
+    cleanup();
+  });
+  const priv = join(root, 'priv');
+  const dir = join(root, 'watched');
+  mkdirSync(priv, { mode: 0o700 });
+  mkdirSync(dir);
+  await sockets.listen(join(priv, 'qmp.sock'));
+  await sockets.listen(join(dir, 'real.sock'));
+  symlinkSync(join(priv, 'qmp.sock'), join(dir, 'innocent.sock'));
+  const { logger, lines } = recordingLogger();
+  const d = new GlobDiscovery({ logger, pattern: `${dir}/*.sock`, spec: 'unix:{path}', name: '{stem}' });
+  assert.deepEqual(summary(await d.scan()), [`glob:${dir}/real.sock: real unix:${dir}/real.sock`]);
+  const warned = lines.filter((l) => String(l.message).includes('a symbolic link where a socket is expected'));
+  assert.equal(warned.length, 1);
+});

@@ -73,7 +73,8 @@ export class TestServer {
       clientListenHost: '127.0.0.1',
       expireAfterMs: 0,
       humanTimeoutMs: 300,
-      identifyTimeoutMs: 1000,
+      // Long enough for a TLS handshake and the negotiation on a loaded machine; tests of the deadline set their own.
+      identifyTimeoutMs: 5000,
       subnegotiationTimeoutMs: 1000,
       closeGraceMs: 200,
       bindRetryMs: 200,

@@ -39,7 +39,7 @@ function baseName(h: ConsoleHub): string {
 }
 
 function stateOf(h: ConsoleHub): string {
-  return h.state === 'disconnected' && h.endpoint ? h.endpoint.state : h.state;
+  return h.displayState;
 }
 
 /**

@@ -7,9 +7,10 @@ import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
 import { DEFAULT_STREAM, type ConsoleHub, type StreamOptions } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
-import { displayKey } from '../../domain/identity.js';
+import { describeKey } from '../../domain/identity.js';
 import type { ComPortServer } from '../../protocol/rfc2217/index.js';
 import { createComPortServer } from './com-port.js';
+import { allocateClientId } from '../../domain/client-ids.js';
 
 export interface TelnetClientOptions {
   /** Bytes queued to a client that does not read; past this it is disconnected. */
@@ -37,11 +38,9 @@ export interface TelnetClientOptions {
  * more than the previous id; a restart reuses none unless the previous run handed out
  * ids faster than one per millisecond right up to its end (or the clock went back).
  */
-const CLIENT_ID_EPOCH = Date.UTC(2025, 0, 1);
-let lastClientId = 0;
 export function nextClientId(now = Date.now()): number {
-  lastClientId = Math.max(lastClientId + 1, now - CLIENT_ID_EPOCH);
-  return lastClientId;
+  // One sequence for every access method (raw, unix and pty clients too): src/domain/client-ids.ts.
+  return allocateClientId(now);
 }
 
 /**
@@ -126,9 +125,19 @@ export class TelnetClient implements ConsoleClient {
     readonly secure: boolean,
     /** Set when the console broker hands over a connection (no offers, no UUID in the greeting). */
     private readonly handover?: TelnetHandover,
+    /** Telnet over another transport (a unix socket with `protocol: telnet`): its method, peer and origin. */
+    private readonly via?: { method: string; peer: string; origin?: ConsoleClient['origin'] },
   ) {
-    this.peer = handover?.peer ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    this.log = logger.child({ client: this.id, peer: this.peer, side: 'client', vm: hub.displayName, tls: secure, ...(handover ? { via: 'broker' } : {}) });
+    this.peer = handover?.peer ?? via?.peer ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.log = logger.child({
+      client: this.id,
+      peer: this.peer,
+      side: 'client',
+      vm: hub.displayName,
+      tls: secure,
+      ...(handover ? { via: 'broker' } : {}),
+      ...(via ? { method: via.method } : {}),
+    });
     const handlers: TelnetSessionHandlers = {
       write: (b) => this.socket.write(b),
       data: (d) => this.onInput(d),
@@ -198,6 +207,14 @@ export class TelnetClient implements ConsoleClient {
   /** The lock mode held, once attached. */
   get mode(): string | undefined {
     return this.hub.modeOf(this);
+  }
+
+  get method(): string {
+    return this.via?.method ?? (this.secure ? 'telnets' : 'telnet');
+  }
+
+  get origin(): ConsoleClient['origin'] {
+    return this.via?.origin;
   }
 
   get attached(): boolean {
@@ -341,7 +358,7 @@ export class TelnetClient implements ConsoleClient {
     const id = this.hub.identity;
     // Through the broker the greeting names the console only: its users never learn UUIDs or ports.
     if (this.stream.greeting) {
-      this.notice(this.handover ? this.hub.displayName : `${this.hub.displayName} (uuid ${displayKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
+      this.notice(this.handover ? this.hub.displayName : `${this.hub.displayName} (${describeKey(id)}${id.label ? `, port ${id.label}` : ''})`, true);
     }
     const decision = this.hub.addClient(this, { request, force, user: this.user, tls: this.secure, replay: this.stream.replay });
     if (!decision.granted) {

@@ -18,6 +18,8 @@ export interface TelnetListenerOptions extends TelnetClientOptions {
    * budget, src/runtime/fd-budget.ts): false closes it at once.
    */
   admit?(socket: net.Socket): boolean;
+  /** Whether a console has telnet ports (the configuration's `access: telnet`); default: all. */
+  enabled?(hub: ConsoleHub): boolean;
 }
 
 interface Listeners {
@@ -43,9 +45,12 @@ export class TelnetListeners {
     private readonly logger: Logger,
     private readonly options: TelnetListenerOptions,
   ) {
-    registry.on('added', (hub) => this.open(hub));
+    registry.on('added', (hub) => {
+      if (this.options.enabled?.(hub) ?? true) this.open(hub);
+    });
     registry.on('removed', (hub) => this.closeFor(hub));
     registry.on('moved', (hub) => {
+      if (!this.byHub.has(hub)) return;
       this.closeFor(hub);
       const pre = this.prebound.get(hub);
       if (pre && !this.closed) {
@@ -58,6 +63,24 @@ export class TelnetListeners {
         this.open(hub);
       }
     });
+  }
+
+  /** Opens or closes each console's listeners as `enabled` now says (a reload). */
+  refresh(): void {
+    for (const hub of this.registry.all()) {
+      const want = this.options.enabled?.(hub) ?? true;
+      if (want && !this.byHub.has(hub)) this.open(hub);
+      else if (!want && this.byHub.has(hub)) {
+        this.closeFor(hub);
+        hub.listenError = null;
+        hub.tlsListenError = null;
+      }
+    }
+  }
+
+  /** Whether the console's telnet ports are open (or being retried). */
+  has(hub: ConsoleHub): boolean {
+    return this.byHub.has(hub);
   }
 
   tlsPortOf(hub: ConsoleHub): number | null {
@@ -167,6 +190,19 @@ export class TelnetListeners {
         first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used: ${message}`, { port, errorCode: err.code }));
         return;
       }
+      if (!secure && err.code === 'EADDRINUSE' && this.byHub.get(hub) === l) {
+        const from = port;
+        server.close();
+        if (this.registry.relocateFresh(hub)) {
+          // A brand-new console whose first port another program holds: moved on at once.
+          this.logger.info('a new console port is held by another program on this host; moved to the next free one', {
+            vm: hub.displayName,
+            from,
+            to: hub.identity.tcpPort,
+          });
+          return;
+        }
+      }
       if (secure) {
         hub.tlsListenError = message;
         l.secure = null;
@@ -190,6 +226,7 @@ export class TelnetListeners {
     });
     server.on('listening', () => {
       bound = true;
+      if (!secure) this.registry.bound(hub);
       if (first) {
         first.resolve(server);
         return;

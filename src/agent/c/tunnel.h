@@ -44,6 +44,9 @@ enum vt_type {
 
 #define VT_FLAG_POLL 0x01
 #define VT_FLAG_DUP 0x02
+/* Direction: set in every frame the agent sends; a non-HELLO frame with it set that
+   reaches the agent is the agent's own output echoed back (spec 5.4). */
+#define VT_FLAG_AGENT 0x04
 #define VT_HELLO_UP 0x01
 #define VT_ROLE_HOST 0
 #define VT_ROLE_AGENT 1

@@ -515,6 +515,12 @@ static void link_receive(const struct vt_frame *f, int64_t now) {
     on_hello(f, now);
     return;
   }
+  if (f->flags & VT_FLAG_AGENT) {
+    /* Our own frame came back (spec 5.4): its ack and seq are ours, not the host's. */
+    L.st.echoes++;
+    report(REPORT_ECHO, "VSPC_TUNNEL_ECHO: our own frames come back: the line echoes");
+    return;
+  }
   if (!L.established) {
     L.st.no_session++;
     return;
@@ -1133,7 +1139,7 @@ static void on_frame(void *ctx, const struct vt_frame *f) {
   int64_t now = *(int64_t *)ctx;
   line_good = 1;
   line_quiet = 0;
-  if (f->type != VT_HELLO && L.established && f->tag == L.tag) reopen_delay = REOPEN_INITIAL_MS;
+  if (f->type != VT_HELLO && !(f->flags & VT_FLAG_AGENT) && L.established && f->tag == L.tag) reopen_delay = REOPEN_INITIAL_MS;
   link_receive(f, now);
 }
 
@@ -1145,6 +1151,7 @@ static void pump(int64_t now) {
     while (OUTBUF_SIZE - out_len >= VT_MAX_WIRE) {
       struct vt_frame f;
       if (!next_frame(now, &f, scratch)) break;
+      f.flags |= VT_FLAG_AGENT; /* every frame the agent sends carries its direction */
       out_len += vt_frame_wire(&f, now - last_tx >= IDLE_DELIMITER_MS, outbuf + out_len);
       last_tx = now;
       produced = 1;

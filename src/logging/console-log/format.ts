@@ -4,7 +4,7 @@
  * file"). Tests pin these formats byte for byte.
  */
 import { sanitizeText } from '../../util/text.js';
-import { displayKey, type ConsoleIdentity } from '../../domain/identity.js';
+import { describeKey, type ConsoleIdentity } from '../../domain/identity.js';
 import type { ConsoleEvent } from '../../domain/console-hub.js';
 
 /** Text for vspc's own lines: one line, no control characters, no closing bracket games. */
@@ -48,10 +48,11 @@ export function stampedLine(nowMs: number, text: string, atLineStart: boolean): 
 /**
  * First line of every file: whose it is.
  * `[vspc <stamp> console log of VM "<name>", uuid <key>, label "<label>"]\r\n`
- * (no name yet: no quoted name; no label: no label part).
+ * (no name yet: no quoted name; no label: no label part; another kind than ESXi names
+ * its key by the kind: `proxmox 101`). The key is sanitised: a discovered one is a path.
  */
-export function headerLine(nowMs: number, id: Pick<ConsoleIdentity, 'key' | 'name' | 'label'>): Buffer {
-  const parts = [id.name ? `console log of VM ${JSON.stringify(clean(id.name))}` : 'console log of VM', `uuid ${displayKey(id)}`];
+export function headerLine(nowMs: number, id: Pick<ConsoleIdentity, 'key' | 'name' | 'label'> & Partial<Pick<ConsoleIdentity, 'kind'>>): Buffer {
+  const parts = [id.name ? `console log of VM ${JSON.stringify(clean(id.name))}` : 'console log of VM', clean(describeKey({ kind: id.kind ?? 'esxi', key: id.key }))];
   if (id.label) parts.push(`label ${JSON.stringify(clean(id.label))}`);
   return Buffer.from(`[vspc ${new Date(nowMs).toISOString()} ${parts.join(', ')}]\r\n`, 'utf8');
 }

@@ -43,7 +43,8 @@ export function seqDiff(a: number, b: number): number {
 
 /**
  * Session tag of a pair of boot ids: the low 16 bits of CRC-32C over the host's boot
- * id then the agent's (each u32 big-endian). Both sides compute the same value.
+ * id then the agent's (each u32 big-endian). Both sides compute the same value; the
+ * direction of a frame is in its Flag.AGENT bit, not in the tag (spec 5.4).
  */
 export function sessionTag(hostBootId: number, agentBootId: number): number {
   const b = new Uint8Array(8);
@@ -199,6 +200,8 @@ export class ReliableLink {
   private readonly cfg: ReliableLinkConfig;
   private readonly hooks: ReliableLinkHooks;
   private readonly roleByte: number;
+  /** Flag.AGENT for the agent, 0 for the host: the direction bit of every frame we send. */
+  private readonly dirFlag: number;
 
   /** Our current boot id (changes when an established session is abandoned). */
   bootId: number;
@@ -286,6 +289,7 @@ export class ReliableLink {
     this.cfg = cfg;
     this.hooks = hooks;
     this.roleByte = Role[cfg.role];
+    this.dirFlag = cfg.role === 'agent' ? Flag.AGENT : 0;
     this.bootId = cfg.bootId;
     this.helloInterval = cfg.helloInitialMs;
     this.rto = cfg.rto.initialMs;
@@ -352,6 +356,12 @@ export class ReliableLink {
     if (!this.started) return;
     if (f.type === FrameType.HELLO) {
       this.onHello(f, now);
+      return;
+    }
+    if ((f.flags & Flag.AGENT) === this.dirFlag) {
+      // Our own frame came back (spec 5.4): its ack and seq are ours, not the peer's.
+      this.stats.echoes++;
+      this.report(TunnelErrorCode.ECHO, 'our own frames come back: the line echoes (tty not in raw mode?)', {});
       return;
     }
     if (!this.established) {
@@ -777,7 +787,7 @@ export class ReliableLink {
       const up = this.established ? HelloFlag.UP : 0;
       return {
         type: FrameType.HELLO,
-        flags: 0,
+        flags: this.dirFlag,
         tag: 0,
         seq: 0,
         ack: 0,
@@ -802,7 +812,7 @@ export class ReliableLink {
       this.ackDeadline = undefined;
       if (poll) this.stats.probesSent++;
       else this.stats.acksSent++;
-      const flags = (poll ? Flag.POLL : 0) | (this.sawDuplicate ? Flag.DUP : 0);
+      const flags = this.dirFlag | (poll ? Flag.POLL : 0) | (this.sawDuplicate ? Flag.DUP : 0);
       this.sawDuplicate = false;
       return { type: FrameType.ACK, flags, tag: this.tag, seq: 0, ack: this.rcvNext, stream: 0, payload: this.sackBitmap() };
     }
@@ -840,7 +850,7 @@ export class ReliableLink {
     // The cumulative ack rides along; it satisfies a pending delayed ACK.
     this.ackPending = 0;
     this.ackDeadline = undefined;
-    return { type: f.msg.type, flags: 0, tag: this.tag, seq: f.seq, ack: this.rcvNext, stream: f.msg.stream, payload: f.msg.payload };
+    return { type: f.msg.type, flags: this.dirFlag, tag: this.tag, seq: f.seq, ack: this.rcvNext, stream: f.msg.stream, payload: f.msg.payload };
   }
 
   private sackBitmap(): Uint8Array {

@@ -61,6 +61,12 @@ export const Flag = {
    * previous ACK frame (like a DSACK, RFC 2883), i.e. some retransmission was spurious.
    */
   DUP: 0x02,
+  /**
+   * The direction of the frame: set in every frame the agent sends, clear in every frame
+   * the host sends. A non-HELLO frame with the receiver's own direction is its own
+   * output coming back (an echoing line) and is dropped before anything in it is used.
+   */
+  AGENT: 0x04,
 } as const;
 
 /** HELLO flag bits. */

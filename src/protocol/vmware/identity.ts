@@ -15,7 +15,7 @@ export function parseUuidPayload(payload: Buffer): string {
   }
   const text = payload.toString('latin1');
   const uuid = normalizeUuid(text);
-  if (!uuid) throw new ProtocolError('VSPC_BAD_UUID', 'VM-VC-UUID is not 32 hex digits', { text: JSON.stringify(text) });
+  if (!uuid) throw new ProtocolError('VSPC_BAD_UUID', 'VM-VC-UUID is not 32 hex digits', { text: JSON.stringify(sanitizeText(text.slice(0, 128))) });
   return uuid;
 }
 
@@ -60,5 +60,8 @@ export function parseDoProxyPayload(payload: Buffer): ProxyRequest {
       label: JSON.stringify(label.slice(0, 80)),
     });
   }
-  return { direction, uri, service, label };
+  // The direction and the URI end up in log lines (a refused service is logged): rewritten
+  // where unsafe (after the label was checked on the original); such a URI never names our
+  // service anyway.
+  return { direction: sanitizeText(direction), uri: sanitizeText(uri), service: sanitizeText(service), label };
 }

@@ -19,7 +19,7 @@
  * Identity: kind `glob`, key = the matched path (a by-id path names the adapter, not
  * the ttyUSB number it got), label ''.
  */
-import { readdir, stat } from 'node:fs/promises';
+import { lstat, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from '../../domain/logger.js';
 import { parseSourceSpec } from '../../domain/source-spec.js';
@@ -214,9 +214,16 @@ export class GlobDiscovery implements Discovery {
   private async consoleAt(path: string): Promise<DiscoveredConsole | null> {
     let st;
     try {
-      st = await stat(path); // follows symlinks: by-id names point at the tty
+      // A socket must be one itself: a symlink in a watched directory must not make vspc
+      // relay whatever socket it points at (a QEMU monitor, docker.sock) to its users.
+      // A tty may be reached through one: /dev/serial/by-id names are symlinks.
+      st = this.wants === 'socket' ? await lstat(path) : await stat(path);
     } catch {
       return null; // vanished, a dangling symlink, or unreadable: not a console now
+    }
+    if (this.wants === 'socket' && st.isSymbolicLink()) {
+      this.notes.report(path, [{ level: 'warn', message: 'a symbolic link where a socket is expected; not followed', fields: { security: true } }]);
+      return null;
     }
     if (this.wants === 'socket' ? !st.isSocket() : !st.isCharacterDevice()) return null;
     try {

@@ -44,6 +44,9 @@ export type EsxiSessionState = 'negotiating' | 'identifying' | 'contending' | 'a
  * - `closed`: the old connection went away while it was probed;
  * - `refused`: the old connection answered: the newcomer was refused.
  */
+/** Renames one connection may apply; a real host reports a new name rarely. */
+const MAX_RENAMES_PER_CONNECTION = 16;
+
 export const TAKEOVER_RESULTS = ['same-address', 'no-probe', 'unanswered', 'closed', 'refused'] as const;
 export type TakeoverResult = (typeof TAKEOVER_RESULTS)[number];
 
@@ -188,6 +191,8 @@ export class EsxiSession implements VmotionEndpoint {
   private addressValue: string | undefined;
   private normalizedAddress: string | null = null;
   log: Logger;
+  /** Names applied on this connection (bounded: see onName). */
+  private renames = 0;
   private stateValue: EsxiSessionState = 'negotiating';
   private proxy: ProxyRequest | null = null;
   private uuidValue: string | null = null;
@@ -678,6 +683,14 @@ export class EsxiSession implements VmotionEndpoint {
     if (hub) {
       const old = hub.identity.name;
       if (old !== name) {
+        // A VM is renamed rarely (vCenter tells the host, which reports it once); a peer
+        // renaming itself in a loop would cost a database write and a log line each time.
+        if (++this.renames > MAX_RENAMES_PER_CONNECTION) {
+          if (this.renames === MAX_RENAMES_PER_CONNECTION + 1) {
+            this.log.warn('VM-NAME changes too often on this connection; further names ignored', { limit: MAX_RENAMES_PER_CONNECTION, security: true });
+          }
+          return;
+        }
         this.ctx.registry.rename(hub, name);
         // A name reported for the first time is not a rename (the registration line has it).
         if (old !== null) this.log.info('VM renamed', { from: old, to: name });

@@ -23,9 +23,16 @@ PACKAGES=(
   tmux              # terminal-level tests
   telnet            # a real telnet client
   telnet-ssl        # the verifying telnets command certs/README.md shows (test/ops/tls-docs.test.ts)
-  openssh-client    # ssh over the later serial tunnel
+  openssh-client    # ssh over the later serial tunnel; the SSH front door tests (test/e2e/ssh*.test.ts)
   musl-tools        # musl-gcc: packaging/build-agent.sh builds the static C guest agent
+  dropbear-bin      # dropbear: the SSH server in the tunnel test guest (variant tunnel-ssh)
+  openssh-sftp-server  # sftp-server for that guest: today's scp speaks SFTP
   conserver-server conserver-client  # test/e2e/conserver.test.ts: conserver layered on a vspc port (docs/conserver.md)
+  zsh               # test/ops/completion.test.ts: the zsh completion script runs in a real zsh
+  groff-base        # test/ops/man-pages.test.ts: the man pages render without warnings
+  passwd            # useradd/groupadd: permission tests with a second unix user
+  util-linux        # runuser, script, prlimit
+  screen            # a legacy program on a console's pty (access-pty test)
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"

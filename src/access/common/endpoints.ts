@@ -1,0 +1,176 @@
+import type { Logger } from '../../domain/logger.js';
+import type { Registry } from '../../domain/registry.js';
+import type { ConsoleHub } from '../../domain/console-hub.js';
+import { errorFields } from '../../errors.js';
+import { AccessError, accessError } from './errors.js';
+
+/** How one access method makes and removes a console's endpoint. */
+export interface EndpointDriver<S, H> {
+  /** `raw`, `unix`, `pty`: the key of the console's `accessErrors` and of log lines. */
+  readonly method: string;
+  /**
+   * The endpoint each console should have now (null: none), for all of them at once
+   * (file names are unique across the consoles of one directory).
+   */
+  specs(hubs: readonly ConsoleHub[]): Map<ConsoleHub, S | null>;
+  /** Specs with equal keys need no change of the endpoint. */
+  keyOf(spec: S): string;
+  /** Makes the endpoint; rejects with an AccessError (or a system error). */
+  open(hub: ConsoleHub, spec: S): Promise<H>;
+  /** Removes it (its clients stay attached to the hub until they leave or are closed). */
+  close(handle: H, reason: string): Promise<void>;
+}
+
+interface Slot<S, H> {
+  readonly spec: S;
+  readonly key: string;
+  handle: H | null;
+  error: AccessError | null;
+  retry: NodeJS.Timeout | null;
+  /** The open under way, if any. */
+  inflight: Promise<void> | null;
+  retired: boolean;
+}
+
+/** One console's endpoint of a method, for `show`. */
+export interface EndpointState<S, H> {
+  spec: S;
+  handle: H | null;
+  error: string | null;
+}
+
+/**
+ * A console's endpoint for one access method (a raw TCP port, a unix socket, a pty),
+ * following the registry and the configuration: made when a console becomes known or
+ * the method is enabled for it, re-made when what it should be changes (a reload, a
+ * rename that changes its file name), removed when the console is forgotten or the
+ * method disabled. A failure is recorded on the hub (`accessErrors`, shown by `list`
+ * and `show`), logged (at warn when it is new, then at debug) and retried after
+ * `bindRetryMs`; it never touches the console's other endpoints.
+ */
+export class ConsoleEndpoints<S, H> {
+  private readonly slots = new Map<ConsoleHub, Slot<S, H>>();
+  private scheduled: NodeJS.Immediate | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly registry: Registry,
+    private readonly logger: Logger,
+    private readonly driver: EndpointDriver<S, H>,
+    private readonly options: { readonly bindRetryMs: number },
+  ) {
+    registry.on('added', () => this.schedule());
+    registry.on('renamed', () => this.schedule());
+    registry.on('removed', (hub) => {
+      // At once: a forgotten console takes no new client; the others' names may change.
+      this.apply(hub, null, 'console forgotten');
+      this.schedule();
+    });
+  }
+
+  /** Re-reads what every console's endpoint should be (after a reload), on the next tick. */
+  schedule(): void {
+    if (this.closed || this.scheduled) return;
+    this.scheduled = setImmediate(() => {
+      this.scheduled = null;
+      this.refresh();
+    });
+  }
+
+  /** Re-reads what every console's endpoint should be, now. */
+  refresh(): void {
+    if (this.closed) return;
+    const hubs = this.registry.all();
+    const specs = this.driver.specs(hubs);
+    for (const hub of [...this.slots.keys()]) if (!specs.has(hub)) this.apply(hub, null, 'console forgotten');
+    for (const [hub, spec] of specs) this.apply(hub, spec, 'configuration changed');
+  }
+
+  state(hub: ConsoleHub): EndpointState<S, H> | null {
+    const s = this.slots.get(hub);
+    return s ? { spec: s.spec, handle: s.handle, error: s.error?.message ?? null } : null;
+  }
+
+  /** Every endpoint up now. */
+  handles(): H[] {
+    return [...this.slots.values()].flatMap((s) => (s.handle ? [s.handle] : []));
+  }
+
+  /** Removes every endpoint (shutdown); idempotent. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.scheduled) clearImmediate(this.scheduled);
+    this.scheduled = null;
+    const done: Array<Promise<void>> = [];
+    for (const [hub, slot] of this.slots) {
+      done.push(this.retire(hub, slot, 'vspc is shutting down'));
+    }
+    this.slots.clear();
+    await Promise.all(done);
+  }
+
+  private apply(hub: ConsoleHub, spec: S | null, reason: string): void {
+    const cur = this.slots.get(hub);
+    const key = spec === null ? null : this.driver.keyOf(spec);
+    if (cur && cur.key === key) return;
+    if (!cur && key === null) return;
+    const previous = cur ? this.retire(hub, cur, reason) : Promise.resolve();
+    if (spec === null || key === null || this.closed) {
+      this.slots.delete(hub);
+      hub.accessErrors.delete(this.driver.method);
+      return;
+    }
+    const slot: Slot<S, H> = { spec, key, handle: null, error: null, retry: null, inflight: null, retired: false };
+    this.slots.set(hub, slot);
+    // The old endpoint goes first: the new one may take the same path or port.
+    slot.inflight = previous.then(() => this.attempt(hub, slot));
+  }
+
+  private async attempt(hub: ConsoleHub, slot: Slot<S, H>): Promise<void> {
+    slot.retry = null;
+    if (slot.retired) return;
+    let handle: H;
+    try {
+      handle = await this.driver.open(hub, slot.spec);
+    } catch (err) {
+      if (slot.retired) return;
+      const e = err instanceof AccessError ? err : accessError(err, String((err as Error)?.message ?? err));
+      const repeated = slot.error?.message === e.message;
+      slot.error = e;
+      hub.accessErrors.set(this.driver.method, e.message);
+      const fields = { vm: hub.displayName, method: this.driver.method, retryMs: this.options.bindRetryMs, ...errorFields(e) };
+      if (repeated) this.logger.debug('console endpoint still cannot be set up; will retry', fields);
+      else this.logger.warn('console endpoint cannot be set up; will retry', fields);
+      slot.retry = setTimeout(() => {
+        slot.inflight = this.attempt(hub, slot);
+      }, this.options.bindRetryMs);
+      slot.retry.unref();
+      return;
+    } finally {
+      slot.inflight = null;
+    }
+    if (slot.retired) {
+      await this.driver.close(handle, 'replaced').catch(() => undefined);
+      return;
+    }
+    slot.handle = handle;
+    if (slot.error) this.logger.info('console endpoint set up after all', { vm: hub.displayName, method: this.driver.method });
+    slot.error = null;
+    hub.accessErrors.delete(this.driver.method);
+  }
+
+  private async retire(hub: ConsoleHub, slot: Slot<S, H>, reason: string): Promise<void> {
+    slot.retired = true;
+    if (slot.retry) clearTimeout(slot.retry);
+    slot.retry = null;
+    if (slot.inflight) await slot.inflight;
+    const handle = slot.handle;
+    slot.handle = null;
+    if (!handle) return;
+    try {
+      await this.driver.close(handle, reason);
+    } catch (err) {
+      this.logger.warn('console endpoint could not be removed cleanly', { vm: hub.displayName, method: this.driver.method, ...errorFields(err) });
+    }
+  }
+}

@@ -1,0 +1,426 @@
+/**
+ * One SSH connection: public-key authentication (nothing else), the per-address
+ * failure bucket, the login grace time, the session limit, refusals of everything
+ * that is not a console session, keepalive and failure containment. Its sessions
+ * (session.ts) do the rest.
+ *
+ *   handshake ──publickey OK (file or keys command, from=, signature)──▶ authenticated ──▶ closed
+ *       │  └──failed attempt: counted; the address's bucket empty / too many tries──▶ closed
+ *       └──login grace time over / protocol error / socket gone──▶ closed
+ *   authenticated ──time limit / rights withdrawn (reload) / too slow / keepalive unanswered / shutdown──▶ closed
+ */
+import type net from 'node:net';
+import ssh2 from 'ssh2';
+import type { AuthContext, Connection, ParsedKey, PublicKeyAuthContext, Session } from 'ssh2';
+import type { Logger } from '../../domain/logger.js';
+import type { ConsoleHub } from '../../domain/console-hub.js';
+import { errorFields } from '../../errors.js';
+import { sanitizeText } from '../../util/text.js';
+import type { AuthorizedKeys } from './authorized-keys.js';
+import { fingerprintOf } from './fingerprint.js';
+import type { KeysCommand } from './keys-command.js';
+import type { FailureBuckets } from './rate-limit.js';
+import type { KeyRights } from './rights.js';
+import { Exit, formatDuration, SshSession, type Principal, type SessionHost } from './session.js';
+import { installBreakRequests } from './ssh2-internals.js';
+
+/** Failed attempts one connection may make (OpenSSH's MaxAuthTries is 6; agents with many keys try each). */
+const MAX_TRIES_PER_CONNECTION = 20;
+/** Session channels open at once on one connection (OpenSSH's MaxSessions). */
+const MAX_SESSIONS_PER_CONNECTION = 10;
+
+/** Counters kept by the listener, for /metrics. */
+export interface SshCounters {
+  auth: { accepted: number; rejected: number };
+  /** Connections dropped at accept, by reason. */
+  refused: { 'rate-limited': number; 'too-many-unauthenticated': number; 'shutting-down': number; 'fd-budget': number };
+  /** Requests refused outright, by kind. */
+  requests: Record<string, number>;
+  /** Sessions ended by vspc, by reason. */
+  ended: Record<string, number>;
+}
+
+/** What a connection needs of its listener. */
+export interface ConnectionContext {
+  readonly logger: Logger;
+  readonly buckets: FailureBuckets;
+  readonly counters: SshCounters;
+  keys(): AuthorizedKeys;
+  readonly keysCommand: KeysCommand | null;
+  consoles(): ConsoleHub[];
+  readonly loginGraceMs: number;
+  readonly closeGraceMs: number;
+  idleTimeoutMs(): number;
+  maxSessionMs(): number;
+  maxQueuedBytes(): number;
+  readonly tail: ((hub: ConsoleHub, lines: number) => Promise<string>) | null;
+  onSlowClientDropped?(): void;
+  onProtocolError?(code: string): void;
+  /** The connection is gone (or authenticated: `authenticated`). */
+  connectionAuthenticated(c: SshConnection): void;
+  connectionClosed(c: SshConnection): void;
+  /** Whether break requests could be hooked into ssh2 (logged once when not). */
+  breakUnsupported(): void;
+}
+
+type Lookup = { rights: KeyRights; key: ParsedKey } | { rights: null; reason: string };
+
+type State = 'handshake' | 'authenticated' | 'closed';
+
+/** The key type named at the start of a public key blob (`ssh-ed25519`...). */
+function keyTypeOf(blob: Buffer): string {
+  if (blob.length < 4) return '?';
+  const n = blob.readUInt32BE(0);
+  return n > 0 && n < 64 && blob.length >= 4 + n ? blob.toString('latin1', 4, 4 + n) : '?';
+}
+
+export class SshConnection implements SessionHost {
+  readonly peer: string;
+  readonly acceptedAt = Date.now();
+  logger: Logger;
+  private state: State = 'handshake';
+  private client: Connection | null = null;
+  private principalValue: Principal | null = null;
+  private readonly sessions = new Set<SshSession>();
+  private readonly lookups = new Map<string, Promise<Lookup>>();
+  private failures = 0;
+  private graceTimer: NodeJS.Timeout | null;
+  private maxTimer: NodeJS.Timeout | null = null;
+  private destroyTimer: NodeJS.Timeout | null = null;
+  private idleMsValue = 0;
+  /** Rights being re-checked by the keys command (a reload): one at a time. */
+  private recheckRunning = false;
+  /** end() was called: no new sessions; the connection goes when its sessions have. */
+  private ending = false;
+
+  constructor(
+    private readonly ctx: ConnectionContext,
+    readonly socket: net.Socket,
+    /** The peer address, IPv4-mapped IPv6 as IPv4. */
+    readonly address: string,
+  ) {
+    this.peer = `${address}:${socket.remotePort ?? '?'}`;
+    this.logger = ctx.logger.child({ peer: this.peer, side: 'ssh' });
+    socket.setNoDelay(true);
+    // Half-open detection below SSH's own keepalive (which only starts once authenticated).
+    socket.setKeepAlive(true, 30_000);
+    socket.on('error', (err) => this.logger.debug('SSH socket error', errorFields(err)));
+    socket.once('close', () => this.onClose());
+    this.graceTimer = setTimeout(() => this.loginTimedOut(), ctx.loginGraceMs);
+    this.graceTimer.unref();
+  }
+
+  get authenticated(): boolean {
+    return this.state === 'authenticated';
+  }
+
+  get principal(): Principal {
+    if (!this.principalValue) throw new Error('SSH connection not authenticated');
+    return this.principalValue;
+  }
+
+  get principalOrNull(): Principal | null {
+    return this.principalValue;
+  }
+
+  get attachedSessions(): number {
+    let n = 0;
+    for (const s of this.sessions) if (s.attachedTo) n++;
+    return n;
+  }
+
+  /** ssh2 has read the client's version line and made its connection object. */
+  adopt(client: Connection, software: string): void {
+    this.client = client;
+    this.logger = this.logger.child({ sshClient: sanitizeText(software).slice(0, 80) });
+    if (!installBreakRequests(client)) this.ctx.breakUnsupported();
+    client.on('authentication', (auth: AuthContext) => this.guard(() => this.onAuth(auth)));
+    client.on('ready', () => this.guard(() => this.onReady()));
+    client.on('session', (accept: () => Session, reject: () => void) => this.guard(() => this.onSession(accept, reject)));
+    client.on('tcpip', (_accept: unknown, reject: () => void) => this.refused('port forwarding (direct-tcpip)', 'port-forwarding', reject));
+    client.on('openssh.streamlocal', (_accept: unknown, reject: () => void) => this.refused('socket forwarding (direct-streamlocal)', 'port-forwarding', reject));
+    client.on('request', (_accept: unknown, reject: (() => void) | undefined, name: string) =>
+      this.refused(`global request ${JSON.stringify(String(name).slice(0, 40))}`, 'port-forwarding', reject),
+    );
+    client.on('error', (err: Error & { level?: string }) => this.onError(err));
+  }
+
+  // --- SessionHost
+
+  get idleMs(): number {
+    return this.idleMsValue;
+  }
+
+  get closeGraceMs(): number {
+    return this.ctx.closeGraceMs;
+  }
+
+  get tail(): ((hub: ConsoleHub, lines: number) => Promise<string>) | null {
+    return this.ctx.tail;
+  }
+
+  consoles(): ConsoleHub[] {
+    return this.ctx.consoles();
+  }
+
+  maxQueuedBytes(): number {
+    return this.ctx.maxQueuedBytes();
+  }
+
+  socketQueued(): number {
+    return this.socket.writableLength;
+  }
+
+  refused(what: string, kind = 'other', reject?: () => void): void {
+    this.ctx.counters.requests[kind] = (this.ctx.counters.requests[kind] ?? 0) + 1;
+    this.logger.info('SSH request refused', { request: what, errorCode: 'VSPC_SSH_REQUEST_REFUSED' });
+    reject?.();
+  }
+
+  tooSlow(queued: number, limit: number): void {
+    if (this.state === 'closed') return;
+    this.logger.warn('SSH client too slow; disconnecting', { queued, limit, user: this.principalValue?.user });
+    this.ctx.onSlowClientDropped?.();
+    this.count('too-slow');
+    this.destroy();
+  }
+
+  sessionEnded(session: SshSession): void {
+    this.sessions.delete(session);
+    // Ending: the client closes the connection itself once its last channel is closed; this is for one that does not.
+    if (this.ending && this.sessions.size === 0) this.client?.end();
+  }
+
+  // --- called by the listener
+
+  /** Ends every session with `message` and the connection after them (shutdown, rights withdrawn). */
+  end(message: string, reason: string): void {
+    if (this.state === 'closed' || this.ending) return;
+    this.ending = true;
+    if (this.sessions.size > 0) this.count(reason);
+    // Each session says why and sends its exit status; the client closes the connection
+    // once its channels are closed (a disconnect now would cost it the exit status).
+    for (const s of [...this.sessions]) s.end(Exit.ENDED, message);
+    if (this.sessions.size === 0) this.client?.end();
+    this.destroyTimer ??= setTimeout(() => this.destroy(), this.ctx.closeGraceMs);
+    this.destroyTimer.unref();
+  }
+
+  destroy(): void {
+    for (const s of [...this.sessions]) s.destroy();
+    this.socket.destroy();
+  }
+
+  /**
+   * After a reload: the key's rights from the new file (or the keys command, asked
+   * again). Gone: the connection ends; narrowed: sessions beyond them end. A keys
+   * command that fails changes nothing.
+   */
+  recheck(): void {
+    const p = this.principalValue;
+    if (!p || this.state !== 'authenticated') return;
+    const entry = this.ctx.keys().get(p.blob);
+    if (entry && p.rights.source === 'file') return this.apply(entry.rights);
+    const command = this.ctx.keysCommand;
+    if (!command) return entry ? this.apply(entry.rights) : this.withdraw('the key is no longer in the authorized keys');
+    if (entry) return this.apply(entry.rights);
+    if (this.recheckRunning) return;
+    this.recheckRunning = true;
+    void command.lookup({ loginName: p.loginName, keyType: p.keyType, key: p.blob, fingerprint: p.fingerprint }).then((r) => {
+      this.recheckRunning = false;
+      if (this.state !== 'authenticated') return;
+      if (r.kind === 'allow') this.apply(r.rights);
+      else if (r.kind === 'deny') this.withdraw(`the keys command denies the key: ${r.reason}`);
+      else this.logger.warn('SSH key not re-checked (the keys command failed); its sessions go on', { reason: r.reason, user: p.user });
+    });
+  }
+
+  private apply(rights: KeyRights): void {
+    const p = this.principalValue!;
+    if (rights.from && !rights.from.allows(this.address)) return this.withdraw('from= no longer allows this address');
+    p.rights = rights;
+    for (const s of [...this.sessions]) s.rightsChanged(rights);
+  }
+
+  private withdraw(why: string): void {
+    this.logger.info('SSH key withdrawn on reload; ending its sessions', { user: this.principalValue?.user, fingerprint: this.principalValue?.fingerprint, why });
+    this.end('your key no longer has access to vspc', 'withdrawn');
+  }
+
+  // --- authentication
+
+  private onAuth(auth: AuthContext): void {
+    if (this.state !== 'handshake') return auth.reject();
+    if (!this.ctx.buckets.allows(this.address)) {
+      auth.reject();
+      this.client?.end();
+      return;
+    }
+    if (auth.method === 'none') return auth.reject(['publickey']);
+    if (auth.method === 'publickey') {
+      void this.onPublicKey(auth as PublicKeyAuthContext).catch((err: unknown) => {
+        this.logger.error('internal error during SSH authentication; closing this connection', { ...errorFields(err), stack: (err as Error).stack });
+        this.destroy();
+      });
+      return;
+    }
+    this.authFailed(auth, `${auth.method} authentication is not accepted (public keys only)`, {});
+  }
+
+  private async onPublicKey(auth: PublicKeyAuthContext): Promise<void> {
+    const blob = auth.key.data;
+    const b64 = blob.toString('base64');
+    const fingerprint = fingerprintOf(blob);
+    const keyType = keyTypeOf(blob);
+    let pending = this.lookups.get(b64);
+    if (!pending) {
+      pending = this.lookup(auth.username, keyType, b64, fingerprint);
+      this.lookups.set(b64, pending);
+    }
+    const found = await pending;
+    if (this.state !== 'handshake') return;
+    const fields = { fingerprint, keyType };
+    if (!found.rights) return this.authFailed(auth, found.reason, fields);
+    if (found.rights.from && !found.rights.from.allows(this.address)) return this.authFailed(auth, `from= does not allow ${this.address} (${found.rights.where})`, fields);
+    // Without a signature the client asks whether this key would do; it signs next.
+    if (!auth.signature || !auth.blob) return auth.accept();
+    if (found.key.verify(auth.blob, auth.signature, auth.hashAlgo) !== true) return this.authFailed(auth, 'the signature does not verify', fields);
+    this.principalValue = {
+      user: found.rights.user,
+      loginName: sanitizeText(auth.username).slice(0, 64),
+      keyType,
+      fingerprint,
+      blob: b64,
+      rights: found.rights,
+    };
+    // A user whose agent offered other keys first is not punished for it.
+    this.ctx.buckets.refund(this.address, this.failures);
+    this.ctx.counters.auth.accepted++;
+    this.logger.info('SSH user authenticated', {
+      user: found.rights.user,
+      loginName: this.principalValue.loginName,
+      fingerprint,
+      keyType,
+      rights: found.rights.where,
+      consoles: found.rights.consoles.toString(),
+    });
+    auth.accept();
+  }
+
+  private async lookup(loginName: string, keyType: string, b64: string, fingerprint: string): Promise<Lookup> {
+    const entry = this.ctx.keys().get(b64);
+    if (entry) return { rights: entry.rights, key: entry.key };
+    const command = this.ctx.keysCommand;
+    if (!command) return { rights: null, reason: 'the key is not authorized' };
+    const r = await command.lookup({ loginName: sanitizeText(loginName).slice(0, 64), keyType, key: b64, fingerprint });
+    if (r.kind !== 'allow') return { rights: null, reason: r.kind === 'deny' ? `the keys command denies it: ${r.reason}` : `the keys command failed: ${r.reason}` };
+    const key = ssh2.utils.parseKey(`${keyType} ${b64}`);
+    if (key instanceof Error || Array.isArray(key)) return { rights: null, reason: 'the key cannot be used (unsupported type)' };
+    return { rights: r.rights, key: key as ParsedKey };
+  }
+
+  private authFailed(auth: AuthContext, reason: string, fields: Record<string, unknown>): void {
+    this.failures++;
+    this.ctx.counters.auth.rejected++;
+    const more = this.ctx.buckets.fail(this.address);
+    this.logger.info('SSH authentication failed', {
+      errorCode: 'VSPC_SSH_AUTH_FAILED',
+      method: auth.method,
+      loginName: sanitizeText(auth.username).slice(0, 64),
+      reason,
+      ...fields,
+    });
+    auth.reject(['publickey']);
+    if (!more) {
+      this.logger.warn('too many failed SSH authentications from this address; refusing its connections for a while', {
+        errorCode: 'VSPC_SSH_RATE_LIMITED',
+        address: this.address,
+        retryAfterMs: this.ctx.buckets.retryAfter(this.address),
+      });
+      this.client?.end();
+    } else if (this.failures >= MAX_TRIES_PER_CONNECTION) {
+      this.logger.info('too many failed SSH authentications on one connection; closing it', { errorCode: 'VSPC_SSH_AUTH_FAILED', tries: this.failures });
+      this.client?.end();
+    }
+  }
+
+  private onReady(): void {
+    if (this.state !== 'handshake' || !this.principalValue) return;
+    this.state = 'authenticated';
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    this.graceTimer = null;
+    const p = this.principalValue;
+    this.logger = this.logger.child({ user: p.user });
+    this.idleMsValue = p.rights.idleMs ?? this.ctx.idleTimeoutMs();
+    const max = p.rights.maxSessionMs ?? this.ctx.maxSessionMs();
+    if (max > 0) {
+      this.maxTimer = setTimeout(() => {
+        this.logger.info('SSH session time limit reached', { limitMs: max });
+        this.end(`session time limit (${formatDuration(max)}) reached`, 'time-limit');
+      }, max);
+      this.maxTimer.unref();
+    }
+    this.ctx.connectionAuthenticated(this);
+  }
+
+  private onSession(accept: () => Session, reject: () => void): void {
+    if (this.state !== 'authenticated' || this.ending || this.sessions.size >= MAX_SESSIONS_PER_CONNECTION) return reject();
+    const session = new SshSession(accept(), this);
+    this.sessions.add(session);
+  }
+
+  // --- failures
+
+  private loginTimedOut(): void {
+    this.graceTimer = null;
+    if (this.state !== 'handshake') return;
+    this.logger.info('SSH login not completed in time; closing', { errorCode: 'VSPC_SSH_LOGIN_TIMEOUT', limitMs: this.ctx.loginGraceMs });
+    // A connection that never logs in counts as a failed attempt of its address.
+    this.ctx.buckets.fail(this.address);
+    this.destroy();
+  }
+
+  private onError(err: Error & { level?: string }): void {
+    if (this.state === 'closed') return;
+    if (err.level === 'client-timeout') {
+      this.logger.info('SSH peer did not answer keepalives; cut off', { errorCode: 'VSPC_SSH_KEEPALIVE_TIMEOUT', user: this.principalValue?.user });
+      this.count('keepalive');
+    } else if (err.level === 'socket') {
+      this.logger.debug('SSH socket error', errorFields(err));
+    } else if (err.level === 'client-authentication' || err.level === 'client-dns') {
+      this.logger.info('SSH peer error', errorFields(err));
+    } else {
+      // Malformed packets, failed key exchange, a broken MAC...: this peer only.
+      this.logger.warn('SSH protocol error from peer; closing', { errorCode: 'VSPC_SSH_PROTOCOL_ERROR', error: err.message, level: err.level });
+      this.ctx.onProtocolError?.('VSPC_SSH_PROTOCOL_ERROR');
+    }
+    this.destroyTimer ??= setTimeout(() => this.destroy(), this.ctx.closeGraceMs);
+    this.destroyTimer.unref();
+  }
+
+  private onClose(): void {
+    if (this.state === 'closed') return;
+    const was = this.state;
+    this.state = 'closed';
+    for (const t of [this.graceTimer, this.maxTimer, this.destroyTimer]) if (t) clearTimeout(t);
+    for (const s of [...this.sessions]) s.destroy();
+    this.sessions.clear();
+    if (was === 'authenticated') this.logger.info('SSH connection closed', { durationMs: Date.now() - this.acceptedAt });
+    this.ctx.connectionClosed(this);
+  }
+
+  private count(reason: string): void {
+    this.ctx.counters.ended[reason] = (this.ctx.counters.ended[reason] ?? 0) + 1;
+  }
+
+  /** Whatever goes wrong with one connection's requests costs that connection only. */
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.logger.error('internal error in an SSH connection; closing it', { ...errorFields(err), stack: (err as Error).stack });
+      this.destroy();
+    }
+  }
+}
+
