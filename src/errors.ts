@@ -115,6 +115,9 @@ export const ERROR_CODES = {
   VSPC_DB_OPEN_FAILED: ['StorageError', 'the database file cannot be opened'],
   VSPC_DB_TOO_NEW: ['StorageError', 'the database was written by a newer vspc (schema version too high)'],
   VSPC_DB_MIGRATION_FAILED: ['StorageError', 'a schema migration failed and was rolled back'],
+  VSPC_DB_UNAVAILABLE: ['StorageError', 'the PostgreSQL database did not answer in time or refused a statement'],
+  VSPC_NODE_ID_IN_USE: ['StorageError', 'another live vspc node holds this --node-id on the shared database'],
+  VSPC_CONSOLE_OWNED_ELSEWHERE: ['StorageError', 'another vspc node of the cluster owns this console (it holds its source connection)'],
   // --- Console log files (LogFileError, src/logging/console-log/errors.ts).
   VSPC_LOG_OPEN_FAILED: ['LogFileError', 'opening or creating a console log file failed; data stays queued'],
   VSPC_LOG_WRITE_FAILED: ['LogFileError', "a write failed; that write's bytes are lost"],

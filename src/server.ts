@@ -6,6 +6,9 @@ import { errorFields, VspcError } from './errors.js';
 import { ephemeralPortRange, rangesOverlap, type VspcConfig } from './config/config.js';
 import { openDatabase, closeDatabase } from './storage/database.js';
 import { ConsoleStore } from './storage/console-store.js';
+import { PgConsoleStore, isPostgresUrl } from './storage/pg/pg-store.js';
+import { hostname } from 'node:os';
+import type { ConsoleRepository } from './domain/repository.js';
 import { Registry } from './domain/registry.js';
 import { VmotionCoordinator } from './domain/vmotion.js';
 import { TelnetListeners, type TelnetListenerOptions } from './access/telnet/listeners.js';
@@ -87,7 +90,12 @@ export class VspcServer {
    * file) for SIGHUP and `vspc-admin reload`; null: reload is not available.
    */
   reloadConfig: (() => ReloadReport) | null = null;
-  private readonly db: Database.Database;
+  /** The embedded SQLite database, or null in a PostgreSQL cluster (`pg`). */
+  private readonly db: Database.Database | null;
+  /** The shared PostgreSQL store (`--db postgres://...`), or null. */
+  private readonly pg: PgConsoleStore | null;
+  /** This node's id in a cluster (`--node-id`, default the host name); null with SQLite. */
+  readonly nodeId: string | null;
   private readonly listeners: TelnetListeners;
   /** The SSH front door, when --ssh-listen is given. */
   readonly ssh: SshListener | null;
@@ -116,12 +124,33 @@ export class VspcServer {
     readonly config: VspcConfig,
     private readonly logger: Logger,
   ) {
-    this.db = openDatabase(config.dbPath);
-    // Group commit: a reconnect storm's thousands of last-seen updates share commits.
-    const store = new ConsoleStore(this.db, config.portRange, reservedPorts(config), {
-      groupCommit: true,
-      onCommitError: (err) => logger.error('database commit failed; the last registrations were not saved', errorFields(err)),
-    });
+    let store: ConsoleRepository;
+    if (isPostgresUrl(config.dbPath)) {
+      // A cluster node: the registry is shared, ownership is PostgreSQL's (docs/decisions/0011-pg.md).
+      this.db = null;
+      this.nodeId = config.nodeId ?? hostname();
+      this.pg = new PgConsoleStore({
+        url: config.dbPath,
+        nodeId: this.nodeId,
+        range: config.portRange,
+        reserved: reservedPorts(config),
+        onWriteError: (op, err) => logger.error('database write failed', { op, ...errorFields(err) }),
+        onRegained: () => logger.info('database session re-established; consoles are claimed again as their VMs reconnect', { node: this.nodeId }),
+      });
+      this.pg.onLost((reason) =>
+        logger.error('database session lost: this node gave up every console it owned', { node: this.nodeId, reason, errorCode: 'VSPC_DB_UNAVAILABLE' }),
+      );
+      store = this.pg;
+    } else {
+      this.pg = null;
+      this.nodeId = null;
+      this.db = openDatabase(config.dbPath);
+      // Group commit: a reconnect storm's thousands of last-seen updates share commits.
+      store = new ConsoleStore(this.db, config.portRange, reservedPorts(config), {
+        groupCommit: true,
+        onCommitError: (err) => logger.error('database commit failed; the last registrations were not saved', errorFields(err)),
+      });
+    }
     this.consoleLogs = config.logDir
       ? new ConsoleLogManager({
           dir: config.logDir,
@@ -212,7 +241,7 @@ export class VspcServer {
     this.ssh = config.sshListen
       ? new SshListener(this.registry, logger, {
           listen: config.sshListen,
-          hostKeyDir: config.sshHostKeyDir ?? dirname(config.dbPath),
+          hostKeyDir: config.sshHostKeyDir ?? (isPostgresUrl(config.dbPath) ? process.cwd() : dirname(config.dbPath)),
           authorizedKeysFile: config.sshAuthorizedKeys,
           keysCommand: config.sshKeysCommand,
           limits: config.sshLimits,
@@ -303,6 +332,7 @@ export class VspcServer {
     const server = this;
     const adminContext: AdminContext = {
       registry: this.registry,
+      ...(this.pg ? { clusterRecords: () => this.pg!.clusterList() } : {}),
       vmotion: this.vmotion,
       logger,
       tlsPortOf: (h) => this.listeners.tlsPortOf(h),
@@ -438,7 +468,8 @@ export class VspcServer {
     this.armExpiry();
     this.logger.info('vspc started', {
       version: VERSION,
-      db: c.dbPath,
+      db: this.pg ? redactDbUrl(c.dbPath) : c.dbPath,
+      ...(this.nodeId !== null ? { node: this.nodeId } : {}),
       vmPorts: this.registry.size,
       portRange: `${c.portRange.start}-${c.portRange.end}`,
     });
@@ -764,8 +795,14 @@ export class VspcServer {
     await this.managed.close();
     await this.consoleLogs?.close();
     await this.admin.close();
-    closeDatabase(this.db);
+    this.closeStorage();
     this.logger.info('vspc stopped');
+  }
+
+  private closeStorage(): void {
+    if (this.db) closeDatabase(this.db);
+    // Ends the session: PostgreSQL releases every console this node owned.
+    this.pg?.close();
   }
 
   /** Abort everything now. Idempotent. */
@@ -787,6 +824,12 @@ export class VspcServer {
     this.managed.destroy();
     void this.consoleLogs?.close();
     void this.admin.close();
-    closeDatabase(this.db);
+    this.closeStorage();
   }
+}
+
+/** A PostgreSQL URL as logs show it: without its password. */
+function redactDbUrl(url: string): string {
+  // A password in the URL never reaches a log line.
+  return url.replace(/^([^:]+:\/\/[^:@/?#]*:)[^@/?#]*@/, '$1***@');
 }

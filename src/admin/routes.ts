@@ -15,11 +15,16 @@ import { AdminApiError, RawBody, StreamBody, type AdminRoute, type AdminUpgradeR
 import { MAX_FOLLOWERS, type FollowSink, type LogFollow } from '../logging/console-log.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics, type SshMetricsSnapshot } from './metrics.js';
 import { consoleAddresses, resolveVm } from './resolve.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, serialLineView, uartView, type AccessView, type StatusView, type TunnelView, type VmDetailView } from './views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, clientViews, endpointView, portView, remotePortView, serialLineView, uartView, type AccessView, type ClusterRecordView, type StatusView, type TunnelView, type VmDetailView } from './views.js';
 
 /** What the admin API reads and acts on; the server passes itself in through this. */
 export interface AdminContext {
   registry: Registry;
+  /**
+   * A PostgreSQL cluster's records with their owners, for the consoles this node holds
+   * no hub for (the cluster-wide `list`); absent on a single node.
+   */
+  clusterRecords?(): ClusterRecordView[];
   vmotion: VmotionCoordinator;
   logger: Logger;
   tlsPortOf(hub: ConsoleHub): number | null;
@@ -263,6 +268,16 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         const hubs = ctx.registry.all().filter((h) => !glob || glob.test(h.displayName) || glob.test(formatUuid(h.identity.key)) || glob.test(h.identity.key));
         const address = consoleAddresses(ctx.registry);
         const views = hubs.map((h) => view(h, address));
+        if (ctx.clusterRecords) {
+          // The cluster-wide view: the consoles of the other nodes (and of none), from the shared database.
+          const here = new Set(ctx.registry.all().map((h) => h.identity.id));
+          for (const r of ctx.clusterRecords()) {
+            if (here.has(r.id)) continue;
+            const v = remotePortView(r);
+            if (!glob || glob.test(v.address) || (v.uuid !== null && glob.test(v.uuid)) || glob.test(r.key)) views.push(v);
+          }
+          views.sort((a, b) => a.port - b.port);
+        }
         return states ? views.filter((v) => states.has(v.state)) : views;
       },
     },

@@ -6,7 +6,7 @@ import type { SerialLineSettings, SerialLineState } from '../domain/serial-line.
 import type { EndpointStatus } from '../domain/seams.js';
 
 /** What `list --state` filters on: the STATE column (a maintained source's endpoint state while it is not connected). */
-export const CONSOLE_STATES = ['connected', 'disconnected', 'migrating', 'connecting', 'listening', 'waiting', 'stopped'] as const;
+export const CONSOLE_STATES = ['connected', 'disconnected', 'migrating', 'connecting', 'listening', 'waiting', 'stopped', 'elsewhere'] as const;
 
 /** Longest `kick` reason (it goes to the clients' screens and the audit log). */
 export const MAX_KICK_REASON = 200;
@@ -39,6 +39,11 @@ export interface PortView {
   connectedSince: string | null;
   lastSeen: string | null;
   listenError: string | null;
+  /**
+   * The vspc node that owns the console in a PostgreSQL cluster (`--node-id`); null on a
+   * single node with SQLite, and for a cluster's console no node owns right now.
+   */
+  node: string | null;
 }
 
 export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: ConsoleHub) => number | null, address?: string): PortView {
@@ -63,6 +68,44 @@ export function portView(hub: ConsoleHub, registry: Registry, tlsPortOf: (h: Con
     lastSeen: lastSeen ? new Date(lastSeen).toISOString() : null,
     // The other access methods' endpoints too (raw port, unix socket, pty): "raw: ...".
     listenError: [hub.listenError, hub.tlsListenError, ...[...hub.accessErrors].map(([m, e]) => `${m}: ${e}`)].filter(Boolean).join('; ') || null,
+    node: registry.ownership?.nodeId ?? null,
+  };
+}
+
+/** A cluster console this node holds no hub for: owned by another node (`elsewhere`), or by none (`disconnected`). */
+export interface ClusterRecordView {
+  id: number;
+  kind: string;
+  key: string;
+  label: string;
+  name: string | null;
+  tcpPort: number;
+  lastSeen: number;
+  owner: string | null;
+}
+
+export function remotePortView(r: ClusterRecordView): PortView {
+  const display = `${r.name ?? (r.kind === 'esxi' ? formatUuid(r.key) : r.key)}${r.label ? `:${r.label}` : ''}`;
+  return {
+    name: r.name,
+    address: display,
+    kind: r.kind,
+    key: displayKey(r),
+    uuid: r.kind === 'esxi' ? formatUuid(r.key) : null,
+    label: r.label,
+    port: r.tcpPort,
+    tlsPort: null,
+    // Owned means some node holds its source connection.
+    connected: r.owner !== null,
+    state: r.owner !== null ? 'elsewhere' : 'disconnected',
+    clients: 0,
+    source: null,
+    peer: null,
+    endpoint: null,
+    connectedSince: null,
+    lastSeen: new Date(r.lastSeen).toISOString(),
+    listenError: null,
+    node: r.owner,
   };
 }
 

@@ -16,6 +16,7 @@ import { tunnelRows, tunnelTable } from './tunnel-views.js';
 import { completionScript, consoleCandidates, CONSOLES_COMMAND, SHELLS, type Shell } from './completion.js';
 import { addConsoleCommand } from './console.js';
 import { helpEpilogue, VSPC_ADMIN_MANUAL } from './help-text.js';
+import { sanitizeText } from '../util/text.js';
 
 /** The `ssh` part of `status`: listen address, sessions, one line per host key (fingerprints to compare with what ssh shows). */
 function formatSshStatus(ssh: unknown): string {
@@ -201,23 +202,22 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         );
         return;
       }
-      out(
-        formatTable(
-          ['PORT', 'TLS', 'KIND', 'NAME', 'LABEL', 'STATE', 'CLIENTS', 'SOURCE', 'KEY'],
-          ports.map((p) => [
-            String(p.port) + (p.listenError ? '!' : ''),
-            p.tlsPort === null ? '-' : String(p.tlsPort),
-            p.kind,
-            p.name ?? '?',
-            p.label || '-',
-            p.state,
-            String(p.clients),
-            // Where the bytes come from: the endpoint vspc maintains, else the ESXi host's address.
-            p.endpoint ?? p.peer ?? '-',
-            p.key,
-          ]),
-        ),
-      );
+      // A PostgreSQL cluster's list says which node owns each console (a single node's has no such column).
+      const cluster = ports.some((p) => typeof p.node === 'string');
+      const rows = ports.map((p) => [
+        String(p.port) + (p.listenError ? '!' : ''),
+        p.tlsPort === null ? '-' : String(p.tlsPort),
+        p.kind,
+        p.name ?? '?',
+        p.label || '-',
+        p.state,
+        String(p.clients),
+        // Where the bytes come from: the endpoint vspc maintains, else the ESXi host's address.
+        p.endpoint ?? p.peer ?? '-',
+        p.key,
+        ...(cluster ? [p.node ?? '-'] : []),
+      ]);
+      out(formatTable(['PORT', 'TLS', 'KIND', 'NAME', 'LABEL', 'STATE', 'CLIENTS', 'SOURCE', 'KEY', ...(cluster ? ['NODE'] : [])], rows));
       out(totals(ports));
       const broken = ports.filter((p) => p.listenError);
       for (const p of broken) out(`! port ${p.port}: ${p.listenError}\n`);
@@ -480,7 +480,10 @@ async function main(): Promise<void> {
   } catch (err) {
     if (err instanceof CommanderError) await exit(err.exitCode === 0 ? 0 : 2);
     const code = err instanceof VspcError ? err.code : 'ERROR';
-    process.stderr.write(`vspc-admin: ${(err as Error).message}\n`);
+    // An error's text may carry a peer's words (a guest agent's refusal, a VM's name):
+    // controls never reach the operator's terminal, whatever the server let through.
+    const message = (err as Error).message.split('\n').map(sanitizeText).join('\n');
+    process.stderr.write(`vspc-admin: ${message}\n`);
     await exit(code === 'VSPC_CONFIG_INVALID' ? 2 : 1);
   }
 }

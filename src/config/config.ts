@@ -33,7 +33,10 @@ export interface VspcConfig {
   /** DNS names the admin API answers to besides IP literals and localhost (request-guard.ts); null = none. */
   adminHostNames: string[] | null;
   tls: { cert: Buffer; key: Buffer } | null;
+  /** A SQLite file, or a PostgreSQL URL (postgres://...): see parseDb. */
   dbPath: string;
+  /** This node's id in a PostgreSQL cluster; null: the host name. */
+  nodeId: string | null;
   portRange: PortRange;
   /** A console's telnets TCP port is its telnet TCP port plus this. */
   tlsPortOffset: number;

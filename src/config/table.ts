@@ -106,6 +106,46 @@ const ON_NEW_CLIENTS = 'for clients that attach afterwards';
 const ON_NEW_VM_CONNECTIONS = 'for VM connections accepted afterwards';
 const ON_HUBS = 'at once: buffers resized (the most recent output kept), VM serial ports moved to their fixed ports; lock modes for clients that attach afterwards';
 
+/**
+ * `--db`: a SQLite file path, or a PostgreSQL URL (postgres:// or postgresql://, with a
+ * host or a `?host=/socket/dir`). Any other `scheme://` is refused rather than taken for
+ * a file name.
+ */
+export function parseDb(field: string, text: string): string {
+  const t = text.trim();
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(t);
+  if (!scheme) return text;
+  if (!/^postgres(ql)?$/i.test(scheme[1])) {
+    throw new ConfigError(`${field}: unsupported database URL scheme "${scheme[1]}://"; use a SQLite file path or postgres://user@host/database`, {
+      field,
+      value: scheme[1],
+    });
+  }
+  // Not WHATWG URL parsing: `postgres://user@/db?host=/run/postgresql` (a socket, no host) is valid for libpq and pg.
+  const m = /^[^:]+:\/\/(?:[^@/?#]*@)?([^/?#]*)(\/[^?#]*)?(\?[^#]*)?$/.exec(t);
+  if (!m) throw new ConfigError(`${field}: not a valid PostgreSQL URL (postgres://user:password@host:port/database)`, { field });
+  const [, host, path, query] = m;
+  if (host === '' && !new URLSearchParams(query ?? '').get('host')) {
+    throw new ConfigError(`${field}: a PostgreSQL URL needs a host (postgres://user@host/database, or ?host=/socket/dir)`, { field });
+  }
+  if (!path || path.length <= 1) {
+    throw new ConfigError(`${field}: a PostgreSQL URL needs a database name (postgres://user@host/database)`, { field });
+  }
+  return t;
+}
+
+/** `--node-id`: a short name, also shown in the cluster-wide console list. */
+export function parseNodeId(field: string, text: string): string {
+  const t = text.trim();
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(t)) {
+    throw new ConfigError(`${field}: must be 1-63 letters, digits, '.', '_' or '-' (starting with a letter or digit), got ${JSON.stringify(text)}`, {
+      field,
+      value: text,
+    });
+  }
+  return t;
+}
+
 /** The options, in `--help` order. */
 export const OPTIONS = [
   option({
@@ -168,13 +208,22 @@ export const OPTIONS = [
   option({ flag: '--admin-cert <file>', key: 'adminCert', kind: 'text', field: 'adminTls', help: 'serve the admin API over HTTPS with this certificate (PEM)', reload: false }),
   option({ flag: '--admin-key <file>', key: 'adminKey', kind: 'text', field: 'adminTls', help: 'private key (PEM) for --admin-cert', reload: false }),
   option({
-    flag: '--db <path>',
+    flag: '--db <path|url>',
     key: 'db',
     kind: 'text',
     field: 'dbPath',
-    help: 'SQLite database of VM serial ports and their ports',
+    help: 'registry of consoles and their ports: a SQLite file, or postgres://user@host/db for a cluster of vspc nodes sharing one PostgreSQL database',
     default: 'vspc.db',
-    parse: (t) => t,
+    parse: (t, f) => parseDb(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--node-id <name>',
+    key: 'nodeId',
+    kind: 'text',
+    field: 'nodeId',
+    help: "this vspc node's name in a PostgreSQL cluster (unique among the nodes; default: the host name)",
+    parse: (t, f) => parseNodeId(f, t),
     reload: false,
   }),
   option({

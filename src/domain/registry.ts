@@ -2,7 +2,8 @@ import { EventEmitter } from 'node:events';
 import { ConsoleHub, type ConsoleEvent, type ConsoleObserver } from './console-hub.js';
 import type { ConsoleKind } from './identity.js';
 import { sanitizeText } from '../util/text.js';
-import type { ConsoleRecord, ConsoleRepository, ExpiredRecord } from './repository.js';
+import type { ConsoleOwnership, ConsoleRecord, ConsoleRepository, ExpiredRecord } from './repository.js';
+import { StorageError } from '../errors.js';
 
 export interface RegistryEvents {
   /** A VM serial port is known (at load or first registration): its client listener should exist. */
@@ -38,6 +39,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
   private readonly fresh = new WeakSet<ConsoleHub>();
   /** What every hub reports to: the caller's observer, and the use of each console for the quick expiry. */
   private readonly observer: ConsoleObserver;
+  /**
+   * Cluster mode (a shared PostgreSQL repository): this node holds hubs only for the
+   * consoles it owns. Null with the embedded store, where this process owns them all.
+   */
+  readonly ownership: ConsoleOwnership | null;
 
   constructor(
     private readonly store: ConsoleRepository,
@@ -52,13 +58,37 @@ export class Registry extends EventEmitter<RegistryEvents> {
       event: (hub: ConsoleHub, event: ConsoleEvent) => {
         if (event.kind === 'client-attached') this.noteUse(hub);
         outer?.event?.(hub, event);
+        // Cluster: a console belongs to the node holding its source connection. An ESXi
+        // VM that left may come back through any node, so this one lets it go (after
+        // the observers heard the disconnect, outside the hub's own call).
+        if (event.kind === 'vm-disconnected' && this.ownership && hub.identity.kind === 'esxi') {
+          setImmediate(() => {
+            if (this.byKey.get(keyOf(hub.identity.kind, hub.identity.key, hub.identity.label)) === hub && hub.source === null && !hub.isHolding) {
+              this.drop(hub, 'disconnected; it is served by whichever vspc node it reconnects to');
+            }
+          });
+        }
       },
     };
+    this.ownership = store.ownership ?? null;
+    // The database session that proved this node's ownership is gone: so is every console.
+    this.ownership?.onLost((reason) => this.releaseAll(`released: this node lost its database session (${reason})`));
   }
 
-  /** Create hubs for every stored record (at start-up), emitting `added` for each. */
+  /**
+   * Create hubs for every stored record (at start-up), emitting `added` for each. In a
+   * cluster, none: a node adopts a console when it claims it (its source connects).
+   */
   load(): void {
+    if (this.ownership) return;
     for (const r of this.store.list()) this.adopt(r);
+  }
+
+  /** Cluster: drops every hub (records stay): this node no longer owns anything. Returns how many. */
+  releaseAll(reason: string): number {
+    const hubs = [...this.byKey.values()];
+    for (const hub of hubs) this.drop(hub, reason);
+    return hubs.length;
   }
 
   /**
@@ -73,6 +103,18 @@ export class Registry extends EventEmitter<RegistryEvents> {
       if (record.name !== null) existing.identity.name = record.name;
       if (existing.identity.name !== old) this.emit('renamed', existing, old);
       return { hub: existing, created: false };
+    }
+    if (this.ownership) {
+      // Only the node that owns a console serves it: two nodes feeding one console
+      // would split its clients and its log.
+      const claim = this.ownership.claim(record.id);
+      if (!claim.owned) {
+        throw new StorageError(
+          'VSPC_CONSOLE_OWNED_ELSEWHERE',
+          `${kind} console ${key}${label ? ` (${label})` : ''} is owned by vspc node ${claim.owner ?? '(one whose session is ending)'}`,
+          { kind, key, label, owner: claim.owner, port: record.tcpPort },
+        );
+      }
     }
     const hub = this.adopt(record);
     if (created) this.fresh.add(hub);
@@ -231,6 +273,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   private drop(hub: ConsoleHub, reason: string): void {
     this.byKey.delete(keyOf(hub.identity.kind, hub.identity.key, hub.identity.label));
+    try {
+      this.ownership?.release(hub.identity.id);
+    } catch {
+      // The session is gone: so is the ownership.
+    }
     this.byPort.delete(hub.identity.tcpPort);
     hub.closeClients(`VM serial port ${reason}`);
     hub.source?.close(`VM serial port ${reason}`);

@@ -76,6 +76,38 @@ export interface ConsoleRepository {
    * this was recorded count as used.
    */
   markUsed(id: number): void;
+  /**
+   * Present when the repository is shared by several vspc nodes (PostgreSQL): which
+   * node owns which console. Absent for the embedded single-node store, where this
+   * process owns every console.
+   */
+  readonly ownership?: ConsoleOwnership;
+}
+
+/**
+ * Cluster ownership of consoles: every console is owned by at most one live node, the
+ * one that holds its source connection. The implementation uses the database's own
+ * mechanism (PostgreSQL session-level advisory locks), so a node that dies or loses its
+ * database session loses its consoles without any failure detector of vspc's.
+ */
+export interface ConsoleOwnership {
+  /** This node's id (`--node-id`). */
+  readonly nodeId: string;
+  /**
+   * Takes ownership of a console for this node, or says which node has it (null when
+   * the database cannot tell: the owner's session is ending). Idempotent for a console
+   * this node already owns. Throws `VSPC_DB_UNAVAILABLE`.
+   */
+  claim(id: number): { owned: true } | { owned: false; owner: string | null };
+  /** Gives up a console this node owns; a no-op for others. */
+  release(id: number): void;
+  /** Every record in the cluster with its owning node (null: nobody's right now), ordered by port. */
+  clusterList(): Array<ConsoleRecord & { owner: string | null }>;
+  /**
+   * `listener` runs (in the event loop) when this node lost every console it owned:
+   * its database session ended or stopped answering. The caller must stop serving them.
+   */
+  onLost(listener: (reason: string) => void): void;
 }
 
 /**

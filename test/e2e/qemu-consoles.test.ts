@@ -3,7 +3,8 @@
  * would — a declared `unix:` console (telnet port, two viewers, the shell answering,
  * boot messages logged with nobody attached, QEMU killed and restarted: same port,
  * reconnected by itself, the gap in the log) and Proxmox-style discovery over a fake
- * /var/run/qemu-server + /etc/pve tree holding a real guest's socket.
+ * /var/run/qemu-server + /etc/pve tree holding a real guest's socket, and libvirt
+ * discovery over a runtime XML naming a real guest's pty (`-serial pty`).
  */
 // vspc-test-runner: heavy
 import { describe, test } from 'node:test';
@@ -113,5 +114,43 @@ describe('QEMU guests through vspc', { timeout: 240_000 }, () => {
     const mark = user.mark();
     user.send('\recho pve-$((6*7))\r');
     await user.waitFor('pve-42', BOOT_MS, mark);
+  });
+  test('libvirt discovery over a runtime XML naming a real guest\'s pty (-serial pty)', async (t) => {
+    const tree = tempDir('vspc-libvirt-');
+    t.after(() => tree.remove());
+    const guest = await startGuest({ serial: ['pty'] });
+    t.after(() => guest.stop());
+    const pty = guest.ptyPaths[0];
+    assert.ok(pty?.startsWith('/dev/pts/'), `QEMU printed its pty (${String(pty)})`);
+    // What libvirtd writes under /run/libvirt/qemu for a running domain with a pty serial
+    // port (and the <console> that mirrors it, which must not make a second console).
+    writeFileSync(
+      join(tree.dir, 'lv-web01.xml'),
+      `<domstatus state='running' reason='booted' pid='${guest.pid}'><domain type='kvm' id='7'><name>lv-web01</name>` +
+        `<uuid>6b1f2a3c-0d4e-4f50-8a61-72b3c4d5e6f7</uuid><devices>` +
+        `<serial type='pty'><source path='${pty}'/><target type='isa-serial' port='0'><model name='isa-serial'/></target><alias name='serial0'/></serial>` +
+        `<console type='pty' tty='${pty}'><source path='${pty}'/><target type='serial' port='0'/><alias name='serial0'/></console>` +
+        `</devices></domain></domstatus>\n`,
+    );
+    const { ts, cleanup } = await startServer(t, { config: { libvirtRunDir: tree.dir } });
+    let row: PortView | undefined;
+    await waitUntil(async () => {
+      row = (await ts.ports()).find((p) => p.kind === 'libvirt');
+      return row?.state === 'connected';
+    }, 20_000, 'the discovered pty console connected');
+    assert.equal(row!.name, 'lv-web01');
+    assert.equal(row!.key, '6b1f2a3c-0d4e-4f50-8a61-72b3c4d5e6f7');
+    assert.equal((await ts.ports()).filter((p) => p.kind === 'libvirt').length, 1, 'the <console> mirror is not a second console');
+    const user = await TelnetUser.connect({ host: '127.0.0.1', port: row!.port });
+    cleanup.add(() => user.destroy());
+    // QEMU drops what the guest printed while nobody had the pty open: the shell is
+    // reached by typing, not by its boot banner.
+    const mark = user.mark();
+    user.send('\r');
+    await user.waitFor(PROMPT, BOOT_MS, mark);
+    const mark2 = user.mark();
+    user.send('echo lv-$((6*7)); uname -r\r');
+    await user.waitFor('lv-42', 30_000, mark2);
+    await user.waitFor(guestArtifacts('base').kernelRelease, 30_000, mark2);
   });
 });

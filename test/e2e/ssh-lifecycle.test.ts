@@ -130,6 +130,23 @@ describe('SSH front door over time', { skip }, () => {
     assert.equal((await session.exit()).code, 0);
   });
 
+  test('an authorized-keys file others may write is refused at reload (as sshd StrictModes), naming the fix; fixed, it is read', async (t) => {
+    const d = tempDir('vspc-ssh-strict-');
+    t.after(() => d.remove());
+    const key = makeKey(d.dir, 'alice');
+    const s = await startSshServer(t, [keyLine(key, 'vspc-user="alice"')]);
+    s.writeKeys([keyLine(key, 'vspc-user="alice"'), keyLine(makeKey(d.dir, 'mallory'), 'vspc-user="mallory"')]);
+    chmodSync(s.keysFile, 0o666);
+    const r = await reload(s);
+    assert.equal(r.status, 400);
+    assert.match(JSON.stringify(r.body), /--ssh-authorized-keys: \S+authorized_keys is writable by everyone \(mode 0666\)/);
+    assert.match(JSON.stringify(r.body), /chmod go-w/);
+    assert.equal((await runSsh(sshArgs(s, key, ['console@127.0.0.1', 'list']), s.cleanup)).code, 0, 'the old keys still apply');
+    chmodSync(s.keysFile, 0o644);
+    const again = await reload(s);
+    assert.equal(again.status, 200, JSON.stringify(again.body));
+  });
+
   test('the keys command decides for keys the file does not list: allow with rights, deny, fail without harm', async (t) => {
     const d = tempDir('vspc-ssh-keyscmd-');
     t.after(() => d.remove());

@@ -155,7 +155,7 @@ describe('vspc-admin completion', { timeout: 120_000 }, () => {
     assert.equal(z.stderr, '');
     assert.deepEqual(z.stdout.split('\n').filter(Boolean), [
       'compadd -U -- cmp-web01: cmp-web01:com2',
-      'compadd -- connected disconnected migrating connecting listening waiting stopped',
+      'compadd -- connected disconnected migrating connecting listening waiting stopped elsewhere',
     ]);
   });
 

@@ -227,6 +227,13 @@ describe('tunnel framing', { timeout: 120_000 }, () => {
     assert.ok(long.startsWith(r.text) && Buffer.byteLength(r.text) <= 63 && r.text.length === 31);
   });
 
+  test("a reason's text is a peer's words: controls and invisible formatting arrive as ?", () => {
+    // What a hostile agent sent to set the operator's window title and clear the screen.
+    const hostile = '\x1b]0;PWNED\x07\x1b[2J\u009b31m\u202eok';
+    const r = decodeReason(encodeReason({ code: 1, text: hostile }))!;
+    assert.equal(r.text, '?]0;PWNED??[2J?31m?ok');
+  });
+
   test('encode/decode round trip; every chunking gives the same frames', () => {
     fc.assert(
       fc.property(fc.array(frameArb, { minLength: 1, maxLength: 6 }), fc.array(fc.nat(8000), { maxLength: 20 }), fc.boolean(), (frames, cuts, lead) => {

@@ -9,6 +9,7 @@
  */
 import net from 'node:net';
 import { readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import ssh2 from 'ssh2';
 import type { Connection } from 'ssh2';
 import type { Logger } from '../../domain/logger.js';
@@ -213,6 +214,8 @@ export class SshListener {
         field: '--ssh-authorized-keys',
       });
     }
+    const unsafe = unsafeKeysFile(file);
+    if (unsafe) throw new ConfigError(`--ssh-authorized-keys: ${unsafe}`, { field: '--ssh-authorized-keys' });
     return { text, keys: parseAuthorizedKeys(text, file) };
   }
 
@@ -372,4 +375,26 @@ export class SshListener {
     this.server.close();
     for (const c of [...this.connections]) c.destroy();
   }
+}
+
+/**
+ * Why the authorized-keys file may not be trusted (null: it may), as OpenSSH's
+ * StrictModes decides for ~/.ssh/authorized_keys: whoever can write the file — or
+ * replace it, through its directory — can give themselves every console, `force`
+ * included. The file and its directory must belong to root or to vspc's own user and
+ * must not be writable by group or others (a directory with the sticky bit, like /tmp,
+ * is allowed: others cannot replace a file they do not own there).
+ */
+export function unsafeKeysFile(file: string): string | null {
+  const uid = typeof process.getuid === 'function' ? process.getuid() : 0;
+  const check = (path: string, isDir: boolean): string | null => {
+    const st = statSync(path);
+    if (st.uid !== 0 && st.uid !== uid) return `${path} belongs to uid ${st.uid}, not to root or vspc's user (uid ${uid}): refused, as sshd's StrictModes would`;
+    const sticky = isDir && (st.mode & 0o1000) !== 0;
+    if ((st.mode & 0o022) !== 0 && !sticky) {
+      return `${path} is writable by ${(st.mode & 0o002) !== 0 ? 'everyone' : 'its group'} (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}): anyone who can change it can give themselves every console; chmod go-w ${path}`;
+    }
+    return null;
+  };
+  return check(file, false) ?? check(dirname(resolve(file)), true);
 }

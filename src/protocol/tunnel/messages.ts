@@ -3,6 +3,7 @@
  * return undefined for a payload of the wrong length; they never throw.
  */
 import { HELLO_SIZE, MAX_REASON_TEXT, MAX_SACK_BYTES } from './constants.js';
+import { sanitizeText } from '../../util/text.js';
 
 export interface Hello {
   /** Protocol version (1). */
@@ -138,5 +139,7 @@ export function encodeReason(r: ReasonBody): Uint8Array {
 
 export function decodeReason(p: Uint8Array): ReasonBody | undefined {
   if (p.length < 1) return undefined;
-  return { code: p[0], text: fromUtf8.decode(p.subarray(1, 1 + MAX_REASON_TEXT)) };
+  // The peer's words end up in log lines, admin API answers and `vspc-admin tunnel`'s
+  // stderr: sanitised here, where they enter (util/text.ts), like every peer's text.
+  return { code: p[0], text: sanitizeText(fromUtf8.decode(p.subarray(1, 1 + MAX_REASON_TEXT))) };
 }

@@ -33,6 +33,7 @@ PACKAGES=(
   passwd            # useradd/groupadd: permission tests with a second unix user
   util-linux        # runuser, script, prlimit
   screen            # a legacy program on a console's pty (access-pty test)
+  postgresql        # test/storage/pg-*.test.ts: a throwaway PostgreSQL server for the cluster store (docs/decisions/0011-pg.md)
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"

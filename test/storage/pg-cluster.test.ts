@@ -1,0 +1,253 @@
+/**
+ * The PostgreSQL store and cluster ownership, against a real PostgreSQL server started
+ * by the test itself (test/support/postgres.ts): the numbered migrations, two vspc
+ * nodes on one database (sticky ports unique cluster-wide, one owner per console, the
+ * cluster-wide admin list), a node's death — its database session terminated, or its
+ * process SIGKILLed — releasing its consoles to the other node with the same ports.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startPostgres, type TestPostgres } from '../support/postgres.js';
+import { PgConsoleStore } from '../../src/storage/pg/pg-store.js';
+import { MIGRATIONS } from '../../src/storage/migrations.js';
+import { TestServer, Cleanup, esxiUuid, withTimeout, tempDir } from '../support/server.js';
+import { SimulatedVm } from '../support/sim/index.js';
+import { reservePortRange } from '../support/ports.js';
+import { Child, VSPC_JS, runNode, vspcAdmin } from '../support/cli.js';
+import type { PortView } from '../../src/admin/views.js';
+import type { ConsoleHub } from '../../src/domain/console-hub.js';
+
+let pgServer: TestPostgres;
+
+before(async () => {
+  pgServer = await startPostgres();
+});
+after(async () => {
+  await pgServer?.stop();
+});
+
+const KEY = (n: number) => n.toString(16).padStart(32, '0');
+
+test('migrations: a fresh PostgreSQL database reaches the newest schema version with the same constraints as SQLite', async (t) => {
+  const url = await pgServer.createDatabase();
+  const store = new PgConsoleStore({ url, nodeId: 'm1', range: { start: 21000, end: 21009 } });
+  t.after(() => store.close());
+  assert.equal(store.schemaVersion(), MIGRATIONS[MIGRATIONS.length - 1].version);
+  const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
+  const tables = (await pgServer.query<{ t: string }>("SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", [], db)).map((r) => r.t);
+  assert.deepEqual(tables, ['access_ports', 'consoles', 'unused_consoles', 'vspc_schema']);
+  // The database itself refuses what the schema forbids (as SQLite's CHECKs and triggers do).
+  await assert.rejects(pgServer.query("INSERT INTO consoles (kind, key, tcp_port, first_seen, last_seen) VALUES ('esxi', 'NOT-HEX', 21001, 0, 0)", [], db), /check constraint/);
+  const { record } = store.register('esxi', KEY(1), '', 'vm1');
+  await assert.rejects(
+    pgServer.query(`INSERT INTO access_ports (console_id, method, tcp_port) VALUES (${record.id}, 'raw', ${record.tcpPort})`, [], db),
+    /tcp_port is a console port/,
+  );
+  // A second node opening the same database runs no migration again.
+  const other = new PgConsoleStore({ url, nodeId: 'm2', range: { start: 21000, end: 21009 } });
+  t.after(() => other.close());
+  assert.equal(other.list().length, 1);
+});
+
+test('migrations: a database at version 1 (serial_ports) is upgraded keeping ids and ports; new ids continue after them', async (t) => {
+  const url = await pgServer.createDatabase();
+  const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
+  await pgServer.query(MIGRATIONS[0].pg, [], db);
+  await pgServer.query(`INSERT INTO serial_ports (id, uuid, label, name, tcp_port, first_seen, last_seen) VALUES (7, '${KEY(7)}', 'com2', 'old', 21005, 1, 2)`, [], db);
+  await pgServer.query('CREATE TABLE vspc_schema (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), version INTEGER NOT NULL); INSERT INTO vspc_schema (version) VALUES (1)', [], db);
+  const store = new PgConsoleStore({ url, nodeId: 'up', range: { start: 21000, end: 21009 } });
+  t.after(() => store.close());
+  assert.equal(store.schemaVersion(), MIGRATIONS[MIGRATIONS.length - 1].version);
+  const old = store.getById(7);
+  assert.equal(old?.tcpPort, 21005);
+  assert.equal(old?.label, 'com2');
+  assert.equal(old?.kind, 'esxi');
+  const { record } = store.register('esxi', KEY(8), '', 'new');
+  assert.ok(record.id > 7, `a new id after the copied ones, got ${record.id}`);
+  assert.equal(record.tcpPort, 21000);
+});
+
+test('two stores on one database never allocate the same port, registering in turn; a key keeps its port through either', async (t) => {
+  const url = await pgServer.createDatabase();
+  const range = { start: 21100, end: 21299 };
+  const a = new PgConsoleStore({ url, nodeId: 'pa', range });
+  const b = new PgConsoleStore({ url, nodeId: 'pb', range });
+  t.after(() => {
+    a.close();
+    b.close();
+  });
+  const ports: number[] = [];
+  for (let i = 0; i < 40; i++) {
+    ports.push(a.register('esxi', KEY(1000 + i), '', null).record.tcpPort);
+    ports.push(b.register('esxi', KEY(2000 + i), '', null).record.tcpPort);
+    ports.push(b.accessPort(b.register('esxi', KEY(2000 + i), '', null).record.id, 'raw'));
+  }
+  assert.equal(new Set(ports).size, ports.length, 'every console and access port distinct');
+  // Sticky: the same key through the other node gets the same port.
+  assert.equal(b.register('esxi', KEY(1000), '', null).record.tcpPort, ports[0]);
+  assert.equal(b.register('esxi', KEY(1000), '', null).created, false);
+});
+
+// ------------------------------------------------------------------ two vspc nodes
+
+interface Node {
+  ts: TestServer;
+  id: string;
+}
+
+async function startNode(url: string, id: string, portRange: { start: number; end: number }, clientHost: string): Promise<Node> {
+  const ts = await TestServer.start({ portRange, config: { dbPath: url, nodeId: id, clientListenHost: clientHost } });
+  return { ts, id };
+}
+
+/** The next `added` hub for this UUID on a node's registry. */
+function nextAdded(node: Node, hex: string): Promise<ConsoleHub> {
+  return new Promise((resolve) => {
+    const on = (hub: ConsoleHub) => {
+      if (hub.identity.key !== hex) return;
+      node.ts.server.registry.off('added', on);
+      resolve(hub);
+    };
+    node.ts.server.registry.on('added', on);
+  });
+}
+
+function nextRemoved(node: Node, hex: string): Promise<ConsoleHub> {
+  return new Promise((resolve) => {
+    const on = (hub: ConsoleHub) => {
+      if (hub.identity.key !== hex) return;
+      node.ts.server.registry.off('removed', on);
+      resolve(hub);
+    };
+    node.ts.server.registry.on('removed', on);
+  });
+}
+
+async function connectVm(node: Node, uuid: { text: string; hex: string }, name: string, c: Cleanup): Promise<{ vm: SimulatedVm; hub: ConsoleHub }> {
+  const added = nextAdded(node, uuid.hex);
+  const vm = await SimulatedVm.connect({ host: '127.0.0.1', port: node.ts.proxyPort, uuid: uuid.text, name });
+  c.add(() => vm.destroy());
+  const hub = await withTimeout(added, 10_000, `${name} registered on node ${node.id}`);
+  return { vm, hub };
+}
+
+const byName = (rows: PortView[], name: string) => rows.find((r) => r.name === name);
+
+test('two vspc nodes on one PostgreSQL: unique sticky ports, one owner per console, the cluster-wide list; a dead node releases its consoles to the other with the same ports', async (t) => {
+  const url = await pgServer.createDatabase();
+  const range = await reservePortRange(8);
+  const c = new Cleanup();
+  const a = await startNode(url, 'node-a', range, '127.0.0.2');
+  const b = await startNode(url, 'node-b', range, '127.0.0.3');
+  t.after(async () => {
+    await c.run();
+    await a.ts.dispose();
+    await b.ts.dispose();
+  });
+  const u1 = esxiUuid();
+  const u2 = esxiUuid();
+  const { hub: h1 } = await connectVm(a, u1, 'vm-one', c);
+  const { hub: h2 } = await connectVm(b, u2, 'vm-two', c);
+  const p1 = h1.identity.tcpPort;
+  assert.notEqual(h2.identity.tcpPort, p1, 'node B never hands out the port node A gave');
+  assert.ok(p1 >= range.start && p1 <= range.end);
+
+  // The same VM knocking at node B while node A owns it: refused, A keeps it.
+  const refused = await SimulatedVm.connect({ host: '127.0.0.1', port: b.ts.proxyPort, uuid: u1.text, name: 'vm-one' });
+  c.add(() => refused.destroy());
+  await refused.whenClosed(10_000);
+  assert.ok(b.ts.logs.find((l) => JSON.stringify(l).includes('VSPC_CONSOLE_OWNED_ELSEWHERE')), 'node B says why');
+  assert.equal(b.ts.server.registry.get('esxi', u1.hex, ''), undefined);
+  assert.equal(h1.source !== null, true, 'node A still serves vm-one');
+
+  // Either node's admin list shows the whole cluster, with owners.
+  for (const n of [a, b]) {
+    const rows = await n.ts.ports();
+    assert.equal(byName(rows, 'vm-one')?.node, 'node-a', `on ${n.id}`);
+    assert.equal(byName(rows, 'vm-one')?.port, p1);
+    assert.equal(byName(rows, 'vm-two')?.node, 'node-b', `on ${n.id}`);
+    assert.equal(byName(rows, 'vm-two')?.port, h2.identity.tcpPort);
+  }
+  assert.equal(byName(await b.ts.ports(), 'vm-one')?.state, 'elsewhere');
+  // vspc-admin list: a NODE column in a cluster.
+  const listed = await vspcAdmin(b.ts.adminAddress, ['list']);
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.match(listed.stdout, /NODE/);
+  assert.match(listed.stdout, new RegExp(`^${p1} .*vm-one .*elsewhere .*node-a\\s*$`, 'm'));
+
+  // Node A's database session dies (as when its machine or network goes): PostgreSQL
+  // releases its locks, node A gives up every console and closes their connections.
+  const droppedOnA = nextRemoved(a, u1.hex);
+  const terminated = await pgServer.query<{ ok: boolean }>("SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = 'vspc:node-a'");
+  assert.equal(terminated.length, 1);
+  await withTimeout(droppedOnA, 10_000, 'node A drops vm-one after losing its session');
+  assert.equal(a.ts.server.registry.size, 0);
+  assert.ok(a.ts.logs.find((l) => l.message === 'database session lost: this node gave up every console it owned'));
+
+  // vm-one reconnects through node B: same sticky port, now owned by B.
+  const { hub: moved } = await connectVm(b, u1, 'vm-one', c);
+  assert.equal(moved.identity.tcpPort, p1, 'the console keeps its port on the other node');
+  const rows = await b.ts.ports();
+  assert.equal(byName(rows, 'vm-one')?.node, 'node-b');
+  assert.equal(byName(rows, 'vm-one')?.state, 'connected');
+});
+
+test('a node killed with SIGKILL: its consoles are released at once and the other node takes them with the same ports', async (t) => {
+  const url = await pgServer.createDatabase();
+  const ports = await reservePortRange(10);
+  const dir = tempDir();
+  const c = new Cleanup();
+  t.after(async () => {
+    await c.run();
+    dir.remove();
+  });
+  const adminA = `127.0.0.1:${ports.start + 1}`;
+  const nodeA = new Child(VSPC_JS, [
+    '--proxy-listen', `127.0.0.1:${ports.start}`,
+    '--admin-listen', adminA,
+    '--db', url,
+    '--node-id', 'killed',
+    '--port-range', `${ports.start + 2}-${ports.end}`,
+    '--client-listen-host', '127.0.0.4',
+    '--broker-socket', 'off',
+  ]);
+  c.add(() => nodeA.kill());
+  await nodeA.waitForStderr(/"message":"vspc started"/, 30_000);
+  const b = await startNode(url, 'survivor', { start: ports.start + 2, end: ports.end }, '127.0.0.5');
+  c.add(() => b.ts.dispose());
+
+  const u = esxiUuid();
+  const vm = await SimulatedVm.connect({ host: '127.0.0.1', port: ports.start, uuid: u.text, name: 'vm-killed' });
+  c.add(() => vm.destroy());
+  await vm.whenProxied(10_000);
+  const registered = await nodeA.waitFor(() => /"message":"VM serial port registered"[^\n]*"port":(\d+)/.exec(nodeA.stderr)?.[1], 10_000, 'registration on node A');
+  const port = Number(registered);
+  // Node B sees it, owned by node A, through the shared database.
+  const seen = byName(await b.ts.ports(), 'vm-killed');
+  assert.equal(seen?.node, 'killed');
+  assert.equal(seen?.port, port);
+
+  const vmGone = vm.whenClosed(10_000);
+  nodeA.proc.kill('SIGKILL');
+  await nodeA.waitExit(10_000);
+  await vmGone;
+  // PostgreSQL saw the session end with the process: nobody owns the console now.
+  const after = byName(await b.ts.ports(), 'vm-killed');
+  assert.equal(after?.node, null);
+  assert.equal(after?.state, 'disconnected');
+  const { hub } = await connectVm(b, u, 'vm-killed', c);
+  assert.equal(hub.identity.tcpPort, port, 'same sticky port on the surviving node');
+  assert.equal(byName(await b.ts.ports(), 'vm-killed')?.node, 'survivor');
+});
+
+test('--db with a URL of another scheme, or a bad --node-id: a clear error naming the field, non-zero exit', async () => {
+  const bad = await runNode(VSPC_JS, ['--db', 'mysql://x@y/z', '--proxy-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /db: unsupported database URL scheme "mysql:\/\/"/);
+  const noDb = await runNode(VSPC_JS, ['--db', 'postgres://x@y', '--proxy-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0']);
+  assert.notEqual(noDb.code, 0);
+  assert.match(noDb.stderr, /db: a PostgreSQL URL needs a database name/);
+  const badId = await runNode(VSPC_JS, ['--node-id', 'a b', '--proxy-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0']);
+  assert.notEqual(badId.code, 0);
+  assert.match(badId.stderr, /node-id: must be 1-63 letters/);
+});
