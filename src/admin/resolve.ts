@@ -62,13 +62,23 @@ function ambiguity(registry: Registry, ref: string, candidates: ConsoleHub[]): s
       return byName ? `${a} (port ${h.identity.tcpPort})` : `${a} (${h.displayName}, port ${h.identity.tcpPort})`;
     })
     .join(', ');
-  let how = 'use the port or NAME:LABEL';
   const names = new Set(candidates.map((h) => h.identity.name));
-  if (candidates.some((h) => h.identity.label === '') && candidates.some((h) => h.identity.label !== '')) {
-    how += ', and NAME: (with the colon) for the one without a label';
+  // What tells consoles of one name apart besides a label: an ESXi VM's UUID, another
+  // kind's key when it is not the name, and always the port.
+  const others: string[] = [];
+  if (candidates.some((h) => h.identity.kind === 'esxi')) others.push('the UUID');
+  if (candidates.some((h) => h.identity.kind !== 'esxi' && h.identity.key.toLowerCase() !== (h.identity.name ?? h.identity.key).toLowerCase())) others.push('the key');
+  others.push('the port');
+  let how: string;
+  if (candidates.some((h) => h.identity.label !== '')) {
+    how = 'use the port or NAME:LABEL';
+    if (candidates.some((h) => h.identity.label === '')) how += ', and NAME: (with the colon) for the one without a label';
+  } else {
+    // No labels: NAME:LABEL (or NAME:) names them all again; only what the list gives works.
+    how = `none has a label to tell it apart, so use ${others.join(' or ')} as listed`;
   }
   if (names.size > 1 && new Set([...names].map((n) => n?.toLowerCase())).size < names.size) {
-    how += '; names are matched in any case, so names that differ only in case need the UUID or the port';
+    how += `; names are matched in any case, so names that differ only in case need ${others.join(' or ')}`;
   }
   return `"${ref}" matches ${candidates.length} serial ports: ${list}; ${how}`;
 }

@@ -215,7 +215,7 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
     const before = hub.identity.tcpPort;
     if (port === before) return { ...view(hub), previousPort: before };
     if (port < 1024 && !force) {
-      throw new AdminApiError(400, 'VSPC_PORT_PRIVILEGED', `port ${port} is a privileged port (below 1024); give force=1 (vspc-admin set-port --force) to use it anyway`);
+      throw new AdminApiError(400, 'VSPC_PORT_PRIVILEGED', `port ${port} is a privileged port (below 1024); give force=1 to use it anyway`);
     }
     const own = new Set(ctx.ownPorts?.() ?? []);
     const tls = ctx.tlsPortOf(hub);

@@ -115,6 +115,13 @@ function parseStates(text: string): string {
   return states.join(',');
 }
 
+/** set-port's `<port>`: a whole number 1-65535, else a usage error (exit 2) naming the argument. */
+function parsePortArgument(text: string): string {
+  const t = text.trim();
+  if (!/^\d{1,5}$/.test(t) || Number(t) < 1 || Number(t) > 65535) throw new InvalidArgumentError(`"${text}" is not a port number; give a TCP port, 1-65535.`);
+  return String(Number(t));
+}
+
 /** `--reason TEXT`: one line for the kicked clients and the audit log. */
 function parseReason(text: string): string {
   const t = text.trim();
@@ -192,14 +199,21 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
         out(JSON.stringify(ports, null, 2) + '\n');
         return;
       }
+      // Serial tunnels on the consoles listed, or all of them unfiltered (an older vspc has none to tell).
+      const tunnels = await client()
+        .get<TunnelView[]>('/api/v1/tunnels')
+        .catch(() => [] as TunnelView[]);
       if (ports.length === 0) {
         out(
           pattern
             ? `No VM serial port matches "${pattern}"${opts.state ? ` in state ${opts.state}` : ''}.\n`
             : opts.state
               ? `No VM serial port is ${opts.state.split(',').join(' or ')}.\n`
-              : 'No VM serial ports known yet. Point an ESXi VM serial port at this concentrator (see README).\n',
+              : 'No consoles yet: point an ESXi VM serial port at this concentrator, declare consoles: in the config file, ' +
+                'or let discovery find them (proxmox:, libvirt:, discover:); see README.\n',
         );
+        // Tunnels waiting for a console, and why: what someone with an empty list most needs to see.
+        if (!pattern && !opts.state && tunnels.length > 0) out('\n' + tunnelTable(tunnels));
         return;
       }
       // A PostgreSQL cluster's list says which node owns each console (a single node's has no such column).
@@ -221,10 +235,6 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
       out(totals(ports));
       const broken = ports.filter((p) => p.listenError);
       for (const p of broken) out(`! port ${p.port}: ${p.listenError}\n`);
-      // Serial tunnels on the consoles listed (an older vspc has none to tell).
-      const tunnels = await client()
-        .get<TunnelView[]>('/api/v1/tunnels')
-        .catch(() => [] as TunnelView[]);
       const shown = new Set(ports.map(vmName));
       const mine = pattern || opts.state ? tunnels.filter((t) => t.console !== null && shown.has(t.console)) : tunnels;
       if (mine.length > 0) out('\n' + tunnelTable(mine));
@@ -335,12 +345,18 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
     .command('set-port')
     .description('move a VM serial port to another client port (sticky; attached clients stay, new ones use the new port)')
     .argument('<vm>', vmArg)
-    .argument('<port>', 'the new client telnet port (may lie outside --port-range); bound before anything changes')
+    .argument('<port>', 'the new client telnet port (may lie outside --port-range); bound before anything changes', parsePortArgument)
     .option('--force', 'allow a privileged port (below 1024)')
     .action(async (vm: string, port: string, opts: { force?: boolean }) => {
-      const p = await client().post<PortView & { previousPort: number; note?: string }>(
-        `/api/v1/set-port?${q(vm)}&port=${encodeURIComponent(port)}${opts.force ? '&force=1' : ''}`,
-      );
+      const p = await client()
+        .post<PortView & { previousPort: number; note?: string }>(`/api/v1/set-port?${q(vm)}&port=${encodeURIComponent(port)}${opts.force ? '&force=1' : ''}`)
+        .catch((err: unknown) => {
+          // The API's message names its parameter (force=1); a person at the command line gives --force.
+          if (err instanceof VspcError && err.code === 'VSPC_PORT_PRIVILEGED') {
+            throw new VspcError(err.code, `port ${port} is a privileged port (below 1024); give --force to use it anyway`, err.context);
+          }
+          throw err;
+        });
       out(p.previousPort === p.port ? `${vmName(p)} is already on port ${p.port}\n` : `moved ${vmName(p)} from port ${p.previousPort} to ${p.port}\n`);
       if (p.note) out(`note: ${p.note}\n`);
     });
@@ -471,8 +487,13 @@ async function main(): Promise<void> {
     stream.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? (process.exitCode ?? 0) : 1));
   }
   const program = buildAdminProgram((s) => process.stdout.write(s)).exitOverride();
-  // Usage errors and --help of every command end here too (exit code 2 / 0, after draining).
-  for (const c of program.commands) c.exitOverride();
+  // Usage errors and --help of every command end here too (exit code 2 / 0, after draining);
+  // commander's own errors (`error: unknown option '--bogus'`) carry the program's name like the others.
+  const prefixed = (c: Command): void => {
+    c.exitOverride().configureOutput({ outputError: (str, write) => write(`vspc-admin: ${str}`) });
+    for (const sub of c.commands) prefixed(sub);
+  };
+  prefixed(program);
   try {
     await program.parseAsync(process.argv);
     // `connect` leaves stdin and sockets behind; an explicit exit ends it, after the output has drained.

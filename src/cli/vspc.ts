@@ -10,7 +10,11 @@ import { createReloader } from '../config/reload.js';
 import { helpEpilogue, VSPC_MANUAL } from './help-text.js';
 
 async function main(argv: string[]): Promise<void> {
-  const program = buildProgram().addHelpText('after', helpEpilogue(VSPC_MANUAL)).exitOverride();
+  const program = buildProgram()
+    .addHelpText('after', helpEpilogue(VSPC_MANUAL))
+    .exitOverride()
+    // commander's own errors (`error: unknown option '--bogus'`) carry the program's name like the others.
+    .configureOutput({ outputError: (str, write) => write(`vspc: ${str}`) });
   let config: VspcConfig;
   let loaded: LoadedConfiguration;
   try {

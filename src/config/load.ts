@@ -135,6 +135,20 @@ export function loadConfiguration(program: Command): LoadedConfiguration {
     if (other !== undefined) throw new ConfigError(`${at}${list}.${i}.port: port ${tcpPort} is already given to ${other}`, { field: `${list}.${i}.port` });
     fixed.set(tcpPort, `${list}[${i}]`);
   }
+  // A tunnel with its own source: is a console named after the tunnel; beside a declared
+  // console of the same name (in any case, as names are matched: src/domain/address.ts)
+  // neither could be named alone, so refuse it here rather than serve two "web01"s.
+  const declared = new Map(config.consoles.map((c, i): [string, number] => [c.name.toLowerCase(), i]));
+  config.tunnels.forEach((t, i) => {
+    if (t.source === undefined) return;
+    const other = declared.get(t.name.toLowerCase());
+    if (other === undefined) return;
+    const at = file ? `${file.where(['tunnels', i, 'name'])}: ` : '';
+    throw new ConfigError(
+      `${at}tunnels.${i}.name: "${t.name}" is already the name of consoles[${other}] (names are compared in any case): a tunnel with source: is a console of its own, named after the tunnel, so give it another name, e.g. ${t.name}-tunnel`,
+      { field: `tunnels.${i}.name` },
+    );
+  });
   return {
     config,
     logLevel: config.logLevel,

@@ -38,7 +38,7 @@ export function buildProgram(): Command {
         'gets a sticky telnet port.',
     )
     .version(VERSION, '-V, --version')
-    .option('--config <file>', 'config file, YAML (JSON if named *.json); keys: these options in camelCase, plus vms:, consoles: and discover:; options given here override it');
+    .option('--config <file>', 'config file, YAML (JSON if named *.json); keys: these options in camelCase, plus vms:, consoles:, discover: and tunnels:; options given here override it');
   for (const spec of OPTIONS as readonly OptionSpec[]) {
     if (spec.flag === null) continue;
     const opt = new CliOption(spec.flag, spec.help);

@@ -35,6 +35,11 @@ export function parseHostPort(field: string, text: string, defaultHost: string):
     portText = t.slice(i + 1);
   }
   if (host.includes(':') && !v6) throw new ConfigError(`${field}: write IPv6 addresses as [addr]:port`, { field, value: text });
+  if (!/^\d+$/.test(portText.trim())) {
+    // `127.0.0.1` or `nohost`: a host without its port; `host:abc`: a port that is not one.
+    const why = portText === t ? `"${t}" has no port` : `"${portText}" is not a port number`;
+    throw new ConfigError(`${field}: ${why}: expected HOST:PORT, [IPv6]:PORT or PORT (e.g. ${defaultHost}:7000 or 7000)`, { field, value: text });
+  }
   return { host, port: parsePort(field, portText) };
 }
 

@@ -71,7 +71,11 @@ export function lookupConsoles<T extends Addressable>(all: readonly T[], ref: st
 }
 
 export interface AddressOptions {
-  /** Offer a UUID spelling when no name spelling is unique (the broker does not: it never shows UUIDs). */
+  /**
+   * Offer a UUID spelling (an ESXi VM) or the key (a console of another kind whose key
+   * is not its name) when no name spelling is unique (the broker does not: it never
+   * shows UUIDs, nor keys, which may be paths).
+   */
   uuids: boolean;
   /** The last resort when nothing else is unique: the client port (the broker does not: it never shows ports). */
   port?: (identity: ConsoleIdentity) => string;
@@ -81,8 +85,8 @@ export interface AddressOptions {
 
 /**
  * For each console of `all`, the shortest spelling that names it alone under the rule:
- * `NAME`, else `NAME:LABEL` / `NAME:`, else (with `uuids`) the UUID with its label,
- * else `port`, else null. Built once for all consoles (linear in their number).
+ * `NAME`, else `NAME:LABEL` / `NAME:`, else (with `uuids`) the UUID or the key with its
+ * label, else `port`, else null. Built once for all consoles (linear in their number).
  */
 export function uniqueAddresses<T extends Addressable>(all: readonly T[], options: AddressOptions): (item: T) => string | null {
   const count = new Map<string, number>();
@@ -108,6 +112,9 @@ export function uniqueAddresses<T extends Addressable>(all: readonly T[], option
     const base = name ?? (kind !== 'esxi' ? key : null);
     if (base !== null) spellings.push([`n\0${base.toLowerCase()}`, base], [`n\0${base.toLowerCase()}:${l}`, `${base}:${label}`]);
     if (options.uuids && kind === 'esxi') spellings.push([`u\0${key}`, displayKey(identity)], [`u\0${key}:${l}`, `${displayKey(identity)}:${label}`]);
+    if (options.uuids && kind !== 'esxi' && base !== null && key.toLowerCase() !== base.toLowerCase()) {
+      spellings.push([`n\0${key.toLowerCase()}`, key], [`n\0${key.toLowerCase()}:${l}`, `${key}:${label}`]);
+    }
     for (const [k, spelling] of spellings) if (count.get(k) === 1 && usable(spelling)) return spelling;
     return options.port ? options.port(identity) : null;
   };

@@ -66,6 +66,28 @@ test('names are matched in any case: two names that differ only in case are ambi
   assert.match(e.message, /names that differ only in case need the UUID or the port$/);
 });
 
+test('consoles that share a name and have no label: the error offers the port (or the key), never NAME:LABEL', (t) => {
+  const reg = registry(t);
+  const declared = reg.register('config', 'web01', '', 'web01').hub;
+  const tunnel = reg.register('tunnel', 'WEB01', '', 'WEB01').hub;
+  const e = error(reg, 'web01');
+  assert.equal(e.code, 'VSPC_VM_AMBIGUOUS');
+  assert.equal(
+    e.message,
+    `"web01" matches 2 serial ports: port ${declared.identity.tcpPort} (web01), port ${tunnel.identity.tcpPort} (WEB01); ` +
+      'none has a label to tell it apart, so use the port as listed; names are matched in any case, so names that differ only in case need the port',
+  );
+  assert.doesNotMatch(e.message, /NAME:LABEL|NAME:/);
+  for (const h of [declared, tunnel]) assert.deepEqual(lookupConsoles(reg, String(h.identity.tcpPort)), [h]);
+
+  // A console of another kind whose key is not its name: the key names it alone.
+  const pve = reg.register('proxmox', 'pve1/101', '', 'web01').hub;
+  const e2 = error(reg, 'web01');
+  assert.ok(e2.message.includes(`pve1/101 (web01, port ${pve.identity.tcpPort})`), e2.message);
+  assert.match(e2.message, /so use the key or the port as listed/);
+  assert.deepEqual(lookupConsoles(reg, 'pve1/101'), [pve]);
+});
+
 test('a unique name in any case; not found explains the rule; a port wins over a name of digits', (t) => {
   const reg = registry(t);
   const db = reg.register('esxi', UUID, '', 'db01').hub;

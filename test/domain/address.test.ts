@@ -68,3 +68,17 @@ test('unique addresses: the shortest spelling that names a console alone; the br
   assert.equal(admin(digits), '10001:', 'digits that are a port cannot be a name spelling; with the colon they are not a port');
   assert.equal(admin(unnamed), 'bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb');
 });
+
+test('unique addresses: two consoles of one name without a label; the admin side offers a key that is not the name, the broker does not', () => {
+  const declared = c('config', 'web01', '', 'web01', 10101);
+  const tunnel = c('tunnel', 'WEB01', '', 'WEB01', 10102);
+  const pve = c('proxmox', 'pve1/101', '', 'web01', 10103);
+  const set = [declared, tunnel, pve];
+  const admin = uniqueAddresses(set, { uuids: true, port: (id) => String(id.tcpPort) });
+  assert.equal(admin(declared), '10101', 'its key is its name: only the port is left');
+  assert.equal(admin(tunnel), '10102');
+  assert.equal(admin(pve), 'pve1/101');
+  assert.deepEqual(lookupConsoles(set, 'pve1/101'), [pve]);
+  const broker = uniqueAddresses(set, { uuids: false });
+  assert.deepEqual(set.map(broker), [null, null, null], 'no keys through the broker');
+});

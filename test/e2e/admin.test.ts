@@ -211,9 +211,13 @@ describe('vspc-admin commands against a running server', () => {
     const own = await admin('set-port', 'adm-web01:com2', String(s.adminPort));
     assert.equal(own.code, 1);
     assert.match(own.stderr, /is one of vspc's own listener ports/);
+    // A port out of range is a usage error (exit 2, as --help says), before the API is asked; the API refuses it too.
     const bad = await admin('set-port', 'adm-web01:com2', '70000');
-    assert.equal(bad.code, 1);
-    assert.match(bad.stderr, /port must be an integer 1-65535, got "70000"/);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /^vspc-admin: error: command-argument value '70000' is invalid for argument 'port'\. "70000" is not a port number; give a TCP port, 1-65535\.\n$/);
+    const api = await fetch(`http://${s.adminAddress}/api/v1/set-port?vm=adm-web01:com2&port=70000`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    assert.equal(api.status, 400);
+    assert.match(((await api.json()) as { error: { message: string } }).error.message, /port must be an integer 1-65535, got "70000"/);
     assert.equal(hub.identity.tcpPort, target, 'refused moves change nothing');
   });
 
@@ -290,4 +294,18 @@ describe('vspc-admin log and rotate-logs without console logs', () => {
       assert.equal(r.stderr, 'vspc-admin: console logging is off (start vspc with --log-dir)\n');
     }
   });
+});
+
+test('list with no consoles: the empty message names every kind of console, and configured tunnels still show with their problems', async (t) => {
+  const s = await TestServer.start({ ports: 4, config: { tunnels: [{ name: 'lonely', console: 'not-there', forwards: [] }] } });
+  t.after(() => s.dispose());
+  const r = await vspcAdmin(s.adminAddress, ['list']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^No consoles yet: .*ESXi.*consoles:.*discover:/);
+  assert.match(r.stdout, /^TUNNEL\s+CONSOLE\s+LINK\s+RTT/m);
+  assert.match(r.stdout, /^lonely\s+-\s+no console\s/m);
+  assert.match(r.stdout, /^! tunnel lonely: no console matches "not-there" \(yet\)$/m);
+  // A pattern or a state filters consoles, and the tunnels with them.
+  const filtered = await vspcAdmin(s.adminAddress, ['list', 'web*']);
+  assert.equal(filtered.stdout, 'No VM serial port matches "web*".\n');
 });

@@ -35,6 +35,8 @@ describe('vspc and vspc-admin command lines', () => {
     [['--port-range', '5-2'], /--port-range.*start 5 is greater than end 2/],
     [['--port-range', 'abc'], /--port-range.*"abc" is not START-END/],
     [['--proxy-listen', '127.0.0.1:99999'], /--proxy-listen.*99999/],
+    [['--proxy-listen', '127.0.0.1'], /vspc: --proxy-listen: "127\.0\.0\.1" has no port: expected HOST:PORT, \[IPv6\]:PORT or PORT/],
+    [['--proxy-listen', 'localhost:ssh'], /--proxy-listen: "ssh" is not a port number: expected HOST:PORT/],
     [['--cert', '/nonexistent/vspc.crt'], /--key.*--cert and --key go together/],
     [['--key', '/nonexistent/vspc.key'], /--cert.*--cert and --key go together/],
   ];
@@ -49,6 +51,25 @@ describe('vspc and vspc-admin command lines', () => {
       assert.doesNotMatch(r.stderr, /vspc started/);
     });
   }
+
+  test("commander's own usage errors carry the program's name and exit 2", async () => {
+    const vspc = await runNode(VSPC_JS, ['--bogus']);
+    assert.equal(vspc.code, 2, vspc.stderr);
+    assert.equal(vspc.stderr, "vspc: error: unknown option '--bogus'\n");
+    const admin = await runNode(VSPC_ADMIN_JS, ['--bogus', 'list']);
+    assert.equal(admin.code, 2, admin.stderr);
+    assert.equal(admin.stderr, "vspc-admin: error: unknown option '--bogus'\n");
+    const sub = await runNode(VSPC_ADMIN_JS, ['list', '--bogus']);
+    assert.equal(sub.code, 2, sub.stderr);
+    assert.equal(sub.stderr, "vspc-admin: error: unknown option '--bogus'\n");
+  });
+
+  test('vspc-admin --admin without a port says what form it takes, naming the option', async () => {
+    const r = await runNode(VSPC_ADMIN_JS, ['--admin', 'nohost', 'list']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /^vspc-admin: --admin: "nohost" has no port: expected HOST:PORT, \[IPv6\]:PORT or PORT \(e\.g\. 127\.0\.0\.1:7000 or 7000\)$/m);
+    assert.equal(r.stdout, '');
+  });
 
   test('vspc-admin against a closed admin port exits 1 with a clear message', async () => {
     const port = await reservePort();

@@ -126,7 +126,18 @@ describe('operator items of issue 12', () => {
     const before = hub.identity.tcpPort;
     const r = await admin('set-port', 'op-web01:com2', '999');
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^vspc-admin: port 999 is a privileged port \(below 1024\); give force=1 \(vspc-admin set-port --force\) to use it anyway\n$/);
+    assert.match(r.stderr, /^vspc-admin: port 999 is a privileged port \(below 1024\); give --force to use it anyway\n$/);
+    // The admin API names its own parameter.
+    const api = await fetch(`http://${s.adminAddress}/api/v1/set-port?vm=op-web01:com2&port=999`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    assert.equal(api.status, 400);
+    assert.deepEqual(((await api.json()) as { error: { code: string; message: string } }).error, {
+      code: 'VSPC_PORT_PRIVILEGED',
+      message: 'port 999 is a privileged port (below 1024); give force=1 to use it anyway',
+    });
+    // Not a port at all: a usage error (exit 2) naming the argument, before the API is asked.
+    const abc = await admin('set-port', 'op-web01:com2', 'abc');
+    assert.equal(abc.code, 2, abc.stderr);
+    assert.match(abc.stderr, /^vspc-admin: error: command-argument value 'abc' is invalid for argument 'port'\. "abc" is not a port number; give a TCP port, 1-65535\.\n$/);
     assert.equal(hub.identity.tcpPort, before);
 
     // With --force it is bound like any port: as root it moves, otherwise the kernel's refusal is the reason.

@@ -502,6 +502,13 @@ const cases: { [K in ReloadableField]: Case } = {
       fwd.once('connect', resolve);
       fwd.once('error', reject);
     });
+    // A tunnel with its own source: named like the declared console (in any case) would
+    // be a second console of that name: the reload is refused, the running tunnel stays.
+    await assert.rejects(
+      r.reload([...consoles, 'tunnels:', '  - name: RL-Carrier', `    source: unix:${join(dir.dir, 'other.sock')}`]),
+      /HTTP 400 .*tunnels\.0\.name: \\"RL-Carrier\\" is already the name of consoles\[0\]/,
+    );
+    assert.deepEqual((await r.api<Tunnels>('/api/v1/tunnels')).map((x) => [x.name, x.console]), [['rl-tun', 'rl-carrier']]);
     appliedOnly(await r.reload(consoles), 'tunnels');
     assert.deepEqual(await r.api<Tunnels>('/api/v1/tunnels'), []);
     // The forward's connection is closed, and the console takes people again.

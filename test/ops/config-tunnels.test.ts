@@ -67,6 +67,20 @@ describe('config tunnels:', () => {
     ]);
   });
 
+  test('a console: tunnel may share its name with the declared console it names; a source: tunnel beside it needs its own', (t) => {
+    const c = load(t, [
+      'consoles:',
+      '  - name: web01',
+      '    source: unix:/run/qemu/web01.serial',
+      'tunnels:',
+      '  - name: web01',
+      '    console: web01',
+      '  - name: web01-tunnel',
+      '    source: unix:/run/qemu/web01.tunnel',
+    ])();
+    assert.deepEqual(c.tunnels.map((x) => x.name), ['web01', 'web01-tunnel']);
+  });
+
   const bad: Array<[string, string[], RegExp]> = [
     ['not a list', ['tunnels: web01'], /tunnels: expected a list/],
     ['no name', ['tunnels:', '  - console: web01'], /tunnels\.0: needs name:/],
@@ -87,6 +101,11 @@ describe('config tunnels:', () => {
       'one address twice',
       ['tunnels:', '  - name: a', '    console: a', '    forwards:', '      - listen: 127.0.0.1:2201', '        to: 22', '  - name: b', '    console: b', '    forwards:', '      - listen: 127.0.0.1:2201', '        to: 22'],
       /tunnels\.1\.forwards\.0\.listen: the same address as tunnels\[0\]\.forwards\[0\]/,
+    ],
+    [
+      'a source: tunnel named like a declared console, in any case',
+      ['consoles:', '  - name: other', '    source: unix:/run/qemu/other.serial', '  - name: web01', '    source: unix:/run/qemu/web01.serial', 'tunnels:', '  - name: WEB01', '    source: unix:/run/qemu/web01.tunnel'],
+      /vspc\.yaml:7:11: tunnels\.0\.name: "WEB01" is already the name of consoles\[1\] .*e\.g\. WEB01-tunnel/,
     ],
   ];
   for (const [what, lines, message] of bad) {

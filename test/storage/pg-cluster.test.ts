@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { PgConsoleStore } from '../../src/storage/pg/pg-store.js';
 import { MIGRATIONS } from '../../src/storage/migrations.js';
-import { TestServer, Cleanup, esxiUuid, withTimeout, tempDir } from '../support/server.js';
+import { TestServer, Cleanup, esxiUuid, withTimeout, tempDir, waitUntil } from '../support/server.js';
 import { SimulatedVm } from '../support/sim/index.js';
 import { reservePortRange } from '../support/ports.js';
 import { Child, VSPC_JS, runNode, vspcAdmin } from '../support/cli.js';
@@ -184,6 +184,10 @@ test('two vspc nodes on one PostgreSQL: unique sticky ports, one owner per conso
   assert.equal(a.ts.server.registry.size, 0);
   assert.ok(a.ts.logs.find((l) => l.message === 'database session lost: this node gave up every console it owned'));
 
+  // The terminated backend releases its locks as it exits, a moment after node A saw
+  // its connection fail: until then the cluster still names node A (a VM knocking at B
+  // meanwhile is refused, and ESXi simply retries).
+  await waitUntil(async () => byName(await b.ts.ports(), 'vm-one')?.node === null, 10_000, 'node A\'s locks released by PostgreSQL');
   // vm-one reconnects through node B: same sticky port, now owned by B.
   const { hub: moved } = await connectVm(b, u1, 'vm-one', c);
   assert.equal(moved.identity.tcpPort, p1, 'the console keeps its port on the other node');
@@ -192,7 +196,7 @@ test('two vspc nodes on one PostgreSQL: unique sticky ports, one owner per conso
   assert.equal(byName(rows, 'vm-one')?.state, 'connected');
 });
 
-test('a node killed with SIGKILL: its consoles are released at once and the other node takes them with the same ports', async (t) => {
+test('a node killed with SIGKILL: its consoles are released by PostgreSQL and the other node takes them with the same ports', async (t) => {
   const url = await pgServer.createDatabase();
   const ports = await reservePortRange(10);
   const dir = tempDir();
@@ -231,8 +235,10 @@ test('a node killed with SIGKILL: its consoles are released at once and the othe
   nodeA.proc.kill('SIGKILL');
   await nodeA.waitExit(10_000);
   await vmGone;
-  // PostgreSQL saw the session end with the process: nobody owns the console now.
-  const after = byName(await b.ts.ports(), 'vm-killed');
+  // PostgreSQL ends the dead node's session when its backend reads the closed socket
+  // (asynchronously, a moment after the process is gone): then nobody owns the console.
+  let after = byName(await b.ts.ports(), 'vm-killed');
+  await waitUntil(async () => (after = byName(await b.ts.ports(), 'vm-killed'))?.node === null, 10_000, 'the dead node\'s ownership released by PostgreSQL');
   assert.equal(after?.node, null);
   assert.equal(after?.state, 'disconnected');
   const { hub } = await connectVm(b, u, 'vm-killed', c);

@@ -22,7 +22,7 @@ import type { KeysCommand } from './keys-command.js';
 import type { FailureBuckets } from './rate-limit.js';
 import type { KeyRights } from './rights.js';
 import { Exit, formatDuration, SshSession, type Principal, type SessionHost } from './session.js';
-import { installBreakRequests } from './ssh2-internals.js';
+import { installBreakRequests, rejectChannelOpen } from './ssh2-internals.js';
 
 /** Failed attempts one connection may make (OpenSSH's MaxAuthTries is 6; agents with many keys try each). */
 const MAX_TRIES_PER_CONNECTION = 20;
@@ -137,8 +137,13 @@ export class SshConnection implements SessionHost {
     client.on('authentication', (auth: AuthContext) => this.guard(() => this.onAuth(auth)));
     client.on('ready', () => this.guard(() => this.onReady()));
     client.on('session', (accept: () => Session, reject: () => void) => this.guard(() => this.onSession(accept, reject)));
-    client.on('tcpip', (_accept: unknown, reject: () => void) => this.refused('port forwarding (direct-tcpip)', 'port-forwarding', reject));
-    client.on('openssh.streamlocal', (_accept: unknown, reject: () => void) => this.refused('socket forwarding (direct-streamlocal)', 'port-forwarding', reject));
+    // Forwarding refused with a reason the client shows (ssh -W: "open failed: administratively prohibited: vspc: ...").
+    client.on('tcpip', (_accept: unknown, reject: () => void) =>
+      this.refused('port forwarding (direct-tcpip)', 'port-forwarding', () => rejectChannelOpen(client, reject, 'vspc: port forwarding is not offered')),
+    );
+    client.on('openssh.streamlocal', (_accept: unknown, reject: () => void) =>
+      this.refused('socket forwarding (direct-streamlocal)', 'port-forwarding', () => rejectChannelOpen(client, reject, 'vspc: socket forwarding is not offered')),
+    );
     client.on('request', (_accept: unknown, reject: (() => void) | undefined, name: string) =>
       this.refused(`global request ${JSON.stringify(String(name).slice(0, 40))}`, 'port-forwarding', reject),
     );

@@ -4,7 +4,7 @@
  */
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { displayKey } from '../../domain/identity.js';
-import { lookupConsoles } from '../../domain/address.js';
+import { lookupConsoles, uniqueAddresses } from '../../domain/address.js';
 import { sanitizeText } from '../../util/text.js';
 import type { KeyRights } from './rights.js';
 
@@ -78,6 +78,13 @@ export function findConsole(hubs: readonly ConsoleHub[], target: string, numbere
   }
   const found = lookupConsoles(hubs, target);
   if (found.length === 1) return { hub: found[0] };
-  if (found.length > 1) return { error: `${sanitizeText(target).slice(0, 80)} names several consoles: ${found.map((h) => h.displayName).join(', ')}` };
+  if (found.length > 1) {
+    // Each with a spelling that names it alone (never a UUID or port); consoles that share
+    // a name and label have none, and only the menu tells them apart.
+    const spell = uniqueAddresses(hubs, { uuids: false });
+    const alike = found.some((h) => spell(h) === null);
+    const how = alike ? (numbered ? '; pick one by its number in the menu' : '; some share one name and label: pick one from the menu (ssh without a console name)') : '';
+    return { error: `${sanitizeText(target).slice(0, 80)} names several consoles: ${found.map((h) => spell(h) ?? h.displayName).join(', ')}${how}` };
+  }
   return { error: `no console ${JSON.stringify(sanitizeText(target).slice(0, 80))} that this key may use (try: list)` };
 }

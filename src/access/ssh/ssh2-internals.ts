@@ -9,6 +9,10 @@
  * answered as the listener decides. When the internals are not what this code
  * expects (another ssh2 version), nothing is patched, `~B` is refused as before, and
  * the caller logs it once.
+ *
+ * ssh2's channel-open `reject()` takes no reason: the client is told "connect failed"
+ * with an empty description (OpenSSH: `channel 0: open failed: connect failed: `).
+ * `rejectChannelOpen` has that one reply say "administratively prohibited" and why.
  */
 import type { Connection, Session } from 'ssh2';
 
@@ -19,6 +23,7 @@ interface Internals {
     _handlers?: Record<string, unknown>;
     channelSuccess?(id: number): void;
     channelFailure?(id: number): void;
+    channelOpenFail?(remote: number, reason: number, description: string): void;
   };
   _chanMgr?: { get(id: number): unknown };
 }
@@ -63,4 +68,27 @@ export function installBreakRequests(connection: Connection): boolean {
 /** Listens for RFC 4335 break requests on a session channel (after installBreakRequests). */
 export function onBreakRequest(session: Session, listener: (accept: () => void, reject: () => void, lengthMs: number) => void): void {
   session.on(BREAK_EVENT, listener);
+}
+
+/** RFC 4254 SSH_OPEN_ADMINISTRATIVELY_PROHIBITED. */
+const OPEN_ADMINISTRATIVELY_PROHIBITED = 1;
+
+/**
+ * Calls a channel-open `reject` (of a `tcpip` or `openssh.streamlocal` event) so that
+ * the failure it sends says "administratively prohibited" with `description`; with
+ * internals not as expected, a plain reject (no text).
+ */
+export function rejectChannelOpen(connection: Connection, reject: () => void, description: string): void {
+  const proto = (connection as unknown as Internals)._protocol;
+  const original = proto?.channelOpenFail;
+  if (!proto || typeof original !== 'function') return reject();
+  const own = Object.prototype.hasOwnProperty.call(proto, 'channelOpenFail');
+  // reject() sends the failure synchronously: the substitute is in place for exactly that call.
+  proto.channelOpenFail = (remote: number) => original.call(proto, remote, OPEN_ADMINISTRATIVELY_PROHIBITED, description);
+  try {
+    reject();
+  } finally {
+    if (own) proto.channelOpenFail = original;
+    else delete proto.channelOpenFail;
+  }
 }

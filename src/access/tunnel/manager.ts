@@ -265,7 +265,8 @@ export class TunnelManager {
     const found = this.o.lookup(c.ref);
     if (found.length === 1) return { hub: found[0] };
     if (found.length === 0) return { problem: `no console matches "${c.ref}" (yet)` };
-    return { problem: `"${c.ref}" matches ${found.length} consoles (${found.map((h) => h.displayName).join(', ')}); name one with NAME:LABEL` };
+    const how = found.some((h) => h.identity.label !== '') ? 'name one with NAME:LABEL' : 'they share a name and have no label, so NAME:LABEL cannot tell them apart: rename one, or name it as vspc-admin show suggests';
+    return { problem: `"${c.ref}" matches ${found.length} consoles (${found.map((h) => h.displayName).join(', ')}); ${how}` };
   }
 
   private bind(t: Tunnel): void {
