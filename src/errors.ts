@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   VSPC_VM_ALIVE: ['PeerRefusedError', "a connection claimed a VM serial port whose connection answered the liveness probe: refused"],
   VSPC_PROBE_UNANSWERED: ['PeerRefusedError', 'a VM connection did not answer the liveness probe in --takeover-probe: replaced'],
   VSPC_REGISTRATION_RATE: ['PeerRefusedError', 'a source address created new VM serial ports faster than --registration-rate allows'],
+  VSPC_NAME_TAKEN: ['VspcError', 'a console took a name another console already has: the older keeps the name (by-name log link, broker spelling), the newer is NAME~N'],
   // --- A console client broke VSPC-CONTROL (option 201, docs/console-protocol.md).
   VSPC_CONTROL_BAD_REQUEST: ['ProtocolError', 'LOCK-REQUEST without mode and flags or with an oversized user name; LIST-REQUEST or SELECT too long, SELECT empty'],
   VSPC_CONTROL_BAD_MODE: ['ProtocolError', 'an unknown lock mode byte'],
@@ -45,7 +46,7 @@ export const ERROR_CODES = {
   // --- The console broker (src/access/broker/, vspc-admin console).
   VSPC_BROKER_SOCKET_PATH: ['VspcError', 'the broker socket path cannot be used: no such directory, a symlink or a non-socket file there, too long, or its mode or group cannot be set'],
   VSPC_BROKER_SOCKET_IN_USE: ['VspcError', 'another process accepts connections on the broker socket path (a second vspc?); it is left alone'],
-  VSPC_BROKER_FULL: ['VspcError', 'a broker connection refused at accept: too many connections have not chosen a console yet'],
+  VSPC_BROKER_FULL: ['VspcError', 'too many broker connections have not chosen a console yet: the oldest of them closed to make room for a new one'],
   VSPC_BROKER_TOO_MANY_REQUESTS: ['VspcError', 'a broker connection sent more LIST-REQUESTs and SELECTs than allowed: told and closed'],
   VSPC_BROKER_SELECT_TIMEOUT: ['VspcError', 'a broker connection chose no console in time: told and closed'],
   VSPC_BROKER_UNREACHABLE: ['VspcError', 'vspc-admin console cannot reach the broker; the message says what to check (no socket there, permission denied, refused)'],
@@ -77,8 +78,9 @@ export const ERROR_CODES = {
   // --- Configuration and command line (ConfigError / VspcError; the process exits non-zero).
   VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
-  VSPC_FD_BUDGET_SPENT: ['VspcError', 'a connection was refused at accept: file descriptors are nearly exhausted (the reserve is kept for the admin API)'],
+  VSPC_FD_BUDGET_SPENT: ['VspcError', 'file descriptors are nearly exhausted: a connection refused at accept, or a console listener, source connection or log file deferred and retried (the reserve is kept for the admin API)'],
   VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
+  VSPC_PATTERN_TOO_EXPENSIVE: ['VspcError', 'a list pattern (broker LIST-REQUEST, admin list/?match=) needed more matching work than one request may spend: refused'],
   // --- Sources vspc maintains itself (SourceError, src/sources/common/errors.ts).
   VSPC_SOURCE_NOT_FOUND: ['SourceError', 'A unix socket path (or a listen path\'s directory entry) does not exist: the VM is not running.'],
   VSPC_SOURCE_CONNECT_FAILED: ['SourceError', 'The peer refused or could not be reached (ECONNREFUSED, EHOSTUNREACH, a name that does not resolve...).'],
@@ -96,6 +98,7 @@ export const ERROR_CODES = {
   VSPC_SOURCE_NOT_A_TTY: ['SourceError', 'A device path that is not a terminal (a regular file, a directory, a FIFO, a socket, /dev/null...).'],
   VSPC_SOURCE_LINE_UNSUPPORTED: ['SourceError', 'Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses.'],
   VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (a type no source module registered).'],
+  VSPC_SOURCE_NO_DESCRIPTORS: ['SourceError', 'File descriptors are exhausted: the attempt waits for the process\'s descriptor budget (docs/security.md).'],
   // --- Access methods other than telnet: raw TCP, unix sockets, ptys (AccessError, src/access/common/errors.ts).
   VSPC_ACCESS_NO_DIRECTORY: ['AccessError', "the directory for a console's unix socket or pty link does not exist or is not a directory (retried)"],
   VSPC_ACCESS_UNSAFE_DIRECTORY: ['AccessError', 'that directory is owned by another user, or group- or world-writable without the sticky bit: vspc puts nothing there'],
@@ -147,6 +150,7 @@ export const ERROR_CODES = {
   VSPC_PORT_BIND_FAILED: ['AdminApiError', '409: set-port could not bind the new port (EADDRINUSE: another program holds it; EACCES, ...); nothing changed'],
   VSPC_PORT_PRIVILEGED: ['AdminApiError', '400: set-port to a port below 1024 without force'],
   VSPC_STATE_INVALID: ['AdminApiError', '400: list filtered by a state that does not exist'],
+  VSPC_PATTERN_TOO_LONG: ['AdminApiError', '400: a list pattern longer than 256 characters'],
   VSPC_REASON_INVALID: ['AdminApiError', '400: kick with an empty reason or one over 200 characters'],
   VSPC_LINES_REQUIRED: ['AdminApiError', '400: the call needs a number of lines'],
   VSPC_LINES_INVALID: ['AdminApiError', '400: lines is not an integer in range'],
@@ -161,6 +165,7 @@ export const ERROR_CODES = {
   VSPC_LOG_FILE_NOT_FOUND: ['AdminApiError', '404: no rotated console log file with that number'],
   VSPC_LOG_QUERY_CONFLICT: ['AdminApiError', '400: log with more than one of follow, all, file'],
   VSPC_LOG_FOLLOW_LIMIT: ['AdminApiError', '503: the most readers that may follow console logs at once already do'],
+  VSPC_ADMIN_BUSY: ['VspcError', 'the admin API held as many connections as its share of the descriptor reserve allows: the oldest idle one was closed for a newcomer (or the newcomer, when all were busy)'],
   // --- vspc-admin, the API's client (VspcError; exit code 1).
   VSPC_ADMIN_UNREACHABLE: ['VspcError', 'the admin API cannot be reached; the message says what to check'],
   VSPC_ADMIN_BAD_RESPONSE: ['VspcError', 'the admin API answered something that is not its JSON'],

@@ -22,6 +22,7 @@ import { UnixSocketListeners } from './access/unix/listeners.js';
 import { PtyEndpoints } from './access/pty/ptys.js';
 import { DiscoveredConsoles, ManagedConsoles, sourceConnectors } from './sources/index.js';
 import { FdBudget } from './runtime/fd-budget.js';
+import type { DescriptorBudget, DescriptorUse } from './domain/descriptors.js';
 import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes, adminUpgrades, type AdminContext } from './admin/routes.js';
@@ -36,11 +37,18 @@ import { resolveConsoleAccess, resolveVmSettings } from './config/vms.js';
 import type { ConsoleAccess } from './config/access.js';
 import { VERSION } from './version.js';
 import { displayKey } from './domain/identity.js';
+import { nameRanks, type NameRanks } from './domain/address.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
 
 
+/** What waits when a console descriptor is deferred, for the log line. */
+const DEFERRED_WHAT: Record<DescriptorUse, string> = {
+  listener: 'a console client port, socket or pty waits to be opened',
+  source: 'a console source connection waits',
+  'log-file': 'a console log file waits to be opened (its output is queued)',
+};
 /**
  * At most this many extra unidentified-connection slots for vMotion destinations: more
  * migrations than that at once are rare (ESXi runs a few per host), and a peer that
@@ -114,6 +122,39 @@ export class VspcServer {
   /** File descriptors as a budget: VM and console connections are refused before the limit. */
   private readonly fds = new FdBudget();
   private lastFdRefusalLog = 0;
+  /** When each kind of console descriptor was last deferred in the log (rate limit). */
+  private readonly lastFdDeferralLog = new Map<DescriptorUse, number>();
+  /**
+   * The budget as the parts that open descriptors for consoles see it (listeners,
+   * sources vspc maintains, console log files): what does not fit is deferred, logged
+   * at most every 10 s per kind with the count, and counted in /metrics.
+   */
+  private readonly consoleDescriptors: DescriptorBudget = {
+    acquire: (use, consoleName) => {
+      const lease = this.fds.acquire();
+      if (lease) return lease;
+      this.metrics.fdDeferred[use] = (this.metrics.fdDeferred[use] ?? 0) + 1;
+      const now = Date.now();
+      if (now - (this.lastFdDeferralLog.get(use) ?? 0) >= 10_000) {
+        this.lastFdDeferralLog.set(use, now);
+        this.logger.warn(`file descriptors nearly exhausted; ${DEFERRED_WHAT[use]} (the admin API keeps a reserve)`, {
+          use,
+          console: consoleName,
+          inUse: this.fds.inUse,
+          limit: this.fds.limit,
+          reserve: this.fds.reserve,
+          deferredSoFar: this.metrics.fdDeferred[use],
+          errorCode: 'VSPC_FD_BUDGET_SPENT',
+        });
+      }
+      return null;
+    },
+    whenAvailable: (retry) => this.fds.onAvailable(retry),
+  };
+  /** Ranks of shared names (nameRanks), built when needed; null after any change. */
+  private ranks: NameRanks<ConsoleHub> | null = null;
+  /** The records stored at start are loaded: names taken from now on are checked. */
+  private loaded = false;
   private readonly proxy: EsxiListener;
   private readonly admin: AdminServer;
   private addressesValue: ServerAddresses | null = null;
@@ -159,6 +200,8 @@ export class VspcServer {
           keep: config.logKeep,
           markIntervalMs: config.logMarkIntervalMs,
           ports: () => this.registry.all(),
+          nameRank: (hub) => this.nameRankOf(hub),
+          descriptors: this.consoleDescriptors,
         })
       : null;
     // Console logs (when configured) and the audit log (always) watch every hub.
@@ -191,6 +234,10 @@ export class VspcServer {
     const logs = this.consoleLogs;
     if (logs) this.registry.on('added', (hub) => (hub.scrollbackPrimer = (max) => logs.recentOutput(hub, max)));
     this.registry.on('renamed', (hub) => this.applyVmSettings(hub));
+    // Names shared by several machines: ranks change with every console added, removed or renamed.
+    this.registry.on('added', (hub) => this.namesChanged(hub));
+    this.registry.on('removed', () => this.namesChanged(null));
+    this.registry.on('renamed', (hub) => this.namesChanged(hub));
     // Getters: values a reload may change (applyConfig) are read from `config` when used.
     this.vmotion = new VmotionCoordinator(
       {
@@ -214,6 +261,7 @@ export class VspcServer {
       tls: tlsOptions,
       bindRetryMs: config.bindRetryMs,
       admit: (socket) => this.admit(socket, 'client'),
+      descriptors: this.consoleDescriptors,
       enabled: (hub) => accessOf(hub).telnet,
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
@@ -262,6 +310,8 @@ export class VspcServer {
       idleTimeoutMs: config.clientIdleTimeoutMs,
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
       bindRetryMs: config.bindRetryMs,
+      // Each endpoint (a raw port, a unix socket, a pty) through the descriptor budget.
+      descriptors: this.consoleDescriptors,
     };
     this.raw = new RawListeners(this.registry, logger, {
       ...streamOptions,
@@ -285,7 +335,7 @@ export class VspcServer {
       pollMs: config.ptyPollMs,
       settingsOf: (hub) => accessOf(hub).pty,
     });
-    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger);
+    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger, { descriptors: this.consoleDescriptors });
     this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.tunnels = new TunnelManager({
       registry: this.registry,
@@ -295,6 +345,8 @@ export class VspcServer {
       bindRetryMs: config.bindRetryMs,
       // A console that starts or stops carrying a tunnel: no console log, no scrollback while it does.
       onBind: (hub) => this.applyVmSettings(hub),
+      // A forward's connections are console connections: the descriptor budget first.
+      admit: (socket) => this.admit(socket, 'client'),
     });
     this.proxy = new EsxiListener(
       {
@@ -370,6 +422,11 @@ export class VspcServer {
         token: () => this.config.adminToken,
         onUnauthorized: () => this.metrics.adminUnauthorized++,
         onRefused: (reason) => this.metrics.adminRefused[reason]++,
+        // Its share of the descriptor reserve; idle connections make room for new ones.
+        maxConnections: this.fds.adminConnections,
+        onConnectionShed: (outcome) => this.metrics.adminShed[outcome]++,
+        // A tunnel stream lasts: it leaves the admin API's share for the budget proper.
+        admitStream: (socket) => this.admit(socket, 'client'),
         hostNames: () => this.config.adminHostNames ?? [],
       },
     );
@@ -404,6 +461,44 @@ export class VspcServer {
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
       ssh: this.ssh?.status() ?? null,
     };
+  }
+
+  /** Where `hub` stands among the machines answering to its name (1: it has had the name longest). */
+  private nameRankOf(hub: ConsoleHub): number {
+    const name = hub.identity.name;
+    if (!name) return 1;
+    this.ranks ??= nameRanks(this.registry.all());
+    return this.ranks.of(name, hub);
+  }
+
+  /**
+   * A console was added, removed or renamed: ranks are computed again when next needed.
+   * A console that took a name another machine already has (after the records loaded at
+   * start) is logged with `security: true` and counted: anyone on the VM port can claim a
+   * name, and the older console keeps it (its by-name log link, its broker spelling).
+   */
+  private namesChanged(hub: ConsoleHub | null): void {
+    this.ranks = null;
+    this.consoleLogs?.namesChanged();
+    if (!hub || !this.loaded || !hub.identity.name) return;
+    const rank = this.nameRankOf(hub);
+    if (rank === 1) return;
+    const name = hub.identity.name.toLowerCase();
+    const holder = this.registry
+      .all()
+      .filter((h) => h.identity.name?.toLowerCase() === name && this.nameRankOf(h) === 1)
+      .at(0);
+    this.metrics.nameConflicts++;
+    this.logger.warn('a console took a name another console already has; the older one keeps it (by-name log link, console broker)', {
+      console: hub.displayName,
+      kind: hub.identity.kind,
+      ...(hub.identity.kind === 'esxi' ? { uuid: displayKey(hub.identity) } : { key: hub.identity.key }),
+      spelledAs: `${hub.identity.name}~${rank}`,
+      heldBy: holder ? (holder.identity.kind === 'esxi' ? displayKey(holder.identity) : holder.identity.key) : null,
+      hint: 'if the older console is gone for good (a VM re-created with a new UUID), forget it: vspc-admin forget',
+      errorCode: 'VSPC_NAME_TAKEN',
+      security: true,
+    });
   }
 
   /** A console's endpoints, every access method (`vspc-admin show`). */
@@ -454,17 +549,26 @@ export class VspcServer {
     this.warnAboutExposure();
     await this.consoleLogs?.init();
     if (c.expireAfterMs > 0 || c.expireUnusedAfterMs > 0) this.expire();
+    // The records first (before any VM connection could register one), their listeners only recorded.
     this.registry.load();
-    this.applyConsoles(true);
-    this.applyTunnels(true);
-    await this.discovered.restart(this.config);
+    this.loaded = true;
+    // vspc's own listeners before any console's: consoles can then never take the
+    // descriptors these need (a discovery directory of hundreds of sockets once stopped
+    // vspc from starting: listen EMFILE).
     const proxy = await this.proxy.listen(c.proxyListen, null);
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
-    // Before the admin API: once it answers, every listener is up.
+    // Before the admin API: once it answers, vspc's own listeners are up.
     const ssh = this.ssh ? await this.ssh.start() : null;
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
     await this.startBroker();
     this.addressesValue = { proxy, proxyTls, admin, ssh };
+    // Then the consoles, each descriptor through the budget.
+    this.listeners.start();
+    this.applyConsoles(true);
+    this.applyTunnels(true);
+    await this.discovered.restart(this.config);
+    // Each console's port listening (or its failure recorded) before vspc says it started.
+    await this.listeners.settled();
     this.armExpiry();
     this.logger.info('vspc started', {
       version: VERSION,

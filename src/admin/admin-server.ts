@@ -64,7 +64,31 @@ export interface AdminServerOptions {
   hostNames?: () => readonly string[];
   /** Called for each request refused by the browser guard, with the rule (metrics). */
   onRefused?: (reason: GuardRefusal) => void;
+  /**
+   * Connections held at once, at most (a share of the descriptor reserve,
+   * src/runtime/fd-budget.ts; default 256). Past it a newcomer closes the oldest
+   * connection that has not sent a request, or is closed itself when every one is busy.
+   */
+  maxConnections?: number;
+  /**
+   * A connection about to become a byte stream (an Upgrade, e.g. a tunnel) asks the
+   * process's descriptor budget for its descriptor: it then no longer counts against
+   * maxConnections (a stream lasts, and would otherwise keep the API's share busy).
+   * False: answered 503 VSPC_FD_BUDGET_SPENT, nothing switched.
+   */
+  admitStream?: (socket: net.Socket) => boolean;
+  /** A connection closed by that cap: `evicted` (an idle one made room) or `refused` (the newcomer). */
+  onConnectionShed?: (outcome: 'evicted' | 'refused') => void;
 }
+
+/** Headers must arrive within this long of connecting (or of the previous request). */
+const HEADERS_TIMEOUT_MS = 5000;
+/** A whole request (headers and body) within this long. */
+const REQUEST_TIMEOUT_MS = 10_000;
+/** How often Node checks those two. */
+const TIMEOUT_CHECK_MS = 1000;
+/** A TLS handshake within this long. */
+const HANDSHAKE_TIMEOUT_MS = 5000;
 
 export { AdminApiError } from '../errors.js';
 
@@ -77,6 +101,12 @@ export class AdminServer {
   private server: http.Server | null = null;
   /** Streamed responses still open. */
   private readonly streams = new Set<http.ServerResponse>();
+  /** Open connections (raw sockets), oldest first. */
+  private readonly connections = new Set<net.Socket>();
+  /** Connections that have sent a request (busy or done): never closed to make room. */
+  private readonly requested = new WeakSet<net.Socket>();
+  private lastShedLog = 0;
+  private shed = 0;
 
   constructor(
     private readonly routes: AdminRoute[],
@@ -87,6 +117,9 @@ export class AdminServer {
   /** Listen on `addr`: HTTP, or HTTPS with `tls`. */
   async listen(addr: HostPort, tls: { cert: Buffer; key: Buffer } | null = null): Promise<net.AddressInfo> {
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      // A TLS socket's raw socket is its _parent (what 'connection' saw).
+      const raw = (req.socket as net.Socket & { _parent?: net.Socket })._parent ?? req.socket;
+      this.requested.add(raw);
       // Whatever one request does wrong costs that request only, never the process.
       this.dispatch(req, res).catch((err: unknown) => {
         this.logger.error('admin API request failed', { ...errorFields(err), stack: (err as Error)?.stack });
@@ -94,16 +127,21 @@ export class AdminServer {
         else res.destroy();
       });
     };
-    const server: http.Server = tls ? https.createServer({ cert: tls.cert, key: tls.key }, handler) : http.createServer(handler);
+    // Idle connections cannot hold the reserve for long: headers within 5 s, checked every second.
+    const timeouts = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: TIMEOUT_CHECK_MS };
+    const server: http.Server = tls
+      ? https.createServer({ cert: tls.cert, key: tls.key, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, ...timeouts }, handler)
+      : http.createServer(timeouts, handler);
+    server.prependListener('connection', (socket: net.Socket) => this.accepted(socket));
     if (tls) {
       server.on('tlsClientError', (err: Error, socket: net.Socket) => {
         this.logger.info('TLS handshake failed on the admin API', { peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
       });
     }
-    // Admin clients are short-lived; do not let idle keep-alive sockets hold shutdown.
+    // Admin clients are short-lived; do not let idle keep-alive sockets hold shutdown (or descriptors).
     server.keepAliveTimeout = 1000;
-    server.headersTimeout = 10_000;
-    server.requestTimeout = 30_000;
+    server.headersTimeout = HEADERS_TIMEOUT_MS;
+    server.requestTimeout = REQUEST_TIMEOUT_MS;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host: addr.host, port: addr.port }, () => {
@@ -117,6 +155,45 @@ export class AdminServer {
     const bound = server.address() as net.AddressInfo;
     this.logger.info('admin API listening', { address: bound.address, port: bound.port, tls: !!tls, token: !!this.options.token?.() });
     return bound;
+  }
+
+  /**
+   * Every accepted connection is counted; past maxConnections the oldest one that has
+   * not sent a request makes room (a connection opened and left idle needs no token:
+   * without this, a few hundred of them would take the descriptor reserve, and the
+   * admin API with it). When all are busy, the newcomer is closed. Logged at most every
+   * 10 s, with the count.
+   */
+  private accepted(socket: net.Socket): void {
+    this.connections.add(socket);
+    socket.once('close', () => this.connections.delete(socket));
+    const max = this.options.maxConnections ?? 256;
+    if (this.connections.size <= max) return;
+    let victim: net.Socket | null = null;
+    for (const c of this.connections) {
+      if (c !== socket && !this.requested.has(c)) {
+        victim = c;
+        break;
+      }
+    }
+    const outcome = victim ? 'evicted' : 'refused';
+    (victim ?? socket).destroy();
+    this.connections.delete(victim ?? socket);
+    this.shed++;
+    this.options.onConnectionShed?.(outcome);
+    const now = Date.now();
+    if (now - this.lastShedLog >= 10_000) {
+      this.lastShedLog = now;
+      this.logger.warn(
+        victim ? 'admin API: too many connections; the oldest idle one closed to make room' : 'admin API: too many connections, all busy; a new one refused',
+        { limit: max, shedSoFar: this.shed, peer: `${socket.remoteAddress}:${socket.remotePort}`, errorCode: 'VSPC_ADMIN_BUSY' },
+      );
+    }
+  }
+
+  /** Connections open now (tests, diagnostics). */
+  get openConnections(): number {
+    return this.connections.size;
   }
 
   async close(): Promise<void> {
@@ -231,6 +308,15 @@ export class AdminServer {
       if (!route || req.method !== 'GET') throw new AdminApiError(404, 'VSPC_ROUTE_NOT_FOUND', `${req.method} ${url.pathname} with Upgrade is not an admin API call`);
       if (protocol !== route.protocol) {
         throw new AdminApiError(426, 'VSPC_TUNNEL_UPGRADE_REQUIRED', `${url.pathname} speaks "Upgrade: ${route.protocol}", not "${protocol.slice(0, 40)}"`);
+      }
+      // From here on a stream, not an admin call: out of the API's connection cap, into the budget.
+      const raw = (socket as net.Socket & { _parent?: net.Socket })._parent ?? socket;
+      this.requested.add(raw);
+      if (this.options.admitStream && this.connections.has(raw)) {
+        if (!this.options.admitStream(raw)) {
+          throw new AdminApiError(503, 'VSPC_FD_BUDGET_SPENT', 'file descriptors nearly exhausted: no stream now; try again later');
+        }
+        this.connections.delete(raw);
       }
       const join = await route.open(url, peer, socket);
       if (socket.destroyed) return;

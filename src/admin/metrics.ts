@@ -31,8 +31,14 @@ export class Metrics {
   /** "side\0kind" → count. */
   private readonly protocolErrors = new Map<string, number>();
   slowClientsDropped = 0;
+  /** Consoles that took a name another machine already had (the older keeps it; docs/security.md). */
+  nameConflicts = 0;
   /** The process's descriptor budget (src/runtime/fd-budget.ts), when there is one. */
   fdBudget: { readonly limit: number; readonly inUse: number; readonly refused: number } | null = null;
+  /** Console descriptors deferred by the budget, by use (listener, source, log-file). */
+  readonly fdDeferred: Record<string, number> = { listener: 0, source: 0, 'log-file': 0 };
+  /** Admin API connections closed by its connection cap: an idle one evicted, or the newcomer refused. */
+  readonly adminShed = { evicted: 0, refused: 0 };
   adminUnauthorized = 0;
   /** Admin API requests refused by the browser guard (src/admin/request-guard.ts), by rule. */
   readonly adminRefused: Record<GuardRefusal, number> = { host: 0, origin: 0, 'content-type': 0, preflight: 0 };
@@ -280,6 +286,12 @@ export function renderMetrics(i: MetricsInput): string {
       i.metrics.protocolErrorCounts().map(({ side, kind, count }) => [{ side, kind }, count] as Sample),
     ),
     family('vspc_clients_dropped_slow_total', 'counter', 'Console clients disconnected because they did not read their output.', i.metrics.slowClientsDropped),
+    family(
+      'vspc_console_name_conflicts_total',
+      'counter',
+      'Consoles that took a name another console already had: the older keeps the name, the newer is NAME~N (by-name log link, console broker).',
+      i.metrics.nameConflicts,
+    ),
     ...(i.metrics.fdBudget && Number.isFinite(i.metrics.fdBudget.limit)
       ? [
           family('vspc_fd_limit', 'gauge', 'The soft limit on open file descriptors (RLIMIT_NOFILE).', i.metrics.fdBudget.limit),
@@ -290,8 +302,18 @@ export function renderMetrics(i: MetricsInput): string {
             'Connections refused at accept because the descriptor budget was spent (the reserve is kept for the admin API).',
             i.metrics.fdBudget.refused,
           ),
+          family(
+            'vspc_fd_budget_deferred_total',
+            'counter',
+            'Descriptors vspc wanted to open for a console but deferred because the budget was spent, by use (listener, source, log-file); each is retried.',
+            Object.entries(i.metrics.fdDeferred).map(([use, n]) => [{ use }, n] as Sample),
+          ),
         ]
       : []),
+    family('vspc_admin_connections_shed_total', 'counter', 'Admin API connections closed by its connection cap: an idle one evicted for a newcomer, or the newcomer refused when all were busy.', [
+      [{ outcome: 'evicted' }, i.metrics.adminShed.evicted],
+      [{ outcome: 'refused' }, i.metrics.adminShed.refused],
+    ]),
     family('vspc_config_reloads_total', 'counter', 'Configuration reloads (SIGHUP, vspc-admin reload), by result.', [
       [{ result: 'ok' }, i.metrics.reloads.ok],
       [{ result: 'failed' }, i.metrics.reloads.failed],

@@ -10,7 +10,7 @@ import type { ResolvedVmSettings } from '../config/vms.js';
 import { ConfigError, VspcError, type VspcErrorCode } from '../errors.js';
 import { formatUuid } from '../util/uuid.js';
 import { sanitizeText } from '../util/text.js';
-import { Glob, hasWildcards } from '../util/glob.js';
+import { Glob, GlobBudget, hasWildcards } from '../util/glob.js';
 import { AdminApiError, RawBody, StreamBody, type AdminRoute, type AdminUpgradeRoute } from './admin-server.js';
 import { MAX_FOLLOWERS, type FollowSink, type LogFollow } from '../logging/console-log.js';
 import { METRICS_CONTENT_TYPE, Metrics, renderMetrics, type SshMetricsSnapshot } from './metrics.js';
@@ -56,6 +56,8 @@ export interface AdminContext {
   reload?(): ReloadReport | Promise<ReloadReport>;
   /** vspc's own listener ports, which `set-port` must not hand to a VM. */
   ownPorts?(): number[];
+  /** Matching work (glob steps) one `list PATTERN` may spend (default DEFAULT_GLOB_BUDGET, src/util/glob.ts). */
+  patternSteps?: number;
   /**
    * `set-port`: bind the console's new client port(s), then `commit` (the registry's
    * move); rejects with VSPC_PORT_BIND_FAILED, changing nothing, when a port cannot be
@@ -91,13 +93,34 @@ export const MAX_LOG_FILE = 100_000;
 /** Readers following console logs at once (`follow=1`). */
 export const MAX_LOG_FOLLOWERS = MAX_FOLLOWERS;
 
+/** The longest list pattern taken (characters), as the broker's LIST-REQUEST (256 bytes). */
+export const MAX_LIST_PATTERN = 256;
+
 /**
  * The list filter: with `*`/`?` wildcards the whole text matches the glob
  * (src/util/glob.ts, any case, as the config file's `vms: - match:`); without, a
- * substring in any case.
+ * substring in any case. At most MAX_LIST_PATTERN characters.
  */
 function namePattern(pattern: string): Glob {
+  if (Array.from(pattern).length > MAX_LIST_PATTERN) {
+    throw new AdminApiError(400, 'VSPC_PATTERN_TOO_LONG', `the list pattern has more than ${MAX_LIST_PATTERN} characters`);
+  }
   return new Glob(hasWildcards(pattern) ? pattern : `*${pattern}*`, { ignoreCase: true });
+}
+
+/**
+ * `glob` against each console's display name, UUID and key, spending from one budget
+ * for the whole request: a pattern that needs more is refused (400
+ * VSPC_PATTERN_TOO_EXPENSIVE), so that no pattern holds the event loop for long.
+ */
+function filterByPattern(hubs: ConsoleHub[], glob: Glob, steps?: number): ConsoleHub[] {
+  const budget = new GlobBudget(steps);
+  try {
+    return hubs.filter((h) => glob.test(h.displayName, budget) || glob.test(formatUuid(h.identity.key), budget) || glob.test(h.identity.key, budget));
+  } catch (err) {
+    if (err instanceof VspcError && err.code === 'VSPC_PATTERN_TOO_EXPENSIVE') throw new AdminApiError(400, err.code, err.message);
+    throw err;
+  }
 }
 
 /** The admin API's `settings` (docs/admin-api.md): the config file's spelling, `port` for the fixed TCP port. */
@@ -265,7 +288,8 @@ export function adminRoutes(ctx: AdminContext): AdminRoute[] {
         const match = url.searchParams.get('match');
         const glob = match ? namePattern(match) : null;
         const states = stateParam(url);
-        const hubs = ctx.registry.all().filter((h) => !glob || glob.test(h.displayName) || glob.test(formatUuid(h.identity.key)) || glob.test(h.identity.key));
+        const all = ctx.registry.all();
+        const hubs = glob ? filterByPattern(all, glob, ctx.patternSteps) : all;
         const address = consoleAddresses(ctx.registry);
         const views = hubs.map((h) => view(h, address));
         if (ctx.clusterRecords) {

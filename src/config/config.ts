@@ -186,6 +186,7 @@ export interface BrokerLimits {
   maxRequests: number;
   pageBytes: number;
   maxSubnegotiation: number;
+  patternSteps: number;
 }
 
 export type { BrokerSocketSetting } from './broker.js';

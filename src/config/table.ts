@@ -32,6 +32,7 @@ import { ConfigError } from '../errors.js';
 import type { Fail } from './file.js';
 import { checkVms } from './vms.js';
 import { checkConsoles, checkDiscoverGlobs } from './consoles.js';
+import { DEFAULT_GLOB_BUDGET } from '../util/glob.js';
 import { checkTunnels } from './tunnels.js';
 import { parseBrokerSocket, parseGroup, parseSocketMode } from './broker.js';
 import { checkAccess } from './access.js';
@@ -769,8 +770,9 @@ export const FIXED_SETTINGS: { readonly [K in Exclude<Field, OptionField>]: Vspc
     maxQueuedBytes: null,
   },
   // A person picks from the menu before connecting (vspc-admin console lists, closes,
-  // then connects to SELECT), so a connection chooses within a round trip or two.
-  brokerLimits: { selectTimeoutMs: 10_000, maxPending: 256, maxRequests: 32, pageBytes: 32 * 1024, maxSubnegotiation: 4096 },
+  // then connects to SELECT), so a connection chooses within a round trip or two: 5 s
+  // is generous. A full pool closes its oldest connection for a newcomer (broker.ts).
+  brokerLimits: { selectTimeoutMs: 5_000, maxPending: 256, maxRequests: 32, pageBytes: 32 * 1024, maxSubnegotiation: 4096, patternSteps: DEFAULT_GLOB_BUDGET },
 };
 
 /** The name errors use for an option: its long flag, or its key when it has no flag. */

@@ -11,7 +11,16 @@
  *   a console of another kind than `esxi` also answers to its key as a name;
  * - with `byPort`, a number names the console on that client port first (the admin
  *   API's habit). Front doors that must not reveal ports (the broker) leave it out:
- *   a number is then just a name.
+ *   a number is then just a name;
+ * - `NAME~N` (and `NAME~N:LABEL`, `NAME~N:`) names the N-th machine that answers to
+ *   NAME, counted from the one that has had the name longest (`nameRanks`): `web01~2`
+ *   is the second VM calling itself web01. Only when there is no N-th machine named
+ *   NAME does it name a console literally called `NAME~N` (so a name cannot shadow a
+ *   rank spelling; that console is `NAME~N~1`);
+ * - with `ranked` (the broker, which shows no UUIDs), a plain `NAME` names the first of
+ *   those machines only, so that a newcomer taking a name cannot take the place of the
+ *   console people reach by it; without it (the admin API) `NAME` names them all and
+ *   is ambiguous, the error listing each.
  *
  * A reference that matches several consoles is ambiguous; `uniqueAddresses` gives each
  * console the shortest spelling that names it alone, for the candidates of an error and
@@ -26,17 +35,29 @@ import type { ConsoleIdentity } from './identity.js';
 import { displayKey } from './identity.js';
 import { normalizeUuid } from '../util/uuid.js';
 
-/** Anything with an identity (a ConsoleHub). */
+/**
+ * Anything with an identity (a ConsoleHub). `nameOrder` says how long the console has
+ * had its name (lower: longer); without it, the record id (older records are lower).
+ */
 export interface Addressable {
   readonly identity: ConsoleIdentity;
+  readonly nameOrder?: number;
 }
 
 export interface LookupOptions<T> {
   /** The console on a client port, when numbers may name ports; absent: numbers are names. */
   byPort?: (port: number) => T | undefined;
+  /**
+   * A plain `NAME` (and `NAME:LABEL`) names only the machine that has had the name
+   * longest, when machines share it (the broker: it shows no UUIDs, so the newer ones
+   * are `NAME~2`, … — see `nameRanks`). Without it, `NAME` names them all (ambiguous).
+   */
+  ranked?: boolean;
 }
 
 const PORT_LIKE = /^\d{1,5}$/;
+/** `BASE~N`: the N-th machine with the name BASE (N from 1, no leading zero). */
+const RANKED = /^(.*)~([1-9]\d{0,5})$/s;
 
 /** The names a console answers to, lower case: its name, and the key of a console that is not an ESXi VM. */
 function aliases(identity: ConsoleIdentity): string[] {
@@ -47,6 +68,66 @@ function aliases(identity: ConsoleIdentity): string[] {
     if (!out.includes(key)) out.push(key);
   }
   return out;
+}
+
+/** One machine: the consoles of one (kind, key) — the serial ports of one VM. */
+function machineOf(identity: ConsoleIdentity): string {
+  return `${identity.kind}\0${identity.key}`;
+}
+
+/** Where machines stand among those sharing a name: see `nameRanks`. */
+export interface NameRanks<T> {
+  /** The rank of `item`'s machine among the machines answering to `alias` (1 when it is alone, or not among them). */
+  of(alias: string, item: T): number;
+  /** How many machines answer to `alias`. */
+  machines(alias: string): number;
+}
+
+/**
+ * Where each machine stands among the machines that answer to one name (any case):
+ * 1 for the one that has had it longest (lowest `nameOrder`, else record id), 2 for
+ * the next, … A name held by one machine only is rank 1. Built once for all consoles
+ * (linear, plus a sort of each shared name's few machines).
+ *
+ * Why age decides: a name is a claim anyone on the VM port can make (docs/security.md).
+ * A console that takes a name another console already has must not take its place —
+ * not its by-name log link, not its broker spelling — so the console people have been
+ * reaching by that name keeps it, and the newcomer is `NAME~2`.
+ */
+export function nameRanks<T extends Addressable>(all: readonly T[]): NameRanks<T> {
+  const orders = new Map<string, Map<string, number>>();
+  for (const item of all) {
+    const order = item.nameOrder ?? item.identity.id;
+    const machine = machineOf(item.identity);
+    for (const alias of aliases(item.identity)) {
+      let machines = orders.get(alias);
+      if (!machines) orders.set(alias, (machines = new Map()));
+      const before = machines.get(machine);
+      if (before === undefined || order < before) machines.set(machine, order);
+    }
+  }
+  const ranks = new Map<string, Map<string, number>>();
+  for (const [alias, machines] of orders) {
+    if (machines.size < 2) continue;
+    const sorted = [...machines].sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    ranks.set(alias, new Map(sorted.map(([m], i) => [m, i + 1])));
+  }
+  return {
+    of: (alias, item) => ranks.get(alias.toLowerCase())?.get(machineOf(item.identity)) ?? 1,
+    machines: (alias) => orders.get(alias.toLowerCase())?.size ?? 0,
+  };
+}
+
+/**
+ * `NAME~N` read as a rank: the name and N, when N machines at least answer to NAME
+ * (then a console literally named `NAME~N` is not what it means); else null. NAME has
+ * no ':' (what follows the first ':' is a label).
+ */
+function rankReading<T>(base: string, ranks: NameRanks<T>): { alias: string; rank: number } | null {
+  const m = RANKED.exec(base);
+  if (!m || m[1].includes(':')) return null;
+  const rank = Number(m[2]);
+  return ranks.machines(m[1]) >= rank ? { alias: m[1], rank } : null;
 }
 
 /** Every console of `all` that `ref` names under the rule above (several: ambiguous; none: not found). */
@@ -60,13 +141,24 @@ export function lookupConsoles<T extends Addressable>(all: readonly T[], ref: st
   const colon = ref.indexOf(':');
   // UUIDs have no colon: `UUID` or `UUID:LABEL`.
   const uuid = normalizeUuid(colon < 0 ? ref : ref.slice(0, colon));
-  const uuidLabel = colon < 0 ? null : lower.slice(colon + 1);
-  return all.filter(({ identity }) => {
+  const refLabel = colon < 0 ? null : lower.slice(colon + 1);
+  const base = colon < 0 ? lower : lower.slice(0, colon);
+  const ranks = options.ranked || RANKED.test(base) ? nameRanks(all) : null;
+  // `NAME~N[:LABEL]`, when there is an N-th machine named NAME: that machine's consoles only.
+  const reading = ranks ? rankReading(base, ranks) : null;
+  if (reading) {
+    return all.filter((item) => {
+      const label = item.identity.label.toLowerCase();
+      return aliases(item.identity).includes(reading.alias) && ranks!.of(reading.alias, item) === reading.rank && (refLabel === null || refLabel === label);
+    });
+  }
+  return all.filter((item) => {
+    const { identity } = item;
     const label = identity.label.toLowerCase();
     for (const alias of aliases(identity)) {
-      if (lower === alias || lower === `${alias}:${label}`) return true;
+      if ((lower === alias || lower === `${alias}:${label}`) && (!options.ranked || ranks!.of(alias, item) === 1)) return true;
     }
-    return uuid !== undefined && identity.key === uuid && (uuidLabel === null || uuidLabel === label);
+    return uuid !== undefined && identity.key === uuid && (refLabel === null || refLabel === label);
   });
 }
 
@@ -81,22 +173,39 @@ export interface AddressOptions {
   port?: (identity: ConsoleIdentity) => string;
   /** True when a spelling of digits would be read as a port (so it cannot be a console's address). */
   isPort?: (digits: number) => boolean;
+  /**
+   * Spell as `lookupConsoles` with `ranked` reads: a plain NAME for the machine that has
+   * had the name longest, `NAME~N` (with `:LABEL` where needed) for the others.
+   */
+  ranked?: boolean;
 }
 
 /**
  * For each console of `all`, the shortest spelling that names it alone under the rule:
  * `NAME`, else `NAME:LABEL` / `NAME:`, else (with `uuids`) the UUID or the key with its
- * label, else `port`, else null. Built once for all consoles (linear in their number).
+ * label, else (with `ranked`) `NAME~N` / `NAME~N:LABEL`, else `port`, else null. Built
+ * once for all consoles (linear in their number).
  */
 export function uniqueAddresses<T extends Addressable>(all: readonly T[], options: AddressOptions): (item: T) => string | null {
+  const ranks = nameRanks(all);
   const count = new Map<string, number>();
   const bump = (k: string) => count.set(k, (count.get(k) ?? 0) + 1);
-  for (const { identity } of all) {
+  // What lookupConsoles matches, as keys: the plain name and NAME:LABEL (ranked: the
+  // first machine's only; never a literal `NAME~N` that reads as a rank), NAME~N.
+  for (const item of all) {
+    const { identity } = item;
     const label = identity.label.toLowerCase();
     const seen = new Set<string>();
     for (const a of aliases(identity)) {
-      seen.add(a);
-      seen.add(`${a}:${label}`);
+      const r = ranks.of(a, item);
+      if ((!options.ranked || r === 1) && rankReading(a, ranks) === null) {
+        seen.add(a);
+        seen.add(`${a}:${label}`);
+      }
+      if (!a.includes(':')) {
+        seen.add(`${a}~${r}`);
+        seen.add(`${a}~${r}:${label}`);
+      }
     }
     for (const k of seen) bump(`n\0${k}`);
     if (identity.kind === 'esxi') {
@@ -105,17 +214,25 @@ export function uniqueAddresses<T extends Addressable>(all: readonly T[], option
     }
   }
   const usable = (s: string) => !(options.isPort && PORT_LIKE.test(s) && options.isPort(Number(s)));
-  return ({ identity }) => {
-    const { name, label, key, kind } = identity;
+  return (item) => {
+    const { name, label, key, kind } = item.identity;
     const l = label.toLowerCase();
     const spellings: Array<[string, string]> = [];
     const base = name ?? (kind !== 'esxi' ? key : null);
-    if (base !== null) spellings.push([`n\0${base.toLowerCase()}`, base], [`n\0${base.toLowerCase()}:${l}`, `${base}:${label}`]);
-    if (options.uuids && kind === 'esxi') spellings.push([`u\0${key}`, displayKey(identity)], [`u\0${key}:${l}`, `${displayKey(identity)}:${label}`]);
-    if (options.uuids && kind !== 'esxi' && base !== null && key.toLowerCase() !== base.toLowerCase()) {
-      spellings.push([`n\0${key.toLowerCase()}`, key], [`n\0${key.toLowerCase()}:${l}`, `${key}:${label}`]);
+    const lb = base === null ? null : base.toLowerCase();
+    const r = lb === null ? 1 : ranks.of(lb, item);
+    // Ranked, the plain name belongs to the first machine only; a literal NAME~N that reads as a rank is not this console's.
+    if (base !== null && lb !== null && (!options.ranked || r === 1) && rankReading(lb, ranks) === null) spellings.push([`n\0${lb}`, base], [`n\0${lb}:${l}`, `${base}:${label}`]);
+    if (options.uuids && kind === 'esxi') spellings.push([`u\0${key}`, displayKey(item.identity)], [`u\0${key}:${l}`, `${displayKey(item.identity)}:${label}`]);
+    const kl = key.toLowerCase();
+    // A key that is not the name (a Proxmox VMID, a discovered socket), under the same rule as a name.
+    if (options.uuids && kind !== 'esxi' && lb !== null && kl !== lb && (!options.ranked || ranks.of(kl, item) === 1) && rankReading(kl, ranks) === null) {
+      spellings.push([`n\0${kl}`, key], [`n\0${kl}:${l}`, `${key}:${label}`]);
+    }
+    if (options.ranked && base !== null && lb !== null && !lb.includes(':')) {
+      spellings.push([`n\0${lb}~${r}`, `${base}~${r}`], [`n\0${lb}~${r}:${l}`, `${base}~${r}:${label}`]);
     }
     for (const [k, spelling] of spellings) if (count.get(k) === 1 && usable(spelling)) return spelling;
-    return options.port ? options.port(identity) : null;
+    return options.port ? options.port(item.identity) : null;
   };
 }

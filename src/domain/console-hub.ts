@@ -257,6 +257,12 @@ export class ConsoleHub {
   connectedSince: number | null = null;
   bytesFromVm = 0;
   bytesToVm = 0;
+  /**
+   * How long the console has had its name, as an order (lower: longer): the record id
+   * for consoles loaded at start, later numbers for a name given or changed since. Set
+   * by the registry; among machines sharing a name the lowest keeps it (address.ts).
+   */
+  nameOrder: number;
   /** Set by the listener manager when the client port cannot be bound. */
   listenError: string | null = null;
   tlsListenError: string | null = null;
@@ -302,6 +308,7 @@ export class ConsoleHub {
     private readonly observer: ConsoleObserver | null = null,
   ) {
     this.scrollback = new Scrollback(scrollbackBytes);
+    this.nameOrder = identity.id;
   }
 
   /** Whether the scrollback holds what it can (no primer, or priming done). */

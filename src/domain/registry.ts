@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ConsoleHub, type ConsoleEvent, type ConsoleObserver } from './console-hub.js';
 import type { ConsoleKind } from './identity.js';
-import { sanitizeText } from '../util/text.js';
+import { MAX_NAME_LENGTH, sanitizeText, truncateText } from '../util/text.js';
 import type { ConsoleOwnership, ConsoleRecord, ConsoleRepository, ExpiredRecord } from './repository.js';
 import { StorageError } from '../errors.js';
 
@@ -21,6 +21,14 @@ export interface RegistryEvents {
   expired: [record: ExpiredRecord, hub: ConsoleHub | null];
 }
 
+/** `nameOrder`s of names given while running start here, above every record id. */
+const NAME_ORDER_BASE = 2 ** 40;
+
+/** A name as kept: safe to print (util/text.ts) and at most MAX_NAME_LENGTH code points. */
+function boundName(name: string): string {
+  return truncateText(sanitizeText(name), MAX_NAME_LENGTH);
+}
+
 function keyOf(kind: ConsoleKind, key: string, label: string): string {
   return `${kind}\0${key}\0${label}`;
 }
@@ -33,6 +41,8 @@ function keyOf(kind: ConsoleKind, key: string, label: string): string {
 export class Registry extends EventEmitter<RegistryEvents> {
   private readonly byKey = new Map<string, ConsoleHub>();
   private readonly byPort = new Map<number, ConsoleHub>();
+  /** Names given or changed since start (nameOrder). */
+  private namesGiven = 0;
   /** Hubs whose use (a byte, a client) is recorded in the store since this process started. */
   private readonly usedHubs = new WeakSet<ConsoleHub>();
   /** Consoles created by this process whose port was never bound (see relocateFresh). */
@@ -81,7 +91,15 @@ export class Registry extends EventEmitter<RegistryEvents> {
    */
   load(): void {
     if (this.ownership) return;
-    for (const r of this.store.list()) this.adopt(r);
+    for (const r of this.store.list()) this.adopt(r, false);
+  }
+
+  /**
+   * The next `nameOrder`: after every record id (ids are far below 2^40), so that a
+   * name given or changed while running ranks after the names loaded at start.
+   */
+  private nextNameOrder(): number {
+    return NAME_ORDER_BASE + ++this.namesGiven;
   }
 
   /** Cluster: drops every hub (records stay): this node no longer owns anything. Returns how many. */
@@ -100,8 +118,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
     const { record, created } = this.store.register(kind, key, label, name, now);
     if (existing) {
       const old = existing.identity.name;
-      if (record.name !== null) existing.identity.name = record.name;
-      if (existing.identity.name !== old) this.emit('renamed', existing, old);
+      if (record.name !== null) existing.identity.name = boundName(record.name);
+      if (existing.identity.name !== old) {
+        existing.nameOrder = this.nextNameOrder();
+        this.emit('renamed', existing, old);
+      }
       return { hub: existing, created: false };
     }
     if (this.ownership) {
@@ -116,7 +137,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
         );
       }
     }
-    const hub = this.adopt(record);
+    const hub = this.adopt(record, true);
     if (created) this.fresh.add(hub);
     return { hub, created };
   }
@@ -150,7 +171,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
     if (hub.identity.name === name) return;
     this.store.rename(hub.identity.id, name);
     const old = hub.identity.name;
-    hub.identity.name = name;
+    hub.identity.name = boundName(name);
+    hub.nameOrder = this.nextNameOrder();
     this.emit('renamed', hub, old);
   }
 
@@ -242,15 +264,17 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.store.getById(hub.identity.id)?.lastSeen;
   }
 
-  private adopt(r: ConsoleRecord): ConsoleHub {
+  /** `fresh`: registered now (not loaded at start): its name is the newest. */
+  private adopt(r: ConsoleRecord, fresh: boolean): ConsoleHub {
     const o = this.hubOptions;
     const hub = new ConsoleHub(
-      // Names stored by an older vspc may hold characters that are now refused at entry.
-      { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name === null ? null : sanitizeText(r.name), tcpPort: r.tcpPort },
+      // Names stored by an older vspc may hold characters that are now refused at entry, or be longer than now kept.
+      { id: r.id, kind: r.kind, key: r.key, label: r.label, name: r.name === null ? null : boundName(r.name), tcpPort: r.tcpPort },
       o.maxHeldInput,
       o.scrollbackBytes,
       this.observer,
     );
+    if (fresh) hub.nameOrder = this.nextNameOrder();
     this.byKey.set(keyOf(r.kind, r.key, r.label), hub);
     this.byPort.set(r.tcpPort, hub);
     this.emit('added', hub);

@@ -4,15 +4,31 @@
  *
  * When a process reaches RLIMIT_NOFILE, libuv's accept loop closes pending connections
  * itself (its "EMFILE trick") and reports nothing to Node: the peers are dropped with no
- * log line and no metric, and the admin API cannot accept either. So vspc refuses new
- * VM and console connections itself a little before the limit — a clear log line, a
- * counter — and keeps the last `reserve` descriptors for the admin API, console log
- * files and the database.
+ * log line and no metric, and the admin API cannot accept either; a listen() or an
+ * open() fails with EMFILE wherever it happens to be. So everything vspc opens for a
+ * console goes through this budget, which says no a little before the limit:
  *
- * Counting: the descriptors open at start (read from /proc/self/fd once), plus every
- * socket admitted through `admit()` until it closes; re-read from /proc every
- * `resyncMs` (reading /proc/self/fd costs about 2 ms per thousand descriptors, too much
- * per accept). Linux only; elsewhere, or when the limit is unlimited, nothing is refused.
+ * - `admit(socket)`: an accepted VM, console-client or broker connection;
+ * - `acquire()`: a descriptor vspc is about to open for a console — its client-port
+ *   listener(s), the outgoing connection or listener of a source vspc maintains, its
+ *   console log file — held until `release()`.
+ *
+ * What does not fit is refused (a connection) or deferred (the rest: the caller shows
+ * "file descriptors exhausted" and tries again, see `onAvailable`). The last `reserve`
+ * descriptors are never handed out: they are the admin API's (its connections are
+ * capped from it, src/admin/admin-server.ts), the database's, vspc's own listeners',
+ * and those of short reads (console log tails, discovery scans).
+ *
+ * Counting: `held`, every socket admitted and every lease acquired until it is closed
+ * or released (exact), plus `untracked`, the descriptors the budget did not hand out
+ * (the database, stdio, vspc's own listeners, admin connections, short reads). The
+ * latter is read from /proc/self/fd at start and re-read every `resyncMs`, and near
+ * the ceiling at most every 100 ms (reading /proc/self/fd costs about 2 ms per
+ * thousand descriptors, too much per accept), as the count minus `held` — but never
+ * below the count at start: a lease is acquired before its descriptor is opened (a
+ * listen() completes on a later turn), so in a burst the count can lag behind `held`,
+ * and subtracting it then would hand the same descriptors out twice. Linux only;
+ * elsewhere, or when the limit is unlimited, nothing is refused.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
@@ -20,7 +36,7 @@ import type { Socket } from 'node:net';
 export interface FdBudgetOptions {
   /** The soft RLIMIT_NOFILE; default: read from /proc/self/limits (Infinity when unknown). */
   limit?: number;
-  /** Descriptors kept for the admin API, log files and the database; default max(64, 2% of the limit). */
+  /** Descriptors kept for the admin API, the database, vspc's own listeners and short reads; default max(64, 2% of the limit). */
   reserve?: number;
   /** How often the count is re-read from /proc, in ms (default 10 s). */
   resyncMs?: number;
@@ -50,16 +66,37 @@ function countProcFds(): number {
   }
 }
 
+/** A descriptor (or a few) held from the budget; `release()` is idempotent. */
+export interface FdLease {
+  release(): void;
+}
+
+/** A lease that holds nothing (no limit to keep). */
+const FREE: FdLease = { release: () => undefined };
+
+/** How often waiters (onAvailable) are checked again while they wait, in ms. */
+const WAITER_CHECK_MS = 1000;
+
 export class FdBudget {
   readonly limit: number;
   readonly reserve: number;
   /** Connections refused because the budget was spent (metrics). */
   refused = 0;
-  private open: number;
+  /** Descriptors vspc wanted to open for a console but deferred (acquire() said no; metrics). */
+  deferred = 0;
+  /** Descriptors handed out (admitted sockets, leases) and not yet given back. */
+  private held = 0;
+  /** Descriptors open that the budget did not hand out, as of the last count. */
+  private untracked: number;
+  /** The count at start: `untracked` is never taken below it. */
+  private readonly floor: number;
   private lastSync: number;
   private readonly resyncMs: number;
   private readonly countOpen: () => number;
   private readonly now: () => number;
+  private readonly waiters = new Set<() => void>();
+  private notifyScheduled = false;
+  private waiterTimer: NodeJS.Timeout | null = null;
 
   constructor(o: FdBudgetOptions = {}) {
     this.limit = o.limit ?? softFileLimit();
@@ -67,18 +104,36 @@ export class FdBudget {
     this.resyncMs = o.resyncMs ?? 10_000;
     this.countOpen = o.countOpen ?? countProcFds;
     this.now = o.now ?? Date.now;
-    this.open = this.countOpen();
+    this.floor = this.countOpen();
+    this.untracked = this.floor;
     this.lastSync = this.now();
   }
 
   /** Descriptors in use, as far as the budget knows. */
   get inUse(): number {
-    return this.open;
+    return this.untracked + this.held;
   }
 
-  /** The most that `admit` lets in: the limit minus the reserve. */
+  /** The most that `admit` and `acquire` hand out: the limit minus the reserve. */
   get ceiling(): number {
     return this.limit - this.reserve;
+  }
+
+  /**
+   * The admin API's share of the reserve: connections it may hold at once (half the
+   * reserve, 16 to 1024), the rest left for the database, vspc's own listeners and short
+   * reads. With no limit, 1024.
+   */
+  get adminConnections(): number {
+    if (!Number.isFinite(this.limit)) return 1024;
+    return Math.min(1024, Math.max(16, Math.floor(this.reserve / 2)));
+  }
+
+  /** Whether `n` more descriptors fit under the ceiling now. */
+  canOpen(n = 1): boolean {
+    if (!Number.isFinite(this.limit)) return true;
+    this.sync(n);
+    return this.inUse + n <= this.ceiling;
   }
 
   /**
@@ -88,22 +143,105 @@ export class FdBudget {
    */
   admit(socket: Socket): boolean {
     if (!Number.isFinite(this.limit)) return true;
-    const t = this.now();
-    // Near the ceiling the estimate must be right: re-read it then too, but at most
-    // every 100 ms, so that a flood against a full budget cannot buy a /proc scan per accept.
-    const near = this.open + 1 >= this.ceiling && t - this.lastSync >= 100;
-    if (t - this.lastSync >= this.resyncMs || near) {
-      this.open = this.countOpen();
-      this.lastSync = t;
-    }
-    if (this.open + 1 > this.ceiling) {
+    if (!this.canOpen(1)) {
       this.refused++;
       return false;
     }
-    this.open++;
-    socket.once('close', () => {
-      this.open--;
-    });
+    this.held++;
+    socket.once('close', () => this.freed(1));
     return true;
+  }
+
+  /**
+   * `n` descriptors vspc is about to open (a listener, an outgoing connection, a log
+   * file), counted until `release()`; null when they do not fit: the caller defers the
+   * open and tries again later (`onAvailable`).
+   */
+  acquire(n = 1): FdLease | null {
+    if (!Number.isFinite(this.limit)) return FREE;
+    if (!this.canOpen(n)) {
+      this.deferred++;
+      return null;
+    }
+    this.held += n;
+    let held = true;
+    return {
+      release: () => {
+        if (!held) return;
+        held = false;
+        this.freed(n);
+      },
+    };
+  }
+
+  /**
+   * Calls `retry` once, when descriptors may be available again: after a release or a
+   * close the budget saw, or when a re-count (every second while anyone waits) finds
+   * room. Returns a function that cancels the wait.
+   */
+  onAvailable(retry: () => void): () => void {
+    const once = () => {
+      this.waiters.delete(once);
+      retry();
+    };
+    this.waiters.add(once);
+    this.armWaiterTimer();
+    return () => {
+      this.waiters.delete(once);
+    };
+  }
+
+  /** Waiters right now (tests, diagnostics). */
+  get waiting(): number {
+    return this.waiters.size;
+  }
+
+  private sync(n: number): void {
+    const t = this.now();
+    // Near the ceiling the estimate must be right: re-read it then too, but at most
+    // every 100 ms, so that a flood against a full budget cannot buy a /proc scan per accept.
+    const near = this.inUse + n >= this.ceiling && t - this.lastSync >= 100;
+    if (t - this.lastSync >= this.resyncMs || near) {
+      this.untracked = Math.max(this.floor, this.countOpen() - this.held);
+      this.lastSync = t;
+    }
+  }
+
+  private freed(n: number): void {
+    this.held -= n;
+    if (this.waiters.size > 0) this.scheduleNotify();
+  }
+
+  /**
+   * Waiters are told once per turn of the event loop, after the closes of that turn,
+   * oldest first and only while there is room: each one acquires at once when told, so
+   * a freed descriptor wakes about one waiter, not all of them (hundreds of deferred
+   * consoles would otherwise each retry, and fail, on every release).
+   */
+  private scheduleNotify(): void {
+    if (this.notifyScheduled) return;
+    this.notifyScheduled = true;
+    setImmediate(() => {
+      this.notifyScheduled = false;
+      for (const w of [...this.waiters]) {
+        if (!this.canOpen(1)) return;
+        if (this.waiters.has(w)) w();
+      }
+    });
+  }
+
+  private armWaiterTimer(): void {
+    if (this.waiterTimer || !Number.isFinite(this.limit)) return;
+    this.waiterTimer = setInterval(() => {
+      if (this.waiters.size === 0) {
+        clearInterval(this.waiterTimer!);
+        this.waiterTimer = null;
+        return;
+      }
+      // Descriptors closed elsewhere (admin connections, short reads) are only seen by a re-count.
+      this.lastSync = 0;
+      this.scheduleNotify();
+    }, WAITER_CHECK_MS);
+    this.waiterTimer.unref();
   }
 }

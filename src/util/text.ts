@@ -16,6 +16,30 @@
  * discovery, stored records); everything downstream can print it.
  */
 
+/**
+ * The longest name vspc keeps, in code points: a VM's VM-NAME, a discovered console's
+ * name. VMware allows 80 characters; a longer name is a hostile one (each costs every
+ * list, table and pattern that shows or matches it).
+ */
+export const MAX_NAME_LENGTH = 256;
+
+/** The marker a cut name ends with. */
+export const TRUNCATION_MARKER = '…';
+
+/**
+ * `text` with at most `max` code points: when longer, the first `max - 1` and `…`
+ * (never splitting a surrogate pair). Linear time.
+ */
+export function truncateText(text: string, max = MAX_NAME_LENGTH): string {
+  if (text.length <= max) return text; // UTF-16 units are at least the code points
+  const kept: string[] = [];
+  for (const ch of text) {
+    if (kept.length === max) return `${kept.slice(0, max - 1).join('')}${TRUNCATION_MARKER}`;
+    kept.push(ch);
+  }
+  return text;
+}
+
 /** Unicode controls (Cc), format characters (Cf: bidi, zero-width, ...), line and paragraph separators. */
 const UNSAFE = /[\p{Cc}\p{Cf}\u2028\u2029]/gu;
 

@@ -22,6 +22,7 @@ import { ConsoleBroker } from '../../src/access/broker/broker.js';
 import { clearSocketPath, listenOnSocketFile, removeSocketFile } from '../../src/access/broker/socket-file.js';
 import { LogCapture } from '../support/log-capture.js';
 import { VspcError } from '../../src/errors.js';
+import { runNode, VSPC_ADMIN_JS } from '../support/cli.js';
 import { MAX_ADDRESS_BYTES } from '../../src/protocol/control/vspc-control.js';
 
 type Limits = VspcConfig['brokerLimits'];
@@ -221,28 +222,78 @@ describe('console broker: bounds', () => {
     assert.ok(ts.logs.lines.some((e) => e.errorCode === 'VSPC_BROKER_TOO_MANY_REQUESTS'));
   });
 
-  test('a flood of connections that never select: at most maxPending are held, the rest closed at accept; all gone after the deadline', async (t) => {
+  test('a flood of connections that never select: at most maxPending are held, each newcomer closes the oldest; all gone after the deadline', async (t) => {
     const { cleanup, path, ts } = await brokerServer(t, { selectTimeoutMs: 1500, maxPending: 20 });
     const broker = ts.server.broker!;
     const sockets: net.Socket[] = [];
     const closed = new Set<net.Socket>();
+    const told = new Set<net.Socket>();
     for (let i = 0; i < 60; i++) {
       const s = net.connect({ path });
-      s.resume();
+      s.on('data', (d: Buffer) => {
+        if (d.toString('latin1').includes('the oldest was closed to make room')) told.add(s);
+      });
       s.on('error', () => undefined);
       s.on('close', () => closed.add(s));
       cleanup.add(() => s.destroy());
       sockets.push(s);
+      // One at a time, so that "oldest" is well defined.
+      await waitUntil(() => broker.counters.accepted === i + 1, 5000, `connection ${i} accepted`);
     }
-    await waitUntil(() => broker.counters.accepted === 60, 5000, 'every connection accepted');
     assert.equal(broker.pending, 20);
-    assert.equal(broker.counters.refusedFull, 40);
-    await waitUntil(() => closed.size >= 40, 5000, 'the refused connections closed');
+    assert.equal(broker.counters.evicted, 40);
+    await waitUntil(() => closed.size >= 40, 5000, 'the evicted connections closed');
+    // The oldest 40 went, told why; the newest 20 are the ones held.
+    assert.deepEqual(sockets.map((s) => closed.has(s)), [...Array(40).fill(true), ...Array(20).fill(false)]);
+    assert.equal(told.size, 40);
     // The held ones meet the deadline; afterwards the broker serves again.
     await waitUntil(() => broker.pending === 0 && closed.size === 60, 8000, 'the pending connections timed out');
     const p = await peer(cleanup, { path });
     assert.deepEqual((await p.list()).entries, []);
-    assert.ok(ts.logs.lines.some((e) => e.errorCode === 'VSPC_BROKER_FULL'));
+    assert.equal(ts.logs.lines.filter((e) => e.errorCode === 'VSPC_BROKER_FULL').length, 1, 'logged once for the episode');
+  });
+
+  test('F10: one user holding every pending slot and reconnecting at once does not lock others out: vspc-admin console --names works every time', async (t) => {
+    const { cleanup, path, ts } = await brokerServer(t);
+    const broker = ts.server.broker!;
+    ts.server.registry.register('config', 'web01', '', 'web01');
+    const max = ts.config.brokerLimits.maxPending;
+    // The attacker: maxPending connections that never select; each one closed is replaced at once.
+    let stopped = false;
+    let opened = 0;
+    const hold = () => {
+      if (stopped) return;
+      opened++;
+      const s = net.connect({ path });
+      s.resume();
+      s.on('error', () => undefined);
+      s.on('close', () => setImmediate(hold));
+      cleanup.add(() => s.destroy());
+    };
+    cleanup.add(() => {
+      stopped = true;
+    });
+    for (let i = 0; i < max; i++) hold();
+    await waitUntil(() => broker.pending === max, 10_000, 'every pending slot taken');
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const r = await runNode(VSPC_ADMIN_JS, ['console', '--names', '--socket', path], 30_000);
+      assert.equal(r.code, 0, `attempt ${attempt}: ${r.stderr}`);
+      assert.equal(r.stdout, 'web01\n');
+    }
+    assert.ok(broker.counters.evicted > 0, 'the attacker was the one evicted');
+    assert.ok(opened > max, 'and it kept reconnecting');
+  });
+
+  test('F9: a LIST pattern that needs more than its budget is refused and the connection closed; the broker goes on', async (t) => {
+    const { cleanup, path, ts } = await brokerServer(t, { patternSteps: 20_000 }, {}, 32);
+    for (let i = 0; i < 20; i++) ts.server.registry.register('config', `c${i}`, '', `${'a'.repeat(200)}${i}`);
+    const p = await peer(cleanup, { path });
+    p.send({ kind: 'list-request', pattern: `*${'a'.repeat(100)}b*` });
+    await p.waitText('pattern too expensive');
+    await p.waitClosed();
+    assert.ok(ts.logs.lines.some((e) => e.errorCode === 'VSPC_PATTERN_TOO_EXPENSIVE'));
+    const q = await peer(cleanup, { path });
+    assert.equal((await q.list('*a0')).entries.length, 1, 'a cheap pattern is answered');
   });
 
   test('the descriptor budget is asked for every accepted socket', async (t) => {

@@ -6,7 +6,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { lookupConsoles, uniqueAddresses, type Addressable } from '../../src/domain/address.js';
+import fc from 'fast-check';
+import { lookupConsoles, nameRanks, uniqueAddresses, type Addressable } from '../../src/domain/address.js';
 import type { ConsoleIdentity } from '../../src/domain/identity.js';
 
 let nextId = 1;
@@ -67,6 +68,77 @@ test('unique addresses: the shortest spelling that names a console alone; the br
   assert.equal(admin(twinA), `${'e'.repeat(8)}-eeee-eeee-eeee-${'e'.repeat(12)}`);
   assert.equal(admin(digits), '10001:', 'digits that are a port cannot be a name spelling; with the colon they are not a port');
   assert.equal(admin(unnamed), 'bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb');
+});
+
+test('shared names: ranked by how long each machine has had the name; NAME~N names the N-th, for every front door', () => {
+  // The real web01 (two ports), then two newcomers calling themselves web01 (one in capitals), then a literal "web01~2".
+  const realA = c('esxi', '1'.repeat(32), '', 'web01');
+  const realB = c('esxi', '1'.repeat(32), 'com2', 'web01');
+  const second = c('esxi', '2'.repeat(32), '', 'WEB01');
+  const third = c('proxmox', 'proxmox:7:serial0', '', 'web01');
+  const literal = c('esxi', '3'.repeat(32), '', 'web01~2');
+  const xs = [third, literal, second, realB, realA]; // any order
+  const rank = nameRanks(xs);
+  assert.deepEqual([realA, realB, second, third].map((x) => rank.of('web01', x)), [1, 1, 2, 3]);
+  assert.equal(rank.of('web01~2', literal), 1);
+  assert.equal(rank.machines('WEB01'), 3);
+  // nameOrder (a name given while running) beats the record id.
+  const renamed = { ...c('esxi', '4'.repeat(32), '', 'web01'), nameOrder: 2 ** 40 + 1 };
+  const older = { ...c('esxi', '5'.repeat(32), '', 'web01'), nameOrder: 2 ** 40 + 2 };
+  assert.deepEqual([renamed, older].map((x) => nameRanks([older, renamed, ...xs]).of('web01', x)), [4, 5]);
+
+  // Without `ranked` (the admin API), a plain name is ambiguous as before; NAME~N is one spelling more.
+  assert.equal(lookupConsoles(xs, 'web01').length, 4);
+  assert.deepEqual(lookupConsoles(xs, 'web01~3'), [third]);
+  assert.deepEqual(lookupConsoles(xs, 'WEB01~1:com2'), [realB]);
+  assert.deepEqual(lookupConsoles(xs, 'web01~1:'), [realA]);
+  assert.deepEqual(lookupConsoles(xs, 'web01~9'), []);
+  assert.deepEqual(lookupConsoles(xs, 'web01~2'), [second], 'the second web01, not the VM literally named so: a name cannot shadow a rank');
+  assert.deepEqual(lookupConsoles(xs, 'web01~2~1'), [literal]);
+  assert.deepEqual(lookupConsoles([literal, realA], 'web01~2'), [literal], 'with no second web01, the literal name');
+  // Ranked (the broker): the plain name is the first machine's only.
+  assert.deepEqual(new Set(lookupConsoles(xs, 'web01', { ranked: true })), new Set([realA, realB]));
+  assert.deepEqual(lookupConsoles(xs, 'web01:', { ranked: true }), [realA]);
+  assert.deepEqual(lookupConsoles(xs, 'web01:com2', { ranked: true }), [realB]);
+
+  // The broker's spellings: none is a UUID or a port, each names its console alone.
+  const broker = uniqueAddresses(xs, { uuids: false, ranked: true });
+  assert.deepEqual([realA, realB, second, third, literal].map(broker), ['web01:', 'web01:com2', 'WEB01~2', 'web01~3', 'web01~2~1']);
+  for (const x of xs) assert.deepEqual(lookupConsoles(xs, broker(x)!, { ranked: true }), [x], `${broker(x)} names ${x.tag} alone`);
+  // The admin API's: UUIDs first, as before.
+  const admin = uniqueAddresses(xs, { uuids: true });
+  assert.equal(admin(second), '22222222-2222-2222-2222-222222222222');
+});
+
+test('property: every spelling uniqueAddresses gives names its console alone, ranked or not', () => {
+  const consoleArb = fc.record({
+    kind: fc.constantFrom('esxi', 'esxi', 'config'),
+    machine: fc.integer({ min: 0, max: 4 }),
+    label: fc.constantFrom('', 'com2'),
+    name: fc.constantFrom('web01', 'WEB01', 'web01~2', 'web01~1', 'db', null, 'a:b', 'web01~2~1'),
+    order: fc.integer({ min: 1, max: 5 }),
+  });
+  fc.assert(
+    fc.property(fc.array(consoleArb, { maxLength: 10 }), (specs) => {
+      const seen = new Set<string>();
+      const xs = specs.flatMap((sp, i) => {
+        const key = sp.kind === 'esxi' ? String(sp.machine).repeat(32) : `key${sp.machine}`;
+        const id = `${sp.kind}/${key}/${sp.label}`;
+        if (seen.has(id)) return [];
+        seen.add(id);
+        const item = c(sp.kind, key, sp.label, sp.kind === 'esxi' ? sp.name : (sp.name ?? key));
+        return [{ ...item, nameOrder: sp.order * 100 + i }];
+      });
+      for (const ranked of [true, false]) {
+        const spell = uniqueAddresses(xs, { uuids: !ranked, ranked });
+        for (const x of xs) {
+          const a = spell(x);
+          if (a !== null) assert.deepEqual(lookupConsoles(xs, a, { ranked }), [x], `${ranked ? 'ranked' : 'plain'}: ${a} names ${x.tag} alone`);
+        }
+      }
+    }),
+    { numRuns: 3000, seed: 8 },
+  );
 });
 
 test('unique addresses: two consoles of one name without a label; the admin side offers a key that is not the name, the broker does not', () => {

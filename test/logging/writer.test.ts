@@ -218,6 +218,38 @@ describe('AppendFileWriter', () => {
     assert.deepEqual(h.losses, []);
   });
 
+  test('F5: the file descriptor is asked for before the open; none: the data waits (queued), retried; the lease goes with the file', async (t) => {
+    const tick = mockTimers(t);
+    const h = harness(t);
+    let free = 0;
+    let held = 0;
+    const w = h.make({
+      path: join(h.dir, 'fd.log'),
+      retryMs: 1000,
+      keepOpenMs: () => 0, // closed as soon as written
+      acquire: () => {
+        if (free === 0) return null;
+        free--;
+        held++;
+        return { release: () => void (held--, free++) };
+      },
+    });
+    w.write(Buffer.from('waits,'));
+    await w.flush();
+    assert.equal(h.errors.length, 1);
+    assert.equal(h.errors[0].code, 'VSPC_LOG_OPEN_FAILED');
+    assert.equal(h.errors[0].sysCode, 'VSPC_FD_BUDGET_SPENT');
+    assert.match(h.errors[0].message, /file descriptors exhausted/);
+    assert.equal(w.queuedBytes, 6, 'kept queued, nothing lost');
+    free = 1;
+    tick(1000);
+    await w.flush();
+    assert.equal(readFileSync(w.path, 'latin1'), 'waits,');
+    assert.equal(held, 0, 'the file closed, its descriptor given back');
+    assert.equal(free, 1);
+    assert.deepEqual(h.losses, []);
+  });
+
   test('a failed write loses that write only, says so where it was, and close gives up on the rest (counted)', async (t) => {
     const h = harness(t);
     const path = join(h.dir, 'full.log');

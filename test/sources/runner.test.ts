@@ -14,6 +14,7 @@ import { parseSourceSpec } from '../../src/domain/source-spec.js';
 import type { ConsoleEvent } from '../../src/domain/console-hub.js';
 import { FakeClient } from '../domain/fakes.js';
 import { FakeDialer, FakeLink, FakeListenConnector, flush, makeHub, recordingLogger } from './helpers.js';
+import { FakeDescriptorBudget } from '../support/fake-descriptors.js';
 
 const T0 = 1_700_000_000_000;
 const SPEC = parseSourceSpec('unix:/run/qemu/vm1.serial0');
@@ -32,11 +33,15 @@ function refused(): SourceError {
   return new SourceError('VSPC_SOURCE_CONNECT_FAILED', 'ECONNREFUSED: nothing listens', { sysCode: 'ECONNREFUSED' });
 }
 
-function setup(options: { random?: () => number; connector?: FakeDialer | FakeListenConnector; spec?: typeof SPEC } = {}) {
+function setup(options: { random?: () => number; connector?: FakeDialer | FakeListenConnector; spec?: typeof SPEC; descriptors?: FakeDescriptorBudget } = {}) {
   const logger = recordingLogger();
   const { hub, events } = makeHub();
   const connector = options.connector ?? new FakeDialer();
-  const runner = new EndpointRunner(options.spec ?? SPEC, connector, hub, { logger, random: options.random ?? (() => 0) });
+  const runner = new EndpointRunner(options.spec ?? SPEC, connector, hub, {
+    logger,
+    random: options.random ?? (() => 0),
+    ...(options.descriptors ? { descriptors: options.descriptors } : {}),
+  });
   return { logger, hub, events, connector, runner };
 }
 
@@ -479,6 +484,61 @@ describe('EndpointRunner (listen)', () => {
     assert.equal(runner.state, 'listening');
     assert.equal(connector.binds, 4);
     await runner.close();
+  });
+});
+
+describe('EndpointRunner and the descriptor budget (F5)', () => {
+  test('dial: no descriptor, no dial — waiting with "file descriptors exhausted", at debug; a freed descriptor kicks it; the link holds one until it closes', async (t) => {
+    virtualTime(t);
+    const descriptors = new FakeDescriptorBudget(0);
+    const { runner, hub, logger, connector } = setup({ descriptors });
+    const dialer = connector as FakeDialer;
+    runner.start();
+    assert.equal(runner.state, 'waiting');
+    assert.equal(hub.endpoint?.lastError, 'file descriptors exhausted');
+    assert.equal(dialer.dials, 0, 'nothing opened');
+    assert.equal(descriptors.waiting, 1);
+    assert.ok(!logger.lines.some((l) => l.level === 'warn'), 'one line per endpoint would flood: the budget logs it');
+    descriptors.give(1);
+    assert.equal(runner.state, 'connecting');
+    const link = await connect(dialer);
+    assert.equal(runner.state, 'connected');
+    assert.equal(descriptors.held, 1);
+    link.drop(refused());
+    assert.equal(descriptors.held, 0, 'given back with the link');
+    // A failed dial gives its descriptor back too (the redial after the backoff).
+    mock.timers.tick(runner.status.nextAttemptAt! - Date.now());
+    assert.equal(runner.state, 'connecting');
+    assert.equal(descriptors.held, 1);
+    await fail(dialer);
+    assert.equal(descriptors.held, 0);
+    runner.destroy();
+    assert.equal(descriptors.waiting, 0);
+  });
+
+  test('listen: the listener holds one descriptor, each peer one more; a peer that does not fit is refused; all given back at close', async (t) => {
+    virtualTime(t);
+    const descriptors = new FakeDescriptorBudget(1);
+    const connector = new FakeListenConnector();
+    const { runner } = setup({ connector, spec: LISTEN_SPEC, descriptors });
+    runner.start();
+    await flush();
+    assert.equal(runner.state, 'listening');
+    assert.equal(descriptors.held, 1);
+    const early = new FakeLink('peer-early');
+    connector.handlers!.incoming(early);
+    assert.equal(early.destroyedWith, 'file descriptors exhausted');
+    assert.equal(runner.state, 'listening');
+    assert.equal(runner.status.lastError, 'peer refused: file descriptors exhausted');
+    descriptors.give(1);
+    const peer = new FakeLink('peer-1');
+    connector.handlers!.incoming(peer);
+    assert.equal(runner.state, 'connected');
+    assert.equal(descriptors.held, 2);
+    peer.drop(new SourceError('VSPC_SOURCE_CLOSED', 'peer left'));
+    assert.equal(descriptors.held, 1);
+    await runner.close();
+    assert.equal(descriptors.held, 0);
   });
 });
 

@@ -32,16 +32,19 @@ export interface BrokerOptions {
   onProtocolError?(code: string): void;
 }
 
-/** Counters for status and tests. */
+/** Counters for status, metrics and tests. */
 export interface BrokerCounters {
   accepted: number;
   selected: number;
-  /** Closed at accept: --broker limits (maxPending) reached. */
-  refusedFull: number;
+  /**
+   * Connections still choosing that were closed to make room for a newer one: the pool
+   * of connections not handed over (--broker limits, maxPending) was full.
+   */
+  evicted: number;
 }
 
 export class ConsoleBroker {
-  readonly counters: BrokerCounters = { accepted: 0, selected: 0, refusedFull: 0 };
+  readonly counters: BrokerCounters = { accepted: 0, selected: 0, evicted: 0 };
   private readonly pendingSet = new Set<BrokerConnection>();
   private unixServer: net.Server | null = null;
   private tcpServer: net.Server | null = null;
@@ -118,21 +121,7 @@ export class ConsoleBroker {
       return;
     }
     this.counters.accepted++;
-    if (this.pendingSet.size >= this.options.limits.maxPending) {
-      this.counters.refusedFull++;
-      const now = Date.now();
-      if (now - this.lastFullLog >= 10_000) {
-        this.lastFullLog = now;
-        this.logger.warn('console broker: too many connections that have not chosen a console; refusing new ones', {
-          pending: this.pendingSet.size,
-          limit: this.options.limits.maxPending,
-          refusedSoFar: this.counters.refusedFull,
-          errorCode: 'VSPC_BROKER_FULL',
-        });
-      }
-      socket.destroy();
-      return;
-    }
+    if (this.pendingSet.size >= this.options.limits.maxPending) this.evictOldest();
     const options = this.options;
     const conn = new BrokerConnection(socket, peer, {
       logger: this.logger,
@@ -147,6 +136,31 @@ export class ConsoleBroker {
       onProtocolError: options.onProtocolError,
     });
     if (conn.pending) this.pendingSet.add(conn);
+  }
+
+  /**
+   * The pool of connections still choosing is full: the oldest makes room for the
+   * newcomer (as unidentified VM connections do, src/sources/esxi/listener.ts). A
+   * legitimate client chooses within a round trip of connecting, so it is never the
+   * oldest for long; connections held open without choosing are what goes. Logged at
+   * most every 10 s, with the count.
+   */
+  private evictOldest(): void {
+    const oldest = this.pendingSet.values().next().value;
+    if (!oldest) return;
+    this.counters.evicted++;
+    const now = Date.now();
+    if (now - this.lastFullLog >= 10_000) {
+      this.lastFullLog = now;
+      this.logger.warn('console broker: too many connections that have not chosen a console; the oldest make room for new ones', {
+        pending: this.pendingSet.size,
+        limit: this.options.limits.maxPending,
+        evictedSoFar: this.counters.evicted,
+        errorCode: 'VSPC_BROKER_FULL',
+      });
+    }
+    // Out of the pool at once (close settles it); the socket goes after a short grace.
+    oldest.close('too many connections are choosing a console; the oldest was closed to make room', 200);
   }
 
   /** Stop accepting, tell the connections still choosing, remove the socket file. */

@@ -17,11 +17,17 @@
  *
  * ESXi consoles that have not reported a name yet are not offered (they could only be
  * named by UUID, which the list does not show).
+ *
+ * Names are claims (any peer on the VM port may call itself `web01`), so the broker
+ * reads them ranked (src/domain/address.ts): when several machines answer to one name,
+ * `web01` is the one that has had it longest and the others are `web01~2`, `web01~3`;
+ * a newcomer cannot take the place of the console people reach by its name, and each
+ * console keeps a spelling without UUIDs or ports.
  */
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { lookupConsoles, uniqueAddresses } from '../../domain/address.js';
 import type { ConsoleListEntry, SelectRefusal } from '../../protocol/control/vspc-control.js';
-import { Glob, hasWildcards } from '../../util/glob.js';
+import { Glob, GlobBudget, hasWildcards } from '../../util/glob.js';
 
 /** The consoles the broker offers, ordered by name (any case), then label: the order of menus. */
 export function offeredConsoles(all: readonly ConsoleHub[]): ConsoleHub[] {
@@ -44,26 +50,27 @@ function stateOf(h: ConsoleHub): string {
 
 /**
  * A LIST-REQUEST's pattern: `*` and `?` wildcards (src/util/glob.ts) against NAME and
- * NAME:LABEL, else a substring of either; any case; empty: everything.
+ * NAME:LABEL, else a substring of either; any case; empty: everything. Matching spends
+ * from `budget` (one per request): past it, `VSPC_PATTERN_TOO_EXPENSIVE` is thrown.
  */
-export function patternMatcher(pattern: string): (h: ConsoleHub) => boolean {
+export function patternMatcher(pattern: string, budget: GlobBudget = new GlobBudget()): (h: ConsoleHub) => boolean {
   if (pattern === '') return () => true;
-  const texts = (h: ConsoleHub) => {
+  // A substring is the glob *PATTERN*: one matcher, one budget, one bound on the work.
+  const glob = new Glob(hasWildcards(pattern) ? pattern : `*${pattern}*`, { ignoreCase: true });
+  return (h) => {
     const name = baseName(h);
-    return h.identity.label ? [name, `${name}:${h.identity.label}`] : [name, `${name}:`];
+    return glob.test(name, budget) || glob.test(`${name}:${h.identity.label}`, budget);
   };
-  if (hasWildcards(pattern)) {
-    const glob = new Glob(pattern, { ignoreCase: true });
-    return (h) => texts(h).some((t) => glob.test(t));
-  }
-  const needle = pattern.toLowerCase();
-  return (h) => texts(h).some((t) => t.toLowerCase().includes(needle));
 }
 
-/** The entries LIST-REPLY carries for `offered` (see the top of this file for what they reveal). */
-export function listEntries(offered: readonly ConsoleHub[], pattern = ''): ConsoleListEntry[] {
-  const address = uniqueAddresses(offered, { uuids: false });
-  const matches = patternMatcher(pattern);
+/**
+ * The entries LIST-REPLY carries for `offered` (see the top of this file for what they
+ * reveal). Throws `VSPC_PATTERN_TOO_EXPENSIVE` when matching `pattern` needs more than
+ * one request's budget.
+ */
+export function listEntries(offered: readonly ConsoleHub[], pattern = '', budget: GlobBudget = new GlobBudget()): ConsoleListEntry[] {
+  const address = uniqueAddresses(offered, { uuids: false, ranked: true });
+  const matches = patternMatcher(pattern, budget);
   return offered.filter(matches).map((h) => ({
     name: baseName(h),
     label: h.identity.label,
@@ -84,13 +91,13 @@ const MAX_CANDIDATES = 20;
  * and, when ambiguous, how to name each candidate.
  */
 export function selectConsole(offered: readonly ConsoleHub[], address: string): Selection {
-  const found = lookupConsoles(offered, address);
+  const found = lookupConsoles(offered, address, { ranked: true });
   if (found.length === 1) return { hub: found[0] };
   const shown = JSON.stringify(address.length > 80 ? `${address.slice(0, 80)}…` : address);
   if (found.length === 0) {
     return { refused: 'not-found', message: `no console named ${shown} (vspc-admin console lists them)`, candidates: [] };
   }
-  const spell = uniqueAddresses(offered, { uuids: false });
+  const spell = uniqueAddresses(offered, { uuids: false, ranked: true });
   const candidates = found.map(spell).filter((a): a is string => a !== null);
   const alike = found.length - candidates.length;
   let message = `${shown} names ${found.length} consoles`;

@@ -1,16 +1,17 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
-import { errorFields, ProtocolError } from '../../errors.js';
+import { errorFields, ProtocolError, VspcError } from '../../errors.js';
 import { Option, policyFromLists, TelnetSession, type TelnetSessionHandlers } from '../../protocol/telnet/index.js';
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ConsoleListEntry, type ControlMessage } from '../../protocol/control/vspc-control.js';
 import { listEntries, offeredConsoles, selectConsole } from './catalogue.js';
+import { GlobBudget } from '../../util/glob.js';
 
 /** Bounds on one broker connection (fixed settings, `brokerLimits`). */
 export interface BrokerLimits {
   /** A connection that has not selected a console by then is told and closed. */
   readonly selectTimeoutMs: number;
-  /** Connections not yet handed over, at most; past this new ones are closed at accept. */
+  /** Connections not yet handed over, at most; past this the oldest is closed for each newcomer. */
   readonly maxPending: number;
   /** LIST-REQUESTs and SELECTs one connection may send before it is closed. */
   readonly maxRequests: number;
@@ -18,6 +19,8 @@ export interface BrokerLimits {
   readonly pageBytes: number;
   /** The telnet decoder's bound on a subnegotiation on broker connections. */
   readonly maxSubnegotiation: number;
+  /** Matching work (glob steps, src/util/glob.ts) one LIST-REQUEST may spend; past it the request is refused. */
+  readonly patternSteps: number;
 }
 
 /** What the broker hands to the telnet access method once a console is chosen (a TelnetHandover, plus where). */
@@ -201,7 +204,16 @@ export class BrokerConnection {
   }
 
   private list(pattern: string): void {
-    const entries = listEntries(offeredConsoles(this.ctx.consoles()), pattern);
+    let entries: ConsoleListEntry[];
+    try {
+      entries = listEntries(offeredConsoles(this.ctx.consoles()), pattern, new GlobBudget(this.ctx.limits.patternSteps));
+    } catch (err) {
+      if (!(err instanceof VspcError) || err.code !== 'VSPC_PATTERN_TOO_EXPENSIVE') throw err;
+      // Refused, and the connection closed: another expensive pattern costs a new connection.
+      this.log.info('broker list refused: pattern too expensive', { pattern: pattern.slice(0, 80), errorCode: err.code, limit: err.context.limit });
+      this.close(err.message);
+      return;
+    }
     const pages = paginate(entries, this.ctx.limits.pageBytes);
     pages.forEach((page, i) => this.send({ kind: 'list-reply', more: i < pages.length - 1, entries: page }));
     this.log.debug('broker list', { pattern, entries: entries.length, pages: pages.length });

@@ -3,6 +3,7 @@ import type { Registry } from '../../domain/registry.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { errorFields } from '../../errors.js';
 import { AccessError, accessError } from './errors.js';
+import { DESCRIPTORS_EXHAUSTED, type DescriptorBudget, type DescriptorLease } from '../../domain/descriptors.js';
 
 /** How one access method makes and removes a console's endpoint. */
 export interface EndpointDriver<S, H> {
@@ -30,6 +31,10 @@ interface Slot<S, H> {
   /** The open under way, if any. */
   inflight: Promise<void> | null;
   retired: boolean;
+  /** The endpoint's descriptor from the process's budget, held while it is open(ing). */
+  lease: DescriptorLease | null;
+  /** Waiting for descriptors: cancels the wait. */
+  fdWait: (() => void) | null;
 }
 
 /** One console's endpoint of a method, for `show`. */
@@ -57,7 +62,15 @@ export class ConsoleEndpoints<S, H> {
     private readonly registry: Registry,
     private readonly logger: Logger,
     private readonly driver: EndpointDriver<S, H>,
-    private readonly options: { readonly bindRetryMs: number },
+    private readonly options: {
+      readonly bindRetryMs: number;
+      /**
+       * The process's descriptor budget: an endpoint (a listener, a pty) that does not
+       * fit is not made now; the console shows "file descriptors exhausted" and it is
+       * made as soon as descriptors are freed.
+       */
+      readonly descriptors?: DescriptorBudget;
+    },
   ) {
     registry.on('added', () => this.schedule());
     registry.on('renamed', () => this.schedule());
@@ -120,7 +133,7 @@ export class ConsoleEndpoints<S, H> {
       hub.accessErrors.delete(this.driver.method);
       return;
     }
-    const slot: Slot<S, H> = { spec, key, handle: null, error: null, retry: null, inflight: null, retired: false };
+    const slot: Slot<S, H> = { spec, key, handle: null, error: null, retry: null, inflight: null, retired: false, lease: null, fdWait: null };
     this.slots.set(hub, slot);
     // The old endpoint goes first: the new one may take the same path or port.
     slot.inflight = previous.then(() => this.attempt(hub, slot));
@@ -128,11 +141,28 @@ export class ConsoleEndpoints<S, H> {
 
   private async attempt(hub: ConsoleHub, slot: Slot<S, H>): Promise<void> {
     slot.retry = null;
+    slot.fdWait = null;
     if (slot.retired) return;
+    const budget = this.options.descriptors;
+    if (budget && !slot.lease) {
+      slot.lease = budget.acquire('listener', hub.displayName);
+      if (!slot.lease) {
+        // Not made now (the budget's owner logged it): shown on the console, made when descriptors are freed.
+        slot.error = new AccessError('VSPC_ACCESS_FAILED', DESCRIPTORS_EXHAUSTED, { errorCode: 'VSPC_FD_BUDGET_SPENT' });
+        hub.accessErrors.set(this.driver.method, DESCRIPTORS_EXHAUSTED);
+        slot.fdWait = budget.whenAvailable(() => {
+          slot.fdWait = null;
+          if (!slot.retired) slot.inflight = this.attempt(hub, slot);
+        });
+        return;
+      }
+    }
     let handle: H;
     try {
       handle = await this.driver.open(hub, slot.spec);
     } catch (err) {
+      slot.lease?.release();
+      slot.lease = null;
       if (slot.retired) return;
       const e = err instanceof AccessError ? err : accessError(err, String((err as Error)?.message ?? err));
       const repeated = slot.error?.message === e.message;
@@ -151,6 +181,8 @@ export class ConsoleEndpoints<S, H> {
     }
     if (slot.retired) {
       await this.driver.close(handle, 'replaced').catch(() => undefined);
+      slot.lease?.release();
+      slot.lease = null;
       return;
     }
     slot.handle = handle;
@@ -163,14 +195,23 @@ export class ConsoleEndpoints<S, H> {
     slot.retired = true;
     if (slot.retry) clearTimeout(slot.retry);
     slot.retry = null;
+    slot.fdWait?.();
+    slot.fdWait = null;
     if (slot.inflight) await slot.inflight;
     const handle = slot.handle;
     slot.handle = null;
-    if (!handle) return;
+    if (!handle) {
+      slot.lease?.release();
+      slot.lease = null;
+      return;
+    }
     try {
       await this.driver.close(handle, reason);
     } catch (err) {
       this.logger.warn('console endpoint could not be removed cleanly', { vm: hub.displayName, method: this.driver.method, ...errorFields(err) });
+    } finally {
+      slot.lease?.release();
+      slot.lease = null;
     }
   }
 }

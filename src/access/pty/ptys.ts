@@ -42,6 +42,7 @@ import { assignFileNames, NAME_MAX } from '../common/file-names.js';
 import { nativeAddon, type NativeAddon } from '../common/native.js';
 import { checkDirectory, describeFile, lstatOrNull, PTY_DEVICE_PREFIX } from '../common/paths.js';
 import { StreamClient, type StreamClientOptions } from '../common/stream-client.js';
+import type { DescriptorBudget } from '../../domain/descriptors.js';
 
 /** A group as configured: its name and its numeric id. */
 export interface PtyGroup {
@@ -63,6 +64,8 @@ export interface PtySettings {
 
 export interface PtyOptions extends StreamClientOptions {
   bindRetryMs: number;
+  /** The process's descriptor budget: an endpoint that does not fit waits (src/access/common/endpoints.ts). */
+  descriptors?: DescriptorBudget;
   /** How often idle ptys are checked for a reader (ms). */
   pollMs: number;
   settingsOf(hub: ConsoleHub): PtySettings | null;

@@ -17,10 +17,13 @@ import { errorFields } from '../../errors.js';
 import { ConsoleEndpoints, type EndpointDriver } from '../common/endpoints.js';
 import { AccessError, accessError } from '../common/errors.js';
 import { StreamClient, type StreamClientOptions } from '../common/stream-client.js';
+import type { DescriptorBudget } from '../../domain/descriptors.js';
 
 export interface RawListenerOptions extends StreamClientOptions {
   host: string;
   bindRetryMs: number;
+  /** The process's descriptor budget: an endpoint that does not fit waits (src/access/common/endpoints.ts). */
+  descriptors?: DescriptorBudget;
   /** Whether a console has a raw port (the configuration's `access: raw`). */
   enabled(hub: ConsoleHub): boolean;
   /** The process's descriptor budget (src/runtime/fd-budget.ts): false closes the socket at once. */

@@ -4,6 +4,7 @@ import type { Logger } from '../../domain/logger.js';
 import { errorFields, VspcError } from '../../errors.js';
 import type { Registry } from '../../domain/registry.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
+import { DESCRIPTORS_EXHAUSTED, type DescriptorBudget, type DescriptorLease } from '../../domain/descriptors.js';
 import { TelnetClient, type TelnetClientOptions } from './client.js';
 
 export interface TelnetListenerOptions extends TelnetClientOptions {
@@ -18,6 +19,12 @@ export interface TelnetListenerOptions extends TelnetClientOptions {
    * budget, src/runtime/fd-budget.ts): false closes it at once.
    */
   admit?(socket: net.Socket): boolean;
+  /**
+   * The process's descriptor budget for the listeners themselves: a listener that does
+   * not fit is not bound, the console shows DESCRIPTORS_EXHAUSTED, and it is bound as
+   * soon as descriptors are free again.
+   */
+  descriptors?: DescriptorBudget;
   /** Whether a console has telnet ports (the configuration's `access: telnet`); default: all. */
   enabled?(hub: ConsoleHub): boolean;
 }
@@ -26,6 +33,8 @@ interface Listeners {
   plain: net.Server | null;
   secure: net.Server | null;
   retry: NodeJS.Timeout | null;
+  /** Waiting for descriptors: cancels the wait. */
+  waitFd: (() => void) | null;
 }
 
 /**
@@ -38,7 +47,13 @@ export class TelnetListeners {
   private readonly byHub = new Map<ConsoleHub, Listeners>();
   /** Listeners bound by `moveTo` for the port a console is about to move to. */
   private readonly prebound = new Map<ConsoleHub, Listeners>();
+  /** The descriptor lease of each listener bound or being bound. */
+  private readonly leases = new WeakMap<net.Server, DescriptorLease>();
   private closed = false;
+  /** Until start(): consoles are recorded, not bound (vspc binds its own listeners first). */
+  private started = false;
+  /** Binds under way (neither listening nor failed yet): what `settled()` waits for. */
+  private readonly binding = new Set<Promise<void>>();
 
   constructor(
     private readonly registry: Registry,
@@ -63,6 +78,26 @@ export class TelnetListeners {
         this.open(hub);
       }
     });
+  }
+
+  /**
+   * Bind every console's listener(s) known so far, and from now on each as it comes.
+   * Until then they are only recorded: vspc binds its own listeners (VM, admin, broker)
+   * first, so that consoles can never take the descriptors those need.
+   */
+  start(): void {
+    if (this.started || this.closed) return;
+    this.started = true;
+    for (const [hub, l] of this.byHub) this.bind(hub, l);
+  }
+
+  /**
+   * Resolves when every bind started so far has either listened or failed (and been
+   * recorded on its console): vspc says it has started only then, so that a console
+   * whose port is free accepts clients from that moment on.
+   */
+  async settled(): Promise<void> {
+    while (this.binding.size > 0) await Promise.all([...this.binding]);
   }
 
   /** Opens or closes each console's listeners as `enabled` now says (a reload). */
@@ -94,10 +129,10 @@ export class TelnetListeners {
    * rejects with VSPC_PORT_BIND_FAILED naming the port and the system's reason.
    */
   async moveTo(hub: ConsoleHub, port: number, commit: () => void): Promise<void> {
-    const l: Listeners = { plain: null, secure: null, retry: null };
+    const l: Listeners = { plain: null, secure: null, retry: null, waitFd: null };
     const close = () => {
-      l.plain?.close();
-      l.secure?.close();
+      this.closeServer(l.plain);
+      this.closeServer(l.secure);
     };
     try {
       l.plain = await this.bindOnce(hub, l, false, port);
@@ -128,13 +163,15 @@ export class TelnetListeners {
 
   private open(hub: ConsoleHub): void {
     if (this.closed || this.byHub.has(hub)) return;
-    const l: Listeners = { plain: null, secure: null, retry: null };
+    const l: Listeners = { plain: null, secure: null, retry: null, waitFd: null };
     this.byHub.set(hub, l);
-    this.bind(hub, l);
+    if (this.started) this.bind(hub, l);
   }
 
   private bind(hub: ConsoleHub, l: Listeners): void {
     l.retry = null;
+    l.waitFd = null;
+    if (this.closed || this.byHub.get(hub) !== l) return;
     if (!l.plain) {
       l.plain = this.listen(hub, l, false, hub.identity.tcpPort);
     }
@@ -159,6 +196,20 @@ export class TelnetListeners {
       else hub.listenError = msg;
       return null;
     }
+    const lease = this.options.descriptors ? this.options.descriptors.acquire('listener', hub.displayName) : null;
+    if (this.options.descriptors && !lease) {
+      // Not bound now (the budget's owner logged it): shown on the console, bound when descriptors are free.
+      if (first) {
+        first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used now: ${DESCRIPTORS_EXHAUSTED}`, { port, errorCode: 'VSPC_FD_BUDGET_SPENT' }));
+        return null;
+      }
+      if (secure) hub.tlsListenError = DESCRIPTORS_EXHAUSTED;
+      else hub.listenError = DESCRIPTORS_EXHAUSTED;
+      if (!l.waitFd && !this.closed && this.byHub.get(hub) === l) {
+        l.waitFd = this.options.descriptors.whenAvailable(() => this.bind(hub, l));
+      }
+      return null;
+    }
     const onSocket = (socket: net.Socket) => {
       // Refused by the descriptor budget (already destroyed), or the hub was forgotten
       // between accept and here.
@@ -171,6 +222,7 @@ export class TelnetListeners {
     const server = secure
       ? tls.createServer({ ...this.options.tls }, onSocket)
       : net.createServer(onSocket);
+    if (lease) this.leases.set(server, lease);
     // Before the TLS handshake too: the raw socket already holds a descriptor.
     const admit = this.options.admit;
     if (admit) server.prependListener('connection', (raw: net.Socket) => {
@@ -183,16 +235,23 @@ export class TelnetListeners {
       });
     }
     let bound = false;
+    let settle: () => void = () => undefined;
+    const attempt = new Promise<void>((resolve) => (settle = resolve));
+    this.binding.add(attempt);
+    void attempt.then(() => this.binding.delete(attempt));
+    // Closed before it listened (moved or forgotten meanwhile): settled too.
+    server.once('close', () => settle());
     server.on('error', (err: NodeJS.ErrnoException) => {
+      settle();
       const message = `${err.code ?? 'ERROR'}: cannot listen on ${this.options.host}:${port}`;
       if (first && !bound) {
-        server.close();
+        this.closeServer(server);
         first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used: ${message}`, { port, errorCode: err.code }));
         return;
       }
       if (!secure && err.code === 'EADDRINUSE' && this.byHub.get(hub) === l) {
         const from = port;
-        server.close();
+        this.closeServer(server);
         if (this.registry.relocateFresh(hub)) {
           // A brand-new console whose first port another program holds: moved on at once.
           this.logger.info('a new console port is held by another program on this host; moved to the next free one', {
@@ -218,7 +277,7 @@ export class TelnetListeners {
         retryMs: this.options.bindRetryMs,
         ...errorFields(err),
       });
-      server.close();
+      this.closeServer(server);
       if (!l.retry && !this.closed && this.byHub.get(hub) === l) {
         l.retry = setTimeout(() => this.bind(hub, l), this.options.bindRetryMs);
         l.retry.unref();
@@ -226,6 +285,7 @@ export class TelnetListeners {
     });
     server.on('listening', () => {
       bound = true;
+      settle();
       if (!secure) this.registry.bound(hub);
       if (first) {
         first.resolve(server);
@@ -243,8 +303,17 @@ export class TelnetListeners {
     if (!l) return;
     this.byHub.delete(hub);
     if (l.retry) clearTimeout(l.retry);
-    l.plain?.close();
-    l.secure?.close();
+    l.waitFd?.();
+    this.closeServer(l.plain);
+    this.closeServer(l.secure);
+  }
+
+  /** Closes a listener (its descriptor goes at once) and gives its descriptor back to the budget. */
+  private closeServer(server: net.Server | null): void {
+    if (!server) return;
+    server.close();
+    this.leases.get(server)?.release();
+    this.leases.delete(server);
   }
 
   /** Stop listening everywhere (connections already open are closed by their hubs). */

@@ -36,6 +36,11 @@ export class ForwardListener {
     private readonly onConnection: (socket: net.Socket) => void,
     private readonly logger: Logger,
     private readonly retryMs = 30_000,
+    /**
+     * Asked for every accepted connection first (the process's descriptor budget,
+     * src/runtime/fd-budget.ts): false closes it at once, before a tunnel stream is opened.
+     */
+    private readonly admit?: (socket: net.Socket) => boolean,
   ) {}
 
   get description(): string {
@@ -65,10 +70,16 @@ export class ForwardListener {
 
   private async bind(): Promise<void> {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => {
+      // Refused by the descriptor budget (already destroyed, logged and counted by the budget's owner).
+      if (s.destroyed) return;
       this.accepted++;
       this.sockets.add(s);
       s.once('close', () => this.sockets.delete(s));
       this.onConnection(s);
+    });
+    const admit = this.admit;
+    if (admit) server.prependListener('connection', (s: net.Socket) => {
+      if (!admit(s)) s.destroy();
     });
     const t = this.target;
     if (t.unix) await prepareUnixPath(t.unix.path);

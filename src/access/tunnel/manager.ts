@@ -42,6 +42,11 @@ export interface TunnelManagerOptions {
   onConnection?(tunnel: string, via: string): void;
   /** A console started (`carrierOf` names it now) or stopped carrying a tunnel. */
   onBind?(hub: ConsoleHub): void;
+  /**
+   * Asked for every connection a forward accepts (the process's descriptor budget,
+   * src/runtime/fd-budget.ts): false closes it at once.
+   */
+  admit?(socket: net.Socket): boolean;
 }
 
 export interface TunnelForwardStatus {
@@ -394,7 +399,7 @@ export class TunnelManager {
         : l.type === 'tcp'
           ? { tcp: { host: l.host, port: l.port } }
           : { tcp: { host: this.o.autoHost ?? '127.0.0.1', port: autoPort! } };
-    f.listener = new ForwardListener(target, (s) => this.accept(t, f, s), this.log.child({ tunnel: t.spec.name, to: f.spec.to }), this.o.bindRetryMs);
+    f.listener = new ForwardListener(target, (s) => this.accept(t, f, s), this.log.child({ tunnel: t.spec.name, to: f.spec.to }), this.o.bindRetryMs, this.o.admit ? (s) => this.o.admit!(s) : undefined);
     void f.listener.start();
   }
 

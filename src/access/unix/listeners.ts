@@ -29,6 +29,7 @@ import { assignFileNames, NAME_MAX, UNIX_PATH_MAX } from '../common/file-names.j
 import { peerCredentials } from '../common/native.js';
 import { checkDirectory, checkSocketPath } from '../common/paths.js';
 import { StreamClient, type StreamClientOptions } from '../common/stream-client.js';
+import type { DescriptorBudget } from '../../domain/descriptors.js';
 
 /** A user or group as configured: its name and its numeric id. */
 export interface Principal {
@@ -56,6 +57,8 @@ export interface UnixPeer {
 
 export interface UnixSocketOptions extends StreamClientOptions {
   bindRetryMs: number;
+  /** The process's descriptor budget: an endpoint that does not fit waits (src/access/common/endpoints.ts). */
+  descriptors?: DescriptorBudget;
   /** The console's unix socket settings; null when the method is off for it. */
   settingsOf(hub: ConsoleHub): UnixSocketSettings | null;
   /** The process's descriptor budget: false closes the socket at once. */

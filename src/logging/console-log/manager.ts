@@ -12,7 +12,8 @@ import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from '../../domain/logger.js';
 import type { ConsoleEvent, ConsoleHub, ConsoleObserver } from '../../domain/console-hub.js';
-import { errorFields } from '../../errors.js';
+import { errorFields, VspcError } from '../../errors.js';
+import type { DescriptorBudget } from '../../domain/descriptors.js';
 import { LogFileError } from './errors.js';
 import { describeEvent, droppedText, headerLine, lostText, stampedLine, withoutOwnLines } from './format.js';
 import { LogFollower, type FollowSink } from './follow.js';
@@ -42,6 +43,18 @@ export interface ConsoleLogOptions {
   retryMs?: number;
   /** Every VM serial port known (for `rotate()` of all). */
   ports?: () => Iterable<ConsoleHub>;
+  /**
+   * Where the console stands among the machines sharing its name (1: it has had the name
+   * longest; see nameRanks in src/domain/address.ts): its by-name link is `NAME` for 1,
+   * `NAME~<rank>` otherwise, so that a newcomer never takes an older console's link.
+   * Default: 1 for all. Call `namesChanged()` when ranks may have changed.
+   */
+  nameRank?: (hub: ConsoleHub) => number;
+  /**
+   * The process's descriptor budget: a file that does not fit is not opened now, its
+   * output stays queued (within maxBuffered) and the open is retried after retryMs.
+   */
+  descriptors?: DescriptorBudget;
   /** Clock for the timestamps in the files (tests); timers use the real clock. */
   now?: () => number;
 }
@@ -80,6 +93,10 @@ class ConsoleLog {
   lastByte = -1;
   /** The name the by-name link was last made for (undefined: not checked yet). */
   linkedName: string | null | undefined = undefined;
+  /** Its rank among the machines sharing the name (1: the plain name). */
+  linkedRank = 1;
+  /** `namesVersion` when the link was last checked. */
+  linkVersion = -1;
   /** The registry dropped the hub: close the file as soon as it is written. */
   forgotten = false;
   /** Kinds of trouble already warned about (one warning each). */
@@ -104,9 +121,13 @@ class ConsoleLog {
  */
 export class ConsoleLogManager implements ConsoleObserver {
   readonly dir: string;
-  private readonly o: Required<Omit<ConsoleLogOptions, 'ports' | 'logger' | 'dir'>>;
+  private readonly o: Required<Omit<ConsoleLogOptions, 'ports' | 'logger' | 'dir' | 'nameRank' | 'descriptors'>>;
   private readonly log: Logger;
   private readonly ports: () => Iterable<ConsoleHub>;
+  private readonly nameRank: (hub: ConsoleHub) => number;
+  private readonly descriptors: DescriptorBudget | null;
+  /** Bumped by namesChanged(): every link is checked again at its next write. */
+  private namesVersion = 0;
   private readonly files = new Map<string, ConsoleLog>();
   /** Hubs the registry dropped: their files are closed as soon as they are written. */
   private readonly forgottenHubs = new WeakSet<ConsoleHub>();
@@ -121,6 +142,8 @@ export class ConsoleLogManager implements ConsoleObserver {
     this.dir = options.dir;
     this.log = options.logger.child({ component: 'console-log' });
     this.ports = options.ports ?? (() => []);
+    this.nameRank = options.nameRank ?? (() => 1);
+    this.descriptors = options.descriptors ?? null;
     const d = CONSOLE_LOG_DEFAULTS;
     this.o = {
       maxSize: options.maxSize ?? d.maxSize,
@@ -423,18 +446,32 @@ export class ConsoleLogManager implements ConsoleObserver {
         // Kept until closed, so that a re-registration queues behind the close.
         if (f.forgotten && this.files.get(f.key) === f) this.files.delete(f.key);
       },
+      ...(this.descriptors ? { acquire: () => this.descriptors!.acquire('log-file', f.hub.displayName) } : {}),
     }));
   }
 
-  /** Before writing to the file: is the by-name link up to date with the VM's name? */
+  /**
+   * Consoles were added, removed or renamed: a console's rank among those sharing its
+   * name may have changed, so each by-name link is checked again at its next write.
+   */
+  namesChanged(): void {
+    this.namesVersion++;
+  }
+
+  /** Before writing to the file: is the by-name link up to date with the VM's name (and its rank)? */
   private checkLink(f: ConsoleLog): void {
     const name = f.hub.identity.name || null;
-    if (name === f.linkedName) return;
+    if (name === f.linkedName && f.linkVersion === this.namesVersion) return;
+    f.linkVersion = this.namesVersion;
+    const rank = name === null ? 1 : this.nameRank(f.hub);
+    if (name === f.linkedName && rank === f.linkedRank) return;
     const previous = f.linkedName ?? null;
+    const previousRank = f.linkedRank;
     f.linkedName = name;
+    f.linkedRank = rank;
     const label = f.hub.identity.label;
-    const from = previous === null ? null : nameLinkBaseName(previous, label);
-    const to = name === null ? null : nameLinkBaseName(name, label);
+    const from = previous === null ? null : nameLinkBaseName(previous, label, previousRank);
+    const to = name === null ? null : nameLinkBaseName(name, label, rank);
     // In order with the data, so the link appears with the file's first bytes.
     f.writer
       .enqueue(() => moveNameLink(this.dir, `${f.base}.log`, from, to, DIR_MODE))
@@ -491,6 +528,11 @@ export class ConsoleLogManager implements ConsoleObserver {
         this.diskError(f, err, 'close', 'console log close failed');
         return;
       default:
+        if (err.cause instanceof VspcError && err.cause.code === 'VSPC_FD_BUDGET_SPENT') {
+          // Every console meets this at once: the budget's owner logs it (rate-limited), here it is detail.
+          this.log.debug('console log file not opened: file descriptors exhausted; output queued, retrying', { vm: f.hub.displayName, file: f.writer.path, errorCode: 'VSPC_FD_BUDGET_SPENT' });
+          return;
+        }
         // Open, write, size rotation: the output stays queued (or one write is lost, and said so).
         this.diskError(f, err, 'write', 'console log write failed; retrying in a while, output queued meanwhile');
     }

@@ -55,14 +55,19 @@ export function consoleLogBaseName(key: string, label: string): string {
   return label ? `${k}-${encodeFilePart(label, MAX_LABEL_PART)}` : k;
 }
 
+/** Room for `~<rank>` after a name (ranks have at most 6 digits, src/domain/address.ts). */
+const RANK_ROOM = 7;
+
 /**
- * `<name>[:<label>]`, the name of the link in `by-name/` (without `.log`): the
- * console's display name, spelled as `vspc-admin` addresses it (`web01:com2`). ':' is
- * always encoded inside a part, so name "a:b" and name "a" with label "b" differ.
- * (Links made before were `<name>@<label>`; such a link keeps pointing at its file.)
- * With `.log`, at most NAME_MAX characters.
+ * `<name>[~<rank>][:<label>]`, the name of the link in `by-name/` (without `.log`):
+ * the console's display name, spelled as the console broker addresses it
+ * (`web01:com2`; `web01~2` for the second machine calling itself web01, see
+ * nameRanks in src/domain/address.ts). ':' and '~' are always encoded inside a part,
+ * so name "a:b" and name "a" with label "b" differ, as do name "a~2" and the second
+ * "a". (Links made before were `<name>@<label>`; such a link keeps pointing at its
+ * file.) With `.log`, at most NAME_MAX characters.
  */
-export function nameLinkBaseName(name: string, label: string): string {
-  const n = encodeFilePart(name, MAX_NAME_PART);
+export function nameLinkBaseName(name: string, label: string, rank = 1): string {
+  const n = rank > 1 ? `${encodeFilePart(name, MAX_NAME_PART - RANK_ROOM)}~${rank}` : encodeFilePart(name, MAX_NAME_PART);
   return label ? `${n}:${encodeFilePart(label, MAX_LABEL_PART)}` : n;
 }

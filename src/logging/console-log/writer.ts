@@ -15,6 +15,7 @@ import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { LogFileError, sysCodeOf } from './errors.js';
+import { VspcError } from '../../errors.js';
 import { QueueBudget, WRITE_BATCH, WriteQueue, type Task } from './queue.js';
 import { mustRotate, rotateFiles, type RotationPolicy } from './rotation.js';
 
@@ -66,17 +67,26 @@ export interface AppendFileWriterOptions {
   onError?: (err: LogFileError) => void;
   /** Nothing queued, nothing running and no file open (after an idle close, say). */
   onIdleClosed?: () => void;
+  /**
+   * Asked before the file is opened, for its descriptor (the process's budget): null
+   * means none now — the open fails with VSPC_LOG_OPEN_FAILED (cause VSPC_FD_BUDGET_SPENT),
+   * the data stays queued and the open is retried after `retryMs`. The lease is released
+   * when the file is closed.
+   */
+  acquire?: () => { release(): void } | null;
 }
 
 export class AppendFileWriter {
   readonly path: string;
-  private readonly o: Required<Omit<AppendFileWriterOptions, 'path' | 'budget' | 'header' | 'lossNote' | 'onError' | 'onIdleClosed'>>;
+  private readonly o: Required<Omit<AppendFileWriterOptions, 'path' | 'budget' | 'header' | 'lossNote' | 'onError' | 'onIdleClosed' | 'acquire'>>;
   private readonly budget: QueueBudget | undefined;
   private readonly queue: WriteQueue;
   /** Bytes dropped since the last note about it. */
   private dropped = 0;
   private lost = 0;
   private handle: FileHandle | null = null;
+  /** The open file's descriptor lease (acquire), released with the handle. */
+  private lease: { release(): void } | null = null;
   /** Size of the open file. */
   private size = 0;
   /** Bytes beyond the header in the open file (a file holding only its header is never rotated). */
@@ -377,11 +387,22 @@ export class AppendFileWriter {
 
   private async open(): Promise<FileHandle> {
     let h: FileHandle;
+    const lease = this.options.acquire ? this.options.acquire() : null;
+    if (this.options.acquire && !lease) {
+      throw new LogFileError(
+        'VSPC_LOG_OPEN_FAILED',
+        `cannot open ${this.path} now: file descriptors exhausted`,
+        this.path,
+        new VspcError('VSPC_FD_BUDGET_SPENT', 'file descriptors exhausted'),
+      );
+    }
     try {
       h = await this.openFile();
     } catch (err) {
+      lease?.release();
       throw new LogFileError('VSPC_LOG_OPEN_FAILED', `cannot open ${this.path}`, this.path, err);
     }
+    this.lease = lease;
     try {
       const size = (await h.stat()).size;
       this.initial ??= size;
@@ -397,6 +418,8 @@ export class AppendFileWriter {
       return h;
     } catch (err) {
       await h.close().catch(() => undefined);
+      this.lease?.release();
+      this.lease = null;
       throw new LogFileError('VSPC_LOG_OPEN_FAILED', `cannot start ${this.path}`, this.path, err);
     }
   }
@@ -420,6 +443,9 @@ export class AppendFileWriter {
       await h.close();
     } catch (err) {
       this.report(new LogFileError('VSPC_LOG_CLOSE_FAILED', `closing ${this.path} failed`, this.path, err));
+    } finally {
+      this.lease?.release();
+      this.lease = null;
     }
   }
 

@@ -1,8 +1,8 @@
 import { ProtocolError } from '../../errors.js';
 import { normalizeUuid } from '../../util/uuid.js';
-import { hasUnsafeText, sanitizeText } from '../../util/text.js';
+import { hasUnsafeText, MAX_NAME_LENGTH, sanitizeText, truncateText } from '../../util/text.js';
 
-/** Bounds on identity text from a VM: real values are far smaller; larger is hostile. */
+/** Bounds on identity text from a VM: real values are far smaller; larger is hostile (a longer VM-NAME is a protocol error; one of up to 1024 bytes is kept cut to MAX_NAME_LENGTH characters). */
 export const MAX_NAME_BYTES = 1024;
 export const MAX_URI_BYTES = 1024;
 export const MAX_UUID_TEXT_BYTES = 128;
@@ -26,8 +26,10 @@ export function parseNamePayload(payload: Buffer): string {
     });
   }
   // Controls (C0 and C1) and invisible formatting (bidi overrides) in a name would reach
-  // operators' terminals through tables and logs: replace them (src/util/text.ts).
-  return sanitizeText(payload.toString('utf8'));
+  // operators' terminals through tables and logs: replace them (src/util/text.ts). VMware
+  // names have at most 80 characters: past MAX_NAME_LENGTH (256) the name is cut, marked
+  // with '…' — every list, table and pattern pays for each character of every name.
+  return truncateText(sanitizeText(payload.toString('utf8')), MAX_NAME_LENGTH);
 }
 
 export interface ProxyRequest {

@@ -39,6 +39,8 @@ export const SOURCE_ERROR_CODES = {
   LINE_UNSUPPORTED: 'VSPC_SOURCE_LINE_UNSUPPORTED',
   /** No link factory is registered for the spec's type (a type no source module registered). */
   UNSUPPORTED: 'VSPC_SOURCE_UNSUPPORTED',
+  /** File descriptors are exhausted: the attempt waits for the process's descriptor budget (docs/security.md). */
+  NO_DESCRIPTORS: 'VSPC_SOURCE_NO_DESCRIPTORS',
 } as const;
 
 export type SourceErrorCode = (typeof SOURCE_ERROR_CODES)[keyof typeof SOURCE_ERROR_CODES];

@@ -33,6 +33,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { ConsoleHub } from '../../domain/console-hub.js';
+import { DESCRIPTORS_EXHAUSTED, type DescriptorBudget, type DescriptorLease } from '../../domain/descriptors.js';
 import type { Logger, LogFields } from '../../domain/logger.js';
 import type { ConsoleSource, EndpointState, EndpointStatus } from '../../domain/seams.js';
 import type { SerialLineSettings } from '../../domain/serial-line.js';
@@ -42,6 +43,12 @@ import { SourceError, asSourceError } from './errors.js';
 import type { BoundListener, Connector, DialConnector, Link, ListenConnector } from './link.js';
 
 export interface RunnerOptions {
+  /**
+   * The process's descriptor budget: each attempt (a dial, a listener) and each peer a
+   * listener accepts asks it first; an attempt that does not fit waits (state
+   * `waiting`, lastError DESCRIPTORS_EXHAUSTED) and is retried, a peer is refused.
+   */
+  descriptors?: DescriptorBudget;
   backoff?: Partial<BackoffOptions>;
   /** A dial that has not completed by then fails with VSPC_SOURCE_CONNECT_TIMEOUT. Default 10 s. */
   connectTimeoutMs?: number;
@@ -154,6 +161,14 @@ export class EndpointRunner extends EventEmitter {
   private closing: Promise<void> | null = null;
   private linkGone: (() => void) | null = null;
 
+  private readonly descriptors: DescriptorBudget | null;
+  /** The descriptor of the attempt under way or of the live dialled link (dial), or of the listener (listen). */
+  private attemptLease: DescriptorLease | null = null;
+  /** The descriptor of the peer connected to our listener (listen types). */
+  private peerLease: DescriptorLease | null = null;
+  /** Waiting for descriptors: cancels the wait. */
+  private fdWait: (() => void) | null = null;
+
   constructor(
     spec: SourceSpec,
     private readonly connector: Connector,
@@ -170,6 +185,7 @@ export class EndpointRunner extends EventEmitter {
     this.failureLog = new FailureLog(this.log, this.now, ctx.summaryIntervalMs ?? DEFAULT_SUMMARY_INTERVAL_MS);
     this.since = this.now();
     this.outageSince = this.since;
+    this.descriptors = ctx.descriptors ?? null;
   }
 
   get state(): EndpointState {
@@ -239,6 +255,7 @@ export class EndpointRunner extends EventEmitter {
     if (this.listener) {
       const l = this.listener;
       this.listener = null;
+      this.releaseAttempt();
       waits.push(l.close().catch((err) => this.log.warn('cannot release the listener', { error: String(err) })));
     }
     this.setState('stopped');
@@ -270,6 +287,7 @@ export class EndpointRunner extends EventEmitter {
     if (this.listener) {
       const l = this.listener;
       this.listener = null;
+      this.releaseAttempt();
       l.close().catch(() => {});
     }
     if (!wasStopped) {
@@ -286,9 +304,30 @@ export class EndpointRunner extends EventEmitter {
     if (this.stopped) return;
     this.attempts++;
     const gen = ++this.generation;
+    // The dial's socket or the listener: one descriptor, asked for before it is opened.
+    this.releaseAttempt();
+    if (this.descriptors) {
+      const lease = this.descriptors.acquire('source', this.hub.displayName);
+      if (!lease) {
+        this.onAttemptFailed(new SourceError('VSPC_SOURCE_NO_DESCRIPTORS', DESCRIPTORS_EXHAUSTED));
+        // Sooner than the backoff when descriptors are freed.
+        this.fdWait ??= this.descriptors.whenAvailable(() => {
+          this.fdWait = null;
+          this.kick();
+        });
+        return;
+      }
+      this.attemptLease = lease;
+    }
     this.setState('connecting');
     if (this.connector.mode === 'dial') this.dial(this.connector, gen);
     else this.bind(this.connector, gen);
+  }
+
+  /** Gives back the attempt's (the dialled link's, the listener's) descriptor. */
+  private releaseAttempt(): void {
+    this.attemptLease?.release();
+    this.attemptLease = null;
   }
 
   private dial(connector: DialConnector, gen: number): void {
@@ -316,6 +355,7 @@ export class EndpointRunner extends EventEmitter {
       (err: unknown) => {
         if (gen !== this.generation || this.stopped) return;
         this.endAttempt();
+        this.releaseAttempt();
         this.onAttemptFailed(asSourceError(err));
       },
     );
@@ -349,7 +389,9 @@ export class EndpointRunner extends EventEmitter {
         this.log.info('listening for the peer', { address: listener.address });
       },
       (err: unknown) => {
-        if (current()) this.onAttemptFailed(asSourceError(err));
+        if (!current()) return;
+        this.releaseAttempt();
+        this.onAttemptFailed(asSourceError(err));
       },
     );
   }
@@ -364,6 +406,10 @@ export class EndpointRunner extends EventEmitter {
   private cancelAttempt(): void {
     this.generation++;
     this.clearRetry();
+    this.fdWait?.();
+    this.fdWait = null;
+    // A dial in flight gives its descriptor back; a live link keeps it until it closes.
+    if (!this.link && !this.listener) this.releaseAttempt();
     const ac = this.pendingDial;
     this.endAttempt();
     ac?.abort(new SourceError('VSPC_SOURCE_CLOSED', 'endpoint stopped'));
@@ -380,6 +426,12 @@ export class EndpointRunner extends EventEmitter {
     this.failuresInOutage++;
     this.lastError = err.message;
     const delay = this.backoff.next();
+    if (err.code === 'VSPC_SOURCE_NO_DESCRIPTORS') {
+      // Every endpoint meets this at once: the budget's owner logs it (rate-limited), here it is detail.
+      this.log.debug('no file descriptor for the endpoint now; will retry', { errorCode: err.code, retryInMs: delay });
+      this.scheduleRetry(delay);
+      return;
+    }
     this.failureLog.failure(
       `attempt:${err.key}`,
       this.connector.mode === 'dial' ? 'cannot connect to the endpoint; will retry' : 'cannot listen; will retry',
@@ -411,6 +463,19 @@ export class EndpointRunner extends EventEmitter {
   // --------------------------------------------------------------------- links
 
   private onIncoming(link: Link): void {
+    if (!this.link && this.descriptors) {
+      const lease = this.descriptors.acquire('source', this.hub.displayName);
+      if (!lease) {
+        // The budget's owner logged it; the peer (QEMU reconnects) tries again.
+        this.refusedPeers++;
+        this.lastError = `peer refused: ${DESCRIPTORS_EXHAUSTED}`;
+        this.log.debug('peer refused: file descriptors exhausted', { peer: link.peer, errorCode: 'VSPC_FD_BUDGET_SPENT' });
+        link.destroy(DESCRIPTORS_EXHAUSTED);
+        this.emitStatus();
+        return;
+      }
+      this.peerLease = lease;
+    }
     if (this.link) {
       this.refusedPeers++;
       const fields = { peer: link.peer, connected: this.link.peer, refused: this.refusedPeers };
@@ -451,6 +516,10 @@ export class EndpointRunner extends EventEmitter {
 
   private onLinkClosed(link: Link, error: SourceError | null): void {
     if (link !== this.link) return;
+    // Its descriptor: a dialled link's is the attempt's; a peer of our listener has its own.
+    if (this.connector.mode === 'dial') this.releaseAttempt();
+    this.peerLease?.release();
+    this.peerLease = null;
     const now = this.now();
     const lived = now - this.linkSince;
     this.link = null;
@@ -487,6 +556,7 @@ export class EndpointRunner extends EventEmitter {
   private onListenerFailed(err: SourceError): void {
     const l = this.listener;
     this.listener = null;
+    this.releaseAttempt();
     l?.close().catch(() => {});
     if (this.now() - this.listeningSince >= this.backoff.options.resetAfterMs) this.backoff.reset();
     this.log.warn('listener failed', { errorCode: err.code, sysCode: err.sysCode, error: err.message });
