@@ -79,6 +79,8 @@ export const ERROR_CODES = {
   VSPC_CONFIG_INVALID: ['ConfigError', 'a flag or config file key is invalid; the message names it (and file:line:col)'],
   VSPC_SOURCE_INVALID: ['VspcError', 'a console source spec (unix:..., device:...) is malformed; the message names the part'],
   VSPC_FD_BUDGET_SPENT: ['VspcError', 'file descriptors are nearly exhausted: a connection refused at accept, or a console listener, source connection or log file deferred and retried (the reserve is kept for the admin API)'],
+  VSPC_PEER_NOT_READING: ['PeerRefusedError', 'a peer (VM connection, console client, broker connection) did not read what vspc sent it (output or replies): past its queue bound it was disconnected'],
+  VSPC_PEER_TOO_MANY_REQUESTS: ['PeerRefusedError', 'a console client asked WHO faster than its budget (32 at once, 8 a second): disconnected'],
   VSPC_RELOAD_UNAVAILABLE: ['VspcError', 'reload asked of a vspc that has no configuration to re-read'],
   VSPC_PATTERN_TOO_EXPENSIVE: ['VspcError', 'a list pattern (broker LIST-REQUEST, admin list/?match=) needed more matching work than one request may spend: refused'],
   // --- Sources vspc maintains itself (SourceError, src/sources/common/errors.ts).
@@ -99,6 +101,7 @@ export const ERROR_CODES = {
   VSPC_SOURCE_LINE_UNSUPPORTED: ['SourceError', 'Line settings the device (or serialport on this platform) cannot apply: parity mark/space, 1.5 stop bits, a baud rate the driver refuses.'],
   VSPC_SOURCE_UNSUPPORTED: ['SourceError', 'No link factory is registered for the spec\'s type (a type no source module registered).'],
   VSPC_SOURCE_NO_DESCRIPTORS: ['SourceError', 'File descriptors are exhausted: the attempt waits for the process\'s descriptor budget (docs/security.md).'],
+  VSPC_SOURCE_NOT_READING: ['SourceError', 'The peer did not read what vspc sent it (input, telnet negotiation replies) past --client-queue-limit; the link is closed and the endpoint redialled.'],
   // --- Access methods other than telnet: raw TCP, unix sockets, ptys (AccessError, src/access/common/errors.ts).
   VSPC_ACCESS_NO_DIRECTORY: ['AccessError', "the directory for a console's unix socket or pty link does not exist or is not a directory (retried)"],
   VSPC_ACCESS_UNSAFE_DIRECTORY: ['AccessError', 'that directory is owned by another user, or group- or world-writable without the sticky bit: vspc puts nothing there'],
@@ -195,9 +198,10 @@ export class VspcError extends Error {
 export class ProtocolError extends VspcError {}
 
 /**
- * A VM-side peer refused or cut off by one of the defences of docs/security.md (the
- * allow-list, the limits on unidentified connections, the liveness probe before a
- * takeover, the registration quota); the connection is closed, everything else goes on.
+ * A peer refused or cut off by one of the defences of docs/security.md (on the VM side
+ * the allow-list, the limits on unidentified connections, the liveness probe before a
+ * takeover, the registration quota; on every side the queue bound of a peer that does
+ * not read); the connection is closed, everything else goes on.
  */
 export class PeerRefusedError extends VspcError {}
 

@@ -31,6 +31,7 @@ import { TunnelManager, joinSocket, type TunnelSpec } from './access/tunnel/inde
 import { allocateClientId } from './domain/client-ids.js';
 import type { AccessView, StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
+import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from './domain/log-budget.js';
 import { isLoopbackHost } from './util/net.js';
 import { applyReload, type ReloadAppliers, type ReloadReport } from './config/reload.js';
 import { resolveConsoleAccess, resolveVmSettings } from './config/vms.js';
@@ -105,6 +106,8 @@ export class VspcServer {
   /** This node's id in a cluster (`--node-id`, default the host name); null with SQLite. */
   readonly nodeId: string | null;
   private readonly listeners: TelnetListeners;
+  /** The log budget of the client ports' per-connection lines (see TelnetClientOptions.acceptLogger). */
+  private readonly clientAcceptLog: BudgetedLogger;
   /** The SSH front door, when --ssh-listen is given. */
   readonly ssh: SshListener | null;
   /** The other access methods' endpoints: a raw TCP port, a unix socket, a pty per console. */
@@ -254,6 +257,7 @@ export class VspcServer {
           ...(config.clientCa ? { ca: config.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
         }
       : undefined;
+    this.clientAcceptLog = rateLimitedLogger(logger.child({ listener: 'client' }), LISTENER_LOG_BUDGET, { scope: 'listener' });
     const accessOf = (hub: ConsoleHub): ConsoleAccess => resolveConsoleAccess(this.config, hub.identity);
     const clientOptions: TelnetListenerOptions = {
       host: config.clientListenHost,
@@ -265,7 +269,10 @@ export class VspcServer {
       enabled: (hub) => accessOf(hub).telnet,
       get maxQueuedBytes() { return config.clientQueueLimit; },
       onSlowClientDropped: () => this.metrics.slowClientDropped(),
+      onTooManyRequests: () => this.metrics.peerCutOff('client', 'too-many-requests'),
       onProtocolError: (code) => this.metrics.protocolError('client', code),
+      // The lines of clients not attached yet and of failed TLS handshakes, all client ports together.
+      acceptLogger: this.clientAcceptLog,
       maxSubnegotiation: config.maxSubnegotiation,
       closeGraceMs: config.closeGraceMs,
       lockWaitMs: config.clientLockWaitMs,
@@ -283,6 +290,7 @@ export class VspcServer {
             // The chosen console's client, exactly as if it had come in on the console's own telnet port.
             attach: (h) => void new TelnetClient(h.socket, h.hub, logger, clientOptions, false, h),
             onProtocolError: (code) => this.metrics.protocolError('client', code),
+            onNotReading: () => this.metrics.peerCutOff('broker', 'not-reading'),
           })
         : null;
     const consoleLogs = this.consoleLogs;
@@ -335,7 +343,15 @@ export class VspcServer {
       pollMs: config.ptyPollMs,
       settingsOf: (hub) => accessOf(hub).pty,
     });
-    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger, { descriptors: this.consoleDescriptors });
+    this.managed = new ManagedConsoles(this.registry, sourceConnectors(), logger, {
+      descriptors: this.consoleDescriptors,
+      // A source's queue holds client input (stopped at the socket's high-water mark) and
+      // telnet negotiation replies: the client bound serves (read when an endpoint starts).
+      links: {
+        get maxQueuedBytes() { return config.clientQueueLimit; },
+        onNotReading: () => this.metrics.peerCutOff('source', 'not-reading'),
+      },
+    });
     this.discovered = new DiscoveredConsoles(this.managed, logger);
     this.tunnels = new TunnelManager({
       registry: this.registry,
@@ -355,6 +371,7 @@ export class VspcServer {
         vmotion: this.vmotion,
         onProtocolError: (code) => this.metrics.protocolError('vm', code),
         onTakeover: (result) => this.metrics.takeover(result),
+        onNotReading: () => this.metrics.peerCutOff('vm', 'not-reading'),
         options: {
           get serviceName() { return config.serviceName; },
           get comPort() { return config.comPort; },
@@ -365,6 +382,9 @@ export class VspcServer {
           subnegotiationTimeoutMs: config.subnegotiationTimeoutMs,
           maxPreIdentifyBuffer: config.maxPreIdentifyBuffer,
           closeGraceMs: config.closeGraceMs,
+          // A VM's queue holds replies and client input (bounded by backpressure), and after a
+          // vMotion the held input at once (IAC doubled at worst): room for both.
+          get maxQueuedBytes() { return config.clientQueueLimit + 2 * config.vmotionHoldLimit; },
           proxyPortHint: `telnet://<this host>:${config.proxyListen.port}`,
         },
       },
@@ -881,6 +901,7 @@ export class VspcServer {
     this.tunnels.close();
     const accepting = this.proxy.stopAccepting();
     this.listeners.close();
+    this.clientAcceptLog.close();
     const endpoints = Promise.all([this.raw.close(), this.unix.close(), this.ptys.close()]);
     this.broker?.close();
     // SSH sessions (menus too) are told and ended, within the grace period.
@@ -915,6 +936,7 @@ export class VspcServer {
     this.tunnels.close();
     void this.proxy.stopAccepting();
     this.listeners.close();
+    this.clientAcceptLog.close();
     void this.raw.close();
     void this.unix.close();
     void this.ptys.close();

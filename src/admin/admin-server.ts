@@ -2,6 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
 import type { Logger } from '../domain/logger.js';
+import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../domain/log-budget.js';
 import { AdminApiError, errorFields } from '../errors.js';
 import type { HostPort } from '../util/net.js';
 import { refusal } from './auth.js';
@@ -107,12 +108,20 @@ export class AdminServer {
   private readonly requested = new WeakSet<net.Socket>();
   private lastShedLog = 0;
   private shed = 0;
+  /**
+   * The lines any caller can cause once per request (refusals, failed TLS handshakes):
+   * on a budget, so that a loop of bad requests is counted (/metrics) rather than
+   * written line by line. Admin actions and internal errors are not budgeted.
+   */
+  private readonly requestLog: BudgetedLogger;
 
   constructor(
     private readonly routes: AdminRoute[],
     private readonly logger: Logger,
     private readonly options: AdminServerOptions = {},
-  ) {}
+  ) {
+    this.requestLog = rateLimitedLogger(logger.child({ listener: 'admin' }), LISTENER_LOG_BUDGET, { scope: 'listener' });
+  }
 
   /** Listen on `addr`: HTTP, or HTTPS with `tls`. */
   async listen(addr: HostPort, tls: { cert: Buffer; key: Buffer } | null = null): Promise<net.AddressInfo> {
@@ -135,7 +144,7 @@ export class AdminServer {
     server.prependListener('connection', (socket: net.Socket) => this.accepted(socket));
     if (tls) {
       server.on('tlsClientError', (err: Error, socket: net.Socket) => {
-        this.logger.info('TLS handshake failed on the admin API', { peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
+        this.requestLog.info('TLS handshake failed on the admin API', { peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
       });
     }
     // Admin clients are short-lived; do not let idle keep-alive sockets hold shutdown (or descriptors).
@@ -200,6 +209,7 @@ export class AdminServer {
     const server = this.server;
     if (!server) return;
     this.server = null;
+    this.requestLog.close();
     await new Promise<void>((r) => {
       server.close(() => r());
       // Streams (log --follow) are usually ended already by their source: let them finish sending.
@@ -234,7 +244,7 @@ export class AdminServer {
       const guarded = guardRequest(req, this.options.hostNames?.() ?? []);
       if (guarded) {
         this.options.onRefused?.(guarded.reason);
-        this.logger.warn('admin API request refused: looks browser-borne', {
+        this.requestLog.warn('admin API request refused: looks browser-borne', {
           peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
           method: req.method,
           path: url.pathname,
@@ -247,7 +257,7 @@ export class AdminServer {
       if (refused) {
         this.options.onUnauthorized?.();
         res.setHeader('www-authenticate', 'Bearer realm="vspc"');
-        this.logger.warn('admin API request refused: no valid token', {
+        this.requestLog.warn('admin API request refused: no valid token', {
           peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
           method: req.method,
           path: url.pathname,

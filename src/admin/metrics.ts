@@ -3,7 +3,7 @@
  * exposition format (version 0.0.4), written by hand: a dozen series do not need a
  * client library. Gauges are read from the registry and the coordinator at scrape
  * time; the few events nothing else counts are counted here through small hooks
- * (`protocolError`, `slowClientDropped`), which the transports call.
+ * (`protocolError`, `slowClientDropped`, `peerCutOff`), which the transports call.
  */
 import type { Registry } from '../domain/registry.js';
 import type { GuardRefusal } from './request-guard.js';
@@ -23,6 +23,23 @@ export const VM_REFUSAL_LABELS = ['not-allowed', 'address-limit', 'unidentified-
 /** `result` values of vspc_vm_supersedes_total (the ESXi session's TakeoverResult). */
 export const TAKEOVER_LABELS = ['same-address', 'no-probe', 'unanswered', 'closed', 'refused'] as const;
 
+/**
+ * Labels of vspc_peers_cut_off_total, always exposed (0 until they happen): peers
+ * disconnected by a resource bound (docs/security.md, "Running out of resources").
+ * `not-reading`: the peer's queue passed its bound (VSPC_PEER_NOT_READING,
+ * VSPC_SOURCE_NOT_READING); `too-many-requests`: a console client's WHO budget
+ * (VSPC_PEER_TOO_MANY_REQUESTS).
+ */
+export const PEER_CUT_OFF_LABELS = [
+  { side: 'vm', reason: 'not-reading' },
+  { side: 'client', reason: 'not-reading' },
+  { side: 'broker', reason: 'not-reading' },
+  { side: 'source', reason: 'not-reading' },
+  { side: 'client', reason: 'too-many-requests' },
+] as const;
+export type PeerSide = 'vm' | 'client' | 'broker' | 'source';
+export type PeerCutOffReason = 'not-reading' | 'too-many-requests';
+
 /** `reason` values of vspc_vm_ports_expired_total. */
 export const EXPIRY_LABELS = ['unseen', 'unused'] as const;
 
@@ -33,6 +50,8 @@ export class Metrics {
   slowClientsDropped = 0;
   /** Consoles that took a name another machine already had (the older keeps it; docs/security.md). */
   nameConflicts = 0;
+  /** "side\0reason" → peers disconnected by a resource bound (PEER_CUT_OFF_LABELS). */
+  private readonly cutOff = new Map<string, number>(PEER_CUT_OFF_LABELS.map((l) => [`${l.side}\0${l.reason}`, 0]));
   /** The process's descriptor budget (src/runtime/fd-budget.ts), when there is one. */
   fdBudget: { readonly limit: number; readonly inUse: number; readonly refused: number } | null = null;
   /** Console descriptors deferred by the budget, by use (listener, source, log-file). */
@@ -82,9 +101,23 @@ export class Metrics {
     this.expiries[reason] = (this.expiries[reason] ?? 0) + 1;
   }
 
-  /** A console client was disconnected for not reading its output. */
+  /** A console client was disconnected for not reading what vspc sent it (output, notices or replies). */
   slowClientDropped(): void {
     this.slowClientsDropped++;
+    this.peerCutOff('client', 'not-reading');
+  }
+
+  /** A peer was disconnected by a resource bound: its queue (`not-reading`) or a request budget. */
+  peerCutOff(side: PeerSide, reason: PeerCutOffReason): void {
+    const k = `${side}\0${reason}`;
+    this.cutOff.set(k, (this.cutOff.get(k) ?? 0) + 1);
+  }
+
+  peerCutOffCounts(): Array<{ side: string; reason: string; count: number }> {
+    return [...this.cutOff].map(([k, count]) => {
+      const [side, reason] = k.split('\0');
+      return { side, reason, count };
+    });
   }
 
   protocolErrorCounts(): Array<{ side: string; kind: string; count: number }> {
@@ -285,12 +318,18 @@ export function renderMetrics(i: MetricsInput): string {
       'Connections closed for a protocol error, by side (vm, client) and kind (error code).',
       i.metrics.protocolErrorCounts().map(({ side, kind, count }) => [{ side, kind }, count] as Sample),
     ),
-    family('vspc_clients_dropped_slow_total', 'counter', 'Console clients disconnected because they did not read their output.', i.metrics.slowClientsDropped),
+    family('vspc_clients_dropped_slow_total', 'counter', 'Console clients disconnected because they did not read their output (or replies).', i.metrics.slowClientsDropped),
     family(
       'vspc_console_name_conflicts_total',
       'counter',
       'Consoles that took a name another console already had: the older keeps the name, the newer is NAME~N (by-name log link, console broker).',
       i.metrics.nameConflicts,
+    ),
+    family(
+      'vspc_peers_cut_off_total',
+      'counter',
+      'Peers disconnected by a resource bound, by side (vm, client, broker, source) and reason (not-reading: its queue passed the bound; too-many-requests: a request budget).',
+      i.metrics.peerCutOffCounts().map(({ side, reason, count }) => [{ side, reason }, count] as Sample),
     ),
     ...(i.metrics.fdBudget && Number.isFinite(i.metrics.fdBudget.limit)
       ? [

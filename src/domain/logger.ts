@@ -22,7 +22,10 @@ export interface Logger {
   warn(message: string, fields?: LazyFields): void;
   info(message: string, fields?: LazyFields): void;
   debug(message: string, fields?: LazyFields): void;
-  /** Whether a line at `level` would be written now. */
+  /**
+   * Whether a line at `level` would be written now. A log budget (log-budget.ts) uses
+   * it so that lines below the level spend nothing.
+   */
   isLevelEnabled(level: LogLevel): boolean;
   /**
    * A logger whose lines all carry `fields` (one per connection: peer, console). Cheap:

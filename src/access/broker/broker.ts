@@ -9,6 +9,7 @@
  */
 import net from 'node:net';
 import type { Logger } from '../../domain/logger.js';
+import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { HostPort } from '../../util/net.js';
 import { errorFields } from '../../errors.js';
@@ -30,6 +31,8 @@ export interface BrokerOptions {
   /** Hands a connection that selected a console to the telnet access method. */
   attach(handover: BrokerHandover): void;
   onProtocolError?(code: string): void;
+  /** A connection was dropped for not reading what the broker sent it (metrics). */
+  onNotReading?(): void;
 }
 
 /** Counters for status, metrics and tests. */
@@ -52,12 +55,16 @@ export class ConsoleBroker {
   private tcpAddress: net.AddressInfo | null = null;
   private lastFullLog = 0;
   private closed = false;
+  /** The budget of the line any connection can cause once at will (TLS on the broker), all connections together. */
+  private readonly connectionLog: BudgetedLogger;
 
   constructor(
     private readonly registry: Registry,
     private readonly logger: Logger,
     private readonly options: BrokerOptions,
-  ) {}
+  ) {
+    this.connectionLog = rateLimitedLogger(logger.child({ listener: 'broker' }), LISTENER_LOG_BUDGET, { scope: 'listener' });
+  }
 
   /** Connections that have not chosen a console yet. */
   get pending(): number {
@@ -125,6 +132,7 @@ export class ConsoleBroker {
     const options = this.options;
     const conn = new BrokerConnection(socket, peer, {
       logger: this.logger,
+      acceptLogger: this.connectionLog,
       limits: options.limits,
       consoles: () => this.registry.all(),
       maxQueuedBytes: () => options.maxQueuedBytes,
@@ -134,6 +142,7 @@ export class ConsoleBroker {
       },
       settled: (c) => this.pendingSet.delete(c),
       onProtocolError: options.onProtocolError,
+      onNotReading: options.onNotReading,
     });
     if (conn.pending) this.pendingSet.add(conn);
   }
@@ -171,6 +180,7 @@ export class ConsoleBroker {
     if (this.socketFile) removeSocketFile(this.socketFile);
     this.socketFile = null;
     for (const c of [...this.pendingSet]) c.close('vspc is shutting down', 200);
+    this.connectionLog.close();
     // Not awaited: a server's close waits for every connection it accepted, and those
     // handed over are console clients, closed with their consoles.
     for (const s of servers) s.close();

@@ -1,9 +1,11 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
-import { errorFields, ProtocolError, VspcError } from '../../errors.js';
+import { errorFields, PeerRefusedError, ProtocolError, VspcError } from '../../errors.js';
 import { Option, policyFromLists, TelnetSession, type TelnetSessionHandlers } from '../../protocol/telnet/index.js';
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ConsoleListEntry, type ControlMessage } from '../../protocol/control/vspc-control.js';
+import { WriteQueue } from '../../util/write-queue.js';
 import { listEntries, offeredConsoles, selectConsole } from './catalogue.js';
 import { GlobBudget } from '../../util/glob.js';
 
@@ -33,12 +35,17 @@ export interface BrokerHandover {
 }
 
 export interface BrokerConnectionContext {
+  /** Each connection logs through a child with a budget of its own. */
   readonly logger: Logger;
+  /** The broker's budgeted logger, for the line any connection can cause once at will (TLS on the broker). Absent: the connection's. */
+  readonly acceptLogger?: Logger;
   readonly limits: BrokerLimits;
   /** The registry's consoles now (read per request). */
   consoles(): readonly ConsoleHub[];
-  /** Output queued to a peer that does not read, at most (--client-queue-limit). */
+  /** Output queued to a peer that does not read, at most (--client-queue-limit); past it the connection is dropped. */
   maxQueuedBytes(): number;
+  /** The connection was dropped for not reading what the broker sent it (metrics). */
+  onNotReading?(): void;
   attach(handover: BrokerHandover): void;
   /** The connection left the pending set (handed over or closed). */
   settled(conn: BrokerConnection, outcome: 'selected' | 'closed'): void;
@@ -65,7 +72,11 @@ export class BrokerConnection {
   private requests = 0;
   private readonly deadline: NodeJS.Timeout;
   private closeTimer: NodeJS.Timeout | null = null;
-  private readonly log: Logger;
+  private readonly log: BudgetedLogger;
+  /** Everything written to the peer before the handover, counted (the queue bound). */
+  private readonly queue: WriteQueue;
+  /** After the handover: the client's writer (its queue bound and its cut-off). */
+  private writer: ((bytes: Buffer) => boolean) | null = null;
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
   private readonly onClose = () => this.closed();
   private readonly onError = (err: Error) => this.log.debug('broker connection error', errorFields(err));
@@ -76,7 +87,8 @@ export class BrokerConnection {
     readonly peer: string,
     private readonly ctx: BrokerConnectionContext,
   ) {
-    this.log = ctx.logger.child({ side: 'broker', peer });
+    this.queue = new WriteQueue(socket);
+    this.log = rateLimitedLogger(ctx.logger.child({ side: 'broker', peer }), CONNECTION_LOG_BUDGET);
     this.target = {
       subnegotiation: (option, payload) => {
         if (option === VSPC_CONTROL_OPTION && this.session.isEnabled('him', VSPC_CONTROL_OPTION)) this.onControl(payload);
@@ -99,7 +111,7 @@ export class BrokerConnection {
       // session goes on as that console's after SELECTED, with what was agreed here.
       policyFromLists({ us: [Option.ECHO, Option.SGA, Option.BINARY], him: [Option.BINARY, Option.SGA, VSPC_CONTROL_OPTION, Option.COM_PORT] }),
       {
-        write: (b) => this.socket.write(b),
+        write: (b) => this.write(b),
         data: (d) => this.target.data?.(d),
         command: (c) => this.target.command?.(c),
         subnegotiation: (o, p) => this.target.subnegotiation?.(o, p),
@@ -156,6 +168,35 @@ export class BrokerConnection {
     this.state = outcome === 'selected' ? 'handed-over' : 'closed';
     clearTimeout(this.deadline);
     this.ctx.settled(this, outcome);
+    // What the budget suppressed is summarised now; the client logs on its own from here.
+    this.log.close();
+  }
+
+  /**
+   * Every byte for the peer goes through here (negotiation replies, lists, notices), and
+   * after the handover on to the client's writer. Past the bound the peer is dropped: a
+   * peer that makes the broker answer (toggling an option, asking for lists) and never
+   * reads must not make vspc hold the answers without limit.
+   */
+  private write(bytes: Buffer): boolean {
+    if (this.writer) return this.writer(bytes);
+    if (this.socket.destroyed || this.socket.writableEnded) return true;
+    const ok = this.queue.write(bytes);
+    const limit = this.ctx.maxQueuedBytes();
+    if (this.queue.cost > limit) {
+      this.log.warn('broker connection does not read what vspc sends; disconnected', {
+        ...errorFields(new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`)),
+        queued: this.queue.cost,
+        bytes: this.socket.writableLength,
+        writes: this.queue.writes,
+        limit,
+      });
+      this.ctx.onNotReading?.();
+      this.session.stop();
+      this.destroy();
+      return true;
+    }
+    return ok;
   }
 
   private receive(chunk: Buffer): void {
@@ -163,7 +204,7 @@ export class BrokerConnection {
       this.firstChunk = false;
       if (chunk[0] === 0x16) {
         // A TLS ClientHello: nothing here speaks TLS.
-        this.log.info('TLS handshake on the console broker; closing', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
+        (this.ctx.acceptLogger?.child({ side: 'broker', peer: this.peer }) ?? this.log).info('TLS handshake on the console broker; closing', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
         this.ctx.onProtocolError?.('VSPC_TLS_ON_PLAIN_PORT');
         this.destroy();
         return;
@@ -217,11 +258,6 @@ export class BrokerConnection {
     const pages = paginate(entries, this.ctx.limits.pageBytes);
     pages.forEach((page, i) => this.send({ kind: 'list-reply', more: i < pages.length - 1, entries: page }));
     this.log.debug('broker list', { pattern, entries: entries.length, pages: pages.length });
-    if (this.socket.writableLength > this.ctx.maxQueuedBytes()) {
-      // Asking for lists without reading them: the same rule as a slow console client.
-      this.log.info('broker connection does not read its lists; closing', { queued: this.socket.writableLength });
-      this.destroy();
-    }
   }
 
   private select(address: string): void {
@@ -248,6 +284,7 @@ export class BrokerConnection {
       peer: this.peer,
       route: (handlers) => {
         this.target = handlers;
+        this.writer = handlers.write;
       },
     });
   }
@@ -255,6 +292,7 @@ export class BrokerConnection {
   private closed(): void {
     if (this.closeTimer) clearTimeout(this.closeTimer);
     if (this.pending) this.settle('closed');
+    this.log.close();
   }
 }
 

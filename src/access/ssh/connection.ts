@@ -14,7 +14,9 @@ import ssh2 from 'ssh2';
 import type { AuthContext, Connection, ParsedKey, PublicKeyAuthContext, Session } from 'ssh2';
 import type { Logger } from '../../domain/logger.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
-import { errorFields } from '../../errors.js';
+import { errorFields, PeerRefusedError } from '../../errors.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
+import { socketCost } from '../../util/write-queue.js';
 import { sanitizeText } from '../../util/text.js';
 import type { AuthorizedKeys } from './authorized-keys.js';
 import { fingerprintOf } from './fingerprint.js';
@@ -78,6 +80,8 @@ export class SshConnection implements SessionHost {
   readonly peer: string;
   readonly acceptedAt = Date.now();
   logger: Logger;
+  /** The connection's log budget (its logger and that logger's children share it). */
+  private readonly logBudget: BudgetedLogger;
   private state: State = 'handshake';
   private client: Connection | null = null;
   private principalValue: Principal | null = null;
@@ -100,7 +104,9 @@ export class SshConnection implements SessionHost {
     readonly address: string,
   ) {
     this.peer = `${address}:${socket.remotePort ?? '?'}`;
-    this.logger = ctx.logger.child({ peer: this.peer, side: 'ssh' });
+    // One line per request a peer repeats (a refused global request) must not become a log flood.
+    this.logBudget = rateLimitedLogger(ctx.logger.child({ peer: this.peer, side: 'ssh' }), CONNECTION_LOG_BUDGET);
+    this.logger = this.logBudget;
     socket.setNoDelay(true);
     // Half-open detection below SSH's own keepalive (which only starts once authenticated).
     socket.setKeepAlive(true, 30_000);
@@ -172,8 +178,25 @@ export class SshConnection implements SessionHost {
     return this.ctx.maxQueuedBytes();
   }
 
+  /** What waits in the TCP socket, priced as util/write-queue.ts prices it (ssh2 writes each packet on its own). */
   socketQueued(): number {
-    return this.socket.writableLength;
+    return socketCost(this.socket);
+  }
+
+  /**
+   * Called once ssh2 has the socket (its data listener is in place): after each chunk
+   * from the peer — once ssh2 has answered it (a refused request, a window adjust,
+   * a channel failure) — what waits for the peer is checked against the queue bound.
+   * A peer that sends requests and never reads the answers is cut off.
+   */
+  watchQueue(): void {
+    const check = () => {
+      if (this.state === 'closed' || this.socket.destroyed) return;
+      const queued = this.socketQueued();
+      const limit = this.ctx.maxQueuedBytes();
+      if (queued > limit) this.tooSlow(queued, limit);
+    };
+    this.socket.on('data', () => process.nextTick(check));
   }
 
   refused(what: string, kind = 'other', reject?: () => void): void {
@@ -184,7 +207,13 @@ export class SshConnection implements SessionHost {
 
   tooSlow(queued: number, limit: number): void {
     if (this.state === 'closed') return;
-    this.logger.warn('SSH client too slow; disconnecting', { queued, limit, user: this.principalValue?.user });
+    this.logger.warn('SSH client too slow; disconnecting', {
+      ...errorFields(new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`)),
+      queued,
+      bytes: this.socket.writableLength,
+      limit,
+      user: this.principalValue?.user,
+    });
     this.ctx.onSlowClientDropped?.();
     this.count('too-slow');
     this.destroy();
@@ -410,6 +439,8 @@ export class SshConnection implements SessionHost {
     for (const t of [this.graceTimer, this.maxTimer, this.destroyTimer]) if (t) clearTimeout(t);
     for (const s of [...this.sessions]) s.destroy();
     this.sessions.clear();
+    // What the budget suppressed is summarised before the last line.
+    this.logBudget.close();
     if (was === 'authenticated') this.logger.info('SSH connection closed', { durationMs: Date.now() - this.acceptedAt });
     this.ctx.connectionClosed(this);
   }

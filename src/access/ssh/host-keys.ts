@@ -41,9 +41,22 @@ export function loadHostKeys(dir: string): HostKey[] {
   return KINDS.map((k) => {
     const path = join(dir, k.file);
     let created = false;
-    if (!existsSync(path)) created = create(path, k.generate());
+    if (!existsSync(path)) created = create(path, generateParsable(k.generate));
     return read(path, k.type, created);
   });
+}
+
+/**
+ * A new key pair that ssh2 can read back: ssh2's generateKeyPairSync('ed25519') makes,
+ * about once in 200 keys, a private key its own parseKey rejects ("Malformed OpenSSH
+ * private key"), which would stop vspc from starting with a key file it made itself.
+ * Such a key is thrown away and another generated.
+ */
+function generateParsable(generate: () => { private: string; public: string }): { private: string; public: string } {
+  for (let attempt = 1; ; attempt++) {
+    const pair = generate();
+    if (!(ssh2.utils.parseKey(pair.private) instanceof Error) || attempt >= 20) return pair;
+  }
 }
 
 /** Writes a new key beside its final name, then links it into place: never a half-written key file, never two writers' keys mixed. */

@@ -284,6 +284,7 @@ export class SshListener {
     this.bySocket.set(socket, conn);
     // Still paused (pauseOnConnect): ssh2 resumes it once its data listener is in place.
     this.ssh!.injectSocket(socket);
+    conn.watchQueue();
   }
 
   private onSshConnection(client: Connection, info: { header?: { versions?: { software?: string } } }): void {

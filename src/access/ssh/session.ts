@@ -190,12 +190,27 @@ export class SshSession {
     const ch = this.channel;
     if (from !== this.client || !ch || this.state !== 'attached') return;
     ch.write(data);
-    const queued = ch.writableLength + this.host.socketQueued();
+    this.checkQueue(ch);
+  }
+
+  /**
+   * Every write of vspc's own on the channel (menus, lists, notices, echo): checked
+   * against the same bound as console output, so that a client asking for a menu in a
+   * loop (Enter refreshes it) and never reading cannot make vspc queue without limit.
+   */
+  private put(text: string | Buffer, stderr = false): void {
+    const ch = this.channel;
+    if (!ch) return;
+    if (stderr) ch.stderr.write(text);
+    else ch.write(text);
+    this.checkQueue(ch);
+  }
+
+  /** Past the connection's queue bound the connection goes: telling it would only queue more. */
+  private checkQueue(ch: ServerChannel): void {
+    const queued = ch.writableLength + ch.stderr.writableLength + this.host.socketQueued();
     const limit = this.host.maxQueuedBytes();
-    if (queued > limit) {
-      // Telling it would only queue more: the connection goes.
-      this.host.tooSlow(queued, limit);
-    }
+    if (queued > limit) this.host.tooSlow(queued, limit);
   }
 
   noticeFrom(from: SshConsoleClient, text: string): void {
@@ -337,7 +352,7 @@ export class SshSession {
     let text = `\r\nvspc: consoles for ${p.user} (key ${p.fingerprint})\r\n\r\n`;
     text += this.shown.length > 0 ? renderTable(this.shown, '\r\n', true) : 'no console that this key may reach is known\r\n';
     text += '\r\nNumber or name [--mode MODE] [--force], Enter to refresh, q to quit: ';
-    this.channel?.write(text);
+    this.put(text);
   }
 
   private onMenuLine(text: string): void {
@@ -345,17 +360,17 @@ export class SshSession {
     if (t === '' || t === 'r') return this.showMenu();
     if (t === 'q' || t === 'quit' || t === 'exit') return this.finish(Exit.OK);
     if (t === 'help' || t === '?') {
-      this.channel?.write(`${USAGE.replace(/\n/g, '\r\n')}\r\n`);
+      this.put(`${USAGE.replace(/\n/g, '\r\n')}\r\n`);
       return this.showMenu();
     }
     const cmd = parseCommand(t);
     if (cmd.kind !== 'attach') {
-      this.channel?.write(`vspc: ${cmd.kind === 'error' ? cmd.message : 'at the menu: a number or a name'}\r\n`);
+      this.put(`vspc: ${cmd.kind === 'error' ? cmd.message : 'at the menu: a number or a name'}\r\n`);
       return this.showMenu();
     }
     const found = findConsole(this.shown, cmd.target, true);
     if ('error' in found) {
-      this.channel?.write(`vspc: ${found.error}\r\n`);
+      this.put(`vspc: ${found.error}\r\n`);
       return this.showMenu();
     }
     this.attach(found.hub, cmd.mode, cmd.force, cmd.raw);
@@ -367,7 +382,7 @@ export class SshSession {
     this.lastInputAt = Date.now();
     if (this.state === 'menu') {
       const { echo, events } = this.editor.feed(data);
-      if (echo) this.channel?.write(echo);
+      if (echo) this.put(echo);
       for (const e of events) {
         if (this.state !== 'menu') break;
         if (e.kind === 'quit') this.finish(Exit.OK);
@@ -397,7 +412,7 @@ export class SshSession {
         this.toConsole(data.subarray(start, i));
         this.menuKey = true;
         start = i + 1;
-        this.channel?.write('\r\n[vspc] d detach, b break, w who, c continue, ^] send ^]: ');
+        this.put('\r\n[vspc] d detach, b break, w who, c continue, ^] send ^]: ');
       }
     }
     this.toConsole(data.subarray(start));
@@ -420,13 +435,13 @@ export class SshSession {
     const c = this.client;
     if (!c) return;
     const lines = c.hub.locks.list().map((h) => `  #${h.clientId} ${describeHolder(h)}${h.clientId === c.id ? ' (you)' : ''}`);
-    this.channel?.write(`\r\n[vspc: attached to ${c.hub.displayName}]\r\n${lines.join('\r\n')}\r\n`);
+    this.put(`\r\n[vspc: attached to ${c.hub.displayName}]\r\n${lines.join('\r\n')}\r\n`);
   }
 
   private userDetach(): void {
     this.detach('detached');
     if (this.fromMenu) {
-      this.channel?.write('\r\n[vspc: detached]\r\n');
+      this.put('\r\n[vspc: detached]\r\n');
       this.showMenu();
     } else {
       this.finish(Exit.OK, 'detached');
@@ -463,21 +478,21 @@ export class SshSession {
     if (this.state === 'closed' || !this.channel) return;
     const line = `\r\n[vspc: ${text}]\r\n`;
     // Without a terminal stdout is the console's byte stream: vspc's own words go to stderr.
-    if (this.pty) this.channel.write(line);
-    else this.channel.stderr.write(line.replace(/\r\n/g, '\n').replace(/^\n/, ''));
+    if (this.pty) this.put(line);
+    else this.put(line.replace(/\r\n/g, '\n').replace(/^\n/, ''), true);
   }
 
   /** Text for stdout (a terminal gets CR LF). */
   private write(text: string): void {
     if (!this.channel) return;
-    this.channel.write(this.pty ? text.replace(/\r?\n/g, '\r\n') : text);
+    this.put(this.pty ? text.replace(/\r?\n/g, '\r\n') : text);
   }
 
   /** Text for stderr (or the terminal). */
   private error(text: string): void {
     if (!this.channel) return;
-    if (this.pty) this.channel.write(text.replace(/\r?\n/g, '\r\n'));
-    else this.channel.stderr.write(text);
+    if (this.pty) this.put(text.replace(/\r?\n/g, '\r\n'));
+    else this.put(text, true);
   }
 
   private refuse(what: string, reject: (() => void) | undefined): void {

@@ -1,6 +1,9 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../domain/logger.js';
-import { errorFields } from '../../errors.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
+import { errorFields, PeerRefusedError } from '../../errors.js';
+import { TokenBuckets } from '../../util/token-bucket.js';
+import { WRITE_OVERHEAD_BYTES, WriteQueue } from '../../util/write-queue.js';
 import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSession, type TelnetSessionHandlers } from '../../protocol/telnet/index.js';
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage, type StreamRequest } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
@@ -13,7 +16,11 @@ import { createComPortServer } from './com-port.js';
 import { allocateClientId } from '../../domain/client-ids.js';
 
 export interface TelnetClientOptions {
-  /** Bytes queued to a client that does not read; past this it is disconnected. */
+  /**
+   * Bytes queued to a client that does not read (output, notices, replies: everything
+   * vspc writes to it, each write priced with its overhead as util/write-queue.ts does);
+   * past this it is disconnected (VSPC_PEER_NOT_READING).
+   */
   maxQueuedBytes: number;
   maxSubnegotiation: number;
   closeGraceMs: number;
@@ -27,6 +34,14 @@ export interface TelnetClientOptions {
   idleTimeoutMs: number;
   /** Called when a client is dropped for being too slow (metrics). */
   onSlowClientDropped?(): void;
+  /** Called when a client is dropped for asking WHO faster than its budget (metrics). */
+  onTooManyRequests?(): void;
+  /**
+   * The client listeners' budgeted logger, for the warnings any connection can cause
+   * once at will (TLS on a plain port, a failed TLS handshake): a flood of connections
+   * shares one budget. Absent: the client's own logger.
+   */
+  acceptLogger?: Logger;
   /** Called when a client is closed for a protocol error, with its code (metrics). */
   onProtocolError?(code: string): void;
 }
@@ -75,6 +90,13 @@ const MAX_EARLY_INPUT = 4096;
 const MAX_EARLY_COM_PORT = 64;
 /** How long a client's attach waits for the scrollback to be read back from the console log (after a restart). */
 const SCROLLBACK_PRIME_WAIT_MS = 2000;
+/**
+ * WHO requests one client may make: 32 at once, then 8 a second. A WHO-REPLY grows with
+ * the lock holders (names up to 64 bytes each): a 6-byte request can cost kilobytes of
+ * JSON, so a client asking in a loop is disconnected (VSPC_PEER_TOO_MANY_REQUESTS)
+ * rather than answered at whatever rate it can send. People ask from a menu.
+ */
+export const WHO_BUDGET = Object.freeze({ ratePerSecond: 8, burst: 32 });
 
 /**
  * Named states of a console client:
@@ -98,6 +120,11 @@ export class TelnetClient implements ConsoleClient {
   readonly connectedAt = Date.now();
   private readonly session: TelnetSession;
   private log: Logger;
+  /** This client's log budget (its logger and that logger's children share it). */
+  private readonly logBudget: BudgetedLogger;
+  /** Everything written to the client, counted (the queue bound). */
+  private readonly queue: WriteQueue;
+  private whoBudget: TokenBuckets | null = null;
   private state: ClientState = 'negotiating';
   private closeTimer: NodeJS.Timeout | null = null;
   private lockTimer: NodeJS.Timeout | null = null;
@@ -129,7 +156,8 @@ export class TelnetClient implements ConsoleClient {
     private readonly via?: { method: string; peer: string; origin?: ConsoleClient['origin'] },
   ) {
     this.peer = handover?.peer ?? via?.peer ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    this.log = logger.child({
+    this.queue = new WriteQueue(socket);
+    const fields = {
       client: this.id,
       peer: this.peer,
       side: 'client',
@@ -137,9 +165,12 @@ export class TelnetClient implements ConsoleClient {
       tls: secure,
       ...(handover ? { via: 'broker' } : {}),
       ...(via ? { method: via.method } : {}),
-    });
+    };
+    // One line per few bytes a client sends (a COM-PORT SIGNATURE) must not become a log flood.
+    this.logBudget = rateLimitedLogger(logger.child(fields), CONNECTION_LOG_BUDGET);
+    this.log = this.logBudget;
     const handlers: TelnetSessionHandlers = {
-      write: (b) => this.socket.write(b),
+      write: (b) => this.write(b),
       data: (d) => this.onInput(d),
       command: (c) => this.onCommand(c),
       subnegotiation: (option, payload) => {
@@ -175,7 +206,10 @@ export class TelnetClient implements ConsoleClient {
       socket.once('data', (chunk: Buffer) => {
         // A TLS ClientHello on a plain port would otherwise be decoded as keystrokes for the VM.
         if (!secure && chunk[0] === 0x16) {
-          this.log.warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', { errorCode: 'VSPC_TLS_ON_PLAIN_PORT' });
+          // One per connection, and anyone can open connections: on the listeners' budget.
+          (options.acceptLogger?.child(fields) ?? this.log).warn('TLS handshake on a plain telnet client port; closing (use the telnets port)', {
+            errorCode: 'VSPC_TLS_ON_PLAIN_PORT',
+          });
           this.options.onProtocolError?.('VSPC_TLS_ON_PLAIN_PORT');
           this.destroy('TLS on a plain port');
           return;
@@ -243,17 +277,44 @@ export class TelnetClient implements ConsoleClient {
   private output(bytes: Buffer): void {
     if (this.suspendedOutput) {
       this.suspendedOutput.push(bytes);
-      this.suspendedBytes += bytes.length;
+      this.suspendedBytes += bytes.length + WRITE_OVERHEAD_BYTES;
+      this.checkQueue();
     } else {
-      this.socket.write(bytes);
+      this.write(bytes);
     }
-    const queued = this.socket.writableLength + this.suspendedBytes;
-    if (queued > this.options.maxQueuedBytes) {
-      this.log.warn('client too slow; disconnecting', { queued, limit: this.options.maxQueuedBytes, suspended: this.suspendedOutput !== null });
-      this.options.onSlowClientDropped?.();
-      // The queue is already full: telling the client would only queue more, so just go.
-      this.destroy('too slow: output queue over the limit');
-    }
+  }
+
+  /**
+   * Every byte for the client goes through here (output and notices, and the replies
+   * its own requests cause: negotiation, WHO, COM-PORT), so that one bound covers what
+   * vspc queues for it whatever made it queue.
+   */
+  private write(bytes: Buffer): boolean {
+    if (this.socket.destroyed || this.socket.writableEnded) return true;
+    const ok = this.queue.write(bytes);
+    return this.checkQueue() ? true : ok;
+  }
+
+  /** Past the bound the client is dropped; true then. */
+  private checkQueue(): boolean {
+    if (this.socket.destroyed) return false;
+    const queued = this.queue.cost + this.suspendedBytes;
+    const limit = this.options.maxQueuedBytes;
+    if (queued <= limit) return false;
+    this.log.warn('client too slow; disconnecting', {
+      ...errorFields(new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the client`)),
+      queued,
+      bytes: this.socket.writableLength,
+      writes: this.queue.writes,
+      limit,
+      suspended: this.suspendedOutput !== null,
+    });
+    this.options.onSlowClientDropped?.();
+    // Nothing more it sent is acted on (the rest of the chunk included). The queue is
+    // already full: telling the client would only queue more, so just go.
+    this.session.stop();
+    this.destroy('too slow: output queue over the limit');
+    return true;
   }
 
   private suspendOutput(suspended: boolean): void {
@@ -264,7 +325,7 @@ export class TelnetClient implements ConsoleClient {
     const held = this.suspendedOutput;
     this.suspendedOutput = null;
     this.suspendedBytes = 0;
-    if (held && held.length > 0 && !this.socket.destroyed && !this.socket.writableEnded) this.socket.write(held.length === 1 ? held[0] : Buffer.concat(held));
+    if (held && held.length > 0) this.write(held.length === 1 ? held[0] : Buffer.concat(held));
   }
 
   /** A serial BREAK from the VM: IAC BRK, in order with the output around it (RFC 854), also while output is held. */
@@ -420,9 +481,25 @@ export class TelnetClient implements ConsoleClient {
       this.user = msg.user || undefined;
       this.attach(msg.mode, msg.force, msg);
     } else if (msg.kind === 'who') {
+      this.whoBudget ??= new TokenBuckets({ ...WHO_BUDGET, maxKeys: 1 });
+      if (!this.whoBudget.take('who', performance.now())) {
+        this.tooManyRequests();
+        return;
+      }
       this.sendControl({ kind: 'who-reply', holders: this.hub.locks.list().map((h) => ({ ...h, self: h.clientId === this.id })) });
     }
     // Server-to-client messages from a client are ignored.
+  }
+
+  private tooManyRequests(): void {
+    this.log.warn('client asks WHO faster than its budget; disconnecting', {
+      ...errorFields(new PeerRefusedError('VSPC_PEER_TOO_MANY_REQUESTS', 'WHO requests over the budget')),
+      burst: WHO_BUDGET.burst,
+      perSecond: WHO_BUDGET.ratePerSecond,
+    });
+    this.options.onTooManyRequests?.();
+    this.session.stop();
+    this.close(`too many WHO requests (more than ${WHO_BUDGET.ratePerSecond} a second)`);
   }
 
   private sendControl(msg: ControlMessage): void {
@@ -466,6 +543,8 @@ export class TelnetClient implements ConsoleClient {
     if (this.closeTimer) clearTimeout(this.closeTimer);
     // The audit log has the detach (with the session's length).
     this.hub.removeClient(this, 'connection closed');
+    // What the budget suppressed is summarised before the last line.
+    this.logBudget.close();
     if (wasAttached) this.log.debug('client connection closed', { durationMs: Date.now() - this.connectedAt });
   }
 }

@@ -230,7 +230,7 @@ export class TelnetListeners {
     });
     if (secure) {
       server.on('tlsClientError', (err, socket) => {
-        this.logger.info('TLS handshake failed on client port', { port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
+        (this.options.acceptLogger ?? this.logger).info('TLS handshake failed on client port', { port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
         this.options.onProtocolError?.('TLS_HANDSHAKE_FAILED');
       });
     }

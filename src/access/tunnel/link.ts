@@ -24,6 +24,7 @@ import type { ConsoleClient } from '../../domain/seams.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import { Reason, TunnelEndpoint, TunnelStreamError, type TunnelEndpointOptions, type TunnelEndpointState } from '../../protocol/tunnel/index.js';
 import { TunnelDuplex } from './duplex.js';
 
@@ -108,7 +109,8 @@ export class TunnelLink implements ConsoleClient {
   private streamsReset = 0;
   private readonly openTimeoutMs: number;
   private readonly giveUpAfterMs: number;
-  private readonly log: Logger;
+  /** The link's log budget: a guest that keeps breaking the line (bad frames, restarts, streams reset) cannot flood the log. */
+  private readonly log: BudgetedLogger;
   /** Called once when the link is closed (detached from its console, or shut down). */
   onClose: ((reason: string) => void) | null = null;
 
@@ -117,7 +119,7 @@ export class TunnelLink implements ConsoleClient {
     this.peer = `tunnel ${o.name}`;
     this.openTimeoutMs = o.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS;
     this.giveUpAfterMs = o.giveUpAfterMs ?? DEFAULT_GIVE_UP_MS;
-    this.log = o.logger.child({ tunnel: o.name });
+    this.log = rateLimitedLogger(o.logger.child({ tunnel: o.name }), CONNECTION_LOG_BUDGET, { scope: 'endpoint' });
     this.ep = new TunnelEndpoint({
       ...o.endpoint,
       role: 'host',
@@ -309,6 +311,8 @@ export class TunnelLink implements ConsoleClient {
       hub.removeClient(this, reason);
     }
     this.hubValue = null;
+    // What the budget suppressed is summarised before the last line.
+    this.log.close();
     this.log.info('tunnel link closed', { reason });
     this.onClose?.(reason);
   }

@@ -41,6 +41,8 @@ export const SOURCE_ERROR_CODES = {
   UNSUPPORTED: 'VSPC_SOURCE_UNSUPPORTED',
   /** File descriptors are exhausted: the attempt waits for the process's descriptor budget (docs/security.md). */
   NO_DESCRIPTORS: 'VSPC_SOURCE_NO_DESCRIPTORS',
+  /** The peer did not read what vspc sent it (input, telnet negotiation replies) past --client-queue-limit; the link is closed and the endpoint redialled. */
+  NOT_READING: 'VSPC_SOURCE_NOT_READING',
 } as const;
 
 export type SourceErrorCode = (typeof SOURCE_ERROR_CODES)[keyof typeof SOURCE_ERROR_CODES];

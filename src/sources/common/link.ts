@@ -85,6 +85,15 @@ export interface LinkOptions {
   telnetSubnegotiationTimeoutMs: number;
   /** tcp, telnet: keepalive probe delay (half-open detection). Default 30 s. */
   keepAliveMs: number;
+  /**
+   * unix, tcp, telnet (and their listen types): bytes that may wait in the socket for a
+   * peer that does not read (client input, which the hub stops at the socket's high-water
+   * mark, and telnet negotiation replies, which the peer can ask for at will); past this
+   * the link is closed (VSPC_SOURCE_NOT_READING) and the endpoint redialled. Default 1 MiB.
+   */
+  maxQueuedBytes: number;
+  /** Called when a link is closed for not reading (metrics). */
+  onNotReading?(): void;
 }
 
 export const DEFAULT_LINK_OPTIONS: Readonly<LinkOptions> = Object.freeze({
@@ -94,6 +103,7 @@ export const DEFAULT_LINK_OPTIONS: Readonly<LinkOptions> = Object.freeze({
   udpHighWaterMark: 256 * 1024,
   telnetSubnegotiationTimeoutMs: 10_000,
   keepAliveMs: 30_000,
+  maxQueuedBytes: 1024 * 1024,
 });
 
 export interface ConnectorContext {

@@ -1,13 +1,15 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { ProtocolError, errorFields } from '../../errors.js';
-import type { Logger } from '../../domain/logger.js';
+import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
+import type { LogFields, Logger } from '../../domain/logger.js';
+import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
 import { sourceReadBudget, type TurnBudget, type TurnBudgeted } from '../../util/turn-budget.js';
+import { WriteQueue } from '../../util/write-queue.js';
 import {
   EsxiSession,
   type EsxiDeadline,
@@ -24,7 +26,24 @@ export type EsxiConnectionState = EsxiSessionState;
 export interface EsxiConnectionOptions extends EsxiSessionOptions {
   /** ms. How long `close()` waits for the peer to finish before destroying. */
   closeGraceMs: number;
+  /**
+   * Bytes. What may wait in the socket for an identified VM that does not read
+   * (replies, client input, the input held during a vMotion), priced as util/write-queue.ts
+   * prices it; past it the connection is dropped (VSPC_PEER_NOT_READING). Read at each
+   * write. Default DEFAULT_VM_QUEUE_LIMIT. A connection that has not identified yet is
+   * held to PENDING_VM_QUEUE_LIMIT (or this, when smaller).
+   */
+  maxQueuedBytes?: number;
 }
+
+/** The queue bound of an identified VM connection when the options give none: 3 MiB (see the server's). */
+export const DEFAULT_VM_QUEUE_LIMIT = 3 * 1024 * 1024;
+/**
+ * The queue bound of a connection that has not identified yet: it is sent replies and
+ * at most the explanation for people (under 1 KiB) — a real host reads them at once —
+ * and there may be a thousand such connections (--max-unidentified).
+ */
+export const PENDING_VM_QUEUE_LIMIT = 64 * 1024;
 
 export interface EsxiConnectionContext {
   registry: Registry;
@@ -48,6 +67,16 @@ export interface EsxiConnectionContext {
   admitNewIdentity?(conn: EsxiConnection): boolean;
   /** A takeover of a serial port that had a connection ended so (metrics). */
   onTakeover?(result: TakeoverResult): void;
+  /** The connection was dropped for not reading what vspc sent it (metrics). */
+  onNotReading?(): void;
+  /**
+   * The listener's budgeted logger, for the warning any connection can cause once at
+   * will ("not an ESXi host"): a flood of connections shares one budget. Absent: the
+   * connection's own logger.
+   */
+  acceptLogger?: Logger;
+  /** The connection's own log budget. Default CONNECTION_LOG_BUDGET. */
+  logBudget?: LogBudget;
   /**
    * Fairness between sources (util/turn-budget.ts): after this many bytes in one
    * event-loop turn the socket is paused until the next turn. Default: the budget all
@@ -100,6 +129,12 @@ export class EsxiConnection implements TurnBudgeted {
   budgetBytes = 0;
   /** Set when the session stopped reading for good (a condemned peer): the budget must not resume it. */
   private readingStopped = false;
+  /** The connection's log budget (its session's logger and that logger's children share it). */
+  private readonly logBudget: BudgetedLogger;
+  /** Everything written to the peer, counted (the queue bound). */
+  private readonly queue: WriteQueue;
+  /** The connection's log fields, computed per line written (the peer is asked of the kernel then). */
+  private readonly logFields: () => LogFields;
 
   constructor(
     private readonly socket: Socket,
@@ -108,11 +143,15 @@ export class EsxiConnection implements TurnBudgeted {
   ) {
     this.clock = ctx.clock ?? monotonic;
     this.budget = ctx.readBudget === undefined ? sourceReadBudget : ctx.readBudget;
+    this.queue = new WriteQueue(socket);
     // The peer's address is asked of the kernel (getpeername) only when something needs
     // it: a log line that is written, a takeover, the admin API.
-    const log = ctx.logger.child(() => ({ conn: this.id, peer: this.peer, side: 'vm', tls: secure }));
+    this.logFields = () => ({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
+    // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not
+    // become a log flood: the connection's lazy logger, on the connection's budget.
+    this.logBudget = rateLimitedLogger(ctx.logger.child(this.logFields), ctx.logBudget ?? CONNECTION_LOG_BUDGET);
     const glue = new EsxiConnection.Glue(this);
-    this.session = new EsxiSession({ id: this.id, log }, glue, glue);
+    this.session = new EsxiSession({ id: this.id, log: this.logBudget }, glue, glue);
     if (!ctx.socketOptionsInherited) {
       socket.setNoDelay(true);
       // Half-open detection: a host that vanished without FIN is found by keepalive.
@@ -173,6 +212,10 @@ export class EsxiConnection implements TurnBudgeted {
     }
     onTakeover(result: TakeoverResult): void {
       this.c.ctx.onTakeover?.(result);
+    }
+    acceptLog(): Logger | undefined {
+      // Made only when written to (once per connection at most): the listener's budget, this connection's fields.
+      return this.c.ctx.acceptLogger?.child(this.c.logFields);
     }
     // EsxiSessionIo
     write(bytes: Buffer): boolean {
@@ -259,9 +302,40 @@ export class EsxiConnection implements TurnBudgeted {
 
   // --- internals
 
+  /**
+   * Every byte for the peer goes through here: replies, client input, the explanation
+   * for people. A peer whose queue passes the bound is dropped — a peer that asks for
+   * replies and never reads them must not make vspc hold them without limit.
+   */
   private rawWrite(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
-    return this.socket.write(bytes);
+    const ok = this.queue.write(bytes);
+    const limit = this.queueLimit();
+    if (this.queue.cost > limit) {
+      this.notReading(limit);
+      return true;
+    }
+    return ok;
+  }
+
+  private queueLimit(): number {
+    const limit = this.ctx.options.maxQueuedBytes ?? DEFAULT_VM_QUEUE_LIMIT;
+    const s = this.session.state;
+    return s === 'negotiating' || s === 'identifying' || s === 'contending' ? Math.min(limit, PENDING_VM_QUEUE_LIMIT) : limit;
+  }
+
+  private notReading(limit: number): void {
+    const queued = this.socket.writableLength;
+    this.log.warn(
+      'VM connection does not read what vspc sends; disconnected',
+      errorFields(
+        new PeerRefusedError('VSPC_PEER_NOT_READING', `more than ${limit} bytes queued for the peer`, { queued, writes: this.queue.writes, cost: this.queue.cost, limit, state: this.session.state }),
+      ),
+    );
+    this.ctx.onNotReading?.();
+    // Nothing more it sent is acted on (the rest of the chunk included).
+    this.session.protocol.telnet.stop();
+    this.session.destroy('not reading');
   }
 
   private end(): void {
@@ -351,6 +425,8 @@ export class EsxiConnection implements TurnBudgeted {
     this.clearTimer();
     if (this.closeTimer) clearTimeout(this.closeTimer);
     if (this.drainListener) this.socket.off('drain', this.drainListener);
+    // What the budget suppressed is summarised before the last line.
+    this.logBudget.close();
     this.log.info('VM connection closed', { durationMs: Date.now() - this.connectedAt });
     this.ctx.onClosed?.(this);
   }

@@ -2,6 +2,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../../domain/logger.js';
+import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import { PeerRefusedError, errorFields, type VspcErrorCode } from '../../errors.js';
 import type { HostPort } from '../../util/net.js';
 import { addressGroup, anyContains, type CidrBlock } from '../../util/cidr.js';
@@ -80,6 +81,12 @@ export class EsxiListener {
   refused = 0;
   private readonly refusalLog = new Map<string, { at: number; suppressed: number }>();
   private readonly limits: EsxiListenerLimits;
+  /**
+   * The budget of the lines every connection writes once or twice before it has
+   * identified (opened, "not an ESXi host", closed; TLS handshake failures): a flood of
+   * connections must not become a flood of lines. Identified VMs log on their own budget.
+   */
+  private readonly acceptLog: BudgetedLogger;
 
   constructor(
     private readonly ctx: Omit<EsxiConnectionContext, 'onClosed' | 'onSettled'>,
@@ -87,6 +94,7 @@ export class EsxiListener {
     limits: number | EsxiListenerLimits = 1024,
   ) {
     this.limits = typeof limits === 'number' ? { maxUnidentified: limits } : limits;
+    this.acceptLog = rateLimitedLogger(logger.child({ listener: 'vm' }), LISTENER_LOG_BUDGET, { scope: 'listener' });
     const r = this.limits.registration;
     this.registrations = r && r.ratePerSecond > 0 ? new TokenBuckets({ ratePerSecond: r.ratePerSecond, burst: r.burst }) : null;
   }
@@ -101,7 +109,7 @@ export class EsxiListener {
       tlsServer = tls.createServer({ ...secure }, (socket) => this.accept(socket, true, false));
       // Plain telnet (or junk) on the TLS port ends here: log and drop that socket only.
       tlsServer.on('tlsClientError', (err, socket) => {
-        this.logger.warn('TLS handshake failed on the VM port; closed', {
+        this.acceptLog.warn('TLS handshake failed on the VM port; closed', {
           peer: `${socket.remoteAddress}:${socket.remotePort}`,
           ...errorFields(err),
         });
@@ -206,6 +214,7 @@ export class EsxiListener {
     return (this.contexts[i] ??= {
       ...this.ctx,
       socketOptionsInherited: optionsInherited,
+      acceptLogger: this.acceptLog,
       onClosed: this.onClosed,
       onSettled: this.onSettled,
       admitNewIdentity: this.onAdmit,
@@ -320,6 +329,7 @@ export class EsxiListener {
    * retire the connections before awaiting it.
    */
   stopAccepting(): Promise<void> {
+    this.acceptLog.close();
     const done = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     this.servers.length = 0;
     return done.then(() => undefined);

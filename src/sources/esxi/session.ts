@@ -134,6 +134,13 @@ export interface EsxiSessionContext {
   admitNewIdentity?(): boolean;
   /** A takeover of a serial port that had a connection ended so (metrics). */
   onTakeover?(result: TakeoverResult): void;
+  /**
+   * The listener's budgeted logger with this connection's fields, asked only when the
+   * once-per-connection warning any peer can cause ("not an ESXi host") is written, so
+   * that a connection that never writes it costs no logger. Undefined: `log`.
+   * `EsxiSessionInit.acceptLog`, when given, comes first.
+   */
+  acceptLog?(): Logger | undefined;
 }
 
 export interface EsxiSessionInit {
@@ -150,6 +157,11 @@ export interface EsxiSessionInit {
   address?: string;
   /** Logger for this connection (already carrying conn/peer fields). */
   log: Logger;
+  /**
+   * The listener's budgeted logger (with the same fields), for the warning any
+   * connection can cause once at will: "not an ESXi host". Default: `log`.
+   */
+  acceptLog?: Logger;
 }
 
 /**
@@ -191,6 +203,8 @@ export class EsxiSession implements VmotionEndpoint {
   private addressValue: string | undefined;
   private normalizedAddress: string | null = null;
   log: Logger;
+  /** The listener's budgeted logger given at init (else the context's `acceptLog()`; else `log`). */
+  private readonly acceptLog: Logger | undefined;
   /** Names applied on this connection (bounded: see onName). */
   private renames = 0;
   private stateValue: EsxiSessionState = 'negotiating';
@@ -244,7 +258,9 @@ export class EsxiSession implements VmotionEndpoint {
     this.addressValue = init.address;
     // One logger for the connection's whole life: the VM's name and UUID are added to
     // its lines once it has a hub (and follow a rename) without a new child logger.
+    // A child of a budgeted logger (log-budget.ts) shares the connection's budget.
     this.log = init.log.child(() => (this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS));
+    this.acceptLog = init.acceptLog;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
       { serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation },
@@ -884,7 +900,8 @@ export class EsxiSession implements VmotionEndpoint {
 
   private explainAndClose(reason: string): void {
     if (this.stateValue !== 'negotiating') return;
-    this.log.warn('peer is not an ESXi host; explained and closed', { reason });
+    // One per connection, and anyone can open connections: on the listener's budget.
+    (this.acceptLog ?? this.ctx.acceptLog?.() ?? this.log).warn('peer is not an ESXi host; explained and closed', { reason });
     this.ctx.onProtocolError?.('VSPC_NOT_ESXI');
     const text =
       '\r\nThis is vspc, a virtual serial port concentrator. This port is where VMware ESXi\r\n' +

@@ -13,6 +13,7 @@ import type { Logger } from '../../domain/logger.js';
 import { SourceError, connectError, linkError } from '../common/errors.js';
 import type { Link, LinkOptions, LinkSink } from '../common/link.js';
 import { sourceReadBudget, type TurnBudgeted } from '../../util/turn-budget.js';
+import { WriteQueue } from '../../util/write-queue.js';
 
 export class SocketLink implements Link, TurnBudgeted {
   protected sink: LinkSink | null = null;
@@ -25,6 +26,8 @@ export class SocketLink implements Link, TurnBudgeted {
   private reported = false;
   budgetTurn = 0;
   budgetBytes = 0;
+  /** Everything written to the peer, counted (the queue bound). */
+  private readonly queue: WriteQueue;
 
   constructor(
     protected readonly socket: net.Socket,
@@ -32,6 +35,7 @@ export class SocketLink implements Link, TurnBudgeted {
     protected readonly options: LinkOptions,
     protected readonly log: Logger,
   ) {
+    this.queue = new WriteQueue(socket);
     socket.on('error', (err) => {
       this.why ??= linkError(err, peer);
     });
@@ -88,10 +92,37 @@ export class SocketLink implements Link, TurnBudgeted {
     return this.rawWrite(data);
   }
 
+  /**
+   * Every byte for the peer goes through here (input, a codec's replies). Past the
+   * queue bound the link is closed: a peer that asks for replies (telnet negotiation)
+   * and never reads must not make vspc hold them without limit.
+   */
   protected rawWrite(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
-    return this.socket.write(bytes);
+    const ok = this.queue.write(bytes);
+    const limit = this.options.maxQueuedBytes;
+    if (this.queue.cost > limit) {
+      const queued = this.queue.cost;
+      const err = new SourceError('VSPC_SOURCE_NOT_READING', `${this.peer} does not read what vspc sends: more than ${limit} bytes queued`, { queued, limit });
+      this.log.warn('endpoint does not read what vspc sends; link closed', {
+        errorCode: err.code,
+        error: err.message,
+        queued,
+        bytes: this.socket.writableLength,
+        writes: this.queue.writes,
+        limit,
+        peer: this.peer,
+      });
+      this.options.onNotReading?.();
+      this.stopReading();
+      this.fail(err);
+      return true;
+    }
+    return ok;
   }
+
+  /** Nothing more the peer sent is acted on (a codec stops its decoder). */
+  protected stopReading(): void {}
 
   onDrain(listener: () => void): void {
     if (this.drainListener) this.socket.off('drain', this.drainListener);

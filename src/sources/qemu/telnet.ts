@@ -92,6 +92,10 @@ export class TelnetLink extends SocketLink {
     }
   }
 
+  protected override stopReading(): void {
+    this.session.stop();
+  }
+
   protected override closedHook(): void {
     if (this.sbTimer) clearTimeout(this.sbTimer);
     this.sbTimer = null;

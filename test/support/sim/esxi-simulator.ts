@@ -588,6 +588,11 @@ export class SimulatedVm extends EventEmitter<SimulatedVmEvents> {
     return this.write(Buffer.from(bytes), false);
   }
 
+  /** Stop reading the socket (misbehaviour: a host that never reads what the proxy sends; the kernel buffers fill). */
+  stopReading(): void {
+    this.socket.pause();
+  }
+
   sendUuid(text = this.opts.uuid): void {
     this.sendExt(Ext.VM_VC_UUID, Buffer.from(text, 'latin1'));
   }

@@ -27,6 +27,8 @@ export interface TelnetUserOptions {
   connectTimeoutMs?: number;
   /** Keep received data in `received` (default true). */
   collect?: boolean;
+  /** Options besides BINARY and SGA this user may enable on its side (answers DO with WILL; offer one with `session.requestUs`), e.g. COM-PORT. */
+  will?: number[];
 }
 
 /**
@@ -47,6 +49,8 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
   readonly negotiationsReceived: Array<{ verb: NegotiationVerb; option: number }> = [];
   /** Telnet commands the server sent. */
   readonly commands: number[] = [];
+  /** Subnegotiations the server sent (option and payload), in order. */
+  readonly subnegotiationsReceived: Array<{ option: number; payload: Buffer }> = [];
   socketError: Error | null = null;
   protocolError: Error | null = null;
   /** Our local TCP port (kept after the close). */
@@ -67,7 +71,7 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
     this.peerName = `${socket.localAddress}:${socket.localPort}`;
     this.collector = new ByteCollector(opts.collect ?? true);
     this.session = new TelnetSession(
-      policyFromLists({ us: [Option.BINARY, Option.SGA], him: [Option.ECHO, Option.SGA, Option.BINARY] }),
+      policyFromLists({ us: [Option.BINARY, Option.SGA, ...(opts.will ?? [])], him: [Option.ECHO, Option.SGA, Option.BINARY] }),
       {
         write: (b) => (this.socket.destroyed ? false : this.socket.write(b)),
         data: (d) => {
@@ -75,6 +79,7 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
           this.emit('data', d);
         },
         command: (c) => this.commands.push(c),
+        subnegotiation: (option, payload) => this.subnegotiationsReceived.push({ option, payload: Buffer.from(payload) }),
         optionChange: () => this.notifyOptions(),
         error: (err) => {
           this.protocolError = err;
@@ -228,6 +233,11 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
   sendRaw(bytes: Uint8Array): boolean {
     if (this.closedFlag || this.socket.destroyed) return false;
     return this.socket.write(bytes);
+  }
+
+  /** Stop reading the socket (misbehaviour: a client that never reads; the kernel buffers fill). */
+  stopReading(): void {
+    this.socket.pause();
   }
 
   whenClosed(timeoutMs = 5000): Promise<void> {
