@@ -46,9 +46,9 @@ describe('benchmark tunnel phase (tiny size, real QEMU guest)', () => {
     assert.equal(tu.memory.streams, 4);
     assert.ok(tu.memory.rssKiBPerStream !== null, 'RSS measured');
     const text = textTable(report);
-    assert.ok(text.includes('[7]') && text.includes('tunnel UART: tunnel goodput to the guest'), text);
+    assert.ok(text.includes('[9]') && text.includes('tunnel UART: tunnel goodput to the guest'), text);
     assert.ok(markdownTable(report).includes('keystroke round trip during an upload'));
-    assert.ok(rows(report).filter((r) => r.ref === 7).length >= 13);
+    assert.ok(rows(report).filter((r) => r.ref === 9).length >= 13);
   });
 
   test('without the test guest the phase is reported as not run, with how to build it', { timeout: 120_000 }, async () => {
