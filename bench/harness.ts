@@ -15,8 +15,11 @@
  *               rate (alone and during a flood of failed logins), RSS per session,
  *               keystroke latency via SSH and via telnet on the same consoles, VM →
  *               SSH client throughput
+ *   tunnel      TCP over a serial line (bench/tunnel.ts): a real QEMU guest, raw line vs
+ *               tunnel goodput each way over the emulated UART and virtio-serial,
+ *               keystroke round trips idle and during bulk transfers, memory per stream
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import ssh2 from 'ssh2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,12 +28,28 @@ import type { HostPort } from '../src/config/config.js';
 import type { PortView } from '../src/admin/views.js';
 import { VERSION } from '../src/version.js';
 import { benchIdentity, distribution, Group, round, roundDistribution, sleep, type Distribution } from './common.js';
+import type { UnixRestartResult } from './worker-api.js';
+import { buildCRelay, startRelay, type RelayKind } from './relays.js';
+import { globFigures } from './glob-bench.js';
 import { killAll, removeTempDir, trackTempDir, WorkerHandle } from './ipc.js';
 import { canBind, reservePortRange } from '../test/support/ports.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
+import { DEFAULT_TUNNEL_OPTIONS, runTunnelPhase, tunnelGuestProblem, type TunnelOptions, type TunnelSection } from './tunnel.js';
 import { ExternalTarget, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
 
-export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'ssh'] as const;
+/**
+ * An ed25519 key pair from ssh2. Its generateKeyPairSync (1.17) drops a leading zero
+ * byte of the public key (a 31-byte key: a few pairs in a thousand), which no parser
+ * accepts (vspc refused to start on such an authorized_keys line): draw again then.
+ */
+function ed25519KeyPair(comment: string): { private: string; public: string } {
+  for (;;) {
+    const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment });
+    if (!(ssh2.utils.parseKey(pair.public) instanceof Error)) return pair;
+  }
+}
+
+export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'unix', 'glob', 'ssh', 'tunnel'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface BenchOptions {
@@ -54,7 +73,22 @@ export interface BenchOptions {
   latency: { probes: number; streamers: number; streamBytesPerSec: number; tickMs: number; durationMs: number; intervalMs: number };
   throughput: { vms: number; clients: number[]; warmupMs: number; durationMs: number; chunkBytes: number; windowBytes: number; workers: number };
   vmotion: { vms: number; ratePerS: number; durationMs: number; gapMs: number; tickMs: number; outBytesPerTick: number; inBytesPerTick: number; workers: number };
+  /**
+   * Issue 13's figures: `consoles` unix-socket consoles (endpoints simulated in
+   * `workers` processes) on a vspc of their own, all restarted at once after `downMs`;
+   * `streams` of them stream against as many ESXi VMs on the same vspc.
+   */
+  unix: { consoles: number; downMs: number; streams: number; workers: number; timeoutMs: number };
+  /** Issue 11's figure: the glob matcher's worst case at these name lengths (bytes). */
+  glob: { sizes: number[]; pattern: string };
+  /**
+   * Measure the baselines beside vspc in the same run (a vspc the benchmark starts):
+   * the minimal option-232 stub (scale, vMotion) and the do-nothing relays, Node and C
+   * (throughput and echo while streaming).
+   */
+  baselines: boolean;
   ssh: SshOptions;
+  tunnel: TunnelOptions;
   /** More node options for the vspc the benchmark starts (e.g. --cpu-prof). */
   serverNodeArgs: string[];
   /** More vspc options for the vspc the benchmark starts. */
@@ -96,8 +130,11 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   connectConcurrency: 256,
   storm: { timeoutMs: 60_000, retryMs: 500 },
   latency: { probes: 8, streamers: 1000, streamBytesPerSec: 11_520, tickMs: 100, durationMs: 5000, intervalMs: 10 },
-  throughput: { vms: 64, clients: [1, 4], warmupMs: 1000, durationMs: 5000, chunkBytes: 16 * 1024, windowBytes: 512 * 1024, workers: 2 },
+  throughput: { vms: 100, clients: [1, 4], warmupMs: 1000, durationMs: 5000, chunkBytes: 16 * 1024, windowBytes: 512 * 1024, workers: 2 },
   vmotion: { vms: 200, ratePerS: 500, durationMs: 10_000, gapMs: 20, tickMs: 20, outBytesPerTick: 64, inBytesPerTick: 4, workers: 2 },
+  unix: { consoles: 2000, downMs: 2000, streams: 100, workers: 2, timeoutMs: 30_000 },
+  glob: { sizes: [256, 512, 1024, 2048], pattern: '*a*a*a*c' },
+  baselines: true,
   ssh: {
     sessions: 500,
     consoles: 100,
@@ -112,6 +149,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
     streamTickMs: 100,
     streamDurationMs: 3000,
   },
+  tunnel: DEFAULT_TUNNEL_OPTIONS,
   serverNodeArgs: [],
   serverArgs: [],
   cleanup: true,
@@ -139,6 +177,16 @@ export interface ScaleSection {
   fdLimit: number | null;
   /** VM ports the fd limit allows at the measured fds per port. */
   fdCeiling: number | null;
+  /** The same ramp against the minimal option-232 stub in the same run (null: not measured). */
+  stub?: ScaleFigures | null;
+}
+
+/** One ramp's figures (vspc's are in ScaleSection itself; the stub's here). */
+export interface ScaleFigures {
+  registered: number;
+  timeToRegisterS: number;
+  serverCpuUsPerRegistration: number | null;
+  perVmPort: { rssKiB: number | null; heapUsedKiB: number | null; externalKiB: number | null; fds: number | null };
 }
 
 export interface ResourceFigures {
@@ -192,7 +240,11 @@ export interface LatencySection {
   loaded: (LatencyFigures & { streamers: number; streamedMBps: number; serverCpuPct: number | null }) | null;
 }
 
+/** What carried a throughput case: vspc, or a do-nothing relay (Node.js, C) in the same run. */
+export type ThroughputTarget = 'vspc' | 'relay-node' | 'relay-c';
+
 export interface ThroughputCase {
+  target: ThroughputTarget;
   clientsPerVm: number;
   vms: number;
   clients: number;
@@ -203,11 +255,16 @@ export interface ThroughputCase {
   mbPerServerCpuS: number | null;
   loadGenCpuPct: number;
   clientsDropped: number;
+  /** Keystroke echo round trips through the same target while the streams ran (ms). */
+  echo: Distribution | null;
+  echoErrors: number;
 }
 
 export interface ThroughputSection {
   workload: string;
   cases: ThroughputCase[];
+  /** Why a baseline is missing (e.g. no gcc for the C relay). */
+  notes: string[];
 }
 
 export interface VmotionRun {
@@ -234,6 +291,8 @@ export interface VmotionRun {
   serverLoopDelay?: LoopDelay | null;
   /** Each load generator's own event-loop delay (ms): high values mean the generator, not vspc, was late. */
   loadGenLoopDelay?: Array<{ p99: number; max: number }>;
+  /** Each load generator's CPU use during the run (% of one core): near 100 means the generator is the limit. */
+  loadGenCpuPct?: number[];
 }
 
 export interface VmotionSection {
@@ -243,6 +302,32 @@ export interface VmotionSection {
   paced: VmotionRun | null;
   /** Back to back: the most this machine sustains. */
   max: VmotionRun | null;
+  /** The same runs against the minimal option-232 stub (same run, same VMs registered). */
+  stub?: { paced: VmotionRun | null; max: VmotionRun | null } | null;
+}
+
+export interface UnixSection {
+  workload: string;
+  consoles: number;
+  /** Declared by a reload → every console connected to its endpoint (listed as connected). */
+  attachS: number;
+  attached: number;
+  listed: number;
+  listMs: number;
+  perConsole: { rssKiB: number | null; heapUsedKiB: number | null; externalKiB: number | null; fds: number | null };
+  restart: UnixRestartResult & { downMs: number };
+  /** VM → client MB/s from `streams` unix-socket consoles and as many ESXi VMs on the same vspc. */
+  throughput: { streams: number; unix: ThroughputCase | null; esxi: ThroughputCase | null; ratio: number | null };
+}
+
+export interface GlobSection {
+  workload: string;
+  pattern: string;
+  /** Per name length: median time per match (µs) and the matcher's own step count. */
+  sizes: Array<{ bytes: number; usPerMatch: number; steps: number }>;
+  /** Time at 2n / time at n, per doubling (linear: ≈ 2). */
+  growth: number[];
+  stepGrowth: number[];
 }
 
 export interface SshSetupFigures {
@@ -283,14 +368,20 @@ export interface BenchReport {
   latency?: LatencySection;
   throughput?: ThroughputSection;
   vmotion?: VmotionSection;
+  unix?: UnixSection;
+  glob?: GlobSection;
   ssh?: SshSection;
+  tunnel?: TunnelSection;
   /** Phase → error message, for phases that failed. */
   failures: Record<string, string>;
+  /** Phase → why it did not run here and how to make it run (e.g. the tunnel phase without its QEMU guest). */
+  notRun: Record<string, string>;
   /** What the vspc the benchmark started logged (at --log-level warn) in its last process. */
   serverLog?: { lines: number; top: Array<{ message: string; count: number }> };
 }
 
 const WORKER_SCRIPT = fileURLToPath(new URL('./worker.js', import.meta.url));
+const STUB_SCRIPT = fileURLToPath(new URL('./stub.js', import.meta.url));
 const MiB = 1024 * 1024;
 
 function mib(x: number | null | undefined): number | null {
@@ -334,11 +425,14 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   const t0 = performance.now();
   const log = opts.log;
   const failures: Record<string, string> = {};
+  const notRun: Record<string, string> = {};
   const workers: WorkerHandle[] = [];
   let tmp: string | null = null;
   let server: ServerProcess | null = null;
   let target: Target;
   let serverOpts: Parameters<typeof ServerProcess.spawn>[0] | null = null;
+  /** The minimal option-232 stub (baseline), when measured. */
+  let stub: ServerProcess | null = null;
   let sshPort: number | null = null;
   let sshKey: string | null = null;
 
@@ -352,6 +446,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     target: { owned: !opts.target, proxy: '', admin: '' },
     options: { ...opts, log: undefined, target: undefined } as unknown as BenchReport['options'],
     failures,
+    notRun,
   };
   delete (report.options as Partial<BenchOptions>).log;
   delete (report.options as Partial<BenchOptions>).target;
@@ -375,7 +470,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       if (opts.phases.includes('ssh')) {
         // The SSH front door, with one key for every benchmark session.
         sshPort = (await reservePortRange(1, { from: Math.max(proxyPort, adminPort) + 1, to: PRIVATE_PORTS.to })).start;
-        const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'vspc-bench' });
+        const pair = ed25519KeyPair('vspc-bench');
         sshKey = pair.private;
         const keys = join(tmp, 'authorized_keys');
         writeFileSync(keys, `vspc-user="bench" ${pair.public}\n`, { mode: 0o600 });
@@ -396,13 +491,21 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     let bulkConnected = false;
     let bulkPorts: Map<string, number> | null = null;
 
-    const phase = async <T>(name: Phase, fn: () => Promise<T>): Promise<T | undefined> => {
+    // The minimal option-232 stub, the baseline of the scale and vMotion figures (same run).
+    if (server && opts.baselines && (want.has('scale') || want.has('vmotion'))) {
+      const own = await reservePortRange(2, { from: PRIVATE_PORTS.from, to: PRIVATE_PORTS.to });
+      stub = ServerProcess.spawn({ dbPath: '', proxyPort: own.start, adminPort: own.end, portRange: { start: 0, end: 0 }, script: STUB_SCRIPT });
+      const readyMs = await stub.waitReady(30_000);
+      log(`option-232 stub started (pid ${stub.pid}) in ${Math.round(readyMs)} ms: proxy ${hp(stub.proxy)}`);
+    }
+
+    const phase = async <T>(name: Phase, fn: () => Promise<T>, timeoutMs = opts.phaseTimeoutMs): Promise<T | undefined> => {
       if (!want.has(name)) return undefined;
       log(`--- ${name}`);
       const p0 = performance.now();
       const lines0 = server?.logLines ?? 0;
       try {
-        const r = await withDeadline(fn(), opts.phaseTimeoutMs, `phase ${name}`);
+        const r = await withDeadline(fn(), timeoutMs, `phase ${name}`);
         log(`--- ${name} done in ${((performance.now() - p0) / 1000).toFixed(1)} s`);
         if (server && server.logLines > lines0) {
           log(`    vspc logged ${server.logLines - lines0} warning/error lines: ${JSON.stringify(server.logSummary(5))}`);
@@ -416,19 +519,20 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       }
     };
 
-    const listBench = async (): Promise<{ rows: PortView[]; ms: number }> => {
+    const listBench = async (t: Target = target): Promise<{ rows: PortView[]; ms: number }> => {
       const l0 = performance.now();
-      const all = await target.ports();
+      const all = await t.ports();
       const ms = performance.now() - l0;
       return { rows: all.filter((r) => r.key.startsWith('b7e4c000-')), ms };
     };
 
-    const connectBulk = async (): Promise<{ connected: number; failed: number; errors: string[] }> => {
+    type BulkSlice = { w: WorkerHandle; from: number; count: number };
+    const connectBulk = async (t: Target = target, ws: BulkSlice[] = bulkW): Promise<{ connected: number; failed: number; errors: string[] }> => {
       const rs = await Promise.all(
-        bulkW.map((b) =>
+        ws.map((b) =>
           b.w.ask(
             'bulk.connect',
-            { proxy: target.proxy, namespace: opts.namespace, from: b.from, count: b.count, concurrency: opts.connectConcurrency, timeoutMs: 30_000 },
+            { proxy: t.proxy, namespace: opts.namespace, from: b.from, count: b.count, concurrency: opts.connectConcurrency, timeoutMs: 30_000 },
             opts.phaseTimeoutMs,
           ),
         ),
@@ -437,10 +541,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     };
 
     /** Polls the status until `connected` VM serial ports have a connection; resolves with the time. */
-    const waitConnected = async (connected: number, since: number, timeoutMs: number): Promise<number> => {
+    const waitConnected = async (connected: number, since: number, timeoutMs: number, t: Target = target): Promise<number> => {
       const deadline = performance.now() + timeoutMs;
       for (;;) {
-        const s = await target.status().catch(() => null);
+        const s = await t.status().catch(() => null);
         if (s && s.vmPortsConnected >= connected) return performance.now() - since;
         if (performance.now() > deadline) throw new Error(`only ${s?.vmPortsConnected ?? '?'} of ${connected} VM serial ports connected after ${timeoutMs} ms`);
         // Not faster: each status call walks every VM serial port in the server.
@@ -448,10 +552,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       }
     };
 
-    const resources = async (): Promise<{ fig: ResourceFigures; mem: ServerMemory | null; proc: ProcSample | null }> => {
-      const mem = await target.memory(true);
+    const resources = async (t: Target = target): Promise<{ fig: ResourceFigures; mem: ServerMemory | null; proc: ProcSample | null }> => {
+      const mem = await t.memory(true);
       await sleep(200);
-      const proc = target.sample();
+      const proc = t.sample();
       return {
         fig: { rssMiB: mib(proc?.rssBytes ?? mem?.rss), heapUsedMiB: mib(mem?.heapUsed), externalMiB: mib(mem?.external), fds: proc?.fds ?? null },
         mem,
@@ -459,12 +563,50 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       };
     };
 
+    type Resources = Awaited<ReturnType<typeof resources>>;
+    /** Per-VM-port figures between two resource samples. */
+    const perPort = (loaded: Resources, b: Resources, n: number) => {
+      const per = (x: number | null | undefined, y: number | null | undefined) => (x === null || x === undefined || y === null || y === undefined ? null : round((x - y) / n / 1024, 2));
+      return {
+        rssKiB: per(loaded.proc?.rssBytes ?? loaded.mem?.rss, b.proc?.rssBytes ?? b.mem?.rss),
+        heapUsedKiB: per(loaded.mem?.heapUsed, b.mem?.heapUsed),
+        externalKiB: per(loaded.mem?.external, b.mem?.external),
+        fds: loaded.proc && b.proc ? round((loaded.proc.fds - b.proc.fds) / n, 3) : null,
+      };
+    };
+
     // The baseline: the server before any benchmark VM connected.
     const baseStatus = await target.status();
     const base = await resources();
+    const stubBase = stub ? await resources(stub) : null;
 
     // ------------------------------------------------------------------ scale
     report.scale = await phase('scale', async () => {
+      const n = opts.vms;
+      // The stub first, with load generators of its own; they leave when it is measured
+      // (its N VM serial ports stay registered, as vspc's do, for the vMotion phase).
+      let stubFigures: ScaleFigures | null = null;
+      if (stub && stubBase) {
+        const sw = slices(n, opts.bulkWorkers).map((sl, i) => ({ ...sl, w: spawnWorker(`stub-bulk-${i}`) }));
+        const cpu0 = stub.sample();
+        const s0 = performance.now();
+        const connecting = connectBulk(stub, sw);
+        connecting.catch(() => undefined);
+        const ms = await waitConnected(n, s0, opts.phaseTimeoutMs - 10_000, stub);
+        const cpu1 = stub.sample();
+        const c = await connecting;
+        await sleep(1000);
+        const loaded = await resources(stub);
+        stubFigures = {
+          registered: c.connected,
+          timeToRegisterS: round(ms / 1000, 2),
+          serverCpuUsPerRegistration: cpu0 && cpu1 ? Math.round(((cpu1.cpuMs - cpu0.cpuMs) * 1000) / n) : null,
+          perVmPort: perPort(loaded, stubBase, n),
+        };
+        log(`scale (stub): ${c.connected} VM serial ports in ${stubFigures.timeToRegisterS} s; RSS ${stubFigures.perVmPort.rssKiB} KiB per idle VM port`);
+        await Promise.all(sw.map((b) => b.w.ask('bulk.disconnect', { timeoutMs: 30_000 }, 40_000))).catch((err: Error) => log(`stub: disconnecting the bulk VMs: ${err.message}`));
+        await Promise.all(sw.map((b) => b.w.stop()));
+      }
       const connectedBefore = baseStatus.vmPortsConnected;
       const cpu0 = target.sample();
       const s0 = performance.now();
@@ -481,12 +623,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       log(`scale: ${listed.length} VM serial ports registered in ${(registerMs / 1000).toFixed(2)} s, listed in ${Math.round(listMs)} ms`);
       await sleep(1000);
       const loaded = await resources();
-      const n = opts.vms;
-      const per = (a: number | null | undefined, b: number | null | undefined) => (a === null || a === undefined || b === null || b === undefined ? null : round((a - b) / n / 1024, 2));
-      const fdsPer = loaded.proc && base.proc ? round((loaded.proc.fds - base.proc.fds) / n, 3) : null;
+      const pp = perPort(loaded, base, n);
       const limit = target.pid !== null ? fdLimit(target.pid) : null;
       const section: ScaleSection = {
-        workload: `${n} simulated ESXi VM serial ports (host-first telnet + option 232 handshake, DO-PROXY, UUID, name), ${opts.bulkWorkers} load-generator process(es), ${opts.connectConcurrency} connects in flight each; each VM port has its own telnet listener; idle when measured, after a full GC`,
+        workload: `${n} simulated ESXi VM serial ports (host-first telnet + option 232 handshake, DO-PROXY, UUID, name), ${opts.bulkWorkers} load-generator process(es), ${opts.connectConcurrency} connects in flight each; each VM port has its own telnet listener; idle when measured, after a full GC${stubFigures ? '; the same against the minimal option-232 stub (bench/stub.ts: a client listener per VM port, nothing else) first' : ''}`,
         vmPorts: n,
         registered: c.connected,
         listed: listed.length,
@@ -499,14 +639,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         listMs: Math.round(listMs),
         baseline: base.fig,
         loaded: loaded.fig,
-        perVmPort: {
-          rssKiB: per(loaded.proc?.rssBytes ?? loaded.mem?.rss, base.proc?.rssBytes ?? base.mem?.rss),
-          heapUsedKiB: per(loaded.mem?.heapUsed, base.mem?.heapUsed),
-          externalKiB: per(loaded.mem?.external, base.mem?.external),
-          fds: fdsPer,
-        },
+        perVmPort: pp,
         fdLimit: limit,
-        fdCeiling: limit && fdsPer && loaded.proc ? Math.floor((limit - (base.proc?.fds ?? 0)) / fdsPer) : null,
+        fdCeiling: limit && pp.fds && loaded.proc ? Math.floor((limit - (base.proc?.fds ?? 0)) / pp.fds) : null,
+        stub: stubFigures,
       };
       return section;
     });
@@ -697,49 +833,110 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     for (const b of bulkW) await b.w.stop();
 
     // ------------------------------------------------------------------ throughput
+    /**
+     * One throughput case: the streams of `set` pour out on every worker while the
+     * probes type through `echoPath`; delivered bytes, the carrier's CPU (`sample`)
+     * and the echo round trips, over the same window.
+     */
+    const streamCase = async (
+      tw: Array<{ w: WorkerHandle }>,
+      set: 'vspc' | 'relay' | 'unix',
+      sample: () => ProcSample | null,
+      meta: { target: ThroughputTarget; clientsPerVm: number; vms: number },
+      probe: { w: WorkerHandle; path: string } | null,
+    ): Promise<ThroughputCase> => {
+      const T = opts.throughput;
+      await Promise.all(tw.map((t) => t.w.ask('tp.start', { chunkBytes: T.chunkBytes, windowBytes: T.windowBytes, set })));
+      await sleep(T.warmupMs);
+      const s1 = await Promise.all(tw.map((t) => t.w.ask('tp.sample', {})));
+      const p1 = sample();
+      const echo = probe ? probe.w.ask('lat.run', { durationMs: T.durationMs, intervalMs: opts.latency.intervalMs, paths: [probe.path] }, T.durationMs + 30_000) : sleep(T.durationMs).then(() => null);
+      const e = await echo;
+      const s2 = await Promise.all(tw.map((t) => t.w.ask('tp.sample', {})));
+      const p2 = sample();
+      await Promise.all(tw.map((t) => t.w.ask('tp.stop', {})));
+      let delivered = 0;
+      let sent = 0;
+      let genCpu = 0;
+      for (let i = 0; i < tw.length; i++) {
+        const secs = (s2[i].at - s1[i].at) / 1000;
+        delivered += (s2[i].delivered - s1[i].delivered) / secs;
+        sent += (s2[i].sent - s1[i].sent) / secs;
+        genCpu += ((s2[i].cpu.user + s2[i].cpu.system - s1[i].cpu.user - s1[i].cpu.system) / 1000 / (s2[i].at - s1[i].at)) * 100;
+      }
+      const cpu = p1 && p2 ? cpuPercent(p1, p2) : null;
+      const c: ThroughputCase = {
+        ...meta,
+        clients: meta.vms * meta.clientsPerVm,
+        deliveredMBps: round(delivered / 1e6, 1),
+        vmSentMBps: round(sent / 1e6, 1),
+        serverCpuPct: cpu === null ? null : round(cpu, 1),
+        mbPerServerCpuS: cpu !== null && cpu > 0 ? round(delivered / 1e6 / (cpu / 100), 0) : null,
+        loadGenCpuPct: round(genCpu, 1),
+        clientsDropped: s2.reduce((n, x) => n + x.clientsDropped, 0),
+        echo: e && probe ? roundDistribution(distribution(e.byPath[probe.path] ?? [])) : null,
+        echoErrors: e?.errors ?? 0,
+      };
+      log(
+        `throughput ${meta.target}${meta.target === 'vspc' ? ` ${meta.clientsPerVm} client(s)/VM` : ''}: ${c.deliveredMBps} MB/s delivered (VMs sent ${c.vmSentMBps} MB/s), CPU ${c.serverCpuPct}% = ${c.mbPerServerCpuS} MB per CPU-second, load generators ${c.loadGenCpuPct}%` +
+          (c.echo ? `; echo p50 ${c.echo.p50} p99 ${c.echo.p99} ms` : ''),
+      );
+      return c;
+    };
+
     report.throughput = await phase('throughput', async () => {
       const T = opts.throughput;
-      const tw = slices(T.vms, T.workers).map((s, i) => ({ ...s, w: spawnWorker(`throughput-${i}`) }));
+      const notes: string[] = [];
+      const tw = slices(T.vms, T.workers).map((sl, i) => ({ ...sl, w: spawnWorker(`throughput-${i}`) }));
+      // Keystroke echoes while the streams run: the latency probes' echoing VMs on vspc,
+      // and the same echo through each relay.
+      const probeW = spawnWorker('throughput-probe');
+      const { echoPort } = await probeW.ask(
+        'lat.setup',
+        { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, probes: opts.latency.probes, timeoutMs: 20_000 },
+        60_000,
+      );
       await Promise.all(tw.map((t) => t.w.ask('tp.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000)));
       const cases: ThroughputCase[] = [];
-      for (const perVm of T.clients) {
+      const vspcCase = async (perVm: number) => {
         await Promise.all(tw.map((t) => t.w.ask('tp.clients', { perVm, timeoutMs: 20_000 }, 120_000)));
-        await Promise.all(tw.map((t) => t.w.ask('tp.start', { chunkBytes: T.chunkBytes, windowBytes: T.windowBytes })));
-        await sleep(T.warmupMs);
-        const s1 = await Promise.all(tw.map((t) => t.w.ask('tp.sample', {})));
-        const p1 = target.sample();
-        await sleep(T.durationMs);
-        const s2 = await Promise.all(tw.map((t) => t.w.ask('tp.sample', {})));
-        const p2 = target.sample();
-        await Promise.all(tw.map((t) => t.w.ask('tp.stop', {})));
-        let delivered = 0;
-        let sent = 0;
-        let genCpu = 0;
-        for (let i = 0; i < tw.length; i++) {
-          const secs = (s2[i].at - s1[i].at) / 1000;
-          delivered += (s2[i].delivered - s1[i].delivered) / secs;
-          sent += (s2[i].sent - s1[i].sent) / secs;
-          genCpu += ((s2[i].cpu.user + s2[i].cpu.system - s1[i].cpu.user - s1[i].cpu.system) / 1000 / (s2[i].at - s1[i].at)) * 100;
+        cases.push(await streamCase(tw, 'vspc', () => target.sample(), { target: 'vspc', clientsPerVm: perVm, vms: T.vms }, { w: probeW, path: 'vspc' }));
+      };
+      const relayCase = async (kind: RelayKind, binary: string | null) => {
+        const vmPorts = await Promise.all(tw.map((t) => t.w.ask('tp.relayListen', { count: t.count })));
+        const relay = await startRelay(kind, [...vmPorts.map((v) => v.port), echoPort], binary);
+        try {
+          await Promise.all(tw.map((t, i) => t.w.ask('tp.relayConnect', { port: relay.ports[i], timeoutMs: 20_000 }, 120_000)));
+          await probeW.ask('lat.relay', { port: relay.ports[tw.length], timeoutMs: 10_000, name: kind });
+          cases.push(await streamCase(tw, 'relay', () => relay.sample(), { target: kind, clientsPerVm: 1, vms: T.vms }, { w: probeW, path: kind }));
+        } finally {
+          await Promise.all(tw.map((t) => t.w.ask('tp.relayTeardown', {}, 30_000)));
+          await probeW.ask('lat.unrelay', { name: kind });
+          await relay.stop();
         }
-        const c: ThroughputCase = {
-          clientsPerVm: perVm,
-          vms: T.vms,
-          clients: T.vms * perVm,
-          deliveredMBps: round(delivered / 1e6, 1),
-          vmSentMBps: round(sent / 1e6, 1),
-          serverCpuPct: p1 && p2 ? round(cpuPercent(p1, p2), 1) : null,
-          mbPerServerCpuS: p1 && p2 && cpuPercent(p1, p2) > 0 ? round(delivered / 1e6 / (cpuPercent(p1, p2) / 100), 0) : null,
-          loadGenCpuPct: round(genCpu, 1),
-          clientsDropped: s2.reduce((n, s) => n + s.clientsDropped, 0),
-        };
-        cases.push(c);
-        log(`throughput ${perVm} client(s)/VM: ${c.deliveredMBps} MB/s delivered (VMs sent ${c.vmSentMBps} MB/s), server CPU ${c.serverCpuPct}%`);
+      };
+      const perVmList = [...T.clients];
+      // One client per VM first (what the relays can be compared with), then the relays, then the rest.
+      const first = perVmList.includes(1) ? 1 : perVmList[0];
+      await vspcCase(first);
+      if (server && opts.baselines) {
+        await relayCase('relay-node', null);
+        const c = buildCRelay();
+        if ('path' in c) await relayCase('relay-c', c.path);
+        else notes.push(`C relay not measured: ${c.error}`);
       }
+      for (const perVm of perVmList) if (perVm !== first) await vspcCase(perVm);
       await Promise.all(tw.map((t) => t.w.ask('tp.teardown', {}, 30_000)));
       await Promise.all(tw.map((t) => t.w.stop()));
+      await probeW.ask('lat.teardown', {}, 30_000);
+      await probeW.stop();
       const section: ThroughputSection = {
-        workload: `${T.vms} VMs write ${T.chunkBytes / 1024} KiB chunks of printable text (nothing to escape) as fast as their slowest client reads (at most ${T.windowBytes / 1024} KiB in flight per VM, below the 1 MiB slow-client limit); clients count bytes; ${T.workers} load-generator process(es) holding both ends; ${T.warmupMs / 1000} s warm-up, then ${T.durationMs / 1000} s measured; MB = 10^6 bytes`,
+        workload:
+          `${T.vms} VMs write ${T.chunkBytes / 1024} KiB chunks of printable text (nothing to escape) as fast as their slowest client reads (at most ${T.windowBytes / 1024} KiB in flight per VM, below the 1 MiB slow-client limit); clients count bytes; ${T.workers} load-generator process(es) holding both ends; ${T.warmupMs / 1000} s warm-up, then ${T.durationMs / 1000} s measured; MB = 10^6 bytes. ` +
+          `Meanwhile ${opts.latency.probes} echoing VMs with one client each type one byte at a time (next one ${opts.latency.intervalMs} ms ± 50% after the echo) through the same carrier. ` +
+          `Baselines in the same run: the same streams and echoes through a do-nothing relay process, Node.js (bench/relay-node.ts) and single-threaded epoll C (bench/relay.c), one client per stream; CPU is the carrier's (vspc's or the relay's)`,
         cases,
+        notes,
       };
       return section;
     });
@@ -748,14 +945,16 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     report.vmotion = await phase('vmotion', async () => {
       const V = opts.vmotion;
       const vw = slices(V.vms, V.workers).map((s, i) => ({ ...s, w: spawnWorker(`vmotion-${i}`) }));
-      await Promise.all(
-        vw.map((t) =>
-          t.w.ask('vm.setup', { proxy: target.proxy, admin: target.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000),
-        ),
-      );
+      const setup = (t: Target) =>
+        Promise.all(
+          vw.map((w) =>
+            w.w.ask('vm.setup', { proxy: t.proxy, admin: t.admin, namespace: opts.namespace, from: w.from, count: w.count, timeoutMs: 20_000 }, 120_000),
+          ),
+        );
       const quiesceMs = 10_000;
-      const runOnce = async (ratePerS: number): Promise<VmotionRun> => {
+      const runOnce = async (ratePerS: number, target: Target, name = 'vspc'): Promise<VmotionRun> => {
         const before = (await target.status()).vmotions;
+        const g1 = await Promise.all(vw.map((w) => w.w.ask('stats', {})));
         const p1 = target.sample();
         await target.loopDelay();
         const rs = await Promise.all(
@@ -778,6 +977,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         );
         const loop = await target.loopDelay();
         const p2 = target.sample();
+        const g2 = await Promise.all(vw.map((w) => w.w.ask('stats', {})));
         const after = (await target.status()).vmotions;
         const counters: Record<string, number> = {};
         for (const k of Object.keys(after)) counters[k] = after[k] - (k === 'pending' ? 0 : (before[k] ?? 0));
@@ -802,28 +1002,173 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           serverCpuMsPerVmotion: p1 && p2 && completed > 0 ? round((p2.cpuMs - p1.cpuMs) / completed, 3) : null,
           serverLoopDelay: loop,
           loadGenLoopDelay: rs.map((r) => r.loadGenLoopDelay),
+          loadGenCpuPct: g1.map((a, i) => {
+            const b = g2[i];
+            const wall = p1 && p2 ? p2.at - p1.at : Math.max(...rs.map((r) => r.elapsedMs));
+            return round(((b.cpu.user + b.cpu.system - a.cpu.user - a.cpu.system) / 1000 / wall) * 100, 1);
+          }),
         };
         log(
-          `vmotion ${ratePerS > 0 ? `paced at ${ratePerS}/s` : 'back to back'}: ${run.completed} completed (${run.ratePerS}/s), ${run.failed} failed, ${run.missed} missed; ` +
+          `vmotion (${name}) ${ratePerS > 0 ? `paced at ${ratePerS}/s` : 'back to back'}: ${run.completed} completed (${run.ratePerS}/s), ${run.failed} failed, ${run.missed} missed; ` +
             `switch-over p50 ${run.switchoverMs.p50} p99 ${run.switchoverMs.p99} ms (steps p50/p99 ${Object.entries(run.stepsMs[0] ?? {})
               .map(([k, d]) => `${k} ${d.p50}/${d.p99}`)
-              .join(', ')}); lost ${run.lostBytes} bytes, ${run.vmsWithErrors} VMs with errors; server CPU ${run.serverCpuPct}%, loop delay p99 ${loop?.p99 ?? "n/a"} max ${loop?.max ?? "n/a"} ms; load generators' loop delay ${JSON.stringify(run.loadGenLoopDelay)}`,
+              .join(', ')}); lost ${run.lostBytes} bytes, ${run.vmsWithErrors} VMs with errors; server CPU ${run.serverCpuPct}%, loop delay p99 ${loop?.p99 ?? "n/a"} max ${loop?.max ?? "n/a"} ms; load generators' loop delay ${JSON.stringify(run.loadGenLoopDelay)}, CPU ${JSON.stringify(run.loadGenCpuPct)}%`,
         );
         return run;
       };
-      const paced = V.ratePerS > 0 ? await runOnce(V.ratePerS) : null;
-      const max = await runOnce(0);
+      await setup(target);
+      const paced = V.ratePerS > 0 ? await runOnce(V.ratePerS, target) : null;
+      const max = await runOnce(0, target);
       await Promise.all(vw.map((t) => t.w.ask('vm.teardown', {}, 30_000)));
+      // The same against the stub, with the same load generators.
+      let stubRuns: VmotionSection['stub'] = null;
+      if (stub) {
+        await setup(stub);
+        const sp = V.ratePerS > 0 ? await runOnce(V.ratePerS, stub, 'stub') : null;
+        const sm = await runOnce(0, stub, 'stub');
+        await Promise.all(vw.map((t) => t.w.ask('vm.teardown', {}, 30_000)));
+        stubRuns = { paced: sp, max: sm };
+      }
       await Promise.all(vw.map((t) => t.w.stop()));
       const section: VmotionSection = {
         workload:
           `${V.vms} VMs, each with one telnet client; every ${V.tickMs} ms each VM writes ${V.outBytesPerTick} bytes (paused from BEGIN to COMPLETE) and each client types ${V.inBytesPerTick} bytes; ` +
           `both streams are checked byte for byte at the other end after each run; ${V.workers} load-generator process(es); ` +
           `paced: migrations started at ${V.ratePerS}/s on VMs not migrating; max: every VM migrates again 0-${V.gapMs} ms after its last; ${V.durationMs / 1000} s each; ` +
-          `switch-over = VMOTION-BEGIN sent → VMOTION-COMPLETE sent (GOAHEAD, new connection with telnet/232 negotiation, PEER, PEER-OK)`,
+          `switch-over = VMOTION-BEGIN sent → VMOTION-COMPLETE sent (GOAHEAD, new connection with telnet/232 negotiation, PEER, PEER-OK)` +
+          (stubRuns ? `; then the same runs against the minimal option-232 stub (bench/stub.ts), with the same number of VM serial ports registered` : ''),
         vms: V.vms,
         paced,
         max,
+        stub: stubRuns,
+      };
+      return section;
+    });
+
+    // ------------------------------------------------------------------ unix (issue 13)
+    report.unix = await phase('unix', async () => {
+      const U = opts.unix;
+      if (!server || !tmp || !serverOpts) throw new Error('the unix phase needs a vspc the benchmark starts (not --target)');
+      const dir = join(tmp, 'unix');
+      mkdirSync(dir, { recursive: true });
+      const configPath = join(tmp, 'unix-consoles.yaml');
+      writeFileSync(configPath, 'consoles: []\n');
+      // A vspc of its own: its memory per console is measured against itself before the consoles exist.
+      const { range, proxyPort, adminPort } = await privatePorts(U.consoles + U.streams + 16);
+      const uServer = ServerProcess.spawn({
+        dbPath: join(tmp, 'unix.db'),
+        proxyPort,
+        adminPort,
+        portRange: range,
+        extraArgs: ['--config', configPath, ...opts.serverArgs],
+        nodeArgs: opts.serverNodeArgs,
+      });
+      const extra: WorkerHandle[] = [];
+      try {
+        await uServer.waitReady(60_000);
+        const uw = slices(U.consoles, U.workers).map((sl, i) => ({ ...sl, w: spawnWorker(`unix-${i}`) }));
+        extra.push(...uw.map((u) => u.w));
+        const eps = await Promise.all(uw.map((u) => u.w.ask('unix.listen', { dir, from: u.from, count: u.count }, 120_000)));
+        const paths = eps.flatMap((e) => e.paths);
+        await sleep(500);
+        const ubase = await resources(uServer);
+        // Declared all at once (a reload), as a hypervisor's consoles would be at start.
+        const yaml = ['consoles:', ...paths.map((p, i) => `  - name: bench-unix-${i}\n    source: unix:${p}`)].join('\n') + '\n';
+        writeFileSync(configPath, yaml);
+        const a0 = performance.now();
+        uServer.child.kill('SIGHUP');
+        const attachMs = await waitConnected(U.consoles, a0, U.timeoutMs + 60_000, uServer);
+        const l0 = performance.now();
+        const rows = (await uServer.ports()).filter((r) => r.name?.startsWith('bench-unix-'));
+        const listMs = performance.now() - l0;
+        const portOf = new Map(rows.map((r) => [r.name, r]));
+        log(`unix: ${U.consoles} unix-socket consoles declared and connected in ${(attachMs / 1000).toFixed(2)} s; listed ${rows.filter((r) => r.connected).length} in ${Math.round(listMs)} ms`);
+        await sleep(1000);
+        const uloaded = await resources(uServer);
+        const perConsole = perPort(uloaded, ubase, U.consoles);
+        log(`unix: RSS ${perConsole.rssKiB} KiB per idle console (heap ${perConsole.heapUsedKiB} KiB)`);
+        // One counting client per console, then every endpoint restarts at once.
+        await Promise.all(
+          uw.map((u) =>
+            u.w.ask(
+              'unix.clients',
+              {
+                host: '127.0.0.1',
+                ports: Array.from({ length: u.count }, (_, k) => portOf.get(`bench-unix-${u.from + k}`)?.port ?? 0),
+                concurrency: 64,
+                timeoutMs: 20_000,
+              },
+              180_000,
+            ),
+          ),
+        );
+        const rr = await Promise.all(uw.map((u) => u.w.ask('unix.restart', { downMs: U.downMs, timeoutMs: U.timeoutMs }, U.downMs + U.timeoutMs + 60_000)));
+        const worst = (f: (d: Distribution) => number) => Math.max(...rr.map((r) => f(r.streamingMs)));
+        const restart: UnixSection['restart'] = {
+          downMs: U.downMs,
+          endpoints: rr.reduce((n, r) => n + r.endpoints, 0),
+          back: rr.reduce((n, r) => n + r.back, 0),
+          within5s: rr.reduce((n, r) => n + r.within5s, 0),
+          // Exact with one worker; with several, each percentile is the worst worker's.
+          streamingMs: { n: rr.reduce((n, r) => n + r.streamingMs.n, 0), p50: worst((d) => d.p50), p90: worst((d) => d.p90), p99: worst((d) => d.p99), max: worst((d) => d.max), mean: worst((d) => d.mean) },
+          reconnectMs: rr[0].reconnectMs,
+          errors: rr.flatMap((r) => r.errors).slice(0, 5),
+        };
+        log(`unix: restart of ${restart.endpoints} endpoints after ${U.downMs} ms down: ${restart.back} streaming again (${restart.within5s} within 5 s); p50 ${restart.streamingMs.p50} p99 ${restart.streamingMs.p99} max ${restart.streamingMs.max} ms`);
+        // Throughput from unix-socket consoles vs ESXi VMs on the same vspc, alternately, twice each.
+        const streams = Math.min(U.streams, U.consoles);
+        await Promise.all(uw.map((u) => u.w.ask('unix.streamSetup', { count: Math.ceil(streams / uw.length) })));
+        const ew = slices(streams, opts.throughput.workers).map((sl, i) => ({ ...sl, w: spawnWorker(`unix-esxi-${i}`) }));
+        extra.push(...ew.map((e) => e.w));
+        await Promise.all(ew.map((t) => t.w.ask('tp.setup', { proxy: uServer.proxy, admin: uServer.admin, namespace: opts.namespace, from: t.from, count: t.count, timeoutMs: 20_000 }, 120_000)));
+        await Promise.all(ew.map((t) => t.w.ask('tp.clients', { perVm: 1, timeoutMs: 20_000 }, 120_000)));
+        const unixCases: ThroughputCase[] = [];
+        const esxiCases: ThroughputCase[] = [];
+        for (let round_ = 0; round_ < 2; round_++) {
+          esxiCases.push(await streamCase(ew, 'vspc', () => uServer.sample(), { target: 'vspc', clientsPerVm: 1, vms: streams }, null));
+          unixCases.push(await streamCase(uw, 'unix', () => uServer.sample(), { target: 'vspc', clientsPerVm: 1, vms: streams }, null));
+        }
+        const mean = (cs: ThroughputCase[]): ThroughputCase => ({
+          ...cs[0],
+          deliveredMBps: round(cs.reduce((n, c) => n + c.deliveredMBps, 0) / cs.length, 1),
+          vmSentMBps: round(cs.reduce((n, c) => n + c.vmSentMBps, 0) / cs.length, 1),
+          serverCpuPct: cs.every((c) => c.serverCpuPct !== null) ? round(cs.reduce((n, c) => n + (c.serverCpuPct ?? 0), 0) / cs.length, 1) : null,
+          mbPerServerCpuS: cs.every((c) => c.mbPerServerCpuS !== null) ? round(cs.reduce((n, c) => n + (c.mbPerServerCpuS ?? 0), 0) / cs.length, 0) : null,
+        });
+        const unix = mean(unixCases);
+        const esxi = mean(esxiCases);
+        await Promise.all(ew.map((t) => t.w.ask('tp.teardown', {}, 30_000)));
+        await Promise.all(uw.map((u) => u.w.ask('unix.teardown', {}, 30_000)));
+        const section: UnixSection = {
+          workload:
+            `${U.consoles} consoles declared in the config file (source unix:PATH) of a vspc of their own, applied by one reload, each connecting to a unix socket server standing in for QEMU's -serial unix:PATH,server=on (${U.workers} load-generator process(es)); ` +
+            `memory per idle console after a full GC against the same vspc before the consoles existed; restart: every endpoint closes and removes its socket at once, listens again ${U.downMs / 1000} s later, and writes a marker when vspc connects; a counting telnet client per console sees it; ` +
+            `throughput: ${streams} of the consoles and ${streams} ESXi VMs on the same vspc stream ${opts.throughput.chunkBytes / 1024} KiB chunks to one client each as in [3], alternately, twice each (means)`,
+          consoles: U.consoles,
+          attachS: round(attachMs / 1000, 2),
+          attached: rows.filter((r) => r.connected).length,
+          listed: rows.length,
+          listMs: Math.round(listMs),
+          perConsole,
+          restart,
+          throughput: { streams, unix, esxi, ratio: esxi.deliveredMBps > 0 ? round(unix.deliveredMBps / esxi.deliveredMBps, 3) : null },
+        };
+        return section;
+      } finally {
+        for (const w of extra) await w.stop().catch(() => undefined);
+        await uServer.stop(30_000).catch(() => uServer.kill());
+      }
+    });
+
+    // ------------------------------------------------------------------ glob (issue 11)
+    report.glob = await phase('glob', async () => {
+      const G = opts.glob;
+      const f = globFigures(G.pattern, G.sizes);
+      log(`glob: ${f.sizes.map((x) => `${x.bytes} B ${x.usPerMatch} µs`).join(', ')}; growth per doubling ${f.growth.join(', ')} (steps ${f.stepGrowth.join(', ')})`);
+      const section: GlobSection = {
+        workload: `the VM-name glob matcher (src/util/glob.ts) with ${G.pattern} against names of only "a" (issue 11's worst case; a backtracking regex took 85 s at 1,000 characters), median of 9 timed rounds in the benchmark's own process; growth = time at 2n / time at n (linear: ≈ 2)`,
+        pattern: G.pattern,
+        ...f,
       };
       return section;
     });
@@ -870,7 +1215,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       let duringFlood: SshSection['duringFlood'] = null;
       if (S.floodConcurrency > 0) {
         const floodW = spawnWorker('ssh-flood');
-        const stranger = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'not authorized' }).private;
+        const stranger = ed25519KeyPair('not authorized').private;
         await floodW.ask('ssh.floodStart', { host: '127.0.0.1', port, localAddress: '127.0.0.2', privateKey: stranger, concurrency: S.floodConcurrency });
         await sleep(500);
         const second = await open(1);
@@ -957,12 +1302,31 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       return section;
     });
 
+    // ------------------------------------------------------------------ tunnel
+    // Self-contained: its own QEMU guest and its own vspc (whatever --target says), so
+    // that vspc's RSS per stream is the tunnel's alone.
+    const tunnelTimeoutMs = Math.max(opts.phaseTimeoutMs, 600_000);
+    report.tunnel = await phase(
+      'tunnel',
+      async () => {
+        const problem = tunnelGuestProblem();
+        if (problem) {
+          notRun.tunnel = problem;
+          log(`tunnel: NOT RUN: ${problem}`);
+          return undefined;
+        }
+        return runTunnelPhase(opts.tunnel, log, tunnelTimeoutMs);
+      },
+      tunnelTimeoutMs,
+    );
+
     if (!server && opts.cleanup) await forgetBenchPorts(target, log);
   } catch (err) {
     failures.setup = err instanceof Error ? err.message : String(err);
     log(`benchmark failed: ${failures.setup}`);
   } finally {
     await Promise.all(workers.map((w) => w.stop(3000).catch(() => undefined)));
+    if (stub) await stub.stop(5000).catch(() => stub?.kill());
     if (server) {
       // Graceful, so that --cpu-prof writes its profile.
       await server.stop(30_000).catch(() => server?.kill());

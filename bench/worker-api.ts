@@ -70,6 +70,22 @@ export interface VmotionRunResult {
   clientsClosed: number;
 }
 
+/** Which streams of a throughput worker pour out. */
+export type StreamSet = 'vspc' | 'relay' | 'unix';
+
+export interface UnixRestartResult {
+  endpoints: number;
+  /** Endpoints whose console streamed again (the first bytes written after its return reached its client) before the deadline. */
+  back: number;
+  /** Endpoint listening again → those bytes at its client, per endpoint (ms). */
+  streamingMs: Distribution;
+  /** Endpoint listening again → vspc connected to it (ms). */
+  reconnectMs: Distribution;
+  /** Endpoints whose first bytes arrived within 5 s of its return. */
+  within5s: number;
+  errors: string[];
+}
+
 /** SSH sessions to open: session k attaches to `names[k % names.length]`. */
 export interface SshOpenRequest {
   host: string;
@@ -113,20 +129,41 @@ export interface WorkerApi {
     req: { proxy: HostPort; admin: AdminEndpoint; namespace: number; probes: number; timeoutMs: number };
     res: { probes: number; echoPort: number };
   };
-  'lat.relay': { req: { port: number; timeoutMs: number }; res: { relays: number } };
+  /** Connects every probe through a relay listening on `port` (to the probe worker's echo server) as path `name` (default 'relay'). */
+  'lat.relay': { req: { port: number; timeoutMs: number; name?: string }; res: { relays: number } };
+  'lat.unrelay': { req: { name: string }; res: Empty };
   'lat.run': {
-    req: { durationMs: number; intervalMs: number };
-    res: { vspc: number[]; direct: number[]; relay: number[]; errors: number; errorSamples: string[] };
+    /** `paths`: which round trips to measure, in turn per keystroke ('vspc', 'direct', relay names); default vspc, direct, relay. */
+    req: { durationMs: number; intervalMs: number; paths?: string[] };
+    res: { vspc: number[]; direct: number[]; relay: number[]; byPath: Record<string, number[]>; errors: number; errorSamples: string[] };
   };
   'lat.teardown': { req: Empty; res: Empty };
   'relay.start': { req: { targetPort: number }; res: { port: number } };
   // Throughput.
   'tp.setup': { req: VmSetupRequest; res: { vms: number } };
   'tp.clients': { req: { perVm: number; timeoutMs: number }; res: { clients: number } };
-  'tp.start': { req: { chunkBytes: number; windowBytes: number }; res: ThroughputSample };
+  /**
+   * Relay baselines: a listener standing in for the VMs of `count` streams (a relay
+   * connects its accepted clients to it); the streams are made by `tp.relayConnect`.
+   */
+  'tp.relayListen': { req: { count: number }; res: { port: number } };
+  /** `count` clients through the relay at `port`, each paired with the VM end the relay opens (set 'relay'). */
+  'tp.relayConnect': { req: { port: number; timeoutMs: number }; res: { streams: number } };
+  'tp.relayTeardown': { req: Empty; res: Empty };
+  /** Streams of one set pour out: 'vspc' (tp.setup/tp.clients), 'relay' (tp.relayConnect) or 'unix' (unix.streamSetup). */
+  'tp.start': { req: { chunkBytes: number; windowBytes: number; set?: StreamSet }; res: ThroughputSample };
   'tp.sample': { req: Empty; res: ThroughputSample };
   'tp.stop': { req: Empty; res: ThroughputSample };
   'tp.teardown': { req: Empty; res: Empty };
+  // Unix-socket consoles (endpoints standing in for QEMU's `-serial unix:PATH,server=on`).
+  'unix.listen': { req: { dir: string; from: number; count: number }; res: { paths: string[]; ms: number } };
+  /** One counting telnet client per endpoint, `ports[i]` the client port of endpoint i (of this worker). */
+  'unix.clients': { req: { host: string; ports: number[]; concurrency: number; timeoutMs: number }; res: { connected: number; failed: number; errors: string[] } };
+  /** Every endpoint goes away at once (sockets closed, files removed) and comes back after `downMs`; see UnixRestartResult. */
+  'unix.restart': { req: { downMs: number; timeoutMs: number }; res: UnixRestartResult };
+  /** The first `count` endpoints and their clients become throughput streams (set 'unix'). */
+  'unix.streamSetup': { req: { count: number }; res: { streams: number } };
+  'unix.teardown': { req: Empty; res: Empty };
   // vMotion.
   'vm.setup': { req: VmSetupRequest; res: { vms: number } };
   'vm.run': { req: VmotionRunRequest; res: VmotionRunResult };

@@ -13,7 +13,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import ssh2 from 'ssh2';
 import type { HostPort } from '../src/util/net.js';
 import type { PortView } from '../src/admin/views.js';
-import type { Empty, SshOpenRequest, ThroughputSample, VmotionRunRequest, VmotionRunResult, VmSetupRequest, WorkerApi, WorkerCall, WorkerCommand, WorkerHandlers, WorkerReply } from './worker-api.js';
+import type { Empty, SshOpenRequest, StreamSet, ThroughputSample, VmotionRunRequest, VmotionRunResult, VmSetupRequest, WorkerApi, WorkerCall, WorkerCommand, WorkerHandlers, WorkerReply } from './worker-api.js';
 import { adminGet, type AdminEndpoint } from './server-process.js';
 import { Option } from '../src/protocol/telnet/constants.js';
 import { SimulatedVm } from '../test/support/sim/esxi-simulator.js';
@@ -298,7 +298,8 @@ interface Probe {
   vm: SimulatedVm;
   user: TelnetUser;
   direct: net.Socket;
-  relay: net.Socket | null;
+  /** The same echo through relay processes, by name ('relay', 'relay-node', 'relay-c'). */
+  relays: Map<string, net.Socket>;
 }
 
 const probes: Probe[] = [];
@@ -320,16 +321,28 @@ async function latSetup(a: WorkerApi['lat.setup']['req']): Promise<WorkerApi['la
   const port = (server.address() as net.AddressInfo).port;
   const directs = await mapLimit(users, 16, () => connectRaw('127.0.0.1', port, a.timeoutMs));
   await sleep(100);
-  for (let i = 0; i < vms.length; i++) probes.push({ vm: vms[i], user: users[i], direct: directs[i], relay: null });
+  for (let i = 0; i < vms.length; i++) probes.push({ vm: vms[i], user: users[i], direct: directs[i], relays: new Map() });
   return { probes: probes.length, echoPort: port };
 }
 
-/** Connects each probe to the echo server through a relay process as well (a third path). */
+/** Connects each probe to the echo server through a relay process as well (another path). */
 async function latRelay(a: WorkerApi['lat.relay']['req']): Promise<WorkerApi['lat.relay']['res']> {
+  const name = a.name ?? 'relay';
   const socks = await mapLimit(probes, 16, () => connectRaw('127.0.0.1', a.port, a.timeoutMs));
-  probes.forEach((p, i) => (p.relay = socks[i]));
+  probes.forEach((p, i) => {
+    p.relays.get(name)?.destroy();
+    p.relays.set(name, socks[i]);
+  });
   await sleep(50);
   return { relays: socks.length };
+}
+
+function latUnrelay(a: WorkerApi['lat.unrelay']['req']): Empty {
+  for (const p of probes) {
+    p.relays.get(a.name)?.destroy();
+    p.relays.delete(a.name);
+  }
+  return {};
 }
 
 // A minimal TCP relay (run in a process of its own): what any user-space proxy hop costs here.
@@ -393,9 +406,9 @@ function roundTrip(send: (b: Buffer) => void, source: { on(e: 'data', l: (d: Buf
 }
 
 async function latRun(a: WorkerApi['lat.run']['req']): Promise<WorkerApi['lat.run']['res']> {
-  const viaVspc: number[] = [];
-  const direct: number[] = [];
-  const relay: number[] = [];
+  const names = a.paths ?? ['vspc', 'direct', 'relay'];
+  const byPath: Record<string, number[]> = {};
+  for (const n of names) byPath[n] = [];
   const errors: string[] = [];
   const deadline = performance.now() + a.durationMs;
   await Promise.all(
@@ -405,10 +418,14 @@ async function latRun(a: WorkerApi['lat.run']['req']): Promise<WorkerApi['lat.ru
       while (performance.now() < deadline) {
         const byte = 0x61 + (k++ % 26);
         try {
-          viaVspc.push(await roundTrip((b) => p.user.send(b), p.user, byte, 5000));
-          direct.push(await roundTrip((b) => p.direct.write(b), p.direct, byte, 5000));
-          const r = p.relay;
-          if (r) relay.push(await roundTrip((b) => r.write(b), r, byte, 5000));
+          for (const n of names) {
+            if (n === 'vspc') byPath[n].push(await roundTrip((b) => p.user.send(b), p.user, byte, 5000));
+            else if (n === 'direct') byPath[n].push(await roundTrip((b) => p.direct.write(b), p.direct, byte, 5000));
+            else {
+              const r = p.relays.get(n);
+              if (r) byPath[n].push(await roundTrip((b) => r.write(b), r, byte, 5000));
+            }
+          }
         } catch (err) {
           errors.push(errorText(err));
           if (errors.length > 50) return;
@@ -417,13 +434,14 @@ async function latRun(a: WorkerApi['lat.run']['req']): Promise<WorkerApi['lat.ru
       }
     }),
   );
-  return { vspc: viaVspc.map(r3), direct: direct.map(r3), relay: relay.map(r3), errors: errors.length, errorSamples: firstErrors(errors) };
+  for (const n of names) byPath[n] = byPath[n].map(r3);
+  return { vspc: byPath.vspc ?? [], direct: byPath.direct ?? [], relay: byPath.relay ?? [], byPath, errors: errors.length, errorSamples: firstErrors(errors) };
 }
 
 async function latTeardown(): Promise<Empty> {
   for (const p of probes) {
     p.direct.destroy();
-    p.relay?.destroy();
+    for (const r of p.relays.values()) r.destroy();
     p.user.destroy();
     await p.vm.close();
   }
@@ -434,32 +452,94 @@ async function latTeardown(): Promise<Empty> {
 }
 
 // ---------------------------------------------------------------------------
-// Throughput: VMs pour output out as fast as their clients take it
+// Throughput: VMs pour output out as fast as their clients take it. The same pump
+// drives three sets: VMs on vspc with telnet clients ('vspc'), plain streams through
+// a relay process ('relay'), and unix-socket endpoints on vspc ('unix').
+
+/** The VM end of a stream: where its output is written. */
+interface StreamVm {
+  send(b: Buffer): boolean;
+  whenDrained(): Promise<void>;
+  close(): Promise<void> | void;
+  destroy(): void;
+}
+
+/** A client of a stream: counts what it receives. */
+interface StreamClient {
+  on(e: 'data', l: (d: Buffer) => void): unknown;
+  readonly closed: boolean;
+  close(): Promise<void> | void;
+  destroy(): void;
+}
 
 interface TpVm {
-  vm: SimulatedVm;
+  vm: StreamVm;
   port: number;
-  users: TelnetUser[];
+  users: StreamClient[];
   received: number[];
   sent: number;
   waitingDrain: boolean;
+  /** Pouring out now (its set was started). */
+  on: boolean;
+}
+
+/** A raw socket as either end of a stream. */
+function rawEnd(s: net.Socket): StreamVm & StreamClient {
+  return {
+    send: (b) => s.write(b),
+    whenDrained: () => (s.destroyed || s.writableLength === 0 ? Promise.resolve() : new Promise<void>((r) => {
+      const done = () => {
+        s.off('drain', done);
+        s.off('close', done);
+        r();
+      };
+      s.on('drain', done);
+      s.on('close', done);
+    })),
+    on: (e, l) => s.on(e, l),
+    get closed() {
+      return s.destroyed;
+    },
+    close: () => {
+      s.end();
+    },
+    destroy: () => s.destroy(),
+  };
 }
 
 const tp: TpVm[] = [];
-let tpRunning = false;
+const relayTp: TpVm[] = [];
+const unixTp: TpVm[] = [];
+let tpActive: TpVm[] = tp;
 let tpChunk: Buffer = Buffer.alloc(0);
 let tpWindow = 0;
 let tpDelivered = 0;
 let tpSent = 0;
 let tpProxy: HostPort | null = null;
 
+function setOf(name: StreamSet | undefined): TpVm[] {
+  return name === 'relay' ? relayTp : name === 'unix' ? unixTp : tp;
+}
+
 async function tpSetup(a: VmSetupRequest): Promise<WorkerApi['tp.setup']['res']> {
   tpProxy = a.proxy;
   const ids = Array.from({ length: a.count }, (_, i) => benchIdentity(a.namespace, Group.throughput, a.from + i));
   const vms = await mapLimit(ids, 32, (id) => connectVm(a.proxy, id, a.timeoutMs));
   const ports = await waitListed(a.admin, ids, a.timeoutMs);
-  vms.forEach((vm, i) => tp.push({ vm, port: ports[i], users: [], received: [], sent: 0, waitingDrain: false }));
+  vms.forEach((vm, i) => tp.push({ vm, port: ports[i], users: [], received: [], sent: 0, waitingDrain: false, on: false }));
   return { vms: tp.length };
+}
+
+/** Counts a client's bytes and keeps its stream pouring. */
+function addClient(v: TpVm, u: StreamClient): void {
+  const k = v.users.length;
+  v.users.push(u);
+  v.received.push(0);
+  u.on('data', (d) => {
+    v.received[k] += d.length;
+    tpDelivered += d.length;
+    if (v.on && !v.waitingDrain) tpPump(v);
+  });
 }
 
 async function tpClients(a: WorkerApi['tp.clients']['req']): Promise<WorkerApi['tp.clients']['res']> {
@@ -469,19 +549,71 @@ async function tpClients(a: WorkerApi['tp.clients']['req']): Promise<WorkerApi['
     v.received = [];
   }
   const jobs = tp.flatMap((v) => Array.from({ length: a.perVm }, () => v));
-  await mapLimit(jobs, 32, async (v) => {
-    const u = await connectUser(tpProxy!.host, v.port, a.timeoutMs);
-    const k = v.users.length;
-    v.users.push(u);
-    v.received.push(0);
-    u.on('data', (d) => {
-      v.received[k] += d.length;
-      tpDelivered += d.length;
-      if (tpRunning && !v.waitingDrain) tpPump(v);
-    });
-  });
+  await mapLimit(jobs, 32, async (v) => addClient(v, await connectUser(tpProxy!.host, v.port, a.timeoutMs)));
   await sleep(200); // scrollback replays and greetings are over
   return { clients: jobs.length };
+}
+
+// Relay streams: the relay connects each client to this listener; the client's first
+// 4 bytes (its stream number) tell which one it is.
+let relayVmServer: net.Server | null = null;
+const relayWaiting = new Map<number, (s: net.Socket) => void>();
+
+async function tpRelayListen(_a: WorkerApi['tp.relayListen']['req']): Promise<WorkerApi['tp.relayListen']['res']> {
+  if (!relayVmServer) {
+    const server = net.createServer((s) => {
+      s.setNoDelay(true);
+      s.on('error', () => undefined);
+      let head = Buffer.alloc(0);
+      const onHead = (d: Buffer) => {
+        head = Buffer.concat([head, d]);
+        if (head.length < 4) return;
+        s.off('data', onHead);
+        relayWaiting.get(head.readUInt32BE(0))?.(s);
+      };
+      s.on('data', onHead);
+    });
+    relayVmServer = server;
+    await new Promise<void>((r) => server.listen({ host: '127.0.0.1', port: 0, backlog: 4096 }, () => r()));
+  }
+  return { port: (relayVmServer.address() as net.AddressInfo).port };
+}
+
+async function tpRelayConnect(a: WorkerApi['tp.relayConnect']['req']): Promise<WorkerApi['tp.relayConnect']['res']> {
+  const count = tp.length;
+  await mapLimit(
+    Array.from({ length: count }, (_, i) => i),
+    32,
+    async (i) => {
+      const vmEnd = new Promise<net.Socket>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`relay stream ${i}: the relay did not connect in ${a.timeoutMs} ms`)), a.timeoutMs);
+        relayWaiting.set(i, (s) => {
+          clearTimeout(timer);
+          relayWaiting.delete(i);
+          resolve(s);
+        });
+      });
+      const c = await connectRaw('127.0.0.1', a.port, a.timeoutMs);
+      c.on('error', () => undefined);
+      const id = Buffer.alloc(4);
+      id.writeUInt32BE(i);
+      c.write(id);
+      const v: TpVm = { vm: rawEnd(await vmEnd), port: a.port, users: [], received: [], sent: 0, waitingDrain: false, on: false };
+      addClient(v, rawEnd(c));
+      relayTp.push(v);
+    },
+  );
+  return { streams: relayTp.length };
+}
+
+async function tpRelayTeardown(): Promise<Empty> {
+  for (const v of relayTp) {
+    v.on = false;
+    v.vm.destroy();
+    for (const u of v.users) u.destroy();
+  }
+  relayTp.length = 0;
+  return {};
 }
 
 function minReceived(v: TpVm): number {
@@ -491,7 +623,7 @@ function minReceived(v: TpVm): number {
 }
 
 function tpPump(v: TpVm): void {
-  while (tpRunning && v.sent - minReceived(v) < tpWindow) {
+  while (v.on && v.sent - minReceived(v) < tpWindow) {
     const ok = v.vm.send(tpChunk);
     v.sent += tpChunk.length;
     tpSent += tpChunk.length;
@@ -509,33 +641,170 @@ function tpPump(v: TpVm): void {
 function tpStart(a: WorkerApi['tp.start']['req']): ThroughputSample {
   tpChunk = fillerChunk(a.chunkBytes);
   tpWindow = a.windowBytes;
-  for (const v of tp) {
+  for (const set of [tp, relayTp, unixTp]) for (const v of set) v.on = false;
+  tpActive = setOf(a.set);
+  for (const v of tpActive) {
     v.sent = 0;
     v.received = v.received.map(() => 0);
   }
   tpDelivered = 0;
   tpSent = 0;
-  tpRunning = true;
-  for (const v of tp) tpPump(v);
+  for (const v of tpActive) v.on = true;
+  for (const v of tpActive) tpPump(v);
   return tpSample();
 }
 
 function tpSample(): ThroughputSample {
-  const dropped = tp.reduce((n, v) => n + v.users.filter((u) => u.closed).length, 0);
+  const dropped = tpActive.reduce((n, v) => n + v.users.filter((u) => u.closed).length, 0);
   return { at: performance.now(), delivered: tpDelivered, sent: tpSent, clientsDropped: dropped, cpu: process.cpuUsage() };
 }
 
 async function tpStop(): Promise<ThroughputSample> {
-  tpRunning = false;
+  for (const v of tpActive) v.on = false;
   const s = tpSample();
   await sleep(200);
   return s;
 }
 
 async function tpTeardown(): Promise<Empty> {
-  tpRunning = false;
+  for (const v of tp) v.on = false;
   await Promise.all(tp.flatMap((v) => [...v.users.map((u) => u.close()), v.vm.close()]));
   tp.length = 0;
+  await tpRelayTeardown();
+  relayVmServer?.close();
+  relayVmServer = null;
+  return {};
+}
+
+// ---------------------------------------------------------------------------
+// Unix-socket consoles: endpoints standing in for QEMU (`-serial unix:PATH,server=on,wait=off`)
+
+interface UnixEndpoint {
+  path: string;
+  server: net.Server | null;
+  /** vspc's connection to it. */
+  conn: net.Socket | null;
+  /** Resolves each time vspc connects. */
+  connected: Array<(s: net.Socket) => void>;
+  client: TelnetUser | null;
+  /** Restart bookkeeping: when it listened again, when vspc connected, when its client saw the marker. */
+  backAt: number;
+  reconnectedAt: number;
+  streamingAt: number;
+}
+
+const endpoints: UnixEndpoint[] = [];
+/** Written by an endpoint when vspc connects after a restart; its client watches for it. */
+let restartMarker: Buffer | null = null;
+
+function listenEndpoint(e: UnixEndpoint): Promise<void> {
+  const server = net.createServer((s) => {
+    s.on('error', () => undefined);
+    e.conn?.destroy();
+    e.conn = s;
+    e.reconnectedAt = performance.now();
+    if (restartMarker) s.write(restartMarker);
+    for (const f of e.connected.splice(0)) f(s);
+    s.on('close', () => {
+      if (e.conn === s) e.conn = null;
+    });
+  });
+  e.server = server;
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ path: e.path, backlog: 16 }, () => {
+      server.off('error', reject);
+      e.backAt = performance.now();
+      resolve();
+    });
+  });
+}
+
+async function unixListen(a: WorkerApi['unix.listen']['req']): Promise<WorkerApi['unix.listen']['res']> {
+  const t0 = performance.now();
+  for (let i = a.from; i < a.from + a.count; i++) {
+    endpoints.push({ path: `${a.dir}/ep-${i}.sock`, server: null, conn: null, connected: [], client: null, backAt: 0, reconnectedAt: 0, streamingAt: 0 });
+  }
+  await mapLimit(endpoints, 64, (e) => listenEndpoint(e));
+  return { paths: endpoints.map((e) => e.path), ms: performance.now() - t0 };
+}
+
+async function unixClients(a: WorkerApi['unix.clients']['req']): Promise<WorkerApi['unix.clients']['res']> {
+  const errors: string[] = [];
+  await mapLimit(a.ports, a.concurrency, async (port, i) => {
+    try {
+      const u = await connectUser(a.host, port, a.timeoutMs);
+      const e = endpoints[i];
+      e.client = u;
+      u.on('data', (d) => {
+        if (restartMarker && e.streamingAt === 0 && d.includes(restartMarker)) e.streamingAt = performance.now();
+      });
+    } catch (err) {
+      errors.push(errorText(err));
+    }
+  });
+  return { connected: a.ports.length - errors.length, failed: errors.length, errors: firstErrors(errors) };
+}
+
+async function unixRestart(a: WorkerApi['unix.restart']['req']): Promise<WorkerApi['unix.restart']['res']> {
+  // A hypervisor restart: every endpoint goes away at once (its socket file with it)...
+  await Promise.all(
+    endpoints.map(
+      (e) =>
+        new Promise<void>((resolve) => {
+          e.conn?.destroy();
+          e.conn = null;
+          e.backAt = 0;
+          e.reconnectedAt = 0;
+          e.streamingAt = 0;
+          if (!e.server) return resolve();
+          e.server.close(() => resolve());
+          e.server = null;
+        }),
+    ),
+  );
+  restartMarker = Buffer.from(`~back-${Date.now()}~`, 'latin1');
+  await sleep(a.downMs);
+  // ...and comes back at once: each starts listening again, vspc finds it by itself.
+  await Promise.all(endpoints.map((e) => listenEndpoint(e)));
+  const deadline = performance.now() + a.timeoutMs;
+  while (endpoints.some((e) => e.streamingAt === 0) && performance.now() < deadline) await sleep(20);
+  const back = endpoints.filter((e) => e.streamingAt > 0);
+  const streaming = back.map((e) => e.streamingAt - e.backAt);
+  const reconnect = endpoints.filter((e) => e.reconnectedAt > 0).map((e) => e.reconnectedAt - e.backAt);
+  const missing = endpoints.filter((e) => e.streamingAt === 0);
+  return {
+    endpoints: endpoints.length,
+    back: back.length,
+    streamingMs: roundDistribution(distribution(streaming)),
+    reconnectMs: roundDistribution(distribution(reconnect)),
+    within5s: streaming.filter((ms) => ms <= 5000).length,
+    errors: missing.slice(0, 5).map((e) => `${e.path}: ${e.reconnectedAt > 0 ? 'vspc connected, but nothing reached its client' : 'vspc did not connect'}`),
+  };
+}
+
+async function unixStreamSetup(a: WorkerApi['unix.streamSetup']['req']): Promise<WorkerApi['unix.streamSetup']['res']> {
+  unixTp.length = 0;
+  for (const e of endpoints.slice(0, a.count)) {
+    if (!e.conn || !e.client) continue;
+    const conn = e.conn;
+    const v: TpVm = { vm: rawEnd(conn), port: 0, users: [], received: [], sent: 0, waitingDrain: false, on: false };
+    addClient(v, e.client);
+    unixTp.push(v);
+  }
+  return { streams: unixTp.length };
+}
+
+async function unixTeardown(): Promise<Empty> {
+  for (const v of unixTp) v.on = false;
+  unixTp.length = 0;
+  for (const e of endpoints) {
+    e.client?.destroy();
+    e.conn?.destroy();
+    e.server?.close();
+  }
+  endpoints.length = 0;
+  restartMarker = null;
   return {};
 }
 
@@ -763,20 +1032,21 @@ async function vmTeardown(): Promise<Empty> {
 
 async function shutdown(): Promise<Empty> {
   bulkStreamStop();
-  tpRunning = false;
+  for (const v of tpActive) v.on = false;
   for (const b of bulk) b.conn?.destroy();
   for (const u of counting) u.destroy();
   for (const p of probes) {
     p.vm.destroy();
     p.user.destroy();
     p.direct.destroy();
-    p.relay?.destroy();
+    for (const r of p.relays.values()) r.destroy();
   }
   relayServer?.close();
-  for (const v of tp) {
+  for (const v of [...tp, ...relayTp, ...unixTp]) {
     v.vm.destroy();
     for (const u of v.users) u.destroy();
   }
+  for (const e of endpoints) e.server?.close();
   for (const m of movers) {
     m.conn.destroy();
     m.user.destroy();
@@ -1024,6 +1294,7 @@ const handlers: WorkerHandlers = {
   'clients.close': clientsClose,
   'lat.setup': latSetup,
   'lat.relay': latRelay,
+  'lat.unrelay': latUnrelay,
   'lat.run': latRun,
   'relay.start': relayStart,
   'lat.teardown': latTeardown,
@@ -1033,6 +1304,14 @@ const handlers: WorkerHandlers = {
   'tp.sample': tpSample,
   'tp.stop': tpStop,
   'tp.teardown': tpTeardown,
+  'tp.relayListen': tpRelayListen,
+  'tp.relayConnect': tpRelayConnect,
+  'tp.relayTeardown': tpRelayTeardown,
+  'unix.listen': unixListen,
+  'unix.clients': unixClients,
+  'unix.restart': unixRestart,
+  'unix.streamSetup': unixStreamSetup,
+  'unix.teardown': unixTeardown,
   'vm.setup': vmSetup,
   'vm.run': vmRun,
   'vm.teardown': vmTeardown,

@@ -102,6 +102,8 @@ export class AdminServer {
   private server: http.Server | null = null;
   /** Streamed responses still open. */
   private readonly streams = new Set<http.ServerResponse>();
+  /** Upgraded connections (vspc-admin tunnel): outside Node's HTTP bookkeeping, ended by close(). */
+  private readonly upgraded = new Set<net.Socket>();
   /** Open connections (raw sockets), oldest first. */
   private readonly connections = new Set<net.Socket>();
   /** Connections that have sent a request (busy or done): never closed to make room. */
@@ -210,6 +212,12 @@ export class AdminServer {
     if (!server) return;
     this.server = null;
     this.requestLog.close();
+    // An upgraded stream is no longer the HTTP server's to close, yet server.close()
+    // waits for it: end it (its far side sees EOF) and abort it after the grace time.
+    for (const socket of this.upgraded) {
+      socket.end();
+      setTimeout(() => socket.destroy(), STREAM_CLOSE_GRACE_MS).unref();
+    }
     await new Promise<void>((r) => {
       server.close(() => r());
       // Streams (log --follow) are usually ended already by their source: let them finish sending.
@@ -331,6 +339,8 @@ export class AdminServer {
       const join = await route.open(url, peer, socket);
       if (socket.destroyed) return;
       socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${route.protocol}\r\n\r\n`);
+      this.upgraded.add(socket);
+      socket.once('close', () => this.upgraded.delete(socket));
       join(socket, head);
     } catch (err) {
       let status = 500;

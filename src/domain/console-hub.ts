@@ -66,23 +66,42 @@ export interface ConsoleObserver {
   event?(hub: ConsoleHub, event: ConsoleEvent): void;
 }
 
-const EMPTY_RING = Buffer.alloc(0);
+/** The client set of every hub before its first client (never written). */
+const NO_CLIENTS: ReadonlySet<ConsoleClient> = new Set();
+
+/** Chunks at least this long are kept by reference; shorter ones are copied into blocks. */
+const SCROLLBACK_REF_MIN = 1024;
+/** Size of the blocks short chunks are copied into (at most the capacity). */
+const SCROLLBACK_BLOCK = 4096;
 
 /**
  * The last N bytes of VM output, replayed to a client on attach so it sees the
- * recent screen. A fixed ring: no allocation per chunk.
+ * recent screen. Kept as references to the chunks received, not copied into a ring:
+ * a streaming VM's output is not copied at all on its way to the clients (the copy
+ * is made when a client attaches, from the pieces). Bounded:
+ *
+ * - A chunk of at least 1 KiB is kept by reference when its memory is its own (a
+ *   socket read: Node allocates each read to its size); a short one, or a small view
+ *   of a large buffer, is copied into a 4 KiB block, so that console-speed output
+ *   (a line at a time) costs blocks, not one Buffer object per line.
+ * - Pieces that fall out of the last N bytes are let go at once, so what is held is
+ *   N bytes plus at most the unused part of the oldest piece and of the open block.
+ * - Nothing is allocated until the first output: a VM serial port that never printed
+ *   (an idle or powered-off VM known from the database) costs no bytes at all.
+ *
+ * Contract with the hub's callers: a chunk given to `fromVm` is not modified afterwards.
  */
 export class Scrollback {
-  /**
-   * Allocated at full size on the first output, so that a VM serial port that never
-   * printed (an idle or powered-off VM known from the database) costs no ring at all.
-   * Not grown step by step: with thousands of VMs starting to print at once, the many
-   * intermediate allocations cost more in garbage collections than they save.
-   */
-  private ring: Buffer = EMPTY_RING;
   private cap: number;
-  private end = 0;
-  private filled = false;
+  /** Closed pieces, oldest first; `skip` bytes of the first are no longer part of it. */
+  private segs: Buffer[] = [];
+  private skip = 0;
+  /** The open block short chunks are copied into: bytes [blockSkip, blockUsed) follow the pieces. */
+  private block: Buffer | null = null;
+  private blockSkip = 0;
+  private blockUsed = 0;
+  /** Bytes held (at most `cap`). */
+  private total = 0;
   constructor(capacity: number) {
     this.cap = Math.max(0, capacity);
   }
@@ -90,46 +109,105 @@ export class Scrollback {
   get capacity(): number {
     return this.cap;
   }
+  /** Bytes held now. */
+  get length(): number {
+    return this.total;
+  }
   push(data: Buffer): void {
     const cap = this.cap;
     if (cap === 0 || data.length === 0) return;
-    // ring.length is 0 (nothing printed yet: end = 0, not filled) or cap.
-    if (this.ring.length !== cap) this.ring = Buffer.alloc(cap);
     if (data.length >= cap) {
-      data.copy(this.ring, 0, data.length - cap);
-      this.end = 0;
-      this.filled = true;
-      return;
+      // Only its last `cap` bytes can stay: they replace everything.
+      this.clear();
+      this.keep(data.subarray(data.length - cap));
+    } else {
+      this.keep(data);
     }
-    const first = Math.min(data.length, cap - this.end);
-    data.copy(this.ring, this.end, 0, first);
-    if (first < data.length) {
-      data.copy(this.ring, 0, first);
-      this.filled = true;
-    }
-    const next = this.end + data.length;
-    if (next >= cap) this.filled = true;
-    this.end = next % cap;
+    this.trim();
   }
   /** A copy of the contents, oldest byte first. */
   snapshot(): Buffer {
-    if (!this.filled) return Buffer.from(this.ring.subarray(0, this.end));
-    return Buffer.concat([this.ring.subarray(this.end), this.ring.subarray(0, this.end)]);
+    if (this.total === 0) return Buffer.alloc(0);
+    const parts: Buffer[] = [];
+    for (let i = 0; i < this.segs.length; i++) parts.push(i === 0 && this.skip > 0 ? this.segs[0].subarray(this.skip) : this.segs[i]);
+    if (this.block && this.blockUsed > this.blockSkip) parts.push(this.block.subarray(this.blockSkip, this.blockUsed));
+    return Buffer.concat(parts, this.total);
   }
   /** Replaces the contents with the last `capacity` bytes of `data` (nothing allocated for none). */
   replace(data: Buffer): void {
-    this.ring = EMPTY_RING;
-    this.end = 0;
-    this.filled = false;
+    this.clear();
     this.push(data);
   }
   resize(capacity: number): void {
     const keep = this.snapshot();
     this.cap = Math.max(0, capacity);
-    this.ring = EMPTY_RING;
-    this.end = 0;
-    this.filled = false;
-    this.push(keep);
+    this.replace(keep);
+  }
+
+  private clear(): void {
+    this.segs = [];
+    this.skip = 0;
+    this.block = null;
+    this.blockSkip = 0;
+    this.blockUsed = 0;
+    this.total = 0;
+  }
+
+  /** Appends `piece` (shorter than `cap`): by reference when it owns its memory and is long, else copied. */
+  private keep(piece: Buffer): void {
+    this.total += piece.length;
+    if (piece.length >= SCROLLBACK_REF_MIN && piece.buffer.byteLength <= 2 * piece.length) {
+      this.closeBlock();
+      this.segs.push(piece);
+      return;
+    }
+    let from = 0;
+    while (from < piece.length) {
+      if (!this.block || this.blockUsed === this.block.length) {
+        this.closeBlock();
+        this.block = Buffer.allocUnsafeSlow(Math.min(this.cap, SCROLLBACK_BLOCK));
+      }
+      const n = piece.copy(this.block, this.blockUsed, from);
+      this.blockUsed += n;
+      from += n;
+    }
+  }
+
+  /** The open block (its used part) becomes a closed piece. */
+  private closeBlock(): void {
+    const b = this.block;
+    if (!b) return;
+    if (this.blockUsed > this.blockSkip) {
+      // A block trimmed to nothing before it was closed leaves nothing.
+      if (this.segs.length === 0) this.skip = 0;
+      this.segs.push(b.subarray(this.blockSkip, this.blockUsed));
+    }
+    this.block = null;
+    this.blockSkip = 0;
+    this.blockUsed = 0;
+  }
+
+  /** Lets go of what fell out of the last `cap` bytes. */
+  private trim(): void {
+    let excess = this.total - this.cap;
+    while (excess > 0 && this.segs.length > 0) {
+      const avail = this.segs[0].length - this.skip;
+      if (avail <= excess) {
+        this.segs.shift();
+        this.skip = 0;
+        this.total -= avail;
+        excess -= avail;
+      } else {
+        this.skip += excess;
+        this.total -= excess;
+        excess = 0;
+      }
+    }
+    if (excess > 0) {
+      // Only the open block is left: its oldest bytes go.
+      this.blockSkip += excess;
+      this.total -= excess;
+    }
   }
 }
 
@@ -160,7 +238,8 @@ export interface HoldResult {
  */
 export class ConsoleHub {
   private src: ConsoleSource | null = null;
-  private readonly clientSet = new Set<ConsoleClient>();
+  /** Allocated when the first client attaches (shared and never written until then). */
+  private clientSet: Set<ConsoleClient> = NO_CLIENTS as Set<ConsoleClient>;
   private holding = false;
   private held: Buffer[] = [];
   private heldBytes = 0;
@@ -168,8 +247,9 @@ export class ConsoleHub {
   private inputPaused = false;
   /** The peer of a source that closed during a vMotion switch-over (see detachSource), until the migration ends. */
   private leftDuringMigration: string | null = null;
-  private toldDisconnected = new WeakSet<ConsoleClient>();
-  private readonly toldReadOnly = new WeakSet<ConsoleClient>();
+  /** Clients told the VM is away / that they are read-only: made on the first notice. */
+  private toldDisconnected: WeakSet<ConsoleClient> | null = null;
+  private toldReadOnly: WeakSet<ConsoleClient> | null = null;
   readonly locks = new LockTable();
   /** Lock given to clients that do not ask for one (stock telnet). */
   defaultLockMode: LockRequest = 'readwrite';
@@ -313,10 +393,17 @@ export class ConsoleHub {
     const quiet = this.leftDuringMigration !== null;
     this.leftDuringMigration = null;
     if (!previous && !quiet) {
-      this.toldDisconnected = new WeakSet();
+      this.toldDisconnected = null;
       this.broadcastNotice('VM connected');
     }
-    this.report({ kind: 'vm-connected', peer: src.peer });
+    // The peer is read only by an observer that wants it (a console log): a vMotion's
+    // new connection is not asked its address (getpeername) for nothing.
+    this.report({
+      kind: 'vm-connected',
+      get peer() {
+        return src.peer;
+      },
+    });
     return previous === src ? null : previous;
   }
 
@@ -337,11 +424,20 @@ export class ConsoleHub {
       return true;
     }
     this.broadcastNotice('VM disconnected; waiting for it to come back');
-    this.report({ kind: 'vm-disconnected', peer: src.peer });
+    this.report({
+      kind: 'vm-disconnected',
+      get peer() {
+        return src.peer;
+      },
+    });
     return true;
   }
 
-  /** Serial output from the VM: to every client. */
+  /**
+   * Serial output from the VM: to every client. The hub may keep `data` itself (the
+   * scrollback holds received chunks by reference): the caller must not modify it
+   * afterwards (a socket's chunks are never reused).
+   */
   fromVm(data: Buffer): void {
     this.bytesFromVm += data.length;
     this.scrollback.push(data);
@@ -353,6 +449,7 @@ export class ConsoleHub {
   fromClient(client: ConsoleClient, data: Buffer): void {
     if (this.locks.get(client.id)?.mode === 'readonly') {
       // Read-only clients never write to the VM; say so once rather than per keystroke.
+      this.toldReadOnly ??= new WeakSet();
       if (!this.toldReadOnly.has(client)) {
         this.toldReadOnly.add(client);
         client.notice('read-only: your input is discarded');
@@ -364,6 +461,7 @@ export class ConsoleHub {
       return;
     }
     if (!this.src) {
+      this.toldDisconnected ??= new WeakSet();
       if (!this.toldDisconnected.has(client)) {
         this.toldDisconnected.add(client);
         client.notice('VM is not connected; input discarded');
@@ -450,6 +548,7 @@ export class ConsoleHub {
       const recent = this.scrollback.snapshot();
       if (recent.length > 0) client.deliver(recent);
     }
+    if (this.clientSet === NO_CLIENTS) this.clientSet = new Set();
     this.clientSet.add(client);
     if (this.inputPaused) client.pauseInput();
     // During a vMotion switch-over the source may have left already (the destination

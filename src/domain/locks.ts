@@ -76,8 +76,12 @@ export function describeHolder(h: LockHolder): string {
   return `${h.user ? `${h.user}@` : ''}${h.peer} (${via}${h.mode.toUpperCase()} since ${new Date(h.since).toISOString()})`;
 }
 
+/** The holders of every table nobody asked a lock of yet (shared, never written). */
+const NO_HOLDERS: ReadonlyMap<number, LockHolder> = new Map();
+
 export class LockTable {
-  private readonly holders = new Map<number, LockHolder>();
+  /** Allocated on the first request: a console nobody attached to (most of thousands) has none. */
+  private holders: Map<number, LockHolder> = NO_HOLDERS as Map<number, LockHolder>;
 
   get size(): number {
     return this.holders.size;
@@ -101,6 +105,7 @@ export class LockTable {
     force = false,
     now = Date.now(),
   ): LockDecision {
+    if (this.holders === NO_HOLDERS) this.holders = new Map();
     this.holders.delete(who.clientId);
     let mode: LockMode;
     let blocking: LockHolder[];

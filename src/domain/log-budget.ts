@@ -14,8 +14,12 @@
  *
  * Lines at a level the logger does not write (debug at --log-level info) cost nothing
  * and spend nothing. Child loggers share their parent's budget.
+ *
+ * Lazy fields (domain/logger.ts `LazyFields`) pass through as they are: a function is
+ * called by the logger underneath when the line is written, and never for a line the
+ * budget suppresses (nor for one below the level).
  */
-import type { LogFields, Logger } from './logger.js';
+import type { LazyFields, LogFields, LogLevel, Logger } from './logger.js';
 
 export interface LogBudget {
   /** Lines earned back per second. */
@@ -63,10 +67,10 @@ export interface BudgetedLogger extends Logger {
   readonly suppressedTotal: number;
   /** The connection ended: write the summary now (if lines were suppressed); later lines are written as they come. Idempotent. */
   close(): void;
-  child(fields: LogFields): BudgetedLogger;
+  child(fields: LazyFields): BudgetedLogger;
 }
 
-type Level = 'error' | 'warn' | 'info' | 'debug';
+type Level = LogLevel;
 const SEVERITY: Record<Level, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 
 /** Distinct messages remembered as "written once already"; past this every message is a repetition. */
@@ -74,17 +78,20 @@ const MAX_KINDS = 64;
 /** Distinct messages counted by name in a summary; the rest are counted as `(other)`. */
 const MAX_SUMMARY_MESSAGES = 8;
 
-function emit(target: Logger, level: Level, message: string, fields: LogFields | undefined): void {
+function emit(target: Logger, level: Level, message: string, fields: LazyFields | undefined): void {
   if (fields === undefined) target[level](message);
   else target[level](message, fields);
 }
+
+const monotonic = (): number => performance.now();
 
 /** The state one budget's loggers (a logger and its children) share. */
 class Budget {
   private tokens: number;
   private at: number;
-  private readonly seen = new Set<string>();
-  private readonly counts = new Map<string, number>();
+  // Made on first use: a connection that writes a line or two (most) costs no Set or Map.
+  private seen: Set<string> | null = null;
+  private counts: Map<string, number> | null = null;
   private worst: Level | null = null;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
@@ -99,7 +106,7 @@ class Budget {
     private readonly budget: LogBudget,
     options: RateLimitOptions,
   ) {
-    this.now = options.now ?? (() => performance.now());
+    this.now = options.now ?? monotonic;
     this.scope = options.scope ?? 'connection';
     const refillMs = budget.perSecond > 0 ? (Math.max(1, budget.burst) / budget.perSecond) * 1000 : 10_000;
     this.intervalMs = options.summaryIntervalMs ?? Math.max(1000, refillMs);
@@ -107,24 +114,26 @@ class Budget {
     this.at = this.now();
   }
 
-  write(target: Logger, level: Level, message: string, fields: LogFields | undefined): void {
+  write(target: Logger, level: Level, message: string, fields: LazyFields | undefined): void {
     if (this.closed) {
       emit(target, level, message, fields);
       return;
     }
     // A line the logger would drop anyway costs nothing and spends nothing.
-    if (target.isLevelEnabled && !target.isLevelEnabled(level)) return;
-    const fresh = !this.seen.has(message);
-    if (this.take() || (fresh && this.seen.size < MAX_KINDS)) {
-      if (fresh && this.seen.size < MAX_KINDS) this.seen.add(message);
+    if (!target.isLevelEnabled(level)) return;
+    const seen = (this.seen ??= new Set());
+    const fresh = !seen.has(message);
+    if (this.take() || (fresh && seen.size < MAX_KINDS)) {
+      if (fresh && seen.size < MAX_KINDS) seen.add(message);
       emit(target, level, message, fields);
       return;
     }
     this.suppressed++;
     this.suppressedTotal++;
     if (this.worst === null || SEVERITY[level] < SEVERITY[this.worst]) this.worst = level;
-    const key = this.counts.has(message) || this.counts.size < MAX_SUMMARY_MESSAGES ? message : '(other)';
-    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+    const counts = (this.counts ??= new Map());
+    const key = counts.has(message) || counts.size < MAX_SUMMARY_MESSAGES ? message : '(other)';
+    counts.set(key, (counts.get(key) ?? 0) + 1);
     if (!this.timer) {
       this.timer = setTimeout(() => {
         this.timer = null;
@@ -157,14 +166,14 @@ class Budget {
     const fields: LogFields = {
       suppressed: this.suppressed,
       suppressedTotal: this.suppressedTotal,
-      messages: Object.fromEntries(this.counts),
+      messages: Object.fromEntries(this.counts ?? []),
       budget: { perSecond: this.budget.perSecond, burst: this.budget.burst },
     };
     // As visible as the lines it stands for (warn for warn and error lines).
     const level: Level = this.worst === 'error' ? 'warn' : (this.worst ?? 'info');
     this.suppressed = 0;
     this.worst = null;
-    this.counts.clear();
+    this.counts?.clear();
     this.root[level](`log lines suppressed for this ${this.scope}`, fields);
   }
 }
@@ -183,27 +192,27 @@ class BudgetedView implements BudgetedLogger {
     return this.state.suppressedTotal;
   }
 
-  error(message: string, fields?: LogFields): void {
+  error(message: string, fields?: LazyFields): void {
     this.state.write(this.target, 'error', message, fields);
   }
 
-  warn(message: string, fields?: LogFields): void {
+  warn(message: string, fields?: LazyFields): void {
     this.state.write(this.target, 'warn', message, fields);
   }
 
-  info(message: string, fields?: LogFields): void {
+  info(message: string, fields?: LazyFields): void {
     this.state.write(this.target, 'info', message, fields);
   }
 
-  debug(message: string, fields?: LogFields): void {
+  debug(message: string, fields?: LazyFields): void {
     this.state.write(this.target, 'debug', message, fields);
   }
 
-  isLevelEnabled(level: string): boolean {
-    return this.target.isLevelEnabled ? this.target.isLevelEnabled(level) : true;
+  isLevelEnabled(level: LogLevel): boolean {
+    return this.target.isLevelEnabled(level);
   }
 
-  child(fields: LogFields): BudgetedLogger {
+  child(fields: LazyFields): BudgetedLogger {
     return new BudgetedView(this.state, this.target.child(fields));
   }
 

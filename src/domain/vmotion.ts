@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { RandomPool } from '../util/random-pool.js';
 import type { Logger } from './logger.js';
 import type { ConsoleSource } from './seams.js';
 import type { ConsoleHub } from './console-hub.js';
@@ -59,6 +59,11 @@ interface Migration {
   timer: NodeJS.Timeout;
 }
 
+/** A history entry as kept (the ISO time is made when the history is read). */
+interface StoredRecord extends Omit<VmotionRecord, 'startedAt'> {
+  startedAtMs: number;
+}
+
 export interface VmotionRecord {
   startedAt: string;
   durationMs: number;
@@ -75,7 +80,10 @@ export interface VmotionCoordinatorOptions {
    * concentrator sends 8 bytes, an older build 4 (test/fixtures/esxi-capture-vmotion.txt).
    */
   secretBytes?: number;
-  /** Where secrets come from (default node:crypto randomBytes); tests pass worst-case bytes (0xFF, IAC SE). */
+  /**
+   * Where secrets come from (default: a pool of node:crypto random bytes, see
+   * util/random-pool.ts); tests pass worst-case bytes (0xFF, IAC SE).
+   */
   random?: (size: number) => Buffer;
 }
 
@@ -85,7 +93,8 @@ export class VmotionCoordinator {
   private readonly byKey = new Map<string, Migration>();
   private readonly bySource = new Map<VmotionEndpoint, Migration>();
   private readonly byPeer = new Map<VmotionEndpoint, Migration>();
-  private readonly history = new WeakMap<ConsoleHub, VmotionRecord[]>();
+  private readonly history = new WeakMap<ConsoleHub, StoredRecord[]>();
+  private readonly pool = new RandomPool();
   /** Why every BEGIN is answered NOTNOW right now; null while vMotions are accepted. */
   private refusing: string | null = null;
   readonly counters: VmotionCounters = {
@@ -109,7 +118,7 @@ export class VmotionCoordinator {
   }
 
   historyOf(hub: ConsoleHub): readonly VmotionRecord[] {
-    return this.history.get(hub) ?? [];
+    return (this.history.get(hub) ?? []).map(({ startedAtMs, ...r }) => ({ startedAt: new Date(startedAtMs).toISOString(), ...r }));
   }
 
   /**
@@ -131,21 +140,22 @@ export class VmotionCoordinator {
     const refuse = this.refusing ?? (!hub ? 'connection is not an identified VM serial port' : null);
     if (refuse || !hub) {
       this.counters.refused++;
-      source.log.warn('vMotion refused (NOTNOW)', { reason: refuse, seq: seq.toString('hex') });
+      source.log.warn('vMotion refused (NOTNOW)', () => ({ reason: refuse, seq: seq.toString('hex') }));
       source.sendNotNow(seq);
       return;
     }
     const stale = this.bySource.get(source);
     if (stale) {
-      source.log.warn('second VMOTION-BEGIN replaces the pending vMotion', {
+      source.log.warn('second VMOTION-BEGIN replaces the pending vMotion', () => ({
         staleSeq: stale.seq.toString('hex'),
         seq: seq.toString('hex'),
-      });
+      }));
       // Keep holding: the held input carries over to the new migration.
       this.end(stale, 'replaced', { releaseTo: undefined });
     }
-    const secret = (this.options.random ?? randomBytes)(this.options.secretBytes ?? 8);
-    const key = Buffer.concat([seq, secret]).toString('hex');
+    const size = this.options.secretBytes ?? 8;
+    const secret = this.options.random ? this.options.random(size) : this.pool.take(size);
+    const key = Buffer.concat([seq, secret]).toString('latin1');
     const m: Migration = {
       key,
       seq: Buffer.from(seq),
@@ -163,11 +173,11 @@ export class VmotionCoordinator {
     // Hold before answering: nothing typed after GOAHEAD may reach the paused VM.
     hub.startHolding();
     source.sendGoahead(seq, secret);
-    source.log.info('vMotion begin: GOAHEAD sent', { seq: seq.toString('hex') });
+    source.log.info('vMotion begin: GOAHEAD sent', () => ({ seq: seq.toString('hex') }));
   }
 
   peer(conn: VmotionEndpoint, seqAndSecret: Buffer): boolean {
-    const m = this.byKey.get(seqAndSecret.toString('hex'));
+    const m = this.byKey.get(seqAndSecret.toString('latin1'));
     if (!m || m.peer || conn === m.source || conn.hub) {
       this.counters['bad-peer']++;
       conn.log.warn('security: VMOTION-PEER with an unknown or already used sequence/secret; refused and closed', {
@@ -183,16 +193,16 @@ export class VmotionCoordinator {
     this.byPeer.set(conn, m);
     conn.markVmotionPeer();
     conn.sendPeerOk(m.seq);
-    conn.log.info('vMotion peer accepted: PEER-OK sent', { vm: m.hub.displayName, seq: m.seq.toString('hex') });
+    conn.log.info('vMotion peer accepted: PEER-OK sent', () => ({ vm: m.hub.displayName, seq: m.seq.toString('hex') }));
     return true;
   }
 
   complete(conn: VmotionEndpoint, seq: Buffer): void {
     const m = this.byPeer.get(conn);
     if (!m || !m.seq.equals(seq)) {
-      conn.log.warn('VMOTION-COMPLETE ignored: not from the peer of a pending vMotion with that sequence', {
+      conn.log.warn('VMOTION-COMPLETE ignored: not from the peer of a pending vMotion with that sequence', () => ({
         seq: seq.toString('hex'),
-      });
+      }));
       return;
     }
     const old = m.source;
@@ -217,18 +227,18 @@ export class VmotionCoordinator {
     const asSource = this.bySource.get(conn);
     if (asSource) {
       asSource.sourceAlive = false;
-      conn.log.warn('vMotion source closed mid-migration; waiting for the destination until the timeout', {
+      conn.log.warn('vMotion source closed mid-migration; waiting for the destination until the timeout', () => ({
         vm: asSource.hub.displayName,
-      });
+      }));
     }
     const asPeer = this.byPeer.get(conn);
     if (asPeer) {
       this.byPeer.delete(conn);
       asPeer.peer = null;
       asPeer.state = 'awaiting-peer';
-      conn.log.warn('vMotion peer closed before COMPLETE; waiting for another peer until the timeout', {
+      conn.log.warn('vMotion peer closed before COMPLETE; waiting for another peer until the timeout', () => ({
         vm: asPeer.hub.displayName,
-      });
+      }));
     }
   }
 
@@ -267,13 +277,13 @@ export class VmotionCoordinator {
     }
     if (outcome === 'aborted' && m.peer) m.peer.close('vMotion aborted by the source');
     const durationMs = Date.now() - m.startedAt;
-    const record: VmotionRecord = { startedAt: new Date(m.startedAt).toISOString(), durationMs, outcome, heldBytes: held, discardedBytes: discarded };
+    const record: StoredRecord = { startedAtMs: m.startedAt, durationMs, outcome, heldBytes: held, discardedBytes: discarded };
     const list = this.history.get(m.hub) ?? [];
     list.push(record);
     if (list.length > 20) list.shift();
     this.history.set(m.hub, list);
     m.hub.report({ kind: 'vmotion', outcome, durationMs });
     const log = outcome === 'completed' && m.peer ? m.peer.log : m.source.log;
-    log.info(`vMotion ${outcome}`, { vm: m.hub.displayName, seq: m.seq.toString('hex'), durationMs, heldBytes: held, discardedBytes: discarded });
+    log.info(`vMotion ${outcome}`, () => ({ vm: m.hub.displayName, seq: m.seq.toString('hex'), durationMs, heldBytes: held, discardedBytes: discarded }));
   }
 }

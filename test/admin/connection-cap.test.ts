@@ -11,6 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { AdminServer } from '../../src/admin/admin-server.js';
 import { LogCapture } from '../support/log-capture.js';
+import { withTimeout } from '../support/server.js';
 
 function get(port: number, path: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -151,4 +152,22 @@ test('admin API: a connection that becomes a stream (Upgrade) asks the descripto
   const gone = streams.map((s) => new Promise((resolve) => s.socket.once('close', resolve)));
   for (const s of streams) s.socket.destroy();
   await Promise.all(gone);
+});
+
+test('admin API: close() ends upgraded streams (the client sees EOF) and returns, even when the stream never ends its side', async () => {
+  const api = new AdminServer([], new LogCapture({ level: 'debug' }).logger, {
+    upgrades: [{ path: '/stream', protocol: 'x-test', open: async () => (socket: net.Socket) => void socket.write('stream!') }],
+  });
+  const { port } = await api.listen({ host: '127.0.0.1', port: 0 });
+  const s = net.connect({ host: '127.0.0.1', port }, () => {
+    s.write(`GET /stream HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: Upgrade\r\nUpgrade: x-test\r\n\r\n`);
+  });
+  s.on('error', () => undefined);
+  let text = '';
+  await new Promise<void>((resolve) => s.on('data', (d: Buffer) => ((text += d.toString()), text.includes('stream!') && resolve())));
+  // The client keeps its side open and never reads an end it did not ask for: close() must not wait for it.
+  const ended = new Promise<void>((resolve) => s.once('end', () => resolve()));
+  await withTimeout(api.close(), 10_000, 'AdminServer.close() with an open upgraded stream');
+  await withTimeout(ended, 10_000, 'EOF on the stream');
+  s.destroy();
 });

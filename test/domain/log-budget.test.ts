@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { LogFields, Logger } from '../../src/domain/logger.js';
+import type { LazyFields, LogFields, Logger } from '../../src/domain/logger.js';
 import { rateLimitedLogger } from '../../src/domain/log-budget.js';
 import { LogCapture } from '../support/log-capture.js';
 
@@ -100,4 +100,36 @@ test('distinct messages past the first 8 are summarised as (other); the scope na
   const messages = summary.fields.messages as Record<string, number>;
   assert.equal(Object.keys(messages).length, 9);
   assert.equal(messages['(other)'], 4);
+});
+
+test('lazy fields pass through: computed when the line is written, never for a suppressed line or one below the level', () => {
+  const lines: Line[] = [];
+  let now = 0;
+  let computed = 0;
+  const resolve = (f: LazyFields | undefined): LogFields => (typeof f === 'function' ? f() : (f ?? {}));
+  const lazyRecorder = (base: LazyFields): Logger => {
+    const at = (level: string) => (message: string, fields?: LazyFields) => lines.push({ level, message, fields: { ...resolve(base), ...resolve(fields) } });
+    return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'), isLevelEnabled: (l) => l !== 'debug', child: (f) => lazyRecorder(() => ({ ...resolve(base), ...resolve(f) })) };
+  };
+  let vm = 'before';
+  const log = rateLimitedLogger(lazyRecorder({}), { perSecond: 1, burst: 2 }, { now: () => now }).child(() => ({ vm }));
+  const fields = (): LogFields => {
+    computed++;
+    return { n: computed };
+  };
+  log.info('same', fields);
+  vm = 'after';
+  log.info('same', fields);
+  log.info('same', fields); // over the budget: suppressed, not computed
+  log.debug('below the level', fields);
+  assert.equal(computed, 2);
+  assert.deepEqual(
+    lines.map((l) => l.fields),
+    [
+      { vm: 'before', n: 1 },
+      { vm: 'after', n: 2 },
+    ],
+  );
+  assert.equal(log.suppressed, 1);
+  void now;
 });

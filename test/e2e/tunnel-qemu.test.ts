@@ -15,14 +15,15 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseSourceSpec } from '../../src/domain/source-spec.js';
 import type { TunnelSettings } from '../../src/config/config.js';
 import type { TunnelView } from '../../src/admin/views.js';
 import { SerialConsole, startGuest, type Guest } from '../support/qemu.js';
-import { buildTunnelGuest } from '../support/tunnel-guest.js';
+import { buildTunnelGuest, rawLine as rawLineOf, socketPort, type RawPort } from '../support/tunnel-guest.js';
+
+const rawLine = (port: RawPort, guestDev: string, size: number) => rawLineOf(world().con, port, guestDev, size);
 import { FaultRelay } from '../support/tunnel.js';
 import { Procs, killPid } from '../support/procs.js';
 import { startServer, waitUntil, type TestServer } from '../support/server.js';
@@ -117,62 +118,6 @@ async function scpBothWays(port: number, size: number, tag: string): Promise<{ u
   assert.equal(sha(readFileSync(back)), downSum, 'what arrived here is what the guest had');
   await ssh(port, `rm -f /tmp/${tag}.up /tmp/${tag}.down`);
   return { upMs: up.ms, downMs: down.ms };
-}
-
-/**
- * Raw line speed beside the tunnel (no framing, no ssh): `size` bytes each way over a
- * spare port of the same kind (ttyS2, the `vspc.raw` virtio port), timed on the host.
- */
-interface RawPort {
-  write(b: Uint8Array): void;
-  onData(f: (b: Buffer) => void): void;
-  close(): void;
-}
-
-/** A spare port's QEMU socket as a RawPort. */
-async function socketPort(path: string): Promise<RawPort> {
-  const s = net.connect(path);
-  s.on('error', () => {});
-  await bounded(new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); }), 10_000, 'raw port');
-  return { write: (b) => void s.write(b), onData: (f) => void s.on('data', f), close: () => s.destroy() };
-}
-
-async function rawLine(port: RawPort, guestDev: string, size: number): Promise<{ toGuestMs: number; fromGuestMs: number }> {
-  const { con } = world();
-  const s = port;
-  let got = Buffer.alloc(0);
-  const waiters = new Set<() => void>();
-  s.onData((b: Buffer) => {
-    got = Buffer.concat([got, b]);
-    for (const f of [...waiters]) f();
-  });
-  const until = (pred: () => boolean, what: string, ms = 120_000) =>
-    bounded(new Promise<void>((resolve) => {
-      const f = () => { if (pred()) { waiters.delete(f); resolve(); } };
-      waiters.add(f);
-      f();
-    }), ms, what);
-  try {
-    // host → guest: the guest holds the port open (READY), reads `size` bytes, says DONE.
-    // A UART may lose a byte or two per MiB: the reader stops 1 KiB short rather than hang.
-    con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; echo READY >&3; head -c ${size - 1024} <&3 >/dev/null; echo DONE >&3) &`);
-    await until(() => got.includes('READY'), 'the guest reader is ready');
-    got = Buffer.alloc(0);
-    const t0 = performance.now();
-    s.write(randomBytes(size).map((b) => (b === 0x0a || b === 0x0d ? 0x41 : b)));
-    await until(() => got.includes('DONE'), `the guest read ${size} bytes`);
-    const toGuestMs = performance.now() - t0;
-    // guest → host, from a file made first (/dev/urandom is slow under emulation).
-    await con.run(`head -c ${size} /dev/urandom >/tmp/raw.out`, 120_000);
-    got = Buffer.alloc(0);
-    con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; cat /tmp/raw.out >&3; rm -f /tmp/raw.out) &`);
-    await until(() => got.length > 0, 'the first byte from the guest');
-    const t1 = performance.now();
-    await until(() => got.length >= size - 1024, `${size} bytes from the guest (got ${got.length})`);
-    return { toGuestMs, fromGuestMs: performance.now() - t1 };
-  } finally {
-    s.close();
-  }
 }
 
 /** Keystroke round trips in an interactive `ssh -tt ... cat` session (the pty's echo), ms. */

@@ -48,6 +48,7 @@ function mk(role: 'host' | 'agent', bootId: number, cfg: Partial<ReliableLinkCon
       maxPayload: 1024,
       adaptivePayload: false,
       delayBasedWindow: false,
+      queueTargetMs: 15,
       rto: { initialMs: 1000, minMs: 100, maxMs: 10_000, granularityMs: 1 },
       keepalive: { idleMs: 2000, intervalMs: 1000, maxMissed: 4 },
       ackDelayMs: 10,

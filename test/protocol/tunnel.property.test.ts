@@ -505,6 +505,73 @@ describe('tunnel fairness: interactive typing during a bulk transfer', { timeout
   });
 });
 
+/**
+ * Keystroke round trips (host → agent, echoed by the agent's application, → host)
+ * while a bulk stream saturates host→agent through a deep transport buffer (a unix
+ * socket in front of QEMU's UART), and the bulk goodput meanwhile.
+ */
+function echoUnderBulk(rate: number, opts: { txBuffer: number; queueTargetMs?: number }): { rtts: number[]; bulkGoodput: number } {
+  const bulkData = new Rng(11).bytes(8 << 20);
+  let bulk: TunnelStream | undefined;
+  let bulkRx = 0;
+  let bulkRxAtStart = 0;
+  const writes: number[] = [];
+  const rtts: number[] = [];
+  const sim: Sim = new Sim({
+    seed: 17,
+    h2a: { bytesPerSecond: rate, latencyMs: 2, txBuffer: opts.txBuffer, faults: {} },
+    a2h: { bytesPerSecond: rate * 2, latencyMs: 2, txBuffer: opts.txBuffer, faults: {} },
+    endpoint: (side) => ({
+      autoConsume: true,
+      queueTargetMs: opts.queueTargetMs,
+      handlers:
+        side === 'agent'
+          ? {
+              openRequest: (s, port) =>
+                s.accept(sim.now, {
+                  data: (c, st) => {
+                    if (port === 1) bulkRx += c.length;
+                    else st.write(c, sim.now); // the echo
+                  },
+                }),
+            }
+          : {},
+    }),
+  });
+  sim.start();
+  const pump = writer(() => bulk, bulkData, 16 * KiB, sim);
+  bulk = sim.host.openStream(1, 0, { drain: () => pump() });
+  pump();
+  const echo = sim.host.openStream(7, 0, { data: (c) => { for (let i = 0; i < c.length; i++) rtts.push(sim.now - writes[rtts.length]); } });
+  const startAt = 3000;
+  const keys = 50;
+  sim.schedule(startAt, () => (bulkRxAtStart = bulkRx));
+  for (let k = 0; k < keys; k++) {
+    sim.schedule(startAt + k * 120 + 13, () => {
+      writes.push(sim.now);
+      echo.write(Uint8Array.of(0x61 + (k % 26)), sim.now);
+    });
+  }
+  const endAt = startAt + keys * 120 + 1000;
+  sim.run(() => false, endAt);
+  return { rtts, bulkGoodput: (bulkRx - bulkRxAtStart) / (((endAt - startAt) / 1000) * rate) };
+}
+
+describe('tunnel: interactive round trip during a bulk transfer (deep transport buffer)', { timeout: 120_000 }, () => {
+  test('keystroke round trip < 50 ms (median and p90) at UART speeds while bulk keeps ≥ 88 % of the line', { timeout: 60_000 }, (t) => {
+    for (const kib of [20, 28, 50, 100]) {
+      const r = echoUnderBulk(kib * KiB, { txBuffer: 256 * KiB });
+      const sorted = [...r.rtts].sort((a, b) => a - b);
+      const p50 = sorted[Math.floor(sorted.length / 2)];
+      const p90 = sorted[Math.floor(sorted.length * 0.9)];
+      t.diagnostic(`${kib} KiB/s, 256 KiB transport buffer: keystroke round trip p50 ${p50.toFixed(1)} ms, p90 ${p90.toFixed(1)} ms, max ${sorted[sorted.length - 1].toFixed(1)} ms; bulk goodput ${(r.bulkGoodput * 100).toFixed(1)} %`);
+      assert.equal(r.rtts.length, 50, 'every keystroke came back');
+      assert.ok(p50 < 50 && p90 < 50, `${kib} KiB/s: p50 ${p50}, p90 ${p90}`);
+      assert.ok(r.bulkGoodput >= 0.88, `${kib} KiB/s: bulk goodput ${r.bulkGoodput}`);
+    }
+  });
+});
+
 /** Goodput of one bulk stream host→agent: delivered bytes per second in steady state / raw link rate. */
 function goodput(rate: number, opts: { faults?: Faults; latencyMs?: number; maxPayload?: number; adaptivePayload?: boolean; bytes?: number; window?: number }): number {
   const size = opts.bytes ?? Math.max(256 * KiB, Math.floor(rate * 8));

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { LogFields, Logger } from '../../src/domain/logger.js';
+import type { LazyFields, LogFields, Logger } from '../../src/domain/logger.js';
 import type { DiscoveredConsole } from '../../src/sources/discovery/types.js';
 
 export const FIXTURES = new URL('../../../test/fixtures/discovery/', import.meta.url).pathname;
@@ -21,10 +21,17 @@ export function recordingLogger(): { logger: Logger; lines: LogRecord[] } {
   const make = (base: LogFields): Logger => {
     const at =
       (level: LogRecord['level']) =>
-      (message: string, fields: LogFields = {}) => {
-        lines.push({ level, message, fields: { ...base, ...fields } });
+      (message: string, fields: LazyFields = {}) => {
+        lines.push({ level, message, fields: { ...base, ...(typeof fields === 'function' ? fields() : fields) } });
       };
-    return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'), child: (f) => make({ ...base, ...f }) };
+    return {
+      error: at('error'),
+      warn: at('warn'),
+      info: at('info'),
+      debug: at('debug'),
+      isLevelEnabled: () => true,
+      child: (f) => make({ ...base, ...(typeof f === 'function' ? f() : f) }),
+    };
   };
   return { logger: make({}), lines };
 }

@@ -3,7 +3,7 @@
  * fake links and connectors (dial and listen), a hub with an observer, and
  * event-driven waits on an EndpointRunner's state.
  */
-import type { Logger, LogFields } from '../../src/domain/logger.js';
+import type { LazyFields, Logger, LogFields } from '../../src/domain/logger.js';
 import { ConsoleHub, type ConsoleEvent } from '../../src/domain/console-hub.js';
 import type { EndpointState } from '../../src/domain/seams.js';
 import type { SourceError } from '../../src/sources/common/errors.js';
@@ -27,8 +27,8 @@ export interface LogLine {
 export function recordingLogger(base: LogFields = {}, lines: LogLine[] = []): Logger & { lines: LogLine[] } {
   const at =
     (level: LogLine['level']) =>
-    (message: string, fields: LogFields = {}): void => {
-      lines.push({ level, message, fields: { ...base, ...fields } });
+    (message: string, fields: LazyFields = {}): void => {
+      lines.push({ level, message, fields: { ...base, ...(typeof fields === 'function' ? fields() : fields) } });
     };
   return {
     lines,
@@ -36,7 +36,8 @@ export function recordingLogger(base: LogFields = {}, lines: LogLine[] = []): Lo
     warn: at('warn'),
     info: at('info'),
     debug: at('debug'),
-    child: (fields: LogFields) => recordingLogger({ ...base, ...fields }, lines),
+    isLevelEnabled: () => true,
+    child: (fields: LazyFields) => recordingLogger({ ...base, ...(typeof fields === 'function' ? fields() : fields) }, lines),
   };
 }
 

@@ -7,10 +7,12 @@
  * vspc.allow=22 vspc.sshkey=BLOB`.
  */
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
-import { buildCAgent, ROOT } from '../agent/harness.js';
-import { guestArtifacts, guestCacheDir, type GuestArtifacts } from './qemu.js';
+import { bounded, buildCAgent, ROOT } from '../agent/harness.js';
+import { guestArtifacts, guestCacheDir, type GuestArtifacts, type SerialConsole } from './qemu.js';
 
 export const TUNNEL_VARIANT = 'tunnel-ssh';
 export const DROPBEAR = '/usr/sbin/dropbear';
@@ -37,4 +39,65 @@ export function buildTunnelGuest(): GuestArtifacts {
     { stdio: ['ignore', 'ignore', 'inherit'], timeout: 300_000, env: { ...process.env, VSPC_GUEST_CACHE: guestCacheDir() } },
   );
   return guestArtifacts(TUNNEL_VARIANT);
+}
+
+/**
+ * One end of a spare serial port on the host side, for raw line measurements (no
+ * framing, no tunnel): a QEMU chardev socket, or the fault relay's diverted line.
+ */
+export interface RawPort {
+  write(b: Uint8Array): void;
+  onData(f: (b: Buffer) => void): void;
+  close(): void;
+}
+
+/** A spare port's QEMU socket as a RawPort. */
+export async function socketPort(path: string): Promise<RawPort> {
+  const s = net.connect(path);
+  s.on('error', () => {});
+  await bounded(new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); }), 10_000, 'raw port');
+  return { write: (b) => void s.write(b), onData: (f) => void s.on('data', f), close: () => s.destroy() };
+}
+
+/**
+ * Raw line speed (no framing, no ssh): `size` bytes each way between `port` on the host
+ * and `guestDev` in the guest, driven by `head`/`cat` in the guest through its console
+ * `con`, timed on the host. A UART may lose a byte or two per MiB: the guest's reader
+ * stops 1 KiB short rather than hang. Under emulation `head`/`cat` move less than the
+ * agent does, so this is a floor of what the line carries, not its capacity.
+ */
+export async function rawLine(con: SerialConsole, port: RawPort, guestDev: string, size: number, timeoutMs = 120_000): Promise<{ toGuestMs: number; fromGuestMs: number }> {
+  const s = port;
+  let got = Buffer.alloc(0);
+  const waiters = new Set<() => void>();
+  s.onData((b: Buffer) => {
+    got = Buffer.concat([got, b]);
+    for (const f of [...waiters]) f();
+  });
+  const until = (pred: () => boolean, what: string, ms = timeoutMs) =>
+    bounded(new Promise<void>((resolve) => {
+      const f = () => { if (pred()) { waiters.delete(f); resolve(); } };
+      waiters.add(f);
+      f();
+    }), ms, what);
+  try {
+    // host → guest: the guest holds the port open (READY), reads `size` bytes, says DONE.
+    con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; echo READY >&3; head -c ${size - 1024} <&3 >/dev/null; echo DONE >&3) &`);
+    await until(() => got.includes('READY'), 'the guest reader is ready');
+    got = Buffer.alloc(0);
+    const t0 = performance.now();
+    s.write(randomBytes(size).map((b) => (b === 0x0a || b === 0x0d ? 0x41 : b)));
+    await until(() => got.includes('DONE'), `the guest read ${size} bytes`);
+    const toGuestMs = performance.now() - t0;
+    // guest → host, from a file made first (/dev/urandom is slow under emulation).
+    await con.run(`head -c ${size} /dev/urandom >/tmp/raw.out`, timeoutMs);
+    got = Buffer.alloc(0);
+    con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; cat /tmp/raw.out >&3; rm -f /tmp/raw.out) &`);
+    await until(() => got.length > 0, 'the first byte from the guest');
+    const t1 = performance.now();
+    await until(() => got.length >= size - 1024, `${size} bytes from the guest (got ${got.length})`);
+    return { toGuestMs, fromGuestMs: performance.now() - t1 };
+  } finally {
+    s.close();
+  }
 }

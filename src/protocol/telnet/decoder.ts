@@ -81,6 +81,21 @@ export class TelnetDecoder {
     return this.state === State.SbOption || this.state === State.SbData || this.state === State.SbIac;
   }
 
+  /**
+   * True when `chunk` is nothing but data that `decode` would return as one data token
+   * unchanged, with the decoder in the same state after it: no IAC in it (and, in
+   * non-binary mode, no CR), nothing carried over from the last chunk. The caller then
+   * uses the chunk itself as the data; it has been counted as consumed. False: call
+   * `decode`.
+   */
+  passThrough(chunk: Uint8Array): boolean {
+    if (this.state !== State.Data || this.pending !== null || this.dataParts.length > 0 || chunk.length === 0 || !Buffer.isBuffer(chunk)) return false;
+    if (chunk.indexOf(IAC) >= 0) return false;
+    if (!this.binary && chunk.indexOf(CR) >= 0) return false;
+    this.consumed += chunk.length;
+    return true;
+  }
+
   decode(chunk: Uint8Array): TelnetToken[] {
     let buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     if (this.pending) {

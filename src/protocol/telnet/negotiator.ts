@@ -45,9 +45,28 @@ export interface NegotiatorHandlers {
 /** Per option and side: state in the low 2 bits, the "opposite queued" bit above. */
 const QUEUE_OPPOSITE = 4;
 
+/** Where a side's three bits sit in an option's state byte. */
+const SHIFT: Readonly<Record<Side, number>> = { us: 0, him: 4 };
+
+/**
+ * Options with a slot of their own in the state table (those vspc, ESXi and telnet
+ * clients use or commonly offer: BINARY, ECHO, SGA, STATUS, TIMING-MARK, TTYPE, NAWS,
+ * TSPEED, LFLOW, LINEMODE, XDISPLOC, ENVIRON, AUTHENTICATION, ENCRYPT, NEW-ENVIRON,
+ * COM-PORT, VSPC-CONTROL, VMWARE-TELNET-EXT). Any other option's state, if it ever
+ * leaves NO, lives in a map made on demand.
+ */
+const SLOTTED = [0, 1, 3, 5, 6, 24, 31, 32, 33, 34, 35, 36, 37, 38, 39, 44, 201, 232];
+const SLOT = new Int8Array(256).fill(-1);
+SLOTTED.forEach((option, i) => (SLOT[option] = i));
+
 export class OptionNegotiator {
-  private readonly us = new Uint8Array(256);
-  private readonly him = new Uint8Array(256);
+  /**
+   * Per option: our side's state and queue bit in the low nibble, the peer's in the
+   * high one. A few bytes (kept inside the object by V8) instead of two 256-byte
+   * tables per connection: thousands of idle VM serial ports each have one.
+   */
+  private readonly states = new Uint8Array(SLOTTED.length);
+  private others: Map<number, number> | null = null;
 
   constructor(
     private readonly policy: OptionPolicy,
@@ -55,7 +74,7 @@ export class OptionNegotiator {
   ) {}
 
   state(side: Side, option: number): Q {
-    return (side === 'us' ? this.us : this.him)[option & 255] & 3;
+    return this.get(side, option & 255) & 3;
   }
 
   isEnabled(side: Side, option: number): boolean {
@@ -86,8 +105,22 @@ export class OptionNegotiator {
     this.request('him', option, enable);
   }
 
-  private table(side: Side): Uint8Array {
-    return side === 'us' ? this.us : this.him;
+  /** Both sides' state byte of an option. */
+  private raw(option: number): number {
+    const slot = SLOT[option];
+    return slot >= 0 ? this.states[slot] : (this.others?.get(option) ?? 0);
+  }
+
+  private store(option: number, value: number): void {
+    const slot = SLOT[option];
+    if (slot >= 0) this.states[slot] = value;
+    else if (value === 0) this.others?.delete(option);
+    else (this.others ??= new Map()).set(option, value);
+  }
+
+  /** State and queue bit of one side of an option. */
+  private get(side: Side, option: number): number {
+    return (this.raw(option) >> SHIFT[side]) & 7;
   }
 
   private positiveVerb(side: Side): NegotiationVerb {
@@ -103,16 +136,17 @@ export class OptionNegotiator {
   }
 
   private set(side: Side, option: number, q: Q, queueOpposite = false): void {
-    const t = this.table(side);
-    const wasYes = (t[option] & 3) === Q.Yes;
-    t[option] = q | (queueOpposite ? QUEUE_OPPOSITE : 0);
+    const shift = SHIFT[side];
+    const before = this.raw(option);
+    const wasYes = ((before >> shift) & 3) === Q.Yes;
+    this.store(option, (before & ~(7 << shift)) | ((q | (queueOpposite ? QUEUE_OPPOSITE : 0)) << shift));
     const isYes = q === Q.Yes;
     if (wasYes !== isYes) this.handlers.change?.(side, option, isYes);
   }
 
   /** The peer says WILL (for "him") or DO (for "us"). */
   private receivePositive(side: Side, option: number): void {
-    const cur = this.table(side)[option];
+    const cur = this.get(side, option);
     const q = cur & 3;
     const opposite = (cur & QUEUE_OPPOSITE) !== 0;
     switch (q) {
@@ -145,7 +179,7 @@ export class OptionNegotiator {
 
   /** The peer says WONT (for "him") or DONT (for "us"). */
   private receiveNegative(side: Side, option: number): void {
-    const cur = this.table(side)[option];
+    const cur = this.get(side, option);
     const q = cur & 3;
     const opposite = (cur & QUEUE_OPPOSITE) !== 0;
     switch (q) {
@@ -171,7 +205,7 @@ export class OptionNegotiator {
   }
 
   private request(side: Side, option: number, enable: boolean): void {
-    const cur = this.table(side)[option];
+    const cur = this.get(side, option);
     const q = cur & 3;
     const opposite = (cur & QUEUE_OPPOSITE) !== 0;
     if (enable) {

@@ -3,7 +3,7 @@ import { Option, type NegotiationVerb } from './constants.js';
 import { TelnetDecoder, type TelnetDecoderOptions } from './decoder.js';
 import type { TelnetToken } from './tokens.js';
 import { encodeCommand, encodeData, encodeNegotiation, encodeSubnegotiation } from './encoder.js';
-import { OptionNegotiator, type OptionPolicy, type Side } from './negotiator.js';
+import { OptionNegotiator, type NegotiatorHandlers, type OptionPolicy, type Side } from './negotiator.js';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -45,17 +45,23 @@ export class TelnetSession {
     // pauseOnBinary: a WILL/WONT BINARY followed by data in the same chunk switches the
     // decoder before that data is decoded (TCP may merge the handshake and data).
     this.decoder = new TelnetDecoder({ ...decoderOptions, pauseOnBinary: true });
-    this.negotiator = new OptionNegotiator(policy, {
-      send: (verb, option) => {
-        this.handlers.write(encodeNegotiation(verb, option));
-      },
-      change: (side, option, enabled) => {
-        if (side === 'him' && option === Option.BINARY) this.decoder.binary = enabled;
-        this.handlers.optionChange?.(side, option, enabled);
-      },
-      refused: (side, option) => this.handlers.refused?.(side, option),
-    });
+    this.negotiator = new OptionNegotiator(policy, new TelnetSession.NegotiationEvents(this));
   }
+
+  /** The negotiator's events: one object per session, methods on a prototype (no closures per connection). */
+  private static readonly NegotiationEvents = class implements NegotiatorHandlers {
+    constructor(private readonly t: TelnetSession) {}
+    send(verb: NegotiationVerb, option: number): void {
+      this.t.handlers.write(encodeNegotiation(verb, option));
+    }
+    change(side: Side, option: number, enabled: boolean): void {
+      if (side === 'him' && option === Option.BINARY) this.t.decoder.binary = enabled;
+      this.t.handlers.optionChange?.(side, option, enabled);
+    }
+    refused(side: Side, option: number): void {
+      this.t.handlers.refused?.(side, option);
+    }
+  };
 
   /** True once a protocol error was reported. */
   get hasFailed(): boolean {
@@ -68,6 +74,13 @@ export class TelnetSession {
   }
 
   receive(chunk: Buffer): void {
+    if (this.failed || this.stopped) return;
+    // The common case on a data path: a chunk with nothing to decode is the data
+    // itself (no token objects, no copies, no subarray).
+    if (this.decoder.passThrough(chunk)) {
+      this.handlers.data?.(chunk);
+      return;
+    }
     let input: Buffer | null = chunk;
     while (input !== null) {
       if (this.failed || this.stopped) return;

@@ -94,6 +94,13 @@ export interface ReliableLinkConfig {
    * whole window (keystroke latency, spurious timeouts). See `cwnd`.
    */
   delayBasedWindow: boolean;
+  /**
+   * With `delayBasedWindow`: the queueing delay aimed at, ms. Bytes in flight are also
+   * capped to deliveryRate · (minRtt + queueTargetMs) + 2 frames (see byteCap), and
+   * frames shrink to about INTERACTIVE_FRAME_MS of line time while several streams
+   * are open (see payloadLimit).
+   */
+  queueTargetMs: number;
   rto: RtoConfig;
   keepalive: KeepaliveConfig;
   /** Longest delay of a cumulative ACK, ms. Default 10. */
@@ -111,8 +118,14 @@ export interface ReliableLinkHooks {
   canAccept(): boolean;
   /** The next in-order message. */
   deliver(msg: LinkMessage, now: number): void;
-  /** The next message to send with a payload of at most `maxPayload` bytes, if any. */
-  pull(maxPayload: number): LinkMessage | undefined;
+  /**
+   * The next message to send with a payload of at most `maxPayload` bytes, if any;
+   * `urgentOnly`: only a small latency-sensitive one (control, credit, an interactive
+   * stream's data), for when the byte budget is used up by bulk frames.
+   */
+  pull(maxPayload: number, urgentOnly: boolean): LinkMessage | undefined;
+  /** Streams open now (several: frames are kept short so that none waits long behind another). */
+  streams?(): number;
   /** The session is established (`newSession`) or the link answered again after being down. */
   up(info: { newSession: boolean; bootId: number; peerBootId: number; now: number }): void;
   /** Keepalive: `maxMissed` probes went unanswered. */
@@ -166,6 +179,11 @@ interface OutFrame {
   lost: boolean;
   /** The congestion window was (nearly) full when this frame went: its RTT may grow cwnd. */
   cwndLimited: boolean;
+  /** Bytes on the line (payload + FRAME_OVERHEAD). */
+  wire: number;
+  /** `delivered` and `deliveredAt` when this frame was (last) sent: its delivery-rate sample. */
+  dlv: number;
+  dlvAt: number;
 }
 
 /** Frames sent after a frame that must be acknowledged before it counts as lost (initial value). */
@@ -192,6 +210,16 @@ export const VEGAS_HIGH_MS = 50;
 export const MIN_CWND = 4;
 /** Congestion window at session start, frames. */
 export const INITIAL_CWND = 8;
+/** While several streams are open, a frame takes at most about this long on the line, ms. */
+export const INTERACTIVE_FRAME_MS = 8;
+/** ... but its payload is never cut below this, bytes. */
+export const MIN_INTERACTIVE_PAYLOAD = 128;
+/** Bytes beyond the byte cap that urgent (interactive, control) frames may use. */
+export const URGENT_ALLOWANCE = 1024;
+/** Smallest byte cap, in frames of the current size. */
+export const MIN_CAP_FRAMES = 3;
+/** The delivery-rate estimate is the largest sample of the last this many ms (or 8 RTTs, if longer). */
+export const RATE_WINDOW_MS = 2000;
 /** Weight of one transmission in the loss estimate (EWMA). */
 const LOSS_EWMA = 1 / 64;
 
@@ -256,6 +284,12 @@ export class ReliableLink {
   /** Congestion window, frames (fractional); new frames only while fewer are in flight. */
   cwnd = INITIAL_CWND;
   private slowStart = true;
+  /** Wire bytes acknowledged so far in this session, and when the count last grew. */
+  private delivered = 0;
+  private deliveredAt = 0;
+  /** Delivery rate, bytes/ms: the largest sample in the current window (0: none yet). */
+  deliveryRate = 0;
+  private rateAt = 0;
 
   readonly stats: LinkStats = {
     hellosSent: 0,
@@ -342,7 +376,13 @@ export class ReliableLink {
    * s = (−h + √(h² + 4h/e)) / 2; the result is clamped to [64, max].
    */
   payloadLimit(): number {
-    const cap = Math.min(this.cfg.maxPayload, this.peerMaxPayload);
+    let cap = Math.min(this.cfg.maxPayload, this.peerMaxPayload);
+    if (this.cfg.delayBasedWindow && this.deliveryRate > 0 && (this.hooks.streams?.() ?? 1) > 1) {
+      // Several streams: a frame on the line holds up every other stream's next frame,
+      // so keep each to about INTERACTIVE_FRAME_MS of line time.
+      const short = Math.floor(this.deliveryRate * INTERACTIVE_FRAME_MS) - FRAME_OVERHEAD;
+      cap = Math.min(cap, Math.max(MIN_INTERACTIVE_PAYLOAD, short));
+    }
     if (!this.cfg.adaptivePayload || this.lossW <= 1e-6 || this.bytesW <= 0) return cap;
     const e = this.lossW / this.bytesW;
     const h = FRAME_OVERHEAD;
@@ -482,6 +522,10 @@ export class ReliableLink {
     this.minRtt = undefined;
     this.cwnd = INITIAL_CWND;
     this.slowStart = true;
+    this.delivered = 0;
+    this.deliveredAt = now;
+    this.deliveryRate = 0;
+    this.rateAt = 0;
     this.stats.sessions++;
     this.hooks.up({ newSession: true, bootId: this.bootId, peerBootId: this.peerBootId, now });
   }
@@ -579,6 +623,19 @@ export class ReliableLink {
   }
 
   private acked(f: OutFrame, now: number): void {
+    this.delivered += f.wire;
+    this.deliveredAt = now;
+    // Delivery rate (as BBR): bytes acknowledged between this frame's sending and its
+    // acknowledgement, over that time. A window max: an application that pauses
+    // (typing) gives low samples without lowering the estimate at once.
+    if (f.txCount === 1 && now > f.dlvAt) {
+      const rate = (this.delivered - f.dlv) / (now - f.dlvAt);
+      const windowMs = Math.max(RATE_WINDOW_MS, 8 * (this.srtt ?? 0));
+      if (rate >= this.deliveryRate || now - this.rateAt > windowMs) {
+        this.deliveryRate = rate;
+        this.rateAt = now;
+      }
+    }
     // Karn: only frames sent once give an RTT sample.
     if (f.txCount === 1) this.sample(now - f.sentAt, f.cwndLimited, f.msg.payload.length);
     // A resent frame acknowledged sooner after its retransmission than any round trip
@@ -767,11 +824,37 @@ export class ReliableLink {
    * flight (frames declared lost do not count: they left the pipe).
    */
   get windowOpen(): boolean {
-    if (!this.established || seqDiff(this.sndNxt, this.sndUna) >= this.sendWindow) return false;
+    if (!this.seqWindowOpen) return false;
     if (!this.cfg.delayBasedWindow) return true;
     let n = 0;
     for (const f of this.inflight) if (!f.sacked && !f.lost) n++;
-    return n < Math.floor(this.cwnd);
+    return n < Math.floor(this.cwnd) && this.bytesInFlight < this.byteCap();
+  }
+
+  private get seqWindowOpen(): boolean {
+    return this.established && seqDiff(this.sndNxt, this.sndUna) < this.sendWindow;
+  }
+
+  /** Wire bytes of the frames in flight (sent, not acknowledged, not declared lost). */
+  get bytesInFlight(): number {
+    let b = 0;
+    for (const f of this.inflight) if (!f.sacked && !f.lost) b += f.wire;
+    return b;
+  }
+
+  /**
+   * Largest number of wire bytes in flight with the delay-based window: what the line
+   * delivers in a base round trip plus `queueTargetMs` (deliveryRate · (minRtt +
+   * target)), plus two frames of the current size (the one on the line and the
+   * granularity of the ACKs, every second frame). Whatever the transport buffers in
+   * front of the line (a unix socket's ~200 KiB before QEMU's UART), at most about
+   * `queueTargetMs` plus a frame of data waits there, ahead of a keystroke. Infinity
+   * before the first rate sample (cwnd alone limits the start).
+   */
+  byteCap(): number {
+    if (this.deliveryRate <= 0 || this.minRtt === undefined) return Infinity;
+    const frame = this.payloadLimit() + FRAME_OVERHEAD;
+    return Math.max(MIN_CAP_FRAMES * frame, this.deliveryRate * (this.minRtt + this.cfg.queueTargetMs) + 2 * frame);
   }
 
   /**
@@ -822,20 +905,39 @@ export class ReliableLink {
         f.txCount++;
         f.sentAt = now;
         f.txIndex = ++this.txCounter;
+        f.dlv = this.delivered;
+        f.dlvAt = this.deliveredAt;
         this.stats.retransmits++;
         this.rtoDeadline ??= now + this.rto;
         return this.sequencedFrame(f);
       }
     }
-    if (this.windowOpen) {
-      const m = this.hooks.pull(this.payloadLimit());
+    // A new message: any while the window is open; while only the byte budget is used up
+    // (by bulk frames), an urgent one still goes within URGENT_ALLOWANCE — a keystroke
+    // does not wait for the next ACK.
+    const open = this.windowOpen;
+    if (open || (this.cfg.delayBasedWindow && this.seqWindowOpen && this.bytesInFlight < this.byteCap() + URGENT_ALLOWANCE)) {
+      const m = this.hooks.pull(this.payloadLimit(), !open);
       if (m !== undefined) {
         let flying = 0;
         for (const g of this.inflight) if (!g.sacked && !g.lost) flying++;
         // The window limits us when it is (nearly) full; in slow start, when half of it is
         // in use (as Linux does), since a burst fills it only towards its end.
         const cwndLimited = this.slowStart ? 2 * (flying + 1) >= this.cwnd : flying + 2 >= Math.floor(this.cwnd);
-        const f: OutFrame = { seq: this.sndNxt, msg: m, sentAt: now, txCount: 1, txIndex: ++this.txCounter, sacked: false, lost: false, cwndLimited };
+        const f: OutFrame = {
+          seq: this.sndNxt,
+          msg: m,
+          sentAt: now,
+          txCount: 1,
+          txIndex: ++this.txCounter,
+          sacked: false,
+          lost: false,
+          cwndLimited,
+          wire: m.payload.length + FRAME_OVERHEAD,
+          // A frame sent onto an idle line starts its rate sample now, not at the last delivery.
+          dlv: this.delivered,
+          dlvAt: this.bytesInFlight === 0 ? now : this.deliveredAt,
+        };
         this.inflight.push(f);
         this.sndNxt = (this.sndNxt + 1) & 0xffff;
         this.rtoDeadline ??= now + this.rto;

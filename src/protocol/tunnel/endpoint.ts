@@ -69,6 +69,13 @@ export interface TunnelEndpointOptions {
    * transport buffer nearly empty without knowing the line rate. Default true.
    */
   delayBasedWindow?: boolean;
+  /**
+   * With the delay-based window: the queueing delay the sender aims at, ms. Bytes in
+   * flight are capped to about the line's delivery rate × (base RTT + this) plus two
+   * frames, and while several streams are open frames are cut to about 8 ms of line
+   * time, so that an interactive frame waits behind little bulk. Default 5.
+   */
+  queueTargetMs?: number;
   /** Per-stream receive window (credit granted to the peer), bytes. Default 65536. */
   streamWindow?: number;
   /** Per-stream send buffer above which write() returns false, bytes. Default 65536. */
@@ -208,6 +215,7 @@ export class TunnelEndpoint {
         maxPayload,
         adaptivePayload: opts.adaptivePayload ?? true,
         delayBasedWindow: opts.delayBasedWindow ?? true,
+        queueTargetMs: numIn('queueTargetMs', opts.queueTargetMs, 5, 0, 60_000),
         rto,
         keepalive,
         ackDelayMs: numIn('ackDelayMs', opts.ackDelayMs, 10, 0, 60_000),
@@ -218,7 +226,8 @@ export class TunnelEndpoint {
       {
         canAccept: () => this.mux.canAccept(),
         deliver: (m, now) => this.mux.handle(m, now),
-        pull: (max) => this.mux.nextMessage(max),
+        pull: (max, urgentOnly) => this.mux.nextMessage(max, urgentOnly),
+        streams: () => this.mux.streamCount,
         up: (info) => this.handlers.linkUp?.({ newSession: info.newSession, bootId: info.bootId, peerBootId: info.peerBootId }),
         down: () => this.handlers.linkDown?.(),
         sessionReset: (info) => {

@@ -384,8 +384,13 @@ export class Multiplexer {
 
   // ---------------------------------------------------------------- send side
 
-  /** The next message to send, payload at most `maxPayload` bytes (>= 64), or undefined. */
-  nextMessage(maxPayload: number): LinkMessage | undefined {
+  /**
+   * The next message to send, payload at most `maxPayload` bytes (>= 64), or undefined.
+   * `urgentOnly`: only what is small and latency-sensitive — control messages, credit
+   * updates, and DATA/FIN of interactive streams (at most `smallPayload` bytes queued) —
+   * which the link sends even when its delay budget is used up by bulk frames.
+   */
+  nextMessage(maxPayload: number, urgentOnly = false): LinkMessage | undefined {
     const c = this.control.shift();
     if (c !== undefined) return c;
     while (this.creditQueue.length > 0) {
@@ -397,7 +402,7 @@ export class Multiplexer {
       this.stats.creditsSent++;
       return { type: FrameType.CREDIT, stream: r.id, payload: encodeU32(inc) };
     }
-    const r = this.pick();
+    const r = this.pick(urgentOnly);
     if (r === undefined) return undefined;
     if (r.queued > 0) {
       const n = Math.min(r.queued, r.sendCredit, maxPayload);
@@ -424,7 +429,7 @@ export class Multiplexer {
   }
 
   /** Round-robin, one frame per turn; small queues (interactive) first. */
-  private pick(): StreamRecord | undefined {
+  private pick(smallOnly = false): StreamRecord | undefined {
     const n = this.order.length;
     if (n === 0) return undefined;
     let fallback = -1;
@@ -438,7 +443,7 @@ export class Multiplexer {
       }
       if (fallback < 0) fallback = idx;
     }
-    if (fallback < 0) return undefined;
+    if (fallback < 0 || smallOnly) return undefined;
     this.cursor = (fallback + 1) % n;
     return this.order[fallback];
   }

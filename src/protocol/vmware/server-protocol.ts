@@ -1,6 +1,6 @@
 import { ProtocolError } from '../../errors.js';
 import { Option, type Side } from '../telnet/index.js';
-import { policyFromLists, TelnetSession } from '../telnet/index.js';
+import { policyFromLists, TelnetSession, type TelnetSessionHandlers } from '../telnet/index.js';
 import { ComPort, ComPortControl, ComPortPurge, Ext, PROXY_KNOWN_SUBOPTIONS } from './codes.js';
 import { VERSION } from '../../version.js';
 import { sanitizeText } from '../../util/text.js';
@@ -61,6 +61,18 @@ const INBOUND_FLOW: ReadonlyMap<number, InboundFlowControl> = new Map([
   [ComPortControl.INBOUND_FLOW_DTR, 'dtr'],
 ]);
 const codeOf = <T>(map: ReadonlyMap<number, T>, value: T): number => [...map].find(([, v]) => v === value)![0];
+
+/**
+ * What we agree to: BINARY, SGA and ECHO on our side; BINARY, SGA, option 232 (and
+ * COM-PORT when enabled) on the host's. AUTHENTICATION is refused: we do not implement
+ * the RFC 2941 SSL upgrade; operators who want TLS use telnets:// (TLS from the first
+ * byte). Shared by every connection.
+ */
+const POLICY = policyFromLists({ us: [Option.BINARY, Option.SGA, Option.ECHO], him: [Option.BINARY, Option.SGA, Option.VMWARE_EXT] });
+const POLICY_WITH_COM_PORT = policyFromLists({
+  us: [Option.BINARY, Option.SGA, Option.ECHO],
+  him: [Option.BINARY, Option.SGA, Option.VMWARE_EXT, Option.COM_PORT],
+});
 
 /** Longest SIGNATURE text kept from a host, in characters. */
 export const MAX_SIGNATURE = 256;
@@ -125,27 +137,36 @@ export class VspcServerProtocol {
     private readonly options: VspcServerProtocolOptions,
     private readonly handlers: VspcServerProtocolHandlers,
   ) {
-    this.telnet = new TelnetSession(
-      policyFromLists({
-        us: [Option.BINARY, Option.SGA, Option.ECHO],
-        // AUTHENTICATION is refused: we do not implement the RFC 2941 SSL upgrade;
-        // operators who want TLS use telnets:// (TLS from the first byte).
-        him: [Option.BINARY, Option.SGA, Option.VMWARE_EXT, ...(options.comPort ? [Option.COM_PORT] : [])],
-      }),
-      {
-        write: (b) => this.handlers.write(b),
-        data: (d) => this.handlers.data(d),
-        command: (c) => this.handlers.command?.(c),
-        subnegotiation: (option, payload) => this.onSubnegotiation(option, payload),
-        optionChange: (side, option, enabled) => this.onOptionChange(side, option, enabled),
-        refused: (side, option) => {
-          if (side === 'him' && option === Option.VMWARE_EXT) this.handlers.extensionRefused?.();
-        },
-        error: (err) => this.handlers.error(err),
-      },
-      { maxSubnegotiation: options.maxSubnegotiation },
-    );
+    this.telnet = new TelnetSession(options.comPort ? POLICY_WITH_COM_PORT : POLICY, new VspcServerProtocol.TelnetEvents(this), {
+      maxSubnegotiation: options.maxSubnegotiation,
+    });
   }
+
+  /** The telnet session's events, as one object per connection (prototype methods, no closures). */
+  private static readonly TelnetEvents = class implements TelnetSessionHandlers {
+    constructor(private readonly p: VspcServerProtocol) {}
+    write(b: Buffer): boolean {
+      return this.p.handlers.write(b);
+    }
+    data(d: Buffer): void {
+      this.p.handlers.data(d);
+    }
+    command(c: number): void {
+      this.p.handlers.command?.(c);
+    }
+    subnegotiation(option: number, payload: Buffer): void {
+      this.p.onSubnegotiation(option, payload);
+    }
+    optionChange(side: Side, option: number, enabled: boolean): void {
+      this.p.onOptionChange(side, option, enabled);
+    }
+    refused(side: Side, option: number): void {
+      if (side === 'him' && option === Option.VMWARE_EXT) this.p.handlers.extensionRefused?.();
+    }
+    error(err: ProtocolError): void {
+      this.p.handlers.error(err);
+    }
+  };
 
   /** Opening offers, sent as soon as the connection is up. */
   start(): void {

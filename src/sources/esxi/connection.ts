@@ -1,15 +1,24 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
-import type { Logger } from '../../domain/logger.js';
+import type { LogFields, Logger } from '../../domain/logger.js';
 import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
+import { sourceReadBudget, type TurnBudget, type TurnBudgeted } from '../../util/turn-budget.js';
 import { WriteQueue } from '../../util/write-queue.js';
-import { EsxiSession, type EsxiDeadline, type EsxiSessionOptions, type EsxiSessionState, type TakeoverResult } from './session.js';
+import {
+  EsxiSession,
+  type EsxiDeadline,
+  type EsxiSessionContext,
+  type EsxiSessionIo,
+  type EsxiSessionOptions,
+  type EsxiSessionState,
+  type TakeoverResult,
+} from './session.js';
 
 /** The states of an ESXi connection are its session's (see the diagram in session.ts). */
 export type EsxiConnectionState = EsxiSessionState;
@@ -44,6 +53,12 @@ export interface EsxiConnectionContext {
   vmotion: VmotionCoordinator;
   /** Called once when the connection is gone. */
   onClosed?(conn: EsxiConnection): void;
+  /**
+   * True when the listening socket already carries TCP_NODELAY and keepalive, which
+   * Linux copies to every accepted socket (listener.ts sets them once): then the
+   * connection does not set them again (three setsockopt calls per connection).
+   */
+  socketOptionsInherited?: boolean;
   /** Called when the connection is closed for a protocol error, with its code (metrics). */
   onProtocolError?(code: string): void;
   /** Called once when the connection leaves negotiating/identifying/contending (attached, vMotion peer or closed). */
@@ -63,6 +78,12 @@ export interface EsxiConnectionContext {
   /** The connection's own log budget. Default CONNECTION_LOG_BUDGET. */
   logBudget?: LogBudget;
   /**
+   * Fairness between sources (util/turn-budget.ts): after this many bytes in one
+   * event-loop turn the socket is paused until the next turn. Default: the budget all
+   * VM-side sources share; null: none (read as fast as the socket delivers).
+   */
+  readBudget?: TurnBudget | null;
+  /**
    * The clock the session's deadlines are computed on, in ms. Default: monotonic
    * (`performance.now`), so a wall-clock step cannot fire or defer a deadline. Tests
    * that mock timers pass a mocked clock.
@@ -71,6 +92,16 @@ export interface EsxiConnectionContext {
 }
 
 let nextConnectionId = 1;
+
+/** Keepalive idle time of VM connections: a host gone without a FIN is found by it. */
+export const KEEPALIVE_MS = 30_000;
+
+const monotonic = (): number => performance.now();
+
+/** The connection a socket belongs to, for the listeners all VM sockets share. */
+const OWNER = Symbol('vspc.esxiConnection');
+type OwnedSocket = Socket & { [OWNER]?: EsxiConnection };
+
 
 /** First byte of a TLS record carrying a handshake (ClientHello): RFC 8446 §5.1. */
 const TLS_HANDSHAKE = 0x16;
@@ -81,10 +112,9 @@ const TLS_HANDSHAKE = 0x16;
  * serves the session's deadlines. Everything the bytes mean is in `EsxiSession`,
  * which is also what the domain (hub, vMotion coordinator) sees of this connection.
  */
-export class EsxiConnection {
+export class EsxiConnection implements TurnBudgeted {
   readonly kind = 'esxi';
   readonly id = nextConnectionId++;
-  readonly peer: string;
   readonly session: EsxiSession;
   readonly connectedAt = Date.now();
   private sawFirstByte = false;
@@ -94,58 +124,44 @@ export class EsxiConnection {
   private closeTimer: NodeJS.Timeout | null = null;
   private drainListener: (() => void) | null = null;
   private readonly clock: () => number;
+  private readonly budget: TurnBudget | null;
+  budgetTurn = 0;
+  budgetBytes = 0;
+  /** Set when the session stopped reading for good (a condemned peer): the budget must not resume it. */
+  private readingStopped = false;
   /** The connection's log budget (its session's logger and that logger's children share it). */
   private readonly logBudget: BudgetedLogger;
   /** Everything written to the peer, counted (the queue bound). */
   private readonly queue: WriteQueue;
+  /** The connection's log fields, computed per line written (the peer is asked of the kernel then). */
+  private readonly logFields: () => LogFields;
 
   constructor(
     private readonly socket: Socket,
     private readonly ctx: EsxiConnectionContext,
     readonly secure: boolean,
   ) {
-    this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    this.clock = ctx.clock ?? (() => performance.now());
+    this.clock = ctx.clock ?? monotonic;
+    this.budget = ctx.readBudget === undefined ? sourceReadBudget : ctx.readBudget;
     this.queue = new WriteQueue(socket);
-    const fields = { conn: this.id, peer: this.peer, side: 'vm', tls: secure };
-    // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not become a log flood.
-    this.logBudget = rateLimitedLogger(ctx.logger.child(fields), ctx.logBudget ?? CONNECTION_LOG_BUDGET);
-    const log: Logger = this.logBudget;
-    this.session = new EsxiSession(
-      { id: this.id, peer: this.peer, address: socket.remoteAddress ?? '?', log, acceptLog: ctx.acceptLogger?.child(fields) },
-      {
-        registry: ctx.registry,
-        vmotion: ctx.vmotion,
-        options: ctx.options,
-        onSettled: () => ctx.onSettled?.(this),
-        onProtocolError: (code) => ctx.onProtocolError?.(code),
-        admitNewIdentity: ctx.admitNewIdentity ? () => ctx.admitNewIdentity!(this) : undefined,
-        onTakeover: (result) => ctx.onTakeover?.(result),
-      },
-      {
-        write: (bytes) => this.rawWrite(bytes),
-        end: () => this.end(),
-        destroy: () => {
-          this.clearTimer();
-          this.socket.destroy();
-        },
-        get destroyed() {
-          return socket.destroyed;
-        },
-        onDrain: (listener) => this.setDrainListener(listener),
-        // A condemned peer: its bytes stay in the kernel (TCP flow control stops it)
-        // until the close grace period aborts the socket.
-        stopReading: () => socket.pause(),
-        deadlineChanged: () => this.syncTimer(),
-      },
-    );
-
-    socket.setNoDelay(true);
-    // Half-open detection: a host that vanished without FIN is found by keepalive.
-    socket.setKeepAlive(true, 30_000);
-    socket.on('data', (chunk: Buffer) => this.onSocketData(chunk));
-    socket.on('error', (err) => this.log.info('VM socket error', errorFields(err)));
-    socket.on('close', () => this.onSocketClose());
+    // The peer's address is asked of the kernel (getpeername) only when something needs
+    // it: a log line that is written, a takeover, the admin API.
+    this.logFields = () => ({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
+    // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not
+    // become a log flood: the connection's lazy logger, on the connection's budget.
+    this.logBudget = rateLimitedLogger(ctx.logger.child(this.logFields), ctx.logBudget ?? CONNECTION_LOG_BUDGET);
+    const glue = new EsxiConnection.Glue(this);
+    this.session = new EsxiSession({ id: this.id, log: this.logBudget }, glue, glue);
+    if (!ctx.socketOptionsInherited) {
+      socket.setNoDelay(true);
+      // Half-open detection: a host that vanished without FIN is found by keepalive.
+      socket.setKeepAlive(true, KEEPALIVE_MS);
+    }
+    // Shared listeners (no closures per connection): they find this connection on the socket.
+    (socket as OwnedSocket)[OWNER] = this;
+    socket.on('data', EsxiConnection.onData);
+    socket.on('error', EsxiConnection.onError);
+    socket.on('close', EsxiConnection.onClose);
     // The opening offers leave in one write, not one per offer (see onSocketData).
     socket.cork();
     this.session.start(this.clock());
@@ -154,8 +170,99 @@ export class EsxiConnection {
     this.log.info('VM connection opened');
   }
 
+  // The listeners every VM socket shares (`this` is the socket).
+  private static onData(this: OwnedSocket, chunk: Buffer): void {
+    this[OWNER]?.onSocketData(chunk);
+  }
+
+  private static onError(this: OwnedSocket, err: Error): void {
+    this[OWNER]?.log.info('VM socket error', errorFields(err));
+  }
+
+  private static onClose(this: OwnedSocket): void {
+    this[OWNER]?.onSocketClose();
+  }
+
+  /**
+   * What the session needs from its owner (EsxiSessionIo and EsxiSessionContext) as one
+   * object per connection whose methods live on a prototype, not a dozen closures per
+   * connection. Inside the class body, so it may use the connection's private parts.
+   */
+  private static readonly Glue = class implements EsxiSessionIo, EsxiSessionContext {
+    constructor(private readonly c: EsxiConnection) {}
+    // EsxiSessionContext
+    get registry(): EsxiConnectionContext['registry'] {
+      return this.c.ctx.registry;
+    }
+    get vmotion(): EsxiConnectionContext['vmotion'] {
+      return this.c.ctx.vmotion;
+    }
+    get options(): EsxiConnectionOptions {
+      return this.c.ctx.options;
+    }
+    onSettled(): void {
+      this.c.ctx.onSettled?.(this.c);
+    }
+    onProtocolError(code: string): void {
+      this.c.ctx.onProtocolError?.(code);
+    }
+    admitNewIdentity(): boolean {
+      const admit = this.c.ctx.admitNewIdentity;
+      return admit ? admit(this.c) : true;
+    }
+    onTakeover(result: TakeoverResult): void {
+      this.c.ctx.onTakeover?.(result);
+    }
+    acceptLog(): Logger | undefined {
+      // Made only when written to (once per connection at most): the listener's budget, this connection's fields.
+      return this.c.ctx.acceptLogger?.child(this.c.logFields);
+    }
+    // EsxiSessionIo
+    write(bytes: Buffer): boolean {
+      return this.c.rawWrite(bytes);
+    }
+    end(): void {
+      this.c.end();
+    }
+    destroy(): void {
+      this.c.clearTimer();
+      this.c.socket.destroy();
+    }
+    get destroyed(): boolean {
+      return this.c.socket.destroyed;
+    }
+    remotePeer(): string {
+      const s = this.c.socket;
+      return `${s.remoteAddress ?? '?'}:${s.remotePort ?? '?'}`;
+    }
+    remoteAddress(): string {
+      return this.c.socket.remoteAddress ?? '?';
+    }
+    onDrain(listener: () => void): void {
+      this.c.setDrainListener(listener);
+    }
+    /** A condemned peer: its bytes stay in the kernel (TCP flow control stops it) until the close grace period aborts the socket. */
+    stopReading(): void {
+      this.c.readingStopped = true;
+      this.c.socket.pause();
+    }
+    deadlineChanged(): void {
+      this.c.syncTimer();
+    }
+  };
+
   get log(): Logger {
     return this.session.log;
+  }
+
+  /** Remote end as `address:port` (asked of the kernel on first use). */
+  get peer(): string {
+    return this.session.peer;
+  }
+
+  /** The remote IP address as the socket reports it (on first use). */
+  get remoteAddress(): string {
+    return this.socket.remoteAddress ?? '?';
   }
 
   get state(): EsxiConnectionState {
@@ -247,6 +354,11 @@ export class EsxiConnection {
   private onSocketData(chunk: Buffer): void {
     if (!this.sawFirstByte) {
       this.sawFirstByte = true;
+      // Have Node ask the kernel for the peer's address now, while the socket is open:
+      // lines written after it closed (a vMotion peer gone, the console log's "VM
+      // disconnected") still name it. One getpeername per connection that speaks; the
+      // text is made only when something reads it.
+      void this.socket.remoteAddress;
       if (chunk[0] === TLS_HANDSHAKE && !this.secure) {
         this.session.fail(new ProtocolError('VSPC_TLS_ON_PLAIN_PORT', 'TLS handshake on the plain telnet port (use the telnets port)'));
         return;
@@ -262,6 +374,18 @@ export class EsxiConnection {
       this.socket.uncork();
     }
     this.syncTimer();
+    // A VM pouring output waits for the next turn once it used its share of this one.
+    this.budget?.charge(this, chunk.length);
+  }
+
+  /** TurnBudgeted: the budget of this turn is used up. */
+  pauseTurn(): void {
+    this.socket.pause();
+  }
+
+  /** TurnBudgeted: a new turn. */
+  resumeTurn(): void {
+    if (!this.readingStopped && !this.socket.destroyed) this.socket.resume();
   }
 
   /**

@@ -7,7 +7,8 @@ import { PeerRefusedError, errorFields, type VspcErrorCode } from '../../errors.
 import type { HostPort } from '../../util/net.js';
 import { addressGroup, anyContains, type CidrBlock } from '../../util/cidr.js';
 import { TokenBuckets } from '../../util/token-bucket.js';
-import { EsxiConnection, type EsxiConnectionContext } from './connection.js';
+import { setInheritedSocketOptions } from '../../util/socket-options.js';
+import { EsxiConnection, KEEPALIVE_MS, type EsxiConnectionContext } from './connection.js';
 
 /**
  * Why a VM-side connection was refused or dropped before it identified (metrics label):
@@ -63,6 +64,17 @@ export class EsxiListener {
   /** The same, by source address group (util/cidr.ts addressGroup), oldest first. */
   private readonly pendingByGroup = new Map<string, Set<EsxiConnection>>();
   private readonly groupOf = new WeakMap<EsxiConnection, string>();
+  /**
+   * Whether `pendingByGroup` is kept. Only a per-address limit or an eviction needs a
+   * connection's address group; until one does, accepting costs no getpeername and no
+   * address parsing (a vMotion destination identifies within milliseconds). Once on,
+   * it stays on (it is built from `pending` when first needed).
+   */
+  private indexed = false;
+  /** Address group by remote address: a host's many connections share one address. */
+  private readonly groups = new Map<string, string>();
+  /** Listeners whose accepted sockets carry TCP_NODELAY and keepalive already (setInheritedSocketOptions). */
+  private readonly inherited = new WeakSet<net.Server>();
   private readonly servers: net.Server[] = [];
   private readonly registrations: TokenBuckets | null;
   /** Connections dropped at accept (allow-list and both unidentified limits; metrics and status). */
@@ -93,7 +105,8 @@ export class EsxiListener {
     // refused address costs no handshake (and no "TLS handshake failed" line).
     let tlsServer: tls.Server | null = null;
     if (secure) {
-      tlsServer = tls.createServer({ ...secure }, (socket) => this.accept(socket, true));
+      // The TLS socket wraps the accepted TCP socket, which carries the listener's options.
+      tlsServer = tls.createServer({ ...secure }, (socket) => this.accept(socket, true, false));
       // Plain telnet (or junk) on the TLS port ends here: log and drop that socket only.
       tlsServer.on('tlsClientError', (err, socket) => {
         this.acceptLog.warn('TLS handshake failed on the VM port; closed', {
@@ -108,13 +121,15 @@ export class EsxiListener {
       if (this.limits.admit && !this.limits.admit(socket)) socket.destroy();
       else if (!this.allowed(socket)) socket.destroy();
       else if (tlsServer) tlsServer.emit('connection', socket);
-      else this.accept(socket, false);
+      else this.accept(socket, false, this.inherited.has(server));
     });
     server.on('error', (err) => this.logger.error('VM listener error', errorFields(err)));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host: addr.host, port: addr.port }, () => {
         server.off('error', reject);
+        // Once here instead of per accepted connection (Linux copies them to each).
+        if (setInheritedSocketOptions(server, KEEPALIVE_MS)) this.inherited.add(server);
         resolve();
       });
     });
@@ -129,13 +144,40 @@ export class EsxiListener {
     return this.pending.size;
   }
 
-  private accept(socket: net.Socket, secure: boolean): void {
+  /** The address group of a remote address (util/cidr.ts addressGroup), remembered per address. */
+  private groupFor(address: string): string {
+    let g = this.groups.get(address);
+    if (g === undefined) {
+      // Bounded: a flood from many addresses must not grow it without end.
+      if (this.groups.size >= 4096) this.groups.clear();
+      g = addressGroup(address);
+      this.groups.set(address, g);
+    }
+    return g;
+  }
+
+  /** Start keeping `pendingByGroup`, from the connections pending now. */
+  private index(): void {
+    if (this.indexed) return;
+    this.indexed = true;
+    for (const conn of this.pending) this.indexPending(conn, this.groupFor(conn.remoteAddress));
+  }
+
+  private indexPending(conn: EsxiConnection, group: string): void {
+    this.groupOf.set(conn, group);
+    let set = this.pendingByGroup.get(group);
+    if (!set) this.pendingByGroup.set(group, (set = new Set()));
+    set.add(conn);
+  }
+
+  private accept(socket: net.Socket, secure: boolean, optionsInherited: boolean): void {
     if (socket.destroyed) return; // gone during the TLS handshake
-    const address = socket.remoteAddress ?? '?';
-    const group = addressGroup(address);
-    const mine = this.pendingByGroup.get(group)?.size ?? 0;
     const room = Math.max(0, this.limits.headroom?.() ?? 0);
     const perAddress = this.limits.maxUnidentifiedPerAddress ?? 0;
+    const full = this.pending.size >= this.limits.maxUnidentified + room;
+    if (perAddress > 0 || full) this.index();
+    const group = this.indexed ? this.groupFor(socket.remoteAddress ?? '?') : null;
+    const mine = group === null ? 0 : (this.pendingByGroup.get(group)?.size ?? 0);
     // One address must not use up the unidentified connections every host shares.
     if (perAddress > 0 && mine >= perAddress + room) {
       this.refuse(socket, 'address-limit', 'VSPC_ADDRESS_UNIDENTIFIED_LIMIT', 'too many unidentified VM connections from one address; refusing new ones', {
@@ -148,7 +190,7 @@ export class EsxiListener {
     // that identified VMs and their clients need: past the cap, a connection from a
     // less busy address takes the place of the busiest address's oldest (an idle flood
     // is old, a real host identifies within milliseconds); one from the busiest is refused.
-    if (this.pending.size >= this.limits.maxUnidentified + room && !this.evictFor(group, mine)) {
+    if (full && !this.evictFor(group!, mine)) {
       this.refuse(socket, 'unidentified-limit', 'VSPC_UNIDENTIFIED_LIMIT', 'too many unidentified VM connections; refusing new ones', {
         limit: this.limits.maxUnidentified,
       });
@@ -156,24 +198,36 @@ export class EsxiListener {
     }
     const conn = new EsxiConnection(
       socket,
-      {
-        ...this.ctx,
-        acceptLogger: this.acceptLog,
-        onClosed: (c) => this.connections.delete(c),
-        onSettled: (c) => this.settled(c),
-        admitNewIdentity: (c) => this.admitNewIdentity(c),
-      },
+      this.connectionContext(optionsInherited),
       secure,
     );
     this.connections.add(conn);
     if (conn.state === 'negotiating') {
       this.pending.add(conn);
-      this.groupOf.set(conn, group);
-      let set = this.pendingByGroup.get(group);
-      if (!set) this.pendingByGroup.set(group, (set = new Set()));
-      set.add(conn);
+      if (group !== null) this.indexPending(conn, group);
     }
   }
+
+  /** The context every connection of this listener shares (two: with and without inherited socket options). */
+  private connectionContext(optionsInherited: boolean): EsxiConnectionContext {
+    const i = optionsInherited ? 1 : 0;
+    return (this.contexts[i] ??= {
+      ...this.ctx,
+      socketOptionsInherited: optionsInherited,
+      acceptLogger: this.acceptLog,
+      onClosed: this.onClosed,
+      onSettled: this.onSettled,
+      admitNewIdentity: this.onAdmit,
+    });
+  }
+  private readonly contexts: Array<EsxiConnectionContext | undefined> = [];
+
+  // One set of callbacks for every connection (not three closures each).
+  private readonly onClosed = (c: EsxiConnection): void => {
+    this.connections.delete(c);
+  };
+  private readonly onSettled = (c: EsxiConnection): void => this.settled(c);
+  private readonly onAdmit = (c: EsxiConnection): boolean => this.admitNewIdentity(c);
 
   /** The allow-list (checked before any byte is read or written). False: refused and counted. */
   private allowed(socket: net.Socket): boolean {

@@ -7,7 +7,7 @@ import type { ConsoleHub } from '../../domain/console-hub.js';
 import { BRK, Option } from '../../protocol/telnet/constants.js';
 import { Ext } from '../../protocol/vmware/codes.js';
 import { normalizeIp } from '../../util/cidr.js';
-import { VspcServerProtocol, type ComPortState } from '../../protocol/vmware/server-protocol.js';
+import { VspcServerProtocol, type ComPortState, type UartSettings, type VspcServerProtocolHandlers } from '../../protocol/vmware/server-protocol.js';
 import type { SerialLineState } from '../../domain/serial-line.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
 
@@ -49,6 +49,8 @@ const MAX_RENAMES_PER_CONNECTION = 16;
 
 export const TAKEOVER_RESULTS = ['same-address', 'no-probe', 'unanswered', 'closed', 'refused'] as const;
 export type TakeoverResult = (typeof TAKEOVER_RESULTS)[number];
+
+const NO_FIELDS: Readonly<Record<string, unknown>> = Object.freeze({});
 
 /** States in which a connection has not won a serial port yet (the listener's unidentified count). */
 function isPending(state: EsxiSessionState): boolean {
@@ -98,6 +100,10 @@ export interface EsxiSessionIo {
   end(): void;
   /** Abort the stream now. */
   destroy(): void;
+  /** The remote end as `address:port`, when `EsxiSessionInit.peer` was not given (asked once, on first use). */
+  remotePeer?(): string;
+  /** The remote IP address, when `EsxiSessionInit.address` was not given (asked once, on first use). */
+  remoteAddress?(): string;
   /** True once the stream is aborted or gone, possibly before `transportClosed()` was called. */
   readonly destroyed: boolean;
   /** Register the one drain listener (the hub's); replaces the previous one. */
@@ -128,14 +134,26 @@ export interface EsxiSessionContext {
   admitNewIdentity?(): boolean;
   /** A takeover of a serial port that had a connection ended so (metrics). */
   onTakeover?(result: TakeoverResult): void;
+  /**
+   * The listener's budgeted logger with this connection's fields, asked only when the
+   * once-per-connection warning any peer can cause ("not an ESXi host") is written, so
+   * that a connection that never writes it costs no logger. Undefined: `log`.
+   * `EsxiSessionInit.acceptLog`, when given, comes first.
+   */
+  acceptLog?(): Logger | undefined;
 }
 
 export interface EsxiSessionInit {
   /** Connection number, for logs and the vMotion coordinator. */
   id: number;
-  /** Remote end as `address:port`. */
-  peer: string;
-  /** The remote IP address (default: `peer` without its port), compared for the same-address takeover. */
+  /**
+   * Remote end as `address:port`. Absent: asked of the transport (`io.remotePeer`) the
+   * first time it is needed (a log line, a takeover, the admin API), so that a
+   * connection nobody asks about (a vMotion destination) costs no `getpeername` and no
+   * formatting.
+   */
+  peer?: string;
+  /** The remote IP address (default: `io.remoteAddress`, else `peer` without its port), compared for the same-address takeover. */
   address?: string;
   /** Logger for this connection (already carrying conn/peer fields). */
   log: Logger;
@@ -180,14 +198,13 @@ export interface EsxiDeadline {
 export class EsxiSession implements VmotionEndpoint {
   readonly kind = 'esxi';
   readonly id: number;
-  readonly peer: string;
-  /** The remote IP address, normalised (IPv4-mapped IPv6 as IPv4). */
-  readonly address: string;
   readonly protocol: VspcServerProtocol;
+  private peerValue: string | undefined;
+  private addressValue: string | undefined;
+  private normalizedAddress: string | null = null;
   log: Logger;
+  /** The listener's budgeted logger given at init (else the context's `acceptLog()`; else `log`). */
   private readonly acceptLog: Logger | undefined;
-  /** The connection's own logger (peer, connection id): every `log` is a child of it, never of another child. */
-  private readonly connLog: Logger;
   /** Names applied on this connection (bounded: see onName). */
   private renames = 0;
   private stateValue: EsxiSessionState = 'negotiating';
@@ -195,6 +212,8 @@ export class EsxiSession implements VmotionEndpoint {
   private uuidValue: string | null = null;
   private nameValue: string | null = null;
   private hubValue: ConsoleHub | null = null;
+  /** The hub named in this connection's log lines: the last one it fed (kept after it leaves). */
+  private logHub: ConsoleHub | null = null;
   /**
    * A registration not logged yet because the VM's name was not known (a new VM: ESXi
    * answers GET-VM-NAME after VM-VC-UUID): logged when the name arrives, or when the
@@ -235,52 +254,119 @@ export class EsxiSession implements VmotionEndpoint {
     private readonly io: EsxiSessionIo,
   ) {
     this.id = init.id;
-    this.peer = init.peer;
-    this.address = normalizeIp(init.address ?? init.peer.slice(0, Math.max(0, init.peer.lastIndexOf(':'))));
-    this.log = init.log;
+    this.peerValue = init.peer;
+    this.addressValue = init.address;
+    // One logger for the connection's whole life: the VM's name and UUID are added to
+    // its lines once it has a hub (and follow a rename) without a new child logger.
+    // A child of a budgeted logger (log-budget.ts) shares the connection's budget.
+    this.log = init.log.child(() => (this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS));
     this.acceptLog = init.acceptLog;
-    this.connLog = init.log;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
       { serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation },
-      {
-        write: (b) => this.io.write(b),
-        data: (d) => this.onVmData(d),
-        error: (err) => this.fail(err),
-        command: (c) => this.onCommand(c),
-        extensionEnabled: () => this.onExtensionEnabled(),
-        extensionRefused: () => this.explainAndClose('peer refused option 232'),
-        proxy: (req, accepted) => this.onProxy(req, accepted),
-        uuid: (uuid) => this.onUuid(uuid),
-        name: (name) => this.onName(name),
-        comPort: (settings) => {
-          if (this.hubValue) this.hubValue.lineSettings = { ...settings };
-          this.log.debug('guest UART settings', { ...settings });
-        },
-        comPortState: (state) => {
-          if (this.hubValue) this.hubValue.lineState = lineStateOf(state);
-          this.log.debug('guest serial line state', { ...state });
-        },
-        comPortBreak: () => this.onCommand(BRK),
-        flowControl: (suspended) => this.onFlowControl(suspended),
-        purge: (buffers) => this.onPurge(buffers),
-        comPortIgnored: (code, value) => this.log.debug('COM-PORT command ignored (not defined from a client, or reserved)', { code, value }),
-        knownSuboptions: (codes) => this.log.debug('VM known suboptions', { codes }),
-        unknownSuboption: (code) => this.log.info('unknown option-232 subcommand', { code }),
-        vmotionBegin: (seq) => this.ctx.vmotion.begin(this, seq),
-        vmotionPeer: (ss) => {
-          // A wrong secret is a guess: nothing more this peer says is worth reading
-          // (1,000 pipelined guesses must not cost 1,000 evaluations and log lines).
-          if (!this.ctx.vmotion.peer(this, ss)) this.condemn('invalid vMotion peer');
-        },
-        vmotionComplete: (seq) => this.ctx.vmotion.complete(this, seq),
-        vmotionAbort: () => this.ctx.vmotion.abort(this),
-      },
+      new EsxiSession.Events(this),
     );
   }
 
+  /**
+   * The protocol's events for one session: one small object whose methods live on a
+   * prototype, rather than some twenty closures per connection (a cost every idle VM
+   * serial port and every vMotion destination paid). Inside the class body, so it may
+   * call the session's private methods.
+   */
+  private static readonly Events = class implements VspcServerProtocolHandlers {
+    constructor(private readonly s: EsxiSession) {}
+    write(b: Buffer): boolean {
+      return this.s.io.write(b);
+    }
+    data(d: Buffer): void {
+      this.s.onVmData(d);
+    }
+    error(err: ProtocolError): void {
+      this.s.fail(err);
+    }
+    command(c: number): void {
+      this.s.onCommand(c);
+    }
+    extensionEnabled(): void {
+      this.s.onExtensionEnabled();
+    }
+    extensionRefused(): void {
+      this.s.explainAndClose('peer refused option 232');
+    }
+    proxy(req: ProxyRequest, accepted: boolean): void {
+      this.s.onProxy(req, accepted);
+    }
+    uuid(uuid: string): void {
+      this.s.onUuid(uuid);
+    }
+    name(name: string): void {
+      this.s.onName(name);
+    }
+    comPort(settings: UartSettings): void {
+      const s = this.s;
+      if (s.hubValue) s.hubValue.lineSettings = { ...settings };
+      s.log.debug('guest UART settings', () => ({ ...settings }));
+    }
+    comPortState(state: ComPortState): void {
+      const s = this.s;
+      if (s.hubValue) s.hubValue.lineState = lineStateOf(state);
+      s.log.debug('guest serial line state', () => ({ ...state }));
+    }
+    comPortBreak(): void {
+      this.s.onCommand(BRK);
+    }
+    flowControl(suspended: boolean): void {
+      this.s.onFlowControl(suspended);
+    }
+    purge(buffers: 'receive' | 'transmit' | 'both'): void {
+      this.s.onPurge(buffers);
+    }
+    comPortIgnored(code: number, value: number | null): void {
+      this.s.log.debug('COM-PORT command ignored (not defined from a client, or reserved)', { code, value });
+    }
+    knownSuboptions(codes: number[]): void {
+      this.s.log.debug('VM known suboptions', { codes });
+    }
+    unknownSuboption(code: number): void {
+      this.s.log.info('unknown option-232 subcommand', { code });
+    }
+    vmotionBegin(seq: Buffer): void {
+      this.s.ctx.vmotion.begin(this.s, seq);
+    }
+    vmotionPeer(ss: Buffer): void {
+      // A wrong secret is a guess: nothing more this peer says is worth reading
+      // (1,000 pipelined guesses must not cost 1,000 evaluations and log lines).
+      if (!this.s.ctx.vmotion.peer(this.s, ss)) this.s.condemn('invalid vMotion peer');
+    }
+    vmotionComplete(seq: Buffer): void {
+      this.s.ctx.vmotion.complete(this.s, seq);
+    }
+    vmotionAbort(): void {
+      this.s.ctx.vmotion.abort(this.s);
+    }
+  };
+
   get state(): EsxiSessionState {
     return this.stateValue;
+  }
+
+  /** Remote end as `address:port` (computed on first use). */
+  get peer(): string {
+    return (this.peerValue ??= this.io.remotePeer?.() ?? '?');
+  }
+
+  /** The remote IP address, normalised (IPv4-mapped IPv6 as IPv4); computed on first use. */
+  get address(): string {
+    if (this.normalizedAddress === null) {
+      let given = this.addressValue ?? this.io.remoteAddress?.();
+      if (given === undefined) {
+        const peer = this.peer;
+        given = peer.slice(0, Math.max(0, peer.lastIndexOf(':')));
+      }
+      this.normalizedAddress = normalizeIp(given);
+    }
+    return this.normalizedAddress;
   }
 
   get uuid(): string | null {
@@ -451,9 +537,7 @@ export class EsxiSession implements VmotionEndpoint {
     // ESXi reports the guest UART before it identifies itself: carry it over.
     if (Object.keys(this.protocol.uartSettings).length > 0) hub.lineSettings = { ...this.protocol.uartSettings };
     if (this.protocol.telnet.isEnabled('him', Option.COM_PORT)) hub.lineState = lineStateOf(this.protocol.comPortState);
-    // From the connection's own logger, never from the current one: a chain of child
-    // loggers grows with every rename and makes each line cost more than the last.
-    this.log = this.connLog.child({ vm: hub.displayName, uuid: hub.identity.key });
+    this.logHub = hub;
     const previous = hub.attachSource(this);
     this.flushPreIdentify();
     return previous;
@@ -626,7 +710,6 @@ export class EsxiSession implements VmotionEndpoint {
         this.ctx.registry.rename(hub, name);
         // A name reported for the first time is not a rename (the registration line has it).
         if (old !== null) this.log.info('VM renamed', { from: old, to: name });
-        this.log = this.connLog.child({ vm: hub.displayName, uuid: hub.identity.key });
       }
       this.logRegistration();
     }
@@ -818,7 +901,7 @@ export class EsxiSession implements VmotionEndpoint {
   private explainAndClose(reason: string): void {
     if (this.stateValue !== 'negotiating') return;
     // One per connection, and anyone can open connections: on the listener's budget.
-    (this.acceptLog ?? this.log).warn('peer is not an ESXi host; explained and closed', { reason });
+    (this.acceptLog ?? this.ctx.acceptLog?.() ?? this.log).warn('peer is not an ESXi host; explained and closed', { reason });
     this.ctx.onProtocolError?.('VSPC_NOT_ESXI');
     const text =
       '\r\nThis is vspc, a virtual serial port concentrator. This port is where VMware ESXi\r\n' +

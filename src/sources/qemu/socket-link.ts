@@ -12,9 +12,10 @@ import net from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { SourceError, connectError, linkError } from '../common/errors.js';
 import type { Link, LinkOptions, LinkSink } from '../common/link.js';
+import { sourceReadBudget, type TurnBudgeted } from '../../util/turn-budget.js';
 import { WriteQueue } from '../../util/write-queue.js';
 
-export class SocketLink implements Link {
+export class SocketLink implements Link, TurnBudgeted {
   protected sink: LinkSink | null = null;
   /** Why the link ends, the first reason seen; undefined while none is known. */
   private why: SourceError | undefined;
@@ -23,6 +24,8 @@ export class SocketLink implements Link {
   private drainListener: (() => void) | null = null;
   private socketClosed = false;
   private reported = false;
+  budgetTurn = 0;
+  budgetBytes = 0;
   /** Everything written to the peer, counted (the queue bound). */
   private readonly queue: WriteQueue;
 
@@ -58,9 +61,22 @@ export class SocketLink implements Link {
           stack: (err as Error)?.stack,
         });
         this.fail(new SourceError('VSPC_SOURCE_INTERNAL', `internal error while handling data from ${this.peer}`, {}, { cause: err }));
+        return;
       }
+      // Fairness with the other sources (util/turn-budget.ts): a flood waits for the next turn.
+      sourceReadBudget.charge(this, chunk.length);
     });
     this.started();
+  }
+
+  /** TurnBudgeted: this turn's share is used up. */
+  pauseTurn(): void {
+    this.socket.pause();
+  }
+
+  /** TurnBudgeted: a new turn. */
+  resumeTurn(): void {
+    if (!this.socket.destroyed) this.socket.resume();
   }
 
   /** Bytes from the peer (the codec hook: raw by default). */

@@ -1,0 +1,445 @@
+/**
+ * The benchmark's `tunnel` phase (issue 16): TCP over a serial line against a real QEMU
+ * guest, every tunnel figure beside the raw line measured in the same run.
+ *
+ * The guest is the `tunnel-ssh` test variant (test/support/tunnel-guest.ts: the static
+ * C agent, busybox test services on 127.0.0.1 — 7 echo, 9 sha256 sink — and a source
+ * of N bytes the phase starts on 5019). Two tunnels in a vspc of the phase's own
+ * (a child process, so that its RSS is the tunnel's alone): `uart` over the emulated
+ * 16550 (ttyS1 on a unix socket, through test/support/tunnel.ts's relay, clean, which
+ * lets the raw measurement take the very same port), `virtio` over a virtio-serial
+ * port. Per line:
+ *
+ *   raw        `size` bytes each way over the line without the tunnel (for the UART
+ *              the tunnel's own ttyS1, its agent stopped; for virtio-serial a spare
+ *              port of the same kind), driven by head/cat in the guest, timed on the host
+ *   goodput    the same size through the tunnel: into the sha256 sink (the digest
+ *              checked) and out of the source (checked against the guest's digest)
+ *   keystroke  1 byte to the echo service and back, one at a time: idle, during an
+ *              upload of `size` bytes and during a download of `size` bytes
+ *
+ * and memory per stream: vspc's RSS (after a GC) with N idle echo streams open minus
+ * before, over N. Needs the test guest (`npm run pretest` builds it); without it the
+ * phase is reported as not run, with the command that builds it.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TunnelView } from '../src/admin/views.js';
+import { guestArtifacts, SerialConsole, startGuest, type Guest } from '../test/support/qemu.js';
+import { buildTunnelGuest, DROPBEAR, rawLine, SFTP_SERVER, socketPort, TUNNEL_VARIANT } from '../test/support/tunnel-guest.js';
+import { FaultRelay } from '../test/support/tunnel.js';
+import { distribution, round, roundDistribution, sleep, type Distribution } from './common.js';
+import { removeTempDir, trackTempDir } from './ipc.js';
+import { adminGet, ServerProcess } from './server-process.js';
+
+export interface TunnelOptions {
+  /** Bytes per transfer over the emulated UART (raw, goodput, the bulk under keystrokes). */
+  uartBytes: number;
+  /** Bytes per transfer over virtio-serial. */
+  virtioBytes: number;
+  /** Keystroke round trips per run (idle; at most this many during each bulk transfer). */
+  rttSamples: number;
+  /** Idle streams opened for the memory figure. */
+  idleStreams: number;
+}
+
+export const DEFAULT_TUNNEL_OPTIONS: TunnelOptions = { uartBytes: 256 * 1024, virtioBytes: 4 << 20, rttSamples: 30, idleStreams: 32 };
+
+export interface TunnelLineFigures {
+  line: 'uart' | 'virtio';
+  bytes: number;
+  /** KiB/s over the line without the tunnel. */
+  raw: { toGuestKiBps: number; fromGuestKiBps: number };
+  /** KiB/s of stream data through the tunnel (the digest of every transfer checked). */
+  tunnel: { toGuestKiBps: number; fromGuestKiBps: number };
+  /** Tunnel goodput / raw line, percent, in the same run. */
+  goodputPct: { toGuest: number; fromGuest: number };
+  /** Keystroke round trips through the tunnel, ms. */
+  rtt: { idle: Distribution; duringUpload: Distribution; duringDownload: Distribution };
+  /** The bulk transfers under the keystrokes, KiB/s. */
+  bulkUnderKeystrokesKiBps: { upload: number; download: number };
+  /** The tunnel's own view at the end: RTT, retransmissions, damaged frames. */
+  link: { rttMs: number | null; retransmits: number; badFrames: number };
+}
+
+export interface TunnelSection {
+  workload: string;
+  guest: { variant: string; kernelRelease: string };
+  lines: TunnelLineFigures[];
+  memory: { streams: number; rssKiBPerStream: number | null; heapKiBPerStream: number | null; rssBeforeMiB: number | null; rssAfterMiB: number | null };
+  errors: string[];
+}
+
+/** Why the phase cannot run here (and how to make it able to), or null. */
+export function tunnelGuestProblem(): string | null {
+  const build = 'build it with `npm run pretest` (= bash test/support/guest/ensure-deps.sh && bash test/support/guest/build-guest.sh && bash packaging/build-agent.sh; ensure-deps.sh as root), then rerun';
+  try {
+    guestArtifacts('base');
+  } catch (err) {
+    return `the QEMU test guest is not built (${(err as Error).message}); ${build}`;
+  }
+  for (const f of [DROPBEAR, SFTP_SERVER]) if (!existsSync(f)) return `${f} is missing (the tunnel guest ships it); ${build}`;
+  const qemu = process.env.PATH?.split(':').some((d) => existsSync(join(d, 'qemu-system-x86_64')));
+  if (!qemu) return `qemu-system-x86_64 is not installed; ${build}`;
+  return null;
+}
+
+const KiB = 1024;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const kibps = (bytes: number, ms: number): number => round(bytes / KiB / (ms / 1000), 1);
+
+/** Bounded wait for an event-driven condition. */
+async function until(pred: () => boolean | Promise<boolean>, timeoutMs: number, what: string, stepMs = 20): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await pred())) {
+    if (performance.now() > deadline) throw new Error(`${what}: not after ${timeoutMs} ms`);
+    await sleep(stepMs);
+  }
+}
+
+function connect(port: number, timeoutMs = 30_000): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.setNoDelay(true);
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`connect 127.0.0.1:${port}: timeout`));
+    }, timeoutMs);
+    s.once('connect', () => {
+      clearTimeout(timer);
+      resolve(s);
+    });
+    s.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+/** host → guest: `data` into the sha256 sink, half-close, the digest back. Resolves with ms (first write → digest). */
+async function upload(port: number, data: Buffer, timeoutMs: number): Promise<number> {
+  const s = await connect(port);
+  let out = '';
+  const t0 = performance.now();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`upload of ${data.length} bytes: no digest after ${timeoutMs} ms`)), timeoutMs);
+      s.setEncoding('latin1');
+      s.on('data', (d: string) => (out += d));
+      s.once('end', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      s.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      s.end(data);
+    });
+  } finally {
+    s.destroy();
+  }
+  const ms = performance.now() - t0;
+  if (!out.startsWith(sha(data))) throw new Error(`upload: the guest's digest ${JSON.stringify(out.slice(0, 64))} is not the data's ${sha(data)}`);
+  return ms;
+}
+
+/** guest → host: everything the source sends, until its end. Resolves with ms (first byte → end) and the digest. */
+async function download(port: number, onBytes: (n: number) => void, timeoutMs: number): Promise<{ ms: number; bytes: number; digest: string }> {
+  const s = await connect(port);
+  const h = createHash('sha256');
+  let bytes = 0;
+  let t0 = 0;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`download: not finished after ${timeoutMs} ms (${bytes} bytes)`)), timeoutMs);
+      s.on('data', (d: Buffer) => {
+        if (bytes === 0) t0 = performance.now();
+        bytes += d.length;
+        h.update(d);
+        onBytes(bytes);
+      });
+      s.once('end', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      s.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+  } finally {
+    s.destroy();
+  }
+  return { ms: performance.now() - t0, bytes, digest: h.digest('hex') };
+}
+
+/** An open connection to the echo service: one byte out, the same byte back, timed. */
+class Echo {
+  private got = '';
+  private waiter: (() => void) | null = null;
+  private constructor(readonly sock: net.Socket) {
+    sock.setEncoding('latin1');
+    sock.on('data', (d: string) => {
+      this.got += d;
+      this.waiter?.();
+    });
+    sock.on('error', () => undefined);
+  }
+  static async open(port: number): Promise<Echo> {
+    return new Echo(await connect(port));
+  }
+  async rtt(ch: string, timeoutMs = 30_000): Promise<number> {
+    const mark = this.got.length;
+    const t0 = performance.now();
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`echo of ${JSON.stringify(ch)}: none after ${timeoutMs} ms`)), timeoutMs);
+      this.waiter = () => {
+        if (this.got.indexOf(ch, mark) >= 0) {
+          clearTimeout(timer);
+          this.waiter = null;
+          resolve();
+        }
+      };
+      this.sock.write(ch);
+    });
+    return performance.now() - t0;
+  }
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+/** Keystrokes (a–z) on `echo`, `gapMs` apart, until `n` samples or `stop()`. */
+async function keystrokes(echo: Echo, n: number, stop: () => boolean = () => false, gapMs = 10): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n && !stop(); i++) {
+    out.push(await echo.rtt(String.fromCharCode(0x61 + (i % 26))));
+    await sleep(gapMs);
+  }
+  return out;
+}
+
+/** Runs the phase. Throws on a failure; the caller reports it. */
+export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void, timeoutMs: number): Promise<TunnelSection> {
+  const artifacts = buildTunnelGuest();
+  const dir = mkdtempSync(join(tmpdir(), 'vspc-bench-tunnel-'));
+  trackTempDir(dir);
+  const errors: string[] = [];
+  let guest: Guest | undefined;
+  let con: SerialConsole | undefined;
+  let relay: FaultRelay | undefined;
+  let server: ServerProcess | undefined;
+  try {
+    const t0 = performance.now();
+    guest = await startGuest({
+      artifacts,
+      dir,
+      memoryMb: 384,
+      serial: ['unix:{dir}/ttyS0.sock,server=on,wait=off', 'unix:{dir}/ttyS1.sock,server=on,wait=off'],
+      args: [
+        '-device', 'virtio-serial',
+        '-chardev', 'socket,id=vt,path={dir}/vport.sock,server=on,wait=off',
+        '-device', 'virtserialport,chardev=vt,name=vspc.tunnel',
+        '-chardev', 'socket,id=vr,path={dir}/vraw.sock,server=on,wait=off',
+        '-device', 'virtserialport,chardev=vr,name=vspc.raw',
+      ],
+      append: 'vspc.agent=/dev/ttyS1 vspc.allow=7,9,5019 vspc.services=1',
+    });
+    con = await SerialConsole.connectUnix(guest.path('ttyS0.sock'));
+    await con.waitForShell(120_000, guest.spawnedAt);
+    log(`tunnel: guest ${TUNNEL_VARIANT} (${artifacts.kernelRelease}) booted in ${Math.round(performance.now() - t0)} ms`);
+    const portOf = async (name: string): Promise<string> =>
+      (await con!.run(`for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name)" = ${name} ] && echo /dev/\${p##*/}; done`)).output.trim();
+    const vdev = await portOf('vspc.tunnel');
+    const vraw = await portOf('vspc.raw');
+    if (!/^\/dev\/vport\d+p\d+$/.test(vdev) || !/^\/dev\/vport\d+p\d+$/.test(vraw)) throw new Error(`virtio ports not found in the guest: ${vdev} / ${vraw}`);
+    await con.run(`(/usr/local/sbin/vspc-agent --device ${vdev} --allow 7,9,5019 </dev/null >/var/log/agent-virtio.log 2>&1 &)`);
+    relay = await FaultRelay.start(join(dir, 'uart-relay.sock'), guest.path('ttyS1.sock'));
+
+    // vspc with the two tunnels, on ports of its own.
+    const { reservePortRange } = await import('../test/support/ports.js');
+    const block = await reservePortRange(16, { from: 20000, to: 32767 });
+    const range = { start: block.start, end: block.start + 13 };
+    const cfg = join(dir, 'vspc.json');
+    const forwards = [7, 9, 5019];
+    writeFileSync(
+      cfg,
+      JSON.stringify({
+        tunnels: [
+          { name: 'uart', source: `unix:${relay.path}`, forwards },
+          { name: 'virtio', source: `unix:${guest.path('vport.sock')}`, forwards },
+        ],
+      }),
+    );
+    server = ServerProcess.spawn({ dbPath: join(dir, 'vspc.db'), proxyPort: block.start + 14, adminPort: block.start + 15, portRange: range, extraArgs: ['--config', cfg] });
+    await server.waitReady(60_000);
+    const srv = server;
+    const view = async (name: string): Promise<TunnelView> => {
+      const v = (await adminGet<TunnelView[]>(srv.admin, '/api/v1/tunnels')).find((x) => x.name === name);
+      if (!v) throw new Error(`vspc has no tunnel ${name}`);
+      return v;
+    };
+    /** The tunnel up (with an agent other than `notAgent`, after a restart); its forward ports by guest port. */
+    const waitUp = async (name: string, notAgent: string | null = null): Promise<Record<number, number>> => {
+      let ports: Record<number, number> = {};
+      await until(async () => {
+        const v = await view(name);
+        if (v.link?.state !== 'up' || v.link.agentBootId === notAgent || v.forwards.some((f) => !f.address)) return false;
+        ports = Object.fromEntries(v.forwards.map((f) => [f.to, Number(f.address!.split(':').pop())]));
+        return true;
+      }, 120_000, `tunnel ${name} up`, 100);
+      return ports;
+    };
+
+    const lines: TunnelLineFigures[] = [];
+    for (const line of ['uart', 'virtio'] as const) {
+      const size = line === 'uart' ? o.uartBytes : o.virtioBytes;
+      const bound = Math.max(60_000, timeoutMs / 4);
+      let ports = await waitUp(line);
+
+      // The raw line first.
+      let raw: { toGuestMs: number; fromGuestMs: number };
+      if (line === 'uart') {
+        const agent = (await view(line)).link!.agentBootId;
+        const stopped = await con.run('/etc/init.d/vspc-agent stop');
+        if (stopped.status !== 0) throw new Error(`stopping the UART agent: ${stopped.output}`);
+        const taps: Array<(b: Buffer) => void> = [];
+        const r = relay;
+        r.divert((b) => taps.forEach((f) => f(b)));
+        try {
+          raw = await rawLine(con, { write: (b) => void r.write(b), onData: (f) => void taps.push(f), close: () => undefined }, '/dev/ttyS1', size, bound);
+        } finally {
+          r.divert(null);
+          await con.run('VSPC_AGENT_DEVICE=/dev/ttyS1 VSPC_AGENT_ALLOW=7,9,5019 /etc/init.d/vspc-agent start');
+        }
+        ports = await waitUp(line, agent);
+      } else {
+        raw = await rawLine(con, await socketPort(guest.path('vraw.sock')), vraw, size, bound);
+      }
+      log(`tunnel ${line}: raw line ${kibps(size, raw.toGuestMs)} KiB/s to the guest, ${kibps(size, raw.fromGuestMs)} KiB/s from it`);
+
+      // Goodput through the tunnel, each way, digests checked.
+      const data = randomBytes(size);
+      const upMs = await upload(ports[9], data, bound).catch((err: Error) => {
+        throw new Error(`${line}: upload through the tunnel: ${err.message}`);
+      });
+      const made = await con.run(`head -c ${size} /dev/urandom >/tmp/bulk.bin && sha256sum /tmp/bulk.bin`, bound);
+      const guestDigest = made.output.trim().split(/\s+/)[0];
+      await con.run('(nc -ll -p 5019 -e cat /tmp/bulk.bin </dev/null >/dev/null 2>&1 & echo $! >/tmp/source.pid)');
+      await until(async () => (await con!.run('netstat -ltn | grep -c ":5019 "')).output.trim() !== '0', 10_000, 'the source listens', 100);
+      const down = await download(ports[5019], () => undefined, bound).catch((err: Error) => {
+        throw new Error(`${line}: download through the tunnel: ${err.message}`);
+      });
+      if (down.bytes !== size || down.digest !== guestDigest) throw new Error(`download: ${down.bytes} bytes, digest ${down.digest}, the guest has ${size} with ${guestDigest}`);
+      const tunnel = { toGuestKiBps: kibps(size, upMs), fromGuestKiBps: kibps(size, down.ms) };
+      log(`tunnel ${line}: goodput ${tunnel.toGuestKiBps} KiB/s to the guest, ${tunnel.fromGuestKiBps} KiB/s from it`);
+
+      // Keystrokes: idle, then during an upload, then during a download.
+      const echo = await Echo.open(ports[7]);
+      let idle: number[];
+      let duringUp: number[] = [];
+      let duringDown: number[] = [];
+      let bulkUp = 0;
+      let bulkDown = 0;
+      try {
+        await echo.rtt('x'); // the stream is open
+        idle = await keystrokes(echo, o.rttSamples);
+        const v0 = (await view(line)).link!.bytesToGuest;
+        let done = false;
+        const t1 = performance.now();
+        const up = upload(ports[9], randomBytes(size), bound).finally(() => (done = true));
+        up.catch(() => undefined);
+        await until(async () => done || (await view(line)).link!.bytesToGuest - v0 > size / 8, bound, 'the upload under way', 50);
+        duringUp = await keystrokes(echo, o.rttSamples, () => done);
+        await up;
+        bulkUp = kibps(size, performance.now() - t1);
+        let got = 0;
+        done = false;
+        const t2 = performance.now();
+        const dn = download(ports[5019], (n) => (got = n), bound).finally(() => (done = true));
+        dn.catch(() => undefined);
+        await until(() => done || got > size / 8, bound, 'the download under way');
+        duringDown = await keystrokes(echo, o.rttSamples, () => done);
+        const d2 = await dn;
+        if (d2.digest !== guestDigest) throw new Error('download under keystrokes: digest mismatch');
+        bulkDown = kibps(size, performance.now() - t2);
+      } finally {
+        echo.close();
+      }
+      await con.run('kill $(cat /tmp/source.pid); rm -f /tmp/bulk.bin /tmp/source.pid');
+      if (duringUp.length < 3) errors.push(`${line}: only ${duringUp.length} keystrokes during the upload (make --tunnel-${line}-size larger)`);
+      if (duringDown.length < 3) errors.push(`${line}: only ${duringDown.length} keystrokes during the download (make --tunnel-${line}-size larger)`);
+      const lv = (await view(line)).link!;
+      const fig: TunnelLineFigures = {
+        line,
+        bytes: size,
+        raw: { toGuestKiBps: kibps(size, raw.toGuestMs), fromGuestKiBps: kibps(size, raw.fromGuestMs) },
+        tunnel,
+        goodputPct: { toGuest: round((100 * tunnel.toGuestKiBps) / kibps(size, raw.toGuestMs), 1), fromGuest: round((100 * tunnel.fromGuestKiBps) / kibps(size, raw.fromGuestMs), 1) },
+        rtt: { idle: roundDistribution(distribution(idle), 1), duringUpload: roundDistribution(distribution(duringUp), 1), duringDownload: roundDistribution(distribution(duringDown), 1) },
+        bulkUnderKeystrokesKiBps: { upload: bulkUp, download: bulkDown },
+        link: { rttMs: lv.rttMs, retransmits: lv.retransmits, badFrames: lv.badFrames },
+      };
+      log(
+        `tunnel ${line}: keystroke round trip p50 idle ${fig.rtt.idle.p50} ms, during an upload ${fig.rtt.duringUpload.p50} ms (p99 ${fig.rtt.duringUpload.p99}, ${fig.rtt.duringUpload.n} samples, bulk ${bulkUp} KiB/s), ` +
+          `during a download ${fig.rtt.duringDownload.p50} ms (p99 ${fig.rtt.duringDownload.p99}, ${fig.rtt.duringDownload.n} samples, bulk ${bulkDown} KiB/s)`,
+      );
+      lines.push(fig);
+    }
+
+    // Memory per stream: N idle echo streams on the virtio tunnel.
+    const ports = await waitUp('virtio');
+    const rss = async (): Promise<{ rss: number | null; heap: number | null }> => {
+      const mem = await srv.memory(true);
+      await sleep(200);
+      return { rss: srv.sample()?.rssBytes ?? mem?.rss ?? null, heap: mem?.heapUsed ?? null };
+    };
+    const before = await rss();
+    const idleStreams: Echo[] = [];
+    try {
+      for (let i = 0; i < o.idleStreams; i++) {
+        const e = await Echo.open(ports[7]);
+        idleStreams.push(e);
+        await e.rtt('m');
+      }
+      const streams = (await view('virtio')).link!.streams;
+      if (streams < o.idleStreams) errors.push(`memory: ${streams} streams open, wanted ${o.idleStreams}`);
+      await sleep(500);
+      const after = await rss();
+      const per = (a: number | null, b: number | null) => (a === null || b === null ? null : round((b - a) / KiB / o.idleStreams, 1));
+      const memory = {
+        streams: o.idleStreams,
+        rssKiBPerStream: per(before.rss, after.rss),
+        heapKiBPerStream: per(before.heap, after.heap),
+        rssBeforeMiB: before.rss === null ? null : round(before.rss / KiB / KiB, 1),
+        rssAfterMiB: after.rss === null ? null : round(after.rss / KiB / KiB, 1),
+      };
+      log(`tunnel: ${o.idleStreams} idle streams: vspc RSS ${memory.rssBeforeMiB} → ${memory.rssAfterMiB} MiB = ${memory.rssKiBPerStream} KiB per stream (heap ${memory.heapKiBPerStream} KiB)`);
+      return {
+        workload:
+          `QEMU guest (TCG, ${TUNNEL_VARIANT} test variant, kernel ${artifacts.kernelRelease}) with the static C agent; vspc (a child process of its own) with two tunnels: ` +
+          `uart = emulated 16550 (ttyS1 on a unix socket via a clean relay), virtio = a virtio-serial port. Per line, ${o.uartBytes / KiB} KiB (UART) / ${o.virtioBytes / KiB} KiB (virtio) each way: ` +
+          `raw = the same kind of port without the tunnel (UART: ttyS1 itself, its agent stopped; virtio: a spare port), head/cat in the guest, timed on the host — a floor of the line's capacity under emulation; ` +
+          `goodput = the same bytes through the tunnel to a sha256 sink and from a file in the guest (busybox nc), digests checked, in the same run; ` +
+          `keystroke = 1 byte to an echo service (nc -e cat) and back through the tunnel, one at a time: ${o.rttSamples} idle, up to ${o.rttSamples} during an upload and during a download of the same size; ` +
+          `memory = vspc RSS after a GC with ${o.idleStreams} idle echo streams open, minus before, per stream`,
+        guest: { variant: TUNNEL_VARIANT, kernelRelease: artifacts.kernelRelease },
+        lines,
+        memory,
+        errors,
+      };
+    } finally {
+      for (const e of idleStreams) e.close();
+    }
+  } finally {
+    await server?.stop(15_000).catch(() => server?.kill());
+    con?.close();
+    await relay?.close().catch(() => undefined);
+    await guest?.stop();
+    removeTempDir(dir);
+  }
+}
