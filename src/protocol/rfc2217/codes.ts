@@ -4,8 +4,8 @@
  * sent WILL COM-PORT-OPTION) uses the codes below; the access server answers with the
  * same code plus 100 (SERVER_OFFSET).
  *
- * The names match src/protocol/vmware/codes.ts (`ComPort`, `ComPortControl`,
- * `ComPortPurge`), which can re-export these.
+ * src/protocol/vmware/codes.ts re-exports `ComPort`, `ComPortControl` and
+ * `ComPortPurge` for the ESXi side: one table for both.
  */
 
 export const COM_PORT_OPTION = 44;

@@ -47,59 +47,9 @@ export const PROXY_KNOWN_SUBOPTIONS: readonly number[] = [
 ];
 
 /**
- * RFC 2217 COM-PORT-OPTION (44) commands, client → access server (section 2, the
- * table of commands). The ESXi host is the client (it sends WILL COM-PORT and reports
- * the guest UART); vspc is the access server and answers with the code plus 100.
+ * RFC 2217 COM-PORT-OPTION (44) numbers, one table for the whole product
+ * (src/protocol/rfc2217/codes.ts). The ESXi host is the client (it sends WILL
+ * COM-PORT and reports the guest UART); vspc is the access server and answers with
+ * the code plus 100.
  */
-export const ComPort = {
-  SIGNATURE: 0,
-  SET_BAUDRATE: 1,
-  SET_DATASIZE: 2,
-  SET_PARITY: 3,
-  SET_STOPSIZE: 4,
-  SET_CONTROL: 5,
-  /** Sent by the access server only (code 106); from a client it means nothing. */
-  NOTIFY_LINESTATE: 6,
-  /** Sent by the access server only (code 107); from a client it means nothing. */
-  NOTIFY_MODEMSTATE: 7,
-  FLOWCONTROL_SUSPEND: 8,
-  FLOWCONTROL_RESUME: 9,
-  SET_LINESTATE_MASK: 10,
-  SET_MODEMSTATE_MASK: 11,
-  PURGE_DATA: 12,
-  /** Server replies use the client code plus 100. */
-  SERVER_OFFSET: 100,
-} as const;
-
-/** RFC 2217 SET-CONTROL values (section 3). */
-export const ComPortControl = {
-  REQUEST_FLOW: 0,
-  FLOW_NONE: 1,
-  FLOW_XON_XOFF: 2,
-  FLOW_HARDWARE: 3,
-  REQUEST_BREAK: 4,
-  BREAK_ON: 5,
-  BREAK_OFF: 6,
-  REQUEST_DTR: 7,
-  DTR_ON: 8,
-  DTR_OFF: 9,
-  REQUEST_RTS: 10,
-  RTS_ON: 11,
-  RTS_OFF: 12,
-  REQUEST_INBOUND_FLOW: 13,
-  INBOUND_FLOW_NONE: 14,
-  INBOUND_FLOW_XON_XOFF: 15,
-  INBOUND_FLOW_HARDWARE: 16,
-  FLOW_DCD: 17,
-  INBOUND_FLOW_DTR: 18,
-  FLOW_DSR: 19,
-} as const;
-
-/** RFC 2217 PURGE-DATA values (section 5). */
-export const ComPortPurge = {
-  /** The access server's receive buffer: data from the client not yet passed on. */
-  RECEIVE: 1,
-  /** The access server's transmit buffer: data for the client not yet sent. */
-  TRANSMIT: 2,
-  BOTH: 3,
-} as const;
+export { ComPort, ComPortControl, ComPortPurge } from '../rfc2217/codes.js';
