@@ -19,7 +19,6 @@
  * console; a console of another target type (virtio, sclp) is a console of its own.
  * Other chardev types (file, tcp, udp, dev, spicevmc, ...) are left out (debug line).
  */
-import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../domain/logger.js';
 import { parseSourceSpec, type SourceSpec } from '../../domain/source-spec.js';
@@ -29,13 +28,12 @@ import {
   DEFAULT_MTIME_GRANULARITY_MS,
   FileMemo,
   errorText,
-  isNotFound,
   mapLimit,
   readBounded,
   statOrNull,
   type FileNote,
 } from './files.js';
-import { NoteLog, StateLog } from './notes.js';
+import { NoteLog, StateLog, readRootDir } from './notes.js';
 import { sanitizeName } from './text.js';
 import type { DiscoveredConsole, Discovery } from './types.js';
 import { DEFAULT_XML_LIMITS, scanXml, type XmlLimits } from './xml.js';
@@ -301,19 +299,11 @@ export class LibvirtDiscovery implements Discovery {
   }
 
   async scan(): Promise<DiscoveredConsole[]> {
-    let entries;
-    try {
-      entries = await readdir(this.runDir, { withFileTypes: true });
-    } catch (err) {
-      if (isNotFound(err)) {
-        this.dirs = [];
-        this.rootState.set('missing', { level: 'info', message: 'libvirt runtime directory not present; no libvirt consoles', fields: { dir: this.runDir } });
-        return [];
-      }
-      this.rootState.set(`error:${errorText(err)}`, { level: 'warn', message: 'cannot read the libvirt runtime directory', fields: { dir: this.runDir, error: errorText(err) } });
-      throw err;
+    const entries = await readRootDir(this.runDir, this.rootState, 'libvirt runtime directory', 'no libvirt consoles');
+    if (entries === null) {
+      this.dirs = [];
+      return [];
     }
-    this.rootState.set('ok', { level: 'debug', message: 'reading libvirt runtime directory', fields: { dir: this.runDir } });
     this.dirs = [this.runDir];
     let files = entries
       .filter((e) => e.name.endsWith('.xml') && !e.name.startsWith('.') && e.isFile())

@@ -12,7 +12,6 @@
  * its stat signature changed. Only the conf's main section is read: `[PENDING]` changes
  * and `[snapshot]` sections that follow it do not name the running VM.
  */
-import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../domain/logger.js';
 import { parseSourceSpec } from '../../domain/source-spec.js';
@@ -21,13 +20,12 @@ import {
   DEFAULT_MTIME_GRANULARITY_MS,
   FileMemo,
   errorText,
-  isNotFound,
   mapLimit,
   readBounded,
   statOrNull,
   type FileNote,
 } from './files.js';
-import { NoteLog, StateLog } from './notes.js';
+import { NoteLog, StateLog, readRootDir } from './notes.js';
 import { sanitizeName } from './text.js';
 import type { DiscoveredConsole, Discovery } from './types.js';
 
@@ -113,19 +111,11 @@ export class ProxmoxDiscovery implements Discovery {
   }
 
   async scan(): Promise<DiscoveredConsole[]> {
-    let entries;
-    try {
-      entries = await readdir(this.runDir, { withFileTypes: true });
-    } catch (err) {
-      if (isNotFound(err)) {
-        this.dirs = [];
-        this.rootState.set('missing', { level: 'info', message: 'Proxmox socket directory not present; no Proxmox consoles', fields: { dir: this.runDir } });
-        return [];
-      }
-      this.rootState.set(`error:${errorText(err)}`, { level: 'warn', message: 'cannot read the Proxmox socket directory', fields: { dir: this.runDir, error: errorText(err) } });
-      throw err;
+    const entries = await readRootDir(this.runDir, this.rootState, 'Proxmox socket directory', 'no Proxmox consoles');
+    if (entries === null) {
+      this.dirs = [];
+      return [];
     }
-    this.rootState.set('ok', { level: 'debug', message: 'reading Proxmox socket directory', fields: { dir: this.runDir } });
 
     // Sockets by VM, in vmid then label order (readdir order is the filesystem's).
     const byVm = new Map<string, Array<{ label: string; path: string }>>();
