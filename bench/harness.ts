@@ -473,7 +473,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         const pair = ed25519KeyPair('vspc-bench');
         sshKey = pair.private;
         const keys = join(tmp, 'authorized_keys');
-        writeFileSync(keys, `vspc-user="bench" ${pair.public}\n`, { mode: 0o600 });
+        // One key for every session: lift the per-key caps (32 connections, 10 sessions
+        // each by default; docs/ssh.md) to the run's size.
+        const cap = Math.max(opts.ssh.sessions, 1) + 16;
+        writeFileSync(keys, `vspc-user="bench",vspc-max-connections="${cap}",vspc-max-sessions="${cap}" ${pair.public}\n`, { mode: 0o600 });
         sshArgs.push('--ssh-listen', `127.0.0.1:${sshPort}`, '--ssh-authorized-keys', keys, '--ssh-host-key-dir', join(tmp, 'ssh'));
       }
       serverOpts = { dbPath: join(tmp, 'vspc.db'), proxyPort, adminPort, portRange: range, extraArgs: [...sshArgs, ...opts.serverArgs], nodeArgs: opts.serverNodeArgs };
