@@ -379,16 +379,22 @@ test(
       channel.on('data', onData);
     });
     channel.pause();
-    // Each Enter redraws the menu. Pressed until vspc cuts the connection (bounded).
+    // Each Enter redraws the menu. Pressed until vspc cuts the connection (bounded). How
+    // many it takes depends on the SSH windows: our 2 MiB receive window fills with
+    // redraws first, then vspc's queue passes half the bound and it holds our input, which
+    // still arrives while our send window (up to 2 MiB) lasts and counts against the bound.
+    // Past 4 MiB of Enters both windows are spent: a vspc that never cut us off would
+    // have to be holding more than the bound.
     let presses = 0;
     while (!closed) {
-      if (presses > 200_000) throw new Error(`still connected after ${presses} menu refreshes: never cut off`);
+      if (presses > 4 * 1024 * 1024) throw new Error(`still connected after ${presses} menu refreshes: never cut off`);
       presses += 64;
       // ssh2 takes writes synchronously while the window lasts: let the I/O happen (a turn of the event loop, no timer).
       if (!channel.write('\r'.repeat(64))) await Promise.race([new Promise((r) => channel.once('drain', r)), gone]);
       else await new Promise((r) => setImmediate(r));
     }
 
+    t.diagnostic(`cut off after ${presses} Enters`);
     const line = await ts.logs.waitFor((l) => l.errorCode === 'VSPC_PEER_NOT_READING' && l.side === 'ssh', 10_000);
     assert.equal(line.message, 'SSH client too slow; disconnecting');
     assert.equal(line.limit, 256 * 1024);
