@@ -12,7 +12,8 @@ import { Child, startFromFile, waitShow } from '../support/access.js';
 import { vspcAdmin } from '../support/cli.js';
 import { nativeAddon } from '../../src/access/common/native.js';
 
-test('telnet, raw, unix and pty clients of one console: one hub, one output, each method named', { skip: nativeAddon().addon ? false : 'no native addon' }, async (t) => {
+test('telnet, raw, unix and pty clients of one console: one hub, one output, each method named', async (t) => {
+  assert.ok(nativeAddon().addon, `vspc's native addon is not built (npm ci builds it): ${nativeAddon().error}`);
   const d = tempDir('vspc-access-all-');
   t.after(() => d.remove());
   chmodSync(d.dir, 0o755);

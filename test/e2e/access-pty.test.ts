@@ -3,7 +3,7 @@
  * were a serial port — socat with a raw tty, `stty -F`, and GNU screen driven through
  * tmux — data both ways, the reader going away and coming back, the link's life.
  */
-import { describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -28,7 +28,8 @@ function serialReader(link: string, cleanup: Cleanup): Child {
   return new Child('socat', ['-', `FILE:${link},rawer`], cleanup);
 }
 
-describe('pty access', { skip: nativeAddon().addon ? false : `no native addon: ${nativeAddon().error}` }, () => {
+describe('pty access', () => {
+  before(() => assert.ok(nativeAddon().addon, `vspc's native addon is not built (npm ci builds it): ${nativeAddon().error}`));
   test('a program opens the link as a serial port: all 256 byte values both ways; stty -F works and its settings stay', async (t) => {
     const dir = ptyDir(t);
     const { ts, cleanup } = await startFromFile(t, ['access:', `  pty: { dir: ${dir} }`]);
@@ -126,7 +127,8 @@ describe('pty access', { skip: nativeAddon().addon ? false : `no native addon: $
     assert.doesNotMatch(vm.input.toString('latin1'), /typed while kicked/);
   });
 
-  test('GNU screen on the link, driven through tmux: output on its screen, keystrokes to the VM', { skip: hasScreen ? false : 'screen or tmux missing' }, async (t) => {
+  test('GNU screen on the link, driven through tmux: output on its screen, keystrokes to the VM', async (t) => {
+    assert.ok(hasScreen, 'screen or tmux is missing (test/support/guest/ensure-deps.sh installs them)');
     const dir = ptyDir(t);
     const { ts, cleanup } = await startFromFile(t, ['access:', `  pty: { dir: ${dir} }`]);
     const { vm, hub } = await ts.connectVm({ uuid: esxiUuid().text, name: 'pty-screen' }, cleanup);

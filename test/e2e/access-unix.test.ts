@@ -4,7 +4,7 @@
  * the audit line, and the safety rules for the directory and what is at the path.
  * Runs as root (chown to another owner needs it; CI runs as root).
  */
-import { describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { execFileSync } from 'node:child_process';
@@ -51,7 +51,8 @@ function socketDir(t: { after(fn: () => unknown): void }): string {
   return d.dir;
 }
 
-describe('unix socket access', { skip: isRoot ? false : 'needs root (chown, useradd)' }, () => {
+describe('unix socket access', () => {
+  before(() => assert.ok(isRoot, 'these tests chown sockets and add unix users: run them as root (as .ci/run does)'));
   test('socat on the console socket: all 256 byte values both ways; default mode 0600; peer uid in the audit line', async (t) => {
     const dir = socketDir(t);
     const { ts, cleanup } = await startFromFile(t, ['access:', '  unix:', `    dir: ${dir}`]);
