@@ -24,8 +24,28 @@ export class FakeClient implements ConsoleClient {
   notices: string[] = [];
   paused = false;
   closedWith: string | null = null;
+  private waiters = new Set<() => void>();
   deliver(data: Buffer): void {
     this.received.push(Buffer.from(data));
+    for (const w of [...this.waiters]) w();
+  }
+  /** Resolves once everything delivered so far contains `text` (checked on every delivery; the timer only bounds the wait). */
+  waitForOutput(text: string | Buffer, timeoutMs = 10_000): Promise<void> {
+    const want = typeof text === 'string' ? Buffer.from(text, 'latin1') : text;
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (!this.output.includes(want)) return;
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.waiters.delete(check);
+        reject(new Error(`timed out waiting for ${JSON.stringify(want.toString('latin1').slice(0, 80))}; got ${JSON.stringify(this.output.toString('latin1').slice(-200))}`));
+      }, timeoutMs);
+      this.waiters.add(check);
+      check();
+    });
   }
   notice(text: string): void {
     this.notices.push(text);

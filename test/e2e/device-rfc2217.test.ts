@@ -39,25 +39,9 @@ async function stty(path: string): Promise<{ speed: number; flags: Set<string> }
 
 type SetCall = Parameters<DevicePort['set']>[0] & { error: string | null };
 
-/** Resolves once the hub has delivered `text` to `client` (checked on every delivery). */
+/** Resolves once the hub has delivered `text` to `client` (FakeClient.waitForOutput, bounded by WAIT). */
 function delivered(client: FakeClient, text: string, timeoutMs = WAIT): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const original = client.deliver.bind(client);
-    const check = (): boolean => client.output.includes(text);
-    if (check()) return resolve();
-    const timer = setTimeout(() => {
-      client.deliver = original;
-      reject(new Error(`timed out waiting for ${JSON.stringify(text)} at the hub`));
-    }, timeoutMs);
-    client.deliver = (data: Buffer) => {
-      original(data);
-      if (check()) {
-        clearTimeout(timer);
-        client.deliver = original;
-        resolve();
-      }
-    };
-  });
+  return client.waitForOutput(text, timeoutMs);
 }
 
 describe('RFC 2217 from a telnet client to a device console', () => {

@@ -50,26 +50,9 @@ function start(t: TestContext, spec: string, ctx: Partial<CreateEndpointContext>
   return { runner, hub, client, lines: logger.lines };
 }
 
-/** Resolves when the client has received `text` (checked on every delivery). */
+/** Resolves when the client has received `text` (FakeClient.waitForOutput, bounded by WAIT). */
 function waitForOutput(client: FakeClient, text: string | Buffer, timeoutMs = WAIT): Promise<void> {
-  const want = typeof text === 'string' ? Buffer.from(text) : text;
-  return new Promise((resolve, reject) => {
-    const original = client.deliver.bind(client);
-    const check = (): boolean => client.output.includes(want);
-    if (check()) return resolve();
-    const timer = setTimeout(() => {
-      client.deliver = original;
-      reject(new Error(`timed out waiting for ${JSON.stringify(want.toString('latin1').slice(0, 80))}; got ${JSON.stringify(client.output.toString('latin1').slice(-200))}`));
-    }, timeoutMs);
-    client.deliver = (data: Buffer) => {
-      original(data);
-      if (check()) {
-        clearTimeout(timer);
-        client.deliver = original;
-        resolve();
-      }
-    };
-  });
+  return client.waitForOutput(text, timeoutMs);
 }
 
 /** Collects what a socket receives; `until(text)` resolves once it has arrived. */
