@@ -23,6 +23,7 @@ import { accessSync, constants as fsConstants, existsSync, mkdirSync, readFileSy
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
+import { LiveProcesses } from './procs.js';
 
 /** An executable on PATH (or in the sbin directories, which a non-root PATH lacks), or null. */
 export function findProgram(name: string): string | null {
@@ -41,9 +42,6 @@ export function findProgram(name: string): string | null {
 
 // ------------------------------------------------------------------ process registry
 
-const live = new Set<ChildProcess>();
-let handlersInstalled = false;
-
 function killGroup(child: ChildProcess): void {
   if (child.pid === undefined) return;
   try {
@@ -57,14 +55,8 @@ function killGroup(child: ChildProcess): void {
   }
 }
 
-function installHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  process.on('exit', () => {
-    for (const child of live) killGroup(child);
-    live.clear();
-  });
-}
+// Each conserver and its per-group children go by process group, on exit, SIGINT and SIGTERM.
+const live = new LiveProcesses(killGroup);
 
 /** Stops one child by PID: `signal`, then SIGKILL to its process group after `graceMs`; resolves once it has exited. */
 async function stopChild(child: ChildProcess, exited: Promise<unknown>, signal: NodeJS.Signals, graceMs: number): Promise<void> {
@@ -153,7 +145,6 @@ export class Conserver {
   }
 
   static async start(o: ConserverOptions): Promise<Conserver> {
-    installHandlers();
     const argv = [...o.wrap, o.bin, '-C', o.cf, '-P', o.passwd, '-p', String(o.port), '-M', '127.0.0.1'];
     const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     live.add(child);
@@ -215,7 +206,6 @@ export class ConsoleClient {
   private readonly waiters = new Set<() => void>();
 
   constructor(consoleBin: string, args: string[]) {
-    installHandlers();
     const script = findProgram('script');
     if (!script) throw new Error('script (util-linux) not found');
     const command = [consoleBin, ...args].map(shellQuote).join(' ');

@@ -20,6 +20,7 @@ import { chownSync, existsSync, mkdtempSync, rmSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { LiveProcesses } from './procs.js';
 
 const PG_BIN_DIRS = ['/usr/lib/postgresql/17/bin', '/usr/lib/postgresql/16/bin', '/usr/lib/postgresql/15/bin'];
 
@@ -28,36 +29,8 @@ export function postgresBinDir(): string | null {
   return PG_BIN_DIRS.find((d) => existsSync(join(d, 'postgres')) && existsSync(join(d, 'initdb'))) ?? null;
 }
 
-const live = new Set<ChildProcess>();
-let handlersInstalled = false;
-
-function killAllNow(): void {
-  for (const child of live) {
-    try {
-      // SIGQUIT: PostgreSQL's immediate shutdown (its backends go too); then nothing is left to wait for.
-      child.kill('SIGQUIT');
-    } catch {
-      /* gone */
-    }
-  }
-  live.clear();
-}
-
-function installHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  process.on('exit', killAllNow);
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    const onSignal = (): void => {
-      killAllNow();
-      if (process.listenerCount(sig) === 1) {
-        process.removeListener(sig, onSignal);
-        process.kill(process.pid, sig);
-      }
-    };
-    process.on(sig, onSignal);
-  }
-}
+// SIGQUIT is PostgreSQL's immediate shutdown (its backends go too), on exit, SIGINT and SIGTERM.
+const live = new LiveProcesses((c) => c.kill('SIGQUIT'));
 
 /** uid/gid to run PostgreSQL as when we are root. */
 function unprivilegedUser(): { name: string; uid: number; gid: number } {
@@ -133,7 +106,6 @@ export class TestPostgres {
 export async function startPostgres(timeoutMs = 60_000): Promise<TestPostgres> {
   const bin = postgresBinDir();
   if (!bin) throw new Error('PostgreSQL is not installed (Debian package postgresql; npm test installs it when run as root)');
-  installHandlers();
   const dir = mkdtempSync(join(tmpdir(), 'vspc-pg-'));
   const data = join(dir, 'data');
   const root = process.getuid?.() === 0;

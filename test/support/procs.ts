@@ -101,3 +101,67 @@ export function killPid(pid: number, signal: NodeJS.Signals = 'SIGKILL'): void {
     /* gone */
   }
 }
+
+const registries: LiveProcesses[] = [];
+let exitHooked = false;
+
+/**
+ * Long-lived children of one kind (QEMU guests, PostgreSQL servers, conserver) that must
+ * not outlive the test process: each registry kills what it still holds, its own way
+ * (`kill`: SIGKILL, PostgreSQL's immediate-shutdown SIGQUIT, a process group), on
+ * process exit and on SIGINT/SIGTERM, after which the signal's default comes back.
+ */
+export class LiveProcesses {
+  private readonly live = new Set<ChildProcess>();
+
+  constructor(private readonly kill: (c: ChildProcess) => void) {
+    registries.push(this);
+  }
+
+  add(c: ChildProcess): void {
+    hookExit();
+    this.live.add(c);
+  }
+
+  delete(c: ChildProcess): void {
+    this.live.delete(c);
+  }
+
+  /** The children held now. */
+  [Symbol.iterator](): IterableIterator<ChildProcess> {
+    return this.live.values();
+  }
+
+  /** Kills every child still held, now. */
+  killAll(): void {
+    for (const c of this.live) {
+      try {
+        this.kill(c);
+      } catch {
+        /* gone */
+      }
+    }
+    this.live.clear();
+  }
+}
+
+function hookExit(): void {
+  if (exitHooked) return;
+  exitHooked = true;
+  const killAll = (): void => {
+    for (const r of registries) r.killAll();
+  };
+  process.on('exit', killAll);
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    const onSignal = (): void => {
+      killAll();
+      // Listening for a signal cancels Node's default of dying from it: when no one
+      // else listens, restore the default and die from the same signal.
+      if (process.listenerCount(sig) === 1) {
+        process.removeListener(sig, onSignal);
+        process.kill(process.pid, sig);
+      }
+    };
+    process.on(sig, onSignal);
+  }
+}

@@ -27,6 +27,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { randomBytes } from 'node:crypto';
+import { LiveProcesses } from './procs.js';
 
 /** Repository root (this file is compiled to dist/test/support/qemu.js). */
 const ROOT = new URL('../../../', import.meta.url).pathname;
@@ -75,37 +76,8 @@ export function guestArtifacts(variant = 'base'): GuestArtifacts {
 
 // ------------------------------------------------------------------ process registry
 
-const live = new Set<ChildProcess>();
-let handlersInstalled = false;
-
-function killAllNow(): void {
-  for (const child of live) {
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      /* already gone */
-    }
-  }
-  live.clear();
-}
-
-function installHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  process.on('exit', killAllNow);
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    const onSignal = (): void => {
-      killAllNow();
-      // Listening for a signal cancels Node's default of dying from it: when no one
-      // else listens, restore the default and die from the same signal.
-      if (process.listenerCount(sig) === 1) {
-        process.removeListener(sig, onSignal);
-        process.kill(process.pid, sig);
-      }
-    };
-    process.on(sig, onSignal);
-  }
-}
+// SIGKILL by PID on exit, SIGINT and SIGTERM (test/support/procs.ts).
+const live = new LiveProcesses((c) => c.kill('SIGKILL'));
 
 /** PIDs of the QEMU processes this process started and has not seen exit. */
 export function liveGuestPids(): number[] {
@@ -326,7 +298,6 @@ export async function startGuest(o: StartGuestOptions = {}): Promise<Guest> {
     throw new Error(`cannot listen for QEMU's QMP connection on ${qmpPath}: ${(err as Error).message}`);
   }
 
-  installHandlers();
   let output = '';
   const ptysPrinted: Record<string, string> = {};
   const onOutput = (d: Buffer): void => {
