@@ -4,6 +4,7 @@ import { formatUuid } from '../util/uuid.js';
 import { displayKey } from '../domain/identity.js';
 import type { SerialLineSettings, SerialLineState } from '../domain/serial-line.js';
 import type { EndpointStatus } from '../domain/seams.js';
+import type { TunnelLinkStatus } from '../domain/tunnel-status.js';
 
 /** What `list --state` filters on: the STATE column (a maintained source's endpoint state while it is not connected). */
 export const CONSOLE_STATES = ['connected', 'disconnected', 'migrating', 'connecting', 'listening', 'waiting', 'stopped', 'elsewhere'] as const;
@@ -304,34 +305,8 @@ export interface TunnelView {
   consolePort: number | null;
   /** Why it has no console (none matches yet, ambiguous, taken); null when attached. */
   problem: string | null;
-  link: {
-    /** handshaking (no session with an agent yet), up, down (the agent stopped answering), closed. */
-    state: string;
-    /** ms since the epoch. */
-    since: number;
-    rttMs: number | null;
-    rtoMs: number;
-    retransmits: number;
-    timeouts: number;
-    framesSent: number;
-    framesReceived: number;
-    lineBytesOut: number;
-    lineBytesIn: number;
-    discardedBytes: number;
-    badFrames: number;
-    echoes: number;
-    sessions: number;
-    peerRestarts: number;
-    linkDowns: number;
-    streams: number;
-    streamsOpened: number;
-    streamsRefused: number;
-    streamsReset: number;
-    bytesToGuest: number;
-    bytesFromGuest: number;
-    hostBootId: string;
-    agentBootId: string | null;
-  } | null;
+  /** The link to the guest agent (domain/tunnel-status.ts); null while the tunnel has no console. */
+  link: TunnelLinkStatus | null;
   forwards: Array<{ listen: string; address: string | null; to: number; error: string | null; accepted: number; connections: number }>;
   connectionsTotal: number;
 }

@@ -27,6 +27,7 @@ import { errorFields } from '../../errors.js';
 import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import { Reason, TunnelEndpoint, TunnelStreamError, type TunnelEndpointOptions, type TunnelEndpointState } from '../../protocol/tunnel/index.js';
 import { TunnelDuplex } from './duplex.js';
+import type { TunnelLinkState, TunnelLinkStatus } from '../../domain/tunnel-status.js';
 
 export interface TunnelLinkOptions {
   /** The tunnel's name (logs, the client's peer text, the refusal reason). */
@@ -53,46 +54,8 @@ export interface TunnelLinkOptions {
  */
 const DEFAULT_RESTART_LOG_INTERVAL_MS = 10_000;
 
-
-
-/** Where a link stands: no session yet, up, or down (keepalive: the agent stopped answering). */
-export type TunnelLinkState = 'handshaking' | 'up' | 'down' | 'closed';
-
-/** Counters and state of one link (admin API `tunnels`, metrics). */
-export interface TunnelLinkStatus {
-  state: TunnelLinkState;
-  /** ms since the epoch: when `state` was entered. */
-  since: number;
-  /** Smoothed round-trip time, ms; null before the first sample. */
-  rttMs: number | null;
-  rtoMs: number;
-  /** Frames sent again (timeouts, fast retransmits). */
-  retransmits: number;
-  timeouts: number;
-  framesSent: number;
-  framesReceived: number;
-  /** Bytes written to and read from the line, framing included. */
-  lineBytesOut: number;
-  lineBytesIn: number;
-  /** Bytes thrown away by the frame decoder (garbage, damaged frames) and frames with a bad CRC. */
-  discardedBytes: number;
-  badFrames: number;
-  /** Our own frames come back (an echoing line). */
-  echoes: number;
-  sessions: number;
-  peerRestarts: number;
-  linkDowns: number;
-  /** Streams open now; opened, refused by the guest, reset, in total. */
-  streams: number;
-  streamsOpened: number;
-  streamsRefused: number;
-  streamsReset: number;
-  /** Stream payload bytes to and from the guest. */
-  bytesToGuest: number;
-  bytesFromGuest: number;
-  hostBootId: string;
-  agentBootId: string | null;
-}
+/** The link's state and counters: one shape in the domain, shared with the admin API's view. */
+export type { TunnelLinkState, TunnelLinkStatus } from '../../domain/tunnel-status.js';
 
 const DEFAULT_OPEN_TIMEOUT_MS = 30_000;
 const DEFAULT_GIVE_UP_MS = 60_000;

@@ -1,0 +1,44 @@
+/**
+ * What a serial tunnel's link reports (src/access/tunnel/link.ts fills it): the one
+ * shape for the admin API's `tunnels` view and for metrics, so that admin/ can name
+ * it without importing an access method.
+ */
+
+/** handshaking (no session with an agent yet), up, down (the agent stopped answering), closed. */
+export type TunnelLinkState = 'handshaking' | 'up' | 'down' | 'closed';
+
+/** Counters and state of one link (admin API `tunnels`, metrics). */
+export interface TunnelLinkStatus {
+  state: TunnelLinkState;
+  /** ms since the epoch: when `state` was entered. */
+  since: number;
+  /** Smoothed round-trip time, ms; null before the first sample. */
+  rttMs: number | null;
+  rtoMs: number;
+  /** Frames sent again (timeouts, fast retransmits). */
+  retransmits: number;
+  timeouts: number;
+  framesSent: number;
+  framesReceived: number;
+  /** Bytes written to and read from the line, framing included. */
+  lineBytesOut: number;
+  lineBytesIn: number;
+  /** Bytes thrown away by the frame decoder (garbage, damaged frames) and frames with a bad CRC. */
+  discardedBytes: number;
+  badFrames: number;
+  /** Our own frames come back (an echoing line). */
+  echoes: number;
+  sessions: number;
+  peerRestarts: number;
+  linkDowns: number;
+  /** Streams open now; opened, refused by the guest, reset, in total. */
+  streams: number;
+  streamsOpened: number;
+  streamsRefused: number;
+  streamsReset: number;
+  /** Stream payload bytes to and from the guest. */
+  bytesToGuest: number;
+  bytesFromGuest: number;
+  hostBootId: string;
+  agentBootId: string | null;
+}
