@@ -6,6 +6,7 @@ import type { Registry } from '../../domain/registry.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { DESCRIPTORS_EXHAUSTED, type DescriptorBudget, type DescriptorLease } from '../../domain/descriptors.js';
 import { TelnetClient, type TelnetClientOptions } from './client.js';
+import { socketPeer } from '../../util/net.js';
 
 export interface TelnetListenerOptions extends TelnetClientOptions {
   host: string;
@@ -230,7 +231,7 @@ export class TelnetListeners {
     });
     if (secure) {
       server.on('tlsClientError', (err, socket) => {
-        (this.options.acceptLogger ?? this.logger).info('TLS handshake failed on client port', { port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
+        (this.options.acceptLogger ?? this.logger).info('TLS handshake failed on client port', { port, peer: socketPeer(socket), ...errorFields(err) });
         this.options.onProtocolError?.('TLS_HANDSHAKE_FAILED');
       });
     }
