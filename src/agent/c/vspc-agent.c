@@ -42,8 +42,13 @@
 
 /* Our receive window and largest send window, frames (a power of two, <= 128). */
 #define WIN 32
-#define OUTBUF_SIZE 8192
-#define LINE_READ 4096
+/* Line output buffer and read size: large enough for a fast line (virtio-serial) to
+   move many frames per system call; the byte cap, not this buffer, bounds the queue
+   in front of a keystroke. */
+#define OUTBUF_SIZE 32768
+#define LINE_READ 65536
+/* Bytes read from a service socket at once, then cut into frames. */
+#define TX_STAGE 16384
 #define DEFAULT_STREAM_WINDOW 65536u
 #define DEFAULT_MAX_STREAMS 64u
 #define MAX_ALLOW 64
@@ -228,6 +233,11 @@ struct stream {
   int fin_sent, fin_recv, shut_wr, readable, hup;
   uint8_t *rx;
   size_t rx_cap, rx_head, rx_len;
+  /* Host data in rx not yet offered to the service (written once per batch of frames). */
+  int rx_dirty;
+  /* Bytes read from the service, not yet framed: tx[tx_off .. tx_off + tx_len). */
+  uint8_t *tx;
+  size_t tx_off, tx_len;
 };
 
 struct ctl {
@@ -872,6 +882,7 @@ static void stream_free(struct stream *s, int abortive) {
     else close(s->fd);
   }
   free(s->rx);
+  free(s->tx);
   unsigned gen = s->gen + 1;
   memset(s, 0, sizeof *s);
   s->gen = gen;
@@ -920,7 +931,7 @@ static void maybe_closed(struct stream *s) {
 }
 
 static void after_drain(struct stream *s) {
-  if (s->rx_len == 0 && s->rx_cap > 16384) {
+  if (s->rx_len == 0 && s->rx_cap > 65536) {
     free(s->rx);
     s->rx = NULL;
     s->rx_cap = 0;
@@ -963,13 +974,21 @@ static int rx_append(struct stream *s, const uint8_t *p, size_t n) {
     if (cap < s->rx_len + n) return -1; /* cannot happen: credit bounds the buffer */
     uint8_t *b = malloc(cap);
     if (!b) return -1;
-    for (size_t i = 0; i < s->rx_len; i++) b[i] = s->rx[(s->rx_head + i) % s->rx_cap];
+    size_t first = s->rx_cap - s->rx_head < s->rx_len ? s->rx_cap - s->rx_head : s->rx_len;
+    if (s->rx_len) {
+      memcpy(b, s->rx + s->rx_head, first);
+      memcpy(b + first, s->rx, s->rx_len - first);
+    }
     free(s->rx);
     s->rx = b;
     s->rx_cap = cap;
     s->rx_head = 0;
   }
-  for (size_t i = 0; i < n; i++) s->rx[(s->rx_head + s->rx_len + i) % s->rx_cap] = p[i];
+  /* Two copies at most: up to the end of the ring, then from its start. */
+  size_t tail = (s->rx_head + s->rx_len) % s->rx_cap;
+  size_t k = s->rx_cap - tail < n ? s->rx_cap - tail : n;
+  memcpy(s->rx + tail, p, k);
+  memcpy(s->rx, p + k, n - k);
   s->rx_len += n;
   return 0;
 }
@@ -984,22 +1003,22 @@ static void on_data(struct stream *s, const uint8_t *p, uint16_t len) {
   }
   s->received += len;
   MS.bytes_from_host += len;
-  size_t off = 0;
-  if (s->rx_len == 0) {
-    ssize_t w = send(s->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        stream_fail(s, VT_R_ABORTED, strerror(errno));
-        return;
-      }
-    } else {
-      off = (size_t)w;
-      s->consumed += (uint64_t)w;
-    }
-  }
-  if (off < len && rx_append(s, p + off, len - off) != 0) {
+  /* Buffered, and written to the service once the frames of this read are all in
+     (flush_dirty): one send() per batch instead of one per frame. */
+  if (rx_append(s, p, len) != 0) {
     stream_fail(s, VT_R_NO_RESOURCES, "out of memory");
     return;
+  }
+  s->rx_dirty = 1;
+}
+
+/* Writes what the frames just received brought to each service. */
+static void flush_dirty(void) {
+  for (unsigned i = 0; i < opt.max_streams; i++) {
+    struct stream *s = &S[i];
+    if (s->state == SS_FREE || !s->rx_dirty) continue;
+    s->rx_dirty = 0;
+    if (s->rx_len > 0) flush_rx(s);
   }
 }
 
@@ -1173,21 +1192,48 @@ static int mux_pull(struct outf *o, unsigned max, int urgent_only, int64_t now) 
   for (unsigned k = 0; k < opt.max_streams; k++) {
     unsigned i = (rr_cursor + k) % opt.max_streams;
     struct stream *s = &S[i];
-    if (s->state != SS_OPEN || s->fin_sent || !s->readable || s->send_credit == 0) continue;
-    if (pass == 0 && (urgent_only || open_streams > 1) && sock_pending(s) > SMALL_PAYLOAD) continue;
-    size_t want = s->send_credit < max ? (size_t)s->send_credit : max;
-    ssize_t n = recv(s->fd, o->payload, want, MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-      s->readable = 0;
-      continue;
+    if (s->state != SS_OPEN || s->fin_sent || s->send_credit == 0 || (!s->readable && s->tx_len == 0)) continue;
+    if (pass == 0 && (urgent_only || open_streams > 1) && s->tx_len + (s->readable ? sock_pending(s) : 0) > SMALL_PAYLOAD) continue;
+    ssize_t n = 0;
+    if (s->tx_len == 0) {
+      /* Read up to TX_STAGE bytes (within the credit) at once and frame them over the
+         next turns: one recv() for many frames. Without the staging buffer (out of
+         memory), one frame's worth straight into the frame. */
+      if (!s->tx) s->tx = malloc(TX_STAGE);
+      uint8_t *dst = s->tx ? s->tx : o->payload;
+      size_t room = s->tx ? TX_STAGE : max;
+      size_t want = s->send_credit < room ? (size_t)s->send_credit : room;
+      n = recv(s->fd, dst, want, MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        s->readable = 0;
+        continue;
+      }
+      if (n > 0 && !s->tx) {
+        rr_cursor = (i + 1) % opt.max_streams;
+        o->stream = s->id;
+        s->send_credit -= (uint64_t)n;
+        MS.bytes_to_host += (uint64_t)n;
+        o->type = VT_DATA;
+        o->len = (uint16_t)n;
+        return 1;
+      }
+      if (n > 0) {
+        s->tx_off = 0;
+        s->tx_len = (size_t)n;
+      }
     }
     rr_cursor = (i + 1) % opt.max_streams;
     o->stream = s->id;
-    if (n > 0) {
-      s->send_credit -= (uint64_t)n;
-      MS.bytes_to_host += (uint64_t)n;
+    if (s->tx_len > 0) {
+      size_t k = s->tx_len < max ? s->tx_len : max;
+      if (k > s->send_credit) k = (size_t)s->send_credit;
+      memcpy(o->payload, s->tx + s->tx_off, k);
+      s->tx_off += k;
+      s->tx_len -= k;
+      s->send_credit -= (uint64_t)k;
+      MS.bytes_to_host += (uint64_t)k;
       o->type = VT_DATA;
-      o->len = (uint16_t)n;
+      o->len = (uint16_t)k;
       return 1;
     }
     if (n == 0) {
@@ -1328,17 +1374,19 @@ static void pump(int64_t now) {
 }
 
 static void line_read(int64_t now) {
-  uint8_t buf[LINE_READ];
+  static uint8_t buf[LINE_READ];
   for (int i = 0; i < 16 && line_fd >= 0; i++) {
     ssize_t n = read(line_fd, buf, sizeof buf);
     if (n > 0) {
       vt_decoder_feed(&dec, buf, (size_t)n, on_frame, &now);
+      if ((size_t)n < sizeof buf) break;
       continue;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) break;
     line_lost(now, n == 0 ? "end of file / hangup" : strerror(errno));
-    return;
+    break;
   }
+  flush_dirty();
 }
 
 /* ------------------------------------------------------------------ main loop */
