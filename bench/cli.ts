@@ -77,6 +77,7 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--tunnel-virtio-size <size>', 'tunnel phase: bytes per transfer over virtio-serial', (v) => parseSize('--tunnel-virtio-size', v), d.tunnel.virtioBytes)
     .option('--tunnel-rtt-samples <n>', 'tunnel phase: keystroke round trips idle (and at most this many during each bulk transfer)', int('--tunnel-rtt-samples', 1), d.tunnel.rttSamples)
     .option('--tunnel-streams <n>', 'tunnel phase: idle streams opened for the memory figure', int('--tunnel-streams', 1), d.tunnel.idleStreams)
+    .option('--tunnel-repeats <n>', 'tunnel phase: raw/goodput rounds per line (alternating; medians reported), and bulk transfers under keystrokes each way', int('--tunnel-repeats', 1), d.tunnel.repeats)
     .option('--quick', 'small and short: 200 VMs, 100 latency streamers, 1-2 s runs (a smoke run, not a measurement)')
     .option('--json <file>', 'write the full report here', 'bench-results.json')
     .option('--markdown <file>', 'also write the results table as Markdown (for docs/performance.md)')
@@ -180,6 +181,7 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
       virtioBytes: quick && o.tunnelVirtioSize === d.tunnel.virtioBytes ? 1024 * 1024 : (o.tunnelVirtioSize as number),
       rttSamples: quick && o.tunnelRttSamples === d.tunnel.rttSamples ? 10 : (o.tunnelRttSamples as number),
       idleStreams: quick && o.tunnelStreams === d.tunnel.idleStreams ? 8 : (o.tunnelStreams as number),
+      repeats: quick && o.tunnelRepeats === d.tunnel.repeats ? 1 : (o.tunnelRepeats as number),
     },
     serverNodeArgs: nodeArgs,
     serverArgs: o.serverArg as string[],

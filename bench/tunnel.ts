@@ -3,8 +3,8 @@
  * guest, every tunnel figure beside the raw line measured in the same run.
  *
  * The guest is the `tunnel-ssh` test variant (test/support/tunnel-guest.ts: the static
- * C agent, busybox test services on 127.0.0.1 — 7 echo, 9 sha256 sink — and a source
- * of N bytes the phase starts on 5019). Two tunnels in a vspc of the phase's own
+ * C agent, busybox test services on 127.0.0.1 — 7 echo, 9 sha256 sink — and two the
+ * phase starts: a source of N bytes on 5019 and a counting sink (`wc -c`) on 5020). Two tunnels in a vspc of the phase's own
  * (a child process, so that its RSS is the tunnel's alone): `uart` over the emulated
  * 16550 (ttyS1 on a unix socket, through test/support/tunnel.ts's relay, clean, which
  * lets the raw measurement take the very same port), `virtio` over a virtio-serial
@@ -13,12 +13,24 @@
  *   raw        `size` bytes each way over the line without the tunnel (for the UART
  *              the tunnel's own ttyS1, its agent stopped; for virtio-serial a spare
  *              port of the same kind), driven by head/cat in the guest, timed on the host
- *   goodput    the same size through the tunnel: into the sha256 sink (the digest
- *              checked) and out of the source (checked against the guest's digest)
+ *   goodput    the same size through the tunnel: into the counting sink (the count
+ *              checked) and out of the source (checked against the guest's digest).
+ *              The raw reader discards what it reads (head >/dev/null), so the
+ *              tunnel's must too: a sink hashing under TCG emulation costs the guest
+ *              CPU the emulated UART's receive path needs (seen: 55–70 % of the raw
+ *              line into sha256sum, 71–94 % into wc -c, same runs' raw line). The
+ *              uploads under keystrokes go to the sha256 sink: every run still checks
+ *              the digests of `repeats` uploads.
  *   keystroke  1 byte to the echo service and back, one at a time: idle, during an
  *              upload of `size` bytes and during a download of `size` bytes
  *
- * and memory per stream: vspc's RSS (after a GC) with N idle echo streams open minus
+ * Raw and goodput are measured `repeats` times, alternately (raw then tunnel, then
+ * tunnel then raw, ...), since a TCG guest on a shared machine moves the line's speed
+ * by 2× between minutes: the figures are medians with their range, and the ratio is
+ * also given per round (a raw run and the tunnel run next to it). The keystroke
+ * samples under bulk transfers are pooled over `repeats` uploads and downloads.
+ *
+ * And memory per stream: vspc's RSS (after a GC) with N idle echo streams open minus
  * before, over N. Needs the test guest (`npm run pretest` builds it); without it the
  * phase is reported as not run, with the command that builds it.
  */
@@ -44,19 +56,43 @@ export interface TunnelOptions {
   rttSamples: number;
   /** Idle streams opened for the memory figure. */
   idleStreams: number;
+  /** Raw/goodput rounds per line (alternating), and bulk transfers under keystrokes each way. */
+  repeats: number;
 }
 
-export const DEFAULT_TUNNEL_OPTIONS: TunnelOptions = { uartBytes: 256 * 1024, virtioBytes: 4 << 20, rttSamples: 30, idleStreams: 32 };
+export const DEFAULT_TUNNEL_OPTIONS: TunnelOptions = { uartBytes: 256 * 1024, virtioBytes: 4 << 20, rttSamples: 30, idleStreams: 64, repeats: 3 };
+
+/** Repeated measurements: the median, the range and every sample (in order). */
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
+  samples: number[];
+}
+
+function spread(values: number[], digits = 1): Spread {
+  const v = [...values].sort((a, b) => a - b);
+  const mid = v.length === 0 ? 0 : v.length % 2 === 1 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+  return { median: round(mid, digits), min: round(v[0] ?? 0, digits), max: round(v[v.length - 1] ?? 0, digits), samples: values.map((x) => round(x, digits)) };
+}
 
 export interface TunnelLineFigures {
   line: 'uart' | 'virtio';
   bytes: number;
-  /** KiB/s over the line without the tunnel. */
+  /** Rounds of raw and tunnel measurements. */
+  repeats: number;
+  /** KiB/s over the line without the tunnel: medians of the rounds. */
   raw: { toGuestKiBps: number; fromGuestKiBps: number };
-  /** KiB/s of stream data through the tunnel (the digest of every transfer checked). */
+  /** KiB/s of stream data through the tunnel (the digest of every transfer checked): medians. */
   tunnel: { toGuestKiBps: number; fromGuestKiBps: number };
-  /** Tunnel goodput / raw line, percent, in the same run. */
+  /** Median tunnel goodput / median raw line, percent, in the same run. */
   goodputPct: { toGuest: number; fromGuest: number };
+  /** Every round: raw and tunnel KiB/s, and tunnel / raw of the same round, percent. */
+  rounds: {
+    raw: { toGuest: Spread; fromGuest: Spread };
+    tunnel: { toGuest: Spread; fromGuest: Spread };
+    pct: { toGuest: Spread; fromGuest: Spread };
+  };
   /** Keystroke round trips through the tunnel, ms. */
   rtt: { idle: Distribution; duringUpload: Distribution; duringDownload: Distribution };
   /** The bulk transfers under the keystrokes, KiB/s. */
@@ -119,8 +155,11 @@ function connect(port: number, timeoutMs = 30_000): Promise<net.Socket> {
   });
 }
 
-/** host → guest: `data` into the sha256 sink, half-close, the digest back. Resolves with ms (first write → digest). */
-async function upload(port: number, data: Buffer, timeoutMs: number): Promise<number> {
+/**
+ * host → guest: `data` into a sink, half-close, its answer back: the sha256 sink's digest
+ * or the counting sink's byte count (`check`). Resolves with ms (first write → answer).
+ */
+async function upload(port: number, data: Buffer, timeoutMs: number, check: 'sha256' | 'count' = 'sha256'): Promise<number> {
   const s = await connect(port);
   let out = '';
   const t0 = performance.now();
@@ -143,6 +182,10 @@ async function upload(port: number, data: Buffer, timeoutMs: number): Promise<nu
     s.destroy();
   }
   const ms = performance.now() - t0;
+  if (check === 'count') {
+    if (out.trim() !== String(data.length)) throw new Error(`upload: the guest counted ${JSON.stringify(out.slice(0, 64))} bytes, sent ${data.length}`);
+    return ms;
+  }
   if (!out.startsWith(sha(data))) throw new Error(`upload: the guest's digest ${JSON.stringify(out.slice(0, 64))} is not the data's ${sha(data)}`);
   return ms;
 }
@@ -247,7 +290,7 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         '-chardev', 'socket,id=vr,path={dir}/vraw.sock,server=on,wait=off',
         '-device', 'virtserialport,chardev=vr,name=vspc.raw',
       ],
-      append: 'vspc.agent=/dev/ttyS1 vspc.allow=7,9,5019 vspc.services=1',
+      append: 'vspc.agent=/dev/ttyS1 vspc.allow=7,9,5019,5020 vspc.services=1',
     });
     con = await SerialConsole.connectUnix(guest.path('ttyS0.sock'));
     await con.waitForShell(120_000, guest.spawnedAt);
@@ -257,7 +300,9 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
     const vdev = await portOf('vspc.tunnel');
     const vraw = await portOf('vspc.raw');
     if (!/^\/dev\/vport\d+p\d+$/.test(vdev) || !/^\/dev\/vport\d+p\d+$/.test(vraw)) throw new Error(`virtio ports not found in the guest: ${vdev} / ${vraw}`);
-    await con.run(`(/usr/local/sbin/vspc-agent --device ${vdev} --allow 7,9,5019 </dev/null >/var/log/agent-virtio.log 2>&1 &)`);
+    // --max-streams: the memory figure opens `idleStreams` at once (the agent's default is 64).
+    await con.run(`(/usr/local/sbin/vspc-agent --device ${vdev} --allow 7,9,5019,5020 --max-streams ${Math.max(64, o.idleStreams + 8)} </dev/null >/var/log/agent-virtio.log 2>&1 &)`);
+    await con.run('(nc -ll -p 5020 -e wc -c </dev/null >/dev/null 2>&1 &)');
     relay = await FaultRelay.start(join(dir, 'uart-relay.sock'), guest.path('ttyS1.sock'));
 
     // vspc with the two tunnels, on ports of its own.
@@ -265,7 +310,7 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
     const block = await reservePortRange(16, { from: 20000, to: 32767 });
     const range = { start: block.start, end: block.start + 13 };
     const cfg = join(dir, 'vspc.json');
-    const forwards = [7, 9, 5019];
+    const forwards = [7, 9, 5019, 5020];
     writeFileSync(
       cfg,
       JSON.stringify({
@@ -301,92 +346,126 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
       const bound = Math.max(60_000, timeoutMs / 4);
       let ports = await waitUp(line);
 
-      // The raw line first.
-      let raw: { toGuestMs: number; fromGuestMs: number };
-      if (line === 'uart') {
+      /** `size` bytes each way over the line without the tunnel. */
+      const measureRaw = async (): Promise<{ toGuestMs: number; fromGuestMs: number }> => {
+        if (line === 'virtio') return rawLine(con!, await socketPort(guest!.path('vraw.sock')), vraw, size, bound);
         const agent = (await view(line)).link!.agentBootId;
-        const stopped = await con.run('/etc/init.d/vspc-agent stop');
+        const stopped = await con!.run('/etc/init.d/vspc-agent stop');
         if (stopped.status !== 0) throw new Error(`stopping the UART agent: ${stopped.output}`);
         const taps: Array<(b: Buffer) => void> = [];
-        const r = relay;
+        const r = relay!;
         r.divert((b) => taps.forEach((f) => f(b)));
         try {
-          raw = await rawLine(con, { write: (b) => void r.write(b), onData: (f) => void taps.push(f), close: () => undefined }, '/dev/ttyS1', size, bound);
+          return await rawLine(con!, { write: (b) => void r.write(b), onData: (f) => void taps.push(f), close: () => undefined }, '/dev/ttyS1', size, bound);
         } finally {
           r.divert(null);
-          await con.run('VSPC_AGENT_DEVICE=/dev/ttyS1 VSPC_AGENT_ALLOW=7,9,5019 /etc/init.d/vspc-agent start');
+          await con!.run('VSPC_AGENT_DEVICE=/dev/ttyS1 VSPC_AGENT_ALLOW=7,9,5019,5020 /etc/init.d/vspc-agent start');
+          ports = await waitUp(line, agent);
         }
-        ports = await waitUp(line, agent);
-      } else {
-        raw = await rawLine(con, await socketPort(guest.path('vraw.sock')), vraw, size, bound);
-      }
-      log(`tunnel ${line}: raw line ${kibps(size, raw.toGuestMs)} KiB/s to the guest, ${kibps(size, raw.fromGuestMs)} KiB/s from it`);
+      };
 
-      // Goodput through the tunnel, each way, digests checked.
-      const data = randomBytes(size);
-      const upMs = await upload(ports[9], data, bound).catch((err: Error) => {
-        throw new Error(`${line}: upload through the tunnel: ${err.message}`);
-      });
+      // The source of downloads: one file, served to every connection on 5019.
       const made = await con.run(`head -c ${size} /dev/urandom >/tmp/bulk.bin && sha256sum /tmp/bulk.bin`, bound);
       const guestDigest = made.output.trim().split(/\s+/)[0];
       await con.run('(nc -ll -p 5019 -e cat /tmp/bulk.bin </dev/null >/dev/null 2>&1 & echo $! >/tmp/source.pid)');
       await until(async () => (await con!.run('netstat -ltn | grep -c ":5019 "')).output.trim() !== '0', 10_000, 'the source listens', 100);
-      const down = await download(ports[5019], () => undefined, bound).catch((err: Error) => {
-        throw new Error(`${line}: download through the tunnel: ${err.message}`);
-      });
-      if (down.bytes !== size || down.digest !== guestDigest) throw new Error(`download: ${down.bytes} bytes, digest ${down.digest}, the guest has ${size} with ${guestDigest}`);
-      const tunnel = { toGuestKiBps: kibps(size, upMs), fromGuestKiBps: kibps(size, down.ms) };
-      log(`tunnel ${line}: goodput ${tunnel.toGuestKiBps} KiB/s to the guest, ${tunnel.fromGuestKiBps} KiB/s from it`);
 
-      // Keystrokes: idle, then during an upload, then during a download.
+      /** The same bytes through the tunnel, each way: into the counting sink (count checked), from the source (digest checked). */
+      const measureTunnel = async (): Promise<{ toGuestMs: number; fromGuestMs: number }> => {
+        const data = randomBytes(size);
+        const toGuestMs = await upload(ports[5020], data, bound, 'count').catch((err: Error) => {
+          throw new Error(`${line}: upload through the tunnel: ${err.message}`);
+        });
+        const down = await download(ports[5019], () => undefined, bound).catch((err: Error) => {
+          throw new Error(`${line}: download through the tunnel: ${err.message}`);
+        });
+        if (down.bytes !== size || down.digest !== guestDigest) throw new Error(`download: ${down.bytes} bytes, digest ${down.digest}, the guest has ${size} with ${guestDigest}`);
+        return { toGuestMs, fromGuestMs: down.ms };
+      };
+
+      // Raw and tunnel alternately, the order swapped every round.
+      const raws: Array<{ toGuestMs: number; fromGuestMs: number }> = [];
+      const tuns: Array<{ toGuestMs: number; fromGuestMs: number }> = [];
+      for (let i = 0; i < o.repeats; i++) {
+        if (i % 2 === 0) {
+          raws.push(await measureRaw());
+          tuns.push(await measureTunnel());
+        } else {
+          tuns.push(await measureTunnel());
+          raws.push(await measureRaw());
+        }
+        log(
+          `tunnel ${line} round ${i + 1}/${o.repeats}: raw line ${kibps(size, raws[i].toGuestMs)} / ${kibps(size, raws[i].fromGuestMs)} KiB/s, ` +
+            `tunnel ${kibps(size, tuns[i].toGuestMs)} / ${kibps(size, tuns[i].fromGuestMs)} KiB/s (to / from the guest)`,
+        );
+      }
+      const rounds = {
+        raw: { toGuest: spread(raws.map((r) => kibps(size, r.toGuestMs))), fromGuest: spread(raws.map((r) => kibps(size, r.fromGuestMs))) },
+        tunnel: { toGuest: spread(tuns.map((r) => kibps(size, r.toGuestMs))), fromGuest: spread(tuns.map((r) => kibps(size, r.fromGuestMs))) },
+        pct: {
+          toGuest: spread(raws.map((r, i) => (100 * r.toGuestMs) / tuns[i].toGuestMs)),
+          fromGuest: spread(raws.map((r, i) => (100 * r.fromGuestMs) / tuns[i].fromGuestMs)),
+        },
+      };
+      const raw = { toGuestKiBps: rounds.raw.toGuest.median, fromGuestKiBps: rounds.raw.fromGuest.median };
+      const tunnel = { toGuestKiBps: rounds.tunnel.toGuest.median, fromGuestKiBps: rounds.tunnel.fromGuest.median };
+      log(`tunnel ${line}: medians of ${o.repeats}: raw line ${raw.toGuestKiBps} / ${raw.fromGuestKiBps} KiB/s, goodput ${tunnel.toGuestKiBps} / ${tunnel.fromGuestKiBps} KiB/s (to / from the guest)`);
+
+      // Keystrokes: idle, then during `repeats` uploads, then during `repeats` downloads.
       const echo = await Echo.open(ports[7]);
       let idle: number[];
-      let duringUp: number[] = [];
-      let duringDown: number[] = [];
-      let bulkUp = 0;
-      let bulkDown = 0;
+      const duringUp: number[] = [];
+      const duringDown: number[] = [];
+      const bulkUp: number[] = [];
+      const bulkDown: number[] = [];
       try {
         await echo.rtt('x'); // the stream is open
         idle = await keystrokes(echo, o.rttSamples);
-        const v0 = (await view(line)).link!.bytesToGuest;
-        let done = false;
-        const t1 = performance.now();
-        const up = upload(ports[9], randomBytes(size), bound).finally(() => (done = true));
-        up.catch(() => undefined);
-        await until(async () => done || (await view(line)).link!.bytesToGuest - v0 > size / 8, bound, 'the upload under way', 50);
-        duringUp = await keystrokes(echo, o.rttSamples, () => done);
-        await up;
-        bulkUp = kibps(size, performance.now() - t1);
-        let got = 0;
-        done = false;
-        const t2 = performance.now();
-        const dn = download(ports[5019], (n) => (got = n), bound).finally(() => (done = true));
-        dn.catch(() => undefined);
-        await until(() => done || got > size / 8, bound, 'the download under way');
-        duringDown = await keystrokes(echo, o.rttSamples, () => done);
-        const d2 = await dn;
-        if (d2.digest !== guestDigest) throw new Error('download under keystrokes: digest mismatch');
-        bulkDown = kibps(size, performance.now() - t2);
+        for (let i = 0; i < o.repeats; i++) {
+          const v0 = (await view(line)).link!.bytesToGuest;
+          let done = false;
+          const t1 = performance.now();
+          const up = upload(ports[9], randomBytes(size), bound).finally(() => (done = true));
+          up.catch(() => undefined);
+          await until(async () => done || (await view(line)).link!.bytesToGuest - v0 > size / 8, bound, 'the upload under way', 50);
+          duringUp.push(...(await keystrokes(echo, o.rttSamples, () => done)));
+          await up;
+          bulkUp.push(kibps(size, performance.now() - t1));
+        }
+        for (let i = 0; i < o.repeats; i++) {
+          let got = 0;
+          let done = false;
+          const t2 = performance.now();
+          const dn = download(ports[5019], (n) => (got = n), bound).finally(() => (done = true));
+          dn.catch(() => undefined);
+          await until(() => done || got > size / 8, bound, 'the download under way');
+          duringDown.push(...(await keystrokes(echo, o.rttSamples, () => done)));
+          const d2 = await dn;
+          if (d2.digest !== guestDigest) throw new Error('download under keystrokes: digest mismatch');
+          bulkDown.push(kibps(size, performance.now() - t2));
+        }
       } finally {
         echo.close();
       }
       await con.run('kill $(cat /tmp/source.pid); rm -f /tmp/bulk.bin /tmp/source.pid');
-      if (duringUp.length < 3) errors.push(`${line}: only ${duringUp.length} keystrokes during the upload (make --tunnel-${line}-size larger)`);
-      if (duringDown.length < 3) errors.push(`${line}: only ${duringDown.length} keystrokes during the download (make --tunnel-${line}-size larger)`);
+      if (duringUp.length < 3) errors.push(`${line}: only ${duringUp.length} keystrokes during the uploads (make --tunnel-${line}-size larger)`);
+      if (duringDown.length < 3) errors.push(`${line}: only ${duringDown.length} keystrokes during the downloads (make --tunnel-${line}-size larger)`);
       const lv = (await view(line)).link!;
       const fig: TunnelLineFigures = {
         line,
         bytes: size,
-        raw: { toGuestKiBps: kibps(size, raw.toGuestMs), fromGuestKiBps: kibps(size, raw.fromGuestMs) },
+        repeats: o.repeats,
+        raw,
         tunnel,
-        goodputPct: { toGuest: round((100 * tunnel.toGuestKiBps) / kibps(size, raw.toGuestMs), 1), fromGuest: round((100 * tunnel.fromGuestKiBps) / kibps(size, raw.fromGuestMs), 1) },
+        goodputPct: { toGuest: round((100 * tunnel.toGuestKiBps) / raw.toGuestKiBps, 1), fromGuest: round((100 * tunnel.fromGuestKiBps) / raw.fromGuestKiBps, 1) },
+        rounds,
         rtt: { idle: roundDistribution(distribution(idle), 1), duringUpload: roundDistribution(distribution(duringUp), 1), duringDownload: roundDistribution(distribution(duringDown), 1) },
-        bulkUnderKeystrokesKiBps: { upload: bulkUp, download: bulkDown },
+        bulkUnderKeystrokesKiBps: { upload: spread(bulkUp).median, download: spread(bulkDown).median },
         link: { rttMs: lv.rttMs, retransmits: lv.retransmits, badFrames: lv.badFrames },
       };
       log(
-        `tunnel ${line}: keystroke round trip p50 idle ${fig.rtt.idle.p50} ms, during an upload ${fig.rtt.duringUpload.p50} ms (p99 ${fig.rtt.duringUpload.p99}, ${fig.rtt.duringUpload.n} samples, bulk ${bulkUp} KiB/s), ` +
-          `during a download ${fig.rtt.duringDownload.p50} ms (p99 ${fig.rtt.duringDownload.p99}, ${fig.rtt.duringDownload.n} samples, bulk ${bulkDown} KiB/s)`,
+        `tunnel ${line}: keystroke round trip p50 idle ${fig.rtt.idle.p50} ms, during uploads ${fig.rtt.duringUpload.p50} ms (p99 ${fig.rtt.duringUpload.p99}, ${fig.rtt.duringUpload.n} samples, bulk ${bulkUp.join(', ')} KiB/s), ` +
+          `during downloads ${fig.rtt.duringDownload.p50} ms (p99 ${fig.rtt.duringDownload.p99}, ${fig.rtt.duringDownload.n} samples, bulk ${bulkDown.join(', ')} KiB/s)`,
       );
       lines.push(fig);
     }
@@ -424,8 +503,9 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
           `QEMU guest (TCG, ${TUNNEL_VARIANT} test variant, kernel ${artifacts.kernelRelease}) with the static C agent; vspc (a child process of its own) with two tunnels: ` +
           `uart = emulated 16550 (ttyS1 on a unix socket via a clean relay), virtio = a virtio-serial port. Per line, ${o.uartBytes / KiB} KiB (UART) / ${o.virtioBytes / KiB} KiB (virtio) each way: ` +
           `raw = the same kind of port without the tunnel (UART: ttyS1 itself, its agent stopped; virtio: a spare port), head/cat in the guest, timed on the host — a floor of the line's capacity under emulation; ` +
-          `goodput = the same bytes through the tunnel to a sha256 sink and from a file in the guest (busybox nc), digests checked, in the same run; ` +
-          `keystroke = 1 byte to an echo service (nc -e cat) and back through the tunnel, one at a time: ${o.rttSamples} idle, up to ${o.rttSamples} during an upload and during a download of the same size; ` +
+          `goodput = the same bytes through the tunnel into a counting sink (wc -c: it discards, as the raw reader does; count checked) and from a file in the guest (busybox nc; digest checked), in the same run; ` +
+          `raw and goodput ${o.repeats} times each, alternately (the order swapped every round): medians, ranges, and tunnel / raw per round; ` +
+          `keystroke = 1 byte to an echo service (nc -e cat) and back through the tunnel, one at a time: ${o.rttSamples} idle, up to ${o.rttSamples} during each of ${o.repeats} uploads (into the sha256 sink, digests checked) and ${o.repeats} downloads of the same size (pooled); ` +
           `memory = vspc RSS after a GC with ${o.idleStreams} idle echo streams open, minus before, per stream`,
         guest: { variant: TUNNEL_VARIANT, kernelRelease: artifacts.kernelRelease },
         lines,

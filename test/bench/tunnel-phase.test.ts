@@ -21,7 +21,7 @@ const tiny = {
   phases: ['tunnel' as const],
   vms: 1,
   bulkWorkers: 1,
-  tunnel: { uartBytes: 24 * 1024, virtioBytes: 256 * 1024, rttSamples: 5, idleStreams: 4 },
+  tunnel: { uartBytes: 24 * 1024, virtioBytes: 256 * 1024, rttSamples: 5, idleStreams: 4, repeats: 2 },
   command: 'tunnel phase test',
   phaseTimeoutMs: 60_000,
 };
@@ -40,6 +40,12 @@ describe('benchmark tunnel phase (tiny size, real QEMU guest)', () => {
       for (const v of [l.raw.toGuestKiBps, l.raw.fromGuestKiBps, l.tunnel.toGuestKiBps, l.tunnel.fromGuestKiBps, l.goodputPct.toGuest, l.goodputPct.fromGuest]) {
         assert.ok(Number.isFinite(v) && v > 0, `${l.line}: ${v} > 0`);
       }
+      // Two alternating rounds: every sample is there, the medians lie within their ranges.
+      for (const sp of [l.rounds.raw.toGuest, l.rounds.raw.fromGuest, l.rounds.tunnel.toGuest, l.rounds.tunnel.fromGuest, l.rounds.pct.toGuest, l.rounds.pct.fromGuest]) {
+        assert.equal(sp.samples.length, 2);
+        assert.ok(sp.min > 0 && sp.min <= sp.median && sp.median <= sp.max, JSON.stringify(sp));
+      }
+      assert.equal(l.raw.toGuestKiBps, l.rounds.raw.toGuest.median);
       assert.equal(l.rtt.idle.n, 5);
       assert.ok(l.rtt.idle.p50 > 0);
     }
@@ -48,6 +54,7 @@ describe('benchmark tunnel phase (tiny size, real QEMU guest)', () => {
     const text = textTable(report);
     assert.ok(text.includes('[9]') && text.includes('tunnel UART: tunnel goodput to the guest'), text);
     assert.ok(markdownTable(report).includes('keystroke round trip during an upload'));
+    assert.match(text, /tunnel UART: tunnel goodput to the guest +median [\d.]+ KiB\/s .* per round \d+ \/ \d+ %/);
     assert.ok(rows(report).filter((r) => r.ref === 9).length >= 13);
   });
 

@@ -298,13 +298,30 @@ export class TunnelLink implements ConsoleClient {
 
   // ------------------------------------------------------------- internals
 
+  /**
+   * The endpoint writes frame by frame; the frames of one turn of the event loop go to
+   * the console in one buffer (flushed in a microtask, before any I/O): one write
+   * system call per batch instead of one per frame on a fast line. Bounded by what one
+   * pump produces (the send window).
+   */
   private toLine(bytes: Uint8Array): boolean {
-    const hub = this.hubValue;
-    if (!hub) return false;
-    // No copy: every frame is a fresh array.
-    hub.fromClient(this, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    if (!this.hubValue) return false;
+    // No copy yet: every frame is a fresh array.
+    this.outBatch.push(bytes);
+    if (this.outBatch.length === 1) queueMicrotask(this.flushBatch);
     return !this.paused;
   }
+
+  private outBatch: Uint8Array[] = [];
+
+  private readonly flushBatch = (): void => {
+    const frames = this.outBatch;
+    this.outBatch = [];
+    const hub = this.hubValue;
+    if (!hub || frames.length === 0) return;
+    const one = frames.length === 1 ? frames[0] : Buffer.concat(frames);
+    hub.fromClient(this, Buffer.from(one.buffer, one.byteOffset, one.byteLength));
+  };
 
   private setState(s: TunnelLinkState): void {
     if (this.stateValue === s) return;

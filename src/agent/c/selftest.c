@@ -86,6 +86,24 @@ static void builtin(void) {
   check(vt_crc32c(buf, 32) == 0x62A8AB43u, "CRC-32C(32 x FF) = 62A8AB43");
   for (int i = 0; i < 32; i++) buf[i] = (uint8_t)i;
   check(vt_crc32c(buf, 32) == 0x46DD794Eu, "CRC-32C(00..1F) = 46DD794E");
+  {
+    /* The slicing-by-8 loop against the bit-at-a-time definition: every length and
+       alignment around the 8-byte blocks. */
+    uint8_t r[80];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof r; i++) r[i] = (uint8_t)((x = x * 1103515245u + 12345u) >> 16);
+    int same = 1;
+    for (size_t off = 0; off < 8; off++)
+      for (size_t len = 0; off + len <= sizeof r; len++) {
+        uint32_t c = 0xFFFFFFFFu;
+        for (size_t i = 0; i < len; i++) {
+          c ^= r[off + i];
+          for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        }
+        if (vt_crc32c(r + off, len) != (c ^ 0xFFFFFFFFu)) same = 0;
+      }
+    check(same, "CRC-32C by 8-byte slices = bit by bit, every length and alignment up to 80");
+  }
 
   /* COBS */
   static const struct { const char *in, *out; } cv[] = {

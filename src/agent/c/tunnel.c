@@ -6,22 +6,33 @@
 
 #include <string.h>
 
-static uint32_t crc_table[256];
+/* Slicing-by-8 (8 tables of 256): a byte costs about one table lookup less than the
+   byte-at-a-time loop's eight shifts, which matters in a guest under TCG emulation. */
+static uint32_t crc_table[8][256];
 static int crc_ready;
 
 static void crc_init(void) {
   for (uint32_t i = 0; i < 256; i++) {
     uint32_t c = i;
     for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    crc_table[i] = c;
+    crc_table[0][i] = c;
   }
+  for (uint32_t i = 0; i < 256; i++)
+    for (int t = 1; t < 8; t++) crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
   crc_ready = 1;
 }
 
 uint32_t vt_crc32c(const uint8_t *p, size_t n) {
   if (!crc_ready) crc_init();
   uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+  while (n >= 8) {
+    uint32_t a = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+    c = crc_table[7][a & 0xFF] ^ crc_table[6][(a >> 8) & 0xFF] ^ crc_table[5][(a >> 16) & 0xFF] ^ crc_table[4][a >> 24] ^
+        crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
   return c ^ 0xFFFFFFFFu;
 }
 
@@ -32,38 +43,38 @@ uint16_t vt_session_tag(uint32_t host_boot, uint32_t agent_boot) {
   return (uint16_t)(vt_crc32c(b, 8) & 0xFFFF);
 }
 
-/* The variant of the reference C code: no empty 0x01 block after a final 0xFF block. */
+/* The variant of the reference C code: no empty 0x01 block after a final 0xFF block.
+   Runs of non-zero bytes are found with memchr and moved with memcpy (a per-byte loop
+   is slow in a guest under TCG emulation). */
 size_t vt_cobs_encode(const uint8_t *src, size_t n, uint8_t *dst) {
-  size_t code_at = 0, o = 1;
-  uint8_t code = 1;
-  for (size_t i = 0; i < n; i++) {
-    uint8_t b = src[i];
-    if (b != 0) {
-      dst[o++] = b;
-      code++;
+  size_t i = 0, o = 0;
+  for (;;) {
+    size_t room = n - i < 254 ? n - i : 254;
+    const uint8_t *z = memchr(src + i, 0, room);
+    size_t run = z ? (size_t)(z - (src + i)) : room;
+    dst[o] = (uint8_t)(run + 1);
+    memcpy(dst + o + 1, src + i, run);
+    o += run + 1;
+    i += run;
+    if (z) {
+      i++; /* the zero is implied by the block's end */
+      continue;
     }
-    if (b == 0 || code == 0xFF) {
-      dst[code_at] = code;
-      code = 1;
-      code_at = o;
-      if (b == 0 || i + 1 < n) o++;
-    }
+    if (run == 254 && i < n) continue; /* a full block: the next one starts without a zero */
+    return o;
   }
-  dst[code_at] = code;
-  return o;
 }
 
 long vt_cobs_decode(const uint8_t *src, size_t n, uint8_t *dst) {
+  if (memchr(src, 0, n)) return -1;
   size_t i = 0, o = 0;
   while (i < n) {
     uint8_t code = src[i++];
-    if (code == 0) return -1;
-    size_t end = i + code - 1;
-    if (end > n) return -1;
-    for (; i < end; i++) {
-      if (src[i] == 0) return -1;
-      dst[o++] = src[i];
-    }
+    size_t len = (size_t)code - 1;
+    if (i + len > n) return -1;
+    memcpy(dst + o, src + i, len);
+    o += len;
+    i += len;
     if (code != 0xFF && i < n) dst[o++] = 0;
   }
   return (long)o;

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <termios.h>
@@ -40,9 +41,14 @@
 #endif
 
 /* Our receive window and largest send window, frames (a power of two, <= 128). */
-#define WIN 32
-#define OUTBUF_SIZE 8192
-#define LINE_READ 4096
+#define WIN 128
+/* Line output buffer and read size: large enough for a fast line (virtio-serial) to
+   move many frames per system call; the byte cap, not this buffer, bounds the queue
+   in front of a keystroke. */
+#define OUTBUF_SIZE 32768
+#define LINE_READ 65536
+/* Bytes read from a service socket at once, then cut into frames. */
+#define TX_STAGE 16384
 #define DEFAULT_STREAM_WINDOW 65536u
 #define DEFAULT_MAX_STREAMS 64u
 #define MAX_ALLOW 64
@@ -62,6 +68,23 @@
 #define MAX_DUP_THRESHOLD 16
 #define LOSS_PRIOR_BYTES 4000.0
 #define LOSS_EWMA (1.0 / 64)
+/* The delay-based sender (as src/protocol/tunnel/arq.ts; docs/tunnel-protocol.md 7.6):
+   a Vegas congestion window, a byte cap of delivery rate x (base RTT + QUEUE_TARGET_MS)
+   + 2 frames, and short frames while several streams are open. */
+#define VEGAS_ALPHA 1.5
+#define VEGAS_BETA 3.0
+#define VEGAS_LOW_MS 25.0
+#define VEGAS_HIGH_MS 50.0
+#define MIN_CWND 4.0
+#define INITIAL_CWND 8.0
+#define QUEUE_TARGET_MS 5.0
+#define INTERACTIVE_FRAME_MS 8.0
+#define MIN_INTERACTIVE_PAYLOAD 128
+#define URGENT_ALLOWANCE 1024.0
+#define MIN_CAP_FRAMES 3.0
+#define RATE_WINDOW_MS 2000.0
+/* A stream with at most this many bytes waiting in its socket counts as interactive. */
+#define SMALL_PAYLOAD 256
 #define REOPEN_INITIAL_MS 100
 #define REOPEN_MAX_MS 2000
 #define NEVER INT64_MAX
@@ -130,11 +153,18 @@ static void on_usr1(int s) { (void)s; sig_stats = 1; }
 struct outf {
   uint8_t type;
   uint8_t sacked, lost;
+  /* The congestion window was (nearly) full when this frame went: its RTT may grow cwnd. */
+  uint8_t cwnd_limited;
   uint16_t stream;
   uint16_t len;
+  /* Bytes on the line (len + VT_FRAME_OVERHEAD). */
+  uint16_t wire;
   uint32_t tx_count;
   uint64_t tx_index;
   int64_t sent_at;
+  /* `delivered` and `delivered_at` when this frame was (last) sent: its rate sample. */
+  uint64_t dlv;
+  int64_t dlv_at;
   uint8_t payload[VT_MAX_PAYLOAD];
 };
 
@@ -166,6 +196,14 @@ static struct link {
   double min_rtt;
   double loss_w, bytes_w;
   int dup_threshold;
+  /* delay-based window: congestion window (frames, fractional), delivery rate (wire
+     bytes per ms, the largest sample of the current window) */
+  double cwnd;
+  int slow_start;
+  uint64_t delivered;
+  int64_t delivered_at;
+  double delivery_rate;
+  int64_t rate_at;
   /* receive side */
   uint16_t rcv_next;
   struct inf in[WIN];
@@ -195,6 +233,11 @@ struct stream {
   int fin_sent, fin_recv, shut_wr, readable, hup;
   uint8_t *rx;
   size_t rx_cap, rx_head, rx_len;
+  /* Host data in rx not yet offered to the service (written once per batch of frames). */
+  int rx_dirty;
+  /* Bytes read from the service, not yet framed: tx[tx_off .. tx_off + tx_len). */
+  uint8_t *tx;
+  size_t tx_off, tx_len;
 };
 
 struct ctl {
@@ -205,6 +248,8 @@ struct ctl {
 };
 
 static struct stream *S;
+/* Streams not SS_FREE (several: frames are kept short, see payload_limit). */
+static unsigned open_streams;
 static unsigned rr_cursor;
 static struct ctl *ctlq;
 static unsigned ctl_cap, ctl_head, ctl_len;
@@ -227,7 +272,7 @@ static int64_t last_tx = INT64_MIN / 2;
 static struct vt_decoder dec;
 
 static void mux_reset_all(const char *why);
-static int mux_pull(struct outf *o, unsigned max, int64_t now);
+static int mux_pull(struct outf *o, unsigned max, int urgent_only, int64_t now);
 static void mux_handle(uint8_t type, uint16_t id, const uint8_t *p, uint16_t len, int64_t now);
 static int ctl_can_accept(void);
 
@@ -246,8 +291,18 @@ static double compute_rto(void) {
   return r;
 }
 
+/*
+ * Largest payload for the next frame: min(ours, the host's); while several streams are
+ * open, about INTERACTIVE_FRAME_MS of line time (a frame on the line holds up every
+ * other stream's next one); reduced when frames get lost (the loss-optimal size).
+ */
 static unsigned payload_limit(void) {
   unsigned cap = L.peer_max_payload < VT_MAX_PAYLOAD ? L.peer_max_payload : VT_MAX_PAYLOAD;
+  if (L.delivery_rate > 0 && open_streams > 1) {
+    double sh = floor(L.delivery_rate * INTERACTIVE_FRAME_MS) - VT_FRAME_OVERHEAD;
+    unsigned s = sh <= MIN_INTERACTIVE_PAYLOAD ? MIN_INTERACTIVE_PAYLOAD : sh >= cap ? cap : (unsigned)sh;
+    if (s < cap) cap = s;
+  }
   if (L.loss_w <= 1e-6 || L.bytes_w <= 0) return cap;
   double e = L.loss_w / L.bytes_w, h = VT_FRAME_OVERHEAD;
   double s = (-h + sqrt(h * h + 4 * h / e)) / 2;
@@ -307,6 +362,12 @@ static void link_establish(int64_t now) {
   L.saw_dup = 0;
   L.heard_since_rto = 1;
   L.have_min_rtt = 0;
+  L.cwnd = INITIAL_CWND;
+  L.slow_start = 1;
+  L.delivered = 0;
+  L.delivered_at = now;
+  L.delivery_rate = 0;
+  L.rate_at = 0;
   L.st.sessions++;
   LOG("link up: new session with host %08x (agent boot id %08x, tag %04x, window %u, payload %u)",
       L.peer_boot, L.boot, L.tag, send_window(), L.peer_max_payload);
@@ -388,7 +449,30 @@ static void on_hello(const struct vt_frame *f, int64_t now) {
   if (!(h.peer_boot == L.boot && (h.flags & VT_HELLO_UP))) L.hello_due = 1;
 }
 
-static void sample(double r, unsigned payload) {
+/*
+ * TCP Vegas on a dedicated line (as arq.ts vegas()): queueing delay = rtt - base RTT -
+ * (ACK delay + 2 ms); grow while it is under max(VEGAS_ALPHA frames, VEGAS_LOW_MS) and
+ * the window was the limit, shrink above max(VEGAS_BETA frames, VEGAS_HIGH_MS).
+ */
+static void vegas(double r, int cwnd_limited) {
+  double min_rtt = L.have_min_rtt ? L.min_rtt : r;
+  double delay = r - min_rtt - ACK_DELAY_MS - 2;
+  if (delay < 0) delay = 0;
+  double frame_ms = r / L.cwnd;
+  double low = VEGAS_ALPHA * frame_ms > VEGAS_LOW_MS ? VEGAS_ALPHA * frame_ms : VEGAS_LOW_MS;
+  double high = VEGAS_BETA * frame_ms > VEGAS_HIGH_MS ? VEGAS_BETA * frame_ms : VEGAS_HIGH_MS;
+  if (delay < low) {
+    if (cwnd_limited) L.cwnd += L.slow_start ? 1 : 2 / L.cwnd;
+  } else {
+    L.slow_start = 0;
+    if (delay > 2 * high) L.cwnd -= 1;
+    else if (delay > high) L.cwnd -= 2 / L.cwnd;
+  }
+  if (L.cwnd < MIN_CWND) L.cwnd = MIN_CWND;
+  if (L.cwnd > send_window()) L.cwnd = send_window();
+}
+
+static void sample(double r, int cwnd_limited, unsigned payload) {
   if (r < 0) r = 0;
   if (!L.have_srtt) {
     L.have_srtt = 1;
@@ -399,14 +483,29 @@ static void sample(double r, unsigned payload) {
     L.srtt = 0.875 * L.srtt + 0.125 * r;
   }
   L.rto = compute_rto();
+  /* The base RTT: from frames of about the current full size only (a frame's own
+     serialisation is part of its round trip). */
   if (payload >= 0.75 * payload_limit() && (!L.have_min_rtt || r < L.min_rtt)) {
     L.have_min_rtt = 1;
     L.min_rtt = r;
   }
+  vegas(r, cwnd_limited);
 }
 
 static void acked(struct outf *f, int64_t now) {
-  if (f->tx_count == 1) sample((double)(now - f->sent_at), f->len);
+  L.delivered += f->wire;
+  L.delivered_at = now;
+  /* Delivery rate (as BBR): bytes acknowledged between this frame's sending and its
+     acknowledgement, over that time; a window max, so that typing pauses do not lower it. */
+  if (f->tx_count == 1 && now > f->dlv_at) {
+    double rate = (double)(L.delivered - f->dlv) / (double)(now - f->dlv_at);
+    double window = 8 * L.srtt > RATE_WINDOW_MS ? 8 * L.srtt : RATE_WINDOW_MS;
+    if (rate >= L.delivery_rate || (double)(now - L.rate_at) > window) {
+      L.delivery_rate = rate;
+      L.rate_at = now;
+    }
+  }
+  if (f->tx_count == 1) sample((double)(now - f->sent_at), f->cwnd_limited, f->len);
   int ambiguous = f->tx_count > 1 && (double)(now - f->sent_at) < (L.have_min_rtt ? L.min_rtt : 0);
   if (!ambiguous && f->tx_index > L.highest_acked_tx) L.highest_acked_tx = f->tx_index;
   outcome(f->len, 0);
@@ -495,6 +594,17 @@ static void on_sequenced(const struct vt_frame *f, int64_t now) {
   if (d >= WIN) {
     L.st.out_of_window++;
     L.ack_now = 1;
+    return;
+  }
+  if (d == 0 && !L.delivering && ctl_can_accept()) {
+    /* The next frame in order, deliverable now: straight from the decoder's buffer,
+       without the copy into the reorder slot. */
+    L.rcv_next++;
+    L.ack_pending++;
+    L.delivering = 1;
+    mux_handle(f->type, f->stream, f->payload, f->len, now);
+    L.delivering = 0;
+    deliver_in_order(now);
     return;
   }
   s->present = 1;
@@ -605,8 +715,46 @@ static int64_t link_deadline(void) {
   return d;
 }
 
-static int window_open(void) {
+static int seq_window_open(void) {
   return L.established && inflight_count() < send_window();
+}
+
+/* Frames and wire bytes in flight: sent, not acknowledged, not declared lost. */
+static unsigned flying_frames(void) {
+  unsigned n = 0;
+  for (unsigned k = 0; k < inflight_count(); k++) {
+    const struct outf *f = out_at(k);
+    if (!f->sacked && !f->lost) n++;
+  }
+  return n;
+}
+
+static double bytes_in_flight(void) {
+  double b = 0;
+  for (unsigned k = 0; k < inflight_count(); k++) {
+    const struct outf *f = out_at(k);
+    if (!f->sacked && !f->lost) b += f->wire;
+  }
+  return b;
+}
+
+/*
+ * Largest number of wire bytes in flight: what the line delivers in a base round trip
+ * plus QUEUE_TARGET_MS, plus two frames (the one on the line, the ACK granularity).
+ * Whatever the guest's tty and QEMU buffer in front of the line, a keystroke waits
+ * behind at most about QUEUE_TARGET_MS plus a frame of bulk. No limit before the first
+ * rate sample (the congestion window alone limits the start).
+ */
+static double byte_cap(void) {
+  if (L.delivery_rate <= 0 || !L.have_min_rtt) return INFINITY;
+  double frame = payload_limit() + VT_FRAME_OVERHEAD;
+  double cap = L.delivery_rate * (L.min_rtt + QUEUE_TARGET_MS) + 2 * frame;
+  return cap > MIN_CAP_FRAMES * frame ? cap : MIN_CAP_FRAMES * frame;
+}
+
+/* A new frame may go: sequence window room, fewer than cwnd frames and byte_cap bytes in flight. */
+static int window_open(void) {
+  return seq_window_open() && flying_frames() < (unsigned)floor(L.cwnd) && bytes_in_flight() < byte_cap();
 }
 
 static void sequenced_frame(const struct outf *o, uint16_t seq, struct vt_frame *f) {
@@ -673,19 +821,33 @@ static int next_frame(int64_t now, struct vt_frame *f, uint8_t *scratch) {
       o->tx_count++;
       o->sent_at = now;
       o->tx_index = ++L.tx_counter;
+      o->dlv = L.delivered;
+      o->dlv_at = L.delivered_at;
       L.st.retransmits++;
       if (L.rto_deadline == NEVER) L.rto_deadline = now + (int64_t)L.rto;
       sequenced_frame(o, (uint16_t)(L.snd_una + k), f);
       return 1;
     }
   }
-  if (window_open()) {
+  /* A new message: any while the window is open; while only the byte budget is used up
+     (by bulk frames), an urgent one (control, credit, an interactive stream) still goes
+     within URGENT_ALLOWANCE: a keystroke does not wait for the next ACK. */
+  int open = window_open();
+  if (open || (seq_window_open() && bytes_in_flight() < byte_cap() + URGENT_ALLOWANCE)) {
     struct outf *o = &L.out[L.snd_nxt % WIN];
-    if (mux_pull(o, payload_limit(), now)) {
+    if (mux_pull(o, payload_limit(), !open, now)) {
+      unsigned flying = flying_frames();
+      double bif = bytes_in_flight();
       o->sent_at = now;
       o->tx_count = 1;
       o->tx_index = ++L.tx_counter;
       o->sacked = o->lost = 0;
+      /* The window limits us when (nearly) full; in slow start when half of it is in use. */
+      o->cwnd_limited = L.slow_start ? 2.0 * (flying + 1) >= L.cwnd : flying + 2 >= (unsigned)floor(L.cwnd);
+      o->wire = (uint16_t)(o->len + VT_FRAME_OVERHEAD);
+      o->dlv = L.delivered;
+      /* A frame sent onto an idle line starts its rate sample now, not at the last delivery. */
+      o->dlv_at = bif == 0 ? now : L.delivered_at;
       uint16_t seq = L.snd_nxt++;
       if (L.rto_deadline == NEVER) L.rto_deadline = now + (int64_t)L.rto;
       L.st.frames_sent++;
@@ -725,11 +887,13 @@ static void sock_abort(int fd) {
 }
 
 static void stream_free(struct stream *s, int abortive) {
+  if (s->state != SS_FREE && open_streams > 0) open_streams--;
   if (s->fd >= 0) {
     if (abortive) sock_abort(s->fd);
     else close(s->fd);
   }
   free(s->rx);
+  free(s->tx);
   unsigned gen = s->gen + 1;
   memset(s, 0, sizeof *s);
   s->gen = gen;
@@ -778,7 +942,7 @@ static void maybe_closed(struct stream *s) {
 }
 
 static void after_drain(struct stream *s) {
-  if (s->rx_len == 0 && s->rx_cap > 16384) {
+  if (s->rx_len == 0 && s->rx_cap > 65536) {
     free(s->rx);
     s->rx = NULL;
     s->rx_cap = 0;
@@ -821,13 +985,21 @@ static int rx_append(struct stream *s, const uint8_t *p, size_t n) {
     if (cap < s->rx_len + n) return -1; /* cannot happen: credit bounds the buffer */
     uint8_t *b = malloc(cap);
     if (!b) return -1;
-    for (size_t i = 0; i < s->rx_len; i++) b[i] = s->rx[(s->rx_head + i) % s->rx_cap];
+    size_t first = s->rx_cap - s->rx_head < s->rx_len ? s->rx_cap - s->rx_head : s->rx_len;
+    if (s->rx_len) {
+      memcpy(b, s->rx + s->rx_head, first);
+      memcpy(b + first, s->rx, s->rx_len - first);
+    }
     free(s->rx);
     s->rx = b;
     s->rx_cap = cap;
     s->rx_head = 0;
   }
-  for (size_t i = 0; i < n; i++) s->rx[(s->rx_head + s->rx_len + i) % s->rx_cap] = p[i];
+  /* Two copies at most: up to the end of the ring, then from its start. */
+  size_t tail = (s->rx_head + s->rx_len) % s->rx_cap;
+  size_t k = s->rx_cap - tail < n ? s->rx_cap - tail : n;
+  memcpy(s->rx + tail, p, k);
+  memcpy(s->rx, p + k, n - k);
   s->rx_len += n;
   return 0;
 }
@@ -842,22 +1014,22 @@ static void on_data(struct stream *s, const uint8_t *p, uint16_t len) {
   }
   s->received += len;
   MS.bytes_from_host += len;
-  size_t off = 0;
-  if (s->rx_len == 0) {
-    ssize_t w = send(s->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        stream_fail(s, VT_R_ABORTED, strerror(errno));
-        return;
-      }
-    } else {
-      off = (size_t)w;
-      s->consumed += (uint64_t)w;
-    }
-  }
-  if (off < len && rx_append(s, p + off, len - off) != 0) {
+  /* Buffered, and written to the service once the frames of this read are all in
+     (flush_dirty): one send() per batch instead of one per frame. */
+  if (rx_append(s, p, len) != 0) {
     stream_fail(s, VT_R_NO_RESOURCES, "out of memory");
     return;
+  }
+  s->rx_dirty = 1;
+}
+
+/* Writes what the frames just received brought to each service. */
+static void flush_dirty(void) {
+  for (unsigned i = 0; i < opt.max_streams; i++) {
+    struct stream *s = &S[i];
+    if (s->state == SS_FREE || !s->rx_dirty) continue;
+    s->rx_dirty = 0;
+    if (s->rx_len > 0) flush_rx(s);
   }
 }
 
@@ -920,6 +1092,7 @@ static void on_open(uint16_t id, const uint8_t *p, uint16_t len, int64_t now) {
   s->id = id;
   s->port = port;
   s->state = SS_DIALING;
+  open_streams++;
   s->send_credit = credit;
   s->granted = opt.stream_window;
   s->dial_deadline = now + DIAL_TIMEOUT_MS;
@@ -978,8 +1151,20 @@ static void mux_handle(uint8_t type, uint16_t id, const uint8_t *p, uint16_t len
   }
 }
 
-/* The next stream message: control, then CREDIT, then DATA/FIN round-robin. */
-static int mux_pull(struct outf *o, unsigned max, int64_t now) {
+/* Bytes waiting in a stream's socket (FIONREAD); a large value when unknown. */
+static size_t sock_pending(const struct stream *s) {
+  int n = 0;
+  if (ioctl(s->fd, FIONREAD, &n) != 0 || n < 0) return SIZE_MAX;
+  return (size_t)n;
+}
+
+/*
+ * The next stream message: control, then CREDIT, then DATA/FIN round-robin, one frame
+ * per turn, streams with at most SMALL_PAYLOAD bytes waiting (interactive) first, as
+ * the host's multiplexer does. `urgent_only`: only control, CREDIT and interactive
+ * streams (the byte cap is used up by bulk frames).
+ */
+static int mux_pull(struct outf *o, unsigned max, int urgent_only, int64_t now) {
   (void)now;
   if (ctl_len > 0) {
     struct ctl *c = &ctlq[ctl_head];
@@ -1014,23 +1199,52 @@ static int mux_pull(struct outf *o, unsigned max, int64_t now) {
       return 1;
     }
   }
+  for (int pass = 0; pass < (urgent_only ? 1 : 2); pass++)
   for (unsigned k = 0; k < opt.max_streams; k++) {
     unsigned i = (rr_cursor + k) % opt.max_streams;
     struct stream *s = &S[i];
-    if (s->state != SS_OPEN || s->fin_sent || !s->readable || s->send_credit == 0) continue;
-    size_t want = s->send_credit < max ? (size_t)s->send_credit : max;
-    ssize_t n = recv(s->fd, o->payload, want, MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-      s->readable = 0;
-      continue;
+    if (s->state != SS_OPEN || s->fin_sent || s->send_credit == 0 || (!s->readable && s->tx_len == 0)) continue;
+    if (pass == 0 && (urgent_only || open_streams > 1) && s->tx_len + (s->readable ? sock_pending(s) : 0) > SMALL_PAYLOAD) continue;
+    ssize_t n = 0;
+    if (s->tx_len == 0) {
+      /* Read up to TX_STAGE bytes (within the credit) at once and frame them over the
+         next turns: one recv() for many frames. Without the staging buffer (out of
+         memory), one frame's worth straight into the frame. */
+      if (!s->tx) s->tx = malloc(TX_STAGE);
+      uint8_t *dst = s->tx ? s->tx : o->payload;
+      size_t room = s->tx ? TX_STAGE : max;
+      size_t want = s->send_credit < room ? (size_t)s->send_credit : room;
+      n = recv(s->fd, dst, want, MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        s->readable = 0;
+        continue;
+      }
+      if (n > 0 && !s->tx) {
+        rr_cursor = (i + 1) % opt.max_streams;
+        o->stream = s->id;
+        s->send_credit -= (uint64_t)n;
+        MS.bytes_to_host += (uint64_t)n;
+        o->type = VT_DATA;
+        o->len = (uint16_t)n;
+        return 1;
+      }
+      if (n > 0) {
+        s->tx_off = 0;
+        s->tx_len = (size_t)n;
+      }
     }
     rr_cursor = (i + 1) % opt.max_streams;
     o->stream = s->id;
-    if (n > 0) {
-      s->send_credit -= (uint64_t)n;
-      MS.bytes_to_host += (uint64_t)n;
+    if (s->tx_len > 0) {
+      size_t k = s->tx_len < max ? s->tx_len : max;
+      if (k > s->send_credit) k = (size_t)s->send_credit;
+      memcpy(o->payload, s->tx + s->tx_off, k);
+      s->tx_off += k;
+      s->tx_len -= k;
+      s->send_credit -= (uint64_t)k;
+      MS.bytes_to_host += (uint64_t)k;
       o->type = VT_DATA;
-      o->len = (uint16_t)n;
+      o->len = (uint16_t)k;
       return 1;
     }
     if (n == 0) {
@@ -1171,17 +1385,19 @@ static void pump(int64_t now) {
 }
 
 static void line_read(int64_t now) {
-  uint8_t buf[LINE_READ];
+  static uint8_t buf[LINE_READ];
   for (int i = 0; i < 16 && line_fd >= 0; i++) {
     ssize_t n = read(line_fd, buf, sizeof buf);
     if (n > 0) {
       vt_decoder_feed(&dec, buf, (size_t)n, on_frame, &now);
+      if ((size_t)n < sizeof buf) break;
       continue;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) break;
     line_lost(now, n == 0 ? "end of file / hangup" : strerror(errno));
-    return;
+    break;
   }
+  flush_dirty();
 }
 
 /* ------------------------------------------------------------------ main loop */

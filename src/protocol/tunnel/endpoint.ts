@@ -58,7 +58,7 @@ export interface TunnelEndpointOptions {
   bootId?: number;
   /** Source of later boot ids (non-zero u32). Default: random. */
   newBootId?: () => number;
-  /** Receive window and largest send window, frames, 1..128. Default 32. */
+  /** Receive window and largest send window, frames, 1..128. Default 128. */
   window?: number;
   /** Largest frame payload we accept and send, bytes, 64..1024. Default 1024. */
   maxPayload?: number;
@@ -211,7 +211,7 @@ export class TunnelEndpoint {
         role: this.role,
         bootId,
         newBootId,
-        window: intIn('window', opts.window, 32, 1, MAX_WINDOW),
+        window: intIn('window', opts.window, 128, 1, MAX_WINDOW),
         maxPayload,
         adaptivePayload: opts.adaptivePayload ?? true,
         delayBasedWindow: opts.delayBasedWindow ?? true,
