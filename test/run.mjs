@@ -36,7 +36,8 @@ try {
   console.error(`test/run.mjs: cannot read ${testDir} (did the build run?): ${err.message}`);
   process.exit(2);
 }
-if (filter.length > 0) files = files.filter((f) => filter.some((s) => f.includes(s)));
+// Matched against the path under dist/test (a checkout's own path, e.g. /work/wt-tunnel, must not match).
+if (filter.length > 0) files = files.filter((f) => filter.some((s) => relative(testDir, f).includes(s)));
 if (files.length === 0) {
   console.error('test/run.mjs: no test files found');
   process.exit(2);
