@@ -110,12 +110,14 @@ describe('real QEMU guest', () => {
 
     // Job control: the interactive shell runs with -m, and ^C reaches a foreground job.
     assert.match((await con.run('echo $-')).output, /m/);
-    // "armed-1" is printed once the shell has left its line editor (whose raw mode
-    // would read ^C as a plain byte): from then on ^C is a signal.
-    con.sendLine('echo armed-$((0+1)); sleep 1000; echo after-sleep-$((40+2))');
+    // "armed-1" is printed by the foreground job itself, which then becomes the sleep
+    // (exec): by then the shell has left its line editor (whose raw mode would read ^C as
+    // a plain byte) and the job is the terminal's foreground process group, so ^C is its
+    // SIGINT — not a signal racing the shell between two commands.
+    con.sendLine("sh -c 'echo armed-$((0+1)); exec sleep 1000'; echo after-sleep-$((40+2))");
     await con.waitFor('armed-1', 10_000, 'the shell running the sleep command line');
     con.send('\x03');
-    await con.waitFor(con.prompt, 10_000, 'the prompt after ^C');
+    await con.waitFor(con.prompt, 30_000, 'the prompt after ^C');
     assert.ok(!con.output.includes('after-sleep-42'), 'the whole command line was interrupted');
     assert.equal((await con.run('false')).status, 1);
 
