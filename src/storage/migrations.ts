@@ -205,4 +205,30 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 5,
+    description: 'nodes: each cluster node\'s internal link address (--cluster-listen) and heartbeat',
+    // Written only by PostgreSQL cluster nodes; a SQLite database keeps the (empty) table
+    // so that both engines have the same schema at every version. Ownership is not here
+    // (it is the advisory locks): a row only says where a node listens, so a node that
+    // owns a console can be reached by the others.
+    up: `
+      CREATE TABLE nodes (
+        node_id   TEXT    PRIMARY KEY CHECK (length(node_id) BETWEEN 1 AND 63),
+        link_host TEXT    NOT NULL CHECK (length(link_host) BETWEEN 1 AND 255),
+        link_port INTEGER NOT NULL CHECK (link_port BETWEEN 1 AND 65535),
+        started   INTEGER NOT NULL,
+        heartbeat INTEGER NOT NULL
+      );
+    `,
+    pg: `
+      CREATE TABLE nodes (
+        node_id   TEXT    PRIMARY KEY CHECK (length(node_id) BETWEEN 1 AND 63),
+        link_host TEXT    NOT NULL CHECK (length(link_host) BETWEEN 1 AND 255),
+        link_port INTEGER NOT NULL CHECK (link_port BETWEEN 1 AND 65535),
+        started   BIGINT  NOT NULL,
+        heartbeat BIGINT  NOT NULL
+      );
+    `,
+  },
 ];

@@ -214,6 +214,25 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
     return new Map(this.call({ op: 'owners' }) as Array<[number, string]>);
   }
 
+  /** Records where this node's internal link listens (the `nodes` row, replaced at each start). */
+  advertiseLink(host: string, port: number, now = Date.now()): void {
+    this.call({ op: 'advertise', host, port, now });
+  }
+
+  /** This node is alive (the `nodes` row's heartbeat; not waited for). */
+  heartbeat(now = Date.now()): void {
+    if (this.closed) return;
+    this.send({ op: 'heartbeat', now });
+  }
+
+  /**
+   * The node owning a console now and where its link listens (host/port null: it
+   * advertised none); null when no live node owns it. Throws `VSPC_DB_UNAVAILABLE`.
+   */
+  ownerLink(id: number): { node: string; host: string | null; port: number | null } | null {
+    return this.call({ op: 'ownerLink', id }) as { node: string; host: string | null; port: number | null } | null;
+  }
+
   onLost(listener: (reason: string) => void): void {
     this.lostListeners.push(listener);
   }

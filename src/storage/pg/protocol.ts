@@ -47,6 +47,9 @@ export type Request =
   | { op: 'claim'; id: number }
   | { op: 'release'; id: number }
   | { op: 'owners' }
+  | { op: 'advertise'; host: string; port: number; now: number }
+  | { op: 'heartbeat'; now: number }
+  | { op: 'ownerLink'; id: number }
   | { op: 'schemaVersion' };
 
 /** A request on the wire: `reply: false` for writes the main thread does not wait for. */
@@ -68,3 +71,10 @@ export type WorkerEvent =
   | { event: 'write-failed'; op: string; error: WireError };
 
 export type ClusterRecord = ConsoleRecord & { owner: string | null };
+
+/** Where a node's internal link listens (the `nodes` table). */
+export interface NodeLink {
+  node: string;
+  host: string;
+  port: number;
+}
