@@ -17,6 +17,7 @@ import { ConsoleBroker } from './access/broker/broker.js';
 import { SshListener } from './access/ssh/listener.js';
 import { ClusterLinkServer } from './access/cluster/link-server.js';
 import { ClusterLinkDialer } from './access/cluster/link-dialer.js';
+import { ClusterVmotionService } from './access/cluster/vmotion-handover.js';
 import { ClusterMirrors } from './sources/cluster/mirror.js';
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -117,6 +118,8 @@ export class VspcServer {
   /** Mirrors of the consoles other nodes own, offered by the SSH front door and the broker. */
   readonly clusterMirrors: ClusterMirrors | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
+  /** Cross-node vMotion (with the cluster link); null otherwise. */
+  readonly clusterVmotion: ClusterVmotionService | null = null;
   private readonly listeners: TelnetListeners;
   /** The log budget of the client ports' per-connection lines (see TelnetClientOptions.acceptLogger). */
   private readonly clientAcceptLog: BudgetedLogger;
@@ -288,6 +291,27 @@ export class VspcServer {
       },
       logger,
     );
+    if (this.pg && this.clusterDialer && this.clusterLink) {
+      const pg = this.pg;
+      this.clusterVmotion = new ClusterVmotionService(logger.child({ component: 'cluster-vmotion' }), {
+        nodeId: this.nodeId!,
+        registry: this.registry,
+        coordinator: this.vmotion,
+        links: this.clusterDialer,
+        store: {
+          publish: (token, seq, consoleId, deadline) => pg.vmotionPublish(token, seq, consoleId, deadline),
+          withdraw: (token) => pg.vmotionWithdraw(token),
+          find: (payload) => pg.vmotionFind(payload),
+          nodeLink: (node) => pg.nodeLink(node),
+        },
+      });
+      this.vmotion.cluster = this.clusterVmotion;
+      const service = this.clusterVmotion;
+      this.clusterLink.setVmotion({
+        handover: (token, toNode) => service.handover(token, toNode),
+        outputSinceTakeover: (hub) => service.outputSinceTakeover(hub),
+      });
+    }
     const tlsOptions = config.tls
       ? {
           cert: config.tls.cert,
@@ -971,6 +995,7 @@ export class VspcServer {
     const sshClosed = this.ssh?.close() ?? Promise.resolve();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
     this.clusterMirrors?.close('vspc is shutting down');
+    this.clusterVmotion?.close('vspc is shutting down');
     this.clusterDialer?.close();
     const linkClosed = this.clusterLink?.close() ?? Promise.resolve();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
@@ -1011,6 +1036,7 @@ export class VspcServer {
     this.broker?.destroy();
     this.ssh?.destroy();
     this.clusterMirrors?.close('vspc stopped');
+    this.clusterVmotion?.close('vspc stopped');
     this.clusterDialer?.close();
     void this.clusterLink?.close();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);

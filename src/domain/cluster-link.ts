@@ -25,6 +25,18 @@ export interface RemoteAttachRequest {
   readonly method: string;
   readonly user?: string;
   readonly auth?: ClientAuth;
+  /**
+   * Instead of the scrollback, replay only what the console printed since this node
+   * took it over from the asking node (a relay set up after a cross-node vMotion).
+   */
+  readonly sinceTakeover?: boolean;
+  /**
+   * Cross-node vMotion: not a client but the destination's node asking for the
+   * migration with this token (sequence + secret, hex). The owner answers with the
+   * held input (data), then the notice `released` once it gave the console up; the
+   * asker closes the stream with `claimed` once it owns it.
+   */
+  readonly handover?: string;
 }
 
 /** What becomes of a remote attachment: called in the event loop, in order. */

@@ -197,6 +197,53 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.byKey.size;
   }
 
+  /**
+   * Cluster, cross-node vMotion: this node hands the console to the destination's node.
+   * Its ownership is given up (waited for: the other node claims it next) and the hub
+   * leaves the registry (`removed`: its ports close here, to be bound by the new owner),
+   * but its clients and retiring source are left alone: the caller relays them.
+   */
+  handOver(hub: ConsoleHub): void {
+    const k = keyOf(hub.identity.kind, hub.identity.key, hub.identity.label);
+    if (this.byKey.get(k) !== hub) return;
+    this.byKey.delete(k);
+    this.byPort.delete(hub.identity.tcpPort);
+    try {
+      this.ownership?.release(hub.identity.id, true);
+    } catch {
+      // The session is gone: so is the ownership.
+    }
+    this.emit('removed', hub);
+  }
+
+  /**
+   * Cluster, cross-node vMotion: this node takes a console over. Claims it and adopts
+   * `relay` — this node's hub for it from an earlier handover, still serving clients
+   * here — when given (its clients stay attached), else a new hub from the record.
+   * Throws `VSPC_CONSOLE_OWNED_ELSEWHERE` when the claim fails, `VSPC_NOT_FOUND`.
+   */
+  takeOver(id: number, relay: ConsoleHub | null): ConsoleHub {
+    const r = this.store.getById(id);
+    if (!r) throw new StorageError('VSPC_NOT_FOUND', `no console record with id ${id}`, { id });
+    const existing = this.byKey.get(keyOf(r.kind, r.key, r.label));
+    if (existing) return existing;
+    if (this.ownership) {
+      const claim = this.ownership.claim(r.id);
+      if (!claim.owned) {
+        throw new StorageError('VSPC_CONSOLE_OWNED_ELSEWHERE', `console ${r.key} is owned by vspc node ${claim.owner ?? '(one whose session is ending)'}`, {
+          owner: claim.owner,
+        });
+      }
+    }
+    if (!relay) return this.adopt(r, false);
+    relay.identity.tcpPort = r.tcpPort;
+    if (r.name !== null) relay.identity.name = boundName(r.name);
+    this.byKey.set(keyOf(r.kind, r.key, r.label), relay);
+    this.byPort.set(r.tcpPort, relay);
+    this.emit('added', relay);
+    return relay;
+  }
+
   /** Drop a VM serial port: its row, its port, its listener and its clients. */
   forget(hub: ConsoleHub, reason = 'forgotten by the administrator'): void {
     this.store.forget(hub.identity.id);

@@ -231,4 +231,34 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 6,
+    description: 'vmotions: pending vMotions visible cluster-wide (sequence, secret, console, source node, deadline)',
+    // One row per VMOTION-BEGIN answered with GOAHEAD on a PostgreSQL cluster node, so
+    // that the destination's connection, landing on any node, can find the migration by
+    // its sequence and check the secret there. Deleted when the migration ends
+    // (COMPLETE, ABORT, deadline). `token` is sequence + secret, as VMOTION-PEER
+    // carries them. SQLite keeps the (empty) table for the same schema.
+    up: `
+      CREATE TABLE vmotions (
+        token       BLOB    PRIMARY KEY,
+        seq         BLOB    NOT NULL,
+        console_id  INTEGER NOT NULL REFERENCES consoles (id) ON DELETE CASCADE,
+        source_node TEXT    NOT NULL,
+        created     INTEGER NOT NULL,
+        deadline    INTEGER NOT NULL
+      );
+    `,
+    pg: `
+      CREATE TABLE vmotions (
+        token       BYTEA   PRIMARY KEY,
+        seq         BYTEA   NOT NULL,
+        console_id  BIGINT  NOT NULL REFERENCES consoles (id) ON DELETE CASCADE,
+        source_node TEXT    NOT NULL,
+        created     BIGINT  NOT NULL,
+        deadline    BIGINT  NOT NULL
+      );
+      CREATE INDEX vmotions_seq ON vmotions (seq);
+    `,
+  },
 ];

@@ -104,8 +104,11 @@ export class LinkConnection {
   /** Ends the link after what is queued. */
   close(reason: string): void {
     if (this.ended) return;
+    // What is queued (a last CLOSE frame) goes out before the FIN; a peer that never
+    // closes its side is cut after a grace period.
     this.socket.end();
-    this.end(reason);
+    setTimeout(() => this.socket.destroy(), 5000).unref();
+    this.end(reason, false);
   }
 
   destroy(reason: string): void {
@@ -144,13 +147,13 @@ export class LinkConnection {
     this.destroy(reason);
   }
 
-  private end(reason: string): void {
+  private end(reason: string, destroySocket = true): void {
     if (this.ended) return;
     this.ended = true;
     if (this.helloTimer) clearTimeout(this.helloTimer);
     this.helloTimer = null;
     this.session.destroy();
-    if (!this.socket.destroyed) this.socket.destroy();
+    if (destroySocket && !this.socket.destroyed) this.socket.destroy();
     for (const l of this.closedListeners) l(reason);
     this.closedListeners.length = 0;
   }

@@ -57,10 +57,10 @@ class Attachment implements RemoteAttachment {
     if (!this.ended && this.stream !== 0) this.peer.link.write(this.peer.link.session.sendBreak(this.stream));
   }
 
-  close(_reason: string): void {
+  close(reason: string): void {
     if (this.ended) return;
     this.ended = true;
-    if (this.stream !== 0) this.peer.link.write(this.peer.link.session.close(this.stream, 'detached'));
+    if (this.stream !== 0) this.peer.link.write(this.peer.link.session.close(this.stream, reason));
     this.onEnd(this);
   }
 
@@ -181,6 +181,8 @@ export class ClusterLinkDialer implements ClusterLinks {
       method: r.method,
       ...(r.user !== undefined ? { user: r.user } : {}),
       ...(r.auth !== undefined ? { auth: r.auth } : {}),
+      ...(r.sinceTakeover ? { sinceTakeover: true } : {}),
+      ...(r.handover !== undefined ? { op: 'handover', token: r.handover } : {}),
     });
     a.stream = stream;
     peer.streams.set(stream, a);

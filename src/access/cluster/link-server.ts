@@ -33,6 +33,14 @@ export interface ClusterLinkServerOptions {
   listen: HostPort;
   /** A console this node owns, by its id and telnet port (both must match). */
   consoleById(id: number, tcpPort: number): ConsoleHub | undefined;
+  /**
+   * Cross-node vMotion, on the source's node: the migration with this token (sequence
+   * + secret) is handed to the asking node. Null: none pending here. `done` is called
+   * when the asker closed the stream (`claimed` when it owns the console now).
+   */
+  handover?(token: Buffer, toNode: string): { held: Buffer[]; done(reason: string): void } | null;
+  /** What a console printed since this node took it over (a relay's replay); null: unknown. */
+  outputSinceTakeover?(hub: ConsoleHub): Buffer | null;
   handshakeTimeoutMs?: number;
   maxHandshakes?: number;
   /** Output queued for a remote client beyond the link's window, at most (then it is dropped as slow). */
@@ -49,11 +57,17 @@ export class ClusterLinkServer {
   private addr: HostPort | null = null;
   /** Connections cut before or during authentication (plain TCP, wrong secret, garbage, timeouts, too many). */
   refused = 0;
+  private vmotion: Pick<ClusterLinkServerOptions, 'handover' | 'outputSinceTakeover'> = {};
 
   constructor(
     private readonly log: Logger,
     private readonly opts: ClusterLinkServerOptions,
   ) {}
+
+  /** Cross-node vMotion's hooks (set once the coordinator exists). */
+  setVmotion(hooks: Pick<ClusterLinkServerOptions, 'handover' | 'outputSinceTakeover'>): void {
+    this.vmotion = hooks;
+  }
 
   get address(): HostPort | null {
     return this.addr;
@@ -169,6 +183,10 @@ export class ClusterLinkServer {
     switch (ev.type) {
       case 'open': {
         const h = ev.header;
+        if (h.op === 'handover') {
+          this.handover(link, clients, ev.stream, h.token);
+          return;
+        }
         const consoleId = Number(h.consoleId);
         const tcpPort = Number(h.tcpPort);
         const hub = Number.isSafeInteger(consoleId) && Number.isSafeInteger(tcpPort) ? this.opts.consoleById(consoleId, tcpPort) : undefined;
@@ -187,10 +205,11 @@ export class ClusterLinkServer {
         });
         clients.set(ev.stream, client);
         client.hub = hub;
+        const sinceTakeover = h.sinceTakeover === true;
         const decision = hub.addClient(client, {
           request,
           force: h.force === true,
-          replay: h.replay !== false,
+          replay: h.replay !== false && !sinceTakeover,
           ...(user ? { user } : {}),
           ...(auth ? { auth } : {}),
         });
@@ -198,6 +217,10 @@ export class ClusterLinkServer {
           clients.delete(ev.stream);
           link.write(link.session.close(ev.stream, decision.reason));
           return;
+        }
+        if (sinceTakeover) {
+          const since = this.vmotion.outputSinceTakeover?.(hub) ?? null;
+          if (since && since.length > 0) client.deliver(since);
         }
         client.accepted(decision.mode);
         return;
@@ -229,6 +252,30 @@ export class ClusterLinkServer {
         return;
     }
   }
+
+  /** The destination's node asks for a migration begun here: held input, then `released`. */
+  private handover(link: LinkConnection, clients: Map<number, RemoteClient>, stream: number, tokenHex: unknown): void {
+    const token = typeof tokenHex === 'string' && /^(?:[0-9a-f]{2}){2,256}$/.test(tokenHex) ? Buffer.from(tokenHex, 'hex') : null;
+    const peerNode = link.session.peerNodeId ?? '?';
+    const r = token && this.vmotion.handover ? this.vmotion.handover(token, peerNode) : null;
+    if (!r) {
+      link.log.warn('vMotion handover refused: no such migration pending here', { peerNode });
+      link.write(link.session.close(stream, 'no such vMotion pending on this node'));
+      return;
+    }
+    // A client in form only: it carries the held input within the stream's credit,
+    // then the notice; its end (the asker's CLOSE) says whether the console was claimed.
+    const total = r.held.reduce((n, b) => n + b.length, 0);
+    const carrier = new RemoteClient(link, stream, `${peerNode}/vmotion`, 'cluster', peerNode, total + 1, (why) => {
+      clients.delete(stream);
+      r.done(why);
+    });
+    carrier.onPeerClosed = (why) => r.done(why);
+    clients.set(stream, carrier);
+    for (const b of r.held) carrier.deliver(b);
+    carrier.notice('released');
+    carrier.accepted('handover');
+  }
 }
 
 function parseAuth(v: unknown): ClientAuth | undefined {
@@ -251,7 +298,10 @@ export class RemoteClient implements ConsoleClient {
   readonly origin: Readonly<Record<string, string>>;
   hub: ConsoleHub | null = null;
   private isAccepted = false;
-  private queue: Buffer[] = [];
+  /** Output and notices in order: a notice is sent when the data before it was. */
+  private queue: Array<Buffer | { notice: string }> = [];
+  /** Called when the other node closes the stream (a handover's outcome). */
+  onPeerClosed: ((reason: string) => void) | null = null;
   private queued = 0;
   private paused = false;
   private unacked = 0;
@@ -289,8 +339,14 @@ export class RemoteClient implements ConsoleClient {
   /** Sends what the stream's credit allows. */
   pump(): void {
     if (this.gone || !this.isAccepted) return;
-    while (this.queue.length > 0 && this.link.session.credit(this.stream) > 0) {
+    while (this.queue.length > 0) {
       const head = this.queue[0];
+      if (!Buffer.isBuffer(head)) {
+        this.link.write(this.link.session.notice(this.stream, head.notice));
+        this.queue.shift();
+        continue;
+      }
+      if (this.link.session.credit(this.stream) <= 0) break;
       const { bytes, sent } = this.link.session.data(this.stream, head);
       this.link.write(bytes);
       this.queued -= sent;
@@ -300,7 +356,9 @@ export class RemoteClient implements ConsoleClient {
   }
 
   notice(text: string): void {
-    if (!this.gone) this.link.write(this.link.session.notice(this.stream, text));
+    if (this.gone) return;
+    if (this.queue.length > 0 || !this.isAccepted) this.queue.push({ notice: text });
+    else this.link.write(this.link.session.notice(this.stream, text));
   }
 
   breakFromSource(): void {
@@ -333,12 +391,14 @@ export class RemoteClient implements ConsoleClient {
   peerClosed(reason: string): void {
     if (this.gone) return;
     this.gone = true;
+    this.onPeerClosed?.(reason);
     this.hub?.removeClient(this, `detached on node ${this.origin.viaNode}: ${reason}`);
   }
 
   linkGone(reason: string): void {
     if (this.gone) return;
     this.gone = true;
+    this.onPeerClosed?.(reason);
     this.hub?.removeClient(this, reason);
   }
 

@@ -50,6 +50,10 @@ export type Request =
   | { op: 'advertise'; host: string; port: number; now: number }
   | { op: 'heartbeat'; now: number }
   | { op: 'ownerLink'; id: number }
+  | { op: 'nodeLink'; node: string }
+  | { op: 'vmotionPublish'; token: string; seqHex: string; consoleId: number; now: number; deadline: number }
+  | { op: 'vmotionWithdraw'; token: string }
+  | { op: 'vmotionFind'; payload: string; now: number }
   | { op: 'schemaVersion' };
 
 /** A request on the wire: `reply: false` for writes the main thread does not wait for. */
@@ -77,4 +81,13 @@ export interface NodeLink {
   node: string;
   host: string;
   port: number;
+}
+
+/** A pending vMotion row whose sequence is a prefix of a VMOTION-PEER payload (hex: bytes cross the thread boundary as text). */
+export interface VmotionRow {
+  token: string;
+  seqLength: number;
+  consoleId: number;
+  sourceNode: string;
+  deadline: number;
 }

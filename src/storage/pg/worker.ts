@@ -429,6 +429,32 @@ async function handle(req: Envelope): Promise<unknown> {
       const row = r.rows[0];
       return row ? { node: row.node, host: row.host, port: row.port } : null;
     }
+    case 'nodeLink': {
+      const r = await c.query<{ host: string; port: number }>('SELECT link_host AS host, link_port AS port FROM nodes WHERE node_id = $1', [req.node]);
+      return r.rows[0] ? { node: req.node, host: r.rows[0].host, port: r.rows[0].port } : null;
+    }
+    case 'vmotionPublish':
+      await c.query(
+        `INSERT INTO vmotions (token, seq, console_id, source_node, created, deadline) VALUES (decode($1, 'hex'), decode($2, 'hex'), $3, $4, $5, $6)
+           ON CONFLICT (token) DO NOTHING`,
+        [req.token, req.seqHex, req.consoleId, args!.nodeId, req.now, req.deadline],
+      );
+      return null;
+    case 'vmotionWithdraw':
+      await c.query("DELETE FROM vmotions WHERE token = decode($1, 'hex')", [req.token]);
+      return null;
+    case 'vmotionFind': {
+      // Rows whose sequence starts the payload and whose token is as long: the caller
+      // compares the secret part in constant time.
+      const r = await c.query<{ token: string; seq_length: number; console_id: number; source_node: string; deadline: number }>(
+        `SELECT encode(token, 'hex') AS token, length(seq) AS seq_length, console_id::int AS console_id, source_node, deadline::float8 AS deadline
+           FROM vmotions
+          WHERE length(token) = length(decode($1, 'hex')) AND seq = substring(decode($1, 'hex') FROM 1 FOR length(seq)) AND deadline > $2
+          LIMIT 16`,
+        [req.payload, req.now],
+      );
+      return r.rows.map((x) => ({ token: x.token, seqLength: x.seq_length, consoleId: x.console_id, sourceNode: x.source_node, deadline: x.deadline }));
+    }
     case 'schemaVersion':
       return (await c.query<{ version: number }>('SELECT version FROM vspc_schema')).rows[0]?.version ?? 0;
   }
