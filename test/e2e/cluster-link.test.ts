@@ -20,7 +20,7 @@ import { BrokerPeer } from '../support/broker-client.js';
 import { haveOpenSsh, keyLine, makeKey, sshArgs, SshProcess, type KeyPair } from '../support/ssh.js';
 import { VSPC_JS, runNode } from '../support/cli.js';
 import { LINK_CIPHERS, linkKey } from '../../src/access/cluster/link-connection.js';
-import type { SimulatedVm } from '../support/sim/index.js';
+import { TelnetUser, type SimulatedVm } from '../support/sim/index.js';
 import type { ConsoleHub } from '../../src/domain/console-hub.js';
 
 let pgServer: TestPostgres;
@@ -206,6 +206,32 @@ test('the link refuses plain TCP, garbage, a wrong secret and a flood, with a lo
   await p.waitText('still here', 10_000);
   p.destroy();
   await waitUntil(() => web01.hub.clients.size === 0, 10_000, 'gina gone');
+});
+
+test('a client of node A that stops reading is dropped there; the console on node B and its local client never wait', async () => {
+  const b = nodeB();
+  const flood = await b.ts.connectVm({ uuid: esxiUuid().text, name: 'flood01' }, c);
+  // A telnet user on the console's own port, on node B's address.
+  const local = await TelnetUser.connect({ host: b.host, port: flood.hub.identity.tcpPort });
+  c.add(() => local.destroy());
+  await local.waitFor('[vspc: ', 5000);
+  const slow = await brokerOn(nodeA());
+  slow.send({ kind: 'select', address: 'flood01' });
+  await slow.next('selected');
+  slow.send({ kind: 'lock-request', mode: 'readonly', force: false, user: 'sloth' });
+  await slow.next('lock-granted');
+  await waitUntil(() => flood.hub.clients.size === 2, 10_000, 'both clients attached on the owner');
+  slow.socket.pause(); // never reads again
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  const total = 8 * 1024 * 1024; // far beyond --client-queue-limit (1 MiB) and the kernel's buffers
+  for (let sent = 0; sent < total; sent += chunk.length) flood.vm.send(chunk);
+  flood.vm.send('end-of-flood');
+  await local.waitFor('end-of-flood', 60_000);
+  assert.ok(local.received.length >= total, 'the local client got everything');
+  // Node A dropped its slow client (its own queue bound); the owner kept no client for it.
+  await nodeA().ts.logs.waitFor((l) => l.message === 'client too slow; disconnecting', 30_000, 0, 'node A drops the client that does not read');
+  await waitUntil(() => flood.hub.clients.size === 1, 10_000, 'the remote client detached on the owner');
+  assert.equal(b.ts.logs.filter((l) => l.message === 'client too slow; disconnecting').length, 0, 'nothing is slow on the owner');
 });
 
 test('configuration: a world-readable or short secret, a link without a secret or without PostgreSQL, are refused naming the field', async () => {

@@ -31,8 +31,6 @@ export interface ClusterMirrorsOptions {
   /** Where the node owning a console now listens; null: nobody, or no address advertised. */
   ownerOf(consoleId: number): NodeAddress | null;
   links: ClusterLinks;
-  /** How long a cluster list is reused (ms): menus and broker lists in a burst cost one query. */
-  listTtlMs?: number;
 }
 
 /** The mirror's stand-in source: the owner, reached over the link. */
@@ -159,7 +157,12 @@ export class MirrorHub extends ConsoleHub {
  */
 export class ClusterMirrors {
   private readonly byId = new Map<number, MirrorHub>();
-  private cache: { at: number; list: Array<ConsoleRecord & { owner: string | null }> } | null = null;
+  /**
+   * The cluster list, reused until the end of the current event-loop turn: an SSH menu
+   * or a broker request that asks several times costs one query, and a console
+   * registered on another node a moment ago is found by the next request.
+   */
+  private cache: Array<ConsoleRecord & { owner: string | null }> | null = null;
 
   constructor(
     private readonly log: Logger,
@@ -172,21 +175,20 @@ export class ClusterMirrors {
   }
 
   /**
-   * Every console another node owns, as mirrors (from a list at most `listTtlMs` old).
-   * A database that does not answer gives none (this node's own consoles still work).
+   * Every console another node owns, as mirrors. A database that does not answer gives
+   * none (this node's own consoles still work).
    */
-  remoteConsoles(now = Date.now()): MirrorHub[] {
-    let list: Array<ConsoleRecord & { owner: string | null }>;
-    if (this.cache && now - this.cache.at < (this.opts.listTtlMs ?? 1000)) {
-      list = this.cache.list;
-    } else {
+  remoteConsoles(): MirrorHub[] {
+    let list = this.cache;
+    if (!list) {
       try {
         list = this.opts.clusterList();
       } catch (err) {
         this.log.warn('cluster console list unavailable; showing only this node\'s consoles', { message: (err as Error).message });
         list = [];
       }
-      this.cache = { at: now, list };
+      this.cache = list;
+      setImmediate(() => (this.cache = null));
     }
     const seen = new Set<number>();
     const out: MirrorHub[] = [];
