@@ -5,7 +5,8 @@
  * every vMotion lands on the other node than the source; a telnet user attached on
  * the first node stays attached throughout (its hub becomes a relay of the new owner,
  * then the owner again). 100 vMotions under traffic both ways: every byte once and in
- * order. A forged secret gets nothing on the other node; ABORT deletes the row.
+ * order. A forged secret gets nothing on the other node; ABORT deletes the row. With
+ * a third node (127.0.0.4), its broker client stays attached while the console moves.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,6 +15,7 @@ import { Cleanup, esxiUuid, waitUntil } from '../support/server.js';
 import { startLinkedCluster, type LinkedCluster, type LinkedNode } from '../support/cluster-link.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { Option } from '../../src/protocol/telnet/index.js';
+import { BrokerPeer } from '../support/broker-client.js';
 
 let pgServer: TestPostgres;
 let cluster: LinkedCluster;
@@ -141,4 +143,48 @@ test('a forged secret on the other node gets no PEER-OK and a security line; ABO
   const late = await vmOn(b, id.text, 'guarded', true);
   assert.equal(await late.vmotionPeer(Buffer.concat([seq, secret]), 1000), false);
   assert.equal(hub.source?.peer, `127.0.0.1:${vm.localPort}`, 'nothing moved');
+});
+
+test('three nodes: a broker client of node C on a console that moves A → B → A keeps working through the old owner\'s relay', async () => {
+  const [a, b] = cluster.nodes;
+  const cNode = await cluster.start('node-c', '127.0.0.4', { brokerListen: { host: '127.0.0.1', port: 0 } });
+  const id = esxiUuid();
+  const vm = await vmOn(a, id.text, 'triad');
+  const hub = await a.ts.waitRegistered(id.text, '', 10_000);
+  const p = await BrokerPeer.connect({ host: '127.0.0.1', port: cNode.ts.server.broker!.addresses.tcp!.port });
+  c.add(() => p.destroy());
+  p.send({ kind: 'select', address: 'triad' });
+  await p.next('selected');
+  p.send({ kind: 'lock-request', mode: 'readwrite', force: false, user: 'carla' });
+  await p.next('lock-granted');
+  await waitUntil(() => hub.clients.size === 1, 10_000, 'node C\'s client attached on node A');
+  const strip = (t: string) => t.replace(/\r\n\[vspc: [^\]]*\]\r\n/g, '');
+  vm.send('x1;');
+  await p.waitText('x1;', 10_000);
+  let source = vm;
+  const vms = [vm];
+  let expectOut = 'x1;';
+  let expectIn = '';
+  for (const [step, target] of [b, a].entries()) {
+    const seq = Buffer.from([0x70 + step]);
+    const r = await source.vmotionBegin(seq);
+    const dest = await vmOn(target, id.text, 'triad', true);
+    vms.push(dest);
+    assert.equal(await dest.vmotionPeer(Buffer.concat([seq, (r as { secret: Buffer }).secret]), 5000), true);
+    dest.vmotionComplete(seq);
+    await dest.barrier();
+    await waitUntil(() => sourcePeer(target, id.hex) === `127.0.0.1:${dest.localPort}`, 10_000, `on ${target.id}`);
+    const o = `x${step + 2};`;
+    dest.send(o);
+    expectOut += o;
+    await waitUntil(() => strip(p.text).endsWith(o), 10_000, `${o} reached node C`);
+    const i = `y${step + 1};`;
+    p.session.sendData(Buffer.from(i));
+    expectIn += i;
+    await dest.waitForInput(i, 10_000);
+    source = dest;
+  }
+  assert.equal(strip(p.text), expectOut);
+  assert.equal(vms.map((v) => v.input.toString('latin1')).join(''), expectIn);
+  assert.equal(p.closed, false);
 });
