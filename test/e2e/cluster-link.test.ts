@@ -204,6 +204,8 @@ test('the link refuses plain TCP, garbage, a wrong secret and a flood, with a lo
   await p.next('lock-granted');
   web01.vm.send('still here\r\n');
   await p.waitText('still here', 10_000);
+  // The authenticated link does not count against the handshake bound, the refused ones no longer do.
+  assert.equal(b.ts.server.clusterLink!.pendingHandshakes, 0);
   p.destroy();
   await waitUntil(() => web01.hub.clients.size === 0, 10_000, 'gina gone');
 });

@@ -52,6 +52,8 @@ export class ClusterLinkServer {
   private server: Server | null = null;
   private readonly links = new Set<LinkConnection>();
   private handshaking = 0;
+  /** TCP connections whose TLS handshake is not done: bounded by maxHandshakes. */
+  private readonly pending = new WeakSet<Socket>();
   private refusedLogged = 0;
   private refusedWindowStart = 0;
   private addr: HostPort | null = null;
@@ -71,6 +73,11 @@ export class ClusterLinkServer {
 
   get address(): HostPort | null {
     return this.addr;
+  }
+
+  /** TCP connections still in their TLS handshake. */
+  get pendingHandshakes(): number {
+    return this.handshaking;
   }
 
   get connections(): number {
@@ -99,20 +106,20 @@ export class ClusterLinkServer {
         return;
       }
       this.handshaking++;
-      let counted = true;
-      const done = (): void => {
-        if (counted) this.handshaking--;
-        counted = false;
-      };
-      raw.once('close', done);
-      raw.once('secure', done);
+      this.pending.add(raw);
+      raw.once('close', () => this.handshakeOver(raw));
     });
     // Plain TCP, garbage, a wrong secret, a handshake too slow: the TLS layer fails it.
     server.on('tlsClientError', (err, socket) => {
       this.refuse(socket.remoteAddress, err.message);
       socket.destroy();
     });
-    server.on('secureConnection', (socket: TLSSocket) => this.accepted(socket));
+    server.on('secureConnection', (socket: TLSSocket) => {
+      // Node's TLSSocket keeps the TCP socket it wraps as `_parent` (not public API; without it the count only drops at close).
+      const raw = (socket as unknown as { _parent?: Socket })._parent;
+      if (raw) this.handshakeOver(raw);
+      this.accepted(socket);
+    });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -134,6 +141,10 @@ export class ClusterLinkServer {
     this.server = null;
     for (const l of [...this.links]) l.destroy('node stopping');
     if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  private handshakeOver(raw: Socket): void {
+    if (this.pending.delete(raw)) this.handshaking--;
   }
 
   /** One line per refused peer, at most 10 a minute (a flood costs no disk). */
