@@ -232,6 +232,13 @@ export class VmotionCoordinator {
       }
       if (remote) {
         this.remotePeers.set(conn, remote);
+        // The source's node keeps the deadline of the migration; this node bounds the wait of its peer the same way.
+        setTimeout(() => {
+          if (this.remotePeers.get(conn) !== remote) return;
+          this.remotePeers.delete(conn);
+          conn.log.warn('vMotion peer of a migration begun on another node timed out before COMPLETE', { sourceNode: remote.sourceNode });
+          conn.close('vMotion timed out');
+        }, this.options.timeoutMs).unref();
         conn.markVmotionPeer();
         conn.sendPeerOk(remote.seq);
         conn.log.info('vMotion peer accepted for a migration begun on another node: PEER-OK sent', () => ({

@@ -22,6 +22,7 @@ import { LOCK_MODES, type ClientAuth, type LockRequest } from '../../domain/lock
 import type { LinkEvent } from '../../protocol/cluster/link.js';
 import { LINK_CIPHERS, LinkConnection, linkKey } from './link-connection.js';
 import type { HostPort } from '../../util/net.js';
+import { sanitizeText } from '../../util/text.js';
 
 const PSK_IDENTITY = Symbol('vspc.pskIdentity');
 type PskSocket = { [PSK_IDENTITY]?: string };
@@ -206,9 +207,10 @@ export class ClusterLinkServer {
           return;
         }
         const request = typeof h.request === 'string' && (LOCK_MODES as readonly string[]).includes(h.request) ? (h.request as LockRequest) : 'readwrite';
-        const peer = `${link.session.peerNodeId}/${typeof h.peer === 'string' ? h.peer.slice(0, 200) : '?'}`;
+        // From an authenticated node, but still text that ends up in logs and WHO: made safe to print.
+        const peer = `${link.session.peerNodeId}/${typeof h.peer === 'string' ? sanitizeText(h.peer.slice(0, 200)) : '?'}`;
         const method = typeof h.method === 'string' && /^[a-z0-9-]{1,16}$/.test(h.method) ? h.method : 'telnet';
-        const user = typeof h.user === 'string' && h.user.length <= 64 ? h.user : undefined;
+        const user = typeof h.user === 'string' && h.user.length <= 64 ? sanitizeText(h.user) : undefined;
         const auth = parseAuth(h.auth);
         const client = new RemoteClient(link, ev.stream, peer, method, link.session.peerNodeId ?? '?', this.opts.maxQueuedBytes, (why) => {
           clients.delete(ev.stream);
