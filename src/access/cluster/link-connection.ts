@@ -62,6 +62,8 @@ export class LinkConnection {
       window: opts.window,
       maxStreams: opts.maxStreams,
     });
+    // Small frames (keystrokes, CREDIT, a handover's steps) must not wait for Nagle's algorithm.
+    socket.setNoDelay(true);
     this.helloTimer = setTimeout(() => this.fail('no HELLO from the peer node in time', 'VSPC_LINK_AUTH_FAILED'), opts.helloTimeoutMs);
     this.helloTimer.unref();
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
