@@ -182,6 +182,15 @@ test('three nodes: a broker client of node C on a console that moves A → B →
     p.session.sendData(Buffer.from(i));
     expectIn += i;
     await dest.waitForInput(i, 10_000);
+    // The console's telnet port moved with it: bound on the new owner (on its address).
+    let fresh: TelnetUser | null = null;
+    await waitUntil(async () => {
+      fresh = await TelnetUser.connect({ host: target.host, port: hub.identity.tcpPort }).catch(() => null);
+      return fresh !== null;
+    }, 10_000, `port ${hub.identity.tcpPort} bound on ${target.id}`);
+    c.add(() => fresh?.destroy());
+    await fresh!.waitFor('[vspc: triad (uuid', 5000);
+    fresh!.destroy();
     source = dest;
   }
   assert.equal(strip(p.text), expectOut);
