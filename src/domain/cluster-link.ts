@@ -58,6 +58,11 @@ export interface RemoteAttachment {
   /** Client input. False: the owner's window is full, wait for `drain`. */
   write(data: Buffer): boolean;
   sendBreak(): void;
+  /**
+   * `callback` runs once every byte written so far has left for the owner (at once
+   * when nothing waits for credit, or when the attachment has ended).
+   */
+  whenFlushed(callback: () => void): void;
   /** Detach (idempotent): `closed` is not called. */
   close(reason: string): void;
 }

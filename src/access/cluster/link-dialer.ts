@@ -34,6 +34,7 @@ class Attachment implements RemoteAttachment {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private blocked = false;
+  private flushWaiters: Array<() => void> = [];
   ended = false;
 
   constructor(
@@ -57,11 +58,23 @@ class Attachment implements RemoteAttachment {
     if (!this.ended && this.stream !== 0) this.peer.link.write(this.peer.link.session.sendBreak(this.stream));
   }
 
+  whenFlushed(callback: () => void): void {
+    if (this.ended || this.pendingBytes === 0) callback();
+    else this.flushWaiters.push(callback);
+  }
+
+  private flushed(): void {
+    const waiters = this.flushWaiters;
+    this.flushWaiters = [];
+    for (const w of waiters) w();
+  }
+
   close(reason: string): void {
     if (this.ended) return;
     this.ended = true;
     if (this.stream !== 0) this.peer.link.write(this.peer.link.session.close(this.stream, reason));
     this.onEnd(this);
+    this.flushed();
   }
 
   /** Sends pending input within the stream's credit. */
@@ -80,6 +93,7 @@ class Attachment implements RemoteAttachment {
       this.blocked = false;
       this.handlers.drain();
     }
+    if (this.pendingBytes === 0) this.flushed();
   }
 
   /** The owner or the link ended it. */
@@ -87,6 +101,7 @@ class Attachment implements RemoteAttachment {
     if (this.ended) return;
     this.ended = true;
     this.onEnd(this);
+    this.flushed();
     this.handlers.closed(reason);
   }
 }

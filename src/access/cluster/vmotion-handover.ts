@@ -142,6 +142,14 @@ export class ClusterVmotionService implements ClusterVmotion {
     const relay = this.relays.get(m.consoleId) ?? null;
     relay?.hub.startHolding();
     this.takingOver.add(m.consoleId);
+    const start = (): void => this.askHandover(conn, m, source!, relay, log, started);
+    // Input the relay already took but still waits for the owner's credit must reach the
+    // owner before the handover does (it is part of what the owner holds and hands back).
+    if (relay?.source.attachment) relay.source.attachment.whenFlushed(start);
+    else start();
+  }
+
+  private askHandover(conn: VmotionEndpoint, m: RemoteMigration, source: NodeAddress, relay: Relay | null, log: Logger, started: number): void {
     const held: Buffer[] = [];
     let claimed = false;
     const attachment = this.o.links.attach(
