@@ -19,6 +19,11 @@ export interface RegistryEvents {
    * where expiry runs before the records are loaded). One event per record.
    */
   expired: [record: ExpiredRecord, hub: ConsoleHub | null];
+  /**
+   * A client left a hub this registry made (also one it handed over to another node
+   * and that still relays its clients there, see `handOver`).
+   */
+  clientDetached: [hub: ConsoleHub];
 }
 
 /** `nameOrder`s of names given while running start here, above every record id. */
@@ -68,6 +73,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       event: (hub: ConsoleHub, event: ConsoleEvent) => {
         if (event.kind === 'client-attached') this.noteUse(hub);
         outer?.event?.(hub, event);
+        if (event.kind === 'client-detached') this.emit('clientDetached', hub);
         // Cluster: a console belongs to the node holding its source connection. An ESXi
         // VM that left may come back through any node, so this one lets it go (after
         // the observers heard the disconnect, outside the hub's own call).

@@ -119,6 +119,27 @@ test('100 cross-node vMotions under traffic both ways: every byte once and in or
   assert.equal(rows.find((p) => p.name === 'mover')?.port, hub.identity.tcpPort);
   assert.equal(rows.find((p) => p.name === 'mover')?.node, 'node-a');
   assert.deepEqual(await pgServer.query('SELECT 1 FROM vmotions', [], dbName()), []);
+  assert.equal(a.ts.server.clusterVmotion!.relayCount + b.ts.server.clusterVmotion!.relayCount, 0, 'no relay left: the console is back where its user is');
+});
+
+test('a relay whose last client leaves is closed: no phantom lock holder stays on the new owner', async () => {
+  const [a, b] = cluster.nodes;
+  const id = esxiUuid();
+  const vm = await vmOn(a, id.text, 'leaver');
+  const hub = await a.ts.waitRegistered(id.text, '', 10_000);
+  const user = await userOn(a, hub.identity.tcpPort);
+  const seq = Buffer.from([0x5a]);
+  const r = await vm.vmotionBegin(seq);
+  const dest = await vmOn(b, id.text, 'leaver', true);
+  assert.equal(await dest.vmotionPeer(Buffer.concat([seq, (r as { secret: Buffer }).secret]), 5000), true);
+  dest.vmotionComplete(seq);
+  await dest.barrier();
+  await waitUntil(() => sourcePeer(b, id.hex) === `127.0.0.1:${dest.localPort}`, 10_000, 'moved to node B');
+  const onB = b.ts.server.registry.get('esxi', id.hex, '')!;
+  await waitUntil(() => onB.locks.list().some((h) => h.peer === 'node-a/relay'), 10_000, 'node A relays its user');
+  user.destroy();
+  await waitUntil(() => onB.clients.size === 0 && onB.locks.list().length === 0, 10_000, 'the relay left the owner');
+  assert.equal(a.ts.server.clusterVmotion!.relayCount, 0);
 });
 
 test('a forged secret on the other node gets no PEER-OK and a security line; ABORT deletes the row and nothing moves', async () => {

@@ -91,7 +91,10 @@ export class ClusterVmotionService implements ClusterVmotion {
   constructor(
     private readonly log: Logger,
     private readonly o: ClusterVmotionOptions,
-  ) {}
+  ) {
+    // A relay nobody here uses any more would keep a READWRITE holder on the owner.
+    o.registry.on('clientDetached', (hub) => this.relayIdle(hub));
+  }
 
   /** Relays up (tests). */
   get relayCount(): number {
@@ -215,6 +218,16 @@ export class ClusterVmotionService implements ClusterVmotion {
       return all;
     }
     return all.subarray(all.length - n);
+  }
+
+  private relayIdle(hub: ConsoleHub): void {
+    const id = hub.identity.id;
+    const r = this.relays.get(id);
+    if (!r || r.hub !== hub || hub.clients.size > 0 || this.takingOver.has(id)) return;
+    this.relays.delete(id);
+    r.source.close('no clients left on this node');
+    hub.stopHolding(null);
+    this.log.info('relay to the console\'s owner closed: no clients left here', { vm: hub.displayName });
   }
 
   /** Ends every relay (node stopping). */
