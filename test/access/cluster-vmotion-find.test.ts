@@ -23,7 +23,7 @@ function service(rows: Array<{ token: string; seqLength: number; consoleId: numb
   };
   return new ClusterVmotionService(new LogCapture().logger, {
     nodeId: 'node-b',
-    registry: {} as Registry,
+    registry: { on: () => undefined } as unknown as Registry,
     coordinator: {} as VmotionCoordinator,
     links: {} as ClusterLinks,
     store,
