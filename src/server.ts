@@ -15,6 +15,10 @@ import { TelnetListeners, type TelnetListenerOptions } from './access/telnet/lis
 import { TelnetClient } from './access/telnet/client.js';
 import { ConsoleBroker } from './access/broker/broker.js';
 import { SshListener } from './access/ssh/listener.js';
+import { ClusterLinkServer } from './access/cluster/link-server.js';
+import { ClusterLinkDialer } from './access/cluster/link-dialer.js';
+import { ClusterVmotionService } from './access/cluster/vmotion-handover.js';
+import { ClusterMirrors } from './sources/cluster/mirror.js';
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { RawListeners } from './access/raw/listeners.js';
@@ -66,6 +70,8 @@ export interface ServerAddresses {
   admin: net.AddressInfo;
   /** The SSH front door (--ssh-listen), or null. */
   ssh: net.AddressInfo | null;
+  /** The cluster link (--cluster-listen), or null. */
+  cluster: { host: string; port: number } | null;
 }
 
 /**
@@ -105,6 +111,15 @@ export class VspcServer {
   private readonly pg: PgConsoleStore | null;
   /** This node's id in a cluster (`--node-id`, default the host name); null with SQLite. */
   readonly nodeId: string | null;
+  /** The cluster link (--cluster-listen): other nodes' clients attach here; null without. */
+  readonly clusterLink: ClusterLinkServer | null = null;
+  /** Dials the other nodes for this node's clients of their consoles; null without a link. */
+  private readonly clusterDialer: ClusterLinkDialer | null = null;
+  /** Mirrors of the consoles other nodes own, offered by the SSH front door and the broker. */
+  readonly clusterMirrors: ClusterMirrors | null = null;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  /** Cross-node vMotion (with the cluster link); null otherwise. */
+  readonly clusterVmotion: ClusterVmotionService | null = null;
   private readonly listeners: TelnetListeners;
   /** The log budget of the client ports' per-connection lines (see TelnetClientOptions.acceptLogger). */
   private readonly clientAcceptLog: BudgetedLogger;
@@ -230,6 +245,33 @@ export class VspcServer {
       });
     });
     this.metrics = new Metrics(this.registry);
+    if (this.pg && config.clusterListen && config.clusterSecret) {
+      // The internal link (docs/decisions/0012-cluster-link-tls-psk.md): serve this
+      // node's consoles to the others' clients, reach theirs for this node's clients.
+      const pg = this.pg;
+      const registry = this.registry;
+      const linkLog = logger.child({ component: 'cluster-link' });
+      this.clusterLink = new ClusterLinkServer(linkLog, {
+        nodeId: this.nodeId!,
+        secret: config.clusterSecret,
+        listen: config.clusterListen,
+        consoleById: (id, tcpPort) => {
+          const hub = registry.getByPort(tcpPort);
+          return hub && hub.identity.id === id ? hub : undefined;
+        },
+        get maxQueuedBytes() { return config.clientQueueLimit; },
+      });
+      this.clusterDialer = new ClusterLinkDialer(linkLog, { nodeId: this.nodeId!, secret: config.clusterSecret });
+      this.clusterMirrors = new ClusterMirrors(linkLog, {
+        nodeId: this.nodeId!,
+        clusterList: () => pg.clusterList(),
+        ownerOf: (id) => {
+          const o = pg.ownerLink(id);
+          return o && o.host !== null && o.port !== null ? { node: o.node, host: o.host, port: o.port } : null;
+        },
+        links: this.clusterDialer,
+      });
+    }
     this.metrics.fdBudget = this.fds;
     // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.
     this.registry.on('added', (hub) => this.applyVmSettings(hub));
@@ -249,6 +291,27 @@ export class VspcServer {
       },
       logger,
     );
+    if (this.pg && this.clusterDialer && this.clusterLink) {
+      const pg = this.pg;
+      this.clusterVmotion = new ClusterVmotionService(logger.child({ component: 'cluster-vmotion' }), {
+        nodeId: this.nodeId!,
+        registry: this.registry,
+        coordinator: this.vmotion,
+        links: this.clusterDialer,
+        store: {
+          publish: (token, seq, consoleId, deadline) => pg.vmotionPublish(token, seq, consoleId, deadline),
+          withdraw: (token) => pg.vmotionWithdraw(token),
+          find: (payload) => pg.vmotionFind(payload),
+          nodeLink: (node) => pg.nodeLink(node),
+        },
+      });
+      this.vmotion.cluster = this.clusterVmotion;
+      const service = this.clusterVmotion;
+      this.clusterLink.setVmotion({
+        handover: (token, toNode) => service.handover(token, toNode),
+        outputSinceTakeover: (hub) => service.outputSinceTakeover(hub),
+      });
+    }
     const tlsOptions = config.tls
       ? {
           cert: config.tls.cert,
@@ -282,6 +345,7 @@ export class VspcServer {
     this.broker =
       config.brokerSocket || config.brokerListen
         ? new ConsoleBroker(this.registry, logger, {
+            ...(this.clusterMirrors ? { consoles: () => this.offeredConsoles() } : {}),
             socket: config.brokerSocket ? { path: config.brokerSocket.path, mode: config.brokerSocketMode, gid: config.brokerSocketGroup?.gid ?? null } : null,
             listen: config.brokerListen,
             limits: config.brokerLimits,
@@ -296,6 +360,7 @@ export class VspcServer {
     const consoleLogs = this.consoleLogs;
     this.ssh = config.sshListen
       ? new SshListener(this.registry, logger, {
+          ...(this.clusterMirrors ? { consoles: () => this.offeredConsoles() } : {}),
           listen: config.sshListen,
           hostKeyDir: config.sshHostKeyDir ?? (isPostgresUrl(config.dbPath) ? process.cwd() : dirname(config.dbPath)),
           authorizedKeysFile: config.sshAuthorizedKeys,
@@ -579,9 +644,10 @@ export class VspcServer {
     const proxyTls = c.proxyTlsListen && c.tls ? await this.proxy.listen(c.proxyTlsListen, { cert: c.tls.cert, key: c.tls.key }) : null;
     // Before the admin API: once it answers, vspc's own listeners are up.
     const ssh = this.ssh ? await this.ssh.start() : null;
+    const cluster = await this.startClusterLink();
     const admin = await this.admin.listen(c.adminListen, c.adminTls);
     await this.startBroker();
-    this.addressesValue = { proxy, proxyTls, admin, ssh };
+    this.addressesValue = { proxy, proxyTls, admin, ssh, cluster };
     // Then the consoles, each descriptor through the budget.
     this.listeners.start();
     this.applyConsoles(true);
@@ -597,6 +663,27 @@ export class VspcServer {
       vmPorts: this.registry.size,
       portRange: `${c.portRange.start}-${c.portRange.end}`,
     });
+  }
+
+  /**
+   * The cluster link listening, and its address advertised in the database (the
+   * `nodes` row) with a heartbeat, so that the other nodes can reach this one's consoles.
+   */
+  private async startClusterLink(): Promise<{ host: string; port: number } | null> {
+    const link = this.clusterLink;
+    const pg = this.pg;
+    if (!link || !pg) return null;
+    const a = await link.listen();
+    pg.advertiseLink(a.host, a.port);
+    this.heartbeatTimer = setInterval(() => pg.heartbeat(), 10_000);
+    this.heartbeatTimer.unref();
+    return a;
+  }
+
+  /** What the SSH front door and the broker offer in a cluster: this node's consoles and mirrors of the others'. */
+  private offeredConsoles(): ConsoleHub[] {
+    const own = this.registry.all();
+    return this.clusterMirrors ? [...own, ...this.clusterMirrors.remoteConsoles()] : own;
   }
 
   /**
@@ -907,6 +994,11 @@ export class VspcServer {
     // SSH sessions (menus too) are told and ended, within the grace period.
     const sshClosed = this.ssh?.close() ?? Promise.resolve();
     for (const hub of this.registry.all()) hub.closeClients('vspc is shutting down');
+    this.clusterMirrors?.close('vspc is shutting down');
+    this.clusterVmotion?.close('vspc is shutting down');
+    this.clusterDialer?.close();
+    const linkClosed = this.clusterLink?.close() ?? Promise.resolve();
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     for (const conn of this.proxy.connections) conn.close('vspc is shutting down');
     const grace = new Promise<void>((r) => setTimeout(r, this.config.closeGraceMs + 100).unref());
     await Promise.race([accepting, grace]);
@@ -914,6 +1006,7 @@ export class VspcServer {
     await Promise.race([endpoints, grace]);
     for (const conn of this.proxy.connections) conn.destroy('shutdown grace period over');
     await sshClosed;
+    await linkClosed;
     this.vmotion.clear();
     // After the connections, so their disconnect lines are in the console logs.
     await this.discovered.close();
@@ -942,6 +1035,11 @@ export class VspcServer {
     void this.ptys.close();
     this.broker?.destroy();
     this.ssh?.destroy();
+    this.clusterMirrors?.close('vspc stopped');
+    this.clusterVmotion?.close('vspc stopped');
+    this.clusterDialer?.close();
+    void this.clusterLink?.close();
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.vmotion.refuseNew();
     for (const conn of this.proxy.connections) conn.destroy('server destroyed');
     this.vmotion.clear();

@@ -37,6 +37,10 @@ export interface VspcConfig {
   dbPath: string;
   /** This node's id in a PostgreSQL cluster; null: the host name. */
   nodeId: string | null;
+  /** Where this node's internal cluster link listens, also the address it advertises (--cluster-listen); null: no link. */
+  clusterListen: HostPort | null;
+  /** The cluster's shared secret, read from --cluster-secret-file (the link's TLS pre-shared keys derive from it). */
+  clusterSecret: Buffer | null;
   portRange: PortRange;
   /** A console's telnets TCP port is its telnet TCP port plus this. */
   tlsPortOffset: number;

@@ -158,6 +158,19 @@ function adminToken({ values, origin, warnings }: CombineInputs): string | null 
 
 /** Checks across options that set no field of their own. */
 function checkAcross(config: VspcConfig): void {
+  const pg = /^postgres(ql)?:\/\//i.test(config.dbPath);
+  if ((config.clusterListen || config.clusterSecret) && !pg) {
+    const field = config.clusterListen ? '--cluster-listen' : '--cluster-secret-file';
+    throw new ConfigError(`${field}: the cluster link is for nodes sharing a PostgreSQL database (--db postgres://...)`, { field });
+  }
+  if (config.clusterListen && !config.clusterSecret) {
+    throw new ConfigError('--cluster-secret-file: a cluster link needs the shared secret (the link is never open without authentication)', {
+      field: '--cluster-secret-file',
+    });
+  }
+  if (config.clusterSecret && !config.clusterListen) {
+    throw new ConfigError('--cluster-listen: --cluster-secret-file is for the cluster link; give the address it listens on too', { field: '--cluster-listen' });
+  }
   if (config.sshListen && !config.sshAuthorizedKeys && !config.sshKeysCommand) {
     throw new ConfigError('--ssh-listen: no key could log in: give --ssh-authorized-keys FILE, --ssh-keys-command CMD, or both', { field: '--ssh-listen' });
   }

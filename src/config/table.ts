@@ -10,6 +10,8 @@
  * Settings no option sets (protocol bounds, grace periods) are in FIXED_SETTINGS
  * below, also typed so that every VspcConfig field is in exactly one of the two.
  */
+import { readFileSync, statSync } from 'node:fs';
+import type { HostPort } from '../util/net.js';
 import { LOCK_MODES } from '../domain/locks.js';
 import type { VspcConfig } from './config.js';
 import {
@@ -135,6 +137,44 @@ export function parseDb(field: string, text: string): string {
   return t;
 }
 
+/**
+ * `--cluster-listen`: HOST:PORT with an explicit host other nodes can reach (it is what
+ * the node advertises), so not a wildcard address.
+ */
+export function parseClusterListen(field: string, text: string): HostPort {
+  const hp = parseHostPort(field, text, '');
+  if (hp.host === '' || hp.host === '0.0.0.0' || hp.host === '::') {
+    throw new ConfigError(`${field}: give the address the other nodes reach this one on (it is advertised to them), not ${hp.host || 'no host'}`, {
+      field,
+      value: text,
+    });
+  }
+  return hp;
+}
+
+export const MIN_CLUSTER_SECRET = 32;
+
+/**
+ * `--cluster-secret-file`: the cluster's shared secret (trailing white space ignored).
+ * Refused when other users may read the file (it lets anyone in the cluster) or when
+ * shorter than MIN_CLUSTER_SECRET characters.
+ */
+export function readClusterSecret(field: string, path: string): Buffer {
+  const p = parseReadableFile(field, path);
+  const mode = statSync(p).mode;
+  if ((mode & 0o004) !== 0) {
+    throw new ConfigError(`${field}: ${p} is readable by every user (mode ${(mode & 0o777).toString(8)}); chmod 600 it`, { field, value: p });
+  }
+  const secret = readFileSync(p, 'utf8').replace(/\s+$/, '');
+  if (secret.length < MIN_CLUSTER_SECRET) {
+    throw new ConfigError(`${field}: the secret in ${p} is ${secret.length} characters; it needs at least ${MIN_CLUSTER_SECRET} (e.g. openssl rand -hex 32)`, {
+      field,
+      value: p,
+    });
+  }
+  return Buffer.from(secret, 'utf8');
+}
+
 /** `--node-id`: a short name, also shown in the cluster-wide console list. */
 export function parseNodeId(field: string, text: string): string {
   const t = text.trim();
@@ -225,6 +265,24 @@ export const OPTIONS = [
     field: 'nodeId',
     help: "this vspc node's name in a PostgreSQL cluster (unique among the nodes; default: the host name)",
     parse: (t, f) => parseNodeId(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--cluster-listen <host:port>',
+    key: 'clusterListen',
+    kind: 'text',
+    field: 'clusterListen',
+    help: "the internal link other cluster nodes reach this one on (PostgreSQL only; advertised in the database; port 0: any free one), e.g. 10.0.0.2:7700",
+    parse: (t, f) => parseClusterListen(f, t),
+    reload: false,
+  }),
+  option({
+    flag: '--cluster-secret-file <file>',
+    key: 'clusterSecretFile',
+    kind: 'text',
+    field: 'clusterSecret',
+    help: 'the secret every cluster node shares (at least 32 characters; not readable by other users), e.g. made with openssl rand -hex 32',
+    parse: (t, f) => readClusterSecret(f, t),
     reload: false,
   }),
   option({

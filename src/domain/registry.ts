@@ -19,6 +19,11 @@ export interface RegistryEvents {
    * where expiry runs before the records are loaded). One event per record.
    */
   expired: [record: ExpiredRecord, hub: ConsoleHub | null];
+  /**
+   * A client left a hub this registry made (also one it handed over to another node
+   * and that still relays its clients there, see `handOver`).
+   */
+  clientDetached: [hub: ConsoleHub];
 }
 
 /** `nameOrder`s of names given while running start here, above every record id. */
@@ -68,6 +73,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       event: (hub: ConsoleHub, event: ConsoleEvent) => {
         if (event.kind === 'client-attached') this.noteUse(hub);
         outer?.event?.(hub, event);
+        if (event.kind === 'client-detached') this.emit('clientDetached', hub);
         // Cluster: a console belongs to the node holding its source connection. An ESXi
         // VM that left may come back through any node, so this one lets it go (after
         // the observers heard the disconnect, outside the hub's own call).
@@ -195,6 +201,53 @@ export class Registry extends EventEmitter<RegistryEvents> {
 
   get size(): number {
     return this.byKey.size;
+  }
+
+  /**
+   * Cluster, cross-node vMotion: this node hands the console to the destination's node.
+   * Its ownership is given up (waited for: the other node claims it next) and the hub
+   * leaves the registry (`removed`: its ports close here, to be bound by the new owner),
+   * but its clients and retiring source are left alone: the caller relays them.
+   */
+  handOver(hub: ConsoleHub): void {
+    const k = keyOf(hub.identity.kind, hub.identity.key, hub.identity.label);
+    if (this.byKey.get(k) !== hub) return;
+    this.byKey.delete(k);
+    this.byPort.delete(hub.identity.tcpPort);
+    try {
+      this.ownership?.release(hub.identity.id, true);
+    } catch {
+      // The session is gone: so is the ownership.
+    }
+    this.emit('removed', hub);
+  }
+
+  /**
+   * Cluster, cross-node vMotion: this node takes a console over. Claims it and adopts
+   * `relay` — this node's hub for it from an earlier handover, still serving clients
+   * here — when given (its clients stay attached), else a new hub from the record.
+   * Throws `VSPC_CONSOLE_OWNED_ELSEWHERE` when the claim fails, `VSPC_NOT_FOUND`.
+   */
+  takeOver(id: number, relay: ConsoleHub | null): ConsoleHub {
+    const r = this.store.getById(id);
+    if (!r) throw new StorageError('VSPC_NOT_FOUND', `no console record with id ${id}`, { id });
+    const existing = this.byKey.get(keyOf(r.kind, r.key, r.label));
+    if (existing) return existing;
+    if (this.ownership) {
+      const claim = this.ownership.claim(r.id);
+      if (!claim.owned) {
+        throw new StorageError('VSPC_CONSOLE_OWNED_ELSEWHERE', `console ${r.key} is owned by vspc node ${claim.owner ?? '(one whose session is ending)'}`, {
+          owner: claim.owner,
+        });
+      }
+    }
+    if (!relay) return this.adopt(r, false);
+    relay.identity.tcpPort = r.tcpPort;
+    if (r.name !== null) relay.identity.name = boundName(r.name);
+    this.byKey.set(keyOf(r.kind, r.key, r.label), relay);
+    this.byPort.set(r.tcpPort, relay);
+    this.emit('added', relay);
+    return relay;
   }
 
   /** Drop a VM serial port: its row, its port, its listener and its clients. */

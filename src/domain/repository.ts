@@ -99,8 +99,12 @@ export interface ConsoleOwnership {
    * this node already owns. Throws `VSPC_DB_UNAVAILABLE`.
    */
   claim(id: number): { owned: true } | { owned: false; owner: string | null };
-  /** Gives up a console this node owns; a no-op for others. */
-  release(id: number): void;
+  /**
+   * Gives up a console this node owns; a no-op for others. `wait`: returns once the
+   * database has let go (a vMotion handover: the destination's node claims it next);
+   * otherwise not waited for.
+   */
+  release(id: number, wait?: boolean): void;
   /** Every record in the cluster with its owning node (null: nobody's right now), ordered by port. */
   clusterList(): Array<ConsoleRecord & { owner: string | null }>;
   /**

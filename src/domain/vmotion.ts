@@ -89,10 +89,45 @@ export interface VmotionCoordinatorOptions {
 
 export type VmotionCounters = Record<MigrationOutcome | 'begun' | 'bad-peer', number>;
 
+/** A vMotion begun on another node, matched by a VMOTION-PEER on this one. */
+export interface RemoteMigration {
+  readonly seq: Buffer;
+  /** Sequence + secret, as the peer presented them. */
+  readonly token: Buffer;
+  readonly consoleId: number;
+  readonly sourceNode: string;
+}
+
+/**
+ * Cross-node vMotion (a PostgreSQL cluster): what the coordinator needs from the
+ * cluster. Implemented by src/access/cluster/vmotion-handover.ts; absent on one node.
+ */
+export interface ClusterVmotion {
+  /** GOAHEAD is being sent: record the migration cluster-wide (sequence, secret, console, deadline). */
+  publish(seq: Buffer, secret: Buffer, consoleId: number, deadline: number): void;
+  /** The migration ended here (any outcome): its row goes. */
+  withdraw(token: Buffer): void;
+  /**
+   * A VMOTION-PEER with no local match: the pending migration of another node whose
+   * sequence and secret it carries (the secret compared in constant time), or null.
+   */
+  find(token: Buffer): RemoteMigration | null;
+  /**
+   * COMPLETE from the destination of a remote migration: take the console over from
+   * the source's node (held input first) and make `conn` its source. Asynchronous;
+   * failures are the implementation's to log and to close `conn` for.
+   */
+  complete(conn: VmotionEndpoint, m: RemoteMigration): void;
+}
+
 export class VmotionCoordinator {
   private readonly byKey = new Map<string, Migration>();
   private readonly bySource = new Map<VmotionEndpoint, Migration>();
   private readonly byPeer = new Map<VmotionEndpoint, Migration>();
+  /** Destinations here of migrations begun on another node (cluster). */
+  private readonly remotePeers = new Map<VmotionEndpoint, RemoteMigration>();
+  /** Set by the server in a cluster with the internal link. */
+  cluster: ClusterVmotion | null = null;
   private readonly history = new WeakMap<ConsoleHub, StoredRecord[]>();
   private readonly pool = new RandomPool();
   /** Why every BEGIN is answered NOTNOW right now; null while vMotions are accepted. */
@@ -172,12 +207,47 @@ export class VmotionCoordinator {
     this.counters.begun++;
     // Hold before answering: nothing typed after GOAHEAD may reach the paused VM.
     hub.startHolding();
+    if (this.cluster) {
+      try {
+        this.cluster.publish(m.seq, secret, hub.identity.id, m.startedAt + this.options.timeoutMs);
+      } catch (err) {
+        // The destination may still land on this node; elsewhere it will find no row.
+        source.log.warn('vMotion not published to the cluster; a destination on another node will be refused', () => ({
+          message: (err as Error).message,
+        }));
+      }
+    }
     source.sendGoahead(seq, secret);
     source.log.info('vMotion begin: GOAHEAD sent', () => ({ seq: seq.toString('hex') }));
   }
 
   peer(conn: VmotionEndpoint, seqAndSecret: Buffer): boolean {
     const m = this.byKey.get(seqAndSecret.toString('latin1'));
+    if (!m && this.cluster && !conn.hub && !this.remotePeers.has(conn)) {
+      let remote: RemoteMigration | null = null;
+      try {
+        remote = this.cluster.find(seqAndSecret);
+      } catch (err) {
+        conn.log.warn('cluster vMotion lookup failed', () => ({ message: (err as Error).message }));
+      }
+      if (remote) {
+        this.remotePeers.set(conn, remote);
+        // The source's node keeps the deadline of the migration; this node bounds the wait of its peer the same way.
+        setTimeout(() => {
+          if (this.remotePeers.get(conn) !== remote) return;
+          this.remotePeers.delete(conn);
+          conn.log.warn('vMotion peer of a migration begun on another node timed out before COMPLETE', { sourceNode: remote.sourceNode });
+          conn.close('vMotion timed out');
+        }, this.options.timeoutMs).unref();
+        conn.markVmotionPeer();
+        conn.sendPeerOk(remote.seq);
+        conn.log.info('vMotion peer accepted for a migration begun on another node: PEER-OK sent', () => ({
+          sourceNode: remote.sourceNode,
+          seq: remote.seq.toString('hex'),
+        }));
+        return true;
+      }
+    }
     if (!m || m.peer || conn === m.source || conn.hub) {
       this.counters['bad-peer']++;
       conn.log.warn('security: VMOTION-PEER with an unknown or already used sequence/secret; refused and closed', {
@@ -198,6 +268,12 @@ export class VmotionCoordinator {
   }
 
   complete(conn: VmotionEndpoint, seq: Buffer): void {
+    const remote = this.remotePeers.get(conn);
+    if (remote && remote.seq.equals(seq) && this.cluster) {
+      this.remotePeers.delete(conn);
+      this.cluster.complete(conn, remote);
+      return;
+    }
     const m = this.byPeer.get(conn);
     if (!m || !m.seq.equals(seq)) {
       conn.log.warn('VMOTION-COMPLETE ignored: not from the peer of a pending vMotion with that sequence', () => ({
@@ -222,8 +298,35 @@ export class VmotionCoordinator {
     this.end(m, 'aborted', { releaseTo: conn });
   }
 
+  /**
+   * Cluster: the destination's node asks for a migration begun here (sequence +
+   * secret, exactly). When it is pending without a local peer, it ends `completed`:
+   * the old source retires (closed), and the held input is returned for the new owner,
+   * while the hub keeps holding (input typed until the relay to the new owner is up).
+   * Null when no such migration is pending.
+   */
+  handOver(token: Buffer): { hub: ConsoleHub; held: Buffer[] } | null {
+    const m = this.byKey.get(token.toString('latin1'));
+    if (!m || m.peer) return null;
+    const held: Buffer[] = [];
+    const collector: ConsoleSource = {
+      kind: 'cluster',
+      peer: 'cluster handover',
+      write: (d) => (held.push(Buffer.from(d)), true),
+      onDrain: () => undefined,
+      close: () => undefined,
+    };
+    const old = m.source;
+    if (m.sourceAlive) old.retireFromHub();
+    this.end(m, 'completed', { releaseTo: collector });
+    m.hub.startHolding();
+    if (m.sourceAlive) old.close('vMotion complete: VM moved to another vspc node');
+    return { hub: m.hub, held };
+  }
+
   /** A connection closed: update any migration it takes part in. */
   closed(conn: VmotionEndpoint): void {
+    this.remotePeers.delete(conn);
     const asSource = this.bySource.get(conn);
     if (asSource) {
       asSource.sourceAlive = false;
@@ -263,9 +366,16 @@ export class VmotionCoordinator {
    * Forget a migration. `releaseTo` undefined keeps the hub holding (replaced by a
    * new BEGIN); null discards held input; an endpoint receives it.
    */
-  private end(m: Migration, outcome: MigrationOutcome, opts: { releaseTo: VmotionEndpoint | null | undefined }): void {
+  private end(m: Migration, outcome: MigrationOutcome, opts: { releaseTo: ConsoleSource | null | undefined }): void {
     clearTimeout(m.timer);
     this.byKey.delete(m.key);
+    if (this.cluster) {
+      try {
+        this.cluster.withdraw(Buffer.from(m.key, 'latin1'));
+      } catch {
+        // The deadline makes a row left behind useless.
+      }
+    }
     if (this.bySource.get(m.source) === m) this.bySource.delete(m.source);
     if (m.peer && this.byPeer.get(m.peer) === m) this.byPeer.delete(m.peer);
     this.counters[outcome]++;

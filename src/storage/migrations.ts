@@ -205,4 +205,60 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 5,
+    description: 'nodes: each cluster node\'s internal link address (--cluster-listen) and heartbeat',
+    // Written only by PostgreSQL cluster nodes; a SQLite database keeps the (empty) table
+    // so that both engines have the same schema at every version. Ownership is not here
+    // (it is the advisory locks): a row only says where a node listens, so a node that
+    // owns a console can be reached by the others.
+    up: `
+      CREATE TABLE nodes (
+        node_id   TEXT    PRIMARY KEY CHECK (length(node_id) BETWEEN 1 AND 63),
+        link_host TEXT    NOT NULL CHECK (length(link_host) BETWEEN 1 AND 255),
+        link_port INTEGER NOT NULL CHECK (link_port BETWEEN 1 AND 65535),
+        started   INTEGER NOT NULL,
+        heartbeat INTEGER NOT NULL
+      );
+    `,
+    pg: `
+      CREATE TABLE nodes (
+        node_id   TEXT    PRIMARY KEY CHECK (length(node_id) BETWEEN 1 AND 63),
+        link_host TEXT    NOT NULL CHECK (length(link_host) BETWEEN 1 AND 255),
+        link_port INTEGER NOT NULL CHECK (link_port BETWEEN 1 AND 65535),
+        started   BIGINT  NOT NULL,
+        heartbeat BIGINT  NOT NULL
+      );
+    `,
+  },
+  {
+    version: 6,
+    description: 'vmotions: pending vMotions visible cluster-wide (sequence, secret, console, source node, deadline)',
+    // One row per VMOTION-BEGIN answered with GOAHEAD on a PostgreSQL cluster node, so
+    // that the destination's connection, landing on any node, can find the migration by
+    // its sequence and check the secret there. Deleted when the migration ends
+    // (COMPLETE, ABORT, deadline). `token` is sequence + secret, as VMOTION-PEER
+    // carries them. SQLite keeps the (empty) table for the same schema.
+    up: `
+      CREATE TABLE vmotions (
+        token       BLOB    PRIMARY KEY,
+        seq         BLOB    NOT NULL,
+        console_id  INTEGER NOT NULL REFERENCES consoles (id) ON DELETE CASCADE,
+        source_node TEXT    NOT NULL,
+        created     INTEGER NOT NULL,
+        deadline    INTEGER NOT NULL
+      );
+    `,
+    pg: `
+      CREATE TABLE vmotions (
+        token       BYTEA   PRIMARY KEY,
+        seq         BYTEA   NOT NULL,
+        console_id  BIGINT  NOT NULL REFERENCES consoles (id) ON DELETE CASCADE,
+        source_node TEXT    NOT NULL,
+        created     BIGINT  NOT NULL,
+        deadline    BIGINT  NOT NULL
+      );
+      CREATE INDEX vmotions_seq ON vmotions (seq);
+    `,
+  },
 ];

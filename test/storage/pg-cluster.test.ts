@@ -35,7 +35,7 @@ test('migrations: a fresh PostgreSQL database reaches the newest schema version 
   assert.equal(store.schemaVersion(), MIGRATIONS[MIGRATIONS.length - 1].version);
   const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
   const tables = (await pgServer.query<{ t: string }>("SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", [], db)).map((r) => r.t);
-  assert.deepEqual(tables, ['access_ports', 'consoles', 'unused_consoles', 'vspc_schema']);
+  assert.deepEqual(tables, ['access_ports', 'consoles', 'nodes', 'unused_consoles', 'vmotions', 'vspc_schema']);
   // The database itself refuses what the schema forbids (as SQLite's CHECKs and triggers do).
   await assert.rejects(pgServer.query("INSERT INTO consoles (kind, key, tcp_port, first_seen, last_seen) VALUES ('esxi', 'NOT-HEX', 21001, 0, 0)", [], db), /check constraint/);
   const { record } = store.register('esxi', KEY(1), '', 'vm1');

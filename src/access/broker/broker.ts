@@ -11,6 +11,7 @@ import net from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
+import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { HostPort } from '../../util/net.js';
 import { errorFields } from '../../errors.js';
 import { BrokerConnection, type BrokerHandover, type BrokerLimits } from './connection.js';
@@ -19,6 +20,11 @@ import { listenOnSocketFile, removeSocketFile, type SocketFileIdentity } from '.
 export type { BrokerHandover, BrokerLimits } from './connection.js';
 
 export interface BrokerOptions {
+  /**
+   * The consoles offered (default: the registry's). A cluster node adds mirrors of the
+   * consoles other nodes own (src/sources/cluster/).
+   */
+  readonly consoles?: () => ConsoleHub[];
   /** The unix socket, or null for none. */
   readonly socket: { readonly path: string; readonly mode: number; readonly gid: number | null } | null;
   /** The TCP listener (meant for loopback), or null for none. */
@@ -134,7 +140,7 @@ export class ConsoleBroker {
       logger: this.logger,
       acceptLogger: this.connectionLog,
       limits: options.limits,
-      consoles: () => this.registry.all(),
+      consoles: options.consoles ?? (() => this.registry.all()),
       maxQueuedBytes: () => options.maxQueuedBytes,
       attach: (h) => {
         this.counters.selected++;

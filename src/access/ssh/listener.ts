@@ -43,6 +43,8 @@ export interface SshListenerLimits {
 }
 
 export interface SshListenerOptions {
+  /** The consoles offered (default: the registry's); a cluster node adds mirrors of other nodes' consoles. */
+  consoles?: () => ConsoleHub[];
   listen: { host: string; port: number };
   hostKeyDir: string;
   /** The authorized-keys file, re-read on every reload; null: only the keys command decides. */
@@ -156,7 +158,7 @@ export class SshListener {
       counters: this.counters,
       keys: () => this.keys,
       keysCommand: this.keysCommand,
-      consoles: () => registry.all(),
+      consoles: options.consoles ?? (() => registry.all()),
       loginGraceMs: l.loginGraceMs,
       closeGraceMs: options.closeGraceMs,
       idleTimeoutMs: () => options.idleTimeoutMs,

@@ -19,6 +19,7 @@
  */
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { StorageError, type VspcErrorCode } from '../../errors.js';
+import type { VmotionRow } from './protocol.js';
 import type { ConsoleKind } from '../../domain/identity.js';
 import type { ConsoleOwnership, ConsoleRecord, ConsoleRepository, ExpiredRecord, PortRange } from '../../domain/repository.js';
 import type { Answer, ClusterRecord, OpenArgs, Request, WireError, WorkerEvent } from './protocol.js';
@@ -200,9 +201,31 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
     return this.call({ op: 'claim', id }) as { owned: true } | { owned: false; owner: string | null };
   }
 
-  release(id: number): void {
+  release(id: number, wait = false): void {
     if (this.closed) return;
-    this.send({ op: 'release', id });
+    if (wait) this.call({ op: 'release', id });
+    else this.send({ op: 'release', id });
+  }
+
+  /** Where a node's link listens (its `nodes` row); null: it advertised none. */
+  nodeLink(node: string): { node: string; host: string; port: number } | null {
+    return this.call({ op: 'nodeLink', node }) as { node: string; host: string; port: number } | null;
+  }
+
+  /** Records a pending vMotion cluster-wide (hex token = sequence + secret). Throws `VSPC_DB_UNAVAILABLE`. */
+  vmotionPublish(token: string, seq: string, consoleId: number, deadline: number, now = Date.now()): void {
+    this.call({ op: 'vmotionPublish', token, seqHex: seq, consoleId, now, deadline });
+  }
+
+  /** Deletes a pending vMotion's row (not waited for). */
+  vmotionWithdraw(token: string): void {
+    if (this.closed) return;
+    this.send({ op: 'vmotionWithdraw', token });
+  }
+
+  /** Pending vMotions (not past their deadline) whose sequence starts `payload` (hex) and whose token is as long. */
+  vmotionFind(payload: string, now = Date.now()): VmotionRow[] {
+    return this.call({ op: 'vmotionFind', payload, now }) as VmotionRow[];
   }
 
   clusterList(): ClusterRecord[] {
@@ -212,6 +235,25 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
   /** Console id → owning node, for every owned console of the cluster. */
   owners(): Map<number, string> {
     return new Map(this.call({ op: 'owners' }) as Array<[number, string]>);
+  }
+
+  /** Records where this node's internal link listens (the `nodes` row, replaced at each start). */
+  advertiseLink(host: string, port: number, now = Date.now()): void {
+    this.call({ op: 'advertise', host, port, now });
+  }
+
+  /** This node is alive (the `nodes` row's heartbeat; not waited for). */
+  heartbeat(now = Date.now()): void {
+    if (this.closed) return;
+    this.send({ op: 'heartbeat', now });
+  }
+
+  /**
+   * The node owning a console now and where its link listens (host/port null: it
+   * advertised none); null when no live node owns it. Throws `VSPC_DB_UNAVAILABLE`.
+   */
+  ownerLink(id: number): { node: string; host: string | null; port: number | null } | null {
+    return this.call({ op: 'ownerLink', id }) as { node: string; host: string | null; port: number | null } | null;
   }
 
   onLost(listener: (reason: string) => void): void {

@@ -47,6 +47,13 @@ export type Request =
   | { op: 'claim'; id: number }
   | { op: 'release'; id: number }
   | { op: 'owners' }
+  | { op: 'advertise'; host: string; port: number; now: number }
+  | { op: 'heartbeat'; now: number }
+  | { op: 'ownerLink'; id: number }
+  | { op: 'nodeLink'; node: string }
+  | { op: 'vmotionPublish'; token: string; seqHex: string; consoleId: number; now: number; deadline: number }
+  | { op: 'vmotionWithdraw'; token: string }
+  | { op: 'vmotionFind'; payload: string; now: number }
   | { op: 'schemaVersion' };
 
 /** A request on the wire: `reply: false` for writes the main thread does not wait for. */
@@ -68,3 +75,19 @@ export type WorkerEvent =
   | { event: 'write-failed'; op: string; error: WireError };
 
 export type ClusterRecord = ConsoleRecord & { owner: string | null };
+
+/** Where a node's internal link listens (the `nodes` table). */
+export interface NodeLink {
+  node: string;
+  host: string;
+  port: number;
+}
+
+/** A pending vMotion row whose sequence is a prefix of a VMOTION-PEER payload (hex: bytes cross the thread boundary as text). */
+export interface VmotionRow {
+  token: string;
+  seqLength: number;
+  consoleId: number;
+  sourceNode: string;
+  deadline: number;
+}

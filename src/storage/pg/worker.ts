@@ -406,6 +406,55 @@ async function handle(req: Envelope): Promise<unknown> {
     case 'release':
       if (held.delete(req.id)) await c.query('SELECT pg_advisory_unlock($1, $2)', [OWNER_LOCK_CLASS, req.id]);
       return null;
+    case 'advertise':
+      await c.query(
+        `INSERT INTO nodes (node_id, link_host, link_port, started, heartbeat) VALUES ($1, $2, $3, $4, $4)
+           ON CONFLICT (node_id) DO UPDATE SET link_host = $2, link_port = $3, started = $4, heartbeat = $4`,
+        [args!.nodeId, req.host, req.port, req.now],
+      );
+      return null;
+    case 'heartbeat':
+      await c.query('UPDATE nodes SET heartbeat = $2 WHERE node_id = $1', [args!.nodeId, req.now]);
+      return null;
+    case 'ownerLink': {
+      // The owner is whoever holds the console's lock now (not a row that could be stale);
+      // its link address is the row it advertised.
+      const r = await c.query<{ node: string; host: string | null; port: number | null }>(
+        `SELECT substr(a.application_name, ${APPLICATION_PREFIX.length + 1}) AS node, n.link_host AS host, n.link_port AS port
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           LEFT JOIN nodes n ON n.node_id = substr(a.application_name, ${APPLICATION_PREFIX.length + 1})
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid::bigint = $1 AND l.objid::bigint = $2`,
+        [OWNER_LOCK_CLASS, req.id],
+      );
+      const row = r.rows[0];
+      return row ? { node: row.node, host: row.host, port: row.port } : null;
+    }
+    case 'nodeLink': {
+      const r = await c.query<{ host: string; port: number }>('SELECT link_host AS host, link_port AS port FROM nodes WHERE node_id = $1', [req.node]);
+      return r.rows[0] ? { node: req.node, host: r.rows[0].host, port: r.rows[0].port } : null;
+    }
+    case 'vmotionPublish':
+      await c.query(
+        `INSERT INTO vmotions (token, seq, console_id, source_node, created, deadline) VALUES (decode($1, 'hex'), decode($2, 'hex'), $3, $4, $5, $6)
+           ON CONFLICT (token) DO NOTHING`,
+        [req.token, req.seqHex, req.consoleId, args!.nodeId, req.now, req.deadline],
+      );
+      return null;
+    case 'vmotionWithdraw':
+      await c.query("DELETE FROM vmotions WHERE token = decode($1, 'hex')", [req.token]);
+      return null;
+    case 'vmotionFind': {
+      // Rows whose sequence starts the payload and whose token is as long: the caller
+      // compares the secret part in constant time.
+      const r = await c.query<{ token: string; seq_length: number; console_id: number; source_node: string; deadline: number }>(
+        `SELECT encode(token, 'hex') AS token, length(seq) AS seq_length, console_id::int AS console_id, source_node, deadline::float8 AS deadline
+           FROM vmotions
+          WHERE length(token) = length(decode($1, 'hex')) AND seq = substring(decode($1, 'hex') FROM 1 FOR length(seq)) AND deadline > $2
+          LIMIT 16`,
+        [req.payload, req.now],
+      );
+      return r.rows.map((x) => ({ token: x.token, seqLength: x.seq_length, consoleId: x.console_id, sourceNode: x.source_node, deadline: x.deadline }));
+    }
     case 'schemaVersion':
       return (await c.query<{ version: number }>('SELECT version FROM vspc_schema')).rows[0]?.version ?? 0;
   }

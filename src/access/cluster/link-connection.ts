@@ -1,0 +1,162 @@
+/**
+ * One authenticated link between two vspc nodes: a TLS 1.2 socket with a pre-shared
+ * key (docs/decisions/0012-cluster-link-tls-psk.md) carrying a LinkSession
+ * (src/protocol/cluster/link.ts). Both roles use it; what a stream means is the
+ * caller's (link-server.ts serves remote clients, link-dialer.ts attaches them).
+ *
+ * Lifecycle: `hello` (TLS done, HELLOs exchanged within `helloTimeoutMs`) → `open` →
+ * `closed`. `close()` ends the socket after what is queued; `destroy()` drops it.
+ * Both are idempotent and end every stream (`onClosed` once).
+ */
+import { createHmac } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from '../../domain/logger.js';
+import { LinkSession, type LinkEvent, type LinkRole } from '../../protocol/cluster/link.js';
+import { VspcError } from '../../errors.js';
+
+/**
+ * PSK cipher suites, TLS 1.2 (Node's TLS 1.3 has no external PSK): ephemeral
+ * (EC)DHE for forward secrecy, AEAD first.
+ */
+export const LINK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305:DHE-PSK-AES256-GCM-SHA384:ECDHE-PSK-AES256-CBC-SHA384';
+
+/**
+ * The pre-shared key of the link a node with `identity` opens: HMAC-SHA256 of the
+ * identity under the cluster secret, so each node's key differs and a key seen in a
+ * core dump of one node's TLS library does not let anyone speak as another node.
+ */
+export function linkKey(secret: Buffer, identity: string): Buffer {
+  return createHmac('sha256', secret).update(`vspc cluster link v1\0${identity}`).digest();
+}
+
+export interface LinkConnectionOptions {
+  role: LinkRole;
+  nodeId: string;
+  /** Dialer: the node it meant to reach. Acceptor: the TLS identity the peer presented. */
+  peerNode: string;
+  helloTimeoutMs: number;
+  window?: number;
+  maxStreams?: number;
+}
+
+export class LinkConnection {
+  readonly session: LinkSession;
+  private helloTimer: NodeJS.Timeout | null;
+  private ended = false;
+  private readonly closedListeners: Array<(reason: string) => void> = [];
+  private readonly drainListeners: Array<() => void> = [];
+  /** Called for every stream event after HELLO. */
+  onEvent: (ev: LinkEvent) => void = () => undefined;
+  onOpen: () => void = () => undefined;
+
+  constructor(
+    readonly socket: TLSSocket,
+    readonly log: Logger,
+    private readonly opts: LinkConnectionOptions,
+  ) {
+    this.session = new LinkSession({
+      role: opts.role,
+      nodeId: opts.nodeId,
+      // Either side: the HELLO must name the node the TLS identity is (acceptor) or the one dialled (dialer).
+      expectPeer: opts.peerNode,
+      window: opts.window,
+      maxStreams: opts.maxStreams,
+    });
+    // Small frames (keystrokes, CREDIT, a handover's steps) must not wait for Nagle's algorithm.
+    socket.setNoDelay(true);
+    this.helloTimer = setTimeout(() => this.fail('no HELLO from the peer node in time', 'VSPC_LINK_AUTH_FAILED'), opts.helloTimeoutMs);
+    this.helloTimer.unref();
+    socket.on('data', (chunk: Buffer) => this.receive(chunk));
+    socket.on('drain', () => {
+      for (const l of this.drainListeners) l();
+    });
+    socket.on('error', (err) => this.end(`link socket error: ${err.message}`));
+    socket.on('close', () => this.end('link connection closed'));
+    socket.on('end', () => this.end('peer node closed the link'));
+    this.write(this.session.hello());
+  }
+
+  get open(): boolean {
+    return !this.ended && this.session.state === 'open';
+  }
+
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  onClosed(listener: (reason: string) => void): void {
+    this.closedListeners.push(listener);
+  }
+
+  onDrain(listener: () => void): void {
+    this.drainListeners.push(listener);
+  }
+
+  /** Queue bytes on the socket. False: its buffer is above the high-water mark. */
+  write(bytes: Buffer | null | Buffer[]): boolean {
+    if (this.ended || bytes === null) return !this.ended;
+    if (Array.isArray(bytes)) {
+      let ok = true;
+      for (const b of bytes) ok = this.socket.write(b) && ok;
+      return ok;
+    }
+    return this.socket.write(bytes);
+  }
+
+  /** Ends the link after what is queued. */
+  close(reason: string): void {
+    if (this.ended) return;
+    // What is queued (a last CLOSE frame) goes out before the FIN; a peer that never
+    // closes its side is cut after a grace period.
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 5000).unref();
+    this.end(reason, false);
+  }
+
+  destroy(reason: string): void {
+    if (this.ended) return;
+    this.socket.destroy();
+    this.end(reason);
+  }
+
+  private receive(chunk: Buffer): void {
+    if (this.ended) return;
+    let events: LinkEvent[];
+    try {
+      events = this.session.receive(chunk);
+    } catch (err) {
+      const code = err instanceof VspcError ? err.code : 'VSPC_LINK_PROTOCOL';
+      this.fail(`link protocol error: ${(err as Error).message}`, code);
+      return;
+    }
+    for (const ev of events) {
+      if (this.ended) return;
+      if (ev.type === 'hello') {
+        if (this.helloTimer) clearTimeout(this.helloTimer);
+        this.helloTimer = null;
+        this.log.info('cluster link up', { peerNode: ev.nodeId, role: this.opts.role });
+        this.onOpen();
+        continue;
+      }
+      this.onEvent(ev);
+    }
+  }
+
+  /** The peer misbehaved: a log line and the cut. */
+  private fail(reason: string, errorCode: string): void {
+    if (this.ended) return;
+    this.log.warn('security: cluster link peer cut off', { security: true, reason, errorCode, peerNode: this.opts.peerNode });
+    this.destroy(reason);
+  }
+
+  private end(reason: string, destroySocket = true): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.helloTimer) clearTimeout(this.helloTimer);
+    this.helloTimer = null;
+    this.session.destroy();
+    if (destroySocket && !this.socket.destroyed) this.socket.destroy();
+    for (const l of this.closedListeners) l(reason);
+    this.closedListeners.length = 0;
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * Consoles another node of the cluster owns, seen from this one: a `MirrorHub` per
+ * such console, whose source is the internal link to the owner. The SSH front door
+ * and the console broker list and attach to mirrors exactly as to this node's own
+ * hubs (`ClusterMirrors.consoles()` gives both).
+ *
+ * Each client attached to a mirror gets its own stream to the owner, where it is an
+ * ordinary client of the owner's hub under the lock it asked for: lock modes are
+ * decided where every holder is known, on the owner. The mirror's own lock table
+ * only pre-checks among this node's clients (a conflict there is refused at once);
+ * a refusal by the owner closes the client with the owner's reason. Output comes
+ * from the owner per client (its scrollback replay included), input goes to the
+ * owner within the stream's credit (the client is paused while the owner's window
+ * is full).
+ */
+import { ConsoleHub, type LineSettingsResult } from '../../domain/console-hub.js';
+import type { ConsoleClient, ConsoleSource } from '../../domain/seams.js';
+import type { ClientAuth, LockDecision, LockRequest } from '../../domain/locks.js';
+import type { ClusterLinks, NodeAddress, RemoteAttachment } from '../../domain/cluster-link.js';
+import type { ConsoleRecord } from '../../domain/repository.js';
+import type { Logger } from '../../domain/logger.js';
+import type { SerialLineSettings } from '../../domain/serial-line.js';
+
+/** A remote console as the database tells it: its record and owning node. */
+export type RemoteRecord = ConsoleRecord & { owner: string };
+
+export interface ClusterMirrorsOptions {
+  nodeId: string;
+  /** The cluster's consoles with their owners (one database round trip). */
+  clusterList(): Array<ConsoleRecord & { owner: string | null }>;
+  /** Where the node owning a console now listens; null: nobody, or no address advertised. */
+  ownerOf(consoleId: number): NodeAddress | null;
+  links: ClusterLinks;
+}
+
+/** The mirror's stand-in source: the owner, reached over the link. */
+class LinkSource implements ConsoleSource {
+  readonly kind = 'cluster';
+  constructor(readonly peer: string) {}
+  write(): boolean {
+    return true;
+  }
+  onDrain(): void {}
+  close(): void {}
+}
+
+export class MirrorHub extends ConsoleHub {
+  private readonly remote = new Map<ConsoleClient, RemoteAttachment>();
+  owner: string;
+
+  constructor(
+    record: RemoteRecord,
+    private readonly mirrors: ClusterMirrors,
+    private readonly links: ClusterLinks,
+    private readonly log: Logger,
+  ) {
+    // No scrollback here: the owner replays its own to each client.
+    super({ id: record.id, kind: record.kind, key: record.key, label: record.label, name: record.name, tcpPort: record.tcpPort }, undefined, 0, null);
+    this.owner = record.owner;
+    this.attachSource(new LinkSource(`node ${record.owner}`));
+  }
+
+  /** Where the console is: this node shows the owner's consoles as `node NAME`. */
+  override get displayState(): string {
+    return 'connected';
+  }
+
+  override addClient(
+    client: ConsoleClient,
+    options: { request?: LockRequest; force?: boolean; user?: string; auth?: ClientAuth; replay?: boolean; tls?: boolean } = {},
+  ): LockDecision {
+    const decision = super.addClient(client, { ...options, replay: false });
+    if (!decision.granted) return decision;
+    const owner = this.mirrors.ownerAddress(this.identity.id);
+    if (!owner) {
+      // Answered after the caller saw the grant, as a displaced client would be.
+      queueMicrotask(() => this.refused(client, `console ${this.displayName} is not owned by a reachable node right now (VSPC_LINK_UNAVAILABLE)`));
+      return decision;
+    }
+    this.owner = owner.node;
+    const attachment = this.links.attach(
+      owner,
+      {
+        consoleId: this.identity.id,
+        tcpPort: this.identity.tcpPort,
+        request: options.request ?? this.defaultLockMode,
+        force: options.force ?? false,
+        replay: options.replay ?? true,
+        peer: client.peer,
+        method: client.method ?? 'telnet',
+        ...(options.user ? { user: options.user } : {}),
+        ...(options.auth ? { auth: options.auth } : {}),
+      },
+      {
+        accepted: (mode) => this.log.debug('remote attach accepted', { owner: owner.node, mode, clientId: client.id }),
+        data: (data) => client.deliver(data),
+        notice: (text) => client.notice(text),
+        breakFromSource: () => client.breakFromSource?.(),
+        drain: () => client.resumeInput(),
+        closed: (reason) => this.refused(client, reason),
+      },
+    );
+    this.remote.set(client, attachment);
+    return decision;
+  }
+
+  override fromClient(client: ConsoleClient, data: Buffer): void {
+    if (this.modeOf(client) === 'readonly') {
+      super.fromClient(client, data); // says "read-only" once, discards
+      return;
+    }
+    const a = this.remote.get(client);
+    if (!a) return;
+    this.bytesToVm += data.length;
+    if (!a.write(data)) client.pauseInput();
+  }
+
+  override sendBreak(): void {
+    for (const a of this.remote.values()) {
+      a.sendBreak();
+      return;
+    }
+  }
+
+  override async setLineSettings(client: ConsoleClient, _change: SerialLineSettings): Promise<LineSettingsResult> {
+    void client;
+    return { settings: { ...(this.lineSettings ?? {}) }, applied: false, refused: `line settings are changed on the owning node (${this.owner})` };
+  }
+
+  override removeClient(client: ConsoleClient, reason = 'detached'): void {
+    const a = this.remote.get(client);
+    this.remote.delete(client);
+    a?.close(reason);
+    super.removeClient(client, reason);
+  }
+
+  override closeClients(reason: string): void {
+    for (const a of this.remote.values()) a.close(reason);
+    this.remote.clear();
+    super.closeClients(reason);
+  }
+
+  /** The owner refused, detached or displaced the client, or the link broke. */
+  private refused(client: ConsoleClient, reason: string): void {
+    this.remote.delete(client);
+    if (!this.clients.has(client)) return;
+    super.removeClient(client, reason);
+    client.close(reason);
+  }
+}
+
+/**
+ * The console list every access method of this node offers in a cluster: its own
+ * hubs and a mirror of every console another live node owns. Mirrors are made when
+ * listed and kept while they have clients (a list without a console drops its idle
+ * mirror).
+ */
+export class ClusterMirrors {
+  private readonly byId = new Map<number, MirrorHub>();
+  /**
+   * The cluster list, reused until the end of the current event-loop turn: an SSH menu
+   * or a broker request that asks several times costs one query, and a console
+   * registered on another node a moment ago is found by the next request.
+   */
+  private cache: Array<ConsoleRecord & { owner: string | null }> | null = null;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly opts: ClusterMirrorsOptions,
+  ) {}
+
+  /** Mirrors in use or listed lately (tests). */
+  get size(): number {
+    return this.byId.size;
+  }
+
+  /**
+   * Every console another node owns, as mirrors. A database that does not answer gives
+   * none (this node's own consoles still work).
+   */
+  remoteConsoles(): MirrorHub[] {
+    let list = this.cache;
+    if (!list) {
+      try {
+        list = this.opts.clusterList();
+      } catch (err) {
+        this.log.warn('cluster console list unavailable; showing only this node\'s consoles', { message: (err as Error).message });
+        list = [];
+      }
+      this.cache = list;
+      setImmediate(() => (this.cache = null));
+    }
+    const seen = new Set<number>();
+    const out: MirrorHub[] = [];
+    for (const r of list) {
+      if (r.owner === null || r.owner === this.opts.nodeId) continue;
+      seen.add(r.id);
+      let m = this.byId.get(r.id);
+      if (!m || m.identity.tcpPort !== r.tcpPort || m.identity.key !== r.key) {
+        if (m && m.clients.size > 0) {
+          out.push(m);
+          continue;
+        }
+        m = new MirrorHub(r as RemoteRecord, this, this.opts.links, this.log.child({ console: r.id, owner: r.owner }));
+        this.byId.set(r.id, m);
+      }
+      m.identity.name = r.name;
+      m.owner = r.owner;
+      out.push(m);
+    }
+    for (const [id, m] of this.byId) if (!seen.has(id) && m.clients.size === 0) this.byId.delete(id);
+    return out;
+  }
+
+  /** The owner's link address now (read from the database at each attach, not cached). */
+  ownerAddress(consoleId: number): NodeAddress | null {
+    try {
+      const a = this.opts.ownerOf(consoleId);
+      return a && a.node !== this.opts.nodeId ? a : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Closes every mirror's clients (node stopping). */
+  close(reason: string): void {
+    for (const m of this.byId.values()) m.closeClients(reason);
+    this.byId.clear();
+  }
+}
