@@ -19,6 +19,11 @@ export interface RegistryEvents {
    * where expiry runs before the records are loaded). One event per record.
    */
   expired: [record: ExpiredRecord, hub: ConsoleHub | null];
+  /**
+   * Cluster: this node lost its database session and with it the console (after
+   * `removed`); its record stays and another node may own it now.
+   */
+  disowned: [hub: ConsoleHub];
 }
 
 /** `nameOrder`s of names given while running start here, above every record id. */
@@ -106,6 +111,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   releaseAll(reason: string): number {
     const hubs = [...this.byKey.values()];
     for (const hub of hubs) this.drop(hub, reason);
+    for (const hub of hubs) this.emit('disowned', hub);
     return hubs.length;
   }
 
@@ -133,7 +139,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
         throw new StorageError(
           'VSPC_CONSOLE_OWNED_ELSEWHERE',
           `${kind} console ${key}${label ? ` (${label})` : ''} is owned by vspc node ${claim.owner ?? '(one whose session is ending)'}`,
-          { kind, key, label, owner: claim.owner, port: record.tcpPort },
+          { kind, key, label, owner: claim.owner, port: record.tcpPort, id: record.id },
         );
       }
     }

@@ -24,6 +24,7 @@ import {
   type OpenArgs,
   type WireError,
   type WorkerEvent,
+  idleSessionTimeoutMs,
 } from './protocol.js';
 import type { ConsoleRecord, PortRange } from '../../domain/repository.js';
 
@@ -120,6 +121,13 @@ async function connect(): Promise<pg.Client> {
           nodeId: a.nodeId,
         });
       }
+      // PostgreSQL ends a session that said nothing for this long (PostgreSQL 14+): a
+      // node cut off from the database (a partition, a machine that froze) loses its
+      // locks there even when no TCP keepalive or unix-socket close tells the server,
+      // and always after the node itself gave them up (its first unanswered ping comes
+      // at most pingIntervalMs after the last statement, and it waits pingTimeoutMs
+      // for it; docs/decisions/0011-pg.md).
+      await c.query(`SET idle_session_timeout = ${idleSessionTimeoutMs(a)}`).catch(() => undefined);
       await migrate(c);
     } catch (err) {
       c.removeAllListeners('end');
@@ -402,6 +410,19 @@ async function handle(req: Envelope): Promise<unknown> {
         [OWNER_LOCK_CLASS, req.id],
       );
       return { owned: false, owner: o.rows[0]?.owner ?? null };
+    }
+    case 'unowned': {
+      // One round trip for a node's whole list of consoles it wants and does not own:
+      // which of them no live session owns (worth a claim now; a record deleted
+      // meanwhile is registered again by the claim).
+      const r = await c.query<{ id: number }>(
+        `SELECT u.id::int AS id FROM unnest($2::bigint[]) AS u(id)
+          WHERE NOT EXISTS (SELECT 1 FROM pg_locks l
+                             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                               AND l.classid::bigint = $1 AND l.objid::bigint = u.id)`,
+        [OWNER_LOCK_CLASS, req.ids.filter((id) => !held.has(id))],
+      );
+      return r.rows.map((x) => x.id);
     }
     case 'release':
       if (held.delete(req.id)) await c.query('SELECT pg_advisory_unlock($1, $2)', [OWNER_LOCK_CLASS, req.id]);
