@@ -121,6 +121,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
    */
   register(kind: ConsoleKind, key: string, label: string, name: string | null, now = Date.now()): { hub: ConsoleHub; created: boolean } {
     const existing = this.byKey.get(keyOf(kind, key, label));
+    if (this.ownership && !this.ownership.available) {
+      // Cut off from the database: refuse at once (the VM retries, through another
+      // node) rather than block the event loop for a call that cannot be answered.
+      throw new StorageError('VSPC_DB_UNAVAILABLE', `this vspc node has no database session; ${kind} console ${key} is not registered here`, { kind, key, label });
+    }
     const { record, created } = this.store.register(kind, key, label, name, now);
     if (existing) {
       const old = existing.identity.name;
