@@ -471,7 +471,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     } else {
       tmp = mkdtempSync(join(tmpdir(), 'vspc-bench-'));
       trackTempDir(tmp);
-      const needed = opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + opts.ssh.consoles + 16;
+      // Phases with servers of their own (cluster, tunnel) or none (glob) need no client ports here.
+      const selfContained: readonly Phase[] = ['cluster', 'tunnel', 'glob'];
+      const needed = opts.phases.every((p) => selfContained.includes(p)) ? 16 : opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + opts.ssh.consoles + 16;
       const { range, proxyPort, adminPort } = await privatePorts(needed, opts.portRange);
       const sshArgs: string[] = [];
       if (opts.phases.includes('ssh')) {

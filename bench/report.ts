@@ -342,7 +342,7 @@ export function rows(r: BenchReport): Row[] {
       out.push({
         ref: 10,
         figure: `cluster: ${x.node}: registration, RSS per port`,
-        result: `${x.registered} in ${n(x.timeToRegisterS)} s (${x.registerRatePerS}/s); ${n(x.rssKiBPerPort)} KiB per port (RSS ${n(x.rssMiB, 0)} MiB, ${x.fds ?? 'n/a'} fds of ${x.fdLimit ?? 'n/a'})`,
+        result: `${x.registered} in ${n(x.timeToRegisterS)} s (${x.registerRatePerS}/s${x.retried ? `, ${x.retried} handshakes retried` : ''}); ${n(x.rssKiBPerPort)} KiB per port (RSS ${n(x.rssMiB, 0)} MiB, ${x.fds ?? 'n/a'} fds of ${x.fdLimit ?? 'n/a'})`,
         target: '',
         met: null,
       });
