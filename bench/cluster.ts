@@ -169,7 +169,10 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
   const tmp = mkdtempSync(join(tmpdir(), 'vspc-bench-cluster-'));
   trackTempDir(tmp);
   const servers: ServerProcess[] = [];
-  const pg = await startPostgres();
+  // Every owned console is one advisory lock in PostgreSQL's shared lock table, which
+  // holds max_locks_per_transaction × (max_connections + max_prepared_transactions)
+  // locks (64 × 50 here by default: too few for a cluster's consoles).
+  const pg = await startPostgres(60_000, { max_locks_per_transaction: maxLocksFor(o.vms) });
   const spawn = (host: string, db: string, extra: string[]): ServerProcess => {
     const s = ServerProcess.spawn({ host, dbPath: db, proxyPort: own.start, adminPort: own.end, portRange: range, extraArgs: [...extra, '--broker-socket', 'off', ...o.serverArgs], nodeArgs: o.nodeArgs });
     servers.push(s);
@@ -241,7 +244,7 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
       log(`cluster: ${dead.name} SIGKILLed with ${perNode} VM serial ports: all back on node-2/node-3 after ${failover.toAllBackS} s`);
     }
     return {
-      workload: `${o.vms} simulated ESXi VM serial ports across 3 vspc nodes (127.0.0.2-4) on one PostgreSQL ${pgVersion(pg.log())}(a throwaway server on a unix socket, fsync off), ${perNode} per node from ${wpn} load-generator processes per node, all nodes registering at once; beside it one vspc on SQLite with ${perNode}; failover: half of node-2's and node-3's VMs leave, node-1 is SIGKILLed and its ${perNode} VMs reconnect to node-2 and node-3 (retry within 0.5-1.5 s)`,
+      workload: `${o.vms} simulated ESXi VM serial ports across 3 vspc nodes (127.0.0.2-4) on one PostgreSQL ${pgVersion(pg.log())}(a throwaway server on a unix socket, fsync off, max_locks_per_transaction ${maxLocksFor(o.vms)}), ${perNode} per node from ${wpn} load-generator processes per node, all nodes registering at once; beside it one vspc on SQLite with ${perNode}; failover: half of node-2's and node-3's VMs leave, node-1 is SIGKILLed and its ${perNode} VMs reconnect to node-2 and node-3 (retry within 0.5-1.5 s)`,
       vms: o.vms,
       nodes: nodeFigures,
       allRegisteredS: round(allMs / 1000, 2),
@@ -265,6 +268,11 @@ async function waitForCount(t: ServerProcess, n: number, timeoutMs: number): Pro
     if (performance.now() > deadline) throw new Error(`${t.proxy.host}: still ${s?.vmPortsConnected ?? '?'} VM serial ports connected, expected ${n}`);
     await sleep(100);
   }
+}
+
+/** max_locks_per_transaction for `consoles` owned at once by the nodes of a test server (max_connections 50), with room to spare. */
+export function maxLocksFor(consoles: number): number {
+  return Math.max(64, Math.ceil((consoles * 1.5 + 1000) / 50));
 }
 
 function pgVersion(log: string): string {

@@ -458,6 +458,14 @@ function toWire(err: unknown): WireError {
   if (err instanceof WorkerError) return { code: err.code, message: err.message, details: err.details };
   const pgCode = (err as { code?: unknown } | null)?.code;
   if (pgCode === '23505') return { code: 'VSPC_PORT_IN_USE', message: messageOf(err), details: {} };
+  if (pgCode === '53200') {
+    // Out of shared memory: almost always the lock table, where every owned console holds an advisory lock.
+    return {
+      code: 'VSPC_DB_UNAVAILABLE',
+      message: `PostgreSQL: ${messageOf(err)}: each console a node serves holds an advisory lock; raise the server's max_locks_per_transaction (docs/operations.md, cluster section)`,
+      details: { sqlState: pgCode },
+    };
+  }
   // Anything else the database said: the session may be unwell or the database away.
   return { code: 'VSPC_DB_UNAVAILABLE', message: `PostgreSQL: ${messageOf(err)}`, details: typeof pgCode === 'string' ? { sqlState: pgCode } : {} };
 }
