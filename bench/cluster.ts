@@ -223,23 +223,37 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
       const k0 = performance.now();
       dead.server.kill();
       await dead.server.exited;
+      // As ESXi does, a VM whose new connection is closed again (e.g. refused while
+      // PostgreSQL has not yet dropped the dead node's locks: WILL-PROXY comes before
+      // the registration) keeps retrying: rounds of bulk.reconnect until all are back.
+      let back = false;
+      let failed = 0;
+      const errors: string[] = [];
       const reconnect = (xs: Loaded['workers'], to: HostPort) =>
-        xs.map((x) =>
-          x.w.ask('bulk.waitClosed', { timeoutMs: 30_000 }, 40_000).then(() =>
-            x.w.ask('bulk.reconnect', { timeoutMs: o.phaseTimeoutMs - 20_000, retryMs: 1000, connectTimeoutMs: 10_000, proxy: to }, o.phaseTimeoutMs),
-          ),
-        );
+        xs.map(async (x) => {
+          await x.w.ask('bulk.waitClosed', { timeoutMs: 30_000 }, 40_000);
+          while (!back) {
+            const r = await x.w.ask('bulk.reconnect', { timeoutMs: 60_000, retryMs: 1000, connectTimeoutMs: 10_000, proxy: to }, 90_000);
+            failed += r.failed;
+            errors.push(...r.errors);
+            if (r.reconnected === 0) await sleep(250);
+          }
+        });
       const rs = Promise.all([...reconnect(toA, a.server.proxy), ...reconnect(toB, b.server.proxy)]);
       rs.catch(() => undefined);
-      await Promise.all([waitConnected(a.server, want(a, toA), k0, o.phaseTimeoutMs - 20_000), waitConnected(b.server, want(b, toB), k0, o.phaseTimeoutMs - 20_000)]);
+      try {
+        await Promise.all([waitConnected(a.server, want(a, toA), k0, o.phaseTimeoutMs - 20_000), waitConnected(b.server, want(b, toB), k0, o.phaseTimeoutMs - 20_000)]);
+      } finally {
+        back = true;
+      }
       const backMs = performance.now() - k0;
-      const r = await rs;
+      await rs;
       failover = {
         killed: dead.name,
         vmPorts: perNode,
         toAllBackS: round(backMs / 1000, 2),
-        reconnectFailures: r.reduce((n, x) => n + x.failed, 0),
-        errors: r.flatMap((x) => x.errors).slice(0, 5),
+        reconnectFailures: failed,
+        errors: errors.slice(0, 5),
       };
       log(`cluster: ${dead.name} SIGKILLed with ${perNode} VM serial ports: all back on node-2/node-3 after ${failover.toAllBackS} s`);
     }
