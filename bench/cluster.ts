@@ -68,6 +68,7 @@ export interface ClusterSection {
     vmPorts: number;
     /** SIGKILL → every VM of the killed node registered and connected again on the others. */
     toAllBackS: number;
+    /** VMs that a 60 s round of retries did not bring back (a later round did). */
     reconnectFailures: number;
     errors: string[];
   } | null;
