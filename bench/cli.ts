@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 import { Command, CommanderError, Option as CliOption } from 'commander';
 import { parseDuration, parseHostPort, parsePortRange, parseSize } from '../src/config/config.js';
 import { VERSION } from '../src/version.js';
-import { DEFAULT_OPTIONS, PHASES, runBench, type BenchOptions, type Phase } from './harness.js';
+import { DEFAULT_OPTIONS, DEFAULT_PHASES, PHASES, runBench, type BenchOptions, type Phase } from './harness.js';
 import { installExitHooks, killAll } from './ipc.js';
 import { markdownTable, targets, textTable } from './report.js';
 import { adminEndpoint, type AdminEndpoint } from './server-process.js';
@@ -43,7 +43,7 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--admin-ca <file>', 'CA certificate (PEM) to trust for an https admin API')
     .option('--pid <pid>', 'pid of that vspc, when it runs on this host (for RSS, CPU and fd figures)', int('--pid', 1))
     .option('--vms <n>', 'VM serial ports for the scale and reconnect-storm phases', int('--vms', 1), d.vms)
-    .option('--phases <list>', `comma-separated subset of ${PHASES.join(',')}`, PHASES.join(','))
+    .option('--phases <list>', `comma-separated subset of ${PHASES.join(',')} (default: all but cluster)`, DEFAULT_PHASES.join(','))
     .option('--port-range <start-end>', 'client port range of the vspc the benchmark starts; every port must be free (default: a free range in 20000-32767, never vspc\'s default 10000-19999, so a vspc already running here is not touched)')
     .option('--workers <n>', 'load-generator processes for the scale/storm VMs (each holds one fd per VM)', int('--workers', 1), d.bulkWorkers)
     .option('--connect-concurrency <n>', 'VM connections in flight per worker while ramping up', int('--connect-concurrency', 1), d.connectConcurrency)
@@ -78,6 +78,9 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--tunnel-rtt-samples <n>', 'tunnel phase: keystroke round trips idle (and at most this many during each bulk transfer)', int('--tunnel-rtt-samples', 1), d.tunnel.rttSamples)
     .option('--tunnel-streams <n>', 'tunnel phase: idle streams opened for the memory figure', int('--tunnel-streams', 1), d.tunnel.idleStreams)
     .option('--tunnel-repeats <n>', 'tunnel phase: raw/goodput rounds per line (alternating; medians reported), and bulk transfers under keystrokes each way', int('--tunnel-repeats', 1), d.tunnel.repeats)
+    .option('--cluster-vms <n>', 'cluster phase: ESXi serial ports across the three nodes (--phases cluster)', int('--cluster-vms', 3), d.cluster.vms)
+    .option('--cluster-workers <n>', 'cluster phase: load-generator processes per node (at least 2)', int('--cluster-workers', 2), d.cluster.workersPerNode)
+    .option('--cluster-port-range <start-end>', 'cluster phase: console ports of the three nodes (default: from 2000, below the ephemeral range outgoing connections need)')
     .option('--quick', 'small and short: 200 VMs, 100 latency streamers, 1-2 s runs (a smoke run, not a measurement)')
     .option('--json <file>', 'write the full report here', 'bench-results.json')
     .option('--markdown <file>', 'also write the results table as Markdown (for docs/performance.md)')
@@ -182,6 +185,11 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
       rttSamples: quick && o.tunnelRttSamples === d.tunnel.rttSamples ? 10 : (o.tunnelRttSamples as number),
       idleStreams: quick && o.tunnelStreams === d.tunnel.idleStreams ? 8 : (o.tunnelStreams as number),
       repeats: quick && o.tunnelRepeats === d.tunnel.repeats ? 1 : (o.tunnelRepeats as number),
+    },
+    cluster: {
+      vms: quick && o.clusterVms === d.cluster.vms ? 600 : (o.clusterVms as number),
+      workersPerNode: o.clusterWorkers as number,
+      ...(o.clusterPortRange ? { portRange: parsePortRange('--cluster-port-range', String(o.clusterPortRange)) } : {}),
     },
     serverNodeArgs: nodeArgs,
     serverArgs: o.serverArg as string[],

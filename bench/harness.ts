@@ -34,6 +34,7 @@ import { globFigures } from './glob-bench.js';
 import { killAll, removeTempDir, trackTempDir, WorkerHandle } from './ipc.js';
 import { canBind, reservePortRange } from '../test/support/ports.js';
 import { cpuPercent, fdLimit, machineInfo, type MachineInfo, type ProcSample } from './proc.js';
+import { DEFAULT_CLUSTER_OPTIONS, runClusterPhase, type ClusterSection } from './cluster.js';
 import { DEFAULT_TUNNEL_OPTIONS, runTunnelPhase, tunnelGuestProblem, type TunnelOptions, type TunnelSection } from './tunnel.js';
 import { ExternalTarget, ServerProcess, type AdminEndpoint, type LoopDelay, type ServerMemory, type Target } from './server-process.js';
 
@@ -49,8 +50,10 @@ function ed25519KeyPair(comment: string): { private: string; public: string } {
   }
 }
 
-export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'unix', 'glob', 'ssh', 'tunnel'] as const;
+export const PHASES = ['scale', 'storm', 'latency', 'throughput', 'vmotion', 'unix', 'glob', 'ssh', 'tunnel', 'cluster'] as const;
 export type Phase = (typeof PHASES)[number];
+/** Phases run when none are named: not `cluster` (a PostgreSQL server and three more vspc processes; `--phases cluster`). */
+export const DEFAULT_PHASES: readonly Phase[] = PHASES.filter((p) => p !== 'cluster');
 
 export interface BenchOptions {
   /** N: VM serial ports for the scale and reconnect-storm phases. */
@@ -89,6 +92,8 @@ export interface BenchOptions {
   baselines: boolean;
   ssh: SshOptions;
   tunnel: TunnelOptions;
+  /** The cluster phase: VM serial ports across three nodes, load generators per node, the nodes' console port range. */
+  cluster: { vms: number; workersPerNode: number; portRange?: { start: number; end: number } };
   /** More node options for the vspc the benchmark starts (e.g. --cpu-prof). */
   serverNodeArgs: string[];
   /** More vspc options for the vspc the benchmark starts. */
@@ -124,7 +129,7 @@ export interface SshOptions {
 
 export const DEFAULT_OPTIONS: BenchOptions = {
   vms: 5000,
-  phases: [...PHASES],
+  phases: [...DEFAULT_PHASES],
   namespace: 1,
   bulkWorkers: 2,
   connectConcurrency: 256,
@@ -150,6 +155,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
     streamDurationMs: 3000,
   },
   tunnel: DEFAULT_TUNNEL_OPTIONS,
+  cluster: { ...DEFAULT_CLUSTER_OPTIONS },
   serverNodeArgs: [],
   serverArgs: [],
   cleanup: true,
@@ -372,6 +378,7 @@ export interface BenchReport {
   glob?: GlobSection;
   ssh?: SshSection;
   tunnel?: TunnelSection;
+  cluster?: ClusterSection;
   /** Phase → error message, for phases that failed. */
   failures: Record<string, string>;
   /** Phase → why it did not run here and how to make it run (e.g. the tunnel phase without its QEMU guest). */
@@ -464,7 +471,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     } else {
       tmp = mkdtempSync(join(tmpdir(), 'vspc-bench-'));
       trackTempDir(tmp);
-      const needed = opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + opts.ssh.consoles + 16;
+      // Phases with servers of their own (cluster, tunnel) or none (glob) need no client ports here.
+      const selfContained: readonly Phase[] = ['cluster', 'tunnel', 'glob'];
+      const needed = opts.phases.every((p) => selfContained.includes(p)) ? 16 : opts.vms + opts.latency.probes + opts.throughput.vms + opts.vmotion.vms + opts.ssh.consoles + 16;
       const { range, proxyPort, adminPort } = await privatePorts(needed, opts.portRange);
       const sshArgs: string[] = [];
       if (opts.phases.includes('ssh')) {
@@ -1321,6 +1330,23 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         return runTunnelPhase(opts.tunnel, log, tunnelTimeoutMs);
       },
       tunnelTimeoutMs,
+    );
+
+    // ------------------------------------------------------------------ cluster
+    // Self-contained: its own PostgreSQL, three nodes and a single-node SQLite vspc beside them.
+    report.cluster = await phase('cluster', () =>
+      runClusterPhase(
+        {
+          ...opts.cluster,
+          connectConcurrency: opts.connectConcurrency,
+          namespace: opts.namespace,
+          phaseTimeoutMs: opts.phaseTimeoutMs,
+          serverArgs: opts.serverArgs,
+          nodeArgs: opts.serverNodeArgs,
+        },
+        log,
+        spawnWorker,
+      ),
     );
 
     if (!server && opts.cleanup) await forgetBenchPorts(target, log);

@@ -2,7 +2,7 @@
 import type { BenchReport, VmotionRun } from './harness.js';
 
 export interface Row {
-  /** Footnote number of the workload: 1 scale, 2 storm, 3 throughput, 4 latency, 5 vMotion, 6 unix consoles, 7 glob, 8 SSH, 9 tunnel. */
+  /** Footnote number of the workload: 1 scale, 2 storm, 3 throughput, 4 latency, 5 vMotion, 6 unix consoles, 7 glob, 8 SSH, 9 tunnel, 10 cluster. */
   ref: number;
   figure: string;
   result: string;
@@ -336,6 +336,35 @@ export function rows(r: BenchReport): Row[] {
       met: null,
     });
   }
+  const c = r.cluster;
+  if (c) {
+    const total = c.nodes.reduce((n, x) => n + x.registered, 0);
+    out.push({
+      ref: 10,
+      figure: `cluster: ESXi serial ports across ${c.nodes.length} nodes (PostgreSQL)`,
+      result: `${total} of ${c.vms} registered, all in ${n(c.allRegisteredS)} s`,
+      target: '30000',
+      met: total >= 30_000,
+    });
+    for (const x of [...c.nodes, ...(c.sqlite ? [c.sqlite] : [])]) {
+      out.push({
+        ref: 10,
+        figure: `cluster: ${x.node}: registration, RSS per port`,
+        result: `${x.registered} in ${n(x.timeToRegisterS)} s (${x.registerRatePerS}/s${x.retried ? `, ${x.retried} handshakes retried` : ''}); ${n(x.rssKiBPerPort)} KiB per port (RSS ${n(x.rssMiB, 0)} MiB, ${x.fds ?? 'n/a'} fds of ${x.fdLimit ?? 'n/a'})`,
+        target: '',
+        met: null,
+      });
+    }
+    if (c.failover) {
+      out.push({
+        ref: 10,
+        figure: `cluster: ${c.failover.killed} SIGKILLed → its ${c.failover.vmPorts} VMs registered again on the others`,
+        result: `${n(c.failover.toAllBackS)} s${c.failover.reconnectFailures ? ` (${c.failover.reconnectFailures} VMs still out after a 60 s round of retries, and in again in a later one)` : ''}`,
+        target: '',
+        met: null,
+      });
+    }
+  }
   for (const [phase, why] of Object.entries(r.notRun ?? {})) out.push({ ref: 0, figure: `${phase}: NOT RUN`, result: why, target: '', met: null });
   return out;
 }
@@ -431,6 +460,7 @@ function workloads(r: BenchReport): Array<[number, string]> {
   if (r.glob) w.push([7, r.glob.workload]);
   if (r.ssh) w.push([8, r.ssh.workload]);
   if (r.tunnel) w.push([9, r.tunnel.workload]);
+  if (r.cluster) w.push([10, `${r.cluster.workload}. Limits: ${r.cluster.limits}`]);
   return w;
 }
 

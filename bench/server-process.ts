@@ -135,6 +135,8 @@ export interface ServerProcessOptions {
   extraArgs?: string[];
   /** More node options, e.g. ['--cpu-prof', '--cpu-prof-dir', 'prof']. */
   nodeArgs?: string[];
+  /** Loopback address for the proxy, admin and client ports (default 127.0.0.1; a cluster node: 127.0.0.2 ...). */
+  host?: string;
   /** Script to run instead of dist/src/cli/vspc.js. */
   script?: string;
 }
@@ -156,8 +158,9 @@ export class ServerProcess extends TargetBase {
     readonly options: ServerProcessOptions,
   ) {
     super();
-    this.proxy = { host: '127.0.0.1', port: options.proxyPort };
-    this.admin = adminEndpoint({ host: '127.0.0.1', port: options.adminPort });
+    const host = options.host ?? '127.0.0.1';
+    this.proxy = { host, port: options.proxyPort };
+    this.admin = adminEndpoint({ host, port: options.adminPort });
     child.stdout?.on('data', () => undefined);
     child.stderr?.on('data', (d: Buffer) => {
       const text = d.toString('utf8');
@@ -200,13 +203,14 @@ export class ServerProcess extends TargetBase {
   }
 
   static spawn(o: ServerProcessOptions): ServerProcess {
+    const host = o.host ?? '127.0.0.1';
     const args = [
       '--proxy-listen',
-      `127.0.0.1:${o.proxyPort}`,
+      `${host}:${o.proxyPort}`,
       '--admin-listen',
-      `127.0.0.1:${o.adminPort}`,
+      `${host}:${o.adminPort}`,
       '--client-listen-host',
-      '127.0.0.1',
+      host,
       '--db',
       o.dbPath,
       '--port-range',

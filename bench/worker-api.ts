@@ -108,7 +108,8 @@ export interface WorkerApi {
   };
   'bulk.waitClosed': { req: { timeoutMs: number }; res: { closed: number } };
   'bulk.reconnect': {
-    req: { timeoutMs: number; retryMs: number; connectTimeoutMs: number };
+    /** `proxy`: reconnect there instead of where they were (their node died: another node of a cluster). */
+    req: { timeoutMs: number; retryMs: number; connectTimeoutMs: number; proxy?: HostPort };
     res: { reconnected: number; failed: number; errors: string[]; ms: number; attempts: Distribution; proxiedAt: Distribution };
   };
   'bulk.streamStart': {

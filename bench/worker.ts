@@ -183,6 +183,7 @@ async function bulkWaitClosed(a: WorkerApi['bulk.waitClosed']['req']): Promise<W
 /** Every disconnected bulk VM reconnects at once, retrying (as an ESXi host does) until the deadline. */
 async function bulkReconnect(a: WorkerApi['bulk.reconnect']['req']): Promise<WorkerApi['bulk.reconnect']['res']> {
   if (!bulkProxy) throw new Error('no bulk VMs');
+  if (a.proxy) bulkProxy = a.proxy;
   const proxy = bulkProxy;
   const t0 = performance.now();
   const deadline = t0 + a.timeoutMs;

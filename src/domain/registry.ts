@@ -24,6 +24,11 @@ export interface RegistryEvents {
    * and that still relays its clients there, see `handOver`).
    */
   clientDetached: [hub: ConsoleHub];
+  /**
+   * Cluster: this node lost its database session and with it the console (after
+   * `removed`); its record stays and another node may own it now.
+   */
+  disowned: [hub: ConsoleHub];
 }
 
 /** `nameOrder`s of names given while running start here, above every record id. */
@@ -112,6 +117,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   releaseAll(reason: string): number {
     const hubs = [...this.byKey.values()];
     for (const hub of hubs) this.drop(hub, reason);
+    for (const hub of hubs) this.emit('disowned', hub);
     return hubs.length;
   }
 
@@ -121,6 +127,11 @@ export class Registry extends EventEmitter<RegistryEvents> {
    */
   register(kind: ConsoleKind, key: string, label: string, name: string | null, now = Date.now()): { hub: ConsoleHub; created: boolean } {
     const existing = this.byKey.get(keyOf(kind, key, label));
+    if (this.ownership && !this.ownership.available) {
+      // Cut off from the database: refuse at once (the VM retries, through another
+      // node) rather than block the event loop for a call that cannot be answered.
+      throw new StorageError('VSPC_DB_UNAVAILABLE', `this vspc node has no database session; ${kind} console ${key} is not registered here`, { kind, key, label });
+    }
     const { record, created } = this.store.register(kind, key, label, name, now);
     if (existing) {
       const old = existing.identity.name;
@@ -139,7 +150,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
         throw new StorageError(
           'VSPC_CONSOLE_OWNED_ELSEWHERE',
           `${kind} console ${key}${label ? ` (${label})` : ''} is owned by vspc node ${claim.owner ?? '(one whose session is ending)'}`,
-          { kind, key, label, owner: claim.owner, port: record.tcpPort },
+          { kind, key, label, owner: claim.owner, port: record.tcpPort, id: record.id },
         );
       }
     }

@@ -112,6 +112,16 @@ export interface ConsoleOwnership {
    * its database session ended or stopped answering. The caller must stop serving them.
    */
   onLost(listener: (reason: string) => void): void;
+  /** `listener` runs (in the event loop) when the session is back after a loss; the node owns nothing until it claims again. */
+  onRegained(listener: () => void): void;
+  /** False between a loss of the session and its return: claims would fail (or block until they time out). */
+  readonly available: boolean;
+  /**
+   * Of these console ids, those no live node owns right now (one database round trip
+   * for the whole list): the ones worth a `claim`. Throws
+   * `VSPC_DB_UNAVAILABLE`.
+   */
+  unowned(ids: readonly number[]): number[];
 }
 
 /**

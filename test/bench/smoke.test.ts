@@ -9,7 +9,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { DEFAULT_OPTIONS, PHASES, PRIVATE_PORTS, runBench, type BenchReport } from '../../bench/harness.js';
+import { DEFAULT_OPTIONS, DEFAULT_PHASES, PRIVATE_PORTS, runBench, type BenchReport } from '../../bench/harness.js';
 import { markdownTable, ratioRows, rows, textTable } from '../../bench/report.js';
 
 function nonNegative(value: unknown, path: string): void {
@@ -62,8 +62,9 @@ describe('benchmark harness (smoke size)', () => {
     const report: BenchReport = await runBench({
       ...DEFAULT_OPTIONS,
       // Not the tunnel phase: it boots a QEMU guest and moves real bytes over an emulated
-      // UART (tens of seconds); test/bench/tunnel-phase.test.ts runs it at a tiny size.
-      phases: PHASES.filter((p) => p !== 'tunnel'),
+      // UART (tens of seconds); test/bench/tunnel-phase.test.ts runs it at a tiny size. Nor the
+      // cluster phase (its own PostgreSQL and four vspc processes): test/bench/cluster-phase.test.ts.
+      phases: DEFAULT_PHASES.filter((p) => p !== 'tunnel'),
       vms: 20,
       bulkWorkers: 1,
       connectConcurrency: 8,

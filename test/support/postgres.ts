@@ -102,8 +102,12 @@ export class TestPostgres {
   }
 }
 
-/** Starts a throwaway server; rejects (naming what it printed) if it does not come up within `timeoutMs`. */
-export async function startPostgres(timeoutMs = 60_000): Promise<TestPostgres> {
+/**
+ * Starts a throwaway server; rejects (naming what it printed) if it does not come up
+ * within `timeoutMs`. `settings`: more `-c name=value` (e.g. `max_locks_per_transaction`,
+ * which bounds how many consoles a cluster can own: one advisory lock each).
+ */
+export async function startPostgres(timeoutMs = 60_000, settings: Record<string, string | number> = {}): Promise<TestPostgres> {
   const bin = postgresBinDir();
   if (!bin) throw new Error('PostgreSQL is not installed (Debian package postgresql; npm test installs it when run as root)');
   const dir = mkdtempSync(join(tmpdir(), 'vspc-pg-'));
@@ -138,6 +142,7 @@ export async function startPostgres(timeoutMs = 60_000): Promise<TestPostgres> {
     'max_connections=50',
     '-c',
     'shared_buffers=16MB',
+    ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
   ]);
   const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   live.add(proc);

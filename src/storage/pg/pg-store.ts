@@ -66,6 +66,8 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
   private readonly reserved: Set<number>;
   private readonly callTimeoutMs: number;
   private readonly lostListeners: Array<(reason: string) => void> = [];
+  private readonly regainedListeners: Array<() => void> = [];
+  private up = true;
   private closed = false;
 
   /** Starts the worker, connects, takes the node id and migrates; throws `StorageError` (`VSPC_DB_OPEN_FAILED`, `VSPC_NODE_ID_IN_USE`, `VSPC_DB_TOO_NEW`, `VSPC_DB_MIGRATION_FAILED`). */
@@ -260,6 +262,19 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
     this.lostListeners.push(listener);
   }
 
+  onRegained(listener: () => void): void {
+    this.regainedListeners.push(listener);
+  }
+
+  get available(): boolean {
+    return this.up && !this.closed;
+  }
+
+  unowned(ids: readonly number[]): number[] {
+    if (ids.length === 0) return [];
+    return this.call({ op: 'unowned', ids: [...ids] }) as number[];
+  }
+
   schemaVersion(): number {
     return this.call({ op: 'schemaVersion' }) as number;
   }
@@ -280,9 +295,12 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
 
   private onEvent(ev: WorkerEvent): void {
     if (ev.event === 'lost') {
+      this.up = false;
       for (const l of this.lostListeners) l(ev.reason);
     } else if (ev.event === 'regained') {
+      this.up = true;
       this.options.onRegained?.();
+      for (const l of this.regainedListeners) l();
     } else if (ev.event === 'write-failed') {
       this.options.onWriteError?.(ev.op, fromWire(ev.error));
     }

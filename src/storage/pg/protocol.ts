@@ -27,6 +27,15 @@ export interface OpenArgs {
   pingTimeoutMs: number;
 }
 
+/**
+ * How long PostgreSQL lets a node's session idle before ending it (ms; the session's
+ * `idle_session_timeout`): longer than a cut-off node takes to give its consoles up
+ * (at most one ping interval plus one ping deadline), with 5 s to spare.
+ */
+export function idleSessionTimeoutMs(a: Pick<OpenArgs, 'pingIntervalMs' | 'pingTimeoutMs'>): number {
+  return a.pingIntervalMs + a.pingTimeoutMs + 5000;
+}
+
 export type Request =
   | { op: 'open'; args: OpenArgs }
   | { op: 'close' }
@@ -46,6 +55,7 @@ export type Request =
   | { op: 'expireDelete'; ids: number[]; cutoff: number; unusedCutoff: number }
   | { op: 'claim'; id: number }
   | { op: 'release'; id: number }
+  | { op: 'unowned'; ids: number[] }
   | { op: 'owners' }
   | { op: 'advertise'; host: string; port: number; now: number }
   | { op: 'heartbeat'; now: number }

@@ -24,6 +24,7 @@ import {
   type OpenArgs,
   type WireError,
   type WorkerEvent,
+  idleSessionTimeoutMs,
 } from './protocol.js';
 import type { ConsoleRecord, PortRange } from '../../domain/repository.js';
 
@@ -120,6 +121,13 @@ async function connect(): Promise<pg.Client> {
           nodeId: a.nodeId,
         });
       }
+      // PostgreSQL ends a session that said nothing for this long (PostgreSQL 14+): a
+      // node cut off from the database (a partition, a machine that froze) loses its
+      // locks there even when no TCP keepalive or unix-socket close tells the server,
+      // and always after the node itself gave them up (its first unanswered ping comes
+      // at most pingIntervalMs after the last statement, and it waits pingTimeoutMs
+      // for it; docs/decisions/0011-pg.md).
+      await c.query(`SET idle_session_timeout = ${idleSessionTimeoutMs(a)}`).catch(() => undefined);
       await migrate(c);
     } catch (err) {
       c.removeAllListeners('end');
@@ -213,12 +221,18 @@ async function tx<T>(c: pg.Client, body: () => Promise<T>): Promise<T> {
 
 /** The lowest port of `range` that no console or access port holds and that is not reserved; null when none. */
 async function lowestFreePort(c: pg.Client, range: PortRange, reserved: number[]): Promise<number | null> {
+  // The lowest free port is the range's start or one above a taken port: candidates are
+  // those, not every port of the range (probing the range from its start costs one
+  // index lookup per taken port below the answer: quadratic over a cluster's first
+  // registrations). One pass over the taken ports, hashed.
   const r = await c.query<{ p: number }>(
-    `SELECT p FROM generate_series($1::int, $2::int) AS p
-      WHERE NOT (p = ANY($3::int[]))
-        AND NOT EXISTS (SELECT 1 FROM consoles WHERE tcp_port = p)
-        AND NOT EXISTS (SELECT 1 FROM access_ports WHERE tcp_port = p)
-      ORDER BY p LIMIT 1`,
+    `WITH taken AS (
+       SELECT tcp_port AS p FROM consoles WHERE tcp_port BETWEEN $1 AND $2
+       UNION ALL SELECT tcp_port FROM access_ports WHERE tcp_port BETWEEN $1 AND $2
+       UNION ALL SELECT x FROM unnest($3::int[]) AS x WHERE x BETWEEN $1 AND $2)
+     SELECT cand.p FROM (SELECT $1::int AS p UNION SELECT p + 1 FROM taken WHERE p < $2) AS cand
+      WHERE NOT EXISTS (SELECT 1 FROM taken t WHERE t.p = cand.p)
+      ORDER BY cand.p LIMIT 1`,
     [range.start, range.end, reserved],
   );
   return r.rows[0]?.p ?? null;
@@ -403,6 +417,19 @@ async function handle(req: Envelope): Promise<unknown> {
       );
       return { owned: false, owner: o.rows[0]?.owner ?? null };
     }
+    case 'unowned': {
+      // One round trip for a node's whole list of consoles it wants and does not own:
+      // which of them no live session owns (worth a claim now; a record deleted
+      // meanwhile is registered again by the claim).
+      const r = await c.query<{ id: number }>(
+        `SELECT u.id::int AS id FROM unnest($2::bigint[]) AS u(id)
+          WHERE NOT EXISTS (SELECT 1 FROM pg_locks l
+                             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                               AND l.classid::bigint = $1 AND l.objid::bigint = u.id)`,
+        [OWNER_LOCK_CLASS, req.ids.filter((id) => !held.has(id))],
+      );
+      return r.rows.map((x) => x.id);
+    }
     case 'release':
       if (held.delete(req.id)) await c.query('SELECT pg_advisory_unlock($1, $2)', [OWNER_LOCK_CLASS, req.id]);
       return null;
@@ -480,6 +507,14 @@ function toWire(err: unknown): WireError {
   if (err instanceof WorkerError) return { code: err.code, message: err.message, details: err.details };
   const pgCode = (err as { code?: unknown } | null)?.code;
   if (pgCode === '23505') return { code: 'VSPC_PORT_IN_USE', message: messageOf(err), details: {} };
+  if (pgCode === '53200') {
+    // Out of shared memory: almost always the lock table, where every owned console holds an advisory lock.
+    return {
+      code: 'VSPC_DB_UNAVAILABLE',
+      message: `PostgreSQL: ${messageOf(err)}: each console a node serves holds an advisory lock; raise the server's max_locks_per_transaction (docs/operations.md, cluster section)`,
+      details: { sqlState: pgCode },
+    };
+  }
   // Anything else the database said: the session may be unwell or the database away.
   return { code: 'VSPC_DB_UNAVAILABLE', message: `PostgreSQL: ${messageOf(err)}`, details: typeof pgCode === 'string' ? { sqlState: pgCode } : {} };
 }
