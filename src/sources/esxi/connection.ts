@@ -8,7 +8,7 @@ import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
-import { sourceReadBudget, type TurnBudget, type TurnBudgeted } from '../../util/turn-budget.js';
+import { SOCKET_READ_BYTES, sourceReadBudget, type TurnBudget, type TurnBudgeted } from '../../util/turn-budget.js';
 import { WriteQueue } from '../../util/write-queue.js';
 import {
   EsxiSession,
@@ -122,7 +122,10 @@ export class EsxiConnection implements TurnBudgeted {
   /** The deadline `timer` was armed for. */
   private armed: EsxiDeadline | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
+  /** Told when the socket drains (the hub resumes its clients' input). */
   private drainListener: (() => void) | null = null;
+  /** Whether the shared 'drain' listener is on the socket: only once a write returned false. */
+  private drainHooked = false;
   private readonly clock: () => number;
   private readonly budget: TurnBudget | null;
   budgetTurn = 0;
@@ -181,6 +184,10 @@ export class EsxiConnection implements TurnBudgeted {
 
   private static onClose(this: OwnedSocket): void {
     this[OWNER]?.onSocketClose();
+  }
+
+  private static onDrain(this: OwnedSocket): void {
+    this[OWNER]?.drainListener?.();
   }
 
   /**
@@ -310,6 +317,12 @@ export class EsxiConnection implements TurnBudgeted {
   private rawWrite(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
     const ok = this.queue.write(bytes);
+    if (!ok && !this.drainHooked) {
+      // Node emits 'drain' only after a write returned false: listening from here on
+      // misses none, and a VM whose socket never backs up costs no listener.
+      this.drainHooked = true;
+      this.socket.on('drain', EsxiConnection.onDrain);
+    }
     const limit = this.queueLimit();
     if (this.queue.cost > limit) {
       this.notReading(limit);
@@ -346,9 +359,7 @@ export class EsxiConnection implements TurnBudgeted {
   }
 
   private setDrainListener(listener: () => void): void {
-    if (this.drainListener) this.socket.off('drain', this.drainListener);
     this.drainListener = listener;
-    this.socket.on('drain', listener);
   }
 
   private onSocketData(chunk: Buffer): void {
@@ -374,8 +385,9 @@ export class EsxiConnection implements TurnBudgeted {
       this.socket.uncork();
     }
     this.syncTimer();
-    // A VM pouring output waits for the next turn once it used its share of this one.
-    this.budget?.charge(this, chunk.length);
+    // A VM pouring output waits for the next turn once it used its share of this one
+    // (unless this read emptied a plain socket: it is not read again this turn anyway).
+    this.budget?.charge(this, chunk.length, !this.secure && chunk.length < SOCKET_READ_BYTES);
   }
 
   /** TurnBudgeted: the budget of this turn is used up. */
@@ -424,7 +436,7 @@ export class EsxiConnection implements TurnBudgeted {
     this.session.transportClosed();
     this.clearTimer();
     if (this.closeTimer) clearTimeout(this.closeTimer);
-    if (this.drainListener) this.socket.off('drain', this.drainListener);
+    this.drainListener = null;
     // What the budget suppressed is summarised before the last line.
     this.logBudget.close();
     this.log.info('VM connection closed', { durationMs: Date.now() - this.connectedAt });
