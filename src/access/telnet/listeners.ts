@@ -234,13 +234,18 @@ export class TelnetListeners {
     // serial port's listener costs no closures (there are thousands of them).
     (server as PortServer)[PORT] = { owner: this, hub, l, secure, port, first, bound: false, settled: false };
     if (lease) this.leases.set(server, lease);
-    // Before the TLS handshake too: the raw socket already holds a descriptor.
-    if (this.options.admit) server.prependListener('connection', TelnetListeners.onRawConnection);
-    server.on(secure ? 'secureConnection' : 'connection', TelnetListeners.onSocket);
-    if (secure) server.on('tlsClientError', TelnetListeners.onTlsClientError);
+    if (secure) {
+      // Before the TLS handshake too: the raw socket already holds a descriptor.
+      if (this.options.admit) server.prependListener('connection', TelnetListeners.onRawConnection);
+      server.on('secureConnection', TelnetListeners.onSocket);
+      server.on('tlsClientError', TelnetListeners.onTlsClientError);
+    } else {
+      // One 'connection' listener that admits, then serves: three event names in all
+      // (connection, error, listening), which fit inside the server's events object.
+      server.on('connection', TelnetListeners.onPlainSocket);
+    }
     this.binding++;
-    // Closed before it listened (moved or forgotten meanwhile): settled too.
-    server.on('close', TelnetListeners.onServerClose);
+    // A listener closed before it listened (moved or forgotten meanwhile) is settled by closeServer.
     server.on('error', TelnetListeners.onServerError);
     server.on('listening', TelnetListeners.onListening);
     server.listen({ host: this.options.host, port, exclusive: true });
@@ -252,6 +257,15 @@ export class TelnetListeners {
   private static onRawConnection(this: PortServer, raw: net.Socket): void {
     const r = this[PORT];
     if (r && !r.owner.options.admit!(raw)) raw.destroy();
+  }
+
+  private static onPlainSocket(this: PortServer, socket: net.Socket): void {
+    const admit = this[PORT]?.owner.options.admit;
+    if (admit && !admit(socket)) {
+      socket.destroy();
+      return;
+    }
+    TelnetListeners.onSocket.call(this, socket);
   }
 
   private static onSocket(this: PortServer, socket: net.Socket): void {
@@ -271,11 +285,6 @@ export class TelnetListeners {
     const o = r.owner.options;
     (o.acceptLogger ?? r.owner.logger).info('TLS handshake failed on client port', { port: r.port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
     o.onProtocolError?.('TLS_HANDSHAKE_FAILED');
-  }
-
-  private static onServerClose(this: PortServer): void {
-    const r = this[PORT];
-    if (r) r.owner.settle(r);
   }
 
   private static onListening(this: PortServer): void {
@@ -368,6 +377,9 @@ export class TelnetListeners {
   /** Closes a listener (its descriptor goes at once) and gives its descriptor back to the budget. */
   private closeServer(server: net.Server | null): void {
     if (!server) return;
+    // Closed before it listened: the bind is over (settled() must not wait for it).
+    const r = (server as PortServer)[PORT];
+    if (r) this.settle(r);
     server.close();
     this.leases.get(server)?.release();
     this.leases.delete(server);
