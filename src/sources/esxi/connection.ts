@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
 import type { LogFields, Logger } from '../../domain/logger.js';
-import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
+import { CONNECTION_LOG_BUDGET, deferredLogger, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
@@ -151,8 +151,10 @@ export class EsxiConnection implements TurnBudgeted {
     // it: a log line that is written, a takeover, the admin API.
     this.logFields = () => ({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
     // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not
-    // become a log flood: the connection's lazy logger, on the connection's budget.
-    this.logBudget = rateLimitedLogger(ctx.logger.child(this.logFields), ctx.logBudget ?? CONNECTION_LOG_BUDGET);
+    // become a log flood: the connection's lazy logger, on the connection's budget, both
+    // made on the first line written at an enabled level (most connections write none
+    // at the usual level: a vMotion destination, an idle VM serial port).
+    this.logBudget = deferredLogger(ctx.logger, () => rateLimitedLogger(ctx.logger.child(this.logFields), ctx.logBudget ?? CONNECTION_LOG_BUDGET));
     const glue = new EsxiConnection.Glue(this);
     this.session = new EsxiSession({ id: this.id, log: this.logBudget }, glue, glue);
     if (!ctx.socketOptionsInherited) {
