@@ -32,7 +32,7 @@ import { allocateClientId } from './domain/client-ids.js';
 import type { AccessView, StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
 import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from './domain/log-budget.js';
-import { isLoopbackHost } from './util/net.js';
+import { isLoopbackHost, socketPeer } from './util/net.js';
 import { applyReload, type ReloadAppliers, type ReloadReport } from './config/reload.js';
 import { resolveConsoleAccess, resolveVmSettings } from './config/vms.js';
 import type { ConsoleAccess } from './config/access.js';
@@ -553,7 +553,7 @@ export class VspcServer {
       this.lastFdRefusalLog = now;
       this.logger.warn('file descriptors nearly exhausted; refusing new connections (the admin API keeps a reserve)', {
         side,
-        peer: `${socket.remoteAddress}:${socket.remotePort}`,
+        peer: socketPeer(socket),
         inUse: this.fds.inUse,
         limit: this.fds.limit,
         reserve: this.fds.reserve,

@@ -4,7 +4,7 @@ import type net from 'node:net';
 import type { Logger } from '../domain/logger.js';
 import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../domain/log-budget.js';
 import { AdminApiError, errorFields } from '../errors.js';
-import type { HostPort } from '../util/net.js';
+import { socketPeer, type HostPort } from '../util/net.js';
 import { refusal } from './auth.js';
 import { guardRequest, type GuardRefusal } from './request-guard.js';
 
@@ -146,7 +146,7 @@ export class AdminServer {
     server.prependListener('connection', (socket: net.Socket) => this.accepted(socket));
     if (tls) {
       server.on('tlsClientError', (err: Error, socket: net.Socket) => {
-        this.requestLog.info('TLS handshake failed on the admin API', { peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
+        this.requestLog.info('TLS handshake failed on the admin API', { peer: socketPeer(socket), ...errorFields(err) });
       });
     }
     // Admin clients are short-lived; do not let idle keep-alive sockets hold shutdown (or descriptors).
@@ -197,7 +197,7 @@ export class AdminServer {
       this.lastShedLog = now;
       this.logger.warn(
         victim ? 'admin API: too many connections; the oldest idle one closed to make room' : 'admin API: too many connections, all busy; a new one refused',
-        { limit: max, shedSoFar: this.shed, peer: `${socket.remoteAddress}:${socket.remotePort}`, errorCode: 'VSPC_ADMIN_BUSY' },
+        { limit: max, shedSoFar: this.shed, peer: socketPeer(socket), errorCode: 'VSPC_ADMIN_BUSY' },
       );
     }
   }
@@ -253,7 +253,7 @@ export class AdminServer {
       if (guarded) {
         this.options.onRefused?.(guarded.reason);
         this.requestLog.warn('admin API request refused: looks browser-borne', {
-          peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+          peer: socketPeer(req.socket),
           method: req.method,
           path: url.pathname,
           reason: guarded.code,
@@ -266,7 +266,7 @@ export class AdminServer {
         this.options.onUnauthorized?.();
         res.setHeader('www-authenticate', 'Bearer realm="vspc"');
         this.requestLog.warn('admin API request refused: no valid token', {
-          peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+          peer: socketPeer(req.socket),
           method: req.method,
           path: url.pathname,
           reason: refused.code,
@@ -300,7 +300,7 @@ export class AdminServer {
 
   /** An Upgrade request: checked like any call, then switched to the route's byte stream. */
   private async upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
-    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const peer = socketPeer(socket);
     socket.on('error', () => {});
     let url = new URL('/', 'http://admin');
     try {

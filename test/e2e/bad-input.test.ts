@@ -319,6 +319,21 @@ describe('bad input on the VM side', () => {
     await good.check('plain on TLS port');
   });
 
+  test('a peer that resets the TLS VM port before the handshake is logged with peer "?", not "undefined:undefined"', async () => {
+    const from = s.logs.lines.length;
+    const sock = net.connect({ host: '127.0.0.1', port: s.proxyTlsPort });
+    sock.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      sock.once('connect', resolve);
+      sock.once('error', reject);
+    });
+    sock.resetAndDestroy();
+    const line = await s.logs.waitFor((l) => l.message === 'TLS handshake failed on the VM port; closed' && l.peer === '?', 3000, from);
+    assert.equal(line.peer, '?');
+    assert.ok(!s.logs.lines.slice(from).some((l) => String(l.peer).includes('undefined')), 'no "undefined" peer in any line');
+    await good.check('reset before TLS handshake');
+  });
+
   test('a flood of 50 connections sending junk at once: all closed, server up, good VM unaffected', async () => {
     const from = s.logs.lines.length;
     const socks: net.Socket[] = [];

@@ -14,8 +14,8 @@
  * - A person through `console`: sees the VM's output, types (a CR reaches the VM as a
  *   CR), and sends a serial break with conserver's `^Ecl1` (telnet BREAK, passed on).
  *
- * Skipped when conserver is not installed (test/support/guest/ensure-deps.sh installs
- * it as root).
+ * Fails with a clear message when conserver is not installed (test/support/guest/ensure-deps.sh
+ * installs it as root).
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';

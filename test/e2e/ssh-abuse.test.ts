@@ -16,16 +16,18 @@
  * The raw SSH peers are ssh2 clients (what an attacker would use); the refusals that
  * must read well are checked with the OpenSSH client.
  */
-import { describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { DEFAULTS } from '../../src/config/config.js';
+import { ENV_REQUESTS_FREE } from '../../src/access/ssh/session.js';
 import { esxiUuid, tempDir, waitUntil, type Cleanup } from '../support/server.js';
 import { haveOpenSsh, keyLine, makeKey, runSsh, SshProcess, sshArgs, startSshServer, type KeyPair, type SshServer } from '../support/ssh.js';
 
-const skip = haveOpenSsh() ? false : 'the OpenSSH client is not installed (test/support/guest/ensure-deps.sh)';
+// A missing prerequisite fails the suite with this message (npm test installs them as root).
+const missing = haveOpenSsh() ? null : 'the OpenSSH client is not installed (test/support/guest/ensure-deps.sh)';
 
 const limits = (l: Partial<typeof DEFAULTS.sshLimits>) => ({ sshLimits: { ...DEFAULTS.sshLimits, ...l } });
 
@@ -74,7 +76,8 @@ function metric(text: string, re: RegExp): number {
   return Number(re.exec(text)?.[1] ?? 0);
 }
 
-describe('SSH front door against abusive clients', { skip }, () => {
+describe('SSH front door against abusive clients', () => {
+  before(() => assert.ok(missing === null, missing ?? ''));
   test('a client that never reads but keeps pressing Enter at the menu is cut off at the output bound', async (t) => {
     const d = tempDir('vspc-ssh-menuflood-');
     t.after(() => d.remove());
@@ -205,6 +208,42 @@ describe('SSH front door against abusive clients', { skip }, () => {
     const m = await metrics(s);
     assert.equal(metric(m, /^vspc_ssh_sessions_ended_total\{reason="too-many-requests"\} (\d+)$/m), 1);
     assert.equal(metric(m, /^vspc_ssh_requests_refused_total\{request="port-forwarding"\} (\d+)$/m), 10);
+  });
+
+  test('env requests: the first ENV_REQUESTS_FREE are declined quietly (LANG, LC_*), each further one counts toward the refusal limit; a signal request is refused and logged', async (t) => {
+    const d = tempDir('vspc-ssh-envflood-');
+    t.after(() => d.remove());
+    const alice = makeKey(d.dir, 'alice');
+    const s = await startSshServer(t, [keyLine(alice, 'vspc-user="alice"')]);
+    // A signal request on a session: refused with its name, counted.
+    const first = await login(s, alice, s.cleanup);
+    const ch = await new Promise<ssh2.ClientChannel>((resolve, reject) => first.shell({ term: 'xterm', cols: 80, rows: 24 }, (err, c) => (err ? reject(err) : resolve(c))));
+    ch.signal('INT');
+    const sig = await s.ts.logs.waitFor((l) => l.message === 'SSH request refused' && String(l.request).startsWith('signal'));
+    assert.equal(sig.request, 'signal "INT"');
+    first.end();
+    // ENV_REQUESTS_FREE + 9 variables: declined, the connection stays.
+    const okEnv = Object.fromEntries(Array.from({ length: ENV_REQUESTS_FREE + 9 }, (_, i) => [`LC_X${i}`, 'C']));
+    const second = await login(s, alice, s.cleanup);
+    const out = await new Promise<string>((resolve, reject) =>
+      second.exec('list', { env: okEnv }, (err, c) => {
+        if (err) return reject(err);
+        let text = '';
+        c.on('data', (b: Buffer) => (text += b.toString()));
+        c.on('close', () => resolve(text));
+      }),
+    );
+    assert.match(out, /^NAME +KIND +STATE/, 'the exec ran after the declined variables');
+    second.end();
+    // One more: the tenth counted refusal closes the connection.
+    const third = await login(s, alice, s.cleanup);
+    const gone = closed(third);
+    const tooMany = Object.fromEntries(Array.from({ length: ENV_REQUESTS_FREE + 10 }, (_, i) => [`LC_Y${i}`, 'C']));
+    third.exec('list', { env: tooMany }, () => undefined);
+    await gone;
+    const line = await s.ts.logs.waitFor((l) => l.errorCode === 'VSPC_SSH_TOO_MANY_REQUESTS');
+    assert.equal(line.refused, 10);
+    assert.match(String(line.last), /^env/);
   });
 
   test('connections that end without logging in cost their address after the free ones; then it is refused at accept', async (t) => {

@@ -6,15 +6,17 @@
  * `~.`, straight in when the key reaches a single console, and a menu session ended
  * when a reload withdraws its key.
  */
-import { describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BRK } from '../../src/protocol/telnet/constants.js';
 import { esxiUuid, tempDir, waitUntil } from '../support/server.js';
 import { haveOpenSsh, haveTmux, keyLine, makeKey, sshArgs, startSshServer, TmuxPane } from '../support/ssh.js';
 
-const skip = haveOpenSsh() && haveTmux() ? false : 'the OpenSSH client or tmux is not installed (test/support/guest/ensure-deps.sh)';
+// A missing prerequisite fails the suite with this message (npm test installs them as root).
+const missing = haveOpenSsh() && haveTmux() ? null : 'the OpenSSH client or tmux is not installed (test/support/guest/ensure-deps.sh)';
 
-describe('SSH front door on a terminal (tmux)', { skip }, () => {
+describe('SSH front door on a terminal (tmux)', () => {
+  before(() => assert.ok(missing === null, missing ?? ''));
   test('menu: only permitted consoles, pick by number, type, Ctrl-] who / break / detach back, ~B is a BREAK, q quits', async (t) => {
     const keys = tempDir('vspc-ssh-term-');
     t.after(() => keys.remove());

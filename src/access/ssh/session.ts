@@ -37,6 +37,8 @@ const DRAIN_POLL_MS = 50;
 
 /** The byte that opens the menu on a console (Ctrl-], as `vspc-admin connect`). */
 const MENU_KEY = 0x1d;
+/** env requests a channel may make before each further one counts as refused (LANG plus every LC_* is 14). */
+export const ENV_REQUESTS_FREE = 32;
 
 /** Who the session belongs to (the connection's authenticated key). Rights change on reload. */
 export interface Principal {
@@ -128,6 +130,8 @@ export class SshSession {
   private eofTimer: NodeJS.Timeout | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
   private refusalTimer: NodeJS.Timeout | null = null;
+  /** env requests seen on this channel (see ENV_REQUESTS_FREE). */
+  private envRequests = 0;
   private lastInputAt = Date.now();
   /** Input held by the console's flow control, or because the client's output is backed up. */
   private hubPaused = false;
@@ -158,9 +162,15 @@ export class SshSession {
       if (this.pty) this.pty = { ...this.pty, cols: info.cols ?? this.pty.cols, rows: info.rows ?? this.pty.rows };
       accept?.();
     });
-    // Environment variables mean nothing here (LANG, ...): declined, as sshd declines those not in AcceptEnv.
-    session.on('env', (_accept: Accept, reject: Reject) => reject?.());
-    session.on('signal', (_accept: Accept, reject: Reject) => reject?.());
+    // Environment variables mean nothing here: declined, as sshd declines those not in AcceptEnv.
+    // Debian's ssh_config sends LANG and every LC_* (SendEnv), so the first ENV_REQUESTS_FREE are
+    // declined quietly; past them each one counts toward the connection's refusal limit.
+    session.on('env', (_accept: Accept, reject: Reject) => {
+      if (++this.envRequests <= ENV_REQUESTS_FREE) return reject?.();
+      this.refuse('env (more than ' + ENV_REQUESTS_FREE + ' variables)', reject);
+    });
+    // No OpenSSH client sends a signal request on its own (~B is a break): refused, logged and counted.
+    session.on('signal', (_accept: Accept, reject: Reject, info: { name?: string }) => this.refuse(`signal ${JSON.stringify(String(info?.name ?? '').slice(0, 20))}`, reject));
     session.on('x11', (_accept: Accept, reject: Reject) => this.refuse('X11 forwarding', reject));
     session.on('auth-agent', (_accept: Accept, reject: Reject) => this.refuse('agent forwarding', reject));
     session.on('sftp', (_accept: unknown, reject: Reject) => this.refuse('SFTP', reject));

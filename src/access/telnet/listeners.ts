@@ -6,6 +6,7 @@ import type { Registry } from '../../domain/registry.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { DESCRIPTORS_EXHAUSTED, type DescriptorBudget, type DescriptorLease } from '../../domain/descriptors.js';
 import { TelnetClient, type TelnetClientOptions } from './client.js';
+import { socketPeer } from '../../util/net.js';
 
 export interface TelnetListenerOptions extends TelnetClientOptions {
   host: string;
@@ -283,7 +284,7 @@ export class TelnetListeners {
     const r = this[PORT];
     if (!r) return;
     const o = r.owner.options;
-    (o.acceptLogger ?? r.owner.logger).info('TLS handshake failed on client port', { port: r.port, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...errorFields(err) });
+    (o.acceptLogger ?? r.owner.logger).info('TLS handshake failed on client port', { port: r.port, peer: socketPeer(socket), ...errorFields(err) });
     o.onProtocolError?.('TLS_HANDSHAKE_FAILED');
   }
 

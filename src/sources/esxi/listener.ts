@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from '../../domain/logger.js';
 import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import { PeerRefusedError, errorFields, type VspcErrorCode } from '../../errors.js';
-import type { HostPort } from '../../util/net.js';
+import { socketPeer, type HostPort } from '../../util/net.js';
 import { addressGroup, anyContains, type CidrBlock } from '../../util/cidr.js';
 import { TokenBuckets } from '../../util/token-bucket.js';
 import { setInheritedSocketOptions } from '../../util/socket-options.js';
@@ -110,7 +110,7 @@ export class EsxiListener {
       // Plain telnet (or junk) on the TLS port ends here: log and drop that socket only.
       tlsServer.on('tlsClientError', (err, socket) => {
         this.acceptLog.warn('TLS handshake failed on the VM port; closed', {
-          peer: `${socket.remoteAddress}:${socket.remotePort}`,
+          peer: socketPeer(socket),
           ...errorFields(err),
         });
         this.ctx.onProtocolError?.('TLS_HANDSHAKE_FAILED');
@@ -300,7 +300,7 @@ export class EsxiListener {
     this.logRefusal(reason, message, {
       security: true,
       ...errorFields(new PeerRefusedError(code, message)),
-      peer: `${socket.remoteAddress}:${socket.remotePort}`,
+      peer: socketPeer(socket),
       ...fields,
     });
     socket.destroy();
