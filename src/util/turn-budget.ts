@@ -9,15 +9,9 @@
  * a streaming source moves about one read per turn, and a keystroke waits for one
  * read per busy source instead of a socket window each.
  *
- * The cost is paid only by sources that exceed the budget and could be read again in
- * the same turn: one pause and one resume per turn (Node stops reading the socket
- * after at most one more read, which it keeps for the resume). A read that came back
- * shorter than the read buffer emptied the socket: libuv does not read that socket
- * again in this poll phase, so pausing it would buy nothing (and was, with 16 KiB
- * chunks, a pause, a resume and a detour of the next chunk through the stream's
- * buffer for nearly every chunk a streaming VM sent). The owner says so (`drained`).
- *
- * Nothing is dropped or reordered: a paused source's bytes wait in
+ * The cost is paid only by sources that exceed the budget: one pause and one resume
+ * per turn (Node stops reading the socket after at most one more read, which it keeps
+ * for the resume). Nothing is dropped or reordered: a paused source's bytes wait in
  * the kernel (TCP flow control holds the sender) or in its stream's buffer, in order.
  *
  * Sans-I/O apart from the one `setImmediate` per turn with traffic.
@@ -38,13 +32,6 @@ export interface TurnBudgeted {
 /** Bytes a source may read per event-loop turn before it waits for the next one. */
 export const DEFAULT_BYTES_PER_TURN = 16 * 1024;
 
-/**
- * Bytes Node asks libuv for in one read of a net.Socket (TCP or unix; libuv's
- * suggested size, 64 KiB on Node 20). A chunk shorter than this came from a read
- * that emptied the socket's kernel buffer.
- */
-export const SOCKET_READ_BYTES = 64 * 1024;
-
 export class TurnBudget {
   private turn = 1;
   private scheduled = false;
@@ -60,13 +47,9 @@ export class TurnBudget {
   /**
    * `source` has just handled `bytes` it read. Returns true when that used up its
    * budget for this turn: it has been paused (`pauseTurn`) and will be resumed on the
-   * next turn. `drained`: the read that produced these bytes emptied the source (a
-   * chunk shorter than SOCKET_READ_BYTES from a plain socket); when it is also the
-   * source's first read of the turn, the source is not paused, since the event loop
-   * will not read it again before the next turn anyway. Unknown: false (a TLS
-   * socket's chunks are records, several per read).
+   * next turn.
    */
-  charge(source: TurnBudgeted, bytes: number, drained = false): boolean {
+  charge(source: TurnBudgeted, bytes: number): boolean {
     if (source.budgetTurn !== this.turn) {
       source.budgetTurn = this.turn;
       source.budgetBytes = 0;
@@ -75,10 +58,8 @@ export class TurnBudget {
       this.scheduled = true;
       setImmediate(this.nextTurn);
     }
-    const first = source.budgetBytes === 0;
     source.budgetBytes += bytes;
     if (source.budgetBytes < this.bytesPerTurn) return false;
-    if (drained && first) return false;
     source.pauseTurn();
     this.paused.push(source);
     return true;

@@ -51,18 +51,6 @@ describe('TurnBudget', () => {
     assert.equal(s.pauses, 0);
   });
 
-  test('a read that emptied its socket is not paused when it is the first of the turn; a second read is', async () => {
-    const budget = new TurnBudget(100);
-    const s = new Source();
-    assert.equal(budget.charge(s, 500, true), false, 'the event loop will not read it again this turn anyway');
-    assert.equal(s.paused, false);
-    assert.equal(budget.charge(s, 10, true), true, 'read again within the turn (a TLS record, a buffered chunk): over budget');
-    assert.equal(s.paused, true);
-    await new Promise<void>((r) => (s.resumed = r));
-    assert.equal(budget.charge(s, 500, false), true, 'a full read may be followed by more in the same turn');
-    assert.equal(s.pauses, 2);
-  });
-
   test('sources are counted separately: a busy one does not pause a quiet one', () => {
     const budget = new TurnBudget(100);
     const busy = new Source();

@@ -8,7 +8,7 @@ import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { VspcServerProtocol } from '../../protocol/vmware/server-protocol.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
-import { SOCKET_READ_BYTES, sourceReadBudget, type TurnBudget, type TurnBudgeted } from '../../util/turn-budget.js';
+import { sourceReadBudget, type TurnBudget, type TurnBudgeted } from '../../util/turn-budget.js';
 import { WriteQueue } from '../../util/write-queue.js';
 import {
   EsxiSession,
@@ -387,9 +387,8 @@ export class EsxiConnection implements TurnBudgeted {
       this.socket.uncork();
     }
     this.syncTimer();
-    // A VM pouring output waits for the next turn once it used its share of this one
-    // (unless this read emptied a plain socket: it is not read again this turn anyway).
-    this.budget?.charge(this, chunk.length, !this.secure && chunk.length < SOCKET_READ_BYTES);
+    // A VM pouring output waits for the next turn once it used its share of this one.
+    this.budget?.charge(this, chunk.length);
   }
 
   /** TurnBudgeted: the budget of this turn is used up. */

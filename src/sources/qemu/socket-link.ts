@@ -12,7 +12,7 @@ import net from 'node:net';
 import type { Logger } from '../../domain/logger.js';
 import { SourceError, connectError, linkError } from '../common/errors.js';
 import type { Link, LinkOptions, LinkSink } from '../common/link.js';
-import { SOCKET_READ_BYTES, sourceReadBudget, type TurnBudgeted } from '../../util/turn-budget.js';
+import { sourceReadBudget, type TurnBudgeted } from '../../util/turn-budget.js';
 import { WriteQueue } from '../../util/write-queue.js';
 
 export class SocketLink implements Link, TurnBudgeted {
@@ -64,7 +64,7 @@ export class SocketLink implements Link, TurnBudgeted {
         return;
       }
       // Fairness with the other sources (util/turn-budget.ts): a flood waits for the next turn.
-      sourceReadBudget.charge(this, chunk.length, chunk.length < SOCKET_READ_BYTES);
+      sourceReadBudget.charge(this, chunk.length);
     });
     this.started();
   }
