@@ -68,6 +68,7 @@ export interface ConsoleObserver {
 
 /** The client set of every hub before its first client (never written). */
 const NO_CLIENTS: ReadonlySet<ConsoleClient> = new Set();
+const NO_ACCESS_ERRORS: ReadonlyMap<string, string> = new Map();
 
 /** Chunks at least this long are kept by reference; shorter ones are copied into blocks. */
 const SCROLLBACK_REF_MIN = 1024;
@@ -266,8 +267,21 @@ export class ConsoleHub {
   /** Set by the listener manager when the client port cannot be bound. */
   listenError: string | null = null;
   tlsListenError: string | null = null;
-  /** Set by the other access methods' managers: why an endpoint (raw port, unix socket, pty) is not up, by method. */
-  readonly accessErrors = new Map<string, string>();
+  /**
+   * Why an endpoint of another access method (raw port, unix socket, pty) is not up, by
+   * method; set by those methods' managers through setAccessError/clearAccessError.
+   * Made on the first error: most consoles never have one.
+   */
+  private accessErrorMap: Map<string, string> | null = null;
+  get accessErrors(): ReadonlyMap<string, string> {
+    return this.accessErrorMap ?? NO_ACCESS_ERRORS;
+  }
+  setAccessError(method: string, message: string): void {
+    (this.accessErrorMap ??= new Map()).set(method, message);
+  }
+  clearAccessError(method: string): void {
+    this.accessErrorMap?.delete(method);
+  }
   /** The serial line's settings, as the source last reported them (ESXi: the guest UART). */
   lineSettings: SerialLineSettings | null = null;
   /** BREAK, DTR/RTS, flow control, suspension and signature, as the source last reported them; null: never reported. */

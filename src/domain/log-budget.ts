@@ -225,3 +225,83 @@ class BudgetedView implements BudgetedLogger {
 export function rateLimitedLogger(logger: Logger, budget: LogBudget, options: RateLimitOptions = {}): BudgetedLogger {
   return new BudgetedView(new Budget(logger, budget, options), logger);
 }
+
+/**
+ * A budgeted logger made only when a line is written at an enabled level: until then
+ * it is this one object (children: one more each). A VM connection made and closed
+ * without a line at the configured level (a vMotion destination at `warn`, an idle VM
+ * serial port) never makes its budget, its child loggers or their fields.
+ */
+class DeferredLogger implements BudgetedLogger {
+  private real: BudgetedLogger | null = null;
+  private closed = false;
+
+  constructor(
+    /** Answers isLevelEnabled (the logger the real one is made from, or its parent). */
+    private readonly levels: Logger,
+    private readonly make: (() => BudgetedLogger) | null,
+    private readonly parent: DeferredLogger | null,
+    private readonly fields: LazyFields | null,
+  ) {}
+
+  private target(): BudgetedLogger {
+    if (this.real) return this.real;
+    if (this.parent) {
+      this.real = this.parent.target().child(this.fields ?? {});
+    } else {
+      this.real = this.make!();
+      // Closed before its first line: the line is written as it comes (see BudgetedLogger.close).
+      if (this.closed) this.real.close();
+    }
+    return this.real;
+  }
+
+  get suppressed(): number {
+    return this.real ? this.real.suppressed : (this.parent?.suppressed ?? 0);
+  }
+
+  get suppressedTotal(): number {
+    return this.real ? this.real.suppressedTotal : (this.parent?.suppressedTotal ?? 0);
+  }
+
+  error(message: string, fields?: LazyFields): void {
+    if (this.levels.isLevelEnabled('error')) this.target().error(message, fields);
+  }
+
+  warn(message: string, fields?: LazyFields): void {
+    if (this.levels.isLevelEnabled('warn')) this.target().warn(message, fields);
+  }
+
+  info(message: string, fields?: LazyFields): void {
+    if (this.levels.isLevelEnabled('info')) this.target().info(message, fields);
+  }
+
+  debug(message: string, fields?: LazyFields): void {
+    if (this.levels.isLevelEnabled('debug')) this.target().debug(message, fields);
+  }
+
+  isLevelEnabled(level: LogLevel): boolean {
+    return this.levels.isLevelEnabled(level);
+  }
+
+  child(fields: LazyFields): BudgetedLogger {
+    return new DeferredLogger(this.levels, null, this, fields);
+  }
+
+  close(): void {
+    if (this.parent) {
+      this.parent.close();
+      return;
+    }
+    this.closed = true;
+    this.real?.close();
+  }
+}
+
+/**
+ * `make()` (a budgeted logger) called on the first line at a level `levels` has
+ * enabled, not before; the same lines, budget and summaries as `make()`'s logger.
+ */
+export function deferredLogger(levels: Logger, make: () => BudgetedLogger): BudgetedLogger {
+  return new DeferredLogger(levels, make, null, null);
+}

@@ -71,6 +71,25 @@ export interface FdLease {
   release(): void;
 }
 
+/** The budget an admitted socket is counted in (see `admit`). */
+const ADMITTED = Symbol('vspc.fdBudget');
+type AdmittedSocket = Socket & { [ADMITTED]?: FdBudget };
+
+/** A lease of `n` descriptors: one small object (every client-port listener holds one). */
+class Lease implements FdLease {
+  constructor(
+    private budget: FdBudget | null,
+    private readonly n: number,
+  ) {}
+
+  release(): void {
+    const b = this.budget;
+    if (!b) return;
+    this.budget = null;
+    b.freed(this.n);
+  }
+}
+
 /** A lease that holds nothing (no limit to keep). */
 const FREE: FdLease = { release: () => undefined };
 
@@ -148,8 +167,18 @@ export class FdBudget {
       return false;
     }
     this.held++;
-    socket.once('close', () => this.freed(1));
+    // A shared listener that finds the budget on the socket: no closure and no
+    // once-wrapper per connection (every VM connection and vMotion destination is admitted).
+    (socket as AdmittedSocket)[ADMITTED] = this;
+    socket.on('close', FdBudget.onAdmittedClose);
     return true;
+  }
+
+  private static onAdmittedClose(this: AdmittedSocket): void {
+    const budget = this[ADMITTED];
+    if (!budget) return;
+    this[ADMITTED] = undefined;
+    budget.freed(1);
   }
 
   /**
@@ -164,14 +193,7 @@ export class FdBudget {
       return null;
     }
     this.held += n;
-    let held = true;
-    return {
-      release: () => {
-        if (!held) return;
-        held = false;
-        this.freed(n);
-      },
-    };
+    return new Lease(this, n);
   }
 
   /**
@@ -207,7 +229,8 @@ export class FdBudget {
     }
   }
 
-  private freed(n: number): void {
+  /** @internal Lease and admitted sockets give their descriptors back here. */
+  freed(n: number): void {
     this.held -= n;
     if (this.waiters.size > 0) this.scheduleNotify();
   }

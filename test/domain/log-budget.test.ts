@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { LazyFields, LogFields, Logger } from '../../src/domain/logger.js';
-import { rateLimitedLogger } from '../../src/domain/log-budget.js';
+import { deferredLogger, rateLimitedLogger } from '../../src/domain/log-budget.js';
 import { LogCapture } from '../support/log-capture.js';
 
 interface Line {
@@ -132,4 +132,42 @@ test('lazy fields pass through: computed when the line is written, never for a s
   );
   assert.equal(log.suppressed, 1);
   void now;
+});
+
+test('deferredLogger: nothing is made until a line at an enabled level; then the same lines, fields and shared budget as the logger it makes', () => {
+  const lines: Line[] = [];
+  let made = 0;
+  const levels = recorder([], {}, (level) => level !== 'debug' && level !== 'info');
+  const log = deferredLogger(levels, () => {
+    made++;
+    return rateLimitedLogger(recorder(lines, { conn: 7 }, (level) => level !== 'debug' && level !== 'info'), { perSecond: 1, burst: 2 }, { now: () => 0 });
+  });
+  const child = log.child({ vm: 'web' });
+  log.info('VM connection opened');
+  child.debug('option 232 agreed');
+  assert.equal(made, 0, 'disabled levels make nothing');
+  assert.equal(log.isLevelEnabled('warn'), true);
+  child.warn('one', { n: 1 });
+  log.warn('two');
+  child.warn('one', { n: 2 });
+  assert.equal(made, 1);
+  assert.deepEqual(lines, [
+    { level: 'warn', message: 'one', fields: { conn: 7, vm: 'web', n: 1 } },
+    { level: 'warn', message: 'two', fields: { conn: 7 } },
+  ]);
+  assert.equal(child.suppressed, 1, 'the child spends the same budget');
+  log.close();
+  assert.equal(lines.at(-1)?.message, 'log lines suppressed for this connection');
+});
+
+test('deferredLogger closed before its first line: that line is written as it comes', () => {
+  const lines: Line[] = [];
+  const log = deferredLogger(recorder([]), () => rateLimitedLogger(recorder(lines), { perSecond: 1, burst: 1 }, { now: () => 0 }));
+  log.close();
+  log.info('a');
+  log.info('b');
+  assert.deepEqual(
+    lines.map((l) => l.message),
+    ['a', 'b'],
+  );
 });

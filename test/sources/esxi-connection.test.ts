@@ -62,10 +62,12 @@ class FakeSocket extends EventEmitter {
   uncork(): void {
     if (--this.corks === 0 && this.pending.length > 0) this.batches.push(Buffer.concat(this.pending.splice(0)));
   }
+  /** Set: every write reports a full buffer (returns false), as a backed-up socket does. */
+  full = false;
   write(b: Buffer): boolean {
     if (this.corks > 0) this.pending.push(Buffer.from(b));
     else this.batches.push(Buffer.from(b));
-    return true;
+    return !this.full;
   }
   end(): this {
     this.writableEnded = true;
@@ -209,16 +211,24 @@ describe('EsxiConnection (socket glue)', () => {
     assert.equal(conn.state, 'attached');
   });
 
-  test("socket close: the hub is left, the hub's drain listener removed, onClosed called, no timer fires later", async () => {
+  test("socket close: the hub is left, the hub's drain listener let go, onClosed called, no timer fires later", async () => {
     const { socket, conn, closed, registry, lines } = connect();
     socket.emit('data', identify);
     const hub = conn.hub!;
     assert.equal(hub.source, conn.session);
-    assert.equal(socket.listenerCount('drain'), 1, "the hub's drain listener");
+    assert.equal(socket.listenerCount('drain'), 0, 'no drain listener while nothing backs up (an idle VM port costs none)');
+    let drained = 0;
+    conn.session.onDrain(() => drained++);
+    socket.full = true;
+    assert.equal(conn.session.write(Buffer.from('typed')), false);
+    assert.equal(socket.listenerCount('drain'), 1, 'listening once a write backed up');
+    socket.emit('drain');
+    assert.equal(drained, 1, "the hub's drain listener is told");
     socket.destroyed = true;
     socket.emit('close', false);
     assert.equal(hub.source, null);
-    assert.equal(socket.listenerCount('drain'), 0);
+    socket.emit('drain');
+    assert.equal(drained, 1, 'not after the close');
     assert.deepEqual(closed, [conn]);
     assert.ok(registry.lastSeen(hub)! > 0);
     const count = lines.length;

@@ -130,7 +130,7 @@ export class ConsoleEndpoints<S, H> {
     const previous = cur ? this.retire(hub, cur, reason) : Promise.resolve();
     if (spec === null || key === null || this.closed) {
       this.slots.delete(hub);
-      hub.accessErrors.delete(this.driver.method);
+      hub.clearAccessError(this.driver.method);
       return;
     }
     const slot: Slot<S, H> = { spec, key, handle: null, error: null, retry: null, inflight: null, retired: false, lease: null, fdWait: null };
@@ -149,7 +149,7 @@ export class ConsoleEndpoints<S, H> {
       if (!slot.lease) {
         // Not made now (the budget's owner logged it): shown on the console, made when descriptors are freed.
         slot.error = new AccessError('VSPC_ACCESS_FAILED', DESCRIPTORS_EXHAUSTED, { errorCode: 'VSPC_FD_BUDGET_SPENT' });
-        hub.accessErrors.set(this.driver.method, DESCRIPTORS_EXHAUSTED);
+        hub.setAccessError(this.driver.method, DESCRIPTORS_EXHAUSTED);
         slot.fdWait = budget.whenAvailable(() => {
           slot.fdWait = null;
           if (!slot.retired) slot.inflight = this.attempt(hub, slot);
@@ -167,7 +167,7 @@ export class ConsoleEndpoints<S, H> {
       const e = err instanceof AccessError ? err : accessError(err, String((err as Error)?.message ?? err));
       const repeated = slot.error?.message === e.message;
       slot.error = e;
-      hub.accessErrors.set(this.driver.method, e.message);
+      hub.setAccessError(this.driver.method, e.message);
       const fields = { vm: hub.displayName, method: this.driver.method, retryMs: this.options.bindRetryMs, ...errorFields(e) };
       if (repeated) this.logger.debug('console endpoint still cannot be set up; will retry', fields);
       else this.logger.warn('console endpoint cannot be set up; will retry', fields);
@@ -188,7 +188,7 @@ export class ConsoleEndpoints<S, H> {
     slot.handle = handle;
     if (slot.error) this.logger.info('console endpoint set up after all', { vm: hub.displayName, method: this.driver.method });
     slot.error = null;
-    hub.accessErrors.delete(this.driver.method);
+    hub.clearAccessError(this.driver.method);
   }
 
   private async retire(hub: ConsoleHub, slot: Slot<S, H>, reason: string): Promise<void> {

@@ -79,7 +79,7 @@ export class RawListeners {
 
   private specOf(hub: ConsoleHub): RawSpec | null {
     if (!this.options.enabled(hub)) {
-      if (!this.endpoints.state(hub)) hub.accessErrors.delete('raw');
+      if (!this.endpoints.state(hub)) hub.clearAccessError('raw');
       return null;
     }
     try {
@@ -87,7 +87,7 @@ export class RawListeners {
     } catch (err) {
       // The range is full (or the record was forgotten meanwhile): no raw port now; a later refresh tries again.
       if (!hub.accessErrors.has('raw')) this.logger.warn('no raw TCP port for a console', { vm: hub.displayName, ...errorFields(err) });
-      hub.accessErrors.set('raw', `no raw port: ${(err as Error).message}`);
+      hub.setAccessError('raw', `no raw port: ${(err as Error).message}`);
       return null;
     }
   }

@@ -38,6 +38,23 @@ interface Listeners {
   waitFd: (() => void) | null;
 }
 
+/** What a client-port listener is for, kept on the server (see `listen`). */
+interface PortRecord {
+  readonly owner: TelnetListeners;
+  readonly hub: ConsoleHub;
+  readonly l: Listeners;
+  readonly secure: boolean;
+  readonly port: number;
+  /** moveTo's first bind: its outcome goes there (once), not to the console. */
+  first: { resolve(server: net.Server): void; reject(err: Error): void } | undefined;
+  bound: boolean;
+  /** Counted out of `binding` already. */
+  settled: boolean;
+}
+
+const PORT = Symbol('vspc.clientPort');
+type PortServer = net.Server & { [PORT]?: PortRecord };
+
 /**
  * One telnet (and optionally telnets) listener per VM serial port, following the
  * registry: bound when a port becomes known, moved on `set-port`, closed when
@@ -54,7 +71,9 @@ export class TelnetListeners {
   /** Until start(): consoles are recorded, not bound (vspc binds its own listeners first). */
   private started = false;
   /** Binds under way (neither listening nor failed yet): what `settled()` waits for. */
-  private readonly binding = new Set<Promise<void>>();
+  private binding = 0;
+  /** `settled()` calls waiting for `binding` to reach 0. */
+  private bindWaiters: (() => void)[] = [];
 
   constructor(
     private readonly registry: Registry,
@@ -98,7 +117,7 @@ export class TelnetListeners {
    * whose port is free accepts clients from that moment on.
    */
   async settled(): Promise<void> {
-    while (this.binding.size > 0) await Promise.all([...this.binding]);
+    while (this.binding > 0) await new Promise<void>((resolve) => this.bindWaiters.push(resolve));
   }
 
   /** Opens or closes each console's listeners as `enabled` now says (a reload). */
@@ -211,92 +230,139 @@ export class TelnetListeners {
       }
       return null;
     }
-    const onSocket = (socket: net.Socket) => {
-      // Refused by the descriptor budget (already destroyed), or the hub was forgotten
-      // between accept and here.
-      if (socket.destroyed || this.byHub.get(hub) !== l) {
-        socket.destroy();
-        return;
-      }
-      new TelnetClient(socket, hub, this.logger, this.options, secure);
-    };
-    const server = secure
-      ? tls.createServer({ ...this.options.tls }, onSocket)
-      : net.createServer(onSocket);
+    const server = secure ? tls.createServer({ ...this.options.tls }) : net.createServer();
+    // One record per listener, found by handlers every listener shares: an idle VM
+    // serial port's listener costs no closures (there are thousands of them).
+    (server as PortServer)[PORT] = { owner: this, hub, l, secure, port, first, bound: false, settled: false };
     if (lease) this.leases.set(server, lease);
-    // Before the TLS handshake too: the raw socket already holds a descriptor.
-    const admit = this.options.admit;
-    if (admit) server.prependListener('connection', (raw: net.Socket) => {
-      if (!admit(raw)) raw.destroy();
-    });
     if (secure) {
-      server.on('tlsClientError', (err, socket) => {
-        (this.options.acceptLogger ?? this.logger).info('TLS handshake failed on client port', { port, peer: socketPeer(socket), ...errorFields(err) });
-        this.options.onProtocolError?.('TLS_HANDSHAKE_FAILED');
-      });
+      // Before the TLS handshake too: the raw socket already holds a descriptor.
+      if (this.options.admit) server.prependListener('connection', TelnetListeners.onRawConnection);
+      server.on('secureConnection', TelnetListeners.onSocket);
+      server.on('tlsClientError', TelnetListeners.onTlsClientError);
+    } else {
+      // One 'connection' listener that admits, then serves: three event names in all
+      // (connection, error, listening), which fit inside the server's events object.
+      server.on('connection', TelnetListeners.onPlainSocket);
     }
-    let bound = false;
-    let settle: () => void = () => undefined;
-    const attempt = new Promise<void>((resolve) => (settle = resolve));
-    this.binding.add(attempt);
-    void attempt.then(() => this.binding.delete(attempt));
-    // Closed before it listened (moved or forgotten meanwhile): settled too.
-    server.once('close', () => settle());
-    server.on('error', (err: NodeJS.ErrnoException) => {
-      settle();
-      const message = `${err.code ?? 'ERROR'}: cannot listen on ${this.options.host}:${port}`;
-      if (first && !bound) {
-        this.closeServer(server);
-        first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used: ${message}`, { port, errorCode: err.code }));
-        return;
-      }
-      if (!secure && err.code === 'EADDRINUSE' && this.byHub.get(hub) === l) {
-        const from = port;
-        this.closeServer(server);
-        if (this.registry.relocateFresh(hub)) {
-          // A brand-new console whose first port another program holds: moved on at once.
-          this.logger.info('a new console port is held by another program on this host; moved to the next free one', {
-            vm: hub.displayName,
-            from,
-            to: hub.identity.tcpPort,
-          });
-          return;
-        }
-      }
-      if (secure) {
-        hub.tlsListenError = message;
-        l.secure = null;
-      } else {
-        hub.listenError = message;
-        l.plain = null;
-      }
-      this.logger.warn('cannot bind VM client port; will retry', {
-        vm: hub.displayName,
-        uuid: hub.identity.key,
-        port,
-        tls: secure,
-        retryMs: this.options.bindRetryMs,
-        ...errorFields(err),
-      });
-      this.closeServer(server);
-      if (!l.retry && !this.closed && this.byHub.get(hub) === l) {
-        l.retry = setTimeout(() => this.bind(hub, l), this.options.bindRetryMs);
-        l.retry.unref();
-      }
-    });
-    server.on('listening', () => {
-      bound = true;
-      settle();
-      if (!secure) this.registry.bound(hub);
-      if (first) {
-        first.resolve(server);
-        return;
-      }
-      if (secure) hub.tlsListenError = null;
-      else hub.listenError = null;
-    });
+    this.binding++;
+    // A listener closed before it listened (moved or forgotten meanwhile) is settled by closeServer.
+    server.on('error', TelnetListeners.onServerError);
+    server.on('listening', TelnetListeners.onListening);
     server.listen({ host: this.options.host, port, exclusive: true });
     return server;
+  }
+
+  // The handlers every client-port listener shares (`this` is the server). Plain `on`,
+  // not `once`: a once-wrapper is two more objects per listener; they guard themselves.
+  private static onRawConnection(this: PortServer, raw: net.Socket): void {
+    const r = this[PORT];
+    if (r && !r.owner.options.admit!(raw)) raw.destroy();
+  }
+
+  private static onPlainSocket(this: PortServer, socket: net.Socket): void {
+    const admit = this[PORT]?.owner.options.admit;
+    if (admit && !admit(socket)) {
+      socket.destroy();
+      return;
+    }
+    TelnetListeners.onSocket.call(this, socket);
+  }
+
+  private static onSocket(this: PortServer, socket: net.Socket): void {
+    const r = this[PORT];
+    // Refused by the descriptor budget (already destroyed), or the hub was forgotten
+    // between accept and here.
+    if (!r || socket.destroyed || r.owner.byHub.get(r.hub) !== r.l) {
+      socket.destroy();
+      return;
+    }
+    new TelnetClient(socket, r.hub, r.owner.logger, r.owner.options, r.secure);
+  }
+
+  private static onTlsClientError(this: PortServer, err: Error, socket: tls.TLSSocket): void {
+    const r = this[PORT];
+    if (!r) return;
+    const o = r.owner.options;
+    (o.acceptLogger ?? r.owner.logger).info('TLS handshake failed on client port', { port: r.port, peer: socketPeer(socket), ...errorFields(err) });
+    o.onProtocolError?.('TLS_HANDSHAKE_FAILED');
+  }
+
+  private static onListening(this: PortServer): void {
+    const r = this[PORT];
+    if (!r || r.bound) return;
+    r.bound = true;
+    r.owner.settle(r);
+    if (!r.secure) r.owner.registry.bound(r.hub);
+    if (r.first) {
+      r.first.resolve(this);
+      r.first = undefined;
+      return;
+    }
+    if (r.secure) r.hub.tlsListenError = null;
+    else r.hub.listenError = null;
+  }
+
+  private static onServerError(this: PortServer, err: NodeJS.ErrnoException): void {
+    const r = this[PORT];
+    if (r) r.owner.onListenError(this, r, err);
+  }
+
+  /** A bind has listened or failed (once per listener): what `settled()` waits for. */
+  private settle(r: PortRecord): void {
+    if (r.settled) return;
+    r.settled = true;
+    this.binding--;
+    if (this.binding === 0) {
+      const waiters = this.bindWaiters;
+      this.bindWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  private onListenError(server: net.Server, r: PortRecord, err: NodeJS.ErrnoException): void {
+    const { hub, l, secure, port, first } = r;
+    this.settle(r);
+    const message = `${err.code ?? 'ERROR'}: cannot listen on ${this.options.host}:${port}`;
+    if (first && !r.bound) {
+      r.first = undefined;
+      this.closeServer(server);
+      first.reject(new VspcError('VSPC_PORT_BIND_FAILED', `port ${port} cannot be used: ${message}`, { port, errorCode: err.code }));
+      return;
+    }
+    if (!secure && err.code === 'EADDRINUSE' && this.byHub.get(hub) === l) {
+      const from = port;
+      this.closeServer(server);
+      if (this.registry.relocateFresh(hub)) {
+        // A brand-new console whose first port another program holds: moved on at once.
+        this.logger.info('a new console port is held by another program on this host; moved to the next free one', {
+          vm: hub.displayName,
+          from,
+          to: hub.identity.tcpPort,
+        });
+        return;
+      }
+    }
+    if (secure) {
+      hub.tlsListenError = message;
+      l.secure = null;
+    } else {
+      hub.listenError = message;
+      l.plain = null;
+    }
+    this.logger.warn('cannot bind VM client port; will retry', {
+      vm: hub.displayName,
+      uuid: hub.identity.key,
+      port,
+      tls: secure,
+      retryMs: this.options.bindRetryMs,
+      ...errorFields(err),
+    });
+    this.closeServer(server);
+    if (!l.retry && !this.closed && this.byHub.get(hub) === l) {
+      l.retry = setTimeout(() => this.bind(hub, l), this.options.bindRetryMs);
+      l.retry.unref();
+    }
   }
 
   private closeFor(hub: ConsoleHub): void {
@@ -312,6 +378,9 @@ export class TelnetListeners {
   /** Closes a listener (its descriptor goes at once) and gives its descriptor back to the budget. */
   private closeServer(server: net.Server | null): void {
     if (!server) return;
+    // Closed before it listened: the bind is over (settled() must not wait for it).
+    const r = (server as PortServer)[PORT];
+    if (r) this.settle(r);
     server.close();
     this.leases.get(server)?.release();
     this.leases.delete(server);

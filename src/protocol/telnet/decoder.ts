@@ -239,7 +239,8 @@ export class TelnetDecoder {
     // A lone unescaped 255 must not hand out the shared constant buffer.
     const data = parts.length > 1 ? Buffer.concat(parts) : parts[0] === IAC_BYTE ? Buffer.from(IAC_BYTE) : parts[0];
     tokens.push({ type: 'data', data });
-    this.dataParts = [];
+    // Emptied, not replaced: no new array per data token (the token holds the bytes, not the array).
+    parts.length = 0;
   }
 
   private fail(tokens: TelnetToken[], code: TelnetErrorCode, message: string, indexInChunk: number): void {

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
 import type { LogFields, Logger } from '../../domain/logger.js';
-import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
+import { CONNECTION_LOG_BUDGET, deferredLogger, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
@@ -122,7 +122,10 @@ export class EsxiConnection implements TurnBudgeted {
   /** The deadline `timer` was armed for. */
   private armed: EsxiDeadline | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
+  /** Told when the socket drains (the hub resumes its clients' input). */
   private drainListener: (() => void) | null = null;
+  /** Whether the shared 'drain' listener is on the socket: only once a write returned false. */
+  private drainHooked = false;
   private readonly clock: () => number;
   private readonly budget: TurnBudget | null;
   budgetTurn = 0;
@@ -148,8 +151,10 @@ export class EsxiConnection implements TurnBudgeted {
     // it: a log line that is written, a takeover, the admin API.
     this.logFields = () => ({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
     // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not
-    // become a log flood: the connection's lazy logger, on the connection's budget.
-    this.logBudget = rateLimitedLogger(ctx.logger.child(this.logFields), ctx.logBudget ?? CONNECTION_LOG_BUDGET);
+    // become a log flood: the connection's lazy logger, on the connection's budget, both
+    // made on the first line written at an enabled level (most connections write none
+    // at the usual level: a vMotion destination, an idle VM serial port).
+    this.logBudget = deferredLogger(ctx.logger, () => rateLimitedLogger(ctx.logger.child(this.logFields), ctx.logBudget ?? CONNECTION_LOG_BUDGET));
     const glue = new EsxiConnection.Glue(this);
     this.session = new EsxiSession({ id: this.id, log: this.logBudget }, glue, glue);
     if (!ctx.socketOptionsInherited) {
@@ -181,6 +186,10 @@ export class EsxiConnection implements TurnBudgeted {
 
   private static onClose(this: OwnedSocket): void {
     this[OWNER]?.onSocketClose();
+  }
+
+  private static onDrain(this: OwnedSocket): void {
+    this[OWNER]?.drainListener?.();
   }
 
   /**
@@ -310,6 +319,12 @@ export class EsxiConnection implements TurnBudgeted {
   private rawWrite(bytes: Buffer): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return true;
     const ok = this.queue.write(bytes);
+    if (!ok && !this.drainHooked) {
+      // Node emits 'drain' only after a write returned false: listening from here on
+      // misses none, and a VM whose socket never backs up costs no listener.
+      this.drainHooked = true;
+      this.socket.on('drain', EsxiConnection.onDrain);
+    }
     const limit = this.queueLimit();
     if (this.queue.cost > limit) {
       this.notReading(limit);
@@ -346,9 +361,7 @@ export class EsxiConnection implements TurnBudgeted {
   }
 
   private setDrainListener(listener: () => void): void {
-    if (this.drainListener) this.socket.off('drain', this.drainListener);
     this.drainListener = listener;
-    this.socket.on('drain', listener);
   }
 
   private onSocketData(chunk: Buffer): void {
@@ -424,7 +437,7 @@ export class EsxiConnection implements TurnBudgeted {
     this.session.transportClosed();
     this.clearTimer();
     if (this.closeTimer) clearTimeout(this.closeTimer);
-    if (this.drainListener) this.socket.off('drain', this.drainListener);
+    this.drainListener = null;
     // What the budget suppressed is summarised before the last line.
     this.logBudget.close();
     this.log.info('VM connection closed', { durationMs: Date.now() - this.connectedAt });
