@@ -33,7 +33,7 @@ import { adminRoutes, adminUpgrades, type AdminContext } from './admin/routes.js
 import { lookupConsoles } from './admin/resolve.js';
 import { TunnelManager, joinSocket, type TunnelSpec } from './access/tunnel/index.js';
 import { allocateClientId } from './domain/client-ids.js';
-import type { AccessView, StatusView } from './admin/views.js';
+import type { AccessView, ClusterStatusView, StatusView } from './admin/views.js';
 import { Metrics } from './admin/metrics.js';
 import { LISTENER_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from './domain/log-budget.js';
 import { isLoopbackHost, socketPeer } from './util/net.js';
@@ -533,6 +533,27 @@ export class VspcServer {
     return this.addressesValue;
   }
 
+  /** Nodes as last read, and when: `status` is also what /metrics reads, so the database is asked at most once a second. */
+  private clusterNodes: { at: number; view: ClusterStatusView } | null = null;
+
+  private clusterStatus(now = Date.now()): ClusterStatusView | null {
+    const own = this.registry.ownership;
+    if (!own) return null;
+    if (this.clusterNodes && now - this.clusterNodes.at < 1000) return this.clusterNodes.view;
+    const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+    let view: ClusterStatusView;
+    if (!own.available) view = { node: own.nodeId, nodes: null, error: 'the database session is lost' };
+    else {
+      try {
+        view = { node: own.nodeId, nodes: own.nodes().map((n) => ({ node: n.node, live: n.live, link: n.link, startedAt: iso(n.startedAt), heartbeatAt: iso(n.heartbeatAt) })) };
+      } catch (err) {
+        view = { node: own.nodeId, nodes: null, error: (err as Error).message };
+      }
+    }
+    this.clusterNodes = { at: now, view };
+    return view;
+  }
+
   status(): StatusView {
     const all = this.registry.all();
     return {
@@ -545,6 +566,7 @@ export class VspcServer {
       vmConnectionsRefused: this.proxy.refused,
       vmotions: { ...this.vmotion.counters, pending: this.vmotion.pending },
       ssh: this.ssh?.status() ?? null,
+      cluster: this.clusterStatus(),
     };
   }
 

@@ -356,6 +356,18 @@ export interface StatusView {
   vmotions: Record<string, number>;
   /** The SSH front door (--ssh-listen); null when off (absent from views built without it). */
   ssh?: SshStatusView | null;
+  /** A cluster node (PostgreSQL): this node and the cluster's nodes; null on the embedded single-node store. */
+  cluster?: ClusterStatusView | null;
+}
+
+/** `status` of a cluster node: who it is and the nodes the database knows. */
+export interface ClusterStatusView {
+  /** This node's `--node-id`. */
+  node: string;
+  /** Every live node and every node that advertised a link (ordered by id); null when the database cannot be asked now. */
+  nodes: Array<{ node: string; live: boolean; link: string | null; startedAt: string | null; heartbeatAt: string | null }> | null;
+  /** Why `nodes` is null. */
+  error?: string;
 }
 
 /** `status`: where SSH listens, its host keys (compare with what `ssh` shows on first connect), its sessions. */

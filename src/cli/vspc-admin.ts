@@ -5,7 +5,7 @@ import { Command, CommanderError, InvalidArgumentError, Option as CliOption } fr
 import { parseHostPort, type HostPort } from '../config/config.js';
 import { ConfigError, VspcError } from '../errors.js';
 import type { ReloadReport } from '../config/reload.js';
-import { CONSOLE_STATES, MAX_KICK_REASON, type AccessView, type ClientView, type EndpointView, type PortView, type TunnelView, type VmDetailView } from '../admin/views.js';
+import { CONSOLE_STATES, MAX_KICK_REASON, type AccessView, type ClientView, type ClusterStatusView, type EndpointView, type PortView, type TunnelView, type VmDetailView } from '../admin/views.js';
 import { VERSION } from '../version.js';
 import { AdminClient } from './admin-client.js';
 import { neutralizeTerminalStrings } from '../util/text.js';
@@ -29,8 +29,20 @@ function formatSshStatus(ssh: unknown): string {
 
 /** `key: value` lines; nested objects (vMotion counters) as `key: a=1 b=2`. */
 function formatStatus(s: Record<string, unknown>): string {
-  const { ssh, ...rest } = s;
-  return formatPlainStatus(rest) + ('ssh' in s ? formatSshStatus(ssh) : '');
+  const { ssh, cluster, ...rest } = s;
+  return formatPlainStatus(rest) + ('ssh' in s ? formatSshStatus(ssh) : '') + (cluster ? formatClusterStatus(cluster as ClusterStatusView) : '');
+}
+
+/** The cluster part of `status`: this node, then every node the database knows (ids and addresses come from the database: sanitised). */
+function formatClusterStatus(c: ClusterStatusView, now = Date.now()): string {
+  let text = `cluster: node ${sanitizeText(String(c.node))}\n`;
+  if (!c.nodes) return text + `  nodes: unknown (${sanitizeText(String(c.error ?? 'no answer'))})\n`;
+  const heard = (iso: string | null) => (iso ? since(iso, now) : '-');
+  text += formatTable(
+    ['NODE', 'STATE', 'LINK', 'LAST HEARTBEAT'],
+    c.nodes.map((n) => [sanitizeText(n.node) + (n.node === c.node ? ' (this)' : ''), n.live ? 'live' : 'gone', n.link ? sanitizeText(n.link) : '- (no --cluster-listen)', heard(n.heartbeatAt)]),
+  ).replace(/^(?=.)/gm, '  ');
+  return text;
 }
 
 function formatPlainStatus(s: Record<string, unknown>): string {

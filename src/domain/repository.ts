@@ -122,6 +122,25 @@ export interface ConsoleOwnership {
    * `VSPC_DB_UNAVAILABLE`.
    */
   unowned(ids: readonly number[]): number[];
+  /**
+   * The cluster's nodes: every node with a live database session, and every node that
+   * advertised an internal link (a `nodes` row) even if gone since, ordered by id.
+   * Throws `VSPC_DB_UNAVAILABLE`.
+   */
+  nodes(): ClusterNode[];
+}
+
+/** One node of a cluster as the database sees it (`vspc-admin status`). */
+export interface ClusterNode {
+  /** `--node-id`. */
+  node: string;
+  /** It holds a database session now (it owns its consoles and may claim more). */
+  live: boolean;
+  /** Its internal link (`--cluster-listen`), `host:port`; null: it advertised none. */
+  link: string | null;
+  /** When it last started with a link, and its last heartbeat (ms since the epoch); null without a `nodes` row. */
+  startedAt: number | null;
+  heartbeatAt: number | null;
 }
 
 /**

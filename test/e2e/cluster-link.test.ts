@@ -15,6 +15,7 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { Cleanup, esxiUuid, tempDir, waitUntil, withTimeout } from '../support/server.js';
+import { vspcAdmin } from '../support/cli.js';
 import { startLinkedCluster, writeSecretFile, type LinkedCluster } from '../support/cluster-link.js';
 import { BrokerPeer } from '../support/broker-client.js';
 import { haveOpenSsh, keyLine, makeKey, sshArgs, SshProcess, type KeyPair } from '../support/ssh.js';
@@ -79,6 +80,24 @@ test('each node advertises its link in the nodes table', async () => {
     cluster.nodes.map((n) => [n.id, n.host, n.link.port]),
   );
   assert.ok(cluster.nodes.every((n) => n.link.port > 0), 'port 0 advertises the bound port');
+});
+
+test('vspc-admin status on any node: this node, and every node of the cluster live with its link address', async () => {
+  const a = nodeA();
+  const r = await vspcAdmin(a.ts.adminAddress, ['status']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`^cluster: node ${a.id}$`, 'm'));
+  for (const n of cluster.nodes) {
+    const row = r.stdout.split('\n').find((l) => l.trimStart().startsWith(n.id + (n.id === a.id ? ' (this)' : ' ')));
+    assert.ok(row, `a row for ${n.id} in:\n${r.stdout}`);
+    assert.match(row, new RegExp(`\\blive\\b.*${n.host.replace(/\./g, '\\.')}:${n.link.port}\\b`));
+  }
+  const json = JSON.parse((await vspcAdmin(a.ts.adminAddress, ['status', '--json'])).stdout) as { cluster: { node: string; nodes: Array<{ node: string; live: boolean; link: string | null }> } };
+  assert.equal(json.cluster.node, a.id);
+  assert.deepEqual(
+    json.cluster.nodes.map((n) => [n.node, n.live, n.link]),
+    [...cluster.nodes].sort((x, y) => (x.id < y.id ? -1 : 1)).map((n) => [n.id, true, `${n.host}:${n.link.port}`]),
+  );
 });
 
 test('a broker client on node A reaches web01, owned by node B: listed, scrollback, bytes both ways, WHO on the owner', async () => {

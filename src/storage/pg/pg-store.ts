@@ -21,7 +21,7 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 import { StorageError, type VspcErrorCode } from '../../errors.js';
 import type { VmotionRow } from './protocol.js';
 import type { ConsoleKind } from '../../domain/identity.js';
-import type { ConsoleOwnership, ConsoleRecord, ConsoleRepository, ExpiredRecord, PortRange } from '../../domain/repository.js';
+import type { ClusterNode, ConsoleOwnership, ConsoleRecord, ConsoleRepository, ExpiredRecord, PortRange } from '../../domain/repository.js';
 import type { Answer, ClusterRecord, OpenArgs, Request, WireError, WorkerEvent } from './protocol.js';
 
 const UUID_RE = /^[0-9a-f]{32}$/;
@@ -207,6 +207,10 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
     if (this.closed) return;
     if (wait) this.call({ op: 'release', id });
     else this.send({ op: 'release', id });
+  }
+
+  nodes(): ClusterNode[] {
+    return this.call({ op: 'nodes' }) as ClusterNode[];
   }
 
   /** Where a node's link listens (its `nodes` row); null: it advertised none. */

@@ -61,6 +61,7 @@ export type Request =
   | { op: 'heartbeat'; now: number }
   | { op: 'ownerLink'; id: number }
   | { op: 'nodeLink'; node: string }
+  | { op: 'nodes' }
   | { op: 'vmotionPublish'; token: string; seqHex: string; consoleId: number; now: number; deadline: number }
   | { op: 'vmotionWithdraw'; token: string }
   | { op: 'vmotionFind'; payload: string; now: number }

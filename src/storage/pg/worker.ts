@@ -456,6 +456,25 @@ async function handle(req: Envelope): Promise<unknown> {
       const row = r.rows[0];
       return row ? { node: row.node, host: row.host, port: row.port } : null;
     }
+    case 'nodes': {
+      // Live: a session named vspc:<id> on this database now; the rows add where links listen (and nodes gone since).
+      const r = await c.query<{ node: string; live: boolean; host: string | null; port: number | null; started: string | null; heartbeat: string | null }>(
+        `WITH live AS (
+           SELECT DISTINCT substr(application_name, ${APPLICATION_PREFIX.length + 1}) AS node FROM pg_stat_activity
+            WHERE datname = current_database() AND application_name LIKE '${APPLICATION_PREFIX}%')
+         SELECT coalesce(l.node, n.node_id) AS node, l.node IS NOT NULL AS live, n.link_host AS host, n.link_port AS port,
+                n.started::text AS started, n.heartbeat::text AS heartbeat
+           FROM live l FULL JOIN nodes n ON n.node_id = l.node
+          ORDER BY 1 LIMIT 1000`,
+      );
+      return r.rows.map((row) => ({
+        node: row.node,
+        live: row.live,
+        link: row.host === null || row.port === null ? null : `${row.host.includes(':') ? `[${row.host}]` : row.host}:${row.port}`,
+        startedAt: row.started === null ? null : Number(row.started),
+        heartbeatAt: row.heartbeat === null ? null : Number(row.heartbeat),
+      }));
+    }
     case 'nodeLink': {
       const r = await c.query<{ host: string; port: number }>('SELECT link_host AS host, link_port AS port FROM nodes WHERE node_id = $1', [req.node]);
       return r.rows[0] ? { node: req.node, host: r.rows[0].host, port: r.rows[0].port } : null;
