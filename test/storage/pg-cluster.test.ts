@@ -7,6 +7,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { PgConsoleStore } from '../../src/storage/pg/pg-store.js';
 import { MIGRATIONS } from '../../src/storage/migrations.js';
@@ -256,4 +258,19 @@ test('--db with a URL of another scheme, or a bad --node-id: a clear error namin
   const badId = await runNode(VSPC_JS, ['--node-id', 'a b', '--proxy-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0']);
   assert.notEqual(badId.code, 0);
   assert.match(badId.stderr, /node-id: must be 1-63 letters/);
+});
+
+test('a server that asks for a password none was given: the error says to set PGPASSWORD or ~/.pgpass, not pg\'s SASL words; non-zero exit', async () => {
+  // One role that must give a password (scram-sha-256); every other line of pg_hba.conf stays trust.
+  await pgServer.query("CREATE ROLE pwuser LOGIN PASSWORD 'not-given'");
+  const hba = join(pgServer.dir, 'data', 'pg_hba.conf');
+  writeFileSync(hba, 'local all pwuser scram-sha-256\n' + readFileSync(hba, 'utf8'));
+  await pgServer.query('SELECT pg_reload_conf()');
+  const env = { ...process.env };
+  delete env.PGPASSWORD;
+  delete env.PGPASSFILE;
+  const r = await runNode(VSPC_JS, ['--db', `postgres://pwuser@/postgres?host=${encodeURIComponent(pgServer.dir)}`, '--proxy-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--broker-socket', 'off', '--node-id', 'pw'], 15_000, env);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /the server asks for a password and none was given: set PGPASSWORD/);
+  assert.match(r.stderr, /VSPC_DB_OPEN_FAILED/);
 });

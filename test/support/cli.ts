@@ -13,9 +13,9 @@ export interface CliResult {
 }
 
 /** Runs a CLI script with node to completion; kills it after `timeoutMs`. */
-export function runNode(script: string, args: string[], timeoutMs = 15_000): Promise<CliResult> {
+export function runNode(script: string, args: string[], timeoutMs = 15_000, env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));

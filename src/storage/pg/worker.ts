@@ -58,6 +58,16 @@ let closing = false;
 /** The session was lost and the main thread told; `regained` follows the next connection. */
 let lostReported = false;
 
+/**
+ * pg's own words for a password it was never given are about its SASL code ("client
+ * password must be a string"): say what the operator can do instead.
+ */
+function explainConnectError(message: string): string {
+  if (/client password must be a string|password authentication.*no password|no password supplied/i.test(message))
+    return `the server asks for a password and none was given: set PGPASSWORD in vspc's environment, put it in ~/.pgpass of the user vspc runs as, or in the URL (${message})`;
+  return message;
+}
+
 function post(event: WorkerEvent): void {
   parentPort?.postMessage(event);
 }
@@ -111,7 +121,7 @@ async function connect(): Promise<pg.Client> {
       await c.connect();
     } catch (err) {
       c.removeAllListeners('end');
-      throw new WorkerError('VSPC_DB_OPEN_FAILED', `cannot connect to PostgreSQL: ${messageOf(err)}`, { db: redact(a.url) });
+      throw new WorkerError('VSPC_DB_OPEN_FAILED', `cannot connect to PostgreSQL: ${explainConnectError(messageOf(err))}`, { db: redact(a.url) });
     }
     try {
       // One live session per node id: two nodes with one id would each think the other's consoles theirs.
