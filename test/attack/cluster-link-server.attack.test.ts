@@ -19,8 +19,8 @@ import { withTimeout, waitUntil } from '../support/server.js';
 
 const SECRET = Buffer.from('0123456789abcdef0123456789abcdef0123456789abcdef');
 
-function hub(): ConsoleHub {
-  const h = new ConsoleHub({ id: 7, kind: 'esxi', key: '42 00 00 00 00 00 00 00-00 00 00 00 00 00 00 01', label: '', name: 'web01', tcpPort: 20007 }, undefined, 0, null);
+function hub(scrollback = 0): ConsoleHub {
+  const h = new ConsoleHub({ id: 7, kind: 'esxi', key: '42 00 00 00 00 00 00 00-00 00 00 00 00 00 00 01', label: '', name: 'web01', tcpPort: 20007 }, undefined, scrollback, null);
   const src: ConsoleSource = { kind: 'esxi', peer: 'vm', write: () => true, onDrain: () => undefined, close: () => undefined } as unknown as ConsoleSource;
   h.attachSource(src);
   return h;
@@ -109,6 +109,35 @@ test('FINDING unbounded memory on the owner: a peer granting a 4 GiB window that
     const buffered = link.socket.writableLength;
     // Expected: bounded by maxQueuedBytes + a sane window (the slow peer dropped); observed: tens of MiB.
     assert.ok(buffered <= 4 * 1024 * 1024, `owner buffers ${buffered} bytes for one stream of a peer that never reads`);
+  } finally {
+    t.destroy();
+    await s.close();
+  }
+});
+
+function openFrame(stream: number, window: number, header: object): Buffer {
+  const hdr = Buffer.from(JSON.stringify(header));
+  const f = Buffer.alloc(13 + hdr.length);
+  f.writeUInt32BE(9 + hdr.length, 0); f[4] = 2; f.writeUInt32BE(stream, 5); f.writeUInt32BE(window, 9); hdr.copy(f, 13);
+  return f;
+}
+
+test('FINDING no cap on remote clients: one peer, one link, 4096 OPENs with window 0 each pin a scrollback replay on the owner (x unlimited links)', async () => {
+  const h = hub(64 * 1024);
+  h.fromVm(Buffer.alloc(64 * 1024, 0x42)); // a full 64 KiB screen history
+  const { s, addr } = await server({}, h);
+  const t = await rawPeer(addr.port);
+  t.on('error', () => undefined);
+  try {
+    const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    const frames = [me.hello()];
+    for (let i = 1; i <= 4096; i++) frames.push(openFrame(i, 0, { consoleId: 7, tcpPort: 20007, request: 'readonly', peer: `p${i}`, method: 'ssh' }));
+    t.write(Buffer.concat(frames));
+    await waitUntil(() => h.clients.size >= 4096, 20_000, 'all attached');
+    const queued = (s as unknown as { links: Set<unknown> }).links.size;
+    // Expected: a per-link (and per-peer-node) cap on streams/clients far below 4096, or the
+    // replay not queued before the peer grants a window. Observed: 4096 clients x 64 KiB queued.
+    assert.ok(h.clients.size <= 256, `${h.clients.size} remote clients attached through ${queued} link (~${Math.round(h.clients.size * 64 / 1024)} MiB of replays queued)`);
   } finally {
     t.destroy();
     await s.close();
