@@ -144,6 +144,25 @@ test('FINDING no cap on remote clients: one peer, one link, 4096 OPENs with wind
   }
 });
 
+test('FINDING OPEN header user/peer with terminal escapes enter the owner\'s lock table and reach local clients in refusal reasons', async () => {
+  const { s, addr, h } = await server();
+  const t = await rawPeer(addr.port);
+  t.on('error', () => undefined);
+  try {
+    const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    t.write(me.hello());
+    t.write(openFrame(1, 100, { consoleId: 7, tcpPort: 20007, request: 'readonly', user: '\x1b]0;pwn\x07', peer: '\x1b[2J', method: 'ssh' }));
+    await waitUntil(() => h.clients.size === 1, 5000, 'attached');
+    const local = { id: 999_999, peer: 'local', method: 'ssh', deliver() {}, notice() {}, pauseInput() {}, resumeInput() {}, close() {} };
+    const d = h.addClient(local, { request: 'exclusive', user: 'bob' });
+    assert.equal(d.granted, false);
+    assert.ok(!/[\x00-\x1f\x7f]/.test(JSON.stringify(h.locks.list())) && !/\x1b/.test(d.reason), `raw control bytes: ${JSON.stringify(d.reason)}`);
+  } finally {
+    t.destroy();
+    await s.close();
+  }
+});
+
 test('HELD: dialer refuses an impostor at the advertised address (HELLO names another node), and a listener without the secret', async () => {
   const { s, addr } = await server();
   const logs = new LogCapture();
