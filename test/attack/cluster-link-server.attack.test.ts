@@ -163,6 +163,24 @@ test('FINDING OPEN header user/peer with terminal escapes enter the owner\'s loc
   }
 });
 
+test('FINDING no liveness check (owner side): a node that vanishes without FIN/RST (power loss, partition) keeps its client\'s EXCLUSIVE lock on the owner forever', async () => {
+  const { s, addr, h } = await server();
+  const t = await rawPeer(addr.port);
+  t.on('error', () => undefined);
+  try {
+    const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    t.write(me.hello());
+    t.write(openFrame(1, 256 * 1024, { consoleId: 7, tcpPort: 20007, request: 'exclusive', user: 'ann', peer: 'p', method: 'ssh' }));
+    await waitUntil(() => h.locks.list().some((x) => x.mode === 'exclusive'), 5000, 'EXCLUSIVE held on the owner');
+    t.pause(); // node A is gone: no byte, no FIN, no RST (the console is quiet: no output to overflow the queue)
+    // Expected: a heartbeat (PING/idle timeout, or TCP keepalive) releases the lock within ~15 s.
+    await waitUntil(() => h.locks.list().length === 0, 20_000, 'the vanished node\'s lock released');
+  } finally {
+    t.destroy();
+    await s.close();
+  }
+});
+
 test('HELD: dialer refuses an impostor at the advertised address (HELLO names another node), and a listener without the secret', async () => {
   const { s, addr } = await server();
   const logs = new LogCapture();
