@@ -1,0 +1,195 @@
+/**
+ * ATTACK REPROS (branch attack-link) against the cluster link server
+ * (src/access/cluster/link-server.ts), in process, loopback only, no PostgreSQL.
+ * Each test asserts the EXPECTED (safe) behaviour, so each FAILS on cluster-link
+ * 1b3fe1b while the finding is open. Findings: see the test names.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import tls from 'node:tls';
+import { ClusterLinkServer } from '../../src/access/cluster/link-server.js';
+import { ClusterLinkDialer } from '../../src/access/cluster/link-dialer.js';
+import { LINK_CIPHERS, linkKey } from '../../src/access/cluster/link-connection.js';
+import { LinkSession } from '../../src/protocol/cluster/link.js';
+import { ConsoleHub } from '../../src/domain/console-hub.js';
+import type { ConsoleSource } from '../../src/domain/seams.js';
+import { LogCapture } from '../support/log-capture.js';
+import { withTimeout, waitUntil } from '../support/server.js';
+
+const SECRET = Buffer.from('0123456789abcdef0123456789abcdef0123456789abcdef');
+
+function hub(scrollback = 0): ConsoleHub {
+  const h = new ConsoleHub({ id: 7, kind: 'esxi', key: '42 00 00 00 00 00 00 00-00 00 00 00 00 00 00 01', label: '', name: 'web01', tcpPort: 20007 }, undefined, scrollback, null);
+  const src: ConsoleSource = { kind: 'esxi', peer: 'vm', write: () => true, onDrain: () => undefined, close: () => undefined } as unknown as ConsoleSource;
+  h.attachSource(src);
+  return h;
+}
+
+async function server(opts: Partial<ConstructorParameters<typeof ClusterLinkServer>[1]> = {}, h = hub()) {
+  const logs = new LogCapture();
+  const s = new ClusterLinkServer(logs.logger, {
+    nodeId: 'node-b',
+    secret: SECRET,
+    listen: { host: '127.0.0.1', port: 0 },
+    consoleById: (id, port) => (id === 7 && port === 20007 ? h : undefined),
+    maxQueuedBytes: 64 * 1024,
+    ...opts,
+  });
+  const addr = await s.listen();
+  return { s, addr, logs, h };
+}
+
+/** A peer holding the secret, speaking the link protocol by hand. */
+function rawPeer(port: number, identity = 'node-a'): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const t = tls.connect({
+      host: '127.0.0.1', port, ciphers: LINK_CIPHERS, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+      checkServerIdentity: () => undefined,
+      pskCallback: () => ({ psk: linkKey(SECRET, identity), identity }),
+    });
+    t.once('secureConnect', () => resolve(t));
+    t.once('error', reject);
+  });
+}
+
+test('FINDING handshake slot leak: an authenticated link keeps counting as "handshaking" for its whole life (raw socket never emits "secure")', async () => {
+  const { s, addr } = await server({ maxHandshakes: 2 });
+  const peers: tls.TLSSocket[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const p = await withTimeout(rawPeer(addr.port, `node-${i}`), 5000, `authenticated link ${i} refused`);
+      peers.push(p);
+      p.on('error', () => undefined);
+    }
+    // Expected: 3 authenticated links with maxHandshakes 2 (none is handshaking any more).
+    assert.equal(s.refused, 0);
+  } finally {
+    for (const p of peers) p.destroy();
+    await s.close();
+  }
+});
+
+test('FINDING slowloris: 64 silent TCP connections (no secret) lock real nodes out of the link for the handshake timeout', async () => {
+  const { s, addr } = await server({ handshakeTimeoutMs: 10_000 });
+  const idle: net.Socket[] = [];
+  try {
+    await Promise.all(Array.from({ length: 64 }, () => new Promise<void>((r) => {
+      const x = net.connect({ host: '127.0.0.1', port: addr.port }, () => r());
+      x.on('error', () => undefined);
+      idle.push(x);
+    })));
+    await waitUntil(() => (s as unknown as { handshaking: number }).handshaking === 64, 5000, 'all counted');
+    // Expected: a node holding the secret still gets in (per-address cap, or idle ones evicted).
+    const ok = await withTimeout(rawPeer(addr.port).then(() => true, () => false), 5000, 'no answer');
+    assert.equal(ok, true, 'a legitimate node was refused while an unauthenticated attacker held 64 sockets');
+  } finally {
+    for (const x of idle) x.destroy();
+    await s.close();
+  }
+});
+
+test('FINDING unbounded memory on the owner: a peer granting a 4 GiB window that never reads makes the owner buffer without bound', async () => {
+  const { s, addr, h } = await server({ maxQueuedBytes: 64 * 1024 });
+  const t = await rawPeer(addr.port);
+  t.on('error', () => undefined);
+  try {
+    const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    t.write(me.hello());
+    // OPEN by hand with window 0xffffffff (the protocol core accepts any u32).
+    const hdr = Buffer.from(JSON.stringify({ consoleId: 7, tcpPort: 20007, request: 'readonly', peer: 'x', method: 'ssh' }));
+    const open = Buffer.alloc(4 + 1 + 4 + 4 + hdr.length);
+    open.writeUInt32BE(1 + 8 + hdr.length, 0); open[4] = 2; open.writeUInt32BE(1, 5); open.writeUInt32BE(0xffffffff, 9); hdr.copy(open, 13);
+    t.write(open);
+    await waitUntil(() => h.clients.size === 1, 5000, 'attached on the owner');
+    t.pause(); // never read again
+    const chunk = Buffer.alloc(16 * 1024, 0x41);
+    for (let i = 0; i < 4096; i++) h.fromVm(chunk); // 64 MiB of console output
+    const link = [...(s as unknown as { links: Set<{ socket: tls.TLSSocket }> }).links][0];
+    const buffered = link.socket.writableLength;
+    // Expected: bounded by maxQueuedBytes + a sane window (the slow peer dropped); observed: tens of MiB.
+    assert.ok(buffered <= 4 * 1024 * 1024, `owner buffers ${buffered} bytes for one stream of a peer that never reads`);
+  } finally {
+    t.destroy();
+    await s.close();
+  }
+});
+
+function openFrame(stream: number, window: number, header: object): Buffer {
+  const hdr = Buffer.from(JSON.stringify(header));
+  const f = Buffer.alloc(13 + hdr.length);
+  f.writeUInt32BE(9 + hdr.length, 0); f[4] = 2; f.writeUInt32BE(stream, 5); f.writeUInt32BE(window, 9); hdr.copy(f, 13);
+  return f;
+}
+
+test('FINDING no cap on remote clients: one peer, one link, 4096 OPENs with window 0 each pin a scrollback replay on the owner (x unlimited links)', async () => {
+  const h = hub(64 * 1024);
+  h.fromVm(Buffer.alloc(64 * 1024, 0x42)); // a full 64 KiB screen history
+  const { s, addr } = await server({}, h);
+  const t = await rawPeer(addr.port);
+  t.on('error', () => undefined);
+  try {
+    const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    const frames = [me.hello()];
+    for (let i = 1; i <= 4096; i++) frames.push(openFrame(i, 0, { consoleId: 7, tcpPort: 20007, request: 'readonly', peer: `p${i}`, method: 'ssh' }));
+    t.write(Buffer.concat(frames));
+    await waitUntil(() => h.clients.size >= 4096, 20_000, 'all attached');
+    const queued = (s as unknown as { links: Set<unknown> }).links.size;
+    // Expected: a per-link (and per-peer-node) cap on streams/clients far below 4096, or the
+    // replay not queued before the peer grants a window. Observed: 4096 clients x 64 KiB queued.
+    assert.ok(h.clients.size <= 256, `${h.clients.size} remote clients attached through ${queued} link (~${Math.round(h.clients.size * 64 / 1024)} MiB of replays queued)`);
+  } finally {
+    t.destroy();
+    await s.close();
+  }
+});
+
+test('FINDING OPEN header user/peer with terminal escapes enter the owner\'s lock table and reach local clients in refusal reasons', async () => {
+  const { s, addr, h } = await server();
+  const t = await rawPeer(addr.port);
+  t.on('error', () => undefined);
+  try {
+    const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    t.write(me.hello());
+    t.write(openFrame(1, 100, { consoleId: 7, tcpPort: 20007, request: 'readonly', user: '\x1b]0;pwn\x07', peer: '\x1b[2J', method: 'ssh' }));
+    await waitUntil(() => h.clients.size === 1, 5000, 'attached');
+    const local = { id: 999_999, peer: 'local', method: 'ssh', deliver() {}, notice() {}, pauseInput() {}, resumeInput() {}, close() {} };
+    const d = h.addClient(local, { request: 'exclusive', user: 'bob' });
+    assert.equal(d.granted, false);
+    assert.ok(!/[\x00-\x1f\x7f]/.test(JSON.stringify(h.locks.list())) && !/\x1b/.test(d.reason), `raw control bytes: ${JSON.stringify(d.reason)}`);
+  } finally {
+    t.destroy();
+    await s.close();
+  }
+});
+
+test('FINDING no liveness check (owner side): a node that vanishes without FIN/RST (power loss, partition) keeps its client\'s EXCLUSIVE lock on the owner forever', async () => {
+  const { s, addr, h } = await server();
+  const t = await rawPeer(addr.port);
+  t.on('error', () => undefined);
+  try {
+    const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    t.write(me.hello());
+    t.write(openFrame(1, 256 * 1024, { consoleId: 7, tcpPort: 20007, request: 'exclusive', user: 'ann', peer: 'p', method: 'ssh' }));
+    await waitUntil(() => h.locks.list().some((x) => x.mode === 'exclusive'), 5000, 'EXCLUSIVE held on the owner');
+    t.pause(); // node A is gone: no byte, no FIN, no RST (the console is quiet: no output to overflow the queue)
+    // Expected: a heartbeat (PING/idle timeout, or TCP keepalive) releases the lock within ~15 s.
+    await waitUntil(() => h.locks.list().length === 0, 20_000, 'the vanished node\'s lock released');
+  } finally {
+    t.destroy();
+    await s.close();
+  }
+});
+
+test('HELD: dialer refuses an impostor at the advertised address (HELLO names another node), and a listener without the secret', async () => {
+  const { s, addr } = await server();
+  const logs = new LogCapture();
+  const d = new ClusterLinkDialer(logs.logger, { nodeId: 'node-a', secret: SECRET, connectTimeoutMs: 3000 });
+  let closed = '';
+  d.attach({ node: 'node-c', host: '127.0.0.1', port: addr.port }, { consoleId: 7, tcpPort: 20007, request: 'readonly', force: false, replay: true, peer: 'p', method: 'ssh' },
+    { accepted: () => undefined, data: () => undefined, notice: () => undefined, breakFromSource: () => undefined, drain: () => undefined, closed: (r) => (closed = r) });
+  await waitUntil(() => closed !== '', 5000, 'impostor refused');
+  assert.match(closed, /expected node-c/);
+  d.close();
+  await s.close();
+});

@@ -1,0 +1,121 @@
+/**
+ * ATTACK REPROS (branch attack-link) against the dialing side of the cluster link:
+ * src/access/cluster/link-dialer.ts and src/sources/cluster/mirror.ts. In process,
+ * loopback only. Each FINDING test asserts the expected behaviour and fails on
+ * cluster-link 1b3fe1b.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import tls from 'node:tls';
+import { ClusterLinkDialer } from '../../src/access/cluster/link-dialer.js';
+import { LINK_CIPHERS, linkKey } from '../../src/access/cluster/link-connection.js';
+import { LinkSession } from '../../src/protocol/cluster/link.js';
+import { ClusterMirrors } from '../../src/sources/cluster/mirror.js';
+import type { ClusterLinks, RemoteAttachHandlers, RemoteAttachment } from '../../src/domain/cluster-link.js';
+import type { ConsoleClient } from '../../src/domain/seams.js';
+import { allocateClientId } from '../../src/domain/client-ids.js';
+import { LogCapture } from '../support/log-capture.js';
+import { waitUntil } from '../support/server.js';
+
+const SECRET = Buffer.from('0123456789abcdef0123456789abcdef0123456789abcdef');
+const ESC = /[\x00-\x08\x0b-\x1f\x7f\x9b]/;
+
+/** An owner node that knows the secret (compromised, or a buggy newer version): `script` answers each OPEN. */
+async function hostileOwner(script: (s: LinkSession, sock: tls.TLSSocket, stream: number) => void) {
+  const srv = tls.createServer({
+    ciphers: LINK_CIPHERS, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+    pskCallback: (_s, id) => linkKey(SECRET, id),
+  });
+  const socks = new Set<tls.TLSSocket>();
+  srv.on('secureConnection', (sock) => {
+    socks.add(sock);
+    const s = new LinkSession({ role: 'acceptor', nodeId: 'node-b' });
+    sock.write(s.hello());
+    sock.on('data', (d: Buffer) => {
+      for (const ev of s.receive(d)) if (ev.type === 'open') script(s, sock, ev.stream);
+    });
+    sock.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as { port: number }).port;
+  return { port, close: () => new Promise<void>((r) => { for (const x of socks) x.destroy(); srv.close(() => r()); }) };
+}
+
+function handlers(into: { notices: string[]; closed: string[] }): RemoteAttachHandlers {
+  return {
+    accepted: () => undefined, data: () => undefined, breakFromSource: () => undefined, drain: () => undefined,
+    notice: (t) => into.notices.push(t), closed: (r) => into.closed.push(r),
+  };
+}
+
+const REQ = { consoleId: 7, tcpPort: 20007, request: 'readwrite' as const, force: false, replay: true, peer: 'p', method: 'ssh' };
+
+test('FINDING peer text reaches the operator raw: NOTICE and CLOSE reason with terminal escapes pass through to the client (SSH prints "[vspc: TEXT]" as is)', async () => {
+  const evil = '\x1b]0;owned\x07\x1b[2J\x1b[31mfake prompt$ ';
+  const owner = await hostileOwner((s, sock, stream) => {
+    sock.write(s.accept(stream, { mode: 'readwrite' })!);
+    sock.write(s.notice(stream, evil)!);
+    sock.write(s.close(stream, evil)!);
+  });
+  const d = new ClusterLinkDialer(new LogCapture().logger, { nodeId: 'node-a', secret: SECRET, connectTimeoutMs: 3000 });
+  const got = { notices: [] as string[], closed: [] as string[] };
+  d.attach({ node: 'node-b', host: '127.0.0.1', port: owner.port }, REQ, handlers(got));
+  try {
+    await waitUntil(() => got.closed.length === 1, 5000, 'stream closed by the owner');
+    assert.ok(!ESC.test(got.notices.join('')), `NOTICE control bytes reach the client: ${JSON.stringify(got.notices)}`);
+    assert.ok(!ESC.test(got.closed.join('')), `CLOSE reason control bytes reach the client: ${JSON.stringify(got.closed)}`);
+  } finally {
+    d.close();
+    await owner.close();
+  }
+});
+
+test('FINDING no liveness check: an owner that stops answering (SIGSTOP, power loss, blackhole) leaves clients on A attached to nothing forever', async () => {
+  const owner = await hostileOwner((s, sock, stream) => {
+    sock.write(s.accept(stream, { mode: 'readwrite' })!);
+    sock.pause(); // from now on: silent, like a stopped process (the kernel still ACKs)
+  });
+  const d = new ClusterLinkDialer(new LogCapture().logger, { nodeId: 'node-a', secret: SECRET, connectTimeoutMs: 3000 });
+  const got = { notices: [] as string[], closed: [] as string[] };
+  d.attach({ node: 'node-b', host: '127.0.0.1', port: owner.port }, REQ, handlers(got));
+  try {
+    // Expected: a heartbeat (PING frame or idle timeout) ends the attachment with a reason within ~15 s.
+    await waitUntil(() => got.closed.length === 1, 20_000, 'attachment ended by a link liveness check');
+  } finally {
+    d.close();
+    await owner.close();
+  }
+});
+
+class FakeClient implements ConsoleClient {
+  readonly id = allocateClientId();
+  readonly method = 'ssh';
+  constructor(readonly peer: string) {}
+  deliver(): void {}
+  notice(): void {}
+  pauseInput(): void {}
+  resumeInput(): void {}
+  close(): void {}
+}
+
+test('FINDING BREAK misrouted on a mirror: a read-write client\'s BREAK goes out on the FIRST attached client\'s stream (a read-only one), where the owner drops it', async () => {
+  const sent: string[] = [];
+  const links: ClusterLinks = {
+    attach: (_o, req): RemoteAttachment => ({ write: () => true, sendBreak: () => sent.push(`${req.peer}:${req.request}`), close: () => undefined }),
+  };
+  const mirrors = new ClusterMirrors(new LogCapture().logger, {
+    nodeId: 'node-a',
+    clusterList: () => [{ id: 7, kind: 'esxi', key: 'k', label: '', name: 'web01', tcpPort: 20007, owner: 'node-b' } as never],
+    ownerOf: () => ({ node: 'node-b', host: '127.0.0.1', port: 1 }),
+    links,
+  });
+  const m = mirrors.remoteConsoles()[0];
+  const viewer = new FakeClient('viewer');
+  const writer = new FakeClient('writer');
+  assert.equal(m.addClient(viewer, { request: 'readonly' }).granted, true);
+  assert.equal(m.addClient(writer, { request: 'readwrite' }).granted, true);
+  // What src/access/ssh/session.ts sendBreak() does for the writer: check its mode, then hub.sendBreak().
+  assert.equal(m.modeOf(writer), 'readwrite');
+  m.sendBreak();
+  assert.deepEqual(sent, ['writer:readwrite'], 'the BREAK must travel on the writer\'s stream');
+});
