@@ -251,7 +251,11 @@ export class VspcServer {
       const pg = this.pg;
       const registry = this.registry;
       const linkLog = logger.child({ component: 'cluster-link' });
+      // Link addresses of nodes read from the nodes table (at each remote attach): they
+      // keep a reserve of handshake slots on this node's listener during a flood.
+      const nodeHosts = new Set<string>();
       this.clusterLink = new ClusterLinkServer(linkLog, {
+        isNodeAddress: (ip) => nodeHosts.has(ip),
         nodeId: this.nodeId!,
         secret: config.clusterSecret,
         listen: config.clusterListen,
@@ -267,6 +271,7 @@ export class VspcServer {
         clusterList: () => pg.clusterList(),
         ownerOf: (id) => {
           const o = pg.ownerLink(id);
+          if (o?.host && nodeHosts.size < 1024) nodeHosts.add(o.host);
           return o && o.host !== null && o.port !== null ? { node: o.node, host: o.host, port: o.port } : null;
         },
         links: this.clusterDialer,

@@ -1,8 +1,7 @@
 /**
- * ATTACK REPROS (branch attack-link) against the cluster link server
- * (src/access/cluster/link-server.ts), in process, loopback only, no PostgreSQL.
- * Each test asserts the EXPECTED (safe) behaviour, so each FAILS on cluster-link
- * 1b3fe1b while the finding is open. Findings: see the test names.
+ * The owning node's link listener (src/access/cluster/link-server.ts) against hostile
+ * peers: with no secret (slowloris), and holding the secret (a compromised or buggy
+ * node). In process, loopback only (127.0.0.0/8 gives distinct source addresses).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -53,7 +52,7 @@ function rawPeer(port: number, identity = 'node-a'): Promise<tls.TLSSocket> {
   });
 }
 
-test('FINDING handshake slot leak: an authenticated link keeps counting as "handshaking" for its whole life (raw socket never emits "secure")', async () => {
+test('an authenticated link frees its handshake slot when the handshake is done (3 links live with maxHandshakes 2)', async () => {
   const { s, addr } = await server({ maxHandshakes: 2 });
   const peers: tls.TLSSocket[] = [];
   try {
@@ -62,29 +61,56 @@ test('FINDING handshake slot leak: an authenticated link keeps counting as "hand
       peers.push(p);
       p.on('error', () => undefined);
     }
-    // Expected: 3 authenticated links with maxHandshakes 2 (none is handshaking any more).
     assert.equal(s.refused, 0);
+    await waitUntil(() => s.pendingHandshakes === 0, 5000, 'no handshake pending');
   } finally {
     for (const p of peers) p.destroy();
     await s.close();
   }
 });
 
-test('FINDING slowloris: 64 silent TCP connections (no secret) lock real nodes out of the link for the handshake timeout', async () => {
-  const { s, addr } = await server({ handshakeTimeoutMs: 10_000 });
+/** A silent TCP connection from `localAddress`; resolves when connected, `closed` when the server cut it. */
+function silent(port: number, localAddress: string): Promise<{ sock: net.Socket; closed: Promise<void> }> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: '127.0.0.1', port, localAddress });
+    const closed = new Promise<void>((r) => sock.once('close', () => r()));
+    sock.once('connect', () => resolve({ sock, closed }));
+    sock.once('error', reject);
+  });
+}
+
+test('slowloris: 64 silent sockets (no secret) from 16 addresses fill the strangers\' slots, a 5th from one address is refused, and a node of the nodes table still gets in', async () => {
+  const { s, addr, logs } = await server({ handshakeTimeoutMs: 10_000, firstByteTimeoutMs: 60_000, isNodeAddress: (ip) => ip === '127.0.0.1' });
   const idle: net.Socket[] = [];
   try {
-    await Promise.all(Array.from({ length: 64 }, () => new Promise<void>((r) => {
-      const x = net.connect({ host: '127.0.0.1', port: addr.port }, () => r());
-      x.on('error', () => undefined);
-      idle.push(x);
-    })));
-    await waitUntil(() => (s as unknown as { handshaking: number }).handshaking === 64, 5000, 'all counted');
-    // Expected: a node holding the secret still gets in (per-address cap, or idle ones evicted).
-    const ok = await withTimeout(rawPeer(addr.port).then(() => true, () => false), 5000, 'no answer');
-    assert.equal(ok, true, 'a legitimate node was refused while an unauthenticated attacker held 64 sockets');
+    for (let a = 2; a < 18; a++) for (let i = 0; i < 4; i++) idle.push((await silent(addr.port, `127.0.0.${a}`)).sock);
+    for (const x of idle) x.on('error', () => undefined);
+    await waitUntil(() => s.pendingHandshakes === 64, 5000, 'all counted');
+    const fifth = await silent(addr.port, '127.0.0.2');
+    fifth.sock.on('error', () => undefined);
+    await withTimeout(fifth.closed, 5000, 'the 5th connection of one address was not cut');
+    assert.ok(logs.lines.some((l) => /too many unauthenticated connections from this address/.test(String(l.reason))));
+    const ok = await withTimeout(rawPeer(addr.port).then((t) => (t.destroy(), true), () => false), 5000, 'no answer');
+    assert.equal(ok, true, 'a node of the nodes table was refused while strangers held every slot');
+    // A stranger's 65th is refused.
+    const more = await silent(addr.port, '127.0.0.30');
+    more.sock.on('error', () => undefined);
+    await withTimeout(more.closed, 5000, 'a stranger got a 65th slot');
   } finally {
     for (const x of idle) x.destroy();
+    await s.close();
+  }
+});
+
+test('a connection that sends no byte is cut at the first-byte deadline, with a log line', async () => {
+  const { s, addr, logs } = await server({ handshakeTimeoutMs: 10_000, firstByteTimeoutMs: 200 });
+  try {
+    const x = await silent(addr.port, '127.0.0.1');
+    x.sock.on('error', () => undefined);
+    await withTimeout(x.closed, 5000, 'a silent socket kept its slot');
+    await waitUntil(() => s.pendingHandshakes === 0, 5000, 'slot freed');
+    assert.ok(logs.lines.some((l) => l.errorCode === 'VSPC_LINK_AUTH_FAILED' && /no byte within 200 ms/.test(String(l.reason))));
+  } finally {
     await s.close();
   }
 });
