@@ -92,6 +92,11 @@ export class LinkConnection {
     this.drainListeners.push(listener);
   }
 
+  /** Bytes queued on the socket, not yet taken by the kernel (a slow peer's backlog). */
+  get backlog(): number {
+    return this.socket.writableLength;
+  }
+
   /** Queue bytes on the socket. False: its buffer is above the high-water mark. */
   write(bytes: Buffer | null | Buffer[]): boolean {
     if (this.ended || bytes === null) return !this.ended;

@@ -414,7 +414,9 @@ export class RemoteClient implements ConsoleClient {
   deliver(data: Buffer): void {
     if (this.gone) return;
     if (this.queued + data.length > this.maxQueued) {
-      this.close(`slow client: more than ${this.maxQueued} bytes of output queued over the cluster link`);
+      const reason = `slow client: more than ${this.maxQueued} bytes of output queued over the cluster link`;
+      this.link.log.warn('remote client too slow; disconnecting', { clientId: this.id, stream: this.stream, queued: this.queued, backlog: this.link.backlog, limit: this.maxQueued });
+      this.close(reason);
       return;
     }
     this.queue.push(data);
@@ -422,10 +424,15 @@ export class RemoteClient implements ConsoleClient {
     if (this.isAccepted) this.pump();
   }
 
-  /** Sends what the stream's credit allows. */
+  /**
+   * Sends what the stream's credit allows, while the socket's backlog is under the
+   * slow-client bound: a peer that grants credit but does not read leaves the output
+   * in this client's queue, which drops it as slow (the link's drain pumps again).
+   */
   pump(): void {
     if (this.gone || !this.isAccepted) return;
     while (this.queue.length > 0) {
+      if (this.link.backlog >= this.maxQueued) break;
       const head = this.queue[0];
       if (!Buffer.isBuffer(head)) {
         this.link.write(this.link.session.notice(this.stream, head.notice));

@@ -24,7 +24,7 @@
  * peer granted (at OPEN/ACCEPT, then by CREDIT frames) in flight; a receiver that gets
  * more than it granted cuts the link (a peer cannot make it buffer more). So a slow
  * reader of one stream never stalls another, and memory per stream is bounded by the
- * window on both sides.
+ * window on both sides (a peer's grant counts for at most MAX_PEER_WINDOW, 1 MiB).
  */
 import { ProtocolError } from '../../errors.js';
 
@@ -34,7 +34,13 @@ export const FRAME_HEADER = 5;
 export const DEFAULT_MAX_FRAME = 64 * 1024;
 /** Default per-stream window (bytes in flight) each side grants. */
 export const DEFAULT_WINDOW = 256 * 1024;
-export const DEFAULT_MAX_STREAMS = 4096;
+/**
+ * The most a peer's window (OPEN/ACCEPT, plus its CREDITs) is taken for: a peer
+ * granting 4 GiB gets no more than this in flight, so what a link buffers per stream
+ * does not depend on what the peer claims.
+ */
+export const MAX_PEER_WINDOW = 1024 * 1024;
+export const DEFAULT_MAX_STREAMS = 256;
 /** A JSON header is small: who attaches, how. */
 export const MAX_HEADER_BYTES = 4096;
 const MAX_TEXT_BYTES = 4096;
@@ -286,7 +292,7 @@ export class LinkSession {
         if (this.streams.size >= this.maxStreams) fail(`more than ${this.maxStreams} streams`);
         if (rest.length < 4) fail('OPEN too short');
         const header = parseHeader(rest.subarray(4));
-        this.streams.set(id, { sendCredit: rest.readUInt32BE(0), recvAllowed: 0, accepted: false });
+        this.streams.set(id, { sendCredit: Math.min(rest.readUInt32BE(0), MAX_PEER_WINDOW), recvAllowed: 0, accepted: false });
         return { type: 'open', stream: id, header };
       }
       case FrameType.Accept: {
@@ -297,7 +303,7 @@ export class LinkSession {
         if (rest.length < 4) fail('ACCEPT too short');
         const header = parseHeader(rest.subarray(4));
         s.accepted = true;
-        s.sendCredit = rest.readUInt32BE(0);
+        s.sendCredit = Math.min(rest.readUInt32BE(0), MAX_PEER_WINDOW);
         return { type: 'accept', stream: id, header };
       }
       case FrameType.Close:
@@ -319,9 +325,9 @@ export class LinkSession {
         const s = this.streams.get(id);
         if (!s) return null;
         const n = rest.readUInt32BE(0);
-        // More than a window outstanding is a peer trying to make us send without bound... to itself; harmless, but not a correct peer.
-        if (s.sendCredit + n > 2 ** 31) fail('CREDIT overflow');
-        s.sendCredit += n;
+        if (n > 2 ** 31) fail('CREDIT overflow');
+        // Capped like the window: a peer granting without bound gets MAX_PEER_WINDOW in flight.
+        s.sendCredit = Math.min(s.sendCredit + n, MAX_PEER_WINDOW);
         return { type: 'credit', stream: id, available: s.sendCredit };
       }
       case FrameType.Notice:
