@@ -149,24 +149,60 @@ function openFrame(stream: number, window: number, header: object): Buffer {
   return f;
 }
 
-test('FINDING no cap on remote clients: one peer, one link, 4096 OPENs with window 0 each pin a scrollback replay on the owner (x unlimited links)', async () => {
+test('remote clients are capped per link (256: the 257th OPEN cuts the link) and an OPEN granting no window is refused before any replay is queued', async () => {
   const h = hub(64 * 1024);
   h.fromVm(Buffer.alloc(64 * 1024, 0x42)); // a full 64 KiB screen history
-  const { s, addr } = await server({}, h);
+  const { s, addr, logs } = await server({}, h);
   const t = await rawPeer(addr.port);
   t.on('error', () => undefined);
+  const gone = new Promise<void>((r) => t.once('close', () => r()));
   try {
     const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
-    const frames = [me.hello()];
-    for (let i = 1; i <= 4096; i++) frames.push(openFrame(i, 0, { consoleId: 7, tcpPort: 20007, request: 'readonly', peer: `p${i}`, method: 'ssh' }));
+    const zero = [me.hello()];
+    for (let i = 1; i <= 100; i++) zero.push(openFrame(i, 0, { consoleId: 7, tcpPort: 20007, request: 'readonly', peer: `p${i}`, method: 'ssh' }));
+    t.write(Buffer.concat(zero));
+    let closes = 0;
+    const peerSide = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    t.on('data', (d: Buffer) => {
+      // Counts CLOSE frames by hand (the streams were opened by raw frames, not by this session).
+      for (let off = 0; off + 5 <= d.length; ) {
+        const len = d.readUInt32BE(off);
+        if (d[off + 4] === 4) closes++;
+        off += 4 + len;
+      }
+    });
+    void peerSide;
+    await waitUntil(() => closes >= 100, 5000, '100 zero-window OPENs refused');
+    assert.equal(h.clients.size, 0);
+    const frames: Buffer[] = [];
+    for (let i = 101; i <= 400; i++) frames.push(openFrame(i, 1024, { consoleId: 7, tcpPort: 20007, request: 'readonly', peer: `p${i}`, method: 'ssh' }));
     t.write(Buffer.concat(frames));
-    await waitUntil(() => h.clients.size >= 4096, 20_000, 'all attached');
-    const queued = (s as unknown as { links: Set<unknown> }).links.size;
-    // Expected: a per-link (and per-peer-node) cap on streams/clients far below 4096, or the
-    // replay not queued before the peer grants a window. Observed: 4096 clients x 64 KiB queued.
-    assert.ok(h.clients.size <= 256, `${h.clients.size} remote clients attached through ${queued} link (~${Math.round(h.clients.size * 64 / 1024)} MiB of replays queued)`);
+    await withTimeout(gone, 10_000, 'the link survived 300 streams');
+    assert.ok(logs.lines.some((l) => /more than 256 streams/.test(String(l.reason))));
+    await waitUntil(() => h.clients.size === 0, 5000, 'its clients detached');
   } finally {
     t.destroy();
+    await s.close();
+  }
+});
+
+test('links from one node id are capped (default 4): the 5th is cut with a log line', async () => {
+  const { s, addr, logs } = await server();
+  const peers: tls.TLSSocket[] = [];
+  try {
+    for (let i = 0; i < 4; i++) {
+      const p = await rawPeer(addr.port);
+      p.on('error', () => undefined);
+      peers.push(p);
+    }
+    await waitUntil(() => s.connections === 4, 5000, '4 links');
+    // Cut as soon as it is accepted: before or just after the client sees the handshake end.
+    const fifth = rawPeer(addr.port).then((p) => new Promise<void>((r) => (p.on('error', () => undefined), p.once('close', () => r()))), () => undefined);
+    await withTimeout(fifth, 5000, 'the 5th link of node-a was kept');
+    assert.equal(s.connections, 4);
+    assert.ok(logs.lines.some((l) => /more than 4 links from node node-a/.test(String(l.reason))));
+  } finally {
+    for (const p of peers) p.destroy();
     await s.close();
   }
 });

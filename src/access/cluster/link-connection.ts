@@ -76,6 +76,11 @@ export class LinkConnection {
     this.write(this.session.hello());
   }
 
+  /** The node at the other end (acceptor: its TLS identity; dialer: the node dialled). */
+  get peerNode(): string {
+    return this.opts.peerNode;
+  }
+
   get open(): boolean {
     return !this.ended && this.session.state === 'open';
   }

@@ -171,6 +171,11 @@ export class ClusterLinkDialer implements ClusterLinks {
 
   private openStream(peer: Peer, a: Attachment): void {
     const r = a.request;
+    if (peer.link.session.streamCount >= peer.link.session.maxStreams) {
+      // The owner refuses more than that many clients on one link (a protocol error there).
+      queueMicrotask(() => a.ended_(`too many clients (${peer.link.session.maxStreams}) on the cluster link to node ${peer.address.node}`));
+      return;
+    }
     const { stream, bytes } = peer.link.session.open({
       consoleId: r.consoleId,
       tcpPort: r.tcpPort,

@@ -59,6 +59,10 @@ export interface ClusterLinkServerOptions {
   /** Output queued for a remote client beyond the link's window, at most (then it is dropped as slow). */
   maxQueuedBytes: number;
   window?: number;
+  /** Remote clients (streams) on one link, at most (default 256; more is a protocol error). */
+  maxStreamsPerLink?: number;
+  /** Links from one node id at once, at most (default 4: a restart may briefly overlap the old one). */
+  maxLinksPerNode?: number;
 }
 
 export class ClusterLinkServer {
@@ -238,12 +242,20 @@ export class ClusterLinkServer {
       this.nodeAddresses.add(ip);
       if (this.nodeAddresses.size > 1024) this.nodeAddresses.delete(this.nodeAddresses.values().next().value as string);
     }
+    const fromNode = [...this.links].filter((l) => l.peerNode === identity).length;
+    const maxLinks = this.opts.maxLinksPerNode ?? 4;
+    if (fromNode >= maxLinks) {
+      log.warn('security: cluster link peer cut off', { security: true, reason: `more than ${maxLinks} links from node ${identity}`, errorCode: 'VSPC_LINK_PROTOCOL' });
+      socket.destroy();
+      return;
+    }
     const link = new LinkConnection(socket, log, {
       role: 'acceptor',
       nodeId: this.opts.nodeId,
       peerNode: identity,
       helloTimeoutMs: this.opts.handshakeTimeoutMs ?? 10_000,
       window: this.opts.window,
+      maxStreams: this.opts.maxStreamsPerLink,
     });
     this.links.add(link);
     const clients = new Map<number, RemoteClient>();
@@ -272,6 +284,11 @@ export class ClusterLinkServer {
         const hub = Number.isSafeInteger(consoleId) && Number.isSafeInteger(tcpPort) ? this.opts.consoleById(consoleId, tcpPort) : undefined;
         if (!hub) {
           link.write(link.session.close(ev.stream, 'this node does not own that console (any more)'));
+          return;
+        }
+        if (ev.window === 0) {
+          // The replay and every output would wait on the owner for a window that may never come.
+          link.write(link.session.close(ev.stream, 'no window granted'));
           return;
         }
         const request = typeof h.request === 'string' && (LOCK_MODES as readonly string[]).includes(h.request) ? (h.request as LockRequest) : 'readwrite';

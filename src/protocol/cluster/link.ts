@@ -65,7 +65,8 @@ export type LinkHeader = Record<string, unknown>;
 
 export type LinkEvent =
   | { type: 'hello'; nodeId: string; version: number }
-  | { type: 'open'; stream: number; header: LinkHeader }
+  /** `window`: what the dialer granted at OPEN (bytes the acceptor may send before a CREDIT). */
+  | { type: 'open'; stream: number; header: LinkHeader; window: number }
   | { type: 'accept'; stream: number; header: LinkHeader }
   | { type: 'close'; stream: number; reason: string }
   | { type: 'data'; stream: number; data: Buffer }
@@ -135,7 +136,7 @@ export class LinkSession {
   private st: LinkState = 'hello';
   private readonly maxFrame: number;
   readonly window: number;
-  private readonly maxStreams: number;
+  readonly maxStreams: number;
   private readonly streams = new Map<number, StreamState>();
   private nextId = 1;
   /** Unparsed input: at most one partial frame (≤ maxFrame + 4 bytes). */
@@ -292,8 +293,9 @@ export class LinkSession {
         if (this.streams.size >= this.maxStreams) fail(`more than ${this.maxStreams} streams`);
         if (rest.length < 4) fail('OPEN too short');
         const header = parseHeader(rest.subarray(4));
-        this.streams.set(id, { sendCredit: Math.min(rest.readUInt32BE(0), MAX_PEER_WINDOW), recvAllowed: 0, accepted: false });
-        return { type: 'open', stream: id, header };
+        const window = Math.min(rest.readUInt32BE(0), MAX_PEER_WINDOW);
+        this.streams.set(id, { sendCredit: window, recvAllowed: 0, accepted: false });
+        return { type: 'open', stream: id, header, window };
       }
       case FrameType.Accept: {
         if (this.opts.role !== 'dialer') fail('ACCEPT sent to the acceptor');
