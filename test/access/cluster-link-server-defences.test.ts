@@ -226,18 +226,50 @@ test('FINDING OPEN header user/peer with terminal escapes enter the owner\'s loc
   }
 });
 
-test('FINDING no liveness check (owner side): a node that vanishes without FIN/RST (power loss, partition) keeps its client\'s EXCLUSIVE lock on the owner forever', async () => {
-  const { s, addr, h } = await server();
+test('liveness (owner side): a node that vanishes without FIN/RST is PINGed, then cut after the idle timeout, and its client\'s EXCLUSIVE lock released', async () => {
+  const { s, addr, h, logs } = await server({ pingAfterMs: 200, idleTimeoutMs: 800 });
   const t = await rawPeer(addr.port);
   t.on('error', () => undefined);
   try {
     const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    let pings = 0;
+    t.on('data', (d: Buffer) => {
+      for (const ev of me.receive(d)) if (ev.type === 'ping') pings++;
+    });
     t.write(me.hello());
     t.write(openFrame(1, 256 * 1024, { consoleId: 7, tcpPort: 20007, request: 'exclusive', user: 'ann', peer: 'p', method: 'ssh' }));
     await waitUntil(() => h.locks.list().some((x) => x.mode === 'exclusive'), 5000, 'EXCLUSIVE held on the owner');
-    t.pause(); // node A is gone: no byte, no FIN, no RST (the console is quiet: no output to overflow the queue)
-    // Expected: a heartbeat (PING/idle timeout, or TCP keepalive) releases the lock within ~15 s.
-    await waitUntil(() => h.locks.list().length === 0, 20_000, 'the vanished node\'s lock released');
+    // Node A is gone from here on: it answers nothing (no PONG, no FIN, no RST).
+    await waitUntil(() => h.locks.list().length === 0, 5000, 'the vanished node\'s lock released');
+    assert.ok(pings >= 1, 'no PING before the cut');
+    assert.ok(logs.lines.some((l) => l.message === 'cluster link peer silent; cut' && l.errorCode === 'VSPC_LINK_UNAVAILABLE'));
+  } finally {
+    t.destroy();
+    await s.close();
+  }
+});
+
+test('liveness: a peer that answers PINGs keeps the link through silence longer than the idle timeout', async () => {
+  const { s, addr, h } = await server({ pingAfterMs: 100, idleTimeoutMs: 300 });
+  const t = await rawPeer(addr.port);
+  t.on('error', () => undefined);
+  try {
+    const me = new LinkSession({ role: 'dialer', nodeId: 'node-a', expectPeer: 'node-b' });
+    let pings = 0;
+    t.on('data', (d: Buffer) => {
+      for (const ev of me.receive(d)) {
+        if (ev.type === 'ping') {
+          pings++;
+          t.write(me.pong(ev.token)!);
+        }
+      }
+    });
+    t.write(me.hello());
+    t.write(openFrame(1, 256 * 1024, { consoleId: 7, tcpPort: 20007, request: 'readonly', peer: 'p', method: 'ssh' }));
+    await waitUntil(() => h.clients.size === 1, 5000, 'attached');
+    await waitUntil(() => pings >= 8, 5000, '8 PINGs answered (over 3 idle timeouts)');
+    assert.equal(h.clients.size, 1);
+    assert.equal(s.connections, 1);
   } finally {
     t.destroy();
     await s.close();

@@ -37,11 +37,19 @@ export interface LinkConnectionOptions {
   helloTimeoutMs: number;
   window?: number;
   maxStreams?: number;
+  /** Nothing received for this long: send a PING (default 5000 ms). */
+  pingAfterMs?: number;
+  /** Nothing received for this long: the peer is gone, cut the link (default 15000 ms). */
+  idleTimeoutMs?: number;
 }
 
 export class LinkConnection {
   readonly session: LinkSession;
   private helloTimer: NodeJS.Timeout | null;
+  private liveTimer: NodeJS.Timeout | null = null;
+  private lastRx = Date.now();
+  private lastPing = 0;
+  private pingToken = 0;
   private ended = false;
   private readonly closedListeners: Array<(reason: string) => void> = [];
   private readonly drainListeners: Array<() => void> = [];
@@ -64,6 +72,8 @@ export class LinkConnection {
     });
     // Small frames (keystrokes, CREDIT, a handover's steps) must not wait for Nagle's algorithm.
     socket.setNoDelay(true);
+    // Beside the PINGs: the kernel notices a peer host that is gone even when we send nothing.
+    socket.setKeepAlive(true, 5000);
     this.helloTimer = setTimeout(() => this.fail('no HELLO from the peer node in time', 'VSPC_LINK_AUTH_FAILED'), opts.helloTimeoutMs);
     this.helloTimer.unref();
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
@@ -129,8 +139,36 @@ export class LinkConnection {
     this.end(reason);
   }
 
+  /**
+   * Liveness: any byte from the peer counts; after `pingAfterMs` of silence a PING
+   * asks for one, after `idleTimeoutMs` the link is cut (its streams end: the owner
+   * releases the vanished node's clients and locks, the dialer's clients are told).
+   */
+  private startLiveness(): void {
+    const pingAfter = this.opts.pingAfterMs ?? 5000;
+    const idle = this.opts.idleTimeoutMs ?? 15_000;
+    this.lastRx = Date.now();
+    this.liveTimer = setInterval(() => {
+      const now = Date.now();
+      const silent = now - this.lastRx;
+      if (silent >= idle) {
+        const reason = `no traffic from the peer node for ${silent} ms (gone?)`;
+        this.log.warn('cluster link peer silent; cut', { reason, errorCode: 'VSPC_LINK_UNAVAILABLE', peerNode: this.opts.peerNode });
+        this.destroy(reason);
+        return;
+      }
+      if (silent >= pingAfter && now - this.lastPing >= pingAfter) {
+        this.lastPing = now;
+        this.pingToken = (this.pingToken + 1) >>> 0;
+        this.write(this.session.ping(this.pingToken));
+      }
+    }, Math.max(10, Math.min(pingAfter, idle) / 4));
+    this.liveTimer.unref();
+  }
+
   private receive(chunk: Buffer): void {
     if (this.ended) return;
+    this.lastRx = Date.now();
     let events: LinkEvent[];
     try {
       events = this.session.receive(chunk);
@@ -145,9 +183,15 @@ export class LinkConnection {
         if (this.helloTimer) clearTimeout(this.helloTimer);
         this.helloTimer = null;
         this.log.info('cluster link up', { peerNode: ev.nodeId, role: this.opts.role });
+        this.startLiveness();
         this.onOpen();
         continue;
       }
+      if (ev.type === 'ping') {
+        this.write(this.session.pong(ev.token));
+        continue;
+      }
+      if (ev.type === 'pong') continue;
       this.onEvent(ev);
     }
   }
@@ -164,6 +208,8 @@ export class LinkConnection {
     this.ended = true;
     if (this.helloTimer) clearTimeout(this.helloTimer);
     this.helloTimer = null;
+    if (this.liveTimer) clearInterval(this.liveTimer);
+    this.liveTimer = null;
     this.session.destroy();
     if (destroySocket && !this.socket.destroyed) this.socket.destroy();
     for (const l of this.closedListeners) l(reason);

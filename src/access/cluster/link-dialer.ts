@@ -17,6 +17,10 @@ export interface ClusterLinkDialerOptions {
   /** TCP connect + TLS handshake + HELLO, at most. */
   connectTimeoutMs?: number;
   window?: number;
+  /** Liveness (link-connection.ts): PING after this much silence (default 5000 ms). */
+  pingAfterMs?: number;
+  /** Liveness: cut the link after this much silence (default 15000 ms). */
+  idleTimeoutMs?: number;
   /** Client input waiting for the owner's credit, at most, per client (then `write` says false). */
   maxPendingInput?: number;
 }
@@ -148,6 +152,8 @@ export class ClusterLinkDialer implements ClusterLinks {
       peerNode: address.node,
       helloTimeoutMs: o.connectTimeoutMs ?? 10_000,
       window: o.window,
+      pingAfterMs: o.pingAfterMs,
+      idleTimeoutMs: o.idleTimeoutMs,
     });
     const peer: Peer = { address, link, streams: new Map(), waiting: [] };
     this.peers.set(address.node, peer);

@@ -59,6 +59,10 @@ export interface ClusterLinkServerOptions {
   /** Output queued for a remote client beyond the link's window, at most (then it is dropped as slow). */
   maxQueuedBytes: number;
   window?: number;
+  /** Liveness (link-connection.ts): PING after this much silence (default 5000 ms). */
+  pingAfterMs?: number;
+  /** Liveness: cut the link after this much silence (default 15000 ms). */
+  idleTimeoutMs?: number;
   /** Remote clients (streams) on one link, at most (default 256; more is a protocol error). */
   maxStreamsPerLink?: number;
   /** Links from one node id at once, at most (default 4: a restart may briefly overlap the old one). */
@@ -256,6 +260,8 @@ export class ClusterLinkServer {
       helloTimeoutMs: this.opts.handshakeTimeoutMs ?? 10_000,
       window: this.opts.window,
       maxStreams: this.opts.maxStreamsPerLink,
+      pingAfterMs: this.opts.pingAfterMs,
+      idleTimeoutMs: this.opts.idleTimeoutMs,
     });
     this.links.add(link);
     const clients = new Map<number, RemoteClient>();

@@ -15,6 +15,13 @@
  *   CREDIT u32 stream, u32 bytes                   either side: the reader consumed that much
  *   NOTICE u32 stream, text (UTF-8)                acceptor → dialer: a message of vspc's
  *   BREAK  u32 stream                              either side: a serial BREAK
+ *   PING   u32 token                               either side: are you there? (after HELLO)
+ *   PONG   u32 token                               the answer to a PING, with its token
+ *
+ * Liveness is the transport's (link-connection.ts): a side that has received nothing
+ * for a while sends a PING, and cuts the link when the silence goes on (a node that
+ * vanished without FIN or RST: power loss, partition, SIGSTOP), so the streams end and
+ * the owner releases that node's clients and their locks.
  *
  * States: `hello` (our HELLO sent, the peer's awaited: anything else is a protocol
  * error) → `open` → `closed` (after `destroy` or a protocol error: every later input
@@ -55,6 +62,8 @@ export const enum FrameType {
   Credit = 6,
   Notice = 7,
   Break = 8,
+  Ping = 9,
+  Pong = 10,
 }
 
 export type LinkRole = 'dialer' | 'acceptor';
@@ -73,7 +82,10 @@ export type LinkEvent =
   /** The peer granted more: `available` bytes may now be sent on the stream. */
   | { type: 'credit'; stream: number; available: number }
   | { type: 'notice'; stream: number; text: string }
-  | { type: 'break'; stream: number };
+  | { type: 'break'; stream: number }
+  /** The peer asks for a PONG with this token (answer with `pong`). */
+  | { type: 'ping'; token: number }
+  | { type: 'pong'; token: number };
 
 export interface LinkSessionOptions {
   role: LinkRole;
@@ -235,6 +247,16 @@ export class LinkSession {
     return frame(FrameType.Break, u32(stream));
   }
 
+  /** A PING (liveness probe); null before HELLO or after close. */
+  ping(token: number): Buffer | null {
+    return this.st === 'open' ? frame(FrameType.Ping, u32(token)) : null;
+  }
+
+  /** The answer to the peer's PING. */
+  pong(token: number): Buffer | null {
+    return this.st === 'open' ? frame(FrameType.Pong, u32(token)) : null;
+  }
+
   /** No more input or output: every stream is gone. Idempotent. */
   destroy(): void {
     this.st = 'closed';
@@ -287,6 +309,10 @@ export class LinkSession {
     const id = body.readUInt32BE(0);
     const rest = body.subarray(4);
     switch (type) {
+      case FrameType.Ping:
+      case FrameType.Pong:
+        if (rest.length !== 0) fail(`${type === FrameType.Ping ? 'PING' : 'PONG'} of the wrong size`);
+        return { type: type === FrameType.Ping ? 'ping' : 'pong', token: id };
       case FrameType.Open: {
         if (this.opts.role !== 'acceptor') fail('OPEN sent to the dialer');
         if (id === 0 || this.streams.has(id)) fail(`OPEN of stream ${id} already open (or 0)`, { stream: id });
