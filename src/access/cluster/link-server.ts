@@ -341,7 +341,7 @@ export class ClusterLinkServer {
         return;
       case 'break': {
         const c = clients.get(ev.stream);
-        if (c?.hub && c.hub.modeOf(c) !== 'readonly') c.hub.sendBreak();
+        if (c?.hub && c.hub.modeOf(c) !== 'readonly') c.hub.sendBreak(c);
         return;
       }
       case 'close': {

@@ -23,6 +23,10 @@
  * vanished without FIN or RST: power loss, partition, SIGSTOP), so the streams end and
  * the owner releases that node's clients and their locks.
  *
+ * Text from the peer (CLOSE reasons, NOTICE) is decoded with every control character
+ * (C0, DEL, C1) and invisible formatting character replaced by `?` (src/util/text.ts):
+ * it ends up on operators' terminals.
+ *
  * States: `hello` (our HELLO sent, the peer's awaited: anything else is a protocol
  * error) → `open` → `closed` (after `destroy` or a protocol error: every later input
  * is refused). Streams are opened by the dialer only, with fresh nonzero ids.
@@ -34,6 +38,7 @@
  * window on both sides (a peer's grant counts for at most MAX_PEER_WINDOW, 1 MiB).
  */
 import { ProtocolError } from '../../errors.js';
+import { sanitizeText } from '../../util/text.js';
 
 export const LINK_VERSION = 1;
 export const FRAME_HEADER = 5;
@@ -338,7 +343,8 @@ export class LinkSession {
         if (rest.length > MAX_TEXT_BYTES) fail('CLOSE reason too long');
         // A CLOSE crossing ours: the stream is already gone here.
         if (!this.streams.delete(id)) return null;
-        return { type: 'close', stream: id, reason: rest.toString('utf8') };
+        // Peer text bound for terminals and logs: controls (C0, C1, DEL) and invisible formatting become `?`.
+        return { type: 'close', stream: id, reason: sanitizeText(rest.toString('utf8')) };
       case FrameType.Data: {
         const s = this.streams.get(id);
         // Data in flight when we closed the stream: counted against nothing, dropped.
@@ -361,7 +367,7 @@ export class LinkSession {
       case FrameType.Notice:
         if (this.opts.role !== 'dialer') fail('NOTICE sent to the acceptor');
         if (rest.length > MAX_TEXT_BYTES) fail('NOTICE too long');
-        return this.streams.has(id) ? { type: 'notice', stream: id, text: rest.toString('utf8') } : null;
+        return this.streams.has(id) ? { type: 'notice', stream: id, text: sanitizeText(rest.toString('utf8')) } : null;
       case FrameType.Break:
         if (rest.length !== 0) fail('BREAK with a payload');
         return this.streams.has(id) ? { type: 'break', stream: id } : null;

@@ -46,6 +46,8 @@ class LinkSource implements ConsoleSource {
 
 export class MirrorHub extends ConsoleHub {
   private readonly remote = new Map<ConsoleClient, RemoteAttachment>();
+  /** The lock mode the owner granted each client (ACCEPT), which is what counts there. */
+  private readonly granted = new Map<ConsoleClient, string>();
   owner: string;
 
   constructor(
@@ -92,7 +94,10 @@ export class MirrorHub extends ConsoleHub {
         ...(options.auth ? { auth: options.auth } : {}),
       },
       {
-        accepted: (mode) => this.log.debug('remote attach accepted', { owner: owner.node, mode, clientId: client.id }),
+        accepted: (mode) => {
+          this.granted.set(client, mode);
+          this.log.debug('remote attach accepted', { owner: owner.node, mode, clientId: client.id });
+        },
         data: (data) => client.deliver(data),
         notice: (text) => client.notice(text),
         breakFromSource: () => client.breakFromSource?.(),
@@ -115,10 +120,22 @@ export class MirrorHub extends ConsoleHub {
     if (!a.write(data)) client.pauseInput();
   }
 
-  override sendBreak(): void {
-    for (const a of this.remote.values()) {
-      a.sendBreak();
+  /**
+   * On the asking client's own stream (the owner checks that client's lock there);
+   * without one (RFC 2217 via a com-port), on the stream of a client the owner granted
+   * more than read-only.
+   */
+  override sendBreak(from?: ConsoleClient): void {
+    if (from) {
+      this.remote.get(from)?.sendBreak();
       return;
+    }
+    for (const [c, a] of this.remote) {
+      const mode = this.granted.get(c);
+      if (mode !== undefined && mode !== 'readonly') {
+        a.sendBreak();
+        return;
+      }
     }
   }
 
@@ -130,6 +147,7 @@ export class MirrorHub extends ConsoleHub {
   override removeClient(client: ConsoleClient, reason = 'detached'): void {
     const a = this.remote.get(client);
     this.remote.delete(client);
+    this.granted.delete(client);
     a?.close(reason);
     super.removeClient(client, reason);
   }
@@ -137,12 +155,14 @@ export class MirrorHub extends ConsoleHub {
   override closeClients(reason: string): void {
     for (const a of this.remote.values()) a.close(reason);
     this.remote.clear();
+    this.granted.clear();
     super.closeClients(reason);
   }
 
   /** The owner refused, detached or displaced the client, or the link broke. */
   private refused(client: ConsoleClient, reason: string): void {
     this.remote.delete(client);
+    this.granted.delete(client);
     if (!this.clients.has(client)) return;
     super.removeClient(client, reason);
     client.close(reason);
