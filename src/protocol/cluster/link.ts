@@ -156,8 +156,12 @@ export class LinkSession {
   readonly maxStreams: number;
   private readonly streams = new Map<number, StreamState>();
   private nextId = 1;
-  /** Unparsed input: at most one partial frame (≤ maxFrame + 4 bytes). */
-  private pending: Buffer = Buffer.alloc(0);
+  /** A partial length field (`headFill` bytes of 4). */
+  private readonly head = Buffer.alloc(4);
+  private headFill = 0;
+  /** A partial frame after its length (type + payload, ≤ maxFrame bytes), `bodyFill` of it received. */
+  private body: Buffer | null = null;
+  private bodyFill = 0;
   peerNodeId: string | null = null;
 
   constructor(private readonly opts: LinkSessionOptions) {
@@ -266,32 +270,66 @@ export class LinkSession {
   destroy(): void {
     this.st = 'closed';
     this.streams.clear();
-    this.pending = Buffer.alloc(0);
+    this.body = null;
+    this.headFill = 0;
   }
 
-  /** The peer's bytes. Throws ProtocolError (and the session is closed) on a violation. */
+  /**
+   * The peer's bytes. Throws ProtocolError (and the session is closed) on a violation.
+   * Linear in the input however it is split: a frame's length is read once, its buffer
+   * allocated then, and each later chunk copied in once (a peer sending a 64 KiB frame
+   * in 1-byte TLS records costs 64 KiB of copying, not 2 GiB).
+   */
   receive(chunk: Buffer): LinkEvent[] {
     if (this.st === 'closed') return [];
     const events: LinkEvent[] = [];
-    let buf = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    let buf = chunk;
     try {
-      while (buf.length >= 4) {
-        const len = buf.readUInt32BE(0);
-        if (len < 1 || len > this.maxFrame) fail(`frame length ${len} outside 1-${this.maxFrame}`, { length: len });
-        if (buf.length < 4 + len) break;
-        const type = buf[4];
-        const body = buf.subarray(5, 4 + len);
-        buf = buf.subarray(4 + len);
-        const ev = this.frameIn(type, body);
+      for (;;) {
+        if (this.body === null) {
+          if (this.headFill === 0 && buf.length >= 4) {
+            const len = this.frameLength(buf);
+            if (buf.length >= 4 + len) {
+              const ev = this.frameIn(buf[4], buf.subarray(5, 4 + len));
+              buf = buf.subarray(4 + len);
+              if (ev) events.push(ev);
+              continue;
+            }
+            // Copied: a partial frame must not pin the (possibly large) chunk it came in.
+            this.body = Buffer.allocUnsafe(len);
+            this.bodyFill = buf.copy(this.body, 0, 4);
+            break;
+          }
+          if (buf.length === 0) break;
+          const n = buf.copy(this.head, this.headFill, 0, Math.min(4 - this.headFill, buf.length));
+          this.headFill += n;
+          buf = buf.subarray(n);
+          if (this.headFill < 4) break;
+          this.headFill = 0;
+          this.body = Buffer.allocUnsafe(this.frameLength(this.head));
+          this.bodyFill = 0;
+        }
+        const n = buf.copy(this.body, this.bodyFill, 0, Math.min(this.body.length - this.bodyFill, buf.length));
+        this.bodyFill += n;
+        buf = buf.subarray(n);
+        if (this.bodyFill < this.body.length) break;
+        const b = this.body;
+        this.body = null;
+        const ev = this.frameIn(b[0], b.subarray(1));
         if (ev) events.push(ev);
       }
     } catch (err) {
       this.destroy();
       throw err;
     }
-    // Copied: a partial frame must not pin the (possibly large) chunk it came in.
-    this.pending = buf.length === 0 ? Buffer.alloc(0) : Buffer.from(buf);
     return events;
+  }
+
+  /** The length field at the start of `b`, checked against maxFrame. */
+  private frameLength(b: Buffer): number {
+    const len = b.readUInt32BE(0);
+    if (len < 1 || len > this.maxFrame) fail(`frame length ${len} outside 1-${this.maxFrame}`, { length: len });
+    return len;
   }
 
   private frameIn(type: number, body: Buffer): LinkEvent | null {
