@@ -288,3 +288,32 @@ test('HELD: dialer refuses an impostor at the advertised address (HELLO names an
   d.close();
   await s.close();
 });
+
+test('the listener agrees only ECDHE-PSK-CHACHA20-POLY1305 (a client offering CBC or DHE-PSK only is refused) and sends no identity hint', async () => {
+  const { s, addr } = await server();
+  const tryWith = (ciphers: string) =>
+    new Promise<{ ok: boolean; hint: string | null; cipher?: string }>((resolve) => {
+      let hint: string | null = 'unset';
+      const t = tls.connect({
+        host: '127.0.0.1', port: addr.port, ciphers, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2',
+        checkServerIdentity: () => undefined,
+        pskCallback: (h) => ((hint = h), { psk: linkKey(SECRET, 'node-a'), identity: 'node-a' }),
+      });
+      t.once('secureConnect', () => {
+        const cipher = t.getCipher().name;
+        t.destroy();
+        resolve({ ok: true, hint, cipher });
+      });
+      t.once('error', () => resolve({ ok: false, hint }));
+    });
+  try {
+    const good = await tryWith(LINK_CIPHERS);
+    assert.equal(good.ok, true);
+    assert.equal(good.cipher, 'ECDHE-PSK-CHACHA20-POLY1305');
+    assert.ok(good.hint === null || good.hint === '', `identity hint sent: ${JSON.stringify(good.hint)}`);
+    assert.equal((await tryWith('ECDHE-PSK-AES256-CBC-SHA384')).ok, false);
+    assert.equal((await tryWith('DHE-PSK-AES256-GCM-SHA384')).ok, false);
+  } finally {
+    await s.close();
+  }
+});

@@ -15,10 +15,12 @@ import { LinkSession, type LinkEvent, type LinkRole } from '../../protocol/clust
 import { VspcError } from '../../errors.js';
 
 /**
- * PSK cipher suites, TLS 1.2 (Node's TLS 1.3 has no external PSK): ephemeral
- * (EC)DHE for forward secrecy, AEAD first.
+ * The one PSK cipher suite of TLS 1.2 that is both AEAD and forward secret in OpenSSL
+ * (RFC 7905; Node's TLS 1.3 has no external PSK). Not offered: DHE-PSK (never agreed:
+ * the listener has no DH parameters), ECDHE-PSK-*-CBC (no AEAD), plain PSK (no forward
+ * secrecy). docs/decisions/0012-cluster-link-tls-psk.md.
  */
-export const LINK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305:DHE-PSK-AES256-GCM-SHA384:ECDHE-PSK-AES256-CBC-SHA384';
+export const LINK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305';
 
 /**
  * The pre-shared key of the link a node with `identity` opens: HMAC-SHA256 of the

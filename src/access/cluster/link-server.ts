@@ -116,7 +116,7 @@ export class ClusterLinkServer {
       ciphers: LINK_CIPHERS,
       minVersion: 'TLSv1.2',
       maxVersion: 'TLSv1.2',
-      pskIdentityHint: o.nodeId,
+      // No identity hint: it would tell any unauthenticated stranger this node's id (the dialer knows whom it dials).
       handshakeTimeout: o.handshakeTimeoutMs ?? 10_000,
       pskCallback: (socket, identity) => {
         if (!NODE_ID.test(identity) || identity === o.nodeId) return null;
