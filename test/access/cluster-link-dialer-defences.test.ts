@@ -96,7 +96,10 @@ class FakeClient implements ConsoleClient {
   notice(): void {}
   pauseInput(): void {}
   resumeInput(): void {}
-  close(): void {}
+  readonly closedWith: string[] = [];
+  close(reason?: string): void {
+    if (reason !== undefined) this.closedWith.push(reason);
+  }
 }
 
 test('a mirror sends a client\'s BREAK on that client\'s own stream (not the first attached client\'s)', () => {
@@ -123,4 +126,48 @@ test('a mirror sends a client\'s BREAK on that client\'s own stream (not the fir
   accepted[1]('readwrite');
   m.sendBreak();
   assert.deepEqual(sent, ['writer']);
+});
+
+test('a failed cluster lookup marks the database unavailable: no lookup is tried for retryAfterMs, the last list is shown, attaches are refused with VSPC_LINK_UNAVAILABLE', async () => {
+  let lists = 0;
+  let owners = 0;
+  let down = false;
+  const record = { id: 7, kind: 'esxi', key: 'k', label: '', name: 'web01', tcpPort: 20007, owner: 'node-b' } as never;
+  const logs = new LogCapture();
+  const mirrors = new ClusterMirrors(logs.logger, {
+    nodeId: 'node-a',
+    clusterList: () => {
+      lists++;
+      if (down) throw new Error('PostgreSQL did not answer clusterList within 500 ms');
+      return [record];
+    },
+    ownerOf: () => {
+      owners++;
+      if (down) throw new Error('PostgreSQL did not answer ownerLink within 500 ms');
+      return { node: 'node-b', host: '127.0.0.1', port: 1 };
+    },
+    links: { attach: (): RemoteAttachment => ({ write: () => true, sendBreak: () => undefined, close: () => undefined }) },
+    retryAfterMs: 60_000,
+  });
+  assert.equal(mirrors.remoteConsoles().length, 1);
+  down = true;
+  const m = mirrors.remoteConsoles()[0]; // cached for this turn
+  const client = new FakeClient('c');
+  const closed = client.closedWith;
+  m.addClient(client, { request: 'readonly' });
+  await waitUntil(() => closed.length === 1, 5000, 'refused');
+  assert.match(closed[0], /VSPC_LINK_UNAVAILABLE/);
+  assert.equal(owners, 1);
+  assert.equal(mirrors.databaseAvailable, false);
+  await logs.waitFor((l) => l.message === 'cluster lookups unavailable; remote consoles refused until the database answers', 5000, 0, 'the log line');
+  // Later turns: the last list, no lookup; an attach is refused without asking the database.
+  await new Promise<void>((r) => setImmediate(r));
+  const listsBefore = lists;
+  assert.equal(mirrors.remoteConsoles().length, 1);
+  assert.equal(lists, listsBefore);
+  const c2 = new FakeClient('c2');
+  const again = c2.closedWith;
+  mirrors.remoteConsoles()[0].addClient(c2, { request: 'readonly' });
+  await waitUntil(() => again.length === 1, 5000, 'refused again');
+  assert.equal(owners, 1, 'the database was asked while marked unavailable');
 });

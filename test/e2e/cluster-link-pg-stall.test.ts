@@ -1,10 +1,8 @@
 /**
- * ATTACK REPRO (branch attack-link): while PostgreSQL does not answer (partition,
- * stalled server: here its backends SIGSTOPped), every attach to a remote console and
- * every cluster list on node A blocks A's whole event loop (sync ownerLink/clusterList,
- * up to callTimeoutMs = 5 s each): A's own consoles and clients stall meanwhile, and a
- * client can repeat it at will. Expected: no DB round trip on the event loop per
- * attach (async lookup, or the attach refused at once while the DB is unavailable).
+ * A stalled PostgreSQL (its backends SIGSTOPped: a partition, a stuck server) must not
+ * freeze node A: the cluster lookups at attach time block at most briefly once, then
+ * the database is marked unavailable and remote attaches are refused at once with
+ * VSPC_LINK_UNAVAILABLE, while A's own console keeps flowing.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,7 +21,7 @@ after(async () => {
   await pgServer?.stop();
 });
 
-test('FINDING a stalled PostgreSQL freezes node A for ~5 s per remote attach/list', async () => {
+test('a stalled PostgreSQL: a remote attach on node A does not block its event loop for a second', async () => {
   pgServer = await startPostgres();
   const url = await pgServer.createDatabase();
   const cluster = await startLinkedCluster(url, c, [{ id: 'node-a', host: '127.0.0.2' }, { id: 'node-b', host: '127.0.0.3' }], { brokerListen: { host: '127.0.0.1', port: 0 } });
@@ -44,7 +42,6 @@ test('FINDING a stalled PostgreSQL freezes node A for ~5 s per remote attach/lis
     await p.next('selected', 0, 15_000).catch(() => undefined);
     p.send({ kind: 'lock-request', mode: 'readonly', force: false, user: 'x' });
     await Promise.race([p.waitClosed(15_000), p.next('lock-granted', 0, 15_000)]).catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 100));
     assert.ok(worst < 1000, `node A's event loop was blocked for ${worst} ms in one go (${Date.now() - t0} ms in all) by one attach while PostgreSQL stalled`);
   } finally {
     clearInterval(tick);

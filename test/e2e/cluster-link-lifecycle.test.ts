@@ -1,8 +1,7 @@
 /**
- * ATTACK / LIFECYCLE PROBES (branch attack-link) on a real two-node cluster
- * (test/support/cluster-link.ts): the owner's link dropping under an attached client,
- * reconnect afterwards, and a client through node A that never reads while the VM on
- * node B floods. These assert expected behaviour; they document what held.
+ * The cluster link's lifecycle on a real two-node cluster (test/support/cluster-link.ts):
+ * the owner's link dropping under an attached client, reconnect afterwards, and a
+ * client through node A that never reads while the VM on node B floods.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
