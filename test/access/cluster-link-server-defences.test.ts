@@ -207,7 +207,7 @@ test('links from one node id are capped (default 4): the 5th is cut with a log l
   }
 });
 
-test('FINDING OPEN header user/peer with terminal escapes enter the owner\'s lock table and reach local clients in refusal reasons', async () => {
+test('OPEN header user/peer with terminal escapes are sanitised before the owner\'s lock table and local clients\' refusal reasons', async () => {
   const { s, addr, h } = await server();
   const t = await rawPeer(addr.port);
   t.on('error', () => undefined);
@@ -276,7 +276,7 @@ test('liveness: a peer that answers PINGs keeps the link through silence longer 
   }
 });
 
-test('HELD: dialer refuses an impostor at the advertised address (HELLO names another node), and a listener without the secret', async () => {
+test('the dialer refuses an impostor at the advertised address (HELLO names another node), and a listener without the secret', async () => {
   const { s, addr } = await server();
   const logs = new LogCapture();
   const d = new ClusterLinkDialer(logs.logger, { nodeId: 'node-a', secret: SECRET, connectTimeoutMs: 3000 });
