@@ -454,14 +454,16 @@ export class RemoteClient implements ConsoleClient {
    */
   pump(): void {
     if (this.gone || !this.isAccepted) return;
+    // Above the socket's high-water mark (16 KiB) a write has said false, so a drain comes.
+    const maxBacklog = Math.max(this.maxQueued, 64 * 1024);
     while (this.queue.length > 0) {
-      if (this.link.backlog >= this.maxQueued) break;
       const head = this.queue[0];
       if (!Buffer.isBuffer(head)) {
         this.link.write(this.link.session.notice(this.stream, head.notice));
         this.queue.shift();
         continue;
       }
+      if (this.link.backlog >= maxBacklog) break;
       if (this.link.session.credit(this.stream) <= 0) break;
       const { bytes, sent } = this.link.session.data(this.stream, head);
       this.link.write(bytes);
