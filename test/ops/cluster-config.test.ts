@@ -16,7 +16,7 @@ function refused(fn: () => unknown, field: string): void {
 }
 
 test('a group-readable secret file (0640) is refused', () => {
-  const d = tempDir('vspc-attack-cfg-');
+  const d = tempDir('vspc-cfg-');
   try {
     const p = join(d.dir, 's');
     writeFileSync(p, randomBytes(32).toString('hex'));
@@ -28,7 +28,7 @@ test('a group-readable secret file (0640) is refused', () => {
 });
 
 test('a weak secret is refused: 32 of one letter, two letters alternating, a short one, one neither hex nor base64', () => {
-  const d = tempDir('vspc-attack-cfg-');
+  const d = tempDir('vspc-cfg-');
   try {
     const p = join(d.dir, 's');
     for (const weak of ['a'.repeat(32), 'ab'.repeat(32), randomBytes(15).toString('hex'), 'correct horse battery staple, really!', 'Aa1+'.repeat(10)]) {
