@@ -127,9 +127,9 @@ export const ERROR_CODES = {
   VSPC_NODE_ID_IN_USE: ['StorageError', 'another live vspc node holds this --node-id on the shared database'],
   VSPC_CONSOLE_OWNED_ELSEWHERE: ['StorageError', 'another vspc node of the cluster owns this console (it holds its source connection)'],
   // --- The internal link between cluster nodes (src/protocol/cluster/, src/access/cluster/, src/sources/cluster/).
-  VSPC_LINK_PROTOCOL: ['ProtocolError', 'a peer vspc node broke the link protocol (frame too long, unknown type, data beyond its credit, no HELLO first); the link is cut'],
-  VSPC_LINK_AUTH_FAILED: ['PeerRefusedError', 'a connection to the cluster link did not complete the TLS pre-shared-key handshake (plain TCP, wrong --cluster-secret-file, garbage) in time; it is cut'],
-  VSPC_LINK_UNAVAILABLE: ['PeerRefusedError', 'the node owning a console cannot be reached over the cluster link (no advertised address, refused, timed out, or the link broke)'],
+  VSPC_LINK_PROTOCOL: ['ProtocolError', 'a peer vspc node broke the link protocol (frame too long, unknown type, data beyond its credit, no HELLO first, more than 256 streams or 4 links from one node); the link is cut'],
+  VSPC_LINK_AUTH_FAILED: ['PeerRefusedError', 'a connection to the cluster link did not complete the TLS pre-shared-key handshake (plain TCP, wrong --cluster-secret-file, garbage, no byte within 2 s, too many at once from one address or in all) in time; it is cut'],
+  VSPC_LINK_UNAVAILABLE: ['PeerRefusedError', 'the node owning a console cannot be reached over the cluster link (no advertised address, refused, timed out, the link broke or went silent for 15 s, or the database cannot say who owns it right now)'],
   // --- Console log files (LogFileError, src/logging/console-log/errors.ts).
   VSPC_LOG_OPEN_FAILED: ['LogFileError', 'opening or creating a console log file failed; data stays queued'],
   VSPC_LOG_WRITE_FAILED: ['LogFileError', "a write failed; that write's bytes are lost"],

@@ -92,6 +92,9 @@ function reservedPorts(c: VspcConfig): number[] {
  * the admin API, wired together. `close()` drains and is idempotent; `destroy()`
  * aborts.
  */
+/** Longest a cluster lookup at attach time (owner, console list) blocks the event loop, in ms. */
+const CLUSTER_LOOKUP_TIMEOUT_MS = 500;
+
 export class VspcServer {
   readonly registry: Registry;
   readonly vmotion: VmotionCoordinator;
@@ -251,7 +254,11 @@ export class VspcServer {
       const pg = this.pg;
       const registry = this.registry;
       const linkLog = logger.child({ component: 'cluster-link' });
+      // Link addresses of nodes read from the nodes table (at each remote attach): they
+      // keep a reserve of handshake slots on this node's listener during a flood.
+      const nodeHosts = new Set<string>();
       this.clusterLink = new ClusterLinkServer(linkLog, {
+        isNodeAddress: (ip) => nodeHosts.has(ip),
         nodeId: this.nodeId!,
         secret: config.clusterSecret,
         listen: config.clusterListen,
@@ -264,13 +271,18 @@ export class VspcServer {
       this.clusterDialer = new ClusterLinkDialer(linkLog, { nodeId: this.nodeId!, secret: config.clusterSecret });
       this.clusterMirrors = new ClusterMirrors(linkLog, {
         nodeId: this.nodeId!,
-        clusterList: () => pg.clusterList(),
+        // Lookups at attach time block the event loop (the store is synchronous): bounded
+        // short, and after one fails none is tried for a while (ClusterMirrors.markUnavailable).
+        clusterList: () => pg.clusterList(CLUSTER_LOOKUP_TIMEOUT_MS),
         ownerOf: (id) => {
-          const o = pg.ownerLink(id);
+          const o = pg.ownerLink(id, CLUSTER_LOOKUP_TIMEOUT_MS);
+          if (o?.host && nodeHosts.size < 1024) nodeHosts.add(o.host);
           return o && o.host !== null && o.port !== null ? { node: o.node, host: o.host, port: o.port } : null;
         },
         links: this.clusterDialer,
       });
+      const mirrors = this.clusterMirrors;
+      pg.onLost((reason) => mirrors.markUnavailable(reason));
     }
     this.metrics.fdBudget = this.fds;
     // Per-VM settings (vms:) apply when a VM serial port becomes known and when its name does.

@@ -143,7 +143,7 @@ export function parseDb(field: string, text: string): string {
  */
 export function parseClusterListen(field: string, text: string): HostPort {
   const hp = parseHostPort(field, text, '');
-  if (hp.host === '' || hp.host === '0.0.0.0' || hp.host === '::') {
+  if (isUnspecifiedHost(hp.host)) {
     throw new ConfigError(`${field}: give the address the other nodes reach this one on (it is advertised to them), not ${hp.host || 'no host'}`, {
       field,
       value: text,
@@ -152,25 +152,60 @@ export function parseClusterListen(field: string, text: string): HostPort {
   return hp;
 }
 
+/**
+ * Every address of the host (no address other nodes could reach): empty, `0`, `0.0.0.0`
+ * and other spellings of 0.0.0.0 (Linux's resolver takes `0` and `0.0` for it), `::`,
+ * `[::]` and other spellings of the IPv6 unspecified address.
+ */
+function isUnspecifiedHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '');
+  if (h === '' || /^0+(?:\.0+){0,3}$/.test(h)) return true;
+  return h.includes(':') && /^[0:]+$/.test(h);
+}
+
+/** Hex digits (128 bits) or base64 characters (24 bytes) a cluster secret has, at least. */
 export const MIN_CLUSTER_SECRET = 32;
 
 /**
- * `--cluster-secret-file`: the cluster's shared secret (trailing white space ignored).
- * Refused when other users may read the file (it lets anyone in the cluster) or when
- * shorter than MIN_CLUSTER_SECRET characters.
+ * Shannon entropy of the text's own character frequencies, in bits per character: a
+ * cheap test that a secret is not a few characters repeated. 32 random hex digits give
+ * about 3.5 (16 symbols), 32 random base64 characters about 4.6; `aaaa…` gives 0.
+ */
+function charEntropy(text: string): number {
+  const counts = new Map<string, number>();
+  for (const ch of text) counts.set(ch, (counts.get(ch) ?? 0) + 1);
+  let h = 0;
+  for (const n of counts.values()) h -= (n / text.length) * Math.log2(n / text.length);
+  return h;
+}
+
+/**
+ * `--cluster-secret-file`: the cluster's shared secret (trailing white space ignored):
+ * random data in a clear form, at least 128 bits of it — at least 32 hex digits, or at
+ * least 32 base64 characters (24 bytes), e.g. made with `openssl rand -hex 32`. Refused
+ * when the group or other users may read the file (it lets anyone into the cluster),
+ * when it is neither form, or when it does not look random (a few characters repeated:
+ * an impostor listener could try such secrets offline against a handshake).
  */
 export function readClusterSecret(field: string, path: string): Buffer {
   const p = parseReadableFile(field, path);
   const mode = statSync(p).mode;
-  if ((mode & 0o004) !== 0) {
-    throw new ConfigError(`${field}: ${p} is readable by every user (mode ${(mode & 0o777).toString(8)}); chmod 600 it`, { field, value: p });
+  if ((mode & 0o044) !== 0) {
+    throw new ConfigError(`${field}: ${p} is readable by ${(mode & 0o004) !== 0 ? 'every user' : 'its group'} (mode ${(mode & 0o777).toString(8)}); chmod 600 it`, { field, value: p });
   }
   const secret = readFileSync(p, 'utf8').replace(/\s+$/, '');
-  if (secret.length < MIN_CLUSTER_SECRET) {
-    throw new ConfigError(`${field}: the secret in ${p} is ${secret.length} characters; it needs at least ${MIN_CLUSTER_SECRET} (e.g. openssl rand -hex 32)`, {
-      field,
-      value: p,
-    });
+  const hex = /^[0-9a-fA-F]+$/.test(secret);
+  const base64 = !hex && /^[A-Za-z0-9+/_-]+={0,2}$/.test(secret);
+  const why =
+    !hex && !base64
+      ? 'is neither hex digits nor base64'
+      : secret.length < MIN_CLUSTER_SECRET
+        ? `is ${secret.length} characters; it needs at least ${MIN_CLUSTER_SECRET} ${hex ? 'hex digits' : 'base64 characters'}`
+        : charEntropy(secret.toLowerCase()) < (hex ? 3 : 4)
+          ? 'does not look random (a few characters repeated)'
+          : null;
+  if (why !== null) {
+    throw new ConfigError(`${field}: the secret in ${p} ${why}; make one with openssl rand -hex 32`, { field, value: p });
   }
   return Buffer.from(secret, 'utf8');
 }
@@ -281,7 +316,7 @@ export const OPTIONS = [
     key: 'clusterSecretFile',
     kind: 'text',
     field: 'clusterSecret',
-    help: 'the secret every cluster node shares (at least 32 characters; not readable by other users), e.g. made with openssl rand -hex 32',
+    help: 'the secret every cluster node shares: random, at least 32 hex digits or 32 base64 characters, made with openssl rand -hex 32 (file mode 600: not readable by group or others)',
     parse: (t, f) => readClusterSecret(f, t),
     reload: false,
   }),

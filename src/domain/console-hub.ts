@@ -486,7 +486,9 @@ export class ConsoleHub {
     if (!this.src.write(data)) this.pauseClients();
   }
 
-  sendBreak(): void {
+  /** A serial BREAK to the VM; `from`: the client asking (a mirror sends it on that client's stream). */
+  sendBreak(from?: ConsoleClient): void {
+    void from;
     this.src?.sendBreak?.();
   }
 

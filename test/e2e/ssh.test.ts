@@ -108,6 +108,18 @@ describe('SSH front door: batch mode', () => {
     assert.ok(!r.stdout.includes('[vspc'), 'vspc notices stay off stdout without a terminal');
   });
 
+  test('a notice with control characters (another node\'s reason, a holder\'s name) reaches the SSH client with each replaced by ?', async () => {
+    const session = new SshProcess(ssh(alice, 'web01'), c);
+    await session.waitFor(/READWRITE as alice; ~\. to disconnect/);
+    const client = [...web01.hub.clients][0];
+    client.notice('\x1b]0;pwn\x07held by \x1b[31mmallory\u009b2J');
+    await session.waitFor(/held by/);
+    session.endInput();
+    const r = await session.exit();
+    assert.match(r.stderr, /^\[vspc: \?\]0;pwn\?held by \?\[31mmallory\?2J\]$/m);
+    assert.ok(!/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u0080-\u009f]/.test(r.stderr), JSON.stringify(r.stderr));
+  });
+
   test('--raw: the console\'s bytes only, no greeting, notices or replay', async () => {
     const session = new SshProcess(ssh(alice, 'web01', '--raw'), c);
     await waitUntil(() => web01.hub.clients.size === 1, 5000, 'attached');

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LinkSession, LINK_VERSION, type LinkEvent } from '../../src/protocol/cluster/link.js';
+import { LinkSession, LINK_VERSION, MAX_PEER_WINDOW, type LinkEvent } from '../../src/protocol/cluster/link.js';
 import { ProtocolError } from '../../src/errors.js';
 
 function pair(window = 100): { a: LinkSession; b: LinkSession } {
@@ -42,7 +42,7 @@ test('open, accept, data both ways within credit, credit returned, close', () =>
   const { a, b } = pair(10);
   const { stream, bytes } = a.open({ console: 7, request: 'readwrite' });
   const [open] = feedBytewise(b, bytes);
-  assert.deepEqual(open, { type: 'open', stream, header: { console: 7, request: 'readwrite' } });
+  assert.deepEqual(open, { type: 'open', stream, header: { console: 7, request: 'readwrite' }, window: 10 });
   // The acceptor may send the dialer's window (10) at once.
   const acc = b.accept(stream, { mode: 'readwrite' })!;
   assert.deepEqual(a.receive(acc), [{ type: 'accept', stream, header: { mode: 'readwrite' } }]);
@@ -142,4 +142,61 @@ test('large data is split at the frame bound and reassembled from arbitrary chun
     for (const e of a.receive(wire.subarray(i, i + 7))) if (e.type === 'data') got.push(e.data);
   }
   assert.deepEqual(Buffer.concat(got), payload);
+});
+
+test('a whole 64 KiB frame fed one byte at a time, mixed with complete frames in one chunk, gives the same events as in one piece', () => {
+  const { a, b } = pair(1 << 20);
+  const { stream, bytes } = a.open({ consoleId: 1 });
+  b.receive(bytes);
+  a.receive(b.accept(stream, { mode: 'readwrite' })!);
+  const payload = Buffer.alloc(64 * 1024 - 5 - 4, 0x5a);
+  const { bytes: frames } = a.data(stream, payload);
+  assert.equal(frames.length, 1);
+  const evs = feedBytewise(b, frames[0]);
+  assert.equal(evs.length, 1);
+  assert.ok(evs[0].type === 'data' && evs[0].data.equals(payload));
+  // A frame's tail, two whole frames and the head of a third (3 bytes of its length) in one chunk.
+  const f = [a.data(stream, Buffer.from('one')).bytes[0], a.data(stream, Buffer.from('two')).bytes[0], a.data(stream, Buffer.from('three')).bytes[0], a.data(stream, Buffer.from('four')).bytes[0]];
+  const all = Buffer.concat(f);
+  const cut1 = 5;
+  const cut2 = f[0].length + f[1].length + f[2].length + 3;
+  const got = [...b.receive(all.subarray(0, cut1)), ...b.receive(all.subarray(cut1, cut2)), ...b.receive(all.subarray(cut2))];
+  assert.deepEqual(got.map((e) => (e.type === 'data' ? e.data.toString() : e.type)), ['one', 'two', 'three', 'four']);
+});
+
+test('a peer\'s window (OPEN, ACCEPT, CREDIT) counts for at most MAX_PEER_WINDOW', () => {
+  const b = new LinkSession({ role: 'acceptor', nodeId: 'node-b' });
+  b.receive(new LinkSession({ role: 'dialer', nodeId: 'node-a' }).hello());
+  const hdr = Buffer.from('{}');
+  const open = Buffer.alloc(13 + hdr.length);
+  open.writeUInt32BE(9 + hdr.length, 0); open[4] = 2; open.writeUInt32BE(1, 5); open.writeUInt32BE(0xffffffff, 9); hdr.copy(open, 13);
+  const [ev] = b.receive(open);
+  assert.ok(ev.type === 'open' && ev.window === MAX_PEER_WINDOW);
+  assert.equal(b.credit(1), MAX_PEER_WINDOW);
+  const credit = Buffer.alloc(13);
+  credit.writeUInt32BE(9, 0); credit[4] = 6; credit.writeUInt32BE(1, 5); credit.writeUInt32BE(0x7fffffff, 9);
+  b.receive(credit);
+  assert.equal(b.credit(1), MAX_PEER_WINDOW);
+});
+
+test('PING is answered by PONG with its token; PING before HELLO or with a payload is a protocol error', () => {
+  const { a, b } = pair();
+  const [ev] = b.receive(a.ping(0xdeadbeef)!);
+  assert.deepEqual(ev, { type: 'ping', token: 0xdeadbeef });
+  assert.deepEqual(a.receive(b.pong(0xdeadbeef)!), [{ type: 'pong', token: 0xdeadbeef }]);
+  const fresh = new LinkSession({ role: 'acceptor', nodeId: 'node-b' });
+  assert.equal(code(() => fresh.receive(a.ping(1)!)), 'VSPC_LINK_PROTOCOL');
+  const bad = Buffer.from([0, 0, 0, 6, 9, 0, 0, 0, 1, 0]);
+  assert.equal(code(() => b.receive(bad)), 'VSPC_LINK_PROTOCOL');
+});
+
+test('CLOSE reasons and NOTICE text from the peer come out with controls (C0, DEL, C1) and invisible formatting replaced', () => {
+  const { a: d, b: o } = pair();
+  const x = d.open({});
+  o.receive(x.bytes);
+  d.receive(o.accept(x.stream, {})!);
+  const [n] = d.receive(o.notice(x.stream, '\x1b]52;c;aGk=\x07ok\x7f\u009b2J\u202e')!);
+  assert.deepEqual(n, { type: 'notice', stream: x.stream, text: '?]52;c;aGk=?ok??2J?' });
+  const [c] = d.receive(o.close(x.stream, 'bye\r\n\x1b[2J')!);
+  assert.deepEqual(c, { type: 'close', stream: x.stream, reason: 'bye???[2J' });
 });

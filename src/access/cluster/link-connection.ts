@@ -15,10 +15,12 @@ import { LinkSession, type LinkEvent, type LinkRole } from '../../protocol/clust
 import { VspcError } from '../../errors.js';
 
 /**
- * PSK cipher suites, TLS 1.2 (Node's TLS 1.3 has no external PSK): ephemeral
- * (EC)DHE for forward secrecy, AEAD first.
+ * The one PSK cipher suite of TLS 1.2 that is both AEAD and forward secret in OpenSSL
+ * (RFC 7905; Node's TLS 1.3 has no external PSK). Not offered: DHE-PSK (never agreed:
+ * the listener has no DH parameters), ECDHE-PSK-*-CBC (no AEAD), plain PSK (no forward
+ * secrecy). docs/decisions/0012-cluster-link-tls-psk.md.
  */
-export const LINK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305:DHE-PSK-AES256-GCM-SHA384:ECDHE-PSK-AES256-CBC-SHA384';
+export const LINK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305';
 
 /**
  * The pre-shared key of the link a node with `identity` opens: HMAC-SHA256 of the
@@ -37,11 +39,19 @@ export interface LinkConnectionOptions {
   helloTimeoutMs: number;
   window?: number;
   maxStreams?: number;
+  /** Nothing received for this long: send a PING (default 5000 ms). */
+  pingAfterMs?: number;
+  /** Nothing received for this long: the peer is gone, cut the link (default 15000 ms). */
+  idleTimeoutMs?: number;
 }
 
 export class LinkConnection {
   readonly session: LinkSession;
   private helloTimer: NodeJS.Timeout | null;
+  private liveTimer: NodeJS.Timeout | null = null;
+  private lastRx = Date.now();
+  private lastPing = 0;
+  private pingToken = 0;
   private ended = false;
   private readonly closedListeners: Array<(reason: string) => void> = [];
   private readonly drainListeners: Array<() => void> = [];
@@ -64,6 +74,8 @@ export class LinkConnection {
     });
     // Small frames (keystrokes, CREDIT, a handover's steps) must not wait for Nagle's algorithm.
     socket.setNoDelay(true);
+    // Beside the PINGs: the kernel notices a peer host that is gone even when we send nothing.
+    socket.setKeepAlive(true, 5000);
     this.helloTimer = setTimeout(() => this.fail('no HELLO from the peer node in time', 'VSPC_LINK_AUTH_FAILED'), opts.helloTimeoutMs);
     this.helloTimer.unref();
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
@@ -74,6 +86,11 @@ export class LinkConnection {
     socket.on('close', () => this.end('link connection closed'));
     socket.on('end', () => this.end('peer node closed the link'));
     this.write(this.session.hello());
+  }
+
+  /** The node at the other end (acceptor: its TLS identity; dialer: the node dialled). */
+  get peerNode(): string {
+    return this.opts.peerNode;
   }
 
   get open(): boolean {
@@ -90,6 +107,11 @@ export class LinkConnection {
 
   onDrain(listener: () => void): void {
     this.drainListeners.push(listener);
+  }
+
+  /** Bytes queued on the socket, not yet taken by the kernel (a slow peer's backlog). */
+  get backlog(): number {
+    return this.socket.writableLength;
   }
 
   /** Queue bytes on the socket. False: its buffer is above the high-water mark. */
@@ -119,8 +141,36 @@ export class LinkConnection {
     this.end(reason);
   }
 
+  /**
+   * Liveness: any byte from the peer counts; after `pingAfterMs` of silence a PING
+   * asks for one, after `idleTimeoutMs` the link is cut (its streams end: the owner
+   * releases the vanished node's clients and locks, the dialer's clients are told).
+   */
+  private startLiveness(): void {
+    const pingAfter = this.opts.pingAfterMs ?? 5000;
+    const idle = this.opts.idleTimeoutMs ?? 15_000;
+    this.lastRx = Date.now();
+    this.liveTimer = setInterval(() => {
+      const now = Date.now();
+      const silent = now - this.lastRx;
+      if (silent >= idle) {
+        const reason = `no traffic from the peer node for ${silent} ms (gone?)`;
+        this.log.warn('cluster link peer silent; cut', { reason, errorCode: 'VSPC_LINK_UNAVAILABLE', peerNode: this.opts.peerNode });
+        this.destroy(reason);
+        return;
+      }
+      if (silent >= pingAfter && now - this.lastPing >= pingAfter) {
+        this.lastPing = now;
+        this.pingToken = (this.pingToken + 1) >>> 0;
+        this.write(this.session.ping(this.pingToken));
+      }
+    }, Math.max(10, Math.min(pingAfter, idle) / 4));
+    this.liveTimer.unref();
+  }
+
   private receive(chunk: Buffer): void {
     if (this.ended) return;
+    this.lastRx = Date.now();
     let events: LinkEvent[];
     try {
       events = this.session.receive(chunk);
@@ -135,9 +185,15 @@ export class LinkConnection {
         if (this.helloTimer) clearTimeout(this.helloTimer);
         this.helloTimer = null;
         this.log.info('cluster link up', { peerNode: ev.nodeId, role: this.opts.role });
+        this.startLiveness();
         this.onOpen();
         continue;
       }
+      if (ev.type === 'ping') {
+        this.write(this.session.pong(ev.token));
+        continue;
+      }
+      if (ev.type === 'pong') continue;
       this.onEvent(ev);
     }
   }
@@ -154,6 +210,8 @@ export class LinkConnection {
     this.ended = true;
     if (this.helloTimer) clearTimeout(this.helloTimer);
     this.helloTimer = null;
+    if (this.liveTimer) clearInterval(this.liveTimer);
+    this.liveTimer = null;
     this.session.destroy();
     if (destroySocket && !this.socket.destroyed) this.socket.destroy();
     for (const l of this.closedListeners) l(reason);

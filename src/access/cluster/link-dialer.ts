@@ -17,6 +17,10 @@ export interface ClusterLinkDialerOptions {
   /** TCP connect + TLS handshake + HELLO, at most. */
   connectTimeoutMs?: number;
   window?: number;
+  /** Liveness (link-connection.ts): PING after this much silence (default 5000 ms). */
+  pingAfterMs?: number;
+  /** Liveness: cut the link after this much silence (default 15000 ms). */
+  idleTimeoutMs?: number;
   /** Client input waiting for the owner's credit, at most, per client (then `write` says false). */
   maxPendingInput?: number;
 }
@@ -163,6 +167,8 @@ export class ClusterLinkDialer implements ClusterLinks {
       peerNode: address.node,
       helloTimeoutMs: o.connectTimeoutMs ?? 10_000,
       window: o.window,
+      pingAfterMs: o.pingAfterMs,
+      idleTimeoutMs: o.idleTimeoutMs,
     });
     const peer: Peer = { address, link, streams: new Map(), waiting: [] };
     this.peers.set(address.node, peer);
@@ -186,6 +192,11 @@ export class ClusterLinkDialer implements ClusterLinks {
 
   private openStream(peer: Peer, a: Attachment): void {
     const r = a.request;
+    if (peer.link.session.streamCount >= peer.link.session.maxStreams) {
+      // The owner refuses more than that many clients on one link (a protocol error there).
+      queueMicrotask(() => a.ended_(`too many clients (${peer.link.session.maxStreams}) on the cluster link to node ${peer.address.node}`));
+      return;
+    }
     const { stream, bytes } = peer.link.session.open({
       consoleId: r.consoleId,
       tcpPort: r.tcpPort,

@@ -7,7 +7,8 @@
  * table.
  *
  * Defences (every peer is untrusted until its TLS handshake is done): handshakes
- * bounded in number (`maxHandshakes`) and time (`handshakeTimeoutMs`: plain TCP,
+ * bounded in number (`maxHandshakes`, `maxHandshakesPerAddress`, a reserve for the
+ * nodes table's addresses), by a first-byte deadline, and in time (`handshakeTimeoutMs`: plain TCP,
  * garbage and a wrong secret all fail there, with one log line each, rate-limited),
  * frames bounded and streams credit-limited by the protocol core, a remote client's
  * output queue bounded like any client's (past it the client is dropped as slow).
@@ -43,18 +44,42 @@ export interface ClusterLinkServerOptions {
   /** What a console printed since this node took it over (a relay's replay); null: unknown. */
   outputSinceTakeover?(hub: ConsoleHub): Buffer | null;
   handshakeTimeoutMs?: number;
+  /** Unauthenticated connections at once from addresses not in `isNodeAddress` (default 64). */
   maxHandshakes?: number;
+  /** Unauthenticated connections at once from one remote address (default 4). */
+  maxHandshakesPerAddress?: number;
+  /** A connection that has sent no byte by then is cut (default 2000 ms: a TLS client speaks first). */
+  firstByteTimeoutMs?: number;
+  /**
+   * Is `ip` the address of a node listed in the nodes table? Such addresses have a
+   * reserve of handshake slots (as many again as `maxHandshakes`) that strangers
+   * filling theirs cannot take, so real nodes still get in during a flood.
+   */
+  isNodeAddress?(ip: string): boolean;
   /** Output queued for a remote client beyond the link's window, at most (then it is dropped as slow). */
   maxQueuedBytes: number;
   window?: number;
+  /** Liveness (link-connection.ts): PING after this much silence (default 5000 ms). */
+  pingAfterMs?: number;
+  /** Liveness: cut the link after this much silence (default 15000 ms). */
+  idleTimeoutMs?: number;
+  /** Remote clients (streams) on one link, at most (default 256; more is a protocol error). */
+  maxStreamsPerLink?: number;
+  /** Links from one node id at once, at most (default 4: a restart may briefly overlap the old one). */
+  maxLinksPerNode?: number;
 }
 
 export class ClusterLinkServer {
   private server: Server | null = null;
   private readonly links = new Set<LinkConnection>();
   private handshaking = 0;
-  /** TCP connections whose TLS handshake is not done: bounded by maxHandshakes. */
-  private readonly pending = new WeakSet<Socket>();
+  /** Of those, the ones counted against the nodes' reserve. */
+  private reserved = 0;
+  /** TCP connections whose TLS handshake is not done, with their remote address and pool. */
+  private readonly pending = new Map<Socket, { ip: string; reserve: boolean; timer: NodeJS.Timeout }>();
+  private readonly pendingByIp = new Map<string, number>();
+  /** Addresses nodes authenticated from before (bounded: the oldest forgotten past 1024). */
+  private readonly nodeAddresses = new Set<string>();
   private refusedLogged = 0;
   private refusedWindowStart = 0;
   private addr: HostPort | null = null;
@@ -91,7 +116,7 @@ export class ClusterLinkServer {
       ciphers: LINK_CIPHERS,
       minVersion: 'TLSv1.2',
       maxVersion: 'TLSv1.2',
-      pskIdentityHint: o.nodeId,
+      // No identity hint: it would tell any unauthenticated stranger this node's id (the dialer knows whom it dials).
       handshakeTimeout: o.handshakeTimeoutMs ?? 10_000,
       pskCallback: (socket, identity) => {
         if (!NODE_ID.test(identity) || identity === o.nodeId) return null;
@@ -100,16 +125,7 @@ export class ClusterLinkServer {
         return linkKey(o.secret, identity);
       },
     });
-    server.on('connection', (raw: Socket) => {
-      if (this.handshaking >= (o.maxHandshakes ?? 64)) {
-        this.refuse(raw.remoteAddress, 'too many unauthenticated connections');
-        raw.destroy();
-        return;
-      }
-      this.handshaking++;
-      this.pending.add(raw);
-      raw.once('close', () => this.handshakeOver(raw));
-    });
+    server.on('connection', (raw: Socket) => this.admit(raw));
     // Plain TCP, garbage, a wrong secret, a handshake too slow: the TLS layer fails it.
     server.on('tlsClientError', (err, socket) => {
       this.refuse(socket.remoteAddress, err.message);
@@ -144,8 +160,62 @@ export class ClusterLinkServer {
     if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
   }
 
+  /**
+   * A new TCP connection, not authenticated yet. Bounded three ways (a slowloris with
+   * no secret must not lock real nodes out): per remote address, in total for
+   * strangers with a reserve for the nodes table's addresses, and by a first-byte
+   * deadline (a TLS client speaks first; a silent socket is cut in seconds, not at the
+   * handshake timeout).
+   */
+  private admit(raw: Socket): void {
+    const o = this.opts;
+    const ip = raw.remoteAddress ?? '?';
+    const fromIp = this.pendingByIp.get(ip) ?? 0;
+    if (fromIp >= (o.maxHandshakesPerAddress ?? 4)) {
+      this.refuse(ip, `too many unauthenticated connections from this address (${fromIp})`);
+      raw.destroy();
+      return;
+    }
+    const max = o.maxHandshakes ?? 64;
+    let reserve = false;
+    if (this.handshaking - this.reserved >= max) {
+      let known = false;
+      try {
+        known = this.nodeAddresses.has(bareIp(ip)) || (o.isNodeAddress?.(bareIp(ip)) ?? false);
+      } catch {
+        known = false;
+      }
+      if (!known || this.reserved >= max) {
+        this.refuse(ip, 'too many unauthenticated connections');
+        raw.destroy();
+        return;
+      }
+      reserve = true;
+    }
+    const timer = setTimeout(() => {
+      if (this.pending.has(raw) && raw.bytesRead === 0) {
+        this.refuse(ip, `no byte within ${o.firstByteTimeoutMs ?? 2000} ms`);
+        raw.destroy();
+      }
+    }, o.firstByteTimeoutMs ?? 2000);
+    timer.unref();
+    this.handshaking++;
+    if (reserve) this.reserved++;
+    this.pendingByIp.set(ip, fromIp + 1);
+    this.pending.set(raw, { ip, reserve, timer });
+    raw.once('close', () => this.handshakeOver(raw));
+  }
+
   private handshakeOver(raw: Socket): void {
-    if (this.pending.delete(raw)) this.handshaking--;
+    const p = this.pending.get(raw);
+    if (!p) return;
+    this.pending.delete(raw);
+    clearTimeout(p.timer);
+    this.handshaking--;
+    if (p.reserve) this.reserved--;
+    const n = (this.pendingByIp.get(p.ip) ?? 1) - 1;
+    if (n <= 0) this.pendingByIp.delete(p.ip);
+    else this.pendingByIp.set(p.ip, n);
   }
 
   /** One line per refused peer, at most 10 a minute (a flood costs no disk). */
@@ -170,12 +240,28 @@ export class ClusterLinkServer {
     // The PSK handshake proved the peer knows the key of the identity it presented.
     const identity = (socket as unknown as PskSocket)[PSK_IDENTITY] ?? '?';
     const log = this.log.child({ peerNode: identity, peer: `${socket.remoteAddress}:${socket.remotePort}` });
+    if (socket.remoteAddress) {
+      const ip = bareIp(socket.remoteAddress);
+      this.nodeAddresses.delete(ip);
+      this.nodeAddresses.add(ip);
+      if (this.nodeAddresses.size > 1024) this.nodeAddresses.delete(this.nodeAddresses.values().next().value as string);
+    }
+    const fromNode = [...this.links].filter((l) => l.peerNode === identity).length;
+    const maxLinks = this.opts.maxLinksPerNode ?? 4;
+    if (fromNode >= maxLinks) {
+      log.warn('security: cluster link peer cut off', { security: true, reason: `more than ${maxLinks} links from node ${identity}`, errorCode: 'VSPC_LINK_PROTOCOL' });
+      socket.destroy();
+      return;
+    }
     const link = new LinkConnection(socket, log, {
       role: 'acceptor',
       nodeId: this.opts.nodeId,
       peerNode: identity,
       helloTimeoutMs: this.opts.handshakeTimeoutMs ?? 10_000,
       window: this.opts.window,
+      maxStreams: this.opts.maxStreamsPerLink,
+      pingAfterMs: this.opts.pingAfterMs,
+      idleTimeoutMs: this.opts.idleTimeoutMs,
     });
     this.links.add(link);
     const clients = new Map<number, RemoteClient>();
@@ -204,6 +290,11 @@ export class ClusterLinkServer {
         const hub = Number.isSafeInteger(consoleId) && Number.isSafeInteger(tcpPort) ? this.opts.consoleById(consoleId, tcpPort) : undefined;
         if (!hub) {
           link.write(link.session.close(ev.stream, 'this node does not own that console (any more)'));
+          return;
+        }
+        if (ev.window === 0) {
+          // The replay and every output would wait on the owner for a window that may never come.
+          link.write(link.session.close(ev.stream, 'no window granted'));
           return;
         }
         const request = typeof h.request === 'string' && (LOCK_MODES as readonly string[]).includes(h.request) ? (h.request as LockRequest) : 'readwrite';
@@ -250,7 +341,7 @@ export class ClusterLinkServer {
         return;
       case 'break': {
         const c = clients.get(ev.stream);
-        if (c?.hub && c.hub.modeOf(c) !== 'readonly') c.hub.sendBreak();
+        if (c?.hub && c.hub.modeOf(c) !== 'readonly') c.hub.sendBreak(c);
         return;
       }
       case 'close': {
@@ -289,6 +380,11 @@ export class ClusterLinkServer {
     carrier.notice('released');
     carrier.accepted('handover');
   }
+}
+
+/** `::ffff:10.0.0.2` (an IPv4 peer on a dual-stack socket) as `10.0.0.2`. */
+export function bareIp(ip: string): string {
+  return ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
 }
 
 function parseAuth(v: unknown): ClientAuth | undefined {
@@ -341,7 +437,9 @@ export class RemoteClient implements ConsoleClient {
   deliver(data: Buffer): void {
     if (this.gone) return;
     if (this.queued + data.length > this.maxQueued) {
-      this.close(`slow client: more than ${this.maxQueued} bytes of output queued over the cluster link`);
+      const reason = `slow client: more than ${this.maxQueued} bytes of output queued over the cluster link`;
+      this.link.log.warn('remote client too slow; disconnecting', { clientId: this.id, stream: this.stream, queued: this.queued, backlog: this.link.backlog, limit: this.maxQueued });
+      this.close(reason);
       return;
     }
     this.queue.push(data);
@@ -349,9 +447,15 @@ export class RemoteClient implements ConsoleClient {
     if (this.isAccepted) this.pump();
   }
 
-  /** Sends what the stream's credit allows. */
+  /**
+   * Sends what the stream's credit allows, while the socket's backlog is under the
+   * slow-client bound: a peer that grants credit but does not read leaves the output
+   * in this client's queue, which drops it as slow (the link's drain pumps again).
+   */
   pump(): void {
     if (this.gone || !this.isAccepted) return;
+    // Above the socket's high-water mark (16 KiB) a write has said false, so a drain comes.
+    const maxBacklog = Math.max(this.maxQueued, 64 * 1024);
     while (this.queue.length > 0) {
       const head = this.queue[0];
       if (!Buffer.isBuffer(head)) {
@@ -359,6 +463,7 @@ export class RemoteClient implements ConsoleClient {
         this.queue.shift();
         continue;
       }
+      if (this.link.backlog >= maxBacklog) break;
       if (this.link.session.credit(this.stream) <= 0) break;
       const { bytes, sent } = this.link.session.data(this.stream, head);
       this.link.write(bytes);

@@ -21,6 +21,7 @@ import { displayKey } from '../../domain/identity.js';
 import { allocateClientId } from '../../domain/client-ids.js';
 import { describeHolder, type LockRequest } from '../../domain/locks.js';
 import { errorFields } from '../../errors.js';
+import { sanitizeText } from '../../util/text.js';
 import { parseCommand, USAGE, type SshCommand } from './command-line.js';
 import { findConsole, permittedConsoles, renderJson, renderTable } from './console-list.js';
 import { LineEditor } from './line-editor.js';
@@ -517,7 +518,7 @@ export class SshSession {
     const c = this.client;
     if (!c) return;
     if (c.hub.modeOf(c) === 'readonly') return this.notice('read-only: break not sent');
-    c.hub.sendBreak();
+    c.hub.sendBreak(c);
     this.log.info('SSH break sent', { user: this.host.principal.user });
     this.notice('break sent');
   }
@@ -567,7 +568,8 @@ export class SshSession {
 
   private notice(text: string): void {
     if (this.state === 'closed' || !this.channel) return;
-    const line = `\r\n[vspc: ${text}]\r\n`;
+    // Notices carry text from elsewhere (a lock holder's name, another node's reason): never a control byte.
+    const line = `\r\n[vspc: ${sanitizeText(text)}]\r\n`;
     // Without a terminal stdout is the console's byte stream: vspc's own words go to stderr.
     if (this.pty) this.put(line);
     else this.put(line.replace(/\r\n/g, '\n').replace(/^\n/, ''), true);

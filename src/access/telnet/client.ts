@@ -510,7 +510,7 @@ export class TelnetClient implements ConsoleClient {
     if (this.state !== 'attached') return;
     if (command === BRK) {
       if (this.hub.modeOf(this) === 'readonly') this.notice('read-only: break not sent');
-      else this.hub.sendBreak();
+      else this.hub.sendBreak(this);
     } else if (command === AYT) this.notice('yes, vspc is here', true);
   }
 

@@ -15,6 +15,17 @@
  *   CREDIT u32 stream, u32 bytes                   either side: the reader consumed that much
  *   NOTICE u32 stream, text (UTF-8)                acceptor → dialer: a message of vspc's
  *   BREAK  u32 stream                              either side: a serial BREAK
+ *   PING   u32 token                               either side: are you there? (after HELLO)
+ *   PONG   u32 token                               the answer to a PING, with its token
+ *
+ * Liveness is the transport's (link-connection.ts): a side that has received nothing
+ * for a while sends a PING, and cuts the link when the silence goes on (a node that
+ * vanished without FIN or RST: power loss, partition, SIGSTOP), so the streams end and
+ * the owner releases that node's clients and their locks.
+ *
+ * Text from the peer (CLOSE reasons, NOTICE) is decoded with every control character
+ * (C0, DEL, C1) and invisible formatting character replaced by `?` (src/util/text.ts):
+ * it ends up on operators' terminals.
  *
  * States: `hello` (our HELLO sent, the peer's awaited: anything else is a protocol
  * error) → `open` → `closed` (after `destroy` or a protocol error: every later input
@@ -24,9 +35,10 @@
  * peer granted (at OPEN/ACCEPT, then by CREDIT frames) in flight; a receiver that gets
  * more than it granted cuts the link (a peer cannot make it buffer more). So a slow
  * reader of one stream never stalls another, and memory per stream is bounded by the
- * window on both sides.
+ * window on both sides (a peer's grant counts for at most MAX_PEER_WINDOW, 1 MiB).
  */
 import { ProtocolError } from '../../errors.js';
+import { sanitizeText } from '../../util/text.js';
 
 export const LINK_VERSION = 1;
 export const FRAME_HEADER = 5;
@@ -34,7 +46,13 @@ export const FRAME_HEADER = 5;
 export const DEFAULT_MAX_FRAME = 64 * 1024;
 /** Default per-stream window (bytes in flight) each side grants. */
 export const DEFAULT_WINDOW = 256 * 1024;
-export const DEFAULT_MAX_STREAMS = 4096;
+/**
+ * The most a peer's window (OPEN/ACCEPT, plus its CREDITs) is taken for: a peer
+ * granting 4 GiB gets no more than this in flight, so what a link buffers per stream
+ * does not depend on what the peer claims.
+ */
+export const MAX_PEER_WINDOW = 1024 * 1024;
+export const DEFAULT_MAX_STREAMS = 256;
 /** A JSON header is small: who attaches, how. */
 export const MAX_HEADER_BYTES = 4096;
 const MAX_TEXT_BYTES = 4096;
@@ -49,6 +67,8 @@ export const enum FrameType {
   Credit = 6,
   Notice = 7,
   Break = 8,
+  Ping = 9,
+  Pong = 10,
 }
 
 export type LinkRole = 'dialer' | 'acceptor';
@@ -59,14 +79,18 @@ export type LinkHeader = Record<string, unknown>;
 
 export type LinkEvent =
   | { type: 'hello'; nodeId: string; version: number }
-  | { type: 'open'; stream: number; header: LinkHeader }
+  /** `window`: what the dialer granted at OPEN (bytes the acceptor may send before a CREDIT). */
+  | { type: 'open'; stream: number; header: LinkHeader; window: number }
   | { type: 'accept'; stream: number; header: LinkHeader }
   | { type: 'close'; stream: number; reason: string }
   | { type: 'data'; stream: number; data: Buffer }
   /** The peer granted more: `available` bytes may now be sent on the stream. */
   | { type: 'credit'; stream: number; available: number }
   | { type: 'notice'; stream: number; text: string }
-  | { type: 'break'; stream: number };
+  | { type: 'break'; stream: number }
+  /** The peer asks for a PONG with this token (answer with `pong`). */
+  | { type: 'ping'; token: number }
+  | { type: 'pong'; token: number };
 
 export interface LinkSessionOptions {
   role: LinkRole;
@@ -129,11 +153,15 @@ export class LinkSession {
   private st: LinkState = 'hello';
   private readonly maxFrame: number;
   readonly window: number;
-  private readonly maxStreams: number;
+  readonly maxStreams: number;
   private readonly streams = new Map<number, StreamState>();
   private nextId = 1;
-  /** Unparsed input: at most one partial frame (≤ maxFrame + 4 bytes). */
-  private pending: Buffer = Buffer.alloc(0);
+  /** A partial length field (`headFill` bytes of 4). */
+  private readonly head = Buffer.alloc(4);
+  private headFill = 0;
+  /** A partial frame after its length (type + payload, ≤ maxFrame bytes), `bodyFill` of it received. */
+  private body: Buffer | null = null;
+  private bodyFill = 0;
   peerNodeId: string | null = null;
 
   constructor(private readonly opts: LinkSessionOptions) {
@@ -228,36 +256,80 @@ export class LinkSession {
     return frame(FrameType.Break, u32(stream));
   }
 
+  /** A PING (liveness probe); null before HELLO or after close. */
+  ping(token: number): Buffer | null {
+    return this.st === 'open' ? frame(FrameType.Ping, u32(token)) : null;
+  }
+
+  /** The answer to the peer's PING. */
+  pong(token: number): Buffer | null {
+    return this.st === 'open' ? frame(FrameType.Pong, u32(token)) : null;
+  }
+
   /** No more input or output: every stream is gone. Idempotent. */
   destroy(): void {
     this.st = 'closed';
     this.streams.clear();
-    this.pending = Buffer.alloc(0);
+    this.body = null;
+    this.headFill = 0;
   }
 
-  /** The peer's bytes. Throws ProtocolError (and the session is closed) on a violation. */
+  /**
+   * The peer's bytes. Throws ProtocolError (and the session is closed) on a violation.
+   * Linear in the input however it is split: a frame's length is read once, its buffer
+   * allocated then, and each later chunk copied in once (a peer sending a 64 KiB frame
+   * in 1-byte TLS records costs 64 KiB of copying, not 2 GiB).
+   */
   receive(chunk: Buffer): LinkEvent[] {
     if (this.st === 'closed') return [];
     const events: LinkEvent[] = [];
-    let buf = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    let buf = chunk;
     try {
-      while (buf.length >= 4) {
-        const len = buf.readUInt32BE(0);
-        if (len < 1 || len > this.maxFrame) fail(`frame length ${len} outside 1-${this.maxFrame}`, { length: len });
-        if (buf.length < 4 + len) break;
-        const type = buf[4];
-        const body = buf.subarray(5, 4 + len);
-        buf = buf.subarray(4 + len);
-        const ev = this.frameIn(type, body);
+      for (;;) {
+        if (this.body === null) {
+          if (this.headFill === 0 && buf.length >= 4) {
+            const len = this.frameLength(buf);
+            if (buf.length >= 4 + len) {
+              const ev = this.frameIn(buf[4], buf.subarray(5, 4 + len));
+              buf = buf.subarray(4 + len);
+              if (ev) events.push(ev);
+              continue;
+            }
+            // Copied: a partial frame must not pin the (possibly large) chunk it came in.
+            this.body = Buffer.allocUnsafe(len);
+            this.bodyFill = buf.copy(this.body, 0, 4);
+            break;
+          }
+          if (buf.length === 0) break;
+          const n = buf.copy(this.head, this.headFill, 0, Math.min(4 - this.headFill, buf.length));
+          this.headFill += n;
+          buf = buf.subarray(n);
+          if (this.headFill < 4) break;
+          this.headFill = 0;
+          this.body = Buffer.allocUnsafe(this.frameLength(this.head));
+          this.bodyFill = 0;
+        }
+        const n = buf.copy(this.body, this.bodyFill, 0, Math.min(this.body.length - this.bodyFill, buf.length));
+        this.bodyFill += n;
+        buf = buf.subarray(n);
+        if (this.bodyFill < this.body.length) break;
+        const b = this.body;
+        this.body = null;
+        const ev = this.frameIn(b[0], b.subarray(1));
         if (ev) events.push(ev);
       }
     } catch (err) {
       this.destroy();
       throw err;
     }
-    // Copied: a partial frame must not pin the (possibly large) chunk it came in.
-    this.pending = buf.length === 0 ? Buffer.alloc(0) : Buffer.from(buf);
     return events;
+  }
+
+  /** The length field at the start of `b`, checked against maxFrame. */
+  private frameLength(b: Buffer): number {
+    const len = b.readUInt32BE(0);
+    if (len < 1 || len > this.maxFrame) fail(`frame length ${len} outside 1-${this.maxFrame}`, { length: len });
+    return len;
   }
 
   private frameIn(type: number, body: Buffer): LinkEvent | null {
@@ -280,14 +352,19 @@ export class LinkSession {
     const id = body.readUInt32BE(0);
     const rest = body.subarray(4);
     switch (type) {
+      case FrameType.Ping:
+      case FrameType.Pong:
+        if (rest.length !== 0) fail(`${type === FrameType.Ping ? 'PING' : 'PONG'} of the wrong size`);
+        return { type: type === FrameType.Ping ? 'ping' : 'pong', token: id };
       case FrameType.Open: {
         if (this.opts.role !== 'acceptor') fail('OPEN sent to the dialer');
         if (id === 0 || this.streams.has(id)) fail(`OPEN of stream ${id} already open (or 0)`, { stream: id });
         if (this.streams.size >= this.maxStreams) fail(`more than ${this.maxStreams} streams`);
         if (rest.length < 4) fail('OPEN too short');
         const header = parseHeader(rest.subarray(4));
-        this.streams.set(id, { sendCredit: rest.readUInt32BE(0), recvAllowed: 0, accepted: false });
-        return { type: 'open', stream: id, header };
+        const window = Math.min(rest.readUInt32BE(0), MAX_PEER_WINDOW);
+        this.streams.set(id, { sendCredit: window, recvAllowed: 0, accepted: false });
+        return { type: 'open', stream: id, header, window };
       }
       case FrameType.Accept: {
         if (this.opts.role !== 'dialer') fail('ACCEPT sent to the acceptor');
@@ -297,14 +374,15 @@ export class LinkSession {
         if (rest.length < 4) fail('ACCEPT too short');
         const header = parseHeader(rest.subarray(4));
         s.accepted = true;
-        s.sendCredit = rest.readUInt32BE(0);
+        s.sendCredit = Math.min(rest.readUInt32BE(0), MAX_PEER_WINDOW);
         return { type: 'accept', stream: id, header };
       }
       case FrameType.Close:
         if (rest.length > MAX_TEXT_BYTES) fail('CLOSE reason too long');
         // A CLOSE crossing ours: the stream is already gone here.
         if (!this.streams.delete(id)) return null;
-        return { type: 'close', stream: id, reason: rest.toString('utf8') };
+        // Peer text bound for terminals and logs: controls (C0, C1, DEL) and invisible formatting become `?`.
+        return { type: 'close', stream: id, reason: sanitizeText(rest.toString('utf8')) };
       case FrameType.Data: {
         const s = this.streams.get(id);
         // Data in flight when we closed the stream: counted against nothing, dropped.
@@ -319,15 +397,15 @@ export class LinkSession {
         const s = this.streams.get(id);
         if (!s) return null;
         const n = rest.readUInt32BE(0);
-        // More than a window outstanding is a peer trying to make us send without bound... to itself; harmless, but not a correct peer.
-        if (s.sendCredit + n > 2 ** 31) fail('CREDIT overflow');
-        s.sendCredit += n;
+        if (n > 2 ** 31) fail('CREDIT overflow');
+        // Capped like the window: a peer granting without bound gets MAX_PEER_WINDOW in flight.
+        s.sendCredit = Math.min(s.sendCredit + n, MAX_PEER_WINDOW);
         return { type: 'credit', stream: id, available: s.sendCredit };
       }
       case FrameType.Notice:
         if (this.opts.role !== 'dialer') fail('NOTICE sent to the acceptor');
         if (rest.length > MAX_TEXT_BYTES) fail('NOTICE too long');
-        return this.streams.has(id) ? { type: 'notice', stream: id, text: rest.toString('utf8') } : null;
+        return this.streams.has(id) ? { type: 'notice', stream: id, text: sanitizeText(rest.toString('utf8')) } : null;
       case FrameType.Break:
         if (rest.length !== 0) fail('BREAK with a payload');
         return this.streams.has(id) ? { type: 'break', stream: id } : null;

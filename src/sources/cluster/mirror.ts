@@ -31,6 +31,8 @@ export interface ClusterMirrorsOptions {
   /** Where the node owning a console now listens; null: nobody, or no address advertised. */
   ownerOf(consoleId: number): NodeAddress | null;
   links: ClusterLinks;
+  /** After a failed lookup, the database is taken as unavailable this long (default 5000 ms). */
+  retryAfterMs?: number;
 }
 
 /** The mirror's stand-in source: the owner, reached over the link. */
@@ -46,6 +48,8 @@ class LinkSource implements ConsoleSource {
 
 export class MirrorHub extends ConsoleHub {
   private readonly remote = new Map<ConsoleClient, RemoteAttachment>();
+  /** The lock mode the owner granted each client (ACCEPT), which is what counts there. */
+  private readonly granted = new Map<ConsoleClient, string>();
   owner: string;
 
   constructor(
@@ -92,7 +96,10 @@ export class MirrorHub extends ConsoleHub {
         ...(options.auth ? { auth: options.auth } : {}),
       },
       {
-        accepted: (mode) => this.log.debug('remote attach accepted', { owner: owner.node, mode, clientId: client.id }),
+        accepted: (mode) => {
+          this.granted.set(client, mode);
+          this.log.debug('remote attach accepted', { owner: owner.node, mode, clientId: client.id });
+        },
         data: (data) => client.deliver(data),
         notice: (text) => client.notice(text),
         breakFromSource: () => client.breakFromSource?.(),
@@ -115,10 +122,22 @@ export class MirrorHub extends ConsoleHub {
     if (!a.write(data)) client.pauseInput();
   }
 
-  override sendBreak(): void {
-    for (const a of this.remote.values()) {
-      a.sendBreak();
+  /**
+   * On the asking client's own stream (the owner checks that client's lock there);
+   * without one (RFC 2217 via a com-port), on the stream of a client the owner granted
+   * more than read-only.
+   */
+  override sendBreak(from?: ConsoleClient): void {
+    if (from) {
+      this.remote.get(from)?.sendBreak();
       return;
+    }
+    for (const [c, a] of this.remote) {
+      const mode = this.granted.get(c);
+      if (mode !== undefined && mode !== 'readonly') {
+        a.sendBreak();
+        return;
+      }
     }
   }
 
@@ -130,6 +149,7 @@ export class MirrorHub extends ConsoleHub {
   override removeClient(client: ConsoleClient, reason = 'detached'): void {
     const a = this.remote.get(client);
     this.remote.delete(client);
+    this.granted.delete(client);
     a?.close(reason);
     super.removeClient(client, reason);
   }
@@ -137,12 +157,14 @@ export class MirrorHub extends ConsoleHub {
   override closeClients(reason: string): void {
     for (const a of this.remote.values()) a.close(reason);
     this.remote.clear();
+    this.granted.clear();
     super.closeClients(reason);
   }
 
   /** The owner refused, detached or displaced the client, or the link broke. */
   private refused(client: ConsoleClient, reason: string): void {
     this.remote.delete(client);
+    this.granted.delete(client);
     if (!this.clients.has(client)) return;
     super.removeClient(client, reason);
     client.close(reason);
@@ -163,6 +185,10 @@ export class ClusterMirrors {
    * registered on another node a moment ago is found by the next request.
    */
   private cache: Array<ConsoleRecord & { owner: string | null }> | null = null;
+  /** The last list the database gave: shown while it is unavailable (attaches are refused then). */
+  private lastGood: Array<ConsoleRecord & { owner: string | null }> = [];
+  /** Until then the database is taken as unavailable: no lookup blocks the event loop. */
+  private dbDownUntil = 0;
 
   constructor(
     private readonly log: Logger,
@@ -181,11 +207,16 @@ export class ClusterMirrors {
   remoteConsoles(): MirrorHub[] {
     let list = this.cache;
     if (!list) {
-      try {
-        list = this.opts.clusterList();
-      } catch (err) {
-        this.log.warn('cluster console list unavailable; showing only this node\'s consoles', { message: (err as Error).message });
-        list = [];
+      if (!this.databaseAvailable) {
+        list = this.lastGood;
+      } else {
+        try {
+          list = this.opts.clusterList();
+          this.lastGood = list;
+        } catch (err) {
+          this.markUnavailable((err as Error).message);
+          list = this.lastGood;
+        }
       }
       this.cache = list;
       setImmediate(() => (this.cache = null));
@@ -212,13 +243,36 @@ export class ClusterMirrors {
     return out;
   }
 
-  /** The owner's link address now (read from the database at each attach, not cached). */
+  /**
+   * The owner's link address now (read from the database at each attach, not cached).
+   * Null at once while the database is marked unavailable: the attach is refused with
+   * VSPC_LINK_UNAVAILABLE instead of each one blocking the event loop on a stalled
+   * database (this node's own consoles keep flowing).
+   */
   ownerAddress(consoleId: number): NodeAddress | null {
+    if (!this.databaseAvailable) return null;
     try {
       const a = this.opts.ownerOf(consoleId);
       return a && a.node !== this.opts.nodeId ? a : null;
-    } catch {
+    } catch (err) {
+      this.markUnavailable((err as Error).message);
       return null;
+    }
+  }
+
+  get databaseAvailable(): boolean {
+    return Date.now() >= this.dbDownUntil;
+  }
+
+  /**
+   * A lookup failed or the store lost its session: for `retryAfterMs` no lookup is
+   * tried (the cluster list is the last one known; remote attaches are refused).
+   */
+  markUnavailable(reason: string): void {
+    const wasUp = this.databaseAvailable;
+    this.dbDownUntil = Date.now() + (this.opts.retryAfterMs ?? 5000);
+    if (wasUp) {
+      this.log.warn('cluster lookups unavailable; remote consoles refused until the database answers', { reason, errorCode: 'VSPC_LINK_UNAVAILABLE', retryAfterMs: this.opts.retryAfterMs ?? 5000 });
     }
   }
 

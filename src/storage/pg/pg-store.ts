@@ -234,8 +234,9 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
     return this.call({ op: 'vmotionFind', payload, now }) as VmotionRow[];
   }
 
-  clusterList(): ClusterRecord[] {
-    return this.call({ op: 'clusterList' }) as ClusterRecord[];
+  /** `timeoutMs`: block at most this long (default `callTimeoutMs`), then `VSPC_DB_UNAVAILABLE`. */
+  clusterList(timeoutMs = this.callTimeoutMs): ClusterRecord[] {
+    return this.call({ op: 'clusterList' }, timeoutMs) as ClusterRecord[];
   }
 
   /** Console id → owning node, for every owned console of the cluster. */
@@ -258,8 +259,8 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
    * The node owning a console now and where its link listens (host/port null: it
    * advertised none); null when no live node owns it. Throws `VSPC_DB_UNAVAILABLE`.
    */
-  ownerLink(id: number): { node: string; host: string | null; port: number | null } | null {
-    return this.call({ op: 'ownerLink', id }) as { node: string; host: string | null; port: number | null } | null;
+  ownerLink(id: number, timeoutMs = this.callTimeoutMs): { node: string; host: string | null; port: number | null } | null {
+    return this.call({ op: 'ownerLink', id }, timeoutMs) as { node: string; host: string | null; port: number | null } | null;
   }
 
   onLost(listener: (reason: string) => void): void {
