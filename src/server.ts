@@ -277,7 +277,8 @@ export class VspcServer {
         ownerOf: (id) => {
           const o = pg.ownerLink(id, CLUSTER_LOOKUP_TIMEOUT_MS);
           if (o?.host && nodeHosts.size < 1024) nodeHosts.add(o.host);
-          return o && o.host !== null && o.port !== null ? { node: o.node, host: o.host, port: o.port } : null;
+          if (!o) return null;
+          return o.host !== null && o.port !== null ? { node: o.node, host: o.host, port: o.port } : { node: o.node, noLink: true };
         },
         links: this.clusterDialer,
       });

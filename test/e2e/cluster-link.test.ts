@@ -280,3 +280,34 @@ test('configuration: a world-readable or short secret, a link without a secret o
   assert.notEqual(sqlite.code, 0);
   assert.match(sqlite.stderr, /--cluster-listen: the cluster link is for nodes sharing a PostgreSQL database/);
 });
+
+test('a console served by a node without the internal link: a client on node A is told that node has no link and how to give it one', async () => {
+  const lone = await cluster.start('node-nolink', '127.0.0.4', { clusterListen: null, clusterSecret: null });
+  const vm = await lone.ts.connectVm({ uuid: esxiUuid().text, name: 'nolink01' }, c);
+  const p = await brokerOn(nodeA());
+  const { entries } = await p.list();
+  assert.ok(entries.some((e) => e.name === 'nolink01'), 'listed on node A');
+  p.send({ kind: 'select', address: 'nolink01' });
+  await p.next('selected');
+  p.send({ kind: 'lock-request', mode: 'readwrite', force: false, user: 'erin' });
+  await p.waitClosed(10_000);
+  assert.match(p.text + JSON.stringify(p.messages), /served by node node-nolink, which has no internal link \(start it with --cluster-listen and --cluster-secret-file\)/);
+  vm.vm.destroy();
+});
+
+test('a node whose secret differs: a client on node A is told the secrets may differ, and node A says so in its log', async () => {
+  const other = writeSecretFile(tempDir('vspc-cluster-othersecret-').dir, 'other.secret');
+  const { readClusterSecret } = await import('../../src/config/table.js');
+  const odd = await cluster.start('node-odd', '127.0.0.5', { clusterSecret: readClusterSecret('--cluster-secret-file', other) });
+  const vm = await odd.ts.connectVm({ uuid: esxiUuid().text, name: 'odd01' }, c);
+  const from = nodeA().ts.logs.lines.length;
+  const p = await brokerOn(nodeA());
+  p.send({ kind: 'select', address: 'odd01' });
+  await p.next('selected');
+  p.send({ kind: 'lock-request', mode: 'readwrite', force: false, user: 'erin' });
+  await p.waitClosed(15_000);
+  assert.match(p.text + JSON.stringify(p.messages), /does that node have the same --cluster-secret-file as this one\?/);
+  const line = await nodeA().ts.logs.waitFor((l) => l.message === "cluster link handshake refused: the nodes' secrets may differ", 10_000, from);
+  assert.equal(line.errorCode, 'VSPC_LINK_AUTH_FAILED');
+  vm.vm.destroy();
+});

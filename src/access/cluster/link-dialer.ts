@@ -11,6 +11,9 @@ import type { LockMode } from '../../domain/locks.js';
 import type { LinkEvent } from '../../protocol/cluster/link.js';
 import { LINK_CIPHERS, LinkConnection, linkKey } from './link-connection.js';
 
+
+/** How OpenSSL words a PSK handshake whose two keys differ (bad record MAC, decrypt error) or an unknown identity. */
+const SECRET_MISMATCH = /bad record mac|decrypt(ion)? (error|failed)|unknown psk identity|handshake failure/i;
 export interface ClusterLinkDialerOptions {
   nodeId: string;
   secret: Buffer;
@@ -172,7 +175,9 @@ export class ClusterLinkDialer implements ClusterLinks {
     });
     const peer: Peer = { address, link, streams: new Map(), waiting: [] };
     this.peers.set(address.node, peer);
+    let opened = false;
     link.onOpen = () => {
+      opened = true;
       const waiting = peer.waiting.splice(0);
       for (const a of waiting) if (!a.ended) this.openStream(peer, a);
     };
@@ -184,8 +189,11 @@ export class ClusterLinkDialer implements ClusterLinks {
       if (this.peers.get(address.node) === peer) this.peers.delete(address.node);
       const all = [...peer.waiting.splice(0), ...peer.streams.values()];
       peer.streams.clear();
-      for (const a of all) a.ended_(`cluster link to node ${address.node} lost: ${reason}`);
-      log.info('cluster link down', { reason });
+      // A PSK handshake with a different key fails inside TLS with OpenSSL's words only.
+      const hint = !opened && SECRET_MISMATCH.test(reason) ? ' (does that node have the same --cluster-secret-file as this one?)' : '';
+      for (const a of all) a.ended_(`cluster link to node ${address.node} lost: ${reason}${hint}`);
+      if (hint) log.warn('cluster link handshake refused: the nodes\' secrets may differ', { reason, errorCode: 'VSPC_LINK_AUTH_FAILED' });
+      else log.info('cluster link down', { reason });
     });
     return peer;
   }

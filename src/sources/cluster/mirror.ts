@@ -22,14 +22,20 @@ import type { Logger } from '../../domain/logger.js';
 import type { SerialLineSettings } from '../../domain/serial-line.js';
 
 /** A remote console as the database tells it: its record and owning node. */
+
+/** The console's owner advertised no internal link (it runs without --cluster-listen). */
+export interface NoLink {
+  readonly node: string;
+  readonly noLink: true;
+}
 export type RemoteRecord = ConsoleRecord & { owner: string };
 
 export interface ClusterMirrorsOptions {
   nodeId: string;
   /** The cluster's consoles with their owners (one database round trip). */
   clusterList(): Array<ConsoleRecord & { owner: string | null }>;
-  /** Where the node owning a console now listens; null: nobody, or no address advertised. */
-  ownerOf(consoleId: number): NodeAddress | null;
+  /** Where the node owning a console now listens; `noLink`: its owner advertised none; null: nobody owns it. */
+  ownerOf(consoleId: number): NodeAddress | NoLink | null;
   links: ClusterLinks;
   /** After a failed lookup, the database is taken as unavailable this long (default 5000 ms). */
   retryAfterMs?: number;
@@ -76,9 +82,12 @@ export class MirrorHub extends ConsoleHub {
     const decision = super.addClient(client, { ...options, replay: false });
     if (!decision.granted) return decision;
     const owner = this.mirrors.ownerAddress(this.identity.id);
-    if (!owner) {
+    if (!owner || 'noLink' in owner) {
       // Answered after the caller saw the grant, as a displaced client would be.
-      queueMicrotask(() => this.refused(client, `console ${this.displayName} is not owned by a reachable node right now (VSPC_LINK_UNAVAILABLE)`));
+      const why = owner
+        ? `console ${this.displayName} is served by node ${owner.node}, which has no internal link (start it with --cluster-listen and --cluster-secret-file) (VSPC_LINK_UNAVAILABLE)`
+        : `console ${this.displayName} is not owned by a reachable node right now (VSPC_LINK_UNAVAILABLE)`;
+      queueMicrotask(() => this.refused(client, why));
       return decision;
     }
     this.owner = owner.node;
@@ -249,7 +258,7 @@ export class ClusterMirrors {
    * VSPC_LINK_UNAVAILABLE instead of each one blocking the event loop on a stalled
    * database (this node's own consoles keep flowing).
    */
-  ownerAddress(consoleId: number): NodeAddress | null {
+  ownerAddress(consoleId: number): NodeAddress | NoLink | null {
     if (!this.databaseAvailable) return null;
     try {
       const a = this.opts.ownerOf(consoleId);
