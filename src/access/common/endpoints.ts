@@ -67,8 +67,8 @@ export class ConsoleEndpoints<S, H> {
   private closed = false;
   /** Consoles added, renamed or moved since the last pass: theirs (and their groups') are computed again. */
   private readonly dirty = new Set<ConsoleHub>();
-  /** Every console computed again at the next pass (start, reload). */
-  private everything = true;
+  /** Every console computed again at the next pass (a reload). At start, the consoles loaded are each `added`. */
+  private everything = false;
   /** Each console's group (driver.groupOf) when last computed, and each group's consoles. */
   private readonly groupOfHub = new Map<ConsoleHub, string>();
   private readonly groups = new Map<string, Set<ConsoleHub>>();
