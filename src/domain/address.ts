@@ -201,6 +201,26 @@ function rankReading<T>(base: string, ranks: NameRanks<T>): { alias: string; ran
   return ranks.machines(m[1]) >= rank ? { alias: m[1], rank } : null;
 }
 
+/**
+ * False when `ref` certainly names neither this console nor, by sharing a name or a
+ * rank with it, changes what `ref` names among the others (whatever they are): its
+ * names (now and `formerName`), its key and its port are all unlike `ref`'s. True is
+ * "maybe". Lets a holder of references (the tunnels) look again only at those a
+ * console added, renamed or removed can affect, rather than all of them each time.
+ */
+export function mayBeNamed(ref: string, identity: ConsoleIdentity, formerName: string | null = null): boolean {
+  const lower = ref.toLowerCase();
+  if (PORT_LIKE.test(ref) && Number(ref) === identity.tcpPort) return true;
+  const colon = lower.indexOf(':');
+  const base = colon < 0 ? lower : lower.slice(0, colon);
+  if (normalizeUuid(base) === identity.key) return true;
+  // `NAME~N` is also about NAME; a literal name may hold a `~` too.
+  const ranked = RANKED.exec(base);
+  const names = aliases(identity);
+  if (formerName) names.push(formerName.toLowerCase());
+  return names.some((a) => a === base || (ranked !== null && a === ranked[1]));
+}
+
 /** Every console of `all` that `ref` names under the rule above (several: ambiguous; none: not found). */
 export function lookupConsoles<T extends Addressable>(all: readonly T[], ref: string, options: LookupOptions<T> = {}): T[] {
   if (ref.length === 0) return [];

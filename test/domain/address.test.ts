@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { lookupConsoles, NameIndex, nameRanks, uniqueAddresses, type Addressable } from '../../src/domain/address.js';
+import { lookupConsoles, mayBeNamed, NameIndex, nameRanks, uniqueAddresses, type Addressable } from '../../src/domain/address.js';
 import type { ConsoleIdentity } from '../../src/domain/identity.js';
 
 let nextId = 1;
@@ -242,4 +242,34 @@ test('the name index: registering consoles with names of their own sorts nothing
   index.remove(items[7]);
   assert.equal(index.of('vm-7', twin), 1);
   assert.equal(index.sorts, 1, 'a name held by one machine needs no sort');
+});
+
+test('property: a console that mayBeNamed says a reference does not concern changes nothing that reference names', () => {
+  const names = ['web', 'WEB', 'db', 'web~2', 'm1', '10001', null];
+  const consoleArb = fc.record({
+    machine: fc.nat(4),
+    kind: fc.constantFrom('esxi', 'config'),
+    label: fc.constantFrom('', 'com2'),
+    name: fc.constantFrom(...names),
+    port: fc.integer({ min: 10000, max: 10003 }),
+  });
+  const refArb = fc.constantFrom('web', 'Web', 'web~1', 'web~2', 'web~2~1', 'web:com2', 'web~2:', 'db', 'm1', 'm2', '10001', '10002', 'f'.repeat(32), `${'f'.repeat(32)}:com2`, 'nobody');
+  fc.assert(
+    fc.property(fc.array(consoleArb, { maxLength: 8 }), consoleArb, refArb, (others, newcomer, ref) => {
+      let id = 1;
+      const make = (x: typeof newcomer): Addressable => {
+        const key = x.kind === 'esxi' ? x.machine.toString(16).repeat(32).slice(0, 32).replace(/^0+$/, 'f'.repeat(32)) : `m${x.machine}`;
+        return { identity: { id: id++, kind: x.kind, key, label: x.label, name: x.name, tcpPort: x.port } };
+      };
+      const before = others.map(make);
+      const x = make(newcomer);
+      if (mayBeNamed(ref, x.identity)) return;
+      const after = [...before, x];
+      for (const ranked of [false, true]) {
+        const byPort = (list: Addressable[]) => (p: number) => list.find((c) => c.identity.tcpPort === p);
+        assert.deepEqual(lookupConsoles(after, ref, { ranked, byPort: byPort(after) }), lookupConsoles(before, ref, { ranked, byPort: byPort(before) }), `${ref} ranked=${ranked}`);
+      }
+    }),
+    { numRuns: 2000 },
+  );
 });
