@@ -42,7 +42,6 @@ import { resolveConsoleAccess, resolveVmSettings } from './config/vms.js';
 import type { ConsoleAccess } from './config/access.js';
 import { VERSION } from './version.js';
 import { displayKey } from './domain/identity.js';
-import { nameRanks, type NameRanks } from './domain/address.js';
 import { ConsoleLogManager } from './logging/console-log.js';
 import { createAuditObserver } from './logging/audit.js';
 import { combineObserversWith } from './logging/observers.js';
@@ -172,8 +171,6 @@ export class VspcServer {
     },
     whenAvailable: (retry) => this.fds.onAvailable(retry),
   };
-  /** Ranks of shared names (nameRanks), built when needed; null after any change. */
-  private ranks: NameRanks<ConsoleHub> | null = null;
   /** The records stored at start are loaded: names taken from now on are checked. */
   private loaded = false;
   private readonly proxy: EsxiListener;
@@ -587,26 +584,27 @@ export class VspcServer {
   private nameRankOf(hub: ConsoleHub): number {
     const name = hub.identity.name;
     if (!name) return 1;
-    this.ranks ??= nameRanks(this.registry.all());
-    return this.ranks.of(name, hub);
+    return this.registry.names.of(name, hub);
   }
 
   /**
-   * A console was added, removed or renamed: ranks are computed again when next needed.
+   * A console was added, removed or renamed: the registry's ranks are up to date already
+   * (it heard first); the console logs check their by-name links at their next write.
    * A console that took a name another machine already has (after the records loaded at
    * start) is logged with `security: true` and counted: anyone on the VM port can claim a
    * name, and the older console keeps it (its by-name log link, its broker spelling).
    */
   private namesChanged(hub: ConsoleHub | null): void {
-    this.ranks = null;
     this.consoleLogs?.namesChanged();
     if (!hub || !this.loaded || !hub.identity.name) return;
     const rank = this.nameRankOf(hub);
     if (rank === 1) return;
     const name = hub.identity.name.toLowerCase();
-    const holder = this.registry
-      .all()
-      .filter((h) => h.identity.name?.toLowerCase() === name && this.nameRankOf(h) === 1)
+    // The holder's consoles only (not every console): a name claimed again and again costs nothing more.
+    const holder = this.registry.names
+      .holders(name)
+      .filter((h) => h.identity.name?.toLowerCase() === name)
+      .sort((a, b) => a.identity.tcpPort - b.identity.tcpPort)
       .at(0);
     this.metrics.nameConflicts++;
     this.logger.warn('a console took a name another console already has; the older one keeps it (by-name log link, console broker)', {

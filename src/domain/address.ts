@@ -87,7 +87,8 @@ export interface NameRanks<T> {
  * Where each machine stands among the machines that answer to one name (any case):
  * 1 for the one that has had it longest (lowest `nameOrder`, else record id), 2 for
  * the next, … A name held by one machine only is rank 1. Built once for all consoles
- * (linear, plus a sort of each shared name's few machines).
+ * (linear, plus a sort of each shared name's few machines); a caller that keeps ranks
+ * while consoles come and go (the registry) keeps a `NameIndex` instead.
  *
  * Why age decides: a name is a claim anyone on the VM port can make (docs/security.md).
  * A console that takes a name another console already has must not take its place —
@@ -95,27 +96,97 @@ export interface NameRanks<T> {
  * reaching by that name keeps it, and the newcomer is `NAME~2`.
  */
 export function nameRanks<T extends Addressable>(all: readonly T[]): NameRanks<T> {
-  const orders = new Map<string, Map<string, number>>();
-  for (const item of all) {
+  const index = new NameIndex<T>();
+  for (const item of all) index.add(item);
+  return index;
+}
+
+/**
+ * `nameRanks` kept up to date as consoles come, go and change names: `add` (also after
+ * a rename: the identity and `nameOrder` are read again), `remove`. Each is O(number of
+ * the console's aliases); reading a rank sorts that one name's machines, once per
+ * change of that name (a name held by one machine needs no sort). So registering a
+ * console never looks at the others — it once re-ranked every console's name, which
+ * made registering N consoles quadratic (docs/performance.md, "registration").
+ */
+export class NameIndex<T extends Addressable> implements NameRanks<T> {
+  /** alias → machine → each of the machine's consoles answering to the alias, with its order. */
+  private readonly byAlias = new Map<string, Map<string, Map<T, number>>>();
+  /** What each console is indexed under (its identity and nameOrder change in place). */
+  private readonly entries = new Map<T, { machine: string; aliases: string[] }>();
+  /** alias → machine → rank, for names shared by several machines: built when read, dropped when the name's holders change. */
+  private readonly ranked = new Map<string, Map<string, number>>();
+  /** Sorts of a shared name's machines so far (for tests: a registration must not re-rank every name). */
+  sorts = 0;
+
+  /** Indexes `item` as its identity and `nameOrder` are now (again, after a rename). */
+  add(item: T): void {
+    if (this.entries.has(item)) this.remove(item);
     const order = item.nameOrder ?? item.identity.id;
     const machine = machineOf(item.identity);
-    for (const alias of aliases(item.identity)) {
-      let machines = orders.get(alias);
-      if (!machines) orders.set(alias, (machines = new Map()));
-      const before = machines.get(machine);
-      if (before === undefined || order < before) machines.set(machine, order);
+    const names = aliases(item.identity);
+    this.entries.set(item, { machine, aliases: names });
+    for (const alias of names) {
+      let machines = this.byAlias.get(alias);
+      if (!machines) this.byAlias.set(alias, (machines = new Map()));
+      let consoles = machines.get(machine);
+      if (!consoles) machines.set(machine, (consoles = new Map()));
+      consoles.set(item, order);
+      this.ranked.delete(alias);
     }
   }
-  const ranks = new Map<string, Map<string, number>>();
-  for (const [alias, machines] of orders) {
-    if (machines.size < 2) continue;
-    const sorted = [...machines].sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    ranks.set(alias, new Map(sorted.map(([m], i) => [m, i + 1])));
+
+  remove(item: T): void {
+    const entry = this.entries.get(item);
+    if (!entry) return;
+    this.entries.delete(item);
+    for (const alias of entry.aliases) {
+      const machines = this.byAlias.get(alias);
+      const consoles = machines?.get(entry.machine);
+      if (!machines || !consoles) continue;
+      consoles.delete(item);
+      if (consoles.size === 0) machines.delete(entry.machine);
+      if (machines.size === 0) this.byAlias.delete(alias);
+      this.ranked.delete(alias);
+    }
   }
-  return {
-    of: (alias, item) => ranks.get(alias.toLowerCase())?.get(machineOf(item.identity)) ?? 1,
-    machines: (alias) => orders.get(alias.toLowerCase())?.size ?? 0,
-  };
+
+  of(alias: string, item: T): number {
+    const a = alias.toLowerCase();
+    const machines = this.byAlias.get(a);
+    if (!machines || machines.size < 2) return 1;
+    return this.ranksOf(a, machines).get(machineOf(item.identity)) ?? 1;
+  }
+
+  machines(alias: string): number {
+    return this.byAlias.get(alias.toLowerCase())?.size ?? 0;
+  }
+
+  /** The consoles of the machine that has had `alias` (any case) longest; none when no machine answers to it. */
+  holders(alias: string): T[] {
+    const a = alias.toLowerCase();
+    const machines = this.byAlias.get(a);
+    if (!machines) return [];
+    if (machines.size === 1) return [...machines.values().next().value!.keys()];
+    for (const [machine, rank] of this.ranksOf(a, machines)) if (rank === 1) return [...machines.get(machine)!.keys()];
+    return [];
+  }
+
+  private ranksOf(alias: string, machines: Map<string, Map<T, number>>): Map<string, number> {
+    let ranks = this.ranked.get(alias);
+    if (ranks) return ranks;
+    this.sorts++;
+    // A machine's order is its oldest console's (the serial ports of one VM may differ).
+    const orders = [...machines].map(([machine, consoles]) => {
+      let min = Infinity;
+      for (const o of consoles.values()) if (o < min) min = o;
+      return [machine, min] as const;
+    });
+    orders.sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    ranks = new Map(orders.map(([m], i) => [m, i + 1]));
+    this.ranked.set(alias, ranks);
+    return ranks;
+  }
 }
 
 /**
@@ -128,6 +199,26 @@ function rankReading<T>(base: string, ranks: NameRanks<T>): { alias: string; ran
   if (!m || m[1].includes(':')) return null;
   const rank = Number(m[2]);
   return ranks.machines(m[1]) >= rank ? { alias: m[1], rank } : null;
+}
+
+/**
+ * False when `ref` certainly names neither this console nor, by sharing a name or a
+ * rank with it, changes what `ref` names among the others (whatever they are): its
+ * names (now and `formerName`), its key and its port are all unlike `ref`'s. True is
+ * "maybe". Lets a holder of references (the tunnels) look again only at those a
+ * console added, renamed or removed can affect, rather than all of them each time.
+ */
+export function mayBeNamed(ref: string, identity: ConsoleIdentity, formerName: string | null = null): boolean {
+  const lower = ref.toLowerCase();
+  if (PORT_LIKE.test(ref) && Number(ref) === identity.tcpPort) return true;
+  const colon = lower.indexOf(':');
+  const base = colon < 0 ? lower : lower.slice(0, colon);
+  if (normalizeUuid(base) === identity.key) return true;
+  // `NAME~N` is also about NAME; a literal name may hold a `~` too.
+  const ranked = RANKED.exec(base);
+  const names = aliases(identity);
+  if (formerName) names.push(formerName.toLowerCase());
+  return names.some((a) => a === base || (ranked !== null && a === ranked[1]));
 }
 
 /** Every console of `all` that `ref` names under the rule above (several: ambiguous; none: not found). */

@@ -4,6 +4,7 @@ import type { ConsoleKind } from './identity.js';
 import { MAX_NAME_LENGTH, sanitizeText, truncateText } from '../util/text.js';
 import type { ConsoleOwnership, ConsoleRecord, ConsoleRepository, ExpiredRecord } from './repository.js';
 import { StorageError } from '../errors.js';
+import { NameIndex } from './address.js';
 
 export interface RegistryEvents {
   /** A VM serial port is known (at load or first registration): its client listener should exist. */
@@ -64,12 +65,32 @@ export class Registry extends EventEmitter<RegistryEvents> {
    * consoles it owns. Null with the embedded store, where this process owns them all.
    */
   readonly ownership: ConsoleOwnership | null;
+  /**
+   * Where each console stands among the machines sharing its name (`nameRanks`), kept
+   * as consoles are added, removed and renamed: a registration costs O(1) here, never a
+   * re-ranking of every console (docs/performance.md, "registration").
+   */
+  readonly names = new NameIndex<ConsoleHub>();
+  /** `all()`'s order (by client port), kept while consoles are only appended in port order; null: sort again when asked. */
+  private sorted: ConsoleHub[] | null = null;
 
   constructor(
     private readonly store: ConsoleRepository,
     private readonly hubOptions: { maxHeldInput?: number; scrollbackBytes?: number; observer?: ConsoleObserver } = {},
   ) {
     super();
+    // First of all listeners: whoever hears these events reads ranks that are already up to date.
+    this.on('added', (hub) => this.names.add(hub));
+    this.on('renamed', (hub) => this.names.add(hub));
+    this.on('removed', (hub) => this.names.remove(hub));
+    // Every change of the set of consoles or of their ports: `all()` sorts again (a new one at the end of the order is appended).
+    this.on('added', (hub) => {
+      const last = this.sorted?.at(-1);
+      if (this.sorted && (!last || last.identity.tcpPort < hub.identity.tcpPort)) this.sorted.push(hub);
+      else this.sorted = null;
+    });
+    this.on('removed', () => (this.sorted = null));
+    this.on('moved', () => (this.sorted = null));
     const outer = hubOptions.observer;
     this.observer = {
       // Output alone does not count as use: a squatter prints one byte for that. A client
@@ -206,8 +227,13 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return this.byPort.get(tcpPort);
   }
 
+  /**
+   * Every console, by client port: a copy (O(n)), so not for a path taken once per
+   * registration (each would cost O(n): quadratic over a start-up's registrations).
+   */
   all(): ConsoleHub[] {
-    return [...this.byKey.values()].sort((a, b) => a.identity.tcpPort - b.identity.tcpPort);
+    this.sorted ??= [...this.byKey.values()].sort((a, b) => a.identity.tcpPort - b.identity.tcpPort);
+    return this.sorted.slice();
   }
 
   get size(): number {

@@ -30,6 +30,7 @@ test('console endpoints: each through the budget; one that does not fit shows wh
   const nextOpen = () => new Promise<void>((resolve) => (opened = resolve));
   const driver: EndpointDriver<string, string> = {
     method: 'raw',
+    groupOf: () => null,
     specs: (hubs: readonly ConsoleHub[]) => new Map(hubs.map((h) => [h, h.displayName])),
     keyOf: (spec) => spec,
     open: async (_hub, spec) => {

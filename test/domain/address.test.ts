@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { lookupConsoles, nameRanks, uniqueAddresses, type Addressable } from '../../src/domain/address.js';
+import { lookupConsoles, mayBeNamed, NameIndex, nameRanks, uniqueAddresses, type Addressable } from '../../src/domain/address.js';
 import type { ConsoleIdentity } from '../../src/domain/identity.js';
 
 let nextId = 1;
@@ -153,4 +153,123 @@ test('unique addresses: two consoles of one name without a label; the admin side
   assert.deepEqual(lookupConsoles(set, 'pve1/101'), [pve]);
   const broker = uniqueAddresses(set, { uuids: false });
   assert.deepEqual(set.map(broker), [null, null, null], 'no keys through the broker');
+});
+
+/** The ranking as first written (every console ranked at once), to check the incremental index against. */
+function referenceRanks(items: readonly Addressable[]): { of(alias: string, item: Addressable): number; machines(alias: string): number } {
+  const machineOf = (i: ConsoleIdentity) => `${i.kind}\0${i.key}`;
+  const aliasesOf = (i: ConsoleIdentity) => [...new Set([...(i.name ? [i.name.toLowerCase()] : []), ...(i.kind !== 'esxi' ? [i.key.toLowerCase()] : [])])];
+  const orders = new Map<string, Map<string, number>>();
+  for (const item of items) {
+    const order = item.nameOrder ?? item.identity.id;
+    for (const alias of aliasesOf(item.identity)) {
+      const machines = orders.get(alias) ?? new Map<string, number>();
+      orders.set(alias, machines);
+      const before = machines.get(machineOf(item.identity));
+      if (before === undefined || order < before) machines.set(machineOf(item.identity), order);
+    }
+  }
+  const ranks = new Map<string, Map<string, number>>();
+  for (const [alias, machines] of orders) {
+    const sorted = [...machines].sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    ranks.set(alias, new Map(sorted.map(([m], i) => [m, i + 1])));
+  }
+  return {
+    of: (alias, item) => ranks.get(alias.toLowerCase())?.get(machineOf(item.identity)) ?? 1,
+    machines: (alias) => orders.get(alias.toLowerCase())?.size ?? 0,
+  };
+}
+
+test('property: the name index kept through adds, renames and removes ranks as ranking every console afresh does', () => {
+  const op = fc.record({
+    what: fc.constantFrom('add', 'add', 'rename', 'remove'),
+    slot: fc.nat(11),
+    machine: fc.nat(4),
+    kind: fc.constantFrom('esxi', 'config'),
+    label: fc.constantFrom('', 'com2'),
+    name: fc.constantFrom(null, 'web', 'WEB', 'db', 'm1'),
+  });
+  fc.assert(
+    fc.property(fc.array(op, { maxLength: 40 }), (ops) => {
+      const index = new NameIndex<Addressable & { nameOrder: number }>();
+      const live = new Map<number, Addressable & { nameOrder: number }>();
+      let clock = 0;
+      for (const o of ops) {
+        const cur = live.get(o.slot);
+        if (o.what === 'add' && !cur) {
+          const identity: ConsoleIdentity = { id: 1000 + o.slot, kind: o.kind, key: `m${o.machine}`, label: o.label, name: o.name, tcpPort: 20000 + o.slot };
+          const item = { identity, nameOrder: ++clock };
+          live.set(o.slot, item);
+          index.add(item);
+        } else if (o.what === 'rename' && cur) {
+          cur.identity.name = o.name;
+          cur.nameOrder = ++clock;
+          index.add(cur);
+        } else if (o.what === 'remove' && cur) {
+          live.delete(o.slot);
+          index.remove(cur);
+        }
+        const ref = referenceRanks([...live.values()]);
+        for (const alias of ['web', 'Web', 'db', 'm1', 'm0', 'm2', 'nobody']) {
+          assert.equal(index.machines(alias), ref.machines(alias), `machines(${alias})`);
+          for (const item of live.values()) assert.equal(index.of(alias, item), ref.of(alias, item), `of(${alias}, ${item.identity.key})`);
+          const first = index.holders(alias);
+          if (ref.machines(alias) === 0) assert.deepEqual(first, []);
+          else for (const h of first) assert.equal(ref.of(alias, h), 1, `holders(${alias}) are the first machine's`);
+        }
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('the name index: registering consoles with names of their own sorts nothing; a shared name is sorted once per change, when read', () => {
+  const index = new NameIndex<Addressable>();
+  const items: Addressable[] = [];
+  for (let i = 0; i < 1000; i++) {
+    const item = c('esxi', i.toString(16).padStart(32, '0'), '', `vm-${i}`);
+    items.push(item);
+    index.add(item);
+    assert.equal(index.of(`vm-${i}`, item), 1);
+  }
+  assert.equal(index.sorts, 0);
+  const twin = c('esxi', 'a'.repeat(32), '', 'vm-7');
+  index.add(twin);
+  assert.equal(index.of('vm-7', twin), 2);
+  assert.equal(index.of('vm-7', items[7]), 1);
+  assert.deepEqual(index.holders('VM-7'), [items[7]]);
+  assert.equal(index.sorts, 1, 'read three times, sorted once');
+  index.remove(items[7]);
+  assert.equal(index.of('vm-7', twin), 1);
+  assert.equal(index.sorts, 1, 'a name held by one machine needs no sort');
+});
+
+test('property: a console that mayBeNamed says a reference does not concern changes nothing that reference names', () => {
+  const names = ['web', 'WEB', 'db', 'web~2', 'm1', '10001', null];
+  const consoleArb = fc.record({
+    machine: fc.nat(4),
+    kind: fc.constantFrom('esxi', 'config'),
+    label: fc.constantFrom('', 'com2'),
+    name: fc.constantFrom(...names),
+    port: fc.integer({ min: 10000, max: 10003 }),
+  });
+  const refArb = fc.constantFrom('web', 'Web', 'web~1', 'web~2', 'web~2~1', 'web:com2', 'web~2:', 'db', 'm1', 'm2', '10001', '10002', 'f'.repeat(32), `${'f'.repeat(32)}:com2`, 'nobody');
+  fc.assert(
+    fc.property(fc.array(consoleArb, { maxLength: 8 }), consoleArb, refArb, (others, newcomer, ref) => {
+      let id = 1;
+      const make = (x: typeof newcomer): Addressable => {
+        const key = x.kind === 'esxi' ? x.machine.toString(16).repeat(32).slice(0, 32).replace(/^0+$/, 'f'.repeat(32)) : `m${x.machine}`;
+        return { identity: { id: id++, kind: x.kind, key, label: x.label, name: x.name, tcpPort: x.port } };
+      };
+      const before = others.map(make);
+      const x = make(newcomer);
+      if (mayBeNamed(ref, x.identity)) return;
+      const after = [...before, x];
+      for (const ranked of [false, true]) {
+        const byPort = (list: Addressable[]) => (p: number) => list.find((c) => c.identity.tcpPort === p);
+        assert.deepEqual(lookupConsoles(after, ref, { ranked, byPort: byPort(after) }), lookupConsoles(before, ref, { ranked, byPort: byPort(before) }), `${ref} ranked=${ranked}`);
+      }
+    }),
+    { numRuns: 2000 },
+  );
 });

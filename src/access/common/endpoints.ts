@@ -10,8 +10,16 @@ export interface EndpointDriver<S, H> {
   /** `raw`, `unix`, `pty`: the key of the console's `accessErrors` and of log lines. */
   readonly method: string;
   /**
-   * The endpoint each console should have now (null: none), for all of them at once
-   * (file names are unique across the consoles of one directory).
+   * Which consoles' endpoints depend on each other: those with equal group keys (file
+   * names are unique across the consoles of one directory sharing a name); null: on the
+   * console alone. A console added, renamed or moved has only its own group's (old and
+   * new) endpoints computed again, never every console's.
+   */
+  groupOf(hub: ConsoleHub): string | null;
+  /**
+   * The endpoint each of `hubs` should have now (null: none). `hubs` are in registry
+   * order (by client port) and hold every console of each of their groups; the answer
+   * for a console depends only on its group's consoles.
    */
   specs(hubs: readonly ConsoleHub[]): Map<ConsoleHub, S | null>;
   /** Specs with equal keys need no change of the endpoint. */
@@ -57,6 +65,15 @@ export class ConsoleEndpoints<S, H> {
   private readonly slots = new Map<ConsoleHub, Slot<S, H>>();
   private scheduled: NodeJS.Immediate | null = null;
   private closed = false;
+  /** Consoles added, renamed or moved since the last pass: theirs (and their groups') are computed again. */
+  private readonly dirty = new Set<ConsoleHub>();
+  /** Every console computed again at the next pass (a reload). At start, the consoles loaded are each `added`. */
+  private everything = false;
+  /** Each console's group (driver.groupOf) when last computed, and each group's consoles. */
+  private readonly groupOfHub = new Map<ConsoleHub, string>();
+  private readonly groups = new Map<string, Set<ConsoleHub>>();
+  /** How many consoles' specs were computed so far (tests: one registration must not compute every console's). */
+  specsComputed = 0;
 
   constructor(
     private readonly registry: Registry,
@@ -72,31 +89,97 @@ export class ConsoleEndpoints<S, H> {
       readonly descriptors?: DescriptorBudget;
     },
   ) {
-    registry.on('added', () => this.schedule());
-    registry.on('renamed', () => this.schedule());
+    const changed = (hub: ConsoleHub) => {
+      this.dirty.add(hub);
+      this.later();
+    };
+    registry.on('added', changed);
+    registry.on('renamed', changed);
+    // Ports decide which console keeps a contested path (registry order).
+    registry.on('moved', changed);
     registry.on('removed', (hub) => {
-      // At once: a forgotten console takes no new client; the others' names may change.
+      // At once: a forgotten console takes no new client; the others of its group may change names.
       this.apply(hub, null, 'console forgotten');
-      this.schedule();
+      this.dirty.delete(hub);
+      const group = this.leaveGroup(hub);
+      if (group) for (const other of group) this.dirty.add(other);
+      this.later();
     });
   }
 
   /** Re-reads what every console's endpoint should be (after a reload), on the next tick. */
   schedule(): void {
-    if (this.closed || this.scheduled) return;
-    this.scheduled = setImmediate(() => {
-      this.scheduled = null;
-      this.refresh();
-    });
+    this.everything = true;
+    this.later();
   }
 
   /** Re-reads what every console's endpoint should be, now. */
   refresh(): void {
     if (this.closed) return;
+    this.everything = false;
+    this.dirty.clear();
+    this.groupOfHub.clear();
+    this.groups.clear();
     const hubs = this.registry.all();
-    const specs = this.driver.specs(hubs);
+    for (const hub of hubs) this.joinGroup(hub);
+    const specs = this.specsOf(hubs);
     for (const hub of [...this.slots.keys()]) if (!specs.has(hub)) this.apply(hub, null, 'console forgotten');
     for (const [hub, spec] of specs) this.apply(hub, spec, 'configuration changed');
+  }
+
+  /** The next pass, on the next tick (one for all the changes of this tick). */
+  private later(): void {
+    if (this.closed || this.scheduled) return;
+    this.scheduled = setImmediate(() => {
+      this.scheduled = null;
+      if (this.everything) this.refresh();
+      else this.refreshChanged();
+    });
+  }
+
+  /** Computes again the endpoints of the consoles that changed and of their groups (old and new), only. */
+  private refreshChanged(): void {
+    if (this.closed || this.dirty.size === 0) return;
+    const hubs = new Set<ConsoleHub>();
+    for (const hub of this.dirty) {
+      hubs.add(hub);
+      const before = this.leaveGroup(hub);
+      if (before) for (const other of before) hubs.add(other);
+      const now = this.joinGroup(hub);
+      if (now) for (const other of now) hubs.add(other);
+    }
+    this.dirty.clear();
+    // Registry order, as a full pass has it (it decides which console keeps a contested path).
+    const ordered = [...hubs].sort((a, b) => a.identity.tcpPort - b.identity.tcpPort);
+    for (const [hub, spec] of this.specsOf(ordered)) this.apply(hub, spec, 'configuration changed');
+  }
+
+  private specsOf(hubs: readonly ConsoleHub[]): Map<ConsoleHub, S | null> {
+    this.specsComputed += hubs.length;
+    return this.driver.specs(hubs);
+  }
+
+  /** Puts `hub` in the group the driver gives it now; returns that group's consoles (null: alone). */
+  private joinGroup(hub: ConsoleHub): Set<ConsoleHub> | null {
+    const key = this.driver.groupOf(hub);
+    if (key === null) return null;
+    this.groupOfHub.set(hub, key);
+    let group = this.groups.get(key);
+    if (!group) this.groups.set(key, (group = new Set()));
+    group.add(hub);
+    return group;
+  }
+
+  /** Takes `hub` out of its group; returns the consoles left in it (null: it was alone). */
+  private leaveGroup(hub: ConsoleHub): Set<ConsoleHub> | null {
+    const key = this.groupOfHub.get(hub);
+    if (key === undefined) return null;
+    this.groupOfHub.delete(hub);
+    const group = this.groups.get(key);
+    if (!group) return null;
+    group.delete(hub);
+    if (group.size === 0) this.groups.delete(key);
+    return group;
   }
 
   state(hub: ConsoleHub): EndpointState<S, H> | null {

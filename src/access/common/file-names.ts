@@ -88,6 +88,19 @@ export function assignFileNames<T extends { identity: NamedConsole }>(consoles: 
   return out;
 }
 
+/**
+ * What decides, in one directory of NAME_MAX-byte names, whether two file names can be
+ * the same: every name `assignFileNames` may give the consoles of one base `B` (`B`,
+ * `B~KEY`, or shortened, a prefix of at least NAME_MAX - 15 bytes of those and `~HASH`)
+ * has the stem of `B` (`~` is always encoded inside a base). So file names with
+ * different stems never collide, and consoles with different stems never change each
+ * other's names (src/access/common/endpoints.ts groups consoles by it).
+ */
+export function fileNameStem(name: string): string {
+  const tilde = name.indexOf('~');
+  return (tilde < 0 ? name : name.slice(0, tilde)).slice(0, NAME_MAX - 16);
+}
+
 /** Declared consoles are named by the operator: they keep their names before any other. */
 function rank(id: NamedConsole): number {
   return id.kind === 'config' ? 0 : 1;

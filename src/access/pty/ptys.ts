@@ -31,14 +31,14 @@ import tty from 'node:tty';
 import { closeSync } from 'node:fs';
 import { chmod, chown, readlink, rename, symlink, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { Logger } from '../../domain/logger.js';
 import type { Registry } from '../../domain/registry.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { errorFields } from '../../errors.js';
 import { ConsoleEndpoints, type EndpointDriver } from '../common/endpoints.js';
 import { AccessError, accessError } from '../common/errors.js';
-import { assignFileNames, NAME_MAX } from '../common/file-names.js';
+import { assignFileNames, consoleBaseName, fileNameStem, NAME_MAX } from '../common/file-names.js';
 import { nativeAddon, type NativeAddon } from '../common/native.js';
 import { checkDirectory, describeFile, lstatOrNull, PTY_DEVICE_PREFIX } from '../common/paths.js';
 import { StreamClient, type StreamClientOptions } from '../common/stream-client.js';
@@ -107,6 +107,7 @@ export class PtyEndpoints {
   ) {
     const driver: EndpointDriver<PtySpec, PtyEndpoint> = {
       method: 'pty',
+      groupOf: (hub) => this.groupOf(hub),
       specs: (hubs) => this.specs(hubs),
       keyOf: (s) => JSON.stringify([s.link, s.mode, s.group?.id ?? null, s.conflict]),
       open: (hub, spec) => this.open(hub, spec),
@@ -138,6 +139,21 @@ export class PtyEndpoints {
   }
 
   // --- what each console's pty should be
+
+  /**
+   * A link depends only on the consoles whose links can be the same path: those of one
+   * directory with the same file name stem (`fileNameStem`: a console's name, `NAME~KEY`
+   * or a shortened one, or an explicit link there).
+   */
+  private groupOf(hub: ConsoleHub): string | null {
+    const settings = this.options.settingsOf(hub);
+    if (!settings) return null;
+    if (settings.link !== null) {
+      const link = resolve(settings.link);
+      return `${dirname(link)}\0${fileNameStem(basename(link))}`;
+    }
+    return `${resolve(settings.dir)}\0${fileNameStem(consoleBaseName(hub.identity))}`;
+  }
 
   private specs(hubs: readonly ConsoleHub[]): Map<ConsoleHub, PtySpec | null> {
     const out = new Map<ConsoleHub, PtySpec | null>();

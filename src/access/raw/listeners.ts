@@ -51,6 +51,8 @@ export class RawListeners {
   ) {
     const driver: EndpointDriver<RawSpec, RawHandle> = {
       method: 'raw',
+      // A raw port is the console's own (its sticky port): no other console changes it.
+      groupOf: () => null,
       specs: (hubs) => new Map(hubs.map((h) => [h, this.specOf(h)])),
       keyOf: (s) => `${s.host}\0${s.port}`,
       open: (hub, spec) => this.listen(hub, spec),

@@ -18,6 +18,8 @@ import type net from 'node:net';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { Logger } from '../../domain/logger.js';
 import type { Registry } from '../../domain/registry.js';
+import type { ConsoleIdentity } from '../../domain/identity.js';
+import { mayBeNamed } from '../../domain/address.js';
 import { VspcError, errorFields } from '../../errors.js';
 import { TunnelError } from '../../protocol/tunnel/index.js';
 import type { TunnelDuplex } from './duplex.js';
@@ -120,15 +122,19 @@ class Tunnel {
 export class TunnelManager {
   private readonly tunnels = new Map<string, Tunnel>();
   private rebindQueued = false;
+  /** The next rebind binds every tunnel again (else those `changedConsoles` may concern). */
+  private rebindAll = false;
+  private changedConsoles: Array<{ identity: ConsoleIdentity; formerName: string | null }> = [];
   private closed = false;
   private readonly log: Logger;
 
   constructor(private readonly o: TunnelManagerOptions) {
     this.log = o.logger;
-    const later = () => this.queueRebind();
-    o.registry.on('added', later);
-    o.registry.on('renamed', later);
-    o.registry.on('removed', later);
+    // Only the tunnels whose carrier the console may be (or may make ambiguous): looking
+    // every tunnel's reference up again costs O(consoles) each, once per registration.
+    o.registry.on('added', (hub) => this.queueRebind({ identity: hub.identity, formerName: null }));
+    o.registry.on('renamed', (hub, old) => this.queueRebind({ identity: hub.identity, formerName: old }));
+    o.registry.on('removed', (hub) => this.queueRebind({ identity: hub.identity, formerName: null }));
   }
 
   /**
@@ -250,13 +256,28 @@ export class TunnelManager {
     };
   }
 
-  private queueRebind(): void {
-    if (this.rebindQueued || this.closed) return;
+  /**
+   * Binds again, on the next tick, the tunnels a change of `changed` may concern (a
+   * carrier given by kind and key is a map look-up: always), or every tunnel (no
+   * `changed`: a link closed).
+   */
+  private queueRebind(changed?: { identity: ConsoleIdentity; formerName: string | null }): void {
+    if (this.closed) return;
+    if (!changed) this.rebindAll = true;
+    else if (!this.rebindAll) this.changedConsoles.push(changed);
+    if (this.rebindQueued) return;
     this.rebindQueued = true;
     setImmediate(() => {
       this.rebindQueued = false;
+      const all = this.rebindAll;
+      const changes = this.changedConsoles;
+      this.rebindAll = false;
+      this.changedConsoles = [];
       if (this.closed) return;
-      for (const t of this.tunnels.values()) this.bind(t);
+      for (const t of this.tunnels.values()) {
+        const c = t.spec.carrier;
+        if (all || 'kind' in c || changes.some((x) => x.identity === t.hub?.identity || mayBeNamed(c.ref, x.identity, x.formerName))) this.bind(t);
+      }
     });
   }
 

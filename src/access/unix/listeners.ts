@@ -25,7 +25,7 @@ import type { ConsoleClient } from '../../domain/seams.js';
 import { errorFields } from '../../errors.js';
 import { ConsoleEndpoints, type EndpointDriver } from '../common/endpoints.js';
 import { AccessError, accessError } from '../common/errors.js';
-import { assignFileNames, NAME_MAX, UNIX_PATH_MAX } from '../common/file-names.js';
+import { assignFileNames, consoleBaseName, NAME_MAX, UNIX_PATH_MAX } from '../common/file-names.js';
 import { peerCredentials } from '../common/native.js';
 import { checkDirectory, checkSocketPath } from '../common/paths.js';
 import { StreamClient, type StreamClientOptions } from '../common/stream-client.js';
@@ -98,6 +98,7 @@ export class UnixSocketListeners {
   ) {
     const driver: EndpointDriver<UnixSpec, UnixHandle> = {
       method: 'unix',
+      groupOf: (hub) => this.groupOf(hub),
       specs: (hubs) => this.specs(hubs),
       keyOf: (s) => JSON.stringify([s.path, s.mode, s.owner?.id ?? null, s.group?.id ?? null, s.protocol]),
       open: (hub, spec) => this.open(hub, spec),
@@ -127,6 +128,12 @@ export class UnixSocketListeners {
 
   close(): Promise<void> {
     return this.endpoints.close();
+  }
+
+  /** A socket's name depends only on the consoles of its directory with the same base name (`assignFileNames`). */
+  private groupOf(hub: ConsoleHub): string | null {
+    const settings = this.options.settingsOf(hub);
+    return settings ? `${resolve(settings.dir)}\0${consoleBaseName(hub.identity)}` : null;
   }
 
   private specs(hubs: readonly ConsoleHub[]): Map<ConsoleHub, UnixSpec | null> {
