@@ -325,7 +325,13 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
     }
     const limitNote = !root ? ' (the benchmark raises it with prlimit when run as root)' : fdRaise ? ` (not raised: ${fdRaise})` : ' (raised by the benchmark with prlimit, as root)';
     return {
-      workload: `${o.vms} simulated ESXi VM serial ports across 3 vspc nodes (127.0.0.2-4) on one PostgreSQL ${pgVersion(pg.log())}(a throwaway server on a unix socket, fsync off, max_locks_per_transaction ${maxLocksFor(o.vms)}), ${perNode} per node from ${wpn} load-generator processes per node, all nodes registering at once; beside it one vspc on SQLite with ${perNode}; failover: half of node-2's and node-3's VMs leave, node-1 is SIGKILLed and its ${perNode} VMs reconnect to node-2 and node-3 (retry within 0.5-1.5 s)`,
+      workload: `${o.vms} simulated ESXi VM serial ports across 3 vspc nodes (127.0.0.2-4) on one PostgreSQL ${pgVersion(pg.log())}(a throwaway server on a unix socket, fsync off, max_locks_per_transaction ${maxLocksFor(o.vms)}), ${perNode} per node from ${wpn} load-generator processes per node, all nodes registering at once; beside it one vspc on SQLite with ${perNode}; failover: half of node-2's and node-3's VMs leave, node-1 is SIGKILLed and its ${perNode} VMs reconnect to node-2 and node-3 (retry within 0.5-1.5 s)` +
+        (vmotion
+          ? `; vMotion (before the failover): ${o.vmotions} of each kind, back to back, by ${vmotion.same.movers} + ${vmotion.cross.movers} more VMs (${o.vmotionVms} of each kind homed on each node, a telnet client attached on its home node), both kinds at once; ` +
+            `same-node: the destination connects to the source's node; cross-node: to another node, and back home the next time (the home node relays its client meanwhile); ` +
+            `every ${VMOTION_TRAFFIC.tickMs} ms each VM writes ${VMOTION_TRAFFIC.outBytesPerTick} bytes (not between BEGIN and COMPLETE) and its client types ${VMOTION_TRAFFIC.inBytesPerTick}, every byte checked at the other end; ` +
+            `switch-over: the destination writes ${VMOTION_TRAFFIC.probeBytes} bytes right after sending COMPLETE and the client types ${VMOTION_TRAFFIC.probeBytes}: COMPLETE → the last of them at the client (→ client) and at the destination VM connection (→ VM); a VM migrates again when both arrived`
+          : ''),
       vms: o.vms,
       nodes: nodeFigures,
       allRegisteredS: round(allMs / 1000, 2),
