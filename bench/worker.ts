@@ -1164,8 +1164,11 @@ async function clusterMigrate(m: ClusterMover, probeBytes: number, timeoutMs: nu
   const outDone = waitFor(m, 'outWait', m.out.offset, timeoutMs);
   if (!m.user.closed) m.user.send(m.in.next(probeBytes));
   const inDone = waitFor(m, 'inWait', m.in.offset, timeoutMs);
-  const [tOut, tIn] = await Promise.all([outDone, inDone]);
-  return { handshakeMs: tC - t0, outMs: tOut - tC, inMs: tIn - tC };
+  // Both settle (each has its deadline): no rejection is left unhandled.
+  const [o, i] = await Promise.allSettled([outDone, inDone]);
+  if (o.status === 'rejected') throw o.reason;
+  if (i.status === 'rejected') throw i.reason;
+  return { handshakeMs: tC - t0, outMs: o.value - tC, inMs: i.value - tC };
 }
 
 async function cvmRun(a: WorkerApi['cvm.run']['req']): Promise<WorkerApi['cvm.run']['res']> {
