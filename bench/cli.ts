@@ -80,6 +80,8 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--tunnel-repeats <n>', 'tunnel phase: raw/goodput rounds per line (alternating; medians reported), and bulk transfers under keystrokes each way', int('--tunnel-repeats', 1), d.tunnel.repeats)
     .option('--cluster-vms <n>', 'cluster phase: ESXi serial ports across the three nodes (--phases cluster)', int('--cluster-vms', 3), d.cluster.vms)
     .option('--cluster-workers <n>', 'cluster phase: load-generator processes per node (at least 2)', int('--cluster-workers', 2), d.cluster.workersPerNode)
+    .option('--cluster-vmotions <n>', 'cluster phase: vMotions of each kind, destination on the same node and on another (0: none)', int('--cluster-vmotions'), d.cluster.vmotions)
+    .option('--cluster-vmotion-vms <n>', 'cluster phase: migrating VMs of each kind per node (the concurrency of each kind is 3 times this)', int('--cluster-vmotion-vms', 1), d.cluster.vmotionVms)
     .option('--cluster-port-range <start-end>', 'cluster phase: console ports of the three nodes (default: from 2000, below the ephemeral range outgoing connections need)')
     .option('--quick', 'small and short: 200 VMs, 100 latency streamers, 1-2 s runs (a smoke run, not a measurement)')
     .option('--json <file>', 'write the full report here', 'bench-results.json')
@@ -189,6 +191,8 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
     cluster: {
       vms: quick && o.clusterVms === d.cluster.vms ? 600 : (o.clusterVms as number),
       workersPerNode: o.clusterWorkers as number,
+      vmotions: quick && o.clusterVmotions === d.cluster.vmotions ? 60 : (o.clusterVmotions as number),
+      vmotionVms: o.clusterVmotionVms as number,
       ...(o.clusterPortRange ? { portRange: parsePortRange('--cluster-port-range', String(o.clusterPortRange)) } : {}),
     },
     serverNodeArgs: nodeArgs,

@@ -11,14 +11,26 @@
  *   node 1's within their fd limits), node 1 is SIGKILLed, and its VMs reconnect (half
  *   to node 2, half to node 3) as ESXi does: time from the kill to every one of them
  *   registered and connected again, its console port bound on the new node.
+ * - vMotion (after registration, before the failover): movers homed on every node, each
+ *   with a telnet client attached on its home node, migrate back to back under light
+ *   traffic both ways; half of them land their destination on the source's node
+ *   ("same-node"), the other half on another node and back in turn ("cross-node": the
+ *   nodes hand the console over through PostgreSQL and the cluster link, and the home
+ *   node relays its client while the console is away). Both kinds run at once with the
+ *   same concurrency: per kind, vMotions per second, switch-over (COMPLETE sent by the
+ *   destination → its next bytes at the attached client; and → the bytes the client
+ *   typed right after COMPLETE at the destination VM) and every byte checked.
  *
- * Cross-node vMotion is measured elsewhere (the inter-node link's phase).
+ * As root, every vspc's RLIMIT_NOFILE is raised (prlimit(1) on its pid) past the
+ * shell's hard limit, so that a node can hold more than ~9,000 ports (two fds each).
  */
-import { mkdtempSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HostPort } from '../src/config/config.js';
-import { round, sleep } from './common.js';
+import { distribution, round, roundDistribution, sleep, type Distribution } from './common.js';
 import { removeTempDir, trackTempDir, type WorkerHandle } from './ipc.js';
 import { fdLimit } from './proc.js';
 import { ServerProcess, type ServerMemory } from './server-process.js';
@@ -37,9 +49,40 @@ export interface ClusterBenchOptions {
   phaseTimeoutMs: number;
   serverArgs: string[];
   nodeArgs: string[];
+  /** vMotions of each kind (same-node, cross-node); 0: no vMotion measurement. */
+  vmotions: number;
+  /** Movers of each kind homed on each node (the concurrency of each kind is 3 × this). */
+  vmotionVms: number;
 }
 
-export const DEFAULT_CLUSTER_OPTIONS = { vms: 27_000, workersPerNode: 2 } as const;
+export const DEFAULT_CLUSTER_OPTIONS = { vms: 27_000, workersPerNode: 2, vmotions: 300, vmotionVms: 4 } as const;
+
+/** RLIMIT_NOFILE given to every vspc of the phase when the benchmark runs as root (fs.nr_open is the ceiling). */
+const NODE_FD_LIMIT = 65_536;
+
+/** Light traffic during the vMotions: every mover writes and its client types this much per tick. */
+const VMOTION_TRAFFIC = { tickMs: 50, outBytesPerTick: 32, inBytesPerTick: 4, probeBytes: 16 } as const;
+
+/** One kind of vMotion (destination on the source's node or on another) over all nodes. */
+export interface ClusterVmotionFigures {
+  movers: number;
+  completed: number;
+  failed: number;
+  /** Completed per second of the kind's own run (both kinds run at once). */
+  ratePerS: number;
+  /** COMPLETE sent by the destination → the destination's next bytes at the attached client (ms). */
+  switchoverOutMs: Distribution;
+  /** COMPLETE sent → the bytes the client typed right after it at the destination VM (ms). */
+  switchoverInMs: Distribution;
+  /** BEGIN sent → PEER-OK received on the destination (ms). */
+  handshakeMs: Distribution;
+  bytesVmToClient: number;
+  bytesClientToVm: number;
+  lostBytes: number;
+  duplicatedBytes: number;
+  vmsWithErrors: number;
+  errors: string[];
+}
 
 export interface ClusterNodeFigures {
   node: string;
@@ -72,6 +115,7 @@ export interface ClusterSection {
     reconnectFailures: number;
     errors: string[];
   } | null;
+  vmotion: { same: ClusterVmotionFigures; cross: ClusterVmotionFigures; loadGenLoopDelay: Array<{ p99: number; max: number }> } | null;
   limits: string;
 }
 
@@ -170,6 +214,13 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
   const tmp = mkdtempSync(join(tmpdir(), 'vspc-bench-cluster-'));
   trackTempDir(tmp);
   const servers: ServerProcess[] = [];
+  const root = process.getuid?.() === 0;
+  /** Why the nodes' descriptor limit could not be raised (null: raised, or not root). */
+  let fdRaise: string | null = null;
+  // The nodes' shared secret for the cluster link (cross-node vMotion relays through it).
+  const secretFile = join(tmp, 'cluster.secret');
+  writeFileSync(secretFile, randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
+  chmodSync(secretFile, 0o600);
   // Every owned console is one advisory lock in PostgreSQL's shared lock table, which
   // holds max_locks_per_transaction × (max_connections + max_prepared_transactions)
   // locks (64 × 50 here by default: too few for a cluster's consoles).
@@ -177,6 +228,17 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
   const spawn = (host: string, db: string, extra: string[]): ServerProcess => {
     const s = ServerProcess.spawn({ host, dbPath: db, proxyPort: own.start, adminPort: own.end, portRange: range, extraArgs: [...extra, '--broker-socket', 'off', ...o.serverArgs], nodeArgs: o.nodeArgs });
     servers.push(s);
+    // Root with CAP_SYS_RESOURCE may raise a child's hard limit beyond its own;
+    // descriptors opened from then on count against the new limit. Without the
+    // capability (a container may drop it) the limit stays, and the figures say so.
+    if (root && fdRaise === null && s.pid !== null) {
+      try {
+        execFileSync('prlimit', ['--pid', String(s.pid), `--nofile=${NODE_FD_LIMIT}:${NODE_FD_LIMIT}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+      } catch (err) {
+        fdRaise = `prlimit --nofile=${NODE_FD_LIMIT}:${NODE_FD_LIMIT} refused (${String((err as { stderr?: Buffer }).stderr ?? err).trim().replace(/^prlimit: /, '')}${hasCapSysResource() ? '' : '; this process lacks CAP_SYS_RESOURCE'})`;
+        log(`cluster: cannot raise the nodes' RLIMIT_NOFILE: ${fdRaise}`);
+      }
+    }
     return s;
   };
   const workersFor = (name: string, offset: number): Loaded['workers'] =>
@@ -200,7 +262,7 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
     const db = await pg.createDatabase();
     const nodes: Loaded[] = [];
     for (const [i, host] of hosts.entries()) {
-      const server = spawn(host, db, ['--node-id', `node-${i + 1}`]);
+      const server = spawn(host, db, ['--node-id', `node-${i + 1}`, '--cluster-listen', `${host}:0`, '--cluster-secret-file', secretFile]);
       await server.waitReady(60_000);
       nodes.push({ server, name: `node-${i + 1}`, workers: workersFor(`node${i + 1}`, i * perNode), base: await rss(server) });
     }
@@ -210,6 +272,9 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
     const allMs = performance.now() - t0;
     const nodeFigures = await Promise.all(nodes.map((l, i) => figures(l, perNode, results[i])));
     for (const f of nodeFigures) log(`cluster: ${f.node}: ${f.registered} VM serial ports in ${f.timeToRegisterS} s, RSS ${f.rssKiBPerPort} KiB per port, ${f.fds} fds of ${f.fdLimit}`);
+
+    // ---- vMotion: same-node and cross-node side by side
+    const vmotion = o.vmotions > 0 ? await runVmotions(nodes, o, log, spawnWorker) : null;
 
     // ---- failover: make room on the survivors, kill node 1, its VMs reconnect to them
     let failover: ClusterSection['failover'] = null;
@@ -258,20 +323,76 @@ export async function runClusterPhase(o: ClusterBenchOptions, log: (l: string) =
       };
       log(`cluster: ${dead.name} SIGKILLed with ${perNode} VM serial ports: all back on node-2/node-3 after ${failover.toAllBackS} s`);
     }
+    const limitNote = !root ? ' (the benchmark raises it with prlimit when run as root)' : fdRaise ? ` (not raised: ${fdRaise})` : ' (raised by the benchmark with prlimit, as root)';
     return {
-      workload: `${o.vms} simulated ESXi VM serial ports across 3 vspc nodes (127.0.0.2-4) on one PostgreSQL ${pgVersion(pg.log())}(a throwaway server on a unix socket, fsync off, max_locks_per_transaction ${maxLocksFor(o.vms)}), ${perNode} per node from ${wpn} load-generator processes per node, all nodes registering at once; beside it one vspc on SQLite with ${perNode}; failover: half of node-2's and node-3's VMs leave, node-1 is SIGKILLed and its ${perNode} VMs reconnect to node-2 and node-3 (retry within 0.5-1.5 s)`,
+      workload: `${o.vms} simulated ESXi VM serial ports across 3 vspc nodes (127.0.0.2-4) on one PostgreSQL ${pgVersion(pg.log())}(a throwaway server on a unix socket, fsync off, max_locks_per_transaction ${maxLocksFor(o.vms)}), ${perNode} per node from ${wpn} load-generator processes per node, all nodes registering at once; beside it one vspc on SQLite with ${perNode}; failover: half of node-2's and node-3's VMs leave, node-1 is SIGKILLed and its ${perNode} VMs reconnect to node-2 and node-3 (retry within 0.5-1.5 s)` +
+        (vmotion
+          ? `; vMotion (before the failover): ${o.vmotions} of each kind, back to back, by ${vmotion.same.movers} + ${vmotion.cross.movers} more VMs (${o.vmotionVms} of each kind homed on each node, a telnet client attached on its home node), both kinds at once; ` +
+            `same-node: the destination connects to the source's node; cross-node: to another node, and back home the next time (the home node relays its client meanwhile); ` +
+            `every ${VMOTION_TRAFFIC.tickMs} ms each VM writes ${VMOTION_TRAFFIC.outBytesPerTick} bytes (not between BEGIN and COMPLETE) and its client types ${VMOTION_TRAFFIC.inBytesPerTick}, every byte checked at the other end; ` +
+            `switch-over: the destination writes ${VMOTION_TRAFFIC.probeBytes} bytes right after sending COMPLETE and the client types ${VMOTION_TRAFFIC.probeBytes}: COMPLETE → the last of them at the client (→ client) and at the destination VM connection (→ VM); a VM migrates again when both arrived`
+          : ''),
       vms: o.vms,
       nodes: nodeFigures,
       allRegisteredS: round(allMs / 1000, 2),
       sqlite,
       failover,
-      limits: `each vspc process holds two fds per ESXi serial port (connection + listener) and RLIMIT_NOFILE is ${nodeFigures[0]?.fdLimit ?? '?'} per process here, so one node holds at most ~${Math.floor(((nodeFigures[0]?.fdLimit ?? 20000) - 200) / 2)} ports; failover to two survivors needs each to have room for half of the dead node's`,
+      vmotion,
+      limits:
+        `each vspc process holds two fds per ESXi serial port (connection + listener) and RLIMIT_NOFILE is ${nodeFigures[0]?.fdLimit ?? '?'} per process here${limitNote}, so one node holds at most ~${Math.floor(((nodeFigures[0]?.fdLimit ?? 20000) - 200) / 2)} ports; ` +
+        `the console ports of the cluster come from ${range.start}-${range.end} (below the ephemeral range: at most ${32_767 - 2000 + 1} from 2000); failover to two survivors needs each to have room for half of the dead node's`,
     };
   } finally {
     for (const s of servers) s.kill();
     await Promise.all(servers.map((s) => s.exited));
     await pg.stop();
     removeTempDir(tmp);
+  }
+}
+
+async function runVmotions(nodes: Loaded[], o: ClusterBenchOptions, log: (l: string) => void, spawnWorker: (name: string) => WorkerHandle): Promise<NonNullable<ClusterSection['vmotion']>> {
+  const proxies = nodes.map((l) => l.server.proxy);
+  const per = slices(o.vmotions, nodes.length);
+  const ws = nodes.map((_, i) => spawnWorker(`cluster-vmotion-${i + 1}`));
+  try {
+    await Promise.all(
+      ws.map((w, i) =>
+        w.ask('cvm.setup', { nodes: proxies, home: i, admin: nodes[i].server.admin, namespace: o.namespace, from: i * o.vmotionVms * 2, perKind: o.vmotionVms, timeoutMs: 60_000 }, 120_000),
+      ),
+    );
+    const rs = await Promise.all(
+      ws.map((w, i) => w.ask('cvm.run', { vmotionsPerKind: per[i].count, ...VMOTION_TRAFFIC, quiesceMs: 10_000, timeoutMs: 20_000 }, o.phaseTimeoutMs)),
+    );
+    const fig = (kind: 'same' | 'cross'): ClusterVmotionFigures => {
+      const k = rs.map((r) => r[kind]);
+      const completed = k.reduce((n, x) => n + x.completed, 0);
+      return {
+        movers: k.reduce((n, x) => n + x.movers, 0),
+        completed,
+        failed: k.reduce((n, x) => n + x.failed, 0),
+        ratePerS: round((completed / Math.max(...k.map((x) => x.elapsedMs))) * 1000, 1),
+        switchoverOutMs: roundDistribution(distribution(k.flatMap((x) => x.switchoverOut))),
+        switchoverInMs: roundDistribution(distribution(k.flatMap((x) => x.switchoverIn))),
+        handshakeMs: roundDistribution(distribution(k.flatMap((x) => x.handshake))),
+        bytesVmToClient: k.reduce((n, x) => n + x.bytesVmToClient, 0),
+        bytesClientToVm: k.reduce((n, x) => n + x.bytesClientToVm, 0),
+        lostBytes: k.reduce((n, x) => n + x.lostVmToClient + x.lostClientToVm, 0),
+        duplicatedBytes: k.reduce((n, x) => n + x.duplicated, 0),
+        vmsWithErrors: k.reduce((n, x) => n + x.vmsWithErrors, 0),
+        errors: [...k.flatMap((x) => x.errors), ...k.flatMap((x) => x.errorDetails)].slice(0, 10),
+      };
+    };
+    const out = { same: fig('same'), cross: fig('cross'), loadGenLoopDelay: rs.map((r) => r.loadGenLoopDelay) };
+    for (const [name, f] of [['same-node', out.same], ['cross-node', out.cross]] as const) {
+      log(
+        `cluster: ${name} vMotions: ${f.completed} completed (${f.ratePerS}/s, ${f.movers} at a time), ${f.failed} failed; switch-over to the client p50 ${f.switchoverOutMs.p50} p99 ${f.switchoverOutMs.p99} ms, ` +
+          `to the VM p50 ${f.switchoverInMs.p50} p99 ${f.switchoverInMs.p99} ms; BEGIN → PEER-OK p50 ${f.handshakeMs.p50} p99 ${f.handshakeMs.p99} ms; lost ${f.lostBytes}, duplicated ${f.duplicatedBytes} bytes${f.errors.length ? `; errors: ${f.errors.join('; ')}` : ''}`,
+      );
+    }
+    await Promise.all(ws.map((w) => w.ask('cvm.teardown', {}, 60_000)));
+    return out;
+  } finally {
+    await Promise.all(ws.map((w) => w.stop()));
   }
 }
 
@@ -288,6 +409,16 @@ async function waitForCount(t: ServerProcess, n: number, timeoutMs: number): Pro
 /** max_locks_per_transaction for `consoles` owned at once by the nodes of a test server (max_connections 50), with room to spare. */
 export function maxLocksFor(consoles: number): number {
   return Math.max(64, Math.ceil((consoles * 1.5 + 1000) / 50));
+}
+
+/** CAP_SYS_RESOURCE (bit 24) in this process's effective capabilities (Linux). */
+function hasCapSysResource(): boolean {
+  try {
+    const m = /^CapEff:\s*([0-9a-f]+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return m !== null && (BigInt(`0x${m[1]}`) & (1n << 24n)) !== 0n;
+  } catch {
+    return false;
+  }
 }
 
 function pgVersion(log: string): string {

@@ -92,8 +92,11 @@ export interface BenchOptions {
   baselines: boolean;
   ssh: SshOptions;
   tunnel: TunnelOptions;
-  /** The cluster phase: VM serial ports across three nodes, load generators per node, the nodes' console port range. */
-  cluster: { vms: number; workersPerNode: number; portRange?: { start: number; end: number } };
+  /**
+   * The cluster phase: VM serial ports across three nodes, load generators per node, the nodes' console port range;
+   * vMotions of each kind (same-node, cross-node) and the movers of each kind homed on each node.
+   */
+  cluster: { vms: number; workersPerNode: number; portRange?: { start: number; end: number }; vmotions: number; vmotionVms: number };
   /** More node options for the vspc the benchmark starts (e.g. --cpu-prof). */
   serverNodeArgs: string[];
   /** More vspc options for the vspc the benchmark starts. */

@@ -355,6 +355,26 @@ export function rows(r: BenchReport): Row[] {
         met: null,
       });
     }
+    if (c.vmotion) {
+      for (const [label, f] of [['same-node', c.vmotion.same], ['cross-node', c.vmotion.cross]] as const) {
+        out.push({
+          ref: 10,
+          figure: `cluster: ${label} vMotions: rate, switch-over p50/p99`,
+          result:
+            `${n(f.ratePerS, 1)}/s (${f.completed} completed, ${f.failed} failed, ${f.movers} at a time); COMPLETE → client p50 ${n(f.switchoverOutMs.p50, 2)} p99 ${n(f.switchoverOutMs.p99, 2)} ms, ` +
+            `COMPLETE → VM p50 ${n(f.switchoverInMs.p50, 2)} p99 ${n(f.switchoverInMs.p99, 2)} ms (BEGIN → PEER-OK p50 ${n(f.handshakeMs.p50, 2)} p99 ${n(f.handshakeMs.p99, 2)} ms)`,
+          target: '',
+          met: null,
+        });
+        out.push({
+          ref: 10,
+          figure: `cluster: ${label} vMotions: bytes lost / duplicated (checked both ways)`,
+          result: `${f.lostBytes} / ${f.duplicatedBytes} of ${f.bytesVmToClient + f.bytesClientToVm} (${f.vmsWithErrors} VMs with errors)`,
+          target: '0',
+          met: f.lostBytes === 0 && f.duplicatedBytes === 0 && f.vmsWithErrors === 0,
+        });
+      }
+    }
     if (c.failover) {
       out.push({
         ref: 10,

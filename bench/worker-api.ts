@@ -70,6 +70,54 @@ export interface VmotionRunResult {
   clientsClosed: number;
 }
 
+/** Cluster phase: one worker's movers, all homed on node `home` of `nodes` (the nodes' proxy ports). */
+export interface ClusterVmSetupRequest {
+  nodes: HostPort[];
+  home: number;
+  /** Admin API of the home node (its ports list holds the movers' client ports). */
+  admin: AdminEndpoint;
+  namespace: number;
+  from: number;
+  /** Movers of each kind (same-node and cross-node). */
+  perKind: number;
+  timeoutMs: number;
+}
+
+export interface ClusterVmRunRequest {
+  /** vMotions of each kind this worker completes (or fails), back to back. */
+  vmotionsPerKind: number;
+  tickMs: number;
+  outBytesPerTick: number;
+  inBytesPerTick: number;
+  /** Bytes written by the destination right after COMPLETE (and typed by the client): the switch-over probes. */
+  probeBytes: number;
+  quiesceMs: number;
+  timeoutMs: number;
+}
+
+/** One kind of vMotion (destination on the source's node, or on another) of one worker. */
+export interface ClusterVmKindResult {
+  movers: number;
+  completed: number;
+  failed: number;
+  errors: string[];
+  elapsedMs: number;
+  /** COMPLETE sent by the destination → the destination's first bytes after it at the attached client (ms). */
+  switchoverOut: number[];
+  /** COMPLETE sent → the bytes the client typed right after it at the destination VM connection (ms). */
+  switchoverIn: number[];
+  /** BEGIN sent → PEER-OK received (the migration itself, before COMPLETE). */
+  handshake: number[];
+  bytesVmToClient: number;
+  bytesClientToVm: number;
+  lostVmToClient: number;
+  lostClientToVm: number;
+  /** Bytes received beyond what was sent (duplicates), both ways. */
+  duplicated: number;
+  vmsWithErrors: number;
+  errorDetails: string[];
+}
+
 /** Which streams of a throughput worker pour out. */
 export type StreamSet = 'vspc' | 'relay' | 'unix';
 
@@ -169,6 +217,10 @@ export interface WorkerApi {
   'vm.setup': { req: VmSetupRequest; res: { vms: number } };
   'vm.run': { req: VmotionRunRequest; res: VmotionRunResult };
   'vm.teardown': { req: Empty; res: Empty };
+  // Cluster phase: same-node and cross-node vMotions side by side.
+  'cvm.setup': { req: ClusterVmSetupRequest; res: { vms: number } };
+  'cvm.run': { req: ClusterVmRunRequest; res: { same: ClusterVmKindResult; cross: ClusterVmKindResult; loadGenLoopDelay: { p99: number; max: number } } };
+  'cvm.teardown': { req: Empty; res: Empty };
   // SSH: echoing consoles (one worker), sessions through the SSH front door (others), a failing flood.
   'ssh.setup': {
     req: { proxy: HostPort; admin: AdminEndpoint; namespace: number; consoles: number; timeoutMs: number };

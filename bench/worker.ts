@@ -13,7 +13,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import ssh2 from 'ssh2';
 import type { HostPort } from '../src/util/net.js';
 import type { PortView } from '../src/admin/views.js';
-import type { Empty, SshOpenRequest, StreamSet, ThroughputSample, VmotionRunRequest, VmotionRunResult, VmSetupRequest, WorkerApi, WorkerCall, WorkerCommand, WorkerHandlers, WorkerReply } from './worker-api.js';
+import type { ClusterVmKindResult, Empty, SshOpenRequest, StreamSet, ThroughputSample, VmotionRunRequest, VmotionRunResult, VmSetupRequest, WorkerApi, WorkerCall, WorkerCommand, WorkerHandlers, WorkerReply } from './worker-api.js';
 import { adminGet, type AdminEndpoint } from './server-process.js';
 import { Option } from '../src/protocol/telnet/constants.js';
 import { SimulatedVm } from '../test/support/sim/esxi-simulator.js';
@@ -1030,6 +1030,242 @@ async function vmTeardown(): Promise<Empty> {
 }
 
 // ---------------------------------------------------------------------------
+// Cluster phase: vMotions whose destination lands on the source's node ('same') or on
+// another node ('cross'), side by side. Every mover is homed on one node (its telnet
+// client stays attached there throughout); a 'cross' mover goes to its other node and
+// back in turn (its client is relayed by the home node while it is away).
+
+type ClusterKind = 'same' | 'cross';
+
+interface ClusterMover extends MoverVm {
+  kind: ClusterKind;
+  home: number;
+  other: number;
+  /** Node whose connection is the source now. */
+  at: number;
+  /** Switch-over probes in flight: resolved when the client / the destination has received up to the offset. */
+  outWait: { offset: number; resolve: () => void } | null;
+  inWait: { offset: number; resolve: () => void } | null;
+}
+
+const cmovers: ClusterMover[] = [];
+let clusterNodes: HostPort[] = [];
+
+function checkWaits(m: ClusterMover): void {
+  if (m.outWait && m.outCheck.received >= m.outWait.offset) {
+    const w = m.outWait;
+    m.outWait = null;
+    w.resolve();
+  }
+  if (m.inWait && m.inCheck.received >= m.inWait.offset) {
+    const w = m.inWait;
+    m.inWait = null;
+    w.resolve();
+  }
+}
+
+function listenClusterInput(m: ClusterMover, vm: SimulatedVm): void {
+  vm.on('data', (d) => {
+    m.inCheck.push(d);
+    // Only input that reached the current connection ends the input probe.
+    if (vm === m.conn) checkWaits(m);
+  });
+}
+
+async function cvmSetup(a: WorkerApi['cvm.setup']['req']): Promise<WorkerApi['cvm.setup']['res']> {
+  clusterNodes = a.nodes;
+  const home = a.nodes[a.home];
+  const count = a.perKind * 2;
+  const ids = Array.from({ length: count }, (_, i) => benchIdentity(a.namespace, Group.vmotion, a.from + i));
+  const vms = await mapLimit(ids, 16, (id) => connectVm(home, id, a.timeoutMs));
+  const ports = await waitListed(a.admin, ids, a.timeoutMs);
+  const users = await mapLimit(ports, 16, (p) => connectUser(home.host, p, a.timeoutMs));
+  for (let i = 0; i < count; i++) {
+    const index = a.from + i;
+    const m: ClusterMover = {
+      id: ids[i],
+      index,
+      conn: vms[i],
+      user: users[i],
+      out: new PatternSource(index * 2),
+      outCheck: new PatternChecker(index * 2, true),
+      in: new PatternSource(index * 2 + 1),
+      inCheck: new PatternChecker(index * 2 + 1, false),
+      paused: false,
+      seq: 0,
+      kind: i % 2 === 0 ? 'same' : 'cross',
+      home: a.home,
+      // Cross movers of a node spread over both other nodes.
+      other: (a.home + 1 + ((i >> 1) % (a.nodes.length - 1))) % a.nodes.length,
+      at: a.home,
+      outWait: null,
+      inWait: null,
+    };
+    listenClusterInput(m, m.conn);
+    m.user.on('data', (d) => {
+      m.outCheck.push(d);
+      checkWaits(m);
+    });
+    cmovers.push(m);
+  }
+  return { vms: cmovers.length };
+}
+
+interface ClusterMigration {
+  handshakeMs: number;
+  outMs: number;
+  inMs: number;
+}
+
+function waitFor(m: ClusterMover, which: 'outWait' | 'inWait', offset: number, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      m[which] = null;
+      reject(new Error(`${which === 'outWait' ? 'output' : 'input'} probe not delivered within ${timeoutMs} ms`));
+    }, timeoutMs);
+    m[which] = {
+      offset,
+      resolve: () => {
+        clearTimeout(timer);
+        resolve(performance.now());
+      },
+    };
+    checkWaits(m);
+  });
+}
+
+async function clusterMigrate(m: ClusterMover, probeBytes: number, timeoutMs: number): Promise<ClusterMigration> {
+  const to = m.kind === 'same' ? m.at : m.at === m.home ? m.other : m.home;
+  const seq = Buffer.alloc(4);
+  seq.writeUInt32BE(((m.index & 0xffff) << 16) | (++m.seq & 0xffff));
+  const src = m.conn;
+  m.paused = true;
+  const t0 = performance.now();
+  let tC = 0;
+  try {
+    const r = await src.vmotionBegin(seq, timeoutMs);
+    if (r.kind !== 'goahead') throw new Error('NOTNOW');
+    const dest = await connectVm(clusterNodes[to], m.id, timeoutMs, { skipDoProxy: true });
+    listenClusterInput(m, dest);
+    if (!(await dest.vmotionPeer(Buffer.concat([seq, r.secret]), timeoutMs))) {
+      dest.destroy();
+      src.vmotionAbort();
+      throw new Error(`no PEER-OK from node ${to + 1}`);
+    }
+    tC = performance.now();
+    dest.vmotionComplete(seq);
+    m.conn = dest;
+    m.at = to;
+  } finally {
+    m.paused = false;
+  }
+  // The probes: the destination writes, the client types, right after COMPLETE.
+  m.conn.send(m.out.next(probeBytes));
+  const outDone = waitFor(m, 'outWait', m.out.offset, timeoutMs);
+  if (!m.user.closed) m.user.send(m.in.next(probeBytes));
+  const inDone = waitFor(m, 'inWait', m.in.offset, timeoutMs);
+  // Both settle (each has its deadline): no rejection is left unhandled.
+  const [o, i] = await Promise.allSettled([outDone, inDone]);
+  if (o.status === 'rejected') throw o.reason;
+  if (i.status === 'rejected') throw i.reason;
+  return { handshakeMs: tC - t0, outMs: o.value - tC, inMs: i.value - tC };
+}
+
+async function cvmRun(a: WorkerApi['cvm.run']['req']): Promise<WorkerApi['cvm.run']['res']> {
+  const traffic = setInterval(() => {
+    for (const m of cmovers) {
+      if (!m.paused && !m.conn.closed) m.conn.send(m.out.next(a.outBytesPerTick));
+      if (!m.user.closed) m.user.send(m.in.next(a.inBytesPerTick));
+    }
+  }, a.tickMs);
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
+  const t0 = performance.now();
+  const runKind = async (kind: ClusterKind) => {
+    const ms = cmovers.filter((m) => m.kind === kind);
+    const res = { completed: 0, errors: [] as string[], out: [] as number[], in: [] as number[], handshake: [] as number[], elapsedMs: 0 };
+    let left = a.vmotionsPerKind;
+    // Bounded concurrency: each mover migrates again as soon as its last vMotion's probes arrived.
+    await Promise.all(
+      ms.map(async (m) => {
+        while (left > 0 && res.errors.length <= 100) {
+          left--;
+          try {
+            const r = await clusterMigrate(m, a.probeBytes, a.timeoutMs);
+            res.out.push(r3(r.outMs));
+            res.in.push(r3(r.inMs));
+            res.handshake.push(r3(r.handshakeMs));
+            res.completed++;
+          } catch (err) {
+            res.errors.push(`${m.id.name}: ${errorText(err)}`);
+          }
+        }
+      }),
+    );
+    res.elapsedMs = performance.now() - t0;
+    return { ms, res };
+  };
+  const [same, cross] = await Promise.all([runKind('same'), runKind('cross')]);
+  loop.disable();
+  clearInterval(traffic);
+  const settled = performance.now() + a.quiesceMs;
+  const pendingOf = () => cmovers.filter((m) => m.outCheck.received < m.out.offset || m.inCheck.received < m.in.offset).length;
+  while (pendingOf() > 0 && performance.now() < settled) await sleep(20);
+  const result = ({ ms, res }: Awaited<ReturnType<typeof runKind>>): ClusterVmKindResult => {
+    let sentOut = 0;
+    let gotOut = 0;
+    let sentIn = 0;
+    let gotIn = 0;
+    let duplicated = 0;
+    let bad = 0;
+    const details: string[] = [];
+    for (const m of ms) {
+      sentOut += m.out.offset;
+      gotOut += Math.min(m.outCheck.received, m.out.offset);
+      sentIn += m.in.offset;
+      gotIn += Math.min(m.inCheck.received, m.in.offset);
+      duplicated += Math.max(0, m.outCheck.received - m.out.offset) + Math.max(0, m.inCheck.received - m.in.offset);
+      if (!m.outCheck.ok || !m.inCheck.ok || m.outCheck.received !== m.out.offset || m.inCheck.received !== m.in.offset) {
+        bad++;
+        if (details.length < 5) {
+          details.push(
+            `${m.id.name}: out ${m.outCheck.received}/${m.out.offset} (first mismatch ${m.outCheck.firstMismatch}), in ${m.inCheck.received}/${m.in.offset} (first mismatch ${m.inCheck.firstMismatch})`,
+          );
+        }
+      }
+    }
+    return {
+      movers: ms.length,
+      completed: res.completed,
+      failed: res.errors.length,
+      errors: firstErrors(res.errors),
+      elapsedMs: res.elapsedMs,
+      switchoverOut: res.out,
+      switchoverIn: res.in,
+      handshake: res.handshake,
+      bytesVmToClient: sentOut,
+      bytesClientToVm: sentIn,
+      lostVmToClient: sentOut - gotOut,
+      lostClientToVm: sentIn - gotIn,
+      duplicated,
+      vmsWithErrors: bad,
+      errorDetails: details,
+    };
+  };
+  return {
+    same: result(same),
+    cross: result(cross),
+    loadGenLoopDelay: { p99: Math.round(loop.percentile(99) / 1e4) / 100, max: Math.round(loop.max / 1e4) / 100 },
+  };
+}
+
+async function cvmTeardown(): Promise<Empty> {
+  await Promise.all(cmovers.flatMap((m) => [m.user.close(), m.conn.close()]));
+  cmovers.length = 0;
+  return {};
+}
+
+// ---------------------------------------------------------------------------
 
 async function shutdown(): Promise<Empty> {
   bulkStreamStop();
@@ -1048,7 +1284,7 @@ async function shutdown(): Promise<Empty> {
     for (const u of v.users) u.destroy();
   }
   for (const e of endpoints) e.server?.close();
-  for (const m of movers) {
+  for (const m of [...movers, ...cmovers]) {
     m.conn.destroy();
     m.user.destroy();
   }
@@ -1316,6 +1552,9 @@ const handlers: WorkerHandlers = {
   'vm.setup': vmSetup,
   'vm.run': vmRun,
   'vm.teardown': vmTeardown,
+  'cvm.setup': cvmSetup,
+  'cvm.run': cvmRun,
+  'cvm.teardown': cvmTeardown,
   'ssh.setup': sshSetup,
   'ssh.open': sshOpen,
   'ssh.floodStart': sshFloodStart,

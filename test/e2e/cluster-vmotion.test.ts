@@ -218,3 +218,31 @@ test('three nodes: a broker client of node C on a console that moves A → B →
   assert.equal(vms.map((v) => v.input.toString('latin1')).join(''), expectIn);
   assert.equal(p.closed, false);
 });
+
+test('output the destination prints right after COMPLETE, before its node has claimed the console, reaches the user on the old node', async () => {
+  // As ESXi does: the VM resumes at COMPLETE and prints at once, while the destination's
+  // node still waits for the source's node to release the console. Those bytes are kept
+  // and must be part of what the old node's relay is replayed.
+  const [a, b] = cluster.nodes;
+  const id = esxiUuid();
+  const vm = await vmOn(a, id.text, 'eager');
+  const hub = await a.ts.waitRegistered(id.text, '', 10_000);
+  const user = await userOn(a, hub.identity.tcpPort);
+  const strip = (s: string) => s.replace(/\r\n\[vspc: [^\]]*\]\r\n/g, '');
+  let source = vm;
+  let expected = '';
+  for (const [step, target] of [b, a, b].entries()) {
+    const seq = Buffer.from([0x60 + step]);
+    const r = await source.vmotionBegin(seq);
+    assert.equal(r.kind, 'goahead');
+    const dest = await vmOn(target, id.text, 'eager', true);
+    assert.equal(await dest.vmotionPeer(Buffer.concat([seq, (r as { secret: Buffer }).secret]), 5000), true);
+    const o = `e${step};`;
+    dest.vmotionComplete(seq);
+    dest.send(o); // no wait for the takeover
+    expected += o;
+    await waitUntil(() => strip(user.text) === expected, 10_000, `step ${step}: "${o}" reached the user on node A (got ${JSON.stringify(strip(user.text))})`);
+    source = dest;
+  }
+  assert.equal(user.closed, false);
+});

@@ -267,6 +267,10 @@ export class ClusterVmotionService implements ClusterVmotion {
       relay.source.close('console taken over by this node');
       hub.logged = true;
     }
+    // The replay mark comes first: adoptHub() flushes what the destination printed since
+    // its COMPLETE (kept while the handover went on), and the source's node, now a relay
+    // of this one, must get those bytes too.
+    this.takenAt.set(hub, hub.bytesFromVm);
     conn.adoptHub(hub);
     let bytes = 0;
     for (const b of held) {
@@ -275,7 +279,6 @@ export class ClusterVmotionService implements ClusterVmotion {
     }
     // Then what this node's clients typed during the handover.
     if (hub.isHolding) hub.stopHolding(conn);
-    this.takenAt.set(hub, hub.bytesFromVm);
     attachment.close('claimed');
     this.completedHere++;
     const durationMs = Date.now() - started;
