@@ -832,6 +832,38 @@ interface MoverVm {
 const movers: MoverVm[] = [];
 let moverProxy: HostPort | null = null;
 
+/** A moving VM's streams: output pattern 2·index, input pattern 2·index + 1, each checked byte for byte. */
+function newMover(id: BenchIdentity, index: number, conn: SimulatedVm, user: TelnetUser): MoverVm {
+  return {
+    id,
+    index,
+    conn,
+    user,
+    out: new PatternSource(index * 2),
+    outCheck: new PatternChecker(index * 2, true),
+    in: new PatternSource(index * 2 + 1),
+    inCheck: new PatternChecker(index * 2 + 1, false),
+    paused: false,
+    seq: 0,
+  };
+}
+
+/** What is wrong with a mover's two streams (a byte out of pattern, or not all of it arrived), or null. */
+function moverFault(m: MoverVm): string | null {
+  if (m.outCheck.ok && m.inCheck.ok && m.outCheck.received === m.out.offset && m.inCheck.received === m.in.offset) return null;
+  return `${m.id.name}: out ${m.outCheck.received}/${m.out.offset} (first mismatch ${m.outCheck.firstMismatch}), in ${m.inCheck.received}/${m.in.offset} (first mismatch ${m.inCheck.firstMismatch})`;
+}
+
+/** Traffic both ways for every mover, on one timer (a VM paused for its vMotion sends nothing). */
+function moverTraffic(ms: readonly MoverVm[], a: { tickMs: number; outBytesPerTick: number; inBytesPerTick: number }): NodeJS.Timeout {
+  return setInterval(() => {
+    for (const m of ms) {
+      if (!m.paused && !m.conn.closed) m.conn.send(m.out.next(a.outBytesPerTick));
+      if (!m.user.closed) m.user.send(m.in.next(a.inBytesPerTick));
+    }
+  }, a.tickMs);
+}
+
 function listenInput(m: MoverVm, vm: SimulatedVm): void {
   vm.on('data', (d) => m.inCheck.push(d));
 }
@@ -844,18 +876,7 @@ async function vmSetup(a: VmSetupRequest): Promise<WorkerApi['vm.setup']['res']>
   const users = await mapLimit(ports, 32, (p) => connectUser(a.proxy.host, p, a.timeoutMs));
   for (let i = 0; i < ids.length; i++) {
     const index = a.from + i;
-    const m: MoverVm = {
-      id: ids[i],
-      index,
-      conn: vms[i],
-      user: users[i],
-      out: new PatternSource(index * 2),
-      outCheck: new PatternChecker(index * 2, true),
-      in: new PatternSource(index * 2 + 1),
-      inCheck: new PatternChecker(index * 2 + 1, false),
-      paused: false,
-      seq: 0,
-    };
+    const m = newMover(ids[i], index, vms[i], users[i]);
     listenInput(m, m.conn);
     m.user.on('data', (d) => m.outCheck.push(d));
     movers.push(m);
@@ -904,13 +925,7 @@ async function vmRun(a: VmotionRunRequest): Promise<VmotionRunResult> {
   const pauses: number[] = [];
   const steps = { goahead: [] as number[], connect: [] as number[], peerOk: [] as number[] };
   const errors: string[] = [];
-  // Traffic: one timer for all VMs.
-  const traffic = setInterval(() => {
-    for (const m of movers) {
-      if (!m.paused && !m.conn.closed) m.conn.send(m.out.next(a.outBytesPerTick));
-      if (!m.user.closed) m.user.send(m.in.next(a.inBytesPerTick));
-    }
-  }, a.tickMs);
+  const traffic = moverTraffic(movers, a);
   const loop = monitorEventLoopDelay({ resolution: 5 });
   loop.enable();
   const t0 = performance.now();
@@ -989,13 +1004,10 @@ async function vmRun(a: VmotionRunRequest): Promise<VmotionRunResult> {
     sentIn += m.in.offset;
     gotIn += m.inCheck.received;
     notices += m.outCheck.notices;
-    if (!m.outCheck.ok || !m.inCheck.ok || m.outCheck.received !== m.out.offset || m.inCheck.received !== m.in.offset) {
+    const bad = moverFault(m);
+    if (bad) {
       corrupt++;
-      if (firstBad.length < 5) {
-        firstBad.push(
-          `${m.id.name}: out ${m.outCheck.received}/${m.out.offset} (first mismatch ${m.outCheck.firstMismatch}), in ${m.inCheck.received}/${m.in.offset} (first mismatch ${m.inCheck.firstMismatch})`,
-        );
-      }
+      if (firstBad.length < 5) firstBad.push(bad);
     }
   }
   return {
@@ -1083,16 +1095,7 @@ async function cvmSetup(a: WorkerApi['cvm.setup']['req']): Promise<WorkerApi['cv
   for (let i = 0; i < count; i++) {
     const index = a.from + i;
     const m: ClusterMover = {
-      id: ids[i],
-      index,
-      conn: vms[i],
-      user: users[i],
-      out: new PatternSource(index * 2),
-      outCheck: new PatternChecker(index * 2, true),
-      in: new PatternSource(index * 2 + 1),
-      inCheck: new PatternChecker(index * 2 + 1, false),
-      paused: false,
-      seq: 0,
+      ...newMover(ids[i], index, vms[i], users[i]),
       kind: i % 2 === 0 ? 'same' : 'cross',
       home: a.home,
       // Cross movers of a node spread over both other nodes.
@@ -1172,12 +1175,7 @@ async function clusterMigrate(m: ClusterMover, probeBytes: number, timeoutMs: nu
 }
 
 async function cvmRun(a: WorkerApi['cvm.run']['req']): Promise<WorkerApi['cvm.run']['res']> {
-  const traffic = setInterval(() => {
-    for (const m of cmovers) {
-      if (!m.paused && !m.conn.closed) m.conn.send(m.out.next(a.outBytesPerTick));
-      if (!m.user.closed) m.user.send(m.in.next(a.inBytesPerTick));
-    }
-  }, a.tickMs);
+  const traffic = moverTraffic(cmovers, a);
   const loop = monitorEventLoopDelay({ resolution: 5 });
   loop.enable();
   const t0 = performance.now();
@@ -1225,13 +1223,10 @@ async function cvmRun(a: WorkerApi['cvm.run']['req']): Promise<WorkerApi['cvm.ru
       sentIn += m.in.offset;
       gotIn += Math.min(m.inCheck.received, m.in.offset);
       duplicated += Math.max(0, m.outCheck.received - m.out.offset) + Math.max(0, m.inCheck.received - m.in.offset);
-      if (!m.outCheck.ok || !m.inCheck.ok || m.outCheck.received !== m.out.offset || m.inCheck.received !== m.in.offset) {
+      const fault = moverFault(m);
+      if (fault) {
         bad++;
-        if (details.length < 5) {
-          details.push(
-            `${m.id.name}: out ${m.outCheck.received}/${m.out.offset} (first mismatch ${m.outCheck.firstMismatch}), in ${m.inCheck.received}/${m.in.offset} (first mismatch ${m.inCheck.firstMismatch})`,
-          );
-        }
+        if (details.length < 5) details.push(fault);
       }
     }
     return {
