@@ -20,6 +20,8 @@ export const ERROR_CODES = {
   VSPC_BAD_UUID: ['ProtocolError', 'VM-VC-UUID that is not 32 hex digits'],
   VSPC_BAD_NAME: ['ProtocolError', 'VM-NAME longer than 1024 bytes'],
   VSPC_BAD_VMOTION: ['ProtocolError', 'a vMotion subcommand with a malformed sequence or secret'],
+  VSPC_VMOTION_BEGIN_FLOOD: ['ProtocolError', 'more than 8 VMOTION-BEGINs in a row replacing one another on one connection: closed'],
+  VSPC_VMOTION_PEER_FLOOD: ['ProtocolError', 'VMOTION-PEERs from one address past its budget of cluster look-ups: refused without a database query'],
   VSPC_PROXY_REFUSED: ['ProtocolError', 'DO-PROXY for another service name or direction: answered WONT-PROXY and closed'],
   VSPC_PROXY_CHANGED: ['ProtocolError', 'a second DO-PROXY with another port label on one connection'],
   VSPC_UUID_CHANGED: ['ProtocolError', 'VM-VC-UUID changed on an open connection'],

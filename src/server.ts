@@ -311,7 +311,18 @@ export class VspcServer {
         store: {
           publish: (token, seq, consoleId, deadline) => pg.vmotionPublish(token, seq, consoleId, deadline),
           withdraw: (token) => pg.vmotionWithdraw(token),
-          find: (payload) => pg.vmotionFind(payload),
+          // A VMOTION-PEER comes from anyone who reaches 13370: while the database is marked
+          // unavailable none is looked up, and a look-up blocks at most CLUSTER_LOOKUP_TIMEOUT_MS.
+          find: (payload) => {
+            const mirrors = this.clusterMirrors;
+            if (mirrors && !mirrors.databaseAvailable) return [];
+            try {
+              return pg.vmotionFind(payload, Date.now(), CLUSTER_LOOKUP_TIMEOUT_MS);
+            } catch (err) {
+              mirrors?.markUnavailable((err as Error).message);
+              throw err;
+            }
+          },
           nodeLink: (node) => pg.nodeLink(node),
         },
       });
@@ -550,7 +561,8 @@ export class VspcServer {
     const own = this.registry.ownership;
     if (!own) return null;
     if (this.clusterNodes && now - this.clusterNodes.at < 1000) return this.clusterNodes.view;
-    const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+    // Rows are anyone's with database access: a time out of Date's range shows as none, not as a failed view.
+    const iso = (ms: number | null) => (ms === null || !Number.isFinite(ms) || Math.abs(ms) > 8.64e15 ? null : new Date(ms).toISOString());
     let view: ClusterStatusView;
     if (!own.available) view = { node: own.nodeId, nodes: null, error: 'the database session is lost' };
     else {

@@ -32,6 +32,8 @@ export type MigrationOutcome = 'completed' | 'aborted' | 'timed-out' | 'replaced
 /** What the coordinator needs from a VM connection; EsxiSession implements it. */
 export interface VmotionEndpoint extends ConsoleSource {
   readonly id: number;
+  /** The remote IP address (per-address budgets of cluster look-ups). */
+  readonly address: string;
   readonly log: Logger;
   /** The hub this connection feeds, when it is a VM's attached source. */
   readonly hub: ConsoleHub | null;
@@ -57,7 +59,15 @@ interface Migration {
   state: MigrationState;
   readonly startedAt: number;
   timer: NodeJS.Timeout;
+  /** BEGINs from this source that replaced a pending one in a row (MAX_REPLACED_BEGINS). */
+  readonly replaced: number;
 }
+
+/**
+ * Most VMOTION-BEGINs in a row that may replace a pending one on one connection. ESXi
+ * sends a second BEGIN when it retries a vMotion; eight in a row is a flood.
+ */
+export const MAX_REPLACED_BEGINS = 8;
 
 /** A history entry as kept (the ISO time is made when the history is read). */
 interface StoredRecord extends Omit<VmotionRecord, 'startedAt'> {
@@ -110,8 +120,10 @@ export interface ClusterVmotion {
   /**
    * A VMOTION-PEER with no local match: the pending migration of another node whose
    * sequence and secret it carries (the secret compared in constant time), or null.
+   * `from`: the peer's address; each address has a budget of look-ups (a flood of forged
+   * PEERs must not become a flood of database queries).
    */
-  find(token: Buffer): RemoteMigration | null;
+  find(token: Buffer, from: string): RemoteMigration | null;
   /**
    * COMPLETE from the destination of a remote migration: take the console over from
    * the source's node (held input first) and make `conn` its source. Asynchronous;
@@ -180,6 +192,20 @@ export class VmotionCoordinator {
       return;
     }
     const stale = this.bySource.get(source);
+    const replaced = stale ? stale.replaced + 1 : 0;
+    if (replaced > MAX_REPLACED_BEGINS) {
+      // Each BEGIN costs a secret, a timer and (in a cluster) a database write: a source
+      // that keeps replacing its vMotion is not an ESXi host retrying one.
+      this.counters.refused++;
+      source.log.warn('security: too many VMOTION-BEGINs replacing one another on one connection; closed', {
+        security: true,
+        limit: MAX_REPLACED_BEGINS,
+        errorCode: 'VSPC_VMOTION_BEGIN_FLOOD',
+      });
+      this.end(stale!, 'replaced', { releaseTo: undefined });
+      source.close('too many VMOTION-BEGINs');
+      return;
+    }
     if (stale) {
       source.log.warn('second VMOTION-BEGIN replaces the pending vMotion', () => ({
         staleSeq: stale.seq.toString('hex'),
@@ -201,6 +227,7 @@ export class VmotionCoordinator {
       state: 'awaiting-peer',
       startedAt: Date.now(),
       timer: this.armTimeout(key),
+      replaced,
     };
     this.byKey.set(key, m);
     this.bySource.set(source, m);
@@ -226,7 +253,7 @@ export class VmotionCoordinator {
     if (!m && this.cluster && !conn.hub && !this.remotePeers.has(conn)) {
       let remote: RemoteMigration | null = null;
       try {
-        remote = this.cluster.find(seqAndSecret);
+        remote = this.cluster.find(seqAndSecret, conn.address);
       } catch (err) {
         conn.log.warn('cluster vMotion lookup failed', () => ({ message: (err as Error).message }));
       }

@@ -49,6 +49,12 @@ export class TokenBuckets {
     return ok;
   }
 
+  /** Gives back a token `take` spent on `key` (the thing it paid for turned out free); never past `burst`. */
+  refund(key: string): void {
+    const b = this.buckets.get(key);
+    if (b) b.tokens = Math.min(this.options.burst, b.tokens + 1);
+  }
+
   /** Keys remembered (for tests and metrics). */
   get size(): number {
     return this.buckets.size;

@@ -91,6 +91,7 @@ let nextEndpoint = 1;
 /** A VM connection as the vMotion coordinator sees it, recording what was sent. */
 export class FakeEndpoint extends FakeSource implements VmotionEndpoint {
   readonly id = nextEndpoint++;
+  readonly address = '192.0.2.1';
   readonly log: Logger;
   hub: ConsoleHub | null = null;
   sent: Array<{ kind: 'goahead' | 'notnow' | 'peer-ok'; seq: Buffer; secret?: Buffer }> = [];

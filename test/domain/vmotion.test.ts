@@ -1,7 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConsoleHub } from '../../src/domain/console-hub.js';
-import { VmotionCoordinator } from '../../src/domain/vmotion.js';
+import { MAX_REPLACED_BEGINS, VmotionCoordinator } from '../../src/domain/vmotion.js';
 import { FakeClient, FakeEndpoint, memoryLogger } from './fakes.js';
 
 function setup(timeoutMs = 60_000) {
@@ -37,6 +37,18 @@ describe('vMotion coordinator', () => {
     const other = setup();
     other.coordinator.begin(other.source, seq);
     assert.notDeepEqual(other.source.sent[0].secret, source.sent[0].secret);
+  });
+
+  test(`a source replacing its BEGIN more than MAX_REPLACED_BEGINS times in a row is closed: no secret, timer or row per BEGIN past it`, () => {
+    const { coordinator, source, lines } = setup();
+    for (let i = 0; i <= MAX_REPLACED_BEGINS; i++) coordinator.begin(source, Buffer.from([i]));
+    assert.equal(source.sent.filter((x) => x.kind === 'goahead').length, MAX_REPLACED_BEGINS + 1, 'a retry or eight is an ESXi host retrying');
+    assert.equal(source.closedWith, null);
+    coordinator.begin(source, Buffer.from([0xee]));
+    assert.equal(source.sent.filter((x) => x.kind === 'goahead').length, MAX_REPLACED_BEGINS + 1, 'no GOAHEAD for the flood');
+    assert.equal(source.closedWith, 'too many VMOTION-BEGINs');
+    assert.equal(coordinator.pending, 0, 'the pending one ended too');
+    assert.ok(lines.some((l) => l.errorCode === 'VSPC_VMOTION_BEGIN_FLOOD' && l.security === true), 'logged with its code');
   });
 
   test('success: input held in order, delivered to the peer first, old source retired', () => {

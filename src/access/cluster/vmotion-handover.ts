@@ -27,6 +27,7 @@
  * matched.
  */
 import { timingSafeEqual } from 'node:crypto';
+import { TokenBuckets } from '../../util/token-bucket.js';
 import type { Logger } from '../../domain/logger.js';
 import type { Registry } from '../../domain/registry.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
@@ -78,6 +79,10 @@ interface Relay {
   source: RelaySource;
 }
 
+
+/** Cluster look-ups that matched nothing, per remote address: a burst, then this many a second. */
+export const PEER_LOOKUP_BURST = 32;
+export const PEER_LOOKUPS_PER_SECOND = 8;
 export class ClusterVmotionService implements ClusterVmotion {
   /** Hubs of this node relayed to a console's new owner, by console id. */
   private readonly relays = new Map<number, Relay>();
@@ -87,6 +92,13 @@ export class ClusterVmotionService implements ClusterVmotion {
   private readonly takingOver = new Set<number>();
   /** Cross-node vMotions completed here as the destination's node. */
   completedHere = 0;
+  /**
+   * Database look-ups for VMOTION-PEERs without a local match that matched nothing
+   * either, per remote address (a PEER that matches is refunded): past the burst and
+   * its rate, a PEER is refused without a query. Look-ups refused so far: `peersThrottled`.
+   */
+  private readonly peerLookups = new TokenBuckets({ ratePerSecond: PEER_LOOKUPS_PER_SECOND, burst: PEER_LOOKUP_BURST, maxKeys: 4096 });
+  peersThrottled = 0;
 
   constructor(
     private readonly log: Logger,
@@ -111,18 +123,31 @@ export class ClusterVmotionService implements ClusterVmotion {
     this.o.store.withdraw(token.toString('hex'));
   }
 
-  find(token: Buffer): RemoteMigration | null {
+  find(token: Buffer, from: string): RemoteMigration | null {
     // Bounded: a VMOTION-PEER payload is short (option 232 bounds it); nothing to look up for none.
     if (token.length < 2 || token.length > 256) return null;
+    if (!this.peerLookups.take(from, Date.now())) {
+      if (this.peersThrottled++ % 100 === 0) {
+        this.log.warn('security: VMOTION-PEERs from one address past its budget of cluster look-ups; refused without a query', {
+          security: true,
+          address: from,
+          refusedSoFar: this.peersThrottled,
+          errorCode: 'VSPC_VMOTION_PEER_FLOOD',
+        });
+      }
+      return null;
+    }
     let found: RemoteMigration | null = null;
     for (const row of this.o.store.find(token.toString('hex'))) {
       if (row.sourceNode === this.o.nodeId) continue; // ours: the local map had it, or it ended
       const stored = Buffer.from(row.token, 'hex');
-      // The sequence matched in the query; the secret is compared in constant time.
+      // The query matched the whole token; compared once more, in constant time.
       if (stored.length === token.length && timingSafeEqual(stored, token) && !found) {
         found = { seq: token.subarray(0, row.seqLength), token: Buffer.from(token), consoleId: row.consoleId, sourceNode: row.sourceNode };
       }
     }
+    // Only PEERs that matched nothing spend the budget: a host moving many VMs is not a guesser.
+    if (found) this.peerLookups.refund(from);
     return found;
   }
 

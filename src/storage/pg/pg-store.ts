@@ -229,9 +229,9 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
     this.send({ op: 'vmotionWithdraw', token });
   }
 
-  /** Pending vMotions (not past their deadline) whose sequence starts `payload` (hex) and whose token is as long. */
-  vmotionFind(payload: string, now = Date.now()): VmotionRow[] {
-    return this.call({ op: 'vmotionFind', payload, now }) as VmotionRow[];
+  /** The pending vMotion (not past its deadline) whose token (sequence + secret) is `payload` (hex): zero or one row. */
+  vmotionFind(payload: string, now = Date.now(), timeoutMs = this.callTimeoutMs): VmotionRow[] {
+    return this.call({ op: 'vmotionFind', payload, now }, timeoutMs) as VmotionRow[];
   }
 
   /** `timeoutMs`: block at most this long (default `callTimeoutMs`), then `VSPC_DB_UNAVAILABLE`. */

@@ -500,13 +500,13 @@ async function handle(req: Envelope): Promise<unknown> {
       await c.query("DELETE FROM vmotions WHERE token = decode($1, 'hex')", [req.token]);
       return null;
     case 'vmotionFind': {
-      // Rows whose sequence starts the payload and whose token is as long: the caller
-      // compares the secret part in constant time.
+      // A VMOTION-PEER payload is the whole token (sequence + secret), as on one node: one
+      // primary-key look-up, whatever other rows share its sequence (the caller compares
+      // the token once more in constant time).
       const r = await c.query<{ token: string; seq_length: number; console_id: number; source_node: string; deadline: number }>(
         `SELECT encode(token, 'hex') AS token, length(seq) AS seq_length, console_id::int AS console_id, source_node, deadline::float8 AS deadline
            FROM vmotions
-          WHERE length(token) = length(decode($1, 'hex')) AND seq = substring(decode($1, 'hex') FROM 1 FOR length(seq)) AND deadline > $2
-          LIMIT 16`,
+          WHERE token = decode($1, 'hex') AND deadline > $2`,
         [req.payload, req.now],
       );
       return r.rows.map((x) => ({ token: x.token, seqLength: x.seq_length, consoleId: x.console_id, sourceNode: x.source_node, deadline: x.deadline }));

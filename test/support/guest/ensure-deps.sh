@@ -34,6 +34,7 @@ PACKAGES=(
   util-linux        # runuser, script, prlimit
   screen            # a legacy program on a console's pty (access-pty test)
   postgresql        # test/storage/pg-*.test.ts: a throwaway PostgreSQL server for the cluster store (docs/decisions/0011-pg.md)
+  procps            # pgrep: the stall tests stop PostgreSQL's backends by PID (test/e2e/cluster-*-pg-stall.test.ts)
 )
 if [[ -n "${VSPC_GUEST_EXTRA_DEPS:-}" ]]; then
   read -r -a extra <<<"${VSPC_GUEST_EXTRA_DEPS}"
