@@ -9,7 +9,6 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { Cleanup, esxiUuid } from '../support/server.js';
@@ -18,9 +17,7 @@ import { SimulatedVm } from '../support/sim/index.js';
 
 let pgServer: TestPostgres | undefined;
 const c = new Cleanup();
-const stopped: number[] = [];
 after(async () => {
-  for (const pid of stopped) try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
   await c.run();
   await pgServer?.stop();
 });
@@ -44,8 +41,7 @@ test('forged VMOTION-PEERs while PostgreSQL stalls: one bounded look-up, then re
     c.add(() => vm.destroy());
     attackers.push(vm);
   }
-  const kids = execFileSync('pgrep', ['-P', String(pgServer.pid)]).toString().trim().split('\n').map(Number).filter((n) => n > 0);
-  for (const pid of kids) { process.kill(pid, 'SIGSTOP'); stopped.push(pid); }
+  const resume = pgServer.stallBackends();
   let worst = 0;
   let last = Date.now();
   const tick = setInterval(() => { const now = Date.now(); worst = Math.max(worst, now - last); last = now; }, 20);
@@ -66,6 +62,6 @@ test('forged VMOTION-PEERs while PostgreSQL stalls: one bounded look-up, then re
     assert.equal(lookups, 1, `one look-up blocked (the first, bounded); the other ${results.length + again.length - 1} refused without one`);
   } finally {
     clearInterval(tick);
-    for (const pid of stopped.splice(0)) try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
+    resume();
   }
 });

@@ -15,7 +15,7 @@
  * path: stop(), process 'exit', SIGINT/SIGTERM (as test/support/qemu.ts does for QEMU),
  * and a parent-death signal for a SIGKILLed test process.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, rmSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -86,8 +86,35 @@ export class TestPostgres {
     }
   }
 
+  private stalled: number[] = [];
+
+  /**
+   * Freezes every backend of this server with SIGSTOP (a stuck server, or a partition
+   * that drops packets without a reset); the returned function resumes them (SIGCONT),
+   * as does stop(). Backends are the postmaster's children (pgrep, from procps).
+   */
+  stallBackends(): () => void {
+    const kids = execFileSync('pgrep', ['-P', String(this.pid)]).toString().trim().split('\n').map(Number).filter((n) => n > 0);
+    for (const pid of kids) {
+      process.kill(pid, 'SIGSTOP');
+      this.stalled.push(pid);
+    }
+    return () => this.resumeBackends();
+  }
+
+  private resumeBackends(): void {
+    for (const pid of this.stalled.splice(0)) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
   /** Stops the server (immediate shutdown, by PID) and removes its directory. Idempotent. */
   stop(): Promise<void> {
+    this.resumeBackends();
     this.stopped ??= (async () => {
       if (this.proc.exitCode === null && this.proc.signalCode === null) {
         this.proc.kill('SIGQUIT');
