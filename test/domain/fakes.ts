@@ -3,6 +3,7 @@ import { createLogger, type Logger } from '../../src/logging/logger.js';
 import type { ConsoleClient, ConsoleSource } from '../../src/domain/seams.js';
 import type { ConsoleHub } from '../../src/domain/console-hub.js';
 import type { VmotionEndpoint } from '../../src/domain/vmotion.js';
+import { withTimeout } from '../support/server.js';
 
 /** A logger whose JSON lines are kept for assertions. */
 export function memoryLogger(): { logger: Logger; lines: Array<Record<string, unknown>> } {
@@ -30,22 +31,23 @@ export class FakeClient implements ConsoleClient {
     for (const w of [...this.waiters]) w();
   }
   /** Resolves once everything delivered so far contains `text` (checked on every delivery; the timer only bounds the wait). */
-  waitForOutput(text: string | Buffer, timeoutMs = 10_000): Promise<void> {
+  async waitForOutput(text: string | Buffer, timeoutMs = 10_000): Promise<void> {
     const want = typeof text === 'string' ? Buffer.from(text, 'latin1') : text;
-    return new Promise((resolve, reject) => {
-      const check = (): void => {
-        if (!this.output.includes(want)) return;
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        resolve();
+    let check = (): void => undefined;
+    const arrived = new Promise<void>((resolve) => {
+      check = () => {
+        if (this.output.includes(want)) resolve();
       };
-      const timer = setTimeout(() => {
-        this.waiters.delete(check);
-        reject(new Error(`timed out waiting for ${JSON.stringify(want.toString('latin1').slice(0, 80))}; got ${JSON.stringify(this.output.toString('latin1').slice(-200))}`));
-      }, timeoutMs);
-      this.waiters.add(check);
-      check();
     });
+    this.waiters.add(check);
+    check();
+    try {
+      await withTimeout(arrived, timeoutMs, `waiting for ${JSON.stringify(want.toString('latin1').slice(0, 80))}`);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}; got ${JSON.stringify(this.output.toString('latin1').slice(-200))}`);
+    } finally {
+      this.waiters.delete(check);
+    }
   }
   notice(text: string): void {
     this.notices.push(text);

@@ -4,7 +4,7 @@
  * first look-up blocks at most CLUSTER_LOOKUP_TIMEOUT_MS (500 ms) and marks the
  * database unavailable; the others are refused without a look-up, as remote attaches
  * are (test/e2e/cluster-link-pg-stall.test.ts). An attacker's session found each PEER
- * blocking up to 5 s. The worst event-loop block is printed, not asserted: what is
+ * blocking up to 5 s. How long each wave took is printed, not asserted: what is
  * asserted is how many look-ups blocked.
  */
 import { test, after } from 'node:test';
@@ -42,26 +42,17 @@ test('forged VMOTION-PEERs while PostgreSQL stalls: one bounded look-up, then re
     attackers.push(vm);
   }
   const resume = pgServer.stallBackends();
-  let worst = 0;
-  let last = Date.now();
-  const tick = setInterval(() => { const now = Date.now(); worst = Math.max(worst, now - last); last = now; }, 20);
   try {
-    const t0 = Date.now();
+    let t0 = performance.now();
     const results = await Promise.all(attackers.slice(0, 3).map((vm) => vm.vmotionPeer(randomBytes(10), 20_000)));
-    const total = Date.now() - t0;
-    t.diagnostic(`3 forged PEERs during a PostgreSQL stall: worst single event-loop block ${worst} ms, ${total} ms until all answered`);
-    // A second wave, after the first lookups timed out: does the node fail fast now?
-    const firstWorst = worst;
-    worst = 0;
-    last = Date.now();
-    const t1 = Date.now();
+    t.diagnostic(`3 forged PEERs during a PostgreSQL stall: all refused after ${Math.round(performance.now() - t0)} ms`);
+    // A second wave, after the first look-up timed out: refused without a look-up.
+    t0 = performance.now();
     const again = await Promise.all(attackers.slice(3).map((vm) => vm.vmotionPeer(randomBytes(10), 20_000)));
-    t.diagnostic(`3 more forged PEERs, same stall: worst single event-loop block ${worst} ms, ${Date.now() - t1} ms until all answered`);
-    worst = Math.max(worst, firstWorst);
+    t.diagnostic(`3 more forged PEERs, same stall: all refused after ${Math.round(performance.now() - t0)} ms`);
     assert.deepEqual([...results, ...again], [false, false, false, false, false, false]);
     assert.equal(lookups, 1, `one look-up blocked (the first, bounded); the other ${results.length + again.length - 1} refused without one`);
   } finally {
-    clearInterval(tick);
     resume();
   }
 });

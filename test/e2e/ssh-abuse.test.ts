@@ -16,6 +16,7 @@
  * The raw SSH peers are ssh2 clients (what an attacker would use); the refusals that
  * must read well are checked with the OpenSSH client.
  */
+import { once } from 'node:events';
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -23,7 +24,7 @@ import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { DEFAULTS } from '../../src/config/config.js';
 import { ENV_REQUESTS_FREE } from '../../src/access/ssh/session.js';
-import { esxiUuid, tempDir, waitUntil, type Cleanup } from '../support/server.js';
+import { esxiUuid, tempDir, waitUntil, withTimeout, type Cleanup } from '../support/server.js';
 import { haveOpenSsh, keyLine, makeKey, runSsh, SshProcess, sshArgs, startSshServer, type KeyPair, type SshServer } from '../support/ssh.js';
 
 // A missing prerequisite fails the suite with this message (npm test installs them as root).
@@ -31,41 +32,28 @@ const missing = haveOpenSsh() ? null : 'the OpenSSH client is not installed (tes
 
 const limits = (l: Partial<typeof DEFAULTS.sshLimits>) => ({ sshLimits: { ...DEFAULTS.sshLimits, ...l } });
 
-/** An ssh2 client logged in with `key` (rejects after 10 s). */
-function login(s: SshServer, key: KeyPair | null, cleanup: Cleanup, extra: Partial<ssh2.ConnectConfig> = {}): Promise<ssh2.Client> {
+/** An ssh2 client logged in with `key` (rejects on its error, or after 10 s). */
+async function login(s: SshServer, key: KeyPair | null, cleanup: Cleanup, extra: Partial<ssh2.ConnectConfig> = {}): Promise<ssh2.Client> {
   const client = new ssh2.Client();
   cleanup.add(() => client.end());
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no login within 10 s')), 10_000);
-    client.on('ready', () => {
-      clearTimeout(timer);
-      resolve(client);
-    });
-    client.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    client.connect({
-      host: '127.0.0.1',
-      port: s.port,
-      username: 'console',
-      ...(key ? { privateKey: readFileSync(key.path) } : {}),
-      readyTimeout: 10_000,
-      ...extra,
-    });
+  // events.once rejects on an 'error' event before 'ready'.
+  const ready = once(client, 'ready');
+  client.connect({
+    host: '127.0.0.1',
+    port: s.port,
+    username: 'console',
+    ...(key ? { privateKey: readFileSync(key.path) } : {}),
+    readyTimeout: 10_000,
+    ...extra,
   });
+  await withTimeout(ready, 10_000, 'SSH login');
+  return client;
 }
 
 /** Resolves when the client's connection is closed (rejects after `ms`). */
 function closed(client: ssh2.Client, ms = 10_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`connection not closed within ${ms} ms`)), ms);
-    client.on('error', () => undefined);
-    client.once('close', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
+  client.on('error', () => undefined);
+  return withTimeout(once(client, 'close').then(() => undefined), ms, 'the SSH connection closed');
 }
 
 async function metrics(s: SshServer): Promise<string> {

@@ -17,14 +17,14 @@
  * and SIGKILLed by PID on stop(), on process exit and on SIGINT/SIGTERM.
  */
 import net from 'node:net';
-import { EventEmitter } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Child, VSPC_JS } from './cli.js';
 import { LiveProcesses } from './procs.js';
 import { SimulatedVm } from './sim/index.js';
 import { canBind, reservePortRange } from './ports.js';
-import { tempDir } from './server.js';
+import { tempDir, withTimeout } from './server.js';
 
 const live = new LiveProcesses((c) => c.kill('SIGKILL'));
 
@@ -367,17 +367,7 @@ export class ReconnectingVm extends EventEmitter<{ proxied: [vm: SimulatedVm]; c
   /** Resolves with the next proxied connection (the current one if it is up and `current` is true). */
   whenProxied(timeoutMs: number, acceptCurrent = true): Promise<SimulatedVm> {
     if (acceptCurrent && this.current && !this.current.closed && this.current.proxyAnswer === 'will') return Promise.resolve(this.current);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.off('proxied', on);
-        reject(new Error(`${this.name} not proxied within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const on = (vm: SimulatedVm): void => {
-        clearTimeout(timer);
-        resolve(vm);
-      };
-      this.once('proxied', on);
-    });
+    return withTimeout(once(this, 'proxied'), timeoutMs, `${this.name} proxied`).then(([vm]) => vm as SimulatedVm);
   }
 
   private async attempt(): Promise<void> {
@@ -409,6 +399,11 @@ export class ReconnectingVm extends EventEmitter<{ proxied: [vm: SimulatedVm]; c
     );
   }
 
+  /**
+   * ESXi's own behaviour being modelled, not a wait of the test's: a host retries a lost
+   * serial-port connection after a pause (the jitter spreads a dead node's VMs over the
+   * others). Tests wait on 'proxied' events, never on this timer.
+   */
   private again(): void {
     if (this.stopped || this.timer) return;
     const { min, max } = this.retry;
