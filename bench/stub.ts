@@ -25,30 +25,12 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
+import { DO, DONT, IAC, Option, SB, SE, WILL, WONT } from '../src/protocol/telnet/constants.js';
+import { Ext } from '../src/protocol/vmware/codes.js';
 
-const IAC = 255;
-const SB = 250;
-const SE = 240;
-const WILL = 251;
-const WONT = 252;
-const DO = 253;
-const DONT = 254;
-const BINARY = 0;
-const ECHO = 1;
-const SGA = 3;
-const EXT = 232;
-const Ext = {
-  VMOTION_BEGIN: 40,
-  VMOTION_GOAHEAD: 41,
-  VMOTION_PEER: 44,
-  VMOTION_PEER_OK: 45,
-  VMOTION_COMPLETE: 46,
-  VMOTION_ABORT: 48,
-  DO_PROXY: 70,
-  WILL_PROXY: 71,
-  VM_VC_UUID: 80,
-  GET_VM_VC_UUID: 81,
-} as const;
+// The wire constants are vspc's own tables (RFC 854/855 and VMware's option 232): the
+// stub shares no code with vspc on the data path, only these numbers.
+const { BINARY, ECHO, SGA, VMWARE_EXT: EXT } = Option;
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(name);
