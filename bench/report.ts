@@ -312,20 +312,15 @@ export function rows(r: BenchReport): Row[] {
         });
       }
       out.push({ ref: 9, figure: `${name}: keystroke round trip, idle`, result: fmt(l.rtt.idle), target: '', met: null });
-      out.push({
-        ref: 9,
-        figure: `${name}: keystroke round trip during an upload`,
-        result: `${fmt(l.rtt.duringUpload)}; upload ${n(l.bulkUnderKeystrokesKiBps.upload, 1)} KiB/s${l.repeats > 1 ? ` (median of ${l.repeats})` : ''}`,
-        target: 'p50 < 50 ms',
-        met: l.rtt.duringUpload.n > 0 ? l.rtt.duringUpload.p50 < 50 : null,
-      });
-      out.push({
-        ref: 9,
-        figure: `${name}: keystroke round trip during a download`,
-        result: `${fmt(l.rtt.duringDownload)}; download ${n(l.bulkUnderKeystrokesKiBps.download, 1)} KiB/s${l.repeats > 1 ? ` (median of ${l.repeats})` : ''}`,
-        target: 'p50 < 50 ms',
-        met: l.rtt.duringDownload.n > 0 ? l.rtt.duringDownload.p50 < 50 : null,
-      });
+      for (const [dir, what, rtt] of [['upload', 'an upload', l.rtt.duringUpload], ['download', 'a download', l.rtt.duringDownload]] as const) {
+        out.push({
+          ref: 9,
+          figure: `${name}: keystroke round trip during ${what}`,
+          result: `${fmt(rtt)}; ${dir} ${n(l.bulkUnderKeystrokesKiBps[dir], 1)} KiB/s${l.repeats > 1 ? ` (median of ${l.repeats})` : ''}`,
+          target: 'p50 < 50 ms',
+          met: rtt.n > 0 ? rtt.p50 < 50 : null,
+        });
+      }
     }
     const m = tu.memory;
     out.push({

@@ -164,20 +164,11 @@ async function upload(port: number, data: Buffer, timeoutMs: number, check: 'sha
   let out = '';
   const t0 = performance.now();
   try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`upload of ${data.length} bytes: no digest after ${timeoutMs} ms`)), timeoutMs);
-      s.setEncoding('latin1');
-      s.on('data', (d: string) => (out += d));
-      s.once('end', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      s.once('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-      s.end(data);
-    });
+    s.setEncoding('latin1');
+    s.on('data', (d: string) => (out += d));
+    const done = ended(s, timeoutMs, () => `upload of ${data.length} bytes: no digest after ${timeoutMs} ms`);
+    s.end(data);
+    await done;
   } finally {
     s.destroy();
   }
@@ -190,6 +181,21 @@ async function upload(port: number, data: Buffer, timeoutMs: number, check: 'sha
   return ms;
 }
 
+/** Resolves at the socket's end; rejects on its error, or after `timeoutMs` with `what()`. */
+function ended(s: net.Socket, timeoutMs: number, what: () => string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(what())), timeoutMs);
+    s.once('end', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    s.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
 /** guest → host: everything the source sends, until its end. Resolves with ms (first byte → end) and the digest. */
 async function download(port: number, onBytes: (n: number) => void, timeoutMs: number): Promise<{ ms: number; bytes: number; digest: string }> {
   const s = await connect(port);
@@ -197,23 +203,13 @@ async function download(port: number, onBytes: (n: number) => void, timeoutMs: n
   let bytes = 0;
   let t0 = 0;
   try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`download: not finished after ${timeoutMs} ms (${bytes} bytes)`)), timeoutMs);
-      s.on('data', (d: Buffer) => {
-        if (bytes === 0) t0 = performance.now();
-        bytes += d.length;
-        h.update(d);
-        onBytes(bytes);
-      });
-      s.once('end', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      s.once('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
+    s.on('data', (d: Buffer) => {
+      if (bytes === 0) t0 = performance.now();
+      bytes += d.length;
+      h.update(d);
+      onBytes(bytes);
     });
+    await ended(s, timeoutMs, () => `download: not finished after ${timeoutMs} ms (${bytes} bytes)`);
   } finally {
     s.destroy();
   }

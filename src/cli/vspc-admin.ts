@@ -431,7 +431,7 @@ export function buildAdminProgram(out: (s: string | Uint8Array) => void): Comman
 
   program
     .command('status')
-    .description('version, uptime and counts')
+    .description('version, uptime and counts; on a cluster node, the nodes of the cluster')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {
       const s = await client().get<Record<string, unknown>>('/api/v1/status');
