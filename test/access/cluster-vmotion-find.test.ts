@@ -1,7 +1,8 @@
 /**
  * ClusterVmotionService.find (src/access/cluster/vmotion-handover.ts): a VMOTION-PEER
- * payload against the rows the database returns for its sequence. The secret decides,
- * compared in full; this node's own rows never match remotely.
+ * payload against the row the database returns for its whole token. The secret decides,
+ * compared in full; this node's own rows never match remotely; look-ups that match
+ * nothing spend a per-address budget.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

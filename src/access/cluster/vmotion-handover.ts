@@ -4,7 +4,8 @@
  *
  *   source's node S                               destination's node D
  *   BEGIN → GOAHEAD, row (token, console,          PEER(seq+secret): no local match →
- *     S, deadline) in `vmotions`, input held        row by sequence, secret compared in
+ *     S, deadline) in `vmotions`, input held        row by its whole token (budgeted per
+ *                                                   address), compared once more in
  *                                                   constant time → PEER-OK
  *                                                  COMPLETE → link to S: OPEN handover(token)
  *   coordinator.handOver(token): migration ends
