@@ -229,23 +229,50 @@ async function tx<T>(c: pg.Client, body: () => Promise<T>): Promise<T> {
   }
 }
 
-/** The lowest port of `range` that no console or access port holds and that is not reserved; null when none. */
-async function lowestFreePort(c: pg.Client, range: PortRange, reserved: number[]): Promise<number | null> {
-  // The lowest free port is the range's start or one above a taken port: candidates are
-  // those, not every port of the range (probing the range from its start costs one
-  // index lookup per taken port below the answer: quadratic over a cluster's first
-  // registrations). One pass over the taken ports, hashed.
-  const r = await c.query<{ p: number }>(
-    `WITH taken AS (
-       SELECT tcp_port AS p FROM consoles WHERE tcp_port BETWEEN $1 AND $2
-       UNION ALL SELECT tcp_port FROM access_ports WHERE tcp_port BETWEEN $1 AND $2
-       UNION ALL SELECT x FROM unnest($3::int[]) AS x WHERE x BETWEEN $1 AND $2)
-     SELECT cand.p FROM (SELECT $1::int AS p UNION SELECT p + 1 FROM taken WHERE p < $2) AS cand
-      WHERE NOT EXISTS (SELECT 1 FROM taken t WHERE t.p = cand.p)
-      ORDER BY cand.p LIMIT 1`,
+/**
+ * The lowest port of `range` that no console or access port holds and that is not
+ * reserved; null when none. Called under the allocation lock (ALLOC_LOCK_CLASS).
+ *
+ * Amortised O(1), like the SQLite store's cursor: the search starts at the range's
+ * low-water mark (migration 7, `port_low_water`: every port below it is taken), so it
+ * only looks at the ports taken since the mark last moved. The mark moves on with a
+ * compare-and-set on its generation (see `allocated`). One round trip for the mark and
+ * the search.
+ */
+async function lowestFreePort(c: pg.Client, range: PortRange, reserved: number[]): Promise<{ port: number; gen: string | null } | null> {
+  // The lowest free port is the mark or one above a taken port: candidates are those
+  // (one pass over the taken ports at or above the mark, hashed).
+  const r = await c.query<{ p: number | null; gen: string | null }>(
+    `WITH w AS (SELECT port, gen FROM port_low_water WHERE range_start = $1),
+     mark AS (SELECT GREATEST($1::int, COALESCE((SELECT port FROM w), $1)) AS m),
+     taken AS (
+       SELECT tcp_port AS p FROM consoles WHERE tcp_port BETWEEN (SELECT m FROM mark) AND $2
+       UNION ALL SELECT tcp_port FROM access_ports WHERE tcp_port BETWEEN (SELECT m FROM mark) AND $2
+       UNION ALL SELECT x FROM unnest($3::int[]) AS x WHERE x BETWEEN (SELECT m FROM mark) AND $2)
+     SELECT (SELECT cand.p FROM (SELECT m AS p FROM mark UNION SELECT p + 1 FROM taken WHERE p < $2) AS cand
+              WHERE cand.p <= $2 AND NOT EXISTS (SELECT 1 FROM taken t WHERE t.p = cand.p)
+              ORDER BY cand.p LIMIT 1) AS p,
+            (SELECT gen FROM w)::text AS gen`,
     [range.start, range.end, reserved],
   );
-  return r.rows[0]?.p ?? null;
+  const row = r.rows[0];
+  return row && row.p !== null ? { port: row.p, gen: row.gen } : null;
+}
+
+/**
+ * `port` was just taken by the caller's transaction: every port from the mark to `port`
+ * is now taken or reserved, so the range's mark moves to port + 1 — unless its
+ * generation changed since `lowestFreePort` read it: a port was freed meanwhile (by
+ * another session, whose trigger waited on this row, or by this transaction's own
+ * move), possibly between the mark and `port`, and the mark stays where the frees left it.
+ */
+async function allocated(c: pg.Client, range: PortRange, gen: string | null, port: number): Promise<void> {
+  if (gen === null) {
+    // The range's first allocation (another session's may have raced it: nothing then).
+    await c.query('INSERT INTO port_low_water (range_start, port) VALUES ($1, $2) ON CONFLICT (range_start) DO NOTHING', [range.start, port + 1]);
+    return;
+  }
+  await c.query('UPDATE port_low_water SET port = $3 WHERE range_start = $1 AND gen = $2::bigint', [range.start, gen, port + 1]);
 }
 
 function exhausted(range: PortRange, key: string, label: string): WorkerError {
@@ -301,12 +328,13 @@ async function handle(req: Envelope): Promise<unknown> {
           [req.kind, req.key, req.label, req.now, req.name],
         );
         if (again.rows[0]) return { record: again.rows[0], created: false };
-        const p = await lowestFreePort(c, req.range, req.reserved);
-        if (p === null) throw exhausted(req.range, req.key, req.label);
+        const free = await lowestFreePort(c, req.range, req.reserved);
+        if (free === null) throw exhausted(req.range, req.key, req.label);
         const ins = await c.query<ConsoleRecord>(
           `INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ${COLUMNS}`,
-          [req.kind, req.key, req.label, req.name, p, req.now],
+          [req.kind, req.key, req.label, req.name, free.port, req.now],
         );
+        await allocated(c, req.range, free.gen, free.port);
         const record = ins.rows[0];
         if (req.unused) await c.query('INSERT INTO unused_consoles (console_id) VALUES ($1) ON CONFLICT DO NOTHING', [record.id]);
         return { record, created: true };
@@ -362,9 +390,11 @@ async function handle(req: Envelope): Promise<unknown> {
         await c.query('SELECT pg_advisory_xact_lock($1, 0)', [ALLOC_LOCK_CLASS]);
         const rec = await byId(c, req.id);
         if (!rec) throw new WorkerError('VSPC_NOT_FOUND', `no console record with id ${req.id}`, { id: req.id });
-        const p = await lowestFreePort(c, req.range, req.reserved);
-        if (p === null) throw exhausted(req.range, rec.key, rec.label);
-        return movePort(c, req.id, p);
+        const free = await lowestFreePort(c, req.range, req.reserved);
+        if (free === null) throw exhausted(req.range, rec.key, rec.label);
+        const moved = await movePort(c, req.id, free.port);
+        await allocated(c, req.range, free.gen, free.port);
+        return moved;
       });
     case 'accessPort':
       return tx(c, async () => {
@@ -375,10 +405,11 @@ async function handle(req: Envelope): Promise<unknown> {
         if (!rec) throw new WorkerError('VSPC_NOT_FOUND', `no console record with id ${req.id}`, { id: req.id });
         const raced = await c.query<{ p: number }>('SELECT tcp_port AS p FROM access_ports WHERE console_id = $1 AND method = $2', [req.id, req.method]);
         if (raced.rows[0]) return raced.rows[0].p;
-        const p = await lowestFreePort(c, req.range, req.reserved);
-        if (p === null) throw exhausted(req.range, rec.key, `${rec.label}/${req.method}`);
-        await c.query('INSERT INTO access_ports (console_id, method, tcp_port) VALUES ($1, $2, $3)', [req.id, req.method, p]);
-        return p;
+        const free = await lowestFreePort(c, req.range, req.reserved);
+        if (free === null) throw exhausted(req.range, rec.key, `${rec.label}/${req.method}`);
+        await c.query('INSERT INTO access_ports (console_id, method, tcp_port) VALUES ($1, $2, $3)', [req.id, req.method, free.port]);
+        await allocated(c, req.range, free.gen, free.port);
+        return free.port;
       });
     case 'accessPorts':
       return (
