@@ -236,27 +236,12 @@ async function tx<T>(c: pg.Client, body: () => Promise<T>): Promise<T> {
  * Amortised O(1), like the SQLite store's cursor: the search starts at the range's
  * low-water mark (migration 7, `port_low_water`: every port below it is taken), so it
  * only looks at the ports taken since the mark last moved. The mark moves on with a
- * compare-and-set on its generation (see `allocated`). One round trip for the mark and
- * the search.
+ * compare-and-set on its generation (see `allocated`). The search is the database's
+ * `vspc_lowest_free` (migration 7), which `vspc_register` uses too.
  */
 async function lowestFreePort(c: pg.Client, range: PortRange, reserved: number[]): Promise<{ port: number; gen: string | null } | null> {
-  // The lowest free port is the mark or one above a taken port: candidates are those
-  // (one pass over the taken ports at or above the mark, hashed).
-  const r = await c.query<{ p: number | null; gen: string | null }>(
-    `WITH w AS (SELECT port, gen FROM port_low_water WHERE range_start = $1),
-     mark AS (SELECT GREATEST($1::int, COALESCE((SELECT port FROM w), $1)) AS m),
-     taken AS (
-       SELECT tcp_port AS p FROM consoles WHERE tcp_port BETWEEN (SELECT m FROM mark) AND $2
-       UNION ALL SELECT tcp_port FROM access_ports WHERE tcp_port BETWEEN (SELECT m FROM mark) AND $2
-       UNION ALL SELECT x FROM unnest($3::int[]) AS x WHERE x BETWEEN (SELECT m FROM mark) AND $2)
-     SELECT (SELECT cand.p FROM (SELECT m AS p FROM mark UNION SELECT p + 1 FROM taken WHERE p < $2) AS cand
-              WHERE cand.p <= $2 AND NOT EXISTS (SELECT 1 FROM taken t WHERE t.p = cand.p)
-              ORDER BY cand.p LIMIT 1) AS p,
-            (SELECT gen FROM w)::text AS gen`,
-    [range.start, range.end, reserved],
-  );
-  const row = r.rows[0];
-  return row && row.p !== null ? { port: row.p, gen: row.gen } : null;
+  const r = await c.query<{ port: number; gen: string | null }>('SELECT port, gen::text AS gen FROM vspc_lowest_free($1, $2, $3::int[])', [range.start, range.end, reserved]);
+  return r.rows[0] ?? null;
 }
 
 /**
@@ -318,27 +303,17 @@ async function handle(req: Envelope): Promise<unknown> {
         [req.kind, req.key, req.label, req.now, req.name],
       );
       if (seen.rows[0]) return { record: seen.rows[0], created: false };
-      return tx(c, async () => {
-        // One allocator cluster-wide: every node allocates under this transaction lock,
-        // so the lowest free port it computes is still free when it inserts. The UNIQUE
-        // constraints stay the guarantee.
-        await c.query('SELECT pg_advisory_xact_lock($1, 0)', [ALLOC_LOCK_CLASS]);
-        const again = await c.query<ConsoleRecord>(
-          `UPDATE consoles SET last_seen = $4, name = COALESCE($5, name) WHERE kind = $1 AND key = $2 AND label = $3 RETURNING ${COLUMNS}`,
-          [req.kind, req.key, req.label, req.now, req.name],
-        );
-        if (again.rows[0]) return { record: again.rows[0], created: false };
-        const free = await lowestFreePort(c, req.range, req.reserved);
-        if (free === null) throw exhausted(req.range, req.key, req.label);
-        const ins = await c.query<ConsoleRecord>(
-          `INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ${COLUMNS}`,
-          [req.kind, req.key, req.label, req.name, free.port, req.now],
-        );
-        await allocated(c, req.range, free.gen, free.port);
-        const record = ins.rows[0];
-        if (req.unused) await c.query('INSERT INTO unused_consoles (console_id) VALUES ($1) ON CONFLICT DO NOTHING', [record.id]);
-        return { record, created: true };
-      });
+      // One allocator cluster-wide: vspc_register (migration 7) allocates under one
+      // transaction lock, so the lowest free port it computes is still free when it
+      // inserts; the UNIQUE constraints stay the guarantee. One statement, one round trip.
+      const made = await c.query<ConsoleRecord & { created: boolean }>(
+        `SELECT ${COLUMNS}, created FROM vspc_register($1, $2, $3, $4, $5, $6, $7, $8::int[], $9, $10)`,
+        [req.kind, req.key, req.label, req.name, req.now, req.range.start, req.range.end, req.reserved, req.unused, ALLOC_LOCK_CLASS],
+      );
+      const row = made.rows[0];
+      if (!row) throw exhausted(req.range, req.key, req.label);
+      const { created, ...record } = row;
+      return { record, created };
     }
     case 'getById':
       return (await byId(c, req.id)) ?? null;
