@@ -376,11 +376,6 @@ export class ReliableLink {
    * and h bytes of overhead per frame, goodput s/(s+h)·(1−e)^(s+h) is largest at
    * s = (−h + √(h² + 4h/e)) / 2; the result is clamped to [64, max].
    */
-  /** Largest payload both sides accept: min(ours, the peer's announcement); MIN_PAYLOAD before the first HELLO. */
-  get sessionMaxPayload(): number {
-    return Math.min(this.cfg.maxPayload, this.peerMaxPayload);
-  }
-
   payloadLimit(): number {
     let cap = Math.min(this.cfg.maxPayload, this.peerMaxPayload);
     if (this.cfg.delayBasedWindow && this.deliveryRate > 0 && (this.hooks.streams?.() ?? 1) > 1) {

@@ -83,14 +83,6 @@ export interface TunnelEndpointOptions {
   queueTargetMs?: number;
   /** Per-stream receive window (credit granted to the peer), bytes. Default 65536. */
   streamWindow?: number;
-  /**
-   * Per-stream receive window for streams set up while the session uses large frames
-   * (both sides announced more than 1024: a lossless line, spec 5.1), bytes. A 64 KiB
-   * window is four 16 KiB frames per round trip: it, not the line, then limits a stream
-   * (seen: 22 MiB/s over virtio-serial under emulation; 1 MiB: 27–56). Default 1 MiB
-   * (never below streamWindow).
-   */
-  largeFrameStreamWindow?: number;
   /** Per-stream send buffer above which write() returns false, bytes. Default 65536. */
   sendHighWaterMark?: number;
   /** Per-stream send buffer above which write() throws, bytes. Default 1 MiB. */
@@ -251,12 +243,10 @@ export class TunnelEndpoint {
         protocolError: (err: ProtocolError) => this.handlers.error?.(err),
       },
     );
-    const smallWindow = intIn('streamWindow', opts.streamWindow, 65536, 1, 0xffffffff);
-    const largeWindow = Math.max(smallWindow, intIn('largeFrameStreamWindow', opts.largeFrameStreamWindow, 1 << 20, 1, 0xffffffff));
     this.mux = new Multiplexer(
       {
         role: this.role,
-        streamWindow: () => (this.link.sessionMaxPayload > MAX_PAYLOAD ? largeWindow : smallWindow),
+        streamWindow: intIn('streamWindow', opts.streamWindow, 65536, 1, 0xffffffff),
         sendHighWaterMark: intIn('sendHighWaterMark', opts.sendHighWaterMark, 65536, 1, Number.MAX_SAFE_INTEGER),
         maxSendBuffer: intIn('maxSendBuffer', opts.maxSendBuffer, 1 << 20, 1, Number.MAX_SAFE_INTEGER),
         maxStreams,

@@ -53,8 +53,8 @@ export interface StreamOptions {
 
 export interface MuxConfig {
   role: TunnelRole;
-  /** Default per-stream receive window, bytes (a number, or read when each stream is set up). */
-  streamWindow: number | (() => number);
+  /** Default per-stream receive window, bytes. */
+  streamWindow: number;
   /** write() returns false while more than this many bytes are queued, bytes. */
   sendHighWaterMark: number;
   /** write() throws VSPC_TUNNEL_BUFFER_FULL beyond this many queued bytes. */
@@ -205,7 +205,7 @@ export class Multiplexer {
     if (!Number.isInteger(port) || port < 1 || port > 0xffff) {
       throw new TunnelError(TunnelErrorCode.BAD_ARGUMENT, `port must be 1..65535, got ${port}`, { port });
     }
-    const window = opts.streamWindow ?? this.defaultWindow();
+    const window = opts.streamWindow ?? this.cfg.streamWindow;
     if (!isU32(window)) throw new TunnelError(TunnelErrorCode.BAD_ARGUMENT, `streamWindow must be 1..2^32-1, got ${window}`, { window });
     const id = this.allocateId();
     const r = this.record(id, port, true, 'opening-local', window, opts.autoConsume ?? this.cfg.autoConsume, handlers);
@@ -384,11 +384,6 @@ export class Multiplexer {
 
   // ---------------------------------------------------------------- send side
 
-  private defaultWindow(): number {
-    const w = this.cfg.streamWindow;
-    return typeof w === 'number' ? w : w();
-  }
-
   /**
    * The next message to send, payload at most `maxPayload` bytes (>= 64), or undefined.
    * `urgentOnly`: only what is small and latency-sensitive — control messages, credit
@@ -524,7 +519,7 @@ export class Multiplexer {
     if (this.cfg.allowPorts !== undefined && !this.cfg.allowPorts.has(body.port)) return refuse(Reason.NOT_ALLOWED, `port ${body.port} not allowed`);
     const handler = this.hooks.openRequest;
     if (handler === undefined) return refuse(Reason.NOT_ALLOWED, 'opening streams not allowed');
-    const r = this.record(id, body.port, false, 'opening-remote', this.defaultWindow(), this.cfg.autoConsume, {});
+    const r = this.record(id, body.port, false, 'opening-remote', this.cfg.streamWindow, this.cfg.autoConsume, {});
     r.sendCredit = body.credit;
     handler(r.handle, body.port);
   }
