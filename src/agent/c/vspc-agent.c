@@ -168,13 +168,13 @@ struct outf {
   /* `delivered` and `delivered_at` when this frame was (last) sent: its rate sample. */
   uint64_t dlv;
   int64_t dlv_at;
-  uint8_t payload[VT_MAX_LARGE_PAYLOAD];
+  uint8_t *payload; /* slot_payload bytes in the slab (alloc_slots) */
 };
 
 struct inf {
   uint8_t present, type;
   uint16_t seq, stream, len;
-  uint8_t payload[VT_MAX_LARGE_PAYLOAD];
+  uint8_t *payload; /* slot_payload bytes in the slab (alloc_slots) */
 };
 
 enum { REPORT_VERSION = 1, REPORT_ECHO = 2, REPORT_ROLE = 4 };
@@ -276,6 +276,15 @@ static struct vt_decoder dec;
 
 static void mux_reset_all(const char *why);
 static unsigned my_max_payload(void);
+
+/*
+ * Payload storage of the send and receive windows: 2 × WIN slots of slot_payload
+ * bytes, allocated when the line is first opened, sized by what we announce then
+ * (256 KiB for 1 KiB frames; 4 MiB for 16 KiB ones, touched only as frames use it).
+ * Later announcements never exceed slot_payload (my_max_payload).
+ */
+static uint8_t *slab;
+static unsigned slot_payload;
 static int mux_pull(struct outf *o, unsigned max, int urgent_only, int64_t now);
 static void mux_handle(uint8_t type, uint16_t id, const uint8_t *p, uint16_t len, int64_t now);
 static int ctl_can_accept(void);
@@ -339,8 +348,32 @@ static void link_clear(int64_t now) {
   L.hello_at = now + L.hello_interval;
 }
 
+static void assign_slots(void) {
+  if (!slab) return;
+  for (int i = 0; i < WIN; i++) {
+    L.out[i].payload = slab + (size_t)i * slot_payload;
+    L.in[i].payload = slab + (size_t)(WIN + i) * slot_payload;
+  }
+}
+
+/* 0, or -1 when even 1 KiB slots cannot be had. */
+static int alloc_slots(unsigned max) {
+  if (slab) return 0;
+  slab = malloc((size_t)2 * WIN * max);
+  if (!slab && max > VT_MAX_PAYLOAD) {
+    LOG("out of memory for %u-byte frames: using %u", max, VT_MAX_PAYLOAD);
+    max = VT_MAX_PAYLOAD;
+    slab = malloc((size_t)2 * WIN * max);
+  }
+  if (!slab) return -1;
+  slot_payload = max;
+  assign_slots();
+  return 0;
+}
+
 static void link_start(int64_t now) {
   memset(&L, 0, sizeof L);
+  assign_slots();
   L.boot = random_u32();
   L.peer_window = 1;
   L.peer_max_payload = VT_MIN_PAYLOAD;
@@ -1337,6 +1370,10 @@ static void line_open(int64_t now) {
   line_good = 0;
   out_len = 0;
   last_tx = INT64_MIN / 2; /* a delimiter before the next frame */
+  if (alloc_slots(my_max_payload()) != 0) {
+    LOG("out of memory");
+    exit(1);
+  }
   vt_decoder_init(&dec, my_max_payload());
   logmsg(line_quiet ? 2 : 0, "line %s open (%s; frames up to %u bytes)", opt.device,
          line_is_tty ? "tty, raw 8N1, no flow control" : "not a tty", my_max_payload());
@@ -1349,8 +1386,8 @@ static void line_open(int64_t now) {
  * bytes, limits it).
  */
 static unsigned my_max_payload(void) {
-  if (opt.max_payload) return opt.max_payload;
-  return line_is_tty ? VT_MAX_PAYLOAD : VT_MAX_LARGE_PAYLOAD;
+  unsigned m = opt.max_payload ? opt.max_payload : line_is_tty ? VT_MAX_PAYLOAD : VT_MAX_LARGE_PAYLOAD;
+  return slot_payload && m > slot_payload ? slot_payload : m;
 }
 
 static void line_lost(int64_t now, const char *why) {
