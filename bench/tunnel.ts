@@ -41,6 +41,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TunnelView } from '../src/admin/views.js';
 import { guestArtifacts, SerialConsole, startGuest, type Guest } from '../test/support/qemu.js';
+import { bounded } from '../test/agent/harness.js';
 import { buildTunnelGuest, DROPBEAR, rawLine, SFTP_SERVER, socketPort, TUNNEL_VARIANT } from '../test/support/tunnel-guest.js';
 import { FaultRelay } from '../test/support/tunnel.js';
 import { distribution, round, roundDistribution, sleep, type Distribution } from './common.js';
@@ -97,6 +98,13 @@ export interface TunnelLineFigures {
   rtt: { idle: Distribution; duringUpload: Distribution; duringDownload: Distribution };
   /** The bulk transfers under the keystrokes, KiB/s. */
   bulkUnderKeystrokesKiBps: { upload: number; download: number };
+  /**
+   * virtio-serial only, not a target: the raw line from the guest with the tunnel's
+   * in-guest hop and nothing else — the download source (busybox `nc -e cat`) read
+   * through loopback TCP by `nc`, written to the spare port — KiB/s per round, and its
+   * median / the raw line's median, percent. What the guest's TCP costs under emulation.
+   */
+  rawViaGuestTcp?: { fromGuest: Spread; pctOfRaw: number };
   /** The tunnel's own view at the end: RTT, retransmissions, damaged frames. */
   link: { rttMs: number | null; retransmits: number; badFrames: number };
 }
@@ -404,7 +412,29 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         const names = ['usr', 'nice', 'sys', 'idle', 'iow', 'irq', 'sirq'];
         return `host vspc ${pct(b.vspc - a.vspc)} qemu ${pct(b.qemu - a.qemu)}; guest ${names.map((n, i) => `${n} ${gd[i]}`).join(' ')} ticks, agents ${b.agents - a.agents} (${Math.round(ms)} ms)`;
       };
+      /** virtio: the raw line from the guest through an in-guest loopback TCP hop (the source → nc → the spare port). */
+      const measureRawViaTcp = async (): Promise<number> => {
+        const port = await socketPort(guest!.path('vraw.sock'));
+        let got = 0;
+        let t1 = 0;
+        try {
+          const done = new Promise<void>((resolve) =>
+            port.onData((b) => {
+              if (got === 0) t1 = performance.now();
+              got += b.length;
+              if (got >= size - 1024) resolve();
+            }),
+          );
+          con!.sendLine(`(exec 3<>${vraw}; nc 127.0.0.1 5019 </dev/null >&3) &`);
+          await bounded(done, bound, `${size} bytes from the guest through nc (got ${got})`);
+          return performance.now() - t1;
+        } finally {
+          port.close();
+        }
+      };
+
       // Raw and tunnel alternately, the order swapped every round.
+      const hops: number[] = [];
       const raws: Array<{ toGuestMs: number; fromGuestMs: number }> = [];
       const tuns: Array<{ toGuestMs: number; fromGuestMs: number }> = [];
       for (let i = 0; i < o.repeats; i++) {
@@ -414,6 +444,10 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         } else {
           tuns.push(await measureTunnel());
           raws.push(await measureRaw());
+        }
+        if (line === 'virtio') {
+          hops.push(await measureRawViaTcp());
+          log(`tunnel ${line} round ${i + 1}/${o.repeats}: raw line from the guest through an in-guest TCP hop ${kibps(size, hops[i])} KiB/s`);
         }
         log(
           `tunnel ${line} round ${i + 1}/${o.repeats}: raw line ${kibps(size, raws[i].toGuestMs)} / ${kibps(size, raws[i].fromGuestMs)} KiB/s, ` +
@@ -484,6 +518,10 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         bulkUnderKeystrokesKiBps: { upload: spread(bulkUp).median, download: spread(bulkDown).median },
         link: { rttMs: lv.rttMs, retransmits: lv.retransmits, badFrames: lv.badFrames },
       };
+      if (hops.length > 0) {
+        const fromGuest = spread(hops.map((ms) => kibps(size, ms)));
+        fig.rawViaGuestTcp = { fromGuest, pctOfRaw: round((100 * fromGuest.median) / raw.fromGuestKiBps, 1) };
+      }
       log(
         `tunnel ${line}: keystroke round trip p50 idle ${fig.rtt.idle.p50} ms, during uploads ${fig.rtt.duringUpload.p50} ms (p99 ${fig.rtt.duringUpload.p99}, ${fig.rtt.duringUpload.n} samples, bulk ${bulkUp.join(', ')} KiB/s), ` +
           `during downloads ${fig.rtt.duringDownload.p50} ms (p99 ${fig.rtt.duringDownload.p99}, ${fig.rtt.duringDownload.n} samples, bulk ${bulkDown.join(', ')} KiB/s)`,
