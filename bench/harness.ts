@@ -1330,7 +1330,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           log(`tunnel: NOT RUN: ${problem}`);
           return undefined;
         }
-        return runTunnelPhase(opts.tunnel, log, tunnelTimeoutMs);
+        return runTunnelPhase(opts.tunnel, log, tunnelTimeoutMs, opts.serverNodeArgs);
       },
       tunnelTimeoutMs,
     );
