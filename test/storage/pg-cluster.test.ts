@@ -141,6 +141,29 @@ test('the allocator: lowest free port first, also one freed by the other node (d
   assert.equal(b.register('esxi', KEY(6001), '', null).record.tcpPort, top.tcpPort);
 });
 
+test('rename is not waited for but ordered on the session; a record gone meanwhile is reported through onWriteError as VSPC_NOT_FOUND', async (t) => {
+  const url = await pgServer.createDatabase();
+  const failed: Array<{ op: string; code: string }> = [];
+  let reported: () => void = () => undefined;
+  const a = new PgConsoleStore({
+    url,
+    nodeId: 'ra',
+    range: { start: 21400, end: 21409 },
+    onWriteError: (op, err) => {
+      failed.push({ op, code: err.code });
+      reported();
+    },
+  });
+  t.after(() => a.close());
+  const { record } = a.register('esxi', KEY(7000), '', null);
+  a.rename(record.id, 'web01');
+  assert.equal(a.getById(record.id)?.name, 'web01', 'the next call on the same session sees it');
+  const gone = new Promise<void>((resolve) => (reported = resolve));
+  a.rename(record.id + 1000, 'ghost');
+  await withTimeout(gone, 5000, 'the failed rename reported');
+  assert.deepEqual(failed, [{ op: 'rename', code: 'VSPC_NOT_FOUND' }]);
+});
+
 // ------------------------------------------------------------------ two vspc nodes
 
 interface Node {

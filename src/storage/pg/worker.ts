@@ -343,7 +343,10 @@ async function handle(req: Envelope): Promise<unknown> {
       return r.rows.map((x) => [x.id, x.owner]);
     }
     case 'rename':
-      return (await c.query('UPDATE consoles SET name = $1 WHERE id = $2', [req.name, req.id])).rowCount ?? 0;
+      if (((await c.query('UPDATE consoles SET name = $1 WHERE id = $2', [req.name, req.id])).rowCount ?? 0) === 0) {
+        throw new WorkerError('VSPC_NOT_FOUND', `no serial port record with id ${req.id}`, { id: req.id });
+      }
+      return null;
     case 'touch':
       await c.query('UPDATE consoles SET last_seen = $1 WHERE id = $2', [req.now, req.id]);
       return null;
