@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConsoleHub } from '../../src/domain/console-hub.js';
+import { ConsoleHub, Scrollback } from '../../src/domain/console-hub.js';
 import { Registry } from '../../src/domain/registry.js';
 import { openDatabase, closeDatabase } from '../../src/storage/database.js';
 import { ConsoleStore } from '../../src/storage/console-store.js';
@@ -225,5 +225,71 @@ describe('Scrollback', () => {
     h.detachSource(src);
     assert.deepEqual(out, ['abc']);
     assert.deepEqual(events, ['vm-connected', 'client-attached', 'client-detached', 'vm-disconnected']);
+  });
+});
+
+describe('Scrollback ring', () => {
+  /** The last `cap` bytes of everything pushed: what the ring must hold. */
+  function lastBytes(pushed: Buffer[], cap: number): string {
+    const all = Buffer.concat(pushed);
+    return all.subarray(Math.max(0, all.length - cap)).toString('latin1');
+  }
+
+  test('holds exactly the last N bytes across growth and wrap-around, whatever the chunk sizes', () => {
+    const cap = 10_000;
+    const sb = new Scrollback(cap);
+    const pushed: Buffer[] = [];
+    // Deterministic sizes: small lines, chunks around the ring size, one larger than the capacity.
+    const sizes = [1, 7, 80, 4095, 4096, 4097, 3, 9_999, 10_000, 10_001, 12_345, 5, 6_000, 6_000, 1, 65_536, 2, 9_998];
+    let n = 0;
+    for (const size of sizes) {
+      const chunk = Buffer.alloc(size);
+      for (let i = 0; i < size; i++) chunk[i] = 33 + ((n + i) % 90);
+      n += size;
+      sb.push(chunk);
+      pushed.push(chunk);
+      assert.equal(sb.length, Math.min(cap, Buffer.concat(pushed).length));
+      assert.equal(sb.snapshot().toString('latin1'), lastBytes(pushed, cap), `after a ${size}-byte chunk`);
+    }
+  });
+
+  test('copies what it keeps: changing a chunk after the push does not change the scrollback', () => {
+    const sb = new Scrollback(64);
+    const chunk = Buffer.from('hello, world');
+    sb.push(chunk);
+    chunk.fill(0x58);
+    assert.equal(sb.snapshot().toString(), 'hello, world');
+  });
+
+  test('nothing is allocated before the first output; a little output holds a small ring', () => {
+    const sb = new Scrollback(64 * 1024);
+    assert.equal(sb.length, 0);
+    assert.equal(sb.snapshot().length, 0);
+    sb.push(Buffer.alloc(0));
+    assert.equal(sb.length, 0);
+    sb.push(Buffer.from('boot\r\n'));
+    assert.equal(sb.snapshot().toString(), 'boot\r\n');
+    // 4 KiB ring, not the 64 KiB capacity: what a VM that printed a line costs.
+    const ring = (sb as unknown as { ring: Buffer | null }).ring;
+    assert.equal(ring?.length, 4096);
+  });
+
+  test('replace and resize keep the last bytes; a capacity of 0 keeps nothing', () => {
+    const sb = new Scrollback(8);
+    sb.push(Buffer.from('abcdefghij'));
+    assert.equal(sb.snapshot().toString(), 'cdefghij');
+    sb.replace(Buffer.from('0123456789'));
+    assert.equal(sb.snapshot().toString(), '23456789');
+    sb.resize(4);
+    assert.equal(sb.snapshot().toString(), '6789');
+    sb.push(Buffer.from('xy'));
+    assert.equal(sb.snapshot().toString(), '89xy');
+    sb.resize(16);
+    sb.push(Buffer.from('ZZ'));
+    assert.equal(sb.snapshot().toString(), '89xyZZ');
+    sb.resize(0);
+    sb.push(Buffer.from('lost'));
+    assert.equal(sb.length, 0);
+    assert.equal(sb.snapshot().length, 0);
   });
 });
