@@ -84,8 +84,10 @@ const SCROLLBACK_FIRST_RING = 4096;
  *   space and was freed only by full collections. Measured (`npm run bench -- --phases
  *   throughput --no-baselines --server-node-arg=--trace-gc`): 23–28 mark-compacts
  *   per run with references, 3 with no scrollback, and 20% more MB per server
- *   CPU-second without them; one `memcpy` per chunk into the ring costs far less.
- *   Chunks now die young, with the socket read that made them.
+ *   CPU-second without them. Keeping only the newest chunk by reference (until the
+ *   next one, about a turn) still gave 36–38. Chunks now die young, with the socket
+ *   read that made them; the price is one `memcpy` per chunk into the ring (about as
+ *   much server CPU as the collections it saves on a small heap, less on a large one).
  * - Bounded: the ring starts at 4 KiB at the first output and doubles as output
  *   arrives, up to the capacity; what falls out of the last N bytes is overwritten.
  *   A VM that printed a little holds about what it printed (at most twice that).

@@ -253,12 +253,32 @@ describe('Scrollback ring', () => {
     }
   });
 
+  test('the same with every chunk a view of a larger buffer (copied, not held)', () => {
+    const cap = 5_000;
+    const sb = new Scrollback(cap);
+    const big = Buffer.alloc(40_000);
+    for (let i = 0; i < big.length; i++) big[i] = 48 + (i % 75);
+    const pushed: Buffer[] = [];
+    let at = 0;
+    for (const size of [3, 1500, 4999, 5000, 5001, 2, 1024, 7000, 1]) {
+      const view = big.subarray(at, at + size);
+      at += size;
+      sb.push(view);
+      pushed.push(Buffer.from(view));
+      assert.equal(sb.snapshot().toString('latin1'), lastBytes(pushed, cap), `after a ${size}-byte view`);
+    }
+    const line = Buffer.from('hello, world');
+    sb.push(line);
+    line.fill(0x58);
+    assert.ok(sb.snapshot().toString().endsWith('hello, world'));
+  });
+
   test('copies what it keeps: changing a chunk after the push does not change the scrollback', () => {
-    const sb = new Scrollback(64);
-    const chunk = Buffer.from('hello, world');
+    const sb = new Scrollback(8192);
+    const chunk = Buffer.alloc(4096, 'a');
     sb.push(chunk);
     chunk.fill(0x58);
-    assert.equal(sb.snapshot().toString(), 'hello, world');
+    assert.equal(sb.snapshot().toString(), 'a'.repeat(4096));
   });
 
   test('nothing is allocated before the first output; a little output holds a small ring', () => {
