@@ -81,13 +81,14 @@ const SCROLLBACK_FIRST_RING = 4096;
  * - A chunk kept by reference lives as long as it is among the last N bytes: for a
  *   streaming VM about one event-loop turn, long enough to survive V8's young-generation
  *   collections and be promoted, so every chunk read (64 KiB, off-heap) ended in old
- *   space and was freed only by full collections. Measured (`npm run bench -- --phases
- *   throughput --no-baselines --server-node-arg=--trace-gc`): 23–28 mark-compacts
- *   per run with references, 3 with no scrollback, and 20% more MB per server
+ *   space and was freed only by full collections. Measured (the bench's throughput phase,
+ *   server under `--trace-gc`; docs/performance.md): 17–36 mark-compacts per run
+ *   with references, 3 with no scrollback, and 20% more MB per server
  *   CPU-second without them. Keeping only the newest chunk by reference (until the
  *   next one, about a turn) still gave 36–38. Chunks now die young, with the socket
- *   read that made them; the price is one `memcpy` per chunk into the ring (about as
- *   much server CPU as the collections it saves on a small heap, less on a large one).
+ *   read that made them; the price is one `memcpy` per chunk into the ring (12% of
+ *   the server's busy time in a profile where GC went from 14% to 6%; the collections
+ *   it saves grow with the heap, the copy does not).
  * - Bounded: the ring starts at 4 KiB at the first output and doubles as output
  *   arrives, up to the capacity; what falls out of the last N bytes is overwritten.
  *   A VM that printed a little holds about what it printed (at most twice that).
