@@ -9,6 +9,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { PgConsoleStore } from '../../src/storage/pg/pg-store.js';
 import { MIGRATIONS } from '../../src/storage/migrations.js';
@@ -139,6 +141,79 @@ test('the allocator: lowest free port first, also one freed by the other node (d
   assert.equal(top.tcpPort, range.start + 31, 'the fill began after the relocated console\'s new port');
   assert.equal(b.forget(top.id), true);
   assert.equal(b.register('esxi', KEY(6001), '', null).record.tcpPort, top.tcpPort);
+});
+
+test('upgrade from schema 6 with consoles (no mark yet): a port freed while the first allocation runs stays below the mark, so it is allocated next', async (t) => {
+  // attack-s21: the first allocation in a range with no port_low_water row inserted
+  // the mark one past its port; a DELETE that committed after the allocation's
+  // snapshot found no row to lower (or to bump the generation of), so its port stayed
+  // below the mark, free and never allocated again (the range could even report
+  // "exhausted" with that port free).
+  const url = await pgServer.createDatabase();
+  const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
+  for (const m of MIGRATIONS.filter((m) => m.version <= 6)) await pgServer.query(m.pg, [], db);
+  await pgServer.query('CREATE TABLE IF NOT EXISTS vspc_schema (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), version INTEGER NOT NULL)', [], db);
+  await pgServer.query('INSERT INTO vspc_schema (version) VALUES (6) ON CONFLICT (one) DO UPDATE SET version = 6', [], db);
+  const range = { start: 21400, end: 21409 };
+  for (let i = 0; i < 5; i++) {
+    await pgServer.query(`INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES ('esxi', '${KEY(7000 + i)}', '', 'old${i}', ${range.start + i}, 1, 2)`, [], db);
+  }
+  const a = new PgConsoleStore({ url, nodeId: 'ua', range });
+  const sql = new (await import('pg')).default.Client({ connectionString: url });
+  await sql.connect();
+  t.after(async () => {
+    a.close();
+    await sql.end().catch(() => undefined);
+  });
+  assert.equal(a.schemaVersion(), MIGRATIONS[MIGRATIONS.length - 1].version);
+  const old2 = a.list().find((r) => r.tcpPort === range.start + 2)!;
+  // Another node forgets console 2; its transaction commits after a's allocation read the
+  // ports. It runs in a thread of its own: a.register() blocks this one, and (fixed) waits
+  // for that transaction's lock on the mark row. The thread commits once a lock waiter
+  // shows up in pg_locks (fixed) or when told to (register returned without waiting).
+  const freer = new Worker(
+    `const { parentPort, workerData } = require('node:worker_threads');
+     const pg = require(workerData.pgPath);
+     (async () => {
+       const c = new pg.Client({ connectionString: workerData.url });
+       await c.connect();
+       await c.query('BEGIN');
+       await c.query('DELETE FROM consoles WHERE id = $1', [workerData.id]);
+       let told = false;
+       parentPort.on('message', () => { told = true; });
+       parentPort.postMessage('deleted');
+       for (;;) {
+         if (told) break;
+         const w = await c.query("SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted");
+         if (w.rows[0].n > 0) break;
+         await new Promise((r) => setImmediate(r));
+       }
+       await c.query('COMMIT');
+       await c.end();
+       parentPort.postMessage('committed');
+     })().catch((err) => parentPort.postMessage('failed: ' + err.message));`,
+    { eval: true, workerData: { pgPath: createRequire(import.meta.url).resolve('pg'), url, id: old2.id } },
+  );
+  t.after(() => freer.terminate());
+  const said: string[] = [];
+  const heard = (what: string) =>
+    withTimeout(
+      new Promise<void>((resolve) => {
+        const check = () => (said.includes(what) ? resolve() : freer.once('message', (m: string) => (said.push(m), check())));
+        check();
+      }),
+      10_000,
+      `the freeing transaction: ${what}`,
+    );
+  await heard('deleted');
+  const first = a.register('esxi', KEY(7100), '', null).record;
+  assert.equal(first.tcpPort, range.start + 5, 'console 2 was still there for this allocation');
+  freer.postMessage('commit');
+  await heard('committed');
+  const taken = new Set(a.list().map((r) => r.tcpPort));
+  const mark = (await sql.query<{ port: number }>('SELECT port FROM port_low_water WHERE range_start = $1', [range.start])).rows[0]?.port ?? range.start;
+  for (let p = range.start; p < mark; p++) assert.ok(taken.has(p), `port ${p} is below the mark ${mark} but free`);
+  assert.equal(a.register('esxi', KEY(7101), '', null).record.tcpPort, range.start + 2, 'the freed port is the next one allocated');
 });
 
 // ------------------------------------------------------------------ two vspc nodes
