@@ -356,4 +356,25 @@ export const MIGRATIONS: readonly Migration[] = [
       $fn$;
     `,
   },
+  {
+    version: 8,
+    description: 'port_low_water: a free locks the marks in range order (no deadlock between two frees)',
+    // Migration 7's trigger updated every mark at or below the freed port in the order
+    // its scan met them (a bitmap heap scan: physical order, which updates reshuffle),
+    // while a free below the second range start held only the first mark: two frees
+    // could each hold one mark and wait for the other's ("deadlock detected", a forget
+    // failing under concurrent nodes). Every multi-row locker now goes in ascending
+    // range_start (allocations lock one mark, relocation its trigger's then its own
+    // range's, which is above them or among them). SQLite: nothing (no trigger there).
+    up: `SELECT 1;`,
+    pg: `
+      CREATE OR REPLACE FUNCTION vspc_port_freed() RETURNS trigger LANGUAGE plpgsql AS $fn$
+      BEGIN
+        PERFORM 1 FROM port_low_water WHERE range_start <= OLD.tcp_port ORDER BY range_start FOR UPDATE;
+        UPDATE port_low_water SET port = LEAST(port, OLD.tcp_port), gen = gen + 1 WHERE range_start <= OLD.tcp_port;
+        RETURN NULL;
+      END
+      $fn$;
+    `,
+  },
 ];

@@ -216,6 +216,41 @@ test('upgrade from schema 6 with consoles (no mark yet): a port freed while the 
   assert.equal(a.register('esxi', KEY(7101), '', null).record.tcpPort, range.start + 2, 'the freed port is the next one allocated');
 });
 
+test('frees lock the marks in range order: a forget whose trigger finds the marks in another physical order waits instead of deadlocking', async (t) => {
+  // attack-s21: the trigger's UPDATE found the marks of [31000, ...] and [31010, ...]
+  // by a bitmap heap scan, in physical order (here 31010 first), while a transaction
+  // that freed a port below 31010 held only 31000's mark: two frees, each holding one
+  // mark and waiting for the other's, "deadlock detected" (a forget failing in the
+  // four-stores race below, one run in eight).
+  const url = await pgServer.createDatabase();
+  const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
+  const store = new PgConsoleStore({ url, nodeId: 'dl', range: { start: 31010, end: 31200 } }); // its mark row first
+  const pgLib = (await import('pg')).default;
+  const a = new pgLib.Client({ connectionString: url });
+  const b = new pgLib.Client({ connectionString: url });
+  await a.connect();
+  await b.connect();
+  t.after(async () => {
+    store.close();
+    await Promise.allSettled([a.end(), b.end()]);
+  });
+  await a.query('INSERT INTO port_low_water (range_start, port) VALUES (31000, 31000)');
+  const id = async (n: number, port: number) =>
+    (await a.query<{ id: string }>(`INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES ('esxi', '${KEY(n)}', '', null, ${port}, 1, 2) RETURNING id`)).rows[0].id;
+  const low = await id(8001, 31005);
+  const high1 = await id(8002, 31120);
+  const high2 = await id(8003, 31130);
+  await a.query('BEGIN');
+  await a.query('DELETE FROM consoles WHERE id = $1', [low]); // holds 31000's mark only
+  const other = b.query('DELETE FROM consoles WHERE id = $1', [high1]).then(() => 'ok', (err: Error) => err.message);
+  await waitUntil(async () => (await pgServer.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted', [], db))[0].n > 0, 10_000, 'the other free waits');
+  const mine = await a.query('DELETE FROM consoles WHERE id = $1', [high2]).then(() => 'ok', (err: Error) => err.message);
+  await a.query(mine === 'ok' ? 'COMMIT' : 'ROLLBACK');
+  assert.deepEqual([mine, await other], ['ok', 'ok']);
+  const marks = await pgServer.query<{ range_start: number; port: number }>('SELECT range_start, port FROM port_low_water ORDER BY 1', [], db);
+  assert.deepEqual(marks.map((m) => [m.range_start, m.port]), [[31000, 31000], [31010, 31010]]);
+});
+
 // ------------------------------------------------------------------ two vspc nodes
 
 interface Node {
