@@ -251,6 +251,78 @@ test('frees lock the marks in range order: a forget whose trigger finds the mark
   assert.deepEqual(marks.map((m) => [m.range_start, m.port]), [[31000, 31000], [31010, 31010]]);
 });
 
+test('four stores in four threads racing (register, forget, setPort, access ports; ranges with one start and other ends, another start inside; reserved ports): no port twice, and every port below a mark is taken or reserved', async (t) => {
+  // attack-s21. Each thread's store has its own database worker, and the threads run at
+  // once, so that transactions really interleave; the database's UNIQUE constraints
+  // would turn a port allocated twice into a VSPC_PORT_IN_USE of register/accessPort.
+  const url = await pgServer.createDatabase();
+  const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
+  const reserved = [31005, 31050, 31100];
+  const ranges = [
+    { start: 31000, end: 31150 },
+    { start: 31000, end: 31170 },
+    { start: 31010, end: 31170 },
+    { start: 31000, end: 31150 },
+  ];
+  const storeUrl = new URL('../../src/storage/pg/pg-store.js', import.meta.url).href;
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.storeUrl).then(({ PgConsoleStore }) => {
+      const { url, i, range, reserved, ops } = workerData;
+      const s = new PgConsoleStore({ url, nodeId: 'race' + i, range, reserved });
+      let x = i * 7919 + 1;
+      const rnd = (n) => ((x = (x * 1103515245 + 12345) >>> 0) >>> 8) % n;
+      const mine = [];
+      const errors = {};
+      let k = 0;
+      for (let op = 0; op < ops; op++) {
+        const r = rnd(10);
+        const what = r < 4 || mine.length === 0 ? 'register' : r < 6 ? 'forget' : r < 7 ? 'setPort' : r < 9 ? 'accessPort' : 'forgetAny';
+        try {
+          if (what === 'register') mine.push(s.register('esxi', (i * 100000 + k++).toString(16).padStart(32, '0'), '', null).record.id);
+          else if (what === 'forget') s.forget(mine.splice(rnd(mine.length), 1)[0]);
+          else if (what === 'setPort') s.setPort(mine[rnd(mine.length)], range.start + rnd(range.end - range.start + 20));
+          else if (what === 'accessPort') s.accessPort(mine[rnd(mine.length)], 'm' + rnd(3));
+          else { const all = s.list(); if (all.length > 0) s.forget(all[rnd(all.length)].id); }
+        } catch (err) {
+          const key = what + ':' + (err.code ?? err.message);
+          errors[key] = (errors[key] ?? 0) + 1;
+          if (!/PORT_IN_USE|NOT_FOUND|EXHAUSTED/.test(key)) errors[key + ': ' + err.message] = 1;
+        }
+      }
+      s.close();
+      parentPort.postMessage(errors);
+    }).catch((err) => parentPort.postMessage({ failed: String(err && err.stack || err) }));`;
+  const runs = ranges.map(
+    (range, i) =>
+      new Promise<Record<string, number>>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: { storeUrl, url, i, range, reserved, ops: 500 } });
+        t.after(() => w.terminate());
+        w.once('message', (m: Record<string, number>) => resolve(m));
+        w.once('error', reject);
+      }),
+  );
+  const errors = await withTimeout(Promise.all(runs), 90_000, 'the four racing stores');
+  for (const e of errors) {
+    assert.equal(e.failed, undefined, String(e.failed));
+    // setPort to a taken port, ids another thread forgot, a full range: expected; nothing else.
+    const unexpected = Object.keys(e).filter((key) => !/^(setPort:VSPC_PORT_IN_USE|\w+:VSPC_NOT_FOUND|(register|accessPort):VSPC_PORT_RANGE_EXHAUSTED)$/.test(key));
+    assert.deepEqual(unexpected, []);
+  }
+  const taken = [
+    ...(await pgServer.query<{ p: number }>('SELECT tcp_port AS p FROM consoles', [], db)),
+    ...(await pgServer.query<{ p: number }>('SELECT tcp_port AS p FROM access_ports', [], db)),
+  ].map((r) => r.p);
+  const set = new Set(taken);
+  assert.equal(set.size, taken.length, 'no port twice');
+  assert.ok(taken.length > 100, `${taken.length} ports taken at the end`);
+  const marks = await pgServer.query<{ range_start: number; port: number }>('SELECT range_start, port FROM port_low_water', [], db);
+  assert.equal(marks.length, 2, 'one mark per range start');
+  for (const m of marks) {
+    for (let p = m.range_start; p < m.port; p++) assert.ok(set.has(p) || reserved.includes(p), `port ${p} free below the mark ${m.port} of ${m.range_start}`);
+  }
+});
+
 // ------------------------------------------------------------------ two vspc nodes
 
 interface Node {
