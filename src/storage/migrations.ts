@@ -289,6 +289,9 @@ export const MIGRATIONS: readonly Migration[] = [
       );
       CREATE FUNCTION vspc_port_freed() RETURNS trigger LANGUAGE plpgsql AS $fn$
       BEGIN
+        -- The marks locked in range order first: two frees meeting them in the order of
+        -- a scan (physical order) could each hold one and wait for the other's.
+        PERFORM 1 FROM port_low_water WHERE range_start <= OLD.tcp_port ORDER BY range_start FOR UPDATE;
         UPDATE port_low_water SET port = LEAST(port, OLD.tcp_port), gen = gen + 1 WHERE range_start <= OLD.tcp_port;
         RETURN NULL;
       END

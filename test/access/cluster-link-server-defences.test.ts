@@ -317,3 +317,70 @@ test('the listener agrees only ECDHE-PSK-CHACHA20-POLY1305 (a client offering CB
     await s.close();
   }
 });
+
+test('handover (attack-s21): the scrollback only when asked for, once, between the notices `scrollback` and `held`, before the held input; an asker of an earlier version (no `scrollback: true`) gets the held input and `released` only', async () => {
+  const { s, addr } = await server();
+  // 200 KiB: more than one stream window of the link, so it goes in several grants.
+  const screen = Buffer.alloc(200 * 1024, 0x61);
+  screen.write('first line\r\n', 0);
+  let handed = 0;
+  const outcomes: string[] = [];
+  s.setVmotion({
+    handover: (token) => {
+      if (token.toString('hex') !== 'beef') return null;
+      handed++;
+      return { held: [Buffer.from('typed '), Buffer.from('meanwhile')], scrollback: screen, done: (why) => outcomes.push(why) };
+    },
+  });
+  const logs = new LogCapture();
+  const d = new ClusterLinkDialer(logs.logger, { nodeId: 'node-a', secret: SECRET, connectTimeoutMs: 3000 });
+  const ask = (withScrollback: boolean) =>
+    new Promise<Array<string | Buffer>>((resolve) => {
+      const got: Array<string | Buffer> = [];
+      const a = d.attach(
+        { node: 'node-b', host: '127.0.0.1', port: addr.port },
+        { consoleId: 0, tcpPort: 0, request: 'readwrite', force: false, replay: false, peer: 'vmotion', method: 'cluster', handover: 'beef', ...(withScrollback ? { handoverScrollback: true } : {}) },
+        {
+          accepted: () => undefined,
+          data: (b) => got.push(Buffer.from(b)),
+          notice: (text) => {
+            got.push(`notice:${text}`);
+            if (text === 'released') {
+              a.close('claimed');
+              resolve(got);
+            }
+          },
+          breakFromSource: () => undefined,
+          drain: () => undefined,
+          closed: () => undefined,
+        },
+      );
+    });
+  /** Consecutive data joined: [notice, bytes, notice, ...]. */
+  const shape = (got: Array<string | Buffer>): Array<string | Buffer> => {
+    const out: Array<string | Buffer> = [];
+    for (const g of got) {
+      const last = out[out.length - 1];
+      if (Buffer.isBuffer(g) && Buffer.isBuffer(last)) out[out.length - 1] = Buffer.concat([last, g]);
+      else out.push(g);
+    }
+    return out;
+  };
+  try {
+    const now = shape(await withTimeout(ask(true), 10_000, 'handover with the scrollback'));
+    assert.equal(now.length, 5, `shape: ${now.map((g) => (Buffer.isBuffer(g) ? `${g.length} bytes` : g)).join(', ')}`);
+    assert.equal(now[0], 'notice:scrollback');
+    assert.ok(Buffer.isBuffer(now[1]) && now[1].equals(screen), 'the scrollback, whole, once');
+    assert.equal(now[2], 'notice:held');
+    assert.equal(String(now[3]), 'typed meanwhile');
+    assert.equal(now[4], 'notice:released');
+    const old = shape(await withTimeout(ask(false), 10_000, 'handover of an earlier version'));
+    assert.deepEqual(old.map(String), ['typed meanwhile', 'notice:released']);
+    assert.equal(handed, 2);
+    await waitUntil(() => outcomes.length === 2, 5000, 'both handovers closed by the asker');
+    assert.deepEqual(outcomes, ['claimed', 'claimed']);
+  } finally {
+    d.close();
+    await s.close();
+  }
+});

@@ -33,13 +33,13 @@ interface Guest {
   restartAgent(): Promise<void>;
 }
 
-async function startGuest(t: { after(fn: () => unknown): void }, cleanup: Cleanup, extraAllow: number[] = []): Promise<Guest> {
+async function startGuest(t: { after(fn: () => unknown): void }, cleanup: Cleanup, extraAllow: number[] = [], agentArgs: string[] = []): Promise<Guest> {
   buildCAgent();
   const d = tempDir('vspc-tunnel-');
   const tty = join(d.dir, 'ttyS1');
   const relay = await SerialRelay.start(join(d.dir, 'serial1.sock'), tty);
   const echo = await Service.echo();
-  const args = () => ['--device', tty, '--allow', String(echo.port), ...extraAllow.flatMap((p) => ['--allow', String(p)]), '-v'];
+  const args = () => ['--device', tty, '--allow', String(echo.port), ...extraAllow.flatMap((p) => ['--allow', String(p)]), ...agentArgs, '-v'];
   const g: Guest = {
     relay,
     echo,
@@ -297,17 +297,22 @@ describe('serial tunnels through vspc (C agent on a pty)', { timeout: 300_000 },
     assert.equal((await roundTrip(() => net.connect({ host: '127.0.0.1', port: portOf(v2) }), again)).digest, sha256(again));
   });
 
-  test('a reader that stops reading stops the guest (bounded memory), then gets everything', T, async (t) => {
+  // With 16 KiB frames too (attack-s21): the agent told to send them on its pty, as it
+  // does by itself on virtio-serial; vspc accepts them on every line.
+  for (const large of [false, true]) {
+  test(`a reader that stops reading stops the guest (bounded memory), then gets everything${large ? ' (16 KiB frames)' : ''}`, T, async (t) => {
     const total = 16 << 20;
     const payload = randomBytesSeeded(total, 5);
     // A guest service that sends 16 MiB at once.
     const source = await Service.start((sock) => sock.end(payload));
     t.after(() => source.close());
-    const g = await startGuest(t, new Cleanup(), [source.port]);
+    const g = await startGuest(t, new Cleanup(), [source.port], large ? ['--max-payload', '16384'] : []);
+    if (large) await g.agent.waitForLog(/frames up to 16384 bytes/);
     const { ts } = await startServer(t, {
-      config: { tunnels: [{ ...tunnelConfig('t3', g), forwards: [{ listen: { type: 'auto' }, to: source.port }] }] },
+      config: { tunnels: [{ ...tunnelConfig(large ? 't3l' : 't3', g), forwards: [{ listen: { type: 'auto' }, to: source.port }] }] },
     });
-    const v = await waitLinkUp(ts, 't3');
+    const name = large ? 't3l' : 't3';
+    const v = await waitLinkUp(ts, name);
     const s = net.connect({ host: '127.0.0.1', port: portOf(v) });
     s.pause();
     await new Promise<void>((resolve, reject) => {
@@ -315,12 +320,12 @@ describe('serial tunnels through vspc (C agent on a pty)', { timeout: 300_000 },
       s.once('error', reject);
     });
     // Give the guest time to fill whatever lets it: the stream's credit, our buffers.
-    await waitUntil(async () => ((await tunnelView(ts, 't3')).link?.bytesFromGuest ?? 0) > 0, 20_000, 'data flows');
+    await waitUntil(async () => ((await tunnelView(ts, name)).link?.bytesFromGuest ?? 0) > 0, 20_000, 'data flows');
     let last = -1;
     let now = 0;
     await waitUntil(async () => {
       const prev = last;
-      last = (await tunnelView(ts, 't3')).link!.bytesFromGuest;
+      last = (await tunnelView(ts, name)).link!.bytesFromGuest;
       now++;
       return now > 20 && last === prev;
     }, 30_000, 'the guest stopped sending');
@@ -335,8 +340,14 @@ describe('serial tunnels through vspc (C agent on a pty)', { timeout: 300_000 },
     await bounded(new Promise<void>((resolve) => s.once('end', () => resolve())), 90_000, `all ${total} bytes (got ${n})`);
     assert.equal(n, total);
     assert.equal(hash.digest('hex'), sha256(payload));
+    if (large) {
+      // Large frames were what carried it: fewer than one frame per 2 KiB received.
+      const l = (await tunnelView(ts, name)).link!;
+      assert.ok(l.framesReceived < total / 2048, `${l.framesReceived} frames for ${total} bytes`);
+    }
     s.destroy();
   });
+  }
 
   test('an ESXi VM\'s second serial port (?port=tunnel) as the carrier', T, async (t) => {
     buildCAgent();

@@ -9,6 +9,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { PgConsoleStore } from '../../src/storage/pg/pg-store.js';
 import { MIGRATIONS } from '../../src/storage/migrations.js';
@@ -162,6 +164,186 @@ test('rename is not waited for but ordered on the session; a record gone meanwhi
   a.rename(record.id + 1000, 'ghost');
   await withTimeout(gone, 5000, 'the failed rename reported');
   assert.deepEqual(failed, [{ op: 'rename', code: 'VSPC_NOT_FOUND' }]);
+});
+
+test('upgrade from schema 6 with consoles (no mark yet): a port freed while the first allocation runs stays below the mark, so it is allocated next', async (t) => {
+  // attack-s21: the first allocation in a range with no port_low_water row inserted
+  // the mark one past its port; a DELETE that committed after the allocation's
+  // snapshot found no row to lower (or to bump the generation of), so its port stayed
+  // below the mark, free and never allocated again (the range could even report
+  // "exhausted" with that port free).
+  const url = await pgServer.createDatabase();
+  const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
+  for (const m of MIGRATIONS.filter((m) => m.version <= 6)) await pgServer.query(m.pg, [], db);
+  await pgServer.query('CREATE TABLE IF NOT EXISTS vspc_schema (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), version INTEGER NOT NULL)', [], db);
+  await pgServer.query('INSERT INTO vspc_schema (version) VALUES (6) ON CONFLICT (one) DO UPDATE SET version = 6', [], db);
+  const range = { start: 21400, end: 21409 };
+  for (let i = 0; i < 5; i++) {
+    await pgServer.query(`INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES ('esxi', '${KEY(7000 + i)}', '', 'old${i}', ${range.start + i}, 1, 2)`, [], db);
+  }
+  const a = new PgConsoleStore({ url, nodeId: 'ua', range });
+  const sql = new (await import('pg')).default.Client({ connectionString: url });
+  await sql.connect();
+  t.after(async () => {
+    a.close();
+    await sql.end().catch(() => undefined);
+  });
+  assert.equal(a.schemaVersion(), MIGRATIONS[MIGRATIONS.length - 1].version);
+  const old2 = a.list().find((r) => r.tcpPort === range.start + 2)!;
+  // Another node forgets console 2; its transaction commits after a's allocation read the
+  // ports. It runs in a thread of its own: a.register() blocks this one, and (fixed) waits
+  // for that transaction's lock on the mark row. The thread commits once a lock waiter
+  // shows up in pg_locks (fixed) or when told to (register returned without waiting).
+  const freer = new Worker(
+    `const { parentPort, workerData } = require('node:worker_threads');
+     const pg = require(workerData.pgPath);
+     (async () => {
+       const c = new pg.Client({ connectionString: workerData.url });
+       await c.connect();
+       await c.query('BEGIN');
+       await c.query('DELETE FROM consoles WHERE id = $1', [workerData.id]);
+       let told = false;
+       parentPort.on('message', () => { told = true; });
+       parentPort.postMessage('deleted');
+       for (;;) {
+         if (told) break;
+         const w = await c.query("SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted");
+         if (w.rows[0].n > 0) break;
+         await new Promise((r) => setImmediate(r));
+       }
+       await c.query('COMMIT');
+       await c.end();
+       parentPort.postMessage('committed');
+     })().catch((err) => parentPort.postMessage('failed: ' + err.message));`,
+    { eval: true, workerData: { pgPath: createRequire(import.meta.url).resolve('pg'), url, id: old2.id } },
+  );
+  t.after(() => freer.terminate());
+  const said: string[] = [];
+  const heard = (what: string) =>
+    withTimeout(
+      new Promise<void>((resolve) => {
+        const check = () => (said.includes(what) ? resolve() : freer.once('message', (m: string) => (said.push(m), check())));
+        check();
+      }),
+      10_000,
+      `the freeing transaction: ${what}`,
+    );
+  await heard('deleted');
+  const first = a.register('esxi', KEY(7100), '', null).record;
+  assert.equal(first.tcpPort, range.start + 5, 'console 2 was still there for this allocation');
+  freer.postMessage('commit');
+  await heard('committed');
+  const taken = new Set(a.list().map((r) => r.tcpPort));
+  const mark = (await sql.query<{ port: number }>('SELECT port FROM port_low_water WHERE range_start = $1', [range.start])).rows[0]?.port ?? range.start;
+  for (let p = range.start; p < mark; p++) assert.ok(taken.has(p), `port ${p} is below the mark ${mark} but free`);
+  assert.equal(a.register('esxi', KEY(7101), '', null).record.tcpPort, range.start + 2, 'the freed port is the next one allocated');
+});
+
+test('frees lock the marks in range order: a forget whose trigger finds the marks in another physical order waits instead of deadlocking', async (t) => {
+  // attack-s21: the trigger's UPDATE found the marks of [31000, ...] and [31010, ...]
+  // by a bitmap heap scan, in physical order (here 31010 first), while a transaction
+  // that freed a port below 31010 held only 31000's mark: two frees, each holding one
+  // mark and waiting for the other's, "deadlock detected" (a forget failing in the
+  // four-stores race below, one run in eight).
+  const url = await pgServer.createDatabase();
+  const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
+  const store = new PgConsoleStore({ url, nodeId: 'dl', range: { start: 31010, end: 31200 } }); // its mark row first
+  const pgLib = (await import('pg')).default;
+  const a = new pgLib.Client({ connectionString: url });
+  const b = new pgLib.Client({ connectionString: url });
+  await a.connect();
+  await b.connect();
+  t.after(async () => {
+    store.close();
+    await Promise.allSettled([a.end(), b.end()]);
+  });
+  await a.query('INSERT INTO port_low_water (range_start, port) VALUES (31000, 31000)');
+  const id = async (n: number, port: number) =>
+    (await a.query<{ id: string }>(`INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES ('esxi', '${KEY(n)}', '', null, ${port}, 1, 2) RETURNING id`)).rows[0].id;
+  const low = await id(8001, 31005);
+  const high1 = await id(8002, 31120);
+  const high2 = await id(8003, 31130);
+  await a.query('BEGIN');
+  await a.query('DELETE FROM consoles WHERE id = $1', [low]); // holds 31000's mark only
+  const other = b.query('DELETE FROM consoles WHERE id = $1', [high1]).then(() => 'ok', (err: Error) => err.message);
+  await waitUntil(async () => (await pgServer.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted', [], db))[0].n > 0, 10_000, 'the other free waits');
+  const mine = await a.query('DELETE FROM consoles WHERE id = $1', [high2]).then(() => 'ok', (err: Error) => err.message);
+  await a.query(mine === 'ok' ? 'COMMIT' : 'ROLLBACK');
+  assert.deepEqual([mine, await other], ['ok', 'ok']);
+  const marks = await pgServer.query<{ range_start: number; port: number }>('SELECT range_start, port FROM port_low_water ORDER BY 1', [], db);
+  assert.deepEqual(marks.map((m) => [m.range_start, m.port]), [[31000, 31000], [31010, 31010]]);
+});
+
+test('four stores in four threads racing (register, forget, setPort, access ports; ranges with one start and other ends, another start inside; reserved ports): no port twice, and every port below a mark is taken or reserved', async (t) => {
+  // attack-s21. Each thread's store has its own database worker, and the threads run at
+  // once, so that transactions really interleave; the database's UNIQUE constraints
+  // would turn a port allocated twice into a VSPC_PORT_IN_USE of register/accessPort.
+  const url = await pgServer.createDatabase();
+  const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
+  const reserved = [31005, 31050, 31100];
+  const ranges = [
+    { start: 31000, end: 31150 },
+    { start: 31000, end: 31170 },
+    { start: 31010, end: 31170 },
+    { start: 31000, end: 31150 },
+  ];
+  const storeUrl = new URL('../../src/storage/pg/pg-store.js', import.meta.url).href;
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.storeUrl).then(({ PgConsoleStore }) => {
+      const { url, i, range, reserved, ops } = workerData;
+      const s = new PgConsoleStore({ url, nodeId: 'race' + i, range, reserved });
+      let x = i * 7919 + 1;
+      const rnd = (n) => ((x = (x * 1103515245 + 12345) >>> 0) >>> 8) % n;
+      const mine = [];
+      const errors = {};
+      let k = 0;
+      for (let op = 0; op < ops; op++) {
+        const r = rnd(10);
+        const what = r < 4 || mine.length === 0 ? 'register' : r < 6 ? 'forget' : r < 7 ? 'setPort' : r < 9 ? 'accessPort' : 'forgetAny';
+        try {
+          if (what === 'register') mine.push(s.register('esxi', (i * 100000 + k++).toString(16).padStart(32, '0'), '', null).record.id);
+          else if (what === 'forget') s.forget(mine.splice(rnd(mine.length), 1)[0]);
+          else if (what === 'setPort') s.setPort(mine[rnd(mine.length)], range.start + rnd(range.end - range.start + 20));
+          else if (what === 'accessPort') s.accessPort(mine[rnd(mine.length)], 'm' + rnd(3));
+          else { const all = s.list(); if (all.length > 0) s.forget(all[rnd(all.length)].id); }
+        } catch (err) {
+          const key = what + ':' + (err.code ?? err.message);
+          errors[key] = (errors[key] ?? 0) + 1;
+          if (!/PORT_IN_USE|NOT_FOUND|EXHAUSTED/.test(key)) errors[key + ': ' + err.message] = 1;
+        }
+      }
+      s.close();
+      parentPort.postMessage(errors);
+    }).catch((err) => parentPort.postMessage({ failed: String(err && err.stack || err) }));`;
+  const runs = ranges.map(
+    (range, i) =>
+      new Promise<Record<string, number>>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: { storeUrl, url, i, range, reserved, ops: 500 } });
+        t.after(() => w.terminate());
+        w.once('message', (m: Record<string, number>) => resolve(m));
+        w.once('error', reject);
+      }),
+  );
+  const errors = await withTimeout(Promise.all(runs), 90_000, 'the four racing stores');
+  for (const e of errors) {
+    assert.equal(e.failed, undefined, String(e.failed));
+    // setPort to a taken port, ids another thread forgot, a full range: expected; nothing else.
+    const unexpected = Object.keys(e).filter((key) => !/^(setPort:VSPC_PORT_IN_USE|\w+:VSPC_NOT_FOUND|(register|accessPort):VSPC_PORT_RANGE_EXHAUSTED)$/.test(key));
+    assert.deepEqual(unexpected, []);
+  }
+  const taken = [
+    ...(await pgServer.query<{ p: number }>('SELECT tcp_port AS p FROM consoles', [], db)),
+    ...(await pgServer.query<{ p: number }>('SELECT tcp_port AS p FROM access_ports', [], db)),
+  ].map((r) => r.p);
+  const set = new Set(taken);
+  assert.equal(set.size, taken.length, 'no port twice');
+  assert.ok(taken.length > 100, `${taken.length} ports taken at the end`);
+  const marks = await pgServer.query<{ range_start: number; port: number }>('SELECT range_start, port FROM port_low_water', [], db);
+  assert.equal(marks.length, 2, 'one mark per range start');
+  for (const m of marks) {
+    for (let p = m.range_start; p < m.port; p++) assert.ok(set.has(p) || reserved.includes(p), `port ${p} free below the mark ${m.port} of ${m.range_start}`);
+  }
 });
 
 // ------------------------------------------------------------------ two vspc nodes

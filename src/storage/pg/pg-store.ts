@@ -94,6 +94,7 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
       nodeId: options.nodeId,
       pingIntervalMs: options.pingIntervalMs ?? 2000,
       pingTimeoutMs: options.pingTimeoutMs ?? 5000,
+      range: this.range,
     };
     try {
       this.call({ op: 'open', args }, options.openTimeoutMs ?? 30_000);

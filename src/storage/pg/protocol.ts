@@ -25,6 +25,8 @@ export interface OpenArgs {
   pingIntervalMs: number;
   /** ... and waits this long for an answer (also the connect timeout). */
   pingTimeoutMs: number;
+  /** The node's port range: its allocator's mark row is made when the session opens (worker.ts ensureMark). */
+  range?: { start: number; end: number };
 }
 
 /**

@@ -139,6 +139,7 @@ async function connect(): Promise<pg.Client> {
       // for it; docs/decisions/0011-pg.md).
       await c.query(`SET idle_session_timeout = ${idleSessionTimeoutMs(a)}`).catch(() => undefined);
       await migrate(c);
+      if (a.range) await ensureMark(c, a.range);
     } catch (err) {
       c.removeAllListeners('end');
       c.on('error', () => {});
@@ -253,11 +254,33 @@ async function lowestFreePort(c: pg.Client, range: PortRange, reserved: number[]
  */
 async function allocated(c: pg.Client, range: PortRange, gen: string | null, port: number): Promise<void> {
   if (gen === null) {
-    // The range's first allocation (another session's may have raced it: nothing then).
-    await c.query('INSERT INTO port_low_water (range_start, port) VALUES ($1, $2) ON CONFLICT (range_start) DO NOTHING', [range.start, port + 1]);
+    // No row (ensureMark makes one first, so only if it was deleted by hand): one at the
+    // range's start, which needs no agreement with a concurrent free.
+    await c.query('INSERT INTO port_low_water (range_start, port) VALUES ($1, $1) ON CONFLICT (range_start) DO NOTHING', [range.start]);
     return;
   }
   await c.query('UPDATE port_low_water SET port = $3 WHERE range_start = $1 AND gen = $2::bigint', [range.start, gen, port + 1]);
+}
+
+/** Range starts whose mark row this worker knows to exist (rows are never deleted). */
+const markedRanges = new Set<number>();
+
+/**
+ * Makes sure `range` has a committed mark row, in its own transaction (autocommit): when
+ * the session opens (for the node's range) and before an allocation (another range, by
+ * hand). Without a row (a new range start, or a database upgraded from schema 6 with
+ * consoles in it) the first allocation inserted the mark one past its port, and a port
+ * freed by a transaction that committed after the allocation's snapshot found no row to
+ * lower or bump: free below the mark, never allocated again. A row at the range's start
+ * holds the invariant trivially; from then on frees and allocations meet on it (trigger
+ * vs compare-and-set on `gen`). Left: a free whose trigger ran before the row existed
+ * and that commits after the next allocation (only while the first node of a range
+ * starts; `forget` is one statement, so microseconds).
+ */
+async function ensureMark(c: pg.Client, range: PortRange): Promise<void> {
+  if (markedRanges.has(range.start)) return;
+  await c.query('INSERT INTO port_low_water (range_start, port) VALUES ($1, $1) ON CONFLICT (range_start) DO NOTHING', [range.start]);
+  markedRanges.add(range.start);
 }
 
 function exhausted(range: PortRange, key: string, label: string): WorkerError {
@@ -303,6 +326,7 @@ async function handle(req: Envelope): Promise<unknown> {
         [req.kind, req.key, req.label, req.now, req.name],
       );
       if (seen.rows[0]) return { record: seen.rows[0], created: false };
+      await ensureMark(c, req.range);
       // One allocator cluster-wide: vspc_register (migration 7) allocates under one
       // transaction lock, so the lowest free port it computes is still free when it
       // inserts; the UNIQUE constraints stay the guarantee. One statement, one round trip.
@@ -364,6 +388,7 @@ async function handle(req: Envelope): Promise<unknown> {
         return movePort(c, req.id, req.port);
       });
     case 'relocate':
+      await ensureMark(c, req.range);
       return tx(c, async () => {
         await c.query('SELECT pg_advisory_xact_lock($1, 0)', [ALLOC_LOCK_CLASS]);
         const rec = await byId(c, req.id);
@@ -375,6 +400,7 @@ async function handle(req: Envelope): Promise<unknown> {
         return moved;
       });
     case 'accessPort':
+      await ensureMark(c, req.range);
       return tx(c, async () => {
         const existing = await c.query<{ p: number }>('SELECT tcp_port AS p FROM access_ports WHERE console_id = $1 AND method = $2', [req.id, req.method]);
         if (existing.rows[0]) return existing.rows[0].p;
