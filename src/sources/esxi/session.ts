@@ -202,7 +202,10 @@ export class EsxiSession implements VmotionEndpoint {
   private peerValue: string | undefined;
   private addressValue: string | undefined;
   private normalizedAddress: string | null = null;
-  log: Logger;
+  /** The session's logger, made on first use (see `log`). */
+  private logValue: Logger | null = null;
+  /** What `log` is a child of (the connection's deferred, budgeted logger). */
+  private readonly parentLog: Logger;
   /** The listener's budgeted logger given at init (else the context's `acceptLog()`; else `log`). */
   private readonly acceptLog: Logger | undefined;
   /** Names applied on this connection (bounded: see onName). */
@@ -222,7 +225,8 @@ export class EsxiSession implements VmotionEndpoint {
   private unloggedRegistration: { created: boolean; takeover?: TakeoverResult } | null = null;
   /** The hub this connection fed before a vMotion moved the VM away. */
   private retiringHub: ConsoleHub | null = null;
-  private preIdentify: Buffer[] = [];
+  /** Serial output before identification (made on the first such byte). */
+  private preIdentify: Buffer[] | null = null;
   private preIdentifyBytes = 0;
   private preIdentifyDropped = 0;
   /** The human or identify deadline (one replaces the other), null once settled. */
@@ -248,6 +252,17 @@ export class EsxiSession implements VmotionEndpoint {
   private suspendedInput: Buffer[] | null = null;
   private drainListener: (() => void) | null = null;
 
+  /**
+   * One logger for the connection's whole life: the VM's name and UUID are added to
+   * its lines once it has a hub (and follow a rename) without a new child logger.
+   * A child of a budgeted logger (log-budget.ts) shares the connection's budget. Made
+   * on first use: an idle VM serial port that logs nothing has no child logger and no
+   * fields closure.
+   */
+  get log(): Logger {
+    return (this.logValue ??= this.parentLog.child(() => (this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS)));
+  }
+
   constructor(
     init: EsxiSessionInit,
     private readonly ctx: EsxiSessionContext,
@@ -256,10 +271,7 @@ export class EsxiSession implements VmotionEndpoint {
     this.id = init.id;
     this.peerValue = init.peer;
     this.addressValue = init.address;
-    // One logger for the connection's whole life: the VM's name and UUID are added to
-    // its lines once it has a hub (and follow a rename) without a new child logger.
-    // A child of a budgeted logger (log-budget.ts) shares the connection's budget.
-    this.log = init.log.child(() => (this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS));
+    this.parentLog = init.log;
     this.acceptLog = init.acceptLog;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
@@ -616,7 +628,7 @@ export class EsxiSession implements VmotionEndpoint {
     }
     if (buffers !== 'transmit') {
       dropped += this.preIdentifyBytes;
-      this.preIdentify = [];
+      this.preIdentify = null;
       this.preIdentifyBytes = 0;
     }
     this.log.info('VM purged buffered data (PURGE-DATA)', { buffers, dropped });
@@ -637,7 +649,7 @@ export class EsxiSession implements VmotionEndpoint {
     }
     const piece = data.length > room ? data.subarray(0, room) : data;
     this.preIdentifyDropped += data.length - piece.length;
-    this.preIdentify.push(Buffer.from(piece));
+    (this.preIdentify ??= []).push(Buffer.from(piece));
     this.preIdentifyBytes += piece.length;
   }
 
@@ -649,9 +661,9 @@ export class EsxiSession implements VmotionEndpoint {
       });
     }
     const chunks = this.preIdentify;
-    this.preIdentify = [];
+    this.preIdentify = null;
     this.preIdentifyBytes = 0;
-    for (const c of chunks) this.hubValue?.fromVm(c);
+    if (chunks) for (const c of chunks) this.hubValue?.fromVm(c);
   }
 
   private onExtensionEnabled(): void {
