@@ -40,7 +40,7 @@ import type { SerialLineSettings } from '../../domain/serial-line.js';
 import { formatSourceSpec, type SourceSpec } from '../../domain/source-spec.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { SourceError, asSourceError } from './errors.js';
-import type { BoundListener, Connector, DialConnector, Link, ListenConnector } from './link.js';
+import type { BoundListener, Connector, DialConnector, Link, LinkSink, ListenConnector } from './link.js';
 
 export interface RunnerOptions {
   /**
@@ -62,6 +62,8 @@ export interface RunnerOptions {
 export interface RunnerContext extends RunnerOptions {
   /** The endpoint's logger (the runner adds nothing; the factory makes the child). */
   logger: Logger;
+  /** Closed when the runner stops (final): a budgeted logger summarises what it suppressed. */
+  ownedLogger?: { close(): void };
 }
 
 /** EndpointStatus plus what the runner knows beyond it (a superset: assignable to hub.endpoint). */
@@ -162,6 +164,7 @@ export class EndpointRunner extends EventEmitter {
   private linkGone: (() => void) | null = null;
 
   private readonly descriptors: DescriptorBudget | null;
+  private readonly ownedLogger: { close(): void } | null;
   /** The descriptor of the attempt under way or of the live dialled link (dial), or of the listener (listen). */
   private attemptLease: DescriptorLease | null = null;
   /** The descriptor of the peer connected to our listener (listen types). */
@@ -186,6 +189,7 @@ export class EndpointRunner extends EventEmitter {
     this.since = this.now();
     this.outageSince = this.since;
     this.descriptors = ctx.descriptors ?? null;
+    this.ownedLogger = ctx.ownedLogger ?? null;
   }
 
   get state(): EndpointState {
@@ -508,13 +512,11 @@ export class EndpointRunner extends EventEmitter {
     const previous = this.hub.attachSource(source);
     if (previous && previous !== source) previous.close('superseded by the endpoint vspc maintains');
     if (link.lineSettings) this.hub.lineSettings = { ...link.lineSettings };
-    link.start({
-      data: (chunk) => this.hub.fromVm(chunk),
-      closed: (error) => this.onLinkClosed(link, error),
-    });
+    link.start(new RunnerSink(this, link));
   }
 
-  private onLinkClosed(link: Link, error: SourceError | null): void {
+  /** @internal RunnerSink: the link ended. */
+  onLinkClosed(link: Link, error: SourceError | null): void {
     if (link !== this.link) return;
     // Its descriptor: a dialled link's is the attempt's; a peer of our listener has its own.
     if (this.connector.mode === 'dial') this.releaseAttempt();
@@ -587,15 +589,7 @@ export class EndpointRunner extends EventEmitter {
 
   /** The hub's view of the link: the ConsoleSource whose close() stops this endpoint. */
   private makeSource(link: Link): ConsoleSource {
-    const source: ConsoleSource = {
-      kind: this.spec.type,
-      peer: this.specText,
-      write: (data: Buffer) => link.write(data),
-      onDrain: (listener: () => void) => link.onDrain(listener),
-      close: (reason: string) => {
-        void this.close(reason);
-      },
-    };
+    const source = new RunnerSource(this, link);
     if (link.sendBreak) source.sendBreak = () => link.sendBreak!();
     if (link.setLineSettings) source.setLineSettings = (s: SerialLineSettings) => link.setLineSettings!(s);
     return source;
@@ -609,11 +603,60 @@ export class EndpointRunner extends EventEmitter {
     if (changed) this.since = this.now();
     if (next !== 'waiting') this.nextAttemptAt = null;
     this.emitStatus();
+    if (next === 'stopped') this.ownedLogger?.close();
   }
 
   private emitStatus(): void {
     const status = this.status;
     this.hub.endpoint = status;
     this.emit('state', status);
+  }
+}
+
+/**
+ * What a live link sends its bytes and its end to: one small object per link, with
+ * methods on the prototype instead of two closures and their context (an idle console
+ * keeps its link for as long as the VM runs).
+ */
+class RunnerSink implements LinkSink {
+  constructor(
+    private readonly runner: EndpointRunner,
+    private readonly link: Link,
+  ) {}
+
+  data(chunk: Buffer): void {
+    this.runner.hub.fromVm(chunk);
+  }
+
+  closed(error: SourceError | null): void {
+    this.runner.onLinkClosed(this.link, error);
+  }
+}
+
+/** The hub's ConsoleSource for a live link (methods on the prototype, as RunnerSink). */
+class RunnerSource implements ConsoleSource {
+  readonly kind: SourceSpec['type'];
+  readonly peer: string;
+  declare sendBreak?: () => void;
+  declare setLineSettings?: (s: SerialLineSettings) => Promise<SerialLineSettings>;
+
+  constructor(
+    private readonly runner: EndpointRunner,
+    private readonly link: Link,
+  ) {
+    this.kind = runner.spec.type;
+    this.peer = runner.specText;
+  }
+
+  write(data: Buffer): boolean {
+    return this.link.write(data);
+  }
+
+  onDrain(listener: () => void): void {
+    this.link.onDrain(listener);
+  }
+
+  close(reason: string): void {
+    void this.runner.close(reason);
   }
 }
