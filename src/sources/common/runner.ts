@@ -31,7 +31,6 @@
  * OS code) at debug, a summary at info every `summaryIntervalMs` while it lasts, and
  * the recovery at info with the downtime.
  */
-import { EventEmitter } from 'node:events';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { DESCRIPTORS_EXHAUSTED, type DescriptorBudget, type DescriptorLease } from '../../domain/descriptors.js';
 import type { Logger, LogFields } from '../../domain/logger.js';
@@ -120,7 +119,15 @@ class FailureLog {
 
 let nextRunnerId = 1;
 
-export class EndpointRunner extends EventEmitter {
+/** The default clock (one function for every runner, not a closure each). */
+const wallClock = (): number => Date.now();
+
+/**
+ * Not an EventEmitter: an emitter's events object is a dictionary-mode object of
+ * ≈ 180 bytes from its construction on, and a runner lives as long as its console;
+ * the one event, `state`, has its listeners in an array made on the first `on`.
+ */
+export class EndpointRunner {
   readonly id = nextRunnerId++;
   readonly spec: SourceSpec;
   /** The canonical spec text (also `hub.endpoint.spec`). */
@@ -165,6 +172,8 @@ export class EndpointRunner extends EventEmitter {
 
   private readonly descriptors: DescriptorBudget | null;
   private readonly ownedLogger: { close(): void } | null;
+  /** `state` listeners (see `on`); none until the first. */
+  private stateListeners: ((status: EndpointDetail) => void)[] | null = null;
   /** The descriptor of the attempt under way or of the live dialled link (dial), or of the listener (listen). */
   private attemptLease: DescriptorLease | null = null;
   /** The descriptor of the peer connected to our listener (listen types). */
@@ -178,10 +187,9 @@ export class EndpointRunner extends EventEmitter {
     readonly hub: ConsoleHub,
     ctx: RunnerContext,
   ) {
-    super();
     this.spec = spec;
     this.specText = formatSourceSpec(spec);
-    this.now = ctx.now ?? (() => Date.now());
+    this.now = ctx.now ?? wallClock;
     this.backoff = new Backoff(ctx.backoff, ctx.random);
     this.connectTimeoutMs = ctx.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.log = ctx.logger;
@@ -609,7 +617,22 @@ export class EndpointRunner extends EventEmitter {
   private emitStatus(): void {
     const status = this.status;
     this.hub.endpoint = status;
-    this.emit('state', status);
+    const listeners = this.stateListeners;
+    if (listeners) for (const l of [...listeners]) l(status);
+  }
+
+  /** `state`: called with the new status after every change of state or status detail. */
+  on(event: 'state', listener: (status: EndpointDetail) => void): this {
+    if (event === 'state') (this.stateListeners ??= []).push(listener);
+    return this;
+  }
+
+  /** Removes a `state` listener added with `on`. */
+  off(event: 'state', listener: (status: EndpointDetail) => void): this {
+    const listeners = this.stateListeners;
+    const i = event === 'state' && listeners ? listeners.indexOf(listener) : -1;
+    if (i >= 0) listeners!.splice(i, 1);
+    return this;
   }
 }
 

@@ -1,5 +1,5 @@
 import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
-import type { Logger } from '../../domain/logger.js';
+import { LazyChildLogger, type LogFields, type Logger } from '../../domain/logger.js';
 import type { Registry } from '../../domain/registry.js';
 import type { ConsoleSource } from '../../domain/seams.js';
 import type { VmotionCoordinator, VmotionEndpoint } from '../../domain/vmotion.js';
@@ -202,10 +202,14 @@ export class EsxiSession implements VmotionEndpoint {
   private peerValue: string | undefined;
   private addressValue: string | undefined;
   private normalizedAddress: string | null = null;
-  /** The session's logger, made on first use (see `log`). */
-  private logValue: Logger | null = null;
-  /** What `log` is a child of (the connection's deferred, budgeted logger). */
-  private readonly parentLog: Logger;
+  /**
+   * One logger for the connection's whole life: the VM's name and UUID are added to
+   * its lines once it has a hub (and follow a rename) without a new child logger.
+   * A child of a budgeted logger (log-budget.ts) shares the connection's budget. The
+   * child is made on the first line written (LazyChildLogger): an idle VM serial port
+   * that writes none at the configured level has no child logger and no fields closure.
+   */
+  readonly log: Logger;
   /** The listener's budgeted logger given at init (else the context's `acceptLog()`; else `log`). */
   private readonly acceptLog: Logger | undefined;
   /** Names applied on this connection (bounded: see onName). */
@@ -252,15 +256,9 @@ export class EsxiSession implements VmotionEndpoint {
   private suspendedInput: Buffer[] | null = null;
   private drainListener: (() => void) | null = null;
 
-  /**
-   * One logger for the connection's whole life: the VM's name and UUID are added to
-   * its lines once it has a hub (and follow a rename) without a new child logger.
-   * A child of a budgeted logger (log-budget.ts) shares the connection's budget. Made
-   * on first use: an idle VM serial port that logs nothing has no child logger and no
-   * fields closure.
-   */
-  get log(): Logger {
-    return (this.logValue ??= this.parentLog.child(() => (this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS)));
+  /** LogFieldsSource (this.log): the VM's name and UUID once the connection has fed a hub. */
+  logFields(): LogFields {
+    return this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS;
   }
 
   constructor(
@@ -271,7 +269,7 @@ export class EsxiSession implements VmotionEndpoint {
     this.id = init.id;
     this.peerValue = init.peer;
     this.addressValue = init.address;
-    this.parentLog = init.log;
+    this.log = new LazyChildLogger(init.log, this);
     this.acceptLog = init.acceptLog;
     const o = ctx.options;
     this.protocol = new VspcServerProtocol(
