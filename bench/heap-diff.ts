@@ -20,7 +20,11 @@
  * - an array, a V8-internal object (`system / ...`, `(...)`) or a native node: the
  *   key of the object that holds it and the name of the edge (its first retainer).
  * `(code)` is left out of the total: V8 compiles more as the process warms up, not per
- * console. The process's RSS and memoryUsage() before and after are printed too.
+ * console. The process's RSS, memoryUsage(), resident bytes by kind of mapping and V8's
+ * spaces before and after are printed too, sampled as the benchmark samples them (after
+ * a full GC, once the young generation has settled: harness.ts settledMemory);
+ * `--rss-only` skips the snapshots (writing one grows the RSS), `--settle-ms` is how long
+ * the consoles stay idle before the second sample.
  *
  * It needs `npx tsc -p tsconfig.json` first (it runs from dist/). The numbers are of
  * the heap after a full GC; RSS also holds what the heap committed and the native
@@ -33,7 +37,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SimulatedVm } from '../test/support/sim/index.js';
 import { benchIdentity, mapLimit, sleep } from './common.js';
-import { privatePorts } from './harness.js';
+import { privatePorts, settledMemory } from './harness.js';
 import { killAll } from './ipc.js';
 import { sampleProc } from './proc.js';
 import { ServerProcess } from './server-process.js';
@@ -272,7 +276,9 @@ async function main(): Promise<void> {
     }
     await sleep(500);
     const connectedBefore = (await server.status()).vmPortsConnected;
-    const mem0 = await server.memory(true);
+    // As the benchmark samples idle memory: once V8's young generation has settled.
+    const mem0 = await settledMemory(server);
+    await sleep(200);
     const rss0 = sampleProc(server.pid!)?.rssBytes ?? null;
     const smaps0 = readSmaps(server.pid!);
     const before = values['rss-only'] ? null : await server.heapSnapshot(join(snapDir, `${kind}-0.heapsnapshot`));
@@ -298,7 +304,8 @@ async function main(): Promise<void> {
       await sleep(100);
     }
     await sleep(Number(values['settle-ms']));
-    const mem1 = await server.memory(true);
+    const mem1 = await settledMemory(server);
+    await sleep(200);
     const rss1 = sampleProc(server.pid!)?.rssBytes ?? null;
     const smaps1 = readSmaps(server.pid!);
     const kib = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null ? 'n/a' : `${((a - b) / n / 1024).toFixed(2)} KiB`);
