@@ -90,6 +90,12 @@ const SCROLLBACK_REF_MIN = 1024;
 const SCROLLBACK_BLOCK = 4096;
 
 /**
+ * A Scrollback's pieces while it holds none: one shared empty array (frozen: a push
+ * would throw instead of mixing consoles), replaced by its own on the first piece.
+ */
+const NO_SEGS = Object.freeze([]) as unknown as Buffer[];
+
+/**
  * The last N bytes of VM output, replayed to a client on attach so it sees the
  * recent screen. Kept as references to the chunks received, not copied into a ring:
  * a streaming VM's output is not copied at all on its way to the clients (the copy
@@ -109,7 +115,7 @@ const SCROLLBACK_BLOCK = 4096;
 export class Scrollback {
   private cap: number;
   /** Closed pieces, oldest first; `skip` bytes of the first are no longer part of it. */
-  private segs: Buffer[] = [];
+  private segs: Buffer[] = NO_SEGS;
   private skip = 0;
   /** The open block short chunks are copied into: bytes [blockSkip, blockUsed) follow the pieces. */
   private block: Buffer | null = null;
@@ -160,7 +166,7 @@ export class Scrollback {
   }
 
   private clear(): void {
-    this.segs = [];
+    this.segs = NO_SEGS;
     this.skip = 0;
     this.block = null;
     this.blockSkip = 0;
@@ -173,6 +179,7 @@ export class Scrollback {
     this.total += piece.length;
     if (piece.length >= SCROLLBACK_REF_MIN && piece.buffer.byteLength <= 2 * piece.length) {
       this.closeBlock();
+      if (this.segs === NO_SEGS) this.segs = [];
       this.segs.push(piece);
       return;
     }
@@ -195,6 +202,7 @@ export class Scrollback {
     if (this.blockUsed > this.blockSkip) {
       // A block trimmed to nothing before it was closed leaves nothing.
       if (this.segs.length === 0) this.skip = 0;
+      if (this.segs === NO_SEGS) this.segs = [];
       this.segs.push(b.subarray(this.blockSkip, this.blockUsed));
     }
     this.block = null;

@@ -127,6 +127,9 @@ export interface VspcServerProtocolHandlers {
  * events, and encoders for our replies. The transport owns timers, sockets and the
  * decision what an event means (registration, vMotion matching).
  */
+/** `comPortState` before any RFC 2217 command changed it. */
+const INITIAL_LINE: Readonly<ComPortState> = Object.freeze({ suspended: false, lineStateMask: 0, modemStateMask: 255 });
+
 /** `uartSettings` before the host reported any. */
 const NO_UART: Readonly<UartSettings> = Object.freeze({});
 
@@ -135,7 +138,8 @@ export class VspcServerProtocol {
   private knownSent = false;
   /** The UART settings the host reported over COM-PORT (made on the first one). */
   private uart: UartSettings | null = null;
-  private readonly line: ComPortState = { suspended: false, lineStateMask: 0, modemStateMask: 255 };
+  /** What RFC 2217 commands recorded (made on the first that changes it; see `line`). */
+  private lineValue: ComPortState | null = null;
 
   constructor(
     private readonly options: VspcServerProtocolOptions,
@@ -196,7 +200,12 @@ export class VspcServerProtocol {
 
   /** What RFC 2217 commands other than the four UART settings recorded. */
   get comPortState(): Readonly<ComPortState> {
-    return this.line;
+    return this.lineValue ?? INITIAL_LINE;
+  }
+
+  /** The recorded state, to change: made on first use (a host without COM-PORT never does). */
+  private get line(): ComPortState {
+    return (this.lineValue ??= { ...INITIAL_LINE });
   }
 
   sendData(data: Buffer): boolean {
@@ -424,6 +433,6 @@ export class VspcServerProtocol {
   }
 
   private stateChanged(): void {
-    this.handlers.comPortState?.({ ...this.line });
+    this.handlers.comPortState?.({ ...this.comPortState });
   }
 }

@@ -137,7 +137,9 @@ export class EndpointRunner {
   private readonly backoff: Backoff;
   private readonly now: () => number;
   private readonly connectTimeoutMs: number;
-  private readonly failureLog: FailureLog;
+  /** The rate limiting of failure lines, made on the first failure (a console that never fails has none). */
+  private failureLogValue: FailureLog | null = null;
+  private readonly summaryIntervalMs: number;
 
   private stateValue: EndpointState = 'stopped';
   private since: number;
@@ -193,11 +195,15 @@ export class EndpointRunner {
     this.backoff = new Backoff(ctx.backoff, ctx.random);
     this.connectTimeoutMs = ctx.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.log = ctx.logger;
-    this.failureLog = new FailureLog(this.log, this.now, ctx.summaryIntervalMs ?? DEFAULT_SUMMARY_INTERVAL_MS);
+    this.summaryIntervalMs = ctx.summaryIntervalMs ?? DEFAULT_SUMMARY_INTERVAL_MS;
     this.since = this.now();
     this.outageSince = this.since;
     this.descriptors = ctx.descriptors ?? null;
     this.ownedLogger = ctx.ownedLogger ?? null;
+  }
+
+  private failureLog(): FailureLog {
+    return (this.failureLogValue ??= new FailureLog(this.log, this.now, this.summaryIntervalMs));
   }
 
   get state(): EndpointState {
@@ -444,7 +450,7 @@ export class EndpointRunner {
       this.scheduleRetry(delay);
       return;
     }
-    this.failureLog.failure(
+    this.failureLog().failure(
       `attempt:${err.key}`,
       this.connector.mode === 'dial' ? 'cannot connect to the endpoint; will retry' : 'cannot listen; will retry',
       { errorCode: err.code, sysCode: err.sysCode, error: err.message, retryInMs: delay },
@@ -510,7 +516,7 @@ export class EndpointRunner {
     const fields: LogFields = { peer: link.peer, downMs, failures: this.failuresInOutage };
     if (link.note) fields.note = link.note;
     // Flapping (each link dies young, each redial succeeds): the loss was logged once, the connects are noise.
-    if (this.lastLinkWasShort && this.failuresInOutage === 0 && this.failureLog.repeating) this.log.debug('endpoint connected', fields);
+    if (this.lastLinkWasShort && this.failuresInOutage === 0 && (this.failureLogValue?.repeating ?? false)) this.log.debug('endpoint connected', fields);
     else this.log.info(this.reconnects > 0 ? 'endpoint connected again' : 'endpoint connected', fields);
     this.outageSince = null;
     this.failuresInOutage = 0;
@@ -550,10 +556,10 @@ export class EndpointRunner {
     if (!this.lastLinkWasShort) {
       // A real connection ended (VM stopped, QEMU restarted): start over quickly and loudly.
       this.backoff.reset();
-      this.failureLog.reset();
+      this.failureLogValue?.reset();
       this.log.info('endpoint connection lost', fields);
     } else {
-      this.failureLog.failure(`lost:${err.key}`, 'endpoint connection lost soon after it was made', fields, () => this.outageFields());
+      this.failureLog().failure(`lost:${err.key}`, 'endpoint connection lost soon after it was made', fields, () => this.outageFields());
     }
 
     if (this.connector.mode === 'listen' && this.listener) {
