@@ -34,7 +34,7 @@ export async function diagnoseUnixConnect(path: string, err: SourceError): Promi
 }
 
 export function unixConnector(spec: Extract<SourceSpec, { type: 'unix' }>, ctx: ConnectorContext): DialConnector {
-  return new UnixConnector(spec.path, ctx);
+  return new UnixConnector(spec.path, ctx.options, ctx.logger);
 }
 
 /** One per `unix:` console, for as long as it is declared: a class, so no closure and context each. */
@@ -43,7 +43,8 @@ class UnixConnector implements DialConnector {
 
   constructor(
     private readonly path: string,
-    private readonly ctx: ConnectorContext,
+    private readonly options: ConnectorContext['options'],
+    private readonly logger: ConnectorContext['logger'],
   ) {}
 
   async dial(signal: AbortSignal): Promise<Link> {
@@ -55,6 +56,6 @@ class UnixConnector implements DialConnector {
       if (err instanceof SourceError && !signal.aborted) throw await diagnoseUnixConnect(this.path, err);
       throw err;
     }
-    return new SocketLink(sock, peer, this.ctx.options, this.ctx.logger);
+    return new SocketLink(sock, peer, this.options, this.logger);
   }
 }
