@@ -1413,7 +1413,7 @@ export async function privatePorts(
 /** settledMemory: the new space's committed size must stay the same this long... */
 const SETTLE_STABLE_MS = 10_000;
 /** ...and the wait ends after this long in any case (the figure is then taken as it is). */
-const SETTLE_MAX_MS = 45_000;
+const SETTLE_MAX_MS = 30_000;
 
 /**
  * memoryUsage() after a full GC, once V8's young generation has settled: polled every
