@@ -31,25 +31,14 @@ export function createEndpointWith(registry: ConnectorRegistry, spec: SourceSpec
   // logger and fields are made on the first line written at an enabled level: an idle
   // console at `--log-level warn` never makes them.
   const logger = deferredLogger(ctx.logger, new EndpointLoggerMaker(ctx.logger, specText, hub));
-  const options = linkOptions(ctx.links);
+  // Spread per endpoint: `links` may have getters on the running configuration (the
+  // client queue limit, reloadable), read when an endpoint is made.
+  const options: LinkOptions = ctx.links ? { ...DEFAULT_LINK_OPTIONS, ...ctx.links } : DEFAULT_LINK_OPTIONS;
   const connector = factory(spec, { logger, options });
   // Stopped is final: the runner closes the logger then (what the budget suppressed is summarised).
   const runner = new EndpointRunner(spec, connector, hub, { ...ctx, logger, ownedLogger: logger });
   if (ctx.start ?? true) runner.start();
   return runner;
-}
-
-/** The full LinkOptions of each `links` given (every endpoint of a manager shares one object). */
-const fullOptions = new WeakMap<Partial<LinkOptions>, Readonly<LinkOptions>>();
-
-function linkOptions(links: Partial<LinkOptions> | undefined): LinkOptions {
-  if (!links) return DEFAULT_LINK_OPTIONS;
-  let o = fullOptions.get(links);
-  if (!o) {
-    o = Object.freeze({ ...DEFAULT_LINK_OPTIONS, ...links });
-    fullOptions.set(links, o);
-  }
-  return o;
 }
 
 /** Makes an endpoint's budgeted logger when its first line is written (see deferredLogger). */

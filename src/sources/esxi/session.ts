@@ -7,7 +7,7 @@ import type { ConsoleHub } from '../../domain/console-hub.js';
 import { BRK, Option } from '../../protocol/telnet/constants.js';
 import { Ext } from '../../protocol/vmware/codes.js';
 import { normalizeIp } from '../../util/cidr.js';
-import { VspcServerProtocol, type ComPortState, type UartSettings, type VspcServerProtocolHandlers, type VspcServerProtocolOptions } from '../../protocol/vmware/server-protocol.js';
+import { VspcServerProtocol, type ComPortState, type UartSettings, type VspcServerProtocolHandlers } from '../../protocol/vmware/server-protocol.js';
 import type { SerialLineState } from '../../domain/serial-line.js';
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
 
@@ -181,18 +181,6 @@ export interface EsxiDeadline {
   kind: EsxiDeadlineKind;
 }
 
-/** The protocol options of each session options object: every connection of a listener shares one. */
-const protocolOptionsOf = new WeakMap<EsxiSessionContext['options'], VspcServerProtocolOptions>();
-
-function protocolOptions(o: EsxiSessionContext['options']): VspcServerProtocolOptions {
-  let p = protocolOptionsOf.get(o);
-  if (!p) {
-    p = Object.freeze({ serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation });
-    protocolOptionsOf.set(o, p);
-  }
-  return p;
-}
-
 /**
  * One ESXi host's connection without sockets or timers (the ws receiver/websocket and
  * ssh2 Protocol split): bytes in through `receive(chunk, now)`, bytes out through
@@ -284,7 +272,12 @@ export class EsxiSession implements VmotionEndpoint {
     this.log = new LazyChildLogger(init.log, this);
     this.acceptLog = init.acceptLog;
     const o = ctx.options;
-    this.protocol = new VspcServerProtocol(protocolOptions(o), new EsxiSession.Events(this));
+    // Read per connection: `serviceName` and `comPort` may be getters on the running
+    // configuration (reloadable, read where used), so they are not cached per listener.
+    this.protocol = new VspcServerProtocol(
+      { serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation },
+      new EsxiSession.Events(this),
+    );
   }
 
   /**
