@@ -311,6 +311,16 @@ export function rows(r: BenchReport): Row[] {
           met: pct >= 80,
         });
       }
+      if (l.rawViaGuestTcp) {
+        const h = l.rawViaGuestTcp;
+        out.push({
+          ref: 9,
+          figure: `${name}: raw line from the guest via an in-guest TCP hop`,
+          result: `median ${n(h.fromGuest.median, 1)} KiB/s (${range(h.fromGuest)}) = ${n(h.pctOfRaw, 1)} % of the raw line's median (nc from the download source to the spare port; not a target)`,
+          target: '',
+          met: null,
+        });
+      }
       out.push({ ref: 9, figure: `${name}: keystroke round trip, idle`, result: fmt(l.rtt.idle), target: '', met: null });
       for (const [dir, what, rtt] of [['upload', 'an upload', l.rtt.duringUpload], ['download', 'a download', l.rtt.duringDownload]] as const) {
         out.push({

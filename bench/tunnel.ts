@@ -35,12 +35,13 @@
  * phase is reported as not run, with the command that builds it.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TunnelView } from '../src/admin/views.js';
 import { guestArtifacts, SerialConsole, startGuest, type Guest } from '../test/support/qemu.js';
+import { bounded } from '../test/agent/harness.js';
 import { buildTunnelGuest, DROPBEAR, rawLine, SFTP_SERVER, socketPort, TUNNEL_VARIANT } from '../test/support/tunnel-guest.js';
 import { FaultRelay } from '../test/support/tunnel.js';
 import { distribution, round, roundDistribution, sleep, type Distribution } from './common.js';
@@ -97,6 +98,13 @@ export interface TunnelLineFigures {
   rtt: { idle: Distribution; duringUpload: Distribution; duringDownload: Distribution };
   /** The bulk transfers under the keystrokes, KiB/s. */
   bulkUnderKeystrokesKiBps: { upload: number; download: number };
+  /**
+   * virtio-serial only, not a target: the raw line from the guest with the tunnel's
+   * in-guest hop and nothing else — the download source (busybox `nc -e cat`) read
+   * through loopback TCP by `nc`, written to the spare port — KiB/s per round, and its
+   * median / the raw line's median, percent. What the guest's TCP costs under emulation.
+   */
+  rawViaGuestTcp?: { fromGuest: Spread; pctOfRaw: number };
   /** The tunnel's own view at the end: RTT, retransmissions, damaged frames. */
   link: { rttMs: number | null; retransmits: number; badFrames: number };
 }
@@ -263,7 +271,7 @@ async function keystrokes(echo: Echo, n: number, stop: () => boolean = () => fal
 }
 
 /** Runs the phase. Throws on a failure; the caller reports it. */
-export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void, timeoutMs: number): Promise<TunnelSection> {
+export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void, timeoutMs: number, nodeArgs: string[] = []): Promise<TunnelSection> {
   const artifacts = buildTunnelGuest();
   const dir = mkdtempSync(join(tmpdir(), 'vspc-bench-tunnel-'));
   trackTempDir(dir);
@@ -316,9 +324,10 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         ],
       }),
     );
-    server = ServerProcess.spawn({ dbPath: join(dir, 'vspc.db'), proxyPort: block.start + 14, adminPort: block.start + 15, portRange: range, extraArgs: ['--config', cfg] });
+    server = ServerProcess.spawn({ dbPath: join(dir, 'vspc.db'), proxyPort: block.start + 14, adminPort: block.start + 15, portRange: range, extraArgs: ['--config', cfg], nodeArgs });
     await server.waitReady(60_000);
     const srv = server;
+    const guest0 = guest;
     const view = async (name: string): Promise<TunnelView> => {
       const v = (await adminGet<TunnelView[]>(srv.admin, '/api/v1/tunnels')).find((x) => x.name === name);
       if (!v) throw new Error(`vspc has no tunnel ${name}`);
@@ -369,17 +378,63 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
       /** The same bytes through the tunnel, each way: into the counting sink (count checked), from the source (digest checked). */
       const measureTunnel = async (): Promise<{ toGuestMs: number; fromGuestMs: number }> => {
         const data = randomBytes(size);
+        const c0 = await cpuSnap();
         const toGuestMs = await upload(ports[5020], data, bound, 'count').catch((err: Error) => {
           throw new Error(`${line}: upload through the tunnel: ${err.message}`);
         });
+        const c1 = await cpuSnap();
         const down = await download(ports[5019], () => undefined, bound).catch((err: Error) => {
           throw new Error(`${line}: download through the tunnel: ${err.message}`);
         });
+        const c2 = await cpuSnap();
+        if (c0 && c1 && c2) log(`tunnel ${line} cpu: upload ${cpuDiff(c0, c1, toGuestMs)}; download ${cpuDiff(c1, c2, down.ms)}`);
         if (down.bytes !== size || down.digest !== guestDigest) throw new Error(`download: ${down.bytes} bytes, digest ${down.digest}, the guest has ${size} with ${guestDigest}`);
         return { toGuestMs, fromGuestMs: down.ms };
       };
 
+      // VSPC_BENCH_TUNNEL_CPU=1: CPU used per transfer (host: vspc, QEMU; guest: /proc/stat, agents).
+      type Snap = { vspc: number; qemu: number; guest: number[]; agents: number };
+      const cpuSnap = async (): Promise<Snap | null> => {
+        if (!process.env.VSPC_BENCH_TUNNEL_CPU) return null;
+        const ticks = (pid: number | null): number => {
+          if (pid === null) return 0;
+          const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+          return Number(f[11]) + Number(f[12]);
+        };
+        const g = (await con!.run('head -1 /proc/stat; for p in $(pidof vspc-agent); do cut -d" " -f14,15 /proc/$p/stat; done')).output.trim().split('\n');
+        const guest = g[0].trim().split(/\s+/).slice(1).map(Number);
+        const agents = g.slice(1).reduce((a, l) => a + l.split(' ').reduce((x, y) => x + Number(y), 0), 0);
+        return { vspc: ticks(srv.pid), qemu: ticks(guest0.pid), guest, agents };
+      };
+      const cpuDiff = (a: Snap, b: Snap, ms: number): string => {
+        const pct = (t: number) => `${Math.round((t * 10 * 100) / ms)}%`;
+        const gd = b.guest.map((x, i) => x - a.guest[i]);
+        const names = ['usr', 'nice', 'sys', 'idle', 'iow', 'irq', 'sirq'];
+        return `host vspc ${pct(b.vspc - a.vspc)} qemu ${pct(b.qemu - a.qemu)}; guest ${names.map((n, i) => `${n} ${gd[i]}`).join(' ')} ticks, agents ${b.agents - a.agents} (${Math.round(ms)} ms)`;
+      };
+      /** virtio: the raw line from the guest through an in-guest loopback TCP hop (the source → nc → the spare port). */
+      const measureRawViaTcp = async (): Promise<number> => {
+        const port = await socketPort(guest!.path('vraw.sock'));
+        let got = 0;
+        let t1 = 0;
+        try {
+          const done = new Promise<void>((resolve) =>
+            port.onData((b) => {
+              if (got === 0) t1 = performance.now();
+              got += b.length;
+              if (got >= size - 1024) resolve();
+            }),
+          );
+          con!.sendLine(`(exec 3<>${vraw}; nc 127.0.0.1 5019 </dev/null >&3) &`);
+          await bounded(done, bound, `${size} bytes from the guest through nc (got ${got})`);
+          return performance.now() - t1;
+        } finally {
+          port.close();
+        }
+      };
+
       // Raw and tunnel alternately, the order swapped every round.
+      const hops: number[] = [];
       const raws: Array<{ toGuestMs: number; fromGuestMs: number }> = [];
       const tuns: Array<{ toGuestMs: number; fromGuestMs: number }> = [];
       for (let i = 0; i < o.repeats; i++) {
@@ -389,6 +444,10 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         } else {
           tuns.push(await measureTunnel());
           raws.push(await measureRaw());
+        }
+        if (line === 'virtio') {
+          hops.push(await measureRawViaTcp());
+          log(`tunnel ${line} round ${i + 1}/${o.repeats}: raw line from the guest through an in-guest TCP hop ${kibps(size, hops[i])} KiB/s`);
         }
         log(
           `tunnel ${line} round ${i + 1}/${o.repeats}: raw line ${kibps(size, raws[i].toGuestMs)} / ${kibps(size, raws[i].fromGuestMs)} KiB/s, ` +
@@ -459,6 +518,10 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         bulkUnderKeystrokesKiBps: { upload: spread(bulkUp).median, download: spread(bulkDown).median },
         link: { rttMs: lv.rttMs, retransmits: lv.retransmits, badFrames: lv.badFrames },
       };
+      if (hops.length > 0) {
+        const fromGuest = spread(hops.map((ms) => kibps(size, ms)));
+        fig.rawViaGuestTcp = { fromGuest, pctOfRaw: round((100 * fromGuest.median) / raw.fromGuestKiBps, 1) };
+      }
       log(
         `tunnel ${line}: keystroke round trip p50 idle ${fig.rtt.idle.p50} ms, during uploads ${fig.rtt.duringUpload.p50} ms (p99 ${fig.rtt.duringUpload.p99}, ${fig.rtt.duringUpload.n} samples, bulk ${bulkUp.join(', ')} KiB/s), ` +
           `during downloads ${fig.rtt.duringDownload.p50} ms (p99 ${fig.rtt.duringDownload.p99}, ${fig.rtt.duringDownload.n} samples, bulk ${bulkDown.join(', ')} KiB/s)`,

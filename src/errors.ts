@@ -59,7 +59,7 @@ export const ERROR_CODES = {
   VSPC_TUNNEL_STREAM_STATE: ['TunnelError', 'an operation not valid in the stream\'s state (accept twice, consume more than delivered)'],
   VSPC_TUNNEL_BUFFER_FULL: ['TunnelError', 'write() would exceed the stream\'s hard send-buffer limit'],
   VSPC_TUNNEL_TOO_MANY_STREAMS: ['TunnelError', 'openStream() with maxStreams streams open, or every id of our range in use'],
-  VSPC_TUNNEL_FRAME_TOO_LARGE: ['TunnelError', 'a frame payload over 1024 bytes given to the encoder'],
+  VSPC_TUNNEL_FRAME_TOO_LARGE: ['TunnelError', 'a frame payload over 16384 bytes given to the encoder (what a peer accepts is its HELLO\'s max_payload)'],
   VSPC_TUNNEL_REENTRANT: ['TunnelError', 'receive(), poll() or drained() called from inside one of the endpoint\'s callbacks'],
   VSPC_TUNNEL_DESTROYED: ['TunnelError', 'an operation on a destroyed tunnel endpoint'],
   VSPC_TUNNEL_VERSION_MISMATCH: ['ProtocolError', 'the peer\'s HELLO has another protocol version; no session'],

@@ -49,6 +49,13 @@ export interface GuestAgentOptions {
   maxStreams?: number;
   /** Per-stream receive window (credit granted to the host), bytes. Default 65536. */
   streamWindow?: number;
+  /**
+   * Largest frame payload announced and sent, bytes, 64..16384. Default 1024. Above
+   * 1024 ("large frames", docs/tunnel-protocol.md 5.1) only on a lossless line
+   * (virtio-serial): the C agent picks 16384 there by itself; this agent builds its
+   * endpoint before the line exists, so it is told.
+   */
+  maxPayload?: number;
   /** Dial timeout, ms. Default 10000. */
   dialTimeoutMs?: number;
   /** Line reopen backoff, ms. Default 100 doubling to 2000. */
@@ -112,6 +119,7 @@ export class GuestAgent {
       verbose: opts.verbose ?? 0,
       maxStreams: opts.maxStreams ?? 64,
       streamWindow: opts.streamWindow ?? 65536,
+      maxPayload: opts.maxPayload ?? 1024,
       dialTimeoutMs: opts.dialTimeoutMs ?? 10_000,
       reopenInitialMs: opts.reopenInitialMs ?? 100,
       reopenMaxMs: opts.reopenMaxMs ?? 2000,
@@ -131,6 +139,7 @@ export class GuestAgent {
       allowPorts: allow,
       maxStreams: this.opts.maxStreams,
       streamWindow: this.opts.streamWindow,
+      maxPayload: this.opts.maxPayload,
       handlers: {
         linkUp: (i) =>
           i.newSession

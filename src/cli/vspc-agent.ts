@@ -36,6 +36,7 @@ export function main(argv: string[]): void {
     .option('-a, --allow <ports>', 'ports the host may open, comma-separated, repeatable (default: 22 only)', collectPorts, [] as number[])
     .option('--max-streams <n>', 'streams at once', intOption('--max-streams', 1, 4096), 64)
     .option('--stream-window <bytes>', 'per-stream receive window, bytes', intOption('--stream-window', 1, 16 << 20), 65536)
+    .option('--max-payload <bytes>', 'largest frame payload, 64..16384 (above 1024 only on a lossless line such as virtio-serial)', intOption('--max-payload', 64, 16384), 1024)
     .option('-v, --verbose', 'log streams (twice: more detail)', (_v: string, prev: number) => prev + 1, 0)
     .version(`vspc-agent ${VERSION} (TypeScript, tunnel protocol 1)`, '-V, --version')
     .exitOverride()
@@ -51,13 +52,14 @@ export function main(argv: string[]): void {
     }
     throw err;
   }
-  const o = program.opts<{ device: string; allow: number[]; maxStreams: number; streamWindow: number; verbose: number }>();
+  const o = program.opts<{ device: string; allow: number[]; maxStreams: number; streamWindow: number; maxPayload: number; verbose: number }>();
   const agent = new GuestAgent({
     device: o.device,
     allow: o.allow.length > 0 ? o.allow : [22],
     verbose: o.verbose,
     maxStreams: o.maxStreams,
     streamWindow: o.streamWindow,
+    maxPayload: o.maxPayload,
   });
   const stop = (): void => {
     process.stderr.write('vspc-agent: stopping (signal): closing every stream\n');

@@ -37,6 +37,12 @@ export interface RemoteAttachRequest {
    * asker closes the stream with `claimed` once it owns it.
    */
   readonly handover?: string;
+  /**
+   * With `handover`: the owner sends the console's scrollback first, between the
+   * notices `scrollback` and `held` (an owner of an earlier version ignores this and
+   * sends only the held input, so the asker tells the two apart by the notices).
+   */
+  readonly handoverScrollback?: boolean;
 }
 
 /** What becomes of a remote attachment: called in the event loop, in order. */

@@ -84,43 +84,36 @@ export interface ConsoleObserver {
 const NO_CLIENTS: ReadonlySet<ConsoleClient> = new Set();
 const NO_ACCESS_ERRORS: ReadonlyMap<string, string> = new Map();
 
-/** Chunks at least this long are kept by reference; shorter ones are copied into blocks. */
-const SCROLLBACK_REF_MIN = 1024;
-/** Size of the blocks short chunks are copied into (at most the capacity). */
-const SCROLLBACK_BLOCK = 4096;
-
-/**
- * A Scrollback's pieces while it holds none: one shared empty array (frozen: a push
- * would throw instead of mixing consoles), replaced by its own on the first piece.
- */
-const NO_SEGS = Object.freeze([]) as unknown as Buffer[];
+/** First size of a console's scrollback ring (it doubles as output arrives, up to the capacity). */
+const SCROLLBACK_FIRST_RING = 4096;
 
 /**
  * The last N bytes of VM output, replayed to a client on attach so it sees the
- * recent screen. Kept as references to the chunks received, not copied into a ring:
- * a streaming VM's output is not copied at all on its way to the clients (the copy
- * is made when a client attaches, from the pieces). Bounded:
+ * recent screen. Copied into a ring of its own, not kept as references to the
+ * chunks received:
  *
- * - A chunk of at least 1 KiB is kept by reference when its memory is its own (a
- *   socket read: Node allocates each read to its size); a short one, or a small view
- *   of a large buffer, is copied into a 4 KiB block, so that console-speed output
- *   (a line at a time) costs blocks, not one Buffer object per line.
- * - Pieces that fall out of the last N bytes are let go at once, so what is held is
- *   N bytes plus at most the unused part of the oldest piece and of the open block.
+ * - A chunk kept by reference lives as long as it is among the last N bytes: for a
+ *   streaming VM about one event-loop turn, long enough to survive V8's young-generation
+ *   collections and be promoted, so every chunk read (64 KiB, off-heap) ended in old
+ *   space and was freed only by full collections. Measured (the bench's throughput phase,
+ *   server under `--trace-gc`; docs/performance.md): 17–36 mark-compacts per run
+ *   with references, 3 with no scrollback, and 20% more MB per server
+ *   CPU-second without them. Keeping only the newest chunk by reference (until the
+ *   next one, about a turn) still gave 36–38. Chunks now die young, with the socket
+ *   read that made them; the price is one `memcpy` per chunk into the ring (12% of
+ *   the server's busy time in a profile where GC went from 14% to 6%; the collections
+ *   it saves grow with the heap, the copy does not).
+ * - Bounded: the ring starts at 4 KiB at the first output and doubles as output
+ *   arrives, up to the capacity; what falls out of the last N bytes is overwritten.
+ *   A VM that printed a little holds about what it printed (at most twice that).
  * - Nothing is allocated until the first output: a VM serial port that never printed
  *   (an idle or powered-off VM known from the database) costs no bytes at all.
- *
- * Contract with the hub's callers: a chunk given to `fromVm` is not modified afterwards.
  */
 export class Scrollback {
   private cap: number;
-  /** Closed pieces, oldest first; `skip` bytes of the first are no longer part of it. */
-  private segs: Buffer[] = NO_SEGS;
-  private skip = 0;
-  /** The open block short chunks are copied into: bytes [blockSkip, blockUsed) follow the pieces. */
-  private block: Buffer | null = null;
-  private blockSkip = 0;
-  private blockUsed = 0;
+  /** The ring; its length grows to `cap`. Bytes [start, start + total) modulo its length. */
+  private ring: Buffer | null = null;
+  private start = 0;
   /** Bytes held (at most `cap`). */
   private total = 0;
   constructor(capacity: number) {
@@ -134,103 +127,63 @@ export class Scrollback {
   get length(): number {
     return this.total;
   }
+  /** Appends a copy of `data` (only its last `capacity` bytes when longer); the oldest bytes make room. */
   push(data: Buffer): void {
     const cap = this.cap;
     if (cap === 0 || data.length === 0) return;
-    if (data.length >= cap) {
-      // Only its last `cap` bytes can stay: they replace everything.
-      this.clear();
-      this.keep(data.subarray(data.length - cap));
-    } else {
-      this.keep(data);
+    const src = data.length > cap ? data.subarray(data.length - cap) : data;
+    const want = Math.min(cap, this.total + src.length);
+    if (this.ring === null || this.ring.length < want) this.grow(want);
+    const ring = this.ring!;
+    const size = ring.length;
+    // src.length ≤ size: the write wraps at most once and never laps itself.
+    const end = (this.start + this.total) % size;
+    const first = Math.min(src.length, size - end);
+    src.copy(ring, end, 0, first);
+    if (first < src.length) src.copy(ring, 0, first);
+    this.total += src.length;
+    if (this.total > size) {
+      this.start = (this.start + this.total - size) % size;
+      this.total = size;
     }
-    this.trim();
   }
   /** A copy of the contents, oldest byte first. */
   snapshot(): Buffer {
-    if (this.total === 0) return Buffer.alloc(0);
-    const parts: Buffer[] = [];
-    for (let i = 0; i < this.segs.length; i++) parts.push(i === 0 && this.skip > 0 ? this.segs[0].subarray(this.skip) : this.segs[i]);
-    if (this.block && this.blockUsed > this.blockSkip) parts.push(this.block.subarray(this.blockSkip, this.blockUsed));
-    return Buffer.concat(parts, this.total);
+    if (this.total === 0 || this.ring === null) return Buffer.alloc(0);
+    const out = Buffer.allocUnsafe(this.total);
+    this.copyOut(out);
+    return out;
   }
   /** Replaces the contents with the last `capacity` bytes of `data` (nothing allocated for none). */
   replace(data: Buffer): void {
-    this.clear();
+    this.start = 0;
+    this.total = 0;
     this.push(data);
   }
   resize(capacity: number): void {
     const keep = this.snapshot();
     this.cap = Math.max(0, capacity);
+    this.ring = null;
     this.replace(keep);
   }
 
-  private clear(): void {
-    this.segs = NO_SEGS;
-    this.skip = 0;
-    this.block = null;
-    this.blockSkip = 0;
-    this.blockUsed = 0;
-    this.total = 0;
+  /** A larger ring (at least `want` bytes, doubling, at most `cap`) holding the same bytes from its start. */
+  private grow(want: number): void {
+    const old = this.ring;
+    const size = Math.min(this.cap, Math.max(want, SCROLLBACK_FIRST_RING, old ? old.length * 2 : 0));
+    // Not from Node's shared pool: a ring outlives any pooled neighbour.
+    const ring = Buffer.allocUnsafeSlow(size);
+    if (old !== null && this.total > 0) this.copyOut(ring);
+    this.ring = ring;
+    this.start = 0;
   }
 
-  /** Appends `piece` (shorter than `cap`): by reference when it owns its memory and is long, else copied. */
-  private keep(piece: Buffer): void {
-    this.total += piece.length;
-    if (piece.length >= SCROLLBACK_REF_MIN && piece.buffer.byteLength <= 2 * piece.length) {
-      this.closeBlock();
-      if (this.segs === NO_SEGS) this.segs = [];
-      this.segs.push(piece);
-      return;
-    }
-    let from = 0;
-    while (from < piece.length) {
-      if (!this.block || this.blockUsed === this.block.length) {
-        this.closeBlock();
-        this.block = Buffer.allocUnsafeSlow(Math.min(this.cap, SCROLLBACK_BLOCK));
-      }
-      const n = piece.copy(this.block, this.blockUsed, from);
-      this.blockUsed += n;
-      from += n;
-    }
-  }
-
-  /** The open block (its used part) becomes a closed piece. */
-  private closeBlock(): void {
-    const b = this.block;
-    if (!b) return;
-    if (this.blockUsed > this.blockSkip) {
-      // A block trimmed to nothing before it was closed leaves nothing.
-      if (this.segs.length === 0) this.skip = 0;
-      if (this.segs === NO_SEGS) this.segs = [];
-      this.segs.push(b.subarray(this.blockSkip, this.blockUsed));
-    }
-    this.block = null;
-    this.blockSkip = 0;
-    this.blockUsed = 0;
-  }
-
-  /** Lets go of what fell out of the last `cap` bytes. */
-  private trim(): void {
-    let excess = this.total - this.cap;
-    while (excess > 0 && this.segs.length > 0) {
-      const avail = this.segs[0].length - this.skip;
-      if (avail <= excess) {
-        this.segs.shift();
-        this.skip = 0;
-        this.total -= avail;
-        excess -= avail;
-      } else {
-        this.skip += excess;
-        this.total -= excess;
-        excess = 0;
-      }
-    }
-    if (excess > 0) {
-      // Only the open block is left: its oldest bytes go.
-      this.blockSkip += excess;
-      this.total -= excess;
-    }
+  /** Copies the contents, oldest first, to the start of `out`. */
+  private copyOut(out: Buffer): void {
+    const ring = this.ring!;
+    const first = Math.min(this.total, ring.length - this.start);
+    ring.copy(out, 0, this.start, this.start + first);
+    if (first < this.total) ring.copy(out, first, 0, this.total - first);
   }
 }
 
@@ -471,9 +424,9 @@ export class ConsoleHub {
   }
 
   /**
-   * Serial output from the VM: to every client. The hub may keep `data` itself (the
-   * scrollback holds received chunks by reference): the caller must not modify it
-   * afterwards (a socket's chunks are never reused).
+   * Serial output from the VM: to every client. Clients may keep `data` itself (a
+   * socket write that has to wait holds the chunk, not a copy; the scrollback copies):
+   * the caller must not modify it afterwards (a socket's chunks are never reused).
    */
   fromVm(data: Buffer): void {
     this.bytesFromVm += data.length;

@@ -17,7 +17,10 @@ import {
   Flag,
   FrameDecoder,
   FrameType,
+  MAX_LARGE_PAYLOAD,
+  MAX_PAYLOAD,
   Reason,
+  decodeHello,
   encodeOpen,
   encodeU32,
   TunnelErrorCode,
@@ -148,6 +151,45 @@ for (const kind of KINDS) {
           assert.ok(rss < 4096, `the C agent stays small (peak RSS ${rss} KiB)`);
         }
       });
+    });
+
+    test('large frames (spec 5.1): 1 KiB frames on a tty by default, 16 KiB ones with --max-payload 16384; 1 MiB both ways intact', T, async (t) => {
+      // vspc announces 16384 on every line; the agent decides. On this pty (a tty) the
+      // default is 1024; --max-payload 16384 is what the C agent picks by itself on a
+      // virtio-serial port (not a tty).
+      for (const agentArgs of [[], ['--max-payload', '16384']]) {
+        await withRig(
+          kind,
+          async (rig) => {
+            const seen = { hello: -1, a2h: 0, h2a: 0 };
+            const decA2H = new FrameDecoder(MAX_LARGE_PAYLOAD);
+            const decH2A = new FrameDecoder(MAX_LARGE_PAYLOAD);
+            rig.tapA2H = (b) => {
+              for (const f of decA2H.decode(b)) {
+                if (f.type === FrameType.HELLO) seen.hello = decodeHello(f.payload)!.maxPayload;
+                if (f.type === FrameType.DATA) seen.a2h = Math.max(seen.a2h, f.payload.length);
+              }
+              return b;
+            };
+            rig.tapH2A = (b) => {
+              for (const f of decH2A.decode(b)) if (f.type === FrameType.DATA) seen.h2a = Math.max(seen.h2a, f.payload.length);
+              return b;
+            };
+            await rig.host.waitUp();
+            const data = randomBytesSeeded(1 << 20, 12);
+            const t0 = now();
+            const s = await echo(rig, data);
+            const ms = now() - t0;
+            await endAndClose(rig, s);
+            const want = agentArgs.length === 0 ? MAX_PAYLOAD : MAX_LARGE_PAYLOAD;
+            t.diagnostic(`${kind} ${agentArgs.join(' ') || '(default)'}: HELLO max_payload ${seen.hello}, largest DATA ${seen.h2a} / ${seen.a2h} bytes (to / from the agent), 1 MiB echoed in ${ms.toFixed(0)} ms`);
+            assert.equal(seen.hello, want, "the agent's HELLO announces");
+            assert.equal(seen.h2a, want, 'the host sends frames up to what the agent announced');
+            assert.equal(seen.a2h, want, 'the agent sends frames up to the smaller announcement');
+          },
+          { host: { maxPayload: MAX_LARGE_PAYLOAD }, agentArgs },
+        );
+      }
     });
 
     test('several concurrent streams, each with its own checksum', T, async () => {

@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { join } from 'node:path';
-import { Reason, TunnelErrorCode } from '../../src/protocol/tunnel/index.js';
+import { FrameDecoder, FrameType, MAX_LARGE_PAYLOAD, Reason, TunnelErrorCode } from '../../src/protocol/tunnel/index.js';
 import { SerialConsole, guestArtifacts, guestCacheDir, startGuest, type Guest } from '../support/qemu.js';
 import { HostSide, ROOT, buildCAgent, now, randomBytesSeeded, sha256, type HostStream } from './harness.js';
 
@@ -129,9 +129,17 @@ describe('C guest agent in a real QEMU guest (emulated UART ttyS1, virtio-serial
         vline!.once('error', reject);
       });
       const vsock = vline;
-      vhost = new HostSide({ write: (b) => vsock.write(b) });
+      // As vspc does (src/access/tunnel/link.ts): accept large frames; the agent announces
+      // them on this port (not a tty), so the session uses 16 KiB frames (spec 5.1).
+      vhost = new HostSide({ write: (b) => vsock.write(b) }, { maxPayload: MAX_LARGE_PAYLOAD });
       const vh = vhost;
-      vsock.on('data', (b: Buffer) => vh.receive(b));
+      // The largest DATA frame the agent sends (a copy of the line, decoded).
+      const tap = new FrameDecoder(MAX_LARGE_PAYLOAD);
+      let largestFromAgent = 0;
+      vsock.on('data', (b: Buffer) => {
+        for (const f of tap.decode(b)) if (f.type === FrameType.DATA) largestFromAgent = Math.max(largestFromAgent, f.payload.length);
+        vh.receive(b);
+      });
       vsock.on('drain', () => vh.drained());
       vsock.on('error', () => {});
       vhost.start();
@@ -145,7 +153,8 @@ describe('C guest agent in a real QEMU guest (emulated UART ttyS1, virtio-serial
       const vsum = await transfer(vhost, 9, big, 120_000);
       assert.equal(vsum.text().trim().split(/\s+/)[0], sha256(big));
       const vlog = (await con.run('cat /var/log/agent-virtio.log')).output;
-      assert.match(vlog, /open \(not a tty\)/);
+      assert.match(vlog, /open \(not a tty; frames up to 16384 bytes\)/);
+      assert.equal(largestFromAgent, MAX_LARGE_PAYLOAD, 'large frames over virtio-serial');
       assert.ok((vlog.match(/ lost /g) ?? []).length <= 2, `the hangups before the host connected are logged once:\n${vlog}`);
       vhost.destroy();
       vline.destroy();

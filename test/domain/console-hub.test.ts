@@ -229,23 +229,6 @@ describe('Scrollback', () => {
 });
 
 describe('what an idle console shares', () => {
-  test('a Scrollback that never held a byte shares its empty piece list; its first pieces are its own, also after it emptied', () => {
-    const a = new Scrollback(8);
-    const b = new Scrollback(8);
-    assert.equal(a.snapshot().length, 0);
-    a.push(Buffer.from('hello'));
-    assert.equal(b.snapshot().length, 0, 'b holds nothing of a');
-    a.push(Buffer.from(' world'));
-    assert.equal(a.snapshot().toString(), 'lo world');
-    // Emptied by a resize to 0 and grown again: it takes bytes again, b still none.
-    a.resize(0);
-    a.resize(8);
-    a.push(Buffer.from('again'));
-    b.push(Buffer.from('b'));
-    assert.equal(a.snapshot().toString(), 'again');
-    assert.equal(b.snapshot().toString(), 'b');
-  });
-
   test('StreamOptions are eight shared frozen objects: the same switches give the same object, and none can be changed in place', () => {
     assert.equal(streamOptions(true, false, true), streamOptions(true, false, true));
     assert.deepEqual(streamOptions(true, false, true), { greeting: true, notices: false, replay: true });
@@ -255,5 +238,91 @@ describe('what an idle console shares', () => {
     assert.throws(() => {
       (DEFAULT_STREAM as { greeting: boolean }).greeting = false;
     }, TypeError);
+  });
+});
+
+describe('Scrollback ring', () => {
+  /** The last `cap` bytes of everything pushed: what the ring must hold. */
+  function lastBytes(pushed: Buffer[], cap: number): string {
+    const all = Buffer.concat(pushed);
+    return all.subarray(Math.max(0, all.length - cap)).toString('latin1');
+  }
+
+  test('holds exactly the last N bytes across growth and wrap-around, whatever the chunk sizes', () => {
+    const cap = 10_000;
+    const sb = new Scrollback(cap);
+    const pushed: Buffer[] = [];
+    // Deterministic sizes: small lines, chunks around the ring size, one larger than the capacity.
+    const sizes = [1, 7, 80, 4095, 4096, 4097, 3, 9_999, 10_000, 10_001, 12_345, 5, 6_000, 6_000, 1, 65_536, 2, 9_998];
+    let n = 0;
+    for (const size of sizes) {
+      const chunk = Buffer.alloc(size);
+      for (let i = 0; i < size; i++) chunk[i] = 33 + ((n + i) % 90);
+      n += size;
+      sb.push(chunk);
+      pushed.push(chunk);
+      assert.equal(sb.length, Math.min(cap, Buffer.concat(pushed).length));
+      assert.equal(sb.snapshot().toString('latin1'), lastBytes(pushed, cap), `after a ${size}-byte chunk`);
+    }
+  });
+
+  test('the same with every chunk a view of a larger buffer (copied, not held)', () => {
+    const cap = 5_000;
+    const sb = new Scrollback(cap);
+    const big = Buffer.alloc(40_000);
+    for (let i = 0; i < big.length; i++) big[i] = 48 + (i % 75);
+    const pushed: Buffer[] = [];
+    let at = 0;
+    for (const size of [3, 1500, 4999, 5000, 5001, 2, 1024, 7000, 1]) {
+      const view = big.subarray(at, at + size);
+      at += size;
+      sb.push(view);
+      pushed.push(Buffer.from(view));
+      assert.equal(sb.snapshot().toString('latin1'), lastBytes(pushed, cap), `after a ${size}-byte view`);
+    }
+    const line = Buffer.from('hello, world');
+    sb.push(line);
+    line.fill(0x58);
+    assert.ok(sb.snapshot().toString().endsWith('hello, world'));
+  });
+
+  test('copies what it keeps: changing a chunk after the push does not change the scrollback', () => {
+    const sb = new Scrollback(8192);
+    const chunk = Buffer.alloc(4096, 'a');
+    sb.push(chunk);
+    chunk.fill(0x58);
+    assert.equal(sb.snapshot().toString(), 'a'.repeat(4096));
+  });
+
+  test('nothing is allocated before the first output; a little output holds a small ring', () => {
+    const sb = new Scrollback(64 * 1024);
+    assert.equal(sb.length, 0);
+    assert.equal(sb.snapshot().length, 0);
+    sb.push(Buffer.alloc(0));
+    assert.equal(sb.length, 0);
+    sb.push(Buffer.from('boot\r\n'));
+    assert.equal(sb.snapshot().toString(), 'boot\r\n');
+    // 4 KiB ring, not the 64 KiB capacity: what a VM that printed a line costs.
+    const ring = (sb as unknown as { ring: Buffer | null }).ring;
+    assert.equal(ring?.length, 4096);
+  });
+
+  test('replace and resize keep the last bytes; a capacity of 0 keeps nothing', () => {
+    const sb = new Scrollback(8);
+    sb.push(Buffer.from('abcdefghij'));
+    assert.equal(sb.snapshot().toString(), 'cdefghij');
+    sb.replace(Buffer.from('0123456789'));
+    assert.equal(sb.snapshot().toString(), '23456789');
+    sb.resize(4);
+    assert.equal(sb.snapshot().toString(), '6789');
+    sb.push(Buffer.from('xy'));
+    assert.equal(sb.snapshot().toString(), '89xy');
+    sb.resize(16);
+    sb.push(Buffer.from('ZZ'));
+    assert.equal(sb.snapshot().toString(), '89xyZZ');
+    sb.resize(0);
+    sb.push(Buffer.from('lost'));
+    assert.equal(sb.length, 0);
+    assert.equal(sb.snapshot().length, 0);
   });
 });

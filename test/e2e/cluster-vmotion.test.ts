@@ -246,3 +246,27 @@ test('output the destination prints right after COMPLETE, before its node has cl
   }
   assert.equal(user.closed, false);
 });
+
+test('the scrollback moves with the console: a user who first attaches on the new owner is replayed what the VM printed on the old one', async () => {
+  const [a, b] = cluster.nodes;
+  const id = esxiUuid();
+  const vm = await vmOn(a, id.text, 'history');
+  const hub = await a.ts.waitRegistered(id.text, '', 10_000);
+  vm.send('boot: line one\r\n');
+  vm.send('login: ');
+  await waitUntil(() => hub.scrollback.length === 'boot: line one\r\nlogin: '.length, 5000, 'printed on node A');
+  const seq = Buffer.from([0x7e]);
+  const r = await vm.vmotionBegin(seq);
+  const dest = await vmOn(b, id.text, 'history', true);
+  assert.equal(await dest.vmotionPeer(Buffer.concat([seq, (r as { secret: Buffer }).secret]), 5000), true);
+  dest.vmotionComplete(seq);
+  dest.send('after;');
+  await dest.barrier();
+  await waitUntil(() => sourcePeer(b, id.hex) === `127.0.0.1:${dest.localPort}`, 10_000, 'moved to node B');
+  const onB = b.ts.server.registry.get('esxi', id.hex, '')!;
+  // Nobody was attached on node A: node B's hub is new, with no relay's history of its own.
+  const user = await TelnetUser.connect({ host: b.host, port: onB.identity.tcpPort });
+  c.add(() => user.destroy());
+  await user.waitFor('boot: line one\r\nlogin: after;', 10_000);
+  assert.equal(user.text.split('boot: line one').length, 2, 'replayed once');
+});

@@ -6,6 +6,8 @@ import {
   FrameDecoder,
   FrameType,
   MAX_ENCODED,
+  MAX_LARGE_PAYLOAD,
+  maxEncodedLength,
   MAX_PAYLOAD,
   cobsDecode,
   cobsEncode,
@@ -356,7 +358,7 @@ describe('tunnel framing', { timeout: 120_000 }, () => {
   });
 
   test('over-long and runt frames are rejected; the encoder refuses oversized payloads', () => {
-    const big: Frame = { type: FrameType.DATA, flags: 0, tag: 0, seq: 0, ack: 0, stream: 1, payload: new Uint8Array(MAX_PAYLOAD + 1) };
+    const big: Frame = { type: FrameType.DATA, flags: 0, tag: 0, seq: 0, ack: 0, stream: 1, payload: new Uint8Array(MAX_LARGE_PAYLOAD + 1) };
     assert.throws(() => encodeFrame(big), { code: 'VSPC_TUNNEL_FRAME_TOO_LARGE' });
     // Hand-build an over-long body (payload MAX_PAYLOAD + 1) with a valid CRC.
     const body = new Uint8Array(10 + MAX_PAYLOAD + 1 + 4);
@@ -370,5 +372,34 @@ describe('tunnel framing', { timeout: 120_000 }, () => {
     assert.equal(dec.stats.frames, 0);
     assert.equal(dec.stats.tooLong, 1);
     assert.equal(dec.stats.tooShort, 1);
+  });
+
+  test('large frames (spec 5.1): a decoder accepts payloads up to the maxPayload it was given, and no more', () => {
+    const payload = Uint8Array.from({ length: MAX_LARGE_PAYLOAD }, (_, i) => (i * 7 + (i >> 8)) & 0xff);
+    const f: Frame = { type: FrameType.DATA, flags: 0, tag: 0x1234, seq: 7, ack: 9, stream: 3, payload };
+    const wire = encodeFrame(f, true);
+    assert.ok(wire.length <= maxEncodedLength(MAX_LARGE_PAYLOAD) + 2, 'a full 16384-byte frame: at most COBS overhead ceil(n / 254) and two delimiters');
+    assert.equal(maxEncodedLength(MAX_LARGE_PAYLOAD), 16463);
+    const large = new FrameDecoder(MAX_LARGE_PAYLOAD);
+    const got: Frame[] = [];
+    for (let i = 0; i < wire.length; i += 1000) got.push(...large.decode(wire.subarray(i, i + 1000)));
+    assert.equal(got.length, 1);
+    assert.deepEqual(got[0].payload, payload);
+    assert.ok(large.bufferedBytes === 0);
+    // The default decoder (1024) drops it as too long, holds at most 1043 bytes while
+    // skipping it, and takes the next (1024-byte) frame.
+    const small = new FrameDecoder();
+    let held = 0;
+    for (let i = 0; i < wire.length; i += 1000) {
+      small.decode(wire.subarray(i, i + 1000));
+      held = Math.max(held, small.bufferedBytes);
+    }
+    assert.ok(held <= MAX_ENCODED, `held ${held} bytes`);
+    const ok = small.decode(encodeFrame({ ...f, payload: payload.subarray(0, MAX_PAYLOAD) }));
+    assert.equal(ok.length, 1);
+    assert.equal(small.stats.tooLong, 1);
+    assert.equal(decodeFrameBody(encodeFrameBody(f)), 'long', 'decodeFrameBody: 1024 by default');
+    assert.notEqual(typeof decodeFrameBody(encodeFrameBody(f), MAX_LARGE_PAYLOAD), 'string');
+    assert.throws(() => new FrameDecoder(MAX_LARGE_PAYLOAD + 1), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
   });
 });

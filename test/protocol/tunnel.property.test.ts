@@ -6,6 +6,8 @@ import {
   FrameDecoder,
   FrameType,
   MAX_ENCODED,
+  MAX_LARGE_PAYLOAD,
+  MAX_PAYLOAD,
   Reason,
   TunnelEndpoint,
   decodeOpen,
@@ -23,7 +25,7 @@ import { KiB, Rng, Sim, Workload, concat, writer, type Faults, type Side, type S
  * exceed the credit the other side had sent so far (OPEN / OPEN_OK + CREDITs).
  */
 class CreditAuditor {
-  private readonly dec: Record<Side, FrameDecoder> = { host: new FrameDecoder(), agent: new FrameDecoder() };
+  private readonly dec: Record<Side, FrameDecoder> = { host: new FrameDecoder(MAX_LARGE_PAYLOAD), agent: new FrameDecoder(MAX_LARGE_PAYLOAD) };
   private readonly highest = new Map<string, number>();
   private readonly granted = new Map<string, number>();
   private readonly sent = new Map<string, number>();
@@ -155,7 +157,7 @@ const HARSH: Record<string, Faults> = {
   garbageStorm: { garbage: 5e-3, frameDup: 0.3, reorder: 0.1, reorderMaxMs: 20 },
 };
 
-function scenarioArb(profiles: Record<string, Faults>, maxBytes: number, maxStreams: number): fc.Arbitrary<Scenario> {
+function scenarioArb(profiles: Record<string, Faults>, maxBytes: number, maxStreams: number, payloads: number[] = [64, 300, 1024]): fc.Arbitrary<Scenario> {
   return fc
     .record({
       seed: fc.integer(),
@@ -166,7 +168,7 @@ function scenarioArb(profiles: Record<string, Faults>, maxBytes: number, maxStre
       txBuffer: fc.constantFrom(1024, 4096, 65536),
       window: fc.constantFrom(2, 8, 32, 128),
       streamWindow: fc.constantFrom(700, 4096, 65536),
-      maxPayload: fc.constantFrom(64, 300, 1024),
+      maxPayload: fc.constantFrom(...payloads),
       consumeDelayMs: fc.constantFrom(0, 0, 0, 30),
       agentDelayMs: fc.constantFrom(0, 0, 1500),
       streams: fc.array(
@@ -246,6 +248,19 @@ describe('tunnel end to end over a simulated serial line', { timeout: 120_000 },
         runScenario(sc, 20 * 60_000, tot);
       }),
       { numRuns: 60, seed: 1001, endOnFailure: true },
+    );
+    report(t, tot);
+    assert.ok(tot.faults > 0 && tot.retransmits > 0);
+  });
+
+  test('property: the same with large frames (spec 5.1) on the lines they are for: clean, UART-like byte loss, frame drops / duplicates / reordering', { timeout: 120_000 }, (t) => {
+    const tot = newTotals();
+    const { clean, uart, frames } = PROFILES;
+    fc.assert(
+      fc.property(scenarioArb({ clean, uart, frames }, 96 * KiB, 4, [4096, 16384]), (sc) => {
+        runScenario(sc, 20 * 60_000, tot);
+      }),
+      { numRuns: 30, seed: 1501, endOnFailure: true },
     );
     report(t, tot);
     assert.ok(tot.faults > 0 && tot.retransmits > 0);
@@ -647,6 +662,82 @@ describe('tunnel goodput vs raw link capacity (virtual time)', { timeout: 120_00
   });
 });
 
+// ------------------------------------------------------------------ large frames
+
+/**
+ * One stream each way between endpoints announcing `hostMax` / `agentMax` (spec 5.1):
+ * the largest DATA payload seen on the wire per direction, and the bytes delivered.
+ */
+function largeFrames(hostMax: number, agentMax: number, faults: Faults = {}): { h2a: number; a2h: number; ok: boolean } {
+  const size = 512 * KiB;
+  const up = new Rng(5).bytes(size);
+  const down = new Rng(6).bytes(size);
+  const biggest = { host: 0, agent: 0 };
+  const got = { host: [] as Uint8Array[], agent: [] as Uint8Array[] };
+  let agentStream: TunnelStream | undefined;
+  const sim: Sim = new Sim({
+    seed: 11,
+    h2a: { bytesPerSecond: 8192 * KiB, latencyMs: 1, txBuffer: 65536, faults },
+    a2h: { bytesPerSecond: 8192 * KiB, latencyMs: 1, txBuffer: 65536, faults },
+    endpoint: (side) => ({
+      autoConsume: true,
+      maxPayload: side === 'host' ? hostMax : agentMax,
+      handlers:
+        side === 'agent'
+          ? {
+              openRequest: (st) => {
+                agentStream = st;
+                st.accept(sim.now, { data: (c) => void got.agent.push(Uint8Array.from(c)), drain: () => pumpDown() });
+                pumpDown();
+              },
+            }
+          : {},
+    }),
+  });
+  for (const side of ['host', 'agent'] as const) {
+    const dec = new FrameDecoder(MAX_LARGE_PAYLOAD);
+    sim.dirs[side].tap = (b) => {
+      for (const f of dec.decode(b)) if (f.type === FrameType.DATA) biggest[side] = Math.max(biggest[side], f.payload.length);
+    };
+  }
+  const pumpDown = writer(() => agentStream, down, 64 * KiB, sim);
+  sim.start();
+  let hostStream: TunnelStream | undefined;
+  const pumpUp = writer(() => hostStream, up, 64 * KiB, sim);
+  hostStream = sim.host.openStream(22, sim.now, { data: (c) => void got.host.push(Uint8Array.from(c)), drain: () => pumpUp() });
+  pumpUp();
+  const done = (): boolean => got.agent.reduce((a, c) => a + c.length, 0) === size && got.host.reduce((a, c) => a + c.length, 0) === size;
+  assert.ok(sim.run(done, 600_000), 'both transfers finished');
+  const ok = Buffer.from(concat(got.agent)).equals(Buffer.from(up)) && Buffer.from(concat(got.host)).equals(Buffer.from(down));
+  return { h2a: biggest.host, a2h: biggest.agent, ok };
+}
+
+describe('large frames (spec 5.1: max_payload above 1024)', { timeout: 120_000 }, () => {
+  test('each side sends at most what the other announced, and at most its own maximum', () => {
+    // [host announces, agent announces] → the largest payload each way.
+    for (const [hostMax, agentMax] of [
+      [MAX_LARGE_PAYLOAD, MAX_LARGE_PAYLOAD], // both large (vspc and a C agent on virtio-serial)
+      [MAX_LARGE_PAYLOAD, MAX_PAYLOAD], // vspc and an agent on a UART, or one from before large frames
+      [MAX_PAYLOAD, MAX_LARGE_PAYLOAD], // a host from before large frames (it clamps to 1024 too)
+      [4096, MAX_LARGE_PAYLOAD],
+    ] as const) {
+      const r = largeFrames(hostMax, agentMax);
+      const cap = Math.min(hostMax, agentMax);
+      assert.ok(r.ok, `${hostMax}/${agentMax}: the bytes arrive intact`);
+      assert.ok(r.h2a <= cap && r.a2h <= cap, `${hostMax}/${agentMax}: largest payloads ${r.h2a} / ${r.a2h}, cap ${cap}`);
+      // The adaptive size starts small and grows on a clean line; a 512 KiB transfer reaches the cap.
+      assert.equal(r.h2a, cap, `${hostMax}/${agentMax}: host → agent reaches ${cap}`);
+      assert.equal(r.a2h, cap, `${hostMax}/${agentMax}: agent → host reaches ${cap}`);
+    }
+  });
+
+  test('large frames on a line that drops 1 % of frames: retransmitted at their size, the bytes arrive intact', () => {
+    const r = largeFrames(MAX_LARGE_PAYLOAD, MAX_LARGE_PAYLOAD, { frameDrop: 0.01 });
+    assert.ok(r.ok);
+    assert.equal(r.h2a, MAX_LARGE_PAYLOAD, 'full size at first');
+  });
+});
+
 // ------------------------------------------------------------------ endpoint API
 
 describe('tunnel endpoint API', { timeout: 120_000 }, () => {
@@ -654,7 +745,8 @@ describe('tunnel endpoint API', { timeout: 120_000 }, () => {
     const w = (): boolean => true;
     assert.throws(() => new TunnelEndpoint({ role: 'x' as 'host', write: w }), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
     assert.throws(() => new TunnelEndpoint({ role: 'host', write: w, window: 129 }), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
-    assert.throws(() => new TunnelEndpoint({ role: 'host', write: w, maxPayload: 2000 }), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
+    assert.throws(() => new TunnelEndpoint({ role: 'host', write: w, maxPayload: 16385 }), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
+    assert.throws(() => new TunnelEndpoint({ role: 'host', write: w, maxPayload: 63 }), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
     assert.throws(() => new TunnelEndpoint({ role: 'host', write: w, bootId: 0 }), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
     assert.throws(() => new TunnelEndpoint({ role: 'host', write: w, allowPorts: [70000] }), { code: 'VSPC_TUNNEL_BAD_ARGUMENT' });
     const ep = new TunnelEndpoint({ role: 'host', write: w });

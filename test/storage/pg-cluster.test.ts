@@ -37,7 +37,7 @@ test('migrations: a fresh PostgreSQL database reaches the newest schema version 
   assert.equal(store.schemaVersion(), MIGRATIONS[MIGRATIONS.length - 1].version);
   const db = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
   const tables = (await pgServer.query<{ t: string }>("SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", [], db)).map((r) => r.t);
-  assert.deepEqual(tables, ['access_ports', 'consoles', 'nodes', 'unused_consoles', 'vmotions', 'vspc_schema']);
+  assert.deepEqual(tables, ['access_ports', 'consoles', 'nodes', 'port_low_water', 'unused_consoles', 'vmotions', 'vspc_schema']);
   // The database itself refuses what the schema forbids (as SQLite's CHECKs and triggers do).
   await assert.rejects(pgServer.query("INSERT INTO consoles (kind, key, tcp_port, first_seen, last_seen) VALUES ('esxi', 'NOT-HEX', 21001, 0, 0)", [], db), /check constraint/);
   const { record } = store.register('esxi', KEY(1), '', 'vm1');
@@ -88,6 +88,80 @@ test('two stores on one database never allocate the same port, registering in tu
   // Sticky: the same key through the other node gets the same port.
   assert.equal(b.register('esxi', KEY(1000), '', null).record.tcpPort, ports[0]);
   assert.equal(b.register('esxi', KEY(1000), '', null).created, false);
+});
+
+test('the allocator: lowest free port first, also one freed by the other node (deleted, moved, cascaded); the low-water mark follows', async (t) => {
+  const url = await pgServer.createDatabase();
+  const range = { start: 21300, end: 21399 };
+  const a = new PgConsoleStore({ url, nodeId: 'la', range });
+  const b = new PgConsoleStore({ url, nodeId: 'lb', range });
+  const sql = new (await import('pg')).default.Client({ connectionString: url });
+  await sql.connect();
+  t.after(async () => {
+    a.close();
+    b.close();
+    await sql.end();
+  });
+  const mark = async () => (await sql.query<{ port: number }>('SELECT port FROM port_low_water WHERE range_start = $1', [range.start])).rows[0]?.port;
+  const recs = [];
+  for (let i = 0; i < 30; i++) recs.push((i % 2 ? a : b).register('esxi', KEY(3000 + i), '', null).record);
+  assert.deepEqual(recs.map((r) => r.tcpPort), Array.from({ length: 30 }, (_, i) => range.start + i), 'dense from the start, in turn');
+  assert.equal(await mark(), range.start + 30, 'the mark is one past the last port taken');
+  // Freed by b (deleted): a's next allocation takes it.
+  assert.equal(b.forget(recs[7].id), true);
+  assert.equal(await mark(), range.start + 7, 'a delete lowers the mark in its own transaction');
+  assert.equal(a.register('esxi', KEY(4000), '', null).record.tcpPort, range.start + 7);
+  assert.equal(await mark(), range.start + 8, 'and the allocation moves it on past the port it took');
+  // Freed by a move (setPort) and by a cascade (a console with an access port deleted).
+  b.setPort(recs[3].id, range.start + 80);
+  const raw = a.accessPort(recs[5].id, 'raw');
+  assert.equal(raw, range.start + 3, 'the access port takes the port the move freed');
+  assert.equal(a.forget(recs[5].id), true);
+  assert.equal(await mark(), range.start + 3, 'the cascade freed the access port and the console port');
+  assert.equal(b.register('esxi', KEY(4001), '', null).record.tcpPort, range.start + 3);
+  assert.equal(a.register('esxi', KEY(4002), '', null).record.tcpPort, range.start + 5);
+  assert.equal(await mark(), range.start + 6);
+  assert.equal(b.relocate(recs[20].id).tcpPort, range.start + 30, 'relocate: the lowest free port (20 is its own until moved)');
+  assert.equal(await mark(), range.start + 6, 'a relocation frees a port above the mark: the mark stays');
+  assert.equal(a.register('esxi', KEY(4003), '', null).record.tcpPort, range.start + 20, 'the port the relocation freed');
+  assert.equal(await mark(), range.start + 21);
+  // The range full: exhausted, the mark past the end; a port freed at the top is found again.
+  for (let i = 0; i < 100; i++) {
+    try {
+      a.register('esxi', KEY(5000 + i), '', null);
+    } catch (err) {
+      assert.equal((err as { code?: string }).code, 'VSPC_PORT_RANGE_EXHAUSTED');
+      break;
+    }
+  }
+  assert.throws(() => b.register('esxi', KEY(6000), '', null), /no free port/);
+  const top = b.register('esxi', KEY(5000), '', null).record;
+  assert.equal(top.tcpPort, range.start + 31, 'the fill began after the relocated console\'s new port');
+  assert.equal(b.forget(top.id), true);
+  assert.equal(b.register('esxi', KEY(6001), '', null).record.tcpPort, top.tcpPort);
+});
+
+test('rename is not waited for but ordered on the session; a record gone meanwhile is reported through onWriteError as VSPC_NOT_FOUND', async (t) => {
+  const url = await pgServer.createDatabase();
+  const failed: Array<{ op: string; code: string }> = [];
+  let reported: () => void = () => undefined;
+  const a = new PgConsoleStore({
+    url,
+    nodeId: 'ra',
+    range: { start: 21400, end: 21409 },
+    onWriteError: (op, err) => {
+      failed.push({ op, code: err.code });
+      reported();
+    },
+  });
+  t.after(() => a.close());
+  const { record } = a.register('esxi', KEY(7000), '', null);
+  a.rename(record.id, 'web01');
+  assert.equal(a.getById(record.id)?.name, 'web01', 'the next call on the same session sees it');
+  const gone = new Promise<void>((resolve) => (reported = resolve));
+  a.rename(record.id + 1000, 'ghost');
+  await withTimeout(gone, 5000, 'the failed rename reported');
+  assert.deepEqual(failed, [{ op: 'rename', code: 'VSPC_NOT_FOUND' }]);
 });
 
 // ------------------------------------------------------------------ two vspc nodes

@@ -216,7 +216,7 @@ export class ClusterLinkDialer implements ClusterLinks {
       ...(r.user !== undefined ? { user: r.user } : {}),
       ...(r.auth !== undefined ? { auth: r.auth } : {}),
       ...(r.sinceTakeover ? { sinceTakeover: true } : {}),
-      ...(r.handover !== undefined ? { op: 'handover', token: r.handover } : {}),
+      ...(r.handover !== undefined ? { op: 'handover', token: r.handover, ...(r.handoverScrollback ? { scrollback: true } : {}) } : {}),
     });
     a.stream = stream;
     peer.streams.set(stream, a);

@@ -40,7 +40,7 @@ export interface ClusterLinkServerOptions {
    * + secret) is handed to the asking node. Null: none pending here. `done` is called
    * when the asker closed the stream (`claimed` when it owns the console now).
    */
-  handover?(token: Buffer, toNode: string): { held: Buffer[]; done(reason: string): void } | null;
+  handover?(token: Buffer, toNode: string): { held: Buffer[]; scrollback: Buffer; done(reason: string): void } | null;
   /** What a console printed since this node took it over (a relay's replay); null: unknown. */
   outputSinceTakeover?(hub: ConsoleHub): Buffer | null;
   handshakeTimeoutMs?: number;
@@ -282,7 +282,7 @@ export class ClusterLinkServer {
       case 'open': {
         const h = ev.header;
         if (h.op === 'handover') {
-          this.handover(link, clients, ev.stream, h.token);
+          this.handover(link, clients, ev.stream, h.token, h.scrollback === true);
           return;
         }
         const consoleId = Number(h.consoleId);
@@ -357,8 +357,12 @@ export class ClusterLinkServer {
     }
   }
 
-  /** The destination's node asks for a migration begun here: held input, then `released`. */
-  private handover(link: LinkConnection, clients: Map<number, RemoteClient>, stream: number, tokenHex: unknown): void {
+  /**
+   * The destination's node asks for a migration begun here: the console's scrollback
+   * between the notices `scrollback` and `held` when it asks for it (`withScrollback`),
+   * then the held input, then `released`.
+   */
+  private handover(link: LinkConnection, clients: Map<number, RemoteClient>, stream: number, tokenHex: unknown, withScrollback: boolean): void {
     const token = typeof tokenHex === 'string' && /^(?:[0-9a-f]{2}){2,256}$/.test(tokenHex) ? Buffer.from(tokenHex, 'hex') : null;
     const peerNode = link.session.peerNodeId ?? '?';
     const r = token && this.vmotion.handover ? this.vmotion.handover(token, peerNode) : null;
@@ -369,13 +373,19 @@ export class ClusterLinkServer {
     }
     // A client in form only: it carries the held input within the stream's credit,
     // then the notice; its end (the asker's CLOSE) says whether the console was claimed.
-    const total = r.held.reduce((n, b) => n + b.length, 0);
+    const sent = withScrollback ? r.scrollback.length : 0;
+    const total = r.held.reduce((n, b) => n + b.length, 0) + sent;
     const carrier = new RemoteClient(link, stream, `${peerNode}/vmotion`, 'cluster', peerNode, total + 1, (why) => {
       clients.delete(stream);
       r.done(why);
     });
     carrier.onPeerClosed = (why) => r.done(why);
     clients.set(stream, carrier);
+    if (withScrollback) {
+      carrier.notice('scrollback');
+      if (sent > 0) carrier.deliver(r.scrollback);
+      carrier.notice('held');
+    }
     for (const b of r.held) carrier.deliver(b);
     carrier.notice('released');
     carrier.accepted('handover');

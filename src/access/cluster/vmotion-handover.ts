@@ -12,9 +12,12 @@
  *     `completed`, old source retired, held
  *     input collected; registry.handOver: owner
  *     lock released (waited), ports closed here
- *   → DATA(held input) … NOTICE released           registry.takeOver: lock claimed, hub
- *                                                   (new, or this node's relay hub for the
- *                                                   console); held input written to the
+ *   → NOTICE scrollback, DATA(scrollback),         (asked for with `handoverScrollback`)
+ *     NOTICE held, DATA(held input) …
+ *     NOTICE released                               registry.takeOver: lock claimed, hub
+ *                                                   (new, given the old scrollback; or this
+ *                                                   node's relay hub for the console, which
+ *                                                   has its own); held input written to the
  *                                                   new source first, then what was held
  *                                                   here; ← CLOSE claimed
  *   S's hub, when it still has clients, becomes
@@ -80,6 +83,9 @@ interface Relay {
   source: RelaySource;
 }
 
+
+/** The most of the old owner's scrollback a handover keeps (the newest bytes); the hub keeps its own size of it. */
+export const MAX_HANDOVER_SCROLLBACK = 16 * 1024 * 1024;
 
 /** Cluster look-ups that matched nothing, per remote address: a burst, then this many a second. */
 export const PEER_LOOKUP_BURST = 32;
@@ -180,6 +186,11 @@ export class ClusterVmotionService implements ClusterVmotion {
 
   private askHandover(conn: VmotionEndpoint, m: RemoteMigration, source: NodeAddress, relay: Relay | null, log: Logger, started: number): void {
     const held: Buffer[] = [];
+    // The owner's scrollback (between the notices `scrollback` and `held`), at most
+    // MAX_HANDOVER_SCROLLBACK bytes kept, the newest: the hub trims it to its own size.
+    const scrollback: Buffer[] = [];
+    let scrollbackBytes = 0;
+    let into: 'held' | 'scrollback' = 'held';
     let claimed = false;
     const attachment = this.o.links.attach(
       source,
@@ -192,14 +203,27 @@ export class ClusterVmotionService implements ClusterVmotion {
         peer: 'vmotion',
         method: 'cluster',
         handover: m.token.toString('hex'),
+        handoverScrollback: true,
       },
       {
         accepted: () => undefined,
-        data: (d) => held.push(d),
+        data: (d) => {
+          if (into === 'held') {
+            held.push(d);
+            return;
+          }
+          scrollback.push(d);
+          scrollbackBytes += d.length;
+          while (scrollback.length > 1 && scrollbackBytes - scrollback[0].length >= MAX_HANDOVER_SCROLLBACK) scrollbackBytes -= scrollback.shift()!.length;
+        },
         notice: (text) => {
+          if (text === 'scrollback' || text === 'held') {
+            into = text;
+            return;
+          }
           if (text !== 'released' || claimed) return;
           claimed = true;
-          this.claim(conn, m, held, relay, attachment, log, started);
+          this.claim(conn, m, held, scrollback, relay, attachment, log, started);
         },
         breakFromSource: () => undefined,
         drain: () => undefined,
@@ -217,10 +241,12 @@ export class ClusterVmotionService implements ClusterVmotion {
   // --- the source's side (called by the link server)
 
   /** The destination's node asks for a migration begun here (see the top of this file). */
-  handover(token: Buffer, toNode: string): { held: Buffer[]; done(reason: string): void } | null {
+  handover(token: Buffer, toNode: string): { held: Buffer[]; scrollback: Buffer; done(reason: string): void } | null {
     const r = this.o.coordinator.handOver(token);
     if (!r) return null;
     const hub = r.hub;
+    // What a client attaching on the new owner is replayed (the new owner's hub starts empty).
+    const scrollback = hub.scrollback.snapshot();
     // Its own relay (if any) is replaced: the console was ours, now it is toNode's.
     this.relays.delete(hub.identity.id);
     this.o.registry.handOver(hub);
@@ -229,6 +255,7 @@ export class ClusterVmotionService implements ClusterVmotion {
     this.log.info('vMotion handed over to another node', { vm: hub.displayName, toNode, heldBytes: r.held.reduce((n, b) => n + b.length, 0) });
     return {
       held: r.held,
+      scrollback,
       done: (reason) => this.handedOver(hub, toNode, reason),
     };
   }
@@ -271,6 +298,7 @@ export class ClusterVmotionService implements ClusterVmotion {
     conn: VmotionEndpoint,
     m: RemoteMigration,
     held: Buffer[],
+    scrollback: Buffer[],
     relay: Relay | null,
     attachment: RemoteAttachment,
     log: Logger,
@@ -292,6 +320,11 @@ export class ClusterVmotionService implements ClusterVmotion {
       // Before `claimed` on the same link: the source's node sees this client leave first.
       relay.source.close('console taken over by this node');
       hub.logged = true;
+    } else if (scrollback.length > 0) {
+      // A hub new on this node: its replay starts with the old owner's. (A relay hub
+      // has its own: it saw everything the console printed while it was relayed.)
+      // Before adoptHub(), which flushes what the destination printed since COMPLETE.
+      hub.scrollback.push(Buffer.concat(scrollback));
     }
     // The replay mark comes first: adoptHub() flushes what the destination printed since
     // its COMPLETE (kept while the handover went on), and the source's node, now a relay

@@ -25,7 +25,7 @@ import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { Logger } from '../../domain/logger.js';
 import { errorFields } from '../../errors.js';
 import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
-import { Reason, TunnelEndpoint, TunnelStreamError, type TunnelEndpointOptions, type TunnelEndpointState } from '../../protocol/tunnel/index.js';
+import { MAX_LARGE_PAYLOAD, Reason, TunnelEndpoint, TunnelStreamError, type TunnelEndpointOptions, type TunnelEndpointState } from '../../protocol/tunnel/index.js';
 import { TunnelDuplex } from './duplex.js';
 import type { TunnelLinkState, TunnelLinkStatus } from '../../domain/tunnel-status.js';
 
@@ -99,6 +99,10 @@ export class TunnelLink implements ConsoleClient {
     const restartMs = o.restartLogIntervalMs ?? DEFAULT_RESTART_LOG_INTERVAL_MS;
     this.restartLog = rateLimitedLogger(this.log, { burst: 1, perSecond: 1000 / restartMs }, { scope: 'endpoint', summaryIntervalMs: restartMs });
     this.ep = new TunnelEndpoint({
+      // The host accepts large frames on every line; the agent, which knows its device,
+      // announces them only on a lossless one (virtio-serial), and each side sends at most
+      // what the other announced (docs/tunnel-protocol.md 5.1): a UART keeps 1 KiB frames.
+      maxPayload: MAX_LARGE_PAYLOAD,
       ...o.endpoint,
       role: 'host',
       write: (bytes) => this.toLine(bytes),

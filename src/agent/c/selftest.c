@@ -191,7 +191,7 @@ static void builtin(void) {
     check(eqhex(enc, n, fv[i].wire), name);
     /* decode back, in one-byte chunks after some garbage */
     struct vt_decoder d;
-    vt_decoder_init(&d);
+    vt_decoder_init(&d, VT_MAX_PAYLOAD);
     static struct vt_frame got;
     static uint8_t gotp[VT_MAX_PAYLOAD];
     static int ngot;
@@ -209,7 +209,7 @@ static void builtin(void) {
   /* a bit flip is rejected by the CRC */
   {
     struct vt_decoder d;
-    vt_decoder_init(&d);
+    vt_decoder_init(&d, VT_MAX_PAYLOAD);
     static int ngot;
     static struct vt_frame got;
     static uint8_t gotp[VT_MAX_PAYLOAD];
@@ -226,6 +226,31 @@ static void builtin(void) {
     check(ngot == 0 && d.stats.too_long == 1, "an over-long run is dropped (and the frame after it with it)");
     vt_decoder_feed(&d, enc, n, selftest_collect, &col);
     check(ngot == 1, "the decoder resynchronises at the next delimiter");
+  }
+  /* large frames (spec 5.1): accepted up to the decoder's limit, dropped beyond it */
+  {
+    static uint8_t big[VT_MAX_LARGE_PAYLOAD], wire[VT_MAX_WIRE], gotp[VT_MAX_LARGE_PAYLOAD];
+    static struct vt_frame got;
+    static int ngot;
+    struct collector col = {&got, gotp, &ngot};
+    for (size_t k = 0; k < sizeof big; k++) big[k] = (uint8_t)(k * 7 + (k >> 8));
+    struct vt_frame f = {VT_DATA, 0, 0x1234, 7, 9, 3, VT_MAX_LARGE_PAYLOAD, big};
+    size_t n = vt_frame_wire(&f, 1, wire);
+    check(n <= VT_MAX_WIRE, "a 16384-byte frame fits VT_MAX_WIRE");
+    struct vt_decoder d;
+    vt_decoder_init(&d, VT_MAX_LARGE_PAYLOAD);
+    ngot = 0;
+    for (size_t k = 0; k < n; k += 1000) vt_decoder_feed(&d, wire + k, n - k < 1000 ? n - k : 1000, selftest_collect, &col);
+    check(ngot == 1 && got.len == VT_MAX_LARGE_PAYLOAD && memcmp(gotp, big, sizeof big) == 0,
+          "a 16384-byte frame decodes where 16384 is announced");
+    vt_decoder_init(&d, VT_MAX_PAYLOAD);
+    ngot = 0;
+    vt_decoder_feed(&d, wire, n, selftest_collect, &col);
+    f.len = VT_MAX_PAYLOAD;
+    n = vt_frame_wire(&f, 0, wire);
+    vt_decoder_feed(&d, wire, n, selftest_collect, &col);
+    check(ngot == 1 && got.len == VT_MAX_PAYLOAD && d.stats.too_long == 1,
+          "where 1024 is announced a larger frame is dropped as too long, a 1024-byte one decodes");
   }
 }
 
@@ -251,7 +276,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   struct vt_decoder d;
-  vt_decoder_init(&d);
+  vt_decoder_init(&d, VT_MAX_PAYLOAD);
   while (fgets(line, sizeof line, stdin)) {
     if (!strcmp(mode, "--cobs")) {
       size_t n = unhex(line, in, sizeof in);

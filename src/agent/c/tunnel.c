@@ -103,10 +103,10 @@ size_t vt_frame_wire(const struct vt_frame *f, int leading_delimiter, uint8_t *o
   return o;
 }
 
-int vt_frame_parse(const uint8_t *body, size_t n, struct vt_frame *f) {
+int vt_frame_parse(const uint8_t *body, size_t n, size_t max_payload, struct vt_frame *f) {
   if (n < VT_HEADER + VT_CRC) return -1;
   size_t m = n - VT_CRC;
-  if (m - VT_HEADER > VT_MAX_PAYLOAD) return -2;
+  if (m - VT_HEADER > max_payload || m - VT_HEADER > VT_MAX_LARGE_PAYLOAD) return -2;
   if (vt_crc32c(body, m) != vt_get32(body + m)) return -3;
   f->type = body[0];
   f->flags = body[1];
@@ -143,7 +143,13 @@ int vt_hello_decode(const uint8_t *p, size_t n, struct vt_hello *h) {
   return 0;
 }
 
-void vt_decoder_init(struct vt_decoder *d) { memset(d, 0, sizeof *d); }
+void vt_decoder_init(struct vt_decoder *d, size_t max_payload) {
+  memset(d, 0, sizeof *d);
+  if (max_payload < VT_MIN_PAYLOAD) max_payload = VT_MIN_PAYLOAD;
+  if (max_payload > VT_MAX_LARGE_PAYLOAD) max_payload = VT_MAX_LARGE_PAYLOAD;
+  d->max_payload = max_payload;
+  d->max_encoded = VT_ENCODED_LEN(max_payload);
+}
 
 static void end_of_run(struct vt_decoder *d, vt_frame_fn fn, void *ctx) {
   if (d->skipping) {
@@ -160,7 +166,7 @@ static void end_of_run(struct vt_decoder *d, vt_frame_fn fn, void *ctx) {
     return;
   }
   struct vt_frame f;
-  int r = vt_frame_parse(d->body, (size_t)n, &f);
+  int r = vt_frame_parse(d->body, (size_t)n, d->max_payload, &f);
   if (r != 0) {
     if (r == -3) d->stats.bad_crc++;
     else if (r == -1) d->stats.too_short++;
@@ -181,7 +187,7 @@ void vt_decoder_feed(struct vt_decoder *d, const uint8_t *p, size_t n, vt_frame_
     size_t k = end - i;
     if (d->skipping) {
       d->stats.discarded += k;
-    } else if (d->len + k <= VT_MAX_ENCODED) {
+    } else if (d->len + k <= d->max_encoded) {
       memcpy(d->buf + d->len, p + i, k);
       d->len += k;
     } else {

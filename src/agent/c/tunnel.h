@@ -14,12 +14,19 @@
 #define VT_VERSION 1
 #define VT_HEADER 10
 #define VT_CRC 4
+/* The usual largest payload: the default announcement, and all that a version-1 peer
+   without large frames accepts. */
 #define VT_MAX_PAYLOAD 1024
+/* Largest payload a HELLO may announce (spec 5.1, large frames: lossless lines only). */
+#define VT_MAX_LARGE_PAYLOAD 16384
 #define VT_MIN_PAYLOAD 64
-/* header + payload + CRC */
-#define VT_MAX_BODY (VT_HEADER + VT_MAX_PAYLOAD + VT_CRC)
-/* COBS: n + ceil(n / 254) = 1043 */
-#define VT_MAX_ENCODED (VT_MAX_BODY + (VT_MAX_BODY + 253) / 254)
+/* header + payload + CRC, for a payload of p bytes */
+#define VT_BODY_LEN(p) (VT_HEADER + (p) + VT_CRC)
+/* COBS: n + ceil(n / 254) (1043 for a 1024-byte payload) */
+#define VT_ENCODED_LEN(p) (VT_BODY_LEN(p) + (VT_BODY_LEN(p) + 253) / 254)
+/* buffer sizes: the largest frame of all */
+#define VT_MAX_BODY VT_BODY_LEN(VT_MAX_LARGE_PAYLOAD)
+#define VT_MAX_ENCODED VT_ENCODED_LEN(VT_MAX_LARGE_PAYLOAD)
 /* one frame on the wire: optional leading delimiter, COBS body, delimiter */
 #define VT_MAX_WIRE (VT_MAX_ENCODED + 2)
 /* bytes a full-size frame costs beyond its payload (adaptive payload estimate) */
@@ -113,8 +120,8 @@ long vt_cobs_decode(const uint8_t *src, size_t n, uint8_t *dst);
 size_t vt_frame_body(const struct vt_frame *f, uint8_t *body);
 /* Wire bytes: [0x00] COBS(body) 0x00, into out (room for VT_MAX_WIRE); returns the length. */
 size_t vt_frame_wire(const struct vt_frame *f, int leading_delimiter, uint8_t *out);
-/* Parses a decoded body: 0 ok, -1 short, -2 payload too long, -3 CRC mismatch. */
-int vt_frame_parse(const uint8_t *body, size_t n, struct vt_frame *f);
+/* Parses a decoded body: 0 ok, -1 short, -2 payload over max_payload, -3 CRC mismatch. */
+int vt_frame_parse(const uint8_t *body, size_t n, size_t max_payload, struct vt_frame *f);
 
 /* HELLO payload (14 bytes). */
 void vt_hello_encode(const struct vt_hello *h, uint8_t *p);
@@ -125,10 +132,12 @@ struct vt_decoder_stats {
   uint64_t bytes_in, frames, discarded, bad_cobs, bad_crc, too_short, too_long;
 };
 
-/* Streaming decoder: any chunking in, frames out through a callback. */
+/* Streaming decoder: any chunking in, frames out through a callback. Frames with a
+   payload over max_payload (what we announce) are discarded like garbage. */
 struct vt_decoder {
   uint8_t buf[VT_MAX_ENCODED];
   uint8_t body[VT_MAX_ENCODED];
+  size_t max_payload, max_encoded;
   size_t len;
   int skipping;
   struct vt_decoder_stats stats;
@@ -136,7 +145,8 @@ struct vt_decoder {
 
 typedef void (*vt_frame_fn)(void *ctx, const struct vt_frame *f);
 
-void vt_decoder_init(struct vt_decoder *d);
+/* max_payload: VT_MIN_PAYLOAD .. VT_MAX_LARGE_PAYLOAD (clamped). */
+void vt_decoder_init(struct vt_decoder *d, size_t max_payload);
 /* Feeds bytes; calls fn for each valid frame (its payload is valid only during the call). */
 void vt_decoder_feed(struct vt_decoder *d, const uint8_t *p, size_t n, vt_frame_fn fn, void *ctx);
 

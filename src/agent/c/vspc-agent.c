@@ -45,7 +45,8 @@
 /* Line output buffer and read size: large enough for a fast line (virtio-serial) to
    move many frames per system call; the byte cap, not this buffer, bounds the queue
    in front of a keystroke. */
-#define OUTBUF_SIZE 32768
+/* room for two of the largest frames (VT_MAX_WIRE, 16465 bytes) and then some */
+#define OUTBUF_SIZE 65536
 #define LINE_READ 65536
 /* Bytes read from a service socket at once, then cut into frames. */
 #define TX_STAGE 16384
@@ -98,6 +99,8 @@ static struct {
   int verbose;
   unsigned max_streams;
   uint32_t stream_window;
+  /* --max-payload; 0: automatic (my_max_payload) */
+  unsigned max_payload;
   speed_t baud;
   int set_baud;
 } opt;
@@ -165,13 +168,13 @@ struct outf {
   /* `delivered` and `delivered_at` when this frame was (last) sent: its rate sample. */
   uint64_t dlv;
   int64_t dlv_at;
-  uint8_t payload[VT_MAX_PAYLOAD];
+  uint8_t *payload; /* slot_payload bytes in the slab (alloc_slots) */
 };
 
 struct inf {
   uint8_t present, type;
   uint16_t seq, stream, len;
-  uint8_t payload[VT_MAX_PAYLOAD];
+  uint8_t *payload; /* slot_payload bytes in the slab (alloc_slots) */
 };
 
 enum { REPORT_VERSION = 1, REPORT_ECHO = 2, REPORT_ROLE = 4 };
@@ -272,6 +275,16 @@ static int64_t last_tx = INT64_MIN / 2;
 static struct vt_decoder dec;
 
 static void mux_reset_all(const char *why);
+static unsigned my_max_payload(void);
+
+/*
+ * Payload storage of the send and receive windows: 2 × WIN slots of slot_payload
+ * bytes, allocated when the line is first opened, sized by what we announce then
+ * (256 KiB for 1 KiB frames; 4 MiB for 16 KiB ones, touched only as frames use it).
+ * Later announcements never exceed slot_payload (my_max_payload).
+ */
+static uint8_t *slab;
+static unsigned slot_payload;
 static int mux_pull(struct outf *o, unsigned max, int urgent_only, int64_t now);
 static void mux_handle(uint8_t type, uint16_t id, const uint8_t *p, uint16_t len, int64_t now);
 static int ctl_can_accept(void);
@@ -297,7 +310,8 @@ static double compute_rto(void) {
  * other stream's next one); reduced when frames get lost (the loss-optimal size).
  */
 static unsigned payload_limit(void) {
-  unsigned cap = L.peer_max_payload < VT_MAX_PAYLOAD ? L.peer_max_payload : VT_MAX_PAYLOAD;
+  unsigned mine = my_max_payload();
+  unsigned cap = L.peer_max_payload < mine ? L.peer_max_payload : mine;
   if (L.delivery_rate > 0 && open_streams > 1) {
     double sh = floor(L.delivery_rate * INTERACTIVE_FRAME_MS) - VT_FRAME_OVERHEAD;
     unsigned s = sh <= MIN_INTERACTIVE_PAYLOAD ? MIN_INTERACTIVE_PAYLOAD : sh >= cap ? cap : (unsigned)sh;
@@ -334,8 +348,32 @@ static void link_clear(int64_t now) {
   L.hello_at = now + L.hello_interval;
 }
 
+static void assign_slots(void) {
+  if (!slab) return;
+  for (int i = 0; i < WIN; i++) {
+    L.out[i].payload = slab + (size_t)i * slot_payload;
+    L.in[i].payload = slab + (size_t)(WIN + i) * slot_payload;
+  }
+}
+
+/* 0, or -1 when even 1 KiB slots cannot be had. */
+static int alloc_slots(unsigned max) {
+  if (slab) return 0;
+  slab = malloc((size_t)2 * WIN * max);
+  if (!slab && max > VT_MAX_PAYLOAD) {
+    LOG("out of memory for %u-byte frames: using %u", max, VT_MAX_PAYLOAD);
+    max = VT_MAX_PAYLOAD;
+    slab = malloc((size_t)2 * WIN * max);
+  }
+  if (!slab) return -1;
+  slot_payload = max;
+  assign_slots();
+  return 0;
+}
+
 static void link_start(int64_t now) {
   memset(&L, 0, sizeof L);
+  assign_slots();
   L.boot = random_u32();
   L.peer_window = 1;
   L.peer_max_payload = VT_MIN_PAYLOAD;
@@ -356,7 +394,9 @@ static void link_establish(int64_t now) {
   L.hello_at = NEVER;
   L.hello_interval = HELLO_INITIAL_MS;
   L.reported = 0;
-  L.loss_w = 1;
+  /* Large frames on both sides (spec 5.1): we announce them only on a lossless line, so
+     start at full size; a loss still shrinks them at once. */
+  L.loss_w = (L.peer_max_payload < my_max_payload() ? L.peer_max_payload : my_max_payload()) > VT_MAX_PAYLOAD ? 0 : 1;
   L.bytes_w = LOSS_PRIOR_BYTES;
   L.dup_threshold = DUP_THRESHOLD;
   L.saw_dup = 0;
@@ -441,7 +481,7 @@ static void on_hello(const struct vt_frame *f, int64_t now) {
   if (!L.established) {
     L.peer_boot = h.boot;
     L.peer_window = h.window < VT_MAX_WINDOW ? h.window : VT_MAX_WINDOW;
-    L.peer_max_payload = h.max_payload < VT_MAX_PAYLOAD ? h.max_payload : VT_MAX_PAYLOAD;
+    L.peer_max_payload = h.max_payload < VT_MAX_LARGE_PAYLOAD ? h.max_payload : VT_MAX_LARGE_PAYLOAD;
     if (h.peer_boot == L.boot) link_establish(now);
   } else if (h.boot == L.peer_boot) {
     heard(now);
@@ -774,7 +814,7 @@ static void sequenced_frame(const struct outf *o, uint16_t seq, struct vt_frame 
 static int next_frame(int64_t now, struct vt_frame *f, uint8_t *scratch) {
   if (L.hello_due) {
     struct vt_hello h = {VT_VERSION, VT_ROLE_AGENT, (uint8_t)(L.established ? VT_HELLO_UP : 0), WIN,
-                         L.boot, L.peer_boot, VT_MAX_PAYLOAD};
+                         L.boot, L.peer_boot, (uint16_t)my_max_payload()};
     L.hello_due = 0;
     L.st.hellos_sent++;
     vt_hello_encode(&h, scratch);
@@ -1330,8 +1370,24 @@ static void line_open(int64_t now) {
   line_good = 0;
   out_len = 0;
   last_tx = INT64_MIN / 2; /* a delimiter before the next frame */
-  vt_decoder_init(&dec);
-  logmsg(line_quiet ? 2 : 0, "line %s open (%s)", opt.device, line_is_tty ? "tty, raw 8N1, no flow control" : "not a tty");
+  if (alloc_slots(my_max_payload()) != 0) {
+    LOG("out of memory");
+    exit(1);
+  }
+  vt_decoder_init(&dec, my_max_payload());
+  logmsg(line_quiet ? 2 : 0, "line %s open (%s; frames up to %u bytes)", opt.device,
+         line_is_tty ? "tty, raw 8N1, no flow control" : "not a tty", my_max_payload());
+}
+
+/*
+ * The largest payload we announce and send (spec 5.1): --max-payload, else 1024 on a
+ * tty (a UART: lossy, and a frame holds the line for its length) and 16384 on anything
+ * else (a virtio-serial port: lossless, and under emulation the per-frame cost, not the
+ * bytes, limits it).
+ */
+static unsigned my_max_payload(void) {
+  unsigned m = opt.max_payload ? opt.max_payload : line_is_tty ? VT_MAX_PAYLOAD : VT_MAX_LARGE_PAYLOAD;
+  return slot_payload && m > slot_payload ? slot_payload : m;
 }
 
 static void line_lost(int64_t now, const char *why) {
@@ -1430,12 +1486,15 @@ static void usage(FILE *to) {
           "  -b, --baud RATE          set the line speed (default: leave it as it is)\n"
           "      --max-streams N      streams at once (default %u)\n"
           "      --stream-window B    per-stream receive window, bytes (default %u)\n"
+          "      --max-payload B      largest frame payload, %d..%d (default: %d on a tty,\n"
+          "                           %d on anything else, e.g. a virtio-serial port)\n"
           "  -v, --verbose            log streams (twice: more detail)\n"
           "  -V, --version            print the version\n"
           "  -h, --help               this text\n"
           "\n"
           "SIGUSR1 logs counters. Protocol: docs/tunnel-protocol.md (version %d).\n",
-          DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW, VT_VERSION);
+          DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW, VT_MIN_PAYLOAD, VT_MAX_LARGE_PAYLOAD, VT_MAX_PAYLOAD,
+          VT_MAX_LARGE_PAYLOAD, VT_VERSION);
 }
 
 static int parse_ports(const char *arg) {
@@ -1458,7 +1517,8 @@ int main(int argc, char **argv) {
   static const struct option longopts[] = {
       {"device", required_argument, 0, 'd'}, {"allow", required_argument, 0, 'a'},
       {"baud", required_argument, 0, 'b'},   {"max-streams", required_argument, 0, 'm'},
-      {"stream-window", required_argument, 0, 'w'}, {"verbose", no_argument, 0, 'v'},
+      {"stream-window", required_argument, 0, 'w'}, {"max-payload", required_argument, 0, 'p'},
+      {"verbose", no_argument, 0, 'v'},
       {"version", no_argument, 0, 'V'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   opt.max_streams = DEFAULT_MAX_STREAMS;
@@ -1498,6 +1558,14 @@ int main(int argc, char **argv) {
           return 2;
         }
         opt.stream_window = (uint32_t)v;
+        break;
+      case 'p':
+        v = strtol(optarg, &end, 10);
+        if (*end || v < VT_MIN_PAYLOAD || v > VT_MAX_LARGE_PAYLOAD) {
+          fprintf(stderr, "vspc-agent: --max-payload must be %d..%d\n", VT_MIN_PAYLOAD, VT_MAX_LARGE_PAYLOAD);
+          return 2;
+        }
+        opt.max_payload = (unsigned)v;
         break;
       case 'v': opt.verbose++; break;
       case 'V': printf("vspc-agent %s (tunnel protocol %d)\n", VSPC_AGENT_VERSION, VT_VERSION); return 0;

@@ -16,6 +16,7 @@ import {
   FRAME_OVERHEAD,
   FrameType,
   HelloFlag,
+  MAX_LARGE_PAYLOAD,
   MAX_PAYLOAD,
   MAX_WINDOW,
   MIN_PAYLOAD,
@@ -487,7 +488,7 @@ export class ReliableLink {
     if (!this.established) {
       this.peerBootId = h.bootId;
       this.peerWindow = Math.min(h.window, MAX_WINDOW);
-      this.peerMaxPayload = Math.min(h.maxPayload, MAX_PAYLOAD);
+      this.peerMaxPayload = Math.min(h.maxPayload, MAX_LARGE_PAYLOAD);
       if (h.peerBootId === this.bootId) this.establish(now);
     } else if (h.bootId === this.peerBootId) {
       this.heard(now);
@@ -514,7 +515,10 @@ export class ReliableLink {
     this.helloAt = Infinity;
     this.helloInterval = this.cfg.helloInitialMs;
     this.reported.clear();
-    this.lossW = 1;
+    // Large frames on both sides (spec 5.1): the agent announces them only on a line it
+    // knows to be lossless (virtio-serial), so start at full size instead of fading the
+    // prior over hundreds of frames; a loss still shrinks them at once.
+    this.lossW = Math.min(this.cfg.maxPayload, this.peerMaxPayload) > MAX_PAYLOAD ? 0 : 1;
     this.bytesW = LOSS_PRIOR_BYTES;
     this.dupThreshold = DUP_THRESHOLD;
     this.sawDuplicate = false;

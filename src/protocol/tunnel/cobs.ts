@@ -41,19 +41,19 @@ export function cobsEncode(src: Uint8Array): Uint8Array {
  * The output is a fresh array (never a view of `src`). Linear time.
  */
 export function cobsDecode(src: Uint8Array, start = 0, end = src.length): Uint8Array | null {
+  // One scan for a 0x00 (none in valid input), then block copies.
+  const z = src.indexOf(0, start);
+  if (z !== -1 && z < end) return null;
   const out = new Uint8Array(Math.max(0, end - start));
   let o = 0;
   let i = start;
   while (i < end) {
     const code = src[i++];
-    if (code === 0) return null;
     const blockEnd = i + code - 1;
     if (blockEnd > end) return null;
-    for (; i < blockEnd; i++) {
-      const b = src[i];
-      if (b === 0) return null;
-      out[o++] = b;
-    }
+    out.set(src.subarray(i, blockEnd), o);
+    o += blockEnd - i;
+    i = blockEnd;
     if (code !== 0xff && i < end) out[o++] = 0;
   }
   return out.subarray(0, o);

@@ -13,14 +13,29 @@ export const DELIMITER = 0x00;
 export const HEADER_SIZE = 10;
 /** CRC-32C trailer, big-endian. */
 export const CRC_SIZE = 4;
-/** Largest frame payload (bytes after the header, before the CRC) any endpoint must accept. */
+/**
+ * The usual largest frame payload (bytes after the header, before the CRC): the
+ * default an endpoint announces, and the most any peer of protocol version 1 that
+ * predates large frames accepts (it reads a larger announcement as this).
+ */
 export const MAX_PAYLOAD = 1024;
+/**
+ * Largest frame payload a HELLO may announce (spec 5.1, "large frames"): announcements
+ * above it are read as it. For lossless lines (virtio-serial), where the per-frame
+ * cost (a CRC, COBS, an ACK every 2 frames, a write) dominates under emulation.
+ */
+export const MAX_LARGE_PAYLOAD = 16384;
 /** Smallest "max payload" a HELLO may announce; every control message fits in it. */
 export const MIN_PAYLOAD = 64;
-/** Largest frame body (header + payload + CRC) before COBS. */
+/** Largest frame body (header + payload + CRC) before COBS, for MAX_PAYLOAD. */
 export const MAX_BODY = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE;
-/** Largest COBS-encoded body (without the delimiter): n + ceil(n / 254). */
-export const MAX_ENCODED = MAX_BODY + Math.ceil(MAX_BODY / 254);
+/** Largest COBS-encoded body (without the delimiter) for a payload of at most `maxPayload` bytes: n + ceil(n / 254). */
+export function maxEncodedLength(maxPayload: number): number {
+  const body = HEADER_SIZE + maxPayload + CRC_SIZE;
+  return body + Math.ceil(body / 254);
+}
+/** Largest COBS-encoded body (without the delimiter) for MAX_PAYLOAD: 1043. */
+export const MAX_ENCODED = maxEncodedLength(MAX_PAYLOAD);
 /**
  * Bytes a frame costs on the wire beyond its payload, for a full-size frame: header,
  * CRC, COBS overhead (5 for a 1038-byte body) and the delimiter. Used by the adaptive

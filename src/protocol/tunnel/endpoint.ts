@@ -17,7 +17,7 @@
  * methods. From a callback you may use streams and openStream(), but not call
  * receive(), poll() or drained() (VSPC_TUNNEL_REENTRANT).
  */
-import { MAX_PAYLOAD, MAX_WINDOW, MIN_PAYLOAD, Reason, type TunnelRole } from './constants.js';
+import { MAX_LARGE_PAYLOAD, MAX_PAYLOAD, MAX_WINDOW, MIN_PAYLOAD, Reason, type TunnelRole } from './constants.js';
 import { ProtocolError, TunnelError, TunnelErrorCode, type VspcError } from './errors.js';
 import { FrameDecoder, encodeFrame, type FrameDecoderStats } from './framing.js';
 import { ReliableLink, type KeepaliveConfig, type LinkStats, type RtoConfig } from './arq.js';
@@ -49,7 +49,7 @@ export interface TunnelEndpointHandlers {
 export interface TunnelEndpointOptions {
   role: TunnelRole;
   /**
-   * Transport write: one call per frame (1 to 1045 bytes). Return false when the
+   * Transport write: one call per frame (1 to 1045 bytes; 16,465 with large frames). Return false when the
    * transport's buffer is full; call `drained(now)` when it can take more.
    */
   write(bytes: Uint8Array): boolean | void;
@@ -60,7 +60,12 @@ export interface TunnelEndpointOptions {
   newBootId?: () => number;
   /** Receive window and largest send window, frames, 1..128. Default 128. */
   window?: number;
-  /** Largest frame payload we accept and send, bytes, 64..1024. Default 1024. */
+  /**
+   * Largest frame payload we accept (announced in HELLO) and send, bytes, 64..16384.
+   * Frames sent are at most min(this, the peer's announcement). Above 1024 ("large
+   * frames", spec 5.1) only for lossless lines: a lost byte costs the whole frame, and
+   * a frame holds the line for its length. Default 1024.
+   */
   maxPayload?: number;
   /** Shrink frames on lossy links (sender-side policy). Default true. */
   adaptivePayload?: boolean;
@@ -153,7 +158,7 @@ export class TunnelEndpoint {
   readonly role: TunnelRole;
   private readonly writeFn: (bytes: Uint8Array) => boolean | void;
   private readonly handlers: TunnelEndpointHandlers;
-  private readonly decoder = new FrameDecoder();
+  private readonly decoder: FrameDecoder;
   private readonly link: ReliableLink;
   private readonly mux: Multiplexer;
   private readonly idleDelimiterMs: number;
@@ -200,7 +205,8 @@ export class TunnelEndpoint {
       intervalMs: numIn('keepalive.intervalMs', opts.keepalive?.intervalMs, 1000, 1, Infinity),
       maxMissed: intIn('keepalive.maxMissed', opts.keepalive?.maxMissed, 4, 1, 1_000_000),
     };
-    const maxPayload = intIn('maxPayload', opts.maxPayload, MAX_PAYLOAD, MIN_PAYLOAD, MAX_PAYLOAD);
+    const maxPayload = intIn('maxPayload', opts.maxPayload, MAX_PAYLOAD, MIN_PAYLOAD, MAX_LARGE_PAYLOAD);
+    this.decoder = new FrameDecoder(maxPayload);
     const maxStreams = intIn('maxStreams', opts.maxStreams, 256, 1, 0x7fff);
     const allow = opts.allowPorts === undefined ? undefined : new Set(opts.allowPorts);
     if (allow) for (const p of allow) if (!Number.isInteger(p) || p < 1 || p > 0xffff) bad('allowPorts', p);

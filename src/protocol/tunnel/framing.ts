@@ -1,17 +1,19 @@
 /**
  * Framing layer: frames ↔ bytes. A frame body is a 10-byte header, a payload of at
- * most MAX_PAYLOAD bytes and a CRC-32C; on the wire the body is COBS-encoded and
+ * most MAX_PAYLOAD bytes (MAX_LARGE_PAYLOAD where both sides announced large frames)
+ * and a CRC-32C; on the wire the body is COBS-encoded and
  * followed by a 0x00 delimiter. The decoder is a byte-driven state machine (ws
  * receiver style): it accepts any chunking of the input, discards garbage, corrupt
  * and over-long frames, and resynchronises at the next delimiter. It never throws on
- * input, uses at most MAX_ENCODED bytes of buffer, and runs in linear time.
+ * input, uses at most maxEncodedLength(its maxPayload) bytes of buffer, and runs in
+ * linear time.
  */
-import { CRC_SIZE, DELIMITER, HEADER_SIZE, MAX_ENCODED, MAX_PAYLOAD } from './constants.js';
+import { CRC_SIZE, DELIMITER, HEADER_SIZE, MAX_LARGE_PAYLOAD, MAX_PAYLOAD, maxEncodedLength } from './constants.js';
 import { cobsDecode, cobsEncode } from './cobs.js';
 import { crc32c } from './crc32c.js';
 import { TunnelError, TunnelErrorCode } from './errors.js';
 
-/** One decoded frame. All integers are unsigned; `payload` is 0..MAX_PAYLOAD bytes. */
+/** One decoded frame. All integers are unsigned; `payload` is 0..MAX_LARGE_PAYLOAD bytes. */
 export interface Frame {
   /** Frame type (FrameType). */
   type: number;
@@ -30,11 +32,12 @@ export interface Frame {
 
 /**
  * The frame body: header, payload, CRC-32C (big-endian) over header and payload.
- * Throws TunnelError VSPC_TUNNEL_FRAME_TOO_LARGE when the payload exceeds MAX_PAYLOAD.
+ * Throws TunnelError VSPC_TUNNEL_FRAME_TOO_LARGE when the payload exceeds
+ * MAX_LARGE_PAYLOAD (what the peer accepts is the link's business: spec 5.1).
  */
 export function encodeFrameBody(f: Frame): Uint8Array {
-  if (f.payload.length > MAX_PAYLOAD) {
-    throw new TunnelError(TunnelErrorCode.FRAME_TOO_LARGE, `frame payload of ${f.payload.length} bytes exceeds ${MAX_PAYLOAD}`, {
+  if (f.payload.length > MAX_LARGE_PAYLOAD) {
+    throw new TunnelError(TunnelErrorCode.FRAME_TOO_LARGE, `frame payload of ${f.payload.length} bytes exceeds ${MAX_LARGE_PAYLOAD}`, {
       length: f.payload.length,
     });
   }
@@ -75,11 +78,11 @@ export function encodeFrame(f: Frame, leadingDelimiter = false): Uint8Array {
 /** Why a body was rejected. */
 export type BodyError = 'short' | 'long' | 'crc';
 
-/** Parses a decoded (un-COBSed) body; checks length and CRC. */
-export function decodeFrameBody(body: Uint8Array): Frame | BodyError {
+/** Parses a decoded (un-COBSed) body; checks length (payload at most `maxPayload`) and CRC. */
+export function decodeFrameBody(body: Uint8Array, maxPayload = MAX_PAYLOAD): Frame | BodyError {
   if (body.length < HEADER_SIZE + CRC_SIZE) return 'short';
   const n = body.length - CRC_SIZE;
-  if (n - HEADER_SIZE > MAX_PAYLOAD) return 'long';
+  if (n - HEADER_SIZE > maxPayload) return 'long';
   const want = ((body[n] << 24) | (body[n + 1] << 16) | (body[n + 2] << 8) | body[n + 3]) >>> 0;
   if (crc32c(body, 0, n) !== want) return 'crc';
   return {
@@ -107,23 +110,34 @@ export interface FrameDecoderStats {
   badCrc: number;
   /** Runs too short to be a frame (fewer than header + CRC bytes). */
   tooShort: number;
-  /** Runs longer than the largest valid frame (cut at MAX_ENCODED bytes, then skipped). */
+  /** Runs longer than the largest frame accepted (cut at maxEncodedLength(maxPayload) bytes, then skipped). */
   tooLong: number;
 }
 
 /**
  * Incremental frame decoder. `decode(chunk)` returns the frames completed by that
  * chunk, in wire order. Bytes between delimiters that do not form a valid frame are
- * discarded and counted. A run exceeding MAX_ENCODED bytes is dropped at once and the
- * decoder skips to the next delimiter, so memory stays at MAX_ENCODED bytes.
+ * discarded and counted. Frames with a payload over `maxPayload` (default MAX_PAYLOAD;
+ * at most MAX_LARGE_PAYLOAD: what this side announces in its HELLO) are discarded: a
+ * run longer than their encoding is dropped at once and the decoder skips to the next
+ * delimiter, so memory stays at maxEncodedLength(maxPayload) bytes.
  */
 export class FrameDecoder {
-  private readonly buf = new Uint8Array(MAX_ENCODED);
+  private readonly buf: Uint8Array;
+  private readonly maxEncoded: number;
   private len = 0;
   private skipping = false;
   readonly stats: FrameDecoderStats = { bytesIn: 0, frames: 0, discardedBytes: 0, badCobs: 0, badCrc: 0, tooShort: 0, tooLong: 0 };
 
-  /** Bytes of an unfinished frame currently held (at most MAX_ENCODED). */
+  constructor(readonly maxPayload = MAX_PAYLOAD) {
+    if (!Number.isInteger(maxPayload) || maxPayload < 0 || maxPayload > MAX_LARGE_PAYLOAD) {
+      throw new TunnelError(TunnelErrorCode.BAD_ARGUMENT, `maxPayload must be an integer in 0..${MAX_LARGE_PAYLOAD}, got ${maxPayload}`, { maxPayload });
+    }
+    this.maxEncoded = maxEncodedLength(maxPayload);
+    this.buf = new Uint8Array(this.maxEncoded);
+  }
+
+  /** Bytes of an unfinished frame currently held (at most maxEncodedLength(maxPayload)). */
   get bufferedBytes(): number {
     return this.len;
   }
@@ -138,7 +152,7 @@ export class FrameDecoder {
       const n = end - i;
       if (this.skipping) {
         this.stats.discardedBytes += n;
-      } else if (this.len + n <= MAX_ENCODED) {
+      } else if (this.len + n <= this.maxEncoded) {
         this.buf.set(chunk.subarray(i, end), this.len);
         this.len += n;
       } else {
@@ -168,7 +182,7 @@ export class FrameDecoder {
       this.stats.discardedBytes += len;
       return;
     }
-    const f = decodeFrameBody(body);
+    const f = decodeFrameBody(body, this.maxPayload);
     if (typeof f === 'string') {
       if (f === 'crc') this.stats.badCrc++;
       else if (f === 'short') this.stats.tooShort++;

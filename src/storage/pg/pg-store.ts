@@ -134,7 +134,11 @@ export class PgConsoleStore implements ConsoleRepository, ConsoleOwnership {
 
   rename(id: number, name: string): void {
     if (typeof name !== 'string') throw new StorageError('VSPC_ARG_INVALID', 'name must be a string', { field: 'name', value: name });
-    if ((this.call({ op: 'rename', id, name }) as number) === 0) throw new StorageError('VSPC_NOT_FOUND', `no serial port record with id ${id}`, { id });
+    // Not waited for (a VM reports its name right after registering: a round trip per
+    // registration saved); in order on the session, like touch. A record deleted
+    // meanwhile (never one this node owns: expiry takes the owner lock) is reported
+    // through onWriteError as VSPC_NOT_FOUND.
+    this.send({ op: 'rename', id, name });
   }
 
   touch(id: number, now: number = Date.now()): void {

@@ -229,23 +229,35 @@ async function tx<T>(c: pg.Client, body: () => Promise<T>): Promise<T> {
   }
 }
 
-/** The lowest port of `range` that no console or access port holds and that is not reserved; null when none. */
-async function lowestFreePort(c: pg.Client, range: PortRange, reserved: number[]): Promise<number | null> {
-  // The lowest free port is the range's start or one above a taken port: candidates are
-  // those, not every port of the range (probing the range from its start costs one
-  // index lookup per taken port below the answer: quadratic over a cluster's first
-  // registrations). One pass over the taken ports, hashed.
-  const r = await c.query<{ p: number }>(
-    `WITH taken AS (
-       SELECT tcp_port AS p FROM consoles WHERE tcp_port BETWEEN $1 AND $2
-       UNION ALL SELECT tcp_port FROM access_ports WHERE tcp_port BETWEEN $1 AND $2
-       UNION ALL SELECT x FROM unnest($3::int[]) AS x WHERE x BETWEEN $1 AND $2)
-     SELECT cand.p FROM (SELECT $1::int AS p UNION SELECT p + 1 FROM taken WHERE p < $2) AS cand
-      WHERE NOT EXISTS (SELECT 1 FROM taken t WHERE t.p = cand.p)
-      ORDER BY cand.p LIMIT 1`,
-    [range.start, range.end, reserved],
-  );
-  return r.rows[0]?.p ?? null;
+/**
+ * The lowest port of `range` that no console or access port holds and that is not
+ * reserved; null when none. Called under the allocation lock (ALLOC_LOCK_CLASS).
+ *
+ * Amortised O(1), like the SQLite store's cursor: the search starts at the range's
+ * low-water mark (migration 7, `port_low_water`: every port below it is taken), so it
+ * only looks at the ports taken since the mark last moved. The mark moves on with a
+ * compare-and-set on its generation (see `allocated`). The search is the database's
+ * `vspc_lowest_free` (migration 7), which `vspc_register` uses too.
+ */
+async function lowestFreePort(c: pg.Client, range: PortRange, reserved: number[]): Promise<{ port: number; gen: string | null } | null> {
+  const r = await c.query<{ port: number; gen: string | null }>('SELECT port, gen::text AS gen FROM vspc_lowest_free($1, $2, $3::int[])', [range.start, range.end, reserved]);
+  return r.rows[0] ?? null;
+}
+
+/**
+ * `port` was just taken by the caller's transaction: every port from the mark to `port`
+ * is now taken or reserved, so the range's mark moves to port + 1 — unless its
+ * generation changed since `lowestFreePort` read it: a port was freed meanwhile (by
+ * another session, whose trigger waited on this row, or by this transaction's own
+ * move), possibly between the mark and `port`, and the mark stays where the frees left it.
+ */
+async function allocated(c: pg.Client, range: PortRange, gen: string | null, port: number): Promise<void> {
+  if (gen === null) {
+    // The range's first allocation (another session's may have raced it: nothing then).
+    await c.query('INSERT INTO port_low_water (range_start, port) VALUES ($1, $2) ON CONFLICT (range_start) DO NOTHING', [range.start, port + 1]);
+    return;
+  }
+  await c.query('UPDATE port_low_water SET port = $3 WHERE range_start = $1 AND gen = $2::bigint', [range.start, gen, port + 1]);
 }
 
 function exhausted(range: PortRange, key: string, label: string): WorkerError {
@@ -291,26 +303,17 @@ async function handle(req: Envelope): Promise<unknown> {
         [req.kind, req.key, req.label, req.now, req.name],
       );
       if (seen.rows[0]) return { record: seen.rows[0], created: false };
-      return tx(c, async () => {
-        // One allocator cluster-wide: every node allocates under this transaction lock,
-        // so the lowest free port it computes is still free when it inserts. The UNIQUE
-        // constraints stay the guarantee.
-        await c.query('SELECT pg_advisory_xact_lock($1, 0)', [ALLOC_LOCK_CLASS]);
-        const again = await c.query<ConsoleRecord>(
-          `UPDATE consoles SET last_seen = $4, name = COALESCE($5, name) WHERE kind = $1 AND key = $2 AND label = $3 RETURNING ${COLUMNS}`,
-          [req.kind, req.key, req.label, req.now, req.name],
-        );
-        if (again.rows[0]) return { record: again.rows[0], created: false };
-        const p = await lowestFreePort(c, req.range, req.reserved);
-        if (p === null) throw exhausted(req.range, req.key, req.label);
-        const ins = await c.query<ConsoleRecord>(
-          `INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ${COLUMNS}`,
-          [req.kind, req.key, req.label, req.name, p, req.now],
-        );
-        const record = ins.rows[0];
-        if (req.unused) await c.query('INSERT INTO unused_consoles (console_id) VALUES ($1) ON CONFLICT DO NOTHING', [record.id]);
-        return { record, created: true };
-      });
+      // One allocator cluster-wide: vspc_register (migration 7) allocates under one
+      // transaction lock, so the lowest free port it computes is still free when it
+      // inserts; the UNIQUE constraints stay the guarantee. One statement, one round trip.
+      const made = await c.query<ConsoleRecord & { created: boolean }>(
+        `SELECT ${COLUMNS}, created FROM vspc_register($1, $2, $3, $4, $5, $6, $7, $8::int[], $9, $10)`,
+        [req.kind, req.key, req.label, req.name, req.now, req.range.start, req.range.end, req.reserved, req.unused, ALLOC_LOCK_CLASS],
+      );
+      const row = made.rows[0];
+      if (!row) throw exhausted(req.range, req.key, req.label);
+      const { created, ...record } = row;
+      return { record, created };
     }
     case 'getById':
       return (await byId(c, req.id)) ?? null;
@@ -340,7 +343,10 @@ async function handle(req: Envelope): Promise<unknown> {
       return r.rows.map((x) => [x.id, x.owner]);
     }
     case 'rename':
-      return (await c.query('UPDATE consoles SET name = $1 WHERE id = $2', [req.name, req.id])).rowCount ?? 0;
+      if (((await c.query('UPDATE consoles SET name = $1 WHERE id = $2', [req.name, req.id])).rowCount ?? 0) === 0) {
+        throw new WorkerError('VSPC_NOT_FOUND', `no serial port record with id ${req.id}`, { id: req.id });
+      }
+      return null;
     case 'touch':
       await c.query('UPDATE consoles SET last_seen = $1 WHERE id = $2', [req.now, req.id]);
       return null;
@@ -362,9 +368,11 @@ async function handle(req: Envelope): Promise<unknown> {
         await c.query('SELECT pg_advisory_xact_lock($1, 0)', [ALLOC_LOCK_CLASS]);
         const rec = await byId(c, req.id);
         if (!rec) throw new WorkerError('VSPC_NOT_FOUND', `no console record with id ${req.id}`, { id: req.id });
-        const p = await lowestFreePort(c, req.range, req.reserved);
-        if (p === null) throw exhausted(req.range, rec.key, rec.label);
-        return movePort(c, req.id, p);
+        const free = await lowestFreePort(c, req.range, req.reserved);
+        if (free === null) throw exhausted(req.range, rec.key, rec.label);
+        const moved = await movePort(c, req.id, free.port);
+        await allocated(c, req.range, free.gen, free.port);
+        return moved;
       });
     case 'accessPort':
       return tx(c, async () => {
@@ -375,10 +383,11 @@ async function handle(req: Envelope): Promise<unknown> {
         if (!rec) throw new WorkerError('VSPC_NOT_FOUND', `no console record with id ${req.id}`, { id: req.id });
         const raced = await c.query<{ p: number }>('SELECT tcp_port AS p FROM access_ports WHERE console_id = $1 AND method = $2', [req.id, req.method]);
         if (raced.rows[0]) return raced.rows[0].p;
-        const p = await lowestFreePort(c, req.range, req.reserved);
-        if (p === null) throw exhausted(req.range, rec.key, `${rec.label}/${req.method}`);
-        await c.query('INSERT INTO access_ports (console_id, method, tcp_port) VALUES ($1, $2, $3)', [req.id, req.method, p]);
-        return p;
+        const free = await lowestFreePort(c, req.range, req.reserved);
+        if (free === null) throw exhausted(req.range, rec.key, `${rec.label}/${req.method}`);
+        await c.query('INSERT INTO access_ports (console_id, method, tcp_port) VALUES ($1, $2, $3)', [req.id, req.method, free.port]);
+        await allocated(c, req.range, free.gen, free.port);
+        return free.port;
       });
     case 'accessPorts':
       return (
