@@ -309,8 +309,10 @@ async function main(): Promise<void> {
     const rss1 = sampleProc(server.pid!)?.rssBytes ?? null;
     const smaps1 = readSmaps(server.pid!);
     const kib = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null ? 'n/a' : `${((a - b) / n / 1024).toFixed(2)} KiB`);
-    console.log(`${kind}: ${n} idle consoles; per console: RSS ${kib(rss1, rss0)}, heapUsed ${kib(mem1?.heapUsed, mem0?.heapUsed)}, heapTotal ${kib(mem1?.heapTotal, mem0?.heapTotal)}, external ${kib(mem1?.external, mem0?.external)}`);
-    console.log(`RSS by mapping, per console: ${[...new Set([...smaps0.keys(), ...smaps1.keys()])].map((k) => `${k} ${kib(smaps1.get(k) ?? 0, smaps0.get(k) ?? 0)}`).join(', ')}`);
+    // With snapshots, the first one's own memory (malloc'd while writing it) is in the second RSS sample.
+    const rssNote = values['rss-only'] ? '' : ' (includes writing the first snapshot: use --rss-only for RSS)';
+    console.log(`${kind}: ${n} idle consoles; per console: RSS ${kib(rss1, rss0)}${rssNote}, heapUsed ${kib(mem1?.heapUsed, mem0?.heapUsed)}, heapTotal ${kib(mem1?.heapTotal, mem0?.heapTotal)}, external ${kib(mem1?.external, mem0?.external)}`);
+    console.log(`RSS by mapping, per console${rssNote}: ${[...new Set([...smaps0.keys(), ...smaps1.keys()])].map((k) => `${k} ${kib(smaps1.get(k) ?? 0, smaps0.get(k) ?? 0)}`).join(', ')}`);
     const spaces = (m: typeof mem0) => Object.entries(m?.spaces ?? {}).filter(([, v]) => v.size > 0).map(([k, v]) => `${k.replace(/_space$/, '')} ${(v.size / 1048576).toFixed(1)}/${(v.used / 1048576).toFixed(1)}`).join(', ');
     console.log(`V8 spaces committed/used MiB, before: ${spaces(mem0)}`);
     console.log(`V8 spaces committed/used MiB, after:  ${spaces(mem1)}`);
