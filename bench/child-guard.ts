@@ -6,10 +6,13 @@
  *   process is left behind even if the benchmark is killed hard;
  * - `{type: 'bench:memory', gc}` is answered with `process.memoryUsage()` (after a full
  *   GC when asked and the server runs with --expose-gc) and the event-loop utilisation;
- * - `{type: 'bench:loop'}` with the event-loop delay (p50/p99/max ms) since the last one.
+ * - `{type: 'bench:loop'}` with the event-loop delay (p50/p99/max ms) since the last one;
+ * - `{type: 'bench:heapsnapshot', path}`: a full GC, then a heap snapshot written to `path`
+ *   (bench/heap-diff.ts).
  *
  * It does nothing when there is no IPC channel, and changes nothing else in the server.
  */
+import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8';
 import { monitorEventLoopDelay, performance, PerformanceObserver } from 'node:perf_hooks';
 
 if (process.send) {
@@ -46,6 +49,15 @@ if (process.send) {
       Object.assign(gcs, { count: 0, totalMs: 0, maxMs: 0, major: 0 });
       return;
     }
+    if (m?.type === 'bench:heapsnapshot') {
+      // Used by bench/heap-diff.ts: a full GC first, so that the snapshot holds what is live.
+      const gc = (globalThis as { gc?: () => void }).gc;
+      gc?.();
+      gc?.();
+      const path = writeHeapSnapshot((m as { path?: string }).path);
+      process.send?.({ type: 'bench:heapsnapshot', id: m.id, path });
+      return;
+    }
     if (!m || m.type !== 'bench:memory') return;
     const gc = (globalThis as { gc?: () => void }).gc;
     if (m.gc && gc) {
@@ -53,7 +65,9 @@ if (process.send) {
       gc();
     }
     const mem = process.memoryUsage();
-    process.send?.({ type: 'bench:memory', id: m.id, memory: mem, gcDone: !!(m.gc && gc), elu: performance.eventLoopUtilization() });
+    // Committed and used bytes of each V8 heap space (new, old, code, large objects...).
+    const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, { size: s.space_size, used: s.space_used_size }]));
+    process.send?.({ type: 'bench:memory', id: m.id, memory: { ...mem, spaces }, gcDone: !!(m.gc && gc), elu: performance.eventLoopUtilization() });
   });
   // The channel must not keep a server alive that wants to exit on its own.
   process.channel?.unref();

@@ -70,6 +70,7 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--unix-workers <n>', 'load-generator processes holding the unix endpoints', int('--unix-workers', 1), d.unix.workers)
     .option('--glob-sizes <list>', 'name lengths (bytes) of the glob phase (issue 11)', d.glob.sizes.join(','))
     .addOption(new CliOption('--no-baselines', 'do not measure the stub and the relays beside vspc'))
+    .addOption(new CliOption('--no-memory-settle', 'sample idle memory 200 ms after one full GC, without waiting for V8\'s young generation to settle'))
     .option('--ssh-sessions <n>', 'SSH sessions in the ssh phase', int('--ssh-sessions', 1), d.ssh.sessions)
     .option('--ssh-consoles <n>', 'echoing consoles the SSH sessions share', int('--ssh-consoles', 1), d.ssh.consoles)
     .option('--ssh-flood <n>', 'lanes of failed SSH logins from 127.0.0.2 during half of the setup (0: none)', int('--ssh-flood'), d.ssh.floodConcurrency)
@@ -173,6 +174,7 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
     },
     glob: { ...d.glob, sizes: globSizes },
     baselines: o.baselines !== false,
+    memorySettle: o.memorySettle !== false,
     ssh: {
       ...d.ssh,
       sessions: quick && o.sshSessions === d.ssh.sessions ? 100 : (o.sshSessions as number),

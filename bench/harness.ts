@@ -90,6 +90,12 @@ export interface BenchOptions {
    * (throughput and echo while streaming).
    */
   baselines: boolean;
+  /**
+   * Memory figures of idle servers (scale, unix) are sampled once V8's young generation
+   * has settled (see settledMemory): true by default; false samples 200 ms after one
+   * full GC, as before 2026-11-30's idle-memory round.
+   */
+  memorySettle: boolean;
   ssh: SshOptions;
   tunnel: TunnelOptions;
   /**
@@ -143,6 +149,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   unix: { consoles: 2000, downMs: 2000, streams: 100, workers: 2, timeoutMs: 30_000 },
   glob: { sizes: [256, 512, 1024, 2048], pattern: '*a*a*a*c' },
   baselines: true,
+  memorySettle: true,
   ssh: {
     sessions: 500,
     consoles: 100,
@@ -567,8 +574,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       }
     };
 
-    const resources = async (t: Target = target): Promise<{ fig: ResourceFigures; mem: ServerMemory | null; proc: ProcSample | null }> => {
-      const mem = await t.memory(true);
+    const resources = async (t: Target = target, settle = false): Promise<{ fig: ResourceFigures; mem: ServerMemory | null; proc: ProcSample | null }> => {
+      const mem = settle && opts.memorySettle ? await settledMemory(t) : await t.memory(true);
       await sleep(200);
       const proc = t.sample();
       return {
@@ -592,8 +599,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
 
     // The baseline: the server before any benchmark VM connected.
     const baseStatus = await target.status();
-    const base = await resources();
-    const stubBase = stub ? await resources(stub) : null;
+    const base = await resources(target, true);
+    const stubBase = stub ? await resources(stub, true) : null;
 
     // ------------------------------------------------------------------ scale
     report.scale = await phase('scale', async () => {
@@ -611,7 +618,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         const cpu1 = stub.sample();
         const c = await connecting;
         await sleep(1000);
-        const loaded = await resources(stub);
+        const loaded = await resources(stub, true);
         stubFigures = {
           registered: c.connected,
           timeToRegisterS: round(ms / 1000, 2),
@@ -637,11 +644,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       bulkPorts = listening(listed, log);
       log(`scale: ${listed.length} VM serial ports registered in ${(registerMs / 1000).toFixed(2)} s, listed in ${Math.round(listMs)} ms`);
       await sleep(1000);
-      const loaded = await resources();
+      const loaded = await resources(target, true);
       const pp = perPort(loaded, base, n);
       const limit = target.pid !== null ? fdLimit(target.pid) : null;
       const section: ScaleSection = {
-        workload: `${n} simulated ESXi VM serial ports (host-first telnet + option 232 handshake, DO-PROXY, UUID, name), ${opts.bulkWorkers} load-generator process(es), ${opts.connectConcurrency} connects in flight each; each VM port has its own telnet listener; idle when measured, after a full GC${stubFigures ? '; the same against the minimal option-232 stub (bench/stub.ts: a client listener per VM port, nothing else) first' : ''}`,
+        workload: `${n} simulated ESXi VM serial ports (host-first telnet + option 232 handshake, DO-PROXY, UUID, name), ${opts.bulkWorkers} load-generator process(es), ${opts.connectConcurrency} connects in flight each; each VM port has its own telnet listener; idle when measured, after a full GC${opts.memorySettle ? ' once the V8 new space had settled (every memory sample, vspc and stub, baseline and loaded)' : ''}${stubFigures ? '; the same against the minimal option-232 stub (bench/stub.ts: a client listener per VM port, nothing else) first' : ''}`,
         vmPorts: n,
         registered: c.connected,
         listed: listed.length,
@@ -1086,7 +1093,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         const eps = await Promise.all(uw.map((u) => u.w.ask('unix.listen', { dir, from: u.from, count: u.count }, 120_000)));
         const paths = eps.flatMap((e) => e.paths);
         await sleep(500);
-        const ubase = await resources(uServer);
+        const ubase = await resources(uServer, true);
         // Declared all at once (a reload), as a hypervisor's consoles would be at start.
         const yaml = ['consoles:', ...paths.map((p, i) => `  - name: bench-unix-${i}\n    source: unix:${p}`)].join('\n') + '\n';
         writeFileSync(configPath, yaml);
@@ -1099,7 +1106,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         const portOf = new Map(rows.map((r) => [r.name, r]));
         log(`unix: ${U.consoles} unix-socket consoles declared and connected in ${(attachMs / 1000).toFixed(2)} s; listed ${rows.filter((r) => r.connected).length} in ${Math.round(listMs)} ms`);
         await sleep(1000);
-        const uloaded = await resources(uServer);
+        const uloaded = await resources(uServer, true);
         const perConsole = perPort(uloaded, ubase, U.consoles);
         log(`unix: RSS ${perConsole.rssKiB} KiB per idle console (heap ${perConsole.heapUsedKiB} KiB)`);
         // One counting client per console, then every endpoint restarts at once.
@@ -1163,7 +1170,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         const section: UnixSection = {
           workload:
             `${U.consoles} consoles declared in the config file (source unix:PATH) of a vspc of their own, applied by one reload, each connecting to a unix socket server standing in for QEMU's -serial unix:PATH,server=on (${U.workers} load-generator process(es)); ` +
-            `memory per idle console after a full GC against the same vspc before the consoles existed; restart: every endpoint closes and removes its socket at once, listens again ${U.downMs / 1000} s later, and writes a marker when vspc connects; a counting telnet client per console sees it; ` +
+            `memory per idle console after a full GC${opts.memorySettle ? ' once the V8 new space had settled' : ''} against the same vspc before the consoles existed; restart: every endpoint closes and removes its socket at once, listens again ${U.downMs / 1000} s later, and writes a marker when vspc connects; a counting telnet client per console sees it; ` +
             `throughput: ${streams} of the consoles and ${streams} ESXi VMs on the same vspc stream ${opts.throughput.chunkBytes / 1024} KiB chunks to one client each as in [3], twice each in the order ESXi, unix, unix, ESXi (means)`,
           consoles: U.consoles,
           attachS: round(attachMs / 1000, 2),
@@ -1407,6 +1414,51 @@ export async function privatePorts(
   }
   const own = await reservePortRange(2, { from: Math.max(range.end + 1, PRIVATE_PORTS.from), to: PRIVATE_PORTS.to });
   return { range, proxyPort: own.start, adminPort: own.end };
+}
+
+/** settledMemory: the new space's committed size must stay the same this long... */
+const SETTLE_STABLE_MS = 10_000;
+/** ...and the wait ends after this long in any case (the figure is then taken as it is). */
+const SETTLE_MAX_MS = 30_000;
+
+/**
+ * memoryUsage() after a full GC, once V8's young generation has settled: polled every
+ * second (each poll a full GC) until the new space's committed size has not changed for
+ * SETTLE_STABLE_MS (at most SETTLE_MAX_MS).
+ *
+ * Why: a burst of work (start-up, 9,000 registrations, a reload declaring 2,000
+ * consoles) makes V8 grow the new space (here from 1 to 32 MiB committed, resident once
+ * used), and V8 shrinks it again at the first GC after ≈ 5 s of low allocation (its
+ * allocation-throughput window), not at a GC right after the burst. Sampled 1 s after
+ * the burst, "RSS per idle port" held up to 31 MiB of young generation the idle server
+ * gives back seconds later: at 2,000 unix consoles ≈ 8 KiB per console, at 9,000 ESXi
+ * ports ≈ 3.5 KiB, and the baselines (vspc before the consoles existed, the stub) were
+ * sampled in whatever state their own start left them (bench/heap-diff.ts prints the
+ * spaces). Every sample of a per-port memory figure (vspc and stub, baseline and loaded)
+ * goes through here, so the figures compare idle with idle.
+ */
+export async function settledMemory(
+  t: Pick<Target, 'memory'>,
+  o: { stableMs: number; maxMs: number; pollMs: number } = { stableMs: SETTLE_STABLE_MS, maxMs: SETTLE_MAX_MS, pollMs: 1000 },
+): Promise<ServerMemory | null> {
+  const t0 = performance.now();
+  let mem = await t.memory(true);
+  let size = mem?.spaces?.new_space?.size;
+  // A target that does not report its spaces (an operator's deployment) is taken as it is.
+  if (size === undefined) return mem;
+  let stableSince = performance.now();
+  while (performance.now() - stableSince < o.stableMs && performance.now() - t0 < o.maxMs) {
+    await sleep(o.pollMs);
+    const next = await t.memory(true);
+    if (!next) return mem;
+    mem = next;
+    const s = next.spaces?.new_space?.size;
+    if (s !== size) {
+      size = s;
+      stableSince = performance.now();
+    }
+  }
+  return mem;
 }
 
 /** Where the benchmark's own vspc takes its ports (see privatePorts). */

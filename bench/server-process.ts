@@ -21,6 +21,8 @@ export interface ServerMemory {
   heapUsed: number;
   external: number;
   arrayBuffers: number;
+  /** Committed (`size`) and used bytes per V8 heap space (`new_space`, `old_space`, ...). */
+  spaces?: Record<string, { size: number; used: number }>;
 }
 
 /** Where the admin API is and how to authenticate (vspc --admin-token / --admin-cert). */
@@ -251,6 +253,11 @@ export class ServerProcess extends TargetBase {
     return this.ask('bench:memory', { gc }, (m) => (m.memory as ServerMemory | undefined) ?? null);
   }
 
+  /** A heap snapshot of the server after a full GC, written to `path` (slow: seconds); null if it cannot be asked. */
+  heapSnapshot(path: string): Promise<string | null> {
+    return this.ask('bench:heapsnapshot', { path }, (m) => (m.path as string | undefined) ?? null, 300_000);
+  }
+
   /** Event-loop delay of the server since the last call (ms); null if it cannot be asked. */
   override loopDelay(): Promise<LoopDelay | null> {
     return this.ask('bench:loop', {}, (m) => {
@@ -259,15 +266,15 @@ export class ServerProcess extends TargetBase {
     });
   }
 
-  /** One request to the preloaded child guard over IPC; null if the child cannot answer within 10 s. */
-  private ask<T>(type: string, payload: Record<string, unknown>, pick: (reply: Record<string, unknown>) => T): Promise<T | null> {
+  /** One request to the preloaded child guard over IPC; null if the child cannot answer within `timeoutMs` (10 s). */
+  private ask<T>(type: string, payload: Record<string, unknown>, pick: (reply: Record<string, unknown>) => T, timeoutMs = 10_000): Promise<T | null> {
     if (this.exitInfo || !this.child.connected) return Promise.resolve(null);
     const id = this.memId++;
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.child.off('message', onMsg);
         resolve(null);
-      }, 10_000);
+      }, timeoutMs);
       const onMsg = (msg: unknown) => {
         const m = msg as Record<string, unknown> | null;
         if (m?.type !== type || m.id !== id) return;

@@ -1,7 +1,7 @@
 import type net from 'node:net';
 import type Database from 'better-sqlite3';
 import type { Logger } from './logging/logger.js';
-import type { ConsoleHub } from './domain/console-hub.js';
+import { streamOptions, type ConsoleHub } from './domain/console-hub.js';
 import { errorFields, VspcError } from './errors.js';
 import { ephemeralPortRange, rangesOverlap, type VspcConfig } from './config/config.js';
 import { openDatabase, closeDatabase } from './storage/database.js';
@@ -989,11 +989,8 @@ export class VspcServer {
     // Clients already attached keep their locks; the default applies to the next ones.
     hub.defaultLockMode = s.lockMode ?? this.config.defaultLockMode;
     hub.logged = s.log ?? true;
-    hub.stream = {
-      greeting: s.greeting ?? this.config.greeting,
-      notices: s.notices ?? this.config.notices,
-      replay: s.replay ?? this.config.replay,
-    };
+    // Shared frozen objects (eight in all), not one per console.
+    hub.stream = streamOptions(s.greeting ?? this.config.greeting, s.notices ?? this.config.notices, s.replay ?? this.config.replay);
     // A console that carries a tunnel has no console log and no scrollback (its bytes are frames).
     if (this.tunnels.carrierOf(hub) !== null) hub.logged = false;
     const scrollback = this.tunnels.carrierOf(hub) !== null ? 0 : (s.scrollbackBytes ?? this.config.scrollbackBytes);

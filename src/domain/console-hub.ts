@@ -15,7 +15,21 @@ export interface StreamOptions {
   replay: boolean;
 }
 
-export const DEFAULT_STREAM: Readonly<StreamOptions> = { greeting: true, notices: true, replay: true };
+/**
+ * The eight possible StreamOptions, frozen and shared by every console: a console's
+ * `stream` is replaced, never changed in place, so thousands of consoles need no
+ * object of their own. Index: greeting 4, notices 2, replay 1.
+ */
+const STREAM_OPTIONS: readonly Readonly<StreamOptions>[] = Array.from({ length: 8 }, (_, i) =>
+  Object.freeze({ greeting: (i & 4) !== 0, notices: (i & 2) !== 0, replay: (i & 1) !== 0 }),
+);
+
+/** The shared, frozen StreamOptions with these switches. */
+export function streamOptions(greeting: boolean, notices: boolean, replay: boolean): Readonly<StreamOptions> {
+  return STREAM_OPTIONS[(greeting ? 4 : 0) | (notices ? 2 : 0) | (replay ? 1 : 0)];
+}
+
+export const DEFAULT_STREAM: Readonly<StreamOptions> = streamOptions(true, true, true);
 
 export const DEFAULT_MAX_HELD_INPUT = 1024 * 1024;
 export const DEFAULT_SCROLLBACK = 64 * 1024;
@@ -203,7 +217,8 @@ export class ConsoleHub {
   /** Allocated when the first client attaches (shared and never written until then). */
   private clientSet: Set<ConsoleClient> = NO_CLIENTS as Set<ConsoleClient>;
   private holding = false;
-  private held: Buffer[] = [];
+  /** Input held during a migration (made on the first held chunk). */
+  private held: Buffer[] | null = null;
   private heldBytes = 0;
   private heldOverflow = 0;
   private inputPaused = false;
@@ -257,7 +272,7 @@ export class ConsoleHub {
    * and the scrollback replay on attach. Machines (conserver on top, gdb, the tunnel)
    * want none of them; people like them.
    */
-  stream: StreamOptions = { ...DEFAULT_STREAM };
+  stream: Readonly<StreamOptions> = DEFAULT_STREAM;
   /**
    * A console that carries something other than a terminal (a serial tunnel,
    * src/access/tunnel/): the one client it is dedicated to. Every other client is
@@ -603,10 +618,10 @@ export class ConsoleHub {
       this.report({ kind: 'vm-disconnected', peer: left });
     }
     const held = this.held;
-    this.held = [];
+    this.held = null;
     this.heldBytes = 0;
     this.heldOverflow = 0;
-    if (to) {
+    if (to && held) {
       for (const chunk of held) {
         result.delivered += chunk.length;
         this.bytesToVm += chunk.length;
@@ -623,7 +638,7 @@ export class ConsoleHub {
       client.notice('VM is migrating and the input buffer is full; input discarded');
       return;
     }
-    this.held.push(data);
+    (this.held ??= []).push(data);
     this.heldBytes += data.length;
   }
 

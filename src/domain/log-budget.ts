@@ -239,7 +239,7 @@ class DeferredLogger implements BudgetedLogger {
   constructor(
     /** Answers isLevelEnabled (the logger the real one is made from, or its parent). */
     private readonly levels: Logger,
-    private readonly make: (() => BudgetedLogger) | null,
+    private readonly make: (() => BudgetedLogger) | LoggerMaker | null,
     private readonly parent: DeferredLogger | null,
     private readonly fields: LazyFields | null,
   ) {}
@@ -249,7 +249,8 @@ class DeferredLogger implements BudgetedLogger {
     if (this.parent) {
       this.real = this.parent.target().child(this.fields ?? {});
     } else {
-      this.real = this.make!();
+      const make = this.make!;
+      this.real = typeof make === 'function' ? make() : make.makeLogger();
       // Closed before its first line: the line is written as it comes (see BudgetedLogger.close).
       if (this.closed) this.real.close();
     }
@@ -299,9 +300,17 @@ class DeferredLogger implements BudgetedLogger {
 }
 
 /**
+ * What makes a deferred logger's real one, as an object: an owner that has the method
+ * already (a VM connection) costs no closure per instance.
+ */
+export interface LoggerMaker {
+  makeLogger(): BudgetedLogger;
+}
+
+/**
  * `make()` (a budgeted logger) called on the first line at a level `levels` has
  * enabled, not before; the same lines, budget and summaries as `make()`'s logger.
  */
-export function deferredLogger(levels: Logger, make: () => BudgetedLogger): BudgetedLogger {
+export function deferredLogger(levels: Logger, make: (() => BudgetedLogger) | LoggerMaker): BudgetedLogger {
   return new DeferredLogger(levels, make, null, null);
 }

@@ -34,3 +34,54 @@ export interface Logger {
    */
   child(fields: LazyFields): Logger;
 }
+
+/** Something that gives the fields of its log lines (see LazyChildLogger). */
+export interface LogFieldsSource {
+  logFields(): LogFields;
+}
+
+/**
+ * `parent.child(() => owner.logFields())`, made on the first line written at an
+ * enabled level and not before: until then one small object, no closure and no child
+ * logger. For objects there are thousands of, most of which never write a line (an idle
+ * VM serial port's session at `--log-level warn`). The same lines as the child would
+ * write; `child()` makes the child at once.
+ */
+export class LazyChildLogger implements Logger {
+  private real: Logger | null = null;
+
+  constructor(
+    private readonly parent: Logger,
+    private readonly owner: LogFieldsSource,
+  ) {}
+
+  private target(): Logger {
+    if (this.real) return this.real;
+    const owner = this.owner;
+    return (this.real = this.parent.child(() => owner.logFields()));
+  }
+
+  error(message: string, fields?: LazyFields): void {
+    if (this.parent.isLevelEnabled('error')) this.target().error(message, fields);
+  }
+
+  warn(message: string, fields?: LazyFields): void {
+    if (this.parent.isLevelEnabled('warn')) this.target().warn(message, fields);
+  }
+
+  info(message: string, fields?: LazyFields): void {
+    if (this.parent.isLevelEnabled('info')) this.target().info(message, fields);
+  }
+
+  debug(message: string, fields?: LazyFields): void {
+    if (this.parent.isLevelEnabled('debug')) this.target().debug(message, fields);
+  }
+
+  isLevelEnabled(level: LogLevel): boolean {
+    return this.parent.isLevelEnabled(level);
+  }
+
+  child(fields: LazyFields): Logger {
+    return this.target().child(fields);
+  }
+}

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConsoleHub, Scrollback } from '../../src/domain/console-hub.js';
+import { ConsoleHub, DEFAULT_STREAM, Scrollback, streamOptions } from '../../src/domain/console-hub.js';
 import { Registry } from '../../src/domain/registry.js';
 import { openDatabase, closeDatabase } from '../../src/storage/database.js';
 import { ConsoleStore } from '../../src/storage/console-store.js';
@@ -225,6 +225,19 @@ describe('Scrollback', () => {
     h.detachSource(src);
     assert.deepEqual(out, ['abc']);
     assert.deepEqual(events, ['vm-connected', 'client-attached', 'client-detached', 'vm-disconnected']);
+  });
+});
+
+describe('what an idle console shares', () => {
+  test('StreamOptions are eight shared frozen objects: the same switches give the same object, and none can be changed in place', () => {
+    assert.equal(streamOptions(true, false, true), streamOptions(true, false, true));
+    assert.deepEqual(streamOptions(true, false, true), { greeting: true, notices: false, replay: true });
+    assert.deepEqual(streamOptions(false, true, false), { greeting: false, notices: true, replay: false });
+    assert.equal(DEFAULT_STREAM, streamOptions(true, true, true));
+    assert.ok(Object.isFrozen(DEFAULT_STREAM));
+    assert.throws(() => {
+      (DEFAULT_STREAM as { greeting: boolean }).greeting = false;
+    }, TypeError);
   });
 });
 

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { LazyFields, LogFields, Logger } from '../../src/domain/logger.js';
+import { LazyChildLogger, type LazyFields, type LogFields, type Logger } from '../../src/domain/logger.js';
 import { deferredLogger, rateLimitedLogger } from '../../src/domain/log-budget.js';
 import { LogCapture } from '../support/log-capture.js';
 
@@ -170,4 +170,35 @@ test('deferredLogger closed before its first line: that line is written as it co
     lines.map((l) => l.message),
     ['a', 'b'],
   );
+});
+
+test('LazyChildLogger: no child until a line at an enabled level; then the owner\'s fields, read per line', () => {
+  const lines: Line[] = [];
+  let children = 0;
+  const enabled = (level: string) => level !== 'debug';
+  const parent: Logger = {
+    ...recorder(lines, {}, enabled),
+    child(fields: LazyFields) {
+      children++;
+      const resolve = () => (typeof fields === 'function' ? fields() : fields);
+      const at = (level: string) => (message: string, f?: LazyFields) =>
+        lines.push({ level, message, fields: { ...resolve(), ...(typeof f === 'function' ? f() : f) } });
+      return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'), isLevelEnabled: enabled, child: () => parent };
+    },
+  };
+  const owner = { vm: 'web', logFields(): LogFields {
+    return { vm: this.vm };
+  } };
+  const log = new LazyChildLogger(parent, owner);
+  log.debug('option 232 agreed');
+  assert.equal(children, 0, 'a line below the level makes no child');
+  assert.equal(log.isLevelEnabled('debug'), false);
+  log.info('VM serial port registered', { created: true });
+  owner.vm = 'web-2';
+  log.warn('renamed');
+  assert.equal(children, 1, 'one child for the logger\'s whole life');
+  assert.deepEqual(lines, [
+    { level: 'info', message: 'VM serial port registered', fields: { vm: 'web', created: true } },
+    { level: 'warn', message: 'renamed', fields: { vm: 'web-2' } },
+  ]);
 });

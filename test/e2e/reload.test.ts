@@ -219,6 +219,8 @@ const cases: { [K in ReloadableField]: Case } = {
 
   serviceName: async (t) => {
     const r = await reloadable(t);
+    // A connection made before the reload: nothing may keep the old name for later ones.
+    await r.ts.connectVm({ uuid: esxiUuid().text, name: 'rl-before' }, r.cleanup);
     appliedOnly(await r.reload(['serviceName: other.py']), 'serviceName');
     const old = await SimulatedVm.connect({ host: '127.0.0.1', port: r.ts.proxyPort, uuid: esxiUuid().text, name: 'rl-old' });
     r.cleanup.add(() => old.destroy());

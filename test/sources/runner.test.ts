@@ -13,7 +13,8 @@ import { createEndpoint } from '../../src/sources/qemu/index.js';
 import { parseSourceSpec } from '../../src/domain/source-spec.js';
 import type { ConsoleEvent } from '../../src/domain/console-hub.js';
 import { FakeClient } from '../domain/fakes.js';
-import { FakeDialer, FakeLink, FakeListenConnector, flush, makeHub, recordingLogger } from './helpers.js';
+import { FakeDialer, FakeLink, FakeListenConnector, flush, makeHub, recordingLogger, type LogLine } from './helpers.js';
+import type { Logger } from '../../src/domain/logger.js';
 import { FakeDescriptorBudget } from '../support/fake-descriptors.js';
 
 const T0 = 1_700_000_000_000;
@@ -560,5 +561,31 @@ describe('createEndpoint', () => {
     assert.equal(logger.lines[0].fields.endpoint, 'device:/dev/ttyUSB0?baud=9600&data=8&parity=none&stop=1&flow=none');
     assert.equal(logger.lines[0].fields.console, hub.displayName);
     await runner.close();
+  });
+  test('the endpoint\'s budgeted logger is made on its first line at an enabled level, with its fields, and closed (summary) when the runner stops', async () => {
+    const { hub } = makeHub();
+    const lines: LogLine[] = [];
+    let children = 0;
+    const base = recordingLogger({}, lines);
+    // Only warn and above are enabled: the runner's debug and info lines make nothing.
+    const logger: Logger = { ...base, isLevelEnabled: (l) => l === 'warn' || l === 'error', child: (f) => (children++, base.child(f)) };
+    const dialer = new FakeDialer();
+    const registry = new ConnectorRegistry().register('device', () => dialer);
+    const runner = createEndpoint(parseSourceSpec('device:/dev/ttyUSB0?baud=9600'), hub, { logger, registry });
+    dialer.last.resolve(new FakeLink());
+    await flush();
+    assert.equal(runner.state, 'connected');
+    assert.equal(children, 0, 'nothing written at warn yet: no child logger, no budget');
+    // The same line many times over: the budget writes some, counts the rest.
+    for (let i = 0; i < 100; i++) runner.log.warn('endpoint says something odd');
+    assert.equal(children, 1);
+    const written = lines.filter((l) => l.message === 'endpoint says something odd');
+    assert.ok(written.length > 0 && written.length < 100, `budgeted: ${written.length} of 100 written`);
+    assert.equal(written[0].fields.console, hub.displayName);
+    await runner.close();
+    assert.ok(
+      lines.some((l) => l.message === 'log lines suppressed for this connection' || l.message.startsWith('log lines suppressed')),
+      `the summary at stop: ${JSON.stringify(lines.map((l) => l.message))}`,
+    );
   });
 });

@@ -44,14 +44,25 @@ export const DEFAULT_MAX_SUBNEGOTIATION = 64 * 1024;
  * which the decoder is `failed` and ignores further input (the connection owner
  * logs and closes). Memory is bounded by the chunk plus `maxSubnegotiation`.
  */
+/**
+ * `sbParts` outside a subnegotiation: one shared empty array instead of one per
+ * connection (`IAC SB` makes a new one before anything is pushed). Frozen, so that a
+ * push to it would throw instead of leaking bytes between connections.
+ */
+const NO_PARTS = Object.freeze([]) as unknown as Buffer[];
+
 export class TelnetDecoder {
   private state: State = State.Data;
   private verb: NegotiationVerb = WILL;
   private sbOption = 0;
-  private sbParts: Buffer[] = [];
+  /** The open subnegotiation's pieces: a new array at each `IAC SB`, none between them. */
+  private sbParts: Buffer[] = NO_PARTS;
   private sbLength = 0;
-  /** Data pieces of the current chunk not yet emitted (merged into one token). */
-  private dataParts: Buffer[] = [];
+  /**
+   * Data pieces of the current chunk not yet emitted (merged into one token); made on
+   * the first data that is not passed through whole (an idle connection has none).
+   */
+  private dataParts: Buffer[] | null = null;
   private readonly maxSubnegotiation: number;
   binary: boolean;
   /** Total bytes consumed, for error offsets in logs. */
@@ -89,7 +100,7 @@ export class TelnetDecoder {
    * `decode`.
    */
   passThrough(chunk: Uint8Array): boolean {
-    if (this.state !== State.Data || this.pending !== null || this.dataParts.length > 0 || chunk.length === 0 || !Buffer.isBuffer(chunk)) return false;
+    if (this.state !== State.Data || this.pending !== null || (this.dataParts !== null && this.dataParts.length > 0) || chunk.length === 0 || !Buffer.isBuffer(chunk)) return false;
     if (chunk.indexOf(IAC) >= 0) return false;
     if (!this.binary && chunk.indexOf(CR) >= 0) return false;
     this.consumed += chunk.length;
@@ -119,12 +130,12 @@ export class TelnetDecoder {
           const end = j < 0 ? len : j;
           if (j >= 0 && buf[j] === CR) {
             // Keep the CR itself; decide on the next byte.
-            this.dataParts.push(buf.subarray(i, j + 1));
+            (this.dataParts ??= []).push(buf.subarray(i, j + 1));
             this.state = State.DataCr;
             i = j + 1;
             break;
           }
-          if (end > i) this.dataParts.push(buf.subarray(i, end));
+          if (end > i) (this.dataParts ??= []).push(buf.subarray(i, end));
           if (j < 0) {
             i = len;
           } else {
@@ -141,7 +152,7 @@ export class TelnetDecoder {
         case State.Iac: {
           const b = buf[i++];
           if (b === IAC) {
-            this.dataParts.push(IAC_BYTE);
+            (this.dataParts ??= []).push(IAC_BYTE);
             this.state = State.Data;
           } else if (b === WILL || b === WONT || b === DO || b === DONT) {
             this.verb = b;
@@ -198,7 +209,7 @@ export class TelnetDecoder {
             this.flushData(tokens);
             // Buffer.concat always allocates: the payload is the caller's to keep.
             tokens.push({ type: 'subnegotiation', option: this.sbOption, payload: Buffer.concat(this.sbParts, this.sbLength) });
-            this.sbParts = [];
+            this.sbParts = NO_PARTS;
             this.sbLength = 0;
             this.state = State.Data;
           } else {
@@ -235,7 +246,7 @@ export class TelnetDecoder {
 
   private flushData(tokens: TelnetToken[]): void {
     const parts = this.dataParts;
-    if (parts.length === 0) return;
+    if (parts === null || parts.length === 0) return;
     // A lone unescaped 255 must not hand out the shared constant buffer.
     const data = parts.length > 1 ? Buffer.concat(parts) : parts[0] === IAC_BYTE ? Buffer.from(IAC_BYTE) : parts[0];
     tokens.push({ type: 'data', data });
@@ -247,7 +258,7 @@ export class TelnetDecoder {
     this.flushData(tokens);
     tokens.push({ type: 'error', code, message, offset: this.consumed + indexInChunk });
     this.state = State.Failed;
-    this.sbParts = [];
+    this.sbParts = NO_PARTS;
     this.sbLength = 0;
   }
 }

@@ -127,11 +127,19 @@ export interface VspcServerProtocolHandlers {
  * events, and encoders for our replies. The transport owns timers, sockets and the
  * decision what an event means (registration, vMotion matching).
  */
+/** `comPortState` before any RFC 2217 command changed it. */
+const INITIAL_LINE: Readonly<ComPortState> = Object.freeze({ suspended: false, lineStateMask: 0, modemStateMask: 255 });
+
+/** `uartSettings` before the host reported any. */
+const NO_UART: Readonly<UartSettings> = Object.freeze({});
+
 export class VspcServerProtocol {
   readonly telnet: TelnetSession;
   private knownSent = false;
-  private readonly uart: UartSettings = {};
-  private readonly line: ComPortState = { suspended: false, lineStateMask: 0, modemStateMask: 255 };
+  /** The UART settings the host reported over COM-PORT (made on the first one). */
+  private uart: UartSettings | null = null;
+  /** What RFC 2217 commands recorded (made on the first that changes it; see `line`). */
+  private lineValue: ComPortState | null = null;
 
   constructor(
     private readonly options: VspcServerProtocolOptions,
@@ -187,12 +195,17 @@ export class VspcServerProtocol {
   }
 
   get uartSettings(): Readonly<UartSettings> {
-    return this.uart;
+    return this.uart ?? NO_UART;
   }
 
   /** What RFC 2217 commands other than the four UART settings recorded. */
   get comPortState(): Readonly<ComPortState> {
-    return this.line;
+    return this.lineValue ?? INITIAL_LINE;
+  }
+
+  /** The recorded state, to change: made on first use (a host without COM-PORT never does). */
+  private get line(): ComPortState {
+    return (this.lineValue ??= { ...INITIAL_LINE });
   }
 
   sendData(data: Buffer): boolean {
@@ -323,23 +336,23 @@ export class VspcServerProtocol {
       case ComPort.SET_BAUDRATE: {
         if (body.length !== 4) return this.ignoreComPort(code, null);
         const baud = body.readUInt32BE(0);
-        if (baud !== 0) this.uart.baudRate = baud; // 0 asks for the current value
+        if (baud !== 0) (this.uart ??= {}).baudRate = baud; // 0 asks for the current value
         const reply = Buffer.alloc(4);
-        reply.writeUInt32BE(this.uart.baudRate ?? 0);
+        reply.writeUInt32BE(this.uart?.baudRate ?? 0);
         return this.replyUart(code, reply);
       }
       case ComPort.SET_DATASIZE:
         if (v === null) return this.ignoreComPort(code, null);
-        if (v >= 5 && v <= 8) this.uart.dataSize = v;
-        return this.replyUart(code, Buffer.of(this.uart.dataSize ?? 0));
+        if (v >= 5 && v <= 8) (this.uart ??= {}).dataSize = v;
+        return this.replyUart(code, Buffer.of(this.uart?.dataSize ?? 0));
       case ComPort.SET_PARITY:
         if (v === null) return this.ignoreComPort(code, null);
-        if (PARITY[v]) this.uart.parity = PARITY[v];
-        return this.replyUart(code, Buffer.of(this.uart.parity ? PARITY.indexOf(this.uart.parity) : 0));
+        if (PARITY[v]) (this.uart ??= {}).parity = PARITY[v];
+        return this.replyUart(code, Buffer.of(this.uart?.parity ? PARITY.indexOf(this.uart.parity) : 0));
       case ComPort.SET_STOPSIZE:
         if (v === null) return this.ignoreComPort(code, null);
-        if (STOP_BITS[v]) this.uart.stopBits = STOP_BITS[v];
-        return this.replyUart(code, Buffer.of(this.uart.stopBits ? STOP_BITS.indexOf(this.uart.stopBits) : 0));
+        if (STOP_BITS[v]) (this.uart ??= {}).stopBits = STOP_BITS[v];
+        return this.replyUart(code, Buffer.of(this.uart?.stopBits ? STOP_BITS.indexOf(this.uart.stopBits) : 0));
       case ComPort.SET_CONTROL:
         if (v === null) return this.ignoreComPort(code, null);
         return this.onSetControl(v);
@@ -412,7 +425,7 @@ export class VspcServerProtocol {
 
   private replyUart(code: number, value: Buffer): void {
     this.replyComPort(code, value);
-    this.handlers.comPort?.({ ...this.uart });
+    this.handlers.comPort?.({ ...this.uartSettings });
   }
 
   private ignoreComPort(code: number, value: number | null): void {
@@ -420,6 +433,6 @@ export class VspcServerProtocol {
   }
 
   private stateChanged(): void {
-    this.handlers.comPortState?.({ ...this.line });
+    this.handlers.comPortState?.({ ...this.comPortState });
   }
 }

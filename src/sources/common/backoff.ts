@@ -54,15 +54,28 @@ export function backoffOptions(partial: Partial<BackoffOptions> = {}): BackoffOp
   return o;
 }
 
+/** The checked options of each `Partial<BackoffOptions>` given: every runner of a manager shares one. */
+const checked = new WeakMap<Partial<BackoffOptions>, Readonly<BackoffOptions>>();
+
+function sharedOptions(partial: Partial<BackoffOptions> | undefined): Readonly<BackoffOptions> {
+  if (!partial) return DEFAULT_BACKOFF;
+  let o = checked.get(partial);
+  if (!o) {
+    o = Object.freeze(backoffOptions(partial));
+    checked.set(partial, o);
+  }
+  return o;
+}
+
 export class Backoff {
-  readonly options: BackoffOptions;
+  readonly options: Readonly<BackoffOptions>;
   private failures = 0;
 
   constructor(
-    options: Partial<BackoffOptions> = {},
+    options?: Partial<BackoffOptions>,
     private readonly random: () => number = Math.random,
   ) {
-    this.options = backoffOptions(options);
+    this.options = sharedOptions(options);
   }
 
   /** Consecutive delays handed out since the last reset. */

@@ -5,7 +5,7 @@
  */
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { Logger } from '../../domain/logger.js';
-import { CONNECTION_LOG_BUDGET, rateLimitedLogger } from '../../domain/log-budget.js';
+import { CONNECTION_LOG_BUDGET, deferredLogger, rateLimitedLogger, type BudgetedLogger, type LoggerMaker } from '../../domain/log-budget.js';
 import { formatSourceSpec, type SourceSpec } from '../../domain/source-spec.js';
 import { SourceError } from './errors.js';
 import { DEFAULT_LINK_OPTIONS, type ConnectorRegistry, type LinkOptions } from './link.js';
@@ -27,15 +27,29 @@ export function createEndpointWith(registry: ConnectorRegistry, spec: SourceSpec
     throw new SourceError('VSPC_SOURCE_UNSUPPORTED', `no source is registered for ${spec.type}: (${specText})`, { type: spec.type, known: registry.types });
   }
   // The endpoint's lines (its links' included) on a budget: a peer that repeats itself
-  // (telnet commands, datagrams from elsewhere) must not flood the log.
-  const logger = rateLimitedLogger(ctx.logger.child({ endpoint: specText, console: hub.displayName }), CONNECTION_LOG_BUDGET, { scope: 'endpoint' });
-  const options: LinkOptions = { ...DEFAULT_LINK_OPTIONS, ...ctx.links };
+  // (telnet commands, datagrams from elsewhere) must not flood the log. Budget, child
+  // logger and fields are made on the first line written at an enabled level: an idle
+  // console at `--log-level warn` never makes them.
+  const logger = deferredLogger(ctx.logger, new EndpointLoggerMaker(ctx.logger, specText, hub));
+  // Spread per endpoint: `links` may have getters on the running configuration (the
+  // client queue limit, reloadable), read when an endpoint is made.
+  const options: LinkOptions = ctx.links ? { ...DEFAULT_LINK_OPTIONS, ...ctx.links } : DEFAULT_LINK_OPTIONS;
   const connector = factory(spec, { logger, options });
-  const runner = new EndpointRunner(spec, connector, hub, { ...ctx, logger });
-  // Stopped is final: what the budget suppressed is summarised then.
-  runner.on('state', (status: { state: string }) => {
-    if (status.state === 'stopped') logger.close();
-  });
+  // Stopped is final: the runner closes the logger then (what the budget suppressed is summarised).
+  const runner = new EndpointRunner(spec, connector, hub, { ...ctx, logger, ownedLogger: logger });
   if (ctx.start ?? true) runner.start();
   return runner;
+}
+
+/** Makes an endpoint's budgeted logger when its first line is written (see deferredLogger). */
+class EndpointLoggerMaker implements LoggerMaker {
+  constructor(
+    private readonly parent: EndpointContext['logger'],
+    private readonly specText: string,
+    private readonly hub: ConsoleHub,
+  ) {}
+
+  makeLogger(): BudgetedLogger {
+    return rateLimitedLogger(this.parent.child({ endpoint: this.specText, console: this.hub.displayName }), CONNECTION_LOG_BUDGET, { scope: 'endpoint' });
+  }
 }

@@ -31,7 +31,6 @@
  * OS code) at debug, a summary at info every `summaryIntervalMs` while it lasts, and
  * the recovery at info with the downtime.
  */
-import { EventEmitter } from 'node:events';
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { DESCRIPTORS_EXHAUSTED, type DescriptorBudget, type DescriptorLease } from '../../domain/descriptors.js';
 import type { Logger, LogFields } from '../../domain/logger.js';
@@ -40,7 +39,7 @@ import type { SerialLineSettings } from '../../domain/serial-line.js';
 import { formatSourceSpec, type SourceSpec } from '../../domain/source-spec.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { SourceError, asSourceError } from './errors.js';
-import type { BoundListener, Connector, DialConnector, Link, ListenConnector } from './link.js';
+import type { BoundListener, Connector, DialConnector, Link, LinkSink, ListenConnector } from './link.js';
 
 export interface RunnerOptions {
   /**
@@ -62,6 +61,8 @@ export interface RunnerOptions {
 export interface RunnerContext extends RunnerOptions {
   /** The endpoint's logger (the runner adds nothing; the factory makes the child). */
   logger: Logger;
+  /** Closed when the runner stops (final): a budgeted logger summarises what it suppressed. */
+  ownedLogger?: { close(): void };
 }
 
 /** EndpointStatus plus what the runner knows beyond it (a superset: assignable to hub.endpoint). */
@@ -118,7 +119,15 @@ class FailureLog {
 
 let nextRunnerId = 1;
 
-export class EndpointRunner extends EventEmitter {
+/** The default clock (one function for every runner, not a closure each). */
+const wallClock = (): number => Date.now();
+
+/**
+ * Not an EventEmitter: an emitter's events object is a dictionary-mode object of
+ * ≈ 180 bytes from its construction on, and a runner lives as long as its console;
+ * the one event, `state`, has its listeners in an array made on the first `on`.
+ */
+export class EndpointRunner {
   readonly id = nextRunnerId++;
   readonly spec: SourceSpec;
   /** The canonical spec text (also `hub.endpoint.spec`). */
@@ -128,7 +137,9 @@ export class EndpointRunner extends EventEmitter {
   private readonly backoff: Backoff;
   private readonly now: () => number;
   private readonly connectTimeoutMs: number;
-  private readonly failureLog: FailureLog;
+  /** The rate limiting of failure lines, made on the first failure (a console that never fails has none). */
+  private failureLogValue: FailureLog | null = null;
+  private readonly summaryIntervalMs: number;
 
   private stateValue: EndpointState = 'stopped';
   private since: number;
@@ -162,6 +173,9 @@ export class EndpointRunner extends EventEmitter {
   private linkGone: (() => void) | null = null;
 
   private readonly descriptors: DescriptorBudget | null;
+  private readonly ownedLogger: { close(): void } | null;
+  /** `state` listeners (see `on`); none until the first. */
+  private stateListeners: ((status: EndpointDetail) => void)[] | null = null;
   /** The descriptor of the attempt under way or of the live dialled link (dial), or of the listener (listen). */
   private attemptLease: DescriptorLease | null = null;
   /** The descriptor of the peer connected to our listener (listen types). */
@@ -175,17 +189,21 @@ export class EndpointRunner extends EventEmitter {
     readonly hub: ConsoleHub,
     ctx: RunnerContext,
   ) {
-    super();
     this.spec = spec;
     this.specText = formatSourceSpec(spec);
-    this.now = ctx.now ?? (() => Date.now());
+    this.now = ctx.now ?? wallClock;
     this.backoff = new Backoff(ctx.backoff, ctx.random);
     this.connectTimeoutMs = ctx.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.log = ctx.logger;
-    this.failureLog = new FailureLog(this.log, this.now, ctx.summaryIntervalMs ?? DEFAULT_SUMMARY_INTERVAL_MS);
+    this.summaryIntervalMs = ctx.summaryIntervalMs ?? DEFAULT_SUMMARY_INTERVAL_MS;
     this.since = this.now();
     this.outageSince = this.since;
     this.descriptors = ctx.descriptors ?? null;
+    this.ownedLogger = ctx.ownedLogger ?? null;
+  }
+
+  private failureLog(): FailureLog {
+    return (this.failureLogValue ??= new FailureLog(this.log, this.now, this.summaryIntervalMs));
   }
 
   get state(): EndpointState {
@@ -432,7 +450,7 @@ export class EndpointRunner extends EventEmitter {
       this.scheduleRetry(delay);
       return;
     }
-    this.failureLog.failure(
+    this.failureLog().failure(
       `attempt:${err.key}`,
       this.connector.mode === 'dial' ? 'cannot connect to the endpoint; will retry' : 'cannot listen; will retry',
       { errorCode: err.code, sysCode: err.sysCode, error: err.message, retryInMs: delay },
@@ -498,7 +516,7 @@ export class EndpointRunner extends EventEmitter {
     const fields: LogFields = { peer: link.peer, downMs, failures: this.failuresInOutage };
     if (link.note) fields.note = link.note;
     // Flapping (each link dies young, each redial succeeds): the loss was logged once, the connects are noise.
-    if (this.lastLinkWasShort && this.failuresInOutage === 0 && this.failureLog.repeating) this.log.debug('endpoint connected', fields);
+    if (this.lastLinkWasShort && this.failuresInOutage === 0 && (this.failureLogValue?.repeating ?? false)) this.log.debug('endpoint connected', fields);
     else this.log.info(this.reconnects > 0 ? 'endpoint connected again' : 'endpoint connected', fields);
     this.outageSince = null;
     this.failuresInOutage = 0;
@@ -508,13 +526,11 @@ export class EndpointRunner extends EventEmitter {
     const previous = this.hub.attachSource(source);
     if (previous && previous !== source) previous.close('superseded by the endpoint vspc maintains');
     if (link.lineSettings) this.hub.lineSettings = { ...link.lineSettings };
-    link.start({
-      data: (chunk) => this.hub.fromVm(chunk),
-      closed: (error) => this.onLinkClosed(link, error),
-    });
+    link.start(new RunnerSink(this, link));
   }
 
-  private onLinkClosed(link: Link, error: SourceError | null): void {
+  /** @internal RunnerSink: the link ended. */
+  onLinkClosed(link: Link, error: SourceError | null): void {
     if (link !== this.link) return;
     // Its descriptor: a dialled link's is the attempt's; a peer of our listener has its own.
     if (this.connector.mode === 'dial') this.releaseAttempt();
@@ -540,10 +556,10 @@ export class EndpointRunner extends EventEmitter {
     if (!this.lastLinkWasShort) {
       // A real connection ended (VM stopped, QEMU restarted): start over quickly and loudly.
       this.backoff.reset();
-      this.failureLog.reset();
+      this.failureLogValue?.reset();
       this.log.info('endpoint connection lost', fields);
     } else {
-      this.failureLog.failure(`lost:${err.key}`, 'endpoint connection lost soon after it was made', fields, () => this.outageFields());
+      this.failureLog().failure(`lost:${err.key}`, 'endpoint connection lost soon after it was made', fields, () => this.outageFields());
     }
 
     if (this.connector.mode === 'listen' && this.listener) {
@@ -587,15 +603,7 @@ export class EndpointRunner extends EventEmitter {
 
   /** The hub's view of the link: the ConsoleSource whose close() stops this endpoint. */
   private makeSource(link: Link): ConsoleSource {
-    const source: ConsoleSource = {
-      kind: this.spec.type,
-      peer: this.specText,
-      write: (data: Buffer) => link.write(data),
-      onDrain: (listener: () => void) => link.onDrain(listener),
-      close: (reason: string) => {
-        void this.close(reason);
-      },
-    };
+    const source = new RunnerSource(this, link);
     if (link.sendBreak) source.sendBreak = () => link.sendBreak!();
     if (link.setLineSettings) source.setLineSettings = (s: SerialLineSettings) => link.setLineSettings!(s);
     return source;
@@ -609,11 +617,75 @@ export class EndpointRunner extends EventEmitter {
     if (changed) this.since = this.now();
     if (next !== 'waiting') this.nextAttemptAt = null;
     this.emitStatus();
+    if (next === 'stopped') this.ownedLogger?.close();
   }
 
   private emitStatus(): void {
     const status = this.status;
     this.hub.endpoint = status;
-    this.emit('state', status);
+    const listeners = this.stateListeners;
+    if (listeners) for (const l of [...listeners]) l(status);
+  }
+
+  /** `state`: called with the new status after every change of state or status detail. */
+  on(event: 'state', listener: (status: EndpointDetail) => void): this {
+    if (event === 'state') (this.stateListeners ??= []).push(listener);
+    return this;
+  }
+
+  /** Removes a `state` listener added with `on`. */
+  off(event: 'state', listener: (status: EndpointDetail) => void): this {
+    const listeners = this.stateListeners;
+    const i = event === 'state' && listeners ? listeners.indexOf(listener) : -1;
+    if (i >= 0) listeners!.splice(i, 1);
+    return this;
+  }
+}
+
+/**
+ * What a live link sends its bytes and its end to: one small object per link, with
+ * methods on the prototype instead of two closures and their context (an idle console
+ * keeps its link for as long as the VM runs).
+ */
+class RunnerSink implements LinkSink {
+  constructor(
+    private readonly runner: EndpointRunner,
+    private readonly link: Link,
+  ) {}
+
+  data(chunk: Buffer): void {
+    this.runner.hub.fromVm(chunk);
+  }
+
+  closed(error: SourceError | null): void {
+    this.runner.onLinkClosed(this.link, error);
+  }
+}
+
+/** The hub's ConsoleSource for a live link (methods on the prototype, as RunnerSink). */
+class RunnerSource implements ConsoleSource {
+  readonly kind: SourceSpec['type'];
+  readonly peer: string;
+  declare sendBreak?: () => void;
+  declare setLineSettings?: (s: SerialLineSettings) => Promise<SerialLineSettings>;
+
+  constructor(
+    private readonly runner: EndpointRunner,
+    private readonly link: Link,
+  ) {
+    this.kind = runner.spec.type;
+    this.peer = runner.specText;
+  }
+
+  write(data: Buffer): boolean {
+    return this.link.write(data);
+  }
+
+  onDrain(listener: () => void): void {
+    this.link.onDrain(listener);
+  }
+
+  close(reason: string): void {
+    void this.runner.close(reason);
   }
 }

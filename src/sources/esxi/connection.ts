@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
 import type { LogFields, Logger } from '../../domain/logger.js';
-import { CONNECTION_LOG_BUDGET, deferredLogger, rateLimitedLogger, type BudgetedLogger, type LogBudget } from '../../domain/log-budget.js';
+import { CONNECTION_LOG_BUDGET, deferredLogger, rateLimitedLogger, type BudgetedLogger, type LogBudget, type LoggerMaker } from '../../domain/log-budget.js';
 import type { Registry } from '../../domain/registry.js';
 import type { VmotionCoordinator } from '../../domain/vmotion.js';
 import type { ConsoleHub } from '../../domain/console-hub.js';
@@ -112,7 +112,7 @@ const TLS_HANDSHAKE = 0x16;
  * serves the session's deadlines. Everything the bytes mean is in `EsxiSession`,
  * which is also what the domain (hub, vMotion coordinator) sees of this connection.
  */
-export class EsxiConnection implements TurnBudgeted {
+export class EsxiConnection implements TurnBudgeted, LoggerMaker {
   readonly kind = 'esxi';
   readonly id = nextConnectionId++;
   readonly session: EsxiSession;
@@ -136,8 +136,6 @@ export class EsxiConnection implements TurnBudgeted {
   private readonly logBudget: BudgetedLogger;
   /** Everything written to the peer, counted (the queue bound). */
   private readonly queue: WriteQueue;
-  /** The connection's log fields, computed per line written (the peer is asked of the kernel then). */
-  private readonly logFields: () => LogFields;
 
   constructor(
     private readonly socket: Socket,
@@ -147,14 +145,12 @@ export class EsxiConnection implements TurnBudgeted {
     this.clock = ctx.clock ?? monotonic;
     this.budget = ctx.readBudget === undefined ? sourceReadBudget : ctx.readBudget;
     this.queue = new WriteQueue(socket);
-    // The peer's address is asked of the kernel (getpeername) only when something needs
-    // it: a log line that is written, a takeover, the admin API.
-    this.logFields = () => ({ conn: this.id, peer: this.peer, side: 'vm', tls: secure });
     // One line per few bytes a peer sends (an unknown subcommand, VMOTION-ABORT) must not
     // become a log flood: the connection's lazy logger, on the connection's budget, both
     // made on the first line written at an enabled level (most connections write none
-    // at the usual level: a vMotion destination, an idle VM serial port).
-    this.logBudget = deferredLogger(ctx.logger, () => rateLimitedLogger(ctx.logger.child(this.logFields), ctx.logBudget ?? CONNECTION_LOG_BUDGET));
+    // at the usual level: a vMotion destination, an idle VM serial port). The connection
+    // is its maker (makeLogger): no closure per connection.
+    this.logBudget = deferredLogger(ctx.logger, this);
     const glue = new EsxiConnection.Glue(this);
     this.session = new EsxiSession({ id: this.id, log: this.logBudget }, glue, glue);
     if (!ctx.socketOptionsInherited) {
@@ -224,7 +220,8 @@ export class EsxiConnection implements TurnBudgeted {
     }
     acceptLog(): Logger | undefined {
       // Made only when written to (once per connection at most): the listener's budget, this connection's fields.
-      return this.c.ctx.acceptLogger?.child(this.c.logFields);
+      const c = this.c;
+      return c.ctx.acceptLogger?.child(() => c.logFields());
     }
     // EsxiSessionIo
     write(bytes: Buffer): boolean {
@@ -262,6 +259,20 @@ export class EsxiConnection implements TurnBudgeted {
 
   get log(): Logger {
     return this.session.log;
+  }
+
+  /**
+   * The connection's log fields, computed per line written: the peer's address is asked
+   * of the kernel (getpeername) only when something needs it (a log line that is
+   * written, a takeover, the admin API).
+   */
+  logFields(): LogFields {
+    return { conn: this.id, peer: this.peer, side: 'vm', tls: this.secure };
+  }
+
+  /** LoggerMaker (the deferred logger's): the connection's own logger on its own budget. */
+  makeLogger(): BudgetedLogger {
+    return rateLimitedLogger(this.ctx.logger.child(() => this.logFields()), this.ctx.logBudget ?? CONNECTION_LOG_BUDGET);
   }
 
   /** Remote end as `address:port` (asked of the kernel on first use). */

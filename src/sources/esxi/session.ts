@@ -1,5 +1,5 @@
 import { PeerRefusedError, ProtocolError, errorFields } from '../../errors.js';
-import type { Logger } from '../../domain/logger.js';
+import { LazyChildLogger, type LogFields, type Logger } from '../../domain/logger.js';
 import type { Registry } from '../../domain/registry.js';
 import type { ConsoleSource } from '../../domain/seams.js';
 import type { VmotionCoordinator, VmotionEndpoint } from '../../domain/vmotion.js';
@@ -202,7 +202,14 @@ export class EsxiSession implements VmotionEndpoint {
   private peerValue: string | undefined;
   private addressValue: string | undefined;
   private normalizedAddress: string | null = null;
-  log: Logger;
+  /**
+   * One logger for the connection's whole life: the VM's name and UUID are added to
+   * its lines once it has a hub (and follow a rename) without a new child logger.
+   * A child of a budgeted logger (log-budget.ts) shares the connection's budget. The
+   * child is made on the first line written (LazyChildLogger): an idle VM serial port
+   * that writes none at the configured level has no child logger and no fields closure.
+   */
+  readonly log: Logger;
   /** The listener's budgeted logger given at init (else the context's `acceptLog()`; else `log`). */
   private readonly acceptLog: Logger | undefined;
   /** Names applied on this connection (bounded: see onName). */
@@ -222,7 +229,8 @@ export class EsxiSession implements VmotionEndpoint {
   private unloggedRegistration: { created: boolean; takeover?: TakeoverResult } | null = null;
   /** The hub this connection fed before a vMotion moved the VM away. */
   private retiringHub: ConsoleHub | null = null;
-  private preIdentify: Buffer[] = [];
+  /** Serial output before identification (made on the first such byte). */
+  private preIdentify: Buffer[] | null = null;
   private preIdentifyBytes = 0;
   private preIdentifyDropped = 0;
   /** The human or identify deadline (one replaces the other), null once settled. */
@@ -248,6 +256,11 @@ export class EsxiSession implements VmotionEndpoint {
   private suspendedInput: Buffer[] | null = null;
   private drainListener: (() => void) | null = null;
 
+  /** LogFieldsSource (this.log): the VM's name and UUID once the connection has fed a hub. */
+  logFields(): LogFields {
+    return this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS;
+  }
+
   constructor(
     init: EsxiSessionInit,
     private readonly ctx: EsxiSessionContext,
@@ -256,12 +269,11 @@ export class EsxiSession implements VmotionEndpoint {
     this.id = init.id;
     this.peerValue = init.peer;
     this.addressValue = init.address;
-    // One logger for the connection's whole life: the VM's name and UUID are added to
-    // its lines once it has a hub (and follow a rename) without a new child logger.
-    // A child of a budgeted logger (log-budget.ts) shares the connection's budget.
-    this.log = init.log.child(() => (this.logHub ? { vm: this.logHub.displayName, uuid: this.logHub.identity.key } : NO_FIELDS));
+    this.log = new LazyChildLogger(init.log, this);
     this.acceptLog = init.acceptLog;
     const o = ctx.options;
+    // Read per connection: `serviceName` and `comPort` may be getters on the running
+    // configuration (reloadable, read where used), so they are not cached per listener.
     this.protocol = new VspcServerProtocol(
       { serviceName: o.serviceName, comPort: o.comPort, maxSubnegotiation: o.maxSubnegotiation },
       new EsxiSession.Events(this),
@@ -616,7 +628,7 @@ export class EsxiSession implements VmotionEndpoint {
     }
     if (buffers !== 'transmit') {
       dropped += this.preIdentifyBytes;
-      this.preIdentify = [];
+      this.preIdentify = null;
       this.preIdentifyBytes = 0;
     }
     this.log.info('VM purged buffered data (PURGE-DATA)', { buffers, dropped });
@@ -637,7 +649,7 @@ export class EsxiSession implements VmotionEndpoint {
     }
     const piece = data.length > room ? data.subarray(0, room) : data;
     this.preIdentifyDropped += data.length - piece.length;
-    this.preIdentify.push(Buffer.from(piece));
+    (this.preIdentify ??= []).push(Buffer.from(piece));
     this.preIdentifyBytes += piece.length;
   }
 
@@ -649,9 +661,9 @@ export class EsxiSession implements VmotionEndpoint {
       });
     }
     const chunks = this.preIdentify;
-    this.preIdentify = [];
+    this.preIdentify = null;
     this.preIdentifyBytes = 0;
-    for (const c of chunks) this.hubValue?.fromVm(c);
+    if (chunks) for (const c of chunks) this.hubValue?.fromVm(c);
   }
 
   private onExtensionEnabled(): void {

@@ -15,6 +15,10 @@ import type { Link, LinkOptions, LinkSink } from '../common/link.js';
 import { sourceReadBudget, type TurnBudgeted } from '../../util/turn-budget.js';
 import { WriteQueue } from '../../util/write-queue.js';
 
+/** The link a socket belongs to, for the listeners every link's socket shares. */
+const LINK = Symbol('vspc.socketLink');
+type LinkedSocket = net.Socket & { [LINK]?: SocketLink };
+
 export class SocketLink implements Link, TurnBudgeted {
   protected sink: LinkSink | null = null;
   /** Why the link ends, the first reason seen; undefined while none is known. */
@@ -36,10 +40,44 @@ export class SocketLink implements Link, TurnBudgeted {
     protected readonly log: Logger,
   ) {
     this.queue = new WriteQueue(socket);
-    socket.on('error', (err) => {
-      this.why ??= linkError(err, peer);
-    });
-    socket.on('close', () => this.onSocketClose());
+    // Shared listeners that find this link on the socket: no closures per link (an idle
+    // console keeps its link for as long as the VM runs, and there may be thousands).
+    (socket as LinkedSocket)[LINK] = this;
+    socket.on('error', SocketLink.onSocketError);
+    socket.on('close', SocketLink.onSocketCloseEvent);
+  }
+
+  private static onSocketError(this: LinkedSocket, err: Error): void {
+    const link = this[LINK];
+    if (link) link.why ??= linkError(err, link.peer);
+  }
+
+  private static onSocketCloseEvent(this: LinkedSocket): void {
+    this[LINK]?.onSocketClose();
+  }
+
+  private static onSocketEnd(this: LinkedSocket): void {
+    const link = this[LINK];
+    if (link) link.why ??= new SourceError('VSPC_SOURCE_CLOSED', `${link.peer} closed the connection`);
+  }
+
+  private static onSocketData(this: LinkedSocket, chunk: Buffer): void {
+    this[LINK]?.onData(chunk);
+  }
+
+  private onData(chunk: Buffer): void {
+    try {
+      this.receive(chunk);
+    } catch (err) {
+      this.log.error('internal error while handling endpoint data; closing this link', {
+        error: String((err as Error)?.message ?? err),
+        stack: (err as Error)?.stack,
+      });
+      this.fail(new SourceError('VSPC_SOURCE_INTERNAL', `internal error while handling data from ${this.peer}`, {}, { cause: err }));
+      return;
+    }
+    // Fairness with the other sources (util/turn-budget.ts): a flood waits for the next turn.
+    sourceReadBudget.charge(this, chunk.length);
   }
 
   start(sink: LinkSink): void {
@@ -49,23 +87,8 @@ export class SocketLink implements Link, TurnBudgeted {
       this.report();
       return;
     }
-    this.socket.on('end', () => {
-      this.why ??= new SourceError('VSPC_SOURCE_CLOSED', `${this.peer} closed the connection`);
-    });
-    this.socket.on('data', (chunk: Buffer) => {
-      try {
-        this.receive(chunk);
-      } catch (err) {
-        this.log.error('internal error while handling endpoint data; closing this link', {
-          error: String((err as Error)?.message ?? err),
-          stack: (err as Error)?.stack,
-        });
-        this.fail(new SourceError('VSPC_SOURCE_INTERNAL', `internal error while handling data from ${this.peer}`, {}, { cause: err }));
-        return;
-      }
-      // Fairness with the other sources (util/turn-budget.ts): a flood waits for the next turn.
-      sourceReadBudget.charge(this, chunk.length);
-    });
+    this.socket.on('end', SocketLink.onSocketEnd);
+    this.socket.on('data', SocketLink.onSocketData);
     this.started();
   }
 

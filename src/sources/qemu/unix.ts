@@ -34,18 +34,28 @@ export async function diagnoseUnixConnect(path: string, err: SourceError): Promi
 }
 
 export function unixConnector(spec: Extract<SourceSpec, { type: 'unix' }>, ctx: ConnectorContext): DialConnector {
-  const peer = `unix:${spec.path}`;
-  return {
-    mode: 'dial',
-    async dial(signal: AbortSignal): Promise<Link> {
-      let sock;
-      try {
-        sock = await dialSocket({ path: spec.path }, peer, signal);
-      } catch (err) {
-        if (err instanceof SourceError && !signal.aborted) throw await diagnoseUnixConnect(spec.path, err);
-        throw err;
-      }
-      return new SocketLink(sock, peer, ctx.options, ctx.logger);
-    },
-  };
+  return new UnixConnector(spec.path, ctx.options, ctx.logger);
+}
+
+/** One per `unix:` console, for as long as it is declared: a class, so no closure and context each. */
+class UnixConnector implements DialConnector {
+  readonly mode = 'dial';
+
+  constructor(
+    private readonly path: string,
+    private readonly options: ConnectorContext['options'],
+    private readonly logger: ConnectorContext['logger'],
+  ) {}
+
+  async dial(signal: AbortSignal): Promise<Link> {
+    const peer = `unix:${this.path}`;
+    let sock;
+    try {
+      sock = await dialSocket({ path: this.path }, peer, signal);
+    } catch (err) {
+      if (err instanceof SourceError && !signal.aborted) throw await diagnoseUnixConnect(this.path, err);
+      throw err;
+    }
+    return new SocketLink(sock, peer, this.options, this.logger);
+  }
 }
