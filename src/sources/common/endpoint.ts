@@ -4,7 +4,7 @@
  * registers `device`), the runner gets one child logger per endpoint.
  */
 import type { ConsoleHub } from '../../domain/console-hub.js';
-import type { Logger } from '../../domain/logger.js';
+import type { LogFields, Logger } from '../../domain/logger.js';
 import { CONNECTION_LOG_BUDGET, deferredLogger, rateLimitedLogger, type BudgetedLogger, type LoggerMaker } from '../../domain/log-budget.js';
 import { formatSourceSpec, type SourceSpec } from '../../domain/source-spec.js';
 import { SourceError } from './errors.js';
@@ -50,6 +50,12 @@ class EndpointLoggerMaker implements LoggerMaker {
   ) {}
 
   makeLogger(): BudgetedLogger {
-    return rateLimitedLogger(this.parent.child({ endpoint: this.specText, console: this.hub.displayName }), CONNECTION_LOG_BUDGET, { scope: 'endpoint' });
+    // Fields read per line written: the console may be renamed while the endpoint runs
+    // (registry, cluster mirror), and its lines should name it as it is then.
+    return rateLimitedLogger(this.parent.child(() => this.logFields()), CONNECTION_LOG_BUDGET, { scope: 'endpoint' });
+  }
+
+  private logFields(): LogFields {
+    return { endpoint: this.specText, console: this.hub.displayName };
   }
 }
