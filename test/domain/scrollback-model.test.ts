@@ -5,18 +5,9 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Scrollback } from '../../src/domain/console-hub.js';
+import { seededRandom } from '../support/sim/esxi-simulator.js';
 
-/** mulberry32: small, seeded, good enough to pick sizes and operations. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 const CAPACITIES = [0, 1, 2, 3, 4095, 4096, 4097, 8191, 65536];
 
