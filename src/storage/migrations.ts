@@ -359,4 +359,55 @@ export const MIGRATIONS: readonly Migration[] = [
       $fn$;
     `,
   },
+  {
+    version: 8,
+    description: 'vspc_register: a range without a mark row gets one at its start, not past the port just taken',
+    // Migration 7's vspc_register inserted a missing mark one past the port it took; a
+    // port freed meanwhile by a transaction its snapshot did not see (its trigger found
+    // no row to lower) then sat free below the mark, never allocated again. Only
+    // reachable with the row deleted by hand (a node makes it when its session opens),
+    // but the invariant is the allocator's whole correctness. pg/worker.ts's allocated()
+    // does the same. SQLite's allocator is in memory: nothing to change there.
+    up: `SELECT 1;`,
+    pg: `
+      CREATE OR REPLACE FUNCTION vspc_register(p_kind TEXT, p_key TEXT, p_label TEXT, p_name TEXT, p_now BIGINT,
+          p_start INTEGER, p_end INTEGER, p_reserved INTEGER[], p_unused BOOLEAN, p_lock_class INTEGER)
+        RETURNS TABLE (id BIGINT, kind TEXT, key TEXT, label TEXT, name TEXT, tcp_port INTEGER,
+                       first_seen BIGINT, last_seen BIGINT, created BOOLEAN)
+        LANGUAGE plpgsql AS $fn$
+      #variable_conflict use_column
+      DECLARE
+        rec consoles%ROWTYPE;
+        v_gen BIGINT;
+        v_port INTEGER;
+      BEGIN
+        PERFORM pg_advisory_xact_lock(p_lock_class, 0);
+        UPDATE consoles c SET last_seen = p_now, name = COALESCE(p_name, c.name)
+         WHERE c.kind = p_kind AND c.key = p_key AND c.label = p_label RETURNING c.* INTO rec;
+        IF FOUND THEN
+          RETURN QUERY SELECT rec.id, rec.kind, rec.key, rec.label, rec.name, rec.tcp_port, rec.first_seen, rec.last_seen, false;
+          RETURN;
+        END IF;
+        SELECT f.port, f.gen INTO v_port, v_gen FROM vspc_lowest_free(p_start, p_end, p_reserved) f;
+        IF v_port IS NULL THEN
+          RETURN;
+        END IF;
+        INSERT INTO consoles (kind, key, label, name, tcp_port, first_seen, last_seen)
+          VALUES (p_kind, p_key, p_label, p_name, v_port, p_now, p_now) RETURNING * INTO rec;
+        IF p_unused THEN
+          INSERT INTO unused_consoles (console_id) VALUES (rec.id) ON CONFLICT DO NOTHING;
+        END IF;
+        IF v_gen IS NULL THEN
+          -- No mark row (the node makes one when its session opens, so only if it was
+          -- deleted by hand): one at the range's start, which needs no agreement with a
+          -- free that found no row to lower.
+          INSERT INTO port_low_water (range_start, port) VALUES (p_start, p_start) ON CONFLICT DO NOTHING;
+        ELSE
+          UPDATE port_low_water w SET port = v_port + 1 WHERE w.range_start = p_start AND w.gen = v_gen;
+        END IF;
+        RETURN QUERY SELECT rec.id, rec.kind, rec.key, rec.label, rec.name, rec.tcp_port, rec.first_seen, rec.last_seen, true;
+      END
+      $fn$;
+    `,
+  },
 ];

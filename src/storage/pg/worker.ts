@@ -256,7 +256,8 @@ async function allocated(c: pg.Client, range: PortRange, gen: string | null, por
   if (gen === null) {
     // No row (ensureMark makes one first, so only if it was deleted by hand): one at the
     // range's start, which needs no agreement with a concurrent free.
-    await c.query('INSERT INTO port_low_water (range_start, port) VALUES ($1, $1) ON CONFLICT (range_start) DO NOTHING', [range.start]);
+    markedRanges.delete(range.start);
+    await ensureMark(c, range);
     return;
   }
   await c.query('UPDATE port_low_water SET port = $3 WHERE range_start = $1 AND gen = $2::bigint', [range.start, gen, port + 1]);
@@ -327,7 +328,7 @@ async function handle(req: Envelope): Promise<unknown> {
       );
       if (seen.rows[0]) return { record: seen.rows[0], created: false };
       await ensureMark(c, req.range);
-      // One allocator cluster-wide: vspc_register (migration 7) allocates under one
+      // One allocator cluster-wide: vspc_register (migrations 7, 8) allocates under one
       // transaction lock, so the lowest free port it computes is still free when it
       // inserts; the UNIQUE constraints stay the guarantee. One statement, one round trip.
       const made = await c.query<ConsoleRecord & { created: boolean }>(
@@ -571,6 +572,9 @@ function toWire(err: unknown): WireError {
   if (err instanceof WorkerError) return { code: err.code, message: err.message, details: err.details };
   const pgCode = (err as { code?: unknown } | null)?.code;
   if (pgCode === '23505') return { code: 'VSPC_PORT_IN_USE', message: messageOf(err), details: {} };
+  // A row referring to a console another session deleted meanwhile (an access port for
+  // a console just forgotten by another node): gone, as a look-up would have said.
+  if (pgCode === '23503') return { code: 'VSPC_NOT_FOUND', message: `the console no longer exists: ${messageOf(err)}`, details: { sqlState: pgCode } };
   if (pgCode === '53200') {
     // Out of shared memory: almost always the lock table, where every owned console holds an advisory lock.
     return {
