@@ -68,10 +68,19 @@ export async function socketPort(path: string): Promise<RawPort> {
  */
 export async function rawLine(con: SerialConsole, port: RawPort, guestDev: string, size: number, timeoutMs = 120_000): Promise<{ toGuestMs: number; fromGuestMs: number }> {
   const s = port;
-  let got = Buffer.alloc(0);
+  // A byte count and the last few bytes (for the guest's READY / DONE), not the bytes
+  // themselves: concatenating every chunk onto what came before copied O(size²) bytes
+  // in the very process that timed the line (at 8 MiB, about 0.5 GB copied).
+  let count = 0;
+  let tail = Buffer.alloc(0);
+  const reset = () => {
+    count = 0;
+    tail = Buffer.alloc(0);
+  };
   const waiters = new Set<() => void>();
   s.onData((b: Buffer) => {
-    got = Buffer.concat([got, b]);
+    count += b.length;
+    tail = Buffer.concat([tail.subarray(-TAIL), b.subarray(-TAIL)]);
     for (const f of [...waiters]) f();
   });
   const until = (pred: () => boolean, what: string, ms = timeoutMs) =>
@@ -83,21 +92,24 @@ export async function rawLine(con: SerialConsole, port: RawPort, guestDev: strin
   try {
     // host → guest: the guest holds the port open (READY), reads `size` bytes, says DONE.
     con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; echo READY >&3; head -c ${size - 1024} <&3 >/dev/null; echo DONE >&3) &`);
-    await until(() => got.includes('READY'), 'the guest reader is ready');
-    got = Buffer.alloc(0);
+    await until(() => tail.includes('READY'), 'the guest reader is ready');
+    reset();
     const t0 = performance.now();
     s.write(randomBytes(size).map((b) => (b === 0x0a || b === 0x0d ? 0x41 : b)));
-    await until(() => got.includes('DONE'), `the guest read ${size} bytes`);
+    await until(() => tail.includes('DONE'), `the guest read ${size} bytes`);
     const toGuestMs = performance.now() - t0;
     // guest → host, from a file made first (/dev/urandom is slow under emulation).
     await con.run(`head -c ${size} /dev/urandom >/tmp/raw.out`, timeoutMs);
-    got = Buffer.alloc(0);
+    reset();
     con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; cat /tmp/raw.out >&3; rm -f /tmp/raw.out) &`);
-    await until(() => got.length > 0, 'the first byte from the guest');
+    await until(() => count > 0, 'the first byte from the guest');
     const t1 = performance.now();
-    await until(() => got.length >= size - 1024, `${size} bytes from the guest (got ${got.length})`);
+    await until(() => count >= size - 1024, `${size} bytes from the guest (got ${count})`);
     return { toGuestMs, fromGuestMs: performance.now() - t1 };
   } finally {
     s.close();
   }
 }
+
+/** Bytes of the latest output kept for the guest's markers (READY, DONE: shorter than this). */
+const TAIL = 32;

@@ -101,8 +101,20 @@ static void builtin(void) {
           for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
         }
         if (vt_crc32c(r + off, len) != (c ^ 0xFFFFFFFFu)) same = 0;
+        if (vt_crc32c_update_sw(0xFFFFFFFFu, r + off, len) != c) same = 0;
       }
     check(same, "CRC-32C by 8-byte slices = bit by bit, every length and alignment up to 80");
+    printf("# CRC-32C here: %s\n", vt_crc32c_hw() ? "the SSE4.2 crc32 instruction" : "tables (slicing-by-8)");
+    /* The instruction (where the CPU has it) against the tables, pieces chained. */
+    static uint8_t big[20000];
+    for (size_t i = 0; i < sizeof big; i++) big[i] = (uint8_t)((x = x * 1103515245u + 12345u) >> 16);
+    uint32_t a = 0xFFFFFFFFu, b = 0xFFFFFFFFu;
+    for (size_t off = 0, len = 1; off < sizeof big; off += len, len = len * 3 % 4099 + 1) {
+      size_t n = off + len > sizeof big ? sizeof big - off : len;
+      a = vt_crc32c_update(a, big + off, n);
+      b = vt_crc32c_update_sw(b, big + off, n);
+    }
+    check(a == b && vt_crc32c(big, sizeof big) == (b ^ 0xFFFFFFFFu), "CRC-32C: the dispatched code = the tables, over 20000 bytes in chained pieces");
   }
 
   /* COBS */
@@ -251,6 +263,40 @@ static void builtin(void) {
     vt_decoder_feed(&d, wire, n, selftest_collect, &col);
     check(ngot == 1 && got.len == VT_MAX_PAYLOAD && d.stats.too_long == 1,
           "where 1024 is announced a larger frame is dropped as too long, a 1024-byte one decodes");
+  }
+  /* vt_frame_wire encodes header, payload and CRC where they lie: the same bytes as
+     COBS over the built body, with zeros at and around every block boundary (the
+     header is 10 bytes, so a payload's block ends at 244 + 254k; a body of 254k bytes,
+     payloads of 240 + 254k, ends on a full block) and at both ends. */
+  {
+    static uint8_t pay[VT_MAX_LARGE_PAYLOAD], body[VT_MAX_BODY], want[VT_MAX_WIRE], wire[VT_MAX_WIRE];
+    static const size_t lens[] = {0, 1, 2, 240, 241, 494, 748, 243, 244, 245, 246, 497, 498, 499, 500, 1024, 4000, VT_MAX_LARGE_PAYLOAD};
+    int same = 1, cases = 0;
+    uint32_t x = 777;
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+      for (int zi = -1; zi < 12; zi++)
+        for (int lead = 0; lead < 2; lead++) {
+          size_t len = lens[li];
+          for (size_t k = 0; k < len; k++) pay[k] = (uint8_t)(1 + (x = x * 1103515245u + 12345u) % 255);
+          if (zi >= 0 && len) {
+            /* zi 0-7: one zero near a boundary; 8: a zero every 254; 9: all zero; 10: first; 11: last */
+            static const long near[] = {243, 244, 245, 242, 497, 498, 499, 496};
+            if (zi < 8 && (size_t)near[zi] < len) pay[near[zi]] = 0;
+            if (zi == 8) for (size_t k = 244; k < len; k += 254) pay[k] = 0;
+            if (zi == 9) memset(pay, 0, len);
+            if (zi == 10) pay[0] = 0;
+            if (zi == 11) pay[len - 1] = 0;
+          }
+          struct vt_frame f = {VT_DATA, (uint8_t)zi, 0x0100, 0xFF00, 0, 0x0001, (uint16_t)len, pay};
+          size_t n = vt_frame_body(&f, body), m = 0;
+          if (lead) want[m++] = 0;
+          m += vt_cobs_encode(body, n, want + m);
+          want[m++] = 0;
+          size_t w = vt_frame_wire(&f, lead, wire);
+          if (w != m || memcmp(wire, want, m) != 0) same = 0;
+          cases++;
+        }
+    check(same && cases > 300, "frame wire bytes (pieces encoded in place) = COBS of the built body, zeros at block boundaries");
   }
 }
 

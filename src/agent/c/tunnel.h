@@ -108,6 +108,12 @@ static inline void vt_put32(uint8_t *p, uint32_t v) {
 
 /* CRC-32C (Castagnoli), reflected, init and final XOR 0xFFFFFFFF. */
 uint32_t vt_crc32c(const uint8_t *p, size_t n);
+/* The register after n more bytes (no inversion: start at 0xFFFFFFFF, XOR the end with it). */
+uint32_t vt_crc32c_update(uint32_t c, const uint8_t *p, size_t n);
+/* The same by tables only (selftest: compared with the instruction where there is one). */
+uint32_t vt_crc32c_update_sw(uint32_t c, const uint8_t *p, size_t n);
+/* 1 if vt_crc32c uses the CPU's crc32 instruction (x86-64 with SSE4.2), else 0. */
+int vt_crc32c_hw(void);
 /* Session tag: CRC-32C(be32(host_boot) || be32(agent_boot)) & 0xFFFF. */
 uint16_t vt_session_tag(uint32_t host_boot, uint32_t agent_boot);
 
@@ -118,7 +124,8 @@ long vt_cobs_decode(const uint8_t *src, size_t n, uint8_t *dst);
 
 /* Frame body (header, payload, CRC) into body (room for VT_MAX_BODY); returns its length. */
 size_t vt_frame_body(const struct vt_frame *f, uint8_t *body);
-/* Wire bytes: [0x00] COBS(body) 0x00, into out (room for VT_MAX_WIRE); returns the length. */
+/* Wire bytes: [0x00] COBS(body) 0x00, into out (room for VT_MAX_WIRE); returns the length.
+   The body is never built: header, payload and CRC are encoded where they lie. */
 size_t vt_frame_wire(const struct vt_frame *f, int leading_delimiter, uint8_t *out);
 /* Parses a decoded body: 0 ok, -1 short, -2 payload over max_payload, -3 CRC mismatch. */
 int vt_frame_parse(const uint8_t *body, size_t n, size_t max_payload, struct vt_frame *f);
