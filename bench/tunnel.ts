@@ -305,7 +305,7 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
     const vraw = await portOf('vspc.raw');
     if (!/^\/dev\/vport\d+p\d+$/.test(vdev) || !/^\/dev\/vport\d+p\d+$/.test(vraw)) throw new Error(`virtio ports not found in the guest: ${vdev} / ${vraw}`);
     // --max-streams: the memory figure opens `idleStreams` at once (the agent's default is 64).
-    await con.run(`(/usr/local/sbin/vspc-agent --device ${vdev} --allow 7,9,5019,5020 --max-streams ${Math.max(64, o.idleStreams + 8)} </dev/null >/var/log/agent-virtio.log 2>&1 &)`);
+    await con.run(`(/usr/local/sbin/vspc-agent --device ${vdev} --allow 7,9,5019,5020 --max-streams ${Math.max(64, o.idleStreams + 8)} </dev/null >/var/log/agent-virtio.log 2>&1 & echo $! >/tmp/agent-virtio.pid)`);
     await con.run('(nc -ll -p 5020 -e wc -c </dev/null >/dev/null 2>&1 &)');
     relay = await FaultRelay.start(join(dir, 'uart-relay.sock'), guest.path('ttyS1.sock'));
 
@@ -503,6 +503,11 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         echo.close();
       }
       await con.run('kill $(cat /tmp/source.pid); rm -f /tmp/bulk.bin /tmp/source.pid');
+      // The agent's own counters (retransmissions, timeouts, damaged frames it received),
+      // for the log: SIGUSR1 writes them as one line to its log.
+      const [signal, logFile] = line === 'uart' ? ['/etc/init.d/vspc-agent stats >/dev/null', '/var/log/vspc-agent.log'] : ['kill -USR1 $(cat /tmp/agent-virtio.pid)', '/var/log/agent-virtio.log'];
+      const stats = await con.run(`${signal} && sleep 0.3 && grep 'stats:' ${logFile} | tail -n1`);
+      log(`tunnel ${line}: agent counters: ${stats.output.trim().replace(/^.*stats: /, '') || '(none)'}`);
       if (duringUp.length < 3) errors.push(`${line}: only ${duringUp.length} keystrokes during the uploads (make --tunnel-${line}-size larger)`);
       if (duringDown.length < 3) errors.push(`${line}: only ${duringDown.length} keystrokes during the downloads (make --tunnel-${line}-size larger)`);
       const lv = (await view(line)).link!;

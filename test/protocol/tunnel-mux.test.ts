@@ -44,6 +44,9 @@ function recorder(log: Log, name: string): TunnelStreamHandlers {
 const cfg = (role: 'host' | 'agent', o: Partial<MuxConfig> = {}): MuxConfig => ({
   role,
   streamWindow: 4096,
+  // No autotuning unless a test asks for it (its own tests below).
+  maxStreamWindow: 4096,
+  windowBudget: 0,
   sendHighWaterMark: 8192,
   maxSendBuffer: 1 << 20,
   maxStreams: 16,
@@ -358,9 +361,10 @@ describe('tunnel mux: credit flow control', { timeout: 120_000 }, () => {
         fc.array(fc.record({ size: fc.nat(3000), window: fc.integer({ min: 1, max: 5000 }), back: fc.nat(3000) }), { minLength: 1, maxLength: 4 }),
         fc.integer({ min: 64, max: 1024 }),
         fc.array(fc.nat(2000), { maxLength: 30 }),
-        (specs, maxPayload, consumes) => {
+        fc.record({ factor: fc.integer({ min: 1, max: 8 }), budget: fc.nat(20_000) }),
+        (specs, maxPayload, consumes, tune) => {
           const p = pair({
-            agent: { autoConsume: false },
+            agent: { autoConsume: false, maxStreamWindow: 5000 * tune.factor, windowBudget: tune.budget },
             onOpen: (st, port, pp) => {
               const spec = specs[port - 1000];
               st.accept(0, recorder(pp.log, 'agent'), { streamWindow: spec.window });
@@ -377,8 +381,10 @@ describe('tunnel mux: credit flow control', { timeout: 120_000 }, () => {
           let k = 0;
           for (let round = 0; round < 20_000; round++) {
             p.flush(maxPayload);
+            assert.ok(p.a.windowGrowth <= tune.budget, 'autotuning within its budget');
             for (const as of p.incoming) {
               assert.ok(as.receivedTotal <= as.grantedTotal, 'credit respected');
+              assert.ok(as.grantedTotal - (as.receivedTotal - as.unconsumed) <= 5000 * tune.factor, 'held + granted ≤ maxStreamWindow');
               const n = Math.min(as.unconsumed, consumes.length ? consumes[k++ % consumes.length] : as.unconsumed);
               if (as.state !== 'CLOSED' || as.unconsumed > 0) as.consume(Math.max(n, Math.min(1, as.unconsumed)), 0);
             }
@@ -389,11 +395,111 @@ describe('tunnel mux: credit flow control', { timeout: 120_000 }, () => {
             assert.deepEqual(p.log.data.get(`host:${streams[i].id}`) ?? [], [...bytes(spec.back, 3)]);
           });
           assert.equal(p.h.streamCount + p.a.streamCount, 0);
+          assert.equal(p.a.windowGrowth, 0, 'every share of the budget returned');
           assert.equal(p.a.stats.flowControlViolations + p.h.stats.flowControlViolations, 0);
         },
       ),
       { numRuns: 150, seed: 21 },
     );
+  });
+});
+
+/**
+ * One round trip with the line's latency: the host sends everything its credit allows,
+ * the agent gets it all, then the host gets every answer. Returns the DATA bytes sent.
+ */
+function roundTrip(p: Pair, maxPayload = 1024): number {
+  const out: LinkMessage[] = [];
+  for (let m = p.h.nextMessage(maxPayload); m; m = p.h.nextMessage(maxPayload)) out.push(m);
+  for (const m of out) p.a.handle(m, 0);
+  const back: LinkMessage[] = [];
+  for (let m = p.a.nextMessage(maxPayload); m; m = p.a.nextMessage(maxPayload)) back.push(m);
+  for (const m of back) p.h.handle(m, 0);
+  return out.reduce((n, m) => n + (m.type === FrameType.DATA ? m.payload.length : 0), 0);
+}
+
+describe('tunnel mux: receive-window autotuning', { timeout: 120_000 }, () => {
+  test('a window-limited stream whose reader keeps up doubles its window per exhausted grant, up to maxStreamWindow', () => {
+    const p = pair({ agent: { streamWindow: 4096, maxStreamWindow: 32768, windowBudget: 1 << 20 } });
+    const s = p.h.open(22, recorder(p.log, 'host'), {}, 0);
+    p.flush(); // OPEN, OPEN_OK (a flush has no latency: data written before it would all pass)
+    s.write(bytes(300_000), 0);
+    const as = p.incoming[0];
+    const perRound: number[] = [];
+    while (s.bufferedAmount > 0 && perRound.length < 100) {
+      perRound.push(roundTrip(p));
+      assert.ok(as.receivedTotal <= as.grantedTotal, 'credit respected');
+      assert.ok(as.grantedTotal - as.receivedTotal <= 32768, 'never more than maxStreamWindow outstanding');
+    }
+    // 4 KiB, then 8, 16, 32 KiB per round trip: the window, not the reader, was the limit.
+    assert.deepEqual(perRound.slice(0, 5), [4096, 8192, 16384, 32768, 32768]);
+    assert.equal(Math.max(...perRound), 32768);
+    assert.equal(p.a.stats.windowGrowths, 3, '4 → 8 → 16 → 32 KiB');
+    assert.equal(p.a.windowGrowth, 32768 - 4096);
+    assert.deepEqual(p.log.data.get('agent:1'), [...bytes(300_000)]);
+    s.end(0);
+    as.end(0);
+    p.flush();
+    assert.equal(p.a.streamCount, 0);
+    assert.equal(p.a.windowGrowth, 0, 'the growth goes back to the budget when the stream ends');
+  });
+
+  test('a reader that does not keep up never grows its window, however often the sender runs out of credit', () => {
+    const p = pair({ agent: { streamWindow: 4096, maxStreamWindow: 1 << 20, windowBudget: 1 << 20, autoConsume: false } });
+    const s = p.h.open(22, recorder(p.log, 'host'), {}, 0);
+    p.flush();
+    s.write(bytes(100_000), 0);
+    const as = p.incoming[0];
+    for (let i = 0; i < 40 && s.bufferedAmount > 0; i++) {
+      roundTrip(p);
+      assert.ok(as.unconsumed <= 4096);
+      as.consume(as.unconsumed, 0); // everything, but only once per round trip: a reader behind the line
+    }
+    assert.equal(p.a.stats.windowGrowths, 0);
+    assert.equal(p.a.windowGrowth, 0);
+    assert.ok(as.grantedTotal - as.receivedTotal <= 4096);
+  });
+
+  test('growth over all streams stays within windowBudget; a closed stream returns its share to the others', () => {
+    const p = pair({ agent: { streamWindow: 4096, maxStreamWindow: 16384, windowBudget: 12288 } });
+    const a = p.h.open(22, recorder(p.log, 'host'), {}, 0);
+    const b = p.h.open(23, recorder(p.log, 'host'), {}, 0);
+    p.flush();
+    a.write(bytes(200_000), 0);
+    for (let i = 0; i < 10; i++) roundTrip(p);
+    assert.equal(p.a.windowGrowth, 12288, 'the first stream took the whole budget (4 → 16 KiB)');
+    b.write(bytes(200_000, 5), 0);
+    let most = 0;
+    for (let i = 0; i < 10; i++) {
+      most = Math.max(most, roundTrip(p));
+      assert.ok(p.a.windowGrowth <= 12288);
+    }
+    const [ia, ib] = p.incoming;
+    assert.ok(ib.grantedTotal - ib.receivedTotal <= 4096, 'the second stream stayed at its first window');
+    a.reset(0);
+    roundTrip(p);
+    // The RESET and b's next window arrive in the same round trip: a's share is back and
+    // b has taken its first doubling of it.
+    assert.equal(p.a.windowGrowth, 4096, "the reset stream's growth is back in the budget");
+    for (let i = 0; i < 10; i++) roundTrip(p);
+    assert.equal(p.a.windowGrowth, 12288, 'now the second one grows');
+    assert.ok(ia.state === 'CLOSED' && ib.receivedTotal > 0 && most > 0);
+    assert.equal(p.a.stats.windowGrowths, 4);
+  });
+
+  test('a peer sending beyond a grown window is still cut off with FLOW_CONTROL', () => {
+    const p = pair({ agent: { streamWindow: 4096, maxStreamWindow: 8192, windowBudget: 1 << 20 } });
+    const s = p.h.open(22, recorder(p.log, 'host'), {}, 0);
+    p.flush();
+    s.write(bytes(4096), 0);
+    roundTrip(p);
+    const as = p.incoming[0];
+    assert.equal(p.a.stats.windowGrowths, 1);
+    const room = as.grantedTotal - as.receivedTotal;
+    assert.equal(room, 8192);
+    p.a.handle({ type: FrameType.DATA, stream: 1, payload: bytes(room + 1) }, 0);
+    assert.ok(p.log.events.includes('agent:reset:1:FLOW_CONTROL:local'));
+    assert.equal(p.a.windowGrowth, 0);
   });
 });
 

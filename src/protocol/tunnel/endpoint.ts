@@ -81,8 +81,16 @@ export interface TunnelEndpointOptions {
    * time, so that an interactive frame waits behind little bulk. Default 5.
    */
   queueTargetMs?: number;
-  /** Per-stream receive window (credit granted to the peer), bytes. Default 65536. */
+  /** Per-stream receive window (credit granted to the peer) at the start, bytes. Default 65536. */
   streamWindow?: number;
+  /**
+   * Largest window autotuning grows a stream's to (doubling while the peer uses all its
+   * credit and the application keeps up; docs/tunnel-protocol.md 8.5), bytes. Default
+   * 1 MiB; at most streamWindow: no autotuning.
+   */
+  maxStreamWindow?: number;
+  /** Autotuning's growth over all streams together, bytes. Default 4 MiB. */
+  windowBudget?: number;
   /** Per-stream send buffer above which write() returns false, bytes. Default 65536. */
   sendHighWaterMark?: number;
   /** Per-stream send buffer above which write() throws, bytes. Default 1 MiB. */
@@ -247,6 +255,8 @@ export class TunnelEndpoint {
       {
         role: this.role,
         streamWindow: intIn('streamWindow', opts.streamWindow, 65536, 1, 0xffffffff),
+        maxStreamWindow: intIn('maxStreamWindow', opts.maxStreamWindow, 1 << 20, 1, 0xffffffff),
+        windowBudget: intIn('windowBudget', opts.windowBudget, 4 << 20, 0, Number.MAX_SAFE_INTEGER),
         sendHighWaterMark: intIn('sendHighWaterMark', opts.sendHighWaterMark, 65536, 1, Number.MAX_SAFE_INTEGER),
         maxSendBuffer: intIn('maxSendBuffer', opts.maxSendBuffer, 1 << 20, 1, Number.MAX_SAFE_INTEGER),
         maxStreams,

@@ -15,6 +15,15 @@
  * above `sendHighWaterMark`); received data is handed to the application at once and
  * the peer can never have more than the granted credit outstanding; the control queue
  * is bounded (`canAccept()` stops the link from delivering when it is full).
+ *
+ * Receive-window autotuning (docs/tunnel-protocol.md 8.5): a stream's window starts at
+ * `streamWindow` and doubles, up to `maxStreamWindow`, each time the peer has used all
+ * its credit while the application kept up (at most a quarter of the window
+ * unconsumed): the window, not the reader, was what limited the stream — a fast line
+ * whose round trip outlasts a window (virtio-serial: 64 KiB per 1–2 ms). A slow reader
+ * never grows its window, and all growth together stays within `windowBudget` bytes,
+ * returned when the stream ends; so the bound on held bytes is streams × streamWindow
+ * + windowBudget. The window never shrinks during a stream (TCP's autotuning neither).
  */
 import { FrameType, Reason, STREAM_ID_AGENT_BIT, STREAM_IDS_PER_SIDE, type TunnelRole } from './constants.js';
 import { TunnelError, TunnelErrorCode, TunnelStreamError } from './errors.js';
@@ -53,8 +62,12 @@ export interface StreamOptions {
 
 export interface MuxConfig {
   role: TunnelRole;
-  /** Default per-stream receive window, bytes. */
+  /** Default per-stream receive window, bytes: where every stream starts. */
   streamWindow: number;
+  /** Largest window autotuning grows a stream's to, bytes (≤ streamWindow: no autotuning). */
+  maxStreamWindow: number;
+  /** Autotuning's growth over all streams together, bytes. */
+  windowBudget: number;
   /** write() returns false while more than this many bytes are queued, bytes. */
   sendHighWaterMark: number;
   /** write() throws VSPC_TUNNEL_BUFFER_FULL beyond this many queued bytes. */
@@ -87,6 +100,8 @@ export interface MuxStats {
   dataBytesReceived: number;
   dataMessagesSent: number;
   creditsSent: number;
+  /** Receive windows doubled by autotuning (each a CREDIT beyond what was consumed). */
+  windowGrowths: number;
   /** Messages for streams that no longer exist (or an earlier use of the id). */
   staleMessages: number;
   /** Stream protocol violations by the peer (each resets its stream). */
@@ -111,6 +126,8 @@ interface StreamRecord {
   queued: number;
   sendCredit: number;
   rxWindow: number;
+  /** Bytes by which autotuning enlarged rxWindow (taken from the multiplexer's budget). */
+  grown: number;
   granted: number;
   received: number;
   consumed: number;
@@ -141,6 +158,8 @@ export class Multiplexer {
   private readonly cfg: MuxConfig;
   private readonly hooks: MuxHooks;
   private readonly streams = new Map<number, StreamRecord>();
+  /** Σ grown over the streams: autotuning's share of windowBudget in use. */
+  private grownTotal = 0;
   /** Scheduling order (round-robin ring) and cursor. */
   private order: StreamRecord[] = [];
   private cursor = 0;
@@ -159,6 +178,7 @@ export class Multiplexer {
     dataBytesReceived: 0,
     dataMessagesSent: 0,
     creditsSent: 0,
+    windowGrowths: 0,
     staleMessages: 0,
     protocolViolations: 0,
     flowControlViolations: 0,
@@ -179,6 +199,11 @@ export class Multiplexer {
   /** Handles of the streams that hold an id. */
   listStreams(): TunnelStream[] {
     return [...this.streams.values()].map((r) => r.handle);
+  }
+
+  /** Bytes autotuning has added to receive windows, over the streams open now (≤ windowBudget). */
+  get windowGrowth(): number {
+    return this.grownTotal;
   }
 
   /** Control messages waiting to be sent. */
@@ -243,6 +268,7 @@ export class Multiplexer {
       queued: 0,
       sendCredit: 0,
       rxWindow: window,
+      grown: 0,
       granted: window,
       received: 0,
       consumed: 0,
@@ -357,6 +383,24 @@ export class Multiplexer {
     if (this.creditIncrement(r) < Math.max(1, Math.floor(r.rxWindow / 4))) return false;
     r.inCreditQueue = true;
     this.creditQueue.push(r);
+    return true;
+  }
+
+  /**
+   * Autotuning (see the file comment): the peer just used its last byte of credit;
+   * if the application kept up, double the window within maxStreamWindow and what is
+   * left of windowBudget. True if it grew.
+   */
+  private grow(r: StreamRecord): boolean {
+    if (r.phase !== 'open' || r.finReceived) return false;
+    if (r.received - r.consumed > r.rxWindow / 4) return false;
+    const by = Math.min(r.rxWindow, this.cfg.maxStreamWindow - r.rxWindow, this.cfg.windowBudget - this.grownTotal);
+    // Less than a quarter more would only add a CREDIT message per grant.
+    if (by < r.rxWindow / 4) return false;
+    r.rxWindow += by;
+    r.grown += by;
+    this.grownTotal += by;
+    this.stats.windowGrowths++;
     return true;
   }
 
@@ -577,7 +621,10 @@ export class Multiplexer {
         this.stats.dataBytesReceived += n;
         if (r.autoConsume) r.consumed += n;
         r.handlers.data?.(m.payload, r.handle);
-        if (r.autoConsume && this.streams.get(r.id) === r) this.queueCredit(r);
+        if (this.streams.get(r.id) !== r) return;
+        if (r.received === r.granted && this.grow(r)) {
+          if (this.queueCredit(r)) this.hooks.kick(now);
+        } else if (r.autoConsume) this.queueCredit(r);
         return;
       }
       case FrameType.FIN:
@@ -657,6 +704,8 @@ export class Multiplexer {
 
   private release(r: StreamRecord): void {
     r.phase = 'closed';
+    this.grownTotal -= r.grown;
+    r.grown = 0;
     this.unschedule(r);
     if (this.streams.get(r.id) === r) this.streams.delete(r.id);
   }
@@ -680,8 +729,8 @@ export class Multiplexer {
   }
 
   /** @internal */
-  info(r: StreamRecord): { queued: number; sendCredit: number; unconsumed: number; received: number; granted: number } {
-    return { queued: r.queued, sendCredit: r.sendCredit, unconsumed: r.received - r.consumed, received: r.received, granted: r.granted };
+  info(r: StreamRecord): { queued: number; sendCredit: number; unconsumed: number; received: number; granted: number; window: number } {
+    return { queued: r.queued, sendCredit: r.sendCredit, unconsumed: r.received - r.consumed, received: r.received, granted: r.granted, window: r.rxWindow };
   }
 }
 
