@@ -687,6 +687,97 @@ describe('C agent framing (tunnel.c) against the spec and the reference implemen
     frames.forEach((f, i) => assert.equal(lines[i], Buffer.from(encodeFrame(f)).toString('hex'), `frame ${i}`));
   });
 
+  test('frames at every COBS block boundary, up to 16 KiB, CRCs with zero bytes, leading delimiter: C encoding (in place) = reference', T, async () => {
+    const { selftest } = buildCAgent();
+    const { crc32c } = await import('../../src/protocol/tunnel/index.js');
+    const rng = new Rng(31337);
+    const nonzero = (n: number): Uint8Array => Uint8Array.from({ length: n }, () => 1 + rng.int(255));
+    // Headers without a zero byte (a nonzero run starts at the body's first byte) and with
+    // zeros at 1, 5, 6 and 8 (runs start inside the header).
+    const plain = { type: 0x13, flags: 0x81, tag: 0xd784, seq: 0x0101, ack: 0x0202, stream: 0x0303 };
+    const zeroed = { type: 0x13, flags: 0, tag: 0xd784, seq: 0x0100, ack: 0x0002, stream: 1 };
+    const cases: Array<{ f: Frame; lead: boolean }> = [];
+    const add = (h: typeof plain, payload: Uint8Array): void => {
+      cases.push({ f: { ...h, payload }, lead: cases.length % 2 === 1 });
+    };
+    const lengths = new Set<number>();
+    for (let n = 0; n <= 64; n++) lengths.add(n);
+    // A payload of 240 + 254k makes the body a whole number of 254-byte blocks.
+    for (let n = 240; n <= MAX_LARGE_PAYLOAD; n += 254) for (const d of [-1, 0, 1]) lengths.add(n + d);
+    for (const n of [243, 244, 245, 253, 254, 255, 1024, 1025, 4096, 16128, 16129, 16130, 16380, 16381, 16382, 16383, 16384]) lengths.add(n);
+    for (let i = 0; i < 20; i++) lengths.add(1 + rng.int(MAX_LARGE_PAYLOAD));
+    for (const n of [...lengths].filter((l) => l <= MAX_LARGE_PAYLOAD)) {
+      for (const h of [plain, zeroed]) {
+        add(h, nonzero(n));
+        if (n <= 64 || n % 254 === 240 || n === MAX_LARGE_PAYLOAD) {
+          add(h, new Uint8Array(n)); // all zero
+          add(h, new Uint8Array(n).fill(0xff));
+        }
+        if (n > 300 && n % 254 !== 240) continue;
+        // Runs of 253, 254 and 255 nonzero bytes from the body's start (header into payload),
+        // ending at the payload's end, and reaching into the CRC.
+        for (const run of [253, 254, 255]) {
+          for (const at of [run - 10, n - 1 - run, n - 1 - (run - 4), n - 1 - (run - 2)]) {
+            if (at < 0 || at >= n) continue;
+            const p = nonzero(n);
+            p[at] = 0;
+            add(h, p);
+          }
+        }
+      }
+    }
+    // CRCs with a zero byte at each of their 4 places, on payloads whose body fills whole
+    // 254-byte blocks (the CRC completes the last one) and on others.
+    const crcOf = (f: Frame): number => {
+      const head = Uint8Array.of(f.type, f.flags, f.tag >> 8, f.tag & 255, f.seq >> 8, f.seq & 255, f.ack >> 8, f.ack & 255, f.stream >> 8, f.stream & 255);
+      const all = new Uint8Array(10 + f.payload.length);
+      all.set(head);
+      all.set(f.payload, 10);
+      return crc32c(all);
+    };
+    let zeroCrcs = 0;
+    for (const n of [0, 1, 239, 240, 241, 494, 748, 16110, 16364]) {
+      for (let j = 0; j < 4; j++) {
+        const payload = nonzero(n);
+        const f: Frame = { ...plain, payload };
+        for (let tries = 0; tries < 20_000; tries++) {
+          f.seq = 0x0101 + rng.int(0xfe00); // the header varies; CRC byte j (big-endian) must be 0
+          if ((f.seq & 0xff) === 0 || ((crcOf(f) >>> (8 * (3 - j))) & 0xff) !== 0) continue;
+          add(f, payload);
+          zeroCrcs++;
+          break;
+        }
+      }
+    }
+    assert.equal(zeroCrcs, 36, 'a CRC with a zero byte at each place, for every length');
+    const input = cases
+      .map(({ f, lead }) => `${f.type} ${f.flags} ${f.tag} ${f.seq} ${f.ack} ${f.stream} ${f.payload.length ? Buffer.from(f.payload).toString('hex') : '-'} ${lead ? 1 : 0}\n`)
+      .join('');
+    const r = spawnSync(selftest, ['--encode'], { input, encoding: 'utf8', timeout: 60_000, maxBuffer: 256 << 20 });
+    assert.equal(r.status, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    assert.equal(lines.length, cases.length);
+    assert.ok(cases.length > 1000, `${cases.length} frames`);
+    cases.forEach(({ f, lead }, i) => {
+      const want = Buffer.from(encodeFrame(f, lead)).toString('hex');
+      if (lines[i] !== want) assert.fail(`frame ${i} (payload ${f.payload.length} bytes, lead ${lead}): C ${lines[i].slice(0, 80)}... != reference ${want.slice(0, 80)}...`);
+    });
+  });
+
+  test('CRC-32C at every alignment 0-15, lengths 0-64 and up to 16 KiB: the crc32 instruction (where present) = tables = reference', T, async () => {
+    const { selftest } = buildCAgent();
+    const { crc32c } = await import('../../src/protocol/tunnel/index.js');
+    const rng = new Rng(4242);
+    const inputs: Uint8Array[] = [];
+    for (let n = 0; n <= 64; n++) inputs.push(rng.bytes(n));
+    for (const n of [127, 128, 129, 255, 256, 1024, 1031, 16383, 16384, 16398, 20000]) inputs.push(rng.bytes(n), new Uint8Array(n), new Uint8Array(n).fill(0xff));
+    const r = spawnSync(selftest, ['--crc'], { input: inputs.map((b) => Buffer.from(b).toString('hex') + '\n').join(''), encoding: 'utf8', timeout: 60_000, maxBuffer: 64 << 20 });
+    assert.equal(r.status, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    assert.equal(lines.length, inputs.length);
+    inputs.forEach((b, i) => assert.equal(lines[i], crc32c(b).toString(16).padStart(8, '0'), `input ${i} (${b.length} bytes)`));
+  });
+
   test('a damaged byte stream in random chunks: C decoder = reference decoder (frames and counters)', T, () => {
     const { selftest } = buildCAgent();
     const rng = new Rng(99);

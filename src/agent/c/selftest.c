@@ -5,9 +5,13 @@
  *
  *   vspc-agent-selftest              built-in vectors; TAP output; exit 1 on failure
  *   vspc-agent-selftest --cobs       stdin: hex lines; stdout: COBS encoding (hex)
- *   vspc-agent-selftest --crc        stdin: hex lines; stdout: CRC-32C (8 hex digits)
- *   vspc-agent-selftest --encode     stdin: "type flags tag seq ack stream payloadhex|-"
- *                                    (decimal fields); stdout: wire bytes (hex)
+ *   vspc-agent-selftest --crc        stdin: hex lines; stdout: CRC-32C (8 hex digits), or
+ *                                    "mismatch" if the tables and the dispatched code (the
+ *                                    crc32 instruction where there is one) differ at any
+ *                                    alignment 0-15
+ *   vspc-agent-selftest --encode     stdin: "type flags tag seq ack stream payloadhex|- [lead]"
+ *                                    (decimal fields, payload up to 16384 bytes, lead 1: a
+ *                                    leading delimiter); stdout: wire bytes (hex)
  *   vspc-agent-selftest --decode     stdin: hex chunks of one byte stream, a line each;
  *                                    stdout: one line per frame (as --encode input),
  *                                    then "stats frames discarded badcobs badcrc short long"
@@ -330,15 +334,31 @@ int main(int argc, char **argv) {
       puthex(out, m);
       printf("\n");
     } else if (!strcmp(mode, "--crc")) {
+      /* The input at every alignment 0-15, by the dispatched code and by the tables:
+         one CRC if all agree, else "mismatch". */
+      static uint8_t moved[(1 << 16) + 16];
       size_t n = unhex(line, in, sizeof in);
-      printf("%08x\n", vt_crc32c(in, n));
+      uint32_t want = vt_crc32c(in, n);
+      int agree = vt_crc32c_update_sw(0xFFFFFFFFu, in, n) == (want ^ 0xFFFFFFFFu);
+      for (size_t a = 0; a < 16; a++) {
+        memcpy(moved + a, in, n);
+        if (vt_crc32c(moved + a, n) != want || vt_crc32c_update_sw(0xFFFFFFFFu, moved + a, n) != (want ^ 0xFFFFFFFFu)) agree = 0;
+      }
+      if (agree) printf("%08x\n", want);
+      else printf("mismatch\n");
     } else if (!strcmp(mode, "--encode")) {
+      /* Payloads up to VT_MAX_LARGE_PAYLOAD, placed at an odd offset (CRC and COBS on an
+         unaligned payload); an optional 8th field 1 asks for the leading delimiter. */
       unsigned t, fl, tag, seq, ack, st;
-      char hex[4096];
-      if (sscanf(line, "%u %u %u %u %u %u %4095s", &t, &fl, &tag, &seq, &ack, &st, hex) != 7) return 2;
-      struct vt_frame f = {(uint8_t)t, (uint8_t)fl, (uint16_t)tag, (uint16_t)seq, (uint16_t)ack, (uint16_t)st, 0, in};
-      f.len = strcmp(hex, "-") ? (uint16_t)unhex(hex, in, VT_MAX_PAYLOAD) : 0;
-      size_t m = vt_frame_wire(&f, 0, out);
+      int lead = 0;
+      static char hex[2 * VT_MAX_LARGE_PAYLOAD + 2];
+      int k = sscanf(line, "%u %u %u %u %u %u %32769s %d", &t, &fl, &tag, &seq, &ack, &st, hex, &lead);
+      if (k != 7 && k != 8) return 2;
+      if (strlen(hex) > 2 * VT_MAX_LARGE_PAYLOAD) return 2;
+      uint8_t *pay = in + 1 + (t + seq) % 7;
+      struct vt_frame f = {(uint8_t)t, (uint8_t)fl, (uint16_t)tag, (uint16_t)seq, (uint16_t)ack, (uint16_t)st, 0, pay};
+      f.len = strcmp(hex, "-") ? (uint16_t)unhex(hex, pay, VT_MAX_LARGE_PAYLOAD) : 0;
+      size_t m = vt_frame_wire(&f, lead, out);
       puthex(out, m);
       printf("\n");
     } else if (!strcmp(mode, "--decode")) {
