@@ -7,6 +7,7 @@ import {
   Reason,
   decodeReason,
   decodeU32,
+  encodeOpen,
   encodeU32,
   type LinkMessage,
   type MuxConfig,
@@ -500,6 +501,145 @@ describe('tunnel mux: receive-window autotuning', { timeout: 120_000 }, () => {
     p.a.handle({ type: FrameType.DATA, stream: 1, payload: bytes(room + 1) }, 0);
     assert.ok(p.log.events.includes('agent:reset:1:FLOW_CONTROL:local'));
     assert.equal(p.a.windowGrowth, 0);
+  });
+});
+
+/** The receive window autotuning has given a stream (internal: not part of the API). */
+function windowOf(m: Multiplexer, s: TunnelStream): number {
+  return m.info((s as unknown as { rec: Parameters<Multiplexer['info']>[0] }).rec).window;
+}
+
+describe('tunnel mux: autotuning against hostile sequences', { timeout: 120_000 }, () => {
+  test('property: streams ending by every path (FIN both ways, RESET either side, RESET_WAIT, OPEN_FAIL, violations, id reuse, peer restart) return all growth; held + granted within streams × window + budget', () => {
+    const W = 1024;
+    const MAX = 8192;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 20_000 }),
+        fc.array(
+          fc.record({
+            op: fc.oneof(
+              { arbitrary: fc.constantFrom('openH', 'openA', 'end', 'reset', 'overrun', 'reuse', 'fin2', 'restart'), weight: 2 },
+              { arbitrary: fc.constantFrom('write', 'consume', 'deliverH', 'deliverA', 'flush'), weight: 5 },
+            ),
+            pick: fc.nat(1000),
+            n: fc.integer({ min: 1, max: 20_000 }),
+          }),
+          { minLength: 20, maxLength: 150 },
+        ),
+        (budget, ops) => {
+          const tune = { streamWindow: W, maxStreamWindow: MAX, windowBudget: budget, maxStreams: 8 };
+          const noop = (): TunnelStreamHandlers => ({});
+          let k = 0;
+          // Each side accepts two requests in three (some with manual consumption), refuses the third.
+          const answer = (st: TunnelStream): void => {
+            if (k++ % 3 === 2) st.refuse(0);
+            else st.accept(0, noop(), { autoConsume: k % 2 === 0 });
+          };
+          const h: Multiplexer = new Multiplexer(cfg('host', { ...tune, autoConsume: true }), { kick: () => {}, openRequest: answer });
+          const a: Multiplexer = new Multiplexer(cfg('agent', { ...tune, autoConsume: true }), { kick: () => {}, openRequest: answer });
+          let h2a: LinkMessage[] = [];
+          let a2h: LinkMessage[] = [];
+          const pump = (): void => {
+            for (let m = h.nextMessage(2048); m; m = h.nextMessage(2048)) h2a.push(m);
+            for (let m = a.nextMessage(2048); m; m = a.nextMessage(2048)) a2h.push(m);
+          };
+          const deliver = (to: Multiplexer, q: LinkMessage[], n: number): LinkMessage[] => {
+            const now = q.slice(0, n);
+            for (const m of now) to.handle(m, 0);
+            return q.slice(n);
+          };
+          const check = (): void => {
+            for (const m of [h, a]) {
+              assert.ok(m.windowGrowth >= 0 && m.windowGrowth <= budget, `growth ${m.windowGrowth} within budget ${budget}`);
+              let grown = 0;
+              for (const st of m.listStreams()) {
+                const w = windowOf(m, st);
+                assert.ok(w >= W && w <= Math.max(W, MAX), `window ${w}`);
+                grown += w - W;
+                // What the peer may still send plus what we hold: at most the window.
+                assert.ok(st.grantedTotal - st.receivedTotal + st.unconsumed <= w, 'held + outstanding credit ≤ window');
+                assert.ok(st.grantedTotal - st.receivedTotal <= 0xffffffff);
+              }
+              assert.equal(grown, m.windowGrowth, 'the budget in use is exactly the growth of the streams held');
+            }
+          };
+          for (const o of ops) {
+            const both = [...h.listStreams().map((st) => [h, st] as const), ...a.listStreams().map((st) => [a, st] as const)];
+            const pick = both.length ? both[o.pick % both.length] : undefined;
+            try {
+              switch (o.op) {
+                case 'openH':
+                  if (h.streamCount < 8) h.open(22, noop(), { autoConsume: o.n % 2 === 0 }, 0);
+                  break;
+                case 'openA':
+                  if (a.streamCount < 8) a.open(22, noop(), {}, 0);
+                  break;
+                case 'write':
+                  if (pick && pick[1].state !== 'CLOSED' && pick[1].bufferedAmount < 100_000) pick[1].write(bytes(o.n), 0);
+                  break;
+                case 'end':
+                  pick?.[1].end(0);
+                  break;
+                case 'reset':
+                  pick?.[1].reset(0);
+                  break;
+                case 'consume':
+                  if (pick) pick[1].consume(Math.min(o.n, pick[1].unconsumed), 0);
+                  break;
+                case 'deliverH':
+                  pump();
+                  a2h = deliver(h, a2h, 1 + (o.n % 8));
+                  break;
+                case 'deliverA':
+                  pump();
+                  h2a = deliver(a, h2a, 1 + (o.n % 8));
+                  break;
+                case 'flush':
+                  for (let i = 0; i < 200 && (h2a.length || a2h.length || i === 0); i++) {
+                    pump();
+                    h2a = deliver(a, h2a, h2a.length);
+                    a2h = deliver(h, a2h, a2h.length);
+                  }
+                  break;
+                case 'overrun':
+                  // The peer sends beyond the credit it has: FLOW_CONTROL.
+                  if (pick) pick[0].handle({ type: FrameType.DATA, stream: pick[1].id, payload: bytes(pick[1].grantedTotal - pick[1].receivedTotal + 1) }, 0);
+                  break;
+                case 'fin2':
+                  if (pick) for (let i = 0; i < 2; i++) pick[0].handle({ type: FrameType.FIN, stream: pick[1].id, payload: new Uint8Array(0) }, 0);
+                  break;
+                case 'reuse':
+                  // The peer opens an id we still hold (its own partition): PROTOCOL, both dropped.
+                  if (pick && !pick[1].initiatedLocally) pick[0].handle({ type: FrameType.OPEN, stream: pick[1].id, payload: encodeOpen({ port: 22, credit: 100 }) }, 0);
+                  break;
+                case 'restart':
+                  // A peer restart: both sides drop everything, in flight included.
+                  h.resetAll(Reason.SHUTDOWN, 'restart');
+                  a.resetAll(Reason.SHUTDOWN, 'restart');
+                  h2a = [];
+                  a2h = [];
+                  break;
+              }
+            } catch (err) {
+              // API refusals (write after end, stream closed) are fine; nothing else is.
+              if (!(err instanceof Error) || !/STREAM_(ENDED|CLOSED|STATE)|BUFFER_FULL|TOO_MANY/.test(String((err as { code?: string }).code))) throw err;
+            }
+            check();
+          }
+          for (const st of [...h.listStreams(), ...a.listStreams()]) st.reset(0);
+          for (let i = 0; i < 200; i++) {
+            pump();
+            h2a = deliver(a, h2a, h2a.length);
+            a2h = deliver(h, a2h, a2h.length);
+          }
+          check();
+          assert.equal(h.streamCount + a.streamCount, 0);
+          assert.equal(h.windowGrowth + a.windowGrowth, 0, 'every share of the budget returned');
+        },
+      ),
+      { numRuns: 1000 },
+    );
   });
 });
 
