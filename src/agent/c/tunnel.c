@@ -127,13 +127,18 @@ long vt_cobs_decode(const uint8_t *src, size_t n, uint8_t *dst) {
   return (long)o;
 }
 
+/* The 10-byte header (spec 3.1). */
+static void frame_header(const struct vt_frame *f, uint8_t *h) {
+  h[0] = f->type;
+  h[1] = f->flags;
+  vt_put16(h + 2, f->tag);
+  vt_put16(h + 4, f->seq);
+  vt_put16(h + 6, f->ack);
+  vt_put16(h + 8, f->stream);
+}
+
 size_t vt_frame_body(const struct vt_frame *f, uint8_t *body) {
-  body[0] = f->type;
-  body[1] = f->flags;
-  vt_put16(body + 2, f->tag);
-  vt_put16(body + 4, f->seq);
-  vt_put16(body + 6, f->ack);
-  vt_put16(body + 8, f->stream);
+  frame_header(f, body);
   if (f->len) memcpy(body + VT_HEADER, f->payload, f->len);
   size_t n = VT_HEADER + (size_t)f->len;
   vt_put32(body + n, vt_crc32c(body, n));
@@ -183,12 +188,7 @@ static void cobs_put(struct cobs_out *e, const uint8_t *src, size_t n) {
 
 size_t vt_frame_wire(const struct vt_frame *f, int leading_delimiter, uint8_t *out) {
   uint8_t head[VT_HEADER], crc[VT_CRC];
-  head[0] = f->type;
-  head[1] = f->flags;
-  vt_put16(head + 2, f->tag);
-  vt_put16(head + 4, f->seq);
-  vt_put16(head + 6, f->ack);
-  vt_put16(head + 8, f->stream);
+  frame_header(f, head);
   uint32_t c = vt_crc32c_update(0xFFFFFFFFu, head, VT_HEADER);
   if (f->len) c = vt_crc32c_update(c, f->payload, f->len);
   vt_put32(crc, c ^ 0xFFFFFFFFu);
