@@ -316,7 +316,7 @@ export function rows(r: BenchReport): Row[] {
         out.push({
           ref: 9,
           figure: `${name}: raw line from the guest via an in-guest TCP hop`,
-          result: `median ${n(h.fromGuest.median, 1)} KiB/s (${range(h.fromGuest)}) = ${n(h.pctOfRaw, 1)} % of the raw line's median (nc from the download source to the spare port; not a target)`,
+          result: `median ${n(h.fromGuest.median, 1)} KiB/s (${range(h.fromGuest)}) = ${n(h.pctOfRaw, 1)} % of the raw line's median (nc from the download source to the line without the tunnel; not a target)`,
           target: '',
           met: null,
         });

@@ -42,7 +42,7 @@ import { join } from 'node:path';
 import type { TunnelView } from '../src/admin/views.js';
 import { guestArtifacts, SerialConsole, startGuest, type Guest } from '../test/support/qemu.js';
 import { bounded } from '../test/agent/harness.js';
-import { buildTunnelGuest, DROPBEAR, rawLine, SFTP_SERVER, socketPort, TUNNEL_VARIANT } from '../test/support/tunnel-guest.js';
+import { buildTunnelGuest, DROPBEAR, rawLine, SFTP_SERVER, socketPort, TUNNEL_VARIANT, type RawPort } from '../test/support/tunnel-guest.js';
 import { FaultRelay } from '../test/support/tunnel.js';
 import { distribution, round, roundDistribution, sleep, type Distribution } from './common.js';
 import { removeTempDir, trackTempDir } from './ipc.js';
@@ -104,10 +104,11 @@ export interface TunnelLineFigures {
   /** The bulk transfers under the keystrokes, KiB/s. */
   bulkUnderKeystrokesKiBps: { upload: number; download: number };
   /**
-   * virtio-serial only, not a target: the raw line from the guest with the tunnel's
-   * in-guest hop and nothing else — the download source (busybox `nc -e cat`) read
-   * through loopback TCP by `nc`, written to the spare port — KiB/s per round, and its
-   * median / the raw line's median, percent. What the guest's TCP costs under emulation.
+   * Not a target: the raw line from the guest with the tunnel's in-guest hop and
+   * nothing else — the download source (busybox `nc -e cat`) read through loopback TCP
+   * by `nc`, written to the line (virtio: the spare port; UART: ttyS1, its agent
+   * stopped, as for the raw line) — KiB/s per round, and its median / the raw line's
+   * median, percent. What the guest's TCP costs under emulation.
    */
   rawViaGuestTcp?: { fromGuest: Spread; pctOfRaw: number };
   /** The tunnel's own view at the end: RTT, retransmissions, damaged frames. */
@@ -359,14 +360,19 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
       /** `size` bytes each way over the line without the tunnel. */
       const measureRaw = async (): Promise<{ toGuestMs: number; fromGuestMs: number }> => {
         if (line === 'virtio') return rawLine(con!, await socketPort(guest!.path('vraw.sock')), vraw, size, bound);
+        return onUartLine((port) => rawLine(con!, port, '/dev/ttyS1', size, bound));
+      };
+
+      /** UART: `f` with ttyS1 to itself (its agent stopped, the relay diverted), then the tunnel back up. */
+      const onUartLine = async <T>(f: (port: RawPort) => Promise<T>): Promise<T> => {
         const agent = (await view(line)).link!.agentBootId;
         const stopped = await con!.run('/etc/init.d/vspc-agent stop');
         if (stopped.status !== 0) throw new Error(`stopping the UART agent: ${stopped.output}`);
         const taps: Array<(b: Buffer) => void> = [];
         const r = relay!;
-        r.divert((b) => taps.forEach((f) => f(b)));
+        r.divert((b) => taps.forEach((g) => g(b)));
         try {
-          return await rawLine(con!, { write: (b) => void r.write(b), onData: (f) => void taps.push(f), close: () => undefined }, '/dev/ttyS1', size, bound);
+          return await f({ write: (b) => void r.write(b), onData: (g) => void taps.push(g), close: () => undefined });
         } finally {
           r.divert(null);
           await con!.run('VSPC_AGENT_DEVICE=/dev/ttyS1 VSPC_AGENT_ALLOW=7,9,5019,5020 /etc/init.d/vspc-agent start');
@@ -417,25 +423,42 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         const names = ['usr', 'nice', 'sys', 'idle', 'iow', 'irq', 'sirq'];
         return `host vspc ${pct(b.vspc - a.vspc)} qemu ${pct(b.qemu - a.qemu)}; guest ${names.map((n, i) => `${n} ${gd[i]}`).join(' ')} ticks, agents ${b.agents - a.agents} (${Math.round(ms)} ms)`;
       };
-      /** virtio: the raw line from the guest through an in-guest loopback TCP hop (the source → nc → the spare port). */
+      /**
+       * The raw line from the guest through an in-guest loopback TCP hop: the download
+       * source → nc → the line (virtio: the spare port; UART: ttyS1 itself, its agent
+       * stopped, as for the raw line), no tunnel. What the guest's TCP costs under emulation.
+       */
       const measureRawViaTcp = async (): Promise<number> => {
-        const port = await socketPort(guest!.path('vraw.sock'));
         let got = 0;
         let t1 = 0;
-        try {
-          const done = new Promise<void>((resolve) =>
+        const counted = (b: Buffer) => {
+          if (got === 0) t1 = performance.now();
+          got += b.length;
+        };
+        const reached = (port: { onData(f: (b: Buffer) => void): void }) =>
+          new Promise<void>((resolve) =>
             port.onData((b) => {
-              if (got === 0) t1 = performance.now();
-              got += b.length;
+              counted(b);
               if (got >= size - 1024) resolve();
             }),
           );
-          con!.sendLine(`(exec 3<>${vraw}; nc 127.0.0.1 5019 </dev/null >&3) &`);
+        if (line === 'virtio') {
+          const port = await socketPort(guest!.path('vraw.sock'));
+          try {
+            const done = reached(port);
+            con!.sendLine(`(exec 3<>${vraw}; nc 127.0.0.1 5019 </dev/null >&3) &`);
+            await bounded(done, bound, `${size} bytes from the guest through nc (got ${got})`);
+            return performance.now() - t1;
+          } finally {
+            port.close();
+          }
+        }
+        return onUartLine(async (port) => {
+          const done = reached(port);
+          con!.sendLine('(exec 3<>/dev/ttyS1; stty raw -echo <&3; nc 127.0.0.1 5019 </dev/null >&3) &');
           await bounded(done, bound, `${size} bytes from the guest through nc (got ${got})`);
           return performance.now() - t1;
-        } finally {
-          port.close();
-        }
+        });
       };
 
       // Raw and tunnel alternately, the order swapped every round.
@@ -450,10 +473,8 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
           tuns.push(await measureTunnel());
           raws.push(await measureRaw());
         }
-        if (line === 'virtio') {
-          hops.push(await measureRawViaTcp());
-          log(`tunnel ${line} round ${i + 1}/${o.repeats}: raw line from the guest through an in-guest TCP hop ${kibps(size, hops[i])} KiB/s`);
-        }
+        hops.push(await measureRawViaTcp());
+        log(`tunnel ${line} round ${i + 1}/${o.repeats}: raw line from the guest through an in-guest TCP hop ${kibps(size, hops[i])} KiB/s`);
         log(
           `tunnel ${line} round ${i + 1}/${o.repeats}: raw line ${kibps(size, raws[i].toGuestMs)} / ${kibps(size, raws[i].fromGuestMs)} KiB/s, ` +
             `tunnel ${kibps(size, tuns[i].toGuestMs)} / ${kibps(size, tuns[i].fromGuestMs)} KiB/s (to / from the guest)`,
