@@ -532,7 +532,11 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
       // The agent's own counters (retransmissions, timeouts, damaged frames it received),
       // for the log: SIGUSR1 writes them as one line to its log.
       const [signal, logFile] = line === 'uart' ? ['/etc/init.d/vspc-agent stats >/dev/null', '/var/log/vspc-agent.log'] : ['kill -USR1 $(cat /tmp/agent-virtio.pid)', '/var/log/agent-virtio.log'];
-      const stats = await con.run(`${signal} && sleep 0.3 && grep 'stats:' ${logFile} | tail -n1`);
+      // Waits for the new line itself (bounded: 100 × 50 ms), not for a fixed time.
+      const count = `grep -c 'stats:' ${logFile}`;
+      const stats = await con.run(
+        `n=$(${count}); ${signal} && i=0 && while [ "$(${count})" = "$n" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; grep 'stats:' ${logFile} | tail -n1`,
+      );
       log(`tunnel ${line}: agent counters: ${stats.output.trim().replace(/^.*stats: /, '') || '(none)'}`);
       if (duringUp.length < 3) errors.push(`${line}: only ${duringUp.length} keystrokes during the uploads (make --tunnel-${line}-size larger)`);
       if (duringDown.length < 3) errors.push(`${line}: only ${duringDown.length} keystrokes during the downloads (make --tunnel-${line}-size larger)`);

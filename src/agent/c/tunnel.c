@@ -194,8 +194,7 @@ size_t vt_frame_wire(const struct vt_frame *f, int leading_delimiter, uint8_t *o
   vt_put32(crc, c ^ 0xFFFFFFFFu);
   size_t o = 0;
   if (leading_delimiter) out[o++] = 0;
-  struct cobs_out e = {out + o, 0, 0, 0, 1};
-  e.o = 1; /* the first block's code byte at 0 */
+  struct cobs_out e = {out + o, 1, 0, 0, 1}; /* the first block open, its code byte at 0 */
   cobs_put(&e, head, VT_HEADER);
   if (f->len) cobs_put(&e, f->payload, f->len);
   cobs_put(&e, crc, VT_CRC);
