@@ -8,6 +8,7 @@ import { Command, CommanderError, Option as CliOption } from 'commander';
 import { parseDuration, parseHostPort, parsePortRange, parseSize } from '../src/config/config.js';
 import { VERSION } from '../src/version.js';
 import { DEFAULT_OPTIONS, DEFAULT_PHASES, PHASES, runBench, type BenchOptions, type Phase } from './harness.js';
+import { TUNNEL_LINES, type TunnelLine } from './tunnel.js';
 import { installExitHooks, killAll } from './ipc.js';
 import { markdownTable, targets, textTable } from './report.js';
 import { adminEndpoint, type AdminEndpoint } from './server-process.js';
@@ -78,6 +79,7 @@ export function buildBenchProgram(name = 'vspc-bench'): Command {
     .option('--tunnel-virtio-size <size>', 'tunnel phase: bytes per transfer over virtio-serial', (v) => parseSize('--tunnel-virtio-size', v), d.tunnel.virtioBytes)
     .option('--tunnel-rtt-samples <n>', 'tunnel phase: keystroke round trips idle (and at most this many during each bulk transfer)', int('--tunnel-rtt-samples', 1), d.tunnel.rttSamples)
     .option('--tunnel-streams <n>', 'tunnel phase: idle streams opened for the memory figure', int('--tunnel-streams', 1), d.tunnel.idleStreams)
+    .option('--tunnel-lines <list>', 'tunnel phase: comma-separated subset of uart,virtio', d.tunnel.lines.join(','))
     .option('--tunnel-repeats <n>', 'tunnel phase: raw/goodput rounds per line (alternating; medians reported), and bulk transfers under keystrokes each way', int('--tunnel-repeats', 1), d.tunnel.repeats)
     .option('--cluster-vms <n>', 'cluster phase: ESXi serial ports across the three nodes (--phases cluster)', int('--cluster-vms', 3), d.cluster.vms)
     .option('--cluster-workers <n>', 'cluster phase: load-generator processes per node (at least 2)', int('--cluster-workers', 2), d.cluster.workersPerNode)
@@ -116,6 +118,9 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
     .map((p) => p.trim())
     .filter(Boolean);
   for (const p of phases) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`--phases: unknown phase "${p}" (known: ${PHASES.join(', ')})`);
+  const tunnelLines = [...new Set(String(o.tunnelLines).split(',').map((s) => s.trim()).filter(Boolean))];
+  if (tunnelLines.length === 0) throw new Error('--tunnel-lines: empty (known: uart, virtio)');
+  for (const l of tunnelLines) if (!(TUNNEL_LINES as readonly string[]).includes(l)) throw new Error(`--tunnel-lines: unknown line "${l}" (known: ${TUNNEL_LINES.join(', ')})`);
   if (!!o.target !== !!o.admin) throw new Error('--target and --admin go together');
   const clients = String(o.throughputClients)
     .split(',')
@@ -189,6 +194,7 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
       rttSamples: quick && o.tunnelRttSamples === d.tunnel.rttSamples ? 10 : (o.tunnelRttSamples as number),
       idleStreams: quick && o.tunnelStreams === d.tunnel.idleStreams ? 8 : (o.tunnelStreams as number),
       repeats: quick && o.tunnelRepeats === d.tunnel.repeats ? 1 : (o.tunnelRepeats as number),
+      lines: tunnelLines as TunnelLine[],
     },
     cluster: {
       vms: quick && o.clusterVms === d.cluster.vms ? 600 : (o.clusterVms as number),

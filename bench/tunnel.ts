@@ -59,14 +59,20 @@ export interface TunnelOptions {
   idleStreams: number;
   /** Raw/goodput rounds per line (alternating), and bulk transfers under keystrokes each way. */
   repeats: number;
+  /** The lines measured, in this order. */
+  lines: TunnelLine[];
 }
+
+/** The guest's two tunnel lines: the emulated 16550 UART (ttyS1) and a virtio-serial port. */
+export const TUNNEL_LINES = ['uart', 'virtio'] as const;
+export type TunnelLine = (typeof TUNNEL_LINES)[number];
 
 /**
  * virtio-serial moves 300–500 MiB/s from the guest under TCG (a raw `cat`): a transfer of
  * a few MiB is over in milliseconds, and its figure is the start (first round trips,
  * buffers filling), not the line's rate. 32 MiB lasts 0.1 s raw, 0.5 s through the tunnel.
  */
-export const DEFAULT_TUNNEL_OPTIONS: TunnelOptions = { uartBytes: 256 * 1024, virtioBytes: 32 << 20, rttSamples: 30, idleStreams: 64, repeats: 3 };
+export const DEFAULT_TUNNEL_OPTIONS: TunnelOptions = { uartBytes: 256 * 1024, virtioBytes: 32 << 20, rttSamples: 30, idleStreams: 64, repeats: 3, lines: [...TUNNEL_LINES] };
 
 /** Repeated measurements: the median, the range and every sample (in order). */
 export interface Spread {
@@ -352,7 +358,7 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
     };
 
     const lines: TunnelLineFigures[] = [];
-    for (const line of ['uart', 'virtio'] as const) {
+    for (const line of o.lines) {
       const size = line === 'uart' ? o.uartBytes : o.virtioBytes;
       const bound = Math.max(60_000, timeoutMs / 4);
       let ports = await waitUp(line);

@@ -21,7 +21,7 @@ const tiny = {
   phases: ['tunnel' as const],
   vms: 1,
   bulkWorkers: 1,
-  tunnel: { uartBytes: 24 * 1024, virtioBytes: 256 * 1024, rttSamples: 5, idleStreams: 4, repeats: 2 },
+  tunnel: { uartBytes: 24 * 1024, virtioBytes: 256 * 1024, rttSamples: 5, idleStreams: 4, repeats: 2, lines: ['uart' as const, 'virtio' as const] },
   command: 'tunnel phase test',
   phaseTimeoutMs: 60_000,
 };
