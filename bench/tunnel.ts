@@ -6,9 +6,9 @@
  * C agent, busybox test services on 127.0.0.1 — 7 echo, 9 sha256 sink — and two the
  * phase starts: a source of N bytes on 5019 and a counting sink (`wc -c`) on 5020). Two tunnels in a vspc of the phase's own
  * (a child process, so that its RSS is the tunnel's alone): `uart` over the emulated
- * 16550 (ttyS1 on a unix socket, through test/support/tunnel.ts's relay, clean, which
- * lets the raw measurement take the very same port), `virtio` over a virtio-serial
- * port. Per line:
+ * 16550 (ttyS1 on QEMU's unix socket, read by vspc itself; for the raw measurement a
+ * reload takes the tunnel away and the phase reads the very same port), `virtio` over a
+ * virtio-serial port. Per line:
  *
  *   raw        `size` bytes each way over the line without the tunnel (for the UART
  *              the tunnel's own ttyS1, its agent stopped; for virtio-serial a spare
@@ -43,10 +43,9 @@ import type { TunnelView } from '../src/admin/views.js';
 import { guestArtifacts, SerialConsole, startGuest, type Guest } from '../test/support/qemu.js';
 import { bounded } from '../test/agent/harness.js';
 import { buildTunnelGuest, DROPBEAR, rawLine, SFTP_SERVER, socketPort, TUNNEL_VARIANT, type RawPort } from '../test/support/tunnel-guest.js';
-import { FaultRelay } from '../test/support/tunnel.js';
 import { distribution, round, roundDistribution, sleep, type Distribution } from './common.js';
 import { removeTempDir, trackTempDir } from './ipc.js';
-import { adminGet, ServerProcess } from './server-process.js';
+import { adminGet, adminPost, ServerProcess } from './server-process.js';
 
 export interface TunnelOptions {
   /** Bytes per transfer over the emulated UART (raw, goodput, the bulk under keystrokes). */
@@ -290,7 +289,6 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
   const errors: string[] = [];
   let guest: Guest | undefined;
   let con: SerialConsole | undefined;
-  let relay: FaultRelay | undefined;
   let server: ServerProcess | undefined;
   try {
     const t0 = performance.now();
@@ -319,7 +317,6 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
     // --max-streams: the memory figure opens `idleStreams` at once (the agent's default is 64).
     await con.run(`(/usr/local/sbin/vspc-agent --device ${vdev} --allow 7,9,5019,5020 --max-streams ${Math.max(64, o.idleStreams + 8)} </dev/null >/var/log/agent-virtio.log 2>&1 & echo $! >/tmp/agent-virtio.pid)`);
     await con.run('(nc -ll -p 5020 -e wc -c </dev/null >/dev/null 2>&1 &)');
-    relay = await FaultRelay.start(join(dir, 'uart-relay.sock'), guest.path('ttyS1.sock'));
 
     // vspc with the two tunnels, on ports of its own.
     const { reservePortRange } = await import('../test/support/ports.js');
@@ -327,15 +324,22 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
     const range = { start: block.start, end: block.start + 13 };
     const cfg = join(dir, 'vspc.json');
     const forwards = [7, 9, 5019, 5020];
-    writeFileSync(
-      cfg,
-      JSON.stringify({
-        tunnels: [
-          { name: 'uart', source: `unix:${relay.path}`, forwards },
-          { name: 'virtio', source: `unix:${guest.path('vport.sock')}`, forwards },
-        ],
-      }),
-    );
+    // vspc reads QEMU's sockets itself, as in production: QEMU writes a UART's bytes one
+    // per sendmsg() and stops the guest's transmitter when its socket buffer (a few
+    // hundred such bytes) is full, so whoever reads the socket sets the pace, and a
+    // relay process in between would measure itself. writeConfig(false) takes the UART
+    // from vspc for the raw line (onUartLine).
+    const writeConfig = (withUart: boolean) =>
+      writeFileSync(
+        cfg,
+        JSON.stringify({
+          tunnels: [
+            ...(withUart ? [{ name: 'uart', source: `unix:${guest!.path('ttyS1.sock')}`, forwards }] : []),
+            { name: 'virtio', source: `unix:${guest!.path('vport.sock')}`, forwards },
+          ],
+        }),
+      );
+    writeConfig(true);
     server = ServerProcess.spawn({ dbPath: join(dir, 'vspc.db'), proxyPort: block.start + 14, adminPort: block.start + 15, portRange: range, extraArgs: ['--config', cfg], nodeArgs });
     await server.waitReady(60_000);
     const srv = server;
@@ -369,18 +373,26 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         return onUartLine((port) => rawLine(con!, port, '/dev/ttyS1', size, bound));
       };
 
-      /** UART: `f` with ttyS1 to itself (its agent stopped, the relay diverted), then the tunnel back up. */
+      /**
+       * UART: `f` with ttyS1 to itself: its agent stopped, vspc's UART tunnel removed by a
+       * reload (so vspc lets go of QEMU's socket) and the socket connected here; then the
+       * tunnel back (another reload) and up with the restarted agent.
+       */
       const onUartLine = async <T>(f: (port: RawPort) => Promise<T>): Promise<T> => {
         const agent = (await view(line)).link!.agentBootId;
         const stopped = await con!.run('/etc/init.d/vspc-agent stop');
         if (stopped.status !== 0) throw new Error(`stopping the UART agent: ${stopped.output}`);
-        const taps: Array<(b: Buffer) => void> = [];
-        const r = relay!;
-        r.divert((b) => taps.forEach((g) => g(b)));
+        writeConfig(false);
+        await adminPost(srv.admin, '/api/v1/reload');
+        await until(async () => (await adminGet<TunnelView[]>(srv.admin, '/api/v1/tunnels')).every((x) => x.name !== 'uart'), 30_000, 'the UART tunnel removed', 50);
+        // QEMU accepts one client at a time: this connection is served once vspc's is gone.
+        const port = await socketPort(guest!.path('ttyS1.sock'));
         try {
-          return await f({ write: (b) => void r.write(b), onData: (g) => void taps.push(g), close: () => undefined });
+          return await f(port);
         } finally {
-          r.divert(null);
+          port.close();
+          writeConfig(true);
+          await adminPost(srv.admin, '/api/v1/reload');
           await con!.run('VSPC_AGENT_DEVICE=/dev/ttyS1 VSPC_AGENT_ALLOW=7,9,5019,5020 /etc/init.d/vspc-agent start');
           ports = await waitUp(line, agent);
         }
@@ -601,7 +613,7 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
       return {
         workload:
           `QEMU guest (TCG, ${TUNNEL_VARIANT} test variant, kernel ${artifacts.kernelRelease}) with the static C agent; vspc (a child process of its own) with two tunnels: ` +
-          `uart = emulated 16550 (ttyS1 on a unix socket via a clean relay), virtio = a virtio-serial port. Per line, ${o.uartBytes / KiB} KiB (UART) / ${o.virtioBytes / KiB} KiB (virtio) each way: ` +
+          `uart = emulated 16550 (ttyS1 on QEMU's unix socket, read by vspc itself), virtio = a virtio-serial port. Per line, ${o.uartBytes / KiB} KiB (UART) / ${o.virtioBytes / KiB} KiB (virtio) each way: ` +
           `raw = the same kind of port without the tunnel (UART: ttyS1 itself, its agent stopped; virtio: a spare port), head/cat in the guest, timed on the host — a floor of the line's capacity under emulation; ` +
           `goodput = the same bytes through the tunnel into a counting sink (wc -c: it discards, as the raw reader does; count checked) and from a file in the guest (busybox nc; digest checked), in the same run; ` +
           `raw and goodput ${o.repeats} times each, alternately (the order swapped every round): medians, ranges, and tunnel / raw per round; ` +
@@ -618,7 +630,6 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
   } finally {
     await server?.stop(15_000).catch(() => server?.kill());
     con?.close();
-    await relay?.close().catch(() => undefined);
     await guest?.stop();
     removeTempDir(dir);
   }
