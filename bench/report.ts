@@ -321,6 +321,16 @@ export function rows(r: BenchReport): Row[] {
           met: null,
         });
       }
+      if (l.guestTcpAlone) {
+        const t = l.guestTcpAlone;
+        out.push({
+          ref: 9,
+          figure: `${name}: the guest's loopback TCP alone`,
+          result: `median ${n(t.fromGuest.median, 1)} KiB/s (${range(t.fromGuest)}) = ${n(t.pctOfRaw, 1)} % of the raw line's median (the download source read by dd, 64 KiB at a time, into /dev/null, no line: what every tunnel byte from the guest crosses first; not a target)`,
+          target: '',
+          met: null,
+        });
+      }
       out.push({ ref: 9, figure: `${name}: keystroke round trip, idle`, result: fmt(l.rtt.idle), target: '', met: null });
       for (const [dir, what, rtt] of [['upload', 'an upload', l.rtt.duringUpload], ['download', 'a download', l.rtt.duringDownload]] as const) {
         out.push({
