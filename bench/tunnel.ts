@@ -118,11 +118,11 @@ export interface TunnelLineFigures {
    */
   rawViaGuestTcp?: { fromGuest: Spread; pctOfRaw: number };
   /**
-   * Not a target: the guest's loopback TCP alone, no line at all — the download source
-   * read by `nc` into /dev/null, timed in the guest — KiB/s per round, and its median /
-   * the raw line's median, percent. Every tunnel byte from the guest crosses this path
-   * (a service's socket) before the tunnel adds its own work: where it is below 80 %
-   * of the raw line, no tunnel can reach that target on this machine.
+   * Not a target (virtio-serial only): the guest's loopback TCP alone, no line at all —
+   * the download source read by `dd`, 64 KiB at a time, into /dev/null, timed in the
+   * guest — KiB/s per round, and its median / the raw line's median, percent. Every
+   * tunnel byte from the guest crosses this path (a service's socket) before the
+   * tunnel adds its own work.
    */
   guestTcpAlone?: { fromGuest: Spread; pctOfRaw: number };
   /** The tunnel's own view at the end: RTT, retransmissions, damaged frames. */
