@@ -573,7 +573,10 @@ function echoUnderBulk(rate: number, opts: { txBuffer: number; queueTargetMs?: n
 }
 
 describe('tunnel: interactive round trip during a bulk transfer (deep transport buffer)', { timeout: 120_000 }, () => {
-  test('keystroke round trip < 50 ms (median and p90) at UART speeds while bulk keeps ≥ 88 % of the line', { timeout: 60_000 }, (t) => {
+  // The bound is 35 ms, not the issue's 50: with one frame of slack in the byte cap while
+  // several streams are open (arq.ts capSlackFrames) the p90 is 23–32 ms here; with two,
+  // as for a lone bulk stream, it was 31–41 ms at the same goodput.
+  test('keystroke round trip < 35 ms (median and p90) at UART speeds while bulk keeps ≥ 88 % of the line', { timeout: 60_000 }, (t) => {
     for (const kib of [20, 28, 50, 100]) {
       const r = echoUnderBulk(kib * KiB, { txBuffer: 256 * KiB });
       const sorted = [...r.rtts].sort((a, b) => a - b);
@@ -581,7 +584,7 @@ describe('tunnel: interactive round trip during a bulk transfer (deep transport 
       const p90 = sorted[Math.floor(sorted.length * 0.9)];
       t.diagnostic(`${kib} KiB/s, 256 KiB transport buffer: keystroke round trip p50 ${p50.toFixed(1)} ms, p90 ${p90.toFixed(1)} ms, max ${sorted[sorted.length - 1].toFixed(1)} ms; bulk goodput ${(r.bulkGoodput * 100).toFixed(1)} %`);
       assert.equal(r.rtts.length, 50, 'every keystroke came back');
-      assert.ok(p50 < 50 && p90 < 50, `${kib} KiB/s: p50 ${p50}, p90 ${p90}`);
+      assert.ok(p50 < 35 && p90 < 35, `${kib} KiB/s: p50 ${p50}, p90 ${p90}`);
       assert.ok(r.bulkGoodput >= 0.88, `${kib} KiB/s: bulk goodput ${r.bulkGoodput}`);
     }
   });

@@ -71,7 +71,7 @@
 #define LOSS_EWMA (1.0 / 64)
 /* The delay-based sender (as src/protocol/tunnel/arq.ts; docs/tunnel-protocol.md 7.6):
    a Vegas congestion window, a byte cap of delivery rate x (base RTT + QUEUE_TARGET_MS)
-   + 2 frames, and short frames while several streams are open. */
+   + 2 frames (1 while several streams are open), and short frames while several streams are open. */
 #define VEGAS_ALPHA 1.5
 #define VEGAS_BETA 3.0
 #define VEGAS_LOW_MS 25.0
@@ -780,7 +780,8 @@ static double bytes_in_flight(void) {
 
 /*
  * Largest number of wire bytes in flight: what the line delivers in a base round trip
- * plus QUEUE_TARGET_MS, plus two frames (the one on the line, the ACK granularity).
+ * plus QUEUE_TARGET_MS, plus two frames (the one on the line, the ACK granularity; one
+ * while several streams are open).
  * Whatever the guest's tty and QEMU buffer in front of the line, a keystroke waits
  * behind at most about QUEUE_TARGET_MS plus a frame of bulk. No limit before the first
  * rate sample (the congestion window alone limits the start).
@@ -788,7 +789,9 @@ static double bytes_in_flight(void) {
 static double byte_cap(void) {
   if (L.delivery_rate <= 0 || !L.have_min_rtt) return INFINITY;
   double frame = payload_limit() + VT_FRAME_OVERHEAD;
-  double cap = L.delivery_rate * (L.min_rtt + QUEUE_TARGET_MS) + 2 * frame;
+  /* Two frames beyond the bandwidth-delay product with one stream, one while several
+     are open: a keystroke waits behind every byte in flight (as arq.ts capSlackFrames). */
+  double cap = L.delivery_rate * (L.min_rtt + QUEUE_TARGET_MS) + (open_streams > 1 ? 1 : 2) * frame;
   return cap > MIN_CAP_FRAMES * frame ? cap : MIN_CAP_FRAMES * frame;
 }
 
