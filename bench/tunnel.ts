@@ -437,8 +437,13 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
           async (port, failed) => {
             port?.close();
             writeConfig(true);
-            await adminPost(srv.admin, '/api/v1/reload');
+            // The agent is restarted even when the reload fails; then the reload's error.
+            const reloaded = await adminPost(srv.admin, '/api/v1/reload').then(
+              () => null,
+              (err: Error) => new Error(`reloading vspc with the UART tunnel back: ${err.message}`),
+            );
             const started = await con!.run('VSPC_AGENT_DEVICE=/dev/ttyS1 VSPC_AGENT_ALLOW=7,9,5019,5020 /etc/init.d/vspc-agent start');
+            if (reloaded) throw reloaded;
             if (started.status !== 0) throw new Error(`restarting the UART agent: ${started.output}`);
             if (!failed) ports = await waitUp(line, agent);
           },
