@@ -156,6 +156,37 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const kibps = (bytes: number, ms: number): number => round(bytes / KiB / (ms / 1000), 1);
 
 /** Bounded wait for an event-driven condition. */
+/**
+ * `use` with something taken by `take` and given back by `giveBack` on every path, for a
+ * measurement that borrows a line from vspc (onUartLine: the UART's agent stopped, its
+ * tunnel removed by a reload, QEMU's socket connected).
+ *
+ * `take` may fail half-way: `giveBack` then gets `undefined` and must undo whatever part
+ * was done (it is called for every failure of `take` or `use`). After a failure the
+ * first error is the one thrown; a failure to give back is only passed to
+ * `onGiveBackError`, so that the cause is not hidden behind one of its consequences.
+ * On success a failure to give back is the error. `failed` tells `giveBack` whether an
+ * error is on its way (it may then skip waiting for the line to recover).
+ */
+export async function onLoan<R, T>(
+  take: () => Promise<R>,
+  use: (r: R) => Promise<T>,
+  giveBack: (r: R | undefined, failed: boolean) => Promise<void>,
+  onGiveBackError: (err: Error) => void,
+): Promise<T> {
+  let r: R | undefined;
+  let out: T;
+  try {
+    r = await take();
+    out = await use(r);
+  } catch (err) {
+    await giveBack(r, true).catch((e: unknown) => onGiveBackError(e instanceof Error ? e : new Error(String(e))));
+    throw err;
+  }
+  await giveBack(r, false);
+  return out;
+}
+
 async function until(pred: () => boolean | Promise<boolean>, timeoutMs: number, what: string, stepMs = 20): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!(await pred())) {
@@ -296,6 +327,11 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
   const dir = mkdtempSync(join(tmpdir(), 'vspc-bench-tunnel-'));
   trackTempDir(dir);
   const errors: string[] = [];
+  // Kept in the JSON report's section, and printed: the tables have no row for them.
+  const problem = (e: string) => {
+    errors.push(e);
+    log(`tunnel: WARNING ${e}`);
+  };
   let guest: Guest | undefined;
   let con: SerialConsole | undefined;
   let server: ServerProcess | undefined;
@@ -389,22 +425,35 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
        */
       const onUartLine = async <T>(f: (port: RawPort) => Promise<T>): Promise<T> => {
         const agent = (await view(line)).link!.agentBootId;
-        const stopped = await con!.run('/etc/init.d/vspc-agent stop');
-        if (stopped.status !== 0) throw new Error(`stopping the UART agent: ${stopped.output}`);
-        writeConfig(false);
-        await adminPost(srv.admin, '/api/v1/reload');
-        await until(async () => (await adminGet<TunnelView[]>(srv.admin, '/api/v1/tunnels')).every((x) => x.name !== 'uart'), 30_000, 'the UART tunnel removed', 50);
-        // QEMU accepts one client at a time: this connection is served once vspc's is gone.
-        const port = await socketPort(guest!.path('ttyS1.sock'));
-        try {
-          return await f(port);
-        } finally {
-          port.close();
-          writeConfig(true);
-          await adminPost(srv.admin, '/api/v1/reload');
-          await con!.run('VSPC_AGENT_DEVICE=/dev/ttyS1 VSPC_AGENT_ALLOW=7,9,5019,5020 /etc/init.d/vspc-agent start');
-          ports = await waitUp(line, agent);
-        }
+        return onLoan(
+          async () => {
+            const stopped = await con!.run('/etc/init.d/vspc-agent stop');
+            if (stopped.status !== 0) throw new Error(`stopping the UART agent: ${stopped.output}`);
+            writeConfig(false);
+            await adminPost(srv.admin, '/api/v1/reload');
+            await until(async () => (await adminGet<TunnelView[]>(srv.admin, '/api/v1/tunnels')).every((x) => x.name !== 'uart'), 30_000, 'the UART tunnel removed', 50);
+            // QEMU accepts one client at a time: this connection is served once vspc's is gone.
+            return socketPort(guest!.path('ttyS1.sock'));
+          },
+          f,
+          // Also after a failure part-way (the config, the reload and the agent restored
+          // whatever was done), but then without waiting up to 2 minutes for the link:
+          // the phase ends on the error, which is the one reported.
+          async (port, failed) => {
+            port?.close();
+            writeConfig(true);
+            // The agent is restarted even when the reload fails; then the reload's error.
+            const reloaded = await adminPost(srv.admin, '/api/v1/reload').then(
+              () => null,
+              (err: Error) => new Error(`reloading vspc with the UART tunnel back: ${err.message}`),
+            );
+            const started = await con!.run('VSPC_AGENT_DEVICE=/dev/ttyS1 VSPC_AGENT_ALLOW=7,9,5019,5020 /etc/init.d/vspc-agent start');
+            if (reloaded) throw reloaded;
+            if (started.status !== 0) throw new Error(`restarting the UART agent: ${started.output}`);
+            if (!failed) ports = await waitUp(line, agent);
+          },
+          (err) => log(`tunnel uart: giving the line back to vspc after a failure: ${err.message}`),
+        );
       };
 
       // The source of downloads: one file, served to every connection on 5019.
@@ -591,8 +640,8 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         `n=$(${count}); ${signal} && i=0 && while [ "$(${count})" = "$n" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; grep 'stats:' ${logFile} | tail -n1`,
       );
       log(`tunnel ${line}: agent counters: ${stats.output.trim().replace(/^.*stats: /, '') || '(none)'}`);
-      if (duringUp.length < 3) errors.push(`${line}: only ${duringUp.length} keystrokes during the uploads (make --tunnel-${line}-size larger)`);
-      if (duringDown.length < 3) errors.push(`${line}: only ${duringDown.length} keystrokes during the downloads (make --tunnel-${line}-size larger)`);
+      if (duringUp.length < 3) problem(`${line}: only ${duringUp.length} keystrokes during the uploads (make --tunnel-${line}-size larger)`);
+      if (duringDown.length < 3) problem(`${line}: only ${duringDown.length} keystrokes during the downloads (make --tunnel-${line}-size larger)`);
       const lv = (await view(line)).link!;
       const fig: TunnelLineFigures = {
         line,
@@ -637,7 +686,7 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
         await e.rtt('m');
       }
       const streams = (await view('virtio')).link!.streams;
-      if (streams < o.idleStreams) errors.push(`memory: ${streams} streams open, wanted ${o.idleStreams}`);
+      if (streams < o.idleStreams) problem(`memory: ${streams} streams open, wanted ${o.idleStreams}`);
       await sleep(500);
       const after = await rss();
       const per = (a: number | null, b: number | null) => (a === null || b === null ? null : round((b - a) / KiB / o.idleStreams, 1));

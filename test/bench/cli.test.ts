@@ -21,11 +21,14 @@ describe('vspc-bench command line', () => {
     assert.deepEqual(optionsOf().tunnel.lines, ['uart', 'virtio']);
     assert.deepEqual(optionsOf('--tunnel-lines', 'virtio').tunnel.lines, ['virtio']);
     assert.deepEqual(optionsOf('--tunnel-lines', ' virtio, uart ,virtio').tunnel.lines, ['virtio', 'uart']);
+    assert.deepEqual(optionsOf('--tunnel-lines', 'uart,uart').tunnel.lines, ['uart']);
   });
 
   test('an unknown or empty --tunnel-lines is an error naming the option and the known lines', () => {
     assert.throws(() => optionsOf('--tunnel-lines', 'uart,serial'), /--tunnel-lines: unknown line "serial" \(known: uart, virtio\)/);
     assert.throws(() => optionsOf('--tunnel-lines', ' , '), /--tunnel-lines: empty/);
+    assert.throws(() => optionsOf('--tunnel-lines', ''), /--tunnel-lines: empty/);
+    assert.throws(() => optionsOf('--tunnel-lines', 'UART'), /--tunnel-lines: unknown line "UART"/);
   });
 
   test('from the shell: exit status 2 and the message on stderr, nothing started', { timeout: 60_000 }, () => {

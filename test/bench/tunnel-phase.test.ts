@@ -54,6 +54,12 @@ describe('benchmark tunnel phase (tiny size, real QEMU guest)', () => {
       assert.equal(l.rawViaGuestTcp?.fromGuest.samples.length, 2, l.line);
       assert.ok(l.rawViaGuestTcp.fromGuest.min > 0 && l.rawViaGuestTcp.pctOfRaw > 0, JSON.stringify(l.rawViaGuestTcp));
     }
+    // virtio-serial also has the guest's loopback TCP alone (dd's record count checked); the UART has not.
+    const uart = tu.lines.find((l) => l.line === 'uart')!;
+    const virtio = tu.lines.find((l) => l.line === 'virtio')!;
+    assert.equal(uart.guestTcpAlone, undefined);
+    assert.equal(virtio.guestTcpAlone?.fromGuest.samples.length, 2);
+    assert.ok(virtio.guestTcpAlone.fromGuest.min > 0 && virtio.guestTcpAlone.pctOfRaw > 0, JSON.stringify(virtio.guestTcpAlone));
     assert.equal(tu.memory.streams, 4);
     assert.ok(tu.memory.rssKiBPerStream !== null, 'RSS measured');
     const text = textTable(report);
@@ -63,6 +69,8 @@ describe('benchmark tunnel phase (tiny size, real QEMU guest)', () => {
     assert.ok(rows(report).filter((r) => r.ref === 9).length >= 14);
     assert.match(text, /tunnel virtio-serial: raw line from the guest via an in-guest TCP hop +median [\d.]+ KiB\/s/);
     assert.match(text, /tunnel UART: raw line from the guest via an in-guest TCP hop +median [\d.]+ KiB\/s/);
+    assert.match(text, /tunnel virtio-serial: the guest's loopback TCP alone +median [\d.]+ KiB\/s/);
+    assert.doesNotMatch(text, /tunnel UART: the guest's loopback TCP alone/);
   });
 
   test('without the test guest the phase is reported as not run, with how to build it', { timeout: 120_000 }, async () => {

@@ -55,7 +55,11 @@ export interface RawPort {
 export async function socketPort(path: string): Promise<RawPort> {
   const s = net.connect(path);
   s.on('error', () => {});
-  await bounded(new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); }), 10_000, 'raw port');
+  // A connect that fails or does not finish in time must not leave its socket behind.
+  await bounded(new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); }), 10_000, 'raw port').catch((err: unknown) => {
+    s.destroy();
+    throw err;
+  });
   return { write: (b) => void s.write(b), onData: (f) => void s.on('data', f), close: () => s.destroy() };
 }
 
