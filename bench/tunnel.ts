@@ -155,7 +155,6 @@ const KiB = 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const kibps = (bytes: number, ms: number): number => round(bytes / KiB / (ms / 1000), 1);
 
-/** Bounded wait for an event-driven condition. */
 /**
  * `use` with something taken by `take` and given back by `giveBack` on every path, for a
  * measurement that borrows a line from vspc (onUartLine: the UART's agent stopped, its
@@ -187,6 +186,7 @@ export async function onLoan<R, T>(
   return out;
 }
 
+/** Bounded wait for an event-driven condition. */
 async function until(pred: () => boolean | Promise<boolean>, timeoutMs: number, what: string, stepMs = 20): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!(await pred())) {
