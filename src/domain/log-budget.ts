@@ -19,7 +19,7 @@
  * called by the logger underneath when the line is written, and never for a line the
  * budget suppresses (nor for one below the level).
  */
-import type { LazyFields, LogFields, LogLevel, Logger } from './logger.js';
+import { OnDemandLogger, type LazyFields, type LogFields, type LogLevel, type Logger } from './logger.js';
 
 export interface LogBudget {
   /** Lines earned back per second. */
@@ -232,19 +232,20 @@ export function rateLimitedLogger(logger: Logger, budget: LogBudget, options: Ra
  * without a line at the configured level (a vMotion destination at `warn`, an idle VM
  * serial port) never makes its budget, its child loggers or their fields.
  */
-class DeferredLogger implements BudgetedLogger {
+class DeferredLogger extends OnDemandLogger<BudgetedLogger> implements BudgetedLogger {
   private real: BudgetedLogger | null = null;
   private closed = false;
 
   constructor(
-    /** Answers isLevelEnabled (the logger the real one is made from, or its parent). */
-    private readonly levels: Logger,
+    protected readonly levels: Logger,
     private readonly make: (() => BudgetedLogger) | LoggerMaker | null,
     private readonly parent: DeferredLogger | null,
     private readonly fields: LazyFields | null,
-  ) {}
+  ) {
+    super();
+  }
 
-  private target(): BudgetedLogger {
+  protected target(): BudgetedLogger {
     if (this.real) return this.real;
     if (this.parent) {
       this.real = this.parent.target().child(this.fields ?? {});
@@ -263,26 +264,6 @@ class DeferredLogger implements BudgetedLogger {
 
   get suppressedTotal(): number {
     return this.real ? this.real.suppressedTotal : (this.parent?.suppressedTotal ?? 0);
-  }
-
-  error(message: string, fields?: LazyFields): void {
-    if (this.levels.isLevelEnabled('error')) this.target().error(message, fields);
-  }
-
-  warn(message: string, fields?: LazyFields): void {
-    if (this.levels.isLevelEnabled('warn')) this.target().warn(message, fields);
-  }
-
-  info(message: string, fields?: LazyFields): void {
-    if (this.levels.isLevelEnabled('info')) this.target().info(message, fields);
-  }
-
-  debug(message: string, fields?: LazyFields): void {
-    if (this.levels.isLevelEnabled('debug')) this.target().debug(message, fields);
-  }
-
-  isLevelEnabled(level: LogLevel): boolean {
-    return this.levels.isLevelEnabled(level);
   }
 
   child(fields: LazyFields): BudgetedLogger {

@@ -41,44 +41,61 @@ export interface LogFieldsSource {
 }
 
 /**
+ * A logger that writes through `target()`, made by the subclass only when a line is
+ * written at a level `levels` enables: until then no target, no closure, no fields.
+ * The shared part of LazyChildLogger and log-budget.ts's DeferredLogger.
+ */
+export abstract class OnDemandLogger<T extends Logger = Logger> implements Logger {
+  /** Answers isLevelEnabled (the logger the target is made from, or its parent). */
+  protected abstract readonly levels: Logger;
+
+  /** The real logger, made on the first call. */
+  protected abstract target(): T;
+
+  error(message: string, fields?: LazyFields): void {
+    if (this.levels.isLevelEnabled('error')) this.target().error(message, fields);
+  }
+
+  warn(message: string, fields?: LazyFields): void {
+    if (this.levels.isLevelEnabled('warn')) this.target().warn(message, fields);
+  }
+
+  info(message: string, fields?: LazyFields): void {
+    if (this.levels.isLevelEnabled('info')) this.target().info(message, fields);
+  }
+
+  debug(message: string, fields?: LazyFields): void {
+    if (this.levels.isLevelEnabled('debug')) this.target().debug(message, fields);
+  }
+
+  isLevelEnabled(level: LogLevel): boolean {
+    return this.levels.isLevelEnabled(level);
+  }
+
+  abstract child(fields: LazyFields): Logger;
+}
+
+/**
  * `parent.child(() => owner.logFields())`, made on the first line written at an
  * enabled level and not before: until then one small object, no closure and no child
  * logger. For objects there are thousands of, most of which never write a line (an idle
  * VM serial port's session at `--log-level warn`). The same lines as the child would
  * write; `child()` makes the child at once.
  */
-export class LazyChildLogger implements Logger {
+export class LazyChildLogger extends OnDemandLogger {
   private real: Logger | null = null;
 
   constructor(
-    private readonly parent: Logger,
+    protected readonly levels: Logger,
     private readonly owner: LogFieldsSource,
-  ) {}
+  ) {
+    super();
+  }
 
-  private target(): Logger {
+  protected target(): Logger {
     if (this.real) return this.real;
     const owner = this.owner;
-    return (this.real = this.parent.child(() => owner.logFields()));
-  }
-
-  error(message: string, fields?: LazyFields): void {
-    if (this.parent.isLevelEnabled('error')) this.target().error(message, fields);
-  }
-
-  warn(message: string, fields?: LazyFields): void {
-    if (this.parent.isLevelEnabled('warn')) this.target().warn(message, fields);
-  }
-
-  info(message: string, fields?: LazyFields): void {
-    if (this.parent.isLevelEnabled('info')) this.target().info(message, fields);
-  }
-
-  debug(message: string, fields?: LazyFields): void {
-    if (this.parent.isLevelEnabled('debug')) this.target().debug(message, fields);
-  }
-
-  isLevelEnabled(level: LogLevel): boolean {
-    return this.parent.isLevelEnabled(level);
+    return (this.real = this.levels.child(() => owner.logFields()));
   }
 
   child(fields: LazyFields): Logger {
