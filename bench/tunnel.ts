@@ -524,7 +524,9 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
             const done = reached(port);
             con!.sendLine(`(exec 3<>${vraw}; nc 127.0.0.1 5019 </dev/null >&3) &`);
             await bounded(done, bound, `${size} bytes from the guest through nc (got ${got})`);
-            return performance.now() - t1;
+            const ms = performance.now() - t1;
+            await con!.run('wait', bound); // nc lets go of the port (one opener at a time)
+            return ms;
           } finally {
             port.close();
           }
@@ -533,7 +535,9 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
           const done = reached(port);
           con!.sendLine('(exec 3<>/dev/ttyS1; stty raw -echo <&3; nc 127.0.0.1 5019 </dev/null >&3) &');
           await bounded(done, bound, `${size} bytes from the guest through nc (got ${got})`);
-          return performance.now() - t1;
+          const ms = performance.now() - t1;
+          await con!.run('wait', bound); // nc lets go of ttyS1 before the agent takes it back
+          return ms;
         });
       };
 

@@ -102,14 +102,20 @@ export async function rawLine(con: SerialConsole, port: RawPort, guestDev: strin
     s.write(randomBytes(size).map((b) => (b === 0x0a || b === 0x0d ? 0x41 : b)));
     await until(() => tail.includes('DONE'), `the guest read ${size} bytes`);
     const toGuestMs = performance.now() - t0;
-    // guest → host, from a file made first (/dev/urandom is slow under emulation).
-    await con.run(`head -c ${size} /dev/urandom >/tmp/raw.out`, timeoutMs);
+    // guest → host, from a file made first (/dev/urandom is slow under emulation). `wait`:
+    // the reader above has let go of the port (a virtio-serial port takes one opener at
+    // a time; a second open fails with EBUSY).
+    await con.run(`wait; head -c ${size} /dev/urandom >/tmp/raw.out`, timeoutMs);
     reset();
     con.sendLine(`(exec 3<>${guestDev}; stty raw -echo <&3; cat /tmp/raw.out >&3; rm -f /tmp/raw.out) &`);
     await until(() => count > 0, 'the first byte from the guest');
     const t1 = performance.now();
     await until(() => count >= size - 1024, `${size} bytes from the guest (got ${count})`);
-    return { toGuestMs, fromGuestMs: performance.now() - t1 };
+    const fromGuestMs = performance.now() - t1;
+    // `cat` holds the port until its last byte is out: wait for it while still reading,
+    // or the next measurement's open of the same port may fail (EBUSY) and see nothing.
+    await con.run('wait', timeoutMs);
+    return { toGuestMs, fromGuestMs };
   } finally {
     s.close();
   }
