@@ -319,7 +319,7 @@ export function rows(r: BenchReport): Row[] {
         out.push({
           ref: 9,
           figure: `${name}: raw line from the guest via an in-guest TCP hop`,
-          result: `${measured(h.fromGuest, l.repeats)} = ${n(h.pctOfRaw, 1)} % of the raw line's ${l.repeats > 1 ? 'median ' : ''}(nc from the download source to the line without the tunnel; not a target)`,
+          result: `${measured(h.fromGuest, l.repeats)} = ${n(h.pctOfRaw, 1)} % of the raw line${l.repeats > 1 ? "'s median" : ''} (nc from the download source to the line without the tunnel; not a target)`,
           target: '',
           met: null,
         });
@@ -329,7 +329,7 @@ export function rows(r: BenchReport): Row[] {
         out.push({
           ref: 9,
           figure: `${name}: the guest's loopback TCP alone`,
-          result: `${measured(t.fromGuest, l.repeats)} = ${n(t.pctOfRaw, 1)} % of the raw line's ${l.repeats > 1 ? 'median ' : ''}(the download source read by dd, 64 KiB at a time, into /dev/null, no line: what every tunnel byte from the guest crosses first; not a target)`,
+          result: `${measured(t.fromGuest, l.repeats)} = ${n(t.pctOfRaw, 1)} % of the raw line${l.repeats > 1 ? "'s median" : ''} (the download source read by dd, 64 KiB at a time, into /dev/null, no line: what every tunnel byte from the guest crosses first; not a target)`,
           target: '',
           met: null,
         });
