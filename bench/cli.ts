@@ -7,8 +7,8 @@ import { resolve } from 'node:path';
 import { Command, CommanderError, Option as CliOption } from 'commander';
 import { parseDuration, parseHostPort, parsePortRange, parseSize } from '../src/config/config.js';
 import { VERSION } from '../src/version.js';
-import { DEFAULT_OPTIONS, DEFAULT_PHASES, PHASES, runBench, type BenchOptions, type Phase } from './harness.js';
-import { TUNNEL_LINES, type TunnelLine } from './tunnel.js';
+import { DEFAULT_OPTIONS, DEFAULT_PHASES, PHASES, runBench, type BenchOptions } from './harness.js';
+import { TUNNEL_LINES } from './tunnel.js';
 import { installExitHooks, killAll } from './ipc.js';
 import { markdownTable, targets, textTable } from './report.js';
 import { adminEndpoint, type AdminEndpoint } from './server-process.js';
@@ -111,16 +111,21 @@ function adminFrom(o: Record<string, unknown>): AdminEndpoint {
   return { url, token: token || null, ca };
 }
 
-export function benchOptionsFrom(o: Record<string, unknown>, command: string): BenchOptions {
-  const d = DEFAULT_OPTIONS;
-  const phases = String(o.phases)
+/** A comma-separated option's items, each one of `known` (an error naming the option otherwise). */
+function listOf<K extends string>(field: string, noun: string, value: unknown, known: readonly K[]): K[] {
+  const items = String(value)
     .split(',')
     .map((p) => p.trim())
     .filter(Boolean);
-  for (const p of phases) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`--phases: unknown phase "${p}" (known: ${PHASES.join(', ')})`);
-  const tunnelLines = [...new Set(String(o.tunnelLines).split(',').map((s) => s.trim()).filter(Boolean))];
-  if (tunnelLines.length === 0) throw new Error('--tunnel-lines: empty (known: uart, virtio)');
-  for (const l of tunnelLines) if (!(TUNNEL_LINES as readonly string[]).includes(l)) throw new Error(`--tunnel-lines: unknown line "${l}" (known: ${TUNNEL_LINES.join(', ')})`);
+  for (const p of items) if (!(known as readonly string[]).includes(p)) throw new Error(`${field}: unknown ${noun} "${p}" (known: ${known.join(', ')})`);
+  return items as K[];
+}
+
+export function benchOptionsFrom(o: Record<string, unknown>, command: string): BenchOptions {
+  const d = DEFAULT_OPTIONS;
+  const phases = listOf('--phases', 'phase', o.phases, PHASES);
+  const tunnelLines = [...new Set(listOf('--tunnel-lines', 'line', o.tunnelLines, TUNNEL_LINES))];
+  if (tunnelLines.length === 0) throw new Error(`--tunnel-lines: empty (known: ${TUNNEL_LINES.join(', ')})`);
   if (!!o.target !== !!o.admin) throw new Error('--target and --admin go together');
   const clients = String(o.throughputClients)
     .split(',')
@@ -136,7 +141,7 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
   const opts: BenchOptions = {
     ...d,
     vms: quick && o.vms === d.vms ? 200 : (o.vms as number),
-    phases: phases as Phase[],
+    phases,
     target: o.target
       ? { proxy: parseHostPort('--target', String(o.target), '127.0.0.1'), admin: adminFrom(o), pid: (o.pid as number | undefined) ?? null }
       : undefined,
@@ -194,7 +199,7 @@ export function benchOptionsFrom(o: Record<string, unknown>, command: string): B
       rttSamples: quick && o.tunnelRttSamples === d.tunnel.rttSamples ? 10 : (o.tunnelRttSamples as number),
       idleStreams: quick && o.tunnelStreams === d.tunnel.idleStreams ? 8 : (o.tunnelStreams as number),
       repeats: quick && o.tunnelRepeats === d.tunnel.repeats ? 1 : (o.tunnelRepeats as number),
-      lines: tunnelLines as TunnelLine[],
+      lines: tunnelLines,
     },
     cluster: {
       vms: quick && o.clusterVms === d.cluster.vms ? 600 : (o.clusterVms as number),

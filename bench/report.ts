@@ -285,9 +285,16 @@ export function rows(r: BenchReport): Row[] {
     for (const l of tu.lines) {
       const name = l.line === 'uart' ? 'tunnel UART' : 'tunnel virtio-serial';
       const range = (x: { min: number; max: number }, d = 1) => `${n(x.min, d)}–${n(x.max, d)}`;
-      // A diagnostic row: "median X KiB/s (range)" over several rounds, the one figure otherwise (as the rows above).
-      const measured = (x: { median: number; min: number; max: number }, repeats: number) =>
-        repeats > 1 ? `median ${n(x.median, 1)} KiB/s (${range(x)})` : `${n(x.median, 1)} KiB/s`;
+      // A diagnostic row (no target): "median X KiB/s (range)" over several rounds, the one figure otherwise (as the rows above).
+      const diagnostic = (figure: string, d: { fromGuest: { median: number; min: number; max: number }; pctOfRaw: number }, what: string): Row => ({
+        ref: 9,
+        figure: `${name}: ${figure}`,
+        result:
+          (l.repeats > 1 ? `median ${n(d.fromGuest.median, 1)} KiB/s (${range(d.fromGuest)})` : `${n(d.fromGuest.median, 1)} KiB/s`) +
+          ` = ${n(d.pctOfRaw, 1)} % of the raw line${l.repeats > 1 ? "'s median" : ''} (${what}; not a target)`,
+        target: '',
+        met: null,
+      });
       const rounds = l.repeats > 1 ? `, ${l.repeats} rounds` : '';
       out.push({
         ref: 9,
@@ -314,25 +321,9 @@ export function rows(r: BenchReport): Row[] {
           met: pct >= 80,
         });
       }
-      if (l.rawViaGuestTcp) {
-        const h = l.rawViaGuestTcp;
-        out.push({
-          ref: 9,
-          figure: `${name}: raw line from the guest via an in-guest TCP hop`,
-          result: `${measured(h.fromGuest, l.repeats)} = ${n(h.pctOfRaw, 1)} % of the raw line${l.repeats > 1 ? "'s median" : ''} (nc from the download source to the line without the tunnel; not a target)`,
-          target: '',
-          met: null,
-        });
-      }
+      if (l.rawViaGuestTcp) out.push(diagnostic('raw line from the guest via an in-guest TCP hop', l.rawViaGuestTcp, 'nc from the download source to the line without the tunnel'));
       if (l.guestTcpAlone) {
-        const t = l.guestTcpAlone;
-        out.push({
-          ref: 9,
-          figure: `${name}: the guest's loopback TCP alone`,
-          result: `${measured(t.fromGuest, l.repeats)} = ${n(t.pctOfRaw, 1)} % of the raw line${l.repeats > 1 ? "'s median" : ''} (the download source read by dd, 64 KiB at a time, into /dev/null, no line: what every tunnel byte from the guest crosses first; not a target)`,
-          target: '',
-          met: null,
-        });
+        out.push(diagnostic("the guest's loopback TCP alone", l.guestTcpAlone, 'the download source read by dd, 64 KiB at a time, into /dev/null, no line: what every tunnel byte from the guest crosses first'));
       }
       out.push({ ref: 9, figure: `${name}: keystroke round trip, idle`, result: fmt(l.rtt.idle), target: '', met: null });
       for (const [dir, what, rtt] of [['upload', 'an upload', l.rtt.duringUpload], ['download', 'a download', l.rtt.duringDownload]] as const) {

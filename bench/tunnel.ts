@@ -505,40 +505,32 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
        * stopped, as for the raw line), no tunnel. Busybox nc's small blocks are most of its cost.
        */
       const measureRawViaTcp = async (): Promise<number> => {
-        let got = 0;
-        let t1 = 0;
-        const counted = (b: Buffer) => {
-          if (got === 0) t1 = performance.now();
-          got += b.length;
-        };
-        const reached = (port: { onData(f: (b: Buffer) => void): void }) =>
-          new Promise<void>((resolve) =>
+        /** `guestCmd` sends the source's bytes into the line; ms from the first byte on `port` to size − 1 KiB. */
+        const viaNc = async (port: RawPort, guestCmd: string): Promise<number> => {
+          let got = 0;
+          let t1 = 0;
+          const done = new Promise<void>((resolve) =>
             port.onData((b) => {
-              counted(b);
+              if (got === 0) t1 = performance.now();
+              got += b.length;
               if (got >= size - 1024) resolve();
             }),
           );
-        if (line === 'virtio') {
-          const port = await socketPort(guest!.path('vraw.sock'));
-          try {
-            const done = reached(port);
-            con!.sendLine(`(exec 3<>${vraw}; nc 127.0.0.1 5019 </dev/null >&3) &`);
-            await bounded(done, bound, `${size} bytes from the guest through nc (got ${got})`);
-            const ms = performance.now() - t1;
-            await con!.run('wait', bound); // nc lets go of the port (one opener at a time)
-            return ms;
-          } finally {
-            port.close();
-          }
-        }
-        return onUartLine(async (port) => {
-          const done = reached(port);
-          con!.sendLine('(exec 3<>/dev/ttyS1; stty raw -echo <&3; nc 127.0.0.1 5019 </dev/null >&3) &');
+          con!.sendLine(`(${guestCmd}) &`);
           await bounded(done, bound, `${size} bytes from the guest through nc (got ${got})`);
           const ms = performance.now() - t1;
-          await con!.run('wait', bound); // nc lets go of ttyS1 before the agent takes it back
+          // nc lets go of the line before anyone else opens it (a virtio-serial port takes
+          // one opener; the UART's agent takes ttyS1 back).
+          await con!.run('wait', bound);
           return ms;
-        });
+        };
+        if (line === 'uart') return onUartLine((port) => viaNc(port, 'exec 3<>/dev/ttyS1; stty raw -echo <&3; nc 127.0.0.1 5019 </dev/null >&3'));
+        const port = await socketPort(guest!.path('vraw.sock'));
+        try {
+          return await viaNc(port, `exec 3<>${vraw}; nc 127.0.0.1 5019 </dev/null >&3`);
+        } finally {
+          port.close();
+        }
       };
 
       /**

@@ -378,7 +378,7 @@ export class ReliableLink {
    */
   payloadLimit(): number {
     let cap = Math.min(this.cfg.maxPayload, this.peerMaxPayload);
-    if (this.cfg.delayBasedWindow && this.deliveryRate > 0 && (this.hooks.streams?.() ?? 1) > 1) {
+    if (this.cfg.delayBasedWindow && this.deliveryRate > 0 && this.severalStreams) {
       // Several streams: a frame on the line holds up every other stream's next frame,
       // so keep each to about INTERACTIVE_FRAME_MS of line time.
       const short = Math.floor(this.deliveryRate * INTERACTIVE_FRAME_MS) - FRAME_OVERHEAD;
@@ -847,14 +847,6 @@ export class ReliableLink {
   }
 
   /**
-   * Largest number of wire bytes in flight with the delay-based window: what the line
-   * delivers in a base round trip plus `queueTargetMs` (deliveryRate · (minRtt +
-   * target)), plus capSlackFrames() frames of the current size. Whatever the transport
-   * buffers in front of the line (a unix socket's ~200 KiB before QEMU's UART), at most
-   * about `queueTargetMs` plus a frame of data waits there, ahead of a keystroke.
-   * Infinity before the first rate sample (cwnd alone limits the start).
-   */
-  /**
    * Frames the byte cap allows beyond the bandwidth-delay product: two with one stream
    * (the frame on the line and the ACK granularity, every second frame: a bulk
    * transfer alone keeps the line busy), one while several streams are open — then a
@@ -864,9 +856,22 @@ export class ReliableLink {
    * 89–98 % either way, the keystroke's p50 8 ms lower).
    */
   capSlackFrames(): number {
-    return (this.hooks.streams?.() ?? 1) > 1 ? 1 : 2;
+    return this.severalStreams ? 1 : 2;
   }
 
+  /** Several streams open (hooks.streams): frames are kept short and the byte cap tighter. */
+  private get severalStreams(): boolean {
+    return (this.hooks.streams?.() ?? 1) > 1;
+  }
+
+  /**
+   * Largest number of wire bytes in flight with the delay-based window: what the line
+   * delivers in a base round trip plus `queueTargetMs` (deliveryRate · (minRtt +
+   * target)), plus capSlackFrames() frames of the current size. Whatever the transport
+   * buffers in front of the line (a unix socket's ~200 KiB before QEMU's UART), at most
+   * about `queueTargetMs` plus a frame of data waits there, ahead of a keystroke.
+   * Infinity before the first rate sample (cwnd alone limits the start).
+   */
   byteCap(): number {
     if (this.deliveryRate <= 0 || this.minRtt === undefined) return Infinity;
     const frame = this.payloadLimit() + FRAME_OVERHEAD;
