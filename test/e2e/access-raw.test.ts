@@ -184,6 +184,36 @@ describe('raw TCP access', () => {
     await ts.logs.waitFor((l) => l.message === 'lock refused; closing (a raw client cannot be told why)' && l.method === 'raw');
     assert.equal((await show(ts, 'raw-locked')).clientList.length, 1);
   });
+
+  test('a client that keeps sending after vspc ended its stream is cut at 64 KiB, not read for the whole close grace', async (t) => {
+    // A grace far longer than the test: only the bound can end the connection.
+    const { ts, cleanup } = await startServer(t, { config: { ...RAW, defaultLockMode: 'exclusive', clientLockWaitMs: 50, closeGraceMs: 600_000 } });
+    const { hub } = await ts.connectVm({ uuid: esxiUuid().text, name: 'raw-after-end' }, cleanup);
+    const rawPort = (await waitShow(ts, 'raw-after-end', (v) => v.access.raw?.listening === true, 'raw up')).access.raw!.port;
+    await ts.connectUser(hub.identity.tcpPort, cleanup);
+    await waitUntil(() => hub.clients.size === 1, 3000, 'telnet user holds the exclusive lock');
+    // Half-open allowed: vspc's FIN does not end this side; it goes on writing.
+    const socket = net.connect({ host: '127.0.0.1', port: rawPort, allowHalfOpen: true });
+    cleanup.add(() => socket.destroy());
+    socket.on('error', () => undefined);
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    let gotEnd = false;
+    socket.on('end', () => (gotEnd = true));
+    socket.resume();
+    await new Promise<void>((resolve) => socket.once('end', resolve));
+    const chunk = Buffer.alloc(16 * 1024, 0x61);
+    let sent = 0;
+    let isClosed = false;
+    void closed.then(() => (isClosed = true));
+    while (!isClosed && !socket.destroyed) {
+      assert.ok(sent < 256 * 1024 * 1024, `still connected after ${sent} bytes`);
+      sent += chunk.length;
+      if (!socket.write(chunk)) await new Promise<void>((resolve) => { socket.once('drain', resolve); socket.once('close', resolve); });
+    }
+    await closed;
+    assert.ok(gotEnd, 'vspc ended the stream first (FIN), then cut it');
+    assert.equal(hub.clients.size, 1, 'the lock holder stays');
+  });
 });
 
 async function waitUntilHub(ts: TestServer, name: string) {

@@ -6,6 +6,13 @@ import type { LockDecision } from '../../domain/locks.js';
 import { allocateClientId } from '../../domain/client-ids.js';
 import { errorFields } from '../../errors.js';
 
+/**
+ * Bytes a client vspc has ended may still send while the end is on its way (a paste in
+ * flight), discarded; past this the connection is destroyed rather than read for the rest
+ * of the close grace (a peer flooding after being cut off costs 64 KiB, not seconds of reads).
+ */
+export const INPUT_AFTER_CLOSE_LIMIT = 64 * 1024;
+
 export interface StreamClientOptions {
   /** Bytes queued to a client that does not read (read on every write: a reload applies at once). */
   readonly maxQueuedBytes: number;
@@ -54,6 +61,8 @@ export class StreamClient implements ConsoleClient {
   private idleTimer: NodeJS.Timeout | null = null;
   private lastInputAt = Date.now();
   private dropping = false;
+  /** Input received after vspc ended the stream (discarded), up to INPUT_AFTER_CLOSE_LIMIT. */
+  private bytesAfterClose = 0;
   /** Output bytes dropped because the client did not read them (`drop`). */
   droppedBytes = 0;
 
@@ -186,6 +195,12 @@ export class StreamClient implements ConsoleClient {
 
   private receive(chunk: Buffer): void {
     this.lastInputAt = Date.now();
+    if (this.state === 'closed') {
+      // Ended by vspc, it keeps sending: cut past a bound rather than read for the whole close grace.
+      this.bytesAfterClose += chunk.length;
+      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT) this.stream.destroy();
+      return;
+    }
     if (this.state !== 'attached') return;
     try {
       this.hub.fromClient(this, chunk);

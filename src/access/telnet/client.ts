@@ -14,6 +14,7 @@ import { describeKey } from '../../domain/identity.js';
 import type { ComPortServer } from '../../protocol/rfc2217/index.js';
 import { createComPortServer } from './com-port.js';
 import { allocateClientId } from '../../domain/client-ids.js';
+import { INPUT_AFTER_CLOSE_LIMIT } from '../common/stream-client.js';
 
 export interface TelnetClientOptions {
   /**
@@ -140,6 +141,8 @@ export class TelnetClient implements ConsoleClient {
   /** Output held while the client has FLOWCONTROL-SUSPENDed us (RFC 2217); null while not suspended. */
   private suspendedOutput: Buffer[] | null = null;
   private suspendedBytes = 0;
+  /** Input received after close() (discarded), up to INPUT_AFTER_CLOSE_LIMIT. */
+  private bytesAfterClose = 0;
   user: string | undefined;
   /** What this client's stream carries besides the VM's bytes; settled at attach (until then, the defaults). */
   private stream: StreamOptions = { ...DEFAULT_STREAM };
@@ -378,6 +381,13 @@ export class TelnetClient implements ConsoleClient {
   // --- internals
 
   private receive(chunk: Buffer): void {
+    if (this.state === 'closed') {
+      // Told to go (FIN sent), it keeps sending: nothing is acted on, and past a bound the
+      // connection is cut rather than read for the rest of the close grace.
+      this.bytesAfterClose += chunk.length;
+      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT) this.socket.destroy();
+      return;
+    }
     this.socket.cork();
     try {
       this.session.receive(chunk);
