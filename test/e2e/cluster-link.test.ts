@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { Cleanup, esxiUuid, tempDir, waitUntil, withTimeout } from '../support/server.js';
 import { vspcAdmin } from '../support/cli.js';
-import { startLinkedCluster, writeSecretFile, type LinkedCluster } from '../support/cluster-link.js';
+import { startLinkedCluster, waitOffered, writeSecretFile, type LinkedCluster } from '../support/cluster-link.js';
 import { BrokerPeer } from '../support/broker-client.js';
 import { haveOpenSsh, keyLine, makeKey, sshArgs, SshProcess, type KeyPair } from '../support/ssh.js';
 import { VSPC_JS, runNode } from '../support/cli.js';
@@ -236,6 +236,7 @@ test('a client of node A that stops reading is dropped there; the console on nod
   const local = await TelnetUser.connect({ host: b.host, port: flood.hub.identity.tcpPort });
   c.add(() => local.destroy());
   await local.waitFor('[vspc: ', 5000);
+  await waitOffered(nodeA(), 'flood01');
   const slow = await brokerOn(nodeA());
   slow.send({ kind: 'select', address: 'flood01' });
   await slow.next('selected');
@@ -300,6 +301,7 @@ test('a node whose secret differs: a client on node A is told the secrets may di
   const { readClusterSecret } = await import('../../src/config/table.js');
   const odd = await cluster.start('node-odd', '127.0.0.5', { clusterSecret: readClusterSecret('--cluster-secret-file', other) });
   const vm = await odd.ts.connectVm({ uuid: esxiUuid().text, name: 'odd01' }, c);
+  await waitOffered(nodeA(), 'odd01');
   const from = nodeA().ts.logs.lines.length;
   const p = await brokerOn(nodeA());
   p.send({ kind: 'select', address: 'odd01' });

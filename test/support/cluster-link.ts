@@ -8,7 +8,7 @@
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { TestServer, tempDir, type Cleanup } from './server.js';
+import { TestServer, tempDir, waitUntil, type Cleanup } from './server.js';
 import { reservePortRange } from './ports.js';
 import { readClusterSecret } from '../../src/config/table.js';
 import type { VspcConfig } from '../../src/config/config.js';
@@ -74,4 +74,16 @@ export async function startLinkedCluster(
   };
   for (const s of specs) await start(s.id, s.host, s.config);
   return { url, secretFile, nodes, start };
+}
+
+/**
+ * Until `node` offers `name`, a console another node owns (its database look-up found
+ * it). Not at once: the owner claims it as it registers, and a look-up that times out
+ * on a loaded machine makes the node serve its last good list for a while (5 s), where a
+ * console registered a moment ago is missing and a SELECT is refused.
+ */
+export async function waitOffered(node: LinkedNode, name: string, timeoutMs = 30_000): Promise<void> {
+  const mirrors = node.ts.server.clusterMirrors;
+  if (!mirrors) throw new Error(`${node.id} has no cluster mirrors`);
+  await waitUntil(() => mirrors.remoteConsoles().some((h) => h.identity.name === name), timeoutMs, `${node.id} to offer ${name}`);
 }
