@@ -366,7 +366,7 @@ export class VspcServer {
     this.broker =
       config.brokerSocket || config.brokerListen
         ? new ConsoleBroker(this.registry, logger, {
-            ...(this.clusterMirrors ? { consoles: () => this.offeredConsoles() } : {}),
+            ...(this.clusterMirrors ? { consoles: () => this.offeredConsoles(), listCaveat: () => this.clusterMirrors?.listCaveat ?? null } : {}),
             socket: config.brokerSocket ? { path: config.brokerSocket.path, mode: config.brokerSocketMode, gid: config.brokerSocketGroup?.gid ?? null } : null,
             listen: config.brokerListen,
             limits: config.brokerLimits,
@@ -381,7 +381,7 @@ export class VspcServer {
     const consoleLogs = this.consoleLogs;
     this.ssh = config.sshListen
       ? new SshListener(this.registry, logger, {
-          ...(this.clusterMirrors ? { consoles: () => this.offeredConsoles() } : {}),
+          ...(this.clusterMirrors ? { consoles: () => this.offeredConsoles(), listCaveat: () => this.clusterMirrors?.listCaveat ?? null } : {}),
           listen: config.sshListen,
           hostKeyDir: config.sshHostKeyDir ?? (isPostgresUrl(config.dbPath) ? process.cwd() : dirname(config.dbPath)),
           authorizedKeysFile: config.sshAuthorizedKeys,

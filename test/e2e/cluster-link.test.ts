@@ -313,3 +313,23 @@ test('a node whose secret differs: a client on node A is told the secrets may di
   assert.equal(line.errorCode, 'VSPC_LINK_AUTH_FAILED');
   vm.vm.destroy();
 });
+
+// Last in this file: node A takes its database as unavailable for a while (5 s) after it.
+test('while node A\'s database does not answer, "no such console" says that consoles of other nodes may be missing (broker and SSH)', async () => {
+  const p = await brokerOn(nodeA());
+  p.send({ kind: 'select', address: 'nosuch01' });
+  const before = await p.next('select-refused');
+  assert.doesNotMatch(before.message, /cluster database/, 'not said while the database answers');
+  nodeA().ts.server.clusterMirrors!.markUnavailable('test: lookups refused');
+  p.send({ kind: 'select', address: 'nosuch02' });
+  const refused = await p.next('select-refused', p.messages.indexOf(before) + 1);
+  assert.equal(refused.reason, 'not-found');
+  assert.match(refused.message, /^no console named "nosuch02" .*; the cluster database is not answering, so consoles of other nodes may be missing: try again in a few seconds$/);
+  // Node A's own list (web01, from the last good list) still works.
+  p.send({ kind: 'select', address: 'web01' });
+  await p.next('selected');
+  const s = { port: sshPort, knownHosts };
+  const r = await new SshProcess(sshArgs(s, alice, ['-o', 'HostKeyAlias=node-a', 'console@127.0.0.2', 'nosuch03']), c).exit(15_000);
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, /no console "nosuch03" that this key may use \(try: list\); the cluster database is not answering/);
+});

@@ -25,6 +25,8 @@ export interface BrokerOptions {
    * consoles other nodes own (src/sources/cluster/).
    */
   readonly consoles?: () => ConsoleHub[];
+  /** Why a console may be missing from `consoles` now (a cluster node whose database does not answer), or null. */
+  readonly listCaveat?: () => string | null;
   /** The unix socket, or null for none. */
   readonly socket: { readonly path: string; readonly mode: number; readonly gid: number | null } | null;
   /** The TCP listener (meant for loopback), or null for none. */
@@ -141,6 +143,7 @@ export class ConsoleBroker {
       acceptLogger: this.connectionLog,
       limits: options.limits,
       consoles: options.consoles ?? (() => this.registry.all()),
+      listCaveat: options.listCaveat,
       maxQueuedBytes: () => options.maxQueuedBytes,
       attach: (h) => {
         this.counters.selected++;

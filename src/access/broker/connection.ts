@@ -42,6 +42,8 @@ export interface BrokerConnectionContext {
   readonly limits: BrokerLimits;
   /** The registry's consoles now (read per request). */
   consoles(): readonly ConsoleHub[];
+  /** Added to "no console named ..." when not null (a cluster node whose database does not answer). */
+  listCaveat?(): string | null;
   /** Output queued to a peer that does not read, at most (--client-queue-limit); past it the connection is dropped. */
   maxQueuedBytes(): number;
   /** The connection was dropped for not reading what the broker sent it (metrics). */
@@ -264,8 +266,9 @@ export class BrokerConnection {
     const offered = offeredConsoles(this.ctx.consoles());
     const choice = selectConsole(offered, address);
     if ('refused' in choice) {
+      const caveat = choice.refused === 'not-found' ? this.ctx.listCaveat?.() : null;
       this.log.info('broker select refused', { address, reason: choice.refused });
-      this.send({ kind: 'select-refused', reason: choice.refused, message: choice.message, candidates: choice.candidates });
+      this.send({ kind: 'select-refused', reason: choice.refused, message: caveat ? `${choice.message}; ${caveat}` : choice.message, candidates: choice.candidates });
       return;
     }
     const hub = choice.hub;

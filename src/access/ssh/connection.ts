@@ -62,6 +62,7 @@ export interface ConnectionContext {
   keys(): AuthorizedKeys;
   readonly keysCommand: KeysCommand | null;
   consoles(): ConsoleHub[];
+  listCaveat(): string | null;
   readonly loginGraceMs: number;
   readonly closeGraceMs: number;
   idleTimeoutMs(): number;
@@ -211,6 +212,10 @@ export class SshConnection implements SessionHost {
 
   consoles(): ConsoleHub[] {
     return this.ctx.consoles();
+  }
+
+  listCaveat(): string | null {
+    return this.ctx.listCaveat();
   }
 
   maxQueuedBytes(): number {

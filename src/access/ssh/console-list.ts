@@ -70,11 +70,11 @@ export function renderJson(hubs: readonly ConsoleHub[]): string {
  * a UUID, any case; never a port). A name the key may not reach is not found, exactly
  * like one that does not exist.
  */
-export function findConsole(hubs: readonly ConsoleHub[], target: string, numbered: boolean): { hub: ConsoleHub } | { error: string } {
+export function findConsole(hubs: readonly ConsoleHub[], target: string, numbered: boolean): { hub: ConsoleHub } | { error: string; notFound: boolean } {
   if (numbered && /^\d+$/.test(target)) {
     const i = Number(target);
     if (i >= 1 && i <= hubs.length) return { hub: hubs[i - 1] };
-    return { error: `no console number ${target} (1-${hubs.length})` };
+    return { error: `no console number ${target} (1-${hubs.length})`, notFound: false };
   }
   const found = lookupConsoles(hubs, target);
   if (found.length === 1) return { hub: found[0] };
@@ -84,7 +84,7 @@ export function findConsole(hubs: readonly ConsoleHub[], target: string, numbere
     const spell = uniqueAddresses(hubs, { uuids: false });
     const alike = found.some((h) => spell(h) === null);
     const how = alike ? (numbered ? '; pick one by its number in the menu' : '; some share one name and label: pick one from the menu (ssh without a console name)') : '';
-    return { error: `${sanitizeText(target).slice(0, 80)} names several consoles: ${found.map((h) => spell(h) ?? h.displayName).join(', ')}${how}` };
+    return { error: `${sanitizeText(target).slice(0, 80)} names several consoles: ${found.map((h) => spell(h) ?? h.displayName).join(', ')}${how}`, notFound: false };
   }
-  return { error: `no console ${JSON.stringify(sanitizeText(target).slice(0, 80))} that this key may use (try: list)` };
+  return { error: `no console ${JSON.stringify(sanitizeText(target).slice(0, 80))} that this key may use (try: list)`, notFound: true };
 }

@@ -45,6 +45,8 @@ export interface SshListenerLimits {
 export interface SshListenerOptions {
   /** The consoles offered (default: the registry's); a cluster node adds mirrors of other nodes' consoles. */
   consoles?: () => ConsoleHub[];
+  /** Why a console may be missing from `consoles` now (a cluster node whose database does not answer), or null. */
+  listCaveat?: () => string | null;
   listen: { host: string; port: number };
   hostKeyDir: string;
   /** The authorized-keys file, re-read on every reload; null: only the keys command decides. */
@@ -159,6 +161,7 @@ export class SshListener {
       keys: () => this.keys,
       keysCommand: this.keysCommand,
       consoles: options.consoles ?? (() => registry.all()),
+      listCaveat: options.listCaveat ?? (() => null),
       loginGraceMs: l.loginGraceMs,
       closeGraceMs: options.closeGraceMs,
       idleTimeoutMs: () => options.idleTimeoutMs,

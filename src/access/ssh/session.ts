@@ -58,6 +58,8 @@ export interface SessionHost {
   readonly peer: string;
   readonly logger: Logger;
   consoles(): ConsoleHub[];
+  /** Why a console may be missing from consoles() now (a cluster node whose database does not answer), or null. */
+  listCaveat(): string | null;
   /** The idle limit for this connection's sessions (0: none). */
   readonly idleMs: number;
   readonly closeGraceMs: number;
@@ -354,7 +356,7 @@ export class SshSession {
         this.write(cmd.json ? renderJson(consoles) : renderTable(consoles, '\n', false));
         return this.finish(Exit.OK);
       case 'tail': {
-        const found = findConsole(consoles, cmd.target, false);
+        const found = this.find(consoles, cmd.target, false);
         if ('error' in found) {
           this.error(`vspc: ${found.error}\n`);
           return this.finish(Exit.REFUSED);
@@ -375,7 +377,7 @@ export class SshSession {
         }
       }
       case 'attach': {
-        const found = findConsole(consoles, cmd.target, false);
+        const found = this.find(consoles, cmd.target, false);
         if ('error' in found) {
           this.error(`vspc: ${found.error}\n`);
           return this.finish(Exit.REFUSED);
@@ -383,6 +385,14 @@ export class SshSession {
         return this.attach(found.hub, cmd.mode, cmd.force, cmd.raw);
       }
     }
+  }
+
+  /** findConsole, with the cluster's caveat added to "no console" while other nodes' consoles may be missing. */
+  private find(hubs: readonly ConsoleHub[], target: string, numbered: boolean): { hub: ConsoleHub } | { error: string } {
+    const found = findConsole(hubs, target, numbered);
+    if (!('error' in found) || !found.notFound) return found;
+    const caveat = this.host.listCaveat();
+    return caveat ? { error: `${found.error}; ${caveat}` } : found;
   }
 
   private attach(hub: ConsoleHub, mode: LockRequest | undefined, force: boolean, raw: boolean): void {
@@ -460,7 +470,7 @@ export class SshSession {
       this.put(`vspc: ${cmd.kind === 'error' ? cmd.message : 'at the menu: a number or a name'}\r\n`);
       return this.showMenu();
     }
-    const found = findConsole(this.shown, cmd.target, true);
+    const found = this.find(this.shown, cmd.target, true);
     if ('error' in found) {
       this.put(`vspc: ${found.error}\r\n`);
       return this.showMenu();

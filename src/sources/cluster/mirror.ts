@@ -274,6 +274,15 @@ export class ClusterMirrors {
   }
 
   /**
+   * Said with "no such console" while the database does not answer: other nodes'
+   * consoles then come from the last list it gave, where one registered since is
+   * missing. Null while it answers.
+   */
+  get listCaveat(): string | null {
+    return this.databaseAvailable ? null : 'the cluster database is not answering, so consoles of other nodes may be missing: try again in a few seconds';
+  }
+
+  /**
    * A lookup failed or the store lost its session: for `retryAfterMs` no lookup is
    * tried (the cluster list is the last one known; remote attaches are refused).
    */
