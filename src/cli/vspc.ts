@@ -30,6 +30,10 @@ async function main(argv: string[]): Promise<void> {
     process.stderr.write(`vspc: ${(err as Error).message}\n`);
     process.exit(2);
   }
+  // The log's reader can go away (`vspc | tee` ended by Ctrl-C, a closed pipe). Its EPIPE
+  // must not reach uncaughtException below, which would turn a clean shutdown into exit 70
+  // with the database left open: consoles matter more than their logs, so carry on without.
+  process.stderr.on('error', () => {});
   const logger = createLogger({ level: loaded.logLevel, format: loaded.logFormat as LogFormat });
   for (const warning of [...loaded.deprecations, ...loaded.warnings]) logger.warn(warning);
   if (loaded.file) logger.info('config file read', { file: loaded.file });

@@ -4,6 +4,8 @@
  */
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { once } from 'node:events';
 import { join } from 'node:path';
 import type { PortView } from '../../src/admin/views.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
@@ -140,5 +142,32 @@ describe('vspc and vspc-admin command lines', () => {
     // Everything was released.
     assert.equal(await canBind(proxyPort), true);
     assert.equal(await canBind(row!.port), true);
+  });
+
+  test('a log reader that went away (`vspc | tee` ended by Ctrl-C) does not turn SIGTERM into a crash: exit 0, database closed', async (t) => {
+    const tc = new Cleanup();
+    t.after(() => tc.run());
+    const dir = tempDir();
+    tc.add(dir.remove);
+    const ports = await reservePortRange(4);
+    const dbPath = join(dir.dir, 'vspc.db');
+    const child = new Child(VSPC_JS, [
+      '--proxy-listen', `127.0.0.1:${ports.start}`,
+      '--admin-listen', `127.0.0.1:${ports.start + 1}`,
+      '--db', dbPath,
+      '--port-range', `${ports.start + 2}-${ports.end}`,
+      '--broker-socket', 'off',
+    ]);
+    tc.add(() => child.kill());
+    await child.waitForStderr(/"message":"vspc started"/);
+    // The reading end of vspc's stderr closes: its next log line meets EPIPE.
+    const closed = once(child.proc.stderr!, 'close');
+    child.proc.stderr!.destroy();
+    await closed;
+    child.proc.kill('SIGTERM');
+    const exit = await child.waitExit(10_000);
+    assert.deepEqual(exit, { code: 0, signal: null }, 'exit 70 is the uncaught-exception exit: EPIPE on stderr crashed the shutdown');
+    // SQLite removes the write-ahead log when the database is closed cleanly.
+    assert.equal(existsSync(`${dbPath}-wal`), false, 'the database was not closed');
   });
 });
