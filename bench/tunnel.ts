@@ -536,21 +536,24 @@ export async function runTunnelPhase(o: TunnelOptions, log: (l: string) => void,
       /**
        * The guest's loopback TCP alone: the source read by `dd` (which counts; nc -e gives it the socket) into
        * /dev/null; ms, timed in the guest (adjtimex: microseconds; busybox date has no %N),
-       * minus what taking a timestamp itself costs (two back to back).
+       * minus what taking a timestamp itself costs (two back to back) — unless that sample
+       * is over half the transfer's time: on a loaded host one slow timestamp (the guest
+       * descheduled) made a small transfer's time negative, so it is then not subtracted.
        */
       const measureGuestTcp = async (): Promise<number> => {
         const r = await con!.run(
           'now() { adjtimex | sed -n "s/.*tv_sec: *//p; s/.*tv_usec: *//p" | { read s; read u; echo $((s * 1000000 + u)); }; }; ' +
             'a=$(now); b=$(now); nc 127.0.0.1 5019 -e dd of=/dev/null bs=65536 iflag=fullblock </dev/null 2>/tmp/tcp.dd; c=$(now); ' +
-            'echo "$((c - b - (b - a))) $(head -n1 /tmp/tcp.dd)"',
+            'echo "$((c - b)) $((b - a)) $(head -n1 /tmp/tcp.dd)"',
           bound,
         );
-        const m = /^(\d+) (\d+)\+(\d+) records in$/m.exec(r.output);
+        const m = /^(\d+) (\d+) (\d+)\+(\d+) records in$/m.exec(r.output);
         const records = Math.floor(size / 65536) + (size % 65536 ? 1 : 0);
-        if (r.status !== 0 || !m || Number(m[2]) + Number(m[3]) !== records || !(Number(m[1]) > 0)) {
+        if (r.status !== 0 || !m || Number(m[3]) + Number(m[4]) !== records || !(Number(m[1]) > 0)) {
           throw new Error(`the guest's loopback TCP alone: ${JSON.stringify(r.output)} (status ${r.status}; expected ${records} records)`);
         }
-        return Number(m[1]) / 1000;
+        const [elapsed, stamp] = [Number(m[1]), Number(m[2])];
+        return (stamp < elapsed / 2 ? elapsed - stamp : elapsed) / 1000;
       };
 
       // Raw and tunnel alternately, the order swapped every round.
