@@ -200,6 +200,33 @@ describe('console broker: bounds', () => {
     await new Promise((r) => s.once('close', r));
   });
 
+  test('a connection told to go that floods on is read for 64 KiB more, then not at all until the grace ends it', async (t) => {
+    const { ts, cleanup, path } = await brokerServer(t);
+    const s = net.connect({ path, allowHalfOpen: true });
+    cleanup.add(() => s.destroy());
+    s.on('error', () => undefined);
+    s.resume();
+    await new Promise((r) => s.once('connect', r));
+    let isClosed = false;
+    const closed = new Promise<void>((r) => s.once('close', () => r()));
+    void closed.then(() => (isClosed = true));
+    s.write(Buffer.of(255, 252, 201)); // WONT VSPC-CONTROL: a stock telnet, told what this is and closed
+    await new Promise((r) => s.once('end', r));
+    // Read for the whole grace (1 s), that is over 100 MB on a unix socket; unread, the kernel's buffers.
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    const bound = 32 * 1024 * 1024;
+    let sent = 0;
+    while (!isClosed && !s.destroyed && sent < bound) {
+      sent += chunk.length;
+      if (!s.write(chunk)) await new Promise<void>((r) => { s.once('drain', r); s.once('close', r); });
+    }
+    assert.ok(sent < bound, `the broker read all it was sent after the end: ${sent} bytes`);
+    await closed;
+    const stopped = ts.logs.filter((l) => l.message === 'broker connection keeps sending after vspc ended it; no longer read');
+    assert.equal(stopped.length, 1);
+    assert.ok((stopped[0].bytesAfterClose as number) <= 128 * 1024, `read ${String(stopped[0].bytesAfterClose)} bytes after the end`);
+  });
+
   test('the select deadline, the request count and the request size close a connection', async (t) => {
     const { cleanup, path, ts } = await brokerServer(t, { selectTimeoutMs: 300, maxRequests: 3 });
     const idle = await peer(cleanup, { path });

@@ -171,3 +171,29 @@ test('admin API: close() ends upgraded streams (the client sees EOF) and returns
   await withTimeout(ended, 10_000, 'EOF on the stream');
   s.destroy();
 });
+
+test('admin API: a request that comes with a body is answered and its connection closed, its body not read until the request timeout', async (t) => {
+  const logs = new LogCapture({ level: 'debug' });
+  const api = new AdminServer([{ method: 'GET', path: '/status', handle: () => ({ ok: true }) }], logs.logger, {});
+  const { port } = await api.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => api.close());
+  // A body that never ends (the API takes none): read to the request timeout (10 s), that
+  // is a gigabyte on loopback; unread, it stops once the kernel's buffers are full.
+  const s = await idle(port);
+  t.after(() => s.destroy());
+  s.resume();
+  let isClosed = false;
+  const closed = new Promise<void>((r) => s.once('close', () => r()));
+  void closed.then(() => (isClosed = true));
+  s.write('GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000000\r\n\r\n');
+  const chunk = Buffer.alloc(64 * 1024, 0x20);
+  const bound = 64 * 1024 * 1024;
+  let sent = 0;
+  while (!isClosed && !s.destroyed && sent < bound) {
+    sent += chunk.length;
+    if (!s.write(chunk)) await new Promise<void>((r) => { s.once('drain', r); s.once('close', r); });
+  }
+  assert.ok(sent < bound, `the body was read: ${sent} bytes`);
+  await withTimeout(closed, 5000, 'connection closed');
+  assert.equal((await get(port, '/status')).status, 200, 'the API goes on');
+});

@@ -231,6 +231,26 @@ describe('client access: locks, vspc-admin connect, scrollback, slow clients, TL
     await fast.waitFor('still fine', 3000);
   });
 
+  test('a client ended while its paste is still arriving gets the output on its way and the reason, not a reset', async (t) => {
+    const { cleanup, ts, vm, hub, name } = await setup(t, { config: { closeGraceMs: 5000 } });
+    const user = await ts.connectUser(hub.identity.tcpPort, cleanup);
+    await waitUntil(() => hub.clients.size === 1, 3000, 'attached');
+    // Behind on its output (well under --client-queue-limit): some of it still waits in vspc's socket.
+    user.stopReading();
+    const output = 600 * 1024;
+    vm.send(Buffer.alloc(output, 0x2e));
+    await vm.barrier();
+    const res = await fetch(`http://${ts.adminAddress}/api/v1/kick?vm=${name}&reason=paste-in-flight`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    assert.equal(res.status, 200);
+    // A paste it sent before it saw the end: far more than vspc reads after the end.
+    user.sendRaw(Buffer.alloc(1024 * 1024, 0x61));
+    user.resumeReading();
+    await user.waitFor('disconnected by the administrator: paste-in-flight', 10_000);
+    await user.whenClosed(10_000);
+    assert.equal(user.text.split('.').length - 1, output, 'all the output that was on its way');
+    await ts.logs.waitFor((l) => l.message === 'client keeps sending after vspc ended it; no longer read' && (l.bytesAfterClose as number) <= 128 * 1024);
+  });
+
   test('connect --tls without --ca says what to do (--ca FILE or --fingerprint), with the fingerprint; --fingerprint pins the certificate', async (t) => {
     const dir = tempDir();
     t.after(() => dir.remove());

@@ -326,6 +326,36 @@ describe('condemned connections', () => {
   });
 });
 
+describe('input after the end', () => {
+  test('a peer refused for its service name and flooding on is read for 64 KiB more, then not at all until the close grace ends it', async (t) => {
+    // Reading all it sends for 1.5 s would be hundreds of megabytes on loopback; unread, it
+    // stops once the kernel's buffers are full (a few megabytes).
+    const { ts, cleanup } = await startServer(t, { config: { closeGraceMs: 1500 } });
+    const s = net.connect({ host: '127.0.0.1', port: ts.proxyPort, allowHalfOpen: true });
+    cleanup.add(() => s.destroy());
+    s.on('error', () => undefined);
+    s.resume();
+    await new Promise((r) => s.once('connect', r));
+    s.write(Buffer.concat([Buffer.of(IAC, WILL, Option.VMWARE_EXT), encodeSubnegotiation(Option.VMWARE_EXT, Buffer.concat([Buffer.of(Ext.DO_PROXY), Buffer.from('Snot-the-service')]))]));
+    let isClosed = false;
+    const closed = new Promise<void>((r) => s.once('close', () => r()));
+    void closed.then(() => (isClosed = true));
+    await new Promise((r) => s.once('end', r));
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    const bound = 64 * 1024 * 1024;
+    let sent = 0;
+    while (!isClosed && !s.destroyed && sent < bound) {
+      sent += chunk.length;
+      if (!s.write(chunk)) await new Promise<void>((r) => { s.once('drain', r); s.once('close', r); });
+    }
+    assert.ok(sent < bound, `vspc read all it was sent after the end: ${sent} bytes`);
+    await closed;
+    const stopped = ts.logs.filter((l) => l.message === 'VM connection keeps sending after vspc ended it; no longer read');
+    assert.equal(stopped.length, 1);
+    assert.ok((stopped[0].bytesAfterClose as number) <= 128 * 1024, `read ${String(stopped[0].bytesAfterClose)} bytes after the end`);
+  });
+});
+
 describe('metric labels', () => {
   test('every refusal reason and takeover result of the ESXi source is a label /metrics always shows', () => {
     assert.deepEqual([...VM_REFUSAL_REASONS].sort(), [...VM_REFUSAL_LABELS].sort());

@@ -8,8 +8,11 @@ import { errorFields } from '../../errors.js';
 
 /**
  * Bytes a client vspc has ended may still send while the end is on its way (a paste in
- * flight), discarded; past this the connection is destroyed rather than read for the rest
- * of the close grace (a peer flooding after being cut off costs 64 KiB, not seconds of reads).
+ * flight), read and discarded; past this the connection is no longer read (TCP flow
+ * control stops the peer) until the close grace ends it: a peer flooding after being cut
+ * off costs 64 KiB of reads, not seconds of them. Not destroyed at once: a close with
+ * unread input is a reset, which throws away what vspc wrote and the peer has not
+ * received yet (the output in flight, the reason it was ended).
  */
 export const INPUT_AFTER_CLOSE_LIMIT = 64 * 1024;
 
@@ -196,9 +199,13 @@ export class StreamClient implements ConsoleClient {
   private receive(chunk: Buffer): void {
     this.lastInputAt = Date.now();
     if (this.state === 'closed') {
-      // Ended by vspc, it keeps sending: cut past a bound rather than read for the whole close grace.
+      // Ended by vspc, it keeps sending: past a bound, stop reading rather than read for the
+      // whole close grace; the grace timer ends it (not destroyed now: see INPUT_AFTER_CLOSE_LIMIT).
       this.bytesAfterClose += chunk.length;
-      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT) this.stream.destroy();
+      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT && !this.stream.isPaused()) {
+        this.stream.pause();
+        this.log.debug('client keeps sending after vspc ended it; no longer read', { bytesAfterClose: this.bytesAfterClose, limit: INPUT_AFTER_CLOSE_LIMIT });
+      }
       return;
     }
     if (this.state !== 'attached') return;

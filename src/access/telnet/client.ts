@@ -383,9 +383,13 @@ export class TelnetClient implements ConsoleClient {
   private receive(chunk: Buffer): void {
     if (this.state === 'closed') {
       // Told to go (FIN sent), it keeps sending: nothing is acted on, and past a bound the
-      // connection is cut rather than read for the rest of the close grace.
+      // connection is no longer read; the close grace ends it (not destroyed now: the
+      // reset would throw away the reason and the output still on their way to it).
       this.bytesAfterClose += chunk.length;
-      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT) this.socket.destroy();
+      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT && !this.socket.isPaused()) {
+        this.socket.pause();
+        this.log.debug('client keeps sending after vspc ended it; no longer read', { bytesAfterClose: this.bytesAfterClose, limit: INPUT_AFTER_CLOSE_LIMIT });
+      }
       return;
     }
     this.socket.cork();

@@ -93,6 +93,16 @@ export interface EsxiConnectionContext {
 
 let nextConnectionId = 1;
 
+/**
+ * Bytes a VM connection vspc has ended may still send, read and discarded (what was in
+ * flight); past this it is no longer read (TCP flow control stops the peer) until the
+ * close grace aborts it. A peer refused for an unknown service name was read and parsed
+ * at 370 MB/s for the whole grace (5 s, 3 s of CPU); not destroyed at once, so what vspc
+ * wrote last (the explanation for people) is not lost to a reset. The console clients'
+ * bound is the same (src/access/common/stream-client.ts).
+ */
+export const VM_INPUT_AFTER_CLOSE_LIMIT = 64 * 1024;
+
 /** Keepalive idle time of VM connections: a host gone without a FIN is found by it. */
 export const KEEPALIVE_MS = 30_000;
 
@@ -130,8 +140,10 @@ export class EsxiConnection implements TurnBudgeted, LoggerMaker {
   private readonly budget: TurnBudget | null;
   budgetTurn = 0;
   budgetBytes = 0;
-  /** Set when the session stopped reading for good (a condemned peer): the budget must not resume it. */
+  /** Set when the session stopped reading for good (a condemned peer, too much input after the end): the budget must not resume it. */
   private readingStopped = false;
+  /** Input read after vspc ended the connection and discarded, up to VM_INPUT_AFTER_CLOSE_LIMIT. */
+  private bytesAfterClose = 0;
   /** The connection's log budget (its session's logger and that logger's children share it). */
   private readonly logBudget: BudgetedLogger;
   /** Everything written to the peer, counted (the queue bound). */
@@ -398,6 +410,14 @@ export class EsxiConnection implements TurnBudgeted, LoggerMaker {
       this.socket.uncork();
     }
     this.syncTimer();
+    if (this.session.discardsInput) {
+      this.bytesAfterClose += chunk.length;
+      if (this.bytesAfterClose > VM_INPUT_AFTER_CLOSE_LIMIT && !this.readingStopped) {
+        this.readingStopped = true;
+        this.socket.pause();
+        this.log.debug('VM connection keeps sending after vspc ended it; no longer read', { bytesAfterClose: this.bytesAfterClose, limit: VM_INPUT_AFTER_CLOSE_LIMIT });
+      }
+    }
     // A VM pouring output waits for the next turn once it used its share of this one.
     this.budget?.charge(this, chunk.length);
   }

@@ -389,6 +389,14 @@ export class EsxiSession implements VmotionEndpoint {
     return this.nameValue;
   }
 
+  /**
+   * Ended by vspc with nowhere for what it still sends to go: everything it sends is
+   * discarded (a retiring vMotion source is not: its late output goes to the console).
+   */
+  get discardsInput(): boolean {
+    return this.stateValue === 'closed' && this.retiringHub === null;
+  }
+
   /** The hub this connection feeds while it is a console's attached source. */
   get hub(): ConsoleHub | null {
     return this.hubValue;

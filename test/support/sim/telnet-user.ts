@@ -240,6 +240,11 @@ export class TelnetUser extends EventEmitter<TelnetUserEvents> {
     this.socket.pause();
   }
 
+  /** Read again after stopReading(). */
+  resumeReading(): void {
+    this.socket.resume();
+  }
+
   whenClosed(timeoutMs = 5000): Promise<void> {
     if (this.closedFlag) return Promise.resolve();
     return new Promise((resolve, reject) => {
