@@ -1,6 +1,7 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
 import type { SerialLineSettings, SerialLineState } from './serial-line.js';
+import { stripTerminalQueries } from '../util/terminal-queries.js';
 import { describeAuth, LockTable, type ClientAuth, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
 export type { ConsoleIdentity } from './identity.js';
@@ -504,7 +505,8 @@ export class ConsoleHub {
   /**
    * Attach a client under a lock. Refused requests change nothing (the caller tells
    * the client why and closes it). When granted, the client first gets the
-   * scrollback (the recent screen), then live output; holders displaced by `force`
+   * scrollback (the recent screen) less its terminal queries (stripTerminalQueries in
+   * src/util/terminal-queries.ts), then live output, unfiltered; holders displaced by `force`
    * are told who took over and closed.
    */
   addClient(
@@ -537,7 +539,9 @@ export class ConsoleHub {
       });
     }
     if (options.replay ?? true) {
-      const recent = this.scrollback.snapshot();
+      // History, not a program running now: its terminal queries (ESC [ 6 n, ...) would
+      // be answered by the client's terminal, and the answers typed into the VM.
+      const recent = stripTerminalQueries(this.scrollback.snapshot());
       if (recent.length > 0) client.deliver(recent);
     }
     if (this.clientSet === NO_CLIENTS) this.clientSet = new Set();

@@ -208,6 +208,25 @@ describe('Scrollback', () => {
     assert.equal(noReplay.output.length, 0);
   });
 
+  test('the replay loses its terminal queries (ESC [ 6 n); live output and the console log keep them', () => {
+    const logged: Buffer[] = [];
+    const h = new ConsoleHub({ id: 9, kind: 'esxi', key: 'd'.repeat(32), label: '', name: 'vm', tcpPort: 10009 }, 1024, 1024, {
+      output: (_h, d) => logged.push(Buffer.from(d)),
+    });
+    h.attachSource(new FakeSource());
+    const prompt = '\r\n\x1b[1;32m~ #\x1b[0m \x1b[6n';
+    h.fromVm(Buffer.from(`${prompt}ls\r\n`));
+    // A query split across two chunks is one query in the scrollback.
+    h.fromVm(Buffer.from('bin\r\n\x1b['));
+    h.fromVm(Buffer.from('6n~ # '));
+    const c = new FakeClient();
+    h.addClient(c);
+    assert.equal(c.output.toString('latin1'), '\r\n\x1b[1;32m~ #\x1b[0m ls\r\nbin\r\n~ # ');
+    h.fromVm(Buffer.from('\x1b[6n'));
+    assert.ok(c.output.toString('latin1').endsWith('~ # \x1b[6n'), 'live: passed on as it came');
+    assert.equal(Buffer.concat(logged).toString('latin1'), `${prompt}ls\r\nbin\r\n\x1b[6n~ # \x1b[6n`);
+  });
+
   test('scrollback of 0 keeps nothing; events reach the observer', () => {
     const events: string[] = [];
     const out: string[] = [];

@@ -24,6 +24,7 @@ import type { LinkEvent } from '../../protocol/cluster/link.js';
 import { LINK_CIPHERS, LinkConnection, linkKey } from './link-connection.js';
 import type { HostPort } from '../../util/net.js';
 import { sanitizeText } from '../../util/text.js';
+import { stripTerminalQueries } from '../../util/terminal-queries.js';
 
 const PSK_IDENTITY = Symbol('vspc.pskIdentity');
 type PskSocket = { [PSK_IDENTITY]?: string };
@@ -324,7 +325,8 @@ export class ClusterLinkServer {
         }
         if (sinceTakeover) {
           const since = this.vmotion.outputSinceTakeover?.(hub) ?? null;
-          if (since && since.length > 0) client.deliver(since);
+          // A replay like the hub's (ConsoleHub.addClient): without terminal queries.
+          if (since && since.length > 0) client.deliver(stripTerminalQueries(since));
         }
         client.accepted(decision.mode);
         return;
