@@ -8,7 +8,7 @@
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { TestServer, tempDir, type Cleanup } from './server.js';
+import { TestServer, tempDir, waitUntil, type Cleanup } from './server.js';
 import { reservePortRange } from './ports.js';
 import { readClusterSecret } from '../../src/config/table.js';
 import type { VspcConfig } from '../../src/config/config.js';
@@ -74,4 +74,18 @@ export async function startLinkedCluster(
   };
   for (const s of specs) await start(s.id, s.host, s.config);
   return { url, secretFile, nodes, start };
+}
+
+/**
+ * Resolves once `node` offers the console named `name` (its broker and SSH front door
+ * list it and a SELECT finds it); rejects after `timeoutMs`. The owner registers a VM
+ * before it knows the name, and writes the name to the database without waiting
+ * (PgConsoleStore.rename is posted): until that write is done, another node sees the
+ * console without a name and does not offer it. A test that reaches a console through
+ * another node right after the VM connected to its owner waits for this first.
+ */
+export async function offeredOn(node: LinkedNode, name: string, timeoutMs = 10_000): Promise<void> {
+  const mirrors = node.ts.server.clusterMirrors;
+  if (!mirrors) throw new Error(`node ${node.id} has no cluster link: it offers no other node's consoles`);
+  await waitUntil(() => mirrors.remoteConsoles().some((h) => h.identity.name === name), timeoutMs, `${name} offered on node ${node.id}`);
 }
