@@ -12,7 +12,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { Cleanup, esxiUuid, waitUntil } from '../support/server.js';
-import { startLinkedCluster, type LinkedCluster, type LinkedNode } from '../support/cluster-link.js';
+import { offeredOn, startLinkedCluster, type LinkedCluster, type LinkedNode } from '../support/cluster-link.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { Option } from '../../src/protocol/telnet/index.js';
 import { BrokerPeer } from '../support/broker-client.js';
@@ -172,6 +172,7 @@ test('three nodes: a broker client of node C on a console that moves A → B →
   const id = esxiUuid();
   const vm = await vmOn(a, id.text, 'triad');
   const hub = await a.ts.waitRegistered(id.text, '', 10_000);
+  await offeredOn(cNode, 'triad');
   const p = await BrokerPeer.connect({ host: '127.0.0.1', port: cNode.ts.server.broker!.addresses.tcp!.port });
   c.add(() => p.destroy());
   p.send({ kind: 'select', address: 'triad' });
