@@ -1440,22 +1440,24 @@ const SETTLE_MAX_MS = 30_000;
 export async function settledMemory(
   t: Pick<Target, 'memory'>,
   o: { stableMs: number; maxMs: number; pollMs: number } = { stableMs: SETTLE_STABLE_MS, maxMs: SETTLE_MAX_MS, pollMs: 1000 },
+  /** The time source (milliseconds) and the wait between polls; a test gives a fake one, so that the outcome does not depend on how late its timers fire. */
+  clock: { now(): number; sleep(ms: number): Promise<unknown> } = { now: () => performance.now(), sleep },
 ): Promise<ServerMemory | null> {
-  const t0 = performance.now();
+  const t0 = clock.now();
   let mem = await t.memory(true);
   let size = mem?.spaces?.new_space?.size;
   // A target that does not report its spaces (an operator's deployment) is taken as it is.
   if (size === undefined) return mem;
-  let stableSince = performance.now();
-  while (performance.now() - stableSince < o.stableMs && performance.now() - t0 < o.maxMs) {
-    await sleep(o.pollMs);
+  let stableSince = clock.now();
+  while (clock.now() - stableSince < o.stableMs && clock.now() - t0 < o.maxMs) {
+    await clock.sleep(o.pollMs);
     const next = await t.memory(true);
     if (!next) return mem;
     mem = next;
     const s = next.spaces?.new_space?.size;
     if (s !== size) {
       size = s;
-      stableSince = performance.now();
+      stableSince = clock.now();
     }
   }
   return mem;

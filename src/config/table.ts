@@ -167,6 +167,17 @@ function isUnspecifiedHost(host: string): boolean {
 export const MIN_CLUSTER_SECRET = 32;
 
 /**
+ * Below these (bits per character, from charEntropy) a secret is taken as a few
+ * characters repeated. Far enough below what random secrets give that one is never
+ * refused: of 3 million random 32-character secrets the lowest were 2.73 (hex) and 3.73
+ * (base64); under 2.25 a hex secret uses about 5 of its 16 digits, under 3 a base64
+ * one about 8 of its 64 characters (for random secrets, odds far below one in a billion).
+ * The earlier 3 and 4, with base64 lowercased, refused one `openssl rand -base64 24` in
+ * 20. `abcd…` (2), `deadbeef…` (2.16), `Aa1+…` (2) are still refused.
+ */
+const MIN_SECRET_ENTROPY = { hex: 2.25, base64: 3 } as const;
+
+/**
  * Shannon entropy of the text's own character frequencies, in bits per character: a
  * cheap test that a secret is not a few characters repeated. 32 random hex digits give
  * about 3.5 (16 symbols), 32 random base64 characters about 4.6; `aaaa…` gives 0.
@@ -196,12 +207,14 @@ export function readClusterSecret(field: string, path: string): Buffer {
   const secret = readFileSync(p, 'utf8').replace(/\s+$/, '');
   const hex = /^[0-9a-fA-F]+$/.test(secret);
   const base64 = !hex && /^[A-Za-z0-9+/_-]+={0,2}$/.test(secret);
+  // A hex digit is one symbol in either case; base64's two cases are different characters.
+  const repetitive = hex ? charEntropy(secret.toLowerCase()) < MIN_SECRET_ENTROPY.hex : charEntropy(secret) < MIN_SECRET_ENTROPY.base64;
   const why =
     !hex && !base64
       ? 'is neither hex digits nor base64'
       : secret.length < MIN_CLUSTER_SECRET
         ? `is ${secret.length} characters; it needs at least ${MIN_CLUSTER_SECRET} ${hex ? 'hex digits' : 'base64 characters'}`
-        : charEntropy(secret.toLowerCase()) < (hex ? 3 : 4)
+        : repetitive
           ? 'does not look random (a few characters repeated)'
           : null;
   if (why !== null) {

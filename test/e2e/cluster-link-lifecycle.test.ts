@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { Cleanup, esxiUuid, waitUntil } from '../support/server.js';
-import { startLinkedCluster, type LinkedCluster } from '../support/cluster-link.js';
+import { offeredOn, startLinkedCluster, type LinkedCluster } from '../support/cluster-link.js';
 import { BrokerPeer } from '../support/broker-client.js';
 import type { SimulatedVm } from '../support/sim/index.js';
 import type { ConsoleHub } from '../../src/domain/console-hub.js';
@@ -24,6 +24,7 @@ before(async () => {
   web01 = await cluster.nodes[1].ts.connectVm({ uuid: esxiUuid().text, name: 'web01' }, c);
   web01.vm.send('login: ');
   await web01.vm.barrier();
+  await offeredOn(cluster.nodes[0], 'web01');
 });
 after(async () => {
   await c.run();

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { Cleanup, esxiUuid } from '../support/server.js';
-import { startLinkedCluster } from '../support/cluster-link.js';
+import { offeredOn, startLinkedCluster } from '../support/cluster-link.js';
 import { BrokerPeer } from '../support/broker-client.js';
 
 let pgServer: TestPostgres | undefined;
@@ -26,6 +26,8 @@ test('a stalled PostgreSQL: remote attaches on node A cost one bounded look-up, 
   const cluster = await startLinkedCluster(url, c, [{ id: 'node-a', host: '127.0.0.2' }, { id: 'node-b', host: '127.0.0.3' }], { brokerListen: { host: '127.0.0.1', port: 0 } });
   await cluster.nodes[1].ts.connectVm({ uuid: esxiUuid().text, name: 'web01' }, c);
   const a = cluster.nodes[0];
+  // The list node A keeps showing once the database is unavailable must have web01, named.
+  await offeredOn(a, 'web01');
   const tcp = a.ts.server.broker!.addresses.tcp!;
   const first = await BrokerPeer.connect({ host: '127.0.0.1', port: tcp.port });
   c.add(() => first.destroy());

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { Cleanup, esxiUuid, tempDir, waitUntil, withTimeout } from '../support/server.js';
 import { vspcAdmin } from '../support/cli.js';
-import { startLinkedCluster, waitOffered, writeSecretFile, type LinkedCluster } from '../support/cluster-link.js';
+import { offeredOn, startLinkedCluster, writeSecretFile, type LinkedCluster } from '../support/cluster-link.js';
 import { BrokerPeer } from '../support/broker-client.js';
 import { haveOpenSsh, keyLine, makeKey, sshArgs, SshProcess, type KeyPair } from '../support/ssh.js';
 import { VSPC_JS, runNode } from '../support/cli.js';
@@ -56,6 +56,7 @@ before(async () => {
   web01 = await cluster.nodes[1].ts.connectVm({ uuid: esxiUuid().text, name: 'web01' }, c);
   web01.vm.send('login: ');
   await web01.vm.barrier();
+  await offeredOn(cluster.nodes[0], 'web01');
 });
 after(async () => {
   await c.run();
@@ -232,11 +233,11 @@ test('the link refuses plain TCP, garbage, a wrong secret and a flood, with a lo
 test('a client of node A that stops reading is dropped there; the console on node B and its local client never wait', async () => {
   const b = nodeB();
   const flood = await b.ts.connectVm({ uuid: esxiUuid().text, name: 'flood01' }, c);
+  await offeredOn(nodeA(), 'flood01');
   // A telnet user on the console's own port, on node B's address.
   const local = await TelnetUser.connect({ host: b.host, port: flood.hub.identity.tcpPort });
   c.add(() => local.destroy());
   await local.waitFor('[vspc: ', 5000);
-  await waitOffered(nodeA(), 'flood01');
   const slow = await brokerOn(nodeA());
   slow.send({ kind: 'select', address: 'flood01' });
   await slow.next('selected');
@@ -285,6 +286,7 @@ test('configuration: a world-readable or short secret, a link without a secret o
 test('a console served by a node without the internal link: a client on node A is told that node has no link and how to give it one', async () => {
   const lone = await cluster.start('node-nolink', '127.0.0.4', { clusterListen: null, clusterSecret: null });
   const vm = await lone.ts.connectVm({ uuid: esxiUuid().text, name: 'nolink01' }, c);
+  await offeredOn(nodeA(), 'nolink01');
   const p = await brokerOn(nodeA());
   const { entries } = await p.list();
   assert.ok(entries.some((e) => e.name === 'nolink01'), 'listed on node A');
@@ -301,7 +303,7 @@ test('a node whose secret differs: a client on node A is told the secrets may di
   const { readClusterSecret } = await import('../../src/config/table.js');
   const odd = await cluster.start('node-odd', '127.0.0.5', { clusterSecret: readClusterSecret('--cluster-secret-file', other) });
   const vm = await odd.ts.connectVm({ uuid: esxiUuid().text, name: 'odd01' }, c);
-  await waitOffered(nodeA(), 'odd01');
+  await offeredOn(nodeA(), 'odd01');
   const from = nodeA().ts.logs.lines.length;
   const p = await brokerOn(nodeA());
   p.send({ kind: 'select', address: 'odd01' });

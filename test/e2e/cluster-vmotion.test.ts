@@ -12,7 +12,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { Cleanup, esxiUuid, waitUntil } from '../support/server.js';
-import { startLinkedCluster, waitOffered, type LinkedCluster, type LinkedNode } from '../support/cluster-link.js';
+import { offeredOn, startLinkedCluster, type LinkedCluster, type LinkedNode } from '../support/cluster-link.js';
 import { SimulatedVm, TelnetUser } from '../support/sim/index.js';
 import { Option } from '../../src/protocol/telnet/index.js';
 import { BrokerPeer } from '../support/broker-client.js';
@@ -60,6 +60,12 @@ async function vmOn(node: LinkedNode, uuid: string, name: string, skipDoProxy = 
 
 const sourcePeer = (node: LinkedNode, hex: string) => node.ts.server.registry.get('esxi', hex, '')?.source?.peer ?? null;
 
+/** The nodes' warnings and errors since `marks` (one line count per node): what a failed round says why with. */
+function nodeTrouble(marks: number[]): string {
+  const lines = cluster.nodes.flatMap((n, i) => n.ts.logs.lines.slice(marks[i] ?? 0).filter((l) => l.level === 'warn' || l.level === 'error').map((l) => `${n.id}: ${JSON.stringify(l)}`));
+  return lines.length > 0 ? `; the nodes said:\n  ${lines.slice(-10).join('\n  ')}` : '; no warning from the nodes';
+}
+
 test('100 cross-node vMotions under traffic both ways: every byte once and in order, the user on node A attached throughout', async () => {
   const [a, b] = cluster.nodes;
   const id = esxiUuid();
@@ -86,9 +92,10 @@ test('100 cross-node vMotions under traffic both ways: every byte once and in or
     const i2 = `i${i}b;`;
     user.send(i2); // held: the VM is paused
     inp += i2;
+    const marks = cluster.nodes.map((n) => n.ts.logs.lines.length);
     const dest = await vmOn(target, id.text, 'mover', true);
     vms.push(dest);
-    assert.equal(await dest.vmotionPeer(Buffer.concat([seq, secret]), 5000), true, `PEER-OK on the other node, round ${i}`);
+    assert.equal(await dest.vmotionPeer(Buffer.concat([seq, secret]), 5000), true, `PEER-OK on the other node, round ${i}${nodeTrouble(marks)}`);
     const i3 = `i${i}c;`;
     user.send(i3);
     inp += i3;
@@ -172,7 +179,7 @@ test('three nodes: a broker client of node C on a console that moves A → B →
   const id = esxiUuid();
   const vm = await vmOn(a, id.text, 'triad');
   const hub = await a.ts.waitRegistered(id.text, '', 10_000);
-  await waitOffered(cNode, 'triad');
+  await offeredOn(cNode, 'triad');
   const p = await BrokerPeer.connect({ host: '127.0.0.1', port: cNode.ts.server.broker!.addresses.tcp!.port });
   c.add(() => p.destroy());
   p.send({ kind: 'select', address: 'triad' });

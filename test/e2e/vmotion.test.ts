@@ -139,8 +139,9 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     assert.equal(ts.server.vmotion.pending, 0);
 
     const seq = Buffer.from([2]);
-    const r = await vm.vmotionBegin(seq);
+    // Connected first: only the PEER's round trip runs against the 200 ms deadline.
     const dest = await destination(ts, cleanup, id.text, 'slow');
+    const r = await vm.vmotionBegin(seq);
     assert.equal(await dest.vmotionPeer(Buffer.concat([seq, (r as { secret: Buffer }).secret])), true);
     await dest.whenClosed(2000);
     assert.equal(ts.server.vmotion.pending, 0);
@@ -173,21 +174,22 @@ describe('vMotion end to end (simulator, real sockets)', () => {
     const id = esxiUuid();
     const { vm, hub } = await ts.connectVm({ uuid: id.text, name: 'flaky' }, cleanup);
     const seq = Buffer.from([4]);
+    // The peers connect first: only protocol round trips run against the 300 ms deadline.
+    const p1 = await destination(ts, cleanup, id.text, 'flaky');
+    const p2 = await destination(ts, cleanup, id.text, 'flaky');
     const r = await vm.vmotionBegin(seq);
     const full = Buffer.concat([seq, (r as { secret: Buffer }).secret]);
-    const p1 = await destination(ts, cleanup, id.text, 'flaky');
     assert.equal(await p1.vmotionPeer(full), true);
     p1.destroy();
     await ts.logs.waitFor((l) => l.peer === p1.peerName && l.message === 'VM connection closed', 3000, 0, 'the first peer gone');
-    const p2 = await destination(ts, cleanup, id.text, 'flaky');
     assert.equal(await p2.vmotionPeer(full), true);
     p2.vmotionComplete(seq);
     await waitUntil(() => isSourceOf(hub, p2), 3000, 'second peer is the source');
 
     // Both ends die mid-migration: the timeout clears everything.
     const seq2 = Buffer.from([5]);
-    const r2 = await p2.vmotionBegin(seq2);
     const p3 = await destination(ts, cleanup, id.text, 'flaky');
+    const r2 = await p2.vmotionBegin(seq2);
     assert.equal(await p3.vmotionPeer(Buffer.concat([seq2, (r2 as { secret: Buffer }).secret])), true);
     p2.destroy();
     p3.destroy();

@@ -181,10 +181,9 @@ describe('SimulatedVm', () => {
     assert.deepEqual([...(await vm.waitForInput(4, 2000))], [255, 1, 13, 0]);
     await assert.rejects(vm.waitForInput('never', 100), /timed out after 100 ms/);
     const waiting = vm.waitForInput('never either', 5000);
-    const started = Date.now();
     conn.socket.destroy();
     await assert.rejects(waiting, /connection closed/);
-    assert.ok(Date.now() - started < 1000);
+    // The message says the close rejected it, not the wait's own timeout: no clock needed.
     await vm.whenClosed(1000);
   });
 
@@ -217,10 +216,9 @@ describe('SimulatedVm', () => {
     const vm = await connect();
     await vm.whenProxied();
     const pending = vm.barrier(5000);
-    const started = Date.now();
     proxy.conns[0].socket.destroy();
     await assert.rejects(pending, /closed before the barrier was answered/);
-    assert.ok(Date.now() - started < 1000);
+    // The message says the close rejected it, not the wait's own timeout: no clock needed.
     await assert.rejects(vm.barrier(), /closed connection/);
 
     // A peer that never answers: the barrier fails with its timeout named.

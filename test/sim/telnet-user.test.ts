@@ -135,10 +135,9 @@ test('TelnetUser.barrier(): rejects on close, on a closed connection, and after 
   await waitUntil(() => srv.sockets.length === 1, 2000, 'accept');
   await assert.rejects(user.barrier(100), /barrier not answered after 100 ms/);
   const pending = user.barrier(5000);
-  const started = Date.now();
   srv.sockets[0].destroy();
   await assert.rejects(pending, /closed before the barrier was answered/);
-  assert.ok(Date.now() - started < 1000);
+  // The message says the close rejected it, not the wait's own timeout: no clock needed.
   await assert.rejects(user.barrier(), /closed connection/);
 });
 

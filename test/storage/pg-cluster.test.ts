@@ -418,7 +418,14 @@ test('two vspc nodes on one PostgreSQL: unique sticky ports, one owner per conso
   assert.equal(b.ts.server.registry.get('esxi', u1.hex, ''), undefined);
   assert.equal(h1.source !== null, true, 'node A still serves vm-one');
 
-  // Either node's admin list shows the whole cluster, with owners.
+  // Either node's admin list shows the whole cluster, with owners. A VM's name reaches the
+  // database after its registration (PgConsoleStore.rename is posted, not waited for): both
+  // names are in both lists first.
+  await waitUntil(
+    async () => (await Promise.all([a, b].map((n) => n.ts.ports()))).every((rows) => byName(rows, 'vm-one') && byName(rows, 'vm-two')),
+    10_000,
+    'both names in either node\'s list',
+  );
   for (const n of [a, b]) {
     const rows = await n.ts.ports();
     assert.equal(byName(rows, 'vm-one')?.node, 'node-a', `on ${n.id}`);
@@ -484,8 +491,10 @@ test('a node killed with SIGKILL: its consoles are released by PostgreSQL and th
   await vm.whenProxied(10_000);
   const registered = await nodeA.waitFor(() => /"message":"VM serial port registered"[^\n]*"port":(\d+)/.exec(nodeA.stderr)?.[1], 10_000, 'registration on node A');
   const port = Number(registered);
-  // Node B sees it, owned by node A, through the shared database.
-  const seen = byName(await b.ts.ports(), 'vm-killed');
+  // Node B sees it, owned by node A, through the shared database (named once node A's
+  // rename, posted after the registration line, is done).
+  let seen: PortView | undefined;
+  await waitUntil(async () => (seen = byName(await b.ts.ports(), 'vm-killed')) !== undefined, 10_000, 'vm-killed in node B\'s list');
   assert.equal(seen?.node, 'killed');
   assert.equal(seen?.port, port);
 

@@ -118,12 +118,17 @@ export class BrokerPeer {
       };
       const check = () => {
         if (cond()) finish();
-        else if (this.closed && !closedOk) finish(new Error(`connection closed before ${what}; text: ${JSON.stringify(this.text)}`));
+        else if (this.closed && !closedOk) finish(new Error(`connection closed before ${what}; ${this.got()}`));
       };
-      const timer = setTimeout(() => finish(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; text: ${JSON.stringify(this.text)}`)), timeoutMs);
+      const timer = setTimeout(() => finish(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; ${this.got()}`)), timeoutMs);
       this.waiters.add(check);
       check();
     });
+  }
+
+  /** What arrived, for a failed wait: the text and the last control messages (a SELECT-REFUSED says why). */
+  private got(): string {
+    return `text: ${JSON.stringify(this.text.slice(-500))}; messages: ${JSON.stringify(this.messages.slice(-5))}`;
   }
 
   private notify(): void {

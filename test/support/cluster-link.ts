@@ -77,13 +77,17 @@ export async function startLinkedCluster(
 }
 
 /**
- * Until `node` offers `name`, a console another node owns (its database look-up found
- * it). Not at once: the owner claims it as it registers, and a look-up that times out
- * on a loaded machine makes the node serve its last good list for a while (5 s), where a
- * console registered a moment ago is missing and a SELECT is refused.
+ * Resolves once `node` offers the console named `name` (its broker and SSH front door
+ * list it and a SELECT finds it); rejects after `timeoutMs`. The owner registers a VM
+ * before it knows the name, and writes the name to the database without waiting
+ * (PgConsoleStore.rename is posted): until that write is done, another node sees the
+ * console without a name and does not offer it. Also, a look-up over its 500 ms bound on
+ * a loaded machine makes a node serve its last good list for 5 s. A test that reaches a
+ * console through another node right after the VM connected to its owner waits for this
+ * first.
  */
-export async function waitOffered(node: LinkedNode, name: string, timeoutMs = 30_000): Promise<void> {
+export async function offeredOn(node: LinkedNode, name: string, timeoutMs = 30_000): Promise<void> {
   const mirrors = node.ts.server.clusterMirrors;
-  if (!mirrors) throw new Error(`${node.id} has no cluster mirrors`);
-  await waitUntil(() => mirrors.remoteConsoles().some((h) => h.identity.name === name), timeoutMs, `${node.id} to offer ${name}`);
+  if (!mirrors) throw new Error(`node ${node.id} has no cluster link: it offers no other node's consoles`);
+  await waitUntil(() => mirrors.remoteConsoles().some((h) => h.identity.name === name), timeoutMs, `${name} offered on node ${node.id}`);
 }

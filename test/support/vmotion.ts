@@ -15,7 +15,13 @@ export function isSourceOf(hub: ConsoleHub, vm: SimulatedVm): boolean {
   return hub.source?.peer === `127.0.0.1:${vm.localPort}`;
 }
 
-/** One whole migration, protocol-exact; returns the destination and the secret. */
+/**
+ * One whole migration, protocol-exact; returns the destination and the secret. The
+ * destination connects before the BEGIN, as a destination host is up before the source
+ * asks: between GOAHEAD and PEER only the PEER's own round trip, not a TCP connect and a
+ * telnet negotiation, runs against the vMotion's deadline (a test's short
+ * --vmotion-timeout was missed that way on a loaded machine).
+ */
 export async function migrate(
   ts: TestServer,
   cleanup: Cleanup,
@@ -25,11 +31,11 @@ export async function migrate(
   ident: { uuid: string; name: string; serviceUri?: string },
   duringHold?: () => void | Promise<void>,
 ): Promise<{ dest: SimulatedVm; secret: Buffer }> {
+  const dest = await destination(ts, cleanup, ident.uuid, ident.name, ident.serviceUri);
   const r = await from.vmotionBegin(seq);
   assert.equal(r.kind, 'goahead');
   const secret = (r as { secret: Buffer }).secret;
   await duringHold?.();
-  const dest = await destination(ts, cleanup, ident.uuid, ident.name, ident.serviceUri);
   assert.equal(await dest.vmotionPeer(Buffer.concat([seq, secret])), true, 'PEER-OK');
   await duringHold?.();
   dest.vmotionComplete(seq);
