@@ -280,6 +280,14 @@ export class ConsoleHub {
    * method. Set and cleared by that client's owner.
    */
   dedicatedTo: { clientId: number; reason: string } | null = null;
+  /**
+   * The serial tunnel the config file dedicates this console to (`tunnels:`), whether
+   * or not its link is attached now (between a kick and the link's return, too); null
+   * for every other console. Set by the server from the config: such a console has no
+   * console log and no scrollback, is refused to people, and is left out of the
+   * consoles offered to people (broker, SSH front door).
+   */
+  carriesTunnel: string | null = null;
 
   readonly scrollback: Scrollback;
   /**

@@ -1,0 +1,127 @@
+/**
+ * The console that carries a serial tunnel is not a console for people (docs/tunnels.md,
+ * "The console that carries a tunnel"), wherever people look: no console log file (not
+ * even across a kick), not offered by the broker or the SSH front door, its internal
+ * client not counted as a telnet client. No agent and no QEMU: a unix socket server
+ * stands in for QEMU's serial sockets; the tunnel's link stays handshaking, which is
+ * all these checks need.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseSourceSpec } from '../../src/domain/source-spec.js';
+import type { VspcConfig } from '../../src/config/config.js';
+import type { TunnelView } from '../../src/admin/views.js';
+import { vspcAdmin } from '../support/cli.js';
+import { startServer, tempDir, waitUntil, type TestServer } from '../support/server.js';
+
+const T = { timeout: 60_000 };
+
+/** A unix socket that accepts like QEMU's `-serial unix:PATH,server=on`, keeping what it reads. */
+class FakeSerial {
+  readonly conns = new Set<net.Socket>();
+  received = Buffer.alloc(0);
+  private constructor(
+    readonly server: net.Server,
+    readonly path: string,
+  ) {}
+
+  static async start(path: string): Promise<FakeSerial> {
+    rmSync(path, { force: true });
+    const server = net.createServer();
+    const f = new FakeSerial(server, path);
+    server.on('connection', (s) => {
+      f.conns.add(s);
+      s.on('data', (b: Buffer) => (f.received = Buffer.concat([f.received, b])));
+      s.on('error', () => {});
+      s.on('close', () => f.conns.delete(s));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+    return f;
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.conns) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+interface Setup {
+  ts: TestServer;
+  dir: string;
+  logDir: string;
+  /** The VM's ordinary console `vm2` and the tunnel's own console `vm2-tunnel`. */
+  serial0: FakeSerial;
+  tunnelLine: FakeSerial;
+}
+
+/** vspc with console logs, a declared console `vm2` and the tunnel `vm2-tunnel` on a source of its own. */
+async function setup(t: { after(fn: () => unknown): void }, extra: Partial<VspcConfig> = {}): Promise<Setup> {
+  const d = tempDir('vspc-tunnel-console-');
+  const logDir = join(d.dir, 'logs');
+  const serial0 = await FakeSerial.start(join(d.dir, 'vm2.sock'));
+  const tunnelLine = await FakeSerial.start(join(d.dir, 'vm2.tunnel'));
+  t.after(async () => {
+    await Promise.allSettled([serial0.close(), tunnelLine.close()]);
+    d.remove();
+  });
+  const src0 = `unix:${serial0.path}`;
+  const src1 = `unix:${tunnelLine.path}`;
+  const { ts } = await startServer(t, {
+    config: {
+      logDir,
+      logMarkIntervalMs: 0,
+      consoles: [{ name: 'vm2', source: parseSourceSpec(src0), sourceText: src0 }],
+      tunnels: [{ name: 'vm2-tunnel', source: parseSourceSpec(src1), sourceText: src1, forwards: [] }],
+      ...extra,
+    },
+  });
+  await waitUntil(async () => (await tunnelView(ts)).console === 'vm2-tunnel', 10_000, 'the tunnel bound to its console');
+  await waitUntil(() => serial0.conns.size === 1 && tunnelLine.conns.size === 1, 10_000, 'both sources connected');
+  return { ts, dir: d.dir, logDir, serial0, tunnelLine };
+}
+
+async function tunnelView(ts: TestServer): Promise<TunnelView> {
+  const v = (await ts.api<TunnelView[]>('/api/v1/tunnels')).find((x) => x.name === 'vm2-tunnel');
+  if (!v) throw new Error('tunnel vm2-tunnel not listed');
+  return v;
+}
+
+function hubOf(ts: TestServer, name: string) {
+  const hub = ts.server.registry.all().find((h) => h.displayName === name);
+  if (!hub) throw new Error(`no console ${name}`);
+  return hub;
+}
+
+/** Everything the console logs have queued so far is on disk (tail flushes that console's writer). */
+async function flushLogs(ts: TestServer, ...names: string[]): Promise<void> {
+  for (const n of names) await ts.server.consoleLogs!.tail(hubOf(ts, n), 1);
+}
+
+describe('the console that carries a serial tunnel', { timeout: 120_000 }, () => {
+  test('has no console log file: not at start, not after a kick and the link coming back', T, async (t) => {
+    const { ts, logDir } = await setup(t);
+    const attachedBefore = ts.logs.filter((l) => l.message === 'tunnel attached to its console').length;
+    const kick = await vspcAdmin(ts.adminAddress, ['kick', 'vm2-tunnel']);
+    assert.equal(kick.code, 0, kick.stderr);
+    assert.match(kick.stdout, /disconnected from vm2-tunnel/);
+    // The link comes back at once (docs/tunnels.md): the second attach is the one that was logged.
+    await waitUntil(() => ts.logs.filter((l) => l.message === 'tunnel attached to its console').length > attachedBefore, 10_000, 'the tunnel attached again');
+    // The ordinary console next to it does get a log (the check below can see files).
+    const kick0 = await vspcAdmin(ts.adminAddress, ['kick', 'vm2', '--reason', 'log something']);
+    assert.equal(kick0.code, 0, kick0.stderr);
+    await flushLogs(ts, 'vm2', 'vm2-tunnel');
+    const files = existsSync(logDir) ? readdirSync(logDir) : [];
+    assert.ok(files.includes('vm2.log'), `the ordinary console's log is there: ${files.join(', ')}`);
+    assert.deepEqual(
+      files.filter((f) => f.startsWith('vm2-tunnel')),
+      [],
+      'no log file for the console that carries the tunnel',
+    );
+  });
+});
