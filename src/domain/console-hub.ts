@@ -1,5 +1,6 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
+import { tunnelConsoleRefusal } from './tunnel-status.js';
 import type { SerialLineSettings, SerialLineState } from './serial-line.js';
 import { describeAuth, LockTable, type ClientAuth, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
@@ -521,6 +522,11 @@ export class ConsoleHub {
   ): LockDecision {
     if (this.dedicatedTo !== null && this.dedicatedTo.clientId !== client.id) {
       return { granted: false, reason: this.dedicatedTo.reason, holders: this.locks.list() };
+    }
+    // Configured for a tunnel whose link is not attached this instant (kicked, about to
+    // come back): still not a console for people.
+    if (this.dedicatedTo === null && this.carriesTunnel !== null) {
+      return { granted: false, reason: tunnelConsoleRefusal(this.displayName, this.carriesTunnel), holders: this.locks.list() };
     }
     const decision = this.locks.request(
       { clientId: client.id, peer: client.peer, user: options.user, auth: options.auth },

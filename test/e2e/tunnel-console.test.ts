@@ -9,13 +9,15 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseSourceSpec } from '../../src/domain/source-spec.js';
 import type { VspcConfig } from '../../src/config/config.js';
 import type { TunnelView } from '../../src/admin/views.js';
-import { vspcAdmin } from '../support/cli.js';
-import { startServer, tempDir, waitUntil, type TestServer } from '../support/server.js';
+import { DEFAULTS } from '../../src/config/config.js';
+import { VSPC_ADMIN_JS, runNode, vspcAdmin } from '../support/cli.js';
+import { Cleanup, startServer, tempDir, waitUntil, type TestServer } from '../support/server.js';
+import { haveOpenSsh, keyLine, makeKey, runSsh, sshArgs } from '../support/ssh.js';
 
 const T = { timeout: 60_000 };
 
@@ -104,6 +106,55 @@ async function flushLogs(ts: TestServer, ...names: string[]): Promise<void> {
 }
 
 describe('the console that carries a serial tunnel', { timeout: 120_000 }, () => {
+  test('is not offered by the broker or the SSH front door, is refused there by name with the reason; vspc-admin list shows it', T, async (t) => {
+    assert.ok(haveOpenSsh(), 'the OpenSSH client is not installed (test/support/guest/ensure-deps.sh)');
+    const keys = tempDir('vspc-tunnel-console-keys-');
+    t.after(() => keys.remove());
+    const alice = makeKey(keys.dir, 'alice', 'alice@laptop');
+    const keysFile = join(keys.dir, 'authorized_keys');
+    writeFileSync(keysFile, keyLine(alice, 'vspc-user="alice"') + '\n', { mode: 0o600 });
+    const brokerPath = join(keys.dir, 'broker.sock');
+    const { ts } = await setup(t, {
+      brokerSocket: { path: brokerPath, auto: false },
+      brokerLimits: DEFAULTS.brokerLimits,
+      sshListen: { host: '127.0.0.1', port: 0 },
+      sshHostKeyDir: join(keys.dir, 'hostkeys'),
+      sshAuthorizedKeys: keysFile,
+      sshLimits: DEFAULTS.sshLimits,
+    });
+
+    // The broker: the list, --names and a pattern leave it out; named, it is refused with the reason.
+    const names = await runNode(VSPC_ADMIN_JS, ['console', '--socket', brokerPath, '--names']);
+    assert.equal(names.code, 0, names.stderr);
+    assert.deepEqual(names.stdout.trim().split('\n'), ['vm2']);
+    const list = await runNode(VSPC_ADMIN_JS, ['console', '--socket', brokerPath]);
+    assert.equal(list.code, 0, list.stderr);
+    assert.doesNotMatch(list.stdout, /vm2-tunnel/);
+    const pattern = await runNode(VSPC_ADMIN_JS, ['console', '--socket', brokerPath, '--names', 'vm2*']);
+    assert.deepEqual(pattern.stdout.trim().split('\n'), ['vm2']);
+    const named = await runNode(VSPC_ADMIN_JS, ['console', '--socket', brokerPath, 'vm2-tunnel']);
+    assert.equal(named.code, 1);
+    assert.match(named.stderr, /vm2-tunnel carries the serial tunnel "vm2-tunnel" \(TCP forwards into the guest\), not a console for people; use the tunnel's forwards or vspc-admin tunnel vm2-tunnel PORT/);
+
+    // The SSH front door: `list` (and so the menu) leaves it out; named, exit 3 with the reason.
+    const c = new Cleanup();
+    t.after(() => c.run());
+    const s = { port: ts.server.addresses.ssh!.port, knownHosts: join(keys.dir, 'known_hosts') };
+    const sshList = await runSsh(sshArgs(s, alice, ['console@127.0.0.1', 'list']), c);
+    assert.equal(sshList.code, 0, sshList.stderr);
+    assert.match(sshList.stdout, /^vm2 +config +connected/m);
+    assert.doesNotMatch(sshList.stdout, /vm2-tunnel/);
+    const sshNamed = await runSsh(sshArgs(s, alice, ['console@127.0.0.1', 'vm2-tunnel']), c);
+    assert.equal(sshNamed.code, 3, sshNamed.stderr);
+    assert.match(sshNamed.stderr, /vm2-tunnel carries the serial tunnel "vm2-tunnel"/);
+
+    // The administrator still sees it, with its tunnel.
+    const admin = await vspcAdmin(ts.adminAddress, ['list']);
+    assert.equal(admin.code, 0, admin.stderr);
+    assert.match(admin.stdout, /^vm2-tunnel\b.*\btunnel\b/m);
+    assert.match(admin.stdout, /^vm2-tunnel +vm2-tunnel +handshaking\b/m);
+  });
+
   test('has no console log file: not at start, not after a kick and the link coming back', T, async (t) => {
     const { ts, logDir } = await setup(t);
     const attachedBefore = ts.logs.filter((l) => l.message === 'tunnel attached to its console').length;

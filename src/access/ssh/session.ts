@@ -23,7 +23,7 @@ import { describeHolder, type LockRequest } from '../../domain/locks.js';
 import { errorFields } from '../../errors.js';
 import { sanitizeText } from '../../util/text.js';
 import { parseCommand, USAGE, type SshCommand } from './command-line.js';
-import { findConsole, permittedConsoles, renderJson, renderTable } from './console-list.js';
+import { findConsole, permittedConsoles, permittedTunnelConsoles, renderJson, renderTable } from './console-list.js';
 import { LineEditor } from './line-editor.js';
 import { chooseRequest, holdAllowed, type KeyRights } from './rights.js';
 import { onBreakRequest } from './ssh2-internals.js';
@@ -389,7 +389,7 @@ export class SshSession {
 
   /** findConsole, with the cluster's caveat added to "no console" while other nodes' consoles may be missing. */
   private find(hubs: readonly ConsoleHub[], target: string, numbered: boolean): { hub: ConsoleHub } | { error: string } {
-    const found = findConsole(hubs, target, numbered);
+    const found = findConsole(hubs, target, numbered, permittedTunnelConsoles(this.host.consoles(), this.rights));
     if (!('error' in found) || !found.notFound) return found;
     const caveat = this.host.listCaveat();
     return caveat ? { error: `${found.error}; ${caveat}` } : found;
