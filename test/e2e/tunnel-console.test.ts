@@ -155,6 +155,17 @@ describe('the console that carries a serial tunnel', { timeout: 120_000 }, () =>
     assert.match(admin.stdout, /^vm2-tunnel +vm2-tunnel +handshaking\b/m);
   });
 
+  test("its tunnel's link is a `tunnel` client: VIA tunnel in who, method=\"tunnel\" in metrics, not telnet", T, async (t) => {
+    const { ts } = await setup(t);
+    const who = await vspcAdmin(ts.adminAddress, ['who']);
+    assert.equal(who.code, 0, who.stderr);
+    assert.match(who.stdout, /^\d+ +vm2-tunnel +\d+ +exclusive +tunnel +/m);
+    const metrics = await (await fetch(`http://${ts.adminAddress}/metrics`)).text();
+    assert.match(metrics, /^vspc_clients 1$/m);
+    assert.match(metrics, /^vspc_clients_by_method\{method="telnet"\} 0$/m);
+    assert.match(metrics, /^vspc_clients_by_method\{method="tunnel"\} 1$/m);
+  });
+
   test('has no console log file: not at start, not after a kick and the link coming back', T, async (t) => {
     const { ts, logDir } = await setup(t);
     const attachedBefore = ts.logs.filter((l) => l.message === 'tunnel attached to its console').length;

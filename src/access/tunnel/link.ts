@@ -65,6 +65,8 @@ const hex = (n: number): string => n.toString(16).padStart(8, '0');
 export class TunnelLink implements ConsoleClient {
   readonly id: number;
   readonly peer: string;
+  /** Not a person's telnet client: `who` shows VIA `tunnel`, metrics count it under method="tunnel". */
+  readonly method = 'tunnel';
   readonly ep: TunnelEndpoint;
   private hubValue: ConsoleHub | null = null;
   private readonly duplexes = new Set<TunnelDuplex>();
