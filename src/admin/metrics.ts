@@ -272,7 +272,7 @@ export function renderMetrics(i: MetricsInput): string {
     family(
       'vspc_consoles',
       'gauge',
-      'Consoles by kind (esxi, config, proxmox, libvirt, glob) and state (connected, disconnected, migrating; waiting, listening, stopped for sources vspc maintains).',
+      'Consoles by kind (esxi, config, proxmox, libvirt, glob, tunnel) and state (connected, disconnected, migrating; waiting, listening, stopped for sources vspc maintains).',
       consoleStates(hubs),
     ),
     family(

@@ -166,6 +166,14 @@ describe('the console that carries a serial tunnel', { timeout: 120_000 }, () =>
     assert.match(metrics, /^vspc_clients_by_method\{method="tunnel"\} 1$/m);
   });
 
+  test('vspc_consoles counts it as kind tunnel, and its HELP names that kind', T, async (t) => {
+    const { ts } = await setup(t);
+    const metrics = await (await fetch(`http://${ts.adminAddress}/metrics`)).text();
+    assert.match(metrics, /^vspc_consoles\{kind="tunnel",state="connected"\} 1$/m);
+    const help = /^# HELP vspc_consoles (.*)$/m.exec(metrics)?.[1] ?? '';
+    assert.match(help, /\(esxi, config, proxmox, libvirt, glob, tunnel\)/);
+  });
+
   test('has no console log file: not at start, not after a kick and the link coming back', T, async (t) => {
     const { ts, logDir } = await setup(t);
     const attachedBefore = ts.logs.filter((l) => l.message === 'tunnel attached to its console').length;
