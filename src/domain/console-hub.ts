@@ -4,6 +4,9 @@ import { tunnelConsoleRefusal } from './tunnel-status.js';
 import type { SerialLineSettings, SerialLineState } from './serial-line.js';
 import { describeAuth, LockTable, type ClientAuth, type LockDecision, type LockMode, type LockRequest } from './locks.js';
 
+/** What a client that asked for a serial BREAK is told when the console's source cannot send one (ConsoleHub.sendBreak false). */
+export const BREAK_NOT_SENT = "break not sent: this console's source cannot send a break";
+
 export type { ConsoleIdentity } from './identity.js';
 
 /** Where the VM stands, for `list` and for routing client input. */
@@ -471,10 +474,17 @@ export class ConsoleHub {
     if (!this.src.write(data)) this.pauseClients();
   }
 
-  /** A serial BREAK to the VM; `from`: the client asking (a mirror sends it on that client's stream). */
-  sendBreak(from?: ConsoleClient): void {
+  /**
+   * A serial BREAK to the VM; `from`: the client asking (a mirror sends it on that
+   * client's stream). false: not sent, the source cannot send one (a `unix:` QEMU
+   * serial socket is a byte stream) or there is none now; the caller tells its client.
+   */
+  sendBreak(from?: ConsoleClient): boolean {
     void from;
-    this.src?.sendBreak?.();
+    const src = this.src;
+    if (!src?.sendBreak) return false;
+    src.sendBreak();
+    return true;
   }
 
   /**

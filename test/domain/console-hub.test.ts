@@ -14,6 +14,20 @@ function hub(): ConsoleHub {
 }
 
 describe('ConsoleHub hub', () => {
+  test('sendBreak: true and passed to a source that can send one; false, nothing done, for one that cannot or none', () => {
+    const h = hub();
+    assert.equal(h.sendBreak(), false, 'no source');
+    const plain = new FakeSource();
+    h.attachSource(plain);
+    assert.equal(h.sendBreak(), false, 'a source without sendBreak (a unix: socket)');
+    h.detachSource(plain);
+    let breaks = 0;
+    const able = Object.assign(new FakeSource(), { sendBreak: () => void breaks++ });
+    h.attachSource(able);
+    assert.equal(h.sendBreak(), true);
+    assert.equal(breaks, 1);
+  });
+
   test('a console configured for a serial tunnel refuses people while the link is away (a kick), and takes the link back', () => {
     const h = hub();
     h.carriesTunnel = 'vm-tunnel';

@@ -8,8 +8,7 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseSourceSpec } from '../../src/domain/source-spec.js';
 import type { VspcConfig } from '../../src/config/config.js';
@@ -18,40 +17,9 @@ import { DEFAULTS } from '../../src/config/config.js';
 import { VSPC_ADMIN_JS, runNode, vspcAdmin } from '../support/cli.js';
 import { Cleanup, startServer, tempDir, waitUntil, type TestServer } from '../support/server.js';
 import { haveOpenSsh, keyLine, makeKey, runSsh, sshArgs } from '../support/ssh.js';
+import { FakeSerial } from '../support/fake-serial.js';
 
 const T = { timeout: 60_000 };
-
-/** A unix socket that accepts like QEMU's `-serial unix:PATH,server=on`, keeping what it reads. */
-class FakeSerial {
-  readonly conns = new Set<net.Socket>();
-  received = Buffer.alloc(0);
-  private constructor(
-    readonly server: net.Server,
-    readonly path: string,
-  ) {}
-
-  static async start(path: string): Promise<FakeSerial> {
-    rmSync(path, { force: true });
-    const server = net.createServer();
-    const f = new FakeSerial(server, path);
-    server.on('connection', (s) => {
-      f.conns.add(s);
-      s.on('data', (b: Buffer) => (f.received = Buffer.concat([f.received, b])));
-      s.on('error', () => {});
-      s.on('close', () => f.conns.delete(s));
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(path, () => resolve());
-    });
-    return f;
-  }
-
-  async close(): Promise<void> {
-    for (const s of this.conns) s.destroy();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-}
 
 interface Setup {
   ts: TestServer;
