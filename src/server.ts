@@ -31,6 +31,7 @@ import { EsxiListener } from './sources/esxi/listener.js';
 import { AdminServer } from './admin/admin-server.js';
 import { adminRoutes, adminUpgrades, type AdminContext } from './admin/routes.js';
 import { lookupConsoles } from './admin/resolve.js';
+import { mayBeNamed } from './domain/address.js';
 import { TunnelManager, joinSocket, type TunnelSpec } from './access/tunnel/index.js';
 import { allocateClientId } from './domain/client-ids.js';
 import type { AccessView, ClusterStatusView, StatusView } from './admin/views.js';
@@ -983,6 +984,27 @@ export class VspcServer {
     for (const hub of this.registry.all()) this.applyVmSettings(hub);
   }
 
+  /**
+   * The tunnel of `tunnels:` that carries `hub`, from the config alone (bound or not):
+   * a `source:` tunnel's own console (kind `tunnel`, key = its name), or the console a
+   * `console:` tunnel's reference names alone (several: the tunnel waits, so none is its
+   * carrier). A reference is looked up only when it may name this console at all.
+   */
+  private configuredTunnelOf(hub: ConsoleHub): string | null {
+    const bound = this.tunnels.carrierOf(hub);
+    if (bound !== null) return bound;
+    const id = hub.identity;
+    for (const t of this.config.tunnels) {
+      if (t.source !== undefined) {
+        if (id.kind === 'tunnel' && id.label === '' && id.key.toLowerCase() === t.name.toLowerCase()) return t.name;
+      } else if (t.console !== undefined && mayBeNamed(t.console, id)) {
+        const found = lookupConsoles(this.registry, t.console);
+        if (found.length === 1 && found[0] === hub) return t.name;
+      }
+    }
+    return null;
+  }
+
   /** The config file's settings for one VM serial port: default lock mode, scrollback size, fixed port. */
   private applyVmSettings(hub: ConsoleHub): void {
     const s = resolveVmSettings(this.config, hub.identity);
@@ -991,9 +1013,12 @@ export class VspcServer {
     hub.logged = s.log ?? true;
     // Shared frozen objects (eight in all), not one per console.
     hub.stream = streamOptions(s.greeting ?? this.config.greeting, s.notices ?? this.config.notices, s.replay ?? this.config.replay);
-    // A console that carries a tunnel has no console log and no scrollback (its bytes are frames).
-    if (this.tunnels.carrierOf(hub) !== null) hub.logged = false;
-    const scrollback = this.tunnels.carrierOf(hub) !== null ? 0 : (s.scrollbackBytes ?? this.config.scrollbackBytes);
+    // A console configured to carry a tunnel has no console log and no scrollback (its
+    // bytes are frames): decided by the config, not by the link being attached, so that
+    // neither the link's own attach nor a kick (the link gone until it rebinds) is logged.
+    hub.carriesTunnel = this.configuredTunnelOf(hub);
+    if (hub.carriesTunnel !== null) hub.logged = false;
+    const scrollback = hub.carriesTunnel !== null ? 0 : (s.scrollbackBytes ?? this.config.scrollbackBytes);
     if (hub.scrollback.capacity !== scrollback) hub.scrollback.resize(scrollback);
     if (s.tcpPort === undefined || s.tcpPort === hub.identity.tcpPort) return;
     const holder = this.registry.getByPort(s.tcpPort);

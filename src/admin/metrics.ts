@@ -272,7 +272,7 @@ export function renderMetrics(i: MetricsInput): string {
     family(
       'vspc_consoles',
       'gauge',
-      'Consoles by kind (esxi, config, proxmox, libvirt, glob) and state (connected, disconnected, migrating; waiting, listening, stopped for sources vspc maintains).',
+      'Consoles by kind (esxi, config, proxmox, libvirt, glob, tunnel) and state (connected, disconnected, migrating; waiting, listening, stopped for sources vspc maintains).',
       consoleStates(hubs),
     ),
     family(
@@ -301,7 +301,7 @@ export function renderMetrics(i: MetricsInput): string {
       Object.entries(i.metrics.expiries).map(([reason, n]) => [{ reason }, n] as Sample),
     ),
     family('vspc_clients', 'gauge', 'Console clients attached, all VM serial ports.', hubs.reduce((n, h) => n + h.clients.size, 0)),
-    family('vspc_clients_by_method', 'gauge', 'Console clients attached, by access method (telnet, telnets, raw, unix, pty).', clientsByMethod(hubs)),
+    family('vspc_clients_by_method', 'gauge', 'Console clients attached, by access method (telnet, telnets, raw, unix, pty; others as they attach: ssh, tunnel for the link of a serial tunnel).', clientsByMethod(hubs)),
     family('vspc_bytes_from_vm_total', 'counter', 'Serial output bytes received from VMs.', bytes.fromVm),
     family('vspc_bytes_to_vm_total', 'counter', 'Client input bytes sent to VMs.', bytes.toVm),
     family('vspc_vmotions_begun_total', 'counter', 'vMotions begun (VMOTION-BEGIN answered with GOAHEAD).', i.vmotion.counters.begun),

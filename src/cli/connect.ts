@@ -181,7 +181,8 @@ export function runConsole(o: ConsoleOptions, target: ConsoleTarget, io: Console
           else if (b === 0x64 /* d */ || b === 0x71 /* q */ || b === 0x2e /* . */) return finish(ConnectExit.OK, 'detached');
           else if (b === 0x62 /* b */) {
             session.sendCommand(BRK);
-            say('break sent');
+            // Whether it went out is vspc's to say (a notice when the console's source cannot send one).
+            say('break requested');
           } else if (b === 0x77 /* w */) session.sendSubnegotiation(VSPC_CONTROL_OPTION, encodeControl({ kind: 'who' }));
           else say('continuing');
         } else if (b === o.escape) {

@@ -1,8 +1,12 @@
 import type { ConsoleClient, ConsoleSource, EndpointStatus } from './seams.js';
 import type { ConsoleIdentity } from './identity.js';
+import { tunnelConsoleRefusal } from './tunnel-status.js';
 import type { SerialLineSettings, SerialLineState } from './serial-line.js';
 import { stripTerminalQueries } from '../util/terminal-queries.js';
 import { describeAuth, LockTable, type ClientAuth, type LockDecision, type LockMode, type LockRequest } from './locks.js';
+
+/** What a client that asked for a serial BREAK is told when the console's source cannot send one (ConsoleHub.sendBreak false). */
+export const BREAK_NOT_SENT = "break not sent: this console's source cannot send a break";
 
 export type { ConsoleIdentity } from './identity.js';
 
@@ -281,6 +285,14 @@ export class ConsoleHub {
    * method. Set and cleared by that client's owner.
    */
   dedicatedTo: { clientId: number; reason: string } | null = null;
+  /**
+   * The serial tunnel the config file dedicates this console to (`tunnels:`), whether
+   * or not its link is attached now (between a kick and the link's return, too); null
+   * for every other console. Set by the server from the config: such a console has no
+   * console log and no scrollback, is refused to people, and is left out of the
+   * consoles offered to people (broker, SSH front door).
+   */
+  carriesTunnel: string | null = null;
 
   readonly scrollback: Scrollback;
   /**
@@ -463,10 +475,17 @@ export class ConsoleHub {
     if (!this.src.write(data)) this.pauseClients();
   }
 
-  /** A serial BREAK to the VM; `from`: the client asking (a mirror sends it on that client's stream). */
-  sendBreak(from?: ConsoleClient): void {
+  /**
+   * A serial BREAK to the VM; `from`: the client asking (a mirror sends it on that
+   * client's stream). false: not sent, the source cannot send one (a `unix:` QEMU
+   * serial socket is a byte stream) or there is none now; the caller tells its client.
+   */
+  sendBreak(from?: ConsoleClient): boolean {
     void from;
-    this.src?.sendBreak?.();
+    const src = this.src;
+    if (!src?.sendBreak) return false;
+    src.sendBreak();
+    return true;
   }
 
   /**
@@ -515,6 +534,11 @@ export class ConsoleHub {
   ): LockDecision {
     if (this.dedicatedTo !== null && this.dedicatedTo.clientId !== client.id) {
       return { granted: false, reason: this.dedicatedTo.reason, holders: this.locks.list() };
+    }
+    // Configured for a tunnel whose link is not attached this instant (kicked, about to
+    // come back): still not a console for people.
+    if (this.dedicatedTo === null && this.carriesTunnel !== null) {
+      return { granted: false, reason: tunnelConsoleRefusal(this.displayName, this.carriesTunnel), holders: this.locks.list() };
     }
     const decision = this.locks.request(
       { clientId: client.id, peer: client.peer, user: options.user, auth: options.auth },

@@ -62,8 +62,8 @@ export interface ConsoleClient {
   readonly id: number;
   readonly peer: string;
   /**
-   * The access method it came through: `telnet`, `telnets`, `raw`, `unix`, `pty`, ...
-   * (`who`, metrics, the audit log). Absent: `telnet`.
+   * The access method it came through: `telnet`, `telnets`, `raw`, `unix`, `pty`, `ssh`,
+   * `tunnel` (a serial tunnel's own link) (`who`, metrics, the audit log). Absent: `telnet`.
    */
   readonly method?: string;
   /**

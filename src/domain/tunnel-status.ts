@@ -42,3 +42,11 @@ export interface TunnelLinkStatus {
   hostBootId: string;
   agentBootId: string | null;
 }
+
+/**
+ * What a person is told who asks for a console that carries a serial tunnel (every
+ * access method, the broker and the SSH front door by name): why not, and the ways in.
+ */
+export function tunnelConsoleRefusal(console: string, tunnel: string): string {
+  return `${console} carries the serial tunnel "${tunnel}" (TCP forwards into the guest), not a console for people; use the tunnel's forwards or vspc-admin tunnel ${tunnel} PORT`;
+}

@@ -14,6 +14,38 @@ function hub(): ConsoleHub {
 }
 
 describe('ConsoleHub hub', () => {
+  test('sendBreak: true and passed to a source that can send one; false, nothing done, for one that cannot or none', () => {
+    const h = hub();
+    assert.equal(h.sendBreak(), false, 'no source');
+    const plain = new FakeSource();
+    h.attachSource(plain);
+    assert.equal(h.sendBreak(), false, 'a source without sendBreak (a unix: socket)');
+    h.detachSource(plain);
+    let breaks = 0;
+    const able = Object.assign(new FakeSource(), { sendBreak: () => void breaks++ });
+    h.attachSource(able);
+    assert.equal(h.sendBreak(), true);
+    assert.equal(breaks, 1);
+  });
+
+  test('a console configured for a serial tunnel refuses people while the link is away (a kick), and takes the link back', () => {
+    const h = hub();
+    h.carriesTunnel = 'vm-tunnel';
+    const person = new FakeClient();
+    const d = h.addClient(person, { request: 'readwrite', force: true });
+    assert.equal(d.granted, false);
+    assert.equal(!d.granted && d.reason, 'vm carries the serial tunnel "vm-tunnel" (TCP forwards into the guest), not a console for people; use the tunnel\'s forwards or vspc-admin tunnel vm-tunnel PORT');
+    assert.equal(h.clients.size, 0);
+    // The link dedicates the hub to itself first (src/access/tunnel/link.ts), then attaches.
+    const link = new FakeClient();
+    h.dedicatedTo = { clientId: link.id, reason: 'dedicated' };
+    assert.equal(h.addClient(link, { request: 'exclusive', force: true, replay: false }).granted, true);
+    h.carriesTunnel = null;
+    h.dedicatedTo = null;
+    h.removeClient(link, 'tunnel removed');
+    assert.equal(h.addClient(new FakeClient(), { request: 'readwrite' }).granted, true, 'given back to people');
+  });
+
   test('a source leaving during a vMotion switch-over is part of the migration: no notice, state migrating', () => {
     const h = hub();
     const events: string[] = [];

@@ -26,13 +26,17 @@
  */
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { lookupConsoles, uniqueAddresses } from '../../domain/address.js';
+import { tunnelConsoleRefusal } from '../../domain/tunnel-status.js';
 import type { ConsoleListEntry, SelectRefusal } from '../../protocol/control/vspc-control.js';
 import { Glob, GlobBudget, hasWildcards } from '../../util/glob.js';
 
-/** The consoles the broker offers, ordered by name (any case), then label: the order of menus. */
+/**
+ * The consoles the broker offers, ordered by name (any case), then label: the order of
+ * menus. Not those that carry a serial tunnel: nobody can attach to them (docs/tunnels.md).
+ */
 export function offeredConsoles(all: readonly ConsoleHub[]): ConsoleHub[] {
   return all
-    .filter((h) => h.identity.name !== null || h.identity.kind !== 'esxi')
+    .filter((h) => h.carriesTunnel === null && (h.identity.name !== null || h.identity.kind !== 'esxi'))
     .sort((a, b) => {
       const an = baseName(a).toLowerCase();
       const bn = baseName(b).toLowerCase();
@@ -81,20 +85,27 @@ export function listEntries(offered: readonly ConsoleHub[], pattern = '', budget
   }));
 }
 
-export type Selection = { hub: ConsoleHub } | { refused: SelectRefusal; message: string; candidates: string[] };
+/** `tunnel`: the name picks a console that carries a serial tunnel (refused as not offered, with the reason). */
+export type Selection = { hub: ConsoleHub } | { refused: SelectRefusal; message: string; candidates: string[]; tunnel?: boolean };
 
 const MAX_CANDIDATES = 20;
 
 /**
- * The console SELECT `address` names among `offered`, by the one addressing rule
+ * The console SELECT `address` names among `offered` (`all`: every console, for the
+ * reason a console that carries a serial tunnel is refused), by the one addressing rule
  * (src/domain/address.ts) without ports: a number is a name here. A refusal says why
  * and, when ambiguous, how to name each candidate.
  */
-export function selectConsole(offered: readonly ConsoleHub[], address: string): Selection {
+export function selectConsole(offered: readonly ConsoleHub[], address: string, all: readonly ConsoleHub[] = []): Selection {
   const found = lookupConsoles(offered, address, { ranked: true });
   if (found.length === 1) return { hub: found[0] };
   const shown = JSON.stringify(address.length > 80 ? `${address.slice(0, 80)}…` : address);
   if (found.length === 0) {
+    // A console that carries a serial tunnel is not offered; named, it is refused with the reason.
+    const carrier = lookupConsoles(all.filter((h) => h.carriesTunnel !== null), address);
+    if (carrier.length === 1 && carrier[0].carriesTunnel !== null) {
+      return { refused: 'not-found', message: tunnelConsoleRefusal(carrier[0].displayName, carrier[0].carriesTunnel), candidates: [], tunnel: true };
+    }
     return { refused: 'not-found', message: `no console named ${shown} (vspc-admin console lists them)`, candidates: [] };
   }
   const spell = uniqueAddresses(offered, { uuids: false, ranked: true });

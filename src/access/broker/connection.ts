@@ -276,10 +276,10 @@ export class BrokerConnection {
   }
 
   private select(address: string): void {
-    const offered = offeredConsoles(this.ctx.consoles());
-    const choice = selectConsole(offered, address);
+    const all = this.ctx.consoles();
+    const choice = selectConsole(offeredConsoles(all), address, all);
     if ('refused' in choice) {
-      const caveat = choice.refused === 'not-found' ? this.ctx.listCaveat?.() : null;
+      const caveat = choice.refused === 'not-found' && !choice.tunnel ? this.ctx.listCaveat?.() : null;
       this.log.info('broker select refused', { address, reason: choice.refused });
       this.send({ kind: 'select-refused', reason: choice.refused, message: caveat ? `${choice.message}; ${caveat}` : choice.message, candidates: choice.candidates });
       return;

@@ -5,6 +5,7 @@
 import type { ConsoleHub } from '../../domain/console-hub.js';
 import { displayKey } from '../../domain/identity.js';
 import { lookupConsoles, uniqueAddresses } from '../../domain/address.js';
+import { tunnelConsoleRefusal } from '../../domain/tunnel-status.js';
 import { sanitizeText } from '../../util/text.js';
 import type { KeyRights } from './rights.js';
 
@@ -18,9 +19,17 @@ export interface ConsoleEntry {
   attached: Array<{ user: string | null; mode: string; method: string }>;
 }
 
-/** The consoles `rights` allow, ordered by name (the menu's numbers follow this order). */
+/**
+ * The consoles `rights` allow, ordered by name (the menu's numbers follow this order).
+ * Not those that carry a serial tunnel: nobody can attach to them (docs/tunnels.md).
+ */
 export function permittedConsoles(all: readonly ConsoleHub[], rights: KeyRights): ConsoleHub[] {
-  return all.filter((h) => rights.consoles.allows(h.identity)).sort((a, b) => a.displayName.localeCompare(b.displayName) || a.identity.id - b.identity.id);
+  return all.filter((h) => h.carriesTunnel === null && rights.consoles.allows(h.identity)).sort((a, b) => a.displayName.localeCompare(b.displayName) || a.identity.id - b.identity.id);
+}
+
+/** The consoles `rights` allow that carry a serial tunnel: never listed, but a name that picks one is told why not. */
+export function permittedTunnelConsoles(all: readonly ConsoleHub[], rights: KeyRights): ConsoleHub[] {
+  return all.filter((h) => h.carriesTunnel !== null && rights.consoles.allows(h.identity));
 }
 
 export function entryOf(hub: ConsoleHub): ConsoleEntry {
@@ -70,7 +79,12 @@ export function renderJson(hubs: readonly ConsoleHub[]): string {
  * a UUID, any case; never a port). A name the key may not reach is not found, exactly
  * like one that does not exist.
  */
-export function findConsole(hubs: readonly ConsoleHub[], target: string, numbered: boolean): { hub: ConsoleHub } | { error: string; notFound: boolean } {
+export function findConsole(
+  hubs: readonly ConsoleHub[],
+  target: string,
+  numbered: boolean,
+  tunnelConsoles: readonly ConsoleHub[] = [],
+): { hub: ConsoleHub } | { error: string; notFound: boolean } {
   if (numbered && /^\d+$/.test(target)) {
     const i = Number(target);
     if (i >= 1 && i <= hubs.length) return { hub: hubs[i - 1] };
@@ -86,5 +100,8 @@ export function findConsole(hubs: readonly ConsoleHub[], target: string, numbere
     const how = alike ? (numbered ? '; pick one by its number in the menu' : '; some share one name and label: pick one from the menu (ssh without a console name)') : '';
     return { error: `${sanitizeText(target).slice(0, 80)} names several consoles: ${found.map((h) => spell(h) ?? h.displayName).join(', ')}${how}`, notFound: false };
   }
+  // A console the key may use but that carries a serial tunnel (not listed): say why not.
+  const carrier = lookupConsoles(tunnelConsoles, target);
+  if (carrier.length === 1 && carrier[0].carriesTunnel !== null) return { error: tunnelConsoleRefusal(carrier[0].displayName, carrier[0].carriesTunnel), notFound: false };
   return { error: `no console ${JSON.stringify(sanitizeText(target).slice(0, 80))} that this key may use (try: list)`, notFound: true };
 }

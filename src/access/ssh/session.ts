@@ -15,7 +15,7 @@
  */
 import type { ServerChannel, Session } from 'ssh2';
 import type { Logger } from '../../domain/logger.js';
-import type { ConsoleHub, StreamOptions } from '../../domain/console-hub.js';
+import { BREAK_NOT_SENT, type ConsoleHub, type StreamOptions } from '../../domain/console-hub.js';
 import type { ConsoleClient } from '../../domain/seams.js';
 import { displayKey } from '../../domain/identity.js';
 import { allocateClientId } from '../../domain/client-ids.js';
@@ -23,7 +23,7 @@ import { describeHolder, type LockRequest } from '../../domain/locks.js';
 import { errorFields } from '../../errors.js';
 import { sanitizeText } from '../../util/text.js';
 import { parseCommand, USAGE, type SshCommand } from './command-line.js';
-import { findConsole, permittedConsoles, renderJson, renderTable } from './console-list.js';
+import { findConsole, permittedConsoles, permittedTunnelConsoles, renderJson, renderTable } from './console-list.js';
 import { LineEditor } from './line-editor.js';
 import { chooseRequest, holdAllowed, type KeyRights } from './rights.js';
 import { onBreakRequest } from './ssh2-internals.js';
@@ -181,10 +181,9 @@ export class SshSession {
     session.on('shell', (accept: () => ServerChannel) => this.guard(() => this.onShell(accept())));
     session.on('exec', (accept: () => ServerChannel, _reject: Reject, info: { command: string }) => this.guard(() => this.onExec(accept(), String(info.command ?? ''))));
     onBreakRequest(session, (accept, reject) => {
-      if (this.state === 'attached') {
-        this.sendBreak();
-        accept();
-      } else reject();
+      // The request's reply says whether the BREAK went out.
+      if (this.state === 'attached' && this.sendBreak()) accept();
+      else reject();
     });
     session.on('close', () => this.onChannelClosed());
   }
@@ -389,7 +388,7 @@ export class SshSession {
 
   /** findConsole, with the cluster's caveat added to "no console" while other nodes' consoles may be missing. */
   private find(hubs: readonly ConsoleHub[], target: string, numbered: boolean): { hub: ConsoleHub } | { error: string } {
-    const found = findConsole(hubs, target, numbered);
+    const found = findConsole(hubs, target, numbered, permittedTunnelConsoles(this.host.consoles(), this.rights));
     if (!('error' in found) || !found.notFound) return found;
     const caveat = this.host.listCaveat();
     return caveat ? { error: `${found.error}; ${caveat}` } : found;
@@ -524,13 +523,22 @@ export class SshSession {
     if (data.length > 0 && this.client && this.state === 'attached') this.client.hub.fromClient(this.client, data);
   }
 
-  private sendBreak(): void {
+  /** true: the console's source sent it; the user is told either way. */
+  private sendBreak(): boolean {
     const c = this.client;
-    if (!c) return;
-    if (c.hub.modeOf(c) === 'readonly') return this.notice('read-only: break not sent');
-    c.hub.sendBreak(c);
+    if (!c) return false;
+    if (c.hub.modeOf(c) === 'readonly') {
+      this.notice('read-only: break not sent');
+      return false;
+    }
+    if (!c.hub.sendBreak(c)) {
+      this.log.debug('SSH break not sent: the source cannot send one', { user: this.host.principal.user, source: c.hub.source?.kind ?? null });
+      this.notice(BREAK_NOT_SENT);
+      return false;
+    }
     this.log.info('SSH break sent', { user: this.host.principal.user });
     this.notice('break sent');
+    return true;
   }
 
   private who(): void {

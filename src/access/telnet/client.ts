@@ -8,7 +8,7 @@ import { AYT, BRK, encodeCommand, encodeData, Option, policyFromLists, TelnetSes
 import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ControlMessage, type StreamRequest } from '../../protocol/control/vspc-control.js';
 import { ProtocolError } from '../../errors.js';
 import type { ConsoleClient } from '../../domain/seams.js';
-import { DEFAULT_STREAM, type ConsoleHub, type StreamOptions } from '../../domain/console-hub.js';
+import { BREAK_NOT_SENT, DEFAULT_STREAM, type ConsoleHub, type StreamOptions } from '../../domain/console-hub.js';
 import type { LockRequest } from '../../domain/locks.js';
 import { describeKey } from '../../domain/identity.js';
 import type { ComPortServer } from '../../protocol/rfc2217/index.js';
@@ -524,7 +524,10 @@ export class TelnetClient implements ConsoleClient {
     if (this.state !== 'attached') return;
     if (command === BRK) {
       if (this.hub.modeOf(this) === 'readonly') this.notice('read-only: break not sent');
-      else this.hub.sendBreak(this);
+      else if (!this.hub.sendBreak(this)) {
+        this.log.debug('break not sent: the source cannot send one', { source: this.hub.source?.kind ?? null });
+        this.notice(BREAK_NOT_SENT);
+      }
     } else if (command === AYT) this.notice('yes, vspc is here', true);
   }
 

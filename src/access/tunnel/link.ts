@@ -27,7 +27,7 @@ import { errorFields } from '../../errors.js';
 import { CONNECTION_LOG_BUDGET, rateLimitedLogger, type BudgetedLogger } from '../../domain/log-budget.js';
 import { MAX_LARGE_PAYLOAD, Reason, TunnelEndpoint, TunnelStreamError, type TunnelEndpointOptions, type TunnelEndpointState } from '../../protocol/tunnel/index.js';
 import { TunnelDuplex } from './duplex.js';
-import type { TunnelLinkState, TunnelLinkStatus } from '../../domain/tunnel-status.js';
+import { tunnelConsoleRefusal, type TunnelLinkState, type TunnelLinkStatus } from '../../domain/tunnel-status.js';
 
 export interface TunnelLinkOptions {
   /** The tunnel's name (logs, the client's peer text, the refusal reason). */
@@ -65,6 +65,8 @@ const hex = (n: number): string => n.toString(16).padStart(8, '0');
 export class TunnelLink implements ConsoleClient {
   readonly id: number;
   readonly peer: string;
+  /** Not a person's telnet client: `who` shows VIA `tunnel`, metrics count it under method="tunnel". */
+  readonly method = 'tunnel';
   readonly ep: TunnelEndpoint;
   private hubValue: ConsoleHub | null = null;
   private readonly duplexes = new Set<TunnelDuplex>();
@@ -163,10 +165,7 @@ export class TunnelLink implements ConsoleClient {
   attach(hub: ConsoleHub): void {
     if (this.closed) throw new Error('tunnel link closed');
     this.hubValue = hub;
-    const reason =
-      `${hub.displayName} carries the serial tunnel "${this.o.name}" (TCP forwards into the guest), not a console for people; ` +
-      `use the tunnel's forwards or vspc-admin tunnel ${this.o.name} PORT`;
-    hub.dedicatedTo = { clientId: this.id, reason };
+    hub.dedicatedTo = { clientId: this.id, reason: tunnelConsoleRefusal(hub.displayName, this.o.name) };
     const decision = hub.addClient(this, { request: 'exclusive', force: true, replay: false, user: 'tunnel' });
     if (!decision.granted) {
       // Cannot happen with force; keep the hub usable if it does.

@@ -42,7 +42,10 @@ export interface TunnelManagerOptions {
   link?: Pick<TunnelLinkOptions, 'openTimeoutMs' | 'giveUpAfterMs' | 'endpoint'>;
   /** A stream was opened for a client (metrics). */
   onConnection?(tunnel: string, via: string): void;
-  /** A console started (`carrierOf` names it now) or stopped carrying a tunnel. */
+  /**
+   * A console is about to carry a tunnel (called before the link attaches), started
+   * (`carrierOf` names it now) or stopped carrying one.
+   */
   onBind?(hub: ConsoleHub): void;
   /**
    * Asked for every connection a forward accepts (the process's descriptor budget,
@@ -309,6 +312,9 @@ export class TunnelManager {
     if (t.hub && t.hub !== hub) this.unbind(t, hub ? 'the tunnel now names another console' : 'its console is gone');
     t.problem = 'problem' in r ? r.problem : null;
     if (!hub) return;
+    // The console's settings first (no console log, no scrollback): the link's own attach
+    // is already not a console event for people.
+    this.o.onBind?.(hub);
     const link = new TunnelLink({
       ...this.o.link,
       name: t.spec.name,

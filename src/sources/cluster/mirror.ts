@@ -136,18 +136,21 @@ export class MirrorHub extends ConsoleHub {
    * without one (RFC 2217 via a com-port), on the stream of a client the owner granted
    * more than read-only.
    */
-  override sendBreak(from?: ConsoleClient): void {
+  override sendBreak(from?: ConsoleClient): boolean {
+    // Passed on to the owner, whose console decides (true: passed on, not known to be sent).
     if (from) {
-      this.remote.get(from)?.sendBreak();
-      return;
+      const a = this.remote.get(from);
+      a?.sendBreak();
+      return a !== undefined;
     }
     for (const [c, a] of this.remote) {
       const mode = this.granted.get(c);
       if (mode !== undefined && mode !== 'readonly') {
         a.sendBreak();
-        return;
+        return true;
       }
     }
+    return false;
   }
 
   override async setLineSettings(client: ConsoleClient, _change: SerialLineSettings): Promise<LineSettingsResult> {
