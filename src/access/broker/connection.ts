@@ -8,7 +8,7 @@ import { decodeControl, encodeControl, VSPC_CONTROL_OPTION, type ConsoleListEntr
 import { WriteQueue } from '../../util/write-queue.js';
 import { listEntries, offeredConsoles, selectConsole } from './catalogue.js';
 import { GlobBudget } from '../../util/glob.js';
-import { INPUT_AFTER_CLOSE_LIMIT } from '../common/stream-client.js';
+import { InputAfterClose } from '../../util/input-after-close.js';
 
 /** Bounds on one broker connection (fixed settings, `brokerLimits`). */
 export interface BrokerLimits {
@@ -84,8 +84,8 @@ export class BrokerConnection {
   private readonly onClose = () => this.closed();
   private readonly onError = (err: Error) => this.log.debug('broker connection error', errorFields(err));
   private firstChunk = true;
-  /** Input received after close() (discarded), up to INPUT_AFTER_CLOSE_LIMIT. */
-  private bytesAfterClose = 0;
+  /** Input after close(): discarded, then no longer read (util/input-after-close.ts). */
+  private readonly afterClose = new InputAfterClose();
 
   constructor(
     private readonly socket: Socket,
@@ -206,13 +206,8 @@ export class BrokerConnection {
 
   private receive(chunk: Buffer): void {
     if (this.state === 'closed') {
-      // Told to go (FIN sent), it keeps sending: past a bound it is no longer read (TCP flow
-      // control stops it) until the grace ends it, rather than read for the whole grace.
-      this.bytesAfterClose += chunk.length;
-      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT && !this.socket.isPaused()) {
-        this.socket.pause();
-        this.log.debug('broker connection keeps sending after vspc ended it; no longer read', { bytesAfterClose: this.bytesAfterClose, limit: INPUT_AFTER_CLOSE_LIMIT });
-      }
+      // Told to go (FIN sent), it keeps sending: discarded, and past a bound no longer read.
+      this.afterClose.discard(chunk.length, this.socket, this.log, 'broker connection');
       return;
     }
     if (this.firstChunk) {

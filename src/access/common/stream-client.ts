@@ -5,16 +5,8 @@ import type { ConsoleHub } from '../../domain/console-hub.js';
 import type { LockDecision } from '../../domain/locks.js';
 import { allocateClientId } from '../../domain/client-ids.js';
 import { errorFields } from '../../errors.js';
+import { InputAfterClose } from '../../util/input-after-close.js';
 
-/**
- * Bytes a client vspc has ended may still send while the end is on its way (a paste in
- * flight), read and discarded; past this the connection is no longer read (TCP flow
- * control stops the peer) until the close grace ends it: a peer flooding after being cut
- * off costs 64 KiB of reads, not seconds of them. Not destroyed at once: a close with
- * unread input is a reset, which throws away what vspc wrote and the peer has not
- * received yet (the output in flight, the reason it was ended).
- */
-export const INPUT_AFTER_CLOSE_LIMIT = 64 * 1024;
 
 export interface StreamClientOptions {
   /** Bytes queued to a client that does not read (read on every write: a reload applies at once). */
@@ -64,8 +56,8 @@ export class StreamClient implements ConsoleClient {
   private idleTimer: NodeJS.Timeout | null = null;
   private lastInputAt = Date.now();
   private dropping = false;
-  /** Input received after vspc ended the stream (discarded), up to INPUT_AFTER_CLOSE_LIMIT. */
-  private bytesAfterClose = 0;
+  /** Input after vspc ended the stream: discarded, then no longer read (util/input-after-close.ts). */
+  private readonly afterClose = new InputAfterClose();
   /** Output bytes dropped because the client did not read them (`drop`). */
   droppedBytes = 0;
 
@@ -199,13 +191,8 @@ export class StreamClient implements ConsoleClient {
   private receive(chunk: Buffer): void {
     this.lastInputAt = Date.now();
     if (this.state === 'closed') {
-      // Ended by vspc, it keeps sending: past a bound, stop reading rather than read for the
-      // whole close grace; the grace timer ends it (not destroyed now: see INPUT_AFTER_CLOSE_LIMIT).
-      this.bytesAfterClose += chunk.length;
-      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT && !this.stream.isPaused()) {
-        this.stream.pause();
-        this.log.debug('client keeps sending after vspc ended it; no longer read', { bytesAfterClose: this.bytesAfterClose, limit: INPUT_AFTER_CLOSE_LIMIT });
-      }
+      // Ended by vspc, it keeps sending: discarded, and past a bound no longer read.
+      this.afterClose.discard(chunk.length, this.stream, this.log, 'client');
       return;
     }
     if (this.state !== 'attached') return;

@@ -14,7 +14,7 @@ import { describeKey } from '../../domain/identity.js';
 import type { ComPortServer } from '../../protocol/rfc2217/index.js';
 import { createComPortServer } from './com-port.js';
 import { allocateClientId } from '../../domain/client-ids.js';
-import { INPUT_AFTER_CLOSE_LIMIT } from '../common/stream-client.js';
+import { InputAfterClose } from '../../util/input-after-close.js';
 
 export interface TelnetClientOptions {
   /**
@@ -141,8 +141,8 @@ export class TelnetClient implements ConsoleClient {
   /** Output held while the client has FLOWCONTROL-SUSPENDed us (RFC 2217); null while not suspended. */
   private suspendedOutput: Buffer[] | null = null;
   private suspendedBytes = 0;
-  /** Input received after close() (discarded), up to INPUT_AFTER_CLOSE_LIMIT. */
-  private bytesAfterClose = 0;
+  /** Input after close(): discarded, then no longer read (util/input-after-close.ts). */
+  private readonly afterClose = new InputAfterClose();
   user: string | undefined;
   /** What this client's stream carries besides the VM's bytes; settled at attach (until then, the defaults). */
   private stream: StreamOptions = { ...DEFAULT_STREAM };
@@ -382,14 +382,9 @@ export class TelnetClient implements ConsoleClient {
 
   private receive(chunk: Buffer): void {
     if (this.state === 'closed') {
-      // Told to go (FIN sent), it keeps sending: nothing is acted on, and past a bound the
-      // connection is no longer read; the close grace ends it (not destroyed now: the
-      // reset would throw away the reason and the output still on their way to it).
-      this.bytesAfterClose += chunk.length;
-      if (this.bytesAfterClose > INPUT_AFTER_CLOSE_LIMIT && !this.socket.isPaused()) {
-        this.socket.pause();
-        this.log.debug('client keeps sending after vspc ended it; no longer read', { bytesAfterClose: this.bytesAfterClose, limit: INPUT_AFTER_CLOSE_LIMIT });
-      }
+      // Told to go (FIN sent), it keeps sending: nothing is acted on, and past a bound it is
+      // no longer read; the close grace ends it.
+      this.afterClose.discard(chunk.length, this.socket, this.log, 'client');
       return;
     }
     this.socket.cork();

@@ -10,6 +10,7 @@ import type { VspcServerProtocol } from '../../protocol/vmware/server-protocol.j
 import type { ProxyRequest } from '../../protocol/vmware/identity.js';
 import { sourceReadBudget, type TurnBudget, type TurnBudgeted } from '../../util/turn-budget.js';
 import { WriteQueue } from '../../util/write-queue.js';
+import { InputAfterClose } from '../../util/input-after-close.js';
 import {
   EsxiSession,
   type EsxiDeadline,
@@ -93,16 +94,6 @@ export interface EsxiConnectionContext {
 
 let nextConnectionId = 1;
 
-/**
- * Bytes a VM connection vspc has ended may still send, read and discarded (what was in
- * flight); past this it is no longer read (TCP flow control stops the peer) until the
- * close grace aborts it. A peer refused for an unknown service name was read and parsed
- * at 370 MB/s for the whole grace (5 s, 3 s of CPU); not destroyed at once, so what vspc
- * wrote last (the explanation for people) is not lost to a reset. The console clients'
- * bound is the same (src/access/common/stream-client.ts).
- */
-export const VM_INPUT_AFTER_CLOSE_LIMIT = 64 * 1024;
-
 /** Keepalive idle time of VM connections: a host gone without a FIN is found by it. */
 export const KEEPALIVE_MS = 30_000;
 
@@ -142,8 +133,12 @@ export class EsxiConnection implements TurnBudgeted, LoggerMaker {
   budgetBytes = 0;
   /** Set when the session stopped reading for good (a condemned peer, too much input after the end): the budget must not resume it. */
   private readingStopped = false;
-  /** Input read after vspc ended the connection and discarded, up to VM_INPUT_AFTER_CLOSE_LIMIT. */
-  private bytesAfterClose = 0;
+  /**
+   * Input after vspc ended the connection: discarded, then no longer read
+   * (util/input-after-close.ts). A peer refused for an unknown service name was read and
+   * parsed at 370 MB/s for the whole close grace (5 s, 3 s of CPU).
+   */
+  private readonly afterClose = new InputAfterClose();
   /** The connection's log budget (its session's logger and that logger's children share it). */
   private readonly logBudget: BudgetedLogger;
   /** Everything written to the peer, counted (the queue bound). */
@@ -261,8 +256,7 @@ export class EsxiConnection implements TurnBudgeted, LoggerMaker {
     }
     /** A condemned peer: its bytes stay in the kernel (TCP flow control stops it) until the close grace period aborts the socket. */
     stopReading(): void {
-      this.c.readingStopped = true;
-      this.c.socket.pause();
+      this.c.stopReading();
     }
     deadlineChanged(): void {
       this.c.syncTimer();
@@ -411,15 +405,16 @@ export class EsxiConnection implements TurnBudgeted, LoggerMaker {
     }
     this.syncTimer();
     if (this.session.discardsInput) {
-      this.bytesAfterClose += chunk.length;
-      if (this.bytesAfterClose > VM_INPUT_AFTER_CLOSE_LIMIT && !this.readingStopped) {
-        this.readingStopped = true;
-        this.socket.pause();
-        this.log.debug('VM connection keeps sending after vspc ended it; no longer read', { bytesAfterClose: this.bytesAfterClose, limit: VM_INPUT_AFTER_CLOSE_LIMIT });
-      }
+      this.afterClose.discard(chunk.length, { pause: () => this.stopReading() }, this.log, 'VM connection');
     }
     // A VM pouring output waits for the next turn once it used its share of this one.
     this.budget?.charge(this, chunk.length);
+  }
+
+  /** For good: the turn budget does not resume it (the close grace ends the connection). */
+  private stopReading(): void {
+    this.readingStopped = true;
+    this.socket.pause();
   }
 
   /** TurnBudgeted: the budget of this turn is used up. */
