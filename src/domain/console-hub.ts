@@ -227,6 +227,10 @@ export class ConsoleHub {
   private heldBytes = 0;
   private heldOverflow = 0;
   private inputPaused = false;
+  /** Clients' input is paused: the source did not take the last write (its buffer is full) and has not drained since. */
+  get clientInputPaused(): boolean {
+    return this.inputPaused;
+  }
   /** The peer of a source that closed during a vMotion switch-over (see detachSource), until the migration ends. */
   private leftDuringMigration: string | null = null;
   /** Clients told the VM is away / that they are read-only: made on the first notice. */

@@ -7,8 +7,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { join } from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
-import { startServer, esxiUuid, tempDir, waitUntil, binaryPayload, settle, TestServer, Cleanup } from '../support/server.js';
+import { startServer, esxiUuid, tempDir, waitUntil, binaryPayload, TestServer, Cleanup } from '../support/server.js';
 import { Child, allBytes, show, waitShow } from '../support/access.js';
 import type { ClientView, PortView } from '../../src/admin/views.js';
 
@@ -38,9 +37,10 @@ describe('raw TCP access', () => {
     const got = await socat.stdout.wait(down.length, 10_000);
     assert.equal(got.length, down.length);
     assert.ok(got.equals(down), 'the VM output byte for byte');
-    await settle(vm);
-    await delay(50);
-    assert.equal(socat.stdout.length, down.length, 'nothing after it either');
+    // Nothing after it either: the next bytes socat gets are the VM's next output.
+    vm.send('MARK');
+    const after = await socat.stdout.wait(down.length + 4, 10_000);
+    assert.equal(after.subarray(down.length).toString('latin1'), 'MARK', 'nothing between the output and the next');
 
     // who / show: the method is named; the audit line says raw.
     const who = await ts.api<ClientView[]>('/api/v1/clients');
@@ -152,9 +152,12 @@ describe('raw TCP access', () => {
       written += block.length;
     }
     // vspc takes what the stalled source lets through plus its socket buffers, then stops reading the flooder.
-    await delay(300);
+    await waitUntil(() => hub.clientInputPaused, 10_000, 'the clients paused by the full source');
     const held = hub.bytesToVm;
-    await delay(300);
+    // Round trips through vspc's event loop (a client of another console: this console's
+    // clients are paused) while the flooder's bytes wait in the kernel: not read.
+    await bystander.barrier();
+    await bystander.barrier();
     assert.equal(hub.bytesToVm, held, 'no more input is taken while the source is full');
     assert.ok(held < 8 * 1024 * 1024, `bounded: ${held} bytes taken of ${written}`);
     assert.ok(flood.writableLength > 0, 'the flooder is held back in its own socket');
