@@ -131,7 +131,7 @@ export class VspcServer {
   /** The other access methods' endpoints: a raw TCP port, a unix socket, a pty per console. */
   private readonly raw: RawListeners;
   private readonly unix: UnixSocketListeners;
-  private readonly ptys: PtyEndpoints;
+  readonly ptys: PtyEndpoints;
   /** The console broker (--broker-socket, --broker-listen), or null when both are off. */
   readonly broker: ConsoleBroker | null;
   /** Declared (and discovered) consoles whose sources vspc maintains itself. */

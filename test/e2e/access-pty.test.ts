@@ -9,8 +9,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { setTimeout as delay } from 'node:timers/promises';
-import { esxiUuid, tempDir, waitUntil, settle, type Cleanup } from '../support/server.js';
+import { esxiUuid, tempDir, waitUntil, settle, type Cleanup, type TestServer } from '../support/server.js';
 import { Child, allBytes, show, startFromFile, waitShow } from '../support/access.js';
 import { nativeAddon } from '../../src/access/common/native.js';
 
@@ -24,6 +23,12 @@ function ptyDir(t: { after(fn: () => unknown): void }): string {
 }
 
 /** socat holding the link open as a raw serial line (no echo, no CR/NL translation). */
+/** Until the pty endpoints have polled `n` more times (what vspc did, or did not do, with nobody or a silenced reader on the pty). */
+async function polls(ts: TestServer, n: number): Promise<void> {
+  const from = ts.server.ptys.pollRounds;
+  await waitUntil(() => ts.server.ptys.pollRounds >= from + n, 10_000, `${n} pty polls`);
+}
+
 function serialReader(link: string, cleanup: Cleanup): Child {
   return new Child('socat', ['-', `FILE:${link},rawer`], cleanup);
 }
@@ -89,7 +94,7 @@ describe('pty access', () => {
     vm.send('while nobody reads\r\n');
     await watcher.waitFor('while nobody reads', 3000);
     await settle(vm, watcher);
-    await delay(150); // a few poll intervals with nobody on the pty
+    await polls(ts, 3); // a few polls with nobody on the pty
     const second = serialReader(link, cleanup);
     await waitUntil(() => hub.clients.size === 2, 5000, 'second reader attached');
     vm.send('two\r\n');
@@ -114,12 +119,12 @@ describe('pty access', () => {
     reader.write('typed while kicked');
     vm.send('not for the kicked one\r\n');
     await settle(vm);
-    await delay(200);
+    await polls(ts, 3);
     assert.equal(hub.clients.size, 0, 'not re-attached while it keeps the pty open');
     assert.equal(reader.stdout.length, 0);
     reader.kill();
     await reader.exit;
-    await delay(150);
+    await polls(ts, 3);
     const next = serialReader(link, cleanup);
     await waitUntil(() => hub.clients.size === 1, 5000, 'a new session');
     next.write('fresh');
@@ -148,7 +153,7 @@ describe('pty access', () => {
     await vm.waitForInput('typed in screen', 10_000);
     // Ctrl-A k y: screen closes the window, the reader is gone.
     tmux('send-keys', '-t', '0', 'C-a', 'k');
-    await delay(200);
+    await waitUntil(() => /kill this window/i.test(pane()), 10_000, "screen's question");
     tmux('send-keys', '-t', '0', 'y');
     await waitUntil(() => hub.clients.size === 0, 10_000, 'screen closed the pty');
   });

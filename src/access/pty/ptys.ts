@@ -99,6 +99,8 @@ export class PtyEndpoints {
   private readonly endpoints: ConsoleEndpoints<PtySpec, PtyEndpoint>;
   private readonly live = new Set<PtyEndpoint>();
   private poller: NodeJS.Timeout | null = null;
+  /** Poll rounds done since start (monotonic): what happens between polls is nothing (tests wait on it, not on a clock). */
+  pollRounds = 0;
 
   constructor(
     registry: Registry,
@@ -292,6 +294,7 @@ export class PtyEndpoints {
         this.startSession(addon, ep);
       }
     }
+    this.pollRounds++;
   }
 
   private startSession(addon: NativeAddon, ep: PtyEndpoint): void {
