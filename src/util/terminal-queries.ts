@@ -15,7 +15,8 @@
  * state machine, starting in the ground state, as the client's terminal does after the
  * greeting), and a sequence is removed whole when it is one a terminal answers:
  *
- * - ENQ (0x05: the answerback), wherever a terminal executes it (not inside strings);
+ * - ENQ (0x05: the answerback), wherever a terminal executes it (not inside strings,
+ *   except one begun by a raw 1-byte C1 introducer: see str());
  * - DECID `ESC Z` (and C1 SCI 0x9A), an old form of DA;
  * - CSI (no intermediate byte): DSR `CSI Ps n` and `CSI ? Ps n` (every device status
  *   report: 5 n, 6 n, ? 6 n, ? 996 n, ...); DA `CSI c`, `CSI > c`, `CSI = c` (with
@@ -248,7 +249,13 @@ export function stripTerminalQueries(input: Buffer): Buffer {
 
   /** An OSC, DCS, SOS, PM or APC string from s whose body starts at j. */
   const str = (s: number, j: number, kind: number, ctl: number): number => {
+    // An ENQ in the body is not executed, so it stays; but a raw 1-byte C1 introducer
+    // is one only because of the bytes before it: removing a query or an ENQ there can
+    // splice it onto a UTF-8 lead (E2 [ENQ] 80 9D -> E2 80 9D, the character U+201D),
+    // and the body is then text, its ENQ answered. So an ENQ in such a body goes too.
+    const raw = input[s] >= 0x80 && input[s] <= 0x9f;
     const exec = j;
+    const enqTo = (e: number): number => (raw ? e : exec);
     // DCS header (parameters, intermediates, final byte) before the data.
     let header = kind === DCS;
     let prefix = 0;
@@ -272,7 +279,7 @@ export function stripTerminalQueries(input: Buffer): Buffer {
       if (kind === OSC) endField();
       const query = (kind === OSC ? oscQuery : dcsQuery) && e - s - ctl <= MAX_QUERY_STRING_BYTES;
       if (query) drop(s, e, exec);
-      else keep(s, e, exec);
+      else keep(s, e, enqTo(e));
       return e;
     };
     for (; j < len; j++) {
@@ -294,7 +301,7 @@ export function stripTerminalQueries(input: Buffer): Buffer {
         }
       }
       if (b === CAN || b === SUB) {
-        keep(s, j + 1, exec); // cancelled: never answered
+        keep(s, j + 1, enqTo(j + 1)); // cancelled: never answered
         return j + 1;
       }
       if (kind === OSC) {
@@ -330,7 +337,7 @@ export function stripTerminalQueries(input: Buffer): Buffer {
         }
       }
     }
-    keep(s, len, exec); // open at the end: finished by live output
+    keep(s, len, enqTo(len)); // open at the end: finished by live output
     return len;
   };
 

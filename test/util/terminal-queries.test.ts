@@ -87,6 +87,24 @@ describe('stripTerminalQueries', () => {
     assert.equal(s(`a${ESC}]0;t\x05t\x07b`), `a${ESC}]0;t\x05t\x07b`);
   });
 
+  test('a raw C1 string introducer that a removal splices into a UTF-8 character: its ENQ does not come out at ground', () => {
+    // E2 [ENQ or query] 80 9D: in the input 9D is a raw OSC (the byte before 80 is not a
+    // lead); in the output E2 80 9D is U+201D, and what was the OSC's body is text, where
+    // a terminal executes (answers) an ENQ. The body's ENQ must go as well.
+    for (const removed of ['\x05', `${CSI}6n`]) {
+      for (const intro of ['\x9d', '\x90', '\x98', '\x9e', '\x9f']) {
+        for (const end of ['\x07', '\x9c', '']) {
+          const input = `\xe2${removed}\x80${intro}0;x\x05y${end}`;
+          const out = s(input);
+          assert.ok(!out.includes('\x05'), `${JSON.stringify(input)} -> ${JSON.stringify(out)}`);
+          assert.equal(s(out), out, `idempotent for ${JSON.stringify(input)}`);
+        }
+      }
+    }
+    // A 7-bit or UTF-8 (C2 9D) introducer cannot be spliced away: its body keeps its ENQ.
+    assert.equal(s(`\xe2\x05\x80\xc2\x9d0;x\x05y\x07`), `\xe2\x80\xc2\x9d0;x\x05y\x07`);
+  });
+
   test('sequences aborted or cancelled as a terminal does; nothing left that makes a new query', () => {
     // CAN / SUB cancel: never answered, kept.
     assert.equal(s(`a${CSI}6\x18nb`), `a${CSI}6\x18nb`);
