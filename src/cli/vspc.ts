@@ -47,6 +47,17 @@ async function main(argv: string[]): Promise<void> {
     logger.error('fatal: uncaught exception; exiting', { ...errorFields(err), stack: err.stack });
     setTimeout(() => process.exit(70), 100).unref();
   });
+  // SIGTERM/SIGINT from the first moment: one that arrives while vspc starts (after its
+  // 'vspc started' line, before start() has returned) is kept and acted on once started,
+  // rather than killing the process with the database open (Node's default).
+  let pendingSignal: string | null = null;
+  let onStopSignal = (signal: string): void => {
+    if (pendingSignal !== null) return;
+    pendingSignal = signal;
+    logger.info('signal received while starting; shutting down once started', { signal });
+  };
+  process.on('SIGTERM', () => onStopSignal('SIGTERM'));
+  process.on('SIGINT', () => onStopSignal('SIGINT'));
   let server: VspcServer;
   try {
     server = await VspcServer.start(config, logger);
@@ -92,8 +103,8 @@ async function main(argv: string[]): Promise<void> {
       },
     );
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  onStopSignal = stop;
+  if (pendingSignal !== null) stop(pendingSignal);
 }
 
 await main(process.argv);
