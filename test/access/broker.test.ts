@@ -24,6 +24,7 @@ import { LogCapture } from '../support/log-capture.js';
 import { VspcError } from '../../src/errors.js';
 import { runNode, VSPC_ADMIN_JS } from '../support/cli.js';
 import { MAX_ADDRESS_BYTES } from '../../src/protocol/control/vspc-control.js';
+import { writeUntilClosed } from '../support/flood.js';
 
 type Limits = VspcConfig['brokerLimits'];
 
@@ -207,19 +208,13 @@ describe('console broker: bounds', () => {
     s.on('error', () => undefined);
     s.resume();
     await new Promise((r) => s.once('connect', r));
-    let isClosed = false;
     const closed = new Promise<void>((r) => s.once('close', () => r()));
-    void closed.then(() => (isClosed = true));
     s.write(Buffer.of(255, 252, 201)); // WONT VSPC-CONTROL: a stock telnet, told what this is and closed
     await new Promise((r) => s.once('end', r));
     // Read for the whole grace (1 s), that is over 100 MB on a unix socket; unread, the kernel's buffers.
     const chunk = Buffer.alloc(64 * 1024, 0x61);
     const bound = 32 * 1024 * 1024;
-    let sent = 0;
-    while (!isClosed && !s.destroyed && sent < bound) {
-      sent += chunk.length;
-      if (!s.write(chunk)) await new Promise<void>((r) => { s.once('drain', r); s.once('close', r); });
-    }
+    const sent = await writeUntilClosed(s, chunk, bound);
     assert.ok(sent < bound, `the broker read all it was sent after the end: ${sent} bytes`);
     await closed;
     const stopped = ts.logs.filter((l) => l.message === 'broker connection keeps sending after vspc ended it; no longer read');

@@ -12,6 +12,7 @@ import net from 'node:net';
 import { AdminServer } from '../../src/admin/admin-server.js';
 import { LogCapture } from '../support/log-capture.js';
 import { withTimeout } from '../support/server.js';
+import { writeUntilClosed } from '../support/flood.js';
 
 function get(port: number, path: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -182,17 +183,11 @@ test('admin API: a request that comes with a body is answered and its connection
   const s = await idle(port);
   t.after(() => s.destroy());
   s.resume();
-  let isClosed = false;
   const closed = new Promise<void>((r) => s.once('close', () => r()));
-  void closed.then(() => (isClosed = true));
   s.write('GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000000\r\n\r\n');
   const chunk = Buffer.alloc(64 * 1024, 0x20);
   const bound = 64 * 1024 * 1024;
-  let sent = 0;
-  while (!isClosed && !s.destroyed && sent < bound) {
-    sent += chunk.length;
-    if (!s.write(chunk)) await new Promise<void>((r) => { s.once('drain', r); s.once('close', r); });
-  }
+  const sent = await writeUntilClosed(s, chunk, bound);
   assert.ok(sent < bound, `the body was read: ${sent} bytes`);
   await withTimeout(closed, 5000, 'connection closed');
   assert.equal((await get(port, '/status')).status, 200, 'the API goes on');

@@ -9,6 +9,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { startServer, esxiUuid, tempDir, waitUntil, binaryPayload, TestServer, Cleanup } from '../support/server.js';
 import { Child, allBytes, show, waitShow } from '../support/access.js';
+import { writeUntilClosed } from '../support/flood.js';
 import type { ClientView, PortView } from '../../src/admin/views.js';
 
 const RAW = { access: { raw: true } };
@@ -205,16 +206,10 @@ describe('raw TCP access', () => {
     socket.resume();
     await new Promise<void>((resolve) => socket.once('end', resolve));
     const chunk = Buffer.alloc(16 * 1024, 0x61);
-    let sent = 0;
-    let isClosed = false;
-    void closed.then(() => (isClosed = true));
     // Reading all it sends for 1.5 s would take hundreds of megabytes on loopback; unread,
     // it stops once the kernel's buffers are full (a few megabytes).
     const bound = 64 * 1024 * 1024;
-    while (!isClosed && !socket.destroyed && sent < bound) {
-      sent += chunk.length;
-      if (!socket.write(chunk)) await new Promise<void>((resolve) => { socket.once('drain', resolve); socket.once('close', resolve); });
-    }
+    const sent = await writeUntilClosed(socket, chunk, bound);
     assert.ok(sent < bound, `vspc read all it was sent: ${sent} bytes`);
     await closed;
     assert.ok(gotEnd, 'vspc ended the stream first (FIN), then the grace cut it');

@@ -21,6 +21,7 @@ import { TAKEOVER_LABELS, VM_REFUSAL_LABELS } from '../../src/admin/metrics.js';
 import { VM_REFUSAL_REASONS } from '../../src/sources/esxi/listener.js';
 import { TAKEOVER_RESULTS } from '../../src/sources/esxi/session.js';
 import { parseCidr } from '../../src/util/cidr.js';
+import { writeUntilClosed } from '../support/flood.js';
 
 /** The /metrics samples, by name with labels (`vspc_x{a="b"}`). */
 async function metrics(ts: TestServer): Promise<Map<string, number>> {
@@ -337,17 +338,11 @@ describe('input after the end', () => {
     s.resume();
     await new Promise((r) => s.once('connect', r));
     s.write(Buffer.concat([Buffer.of(IAC, WILL, Option.VMWARE_EXT), encodeSubnegotiation(Option.VMWARE_EXT, Buffer.concat([Buffer.of(Ext.DO_PROXY), Buffer.from('Snot-the-service')]))]));
-    let isClosed = false;
     const closed = new Promise<void>((r) => s.once('close', () => r()));
-    void closed.then(() => (isClosed = true));
     await new Promise((r) => s.once('end', r));
     const chunk = Buffer.alloc(64 * 1024, 0x61);
     const bound = 64 * 1024 * 1024;
-    let sent = 0;
-    while (!isClosed && !s.destroyed && sent < bound) {
-      sent += chunk.length;
-      if (!s.write(chunk)) await new Promise<void>((r) => { s.once('drain', r); s.once('close', r); });
-    }
+    const sent = await writeUntilClosed(s, chunk, bound);
     assert.ok(sent < bound, `vspc read all it was sent after the end: ${sent} bytes`);
     await closed;
     const stopped = ts.logs.filter((l) => l.message === 'VM connection keeps sending after vspc ended it; no longer read');
